@@ -1,0 +1,33 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunSettlementRequest(_message.Message):
+    __slots__ = ("date",)
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    def __init__(self, date: _Optional[str] = ...) -> None: ...
+
+class Discrepancy(_message.Message):
+    __slots__ = ("kind", "reference", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    reference: str
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., reference: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RunSettlementResponse(_message.Message):
+    __slots__ = ("fills_settled", "fills_already_settled", "discrepancies")
+    FILLS_SETTLED_FIELD_NUMBER: _ClassVar[int]
+    FILLS_ALREADY_SETTLED_FIELD_NUMBER: _ClassVar[int]
+    DISCREPANCIES_FIELD_NUMBER: _ClassVar[int]
+    fills_settled: int
+    fills_already_settled: int
+    discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
+    def __init__(self, fills_settled: _Optional[int] = ..., fills_already_settled: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ...) -> None: ...

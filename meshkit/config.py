@@ -1,0 +1,70 @@
+"""Configuration, read once from the environment.
+
+A missing required setting stops start-up with a message naming it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(SystemExit):
+    """Raised at start-up for a missing or malformed setting (exits with its message)."""
+
+
+def _get(name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if required:
+        raise ConfigError(f"missing required setting {name}: set the environment variable {name}")
+    return default
+
+
+def _int(name: str, default: int) -> int:
+    raw = _get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name} must be a whole number, got {raw!r}") from None
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("STOCKMESH_DATA_DIR") or ".stockmesh").resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    listen: str
+    database_url: str | None
+    nats_url: str | None
+    redis_url: str | None
+    # Prefix of every stream, subject family and key this deployment owns, so that
+    # test runs and developers' meshes never see each other's data.
+    namespace: str
+    log_level: str
+    data_dir: Path
+    metrics_port: int
+    grace_seconds: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
+    """Read the settings of `service`. `needs` names the URLs it cannot start without:
+    any of "DATABASE_URL", "NATS_URL", "REDIS_URL"."""
+    return Settings(
+        service=service,
+        listen=_get("GRPC_LISTEN", required=True) or "",
+        database_url=_get("DATABASE_URL", required="DATABASE_URL" in needs),
+        nats_url=_get("NATS_URL", required="NATS_URL" in needs),
+        redis_url=_get("REDIS_URL", required="REDIS_URL" in needs),
+        namespace=_get("STOCKMESH_NAMESPACE", "stockmesh") or "stockmesh",
+        log_level=(_get("LOG_LEVEL", "INFO") or "INFO").upper(),
+        data_dir=default_data_dir(),
+        metrics_port=_int("METRICS_PORT", 0),
+        grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
+    )
