@@ -18,7 +18,9 @@ log = logging.getLogger("meshkit.migrate")
 
 
 def migration_dirs() -> list[str]:
-    return [str(d) for s in SERVICES if (d := REPO / s / "migrations").is_dir()]
+    # The platform's own schemas (the audit trail) first, then each service's.
+    dirs = [REPO / "meshkit" / "migrations", *(REPO / s / "migrations" for s in SERVICES)]
+    return [str(d) for d in dirs if d.is_dir()]
 
 
 def yoyo_url(database_url: str) -> str:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from meshkit import audit
 from ledger_svc.domain.model import CASH, BookRef, CashBalance, InsufficientFunds, JournalEntry
 
 
@@ -92,6 +93,11 @@ class LedgerRepository:
                     raise InsufficientFunds(
                         f"available {p.book.asset} is {available or 0}, less than {-p.amount}",
                         metadata={"available": str(available or 0), "requested": str(-p.amount)})
+        await audit.append(self.conn, f"ledger:{entry.account_id}", entry.kind, {
+            "entryId": str(entry.entry_id), "account": entry.account_id, "asset": entry.asset,
+            "amount": entry.amount, "key": entry.idempotency_key,
+            "postings": [[p.book.owner, p.book.asset, p.amount] for p in entry.postings],
+        })
 
     async def cash(self, account_id: str) -> CashBalance:
         row = await self.conn.fetchrow(
