@@ -81,3 +81,34 @@ def token(account: str, data_dir: Path | None, ttl: int) -> None:
     from meshkit.launcher import keys
 
     click.echo(keys.mint_token((data_dir or default_data_dir()).resolve(), account, ttl=ttl))
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+def audit_verify(database_url: str) -> None:
+    """Recompute every hash chain; name the first broken link (exit 1) or confirm it is intact."""
+    import asyncio
+
+    import asyncpg
+
+    from meshkit import audit as trail
+
+    async def run() -> tuple[int, object]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await trail.verify(conn)
+        finally:
+            await conn.close()
+
+    checked, broken = asyncio.run(run())
+    if broken is not None:
+        click.echo(f"audit trail BROKEN after {checked} good events: {broken}", err=True)
+        sys.exit(1)
+    click.echo(f"audit trail intact: {checked} events verified")
+if __name__ == "__main__":
+    main()

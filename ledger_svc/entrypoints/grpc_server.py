@@ -1,0 +1,61 @@
+"""LedgerService over gRPC: proto -> command, call the handler, domain -> proto."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import grpc
+
+from ledger_svc.entrypoints import mapping
+from ledger_svc.service_layer import commands, handlers
+from ledger_svc.service_layer.handlers import UowFactory
+from meshkit import paging, validate
+from meshkit.auth import current_account
+from meshkit.errors import Violations
+from meshkit.money import fmt, parse_cash
+from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as pb, ledger_service_pb2_grpc
+
+
+def _cash_request(request: pb.DepositRequest | pb.WithdrawRequest):
+    v = Violations()
+    amount = parse_cash(request.amount, "amount", v)
+    key = validate.key(request.idempotency_key, "idempotency_key", v)
+    v.raise_if_any()
+    return current_account(), amount, key
+
+
+class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, uow_factory: UowFactory) -> None:
+        self.uow = uow_factory
+
+    async def Deposit(self, request: pb.DepositRequest, context: grpc.aio.ServicerContext) -> pb.DepositResponse:
+        account, amount, key = _cash_request(request)
+        cash = await handlers.deposit(commands.Deposit(account, amount, key), self.uow)
+        return pb.DepositResponse(cash=mapping.cash_to_proto(cash))
+
+    async def Withdraw(self, request: pb.WithdrawRequest, context: grpc.aio.ServicerContext) -> pb.WithdrawResponse:
+        account, amount, key = _cash_request(request)
+        cash = await handlers.withdraw(commands.Withdraw(account, amount, key), self.uow)
+        return pb.WithdrawResponse(cash=mapping.cash_to_proto(cash))
+
+    async def GetPortfolio(self, request: pb.GetPortfolioRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetPortfolioResponse:
+        account = current_account()
+        cash = await handlers.cash_balance(account, self.uow)
+        now = datetime.now(timezone.utc)
+        return pb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(
+            account_id=account, cash=mapping.cash_to_proto(cash), equity=fmt(cash.total),
+            as_of=mapping.timestamp(now)))
+
+    async def ListActivities(self, request: pb.ListActivitiesRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
+        v = Violations()
+        size = paging.page_size(request.page_size, v)
+        cursor = paging.decode_token(request.page_token, v, keys=("before",))
+        v.raise_if_any()
+        rows = await handlers.activities(current_account(), cursor["before"] if cursor else None,
+                                         size + 1, self.uow)
+        more = len(rows) > size
+        rows = rows[:size]
+        return pb.ListActivitiesResponse(
+            activities=[mapping.activity_to_proto(r) for r in rows],
+            next_page_token=paging.encode_token({"before": rows[-1].posting_id}) if more else "")

@@ -1,0 +1,36 @@
+"""The caller's identity, taken from the JWT payload that Envoy verified.
+
+Envoy's jwt_authn filter checks the bearer token's signature, issuer, audience and expiry,
+then forwards the verified payload (base64url JSON) in `x-jwt-payload`, replacing anything
+a client sent under that name. Services never see an unverified token: only Envoy listens
+publicly, the services listen on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+from meshkit import logs
+from meshkit.errors import Unauthenticated
+
+PAYLOAD_HEADER = "x-jwt-payload"
+
+
+def account_from_payload(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, TypeError):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and 0 < len(sub) <= 128 else None
+
+
+def current_account() -> str:
+    """The account of the call being served; UNAUTHENTICATED when there is none."""
+    acct = logs.account_id.get()
+    if not acct:
+        raise Unauthenticated("this call needs a verified bearer token (call through Envoy)")
+    return acct

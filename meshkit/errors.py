@@ -1,0 +1,90 @@
+"""Domain errors: plain Python, no gRPC. `meshkit.status` maps them to google.rpc.Status.
+
+Every error carries one ErrorInfo reason (UPPER_SNAKE) and optional lowerCamel metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    code = "INTERNAL"  # a grpc.StatusCode name
+    default_reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = metadata or {}
+
+
+class InvalidArgument(DomainError):
+    code = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None,
+                 message: str | None = None) -> None:
+        self.violations = list(violations)
+        text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(text or "invalid request", reason=reason)
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    code = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    code = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(DomainError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after_seconds: float,
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(DomainError):
+    code = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
+
+
+class Unimplemented(DomainError):
+    code = "UNIMPLEMENTED"
+    default_reason = "NOT_IMPLEMENTED"
+
+
+@dataclass
+class Violations:
+    """Collects field violations while a request is parsed, then raises them together."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_name: str, description: str) -> None:
+        self.items.append(FieldViolation(field_name, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

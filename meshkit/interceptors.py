@@ -1,0 +1,99 @@
+"""Cross-cutting work for every RPC, written once: request id, caller identity, access log,
+metrics, and the mapping of domain errors to statuses."""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from meshkit import auth, logs
+from meshkit.errors import DomainError, Unimplemented
+from meshkit.status import to_grpc_status
+
+log = logging.getLogger("meshkit.rpc")
+
+RPC_TOTAL = Counter("stockmesh_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"],
+                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+
+
+def _bind(details: grpc.HandlerCallDetails) -> None:
+    md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+    logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
+    logs.account_id.set(auth.account_from_payload(md.get(auth.PAYLOAD_HEADER)) or "")
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, NotImplementedError):
+        # A generated base-class method nobody overrode yet: say so, never make data up.
+        exc = Unimplemented(f"{method.strip('/')} is not implemented yet in this release",
+                            metadata={"method": method.strip("/")})
+    if isinstance(exc, DomainError):
+        RPC_TOTAL.labels(method, exc.code).inc()
+        log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})
+        await context.abort_with_status(to_grpc_status(exc))
+    RPC_TOTAL.labels(method, "INTERNAL").inc()
+    log.exception("rpc crashed", extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"internal error (request id {logs.request_id.get()})")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _bind(details)
+                start = time.perf_counter()
+                try:
+                    reply = await inner_uu(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+                    await _fail(context, method, exc)
+                    raise
+                finally:
+                    RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
+                RPC_TOTAL.labels(method, "OK").inc()
+                return reply
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext):
+                _bind(details)
+                try:
+                    result = inner_us(request, context)
+                    if inspect.isawaitable(result):  # a handler that writes with context.write
+                        await result
+                    else:
+                        async for item in result:
+                            yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    await _fail(context, method, exc)
+                    raise
+                RPC_TOTAL.labels(method, "OK").inc()
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler

@@ -1,0 +1,173 @@
+"""gRPC server start-up, written once for every service.
+
+`create_server(addr, app)` builds a grpc.aio server (health, reflection, interceptors) and
+returns it with its bound port, so tests start a real server on port 0; `run(...)` is what a
+service's `__main__` calls: settings, logs, bootstrap, health flipped to SERVING only once the
+service's own dependencies answer, graceful shutdown on SIGTERM.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from meshkit import config, logs
+from meshkit.interceptors import ServiceInterceptor
+
+log = logging.getLogger("meshkit.server")
+
+# Every service's reflection lists the whole public contract, so that `grpcurl list` and
+# `describe` through Envoy (which routes reflection to one upstream) show all of it.
+PUBLIC_SERVICES = (
+    "stockmesh.order.v1.OrderService",
+    "stockmesh.ledger.v1.LedgerService",
+    "stockmesh.quote.v1.QuoteService",
+    "stockmesh.matching.v1.MarketDataService",
+)
+
+
+def _load_public_descriptors() -> None:
+    # Importing the modules registers their descriptors in the default pool.
+    from stockmesh.ledger.v1 import ledger_service_pb2  # noqa: F401
+    from stockmesh.matching.v1 import market_data_service_pb2  # noqa: F401
+    from stockmesh.order.v1 import order_service_pb2  # noqa: F401
+    from stockmesh.quote.v1 import quote_service_pb2  # noqa: F401
+
+
+Check = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class App:
+    """What a service's bootstrap() hands to the server."""
+
+    name: str
+    # (add_XServicer_to_server, servicer, full service name)
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
+    # Each raises when a dependency does not answer.
+    checks: list[Check] = field(default_factory=list)
+    # Long-running tasks (consumers, relays) started with the server.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def service_names(self) -> list[str]:
+        return [name for _, _, name in self.servicers]
+
+
+async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    for add, servicer, _ in app.servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _load_public_descriptors()
+    names = sorted(set(app.service_names) | set(PUBLIC_SERVICES)) + [
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"could not listen on {addr}")
+    await _set_all(health_servicer, app, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, port, health_servicer
+
+
+async def _set_all(h: health.aio.HealthServicer, app: App, status: int) -> None:
+    for name in ["", *app.service_names]:
+        await h.set(name, status)
+
+
+async def check_ready(app: App) -> str | None:
+    """None when every dependency answers, else what failed."""
+    for check in app.checks:
+        try:
+            await asyncio.wait_for(check(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"{getattr(check, '__qualname__', check)}: {exc!r}"
+    return None
+
+
+async def watch_health(h: health.aio.HealthServicer, app: App) -> None:
+    """SERVING only while the service's own dependencies answer."""
+    serving: bool | None = None
+    while True:
+        problem = await check_ready(app)
+        ok = problem is None
+        if ok != serving:
+            await _set_all(h, app, health_pb2.HealthCheckResponse.SERVING if ok
+                           else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if ok:
+                log.info("serving")
+            else:
+                log.warning("not serving: dependency down", extra={"problem": problem})
+            serving = ok
+        await asyncio.sleep(2 if ok else 0.25)
+
+
+async def _supervised(task_fn: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop; log and restart it if it crashes."""
+    while True:
+        try:
+            await task_fn()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("background task crashed; restarting", extra={"task": task_fn.__qualname__})
+            await asyncio.sleep(1)
+
+
+async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings], Awaitable[App]]) -> None:
+    app = await bootstrap(settings)
+    server, port, health_servicer = await create_server(settings.listen, app)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    await server.start()
+    log.info("listening", extra={"port": port, "services": app.service_names})
+    tasks = [asyncio.create_task(watch_health(health_servicer, app))]
+    tasks += [asyncio.create_task(_supervised(fn)) for fn in app.background]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await server.stop(settings.grace_seconds)
+    for close in app.on_close:
+        try:
+            await close()
+        except Exception:  # noqa: BLE001
+            log.exception("error while closing")
+    log.info("stopped")
+
+
+def run(service: str, bootstrap: Callable[[config.Settings], Awaitable[App]],
+        *, needs: tuple[str, ...] = ()) -> None:
+    """Entry point of a service process (`python -m <service>`)."""
+    try:
+        settings = config.load(service, needs=needs)
+    except config.ConfigError as exc:
+        raise SystemExit(f"{service}: {exc}") from None
+    logs.setup(service, settings.log_level)
+    asyncio.run(serve(settings, bootstrap))

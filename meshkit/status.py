@@ -1,0 +1,52 @@
+"""The one place where domain errors become gRPC statuses (google.rpc.Status + ErrorInfo)."""
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from meshkit.errors import DomainError, InvalidArgument, ResourceExhausted
+
+DOMAIN = "stockmesh.dev"
+
+
+def _pack(msg) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+def to_rpc_status(err: DomainError) -> status_pb2.Status:
+    details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN,
+                                                 metadata=err.metadata))]
+    if isinstance(err, InvalidArgument) and err.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in err.violations
+        ])))
+    if isinstance(err, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, int(err.retry_after_seconds * 1000)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
+
+
+def to_grpc_status(err: DomainError) -> grpc.Status:
+    return rpc_status.to_status(to_rpc_status(err))
+
+
+def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
+                                                                  error_details_pb2.BadRequest | None]:
+    """Client side: the ErrorInfo and BadRequest details of a failed call (tests, CLI)."""
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    info = bad = None
+    if status is not None:
+        for d in status.details:
+            if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                d.Unpack(info)
+            elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                d.Unpack(bad)
+    return info, bad

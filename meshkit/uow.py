@@ -1,0 +1,40 @@
+"""A unit of work: one PostgreSQL transaction that commits only when asked to."""
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+
+class UnitOfWork:
+    """`async with uow:` opens a transaction; `await uow.commit()` commits it; leaving the
+    block without committing (or with an exception) rolls it back. Subclasses attach their
+    repositories in `_open(conn)`."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.conn: asyncpg.Connection | None = None
+        self._tx: Any = None
+
+    def _open(self, conn: asyncpg.Connection) -> None:  # pragma: no cover - overridden
+        pass
+
+    async def __aenter__(self) -> "UnitOfWork":
+        self.conn = await self.pool.acquire()
+        self._tx = self.conn.transaction()
+        await self._tx.start()
+        self._open(self.conn)
+        return self
+
+    async def commit(self) -> None:
+        await self._tx.commit()
+        self._tx = None
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._tx is not None:
+                await self._tx.rollback()
+        finally:
+            self._tx = None
+            await self.pool.release(self.conn)
+            self.conn = None

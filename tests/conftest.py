@@ -1,0 +1,57 @@
+"""Shared fixtures. Every run makes its own database (and, for the mesh, its own NATS
+namespace and data folder), so runs never see each other's data or a developer's mesh."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import asyncpg
+import pytest
+
+from meshkit.migrate import apply_all
+from tests.support import invariants
+
+DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """A PostgreSQL server URL (its maintenance database): $TEST_DATABASE_SERVER_URL, else the
+    local default; where none answers, the launcher starts one in a scratch folder."""
+    from tests.support.servers import postgres_server
+
+    return postgres_server(os.environ.get("TEST_DATABASE_SERVER_URL", DEFAULT_SERVER_URL))
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_server_url: str):
+    name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_server_url, name)
+    try:
+        apply_all(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str):
+    p = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def checked_pool(pool):
+    """The pool, with the ledger's invariants checked after the test."""
+    yield pool
+    problems = await invariants.check(pool)
+    assert not problems, "ledger invariants broken:\n" + "\n".join(problems)

@@ -1,0 +1,82 @@
+"""The audit trail: append-only in the database, and verification names the first broken link."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from ledger_svc.service_layer import commands, handlers
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import audit
+
+pytestmark = pytest.mark.integration
+
+
+async def _scratch_db(pg_server_url: str):
+    from meshkit.migrate import apply_all
+    from tests.conftest import _with_db
+
+    name = f"stockmesh_audit_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = _with_db(pg_server_url, name)
+    apply_all(url)
+    return name, url
+
+
+async def test_ledger_movements_are_chained_and_verify(checked_pool):
+    acct = f"a-{uuid.uuid4().hex[:8]}"
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    await handlers.deposit(commands.Deposit(acct, Decimal("10"), "d1"), uow)
+    await handlers.withdraw(commands.Withdraw(acct, Decimal("4"), "w1"), uow)
+    async with checked_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT seq, event_type FROM audit.events WHERE stream = $1 ORDER BY seq",
+                                f"ledger:{acct}")
+        assert [(r["seq"], r["event_type"]) for r in rows] == [(1, "DEPOSIT"), (2, "WITHDRAWAL")]
+        checked, broken = await audit.verify(conn)
+        assert broken is None and checked >= 2
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("UPDATE audit.events SET payload = '{}' WHERE stream = $1", f"ledger:{acct}")
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("DELETE FROM audit.events WHERE stream = $1", f"ledger:{acct}")
+
+
+async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
+    name, url = await _scratch_db(pg_server_url)
+    conn = await asyncpg.connect(url)
+    try:
+        for i in range(5):
+            await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
+        await audit.append(conn, "order:y", "ORDER_NEW", {"i": 0})
+        assert (await audit.verify(conn))[1] is None
+        ok = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
+                            capture_output=True, text=True)
+        assert ok.returncode == 0 and "6 events verified" in ok.stdout
+        # An attacker with table rights bypasses the guard trigger and edits event 3.
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+            await conn.execute("""UPDATE audit.events SET payload = '{"i":99}' WHERE stream = 'order:x' AND seq = 3""")
+            await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        _, broken = await audit.verify(conn)
+        assert broken is not None and (broken.stream, broken.seq) == ("order:x", 3)
+        bad = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and "'order:x', event 3" in bad.stderr
+        # Removing the last event of a chain is caught by the chain head.
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+            await conn.execute("DELETE FROM audit.events WHERE stream = 'order:y'")
+            await conn.execute("UPDATE audit.events SET payload = '{\"i\":2}' WHERE stream = 'order:x' AND seq = 3")
+            await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        _, broken = await audit.verify(conn)
+        assert broken is not None and broken.stream == "order:y"
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(pg_server_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -1,0 +1,119 @@
+"""The ledger's cash slice against a real PostgreSQL."""
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from ledger_svc.domain.model import DuplicateIdempotencyKey, InsufficientFunds
+from ledger_svc.service_layer import commands, handlers
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+
+pytestmark = pytest.mark.integration
+
+
+def account() -> str:
+    return f"acct-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def uow(checked_pool):
+    return lambda: LedgerUnitOfWork(checked_pool)
+
+
+async def test_200_concurrent_withdrawals_never_overdraw(uow, checked_pool):
+    acct = account()
+    start = Decimal("1000.00")
+    await handlers.deposit(commands.Deposit(acct, start, "seed"), uow)
+    rng = random.Random(7)
+    amounts = [Decimal(rng.randint(100, 2500)) / 100 for _ in range(200)]  # 1.00 .. 25.00
+
+    async def withdraw(i: int, amount: Decimal):
+        try:
+            await handlers.withdraw(commands.Withdraw(acct, amount, f"w{i}"), uow)
+            return amount
+        except InsufficientFunds:
+            return None
+
+    results = await asyncio.gather(*(withdraw(i, a) for i, a in enumerate(amounts)))
+    succeeded = [a for a in results if a is not None]
+    cash = await handlers.cash_balance(acct, uow)
+    assert cash.total >= 0 and cash.available >= 0
+    assert sum(succeeded) == start - cash.total
+    assert 0 < len(succeeded) < 200  # the race really ran out of money
+    # Nothing else slipped past: the smallest failed withdrawal did not fit what is left.
+    failed = [a for a, r in zip(amounts, results) if r is None]
+    assert min(failed) > cash.available
+    async with checked_pool.acquire() as conn:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE account_id = $1 AND kind = 'WITHDRAWAL'", acct)
+    assert n == len(succeeded)
+
+
+async def test_same_deposit_key_50_times_concurrently_applies_once(uow, checked_pool):
+    acct = account()
+    replies = await asyncio.gather(*(
+        handlers.deposit(commands.Deposit(acct, Decimal("250.00"), "same-key"), uow) for _ in range(50)))
+    assert {r.total for r in replies} == {Decimal("250.00")}
+    assert (await handlers.cash_balance(acct, uow)).total == Decimal("250.00")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.entries WHERE account_id = $1", acct) == 1
+
+
+async def test_key_reused_with_another_amount_is_already_exists(uow):
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("10"), "k"), uow)
+    assert (await handlers.deposit(commands.Deposit(acct, Decimal("10.00"), "k"), uow)).total == Decimal("10")
+    with pytest.raises(DuplicateIdempotencyKey) as err:
+        await handlers.deposit(commands.Deposit(acct, Decimal("11"), "k"), uow)
+    assert err.value.code == "ALREADY_EXISTS"
+    # A withdrawal key lives in its own space: the same text is a new withdrawal.
+    await handlers.withdraw(commands.Withdraw(acct, Decimal("3"), "k"), uow)
+    assert (await handlers.cash_balance(acct, uow)).total == Decimal("7")
+
+
+async def test_withdrawal_beyond_available_changes_nothing(uow, checked_pool):
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("5.00"), "d"), uow)
+    with pytest.raises(InsufficientFunds) as err:
+        await handlers.withdraw(commands.Withdraw(acct, Decimal("5.01"), "w"), uow)
+    assert err.value.reason == "INSUFFICIENT_FUNDS" and err.value.code == "FAILED_PRECONDITION"
+    assert (await handlers.cash_balance(acct, uow)).total == Decimal("5.00")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE account_id = $1 AND kind = 'WITHDRAWAL'", acct) == 0
+
+
+async def test_the_database_itself_refuses_a_negative_available_balance(uow, checked_pool):
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("5.00"), "d"), uow)
+    async with checked_pool.acquire() as conn:
+        book = await conn.fetchval("SELECT book_id FROM ledger.books WHERE owner = $1 AND asset = 'USD'", acct)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE ledger.balances SET posted = posted - 6 WHERE book_id = $1", book)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE ledger.balances SET held = 6 WHERE book_id = $1", book)
+
+
+async def test_the_database_refuses_unbalanced_entries_and_edits_to_history(uow, checked_pool):
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("1.00"), "d"), uow)
+    async with checked_pool.acquire() as conn:
+        ext = await conn.fetchval("SELECT book_id FROM ledger.books WHERE owner = '$external' AND asset = 'USD'")
+        entry = uuid.uuid4()
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO ledger.entries (entry_id, kind, account_id, amount, asset) "
+                    "VALUES ($1, 'DEPOSIT', $2, 1, 'USD')", entry, acct)
+                await conn.execute("INSERT INTO ledger.postings (entry_id, book_id, asset, amount) "
+                                   "VALUES ($1, $2, 'USD', 1), ($1, $2, 'USD', -0.99)", entry, ext)
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("UPDATE ledger.postings SET amount = amount * 2 WHERE book_id = "
+                               "(SELECT book_id FROM ledger.books WHERE owner = $1)", acct)
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("DELETE FROM ledger.entries WHERE account_id = $1", acct)

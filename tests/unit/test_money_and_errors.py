@@ -1,0 +1,76 @@
+from decimal import Decimal
+
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from meshkit import paging, validate
+from meshkit.errors import FieldViolation, InvalidArgument, ResourceExhausted, Violations
+from meshkit.money import fmt, parse_cash, parse_decimal
+from meshkit.status import to_rpc_status
+
+
+@pytest.mark.parametrize("text,expected", [("100", Decimal("100")), ("100.25", Decimal("100.25")),
+                                           ("0.01", Decimal("0.01")), ("999999999999999.99", Decimal("999999999999999.99"))])
+def test_good_cash_amounts(text, expected):
+    v = Violations()
+    assert parse_cash(text, "amount", v) == expected and not v.items
+
+
+@pytest.mark.parametrize("text", ["", "-5", "0", "0.00", "abc", "1e400", "1E5", "NaN", "Infinity", "inf", " 5",
+                                  "5.", ".5", "0.001", "1,5", "+5", "1" * 33, "x" * 1_000_000,
+                                  "1000000000000000"])
+def test_bad_cash_amounts_are_field_violations(text):
+    v = Violations()
+    assert parse_cash(text, "amount", v) is None
+    assert [i.field for i in v.items] == ["amount"]
+
+
+def test_prices_allow_four_places_and_negative_when_asked():
+    v = Violations()
+    assert parse_decimal("0.1234", "p", v, places=4, maximum=Decimal(10)) == Decimal("0.1234")
+    assert parse_decimal("-1.5", "p", v, places=4, maximum=Decimal(10), positive=False) == Decimal("-1.5")
+    assert not v.items
+
+
+def test_wire_format_never_uses_exponents():
+    assert fmt(Decimal("1E+3")) == "1000.00"
+    assert fmt(Decimal("187.2500")) == "187.25"
+    assert fmt(Decimal("0.0001")) == "0.0001"
+
+
+def test_keys():
+    v = Violations()
+    validate.key("order-1", "client_order_id", v)
+    assert not v.items
+    for bad in ["", "a b", "x" * 65, "é"]:
+        v = Violations()
+        validate.key(bad, "client_order_id", v)
+        assert v.items
+
+
+def test_invalid_argument_maps_to_status_with_error_info_and_field_violations():
+    st = to_rpc_status(InvalidArgument([FieldViolation("amount", "must be positive")]))
+    assert st.code == code_pb2.INVALID_ARGUMENT
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert st.details[0].Unpack(info) and info.reason == "INVALID_ARGUMENT" and info.domain == "stockmesh.dev"
+    assert st.details[1].Unpack(bad) and bad.field_violations[0].field == "amount"
+    assert len([d for d in st.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]) == 1
+
+
+def test_rate_limit_carries_retry_info():
+    st = to_rpc_status(ResourceExhausted("slow down", retry_after_seconds=0.25))
+    retry = error_details_pb2.RetryInfo()
+    assert st.code == code_pb2.RESOURCE_EXHAUSTED and st.details[1].Unpack(retry)
+    assert retry.retry_delay.ToMilliseconds() == 250
+
+
+def test_paging():
+    v = Violations()
+    assert paging.page_size(0, v) == paging.DEFAULT_PAGE_SIZE
+    assert paging.page_size(10_000, v) == paging.MAX_PAGE_SIZE
+    token = paging.encode_token({"before": 42})
+    assert paging.decode_token(token, v, keys=("before",)) == {"before": 42} and not v.items
+    paging.page_size(-1, v)
+    paging.decode_token("garbage!", v, keys=("before",))
+    assert [i.field for i in v.items] == ["page_size", "page_token"]
+
