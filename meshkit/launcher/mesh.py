@@ -16,7 +16,6 @@ stops everything in order: Envoy, the services, then NATS, Redis and PostgreSQL.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import os
 import shlex
@@ -162,13 +161,7 @@ class Mesh:
         self.say(f"[{time.strftime('%H:%M:%S')}] {title}")
 
     def _migrate(self, database_url: str) -> None:
-        try:
-            migrate = importlib.import_module("meshkit.migrate")
-        except ModuleNotFoundError as exc:
-            if exc.name != "meshkit.migrate":
-                raise
-            self.say("  ! meshkit.migrate is not in this checkout: no migrations applied")
-            return
+        from meshkit import migrate
 
         try:
             applied = migrate.apply_all(database_url)
