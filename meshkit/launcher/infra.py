@@ -437,31 +437,40 @@ def start_nats(data_dir: Path, sup: Supervisor, *, say: Callable[[str], None] = 
 
 # --------------------------------------------------------------------------- all three
 
+def prepare_postgres(data_dir: Path, sup: Supervisor, url: str | None, *,
+                     say: Callable[[str], None] = _say_nothing,
+                     stop: threading.Event | None = None) -> str:
+    """The URL of a PostgreSQL to use: `url` when it answers (its database created if
+    missing), else a local server started in `<data-dir>/postgres`."""
+    url = url or DEFAULT_DATABASE_URL
+    if postgres_answers(url):
+        ensure_database(url)
+        say(f"  using {redact(url)}")
+        return url
+    say(f"  nothing answers at {redact(url)}: starting a local PostgreSQL")
+    return start_local_postgres(data_dir, sup, say=say, stop=stop)
+
+
+def prepare_redis(data_dir: Path, sup: Supervisor, url: str | None, *,
+                  say: Callable[[str], None] = _say_nothing,
+                  stop: threading.Event | None = None) -> str:
+    """The URL of a Redis to use: `url` when it answers, else a local one."""
+    url = url or DEFAULT_REDIS_URL
+    if redis_answers(url):
+        check_redis(url)
+        say(f"  using {redact(url)}")
+        return url
+    say(f"  nothing answers at {redact(url)}: starting a local Redis")
+    return start_local_redis(data_dir, sup, say=say, stop=stop)
+
+
 def prepare(data_dir: Path, sup: Supervisor, *, database_url: str | None, redis_url: str | None,
             nats_url: str | None, say: Callable[[str], None] = _say_nothing,
             stop: threading.Event | None = None) -> Infra:
-    database_url = database_url or DEFAULT_DATABASE_URL
-    redis_url = redis_url or DEFAULT_REDIS_URL
-    local: list[str] = []
-
     say("- PostgreSQL")
-    if postgres_answers(database_url):
-        ensure_database(database_url)
-        say(f"  using {redact(database_url)}")
-    else:
-        say(f"  nothing answers at {redact(database_url)}: starting a local PostgreSQL")
-        database_url = start_local_postgres(data_dir, sup, say=say, stop=stop)
-        local.append("postgres")
-
+    database_url = prepare_postgres(data_dir, sup, database_url, say=say, stop=stop)
     say("- Redis")
-    if redis_answers(redis_url):
-        check_redis(redis_url)
-        say(f"  using {redact(redis_url)}")
-    else:
-        say(f"  nothing answers at {redact(redis_url)}: starting a local Redis")
-        redis_url = start_local_redis(data_dir, sup, say=say, stop=stop)
-        local.append("redis")
-
+    redis_url = prepare_redis(data_dir, sup, redis_url, say=say, stop=stop)
     say("- NATS JetStream")
     monitor: str | None = None
     if nats_url:
@@ -472,6 +481,6 @@ def prepare(data_dir: Path, sup: Supervisor, *, database_url: str | None, redis_
         say(f"  using {redact(nats_url)} (NATS_URL)")
     else:
         nats_url, monitor = start_nats(data_dir, sup, say=say, stop=stop)
-        local.append("nats")
+    local = [c.spec.name for c in sup.children if c.spec.name in ("postgres", "redis", "nats")]
     return Infra(database_url=database_url, redis_url=redis_url, nats_url=nats_url,
                  nats_monitor_url=monitor, local=local)
