@@ -70,6 +70,7 @@ class Mesh:
         self.endpoint = ""
         self._ready = False
         self._lock_file = None
+        self.metrics_ports: dict[str, int] = {}
 
     # ----------------------------------------------------------------- public
 
@@ -122,7 +123,9 @@ class Mesh:
 
         self._step("4/6 services")
         upstreams = {name: free_port() for name in SERVICES}
-        children = [self.sup.start(self._service_spec(name, port)) for name, port in upstreams.items()]
+        self.metrics_ports = {name: free_port() for name in SERVICES}
+        children = [self.sup.start(self._service_spec(name, port, upstreams))
+                    for name, port in upstreams.items()]
         self._wait_services_serving(children, upstreams)
 
         self._step("5/6 Envoy")
@@ -170,9 +173,14 @@ class Mesh:
                               f"{type(exc).__name__}: {exc}") from exc
         self.say(f"  {applied} migration(s) applied" if applied else "  schema up to date")
 
-    def _service_spec(self, name: str, port: int) -> ChildSpec:
+    def _service_spec(self, name: str, port: int, upstreams: dict[str, int]) -> ChildSpec:
         assert self.infra is not None
         env = {
+            # Where the others are, for internal calls (e.g. order_svc -> ledger_svc holds):
+            # LEDGER_ADDR, ORDER_ADDR, QUOTE_ADDR, MATCHING_ADDR.
+            **{f"{other.removesuffix('_svc').upper()}_ADDR": f"127.0.0.1:{p}"
+               for other, p in upstreams.items()},
+            "METRICS_PORT": str(self.metrics_ports[name]),
             "GRPC_LISTEN": f"127.0.0.1:{port}",
             "DATABASE_URL": self.infra.database_url,
             "NATS_URL": self.infra.nats_url,
@@ -273,6 +281,7 @@ class Mesh:
             "ports": None if self.ports is None else {
                 "public": self.ports.public, "admin": self.ports.admin, **self.ports.upstreams,
             },
+            "metrics_ports": self.metrics_ports,
             "pids": {c.spec.name: c.pid for c in self.sup.children if c.running()},
             "restarts": {c.spec.name: c.restarts for c in self.sup.children},
             "database_url": infra.redact(self.infra.database_url) if self.infra else None,
