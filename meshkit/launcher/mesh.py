@@ -152,7 +152,9 @@ class Mesh:
         self._ready = False
         if self.sup.children:
             self.sup.stop_all(stages=[["envoy"], list(SERVICES), ["nats"], ["redis"], ["postgres"]])
-        if (self.data_dir / "mesh.json").exists():
+        # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
+        # busy folder must not mark the running mesh as not ready).
+        if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
             self._write_state(ready=False)
         self._unlock()
 

@@ -11,6 +11,9 @@ Every child:
 - is restarted with exponential backoff when it exits on its own, each restart logged.
 
 `stop_all()` stops children in the reverse order of their start: signal, wait, SIGKILL.
+
+Start children from one long-lived thread (the launcher's main thread): the kernel sends the
+parent-death signal when the *thread* that forked the child exits, not only the process.
 """
 from __future__ import annotations
 

@@ -227,3 +227,22 @@ def test_up_fails_clearly_when_nats_url_does_not_answer(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "NATS_URL" in result.stdout and silent in result.stdout
     assert json.loads((tmp_path / "mesh.json").read_text())["ready"] is False
+
+
+def test_a_second_up_on_a_busy_data_folder_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    from meshkit.launcher.mesh import Mesh, UpOptions
+
+    holder = Mesh(UpOptions(data_dir=tmp_path), say=lambda _line: None)
+    holder._lock()
+    try:
+        state = tmp_path / "mesh.json"
+        state.write_text('{"ready": true}\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(tmp_path), "--port", "0"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        assert result.returncode != 0
+        assert f"pid {os.getpid()}" in result.stdout
+        assert state.read_text() == '{"ready": true}\n'
+    finally:
+        holder._unlock()
