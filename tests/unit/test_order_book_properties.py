@@ -39,7 +39,7 @@ from matching_svc.domain import (
     Triggered,
 )
 
-PRICES = st.integers(min_value=95, max_value=105)
+PRICES = st.integers(min_value=97, max_value=103)
 QUANTITIES = st.integers(min_value=1, max_value=20)
 ACCOUNTS = st.sampled_from(["A", "B", "C"])
 TYPES = st.sampled_from(
@@ -104,10 +104,17 @@ class OrderBookMachine(RuleBasedStateMachine):
             self.tracked[oid].entered = qty
         self._consume(events)
 
+    def _pick(self, data) -> str:
+        """Mostly a live order, sometimes any id the test has used (live or ended)."""
+        live = [oid for oid in self.tracked if self.book.get_order(oid) is not None]
+        if live and data.draw(st.integers(0, 3), label="pick live") > 0:
+            return data.draw(st.sampled_from(live))
+        return data.draw(st.sampled_from(sorted(self.tracked)))
+
     @precondition(lambda self: self.tracked)
     @rule(data=st.data())
     def cancel(self, data):
-        oid = data.draw(st.sampled_from(sorted(self.tracked)))
+        oid = self._pick(data)
         live = self.book.get_order(oid) is not None
         events = self.book.cancel(oid)
         assert isinstance(events[0], Cancelled if live else Rejected)
@@ -116,7 +123,7 @@ class OrderBookMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tracked)
     @rule(data=st.data(), qty=st.integers(min_value=1, max_value=30), px=PRICES, stop_px=PRICES)
     def replace(self, data, qty, px, stop_px):
-        oid = data.draw(st.sampled_from(sorted(self.tracked)))
+        oid = self._pick(data)
         order = self.book.get_order(oid)
         otype = order.type if order is not None else OrderType.LIMIT
         limit = px if otype in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
