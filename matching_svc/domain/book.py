@@ -78,6 +78,26 @@ def _is_price(value: object) -> bool:
     return type(value) is int and value > 0
 
 
+def _plain_limit(order: Order) -> bool:
+    """Fast path of ``_fields_valid`` for the most common order: a valid LIMIT."""
+    q = order.quantity
+    limit = order.limit
+    return (
+        order.type is LIMIT
+        and type(q) is int
+        and q > 0
+        and type(limit) is int
+        and limit > 0
+        and order.stop is None
+        and order.collar is None
+        and order.side in _SIDES
+        and order.tif in _TIFS
+        and type(order.order_id) is str
+        and order.order_id != ""
+        and type(order.account_id) is str
+    )
+
+
 def _fields_valid(order: Order) -> bool:
     """The field rules of ``Order`` (see its docstring)."""
     q = order.quantity
@@ -136,7 +156,7 @@ class OrderBook:
         oid = order.order_id
         if oid in self._orders:
             return [Rejected(oid, order.account_id, RejectReason.DUPLICATE_ORDER_ID)]
-        if not _fields_valid(order):
+        if not (_plain_limit(order) or _fields_valid(order)):
             return [Rejected(oid, order.account_id, RejectReason.INVALID)]
         order.filled = 0
         order.leaves = order.quantity
@@ -393,6 +413,7 @@ class OrderBook:
                 continue
             q = level.orders
             removed = 0
+            filled_before = filled
             while True:
                 maker = q[0]
                 ml = maker.leaves
@@ -422,11 +443,6 @@ class OrderBook:
                 maker.leaves = ml
                 maker.filled += qty
                 append(Fill(maker.order_id, maker.account_id, tid, tacct, tside, price, qty, ml, tl))
-                self.last_trade_price = price
-                if price > self._hi:
-                    self._hi = price
-                if price < self._lo:
-                    self._lo = price
                 if not ml:
                     q.popleft()
                     del orders[maker.order_id]
@@ -436,6 +452,12 @@ class OrderBook:
                 if not tl:
                     break
             level.qty -= removed
+            if filled != filled_before:
+                self.last_trade_price = price
+                if price > self._hi:
+                    self._hi = price
+                if price < self._lo:
+                    self._lo = price
             if not level.count:
                 del levels[price]
                 heappop(heap)
@@ -488,6 +510,9 @@ class OrderBook:
     def _run_stops(self, events: list[Event]) -> None:
         """Trigger the stops elected by the trades since the last look, in arrival
         order, then those elected by their own trades, until none is elected."""
+        if not self._pending_stops:
+            self._hi, self._lo = _NO_HIGH, _NO_LOW
+            return
         while self._hi != _NO_HIGH:
             hi, lo = self._hi, self._lo
             self._hi, self._lo = _NO_HIGH, _NO_LOW
