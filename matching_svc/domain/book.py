@@ -45,7 +45,6 @@ SNAPSHOT_FORMAT = 1
 
 # Module-level aliases: the hot path compares enum members by identity.
 BUY = Side.BUY
-SELL = Side.SELL
 MARKET = OrderType.MARKET
 LIMIT = OrderType.LIMIT
 STOP = OrderType.STOP
@@ -568,10 +567,9 @@ class OrderBook:
             self._pending_stops -= 1
             live = self._pending_stops
             if len(self._buy_stops) + len(self._sell_stops) > 2 * live + 64:
-                self._buy_stops = [e for e in self._buy_stops if e[2].leaves]
-                self._sell_stops = [e for e in self._sell_stops if e[2].leaves]
-                heapify(self._buy_stops)
-                heapify(self._sell_stops)
+                for heap in (self._buy_stops, self._sell_stops):
+                    heap[:] = [entry for entry in heap if entry[2].leaves]
+                    heapify(heap)
             return
         price = order.limit
         if order.side is BUY:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from decimal import Decimal
 
 import pytest
@@ -581,3 +582,38 @@ def test_ticks_are_exact():
         to_ticks(Decimal("NaN"))
     with pytest.raises(TypeError):
         to_ticks(1.5)
+
+
+def test_heavy_cancelling_compacts_without_changing_behaviour():
+    """Enough cancels to compact level queues, the level heaps and the stop heaps."""
+    rng = random.Random(3)
+    book = OrderBook("TEST")
+    live = []
+    for i in range(600):
+        px = 100 - rng.randrange(10)
+        book.submit(limit(f"b{i}", BUY, 1 + i % 7, px))
+        live.append((f"b{i}", px, 1 + i % 7, i))
+    for i in range(300):  # deep levels of one order each, all cancelled again
+        book.submit(limit(f"deep{i}", BUY, 1, 80 - i % 70))
+    for i in range(300):
+        book.cancel(f"deep{i}")
+    for i in range(300):
+        book.submit(stop(f"st{i}", SELL, 5, stop_px=50 - i % 10, collar=1))
+    rng.shuffle(live)
+    for oid, *_ in live[:520]:
+        assert compact(book.cancel(oid)[0]) == ("cxl", oid, "USER", int(oid[1:]) % 7 + 1)
+    for i in range(295):
+        book.cancel(f"st{i}")
+    remaining = sorted(live[520:], key=lambda o: (-o[1], o[3]))  # price-time priority
+    expected_depth: dict[int, list[int]] = {}
+    for _, px, qty, _ in remaining:
+        expected_depth.setdefault(px, [0, 0])
+        expected_depth[px][0] += qty
+        expected_depth[px][1] += 1
+    assert book.depth(100)[0] == [(px, q, n) for px, (q, n) in sorted(expected_depth.items(), reverse=True)]
+    assert len(book) == len(remaining) + 5
+    total = sum(qty for _, _, qty, _ in remaining)
+    events = book.submit(limit("sweep", SELL, total, 1, tif=IOC))
+    assert [(e.maker_order_id, e.price) for e in events if isinstance(e, Fill)] == [
+        (oid, px) for oid, px, _, _ in remaining
+    ]
