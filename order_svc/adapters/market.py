@@ -37,7 +37,7 @@ class JetStreamQuotes:
         except NotFoundError:
             return Touch(None, None, None)
         ev = matching_pb2.MarketDataEvent.FromString(msg.data)
-        return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.trade_price))
+        return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.last_price or ev.trade_price))
 
 
 class Halts:
