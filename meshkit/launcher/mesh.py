@@ -1,0 +1,369 @@
+"""`stockmesh up`: the whole mesh on one machine, as supervised children of one process.
+
+Steps, each shown as it runs:
+  1. keys        development key pair and JWKS in <data-dir>/keys
+  2. infra       PostgreSQL, Redis (used or started), the pinned nats-server (started)
+  3. migrations  every service's schema (meshkit.migrate.apply_all)
+  4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
+                 each waited for until its own gRPC health check says SERVING
+  5. envoy       rendered config, started, waited for until all four clusters are healthy
+  6. ready       <data-dir>/mesh.json written with "ready": true; endpoint, token and a first
+                 grpcurl call printed
+
+Then it supervises (restarts a crashed child with backoff) until Ctrl-C / SIGTERM, and
+stops everything in order: Envoy, the services, then NATS, Redis and PostgreSQL.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshkit.launcher import envoy, infra, keys
+from meshkit.launcher.net import Cancelled, free_port, tcp_answers, wait_for
+from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
+
+SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
+DEFAULT_PORT = 8080
+
+
+class LaunchError(RuntimeError):
+    """A step failed; the message says which and why (with the failing child's log tail)."""
+
+
+@dataclass
+class UpOptions:
+    data_dir: Path
+    port: int = DEFAULT_PORT
+    admin_port: int = 0
+    database_url: str | None = None
+    redis_url: str | None = None
+    nats_url: str | None = None
+    namespace: str = "stockmesh"
+    log_level: str = "INFO"
+    start_timeout: float = 90.0
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+class Mesh:
+    def __init__(self, opts: UpOptions, say: Callable[[str], None] = _print) -> None:
+        self.opts = opts
+        self.data_dir = opts.data_dir.resolve()
+        self.say = say
+        self.stop_event = threading.Event()
+        self.sup = Supervisor(say=say)
+        self.sup.on_restart = lambda _child: self._write_state(ready=self._ready)
+        self.infra: infra.Infra | None = None
+        self.ports: envoy.EnvoyPorts | None = None
+        self.endpoint = ""
+        self._ready = False
+        self._lock_file = None
+        self.metrics_ports: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- public
+
+    def run(self) -> int:
+        """Start, supervise until asked to stop, stop. Returns the exit code."""
+        self._install_signal_handlers()
+        try:
+            self._lock()
+            self.start()
+        except Cancelled:
+            self.say("stopping (asked to stop while starting)")
+            self.stop()
+            return 130
+        except (LaunchError, infra.InfraError, envoy.EnvoyError, ChildFailed) as exc:
+            self.say(f"\nstockmesh up FAILED: {exc}")
+            self.stop()
+            return 1
+        except BaseException:
+            self.stop()
+            raise
+        self._banner()
+        try:
+            while not self.stop_event.is_set():
+                self.sup.poll()
+                self.stop_event.wait(0.2)
+        finally:
+            self.say("stopping the mesh ...")
+            self.stop()
+            self.say("stopped")
+        return 0
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self._write_state(ready=False)
+
+        self._step("1/6 development keys")
+        dev_keys = keys.ensure_keys(self.data_dir)
+        self.say(f"  JWKS {dev_keys.jwks_path}")
+
+        self._step("2/6 infrastructure")
+        self.infra = infra.prepare(
+            self.data_dir, self.sup, database_url=self.opts.database_url,
+            redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
+            say=self.say, stop=self.stop_event,
+        )
+
+        self._step("3/6 database migrations")
+        self._migrate(self.infra.database_url)
+
+        self._step("4/6 services")
+        upstreams = {name: free_port() for name in SERVICES}
+        self.metrics_ports = {name: free_port() for name in SERVICES}
+        children = [self.sup.start(self._service_spec(name, port, upstreams))
+                    for name, port in upstreams.items()]
+        self._wait_services_serving(children, upstreams)
+
+        self._step("5/6 Envoy")
+        public = self.opts.port or free_port("0.0.0.0")
+        if tcp_answers("127.0.0.1", public, timeout=0.5):
+            raise LaunchError(f"port {public} is already in use (another mesh?); "
+                              "choose another with --port, or --port 0 for a free one")
+        admin = self.opts.admin_port or free_port()
+        self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams)
+        config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path)
+        self.say(f"  config {config}")
+        proxy = self.sup.start(ChildSpec(
+            name="envoy", argv=envoy.argv(config, "info"),
+            log_path=self.data_dir / "logs" / "envoy.log", cwd=self.data_dir,
+        ))
+        self._wait_envoy(proxy)
+        self.endpoint = f"localhost:{public}"
+
+        self._step("6/6 ready")
+        self._ready = True
+        self._write_state(ready=True)
+
+    def stop(self) -> None:
+        self._ready = False
+        if self.sup.children:
+            self.sup.stop_all(stages=[["envoy"], list(SERVICES), ["nats"], ["redis"], ["postgres"]])
+        # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
+        # busy folder must not mark the running mesh as not ready).
+        if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
+            self._write_state(ready=False)
+        self._unlock()
+
+    # ----------------------------------------------------------------- steps
+
+    def _step(self, title: str) -> None:
+        if self.stop_event.is_set():
+            raise Cancelled(title)
+        self.say(f"[{time.strftime('%H:%M:%S')}] {title}")
+
+    def _migrate(self, database_url: str) -> None:
+        from meshkit import migrate
+
+        try:
+            applied = migrate.apply_all(database_url)
+        except Exception as exc:  # noqa: BLE001 - any failure here stops the launch, with its reason
+            raise LaunchError(f"migrations failed on {infra.redact(database_url)}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.say(f"  {applied} migration(s) applied" if applied else "  schema up to date")
+
+    def _service_spec(self, name: str, port: int, upstreams: dict[str, int]) -> ChildSpec:
+        assert self.infra is not None
+        env = {
+            # Where the others are, for internal calls (e.g. order_svc -> ledger_svc holds):
+            # LEDGER_ADDR, ORDER_ADDR, QUOTE_ADDR, MATCHING_ADDR.
+            **{f"{other.removesuffix('_svc').upper()}_ADDR": f"127.0.0.1:{p}"
+               for other, p in upstreams.items()},
+            "METRICS_PORT": str(self.metrics_ports[name]),
+            "GRPC_LISTEN": f"127.0.0.1:{port}",
+            "DATABASE_URL": self.infra.database_url,
+            "NATS_URL": self.infra.nats_url,
+            "REDIS_URL": self.infra.redis_url,
+            "STOCKMESH_NAMESPACE": self.opts.namespace,
+            "STOCKMESH_DATA_DIR": str(self.data_dir),
+            "LOG_LEVEL": self.opts.log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
+        return ChildSpec(name=name, argv=[sys.executable, "-m", name], env=env,
+                         log_path=self.data_dir / "logs" / f"{name}.log", cwd=self.data_dir,
+                         stop_timeout=15.0)
+
+    def _wait_services_serving(self, children: list[Child], ports: dict[str, int]) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()}
+        pending = set(ports)
+        try:
+            def check() -> bool:
+                for name in sorted(pending):
+                    stub = health_pb2_grpc.HealthStub(channels[name])
+                    try:
+                        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    except grpc.RpcError:
+                        continue
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        pending.discard(name)
+                        self.say(f"  {name} SERVING on 127.0.0.1:{ports[name]} "
+                                 f"(pid {self.sup.get(name).pid})")
+                return not pending
+
+            def crashed() -> str | None:
+                for child in children:
+                    if not child.running():
+                        code = child.proc.returncode if child.proc else "?"
+                        return (f"{child.spec.name} exited with code {code} while starting; "
+                                f"last lines of {child.spec.log_path}:\n{child.log_tail(30)}")
+                return None
+
+            try:
+                wait_for(check, timeout=self.opts.start_timeout, interval=0.25, abort=crashed,
+                         what="services", stop=self.stop_event)
+            except TimeoutError as exc:
+                tails = "\n".join(
+                    f"--- {name} (last lines of {self.sup.get(name).spec.log_path}):\n"
+                    f"{self.sup.get(name).log_tail(20)}" for name in sorted(pending))
+                if "exited" in str(exc):
+                    raise LaunchError(str(exc)) from exc
+                raise LaunchError(f"not SERVING after {self.opts.start_timeout:.0f}s: "
+                                  f"{', '.join(sorted(pending))}\n{tails}") from exc
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+    def _wait_envoy(self, proxy: Child) -> None:
+        assert self.ports is not None
+        admin = self.ports.admin
+        seen: set[str] = set()
+
+        def check() -> bool:
+            if not envoy.ready(admin):
+                return False
+            health = envoy.cluster_health(admin)
+            for name, ok in health.items():
+                if ok and name not in seen:
+                    seen.add(name)
+                    self.say(f"  Envoy sees {name} healthy")
+            return all(health.get(c) for c in envoy.CLUSTERS)
+
+        def crashed() -> str | None:
+            if proxy.running():
+                return None
+            return (f"Envoy exited with code {proxy.proc.returncode if proxy.proc else '?'}; "
+                    f"last lines of {proxy.spec.log_path}:\n{proxy.log_tail(30)}")
+
+        try:
+            wait_for(check, timeout=self.opts.start_timeout, interval=0.25, abort=crashed,
+                     what="Envoy", stop=self.stop_event)
+        except TimeoutError as exc:
+            if "exited" in str(exc):
+                raise LaunchError(str(exc)) from exc
+            raise LaunchError(f"{exc}\nclusters not healthy: "
+                              f"{sorted(set(envoy.CLUSTERS) - seen)}; last lines of "
+                              f"{proxy.spec.log_path}:\n{proxy.log_tail(20)}") from exc
+        self.say(f"  Envoy listening on 0.0.0.0:{self.ports.public} (admin 127.0.0.1:{admin})")
+
+    # ----------------------------------------------------------------- state
+
+    def _write_state(self, *, ready: bool) -> None:
+        state = {
+            "ready": ready,
+            "launcher_pid": os.getpid(),
+            "endpoint": self.endpoint or None,
+            "data_dir": str(self.data_dir),
+            "namespace": self.opts.namespace,
+            "ports": None if self.ports is None else {
+                "public": self.ports.public, "admin": self.ports.admin, **self.ports.upstreams,
+            },
+            "metrics_ports": self.metrics_ports,
+            "pids": {c.spec.name: c.pid for c in self.sup.children if c.running()},
+            "restarts": {c.spec.name: c.restarts for c in self.sup.children},
+            "database_url": infra.redact(self.infra.database_url) if self.infra else None,
+            "redis_url": infra.redact(self.infra.redis_url) if self.infra else None,
+            "nats_url": infra.redact(self.infra.nats_url) if self.infra else None,
+            "nats_monitor_url": self.infra.nats_monitor_url if self.infra else None,
+            "local_servers": self.infra.local if self.infra else [],
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        path = self.data_dir / "mesh.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def _lock(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.data_dir / "launcher.lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "?"
+            self._lock_file.close()
+            self._lock_file = None
+            raise LaunchError(f"another `stockmesh up` (pid {holder}) uses {self.data_dir}; stop it "
+                              "first or pass another --data-dir") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            if self.stop_event.is_set():
+                return
+            self.say(f"\nreceived {signal.Signals(signum).name}")
+            self.stop_event.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+    def _banner(self) -> None:
+        assert self.ports is not None and self.infra is not None
+        token = keys.mint_token(self.data_dir, "demo")
+        grpcurl = "grpcurl" if shutil.which("grpcurl") else str(infra.scripts_dir() / "grpcurl")
+        auth = shlex.quote(f"authorization: Bearer {token}")
+        deposit = shlex.quote(json.dumps({"amount": "1000.00", "idempotency_key": "first-deposit"}))
+        data_flag = "" if self.data_dir == Path(".stockmesh").resolve() else \
+            f" --data-dir {shlex.quote(str(self.data_dir))}"
+        lines = [
+            "",
+            "StockMesh is up.",
+            f"  endpoint     {self.endpoint}  (gRPC and gRPC-Web, plaintext, through Envoy)",
+            f"  Envoy admin  http://127.0.0.1:{self.ports.admin}  (this machine only)",
+            f"  data folder  {self.data_dir}  (logs in {self.data_dir / 'logs'}, state in mesh.json)",
+            f"  PostgreSQL   {infra.redact(self.infra.database_url)}",
+            f"  Redis        {infra.redact(self.infra.redis_url)}",
+            f"  NATS         {self.infra.nats_url}",
+            f"  namespace    {self.opts.namespace}",
+            "",
+            "A token for account \"demo\" (valid 24 h; mint others with "
+            f"`stockmesh token --account NAME{data_flag}`):",
+            f"  {token}",
+            "",
+            "First calls:",
+            f"  {grpcurl} -plaintext -H {auth} {self.endpoint} list",
+            f"  {grpcurl} -plaintext -H {auth} -d {deposit} {self.endpoint} "
+            "stockmesh.ledger.v1.LedgerService/Deposit",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        for line in lines:
+            self.say(line)
+
+
+def up(opts: UpOptions) -> int:
+    return Mesh(opts).run()

@@ -1,0 +1,48 @@
+"""The listed symbols: a CSV in the repo (meshkit/symbols.csv, a dozen real tickers), or the
+file named by STOCKMESH_SYMBOLS_FILE. Tick size follows the price: 0.01 at 1.00 and above,
+0.0001 below."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+DEFAULT_FILE = Path(__file__).with_name("symbols.csv")
+CENT = Decimal("0.01")
+SUB_PENNY = Decimal("0.0001")
+
+
+def tick_size(price: Decimal) -> Decimal:
+    return CENT if price >= 1 else SUB_PENNY
+
+
+def on_tick(price: Decimal) -> bool:
+    return price % tick_size(price) == 0
+
+
+@dataclass(frozen=True)
+class Symbol:
+    symbol: str
+    name: str
+    reference_price: Decimal
+
+    @property
+    def tick_size(self) -> Decimal:
+        return tick_size(self.reference_price)
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> dict[str, Symbol]:
+    out: dict[str, Symbol] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            s = Symbol(row["symbol"].strip().upper(), row["name"].strip(), Decimal(row["reference_price"]))
+            out[s.symbol] = s
+    return out
+
+
+def listed() -> dict[str, Symbol]:
+    return _load(os.environ.get("STOCKMESH_SYMBOLS_FILE") or str(DEFAULT_FILE))

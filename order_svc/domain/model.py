@@ -1,0 +1,193 @@
+"""Orders: what a valid order is, what it must hold, and how its state may change.
+
+Plain Python: no gRPC, no SQL. Prices are exact Decimals; quantities whole shares.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound
+from meshkit.symbols import tick_size
+
+CASH = "USD"
+
+
+class Side(enum.Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderType(enum.Enum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    STOP = "STOP"
+    STOP_LIMIT = "STOP_LIMIT"
+
+
+class TimeInForce(enum.Enum):
+    DAY = "DAY"
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class Status(enum.Enum):
+    PENDING_NEW = "PENDING_NEW"
+    NEW = "NEW"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def is_live(self) -> bool:
+        return self in (Status.PENDING_NEW, Status.NEW, Status.PARTIALLY_FILLED)
+
+
+TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED})
+
+ALLOWED = {
+    Status.PENDING_NEW: {Status.NEW, Status.REJECTED},
+    Status.NEW: {Status.PARTIALLY_FILLED, Status.FILLED, Status.CANCELLED, Status.EXPIRED},
+    Status.PARTIALLY_FILLED: {Status.PARTIALLY_FILLED, Status.FILLED, Status.CANCELLED, Status.EXPIRED},
+}
+
+
+class RejectReason(enum.Enum):
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    INSUFFICIENT_SHARES = "INSUFFICIENT_SHARES"
+    MARKET_CLOSED = "MARKET_CLOSED"
+    SYMBOL_HALTED = "SYMBOL_HALTED"
+    PRICE_OUT_OF_COLLAR = "PRICE_OUT_OF_COLLAR"
+    NO_LIQUIDITY = "NO_LIQUIDITY"
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+class OrderNotFound(NotFound):
+    default_reason = "ORDER_NOT_FOUND"
+
+
+class DuplicateClientOrderId(AlreadyExists):
+    default_reason = "DUPLICATE_CLIENT_ORDER_ID"
+
+
+class OrderNotActive(FailedPrecondition):
+    default_reason = "ORDER_NOT_ACTIVE"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A validated PlaceOrder: the parameters idempotency compares."""
+
+    account_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: int
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: TimeInForce
+
+    def fingerprint(self) -> str:
+        """Same parameters ⇔ same fingerprint (prices compared as numbers: 10 == 10.00)."""
+        def norm(p: Decimal | None) -> str:
+            return "" if p is None else f"{p.normalize():f}"
+        raw = "|".join([self.symbol, self.side.value, self.type.value, str(self.quantity),
+                        norm(self.limit_price), norm(self.stop_price), self.time_in_force.value])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class Order:
+    order_id: uuid.UUID
+    request: OrderRequest
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    hold_asset: str = CASH
+    hold_amount: Decimal = Decimal(0)
+    collar_price: Decimal | None = None
+    filled_quantity: int = 0
+    average_fill_price: Decimal | None = None
+    reject_reason: RejectReason | None = None
+    reject_message: str = ""
+    replaced_by: uuid.UUID | None = None
+    replaces: uuid.UUID | None = None
+    cancel_requested: bool = False
+
+    @property
+    def account_id(self) -> str:
+        return self.request.account_id
+
+    @property
+    def hold_id(self) -> str:
+        # One hold per order, named after it: any retry of any step asks for the same hold.
+        return str(self.order_id)
+
+    def transition(self, to: Status) -> None:
+        if to not in ALLOWED.get(self.status, set()):
+            raise IllegalTransition(f"order {self.order_id}: {self.status.value} -> {to.value} is not allowed")
+        self.status = to
+
+    def reject(self, reason: RejectReason, message: str) -> None:
+        self.transition(Status.REJECTED)
+        self.reject_reason, self.reject_message = reason, message
+
+
+def round_price(price: Decimal, *, up: bool) -> Decimal:
+    tick = tick_size(price)
+    steps = (price / tick).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return steps * tick
+
+
+def cents_up(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+
+
+@dataclass(frozen=True)
+class HoldPlan:
+    asset: str
+    amount: Decimal
+    collar_price: Decimal | None
+
+
+def plan_hold(req: OrderRequest, *, best_bid: Decimal | None, best_ask: Decimal | None,
+              collar: Decimal) -> HoldPlan | RejectReason:
+    """What the order must reserve. A sell holds shares. A buy holds cash: limit × quantity;
+    a market buy quantity × ask × (1 + collar), a stop buy quantity × stop × (1 + collar)
+    (each rounded up to the cent). A market order with no opposite quote has no liquidity."""
+    collar_price: Decimal | None = None
+    if req.type in (OrderType.MARKET, OrderType.STOP):
+        if req.type is OrderType.MARKET:
+            ref = best_ask if req.side is Side.BUY else best_bid
+            if ref is None:
+                return RejectReason.NO_LIQUIDITY
+        else:
+            ref = req.stop_price
+        assert ref is not None
+        collar_price = (round_price(ref * (1 + collar), up=True) if req.side is Side.BUY
+                        else round_price(ref * (1 - collar), up=False))
+    if req.side is Side.SELL:
+        return HoldPlan(req.symbol, Decimal(req.quantity), collar_price)
+    unit = req.limit_price if req.type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else collar_price
+    assert unit is not None
+    return HoldPlan(CASH, cents_up(unit * req.quantity), collar_price)
+
+
+def outside_band(price: Decimal, reference: Decimal, band: Decimal) -> bool:
+    """A limit or stop price further than `band` (a fraction) from the reference price."""
+    return abs(price - reference) > reference * band

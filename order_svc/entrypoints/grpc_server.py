@@ -1,0 +1,63 @@
+"""OrderService over gRPC: proto -> command, call the handler, domain -> proto."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import grpc
+
+from meshkit import paging
+from meshkit.auth import current_account
+from meshkit.errors import Violations
+from order_svc.entrypoints import mapping
+from order_svc.service_layer import handlers
+from order_svc.service_layer.handlers import Deps
+from stockmesh.common.v1 import common_pb2
+from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+
+class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
+    """ReplaceOrder and StreamOrderUpdates are not overridden yet: they answer UNIMPLEMENTED."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext) -> pb.PlaceOrderResponse:
+        req = mapping.place_request(request, current_account())
+        order = await handlers.place_order(req, self.deps)
+        return pb.PlaceOrderResponse(order=mapping.order_to_proto(order))
+
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext) -> pb.CancelOrderResponse:
+        v = Violations()
+        oid = mapping.order_id(request.order_id, v)
+        v.raise_if_any()
+        assert oid is not None
+        order = await handlers.cancel_order(current_account(), oid, self.deps)
+        return pb.CancelOrderResponse(order=mapping.order_to_proto(order))
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.GetOrderResponse:
+        v = Violations()
+        oid = mapping.order_id(request.order_id, v)
+        v.raise_if_any()
+        assert oid is not None
+        return pb.GetOrderResponse(order=mapping.order_to_proto(await handlers.get_order(current_account(), oid, self.deps)))
+
+    async def ListOrders(self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext) -> pb.ListOrdersResponse:
+        v = Violations()
+        size = paging.page_size(request.page_size, v)
+        cursor = paging.decode_token(request.page_token, v, keys=("createdAt", "orderId"))
+        statuses = []
+        for s in request.statuses:
+            if s == common_pb2.ORDER_STATUS_UNSPECIFIED or s not in mapping.STATUSES:
+                v.add("statuses", f"unknown or unspecified status {s}")
+            else:
+                statuses.append(mapping.STATUSES[s].value)
+        v.raise_if_any()
+        before = (datetime.fromisoformat(cursor["createdAt"]), uuid.UUID(cursor["orderId"])) if cursor else None
+        orders = await handlers.list_orders(current_account(), request.symbol or None, statuses, size + 1, before,
+                                            self.deps)
+        more = len(orders) > size
+        orders = orders[:size]
+        token = paging.encode_token({"createdAt": orders[-1].created_at.isoformat(),
+                                     "orderId": str(orders[-1].order_id)}) if more else ""
+        return pb.ListOrdersResponse(orders=[mapping.order_to_proto(o) for o in orders], next_page_token=token)

@@ -1,0 +1,94 @@
+"""proto <-> domain for order_svc, beside the servicer."""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from meshkit import validate
+from meshkit.errors import FieldViolation, InvalidArgument, Violations
+from meshkit.money import MAX_PRICE, fmt, parse_decimal
+from meshkit.symbols import listed, on_tick, tick_size
+from order_svc.domain import model
+from order_svc.domain.model import Order, OrderRequest, OrderType, Side, Status, TimeInForce
+from stockmesh.common.v1 import common_pb2
+from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb
+
+SIDES = {common_pb2.SIDE_BUY: Side.BUY, common_pb2.SIDE_SELL: Side.SELL}
+TYPES = {common_pb2.ORDER_TYPE_MARKET: OrderType.MARKET, common_pb2.ORDER_TYPE_LIMIT: OrderType.LIMIT,
+         common_pb2.ORDER_TYPE_STOP: OrderType.STOP, common_pb2.ORDER_TYPE_STOP_LIMIT: OrderType.STOP_LIMIT}
+TIFS = {common_pb2.TIME_IN_FORCE_DAY: TimeInForce.DAY, common_pb2.TIME_IN_FORCE_GTC: TimeInForce.GTC,
+        common_pb2.TIME_IN_FORCE_IOC: TimeInForce.IOC, common_pb2.TIME_IN_FORCE_FOK: TimeInForce.FOK}
+STATUSES = {getattr(common_pb2, f"ORDER_STATUS_{s.value}"): s for s in Status}
+STATUS_TO_PB = {s: n for n, s in STATUSES.items()}
+SIDE_TO_PB = {v: k for k, v in SIDES.items()}
+TYPE_TO_PB = {v: k for k, v in TYPES.items()}
+TIF_TO_PB = {v: k for k, v in TIFS.items()}
+REASON_TO_PB = {r: getattr(order_pb2, f"ORDER_REJECT_REASON_{r.value}") for r in model.RejectReason}
+MAX_QUANTITY = 1_000_000_000
+
+
+def _price(text: str, name: str, needed: bool, order_type: OrderType, v: Violations) -> Decimal | None:
+    if not needed:
+        if text:
+            v.add(name, f"must be empty for a {order_type.value} order")
+        return None
+    price = parse_decimal(text, name, v, places=4, maximum=MAX_PRICE)
+    if price is not None and not on_tick(price):
+        v.add(name, f"must be a multiple of the tick size {tick_size(price)}")
+        return None
+    return price
+
+
+def place_request(req: pb.PlaceOrderRequest, account_id: str) -> OrderRequest:
+    v = Violations()
+    validate.key(req.client_order_id, "client_order_id", v)
+    symbol = req.symbol
+    if not symbol:
+        v.add("symbol", "is required")
+    validate.enum(req.side, "side", common_pb2.Side, v)
+    validate.enum(req.type, "type", common_pb2.OrderType, v)
+    validate.enum(req.time_in_force, "time_in_force", common_pb2.TimeInForce, v)
+    if req.quantity <= 0:
+        v.add("quantity", "must be a whole number of shares greater than 0")
+    elif req.quantity > MAX_QUANTITY:
+        v.add("quantity", f"must not exceed {MAX_QUANTITY}")
+    order_type = TYPES.get(req.type)
+    limit = stop = None
+    if order_type is not None:
+        limit = _price(req.limit_price, "limit_price", order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT),
+                       order_type, v)
+        stop = _price(req.stop_price, "stop_price", order_type in (OrderType.STOP, OrderType.STOP_LIMIT),
+                      order_type, v)
+    v.raise_if_any()
+    if symbol not in listed():
+        raise InvalidArgument([FieldViolation("symbol", f"unknown symbol {symbol[:16]!r}")],
+                              reason="UNKNOWN_SYMBOL")
+    assert order_type is not None
+    return OrderRequest(account_id=account_id, client_order_id=req.client_order_id, symbol=symbol,
+                        side=SIDES[req.side], type=order_type, quantity=req.quantity, limit_price=limit,
+                        stop_price=stop, time_in_force=TIFS[req.time_in_force])
+
+
+def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        v.add(field, "must be an order id returned by PlaceOrder" if text else "is required")
+        return None
+
+
+def order_to_proto(o: Order) -> order_pb2.Order:
+    q = o.request
+    msg = order_pb2.Order(
+        order_id=str(o.order_id), client_order_id=q.client_order_id, account_id=q.account_id, symbol=q.symbol,
+        side=SIDE_TO_PB[q.side], type=TYPE_TO_PB[q.type], time_in_force=TIF_TO_PB[q.time_in_force],
+        quantity=q.quantity, limit_price=fmt(q.limit_price) if q.limit_price is not None else "",
+        stop_price=fmt(q.stop_price) if q.stop_price is not None else "", status=STATUS_TO_PB[o.status],
+        filled_quantity=o.filled_quantity,
+        average_fill_price=fmt(o.average_fill_price) if o.average_fill_price is not None else "",
+        reject_reason=REASON_TO_PB[o.reject_reason] if o.reject_reason else order_pb2.ORDER_REJECT_REASON_UNSPECIFIED,
+        reject_message=o.reject_message, replaced_by=str(o.replaced_by) if o.replaced_by else "",
+        replaces=str(o.replaces) if o.replaces else "")
+    msg.created_at.FromDatetime(o.created_at)
+    msg.updated_at.FromDatetime(o.updated_at)
+    return msg

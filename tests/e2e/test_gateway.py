@@ -1,0 +1,182 @@
+"""Envoy as the only public entry point: identity, routing, reflection, and the launcher's
+supervision, all seen from a client's side of the public listener."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from meshkit.launcher import keys
+from stockmesh.ledger.v1 import (
+    hold_service_pb2,
+    hold_service_pb2_grpc,
+    ledger_service_pb2,
+    ledger_service_pb2_grpc,
+    settlement_service_pb2,
+    settlement_service_pb2_grpc,
+)
+from stockmesh.matching.v1 import engine_control_service_pb2, engine_control_service_pb2_grpc
+from tests.e2e.conftest import RunningMesh, bearer
+
+pytestmark = pytest.mark.e2e
+
+PUBLIC = {
+    "stockmesh.order.v1.OrderService",
+    "stockmesh.ledger.v1.LedgerService",
+    "stockmesh.quote.v1.QuoteService",
+    "stockmesh.matching.v1.MarketDataService",
+}
+INTERNAL = {
+    "stockmesh.ledger.v1.HoldService",
+    "stockmesh.ledger.v1.SettlementService",
+    "stockmesh.matching.v1.EngineControlService",
+}
+PLUMBING = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+}
+
+
+async def _portfolio(mesh: RunningMesh, metadata) -> ledger_service_pb2.GetPortfolioResponse:
+    async with mesh.channel() as ch:
+        stub = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        return await stub.GetPortfolio(ledger_service_pb2.GetPortfolioRequest(), metadata=metadata,
+                                       timeout=10)
+
+
+async def _code(coro) -> grpc.StatusCode:
+    try:
+        await coro
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_valid_token_reaches_the_service_as_its_subject(mesh: RunningMesh) -> None:
+    reply = await _portfolio(mesh, mesh.auth("gw-alice"))
+    assert reply.portfolio.account_id == "gw-alice"
+
+
+async def test_no_token_is_unauthenticated(mesh: RunningMesh) -> None:
+    assert await _code(_portfolio(mesh, ())) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
+    assert await _code(_portfolio(mesh, bearer("not-a-jwt"))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_token_signed_by_another_key_is_unauthenticated(mesh: RunningMesh) -> None:
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    mesh_kid = keys.ensure_keys(mesh.data_dir).kid
+    forged = keys.sign(keys.claims_for("gw-mallory"), stranger, mesh_kid)  # even with our kid
+    assert await _code(_portfolio(mesh, bearer(forged))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_expired_token_is_unauthenticated(mesh: RunningMesh) -> None:
+    dev = keys.ensure_keys(mesh.data_dir)
+    claims = keys.claims_for("gw-alice", ttl=600, now=int(time.time()) - 7200)
+    expired = keys.sign(claims, dev.private_key(), dev.kid)
+    assert await _code(_portfolio(mesh, bearer(expired))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_token_for_another_audience_is_unauthenticated(mesh: RunningMesh) -> None:
+    dev = keys.ensure_keys(mesh.data_dir)
+    claims = {**keys.claims_for("gw-alice"), "aud": "someone-else"}
+    token = keys.sign(claims, dev.private_key(), dev.kid)
+    assert await _code(_portfolio(mesh, bearer(token))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_client_cannot_pose_as_another_account_with_its_own_payload_header(
+        mesh: RunningMesh) -> None:
+    forged = base64.urlsafe_b64encode(json.dumps({"sub": "gw-victim"}).encode()).decode().rstrip("=")
+    reply = await _portfolio(mesh, (*mesh.auth("gw-alice"), ("x-jwt-payload", forged)))
+    assert reply.portfolio.account_id == "gw-alice"
+
+
+async def test_reflection_lists_exactly_the_public_services(mesh: RunningMesh) -> None:
+    async with mesh.channel() as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo(metadata=mesh.auth("gw-ops"), timeout=10)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await call.done_writing()
+        replies = [r async for r in call]
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert PUBLIC <= names
+    assert not names & INTERNAL
+    assert names - PUBLIC <= PLUMBING
+
+
+async def test_reflection_without_token_is_unauthenticated(mesh: RunningMesh) -> None:
+    async with mesh.channel() as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo(timeout=10)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [r async for r in call]
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_internal_services_are_not_reachable_through_envoy(mesh: RunningMesh) -> None:
+    md = mesh.auth("gw-alice")
+    async with mesh.channel() as ch:
+        calls = [
+            hold_service_pb2_grpc.HoldServiceStub(ch).GetHold(
+                hold_service_pb2.GetHoldRequest(), metadata=md, timeout=10),
+            settlement_service_pb2_grpc.SettlementServiceStub(ch).RunSettlement(
+                settlement_service_pb2.RunSettlementRequest(), metadata=md, timeout=10),
+            engine_control_service_pb2_grpc.EngineControlServiceStub(ch).GetEngineStatus(
+                engine_control_service_pb2.GetEngineStatusRequest(), metadata=md, timeout=10),
+        ]
+        codes = [await _code(c) for c in calls]
+    # Envoy has no route for them: its 404 becomes UNIMPLEMENTED; nothing reaches a service.
+    assert codes == [grpc.StatusCode.UNIMPLEMENTED] * 3
+
+
+def test_envoy_routes_no_internal_prefix(mesh: RunningMesh) -> None:
+    admin = mesh.state()["ports"]["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=10) as resp:
+        dump = resp.read().decode()
+    for service in PUBLIC:
+        assert f'"/{service}/"' in dump
+    for service in INTERNAL:
+        assert f"/{service}/" not in dump
+
+
+async def test_killed_service_is_restarted_and_the_mesh_serves_again(mesh: RunningMesh) -> None:
+    before = mesh.state()
+    victim = before["pids"]["ledger_svc"]
+    restarts = before["restarts"]["ledger_svc"]
+    os.kill(victim, signal.SIGKILL)
+
+    deadline = time.monotonic() + 90
+    while True:
+        state = mesh.state()
+        pid = state["pids"].get("ledger_svc")
+        if pid and pid != victim and state["restarts"]["ledger_svc"] > restarts:
+            break
+        assert time.monotonic() < deadline, f"ledger_svc was not restarted\n{mesh.diagnostics()}"
+        await asyncio.sleep(0.2)
+
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            reply = await _portfolio(mesh, mesh.auth("gw-after-restart"))
+            assert reply.portfolio.account_id == "gw-after-restart"
+            break
+        except grpc.aio.AioRpcError as exc:
+            last = exc
+            await asyncio.sleep(0.25)
+    else:
+        pytest.fail(f"the mesh does not serve after the restart: {last}\n{mesh.diagnostics()}")
+    assert "ledger_svc restarted" in mesh.output.read_text()

@@ -1,0 +1,80 @@
+"""Integration fixtures: the project's own nats-server, an in-process ledger (HoldService over
+real gRPC), and order_svc's dependencies wired to real adapters."""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import grpc
+import pytest
+
+os.environ.setdefault("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory):
+    from meshkit.launcher.infra import start_nats
+    from meshkit.launcher.supervisor import Supervisor
+
+    sup = Supervisor(say=lambda _: None)
+    url, _ = start_nats(tmp_path_factory.mktemp("nats"), sup)
+    yield url
+    sup.stop_all()
+
+
+@pytest.fixture(scope="session")
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+async def nats_conn(nats_url):
+    from meshkit import bus
+
+    nc = await bus.connect(nats_url, "tests")
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture(scope="session")
+async def ledger_addr(pool):
+    from ledger_svc.bootstrap import build
+    from meshkit.server import create_server
+
+    server, port, _ = await create_server("127.0.0.1:0", build(pool))
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+def make_order_deps(pool, js, namespace, ledger_channel, *, limiter=None, account_limit=None):
+    from meshkit.ratelimit import Limit, RateLimiter
+    from order_svc.adapters.holds import GrpcHolds
+    from order_svc.adapters.market import Halts, JetStreamQuotes
+    from order_svc.adapters.outbox import OutboxRelay
+    from order_svc.service_layer import handlers
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    relay = OutboxRelay(pool, js)
+    deps = handlers.Deps(
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger_channel), quotes=JetStreamQuotes(js, namespace),
+        halts=Halts(pool, ttl=0), limiter=limiter or RateLimiter(None, namespace),
+        account_limit=account_limit or Limit(1e6, 1_000_000), symbol_limit=Limit(1e6, 1_000_000),
+        namespace=namespace, wake_relay=relay.wake)
+    return deps, relay
+
+
+@pytest.fixture
+async def order_deps(checked_pool, nats_conn, namespace, ledger_addr):
+    from order_svc.adapters.outbox import ensure_orders_stream
+
+    js = nats_conn.jetstream()
+    await ensure_orders_stream(js, namespace)
+    channel = grpc.aio.insecure_channel(ledger_addr)
+    deps, relay = make_order_deps(checked_pool, js, namespace, channel)
+    task = asyncio.create_task(relay.run())
+    yield deps
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await channel.close()

