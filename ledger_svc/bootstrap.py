@@ -2,18 +2,28 @@
 from __future__ import annotations
 
 import asyncpg
+from nats.aio.client import Client
 
 from ledger_svc.entrypoints.grpc_server import LedgerServicer
 from ledger_svc.entrypoints.hold_server import HoldServicer
+from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import config, db
+from meshkit import bus, config, db, executions
 from meshkit.server import App
 from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, settlement_service_pb2_grpc
 
 
-def build(pool: asyncpg.Pool) -> App:
+def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh") -> App:
+    """With a NATS connection, the ledger also settles the engine's executions as they come."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
     servicer = LedgerServicer(uow)
+    background, checks, closers = [], [db.pool_check(pool)], [pool.close]
+    if nc is not None:
+        js = nc.jetstream()
+        background.append(lambda: executions.consume(
+            js, namespace, "ledger", lambda ex: settlement.apply_execution(ex, uow)))
+        checks.append(bus.nats_check(nc))
+        closers.insert(0, nc.drain)
     return App(
         name="ledger_svc",
         servicers=[
@@ -25,11 +35,14 @@ def build(pool: asyncpg.Pool) -> App:
             (settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server,
              settlement_service_pb2_grpc.SettlementServiceServicer(), "stockmesh.ledger.v1.SettlementService"),
         ],
-        checks=[db.pool_check(pool)],
-        on_close=[pool.close],
+        checks=checks,
+        background=background,
+        on_close=closers,
     )
 
 
 async def bootstrap(settings: config.Settings) -> App:
-    assert settings.database_url
-    return build(await db.create_pool(settings.database_url))
+    assert settings.database_url and settings.nats_url
+    pool = await db.create_pool(settings.database_url)
+    nc = await bus.connect(settings.nats_url, "ledger_svc")
+    return build(pool, nc, settings.namespace)

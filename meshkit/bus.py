@@ -41,3 +41,59 @@ def stream_name(namespace: str, base: str) -> str:
 def subject(namespace: str, *parts: str) -> str:
     """e.g. ('stockmesh', 'orders', 'AAPL') -> 'stockmesh.orders.AAPL'."""
     return ".".join((namespace, *parts))
+
+
+async def ensure_stream(js, namespace: str, base: str, *, max_msgs_per_subject: int = -1) -> str:
+    """Create the file-backed stream `<ns>_<BASE>` on subjects `<ns>.<base>.>` unless it
+    exists (whoever creates it first sets its configuration)."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    name = stream_name(namespace, base.upper())
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        try:
+            await js.add_stream(StreamConfig(
+                name=name, subjects=[subject(namespace, base.lower(), ">")], storage=StorageType.FILE,
+                duplicate_window=120.0, max_msgs_per_subject=max_msgs_per_subject))
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            await js.stream_info(name)
+    return name
+
+
+async def consume(js, *, stream: str, subject_filter: str, durable: str, handle, batch: int = 100,
+                  idle_wait: float = 1.0) -> None:
+    """Run a durable pull consumer forever: fetch a batch, hand each message to `handle`
+    (an async function of the message) in stream order, and ack it only after `handle`
+    returned. A failing message is retried in place with backoff (keeping the order of what
+    follows it), telling JetStream it is still in progress; nothing is skipped or lost."""
+    import asyncio
+
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
+        durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30, max_ack_pending=10_000, filter_subject=subject_filter))
+    while True:
+        try:
+            msgs = await sub.fetch(batch, timeout=idle_wait)
+        except asyncio.TimeoutError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
+                raise asyncio.CancelledError from None
+            continue
+        for msg in msgs:
+            delay = 0.2
+            while True:
+                try:
+                    await handle(msg)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - retried in place, never skipped
+                    log.exception("message handling failed; retrying", extra={"subject": msg.subject})
+                    await msg.in_progress()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            await msg.ack()

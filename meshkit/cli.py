@@ -110,5 +110,42 @@ def audit_verify(database_url: str) -> None:
         click.echo(f"audit trail BROKEN after {checked} good events: {broken}", err=True)
         sys.exit(1)
     click.echo(f"audit trail intact: {checked} events verified")
+
+
+@main.command()
+@click.option("--date", "day", required=True, help="Trading day to settle, YYYY-MM-DD.")
+@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--nats-url", envvar="NATS_URL", default=None, help="NATS URL (to read the execution journal).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+def settle(day: str, database_url: str, nats_url: str | None, namespace: str) -> None:
+    """Settle a trading day's fills and reconcile the ledger against the execution journal.
+
+    Prints a report with every discrepancy (exit 1 if any); running it twice changes nothing."""
+    import asyncio
+    from datetime import date as date_type
+
+    try:
+        trading_day = date_type.fromisoformat(day)
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
+    from ledger_svc.service_layer.runner import run_settlement
+
+    def progress(n: int) -> None:
+        if n:
+            click.echo(f"  settled {n} fills", err=True)
+
+    report = asyncio.run(run_settlement(trading_day, database_url, nats_url, namespace, progress=progress))
+    click.echo(f"Settlement of {report.trading_day}")
+    click.echo(f"  fills settled now       {report.fills_settled}")
+    click.echo(f"  fills settled before    {report.fills_already_settled}")
+    click.echo(f"  proceeds settled now    {report.amount_settled}")
+    if report.discrepancies:
+        click.echo(f"  discrepancies           {len(report.discrepancies)}")
+        for d in report.discrepancies:
+            click.echo(f"    {d.kind:<20} {d.reference}  {d.detail}")
+        sys.exit(1)
+    click.echo("  discrepancies           none")
+
+
 if __name__ == "__main__":
     main()

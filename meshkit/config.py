@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 
@@ -72,9 +73,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
     )
 
 
-def env_decimal(name: str, default: str) -> "Decimal":
-    from decimal import Decimal, InvalidOperation
-
+def env_decimal(name: str, default: str) -> Decimal:
     raw = _get(name, default) or default
     try:
         value = Decimal(raw)

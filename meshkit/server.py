@@ -152,13 +152,15 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     await health_servicer.enter_graceful_shutdown()
     for t in tasks:
         t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait(tasks, timeout=settings.grace_seconds)
+    if stuck:
+        log.warning("background tasks did not stop in time", extra={"tasks": [t.get_coro().__qualname__ for t in stuck]})
     await server.stop(settings.grace_seconds)
     for close in app.on_close:
         try:
-            await close()
-        except Exception:  # noqa: BLE001
-            log.exception("error while closing")
+            await asyncio.wait_for(close(), timeout=settings.grace_seconds)
+        except Exception:  # noqa: BLE001 - a dependency that will not close cleanly does not keep us up
+            log.exception("error while closing", extra={"closer": getattr(close, "__qualname__", repr(close))})
     log.info("stopped")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from meshkit import bus, cache, config, db
+from meshkit import bus, cache, config, db, executions
 from meshkit.config import env_decimal
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
@@ -12,7 +12,8 @@ from order_svc.adapters.holds import GrpcHolds
 from order_svc.adapters.market import Halts, JetStreamQuotes
 from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
 from order_svc.entrypoints.grpc_server import OrderServicer
-from order_svc.service_layer import handlers
+from order_svc.adapters.notifications import UpdateNotifier
+from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
 
@@ -37,13 +38,16 @@ async def bootstrap(settings: config.Settings) -> App:
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"))
+    notifier = UpdateNotifier(settings.database_url)
     closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
         name="order_svc",
-        servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(deps),
+        servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(deps, notifier),
                     "stockmesh.order.v1.OrderService")],
         # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
-        background=[relay.run, lambda: handlers.recovery_loop(deps)],
+        background=[relay.run, lambda: handlers.recovery_loop(deps), notifier.run,
+                    lambda: executions.consume(js, settings.namespace, "orders",
+                                               lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,
     )

@@ -176,13 +176,14 @@ class LedgerRepository:
     async def cash(self, account_id: str) -> CashBalance:
         row = await self.conn.fetchrow(
             """
-            SELECT b.posted, b.held FROM ledger.balances b
-              JOIN ledger.books k USING (book_id)
-             WHERE k.owner = $1 AND k.asset = $2
+            SELECT coalesce((SELECT b.posted FROM ledger.balances b JOIN ledger.books k USING (book_id)
+                              WHERE k.owner = $1 AND k.asset = $2), 0) AS posted,
+                   coalesce((SELECT b.held FROM ledger.balances b JOIN ledger.books k USING (book_id)
+                              WHERE k.owner = $1 AND k.asset = $2), 0) AS held,
+                   coalesce((SELECT sum(amount) FROM ledger.unsettled
+                              WHERE account_id = $1 AND settled_at IS NULL), 0) AS unsettled
             """, account_id, CASH)
-        if row is None:
-            return CashBalance.of(Decimal(0), Decimal(0))
-        return CashBalance.of(row["posted"], row["held"])
+        return CashBalance.of(row["posted"], row["held"], row["unsettled"])
 
     async def activities(self, account_id: str, after: int | None, limit: int) -> list[ActivityRow]:
         rows = await self.conn.fetch(

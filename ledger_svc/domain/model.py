@@ -220,8 +220,10 @@ class CashBalance:
 
     @classmethod
     def of(cls, posted: Decimal, held: Decimal, unsettled: Decimal = Decimal(0)) -> "CashBalance":
-        return cls(total=posted, available=posted - held, held=held,
-                   settled=posted - unsettled, unsettled=unsettled)
+        """`posted` is the settled cash in the account's book; sale proceeds owed until
+        settlement count towards the total but cannot be withdrawn or spent yet."""
+        return cls(total=posted + unsettled, available=posted - held, held=held,
+                   settled=posted, unsettled=unsettled)
 
 
 def same_request(existing_amount: Decimal, amount: Decimal) -> bool:

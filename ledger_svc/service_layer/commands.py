@@ -25,6 +25,7 @@ class CreditShares:
     symbol: str
     quantity: Decimal
     idempotency_key: str
+    cost_price: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)

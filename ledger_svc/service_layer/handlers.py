@@ -69,6 +69,10 @@ async def credit_shares(cmd: commands.CreditShares, uow_factory: UowFactory) -> 
     entry = model.share_deposit_entry(cmd.account_id, cmd.symbol, cmd.quantity, cmd.idempotency_key)
     async with uow_factory() as uow:
         applied = await _apply(entry, uow)
+        if applied:  # the position keeps the shares' cost basis (the transfer's price, else zero)
+            position = await uow.settlement.position(cmd.account_id, cmd.symbol)
+            position.buy(int(cmd.quantity), cmd.cost_price)
+            await uow.settlement.save_position(cmd.account_id, cmd.symbol, position)
         balance = await uow.ledger.balance(cmd.account_id, cmd.symbol)
         if applied:
             await uow.commit()
@@ -107,50 +111,60 @@ async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.
         return placed
 
 
-async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
+async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:
     """Move part or all of what is still held to the counter-account, as one balanced journal
-    entry, idempotent on (hold_id, capture_id)."""
+    entry, idempotent on (hold_id, capture_id), inside the caller's transaction."""
     counter = cmd.counter_account_id or model.CLEARING
+    hold = await uow.ledger.get_hold(cmd.hold_id, for_update=True)
+    if hold is None:
+        raise model.HoldNotFound(f"no hold {cmd.hold_id!r}", metadata={"holdId": cmd.hold_id})
+    if counter == hold.account_id:
+        raise InvalidArgument([FieldViolation(
+            "counter_account_id", "must not be the account the hold belongs to")])
+    prior = await uow.ledger.get_capture(cmd.hold_id, cmd.capture_id)
+    if prior is not None:
+        if (prior.amount, prior.counter_account_id) != (cmd.amount, counter):
+            raise model.DuplicateCaptureId(
+                f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured {prior.amount} "
+                f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
+        return hold  # a retry: applied once already
+    hold.capture(cmd.amount)
+    entry = model.capture_entry(hold, cmd.amount, counter)
+    await uow.ledger.add_entry(entry)
+    await uow.ledger.post(entry, from_held=model.BookRef(hold.account_id, hold.asset),
+                          audit_type="HOLD_CAPTURED", audit_extra={
+                              "holdId": hold.hold_id, "captureId": cmd.capture_id, "orderId": hold.order_id,
+                              "counterAccount": counter, "captured": hold.captured,
+                              "status": hold.status.value})
+    await uow.ledger.add_capture(hold.hold_id, cmd.capture_id, cmd.amount, entry.entry_id, counter)
+    return await uow.ledger.save_hold(hold)
+
+
+async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
     async with uow_factory() as uow:
-        hold = await uow.ledger.get_hold(cmd.hold_id, for_update=True)
-        if hold is None:
-            raise model.HoldNotFound(f"no hold {cmd.hold_id!r}", metadata={"holdId": cmd.hold_id})
-        if counter == hold.account_id:
-            raise InvalidArgument([FieldViolation(
-                "counter_account_id", "must not be the account the hold belongs to")])
-        prior = await uow.ledger.get_capture(cmd.hold_id, cmd.capture_id)
-        if prior is not None:
-            if (prior.amount, prior.counter_account_id) != (cmd.amount, counter):
-                raise model.DuplicateCaptureId(
-                    f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured {prior.amount} "
-                    f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
-            return hold  # a retry: applied once already
-        hold.capture(cmd.amount)
-        entry = model.capture_entry(hold, cmd.amount, counter)
-        await uow.ledger.add_entry(entry)
-        await uow.ledger.post(entry, from_held=model.BookRef(hold.account_id, hold.asset),
-                              audit_type="HOLD_CAPTURED", audit_extra={
-                                  "holdId": hold.hold_id, "captureId": cmd.capture_id, "orderId": hold.order_id,
-                                  "counterAccount": counter, "captured": hold.captured,
-                                  "status": hold.status.value})
-        await uow.ledger.add_capture(hold.hold_id, cmd.capture_id, cmd.amount, entry.entry_id, counter)
-        hold = await uow.ledger.save_hold(hold)
+        hold = await capture_in(uow, cmd)
         await uow.commit()
         return hold
 
 
+async def release_in(uow: LedgerUnitOfWork, hold_id: str) -> model.Hold:
+    """Release what is left and resolve the hold, inside the caller's transaction. A resolved
+    hold is returned unchanged."""
+    hold = await uow.ledger.get_hold(hold_id, for_update=True)
+    if hold is None:
+        raise model.HoldNotFound(f"no hold {hold_id!r}", metadata={"holdId": hold_id})
+    left = hold.release()
+    if left == 0:
+        return hold
+    await uow.ledger.unreserve(hold.hold_id, left)
+    hold = await uow.ledger.save_hold(hold)
+    await uow.ledger.audit_hold(hold, "HOLD_RELEASED", {"releasedNow": left})
+    return hold
+
+
 async def release_hold(cmd: commands.ReleaseHold, uow_factory: UowFactory) -> model.Hold:
-    """Release what is left and resolve the hold. A resolved hold is returned unchanged."""
     async with uow_factory() as uow:
-        hold = await uow.ledger.get_hold(cmd.hold_id, for_update=True)
-        if hold is None:
-            raise model.HoldNotFound(f"no hold {cmd.hold_id!r}", metadata={"holdId": cmd.hold_id})
-        left = hold.release()
-        if left == 0:
-            return hold
-        await uow.ledger.unreserve(hold.hold_id, left)
-        hold = await uow.ledger.save_hold(hold)
-        await uow.ledger.audit_hold(hold, "HOLD_RELEASED", {"releasedNow": left})
+        hold = await release_in(uow, cmd.hold_id)
         await uow.commit()
         return hold
 

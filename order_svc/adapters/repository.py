@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal
 
 import asyncpg
 
 from meshkit import audit
-from order_svc.domain.model import (Order, OrderRequest, OrderType, RejectReason, Side, Status,
+from order_svc.domain.model import (Fill, Order, OrderRequest, OrderType, RejectReason, Side, Status,
                                     TimeInForce)
+
+UPDATES_CHANNEL = "stockmesh_order_updates"
 
 _COLUMNS = """order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
     quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, filled_quantity,
-    average_fill_price, reject_reason, reject_message, replaced_by, replaces, cancel_requested,
+    fill_notional, reject_reason, reject_message, replaced_by, replaces, cancel_requested,
     created_at, updated_at"""
 
 
@@ -26,7 +27,7 @@ def _order(r: asyncpg.Record) -> Order:
         order_id=r["order_id"], request=req, status=Status(r["status"]), created_at=r["created_at"],
         updated_at=r["updated_at"], hold_asset=r["hold_asset"], hold_amount=r["hold_amount"],
         collar_price=r["collar_price"], filled_quantity=r["filled_quantity"],
-        average_fill_price=r["average_fill_price"],
+        fill_notional=r["fill_notional"],
         reject_reason=RejectReason(r["reject_reason"]) if r["reject_reason"] else None,
         reject_message=r["reject_message"], replaced_by=r["replaced_by"], replaces=r["replaces"],
         cancel_requested=r["cancel_requested"])
@@ -52,7 +53,7 @@ class OrderRepository:
         row = await self.conn.fetchrow(
             f"""
             INSERT INTO orders.orders ({_COLUMNS})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, NULL, $16, $17,
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, $16, $17,
                     NULL, $18, false, $19, $19)
             ON CONFLICT (account_id, client_order_id) DO NOTHING
             RETURNING {_COLUMNS}
@@ -62,8 +63,9 @@ class OrderRepository:
             o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None,
             o.reject_message, o.replaces, o.created_at)
         if row is not None:
-            await self.audit(_order(row))
-            return _order(row), True
+            created = _order(row)
+            await self.record_change(created)
+            return created, True
         existing = await self.conn.fetchrow(
             f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
             q.account_id, q.client_order_id)
@@ -90,7 +92,7 @@ class OrderRepository:
             o.reject_reason.value if o.reject_reason else None, o.reject_message, o.cancel_requested, now)
         if done:
             o.updated_at = now
-            await self.audit(o)
+            await self.record_change(o)
         return bool(done)
 
     async def mark_cancel_requested(self, o: Order, now: datetime) -> None:
@@ -101,6 +103,68 @@ class OrderRepository:
 
     async def audit(self, o: Order, event: str | None = None) -> None:
         await audit.append(self.conn, f"order:{o.account_id}", event or f"ORDER_{o.status.value}", _event(o))
+
+    async def record_change(self, o: Order, fill: Fill | None = None) -> int:
+        """One change of an order: its audit event and its OrderUpdate, with the account's next
+        sequence (gapless: taken in this transaction), and a notification to live streams."""
+        await self.audit(o, "ORDER_FILL" if fill else None)
+        seq = await self.conn.fetchval(
+            """
+            INSERT INTO orders.account_sequences AS s (account_id, last_sequence) VALUES ($1, 1)
+            ON CONFLICT (account_id) DO UPDATE SET last_sequence = s.last_sequence + 1
+            RETURNING last_sequence
+            """, o.account_id)
+        await self.conn.execute(
+            """
+            INSERT INTO orders.updates (account_id, sequence, order_id, status, filled_quantity, fill_notional,
+                                        reject_reason, reject_message, replaced_by, updated_at, fill_id, fill_price,
+                                        fill_quantity, executed_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            """, o.account_id, seq, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
+            o.reject_reason.value if o.reject_reason else None, o.reject_message, o.replaced_by, o.updated_at,
+            fill.fill_id if fill else None, fill.price if fill else None, fill.quantity if fill else None,
+            fill.executed_at if fill else None)
+        await self.conn.execute("SELECT pg_notify($1, $2)", UPDATES_CHANNEL, o.account_id)
+        return seq
+
+    async def save_execution_result(self, o: Order, now: datetime) -> None:
+        """Write what an execution did to an order (fill progress, status, reason)."""
+        await self.conn.execute(
+            """
+            UPDATE orders.orders SET status = $2, filled_quantity = $3, fill_notional = $4, reject_reason = $5,
+                   reject_message = $6, updated_at = $7
+             WHERE order_id = $1
+            """, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
+            o.reject_reason.value if o.reject_reason else None, o.reject_message, now)
+        o.updated_at = now
+
+    async def claim_execution(self, execution_id: str) -> bool:
+        """False when this execution was applied before (a repeat, dropped by its id)."""
+        return bool(await self.conn.fetchval(
+            "INSERT INTO orders.executions_applied (execution_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+            execution_id))
+
+    async def updates_after(self, account_id: str, after: int, limit: int) -> list[tuple[int, Order, Fill | None]]:
+        rows = await self.conn.fetch(
+            f"""
+            SELECT u.sequence, u.status AS u_status, u.filled_quantity AS u_filled, u.fill_notional AS u_notional,
+                   u.reject_reason AS u_reason, u.reject_message AS u_message, u.replaced_by AS u_replaced_by,
+                   u.updated_at AS u_updated_at, u.fill_id, u.fill_price, u.fill_quantity, u.executed_at,
+                   {", ".join("o." + c.strip() for c in _COLUMNS.split(","))}
+              FROM orders.updates u JOIN orders.orders o USING (order_id)
+             WHERE u.account_id = $1 AND u.sequence > $2
+             ORDER BY u.sequence LIMIT $3
+            """, account_id, after, limit)
+        out = []
+        for r in rows:
+            o = _order(r)
+            o.status, o.filled_quantity, o.fill_notional = Status(r["u_status"]), r["u_filled"], r["u_notional"]
+            o.reject_reason = RejectReason(r["u_reason"]) if r["u_reason"] else None
+            o.reject_message, o.replaced_by, o.updated_at = r["u_message"], r["u_replaced_by"], r["u_updated_at"]
+            fill = (Fill(r["fill_id"], r["fill_price"], r["fill_quantity"], r["executed_at"])
+                    if r["fill_id"] else None)
+            out.append((r["sequence"], o, fill))
+        return out
 
     async def add_outbox(self, subject: str, msg_id: str, payload: bytes) -> None:
         await self.conn.execute(

@@ -58,7 +58,8 @@ TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.RE
 
 ALLOWED = {
     Status.PENDING_NEW: {Status.NEW, Status.REJECTED},
-    Status.NEW: {Status.PARTIALLY_FILLED, Status.FILLED, Status.CANCELLED, Status.EXPIRED},
+    # The engine may still reject an accepted order (a FOK it cannot fill whole).
+    Status.NEW: {Status.PARTIALLY_FILLED, Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED},
     Status.PARTIALLY_FILLED: {Status.PARTIALLY_FILLED, Status.FILLED, Status.CANCELLED, Status.EXPIRED},
 }
 
@@ -70,6 +71,7 @@ class RejectReason(enum.Enum):
     SYMBOL_HALTED = "SYMBOL_HALTED"
     PRICE_OUT_OF_COLLAR = "PRICE_OUT_OF_COLLAR"
     NO_LIQUIDITY = "NO_LIQUIDITY"
+    FOK_NOT_FILLABLE = "FOK_NOT_FILLABLE"
 
 
 class IllegalTransition(Exception):
@@ -122,7 +124,7 @@ class Order:
     hold_amount: Decimal = Decimal(0)
     collar_price: Decimal | None = None
     filled_quantity: int = 0
-    average_fill_price: Decimal | None = None
+    fill_notional: Decimal = Decimal(0)  # Σ price × quantity of the fills, exact
     reject_reason: RejectReason | None = None
     reject_message: str = ""
     replaced_by: uuid.UUID | None = None
@@ -137,6 +139,24 @@ class Order:
     def hold_id(self) -> str:
         # One hold per order, named after it: any retry of any step asks for the same hold.
         return str(self.order_id)
+
+    @property
+    def average_fill_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return (self.fill_notional / self.filled_quantity).quantize(Decimal("0.0001"))
+
+    @property
+    def leaves(self) -> int:
+        return self.request.quantity - self.filled_quantity
+
+    def fill(self, quantity: int, price: Decimal) -> None:
+        """A fill of `quantity` at `price`: PARTIALLY_FILLED, or FILLED when nothing is left."""
+        if not 0 < quantity <= self.leaves:
+            raise IllegalTransition(f"order {self.order_id}: fill of {quantity} with {self.leaves} left")
+        self.filled_quantity += quantity
+        self.fill_notional += price * quantity
+        self.transition(Status.FILLED if self.leaves == 0 else Status.PARTIALLY_FILLED)
 
     def transition(self, to: Status) -> None:
         if to not in ALLOWED.get(self.status, set()):
@@ -156,6 +176,14 @@ def round_price(price: Decimal, *, up: bool) -> Decimal:
 
 def cents_up(amount: Decimal) -> Decimal:
     return amount.quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+
+
+@dataclass(frozen=True)
+class Fill:
+    fill_id: str
+    price: Decimal
+    quantity: int
+    executed_at: datetime
 
 
 @dataclass(frozen=True)

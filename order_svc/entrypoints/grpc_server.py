@@ -3,24 +3,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import AsyncIterator
 
 import grpc
 
 from meshkit import paging
 from meshkit.auth import current_account
-from meshkit.errors import Violations
+from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from order_svc.entrypoints import mapping
-from order_svc.service_layer import handlers
+from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import Deps
 from stockmesh.common.v1 import common_pb2
-from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service_pb2_grpc
 
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
-    """ReplaceOrder and StreamOrderUpdates are not overridden yet: they answer UNIMPLEMENTED."""
+    """ReplaceOrder is not overridden yet: it answers UNIMPLEMENTED."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, wakeups: lifecycle.Wakeups) -> None:
         self.deps = deps
+        self.wakeups = wakeups
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext) -> pb.PlaceOrderResponse:
         req = mapping.place_request(request, current_account())
@@ -61,3 +63,11 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         token = paging.encode_token({"createdAt": orders[-1].created_at.isoformat(),
                                      "orderId": str(orders[-1].order_id)}) if more else ""
         return pb.ListOrdersResponse(orders=[mapping.order_to_proto(o) for o in orders], next_page_token=token)
+
+    async def StreamOrderUpdates(self, request: pb.StreamOrderUpdatesRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[order_pb2.OrderUpdate]:
+        if request.after_sequence < 0:
+            raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
+        async for seq, order, fill in lifecycle.stream_updates(current_account(), request.after_sequence,
+                                                               self.deps, self.wakeups):
+            yield mapping.update_to_proto(seq, order, fill)

@@ -9,7 +9,7 @@ from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.money import MAX_PRICE, fmt, parse_decimal
 from meshkit.symbols import listed, on_tick, tick_size
 from order_svc.domain import model
-from order_svc.domain.model import Order, OrderRequest, OrderType, Side, Status, TimeInForce
+from order_svc.domain.model import Fill, Order, OrderRequest, OrderType, Side, Status, TimeInForce
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb
 
@@ -92,3 +92,12 @@ def order_to_proto(o: Order) -> order_pb2.Order:
     msg.created_at.FromDatetime(o.created_at)
     msg.updated_at.FromDatetime(o.updated_at)
     return msg
+
+
+def update_to_proto(sequence: int, o: Order, fill: Fill | None) -> order_pb2.OrderUpdate:
+    u = order_pb2.OrderUpdate(sequence=sequence, order=order_to_proto(o))
+    u.event_time.FromDatetime(o.updated_at)
+    if fill is not None:
+        u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt(fill.price), fill.quantity
+        u.fill.executed_at.FromDatetime(fill.executed_at)
+    return u

@@ -1,0 +1,110 @@
+"""The SQL of settlement: the execution journal, positions and unsettled proceeds."""
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from decimal import Decimal
+
+import asyncpg
+
+from ledger_svc.domain.settlement import Execution, Position
+
+
+class SettlementRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def claim_execution(self, ex: Execution) -> bool:
+        """Record the execution; False when it was applied before (a repeat, dropped by id)."""
+        return bool(await self.conn.fetchval(
+            """
+            INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
+                                           counter_account_id, side, price, quantity, trade_date, executed_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT (execution_id) DO NOTHING RETURNING true
+            """, ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
+            ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at))
+
+    async def position(self, account_id: str, symbol: str) -> Position:
+        row = await self.conn.fetchrow(
+            "SELECT quantity, cost FROM ledger.positions WHERE account_id = $1 AND symbol = $2 FOR UPDATE",
+            account_id, symbol)
+        return Position() if row is None else Position(row["quantity"], row["cost"])
+
+    async def save_position(self, account_id: str, symbol: str, p: Position) -> None:
+        await self.conn.execute(
+            """
+            INSERT INTO ledger.positions (account_id, symbol, quantity, cost) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (account_id, symbol) DO UPDATE SET quantity = excluded.quantity, cost = excluded.cost
+            """, account_id, symbol, p.quantity, p.cost)
+
+    async def positions(self, account_id: str) -> list[asyncpg.Record]:
+        """Every share book of the account with its cost basis."""
+        return await self.conn.fetch(
+            """
+            SELECT k.asset AS symbol, b.posted, b.held, coalesce(p.cost, 0) AS cost, coalesce(p.quantity, 0) AS qty
+              FROM ledger.books k JOIN ledger.balances b USING (book_id)
+              LEFT JOIN ledger.positions p ON p.account_id = k.owner AND p.symbol = k.asset
+             WHERE k.owner = $1 AND k.asset <> 'USD' AND (b.posted <> 0 OR b.held <> 0)
+             ORDER BY k.asset
+            """, account_id)
+
+    async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date) -> None:
+        await self.conn.execute(
+            "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date) VALUES ($1, $2, $3, $4)",
+            fill_id, account_id, amount, trade_date)
+
+    async def due(self, through: date, limit: int) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            SELECT fill_id, account_id, amount FROM ledger.unsettled
+             WHERE settled_at IS NULL AND trade_date <= $1
+             ORDER BY trade_date, fill_id LIMIT $2 FOR UPDATE SKIP LOCKED
+            """, through, limit)
+
+    async def mark_settled(self, fill_id: str, entry_id: uuid.UUID) -> None:
+        await self.conn.execute(
+            "UPDATE ledger.unsettled SET settled_at = now(), settle_entry = $2 WHERE fill_id = $1", fill_id, entry_id)
+
+    async def count_settled(self, through: date) -> int:
+        return await self.conn.fetchval(
+            "SELECT count(*) FROM ledger.unsettled WHERE settled_at IS NOT NULL AND trade_date <= $1", through)
+
+    # --- reconciliation -------------------------------------------------------------------
+
+    async def fills_without_two_captures(self, day: date) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            SELECT e.execution_id, count(c.capture_id) AS captures
+              FROM ledger.executions e
+              LEFT JOIN ledger.hold_captures c ON c.capture_id IN (e.execution_id || ':cash', e.execution_id || ':shares')
+             WHERE e.type = 'FILL' AND e.trade_date = $1
+             GROUP BY e.execution_id HAVING count(c.capture_id) <> 2
+            """, day)
+
+    async def fills_not_settled(self, day: date) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            SELECT e.execution_id, u.settled_at FROM ledger.executions e
+              LEFT JOIN ledger.unsettled u ON u.fill_id = e.execution_id
+             WHERE e.type = 'FILL' AND e.trade_date = $1 AND u.settled_at IS NULL
+            """, day)
+
+    async def pending_holds_of_ended_orders(self) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            SELECT h.hold_id, h.order_id, h.amount - h.captured AS left
+              FROM ledger.holds h
+             WHERE h.status = 'PENDING' AND EXISTS (
+                   SELECT 1 FROM ledger.executions e
+                    WHERE e.order_id = h.order_id AND e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED'))
+            """)
+
+    async def unbalanced_assets(self) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            "SELECT asset, sum(amount) AS total FROM ledger.postings GROUP BY asset HAVING sum(amount) <> 0")
+
+    async def fill_ids(self, day: date) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT execution_id FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1", day)
+        return {r["execution_id"] for r in rows}

@@ -1,0 +1,3 @@
+DROP TABLE ledger.unsettled;
+DROP TABLE ledger.positions;
+DROP TABLE ledger.executions;

@@ -1,0 +1,102 @@
+"""Settlement use cases: apply each execution once, settle a trading day, reconcile."""
+from __future__ import annotations
+
+import logging
+from datetime import date
+from decimal import Decimal
+from typing import Callable, Iterable
+
+from ledger_svc.domain import model
+from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, SettlementReport, legs, settlement_entry
+from ledger_svc.service_layer import commands
+from ledger_svc.service_layer.handlers import UowFactory, _apply, capture_in, release_in
+from meshkit.executions import FILL, Execution
+
+log = logging.getLogger("ledger_svc.settlement")
+
+
+async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
+    """Apply one execution in one transaction; False for a repeat (dropped by its id).
+
+    A fill captures the buyer's cash (price × quantity) into clearing and the seller's shares
+    into the buyer's book, moves both positions' cost basis, and records the seller's proceeds
+    as unsettled; an order that ended (no leaves, or cancelled / expired / rejected) has what is
+    left of its hold released."""
+    async with uow_factory() as uow:
+        if not await uow.settlement.claim_execution(ex):
+            return False
+        ended: list[str] = []
+        if ex.type == FILL:
+            f = legs(ex)
+            await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash, model.CLEARING))
+            await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
+                                                       Decimal(f.quantity), f.buyer_account))
+            bought = await uow.settlement.position(f.buyer_account, ex.symbol)
+            bought.buy(f.quantity, f.price)
+            await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
+            sold = await uow.settlement.position(f.seller_account, ex.symbol)
+            sold.sell(f.quantity)
+            await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
+            assert ex.trade_date is not None
+            await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date)
+            ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
+        elif ex.type in ENDS_ORDER:
+            ended = [ex.order_id]
+        for order_id in ended:
+            if await uow.ledger.get_hold(order_id) is not None:
+                await release_in(uow, order_id)
+        await uow.commit()
+        return True
+
+
+async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
+                 progress: Callable[[int], None] | None = None) -> SettlementReport:
+    """Settle every fill traded on or before `day` that is still unsettled: its proceeds move
+    from clearing to the seller's cash. Running it again settles nothing new."""
+    report = SettlementReport(trading_day=day)
+    while True:
+        async with uow_factory() as uow:
+            rows = await uow.settlement.due(day, batch)
+            for r in rows:
+                entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
+                await _apply(entry, uow)
+                await uow.settlement.mark_settled(r["fill_id"], entry.entry_id)
+                report.amount_settled += r["amount"]
+            await uow.commit()
+        report.fills_settled += len(rows)
+        if progress:
+            progress(len(rows))
+        if len(rows) < batch:
+            break
+    async with uow_factory() as uow:
+        report.fills_already_settled = await uow.settlement.count_settled(day) - report.fills_settled
+    return report
+
+
+async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterable[str] | None,
+                    report: SettlementReport) -> SettlementReport:
+    """Compare the ledger with the execution journal: every fill of the day applied and settled
+    exactly once (two captures each), every hold of an ended order resolved, every asset
+    summing to zero. `journal_fill_ids` are the day's fill ids read from the execution stream
+    itself (None when the stream is not reachable: then the ledger's own journal is used)."""
+    d = report.discrepancies
+    assert d is not None
+    async with uow_factory() as uow:
+        s = uow.settlement
+        applied = await s.fill_ids(day)
+        if journal_fill_ids is not None:
+            journal = set(journal_fill_ids)
+            d += [Discrepancy("FILL_NOT_APPLIED", f, "in the execution journal, not in the ledger")
+                  for f in sorted(journal - applied)]
+            d += [Discrepancy("FILL_NOT_IN_JOURNAL", f, "in the ledger, not in the execution journal")
+                  for f in sorted(applied - journal)]
+        d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected 2")
+              for r in await s.fills_without_two_captures(day)]
+        d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")
+              for r in await s.fills_not_settled(day)]
+        d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
+              for r in await s.pending_holds_of_ended_orders()]
+        d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
+              for r in await s.unbalanced_assets()]
+    return report
+

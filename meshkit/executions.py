@@ -1,0 +1,60 @@
+"""The engine's executions as plain data, shared by every service that consumes them
+(ledger_svc settles fills, order_svc moves orders through their lifecycle)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED = (
+    "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED")
+
+
+@dataclass(frozen=True)
+class Execution:
+    execution_id: str
+    symbol: str
+    type: str
+    order_id: str
+    account_id: str
+    side: str = ""  # the (taker) order's side
+    counter_order_id: str = ""
+    counter_account_id: str = ""
+    price: Decimal | None = None
+    quantity: int = 0
+    leaves: int = 0
+    counter_leaves: int = 0
+    reason: str = ""
+    executed_at: datetime | None = None
+    trade_date: date | None = None
+
+
+def from_proto(m) -> Execution:
+    """A `stockmesh.matching.v1.Execution` message as an Execution."""
+    from meshkit import calendar
+    from stockmesh.common.v1 import common_pb2
+    from stockmesh.matching.v1 import matching_pb2
+
+    at = m.time.ToDatetime(tzinfo=timezone.utc) if m.HasField("time") else datetime.now(timezone.utc)
+    side = {common_pb2.SIDE_BUY: "BUY", common_pb2.SIDE_SELL: "SELL"}.get(m.side, "")
+    return Execution(
+        execution_id=m.execution_id, symbol=m.symbol,
+        type=matching_pb2.ExecutionType.Name(m.type).removeprefix("EXECUTION_TYPE_"),
+        order_id=m.order_id, account_id=m.account_id, side=side, counter_order_id=m.counter_order_id,
+        counter_account_id=m.counter_account_id, price=Decimal(m.price) if m.price else None,
+        quantity=m.quantity, leaves=m.leaves_quantity, counter_leaves=m.counter_leaves_quantity,
+        reason=m.reason, executed_at=at, trade_date=calendar.trading_day(at))
+
+
+async def consume(js, namespace: str, durable: str, apply) -> None:
+    """Apply every execution of every symbol, in stream order, through a durable consumer."""
+    from meshkit import bus
+    from stockmesh.matching.v1 import matching_pb2
+
+    stream = await bus.ensure_stream(js, namespace, "executions")
+
+    async def handle(msg) -> None:
+        await apply(from_proto(matching_pb2.Execution.FromString(msg.data)))
+
+    await bus.consume(js, stream=stream, subject_filter=bus.subject(namespace, "executions", ">"),
+                      durable=durable, handle=handle)

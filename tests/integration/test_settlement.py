@@ -1,0 +1,129 @@
+"""Fills settled in the ledger from the execution stream: holds captured, cash and shares moved
+exactly once, positions' average cost, unsettled proceeds until `stockmesh settle`."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from ledger_svc.service_layer import commands, handlers as ledger, settlement
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import bus, calendar
+from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
+from order_svc.service_layer import handlers, lifecycle
+from stockmesh.common.v1 import common_pb2
+from stockmesh.matching.v1 import matching_pb2
+
+pytestmark = pytest.mark.integration
+
+
+def order(account: str, side: Side, qty: int, price: str) -> OrderRequest:
+    return OrderRequest(account_id=account, client_order_id=uuid.uuid4().hex, symbol="AAPL", side=side,
+                        type=OrderType.LIMIT, quantity=qty, limit_price=Decimal(price), stop_price=None,
+                        time_in_force=TimeInForce.GTC)
+
+
+async def publish(js, namespace: str, ex: matching_pb2.Execution, msg_id: str | None = None) -> None:
+    ex.time.FromDatetime(datetime.now(timezone.utc))
+    await js.publish(bus.subject(namespace, "executions", ex.symbol), ex.SerializeToString(),
+                     headers={"Nats-Msg-Id": msg_id or ex.execution_id})
+
+
+async def wait_applied(pool, ids: list[str]) -> None:
+    """Until both the ledger and order_svc have applied every execution in `ids`."""
+    for _ in range(200):
+        async with pool.acquire() as conn:
+            n = await conn.fetchval("SELECT count(*) FROM ledger.executions WHERE execution_id = ANY($1)", ids)
+            m = await conn.fetchval("SELECT count(*) FROM orders.executions_applied WHERE execution_id = ANY($1)", ids)
+        if n == m == len(ids):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ledger applied {n}, orders {m} of {len(ids)} executions")
+
+
+async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution_consumers, checked_pool, namespace,
+                                                           database_url, nats_url):
+    js = execution_consumers
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    buyer, seller = f"buy-{uuid.uuid4().hex[:6]}", f"sell-{uuid.uuid4().hex[:6]}"
+    await ledger.deposit(commands.Deposit(buyer, Decimal("10000.00"), "fund"), uow)
+    await ledger.credit_shares(commands.CreditShares(seller, "AAPL", Decimal(100), "seed"), uow)
+    await ledger.credit_shares(commands.CreditShares(buyer, "AAPL", Decimal(10), "seed"), uow)
+    buy = await handlers.place_order(order(buyer, Side.BUY, 10, "187.25"), order_deps)
+    sell = await handlers.place_order(order(seller, Side.SELL, 10, "187.00"), order_deps)
+    assert buy.status is sell.status is Status.NEW
+    tag = uuid.uuid4().hex[:6]
+
+    def fill(n: int, qty: int, leaves: int) -> matching_pb2.Execution:
+        return matching_pb2.Execution(
+            execution_id=f"AAPL:{tag}:{n}", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL,
+            order_id=str(buy.order_id), account_id=buyer, side=common_pb2.SIDE_BUY,
+            counter_order_id=str(sell.order_id), counter_account_id=seller, price="187.00", quantity=qty,
+            leaves_quantity=leaves, counter_leaves_quantity=leaves)
+
+    await publish(js, namespace, fill(1, 4, 6))
+    await publish(js, namespace, fill(2, 6, 0))
+    await publish(js, namespace, fill(1, 4, 6), msg_id=f"again-{tag}")  # a repeat past the duplicate window
+    await wait_applied(checked_pool, [f"AAPL:{tag}:1", f"AAPL:{tag}:2"])
+    await asyncio.sleep(0.3)  # give the repeat its chance to be (wrongly) applied
+
+    b = await ledger.cash_balance(buyer, uow)
+    assert (b.total, b.held, b.available) == (Decimal("8130.00"), 0, Decimal("8130.00"))  # 10 × 187.00 paid
+    done = await handlers.get_order(buyer, buy.order_id, order_deps)
+    assert (done.status, done.filled_quantity, done.average_fill_price) == (Status.FILLED, 10, Decimal("187.0000"))
+    # Both accounts' update streams hold every change, in gapless sequence.
+    for account, placed in ((buyer, buy), (seller, sell)):
+        updates = []
+        stream = lifecycle.stream_updates(account, 0, order_deps, NoWakeups())
+        async for seq, o, f in stream:
+            updates.append((seq, o.status, o.filled_quantity, f.quantity if f else None))
+            if len(updates) == 4:
+                break
+        await stream.aclose()
+        assert updates == [(1, Status.PENDING_NEW, 0, None), (2, Status.NEW, 0, None),
+                           (3, Status.PARTIALLY_FILLED, 4, 4), (4, Status.FILLED, 10, 6)]
+    s = await ledger.cash_balance(seller, uow)
+    assert (s.total, s.settled, s.unsettled, s.available) == (Decimal("1870.00"), 0, Decimal("1870.00"), 0)
+    async with checked_pool.acquire() as conn:
+        holds = {r["hold_id"]: r["status"] for r in await conn.fetch(
+            "SELECT hold_id, status FROM ledger.holds WHERE hold_id = ANY($1)", [str(buy.order_id), str(sell.order_id)])}
+        positions = {r["account_id"]: (r["quantity"], r["cost"]) for r in await conn.fetch(
+            "SELECT account_id, quantity, cost FROM ledger.positions WHERE account_id = ANY($1)", [buyer, seller])}
+    assert holds == {str(buy.order_id): "RELEASED", str(sell.order_id): "CAPTURED"}  # 2.50 of the buy hold came back
+    assert (await ledger.book_balance(buyer, "AAPL", uow)).posted == 20
+    assert (await ledger.book_balance(seller, "AAPL", uow)).posted == 90
+    assert positions[buyer] == (20, Decimal("1870.00000000"))  # the seeded 10 came in at a cost of zero
+    assert positions[seller] == (90, 0)
+
+    day = calendar.trading_day(datetime.now(timezone.utc))
+    cmd = [sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(), "--database-url", database_url,
+           "--nats-url", nats_url, "--namespace", namespace]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert "fills settled now       2" in first.stdout, first.stdout + first.stderr
+    s = await ledger.cash_balance(seller, uow)
+    assert (s.total, s.settled, s.unsettled, s.available) == (Decimal("1870.00"), Decimal("1870.00"), 0, Decimal("1870.00"))
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert "fills settled now       0" in second.stdout and "fills settled before    2" in second.stdout
+    assert (await ledger.cash_balance(seller, uow)) == s
+    assert second.returncode == first.returncode  # other tests' fills may be in the same day's report
+
+
+async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    day = calendar.trading_day(datetime.now(timezone.utc))
+    report = await settlement.reconcile(day, uow, {"AAPL:never-applied:1"}, settlement.SettlementReport(day))
+    kinds = {(d.kind, d.reference) for d in report.discrepancies}
+    assert ("FILL_NOT_APPLIED", "AAPL:never-applied:1") in kinds
+
+
+class NoWakeups:
+    def subscribe(self, account_id):
+        return asyncio.Event()
+
+    def unsubscribe(self, account_id, event):
+        pass
