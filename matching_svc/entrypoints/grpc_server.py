@@ -68,10 +68,11 @@ class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlService
         self.engine = engine
 
     async def GetEngineStatus(self, request: ec.GetEngineStatusRequest, context) -> ec.GetEngineStatusResponse:
+        """Per owned symbol: the last input whose results are published, and the book's hash."""
         reply = ec.GetEngineStatusResponse(instance_id=self.engine.cfg.instance_id)
         for symbol in sorted(self.engine.runners):
             live = self.engine.owned_engine(symbol)
             if live is not None:
-                reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=live.last_seq,
+                reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=self.engine.published_seq(symbol),
                                                      book_hash=live.book.state_hash()))
         return reply

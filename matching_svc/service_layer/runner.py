@@ -52,6 +52,8 @@ class SymbolRunner:
         self.engine: SymbolEngine | None = None  # set only while this instance owns the symbol
         self.lease: Lease | None = None
         self.inputs_processed = 0
+        # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
+        self.published_seq = 0
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -98,6 +100,7 @@ class SymbolRunner:
         engine = await self._load()
         sub = await input_consumer(self.js, self.names, self.symbol, engine.last_seq + 1)
         log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1})
+        self.published_seq = engine.last_seq
         self.engine = engine
         clean = True  # every applied input's results are published and acked
         since_snapshot = 0
@@ -155,6 +158,7 @@ class SymbolRunner:
                 futures.append(await js.publish_async(subject, payload,
                                                       headers={**headers, "Nats-Msg-Id": msg_id}))
             await asyncio.wait_for(asyncio.gather(*futures), timeout=max(5.0, self.ttl))
+        self.published_seq = engine.last_seq
         for msg in msgs:
             await msg.ack()
         self.inputs_processed += applied
@@ -185,6 +189,10 @@ class Engine:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def published_seq(self, symbol: str) -> int:
+        r = self.runners.get(symbol)
+        return r.published_seq if r is not None else 0
 
     def owned_engine(self, symbol: str) -> SymbolEngine | None:
         r = self.runners.get(symbol)
