@@ -73,7 +73,7 @@ def engine_config(namespace: str) -> EngineConfig:
 
 def build(nc, cfg: EngineConfig) -> tuple[App, Engine]:
     js = nc.jetstream()
-    engine = Engine(js, cfg)
+    engine = Engine(nc, cfg)
     app = App(
         name="matching_svc",
         servicers=[

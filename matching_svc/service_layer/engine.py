@@ -72,8 +72,20 @@ def price_ticks(text: str) -> int | None:
     return ticks
 
 
+_PRICE_TEXT: dict[int, str] = {}
+
+
 def price_text(ticks: int | None) -> str:
-    return "" if ticks is None else fmt(from_ticks(ticks))
+    """Ticks as a wire price; memoised (a book trades around few prices, and the formatting
+    of Decimal is a large share of the cost of a market-data event)."""
+    if ticks is None:
+        return ""
+    text = _PRICE_TEXT.get(ticks)
+    if text is None:
+        if len(_PRICE_TEXT) > 100_000:
+            _PRICE_TEXT.clear()
+        text = _PRICE_TEXT[ticks] = fmt(from_ticks(ticks))
+    return text
 
 
 @dataclass

@@ -13,8 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import nats.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from matching_svc.adapters.jetstream import (
     Lease,
@@ -44,9 +43,9 @@ class EngineConfig:
 
 
 class SymbolRunner:
-    def __init__(self, symbol: str, js: JetStreamContext, cfg: EngineConfig, store: SnapshotStore,
+    def __init__(self, symbol: str, nc: Client, cfg: EngineConfig, store: SnapshotStore,
                  kv, ttl: float) -> None:
-        self.symbol, self.js, self.cfg, self.store = symbol, js, cfg, store
+        self.symbol, self.nc, self.js, self.cfg, self.store = symbol, nc, nc.jetstream(), cfg, store
         self.names = Names(cfg.namespace)
         self.kv, self.ttl = kv, ttl
         self.engine: SymbolEngine | None = None  # set only while this instance owns the symbol
@@ -98,7 +97,7 @@ class SymbolRunner:
 
     async def _own(self, lease: Lease) -> None:
         engine = await self._load()
-        sub = await input_consumer(self.js, self.names, self.symbol, engine.last_seq + 1)
+        sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1, batch=self.cfg.batch)
         log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1})
         self.published_seq = engine.last_seq
         self.engine = engine
@@ -107,9 +106,8 @@ class SymbolRunner:
         try:
             while True:
                 lease.check()
-                try:
-                    msgs = await sub.fetch(self.cfg.batch, timeout=min(1.0, self.ttl / 4))
-                except nats.errors.TimeoutError:
+                msgs = await sub.next_batch(timeout=min(1.0, self.ttl / 4))
+                if not msgs:
                     continue
                 clean = False
                 since_snapshot += await self._process(engine, msgs, lease)
@@ -126,7 +124,7 @@ class SymbolRunner:
                 except Exception:  # noqa: BLE001 - replay from the older snapshot instead
                     log.exception("snapshot at shutdown failed", extra={"symbol": self.symbol})
             try:
-                await sub.unsubscribe()
+                await sub.stop()
             except Exception:  # noqa: BLE001
                 pass
 
@@ -168,8 +166,8 @@ class SymbolRunner:
 class Engine:
     """Every runner of this instance, and what the gRPC side asks of them."""
 
-    def __init__(self, js: JetStreamContext, cfg: EngineConfig) -> None:
-        self.js, self.cfg = js, cfg
+    def __init__(self, nc: Client, cfg: EngineConfig) -> None:
+        self.nc, self.js, self.cfg = nc, nc.jetstream(), cfg
         self.names = Names(cfg.namespace)
         self.runners: dict[str, SymbolRunner] = {}
         self.ready = asyncio.Event()
@@ -178,7 +176,7 @@ class Engine:
         await ensure_streams(self.js, self.names)
         kv, ttl = await lease_bucket(self.js, self.names, self.cfg.lease_ttl)
         store = SnapshotStore(self.js, self.names)
-        self.runners = {s: SymbolRunner(s, self.js, self.cfg, store, kv, ttl) for s in self.cfg.symbols}
+        self.runners = {s: SymbolRunner(s, self.nc, self.cfg, store, kv, ttl) for s in self.cfg.symbols}
         self.ready.set()
         log.info("engine instance up", extra={"instance": self.cfg.instance_id, "symbols": list(self.cfg.symbols),
                                               "lease_ttl": ttl})
