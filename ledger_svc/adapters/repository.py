@@ -8,7 +8,8 @@ from typing import NamedTuple
 import asyncpg
 
 from meshkit import audit
-from ledger_svc.domain.model import CASH, BookRef, CashBalance, InsufficientFunds, JournalEntry
+from ledger_svc.domain.model import (CASH, Balance, BookRef, CashBalance, Hold, HoldStatus, JournalEntry,
+                                     insufficient)
 
 
 class ActivityRow(NamedTuple):
@@ -21,18 +22,43 @@ class ActivityRow(NamedTuple):
     created_at: datetime
 
 
+_HOLD_COLUMNS = "hold_id, account_id, order_id, asset, amount, captured, released, status, created_at, resolved_at"
+
+
+def _hold(row: asyncpg.Record) -> Hold:
+    return Hold(hold_id=row["hold_id"], account_id=row["account_id"], order_id=row["order_id"],
+                asset=row["asset"], amount=row["amount"], captured=row["captured"], released=row["released"],
+                status=HoldStatus(row["status"]), created_at=row["created_at"], resolved_at=row["resolved_at"])
+
+
+class HoldRow(NamedTuple):
+    hold_seq: int
+    hold: Hold
+
+
+class CaptureRow(NamedTuple):
+    hold_id: str
+    capture_id: str
+    amount: Decimal
+    entry_id: object
+    counter_account_id: str
+
+
 class LedgerRepository:
-    # Books are never deleted, so (owner, asset) -> book_id is cached for the process.
+    # Books are never deleted, so (owner, asset) -> book_id is cached for the process, but
+    # only once known to be committed: a book created by a transaction that then rolls back
+    # (a refused withdrawal or hold) does not exist, and its id must not be reused.
     _book_ids: dict[BookRef, int] = {}
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self._created: dict[BookRef, int] = {}  # books this transaction created
 
     async def book_id(self, ref: BookRef) -> int:
-        cached = self._book_ids.get(ref)
+        cached = self._book_ids.get(ref) or self._created.get(ref)
         if cached is not None:
             return cached
-        book_id = await self.conn.fetchval(
+        row = await self.conn.fetchrow(
             """
             WITH new AS (
                 INSERT INTO ledger.books (owner, asset, is_customer) VALUES ($1, $2, $3)
@@ -40,15 +66,30 @@ class LedgerRepository:
             ), bal AS (
                 INSERT INTO ledger.balances (book_id) SELECT book_id FROM new WHERE $3
             )
-            SELECT book_id FROM new
-            UNION ALL SELECT book_id FROM ledger.books WHERE owner = $1 AND asset = $2
+            SELECT book_id, true AS created FROM new
+            UNION ALL SELECT book_id, false FROM ledger.books WHERE owner = $1 AND asset = $2
             """,
             ref.owner, ref.asset, ref.is_customer,
         )
-        if book_id is None:  # created by a concurrent transaction not yet visible: wait for it
+        if row is None:  # created by a concurrent transaction not yet visible: wait for it
             book_id = await self.conn.fetchval(
                 "SELECT book_id FROM ledger.books WHERE owner = $1 AND asset = $2", ref.owner, ref.asset)
-        self._book_ids[ref] = book_id
+            self._book_ids[ref] = book_id
+        elif row["created"]:
+            book_id = self._created[ref] = row["book_id"]
+        else:
+            book_id = self._book_ids[ref] = row["book_id"]
+        return book_id
+
+    async def find_book_id(self, ref: BookRef) -> int | None:
+        """The book's id, or None when it does not exist (never creates one)."""
+        cached = self._book_ids.get(ref) or self._created.get(ref)
+        if cached is not None:
+            return cached
+        book_id = await self.conn.fetchval(
+            "SELECT book_id FROM ledger.books WHERE owner = $1 AND asset = $2", ref.owner, ref.asset)
+        if book_id is not None:
+            self._book_ids[ref] = book_id
         return book_id
 
     async def claim_key(self, entry: JournalEntry) -> Decimal | None:
@@ -56,13 +97,14 @@ class LedgerRepository:
         already holds this idempotency key (waiting for an in-flight one to commit)."""
         inserted = await self.conn.fetchval(
             """
-            INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
+                                        reference)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (account_id, kind, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING entry_id
             """,
             entry.entry_id, entry.kind, entry.account_id, entry.idempotency_key, entry.amount,
-            entry.asset, entry.description,
+            entry.asset, entry.description, entry.reference,
         )
         if inserted is not None:
             return None
@@ -71,33 +113,65 @@ class LedgerRepository:
             entry.account_id, entry.kind, entry.idempotency_key,
         )
 
-    async def post(self, entry: JournalEntry) -> None:
+    async def post(self, entry: JournalEntry, *, from_held: BookRef | None = None,
+                   audit_type: str | None = None, audit_extra: dict | None = None) -> None:
         """Write the entry's postings and move the customer balances. A debit beyond a
-        customer's available balance raises InsufficientFunds (the CHECK constraint on
-        ledger.balances is the backstop)."""
+        customer's available balance raises InsufficientFunds / InsufficientShares (the CHECK
+        constraint on ledger.balances is the backstop).
+
+        `from_held`: the book whose debit comes out of what it holds (a hold capture): its
+        held drops with its posted, so its available balance does not change.
+        The audit event is `audit_type` (default: the entry's kind) with `audit_extra` added."""
+        moves: list[tuple[int, BookRef, Decimal]] = []
         for p in entry.postings:
             book_id = await self.book_id(p.book)
             await self.conn.execute(
                 "INSERT INTO ledger.postings (entry_id, book_id, asset, amount) VALUES ($1, $2, $3, $4)",
                 entry.entry_id, book_id, p.book.asset, p.amount)
             if p.book.is_customer:
-                moved = await self.conn.fetchval(
-                    """
-                    UPDATE ledger.balances SET posted = posted + $2
-                     WHERE book_id = $1 AND posted + $2 - held >= 0
-                    RETURNING book_id
-                    """, book_id, p.amount)
-                if moved is None:
-                    available = await self.conn.fetchval(
-                        "SELECT posted - held FROM ledger.balances WHERE book_id = $1", book_id)
-                    raise InsufficientFunds(
-                        f"available {p.book.asset} is {available or 0}, less than {-p.amount}",
-                        metadata={"available": str(available or 0), "requested": str(-p.amount)})
-        await audit.append(self.conn, f"ledger:{entry.account_id}", entry.kind, {
+                moves.append((book_id, p.book, p.amount))
+        # Balance rows are locked in book order, so two entries between the same two
+        # customers (A pays B while B pays A) never deadlock.
+        for book_id, ref, amount in sorted(moves, key=lambda m: m[0]):
+            held_delta = amount if ref == from_held else Decimal(0)
+            moved = await self.conn.fetchval(
+                """
+                UPDATE ledger.balances SET posted = posted + $2, held = held + $3
+                 WHERE book_id = $1 AND (posted + $2) - (held + $3) >= 0
+                RETURNING book_id
+                """, book_id, amount, held_delta)
+            if moved is None:
+                available = await self.conn.fetchval(
+                    "SELECT posted - held FROM ledger.balances WHERE book_id = $1", book_id)
+                raise insufficient(ref.asset, available or Decimal(0), -amount)
+        payload = {
             "entryId": str(entry.entry_id), "account": entry.account_id, "asset": entry.asset,
             "amount": entry.amount, "key": entry.idempotency_key,
             "postings": [[p.book.owner, p.book.asset, p.amount] for p in entry.postings],
-        })
+        }
+        await audit.append(self.conn, f"ledger:{entry.account_id}", audit_type or entry.kind,
+                           {**payload, **(audit_extra or {})})
+
+    async def add_entry(self, entry: JournalEntry) -> None:
+        """Record an entry header that needs no idempotency key of its own (its caller has one)."""
+        await self.conn.execute(
+            """
+            INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
+                                        reference)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            """,
+            entry.entry_id, entry.kind, entry.account_id, entry.idempotency_key, entry.amount,
+            entry.asset, entry.description, entry.reference)
+
+    async def balance(self, owner: str, asset: str) -> Balance:
+        """A customer book's posted and held (zero for a book that does not exist)."""
+        row = await self.conn.fetchrow(
+            """
+            SELECT b.posted, b.held FROM ledger.balances b
+              JOIN ledger.books k USING (book_id)
+             WHERE k.owner = $1 AND k.asset = $2
+            """, owner, asset)
+        return Balance() if row is None else Balance(posted=row["posted"], held=row["held"])
 
     async def cash(self, account_id: str) -> CashBalance:
         row = await self.conn.fetchrow(
@@ -124,3 +198,91 @@ class LedgerRepository:
             """, account_id, after, limit)
         return [ActivityRow(**dict(r)) for r in rows]
 
+
+    # --- holds -------------------------------------------------------------------------
+
+    async def get_hold(self, hold_id: str, *, for_update: bool = False) -> Hold | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_HOLD_COLUMNS} FROM ledger.holds WHERE hold_id = $1" + (" FOR UPDATE" if for_update else ""),
+            hold_id)
+        return None if row is None else _hold(row)
+
+    async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:
+        """Record a new PENDING hold; None when the hold id is taken (waiting for an in-flight
+        insert of the same id to commit or roll back first)."""
+        row = await self.conn.fetchrow(
+            f"""
+            INSERT INTO ledger.holds (hold_id, account_id, book_id, order_id, asset, amount)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (hold_id) DO NOTHING
+            RETURNING {_HOLD_COLUMNS}
+            """, hold.hold_id, hold.account_id, book_id, hold.order_id, hold.asset, hold.amount)
+        return None if row is None else _hold(row)
+
+    async def reserve(self, book_id: int, asset: str, amount: Decimal) -> None:
+        """held += amount, only while that much is available (a conditional UPDATE: racing
+        holds on one book queue on its row and each sees the previous one's result)."""
+        moved = await self.conn.fetchval(
+            """
+            UPDATE ledger.balances SET held = held + $2
+             WHERE book_id = $1 AND posted - held >= $2
+            RETURNING book_id
+            """, book_id, amount)
+        if moved is None:
+            available = await self.conn.fetchval(
+                "SELECT posted - held FROM ledger.balances WHERE book_id = $1", book_id)
+            raise insufficient(asset, available or Decimal(0), amount)
+
+    async def unreserve(self, hold_id: str, amount: Decimal) -> None:
+        """held -= amount on the hold's book (a release)."""
+        await self.conn.execute(
+            """
+            UPDATE ledger.balances SET held = held - $2
+             WHERE book_id = (SELECT book_id FROM ledger.holds WHERE hold_id = $1)
+            """, hold_id, amount)
+
+    async def save_hold(self, hold: Hold) -> Hold:
+        """Write a hold's progress (captured, released, status); resolved_at is set by the
+        database the one time the hold leaves PENDING."""
+        row = await self.conn.fetchrow(
+            f"""
+            UPDATE ledger.holds
+               SET captured = $2, released = $3, status = $4,
+                   resolved_at = CASE WHEN $4 <> 'PENDING' THEN now() END
+             WHERE hold_id = $1
+            RETURNING {_HOLD_COLUMNS}
+            """, hold.hold_id, hold.captured, hold.released, hold.status.value)
+        return _hold(row)
+
+    async def get_capture(self, hold_id: str, capture_id: str) -> CaptureRow | None:
+        row = await self.conn.fetchrow(
+            """
+            SELECT hold_id, capture_id, amount, entry_id, counter_account_id
+              FROM ledger.hold_captures WHERE hold_id = $1 AND capture_id = $2
+            """, hold_id, capture_id)
+        return None if row is None else CaptureRow(**dict(row))
+
+    async def add_capture(self, hold_id: str, capture_id: str, amount: Decimal, entry_id: object,
+                          counter_account_id: str) -> None:
+        await self.conn.execute(
+            """
+            INSERT INTO ledger.hold_captures (hold_id, capture_id, amount, entry_id, counter_account_id)
+            VALUES ($1, $2, $3, $4, $5)
+            """, hold_id, capture_id, amount, entry_id, counter_account_id)
+
+    async def audit_hold(self, hold: Hold, event_type: str, extra: dict) -> None:
+        await audit.append(self.conn, f"ledger:{hold.account_id}", event_type, {
+            "holdId": hold.hold_id, "account": hold.account_id, "orderId": hold.order_id,
+            "asset": hold.asset, "amount": hold.amount, "captured": hold.captured,
+            "released": hold.released, "status": hold.status.value, **extra,
+        })
+
+    async def list_holds(self, account_id: str, before: int | None, limit: int) -> list[HoldRow]:
+        rows = await self.conn.fetch(
+            f"""
+            SELECT hold_seq, {_HOLD_COLUMNS} FROM ledger.holds
+             WHERE account_id = $1 AND ($2::bigint IS NULL OR hold_seq < $2)
+             ORDER BY hold_seq DESC
+             LIMIT $3
+            """, account_id, before, limit)
+        return [HoldRow(r["hold_seq"], _hold(r)) for r in rows]

@@ -7,16 +7,25 @@ unit tests pin down.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 
-from meshkit.errors import AlreadyExists, FailedPrecondition
+from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 CASH = "USD"
-EXTERNAL = "$external"  # counter-account of money entering or leaving the brokerage
+EXTERNAL = "$external"  # counter-account of money or shares entering or leaving the brokerage
+CLEARING = "$clearing"  # default counter-account of hold captures (the street side of a trade)
 CENT = Decimal("0.01")
+# Cash holds carry up to four decimal places: a limit price has up to four (sub-penny prices
+# below $1) and a quantity is whole, so limit price x quantity is exact at four places, the
+# scale of every ledger column. Deposits and withdrawals stay at cents.
+CASH_HOLD_PLACES = 4
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
 
 
 class UnbalancedEntry(ValueError):
@@ -27,8 +36,61 @@ class InsufficientFunds(FailedPrecondition):
     default_reason = "INSUFFICIENT_FUNDS"
 
 
+class InsufficientShares(FailedPrecondition):
+    default_reason = "INSUFFICIENT_SHARES"
+
+
 class DuplicateIdempotencyKey(AlreadyExists):
     default_reason = "DUPLICATE_IDEMPOTENCY_KEY"
+
+
+class DuplicateHoldId(AlreadyExists):
+    default_reason = "DUPLICATE_HOLD_ID"
+
+
+class DuplicateCaptureId(AlreadyExists):
+    default_reason = "DUPLICATE_CAPTURE_ID"
+
+
+class HoldNotFound(NotFound):
+    default_reason = "HOLD_NOT_FOUND"
+
+
+class HoldExceeded(FailedPrecondition):
+    default_reason = "HOLD_EXCEEDED"
+
+
+class HoldResolved(FailedPrecondition):
+    default_reason = "HOLD_RESOLVED"
+
+
+def insufficient(asset: str, available: Decimal, requested: Decimal) -> FailedPrecondition:
+    """The refusal for a book short of `requested`: funds for cash, shares for a symbol."""
+    cls = InsufficientFunds if asset == CASH else InsufficientShares
+    what = "cash" if asset == CASH else f"{asset} shares"
+    return cls(f"available {what} {available} is less than {requested}",
+               metadata={"asset": asset, "available": str(available), "requested": str(requested)})
+
+
+def is_symbol(asset: str) -> bool:
+    return bool(_SYMBOL.match(asset)) and asset != CASH
+
+
+def amount_places(asset: str) -> int:
+    """Decimal places an amount of `asset` may carry: cash holds 4, shares are whole."""
+    return CASH_HOLD_PLACES if asset == CASH else 0
+
+
+def check_amount(asset: str, amount: Decimal, field: str = "amount") -> None:
+    """A positive, finite amount at the asset's scale; else INVALID_ARGUMENT naming `field`."""
+    if not isinstance(amount, Decimal):
+        raise TypeError("amounts are Decimals, never floats")
+    places = amount_places(asset)
+    if not amount.is_finite() or amount <= 0:
+        raise InvalidArgument([FieldViolation(field, "must be positive")])
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+        text = "must be a whole number of shares" if places == 0 else f"must have at most {places} decimal places"
+        raise InvalidArgument([FieldViolation(field, text)])
 
 
 @dataclass(frozen=True)
@@ -63,6 +125,7 @@ class JournalEntry:
     postings: tuple[Posting, ...]
     idempotency_key: str | None = None
     description: str = ""
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.postings) < 2:
@@ -92,6 +155,25 @@ def withdrawal_entry(account_id: str, amount: Decimal, key: str) -> JournalEntry
     )
 
 
+def share_deposit_entry(account_id: str, symbol: str, quantity: Decimal, key: str) -> JournalEntry:
+    """Shares come in (a transfer in, or simulator funding), against the symbol's external book."""
+    return JournalEntry(
+        entry_id=uuid.uuid4(), kind="SHARE_DEPOSIT", account_id=account_id, asset=symbol, amount=quantity,
+        idempotency_key=key, description=f"Deposit of {quantity} {symbol}",
+        postings=(Posting(BookRef(account_id, symbol), quantity), Posting(BookRef(EXTERNAL, symbol), -quantity)),
+    )
+
+
+def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str) -> JournalEntry:
+    """What a capture posts: the held asset leaves the hold's book for the counter-account."""
+    return JournalEntry(
+        entry_id=uuid.uuid4(), kind="HOLD_CAPTURE", account_id=hold.account_id, asset=hold.asset, amount=amount,
+        reference=hold.order_id, description=f"Capture of {amount} {hold.asset} held for order {hold.order_id}",
+        postings=(Posting(BookRef(hold.account_id, hold.asset), -amount),
+                  Posting(BookRef(counter_account_id, hold.asset), amount)),
+    )
+
+
 @dataclass
 class Balance:
     """A customer book's balance: posted (everything it owns) and held (reserved by orders)."""
@@ -111,6 +193,22 @@ class Balance:
                 metadata={"available": str(self.available), "requested": str(-amount)})
         self.posted += amount
 
+    def hold(self, asset: str, amount: Decimal) -> None:
+        """Reserve `amount`; refused (changing nothing) when less than that is available."""
+        if self.available < amount:
+            raise insufficient(asset, self.available, amount)
+        self.held += amount
+
+    def capture(self, amount: Decimal) -> None:
+        """A held amount leaves the book: posted and held both drop, available is unchanged."""
+        assert 0 < amount <= self.held
+        self.posted -= amount
+        self.held -= amount
+
+    def release(self, amount: Decimal) -> None:
+        assert 0 <= amount <= self.held
+        self.held -= amount
+
 
 @dataclass(frozen=True)
 class CashBalance:
@@ -129,3 +227,75 @@ class CashBalance:
 def same_request(existing_amount: Decimal, amount: Decimal) -> bool:
     """A retried key must carry the same amount (compared exactly: 10 == 10.00)."""
     return existing_amount == amount
+
+
+class HoldStatus(str, Enum):
+    PENDING = "PENDING"
+    CAPTURED = "CAPTURED"  # resolved: everything captured
+    RELEASED = "RELEASED"  # resolved: what was left released
+
+
+@dataclass
+class Hold:
+    """A two-phase reservation of one book (TigerBeetle's pending transfer).
+
+    It is captured, in part or in whole, many times; what is left is released. It resolves
+    at most once: CAPTURED as soon as everything is captured, RELEASED when the rest is
+    released. A resolved hold never changes again.
+    """
+
+    hold_id: str
+    account_id: str
+    order_id: str
+    asset: str
+    amount: Decimal
+    captured: Decimal = Decimal(0)
+    released: Decimal = Decimal(0)
+    status: HoldStatus = HoldStatus.PENDING
+    created_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+    @classmethod
+    def new(cls, hold_id: str, account_id: str, order_id: str, asset: str, amount: Decimal) -> "Hold":
+        check_amount(asset, amount)
+        return cls(hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount)
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.captured - self.released
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status is not HoldStatus.PENDING
+
+    def same_request(self, other: "Hold") -> bool:
+        """A retried PlaceHold carries the same parameters (amounts compared exactly)."""
+        return (self.account_id, self.order_id, self.asset, self.amount) == (
+            other.account_id, other.order_id, other.asset, other.amount)
+
+    def capture(self, amount: Decimal) -> None:
+        """Capture `amount` of what is still held; resolves the hold when nothing is left."""
+        check_amount(self.asset, amount)
+        if self.is_resolved:
+            raise HoldResolved(f"hold {self.hold_id} is already {self.status.value.lower()}",
+                               metadata={"holdId": self.hold_id, "status": self.status.value})
+        if amount > self.remaining:
+            raise HoldExceeded(
+                f"capture of {amount} exceeds the {self.remaining} still held by hold {self.hold_id}",
+                metadata={"holdId": self.hold_id, "remaining": str(self.remaining), "requested": str(amount)})
+        self.captured += amount
+        if self.remaining == 0:
+            self.status = HoldStatus.CAPTURED
+
+    def release(self) -> Decimal:
+        """Release what is left and resolve; returns the amount released. Releasing a resolved
+        hold (released, or captured in full) changes nothing and returns 0."""
+        if self.is_resolved:
+            return Decimal(0)
+        left = self.remaining
+        self.released += left
+        self.status = HoldStatus.RELEASED
+        return left
+
+    def copy(self) -> "Hold":
+        return replace(self)

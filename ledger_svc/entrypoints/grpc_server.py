@@ -59,3 +59,19 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         return pb.ListActivitiesResponse(
             activities=[mapping.activity_to_proto(r) for r in rows],
             next_page_token=paging.encode_token({"before": rows[-1].posting_id}) if more else "")
+
+    async def ListHolds(self, request: pb.ListHoldsRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListHoldsResponse:
+        v = Violations()
+        size = paging.page_size(request.page_size, v)
+        cursor = paging.decode_token(request.page_token, v, keys=("before",))
+        if cursor is not None and not isinstance(cursor["before"], int):
+            v.add("page_token", "is not a token returned by a previous call")
+        v.raise_if_any()
+        rows = await handlers.list_holds(current_account(), cursor["before"] if cursor else None,
+                                         size + 1, self.uow)
+        more = len(rows) > size
+        rows = rows[:size]
+        return pb.ListHoldsResponse(
+            holds=[mapping.hold_to_proto(r.hold) for r in rows],
+            next_page_token=paging.encode_token({"before": rows[-1].hold_seq}) if more else "")

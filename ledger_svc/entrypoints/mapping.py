@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,10 +13,18 @@ from stockmesh.ledger.v1 import ledger_pb2
 
 ACTIVITY_TYPES = {
     "DEPOSIT": ledger_pb2.ACTIVITY_TYPE_DEPOSIT,
+    "SHARE_DEPOSIT": ledger_pb2.ACTIVITY_TYPE_DEPOSIT,
     "WITHDRAWAL": ledger_pb2.ACTIVITY_TYPE_WITHDRAWAL,
     "HOLD_CAPTURE": ledger_pb2.ACTIVITY_TYPE_FILL,
     "FILL": ledger_pb2.ACTIVITY_TYPE_FILL,
     "SETTLEMENT": ledger_pb2.ACTIVITY_TYPE_SETTLEMENT,
+}
+
+
+HOLD_STATUSES = {
+    model.HoldStatus.PENDING: ledger_pb2.HOLD_STATUS_PENDING,
+    model.HoldStatus.CAPTURED: ledger_pb2.HOLD_STATUS_CAPTURED,
+    model.HoldStatus.RELEASED: ledger_pb2.HOLD_STATUS_RELEASED,
 }
 
 
@@ -35,3 +44,15 @@ def activity_to_proto(a: ActivityRow) -> ledger_pb2.Activity:
         activity_id=str(a.posting_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
         asset=a.asset, amount=fmt(a.amount), description=a.description,
         created_at=timestamp(a.created_at), reference=a.reference)
+
+
+def amount_text(asset: str, value: Decimal) -> str:
+    """Cash as a money string ("187.25"); shares as a whole number ("100")."""
+    return fmt(value) if asset == model.CASH else str(int(value))
+
+
+def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
+    return ledger_pb2.Hold(
+        hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
+        captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
+        status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)

@@ -16,3 +16,34 @@ class Withdraw:
     account_id: str
     amount: Decimal
     idempotency_key: str
+
+
+@dataclass(frozen=True)
+class CreditShares:
+    """Internal (tests, simulator funding): shares enter an account from outside."""
+    account_id: str
+    symbol: str
+    quantity: Decimal
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class PlaceHold:
+    hold_id: str
+    account_id: str
+    order_id: str
+    asset: str  # "USD" or a symbol
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class CaptureHold:
+    hold_id: str
+    capture_id: str
+    amount: Decimal
+    counter_account_id: str = ""  # empty: the clearing counter-account
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    hold_id: str

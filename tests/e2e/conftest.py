@@ -174,3 +174,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     assert code is not None, f"stockmesh up did not stop within {STOP_BOUND:.0f}s of SIGTERM " \
                              f"and was killed\n{running.diagnostics()}"
     assert code == 0, f"stockmesh up exited with {code}\n{running.diagnostics()}"
+
+
+@pytest.fixture(autouse=True)
+async def ledger_invariants(request):
+    """After every end-to-end test, the mesh's ledger and orders must still be consistent."""
+    yield
+    if "mesh" not in request.fixturenames:
+        return
+    import asyncpg
+
+    from tests.support import invariants
+
+    running = request.getfixturevalue("mesh")
+    pool = await asyncpg.create_pool(running.database_url, min_size=1, max_size=2)
+    try:
+        problems = await invariants.check(pool)
+    finally:
+        await pool.close()
+    assert not problems, "invariants broken after the test:\n" + "\n".join(problems)

@@ -1,0 +1,90 @@
+"""HoldService over gRPC (internal: order_svc calls it; Envoy's public listener does not route
+it). Thin: proto -> command, call the handler, domain -> proto."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+
+from ledger_svc.domain import model
+from ledger_svc.entrypoints import mapping
+from ledger_svc.service_layer import commands, handlers
+from ledger_svc.service_layer.handlers import UowFactory
+from meshkit import validate
+from meshkit.errors import Violations
+from meshkit.money import MAX_CASH, parse_decimal
+from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
+
+MAX_SHARES = Decimal(10) ** 12
+
+
+def _account(text: str, field: str, v: Violations, *, required: bool = True) -> str:
+    """A customer account id: a key that does not name a system book ('$...')."""
+    if not text and not required:
+        return text
+    validate.key(text, field, v)
+    if text.startswith("$") and required:
+        v.add(field, "must be a customer account, not a system book")
+    return text
+
+
+def _asset(text: str, v: Violations) -> str | None:
+    if not text:
+        v.add("asset", 'is required ("USD" or a symbol)')
+    elif text != model.CASH and not model.is_symbol(text):
+        v.add("asset", f'must be "USD" or a symbol such as "AAPL", got {text[:16]!r}')
+    else:
+        return text
+    return None
+
+
+def _amount(text: str, asset: str | None, v: Violations) -> Decimal | None:
+    """Cash with up to four places (limit price x quantity); shares whole. An amount of an
+    unknown asset is parsed at four places so its own mistakes are reported too."""
+    places = model.amount_places(asset) if asset else model.CASH_HOLD_PLACES
+    maximum = MAX_CASH if asset in (None, model.CASH) else MAX_SHARES
+    return parse_decimal(text, "amount", v, places=places, maximum=maximum)
+
+
+class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
+    def __init__(self, uow_factory: UowFactory) -> None:
+        self.uow = uow_factory
+
+    async def PlaceHold(self, request: pb.PlaceHoldRequest, context: grpc.aio.ServicerContext) -> pb.PlaceHoldResponse:
+        v = Violations()
+        hold_id = validate.key(request.hold_id, "hold_id", v)
+        account = _account(request.account_id, "account_id", v)
+        order_id = validate.key(request.order_id, "order_id", v)
+        asset = _asset(request.asset, v)
+        amount = _amount(request.amount, asset, v)
+        v.raise_if_any()
+        assert asset is not None and amount is not None
+        hold = await handlers.place_hold(commands.PlaceHold(hold_id, account, order_id, asset, amount), self.uow)
+        return pb.PlaceHoldResponse(hold=mapping.hold_to_proto(hold))
+
+    async def CaptureHold(self, request: pb.CaptureHoldRequest,
+                          context: grpc.aio.ServicerContext) -> pb.CaptureHoldResponse:
+        v = Violations()
+        hold_id = validate.key(request.hold_id, "hold_id", v)
+        capture_id = validate.key(request.capture_id, "capture_id", v)
+        # The hold's asset decides the scale; whole shares are checked against the hold itself.
+        amount = parse_decimal(request.amount, "amount", v, places=model.CASH_HOLD_PLACES, maximum=MAX_CASH)
+        counter = _account(request.counter_account_id, "counter_account_id", v, required=False)
+        v.raise_if_any()
+        assert amount is not None
+        hold = await handlers.capture_hold(commands.CaptureHold(hold_id, capture_id, amount, counter), self.uow)
+        return pb.CaptureHoldResponse(hold=mapping.hold_to_proto(hold))
+
+    async def ReleaseHold(self, request: pb.ReleaseHoldRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ReleaseHoldResponse:
+        v = Violations()
+        hold_id = validate.key(request.hold_id, "hold_id", v)
+        v.raise_if_any()
+        hold = await handlers.release_hold(commands.ReleaseHold(hold_id), self.uow)
+        return pb.ReleaseHoldResponse(hold=mapping.hold_to_proto(hold))
+
+    async def GetHold(self, request: pb.GetHoldRequest, context: grpc.aio.ServicerContext) -> pb.GetHoldResponse:
+        v = Violations()
+        hold_id = validate.key(request.hold_id, "hold_id", v)
+        v.raise_if_any()
+        return pb.GetHoldResponse(hold=mapping.hold_to_proto(await handlers.get_hold(hold_id, self.uow)))

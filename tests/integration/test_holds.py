@@ -1,0 +1,359 @@
+"""Two-phase holds against a real PostgreSQL, through the handlers (and the gRPC servicers)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import grpc
+import pytest
+
+from ledger_svc import bootstrap
+from ledger_svc.domain import model
+from ledger_svc.domain.model import HoldStatus
+from ledger_svc.service_layer import commands, handlers
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import audit
+from meshkit.server import create_server
+from meshkit.status import error_info
+from stockmesh.ledger.v1 import hold_service_pb2 as hpb, hold_service_pb2_grpc, ledger_pb2
+from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+
+pytestmark = pytest.mark.integration
+D = Decimal
+
+
+def account() -> str:
+    return f"acct-{uuid.uuid4().hex[:10]}"
+
+
+def hid() -> str:
+    return f"h-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def uow(checked_pool):
+    return lambda: LedgerUnitOfWork(checked_pool)
+
+
+async def fund(uow, acct: str, cash: str | None = None, **shares: int) -> None:
+    if cash is not None:
+        await handlers.deposit(commands.Deposit(acct, D(cash), f"fund-{uuid.uuid4().hex}"), uow)
+    for symbol, qty in shares.items():
+        await handlers.credit_shares(commands.CreditShares(acct, symbol, D(qty), f"fund-{uuid.uuid4().hex}"), uow)
+
+
+async def place(uow, acct: str, asset: str, amount: str, hold_id: str | None = None, order_id: str = "o-1"):
+    return await handlers.place_hold(commands.PlaceHold(hold_id or hid(), acct, order_id, asset, D(amount)), uow)
+
+
+async def capture(uow, hold_id: str, amount: str, capture_id: str | None = None, counter: str = ""):
+    return await handlers.capture_hold(
+        commands.CaptureHold(hold_id, capture_id or f"c-{uuid.uuid4().hex[:8]}", D(amount), counter), uow)
+
+
+async def balance(uow, owner: str, asset: str) -> tuple[Decimal, Decimal, Decimal]:
+    b = await handlers.book_balance(owner, asset, uow)
+    return b.posted, b.held, b.available
+
+
+async def _race(uow, pool, acct: str, asset: str, amount: str, funded_for: int, n: int = 1000):
+    """n concurrent PlaceHolds of `amount`, while a watcher samples the book's balance."""
+    samples: list[Decimal] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            samples.append((await balance(uow, acct, asset))[2])
+            await asyncio.sleep(0.005)
+
+    async def one(i: int):
+        try:
+            return await place(uow, acct, asset, amount, hold_id=f"{acct}-{i}", order_id=f"o-{i}")
+        except (model.InsufficientFunds, model.InsufficientShares) as exc:
+            return exc
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    done.set()
+    await watcher
+    placed = [r for r in results if isinstance(r, model.Hold)]
+    refused = [r for r in results if not isinstance(r, model.Hold)]
+    assert len(placed) == funded_for and len(refused) == n - funded_for
+    assert samples and min(samples) >= 0
+    posted, held, available = await balance(uow, acct, asset)
+    assert held == sum(h.amount for h in placed) == D(amount) * funded_for
+    assert available == posted - held == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.holds WHERE account_id = $1", acct) == funded_for
+        assert await conn.fetchval(
+            "SELECT count(*) FROM audit.events WHERE stream = $1 AND event_type = 'HOLD_PLACED'",
+            f"ledger:{acct}") == funded_for
+    return refused
+
+
+async def test_1000_concurrent_cash_holds_funded_for_exactly_10(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="123.45")  # 10 x 12.3450
+    refused = await _race(uow, checked_pool, acct, "USD", "12.3450", funded_for=10)
+    assert {(e.code, e.reason) for e in refused} == {("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS")}
+
+
+async def test_1000_concurrent_share_holds_funded_for_exactly_10(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, AAPL=70)  # 10 x 7 shares
+    refused = await _race(uow, checked_pool, acct, "AAPL", "7", funded_for=10)
+    assert {(e.code, e.reason) for e in refused} == {("FAILED_PRECONDITION", "INSUFFICIENT_SHARES")}
+
+
+async def test_one_hold_id_100_times_concurrently_is_one_hold(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="50.00")
+    h = hid()
+    replies = await asyncio.gather(*(place(uow, acct, "USD", "20", hold_id=h) for _ in range(100)))
+    assert {(r.hold_id, r.amount, r.status, r.created_at) for r in replies} == {
+        (h, D(20), HoldStatus.PENDING, replies[0].created_at)}
+    assert await balance(uow, acct, "USD") == (D(50), D(20), D(30))
+    with pytest.raises(model.DuplicateHoldId) as err:
+        await place(uow, acct, "USD", "21", hold_id=h)
+    assert (err.value.code, err.value.reason) == ("ALREADY_EXISTS", "DUPLICATE_HOLD_ID")
+    with pytest.raises(model.DuplicateHoldId):
+        await place(uow, acct, "USD", "20", hold_id=h, order_id="another-order")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.holds WHERE account_id = $1", acct) == 1
+
+
+async def test_partial_captures_across_two_accounts_move_cash_exactly(uow, checked_pool):
+    buyer, seller = account(), account()
+    await fund(uow, buyer, cash="1000.00")
+    await fund(uow, seller, cash="5.00", MSFT=30)
+    cash_hold = await place(uow, buyer, "USD", "400.1234")
+    share_hold = await place(uow, seller, "MSFT", "30")
+    # Three fills: 10 @ 13.3333, 10 @ 13.3334, 5 @ 13.3300 (4-place prices).
+    for i, (qty, cost) in enumerate([(10, "133.3330"), (10, "133.3340"), (5, "66.6500")]):
+        await capture(uow, cash_hold.hold_id, cost, capture_id=f"exec-{i}", counter=seller)
+        await capture(uow, share_hold.hold_id, str(qty), capture_id=f"exec-{i}", counter=buyer)
+    spent = D("133.3330") + D("133.3340") + D("66.6500")
+    assert await balance(uow, buyer, "USD") == (D(1000) - spent, D("400.1234") - spent, D(600) - D("0.1234"))
+    assert await balance(uow, seller, "USD") == (D(5) + spent, D(0), D(5) + spent)
+    assert await balance(uow, buyer, "MSFT") == (D(25), D(0), D(25))
+    assert await balance(uow, seller, "MSFT") == (D(5), D(5), D(0))
+    h = await handlers.get_hold(cash_hold.hold_id, uow)
+    assert (h.captured, h.released, h.status) == (spent, D(0), HoldStatus.PENDING)
+    async with checked_pool.acquire() as conn:
+        kinds = await conn.fetch("SELECT kind, count(*) FROM ledger.entries WHERE account_id = $1 "
+                                 "GROUP BY kind", buyer)
+        assert dict((r[0], r[1]) for r in kinds) == {"DEPOSIT": 1, "HOLD_CAPTURE": 3}
+
+
+async def test_a_capture_fully_using_the_hold_resolves_it_as_captured(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="10")
+    h = await place(uow, acct, "USD", "10")
+    h = await capture(uow, h.hold_id, "10")  # to the clearing counter-account
+    assert (h.status, h.captured, h.resolved_at is not None) == (HoldStatus.CAPTURED, D(10), True)
+    assert await balance(uow, acct, "USD") == (D(0), D(0), D(0))
+    again = await handlers.release_hold(commands.ReleaseHold(h.hold_id), uow)  # nothing left: unchanged
+    assert (again.status, again.released, again.resolved_at) == (HoldStatus.CAPTURED, D(0), h.resolved_at)
+
+
+async def test_release_after_partial_capture(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="100")
+    h = await place(uow, acct, "USD", "80")
+    await capture(uow, h.hold_id, "30.5")
+    h = await handlers.release_hold(commands.ReleaseHold(h.hold_id), uow)
+    assert (h.captured, h.released, h.status) == (D("30.5"), D("49.5"), HoldStatus.RELEASED)
+    assert h.resolved_at is not None
+    assert await balance(uow, acct, "USD") == (D("69.5"), D(0), D("69.5"))
+    # Releasing again is idempotent.
+    again = await handlers.release_hold(commands.ReleaseHold(h.hold_id), uow)
+    assert (again.released, again.status, again.resolved_at) == (D("49.5"), HoldStatus.RELEASED, h.resolved_at)
+    assert await balance(uow, acct, "USD") == (D("69.5"), D(0), D("69.5"))
+    async with checked_pool.acquire() as conn:
+        events = [r[0] for r in await conn.fetch(
+            "SELECT event_type FROM audit.events WHERE stream = $1 ORDER BY seq", f"ledger:{acct}")]
+        assert events == ["DEPOSIT", "HOLD_PLACED", "HOLD_CAPTURED", "HOLD_RELEASED"]
+        assert (await audit.verify(conn))[1] is None
+
+
+async def test_capture_retry_is_idempotent(uow, checked_pool):
+    acct, other = account(), account()
+    await fund(uow, acct, cash="100")
+    h = await place(uow, acct, "USD", "60")
+    replies = await asyncio.gather(*(capture(uow, h.hold_id, "25", capture_id="fill-1", counter=other)
+                                     for _ in range(20)))
+    assert {(r.captured, r.status) for r in replies} == {(D(25), HoldStatus.PENDING)}
+    assert await balance(uow, acct, "USD") == (D(75), D(35), D(40))
+    assert await balance(uow, other, "USD") == (D(25), D(0), D(25))
+    # Once resolved, a retry of an applied capture still answers with the hold.
+    await capture(uow, h.hold_id, "35", capture_id="fill-2", counter=other)
+    again = await capture(uow, h.hold_id, "25", capture_id="fill-1", counter=other)
+    assert (again.captured, again.status) == (D(60), HoldStatus.CAPTURED)
+    with pytest.raises(model.DuplicateCaptureId) as err:
+        await capture(uow, h.hold_id, "26", capture_id="fill-1", counter=other)
+    assert (err.value.code, err.value.reason) == ("ALREADY_EXISTS", "DUPLICATE_CAPTURE_ID")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.hold_captures WHERE hold_id = $1", h.hold_id) == 2
+
+
+async def test_capture_refusals(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="100", TSLA=3)
+    h = await place(uow, acct, "USD", "10")
+    with pytest.raises(model.HoldExceeded) as err:
+        await capture(uow, h.hold_id, "10.0001")
+    assert (err.value.code, err.value.reason) == ("FAILED_PRECONDITION", "HOLD_EXCEEDED")
+    await handlers.release_hold(commands.ReleaseHold(h.hold_id), uow)
+    with pytest.raises(model.HoldResolved) as err:
+        await capture(uow, h.hold_id, "1")
+    assert (err.value.code, err.value.reason) == ("FAILED_PRECONDITION", "HOLD_RESOLVED")
+    with pytest.raises(model.HoldNotFound) as err:
+        await capture(uow, "no-such-hold", "1")
+    assert (err.value.code, err.value.reason) == ("NOT_FOUND", "HOLD_NOT_FOUND")
+    with pytest.raises(model.HoldNotFound):
+        await handlers.release_hold(commands.ReleaseHold("no-such-hold"), uow)
+    shares = await place(uow, acct, "TSLA", "3")
+    with pytest.raises(model.InvalidArgument):
+        await capture(uow, shares.hold_id, "1.5")
+    with pytest.raises(model.InvalidArgument):
+        await capture(uow, shares.hold_id, "1", counter=acct)
+    assert await balance(uow, acct, "USD") == (D(100), D(0), D(100))
+    assert await balance(uow, acct, "TSLA") == (D(3), D(3), D(0))
+
+
+async def test_holds_on_books_that_never_existed_are_refused_and_leave_nothing_behind(uow, checked_pool):
+    acct = account()
+    with pytest.raises(model.InsufficientShares):
+        await place(uow, acct, "NVDA", "1")
+    with pytest.raises(model.InsufficientFunds):
+        await handlers.withdraw(commands.Withdraw(acct, D(1), "w"), uow)  # creates, then rolls back, a book
+    await fund(uow, acct, cash="5")  # the rolled-back book's id is not reused
+    assert await balance(uow, acct, "USD") == (D(5), D(0), D(5))
+
+
+async def test_crossed_captures_between_two_accounts_do_not_deadlock(uow, checked_pool):
+    a, b = account(), account()
+    await fund(uow, a, cash="500")
+    await fund(uow, b, cash="500")
+    ha, hb = await place(uow, a, "USD", "500"), await place(uow, b, "USD", "500")
+    await asyncio.gather(*(capture(uow, (ha if i % 2 else hb).hold_id, "5", counter=(b if i % 2 else a))
+                           for i in range(100)))
+    assert await balance(uow, a, "USD") == (D(500), D(250), D(250))
+    assert await balance(uow, b, "USD") == (D(500), D(250), D(250))
+
+
+async def test_the_database_enforces_the_hold_rules(uow, checked_pool):
+    acct = account()
+    await fund(uow, acct, cash="100")
+    h = await place(uow, acct, "USD", "10")
+    await capture(uow, h.hold_id, "6")
+    async with checked_pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError) as err:
+            await conn.execute("UPDATE ledger.holds SET released = 5 WHERE hold_id = $1", h.hold_id)
+        assert err.value.constraint_name == "holds_resolved_within_amount"
+        with pytest.raises(asyncpg.CheckViolationError) as err:
+            await conn.execute("UPDATE ledger.holds SET status = 'CAPTURED', resolved_at = now() "
+                               "WHERE hold_id = $1", h.hold_id)
+        assert err.value.constraint_name == "holds_status_consistent"
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO ledger.holds (hold_id, account_id, book_id, order_id, asset, amount) "
+                "SELECT 'zero', $1, book_id, 'o', 'USD', 0 FROM ledger.books WHERE owner = $1", acct)
+        with pytest.raises(asyncpg.CheckViolationError, match="never decrease"):
+            await conn.execute("UPDATE ledger.holds SET captured = 5 WHERE hold_id = $1", h.hold_id)
+        with pytest.raises(asyncpg.CheckViolationError):  # available = posted - held >= 0
+            await conn.execute("UPDATE ledger.balances SET held = posted + 1 WHERE book_id = "
+                               "(SELECT book_id FROM ledger.holds WHERE hold_id = $1)", h.hold_id)
+        await handlers.release_hold(commands.ReleaseHold(h.hold_id), uow)
+        with pytest.raises(asyncpg.CheckViolationError, match="resolves once"):
+            await conn.execute("UPDATE ledger.holds SET resolved_at = now() WHERE hold_id = $1", h.hold_id)
+        with pytest.raises(asyncpg.PostgresError, match="not allowed"):
+            await conn.execute("DELETE FROM ledger.holds WHERE hold_id = $1", h.hold_id)
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("UPDATE ledger.hold_captures SET amount = 1 WHERE hold_id = $1", h.hold_id)
+
+
+# --- over gRPC ------------------------------------------------------------------------------
+
+@pytest.fixture
+async def channel(checked_pool):
+    app = bootstrap.build(checked_pool)
+    app.on_close.clear()  # the session pool outlives this server
+    server, port, _ = await create_server("127.0.0.1:0", app)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    await server.stop(None)
+
+
+def as_account(acct: str) -> tuple[tuple[str, str]]:
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": acct}).encode()).decode().rstrip("=")
+    return (("x-jwt-payload", payload),)
+
+
+async def test_hold_service_validates_and_maps_errors(channel, uow):
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.PlaceHold(hpb.PlaceHoldRequest(account_id="$external", asset="aapl", amount="1.5"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, bad = error_info(err.value)
+    assert info.reason == "INVALID_ARGUMENT"
+    assert {v.field for v in bad.field_violations} == {"hold_id", "account_id", "order_id", "asset"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.PlaceHold(hpb.PlaceHoldRequest(hold_id="h", account_id="a", order_id="o", asset="AAPL",
+                                                   amount="1.5"))
+    assert [v.field for v in error_info(err.value)[1].field_violations] == ["amount"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.CaptureHold(hpb.CaptureHoldRequest(hold_id="h", amount="1e3"))
+    assert {v.field for v in error_info(err.value)[1].field_violations} == {"capture_id", "amount"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.GetHold(hpb.GetHoldRequest(hold_id="missing"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_info(err.value)[0].reason == "HOLD_NOT_FOUND"
+    acct = account()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.PlaceHold(hpb.PlaceHoldRequest(hold_id=hid(), account_id=acct, order_id="o", asset="USD",
+                                                   amount="1.0001"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err.value)[0].reason == "INSUFFICIENT_FUNDS"
+
+
+async def test_hold_lifecycle_and_list_holds_over_grpc(channel, uow):
+    acct = account()
+    await fund(uow, acct, cash="1000", AMZN=20)
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    ledger = ledger_service_pb2_grpc.LedgerServiceStub(channel)
+    cash = (await holds.PlaceHold(hpb.PlaceHoldRequest(
+        hold_id="g-cash-" + acct, account_id=acct, order_id="o-1", asset="USD", amount="187.2525"))).hold
+    assert (cash.amount, cash.captured, cash.status) == ("187.2525", "0.00", ledger_pb2.HOLD_STATUS_PENDING)
+    shares = (await holds.PlaceHold(hpb.PlaceHoldRequest(
+        hold_id="g-shares-" + acct, account_id=acct, order_id="o-2", asset="AMZN", amount="20"))).hold
+    shares = (await holds.CaptureHold(hpb.CaptureHoldRequest(
+        hold_id=shares.hold_id, capture_id="x1", amount="8"))).hold
+    shares = (await holds.ReleaseHold(hpb.ReleaseHoldRequest(hold_id=shares.hold_id))).hold
+    assert (shares.amount, shares.captured, shares.released, shares.status) == (
+        "20", "8", "12", ledger_pb2.HOLD_STATUS_RELEASED)
+    third = (await holds.PlaceHold(hpb.PlaceHoldRequest(
+        hold_id="g-third-" + acct, account_id=acct, order_id="o-3", asset="USD", amount="1"))).hold
+    third = (await holds.CaptureHold(hpb.CaptureHoldRequest(hold_id=third.hold_id, capture_id="x", amount="1"))).hold
+    assert third.status == ledger_pb2.HOLD_STATUS_CAPTURED
+    assert (await holds.GetHold(hpb.GetHoldRequest(hold_id=cash.hold_id))).hold == cash
+
+    page1 = await ledger.ListHolds(lpb.ListHoldsRequest(page_size=2), metadata=as_account(acct))
+    assert [h.hold_id for h in page1.holds] == [third.hold_id, shares.hold_id] and page1.next_page_token
+    assert page1.holds[1] == shares
+    page2 = await ledger.ListHolds(lpb.ListHoldsRequest(page_size=2, page_token=page1.next_page_token),
+                                   metadata=as_account(acct))
+    assert [h.hold_id for h in page2.holds] == [cash.hold_id] and page2.next_page_token == ""
+    assert page2.holds[0].created_at.seconds > 0
+    other = await ledger.ListHolds(lpb.ListHoldsRequest(), metadata=as_account(account()))
+    assert list(other.holds) == []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ledger.ListHolds(lpb.ListHoldsRequest(page_size=-1, page_token="junk"), metadata=as_account(acct))
+    assert {v.field for v in error_info(err.value)[1].field_violations} == {"page_size", "page_token"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ledger.ListHolds(lpb.ListHoldsRequest())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
