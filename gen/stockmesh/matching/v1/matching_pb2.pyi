@@ -21,6 +21,7 @@ class ExecutionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXECUTION_TYPE_REJECTED: _ClassVar[ExecutionType]
     EXECUTION_TYPE_REPLACED: _ClassVar[ExecutionType]
     EXECUTION_TYPE_TRIGGERED: _ClassVar[ExecutionType]
+    EXECUTION_TYPE_CANCEL_REJECTED: _ClassVar[ExecutionType]
 EXECUTION_TYPE_UNSPECIFIED: ExecutionType
 EXECUTION_TYPE_ACCEPTED: ExecutionType
 EXECUTION_TYPE_FILL: ExecutionType
@@ -29,6 +30,7 @@ EXECUTION_TYPE_EXPIRED: ExecutionType
 EXECUTION_TYPE_REJECTED: ExecutionType
 EXECUTION_TYPE_REPLACED: ExecutionType
 EXECUTION_TYPE_TRIGGERED: ExecutionType
+EXECUTION_TYPE_CANCEL_REJECTED: ExecutionType
 
 class PriceLevel(_message.Message):
     __slots__ = ("price", "quantity", "order_count")

@@ -1,0 +1,329 @@
+"""JetStream plumbing of the engine: its streams, the input consumer of a symbol, snapshots
+in an object store, and per-symbol leases in a key-value bucket.
+
+Names (``<ns>`` = the deployment's namespace):
+
+* input     stream ``<ns>_ORDERS``      subjects ``<ns>.orders.<SYMBOL>``   (order_svc writes)
+* output    stream ``<ns>_EXECUTIONS``  subjects ``<ns>.executions.<SYMBOL>``
+* output    stream ``<ns>_MD``          subjects ``<ns>.md.<SYMBOL>`` (bounded per subject)
+* snapshots object store ``<ns>_SNAPSHOTS``, one object per symbol
+* leases    key-value bucket ``<ns>_ENGINE_LEASES``, one key per symbol, with a TTL
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from meshkit import bus
+
+log = logging.getLogger("matching_svc.jetstream")
+
+# JetStream drops a re-published execution with the same Nats-Msg-Id within this window;
+# beyond it, downstream consumers drop repeats by execution_id.
+OUTPUT_DUPLICATE_WINDOW = 300.0
+MD_PER_SUBJECT = 10_000
+
+
+@dataclass(frozen=True)
+class Names:
+    namespace: str
+
+    @property
+    def orders(self) -> str:
+        return bus.stream_name(self.namespace, "ORDERS")
+
+    @property
+    def executions(self) -> str:
+        return bus.stream_name(self.namespace, "EXECUTIONS")
+
+    @property
+    def md(self) -> str:
+        return bus.stream_name(self.namespace, "MD")
+
+    @property
+    def snapshots(self) -> str:
+        return bus.stream_name(self.namespace, "SNAPSHOTS")
+
+    @property
+    def leases(self) -> str:
+        return bus.stream_name(self.namespace, "ENGINE_LEASES")
+
+    def orders_subject(self, symbol: str) -> str:
+        return bus.subject(self.namespace, "orders", symbol)
+
+    def executions_subject(self, symbol: str) -> str:
+        return bus.subject(self.namespace, "executions", symbol)
+
+    def md_subject(self, symbol: str) -> str:
+        return bus.subject(self.namespace, "md", symbol)
+
+    def consumer(self, symbol: str) -> str:
+        return "engine_" + symbol.replace(".", "_").replace("-", "_")
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream; if it exists (perhaps made by another service with its own
+    settings), keep it as it is."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.stream_info(config.name)  # raises if it really is not there
+
+
+async def ensure_streams(js: JetStreamContext, names: Names) -> None:
+    ns = names.namespace
+    # Same configuration as order_svc's, so whichever service starts first makes it.
+    await _ensure_stream(js, StreamConfig(
+        name=names.orders, subjects=[bus.subject(ns, "orders", ">")], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, duplicate_window=120.0, num_replicas=1))
+    await _ensure_stream(js, StreamConfig(
+        name=names.executions, subjects=[bus.subject(ns, "executions", ">")], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, duplicate_window=OUTPUT_DUPLICATE_WINDOW,
+        num_replicas=1))
+    await _ensure_stream(js, StreamConfig(
+        name=names.md, subjects=[bus.subject(ns, "md", ">")], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_msgs_per_subject=MD_PER_SUBJECT,
+        duplicate_window=OUTPUT_DUPLICATE_WINDOW, num_replicas=1))
+
+
+# ---------------------------------------------------------------------- inputs
+
+def input_position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, stored-at time in ns) of a JetStream message, read from its reply
+    subject exactly (nats-py's Metadata.timestamp goes through a float)."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
+        return int(tokens[5]), int(tokens[7])
+    # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>[.<token>]
+    return int(tokens[7]), int(tokens[9])
+
+
+class ConsumerGone(Exception):
+    """The consumer was deleted (another engine took the symbol over) or the pull failed."""
+
+
+class Puller:
+    """Continuous pull from a durable consumer: keeps pull requests outstanding (credit
+    between batch/2 and 2×batch) so messages flow without a round trip each, and hands them
+    out as soon as they arrive, in delivery order, up to ``batch`` at a time.
+
+    (nats-py's ``fetch(n)`` waits for the whole batch or its timeout once one message has
+    arrived, which costs up to the timeout in latency when the flow is light.)
+    """
+
+    def __init__(self, nc, stream: str, durable: str, batch: int, expires: float = 5.0) -> None:
+        self.nc, self.batch, self.expires = nc, batch, expires
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.inbox = nc.new_inbox()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.credit = 0
+        self.sub = None
+
+    async def start(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            self.queue.put_nowait(msg)
+        self.sub = await self.nc.subscribe(self.inbox, cb=on_msg)
+
+    async def _request(self) -> None:
+        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
+        await self.nc.publish(self.api, body, reply=self.inbox)
+        self.credit += self.batch
+
+    def _take(self, msg: Msg, out: list) -> None:
+        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        if status is None:
+            self.credit -= 1
+            out.append(msg)
+        elif status in ("408", "409"):  # a request expired or ended: its unused credit is gone
+            desc = msg.headers.get("Description", "")
+            if status == "409" and ("Deleted" in desc or "Leadership" in desc):
+                raise ConsumerGone(desc)
+            self.credit -= int(msg.headers.get("Nats-Pending-Messages", "0") or 0)
+        # 100 (heartbeat / flow control) and 404 carry nothing for us
+
+    async def next_batch(self, timeout: float) -> list[Msg]:
+        if self.credit < self.batch:
+            await self._request()
+        out: list[Msg] = []
+        try:
+            self._take(await asyncio.wait_for(self.queue.get(), timeout), out)
+        except asyncio.TimeoutError:
+            return out
+        q = self.queue
+        while not q.empty() and len(out) < self.batch:
+            self._take(q.get_nowait(), out)
+        if self.credit <= 0:
+            self.credit = 0
+        return out
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+
+async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, start_seq: int, *,
+                         batch: int = 500, max_ack_pending: int = 20_000) -> Puller:
+    """The symbol's durable pull consumer, (re)positioned at ``start_seq``: a durable
+    consumer cannot be moved, so it is deleted and made again each time an engine takes the
+    symbol over (the snapshot, not the consumer, says where processing stands)."""
+    durable = names.consumer(symbol)
+    try:
+        await js.delete_consumer(names.orders, durable)
+    except nats.js.errors.NotFoundError:
+        pass
+    config = ConsumerConfig(
+        durable_name=durable, filter_subject=names.orders_subject(symbol),
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 1 else None,
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=max_ack_pending, max_deliver=-1)
+    await js.add_consumer(names.orders, config)
+    puller = Puller(nc, names.orders, durable, batch)
+    await puller.start()
+    return puller
+
+
+# ---------------------------------------------------------------------- snapshots
+
+class SnapshotStore:
+    """One object per symbol in the ``<ns>_SNAPSHOTS`` object store (chunked, so a big book
+    and its seen-id set are not limited by the NATS message size)."""
+
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self.js, self.bucket = js, names.snapshots
+        self._obs = None
+
+    async def _store(self):
+        if self._obs is None:
+            try:
+                self._obs = await self.js.object_store(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._obs = await self.js.create_object_store(
+                    self.bucket, ObjectStoreConfig(storage=StorageType.FILE,
+                                                   description="matching engine snapshots"))
+        return self._obs
+
+    async def load(self, symbol: str) -> bytes | None:
+        obs = await self._store()
+        try:
+            return (await obs.get(symbol)).data
+        except nats.js.errors.ObjectNotFoundError:
+            return None
+        except nats.js.errors.ObjectDeletedError:
+            return None
+
+    async def save(self, symbol: str, blob: bytes) -> None:
+        obs = await self._store()
+        await obs.put(symbol, blob)
+
+
+# ---------------------------------------------------------------------- leases
+
+class LeaseLost(Exception):
+    """This instance may no longer write the symbol."""
+
+
+class Lease:
+    """Exclusive right to write one symbol, held in a KV bucket whose entries expire after
+    ``ttl`` seconds unless renewed.
+
+    * acquire: ``create`` (succeeds only if the key is absent, deleted or expired);
+    * renew: ``update`` with the revision we last wrote, every ttl/4; a revision mismatch
+      means someone else holds it now: lost at once;
+    * the holder may write only until ``deadline`` = (send time of the last successful
+      renew) + ttl × 3/4: the server keeps the entry at least ttl after it stored it, which
+      is after we sent it, so we stop writing a quarter of a TTL before anyone else can
+      acquire it. A holder that cannot reach NATS stops at the deadline on its own.
+    * release (clean shutdown): delete with the expected revision, so a standby can take
+      over at once.
+    """
+
+    def __init__(self, kv, key: str, owner: str, ttl: float) -> None:
+        self.kv, self.key, self.owner, self.ttl = kv, key, owner, ttl
+        self.revision = 0
+        self.deadline = 0.0
+        self._renewer: asyncio.Task | None = None
+
+    def valid(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    def check(self) -> None:
+        if not self.valid():
+            raise LeaseLost(f"lease on {self.key} expired or lost")
+
+    async def try_acquire(self) -> bool:
+        sent = time.monotonic()
+        try:
+            self.revision = await asyncio.wait_for(self.kv.create(self.key, self.owner.encode()),
+                                                   timeout=self.ttl / 4)
+        except (nats.js.errors.KeyWrongLastSequenceError, asyncio.TimeoutError, nats.errors.TimeoutError):
+            return False
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):
+                return False
+            raise
+        self.deadline = sent + self.ttl * 0.75
+        self._renewer = asyncio.create_task(self._renew_forever())
+        return True
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 4)
+            sent = time.monotonic()
+            try:
+                self.revision = await asyncio.wait_for(
+                    self.kv.update(self.key, self.owner.encode(), last=self.revision), timeout=self.ttl / 4)
+                self.deadline = sent + self.ttl * 0.75
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.warning("lease taken by another engine", extra={"key": self.key})
+                self.deadline = 0.0
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline passes
+                log.warning("lease renewal failed", extra={"key": self.key, "error": repr(exc)})
+
+    async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        if self.valid():
+            self.deadline = 0.0
+            try:
+                await self.kv.delete(self.key, last=self.revision)
+            except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
+                log.warning("lease release failed", extra={"key": self.key, "error": repr(exc)})
+        self.deadline = 0.0
+
+
+async def lease_bucket(js: JetStreamContext, names: Names, ttl: float):
+    """The lease bucket, and the TTL it really has (an existing bucket keeps its own)."""
+    try:
+        kv = await js.key_value(names.leases)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            kv = await js.create_key_value(KeyValueConfig(bucket=names.leases, history=1, ttl=ttl,
+                                                          storage=StorageType.FILE))
+        except nats.js.errors.BadRequestError:
+            kv = await js.key_value(names.leases)
+    status = await kv.status()
+    return kv, float(status.ttl or ttl)

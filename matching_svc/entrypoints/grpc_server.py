@@ -1,0 +1,78 @@
+"""gRPC servicers of matching_svc: thin, request → query → reply.
+
+``GetOrderBook`` reads the live book when this instance owns the symbol, else the last
+market-data event on JetStream (which carries the top ten levels, so a non-owner answers at
+most ten levels). ``GetEngineStatus`` reports what this instance owns; halting is not
+implemented yet (the generated base class answers UNIMPLEMENTED).
+"""
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from matching_svc.service_layer.engine import MD_DEPTH
+from matching_svc.service_layer.runner import Engine
+from meshkit import symbols
+from meshkit.errors import FieldViolation, InvalidArgument
+from stockmesh.matching.v1 import (
+    engine_control_service_pb2 as ec,
+    engine_control_service_pb2_grpc,
+    market_data_service_pb2 as md,
+    market_data_service_pb2_grpc,
+    matching_pb2,
+)
+
+DEFAULT_DEPTH = 10
+MAX_DEPTH = 100
+
+
+def parse_depth(depth: int) -> int:
+    if depth < 0:
+        raise InvalidArgument([FieldViolation("depth", "must not be negative")])
+    if depth == 0:
+        return DEFAULT_DEPTH
+    return min(depth, MAX_DEPTH)
+
+
+def parse_symbol(text: str) -> str:
+    symbol = text.strip().upper()
+    if symbol not in symbols.listed():
+        raise InvalidArgument([FieldViolation("symbol", f"{text!r} is not a listed symbol")],
+                              reason="UNKNOWN_SYMBOL")
+    return symbol
+
+
+class MarketDataServicer(market_data_service_pb2_grpc.MarketDataServiceServicer):
+    def __init__(self, engine: Engine, js: JetStreamContext) -> None:
+        self.engine, self.js = engine, js
+
+    async def GetOrderBook(self, request: md.GetOrderBookRequest, context) -> md.GetOrderBookResponse:
+        symbol = parse_symbol(request.symbol)
+        depth = parse_depth(request.depth)
+        live = self.engine.owned_engine(symbol)
+        if live is not None:
+            bids, asks = live.depth(depth)
+            return md.GetOrderBookResponse(bids=bids, asks=asks, sequence=live.md_seq)
+        names = self.engine.names
+        try:
+            msg = await self.js.get_last_msg(names.md, names.md_subject(symbol))
+        except nats.js.errors.NotFoundError:
+            return md.GetOrderBookResponse()
+        ev = matching_pb2.MarketDataEvent.FromString(msg.data)
+        n = min(depth, MD_DEPTH)
+        return md.GetOrderBookResponse(bids=ev.bids[:n], asks=ev.asks[:n], sequence=ev.sequence)
+
+
+class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def GetEngineStatus(self, request: ec.GetEngineStatusRequest, context) -> ec.GetEngineStatusResponse:
+        """Per owned symbol: the last input whose results are published, and the book's hash."""
+        reply = ec.GetEngineStatusResponse(instance_id=self.engine.cfg.instance_id)
+        for symbol in sorted(self.engine.runners):
+            live = self.engine.owned_engine(symbol)
+            if live is not None:
+                reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=self.engine.published_seq(symbol),
+                                                     book_hash=live.book.state_hash()))
+        return reply

@@ -1,0 +1,335 @@
+"""The engine of one symbol: EngineCommand in, Executions and MarketDataEvents out.
+
+``SymbolEngine.apply(seq, time_ns, command)`` is a deterministic function of the engine's
+state and its arguments: no clock, no randomness, no I/O. Everything it emits is named after
+the input it came from (``<SYMBOL>:<input seq>:<index>`` for executions,
+``<SYMBOL>:md:<md seq>`` for market data), so processing the same input again, after a crash
+or by a second engine, yields byte-identical messages with the same ids.
+
+Repeated commands (the same ``command_id`` published twice, e.g. by order_svc's outbox relay
+after a crash, outside JetStream's duplicate window) are dropped: the engine remembers the
+last ``dedupe_capacity`` command ids in arrival order (a FIFO, so the set is bounded and its
+content is a function of the input sequence), and the set is part of the snapshot.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+from matching_svc.domain import (
+    Accepted,
+    Cancelled,
+    Event,
+    Expired,
+    Fill,
+    Order,
+    OrderBook,
+    OrderType,
+    Rejected,
+    RejectReason,
+    Replaced,
+    Side,
+    TimeInForce,
+    Triggered,
+    from_ticks,
+    to_ticks,
+)
+from meshkit.money import fmt
+from stockmesh.common.v1 import common_pb2
+from stockmesh.matching.v1 import matching_pb2 as pb
+
+SNAPSHOT_FORMAT = 1
+MD_DEPTH = 10
+DEFAULT_DEDUPE_CAPACITY = 100_000
+
+_SIDE = {common_pb2.SIDE_BUY: Side.BUY, common_pb2.SIDE_SELL: Side.SELL}
+_SIDE_PB = {Side.BUY: common_pb2.SIDE_BUY, Side.SELL: common_pb2.SIDE_SELL}
+_TYPE = {common_pb2.ORDER_TYPE_MARKET: OrderType.MARKET, common_pb2.ORDER_TYPE_LIMIT: OrderType.LIMIT,
+         common_pb2.ORDER_TYPE_STOP: OrderType.STOP, common_pb2.ORDER_TYPE_STOP_LIMIT: OrderType.STOP_LIMIT}
+_TIF = {common_pb2.TIME_IN_FORCE_DAY: TimeInForce.DAY, common_pb2.TIME_IN_FORCE_GTC: TimeInForce.GTC,
+        common_pb2.TIME_IN_FORCE_IOC: TimeInForce.IOC, common_pb2.TIME_IN_FORCE_FOK: TimeInForce.FOK}
+
+E = pb.ExecutionType
+
+
+class BadPrice(ValueError):
+    pass
+
+
+def price_ticks(text: str) -> int | None:
+    """A wire price ("187.25") in ticks; "" is None. Raises BadPrice for anything else."""
+    if not text:
+        return None
+    try:
+        ticks = to_ticks(Decimal(text))
+    except (InvalidOperation, ValueError, TypeError) as exc:
+        raise BadPrice(text) from exc
+    if ticks <= 0:
+        raise BadPrice(text)
+    return ticks
+
+
+_PRICE_TEXT: dict[int, str] = {}
+
+
+def price_text(ticks: int | None) -> str:
+    """Ticks as a wire price; memoised (a book trades around few prices, and the formatting
+    of Decimal is a large share of the cost of a market-data event)."""
+    if ticks is None:
+        return ""
+    text = _PRICE_TEXT.get(ticks)
+    if text is None:
+        if len(_PRICE_TEXT) > 100_000:
+            _PRICE_TEXT.clear()
+        text = _PRICE_TEXT[ticks] = fmt(from_ticks(ticks))
+    return text
+
+
+@dataclass
+class Output:
+    """What one input produced, in order."""
+
+    executions: list[pb.Execution] = field(default_factory=list)
+    market_data: list[pb.MarketDataEvent] = field(default_factory=list)
+    duplicate: bool = False
+
+
+class SymbolEngine:
+    """The single writer of one symbol's book. Not thread-safe, by design."""
+
+    def __init__(self, symbol: str, *, dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY,
+                 book: OrderBook | None = None) -> None:
+        self.symbol = symbol
+        self.book = book if book is not None else OrderBook(symbol)
+        self.last_seq = 0  # stream sequence of the last input applied
+        self.md_seq = 0  # sequence of the last MarketDataEvent emitted
+        self.volume = 0  # shares traded this session
+        self.dedupe_capacity = dedupe_capacity
+        # command id -> None; a dict keeps insertion order, so it is a bounded FIFO set.
+        self._seen: dict[str, None] = {}
+
+    # ------------------------------------------------------------------ inputs
+
+    def apply(self, seq: int, time_ns: int, cmd: pb.EngineCommand | None) -> Output:
+        """Apply the input at stream sequence ``seq`` (``cmd`` None: undecodable, skipped)."""
+        if seq <= self.last_seq:
+            raise ValueError(f"{self.symbol}: input {seq} is not after {self.last_seq}")
+        self.last_seq = seq
+        out = Output()
+        if cmd is None:
+            return out
+        cid = cmd.command_id
+        if cid:
+            if cid in self._seen:
+                out.duplicate = True
+                return out
+            self._seen[cid] = None
+            if len(self._seen) > self.dedupe_capacity:
+                del self._seen[next(iter(self._seen))]
+        ctx = _Ctx(self, seq, time_ns, out)
+        kind = cmd.WhichOneof("command")
+        if kind == "new_order":
+            ctx.new_order(cmd.new_order)
+        elif kind == "cancel_order":
+            ctx.cancel(cmd.cancel_order)
+        elif kind == "replace_order":
+            ctx.replace(cmd.replace_order)
+        elif kind == "session_close":
+            ctx.emit(self.book.expire_day_orders(), {})
+            ctx.changed = True
+        ctx.market_data()
+        if kind == "session_close":
+            self.volume = 0  # the next session starts from zero
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "symbol": self.symbol,
+            "last_seq": self.last_seq,
+            "md_seq": self.md_seq,
+            "volume": self.volume,
+            "dedupe_capacity": self.dedupe_capacity,
+            "seen": list(self._seen),
+            "book": self.book.snapshot(),
+        }
+
+    @classmethod
+    def restore(cls, data: dict) -> SymbolEngine:
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported engine snapshot format {data.get('format')!r}")
+        eng = cls(data["symbol"], dedupe_capacity=data["dedupe_capacity"], book=OrderBook.restore(data["book"]))
+        eng.last_seq, eng.md_seq, eng.volume = data["last_seq"], data["md_seq"], data["volume"]
+        eng._seen = dict.fromkeys(data["seen"])
+        return eng
+
+    def to_bytes(self) -> bytes:
+        return zlib.compress(json.dumps(self.snapshot(), separators=(",", ":")).encode(), 6)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SymbolEngine:
+        return cls.restore(json.loads(zlib.decompress(blob)))
+
+    def state_hash(self) -> str:
+        """Hash of everything the engine keeps (book, sequences, volume, seen ids)."""
+        canonical = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    # ------------------------------------------------------------------ queries
+
+    def depth(self, levels: int) -> tuple[list[pb.PriceLevel], list[pb.PriceLevel]]:
+        bids, asks = self.book.depth(levels)
+        return _levels(bids), _levels(asks)
+
+
+def _levels(rows: list[tuple[int, int, int]]) -> list[pb.PriceLevel]:
+    return [pb.PriceLevel(price=price_text(p), quantity=q, order_count=n) for p, q, n in rows]
+
+
+class _Ctx:
+    """Turns the book's events for one input into Executions and market data."""
+
+    def __init__(self, engine: SymbolEngine, seq: int, time_ns: int, out: Output) -> None:
+        self.engine, self.seq, self.out = engine, seq, out
+        self.secs, self.nanos = divmod(time_ns, 1_000_000_000)
+        self.changed = False
+        self.trades: list[tuple[int, int]] = []
+
+    # -- commands
+
+    def new_order(self, no: pb.NewOrder) -> None:
+        if no.accepted_at.seconds or no.accepted_at.nanos:
+            self.secs, self.nanos = no.accepted_at.seconds, no.accepted_at.nanos
+        side, otype, tif = _SIDE.get(no.side), _TYPE.get(no.type), _TIF.get(no.time_in_force)
+        sides = {no.order_id: side}
+        try:
+            limit = price_ticks(no.limit_price) if otype in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
+            stop = price_ticks(no.stop_price) if otype in (OrderType.STOP, OrderType.STOP_LIMIT) else None
+            collar = price_ticks(no.collar_price) if otype in (OrderType.MARKET, OrderType.STOP) else None
+        except BadPrice:
+            side = None
+        if side is None or otype is None or tif is None:
+            self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
+                            quantity=no.quantity, reason=RejectReason.INVALID.value)
+            return
+        order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar)
+        self.emit(self.engine.book.submit(order), sides, order=order)
+
+    def cancel(self, c: pb.CancelOrder) -> None:
+        live = self.engine.book.get_order(c.order_id)
+        if live is None or live.account_id != c.account_id:
+            self.cancel_reject(c.order_id, "", c.account_id, "UNKNOWN_ORDER")
+            return
+        self.emit(self.engine.book.cancel(c.order_id), {c.order_id: live.side})
+
+    def replace(self, r: pb.ReplaceOrder) -> None:
+        live = self.engine.book.get_order(r.order_id)
+        if live is None or live.account_id != r.account_id:
+            self.cancel_reject(r.order_id, r.new_order_id, r.account_id, "UNKNOWN_ORDER")
+            return
+        try:
+            limit, stop = price_ticks(r.limit_price), price_ticks(r.stop_price)
+        except BadPrice:
+            self.cancel_reject(r.order_id, r.new_order_id, r.account_id, "INVALID")
+            return
+        sides = {r.order_id: live.side, r.new_order_id: live.side}
+        events = self.engine.book.replace(r.order_id, r.new_order_id, r.quantity, limit, stop)
+        self.emit(events, sides)
+
+    # -- events
+
+    def _execution(self, etype: int, order_id: str, account_id: str, **fields) -> pb.Execution:
+        out = self.out.executions
+        ex = pb.Execution(
+            execution_id=f"{self.engine.symbol}:{self.seq}:{len(out)}", symbol=self.engine.symbol,
+            type=etype, order_id=order_id, account_id=account_id or "", input_sequence=self.seq, **fields)
+        ex.time.seconds, ex.time.nanos = self.secs, self.nanos
+        out.append(ex)
+        return ex
+
+    def cancel_reject(self, order_id: str, new_order_id: str, account_id: str, reason: str) -> None:
+        self._execution(E.EXECUTION_TYPE_CANCEL_REJECTED, order_id, account_id, new_order_id=new_order_id,
+                        reason=reason)
+
+    def emit(self, events: list[Event], sides: dict[str, Side | None], order: Order | None = None) -> None:
+        def side_of(oid: str) -> int:
+            s = sides.get(oid)
+            return _SIDE_PB[s] if s is not None else common_pb2.SIDE_UNSPECIFIED
+
+        for ev in events:
+            t = type(ev)
+            if t is Fill:
+                self.changed = True
+                self.trades.append((ev.price, ev.quantity))
+                self._execution(
+                    E.EXECUTION_TYPE_FILL, ev.taker_order_id, ev.taker_account_id, side=_SIDE_PB[ev.taker_side],
+                    counter_order_id=ev.maker_order_id, counter_account_id=ev.maker_account_id,
+                    price=price_text(ev.price), quantity=ev.quantity, leaves_quantity=ev.taker_leaves,
+                    counter_leaves_quantity=ev.maker_leaves)
+            elif t is Accepted:
+                self.changed = True
+                qty = order.quantity if order is not None and order.order_id == ev.order_id else 0
+                limit = order.limit if order is not None and order.order_id == ev.order_id else None
+                self._execution(E.EXECUTION_TYPE_ACCEPTED, ev.order_id, ev.account_id, side=side_of(ev.order_id),
+                                price=price_text(limit), quantity=qty, leaves_quantity=qty)
+            elif t is Cancelled:
+                self.changed = True
+                self._execution(E.EXECUTION_TYPE_CANCELLED, ev.order_id, ev.account_id, side=side_of(ev.order_id),
+                                quantity=ev.quantity, reason=ev.reason.value)
+            elif t is Expired:
+                self._execution(E.EXECUTION_TYPE_EXPIRED, ev.order_id, ev.account_id, side=side_of(ev.order_id),
+                                quantity=ev.quantity, reason="SESSION_CLOSE")
+            elif t is Rejected:
+                if ev.orig_order_id is not None:  # a replace the book refused
+                    self.cancel_reject(ev.orig_order_id, ev.order_id, ev.account_id or "", ev.reason.value)
+                elif order is None:  # a cancel the book refused
+                    self.cancel_reject(ev.order_id, "", ev.account_id or "", ev.reason.value)
+                else:
+                    self._execution(E.EXECUTION_TYPE_REJECTED, ev.order_id, ev.account_id or order.account_id,
+                                    side=side_of(ev.order_id), quantity=order.quantity, reason=ev.reason.value)
+            elif t is Replaced:
+                self.changed = True
+                self._execution(E.EXECUTION_TYPE_REPLACED, ev.old_order_id, ev.account_id,
+                                side=side_of(ev.old_order_id), new_order_id=ev.new_order_id,
+                                kept_priority=ev.kept_priority, price=price_text(ev.limit), quantity=ev.quantity,
+                                leaves_quantity=ev.leaves)
+            elif t is Triggered:
+                self.changed = True
+                self._execution(E.EXECUTION_TYPE_TRIGGERED, ev.order_id, ev.account_id, side=side_of(ev.order_id),
+                                price=price_text(ev.stop))
+
+    # -- market data
+
+    def market_data(self) -> None:
+        if not self.changed:
+            return
+        eng = self.engine
+        book = eng.book
+        bids, asks = book.depth(MD_DEPTH)
+        bid_levels, ask_levels = _levels(bids), _levels(asks)
+        common = {
+            "symbol": eng.symbol,
+            "bid_price": price_text(bids[0][0]) if bids else "",
+            "bid_size": bids[0][1] if bids else 0,
+            "ask_price": price_text(asks[0][0]) if asks else "",
+            "ask_size": asks[0][1] if asks else 0,
+            "bids": bid_levels,
+            "asks": ask_levels,
+        }
+        # Before this input's trades: the price before the first of them (or the book's last).
+        last = self.trades[0][0] if self.trades else book.last_trade_price
+        for price, qty in self.trades or [(None, 0)]:
+            eng.md_seq += 1
+            if price is not None:
+                eng.volume += qty
+                last = price
+            ev = pb.MarketDataEvent(sequence=eng.md_seq, trade_price=price_text(price), trade_quantity=qty,
+                                    last_price=price_text(last), volume=eng.volume, **common)
+            ev.time.seconds, ev.time.nanos = self.secs, self.nanos
+            self.out.market_data.append(ev)
+

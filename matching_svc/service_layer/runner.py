@@ -1,0 +1,197 @@
+"""The engine process: one runner per symbol this instance may own.
+
+A runner loops: acquire the symbol's lease → restore the snapshot → (re)position the durable
+pull consumer after the snapshot's last input → process batches (fetch many, apply in stream
+order, publish every result and await JetStream's acks, then ack the inputs) → snapshot every
+``snapshot_every`` inputs and at clean shutdown. Any error drops the in-memory state and
+starts again from the durable state (snapshot + replay); a lost lease does the same after
+waiting to win the lease again. See docs/matching.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+
+from matching_svc.adapters.jetstream import (
+    Lease,
+    LeaseLost,
+    Names,
+    SnapshotStore,
+    ensure_streams,
+    input_consumer,
+    input_position,
+    lease_bucket,
+)
+from matching_svc.service_layer.engine import DEFAULT_DEDUPE_CAPACITY, SymbolEngine
+from stockmesh.matching.v1 import matching_pb2 as pb
+
+log = logging.getLogger("matching_svc.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    namespace: str
+    symbols: tuple[str, ...]
+    instance_id: str
+    lease_ttl: float = 10.0
+    snapshot_every: int = 10_000
+    batch: int = 500
+    dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY
+
+
+class SymbolRunner:
+    def __init__(self, symbol: str, nc: Client, cfg: EngineConfig, store: SnapshotStore,
+                 kv, ttl: float) -> None:
+        self.symbol, self.nc, self.js, self.cfg, self.store = symbol, nc, nc.jetstream(), cfg, store
+        self.names = Names(cfg.namespace)
+        self.kv, self.ttl = kv, ttl
+        self.engine: SymbolEngine | None = None  # set only while this instance owns the symbol
+        self.lease: Lease | None = None
+        self.inputs_processed = 0
+        # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
+        self.published_seq = 0
+        self._headers = {"Engine-Instance": cfg.instance_id}
+
+    @property
+    def owned(self) -> bool:
+        return self.engine is not None and self.lease is not None and self.lease.valid()
+
+    async def run(self) -> None:
+        while True:
+            lease = Lease(self.kv, self.symbol, self.cfg.instance_id, self.ttl)
+            while not await lease.try_acquire():
+                await asyncio.sleep(self.ttl / 4)
+            self.lease = lease
+            log.info("lease acquired", extra={"symbol": self.symbol, "instance": self.cfg.instance_id})
+            try:
+                while lease.valid():
+                    try:
+                        await self._own(lease)
+                    except LeaseLost:
+                        log.warning("lease lost; stopped writing", extra={"symbol": self.symbol})
+                        break
+                    except (asyncio.CancelledError, KeyboardInterrupt):
+                        raise
+                    except Exception:  # noqa: BLE001 - start again from the durable state
+                        log.exception("engine error; restarting from the snapshot", extra={"symbol": self.symbol})
+                        await asyncio.sleep(0.5)
+            finally:
+                self.engine = None
+                await asyncio.shield(lease.release())
+                self.lease = None
+
+    async def _load(self) -> SymbolEngine:
+        blob = await self.store.load(self.symbol)
+        if blob is None:
+            return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
+        engine = SymbolEngine.from_bytes(blob)
+        engine.dedupe_capacity = self.cfg.dedupe_capacity
+        return engine
+
+    async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
+        lease.check()
+        await self.store.save(self.symbol, engine.to_bytes())
+
+    async def _own(self, lease: Lease) -> None:
+        engine = await self._load()
+        sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1, batch=self.cfg.batch)
+        log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1})
+        self.published_seq = engine.last_seq
+        self.engine = engine
+        clean = True  # every applied input's results are published and acked
+        since_snapshot = 0
+        try:
+            while True:
+                lease.check()
+                msgs = await sub.next_batch(timeout=min(1.0, self.ttl / 4))
+                if not msgs:
+                    continue
+                clean = False
+                since_snapshot += await self._process(engine, msgs, lease)
+                clean = True
+                if since_snapshot >= self.cfg.snapshot_every:
+                    await self._save(engine, lease)
+                    since_snapshot = 0
+        finally:
+            self.engine = None
+            if clean and since_snapshot and lease.valid():
+                try:
+                    await asyncio.shield(self._save(engine, lease))
+                    log.info("snapshot at shutdown", extra={"symbol": self.symbol, "sequence": engine.last_seq})
+                except Exception:  # noqa: BLE001 - replay from the older snapshot instead
+                    log.exception("snapshot at shutdown failed", extra={"symbol": self.symbol})
+            try:
+                await sub.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _process(self, engine: SymbolEngine, msgs: list, lease: Lease) -> int:
+        js, names, symbol = self.js, self.names, self.symbol
+        ex_subject, md_subject = names.executions_subject(symbol), names.md_subject(symbol)
+        outputs: list[tuple[str, bytes, str]] = []
+        applied = 0
+        for msg in msgs:
+            seq, time_ns = input_position(msg)
+            if seq <= engine.last_seq:
+                continue  # a redelivery of something already applied
+            try:
+                cmd = pb.EngineCommand.FromString(msg.data)
+            except Exception:  # noqa: BLE001 - a poison message must not stop the symbol
+                log.error("undecodable engine command skipped", extra={"symbol": symbol, "sequence": seq})
+                cmd = None
+            out = engine.apply(seq, time_ns, cmd)
+            applied += 1
+            for ex in out.executions:
+                outputs.append((ex_subject, ex.SerializeToString(), ex.execution_id))
+            for md in out.market_data:
+                outputs.append((md_subject, md.SerializeToString(), f"{symbol}:md:{md.sequence}"))
+        if outputs:
+            lease.check()
+            headers = self._headers
+            futures = []
+            for subject, payload, msg_id in outputs:
+                futures.append(await js.publish_async(subject, payload,
+                                                      headers={**headers, "Nats-Msg-Id": msg_id}))
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=max(5.0, self.ttl))
+        self.published_seq = engine.last_seq
+        for msg in msgs:
+            await msg.ack()
+        self.inputs_processed += applied
+        return applied
+
+
+class Engine:
+    """Every runner of this instance, and what the gRPC side asks of them."""
+
+    def __init__(self, nc: Client, cfg: EngineConfig) -> None:
+        self.nc, self.js, self.cfg = nc, nc.jetstream(), cfg
+        self.names = Names(cfg.namespace)
+        self.runners: dict[str, SymbolRunner] = {}
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        await ensure_streams(self.js, self.names)
+        kv, ttl = await lease_bucket(self.js, self.names, self.cfg.lease_ttl)
+        store = SnapshotStore(self.js, self.names)
+        self.runners = {s: SymbolRunner(s, self.nc, self.cfg, store, kv, ttl) for s in self.cfg.symbols}
+        self.ready.set()
+        log.info("engine instance up", extra={"instance": self.cfg.instance_id, "symbols": list(self.cfg.symbols),
+                                              "lease_ttl": ttl})
+        tasks = [asyncio.create_task(r.run(), name=f"engine-{s}") for s, r in self.runners.items()]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def published_seq(self, symbol: str) -> int:
+        r = self.runners.get(symbol)
+        return r.published_seq if r is not None else 0
+
+    def owned_engine(self, symbol: str) -> SymbolEngine | None:
+        r = self.runners.get(symbol)
+        return r.engine if r is not None and r.owned else None

@@ -1,0 +1,140 @@
+"""The engine process in-process against the project's nats-server: commands on the ORDERS
+stream become executions and market data; repeats are dropped; GetOrderBook over gRPC."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+
+from matching_svc.adapters.jetstream import Names
+from matching_svc.bootstrap import build, owned_symbols
+from matching_svc.service_layer.runner import EngineConfig
+from meshkit import bus
+from meshkit.server import create_server
+from meshkit.status import error_info
+from stockmesh.matching.v1 import market_data_service_pb2 as md, market_data_service_pb2_grpc
+from stockmesh.matching.v1 import matching_pb2 as pb
+from tests.support.engine import BUY, SELL, cancel, executions, new_order, publish
+
+pytestmark = pytest.mark.integration
+E = pb.ExecutionType
+
+
+async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(delay)
+
+
+@pytest.fixture
+async def engine_app(nats_url):
+    ns = f"te{uuid.uuid4().hex[:8]}"
+    nc = await bus.connect(nats_url, "test-engine")
+    cfg = EngineConfig(namespace=ns, symbols=("AAPL", "MSFT"), instance_id="test", lease_ttl=3.0)
+    app, engine = build(nc, cfg)
+    task = asyncio.create_task(engine.run())
+    await asyncio.wait_for(engine.ready.wait(), 10)
+    server, port, _ = await create_server("127.0.0.1:0", app)
+    await server.start()
+    yield ns, nc.jetstream(), engine, port
+    await server.stop(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await nc.close()
+
+
+async def wait_executions(js, ns, symbol, n):
+    async def enough():
+        got = await executions(js, ns, symbol)
+        return got if len(got) >= n else None
+    got = await eventually(enough)
+    assert got is not None, "engine did not publish the expected executions"
+    return [ex for ex, _ in got]
+
+
+async def test_cross_cancel_and_duplicate(engine_app):
+    ns, js, engine, _ = engine_app
+    names = Names(ns)
+    s1 = await publish(js, ns, new_order("s1", "alice", SELL, 100, limit="187.25"))
+    b1 = await publish(js, ns, new_order("b1", "bob", BUY, 40, limit="187.30"))
+    # The same command again under another Nats-Msg-Id (as after JetStream's window): dropped.
+    await publish(js, ns, new_order("b1", "bob", BUY, 40, limit="187.30"), msg_id="b1-again")
+    await publish(js, ns, cancel("s1", "alice"))
+    await publish(js, ns, cancel("nope", "alice"))
+
+    got = await wait_executions(js, ns, "AAPL", 5)
+    assert [ex.type for ex in got] == [E.EXECUTION_TYPE_ACCEPTED, E.EXECUTION_TYPE_ACCEPTED, E.EXECUTION_TYPE_FILL,
+                                       E.EXECUTION_TYPE_CANCELLED, E.EXECUTION_TYPE_CANCEL_REJECTED]
+    fill = got[2]
+    assert (fill.order_id, fill.account_id, fill.side) == ("b1", "bob", BUY)
+    assert (fill.counter_order_id, fill.counter_account_id) == ("s1", "alice")
+    assert (fill.price, fill.quantity, fill.leaves_quantity, fill.counter_leaves_quantity) == ("187.25", 40, 0, 60)
+    assert fill.execution_id == f"AAPL:{b1}:1" and fill.input_sequence == b1
+    assert got[0].execution_id == f"AAPL:{s1}:0"
+    assert (got[3].order_id, got[3].reason, got[3].quantity) == ("s1", "USER", 60)
+    assert (got[4].order_id, got[4].reason) == ("nope", "UNKNOWN_ORDER")
+    assert len({ex.execution_id for ex in got}) == len(got)
+    await asyncio.sleep(0.3)
+    assert len(await executions(js, ns, "AAPL")) == 5  # nothing for the repeat
+
+    last = await js.get_last_msg(names.md, names.md_subject("AAPL"))
+    ev = pb.MarketDataEvent.FromString(last.data)
+    assert ev.last_price == "187.25" and ev.volume == 40
+    assert ev.bid_price == "" and ev.ask_price == "" and not ev.asks  # s1 cancelled: empty book
+    trades = [pb.MarketDataEvent.FromString(m.data) for m in await _md(js, names)]
+    assert [(t.trade_price, t.trade_quantity) for t in trades if t.trade_quantity] == [("187.25", 40)]
+    assert [t.sequence for t in trades] == list(range(1, len(trades) + 1))
+
+
+async def _md(js, names):
+    from tests.support.engine import read_stream
+    return await read_stream(js, names.md, names.md_subject("AAPL"))
+
+
+async def test_get_order_book_over_grpc(engine_app):
+    ns, js, engine, port = engine_app
+    for i, (side, price, qty) in enumerate([(BUY, "415.10", 10), (BUY, "415.10", 5), (BUY, "415.00", 7),
+                                            (SELL, "415.50", 3), (SELL, "416", 4)]):
+        await publish(js, ns, new_order(f"m{i}", f"acct{i}", side, qty, limit=price, symbol="MSFT"))
+    await wait_executions(js, ns, "MSFT", 5)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = market_data_service_pb2_grpc.MarketDataServiceStub(ch)
+        reply = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="msft"))
+        assert [(lv.price, lv.quantity, lv.order_count) for lv in reply.bids] == [("415.10", 15, 2),
+                                                                                  ("415.00", 7, 1)]
+        assert [(lv.price, lv.quantity, lv.order_count) for lv in reply.asks] == [("415.50", 3, 1),
+                                                                                  ("416.00", 4, 1)]
+        assert reply.sequence == 5
+        one = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="MSFT", depth=1))
+        assert len(one.bids) == 1 and len(one.asks) == 1
+
+        # Not owned here (e.g. another instance's symbol): the last market-data event answers.
+        engine.runners["MSFT"].engine = None
+        from_md = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="MSFT", depth=500))
+        assert from_md.bids == reply.bids and from_md.asks == reply.asks and from_md.sequence == 5
+
+        for request, reason in [(md.GetOrderBookRequest(symbol="NOPE"), "UNKNOWN_SYMBOL"),
+                                (md.GetOrderBookRequest(symbol="MSFT", depth=-1), "INVALID_ARGUMENT")]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetOrderBook(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            info, _ = error_info(err.value)
+            assert info is not None and info.reason == reason
+
+
+def test_symbol_sharding():
+    listed = ["AAPL", "MSFT", "TSLA", "AMZN"]
+    assert owned_symbols(listed, "", "") == ("AAPL", "AMZN", "MSFT", "TSLA")
+    assert owned_symbols(listed, "", "0/2") == ("AAPL", "MSFT")
+    assert owned_symbols(listed, "", "1/2") == ("AMZN", "TSLA")
+    assert owned_symbols(listed, "tsla, AAPL", "0/2") == ("TSLA", "AAPL")
+    with pytest.raises(SystemExit):
+        owned_symbols(listed, "XXX", "")
+    with pytest.raises(SystemExit):
+        owned_symbols(listed, "", "2/2")
