@@ -1,0 +1,137 @@
+"""The only SQL of quote_svc: trades folded into candles, candles read back, imported
+history. Prices are NUMERIC and come back as exact Decimals."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Sequence
+
+import asyncpg
+
+from quote_svc.domain.candles import Candle, Part
+from quote_svc.domain.history import ImportedCandle
+from quote_svc.domain.quotes import MarketData
+
+# The widths maintained for traded candles (see the migration).
+MAINTAINED = (1, 60, 3600)
+
+_RECORD_TRADES = """
+WITH new AS (
+    INSERT INTO quotes.trades AS t (symbol, md_seq, traded_at, price, quantity)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::numeric[], $5::bigint[])
+    ON CONFLICT DO NOTHING
+    RETURNING t.*
+), agg AS (
+    SELECT n.symbol, w.width_s,
+           date_bin(make_interval(secs => w.width_s), n.traded_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS start_time,
+           (array_agg(n.price ORDER BY n.traded_at, n.md_seq))[1] AS open,
+           max(n.price) AS high, min(n.price) AS low,
+           (array_agg(n.price ORDER BY n.traded_at DESC, n.md_seq DESC))[1] AS close,
+           sum(n.quantity) AS volume, count(*) AS trade_count, sum(n.price * n.quantity) AS pv,
+           min(n.traded_at) AS first_at,
+           (array_agg(n.md_seq ORDER BY n.traded_at, n.md_seq))[1] AS first_seq,
+           max(n.traded_at) AS last_at,
+           (array_agg(n.md_seq ORDER BY n.traded_at DESC, n.md_seq DESC))[1] AS last_seq
+    FROM new n CROSS JOIN unnest($6::int[]) AS w(width_s)
+    GROUP BY 1, 2, 3
+)
+INSERT INTO quotes.candles AS c (symbol, width_s, start_time, open, high, low, close, volume, trade_count, pv,
+                                 first_at, first_seq, last_at, last_seq)
+SELECT symbol, width_s, start_time, open, high, low, close, volume, trade_count, pv,
+       first_at, first_seq, last_at, last_seq
+FROM agg ORDER BY symbol, width_s, start_time
+ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
+    open = CASE WHEN (excluded.first_at, excluded.first_seq) < (c.first_at, c.first_seq) THEN excluded.open ELSE c.open END,
+    first_at = LEAST(c.first_at, excluded.first_at),
+    first_seq = CASE WHEN (excluded.first_at, excluded.first_seq) < (c.first_at, c.first_seq) THEN excluded.first_seq ELSE c.first_seq END,
+    close = CASE WHEN (excluded.last_at, excluded.last_seq) > (c.last_at, c.last_seq) THEN excluded.close ELSE c.close END,
+    last_at = GREATEST(c.last_at, excluded.last_at),
+    last_seq = CASE WHEN (excluded.last_at, excluded.last_seq) > (c.last_at, c.last_seq) THEN excluded.last_seq ELSE c.last_seq END,
+    high = GREATEST(c.high, excluded.high),
+    low = LEAST(c.low, excluded.low),
+    volume = c.volume + excluded.volume,
+    trade_count = c.trade_count + excluded.trade_count,
+    pv = c.pv + excluded.pv
+"""
+
+
+def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:
+    return Candle(start=start or r["start_time"], open=r["open"], high=r["high"], low=r["low"], close=r["close"],
+                  volume=r["volume"], trade_count=r["trade_count"], pv=r["pv"])
+
+
+class CandleRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def record_trades(self, trades: Sequence[MarketData]) -> None:
+        """Fold trades into the maintained candles; a trade recorded before adds nothing."""
+        if not trades:
+            return
+        await self.conn.execute(
+            _RECORD_TRADES, [t.symbol for t in trades], [t.sequence for t in trades], [t.time for t in trades],
+            [t.trade_price for t in trades], [t.trade_quantity for t in trades], list(MAINTAINED))
+
+    async def traded(self, symbol: str, width: int, start: datetime, stop: datetime) -> list[Part]:
+        rows = await self.conn.fetch(
+            "SELECT start_time, open, high, low, close, volume, trade_count, pv FROM quotes.candles "
+            "WHERE symbol = $1 AND width_s = $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
+            symbol, width, start, stop)
+        return [Part(width, _candle(r)) for r in rows]
+
+    async def imported(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> list[Part]:
+        rows = await self.conn.fetch(
+            "SELECT width_s, start_time, open, high, low, close, volume, trade_count, vwap * volume AS pv "
+            "FROM quotes.imported_candles "
+            "WHERE symbol = $1 AND width_s <= $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
+            symbol, max_width, start, stop)
+        return [Part(r["width_s"], _candle(r)) for r in rows]
+
+    async def first_start(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> datetime | None:
+        """The earliest candle start in [start, stop), traded or imported (of width ≤ max_width)."""
+        return await self.conn.fetchval(
+            "SELECT min(s) FROM ("
+            " (SELECT start_time AS s FROM quotes.candles WHERE symbol = $1 AND width_s = 1"
+            "  AND start_time >= $3 AND start_time < $4 ORDER BY start_time LIMIT 1)"
+            " UNION ALL"
+            " (SELECT start_time FROM quotes.imported_candles WHERE symbol = $1 AND width_s <= $2"
+            "  AND start_time >= $3 AND start_time < $4 ORDER BY start_time LIMIT 1)) x",
+            symbol, max_width, start, stop)
+
+    async def close_before(self, symbol: str, before: datetime | None) -> Decimal | None:
+        """The close of the last candle ending at or before `before` (None: the latest of all),
+        traded or imported."""
+        row = await self.conn.fetchrow(
+            "SELECT close FROM ("
+            " (SELECT close, start_time + interval '1 second' AS ends FROM quotes.candles"
+            "  WHERE symbol = $1 AND width_s = 1 AND ($2::timestamptz IS NULL OR start_time < $2)"
+            "  ORDER BY start_time DESC LIMIT 1)"
+            " UNION ALL"
+            " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
+            "  WHERE symbol = $1 AND ($2::timestamptz IS NULL"
+            "   OR start_time + make_interval(secs => width_s) <= $2)"
+            "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
+            "ORDER BY ends DESC LIMIT 1",
+            symbol, before)
+        return row["close"] if row else None
+
+    async def upsert_imported(self, rows: Sequence[ImportedCandle]) -> tuple[int, int]:
+        """Insert or overwrite imported candles; identical rows are left alone.
+        Returns (inserted, updated)."""
+        result = await self.conn.fetch(
+            "INSERT INTO quotes.imported_candles AS c (symbol, width_s, start_time, open, high, low, close, volume,"
+            " trade_count, vwap) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::numeric[], $5::numeric[],"
+            " $6::numeric[], $7::numeric[], $8::bigint[], $9::bigint[], $10::numeric[]) "
+            "ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET open = excluded.open, high = excluded.high,"
+            " low = excluded.low, close = excluded.close, volume = excluded.volume,"
+            " trade_count = excluded.trade_count, vwap = excluded.vwap, imported_at = now() "
+            "WHERE (c.open, c.high, c.low, c.close, c.volume, c.trade_count, c.vwap) IS DISTINCT FROM"
+            " (excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume, excluded.trade_count,"
+            "  excluded.vwap) "
+            "RETURNING (xmax = 0) AS inserted",
+            [r.symbol for r in rows], [r.width for r in rows], [r.start for r in rows], [r.open for r in rows],
+            [r.high for r in rows], [r.low for r in rows], [r.close for r in rows], [r.volume for r in rows],
+            [r.trade_count for r in rows], [r.vwap for r in rows])
+        inserted = sum(1 for r in result if r["inserted"])
+        return inserted, len(result) - inserted

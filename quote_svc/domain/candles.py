@@ -1,0 +1,181 @@
+"""Candles (OHLCV): interval arithmetic, rolling finer candles up into coarser ones, and
+filling intervals without trades. Plain Python: datetimes in UTC, prices as Decimal.
+
+Buckets: 1s, 1m, 5m, 15m and 1h are aligned to the Unix epoch (UTC); 1d is a trading day of
+the session calendar (`meshkit.calendar.trading_day`, a New York date) and starts at midnight
+New York time. A candle covers [start, start + width).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Iterable, Iterator
+
+from meshkit.calendar import NEW_YORK, trading_day
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+VWAP_PLACES = Decimal("0.000001")
+
+
+class Interval(enum.Enum):
+    S1 = 1
+    M1 = 60
+    M5 = 300
+    M15 = 900
+    H1 = 3600
+    D1 = 86400
+
+    @property
+    def seconds(self) -> int:
+        return self.value
+
+    @property
+    def label(self) -> str:
+        return {1: "1s", 60: "1m", 300: "5m", 900: "15m", 3600: "1h", 86400: "1d"}[self.value]
+
+    @classmethod
+    def from_label(cls, text: str) -> "Interval":
+        for i in cls:
+            if i.label == text:
+                return i
+        raise ValueError(text)
+
+
+def day_start(day: date) -> datetime:
+    """Midnight New York of a trading day, in UTC."""
+    return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
+
+
+def bucket_start(t: datetime, interval: Interval) -> datetime:
+    if interval is Interval.D1:
+        return day_start(trading_day(t))
+    secs = (t - EPOCH) // timedelta(seconds=1)  # floor, also before 1970
+    return EPOCH + timedelta(seconds=secs - secs % interval.seconds)
+
+
+def next_bucket(start: datetime, interval: Interval) -> datetime:
+    if interval is Interval.D1:
+        return day_start(trading_day(start) + timedelta(days=1))
+    return start + timedelta(seconds=interval.seconds)
+
+
+def advance(start: datetime, interval: Interval, n: int) -> datetime:
+    """The bucket start n buckets after `start` (a bucket start)."""
+    if interval is Interval.D1:
+        return day_start(trading_day(start) + timedelta(days=n))
+    return start + timedelta(seconds=interval.seconds * n)
+
+
+def is_aligned(t: datetime, interval: Interval) -> bool:
+    return bucket_start(t, interval) == t
+
+
+def is_session_day(day: date) -> bool:
+    """Days on which the session calendar has a session (Monday to Friday). A day without a
+    session gets no flat 1d candle; a day with trades (an always-open simulated market) does."""
+    return day.weekday() < 5
+
+
+@dataclass(frozen=True)
+class Candle:
+    start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int
+    # None where an imported candle did not say.
+    trade_count: int | None
+    # Σ price × quantity; None when unknown (an imported candle without a vwap).
+    pv: Decimal | None
+    is_final: bool = True
+
+    @property
+    def vwap(self) -> Decimal | None:
+        if self.pv is None or self.volume <= 0:
+            return None
+        return (self.pv / self.volume).quantize(VWAP_PLACES, rounding=ROUND_HALF_EVEN)
+
+    @property
+    def has_trades(self) -> bool:
+        return self.volume > 0 or bool(self.trade_count)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A stored candle of some width, the input of a rollup."""
+
+    width: int
+    candle: Candle
+
+
+def flat(start: datetime, price: Decimal) -> Candle:
+    return Candle(start, price, price, price, price, 0, 0, Decimal(0))
+
+
+def merge(a: Candle, b: Candle) -> Candle:
+    """One candle of `a` followed by `b` (a's trades before b's)."""
+    return Candle(
+        start=min(a.start, b.start), open=a.open, high=max(a.high, b.high), low=min(a.low, b.low),
+        close=b.close, volume=a.volume + b.volume,
+        trade_count=None if a.trade_count is None or b.trade_count is None else a.trade_count + b.trade_count,
+        pv=None if a.pv is None or b.pv is None else a.pv + b.pv)
+
+
+def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
+    """Candles of `interval` from finer (or equal) stored candles, keyed by bucket start.
+
+    Inside one bucket only the parts of the coarsest width present are used, so that history
+    imported at two widths (say 1m and 1h for the same hour) is not counted twice."""
+    groups: dict[datetime, list[Part]] = {}
+    for p in parts:
+        groups.setdefault(bucket_start(p.candle.start, interval), []).append(p)
+    out: dict[datetime, Candle] = {}
+    for start, ps in sorted(groups.items()):
+        widest = max(p.width for p in ps)
+        chosen = sorted((p.candle for p in ps if p.width == widest), key=lambda c: c.start)
+        acc = chosen[0]
+        for c in chosen[1:]:
+            acc = merge(acc, c)
+        out[start] = replace(acc, start=start)
+    return out
+
+
+def combine(first: dict[datetime, Candle], then: dict[datetime, Candle]) -> dict[datetime, Candle]:
+    """Merge two sources bucket by bucket (`first`'s candle taken as the earlier part)."""
+    out = dict(first)
+    for start, c in then.items():
+        out[start] = merge(out[start], c) if start in out else c
+    return out
+
+
+def bucket_starts(first: datetime, stop: datetime, interval: Interval) -> Iterator[datetime]:
+    """Bucket starts from `first` (a bucket start) while before `stop`."""
+    t = first
+    while t < stop:
+        yield t
+        t = next_bucket(t, interval)
+
+
+def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, interval: Interval,
+         prev_close: Decimal | None, now: datetime) -> list[Candle]:
+    """Every candle of the buckets [first, stop): the stored ones, and a flat one (no trades,
+    open = high = low = close = the previous close) for each bucket without any. Buckets
+    before any known close are left out; so are 1d buckets of days without a session and
+    without trades. `is_final` is false for the bucket still running at `now`."""
+    out: list[Candle] = []
+    for start in bucket_starts(first, stop, interval):
+        c = candles.get(start)
+        if c is None:
+            if prev_close is None:
+                continue
+            if interval is Interval.D1 and not is_session_day(trading_day(start)):
+                continue
+            c = flat(start, prev_close)
+        c = replace(c, is_final=next_bucket(start, interval) <= now)
+        out.append(c)
+        prev_close = c.close
+    return out

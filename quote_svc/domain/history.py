@@ -1,0 +1,135 @@
+"""Historical candles from a CSV file: the columns, and the checks every row must pass.
+
+Columns (a header line names them; any order): symbol, start_time, interval, open, high, low,
+close, volume, and optionally trade_count and vwap. `interval` is one of 1s 1m 5m 15m 1h 1d.
+`start_time` is ISO 8601 with a UTC offset (`2024-03-04T14:30:00Z`) aligned to the interval;
+a 1d row names its trading day: a date (`2024-03-04`) or midnight New York of that day.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Iterable, Iterator
+
+from quote_svc.domain.candles import Interval, day_start, is_aligned
+
+REQUIRED = ("symbol", "start_time", "interval", "open", "high", "low", "close", "volume")
+OPTIONAL = ("trade_count", "vwap")
+MAX_PRICE = Decimal("99999999.9999")
+
+
+class MalformedRow(ValueError):
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(f"line {line}: {problem}")
+        self.line = line
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ImportedCandle:
+    symbol: str
+    width: int
+    start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int
+    trade_count: int | None
+    vwap: Decimal | None
+
+    @property
+    def key(self) -> tuple[str, int, datetime]:
+        return self.symbol, self.width, self.start
+
+
+def _price(text: str, name: str, *, places: int = 4) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a decimal number, got {text!r}") from None
+    if not value.is_finite() or value <= 0 or value > MAX_PRICE:
+        raise ValueError(f"{name} must be a positive decimal up to {MAX_PRICE}, got {text!r}")
+    if -value.as_tuple().exponent > places:  # type: ignore[operator]
+        raise ValueError(f"{name} must have at most {places} decimal places, got {text!r}")
+    return value
+
+
+def _count(text: str, name: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{name} must be a whole number ≥ 0, got {text!r}")
+    return int(text)
+
+
+def _start(text: str, interval: Interval) -> datetime:
+    if interval is Interval.D1 and len(text) == 10:
+        try:
+            return day_start(date.fromisoformat(text))
+        except ValueError:
+            raise ValueError(f"start_time must be a date like 2024-03-04, got {text!r}") from None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"start_time must be an ISO 8601 time like 2024-03-04T14:30:00Z, got {text!r}") from None
+    if t.tzinfo is None:
+        raise ValueError(f"start_time needs a UTC offset (e.g. a trailing Z), got {text!r}")
+    t = t.astimezone(timezone.utc)
+    if not is_aligned(t, interval):
+        where = "midnight New York of a trading day (or write the date)" if interval is Interval.D1 \
+            else f"a multiple of {interval.label} since the Unix epoch"
+        raise ValueError(f"start_time {text} is not the start of a {interval.label} candle: it must be {where}")
+    return t
+
+
+def parse_row(row: dict[str, str], listed: set[str]) -> ImportedCandle:
+    values = {k: (row.get(k) or "").strip() for k in (*REQUIRED, *OPTIONAL)}
+    for k in REQUIRED:
+        if not values[k]:
+            raise ValueError(f"{k} is empty")
+    symbol = values["symbol"].upper()
+    if symbol not in listed:
+        raise ValueError(f"unknown symbol {values['symbol']!r}")
+    try:
+        interval = Interval.from_label(values["interval"])
+    except ValueError:
+        raise ValueError(f"interval must be one of {', '.join(i.label for i in Interval)}, "
+                         f"got {values['interval']!r}") from None
+    start = _start(values["start_time"], interval)
+    o, h, lo, c = (_price(values[k], k) for k in ("open", "high", "low", "close"))
+    if not (lo <= o <= h and lo <= c <= h):
+        raise ValueError(f"prices must satisfy low ≤ open, close ≤ high (open {o}, high {h}, low {lo}, close {c})")
+    volume = _count(values["volume"], "volume")
+    trade_count = _count(values["trade_count"], "trade_count") if values["trade_count"] else None
+    vwap = _price(values["vwap"], "vwap", places=6) if values["vwap"] else None
+    if vwap is not None and not lo <= vwap <= h:
+        raise ValueError(f"vwap {vwap} is outside [low, high] = [{lo}, {h}]")
+    if trade_count == 0 and volume > 0:
+        raise ValueError("trade_count is 0 but volume is not")
+    return ImportedCandle(symbol, interval.seconds, start, o, h, lo, c, volume, trade_count, vwap)
+
+
+def parse(header: list[str] | None, rows: Iterable[tuple[int, dict[str, str]]],
+          listed: set[str]) -> Iterator[ImportedCandle]:
+    """Check the header, then each (line number, row); raises MalformedRow naming the line."""
+    names = [h.strip() for h in header or []]
+    missing = [k for k in REQUIRED if k not in names]
+    if missing:
+        raise MalformedRow(1, f"the header lacks column(s) {', '.join(missing)} "
+                              f"(expected {','.join(REQUIRED)}[,{','.join(OPTIONAL)}])")
+    unknown = [k for k in names if k not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise MalformedRow(1, f"unknown column(s) {', '.join(unknown)}")
+    seen: dict[tuple[str, int, datetime], int] = {}
+    for line, row in rows:
+        if None in row:  # more fields than the header names
+            raise MalformedRow(line, f"{len(names) + len(row[None])} fields, the header names {len(names)}")  # type: ignore[index]
+        try:
+            candle = parse_row(row, listed)
+        except ValueError as exc:
+            raise MalformedRow(line, str(exc)) from None
+        if candle.key in seen:
+            raise MalformedRow(line, f"the same candle as line {seen[candle.key]} "
+                                     f"({candle.symbol} {candle.start.isoformat()})")
+        seen[candle.key] = line
+        yield candle

@@ -1,0 +1,87 @@
+"""QuoteService over gRPC: proto -> query, call the service layer, domain -> proto."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import grpc
+
+from meshkit import paging, symbols as listing
+from meshkit.errors import Violations
+from meshkit.money import fmt
+from quote_svc.entrypoints import mapping
+from quote_svc.service_layer import candles, quotes
+from quote_svc.service_layer.candles import UowFactory
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as pb, quote_service_pb2_grpc
+
+CANDLE_PAGE_DEFAULT = 500
+CANDLE_PAGE_MAX = 5000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
+    v = Violations()
+    if not request.symbol:
+        v.add("symbol", "is required")
+    elif request.symbol not in listing.listed():
+        quotes.known_symbol(request.symbol)  # raises UNKNOWN_SYMBOL
+    interval = mapping.INTERVALS.get(request.interval)
+    if interval is None:
+        v.add("interval", "is required" if request.interval == 0 else f"unknown value {request.interval}")
+    if not request.HasField("start_time"):
+        v.add("start_time", "is required")
+    if not request.HasField("end_time"):
+        v.add("end_time", "is required")
+    start = mapping.to_datetime(request.start_time)
+    end = mapping.to_datetime(request.end_time)
+    if request.HasField("start_time") and request.HasField("end_time") and end <= start:
+        v.add("end_time", "must be after start_time")
+    size = paging.page_size(request.page_size, v, default=CANDLE_PAGE_DEFAULT, maximum=CANDLE_PAGE_MAX)
+    key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
+    cursor = paging.decode_token(request.page_token, v, keys=("at", "q"))
+    if cursor is not None and (cursor["q"] != key or not isinstance(cursor["at"], int)):
+        v.add("page_token", "does not belong to this query (symbol, interval and range must not change)")
+        cursor = None
+    v.raise_if_any()
+    at = None
+    if cursor is not None:
+        at = datetime.fromtimestamp(cursor["at"], tz=timezone.utc)
+    assert interval is not None
+    return candles.CandleQuery(request.symbol, interval, start, end, size, at)
+
+
+class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
+    def __init__(self, book: quotes.QuoteBook, uow_factory: UowFactory) -> None:
+        self.book = book
+        self.uow = uow_factory
+        self.to_proto = mapping.QuoteProtos()
+
+    async def ListSymbols(self, request: pb.ListSymbolsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListSymbolsResponse:
+        return pb.ListSymbolsResponse(symbols=[
+            quote_pb2.Symbol(symbol=s.symbol, name=s.name, tick_size=fmt(s.tick_size),
+                             reference_price=fmt(s.reference_price))
+            for s in sorted(listing.listed().values(), key=lambda s: s.symbol)])
+
+    async def GetQuote(self, request: pb.GetQuoteRequest, context: grpc.aio.ServicerContext) -> pb.GetQuoteResponse:
+        return pb.GetQuoteResponse(quote=self.to_proto(quotes.get_quote(self.book, request.symbol)))
+
+    async def StreamQuotes(self, request: pb.StreamQuotesRequest, context: grpc.aio.ServicerContext):
+        wanted = quotes.stream_symbols(request.symbols)
+        sub = self.book.subscribe(wanted)
+        try:
+            while True:
+                yield self.to_proto(await sub.get())
+        finally:
+            self.book.unsubscribe(sub)
+
+    async def GetCandles(self, request: pb.GetCandlesRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetCandlesResponse:
+        q = _candle_query(request)
+        page = await candles.get_candles(q, self.uow)
+        token = ""
+        if page.next_cursor is not None:
+            token = paging.encode_token({
+                "at": int((page.next_cursor - EPOCH).total_seconds()),
+                "q": mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)})
+        return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles],
+                                     next_page_token=token)

@@ -1,0 +1,58 @@
+"""proto <-> domain, beside the servicer."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshkit.money import fmt
+from quote_svc.adapters.codec import quote_to_proto
+from quote_svc.domain.candles import Candle, Interval
+from quote_svc.domain.quotes import Quote
+from stockmesh.quote.v1 import quote_pb2
+
+INTERVALS = {
+    quote_pb2.CANDLE_INTERVAL_1S: Interval.S1, quote_pb2.CANDLE_INTERVAL_1M: Interval.M1,
+    quote_pb2.CANDLE_INTERVAL_5M: Interval.M5, quote_pb2.CANDLE_INTERVAL_15M: Interval.M15,
+    quote_pb2.CANDLE_INTERVAL_1H: Interval.H1, quote_pb2.CANDLE_INTERVAL_1D: Interval.D1,
+}
+
+
+class QuoteProtos:
+    """Each quote is turned into its message once, however many streams carry it."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Quote, quote_pb2.Quote]] = {}
+
+    def __call__(self, q: Quote) -> quote_pb2.Quote:
+        hit = self._last.get(q.symbol)
+        if hit is not None and hit[0] is q:
+            return hit[1]
+        msg = quote_to_proto(q)
+        self._last[q.symbol] = (q, msg)
+        return msg
+
+
+def timestamp(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def candle_to_proto(c: Candle) -> quote_pb2.Candle:
+    vwap = c.vwap
+    return quote_pb2.Candle(
+        start_time=timestamp(c.start), open=fmt(c.open), high=fmt(c.high), low=fmt(c.low), close=fmt(c.close),
+        volume=c.volume, trade_count=c.trade_count or 0, vwap=fmt(vwap) if vwap is not None else "",
+        is_final=c.is_final)
+
+
+def query_key(symbol: str, interval: int, start: Timestamp, end: Timestamp) -> str:
+    """Binds a page token to the query it continues."""
+    text = f"{symbol}|{interval}|{start.seconds}.{start.nanos}|{end.seconds}.{end.nanos}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

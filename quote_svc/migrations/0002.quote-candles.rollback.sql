@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS quotes.imported_candles;
+DROP TABLE IF EXISTS quotes.candles;
+DROP TABLE IF EXISTS quotes.trades;

@@ -1,0 +1,56 @@
+"""`stockmesh candles import FILE.csv`: every row is checked before anything is written, then
+the whole file goes in one transaction, so a file is imported entirely or not at all.
+Importing the same file again changes nothing (rows are keyed by symbol, width and start,
+and identical rows are not rewritten)."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from meshkit import symbols
+from quote_svc.domain.history import ImportedCandle, MalformedRow, parse
+from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
+
+CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    rows: int
+    inserted: int
+    updated: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.rows - self.inserted - self.updated
+
+
+def read_file(path: Path) -> list[ImportedCandle]:
+    """Every row of the file, checked; raises MalformedRow naming the first bad line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            try:
+                header = reader.fieldnames
+                rows = ((reader.line_num, row) for row in reader)
+                return list(parse(list(header or []), rows, set(symbols.listed())))
+            except csv.Error as exc:
+                raise MalformedRow(reader.line_num, f"not valid CSV: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MalformedRow(0, f"not UTF-8 text: {exc}") from None
+
+
+async def import_candles(candles: list[ImportedCandle], uow_factory: Callable[[], QuoteUnitOfWork],
+                         progress: Callable[[int], None] | None = None) -> ImportReport:
+    inserted = updated = 0
+    async with uow_factory() as uow:
+        for i in range(0, len(candles), CHUNK):
+            chunk = candles[i:i + CHUNK]
+            ins, upd = await uow.candles.upsert_imported(chunk)
+            inserted, updated = inserted + ins, updated + upd
+            if progress:
+                progress(len(chunk))
+        await uow.commit()
+    return ImportReport(len(candles), inserted, updated)

@@ -1,0 +1,125 @@
+"""Live quotes: the latest quote per symbol in memory, and its fan-out to streams.
+
+Fan-out never waits for a client. Each subscription holds at most one pending quote per
+symbol (a dict, newest wins: conflation) and an Event; `publish` replaces the entry and sets
+the Event, which is O(1) and never awaits. The stream's task takes pending quotes one at a
+time and hands them to gRPC; while gRPC waits for a slow client (HTTP/2 flow control), new
+quotes only overwrite the pending entries, so a stalled client costs one quote per symbol it
+asked for, however long it stalls, and delays nobody."""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Iterable
+
+from meshkit import symbols as listing
+from meshkit.errors import FieldViolation, InvalidArgument, NotFound
+from quote_svc.domain.quotes import MarketData, Quote, next_quote
+
+MAX_STREAM_SYMBOLS = 100
+
+
+class Subscription:
+    __slots__ = ("symbols", "_pending", "_wake", "conflated")
+
+    def __init__(self, symbols: frozenset[str]) -> None:
+        self.symbols = symbols
+        self._pending: dict[str, Quote] = {}
+        self._wake = asyncio.Event()
+        self.conflated = 0  # quotes replaced before the client got them
+
+    def offer(self, quote: Quote) -> None:
+        if quote.symbol in self._pending:
+            self.conflated += 1
+        self._pending[quote.symbol] = quote
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def get(self) -> Quote:
+        """The next pending quote (the newest of its symbol), waiting for one if need be."""
+        while not self._pending:
+            self._wake.clear()
+            await self._wake.wait()
+        symbol = next(iter(self._pending))
+        return self._pending.pop(symbol)
+
+
+class QuoteBook:
+    """The latest quote of each symbol, and the subscriptions that want to hear of changes."""
+
+    def __init__(self) -> None:
+        self.quotes: dict[str, Quote] = {}
+        self._subs: dict[str, set[Subscription]] = {}
+        self.listeners: list[Callable[[Quote], None]] = []
+        self.ready = asyncio.Event()
+
+    def _set(self, q: Quote) -> None:
+        self.quotes[q.symbol] = q
+        for sub in self._subs.get(q.symbol, ()):
+            sub.offer(q)
+        for listener in self.listeners:
+            listener(q)
+
+    def apply(self, ev: MarketData) -> Quote | None:
+        """Apply a market-data event; the new quote, or None for a repeat / older event."""
+        q = next_quote(self.quotes.get(ev.symbol), ev)
+        if q is not None:
+            self._set(q)
+        return q
+
+    def seed(self, q: Quote) -> None:
+        """A quote from the cache, taken only if newer than what we hold."""
+        cur = self.quotes.get(q.symbol)
+        if cur is None or q.sequence > cur.sequence:
+            self._set(q)
+
+    def subscribe(self, symbols: frozenset[str]) -> Subscription:
+        """A subscription whose first pending quotes are the current snapshot."""
+        sub = Subscription(symbols)
+        for s in sorted(symbols):
+            self._subs.setdefault(s, set()).add(sub)
+            if s in self.quotes:
+                sub.offer(self.quotes[s])
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        for s in sub.symbols:
+            subs = self._subs.get(s)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[s]
+
+    def subscribers(self) -> int:
+        return len({id(s) for subs in self._subs.values() for s in subs})
+
+
+def known_symbol(symbol: str, field: str = "symbol") -> str:
+    if not symbol:
+        raise InvalidArgument([FieldViolation(field, "is required")])
+    if symbol not in listing.listed():
+        raise InvalidArgument([FieldViolation(field, f"unknown symbol {symbol[:16]!r}")], reason="UNKNOWN_SYMBOL")
+    return symbol
+
+
+def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
+    wanted = list(symbols)
+    if not wanted:
+        raise InvalidArgument([FieldViolation("symbols", "name at least one symbol")])
+    if len(wanted) > MAX_STREAM_SYMBOLS:
+        raise InvalidArgument([FieldViolation("symbols", f"at most {MAX_STREAM_SYMBOLS} symbols per stream")])
+    unknown = [s for s in wanted if s not in listing.listed()]
+    if unknown:
+        raise InvalidArgument([FieldViolation(f"symbols[{wanted.index(s)}]", f"unknown symbol {s[:16]!r}")
+                               for s in unknown[:10]], reason="UNKNOWN_SYMBOL")
+    return frozenset(wanted)
+
+
+def get_quote(book: QuoteBook, symbol: str) -> Quote:
+    known_symbol(symbol)
+    q = book.quotes.get(symbol)
+    if q is None:
+        raise NotFound(f"no quote for {symbol} yet", reason="QUOTE_NOT_FOUND", metadata={"symbol": symbol})
+    return q

@@ -1,0 +1,227 @@
+"""quote_svc's live quotes, in-process against the project's nats-server, PostgreSQL and a
+private Redis: snapshot then updates, 50 subscribers, a stalled subscriber that delays no one
+and gets conflated quotes, and Redis flushed or dead while the service keeps going."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+
+from meshkit import cache
+from meshkit.status import error_info
+from quote_svc.adapters.cache import quote_key
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
+from tests.support.quotes import md_event, publish_md, quote_service
+
+pytestmark = pytest.mark.integration
+
+
+async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result or loop.time() > deadline:
+            return result
+        await asyncio.sleep(delay)
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"tq{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of our own, so that flushing or killing it touches nobody else."""
+    from meshkit.launcher.infra import start_local_redis
+    from meshkit.launcher.supervisor import Supervisor
+
+    sup = Supervisor(say=lambda _: None)
+    url = start_local_redis(tmp_path, sup)
+    yield url, sup
+    sup.stop_all()
+
+
+@pytest.fixture
+async def js(nats_conn):
+    return nats_conn.jetstream()
+
+
+async def quote_seq(stub, symbol: str) -> int:
+    try:
+        return (await stub.GetQuote(qpb.GetQuoteRequest(symbol=symbol))).quote.sequence
+    except grpc.aio.AioRpcError:
+        return 0
+
+
+async def test_snapshot_then_updates_to_fifty_subscribers(pool, nats_url, js, ns):
+    async with quote_service(pool, nats_url, ns) as svc:
+        stub = svc.stub
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_info(err.value)[0].reason == "QUOTE_NOT_FOUND"
+
+        await publish_md(js, ns, md_event("AAPL", 1, price="187.25", qty=10, bid="187.20", ask="187.30", volume=10))
+        assert await eventually(lambda: quote_seq(stub, "AAPL"))
+        q = (await stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote
+        assert (q.last_price, q.last_size, q.bid_price, q.ask_price, q.volume) == ("187.25", 10, "187.20", "187.30", 10)
+
+        streams = [stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL", "MSFT"])) for _ in range(50)]
+        firsts = await asyncio.gather(*(s.read() for s in streams))
+        assert all(f.symbol == "AAPL" and f.sequence == 1 and f.last_price == "187.25" for f in firsts)
+
+        await publish_md(js, ns, md_event("AAPL", 2, price="187.30", qty=5, bid="187.25", ask="187.35", volume=15))
+        seconds = await asyncio.wait_for(asyncio.gather(*(s.read() for s in streams)), 15)
+        assert all((m.symbol, m.sequence, m.last_price, m.last_size, m.volume) == ("AAPL", 2, "187.30", 5, 15)
+                   for m in seconds)
+        # A symbol with no quote yet has no snapshot; its first trade arrives as an update.
+        await publish_md(js, ns, md_event("MSFT", 1, price="415.50", qty=1, volume=1))
+        thirds = await asyncio.wait_for(asyncio.gather(*(s.read() for s in streams)), 15)
+        assert all((m.symbol, m.sequence) == ("MSFT", 1) for m in thirds)
+        for s in streams:
+            s.cancel()
+        assert await eventually(lambda: asyncio.sleep(0, svc.parts.book.subscribers() == 0))
+
+
+async def test_bad_requests(pool, nats_url, ns):
+    async with quote_service(pool, nats_url, ns) as svc:
+        for symbols in ([], ["AAPL", "NOPE"]):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=symbols)).read()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            info, bad = error_info(err.value)
+            assert info.reason == ("UNKNOWN_SYMBOL" if symbols else "INVALID_ARGUMENT")
+            assert bad.field_violations
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="NOPE"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(err.value)[0].reason == "UNKNOWN_SYMBOL"
+        listed = (await svc.stub.ListSymbols(qpb.ListSymbolsRequest())).symbols
+        by = {s.symbol: s for s in listed}
+        assert (by["AAPL"].tick_size, by["AAPL"].reference_price) == ("0.01", "187.25")
+        assert (by["SIRI"].tick_size, by["SIRI"].reference_price) == ("0.0001", "0.875")
+
+
+async def test_a_stalled_subscriber_delays_nobody_and_gets_the_newest_quotes(pool, nats_url, js, ns):
+    symbols = ["AAPL", "MSFT"]
+    rounds = 200  # 10 s at 20 updates a second per symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        for i, s in enumerate(symbols):
+            await publish_md(js, ns, md_event(s, 1, price="100.00", qty=1, volume=1))
+        assert await eventually(lambda: quote_seq(svc.stub, "MSFT"))
+
+        # HTTP/2 flow control lets a client's receive window (64 KiB by default, growing with
+        # BDP probes) of older messages sit in the transport; the server's conflation works
+        # behind it. This client takes the smallest window, so what we see below is the
+        # server's behaviour: one message in flight, then the newest quote per symbol.
+        slow_channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{svc.port}", options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1)])
+        slow = quote_service_stub(slow_channel).StreamQuotes(qpb.StreamQuotesRequest(symbols=symbols))
+        fast = svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=symbols))
+        assert {(await slow.read()).sequence for _ in symbols} == {1}
+        assert {(await fast.read()).sequence for _ in symbols} == {1}
+
+        fast_seen: dict[str, list[int]] = {s: [] for s in symbols}
+        done = asyncio.Event()
+
+        async def read_fast() -> None:
+            while not all(seen and seen[-1] == rounds + 1 for seen in fast_seen.values()):
+                m = await fast.read()
+                fast_seen[m.symbol].append(m.sequence)
+            done.set()
+
+        reader = asyncio.create_task(read_fast())
+        slow_pending_max = 0
+        for r in range(2, rounds + 2):  # the slow client reads nothing for these 10 seconds
+            for s in symbols:
+                await publish_md(js, ns, md_event(s, r, price=f"{100 + r / 100:.2f}", qty=r, volume=r))
+            await asyncio.sleep(0.05)
+            # While it is stalled, the server holds at most one quote per symbol for it.
+            slow_sub = max((sub for subs in svc.parts.book._subs.values() for sub in subs),
+                           key=lambda sub: sub.conflated)
+            slow_pending_max = max(slow_pending_max, slow_sub.pending)
+        await asyncio.wait_for(done.wait(), 15)
+        await reader
+        # The fast subscriber saw every update, in order, while the slow one was stalled.
+        for s in symbols:
+            assert fast_seen[s] == list(range(2, rounds + 2)), s
+        assert slow_pending_max <= len(symbols)
+        assert slow_sub.conflated > rounds  # it was really stalled: most updates were replaced
+
+        # Reading again, the slow client gets the newest quote of each symbol, not a backlog:
+        # the one message that was in flight when it stalled, then one (the newest) per symbol.
+        got: list[tuple[str, int]] = []
+        newest: dict[str, int] = {}
+        while not all(newest.get(s) == rounds + 1 for s in symbols):
+            m = await asyncio.wait_for(slow.read(), 10)
+            got.append((m.symbol, m.sequence))
+            newest[m.symbol] = m.sequence
+        assert len(got) <= len(symbols) + 1, got
+        assert sorted(got[-len(symbols):]) == [(s, rounds + 1) for s in symbols], got
+        slow.cancel()
+        fast.cancel()
+        await slow_channel.close()
+
+
+def quote_service_stub(channel):
+    from stockmesh.quote.v1 import quote_service_pb2_grpc
+
+    return quote_service_pb2_grpc.QuoteServiceStub(channel)
+
+
+async def test_redis_flushed_or_dead_the_feed_rebuilds_everything(pool, nats_url, js, ns, private_redis):
+    url, redis_sup = private_redis
+    redis = cache.connect(url)
+    reader = cache.connect(url)
+    try:
+        async with quote_service(pool, nats_url, ns, redis=redis, cache_refresh=0.5) as svc:
+            await publish_md(js, ns, md_event("AAPL", 1, price="187.25", qty=10, bid="187.20", ask="187.30",
+                                              volume=10))
+            await publish_md(js, ns, md_event("KO", 1, price="62.15", qty=3, volume=3))
+
+            async def cached(symbol: str, seq: int) -> bool:
+                raw = await reader.get(quote_key(ns, symbol))
+                return bool(raw) and quote_pb2.Quote.FromString(raw).sequence == seq
+
+            assert await eventually(lambda: cached("AAPL", 1))
+            assert await eventually(lambda: cached("KO", 1))
+            cached_quote = quote_pb2.Quote.FromString(await reader.get(quote_key(ns, "AAPL")))
+            assert (cached_quote.last_price, cached_quote.bid_price, cached_quote.volume) == ("187.25", "187.20", 10)
+
+            stream = svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]))
+            assert (await stream.read()).sequence == 1
+
+            await reader.flushall()  # Redis loses everything mid-test
+            assert (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote.sequence == 1
+            await publish_md(js, ns, md_event("AAPL", 2, price="187.30", qty=1, volume=11))
+            assert (await asyncio.wait_for(stream.read(), 10)).sequence == 2
+            # Rewritten from the feed: the changed symbol at once, a quiet one by the refresh.
+            assert await eventually(lambda: cached("AAPL", 2))
+            assert await eventually(lambda: cached("KO", 1))
+
+            # A replica starting on an empty Redis has every quote from the feed at once.
+            await reader.flushall()
+            async with quote_service(pool, nats_url, ns, redis=cache.connect(url), candles_writer=False) as fresh:
+                q = (await fresh.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote
+                assert (q.sequence, q.last_price, q.volume) == (2, "187.30", 11)
+                s2 = fresh.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["KO", "AAPL"]))
+                snap = {m.symbol: m.sequence for m in [await s2.read(), await s2.read()]}
+                assert snap == {"AAPL": 2, "KO": 1}
+                s2.cancel()
+
+            # Redis dies: quotes, streams and GetQuote go on from the feed.
+            redis_sup.stop_all()
+            await publish_md(js, ns, md_event("AAPL", 3, price="187.35", qty=2, volume=13))
+            assert (await asyncio.wait_for(stream.read(), 10)).sequence == 3
+            assert (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote.sequence == 3
+            # And a replica starting while Redis is down still has the quotes from the feed.
+            async with quote_service(pool, nats_url, ns, redis=cache.connect(url), candles_writer=False) as fresh:
+                assert (await fresh.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote.sequence == 3
+            stream.cancel()
+    finally:
+        await redis.aclose()
+        await reader.aclose()
