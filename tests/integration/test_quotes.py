@@ -58,7 +58,7 @@ async def quote_seq(stub, symbol: str) -> int:
 
 
 async def test_snapshot_then_updates_to_fifty_subscribers(pool, nats_url, js, ns):
-    async with quote_service(pool, nats_url, ns) as svc:
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
         stub = svc.stub
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))
@@ -88,7 +88,7 @@ async def test_snapshot_then_updates_to_fifty_subscribers(pool, nats_url, js, ns
 
 
 async def test_bad_requests(pool, nats_url, ns):
-    async with quote_service(pool, nats_url, ns) as svc:
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
         for symbols in ([], ["AAPL", "NOPE"]):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=symbols)).read()
@@ -109,7 +109,7 @@ async def test_bad_requests(pool, nats_url, ns):
 async def test_a_stalled_subscriber_delays_nobody_and_gets_the_newest_quotes(pool, nats_url, js, ns):
     symbols = ["AAPL", "MSFT"]
     rounds = 200  # 10 s at 20 updates a second per symbol
-    async with quote_service(pool, nats_url, ns) as svc:
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
         for i, s in enumerate(symbols):
             await publish_md(js, ns, md_event(s, 1, price="100.00", qty=1, volume=1))
         assert await eventually(lambda: quote_seq(svc.stub, "MSFT"))
@@ -178,7 +178,7 @@ async def test_redis_flushed_or_dead_the_feed_rebuilds_everything(pool, nats_url
     redis = cache.connect(url)
     reader = cache.connect(url)
     try:
-        async with quote_service(pool, nats_url, ns, redis=redis, cache_refresh=0.5) as svc:
+        async with quote_service(pool, nats_url, ns, redis=redis, cache_refresh=0.5, candles_writer=False) as svc:
             await publish_md(js, ns, md_event("AAPL", 1, price="187.25", qty=10, bid="187.20", ask="187.30",
                                               volume=10))
             await publish_md(js, ns, md_event("KO", 1, price="62.15", qty=3, volume=3))

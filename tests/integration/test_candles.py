@@ -1,0 +1,346 @@
+"""Candles: what quote_svc computes from the trades on the market-data stream equals what a
+reference implementation (written here, from the definition) computes from the same list of
+trades, for every interval, with empty intervals and range edges; pagination; CSV import."""
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+
+from meshkit.money import fmt
+from meshkit.status import error_info
+from quote_svc.service_layer.candles import last_close
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
+from tests.support.quotes import md_event, publish_md, quote_service
+
+pytestmark = pytest.mark.integration
+
+UTC = timezone.utc
+NY = ZoneInfo("America/New_York")
+I = quote_pb2  # noqa: E741
+WIDTH = {I.CANDLE_INTERVAL_1S: 1, I.CANDLE_INTERVAL_1M: 60, I.CANDLE_INTERVAL_5M: 300,
+         I.CANDLE_INTERVAL_15M: 900, I.CANDLE_INTERVAL_1H: 3600, I.CANDLE_INTERVAL_1D: None}
+
+
+# ------------------------------------------------------------------ the reference
+
+@dataclass(frozen=True)
+class Trade:
+    at: datetime
+    seq: int
+    price: Decimal
+    qty: int
+
+
+def ref_bucket(t: datetime, interval: int) -> datetime:
+    w = WIDTH[interval]
+    if w is None:
+        d = t.astimezone(NY).date()
+        return datetime(d.year, d.month, d.day, tzinfo=NY).astimezone(UTC)
+    s = int(t.timestamp())
+    return datetime.fromtimestamp(s - s % w, tz=UTC)
+
+
+def ref_next(b: datetime, interval: int) -> datetime:
+    w = WIDTH[interval]
+    if w is None:
+        d = b.astimezone(NY).date() + timedelta(days=1)
+        return datetime(d.year, d.month, d.day, tzinfo=NY).astimezone(UTC)
+    return b + timedelta(seconds=w)
+
+
+def reference(trades: list[Trade], interval: int, start: datetime, end: datetime, now: datetime) -> list[tuple]:
+    """Every bucket overlapping [start, end) up to the one running now; a flat candle (no
+    trades, OHLC = previous close) where nothing traded, none before the first trade ever, and
+    no flat 1d candle on a Saturday or Sunday."""
+    ordered = sorted(trades, key=lambda t: (t.at, t.seq))
+    out = []
+    b = ref_bucket(start, interval)
+    before = [t for t in ordered if t.at < b]
+    prev = before[-1].price if before else None
+    while b < end and b <= now:
+        nxt = ref_next(b, interval)
+        inside = [t for t in ordered if b <= t.at < nxt]
+        final = nxt <= now
+        if inside:
+            vol = sum(t.qty for t in inside)
+            pv = sum(t.price * t.qty for t in inside)
+            vwap = (pv / vol).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+            out.append((b, fmt(inside[0].price), fmt(max(t.price for t in inside)),
+                        fmt(min(t.price for t in inside)), fmt(inside[-1].price), vol, len(inside), fmt(vwap), final))
+            prev = inside[-1].price
+        elif prev is not None and not (WIDTH[interval] is None and b.astimezone(NY).weekday() >= 5):
+            p = fmt(prev)
+            out.append((b, p, p, p, p, 0, 0, "", final))
+        b = nxt
+    return out
+
+
+def as_tuples(candles) -> list[tuple]:
+    return [(c.start_time.ToDatetime(tzinfo=UTC), c.open, c.high, c.low, c.close, c.volume, c.trade_count, c.vwap,
+             c.is_final) for c in candles]
+
+
+# ------------------------------------------------------------------ helpers
+
+def ts(dt: datetime):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromDatetime(dt)
+    return t
+
+
+async def all_pages(stub, symbol: str, interval: int, start: datetime, end: datetime, page_size: int = 0):
+    got, token, pages = [], "", 0
+    while True:
+        resp = await stub.GetCandles(qpb.GetCandlesRequest(symbol=symbol, interval=interval, start_time=ts(start),
+                                                           end_time=ts(end), page_size=page_size, page_token=token))
+        got += resp.candles
+        pages += 1
+        token = resp.next_page_token
+        if not token:
+            return got, pages
+
+
+def make_trades(seed: int) -> list[Trade]:
+    """A few hours of busy trading with pauses on Monday 2024-03-04, then sparse trades on
+    other days (a day with none, a Saturday with some, the DST change on Sunday 03-10, trades
+    late in the New York evening that belong to the earlier trading day)."""
+    rng = random.Random(seed)
+    cents = 12_140
+    out: list[Trade] = []
+    seq = 0
+
+    def add(at: datetime, n: int = 1) -> None:
+        nonlocal cents, seq
+        for _ in range(n):  # several trades of one engine input share its time
+            cents = max(100, cents + rng.choice((-3, -1, 0, 1, 3)))
+            seq += 1
+            out.append(Trade(at, seq, Decimal(cents) / 100, rng.randint(1, 500)))
+
+    t = datetime(2024, 3, 4, 14, 0, 0, 250_000, tzinfo=UTC)
+    end = datetime(2024, 3, 4, 17, 0, tzinfo=UTC)
+    while t < end:
+        add(t, rng.choice((1, 1, 1, 2, 3)))
+        gap = rng.expovariate(1 / 4.0)
+        if rng.random() < 0.004:
+            gap += rng.uniform(600, 1500)  # a pause: empty 1m, 5m, 15m candles
+        t += timedelta(seconds=gap, microseconds=rng.randrange(1000))
+    for at in (datetime(2024, 3, 5, 3, 30, tzinfo=UTC),   # 22:30 in New York: still Monday 03-04
+               datetime(2024, 3, 5, 15, 0, tzinfo=UTC), datetime(2024, 3, 5, 15, 0, 1, tzinfo=UTC),
+               datetime(2024, 3, 7, 16, 0, tzinfo=UTC),   # Wednesday 03-06 has none
+               datetime(2024, 3, 9, 17, 0, tzinfo=UTC),   # a Saturday with a trade
+               datetime(2024, 3, 11, 4, 30, tzinfo=UTC),  # 00:30 EDT Monday 03-11 (after the DST change)
+               datetime(2024, 3, 12, 19, 59, 59, 999_000, tzinfo=UTC)):
+        add(at, rng.choice((1, 2)))
+    return out
+
+
+async def publish_trades(js, ns: str, symbol: str, trades: list[Trade]) -> None:
+    acks = []
+    for t in trades:
+        ev = md_event(symbol, t.seq, price=fmt(t.price), qty=t.qty, at=t.at)
+        acks.append(publish_md(js, ns, ev))
+        if len(acks) >= 200:
+            await asyncio.gather(*acks)
+            acks = []
+    await asyncio.gather(*acks)
+
+
+async def wait_recorded(pool, symbol: str, n: int) -> None:
+    for _ in range(400):
+        if await pool.fetchval("SELECT count(*) FROM quotes.trades WHERE symbol = $1", symbol) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the candle writer did not record the trades")
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"tc{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------------ tests
+
+async def test_candles_equal_the_reference_for_every_interval(pool, nats_conn, nats_url, ns):
+    symbol = "NVDA"
+    js = nats_conn.jetstream()
+    trades = make_trades(seed=7)
+    async with quote_service(pool, nats_url, ns) as svc:
+        await publish_trades(js, ns, symbol, trades)
+        # Repeats change nothing: an engine replay of old events under new message ids, and
+        # non-trade events (book changes) in between.
+        for t in trades[100:150]:
+            await js.publish(f"{ns}.md.{symbol}", md_event(symbol, t.seq, price=fmt(t.price), qty=t.qty,
+                                                          at=t.at).SerializeToString(),
+                             headers={"Nats-Msg-Id": f"replay-{t.seq}"})
+        await publish_md(js, ns, md_event(symbol, len(trades) + 1, bid="120.00", ask="121.00",
+                                          at=datetime(2024, 3, 12, 20, 0, tzinfo=UTC)))
+        await wait_recorded(pool, symbol, len(trades))
+        await asyncio.sleep(0.3)  # the replayed batch, if any, lands too
+
+        now = datetime.now(UTC)
+        day = datetime(2024, 3, 4, tzinfo=UTC)
+        h = lambda hh, mm=0, ss=0, us=0: day.replace(hour=hh, minute=mm, second=ss, microsecond=us)  # noqa: E731
+        ranges = {
+            I.CANDLE_INTERVAL_1S: [(h(13, 59, 50), h(14, 10, 0, 300_000)),   # before the first trade ever
+                                   (h(15, 30, 0, 500_000), h(15, 41, 7))],
+            I.CANDLE_INTERVAL_1M: [(h(13, 50), h(17, 10, 30)), (h(16, 59, 59), h(18, 0))],
+            I.CANDLE_INTERVAL_5M: [(h(13, 47, 13), h(18, 2, 11))],
+            I.CANDLE_INTERVAL_15M: [(h(13, 47, 13), h(18, 2, 11)), (h(14, 7), h(14, 8))],
+            I.CANDLE_INTERVAL_1H: [(h(12), h(23, 30)), (h(14, 30), datetime(2024, 3, 5, 16, tzinfo=UTC))],
+            I.CANDLE_INTERVAL_1D: [(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 14, tzinfo=UTC)),
+                                   (datetime(2024, 3, 5, 12, tzinfo=UTC), datetime(2024, 3, 11, 3, tzinfo=UTC))],
+        }
+        checked = 0
+        for interval, spans in ranges.items():
+            for start, end in spans:
+                got, _ = await all_pages(svc.stub, symbol, interval, start, end, page_size=5000)
+                want = reference(trades, interval, start, end, now)
+                assert as_tuples(got) == want, (quote_pb2.CandleInterval.Name(interval), start, end)
+                checked += len(want)
+                # Pages of 37: everything exactly once, in order.
+                paged, pages = await all_pages(svc.stub, symbol, interval, start, end, page_size=37)
+                assert as_tuples(paged) == want
+                assert pages == max(1, -(-len(want) // 37))
+        assert checked > 1500
+        d1 = [c for c in as_tuples((await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1D,
+                                                     datetime(2024, 3, 1, tzinfo=UTC),
+                                                     datetime(2024, 3, 14, tzinfo=UTC)))[0])]
+        assert sum(c[5] for c in d1) == sum(t.qty for t in trades)
+        assert [c[0].astimezone(NY).date().day for c in d1] == [4, 5, 6, 7, 8, 9, 11, 12, 13]
+
+        # The candle still being built: is_final false; nothing after now.
+        live = datetime.now(UTC)
+        await publish_md(js, ns, md_event(symbol, len(trades) + 2, price="130.00", qty=7, at=live))
+        await wait_recorded(pool, symbol, len(trades) + 1)
+        resp = await svc.stub.GetCandles(qpb.GetCandlesRequest(
+            symbol=symbol, interval=I.CANDLE_INTERVAL_1H, start_time=ts(live - timedelta(hours=3)),
+            end_time=ts(live + timedelta(hours=3))))
+        assert [c.is_final for c in resp.candles] == [True, True, True, False]
+        assert resp.candles[-1].close == "130.00" and resp.candles[0].trade_count == 0
+        assert await last_close(pool, symbol) == Decimal("130.00")
+
+
+async def test_get_candles_validation(pool, nats_url, ns):
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        t0 = datetime(2024, 3, 4, 14, tzinfo=UTC)
+        good = dict(symbol="AAPL", interval=I.CANDLE_INTERVAL_1M, start_time=ts(t0), end_time=ts(t0 + timedelta(hours=1)))
+        cases = [
+            (dict(good, interval=I.CANDLE_INTERVAL_UNSPECIFIED), "interval", "INVALID_ARGUMENT"),
+            (dict(good, end_time=ts(t0)), "end_time", "INVALID_ARGUMENT"),
+            (dict(good, symbol="NOPE"), "symbol", "UNKNOWN_SYMBOL"),
+            (dict(good, page_size=-1), "page_size", "INVALID_ARGUMENT"),
+            (dict(good, page_token="garbage"), "page_token", "INVALID_ARGUMENT"),
+        ]
+        for req, field, reason in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await svc.stub.GetCandles(qpb.GetCandlesRequest(**req))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+            info, bad = error_info(err.value)
+            assert info.reason == reason and field in [v.field for v in bad.field_violations]
+        # A token from another query is refused.
+        await svc.stub.GetCandles(qpb.GetCandlesRequest(**good))  # no data: no token, no error
+
+
+# ------------------------------------------------------------------ CSV import
+
+HEADER = "symbol,start_time,interval,open,high,low,close,volume,trade_count,vwap\n"
+
+
+def history_rows(symbol: str) -> list[tuple]:
+    """An hour of 1m candles, 14:30-15:30 UTC on 2024-02-05, as (start, o, h, l, c, v, n, vwap)."""
+    rng = random.Random(3)
+    rows, price = [], Decimal("113.60")
+    for i in range(60):
+        start = datetime(2024, 2, 5, 14, 30, tzinfo=UTC) + timedelta(minutes=i)
+        o = price
+        c = max(Decimal("1.00"), o + Decimal(rng.randint(-20, 20)) / 100)
+        hi, lo = max(o, c) + Decimal(rng.randint(0, 5)) / 100, min(o, c) - Decimal(rng.randint(0, 5)) / 100
+        v, n = rng.randint(100, 5000), rng.randint(1, 40)
+        vwap = ((o + c + hi + lo) / 4).quantize(Decimal("0.0001"))
+        rows.append((start, o, hi, lo, c, v, n, vwap))
+        price = c
+    return rows
+
+
+def write_csv(path: Path, symbol: str, rows, bad_line: int | None = None) -> Path:
+    lines = [HEADER]
+    for start, o, hi, lo, c, v, n, vwap in rows:
+        lines.append(f"{symbol},{start.isoformat().replace('+00:00', 'Z')},1m,{o},{hi},{lo},{c},{v},{n},{vwap}\n")
+    lines.append(f"{symbol},2024-02-05,1d,113.00,115.00,112.00,114.00,900000,,\n")  # a trading day
+    if bad_line is not None:
+        lines[bad_line - 1] = f"{symbol},2024-02-05T16:00:00Z,1m,10.00,9.00,11.00,10.00,5,1,\n"  # high < low
+    path.write_text("".join(lines))
+    return path
+
+
+async def stockmesh(*args: str, database_url: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", *args, "--database-url", database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def imported(pool, symbol: str) -> list:
+    return [tuple(r) for r in await pool.fetch(
+        "SELECT * FROM quotes.imported_candles WHERE symbol = $1 ORDER BY width_s, start_time", symbol)]
+
+
+async def test_csv_import_good_bad_and_twice(pool, database_url, nats_url, ns, tmp_path):
+    symbol = "XOM"
+    rows = history_rows(symbol)
+
+    bad = write_csv(tmp_path / "bad.csv", symbol, rows, bad_line=17)
+    code, out, err = await stockmesh("candles", "import", str(bad), database_url=database_url)
+    assert code == 1 and "line 17" in err and "nothing imported" in err, err
+    assert await imported(pool, symbol) == []
+
+    good = write_csv(tmp_path / "good.csv", symbol, rows)
+    code, out, err = await stockmesh("candles", "import", str(good), database_url=database_url)
+    assert code == 0, err
+    assert "61 candles: 61 new, 0 changed, 0 unchanged" in out
+    first = await imported(pool, symbol)
+    assert len(first) == 61
+
+    code, out, err = await stockmesh("candles", "import", str(good), database_url=database_url)
+    assert code == 0 and "61 candles: 0 new, 0 changed, 61 unchanged" in out, out + err
+    assert await imported(pool, symbol) == first
+
+    # Served by GetCandles, rolled up like traded candles.
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        start, end = datetime(2024, 2, 5, 14, 30, tzinfo=UTC), datetime(2024, 2, 5, 15, 30, tzinfo=UTC)
+        one_min, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end)
+        assert [(c.open, c.close, c.volume, c.trade_count, c.vwap) for c in one_min] == \
+            [(fmt(o), fmt(c), v, n, fmt(vw)) for _, o, _, _, c, v, n, vw in rows]
+        five, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_5M, start, end)
+        assert len(five) == 12
+        for k, c5 in enumerate(five):
+            part = rows[k * 5:(k + 1) * 5]
+            vol = sum(r[5] for r in part)
+            vwap = (sum(r[7] * r[5] for r in part) / vol).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+            assert (c5.open, c5.high, c5.low, c5.close, c5.volume, c5.trade_count, c5.vwap) == (
+                fmt(part[0][1]), fmt(max(r[2] for r in part)), fmt(min(r[3] for r in part)), fmt(part[-1][4]),
+                vol, sum(r[6] for r in part), fmt(vwap))
+        hour, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1H, start - timedelta(minutes=30), end)
+        # 14:00-15:00 holds 30 of the minutes, 15:00-16:00 the other 30; the flat hours after
+        # the import carry the last close.
+        assert [c.volume for c in hour] == [sum(r[5] for r in rows[:30]), sum(r[5] for r in rows[30:])]
+        day, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1D, datetime(2024, 2, 5, 12, tzinfo=UTC),
+                                 datetime(2024, 2, 7, tzinfo=UTC))
+        # The imported 1d candle wins over the 1m ones inside it (the coarsest width present
+        # in a bucket is used), then a flat day.
+        assert [(c.open, c.close, c.volume, c.trade_count, c.vwap) for c in day] == [
+            ("113.00", "114.00", 900000, 0, ""), ("114.00", "114.00", 0, 0, "")]
+    assert await last_close(pool, symbol) == Decimal("114.00")

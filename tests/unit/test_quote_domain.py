@@ -1,0 +1,86 @@
+"""quote_svc's plain parts: quotes from market data, conflation, candle arithmetic, CSV rows."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from quote_svc.domain.candles import Candle, Interval, Part, bucket_start, fill, next_bucket, rollup
+from quote_svc.domain.history import MalformedRow, parse
+from quote_svc.domain.quotes import MarketData, next_quote
+from quote_svc.service_layer.quotes import QuoteBook
+
+UTC = timezone.utc
+T = datetime(2024, 3, 4, 14, 0, tzinfo=UTC)
+D = Decimal
+
+
+def md(seq: int, trade: str | None = None, qty: int = 0, last: str | None = None, symbol: str = "AAPL") -> MarketData:
+    return MarketData(symbol, seq, T, D("1"), 1, D("2"), 1, D(last) if last else (D(trade) if trade else None), 0,
+                      D(trade) if trade else None, qty)
+
+
+def test_quotes_move_forward_only_and_keep_the_last_size():
+    q1 = next_quote(None, md(1, "10.00", 5))
+    assert (q1.last, q1.last_size) == (D("10.00"), 5)
+    q2 = next_quote(q1, md(2, last="10.00"))  # a book change: the last trade stays
+    assert (q2.last, q2.last_size, q2.sequence) == (D("10.00"), 5, 2)
+    assert next_quote(q2, md(2, "11.00", 1)) is None  # a repeat
+    assert next_quote(q2, md(1, "11.00", 1)) is None  # an older event
+
+
+async def test_a_subscription_keeps_one_quote_per_symbol():
+    book = QuoteBook()
+    book.apply(md(1, "10.00", 1))
+    sub = book.subscribe(frozenset({"AAPL", "MSFT"}))
+    assert (await sub.get()).sequence == 1  # the snapshot first
+    for seq in range(2, 1000):
+        book.apply(md(seq, "10.00", 1))
+        book.apply(md(seq, "20.00", 1, symbol="MSFT"))
+    assert sub.pending == 2
+    got = {q.symbol: q.sequence for q in [await sub.get(), await sub.get()]}
+    assert got == {"AAPL": 999, "MSFT": 999}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(sub.get(), 0.05)
+    book.unsubscribe(sub)
+    assert book.subscribers() == 0
+
+
+def test_buckets():
+    t = datetime(2024, 3, 5, 3, 30, 7, 500, tzinfo=UTC)  # 22:30 on 03-04 in New York
+    assert bucket_start(t, Interval.M5) == datetime(2024, 3, 5, 3, 30, tzinfo=UTC)
+    assert bucket_start(t, Interval.D1) == datetime(2024, 3, 4, 5, tzinfo=UTC)
+    # Across the DST change (2024-03-10) a New York day is 23 hours long.
+    sat = datetime(2024, 3, 10, 5, tzinfo=UTC)
+    assert next_bucket(sat, Interval.D1) == datetime(2024, 3, 11, 4, tzinfo=UTC)
+
+
+def test_rollup_uses_the_coarsest_width_and_fill_is_flat():
+    def c(minute: int, o: str, cl: str, v: int) -> Candle:
+        return Candle(T.replace(minute=minute), D(o), max(D(o), D(cl)), min(D(o), D(cl)), D(cl), v, 1, D(o) * v)
+    parts = [Part(60, c(0, "10", "11", 5)), Part(60, c(1, "11", "12", 5)), Part(300, c(0, "9", "8", 50))]
+    five = rollup(parts, Interval.M5)
+    assert five[T].volume == 50 and five[T].open == D("9")
+    one = rollup(parts[:2], Interval.M5)[T]
+    assert (one.open, one.close, one.volume, one.trade_count, one.vwap) == (D("10"), D("12"), 10, 2, D("10.5"))
+    filled = fill({T: one}, T, T.replace(minute=15), Interval.M5, None, T.replace(hour=20))
+    assert [(x.close, x.trade_count) for x in filled] == [(D("12"), 2), (D("12"), 0), (D("12"), 0)]
+
+
+def test_csv_rows_are_checked_with_their_line():
+    header = ["symbol", "start_time", "interval", "open", "high", "low", "close", "volume"]
+    good = {"symbol": "AAPL", "start_time": "2024-03-04T14:30:00Z", "interval": "1m", "open": "1", "high": "2",
+            "low": "1", "close": "2", "volume": "10"}
+    assert len(list(parse(header, [(2, good)], {"AAPL"}))) == 1
+    for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
+                       ({"start_time": "2024-03-04T14:30:00"}, "UTC offset"),
+                       ({"symbol": "NOPE"}, "unknown symbol"), ({"high": "0.5"}, "low ≤ open"),
+                       ({"volume": "-1"}, "whole number"), ({"interval": "2m"}, "interval")]:
+        with pytest.raises(MalformedRow) as err:
+            list(parse(header, [(2, good), (3, dict(good, **bad))], {"AAPL"}))
+        assert err.value.line == 3 and words in str(err.value), str(err.value)
+    with pytest.raises(MalformedRow) as err:
+        list(parse(header, [(2, good), (3, good)], {"AAPL"}))
+    assert "same candle as line 2" in str(err.value)
