@@ -8,6 +8,7 @@ New York time. A candle covers [start, start + width).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -49,17 +50,21 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
 
 
+_WIDTH = {i: i.value for i in Interval}
+_STEP = {i: timedelta(seconds=i.value) for i in Interval}
+
+
 def bucket_start(t: datetime, interval: Interval) -> datetime:
     if interval is Interval.D1:
         return day_start(trading_day(t))
-    secs = (t - EPOCH) // timedelta(seconds=1)  # floor, also before 1970
-    return EPOCH + timedelta(seconds=secs - secs % interval.seconds)
+    secs = math.floor(t.timestamp())
+    return datetime.fromtimestamp(secs - secs % _WIDTH[interval], UTC)
 
 
 def next_bucket(start: datetime, interval: Interval) -> datetime:
     if interval is Interval.D1:
         return day_start(trading_day(start) + timedelta(days=1))
-    return start + timedelta(seconds=interval.seconds)
+    return start + _STEP[interval]
 
 
 def advance(start: datetime, interval: Interval, n: int) -> datetime:
@@ -79,7 +84,7 @@ def is_session_day(day: date) -> bool:
     return day.weekday() < 5
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candle:
     start: datetime
     open: Decimal
@@ -135,6 +140,9 @@ def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
         groups.setdefault(bucket_start(p.candle.start, interval), []).append(p)
     out: dict[datetime, Candle] = {}
     for start, ps in sorted(groups.items()):
+        if len(ps) == 1 and ps[0].candle.start == start:  # nothing to roll up
+            out[start] = ps[0].candle
+            continue
         widest = max(p.width for p in ps)
         chosen = sorted((p.candle for p in ps if p.width == widest), key=lambda c: c.start)
         acc = chosen[0]
@@ -175,7 +183,7 @@ def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, inter
             if interval is Interval.D1 and not is_session_day(trading_day(start)):
                 continue
             c = flat(start, prev_close)
-        c = replace(c, is_final=next_bucket(start, interval) <= now)
+        c.is_final = next_bucket(start, interval) <= now
         out.append(c)
         prev_close = c.close
     return out

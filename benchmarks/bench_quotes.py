@@ -1,0 +1,375 @@
+"""Market data through Envoy: quote fan-out to many StreamQuotes clients, and GetCandles.
+
+1. Starts the whole mesh with `stockmesh up` (its own data folder, a fresh database on the
+   local PostgreSQL, its own namespace), as tests/e2e/conftest.py does.
+2. Fan-out: for each N in --streams, N concurrent StreamQuotes clients on one hot symbol
+   (spread over --clients client processes, 100 streams per HTTP/2 connection, each with a
+   bearer token, through Envoy's public listener) while this process publishes a
+   MarketDataEvent for that symbol --rate times a second straight to the `<ns>_MD` stream (as
+   the engine would). Lag = the client's receipt time − the event's time (set when it is
+   published; one clock, one machine). Figures: p50/p99/max lag, messages delivered per second
+   (against N × rate offered), quote_svc's memory per open stream (RSS growth / N) and CPU
+   (of quote_svc, Envoy and the client processes, in cores).
+3. GetCandles: a day of 1-minute candles (built by quote_svc from a day of trades published to
+   the MD stream), open loop at --candle-rate requests a second through Envoy; latency from the
+   intended send time (no coordinated omission).
+
+Usage:  .venv/bin/python benchmarks/bench_quotes.py [--streams 500,1000,2000] [--seconds 20]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb, quote_service_pb2_grpc  # noqa: E402
+
+HOT = "TSLA"
+CANDLE_SYMBOL = "MSFT"
+STREAMS_PER_CHANNEL = 100
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pct_from_hist(hist: dict[float, int], p: float) -> float:
+    total = sum(hist.values())
+    if not total:
+        return float("nan")
+    rank, seen = p / 100 * (total - 1), 0
+    for k in sorted(hist):
+        seen += hist[k]
+        if seen > rank:
+            return k
+    return max(hist)
+
+
+# ---------------------------------------------------------------- client process
+
+async def client_main(endpoint: str, token: str, streams: int, start_at: float, end_at: float) -> None:
+    md = (("authorization", f"Bearer {token}"),)
+    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(-(-streams // STREAMS_PER_CHANNEL))]
+    hist: collections.Counter = collections.Counter()
+    count = 0
+    ready = 0
+    all_ready = asyncio.Event()
+
+    async def one(i: int) -> None:
+        nonlocal count, ready
+        stub = quote_service_pb2_grpc.QuoteServiceStub(channels[i // STREAMS_PER_CHANNEL])
+        call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=[HOT]), metadata=md)
+        await call.read()  # the snapshot
+        ready += 1
+        if ready == streams:
+            all_ready.set()
+        try:
+            while True:
+                q = await call.read()
+                if q is grpc.aio.EOF:
+                    break
+                now = time.time()
+                sent = q.time.seconds + q.time.nanos / 1e9
+                if start_at <= sent < end_at:
+                    count += 1
+                    hist[round((now - sent) * 1000, 1)] += 1
+                if now >= end_at + 2:
+                    break
+        finally:
+            call.cancel()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+    await asyncio.wait_for(all_ready.wait(), 120)
+    print("READY", flush=True)
+    await asyncio.wait(tasks, timeout=max(0.0, end_at + 5 - time.time()))
+    for t in tasks:
+        t.cancel()
+    print(json.dumps({"count": count, "hist": {str(k): v for k, v in hist.items()}}), flush=True)
+    for ch in channels:
+        await ch.close(grace=None)
+
+
+# ---------------------------------------------------------------- helpers
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_mesh(data_dir: Path, database_url: str, namespace: str) -> tuple[subprocess.Popen, dict]:
+    from meshkit.launcher.net import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
+    env.update(PYTHONUNBUFFERED="1", STOCKMESH_NAMESPACE=namespace, STOCKMESH_MARKET_ALWAYS_OPEN="1",
+               LOG_LEVEL="WARNING")
+    out = open(data_dir / "launcher.out", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
+                             "--port", str(free_port("0.0.0.0")), "--database-url", database_url,
+                             "--namespace", namespace, "--log-level", "WARNING"],
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"stockmesh up exited: see {data_dir / 'launcher.out'}")
+        try:
+            state = json.loads((data_dir / "mesh.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+        if state.get("ready") and state.get("launcher_pid") == proc.pid:
+            return proc, state
+        time.sleep(0.25)
+    proc.kill()
+    raise SystemExit("the mesh was not ready in time")
+
+
+async def publish(js, ns: str, symbol: str, seq: int, price: str, qty: int, *, at_ns: int | None = None,
+                  at: datetime | None = None) -> None:
+    from stockmesh.matching.v1 import matching_pb2 as mpb
+
+    ev = mpb.MarketDataEvent(symbol=symbol, sequence=seq, trade_price=price, trade_quantity=qty, last_price=price,
+                             bid_price=price, bid_size=100, ask_price=price, ask_size=100, volume=seq * qty)
+    if at is not None:
+        ev.time.FromDatetime(at)
+    else:
+        ev.time.seconds, ev.time.nanos = divmod(at_ns or time.time_ns(), 1_000_000_000)
+    await js.publish(f"{ns}.md.{symbol}", ev.SerializeToString(), headers={"Nats-Msg-Id": f"{symbol}:md:{seq}"})
+
+
+# ---------------------------------------------------------------- fan-out round
+
+async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: int, seconds: float,
+                       warmup: float, rate: int, seq0: int) -> tuple[dict, int]:
+    pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
+    print("  pids", pids, flush=True)
+    qpid, epid = pids["quote_svc"], pids["envoy"]
+    rss0 = rss_mb(qpid)
+    per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    # Clients learn the measuring window from their arguments: it starts once they have all
+    # had time to open their streams, plus a warm-up.
+    open_by = time.time() + 30 + n / 100
+    start_at = open_by + warmup
+    end_at = start_at + seconds
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", "--endpoint", state["endpoint"], "--token", token,
+        "--client-streams", str(k), "--start-at", repr(start_at), "--end-at", repr(end_at),
+        stdout=asyncio.subprocess.PIPE) for k in per if k]
+    for p in procs:
+        line = await asyncio.wait_for(p.stdout.readline(), 180)
+        assert line.strip() == b"READY", line
+    if time.time() > open_by:
+        print(f"  (opening {n} streams took longer than planned; the window starts late)", flush=True)
+    rss1 = rss_mb(qpid)
+    # Publish from now until the end of the window, `rate` a second.
+    seq = seq0
+    t0 = time.monotonic()
+    wall0 = time.time()
+    cpu_marks = None
+    i = 0
+    price = 248.50
+    while True:
+        target = t0 + i / rate
+        now = time.monotonic()
+        if target > now:
+            await asyncio.sleep(target - now)
+        wall = time.time()
+        if cpu_marks is None and wall >= start_at:
+            cpu_marks = (time.monotonic(), cpu_seconds(qpid), cpu_seconds(epid),
+                         sum(cpu_seconds(p.pid) for p in procs))
+        if wall >= end_at:
+            break
+        seq += 1
+        price += 0.01 if i % 2 else -0.01
+        await publish(js, ns, HOT, seq, f"{price:.2f}", 1)
+        i += 1
+    t_end = time.monotonic()
+    cpu = ((cpu_seconds(qpid) - cpu_marks[1]) / (t_end - cpu_marks[0]),
+           (cpu_seconds(epid) - cpu_marks[2]) / (t_end - cpu_marks[0]),
+           (sum(cpu_seconds(p.pid) for p in procs) - cpu_marks[3]) / (t_end - cpu_marks[0]))
+    published_in_window = int(seconds * rate)
+    hist: collections.Counter = collections.Counter()
+    count = 0
+    for p in procs:
+        out, _ = await p.communicate()
+        data = json.loads(out.decode().strip().splitlines()[-1])
+        count += data["count"]
+        hist.update({float(k): v for k, v in data["hist"].items()})
+    return {
+        "streams": n, "offered_per_s": n * rate, "delivered_per_s": count / seconds,
+        "delivered_ratio": count / (n * published_in_window) if published_in_window else 0,
+        "p50_ms": pct_from_hist(hist, 50), "p99_ms": pct_from_hist(hist, 99), "max_ms": max(hist) if hist else 0,
+        "rss_before_mb": rss0, "rss_open_mb": rss1, "kb_per_stream": (rss1 - rss0) * 1024 / n,
+        "cpu_quote": cpu[0], "cpu_envoy": cpu[1], "cpu_clients": cpu[2], "wall_start": wall0,
+    }, seq
+
+
+# ---------------------------------------------------------------- candles
+
+async def seed_candles(js, ns: str, database_url: str) -> int:
+    """A day of trades (one every 4 s, 2024-03-04 UTC) -> 1,440 one-minute candles."""
+    import asyncpg
+
+    start = datetime(2024, 3, 4, tzinfo=timezone.utc)
+    n = 86400 // 4
+    pending = []
+    for i in range(n):
+        cents = 41550 + (i % 200) - 100
+        pending.append(publish(js, ns, CANDLE_SYMBOL, i + 1, f"{cents // 100}.{cents % 100:02d}", 1 + i % 50,
+                               at=start + timedelta(seconds=4 * i)))
+        if len(pending) >= 500:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(1200):
+            if await conn.fetchval("SELECT count(*) FROM quotes.trades WHERE symbol = $1", CANDLE_SYMBOL) >= n:
+                return n
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    raise SystemExit("quote_svc did not record the seeded trades")
+
+
+async def candles_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8) -> dict:
+    md = (("authorization", f"Bearer {token}"),)
+    start = datetime(2024, 3, 4, tzinfo=timezone.utc)
+    req = qpb.GetCandlesRequest(symbol=CANDLE_SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
+    req.start_time.FromDatetime(start)
+    req.end_time.FromDatetime(start + timedelta(days=1))
+    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
+    stubs = [quote_service_pb2_grpc.QuoteServiceStub(c) for c in channels]
+    check = await stubs[0].GetCandles(req, metadata=md)
+    assert len(check.candles) == 1440 and not check.next_page_token, len(check.candles)
+    for _ in range(50):  # warm up
+        await stubs[0].GetCandles(req, metadata=md)
+    lat: list[float] = []
+    errors = 0
+
+    async def one(k: int, intended: float) -> None:
+        nonlocal errors
+        try:
+            await stubs[k % clients].GetCandles(req, metadata=md)
+            lat.append(time.perf_counter() - intended)
+        except grpc.aio.AioRpcError:
+            errors += 1
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        intended = t0 + i / rate
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, intended)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    for c in channels:
+        await c.close()
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q / 100 * (len(lat) - 1)))] * 1000  # noqa: E731
+    return {"requests": len(lat), "errors": errors, "achieved_per_s": len(lat) / elapsed,
+            "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000, "candles_per_reply": len(check.candles)}
+
+
+# ---------------------------------------------------------------- main
+
+async def main(args) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from meshkit import bus
+    from meshkit.launcher import keys
+
+    server_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    base = server_url.rsplit("/", 1)[0]
+    db = f"stockmesh_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    database_url = f"{base}/{db}"
+    ns = f"bench_{uuid.uuid4().hex[:8]}"
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-quotes-"))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; mesh data {data_dir}", flush=True)
+    proc, state = start_mesh(data_dir, database_url, ns)
+    try:
+        token = keys.mint_token(data_dir, "bench", ttl=3600)
+        nats_url = json.loads((data_dir / "mesh.json").read_text())["nats_url"]
+        nc = await bus.connect(nats_url, "bench")
+        js = nc.jetstream()
+        await publish(js, ns, HOT, 1, "248.50", 1)  # a snapshot to start from
+        seq = 1
+        print(f"\nQuote fan-out through Envoy: one hot symbol ({HOT}), {args.rate} updates/s, "
+              f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes",
+              flush=True)
+        print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
+        rows = []
+        for n in args.streams:
+            r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq)
+            rows.append(r)
+            print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
+                  f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['kb_per_stream']:>10.1f} "
+                  f"{r['cpu_quote']:>9.2f} {r['cpu_envoy']:>6.2f} {r['cpu_clients']:>7.2f}", flush=True)
+            await asyncio.sleep(3)
+        print(f"\nGetCandles: a day of 1-minute candles ({CANDLE_SYMBOL}), open loop through Envoy", flush=True)
+        n = await seed_candles(js, ns, database_url)
+        print(f"  seeded {n} trades (one every 4 s over 2024-03-04)", flush=True)
+        c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds)
+        print(f"  {c['requests']} requests at {c['achieved_per_s']:.0f}/s ({c['candles_per_reply']} candles each), "
+              f"errors {c['errors']}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms",
+              flush=True)
+        await nc.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        with psycopg.connect(server_url, autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
+def cli() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[500, 1000, 2000])
+    ap.add_argument("--rate", type=int, default=50, help="updates a second on the hot symbol")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--candle-rate", type=int, default=200)
+    ap.add_argument("--candle-seconds", type=float, default=15.0)
+    # client-process mode (internal)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", help=argparse.SUPPRESS)
+    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--client-streams", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--end-at", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.client:
+        asyncio.run(client_main(args.endpoint, args.token, args.client_streams, args.start_at, args.end_at))
+    else:
+        asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
