@@ -91,7 +91,7 @@ async def client_main(endpoint: str, token: str, streams: int, start_at: float, 
             call.cancel()
 
     tasks = [asyncio.create_task(one(i)) for i in range(streams)]
-    await asyncio.wait_for(all_ready.wait(), 120)
+    await asyncio.wait_for(all_ready.wait(), 60 + streams / 5)
     print("READY", flush=True)
     await asyncio.wait(tasks, timeout=max(0.0, end_at + 5 - time.time()))
     for t in tasks:
@@ -157,11 +157,11 @@ async def publish(js, ns: str, symbol: str, seq: int, price: str, qty: int, *, a
 # ---------------------------------------------------------------- fan-out round
 
 async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: int, seconds: float,
-                       warmup: float, rate: int, seq0: int) -> tuple[dict, int]:
+                       warmup: float, rate: int, seq0: int, direct: bool = False) -> tuple[dict, int]:
     pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
-    print("  pids", pids, flush=True)
     qpid, epid = pids["quote_svc"], pids["envoy"]
     rss0 = rss_mb(qpid)
+    endpoint = state["endpoint"] if not direct else f"127.0.0.1:{state['ports']['quote_svc']}"
     per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     # Clients learn the measuring window from their arguments: it starts once they have all
     # had time to open their streams, plus a warm-up.
@@ -169,11 +169,11 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
     start_at = open_by + warmup
     end_at = start_at + seconds
     procs = [await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", "--endpoint", state["endpoint"], "--token", token,
+        sys.executable, __file__, "--client", "--endpoint", endpoint, "--token", token,
         "--client-streams", str(k), "--start-at", repr(start_at), "--end-at", repr(end_at),
         stdout=asyncio.subprocess.PIPE) for k in per if k]
     for p in procs:
-        line = await asyncio.wait_for(p.stdout.readline(), 180)
+        line = await asyncio.wait_for(p.stdout.readline(), 120 + n / 5)
         assert line.strip() == b"READY", line
     if time.time() > open_by:
         print(f"  (opening {n} streams took longer than planned; the window starts late)", flush=True)
@@ -317,14 +317,15 @@ async def main(args) -> None:
         js = nc.jetstream()
         await publish(js, ns, HOT, 1, "248.50", 1)  # a snapshot to start from
         seq = 1
-        print(f"\nQuote fan-out through Envoy: one hot symbol ({HOT}), {args.rate} updates/s, "
+        print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
               f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes",
               flush=True)
         print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
         rows = []
         for n in args.streams:
-            r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq)
+            r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
+                                          args.direct)
             rows.append(r)
             print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
                   f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['kb_per_stream']:>10.1f} "
@@ -355,6 +356,8 @@ def cli() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--direct", action="store_true",
+                    help="fan-out clients connect to quote_svc's own port, not through Envoy (for comparison)")
     ap.add_argument("--candle-rate", type=int, default=200)
     ap.add_argument("--candle-seconds", type=float, default=15.0)
     # client-process mode (internal)

@@ -249,8 +249,9 @@ async def test_get_candles_validation(pool, nats_url, ns):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             info, bad = error_info(err.value)
             assert info.reason == reason and field in [v.field for v in bad.field_violations]
-        # A token from another query is refused.
-        await svc.stub.GetCandles(qpb.GetCandlesRequest(**good))  # no data: no token, no error
+        # A symbol without any data: an empty page, no token, no error.
+        empty = await svc.stub.GetCandles(qpb.GetCandlesRequest(**dict(good, symbol="SIRI")))
+        assert not empty.candles and not empty.next_page_token
 
 
 # ------------------------------------------------------------------ CSV import
