@@ -9,7 +9,8 @@ from meshkit.config import env_decimal
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
 from order_svc.adapters.holds import GrpcHolds
-from order_svc.adapters.market import Halts, JetStreamQuotes
+from meshkit.marketdata import JetStreamQuotes
+from order_svc.adapters.market import Halts
 from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
 from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.adapters.notifications import UpdateNotifier

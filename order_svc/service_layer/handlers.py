@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 from meshkit import bus, calendar, failpoints
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
-from order_svc.adapters.market import Touch
+from meshkit.marketdata import Touch
 from order_svc.domain import model
 from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Status
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork

@@ -51,7 +51,8 @@ async def ledger_addr(pool):
 def make_order_deps(pool, js, namespace, ledger_channel, *, limiter=None, account_limit=None):
     from meshkit.ratelimit import Limit, RateLimiter
     from order_svc.adapters.holds import GrpcHolds
-    from order_svc.adapters.market import Halts, JetStreamQuotes
+    from meshkit.marketdata import JetStreamQuotes
+    from order_svc.adapters.market import Halts
     from order_svc.adapters.outbox import OutboxRelay
     from order_svc.service_layer import handlers
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
