@@ -192,6 +192,8 @@ class StepResult:
     cpu: dict[str, float] = field(default_factory=dict)
     machine_cores: float = 0.0
     backlog: int | None = None
+    drain_s: float = 0.0
+    pg_xacts: int = 0
 
 
 async def open_loop(stubs: list, requests: list, rate: float, result: StepResult) -> None:
@@ -343,6 +345,27 @@ async def outbox_backlog(mesh: BenchMesh) -> int:
         await conn.close()
 
 
+async def pg_transactions(mesh: BenchMesh) -> int:
+    """Transactions committed or rolled back in our database so far (a single statement outside
+    BEGIN counts as one, e.g. asyncpg's reset query on every pool release)."""
+    import asyncpg
+    conn = await asyncpg.connect(mesh.database_url)
+    try:
+        return await conn.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                   "WHERE datname = current_database()")
+    finally:
+        await conn.close()
+
+
+async def drain(mesh: BenchMesh, bound: float = 120.0) -> tuple[float, int]:
+    """Wait until the outbox relay has published everything (so one rate's backlog does not
+    spill into the next); returns (seconds waited, rows still unpublished)."""
+    t = time.perf_counter()
+    while (left := await outbox_backlog(mesh)) and time.perf_counter() - t < bound:
+        await asyncio.sleep(0.5)
+    return time.perf_counter() - t, left
+
+
 def start_profile(mesh: BenchMesh, seconds: float, out_dir: Path) -> list[subprocess.Popen]:
     pyspy = Path(sys.executable).with_name("py-spy")
     procs = []
@@ -383,6 +406,12 @@ async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
         print(f"  {'floor = sum of the three marked *':59s} {ms(floor50)} {ms(floor99)}")
 
         meter = CpuMeter(mesh, mesh.db_name or "")
+        before = meter.snapshot()
+        await asyncio.sleep(args.idle)
+        idle, idle_machine, _ = CpuMeter.diff(before, meter.snapshot())
+        print(f"\nidle mesh, {args.idle:g}s: CPU (cores) "
+              + "  ".join(f"{k} {v:.3f}" for k, v in sorted(idle.items(), key=lambda kv: -kv[1]))
+              + f"; whole machine {idle_machine:.2f}")
         results: list[StepResult] = []
         start = 0
         for step, rate in enumerate(args.rates):
@@ -395,12 +424,15 @@ async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
             res = StepResult(rate, 0)
             profilers = (start_profile(mesh, args.duration, Path(args.profile_dir) / f"{rate:g}")
                          if args.profile_dir and rate == args.profile_rate else [])
+            xacts = await pg_transactions(mesh)
             before = meter.snapshot()
             await open_loop(stubs, reqs, rate, res)
             res.cpu, res.machine_cores, _ = CpuMeter.diff(before, meter.snapshot())
+            res.pg_xacts = await pg_transactions(mesh) - xacts - 1  # minus our own query
             for p in profilers:
                 p.wait()
             res.backlog = await outbox_backlog(mesh)
+            res.drain_s, _ = await drain(mesh)
             results.append(res)
             report_step(res)
             await asyncio.sleep(args.pause)
@@ -422,13 +454,17 @@ def report_step(r: StepResult) -> None:
     lag = sorted(r.send_lag)
     print(f"   generator send lag ms  p50 {pct(lag, 50) * 1000:.2f}  p99 {pct(lag, 99) * 1000:.2f}  "
           f"max {lag[-1] * 1000:.2f}  (how late the client itself sent; included in the latency)")
-    print(f"   errors: {dict(errors) or 'none'}   statuses: {dict(r.statuses)}   "
-          f"outbox not yet relayed after the step: {r.backlog}")
+    print(f"   errors: {dict(errors) or 'none'}   statuses: {dict(r.statuses)}")
+    print(f"   outbox rows not yet relayed to JetStream when the window ended: {r.backlog} "
+          f"(relayed within {r.drain_s:.1f}s after)   PostgreSQL transactions per order sent: "
+          f"{r.pg_xacts / r.sent:.1f}")
     parts = "  ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu.items(), key=lambda kv: -kv[1]) if v >= 0.005)
     ours = sum(r.cpu.values())
     print(f"   CPU (cores; 2 = both busy): {parts}")
+    mesh_cpu = sum(v for k, v in r.cpu.items() if not k.startswith("load generator"))
     print(f"   CPU total: ours {ours:.2f}, whole machine {r.machine_cores:.2f}, "
-          f"everything else on the machine {max(0.0, r.machine_cores - ours):.2f}")
+          f"everything else on the machine {max(0.0, r.machine_cores - ours):.2f}; "
+          f"mesh CPU per acknowledged order {mesh_cpu * r.window / max(1, ok) * 1000:.1f} ms")
 
 
 def summary(results: list[StepResult], floor50: float, floor99: float) -> None:
@@ -458,6 +494,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per rate (default 15)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds per rate, discarded (default 3)")
     ap.add_argument("--pause", type=float, default=3.0, help="idle seconds between rates (default 3)")
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle-mesh CPU measured first")
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--channels", type=int, default=6, help="grpc.aio channels (TCP connections) to Envoy")
     ap.add_argument("--floor-n", type=int, default=None, help="calls per floor measurement (default 1000)")
