@@ -515,6 +515,8 @@ def main() -> int:
     def terminate(signum, _frame):  # SIGTERM / SIGHUP: unwind like Ctrl-C, so the mesh is stopped
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # Ctrl-C must stop the run even when the shell started us with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
 
