@@ -194,6 +194,7 @@ class StepResult:
     backlog: int | None = None
     drain_s: float = 0.0
     pg_xacts: int = 0
+    stuck: int = 0
 
 
 async def open_loop(stubs: list, requests: list, rate: float, result: StepResult) -> None:
@@ -357,6 +358,19 @@ async def pg_transactions(mesh: BenchMesh) -> int:
         await conn.close()
 
 
+async def stuck_transactions(mesh: BenchMesh, older_than: float = 5.0) -> int:
+    """Connections of the services to our database left idle inside a transaction for more
+    than `older_than` seconds: nobody will ever finish them (evidence of a leaked pool slot)."""
+    import asyncpg
+    conn = await asyncpg.connect(mesh.database_url)
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = "
+            "'idle in transaction' AND now() - state_change > make_interval(secs => $1)", older_than)
+    finally:
+        await conn.close()
+
+
 async def drain(mesh: BenchMesh, bound: float = 120.0) -> tuple[float, int]:
     """Wait until the outbox relay has published everything (so one rate's backlog does not
     spill into the next); returns (seconds waited, rows still unpublished)."""
@@ -379,7 +393,9 @@ def start_profile(mesh: BenchMesh, seconds: float, out_dir: Path) -> list[subpro
     return procs
 
 
-async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
+async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], results: list[StepResult],
+              floor: list[float]) -> None:
+    """Fund the accounts, measure the floor (once, into `floor`), then run `rates` on `mesh`."""
     rng = random.Random(args.seed)
     run_id = uuid.uuid4().hex[:6]
     accounts = [f"bench-{i:04d}" for i in range(args.accounts)]
@@ -394,16 +410,17 @@ async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
         await fund(ledger_service_pb2_grpc.LedgerServiceStub(channels[0]), mesh, accounts)
         print(f"funded {len(accounts)} accounts with {DEPOSIT} USD each in {time.perf_counter() - t:.1f}s")
 
-        print(f"\nfloor: {args.floor_n} sequential calls each (after {args.floor_n // 10} warm-up), idle mesh")
-        floors = await measure_floor(mesh, channels[0], args.floor_n, max(10, args.floor_n // 10))
-        print(f"  {'what':58s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
-        for f in floors.values():
-            s = f.sorted
-            mark = "*" if f.name in FLOOR_PARTS else " "
-            print(f" {mark}{f.name:58s} {ms(pct(s, 50))} {ms(pct(s, 99))} {ms(s[-1])}")
-        floor50 = sum(pct(floors[k].sorted, 50) for k in FLOOR_PARTS)
-        floor99 = sum(pct(floors[k].sorted, 99) for k in FLOOR_PARTS)
-        print(f"  {'floor = sum of the three marked *':59s} {ms(floor50)} {ms(floor99)}")
+        if not floor:
+            print(f"\nfloor: {args.floor_n} sequential calls each (after {args.floor_n // 10} warm-up), idle mesh")
+            floors = await measure_floor(mesh, channels[0], args.floor_n, max(10, args.floor_n // 10))
+            print(f"  {'what':58s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+            for f in floors.values():
+                s = f.sorted
+                mark = "*" if f.name in FLOOR_PARTS else " "
+                print(f" {mark}{f.name:58s} {ms(pct(s, 50))} {ms(pct(s, 99))} {ms(s[-1])}")
+            floor[:] = [sum(pct(floors[k].sorted, 50) for k in FLOOR_PARTS),
+                        sum(pct(floors[k].sorted, 99) for k in FLOOR_PARTS)]
+            print(f"  {'floor = sum of the three marked *':59s} {ms(floor[0])} {ms(floor[1])}")
 
         meter = CpuMeter(mesh, mesh.db_name or "")
         before = meter.snapshot()
@@ -412,9 +429,8 @@ async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
         print(f"\nidle mesh, {args.idle:g}s: CPU (cores) "
               + "  ".join(f"{k} {v:.3f}" for k, v in sorted(idle.items(), key=lambda kv: -kv[1]))
               + f"; whole machine {idle_machine:.2f}")
-        results: list[StepResult] = []
         start = 0
-        for step, rate in enumerate(args.rates):
+        for step, rate in enumerate(rates):
             if args.warmup > 0:
                 warm = build_requests(int(rate * args.warmup), f"{run_id}-w{step}", accounts, metadata, rng, start)
                 start += len(warm)
@@ -433,11 +449,10 @@ async def run(args: argparse.Namespace, mesh: BenchMesh) -> None:
                 p.wait()
             res.backlog = await outbox_backlog(mesh)
             res.drain_s, _ = await drain(mesh)
+            res.stuck = await stuck_transactions(mesh)
             results.append(res)
             report_step(res)
             await asyncio.sleep(args.pause)
-
-        summary(results, floor50, floor99)
     finally:
         await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
 
@@ -458,6 +473,9 @@ def report_step(r: StepResult) -> None:
     print(f"   outbox rows not yet relayed to JetStream when the window ended: {r.backlog} "
           f"(relayed within {r.drain_s:.1f}s after)   PostgreSQL transactions per order sent: "
           f"{r.pg_xacts / r.sent:.1f}")
+    if r.stuck:
+        print(f"   !! {r.stuck} service connections idle in transaction for > 5 s after the step "
+              f"(leaked pool slots; see docs/benchmarks/place_order.md)")
     parts = "  ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu.items(), key=lambda kv: -kv[1]) if v >= 0.005)
     ours = sum(r.cpu.values())
     print(f"   CPU (cores; 2 = both busy): {parts}")
@@ -498,6 +516,8 @@ def main() -> int:
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--channels", type=int, default=6, help="grpc.aio channels (TCP connections) to Envoy")
     ap.add_argument("--floor-n", type=int, default=None, help="calls per floor measurement (default 1000)")
+    ap.add_argument("--mesh-per-rate", action="store_true",
+                    help="a fresh mesh (and database) for each rate, so an overloaded rate cannot spoil the next")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep-data", action="store_true", help="keep the mesh's data folder (logs) afterwards")
     ap.add_argument("--profile-dir", default=None,
@@ -525,22 +545,27 @@ def main() -> int:
           f"{psutil.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"rates {', '.join(f'{r:g}' for r in args.rates)} orders/s; {args.duration:g}s each after "
           f"{args.warmup:g}s warm-up; {args.accounts} accounts; {args.channels} channels")
-    mesh = BenchMesh(env=MESH_ENV, keep_data=args.keep_data)
-    try:
-        t = time.perf_counter()
-        print("starting the mesh ...", flush=True)
-        mesh.start()
-        print(f"mesh ready in {time.perf_counter() - t:.1f}s: Envoy {mesh.endpoint}, namespace {mesh.namespace}, "
-              f"database {mesh.db_name}")
-        asyncio.run(run(args, mesh))
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping the mesh", file=sys.stderr)
-        return 130
-    finally:
-        mesh.stop()
-        print(f"mesh stopped, database dropped{'' if args.keep_data else ', data folder removed'}"
-              + (f" (kept: {mesh.data_dir})" if args.keep_data else ""))
+    groups = [[r] for r in args.rates] if args.mesh_per_rate else [args.rates]
+    results: list[StepResult] = []
+    floor: list[float] = []
+    for rates in groups:
+        mesh = BenchMesh(env=MESH_ENV, keep_data=args.keep_data)
+        try:
+            t = time.perf_counter()
+            print("\nstarting a mesh ...", flush=True)
+            mesh.start()
+            print(f"mesh ready in {time.perf_counter() - t:.1f}s: Envoy {mesh.endpoint}, namespace "
+                  f"{mesh.namespace}, database {mesh.db_name}")
+            asyncio.run(run(args, mesh, rates, results, floor))
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping the mesh", file=sys.stderr)
+            return 130
+        finally:
+            mesh.stop()
+            print(f"mesh stopped, database dropped{'' if args.keep_data else ', data folder removed'}"
+                  + (f" (kept: {mesh.data_dir})" if args.keep_data else ""))
+    summary(results, *floor)
+    return 0
 
 
 if __name__ == "__main__":
