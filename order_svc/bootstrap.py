@@ -32,7 +32,7 @@ async def bootstrap(settings: config.Settings) -> App:
     await ensure_orders_stream(js, settings.namespace)
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
     ledger = grpc.aio.insecure_channel(settings.ledger_addr)
-    relay = OutboxRelay(pool, js)
+    relay = OutboxRelay(settings.database_url, js)
     account_limit, symbol_limit = limits()
     deps = handlers.Deps(
         uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger), quotes=JetStreamQuotes(js, settings.namespace),

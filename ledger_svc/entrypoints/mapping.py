@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
+from ledger_svc.service_layer.portfolio import PortfolioView
 from meshkit.money import fmt
 from stockmesh.ledger.v1 import ledger_pb2
 
@@ -56,3 +57,17 @@ def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
         hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
         captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
         status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)
+
+
+def _money(d) -> str:
+    return fmt(d) if d is not None else ""
+
+
+def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime) -> ledger_pb2.Portfolio:
+    return ledger_pb2.Portfolio(
+        account_id=account, cash=cash_to_proto(view.cash), equity=fmt(view.equity), open_orders=open_orders,
+        as_of=timestamp(as_of), positions=[
+            ledger_pb2.Position(symbol=p.symbol, quantity=p.quantity, available=p.available, held=p.held,
+                                average_cost=fmt(p.average_cost), market_price=_money(p.market_price),
+                                market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
+            for p in view.positions])

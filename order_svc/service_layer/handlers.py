@@ -93,8 +93,8 @@ async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple
 
 
 async def place_order(req: OrderRequest, deps: Deps) -> Order:
-    await deps.limiter.check(f"acct:{req.account_id}", deps.account_limit, "this account")
-    await deps.limiter.check(f"sym:{req.symbol}", deps.symbol_limit, req.symbol)
+    await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
+                              (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
     at = now()
     plan, reason, message = await _business_checks(req, deps, at)
     order = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at)
@@ -112,15 +112,21 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
         await uow.commit()
     failpoints.hit("place.after_record")
     if stored.status is Status.PENDING_NEW:
-        stored = await advance(stored.order_id, deps)
+        stored = await advance(stored, deps)
     return stored
 
 
-async def advance(order_id: uuid.UUID, deps: Deps) -> Order:
-    """Drive a PENDING_NEW order to NEW (hold placed, command in the outbox) or REJECTED."""
-    async with deps.uow() as uow:
-        o = await uow.orders.get(order_id)
-    assert o is not None
+async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
+    """Drive a PENDING_NEW order (as just read, or by id) to NEW (hold placed, command in the
+    outbox) or REJECTED."""
+    if isinstance(order, Order):
+        o = order
+    else:
+        async with deps.uow() as uow:
+            found = await uow.orders.get(order)
+        assert found is not None
+        o = found
+    order_id = o.order_id
     if o.status is not Status.PENDING_NEW:
         return o
     refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
