@@ -144,7 +144,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     with open(output, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
-             "--port", str(port), "--database-url", database_url, "--namespace", namespace],
+             "--port", str(port), "--database-url", database_url, "--namespace", namespace,
+             "--no-simulator"],  # tests trade against each other; the simulator has its own test
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
     running = RunningMesh(endpoint=f"localhost:{port}", data_dir=data_dir, namespace=namespace,
