@@ -19,6 +19,8 @@ Use it as:
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -37,6 +39,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
         pytest.fail(str(exc), pytrace=False)
     try:
         yield running
+        verified = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify",
+                                   "--database-url", running.database_url], capture_output=True, text=True)
+        assert verified.returncode == 0, f"audit trail broken after the e2e suite: {verified.stderr}"
     finally:
         code = running.stop()
     assert code is not None, f"stockmesh up did not stop within {STOP_BOUND:.0f}s of SIGTERM " \
