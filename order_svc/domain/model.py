@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
+from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from meshkit.symbols import tick_size
 
 CASH = "USD"
@@ -258,20 +258,15 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
     """The new order of a ReplaceOrder: the old one's symbol, side, type and time in force with a
     new total `quantity` (what the old order filled included, as FIX's OrderQty) and prices.
 
-    Only a working LIMIT / STOP / STOP_LIMIT order can be replaced (FAILED_PRECONDITION:
-    ORDER_NOT_ACTIVE when it ended, ORDER_NOT_REPLACEABLE for other types and IOC / FOK);
-    prices follow the type's field rules and the quantity must exceed what is filled already
-    (INVALID_ARGUMENT)."""
+    Only LIMIT / STOP / STOP_LIMIT orders, DAY or GTC, can be replaced (FAILED_PRECONDITION
+    ORDER_NOT_REPLACEABLE); prices follow the type's field rules (INVALID_ARGUMENT). Whether
+    the old order is still working is `check_replaceable`'s business (a retried replace must
+    get its reply after the old order ended)."""
     q = old.request
-    meta = {"orderId": str(old.order_id), "status": old.status.value}
-    if old.status.is_terminal:
-        raise OrderNotActive(f"the order is already {old.status.value}", metadata=meta)
-    if old.status is Status.PENDING_NEW:
-        raise OrderNotActive("the order is still being placed; retry the replace shortly", metadata=meta)
     if q.type not in REPLACEABLE_TYPES or q.time_in_force not in (TimeInForce.DAY, TimeInForce.GTC):
         raise OrderNotReplaceable(
             f"only working LIMIT, STOP and STOP_LIMIT orders can be replaced, not a {q.type.value} "
-            f"{q.time_in_force.value} order", metadata=meta)
+            f"{q.time_in_force.value} order", metadata={"orderId": str(old.order_id)})
     v = Violations()
     needs_limit = q.type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
     needs_stop = q.type in (OrderType.STOP, OrderType.STOP_LIMIT)
@@ -280,12 +275,23 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
             v.add(name, f"is required to replace a {q.type.value} order")
         elif not needed and price is not None:
             v.add(name, f"must be empty for a {q.type.value} order")
-    if quantity <= old.filled_quantity:
-        v.add("quantity", f"must exceed the {old.filled_quantity} shares already filled (it is the new total)")
     v.raise_if_any()
     return OrderRequest(account_id=q.account_id, client_order_id=client_order_id, symbol=q.symbol, side=q.side,
                         type=q.type, quantity=quantity, limit_price=limit_price, stop_price=stop_price,
                         time_in_force=q.time_in_force)
+
+
+def check_replaceable(old: Order, quantity: int) -> None:
+    """The old order is working (FAILED_PRECONDITION ORDER_NOT_ACTIVE when it ended or is still
+    being placed) and the new total quantity exceeds what it filled (INVALID_ARGUMENT)."""
+    meta = {"orderId": str(old.order_id), "status": old.status.value}
+    if old.status.is_terminal:
+        raise OrderNotActive(f"the order is already {old.status.value}", metadata=meta)
+    if old.status is Status.PENDING_NEW:
+        raise OrderNotActive("the order is still being placed; retry the replace shortly", metadata=meta)
+    if quantity <= old.filled_quantity:
+        raise InvalidArgument([FieldViolation(
+            "quantity", f"must exceed the {old.filled_quantity} shares already filled (it is the new total)")])
 
 
 def replacement_fingerprint(req: OrderRequest, replaces: uuid.UUID) -> str:

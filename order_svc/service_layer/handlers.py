@@ -23,7 +23,6 @@ from meshkit import bus, calendar, failpoints
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
 from meshkit.marketdata import Touch
-from meshkit.errors import FieldViolation, InvalidArgument
 from order_svc.domain import model
 from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Status
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
@@ -279,10 +278,7 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
         if existing is not None:
             stored = same_or_duplicate(*existing)
         else:
-            model.replacement_request(current, r.client_order_id, r.quantity, r.limit_price, r.stop_price)
-            if req.quantity <= current.filled_quantity:
-                raise InvalidArgument([FieldViolation(
-                    "quantity", f"must exceed the {current.filled_quantity} shares already filled (it is the new total)")])
+            model.check_replaceable(current, req.quantity)
             if current.cancel_requested or await uow.orders.pending_replacement(current.order_id) is not None:
                 raise model.OrderChangePending(
                     "a cancel or replace of this order is still waiting for the engine; retry when it is done",
