@@ -75,6 +75,21 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle,
     sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
         durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=30, max_ack_pending=10_000, filter_subject=subject_filter))
+    try:
+        await _consume_loop(sub, handle, batch, idle_wait)
+    finally:
+        # Withdraw the inbox of the pull request still outstanding: without interest the
+        # server drops it, instead of delivering the next messages to a reader that is gone
+        # (they would come back only after ack_wait, behind what a new consumer took meanwhile).
+        try:
+            await asyncio.shield(sub.unsubscribe())
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+
+
+async def _consume_loop(sub, handle, batch: int, idle_wait: float) -> None:
+    import asyncio
+
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=idle_wait)
