@@ -98,17 +98,31 @@ async def _consume_loop(sub, handle, batch: int, idle_wait: float) -> None:
             if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
                 raise asyncio.CancelledError from None
             continue
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             delay = 0.2
-            while True:
-                try:
-                    await handle(msg)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - retried in place, never skipped
-                    log.exception("message handling failed; retrying", extra={"subject": msg.subject})
-                    await msg.in_progress()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            try:
+                while True:
+                    try:
+                        await handle(msg)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - retried in place, never skipped
+                        log.exception("message handling failed; retrying", extra={"subject": msg.subject})
+                        await msg.in_progress()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+            except asyncio.CancelledError:
+                # Stopping mid-batch: hand back what was fetched and not handled, at once and in
+                # order, rather than after ack_wait behind what the next consumer takes meanwhile.
+                await asyncio.shield(_nak_all(msgs[i:]))
+                raise
             await msg.ack()
+
+
+async def _nak_all(msgs) -> None:
+    for m in msgs:
+        try:
+            await m.nak()
+        except Exception:  # noqa: BLE001 - redelivered after ack_wait anyway
+            pass

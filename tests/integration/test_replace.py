@@ -18,7 +18,7 @@ from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from matching_svc.bootstrap import build
 from matching_svc.service_layer.runner import EngineConfig
-from meshkit import bus, executions
+from meshkit import bus, calendar, executions
 from order_svc.domain import model
 from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
@@ -32,7 +32,7 @@ SELL_SYM = "META"  # reference 505.75
 
 
 @pytest.fixture(scope="module")
-async def engine(nats_url, namespace):
+async def engine(nats_url, namespace, pool):
     """The matching engine for GOOGL and META on the session's namespace (its snapshot and
     consumers persist in the namespace, so the book carries over from test to test)."""
     nc = await bus.connect(nats_url, "test-replace-engine")
@@ -45,6 +45,8 @@ async def engine(nats_url, namespace):
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await nc.close()
+    # Leave the day settled: a later test that settles "today" in this database sees its own fills.
+    await settlement.settle(calendar.trading_day(datetime.now(timezone.utc)), luow(pool))
 
 
 def acct(tag: str = "r") -> str:
@@ -187,6 +189,10 @@ async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_
     await eventually(lambda: _cash_is(checked_pool, second, held=D(0)), "b's hold release")
 
 
+async def _shares_held(pool, account, held: int) -> bool:
+    return (await ledger.book_balance(account, SYM, luow(pool))).held == held
+
+
 async def _accepted(pool, order_id) -> bool:
     async with pool.acquire() as conn:
         return bool(await conn.fetchval(
@@ -298,6 +304,7 @@ async def test_engine_refusing_the_replace_rejects_the_new_order(engine, order_d
         filled = await eventually(lambda: order_is(order_deps, buyer, old.order_id, Status.FILLED), "the fill")
         assert filled.replaced_by is None
         await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the holds to resolve")
+        await eventually(lambda: _shares_held(checked_pool, seller, 0), "the seller's hold to resolve")
         cash = await ledger.cash_balance(buyer, luow(checked_pool))
         assert (cash.total, cash.available) == (D("320.00"), D("320.00"))
         assert await holds(checked_pool, old.order_id, f"{new.order_id}:reserve") == {
@@ -329,12 +336,15 @@ async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, che
             return x if x.status is Status.FILLED and not x.cancel_requested else None
         done = await eventually(cleared, "the fill and the refused cancel")
         assert done.reject_reason is None
-        async with checked_pool.acquire() as conn:
-            refused = await conn.fetchval("SELECT count(*) FROM ledger.executions WHERE type = 'CANCEL_REJECTED' "
-                                          "AND order_id = $1", str(o.order_id))
-        assert refused == 1
         assert await updates_of(checked_pool, o.order_id) == ["PENDING_NEW", "NEW", "FILLED"]
+
+        async def ledger_applied():  # the ledger consumer runs at its own pace
+            async with checked_pool.acquire() as conn:
+                return await conn.fetchval("SELECT count(*) FROM ledger.executions WHERE type = 'CANCEL_REJECTED' "
+                                           "AND order_id = $1", str(o.order_id))
+        assert await eventually(ledger_applied, "the ledger to apply the refusal") == 1
         await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the hold to resolve")
+        await eventually(lambda: _shares_held(checked_pool, seller, 0), "the seller's hold to resolve")
 
         # A live order whose cancel was refused (a refusal from the engine, here written by hand
         # on a symbol without an engine) can be cancelled again, under a new command id.
