@@ -5,7 +5,7 @@
 
 What it does, in one run:
 
-1. Starts its own mesh with `stockmesh up` (benchmarks/_mesh.py): a data folder under /tmp,
+1. Starts its own mesh with `stockmesh up` (meshkit/launcher/harness.py): a data folder under /tmp,
    a fresh database on the PostgreSQL at $DATABASE_URL (default 127.0.0.1:5432, user
    postgres), its own namespace, a free port and its own pinned nats-server (JetStream on
    file storage, `sync_interval: always`). The services get STOCKMESH_MARKET_ALWAYS_OPEN=1
@@ -56,12 +56,11 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
 import psutil  # noqa: E402
 
-from _mesh import BenchMesh  # noqa: E402
+from meshkit.launcher.harness import MeshProcess as BenchMesh  # noqa: E402
 from meshkit.symbols import listed  # noqa: E402
 from stockmesh.common.v1 import common_pb2  # noqa: E402
 from stockmesh.ledger.v1 import ledger_service_pb2 as ledger_pb, ledger_service_pb2_grpc  # noqa: E402
@@ -549,7 +548,8 @@ def main() -> int:
     results: list[StepResult] = []
     floor: list[float] = []
     for rates in groups:
-        mesh = BenchMesh(env=MESH_ENV, keep_data=args.keep_data)
+        mesh = BenchMesh(env=MESH_ENV, keep_data=args.keep_data, extra_args=["--no-simulator"],
+                         db_prefix="stockmesh_bench", namespace_prefix="bench")
         try:
             t = time.perf_counter()
             print("\nstarting a mesh ...", flush=True)

@@ -55,16 +55,22 @@ def migrate(database_url: str) -> None:
               help="Log level of the services.")
 @click.option("--start-timeout", type=float, default=90.0, show_default=True,
               help="Seconds to wait for each start-up step (services, Envoy).")
+@click.option("--simulator/--no-simulator", default=True, show_default=True,
+              help="Run the market simulator (liquidity providers and takers on every symbol).")
+@click.option("--market-hours", type=click.Choice(["always", "regular"]), default="always", show_default=True,
+              help="'always': the simulated market never closes; 'regular': US hours, Monday to Friday.")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
-       start_timeout: float) -> None:
-    """Start the whole mesh: infrastructure, four services, Envoy; Ctrl-C stops it."""
+       start_timeout: float, simulator: bool, market_hours: str) -> None:
+    """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
+    Ctrl-C stops it."""
     from meshkit.launcher.mesh import UpOptions, up as run_up
 
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
+        simulator=simulator, market_hours=market_hours,
     )
     sys.exit(run_up(opts))
 

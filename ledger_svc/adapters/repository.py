@@ -103,9 +103,9 @@ class LedgerRepository:
             self._book_ids[ref] = book_id
         return book_id
 
-    async def claim_key(self, entry: JournalEntry) -> Decimal | None:
-        """Record the entry header. None when it is new; else the amount of the entry that
-        already holds this idempotency key (waiting for an in-flight one to commit)."""
+    async def claim_key(self, entry: JournalEntry) -> tuple[Decimal, str] | None:
+        """Record the entry header. None when it is new; else the amount and asset of the entry
+        that already holds this idempotency key (waiting for an in-flight one to commit)."""
         inserted = await self.conn.fetchval(
             """
             INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
@@ -119,10 +119,11 @@ class LedgerRepository:
         )
         if inserted is not None:
             return None
-        return await self.conn.fetchval(
-            "SELECT amount FROM ledger.entries WHERE account_id = $1 AND kind = $2 AND idempotency_key = $3",
+        row = await self.conn.fetchrow(
+            "SELECT amount, asset FROM ledger.entries WHERE account_id = $1 AND kind = $2 AND idempotency_key = $3",
             entry.account_id, entry.kind, entry.idempotency_key,
         )
+        return row["amount"], row["asset"]
 
     async def post(self, entry: JournalEntry, *, from_held: BookRef | None = None,
                    audit_type: str | None = None, audit_extra: dict | None = None) -> None:

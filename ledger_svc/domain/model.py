@@ -226,9 +226,10 @@ class CashBalance:
                    settled=posted, unsettled=unsettled)
 
 
-def same_request(existing_amount: Decimal, amount: Decimal) -> bool:
-    """A retried key must carry the same amount (compared exactly: 10 == 10.00)."""
-    return existing_amount == amount
+def same_request(existing: tuple[Decimal, str], entry: JournalEntry) -> bool:
+    """A retried key must carry the same amount (compared exactly: 10 == 10.00) of the same
+    asset."""
+    return existing == (entry.amount, entry.asset)
 
 
 class HoldStatus(str, Enum):

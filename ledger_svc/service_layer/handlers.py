@@ -17,10 +17,10 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
     """Post a keyed entry once; False when its key was applied before (a retry)."""
     existing = await uow.ledger.claim_key(entry)
     if existing is not None:
-        if not model.same_request(existing, entry.amount):
+        if not model.same_request(existing, entry):
             raise model.DuplicateIdempotencyKey(
                 f"idempotency key {entry.idempotency_key!r} was used for a "
-                f"{entry.kind.lower()} of {existing}, not {entry.amount}",
+                f"{entry.kind.lower()} of {existing[0]} {existing[1]}, not {entry.amount} {entry.asset}",
                 metadata={"idempotencyKey": entry.idempotency_key or ""})
         return False
     await uow.ledger.post(entry)
