@@ -153,5 +153,43 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str) ->
     click.echo("  discrepancies           none")
 
 
+@main.group()
+def session() -> None:
+    """The trading session."""
+
+
+@session.command("close")
+@click.option("--date", "day", default=None, help="Trading day to close, YYYY-MM-DD (default: today in New York).")
+@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+def session_close(day: str | None, database_url: str, namespace: str) -> None:
+    """Close a trading session now: DAY orders expire (what order_svc does by itself after 16:00
+    New York unless STOCKMESH_MARKET_ALWAYS_OPEN is set). Queues one SessionClose per listed
+    symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
+    twice for one day queues nothing new."""
+    import asyncio
+    from datetime import date as date_type, datetime, timezone
+
+    from meshkit import calendar, db
+    from order_svc.service_layer.session import close_session
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    try:
+        trading_day = date_type.fromisoformat(day) if day else calendar.trading_day(datetime.now(timezone.utc))
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
+
+    async def run() -> int:
+        pool = await db.create_pool(database_url, min_size=1, max_size=2)
+        try:
+            return await close_session(trading_day, lambda: OrderUnitOfWork(pool), namespace)
+        finally:
+            await pool.close()
+
+    n = asyncio.run(run())
+    click.echo(f"session {trading_day} closed: {n} symbols queued" if n
+               else f"session {trading_day} was closed before: nothing queued")
+
+
 if __name__ == "__main__":
     main()

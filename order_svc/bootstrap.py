@@ -14,7 +14,7 @@ from order_svc.adapters.market import Halts
 from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
 from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.adapters.notifications import UpdateNotifier
-from order_svc.service_layer import handlers, lifecycle
+from order_svc.service_layer import handlers, lifecycle, session
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
 
@@ -48,6 +48,7 @@ async def bootstrap(settings: config.Settings) -> App:
         # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
         background=[relay.run, lambda: handlers.recovery_loop(deps), notifier.run,
+                    lambda: session.session_close_loop(deps.uow, settings.namespace, relay.wake),
                     lambda: executions.consume(js, settings.namespace, "orders",
                                                lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,

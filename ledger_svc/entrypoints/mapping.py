@@ -10,7 +10,7 @@ from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer.portfolio import PortfolioView
 from meshkit.money import fmt
-from stockmesh.ledger.v1 import ledger_pb2
+from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
 
 ACTIVITY_TYPES = {
     "DEPOSIT": ledger_pb2.ACTIVITY_TYPE_DEPOSIT,
@@ -71,3 +71,19 @@ def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: da
                                 average_cost=fmt(p.average_cost), market_price=_money(p.market_price),
                                 market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
             for p in view.positions])
+
+
+TRANSFER_STATUSES = {
+    model.TransferStatus.PENDING: hold_service_pb2.HOLD_TRANSFER_STATUS_PENDING,
+    model.TransferStatus.COMPLETED: hold_service_pb2.HOLD_TRANSFER_STATUS_COMPLETED,
+    model.TransferStatus.CANCELLED: hold_service_pb2.HOLD_TRANSFER_STATUS_CANCELLED,
+}
+
+
+def transfer_to_proto(t: model.HoldTransfer) -> hold_service_pb2.HoldTransfer:
+    def amount(v: Decimal | None) -> str:
+        return "" if v is None else amount_text(t.asset, v)
+    return hold_service_pb2.HoldTransfer(
+        from_hold_id=t.from_hold_id, to_hold_id=t.to_hold_id, order_id=t.order_id, asset=t.asset,
+        unit_amount=fmt(t.unit_amount), reserve_amount=amount(t.reserve), reserve_hold_id=t.reserve_hold_id or "",
+        status=TRANSFER_STATUSES[t.status], moved_amount=amount(t.moved), new_amount=amount(t.new_amount))
