@@ -124,7 +124,7 @@ def start_mesh(data_dir: Path, database_url: str, namespace: str) -> tuple[subpr
     out = open(data_dir / "launcher.out", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
                              "--port", str(free_port("0.0.0.0")), "--database-url", database_url,
-                             "--namespace", namespace, "--log-level", "WARNING"],
+                             "--namespace", namespace, "--log-level", "WARNING", "--no-simulator"],
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

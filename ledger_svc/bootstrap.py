@@ -2,22 +2,32 @@
 from __future__ import annotations
 
 import asyncpg
+import grpc
 from nats.aio.client import Client
 
+from ledger_svc.adapters.orders import GrpcOpenOrders
 from ledger_svc.entrypoints.grpc_server import LedgerServicer
 from ledger_svc.entrypoints.hold_server import HoldServicer
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, config, db, executions
+from meshkit.marketdata import JetStreamQuotes
 from meshkit.server import App
 from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, settlement_service_pb2_grpc
 
 
-def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh") -> App:
-    """With a NATS connection, the ledger also settles the engine's executions as they come."""
+def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh",
+          order_addr: str | None = None) -> App:
+    """With a NATS connection, the ledger also settles the engine's executions as they come and
+    values positions at the latest quote; with order_svc's address, portfolios list open orders."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
-    servicer = LedgerServicer(uow)
     background, checks, closers = [], [db.pool_check(pool)], [pool.close]
+    orders = None
+    if order_addr:
+        channel = grpc.aio.insecure_channel(order_addr)
+        orders = GrpcOpenOrders(channel)
+        closers.append(channel.close)
+    servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders)
     if nc is not None:
         js = nc.jetstream()
         background.append(lambda: executions.consume(
@@ -45,4 +55,4 @@ async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
     pool = await db.create_pool(settings.database_url)
     nc = await bus.connect(settings.nats_url, "ledger_svc")
-    return build(pool, nc, settings.namespace)
+    return build(pool, nc, settings.namespace, settings.order_addr)

@@ -8,12 +8,16 @@ publicly, the services listen on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 
 from meshkit import logs
 from meshkit.errors import Unauthenticated
 
 PAYLOAD_HEADER = "x-jwt-payload"
+# The verified payload of the call being served, forwarded as is when a service calls
+# another on the caller's behalf (e.g. the ledger asking order_svc for open orders).
+caller_payload: contextvars.ContextVar[str] = contextvars.ContextVar("caller_payload", default="")
 
 
 def account_from_payload(raw: str | None) -> str | None:
@@ -34,3 +38,9 @@ def current_account() -> str:
     if not acct:
         raise Unauthenticated("this call needs a verified bearer token (call through Envoy)")
     return acct
+
+
+def on_behalf_of_caller() -> tuple[tuple[str, str], ...]:
+    """Metadata that carries the current caller's verified identity to another service."""
+    payload = caller_payload.get()
+    return ((PAYLOAD_HEADER, payload),) if payload else ()

@@ -75,6 +75,21 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle,
     sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
         durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=30, max_ack_pending=10_000, filter_subject=subject_filter))
+    try:
+        await _consume_loop(sub, handle, batch, idle_wait)
+    finally:
+        # Withdraw the inbox of the pull request still outstanding: without interest the
+        # server drops it, instead of delivering the next messages to a reader that is gone
+        # (they would come back only after ack_wait, behind what a new consumer took meanwhile).
+        try:
+            await asyncio.shield(sub.unsubscribe())
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+
+
+async def _consume_loop(sub, handle, batch: int, idle_wait: float) -> None:
+    import asyncio
+
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=idle_wait)
@@ -83,17 +98,31 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle,
             if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
                 raise asyncio.CancelledError from None
             continue
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             delay = 0.2
-            while True:
-                try:
-                    await handle(msg)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - retried in place, never skipped
-                    log.exception("message handling failed; retrying", extra={"subject": msg.subject})
-                    await msg.in_progress()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            try:
+                while True:
+                    try:
+                        await handle(msg)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - retried in place, never skipped
+                        log.exception("message handling failed; retrying", extra={"subject": msg.subject})
+                        await msg.in_progress()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+            except asyncio.CancelledError:
+                # Stopping mid-batch: hand back what was fetched and not handled, at once and in
+                # order, rather than after ack_wait behind what the next consumer takes meanwhile.
+                await asyncio.shield(_nak_all(msgs[i:]))
+                raise
             await msg.ack()
+
+
+async def _nak_all(msgs) -> None:
+    for m in msgs:
+        try:
+            await m.nak()
+        except Exception:  # noqa: BLE001 - redelivered after ack_wait anyway
+            pass

@@ -55,16 +55,22 @@ def migrate(database_url: str) -> None:
               help="Log level of the services.")
 @click.option("--start-timeout", type=float, default=90.0, show_default=True,
               help="Seconds to wait for each start-up step (services, Envoy).")
+@click.option("--simulator/--no-simulator", default=True, show_default=True,
+              help="Run the market simulator (liquidity providers and takers on every symbol).")
+@click.option("--market-hours", type=click.Choice(["always", "regular"]), default="always", show_default=True,
+              help="'always': the simulated market never closes; 'regular': US hours, Monday to Friday.")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
-       start_timeout: float) -> None:
-    """Start the whole mesh: infrastructure, four services, Envoy; Ctrl-C stops it."""
+       start_timeout: float, simulator: bool, market_hours: str) -> None:
+    """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
+    Ctrl-C stops it."""
     from meshkit.launcher.mesh import UpOptions, up as run_up
 
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
+        simulator=simulator, market_hours=market_hours,
     )
     sys.exit(run_up(opts))
 
@@ -187,6 +193,44 @@ def candles_import(file: Path, database_url: str) -> None:
     report = asyncio.run(run())
     click.echo(f"{file}: {report.rows} candles: {report.inserted} new, {report.updated} changed, "
                f"{report.unchanged} unchanged")
+
+
+@main.group()
+def session() -> None:
+    """The trading session."""
+
+
+@session.command("close")
+@click.option("--date", "day", default=None, help="Trading day to close, YYYY-MM-DD (default: today in New York).")
+@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+def session_close(day: str | None, database_url: str, namespace: str) -> None:
+    """Close a trading session now: DAY orders expire (what order_svc does by itself after 16:00
+    New York unless STOCKMESH_MARKET_ALWAYS_OPEN is set). Queues one SessionClose per listed
+    symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
+    twice for one day queues nothing new."""
+    import asyncio
+    from datetime import date as date_type, datetime, timezone
+
+    from meshkit import calendar, db
+    from order_svc.service_layer.session import close_session
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    try:
+        trading_day = date_type.fromisoformat(day) if day else calendar.trading_day(datetime.now(timezone.utc))
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
+
+    async def run() -> int:
+        pool = await db.create_pool(database_url, min_size=1, max_size=2)
+        try:
+            return await close_session(trading_day, lambda: OrderUnitOfWork(pool), namespace)
+        finally:
+            await pool.close()
+
+    n = asyncio.run(run())
+    click.echo(f"session {trading_day} closed: {n} symbols queued" if n
+               else f"session {trading_day} was closed before: nothing queued")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class Settings:
     grace_seconds: float
     # Internal addresses of other services (host:port), where a service calls another.
     ledger_addr: str | None = None
+    order_addr: str | None = None
 
 
 def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
@@ -70,6 +71,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         metrics_port=_int("METRICS_PORT", 0),
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
         ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
+        order_addr=_get("ORDER_ADDR", required="ORDER_ADDR" in needs),
     )
 
 

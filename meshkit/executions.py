@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED = (
-    "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED")
+FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECTED = (
+    "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED", "CANCEL_REJECTED")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Execution:
     reason: str = ""
     executed_at: datetime | None = None
     trade_date: date | None = None
+    # REPLACED: the new order (and whether it kept the old one's priority); CANCEL_REJECTED of a
+    # replace: the refused new order id.
+    new_order_id: str = ""
+    kept_priority: bool = False
 
 
 def from_proto(m) -> Execution:
@@ -43,7 +47,8 @@ def from_proto(m) -> Execution:
         order_id=m.order_id, account_id=m.account_id, side=side, counter_order_id=m.counter_order_id,
         counter_account_id=m.counter_account_id, price=Decimal(m.price) if m.price else None,
         quantity=m.quantity, leaves=m.leaves_quantity, counter_leaves=m.counter_leaves_quantity,
-        reason=m.reason, executed_at=at, trade_date=calendar.trading_day(at))
+        reason=m.reason, executed_at=at, trade_date=calendar.trading_day(at), new_order_id=m.new_order_id,
+        kept_priority=m.kept_priority)
 
 
 async def consume(js, namespace: str, durable: str, apply) -> None:

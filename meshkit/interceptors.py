@@ -25,7 +25,10 @@ RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"]
 def _bind(details: grpc.HandlerCallDetails) -> None:
     md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
     logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
-    logs.account_id.set(auth.account_from_payload(md.get(auth.PAYLOAD_HEADER)) or "")
+    payload = md.get(auth.PAYLOAD_HEADER) or ""
+    account = auth.account_from_payload(payload) or ""
+    logs.account_id.set(account)
+    auth.caller_payload.set(payload if account else "")
 
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:

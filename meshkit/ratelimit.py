@@ -16,18 +16,27 @@ from meshkit.errors import ResourceExhausted
 
 log = logging.getLogger("meshkit.ratelimit")
 
-# KEYS[1] bucket; ARGV: rate (tokens/s), burst, now (s), cost. Returns {allowed, retry_ms}.
-_BUCKET = """
-local b = redis.call('HMGET', KEYS[1], 't', 'ts')
-local rate, burst, now, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed, retry = 0, 0
-if tokens >= cost then tokens = tokens - cost; allowed = 1 else retry = math.ceil((cost - tokens) / rate * 1000) end
-redis.call('HSET', KEYS[1], 't', tokens, 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, retry}
+# KEYS: one bucket each; ARGV: now, then (rate, burst) per key. A token is taken from every
+# bucket or from none. Returns {allowed, retry_ms, index of the first empty bucket}.
+_BUCKETS = """
+local now = tonumber(ARGV[1])
+local state = {}
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local b = redis.call('HMGET', key, 't', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  local ts = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  if tokens < 1 then
+    return {0, math.ceil((1 - tokens) / rate * 1000), i}
+  end
+  state[i] = {key, tokens - 1, rate, burst}
+end
+for _, s in ipairs(state) do
+  redis.call('HSET', s[1], 't', s[2], 'ts', now)
+  redis.call('PEXPIRE', s[1], math.ceil(s[4] / s[3] * 1000) + 1000)
+end
+return {1, 0, 0}
 """
 
 
@@ -43,19 +52,23 @@ class RateLimiter:
         self.prefix = f"{namespace}:rl:"
         self.pause = pause_after_failure
         self._skip_until = 0.0
-        self._script = redis.register_script(_BUCKET) if redis is not None else None
+        self._script = redis.register_script(_BUCKETS) if redis is not None else None
 
-    async def check(self, key: str, limit: Limit, what: str) -> None:
-        """Take one token from `key`'s bucket or raise RESOURCE_EXHAUSTED with a retry delay."""
+    async def check(self, buckets: list[tuple[str, Limit, str]]) -> None:
+        """Take one token from each (key, limit, what) bucket, all or none, in one round trip;
+        RESOURCE_EXHAUSTED with a retry delay naming the first bucket that is empty."""
         if self._script is None or time.monotonic() < self._skip_until:
             return
+        args: list[float] = [time.time()]
+        for _, limit, _ in buckets:
+            args += [limit.rate, limit.burst]
         try:
-            allowed, retry_ms = await self._script(keys=[self.prefix + key],
-                                                   args=[limit.rate, limit.burst, time.time(), 1])
+            allowed, retry_ms, index = await self._script(keys=[self.prefix + k for k, _, _ in buckets], args=args)
         except (RedisError, OSError) as exc:
             self._skip_until = time.monotonic() + self.pause
             log.warning("rate limits fail open: redis does not answer", extra={"error": repr(exc)})
             return
         if not allowed:
+            what = buckets[index - 1][2]
             raise ResourceExhausted(f"too many requests for {what}; retry in {retry_ms} ms",
                                     retry_after_seconds=retry_ms / 1000, metadata={"limit": what})

@@ -20,10 +20,18 @@ class UnitOfWork:
         pass
 
     async def __aenter__(self) -> "UnitOfWork":
-        self.conn = await self.pool.acquire()
-        self._tx = self.conn.transaction()
-        await self._tx.start()
-        self._open(self.conn)
+        conn = await self.pool.acquire()
+        try:
+            tx = conn.transaction()
+            await tx.start()
+        except BaseException:
+            # Cancelled (a client deadline, a reset stream) or failed while BEGIN was in
+            # flight: __aexit__ will not run, so hand the connection back here; the pool rolls
+            # back whatever was begun.
+            await self.pool.release(conn)
+            raise
+        self.conn, self._tx = conn, tx
+        self._open(conn)
         return self
 
     async def commit(self) -> None:

@@ -9,11 +9,12 @@ from meshkit.config import env_decimal
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
 from order_svc.adapters.holds import GrpcHolds
-from order_svc.adapters.market import Halts, JetStreamQuotes
+from meshkit.marketdata import JetStreamQuotes
+from order_svc.adapters.market import Halts
 from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
 from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.adapters.notifications import UpdateNotifier
-from order_svc.service_layer import handlers, lifecycle
+from order_svc.service_layer import handlers, lifecycle, session
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
 
@@ -31,7 +32,7 @@ async def bootstrap(settings: config.Settings) -> App:
     await ensure_orders_stream(js, settings.namespace)
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
     ledger = grpc.aio.insecure_channel(settings.ledger_addr)
-    relay = OutboxRelay(pool, js)
+    relay = OutboxRelay(settings.database_url, js)
     account_limit, symbol_limit = limits()
     deps = handlers.Deps(
         uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger), quotes=JetStreamQuotes(js, settings.namespace),
@@ -47,6 +48,7 @@ async def bootstrap(settings: config.Settings) -> App:
         # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
         background=[relay.run, lambda: handlers.recovery_loop(deps), notifier.run,
+                    lambda: session.session_close_loop(deps.uow, settings.namespace, relay.wake),
                     lambda: executions.consume(js, settings.namespace, "orders",
                                                lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,

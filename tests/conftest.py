@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
+from meshkit import audit
 from meshkit.migrate import apply_all
 from tests.support import invariants
 
@@ -46,7 +47,11 @@ async def database_url(pg_server_url: str):
 async def pool(database_url: str):
     p = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
     yield p
+    # After everything the suite did to this database, the audit trail must still verify.
+    async with p.acquire() as conn:
+        checked, broken = await audit.verify(conn)
     await p.close()
+    assert broken is None, f"audit trail broken after the suite ({checked} events verified): {broken}"
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import asyncpg
 
 from meshkit import audit
-from ledger_svc.domain.model import (CASH, Balance, BookRef, CashBalance, Hold, HoldStatus, JournalEntry,
-                                     insufficient)
+from ledger_svc.domain.model import (CASH, Balance, BookRef, CashBalance, Hold, HoldStatus, HoldTransfer,
+                                     JournalEntry, TransferStatus, insufficient)
 
 
 class ActivityRow(NamedTuple):
@@ -29,6 +29,17 @@ def _hold(row: asyncpg.Record) -> Hold:
     return Hold(hold_id=row["hold_id"], account_id=row["account_id"], order_id=row["order_id"],
                 asset=row["asset"], amount=row["amount"], captured=row["captured"], released=row["released"],
                 status=HoldStatus(row["status"]), created_at=row["created_at"], resolved_at=row["resolved_at"])
+
+
+_TRANSFER_COLUMNS = ("from_hold_id, to_hold_id, order_id, account_id, asset, unit_amount, reserve, status, moved, "
+                     "new_amount")
+
+
+def _transfer(row: asyncpg.Record) -> HoldTransfer:
+    return HoldTransfer(from_hold_id=row["from_hold_id"], to_hold_id=row["to_hold_id"], order_id=row["order_id"],
+                        account_id=row["account_id"], asset=row["asset"], unit_amount=row["unit_amount"],
+                        reserve=row["reserve"], status=TransferStatus(row["status"]), moved=row["moved"],
+                        new_amount=row["new_amount"])
 
 
 class HoldRow(NamedTuple):
@@ -92,9 +103,9 @@ class LedgerRepository:
             self._book_ids[ref] = book_id
         return book_id
 
-    async def claim_key(self, entry: JournalEntry) -> Decimal | None:
-        """Record the entry header. None when it is new; else the amount of the entry that
-        already holds this idempotency key (waiting for an in-flight one to commit)."""
+    async def claim_key(self, entry: JournalEntry) -> tuple[Decimal, str] | None:
+        """Record the entry header. None when it is new; else the amount and asset of the entry
+        that already holds this idempotency key (waiting for an in-flight one to commit)."""
         inserted = await self.conn.fetchval(
             """
             INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
@@ -108,10 +119,11 @@ class LedgerRepository:
         )
         if inserted is not None:
             return None
-        return await self.conn.fetchval(
-            "SELECT amount FROM ledger.entries WHERE account_id = $1 AND kind = $2 AND idempotency_key = $3",
+        row = await self.conn.fetchrow(
+            "SELECT amount, asset FROM ledger.entries WHERE account_id = $1 AND kind = $2 AND idempotency_key = $3",
             entry.account_id, entry.kind, entry.idempotency_key,
         )
+        return row["amount"], row["asset"]
 
     async def post(self, entry: JournalEntry, *, from_held: BookRef | None = None,
                    audit_type: str | None = None, audit_extra: dict | None = None) -> None:
@@ -287,3 +299,46 @@ class LedgerRepository:
              LIMIT $3
             """, account_id, before, limit)
         return [HoldRow(r["hold_seq"], _hold(r)) for r in rows]
+
+    async def release_held(self, book_id: int, amount: Decimal) -> None:
+        """held -= amount on a book (what a completed hold transfer no longer needs)."""
+        await self.conn.execute("UPDATE ledger.balances SET held = held - $2 WHERE book_id = $1", book_id, amount)
+
+    # --- hold transfers (ReplaceOrder) --------------------------------------------------
+
+    async def get_transfer(self, to_hold_id: str, *, for_update: bool = False) -> HoldTransfer | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_TRANSFER_COLUMNS} FROM ledger.hold_transfers WHERE to_hold_id = $1"
+            + (" FOR UPDATE" if for_update else ""), to_hold_id)
+        return None if row is None else _transfer(row)
+
+    async def pending_transfer_from(self, from_hold_id: str) -> HoldTransfer | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_TRANSFER_COLUMNS} FROM ledger.hold_transfers WHERE from_hold_id = $1 AND status = 'PENDING' "
+            "FOR UPDATE", from_hold_id)
+        return None if row is None else _transfer(row)
+
+    async def insert_transfer(self, t: HoldTransfer) -> bool:
+        """Record a PENDING transfer; False when to_hold_id is taken or another transfer from the
+        same hold is pending (waiting for an in-flight insert to commit or roll back first)."""
+        return bool(await self.conn.fetchval(
+            """
+            INSERT INTO ledger.hold_transfers (to_hold_id, from_hold_id, order_id, account_id, asset, unit_amount,
+                                               reserve, reserve_hold_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT DO NOTHING RETURNING true
+            """, t.to_hold_id, t.from_hold_id, t.order_id, t.account_id, t.asset, t.unit_amount, t.reserve,
+            t.reserve_hold_id))
+
+    async def save_transfer(self, t: HoldTransfer) -> None:
+        await self.conn.execute(
+            """
+            UPDATE ledger.hold_transfers SET status = $2, moved = $3, new_amount = $4, resolved_at = now()
+             WHERE to_hold_id = $1 AND status = 'PENDING'
+            """, t.to_hold_id, t.status.value, t.moved, t.new_amount)
+
+    async def audit_transfer(self, t: HoldTransfer, event_type: str, extra: dict) -> None:
+        await audit.append(self.conn, f"ledger:{t.account_id}", event_type, {
+            "fromHoldId": t.from_hold_id, "toHoldId": t.to_hold_id, "orderId": t.order_id, "asset": t.asset,
+            "unitAmount": t.unit_amount, "reserve": t.reserve, "status": t.status.value, "moved": t.moved,
+            "newAmount": t.new_amount, **extra})

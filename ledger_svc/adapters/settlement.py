@@ -97,7 +97,7 @@ class SettlementRepository:
               FROM ledger.holds h
              WHERE h.status = 'PENDING' AND EXISTS (
                    SELECT 1 FROM ledger.executions e
-                    WHERE e.order_id = h.order_id AND e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED'))
+                    WHERE e.order_id = h.order_id AND e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED', 'REPLACED'))
             """)
 
     async def unbalanced_assets(self) -> list[asyncpg.Record]:

@@ -226,9 +226,10 @@ class CashBalance:
                    settled=posted, unsettled=unsettled)
 
 
-def same_request(existing_amount: Decimal, amount: Decimal) -> bool:
-    """A retried key must carry the same amount (compared exactly: 10 == 10.00)."""
-    return existing_amount == amount
+def same_request(existing: tuple[Decimal, str], entry: JournalEntry) -> bool:
+    """A retried key must carry the same amount (compared exactly: 10 == 10.00) of the same
+    asset."""
+    return existing == (entry.amount, entry.asset)
 
 
 class HoldStatus(str, Enum):
@@ -301,3 +302,83 @@ class Hold:
 
     def copy(self) -> "Hold":
         return replace(self)
+
+
+class TransferPending(FailedPrecondition):
+    default_reason = "HOLD_TRANSFER_PENDING"
+
+
+class TransferStatus(str, Enum):
+    PENDING = "PENDING"  # recorded, reserve held, waiting for the engine
+    COMPLETED = "COMPLETED"  # the engine replaced the order: the new hold is open
+    CANCELLED = "CANCELLED"  # the engine refused: the reserve was released
+
+
+def reserve_hold_id(to_hold_id: str) -> str:
+    return f"{to_hold_id}:reserve"
+
+
+@dataclass
+class HoldTransfer:
+    """A hold moving from a replaced order to the order replacing it, in two phases.
+
+    Prepared when the customer asks: `reserve` more of the book is held (its own hold) on top
+    of the old hold. Completed when the engine confirms the replace with the new order's open
+    quantity: the old hold and the reserve resolve, and the new hold opens with
+    `unit_amount` x open quantity; the book's `held` changes only by `held_change` (normally
+    zero or a release). Cancelled when the engine refuses: the reserve is released."""
+
+    from_hold_id: str
+    to_hold_id: str
+    order_id: str
+    account_id: str
+    asset: str
+    unit_amount: Decimal
+    reserve: Decimal
+    status: TransferStatus = TransferStatus.PENDING
+    moved: Decimal | None = None
+    new_amount: Decimal | None = None
+
+    @classmethod
+    def new(cls, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
+            unit_amount: Decimal, reserve: Decimal) -> "HoldTransfer":
+        check_amount(CASH, unit_amount, "unit_amount")  # a price per share, or 1 for shares
+        if asset != CASH and unit_amount != 1:
+            raise InvalidArgument([FieldViolation("unit_amount", "must be 1 for a share hold")])
+        if reserve != 0:
+            check_amount(asset, reserve, "reserve_amount")
+        if from_hold_id == to_hold_id:
+            raise InvalidArgument([FieldViolation("to_hold_id", "must differ from from_hold_id")])
+        return cls(from_hold_id, to_hold_id, order_id, account_id, asset, unit_amount, reserve)
+
+    @property
+    def reserve_hold_id(self) -> str | None:
+        return reserve_hold_id(self.to_hold_id) if self.reserve > 0 else None
+
+    def same_request(self, other: "HoldTransfer") -> bool:
+        return (self.from_hold_id, self.order_id, self.account_id, self.asset, self.unit_amount, self.reserve) == (
+            other.from_hold_id, other.order_id, other.account_id, other.asset, other.unit_amount, other.reserve)
+
+    def need(self, open_quantity: int) -> Decimal:
+        """What the new hold reserves for `open_quantity` shares still to fill."""
+        assert open_quantity > 0
+        return self.unit_amount * open_quantity
+
+    def complete(self, old_left: Decimal, reserve_left: Decimal, open_quantity: int) -> Decimal:
+        """The engine replaced the order, leaving `open_quantity` open: the old hold's and the
+        reserve's remainders (`old_left`, `reserve_left`) give way to the new hold. Returns the
+        change of the book's held: new amount - what the two still held (<= 0 when the reserve
+        was sized for the worst case, as order_svc does)."""
+        if self.status is not TransferStatus.PENDING:
+            raise HoldResolved(f"hold transfer to {self.to_hold_id} is already {self.status.value.lower()}",
+                               metadata={"holdId": self.to_hold_id, "status": self.status.value})
+        self.moved = old_left + reserve_left
+        self.new_amount = self.need(open_quantity)
+        self.status = TransferStatus.COMPLETED
+        return self.new_amount - self.moved
+
+    def cancel(self) -> None:
+        if self.status is not TransferStatus.PENDING:
+            raise HoldResolved(f"hold transfer to {self.to_hold_id} is already {self.status.value.lower()}",
+                               metadata={"holdId": self.to_hold_id, "status": self.status.value})
+        self.status = TransferStatus.CANCELLED

@@ -10,6 +10,8 @@ from decimal import Decimal
 from ledger_svc.domain.model import CASH, CLEARING, BookRef, JournalEntry, Posting
 from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
 
+# Executions that end the order they name. Not CANCEL_REJECTED: a refused cancel or replace
+# leaves its order as it was. Not REPLACED: the old hold moves to the new order instead.
 ENDS_ORDER = frozenset({CANCELLED, EXPIRED, REJECTED})
 
 

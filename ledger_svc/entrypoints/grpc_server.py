@@ -6,13 +6,14 @@ from datetime import datetime, timezone
 import grpc
 
 from ledger_svc.entrypoints import mapping
-from ledger_svc.service_layer import commands, handlers
+from ledger_svc.adapters.orders import GrpcOpenOrders
+from ledger_svc.service_layer import commands, handlers, portfolio
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit import paging, validate
 from meshkit.auth import current_account
 from meshkit.errors import Violations
-from meshkit.money import fmt, parse_cash
-from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as pb, ledger_service_pb2_grpc
+from meshkit.money import parse_cash
+from stockmesh.ledger.v1 import ledger_service_pb2 as pb, ledger_service_pb2_grpc
 
 
 def _cash_request(request: pb.DepositRequest | pb.WithdrawRequest):
@@ -24,8 +25,11 @@ def _cash_request(request: pb.DepositRequest | pb.WithdrawRequest):
 
 
 class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, uow_factory: UowFactory) -> None:
+    def __init__(self, uow_factory: UowFactory, quotes: portfolio.Quotes | None = None,
+                 orders: GrpcOpenOrders | None = None) -> None:
         self.uow = uow_factory
+        self.quotes = quotes
+        self.orders = orders
 
     async def Deposit(self, request: pb.DepositRequest, context: grpc.aio.ServicerContext) -> pb.DepositResponse:
         account, amount, key = _cash_request(request)
@@ -40,11 +44,10 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     async def GetPortfolio(self, request: pb.GetPortfolioRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetPortfolioResponse:
         account = current_account()
-        cash = await handlers.cash_balance(account, self.uow)
-        now = datetime.now(timezone.utc)
-        return pb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(
-            account_id=account, cash=mapping.cash_to_proto(cash), equity=fmt(cash.total),
-            as_of=mapping.timestamp(now)))
+        view = await portfolio.portfolio(account, self.uow, self.quotes)
+        open_orders = await self.orders.open_orders() if self.orders is not None else []
+        return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
+            account, view, open_orders, datetime.now(timezone.utc)))
 
     async def ListActivities(self, request: pb.ListActivitiesRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:

@@ -88,3 +88,29 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         hold_id = validate.key(request.hold_id, "hold_id", v)
         v.raise_if_any()
         return pb.GetHoldResponse(hold=mapping.hold_to_proto(await handlers.get_hold(hold_id, self.uow)))
+
+    async def TransferHold(self, request: pb.TransferHoldRequest,
+                           context: grpc.aio.ServicerContext) -> pb.TransferHoldResponse:
+        v = Violations()
+        from_id = validate.key(request.from_hold_id, "from_hold_id", v)
+        to_id = validate.key(request.to_hold_id, "to_hold_id", v)
+        account = _account(request.account_id, "account_id", v)
+        order_id = validate.key(request.order_id, "order_id", v)
+        asset = _asset(request.asset, v)
+        unit = parse_decimal(request.unit_amount, "unit_amount", v, places=model.CASH_HOLD_PLACES, maximum=MAX_CASH)
+        reserve: Decimal | None = Decimal(0)
+        if request.reserve_amount not in ("", "0"):
+            reserve = _amount(request.reserve_amount, asset, v)
+        v.raise_if_any()
+        assert asset is not None and unit is not None and reserve is not None
+        t = await handlers.transfer_hold(
+            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow)
+        return pb.TransferHoldResponse(transfer=mapping.transfer_to_proto(t))
+
+    async def CancelHoldTransfer(self, request: pb.CancelHoldTransferRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.CancelHoldTransferResponse:
+        v = Violations()
+        to_id = validate.key(request.to_hold_id, "to_hold_id", v)
+        v.raise_if_any()
+        t = await handlers.cancel_transfer(to_id, self.uow)
+        return pb.CancelHoldTransferResponse(transfer=mapping.transfer_to_proto(t))

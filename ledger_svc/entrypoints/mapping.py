@@ -8,8 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
+from ledger_svc.service_layer.portfolio import PortfolioView
 from meshkit.money import fmt
-from stockmesh.ledger.v1 import ledger_pb2
+from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
 
 ACTIVITY_TYPES = {
     "DEPOSIT": ledger_pb2.ACTIVITY_TYPE_DEPOSIT,
@@ -56,3 +57,33 @@ def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
         hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
         captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
         status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)
+
+
+def _money(d) -> str:
+    return fmt(d) if d is not None else ""
+
+
+def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime) -> ledger_pb2.Portfolio:
+    return ledger_pb2.Portfolio(
+        account_id=account, cash=cash_to_proto(view.cash), equity=fmt(view.equity), open_orders=open_orders,
+        as_of=timestamp(as_of), positions=[
+            ledger_pb2.Position(symbol=p.symbol, quantity=p.quantity, available=p.available, held=p.held,
+                                average_cost=fmt(p.average_cost), market_price=_money(p.market_price),
+                                market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
+            for p in view.positions])
+
+
+TRANSFER_STATUSES = {
+    model.TransferStatus.PENDING: hold_service_pb2.HOLD_TRANSFER_STATUS_PENDING,
+    model.TransferStatus.COMPLETED: hold_service_pb2.HOLD_TRANSFER_STATUS_COMPLETED,
+    model.TransferStatus.CANCELLED: hold_service_pb2.HOLD_TRANSFER_STATUS_CANCELLED,
+}
+
+
+def transfer_to_proto(t: model.HoldTransfer) -> hold_service_pb2.HoldTransfer:
+    def amount(v: Decimal | None) -> str:
+        return "" if v is None else amount_text(t.asset, v)
+    return hold_service_pb2.HoldTransfer(
+        from_hold_id=t.from_hold_id, to_hold_id=t.to_hold_id, order_id=t.order_id, asset=t.asset,
+        unit_amount=fmt(t.unit_amount), reserve_amount=amount(t.reserve), reserve_hold_id=t.reserve_hold_id or "",
+        status=TRANSFER_STATUSES[t.status], moved_amount=amount(t.moved), new_amount=amount(t.new_amount))

@@ -48,3 +48,15 @@ class CaptureHold:
 @dataclass(frozen=True)
 class ReleaseHold:
     hold_id: str
+
+
+@dataclass(frozen=True)
+class TransferHold:
+    """Phase 1 of moving an order's hold to the order replacing it (see HoldTransfer)."""
+    from_hold_id: str
+    to_hold_id: str
+    order_id: str
+    account_id: str
+    asset: str
+    unit_amount: Decimal
+    reserve: Decimal

@@ -17,10 +17,10 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
     """Post a keyed entry once; False when its key was applied before (a retry)."""
     existing = await uow.ledger.claim_key(entry)
     if existing is not None:
-        if not model.same_request(existing, entry.amount):
+        if not model.same_request(existing, entry):
             raise model.DuplicateIdempotencyKey(
                 f"idempotency key {entry.idempotency_key!r} was used for a "
-                f"{entry.kind.lower()} of {existing}, not {entry.amount}",
+                f"{entry.kind.lower()} of {existing[0]} {existing[1]}, not {entry.amount} {entry.asset}",
                 metadata={"idempotencyKey": entry.idempotency_key or ""})
         return False
     await uow.ledger.post(entry)
@@ -180,3 +180,127 @@ async def get_hold(hold_id: str, uow_factory: UowFactory) -> model.Hold:
 async def list_holds(account_id: str, before: int | None, limit: int, uow_factory: UowFactory) -> list[HoldRow]:
     async with uow_factory() as uow:
         return await uow.ledger.list_holds(account_id, before, limit)
+
+
+# --- hold transfers (ReplaceOrder) ------------------------------------------------------
+
+def _same_transfer(existing: model.HoldTransfer, asked: model.HoldTransfer) -> model.HoldTransfer:
+    if not existing.same_request(asked):
+        raise model.DuplicateHoldId(
+            f"hold id {asked.to_hold_id!r} was used for a transfer from {existing.from_hold_id} reserving "
+            f"{existing.reserve} {existing.asset}", metadata={"holdId": asked.to_hold_id})
+    return existing  # a retry: recorded once already (it may have completed or been cancelled since)
+
+
+async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> model.HoldTransfer:
+    """Phase 1 of a hold transfer: reserve `cmd.reserve` more (refused, changing nothing, when
+    less is available) and record the transfer, idempotent on to_hold_id. Phase 2 is
+    `complete_transfer_in` (the engine replaced the order) or `cancel_transfer_in` (it refused)."""
+    t = model.HoldTransfer.new(cmd.from_hold_id, cmd.to_hold_id, cmd.order_id, cmd.account_id, cmd.asset,
+                               cmd.unit_amount, cmd.reserve)
+    async with uow_factory() as uow:
+        # The old hold's row lock serialises every transfer from it (and its captures).
+        old = await uow.ledger.get_hold(t.from_hold_id, for_update=True)
+        existing = await uow.ledger.get_transfer(t.to_hold_id)
+        if existing is not None:
+            return _same_transfer(existing, t)
+        if old is None:
+            raise model.HoldNotFound(f"no hold {t.from_hold_id!r}", metadata={"holdId": t.from_hold_id})
+        if (old.account_id, old.asset) != (t.account_id, t.asset):
+            raise InvalidArgument([FieldViolation(
+                "from_hold_id", f"holds {old.asset} of another account or asset than {t.asset} of {t.account_id}")])
+        if old.is_resolved:
+            raise model.HoldResolved(f"hold {old.hold_id} is already {old.status.value.lower()}",
+                                     metadata={"holdId": old.hold_id, "status": old.status.value})
+        if await uow.ledger.get_hold(t.to_hold_id) is not None:
+            raise model.DuplicateHoldId(f"hold id {t.to_hold_id!r} is taken", metadata={"holdId": t.to_hold_id})
+        if t.reserve_hold_id is not None:
+            reserve = model.Hold.new(t.reserve_hold_id, t.account_id, t.order_id, t.asset, t.reserve)
+            book_id = await uow.ledger.find_book_id(model.BookRef(t.account_id, t.asset))
+            assert book_id is not None  # the old hold's book
+            placed = await uow.ledger.insert_hold(reserve, book_id)
+            if placed is None:  # the same transfer, recorded concurrently
+                return _same_transfer(await _transfer(uow, t.to_hold_id), t)
+            await uow.ledger.reserve(book_id, t.asset, t.reserve)
+            await uow.ledger.audit_hold(placed, "HOLD_PLACED", {"reserveFor": t.to_hold_id})
+        if not await uow.ledger.insert_transfer(t):
+            existing = await uow.ledger.get_transfer(t.to_hold_id)
+            if existing is not None:
+                return _same_transfer(existing, t)
+            raise model.TransferPending(f"hold {t.from_hold_id} is already being transferred",
+                                        metadata={"holdId": t.from_hold_id})
+        await uow.ledger.audit_transfer(t, "HOLD_TRANSFER_PREPARED", {})
+        await uow.commit()
+        return t
+
+
+async def _transfer(uow: LedgerUnitOfWork, to_hold_id: str) -> model.HoldTransfer:
+    t = await uow.ledger.get_transfer(to_hold_id)
+    assert t is not None
+    return t
+
+
+async def complete_transfer_in(uow: LedgerUnitOfWork, from_hold_id: str, to_hold_id: str,
+                               open_quantity: int) -> model.Hold | None:
+    """Phase 2, inside the caller's transaction (the ledger applying the engine's REPLACED):
+    the old hold and the reserve resolve, the new hold opens for `open_quantity`, and the
+    book's held moves by the difference only. Without a prepared transfer (a replace that did
+    not come through order_svc) the new hold takes over what the old one still holds."""
+    t = await uow.ledger.get_transfer(to_hold_id, for_update=True)
+    if t is not None and t.status is not model.TransferStatus.PENDING:
+        return await uow.ledger.get_hold(to_hold_id)  # applied before
+    old = await uow.ledger.get_hold(t.from_hold_id if t else from_hold_id, for_update=True)
+    if old is None:
+        return None  # not an order the ledger holds anything for
+    reserve = await uow.ledger.get_hold(t.reserve_hold_id, for_update=True) if t and t.reserve_hold_id else None
+    old_left = old.release()
+    reserve_left = reserve.release() if reserve is not None else Decimal(0)
+    if t is not None:
+        change = t.complete(old_left, reserve_left, open_quantity)
+        amount = t.new_amount
+    else:
+        change, amount = Decimal(0), old_left
+    assert amount is not None
+    book_id = await uow.ledger.find_book_id(model.BookRef(old.account_id, old.asset))
+    assert book_id is not None
+    new = None
+    if amount > 0:
+        new = await uow.ledger.insert_hold(model.Hold.new(to_hold_id, old.account_id, t.order_id if t else to_hold_id,
+                                                          old.asset, amount), book_id)
+        if new is None:
+            raise model.DuplicateHoldId(f"hold id {to_hold_id!r} is taken", metadata={"holdId": to_hold_id})
+    if change < 0:
+        await uow.ledger.release_held(book_id, -change)
+    elif change > 0:  # never with a worst-case reserve; refused like any hold if not available
+        await uow.ledger.reserve(book_id, old.asset, change)
+    for h, left in ((old, old_left), (reserve, reserve_left)):
+        if h is not None and left > 0:
+            await uow.ledger.save_hold(h)
+    if new is not None:
+        await uow.ledger.audit_hold(new, "HOLD_PLACED", {"transferredFrom": old.hold_id})
+    if t is not None:
+        await uow.ledger.save_transfer(t)
+        await uow.ledger.audit_transfer(t, "HOLD_TRANSFERRED", {"heldChange": change})
+    return new
+
+
+async def cancel_transfer_in(uow: LedgerUnitOfWork, t: model.HoldTransfer) -> None:
+    """The engine refused the replace: release the reserve; the old hold stays as it is."""
+    if t.status is not model.TransferStatus.PENDING:
+        return
+    if t.reserve_hold_id is not None:
+        await release_in(uow, t.reserve_hold_id)
+    t.cancel()
+    await uow.ledger.save_transfer(t)
+    await uow.ledger.audit_transfer(t, "HOLD_TRANSFER_CANCELLED", {})
+
+
+async def cancel_transfer(to_hold_id: str, uow_factory: UowFactory) -> model.HoldTransfer:
+    """Give up a PENDING transfer the engine never saw; a resolved one is returned as it is."""
+    async with uow_factory() as uow:
+        t = await uow.ledger.get_transfer(to_hold_id, for_update=True)
+        if t is None:
+            raise model.HoldNotFound(f"no hold transfer to {to_hold_id!r}", metadata={"holdId": to_hold_id})
+        await cancel_transfer_in(uow, t)
+        await uow.commit()
+        return t

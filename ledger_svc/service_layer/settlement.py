@@ -9,8 +9,9 @@ from typing import Callable, Iterable
 from ledger_svc.domain import model
 from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
-from ledger_svc.service_layer.handlers import UowFactory, _apply, capture_in, release_in
-from meshkit.executions import FILL, Execution
+from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
+                                               complete_transfer_in, release_in)
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, REPLACED, Execution
 
 log = logging.getLogger("ledger_svc.settlement")
 
@@ -21,7 +22,11 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
     A fill captures the buyer's cash (price × quantity) into clearing and the seller's shares
     into the buyer's book, moves both positions' cost basis, and records the seller's proceeds
     as unsettled; an order that ended (no leaves, or cancelled / expired / rejected) has what is
-    left of its hold released."""
+    left of its hold released. A replace confirmed by the engine (REPLACED) moves the old
+    order's hold to the new order (the transfer prepared when the customer asked); a replace
+    the engine refused (CANCEL_REJECTED naming a new order, or the old order cancelled because
+    the new quantity was already filled) releases the transfer's reserve. A refused cancel
+    changes nothing."""
     async with uow_factory() as uow:
         if not await uow.settlement.claim_execution(ex):
             return False
@@ -40,8 +45,19 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
             assert ex.trade_date is not None
             await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date)
             ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
+        elif ex.type == REPLACED:
+            await complete_transfer_in(uow, ex.order_id, ex.new_order_id, ex.leaves)
+        elif ex.type == CANCEL_REJECTED:
+            if ex.new_order_id:
+                t = await uow.ledger.get_transfer(ex.new_order_id, for_update=True)
+                if t is not None:
+                    await cancel_transfer_in(uow, t)
         elif ex.type in ENDS_ORDER:
             ended = [ex.order_id]
+            if ex.type == CANCELLED and ex.reason == "REPLACED":  # the new quantity was already filled
+                t = await uow.ledger.pending_transfer_from(ex.order_id)
+                if t is not None:
+                    await cancel_transfer_in(uow, t)
         for order_id in ended:
             if await uow.ledger.get_hold(order_id) is not None:
                 await release_in(uow, order_id)

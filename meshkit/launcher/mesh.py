@@ -51,6 +51,10 @@ class UpOptions:
     namespace: str = "stockmesh"
     log_level: str = "INFO"
     start_timeout: float = 90.0
+    # The simulated market: liquidity providers and takers on every symbol.
+    simulator: bool = True
+    # "always": the simulated market never closes; "regular": US hours (meshkit.calendar).
+    market_hours: str = "always"
 
 
 def _print(line: str) -> None:
@@ -107,28 +111,28 @@ class Mesh:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self._write_state(ready=False)
 
-        self._step("1/6 development keys")
+        self._step("1/7 development keys")
         dev_keys = keys.ensure_keys(self.data_dir)
         self.say(f"  JWKS {dev_keys.jwks_path}")
 
-        self._step("2/6 infrastructure")
+        self._step("2/7 infrastructure")
         self.infra = infra.prepare(
             self.data_dir, self.sup, database_url=self.opts.database_url,
             redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
             say=self.say, stop=self.stop_event,
         )
 
-        self._step("3/6 database migrations")
+        self._step("3/7 database migrations")
         self._migrate(self.infra.database_url)
 
-        self._step("4/6 services")
+        self._step("4/7 services")
         upstreams = {name: free_port() for name in SERVICES}
         self.metrics_ports = {name: free_port() for name in SERVICES}
         children = [self.sup.start(self._service_spec(name, port, upstreams))
                     for name, port in upstreams.items()]
         self._wait_services_serving(children, upstreams)
 
-        self._step("5/6 Envoy")
+        self._step("5/7 Envoy")
         public = self.opts.port or free_port("0.0.0.0")
         if tcp_answers("127.0.0.1", public, timeout=0.5):
             raise LaunchError(f"port {public} is already in use (another mesh?); "
@@ -144,14 +148,20 @@ class Mesh:
         self._wait_envoy(proxy)
         self.endpoint = f"localhost:{public}"
 
-        self._step("6/6 ready")
+        self._step("6/7 market simulator")
+        if self.opts.simulator:
+            self._start_simulator()
+        else:
+            self.say("  off (--no-simulator)")
+
+        self._step("7/7 ready")
         self._ready = True
         self._write_state(ready=True)
 
     def stop(self) -> None:
         self._ready = False
         if self.sup.children:
-            self.sup.stop_all(stages=[["envoy"], list(SERVICES), ["nats"], ["redis"], ["postgres"]])
+            self.sup.stop_all(stages=[["simulator"], ["envoy"], list(SERVICES), ["nats"], ["redis"], ["postgres"]])
         # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
         # busy folder must not mark the running mesh as not ready).
         if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
@@ -175,6 +185,21 @@ class Mesh:
                               f"{type(exc).__name__}: {exc}") from exc
         self.say(f"  {applied} migration(s) applied" if applied else "  schema up to date")
 
+    def _start_simulator(self) -> None:
+        import asyncio
+
+        from simulator.runner import accounts, fund
+
+        assert self.infra is not None and self.ports is not None
+        asyncio.run(fund(self.infra.database_url))
+        self.say(f"  funded {len(accounts())} simulator accounts (cash and shares of every symbol)")
+        self.sup.start(ChildSpec(
+            name="simulator", argv=[sys.executable, "-m", "simulator"],
+            env={"STOCKMESH_ENDPOINT": f"127.0.0.1:{self.ports.public}", "STOCKMESH_DATA_DIR": str(self.data_dir),
+                 "LOG_LEVEL": self.opts.log_level, "PYTHONUNBUFFERED": "1"},
+            log_path=self.data_dir / "logs" / "simulator.log", cwd=self.data_dir, stop_timeout=10.0))
+        self.say("  liquidity providers quoting every symbol (log: logs/simulator.log)")
+
     def _service_spec(self, name: str, port: int, upstreams: dict[str, int]) -> ChildSpec:
         assert self.infra is not None
         env = {
@@ -191,6 +216,7 @@ class Mesh:
             "STOCKMESH_DATA_DIR": str(self.data_dir),
             "LOG_LEVEL": self.opts.log_level,
             "PYTHONUNBUFFERED": "1",
+            "STOCKMESH_MARKET_ALWAYS_OPEN": "1" if self.opts.market_hours == "always" else "0",
         }
         return ChildSpec(name=name, argv=[sys.executable, "-m", name], env=env,
                          log_path=self.data_dir / "logs" / f"{name}.log", cwd=self.data_dir,

@@ -13,6 +13,12 @@ from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
 
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
+# A transfer from a hold that already resolved: the old order ended in the ledger's view.
+_TRANSFER_REFUSALS = {**_REFUSALS, "HOLD_RESOLVED": RejectReason.ORDER_NOT_ACTIVE}
+
+
+def _amount(asset: str, amount: Decimal) -> str:
+    return fmt(amount) if asset == "USD" else str(int(amount))
 
 
 class GrpcHolds:
@@ -42,3 +48,29 @@ class GrpcHolds:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise Unavailable(f"ledger could not release hold {hold_id}: {exc.code().name}") from exc
+
+    async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
+                       unit: Decimal, reserve: Decimal) -> RejectReason | None:
+        """Prepare moving `from_hold_id` to `to_hold_id` (reserving `reserve` more now). None
+        when the transfer is recorded (now or by an earlier call with this id); the reason when
+        the ledger refuses it. Transport trouble raises Unavailable."""
+        try:
+            await self.stub.TransferHold(pb.TransferHoldRequest(
+                from_hold_id=from_hold_id, to_hold_id=to_hold_id, order_id=order_id, account_id=account_id,
+                asset=asset, unit_amount=fmt(unit), reserve_amount=_amount(asset, reserve) if reserve else "0"),
+                timeout=self.timeout)
+            return None
+        except grpc.aio.AioRpcError as exc:
+            info, _ = error_info(exc)
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason in _TRANSFER_REFUSALS:
+                return _TRANSFER_REFUSALS[info.reason]
+            raise Unavailable(f"ledger could not transfer hold {from_hold_id} to {to_hold_id}: "
+                              f"{exc.code().name} {exc.details()}") from exc
+
+    async def cancel_transfer(self, to_hold_id: str) -> None:
+        try:
+            await self.stub.CancelHoldTransfer(pb.CancelHoldTransferRequest(to_hold_id=to_hold_id),
+                                               timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise Unavailable(f"ledger could not cancel the transfer to {to_hold_id}: {exc.code().name}") from exc

@@ -34,39 +34,50 @@ async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
 
 
 class OutboxRelay:
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, batch: int = 500) -> None:
-        self.pool, self.js, self.batch = pool, js, batch
+    def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64) -> None:
+        self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        async with self.pool.acquire() as conn:
+        # A connection of its own: the election is a session lock, which dies with it.
+        conn = await asyncpg.connect(self.database_url)
+        try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             log.info("outbox relay elected")
-            try:
-                while True:
-                    published = await self.relay_once(conn)
-                    if published < self.batch:
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), timeout=0.2)
-                        except asyncio.TimeoutError:
-                            pass
-                        self._wake.clear()
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+            while True:
+                published = await self.relay_once(conn)
+                if published < self.batch:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+                    except asyncio.TimeoutError:
+                        pass
+                    self._wake.clear()
+        finally:
+            conn.terminate()
 
     async def relay_once(self, conn: asyncpg.Connection) -> int:
+        """Publish up to a batch in id order. Publishes are pipelined (up to `pipeline` awaiting
+        their acknowledgement at once, written to the connection in order, so each symbol's
+        subject keeps the outbox order); a row is marked once JetStream acknowledged it."""
         repo = OutboxRepository(conn)
         rows = await repo.unpublished(self.batch)
         done: list[int] = []
         try:
-            for r in rows:
-                await self.js.publish(r["subject"], bytes(r["payload"]), headers={"Nats-Msg-Id": r["msg_id"]})
-                done.append(r["id"])
-                failpoints.hit("relay.after_publish")
+            for start in range(0, len(rows), self.pipeline):
+                chunk = rows[start:start + self.pipeline]
+                acks = [asyncio.ensure_future(self.js.publish(r["subject"], bytes(r["payload"]),
+                                                              headers={"Nats-Msg-Id": r["msg_id"]}))
+                        for r in chunk]
+                results = await asyncio.gather(*acks, return_exceptions=True)
+                for r, result in zip(chunk, results):
+                    if isinstance(result, BaseException):
+                        raise result
+                    done.append(r["id"])
+                    failpoints.hit("relay.after_publish")
         finally:
             if done:
                 await repo.mark_published(done)

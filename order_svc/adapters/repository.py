@@ -46,7 +46,7 @@ class OrderRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def insert_or_get(self, o: Order) -> tuple[Order, bool]:
+    async def insert_or_get(self, o: Order, fingerprint: str | None = None) -> tuple[Order, bool]:
         """Insert a new order; if the account already used its client_order_id, return that
         order instead (waiting for an in-flight insert of it to commit)."""
         q = o.request
@@ -58,7 +58,7 @@ class OrderRepository:
             ON CONFLICT (account_id, client_order_id) DO NOTHING
             RETURNING {_COLUMNS}
             """,
-            o.order_id, q.account_id, q.client_order_id, q.fingerprint(), q.symbol, q.side.value, q.type.value,
+            o.order_id, q.account_id, q.client_order_id, fingerprint or q.fingerprint(), q.symbol, q.side.value, q.type.value,
             q.time_in_force.value, q.quantity, q.limit_price, q.stop_price, o.status.value, o.hold_asset,
             o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None,
             o.reject_message, o.replaces, o.created_at)
@@ -70,6 +70,23 @@ class OrderRepository:
             f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
             q.account_id, q.client_order_id)
         return _order(existing), False
+
+    async def by_client_order_id(self, account_id: str, client_order_id: str) -> tuple[Order, str] | None:
+        """The account's order with this client_order_id and its fingerprint, if any."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
+            account_id, client_order_id)
+        return (_order(row), row["fingerprint"]) if row else None
+
+    async def pending_replacement(self, replaces: uuid.UUID, *, for_update: bool = False) -> Order | None:
+        """The replacement of `replaces` still waiting for the engine (at most one)."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM orders.orders WHERE replaces = $1 AND status = 'PENDING_NEW'"
+            + (" FOR UPDATE" if for_update else ""), replaces)
+        return _order(row) if row else None
+
+    async def has_outbox(self, msg_id: str) -> bool:
+        return bool(await self.conn.fetchval("SELECT true FROM orders.outbox WHERE msg_id = $1", msg_id))
 
     async def fingerprint_of(self, order_id: uuid.UUID) -> str:
         return await self.conn.fetchval("SELECT fingerprint FROM orders.orders WHERE order_id = $1", order_id)
@@ -132,10 +149,11 @@ class OrderRepository:
         await self.conn.execute(
             """
             UPDATE orders.orders SET status = $2, filled_quantity = $3, fill_notional = $4, reject_reason = $5,
-                   reject_message = $6, updated_at = $7
+                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9
              WHERE order_id = $1
             """, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
-            o.reject_reason.value if o.reject_reason else None, o.reject_message, now)
+            o.reject_reason.value if o.reject_reason else None, o.reject_message, now, o.replaced_by,
+            o.cancel_requested)
         o.updated_at = now
 
     async def claim_execution(self, execution_id: str) -> bool:
@@ -166,10 +184,11 @@ class OrderRepository:
             out.append((r["sequence"], o, fill))
         return out
 
-    async def add_outbox(self, subject: str, msg_id: str, payload: bytes) -> None:
-        await self.conn.execute(
-            "INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, $2, $3) ON CONFLICT (msg_id) DO NOTHING",
-            subject, msg_id, payload)
+    async def add_outbox(self, subject: str, msg_id: str, payload: bytes) -> bool:
+        """Queue a message for the engine; False when this msg_id was queued before."""
+        return bool(await self.conn.fetchval(
+            "INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, $2, $3) ON CONFLICT (msg_id) DO NOTHING "
+            "RETURNING true", subject, msg_id, payload))
 
     async def list(self, account_id: str, symbol: str | None, statuses: list[str], limit: int,
                    before: tuple[datetime, uuid.UUID] | None) -> list[Order]:
@@ -186,8 +205,11 @@ class OrderRepository:
         return [_order(r) for r in rows]
 
     async def stalled(self, older_than: datetime, limit: int = 100) -> list[uuid.UUID]:
+        # A replacement whose replace is in the outbox waits for the engine, not for recovery.
         rows = await self.conn.fetch(
-            "SELECT order_id FROM orders.orders WHERE status = 'PENDING_NEW' AND updated_at < $1 "
+            "SELECT order_id FROM orders.orders o WHERE status = 'PENDING_NEW' AND updated_at < $1 "
+            "AND (replaces IS NULL OR NOT EXISTS (SELECT 1 FROM orders.outbox x "
+            "                                     WHERE x.msg_id = o.order_id::text || ':replace')) "
             "ORDER BY updated_at LIMIT $2", older_than, limit)
         return [r["order_id"] for r in rows]
 

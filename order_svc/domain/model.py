@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound
+from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from meshkit.symbols import tick_size
 
 CASH = "USD"
@@ -72,6 +72,7 @@ class RejectReason(enum.Enum):
     PRICE_OUT_OF_COLLAR = "PRICE_OUT_OF_COLLAR"
     NO_LIQUIDITY = "NO_LIQUIDITY"
     FOK_NOT_FILLABLE = "FOK_NOT_FILLABLE"
+    ORDER_NOT_ACTIVE = "ORDER_NOT_ACTIVE"  # a replacement whose old order ended before the engine replaced it
 
 
 class IllegalTransition(Exception):
@@ -88,6 +89,14 @@ class DuplicateClientOrderId(AlreadyExists):
 
 class OrderNotActive(FailedPrecondition):
     default_reason = "ORDER_NOT_ACTIVE"
+
+
+class OrderNotReplaceable(FailedPrecondition):
+    default_reason = "ORDER_NOT_REPLACEABLE"
+
+
+class OrderChangePending(FailedPrecondition):
+    default_reason = "ORDER_CHANGE_PENDING"
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,24 @@ class Order:
         self.transition(Status.REJECTED)
         self.reject_reason, self.reject_message = reason, message
 
+    def replaced(self, new_order_id: uuid.UUID) -> None:
+        """The engine replaced this order by `new_order_id`: it ends CANCELLED, pointing at it."""
+        self.transition(Status.CANCELLED)
+        self.replaced_by = new_order_id
+
+    def confirm_replacement(self, old: "Order") -> None:
+        """The engine replaced `old` by this order. Like FIX's CumQty, the new order carries
+        what the old one filled (its quantity is the new total): NEW, or PARTIALLY_FILLED when
+        the old order had fills."""
+        if self.status is not Status.PENDING_NEW or self.replaces != old.order_id:
+            raise IllegalTransition(f"order {self.order_id}: {self.status.value} is not a pending replacement "
+                                    f"of {old.order_id}")
+        if not old.filled_quantity < self.request.quantity:
+            raise IllegalTransition(f"order {self.order_id}: {old.filled_quantity} filled already, "
+                                    f"quantity {self.request.quantity}")
+        self.filled_quantity, self.fill_notional = old.filled_quantity, old.fill_notional
+        self.status = Status.PARTIALLY_FILLED if self.filled_quantity else Status.NEW
+
 
 def round_price(price: Decimal, *, up: bool) -> Decimal:
     tick = tick_size(price)
@@ -219,3 +246,84 @@ def plan_hold(req: OrderRequest, *, best_bid: Decimal | None, best_ask: Decimal 
 def outside_band(price: Decimal, reference: Decimal, band: Decimal) -> bool:
     """A limit or stop price further than `band` (a fraction) from the reference price."""
     return abs(price - reference) > reference * band
+
+
+# --- replacing an order -------------------------------------------------------------------
+
+REPLACEABLE_TYPES = (OrderType.LIMIT, OrderType.STOP, OrderType.STOP_LIMIT)
+
+
+def replacement_request(old: Order, client_order_id: str, quantity: int, limit_price: Decimal | None,
+                        stop_price: Decimal | None) -> OrderRequest:
+    """The new order of a ReplaceOrder: the old one's symbol, side, type and time in force with a
+    new total `quantity` (what the old order filled included, as FIX's OrderQty) and prices.
+
+    Only LIMIT / STOP / STOP_LIMIT orders, DAY or GTC, can be replaced (FAILED_PRECONDITION
+    ORDER_NOT_REPLACEABLE); prices follow the type's field rules (INVALID_ARGUMENT). Whether
+    the old order is still working is `check_replaceable`'s business (a retried replace must
+    get its reply after the old order ended)."""
+    q = old.request
+    if q.type not in REPLACEABLE_TYPES or q.time_in_force not in (TimeInForce.DAY, TimeInForce.GTC):
+        raise OrderNotReplaceable(
+            f"only working LIMIT, STOP and STOP_LIMIT orders can be replaced, not a {q.type.value} "
+            f"{q.time_in_force.value} order", metadata={"orderId": str(old.order_id)})
+    v = Violations()
+    needs_limit = q.type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    needs_stop = q.type in (OrderType.STOP, OrderType.STOP_LIMIT)
+    for name, price, needed in (("limit_price", limit_price, needs_limit), ("stop_price", stop_price, needs_stop)):
+        if needed and price is None:
+            v.add(name, f"is required to replace a {q.type.value} order")
+        elif not needed and price is not None:
+            v.add(name, f"must be empty for a {q.type.value} order")
+    v.raise_if_any()
+    return OrderRequest(account_id=q.account_id, client_order_id=client_order_id, symbol=q.symbol, side=q.side,
+                        type=q.type, quantity=quantity, limit_price=limit_price, stop_price=stop_price,
+                        time_in_force=q.time_in_force)
+
+
+def check_replaceable(old: Order, quantity: int) -> None:
+    """The old order is working (FAILED_PRECONDITION ORDER_NOT_ACTIVE when it ended or is still
+    being placed) and the new total quantity exceeds what it filled (INVALID_ARGUMENT)."""
+    meta = {"orderId": str(old.order_id), "status": old.status.value}
+    if old.status.is_terminal:
+        raise OrderNotActive(f"the order is already {old.status.value}", metadata=meta)
+    if old.status is Status.PENDING_NEW:
+        raise OrderNotActive("the order is still being placed; retry the replace shortly", metadata=meta)
+    if quantity <= old.filled_quantity:
+        raise InvalidArgument([FieldViolation(
+            "quantity", f"must exceed the {old.filled_quantity} shares already filled (it is the new total)")])
+
+
+def replacement_fingerprint(req: OrderRequest, replaces: uuid.UUID) -> str:
+    """A replacement's parameters include the order it replaces (so a PlaceOrder reusing its
+    client_order_id is a different request)."""
+    return hashlib.sha256(f"{req.fingerprint()}|replaces:{replaces}".encode()).hexdigest()
+
+
+def hold_unit(req: OrderRequest, collar_price: Decimal | None) -> Decimal:
+    """What an order's hold reserves per open share: a share for a sell; for a buy its limit
+    price (LIMIT, STOP_LIMIT) or its collar (STOP), the most one share can cost."""
+    if req.side is Side.SELL:
+        return Decimal(1)
+    unit = req.limit_price if req.type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else collar_price
+    assert unit is not None
+    return unit
+
+
+def replacement_reserve(old_unit: Decimal, old_quantity: int, filled: int, new_unit: Decimal,
+                        new_quantity: int) -> Decimal:
+    """What a replace must hold on top of the old order's hold, when asked.
+
+    The engine applies the replace later; meanwhile the old order may fill F more shares
+    (filled <= F < min(old, new quantity); at the old quantity it is filled and the replace is
+    refused, at the new quantity the old order is just cancelled). Each such share takes at
+    most `old_unit` from the old hold, which therefore still holds at least
+    old_unit x (old_quantity - F), while the new hold needs new_unit x (new_quantity - F). The
+    reserve covers the largest shortfall over F; the shortfall is linear in F, so it is the
+    larger of the two ends (and never negative). With the old unit price not above the new
+    one this is exactly the difference at the current fill; lowering the price while raising
+    the quantity reserves for the old order filling at the old price first."""
+    assert old_quantity > filled and new_quantity > filled
+    def shortfall(f: int) -> Decimal:
+        return new_unit * (new_quantity - f) - old_unit * (old_quantity - f)
+    return max(Decimal(0), shortfall(filled), shortfall(min(old_quantity, new_quantity) - 1))

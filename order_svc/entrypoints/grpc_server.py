@@ -18,8 +18,6 @@ from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service
 
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
-    """ReplaceOrder is not overridden yet: it answers UNIMPLEMENTED."""
-
     def __init__(self, deps: Deps, wakeups: lifecycle.Wakeups) -> None:
         self.deps = deps
         self.wakeups = wakeups
@@ -36,6 +34,11 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         assert oid is not None
         order = await handlers.cancel_order(current_account(), oid, self.deps)
         return pb.CancelOrderResponse(order=mapping.order_to_proto(order))
+
+    async def ReplaceOrder(self, request: pb.ReplaceOrderRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ReplaceOrderResponse:
+        order = await handlers.replace_order(mapping.replace_request(request, current_account()), self.deps)
+        return pb.ReplaceOrderResponse(order=mapping.order_to_proto(order))
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext) -> pb.GetOrderResponse:
         v = Violations()

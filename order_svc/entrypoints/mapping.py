@@ -69,6 +69,30 @@ def place_request(req: pb.PlaceOrderRequest, account_id: str) -> OrderRequest:
                         stop_price=stop, time_in_force=TIFS[req.time_in_force])
 
 
+def replace_request(req: pb.ReplaceOrderRequest, account_id: str):
+    """Syntax only (ids, quantity, prices on tick); the rules that depend on the old order's
+    type and state are the domain's (model.replacement_request)."""
+    from order_svc.service_layer.handlers import ReplaceRequest
+
+    v = Violations()
+    oid = order_id(req.order_id, v)
+    validate.key(req.client_order_id, "client_order_id", v)
+    if req.quantity <= 0:
+        v.add("quantity", "must be a whole number of shares greater than 0 (the new total)")
+    elif req.quantity > MAX_QUANTITY:
+        v.add("quantity", f"must not exceed {MAX_QUANTITY}")
+    prices = []
+    for name, text in (("limit_price", req.limit_price), ("stop_price", req.stop_price)):
+        price = parse_decimal(text, name, v, places=4, maximum=MAX_PRICE, required=False) if text else None
+        if price is not None and not on_tick(price):
+            v.add(name, f"must be a multiple of the tick size {tick_size(price)}")
+        prices.append(price)
+    v.raise_if_any()
+    assert oid is not None
+    return ReplaceRequest(account_id=account_id, order_id=oid, client_order_id=req.client_order_id,
+                          quantity=req.quantity, limit_price=prices[0], stop_price=prices[1])
+
+
 def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | None:
     try:
         return uuid.UUID(text)

@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 from meshkit import bus, calendar, failpoints
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
-from order_svc.adapters.market import Touch
+from meshkit.marketdata import Touch
 from order_svc.domain import model
 from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Status
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
@@ -37,6 +37,11 @@ class Holds(Protocol):
                     amount: Decimal) -> RejectReason | None: ...
 
     async def release(self, hold_id: str) -> None: ...
+
+    async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
+                       unit: Decimal, reserve: Decimal) -> RejectReason | None: ...
+
+    async def cancel_transfer(self, to_hold_id: str) -> None: ...
 
 
 class Quotes(Protocol):
@@ -72,10 +77,12 @@ REJECT_MESSAGES = {
     RejectReason.NO_LIQUIDITY: "no quote on the other side of the book to price a market order",
     RejectReason.INSUFFICIENT_FUNDS: "available cash does not cover the order",
     RejectReason.INSUFFICIENT_SHARES: "available shares do not cover the order",
+    RejectReason.ORDER_NOT_ACTIVE: "the order being replaced has ended",
 }
 
 
-async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[model.HoldPlan | None, RejectReason | None, str]:
+async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[Touch | None, RejectReason | None, str]:
+    """Session, halt and price band: the checks every new order (placed or replacing) passes."""
     if not calendar.is_open(at):
         return None, RejectReason.MARKET_CLOSED, REJECT_MESSAGES[RejectReason.MARKET_CLOSED]
     if await deps.halts.is_halted(req.symbol):
@@ -86,6 +93,13 @@ async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple
         if price is not None and model.outside_band(price, reference, deps.price_band):
             return None, RejectReason.PRICE_OUT_OF_COLLAR, (
                 f"{name} price {price} is more than {deps.price_band * 100:.0f}% from the reference price {reference}")
+    return touch, None, ""
+
+
+async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[model.HoldPlan | None, RejectReason | None, str]:
+    touch, reason, message = await _market_checks(req, deps, at)
+    if touch is None:
+        return None, reason, message
     plan = model.plan_hold(req, best_bid=touch.bid, best_ask=touch.ask, collar=deps.market_collar)
     if isinstance(plan, RejectReason):
         return None, plan, REJECT_MESSAGES[plan]
@@ -93,8 +107,8 @@ async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple
 
 
 async def place_order(req: OrderRequest, deps: Deps) -> Order:
-    await deps.limiter.check(f"acct:{req.account_id}", deps.account_limit, "this account")
-    await deps.limiter.check(f"sym:{req.symbol}", deps.symbol_limit, req.symbol)
+    await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
+                              (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
     at = now()
     plan, reason, message = await _business_checks(req, deps, at)
     order = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at)
@@ -112,17 +126,25 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
         await uow.commit()
     failpoints.hit("place.after_record")
     if stored.status is Status.PENDING_NEW:
-        stored = await advance(stored.order_id, deps)
+        stored = await advance(stored, deps)
     return stored
 
 
-async def advance(order_id: uuid.UUID, deps: Deps) -> Order:
-    """Drive a PENDING_NEW order to NEW (hold placed, command in the outbox) or REJECTED."""
-    async with deps.uow() as uow:
-        o = await uow.orders.get(order_id)
-    assert o is not None
+async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
+    """Drive a PENDING_NEW order (as just read, or by id) to NEW (hold placed, command in the
+    outbox) or REJECTED."""
+    if isinstance(order, Order):
+        o = order
+    else:
+        async with deps.uow() as uow:
+            found = await uow.orders.get(order)
+        assert found is not None
+        o = found
+    order_id = o.order_id
     if o.status is not Status.PENDING_NEW:
         return o
+    if o.replaces is not None:
+        return await advance_replace(o, deps)
     refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
     failpoints.hit("place.after_hold")
     async with deps.uow() as uow:
@@ -183,14 +205,144 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         if o.status.is_terminal:
             raise model.OrderNotActive(f"the order is already {o.status.value}",
                                        metadata={"orderId": str(order_id), "status": o.status.value})
+        if await uow.orders.pending_replacement(o.order_id) is not None:
+            raise model.OrderChangePending("a replace of this order is waiting for the engine; cancel the "
+                                           "replacing order once it is working", metadata={"orderId": str(order_id)})
         await uow.orders.mark_cancel_requested(o, now())
         cmd = matching_pb2.EngineCommand(
             command_id=f"{o.order_id}:cancel", symbol=o.request.symbol,
             cancel_order=matching_pb2.CancelOrder(order_id=str(o.order_id), account_id=o.account_id))
-        await uow.orders.add_outbox(order_subject(deps.namespace, o), cmd.command_id, cmd.SerializeToString())
+        if not await uow.orders.add_outbox(order_subject(deps.namespace, o), cmd.command_id,
+                                           cmd.SerializeToString()):
+            # Asked before and refused by the engine (CANCEL_REJECTED cleared the request): a new
+            # command id, or the engine would drop it as a repeat.
+            cmd.command_id = f"{o.order_id}:cancel:{uuid.uuid4().hex[:12]}"
+            await uow.orders.add_outbox(order_subject(deps.namespace, o), cmd.command_id, cmd.SerializeToString())
         await uow.commit()
     deps.wake_relay()
     return o
+
+
+# --- replacing an order --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplaceRequest:
+    account_id: str
+    order_id: uuid.UUID
+    client_order_id: str
+    quantity: int
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+
+
+def replace_msg_id(o: Order) -> str:
+    return f"{o.order_id}:replace"
+
+
+async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
+    """Replace a working order by a new one (its own client_order_id, idempotent like
+    PlaceOrder): the new order is recorded PENDING_NEW with `replaces`, the ledger prepares the
+    hold transfer (reserving now only what the new order may need beyond the old hold), and the
+    engine command goes to the outbox. The engine's REPLACED makes the new order NEW and the old
+    one CANCELLED with `replaced_by` (and moves the hold); its refusal makes the new order
+    REJECTED / ORDER_NOT_ACTIVE. A business rejection (funds, shares, session, halt, band) is
+    the new order in REJECTED, and the old order is untouched."""
+    async with deps.uow() as uow:
+        old = await uow.orders.get(r.order_id)
+    if old is None or old.account_id != r.account_id:
+        raise model.OrderNotFound(f"no order {r.order_id}", metadata={"orderId": str(r.order_id)})
+    req = model.replacement_request(old, r.client_order_id, r.quantity, r.limit_price, r.stop_price)
+    fingerprint = model.replacement_fingerprint(req, old.order_id)
+    await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
+                              (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
+
+    def same_or_duplicate(found: Order, found_fingerprint: str) -> Order:
+        if found_fingerprint != fingerprint:
+            raise model.DuplicateClientOrderId(
+                f"client_order_id {req.client_order_id!r} was used for another order ({found.order_id})",
+                metadata={"clientOrderId": req.client_order_id, "orderId": str(found.order_id)})
+        return found
+
+    async with deps.uow() as uow:  # a retry: the old order may have been replaced by this very request
+        existing = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+    if existing is not None:
+        stored = same_or_duplicate(*existing)
+        return await advance(stored, deps) if stored.status is Status.PENDING_NEW else stored
+
+    at = now()
+    _, reason, message = await _market_checks(req, deps, at)
+    async with deps.uow() as uow:
+        current = await uow.orders.get(old.order_id, for_update=True)  # one change of an order at a time
+        assert current is not None
+        existing = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+        if existing is not None:
+            stored = same_or_duplicate(*existing)
+        else:
+            model.check_replaceable(current, req.quantity)
+            if current.cancel_requested or await uow.orders.pending_replacement(current.order_id) is not None:
+                raise model.OrderChangePending(
+                    "a cancel or replace of this order is still waiting for the engine; retry when it is done",
+                    metadata={"orderId": str(current.order_id)})
+            new = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at,
+                        hold_asset=current.hold_asset, collar_price=current.collar_price, replaces=current.order_id)
+            if reason is not None:
+                new.reject(reason, message)
+            else:
+                new.hold_amount = model.replacement_reserve(
+                    model.hold_unit(current.request, current.collar_price), current.request.quantity,
+                    current.filled_quantity, model.hold_unit(req, new.collar_price), req.quantity)
+            stored, created = await uow.orders.insert_or_get(new, fingerprint)
+            if not created:
+                stored = same_or_duplicate(stored, await uow.orders.fingerprint_of(stored.order_id))
+        await uow.commit()
+    failpoints.hit("replace.after_record")
+    if stored.status is Status.PENDING_NEW:
+        stored = await advance(stored, deps)
+    return stored
+
+
+async def advance_replace(o: Order, deps: Deps) -> Order:
+    """Drive a PENDING_NEW replacement until its replace is in the outbox (then the engine
+    decides), or to REJECTED when the ledger refuses the hold transfer."""
+    assert o.replaces is not None
+    async with deps.uow() as uow:
+        if await uow.orders.has_outbox(replace_msg_id(o)):
+            return o  # handed to the engine already
+    refused = await deps.holds.transfer(
+        str(o.replaces), str(o.order_id), str(o.order_id), o.account_id, o.hold_asset,
+        model.hold_unit(o.request, o.collar_price), o.hold_amount)
+    failpoints.hit("replace.after_hold")
+    handed: bool | None = False
+    async with deps.uow() as uow:
+        current = await uow.orders.get(o.order_id, for_update=True)
+        assert current is not None
+        o = current
+        sent = await uow.orders.has_outbox(replace_msg_id(o))
+        if o.status is Status.PENDING_NEW and not sent:
+            if refused is not None:
+                o.reject(refused, REJECT_MESSAGES[refused])
+                await uow.orders.save_transition(o, Status.PENDING_NEW, now())
+            else:
+                await uow.orders.add_outbox(order_subject(deps.namespace, o), replace_msg_id(o),
+                                            replace_command(o).SerializeToString())
+                handed = True
+            await uow.commit()
+        elif refused is None and not sent:
+            handed = None  # another driver rejected it first: our transfer must not stay
+    failpoints.hit("replace.after_accept")
+    if handed is None:
+        await deps.holds.cancel_transfer(str(o.order_id))
+    elif handed:
+        deps.wake_relay()
+    return o
+
+
+def replace_command(o: Order) -> matching_pb2.EngineCommand:
+    q = o.request
+    assert o.replaces is not None
+    return matching_pb2.EngineCommand(command_id=replace_msg_id(o), symbol=q.symbol, replace_order=matching_pb2.ReplaceOrder(
+        order_id=str(o.replaces), new_order_id=str(o.order_id), account_id=q.account_id, quantity=q.quantity,
+        limit_price=_p(q.limit_price), stop_price=_p(q.stop_price)))
 
 
 async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import AsyncIterator, Protocol
 
-from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, Execution
 from order_svc.domain.model import Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import Deps, now
 
@@ -38,8 +38,57 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
                     o.transition(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED)
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.record_change(o)
+            if o is not None and ex.type == CANCELLED and ex.reason == "REPLACED":
+                # The replace asked for no more than the order had filled: it just ended.
+                new = await uow.orders.pending_replacement(o.order_id, for_update=True)
+                if new is not None:
+                    await _reject_replacement(uow, new, f"order {o.order_id} had already filled "
+                                                        f"{o.filled_quantity} shares; it was cancelled instead", at)
+        elif ex.type == REPLACED:
+            await _replaced(uow, ex, at)
+        elif ex.type == CANCEL_REJECTED:
+            await _cancel_rejected(uow, ex, at)
         await uow.commit()
         return True
+
+
+async def _replaced(uow, ex: Execution, at) -> None:
+    """The engine replaced the old order by the new one: the new order carries the old one's
+    fills and becomes NEW (or PARTIALLY_FILLED); the old one ends CANCELLED with replaced_by."""
+    old = await _order(uow, ex.order_id)
+    new = await _order(uow, ex.new_order_id)
+    if new is not None and new.status is Status.PENDING_NEW and old is not None:
+        new.confirm_replacement(old)
+        await uow.orders.save_execution_result(new, at)
+        await uow.orders.record_change(new)
+    if old is not None and not old.status.is_terminal:
+        old.replaced(uuid.UUID(ex.new_order_id))
+        old.cancel_requested = False
+        await uow.orders.save_execution_result(old, at)
+        await uow.orders.record_change(old)
+
+
+async def _cancel_rejected(uow, ex: Execution, at) -> None:
+    """The engine refused a cancel or a replace; the order it names is unchanged. A refused
+    replace rejects the new order; a refused cancel clears the cancel request (so it can be
+    asked again), which customers do not see: no OrderUpdate, an audit event only."""
+    if ex.new_order_id:
+        new = await _order(uow, ex.new_order_id)
+        if new is not None and new.status is Status.PENDING_NEW:
+            await _reject_replacement(uow, new, f"the engine refused to replace order {ex.order_id}: "
+                                                f"{ex.reason or 'UNKNOWN_ORDER'}", at)
+        return
+    o = await _order(uow, ex.order_id)
+    if o is not None and o.cancel_requested:
+        o.cancel_requested = False
+        await uow.orders.save_execution_result(o, at)
+        await uow.orders.audit(o, "CANCEL_REJECTED")
+
+
+async def _reject_replacement(uow, new: Order, message: str, at) -> None:
+    new.reject(RejectReason.ORDER_NOT_ACTIVE, message)
+    await uow.orders.save_execution_result(new, at)
+    await uow.orders.record_change(new)
 
 
 async def _order(uow, order_id: str) -> Order | None:

@@ -25,7 +25,11 @@ from stockmesh.ledger.v1 import (
     settlement_service_pb2_grpc,
 )
 from stockmesh.matching.v1 import engine_control_service_pb2, engine_control_service_pb2_grpc
-from tests.e2e.conftest import RunningMesh, bearer
+from meshkit.launcher.harness import MeshProcess as RunningMesh
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
 
 pytestmark = pytest.mark.e2e
 

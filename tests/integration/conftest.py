@@ -48,17 +48,18 @@ async def ledger_addr(pool):
     await server.stop(0)
 
 
-def make_order_deps(pool, js, namespace, ledger_channel, *, limiter=None, account_limit=None):
+def make_order_deps(pool, database_url, js, namespace, ledger_channel, *, limiter=None, account_limit=None):
     from meshkit.ratelimit import Limit, RateLimiter
     from order_svc.adapters.holds import GrpcHolds
-    from order_svc.adapters.market import Halts, JetStreamQuotes
+    from meshkit.marketdata import JetStreamQuotes
+    from order_svc.adapters.market import Halts
     from order_svc.adapters.outbox import OutboxRelay
     from order_svc.service_layer import handlers
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
-    relay = OutboxRelay(pool, js)
+    relay = OutboxRelay(database_url, js)
     deps = handlers.Deps(
-        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger_channel), quotes=JetStreamQuotes(js, namespace),
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger_channel), quotes=JetStreamQuotes(js, namespace, max_age=0),
         halts=Halts(pool, ttl=0), limiter=limiter or RateLimiter(None, namespace),
         account_limit=account_limit or Limit(1e6, 1_000_000), symbol_limit=Limit(1e6, 1_000_000),
         namespace=namespace, wake_relay=relay.wake)
@@ -66,13 +67,13 @@ def make_order_deps(pool, js, namespace, ledger_channel, *, limiter=None, accoun
 
 
 @pytest.fixture
-async def order_deps(checked_pool, nats_conn, namespace, ledger_addr):
+async def order_deps(checked_pool, database_url, nats_conn, namespace, ledger_addr):
     from order_svc.adapters.outbox import ensure_orders_stream
 
     js = nats_conn.jetstream()
     await ensure_orders_stream(js, namespace)
     channel = grpc.aio.insecure_channel(ledger_addr)
-    deps, relay = make_order_deps(checked_pool, js, namespace, channel)
+    deps, relay = make_order_deps(checked_pool, database_url, js, namespace, channel)
     task = asyncio.create_task(relay.run())
     yield deps
     task.cancel()

@@ -89,4 +89,20 @@ async def check_orders_and_holds(conn: asyncpg.Connection) -> list[str]:
              WHERE o.status IN ('FILLED', 'CANCELLED', 'EXPIRED', 'REJECTED') AND h.status = 'PENDING'
             """):
         problems.append(f"order {r['order_id']} is {r['status']} but its hold is still pending")
+    # Replacements: a hold transfer is pending exactly while its new order waits for the engine,
+    # and a reserve is held only while its transfer is pending.
+    for r in await conn.fetch(
+            """
+            SELECT t.to_hold_id, t.status, o.status AS order_status
+              FROM ledger.hold_transfers t JOIN orders.orders o ON o.order_id::text = t.to_hold_id
+             WHERE (t.status = 'PENDING') <> (o.status = 'PENDING_NEW')
+                OR (t.status = 'COMPLETED' AND o.status = 'REJECTED')
+            """):
+        problems.append(f"hold transfer to {r['to_hold_id']} is {r['status']} but its order is {r['order_status']}")
+    for r in await conn.fetch(
+            """
+            SELECT h.hold_id FROM ledger.holds h JOIN ledger.hold_transfers t ON t.reserve_hold_id = h.hold_id
+             WHERE (h.status = 'PENDING') <> (t.status = 'PENDING')
+            """):
+        problems.append(f"reserve {r['hold_id']} does not follow its transfer")
     return problems

@@ -74,5 +74,8 @@ def test_cash_balance_view():
 
 
 def test_a_retried_key_must_carry_the_same_amount():
-    assert model.same_request(Decimal("10"), Decimal("10.00"))
-    assert not model.same_request(Decimal("10"), Decimal("10.01"))
+    entry = model.deposit_entry("a", Decimal("10.00"), "k")
+    assert model.same_request((Decimal("10"), "USD"), entry)
+    assert not model.same_request((Decimal("10.01"), "USD"), entry)
+    shares = model.share_deposit_entry("a", "MSFT", Decimal(10), "k")
+    assert not model.same_request((Decimal("10"), "AAPL"), shares)  # the same key for another symbol

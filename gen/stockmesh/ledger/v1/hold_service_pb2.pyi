@@ -1,10 +1,22 @@
 from stockmesh.ledger.v1 import ledger_pb2 as _ledger_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class HoldTransferStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOLD_TRANSFER_STATUS_UNSPECIFIED: _ClassVar[HoldTransferStatus]
+    HOLD_TRANSFER_STATUS_PENDING: _ClassVar[HoldTransferStatus]
+    HOLD_TRANSFER_STATUS_COMPLETED: _ClassVar[HoldTransferStatus]
+    HOLD_TRANSFER_STATUS_CANCELLED: _ClassVar[HoldTransferStatus]
+HOLD_TRANSFER_STATUS_UNSPECIFIED: HoldTransferStatus
+HOLD_TRANSFER_STATUS_PENDING: HoldTransferStatus
+HOLD_TRANSFER_STATUS_COMPLETED: HoldTransferStatus
+HOLD_TRANSFER_STATUS_CANCELLED: HoldTransferStatus
 
 class PlaceHoldRequest(_message.Message):
     __slots__ = ("hold_id", "account_id", "order_id", "asset", "amount")
@@ -67,3 +79,63 @@ class GetHoldResponse(_message.Message):
     HOLD_FIELD_NUMBER: _ClassVar[int]
     hold: _ledger_pb2.Hold
     def __init__(self, hold: _Optional[_Union[_ledger_pb2.Hold, _Mapping]] = ...) -> None: ...
+
+class TransferHoldRequest(_message.Message):
+    __slots__ = ("from_hold_id", "to_hold_id", "order_id", "account_id", "asset", "unit_amount", "reserve_amount")
+    FROM_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    from_hold_id: str
+    to_hold_id: str
+    order_id: str
+    account_id: str
+    asset: str
+    unit_amount: str
+    reserve_amount: str
+    def __init__(self, from_hold_id: _Optional[str] = ..., to_hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., asset: _Optional[str] = ..., unit_amount: _Optional[str] = ..., reserve_amount: _Optional[str] = ...) -> None: ...
+
+class TransferHoldResponse(_message.Message):
+    __slots__ = ("transfer",)
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    transfer: HoldTransfer
+    def __init__(self, transfer: _Optional[_Union[HoldTransfer, _Mapping]] = ...) -> None: ...
+
+class HoldTransfer(_message.Message):
+    __slots__ = ("from_hold_id", "to_hold_id", "order_id", "asset", "unit_amount", "reserve_amount", "reserve_hold_id", "status", "moved_amount", "new_amount")
+    FROM_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    NEW_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    from_hold_id: str
+    to_hold_id: str
+    order_id: str
+    asset: str
+    unit_amount: str
+    reserve_amount: str
+    reserve_hold_id: str
+    status: HoldTransferStatus
+    moved_amount: str
+    new_amount: str
+    def __init__(self, from_hold_id: _Optional[str] = ..., to_hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., asset: _Optional[str] = ..., unit_amount: _Optional[str] = ..., reserve_amount: _Optional[str] = ..., reserve_hold_id: _Optional[str] = ..., status: _Optional[_Union[HoldTransferStatus, str]] = ..., moved_amount: _Optional[str] = ..., new_amount: _Optional[str] = ...) -> None: ...
+
+class CancelHoldTransferRequest(_message.Message):
+    __slots__ = ("to_hold_id",)
+    TO_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    to_hold_id: str
+    def __init__(self, to_hold_id: _Optional[str] = ...) -> None: ...
+
+class CancelHoldTransferResponse(_message.Message):
+    __slots__ = ("transfer",)
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    transfer: HoldTransfer
+    def __init__(self, transfer: _Optional[_Union[HoldTransfer, _Mapping]] = ...) -> None: ...

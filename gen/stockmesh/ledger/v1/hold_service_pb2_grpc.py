@@ -56,6 +56,16 @@ class HoldServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldResponse.FromString,
                 _registered_method=True)
+        self.TransferHold = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/TransferHold',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.FromString,
+                _registered_method=True)
+        self.CancelHoldTransfer = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/CancelHoldTransfer',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.FromString,
+                _registered_method=True)
 
 
 class HoldServiceServicer:
@@ -87,6 +97,30 @@ class HoldServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferHold(self, request, context):
+        """Moves an order's hold to the order that replaces it, in two phases. Now: reserve
+        `reserve_amount` more of the book (refused with INSUFFICIENT_FUNDS / INSUFFICIENT_SHARES,
+        changing nothing, when less is available) under the hold `<to_hold_id>:reserve`, and record
+        the transfer. Later, when the ledger applies the engine's REPLACED execution: the old hold
+        and the reserve resolve and the new hold `to_hold_id` opens with unit_amount x the new
+        order's open quantity, in one transaction, so `held` moves only by the difference. If the
+        engine refuses the replace, the reserve is released and the old hold stays. Idempotent on
+        to_hold_id (the same parameters return the transfer as it stands; others are
+        ALREADY_EXISTS / DUPLICATE_HOLD_ID).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelHoldTransfer(self, request, context):
+        """Gives up a PENDING transfer the engine never saw (the replacing order was rejected before
+        its replace was handed to the engine): the reserve is released. A completed or cancelled
+        transfer is returned as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HoldServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +143,16 @@ def add_HoldServiceServicer_to_server(servicer, server):
                     servicer.GetHold,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldResponse.SerializeToString,
+            ),
+            'TransferHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferHold,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.SerializeToString,
+            ),
+            'CancelHoldTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelHoldTransfer,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +265,60 @@ class HoldService:
             '/stockmesh.ledger.v1.HoldService/GetHold',
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.GetHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/TransferHold',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelHoldTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/CancelHoldTransfer',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,22 @@
+"""order_svc, as the ledger sees it: the caller's open orders for the portfolio."""
+from __future__ import annotations
+
+import grpc
+
+from meshkit.auth import on_behalf_of_caller
+from stockmesh.common.v1 import common_pb2
+from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+
+OPEN = [common_pb2.ORDER_STATUS_PENDING_NEW, common_pb2.ORDER_STATUS_NEW, common_pb2.ORDER_STATUS_PARTIALLY_FILLED]
+
+
+class GrpcOpenOrders:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 2.0) -> None:
+        self.stub = order_service_pb2_grpc.OrderServiceStub(channel)
+        self.timeout = timeout
+
+    async def open_orders(self) -> list[order_pb2.Order]:
+        """The caller's open orders (first page, up to the maximum page size)."""
+        reply = await self.stub.ListOrders(order_service_pb2.ListOrdersRequest(statuses=OPEN, page_size=500),
+                                           metadata=on_behalf_of_caller(), timeout=self.timeout)
+        return list(reply.orders)

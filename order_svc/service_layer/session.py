@@ -1,0 +1,72 @@
+"""The end of a trading session: DAY orders expire at the close.
+
+After 16:00 America/New_York on a trading day (meshkit.calendar), order_svc writes one
+`EngineCommand.session_close` per listed symbol to the outbox, in one transaction, with
+msg_id = command_id = `close:<day>:<SYMBOL>`. orders.outbox.msg_id is UNIQUE and inserts are
+ON CONFLICT DO NOTHING, so every replica and every retry writes each close once; the relay
+hands it to the symbol's engine in order with the symbol's other commands, and the engine drops
+a repeat by its command id. The engine expires resting DAY orders (EXPIRED executions):
+order_svc marks them EXPIRED and the ledger releases their holds.
+
+With STOCKMESH_MARKET_ALWAYS_OPEN set the market never closes by itself: `stockmesh session
+close [--date D]` does the same on demand.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date, datetime, timezone
+from typing import Callable
+
+from meshkit import bus, calendar
+from meshkit.symbols import listed
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+from stockmesh.matching.v1 import matching_pb2
+
+log = logging.getLogger("order_svc.session")
+
+
+def close_msg_id(day: date, symbol: str) -> str:
+    return f"close:{day.isoformat()}:{symbol}"
+
+
+def closes_due(at: datetime) -> date | None:
+    """The trading day whose close is due at `at` (a weekday at or after 16:00 New York), or
+    None (before the close, weekends, or a market kept always open)."""
+    if calendar.always_open():
+        return None
+    local = at.astimezone(calendar.NEW_YORK)
+    if local.weekday() >= 5 or local.time() < calendar.CLOSE:
+        return None
+    return local.date()
+
+
+async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,
+                        symbols: list[str] | None = None) -> int:
+    """Queue the session close of `day` for every listed symbol; returns how many were new
+    (0 when this day was closed before)."""
+    new = 0
+    async with uow() as u:
+        for symbol in symbols or sorted(listed()):
+            cmd = matching_pb2.EngineCommand(command_id=close_msg_id(day, symbol), symbol=symbol,
+                                             session_close=matching_pb2.SessionClose(trading_day=day.isoformat()))
+            new += await u.orders.add_outbox(bus.subject(namespace, "orders", symbol), cmd.command_id,
+                                             cmd.SerializeToString())
+        await u.commit()
+    return new
+
+
+async def session_close_loop(uow: Callable[[], OrderUnitOfWork], namespace: str, wake_relay: Callable[[], None],
+                             interval: float = 30.0) -> None:
+    """Every `interval` seconds: once the day's close is due, queue it (a no-op once done)."""
+    while True:
+        day = closes_due(datetime.now(timezone.utc))
+        if day is not None:
+            try:
+                n = await close_session(day, uow, namespace)
+                if n:
+                    log.info("session closed", extra={"tradingDay": day.isoformat(), "symbols": n})
+                    wake_relay()
+            except Exception:  # noqa: BLE001 - the next round retries
+                log.exception("session close failed; retrying")
+        await asyncio.sleep(interval)

@@ -1,0 +1,31 @@
+"""`python -m simulator`: started by `stockmesh up` (STOCKMESH_ENDPOINT, STOCKMESH_DATA_DIR)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from meshkit import logs
+from simulator.runner import Simulator
+
+
+async def main() -> None:
+    endpoint = os.environ.get("STOCKMESH_ENDPOINT")
+    data_dir = os.environ.get("STOCKMESH_DATA_DIR")
+    if not endpoint or not data_dir:
+        raise SystemExit("simulator: set STOCKMESH_ENDPOINT (Envoy host:port) and STOCKMESH_DATA_DIR (dev keys)")
+    sim = Simulator(endpoint, Path(data_dir), seed=int(os.environ["SIM_SEED"]) if os.environ.get("SIM_SEED") else None,
+                    tick_seconds=float(os.environ.get("SIM_TICK_SECONDS", "1.0")))
+    task = asyncio.create_task(sim.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+logs.setup("simulator", os.environ.get("LOG_LEVEL", "INFO"))
+asyncio.run(main())

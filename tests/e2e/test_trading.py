@@ -1,0 +1,106 @@
+"""Two accounts trade through Envoy and the whole mesh (order_svc → JetStream → matching
+engine → executions → ledger settlement and order lifecycle): a partial fill then a fill, both
+streams see every update, portfolios show exact cash, shares and average cost, and a client
+that disconnects resumes with exactly what it missed."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from ledger_svc.service_layer import commands, handlers as ledger
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from stockmesh.common.v1 import common_pb2
+from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+from stockmesh.matching.v1 import market_data_service_pb2 as mpb, market_data_service_pb2_grpc
+from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+SYMBOL = "KO"
+
+
+def limit(coid: str, side: int, qty: int, price: str) -> opb.PlaceOrderRequest:
+    return opb.PlaceOrderRequest(client_order_id=coid, symbol=SYMBOL, side=side, type=common_pb2.ORDER_TYPE_LIMIT,
+                                 quantity=qty, limit_price=price, time_in_force=common_pb2.TIME_IN_FORCE_GTC)
+
+
+async def collect(stub, md, after: int, until, timeout: float = 30.0) -> list:
+    """Read the account's update stream from `after` until `until(updates)` holds."""
+    got = []
+    call = stub.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(after_sequence=after), metadata=md)
+    try:
+        async with asyncio.timeout(timeout):
+            async for u in call:
+                got.append(u)
+                if until(got):
+                    break
+    finally:
+        call.cancel()
+    return got
+
+
+async def test_two_accounts_trade_and_see_every_update(mesh):
+    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
+    try:  # bob brings 100 shares bought earlier at 60.00 (a transfer in, as the simulator's funding does)
+        await ledger.credit_shares(commands.CreditShares(bob, SYMBOL, Decimal(100), "transfer-in", Decimal("60.00")),
+                                   lambda: LedgerUnitOfWork(pool))
+    finally:
+        await pool.close()
+    async with mesh.channel() as ch:
+        orders = order_service_pb2_grpc.OrderServiceStub(ch)
+        cash = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        await cash.Deposit(lpb.DepositRequest(amount="10000.00", idempotency_key="d"), metadata=mesh.auth(alice))
+
+        sell = (await orders.PlaceOrder(limit("s1", common_pb2.SIDE_SELL, 10, "62.00"), metadata=mesh.auth(bob))).order
+        assert sell.status == common_pb2.ORDER_STATUS_NEW
+        buy1 = (await orders.PlaceOrder(limit("b1", common_pb2.SIDE_BUY, 4, "62.15"), metadata=mesh.auth(alice))).order
+
+        def terminal_for(order_id: str, status: int):
+            return lambda ups: any(u.order.order_id == order_id and u.order.status == status for u in ups)
+
+        bob_first = await collect(orders, mesh.auth(bob), 0,
+                                  terminal_for(sell.order_id, common_pb2.ORDER_STATUS_PARTIALLY_FILLED))
+        book = await market_data_service_pb2_grpc.MarketDataServiceStub(ch).GetOrderBook(
+            mpb.GetOrderBookRequest(symbol=SYMBOL, depth=5), metadata=mesh.auth(alice))
+        assert [(lvl.price, lvl.quantity) for lvl in book.asks][:1] == [("62.00", 6)]
+        # bob disconnected after the partial fill; the rest of his updates arrive while he is away.
+        buy2 = (await orders.PlaceOrder(limit("b2", common_pb2.SIDE_BUY, 6, "62.00"), metadata=mesh.auth(alice))).order
+        alice_all = await collect(orders, mesh.auth(alice), 0,
+                                  terminal_for(buy2.order_id, common_pb2.ORDER_STATUS_FILLED))
+        bob_rest = await collect(orders, mesh.auth(bob), bob_first[-1].sequence,
+                                 terminal_for(sell.order_id, common_pb2.ORDER_STATUS_FILLED))
+        bob_all = await collect(orders, mesh.auth(bob), 0, lambda ups: len(ups) == len(bob_first) + len(bob_rest))
+
+        # Resuming gives exactly what was missed: no gap, no duplicate.
+        assert [u.sequence for u in bob_all] == list(range(1, len(bob_all) + 1))
+        assert [u.SerializeToString() for u in bob_first + bob_rest] == [u.SerializeToString() for u in bob_all]
+        assert [u.sequence for u in alice_all] == list(range(1, len(alice_all) + 1))
+        assert [(u.order.status, u.fill.quantity, u.fill.price) for u in bob_all] == [
+            (common_pb2.ORDER_STATUS_PENDING_NEW, 0, ""), (common_pb2.ORDER_STATUS_NEW, 0, ""),
+            (common_pb2.ORDER_STATUS_PARTIALLY_FILLED, 4, "62.00"), (common_pb2.ORDER_STATUS_FILLED, 6, "62.00")]
+        fills = [u for u in alice_all if u.HasField("fill")]
+        assert [(u.order.order_id, u.fill.quantity, u.fill.price) for u in fills] == [
+            (buy1.order_id, 4, "62.00"), (buy2.order_id, 6, "62.00")]
+        assert alice_all[-1].order.average_fill_price == "62.00"
+
+        async def settled() -> tuple:
+            a = (await cash.GetPortfolio(lpb.GetPortfolioRequest(), metadata=mesh.auth(alice))).portfolio
+            b = (await cash.GetPortfolio(lpb.GetPortfolioRequest(), metadata=mesh.auth(bob))).portfolio
+            return a, b
+
+        for _ in range(100):  # the ledger settles from the same execution stream, asynchronously
+            a, b = await settled()
+            if a.cash.held == "0.00" and b.positions and b.positions[0].held == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert (a.cash.total, a.cash.available, a.cash.held) == ("9380.00", "9380.00", "0.00")  # 10 × 62.00 paid
+        assert [(p.symbol, p.quantity, p.available, p.held, p.average_cost, p.market_price) for p in a.positions] == [
+            (SYMBOL, 10, 10, 0, "62.00", "62.00")]
+        assert (b.cash.total, b.cash.settled, b.cash.unsettled, b.cash.available) == ("620.00", "0.00", "620.00", "0.00")
+        assert [(p.symbol, p.quantity, p.average_cost, p.market_value, p.unrealized_pnl) for p in b.positions] == [
+            (SYMBOL, 90, "60.00", "5580.00", "180.00")]  # 90 × 62.00 − 90 × 60.00
+        assert a.equity == "10000.00" and not a.open_orders

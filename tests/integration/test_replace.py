@@ -1,0 +1,398 @@
+"""ReplaceOrder, refused cancels and the session close, with the real engine in this process
+(on GOOGL and META, which no other integration test trades), order_svc's saga and relay, the
+ledger's HoldService and both execution consumers. The ledger's and orders' invariants are
+checked after each test (checked_pool)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from ledger_svc.service_layer import commands, handlers as ledger, settlement
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from matching_svc.bootstrap import build
+from matching_svc.service_layer.runner import EngineConfig
+from meshkit import bus, calendar, executions
+from order_svc.domain import model
+from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
+from order_svc.service_layer import handlers, lifecycle
+from order_svc.service_layer.handlers import ReplaceRequest
+from stockmesh.matching.v1 import matching_pb2
+
+pytestmark = pytest.mark.integration
+D = Decimal
+SYM = "GOOGL"  # reference 172.30
+SELL_SYM = "META"  # reference 505.75
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, namespace, pool):
+    """The matching engine for GOOGL and META on the session's namespace (its snapshot and
+    consumers persist in the namespace, so the book carries over from test to test)."""
+    nc = await bus.connect(nats_url, "test-replace-engine")
+    cfg = EngineConfig(namespace=namespace, symbols=(SYM, SELL_SYM), instance_id=f"replace-{uuid.uuid4().hex[:6]}",
+                       lease_ttl=3.0)
+    _, eng = build(nc, cfg)
+    task = asyncio.create_task(eng.run())
+    await asyncio.wait_for(eng.ready.wait(), 20)
+    yield eng
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await nc.close()
+    # Leave the day settled: a later test that settles "today" in this database sees its own fills.
+    await settlement.settle(calendar.trading_day(datetime.now(timezone.utc)), luow(pool))
+
+
+def acct(tag: str = "r") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def limit(account: str, side: Side, qty: int, price: str, *, symbol: str = SYM,
+          tif: TimeInForce = TimeInForce.GTC) -> OrderRequest:
+    return OrderRequest(account_id=account, client_order_id=uuid.uuid4().hex, symbol=symbol, side=side,
+                        type=OrderType.LIMIT, quantity=qty, limit_price=D(price), stop_price=None, time_in_force=tif)
+
+
+def replace(account: str, order_id, qty: int, price: str | None, coid: str | None = None) -> ReplaceRequest:
+    return ReplaceRequest(account_id=account, order_id=order_id, client_order_id=coid or uuid.uuid4().hex,
+                          quantity=qty, limit_price=D(price) if price else None, stop_price=None)
+
+
+def luow(pool):
+    return lambda: LedgerUnitOfWork(pool)
+
+
+async def fund(pool, account: str, cash: str | None = None, shares: tuple[str, int] | None = None) -> None:
+    if cash:
+        await ledger.deposit(commands.Deposit(account, D(cash), f"fund-{uuid.uuid4().hex}"), luow(pool))
+    if shares:
+        await ledger.credit_shares(commands.CreditShares(account, shares[0], D(shares[1]), f"seed-{uuid.uuid4().hex}"),
+                                   luow(pool))
+
+
+async def eventually(check, what: str, timeout: float = 20.0, on_sample=None):
+    """Poll `check()` until it returns something truthy (bounded); `on_sample` sees every poll."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if on_sample is not None:
+            await on_sample()
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def order_is(deps, account, order_id, *statuses: Status):
+    o = await handlers.get_order(account, order_id, deps)
+    return o if o.status in statuses else None
+
+
+async def holds(pool, *hold_ids) -> dict[str, tuple[str, Decimal]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT hold_id, status, amount - captured - released AS left, amount "
+                                "FROM ledger.holds WHERE hold_id = ANY($1)", [str(h) for h in hold_ids])
+    return {r["hold_id"]: (r["status"], r["amount"]) for r in rows}
+
+
+async def updates_of(pool, order_id) -> list[str]:
+    async with pool.acquire() as conn:
+        return [r["status"] for r in await conn.fetch(
+            "SELECT status FROM orders.updates WHERE order_id = $1 ORDER BY sequence", order_id)]
+
+
+async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_deps, execution_consumers, checked_pool):
+    a = acct()
+    await fund(checked_pool, a, cash="1710.00")
+    old = await handlers.place_order(limit(a, Side.BUY, 10, "170.00"), order_deps)
+    assert old.status is Status.NEW
+    assert (await ledger.cash_balance(a, luow(checked_pool))).available == D("10.00")
+
+    new = await handlers.replace_order(replace(a, old.order_id, 10, "171.00"), order_deps)
+    assert (new.status, new.replaces, new.request.limit_price, new.request.time_in_force) == (
+        Status.PENDING_NEW, old.order_id, D("171.00"), TimeInForce.GTC)
+
+    samples: list[Decimal] = []
+
+    async def sample() -> None:
+        samples.append((await ledger.cash_balance(a, luow(checked_pool))).available)
+
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work",
+                     on_sample=sample)
+    await eventually(lambda: order_is(order_deps, a, old.order_id, Status.CANCELLED), "the old order to end")
+    done = await handlers.get_order(a, old.order_id, order_deps)
+    assert done.replaced_by == new.order_id
+    # The 10.00 difference was taken when asked; available never came back up in between.
+    assert set(samples) == {D("0.00")}
+    cash = await ledger.cash_balance(a, luow(checked_pool))
+    assert (cash.held, cash.available) == (D("1710.00"), 0)
+    h = await holds(checked_pool, old.order_id, new.order_id, f"{new.order_id}:reserve")
+    assert h == {str(old.order_id): ("RELEASED", D("1700.00")), str(new.order_id): ("PENDING", D("1710.00")),
+                 f"{new.order_id}:reserve": ("RELEASED", D("10.00"))}
+
+    # Up again with nothing available: refused cleanly, as a REJECTED order; the working one stays.
+    refused = await handlers.replace_order(replace(a, new.order_id, 10, "172.00"), order_deps)
+    assert (refused.status, refused.reject_reason) == (Status.REJECTED, RejectReason.INSUFFICIENT_FUNDS)
+    assert (await handlers.get_order(a, new.order_id, order_deps)).status is Status.NEW
+    cash = await ledger.cash_balance(a, luow(checked_pool))
+    assert (cash.held, cash.available) == (D("1710.00"), 0)
+    assert await updates_of(checked_pool, refused.order_id) == ["PENDING_NEW", "REJECTED"]
+
+    # A cancel of the working replacement still works; everything comes back.
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
+
+
+async def _cash_is(pool, account, *, held: Decimal):
+    return (await ledger.cash_balance(account, luow(pool))).held == held
+
+
+async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_deps, execution_consumers,
+                                                                  checked_pool):
+    first, second, seller = acct("first"), acct("second"), acct("seller")
+    await fund(checked_pool, first, cash="2000.00")
+    await fund(checked_pool, second, cash="2000.00")
+    await fund(checked_pool, seller, shares=(SYM, 10))
+    a = await handlers.place_order(limit(first, Side.BUY, 10, "160.00"), order_deps)
+    b = await handlers.place_order(limit(second, Side.BUY, 10, "160.00"), order_deps)  # behind `a` at 160.00
+    await eventually(lambda: _accepted(checked_pool, b.order_id), "both orders to rest")
+
+    new = await handlers.replace_order(replace(first, a.order_id, 4, "160.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, first, new.order_id, Status.NEW), "the replacement")
+    assert await holds(checked_pool, new.order_id) == {str(new.order_id): ("PENDING", D("640.00"))}
+    cash = await ledger.cash_balance(first, luow(checked_pool))
+    assert (cash.held, cash.available) == (D("640.00"), D("1360.00"))
+    async with checked_pool.acquire() as conn:
+        kept = await conn.fetchval("SELECT count(*) FROM ledger.executions WHERE type = 'REPLACED' AND order_id = $1",
+                                   str(a.order_id))
+    assert kept == 1
+
+    # The replacement kept its place ahead of `b`: a sell of 6 fills it (4) first, then 2 of `b`.
+    await handlers.place_order(limit(seller, Side.SELL, 6, "160.00"), order_deps)
+    filled = await eventually(lambda: order_is(order_deps, first, new.order_id, Status.FILLED), "the fill")
+    assert (filled.filled_quantity, filled.average_fill_price) == (4, D("160.0000"))
+    second_order = await eventually(lambda: order_is(order_deps, second, b.order_id, Status.PARTIALLY_FILLED),
+                                    "b's partial fill")
+    assert second_order.filled_quantity == 2
+    await eventually(lambda: _cash_is(checked_pool, first, held=D(0)), "the filled hold to resolve")
+    assert (await ledger.cash_balance(first, luow(checked_pool))).total == D("1360.00")
+    await handlers.cancel_order(second, b.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, second, b.order_id, Status.CANCELLED), "b's cancel")
+    await eventually(lambda: _cash_is(checked_pool, second, held=D(0)), "b's hold release")
+
+
+async def _shares_held(pool, account, held: int) -> bool:
+    return (await ledger.book_balance(account, SYM, luow(pool))).held == held
+
+
+async def _accepted(pool, order_id) -> bool:
+    async with pool.acquire() as conn:
+        return bool(await conn.fetchval(
+            "SELECT true FROM ledger.executions WHERE type = 'ACCEPTED' AND order_id = $1", str(order_id)))
+
+
+async def test_sell_quantity_down_then_refused_up(engine, order_deps, execution_consumers, checked_pool):
+    s = acct("seller")
+    await fund(checked_pool, s, shares=(SELL_SYM, 100))
+    old = await handlers.place_order(limit(s, Side.SELL, 100, "520.00", symbol=SELL_SYM), order_deps)
+    new = await handlers.replace_order(replace(s, old.order_id, 60, "520.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, s, new.order_id, Status.NEW), "the replacement")
+    shares = await ledger.book_balance(s, SELL_SYM, luow(checked_pool))
+    assert (shares.posted, shares.held, shares.available) == (100, 60, 40)
+    assert await holds(checked_pool, new.order_id) == {str(new.order_id): ("PENDING", D(60))}
+
+    # 120 shares is more than the 100 owned: the new order is REJECTED, nothing changes.
+    refused = await handlers.replace_order(replace(s, new.order_id, 120, "520.00"), order_deps)
+    assert (refused.status, refused.reject_reason) == (Status.REJECTED, RejectReason.INSUFFICIENT_SHARES)
+    shares = await ledger.book_balance(s, SELL_SYM, luow(checked_pool))
+    assert (shares.held, shares.available) == (60, 40)
+    # Up to 100 (and a new price): the 40 more are reserved when asked, then become the new hold.
+    up = await handlers.replace_order(replace(s, new.order_id, 100, "521.00"), order_deps)
+    assert (await ledger.book_balance(s, SELL_SYM, luow(checked_pool))).held == 100
+    await eventually(lambda: order_is(order_deps, s, up.order_id, Status.NEW), "the second replacement")
+    assert (await handlers.get_order(s, new.order_id, order_deps)).replaced_by == up.order_id
+    assert await holds(checked_pool, up.order_id) == {str(up.order_id): ("PENDING", D(100))}
+    await handlers.cancel_order(s, up.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, s, up.order_id, Status.CANCELLED), "the cancel")
+
+
+async def test_not_found_not_active_and_idempotent(engine, order_deps, execution_consumers, checked_pool):
+    a, other, seller = acct(), acct("other"), acct("seller")
+    await fund(checked_pool, a, cash="5000.00")
+    await fund(checked_pool, seller, shares=(SYM, 5))
+    o = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    with pytest.raises(model.OrderNotFound):
+        await handlers.replace_order(replace(other, o.order_id, 10, "166.00"), order_deps)
+    with pytest.raises(model.OrderNotFound):
+        await handlers.replace_order(replace(a, uuid.uuid4(), 10, "166.00"), order_deps)
+
+    req = replace(a, o.order_id, 12, "166.00", coid="rep-1")
+    first = await handlers.replace_order(req, order_deps)
+    again = await asyncio.gather(*(handlers.replace_order(req, order_deps) for _ in range(5)))
+    assert {x.order_id for x in again} == {first.order_id}
+    with pytest.raises(model.DuplicateClientOrderId):
+        await handlers.replace_order(replace(a, o.order_id, 13, "166.00", coid="rep-1"), order_deps)
+    with pytest.raises(model.DuplicateClientOrderId):  # a PlaceOrder reusing it is another request
+        await handlers.place_order(OrderRequest(a, "rep-1", SYM, Side.BUY, OrderType.LIMIT, 12, D("166.00"), None,
+                                                TimeInForce.GTC), order_deps)
+    new = await eventually(lambda: order_is(order_deps, a, first.order_id, Status.NEW), "the replacement")
+    # Retried after it completed (the old order is CANCELLED now): still the same reply.
+    assert (await handlers.replace_order(req, order_deps)).order_id == first.order_id
+    assert new.request.quantity == 12
+    with pytest.raises(model.OrderNotActive):  # the old order ended
+        await handlers.replace_order(replace(a, o.order_id, 10, "166.00"), order_deps)
+    cash = await ledger.cash_balance(a, luow(checked_pool))
+    assert cash.held == D("1992.00")  # 12 x 166.00
+
+    # Filled: FAILED_PRECONDITION ORDER_NOT_ACTIVE.
+    b = await handlers.place_order(limit(a, Side.BUY, 5, "175.00"), order_deps)
+    await handlers.place_order(limit(seller, Side.SELL, 5, "175.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, a, b.order_id, Status.FILLED), "the fill")
+    with pytest.raises(model.OrderNotActive) as e:
+        await handlers.replace_order(replace(a, b.order_id, 5, "176.00"), order_deps)
+    assert e.value.reason == "ORDER_NOT_ACTIVE"
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
+
+
+async def _start_consumers(js, namespace, pool, deps) -> list[asyncio.Task]:
+    uow = luow(pool)
+    return [asyncio.create_task(executions.consume(js, namespace, "ledger",
+                                                   lambda ex: settlement.apply_execution(ex, uow))),
+            asyncio.create_task(executions.consume(js, namespace, "orders",
+                                                   lambda ex: lifecycle.apply_execution(ex, deps)))]
+
+
+async def _stop(tasks) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_engine_refusing_the_replace_rejects_the_new_order(engine, order_deps, checked_pool, nats_conn,
+                                                                 namespace):
+    """The old order fills completely in the engine before the replace gets there (order_svc and
+    the ledger have not applied the fill yet, their consumers being stopped): the engine refuses
+    (CANCEL_REJECTED), the new order ends REJECTED, the reserve is released, the fill settles."""
+    buyer, seller = acct("buyer"), acct("seller")
+    await fund(checked_pool, buyer, cash="2000.00")
+    await fund(checked_pool, seller, shares=(SYM, 10))
+    old = await handlers.place_order(limit(buyer, Side.BUY, 10, "168.00"), order_deps)
+    await handlers.place_order(limit(seller, Side.SELL, 10, "168.00"), order_deps)
+    new = await handlers.replace_order(replace(buyer, old.order_id, 10, "169.00"), order_deps)
+    assert new.status is Status.PENDING_NEW
+    assert (await ledger.cash_balance(buyer, luow(checked_pool))).held == D("1690.00")  # 1680 + the 10.00 reserve
+    with pytest.raises(model.OrderChangePending):  # one change at a time
+        await handlers.replace_order(replace(buyer, old.order_id, 10, "170.00"), order_deps)
+    with pytest.raises(model.OrderChangePending):
+        await handlers.cancel_order(buyer, old.order_id, order_deps)
+
+    tasks = await _start_consumers(nats_conn.jetstream(), namespace, checked_pool, order_deps)
+    try:
+        rejected = await eventually(lambda: order_is(order_deps, buyer, new.order_id, Status.REJECTED),
+                                    "the refused replacement")
+        assert rejected.reject_reason is RejectReason.ORDER_NOT_ACTIVE
+        assert "UNKNOWN_ORDER" in rejected.reject_message
+        filled = await eventually(lambda: order_is(order_deps, buyer, old.order_id, Status.FILLED), "the fill")
+        assert filled.replaced_by is None
+        await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the holds to resolve")
+        await eventually(lambda: _shares_held(checked_pool, seller, 0), "the seller's hold to resolve")
+        cash = await ledger.cash_balance(buyer, luow(checked_pool))
+        assert (cash.total, cash.available) == (D("320.00"), D("320.00"))
+        assert await holds(checked_pool, old.order_id, f"{new.order_id}:reserve") == {
+            str(old.order_id): ("CAPTURED", D("1680.00")), f"{new.order_id}:reserve": ("RELEASED", D("10.00"))}
+        async with checked_pool.acquire() as conn:
+            t = await conn.fetchrow("SELECT status FROM ledger.hold_transfers WHERE to_hold_id = $1", str(new.order_id))
+        assert t["status"] == "CANCELLED"
+        assert await updates_of(checked_pool, new.order_id) == ["PENDING_NEW", "REJECTED"]
+    finally:
+        await _stop(tasks)
+
+
+async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, checked_pool, nats_conn, namespace):
+    """A cancel the engine refuses is not the order's rejection: the order keeps its state, the
+    request is cleared (no OrderUpdate: customers do not see it), and it can be asked again."""
+    js = nats_conn.jetstream()
+    buyer, seller = acct("buyer"), acct("seller")
+    await fund(checked_pool, buyer, cash="2000.00")
+    await fund(checked_pool, seller, shares=(SYM, 10))
+    # The engine fills the order before the cancel reaches it (consumers stopped meanwhile).
+    o = await handlers.place_order(limit(buyer, Side.BUY, 10, "167.00"), order_deps)
+    await handlers.place_order(limit(seller, Side.SELL, 10, "167.00"), order_deps)
+    asked = await handlers.cancel_order(buyer, o.order_id, order_deps)
+    assert asked.cancel_requested
+    tasks = await _start_consumers(js, namespace, checked_pool, order_deps)
+    try:
+        async def cleared():
+            x = await handlers.get_order(buyer, o.order_id, order_deps)
+            return x if x.status is Status.FILLED and not x.cancel_requested else None
+        done = await eventually(cleared, "the fill and the refused cancel")
+        assert done.reject_reason is None
+        assert await updates_of(checked_pool, o.order_id) == ["PENDING_NEW", "NEW", "FILLED"]
+
+        async def ledger_applied():  # the ledger consumer runs at its own pace
+            async with checked_pool.acquire() as conn:
+                return await conn.fetchval("SELECT count(*) FROM ledger.executions WHERE type = 'CANCEL_REJECTED' "
+                                           "AND order_id = $1", str(o.order_id))
+        assert await eventually(ledger_applied, "the ledger to apply the refusal") == 1
+        await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the hold to resolve")
+        await eventually(lambda: _shares_held(checked_pool, seller, 0), "the seller's hold to resolve")
+
+        # A live order whose cancel was refused (a refusal from the engine, here written by hand
+        # on a symbol without an engine) can be cancelled again, under a new command id.
+        live = await handlers.place_order(limit(buyer, Side.BUY, 1, "187.00", symbol="AAPL"), order_deps)
+        await handlers.cancel_order(buyer, live.order_id, order_deps)
+        ex = matching_pb2.Execution(execution_id=f"AAPL:refused-{uuid.uuid4().hex[:8]}:0", symbol="AAPL",
+                                    type=matching_pb2.EXECUTION_TYPE_CANCEL_REJECTED, order_id=str(live.order_id),
+                                    account_id=buyer, reason="UNKNOWN_ORDER")
+        ex.time.FromDatetime(datetime.now(timezone.utc))
+        await js.publish(bus.subject(namespace, "executions", "AAPL"), ex.SerializeToString(),
+                         headers={"Nats-Msg-Id": ex.execution_id})
+
+        async def not_requested():
+            x = await handlers.get_order(buyer, live.order_id, order_deps)
+            return x if not x.cancel_requested else None
+        still = await eventually(not_requested, "the cancel request to clear")
+        assert still.status is Status.NEW
+        assert await updates_of(checked_pool, live.order_id) == ["PENDING_NEW", "NEW"]
+        await handlers.cancel_order(buyer, live.order_id, order_deps)
+        async with checked_pool.acquire() as conn:
+            ids = [r["msg_id"] for r in await conn.fetch(
+                "SELECT msg_id FROM orders.outbox WHERE msg_id LIKE $1 ORDER BY id", f"{live.order_id}:cancel%")]
+        assert len(ids) == 2 and ids[0] == f"{live.order_id}:cancel" and ids[1] != ids[0]
+    finally:
+        await _stop(tasks)
+
+
+async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, execution_consumers, checked_pool,
+                                                        database_url, namespace):
+    a = acct()
+    await fund(checked_pool, a, cash="1000.00")
+    day = await handlers.place_order(limit(a, Side.BUY, 2, "150.00", tif=TimeInForce.DAY), order_deps)
+    gtc = await handlers.place_order(limit(a, Side.BUY, 3, "150.00"), order_deps)
+    await eventually(lambda: _accepted(checked_pool, gtc.order_id), "both orders to rest")
+    env = {**os.environ, "DATABASE_URL": database_url, "STOCKMESH_NAMESPACE": namespace}
+    cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", "2024-01-02"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "symbols queued" in out.stdout
+    await eventually(lambda: order_is(order_deps, a, day.order_id, Status.EXPIRED), "the DAY order to expire")
+    await eventually(lambda: _cash_is(checked_pool, a, held=D("450.00")), "its hold to be released")
+    assert (await handlers.get_order(a, gtc.order_id, order_deps)).status is Status.NEW
+    assert await holds(checked_pool, day.order_id, gtc.order_id) == {
+        str(day.order_id): ("RELEASED", D("300.00")), str(gtc.order_id): ("PENDING", D("450.00"))}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing queued" in again.stdout
+    async with checked_pool.acquire() as conn:
+        n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:2024-01-02:{SYM}")
+    assert n == 1
+    await handlers.cancel_order(a, gtc.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")

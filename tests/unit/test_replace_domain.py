@@ -1,0 +1,160 @@
+"""ReplaceOrder's rules in plain Python: what a replacement may change, what it must reserve
+on top of the old hold, and the ledger's arithmetic when the engine confirms it."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, strategies as st
+
+from ledger_svc.domain.model import HoldResolved, HoldTransfer, TransferStatus
+from meshkit.errors import InvalidArgument
+from order_svc.domain import model
+from order_svc.domain.model import (Order, OrderRequest, OrderType, Side, Status, TimeInForce, check_replaceable,
+                                    hold_unit, replacement_request, replacement_reserve)
+
+D = Decimal
+NOW = datetime(2024, 1, 2, 15, tzinfo=timezone.utc)
+
+
+def order(otype=OrderType.LIMIT, side=Side.BUY, qty=10, limit="100.00", stop=None, tif=TimeInForce.GTC,
+          status=Status.NEW, filled=0, collar=None) -> Order:
+    req = OrderRequest("acct", "c1", "AAPL", side, otype, qty, D(limit) if limit else None, D(stop) if stop else None,
+                       tif)
+    return Order(uuid.uuid4(), req, status, NOW, NOW, filled_quantity=filled,
+                 collar_price=D(collar) if collar else None)
+
+
+def test_replacement_keeps_side_symbol_type_and_tif():
+    old = order(tif=TimeInForce.DAY, side=Side.SELL)
+    new = replacement_request(old, "c2", 15, D("101.00"), None)
+    assert (new.symbol, new.side, new.type, new.time_in_force, new.quantity, new.limit_price) == (
+        "AAPL", Side.SELL, OrderType.LIMIT, TimeInForce.DAY, 15, D("101.00"))
+    assert new.client_order_id == "c2"
+
+
+@pytest.mark.parametrize("status", [Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED, Status.PENDING_NEW])
+def test_only_working_orders(status):
+    old = order(status=status)
+    replacement_request(old, "c2", 10, D("100.00"), None)  # a retry's reply does not depend on it
+    with pytest.raises(model.OrderNotActive):
+        check_replaceable(old, 10)
+
+
+@pytest.mark.parametrize("otype,tif", [(OrderType.MARKET, TimeInForce.GTC), (OrderType.LIMIT, TimeInForce.IOC),
+                                       (OrderType.LIMIT, TimeInForce.FOK)])
+def test_only_limit_stop_stop_limit_day_or_gtc(otype, tif):
+    with pytest.raises(model.OrderNotReplaceable):
+        replacement_request(order(otype=otype, tif=tif, limit=None if otype is OrderType.MARKET else "100.00"),
+                            "c2", 10, D("100.00"), None)
+
+
+def test_price_fields_follow_the_type_and_quantity_exceeds_the_fills():
+    with pytest.raises(InvalidArgument) as e:
+        replacement_request(order(filled=4), "c2", 4, None, D("99.00"))
+    assert {v.field for v in e.value.violations} == {"limit_price", "stop_price"}
+    with pytest.raises(InvalidArgument) as e:
+        check_replaceable(order(filled=4, status=Status.PARTIALLY_FILLED), 4)
+    assert [v.field for v in e.value.violations] == ["quantity"]
+    check_replaceable(order(filled=4, status=Status.PARTIALLY_FILLED), 5)
+    stop = order(OrderType.STOP, limit=None, stop="105.00", collar="110.25")
+    with pytest.raises(InvalidArgument):
+        replacement_request(stop, "c2", 10, D("105.00"), D("106.00"))
+    assert replacement_request(stop, "c2", 10, None, D("106.00")).stop_price == D("106.00")
+    sl = order(OrderType.STOP_LIMIT, limit="106.00", stop="105.00")
+    with pytest.raises(InvalidArgument):
+        replacement_request(sl, "c2", 10, D("106.00"), None)
+
+
+def test_fingerprint_includes_the_replaced_order():
+    old = order()
+    req = replacement_request(old, "c2", 10, D("101.00"), None)
+    assert model.replacement_fingerprint(req, old.order_id) == model.replacement_fingerprint(req, old.order_id)
+    assert model.replacement_fingerprint(req, old.order_id) != model.replacement_fingerprint(req, uuid.uuid4())
+    assert model.replacement_fingerprint(req, old.order_id) != req.fingerprint()
+
+
+def test_hold_unit():
+    assert hold_unit(order().request, None) == D("100.00")
+    assert hold_unit(order(side=Side.SELL).request, None) == 1
+    assert hold_unit(order(OrderType.STOP, limit=None, stop="105.00").request, D("110.25")) == D("110.25")
+
+
+@pytest.mark.parametrize("old_unit,old_qty,filled,new_unit,new_qty,reserve", [
+    ("100", 10, 0, "101", 10, "10"),      # price up: exactly the difference
+    ("100", 10, 0, "100", 15, "500"),     # quantity up: exactly the difference
+    ("100", 10, 0, "99", 10, "0"),        # price down: nothing more
+    ("100", 10, 0, "100", 6, "0"),        # quantity down: nothing more
+    ("100", 10, 4, "101", 10, "6"),       # 6 still open: 6 x 1
+    ("100", 10, 0, "90", 11, "80"),       # cheaper but more: the old order may fill 9 at 100 first
+    ("1", 100, 0, "1", 150, "50"),        # a sell's shares
+    ("1", 100, 30, "1", 80, "0"),
+])
+def test_replacement_reserve(old_unit, old_qty, filled, new_unit, new_qty, reserve):
+    assert replacement_reserve(D(old_unit), old_qty, filled, D(new_unit), new_qty) == D(reserve)
+
+
+@given(old_unit=st.integers(1, 50_000), old_qty=st.integers(1, 200), new_unit=st.integers(1, 50_000),
+       new_qty=st.integers(1, 300), data=st.data())
+def test_reserve_covers_any_fills_before_the_engine_replaces(old_unit, old_qty, new_unit, new_qty, data):
+    """Whatever the old order fills (at any price up to its unit) before the engine applies the
+    replace, the old hold's remainder plus the reserve covers the new hold."""
+    filled = data.draw(st.integers(0, min(old_qty, new_qty) - 1))
+    u_old, u_new = D(old_unit) / 100, D(new_unit) / 100
+    reserve = replacement_reserve(u_old, old_qty, filled, u_new, new_qty)
+    assert reserve >= 0
+    more = data.draw(st.integers(0, min(old_qty, new_qty) - 1 - filled))
+    price = D(data.draw(st.integers(1, old_unit))) / 100
+    old_left = u_old * (old_qty - filled) - price * more  # the old hold, at its smallest
+    t = HoldTransfer.new("a", "b", "b", "acct", "USD", u_new, reserve)
+    change = t.complete(old_left, reserve, new_qty - filled - more)
+    assert change <= 0 and t.new_amount == u_new * (new_qty - filled - more)
+
+
+def test_transfer_completion_arithmetic():
+    t = HoldTransfer.new("old", "new", "new", "acct", "USD", D("101.00"), D("10.00"))
+    assert t.reserve_hold_id == "new:reserve"
+    # Nothing filled meanwhile: 1000 + 10 move, the new hold is 1010; held does not change.
+    assert t.complete(D("1000.00"), D("10.00"), 10) == 0
+    assert (t.status, t.moved, t.new_amount) == (TransferStatus.COMPLETED, D("1010.00"), D("1010.00"))
+    with pytest.raises(HoldResolved):
+        t.complete(D("1000.00"), D("10.00"), 10)
+    # A lower price: the excess is released (held changes by -10).
+    t = HoldTransfer.new("old", "new", "new", "acct", "USD", D("99.00"), D(0))
+    assert t.reserve_hold_id is None
+    assert t.complete(D("1000.00"), D(0), 10) == D("-10.00")
+    # A sell down from 100 to 60 shares with 30 filled meanwhile: 70 left, 30 needed.
+    t = HoldTransfer.new("old", "new", "new", "acct", "AAPL", D(1), D(0))
+    assert t.complete(D(70), D(0), 30) == -40
+
+
+def test_transfer_validation_and_cancel():
+    with pytest.raises(InvalidArgument):
+        HoldTransfer.new("old", "new", "new", "acct", "AAPL", D(2), D(0))  # shares: one per share
+    with pytest.raises(InvalidArgument):
+        HoldTransfer.new("old", "old", "old", "acct", "USD", D(1), D(0))
+    with pytest.raises(InvalidArgument):
+        HoldTransfer.new("old", "new", "new", "acct", "AAPL", D(1), D("1.5"))
+    t = HoldTransfer.new("old", "new", "new", "acct", "USD", D(1), D(0))
+    t.cancel()
+    assert t.status is TransferStatus.CANCELLED
+    with pytest.raises(HoldResolved):
+        t.cancel()
+
+
+def test_confirm_replacement_carries_the_fills():
+    old = order(qty=10, filled=4, status=Status.PARTIALLY_FILLED)
+    old.fill_notional = D("400.00")
+    new = order(qty=12, status=Status.PENDING_NEW)
+    new.replaces = old.order_id
+    new.confirm_replacement(old)
+    assert (new.status, new.filled_quantity, new.leaves, new.average_fill_price) == (
+        Status.PARTIALLY_FILLED, 4, 8, D("100.0000"))
+    old.replaced(new.order_id)
+    assert (old.status, old.replaced_by) == (Status.CANCELLED, new.order_id)
+    stranger = order(status=Status.PENDING_NEW)
+    stranger.replaces = uuid.uuid4()
+    with pytest.raises(model.IllegalTransition):
+        stranger.confirm_replacement(old)
