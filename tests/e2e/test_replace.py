@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from decimal import Decimal
 
-import asyncpg
 import grpc
 import pytest
 
-from ledger_svc.service_layer import commands, handlers as ledger
-from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit.status import error_info
+from tests.support.funding import transfer_in_shares
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
@@ -40,12 +37,7 @@ async def until(get, ok, what: str, timeout: float = 30.0):
 
 async def test_resting_order_replaced_then_traded(mesh):
     alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
-    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
-    try:  # bob brings 20 shares bought earlier at 100.00
-        await ledger.credit_shares(commands.CreditShares(bob, SYMBOL, Decimal(20), "transfer-in", Decimal("100.00")),
-                                   lambda: LedgerUnitOfWork(pool))
-    finally:
-        await pool.close()
+    await transfer_in_shares(mesh.database_url, bob, SYMBOL, 20, "100.00")  # bought earlier at 100.00
     async with mesh.channel() as ch:
         orders = order_service_pb2_grpc.OrderServiceStub(ch)
         cash = ledger_service_pb2_grpc.LedgerServiceStub(ch)

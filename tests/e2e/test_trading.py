@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from decimal import Decimal
 
-import asyncpg
 import pytest
 
-from ledger_svc.service_layer import commands, handlers as ledger
-from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from tests.support.funding import transfer_in_shares
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 from stockmesh.matching.v1 import market_data_service_pb2 as mpb, market_data_service_pb2_grpc
@@ -44,12 +41,7 @@ async def collect(stub, md, after: int, until, timeout: float = 30.0) -> list:
 
 async def test_two_accounts_trade_and_see_every_update(mesh):
     alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
-    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
-    try:  # bob brings 100 shares bought earlier at 60.00 (a transfer in, as the simulator's funding does)
-        await ledger.credit_shares(commands.CreditShares(bob, SYMBOL, Decimal(100), "transfer-in", Decimal("60.00")),
-                                   lambda: LedgerUnitOfWork(pool))
-    finally:
-        await pool.close()
+    await transfer_in_shares(mesh.database_url, bob, SYMBOL, 100, "60.00")  # bought earlier at 60.00
     async with mesh.channel() as ch:
         orders = order_service_pb2_grpc.OrderServiceStub(ch)
         cash = ledger_service_pb2_grpc.LedgerServiceStub(ch)
