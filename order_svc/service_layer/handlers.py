@@ -137,7 +137,7 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     if isinstance(order, Order):
         o = order
     else:
-        async with deps.uow() as uow:
+        async with deps.uow().single_statement() as uow:
             found = await uow.orders.get(order)
         assert found is not None
         o = found
@@ -349,7 +349,7 @@ def replace_command(o: Order) -> matching_pb2.EngineCommand:
 
 
 async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
-    async with deps.uow() as uow:
+    async with deps.uow().single_statement() as uow:
         o = await uow.orders.get(order_id)
     if o is None or o.account_id != account_id:  # another account's order does not exist for you
         raise model.OrderNotFound(f"no order {order_id}", metadata={"orderId": str(order_id)})
@@ -358,7 +358,7 @@ async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
 
 async def list_orders(account_id: str, symbol: str | None, statuses: list[str], limit: int,
                       before: tuple[datetime, uuid.UUID] | None, deps: Deps) -> list[Order]:
-    async with deps.uow() as uow:
+    async with deps.uow().single_statement() as uow:
         return await uow.orders.list(account_id, symbol, statuses, limit, before)
 
 
