@@ -15,12 +15,24 @@ class UnitOfWork:
         self.pool = pool
         self.conn: asyncpg.Connection | None = None
         self._tx: Any = None
+        self._single = False
+
+    def single_statement(self) -> "UnitOfWork":
+        """For a unit of work that is exactly one SQL statement (e.g. one call of a database
+        function that makes the whole change): the statement is its own transaction, atomic
+        like any other, without the BEGIN and COMMIT round trips. `commit()` is then a no-op."""
+        self._single = True
+        return self
 
     def _open(self, conn: asyncpg.Connection) -> None:  # pragma: no cover - overridden
         pass
 
     async def __aenter__(self) -> "UnitOfWork":
         conn = await self.pool.acquire()
+        if self._single:
+            self.conn = conn
+            self._open(conn)
+            return self
         try:
             tx = conn.transaction()
             await tx.start()
@@ -35,6 +47,8 @@ class UnitOfWork:
         return self
 
     async def commit(self) -> None:
+        if self._single:
+            return
         await self._tx.commit()
         self._tx = None
 

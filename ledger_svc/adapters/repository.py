@@ -220,6 +220,22 @@ class LedgerRepository:
             hold_id)
         return None if row is None else _hold(row)
 
+    async def place_hold(self, hold: Hold) -> tuple[str, Hold | None, Decimal | None]:
+        """Place a hold in one statement (ledger.place_hold, migration 0005): the idempotent
+        insert, the conditional reservation and the audit event, atomically. Returns
+        ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _) or
+        ('INSUFFICIENT', None, what is available); a refusal changes nothing."""
+        r = await self.conn.fetchrow(
+            "SELECT * FROM ledger.place_hold($1, $2, $3, $4, $5)",
+            hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount)
+        if r["r_outcome"] == "INSUFFICIENT":
+            return "INSUFFICIENT", None, r["r_available"]
+        return r["r_outcome"], Hold(
+            hold_id=r["r_hold_id"], account_id=r["r_account_id"], order_id=r["r_order_id"], asset=r["r_asset"],
+            amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
+            status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
+            resolved_at=r["r_resolved_at"]), r["r_available"]
+
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:
         """Record a new PENDING hold; None when the hold id is taken (waiting for an in-flight
         insert of the same id to commit or roll back first)."""

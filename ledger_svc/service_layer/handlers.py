@@ -93,22 +93,15 @@ def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
 async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.Hold:
     """Reserve `amount` of the account's book, idempotent on hold_id."""
     hold = model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
-    async with uow_factory() as uow:
-        existing = await uow.ledger.get_hold(hold.hold_id)
-        if existing is not None:
-            return _same_hold(existing, hold)
-        book_id = await uow.ledger.find_book_id(model.BookRef(hold.account_id, hold.asset))
-        if book_id is None:  # the account never had any of this asset
-            raise model.insufficient(hold.asset, Decimal(0), hold.amount)
-        placed = await uow.ledger.insert_hold(hold, book_id)
-        if placed is None:  # the same id, placed concurrently and committed while we waited
-            existing = await uow.ledger.get_hold(hold.hold_id)
-            assert existing is not None
-            return _same_hold(existing, hold)
-        await uow.ledger.reserve(book_id, hold.asset, hold.amount)
-        await uow.ledger.audit_hold(placed, "HOLD_PLACED", {})
-        await uow.commit()
-        return placed
+    # One statement (see ledger.place_hold): insert, reservation and audit event, atomically.
+    async with uow_factory().single_statement() as uow:
+        outcome, placed, available = await uow.ledger.place_hold(hold)
+    if outcome == "INSUFFICIENT":
+        raise model.insufficient(hold.asset, available or Decimal(0), hold.amount)
+    assert placed is not None
+    if outcome == "EXISTS":
+        return _same_hold(placed, hold)
+    return placed
 
 
 async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:

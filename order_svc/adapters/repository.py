@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 
@@ -42,6 +44,36 @@ def _event(o: Order) -> dict:
             "filledQuantity": o.filled_quantity}
 
 
+_Q4 = Decimal("0.0001")
+
+
+def _q4(d: Decimal | None) -> Decimal | None:
+    """A Decimal as a numeric(_, 4) column gives it back (PostgreSQL rounds half away from zero)."""
+    return None if d is None else Decimal(d).quantize(_Q4, rounding=ROUND_HALF_UP)
+
+
+def _as_stored(o: Order) -> Order:
+    q = o.request
+    return replace(o, request=replace(q, limit_price=_q4(q.limit_price), stop_price=_q4(q.stop_price)),
+                   hold_amount=_q4(o.hold_amount), collar_price=_q4(o.collar_price))
+
+
+def _record_change(ids: str, first: int) -> str:
+    """orders.record_change (migration 0005) for the order whose account_id and order_id are
+    `ids` (columns or parameters), with the parameters from ${first} on (_change_args)."""
+    params = ", ".join(f"${i}" for i in range(first, first + 14))
+    return f"orders.record_change({ids}, {params})"
+
+
+def _change_args(o: Order, fill: Fill | None = None) -> tuple:
+    """The values of one change (see record_change): the OrderUpdate row, the audit event and
+    the notification channel."""
+    return (o.status.value, o.filled_quantity, o.fill_notional, o.reject_reason.value if o.reject_reason else None,
+            o.reject_message, o.replaced_by, o.updated_at, fill.fill_id if fill else None,
+            fill.price if fill else None, fill.quantity if fill else None, fill.executed_at if fill else None,
+            "ORDER_FILL" if fill else f"ORDER_{o.status.value}", audit.canonical(_event(o)), UPDATES_CHANNEL)
+
+
 class OrderRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -50,22 +82,27 @@ class OrderRepository:
         """Insert a new order; if the account already used its client_order_id, return that
         order instead (waiting for an in-flight insert of it to commit)."""
         q = o.request
+        # The order as the database stores it (prices and amounts to 4 places), so its audit
+        # event reads exactly as one written from the stored row.
+        stored = _as_stored(o)
+        # One round trip: the insert and, when it happened, the change it records.
         row = await self.conn.fetchrow(
             f"""
-            INSERT INTO orders.orders ({_COLUMNS})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, $16, $17,
-                    NULL, $18, false, $19, $19)
-            ON CONFLICT (account_id, client_order_id) DO NOTHING
-            RETURNING {_COLUMNS}
+            WITH ins AS (
+                INSERT INTO orders.orders ({_COLUMNS})
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, $16, $17,
+                        NULL, $18, false, $19, $19)
+                ON CONFLICT (account_id, client_order_id) DO NOTHING
+                RETURNING {_COLUMNS}
+            )
+            SELECT ins.*, {_record_change("ins.account_id, ins.order_id", 20)} AS sequence FROM ins
             """,
             o.order_id, q.account_id, q.client_order_id, fingerprint or q.fingerprint(), q.symbol, q.side.value, q.type.value,
             q.time_in_force.value, q.quantity, q.limit_price, q.stop_price, o.status.value, o.hold_asset,
             o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None,
-            o.reject_message, o.replaces, o.created_at)
+            o.reject_message, o.replaces, o.created_at, *_change_args(stored))
         if row is not None:
-            created = _order(row)
-            await self.record_change(created)
-            return created, True
+            return _order(row), True
         existing = await self.conn.fetchrow(
             f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
             q.account_id, q.client_order_id)
@@ -97,20 +134,33 @@ class OrderRepository:
             order_id)
         return _order(row) if row else None
 
-    async def save_transition(self, o: Order, expected: Status, now: datetime) -> bool:
-        """Write o's new state if the stored order is still in `expected` (one writer wins)."""
+    async def save_transition(self, o: Order, expected: Status, now: datetime,
+                              outbox: tuple[str, str, bytes] | None = None) -> bool:
+        """Write o's new state if the stored order is still in `expected` (one writer wins),
+        with the change it records and, if given, the (subject, msg_id, payload) queued in the
+        outbox in the same statement: one round trip, all or nothing."""
+        subject, msg_id, payload = outbox if outbox else (None, None, None)
+        before = o.updated_at
+        o.updated_at = now
         done = await self.conn.fetchval(
-            """
-            UPDATE orders.orders SET status = $3, reject_reason = $4, reject_message = $5,
-                   cancel_requested = $6, updated_at = $7
-             WHERE order_id = $1 AND status = $2
-            RETURNING true
+            f"""
+            WITH u AS (
+                UPDATE orders.orders SET status = $3, reject_reason = $4, reject_message = $5,
+                       cancel_requested = $6, updated_at = $7
+                 WHERE order_id = $1 AND status = $2
+                RETURNING account_id, order_id
+            ), ob AS (
+                INSERT INTO orders.outbox (subject, msg_id, payload)
+                SELECT $8, $9, $10 FROM u WHERE $9::text IS NOT NULL
+                ON CONFLICT (msg_id) DO NOTHING
+            )
+            SELECT {_record_change("u.account_id, u.order_id", 11)} FROM u
             """, o.order_id, expected.value, o.status.value,
-            o.reject_reason.value if o.reject_reason else None, o.reject_message, o.cancel_requested, now)
-        if done:
-            o.updated_at = now
-            await self.record_change(o)
-        return bool(done)
+            o.reject_reason.value if o.reject_reason else None, o.reject_message, o.cancel_requested, now,
+            subject, msg_id, payload, *_change_args(o))
+        if done is None:
+            o.updated_at = before
+        return done is not None
 
     async def mark_cancel_requested(self, o: Order, now: datetime) -> None:
         await self.conn.execute(
@@ -123,26 +173,10 @@ class OrderRepository:
 
     async def record_change(self, o: Order, fill: Fill | None = None) -> int:
         """One change of an order: its audit event and its OrderUpdate, with the account's next
-        sequence (gapless: taken in this transaction), and a notification to live streams."""
-        await self.audit(o, "ORDER_FILL" if fill else None)
-        seq = await self.conn.fetchval(
-            """
-            INSERT INTO orders.account_sequences AS s (account_id, last_sequence) VALUES ($1, 1)
-            ON CONFLICT (account_id) DO UPDATE SET last_sequence = s.last_sequence + 1
-            RETURNING last_sequence
-            """, o.account_id)
-        await self.conn.execute(
-            """
-            INSERT INTO orders.updates (account_id, sequence, order_id, status, filled_quantity, fill_notional,
-                                        reject_reason, reject_message, replaced_by, updated_at, fill_id, fill_price,
-                                        fill_quantity, executed_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-            """, o.account_id, seq, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
-            o.reject_reason.value if o.reject_reason else None, o.reject_message, o.replaced_by, o.updated_at,
-            fill.fill_id if fill else None, fill.price if fill else None, fill.quantity if fill else None,
-            fill.executed_at if fill else None)
-        await self.conn.execute("SELECT pg_notify($1, $2)", UPDATES_CHANNEL, o.account_id)
-        return seq
+        sequence (gapless: taken in this transaction), and a notification to live streams
+        (orders.record_change, one round trip)."""
+        return await self.conn.fetchval(
+            "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill))
 
     async def save_execution_result(self, o: Order, now: datetime) -> None:
         """Write what an execution did to an order (fill progress, status, reason)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable, Protocol
@@ -117,7 +117,8 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     else:
         assert reason is not None
         order.reject(reason, message)  # a business rejection is an order, recorded like any other
-    async with deps.uow() as uow:
+    # One statement on the way in (the insert and the change it records), its own transaction.
+    async with deps.uow().single_statement() as uow:
         stored, created = await uow.orders.insert_or_get(order)
         if not created and await uow.orders.fingerprint_of(stored.order_id) != req.fingerprint():
             raise model.DuplicateClientOrderId(
@@ -136,7 +137,7 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     if isinstance(order, Order):
         o = order
     else:
-        async with deps.uow() as uow:
+        async with deps.uow().single_statement() as uow:
             found = await uow.orders.get(order)
         assert found is not None
         o = found
@@ -147,21 +148,23 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
         return await advance_replace(o, deps)
     refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
     failpoints.hit("place.after_hold")
-    async with deps.uow() as uow:
-        current = await uow.orders.get(order_id, for_update=True)
-        assert current is not None
-        if current.status is not Status.PENDING_NEW:
-            o = current  # another driver finished first
-        else:
+    # Accept or reject as one statement (its own transaction): the order's transition if it is
+    # still PENDING_NEW (one driver wins), the change it records and, for an accepted order,
+    # its engine command in the outbox.
+    decided = replace(o)
+    outbox = None
+    if refused is not None:
+        decided.reject(refused, REJECT_MESSAGES[refused])
+    else:
+        decided.transition(Status.NEW)
+        outbox = (order_subject(deps.namespace, decided), str(order_id), new_order_command(decided).SerializeToString())
+    async with deps.uow().single_statement() as uow:
+        if await uow.orders.save_transition(decided, Status.PENDING_NEW, now(), outbox):
+            o = decided
+        else:  # another driver finished first
+            current = await uow.orders.get(order_id)
+            assert current is not None
             o = current
-            if refused is not None:
-                o.reject(refused, REJECT_MESSAGES[refused])
-            else:
-                o.transition(Status.NEW)
-                await uow.orders.add_outbox(order_subject(deps.namespace, o), str(o.order_id),
-                                            new_order_command(o).SerializeToString())
-            await uow.orders.save_transition(o, Status.PENDING_NEW, now())
-            await uow.commit()
     failpoints.hit("place.after_accept")
     if o.status is Status.REJECTED and refused is None:
         # Our hold went in after another driver rejected the order: give it back.
@@ -346,7 +349,7 @@ def replace_command(o: Order) -> matching_pb2.EngineCommand:
 
 
 async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
-    async with deps.uow() as uow:
+    async with deps.uow().single_statement() as uow:
         o = await uow.orders.get(order_id)
     if o is None or o.account_id != account_id:  # another account's order does not exist for you
         raise model.OrderNotFound(f"no order {order_id}", metadata={"orderId": str(order_id)})
@@ -355,7 +358,7 @@ async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
 
 async def list_orders(account_id: str, symbol: str | None, statuses: list[str], limit: int,
                       before: tuple[datetime, uuid.UUID] | None, deps: Deps) -> list[Order]:
-    async with deps.uow() as uow:
+    async with deps.uow().single_statement() as uow:
         return await uow.orders.list(account_id, symbol, statuses, limit, before)
 
 

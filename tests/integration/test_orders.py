@@ -214,3 +214,30 @@ async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, 
     finally:
         await redis.aclose()
         sup.stop_all()
+
+
+async def test_audit_events_of_a_placement_read_as_the_stored_rows(order_deps, checked_pool):
+    """The order and hold events written by the database functions (one statement each) carry
+    exactly the canonical JSON the Python side writes for the stored order and hold."""
+    from ledger_svc.adapters.repository import LedgerRepository
+    from meshkit import audit
+    from order_svc.adapters.repository import OrderRepository, _event
+
+    a = acct()
+    await deposit(checked_pool, a, "10000")
+    o = await place(limit_buy(a, "audit-1", qty=3, price="187.5"), order_deps)
+    assert o.status is Status.NEW
+    async with checked_pool.acquire() as conn:
+        stored = await OrderRepository(conn).get(o.order_id)
+        hold = await LedgerRepository(conn).get_hold(o.hold_id)
+        events = {r["event_type"]: r["payload"] for r in await conn.fetch(
+            "SELECT event_type, payload FROM audit.events WHERE stream = $1 OR stream = $2",
+            f"order:{a}", f"ledger:{a}")}
+    assert stored is not None and hold is not None
+    assert events["ORDER_NEW"] == audit.canonical(_event(stored))
+    stored.status = Status.PENDING_NEW
+    assert events["ORDER_PENDING_NEW"] == audit.canonical(_event(stored))
+    assert events["HOLD_PLACED"] == audit.canonical({
+        "holdId": hold.hold_id, "account": hold.account_id, "orderId": hold.order_id, "asset": hold.asset,
+        "amount": hold.amount, "captured": hold.captured, "released": hold.released, "status": hold.status.value})
+    assert '"limitPrice":"187.5000"' in events["ORDER_PENDING_NEW"]

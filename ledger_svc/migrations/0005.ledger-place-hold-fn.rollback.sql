@@ -1,0 +1,1 @@
+DROP FUNCTION ledger.place_hold(text, text, text, text, numeric);
