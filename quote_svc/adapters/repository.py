@@ -55,6 +55,23 @@ ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
 """
 
 
+_FINGERPRINTS = """
+WITH t AS (
+    SELECT start_time, volume, trade_count FROM quotes.candles
+    WHERE symbol = $1 AND width_s = $2 AND start_time >= $4 AND start_time < $7
+), i AS (
+    SELECT start_time,
+           hashtextextended((width_s, start_time, open, high, low, close, volume, trade_count, vwap)::text, 0) AS h
+    FROM quotes.imported_candles
+    WHERE symbol = $1 AND width_s <= $3 AND start_time >= $4 AND start_time < $7
+)
+SELECT (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $5::timestamptz) || '/' ||
+       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $5::timestamptz) AS old,
+       (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $6::timestamptz) || '/' ||
+       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $6::timestamptz) AS new
+"""
+
+
 def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:
     return Candle(start=start or r["start_time"], open=r["open"], high=r["high"], low=r["low"], close=r["close"],
                   volume=r["volume"], trade_count=r["trade_count"], pv=r["pv"])
@@ -86,6 +103,15 @@ class CandleRepository:
             "WHERE symbol = $1 AND width_s <= $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
             symbol, max_width, start, stop)
         return [Part(r["width_s"], _candle(r)) for r in rows]
+
+    async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
+                           stop: datetime) -> tuple[str, str]:
+        """Summaries of the stored rows a query of `width` (imports up to `max_width`) reads in
+        [start, mid) and in [start, stop), taken in one snapshot. Any write changes them:
+        the candle writer only ever adds (a new row, or volume and trade count grow) and an
+        import that changes a row changes its content hash."""
+        row = await self.conn.fetchrow(_FINGERPRINTS, symbol, width, max_width, start, mid, stop, max(mid, stop))
+        return row["old"], row["new"]
 
     async def first_start(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> datetime | None:
         """The earliest candle start in [start, stop), traded or imported (of width ≤ max_width)."""
