@@ -67,6 +67,13 @@ def test_envoy_config_routes_public_services_only(tmp_path: Path) -> None:
     assert "address: 127.0.0.1, port_value" in text.split("static_resources:")[0]  # admin: local only
 
 
+def test_quote_svc_cluster_buffers_little_per_stream(tmp_path: Path) -> None:
+    clusters = _rendered(tmp_path).read_text().split("  clusters:\n")[1].split("\n  - name: ")
+    quote = next(c for c in clusters if c.startswith("quote_svc\n"))
+    assert "    per_connection_buffer_limit_bytes: 32768\n" in quote
+    assert all("per_connection_buffer_limit_bytes" not in c for c in clusters if c is not quote)
+
+
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
     config = _rendered(tmp_path)
     config.write_text(config.read_text().replace("type: STATIC", "type: NOT_A_TYPE", 1))
