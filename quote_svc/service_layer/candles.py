@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Sequence
@@ -60,12 +60,14 @@ async def _load(repo: CandleRepository, q: CandleQuery, start: datetime, stop: d
 
 @dataclass(frozen=True)
 class FinalCandles:
-    """A cached run of final candles of one symbol and interval: exactly the candles a query
-    starting at `base` (with `prev`, the close before it) produces for the buckets before
-    `until`, all final. `fingerprint` summarises the stored rows of [base, fp_until) (which
-    holds [base, until)) as they were *before* these candles were read, so any write there
-    afterwards (a late trade, an import) makes it differ and the run is rebuilt."""
+    """A cached run of final candles of one symbol and interval: exactly the candles a page
+    starting at the cache key's bucket `cur` (`prev` being the close before it) produces for
+    the buckets before `until`, all final; they start at `base` (the first stored candle when
+    nothing came before `cur`). `fingerprint` summarises the stored rows of [cur, fp_until)
+    (which holds [base, until)) as they were *before* these candles were read, so any write
+    there afterwards (a late trade, an import) makes it differ and the run is rebuilt."""
 
+    base: datetime
     prev: Decimal | None
     fingerprint: str
     fp_until: datetime
@@ -144,10 +146,11 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
     size = q.page_size
     async with uow_factory() as uow:
         repo = uow.candles
-        prev = await repo.close_before(q.symbol, cur)
         run = None
-        if cache is not None:
-            run, cur, prev = await _cached_run(repo, cache, q, cur, stop, prev, now)
+        if cache is None:
+            prev = await repo.close_before(q.symbol, cur)
+        else:
+            run, cur, prev = await _cached_run(repo, cache, q, cur, stop, now)
             if run is None and cur >= stop:
                 return CandlePage([], None)
         out: list[Candle] = []
@@ -165,39 +168,53 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
     return CandlePage(out, None, run, cached)
 
 
+def _final_end(q: CandleQuery, base: datetime, stop: datetime, now: datetime) -> datetime:
+    """Where the final buckets a page from `base` can need end: before the bucket running now,
+    wholly before the query's end, at most one page of buckets."""
+    return min(bucket_start(now, q.interval), bucket_start(stop, q.interval), advance(base, q.interval, q.page_size + 1))
+
+
 async def _cached_run(repo: CandleRepository, cache: CandleCache, q: CandleQuery, cur: datetime, stop: datetime,
-                      prev: Decimal | None, now: datetime) -> tuple[FinalCandles | None, datetime, Decimal | None]:
-    """The run of final candles this page starts with, checked and extended as far as the page
-    needs; None when nothing of the page is final yet. Also returns where the page's candles
-    really start (and the close before), as the uncached path would."""
-    if prev is None:
-        # Before the symbol's history: the candles start at its first stored one (the same
-        # candles `_series` would produce, skipping the empty buckets).
-        first = await repo.first_start(q.symbol, q.interval.seconds, cur, stop)
-        if first is None:
-            return None, stop, None
-        cur = max(cur, bucket_start(first, q.interval))
-    # Final buckets that lie wholly before the query's end, as many as one page can need.
-    final_end = min(bucket_start(now, q.interval), bucket_start(stop, q.interval),
-                    advance(cur, q.interval, q.page_size + 1))
+                      now: datetime) -> tuple[FinalCandles | None, datetime, Decimal | None]:
+    """The run of final candles a page starting at `cur` begins with, checked and extended as
+    far as the page needs; None when nothing of the page is final yet (then also where the
+    candles start and the close before, for building them all)."""
     key = (q.symbol, q.interval, cur)
+    width, max_width = SOURCE_WIDTH[q.interval], q.interval.seconds
     run = cache.get(key)
-    checked_until = run.fp_until if run is not None else cur
-    target = max(checked_until, final_end)
-    if target <= cur:
-        return None, cur, prev
-    old, new = await repo.fingerprints(q.symbol, SOURCE_WIDTH[q.interval], q.interval.seconds, cur,
-                                       checked_until, target)
-    if run is None or run.prev != prev or run.fingerprint != old:
-        run = FinalCandles(prev, new, target, cur, [])
-    elif run.fp_until < target:
-        run = FinalCandles(run.prev, new, target, run.until, run.candles, list(run.rendered))
+    if run is not None:
+        # One statement: the close before the page and the fingerprints of the run's rows.
+        target = max(run.fp_until, _final_end(q, run.base, stop, now))
+        prev, old, new = await repo.fingerprints(q.symbol, width, max_width, cur, run.fp_until, target,
+                                                 with_close=True)
+        if prev != run.prev or old != run.fingerprint:
+            run = None
+        elif run.fp_until < target:
+            run = replace(run, fingerprint=new, fp_until=target, rendered=list(run.rendered))
+    if run is None:
+        prev = await repo.close_before(q.symbol, cur)
+        base = cur
+        if prev is None:
+            # Before the symbol's history: the candles start at its first stored one (the same
+            # candles `_series` would produce, skipping the empty buckets).
+            first = await repo.first_start(q.symbol, max_width, cur, stop)
+            if first is None:
+                return None, stop, None
+            base = max(cur, bucket_start(first, q.interval))
+        target = _final_end(q, base, stop, now)
+        if target <= base:
+            return None, base, prev
+        # Taken before the candles are read: a write racing with this read changes it later.
+        # It starts at `cur`, so a trade before the first one also changes it.
+        _, _, new = await repo.fingerprints(q.symbol, width, max_width, cur, cur, target)
+        run = FinalCandles(base, prev, new, target, base, [])
+    final_end = _final_end(q, run.base, stop, now)
     if run.until < final_end and len(run.candles) <= q.page_size:
         last = run.candles[-1].close if run.candles else run.prev
         more, until = await _series(repo, q, run.until, final_end, q.page_size + 1 - len(run.candles), last, now)
-        run = FinalCandles(run.prev, new, target, until, run.candles + more, list(run.rendered))
+        run = replace(run, until=until, candles=run.candles + more, rendered=list(run.rendered))
     cache.put(key, run)
-    return run, cur, prev
+    return run, run.base, run.prev
 
 
 async def last_close(pool: asyncpg.Pool | asyncpg.Connection, symbol: str) -> Decimal | None:

@@ -363,7 +363,7 @@ async def test_cached_candles_see_a_late_trade_and_an_import(pool, nats_conn, na
 
     async with quote_service(pool, nats_url, ns) as svc:
         cache = svc.parts.candle_cache
-        key = (symbol, Interval.M1, base)  # nothing before `start`: the candles begin at the first trade
+        key = (symbol, Interval.M1, start)  # the first bucket of the page
 
         async def check(expected: list[Trade]) -> list:
             got, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=5000)
