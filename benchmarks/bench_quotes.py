@@ -254,9 +254,13 @@ async def seed_candles(js, ns: str, database_url: str) -> int:
     raise SystemExit("quote_svc did not record the seeded trades")
 
 
-async def open_loop(call, rate: int, seconds: float) -> dict:
+async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None = None) -> dict:
     """`call(k)` started at rate a second for `seconds` whatever the replies do (open loop);
-    latency from each call's intended send time, so a queue shows in the figures."""
+    latency from each call's intended send time, so a queue shows in the figures. With `pids`,
+    also the CPU time each of those processes (and this one, the client) spent per request —
+    less disturbed by a busy machine than the latencies."""
+    pids = dict(pids or {}, client=os.getpid())
+    cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
     lat: list[float] = []
     errors = 0
 
@@ -278,13 +282,24 @@ async def open_loop(call, rate: int, seconds: float) -> dict:
         tasks.append(asyncio.create_task(one(i, intended)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
+    cpu_ms = {k: (cpu_seconds(v) - cpu0[k]) * 1000 / max(1, len(lat) + errors) for k, v in pids.items()}
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q / 100 * (len(lat) - 1)))] * 1000 if lat else float("nan")  # noqa: E731
     return {"requests": len(lat), "errors": errors, "achieved_per_s": len(lat) / elapsed,
-            "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000 if lat else float("nan")}
+            "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000 if lat else float("nan"), "cpu_ms": cpu_ms}
 
 
-async def candles_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8) -> dict:
+def mesh_pids(state: dict, *names: str) -> dict[str, int]:
+    pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
+    return {n: pids[n] for n in names if n in pids}
+
+
+def cpu_line(r: dict) -> str:
+    return "  CPU per request: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["cpu_ms"].items())
+
+
+async def candles_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8,
+                        pids: dict[str, int] | None = None) -> dict:
     md = (("authorization", f"Bearer {token}"),)
     start = datetime(2024, 3, 4, tzinfo=timezone.utc)
     req = qpb.GetCandlesRequest(symbol=CANDLE_SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
@@ -296,7 +311,7 @@ async def candles_round(endpoint: str, token: str, rate: int, seconds: float, cl
     assert len(check.candles) == 1440 and not check.next_page_token, len(check.candles)
     for _ in range(50):  # warm up
         await stubs[0].GetCandles(req, metadata=md)
-    r = await open_loop(lambda k: stubs[k % clients].GetCandles(req, metadata=md), rate, seconds)
+    r = await open_loop(lambda k: stubs[k % clients].GetCandles(req, metadata=md), rate, seconds, pids)
     for c in channels:
         await c.close()
     return dict(r, candles_per_reply=len(check.candles))
@@ -336,7 +351,8 @@ async def seed_portfolio(js, ns: str, database_url: str, endpoint: str, data_dir
     raise SystemExit(f"GetPortfolio never showed the positions valued at the quotes: {pf}")
 
 
-async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8) -> dict:
+async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8,
+                          pids: dict[str, int] | None = None) -> dict:
     from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
 
     md = (("authorization", f"Bearer {token}"),)
@@ -345,7 +361,7 @@ async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, 
     req = lpb.GetPortfolioRequest()
     for _ in range(50):  # warm up
         await stubs[0].GetPortfolio(req, metadata=md)
-    r = await open_loop(lambda k: stubs[k % clients].GetPortfolio(req, metadata=md), rate, seconds)
+    r = await open_loop(lambda k: stubs[k % clients].GetPortfolio(req, metadata=md), rate, seconds, pids)
     for c in channels:
         await c.close()
     return r
@@ -397,19 +413,23 @@ async def main(args) -> None:
             print(f"\nGetCandles: a day of 1-minute candles ({CANDLE_SYMBOL}), open loop through Envoy", flush=True)
             n = await seed_candles(js, ns, database_url)
             print(f"  seeded {n} trades (one every 4 s over 2024-03-04)", flush=True)
-            c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds)
+            c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds,
+                                    pids=mesh_pids(state, "quote_svc", "envoy"))
             print(f"  {c['requests']} requests at {c['achieved_per_s']:.0f}/s ({c['candles_per_reply']} candles each), "
                   f"errors {c['errors']}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms",
                   flush=True)
+            print(cpu_line(c), flush=True)
         if "portfolio" in args.parts:
             print(f"\nGetPortfolio: {len(PORTFOLIO_POSITIONS)} positions valued at live quotes, open loop through "
                   f"Envoy", flush=True)
             ptoken, pf = await seed_portfolio(js, ns, database_url, state["endpoint"], data_dir)
             print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
                                    for p in pf.positions), flush=True)
-            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds)
+            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
+                                      pids=mesh_pids(state, "ledger_svc", "envoy"))
             print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
                   f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
+            print(cpu_line(r), flush=True)
         await nc.close()
     finally:
         proc.send_signal(signal.SIGTERM)
