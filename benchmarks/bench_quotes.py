@@ -1,4 +1,4 @@
-"""Market data through Envoy: quote fan-out to many StreamQuotes clients, and GetCandles.
+"""Market data through Envoy: quote fan-out to many StreamQuotes clients, GetCandles and GetPortfolio.
 
 1. Starts the whole mesh with `stockmesh up` (its own data folder, a fresh database on the
    local PostgreSQL, its own namespace), as tests/e2e/conftest.py does.
@@ -13,8 +13,12 @@
 3. GetCandles: a day of 1-minute candles (built by quote_svc from a day of trades published to
    the MD stream), open loop at --candle-rate requests a second through Envoy; latency from the
    intended send time (no coordinated omission).
+4. GetPortfolio: an account with cash and 4 positions (shares transferred in) whose symbols
+   have live quotes, so every reply values them at the latest quote; open loop at
+   --portfolio-rate requests a second through Envoy, latency from the intended send time.
 
 Usage:  .venv/bin/python benchmarks/bench_quotes.py [--streams 500,1000,2000] [--seconds 20]
+                                                    [--parts fanout,candles,portfolio]
 """
 from __future__ import annotations
 
@@ -142,11 +146,12 @@ def start_mesh(data_dir: Path, database_url: str, namespace: str) -> tuple[subpr
 
 
 async def publish(js, ns: str, symbol: str, seq: int, price: str, qty: int, *, at_ns: int | None = None,
-                  at: datetime | None = None) -> None:
+                  at: datetime | None = None, bid: str | None = None, ask: str | None = None) -> None:
     from stockmesh.matching.v1 import matching_pb2 as mpb
 
     ev = mpb.MarketDataEvent(symbol=symbol, sequence=seq, trade_price=price, trade_quantity=qty, last_price=price,
-                             bid_price=price, bid_size=100, ask_price=price, ask_size=100, volume=seq * qty)
+                             bid_price=bid or price, bid_size=100, ask_price=ask or price, ask_size=100,
+                             volume=seq * qty)
     if at is not None:
         ev.time.FromDatetime(at)
     else:
@@ -249,25 +254,20 @@ async def seed_candles(js, ns: str, database_url: str) -> int:
     raise SystemExit("quote_svc did not record the seeded trades")
 
 
-async def candles_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8) -> dict:
-    md = (("authorization", f"Bearer {token}"),)
-    start = datetime(2024, 3, 4, tzinfo=timezone.utc)
-    req = qpb.GetCandlesRequest(symbol=CANDLE_SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
-    req.start_time.FromDatetime(start)
-    req.end_time.FromDatetime(start + timedelta(days=1))
-    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
-    stubs = [quote_service_pb2_grpc.QuoteServiceStub(c) for c in channels]
-    check = await stubs[0].GetCandles(req, metadata=md)
-    assert len(check.candles) == 1440 and not check.next_page_token, len(check.candles)
-    for _ in range(50):  # warm up
-        await stubs[0].GetCandles(req, metadata=md)
+async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None = None) -> dict:
+    """`call(k)` started at rate a second for `seconds` whatever the replies do (open loop);
+    latency from each call's intended send time, so a queue shows in the figures. With `pids`,
+    also the CPU time each of those processes (and this one, the client) spent per request —
+    less disturbed by a busy machine than the latencies."""
+    pids = dict(pids or {}, client=os.getpid())
+    cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
     lat: list[float] = []
     errors = 0
 
     async def one(k: int, intended: float) -> None:
         nonlocal errors
         try:
-            await stubs[k % clients].GetCandles(req, metadata=md)
+            await call(k)
             lat.append(time.perf_counter() - intended)
         except grpc.aio.AioRpcError:
             errors += 1
@@ -282,12 +282,89 @@ async def candles_round(endpoint: str, token: str, rate: int, seconds: float, cl
         tasks.append(asyncio.create_task(one(i, intended)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
+    cpu_ms = {k: (cpu_seconds(v) - cpu0[k]) * 1000 / max(1, len(lat) + errors) for k, v in pids.items()}
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q / 100 * (len(lat) - 1)))] * 1000 if lat else float("nan")  # noqa: E731
+    return {"requests": len(lat), "errors": errors, "achieved_per_s": len(lat) / elapsed,
+            "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000 if lat else float("nan"), "cpu_ms": cpu_ms}
+
+
+def mesh_pids(state: dict, *names: str) -> dict[str, int]:
+    pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
+    return {n: pids[n] for n in names if n in pids}
+
+
+def cpu_line(r: dict) -> str:
+    return "  CPU per request: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["cpu_ms"].items())
+
+
+async def candles_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8,
+                        pids: dict[str, int] | None = None) -> dict:
+    md = (("authorization", f"Bearer {token}"),)
+    start = datetime(2024, 3, 4, tzinfo=timezone.utc)
+    req = qpb.GetCandlesRequest(symbol=CANDLE_SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
+    req.start_time.FromDatetime(start)
+    req.end_time.FromDatetime(start + timedelta(days=1))
+    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
+    stubs = [quote_service_pb2_grpc.QuoteServiceStub(c) for c in channels]
+    check = await stubs[0].GetCandles(req, metadata=md)
+    assert len(check.candles) == 1440 and not check.next_page_token, len(check.candles)
+    for _ in range(50):  # warm up
+        await stubs[0].GetCandles(req, metadata=md)
+    r = await open_loop(lambda k: stubs[k % clients].GetCandles(req, metadata=md), rate, seconds, pids)
     for c in channels:
         await c.close()
-    lat.sort()
-    p = lambda q: lat[min(len(lat) - 1, int(q / 100 * (len(lat) - 1)))] * 1000  # noqa: E731
-    return {"requests": len(lat), "errors": errors, "achieved_per_s": len(lat) / elapsed,
-            "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000, "candles_per_reply": len(check.candles)}
+    return dict(r, candles_per_reply=len(check.candles))
+
+
+# ---------------------------------------------------------------- portfolio
+
+PORTFOLIO_ACCOUNT = "bench-portfolio"
+# (symbol, shares transferred in, cost price, quote published: bid, ask, last)
+PORTFOLIO_POSITIONS = [("AAPL", 120, "170.00", "189.90", "190.10", "190.00"),
+                       ("MSFT", 40, "350.00", "415.40", "415.60", "415.50"),
+                       ("KO", 300, "58.00", "61.19", "61.21", "61.20"),
+                       ("JPM", 75, "150.00", "198.70", "198.90", "198.80")]
+
+
+async def seed_portfolio(js, ns: str, database_url: str, endpoint: str, data_dir: Path) -> tuple[str, object]:
+    """An account with cash and a few positions, each with a live quote; returns its token and
+    the portfolio as GetPortfolio shows it (checked to be valued at the quotes)."""
+    from meshkit.launcher import keys
+    from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
+    from tests.support.funding import transfer_in_shares
+
+    token = keys.mint_token(data_dir, PORTFOLIO_ACCOUNT, ttl=3600)
+    md = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        ledger = lgrpc.LedgerServiceStub(ch)
+        await ledger.Deposit(lpb.DepositRequest(amount="250000.00", idempotency_key="bench-portfolio-cash"),
+                             metadata=md, timeout=30)
+        for i, (sym, qty, cost, bid, ask, last) in enumerate(PORTFOLIO_POSITIONS):
+            await transfer_in_shares(database_url, PORTFOLIO_ACCOUNT, sym, qty, cost)
+            await publish(js, ns, sym, 1_000_000 + i, last, 1, bid=bid, ask=ask)  # after any seeded trades
+        for _ in range(100):  # the quotes reach Redis behind the feed
+            pf = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=10)).portfolio
+            if len(pf.positions) == len(PORTFOLIO_POSITIONS) and all(p.market_price for p in pf.positions):
+                return token, pf
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"GetPortfolio never showed the positions valued at the quotes: {pf}")
+
+
+async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8,
+                          pids: dict[str, int] | None = None) -> dict:
+    from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
+
+    md = (("authorization", f"Bearer {token}"),)
+    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
+    stubs = [lgrpc.LedgerServiceStub(c) for c in channels]
+    req = lpb.GetPortfolioRequest()
+    for _ in range(50):  # warm up
+        await stubs[0].GetPortfolio(req, metadata=md)
+    r = await open_loop(lambda k: stubs[k % clients].GetPortfolio(req, metadata=md), rate, seconds, pids)
+    for c in channels:
+        await c.close()
+    return r
 
 
 # ---------------------------------------------------------------- main
@@ -317,27 +394,42 @@ async def main(args) -> None:
         js = nc.jetstream()
         await publish(js, ns, HOT, 1, "248.50", 1)  # a snapshot to start from
         seq = 1
-        print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
-              f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes",
-              flush=True)
-        print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
-        rows = []
-        for n in args.streams:
-            r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
-                                          args.direct)
-            rows.append(r)
-            print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
-                  f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['kb_per_stream']:>10.1f} "
-                  f"{r['cpu_quote']:>9.2f} {r['cpu_envoy']:>6.2f} {r['cpu_clients']:>7.2f}", flush=True)
-            await asyncio.sleep(3)
-        print(f"\nGetCandles: a day of 1-minute candles ({CANDLE_SYMBOL}), open loop through Envoy", flush=True)
-        n = await seed_candles(js, ns, database_url)
-        print(f"  seeded {n} trades (one every 4 s over 2024-03-04)", flush=True)
-        c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds)
-        print(f"  {c['requests']} requests at {c['achieved_per_s']:.0f}/s ({c['candles_per_reply']} candles each), "
-              f"errors {c['errors']}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms",
-              flush=True)
+        if "fanout" in args.parts:
+            print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
+                  f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes",
+                  flush=True)
+            print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
+            rows = []
+            for n in args.streams:
+                r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
+                                              args.direct)
+                rows.append(r)
+                print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
+                      f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['kb_per_stream']:>10.1f} "
+                      f"{r['cpu_quote']:>9.2f} {r['cpu_envoy']:>6.2f} {r['cpu_clients']:>7.2f}", flush=True)
+                await asyncio.sleep(3)
+        if "candles" in args.parts:
+            print(f"\nGetCandles: a day of 1-minute candles ({CANDLE_SYMBOL}), open loop through Envoy", flush=True)
+            n = await seed_candles(js, ns, database_url)
+            print(f"  seeded {n} trades (one every 4 s over 2024-03-04)", flush=True)
+            c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds,
+                                    pids=mesh_pids(state, "quote_svc", "envoy"))
+            print(f"  {c['requests']} requests at {c['achieved_per_s']:.0f}/s ({c['candles_per_reply']} candles each), "
+                  f"errors {c['errors']}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms",
+                  flush=True)
+            print(cpu_line(c), flush=True)
+        if "portfolio" in args.parts:
+            print(f"\nGetPortfolio: {len(PORTFOLIO_POSITIONS)} positions valued at live quotes, open loop through "
+                  f"Envoy", flush=True)
+            ptoken, pf = await seed_portfolio(js, ns, database_url, state["endpoint"], data_dir)
+            print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
+                                   for p in pf.positions), flush=True)
+            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
+                                      pids=mesh_pids(state, "ledger_svc", "envoy"))
+            print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
+                  f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
+            print(cpu_line(r), flush=True)
         await nc.close()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -360,6 +452,10 @@ def cli() -> None:
                     help="fan-out clients connect to quote_svc's own port, not through Envoy (for comparison)")
     ap.add_argument("--candle-rate", type=int, default=200)
     ap.add_argument("--candle-seconds", type=float, default=15.0)
+    ap.add_argument("--portfolio-rate", type=int, default=200)
+    ap.add_argument("--portfolio-seconds", type=float, default=15.0)
+    ap.add_argument("--parts", type=lambda s: set(s.split(",")), default={"fanout", "candles", "portfolio"},
+                    help="what to measure: fanout,candles,portfolio (default all)")
     # client-process mode (internal)
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--endpoint", help=argparse.SUPPRESS)

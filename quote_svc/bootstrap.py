@@ -18,6 +18,7 @@ from quote_svc.adapters import feed
 from quote_svc.adapters.cache import RedisQuoteCache
 from quote_svc.entrypoints.grpc_server import QuoteServicer
 from quote_svc.service_layer import candles
+from quote_svc.service_layer.candles import CandleCache
 from quote_svc.service_layer.quotes import QuoteBook
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 from stockmesh.quote.v1 import quote_service_pb2_grpc
@@ -31,6 +32,8 @@ class Parts:
 
     book: QuoteBook
     cache: RedisQuoteCache
+    # GetCandles' cache of final candles (tests check it is used and invalidated).
+    candle_cache: CandleCache | None = None
 
 
 def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespace: str, *,
@@ -57,15 +60,16 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
             raise RuntimeError("quote book not caught up with the market-data feed yet")
 
     background = [follow, write_cache] + ([write_candles] if candles_writer else [])
+    servicer = QuoteServicer(book, uow)
     app = App(
         name="quote_svc",
-        servicers=[(quote_service_pb2_grpc.add_QuoteServiceServicer_to_server, QuoteServicer(book, uow),
+        servicers=[(quote_service_pb2_grpc.add_QuoteServiceServicer_to_server, servicer,
                     "stockmesh.quote.v1.QuoteService")],
         checks=[db.pool_check(pool), bus.nats_check(nc), caught_up],
         background=background,
         on_close=[nc.drain, pool.close] + ([redis.aclose] if redis is not None else []),
     )
-    return app, Parts(book, quote_cache)
+    return app, Parts(book, quote_cache, servicer.candle_cache)
 
 
 async def bootstrap(settings: config.Settings) -> App:

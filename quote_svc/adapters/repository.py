@@ -55,6 +55,41 @@ ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
 """
 
 
+_FINGERPRINTS = """
+WITH t AS (
+    SELECT start_time, volume, trade_count FROM quotes.candles
+    WHERE symbol = $1 AND width_s = $2 AND start_time >= $4 AND start_time < $7
+), i AS (
+    SELECT start_time,
+           hashtextextended((width_s, start_time, open, high, low, close, volume, trade_count, vwap)::text, 0) AS h
+    FROM quotes.imported_candles
+    WHERE symbol = $1 AND width_s <= $3 AND start_time >= $4 AND start_time < $7
+)
+SELECT (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $5::timestamptz) || '/' ||
+       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $5::timestamptz) AS old,
+       (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $6::timestamptz) || '/' ||
+       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $6::timestamptz) AS new
+"""
+
+# The close before a bucket ($2 of CandleRepository.close_before): the last candle ending at or
+# before it (None: the latest of all), traded or imported.
+_CLOSE_BEFORE = (
+    "SELECT close FROM ("
+    " (SELECT close, start_time + interval '1 second' AS ends FROM quotes.candles"
+    "  WHERE symbol = $1 AND width_s = 1 AND ($2::timestamptz IS NULL OR start_time < $2)"
+    "  ORDER BY start_time DESC LIMIT 1)"
+    " UNION ALL"
+    " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
+    "  WHERE symbol = $1 AND ($2::timestamptz IS NULL"
+    "   OR start_time + make_interval(secs => width_s) <= $2)"
+    "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
+    "ORDER BY ends DESC LIMIT 1")
+
+# Both in one round trip: the close before `start` ($4) and the fingerprints.
+_FINGERPRINTS_AND_CLOSE = _FINGERPRINTS.replace(
+    "\nSELECT ", "\nSELECT (" + _CLOSE_BEFORE.replace("$2", "$4") + ") AS prev,\n       ", 1)
+
+
 def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:
     return Candle(start=start or r["start_time"], open=r["open"], high=r["high"], low=r["low"], close=r["close"],
                   volume=r["volume"], trade_count=r["trade_count"], pv=r["pv"])
@@ -87,6 +122,16 @@ class CandleRepository:
             symbol, max_width, start, stop)
         return [Part(r["width_s"], _candle(r)) for r in rows]
 
+    async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
+                           stop: datetime, with_close: bool = False) -> tuple[Decimal | None, str, str]:
+        """Summaries of the stored rows a query of `width` (imports up to `max_width`) reads in
+        [start, mid) and in [start, stop), taken in one snapshot. Any write changes them:
+        the candle writer only ever adds (a new row, or volume and trade count grow) and an
+        import that changes a row changes its content hash."""
+        row = await self.conn.fetchrow(_FINGERPRINTS_AND_CLOSE if with_close else _FINGERPRINTS,
+                                       symbol, width, max_width, start, mid, stop, max(mid, stop))
+        return row["prev"] if with_close else None, row["old"], row["new"]
+
     async def first_start(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> datetime | None:
         """The earliest candle start in [start, stop), traded or imported (of width ≤ max_width)."""
         return await self.conn.fetchval(
@@ -101,18 +146,7 @@ class CandleRepository:
     async def close_before(self, symbol: str, before: datetime | None) -> Decimal | None:
         """The close of the last candle ending at or before `before` (None: the latest of all),
         traded or imported."""
-        row = await self.conn.fetchrow(
-            "SELECT close FROM ("
-            " (SELECT close, start_time + interval '1 second' AS ends FROM quotes.candles"
-            "  WHERE symbol = $1 AND width_s = 1 AND ($2::timestamptz IS NULL OR start_time < $2)"
-            "  ORDER BY start_time DESC LIMIT 1)"
-            " UNION ALL"
-            " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
-            "  WHERE symbol = $1 AND ($2::timestamptz IS NULL"
-            "   OR start_time + make_interval(secs => width_s) <= $2)"
-            "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
-            "ORDER BY ends DESC LIMIT 1",
-            symbol, before)
+        row = await self.conn.fetchrow(_CLOSE_BEFORE, symbol, before)
         return row["close"] if row else None
 
     async def upsert_imported(self, rows: Sequence[ImportedCandle]) -> tuple[int, int]:

@@ -54,6 +54,7 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         self.book = book
         self.uow = uow_factory
         self.to_proto = mapping.QuoteProtos()
+        self.candle_cache = candles.CandleCache()
 
     async def ListSymbols(self, request: pb.ListSymbolsRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListSymbolsResponse:
@@ -77,11 +78,23 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
     async def GetCandles(self, request: pb.GetCandlesRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetCandlesResponse:
         q = _candle_query(request)
-        page = await candles.get_candles(q, self.uow)
+        page = await candles.get_candles(q, self.uow, cache=self.candle_cache)
         token = ""
         if page.next_cursor is not None:
             token = paging.encode_token({
                 "at": int((page.next_cursor - EPOCH).total_seconds()),
                 "q": mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)})
-        return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles],
-                                     next_page_token=token)
+        if page.run is None or not page.cached:
+            return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles],
+                                         next_page_token=token)
+        # The cached final candles are serialized once per run; parsing their concatenation
+        # (protobuf's C code) is ~50x cheaper than building the messages again.
+        resp = pb.GetCandlesResponse.FromString(b"".join(page.run.render(page.cached, _encoded_candle)))
+        resp.candles.extend(mapping.candle_to_proto(c) for c in page.candles[page.cached:])
+        resp.next_page_token = token
+        return resp
+
+
+def _encoded_candle(c) -> bytes:
+    """One candle as the bytes of GetCandlesResponse's `candles` field (tag, length, message)."""
+    return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c)]).SerializeToString()

@@ -1,10 +1,11 @@
 """Candle use cases: fold trades in, read a page of candles, the last close."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import asyncpg
 
@@ -35,6 +36,9 @@ class CandleQuery:
 class CandlePage:
     candles: list[Candle]
     next_cursor: datetime | None
+    # The cached run the first `cached` candles were taken from (the same objects), if any.
+    run: "FinalCandles | None" = None
+    cached: int = 0
 
 
 async def record_trades(events: Sequence[MarketData], uow_factory: UowFactory) -> int:
@@ -54,36 +58,163 @@ async def _load(repo: CandleRepository, q: CandleQuery, start: datetime, stop: d
     return combine(imported, traded)
 
 
-async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | None = None) -> CandlePage:
+@dataclass(frozen=True)
+class FinalCandles:
+    """A cached run of final candles of one symbol and interval: exactly the candles a page
+    starting at the cache key's bucket `cur` (`prev` being the close before it) produces for
+    the buckets before `until`, all final; they start at `base` (the first stored candle when
+    nothing came before `cur`). `fingerprint` summarises the stored rows of [cur, fp_until)
+    (which holds [base, until)) as they were *before* these candles were read, so any write
+    there afterwards (a late trade, an import) makes it differ and the run is rebuilt."""
+
+    base: datetime
+    prev: Decimal | None
+    fingerprint: str
+    fp_until: datetime
+    until: datetime
+    candles: list[Candle]
+    # Filled lazily by the caller (the servicer): candles[i] rendered, e.g. serialized.
+    rendered: list = field(default_factory=list, compare=False)
+
+    def render(self, n: int, render: Callable[[Candle], Any]) -> list:
+        """The first n candles rendered with `render`, each rendered once per run."""
+        while len(self.rendered) < n:
+            self.rendered.append(render(self.candles[len(self.rendered)]))
+        return self.rendered[:n]
+
+
+class CandleCache:
+    """Final candles per (symbol, interval, first bucket), least recently used dropped.
+    Completed candles change only when a late trade or an import lands in their buckets;
+    every use checks a fingerprint of those rows in PostgreSQL (one small aggregate), so a
+    write by any replica's candle writer or by `stockmesh candles import` is seen at once."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, FinalCandles] = OrderedDict()
+
+    def get(self, key: tuple) -> FinalCandles | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: FinalCandles) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: datetime, want: int,
+                  prev: Decimal | None, now: datetime) -> tuple[list[Candle], datetime]:
+    """Up to `want` candles of the buckets [cur, stop), `prev` being the close before `cur`;
+    and where they end (every candle of the buckets before it is in the list)."""
+    out: list[Candle] = []
+    if prev is None:
+        # Nothing before: skip straight to the first stored candle, if any.
+        first = await repo.first_start(q.symbol, q.interval.seconds, cur, stop)
+        if first is None:
+            return out, max(cur, stop)
+        cur = max(cur, bucket_start(first, q.interval))
+    while cur < stop and len(out) < want:
+        window_end = min(stop, advance(cur, q.interval, want - len(out)))
+        # Whole buckets are loaded, also where `end` falls inside the last one.
+        load_end = window_end if bucket_start(window_end, q.interval) == window_end \
+            else next_bucket(bucket_start(window_end, q.interval), q.interval)
+        out += fill(await _load(repo, q, cur, load_end), cur, window_end, q.interval, prev, now)
+        if out:
+            prev = out[-1].close
+        cur = window_end
+    return out, cur
+
+
+async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | None = None,
+                      cache: CandleCache | None = None) -> CandlePage:
     """One page of candles, in time order: every bucket overlapping [start, end), up to the one
-    running now, with flat candles where nothing traded (see domain.candles.fill)."""
+    running now, with flat candles where nothing traded (see domain.candles.fill).
+
+    With a `cache`, the final candles at the front of the page come from it (checked against
+    the stored rows first) and only the rest, normally the candle still running, is built."""
     now = now or datetime.now(timezone.utc)
     # Buckets starting before `end`, up to and including the one being built now.
     stop = min(q.end, next_bucket(bucket_start(now, q.interval), q.interval))
     cur = q.cursor or bucket_start(q.start, q.interval)
     size = q.page_size
-    out: list[Candle] = []
     async with uow_factory() as uow:
         repo = uow.candles
-        prev = await repo.close_before(q.symbol, cur)
-        if prev is None:
-            # Nothing before: skip straight to the first stored candle, if any.
-            first = await repo.first_start(q.symbol, q.interval.seconds, cur, stop)
-            if first is None:
+        run = None
+        if cache is None:
+            prev = await repo.close_before(q.symbol, cur)
+        else:
+            run, cur, prev = await _cached_run(repo, cache, q, cur, stop, now)
+            if run is None and cur >= stop:
                 return CandlePage([], None)
-            cur = max(cur, bucket_start(first, q.interval))
-        while cur < stop and len(out) <= size:
-            window_end = min(stop, advance(cur, q.interval, size + 1 - len(out)))
-            # Whole buckets are loaded, also where `end` falls inside the last one.
-            load_end = window_end if bucket_start(window_end, q.interval) == window_end \
-                else next_bucket(bucket_start(window_end, q.interval), q.interval)
-            out += fill(await _load(repo, q, cur, load_end), cur, window_end, q.interval, prev, now)
-            if out:
-                prev = out[-1].close
-            cur = window_end
+        out: list[Candle] = []
+        if run is not None:
+            # The run may reach further than this query's end (built for a longer one).
+            out = [c for c in run.candles[:size + 1] if c.start < stop]
+            cur = max(cur, run.until)
+            prev = out[-1].close if out else run.prev
+        if len(out) <= size and cur < stop:
+            more, _ = await _series(repo, q, cur, stop, size + 1 - len(out), prev, now)
+            out += more
+    cached = min(len(run.candles), len(out), size) if run is not None else 0
     if len(out) > size:
-        return CandlePage(out[:size], out[size].start)
-    return CandlePage(out, None)
+        return CandlePage(out[:size], out[size].start, run, cached)
+    return CandlePage(out, None, run, cached)
+
+
+def _final_end(q: CandleQuery, base: datetime, stop: datetime, now: datetime) -> datetime:
+    """Where the final buckets a page from `base` can need end: before the bucket running now,
+    wholly before the query's end, at most one page of buckets."""
+    return min(bucket_start(now, q.interval), bucket_start(stop, q.interval), advance(base, q.interval, q.page_size + 1))
+
+
+async def _cached_run(repo: CandleRepository, cache: CandleCache, q: CandleQuery, cur: datetime, stop: datetime,
+                      now: datetime) -> tuple[FinalCandles | None, datetime, Decimal | None]:
+    """The run of final candles a page starting at `cur` begins with, checked and extended as
+    far as the page needs; None when nothing of the page is final yet (then also where the
+    candles start and the close before, for building them all)."""
+    key = (q.symbol, q.interval, cur)
+    width, max_width = SOURCE_WIDTH[q.interval], q.interval.seconds
+    run = cache.get(key)
+    if run is not None:
+        # One statement: the close before the page and the fingerprints of the run's rows.
+        target = max(run.fp_until, _final_end(q, run.base, stop, now))
+        prev, old, new = await repo.fingerprints(q.symbol, width, max_width, cur, run.fp_until, target,
+                                                 with_close=True)
+        if prev != run.prev or old != run.fingerprint:
+            run = None
+        elif run.fp_until < target:
+            run = replace(run, fingerprint=new, fp_until=target, rendered=list(run.rendered))
+    if run is None:
+        prev = await repo.close_before(q.symbol, cur)
+        base = cur
+        if prev is None:
+            # Before the symbol's history: the candles start at its first stored one (the same
+            # candles `_series` would produce, skipping the empty buckets).
+            first = await repo.first_start(q.symbol, max_width, cur, stop)
+            if first is None:
+                return None, stop, None
+            base = max(cur, bucket_start(first, q.interval))
+        target = _final_end(q, base, stop, now)
+        if target <= base:
+            return None, base, prev
+        # Taken before the candles are read: a write racing with this read changes it later.
+        # It starts at `cur`, so a trade before the first one also changes it.
+        _, _, new = await repo.fingerprints(q.symbol, width, max_width, cur, cur, target)
+        run = FinalCandles(base, prev, new, target, base, [])
+    final_end = _final_end(q, run.base, stop, now)
+    if run.until < final_end and len(run.candles) <= q.page_size:
+        last = run.candles[-1].close if run.candles else run.prev
+        more, until = await _series(repo, q, run.until, final_end, q.page_size + 1 - len(run.candles), last, now)
+        run = replace(run, until=until, candles=run.candles + more, rendered=list(run.rendered))
+    cache.put(key, run)
+    return run, run.base, run.prev
 
 
 async def last_close(pool: asyncpg.Pool | asyncpg.Connection, symbol: str) -> Decimal | None:

@@ -345,3 +345,65 @@ async def test_csv_import_good_bad_and_twice(pool, database_url, nats_url, ns, t
         assert [(c.open, c.close, c.volume, c.trade_count, c.vwap) for c in day] == [
             ("113.00", "114.00", 900000, 0, ""), ("114.00", "114.00", 0, 0, "")]
     assert await last_close(pool, symbol) == Decimal("114.00")
+
+
+# ------------------------------------------------------------------ the cache of final candles
+
+async def test_cached_candles_see_a_late_trade_and_an_import(pool, nats_conn, nats_url, database_url, ns, tmp_path):
+    """GetCandles keeps the final candles of a reply; a trade arriving late into a cached
+    bucket, and a CSV import into a cached bucket (another process), both show at once."""
+    from quote_svc.domain.candles import Interval
+
+    symbol = "KO"
+    js = nats_conn.jetstream()
+    base = datetime(2023, 6, 7, 14, 0, tzinfo=UTC)
+    trades = [Trade(base + timedelta(seconds=37 * k, microseconds=1000), k + 1, Decimal("50.00") + Decimal(k % 7) / 100,
+                    10 + k) for k in range(40)]
+    start, end = base - timedelta(minutes=5), base + timedelta(hours=1)
+
+    async with quote_service(pool, nats_url, ns) as svc:
+        cache = svc.parts.candle_cache
+        key = (symbol, Interval.M1, start)  # the first bucket of the page
+
+        async def check(expected: list[Trade]) -> list:
+            got, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=5000)
+            assert as_tuples(got) == reference(expected, I.CANDLE_INTERVAL_1M, start, end, datetime.now(UTC))
+            return got
+
+        await publish_trades(js, ns, symbol, trades)
+        await wait_recorded(pool, symbol, len(trades))
+        await check(trades)
+        run = cache.get(key)
+        assert run is not None and len(run.candles) == 60
+        await check(trades)
+        assert cache.get(key) is run  # served from the cache, nothing rebuilt
+
+        # Late trades: one into a minute that had trades, one into a flat minute (which also
+        # changes the flat candles after it).
+        late = [Trade(base + timedelta(minutes=10, seconds=5), 41, Decimal("51.11"), 3),
+                Trade(base + timedelta(minutes=40, seconds=30), 42, Decimal("49.50"), 8)]
+        await publish_trades(js, ns, symbol, late)
+        await wait_recorded(pool, symbol, len(trades) + len(late))
+        await check(trades + late)
+        assert cache.get(key) is not run
+        run = cache.get(key)
+
+        # An import into a cached (flat) minute, by `stockmesh candles import`.
+        at = base + timedelta(minutes=50)
+        csv_file = tmp_path / "ko.csv"
+        csv_file.write_text(HEADER + f"{symbol},{at.isoformat().replace('+00:00', 'Z')},1m,"
+                                     "49.60,49.90,49.40,49.80,1000,12,49.7000\n")
+        code, out, err = await stockmesh("candles", "import", str(csv_file), database_url=database_url)
+        assert code == 0, err
+        got, _ = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=5000)
+        assert cache.get(key) is not run
+        want = reference(trades + late, I.CANDLE_INTERVAL_1M, start, end, datetime.now(UTC))
+        k = next(i for i, c in enumerate(want) if c[0] == at)
+        assert as_tuples(got)[:k] == want[:k]
+        assert (got[k].open, got[k].high, got[k].low, got[k].close, got[k].volume, got[k].trade_count, got[k].vwap) \
+            == ("49.60", "49.90", "49.40", "49.80", 1000, 12, "49.70")
+        assert all((c.open, c.close, c.volume) == ("49.80", "49.80", 0) for c in got[k + 1:])
+
+        # Paged, through the cache: the same candles once each.
+        paged, pages = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=7)
+        assert as_tuples(paged) == as_tuples(got) and pages == -(-len(got) // 7)

@@ -67,6 +67,19 @@ def test_envoy_config_routes_public_services_only(tmp_path: Path) -> None:
     assert "address: 127.0.0.1, port_value" in text.split("static_resources:")[0]  # admin: local only
 
 
+def test_quote_streams_are_buffered_little_by_envoy(tmp_path: Path) -> None:
+    text = _rendered(tmp_path).read_text()
+    stream_route = text.split('path: "/stockmesh.quote.v1.QuoteService/StreamQuotes"')[1]
+    assert stream_route.index("cluster: quote_svc_streams") < stream_route.index("prefix:")  # before the service's
+    clusters = text.split("  clusters:\n")[1].split("\n  - name: ")
+    streams = next(c for c in clusters if c.startswith("quote_svc_streams\n"))
+    assert "    per_connection_buffer_limit_bytes: 32768\n" in streams
+    quote = next(c for c in clusters if c.startswith("quote_svc\n"))
+    address = lambda c: c.split("socket_address:")[-1].split("\n")[0]  # noqa: E731
+    assert address(streams) == address(quote)  # the same replicas
+    assert all("per_connection_buffer_limit_bytes" not in c for c in clusters if c is not streams)
+
+
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
     config = _rendered(tmp_path)
     config.write_text(config.read_text().replace("type: STATIC", "type: NOT_A_TYPE", 1))
