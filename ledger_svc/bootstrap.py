@@ -53,6 +53,6 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
 
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
-    pool = await db.create_pool(settings.database_url)
+    pool = await db.create_pool(settings.database_url, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "ledger_svc")
     return build(pool, nc, settings.namespace, settings.order_addr)

@@ -1,6 +1,8 @@
 """PostgreSQL connection pools (asyncpg). NUMERIC columns come back as exact Decimals."""
 from __future__ import annotations
 
+import os
+
 import asyncpg
 
 
@@ -11,9 +13,17 @@ async def _rollback_only(conn: asyncpg.Connection) -> None:
     per transaction."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+def pool_max(default: int) -> int:
+    """A service's pool size: DB_POOL_MAX when set (PostgreSQL's max_connections is shared by
+    every replica of every service), else the service's default."""
+    raw = os.environ.get("DB_POOL_MAX", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else default
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, command_timeout=30, reset=_rollback_only,
+        max_inactive_connection_lifetime=60,
         server_settings={
             "application_name": "stockmesh",
             # Backstop: a connection left idle inside a transaction is closed by the server.

@@ -26,7 +26,7 @@ def limits() -> tuple[Limit, Limit]:
 
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url and settings.ledger_addr
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=20)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "order_svc")
     js = nc.jetstream()
     await ensure_orders_stream(js, settings.namespace)

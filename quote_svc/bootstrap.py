@@ -74,7 +74,7 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
 
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url and settings.redis_url
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "quote_svc")
     redis = cache.connect(settings.redis_url)
     app, _ = build(pool, nc, redis, settings.namespace)
