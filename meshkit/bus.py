@@ -62,21 +62,25 @@ async def ensure_stream(js, namespace: str, base: str, *, max_msgs_per_subject: 
     return name
 
 
-async def consume(js, *, stream: str, subject_filter: str, durable: str, handle, batch: int = 100,
-                  idle_wait: float = 1.0) -> None:
-    """Run a durable pull consumer forever: fetch a batch, hand each message to `handle`
-    (an async function of the message) in stream order, and ack it only after `handle`
-    returned. A failing message is retried in place with backoff (keeping the order of what
-    follows it), telling JetStream it is still in progress; nothing is skipped or lost."""
+async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
+                  batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
+                  max_ack_pending: int = 10_000) -> None:
+    """Run a durable pull consumer forever: fetch a batch and hand it over in stream order,
+    either message by message to `handle` (an async function of one message) or whole to
+    `handle_batch` (an async function of the list), acking only after the handler returned.
+    A failing handler is retried in place with backoff (keeping the order of what follows),
+    telling JetStream the messages are still in progress; nothing is skipped or lost."""
     import asyncio
 
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+    if (handle is None) == (handle_batch is None):
+        raise TypeError("pass exactly one of handle and handle_batch")
     sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
         durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30, max_ack_pending=10_000, filter_subject=subject_filter))
+        ack_wait=ack_wait, max_ack_pending=max_ack_pending, filter_subject=subject_filter))
     try:
-        await _consume_loop(sub, handle, batch, idle_wait)
+        await _consume_loop(sub, handle, handle_batch, batch, idle_wait)
     finally:
         # Withdraw the inbox of the pull request still outstanding: without interest the
         # server drops it, instead of delivering the next messages to a reader that is gone
@@ -87,7 +91,26 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle,
             pass
 
 
-async def _consume_loop(sub, handle, batch: int, idle_wait: float) -> None:
+async def _until_done(work, msgs) -> None:
+    """Await `work()` until it succeeds, backing off and keeping `msgs` in progress."""
+    import asyncio
+
+    delay = 0.2
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - retried in place, never skipped
+            log.exception("message handling failed; retrying", extra={"subject": msgs[0].subject})
+            for m in msgs:
+                await m.in_progress()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _consume_loop(sub, handle, handle_batch, batch: int, idle_wait: float) -> None:
     import asyncio
 
     while True:
@@ -98,26 +121,23 @@ async def _consume_loop(sub, handle, batch: int, idle_wait: float) -> None:
             if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
                 raise asyncio.CancelledError from None
             continue
-        for i, msg in enumerate(msgs):
-            delay = 0.2
-            try:
-                while True:
-                    try:
-                        await handle(msg)
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # noqa: BLE001 - retried in place, never skipped
-                        log.exception("message handling failed; retrying", extra={"subject": msg.subject})
-                        await msg.in_progress()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
-            except asyncio.CancelledError:
-                # Stopping mid-batch: hand back what was fetched and not handled, at once and in
-                # order, rather than after ack_wait behind what the next consumer takes meanwhile.
-                await asyncio.shield(_nak_all(msgs[i:]))
-                raise
-            await msg.ack()
+        done = 0
+        try:
+            if handle_batch is not None:
+                await _until_done(lambda: handle_batch(msgs), msgs)
+                for m in msgs:
+                    await m.ack()
+                done = len(msgs)
+            else:
+                for msg in msgs:
+                    await _until_done(lambda: handle(msg), [msg])
+                    await msg.ack()
+                    done += 1
+        except asyncio.CancelledError:
+            # Stopping mid-batch: hand back what was fetched and not handled, at once and in
+            # order, rather than after ack_wait behind what the next consumer takes meanwhile.
+            await asyncio.shield(_nak_all(msgs[done:]))
+            raise
 
 
 async def _nak_all(msgs) -> None:

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Iterable
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from meshkit import bus
 from quote_svc.adapters.codec import md_from_bytes
@@ -99,31 +99,9 @@ async def consume_trades(js: JetStreamContext, namespace: str,
     """Fetch batches from the shared durable consumer; `handle` each batch (retried in place
     until it succeeds), then ack it."""
     stream = await ensure_md_stream(js, namespace)
-    subject = bus.subject(namespace, "md", ">")
-    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=ConsumerConfig(
-        durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        ack_wait=60, max_ack_pending=20_000, filter_subject=subject))
-    while True:
-        try:
-            msgs = await sub.fetch(batch, timeout=1.0)
-        except asyncio.TimeoutError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
-                raise asyncio.CancelledError from None
-            continue
-        events = [ev for ev in map(_decode, msgs) if ev is not None]
-        delay = 0.2
-        while True:
-            try:
-                await handle(events)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - retried in place, never skipped
-                log.exception("could not record trades; retrying", extra={"messages": len(msgs)})
-                for m in msgs:
-                    await m.in_progress()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        for m in msgs:
-            await m.ack()
+
+    async def handle_batch(msgs) -> None:
+        await handle([ev for ev in map(_decode, msgs) if ev is not None])
+
+    await bus.consume(js, stream=stream, subject_filter=bus.subject(namespace, "md", ">"), durable=durable,
+                      handle_batch=handle_batch, batch=batch, ack_wait=60, max_ack_pending=20_000)
