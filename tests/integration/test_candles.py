@@ -8,7 +8,7 @@ import random
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,11 +16,14 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
+from meshkit import bus
 from meshkit.money import fmt
 from meshkit.status import error_info
+from quote_svc.adapters.feed import CANDLES_DURABLE
 from quote_svc.service_layer.candles import last_close
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
 from tests.support.quotes import md_event, publish_md, quote_service
+from tests.support.wait import drained
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +190,7 @@ async def test_candles_equal_the_reference_for_every_interval(pool, nats_conn, n
         await publish_md(js, ns, md_event(symbol, len(trades) + 1, bid="120.00", ask="121.00",
                                           at=datetime(2024, 3, 12, 20, 0, tzinfo=UTC)))
         await wait_recorded(pool, symbol, len(trades))
-        await asyncio.sleep(0.3)  # the replayed batch, if any, lands too
+        assert await drained(js, bus.stream_name(ns, "MD"), CANDLES_DURABLE)  # the replays were taken too
 
         now = datetime.now(UTC)
         day = datetime(2024, 3, 4, tzinfo=UTC)

@@ -17,18 +17,12 @@ from meshkit.status import error_info
 from stockmesh.matching.v1 import market_data_service_pb2 as md, market_data_service_pb2_grpc
 from stockmesh.matching.v1 import matching_pb2 as pb
 from tests.support.engine import BUY, SELL, cancel, executions, new_order, publish
+from tests.support.wait import drained, eventually
 
 pytestmark = pytest.mark.integration
 E = pb.ExecutionType
 
 
-async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(delay)
 
 
 @pytest.fixture
@@ -79,7 +73,7 @@ async def test_cross_cancel_and_duplicate(engine_app):
     assert (got[3].order_id, got[3].reason, got[3].quantity) == ("s1", "USER", 60)
     assert (got[4].order_id, got[4].reason) == ("nope", "UNKNOWN_ORDER")
     assert len({ex.execution_id for ex in got}) == len(got)
-    await asyncio.sleep(0.3)
+    assert await drained(js, names.orders, names.consumer("AAPL"))  # every input acked, the repeat too
     assert len(await executions(js, ns, "AAPL")) == 5  # nothing for the repeat
 
     last = await js.get_last_msg(names.md, names.md_subject("AAPL"))

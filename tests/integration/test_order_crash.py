@@ -21,6 +21,7 @@ from meshkit import bus
 from meshkit.launcher.net import free_port
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -48,15 +49,6 @@ async def start_order_svc(env: dict[str, str], port: int) -> asyncio.subprocess.
                 raise RuntimeError(f"order_svc exited with {proc.returncode}")
             await asyncio.sleep(0.1)
     raise RuntimeError("order_svc did not become SERVING")
-
-
-async def eventually(check, *, attempts: int = 150, delay: float = 0.1):
-    for _ in range(attempts):
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(delay)
-    return await check()
 
 
 @pytest.mark.parametrize("failpoint", FAILPOINTS)

@@ -14,18 +14,11 @@ from meshkit.status import error_info
 from quote_svc.adapters.cache import quote_key
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
 from tests.support.quotes import md_event, publish_md, quote_service
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
 
-async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result or loop.time() > deadline:
-            return result
-        await asyncio.sleep(delay)
 
 
 @pytest.fixture

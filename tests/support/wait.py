@@ -1,0 +1,25 @@
+"""Waiting for a condition, with a bound, instead of sleeping for a guess."""
+from __future__ import annotations
+
+import asyncio
+
+
+async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
+    """Call the async `check` until it returns something true or `timeout` passes; returns its
+    last result (so the caller's assert shows what it saw)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result or loop.time() > deadline:
+            return result
+        await asyncio.sleep(delay)
+
+
+async def drained(js, stream: str, durable: str, timeout: float = 15.0) -> bool:
+    """True once the durable consumer has taken and acknowledged everything in its stream: what
+    it does with a message (or a repeat) has been done by then."""
+    async def check() -> bool:
+        info = await js.consumer_info(stream, durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    return await eventually(check, timeout)
