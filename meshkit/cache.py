@@ -11,8 +11,3 @@ def connect(url: str, *, max_connections: int = 50) -> aioredis.Redis:
         health_check_interval=10)
     return aioredis.Redis(connection_pool=pool)
 
-
-def redis_check(r: aioredis.Redis):
-    async def redis() -> None:
-        await r.ping()
-    return redis

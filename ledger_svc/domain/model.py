@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -299,9 +299,6 @@ class Hold:
         self.released += left
         self.status = HoldStatus.RELEASED
         return left
-
-    def copy(self) -> "Hold":
-        return replace(self)
 
 
 class TransferPending(FailedPrecondition):

@@ -50,7 +50,6 @@ class SymbolRunner:
         self.kv, self.ttl = kv, ttl
         self.engine: SymbolEngine | None = None  # set only while this instance owns the symbol
         self.lease: Lease | None = None
-        self.inputs_processed = 0
         # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
         self.published_seq = 0
         self._headers = {"Engine-Instance": cfg.instance_id}
@@ -159,7 +158,6 @@ class SymbolRunner:
         self.published_seq = engine.last_seq
         for msg in msgs:
             await msg.ack()
-        self.inputs_processed += applied
         return applied
 
 

@@ -49,10 +49,6 @@ class Status(enum.Enum):
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
-    @property
-    def is_live(self) -> bool:
-        return self in (Status.PENDING_NEW, Status.NEW, Status.PARTIALLY_FILLED)
-
 
 TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED})
 

@@ -104,10 +104,6 @@ class Candle:
             return None
         return (self.pv / self.volume).quantize(VWAP_PLACES, rounding=ROUND_HALF_EVEN)
 
-    @property
-    def has_trades(self) -> bool:
-        return self.volume > 0 or bool(self.trade_count)
-
 
 @dataclass(frozen=True)
 class Part:
