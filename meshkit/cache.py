@@ -10,4 +10,3 @@ def connect(url: str, *, max_connections: int = 50) -> aioredis.Redis:
         url, max_connections=max_connections, timeout=0.5, socket_timeout=1, socket_connect_timeout=1,
         health_check_interval=10)
     return aioredis.Redis(connection_pool=pool)
-
