@@ -82,20 +82,29 @@ async def order_deps(checked_pool, database_url, nats_conn, namespace, ledger_ad
 
 
 @pytest.fixture
-async def execution_consumers(checked_pool, nats_conn, namespace, order_deps):
-    """The ledger's and order_svc's execution consumers, running in this process."""
+async def ledger_consumer(checked_pool, nats_conn, namespace):
+    """The ledger's execution consumer (settlement), running in this process."""
     from ledger_svc.service_layer import settlement
     from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+    from meshkit import executions
+
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    task = asyncio.create_task(executions.consume(nats_conn.jetstream(), namespace, "ledger",
+                                                  lambda ex: settlement.apply_execution(ex, uow)))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def execution_consumers(ledger_consumer, nats_conn, namespace, order_deps):
+    """The ledger's and order_svc's execution consumers, running in this process."""
     from meshkit import executions
     from order_svc.service_layer import lifecycle
 
     js = nats_conn.jetstream()
-    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
-    tasks = [asyncio.create_task(executions.consume(js, namespace, "ledger",
-                                                    lambda ex: settlement.apply_execution(ex, uow))),
-             asyncio.create_task(executions.consume(js, namespace, "orders",
-                                                    lambda ex: lifecycle.apply_execution(ex, order_deps)))]
+    task = asyncio.create_task(executions.consume(js, namespace, "orders",
+                                                  lambda ex: lifecycle.apply_execution(ex, order_deps)))
     yield js
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -16,14 +16,13 @@ import pytest
 
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from matching_svc.bootstrap import build
-from matching_svc.service_layer.runner import EngineConfig
 from meshkit import bus, calendar, executions
 from order_svc.domain import model
 from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.matching.v1 import matching_pb2
+from tests.support.engine import accepted, engine_in_process
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -35,16 +34,8 @@ SELL_SYM = "META"  # reference 505.75
 async def engine(nats_url, namespace, pool):
     """The matching engine for GOOGL and META on the session's namespace (its snapshot and
     consumers persist in the namespace, so the book carries over from test to test)."""
-    nc = await bus.connect(nats_url, "test-replace-engine")
-    cfg = EngineConfig(namespace=namespace, symbols=(SYM, SELL_SYM), instance_id=f"replace-{uuid.uuid4().hex[:6]}",
-                       lease_ttl=3.0)
-    _, eng = build(nc, cfg)
-    task = asyncio.create_task(eng.run())
-    await asyncio.wait_for(eng.ready.wait(), 20)
-    yield eng
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await nc.close()
+    async with engine_in_process(nats_url, namespace, (SYM, SELL_SYM)) as eng:
+        yield eng
     # Leave the day settled: a later test that settles "today" in this database sees its own fills.
     await settlement.settle(calendar.trading_day(datetime.now(timezone.utc)), luow(pool))
 
@@ -163,7 +154,7 @@ async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_
     await fund(checked_pool, seller, shares=(SYM, 10))
     a = await handlers.place_order(limit(first, Side.BUY, 10, "160.00"), order_deps)
     b = await handlers.place_order(limit(second, Side.BUY, 10, "160.00"), order_deps)  # behind `a` at 160.00
-    await eventually(lambda: _accepted(checked_pool, b.order_id), "both orders to rest")
+    await eventually(lambda: accepted(checked_pool, b.order_id), "both orders to rest")
 
     new = await handlers.replace_order(replace(first, a.order_id, 4, "160.00"), order_deps)
     await eventually(lambda: order_is(order_deps, first, new.order_id, Status.NEW), "the replacement")
@@ -191,12 +182,6 @@ async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_
 
 async def _shares_held(pool, account, held: int) -> bool:
     return (await ledger.book_balance(account, SYM, luow(pool))).held == held
-
-
-async def _accepted(pool, order_id) -> bool:
-    async with pool.acquire() as conn:
-        return bool(await conn.fetchval(
-            "SELECT true FROM ledger.executions WHERE type = 'ACCEPTED' AND order_id = $1", str(order_id)))
 
 
 async def test_sell_quantity_down_then_refused_up(engine, order_deps, execution_consumers, checked_pool):
@@ -378,7 +363,7 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     await fund(checked_pool, a, cash="1000.00")
     day = await handlers.place_order(limit(a, Side.BUY, 2, "150.00", tif=TimeInForce.DAY), order_deps)
     gtc = await handlers.place_order(limit(a, Side.BUY, 3, "150.00"), order_deps)
-    await eventually(lambda: _accepted(checked_pool, gtc.order_id), "both orders to rest")
+    await eventually(lambda: accepted(checked_pool, gtc.order_id), "both orders to rest")
     env = {**os.environ, "DATABASE_URL": database_url, "STOCKMESH_NAMESPACE": namespace}
     cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", "2024-01-02"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

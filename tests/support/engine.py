@@ -1,18 +1,24 @@
 """Helpers for the matching-engine tests and benchmark: commands, a seeded random order flow,
-reading a whole stream back, and the engine as a subprocess."""
+reading a whole stream back, and the engine in this process or as a subprocess."""
 from __future__ import annotations
 
 import asyncio
 import os
 import random
 import sys
+import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from matching_svc.adapters.jetstream import Names, input_position
+from matching_svc.bootstrap import build
 from matching_svc.service_layer.engine import SymbolEngine
+from matching_svc.service_layer.runner import Engine, EngineConfig
+from meshkit import bus
 from meshkit.launcher.net import free_port
 from stockmesh.common.v1 import common_pb2 as c
 from stockmesh.matching.v1 import matching_pb2 as pb
@@ -188,3 +194,27 @@ async def kill(proc) -> None:
     if proc.returncode is None:
         proc.kill()
     await proc.wait()
+
+
+@asynccontextmanager
+async def engine_in_process(nats_url: str, namespace: str, symbols: tuple[str, ...]) -> AsyncIterator[Engine]:
+    """The matching engine for `symbols` running in this process, once it owns them. Its snapshot
+    and consumers persist in the namespace: a later engine for the same symbols carries on."""
+    nc = await bus.connect(nats_url, "test-engine")
+    cfg = EngineConfig(namespace=namespace, symbols=symbols, instance_id=f"test-{uuid.uuid4().hex[:6]}", lease_ttl=3.0)
+    _, eng = build(nc, cfg)
+    task = asyncio.create_task(eng.run())
+    try:
+        await asyncio.wait_for(eng.ready.wait(), 20)
+        yield eng
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()
+
+
+async def accepted(pool, order_id) -> bool:
+    """The engine accepted the order (the ledger has applied its ACCEPTED)."""
+    async with pool.acquire() as conn:
+        return bool(await conn.fetchval(
+            "SELECT true FROM ledger.executions WHERE type = 'ACCEPTED' AND order_id = $1", str(order_id)))
