@@ -63,9 +63,15 @@ def pct_from_hist(hist: dict[float, int], p: float) -> float:
 
 # ---------------------------------------------------------------- client process
 
+def connection(endpoint: str) -> grpc.aio.Channel:
+    """A channel with a TCP connection of its own: by default gRPC shares one subchannel (one
+    HTTP/2 connection) among every channel to the same target in a process."""
+    return grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
 async def client_main(endpoint: str, token: str, streams: int, start_at: float, end_at: float) -> None:
     md = (("authorization", f"Bearer {token}"),)
-    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(-(-streams // STREAMS_PER_CHANNEL))]
+    channels = [connection(endpoint) for _ in range(-(-streams // STREAMS_PER_CHANNEL))]
     hist: collections.Counter = collections.Counter()
     count = 0
     ready = 0
@@ -259,6 +265,7 @@ async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None
     latency from each call's intended send time, so a queue shows in the figures. With `pids`,
     also the CPU time each of those processes (and this one, the client) spent per request —
     less disturbed by a busy machine than the latencies."""
+    spies = profile(pids or {}, seconds)
     pids = dict(pids or {}, client=os.getpid())
     cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
     lat: list[float] = []
@@ -282,11 +289,28 @@ async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None
         tasks.append(asyncio.create_task(one(i, intended)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
+    for spy in spies:
+        spy.wait()
     cpu_ms = {k: (cpu_seconds(v) - cpu0[k]) * 1000 / max(1, len(lat) + errors) for k, v in pids.items()}
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q / 100 * (len(lat) - 1)))] * 1000 if lat else float("nan")  # noqa: E731
     return {"requests": len(lat), "errors": errors, "achieved_per_s": len(lat) / elapsed,
             "p50_ms": p(50), "p99_ms": p(99), "max_ms": lat[-1] * 1000 if lat else float("nan"), "cpu_ms": cpu_ms}
+
+
+PROFILE_DIR: Path | None = None  # --profile-dir
+
+
+def profile(pids: dict[str, int], seconds: float) -> list[subprocess.Popen]:
+    """With --profile-dir, py-spy samples each of `pids` for `seconds` (raw stacks, one file each)."""
+    if PROFILE_DIR is None:
+        return []
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    pyspy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(pyspy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+                              "--format", "raw", "--output", str(PROFILE_DIR / f"{name}.txt"), "--nonblocking"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in pids.items() if name != "envoy"]
 
 
 def mesh_pids(state: dict, *names: str) -> dict[str, int]:
@@ -305,13 +329,25 @@ async def candles_round(endpoint: str, token: str, rate: int, seconds: float, cl
     req = qpb.GetCandlesRequest(symbol=CANDLE_SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
     req.start_time.FromDatetime(start)
     req.end_time.FromDatetime(start + timedelta(days=1))
-    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
-    stubs = [quote_service_pb2_grpc.QuoteServiceStub(c) for c in channels]
-    check = await stubs[0].GetCandles(req, metadata=md)
+    channels = [connection(endpoint) for _ in range(clients)]
+    # The reply's bytes, not decoded: decoding 1,440 candles is the client's CPU (1+ ms of
+    # Python here), which on one 2-core machine would be taken from the mesh being measured.
+    # The first reply is decoded and checked in full; every other must be exactly as long.
+    calls = [c.unary_unary("/stockmesh.quote.v1.QuoteService/GetCandles",
+                           request_serializer=qpb.GetCandlesRequest.SerializeToString) for c in channels]
+    raw = await calls[0](req, metadata=md)
+    check = qpb.GetCandlesResponse.FromString(raw)
     assert len(check.candles) == 1440 and not check.next_page_token, len(check.candles)
     for _ in range(50):  # warm up
-        await stubs[0].GetCandles(req, metadata=md)
-    r = await open_loop(lambda k: stubs[k % clients].GetCandles(req, metadata=md), rate, seconds, pids)
+        await calls[0](req, metadata=md)
+
+    async def call(k: int) -> None:
+        reply = await calls[k % clients](req, metadata=md)
+        if len(reply) != len(raw):
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DATA_LOSS, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       f"a reply of {len(reply)} bytes, not {len(raw)}")
+
+    r = await open_loop(call, rate, seconds, pids)
     for c in channels:
         await c.close()
     return dict(r, candles_per_reply=len(check.candles))
@@ -356,7 +392,7 @@ async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, 
     from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
 
     md = (("authorization", f"Bearer {token}"),)
-    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
+    channels = [connection(endpoint) for _ in range(clients)]
     stubs = [lgrpc.LedgerServiceStub(c) for c in channels]
     req = lpb.GetPortfolioRequest()
     for _ in range(50):  # warm up
@@ -426,7 +462,7 @@ async def main(args) -> None:
             print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
                                    for p in pf.positions), flush=True)
             r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
-                                      pids=mesh_pids(state, "ledger_svc", "envoy"))
+                                      pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
             print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
                   f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
             print(cpu_line(r), flush=True)
@@ -463,7 +499,11 @@ def cli() -> None:
     ap.add_argument("--client-streams", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--end-at", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-dir", type=Path, default=None,
+                    help="py-spy the services of each GetCandles / GetPortfolio round into this folder")
     args = ap.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile_dir
     if args.client:
         asyncio.run(client_main(args.endpoint, args.token, args.client_streams, args.start_at, args.end_at))
     else:

@@ -46,6 +46,14 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) 
                         f"internal error (request id {logs.request_id.get()})")
 
 
+def _pass_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A handler may answer with its reply already serialized (`bytes`, e.g. cached parts of
+    a message joined: protobuf's wire format concatenates), which is sent as it is."""
+    if serializer is None:
+        return None
+    return lambda reply: reply if type(reply) is bytes else serializer(reply)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -76,7 +84,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                response_serializer=_pass_bytes(handler.response_serializer))
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
@@ -98,5 +106,5 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                response_serializer=_pass_bytes(handler.response_serializer))
         return handler

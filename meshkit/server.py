@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -172,4 +173,16 @@ def run(service: str, bootstrap: Callable[[config.Settings], Awaitable[App]],
     except config.ConfigError as exc:
         raise SystemExit(f"{service}: {exc}") from None
     logs.setup(service, settings.log_level)
-    asyncio.run(serve(settings, bootstrap))
+    run_loop(serve(settings, bootstrap))
+
+
+def run_loop(main: Awaitable[None]) -> None:
+    """Run a process's main coroutine on uvloop (libuv's event loop: the asyncio plumbing of
+    every call, socket write and timer costs less CPU than the standard loop's), unless
+    STOCKMESH_EVENT_LOOP=asyncio asks for the standard one."""
+    if os.environ.get("STOCKMESH_EVENT_LOOP", "uvloop") == "asyncio":
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    import uvloop
+
+    uvloop.run(main)  # type: ignore[arg-type]

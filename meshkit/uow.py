@@ -24,6 +24,13 @@ class UnitOfWork:
         self._single = True
         return self
 
+    def reads(self) -> "UnitOfWork":
+        """For a unit of work that only reads, each statement seeing what was committed when it
+        started: exactly what a READ COMMITTED transaction gives, so it runs without one (no
+        BEGIN and ROLLBACK round trips). Reads that must share one snapshot belong in one
+        statement."""
+        return self.single_statement()
+
     def _open(self, conn: asyncpg.Connection) -> None:  # pragma: no cover - overridden
         pass
 

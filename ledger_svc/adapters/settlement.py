@@ -38,16 +38,29 @@ class SettlementRepository:
             ON CONFLICT (account_id, symbol) DO UPDATE SET quantity = excluded.quantity, cost = excluded.cost
             """, account_id, symbol, p.quantity, p.cost)
 
-    async def positions(self, account_id: str) -> list[asyncpg.Record]:
-        """Every share book of the account with its cost basis."""
+    async def holdings(self, account_id: str, cash_asset: str) -> list[asyncpg.Record]:
+        """The account's cash (posted, held, unsettled) and every share book with its cost
+        basis, in one statement, so both come from one snapshot (a fill committed in between
+        cannot show its cash without its shares). One row per position (symbol, shares, held
+        shares, cost, qty), each carrying the cash columns; one row with a NULL symbol when
+        there is no position."""
         return await self.conn.fetch(
             """
-            SELECT k.asset AS symbol, b.posted, b.held, coalesce(p.cost, 0) AS cost, coalesce(p.quantity, 0) AS qty
-              FROM ledger.books k JOIN ledger.balances b USING (book_id)
-              LEFT JOIN ledger.positions p ON p.account_id = k.owner AND p.symbol = k.asset
-             WHERE k.owner = $1 AND k.asset <> 'USD' AND (b.posted <> 0 OR b.held <> 0)
-             ORDER BY k.asset
-            """, account_id)
+            SELECT c.posted, c.held, c.unsettled, p.symbol, p.shares, p.shares_held, p.cost, p.qty
+              FROM (SELECT coalesce(b.posted, 0) AS posted, coalesce(b.held, 0) AS held,
+                           coalesce((SELECT sum(amount) FROM ledger.unsettled
+                                      WHERE account_id = $1 AND settled_at IS NULL), 0) AS unsettled
+                      FROM (SELECT 1) one
+                      LEFT JOIN (ledger.books k JOIN ledger.balances b USING (book_id))
+                             ON k.owner = $1 AND k.asset = $2) c
+              LEFT JOIN LATERAL (
+                    SELECT k.asset AS symbol, b.posted AS shares, b.held AS shares_held,
+                           coalesce(p.cost, 0) AS cost, coalesce(p.quantity, 0) AS qty
+                      FROM ledger.books k JOIN ledger.balances b USING (book_id)
+                      LEFT JOIN ledger.positions p ON p.account_id = k.owner AND p.symbol = k.asset
+                     WHERE k.owner = $1 AND k.asset <> $2 AND (b.posted <> 0 OR b.held <> 0)) p ON true
+             ORDER BY p.symbol
+            """, account_id, cash_asset)
 
     async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date) -> None:
         await self.conn.execute(

@@ -1,6 +1,7 @@
 """LedgerService over gRPC: proto -> command, call the handler, domain -> proto."""
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 
 import grpc
@@ -44,8 +45,11 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     async def GetPortfolio(self, request: pb.GetPortfolioRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetPortfolioResponse:
         account = current_account()
-        view = await portfolio.portfolio(account, self.uow, self.quotes)
-        open_orders = await self.orders.open_orders() if self.orders is not None else []
+        if self.orders is None:
+            view, open_orders = await portfolio.portfolio(account, self.uow, self.quotes), []
+        else:  # the holdings (PostgreSQL) and the open orders (order_svc) at the same time
+            view, open_orders = await asyncio.gather(portfolio.portfolio(account, self.uow, self.quotes),
+                                                     self.orders.open_orders())
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
             account, view, open_orders, datetime.now(timezone.utc)))
 

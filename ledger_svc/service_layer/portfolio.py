@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from ledger_svc.domain.model import CashBalance
+from ledger_svc.domain.model import CASH, CashBalance
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit.marketdata import Touch
 
@@ -34,12 +34,14 @@ class PortfolioView:
 
 
 async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | None) -> PortfolioView:
-    async with uow_factory() as uow:
-        cash = await uow.ledger.cash(account_id)
-        rows = await uow.settlement.positions(account_id)
+    async with uow_factory().single_statement() as uow:
+        rows = await uow.settlement.holdings(account_id, CASH)
+    cash = CashBalance.of(rows[0]["posted"], rows[0]["held"], rows[0]["unsettled"])
     positions, equity = [], cash.total
     for r in rows:
-        qty = int(r["posted"])
+        if r["symbol"] is None:
+            continue
+        qty = int(r["shares"])
         avg = (r["cost"] / r["qty"]).quantize(Decimal("0.0001")) if r["qty"] else Decimal(0)
         price = None
         if quotes is not None:
@@ -49,5 +51,6 @@ async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | N
         pnl = value - r["cost"] if value is not None else None
         if value is not None:
             equity += value
-        positions.append(PositionView(r["symbol"], qty, qty - int(r["held"]), int(r["held"]), avg, price, value, pnl))
+        positions.append(PositionView(r["symbol"], qty, qty - int(r["shares_held"]), int(r["shares_held"]), avg, price,
+                                      value, pnl))
     return PortfolioView(cash, positions, equity)

@@ -2,7 +2,8 @@
 history. Prices are NUMERIC and come back as exact Decimals."""
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Sequence
 
@@ -55,39 +56,68 @@ ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
 """
 
 
+# Summaries of the rows a query reads, before ($5) and before ($6) (see fingerprints()). The
+# traded rows of whole coarser buckets [$9, $10) are summarised by the coarser maintained rows
+# ($8 wide) instead: every trade is folded into each maintained width in the same statement,
+# so a coarse row's volume and trade count are the sums of its finer rows' and change exactly
+# when one of them does (a day of 1-minute rows is read as 24 hourly ones). Traded rows are
+# summarised by those two sums only, which do not depend on which rows were read: the candle
+# writer only adds trades, so any write raises the trade count.
 _FINGERPRINTS = """
 WITH t AS (
     SELECT start_time, volume, trade_count FROM quotes.candles
     WHERE symbol = $1 AND width_s = $2 AND start_time >= $4 AND start_time < $7
+      AND NOT (start_time >= $9 AND start_time < $10)
+    UNION ALL
+    SELECT start_time, volume, trade_count FROM quotes.candles
+    WHERE symbol = $1 AND width_s = $8 AND start_time >= $9 AND start_time < $10
 ), i AS (
     SELECT start_time,
            hashtextextended((width_s, start_time, open, high, low, close, volume, trade_count, vwap)::text, 0) AS h
     FROM quotes.imported_candles
     WHERE symbol = $1 AND width_s <= $3 AND start_time >= $4 AND start_time < $7
+), ta AS (
+    SELECT concat_ws(',', sum(volume) FILTER (WHERE start_time < $5), sum(trade_count) FILTER (WHERE start_time < $5)) AS old,
+           concat_ws(',', sum(volume) FILTER (WHERE start_time < $6), sum(trade_count) FILTER (WHERE start_time < $6)) AS new
+    FROM t
+), ia AS (
+    SELECT concat_ws(',', count(*) FILTER (WHERE start_time < $5), sum(h) FILTER (WHERE start_time < $5)) AS old,
+           concat_ws(',', count(*) FILTER (WHERE start_time < $6), sum(h) FILTER (WHERE start_time < $6)) AS new
+    FROM i
 )
-SELECT (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $5::timestamptz) || '/' ||
-       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $5::timestamptz) AS old,
-       (SELECT concat_ws(',', count(*), sum(volume), sum(trade_count)) FROM t WHERE start_time < $6::timestamptz) || '/' ||
-       (SELECT concat_ws(',', count(*), sum(h)) FROM i WHERE start_time < $6::timestamptz) AS new
+SELECT ta.old || '/' || ia.old AS old, ta.new || '/' || ia.new AS new FROM ta, ia
 """
 
 # The close before a bucket ($2 of CandleRepository.close_before): the last candle ending at or
-# before it (None: the latest of all), traded or imported.
+# before it (None: the latest of all), traded or imported. (`coalesce`, not `$2 IS NULL OR`:
+# PostgreSQL's generic plan of a prepared statement can then still range-scan the index.)
 _CLOSE_BEFORE = (
     "SELECT close FROM ("
     " (SELECT close, start_time + interval '1 second' AS ends FROM quotes.candles"
-    "  WHERE symbol = $1 AND width_s = 1 AND ($2::timestamptz IS NULL OR start_time < $2)"
+    "  WHERE symbol = $1 AND width_s = 1 AND start_time < coalesce($2::timestamptz, 'infinity')"
     "  ORDER BY start_time DESC LIMIT 1)"
     " UNION ALL"
     " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
-    "  WHERE symbol = $1 AND ($2::timestamptz IS NULL"
-    "   OR start_time + make_interval(secs => width_s) <= $2)"
+    "  WHERE symbol = $1 AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
     "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
     "ORDER BY ends DESC LIMIT 1")
 
 # Both in one round trip: the close before `start` ($4) and the fingerprints.
 _FINGERPRINTS_AND_CLOSE = _FINGERPRINTS.replace(
     "\nSELECT ", "\nSELECT (" + _CLOSE_BEFORE.replace("$2", "$4") + ") AS prev,\n       ", 1)
+
+
+def _coarse_buckets(width: int, start: datetime, end: datetime) -> tuple[int, datetime, datetime]:
+    """The next coarser maintained width and the whole buckets of it within [start, end)
+    (an empty range when there are none)."""
+    coarse = next((w for w in MAINTAINED if w > width), None)
+    if coarse is None:
+        return width, start, start
+    first = math.ceil(start.timestamp() / coarse) * coarse
+    last = math.floor(end.timestamp() / coarse) * coarse
+    if first >= last:
+        return coarse, start, start
+    return coarse, datetime.fromtimestamp(first, timezone.utc), datetime.fromtimestamp(last, timezone.utc)
 
 
 def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:
@@ -128,8 +158,10 @@ class CandleRepository:
         [start, mid) and in [start, stop), taken in one snapshot. Any write changes them:
         the candle writer only ever adds (a new row, or volume and trade count grow) and an
         import that changes a row changes its content hash."""
+        coarse, whole_from, whole_to = _coarse_buckets(width, start, min(mid, stop))
         row = await self.conn.fetchrow(_FINGERPRINTS_AND_CLOSE if with_close else _FINGERPRINTS,
-                                       symbol, width, max_width, start, mid, stop, max(mid, stop))
+                                       symbol, width, max_width, start, mid, stop, max(mid, stop),
+                                       coarse, whole_from, whole_to)
         return row["prev"] if with_close else None, row["old"], row["new"]
 
     async def first_start(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> datetime | None:

@@ -71,12 +71,12 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         sub = self.book.subscribe(wanted)
         try:
             while True:
-                yield self.to_proto(await sub.get())
+                yield self.to_proto.encoded(await sub.get())  # serialized once for every stream
         finally:
             self.book.unsubscribe(sub)
 
     async def GetCandles(self, request: pb.GetCandlesRequest,
-                         context: grpc.aio.ServicerContext) -> pb.GetCandlesResponse:
+                         context: grpc.aio.ServicerContext) -> pb.GetCandlesResponse | bytes:
         q = _candle_query(request)
         page = await candles.get_candles(q, self.uow, cache=self.candle_cache)
         token = ""
@@ -87,12 +87,12 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         if page.run is None or not page.cached:
             return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles],
                                          next_page_token=token)
-        # The cached final candles are serialized once per run; parsing their concatenation
-        # (protobuf's C code) is ~50x cheaper than building the messages again.
-        resp = pb.GetCandlesResponse.FromString(b"".join(page.run.render(page.cached, _encoded_candle)))
-        resp.candles.extend(mapping.candle_to_proto(c) for c in page.candles[page.cached:])
-        resp.next_page_token = token
-        return resp
+        # The reply goes out already serialized: the cached final candles are serialized once
+        # per run, and protobuf's wire format lets the rest (the candles built now, the token)
+        # follow them as a serialized message of its own.
+        rest = pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles[page.cached:]],
+                                     next_page_token=token)
+        return b"".join(page.run.render(page.cached, _encoded_candle)) + rest.SerializeToString()
 
 
 def _encoded_candle(c) -> bytes:

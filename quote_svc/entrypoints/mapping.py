@@ -20,18 +20,25 @@ INTERVALS = {
 
 
 class QuoteProtos:
-    """Each quote is turned into its message once, however many streams carry it."""
+    """Each quote is turned into its message, and serialized, once however many streams
+    carry it."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Quote, quote_pb2.Quote]] = {}
+        self._last: dict[str, tuple[Quote, quote_pb2.Quote, bytes]] = {}
 
-    def __call__(self, q: Quote) -> quote_pb2.Quote:
+    def _entry(self, q: Quote) -> tuple[Quote, quote_pb2.Quote, bytes]:
         hit = self._last.get(q.symbol)
         if hit is not None and hit[0] is q:
-            return hit[1]
+            return hit
         msg = quote_to_proto(q)
-        self._last[q.symbol] = (q, msg)
-        return msg
+        entry = self._last[q.symbol] = (q, msg, msg.SerializeToString())
+        return entry
+
+    def __call__(self, q: Quote) -> quote_pb2.Quote:
+        return self._entry(q)[1]
+
+    def encoded(self, q: Quote) -> bytes:
+        return self._entry(q)[2]
 
 
 def timestamp(dt: datetime) -> Timestamp:

@@ -144,7 +144,7 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
     stop = min(q.end, next_bucket(bucket_start(now, q.interval), q.interval))
     cur = q.cursor or bucket_start(q.start, q.interval)
     size = q.page_size
-    async with uow_factory() as uow:
+    async with uow_factory().reads() as uow:
         repo = uow.candles
         run = None
         if cache is None:

@@ -77,6 +77,8 @@ class Model:
             return "HOLD_NOT_FOUND"
         if (hold_id, capture_id) in self.captures:
             return None if self.captures[hold_id, capture_id] == (amount, counter) else "DUPLICATE_CAPTURE_ID"
+        if h.asset != "USD" and amount != amount.to_integral_value():
+            return "INVALID_ARGUMENT"  # shares move whole (e.g. a cash-sized capture retried on a share hold)
         if h.status != "PENDING":
             return "HOLD_RESOLVED"
         if amount > h.left:
