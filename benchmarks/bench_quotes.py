@@ -80,8 +80,17 @@ async def client_main(endpoint: str, token: str, streams: int, start_at: float, 
     async def one(i: int) -> None:
         nonlocal count, ready
         stub = quote_service_pb2_grpc.QuoteServiceStub(channels[i // STREAMS_PER_CHANNEL])
-        call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=[HOT]), metadata=md)
-        await call.read()  # the snapshot
+        for attempt in range(5):  # a stream that fails to open is opened again, as a real client would
+            call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=[HOT]), metadata=md)
+            try:
+                await call.read()  # the snapshot
+                break
+            except grpc.aio.AioRpcError as exc:
+                print(f"stream {i} failed to open ({exc.code().name}: {exc.details()}); opening it again",
+                      file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1 * (attempt + 1))
+        else:
+            raise RuntimeError(f"stream {i} could not be opened")
         ready += 1
         if ready == streams:
             all_ready.set()
