@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import platform
@@ -111,6 +112,8 @@ async def client_main(endpoint: str, token: str, streams: int, start_at: float, 
 
     tasks = [asyncio.create_task(one(i)) for i in range(streams)]
     await asyncio.wait_for(all_ready.wait(), 60 + streams / 5)
+    gc.collect()
+    gc.disable()  # no cyclic GC pause of the client inside the measured lag (as in open_loop)
     print("READY", flush=True)
     await asyncio.wait(tasks, timeout=max(0.0, end_at + 5 - time.time()))
     for t in tasks:
@@ -288,6 +291,10 @@ async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None
         except grpc.aio.AioRpcError:
             errors += 1
 
+    # The load generator must not stall its own measurement: no cyclic GC pauses (tens of ms
+    # once the heap is large) while the window runs; collected right after.
+    gc.collect()
+    gc.disable()
     t0 = time.perf_counter()
     tasks = []
     for i in range(int(rate * seconds)):
@@ -298,6 +305,7 @@ async def open_loop(call, rate: int, seconds: float, pids: dict[str, int] | None
         tasks.append(asyncio.create_task(one(i, intended)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
+    gc.enable()
     for spy in spies:
         spy.wait()
     cpu_ms = {k: (cpu_seconds(v) - cpu0[k]) * 1000 / max(1, len(lat) + errors) for k, v in pids.items()}

@@ -8,6 +8,7 @@ service's own dependencies answer, graceful shutdown on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -140,6 +141,12 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     await server.start()
+    # Everything built so far (modules, descriptors, pools) lives as long as the process:
+    # moved out of the collector's reach, a full collection scans only what came after it.
+    # Measured: full collections paused each service 100+ ms before, ~3 ms after, which was
+    # most of the p99 of GetPortfolio (docs/benchmarks/quotes.md).
+    gc.collect()
+    gc.freeze()
     log.info("listening", extra={"port": port, "services": app.service_names})
     tasks = [asyncio.create_task(watch_health(health_servicer, app))]
     tasks += [asyncio.create_task(_supervised(fn)) for fn in app.background]

@@ -1,6 +1,7 @@
 """The portfolio: cash, positions valued at the latest quote, equity."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -37,15 +38,17 @@ async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | N
     async with uow_factory().single_statement() as uow:
         rows = await uow.settlement.holdings(account_id, CASH)
     cash = CashBalance.of(rows[0]["posted"], rows[0]["held"], rows[0]["unsettled"])
+    rows = [r for r in rows if r["symbol"] is not None]
+    # Every position's latest market at once, not one after another.
+    touches: list[Touch | None] = [None] * len(rows)
+    if quotes is not None:
+        touches = list(await asyncio.gather(*(quotes.touch(r["symbol"]) for r in rows)))
     positions, equity = [], cash.total
-    for r in rows:
-        if r["symbol"] is None:
-            continue
+    for r, t in zip(rows, touches):
         qty = int(r["shares"])
         avg = (r["cost"] / r["qty"]).quantize(Decimal("0.0001")) if r["qty"] else Decimal(0)
         price = None
-        if quotes is not None:
-            t = await quotes.touch(r["symbol"])
+        if t is not None:
             price = t.last or (t.bid + t.ask) / 2 if (t.last or (t.bid and t.ask)) else None
         value = price * qty if price is not None else None
         pnl = value - r["cost"] if value is not None else None

@@ -1,0 +1,66 @@
+"""The latest market read from JetStream: cached briefly, and one read in flight per symbol."""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from meshkit.marketdata import JetStreamQuotes, Touch
+from stockmesh.matching.v1 import matching_pb2
+
+
+class SlowStream:
+    """A JetStream stand-in whose last-message read takes a while and is counted."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.release = asyncio.Event()
+        self.fail = False
+
+    async def get_last_msg(self, stream: str, subject: str):
+        self.reads += 1
+        await self.release.wait()
+        if self.fail:
+            raise ConnectionError("nats is gone")
+        ev = matching_pb2.MarketDataEvent(bid_price="10.00", ask_price="10.02", last_price="10.01")
+        return SimpleNamespace(data=ev.SerializeToString())
+
+
+async def test_concurrent_callers_share_one_read_then_the_cache():
+    js = SlowStream()
+    quotes = JetStreamQuotes(js, "ns", max_age=60)
+    callers = [asyncio.create_task(quotes.touch("AAPL")) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert js.reads == 1  # the other 19 wait for the read already in flight
+    js.release.set()
+    want = Touch(Decimal("10.00"), Decimal("10.02"), Decimal("10.01"))
+    assert await asyncio.gather(*callers) == [want] * 20
+    assert await quotes.touch("AAPL") == want and js.reads == 1  # then from the cache
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_read_the_others_wait_for():
+    js = SlowStream()
+    quotes = JetStreamQuotes(js, "ns", max_age=60)
+    first, second = asyncio.create_task(quotes.touch("KO")), asyncio.create_task(quotes.touch("KO"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0.01)
+    js.release.set()
+    assert (await second).last == Decimal("10.01") and js.reads == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_failed_read_reaches_every_waiter_and_the_next_call_reads_again():
+    js = SlowStream()
+    js.fail = True
+    quotes = JetStreamQuotes(js, "ns", max_age=60)
+    callers = [asyncio.create_task(quotes.touch("IBM")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    js.release.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results) and js.reads == 1
+    js.fail = False
+    assert (await quotes.touch("IBM")).bid == Decimal("10.00") and js.reads == 2
