@@ -93,6 +93,18 @@ async def test_expired_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, bearer(expired))) == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_token_that_expires_while_envoy_has_it_cached_is_refused(mesh: RunningMesh) -> None:
+    """Envoy keeps verified tokens (jwt_cache_config); expiry must still be checked per call."""
+    dev = keys.ensure_keys(mesh.data_dir)
+    skew = 30  # clock_skew_seconds in envoy.yaml.tmpl: exp + 30 s is still accepted
+    now = int(time.time())
+    claims = keys.claims_for("gw-alice", ttl=600, now=now - 600 - skew + 6)  # accepted for ~6 more s
+    token = keys.sign(claims, dev.private_key(), dev.kid)
+    assert await _code(_portfolio(mesh, bearer(token))) == grpc.StatusCode.OK  # verified, now cached
+    await asyncio.sleep(max(0.0, claims["exp"] + skew + 1.5 - time.time()))
+    assert await _code(_portfolio(mesh, bearer(token))) == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_token_for_another_audience_is_unauthenticated(mesh: RunningMesh) -> None:
     dev = keys.ensure_keys(mesh.data_dir)
     claims = {**keys.claims_for("gw-alice"), "aud": "someone-else"}
