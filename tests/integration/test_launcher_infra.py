@@ -80,6 +80,64 @@ def test_quote_streams_are_buffered_little_by_envoy(tmp_path: Path) -> None:
     assert all("per_connection_buffer_limit_bytes" not in c for c in clusters if c is not streams)
 
 
+async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Path) -> None:
+    """quote_svc has been seen answering a few of a burst of stream opens with CANCELLED at
+    once; Envoy retries those (nothing was sent to the client yet), so the client gets its
+    stream. A real Envoy with the rendered config, in front of a quote_svc stand-in that
+    refuses the first opens."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb, quote_service_pb2_grpc
+
+    class Flaky(quote_service_pb2_grpc.QuoteServiceServicer):
+        def __init__(self, refusals: int) -> None:
+            self.refusals, self.calls = refusals, 0
+
+        async def StreamQuotes(self, request, context):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                await context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+            yield quote_pb2.Quote(symbol=request.symbols[0], last_price="10.00", sequence=7)
+
+    dev = keys.ensure_keys(tmp_path)
+    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
+                             upstreams={c: free_port() for c in envoy.CLUSTERS})
+    config = envoy.write_config(tmp_path, ports, dev.jwks_path)
+    server = grpc.aio.server()
+    flaky = Flaky(refusals=2)
+    quote_service_pb2_grpc.add_QuoteServiceServicer_to_server(flaky, server)
+    checks = health.aio.HealthServicer()
+    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    server.add_insecure_port(f"127.0.0.1:{ports.upstreams['quote_svc']}")
+    await server.start()
+    proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    md = (("authorization", f"Bearer {keys.mint_token(tmp_path, 'retry-client')}"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
+            stub = quote_service_pb2_grpc.QuoteServiceStub(ch)
+            first = None
+            for _ in range(100):  # until Envoy listens and has seen the stand-in healthy
+                call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]), metadata=md, timeout=5)
+                try:
+                    first = await call.read()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # not up yet: never CANCELLED
+                    flaky.calls = 0
+                    await asyncio.sleep(0.1)
+            assert first is not None and (first.symbol, first.sequence) == ("AAPL", 7)
+            assert flaky.calls == 3  # refused twice, opened by Envoy's second retry
+            call.cancel()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        await server.stop(None)
+
+
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
     config = _rendered(tmp_path)
     config.write_text(config.read_text().replace("type: STATIC", "type: NOT_A_TYPE", 1))
