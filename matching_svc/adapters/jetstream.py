@@ -165,8 +165,9 @@ class Puller:
             await self._request()
         out: list[Msg] = []
         try:
-            self._take(await asyncio.wait_for(self.queue.get(), timeout), out)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # not wait_for: see meshkit/aio.py
+                self._take(await self.queue.get(), out)
+        except TimeoutError:
             return out
         q = self.queue
         while not q.empty() and len(out) < self.batch:

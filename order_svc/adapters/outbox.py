@@ -14,7 +14,7 @@ import asyncpg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from meshkit import bus, failpoints
+from meshkit import aio, bus, failpoints
 from order_svc.adapters.repository import OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
@@ -51,10 +51,7 @@ class OutboxRelay:
             while True:
                 published = await self.relay_once(conn)
                 if published < self.batch:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=0.2)
-                    except asyncio.TimeoutError:
-                        pass
+                    await aio.wait_set(self._wake, 0.2)
                     self._wake.clear()
         finally:
             conn.terminate()

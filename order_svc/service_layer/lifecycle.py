@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from typing import AsyncIterator, Protocol
 
+from meshkit import aio
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, Execution
 from order_svc.domain.model import Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import Deps, now
@@ -123,10 +124,7 @@ async def stream_updates(account_id: str, after: int, deps: Deps, wakeups: Wakeu
                 yield seq, order, fill
                 last = seq
             if len(batch) < page:
-                try:
-                    await asyncio.wait_for(event.wait(), timeout=poll)
-                except asyncio.TimeoutError:
-                    pass  # a missed notification costs at most one poll interval
+                await aio.wait_set(event, poll)  # a missed notification costs at most one poll interval
     finally:
         wakeups.unsubscribe(account_id, event)
 

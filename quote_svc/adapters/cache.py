@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import redis.asyncio as aioredis
 
+from meshkit import aio
 from quote_svc.adapters.codec import quote_from_proto, quote_to_proto
 from quote_svc.domain.quotes import Quote
 from stockmesh.quote.v1 import quote_pb2
@@ -66,10 +67,7 @@ class RedisQuoteCache:
         loop = asyncio.get_running_loop()
         next_full = loop.time()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - loop.time()))
-            except asyncio.TimeoutError:
-                pass
+            await aio.wait_set(self._wake, next_full - loop.time())
             self._wake.clear()
             quotes = current()
             if loop.time() >= next_full:
