@@ -404,6 +404,29 @@ async def seed_portfolio(js, ns: str, database_url: str, endpoint: str, data_dir
     raise SystemExit(f"GetPortfolio never showed the positions valued at the quotes: {pf}")
 
 
+async def place_resting_orders(endpoint: str, token: str) -> int:
+    """Two limit orders of the portfolio account that rest in the book (a buy below the quote,
+    a sell above it); returns how many open orders GetPortfolio then lists (checked: 2)."""
+    from stockmesh.common.v1 import common_pb2
+    from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
+    from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc as ogrpc
+
+    md = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        orders = ogrpc.OrderServiceStub(ch)
+        for coid, sym, side, qty, price in (("pf-buy", "AAPL", common_pb2.SIDE_BUY, 10, "185.00"),
+                                            ("pf-sell", "KO", common_pb2.SIDE_SELL, 50, "65.00")):
+            o = (await orders.PlaceOrder(opb.PlaceOrderRequest(
+                client_order_id=coid, symbol=sym, side=side, type=common_pb2.ORDER_TYPE_LIMIT, quantity=qty,
+                limit_price=price, time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=md, timeout=30)).order
+            if o.status != common_pb2.ORDER_STATUS_NEW:
+                raise SystemExit(f"a resting order of the portfolio account was not accepted: {o}")
+        pf = (await lgrpc.LedgerServiceStub(ch).GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
+    if len(pf.open_orders) != 2:
+        raise SystemExit(f"GetPortfolio lists {len(pf.open_orders)} open orders, expected 2")
+    return len(pf.open_orders)
+
+
 async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, clients: int = 8,
                           pids: dict[str, int] | None = None) -> dict:
     from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
@@ -478,6 +501,15 @@ async def main(args) -> None:
             ptoken, pf = await seed_portfolio(js, ns, database_url, state["endpoint"], data_dir)
             print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
                                    for p in pf.positions), flush=True)
+            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
+                                      pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
+            print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
+                  f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
+            print(cpu_line(r), flush=True)
+            # The same account with open orders: GetPortfolio then also asks order_svc for them
+            # (it skips that call when the ledger holds nothing for the account).
+            n_open = await place_resting_orders(state["endpoint"], ptoken)
+            print(f"\nGetPortfolio: the same account with {n_open} open orders (cash and shares held)", flush=True)
             r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
                                       pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
             print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "

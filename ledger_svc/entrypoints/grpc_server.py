@@ -1,7 +1,6 @@
 """LedgerService over gRPC: proto -> command, call the handler, domain -> proto."""
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
 import grpc
@@ -45,11 +44,9 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     async def GetPortfolio(self, request: pb.GetPortfolioRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetPortfolioResponse:
         account = current_account()
-        if self.orders is None:
-            view, open_orders = await portfolio.portfolio(account, self.uow, self.quotes), []
-        else:  # the holdings (PostgreSQL) and the open orders (order_svc) at the same time
-            view, open_orders = await asyncio.gather(portfolio.portfolio(account, self.uow, self.quotes),
-                                                     self.orders.open_orders())
+        view = await portfolio.portfolio(account, self.uow, self.quotes)
+        # order_svc is asked only when something is held: no hold, no live order.
+        open_orders = await self.orders.open_orders() if self.orders is not None and view.holds_anything else []
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
             account, view, open_orders, datetime.now(timezone.utc)))
 

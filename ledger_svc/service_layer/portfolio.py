@@ -33,6 +33,13 @@ class PortfolioView:
     positions: list[PositionView]
     equity: Decimal
 
+    @property
+    def holds_anything(self) -> bool:
+        """Some cash or shares are held. Every live order has its hold (placed before the
+        order is accepted, released when it ends: the invariant the tests check after every
+        test), so an account that holds nothing has no open order to list."""
+        return self.cash.held > 0 or any(p.held for p in self.positions)
+
 
 async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | None) -> PortfolioView:
     async with uow_factory().single_statement() as uow:

@@ -96,3 +96,48 @@ async def test_two_accounts_trade_and_see_every_update(mesh):
         assert [(p.symbol, p.quantity, p.average_cost, p.market_value, p.unrealized_pnl) for p in b.positions] == [
             (SYMBOL, 90, "60.00", "5580.00", "180.00")]  # 90 × 62.00 − 90 × 60.00
         assert a.equity == "10000.00" and not a.open_orders
+
+
+async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_shares(mesh):
+    """GetPortfolio asks order_svc for open orders only when the ledger holds something for the
+    account (every live order has its hold): a resting buy (cash held) and a resting sell
+    (shares held) are listed, and once both are cancelled the list is empty again."""
+    carol = f"carol-{uuid.uuid4().hex[:6]}"
+    await transfer_in_shares(mesh.database_url, carol, "V", 20, "250.00")
+    async with mesh.channel() as ch:
+        orders = order_service_pb2_grpc.OrderServiceStub(ch)
+        ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        md = mesh.auth(carol)
+
+        async def portfolio():
+            return (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
+
+        assert not (await portfolio()).open_orders  # shares, nothing held
+        sell = (await orders.PlaceOrder(opb.PlaceOrderRequest(
+            client_order_id="pf-sell", symbol="V", side=common_pb2.SIDE_SELL, type=common_pb2.ORDER_TYPE_LIMIT,
+            quantity=5, limit_price="300.00", time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=md)).order
+        assert sell.status == common_pb2.ORDER_STATUS_NEW
+        p = await portfolio()
+        assert p.cash.held == "0.00" and [(x.symbol, x.held) for x in p.positions] == [("V", 5)]
+        assert [o.order_id for o in p.open_orders] == [sell.order_id]
+
+        await ledger.Deposit(lpb.DepositRequest(amount="1000.00", idempotency_key="pf"), metadata=md)
+        buy = (await orders.PlaceOrder(opb.PlaceOrderRequest(
+            client_order_id="pf-buy", symbol="V", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
+            quantity=2, limit_price="250.00", time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=md)).order
+        await orders.CancelOrder(opb.CancelOrderRequest(order_id=sell.order_id), metadata=md)
+        for _ in range(100):  # the ledger and order_svc each apply the engine's cancel, asynchronously
+            p = await portfolio()
+            if p.positions[0].held == 0 and len(p.open_orders) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert p.cash.held == "500.00" and p.positions[0].held == 0  # only the buy's cash is held
+        assert [o.order_id for o in p.open_orders] == [buy.order_id]
+
+        await orders.CancelOrder(opb.CancelOrderRequest(order_id=buy.order_id), metadata=md)
+        for _ in range(100):
+            p = await portfolio()
+            if p.cash.held == "0.00":
+                break
+            await asyncio.sleep(0.1)
+        assert p.cash.held == "0.00" and not p.open_orders
