@@ -8,6 +8,10 @@ from decimal import Decimal
 
 FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECTED = (
     "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED", "CANCEL_REJECTED")
+# What the engine reports that changes nothing for the ledger or the order lifecycle: the order
+# was already NEW with its hold in place when the engine rested (or triggered) it. Consumers
+# pass these by without a transaction; the execution stream itself is their record.
+NO_EFFECT = frozenset({ACCEPTED, TRIGGERED})
 
 
 @dataclass(frozen=True)

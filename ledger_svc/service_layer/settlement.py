@@ -11,7 +11,7 @@ from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, SettlementRepo
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, REPLACED, Execution
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
 
 log = logging.getLogger("ledger_svc.settlement")
 
@@ -26,7 +26,9 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
     order's hold to the new order (the transfer prepared when the customer asked); a replace
     the engine refused (CANCEL_REJECTED naming a new order, or the old order cancelled because
     the new quantity was already filled) releases the transfer's reserve. A refused cancel
-    changes nothing."""
+    changes nothing, and so do an acceptance and a trigger (passed by without a transaction)."""
+    if ex.type in NO_EFFECT:
+        return False
     async with uow_factory() as uow:
         if not await uow.settlement.claim_execution(ex):
             return False

@@ -7,7 +7,7 @@ import uuid
 from typing import AsyncIterator, Protocol
 
 from meshkit import aio
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, Execution
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
 from order_svc.domain.model import Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import Deps, now
 
@@ -15,7 +15,10 @@ _ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE}
 
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
-    """Apply one execution in one transaction; False for a repeat (dropped by its id)."""
+    """Apply one execution in one transaction; False for a repeat (dropped by its id) and for
+    an execution that changes nothing (an acceptance or a trigger: no transaction at all)."""
+    if ex.type in NO_EFFECT:
+        return False
     async with deps.uow() as uow:
         if not await uow.orders.claim_execution(ex.execution_id):
             return False

@@ -132,7 +132,7 @@ async def test_market_orders_need_a_quote_and_hold_with_the_collar(order_deps, c
     o = await handlers.place_order(limit_buy(a, "m1", qty=10, symbol="JPM", type_=OrderType.MARKET), order_deps)
     assert (o.status, o.reject_reason) == (Status.REJECTED, RejectReason.NO_LIQUIDITY)
     js = nats_conn.jetstream()
-    await js.add_stream(name=bus.stream_name(namespace, "MD"), subjects=[bus.subject(namespace, "md", ">")])
+    await bus.ensure_stream(js, namespace, "md")  # as the engine makes it, unless a test before made it
     ev = matching_pb2.MarketDataEvent(symbol="JPM", sequence=1, bid_price="198.10", bid_size=5,
                                       ask_price="198.20", ask_size=7)
     await js.publish(bus.subject(namespace, "md", "JPM"), ev.SerializeToString())

@@ -23,6 +23,7 @@ from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.matching.v1 import matching_pb2
 from tests.support.engine import accepted, engine_in_process
+from tests.support.wait import drained
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -93,13 +94,19 @@ async def holds(pool, *hold_ids) -> dict[str, tuple[str, Decimal]]:
     return {r["hold_id"]: (r["status"], r["amount"]) for r in rows}
 
 
+async def ledger_caught_up(js, namespace: str) -> None:
+    """The ledger's consumer has applied every execution so far: it runs beside order_svc's at
+    its own pace, so an order's new status can be seen before the ledger's side of it."""
+    assert await drained(js, bus.stream_name(namespace, "EXECUTIONS"), "ledger"), "the ledger lags behind"
+
+
 async def updates_of(pool, order_id) -> list[str]:
     async with pool.acquire() as conn:
         return [r["status"] for r in await conn.fetch(
             "SELECT status FROM orders.updates WHERE order_id = $1 ORDER BY sequence", order_id)]
 
 
-async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_deps, execution_consumers, checked_pool):
+async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_deps, execution_consumers, checked_pool, namespace):
     a = acct()
     await fund(checked_pool, a, cash="1710.00")
     old = await handlers.place_order(limit(a, Side.BUY, 10, "170.00"), order_deps)
@@ -122,6 +129,7 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     assert done.replaced_by == new.order_id
     # The 10.00 difference was taken when asked; available never came back up in between.
     assert set(samples) == {D("0.00")}
+    await ledger_caught_up(execution_consumers, namespace)
     cash = await ledger.cash_balance(a, luow(checked_pool))
     assert (cash.held, cash.available) == (D("1710.00"), 0)
     h = await holds(checked_pool, old.order_id, new.order_id, f"{new.order_id}:reserve")
@@ -147,17 +155,18 @@ async def _cash_is(pool, account, *, held: Decimal):
 
 
 async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_deps, execution_consumers,
-                                                                  checked_pool):
+                                                                  checked_pool, nats_conn, namespace):
     first, second, seller = acct("first"), acct("second"), acct("seller")
     await fund(checked_pool, first, cash="2000.00")
     await fund(checked_pool, second, cash="2000.00")
     await fund(checked_pool, seller, shares=(SYM, 10))
     a = await handlers.place_order(limit(first, Side.BUY, 10, "160.00"), order_deps)
     b = await handlers.place_order(limit(second, Side.BUY, 10, "160.00"), order_deps)  # behind `a` at 160.00
-    await eventually(lambda: accepted(checked_pool, b.order_id), "both orders to rest")
+    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, b.order_id), "both orders to rest")
 
     new = await handlers.replace_order(replace(first, a.order_id, 4, "160.00"), order_deps)
     await eventually(lambda: order_is(order_deps, first, new.order_id, Status.NEW), "the replacement")
+    await ledger_caught_up(execution_consumers, namespace)
     assert await holds(checked_pool, new.order_id) == {str(new.order_id): ("PENDING", D("640.00"))}
     cash = await ledger.cash_balance(first, luow(checked_pool))
     assert (cash.held, cash.available) == (D("640.00"), D("1360.00"))
@@ -184,12 +193,13 @@ async def _shares_held(pool, account, held: int) -> bool:
     return (await ledger.book_balance(account, SYM, luow(pool))).held == held
 
 
-async def test_sell_quantity_down_then_refused_up(engine, order_deps, execution_consumers, checked_pool):
+async def test_sell_quantity_down_then_refused_up(engine, order_deps, execution_consumers, checked_pool, namespace):
     s = acct("seller")
     await fund(checked_pool, s, shares=(SELL_SYM, 100))
     old = await handlers.place_order(limit(s, Side.SELL, 100, "520.00", symbol=SELL_SYM), order_deps)
     new = await handlers.replace_order(replace(s, old.order_id, 60, "520.00"), order_deps)
     await eventually(lambda: order_is(order_deps, s, new.order_id, Status.NEW), "the replacement")
+    await ledger_caught_up(execution_consumers, namespace)
     shares = await ledger.book_balance(s, SELL_SYM, luow(checked_pool))
     assert (shares.posted, shares.held, shares.available) == (100, 60, 40)
     assert await holds(checked_pool, new.order_id) == {str(new.order_id): ("PENDING", D(60))}
@@ -204,12 +214,13 @@ async def test_sell_quantity_down_then_refused_up(engine, order_deps, execution_
     assert (await ledger.book_balance(s, SELL_SYM, luow(checked_pool))).held == 100
     await eventually(lambda: order_is(order_deps, s, up.order_id, Status.NEW), "the second replacement")
     assert (await handlers.get_order(s, new.order_id, order_deps)).replaced_by == up.order_id
+    await ledger_caught_up(execution_consumers, namespace)
     assert await holds(checked_pool, up.order_id) == {str(up.order_id): ("PENDING", D(100))}
     await handlers.cancel_order(s, up.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, s, up.order_id, Status.CANCELLED), "the cancel")
 
 
-async def test_not_found_not_active_and_idempotent(engine, order_deps, execution_consumers, checked_pool):
+async def test_not_found_not_active_and_idempotent(engine, order_deps, execution_consumers, checked_pool, namespace):
     a, other, seller = acct(), acct("other"), acct("seller")
     await fund(checked_pool, a, cash="5000.00")
     await fund(checked_pool, seller, shares=(SYM, 5))
@@ -234,6 +245,7 @@ async def test_not_found_not_active_and_idempotent(engine, order_deps, execution
     assert new.request.quantity == 12
     with pytest.raises(model.OrderNotActive):  # the old order ended
         await handlers.replace_order(replace(a, o.order_id, 10, "166.00"), order_deps)
+    await ledger_caught_up(execution_consumers, namespace)
     cash = await ledger.cash_balance(a, luow(checked_pool))
     assert cash.held == D("1992.00")  # 12 x 166.00
 
@@ -358,12 +370,12 @@ async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, che
 
 
 async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, execution_consumers, checked_pool,
-                                                        database_url, namespace):
+                                                        database_url, namespace, nats_conn):
     a = acct()
     await fund(checked_pool, a, cash="1000.00")
     day = await handlers.place_order(limit(a, Side.BUY, 2, "150.00", tif=TimeInForce.DAY), order_deps)
     gtc = await handlers.place_order(limit(a, Side.BUY, 3, "150.00"), order_deps)
-    await eventually(lambda: accepted(checked_pool, gtc.order_id), "both orders to rest")
+    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, gtc.order_id), "both orders to rest")
     env = {**os.environ, "DATABASE_URL": database_url, "STOCKMESH_NAMESPACE": namespace}
     cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", "2024-01-02"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

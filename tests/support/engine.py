@@ -213,8 +213,8 @@ async def engine_in_process(nats_url: str, namespace: str, symbols: tuple[str, .
         await nc.close()
 
 
-async def accepted(pool, order_id) -> bool:
-    """The engine accepted the order (the ledger has applied its ACCEPTED)."""
-    async with pool.acquire() as conn:
-        return bool(await conn.fetchval(
-            "SELECT true FROM ledger.executions WHERE type = 'ACCEPTED' AND order_id = $1", str(order_id)))
+async def accepted(js: JetStreamContext, namespace: str, symbol: str, order_id) -> bool:
+    """The engine accepted the order: its ACCEPTED is on the execution stream (the consumers
+    pass acceptances by without recording them)."""
+    return any(e.type == pb.EXECUTION_TYPE_ACCEPTED and e.order_id == str(order_id)
+               for e, _ in await executions(js, namespace, symbol))

@@ -1,0 +1,40 @@
+"""Executions that change nothing (the engine accepted or triggered an order) are passed by
+without a transaction in either consumer; every other kind opens one."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ledger_svc.service_layer import settlement
+from meshkit.executions import ACCEPTED, CANCELLED, NO_EFFECT, TRIGGERED, Execution
+from order_svc.service_layer import lifecycle
+
+
+class Opened(Exception):
+    """A unit of work was asked for."""
+
+
+def no_uow():
+    raise Opened
+
+
+def execution(kind: str) -> Execution:
+    return Execution(execution_id=f"x-{kind}", symbol="AAPL", type=kind, order_id="o-1", account_id="a-1")
+
+
+def test_acceptances_and_triggers_are_the_executions_with_no_effect():
+    assert NO_EFFECT == {ACCEPTED, TRIGGERED}
+
+
+@pytest.mark.parametrize("kind", sorted(NO_EFFECT))
+async def test_no_effect_executions_open_no_unit_of_work(kind):
+    assert await settlement.apply_execution(execution(kind), no_uow) is False
+    assert await lifecycle.apply_execution(execution(kind), SimpleNamespace(uow=no_uow)) is False
+
+
+async def test_an_execution_with_an_effect_opens_one():
+    with pytest.raises(Opened):
+        await settlement.apply_execution(execution(CANCELLED), no_uow)
+    with pytest.raises(Opened):
+        await lifecycle.apply_execution(execution(CANCELLED), SimpleNamespace(uow=no_uow))
