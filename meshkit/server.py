@@ -12,18 +12,42 @@ import gc
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import Histogram, start_http_server
 
 from meshkit import config, logs
 from meshkit.interceptors import ServiceInterceptor
 
 log = logging.getLogger("meshkit.server")
+
+GC_PAUSE = Histogram("stockmesh_gc_pause_seconds", "Pauses of Python's cyclic garbage collector", ["generation"],
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+
+
+def watch_gc(slow: float = 0.02) -> Callable[[str, dict], None]:
+    """Time every collection of the cyclic garbage collector (the loop stands still meanwhile):
+    a histogram per generation, and a warning for a pause longer than `slow` seconds."""
+    started = 0.0
+
+    def on_gc(phase: str, info: dict) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+            return
+        pause = time.perf_counter() - started
+        GC_PAUSE.labels(str(info["generation"])).observe(pause)
+        if pause > slow:
+            log.warning("slow garbage collection", extra={"generation": info["generation"],
+                                                          "pauseMs": round(pause * 1000, 1),
+                                                          "collected": info["collected"]})
+    gc.callbacks.append(on_gc)
+    return on_gc
 
 # Every service's reflection lists the whole public contract, so that `grpcurl list` and
 # `describe` through Envoy (which routes reflection to one upstream) show all of it.
@@ -147,6 +171,7 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     # most of the p99 of GetPortfolio (docs/benchmarks/quotes.md).
     gc.collect()
     gc.freeze()
+    watch_gc()
     log.info("listening", extra={"port": port, "services": app.service_names})
     tasks = [asyncio.create_task(watch_health(health_servicer, app))]
     tasks += [asyncio.create_task(_supervised(fn)) for fn in app.background]
