@@ -40,6 +40,16 @@ class LaunchError(RuntimeError):
     """A step failed; the message says which and why (with the failing child's log tail)."""
 
 
+def _order_commands_in_flight() -> int:
+    """How many PlaceOrder / ReplaceOrder / CancelOrder Envoy lets through at once."""
+    text = os.environ.get("STOCKMESH_ORDER_COMMANDS_IN_FLIGHT", "").strip()
+    if not text:
+        return envoy.ORDER_COMMANDS_IN_FLIGHT
+    if not text.isdigit() or int(text) < 1:
+        raise LaunchError(f"STOCKMESH_ORDER_COMMANDS_IN_FLIGHT must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 @dataclass
 class UpOptions:
     data_dir: Path
@@ -139,7 +149,8 @@ class Mesh:
                               "choose another with --port, or --port 0 for a free one")
         admin = self.opts.admin_port or free_port()
         self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams)
-        config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path)
+        config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
+                                    order_commands_in_flight=_order_commands_in_flight())
         self.say(f"  config {config}")
         proxy = self.sup.start(ChildSpec(
             name="envoy", argv=envoy.argv(config, "info"),

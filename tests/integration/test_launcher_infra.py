@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jwt
@@ -80,6 +81,36 @@ def test_quote_streams_are_buffered_little_by_envoy(tmp_path: Path) -> None:
     assert all("per_connection_buffer_limit_bytes" not in c for c in clusters if c is not streams)
 
 
+@asynccontextmanager
+async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, **render_options):
+    """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
+    what `add_servicer(server)` adds) on `cluster`'s port; yields (a channel to Envoy's public
+    port, a bearer token's metadata)."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    dev = keys.ensure_keys(tmp_path)
+    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
+                             upstreams={c: free_port() for c in envoy.CLUSTERS})
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy.render(ports, dev.jwks_path, **render_options))
+    server = grpc.aio.server()
+    add_servicer(server)
+    checks = health.aio.HealthServicer()
+    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    server.add_insecure_port(f"127.0.0.1:{ports.upstreams[cluster]}")
+    await server.start()
+    proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
+            yield ch, (("authorization", f"Bearer {keys.mint_token(tmp_path, 'stand-in-client')}"),)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        await server.stop(None)
+
+
 async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Path) -> None:
     """quote_svc has been seen answering a few of a burst of stream opens with CANCELLED at
     once; Envoy retries those (nothing was sent to the client yet), so the client gets its
@@ -88,7 +119,6 @@ async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Pat
     import asyncio
 
     import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb, quote_service_pb2_grpc
 
@@ -102,40 +132,83 @@ async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Pat
                 await context.abort(grpc.StatusCode.CANCELLED, "cancelled")
             yield quote_pb2.Quote(symbol=request.symbols[0], last_price="10.00", sequence=7)
 
-    dev = keys.ensure_keys(tmp_path)
-    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
-                             upstreams={c: free_port() for c in envoy.CLUSTERS})
-    config = envoy.write_config(tmp_path, ports, dev.jwks_path)
-    server = grpc.aio.server()
     flaky = Flaky(refusals=2)
-    quote_service_pb2_grpc.add_QuoteServiceServicer_to_server(flaky, server)
-    checks = health.aio.HealthServicer()
-    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    server.add_insecure_port(f"127.0.0.1:{ports.upstreams['quote_svc']}")
-    await server.start()
-    proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    md = (("authorization", f"Bearer {keys.mint_token(tmp_path, 'retry-client')}"),)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
-            stub = quote_service_pb2_grpc.QuoteServiceStub(ch)
-            first = None
-            for _ in range(100):  # until Envoy listens and has seen the stand-in healthy
-                call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]), metadata=md, timeout=5)
+    async with _envoy_before(tmp_path, "quote_svc",
+                             lambda server: quote_service_pb2_grpc.add_QuoteServiceServicer_to_server(flaky, server)
+                             ) as (ch, md):
+        stub = quote_service_pb2_grpc.QuoteServiceStub(ch)
+        first = None
+        for _ in range(100):  # until Envoy listens and has seen the stand-in healthy
+            call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]), metadata=md, timeout=5)
+            try:
+                first = await call.read()
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # not up yet: never CANCELLED
+                flaky.calls = 0
+                await asyncio.sleep(0.1)
+        assert first is not None and (first.symbol, first.sequence) == ("AAPL", 7)
+        assert flaky.calls == 3  # refused twice, opened by Envoy's second retry
+        call.cancel()
+
+
+async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_next_at_once(tmp_path: Path) -> None:
+    """With 2 order commands in flight (PlaceOrder, ReplaceOrder, CancelOrder), the next is
+    refused by Envoy with UNAVAILABLE without reaching order_svc, while the other OrderService
+    calls still pass; once the two finish, commands are admitted again."""
+    import asyncio
+
+    import grpc
+
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class Slow(order_service_pb2_grpc.OrderServiceServicer):
+        def __init__(self) -> None:
+            self.release, self.placed, self.arrived = asyncio.Event(), 0, asyncio.Event()
+
+        async def PlaceOrder(self, request, context):
+            self.placed += 1
+            if self.placed >= 2:
+                self.arrived.set()
+            await self.release.wait()
+            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+
+        async def CancelOrder(self, request, context):
+            return opb.CancelOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+        async def GetOrder(self, request, context):
+            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+    slow = Slow()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(slow, server),
+                             order_commands_in_flight=2) as (ch, md):
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+        # Until Envoy listens and has seen the stand-in healthy, on both clusters (each is
+        # health-checked on its own).
+        for call in (lambda: stub.GetOrder(opb.GetOrderRequest(order_id="x"), metadata=md, timeout=5),
+                     lambda: stub.CancelOrder(opb.CancelOrderRequest(order_id="y"), metadata=md, timeout=5)):
+            for _ in range(100):
                 try:
-                    first = await call.read()
+                    await call()
                     break
                 except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # not up yet: never CANCELLED
-                    flaky.calls = 0
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
                     await asyncio.sleep(0.1)
-            assert first is not None and (first.symbol, first.sequence) == ("AAPL", 7)
-            assert flaky.calls == 3  # refused twice, opened by Envoy's second retry
-            call.cancel()
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=10)
-        await server.stop(None)
+        held = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"c{i}"), metadata=md,
+                                                      timeout=30)) for i in range(2)]
+        await asyncio.wait_for(slow.arrived.wait(), 10)  # both in flight at order_svc
+        for call in (stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c3"), metadata=md, timeout=5),
+                     stub.CancelOrder(opb.CancelOrderRequest(order_id="z"), metadata=md, timeout=5)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert slow.placed == 2  # the refused command never reached order_svc
+        assert (await stub.GetOrder(opb.GetOrderRequest(order_id="q"), metadata=md, timeout=5)).order.order_id == "q"
+        slow.release.set()
+        assert [(await t).order.client_order_id for t in held] == ["c0", "c1"]
+        again = await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c4"), metadata=md, timeout=5)
+        assert again.order.client_order_id == "c4" and slow.placed == 3
 
 
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
