@@ -92,7 +92,10 @@ async def test_replace_killed_at_every_step_boundary_then_completed(
 
         async def replaced():
             s = await end_state(checked_pool, account)
-            return s["orders"][old.order_id][0] == "CANCELLED" and "PENDING" not in s["transfers"].values()
+            # The relay marks its rows once JetStream acknowledged them, which may be after the
+            # engine's answer has been applied: wait for that too.
+            return (s["orders"][old.order_id][0] == "CANCELLED" and "PENDING" not in s["transfers"].values()
+                    and s["unsent outbox"] == 0)
 
         await eventually(replaced)  # a bounded wait: the assert below says what was there at the end
         state = await end_state(checked_pool, account)
