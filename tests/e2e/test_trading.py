@@ -135,9 +135,10 @@ async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_
         assert [o.order_id for o in p.open_orders] == [buy.order_id]
 
         await orders.CancelOrder(opb.CancelOrderRequest(order_id=buy.order_id), metadata=md)
-        for _ in range(100):
+        for _ in range(100):  # both services have applied the cancel
             p = await portfolio()
-            if p.cash.held == "0.00":
+            status = (await orders.GetOrder(opb.GetOrderRequest(order_id=buy.order_id), metadata=md)).order.status
+            if p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED:
                 break
             await asyncio.sleep(0.1)
-        assert p.cash.held == "0.00" and not p.open_orders
+        assert p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED and not p.open_orders
