@@ -22,8 +22,8 @@ RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"]
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
 
 
-def _bind(details: grpc.HandlerCallDetails) -> None:
-    md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+def _bind(metadata) -> None:
+    md = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
     logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
     payload = md.get(auth.PAYLOAD_HEADER) or ""
     account = auth.account_from_payload(payload) or ""
@@ -55,56 +55,68 @@ def _pass_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], by
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once, on its first call, and answers later calls of the
+    method with the wrapped handler at once (per-call state comes from the call's context)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:
+                return handler
+            wrapped = self._wrapped[details.method] = _wrap(details.method, handler)
+        return wrapped
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _bind(details)
-                start = time.perf_counter()
-                try:
-                    reply = await inner_uu(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
-                    await _fail(context, method, exc)
-                    raise
-                finally:
-                    RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
-                RPC_TOTAL.labels(method, "OK").inc()
-                return reply
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=_pass_bytes(handler.response_serializer))
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext):
-                _bind(details)
-                try:
-                    result = inner_us(request, context)
-                    if inspect.isawaitable(result):  # a handler that writes with context.write
-                        await result
-                    else:
-                        async for item in result:
-                            yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    await _fail(context, method, exc)
-                    raise
-                RPC_TOTAL.labels(method, "OK").inc()
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _bind(context.invocation_metadata())
+            start = time.perf_counter()
+            try:
+                reply = await inner_uu(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+                await _fail(context, method, exc)
+                raise
+            finally:
+                RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
+            RPC_TOTAL.labels(method, "OK").inc()
+            return reply
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=_pass_bytes(handler.response_serializer))
-        return handler
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer,
+            response_serializer=_pass_bytes(handler.response_serializer))
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext):
+            _bind(context.invocation_metadata())
+            try:
+                result = inner_us(request, context)
+                if inspect.isawaitable(result):  # a handler that writes with context.write
+                    await result
+                else:
+                    async for item in result:
+                        yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await _fail(context, method, exc)
+                raise
+            RPC_TOTAL.labels(method, "OK").inc()
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=handler.request_deserializer,
+            response_serializer=_pass_bytes(handler.response_serializer))
+    return handler
