@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from bench_quotes import cpu_seconds  # noqa: E402  (this folder is on sys.path when run as a script)
 from meshkit.launcher.harness import MeshProcess  # noqa: E402
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def measure(pid: int, call, calls: int, concurrency: int) -> tuple[float, float]:

@@ -443,6 +443,15 @@ async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, 
     return r
 
 
+async def measured_portfolio_round(state: dict, token: str, args) -> None:
+    """One GetPortfolio round through Envoy, printed with the CPU of the processes it uses."""
+    r = await portfolio_round(state["endpoint"], token, args.portfolio_rate, args.portfolio_seconds,
+                              pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
+    print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
+          f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
+    print(cpu_line(r), flush=True)
+
+
 # ---------------------------------------------------------------- main
 
 async def main(args) -> None:
@@ -501,20 +510,12 @@ async def main(args) -> None:
             ptoken, pf = await seed_portfolio(js, ns, database_url, state["endpoint"], data_dir)
             print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
                                    for p in pf.positions), flush=True)
-            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
-                                      pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
-            print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
-                  f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
-            print(cpu_line(r), flush=True)
+            await measured_portfolio_round(state, ptoken, args)
             # The same account with open orders: GetPortfolio then also asks order_svc for them
             # (it skips that call when the ledger holds nothing for the account).
             n_open = await place_resting_orders(state["endpoint"], ptoken)
             print(f"\nGetPortfolio: the same account with {n_open} open orders (cash and shares held)", flush=True)
-            r = await portfolio_round(state["endpoint"], ptoken, args.portfolio_rate, args.portfolio_seconds,
-                                      pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
-            print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
-                  f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
-            print(cpu_line(r), flush=True)
+            await measured_portfolio_round(state, ptoken, args)
         await nc.close()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from tests.support.funding import transfer_in_shares
+from tests.support.wait import eventually
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 from stockmesh.matching.v1 import market_data_service_pb2 as mpb, market_data_service_pb2_grpc
@@ -126,19 +127,24 @@ async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_
             client_order_id="pf-buy", symbol="V", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
             quantity=2, limit_price="250.00", time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=md)).order
         await orders.CancelOrder(opb.CancelOrderRequest(order_id=sell.order_id), metadata=md)
-        for _ in range(100):  # the ledger and order_svc each apply the engine's cancel, asynchronously
+
+        async def sell_cancel_applied() -> bool:  # by the ledger and by order_svc, each asynchronously
             p = await portfolio()
-            if p.positions[0].held == 0 and len(p.open_orders) == 1:
-                break
-            await asyncio.sleep(0.1)
+            return p.positions[0].held == 0 and len(p.open_orders) == 1
+
+        await eventually(sell_cancel_applied)
+        p = await portfolio()
         assert p.cash.held == "500.00" and p.positions[0].held == 0  # only the buy's cash is held
         assert [o.order_id for o in p.open_orders] == [buy.order_id]
 
         await orders.CancelOrder(opb.CancelOrderRequest(order_id=buy.order_id), metadata=md)
-        for _ in range(100):  # both services have applied the cancel
-            p = await portfolio()
-            status = (await orders.GetOrder(opb.GetOrderRequest(order_id=buy.order_id), metadata=md)).order.status
-            if p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED:
-                break
-            await asyncio.sleep(0.1)
+
+        async def buy_status() -> int:
+            return (await orders.GetOrder(opb.GetOrderRequest(order_id=buy.order_id), metadata=md)).order.status
+
+        async def buy_cancel_applied() -> bool:
+            return (await portfolio()).cash.held == "0.00" and await buy_status() == common_pb2.ORDER_STATUS_CANCELLED
+
+        await eventually(buy_cancel_applied)
+        p, status = await portfolio(), await buy_status()
         assert p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED and not p.open_orders

@@ -92,8 +92,7 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, **render_opt
     dev = keys.ensure_keys(tmp_path)
     ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
                              upstreams={c: free_port() for c in envoy.CLUSTERS})
-    config = tmp_path / "envoy.yaml"
-    config.write_text(envoy.render(ports, dev.jwks_path, **render_options))
+    config = envoy.write_config(tmp_path, ports, dev.jwks_path, **render_options)
     server = grpc.aio.server()
     add_servicer(server)
     checks = health.aio.HealthServicer()
