@@ -33,6 +33,13 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"setting {name} must be a whole number, got {raw!r}") from None
 
 
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    value = _int(name, default)
+    if value < minimum:
+        raise ConfigError(f"setting {name} must be at least {minimum}, got {value}")
+    return value
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("STOCKMESH_DATA_DIR") or ".stockmesh").resolve()
 

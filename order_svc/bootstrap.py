@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from meshkit import bus, cache, config, db, executions
-from meshkit.config import env_decimal
+from meshkit.config import env_decimal, env_int
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
 from order_svc.adapters.holds import GrpcHolds
@@ -35,7 +35,7 @@ async def bootstrap(settings: config.Settings) -> App:
     relay = OutboxRelay(settings.database_url, js)
     account_limit, symbol_limit = limits()
     deps = handlers.Deps(
-        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger), quotes=JetStreamQuotes(js, settings.namespace),
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 2, minimum=1)), quotes=JetStreamQuotes(js, settings.namespace),
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"))

@@ -12,6 +12,17 @@ from ledger_svc.domain.model import (CASH, Balance, BookRef, CashBalance, Hold, 
                                      JournalEntry, TransferStatus, insufficient)
 
 
+
+def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
+    """ledger.place_hold's answer: (outcome, the hold unless INSUFFICIENT, what is available)."""
+    if r["r_outcome"] == "INSUFFICIENT":
+        return "INSUFFICIENT", None, r["r_available"]
+    return r["r_outcome"], Hold(
+        hold_id=r["r_hold_id"], account_id=r["r_account_id"], order_id=r["r_order_id"], asset=r["r_asset"],
+        amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
+        status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
+        resolved_at=r["r_resolved_at"]), r["r_available"]
+
 class ActivityRow(NamedTuple):
     posting_id: int
     kind: str
@@ -228,13 +239,21 @@ class LedgerRepository:
         r = await self.conn.fetchrow(
             "SELECT * FROM ledger.place_hold($1, $2, $3, $4, $5)",
             hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount)
-        if r["r_outcome"] == "INSUFFICIENT":
-            return "INSUFFICIENT", None, r["r_available"]
-        return r["r_outcome"], Hold(
-            hold_id=r["r_hold_id"], account_id=r["r_account_id"], order_id=r["r_order_id"], asset=r["r_asset"],
-            amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
-            status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
-            resolved_at=r["r_resolved_at"]), r["r_available"]
+        return _placement(r)
+
+    async def place_holds(self, holds: list[Hold]) -> list[tuple[str, Hold | None, Decimal | None]]:
+        """Place holds one after the other, in the order given, in one statement (so in one
+        transaction): ledger.place_hold for each, answered as place_hold answers."""
+        rows = await self.conn.fetch(
+            """
+            SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
+                   WITH ORDINALITY AS i(hold_id, account_id, order_id, asset, amount, n)
+             CROSS JOIN LATERAL ledger.place_hold(i.hold_id, i.account_id, i.order_id, i.asset, i.amount) AS r
+             ORDER BY i.n
+            """,
+            [h.hold_id for h in holds], [h.account_id for h in holds], [h.order_id for h in holds],
+            [h.asset for h in holds], [h.amount for h in holds])
+        return [_placement(r) for r in rows]
 
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:
         """Record a new PENDING hold; None when the hold id is taken (waiting for an in-flight

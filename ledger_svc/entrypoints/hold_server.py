@@ -11,11 +11,12 @@ from ledger_svc.entrypoints import mapping
 from ledger_svc.service_layer import commands, handlers
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit import validate
-from meshkit.errors import Violations
+from meshkit.errors import DomainError, FieldViolation, InvalidArgument, Violations
 from meshkit.money import MAX_CASH, parse_decimal
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
 
 MAX_SHARES = Decimal(10) ** 12
+MAX_HOLDS_PER_BATCH = 500
 
 
 def _account(text: str, field: str, v: Violations, *, required: bool = True) -> str:
@@ -46,21 +47,47 @@ def _amount(text: str, asset: str | None, v: Violations) -> Decimal | None:
     return parse_decimal(text, "amount", v, places=places, maximum=maximum)
 
 
+def _place_command(request: pb.PlaceHoldRequest) -> commands.PlaceHold:
+    v = Violations()
+    hold_id = validate.key(request.hold_id, "hold_id", v)
+    account = _account(request.account_id, "account_id", v)
+    order_id = validate.key(request.order_id, "order_id", v)
+    asset = _asset(request.asset, v)
+    amount = _amount(request.amount, asset, v)
+    v.raise_if_any()
+    assert asset is not None and amount is not None
+    return commands.PlaceHold(hold_id, account, order_id, asset, amount)
+
+
+def _hold_result(answer: model.Hold | DomainError) -> pb.PlaceHoldResult:
+    if isinstance(answer, DomainError):
+        return pb.PlaceHoldResult(error=pb.HoldError(code=answer.code, reason=answer.reason, message=answer.message,
+                                                     metadata=answer.metadata))
+    return pb.PlaceHoldResult(hold=mapping.hold_to_proto(answer))
+
+
 class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
     def __init__(self, uow_factory: UowFactory) -> None:
         self.uow = uow_factory
 
     async def PlaceHold(self, request: pb.PlaceHoldRequest, context: grpc.aio.ServicerContext) -> pb.PlaceHoldResponse:
-        v = Violations()
-        hold_id = validate.key(request.hold_id, "hold_id", v)
-        account = _account(request.account_id, "account_id", v)
-        order_id = validate.key(request.order_id, "order_id", v)
-        asset = _asset(request.asset, v)
-        amount = _amount(request.amount, asset, v)
-        v.raise_if_any()
-        assert asset is not None and amount is not None
-        hold = await handlers.place_hold(commands.PlaceHold(hold_id, account, order_id, asset, amount), self.uow)
+        hold = await handlers.place_hold(_place_command(request), self.uow)
         return pb.PlaceHoldResponse(hold=mapping.hold_to_proto(hold))
+
+    async def PlaceHolds(self, request: pb.PlaceHoldsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.PlaceHoldsResponse:
+        if len(request.holds) > MAX_HOLDS_PER_BATCH:
+            raise InvalidArgument([FieldViolation("holds", f"at most {MAX_HOLDS_PER_BATCH} holds per call")])
+        answers: list[model.Hold | DomainError | None] = []
+        valid: list[commands.PlaceHold] = []
+        for item in request.holds:
+            try:
+                valid.append(_place_command(item))
+                answers.append(None)  # placed below, in the order given
+            except InvalidArgument as exc:
+                answers.append(exc)
+        placed = iter(await handlers.place_holds(valid, self.uow) if valid else [])
+        return pb.PlaceHoldsResponse(results=[_hold_result(a if a is not None else next(placed)) for a in answers])
 
     async def CaptureHold(self, request: pb.CaptureHoldRequest,
                           context: grpc.aio.ServicerContext) -> pb.CaptureHoldResponse:

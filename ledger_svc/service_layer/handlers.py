@@ -1,6 +1,7 @@
 """The ledger's use cases: plain async functions over a unit of work."""
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Callable
 
@@ -8,9 +9,10 @@ from ledger_svc.adapters.repository import ActivityRow, HoldRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit.errors import FieldViolation, InvalidArgument
+from meshkit.errors import DomainError, FieldViolation, InvalidArgument
 
 UowFactory = Callable[[], LedgerUnitOfWork]
+log = logging.getLogger("ledger_svc.holds")
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
@@ -92,10 +94,51 @@ def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
 
 async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.Hold:
     """Reserve `amount` of the account's book, idempotent on hold_id."""
-    hold = model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
+    hold = _new_hold(cmd)
     # One statement (see ledger.place_hold): insert, reservation and audit event, atomically.
     async with uow_factory().single_statement() as uow:
-        outcome, placed, available = await uow.ledger.place_hold(hold)
+        placement = await uow.ledger.place_hold(hold)
+    return _placed(hold, *placement)
+
+
+async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
+    """place_hold for each command, one after the other in the order given, in one statement;
+    each answered as place_hold would answer it alone (the hold, or the error it would raise).
+
+    The holds lock their books' balance rows in (account, asset) order, whatever the order
+    given (a stable sort keeps the order of holds on one book), so two batches never wait for
+    each other in a cycle. Should the batch fail as a whole all the same (a deadlock with
+    another transaction), its holds are placed one at a time."""
+    holds = [_new_hold(c) for c in cmds]
+    order = sorted(range(len(holds)), key=lambda i: (holds[i].account_id, holds[i].asset))
+    try:
+        async with uow_factory().single_statement() as uow:
+            placements = await uow.ledger.place_holds([holds[i] for i in order])
+    except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
+        log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
+                    extra={"count": len(holds)})
+        answers: list[model.Hold | DomainError] = []
+        for c in cmds:
+            try:
+                answers.append(await place_hold(c, uow_factory))
+            except DomainError as exc:
+                answers.append(exc)
+        return answers
+    by_index: dict[int, model.Hold | DomainError] = {}
+    for i, placement in zip(order, placements):
+        try:
+            by_index[i] = _placed(holds[i], *placement)
+        except DomainError as exc:
+            by_index[i] = exc
+    return [by_index[i] for i in range(len(holds))]
+
+
+def _new_hold(cmd: commands.PlaceHold) -> model.Hold:
+    return model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
+
+
+def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available: Decimal | None) -> model.Hold:
+    """ledger.place_hold's answer as place_hold gives it: the hold, or the refusal raised."""
     if outcome == "INSUFFICIENT":
         raise model.insufficient(hold.asset, available or Decimal(0), hold.amount)
     assert placed is not None

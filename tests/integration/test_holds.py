@@ -357,3 +357,94 @@ async def test_hold_lifecycle_and_list_holds_over_grpc(channel, uow):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ledger.ListHolds(lpb.ListHoldsRequest())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- many holds in one call (PlaceHolds; order_svc's GrpcHolds batches into it) -----------------
+
+def _answer(result: hpb.PlaceHoldResult) -> tuple:
+    if result.HasField("hold"):
+        return ("hold", result.hold.hold_id, result.hold.amount)
+    return ("error", result.error.code, result.error.reason)
+
+
+async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_given(channel, uow):
+    a, b = account(), account()
+    await fund(uow, a, cash="100", AAPL=5)
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    h1, h2, h3, h4, h5 = (hid() for _ in range(5))
+
+    def req(hold_id: str, acct: str, asset: str, amount: str, order_id: str = "o") -> hpb.PlaceHoldRequest:
+        return hpb.PlaceHoldRequest(hold_id=hold_id, account_id=acct, order_id=order_id, asset=asset, amount=amount)
+
+    reply = await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[
+        req(h3, b, "AAPL", "1"),        # b never had AAPL: refused
+        req(h1, a, "USD", "60"),        # placed: 40 left
+        req(h2, a, "USD", "50"),        # refused: only 40 available after h1
+        req(h4, a, "AAPL", "5"),        # placed
+        req("x", a, "aapl", "1.5"),     # malformed: INVALID_ARGUMENT for this one only
+        req(h1, a, "USD", "60"),        # h1 again, same request: the same hold
+        req(h1, a, "USD", "61"),        # h1 again, another amount: ALREADY_EXISTS
+        req(h5, a, "USD", "40"),        # exactly what is left: placed
+    ]))
+    assert [_answer(r) for r in reply.results] == [
+        ("error", "FAILED_PRECONDITION", "INSUFFICIENT_SHARES"),
+        ("hold", h1, "60.00"),
+        ("error", "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS"),
+        ("hold", h4, "5"),
+        ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ("hold", h1, "60.00"),
+        ("error", "ALREADY_EXISTS", "DUPLICATE_HOLD_ID"),
+        ("hold", h5, "40.00"),
+    ]
+    assert reply.results[2].error.metadata["available"] == "40.0000"
+    assert await balance(uow, a, "USD") == (D(100), D(100), D(0))
+    assert await balance(uow, a, "AAPL") == (D(5), D(5), D(0))
+    assert not (await holds.PlaceHolds(hpb.PlaceHoldsRequest())).results
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[req(hid(), a, "USD", "1")] * 501))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error_info(err.value)[1].field_violations] == ["holds"]
+
+
+async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, monkeypatch):
+    from ledger_svc.adapters.repository import LedgerRepository
+
+    async def deadlocked(self, holds):
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    monkeypatch.setattr(LedgerRepository, "place_holds", deadlocked)
+    acct = account()
+    await fund(uow, acct, cash="10")
+    answers = await handlers.place_holds(
+        [commands.PlaceHold(f"{acct}-{i}", acct, f"o-{i}", "USD", D(4)) for i in range(3)], uow)
+    assert [type(a) for a in answers] == [model.Hold, model.Hold, model.InsufficientFunds]
+    assert await balance(uow, acct, "USD") == (D(10), D(8), D(2))
+
+
+async def test_concurrent_placements_share_place_holds_calls_and_never_overspend(channel, uow, checked_pool):
+    from order_svc.adapters.holds import GrpcHolds
+    from order_svc.domain.model import RejectReason
+
+    acct = account()
+    await fund(uow, acct, cash="123.45")  # 10 x 12.3450
+    holds = GrpcHolds(channel)
+    answers = await asyncio.gather(*(holds.place(f"{acct}-{i}", acct, f"o-{i}", "USD", D("12.345"))
+                                     for i in range(200)))
+    assert answers.count(None) == 10
+    assert answers.count(RejectReason.INSUFFICIENT_FUNDS) == 190
+    assert holds.calls < 200  # the holds of concurrent placements went together
+    assert await balance(uow, acct, "USD") == (D("123.45"), D("123.45"), D(0))
+    again = await asyncio.gather(*(holds.place(f"{acct}-{i}", acct, f"o-{i}", "USD", D("12.345"))
+                                   for i in range(200)))
+    assert again == answers  # the placed ones are found again by id; the refused ones refused again
+
+
+async def test_an_unreachable_ledger_fails_every_waiting_placement_as_unavailable():
+    from meshkit.errors import Unavailable
+    from order_svc.adapters.holds import GrpcHolds
+
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as dead:
+        holds = GrpcHolds(dead, timeout=0.5)
+        answers = await asyncio.gather(*(holds.place(hid(), "a", "o", "USD", D(1)) for _ in range(5)),
+                                       return_exceptions=True)
+    assert all(isinstance(a, Unavailable) for a in answers), answers

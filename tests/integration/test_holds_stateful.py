@@ -157,23 +157,47 @@ class HoldsMachine(RuleBasedStateMachine):
             expected = self.model.release(*args)
             call = handlers.release_hold(commands.ReleaseHold(*args), self.uow)
         try:
-            result: Hold | None = self.run(call)
-            outcome = None
+            answer: Hold | DomainError = self.run(call)
         except DomainError as exc:
-            result, outcome = None, exc.reason
+            answer = exc
+        self.check(op, expected, answer)
+
+    def check(self, op: tuple, expected: str | None, answer: Hold | DomainError) -> None:
+        outcome = answer.reason if isinstance(answer, DomainError) else None
         assert outcome == expected, f"{op}: database says {outcome}, model says {expected}"
-        if result is not None:
-            m = self.model.holds[result.hold_id]
-            assert (result.captured, result.released, result.status.value) == (m.captured, m.released, m.status)
+        if isinstance(answer, Hold):
+            m = self.model.holds[answer.hold_id]
+            assert (answer.captured, answer.released, answer.status.value) == (m.captured, m.released, m.status)
+
+    def new_place(self, owner: int, asset: str, data: st.DataObject) -> tuple:
+        amount = data.draw(cash_amounts if asset == "USD" else share_amounts, label="amount")
+        hold_id = self.new_id("h")
+        self.hold_ids.append(hold_id)
+        return ("place", hold_id, self.accounts[owner], f"order-{hold_id}", asset, amount)
 
     @rule(owner=st.integers(0, 1), asset=st.sampled_from(ASSETS), data=st.data())
     def place(self, owner: int, asset: str, data: st.DataObject) -> None:
-        amount = data.draw(cash_amounts if asset == "USD" else share_amounts, label="amount")
-        hold_id = self.new_id("h")
-        op = ("place", hold_id, self.accounts[owner], f"order-{hold_id}", asset, amount)
-        self.hold_ids.append(hold_id)
+        op = self.new_place(owner, asset, data)
         self.ops.append(op)
         self.apply(op)
+
+    @rule(data=st.data(), size=st.integers(1, 5))
+    def place_many(self, data: st.DataObject, size: int) -> None:
+        """Several placements in one call (PlaceHolds, as order_svc batches them): new ones and
+        earlier ones again, mixed; each answered as if placed alone, one after the other."""
+        ops = []
+        for _ in range(size):
+            earlier = [op for op in self.ops if op[0] == "place"]
+            if earlier and data.draw(st.booleans(), label="again"):
+                ops.append(data.draw(st.sampled_from(earlier), label="earlier"))
+            else:
+                op = self.new_place(data.draw(st.integers(0, 1), label="owner"),
+                                    data.draw(st.sampled_from(ASSETS), label="asset"), data)
+                self.ops.append(op)
+                ops.append(op)
+        answers = self.run(handlers.place_holds([commands.PlaceHold(*op[1:]) for op in ops], self.uow))
+        for op, answer in zip(ops, answers, strict=True):
+            self.check(op, self.model.place(*op[1:]), answer)
 
     def pick_hold(self, data: st.DataObject) -> str:
         """Mostly a PENDING hold (where captures and releases do something); sometimes any id

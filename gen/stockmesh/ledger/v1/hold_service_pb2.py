@@ -25,41 +25,53 @@ _sym_db = _symbol_database.Default()
 from stockmesh.ledger.v1 import ledger_pb2 as stockmesh_dot_ledger_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&stockmesh/ledger/v1/hold_service.proto\x12\x13stockmesh.ledger.v1\x1a stockmesh/ledger/v1/ledger.proto\"h\n\x10PlaceHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\"<\n\x11PlaceHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"e\n\x12\x43\x61ptureHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x1a\n\x12\x63ounter_account_id\x18\x04 \x01(\t\">\n\x13\x43\x61ptureHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"%\n\x12ReleaseHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\">\n\x13ReleaseHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"!\n\x0eGetHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fGetHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"\xa1\x01\n\x13TransferHoldRequest\x12\x14\n\x0c\x66rom_hold_id\x18\x01 \x01(\t\x12\x12\n\nto_hold_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x13\n\x0bunit_amount\x18\x06 \x01(\t\x12\x16\n\x0ereserve_amount\x18\x07 \x01(\t\"K\n\x14TransferHoldResponse\x12\x33\n\x08transfer\x18\x01 \x01(\x0b\x32!.stockmesh.ledger.v1.HoldTransfer\"\x82\x02\n\x0cHoldTransfer\x12\x14\n\x0c\x66rom_hold_id\x18\x01 \x01(\t\x12\x12\n\nto_hold_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x13\n\x0bunit_amount\x18\x05 \x01(\t\x12\x16\n\x0ereserve_amount\x18\x06 \x01(\t\x12\x17\n\x0freserve_hold_id\x18\x07 \x01(\t\x12\x37\n\x06status\x18\x08 \x01(\x0e\x32\'.stockmesh.ledger.v1.HoldTransferStatus\x12\x14\n\x0cmoved_amount\x18\t \x01(\t\x12\x12\n\nnew_amount\x18\n \x01(\t\"/\n\x19\x43\x61ncelHoldTransferRequest\x12\x12\n\nto_hold_id\x18\x01 \x01(\t\"Q\n\x1a\x43\x61ncelHoldTransferResponse\x12\x33\n\x08transfer\x18\x01 \x01(\x0b\x32!.stockmesh.ledger.v1.HoldTransfer*\xa4\x01\n\x12HoldTransferStatus\x12$\n HOLD_TRANSFER_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cHOLD_TRANSFER_STATUS_PENDING\x10\x01\x12\"\n\x1eHOLD_TRANSFER_STATUS_COMPLETED\x10\x02\x12\"\n\x1eHOLD_TRANSFER_STATUS_CANCELLED\x10\x03\x32\xdf\x04\n\x0bHoldService\x12Z\n\tPlaceHold\x12%.stockmesh.ledger.v1.PlaceHoldRequest\x1a&.stockmesh.ledger.v1.PlaceHoldResponse\x12`\n\x0b\x43\x61ptureHold\x12\'.stockmesh.ledger.v1.CaptureHoldRequest\x1a(.stockmesh.ledger.v1.CaptureHoldResponse\x12`\n\x0bReleaseHold\x12\'.stockmesh.ledger.v1.ReleaseHoldRequest\x1a(.stockmesh.ledger.v1.ReleaseHoldResponse\x12T\n\x07GetHold\x12#.stockmesh.ledger.v1.GetHoldRequest\x1a$.stockmesh.ledger.v1.GetHoldResponse\x12\x63\n\x0cTransferHold\x12(.stockmesh.ledger.v1.TransferHoldRequest\x1a).stockmesh.ledger.v1.TransferHoldResponse\x12u\n\x12\x43\x61ncelHoldTransfer\x12..stockmesh.ledger.v1.CancelHoldTransferRequest\x1a/.stockmesh.ledger.v1.CancelHoldTransferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&stockmesh/ledger/v1/hold_service.proto\x12\x13stockmesh.ledger.v1\x1a stockmesh/ledger/v1/ledger.proto\"h\n\x10PlaceHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\"<\n\x11PlaceHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"I\n\x11PlaceHoldsRequest\x12\x34\n\x05holds\x18\x01 \x03(\x0b\x32%.stockmesh.ledger.v1.PlaceHoldRequest\"K\n\x12PlaceHoldsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.stockmesh.ledger.v1.PlaceHoldResult\"w\n\x0fPlaceHoldResult\x12)\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.HoldH\x00\x12/\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.stockmesh.ledger.v1.HoldErrorH\x00\x42\x08\n\x06result\"\xab\x01\n\tHoldError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.stockmesh.ledger.v1.HoldError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x12\x43\x61ptureHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x1a\n\x12\x63ounter_account_id\x18\x04 \x01(\t\">\n\x13\x43\x61ptureHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"%\n\x12ReleaseHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\">\n\x13ReleaseHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"!\n\x0eGetHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fGetHoldResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.stockmesh.ledger.v1.Hold\"\xa1\x01\n\x13TransferHoldRequest\x12\x14\n\x0c\x66rom_hold_id\x18\x01 \x01(\t\x12\x12\n\nto_hold_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x13\n\x0bunit_amount\x18\x06 \x01(\t\x12\x16\n\x0ereserve_amount\x18\x07 \x01(\t\"K\n\x14TransferHoldResponse\x12\x33\n\x08transfer\x18\x01 \x01(\x0b\x32!.stockmesh.ledger.v1.HoldTransfer\"\x82\x02\n\x0cHoldTransfer\x12\x14\n\x0c\x66rom_hold_id\x18\x01 \x01(\t\x12\x12\n\nto_hold_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x13\n\x0bunit_amount\x18\x05 \x01(\t\x12\x16\n\x0ereserve_amount\x18\x06 \x01(\t\x12\x17\n\x0freserve_hold_id\x18\x07 \x01(\t\x12\x37\n\x06status\x18\x08 \x01(\x0e\x32\'.stockmesh.ledger.v1.HoldTransferStatus\x12\x14\n\x0cmoved_amount\x18\t \x01(\t\x12\x12\n\nnew_amount\x18\n \x01(\t\"/\n\x19\x43\x61ncelHoldTransferRequest\x12\x12\n\nto_hold_id\x18\x01 \x01(\t\"Q\n\x1a\x43\x61ncelHoldTransferResponse\x12\x33\n\x08transfer\x18\x01 \x01(\x0b\x32!.stockmesh.ledger.v1.HoldTransfer*\xa4\x01\n\x12HoldTransferStatus\x12$\n HOLD_TRANSFER_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cHOLD_TRANSFER_STATUS_PENDING\x10\x01\x12\"\n\x1eHOLD_TRANSFER_STATUS_COMPLETED\x10\x02\x12\"\n\x1eHOLD_TRANSFER_STATUS_CANCELLED\x10\x03\x32\xbe\x05\n\x0bHoldService\x12Z\n\tPlaceHold\x12%.stockmesh.ledger.v1.PlaceHoldRequest\x1a&.stockmesh.ledger.v1.PlaceHoldResponse\x12]\n\nPlaceHolds\x12&.stockmesh.ledger.v1.PlaceHoldsRequest\x1a\'.stockmesh.ledger.v1.PlaceHoldsResponse\x12`\n\x0b\x43\x61ptureHold\x12\'.stockmesh.ledger.v1.CaptureHoldRequest\x1a(.stockmesh.ledger.v1.CaptureHoldResponse\x12`\n\x0bReleaseHold\x12\'.stockmesh.ledger.v1.ReleaseHoldRequest\x1a(.stockmesh.ledger.v1.ReleaseHoldResponse\x12T\n\x07GetHold\x12#.stockmesh.ledger.v1.GetHoldRequest\x1a$.stockmesh.ledger.v1.GetHoldResponse\x12\x63\n\x0cTransferHold\x12(.stockmesh.ledger.v1.TransferHoldRequest\x1a).stockmesh.ledger.v1.TransferHoldResponse\x12u\n\x12\x43\x61ncelHoldTransfer\x12..stockmesh.ledger.v1.CancelHoldTransferRequest\x1a/.stockmesh.ledger.v1.CancelHoldTransferResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stockmesh.ledger.v1.hold_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDTRANSFERSTATUS']._serialized_start=1265
-  _globals['_HOLDTRANSFERSTATUS']._serialized_end=1429
+  _globals['_HOLDERROR_METADATAENTRY']._loaded_options = None
+  _globals['_HOLDERROR_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_HOLDTRANSFERSTATUS']._serialized_start=1712
+  _globals['_HOLDTRANSFERSTATUS']._serialized_end=1876
   _globals['_PLACEHOLDREQUEST']._serialized_start=97
   _globals['_PLACEHOLDREQUEST']._serialized_end=201
   _globals['_PLACEHOLDRESPONSE']._serialized_start=203
   _globals['_PLACEHOLDRESPONSE']._serialized_end=263
-  _globals['_CAPTUREHOLDREQUEST']._serialized_start=265
-  _globals['_CAPTUREHOLDREQUEST']._serialized_end=366
-  _globals['_CAPTUREHOLDRESPONSE']._serialized_start=368
-  _globals['_CAPTUREHOLDRESPONSE']._serialized_end=430
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=432
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=469
-  _globals['_RELEASEHOLDRESPONSE']._serialized_start=471
-  _globals['_RELEASEHOLDRESPONSE']._serialized_end=533
-  _globals['_GETHOLDREQUEST']._serialized_start=535
-  _globals['_GETHOLDREQUEST']._serialized_end=568
-  _globals['_GETHOLDRESPONSE']._serialized_start=570
-  _globals['_GETHOLDRESPONSE']._serialized_end=628
-  _globals['_TRANSFERHOLDREQUEST']._serialized_start=631
-  _globals['_TRANSFERHOLDREQUEST']._serialized_end=792
-  _globals['_TRANSFERHOLDRESPONSE']._serialized_start=794
-  _globals['_TRANSFERHOLDRESPONSE']._serialized_end=869
-  _globals['_HOLDTRANSFER']._serialized_start=872
-  _globals['_HOLDTRANSFER']._serialized_end=1130
-  _globals['_CANCELHOLDTRANSFERREQUEST']._serialized_start=1132
-  _globals['_CANCELHOLDTRANSFERREQUEST']._serialized_end=1179
-  _globals['_CANCELHOLDTRANSFERRESPONSE']._serialized_start=1181
-  _globals['_CANCELHOLDTRANSFERRESPONSE']._serialized_end=1262
-  _globals['_HOLDSERVICE']._serialized_start=1432
-  _globals['_HOLDSERVICE']._serialized_end=2039
+  _globals['_PLACEHOLDSREQUEST']._serialized_start=265
+  _globals['_PLACEHOLDSREQUEST']._serialized_end=338
+  _globals['_PLACEHOLDSRESPONSE']._serialized_start=340
+  _globals['_PLACEHOLDSRESPONSE']._serialized_end=415
+  _globals['_PLACEHOLDRESULT']._serialized_start=417
+  _globals['_PLACEHOLDRESULT']._serialized_end=536
+  _globals['_HOLDERROR']._serialized_start=539
+  _globals['_HOLDERROR']._serialized_end=710
+  _globals['_HOLDERROR_METADATAENTRY']._serialized_start=663
+  _globals['_HOLDERROR_METADATAENTRY']._serialized_end=710
+  _globals['_CAPTUREHOLDREQUEST']._serialized_start=712
+  _globals['_CAPTUREHOLDREQUEST']._serialized_end=813
+  _globals['_CAPTUREHOLDRESPONSE']._serialized_start=815
+  _globals['_CAPTUREHOLDRESPONSE']._serialized_end=877
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=879
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=916
+  _globals['_RELEASEHOLDRESPONSE']._serialized_start=918
+  _globals['_RELEASEHOLDRESPONSE']._serialized_end=980
+  _globals['_GETHOLDREQUEST']._serialized_start=982
+  _globals['_GETHOLDREQUEST']._serialized_end=1015
+  _globals['_GETHOLDRESPONSE']._serialized_start=1017
+  _globals['_GETHOLDRESPONSE']._serialized_end=1075
+  _globals['_TRANSFERHOLDREQUEST']._serialized_start=1078
+  _globals['_TRANSFERHOLDREQUEST']._serialized_end=1239
+  _globals['_TRANSFERHOLDRESPONSE']._serialized_start=1241
+  _globals['_TRANSFERHOLDRESPONSE']._serialized_end=1316
+  _globals['_HOLDTRANSFER']._serialized_start=1319
+  _globals['_HOLDTRANSFER']._serialized_end=1577
+  _globals['_CANCELHOLDTRANSFERREQUEST']._serialized_start=1579
+  _globals['_CANCELHOLDTRANSFERREQUEST']._serialized_end=1626
+  _globals['_CANCELHOLDTRANSFERRESPONSE']._serialized_start=1628
+  _globals['_CANCELHOLDTRANSFERRESPONSE']._serialized_end=1709
+  _globals['_HOLDSERVICE']._serialized_start=1879
+  _globals['_HOLDSERVICE']._serialized_end=2581
 # @@protoc_insertion_point(module_scope)

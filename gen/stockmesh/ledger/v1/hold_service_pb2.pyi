@@ -1,8 +1,9 @@
 from stockmesh.ledger.v1 import ledger_pb2 as _ledger_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -37,6 +38,45 @@ class PlaceHoldResponse(_message.Message):
     HOLD_FIELD_NUMBER: _ClassVar[int]
     hold: _ledger_pb2.Hold
     def __init__(self, hold: _Optional[_Union[_ledger_pb2.Hold, _Mapping]] = ...) -> None: ...
+
+class PlaceHoldsRequest(_message.Message):
+    __slots__ = ("holds",)
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    holds: _containers.RepeatedCompositeFieldContainer[PlaceHoldRequest]
+    def __init__(self, holds: _Optional[_Iterable[_Union[PlaceHoldRequest, _Mapping]]] = ...) -> None: ...
+
+class PlaceHoldsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PlaceHoldResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PlaceHoldResult, _Mapping]]] = ...) -> None: ...
+
+class PlaceHoldResult(_message.Message):
+    __slots__ = ("hold", "error")
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    hold: _ledger_pb2.Hold
+    error: HoldError
+    def __init__(self, hold: _Optional[_Union[_ledger_pb2.Hold, _Mapping]] = ..., error: _Optional[_Union[HoldError, _Mapping]] = ...) -> None: ...
+
+class HoldError(_message.Message):
+    __slots__ = ("code", "reason", "message", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    reason: str
+    message: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CaptureHoldRequest(_message.Message):
     __slots__ = ("hold_id", "capture_id", "amount", "counter_account_id")

@@ -41,6 +41,11 @@ class HoldServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldResponse.FromString,
                 _registered_method=True)
+        self.PlaceHolds = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/PlaceHolds',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.FromString,
+                _registered_method=True)
         self.CaptureHold = channel.unary_unary(
                 '/stockmesh.ledger.v1.HoldService/CaptureHold',
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CaptureHoldRequest.SerializeToString,
@@ -75,6 +80,16 @@ class HoldServiceServicer:
 
     def PlaceHold(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceHolds(self, request, context):
+        """Many PlaceHolds in one call (order_svc gathers the holds of concurrent placements): placed
+        one after the other in the order given, in one transaction, each answered at its index
+        exactly as PlaceHold would answer it alone (the hold, or the error PlaceHold would return).
+        At most 500 holds per call.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -128,6 +143,11 @@ def add_HoldServiceServicer_to_server(servicer, server):
                     servicer.PlaceHold,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldResponse.SerializeToString,
+            ),
+            'PlaceHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceHolds,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.SerializeToString,
             ),
             'CaptureHold': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureHold,
@@ -184,6 +204,33 @@ class HoldService:
             '/stockmesh.ledger.v1.HoldService/PlaceHold',
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/PlaceHolds',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,
