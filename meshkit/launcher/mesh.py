@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshkit.launcher import envoy, infra, keys
-from meshkit.launcher.net import Cancelled, free_port, tcp_answers, wait_for
+from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wait_for
 from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
@@ -125,6 +125,13 @@ class Mesh:
         dev_keys = keys.ensure_keys(self.data_dir)
         self.say(f"  JWKS {dev_keys.jwks_path}")
 
+        # The public and admin ports first: a port the caller chose (found free a moment ago)
+        # must not be handed to NATS or a service as its own port in the meantime.
+        public = self.opts.port or free_port("0.0.0.0")
+        admin = self.opts.admin_port or free_port()
+        reserve(public)
+        reserve(admin)
+
         self._step("2/7 infrastructure")
         self.infra = infra.prepare(
             self.data_dir, self.sup, database_url=self.opts.database_url,
@@ -143,11 +150,9 @@ class Mesh:
         self._wait_services_serving(children, upstreams)
 
         self._step("5/7 Envoy")
-        public = self.opts.port or free_port("0.0.0.0")
         if tcp_answers("127.0.0.1", public, timeout=0.5):
             raise LaunchError(f"port {public} is already in use (another mesh?); "
                               "choose another with --port, or --port 0 for a free one")
-        admin = self.opts.admin_port or free_port()
         self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams)
         config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
                                     order_commands_in_flight=_order_commands_in_flight())

@@ -26,6 +26,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free TCP port found")
 
 
+def reserve(port: int) -> None:
+    """Never hand out `port` (one chosen by the caller, e.g. --port) from free_port."""
+    with _taken_lock:
+        _taken.add(port)
+
+
 def tcp_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
