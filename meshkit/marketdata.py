@@ -3,14 +3,24 @@ MarketDataEvent on `<ns>.md.<SYMBOL>` carries the top of the book and the last t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Callable, Iterable
 
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from meshkit import bus
+from meshkit.symbols import listed
+
+log = logging.getLogger("meshkit.marketdata")
 
 
 @dataclass(frozen=True)
@@ -20,15 +30,78 @@ class Touch:
     last: Decimal | None
 
 
+NO_MARKET = Touch(None, None, None)
+
+# The engine's settings for the MD stream: whoever starts first creates it, with these.
+MD_PER_SUBJECT = 10_000
+MD_DUPLICATE_WINDOW = 300.0
+
+
 def _d(text: str) -> Decimal | None:
     return Decimal(text) if text else None
 
 
+async def ensure_md_stream(js: JetStreamContext, namespace: str) -> str:
+    name = bus.stream_name(namespace, "MD")
+    try:
+        await js.add_stream(StreamConfig(
+            name=name, subjects=[bus.subject(namespace, "md", ">")], storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_msgs_per_subject=MD_PER_SUBJECT,
+            duplicate_window=MD_DUPLICATE_WINDOW, num_replicas=1))
+    except nats.js.errors.BadRequestError:
+        await js.stream_info(name)  # exists already (perhaps with the engine's own settings)
+    return name
+
+
+async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[str],
+                      on_msg: Callable[[Msg], None], ready: asyncio.Event) -> None:
+    """Hand every market-data message to `on_msg` (a plain function, called in stream order
+    per symbol): first the last stored message of each symbol, then everything after, until
+    cancelled. Sets `ready` once the last message of each symbol has been handed over.
+
+    An *ordered consumer* (ephemeral, in memory, no acks, re-created by the client on a gap):
+    each process follows the whole feed on its own, sharing nothing with others."""
+    stream = await ensure_md_stream(js, namespace)
+    info = await js.stream_info(stream)
+    start = info.state.last_seq + 1
+    for symbol in symbols:
+        try:
+            on_msg(await js.get_last_msg(stream, bus.subject(namespace, "md", symbol)))
+        except NotFoundError:
+            continue
+    async def deliver(msg: Msg) -> None:
+        on_msg(msg)
+
+    # Everything stored after the moment we looked: nothing falls between the two reads.
+    sub = await js.subscribe(
+        bus.subject(namespace, "md", ">"), stream=stream, cb=deliver, ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+                              inactive_threshold=60.0),
+        idle_heartbeat=2.0)
+    ready.set()
+    try:
+        await asyncio.Event().wait()  # the subscription's callback does the work
+    finally:
+        ready.clear()
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.Error, nats.js.errors.Error):
+            pass
+
+
 class JetStreamQuotes:
-    """Reads are cached for `max_age` seconds per symbol (a hot symbol's orders share one
-    read instead of each asking JetStream), and a symbol has at most one read in flight:
-    callers arriving while it runs wait for it instead of each asking again (no stampede of
-    reads every time the cached value expires)."""
+    """With `follow` running (order_svc runs it in the background: it prices every order),
+    the latest market of every symbol arrives as the engine publishes it (an ordered consumer
+    on `<ns>.md.>` that starts from each symbol's last event), and `touch` answers from
+    memory: no request to JetStream in the order's path, and as fresh as the feed. Following
+    costs a decode per market-data event, so a service that asks rarely (ledger_svc, for
+    portfolios) does not follow.
+
+    Without it (or for a symbol the feed has not brought yet, or while NATS is disconnected)
+    `touch` reads the last event: reads are cached for `max_age` seconds per symbol (a hot
+    symbol's orders share one read instead of each asking JetStream), and a symbol has at
+    most one read in flight: callers arriving while it runs wait for it instead of each
+    asking again (no stampede of reads every time the cached value expires)."""
 
     def __init__(self, js: JetStreamContext, namespace: str, max_age: float = 0.05) -> None:
         self.js = js
@@ -37,8 +110,43 @@ class JetStreamQuotes:
         self.max_age = max_age
         self._cache: dict[str, tuple[float, Touch]] = {}
         self._reading: dict[str, asyncio.Future[Touch]] = {}
+        self._live: dict[str, Touch] = {}
+        self._nc: Client | None = None
+        self.ready = asyncio.Event()
+
+    async def follow(self, nc: Client) -> None:
+        """Keep every listed symbol's latest market from the feed, until cancelled."""
+        from stockmesh.matching.v1 import matching_pb2
+
+        def on_msg(msg) -> None:
+            try:
+                ev = matching_pb2.MarketDataEvent.FromString(msg.data)
+            except Exception:  # noqa: BLE001 - a message we cannot read is logged and passed over
+                log.warning("undecodable market-data message", extra={"subject": msg.subject})
+                return
+            self._live[ev.symbol] = _touch(ev)
+
+        self._nc = nc
+        try:
+            await follow_feed(self.js, self.namespace, sorted(listed()), on_msg, self.ready)
+        finally:
+            self._nc = None
+            self._live.clear()
+
+    def _live_touch(self, symbol: str) -> Touch | None:
+        """From the feed, when it is followed, caught up and connected (a listed symbol it
+        brought nothing for has no market yet)."""
+        if self.ready.is_set() and self._nc is not None and self._nc.is_connected:
+            if symbol in self._live:
+                return self._live[symbol]
+            if symbol in listed():
+                return NO_MARKET
+        return None
 
     async def touch(self, symbol: str) -> Touch:
+        live = self._live_touch(symbol)
+        if live is not None:
+            return live
         hit = self._cache.get(symbol)
         if hit is not None and time.monotonic() - hit[0] < self.max_age:
             return hit[1]
@@ -61,6 +169,9 @@ class JetStreamQuotes:
         try:
             msg = await self.js.get_last_msg(self.stream, bus.subject(self.namespace, "md", symbol))
         except NotFoundError:
-            return Touch(None, None, None)
-        ev = matching_pb2.MarketDataEvent.FromString(msg.data)
-        return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.last_price or ev.trade_price))
+            return NO_MARKET
+        return _touch(matching_pb2.MarketDataEvent.FromString(msg.data))
+
+
+def _touch(ev) -> Touch:
+    return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.last_price or ev.trade_price))

@@ -34,8 +34,9 @@ async def bootstrap(settings: config.Settings) -> App:
     ledger = grpc.aio.insecure_channel(settings.ledger_addr)
     relay = OutboxRelay(settings.database_url, js)
     account_limit, symbol_limit = limits()
+    quotes = JetStreamQuotes(js, settings.namespace)
     deps = handlers.Deps(
-        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 2, minimum=1)), quotes=JetStreamQuotes(js, settings.namespace),
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 2, minimum=1)), quotes=quotes,
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"))
@@ -47,7 +48,7 @@ async def bootstrap(settings: config.Settings) -> App:
                     "stockmesh.order.v1.OrderService")],
         # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
-        background=[relay.run, lambda: handlers.recovery_loop(deps), notifier.run,
+        background=[relay.run, lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
                     lambda: session.session_close_loop(deps.uow, settings.namespace, relay.wake),
                     lambda: executions.consume(js, settings.namespace, "orders",
                                                lambda ex: lifecycle.apply_execution(ex, deps))],

@@ -34,13 +34,13 @@ from nats.js.api import (
 )
 
 from meshkit import bus
+from meshkit.marketdata import MD_PER_SUBJECT
 
 log = logging.getLogger("matching_svc.jetstream")
 
 # JetStream drops a re-published execution with the same Nats-Msg-Id within this window;
 # beyond it, downstream consumers drop repeats by execution_id.
 OUTPUT_DUPLICATE_WINDOW = 300.0
-MD_PER_SUBJECT = 10_000
 
 
 @dataclass(frozen=True)

@@ -16,34 +16,16 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Iterable
 
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from meshkit import bus
+from meshkit.marketdata import ensure_md_stream, follow_feed
 from quote_svc.adapters.codec import md_from_bytes
 from quote_svc.domain.quotes import MarketData
 
 log = logging.getLogger("quote_svc.feed")
 
-# The engine's settings for the stream (matching_svc/adapters/jetstream.py): whoever starts
-# first creates it, with the same configuration.
-MD_PER_SUBJECT = 10_000
-MD_DUPLICATE_WINDOW = 300.0
 CANDLES_DURABLE = "quotes_candles"
-
-
-async def ensure_md_stream(js: JetStreamContext, namespace: str) -> str:
-    name = bus.stream_name(namespace, "MD")
-    try:
-        await js.add_stream(StreamConfig(
-            name=name, subjects=[bus.subject(namespace, "md", ">")], storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_msgs_per_subject=MD_PER_SUBJECT,
-            duplicate_window=MD_DUPLICATE_WINDOW, num_replicas=1))
-    except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # exists already (perhaps with the engine's own settings)
-    return name
 
 
 def _decode(msg) -> MarketData | None:
@@ -59,38 +41,12 @@ async def follow_quotes(js: JetStreamContext, namespace: str, symbols: Iterable[
     """Hand every market-data event to `apply` (a plain function, called in stream order per
     symbol): first the last stored event of each symbol, then everything after. Sets `ready`
     once the latest event of each symbol has been applied."""
-    stream = await ensure_md_stream(js, namespace)
-    info = await js.stream_info(stream)
-    start = info.state.last_seq + 1
-    for symbol in symbols:
-        try:
-            msg = await js.get_last_msg(stream, bus.subject(namespace, "md", symbol))
-        except nats.js.errors.NotFoundError:
-            continue
+    def on_msg(msg) -> None:
         ev = _decode(msg)
         if ev is not None:
             apply(ev)
 
-    async def on_msg(msg) -> None:
-        ev = _decode(msg)
-        if ev is not None:
-            apply(ev)
-
-    # Everything stored after the moment we looked: nothing falls between the two reads.
-    sub = await js.subscribe(
-        bus.subject(namespace, "md", ">"), stream=stream, cb=on_msg, ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
-                              inactive_threshold=60.0),
-        idle_heartbeat=2.0)
-    ready.set()
-    try:
-        await asyncio.Event().wait()  # the subscription's callback does the work
-    finally:
-        ready.clear()
-        try:
-            await sub.unsubscribe()
-        except (nats.errors.Error, nats.js.errors.Error):
-            pass
+    await follow_feed(js, namespace, symbols, on_msg, ready)
 
 
 async def consume_trades(js: JetStreamContext, namespace: str,
