@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,8 +180,28 @@ async def publish(js, ns: str, symbol: str, seq: int, price: str, qty: int, *, a
 
 # ---------------------------------------------------------------- fan-out round
 
+NODE_CLIENT = Path(__file__).resolve().parent / "quote_client"
+
+
+def client_argv(runtime: str) -> list[str]:
+    """The command of one client process: this script in client mode, or the Node client
+    (benchmarks/quote_client/client.js: the same work for a fraction of the CPU), its pinned
+    packages installed on first use."""
+    if runtime == "python":
+        return [sys.executable, __file__, "--client"]
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        raise SystemExit("--client-runtime node needs node and npm (Debian: apt install nodejs npm); "
+                         "or use --client-runtime python")
+    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").exists():
+        print("installing the Node client's packages (npm ci) ...", flush=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_CLIENT, check=True)
+    return [node, str(NODE_CLIENT / "client.js")]
+
+
 async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: int, seconds: float,
-                       warmup: float, rate: int, seq0: int, direct: bool = False) -> tuple[dict, int]:
+                       warmup: float, rate: int, seq0: int, direct: bool = False,
+                       runtime: str = "node") -> tuple[dict, int]:
     pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
     qpid, epid = pids["quote_svc"], pids["envoy"]
     rss0 = rss_mb(qpid)
@@ -191,8 +212,9 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
     open_by = time.time() + 30 + n / 100
     start_at = open_by + warmup
     end_at = start_at + seconds
+    argv = client_argv(runtime)
     procs = [await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", "--endpoint", endpoint, "--token", token,
+        *argv, "--endpoint", endpoint, "--token", token,
         "--client-streams", str(k), "--start-at", repr(start_at), "--end-at", repr(end_at),
         stdout=asyncio.subprocess.PIPE) for k in per if k]
     for p in procs:
@@ -481,14 +503,15 @@ async def main(args) -> None:
         seq = 1
         if "fanout" in args.parts:
             print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
-                  f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes",
+                  f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes "
+                  f"({args.client_runtime})",
                   flush=True)
             print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
             rows = []
             for n in args.streams:
                 r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
-                                              args.direct)
+                                              args.direct, args.client_runtime)
                 rows.append(r)
                 print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
                       f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['kb_per_stream']:>10.1f} "
@@ -534,6 +557,9 @@ def cli() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--client-runtime", choices=("node", "python"), default="node",
+                    help="the fan-out clients: Node (benchmarks/quote_client, default: ~1/3 of the CPU) or "
+                         "this script's own grpc.aio clients")
     ap.add_argument("--direct", action="store_true",
                     help="fan-out clients connect to quote_svc's own port, not through Envoy (for comparison)")
     ap.add_argument("--candle-rate", type=int, default=200)
