@@ -69,6 +69,7 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
             on_msg(await js.get_last_msg(stream, bus.subject(namespace, "md", symbol)))
         except NotFoundError:
             continue
+
     async def deliver(msg: Msg) -> None:
         on_msg(msg)
 

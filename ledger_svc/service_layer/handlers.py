@@ -117,20 +117,20 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
         log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
                     extra={"count": len(holds)})
-        answers: list[model.Hold | DomainError] = []
+        one_by_one: list[model.Hold | DomainError] = []
         for c in cmds:
             try:
-                answers.append(await place_hold(c, uow_factory))
+                one_by_one.append(await place_hold(c, uow_factory))
             except DomainError as exc:
-                answers.append(exc)
-        return answers
-    by_index: dict[int, model.Hold | DomainError] = {}
+                one_by_one.append(exc)
+        return one_by_one
+    answers: list[model.Hold | DomainError] = list(holds)  # each replaced by its answer below
     for i, placement in zip(order, placements):
         try:
-            by_index[i] = _placed(holds[i], *placement)
+            answers[i] = _placed(holds[i], *placement)
         except DomainError as exc:
-            by_index[i] = exc
-    return [by_index[i] for i in range(len(holds))]
+            answers[i] = exc
+    return answers
 
 
 def _new_hold(cmd: commands.PlaceHold) -> model.Hold:
