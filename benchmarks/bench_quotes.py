@@ -9,7 +9,8 @@
    the engine would). Lag = the client's receipt time − the event's time (set when it is
    published; one clock, one machine). Figures: p50/p99/max lag, messages delivered per second
    (against N × rate offered), quote_svc's memory per open stream (RSS growth / N) and CPU
-   (of quote_svc, Envoy and the client processes, in cores).
+   (of quote_svc, Envoy and the client processes, in cores). With --quote-replicas N the mesh
+   runs N quote_svc processes behind Envoy; their memory and CPU are summed.
 3. GetCandles: a day of 1-minute candles (built by quote_svc from a day of trades published to
    the MD stream), open loop at --candle-rate requests a second through Envoy; latency from the
    intended send time (no coordinated omission).
@@ -18,7 +19,7 @@
    --portfolio-rate requests a second through Envoy, latency from the intended send time.
 
 Usage:  .venv/bin/python benchmarks/bench_quotes.py [--streams 500,1000,2000] [--seconds 20]
-                                                    [--parts fanout,candles,portfolio]
+                                                    [--parts fanout,candles,portfolio] [--quote-replicas 2]
 """
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_mesh(data_dir: Path, database_url: str, namespace: str) -> tuple[subprocess.Popen, dict]:
+def start_mesh(data_dir: Path, database_url: str, namespace: str,
+               quote_replicas: int = 1) -> tuple[subprocess.Popen, dict]:
     from meshkit.launcher.net import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
@@ -147,7 +149,8 @@ def start_mesh(data_dir: Path, database_url: str, namespace: str) -> tuple[subpr
     out = open(data_dir / "launcher.out", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
                              "--port", str(free_port("0.0.0.0")), "--database-url", database_url,
-                             "--namespace", namespace, "--log-level", "WARNING", "--no-simulator"],
+                             "--namespace", namespace, "--log-level", "WARNING", "--no-simulator",
+                             "--quote-replicas", str(quote_replicas)],
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -203,8 +206,9 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
                        warmup: float, rate: int, seq0: int, direct: bool = False,
                        runtime: str = "node") -> tuple[dict, int]:
     pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
-    qpid, epid = pids["quote_svc"], pids["envoy"]
-    rss0 = rss_mb(qpid)
+    qpids = [pid for name, pid in pids.items() if name.split("-")[0] == "quote_svc"]  # every replica
+    epid = pids["envoy"]
+    rss0 = sum(map(rss_mb, qpids))
     endpoint = state["endpoint"] if not direct else f"127.0.0.1:{state['ports']['quote_svc']}"
     per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     # Clients learn the measuring window from their arguments: it starts once they have all
@@ -222,7 +226,7 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
         assert line.strip() == b"READY", line
     if time.time() > open_by:
         print(f"  (opening {n} streams took longer than planned; the window starts late)", flush=True)
-    rss1 = rss_mb(qpid)
+    rss1 = sum(map(rss_mb, qpids))
     # Publish from now until the end of the window, `rate` a second.
     seq = seq0
     t0 = time.monotonic()
@@ -237,7 +241,7 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
             await asyncio.sleep(target - now)
         wall = time.time()
         if cpu_marks is None and wall >= start_at:
-            cpu_marks = (time.monotonic(), cpu_seconds(qpid), cpu_seconds(epid),
+            cpu_marks = (time.monotonic(), sum(map(cpu_seconds, qpids)), cpu_seconds(epid),
                          sum(cpu_seconds(p.pid) for p in procs))
         if wall >= end_at:
             break
@@ -246,7 +250,7 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
         await publish(js, ns, HOT, seq, f"{price:.2f}", 1)
         i += 1
     t_end = time.monotonic()
-    cpu = ((cpu_seconds(qpid) - cpu_marks[1]) / (t_end - cpu_marks[0]),
+    cpu = ((sum(map(cpu_seconds, qpids)) - cpu_marks[1]) / (t_end - cpu_marks[0]),
            (cpu_seconds(epid) - cpu_marks[2]) / (t_end - cpu_marks[0]),
            (sum(cpu_seconds(p.pid) for p in procs) - cpu_marks[3]) / (t_end - cpu_marks[0]))
     published_in_window = int(seconds * rate)
@@ -493,7 +497,7 @@ async def main(args) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-quotes-"))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; mesh data {data_dir}", flush=True)
-    proc, state = start_mesh(data_dir, database_url, ns)
+    proc, state = start_mesh(data_dir, database_url, ns, args.quote_replicas)
     try:
         token = keys.mint_token(data_dir, "bench", ttl=3600)
         nats_url = json.loads((data_dir / "mesh.json").read_text())["nats_url"]
@@ -504,7 +508,7 @@ async def main(args) -> None:
         if "fanout" in args.parts:
             print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
                   f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes "
-                  f"({args.client_runtime})",
+                  f"({args.client_runtime}), {args.quote_replicas} quote_svc replica(s) (CPU and memory: their sum)",
                   flush=True)
             print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
@@ -554,6 +558,7 @@ def cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[500, 1000, 2000])
     ap.add_argument("--rate", type=int, default=50, help="updates a second on the hot symbol")
+    ap.add_argument("--quote-replicas", type=int, default=1, help="quote_svc processes behind Envoy")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="client processes")

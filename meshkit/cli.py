@@ -59,9 +59,12 @@ def migrate(database_url: str) -> None:
               help="Run the market simulator (liquidity providers and takers on every symbol).")
 @click.option("--market-hours", type=click.Choice(["always", "regular"]), default="always", show_default=True,
               help="'always': the simulated market never closes; 'regular': US hours, Monday to Friday.")
+@click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", default=1,
+              show_default=True, help="quote_svc processes behind Envoy; each follows the whole feed and "
+                                      "serves its share of the quote streams.")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
-       start_timeout: float, simulator: bool, market_hours: str) -> None:
+       start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher.mesh import UpOptions, up as run_up
@@ -70,7 +73,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
-        simulator=simulator, market_hours=market_hours,
+        simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
     )
     sys.exit(run_up(opts))
 

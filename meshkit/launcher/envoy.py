@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
@@ -42,7 +42,18 @@ class EnvoyError(RuntimeError):
 class EnvoyPorts:
     public: int
     admin: int
-    upstreams: dict[str, int]  # cluster name -> 127.0.0.1 port
+    upstreams: dict[str, int]  # cluster name -> 127.0.0.1 port (of its first replica)
+    # cluster name -> the 127.0.0.1 ports of its further replicas (quote_svc's, when it runs several)
+    replicas: dict[str, list[int]] = field(default_factory=dict)
+
+    def endpoints(self, cluster: str) -> list[int]:
+        return [self.upstreams[cluster], *self.replicas.get(cluster, [])]
+
+
+def _lb_endpoints(ports: list[int]) -> str:
+    return "\n".join(f"        - endpoint:\n            address:\n"
+                     f"              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"
+                     for port in ports)
 
 
 def envoy_binary() -> Path:
@@ -72,7 +83,10 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
     missing = [c for c in CLUSTERS if c not in ports.upstreams]
     if missing:
         raise EnvoyError(f"no upstream port for {', '.join(missing)}")
-    values.update({f"{c.upper()}_PORT": str(ports.upstreams[c]) for c in CLUSTERS})
+    unknown = sorted(set(ports.replicas) - set(CLUSTERS))
+    if unknown:
+        raise EnvoyError(f"replicas for unknown cluster(s) {', '.join(unknown)}")
+    values.update({f"{c.upper()}_ENDPOINTS": _lb_endpoints(ports.endpoints(c)) for c in CLUSTERS})
     text = Template(template.read_text()).safe_substitute(values)
     leftover = [line for line in text.splitlines()
                 if "${" in line and not line.lstrip().startswith("#")]

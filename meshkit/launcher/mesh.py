@@ -5,7 +5,9 @@ Steps, each shown as it runs:
   2. infra       PostgreSQL, Redis (used or started), the pinned nats-server (started)
   3. migrations  every service's schema (meshkit.migrate.apply_all)
   4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
-                 each waited for until its own gRPC health check says SERVING
+                 each waited for until its own gRPC health check says SERVING; quote_svc as
+                 --quote-replicas processes (quote_svc, quote_svc-2, ...), each following the
+                 feed itself, all behind its Envoy clusters
   5. envoy       rendered config, started, waited for until all four clusters are healthy
   6. ready       <data-dir>/mesh.json written with "ready": true; endpoint, token and a first
                  grpcurl call printed
@@ -65,6 +67,8 @@ class UpOptions:
     simulator: bool = True
     # "always": the simulated market never closes; "regular": US hours (meshkit.calendar).
     market_hours: str = "always"
+    # quote_svc processes behind Envoy (each takes the whole feed and serves its own streams).
+    quote_replicas: int = 1
 
 
 def _print(line: str) -> None:
@@ -85,6 +89,7 @@ class Mesh:
         self._ready = False
         self._lock_file = None
         self.metrics_ports: dict[str, int] = {}
+        self.instances: dict[str, str] = {}  # process name -> its service (quote_svc-2 -> quote_svc)
 
     # ----------------------------------------------------------------- public
 
@@ -143,17 +148,24 @@ class Mesh:
         self._migrate(self.infra.database_url)
 
         self._step("4/7 services")
-        upstreams = {name: free_port() for name in SERVICES}
-        self.metrics_ports = {name: free_port() for name in SERVICES}
-        children = [self.sup.start(self._service_spec(name, port, upstreams))
-                    for name, port in upstreams.items()]
-        self._wait_services_serving(children, upstreams)
+        if self.opts.quote_replicas < 1:
+            raise LaunchError(f"quote_svc needs at least 1 replica, got {self.opts.quote_replicas}")
+        self.instances = {name: name for name in SERVICES}
+        self.instances.update({f"quote_svc-{i}": "quote_svc" for i in range(2, self.opts.quote_replicas + 1)})
+        listen = {name: free_port() for name in self.instances}
+        self.metrics_ports = {name: free_port() for name in self.instances}
+        upstreams = {name: listen[name] for name in SERVICES}  # the first replica of each
+        children = [self.sup.start(self._service_spec(name, listen[name], upstreams))
+                    for name in self.instances]
+        self._wait_services_serving(children, listen)
+        replicas = {"quote_svc": [listen[name] for name, service in self.instances.items()
+                                  if service == "quote_svc" and name != "quote_svc"]}
 
         self._step("5/7 Envoy")
         if tcp_answers("127.0.0.1", public, timeout=0.5):
             raise LaunchError(f"port {public} is already in use (another mesh?); "
                               "choose another with --port, or --port 0 for a free one")
-        self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams)
+        self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams, replicas=replicas)
         config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
                                     order_commands_in_flight=_order_commands_in_flight())
         self.say(f"  config {config}")
@@ -177,7 +189,8 @@ class Mesh:
     def stop(self) -> None:
         self._ready = False
         if self.sup.children:
-            self.sup.stop_all(stages=[["simulator"], ["envoy"], list(SERVICES), ["nats"], ["redis"], ["postgres"]])
+            self.sup.stop_all(stages=[["simulator"], ["envoy"], list(self.instances or SERVICES),
+                                      ["nats"], ["redis"], ["postgres"]])
         # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
         # busy folder must not mark the running mesh as not ready).
         if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
@@ -234,7 +247,7 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             "STOCKMESH_MARKET_ALWAYS_OPEN": "1" if self.opts.market_hours == "always" else "0",
         }
-        return ChildSpec(name=name, argv=[sys.executable, "-m", name], env=env,
+        return ChildSpec(name=name, argv=[sys.executable, "-m", self.instances[name]], env=env,
                          log_path=self.data_dir / "logs" / f"{name}.log", cwd=self.data_dir,
                          stop_timeout=15.0)
 
@@ -324,6 +337,7 @@ class Mesh:
             "namespace": self.opts.namespace,
             "ports": None if self.ports is None else {
                 "public": self.ports.public, "admin": self.ports.admin, **self.ports.upstreams,
+                **{f"quote_svc-{i}": port for i, port in enumerate(self.ports.replicas.get("quote_svc", []), 2)},
             },
             "metrics_ports": self.metrics_ports,
             "pids": {c.spec.name: c.pid for c in self.sup.children if c.running()},

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import grpc
+from prometheus_client import Gauge
 
 from meshkit import paging, symbols as listing
 from meshkit.errors import Violations
@@ -16,6 +17,7 @@ from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as pb, quote_service
 CANDLE_PAGE_DEFAULT = 500
 CANDLE_PAGE_MAX = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+OPEN_STREAMS = Gauge("stockmesh_quote_streams", "StreamQuotes calls this replica is serving")
 
 
 def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
@@ -69,10 +71,12 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
     async def StreamQuotes(self, request: pb.StreamQuotesRequest, context: grpc.aio.ServicerContext):
         wanted = quotes.stream_symbols(request.symbols)
         sub = self.book.subscribe(wanted)
+        OPEN_STREAMS.inc()
         try:
             while True:
                 yield self.to_proto.encoded(await sub.get())  # serialized once for every stream
         finally:
+            OPEN_STREAMS.dec()
             self.book.unsubscribe(sub)
 
     async def GetCandles(self, request: pb.GetCandlesRequest,

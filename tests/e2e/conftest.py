@@ -6,6 +6,7 @@
 - a fresh database `stockmesh_e2e_<hex>` on the PostgreSQL at $DATABASE_URL (or the default
   local one), dropped at the end; where no PostgreSQL answers, the launcher starts its own
   inside the data folder and it goes away with it;
+- two quote_svc replicas behind Envoy (`--quote-replicas 2`);
 - its own namespace `e2e_<hex>` (NATS streams/subjects, Redis keys), and the pinned NATS
   started by the launcher (NATS_URL is removed from its environment),
 so a run never sees another run's data nor a developer's running mesh.
@@ -30,8 +31,9 @@ from meshkit.launcher.harness import STOP_BOUND, MeshFailed, MeshProcess
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
     running = MeshProcess(data_dir=tmp_path_factory.mktemp("mesh"), db_prefix="stockmesh_e2e", namespace_prefix="e2e",
-                          # tests trade against each other; the simulator has its own test
-                          extra_args=["--no-simulator"])
+                          # tests trade against each other; the simulator has its own test.
+                          # Two quote_svc replicas, as a real deployment runs (test_quote_replicas).
+                          extra_args=["--no-simulator", "--quote-replicas", "2"])
     try:
         running.start()
     except MeshFailed as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -79,6 +80,26 @@ def test_quote_streams_are_buffered_little_by_envoy(tmp_path: Path) -> None:
     address = lambda c: c.split("socket_address:")[-1].split("\n")[0]  # noqa: E731
     assert address(streams) == address(quote)  # the same replicas
     assert all("per_connection_buffer_limit_bytes" not in c for c in clusters if c is not streams)
+
+
+def test_quote_replicas_are_endpoints_of_both_quote_clusters(tmp_path: Path) -> None:
+    dev = keys.ensure_keys(tmp_path)
+    extra = [free_port(), free_port()]
+    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
+                             upstreams={c: free_port() for c in envoy.CLUSTERS}, replicas={"quote_svc": extra})
+    config = envoy.write_config(tmp_path, ports, dev.jwks_path)
+    envoy.validate(config)
+    clusters = {c.split("\n")[0]: c for c in config.read_text().split("  clusters:\n")[1].split("  - name: ") if c}
+    endpoints = lambda name: re.findall(r"socket_address: \{ address: 127\.0\.0\.1, port_value: (\d+) \}",  # noqa: E731
+                                        clusters[name])
+    quote_ports = [str(p) for p in ports.endpoints("quote_svc")]
+    assert len(quote_ports) == 3
+    assert endpoints("quote_svc") == endpoints("quote_svc_streams") == quote_ports
+    for name in ("order_svc", "ledger_svc", "matching_svc"):
+        assert endpoints(name) == [str(ports.upstreams[name])]
+    with pytest.raises(envoy.EnvoyError, match="unknown cluster"):
+        envoy.render(envoy.EnvoyPorts(public=1, admin=2, upstreams=ports.upstreams, replicas={"nope": [3]}),
+                     dev.jwks_path)
 
 
 @asynccontextmanager

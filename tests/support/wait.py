@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 
 async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
-    """Call the async `check` until it returns something true or `timeout` passes; returns its
-    last result (so the caller's assert shows what it saw)."""
+    """Call `check` (a function or a coroutine function) until it returns something true or
+    `timeout` passes; returns its last result (so the caller's assert shows what it saw)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result or loop.time() > deadline:
             return result
         await asyncio.sleep(delay)
