@@ -140,7 +140,7 @@ def rss_mb(pid: int) -> float:
 
 
 def start_mesh(data_dir: Path, database_url: str, namespace: str,
-               quote_replicas: int = 1) -> tuple[subprocess.Popen, dict]:
+               quote_replicas: int = 1, envoy_workers: int | None = None) -> tuple[subprocess.Popen, dict]:
     from meshkit.launcher.net import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
@@ -150,7 +150,8 @@ def start_mesh(data_dir: Path, database_url: str, namespace: str,
     proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
                              "--port", str(free_port("0.0.0.0")), "--database-url", database_url,
                              "--namespace", namespace, "--log-level", "WARNING", "--no-simulator",
-                             "--quote-replicas", str(quote_replicas)],
+                             "--quote-replicas", str(quote_replicas),
+                             *(["--envoy-workers", str(envoy_workers)] if envoy_workers else [])],
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -485,7 +486,7 @@ async def main(args) -> None:
     from psycopg import sql
 
     from meshkit import bus
-    from meshkit.launcher import keys
+    from meshkit.launcher import envoy, keys
 
     server_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     base = server_url.rsplit("/", 1)[0]
@@ -497,7 +498,7 @@ async def main(args) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-quotes-"))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; mesh data {data_dir}", flush=True)
-    proc, state = start_mesh(data_dir, database_url, ns, args.quote_replicas)
+    proc, state = start_mesh(data_dir, database_url, ns, args.quote_replicas, args.envoy_workers)
     try:
         token = keys.mint_token(data_dir, "bench", ttl=3600)
         nats_url = json.loads((data_dir / "mesh.json").read_text())["nats_url"]
@@ -508,7 +509,8 @@ async def main(args) -> None:
         if "fanout" in args.parts:
             print(f"\nQuote fan-out {'DIRECT to quote_svc (no Envoy)' if args.direct else 'through Envoy'}: one hot symbol ({HOT}), {args.rate} updates/s, "
                   f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.clients} client processes "
-                  f"({args.client_runtime}), {args.quote_replicas} quote_svc replica(s) (CPU and memory: their sum)",
+                  f"({args.client_runtime}), {args.quote_replicas} quote_svc replica(s) (CPU and memory: their sum), "
+                  f"Envoy workers {args.envoy_workers or envoy.default_workers()}",
                   flush=True)
             print(f"{'streams':>8} {'offered/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
@@ -559,6 +561,7 @@ def cli() -> None:
     ap.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[500, 1000, 2000])
     ap.add_argument("--rate", type=int, default=50, help="updates a second on the hot symbol")
     ap.add_argument("--quote-replicas", type=int, default=1, help="quote_svc processes behind Envoy")
+    ap.add_argument("--envoy-workers", type=int, default=None, help="Envoy's worker threads (default: the launcher's)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="client processes")

@@ -62,9 +62,12 @@ def migrate(database_url: str) -> None:
 @click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", default=1,
               show_default=True, help="quote_svc processes behind Envoy; each follows the whole feed and "
                                       "serves its share of the quote streams.")
+@click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", default=None,
+              help="Envoy's worker threads.  [default: one per two cores]")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
-       start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int) -> None:
+       start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int,
+       envoy_workers: int | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher.mesh import UpOptions, up as run_up
@@ -74,6 +77,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
+        envoy_workers=envoy_workers,
     )
     sys.exit(run_up(opts))
 

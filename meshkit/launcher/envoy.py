@@ -6,6 +6,7 @@ execs it), so every machine runs the same pinned Envoy.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import urllib.request
@@ -32,6 +33,13 @@ CLUSTERS = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
 # of an admitted order under overload to ~1,024 ÷ the mesh's rate (~4–5 s on 2 cores), inside a
 # 10 s deadline; measured against 24 and 64 in docs/benchmarks/place_order.md.
 ORDER_COMMANDS_IN_FLIGHT = 1024
+
+
+def default_workers() -> int:
+    """Envoy's worker threads: one per two cores. Envoy shares the machine with the services;
+    with a worker per core (Envoy's own default) on 2 cores, quote fan-out's p99 lag at 2,000
+    streams was 2-3x higher (docs/benchmarks/quotes.md), while PlaceOrder did not change."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class EnvoyError(RuntimeError):
@@ -115,8 +123,9 @@ def validate(config_path: Path, timeout: float = 60) -> None:
         raise EnvoyError(f"Envoy rejects {config_path}:\n{result.stdout}{result.stderr}".strip())
 
 
-def argv(config_path: Path, log_level: str = "info") -> list[str]:
+def argv(config_path: Path, log_level: str = "info", workers: int | None = None) -> list[str]:
     return [str(envoy_binary()), "-c", str(config_path), "-l", log_level.lower(),
+            "--concurrency", str(workers or default_workers()),
             # No hot restart: the launcher restarts Envoy as a whole, and without the shared
             # memory region several meshes (a developer's, a test run's) coexist on one machine.
             "--disable-hot-restart"]

@@ -69,6 +69,8 @@ class UpOptions:
     market_hours: str = "always"
     # quote_svc processes behind Envoy (each takes the whole feed and serves its own streams).
     quote_replicas: int = 1
+    # Envoy's worker threads (None: one per two cores, envoy.default_workers).
+    envoy_workers: int | None = None
 
 
 def _print(line: str) -> None:
@@ -170,7 +172,7 @@ class Mesh:
                                     order_commands_in_flight=_order_commands_in_flight())
         self.say(f"  config {config}")
         proxy = self.sup.start(ChildSpec(
-            name="envoy", argv=envoy.argv(config, "info"),
+            name="envoy", argv=envoy.argv(config, "info", self.opts.envoy_workers),
             log_path=self.data_dir / "logs" / "envoy.log", cwd=self.data_dir,
         ))
         self._wait_envoy(proxy)
