@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -29,18 +30,26 @@ def pg_server_url() -> str:
     return postgres_server(os.environ.get("TEST_DATABASE_SERVER_URL", DEFAULT_SERVER_URL))
 
 
-@pytest.fixture(scope="session")
-async def database_url(pg_server_url: str):
+@asynccontextmanager
+async def fresh_database(server_url: str):
+    """A new database with every service's schema on the server at `server_url`: its URL;
+    dropped afterwards."""
     name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
+    admin = await asyncpg.connect(server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_server_url, name)
+    url = _with_db(server_url, name)
     try:
         apply_all(url)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_server_url: str):
+    async with fresh_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -67,13 +67,14 @@ class CaptureRow(NamedTuple):
 
 
 class LedgerRepository:
-    # Books are never deleted, so (owner, asset) -> book_id is cached for the process, but
-    # only once known to be committed: a book created by a transaction that then rolls back
-    # (a refused withdrawal or hold) does not exist, and its id must not be reused.
-    _book_ids: dict[BookRef, int] = {}
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, book_ids: dict[BookRef, int] | None = None) -> None:
+        """`book_ids`: (owner, asset) -> book_id of committed books, shared by the transactions
+        on one database (LedgerUnitOfWork keeps one per pool). Books are never deleted, so it
+        never goes stale, but it holds only ids known to be committed: a book created by a
+        transaction that then rolls back (a refused withdrawal or hold) does not exist, and its
+        id must not be reused. Without one, nothing is cached beyond this transaction."""
         self.conn = conn
+        self._book_ids = book_ids if book_ids is not None else {}
         self._created: dict[BookRef, int] = {}  # books this transaction created
 
     async def book_id(self, ref: BookRef) -> int:

@@ -117,3 +117,29 @@ async def test_the_database_refuses_unbalanced_entries_and_edits_to_history(uow,
                                "(SELECT book_id FROM ledger.books WHERE owner = $1)", acct)
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await conn.execute("DELETE FROM ledger.entries WHERE account_id = $1", acct)
+
+
+async def test_two_databases_in_one_process_never_share_book_ids(pool, pg_server_url):
+    """Book ids are cached per database: a system book (e.g. the counter-account of a symbol's
+    shares) has a different id in each database, and a process that works on two (as the tests
+    do: their own database and a mesh's) must post to the right one in each."""
+    from tests.conftest import fresh_database
+
+    async with fresh_database(pg_server_url) as other_url:
+        other = await asyncpg.create_pool(other_url, min_size=1, max_size=2)
+        try:
+            # Shift the ids in the other database, so the same book gets different ids.
+            for i in range(3):
+                await handlers.deposit(commands.Deposit(f"filler-{i}", Decimal("1.00"), "k"),
+                                       lambda: LedgerUnitOfWork(other))
+            for p in (pool, other, pool, other):
+                account = f"twodb-{uuid.uuid4().hex[:8]}"
+                await handlers.credit_shares(commands.CreditShares(account, "SIRI", Decimal(5), "seed"),
+                                             lambda p=p: LedgerUnitOfWork(p))
+                balance = await handlers.book_balance(account, "SIRI", lambda p=p: LedgerUnitOfWork(p))
+                assert balance.posted == 5
+            ids = [await p.fetchval("SELECT book_id FROM ledger.books WHERE owner = '$external' AND asset = 'SIRI'")
+                   for p in (pool, other)]
+            assert ids[0] != ids[1]  # so a shared cache would have posted to a wrong or missing book
+        finally:
+            await other.close()
