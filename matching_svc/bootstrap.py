@@ -1,5 +1,5 @@
 """Wires matching_svc: the engine runners (background), MarketDataService.GetOrderBook,
-EngineControlService.GetEngineStatus. Health is SERVING only while NATS answers.
+EngineControlService (status, halts). Health is SERVING only while NATS answers.
 
 Engine settings, read once from the environment:
 

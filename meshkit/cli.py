@@ -240,5 +240,84 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
                else f"session {trading_day} was closed before: nothing queued")
 
 
+
+@main.group()
+def engine() -> None:
+    """The matching engines (EngineControlService on matching_svc, never routed by Envoy)."""
+
+
+def _engine_call(address: str | None, data_dir: Path | None, method: str, request):
+    """Call EngineControlService/`method` on matching_svc: at `address`, else the one of the mesh
+    running in `data_dir` (its mesh.json)."""
+    import json
+
+    import grpc
+
+    from stockmesh.matching.v1 import engine_control_service_pb2_grpc
+
+    if not address:
+        state_path = (data_dir or default_data_dir()).resolve() / "mesh.json"
+        try:
+            state = json.loads(state_path.read_text())
+            address = f"127.0.0.1:{state['ports']['matching_svc']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            raise click.UsageError(f"no running mesh in {state_path.parent} (mesh.json); "
+                                   "pass --address HOST:PORT of matching_svc") from None
+    with grpc.insecure_channel(address) as channel:
+        stub = engine_control_service_pb2_grpc.EngineControlServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=10)
+        except grpc.RpcError as exc:
+            click.echo(f"{method} failed: {exc.code().name}: {exc.details()}", err=True)
+            sys.exit(1)
+
+
+_engine_address = click.option("--address", envvar="MATCHING_ADDR", default=None,
+                               help="matching_svc's gRPC address (default: the mesh in --data-dir).")
+_engine_data_dir = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                                help="Data folder of a running `stockmesh up`. Default: $STOCKMESH_DATA_DIR, "
+                                     "else ./.stockmesh")
+
+
+@engine.command("halt")
+@click.argument("symbol")
+@click.option("--reason", default="", help="Why (at most 200 characters; shown in the engine's status).")
+@_engine_address
+@_engine_data_dir
+def engine_halt(symbol: str, reason: str, address: str | None, data_dir: Path | None) -> None:
+    """Halt trading in SYMBOL: new orders and replaces are REJECTED / SYMBOL_HALTED (by order_svc
+    at once, and by the engine for any order sequenced after the halt); cancels still work and
+    resting orders stay in the book."""
+    from stockmesh.matching.v1 import engine_control_service_pb2 as ec
+
+    _engine_call(address, data_dir, "HaltSymbol", ec.HaltSymbolRequest(symbol=symbol, reason=reason))
+    click.echo(f"{symbol.upper()} halted")
+
+
+@engine.command("resume")
+@click.argument("symbol")
+@_engine_address
+@_engine_data_dir
+def engine_resume(symbol: str, address: str | None, data_dir: Path | None) -> None:
+    """Resume trading in SYMBOL."""
+    from stockmesh.matching.v1 import engine_control_service_pb2 as ec
+
+    _engine_call(address, data_dir, "ResumeSymbol", ec.ResumeSymbolRequest(symbol=symbol))
+    click.echo(f"{symbol.upper()} trading")
+
+
+@engine.command("status")
+@_engine_address
+@_engine_data_dir
+def engine_status(address: str | None, data_dir: Path | None) -> None:
+    """What the engine instance owns: per symbol, halted or trading, the last input applied."""
+    from stockmesh.matching.v1 import engine_control_service_pb2 as ec
+
+    reply = _engine_call(address, data_dir, "GetEngineStatus", ec.GetEngineStatusRequest())
+    click.echo(f"engine instance {reply.instance_id}")
+    for s in reply.symbols:
+        click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}")
+
+
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ class Touch:
     bid: Decimal | None
     ask: Decimal | None
     last: Decimal | None
+    halted: bool = False  # the engine halted the symbol (its latest market-data event says so)
 
 
 NO_MARKET = Touch(None, None, None)
@@ -175,4 +176,4 @@ class JetStreamQuotes:
 
 
 def _touch(ev) -> Touch:
-    return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.last_price or ev.trade_price))
+    return Touch(_d(ev.bid_price), _d(ev.ask_price), _d(ev.last_price or ev.trade_price), ev.halted)

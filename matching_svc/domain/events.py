@@ -45,6 +45,8 @@ class RejectReason(StrEnum):
     """Cancel or replace of an id that is not live in this book (never was, or already ended)."""
     FOK_NOT_FILLABLE = "FOK_NOT_FILLABLE"
     """A FOK order that could not be filled entirely at once; the book is untouched."""
+    SYMBOL_HALTED = "SYMBOL_HALTED"
+    """A new order or a replace while trading in the symbol is halted (``EngineCommand.halt``)."""
 
 
 @dataclass(slots=True)

@@ -2,10 +2,14 @@
 
 ``GetOrderBook`` reads the live book when this instance owns the symbol, else the last
 market-data event on JetStream (which carries the top ten levels, so a non-owner answers at
-most ten levels). ``GetEngineStatus`` reports what this instance owns; halting is not
-implemented yet (the generated base class answers UNIMPLEMENTED).
+most ten levels). ``GetEngineStatus`` reports what this instance owns. ``HaltSymbol`` and
+``ResumeSymbol`` append a Halt / Resume command to the symbol's input subject, so the engine
+applies it in order with the orders: every order sequenced after a halt is refused, every
+one before it was matched as usual.
 """
 from __future__ import annotations
+
+import uuid
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -24,6 +28,7 @@ from stockmesh.matching.v1 import (
 
 DEFAULT_DEPTH = 10
 MAX_DEPTH = 100
+MAX_HALT_REASON = 200
 
 
 def parse_depth(depth: int) -> int:
@@ -67,6 +72,27 @@ class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlService
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    async def _sequence(self, cmd: matching_pb2.EngineCommand) -> None:
+        """Append `cmd` to its symbol's input subject (durably stored once this returns)."""
+        names = self.engine.names
+        cmd.command_id = f"{cmd.symbol}:control:{uuid.uuid4().hex}"
+        await self.engine.js.publish(names.orders_subject(cmd.symbol), cmd.SerializeToString(), stream=names.orders,
+                                     headers={"Nats-Msg-Id": cmd.command_id})
+
+    async def HaltSymbol(self, request: ec.HaltSymbolRequest, context) -> ec.HaltSymbolResponse:
+        symbol = parse_symbol(request.symbol)
+        reason = request.reason.strip()
+        if len(reason) > MAX_HALT_REASON:
+            raise InvalidArgument([FieldViolation("reason", f"at most {MAX_HALT_REASON} characters")])
+        await self._sequence(matching_pb2.EngineCommand(
+            symbol=symbol, halt=matching_pb2.Halt(reason=reason or "halted by an operator")))
+        return ec.HaltSymbolResponse()
+
+    async def ResumeSymbol(self, request: ec.ResumeSymbolRequest, context) -> ec.ResumeSymbolResponse:
+        symbol = parse_symbol(request.symbol)
+        await self._sequence(matching_pb2.EngineCommand(symbol=symbol, resume=matching_pb2.Resume()))
+        return ec.ResumeSymbolResponse()
+
     async def GetEngineStatus(self, request: ec.GetEngineStatusRequest, context) -> ec.GetEngineStatusResponse:
         """Per owned symbol: the last input whose results are published, and the book's hash."""
         reply = ec.GetEngineStatusResponse(instance_id=self.engine.cfg.instance_id)
@@ -74,5 +100,6 @@ class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlService
             live = self.engine.owned_engine(symbol)
             if live is not None:
                 reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=self.engine.published_seq(symbol),
-                                                     book_hash=live.book.state_hash()))
+                                                     book_hash=live.book.state_hash(),
+                                                     halted=live.halted is not None))
         return reply

@@ -110,6 +110,8 @@ class SymbolEngine:
         self.dedupe_capacity = dedupe_capacity
         # command id -> None; a dict keeps insertion order, so it is a bounded FIFO set.
         self._seen: dict[str, None] = {}
+        # The reason trading is halted (a Halt input), None while it trades.
+        self.halted: str | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -140,6 +142,12 @@ class SymbolEngine:
         elif kind == "session_close":
             ctx.emit(self.book.expire_day_orders(), {})
             ctx.changed = True
+        elif kind == "halt":
+            self.halted = cmd.halt.reason or "halted"
+            ctx.changed = True  # the feed tells everyone at once
+        elif kind == "resume":
+            ctx.changed = self.halted is not None
+            self.halted = None
         ctx.market_data()
         if kind == "session_close":
             self.volume = 0  # the next session starts from zero
@@ -157,6 +165,7 @@ class SymbolEngine:
             "dedupe_capacity": self.dedupe_capacity,
             "seen": list(self._seen),
             "book": self.book.snapshot(),
+            "halted": self.halted,
         }
 
     @classmethod
@@ -166,6 +175,7 @@ class SymbolEngine:
         eng = cls(data["symbol"], dedupe_capacity=data["dedupe_capacity"], book=OrderBook.restore(data["book"]))
         eng.last_seq, eng.md_seq, eng.volume = data["last_seq"], data["md_seq"], data["volume"]
         eng._seen = dict.fromkeys(data["seen"])
+        eng.halted = data.get("halted")  # absent from snapshots taken before halts existed
         return eng
 
     def to_bytes(self) -> bytes:
@@ -217,6 +227,10 @@ class _Ctx:
             self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
                             quantity=no.quantity, reason=RejectReason.INVALID.value)
             return
+        if self.engine.halted is not None:
+            self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
+                            quantity=no.quantity, reason=RejectReason.SYMBOL_HALTED.value)
+            return
         order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar)
         self.emit(self.engine.book.submit(order), sides, order=order)
 
@@ -231,6 +245,9 @@ class _Ctx:
         live = self.engine.book.get_order(r.order_id)
         if live is None or live.account_id != r.account_id:
             self.cancel_reject(r.order_id, r.new_order_id, r.account_id, "UNKNOWN_ORDER")
+            return
+        if self.engine.halted is not None:
+            self.cancel_reject(r.order_id, r.new_order_id, r.account_id, RejectReason.SYMBOL_HALTED.value)
             return
         try:
             limit, stop = price_ticks(r.limit_price), price_ticks(r.stop_price)
@@ -320,6 +337,7 @@ class _Ctx:
             "ask_size": asks[0][1] if asks else 0,
             "bids": bid_levels,
             "asks": ask_levels,
+            "halted": eng.halted is not None,
         }
         # Before this input's trades: the price before the first of them (or the book's last).
         last = self.trades[0][0] if self.trades else book.last_trade_price

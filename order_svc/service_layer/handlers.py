@@ -85,9 +85,10 @@ async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[T
     """Session, halt and price band: the checks every new order (placed or replacing) passes."""
     if not calendar.is_open(at):
         return None, RejectReason.MARKET_CLOSED, REJECT_MESSAGES[RejectReason.MARKET_CLOSED]
-    if await deps.halts.is_halted(req.symbol):
-        return None, RejectReason.SYMBOL_HALTED, REJECT_MESSAGES[RejectReason.SYMBOL_HALTED]
     touch = await deps.quotes.touch(req.symbol)
+    # Halted by the engine (HaltSymbol; the feed says so), or by an operator's row in orders.halts.
+    if touch.halted or await deps.halts.is_halted(req.symbol):
+        return None, RejectReason.SYMBOL_HALTED, REJECT_MESSAGES[RejectReason.SYMBOL_HALTED]
     reference = touch.last or listed()[req.symbol].reference_price
     for name, price in (("limit", req.limit_price), ("stop", req.stop_price)):
         if price is not None and model.outside_band(price, reference, deps.price_band):

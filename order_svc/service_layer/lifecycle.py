@@ -11,7 +11,7 @@ from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFF
 from order_svc.domain.model import Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import Deps, now
 
-_ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE}
+_ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE, "SYMBOL_HALTED": RejectReason.SYMBOL_HALTED}
 
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
@@ -80,7 +80,8 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
         new = await _order(uow, ex.new_order_id)
         if new is not None and new.status is Status.PENDING_NEW:
             await _reject_replacement(uow, new, f"the engine refused to replace order {ex.order_id}: "
-                                                f"{ex.reason or 'UNKNOWN_ORDER'}", at)
+                                                f"{ex.reason or 'UNKNOWN_ORDER'}", at,
+                                      reason=_ENGINE_REJECTS.get(ex.reason, RejectReason.ORDER_NOT_ACTIVE))
         return
     o = await _order(uow, ex.order_id)
     if o is not None and o.cancel_requested:
@@ -89,8 +90,9 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
         await uow.orders.audit(o, "CANCEL_REJECTED")
 
 
-async def _reject_replacement(uow, new: Order, message: str, at) -> None:
-    new.reject(RejectReason.ORDER_NOT_ACTIVE, message)
+async def _reject_replacement(uow, new: Order, message: str, at,
+                              reason: RejectReason = RejectReason.ORDER_NOT_ACTIVE) -> None:
+    new.reject(reason, message)
     await uow.orders.save_execution_result(new, at)
     await uow.orders.record_change(new)
 

@@ -31,7 +31,8 @@ def md_from_bytes(data: bytes) -> MarketData:
     return MarketData(
         symbol=m.symbol, sequence=m.sequence, time=m.time.ToDatetime(tzinfo=UTC), bid=_d(m.bid_price),
         bid_size=m.bid_size, ask=_d(m.ask_price), ask_size=m.ask_size,
-        last=_d(m.last_price) or trade, volume=m.volume, trade_price=trade, trade_quantity=m.trade_quantity)
+        last=_d(m.last_price) or trade, volume=m.volume, trade_price=trade, trade_quantity=m.trade_quantity,
+        halted=m.halted)
 
 
 def quote_to_proto(q: Quote) -> quote_pb2.Quote:
@@ -39,10 +40,10 @@ def quote_to_proto(q: Quote) -> quote_pb2.Quote:
         symbol=q.symbol, bid_price=fmt(q.bid) if q.bid is not None else "", bid_size=q.bid_size,
         ask_price=fmt(q.ask) if q.ask is not None else "", ask_size=q.ask_size,
         last_price=fmt(q.last) if q.last is not None else "", last_size=q.last_size, volume=q.volume,
-        sequence=q.sequence, time=_ts(q.time))
+        sequence=q.sequence, time=_ts(q.time), halted=q.halted)
 
 
 def quote_from_proto(m: quote_pb2.Quote) -> Quote:
     return Quote(symbol=m.symbol, bid=_d(m.bid_price), bid_size=m.bid_size, ask=_d(m.ask_price),
                  ask_size=m.ask_size, last=_d(m.last_price), last_size=m.last_size, volume=m.volume,
-                 sequence=m.sequence, time=m.time.ToDatetime(tzinfo=UTC))
+                 sequence=m.sequence, time=m.time.ToDatetime(tzinfo=UTC), halted=m.halted)

@@ -21,6 +21,7 @@ class MarketData:
     volume: int
     trade_price: Decimal | None = None  # set when the event is a trade
     trade_quantity: int = 0
+    halted: bool = False
 
     @property
     def is_trade(self) -> bool:
@@ -39,6 +40,7 @@ class Quote:
     volume: int
     sequence: int
     time: datetime
+    halted: bool = False
 
 
 def next_quote(current: Quote | None, ev: MarketData) -> Quote | None:
@@ -55,4 +57,5 @@ def next_quote(current: Quote | None, ev: MarketData) -> Quote | None:
         last = ev.last if ev.last is not None else (current.last if current else None)
         last_size = current.last_size if current is not None and current.last == last else 0
     return Quote(symbol=ev.symbol, bid=ev.bid, bid_size=ev.bid_size, ask=ev.ask, ask_size=ev.ask_size,
-                 last=last, last_size=last_size, volume=ev.volume, sequence=ev.sequence, time=ev.time)
+                 last=last, last_size=last_size, volume=ev.volume, sequence=ev.sequence, time=ev.time,
+                 halted=ev.halted)

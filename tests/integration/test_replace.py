@@ -393,3 +393,73 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     assert n == 1
     await handlers.cancel_order(a, gtc.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")
+
+
+class _FeedNotYetHalted:
+    """The price feed as an order_svc replica sees it just before the halt reaches it."""
+
+    def __init__(self, quotes) -> None:
+        self.quotes = quotes
+
+    async def touch(self, symbol: str):
+        t = await self.quotes.touch(symbol)
+        return type(t)(t.bid, t.ask, t.last, False)
+
+
+async def test_halt_refuses_orders_and_replaces_keeps_cancels_and_resume_trades_again(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    import dataclasses
+
+    from matching_svc.entrypoints.grpc_server import EngineControlServicer
+    from meshkit.errors import InvalidArgument
+    from stockmesh.matching.v1 import engine_control_service_pb2 as ec
+
+    control = EngineControlServicer(engine)
+    s, b = acct("halt-s"), acct("halt-b")
+    await fund(checked_pool, s, shares=(SYM, 20))
+    await fund(checked_pool, b, cash="10000.00")
+    resting = await handlers.place_order(limit(s, Side.SELL, 10, "180.00"), order_deps)
+    other = await handlers.place_order(limit(s, Side.SELL, 5, "181.00"), order_deps)
+    for o in (resting, other):
+        await eventually(lambda o=o: accepted(execution_consumers, namespace, SYM, o.order_id), "accepted")
+
+    with pytest.raises(InvalidArgument):
+        await control.HaltSymbol(ec.HaltSymbolRequest(symbol="NOPE"), None)
+    with pytest.raises(InvalidArgument):
+        await control.HaltSymbol(ec.HaltSymbolRequest(symbol=SYM, reason="x" * 201), None)
+    await control.HaltSymbol(ec.HaltSymbolRequest(symbol=SYM, reason="news pending"), None)
+
+    async def halted(flag: bool) -> bool:
+        return (await order_deps.quotes.touch(SYM)).halted is flag
+
+    await eventually(lambda: halted(True), "the feed to say GOOGL is halted")
+    status = await control.GetEngineStatus(ec.GetEngineStatusRequest(), None)
+    assert {x.symbol: x.halted for x in status.symbols}[SYM] is True
+
+    # order_svc refuses at once (no hold placed), a buy and a replace alike.
+    buy = await handlers.place_order(limit(b, Side.BUY, 5, "180.00"), order_deps)
+    assert (buy.status, buy.reject_reason) == (Status.REJECTED, RejectReason.SYMBOL_HALTED)
+    new = await handlers.replace_order(replace(s, resting.order_id, 10, "179.00"), order_deps)
+    assert (new.status, new.reject_reason) == (Status.REJECTED, RejectReason.SYMBOL_HALTED)
+
+    # An order that passed order_svc's check just before the halt reached it: the engine
+    # refuses it (sequenced after the halt), and its hold is released.
+    late_deps = dataclasses.replace(order_deps, quotes=_FeedNotYetHalted(order_deps.quotes))
+    late = await handlers.place_order(limit(b, Side.BUY, 5, "180.00"), late_deps)
+    assert late.status in (Status.PENDING_NEW, Status.NEW)
+    late = await eventually(lambda: order_is(order_deps, b, late.order_id, Status.REJECTED), "the engine's refusal")
+    assert late.reject_reason is RejectReason.SYMBOL_HALTED and "SYMBOL_HALTED" in late.reject_message
+    await ledger_caught_up(execution_consumers, namespace)
+    assert (await holds(checked_pool, late.hold_id))[str(late.hold_id)][0] == "RELEASED"
+
+    # Cancels still work while halted.
+    await handlers.cancel_order(s, other.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, s, other.order_id, Status.CANCELLED), "the cancel")
+
+    await control.ResumeSymbol(ec.ResumeSymbolRequest(symbol=SYM), None)
+    await eventually(lambda: halted(False), "the feed to say GOOGL trades again")
+    buy = await handlers.place_order(limit(b, Side.BUY, 10, "180.00"), order_deps)
+    assert buy.status in (Status.PENDING_NEW, Status.NEW)
+    await eventually(lambda: order_is(order_deps, b, buy.order_id, Status.FILLED), "the fill after resuming")
+    await eventually(lambda: order_is(order_deps, s, resting.order_id, Status.FILLED), "the resting sell filled")
+    await ledger_caught_up(execution_consumers, namespace)

@@ -31,6 +31,21 @@ def test_quotes_move_forward_only_and_keep_the_last_size():
     assert next_quote(q2, md(1, "11.00", 1)) is None  # an older event
 
 
+def test_a_quote_says_whether_the_symbol_is_halted_and_survives_the_wire():
+    from dataclasses import replace
+
+    from quote_svc.adapters.codec import md_from_bytes, quote_from_proto, quote_to_proto
+    from tests.support.quotes import md_event
+
+    ev = md_event("AAPL", 3, bid="10.00", ask="10.05")
+    ev.halted = True
+    halted = next_quote(None, md_from_bytes(ev.SerializeToString()))
+    assert halted.halted and quote_to_proto(halted).halted
+    assert quote_from_proto(quote_to_proto(halted)) == halted  # as cached in Redis
+    resumed = next_quote(halted, replace(md(4, last="10.00"), halted=False))
+    assert not resumed.halted
+
+
 async def test_a_subscription_keeps_one_quote_per_symbol():
     book = QuoteBook()
     book.apply(md(1, "10.00", 1))

@@ -68,3 +68,40 @@ def test_snapshot_then_replay_equals_uninterrupted_run():
     got += [ex for s, t, cmd in inputs[1234:] for ex in resumed.apply(s, t, cmd).executions]
     assert got == expected
     assert resumed.state_hash() == whole.state_hash()
+
+
+def halt(reason: str = "news pending", symbol: str = "AAPL", cid: str = "h1") -> pb.EngineCommand:
+    return pb.EngineCommand(command_id=cid, symbol=symbol, halt=pb.Halt(reason=reason))
+
+
+def test_a_halt_refuses_new_orders_and_replaces_keeps_cancels_and_survives_a_snapshot():
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("s", "alice", SELL, 10, limit="10"))
+    eng.apply(2, 0, new_order("r", "carol", SELL, 5, limit="11"))
+    out = eng.apply(3, 0, halt())
+    assert not out.executions
+    [md] = out.market_data  # the feed says so at once, with the book as it is
+    assert (md.halted, md.ask_price, md.ask_size) == (True, "10.00", 10)
+
+    # Restored from a snapshot, still halted.
+    eng = SymbolEngine.from_bytes(eng.to_bytes())
+    assert eng.halted == "news pending"
+    [ex] = eng.apply(4, 0, new_order("b", "bob", BUY, 4, limit="10")).executions  # would have crossed
+    assert (ex.type, ex.order_id, ex.reason, ex.quantity) == (E.EXECUTION_TYPE_REJECTED, "b", "SYMBOL_HALTED", 4)
+    replace = pb.EngineCommand(command_id="rp", symbol="AAPL", replace_order=pb.ReplaceOrder(
+        order_id="s", new_order_id="s2", account_id="alice", quantity=10, limit_price="9.5"))
+    [ex] = eng.apply(5, 0, replace).executions
+    assert (ex.type, ex.order_id, ex.new_order_id, ex.reason) == (
+        E.EXECUTION_TYPE_CANCEL_REJECTED, "s", "s2", "SYMBOL_HALTED")
+    out = eng.apply(6, 0, cancel("r", "carol"))
+    assert [(ex.type, ex.order_id) for ex in out.executions] == [(E.EXECUTION_TYPE_CANCELLED, "r")]
+    assert all(md.halted for md in out.market_data)
+    assert eng.book.get_order("s") is not None and eng.book.get_order("r") is None
+
+    out = eng.apply(7, 0, pb.EngineCommand(command_id="go", symbol="AAPL", resume=pb.Resume()))
+    assert eng.halted is None and [md.halted for md in out.market_data] == [False]
+    out = eng.apply(8, 0, new_order("b2", "bob", BUY, 4, limit="10"))
+    assert [ex.type for ex in out.executions] == [E.EXECUTION_TYPE_ACCEPTED, E.EXECUTION_TYPE_FILL]
+    assert out.market_data[-1].halted is False
+    # Resuming what trades already changes nothing and says nothing.
+    assert not eng.apply(9, 0, pb.EngineCommand(command_id="go2", symbol="AAPL", resume=pb.Resume())).market_data

@@ -43,20 +43,34 @@ class PriceLevel(_message.Message):
     def __init__(self, price: _Optional[str] = ..., quantity: _Optional[int] = ..., order_count: _Optional[int] = ...) -> None: ...
 
 class EngineCommand(_message.Message):
-    __slots__ = ("command_id", "symbol", "new_order", "cancel_order", "replace_order", "session_close")
+    __slots__ = ("command_id", "symbol", "new_order", "cancel_order", "replace_order", "session_close", "halt", "resume")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     NEW_ORDER_FIELD_NUMBER: _ClassVar[int]
     CANCEL_ORDER_FIELD_NUMBER: _ClassVar[int]
     REPLACE_ORDER_FIELD_NUMBER: _ClassVar[int]
     SESSION_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    HALT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     symbol: str
     new_order: NewOrder
     cancel_order: CancelOrder
     replace_order: ReplaceOrder
     session_close: SessionClose
-    def __init__(self, command_id: _Optional[str] = ..., symbol: _Optional[str] = ..., new_order: _Optional[_Union[NewOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., replace_order: _Optional[_Union[ReplaceOrder, _Mapping]] = ..., session_close: _Optional[_Union[SessionClose, _Mapping]] = ...) -> None: ...
+    halt: Halt
+    resume: Resume
+    def __init__(self, command_id: _Optional[str] = ..., symbol: _Optional[str] = ..., new_order: _Optional[_Union[NewOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., replace_order: _Optional[_Union[ReplaceOrder, _Mapping]] = ..., session_close: _Optional[_Union[SessionClose, _Mapping]] = ..., halt: _Optional[_Union[Halt, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+
+class Halt(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Resume(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SessionClose(_message.Message):
     __slots__ = ("trading_day",)
@@ -151,7 +165,7 @@ class Execution(_message.Message):
     def __init__(self, execution_id: _Optional[str] = ..., symbol: _Optional[str] = ..., type: _Optional[_Union[ExecutionType, str]] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., counter_order_id: _Optional[str] = ..., counter_account_id: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., price: _Optional[str] = ..., quantity: _Optional[int] = ..., leaves_quantity: _Optional[int] = ..., reason: _Optional[str] = ..., input_sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counter_leaves_quantity: _Optional[int] = ..., new_order_id: _Optional[str] = ..., kept_priority: _Optional[bool] = ...) -> None: ...
 
 class MarketDataEvent(_message.Message):
-    __slots__ = ("symbol", "sequence", "time", "trade_price", "trade_quantity", "bid_price", "bid_size", "ask_price", "ask_size", "bids", "asks", "last_price", "volume")
+    __slots__ = ("symbol", "sequence", "time", "trade_price", "trade_quantity", "bid_price", "bid_size", "ask_price", "ask_size", "bids", "asks", "last_price", "volume", "halted")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +179,7 @@ class MarketDataEvent(_message.Message):
     ASKS_FIELD_NUMBER: _ClassVar[int]
     LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -178,4 +193,5 @@ class MarketDataEvent(_message.Message):
     asks: _containers.RepeatedCompositeFieldContainer[PriceLevel]
     last_price: str
     volume: int
-    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., last_price: _Optional[str] = ..., volume: _Optional[int] = ...) -> None: ...
+    halted: bool
+    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., last_price: _Optional[str] = ..., volume: _Optional[int] = ..., halted: _Optional[bool] = ...) -> None: ...

@@ -39,7 +39,7 @@ class Symbol(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., name: _Optional[str] = ..., tick_size: _Optional[str] = ..., reference_price: _Optional[str] = ...) -> None: ...
 
 class Quote(_message.Message):
-    __slots__ = ("symbol", "bid_price", "bid_size", "ask_price", "ask_size", "last_price", "last_size", "volume", "sequence", "time")
+    __slots__ = ("symbol", "bid_price", "bid_size", "ask_price", "ask_size", "last_price", "last_size", "volume", "sequence", "time", "halted")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     BID_PRICE_FIELD_NUMBER: _ClassVar[int]
     BID_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Quote(_message.Message):
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     bid_price: str
     bid_size: int
@@ -60,7 +61,8 @@ class Quote(_message.Message):
     volume: int
     sequence: int
     time: _timestamp_pb2.Timestamp
-    def __init__(self, symbol: _Optional[str] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., last_price: _Optional[str] = ..., last_size: _Optional[int] = ..., volume: _Optional[int] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    halted: bool
+    def __init__(self, symbol: _Optional[str] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., last_price: _Optional[str] = ..., last_size: _Optional[int] = ..., volume: _Optional[int] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., halted: _Optional[bool] = ...) -> None: ...
 
 class Candle(_message.Message):
     __slots__ = ("start_time", "open", "high", "low", "close", "volume", "trade_count", "vwap", "is_final")
