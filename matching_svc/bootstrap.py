@@ -7,7 +7,9 @@ Engine settings, read once from the environment:
 * ``ENGINE_SHARD``    ``i/n``: the i-th of n slices of the listed symbols (sorted), else all;
 * ``ENGINE_INSTANCE_ID`` the lease owner name (default host-pid-random);
 * ``ENGINE_LEASE_TTL_SECONDS`` (10), ``ENGINE_SNAPSHOT_EVERY`` inputs (10000),
-  ``ENGINE_BATCH`` (500), ``ENGINE_DEDUPE_IDS`` (100000).
+  ``ENGINE_BATCH`` (500), ``ENGINE_DEDUPE_IDS`` (100000);
+* ``ENGINE_TRIM_INPUTS`` (1): after each snapshot, purge the symbol's inputs older than the
+  previous snapshot from the ORDERS stream (0 keeps them all).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ def engine_config(namespace: str) -> EngineConfig:
         snapshot_every=_number("ENGINE_SNAPSHOT_EVERY", 10_000),
         batch=_number("ENGINE_BATCH", 500),
         dedupe_capacity=_number("ENGINE_DEDUPE_IDS", 100_000),
+        trim_inputs=config.env_flag("ENGINE_TRIM_INPUTS", True),
     )
 
 

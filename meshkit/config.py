@@ -82,6 +82,18 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
     )
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no setting: 1/true/yes or 0/false/no (any case); unset or empty is `default`."""
+    raw = (_get(name, "") or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"setting {name} must be 1 or 0 (true/false, yes/no), got {raw!r}")
+
+
 def env_decimal(name: str, default: str) -> Decimal:
     raw = _get(name, default) or default
     try:

@@ -40,6 +40,9 @@ class EngineConfig:
     snapshot_every: int = 10_000
     batch: int = 500
     dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY
+    # After each snapshot, purge the symbol's inputs from <ns>_ORDERS up to the previous
+    # snapshot: the stream keeps about one snapshot interval of history, not everything ever.
+    trim_inputs: bool = True
 
 
 class SymbolRunner:
@@ -52,6 +55,7 @@ class SymbolRunner:
         self.lease: Lease | None = None
         # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
         self.published_seq = 0
+        self._snapshot_seq = 0  # last input of the newest stored snapshot
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -93,9 +97,25 @@ class SymbolRunner:
     async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
         lease.check()
         await self.store.save(self.symbol, engine.to_bytes())
+        if self.cfg.trim_inputs:
+            await self._trim(self._snapshot_seq)
+        self._snapshot_seq = engine.last_seq
+
+    async def _trim(self, upto: int) -> None:
+        """Purge the symbol's inputs up to and including `upto` (the previous snapshot's last
+        input): no engine will ever read them again, since every start loads a snapshot that
+        is past them. The inputs since then stay, to look into. Best effort: a failure is
+        logged and the next snapshot trims further."""
+        if upto <= 0:
+            return
+        try:
+            await self.js.purge_stream(self.names.orders, seq=upto + 1, subject=self.names.orders_subject(self.symbol))
+        except Exception:  # noqa: BLE001 - retention only; correctness does not depend on it
+            log.exception("trimming the inputs failed", extra={"symbol": self.symbol, "upto": upto})
 
     async def _own(self, lease: Lease) -> None:
         engine = await self._load()
+        self._snapshot_seq = engine.last_seq  # the stored snapshot's position
         sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1, batch=self.cfg.batch)
         log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1})
         self.published_seq = engine.last_seq
