@@ -3,11 +3,21 @@ deployment's namespace, so test runs never see a developer's mesh."""
 from __future__ import annotations
 
 import logging
+import time
 
 import nats
 from nats.aio.client import Client
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("meshkit.bus")
+
+# A consumer retries a failing message in place, forever (nothing is skipped: an execution
+# may be a fill that moves money), so a message that always fails stops its consumer. These
+# make that visible: alert on stockmesh_consumer_stuck_seconds > 0 for more than a minute.
+CONSUMER_FAILURES = Counter("stockmesh_consumer_failures_total",
+                            "Handler failures of a durable consumer (each is retried)", ["durable"])
+CONSUMER_STUCK = Gauge("stockmesh_consumer_stuck_seconds",
+                       "How long the consumer's current message has been failing (0: not stuck)", ["durable"])
 
 
 async def connect(url: str, name: str) -> Client:
@@ -80,7 +90,7 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
         durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait, max_ack_pending=max_ack_pending, filter_subject=subject_filter))
     try:
-        await _consume_loop(sub, handle, handle_batch, batch, idle_wait)
+        await _consume_loop(sub, handle, handle_batch, batch, idle_wait, durable)
     finally:
         # Withdraw the inbox of the pull request still outstanding: without interest the
         # server drops it, instead of delivering the next messages to a reader that is gone
@@ -91,26 +101,36 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
             pass
 
 
-async def _until_done(work, msgs) -> None:
+async def _until_done(work, msgs, durable: str) -> None:
     """Await `work()` until it succeeds, backing off and keeping `msgs` in progress."""
     import asyncio
 
     delay = 0.2
+    failing_since = None
+    attempts = 0
     while True:
         try:
             await work()
+            if failing_since is not None:
+                CONSUMER_STUCK.labels(durable).set(0)
+                log.info("message handled after failures", extra={"durable": durable, "attempts": attempts + 1})
             return
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - retried in place, never skipped
-            log.exception("message handling failed; retrying", extra={"subject": msgs[0].subject})
+            attempts += 1
+            failing_since = failing_since or time.monotonic()
+            CONSUMER_FAILURES.labels(durable).inc()
+            CONSUMER_STUCK.labels(durable).set(time.monotonic() - failing_since)
+            log.exception("message handling failed; retrying",
+                          extra={"subject": msgs[0].subject, "durable": durable, "attempts": attempts})
             for m in msgs:
                 await m.in_progress()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
-async def _consume_loop(sub, handle, handle_batch, batch: int, idle_wait: float) -> None:
+async def _consume_loop(sub, handle, handle_batch, batch: int, idle_wait: float, durable: str) -> None:
     import asyncio
 
     while True:
@@ -124,13 +144,13 @@ async def _consume_loop(sub, handle, handle_batch, batch: int, idle_wait: float)
         done = 0
         try:
             if handle_batch is not None:
-                await _until_done(lambda: handle_batch(msgs), msgs)
+                await _until_done(lambda: handle_batch(msgs), msgs, durable)
                 for m in msgs:
                     await m.ack()
                 done = len(msgs)
             else:
                 for msg in msgs:
-                    await _until_done(lambda: handle(msg), [msg])
+                    await _until_done(lambda: handle(msg), [msg], durable)
                     await msg.ack()
                     done += 1
         except asyncio.CancelledError:
