@@ -8,6 +8,7 @@ from nats.aio.client import Client
 from ledger_svc.adapters.orders import GrpcOpenOrders
 from ledger_svc.entrypoints.grpc_server import LedgerServicer
 from ledger_svc.entrypoints.hold_server import HoldServicer
+from ledger_svc.entrypoints.settlement_server import SettlementServicer
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, config, db, executions
@@ -41,9 +42,9 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
              "stockmesh.ledger.v1.LedgerService"),
             (hold_service_pb2_grpc.add_HoldServiceServicer_to_server,
              HoldServicer(uow), "stockmesh.ledger.v1.HoldService"),
-            # Not built yet: every RPC answers UNIMPLEMENTED, naming itself.
             (settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server,
-             settlement_service_pb2_grpc.SettlementServiceServicer(), "stockmesh.ledger.v1.SettlementService"),
+             SettlementServicer(uow, nc.jetstream() if nc is not None else None, namespace),
+             "stockmesh.ledger.v1.SettlementService"),
         ],
         checks=checks,
         background=background,

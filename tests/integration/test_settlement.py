@@ -130,3 +130,36 @@ class NoWakeups:
 
     def unsubscribe(self, account_id, event):
         pass
+
+
+async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_journal(ledger_addr, nats_conn,
+                                                                                         checked_pool):
+    import grpc
+
+    from ledger_svc.entrypoints.settlement_server import SettlementServicer
+    from stockmesh.ledger.v1 import settlement_service_pb2 as spb, settlement_service_pb2_grpc
+
+    day = calendar.trading_day(datetime.now(timezone.utc)).isoformat()
+    async with grpc.aio.insecure_channel(ledger_addr) as ch:
+        stub = settlement_service_pb2_grpc.SettlementServiceStub(ch)
+        for bad in ("", "2026-13-45", "yesterday"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RunSettlement(spb.RunSettlementRequest(date=bad))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        first = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
+        second = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
+    assert second.fills_settled == 0  # running it twice changes nothing
+    assert second.fills_already_settled == first.fills_settled + first.fills_already_settled
+
+    # With the journal (a namespace of its own): a fill the engine published and the ledger
+    # never applied is named.
+    js = nats_conn.jetstream()
+    ns = f"st{uuid.uuid4().hex[:8]}"
+    await bus.ensure_stream(js, ns, "EXECUTIONS")
+    missed = matching_pb2.Execution(execution_id=f"AAPL:{ns}:1", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL,
+                                    order_id=str(uuid.uuid4()), account_id="nobody", price="1.00", quantity=1)
+    missed.time.FromDatetime(datetime.now(timezone.utc))
+    await js.publish(bus.subject(ns, "executions", "AAPL"), missed.SerializeToString())
+    servicer = SettlementServicer(lambda: LedgerUnitOfWork(checked_pool), js, ns)
+    reply = await servicer.RunSettlement(spb.RunSettlementRequest(date=day), None)
+    assert ("FILL_NOT_APPLIED", missed.execution_id) in {(d.kind, d.reference) for d in reply.discrepancies}

@@ -1,0 +1,31 @@
+"""SettlementService over gRPC (internal: operators and schedulers call it on ledger_svc's own
+port; Envoy's public listener does not route it). The same work as `stockmesh settle`."""
+from __future__ import annotations
+
+from datetime import date
+
+from ledger_svc.service_layer.handlers import UowFactory
+from ledger_svc.service_layer.runner import settle_and_reconcile
+from meshkit.errors import FieldViolation, InvalidArgument
+from stockmesh.ledger.v1 import settlement_service_pb2 as pb, settlement_service_pb2_grpc
+
+
+def _trading_day(text: str) -> date:
+    if not text:
+        raise InvalidArgument([FieldViolation("date", "is required (YYYY-MM-DD)")])
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument([FieldViolation("date", f"{text[:32]!r} is not a date like 2026-11-23")]) from None
+
+
+class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
+    def __init__(self, uow: UowFactory, js, namespace: str) -> None:
+        self.uow, self.js, self.namespace = uow, js, namespace
+
+    async def RunSettlement(self, request: pb.RunSettlementRequest, context) -> pb.RunSettlementResponse:
+        report = await settle_and_reconcile(_trading_day(request.date), self.uow, self.js, self.namespace)
+        return pb.RunSettlementResponse(
+            fills_settled=report.fills_settled, fills_already_settled=report.fills_already_settled,
+            discrepancies=[pb.Discrepancy(kind=d.kind, reference=d.reference, detail=d.detail)
+                           for d in report.discrepancies or []])
