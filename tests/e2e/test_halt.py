@@ -57,10 +57,12 @@ async def test_operator_halts_and_resumes_a_symbol(mesh):
             order = (await orders.PlaceOrder(buy(coid), metadata=md)).order
             if order.status != common_pb2.ORDER_STATUS_REJECTED:
                 await orders.CancelOrder(opb.CancelOrderRequest(order_id=order.order_id), metadata=md)
+                cancelled.append(order.order_id)
                 return False
             assert order.reject_reason == order_pb2.ORDER_REJECT_REASON_SYMBOL_HALTED, order
             return True
 
+        cancelled: list[str] = []
         assert await eventually(refused)
         status = engine_cli(mesh, "status")
         assert status.returncode == 0 and f"{SYMBOL:<6} HALTED" in status.stdout, status.stdout
@@ -73,9 +75,14 @@ async def test_operator_halts_and_resumes_a_symbol(mesh):
         order = (await orders.PlaceOrder(buy("after"), metadata=md)).order
         assert order.status in (common_pb2.ORDER_STATUS_PENDING_NEW, common_pb2.ORDER_STATUS_NEW), order
         await orders.CancelOrder(opb.CancelOrderRequest(order_id=order.order_id), metadata=md)
+        cancelled.append(order.order_id)
 
-        async def nothing_held() -> bool:  # the ledger releases the cancelled orders' holds on its own
+        async def all_cancelled() -> bool:  # order_svc and the ledger each apply the engine's CANCELLED
+            for order_id in cancelled:
+                got = (await orders.GetOrder(opb.GetOrderRequest(order_id=order_id), metadata=md)).order
+                if got.status != common_pb2.ORDER_STATUS_CANCELLED:
+                    return False
             p = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
-            return p.cash.held == "0.00" and not p.open_orders
+            return p.cash.held == "0.00"
 
-        assert await eventually(nothing_held)
+        assert await eventually(all_cancelled)
