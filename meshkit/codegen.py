@@ -1,4 +1,5 @@
-"""Regenerate gen/ from protos/ (Python modules, gRPC stubs and .pyi type stubs).
+"""Regenerate gen/ from protos/ (Python modules, gRPC stubs and .pyi type stubs, and the
+descriptor set Envoy's gRPC-JSON transcoder reads: gen/stockmesh/descriptor.binpb).
 
 `stockmesh gen` writes gen/; `stockmesh gen --check` regenerates into a scratch
 folder and fails when the committed gen/ differs (CI runs it).
@@ -14,6 +15,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
 GEN = REPO / "gen"
+DESCRIPTOR = GEN / "stockmesh" / "descriptor.binpb"
+# Besides our protos, the descriptor set carries the error details our services send, so that
+# Envoy can write them into a JSON error body.
+ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
 
 def proto_files() -> list[str]:
@@ -37,6 +42,16 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    import importlib.util
+
+    status_pb2 = importlib.util.find_spec("google.rpc.status_pb2")
+    assert status_pb2 is not None and status_pb2.origin is not None
+    googleapis = Path(status_pb2.origin).parents[2]  # googleapis-common-protos ships the .proto files
+    descriptor = out / DESCRIPTOR.relative_to(GEN)
+    descriptor.parent.mkdir(parents=True, exist_ok=True)
+    if protoc.main(["protoc", f"-I{PROTOS}", f"-I{wkt}", f"-I{googleapis}", "--include_imports",
+                    f"--descriptor_set_out={descriptor}", *proto_files(), *ERROR_PROTOS]) != 0:
+        raise SystemExit("protoc failed (descriptor set)")
     for folder in [out / "stockmesh", *(p for p in (out / "stockmesh").rglob("*") if p.is_dir())]:
         if folder.name != "__pycache__":
             (folder / "__init__.py").touch()

@@ -18,6 +18,8 @@ from meshkit.launcher.infra import scripts_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
+# The public contract as a descriptor set, for the gRPC-JSON transcoder (meshkit/codegen.py).
+DESCRIPTOR = REPO / "gen" / "stockmesh" / "descriptor.binpb"
 
 # Public gRPC services and the upstream cluster (service process) that serves each.
 PUBLIC_ROUTES: dict[str, str] = {
@@ -87,6 +89,7 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
         "PUBLIC_PORT": str(ports.public),
         "ADMIN_PORT": str(ports.admin),
         "JWKS_PATH": json.dumps(str(jwks_path)),  # a JSON string is a valid YAML scalar
+        "PROTO_DESCRIPTOR": json.dumps(str(DESCRIPTOR)),
     }
     missing = [c for c in CLUSTERS if c not in ports.upstreams]
     if missing:
