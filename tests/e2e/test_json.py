@@ -4,10 +4,13 @@ mapping with the .proto's field names, money as exact decimal strings; errors as
 statuses with the google.rpc.Status and its details; internal services stay unreachable."""
 from __future__ import annotations
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -60,3 +63,65 @@ def test_json_calls_through_envoy(mesh):
     # No token: 401 before anything is transcoded; an internal service: no route.
     assert post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})[0] == 401
     assert post(mesh, "/stockmesh.ledger.v1.HoldService/GetHold", {}, account)[0] == 404
+
+
+
+def test_json_quote_stream_through_envoy(mesh):
+    """StreamQuotes as JSON: one array, written element by element as the quotes come, the
+    snapshot first; an unknown symbol is a 400 before anything is streamed."""
+    account = f"json-q-{uuid.uuid4().hex[:6]}"
+    seller = f"json-s-{uuid.uuid4().hex[:6]}"
+    status, _ = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit",
+                     {"amount": "100.00", "idempotency_key": "q"}, account)
+    assert status == 200
+    # A market in SIRI (no other end-to-end test trades it): a resting buy makes a bid.
+    status, placed = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
+                          {"client_order_id": "bid", "symbol": "SIRI", "side": "SIDE_BUY", "type": "ORDER_TYPE_LIMIT",
+                           "quantity": "10", "limit_price": "0.85", "time_in_force": "TIME_IN_FORCE_GTC"}, account)
+    assert status == 200 and placed["order"]["status"] in ("ORDER_STATUS_PENDING_NEW", "ORDER_STATUS_NEW"), placed
+    order_id = placed["order"]["order_id"]
+    host, port = mesh.endpoint.rsplit(":", 1)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {mesh.token(seller)}"}
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=15)
+        conn.request("POST", "/stockmesh.quote.v1.QuoteService/StreamQuotes", json.dumps({"symbols": ["NOPE"]}), headers)
+        bad = conn.getresponse()
+        assert bad.status == 400 and json.loads(bad.read())["code"] == 3
+        conn.close()
+
+        first = None
+        for _ in range(50):  # until the engine's book event has reached quote_svc
+            conn = http.client.HTTPConnection(host, int(port), timeout=15)
+            conn.request("POST", "/stockmesh.quote.v1.QuoteService/StreamQuotes", json.dumps({"symbols": ["SIRI"]}),
+                         headers)
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("content-type", "").startswith("application/json")
+            text = ""
+            while first is None:
+                chunk = resp.read1(4096).decode()
+                assert chunk, "the stream ended"
+                text += chunk
+                try:
+                    first, _ = json.JSONDecoder().raw_decode(text.lstrip().removeprefix("[").lstrip(","))
+                except ValueError:
+                    continue
+            conn.close()
+            if first.get("bid_price") and Decimal(first["bid_price"]) == Decimal("0.85"):
+                break
+            first = None
+        assert first is not None and (first["symbol"], Decimal(first["bid_price"]), first["bid_size"]) == (
+            "SIRI", Decimal("0.85"), "10")
+    finally:
+        status, _ = post(mesh, "/stockmesh.order.v1.OrderService/CancelOrder", {"order_id": order_id}, account)
+        assert status == 200
+
+    def cancelled() -> bool:  # order_svc and the ledger each apply the engine's CANCELLED
+        got = post(mesh, "/stockmesh.order.v1.OrderService/GetOrder", {"order_id": order_id}, account)[1]
+        cash = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {}, account)[1]["portfolio"]["cash"]
+        return got["order"]["status"] == "ORDER_STATUS_CANCELLED" and cash["held"] == "0.00"
+
+    for _ in range(150):
+        if cancelled():
+            break
+        time.sleep(0.1)
+    assert cancelled()
