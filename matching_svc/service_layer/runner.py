@@ -56,6 +56,7 @@ class SymbolRunner:
         # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
         self.published_seq = 0
         self._snapshot_seq = 0  # last input of the newest stored snapshot
+        self._snapshot_blob: bytes | None = None  # the newest stored snapshot
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -86,17 +87,37 @@ class SymbolRunner:
                 await asyncio.shield(lease.release())
                 self.lease = None
 
+    @property
+    def _previous_key(self) -> str:
+        return f"{self.symbol}-previous"
+
     async def _load(self) -> SymbolEngine:
-        blob = await self.store.load(self.symbol)
-        if blob is None:
-            return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
-        engine = SymbolEngine.from_bytes(blob)
-        engine.dedupe_capacity = self.cfg.dedupe_capacity
-        return engine
+        """The newest snapshot; if it cannot be read, the one before it (the inputs since that
+        one are still in the stream: `_trim` keeps them); with none, an empty engine."""
+        self._snapshot_blob = None
+        for key in (self.symbol, self._previous_key):
+            blob = await self.store.load(key)
+            if blob is None:
+                continue
+            try:
+                engine = SymbolEngine.from_bytes(blob)
+            except Exception:  # noqa: BLE001 - a damaged snapshot: fall back to the previous one
+                log.error("snapshot cannot be read; trying the previous one", extra={"symbol": self.symbol, "key": key})
+                continue
+            engine.dedupe_capacity = self.cfg.dedupe_capacity
+            self._snapshot_blob = blob if key == self.symbol else None
+            return engine
+        return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
 
     async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
+        """Store a snapshot; the one it replaces is kept as the previous one, and the inputs
+        before *that* are trimmed. So a damaged newest snapshot still leaves a way back."""
         lease.check()
-        await self.store.save(self.symbol, engine.to_bytes())
+        blob = engine.to_bytes()
+        if self._snapshot_blob is not None:
+            await self.store.save(self._previous_key, self._snapshot_blob)
+        await self.store.save(self.symbol, blob)
+        self._snapshot_blob = blob
         if self.cfg.trim_inputs:
             await self._trim(self._snapshot_seq)
         self._snapshot_seq = engine.last_seq

@@ -120,6 +120,39 @@ async def test_sigkill_and_restart_equals_uninterrupted_run(nats_url, js, tmp_pa
     assert 0 < kept <= 2 * (700 + 200), kept
 
 
+async def test_a_damaged_snapshot_falls_back_to_the_previous_one(nats_url, js, tmp_path):
+    """The newest snapshot cannot be read (damaged by hand here): the engine starts from the
+    previous one and replays the inputs since, which trimming kept, to the same book."""
+    from matching_svc.adapters.jetstream import SnapshotStore
+
+    ns, symbol = f"ts{uuid.uuid4().hex[:8]}", "MSFT"
+    names = Names(ns)
+    await ensure_streams(js, names)
+    last_seq = await publish_flow(js, ns, Flow(SEED + 2, symbol), 3000)
+    expected_engine, _ = await expected_run(js, ns, symbol)
+    settings = {"ENGINE_SYMBOLS": symbol, "ENGINE_LEASE_TTL_SECONDS": TTL, "ENGINE_SNAPSHOT_EVERY": "700",
+                "ENGINE_BATCH": "200"}
+    log = tmp_path / "engine.log"
+    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
+    try:
+        await wait_caught_up(proc, port, symbol, last_seq)
+    finally:
+        await kill(proc)  # SIGKILL: the snapshots it took during the run stay as they are
+    store = SnapshotStore(js, names)
+    assert await store.load(f"{symbol}-previous") is not None
+    subject = names.orders_subject(symbol)
+    assert (await js.stream_info(names.orders, subjects_filter=subject)).state.subjects[subject] < 3000  # trimmed
+    await store.save(symbol, b"not a snapshot")
+
+    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
+    try:
+        final = await wait_caught_up(proc, port, symbol, last_seq)
+    finally:
+        await kill(proc)
+    assert final.book_hash == expected_engine.book.state_hash()
+    assert "snapshot cannot be read; trying the previous one" in log.read_text()
+
+
 async def test_two_engines_one_writer(nats_url, js, tmp_path):
     ns, symbol = f"tl{uuid.uuid4().hex[:8]}", "TSLA"
     await ensure_streams(js, Names(ns))
