@@ -63,6 +63,21 @@ async def wait_caught_up(proc, port: int, symbol: str, last_seq: int, timeout: f
     raise AssertionError(f"engine did not process up to input {last_seq}")
 
 
+async def caught_up_then_killed(nats_url: str, ns: str, symbol: str, last_seq: int, log, settings: dict
+                                ) -> ec.SymbolStatus:
+    """Start an engine, wait until it has processed input `last_seq`, SIGKILL it; its status."""
+    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
+    try:
+        return await wait_caught_up(proc, port, symbol, last_seq)
+    finally:
+        await kill(proc)  # SIGKILL: no snapshot at shutdown, no lease release
+
+
+async def stored_inputs(js, names: Names, symbol: str) -> int:
+    subject = names.orders_subject(symbol)
+    return (await js.stream_info(names.orders, subjects_filter=subject)).state.subjects[subject]
+
+
 async def stored_count(js, ns: str, symbol: str) -> int:
     names = Names(ns)
     info = await js.stream_info(names.executions, subjects_filter=names.executions_subject(symbol))
@@ -102,21 +117,14 @@ async def test_sigkill_and_restart_equals_uninterrupted_run(nats_url, js, tmp_pa
             await kill(proc)  # SIGKILL: no snapshot, no lease release
     assert kills == 4
 
-    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
-    try:
-        final = await wait_caught_up(proc, port, symbol, last_seq)
-    finally:
-        await kill(proc)
-
+    final = await caught_up_then_killed(nats_url, ns, symbol, last_seq, log, settings)
     assert final.book_hash == expected_engine.book.state_hash()
     stored = [ex for ex, _ in await executions(js, ns, symbol)]
     assert distinct(stored) == expected  # same ids, same content, same order, nothing missing
     # The inputs older than the previous snapshot were purged (ENGINE_TRIM_INPUTS, on by
     # default): the stream keeps at most about two snapshot intervals (700 inputs, checked
     # after each batch of 200) of this symbol, and the result above did not suffer for it.
-    names = Names(ns)
-    subject = names.orders_subject(symbol)
-    kept = (await js.stream_info(names.orders, subjects_filter=subject)).state.subjects[subject]
+    kept = await stored_inputs(js, Names(ns), symbol)
     assert 0 < kept <= 2 * (700 + 200), kept
 
 
@@ -133,22 +141,13 @@ async def test_a_damaged_snapshot_falls_back_to_the_previous_one(nats_url, js, t
     settings = {"ENGINE_SYMBOLS": symbol, "ENGINE_LEASE_TTL_SECONDS": TTL, "ENGINE_SNAPSHOT_EVERY": "700",
                 "ENGINE_BATCH": "200"}
     log = tmp_path / "engine.log"
-    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
-    try:
-        await wait_caught_up(proc, port, symbol, last_seq)
-    finally:
-        await kill(proc)  # SIGKILL: the snapshots it took during the run stay as they are
+    await caught_up_then_killed(nats_url, ns, symbol, last_seq, log, settings)  # its snapshots stay as they are
     store = SnapshotStore(js, names)
     assert await store.load(f"{symbol}-previous") is not None
-    subject = names.orders_subject(symbol)
-    assert (await js.stream_info(names.orders, subjects_filter=subject)).state.subjects[subject] < 3000  # trimmed
+    assert await stored_inputs(js, names, symbol) < 3000  # trimmed
     await store.save(symbol, b"not a snapshot")
 
-    proc, port = await start_engine(nats_url, ns, log_path=log, **settings)
-    try:
-        final = await wait_caught_up(proc, port, symbol, last_seq)
-    finally:
-        await kill(proc)
+    final = await caught_up_then_killed(nats_url, ns, symbol, last_seq, log, settings)
     assert final.book_hash == expected_engine.book.state_hash()
     assert "snapshot cannot be read; trying the previous one" in log.read_text()
 
