@@ -81,6 +81,10 @@ class App:
     checks: list[Check] = field(default_factory=list)
     # Long-running tasks (consumers, relays) started with the server.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Called once shutdown begins (health already NOT_SERVING), before the server stops: e.g.
+    # ending endless streams at once, so their clients reconnect elsewhere instead of waiting
+    # out the grace period.
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
@@ -183,6 +187,8 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    for hook in app.on_shutdown:
+        hook()
     for t in tasks:
         t.cancel()
     _, stuck = await asyncio.wait(tasks, timeout=settings.grace_seconds)

@@ -67,6 +67,7 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
                     "stockmesh.quote.v1.QuoteService")],
         checks=[db.pool_check(pool), bus.nats_check(nc), caught_up],
         background=background,
+        on_shutdown=[book.close],
         on_close=[nc.drain, pool.close] + ([redis.aclose] if redis is not None else []),
     )
     return app, Parts(book, quote_cache, servicer.candle_cache)

@@ -74,7 +74,13 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         OPEN_STREAMS.inc()
         try:
             while True:
-                yield self.to_proto.encoded(await sub.get())  # serialized once for every stream
+                try:
+                    quote = await sub.get()
+                except quotes.Closing:
+                    # UNAVAILABLE: the one status every gRPC client retries; through Envoy it
+                    # lands on another replica, which starts with a fresh snapshot.
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "quote_svc is shutting down; open the stream again")
+                yield self.to_proto.encoded(quote)  # serialized once for every stream
         finally:
             OPEN_STREAMS.dec()
             self.book.unsubscribe(sub)

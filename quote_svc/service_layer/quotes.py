@@ -18,14 +18,19 @@ from quote_svc.domain.quotes import MarketData, Quote, next_quote
 MAX_STREAM_SYMBOLS = 100
 
 
+class Closing(Exception):
+    """The service is shutting down: the stream ends, and its client opens it again elsewhere."""
+
+
 class Subscription:
-    __slots__ = ("symbols", "_pending", "_wake", "conflated")
+    __slots__ = ("symbols", "_pending", "_wake", "conflated", "closed")
 
     def __init__(self, symbols: frozenset[str]) -> None:
         self.symbols = symbols
         self._pending: dict[str, Quote] = {}
         self._wake = asyncio.Event()
         self.conflated = 0  # quotes replaced before the client got them
+        self.closed = False
 
     def offer(self, quote: Quote) -> None:
         if quote.symbol in self._pending:
@@ -37,11 +42,20 @@ class Subscription:
     def pending(self) -> int:
         return len(self._pending)
 
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
     async def get(self) -> Quote:
-        """The next pending quote (the newest of its symbol), waiting for one if need be."""
+        """The next pending quote (the newest of its symbol), waiting for one if need be;
+        raises Closing once the subscription is closed."""
         while not self._pending:
+            if self.closed:
+                raise Closing
             self._wake.clear()
             await self._wake.wait()
+        if self.closed:
+            raise Closing
         symbol = next(iter(self._pending))
         return self._pending.pop(symbol)
 
@@ -54,6 +68,7 @@ class QuoteBook:
         self._subs: dict[str, set[Subscription]] = {}
         self.listeners: list[Callable[[Quote], None]] = []
         self.ready = asyncio.Event()
+        self.closing = False
 
     def _set(self, q: Quote) -> None:
         self.quotes[q.symbol] = q
@@ -78,6 +93,8 @@ class QuoteBook:
     def subscribe(self, symbols: frozenset[str]) -> Subscription:
         """A subscription whose first pending quotes are the current snapshot."""
         sub = Subscription(symbols)
+        if self.closing:
+            sub.close()
         for s in sorted(symbols):
             self._subs.setdefault(s, set()).add(sub)
             if s in self.quotes:
@@ -94,6 +111,14 @@ class QuoteBook:
 
     def subscribers(self) -> int:
         return len({id(s) for subs in self._subs.values() for s in subs})
+
+    def close(self) -> None:
+        """End every subscription (shutdown): their streams end at once with UNAVAILABLE, and
+        so do any opened from now on."""
+        self.closing = True
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.close()
 
 
 def known_symbol(symbol: str, field: str = "symbol") -> str:

@@ -2,7 +2,7 @@
 spread over both, each replica takes the whole feed itself, so every stream sees a new trade;
 when one replica is killed its streams end, new streams and GetQuote go to the other at once
 (Envoy retries elsewhere), and the replica the launcher restarts serves the latest quote from
-the feed."""
+the feed; a replica asked to stop ends its streams with UNAVAILABLE at once."""
 from __future__ import annotations
 
 import asyncio
@@ -80,6 +80,7 @@ class Watcher:
         self.call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=[SYMBOL]), metadata=md)
         self.last = None
         self.ended: grpc.StatusCode | None = None
+        self.details = ""
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -87,7 +88,7 @@ class Watcher:
             async for q in self.call:
                 self.last = q
         except grpc.aio.AioRpcError as exc:
-            self.ended = exc.code()
+            self.ended, self.details = exc.code(), exc.details() or ""
 
     def cancel(self) -> None:
         self.call.cancel()
@@ -158,6 +159,16 @@ async def test_streams_spread_over_replicas_and_survive_one_dying(mesh):
             live = [w for w in watchers if w.ended is None]
             assert await eventually(lambda: all_see(live, "506.00")), \
                 [w.last.last_price for w in live]
+
+            # A replica asked to stop (SIGTERM, as in a rolling restart) ends its streams at once
+            # with UNAVAILABLE, the status every gRPC client retries; the others go on.
+            on_it = open_streams(mesh)["quote_svc-2"]
+            assert on_it > 0
+            os.kill(mesh.state()["pids"]["quote_svc-2"], signal.SIGTERM)
+            assert await eventually(lambda: sum(w.ended is not None for w in live) == on_it)
+            stopped = [w for w in live if w.ended is not None]
+            assert {w.ended for w in stopped} == {grpc.StatusCode.UNAVAILABLE}, [(w.ended, w.details) for w in stopped]
+            assert all("shutting down" in w.details for w in stopped), [w.details for w in stopped]
         finally:
             for w in watchers:
                 w.cancel()

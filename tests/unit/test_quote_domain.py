@@ -63,6 +63,20 @@ async def test_a_subscription_keeps_one_quote_per_symbol():
     assert book.subscribers() == 0
 
 
+async def test_closing_the_book_ends_every_subscription_even_later_ones():
+    from quote_svc.service_layer.quotes import Closing
+
+    book = QuoteBook()
+    book.apply(md(1, "10.00", 1))
+    waiting, pending = book.subscribe(frozenset({"MSFT"})), book.subscribe(frozenset({"AAPL"}))
+    reader = asyncio.ensure_future(waiting.get())  # nothing for it yet: it waits
+    await asyncio.sleep(0)
+    book.close()
+    for get in (reader, pending.get(), book.subscribe(frozenset({"AAPL"})).get()):
+        with pytest.raises(Closing):  # a waiting reader, a pending snapshot, a stream opened after
+            await get
+
+
 def test_buckets():
     t = datetime(2024, 3, 5, 3, 30, 7, 500, tzinfo=UTC)  # 22:30 on 03-04 in New York
     assert bucket_start(t, Interval.M5) == datetime(2024, 3, 5, 3, 30, tzinfo=UTC)
