@@ -93,12 +93,16 @@ class SymbolRunner:
 
     async def _load(self) -> SymbolEngine:
         """The newest snapshot; if it cannot be read, the one before it (the inputs since that
-        one are still in the stream: `_trim` keeps them); with none, an empty engine."""
+        one are still in the stream: `_trim` keeps them); with none stored, an empty engine.
+        Snapshots stored but none readable is an error, never an empty engine: the inputs
+        before them may have been trimmed, so a replay from the start would build a wrong book."""
         self._snapshot_blob = None
+        stored = False
         for key in (self.symbol, self._previous_key):
             blob = await self.store.load(key)
             if blob is None:
                 continue
+            stored = True
             try:
                 engine = SymbolEngine.from_bytes(blob)
             except Exception:  # noqa: BLE001 - a damaged snapshot: fall back to the previous one
@@ -107,6 +111,8 @@ class SymbolRunner:
             engine.dedupe_capacity = self.cfg.dedupe_capacity
             self._snapshot_blob = blob if key == self.symbol else None
             return engine
+        if stored:
+            raise RuntimeError(f"{self.symbol}: no stored snapshot can be read; not starting from an empty book")
         return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
 
     async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
