@@ -112,6 +112,13 @@ class SymbolEngine:
         self._seen: dict[str, None] = {}
         # The reason trading is halted (a Halt input), None while it trades.
         self.halted: str | None = None
+        # What the feed last showed (depth to MD_DEPTH levels, halted): an input that leaves it
+        # as it is and trades nothing publishes no market data. Always the book's current view
+        # between inputs, so a restored engine recomputes it and replays publish the same events.
+        self.shown = self._view()
+
+    def _view(self) -> tuple:
+        return (*self.book.depth(MD_DEPTH), self.halted is not None)
 
     # ------------------------------------------------------------------ inputs
 
@@ -176,6 +183,7 @@ class SymbolEngine:
         eng.last_seq, eng.md_seq, eng.volume = data["last_seq"], data["md_seq"], data["volume"]
         eng._seen = dict.fromkeys(data["seen"])
         eng.halted = data.get("halted")  # absent from snapshots taken before halts existed
+        eng.shown = eng._view()
         return eng
 
     def to_bytes(self) -> bytes:
@@ -327,7 +335,11 @@ class _Ctx:
             return
         eng = self.engine
         book = eng.book
-        bids, asks = book.depth(MD_DEPTH)
+        view = eng._view()
+        if not self.trades and view == eng.shown:
+            return  # e.g. an order resting below the levels the feed shows: nothing to tell
+        eng.shown = view
+        bids, asks, _ = view
         bid_levels, ask_levels = _levels(bids), _levels(asks)
         common = {
             "symbol": eng.symbol,

@@ -59,15 +59,36 @@ def test_dedupe_is_bounded_fifo_and_survives_a_snapshot():
 def test_snapshot_then_replay_equals_uninterrupted_run():
     flow = Flow(seed=5)
     inputs = [(seq, seq * 1000, flow.next()[0]) for seq in range(1, 3001)]
-    whole = SymbolEngine("AAPL")
-    expected = [ex for s, t, cmd in inputs for ex in whole.apply(s, t, cmd).executions]
 
+    def outputs(eng: SymbolEngine, part: list) -> list:
+        return [m for s, t, cmd in part for out in [eng.apply(s, t, cmd)] for m in [*out.executions, *out.market_data]]
+
+    whole = SymbolEngine("AAPL")
+    expected = outputs(whole, inputs)
     first = SymbolEngine("AAPL")
-    got = [ex for s, t, cmd in inputs[:1234] for ex in first.apply(s, t, cmd).executions]
+    got = outputs(first, inputs[:1234])
     resumed = SymbolEngine.from_bytes(first.to_bytes())
-    got += [ex for s, t, cmd in inputs[1234:] for ex in resumed.apply(s, t, cmd).executions]
-    assert got == expected
+    got += outputs(resumed, inputs[1234:])
+    assert got == expected  # market data too: the same events with the same sequences
     assert resumed.state_hash() == whole.state_hash()
+
+
+def test_market_data_only_when_the_shown_depth_halt_or_trades_change():
+    eng = SymbolEngine("AAPL")
+    for i in range(10):  # ten bid levels: each one changes what the feed shows
+        assert len(eng.apply(i + 1, 0, new_order(f"b{i}", "a", BUY, 1, limit=f"{100 - i}")).market_data) == 1
+    below = eng.apply(11, 0, new_order("deep", "a", BUY, 5, limit="50"))  # the 11th level: not shown
+    assert [ex.type for ex in below.executions] == [E.EXECUTION_TYPE_ACCEPTED] and below.market_data == []
+    assert eng.apply(12, 0, cancel("deep", "a")).market_data == []
+    assert eng.apply(13, 0, new_order("x", "a", BUY, 1, limit="1")).market_data == []
+    # A shown level, a halt and a trade each publish; a resume of a symbol not halted does not.
+    [md] = eng.apply(14, 0, new_order("top", "a", BUY, 2, limit="100")).market_data
+    assert (md.sequence, md.bid_price, md.bid_size) == (11, "100.00", 3)
+    assert len(eng.apply(15, 0, halt(cid="h")).market_data) == 1
+    assert len(eng.apply(16, 0, pb.EngineCommand(command_id="r", symbol="AAPL", resume=pb.Resume())).market_data) == 1
+    assert eng.apply(17, 0, pb.EngineCommand(command_id="r2", symbol="AAPL", resume=pb.Resume())).market_data == []
+    [md] = eng.apply(18, 0, new_order("s", "b", SELL, 1, limit="50")).market_data
+    assert (md.trade_price, md.trade_quantity, md.sequence) == ("100.00", 1, 14)
 
 
 def halt(reason: str = "news pending", symbol: str = "AAPL", cid: str = "h1") -> pb.EngineCommand:
