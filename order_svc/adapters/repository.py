@@ -81,32 +81,57 @@ class OrderRepository:
     async def insert_or_get(self, o: Order, fingerprint: str | None = None) -> tuple[Order, bool]:
         """Insert a new order; if the account already used its client_order_id, return that
         order instead (waiting for an in-flight insert of it to commit)."""
-        q = o.request
-        # The order as the database stores it (prices and amounts to 4 places), so its audit
-        # event reads exactly as one written from the stored row.
-        stored = _as_stored(o)
-        # One round trip: the insert and, when it happened, the change it records.
-        row = await self.conn.fetchrow(
+        [inserted] = await self.insert_new([(o, fingerprint or o.request.fingerprint())])
+        if inserted is not None:
+            return inserted, True
+        existing = await self.by_client_order_id(o.account_id, o.request.client_order_id)
+        assert existing is not None
+        return existing[0], False
+
+    async def insert_new(self, items: list[tuple[Order, str]]) -> list[Order | None]:
+        """Insert new orders (each with its fingerprint), in the order given, with the change
+        each records, in one statement: one round trip and one transaction for all. An order
+        whose account already used its client_order_id (before, or earlier in `items`) is not
+        inserted: None in its place. Waits for an in-flight insert of the same id to commit."""
+        # The orders as the database stores them (prices and amounts to 4 places), so their
+        # audit events read exactly as ones written from the stored rows.
+        stored = [_as_stored(o) for o, _ in items]
+        cols = list(zip(*(
+            (o.order_id, q.account_id, q.client_order_id, fp, q.symbol, q.side.value, q.type.value,
+             q.time_in_force.value, q.quantity, q.limit_price, q.stop_price, o.status.value, o.hold_asset,
+             o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None, o.reject_message,
+             o.replaces, o.created_at, o.updated_at, audit.canonical(_event(so)))
+            for (o, fp), so in zip(items, stored) for q in [o.request])))
+        # record_change runs after the sort, so in the order given: callers sort by account to
+        # take the accounts' audit heads in one order.
+        rows = await self.conn.fetch(
             f"""
-            WITH ins AS (
+            WITH v AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::numeric[],
+                                     $12::text[], $13::text[], $14::numeric[], $15::numeric[], $16::text[],
+                                     $17::text[], $18::uuid[], $19::timestamptz[], $20::timestamptz[], $21::text[])
+                       WITH ORDINALITY AS v(order_id, account_id, client_order_id, fingerprint, symbol, side, type,
+                                            time_in_force, quantity, limit_price, stop_price, status, hold_asset,
+                                            hold_amount, collar_price, reject_reason, reject_message, replaces,
+                                            created_at, updated_at, audit_payload, n)
+            ), ins AS (
                 INSERT INTO orders.orders ({_COLUMNS})
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, $16, $17,
-                        NULL, $18, false, $19, $19)
+                SELECT order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
+                       quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, 0, 0,
+                       reject_reason, reject_message, NULL, replaces, false, created_at, created_at
+                  FROM v ORDER BY n
                 ON CONFLICT (account_id, client_order_id) DO NOTHING
                 RETURNING {_COLUMNS}
             )
-            SELECT ins.*, {_record_change("ins.account_id, ins.order_id", 20)} AS sequence FROM ins
-            """,
-            o.order_id, q.account_id, q.client_order_id, fingerprint or q.fingerprint(), q.symbol, q.side.value, q.type.value,
-            q.time_in_force.value, q.quantity, q.limit_price, q.stop_price, o.status.value, o.hold_asset,
-            o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None,
-            o.reject_message, o.replaces, o.created_at, *_change_args(stored))
-        if row is not None:
-            return _order(row), True
-        existing = await self.conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
-            q.account_id, q.client_order_id)
-        return _order(existing), False
+            SELECT ins.*, orders.record_change(
+                       ins.account_id, ins.order_id, ins.status, ins.filled_quantity, ins.fill_notional,
+                       ins.reject_reason, ins.reject_message, ins.replaced_by, v.updated_at, NULL, NULL, NULL, NULL,
+                       'ORDER_' || ins.status, v.audit_payload, $22) AS sequence
+              FROM ins JOIN v USING (order_id) ORDER BY v.n
+            """, *cols, UPDATES_CHANNEL)
+        inserted = {r["order_id"]: _order(r) for r in rows}
+        return [inserted.get(o.order_id) for o, _ in items]
 
     async def by_client_order_id(self, account_id: str, client_order_id: str) -> tuple[Order, str] | None:
         """The account's order with this client_order_id and its fingerprint, if any."""
@@ -139,28 +164,54 @@ class OrderRepository:
         """Write o's new state if the stored order is still in `expected` (one writer wins),
         with the change it records and, if given, the (subject, msg_id, payload) queued in the
         outbox in the same statement: one round trip, all or nothing."""
-        subject, msg_id, payload = outbox if outbox else (None, None, None)
-        before = o.updated_at
-        o.updated_at = now
-        done = await self.conn.fetchval(
+        [done] = await self.save_transitions([(o, expected, now, outbox)])
+        return done
+
+    async def save_transitions(self, items: list[tuple[Order, Status, datetime, tuple[str, str, bytes] | None]]
+                               ) -> list[bool]:
+        """save_transition for many orders (each at most once), in the order given, in one
+        statement; True for each order whose new state was written (its updated_at is then
+        `now`)."""
+        if len({o.order_id for o, *_ in items}) != len(items):
+            raise ValueError("an order appears twice in one batch of transitions")
+        cols = list(zip(*(
+            (o.order_id, expected.value, o.status.value, o.reject_reason.value if o.reject_reason else None,
+             o.reject_message, o.cancel_requested, now, *(outbox or (None, None, None)), o.filled_quantity,
+             o.fill_notional, o.replaced_by, audit.canonical(_event(o)))
+            for o, expected, now, outbox in items)))
+        rows = await self.conn.fetch(
             f"""
-            WITH u AS (
-                UPDATE orders.orders SET status = $3, reject_reason = $4, reject_message = $5,
-                       cancel_requested = $6, updated_at = $7
-                 WHERE order_id = $1 AND status = $2
-                RETURNING account_id, order_id
+            WITH v AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                                     $7::timestamptz[], $8::text[], $9::text[], $10::bytea[], $11::bigint[],
+                                     $12::numeric[], $13::uuid[], $14::text[])
+                       WITH ORDINALITY AS v(order_id, expected, status, reject_reason, reject_message,
+                                            cancel_requested, updated_at, subject, msg_id, payload, filled_quantity,
+                                            fill_notional, replaced_by, audit_payload, n)
+            ), u AS (
+                UPDATE orders.orders o SET status = v.status, reject_reason = v.reject_reason,
+                       reject_message = v.reject_message, cancel_requested = v.cancel_requested,
+                       updated_at = v.updated_at
+                  FROM v
+                 WHERE o.order_id = v.order_id AND o.status = v.expected
+                RETURNING o.account_id, o.order_id
             ), ob AS (
                 INSERT INTO orders.outbox (subject, msg_id, payload)
-                SELECT $8, $9, $10 FROM u WHERE $9::text IS NOT NULL
+                SELECT v.subject, v.msg_id, v.payload FROM u JOIN v USING (order_id)
+                 WHERE v.msg_id IS NOT NULL ORDER BY v.n
                 ON CONFLICT (msg_id) DO NOTHING
             )
-            SELECT {_record_change("u.account_id, u.order_id", 11)} FROM u
-            """, o.order_id, expected.value, o.status.value,
-            o.reject_reason.value if o.reject_reason else None, o.reject_message, o.cancel_requested, now,
-            subject, msg_id, payload, *_change_args(o))
-        if done is None:
-            o.updated_at = before
-        return done is not None
+            SELECT u.order_id, orders.record_change(
+                       u.account_id, u.order_id, v.status, v.filled_quantity, v.fill_notional, v.reject_reason,
+                       v.reject_message, v.replaced_by, v.updated_at, NULL, NULL, NULL, NULL, 'ORDER_' || v.status,
+                       v.audit_payload, $15)
+              FROM u JOIN v USING (order_id) ORDER BY v.n
+            """, *cols, UPDATES_CHANNEL)
+        done = {r["order_id"] for r in rows}
+        for o, _, now, _ in items:
+            if o.order_id in done:
+                o.updated_at = now
+        return [o.order_id in done for o, *_ in items]
 
     async def mark_cancel_requested(self, o: Order, now: datetime) -> None:
         await self.conn.execute(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable, Protocol
@@ -26,6 +26,7 @@ from meshkit.marketdata import Touch
 from order_svc.domain import model
 from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Status
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+from order_svc.service_layer.writes import SagaWrites
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 
@@ -65,6 +66,11 @@ class Deps:
     wake_relay: Callable[[], None]
     market_collar: Decimal = Decimal("0.05")  # market buys hold ask × (1 + collar)
     price_band: Decimal = Decimal("0.20")  # limit / stop prices within ±20 % of the reference
+    write_batches_in_flight: int = 2  # saga statements in flight per step; more orders wait and share the next
+    writes: SagaWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = SagaWrites(self.uow, in_flight=self.write_batches_in_flight)
 
 
 def now() -> datetime:
@@ -118,14 +124,13 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     else:
         assert reason is not None
         order.reject(reason, message)  # a business rejection is an order, recorded like any other
-    # One statement on the way in (the insert and the change it records), its own transaction.
-    async with deps.uow().single_statement() as uow:
-        stored, created = await uow.orders.insert_or_get(order)
-        if not created and await uow.orders.fingerprint_of(stored.order_id) != req.fingerprint():
-            raise model.DuplicateClientOrderId(
-                f"client_order_id {req.client_order_id!r} was used for another order ({stored.order_id})",
-                metadata={"clientOrderId": req.client_order_id, "orderId": str(stored.order_id)})
-        await uow.commit()
+    # One statement on the way in (the insert and the change it records), its own transaction,
+    # shared with the orders placed at the same moment.
+    stored, fingerprint = await deps.writes.record(order, req.fingerprint())
+    if fingerprint is not None and fingerprint != req.fingerprint():
+        raise model.DuplicateClientOrderId(
+            f"client_order_id {req.client_order_id!r} was used for another order ({stored.order_id})",
+            metadata={"clientOrderId": req.client_order_id, "orderId": str(stored.order_id)})
     failpoints.hit("place.after_record")
     if stored.status is Status.PENDING_NEW:
         stored = await advance(stored, deps)
@@ -149,9 +154,9 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
         return await advance_replace(o, deps)
     refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
     failpoints.hit("place.after_hold")
-    # Accept or reject as one statement (its own transaction): the order's transition if it is
-    # still PENDING_NEW (one driver wins), the change it records and, for an accepted order,
-    # its engine command in the outbox.
+    # Accept or reject as one statement (its own transaction, shared with the orders decided at
+    # the same moment): the order's transition if it is still PENDING_NEW (one driver wins),
+    # the change it records and, for an accepted order, its engine command in the outbox.
     decided = replace(o)
     outbox = None
     if refused is not None:
@@ -159,13 +164,13 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     else:
         decided.transition(Status.NEW)
         outbox = (order_subject(deps.namespace, decided), str(order_id), new_order_command(decided).SerializeToString())
-    async with deps.uow().single_statement() as uow:
-        if await uow.orders.save_transition(decided, Status.PENDING_NEW, now(), outbox):
-            o = decided
-        else:  # another driver finished first
+    if await deps.writes.decide(decided, Status.PENDING_NEW, now(), outbox):
+        o = decided
+    else:  # another driver finished first
+        async with deps.uow().reads() as uow:
             current = await uow.orders.get(order_id)
-            assert current is not None
-            o = current
+        assert current is not None
+        o = current
     failpoints.hit("place.after_accept")
     if o.status is Status.REJECTED and refused is None:
         # Our hold went in after another driver rejected the order: give it back.

@@ -241,3 +241,69 @@ async def test_audit_events_of_a_placement_read_as_the_stored_rows(order_deps, c
         "holdId": hold.hold_id, "account": hold.account_id, "orderId": hold.order_id, "asset": hold.asset,
         "amount": hold.amount, "captured": hold.captured, "released": hold.released, "status": hold.status.value})
     assert '"limitPrice":"187.5000"' in events["ORDER_PENDING_NEW"]
+
+
+async def test_concurrent_placements_share_the_saga_statements(order_deps, checked_pool):
+    a = acct()
+    await deposit(checked_pool, a, "100000")
+    before = order_deps.writes.statements
+    orders = await asyncio.gather(*(place(limit_buy(a, f"b{i}", qty=1), order_deps) for i in range(100)))
+    assert {o.status for o in orders} == {Status.NEW}
+    assert order_deps.writes.statements - before < 200  # alone, each order takes two
+    async with checked_pool.acquire() as conn:  # each change recorded once, in a gapless sequence
+        rows = await conn.fetch("SELECT sequence, status FROM orders.updates WHERE account_id = $1 ORDER BY sequence", a)
+    assert [r["sequence"] for r in rows] == list(range(1, 201))
+    assert sorted(r["status"] for r in rows) == ["NEW"] * 100 + ["PENDING_NEW"] * 100
+
+
+async def test_a_batch_of_saga_writes_that_fails_as_a_whole_is_written_one_at_a_time(order_deps, checked_pool,
+                                                                                    monkeypatch):
+    import asyncpg
+
+    from order_svc.adapters.repository import OrderRepository
+
+    failed: list[int] = []
+
+    def failing_batches(real):
+        async def write(self, items):
+            if len(items) > 1:
+                failed.append(len(items))
+                raise asyncpg.DeadlockDetectedError("deadlock detected")
+            return await real(self, items)
+        return write
+
+    monkeypatch.setattr(OrderRepository, "insert_new", failing_batches(OrderRepository.insert_new))
+    monkeypatch.setattr(OrderRepository, "save_transitions", failing_batches(OrderRepository.save_transitions))
+    a = acct()
+    await deposit(checked_pool, a, "1872.50")  # 10 × 1 × 187.25
+    orders = await asyncio.gather(*(place(limit_buy(a, f"f{i}", qty=1), order_deps) for i in range(30)))
+    assert failed  # batches were tried, failed, and their orders written alone
+    assert sorted(o.status.value for o in orders) == ["NEW"] * 10 + ["REJECTED"] * 20
+
+
+async def test_one_order_decided_twice_in_one_batch_is_written_once(order_deps, checked_pool):
+    from dataclasses import replace
+
+    from order_svc.domain.model import Order
+    from order_svc.service_layer.writes import SagaWrites
+
+    a = acct()
+    writes = SagaWrites(order_deps.uow, in_flight=1)
+    at = datetime.now(timezone.utc)
+    first, second = (Order(order_id=uuid.uuid4(), request=limit_buy(a, coid), status=Status.PENDING_NEW,
+                           created_at=at, updated_at=at, hold_asset="USD", hold_amount=Decimal("1872.5"))
+                     for coid in ("d1", "d2"))
+    for o in (first, second):
+        assert (await writes.record(o, o.request.fingerprint()))[1] is None
+
+    def rejected(o: Order) -> Order:
+        r = replace(o)
+        r.reject(RejectReason.INSUFFICIENT_FUNDS, "no funds")
+        return r
+
+    alone = asyncio.ensure_future(writes.decide(rejected(first), Status.PENDING_NEW, at, None))
+    await asyncio.sleep(0)  # in flight: the next two wait and go together
+    twice = [writes.decide(rejected(second), Status.PENDING_NEW, at, None) for _ in range(2)]
+    assert await asyncio.gather(alone, *twice) == [True, True, False]
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM orders.updates WHERE order_id = $1", second.order_id) == 2

@@ -1,0 +1,99 @@
+"""The placement saga's two writes per order, for many concurrent orders at once.
+
+Recording a new order and deciding it (NEW with its engine command in the outbox, or REJECTED)
+are each one statement; under load, the orders being placed at the same moment share them
+(meshkit.batching): one statement and one transaction for a batch instead of one per order,
+and an order placed alone still goes at once. Each order's rules are those of
+OrderRepository.insert_or_get / save_transition, unchanged.
+
+A batch takes the accounts' audit heads in account order, so two batches never wait for each
+other in a cycle; should one fail as a whole all the same (e.g. a deadlock with another
+transaction), its orders are written one at a time, each answered alone.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from meshkit.batching import Batcher
+from order_svc.adapters.repository import OrderRepository
+from order_svc.domain.model import Order, Status
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+log = logging.getLogger("order_svc.writes")
+
+T = TypeVar("T")
+Outbox = tuple[str, str, bytes]  # subject, msg_id, payload
+Transition = tuple[Order, Status, datetime, Outbox | None]
+
+
+class SagaWrites:
+    def __init__(self, uow: Callable[[], OrderUnitOfWork], *, in_flight: int = 2, max_batch: int = 100) -> None:
+        self.uow = uow
+        self._records: Batcher[tuple[Order, str], Order | None] = Batcher(
+            self._record_batch, in_flight=in_flight, max_batch=max_batch)
+        self._decisions: Batcher[Transition, bool] = Batcher(
+            self._decide_batch, in_flight=in_flight, max_batch=max_batch)
+
+    @property
+    def statements(self) -> int:
+        """Batches written so far (for tests and benchmarks)."""
+        return self._records.batches + self._decisions.batches
+
+    async def record(self, o: Order, fingerprint: str) -> tuple[Order, str | None]:
+        """Insert a new order: (the order as stored, None); or, when its account already used
+        the client_order_id, (that order, its fingerprint)."""
+        inserted = await self._records.submit((o, fingerprint))
+        if inserted is not None:
+            return inserted, None
+        async with self.uow().reads() as uow:
+            found = await uow.orders.by_client_order_id(o.account_id, o.request.client_order_id)
+        assert found is not None  # inserted by another call, committed before ours gave way
+        return found
+
+    async def decide(self, o: Order, expected: Status, now: datetime, outbox: Outbox | None) -> bool:
+        """save_transition: o's new state (and its outbox message) written if the order is
+        still in `expected`; False when another driver changed it first."""
+        return await self._decisions.submit((o, expected, now, outbox))
+
+    async def _record_batch(self, items: list[tuple[Order, str]]) -> Sequence[Order | None | BaseException]:
+        return await self._in_one_statement(
+            items, lambda it: (it[0].account_id, it[0].request.client_order_id), OrderRepository.insert_new)
+
+    async def _decide_batch(self, items: list[Transition]) -> Sequence[bool | BaseException]:
+        # One order twice in a batch (two drivers at once): the first decides, the second lost.
+        first: dict[Any, int] = {}
+        for i, (o, *_) in enumerate(items):
+            first.setdefault(o.order_id, i)
+        unique = [items[i] for i in sorted(first.values())]
+        written = await self._in_one_statement(unique, lambda it: it[0].account_id, OrderRepository.save_transitions)
+        by_index = dict(zip(sorted(first.values()), written))
+        return [by_index.get(i, False) for i in range(len(items))]
+
+    async def _in_one_statement(self, items: list[T], key: Callable[[T], Any],
+                                write: Callable[[OrderRepository, list[T]], Awaitable[list]]) -> list:
+        """`write` the items in one statement, sorted by `key` (lock order); the answers in the
+        order given. If the batch fails as a whole, one at a time, each error its item's own."""
+        order = sorted(range(len(items)), key=lambda i: key(items[i]))
+        try:
+            async with self.uow().single_statement() as uow:
+                results = await write(uow.orders, [items[i] for i in order])
+        except Exception:
+            if len(items) == 1:
+                raise
+            log.warning("a batch of saga writes failed as a whole; writing them one at a time", exc_info=True,
+                        extra={"count": len(items)})
+            return [await self._alone(item, write) for item in items]
+        answers: list = [None] * len(items)
+        for i, result in zip(order, results):
+            answers[i] = result
+        return answers
+
+    async def _alone(self, item: T, write: Callable[[OrderRepository, list[T]], Awaitable[list]]) -> Any:
+        try:
+            async with self.uow().single_statement() as uow:
+                [result] = await write(uow.orders, [item])
+            return result
+        except Exception as exc:  # noqa: BLE001 - this item's caller hears of it
+            return exc
