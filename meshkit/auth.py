@@ -8,6 +8,7 @@ publicly, the services listen on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import functools
 import contextvars
 import json
 
@@ -20,6 +21,7 @@ PAYLOAD_HEADER = "x-jwt-payload"
 caller_payload: contextvars.ContextVar[str] = contextvars.ContextVar("caller_payload", default="")
 
 
+@functools.lru_cache(maxsize=65_536)  # a client sends the same token with every call
 def account_from_payload(raw: str | None) -> str | None:
     if not raw:
         return None

@@ -12,32 +12,49 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from meshkit.batching import Batcher
 from meshkit.errors import ResourceExhausted
 
 log = logging.getLogger("meshkit.ratelimit")
 
-# KEYS: one bucket each; ARGV: now, then (rate, burst) per key. A token is taken from every
-# bucket or from none. Returns {allowed, retry_ms, index of the first empty bucket}.
+# The checks of many concurrent callers in one call. KEYS: the buckets of every check, in order;
+# ARGV: now, the number of checks, then per check its number of buckets n and (rate, burst) for
+# each. The checks are applied one after the other; each takes a token from every one of its
+# buckets or from none. Returns per check {allowed, retry_ms, index of its first empty bucket}.
 _BUCKETS = """
 local now = tonumber(ARGV[1])
-local state = {}
-for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local b = redis.call('HMGET', key, 't', 'ts')
-  local tokens = tonumber(b[1]) or burst
-  local ts = tonumber(b[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-  if tokens < 1 then
-    return {0, math.ceil((1 - tokens) / rate * 1000), i}
+local out = {}
+local a, k = 3, 1
+for r = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[a])
+  local state, refused = {}, nil
+  for i = 1, n do
+    local rate, burst = tonumber(ARGV[a + 2 * i - 1]), tonumber(ARGV[a + 2 * i])
+    local b = redis.call('HMGET', KEYS[k + i - 1], 't', 'ts')
+    local tokens = tonumber(b[1]) or burst
+    local ts = tonumber(b[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+    if tokens < 1 then
+      refused = {0, math.ceil((1 - tokens) / rate * 1000), i}
+      break
+    end
+    state[i] = {KEYS[k + i - 1], tokens - 1, rate, burst}
   end
-  state[i] = {key, tokens - 1, rate, burst}
+  if refused then
+    out[r] = refused
+  else
+    for _, s in ipairs(state) do
+      redis.call('HSET', s[1], 't', s[2], 'ts', now)
+      redis.call('PEXPIRE', s[1], math.ceil(s[4] / s[3] * 1000) + 1000)
+    end
+    out[r] = {1, 0, 0}
+  end
+  a, k = a + 1 + 2 * n, k + n
 end
-for _, s in ipairs(state) do
-  redis.call('HSET', s[1], 't', s[2], 'ts', now)
-  redis.call('PEXPIRE', s[1], math.ceil(s[4] / s[3] * 1000) + 1000)
-end
-return {1, 0, 0}
+return out
 """
+
+Buckets = list[tuple[str, "Limit", str]]  # (key, limit, what it limits)
 
 
 @dataclass(frozen=True)
@@ -47,28 +64,48 @@ class Limit:
 
 
 class RateLimiter:
+    """Checks of concurrent callers share one script call (meshkit.batching): one round trip
+    and one script run for many orders."""
+
     def __init__(self, redis: aioredis.Redis | None, namespace: str, *, pause_after_failure: float = 5.0) -> None:
         self.redis = redis
         self.prefix = f"{namespace}:rl:"
         self.pause = pause_after_failure
         self._skip_until = 0.0
         self._script = redis.register_script(_BUCKETS) if redis is not None else None
+        self._batcher: Batcher[Buckets, list | None] = Batcher(self._check_all, in_flight=2)
 
-    async def check(self, buckets: list[tuple[str, Limit, str]]) -> None:
-        """Take one token from each (key, limit, what) bucket, all or none, in one round trip;
+    @property
+    def script_calls(self) -> int:
+        """Round trips to Redis so far (for tests and benchmarks)."""
+        return self._batcher.batches
+
+    async def check(self, buckets: Buckets) -> None:
+        """Take one token from each (key, limit, what) bucket, all or none;
         RESOURCE_EXHAUSTED with a retry delay naming the first bucket that is empty."""
         if self._script is None or time.monotonic() < self._skip_until:
             return
-        args: list[float] = [time.time()]
-        for _, limit, _ in buckets:
-            args += [limit.rate, limit.burst]
-        try:
-            allowed, retry_ms, index = await self._script(keys=[self.prefix + k for k, _, _ in buckets], args=args)
-        except (RedisError, OSError) as exc:
-            self._skip_until = time.monotonic() + self.pause
-            log.warning("rate limits fail open: redis does not answer", extra={"error": repr(exc)})
+        answer = await self._batcher.submit(buckets)
+        if answer is None:  # Redis did not answer: fail open
             return
+        allowed, retry_ms, index = answer
         if not allowed:
             what = buckets[index - 1][2]
             raise ResourceExhausted(f"too many requests for {what}; retry in {retry_ms} ms",
                                     retry_after_seconds=retry_ms / 1000, metadata={"limit": what})
+
+    async def _check_all(self, checks: list[Buckets]) -> list[list | None]:
+        assert self._script is not None
+        keys: list[str] = []
+        args: list[float] = [time.time(), len(checks)]
+        for buckets in checks:
+            args.append(len(buckets))
+            for key, limit, _ in buckets:
+                keys.append(self.prefix + key)
+                args += [limit.rate, limit.burst]
+        try:
+            return await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._skip_until = time.monotonic() + self.pause
+            log.warning("rate limits fail open: redis does not answer", extra={"error": repr(exc)})
+            return [None] * len(checks)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer.portfolio import PortfolioView
 from meshkit.money import fmt
+from meshkit.prototime import timestamp
 from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
 
 ACTIVITY_TYPES = {
@@ -27,12 +27,6 @@ HOLD_STATUSES = {
     model.HoldStatus.CAPTURED: ledger_pb2.HOLD_STATUS_CAPTURED,
     model.HoldStatus.RELEASED: ledger_pb2.HOLD_STATUS_RELEASED,
 }
-
-
-def timestamp(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt)
-    return ts
 
 
 def cash_to_proto(c: model.CashBalance) -> ledger_pb2.CashBalance:

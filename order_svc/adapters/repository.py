@@ -180,7 +180,7 @@ class OrderRepository:
              o.fill_notional, o.replaced_by, audit.canonical(_event(o)))
             for o, expected, now, outbox in items)))
         rows = await self.conn.fetch(
-            f"""
+            """
             WITH v AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
                                      $7::timestamptz[], $8::text[], $9::text[], $10::bytea[], $11::bigint[],

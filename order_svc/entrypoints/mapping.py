@@ -7,6 +7,7 @@ from decimal import Decimal
 from meshkit import validate
 from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.money import MAX_PRICE, fmt, parse_decimal
+from meshkit.prototime import set_time
 from meshkit.symbols import listed, on_tick, tick_size
 from order_svc.domain import model
 from order_svc.domain.model import Fill, Order, OrderRequest, OrderType, Side, Status, TimeInForce
@@ -113,15 +114,15 @@ def order_to_proto(o: Order) -> order_pb2.Order:
         reject_reason=REASON_TO_PB[o.reject_reason] if o.reject_reason else order_pb2.ORDER_REJECT_REASON_UNSPECIFIED,
         reject_message=o.reject_message, replaced_by=str(o.replaced_by) if o.replaced_by else "",
         replaces=str(o.replaces) if o.replaces else "")
-    msg.created_at.FromDatetime(o.created_at)
-    msg.updated_at.FromDatetime(o.updated_at)
+    set_time(msg.created_at, o.created_at)
+    set_time(msg.updated_at, o.updated_at)
     return msg
 
 
 def update_to_proto(sequence: int, o: Order, fill: Fill | None) -> order_pb2.OrderUpdate:
     u = order_pb2.OrderUpdate(sequence=sequence, order=order_to_proto(o))
-    u.event_time.FromDatetime(o.updated_at)
+    set_time(u.event_time, o.updated_at)
     if fill is not None:
         u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt(fill.price), fill.quantity
-        u.fill.executed_at.FromDatetime(fill.executed_at)
+        set_time(u.fill.executed_at, fill.executed_at)
     return u

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Callable, Protocol
 
 from meshkit import bus, calendar, failpoints
+from meshkit.prototime import set_time
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
 from meshkit.marketdata import Touch
@@ -389,5 +390,5 @@ def new_order_command(o: Order) -> matching_pb2.EngineCommand:
         order_id=str(o.order_id), account_id=q.account_id, side=_SIDE[q.side], type=_TYPE[q.type],
         time_in_force=_TIF[q.time_in_force], quantity=q.quantity, limit_price=_p(q.limit_price),
         stop_price=_p(q.stop_price), collar_price=_p(o.collar_price)))
-    cmd.new_order.accepted_at.FromDatetime(o.updated_at)
+    set_time(cmd.new_order.accepted_at, o.updated_at)
     return cmd

@@ -2,12 +2,12 @@
 resource, also the value cached in Redis)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import timezone
 from decimal import Decimal
 
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshkit.money import fmt
+from meshkit.prototime import timestamp
 from quote_svc.domain.quotes import MarketData, Quote
 from stockmesh.matching.v1 import matching_pb2
 from stockmesh.quote.v1 import quote_pb2
@@ -17,12 +17,6 @@ UTC = timezone.utc
 
 def _d(text: str) -> Decimal | None:
     return Decimal(text) if text else None
-
-
-def _ts(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt)
-    return ts
 
 
 def md_from_bytes(data: bytes) -> MarketData:
@@ -40,7 +34,7 @@ def quote_to_proto(q: Quote) -> quote_pb2.Quote:
         symbol=q.symbol, bid_price=fmt(q.bid) if q.bid is not None else "", bid_size=q.bid_size,
         ask_price=fmt(q.ask) if q.ask is not None else "", ask_size=q.ask_size,
         last_price=fmt(q.last) if q.last is not None else "", last_size=q.last_size, volume=q.volume,
-        sequence=q.sequence, time=_ts(q.time), halted=q.halted)
+        sequence=q.sequence, time=timestamp(q.time), halted=q.halted)
 
 
 def quote_from_proto(m: quote_pb2.Quote) -> Quote:

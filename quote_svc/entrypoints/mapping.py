@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshkit.money import fmt
+from meshkit.prototime import timestamp
 from quote_svc.adapters.codec import quote_to_proto
 from quote_svc.domain.candles import Candle, Interval
 from quote_svc.domain.quotes import Quote
@@ -39,12 +40,6 @@ class QuoteProtos:
 
     def encoded(self, q: Quote) -> bytes:
         return self._entry(q)[2]
-
-
-def timestamp(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt)
-    return ts
 
 
 def to_datetime(ts: Timestamp) -> datetime:

@@ -205,6 +205,20 @@ async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, 
         with pytest.raises(ResourceExhausted) as err:
             await handlers.place_order(limit_buy(a, "r3", qty=1), order_deps)
         assert err.value.reason == "RATE_LIMITED" and 0 < err.value.retry_after_seconds <= 1
+        # Concurrent checks share script calls and still take each token once: of 20 orders at
+        # once on a fresh account with a burst of 5, exactly 5 pass; another account's are its own.
+        order_deps.account_limit = Limit(0.001, 5)
+        b, c = acct(), acct()
+        for x in (b, c):
+            await deposit(checked_pool, x, "100000")
+        calls = order_deps.limiter.script_calls
+        answers = await asyncio.gather(*(handlers.place_order(limit_buy(x, f"burst{i}", qty=1), order_deps)
+                                         for i in range(20) for x in (b, c)), return_exceptions=True)
+        for x in (b, c):
+            mine = answers[(b, c).index(x)::2]
+            assert sum(isinstance(o, ResourceExhausted) for o in mine) == 15
+            assert [o.status for o in mine if not isinstance(o, Exception)] == [Status.NEW] * 5
+        assert order_deps.limiter.script_calls - calls < 40
         before = await cash(checked_pool, a)
         sup.stop_all()  # Redis dies mid-test
         after_kill = [await handlers.place_order(limit_buy(a, f"d{i}", qty=1), order_deps) for i in range(5)]
