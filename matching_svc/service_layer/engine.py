@@ -148,7 +148,7 @@ class SymbolEngine:
             ctx.replace(cmd.replace_order)
         elif kind == "session_close":
             ctx.emit(self.book.expire_day_orders(), {})
-            ctx.changed = True
+            ctx.changed = ctx.always = True  # the feed marks the session's end, changed book or not
         elif kind == "halt":
             self.halted = cmd.halt.reason or "halted"
             ctx.changed = True  # the feed tells everyone at once
@@ -216,6 +216,7 @@ class _Ctx:
         self.engine, self.seq, self.out = engine, seq, out
         self.secs, self.nanos = divmod(time_ns, 1_000_000_000)
         self.changed = False
+        self.always = False  # publish market data even if what the feed shows is unchanged
         self.trades: list[tuple[int, int]] = []
 
     # -- commands
@@ -336,7 +337,7 @@ class _Ctx:
         eng = self.engine
         book = eng.book
         view = eng._view()
-        if not self.trades and view == eng.shown:
+        if not self.trades and not self.always and view == eng.shown:
             return  # e.g. an order resting below the levels the feed shows: nothing to tell
         eng.shown = view
         bids, asks, _ = view

@@ -89,6 +89,9 @@ def test_market_data_only_when_the_shown_depth_halt_or_trades_change():
     assert eng.apply(17, 0, pb.EngineCommand(command_id="r2", symbol="AAPL", resume=pb.Resume())).market_data == []
     [md] = eng.apply(18, 0, new_order("s", "b", SELL, 1, limit="50")).market_data
     assert (md.trade_price, md.trade_quantity, md.sequence) == ("100.00", 1, 14)
+    # The end of the session is published even when it leaves the shown book as it was (GTC only).
+    [md] = eng.apply(19, 0, pb.EngineCommand(command_id="close", symbol="AAPL", session_close=pb.SessionClose())).market_data
+    assert (md.sequence, md.bid_price, md.volume) == (15, "100.00", 1)
 
 
 def halt(reason: str = "news pending", symbol: str = "AAPL", cid: str = "h1") -> pb.EngineCommand:
