@@ -36,11 +36,11 @@ async def bootstrap(settings: config.Settings) -> App:
     account_limit, symbol_limit = limits()
     quotes = JetStreamQuotes(js, settings.namespace)
     deps = handlers.Deps(
-        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 2, minimum=1)), quotes=quotes,
+        uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 1, minimum=1)), quotes=quotes,
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"),
-        write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 2, minimum=1))
+        write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1))
     notifier = UpdateNotifier(settings.database_url)
     closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(

@@ -67,7 +67,7 @@ class Deps:
     wake_relay: Callable[[], None]
     market_collar: Decimal = Decimal("0.05")  # market buys hold ask × (1 + collar)
     price_band: Decimal = Decimal("0.20")  # limit / stop prices within ±20 % of the reference
-    write_batches_in_flight: int = 2  # saga statements in flight per step; more orders wait and share the next
+    write_batches_in_flight: int = 1  # saga statements in flight per step; more orders wait and share the next
     writes: SagaWrites = field(init=False)
 
     def __post_init__(self) -> None:
