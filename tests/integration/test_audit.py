@@ -1,6 +1,7 @@
 """The audit trail: append-only in the database, and verification names the first broken link."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -79,4 +80,37 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
         await conn.close()
         admin = await asyncpg.connect(pg_server_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upsert_with_racing_appends(pg_server_url):
+    """Migration 0002 (audit.append as one upsert of the head and one insert): its rollback
+    brings back the old function, a chain begun by it is carried on by the new one, and
+    appends racing on one stream still queue on its head (gapless, verifiable)."""
+    from pathlib import Path
+
+    migrations = Path(__file__).resolve().parents[2] / "meshkit" / "migrations"
+    name, url = await _scratch_db(pg_server_url)
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=8, max_size=8)
+    try:
+        await conn.execute((migrations / "0002.audit-append-upsert.rollback.sql").read_text())
+        for i in range(3):
+            await audit.append(conn, "order:z", "ORDER_NEW", {"i": i})
+        await conn.execute((migrations / "0002.audit-append-upsert.sql").read_text())
+
+        async def one(i: int) -> int:
+            async with pool.acquire() as c, c.transaction():
+                return await audit.append(c, "order:z", "ORDER_FILL", {"i": i})
+
+        seqs = await asyncio.gather(*(one(i) for i in range(3, 43)))
+        assert sorted(seqs) == list(range(4, 44))
+        assert await audit.append(conn, "order:new", "ORDER_NEW", {}) == 1  # a stream's first event
+        checked, broken = await audit.verify(conn)
+        assert broken is None and checked == 44
+    finally:
+        await pool.close()
+        await conn.close()
+        admin = await asyncpg.connect(pg_server_url)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
