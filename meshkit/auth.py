@@ -8,8 +8,8 @@ publicly, the services listen on 127.0.0.1.
 from __future__ import annotations
 
 import base64
-import functools
 import contextvars
+import functools
 import json
 
 from meshkit import logs
