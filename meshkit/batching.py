@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
+from prometheus_client import Histogram
+
 from meshkit.errors import Unavailable
+
+BATCH_SIZE = Histogram("stockmesh_batch_size", "Items per flush of a batcher (1: the call went alone)", ["batcher"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,13 +29,14 @@ class Batcher(Generic[T, R]):
     deadline) leaves its item to the batch."""
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *,
-                 in_flight: int = 2, max_batch: int = 200) -> None:
+                 in_flight: int = 2, max_batch: int = 200, name: str = "") -> None:
         if in_flight < 1 or max_batch < 1:
             raise ValueError("in_flight and max_batch must be at least 1")
         self.flush, self.in_flight, self.max_batch = flush, in_flight, max_batch
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._senders: set[asyncio.Task[None]] = set()
         self.batches = 0  # flushes made (for tests and benchmarks)
+        self._sizes = BATCH_SIZE.labels(name or getattr(flush, "__qualname__", "batcher"))
 
     async def submit(self, item: T) -> R:
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -63,6 +69,7 @@ class Batcher(Generic[T, R]):
         while self._waiting:
             batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
             self.batches += 1
+            self._sizes.observe(len(batch))
             try:
                 results = await self.flush([item for item, _ in batch])
                 if len(results) != len(batch):

@@ -73,7 +73,7 @@ class RateLimiter:
         self.pause = pause_after_failure
         self._skip_until = 0.0
         self._script = redis.register_script(_BUCKETS) if redis is not None else None
-        self._batcher: Batcher[Buckets, list | None] = Batcher(self._check_all, in_flight=2)
+        self._batcher: Batcher[Buckets, list | None] = Batcher(self._check_all, in_flight=2, name="rate_limits")
 
     @property
     def script_calls(self) -> int:

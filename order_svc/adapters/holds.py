@@ -35,7 +35,7 @@ class GrpcHolds:
         self.stub = hold_service_pb2_grpc.HoldServiceStub(channel)
         self.timeout = timeout
         self._batcher: Batcher[pb.PlaceHoldRequest, pb.PlaceHoldResult] = Batcher(
-            self._place_holds, in_flight=batches_in_flight, max_batch=max_batch)
+            self._place_holds, in_flight=batches_in_flight, max_batch=max_batch, name="place_holds")
 
     @property
     def calls(self) -> int:

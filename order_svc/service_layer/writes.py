@@ -32,9 +32,9 @@ class SagaWrites:
     def __init__(self, uow: Callable[[], OrderUnitOfWork], *, in_flight: int = 2, max_batch: int = 100) -> None:
         self.uow = uow
         self._records: Batcher[tuple[Order, str], Order | None] = Batcher(
-            self._record_batch, in_flight=in_flight, max_batch=max_batch)
+            self._record_batch, in_flight=in_flight, max_batch=max_batch, name="record_orders")
         self._decisions: Batcher[Transition, bool] = Batcher(
-            self._decide_batch, in_flight=in_flight, max_batch=max_batch)
+            self._decide_batch, in_flight=in_flight, max_batch=max_batch, name="decide_orders")
 
     @property
     def statements(self) -> int:

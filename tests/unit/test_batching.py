@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from prometheus_client import REGISTRY
+
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 
@@ -24,7 +26,7 @@ class Recorder:
 
 async def test_a_call_alone_goes_at_once_and_later_callers_share_the_next_flush():
     r = Recorder()
-    b = Batcher(r.flush, in_flight=1, max_batch=4)
+    b = Batcher(r.flush, in_flight=1, max_batch=4, name="test_sizes")
     assert await b.submit(1) == 10 and r.batches == [[1]]
     r.gate.clear()
     first = asyncio.ensure_future(b.submit(2))
@@ -35,6 +37,9 @@ async def test_a_call_alone_goes_at_once_and_later_callers_share_the_next_flush(
     assert await first == 20 and await asyncio.gather(*rest) == [30, 40, 50, 60, 70, 80]
     assert r.batches == [[1], [2], [3, 4, 5, 6], [7, 8]]  # at most max_batch per flush
     assert b.batches == 4
+    sizes = {s.labels["le"]: s.value for m in REGISTRY.collect() if m.name == "stockmesh_batch_size"
+             for s in m.samples if s.name.endswith("_bucket") and s.labels["batcher"] == "test_sizes"}
+    assert (sizes["1.0"], sizes["2.0"], sizes["4.0"]) == (2, 3, 4)  # cumulative: sizes 1, 1, 4 and 2
 
 
 async def test_a_caller_woken_by_the_last_answer_of_a_flush_can_submit_at_once():
