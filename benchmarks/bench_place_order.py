@@ -33,7 +33,9 @@ What it does, in one run:
    each).
 5. Prints, per rate: p50 / p90 / p99 / p99.9 / max acknowledgement latency, the achieved
    rate, errors by status code, the split of order statuses, how late the generator itself
-   sent, the outbox backlog after the step, and the CPU used by each process of the mesh
+   sent, the outbox backlog after the step, how long after its acknowledgement each order was
+   working in the book (the engine's ACCEPTED, seen on a NATS subscription to the mesh's
+   executions), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
    PlaceOrder percentile to the floor.
 
@@ -195,6 +197,8 @@ class StepResult:
     drain_s: float = 0.0
     pg_xacts: int = 0
     stuck: int = 0
+    acked: dict[str, float] = field(default_factory=dict)  # order id -> when its NEW reply came
+    in_book: dict[str, float] = field(default_factory=dict)  # order id -> when the engine's ACCEPTED came
 
 
 async def open_loop(stubs: list, requests: list, rate: float, result: StepResult) -> None:
@@ -205,6 +209,7 @@ async def open_loop(stubs: list, requests: list, rate: float, result: StepResult
     record = result.latencies.append
     lag = result.send_lag.append
     codes, statuses = result.codes, result.statuses
+    acked = result.acked
 
     async def one(i: int, intended: float) -> None:
         req, md = requests[i]
@@ -218,6 +223,8 @@ async def open_loop(stubs: list, requests: list, rate: float, result: StepResult
         codes["OK"] += 1
         record(done - intended)
         o = reply.order
+        if o.status == common_pb2.ORDER_STATUS_NEW:
+            acked[o.order_id] = done
         name = STATUS_NAMES.get(o.status, str(o.status))
         if o.reject_reason:
             name += f" {REJECT_NAMES.get(o.reject_reason, o.reject_reason)}"
@@ -342,6 +349,34 @@ FLOOR_PARTS = ("grpc: empty PlaceOrder via Envoy (INVALID_ARGUMENT)", "postgres:
                "jetstream: publish ack (file storage)")
 
 
+async def watch_the_book(mesh: BenchMesh, result: StepResult):
+    """Note when the engine's ACCEPTED of each order arrives (a core NATS subscription to the
+    mesh's executions): how long after its acknowledgement an order is working in the book.
+    Returns the connection, to close once the step's orders are all there (or given up on)."""
+    import nats
+
+    from meshkit import bus
+    from stockmesh.matching.v1 import matching_pb2
+
+    accepted, book = matching_pb2.EXECUTION_TYPE_ACCEPTED, result.in_book
+
+    async def seen(msg) -> None:
+        ex = matching_pb2.Execution.FromString(msg.data)
+        if ex.type == accepted and ex.order_id not in book:
+            book[ex.order_id] = time.perf_counter()
+
+    nc = await nats.connect(mesh.state()["nats_url"])
+    await nc.subscribe(bus.subject(mesh.namespace, "executions", ">"), cb=seen)
+    await nc.flush()
+    return nc
+
+
+async def until_in_book(result: StepResult, patience: float = 10.0) -> None:
+    deadline = time.perf_counter() + patience
+    while time.perf_counter() < deadline and any(o not in result.in_book for o in result.acked):
+        await asyncio.sleep(0.1)
+
+
 async def outbox_backlog(mesh: BenchMesh) -> int:
     import asyncpg
     conn = await asyncpg.connect(mesh.database_url)
@@ -446,6 +481,7 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
             profilers = (start_profile(mesh, args.duration, Path(args.profile_dir) / f"{rate:g}")
                          if args.profile_dir and rate == args.profile_rate else [])
             xacts = await pg_transactions(mesh)
+            watcher = await watch_the_book(mesh, res)
             before = meter.snapshot()
             await open_loop(stubs, reqs, rate, res)
             res.cpu, res.machine_cores, _ = CpuMeter.diff(before, meter.snapshot())
@@ -454,6 +490,8 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
                 p.wait()
             res.backlog = await outbox_backlog(mesh)
             res.drain_s, _ = await drain(mesh)
+            await until_in_book(res)
+            await watcher.close()
             res.stuck = await stuck_transactions(mesh)
             results.append(res)
             report_step(res)
@@ -478,6 +516,12 @@ def report_step(r: StepResult) -> None:
     print(f"   outbox rows not yet relayed to JetStream when the window ended: {r.backlog} "
           f"(relayed within {r.drain_s:.1f}s after)   PostgreSQL transactions per order sent: "
           f"{r.pg_xacts / r.sent:.1f}")
+    to_book = sorted(r.in_book[o] - t for o, t in r.acked.items() if o in r.in_book)
+    missing = sum(1 for o in r.acked if o not in r.in_book)
+    if to_book:
+        print(f"   working in the book (engine ACCEPTED) after the acknowledgement, ms: p50 {pct(to_book, 50) * 1000:.2f}  "
+              f"p99 {pct(to_book, 99) * 1000:.2f}  max {to_book[-1] * 1000:.2f}"
+              + (f"   !! {missing} acknowledged orders not seen in the book within 10 s" if missing else ""))
     if r.stuck:
         print(f"   !! {r.stuck} service connections idle in transaction for > 5 s after the step "
               f"(leaked pool slots; see docs/benchmarks/place_order.md)")
@@ -493,7 +537,8 @@ def report_step(r: StepResult) -> None:
 def summary(results: list[StepResult], floor50: float, floor99: float) -> None:
     print("\n== summary (latency from the intended send time to the reply, ms)")
     print(f"{'offered/s':>9s} {'achieved/s':>10s} {'p50':>7s} {'p99':>8s} {'max':>8s} {'errors':>7s} "
-          f"{'NEW':>6s} {'REJ':>5s} {'p50/floor':>9s} {'p99/floor':>9s} {'mesh CPU':>8s} {'machine':>7s}")
+          f"{'NEW':>6s} {'REJ':>5s} {'p50/floor':>9s} {'p99/floor':>9s} {'mesh CPU':>8s} {'machine':>7s} "
+          f"{'book p99':>8s}")
     for r in results:
         lat = sorted(r.latencies)
         errors = sum(v for k, v in r.codes.items() if k != "OK")
@@ -501,11 +546,13 @@ def summary(results: list[StepResult], floor50: float, floor99: float) -> None:
         rej = sum(v for k, v in r.statuses.items() if k.startswith("REJECTED"))
         p50, p99, mx = (pct(lat, 50), pct(lat, 99), lat[-1]) if lat else (float("nan"),) * 3
         mesh_cpu = sum(v for k, v in r.cpu.items() if not k.startswith("load generator"))
+        to_book = sorted(r.in_book[o] - t for o, t in r.acked.items() if o in r.in_book)
         print(f"{r.rate:9g} {len(lat) / r.window:10.0f} {p50 * 1000:7.2f} {p99 * 1000:8.2f} {mx * 1000:8.2f} "
               f"{errors:7d} {new:6d} {rej:5d} {p50 / floor50:9.1f} {p99 / floor99:9.1f} {mesh_cpu:8.2f} "
-              f"{r.machine_cores:7.2f}")
+              f"{r.machine_cores:7.2f} {pct(to_book, 99) * 1000 if to_book else float('nan'):8.2f}")
     print(f"floor (empty gRPC via Envoy + PostgreSQL commit + JetStream ack): p50 {floor50 * 1000:.2f} ms, "
-          f"p99 {floor99 * 1000:.2f} ms")
+          f"p99 {floor99 * 1000:.2f} ms; book p99: from an order's acknowledgement to the engine's "
+          f"ACCEPTED of it (working in the book)")
 
 
 def main() -> int:
