@@ -34,8 +34,10 @@ async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
 
 
 class OutboxRelay:
-    def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64) -> None:
+    def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
+                 ack_timeout: float = 5.0) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
+        self.ack_timeout = ack_timeout
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -59,17 +61,20 @@ class OutboxRelay:
     async def relay_once(self, conn: asyncpg.Connection) -> int:
         """Publish up to a batch in id order. Publishes are pipelined (up to `pipeline` awaiting
         their acknowledgement at once, written to the connection in order, so each symbol's
-        subject keeps the outbox order); a row is marked once JetStream acknowledged it."""
+        subject keeps the outbox order; `publish_async` answers them all on one reply
+        subscription); a row is marked once JetStream acknowledged it, and an acknowledgement
+        that does not come within `ack_timeout` fails the round like a refused publish."""
         repo = OutboxRepository(conn)
         rows = await repo.unpublished(self.batch)
         done: list[int] = []
         try:
             for start in range(0, len(rows), self.pipeline):
                 chunk = rows[start:start + self.pipeline]
-                acks = [asyncio.ensure_future(self.js.publish(r["subject"], bytes(r["payload"]),
-                                                              headers={"Nats-Msg-Id": r["msg_id"]}))
+                acks = [await self.js.publish_async(r["subject"], bytes(r["payload"]),
+                                                    headers={"Nats-Msg-Id": r["msg_id"]})
                         for r in chunk]
-                results = await asyncio.gather(*acks, return_exceptions=True)
+                async with asyncio.timeout(self.ack_timeout):  # an ack that never comes is an error
+                    results = await asyncio.gather(*acks, return_exceptions=True)
                 for r, result in zip(chunk, results):
                     if isinstance(result, BaseException):
                         raise result
