@@ -240,7 +240,6 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
                else f"session {trading_day} was closed before: nothing queued")
 
 
-
 @main.group()
 def engine() -> None:
     """The matching engines (EngineControlService on matching_svc, never routed by Envoy)."""

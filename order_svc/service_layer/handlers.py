@@ -127,8 +127,9 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
         order.reject(reason, message)  # a business rejection is an order, recorded like any other
     # One statement on the way in (the insert and the change it records), its own transaction,
     # shared with the orders placed at the same moment.
-    stored, fingerprint = await deps.writes.record(order, req.fingerprint())
-    if fingerprint is not None and fingerprint != req.fingerprint():
+    mine = req.fingerprint()
+    stored, fingerprint = await deps.writes.record(order, mine)
+    if fingerprint is not None and fingerprint != mine:
         raise model.DuplicateClientOrderId(
             f"client_order_id {req.client_order_id!r} was used for another order ({stored.order_id})",
             metadata={"clientOrderId": req.client_order_id, "orderId": str(stored.order_id)})

@@ -66,9 +66,10 @@ class SagaWrites:
         first: dict[Any, int] = {}
         for i, (o, *_) in enumerate(items):
             first.setdefault(o.order_id, i)
-        unique = [items[i] for i in sorted(first.values())]
-        written = await self._in_one_statement(unique, lambda it: it[0].account_id, OrderRepository.save_transitions)
-        by_index = dict(zip(sorted(first.values()), written))
+        kept = list(first.values())  # in order: dict keeps insertion order
+        written = await self._in_one_statement([items[i] for i in kept], lambda it: it[0].account_id,
+                                               OrderRepository.save_transitions)
+        by_index = dict(zip(kept, written))
         return [by_index.get(i, False) for i in range(len(items))]
 
     async def _in_one_statement(self, items: list[T], key: Callable[[T], Any],

@@ -4,15 +4,17 @@ mapping with the .proto's field names, money as exact decimal strings; errors as
 statuses with the google.rpc.Status and its details; internal services stay unreachable."""
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
 from decimal import Decimal
 
 import pytest
+
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -120,8 +122,4 @@ def test_json_quote_stream_through_envoy(mesh):
         cash = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {}, account)[1]["portfolio"]["cash"]
         return got["order"]["status"] == "ORDER_STATUS_CANCELLED" and cash["held"] == "0.00"
 
-    for _ in range(150):
-        if cancelled():
-            break
-        time.sleep(0.1)
-    assert cancelled()
+    assert asyncio.run(eventually(cancelled, timeout=15, delay=0.1))
