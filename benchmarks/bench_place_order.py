@@ -35,7 +35,10 @@ What it does, in one run:
    rate, errors by status code, the split of order statuses, how late the generator itself
    sent, the outbox backlog after the step, how long after its acknowledgement each order was
    working in the book (the engine's ACCEPTED, seen on a NATS subscription to the mesh's
-   executions), and the CPU used by each process of the mesh
+   executions), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
+   order_svc, of PlaceOrder's handler and of each of its batched steps, read off the
+   histograms Envoy and order_svc export, as differences of two scrapes around the window;
+   approximate within a bucket), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
    PlaceOrder percentile to the floor.
 
@@ -180,6 +183,77 @@ class CpuMeter:
         return used, machine, wall
 
 
+# ------------------------------------------------------------- where the time goes
+
+# (source, metric family, label to match, value, what it is); all histograms, read before and
+# after the window from order_svc's /metrics and Envoy's /stats/prometheus.
+TIME_PARTS = (
+    ("envoy", "envoy_cluster_upstream_rq_time", "envoy_cluster_name", "order_svc_commands",
+     "Envoy -> order_svc -> Envoy"),
+    ("order_svc", "stockmesh_rpc_seconds", "method", "/stockmesh.order.v1.OrderService/PlaceOrder",
+     "PlaceOrder's handler"),
+    ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "rate_limits", "rate limits"),
+    ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "record_orders", "record"),
+    ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "place_holds", "hold"),
+    ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "decide_orders", "decide"),
+)
+Buckets = dict[tuple[str, str], list[tuple[float, float]]]  # (source, part) -> [(le, cumulative count)]
+
+
+def scrape_histograms(mesh: BenchMesh) -> Buckets:
+    """The cumulative buckets of TIME_PARTS now, in seconds (Envoy counts milliseconds)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    state = mesh.state()
+    urls = {"order_svc": f"http://127.0.0.1:{state['metrics_ports']['order_svc']}/metrics",
+            "envoy": f"http://127.0.0.1:{state['ports']['admin']}/stats/prometheus"}
+    out: Buckets = {}
+    for source, url in urls.items():
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        scale = 1000.0 if source == "envoy" else 1.0
+        for family in text_string_to_metric_families(text):
+            for src, name, label, value, _ in TIME_PARTS:
+                if src != source or family.name != name:
+                    continue
+                rows = [(float(x.labels["le"]) / scale, x.value) for x in family.samples
+                        if x.name == name + "_bucket" and x.labels.get(label) == value]
+                if rows:
+                    out[(source, value)] = sorted(rows)
+    return out
+
+
+def bucket_pct(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The q-th percentile of what was observed between two scrapes of one histogram, read off
+    its buckets (linear within a bucket, as Prometheus's histogram_quantile does)."""
+    was = dict(before)
+    counts = [(le, n - was.get(le, 0.0)) for le, n in after]
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q / 100 * total, 0.0, 0.0
+    for le, n in counts:
+        if n >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (n - below) if n > below else 1.0)
+        lower, below = le, n
+    return lower
+
+
+def time_parts(before: Buckets, after: Buckets) -> list[tuple[str, float, float]]:
+    """(what, p50 s, p99 s) of each TIME_PARTS histogram over the window."""
+    rows = []
+    for source, _, _, value, what in TIME_PARTS:
+        key = (source, value)
+        if key in after:
+            p50, p99 = (bucket_pct(before.get(key, []), after[key], q) for q in (50, 99))
+            if p50 is not None and p99 is not None:
+                rows.append((what, p50, p99))
+    return rows
+
+
 # ------------------------------------------------------------------------------- the run
 
 @dataclass
@@ -197,6 +271,7 @@ class StepResult:
     drain_s: float = 0.0
     pg_xacts: int = 0
     stuck: int = 0
+    time_parts: list[tuple[str, float, float]] = field(default_factory=list)  # (what, p50, p99) in the mesh
     acked: dict[str, float] = field(default_factory=dict)  # order id -> when its NEW reply came
     in_book: dict[str, float] = field(default_factory=dict)  # order id -> when the engine's ACCEPTED came
 
@@ -482,9 +557,11 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
                          if args.profile_dir and rate == args.profile_rate else [])
             xacts = await pg_transactions(mesh)
             watcher = await watch_the_book(mesh, res)
+            histograms = scrape_histograms(mesh)
             before = meter.snapshot()
             await open_loop(stubs, reqs, rate, res)
             res.cpu, res.machine_cores, _ = CpuMeter.diff(before, meter.snapshot())
+            res.time_parts = time_parts(histograms, scrape_histograms(mesh))
             res.pg_xacts = await pg_transactions(mesh) - xacts - 1  # minus our own query
             for p in profilers:
                 p.wait()
@@ -522,6 +599,10 @@ def report_step(r: StepResult) -> None:
         print(f"   working in the book (engine ACCEPTED) after the acknowledgement, ms: p50 {pct(to_book, 50) * 1000:.2f}  "
               f"p99 {pct(to_book, 99) * 1000:.2f}  max {to_book[-1] * 1000:.2f}"
               + (f"   !! {missing} acknowledged orders not seen in the book within 10 s" if missing else ""))
+    if r.time_parts:
+        print("   where the time goes (p50 / p99 ms, read off the mesh's histograms; the handler's steps "
+              "each include the wait for the batch in flight): "
+              + "; ".join(f"{what} {p50 * 1000:.1f} / {p99 * 1000:.1f}" for what, p50, p99 in r.time_parts))
     if r.stuck:
         print(f"   !! {r.stuck} service connections idle in transaction for > 5 s after the step "
               f"(leaked pool slots; see docs/benchmarks/place_order.md)")

@@ -8,6 +8,7 @@ for order_svc's saga statements (one statement, one transaction for many orders)
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 from prometheus_client import Histogram
@@ -16,6 +17,9 @@ from meshkit.errors import Unavailable
 
 BATCH_SIZE = Histogram("stockmesh_batch_size", "Items per flush of a batcher (1: the call went alone)", ["batcher"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+# What a step costs a caller: the wait for the batch in flight, then its own flush.
+BATCH_WAIT = Histogram("stockmesh_batch_wait_seconds", "From an item's submit to its answer", ["batcher"],
+                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,7 +40,8 @@ class Batcher(Generic[T, R]):
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._senders: set[asyncio.Task[None]] = set()
         self.batches = 0  # flushes made (for tests and benchmarks)
-        self._sizes = BATCH_SIZE.labels(name or getattr(flush, "__qualname__", "batcher"))
+        label = name or getattr(flush, "__qualname__", "batcher")
+        self._sizes, self._waits = BATCH_SIZE.labels(label), BATCH_WAIT.labels(label)
 
     async def submit(self, item: T) -> R:
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -45,7 +50,11 @@ class Batcher(Generic[T, R]):
             sender = asyncio.ensure_future(self._send())
             self._senders.add(sender)
             sender.add_done_callback(self._sender_done)
-        return await answer
+        submitted = time.perf_counter()
+        try:
+            return await answer
+        finally:
+            self._waits.observe(time.perf_counter() - submitted)
 
     def _sender_done(self, sender: asyncio.Task[None]) -> None:
         self._senders.discard(sender)

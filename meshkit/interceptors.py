@@ -19,7 +19,7 @@ log = logging.getLogger("meshkit.rpc")
 
 RPC_TOTAL = Counter("stockmesh_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"],
-                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
 def _bind(metadata) -> None:

@@ -42,6 +42,28 @@ async def test_a_call_alone_goes_at_once_and_later_callers_share_the_next_flush(
     assert (sizes["1.0"], sizes["2.0"], sizes["4.0"]) == (2, 3, 4)  # cumulative: sizes 1, 1, 4 and 2
 
 
+def _waits(batcher: str) -> dict[str, float]:
+    return {s.name.removeprefix("stockmesh_batch_wait_seconds_"): s.value for m in REGISTRY.collect()
+            if m.name == "stockmesh_batch_wait_seconds" for s in m.samples
+            if s.labels["batcher"] == batcher and not s.name.endswith("_bucket")}
+
+
+async def test_each_callers_wait_for_its_answer_is_observed_errors_included():
+    r = Recorder()
+    r.gate.clear()
+    b = Batcher(r.flush, in_flight=1, name="test_waits")
+    calls = [asyncio.ensure_future(b.submit(i)) for i in (1, -2, 3)]
+    await asyncio.sleep(0)
+    assert _waits("test_waits").get("count", 0) == 0  # nobody answered yet
+    await asyncio.sleep(0.01)  # the flush in flight holds them all
+    r.gate.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == 10 and isinstance(results[1], ValueError) and results[2] == 30
+    waits = _waits("test_waits")
+    assert waits["count"] == 3  # one per caller, the refused one too
+    assert waits["sum"] >= 3 * 0.01  # each waited at least as long as the gate was closed
+
+
 async def test_a_caller_woken_by_the_last_answer_of_a_flush_can_submit_at_once():
     # The finished sender must not still count as in flight when that caller submits (it did,
     # until its done callback ran a loop turn later, and the next item waited for ever).
