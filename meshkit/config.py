@@ -94,6 +94,16 @@ def env_flag(name: str, default: bool) -> bool:
     raise ConfigError(f"setting {name} must be 1 or 0 (true/false, yes/no), got {raw!r}")
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices` (any case); unset or empty is `default`."""
+    raw = (_get(name, "") or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"setting {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def env_decimal(name: str, default: str) -> Decimal:
     raw = _get(name, default) or default
     try:

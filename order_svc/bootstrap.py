@@ -19,6 +19,13 @@ from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
 
 
+def relays_in_process() -> bool:
+    """ORDER_OUTBOX_RELAY: `in-process` (the default: order_svc relays its own outbox) or
+    `external` (another process does: order_svc.entrypoints.relay, as `stockmesh up` runs it)."""
+    mode = config.env_choice("ORDER_OUTBOX_RELAY", ("in-process", "external"), "in-process")
+    return mode == "in-process"
+
+
 def limits() -> tuple[Limit, Limit]:
     return (Limit(float(env_decimal("ORDER_RATE_PER_ACCOUNT", "50")), int(env_decimal("ORDER_BURST_PER_ACCOUNT", "100"))),
             Limit(float(env_decimal("ORDER_RATE_PER_SYMBOL", "2000")), int(env_decimal("ORDER_BURST_PER_SYMBOL", "4000"))))
@@ -32,13 +39,15 @@ async def bootstrap(settings: config.Settings) -> App:
     await ensure_orders_stream(js, settings.namespace)
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
     ledger = grpc.aio.insecure_channel(settings.ledger_addr)
-    relay = OutboxRelay(settings.database_url, js)
+    # Relaying here, the saga wakes the relay directly; an external relay wakes on the outbox's
+    # PostgreSQL notification (migration 0006).
+    relay = OutboxRelay(settings.database_url, js) if relays_in_process() else None
     account_limit, symbol_limit = limits()
     quotes = JetStreamQuotes(js, settings.namespace)
     deps = handlers.Deps(
         uow=lambda: OrderUnitOfWork(pool), holds=GrpcHolds(ledger, batches_in_flight=env_int("HOLD_BATCHES_IN_FLIGHT", 1, minimum=1)), quotes=quotes,
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
-        symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake,
+        symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake if relay else lambda: None,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"),
         write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1))
     notifier = UpdateNotifier(settings.database_url)
@@ -49,9 +58,9 @@ async def bootstrap(settings: config.Settings) -> App:
                     "stockmesh.order.v1.OrderService")],
         # Redis is not a readiness dependency: rate limits fail open without it.
         checks=[db.pool_check(pool), bus.nats_check(nc)],
-        background=[relay.run, lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
-                    lambda: session.session_close_loop(deps.uow, settings.namespace, relay.wake),
-                    lambda: executions.consume(js, settings.namespace, "orders",
-                                               lambda ex: lifecycle.apply_execution(ex, deps))],
+        background=([relay.run] if relay else []) + [
+            lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
+            lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
+            lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,
     )

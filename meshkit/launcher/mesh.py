@@ -7,7 +7,9 @@ Steps, each shown as it runs:
   4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
                  each waited for until its own gRPC health check says SERVING; quote_svc as
                  --quote-replicas processes (quote_svc, quote_svc-2, ...), each following the
-                 feed itself, all behind its Envoy clusters
+                 feed itself, all behind its Envoy clusters; and order_relay, order_svc's
+                 outbox relay in a process of its own (ORDER_OUTBOX_RELAY=in-process keeps
+                 it inside order_svc instead)
   5. envoy       rendered config, started, waited for until all four clusters are healthy
   6. ready       <data-dir>/mesh.json written with "ready": true; endpoint, token and a first
                  grpcurl call printed
@@ -35,6 +37,15 @@ from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wai
 from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
+# Mesh processes that are not behind Envoy: process name -> module.
+RELAY = "order_relay"
+RELAY_MODULE = "order_svc.entrypoints.relay"
+
+
+def relay_apart() -> bool:
+    """order_svc's outbox relay in a process of its own (the default), unless
+    ORDER_OUTBOX_RELAY=in-process asks for it inside order_svc."""
+    return os.environ.get("ORDER_OUTBOX_RELAY", "external").strip().lower() != "in-process"
 DEFAULT_PORT = 8080
 
 
@@ -154,6 +165,8 @@ class Mesh:
             raise LaunchError(f"quote_svc needs at least 1 replica, got {self.opts.quote_replicas}")
         self.instances = {name: name for name in SERVICES}
         self.instances.update({f"quote_svc-{i}": "quote_svc" for i in range(2, self.opts.quote_replicas + 1)})
+        if relay_apart():
+            self.instances[RELAY] = RELAY_MODULE
         listen = {name: free_port() for name in self.instances}
         self.metrics_ports = {name: free_port() for name in self.instances}
         upstreams = {name: listen[name] for name in SERVICES}  # the first replica of each
@@ -249,6 +262,8 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             "STOCKMESH_MARKET_ALWAYS_OPEN": "1" if self.opts.market_hours == "always" else "0",
         }
+        if self.instances[name] == "order_svc" and RELAY in self.instances:
+            env["ORDER_OUTBOX_RELAY"] = "external"
         return ChildSpec(name=name, argv=[sys.executable, "-m", self.instances[name]], env=env,
                          log_path=self.data_dir / "logs" / f"{name}.log", cwd=self.data_dir,
                          stop_timeout=15.0)

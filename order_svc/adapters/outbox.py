@@ -2,6 +2,13 @@
 JetStream stream of order flow, in id order, one relay at a time (a PostgreSQL advisory
 lock elects it), marking each row once JetStream has acknowledged it.
 
+It runs inside order_svc, or as a process of its own (order_svc.entrypoints.relay; the
+launcher's choice), so that under load the hand-off to the engine does not wait for turns
+on the front door's busy event loop. Either way it wakes on the PostgreSQL notification that
+every commit writing to the outbox sends (migration 0006), so a relay elsewhere than the
+transaction that wrote the row starts at once; order_svc's in-process wake() is the same
+signal without the round trip, and an idle poll is the safety net.
+
 A crash between the publish and the mark republishes the row: JetStream's duplicate window
 drops it by Nats-Msg-Id, and the engine drops repeats by id anyway.
 """
@@ -15,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from meshkit import aio, bus, failpoints
-from order_svc.adapters.repository import OutboxRepository
+from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
 RELAY_LOCK = 0x5F0C_0B0E  # advisory lock key of the outbox relay
@@ -35,12 +42,15 @@ async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
 
 class OutboxRelay:
     def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
-                 ack_timeout: float = 5.0) -> None:
+                 ack_timeout: float = 5.0, idle_poll: float = 1.0) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
-        self.ack_timeout = ack_timeout
+        self.ack_timeout, self.idle_poll = ack_timeout, idle_poll
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def _notified(self, _conn, _pid, _channel, _payload) -> None:
         self._wake.set()
 
     async def run(self) -> None:
@@ -50,11 +60,12 @@ class OutboxRelay:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             log.info("outbox relay elected")
+            await conn.add_listener(OUTBOX_CHANNEL, self._notified)
             while True:
+                self._wake.clear()  # what is committed from here on wakes the next round
                 published = await self.relay_once(conn)
                 if published < self.batch:
-                    await aio.wait_set(self._wake, 0.2)
-                    self._wake.clear()
+                    await aio.wait_set(self._wake, self.idle_poll)
         finally:
             conn.terminate()
 

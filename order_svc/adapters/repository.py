@@ -13,6 +13,7 @@ from order_svc.domain.model import (Fill, Order, OrderRequest, OrderType, Reject
                                     TimeInForce)
 
 UPDATES_CHANNEL = "stockmesh_order_updates"
+OUTBOX_CHANNEL = "stockmesh_order_outbox"  # notified by migration 0006's trigger on every outbox insert
 
 _COLUMNS = """order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
     quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, filled_quantity,

@@ -9,16 +9,12 @@ import asyncio
 import os
 import signal
 import urllib.request
-import uuid
 
 import grpc
 import pytest
 
-from tests.support.funding import transfer_in_shares
+from tests.support.trades import filled_and_settled, place_crossing_pair
 from tests.support.wait import eventually
-from stockmesh.common.v1 import common_pb2
-from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
-from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
 from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -43,30 +39,8 @@ async def trade(mesh, ch, price: str) -> None:
     """One share of SYMBOL changes hands at `price` between two new accounts; returns once
     order_svc and the ledger have both applied the fill (the invariants are checked after the
     test, and both apply executions on their own)."""
-    buyer, seller = f"qr-b-{uuid.uuid4().hex[:6]}", f"qr-s-{uuid.uuid4().hex[:6]}"
-    await transfer_in_shares(mesh.database_url, seller, SYMBOL, 1, "500.00")
-    ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
-    await ledger.Deposit(lpb.DepositRequest(amount="1000.00", idempotency_key="qr"), metadata=mesh.auth(buyer))
-    orders = order_service_pb2_grpc.OrderServiceStub(ch)
-    placed = {}
-    for account, side in ((seller, common_pb2.SIDE_SELL), (buyer, common_pb2.SIDE_BUY)):
-        reply = await orders.PlaceOrder(opb.PlaceOrderRequest(
-            client_order_id="qr", symbol=SYMBOL, side=side, type=common_pb2.ORDER_TYPE_LIMIT, quantity=1,
-            limit_price=price, time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=mesh.auth(account))
-        assert reply.order.status == common_pb2.ORDER_STATUS_NEW, reply.order
-        placed[account] = reply.order.order_id
-
-    async def settled() -> bool:
-        for account, order_id in placed.items():
-            md = mesh.auth(account)
-            got = await orders.GetOrder(opb.GetOrderRequest(order_id=order_id), metadata=md)
-            p = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
-            if got.order.status != common_pb2.ORDER_STATUS_FILLED or p.cash.held != "0.00" or any(
-                    x.held for x in p.positions):
-                return False
-        return True
-
-    assert await eventually(settled)
+    placed = await place_crossing_pair(mesh, ch, SYMBOL, price, "qr")
+    assert await eventually(lambda: filled_and_settled(mesh, ch, placed))
 
 
 def all_see(watchers: list["Watcher"], price: str) -> bool:

@@ -19,6 +19,7 @@ from order_svc.service_layer import handlers
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,11 @@ async def test_business_rejections_are_recorded_orders(order_deps, checked_pool,
     assert (far.status, far.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
     async with checked_pool.acquire() as conn:
         await conn.execute("INSERT INTO orders.halts (symbol, reason) VALUES ('XOM', 'test') ON CONFLICT DO NOTHING")
-    halted = await handlers.place_order(limit_buy(a, "h", symbol="XOM", price="113.60"), order_deps)
+    try:
+        halted = await handlers.place_order(limit_buy(a, "h", symbol="XOM", price="113.60"), order_deps)
+    finally:  # the rest of the session's tests trade XOM again
+        async with checked_pool.acquire() as conn:
+            await conn.execute("DELETE FROM orders.halts WHERE symbol = 'XOM' AND reason = 'test'")
     assert (halted.status, halted.reject_reason) == (Status.REJECTED, RejectReason.SYMBOL_HALTED)
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "0")
     monkeypatch.setattr(handlers, "now", lambda: datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc))  # a Saturday
@@ -321,3 +326,53 @@ async def test_one_order_decided_twice_in_one_batch_is_written_once(order_deps, 
     assert await asyncio.gather(alone, *twice) == [True, True, False]
     async with checked_pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM orders.updates WHERE order_id = $1", second.order_id) == 2
+
+
+async def test_a_relay_elsewhere_wakes_on_the_outbox_notification(checked_pool, database_url, nats_conn, namespace,
+                                                                  ledger_addr):
+    # The placing side never wakes it (as in an order_svc whose relay runs in another process)
+    # and its own poll is an hour: only the notification of the commit can start its round.
+    # META: no other integration test trades it (the session's engines see these orders rest).
+    import grpc
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+    from tests.integration.conftest import make_order_deps
+
+    js = nats_conn.jetstream()
+    await ensure_orders_stream(js, namespace)
+    channel = grpc.aio.insecure_channel(ledger_addr)
+    deps, _ = make_order_deps(checked_pool, database_url, js, namespace, channel)
+    deps.wake_relay = lambda: None
+    relay = asyncio.create_task(OutboxRelay(database_url, js, idle_poll=3600).run())
+    sub = await js.pull_subscribe(bus.subject(namespace, "orders", "META"), durable=None,  # what comes from now on
+                                  stream=bus.stream_name(namespace, "ORDERS"),
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
+    a = acct()
+    seen: set[str] = set()
+
+    async def relayed(order_id: str) -> bool:
+        try:
+            for m in await sub.fetch(10, timeout=0.2):
+                cmd = matching_pb2.EngineCommand.FromString(m.data)
+                if cmd.new_order.account_id == a:
+                    seen.add(cmd.command_id)
+        except asyncio.TimeoutError:
+            pass
+        return order_id in seen
+
+    try:
+        await deposit(checked_pool, a, "10000")
+        # The first may go in the relay's first round (it starts with one); the second is
+        # committed after a round that found the first, so a notification must start its own.
+        first = await handlers.place_order(limit_buy(a, "w1", qty=1, symbol="META", price="505.75"), deps)
+        assert first.status is Status.NEW, first
+        assert await eventually(lambda: relayed(str(first.order_id)), timeout=30)
+        second = await handlers.place_order(limit_buy(a, "w2", qty=1, symbol="META", price="505.75"), deps)
+        assert second.status is Status.NEW, second
+        assert await eventually(lambda: relayed(str(second.order_id)), timeout=30)
+    finally:
+        await sub.unsubscribe()
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        await channel.close()

@@ -1,0 +1,30 @@
+"""The outbox relay as a process of its own: `python -m order_svc.entrypoints.relay`.
+
+What `stockmesh up` runs (with ORDER_OUTBOX_RELAY=external for order_svc), so that under load
+the hand-off of accepted orders to the engine has an event loop to itself instead of taking
+turns on order_svc's front door (docs/benchmarks/place_order.md). It is a mesh process like
+the services: settings from the environment, health (SERVING while PostgreSQL and NATS
+answer), metrics, a graceful stop. The relay itself is order_svc.adapters.outbox, unchanged;
+its advisory lock still elects one relay, so an order_svc that relays in process and this
+one never publish at once.
+"""
+from __future__ import annotations
+
+from meshkit import bus, config, db
+from meshkit.server import App, run
+from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+
+
+async def bootstrap(settings: config.Settings) -> App:
+    assert settings.database_url and settings.nats_url
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)  # readiness checks only
+    nc = await bus.connect(settings.nats_url, "order_relay")
+    js = nc.jetstream()
+    await ensure_orders_stream(js, settings.namespace)
+    relay = OutboxRelay(settings.database_url, js)
+    return App(name="order_relay", servicers=[], checks=[db.pool_check(pool), bus.nats_check(nc)],
+               background=[relay.run], on_close=[nc.drain, pool.close])
+
+
+if __name__ == "__main__":
+    run("order_relay", bootstrap, needs=("DATABASE_URL", "NATS_URL"))

@@ -1,0 +1,43 @@
+"""One share changing hands between two new accounts through the mesh, for end-to-end tests."""
+from __future__ import annotations
+
+import uuid
+
+from tests.support.funding import transfer_in_shares
+from stockmesh.common.v1 import common_pb2
+from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
+
+
+async def place_crossing_pair(mesh, ch, symbol: str, price: str, tag: str) -> dict[str, str]:
+    """A seller (one share transferred in) and a buyer (cash deposited) each place a GTC limit
+    order for one share at `price`, seller first; both must be acknowledged NEW. Returns
+    account -> order id."""
+    buyer, seller = f"{tag}-b-{uuid.uuid4().hex[:6]}", f"{tag}-s-{uuid.uuid4().hex[:6]}"
+    await transfer_in_shares(mesh.database_url, seller, symbol, 1, price)
+    ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+    await ledger.Deposit(lpb.DepositRequest(amount="1000.00", idempotency_key=tag), metadata=mesh.auth(buyer))
+    orders = order_service_pb2_grpc.OrderServiceStub(ch)
+    placed = {}
+    for account, side in ((seller, common_pb2.SIDE_SELL), (buyer, common_pb2.SIDE_BUY)):
+        reply = await orders.PlaceOrder(opb.PlaceOrderRequest(
+            client_order_id=tag, symbol=symbol, side=side, type=common_pb2.ORDER_TYPE_LIMIT, quantity=1,
+            limit_price=price, time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=mesh.auth(account))
+        assert reply.order.status == common_pb2.ORDER_STATUS_NEW, reply.order
+        placed[account] = reply.order.order_id
+    return placed
+
+
+async def filled_and_settled(mesh, ch, placed: dict[str, str]) -> bool:
+    """Every order FILLED in order_svc and nothing left held in the ledger for its account: both
+    services have applied the fill (each applies executions on its own)."""
+    orders = order_service_pb2_grpc.OrderServiceStub(ch)
+    ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+    for account, order_id in placed.items():
+        md = mesh.auth(account)
+        got = await orders.GetOrder(opb.GetOrderRequest(order_id=order_id), metadata=md)
+        p = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
+        if got.order.status != common_pb2.ORDER_STATUS_FILLED or p.cash.held != "0.00" or any(
+                x.held for x in p.positions):
+            return False
+    return True
