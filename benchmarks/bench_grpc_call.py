@@ -11,8 +11,10 @@ its internal port (no Envoy), sequentially and 32 at a time:
 - `HoldService/GetHold` of an unknown hold: one indexed SELECT and a NOT_FOUND with its
   ErrorInfo (the error path of a call that touches PostgreSQL).
 
-For each it prints the calls a second and ledger_svc's CPU time per call (user + system from
-/proc, over the timed calls only, after 100 warm-up calls).
+For each it prints the calls a second, ledger_svc's CPU time per call (user + system from
+/proc, over the timed calls only, after 100 warm-up calls) and the CPU time per call of the
+caller, this script (grpc.aio, the same client as the PlaceOrder benchmark's load generator
+and as order_svc's calls to the ledger): what the other end of every hop costs.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from meshkit.launcher.harness import MeshProcess  # noqa: E402
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc  # noqa: E402
 
 
-async def measure(pid: int, call, calls: int, concurrency: int) -> tuple[float, float]:
-    """(calls a second, server CPU seconds per call)."""
+async def measure(pid: int, call, calls: int, concurrency: int) -> tuple[float, float, float]:
+    """(calls a second, server CPU seconds per call, client CPU seconds per call)."""
     async def one(i: int) -> None:
         try:
             await call(i)
@@ -43,10 +45,11 @@ async def measure(pid: int, call, calls: int, concurrency: int) -> tuple[float, 
 
     for i in range(100):
         await one(i)
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+    c0, t0, mine = cpu_seconds(pid), time.monotonic(), time.process_time()  # process_time: all our threads
     for start in range(0, calls, concurrency):
         await asyncio.gather(*(one(i) for i in range(start, start + concurrency)))
-    return calls / (time.monotonic() - t0), (cpu_seconds(pid) - c0) / calls
+    return (calls / (time.monotonic() - t0), (cpu_seconds(pid) - c0) / calls,
+            (time.process_time() - mine) / calls)
 
 
 async def main(calls: int) -> None:
@@ -58,11 +61,13 @@ async def main(calls: int) -> None:
             holds = hold_service_pb2_grpc.HoldServiceStub(ch)
             kinds = (("Health/Check", lambda i: health.Check(health_pb2.HealthCheckRequest())),
                      ("HoldService/GetHold, unknown hold", lambda i: holds.GetHold(pb.GetHoldRequest(hold_id=f"none-{i}"))))
-            print(f"{'call':36s} {'concurrency':>11s} {'calls/s':>8s} {'ledger_svc CPU per call':>24s}")
+            print(f"{'call':36s} {'concurrency':>11s} {'calls/s':>8s} {'ledger_svc CPU per call':>24s} "
+                  f"{'caller CPU per call':>20s}")
             for name, call in kinds:
                 for concurrency in (1, 32):
-                    rate, per_call = await measure(pid, call, calls, concurrency)
-                    print(f"{name:36s} {concurrency:>11d} {rate:>8.0f} {per_call * 1e6:>21.0f} µs", flush=True)
+                    rate, per_call, client = await measure(pid, call, calls, concurrency)
+                    print(f"{name:36s} {concurrency:>11d} {rate:>8.0f} {per_call * 1e6:>21.0f} µs "
+                          f"{client * 1e6:>17.0f} µs", flush=True)
 
 
 if __name__ == "__main__":
