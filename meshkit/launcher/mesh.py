@@ -32,12 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshkit.config import env_choice
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wait_for
 from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
-# Mesh processes that are not behind Envoy: process name -> module.
+DEFAULT_PORT = 8080
+# order_svc's outbox relay as a process of its own (not behind Envoy): its name and module.
 RELAY = "order_relay"
 RELAY_MODULE = "order_svc.entrypoints.relay"
 
@@ -45,8 +47,7 @@ RELAY_MODULE = "order_svc.entrypoints.relay"
 def relay_apart() -> bool:
     """order_svc's outbox relay in a process of its own (the default), unless
     ORDER_OUTBOX_RELAY=in-process asks for it inside order_svc."""
-    return os.environ.get("ORDER_OUTBOX_RELAY", "external").strip().lower() != "in-process"
-DEFAULT_PORT = 8080
+    return env_choice("ORDER_OUTBOX_RELAY", ("in-process", "external"), "external") == "external"
 
 
 class LaunchError(RuntimeError):
