@@ -21,11 +21,18 @@ import asyncpg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from prometheus_client import Gauge, Histogram
+
 from meshkit import aio, bus, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
 RELAY_LOCK = 0x5F0C_0B0E  # advisory lock key of the outbox relay
+# How long accepted orders (and cancels, replaces) wait before the engine can have them.
+HANDOFF = Histogram("stockmesh_outbox_handoff_seconds",
+                    "From the transaction that wrote an outbox row to its JetStream acknowledgement",
+                    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
+PENDING = Gauge("stockmesh_outbox_pending", "Unpublished outbox rows the relay's last round found (at most a batch)")
 
 
 async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
@@ -77,6 +84,7 @@ class OutboxRelay:
         that does not come within `ack_timeout` fails the round like a refused publish."""
         repo = OutboxRepository(conn)
         rows = await repo.unpublished(self.batch)
+        PENDING.set(len(rows))
         done: list[int] = []
         try:
             for start in range(0, len(rows), self.pipeline):
@@ -93,5 +101,6 @@ class OutboxRelay:
                     failpoints.hit("relay.after_publish")
         finally:
             if done:
-                await repo.mark_published(done)
+                for waited in await repo.mark_published(done):
+                    HANDOFF.observe(waited)
         return len(rows)

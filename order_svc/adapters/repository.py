@@ -309,7 +309,12 @@ class OutboxRepository:
             "SELECT id, subject, msg_id, payload FROM orders.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
             limit)
 
-    async def mark_published(self, ids: list[int]) -> None:
-        await self.conn.execute("UPDATE orders.outbox SET published_at = now() WHERE id = ANY($1)", ids)
+    async def mark_published(self, ids: list[int]) -> list[float]:
+        """Mark the rows published; for each, the seconds from the transaction that wrote it to
+        now (both on PostgreSQL's clock)."""
+        rows = await self.conn.fetch(
+            "UPDATE orders.outbox SET published_at = now() WHERE id = ANY($1) "
+            "RETURNING extract(epoch FROM now() - created_at)::float8", ids)
+        return [r[0] for r in rows]
 
 

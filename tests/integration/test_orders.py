@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from ledger_svc.service_layer import commands, handlers as ledger
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
@@ -328,7 +329,7 @@ async def test_one_order_decided_twice_in_one_batch_is_written_once(order_deps, 
         assert await conn.fetchval("SELECT count(*) FROM orders.updates WHERE order_id = $1", second.order_id) == 2
 
 
-async def test_a_relay_elsewhere_wakes_on_the_outbox_notification(checked_pool, database_url, nats_conn, namespace,
+async def test_a_relay_elsewhere_wakes_on_the_outbox_notification_and_measures_the_handoff(checked_pool, database_url, nats_conn, namespace,
                                                                   ledger_addr):
     # The placing side never wakes it (as in an order_svc whose relay runs in another process)
     # and its own poll is an hour: only the notification of the commit can start its round.
@@ -361,6 +362,8 @@ async def test_a_relay_elsewhere_wakes_on_the_outbox_notification(checked_pool, 
             pass
         return order_id in seen
 
+    handed_off = lambda: REGISTRY.get_sample_value("stockmesh_outbox_handoff_seconds_count") or 0  # noqa: E731
+    before = handed_off()
     try:
         await deposit(checked_pool, a, "10000")
         # The first may go in the relay's first round (it starts with one); the second is
@@ -371,6 +374,8 @@ async def test_a_relay_elsewhere_wakes_on_the_outbox_notification(checked_pool, 
         second = await handlers.place_order(limit_buy(a, "w2", qty=1, symbol="META", price="505.75"), deps)
         assert second.status is Status.NEW, second
         assert await eventually(lambda: relayed(str(second.order_id)), timeout=30)
+        # Each published row's wait from its commit to JetStream's acknowledgement is measured.
+        assert await eventually(lambda: handed_off() - before >= 2)
     finally:
         await sub.unsubscribe()
         relay.cancel()
