@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_place_order.py            # 100, 250, 500, 1,000 orders/s, 15 s each
     .venv/bin/python benchmarks/bench_place_order.py --quick    # smoke run: 50 and 100 orders/s, 2 s each
+    .venv/bin/python benchmarks/bench_place_order.py --mesh-per-rate --rates 500 --repeat 3   # median of three
 
 What it does, in one run:
 
@@ -636,6 +637,28 @@ def summary(results: list[StepResult], floor50: float, floor99: float) -> None:
           f"ACCEPTED of it (working in the book)")
 
 
+def spread(results: list[StepResult]) -> None:
+    """Each rate over its runs: the median, and the range in brackets."""
+    import statistics
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):8.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "n/a"
+
+    print("\n== over the runs of each rate: median [min-max]")
+    print(f"{'offered/s':>9s} {'runs':>4s}  {'achieved/s':>24s}  {'p50 ms':>24s}  {'p99 ms':>24s}  {'book p99 ms':>24s}")
+    for rate in sorted({r.rate for r in results}):
+        runs = [r for r in results if r.rate == rate]
+        achieved = [len(r.latencies) / r.window for r in runs]
+        p50 = [pct(sorted(r.latencies), 50) * 1000 for r in runs if r.latencies]
+        p99 = [pct(sorted(r.latencies), 99) * 1000 for r in runs if r.latencies]
+        book = []
+        for r in runs:
+            to_book = sorted(r.in_book[o] - t for o, t in r.acked.items() if o in r.in_book)
+            if to_book:
+                book.append(pct(to_book, 99) * 1000)
+        print(f"{rate:9g} {len(runs):4d}  {cell(achieved):>24s}  {cell(p50):>24s}  {cell(p99):>24s}  {cell(book):>24s}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -651,6 +674,9 @@ def main() -> int:
     ap.add_argument("--floor-n", type=int, default=None, help="calls per floor measurement (default 1000)")
     ap.add_argument("--mesh-per-rate", action="store_true",
                     help="a fresh mesh (and database) for each rate, so an overloaded rate cannot spoil the next")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the whole list of rates this many times (a fresh mesh each time) and summarize each "
+                         "rate's runs by their median and range: on 2 busy cores one run's p99 is not a figure")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep-data", action="store_true", help="keep the mesh's data folder (logs) afterwards")
     ap.add_argument("--profile-dir", default=None,
@@ -678,7 +704,11 @@ def main() -> int:
           f"{psutil.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"rates {', '.join(f'{r:g}' for r in args.rates)} orders/s; {args.duration:g}s each after "
           f"{args.warmup:g}s warm-up; {args.accounts} accounts; {args.channels} channels")
-    groups = [[r] for r in args.rates] if args.mesh_per_rate else [args.rates]
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    # Repetitions one after the other, each over every rate, so a drift of the machine touches all rates alike.
+    groups = ([[r] for _ in range(args.repeat) for r in args.rates] if args.mesh_per_rate
+              else [args.rates] * args.repeat)
     results: list[StepResult] = []
     floor: list[float] = []
     for rates in groups:
@@ -699,6 +729,8 @@ def main() -> int:
             print(f"mesh stopped, database dropped{'' if args.keep_data else ', data folder removed'}"
                   + (f" (kept: {mesh.data_dir})" if args.keep_data else ""))
     summary(results, *floor)
+    if args.repeat > 1:
+        spread(results)
     return 0
 
 
