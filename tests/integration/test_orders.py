@@ -329,8 +329,8 @@ async def test_one_order_decided_twice_in_one_batch_is_written_once(order_deps, 
         assert await conn.fetchval("SELECT count(*) FROM orders.updates WHERE order_id = $1", second.order_id) == 2
 
 
-async def test_a_relay_elsewhere_wakes_on_the_outbox_notification_and_measures_the_handoff(checked_pool, database_url, nats_conn, namespace,
-                                                                  ledger_addr):
+async def test_a_relay_elsewhere_wakes_on_the_outbox_notification_and_measures_the_handoff(
+        checked_pool, database_url, nats_conn, namespace, ledger_addr):
     # The placing side never wakes it (as in an order_svc whose relay runs in another process)
     # and its own poll is an hour: only the notification of the commit can start its round.
     # META: no other integration test trades it (the session's engines see these orders rest).
