@@ -76,8 +76,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    ok = RPC_TOTAL.labels(method, "OK")  # the method's series, looked up once
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
+        seconds = RPC_SECONDS.labels(method)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _bind(context.invocation_metadata())
@@ -90,8 +92,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 await _fail(context, method, exc)
                 raise
             finally:
-                RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
-            RPC_TOTAL.labels(method, "OK").inc()
+                seconds.observe(time.perf_counter() - start)
+            ok.inc()
             return reply
 
         return grpc.unary_unary_rpc_method_handler(
@@ -114,7 +116,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             except Exception as exc:  # noqa: BLE001
                 await _fail(context, method, exc)
                 raise
-            RPC_TOTAL.labels(method, "OK").inc()
+            ok.inc()
 
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=handler.request_deserializer,

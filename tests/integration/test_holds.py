@@ -448,3 +448,27 @@ async def test_an_unreachable_ledger_fails_every_waiting_placement_as_unavailabl
         answers = await asyncio.gather(*(holds.place(hid(), "a", "o", "USD", D(1)) for _ in range(5)),
                                        return_exceptions=True)
     assert all(isinstance(a, Unavailable) for a in answers), answers
+
+
+async def test_every_call_is_counted_and_timed_by_method_and_code(ledger_addr):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, method: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, {"method": method, **labels}) or 0.0
+
+    get_hold, check = "/stockmesh.ledger.v1.HoldService/GetHold", "/grpc.health.v1.Health/Check"
+
+    def counts() -> tuple[float, ...]:
+        return (sample("stockmesh_rpc_total", get_hold, code="NOT_FOUND"), sample("stockmesh_rpc_seconds_count", get_hold),
+                sample("stockmesh_rpc_total", check, code="OK"), sample("stockmesh_rpc_seconds_count", check))
+
+    before = counts()
+    async with grpc.aio.insecure_channel(ledger_addr) as ch:
+        stub = hold_service_pb2_grpc.HoldServiceStub(ch)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetHold(hpb.GetHoldRequest(hold_id=f"none-{uuid.uuid4().hex}"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+    assert tuple(a - b for a, b in zip(counts(), before)) == (3, 3, 1, 1)
