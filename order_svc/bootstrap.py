@@ -11,6 +11,7 @@ from meshkit.server import App
 from order_svc.adapters.holds import GrpcHolds
 from meshkit.marketdata import JetStreamQuotes
 from order_svc.adapters.market import Halts
+from order_svc.adapters import outbox
 from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
 from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.adapters.notifications import UpdateNotifier
@@ -41,7 +42,7 @@ async def bootstrap(settings: config.Settings) -> App:
     ledger = grpc.aio.insecure_channel(settings.ledger_addr)
     # Relaying here, the saga wakes the relay directly; an external relay wakes on the outbox's
     # PostgreSQL notification (migration 0006).
-    relay = OutboxRelay(settings.database_url, js) if relays_in_process() else None
+    relay = OutboxRelay(settings.database_url, js, retention=outbox.retention()) if relays_in_process() else None
     account_limit, symbol_limit = limits()
     quotes = JetStreamQuotes(js, settings.namespace)
     deps = handlers.Deps(

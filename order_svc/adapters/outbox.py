@@ -11,19 +11,26 @@ signal without the round trip, and an idle poll is the safety net.
 
 A crash between the publish and the mark republishes the row: JetStream's duplicate window
 drops it by Nats-Msg-Id, and the engine drops repeats by id anyway.
+
+Published rows are kept for a while (ORDER_OUTBOX_RETENTION_HOURS, a week by default), then
+the relay deletes those nothing will ask about again (OutboxRepository.prune: session closes
+and the commands of orders that have ended), a batch between two rounds of relaying, so the
+table holds about a week of order flow and the live orders' commands instead of all history.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import timedelta
 
 import asyncpg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from meshkit import aio, bus, failpoints
+from meshkit import aio, bus, config, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
@@ -33,6 +40,14 @@ HANDOFF = Histogram("stockmesh_outbox_handoff_seconds",
                     "From the transaction that wrote an outbox row to its JetStream acknowledgement",
                     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
 PENDING = Gauge("stockmesh_outbox_pending", "Unpublished outbox rows the relay's last round found (at most a batch)")
+PRUNED = Counter("stockmesh_outbox_pruned", "Published outbox rows deleted after the retention period")
+
+
+def retention() -> timedelta | None:
+    """ORDER_OUTBOX_RETENTION_HOURS: how long published outbox rows are kept (168, a week, by
+    default; 0 keeps them forever)."""
+    hours = config.env_int("ORDER_OUTBOX_RETENTION_HOURS", 168)
+    return timedelta(hours=hours) if hours else None
 
 
 async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
@@ -49,10 +64,14 @@ async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
 
 class OutboxRelay:
     def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
-                 ack_timeout: float = 5.0, idle_poll: float = 1.0) -> None:
+                 ack_timeout: float = 5.0, idle_poll: float = 1.0, retention: timedelta | None = None,
+                 prune_every: float = 60.0, prune_batch: int = 1000) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
         self.ack_timeout, self.idle_poll = ack_timeout, idle_poll
+        self.retention, self.prune_every, self.prune_batch = retention, prune_every, prune_batch
         self._wake = asyncio.Event()
+        self._prune_from = 0  # the id the pruning scan goes on after
+        self._next_prune = 0.0  # time.monotonic() of the next scan's start
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,7 +90,8 @@ class OutboxRelay:
             while True:
                 self._wake.clear()  # what is committed from here on wakes the next round
                 published = await self.relay_once(conn)
-                if published < self.batch:
+                pruning = await self.prune_step(conn)
+                if published < self.batch and not pruning:
                     await aio.wait_set(self._wake, self.idle_poll)
         finally:
             conn.terminate()
@@ -104,3 +124,22 @@ class OutboxRelay:
                 for waited in await repo.mark_published(done):
                     HANDOFF.observe(waited)
         return len(rows)
+
+    async def prune_step(self, conn: asyncpg.Connection) -> bool:
+        """One batch of the pruning scan, when one is due (every `prune_every` seconds a scan
+        from the oldest row up to the rows published within the retention period). True while
+        the scan has more to do."""
+        if self.retention is None or time.monotonic() < self._next_prune:
+            return False
+        try:
+            last, deleted, done = await OutboxRepository(conn).prune(self._prune_from, self.retention,
+                                                                     self.prune_batch)
+        except Exception:  # noqa: BLE001 - relaying goes on; the next scan retries
+            log.exception("pruning the outbox failed; retrying at the next scan")
+            done, last, deleted = True, 0, 0
+        PRUNED.inc(deleted)
+        if done:
+            self._prune_from, self._next_prune = 0, time.monotonic() + self.prune_every
+            return False
+        self._prune_from = last
+        return True

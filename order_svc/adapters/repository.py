@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 
 from meshkit import audit
-from order_svc.domain.model import (Fill, Order, OrderRequest, OrderType, RejectReason, Side, Status,
+from order_svc.domain.model import (TERMINAL, Fill, Order, OrderRequest, OrderType, RejectReason, Side, Status,
                                     TimeInForce)
 
 UPDATES_CHANNEL = "stockmesh_order_updates"
@@ -300,6 +300,27 @@ class OrderRepository:
         return [r["order_id"] for r in rows]
 
 
+# OutboxRepository.prune: one batch of the scan in id order, and what it deleted. A msg_id is
+# `close:<day>:<SYMBOL>` or starts with the order id (`<id>`, `<id>:cancel...`, `<id>:replace`).
+_PRUNE = f"""
+    WITH batch AS (
+        SELECT id, msg_id, published_at IS NOT NULL AND published_at < now() - $2::interval AS old
+          FROM orders.outbox WHERE id > $1 ORDER BY id LIMIT $3
+    ), doomed AS (
+        SELECT b.id FROM batch b
+         WHERE b.old AND (b.msg_id LIKE 'close:%'
+               OR EXISTS (SELECT 1 FROM orders.orders o
+                           WHERE o.order_id = CASE WHEN b.msg_id ~ '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}'
+                                                   THEN left(b.msg_id, 36)::uuid END
+                             AND o.status IN ({", ".join(sorted(f"'{s.value}'" for s in TERMINAL))})))
+    ), gone AS (
+        DELETE FROM orders.outbox x USING doomed d WHERE x.id = d.id RETURNING x.id
+    )
+    SELECT coalesce((SELECT max(id) FROM batch), $1) AS last, (SELECT count(*) FROM gone) AS deleted,
+           (SELECT count(*) FROM batch) < $3 OR EXISTS (SELECT 1 FROM batch WHERE NOT old) AS done
+"""
+
+
 class OutboxRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -316,5 +337,15 @@ class OutboxRepository:
             "UPDATE orders.outbox SET published_at = now() WHERE id = ANY($1) "
             "RETURNING extract(epoch FROM now() - created_at)::float8", ids)
         return [r[0] for r in rows]
+
+    async def prune(self, after_id: int, retention: timedelta, limit: int) -> tuple[int, int, bool]:
+        """Delete, among the `limit` rows following id `after_id`, those published longer than
+        `retention` ago that nothing will ask about again: a session close, or a command of an
+        order that has ended (a live order's rows stay: their msg_id uniqueness is what tells
+        a repeated cancel and a pending replace apart from new ones; a row whose msg_id names
+        no order we know stays too). Returns (the last id looked at, rows deleted, whether the
+        scan reached rows too recent or not yet published, or the end: no need to go on)."""
+        row = await self.conn.fetchrow(_PRUNE, after_id, retention, limit)
+        return row["last"], row["deleted"], row["done"]
 
 

@@ -9,9 +9,10 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
@@ -463,3 +464,61 @@ async def test_halt_refuses_orders_and_replaces_keeps_cancels_and_resume_trades_
     await eventually(lambda: order_is(order_deps, b, buy.order_id, Status.FILLED), "the fill after resuming")
     await eventually(lambda: order_is(order_deps, s, resting.order_id, Status.FILLED), "the resting sell filled")
     await ledger_caught_up(execution_consumers, namespace)
+
+
+async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_retention(
+        engine, order_deps, execution_consumers, checked_pool, database_url, nats_conn, namespace):
+    from prometheus_client import REGISTRY
+
+    from order_svc.adapters.outbox import OutboxRelay
+
+    a = acct()
+    await fund(checked_pool, a, cash="1000.00")
+    replaced = await handlers.place_order(limit(a, Side.BUY, 1, "150.00"), order_deps)
+    new = await handlers.replace_order(replace(a, replaced.order_id, 1, "151.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
+    cancelled = await handlers.place_order(limit(a, Side.BUY, 1, "150.00"), order_deps)
+    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, cancelled.order_id), "it to rest")
+    mystery = f"mystery-{uuid.uuid4().hex}"  # names no order: kept, whatever its age
+    close = f"close:2020-01-06:{uuid.uuid4().hex[:8]}"
+    async with checked_pool.acquire() as conn:
+        for msg_id in (close, mystery):
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
+                               "VALUES ('nowhere', $1, '', now())", msg_id)
+    await handlers.cancel_order(a, cancelled.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, cancelled.order_id, Status.CANCELLED), "the cancel")
+
+    ids = [str(replaced.order_id), f"{new.order_id}:replace", str(cancelled.order_id), close, mystery,
+           f"{cancelled.order_id}:cancel"]
+    old = ids[:-1]  # the cancel stays recent: the scan ends there
+
+    async def published() -> bool:
+        async with checked_pool.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = ANY($1) "
+                                       "AND published_at IS NOT NULL", ids) == len(ids)
+    await eventually(published, "the relay to publish them")
+    async with checked_pool.acquire() as conn:
+        await conn.execute("UPDATE orders.outbox SET published_at = now() - interval '2 hours' "
+                           "WHERE msg_id = ANY($1)", old)
+        first = await conn.fetchval("SELECT min(id) FROM orders.outbox WHERE msg_id = ANY($1)", ids)
+
+    pruned = lambda: REGISTRY.get_sample_value("stockmesh_outbox_pruned_total") or 0  # noqa: E731
+    before = pruned()
+    relay = OutboxRelay(database_url, nats_conn.jetstream(), retention=timedelta(hours=1), prune_batch=2)
+    relay._prune_from = first - 1  # this database's earlier rows are the session's, all recent
+    conn = await asyncpg.connect(database_url)
+    try:
+        steps = 1
+        while await relay.prune_step(conn):  # two rows a batch: the scan goes on over batches
+            steps += 1
+            assert steps < 100, "the scan does not end"
+        assert not await relay.prune_step(conn), "the next scan is not due yet"
+        left = {r["msg_id"] for r in await conn.fetch("SELECT msg_id FROM orders.outbox WHERE msg_id = ANY($1)", ids)}
+    finally:
+        await conn.close()
+    # Kept: the live replacement's replace (a pending replace is told by it), a row naming no
+    # order, and a row published within the retention. Gone: the ended orders' and the close.
+    assert left == {f"{new.order_id}:replace", mystery, f"{cancelled.order_id}:cancel"}
+    assert pruned() - before == 3 and steps >= 3
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the last cancel")

@@ -1,9 +1,12 @@
 """meshkit.config's typed settings: a bad value stops start-up with a message naming it."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from meshkit.config import ConfigError, env_choice
+from order_svc.adapters.outbox import retention
 from order_svc.bootstrap import relays_in_process
 
 
@@ -25,3 +28,16 @@ def test_order_svc_relays_its_outbox_itself_unless_told_another_process_does(mon
     monkeypatch.setenv("ORDER_OUTBOX_RELAY", "elsewhere")
     with pytest.raises(ConfigError, match="ORDER_OUTBOX_RELAY"):
         relays_in_process()
+
+
+def test_published_outbox_rows_are_kept_a_week_unless_told_otherwise_and_zero_keeps_them(monkeypatch):
+    monkeypatch.delenv("ORDER_OUTBOX_RETENTION_HOURS", raising=False)
+    assert retention() == timedelta(days=7)
+    monkeypatch.setenv("ORDER_OUTBOX_RETENTION_HOURS", "36")
+    assert retention() == timedelta(hours=36)
+    monkeypatch.setenv("ORDER_OUTBOX_RETENTION_HOURS", "0")
+    assert retention() is None
+    for bad in ("-1", "a week"):
+        monkeypatch.setenv("ORDER_OUTBOX_RETENTION_HOURS", bad)
+        with pytest.raises(ConfigError, match="ORDER_OUTBOX_RETENTION_HOURS"):
+            retention()
