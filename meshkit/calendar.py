@@ -1,24 +1,56 @@
-"""The trading session calendar: regular US hours (09:30-16:00 America/New_York, Monday to
-Friday) by default; STOCKMESH_MARKET_ALWAYS_OPEN=1 keeps the simulated market always open."""
+"""The trading session calendar: the NYSE's regular session by default (09:30-16:00
+America/New_York, Monday to Friday, closed on the exchange's holidays, closing at 13:00 on its
+early-close days); STOCKMESH_MARKET_ALWAYS_OPEN=1 keeps the simulated market always open.
+
+The holidays, special closures included (e.g. a national day of mourning), come from the
+`holidays` package's NYSE calendar. The early closes follow the exchange's standing rule: the
+day after Thanksgiving, and July 3 and December 24 when they are trading days."""
 from __future__ import annotations
 
+import functools
 import os
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import holidays
+
 NEW_YORK = ZoneInfo("America/New_York")
-OPEN, CLOSE = time(9, 30), time(16, 0)
+OPEN, CLOSE, EARLY_CLOSE = time(9, 30), time(16, 0), time(13, 0)
 
 
 def always_open() -> bool:
     return os.environ.get("STOCKMESH_MARKET_ALWAYS_OPEN", "").lower() in ("1", "true", "yes")
 
 
+@functools.cache
+def _nyse() -> holidays.HolidayBase:
+    return holidays.financial_holidays("NYSE")  # fills in each year as it is asked about
+
+
+def holiday(day: date) -> str | None:
+    """The name of the exchange holiday on `day`, if it is one."""
+    return _nyse().get(day)
+
+
+def _early_close(day: date) -> bool:
+    thanksgiving = date(day.year, 11, 1) + timedelta(days=(3 - date(day.year, 11, 1).weekday()) % 7 + 21)
+    return day in (thanksgiving + timedelta(days=1), date(day.year, 7, 3), date(day.year, 12, 24))
+
+
+def session(day: date) -> tuple[time, time] | None:
+    """The regular session of `day` (New York time: open, close), or None when the exchange does
+    not trade that day (a weekend or a holiday)."""
+    if day.weekday() >= 5 or holiday(day) is not None:
+        return None
+    return OPEN, EARLY_CLOSE if _early_close(day) else CLOSE
+
+
 def is_open(at: datetime | None = None) -> bool:
     if always_open():
         return True
     local = (at or datetime.now(timezone.utc)).astimezone(NEW_YORK)
-    return local.weekday() < 5 and OPEN <= local.time() < CLOSE
+    hours = session(local.date())
+    return hours is not None and hours[0] <= local.time() < hours[1]
 
 
 def trading_day(at: datetime) -> date:

@@ -1,6 +1,7 @@
 """The end of a trading session: DAY orders expire at the close.
 
-After 16:00 America/New_York on a trading day (meshkit.calendar), order_svc writes one
+After the close of a trading day (meshkit.calendar: 16:00 America/New_York, 13:00 on an
+early-close day), order_svc writes one
 `EngineCommand.session_close` per listed symbol to the outbox, in one transaction, with
 msg_id = command_id = `close:<day>:<SYMBOL>`. orders.outbox.msg_id is UNIQUE and inserts are
 ON CONFLICT DO NOTHING, so every replica and every retry writes each close once; the relay
@@ -31,12 +32,14 @@ def close_msg_id(day: date, symbol: str) -> str:
 
 
 def closes_due(at: datetime) -> date | None:
-    """The trading day whose close is due at `at` (a weekday at or after 16:00 New York), or
-    None (before the close, weekends, or a market kept always open)."""
+    """The trading day whose close is due at `at` (at or after its session's close, New York
+    time: 16:00, or 13:00 on an early-close day), or None (before the close, a day without a
+    session, or a market kept always open)."""
     if calendar.always_open():
         return None
     local = at.astimezone(calendar.NEW_YORK)
-    if local.weekday() >= 5 or local.time() < calendar.CLOSE:
+    hours = calendar.session(local.date())
+    if hours is None or local.time() < hours[1]:
         return None
     return local.date()
 
