@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import asyncpg
 
@@ -35,14 +35,21 @@ class Broken:
         return f"stream {self.stream!r}, event {self.seq}: {self.problem}"
 
 
-async def verify(conn: asyncpg.Connection) -> tuple[int, Broken | None]:
+Progress = Callable[[int, int], None]  # (events checked so far, events in the snapshot)
+
+
+async def verify(conn: asyncpg.Connection, progress: Progress | None = None,
+                 every: int = 10_000) -> tuple[int, Broken | None]:
     """Walk every chain in order, in one snapshot; returns (events checked, the first broken
-    link or None)."""
+    link or None). `progress`, if given, hears every `every` events how far the walk is."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        return await _verify(conn)
+        if progress is None:
+            return await _verify(conn, lambda _: None, every)
+        total = await conn.fetchval("SELECT count(*) FROM audit.events")
+        return await _verify(conn, lambda checked: progress(checked, total), every)
 
 
-async def _verify(conn: asyncpg.Connection) -> tuple[int, Broken | None]:
+async def _verify(conn: asyncpg.Connection, progress: Callable[[int], None], every: int) -> tuple[int, Broken | None]:
     checked = 0
     heads = {r["stream"]: (r["seq"], bytes(r["hash"])) for r in await conn.fetch("SELECT * FROM audit.heads")}
     seen: set[str] = set()
@@ -65,6 +72,8 @@ async def _verify(conn: asyncpg.Connection) -> tuple[int, Broken | None]:
             return checked, Broken(stream, r["seq"], "content does not match its hash (altered)")
         prev = want
         checked += 1
+        if checked % every == 0:
+            progress(checked)
     if stream is not None and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
         return checked, bad
     for s in sorted(set(heads) - seen):

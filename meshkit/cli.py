@@ -103,18 +103,28 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
-def audit_verify(database_url: str) -> None:
+@click.option("--progress-every", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Report progress on stderr every this many events.")
+def audit_verify(database_url: str, progress_every: int) -> None:
     """Recompute every hash chain; name the first broken link (exit 1) or confirm it is intact."""
     import asyncio
+    import time
 
     import asyncpg
 
     from meshkit import audit as trail
 
+    started = time.monotonic()
+
+    def progress(checked: int, total: int) -> None:
+        rate = checked / max(time.monotonic() - started, 1e-6)
+        click.echo(f"  verified {checked} of {total} events ({checked * 100 // max(total, 1)} %, "
+                   f"{rate:,.0f} a second, about {max(total - checked, 0) / rate:,.0f} s to go)", err=True)
+
     async def run() -> tuple[int, object]:
         conn = await asyncpg.connect(database_url)
         try:
-            return await trail.verify(conn)
+            return await trail.verify(conn, progress, every=progress_every)
         finally:
             await conn.close()
 

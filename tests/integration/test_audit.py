@@ -55,9 +55,12 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
             await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
         await audit.append(conn, "order:y", "ORDER_NEW", {"i": 0})
         assert (await audit.verify(conn))[1] is None
-        ok = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
-                            capture_output=True, text=True)
+        ok = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url,
+                             "--progress-every", "2"], capture_output=True, text=True)
         assert ok.returncode == 0 and "6 events verified" in ok.stdout
+        # A long walk says how far it is, on stderr.
+        assert [line.split(" events")[0].strip() for line in ok.stderr.splitlines()] == [
+            "verified 2 of 6", "verified 4 of 6", "verified 6 of 6"], ok.stderr
         # An attacker with table rights bypasses the guard trigger and edits event 3.
         async with conn.transaction():
             await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
