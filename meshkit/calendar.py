@@ -46,11 +46,25 @@ def session(day: date) -> tuple[time, time] | None:
 
 
 def is_open(at: datetime | None = None) -> bool:
+    return why_closed(at) is None
+
+
+def why_closed(at: datetime | None = None) -> str | None:
+    """None while the market is open; else why not, for a customer (e.g. 'the market is closed
+    for Thanksgiving Day')."""
     if always_open():
-        return True
+        return None
     local = (at or datetime.now(timezone.utc)).astimezone(NEW_YORK)
-    hours = session(local.date())
-    return hours is not None and hours[0] <= local.time() < hours[1]
+    day = local.date()
+    if day.weekday() >= 5:
+        return f"the market is closed on {day:%A}s"
+    if (name := holiday(day)) is not None:
+        return f"the market is closed for {name}"
+    opens, closes = session(day) or (OPEN, CLOSE)
+    if opens <= local.time() < closes:
+        return None
+    early = " (an early close)" if closes != CLOSE else ""
+    return f"the market is closed: today's session is {opens:%H:%M}-{closes:%H:%M} New York time{early}"
 
 
 def trading_day(at: datetime) -> date:

@@ -79,7 +79,6 @@ def now() -> datetime:
 
 
 REJECT_MESSAGES = {
-    RejectReason.MARKET_CLOSED: "the market is closed",
     RejectReason.SYMBOL_HALTED: "trading in this symbol is halted",
     RejectReason.NO_LIQUIDITY: "no quote on the other side of the book to price a market order",
     RejectReason.INSUFFICIENT_FUNDS: "available cash does not cover the order",
@@ -90,8 +89,8 @@ REJECT_MESSAGES = {
 
 async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[Touch | None, RejectReason | None, str]:
     """Session, halt and price band: the checks every new order (placed or replacing) passes."""
-    if not calendar.is_open(at):
-        return None, RejectReason.MARKET_CLOSED, REJECT_MESSAGES[RejectReason.MARKET_CLOSED]
+    if (closed := calendar.why_closed(at)) is not None:
+        return None, RejectReason.MARKET_CLOSED, closed
     touch = await deps.quotes.touch(req.symbol)
     # Halted by the engine (HaltSymbol; the feed says so), or by an operator's row in orders.halts.
     if touch.halted or await deps.halts.is_halted(req.symbol):

@@ -162,6 +162,7 @@ async def test_business_rejections_are_recorded_orders(order_deps, checked_pool,
     monkeypatch.setattr(handlers, "now", lambda: datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc))  # a Saturday
     closed = await handlers.place_order(limit_buy(a, "closed"), order_deps)
     assert (closed.status, closed.reject_reason) == (Status.REJECTED, RejectReason.MARKET_CLOSED)
+    assert closed.reject_message == "the market is closed on Saturdays"
     async with checked_pool.acquire() as conn:
         n = await conn.fetchval("SELECT count(*) FROM orders.orders WHERE account_id = $1 AND status = 'REJECTED'", a)
         events = await conn.fetchval("SELECT count(*) FROM audit.events WHERE stream = $1", f"order:{a}")

@@ -68,3 +68,13 @@ def test_the_session_close_is_due_at_the_days_close_and_never_on_a_day_without_a
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
     assert calendar.is_open(at(2026, 11, 26, 3, 0))
     assert closes_due(at(2026, 11, 24, 17, 0)) is None
+
+
+def test_a_closed_market_says_why():
+    assert calendar.why_closed(at(2026, 11, 24, 10, 0)) is None
+    assert calendar.why_closed(at(2026, 11, 21, 10, 0)) == "the market is closed on Saturdays"
+    assert calendar.why_closed(at(2026, 11, 26, 10, 0)) == "the market is closed for Thanksgiving Day"
+    assert calendar.why_closed(at(2026, 11, 24, 8, 0)) == (
+        "the market is closed: today's session is 09:30-16:00 New York time")
+    assert calendar.why_closed(at(2026, 11, 27, 14, 0)) == (
+        "the market is closed: today's session is 09:30-13:00 New York time (an early close)")
