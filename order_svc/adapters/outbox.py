@@ -13,9 +13,12 @@ A crash between the publish and the mark republishes the row: JetStream's duplic
 drops it by Nats-Msg-Id, and the engine drops repeats by id anyway.
 
 Published rows are kept for a while (ORDER_OUTBOX_RETENTION_HOURS, a week by default), then
-the relay deletes those nothing will ask about again (OutboxRepository.prune: session closes
-and the commands of orders that have ended), a batch between two rounds of relaying, so the
-table holds about a week of order flow and the live orders' commands instead of all history.
+the elected relay deletes those nothing will ask about again (OutboxRepository.prune: session
+closes and the commands of orders that have ended), on a connection of its own so that pruning
+never holds up relaying: every minute a scan of the rows that have come of age since the last
+one, every hour a scan from the oldest row (the rows of orders that were live when a scan
+passed them and have ended since). The table holds about a week of order flow and the live
+orders' commands instead of all history.
 """
 from __future__ import annotations
 
@@ -65,13 +68,12 @@ async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
 class OutboxRelay:
     def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
                  ack_timeout: float = 5.0, idle_poll: float = 1.0, retention: timedelta | None = None,
-                 prune_every: float = 60.0, prune_batch: int = 1000) -> None:
+                 prune_every: float = 60.0, full_prune_every: float = 3600.0, prune_batch: int = 1000) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
         self.ack_timeout, self.idle_poll = ack_timeout, idle_poll
-        self.retention, self.prune_every, self.prune_batch = retention, prune_every, prune_batch
+        self.retention, self.prune_batch = retention, prune_batch
+        self.prune_every, self.full_prune_every = prune_every, full_prune_every
         self._wake = asyncio.Event()
-        self._prune_from = 0  # the id the pruning scan goes on after
-        self._next_prune = 0.0  # time.monotonic() of the next scan's start
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,18 +84,23 @@ class OutboxRelay:
     async def run(self) -> None:
         # A connection of its own: the election is a session lock, which dies with it.
         conn = await asyncpg.connect(self.database_url)
+        pruner: asyncio.Task | None = None
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             log.info("outbox relay elected")
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
+            if self.retention is not None:
+                pruner = asyncio.create_task(self._prune_forever(self.retention), name="outbox-pruner")
             while True:
                 self._wake.clear()  # what is committed from here on wakes the next round
                 published = await self.relay_once(conn)
-                pruning = await self.prune_step(conn)
-                if published < self.batch and not pruning:
+                if published < self.batch:
                     await aio.wait_set(self._wake, self.idle_poll)
         finally:
+            if pruner is not None:
+                pruner.cancel()
+                await asyncio.gather(pruner, return_exceptions=True)
             conn.terminate()
 
     async def relay_once(self, conn: asyncpg.Connection) -> int:
@@ -125,21 +132,39 @@ class OutboxRelay:
                     HANDOFF.observe(waited)
         return len(rows)
 
-    async def prune_step(self, conn: asyncpg.Connection) -> bool:
-        """One batch of the pruning scan, when one is due (every `prune_every` seconds a scan
-        from the oldest row up to the rows published within the retention period). True while
-        the scan has more to do."""
-        if self.retention is None or time.monotonic() < self._next_prune:
-            return False
+    async def prune_scan(self, conn: asyncpg.Connection, retention: timedelta, after_id: int = 0) -> tuple[int, int]:
+        """Prune from id `after_id` on, a batch at a time, until the rows are too recent (or
+        not yet published). Returns (rows deleted, the id the next scan of new rows starts
+        after)."""
+        deleted, cursor = 0, after_id
+        repo = OutboxRepository(conn)
+        while True:
+            n, more, resume = await repo.prune(cursor, retention, self.prune_batch)
+            deleted += n
+            PRUNED.inc(n)
+            if more is None:
+                return deleted, resume
+            cursor = more
+
+    async def _prune_forever(self, retention: timedelta) -> None:
+        """While elected: a scan every `prune_every` seconds from where the last one stopped, and
+        every `full_prune_every` seconds from the oldest row."""
+        conn: asyncpg.Connection | None = None
+        resume, next_full = 0, 0.0
         try:
-            last, deleted, done = await OutboxRepository(conn).prune(self._prune_from, self.retention,
-                                                                     self.prune_batch)
-        except Exception:  # noqa: BLE001 - relaying goes on; the next scan retries
-            log.exception("pruning the outbox failed; retrying at the next scan")
-            done, last, deleted = True, 0, 0
-        PRUNED.inc(deleted)
-        if done:
-            self._prune_from, self._next_prune = 0, time.monotonic() + self.prune_every
-            return False
-        self._prune_from = last
-        return True
+            while True:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(self.database_url)
+                    start = 0 if time.monotonic() >= next_full else resume
+                    if start == 0:
+                        next_full = time.monotonic() + self.full_prune_every
+                    n, resume = await self.prune_scan(conn, retention, start)
+                    if n:
+                        log.info("outbox pruned", extra={"rows": n})
+                except Exception:  # noqa: BLE001 - relaying goes on; the next scan retries
+                    log.exception("pruning the outbox failed; retrying at the next scan")
+                await asyncio.sleep(self.prune_every)
+        finally:
+            if conn is not None:
+                conn.terminate()

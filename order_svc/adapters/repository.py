@@ -317,7 +317,7 @@ _PRUNE = f"""
         DELETE FROM orders.outbox x USING doomed d WHERE x.id = d.id RETURNING x.id
     )
     SELECT coalesce((SELECT max(id) FROM batch), $1) AS last, (SELECT count(*) FROM gone) AS deleted,
-           (SELECT count(*) FROM batch) < $3 OR EXISTS (SELECT 1 FROM batch WHERE NOT old) AS done
+           (SELECT min(id) FROM batch WHERE NOT old) AS young, (SELECT count(*) FROM batch) < $3 AS at_end
 """
 
 
@@ -338,14 +338,17 @@ class OutboxRepository:
             "RETURNING extract(epoch FROM now() - created_at)::float8", ids)
         return [r[0] for r in rows]
 
-    async def prune(self, after_id: int, retention: timedelta, limit: int) -> tuple[int, int, bool]:
+    async def prune(self, after_id: int, retention: timedelta, limit: int) -> tuple[int, int | None, int]:
         """Delete, among the `limit` rows following id `after_id`, those published longer than
         `retention` ago that nothing will ask about again: a session close, or a command of an
         order that has ended (a live order's rows stay: their msg_id uniqueness is what tells
         a repeated cancel and a pending replace apart from new ones; a row whose msg_id names
-        no order we know stays too). Returns (the last id looked at, rows deleted, whether the
-        scan reached rows too recent or not yet published, or the end: no need to go on)."""
+        no order we know stays too). Returns (rows deleted; the id to go on after, None when
+        there is no need to go on; the id a later scan may start after: the last row looked
+        at, or the one before the first row too recent or not yet published)."""
         row = await self.conn.fetchrow(_PRUNE, after_id, retention, limit)
-        return row["last"], row["deleted"], row["done"]
+        if row["young"] is not None:
+            return row["deleted"], None, row["young"] - 1
+        return row["deleted"], None if row["at_end"] else row["last"], row["last"]
 
 

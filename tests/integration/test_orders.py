@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -382,3 +382,35 @@ async def test_a_relay_elsewhere_wakes_on_the_outbox_notification_and_measures_t
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await channel.close()
+
+
+async def test_the_elected_relay_prunes_beside_relaying(pg_server_url, nats_conn, namespace):
+    # A database of its own: there the old row is the oldest, where the relay's scans start.
+    import asyncpg
+
+    from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+    from tests.conftest import fresh_database
+
+    js = nats_conn.jetstream()
+    await ensure_orders_stream(js, namespace)
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        relay = asyncio.create_task(OutboxRelay(url, js, retention=timedelta(hours=1), prune_every=0.1).run())
+        try:
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
+                               "VALUES ('nowhere', 'close:2020-01-06:XOM', '', now() - interval '2 hours')")
+
+            async def pruned() -> bool:
+                return not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id LIKE 'close:%'")
+            assert await eventually(pruned, timeout=10)
+            # Relaying goes on meanwhile (the scans have a connection of their own).
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, $2, '')",
+                               bus.subject(namespace, "orders", "ZZPRUNE"), f"pruning-{uuid.uuid4().hex}")
+
+            async def relayed() -> bool:
+                return not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            assert await eventually(relayed, timeout=10)
+        finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+            await conn.close()

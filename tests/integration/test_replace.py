@@ -504,21 +504,24 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
 
     pruned = lambda: REGISTRY.get_sample_value("stockmesh_outbox_pruned_total") or 0  # noqa: E731
     before = pruned()
-    relay = OutboxRelay(database_url, nats_conn.jetstream(), retention=timedelta(hours=1), prune_batch=2)
-    relay._prune_from = first - 1  # this database's earlier rows are the session's, all recent
+    # Two rows a batch, so the scan goes on over batches. It starts after the rows this
+    # database had before ours: all the session's, all recent (a scan from the oldest row
+    # would stop at the first of them).
+    hour = timedelta(hours=1)
+    relay = OutboxRelay(database_url, nats_conn.jetstream(), retention=hour, prune_batch=2)
     conn = await asyncpg.connect(database_url)
     try:
-        steps = 1
-        while await relay.prune_step(conn):  # two rows a batch: the scan goes on over batches
-            steps += 1
-            assert steps < 100, "the scan does not end"
-        assert not await relay.prune_step(conn), "the next scan is not due yet"
+        deleted, resume = await relay.prune_scan(conn, hour, first - 1)
+        recent = await conn.fetchval("SELECT id FROM orders.outbox WHERE msg_id = $1", ids[-1])
         left = {r["msg_id"] for r in await conn.fetch("SELECT msg_id FROM orders.outbox WHERE msg_id = ANY($1)", ids)}
+        # The next scan of new rows starts at the first row still too recent, and finds nothing yet.
+        assert resume == recent - 1
+        assert await relay.prune_scan(conn, hour, resume) == (0, resume)
     finally:
         await conn.close()
     # Kept: the live replacement's replace (a pending replace is told by it), a row naming no
     # order, and a row published within the retention. Gone: the ended orders' and the close.
     assert left == {f"{new.order_id}:replace", mystery, f"{cancelled.order_id}:cancel"}
-    assert pruned() - before == 3 and steps >= 3
+    assert deleted == 3 and pruned() - before == 3
     await handlers.cancel_order(a, new.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the last cancel")
