@@ -51,6 +51,8 @@ async def bootstrap(settings: config.Settings) -> App:
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake if relay else lambda: None,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"),
         write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1))
+    # Holds older than this whose order was never recorded are given back (handlers.reaper_loop).
+    orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 30, minimum=1)
     notifier = UpdateNotifier(settings.database_url)
     closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
@@ -61,6 +63,7 @@ async def bootstrap(settings: config.Settings) -> App:
         checks=[db.pool_check(pool), bus.nats_check(nc)],
         background=([relay.run] if relay else []) + [
             lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
+            lambda: handlers.reaper_loop(deps, older_than=orphan_age),
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
             lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,

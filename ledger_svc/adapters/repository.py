@@ -232,6 +232,16 @@ class LedgerRepository:
             hold_id)
         return None if row is None else _hold(row)
 
+    async def unchecked_holds(self, older_than: float, limit: int) -> list[Hold]:
+        rows = await self.conn.fetch(
+            f"SELECT {_HOLD_COLUMNS} FROM ledger.holds WHERE NOT order_checked AND status = 'PENDING' "
+            "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2", older_than, limit)
+        return [_hold(r) for r in rows]
+
+    async def mark_checked(self, hold_ids: list[str]) -> None:
+        await self.conn.execute("UPDATE ledger.holds SET order_checked = true WHERE hold_id = ANY($1) "
+                                "AND NOT order_checked", hold_ids)
+
     async def place_hold(self, hold: Hold) -> tuple[str, Hold | None, Decimal | None]:
         """Place a hold in one statement (ledger.place_hold, migration 0005): the idempotent
         insert, the conditional reservation and the audit event, atomically. Returns

@@ -17,6 +17,7 @@ from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
 
 MAX_SHARES = Decimal(10) ** 12
 MAX_HOLDS_PER_BATCH = 500
+DEFAULT_UNCHECKED, MAX_UNCHECKED = 500, 1000
 
 
 def _account(text: str, field: str, v: Violations, *, required: bool = True) -> str:
@@ -141,3 +142,26 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         v.raise_if_any()
         t = await handlers.cancel_transfer(to_id, self.uow)
         return pb.CancelHoldTransferResponse(transfer=mapping.transfer_to_proto(t))
+
+    async def ListUncheckedHolds(self, request: pb.ListUncheckedHoldsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListUncheckedHoldsResponse:
+        v = Violations()
+        if request.older_than_seconds < 0:
+            v.add("older_than_seconds", "must not be negative")
+        if not 0 <= request.limit <= MAX_UNCHECKED:
+            v.add("limit", f"must be between 1 and {MAX_UNCHECKED} (0: {DEFAULT_UNCHECKED})")
+        v.raise_if_any()
+        holds = await handlers.unchecked_holds(request.older_than_seconds, request.limit or DEFAULT_UNCHECKED,
+                                               self.uow)
+        return pb.ListUncheckedHoldsResponse(holds=[mapping.hold_to_proto(h) for h in holds])
+
+    async def MarkHoldsChecked(self, request: pb.MarkHoldsCheckedRequest,
+                               context: grpc.aio.ServicerContext) -> pb.MarkHoldsCheckedResponse:
+        v = Violations()
+        if len(request.hold_ids) > MAX_UNCHECKED:
+            v.add("hold_ids", f"at most {MAX_UNCHECKED} per call")
+        for hold_id in request.hold_ids:
+            validate.key(hold_id, "hold_ids", v)
+        v.raise_if_any()
+        await handlers.mark_holds_checked(list(request.hold_ids), self.uow)
+        return pb.MarkHoldsCheckedResponse()

@@ -213,6 +213,18 @@ async def get_hold(hold_id: str, uow_factory: UowFactory) -> model.Hold:
     return hold
 
 
+async def unchecked_holds(older_than: float, limit: int, uow_factory: UowFactory) -> list[model.Hold]:
+    """Pending holds placed more than `older_than` seconds ago and not yet checked against
+    their order, oldest first (order_svc's reaper)."""
+    async with uow_factory().single_statement() as uow:
+        return await uow.ledger.unchecked_holds(older_than, limit)
+
+
+async def mark_holds_checked(hold_ids: list[str], uow_factory: UowFactory) -> None:
+    async with uow_factory().single_statement() as uow:
+        await uow.ledger.mark_checked(hold_ids)
+
+
 async def list_holds(account_id: str, before: int | None, limit: int, uow_factory: UowFactory) -> list[HoldRow]:
     async with uow_factory() as uow:
         return await uow.ledger.list_holds(account_id, before, limit)

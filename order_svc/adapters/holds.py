@@ -9,8 +9,8 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import fmt
 from meshkit.status import error_info
-from order_svc.domain.model import RejectReason
-from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
+from order_svc.domain.model import HoldResolved, RejectReason
+from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
@@ -45,13 +45,15 @@ class GrpcHolds:
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
                     amount: Decimal) -> RejectReason | None:
         """None when the hold is in place (now or by an earlier call with this id); the
-        reason when the ledger refuses it. Transport trouble, or any other error of the
-        ledger's, raises Unavailable: the saga stays pending and the recovery loop asks again
-        with the same id. A caller that gives up (its deadline) leaves the hold to its batch;
-        the order stays PENDING_NEW and whoever drives it next asks again with the same id."""
+        reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
+        has been captured or released since. Transport trouble, or any other error of the
+        ledger's, raises Unavailable: nothing is recorded, and asking again with the same id is
+        safe. A caller that gives up (its deadline) leaves the hold to its batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
             hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=_amount(asset, amount)))
         if result.HasField("hold"):
+            if result.hold.status != ledger_pb2.HOLD_STATUS_PENDING:
+                raise HoldResolved(hold_id)
             return None
         error = result.error
         if error.code == "FAILED_PRECONDITION" and error.reason in _REFUSALS:
@@ -64,6 +66,22 @@ class GrpcHolds:
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"ledger could not place holds: {exc.code().name} {exc.details()}") from exc
         return list(reply.results)
+
+    async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]:
+        """(hold id, order id) of pending holds placed more than `older_than` seconds ago and
+        not yet checked against their order, oldest first."""
+        try:
+            reply = await self.stub.ListUncheckedHolds(
+                pb.ListUncheckedHoldsRequest(older_than_seconds=int(older_than), limit=limit), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"ledger could not list unchecked holds: {exc.code().name}") from exc
+        return [(h.hold_id, h.order_id) for h in reply.holds]
+
+    async def mark_checked(self, hold_ids: list[str]) -> None:
+        try:
+            await self.stub.MarkHoldsChecked(pb.MarkHoldsCheckedRequest(hold_ids=hold_ids), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"ledger could not mark holds checked: {exc.code().name}") from exc
 
     async def release(self, hold_id: str) -> None:
         try:

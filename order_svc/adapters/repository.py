@@ -89,10 +89,14 @@ class OrderRepository:
         assert existing is not None
         return existing[0], False
 
-    async def insert_new(self, items: list[tuple[Order, str]]) -> list[Order | None]:
+    async def insert_new(self, items: list[tuple[Order, str]],
+                         outboxes: list[tuple[str, str, bytes] | None] | None = None) -> list[Order | None]:
         """Insert new orders (each with its fingerprint), in the order given, with the change
-        each records, in one statement: one round trip and one transaction for all. An order
-        whose account already used its client_order_id (before, or earlier in `items`) is not
+        each records and, where `outboxes` gives one, its (subject, msg_id, payload) in the
+        outbox, in one statement: one round trip and one transaction for all. Each order's id is
+        claimed (orders.claims, migration 0007) in the same statement. An order whose id was
+        claimed before (by an earlier insert, or by the reaper of orphaned holds) or whose
+        account already used its client_order_id (before, or earlier in `items`) is not
         inserted: None in its place. Waits for an in-flight insert of the same id to commit."""
         # The orders as the database stores them (prices and amounts to 4 places), so their
         # audit events read exactly as ones written from the stored rows.
@@ -101,8 +105,8 @@ class OrderRepository:
             (o.order_id, q.account_id, q.client_order_id, fp, q.symbol, q.side.value, q.type.value,
              q.time_in_force.value, q.quantity, q.limit_price, q.stop_price, o.status.value, o.hold_asset,
              o.hold_amount, o.collar_price, o.reject_reason.value if o.reject_reason else None, o.reject_message,
-             o.replaces, o.created_at, o.updated_at, audit.canonical(_event(so)))
-            for (o, fp), so in zip(items, stored) for q in [o.request])))
+             o.replaces, o.created_at, o.updated_at, audit.canonical(_event(so)), *(ob or (None, None, None)))
+            for (o, fp), so, ob in zip(items, stored, outboxes or [None] * len(items)) for q in [o.request])))
         # record_change runs after the sort, so in the order given: callers sort by account to
         # take the accounts' audit heads in one order.
         rows = await self.conn.fetch(
@@ -111,24 +115,35 @@ class OrderRepository:
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::numeric[],
                                      $12::text[], $13::text[], $14::numeric[], $15::numeric[], $16::text[],
-                                     $17::text[], $18::uuid[], $19::timestamptz[], $20::timestamptz[], $21::text[])
+                                     $17::text[], $18::uuid[], $19::timestamptz[], $20::timestamptz[], $21::text[],
+                                     $22::text[], $23::text[], $24::bytea[])
                        WITH ORDINALITY AS v(order_id, account_id, client_order_id, fingerprint, symbol, side, type,
                                             time_in_force, quantity, limit_price, stop_price, status, hold_asset,
                                             hold_amount, collar_price, reject_reason, reject_message, replaces,
-                                            created_at, updated_at, audit_payload, n)
+                                            created_at, updated_at, audit_payload, subject, msg_id, payload, n)
+            ), claim AS (
+                INSERT INTO orders.claims (order_id, claimed_by)
+                SELECT order_id, 'order' FROM v ORDER BY n
+                ON CONFLICT (order_id) DO NOTHING
+                RETURNING order_id
             ), ins AS (
                 INSERT INTO orders.orders ({_COLUMNS})
                 SELECT order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
                        quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, 0, 0,
                        reject_reason, reject_message, NULL, replaces, false, created_at, created_at
-                  FROM v ORDER BY n
+                  FROM v JOIN claim USING (order_id) ORDER BY n
                 ON CONFLICT (account_id, client_order_id) DO NOTHING
                 RETURNING {_COLUMNS}
+            ), ob AS (
+                INSERT INTO orders.outbox (subject, msg_id, payload)
+                SELECT v.subject, v.msg_id, v.payload FROM ins JOIN v USING (order_id)
+                 WHERE v.msg_id IS NOT NULL ORDER BY v.n
+                ON CONFLICT (msg_id) DO NOTHING
             )
             SELECT ins.*, orders.record_change(
                        ins.account_id, ins.order_id, ins.status, ins.filled_quantity, ins.fill_notional,
                        ins.reject_reason, ins.reject_message, ins.replaced_by, v.updated_at, NULL, NULL, NULL, NULL,
-                       'ORDER_' || ins.status, v.audit_payload, $22) AS sequence
+                       'ORDER_' || ins.status, v.audit_payload, $25) AS sequence
               FROM ins JOIN v USING (order_id) ORDER BY v.n
             """, *cols, UPDATES_CHANNEL)
         inserted = {r["order_id"]: _order(r) for r in rows}
@@ -140,6 +155,17 @@ class OrderRepository:
             f"SELECT {_COLUMNS} FROM orders.orders WHERE account_id = $1 AND client_order_id = $2",
             account_id, client_order_id)
         return (_order(row), row["fingerprint"]) if row else None
+
+    async def claim_orphans(self, order_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Claim every id not claimed yet, then return those that have no order: no order can
+        be recorded under any of them any more (a claim waits for an in-flight insert of its
+        id to end, and an order's insert claims its id too), so their holds can be released.
+        Run as a transaction of two statements: the second sees what the first waited for."""
+        await self.conn.execute("INSERT INTO orders.claims (order_id, claimed_by) "
+                                "SELECT unnest($1::uuid[]), 'reaper' ON CONFLICT DO NOTHING", order_ids)
+        found = {r[0] for r in await self.conn.fetch(
+            "SELECT order_id FROM orders.orders WHERE order_id = ANY($1)", order_ids)}
+        return [i for i in order_ids if i not in found]
 
     async def pending_replacement(self, replaces: uuid.UUID, *, for_update: bool = False) -> Order | None:
         """The replacement of `replaces` still waiting for the engine (at most one)."""

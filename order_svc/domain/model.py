@@ -95,6 +95,26 @@ class OrderChangePending(FailedPrecondition):
     default_reason = "ORDER_CHANGE_PENDING"
 
 
+class PlacementUndone(FailedPrecondition):
+    """The first placement under this client_order_id died between its hold and its order's
+    record, and the reaper has given the hold back: there is no order, and none can be recorded
+    under this client_order_id's id any more."""
+    default_reason = "PLACEMENT_UNDONE"
+
+
+class HoldResolved(Exception):
+    """The ledger resolved (captured or released) the hold asked for under this id before."""
+
+
+_ORDER_IDS = uuid.UUID("5b0e1c52-3f7e-4c4e-9d55-7f1d2b8c9a60")  # the namespace of order ids
+
+
+def order_id_for(account_id: str, client_order_id: str, fingerprint: str) -> uuid.UUID:
+    """A new order's id, derived from what makes it itself: every retry and every concurrent
+    duplicate of one request asks the ledger for the same hold and records the same order."""
+    return uuid.uuid5(_ORDER_IDS, "\x1f".join((account_id, client_order_id, fingerprint)))
+
+
 @dataclass(frozen=True)
 class OrderRequest:
     """A validated PlaceOrder: the parameters idempotency compares."""

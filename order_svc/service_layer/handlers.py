@@ -1,13 +1,22 @@
 """Order placement as a saga whose every step is persisted and idempotent:
 
-  1. validate and record the order (PENDING_NEW, or REJECTED for a business reason),
-  2. place its hold in the ledger (hold id = order id),
-  3. accept it (NEW) and write the engine command to the outbox in the same transaction,
+  1. validate (a business rejection is recorded at once, as a REJECTED order);
+  2. place the hold in the ledger (hold id = order id, derived from the account, the
+     client_order_id and the request: every retry and duplicate asks for the same hold);
+  3. record the order, accepted (NEW) with its engine command in the outbox, or REJECTED when
+     the ledger refused the hold, in one statement that also claims the order's id;
   4. the relay publishes the outbox to JetStream (`orders.<SYMBOL>`, Nats-Msg-Id = order id).
 
-Any caller may drive a PENDING_NEW order forward (a retried PlaceOrder, the recovery loop):
-each step asks for the same thing again, so a process killed between any two steps is
-completed by whoever comes next, and duplicates of one request all see the same result.
+A process killed between 2 and 3 leaves a hold without an order: the reaper
+(reap_orphaned_holds) finds it among the holds not yet checked against their order, claims the
+order's id (so no late insert can record it any more) and gives the hold back. A retry or a
+duplicate of the request finds the order recorded (the insert's conflict), or asks for the same
+hold again and records it, or, once the reaper has undone the first attempt, hears that the
+client_order_id's placement was undone (PlacementUndone).
+
+Replacements are recorded before their hold transfer (PENDING_NEW with `replaces`) and driven
+forward by whoever comes next (a retry, the recovery loop), as are orders recorded PENDING_NEW
+by earlier versions.
 """
 from __future__ import annotations
 
@@ -39,6 +48,10 @@ class Holds(Protocol):
                     amount: Decimal) -> RejectReason | None: ...
 
     async def release(self, hold_id: str) -> None: ...
+
+    async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]: ...
+
+    async def mark_checked(self, hold_ids: list[str]) -> None: ...
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
                        unit: Decimal, reserve: Decimal) -> RejectReason | None: ...
@@ -118,23 +131,64 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
                               (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
     at = now()
     plan, reason, message = await _business_checks(req, deps, at)
-    order = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at)
-    if plan is not None:
-        order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
-    else:
+    mine = req.fingerprint()
+    order = Order(order_id=model.order_id_for(req.account_id, req.client_order_id, mine), request=req,
+                  status=Status.PENDING_NEW, created_at=at, updated_at=at)
+    outbox = None
+    if plan is None:
         assert reason is not None
         order.reject(reason, message)  # a business rejection is an order, recorded like any other
-    # One statement on the way in (the insert and the change it records), its own transaction,
-    # shared with the orders placed at the same moment.
-    mine = req.fingerprint()
-    stored, fingerprint = await deps.writes.record(order, mine)
-    if fingerprint is not None and fingerprint != mine:
+    else:
+        order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
+        try:
+            refused = await deps.holds.place(order.hold_id, order.account_id, str(order.order_id),
+                                             order.hold_asset, order.hold_amount)
+        except model.HoldResolved:  # placed by an earlier attempt, and resolved since
+            return await _placed_before(order, mine, None, False, deps)
+        failpoints.hit("place.after_hold")
+        if refused is not None:
+            order.reject(refused, REJECT_MESSAGES[refused])
+        else:
+            order.transition(Status.NEW)
+            outbox = (order_subject(deps.namespace, order), str(order.order_id),
+                      new_order_command(order).SerializeToString())
+    # One statement (the insert, its id's claim, the change it records, the engine command),
+    # its own transaction, shared with the orders recorded at the same moment.
+    stored, fingerprint = await deps.writes.record(order, mine, outbox)
+    failpoints.hit("place.after_accept")
+    if stored is None or fingerprint is not None:  # not ours to insert: recorded or undone before
+        return await _placed_before(order, mine, (stored, fingerprint) if stored else None, outbox is not None, deps)
+    if stored.status is Status.NEW:
+        deps.wake_relay()
+    return stored
+
+
+async def _placed_before(order: Order, mine: str, found: tuple[Order, str] | None, placed: bool,
+                         deps: Deps) -> Order:
+    """The answer to a placement whose order was not ours to insert (`placed`: whether we put
+    a hold in place under its id): the account's order with this client_order_id, if any."""
+    req = order.request
+    if found is None:
+        async with deps.uow().reads() as uow:
+            found = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+    if found is None:  # the reaper claimed the id: the first attempt died after its hold
+        if placed:
+            await deps.holds.release(order.hold_id)
+        raise model.PlacementUndone(
+            f"the first placement with client_order_id {req.client_order_id!r} was interrupted and undone "
+            "(its hold given back); place the order again with a new client_order_id",
+            metadata={"clientOrderId": req.client_order_id})
+    stored, fingerprint = found
+    ours = stored.order_id == order.order_id
+    if placed and (not ours or stored.status is Status.REJECTED):
+        # Our hold went in under another id than the stored order's, or after it was rejected.
+        await deps.holds.release(order.hold_id)
+    if fingerprint != mine:
         raise model.DuplicateClientOrderId(
             f"client_order_id {req.client_order_id!r} was used for another order ({stored.order_id})",
             metadata={"clientOrderId": req.client_order_id, "orderId": str(stored.order_id)})
-    failpoints.hit("place.after_record")
-    if stored.status is Status.PENDING_NEW:
-        stored = await advance(stored, deps)
+    if stored.status is Status.PENDING_NEW:  # recorded by an earlier version, before its hold
+        return await advance(stored, deps)
     return stored
 
 
@@ -153,7 +207,10 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
         return o
     if o.replaces is not None:
         return await advance_replace(o, deps)
-    refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
+    try:
+        refused = await deps.holds.place(o.hold_id, o.account_id, str(o.order_id), o.hold_asset, o.hold_amount)
+    except model.HoldResolved:  # placed, and resolved since: another driver ended the order
+        refused = None
     failpoints.hit("place.after_hold")
     # Accept or reject as one statement (its own transaction, shared with the orders decided at
     # the same moment): the order's transition if it is still PENDING_NEW (one driver wins),
@@ -179,6 +236,43 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     if o.status is Status.NEW:
         deps.wake_relay()
     return o
+
+
+async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int = 500) -> int:
+    """Check every hold placed more than `older_than` seconds ago against its order, once, and
+    give back those whose order was never recorded (a placement that died between its hold and
+    its insert); returns how many. Each such order id is claimed first, so a late insert of it
+    can no longer record an order whose hold is gone."""
+    released = 0
+    while True:
+        holds = await deps.holds.unchecked(older_than, page)
+        ids: dict[str, uuid.UUID] = {}
+        for hold_id, order_id in holds:
+            try:
+                ids[hold_id] = uuid.UUID(order_id)
+            except ValueError:
+                pass  # not a hold of one of our orders
+        if ids:
+            async with deps.uow() as uow:
+                missing = set(await uow.orders.claim_orphans(sorted(set(ids.values()))))
+                await uow.commit()
+            for hold_id in sorted(h for h, o in ids.items() if o in missing):
+                log.warning("releasing a hold whose order was never recorded", extra={"holdId": hold_id})
+                await deps.holds.release(hold_id)
+                released += 1
+        if holds:
+            await deps.holds.mark_checked([h for h, _ in holds])
+        if len(holds) < page:
+            return released
+
+
+async def reaper_loop(deps: Deps, *, older_than: float = 30.0, interval: float = 5.0) -> None:
+    while True:
+        try:
+            await reap_orphaned_holds(deps, older_than=older_than)
+        except Exception:  # noqa: BLE001 - the next round retries
+            log.exception("checking holds against their orders failed; retrying later")
+        await asyncio.sleep(interval)
 
 
 async def recover_stalled(deps: Deps, *, older_than: timedelta = timedelta(seconds=2)) -> int:

@@ -31,7 +31,7 @@ Transition = tuple[Order, Status, datetime, Outbox | None]
 class SagaWrites:
     def __init__(self, uow: Callable[[], OrderUnitOfWork], *, in_flight: int = 2, max_batch: int = 100) -> None:
         self.uow = uow
-        self._records: Batcher[tuple[Order, str], Order | None] = Batcher(
+        self._records: Batcher[tuple[Order, str, Outbox | None], Order | None] = Batcher(
             self._record_batch, in_flight=in_flight, max_batch=max_batch, name="record_orders")
         self._decisions: Batcher[Transition, bool] = Batcher(
             self._decide_batch, in_flight=in_flight, max_batch=max_batch, name="decide_orders")
@@ -41,32 +41,35 @@ class SagaWrites:
         """Batches written so far (for tests and benchmarks)."""
         return self._records.batches + self._decisions.batches
 
-    async def record(self, o: Order, fingerprint: str) -> tuple[Order, str | None]:
-        """Insert a new order: (the order as stored, None); or, when its account already used
-        the client_order_id, (that order, its fingerprint)."""
-        inserted = await self._records.submit((o, fingerprint))
+    async def record(self, o: Order, fingerprint: str, outbox: Outbox | None = None) -> tuple[Order | None, str | None]:
+        """Insert a new order (with its outbox message, if any): (the order as stored, None);
+        or, when its account already used the client_order_id, (that order, its fingerprint);
+        or (None, None) when its id was claimed by the reaper of orphaned holds (no order)."""
+        inserted = await self._records.submit((o, fingerprint, outbox))
         if inserted is not None:
             return inserted, None
         async with self.uow().reads() as uow:
             found = await uow.orders.by_client_order_id(o.account_id, o.request.client_order_id)
-        assert found is not None  # inserted by another call, committed before ours gave way
-        return found
+        return found or (None, None)
 
     async def decide(self, o: Order, expected: Status, now: datetime, outbox: Outbox | None) -> bool:
         """save_transition: o's new state (and its outbox message) written if the order is
         still in `expected`; False when another driver changed it first."""
         return await self._decisions.submit((o, expected, now, outbox))
 
-    async def _record_batch(self, items: list[tuple[Order, str]]) -> Sequence[Order | None | BaseException]:
-        return await self._in_one_statement(
-            items, lambda it: (it[0].account_id, it[0].request.client_order_id), OrderRepository.insert_new)
+    async def _record_batch(self, items: list[tuple[Order, str, Outbox | None]]) -> Sequence[Order | None | BaseException]:
+        # One order twice in a batch (a request and its duplicate at once): the first is inserted,
+        # the second finds it.
+        kept = _first_of_each(items)
+        written = await self._in_one_statement(
+            [items[i] for i in kept], lambda it: (it[0].account_id, it[0].request.client_order_id),
+            lambda repo, its: repo.insert_new([(o, fp) for o, fp, _ in its], [ob for *_, ob in its]))
+        by_index = dict(zip(kept, written))
+        return [by_index.get(i) for i in range(len(items))]
 
     async def _decide_batch(self, items: list[Transition]) -> Sequence[bool | BaseException]:
         # One order twice in a batch (two drivers at once): the first decides, the second lost.
-        first: dict[Any, int] = {}
-        for i, (o, *_) in enumerate(items):
-            first.setdefault(o.order_id, i)
-        kept = list(first.values())  # in order: dict keeps insertion order
+        kept = _first_of_each(items)
         written = await self._in_one_statement([items[i] for i in kept], lambda it: it[0].account_id,
                                                OrderRepository.save_transitions)
         by_index = dict(zip(kept, written))
@@ -98,3 +101,11 @@ class SagaWrites:
             return result
         except Exception as exc:  # noqa: BLE001 - this item's caller hears of it
             return exc
+
+
+def _first_of_each(items: Sequence[tuple]) -> list[int]:
+    """The index of each order's first item (items start with the order), in order."""
+    first: dict[Any, int] = {}
+    for i, (o, *_) in enumerate(items):
+        first.setdefault(o.order_id, i)
+    return list(first.values())  # in order: dict keeps insertion order

@@ -73,8 +73,7 @@ async def test_two_accounts_trade_and_see_every_update(mesh):
         assert [u.SerializeToString() for u in bob_first + bob_rest] == [u.SerializeToString() for u in bob_all]
         assert [u.sequence for u in alice_all] == list(range(1, len(alice_all) + 1))
         assert [(u.order.status, u.fill.quantity, u.fill.price) for u in bob_all] == [
-            (common_pb2.ORDER_STATUS_PENDING_NEW, 0, ""), (common_pb2.ORDER_STATUS_NEW, 0, ""),
-            (common_pb2.ORDER_STATUS_PARTIALLY_FILLED, 4, "62.00"), (common_pb2.ORDER_STATUS_FILLED, 6, "62.00")]
+            (common_pb2.ORDER_STATUS_NEW, 0, ""), (common_pb2.ORDER_STATUS_PARTIALLY_FILLED, 4, "62.00"), (common_pb2.ORDER_STATUS_FILLED, 6, "62.00")]
         fills = [u for u in alice_all if u.HasField("fill")]
         assert [(u.order.order_id, u.fill.quantity, u.fill.price) for u in fills] == [
             (buy1.order_id, 4, "62.00"), (buy2.order_id, 6, "62.00")]

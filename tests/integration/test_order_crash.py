@@ -1,11 +1,14 @@
 """Fault injection: order_svc is SIGKILLed at every step boundary of the placement saga
-(a failpoint), restarted, and afterwards every order and hold is consistent."""
+(a failpoint), restarted, and afterwards every order and hold is consistent: completed by the
+client's retry, or, for a placement that died between its hold and its order's record with no
+retry, undone by the reaper of orphaned holds."""
 from __future__ import annotations
 
 import asyncio
 import uuid
 from decimal import Decimal
 
+import grpc
 import pytest
 
 from ledger_svc.service_layer import commands, handlers as ledger
@@ -18,7 +21,13 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
-FAILPOINTS = ["place.after_record", "place.after_hold", "place.after_accept", "relay.after_publish"]
+FAILPOINTS = ["place.after_hold", "place.after_accept", "relay.after_publish"]
+
+
+def _request() -> pb.PlaceOrderRequest:
+    return pb.PlaceOrderRequest(client_order_id="crash-1", symbol="V", side=common_pb2.SIDE_BUY,
+                                type=common_pb2.ORDER_TYPE_LIMIT, quantity=2, limit_price="276.90",
+                                time_in_force=common_pb2.TIME_IN_FORCE_GTC)
 
 
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
@@ -27,13 +36,15 @@ async def test_killed_at_every_step_boundary_then_recovered(failpoint, checked_p
     account = f"crash-{uuid.uuid4().hex[:8]}"
     await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
     env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
-    request = pb.PlaceOrderRequest(client_order_id="crash-1", symbol="V", side=common_pb2.SIDE_BUY,
-                                   type=common_pb2.ORDER_TYPE_LIMIT, quantity=2, limit_price="276.90",
-                                   time_in_force=common_pb2.TIME_IN_FORCE_GTC)
+    request = _request()
 
     await killed_at(failpoint, env, lambda stub: stub.PlaceOrder(request, metadata=identity(account), timeout=10))
 
     async with running_order_svc(env) as stub:  # the same process, restarted without the failpoint
+        if failpoint == "place.after_hold":
+            # Nothing recorded yet: the client's retry (well within the reaper's 30 s) finds the
+            # hold in place under the same id and records the order.
+            await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
         async def settled():
             async with checked_pool.acquire() as conn:
                 row = await conn.fetchrow("SELECT order_id, status FROM orders.orders WHERE account_id = $1", account)
@@ -62,3 +73,40 @@ async def test_killed_at_every_step_boundary_then_recovered(failpoint, checked_p
             pass
         await sub.unsubscribe()
         assert ids.count(order_id) == 1
+
+
+async def test_killed_after_the_hold_without_a_retry_the_hold_is_given_back(
+        checked_pool, database_url, nats_url, namespace, ledger_addr):
+    account = f"crash-{uuid.uuid4().hex[:8]}"
+    await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
+    env = {**order_svc_env(database_url, nats_url, ledger_addr, namespace), "ORDER_ORPHAN_HOLD_AGE_SECONDS": "1"}
+    request = _request()
+    await killed_at("place.after_hold", env, lambda stub: stub.PlaceOrder(request, metadata=identity(account),
+                                                                           timeout=10))
+    async with checked_pool.acquire() as conn:
+        [(hold_id, status)] = await conn.fetch("SELECT hold_id, status FROM ledger.holds WHERE account_id = $1", account)
+    assert status == "PENDING"  # a hold, and no order: the kill came between the two
+
+    async with running_order_svc(env) as stub:
+        async def released():
+            async with checked_pool.acquire() as conn:
+                return await conn.fetchval("SELECT status FROM ledger.holds WHERE hold_id = $1", hold_id) == "RELEASED"
+        assert await eventually(released), "the orphaned hold was not given back"
+        async with checked_pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE account_id = $1", account) == 0
+            assert await conn.fetchval("SELECT claimed_by FROM orders.claims WHERE order_id = $1::uuid",
+                                       hold_id) == "reaper"
+        # The client's late retry cannot bring the undone order back: it is told to start anew.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "new client_order_id" in err.value.details()
+        fresh = pb.PlaceOrderRequest()
+        fresh.CopyFrom(request)
+        fresh.client_order_id = "crash-2"
+        placed = await stub.PlaceOrder(fresh, metadata=identity(account), timeout=10)
+        assert placed.order.status == common_pb2.ORDER_STATUS_NEW
+    async with checked_pool.acquire() as conn:
+        cash = await conn.fetchrow("SELECT sum(amount) FILTER (WHERE status = 'PENDING') AS held FROM ledger.holds "
+                                   "WHERE account_id = $1", account)
+    assert cash["held"] == Decimal("553.80")  # the new order's hold only

@@ -179,3 +179,27 @@ class CancelHoldTransferResponse(_message.Message):
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     transfer: HoldTransfer
     def __init__(self, transfer: _Optional[_Union[HoldTransfer, _Mapping]] = ...) -> None: ...
+
+class ListUncheckedHoldsRequest(_message.Message):
+    __slots__ = ("older_than_seconds", "limit")
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    older_than_seconds: int
+    limit: int
+    def __init__(self, older_than_seconds: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListUncheckedHoldsResponse(_message.Message):
+    __slots__ = ("holds",)
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    holds: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.Hold]
+    def __init__(self, holds: _Optional[_Iterable[_Union[_ledger_pb2.Hold, _Mapping]]] = ...) -> None: ...
+
+class MarkHoldsCheckedRequest(_message.Message):
+    __slots__ = ("hold_ids",)
+    HOLD_IDS_FIELD_NUMBER: _ClassVar[int]
+    hold_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hold_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MarkHoldsCheckedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

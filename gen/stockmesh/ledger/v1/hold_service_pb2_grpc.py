@@ -71,6 +71,16 @@ class HoldServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.FromString,
                 _registered_method=True)
+        self.ListUncheckedHolds = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/ListUncheckedHolds',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsResponse.FromString,
+                _registered_method=True)
+        self.MarkHoldsChecked = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/MarkHoldsChecked',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedResponse.FromString,
+                _registered_method=True)
 
 
 class HoldServiceServicer:
@@ -136,6 +146,22 @@ class HoldServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUncheckedHolds(self, request, context):
+        """Pending holds not yet checked against their order, placed more than `older_than_seconds`
+        ago, oldest first: what order_svc's reaper looks at to find holds whose order was never
+        recorded (a placement that died between its hold and its order's insert).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkHoldsChecked(self, request, context):
+        """The holds have been checked against their orders: ListUncheckedHolds no longer lists them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HoldServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +199,16 @@ def add_HoldServiceServicer_to_server(servicer, server):
                     servicer.CancelHoldTransfer,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.SerializeToString,
+            ),
+            'ListUncheckedHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUncheckedHolds,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsResponse.SerializeToString,
+            ),
+            'MarkHoldsChecked': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkHoldsChecked,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +402,60 @@ class HoldService:
             '/stockmesh.ledger.v1.HoldService/CancelHoldTransfer',
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUncheckedHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/ListUncheckedHolds',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.ListUncheckedHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkHoldsChecked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/MarkHoldsChecked',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.MarkHoldsCheckedResponse.FromString,
             options,
             channel_credentials,
             insecure,
