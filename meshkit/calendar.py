@@ -60,7 +60,9 @@ def why_closed(at: datetime | None = None) -> str | None:
         return f"the market is closed on {day:%A}s"
     if (name := holiday(day)) is not None:
         return f"the market is closed for {name}"
-    opens, closes = session(day) or (OPEN, CLOSE)
+    hours = session(day)
+    assert hours is not None  # a weekday that is no holiday has a session
+    opens, closes = hours
     if opens <= local.time() < closes:
         return None
     early = " (an early close)" if closes != CLOSE else ""

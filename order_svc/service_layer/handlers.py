@@ -157,18 +157,20 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     stored, fingerprint = await deps.writes.record(order, mine, outbox)
     failpoints.hit("place.after_accept")
     if stored is None or fingerprint is not None:  # not ours to insert: recorded or undone before
-        return await _placed_before(order, mine, (stored, fingerprint) if stored else None, outbox is not None, deps)
+        return await _placed_before(order, mine, (stored, fingerprint) if stored else None, outbox is not None, deps,
+                                    looked_up=True)
     if stored.status is Status.NEW:
         deps.wake_relay()
     return stored
 
 
 async def _placed_before(order: Order, mine: str, found: tuple[Order, str] | None, placed: bool,
-                         deps: Deps) -> Order:
+                         deps: Deps, *, looked_up: bool = False) -> Order:
     """The answer to a placement whose order was not ours to insert (`placed`: whether we put
-    a hold in place under its id): the account's order with this client_order_id, if any."""
+    a hold in place under its id): the account's order with this client_order_id, `found` or
+    (unless already `looked_up`) read now, if any."""
     req = order.request
-    if found is None:
+    if found is None and not looked_up:
         async with deps.uow().reads() as uow:
             found = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
     if found is None:  # the reaper claimed the id: the first attempt died after its hold

@@ -1,10 +1,11 @@
-"""The placement saga's two writes per order, for many concurrent orders at once.
+"""The placement saga's writes, for many concurrent orders at once.
 
-Recording a new order and deciding it (NEW with its engine command in the outbox, or REJECTED)
-are each one statement; under load, the orders being placed at the same moment share them
+Recording a new order (NEW with its engine command in the outbox, or REJECTED, once its hold is
+decided) is one statement, and so is deciding an order recorded PENDING_NEW (a replacement, or
+one left by an earlier version); under load, the orders placed at the same moment share them
 (meshkit.batching): one statement and one transaction for a batch instead of one per order,
 and an order placed alone still goes at once. Each order's rules are those of
-OrderRepository.insert_or_get / save_transition, unchanged.
+OrderRepository.insert_new / save_transition, unchanged.
 
 A batch takes the accounts' audit heads in account order, so two batches never wait for each
 other in a cycle; should one fail as a whole all the same (e.g. a deadlock with another

@@ -30,11 +30,16 @@ def _request() -> pb.PlaceOrderRequest:
                                 time_in_force=common_pb2.TIME_IN_FORCE_GTC)
 
 
+async def _funded_account(pool) -> str:
+    account = f"crash-{uuid.uuid4().hex[:8]}"
+    await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(pool))
+    return account
+
+
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
 async def test_killed_at_every_step_boundary_then_recovered(failpoint, checked_pool, database_url, nats_url,
                                                             nats_conn, namespace, ledger_addr):
-    account = f"crash-{uuid.uuid4().hex[:8]}"
-    await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
+    account = await _funded_account(checked_pool)
     env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
     request = _request()
 
@@ -77,8 +82,7 @@ async def test_killed_at_every_step_boundary_then_recovered(failpoint, checked_p
 
 async def test_killed_after_the_hold_without_a_retry_the_hold_is_given_back(
         checked_pool, database_url, nats_url, namespace, ledger_addr):
-    account = f"crash-{uuid.uuid4().hex[:8]}"
-    await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
+    account = await _funded_account(checked_pool)
     env = {**order_svc_env(database_url, nats_url, ledger_addr, namespace), "ORDER_ORPHAN_HOLD_AGE_SECONDS": "1"}
     request = _request()
     await killed_at("place.after_hold", env, lambda stub: stub.PlaceOrder(request, metadata=identity(account),
