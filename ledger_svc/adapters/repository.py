@@ -239,8 +239,10 @@ class LedgerRepository:
         return [_hold(r) for r in rows]
 
     async def mark_checked(self, hold_ids: list[str]) -> None:
+        # Pending holds only: a hold that resolved meanwhile (released by the reaper itself, or
+        # captured) needs no mark, and a resolved hold's row refuses every change.
         await self.conn.execute("UPDATE ledger.holds SET order_checked = true WHERE hold_id = ANY($1) "
-                                "AND NOT order_checked", hold_ids)
+                                "AND NOT order_checked AND status = 'PENDING'", hold_ids)
 
     async def place_hold(self, hold: Hold) -> tuple[str, Hold | None, Decimal | None]:
         """Place a hold in one statement (ledger.place_hold, migration 0005): the idempotent

@@ -9,7 +9,7 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import fmt
 from meshkit.status import error_info
-from order_svc.domain.model import HoldResolved, RejectReason
+from order_svc.domain.model import HoldResolved, HoldTaken, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
@@ -46,7 +46,8 @@ class GrpcHolds:
                     amount: Decimal) -> RejectReason | None:
         """None when the hold is in place (now or by an earlier call with this id); the
         reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
-        has been captured or released since. Transport trouble, or any other error of the
+        has been captured or released since; HoldTaken when an earlier call placed another
+        amount under this id. Transport trouble, or any other error of the
         ledger's, raises Unavailable: nothing is recorded, and asking again with the same id is
         safe. A caller that gives up (its deadline) leaves the hold to its batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
@@ -58,6 +59,8 @@ class GrpcHolds:
         error = result.error
         if error.code == "FAILED_PRECONDITION" and error.reason in _REFUSALS:
             return _REFUSALS[error.reason]
+        if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_HOLD_ID":
+            raise HoldTaken(hold_id)
         raise Unavailable(f"ledger could not place hold {hold_id}: {error.code} {error.message}")
 
     async def _place_holds(self, batch: list[pb.PlaceHoldRequest]) -> list[pb.PlaceHoldResult]:
@@ -76,6 +79,16 @@ class GrpcHolds:
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"ledger could not list unchecked holds: {exc.code().name}") from exc
         return [(h.hold_id, h.order_id) for h in reply.holds]
+
+    async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None:
+        """The hold's order id, asset, amount and whether it is still pending; None if there is none."""
+        try:
+            hold = (await self.stub.GetHold(pb.GetHoldRequest(hold_id=hold_id), timeout=self.timeout)).hold
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise Unavailable(f"ledger could not read hold {hold_id}: {exc.code().name}") from exc
+        return hold.order_id, hold.asset, Decimal(hold.amount), hold.status == ledger_pb2.HOLD_STATUS_PENDING
 
     async def mark_checked(self, hold_ids: list[str]) -> None:
         try:

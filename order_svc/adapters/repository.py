@@ -157,14 +157,17 @@ class OrderRepository:
         return (_order(row), row["fingerprint"]) if row else None
 
     async def claim_orphans(self, order_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        """Claim every id not claimed yet, then return those that have no order: no order can
-        be recorded under any of them any more (a claim waits for an in-flight insert of its
-        id to end, and an order's insert claims its id too), so their holds can be released.
+        """Claim every id not claimed yet, then return those whose hold no order needs: no
+        order can be recorded under them any more (a claim waits for an in-flight insert of its
+        id to end, and an order's insert claims its id too), and either none was, or a new
+        order (not a replacement) was recorded REJECTED: a retry that the checks of its moment
+        rejected after an earlier attempt had placed the hold. Their holds can be released.
         Run as a transaction of two statements: the second sees what the first waited for."""
         await self.conn.execute("INSERT INTO orders.claims (order_id, claimed_by) "
                                 "SELECT unnest($1::uuid[]), 'reaper' ON CONFLICT DO NOTHING", order_ids)
         found = {r[0] for r in await self.conn.fetch(
-            "SELECT order_id FROM orders.orders WHERE order_id = ANY($1)", order_ids)}
+            "SELECT order_id FROM orders.orders WHERE order_id = ANY($1)"
+            " AND NOT (status = 'REJECTED' AND replaces IS NULL)", order_ids)}
         return [i for i in order_ids if i not in found]
 
     async def pending_replacement(self, replaces: uuid.UUID, *, for_update: bool = False) -> Order | None:

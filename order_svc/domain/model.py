@@ -106,6 +106,11 @@ class HoldResolved(Exception):
     """The ledger resolved (captured or released) the hold asked for under this id before."""
 
 
+class HoldTaken(Exception):
+    """The ledger holds another amount under this id: an earlier attempt of the same placement
+    priced it otherwise (a market buy's hold follows the ask at the time)."""
+
+
 _ORDER_IDS = uuid.UUID("5b0e1c52-3f7e-4c4e-9d55-7f1d2b8c9a60")  # the namespace of order ids
 
 
@@ -257,6 +262,13 @@ def plan_hold(req: OrderRequest, *, best_bid: Decimal | None, best_ask: Decimal 
     unit = req.limit_price if req.type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else collar_price
     assert unit is not None
     return HoldPlan(CASH, cents_up(unit * req.quantity), collar_price)
+
+
+def collar_of_hold(req: OrderRequest, amount: Decimal) -> Decimal:
+    """The collar a market buy's hold of `amount` covers: the highest price on the tick grid at
+    which the order's quantity still costs no more than it (plan_hold's collar for the hold it
+    made; cents_up(collar × quantity) <= amount)."""
+    return round_price(amount / req.quantity, up=False)
 
 
 def outside_band(price: Decimal, reference: Decimal, band: Decimal) -> bool:

@@ -29,12 +29,13 @@ from decimal import Decimal
 from typing import Callable, Protocol
 
 from meshkit import bus, calendar, failpoints
+from meshkit.errors import Unavailable
 from meshkit.prototime import set_time
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
 from meshkit.marketdata import Touch
 from order_svc.domain import model
-from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Status
+from order_svc.domain.model import Order, OrderRequest, OrderType, RejectReason, Side, Status
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from order_svc.service_layer.writes import SagaWrites
 from stockmesh.common.v1 import common_pb2
@@ -46,6 +47,8 @@ log = logging.getLogger("order_svc.saga")
 class Holds(Protocol):
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
                     amount: Decimal) -> RejectReason | None: ...
+
+    async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None: ...
 
     async def release(self, hold_id: str) -> None: ...
 
@@ -141,8 +144,7 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     else:
         order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
         try:
-            refused = await deps.holds.place(order.hold_id, order.account_id, str(order.order_id),
-                                             order.hold_asset, order.hold_amount)
+            refused = await _place_hold(order, deps)
         except model.HoldResolved:  # placed by an earlier attempt, and resolved since
             return await _placed_before(order, mine, None, False, deps)
         failpoints.hit("place.after_hold")
@@ -162,6 +164,28 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     if stored.status is Status.NEW:
         deps.wake_relay()
     return stored
+
+
+async def _place_hold(order: Order, deps: Deps) -> RejectReason | None:
+    """Place a new order's hold. An earlier attempt of this placement (the same id, so the same
+    request) that died before recording its order may have placed it with another amount: a
+    market buy's hold follows the ask of its moment. That hold is then the order's, adopted
+    with the collar it covers, so the retry completes the placement instead of waiting for the
+    reaper to undo it."""
+    try:
+        return await deps.holds.place(order.hold_id, order.account_id, str(order.order_id),
+                                      order.hold_asset, order.hold_amount)
+    except model.HoldTaken:
+        req = order.request
+        found = await deps.holds.get(order.hold_id)
+        if (found is None or found[:2] != (str(order.order_id), order.hold_asset)
+                or (req.type, req.side) != (OrderType.MARKET, Side.BUY)):
+            raise Unavailable(f"the ledger holds something else under hold id {order.hold_id}") from None
+        _, _, amount, pending = found
+        if not pending:
+            raise model.HoldResolved(order.hold_id) from None
+        order.hold_amount, order.collar_price = amount, model.collar_of_hold(req, amount)
+        return None
 
 
 async def _placed_before(order: Order, mine: str, found: tuple[Order, str] | None, placed: bool,
@@ -243,8 +267,9 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
 async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int = 500) -> int:
     """Check every hold placed more than `older_than` seconds ago against its order, once, and
     give back those whose order was never recorded (a placement that died between its hold and
-    its insert); returns how many. Each such order id is claimed first, so a late insert of it
-    can no longer record an order whose hold is gone."""
+    its insert) or was recorded REJECTED (its retry rejected by the checks of a later moment);
+    returns how many. Each such order id is claimed first, so a late insert of it can no longer
+    record an order whose hold is gone."""
     released = 0
     while True:
         holds = await deps.holds.unchecked(older_than, page)
@@ -259,7 +284,7 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int
                 missing = set(await uow.orders.claim_orphans(sorted(set(ids.values()))))
                 await uow.commit()
             for hold_id in sorted(h for h, o in ids.items() if o in missing):
-                log.warning("releasing a hold whose order was never recorded", extra={"holdId": hold_id})
+                log.warning("releasing a hold that no order needs", extra={"holdId": hold_id})
                 await deps.holds.release(hold_id)
                 released += 1
         if holds:

@@ -1,7 +1,8 @@
 """Fault injection: order_svc is SIGKILLed at every step boundary of the placement saga
 (a failpoint), restarted, and afterwards every order and hold is consistent: completed by the
 client's retry, or, for a placement that died between its hold and its order's record with no
-retry, undone by the reaper of orphaned holds."""
+retry, undone by the reaper of orphaned holds. A retry that meets another market than its first
+attempt (the quote moved, the symbol halted) still leaves every hold with a live order."""
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,11 @@ import pytest
 from ledger_svc.service_layer import commands, handlers as ledger
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus
+from meshkit.marketdata import ensure_md_stream
 from stockmesh.common.v1 import common_pb2
-from stockmesh.order.v1 import order_service_pb2 as pb
+from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb
 from tests.support.crash import identity, killed_at, order_svc_env, running_order_svc
+from tests.support.quotes import md_event, publish_md
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -114,3 +117,75 @@ async def test_killed_after_the_hold_without_a_retry_the_hold_is_given_back(
         cash = await conn.fetchrow("SELECT sum(amount) FILTER (WHERE status = 'PENDING') AS held FROM ledger.holds "
                                    "WHERE account_id = $1", account)
     assert cash["held"] == Decimal("553.80")  # the new order's hold only
+
+
+async def _hold_of(pool, account: str) -> tuple[str, Decimal, str]:
+    async with pool.acquire() as conn:
+        [(hold_id, amount, status)] = await conn.fetch(
+            "SELECT hold_id, amount, status FROM ledger.holds WHERE account_id = $1", account)
+    return hold_id, amount, status
+
+
+async def test_a_market_buy_retried_after_the_quote_moved_keeps_its_first_attempts_hold(
+        checked_pool, database_url, nats_url, nats_conn, namespace, ledger_addr):
+    # A market buy's hold follows the ask of its moment. The first attempt held 2 × 194.25
+    # (185.00 + 5 % collar), then died before recording the order; the retry, priced at
+    # 199.50, asks the ledger for another amount under the same hold id, and adopts the hold.
+    js = nats_conn.jetstream()
+    await ensure_md_stream(js, namespace)
+    await publish_md(js, namespace, md_event("AMZN", 1, bid="184.90", ask="185.00"))
+    account = await _funded_account(checked_pool)
+    env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
+    request = pb.PlaceOrderRequest(client_order_id="market-1", symbol="AMZN", side=common_pb2.SIDE_BUY,
+                                   type=common_pb2.ORDER_TYPE_MARKET, quantity=2,
+                                   time_in_force=common_pb2.TIME_IN_FORCE_DAY)
+    await killed_at("place.after_hold", env, lambda stub: stub.PlaceOrder(request, metadata=identity(account),
+                                                                           timeout=10))
+    hold_id, amount, status = await _hold_of(checked_pool, account)
+    assert (amount, status) == (Decimal("388.50"), "PENDING")
+    await publish_md(js, namespace, md_event("AMZN", 2, bid="189.90", ask="190.00"))
+
+    async with running_order_svc(env) as stub:
+        reply = await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
+        assert reply.order.status == common_pb2.ORDER_STATUS_NEW and reply.order.order_id == hold_id
+        again = await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
+        assert again.order == reply.order
+    assert await _hold_of(checked_pool, account) == (hold_id, Decimal("388.50"), "PENDING")
+    async with checked_pool.acquire() as conn:
+        recorded = await conn.fetchrow("SELECT hold_amount, collar_price FROM orders.orders WHERE order_id = $1::uuid",
+                                       hold_id)
+    # The collar its hold covers (the engine's price limit for it), not the retry's 199.50.
+    assert (recorded["hold_amount"], recorded["collar_price"]) == (Decimal("388.50"), Decimal("194.25"))
+
+
+async def test_a_retry_rejected_by_a_later_market_has_its_first_attempts_hold_given_back(
+        checked_pool, database_url, nats_url, namespace, ledger_addr):
+    # The first attempt holds the cash and dies; the symbol is halted before the retry, which
+    # is rejected (SYMBOL_HALTED) and recorded so. The hold belongs to no live order: the
+    # reaper gives it back.
+    account = await _funded_account(checked_pool)
+    env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
+    request = pb.PlaceOrderRequest(client_order_id="halted-1", symbol="GOOGL", side=common_pb2.SIDE_BUY,
+                                   type=common_pb2.ORDER_TYPE_LIMIT, quantity=2, limit_price="172.30",
+                                   time_in_force=common_pb2.TIME_IN_FORCE_GTC)
+    await killed_at("place.after_hold", env, lambda stub: stub.PlaceOrder(request, metadata=identity(account),
+                                                                           timeout=10))
+    hold_id, amount, status = await _hold_of(checked_pool, account)
+    assert (amount, status) == (Decimal("344.60"), "PENDING")
+    async with checked_pool.acquire() as conn:
+        await conn.execute("INSERT INTO orders.halts (symbol, reason) VALUES ('GOOGL', 'crash test')")
+    try:
+        async with running_order_svc(env) as stub:  # the reaper's default age: it waits 30 s
+            reply = await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
+        assert reply.order.status == common_pb2.ORDER_STATUS_REJECTED
+        assert reply.order.reject_reason == order_pb2.ORDER_REJECT_REASON_SYMBOL_HALTED
+        assert reply.order.order_id == hold_id
+        assert (await _hold_of(checked_pool, account))[2] == "PENDING"
+
+        async with running_order_svc({**env, "ORDER_ORPHAN_HOLD_AGE_SECONDS": "1"}):
+            async def released():
+                return (await _hold_of(checked_pool, account))[2] == "RELEASED"
+            assert await eventually(released), "the rejected order's hold was not given back"
+    finally:
+        async with checked_pool.acquire() as conn:
+            await conn.execute("DELETE FROM orders.halts WHERE symbol = 'GOOGL' AND reason = 'crash test'")

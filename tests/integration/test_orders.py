@@ -413,3 +413,24 @@ async def test_the_elected_relay_prunes_beside_relaying(pg_server_url, nats_conn
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
             await conn.close()
+
+
+async def test_the_reaper_gives_back_orphaned_holds_and_checks_every_hold_once(order_deps, checked_pool):
+    account = acct()
+    await deposit(checked_pool, account, "5000.00")
+    live = await place(limit_buy(account, "reaped-live", qty=2), order_deps)
+    assert live.status is Status.NEW
+    orphan = str(uuid.uuid4())  # a hold whose placement died before recording its order
+    assert await order_deps.holds.place(orphan, account, orphan, "USD", Decimal("10.00")) is None
+
+    # One round checks both: the orphan is given back and marked with the live order's hold in
+    # one call (a released hold among them must not fail the marking of the others).
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0) >= 1
+    async with checked_pool.acquire() as conn:
+        rows = {r["hold_id"]: (r["status"], r["order_checked"]) for r in await conn.fetch(
+            "SELECT hold_id, status, order_checked FROM ledger.holds WHERE account_id = $1", account)}
+        claimed = await conn.fetchval("SELECT claimed_by FROM orders.claims WHERE order_id = $1::uuid", orphan)
+    assert rows == {live.hold_id: ("PENDING", True), orphan: ("RELEASED", False)}
+    assert claimed == "reaper"
+    assert (await cash(checked_pool, account)).held == live.hold_amount
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0) == 0  # each hold checked once

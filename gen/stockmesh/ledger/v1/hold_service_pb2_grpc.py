@@ -157,6 +157,7 @@ class HoldServiceServicer:
 
     def MarkHoldsChecked(self, request, context):
         """The holds have been checked against their orders: ListUncheckedHolds no longer lists them.
+        Holds that resolved meanwhile (released or captured) are passed over: they need no mark.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,37 @@
+"""A market buy's hold and the collar it covers: a retry that adopts an earlier attempt's hold
+(priced at another ask) takes the collar that hold pays for, never one it does not cover."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, strategies as st
+
+from order_svc.domain import model
+from order_svc.domain.model import OrderRequest, OrderType, Side, TimeInForce
+
+COLLAR = Decimal("0.05")
+
+
+def market_buy(qty: int) -> OrderRequest:
+    return OrderRequest("acct", "c1", "AAPL", Side.BUY, OrderType.MARKET, qty, None, None, TimeInForce.DAY)
+
+
+@given(cents=st.integers(min_value=100, max_value=5_000_000), qty=st.integers(min_value=1, max_value=100_000))
+def test_the_collar_of_a_market_buys_hold_is_the_collar_it_was_planned_with(cents, qty):
+    req = market_buy(qty)
+    plan = model.plan_hold(req, best_bid=None, best_ask=Decimal(cents) / 100, collar=COLLAR)
+    assert isinstance(plan, model.HoldPlan)
+    assert model.collar_of_hold(req, plan.amount) == plan.collar_price
+
+
+@given(ten_thousandths=st.integers(min_value=1, max_value=9_999), qty=st.integers(min_value=1, max_value=100_000))
+def test_below_a_dollar_the_collar_of_a_hold_is_covered_by_it_and_no_lower_than_planned(ten_thousandths, qty):
+    # Sub-dollar prices tick in 0.0001 while holds round up to the cent: the hold may pay for
+    # a slightly higher collar than planned, and that is the one adopted.
+    req = market_buy(qty)
+    plan = model.plan_hold(req, best_bid=None, best_ask=Decimal(ten_thousandths) / 10_000, collar=COLLAR)
+    assert isinstance(plan, model.HoldPlan) and plan.collar_price is not None
+    collar = model.collar_of_hold(req, plan.amount)
+    assert collar >= plan.collar_price
+    assert model.cents_up(collar * qty) <= plan.amount
+    assert collar == model.round_price(collar, up=False)  # on the tick grid
