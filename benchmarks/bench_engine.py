@@ -3,8 +3,9 @@ is published by the engine (a separate `python -m matching_svc` process).
 
 Open loop: orders are sent at a fixed arrival rate on one symbol; each order's latency is
 measured from its *intended* send time (so a stall on the sending side counts against us,
-no coordinated omission) to the moment this process receives the ACCEPTED execution on a
-core NATS subscription to the executions subject (JetStream has stored it by then).
+no coordinated omission) to the moment this process receives the order's first execution:
+its ACCEPTED notice (core NATS on the acceptances subject, sent once the engine's journal
+entries before it are stored) or its REJECTED (on the executions subject, stored by then).
 
 Usage:  .venv/bin/python benchmarks/bench_engine.py [--rates 1000,5000] [--seconds 10]
 It starts its own nats-server in a scratch folder unless --nats-url is given.
@@ -60,6 +61,7 @@ async def run_rate(nc, ns: str, rate: int, seconds: float, warmup: float) -> dic
                     done.set()
 
     sub = await nc.subscribe(names.executions_subject(SYMBOL), cb=on_execution)
+    notices = await nc.subscribe(names.accepted_subject(SYMBOL), cb=on_execution)
     mid = 18_725
     start = time.perf_counter() + 0.2
     for i in range(total):
@@ -85,6 +87,7 @@ async def run_rate(nc, ns: str, rate: int, seconds: float, warmup: float) -> dic
     except asyncio.TimeoutError:
         pass
     await sub.unsubscribe()
+    await notices.unsubscribe()
     offered_seconds = sent_at - start
     measured_from = start + warmup
     samples = [v * 1000 for k, v in latency.items() if intended[k] >= measured_from]

@@ -35,8 +35,8 @@ What it does, in one run:
 5. Prints, per rate: p50 / p90 / p99 / p99.9 / max acknowledgement latency, the achieved
    rate, errors by status code, the split of order statuses, how late the generator itself
    sent, the outbox backlog after the step, how long after its acknowledgement each order was
-   working in the book (the engine's ACCEPTED, seen on a NATS subscription to the mesh's
-   executions), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
+   working in the book (the engine's ACCEPTED notice, seen on a NATS subscription to the
+   mesh's acceptances), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
    order_svc, of PlaceOrder's handler and of each of its batched steps, read off the
    histograms Envoy and order_svc export, as differences of two scrapes around the window;
    approximate within a bucket), and the CPU used by each process of the mesh
@@ -426,8 +426,8 @@ FLOOR_PARTS = ("grpc: empty PlaceOrder via Envoy (INVALID_ARGUMENT)", "postgres:
 
 
 async def watch_the_book(mesh: BenchMesh, result: StepResult):
-    """Note when the engine's ACCEPTED of each order arrives (a core NATS subscription to the
-    mesh's executions): how long after its acknowledgement an order is working in the book.
+    """Note when the engine's ACCEPTED notice of each order arrives (a core NATS subscription
+    to the mesh's acceptances): how long after its acknowledgement an order is working in the book.
     Returns the connection, to close once the step's orders are all there (or given up on)."""
     import nats
 
@@ -442,7 +442,7 @@ async def watch_the_book(mesh: BenchMesh, result: StepResult):
             book[ex.order_id] = time.perf_counter()
 
     nc = await nats.connect(mesh.state()["nats_url"])
-    await nc.subscribe(bus.subject(mesh.namespace, "executions", ">"), cb=seen)
+    await nc.subscribe(bus.subject(mesh.namespace, "accepted", ">"), cb=seen)  # the engine's notices
     await nc.flush()
     return nc
 

@@ -10,7 +10,9 @@ FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECT
     "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED", "CANCEL_REJECTED")
 # What the engine reports that changes nothing for the ledger or the order lifecycle: the order
 # was already NEW with its hold in place when the engine rested (or triggered) it. Consumers
-# pass these by without a transaction; the execution stream itself is their record.
+# pass these by without a transaction. The engine no longer journals ACCEPTED (a core NATS
+# notice instead, matching_svc.service_layer.engine.journaled); a journal written before may
+# still hold some.
 NO_EFFECT = frozenset({ACCEPTED, TRIGGERED})
 
 

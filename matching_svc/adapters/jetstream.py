@@ -76,6 +76,10 @@ class Names:
     def md_subject(self, symbol: str) -> str:
         return bus.subject(self.namespace, "md", symbol)
 
+    def accepted_subject(self, symbol: str) -> str:
+        """The engine's acceptances, as core NATS notices: outside every stream, stored nowhere."""
+        return bus.subject(self.namespace, "accepted", symbol)
+
     def consumer(self, symbol: str) -> str:
         return "engine_" + symbol.replace(".", "_").replace("-", "_")
 

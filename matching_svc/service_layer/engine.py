@@ -10,6 +10,11 @@ Repeated commands (the same ``command_id`` published twice, e.g. by order_svc's 
 after a crash, outside JetStream's duplicate window) are dropped: the engine remembers the
 last ``dedupe_capacity`` command ids in arrival order (a FIFO, so the set is bounded and its
 content is a function of the input sequence), and the set is part of the snapshot.
+
+Every execution goes to the journal (the EXECUTIONS stream) except an ACCEPTED: an acceptance
+changes nothing for anyone (the order was NEW, its hold in place, before the engine saw it),
+so it is a notice rather than a record (``journaled``); the runner sends it with core NATS on
+``<ns>.accepted.<SYMBOL>``, stored nowhere. Its id keeps its place in the input's numbering.
 """
 from __future__ import annotations
 
@@ -53,6 +58,13 @@ _TIF = {common_pb2.TIME_IN_FORCE_DAY: TimeInForce.DAY, common_pb2.TIME_IN_FORCE_
         common_pb2.TIME_IN_FORCE_IOC: TimeInForce.IOC, common_pb2.TIME_IN_FORCE_FOK: TimeInForce.FOK}
 
 E = pb.ExecutionType
+# Executions that are notices, not journal entries: see the module's docstring.
+NOTICES = frozenset({E.EXECUTION_TYPE_ACCEPTED})
+
+
+def journaled(ex: pb.Execution) -> bool:
+    """Whether the execution belongs in the journal (the EXECUTIONS stream) or is a notice."""
+    return ex.type not in NOTICES
 
 
 class BadPrice(ValueError):

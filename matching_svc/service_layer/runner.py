@@ -2,7 +2,8 @@
 
 A runner loops: acquire the symbol's lease → restore the snapshot → (re)position the durable
 pull consumer after the snapshot's last input → process batches (fetch many, apply in stream
-order, publish every result and await JetStream's acks, then ack the inputs) → snapshot every
+order, publish every result and await JetStream's acks, send the acceptances' core NATS
+notices, then ack the inputs) → snapshot every
 ``snapshot_every`` inputs and at clean shutdown. Any error drops the in-memory state and
 starts again from the durable state (snapshot + replay); a lost lease does the same after
 waiting to win the lease again. See docs/matching.md.
@@ -25,7 +26,7 @@ from matching_svc.adapters.jetstream import (
     input_position,
     lease_bucket,
 )
-from matching_svc.service_layer.engine import DEFAULT_DEDUPE_CAPACITY, SymbolEngine
+from matching_svc.service_layer.engine import DEFAULT_DEDUPE_CAPACITY, SymbolEngine, journaled
 from stockmesh.matching.v1 import matching_pb2 as pb
 
 log = logging.getLogger("matching_svc.engine")
@@ -178,6 +179,7 @@ class SymbolRunner:
         js, names, symbol = self.js, self.names, self.symbol
         ex_subject, md_subject = names.executions_subject(symbol), names.md_subject(symbol)
         outputs: list[tuple[str, bytes, str]] = []
+        notices: list[bytes] = []
         applied = 0
         for msg in msgs:
             seq, time_ns = input_position(msg)
@@ -191,17 +193,25 @@ class SymbolRunner:
             out = engine.apply(seq, time_ns, cmd)
             applied += 1
             for ex in out.executions:
-                outputs.append((ex_subject, ex.SerializeToString(), ex.execution_id))
+                if journaled(ex):
+                    outputs.append((ex_subject, ex.SerializeToString(), ex.execution_id))
+                else:
+                    notices.append(ex.SerializeToString())
             for md in out.market_data:
                 outputs.append((md_subject, md.SerializeToString(), f"{symbol}:md:{md.sequence}"))
-        if outputs:
+        if outputs or notices:
             lease.check()
+        if outputs:
             headers = self._headers
             futures = []
             for subject, payload, msg_id in outputs:
                 futures.append(await js.publish_async(subject, payload,
                                                       headers={**headers, "Nats-Msg-Id": msg_id}))
             await asyncio.wait_for(asyncio.gather(*futures), timeout=max(5.0, self.ttl))
+        if notices:  # after the journal's acks: whoever hears one can read what came before it
+            subject = names.accepted_subject(symbol)
+            for payload in notices:
+                await self.nc.publish(subject, payload)
         self.published_seq = engine.last_seq
         for msg in msgs:
             await msg.ack()

@@ -38,6 +38,17 @@ async def nats_conn(nats_url):
 
 
 @pytest.fixture(scope="session")
+async def acceptances(nats_conn, namespace):
+    """The engine's acceptance notices in the session's namespace, heard from first use on."""
+    from tests.support.engine import Acceptances
+
+    heard = Acceptances()
+    sub = await heard.listen(nats_conn, namespace)
+    yield heard
+    await sub.unsubscribe()
+
+
+@pytest.fixture(scope="session")
 async def ledger_addr(pool):
     from ledger_svc.bootstrap import build
     from meshkit.server import create_server

@@ -16,7 +16,7 @@ from meshkit.server import create_server
 from meshkit.status import error_info
 from stockmesh.matching.v1 import market_data_service_pb2 as md, market_data_service_pb2_grpc
 from stockmesh.matching.v1 import matching_pb2 as pb
-from tests.support.engine import BUY, SELL, cancel, executions, new_order, publish
+from tests.support.engine import BUY, SELL, Acceptances, cancel, executions, new_order, publish
 from tests.support.wait import drained, eventually
 
 pytestmark = pytest.mark.integration
@@ -51,9 +51,12 @@ async def wait_executions(js, ns, symbol, n):
     return [ex for ex, _ in got]
 
 
-async def test_cross_cancel_and_duplicate(engine_app):
+async def test_cross_cancel_and_duplicate(engine_app, nats_url):
     ns, js, engine, _ = engine_app
     names = Names(ns)
+    listener = await bus.connect(nats_url, "test-acceptances")
+    heard = Acceptances()
+    await heard.listen(listener, ns)
     s1 = await publish(js, ns, new_order("s1", "alice", SELL, 100, limit="187.25"))
     b1 = await publish(js, ns, new_order("b1", "bob", BUY, 40, limit="187.30"))
     # The same command again under another Nats-Msg-Id (as after JetStream's window): dropped.
@@ -61,20 +64,26 @@ async def test_cross_cancel_and_duplicate(engine_app):
     await publish(js, ns, cancel("s1", "alice"))
     await publish(js, ns, cancel("nope", "alice"))
 
-    got = await wait_executions(js, ns, "AAPL", 5)
-    assert [ex.type for ex in got] == [E.EXECUTION_TYPE_ACCEPTED, E.EXECUTION_TYPE_ACCEPTED, E.EXECUTION_TYPE_FILL,
-                                       E.EXECUTION_TYPE_CANCELLED, E.EXECUTION_TYPE_CANCEL_REJECTED]
-    fill = got[2]
+    # The journal holds what changes something; the acceptances are notices, stored nowhere.
+    got = await wait_executions(js, ns, "AAPL", 3)
+    assert [ex.type for ex in got] == [E.EXECUTION_TYPE_FILL, E.EXECUTION_TYPE_CANCELLED,
+                                       E.EXECUTION_TYPE_CANCEL_REJECTED]
+    fill = got[0]
     assert (fill.order_id, fill.account_id, fill.side) == ("b1", "bob", BUY)
     assert (fill.counter_order_id, fill.counter_account_id) == ("s1", "alice")
     assert (fill.price, fill.quantity, fill.leaves_quantity, fill.counter_leaves_quantity) == ("187.25", 40, 0, 60)
-    assert fill.execution_id == f"AAPL:{b1}:1" and fill.input_sequence == b1
-    assert got[0].execution_id == f"AAPL:{s1}:0"
-    assert (got[3].order_id, got[3].reason, got[3].quantity) == ("s1", "USER", 60)
-    assert (got[4].order_id, got[4].reason) == ("nope", "UNKNOWN_ORDER")
+    assert fill.execution_id == f"AAPL:{b1}:1" and fill.input_sequence == b1  # :0 is b1's acceptance
+    assert (got[1].order_id, got[1].reason, got[1].quantity) == ("s1", "USER", 60)
+    assert (got[2].order_id, got[2].reason) == ("nope", "UNKNOWN_ORDER")
     assert len({ex.execution_id for ex in got}) == len(got)
+    assert await eventually(lambda: heard.seen("b1")) and await heard.seen("s1")
+    accepted = heard.notices["s1"]
+    assert (accepted.type, accepted.execution_id, accepted.quantity, accepted.price) == (
+        E.EXECUTION_TYPE_ACCEPTED, f"AAPL:{s1}:0", 100, "187.25")
+    assert heard.notices["b1"].execution_id == f"AAPL:{b1}:0"
+    await listener.close()
     assert await drained(js, names.orders, names.consumer("AAPL"))  # every input acked, the repeat too
-    assert len(await executions(js, ns, "AAPL")) == 5  # nothing for the repeat
+    assert len(await executions(js, ns, "AAPL")) == 3  # nothing for the repeat
 
     last = await js.get_last_msg(names.md, names.md_subject("AAPL"))
     ev = pb.MarketDataEvent.FromString(last.data)
@@ -94,8 +103,8 @@ async def test_get_order_book_over_grpc(engine_app):
     ns, js, engine, port = engine_app
     for i, (side, price, qty) in enumerate([(BUY, "415.10", 10), (BUY, "415.10", 5), (BUY, "415.00", 7),
                                             (SELL, "415.50", 3), (SELL, "416", 4)]):
-        await publish(js, ns, new_order(f"m{i}", f"acct{i}", side, qty, limit=price, symbol="MSFT"))
-    await wait_executions(js, ns, "MSFT", 5)
+        last = await publish(js, ns, new_order(f"m{i}", f"acct{i}", side, qty, limit=price, symbol="MSFT"))
+    assert await eventually(lambda: engine.published_seq("MSFT") >= last)  # all five rest in the book
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = market_data_service_pb2_grpc.MarketDataServiceStub(ch)

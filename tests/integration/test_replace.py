@@ -23,7 +23,7 @@ from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, 
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.matching.v1 import matching_pb2
-from tests.support.engine import accepted, engine_in_process
+from tests.support.engine import engine_in_process
 from tests.support.wait import drained
 
 pytestmark = pytest.mark.integration
@@ -156,14 +156,14 @@ async def _cash_is(pool, account, *, held: Decimal):
 
 
 async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_deps, execution_consumers,
-                                                                  checked_pool, nats_conn, namespace):
+                                                                  checked_pool, nats_conn, namespace, acceptances):
     first, second, seller = acct("first"), acct("second"), acct("seller")
     await fund(checked_pool, first, cash="2000.00")
     await fund(checked_pool, second, cash="2000.00")
     await fund(checked_pool, seller, shares=(SYM, 10))
     a = await handlers.place_order(limit(first, Side.BUY, 10, "160.00"), order_deps)
     b = await handlers.place_order(limit(second, Side.BUY, 10, "160.00"), order_deps)  # behind `a` at 160.00
-    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, b.order_id), "both orders to rest")
+    await eventually(lambda: acceptances.seen(b.order_id), "both orders to rest")
 
     new = await handlers.replace_order(replace(first, a.order_id, 4, "160.00"), order_deps)
     await eventually(lambda: order_is(order_deps, first, new.order_id, Status.NEW), "the replacement")
@@ -371,12 +371,12 @@ async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, che
 
 
 async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, execution_consumers, checked_pool,
-                                                        database_url, namespace, nats_conn):
+                                                        database_url, namespace, nats_conn, acceptances):
     a = acct()
     await fund(checked_pool, a, cash="1000.00")
     day = await handlers.place_order(limit(a, Side.BUY, 2, "150.00", tif=TimeInForce.DAY), order_deps)
     gtc = await handlers.place_order(limit(a, Side.BUY, 3, "150.00"), order_deps)
-    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, gtc.order_id), "both orders to rest")
+    await eventually(lambda: acceptances.seen(gtc.order_id), "both orders to rest")
     env = {**os.environ, "DATABASE_URL": database_url, "STOCKMESH_NAMESPACE": namespace}
     cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", "2024-01-02"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
@@ -408,7 +408,7 @@ class _FeedNotYetHalted:
 
 
 async def test_halt_refuses_orders_and_replaces_keeps_cancels_and_resume_trades_again(
-        engine, order_deps, execution_consumers, checked_pool, namespace):
+        engine, order_deps, execution_consumers, checked_pool, namespace, acceptances):
     import dataclasses
 
     from matching_svc.entrypoints.grpc_server import EngineControlServicer
@@ -422,7 +422,7 @@ async def test_halt_refuses_orders_and_replaces_keeps_cancels_and_resume_trades_
     resting = await handlers.place_order(limit(s, Side.SELL, 10, "180.00"), order_deps)
     other = await handlers.place_order(limit(s, Side.SELL, 5, "181.00"), order_deps)
     for o in (resting, other):
-        await eventually(lambda o=o: accepted(execution_consumers, namespace, SYM, o.order_id), "accepted")
+        await eventually(lambda o=o: acceptances.seen(o.order_id), "accepted")
 
     with pytest.raises(InvalidArgument):
         await control.HaltSymbol(ec.HaltSymbolRequest(symbol="NOPE"), None)
@@ -467,7 +467,7 @@ async def test_halt_refuses_orders_and_replaces_keeps_cancels_and_resume_trades_
 
 
 async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_retention(
-        engine, order_deps, execution_consumers, checked_pool, database_url, nats_conn, namespace):
+        engine, order_deps, execution_consumers, checked_pool, database_url, nats_conn, namespace, acceptances):
     from prometheus_client import REGISTRY
 
     from order_svc.adapters.outbox import OutboxRelay
@@ -478,7 +478,7 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     new = await handlers.replace_order(replace(a, replaced.order_id, 1, "151.00"), order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
     cancelled = await handlers.place_order(limit(a, Side.BUY, 1, "150.00"), order_deps)
-    await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYM, cancelled.order_id), "it to rest")
+    await eventually(lambda: acceptances.seen(cancelled.order_id), "it to rest")
     mystery = f"mystery-{uuid.uuid4().hex}"  # names no order: kept, whatever its age
     close = f"close:2020-01-06:{uuid.uuid4().hex[:8]}"
     async with checked_pool.acquire() as conn:

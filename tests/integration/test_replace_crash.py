@@ -17,7 +17,7 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb
 from tests.support.crash import identity, killed_at, order_svc_env, running_order_svc
-from tests.support.engine import accepted, engine_in_process
+from tests.support.engine import engine_in_process
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ async def in_outbox(pool, msg_id: str) -> bool:
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
 async def test_replace_killed_at_every_step_boundary_then_completed(
         failpoint, client_retries, engine, ledger_consumer, checked_pool, database_url, nats_url, namespace,
-        ledger_addr, nats_conn):
+        ledger_addr, nats_conn, acceptances):
     account = f"rcrash-{uuid.uuid4().hex[:8]}"
     await ledger.deposit(commands.Deposit(account, Decimal("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
     env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
@@ -75,7 +75,7 @@ async def test_replace_killed_at_every_step_boundary_then_completed(
             quantity=2, limit_price="180.00", time_in_force=common_pb2.TIME_IN_FORCE_GTC),
             metadata=me, timeout=10)).order
         assert old.status == common_pb2.ORDER_STATUS_NEW
-        assert await eventually(lambda: accepted(nats_conn.jetstream(), namespace, SYMBOL, old.order_id)), "the engine did not accept the order"
+        assert await eventually(lambda: acceptances.seen(old.order_id)), "the engine did not accept the order"
 
     # Up to 3 x 181.00 = 543.00: the transfer reserves the 183.00 more.
     request = pb.ReplaceOrderRequest(order_id=old.order_id, client_order_id="replace-1", quantity=3,

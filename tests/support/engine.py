@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from matching_svc.adapters.jetstream import Names, input_position
 from matching_svc.bootstrap import build
-from matching_svc.service_layer.engine import SymbolEngine
+from matching_svc.service_layer.engine import SymbolEngine, journaled
 from matching_svc.service_layer.runner import Engine, EngineConfig
 from meshkit import bus
 from meshkit.launcher.net import free_port
@@ -87,13 +87,15 @@ def distinct(execs: list[pb.Execution]) -> list[pb.Execution]:
 
 async def expected_run(js: JetStreamContext, namespace: str, symbol: str,
                        dedupe_capacity: int = 100_000) -> tuple[SymbolEngine, list[pb.Execution]]:
-    """The uninterrupted run: the pure engine driven in-process by the inputs as stored."""
+    """The uninterrupted run: the pure engine driven in-process by the inputs as stored, and
+    what it journals (its executions but the acceptances, which are notices)."""
     names = Names(namespace)
     engine = SymbolEngine(symbol, dedupe_capacity=dedupe_capacity)
     out: list[pb.Execution] = []
     for m in await read_stream(js, names.orders, names.orders_subject(symbol)):
         seq, time_ns = input_position(m)
-        out.extend(engine.apply(seq, time_ns, pb.EngineCommand.FromString(m.data)).executions)
+        out.extend(ex for ex in engine.apply(seq, time_ns, pb.EngineCommand.FromString(m.data)).executions
+                   if journaled(ex))
     return engine, out
 
 
@@ -213,8 +215,21 @@ async def engine_in_process(nats_url: str, namespace: str, symbols: tuple[str, .
         await nc.close()
 
 
-async def accepted(js: JetStreamContext, namespace: str, symbol: str, order_id) -> bool:
-    """The engine accepted the order: its ACCEPTED is on the execution stream (the consumers
-    pass acceptances by without recording them)."""
-    return any(e.type == pb.EXECUTION_TYPE_ACCEPTED and e.order_id == str(order_id)
-               for e, _ in await executions(js, namespace, symbol))
+class Acceptances:
+    """The engine's acceptances (core NATS notices on `<ns>.accepted.>`, stored nowhere) heard
+    since `listen`: `acceptances.seen(order_id)` once the order is working in the book."""
+
+    def __init__(self) -> None:
+        self.notices: dict[str, pb.Execution] = {}
+
+    async def listen(self, nc, namespace: str):
+        async def heard(msg) -> None:
+            ex = pb.Execution.FromString(msg.data)
+            self.notices.setdefault(ex.order_id, ex)
+
+        sub = await nc.subscribe(bus.subject(namespace, "accepted", ">"), cb=heard)
+        await nc.flush()
+        return sub
+
+    async def seen(self, order_id) -> bool:  # a coroutine, as the tests' polling helpers want
+        return str(order_id) in self.notices
