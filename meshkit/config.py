@@ -61,6 +61,9 @@ class Settings:
     # Internal addresses of other services (host:port), where a service calls another.
     ledger_addr: str | None = None
     order_addr: str | None = None
+    # host:port for the unary calls a service also serves behind Envoy's gRPC reverse bridge
+    # (protobuf over HTTP/1.1, meshkit.bridge); unset: none.
+    bridge_listen: str | None = None
 
 
 def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
@@ -79,6 +82,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
         ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
         order_addr=_get("ORDER_ADDR", required="ORDER_ADDR" in needs),
+        bridge_listen=_get("BRIDGE_LISTEN") or None,
     )
 
 

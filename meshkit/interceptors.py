@@ -9,11 +9,13 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 import grpc
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from meshkit import auth, logs
 from meshkit.errors import DomainError, Unimplemented
-from meshkit.status import to_grpc_status
+from meshkit.status import to_rpc_status
 
 log = logging.getLogger("meshkit.rpc")
 
@@ -22,7 +24,9 @@ RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"]
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
-def _bind(metadata) -> None:
+def bind_call(metadata) -> None:
+    """The call's request id and caller (Envoy's verified JWT payload) for logs and handlers;
+    `metadata`: (key, value) pairs, gRPC metadata or HTTP headers."""
     md = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
     logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
     payload = md.get(auth.PAYLOAD_HEADER) or ""
@@ -31,7 +35,10 @@ def _bind(metadata) -> None:
     auth.caller_payload.set(payload if account else "")
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+def failure(method: str, exc: Exception) -> status_pb2.Status:
+    """The status a call that raised `exc` ends with (counted and logged here): a domain
+    error's own (with its details), INTERNAL for anything else. Called inside the handler's
+    `except` (the log carries the traceback of a crash)."""
     if isinstance(exc, NotImplementedError):
         # A generated base-class method nobody overrode yet: say so, never make data up.
         exc = Unimplemented(f"{method.strip('/')} is not implemented yet in this release",
@@ -39,11 +46,14 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) 
     if isinstance(exc, DomainError):
         RPC_TOTAL.labels(method, exc.code).inc()
         log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})
-        await context.abort_with_status(to_grpc_status(exc))
+        return to_rpc_status(exc)
     RPC_TOTAL.labels(method, "INTERNAL").inc()
     log.exception("rpc crashed", extra={"method": method})
-    await context.abort(grpc.StatusCode.INTERNAL,
-                        f"internal error (request id {logs.request_id.get()})")
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {logs.request_id.get()})")
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    await context.abort_with_status(rpc_status.to_status(failure(method, exc)))
 
 
 def _pass_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
@@ -82,7 +92,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         seconds = RPC_SECONDS.labels(method)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _bind(context.invocation_metadata())
+            bind_call(context.invocation_metadata())
             start = time.perf_counter()
             try:
                 reply = await inner_uu(request, context)
@@ -103,7 +113,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner_us = handler.unary_stream
 
         async def stream(request: Any, context: grpc.aio.ServicerContext):
-            _bind(context.invocation_metadata())
+            bind_call(context.invocation_metadata())
             try:
                 result = inner_us(request, context)
                 if inspect.isawaitable(result):  # a handler that writes with context.write

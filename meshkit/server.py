@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram, start_http_server
 
 from meshkit import config, logs
+from meshkit.bridge import BridgeServer, routes as bridge_routes
 from meshkit.interceptors import ServiceInterceptor
 
 log = logging.getLogger("meshkit.server")
@@ -86,6 +87,9 @@ class App:
     # out the grace period.
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Unary methods ("/package.Service/Method") also served as protobuf over HTTP/1.1 behind
+    # Envoy's gRPC reverse bridge when settings.bridge_listen is set (meshkit.bridge).
+    bridged: list[str] = field(default_factory=list)
 
     @property
     def service_names(self) -> list[str]:
@@ -133,13 +137,21 @@ async def check_ready(app: App) -> str | None:
     return None
 
 
-async def watch_health(h: health.aio.HealthServicer, app: App) -> None:
+@dataclass
+class Readiness:
+    """Whether the service is SERVING, as its health checks say (also read by the bridge)."""
+    serving: bool = False
+
+
+async def watch_health(h: health.aio.HealthServicer, app: App, ready: Readiness | None = None) -> None:
     """SERVING only while the service's own dependencies answer."""
     serving: bool | None = None
     while True:
         problem = await check_ready(app)
         ok = problem is None
         if ok != serving:
+            if ready is not None:
+                ready.serving = ok
             await _set_all(h, app, health_pb2.HealthCheckResponse.SERVING if ok
                            else health_pb2.HealthCheckResponse.NOT_SERVING)
             if ok:
@@ -177,7 +189,14 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     gc.freeze()
     watch_gc()
     log.info("listening", extra={"port": port, "services": app.service_names})
-    tasks = [asyncio.create_task(watch_health(health_servicer, app))]
+    ready = Readiness()
+    bridge = None
+    if settings.bridge_listen and app.bridged:
+        bridge = BridgeServer(bridge_routes([(s, n) for _, s, n in app.servicers], app.bridged),
+                              lambda: ready.serving)
+        bridge_port = await bridge.start(settings.bridge_listen)
+        log.info("bridge listening", extra={"port": bridge_port, "methods": app.bridged})
+    tasks = [asyncio.create_task(watch_health(health_servicer, app, ready))]
     tasks += [asyncio.create_task(_supervised(fn)) for fn in app.background]
 
     stop = asyncio.Event()
@@ -187,6 +206,7 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    ready.serving = False
     for hook in app.on_shutdown:
         hook()
     for t in tasks:
@@ -194,7 +214,10 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     _, stuck = await asyncio.wait(tasks, timeout=settings.grace_seconds)
     if stuck:
         log.warning("background tasks did not stop in time", extra={"tasks": [t.get_coro().__qualname__ for t in stuck]})
-    await server.stop(settings.grace_seconds)
+    if bridge is not None:
+        await asyncio.gather(server.stop(settings.grace_seconds), bridge.stop(settings.grace_seconds))
+    else:
+        await server.stop(settings.grace_seconds)
     for close in app.on_close:
         try:
             await asyncio.wait_for(close(), timeout=settings.grace_seconds)

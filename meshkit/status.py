@@ -32,10 +32,6 @@ def to_rpc_status(err: DomainError) -> status_pb2.Status:
     return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
 
 
-def to_grpc_status(err: DomainError) -> grpc.Status:
-    return rpc_status.to_status(to_rpc_status(err))
-
-
 def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
                                                                   error_details_pb2.BadRequest | None]:
     """Client side: the ErrorInfo and BadRequest details of a failed call (tests, CLI)."""

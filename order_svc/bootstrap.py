@@ -67,4 +67,7 @@ async def bootstrap(settings: config.Settings) -> App:
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
             lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps))],
         on_close=closers,
+        # The commands (the admission-limited cluster in Envoy) go through Envoy's gRPC reverse
+        # bridge: protobuf over HTTP/1.1, no gRPC framing in Python (meshkit.bridge).
+        bridged=[f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder", "ReplaceOrder", "CancelOrder")],
     )

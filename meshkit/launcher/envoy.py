@@ -29,12 +29,17 @@ PUBLIC_ROUTES: dict[str, str] = {
     "stockmesh.matching.v1.MarketDataService": "matching_svc",
 }
 CLUSTERS = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
-# PlaceOrder / ReplaceOrder / CancelOrder admitted at once (Envoy refuses the next with
-# UNAVAILABLE); STOCKMESH_ORDER_COMMANDS_IN_FLIGHT in the launcher's environment overrides it.
-# 1,024 (Envoy's own default) lets a burst of 1,000 orders through whole, and bounds the wait
-# of an admitted order under overload to ~1,024 ÷ the mesh's rate (~4–5 s on 2 cores), inside a
-# 10 s deadline; measured against 24 and 64 in docs/benchmarks/place_order.md.
-ORDER_COMMANDS_IN_FLIGHT = 1024
+# Services whose order commands Envoy sends through its gRPC reverse bridge (meshkit/bridge.py),
+# to a port of their own.
+BRIDGED = ("order_svc",)
+# PlaceOrder / ReplaceOrder / CancelOrder in flight at order_svc at once (one HTTP/1.1
+# connection each, through the bridge), and as many more waiting in Envoy for one of those
+# connections; Envoy refuses the next with UNAVAILABLE. STOCKMESH_ORDER_COMMANDS_IN_FLIGHT in
+# the launcher's environment overrides it. 512 + 512 (1,024, Envoy's own default) lets a burst
+# of 1,000 orders through whole, and bounds the wait of an admitted order under overload to
+# ~1,024 ÷ the mesh's rate (~1–2 s on 2 cores), inside a 10 s deadline; measured against 24 and
+# 64 in docs/benchmarks/place_order.md.
+ORDER_COMMANDS_IN_FLIGHT = 512
 
 
 def default_workers() -> int:
@@ -55,6 +60,8 @@ class EnvoyPorts:
     upstreams: dict[str, int]  # cluster name -> 127.0.0.1 port (of its first replica)
     # cluster name -> the 127.0.0.1 ports of its further replicas (quote_svc's, when it runs several)
     replicas: dict[str, list[int]] = field(default_factory=dict)
+    # cluster name -> the 127.0.0.1 bridge ports of its replicas (BRIDGED clusters)
+    bridges: dict[str, list[int]] = field(default_factory=dict)
 
     def endpoints(self, cluster: str) -> list[int]:
         return [self.upstreams[cluster], *self.replicas.get(cluster, [])]
@@ -98,6 +105,9 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
     if unknown:
         raise EnvoyError(f"replicas for unknown cluster(s) {', '.join(unknown)}")
     values.update({f"{c.upper()}_ENDPOINTS": _lb_endpoints(ports.endpoints(c)) for c in CLUSTERS})
+    if missing := [c for c in BRIDGED if not ports.bridges.get(c)]:
+        raise EnvoyError(f"no bridge port for {', '.join(missing)}")
+    values.update({f"{c.upper()}_BRIDGE_ENDPOINTS": _lb_endpoints(ports.bridges[c]) for c in BRIDGED})
     text = Template(template.read_text()).safe_substitute(values)
     leftover = [line for line in text.splitlines()
                 if "${" in line and not line.lstrip().startswith("#")]

@@ -92,6 +92,7 @@ def _print(line: str) -> None:
 class Mesh:
     def __init__(self, opts: UpOptions, say: Callable[[str], None] = _print) -> None:
         self.opts = opts
+        self.bridge_ports: dict[str, int] = {}
         self.data_dir = opts.data_dir.resolve()
         self.say = say
         self.stop_event = threading.Event()
@@ -169,6 +170,9 @@ class Mesh:
         if relay_apart():
             self.instances[RELAY] = RELAY_MODULE
         listen = {name: free_port() for name in self.instances}
+        # The order commands' port of each bridged service (Envoy's gRPC reverse bridge).
+        self.bridge_ports = {name: free_port() for name, service in self.instances.items()
+                             if service in envoy.BRIDGED}
         self.metrics_ports = {name: free_port() for name in self.instances}
         upstreams = {name: listen[name] for name in SERVICES}  # the first replica of each
         children = [self.sup.start(self._service_spec(name, listen[name], upstreams))
@@ -181,7 +185,10 @@ class Mesh:
         if tcp_answers("127.0.0.1", public, timeout=0.5):
             raise LaunchError(f"port {public} is already in use (another mesh?); "
                               "choose another with --port, or --port 0 for a free one")
-        self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams, replicas=replicas)
+        bridges = {service: [self.bridge_ports[name] for name, s in self.instances.items() if s == service]
+                   for service in envoy.BRIDGED}
+        self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams, replicas=replicas,
+                                      bridges=bridges)
         config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
                                     order_commands_in_flight=_order_commands_in_flight())
         self.say(f"  config {config}")
@@ -263,6 +270,8 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             "STOCKMESH_MARKET_ALWAYS_OPEN": "1" if self.opts.market_hours == "always" else "0",
         }
+        if name in self.bridge_ports:
+            env["BRIDGE_LISTEN"] = f"127.0.0.1:{self.bridge_ports[name]}"
         if self.instances[name] == "order_svc" and RELAY in self.instances:
             env["ORDER_OUTBOX_RELAY"] = "external"
         return ChildSpec(name=name, argv=[sys.executable, "-m", self.instances[name]], env=env,
@@ -358,6 +367,7 @@ class Mesh:
                 **{f"quote_svc-{i}": port for i, port in enumerate(self.ports.replicas.get("quote_svc", []), 2)},
             },
             "metrics_ports": self.metrics_ports,
+            "bridge_ports": self.bridge_ports,
             "pids": {c.spec.name: c.pid for c in self.sup.children if c.running()},
             "restarts": {c.spec.name: c.restarts for c in self.sup.children},
             "database_url": infra.redact(self.infra.database_url) if self.infra else None,

@@ -50,9 +50,12 @@ def _pid_alive(pid: int) -> bool:
 
 def _rendered(tmp_path: Path) -> Path:
     dev = keys.ensure_keys(tmp_path)
-    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
-                             upstreams={c: free_port() for c in envoy.CLUSTERS})
-    return envoy.write_config(tmp_path, ports, dev.jwks_path)
+    return envoy.write_config(tmp_path, _ports(), dev.jwks_path)
+
+
+def _ports(**kw) -> envoy.EnvoyPorts:
+    return envoy.EnvoyPorts(public=free_port(), admin=free_port(), upstreams={c: free_port() for c in envoy.CLUSTERS},
+                            bridges={c: [free_port()] for c in envoy.BRIDGED}, **kw)
 
 
 def test_rendered_envoy_config_passes_envoy_validate(tmp_path: Path) -> None:
@@ -85,8 +88,7 @@ def test_quote_streams_are_buffered_little_by_envoy(tmp_path: Path) -> None:
 def test_quote_replicas_are_endpoints_of_both_quote_clusters(tmp_path: Path) -> None:
     dev = keys.ensure_keys(tmp_path)
     extra = [free_port(), free_port()]
-    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
-                             upstreams={c: free_port() for c in envoy.CLUSTERS}, replicas={"quote_svc": extra})
+    ports = _ports(replicas={"quote_svc": extra})
     config = envoy.write_config(tmp_path, ports, dev.jwks_path)
     envoy.validate(config)
     clusters = {c.split("\n")[0]: c for c in config.read_text().split("  clusters:\n")[1].split("  - name: ") if c}
@@ -98,21 +100,28 @@ def test_quote_replicas_are_endpoints_of_both_quote_clusters(tmp_path: Path) -> 
     for name in ("order_svc", "ledger_svc", "matching_svc"):
         assert endpoints(name) == [str(ports.upstreams[name])]
     with pytest.raises(envoy.EnvoyError, match="unknown cluster"):
-        envoy.render(envoy.EnvoyPorts(public=1, admin=2, upstreams=ports.upstreams, replicas={"nope": [3]}),
-                     dev.jwks_path)
+        envoy.render(envoy.EnvoyPorts(public=1, admin=2, upstreams=ports.upstreams, replicas={"nope": [3]},
+                                      bridges=ports.bridges), dev.jwks_path)
+    with pytest.raises(envoy.EnvoyError, match="no bridge port for order_svc"):
+        envoy.render(envoy.EnvoyPorts(public=1, admin=2, upstreams=ports.upstreams), dev.jwks_path)
+
+
+ORDER_COMMANDS = [f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder", "ReplaceOrder", "CancelOrder")]
 
 
 @asynccontextmanager
-async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, **render_options):
+async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, **render_options):
     """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
-    what `add_servicer(server)` adds) on `cluster`'s port; yields (a channel to Envoy's public
-    port, a bearer token's metadata)."""
+    what `add_servicer(server)` adds) on `cluster`'s port and, given `bridged` (servicer,
+    service name), the order commands of that servicer on the bridge port (meshkit.bridge, as
+    order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from meshkit.bridge import BridgeServer, routes
+
     dev = keys.ensure_keys(tmp_path)
-    ports = envoy.EnvoyPorts(public=free_port(), admin=free_port(),
-                             upstreams={c: free_port() for c in envoy.CLUSTERS})
+    ports = _ports()
     config = envoy.write_config(tmp_path, ports, dev.jwks_path, **render_options)
     server = grpc.aio.server()
     add_servicer(server)
@@ -121,6 +130,10 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, **render_opt
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     server.add_insecure_port(f"127.0.0.1:{ports.upstreams[cluster]}")
     await server.start()
+    bridge = None
+    if bridged is not None:
+        bridge = BridgeServer(routes([bridged], ORDER_COMMANDS), lambda: True)
+        await bridge.start(f"127.0.0.1:{ports.bridges[cluster][0]}")
     proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
@@ -128,6 +141,8 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, **render_opt
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
+        if bridge is not None:
+            await bridge.stop(0)
         await server.stop(None)
 
 
@@ -173,9 +188,10 @@ async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Pat
 
 
 async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_next_at_once(tmp_path: Path) -> None:
-    """With 2 order commands in flight (PlaceOrder, ReplaceOrder, CancelOrder), the next is
-    refused by Envoy with UNAVAILABLE without reaching order_svc, while the other OrderService
-    calls still pass; once the two finish, commands are admitted again."""
+    """With 2 order commands in flight at order_svc (PlaceOrder, ReplaceOrder, CancelOrder,
+    through the bridge) and 2 more waiting in Envoy, the next is refused by Envoy with
+    UNAVAILABLE without reaching order_svc, while the other OrderService calls still pass; once
+    the two finish, the waiting ones go through and commands are admitted again."""
     import asyncio
 
     import grpc
@@ -202,7 +218,7 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
     slow = Slow()
     async with _envoy_before(tmp_path, "order_svc",
                              lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(slow, server),
-                             order_commands_in_flight=2) as (ch, md):
+                             bridged=(slow, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         # Until Envoy listens and has seen the stand-in healthy, on both clusters (each is
         # health-checked on its own).
@@ -218,17 +234,100 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
         held = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"c{i}"), metadata=md,
                                                       timeout=30)) for i in range(2)]
         await asyncio.wait_for(slow.arrived.wait(), 10)  # both in flight at order_svc
+        waiting = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"w{i}"),
+                                                         metadata=md, timeout=30)) for i in range(2)]
+        await asyncio.sleep(0.5)  # given the time to reach order_svc, they do not: they wait in Envoy
+        assert slow.placed == 2 and not any(t.done() for t in waiting)
         for call in (stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c3"), metadata=md, timeout=5),
                      stub.CancelOrder(opb.CancelOrderRequest(order_id="z"), metadata=md, timeout=5)):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert slow.placed == 2  # the refused command never reached order_svc
+        assert slow.placed == 2  # the refused commands never reached order_svc
         assert (await stub.GetOrder(opb.GetOrderRequest(order_id="q"), metadata=md, timeout=5)).order.order_id == "q"
         slow.release.set()
-        assert [(await t).order.client_order_id for t in held] == ["c0", "c1"]
+        assert [(await t).order.client_order_id for t in held + waiting] == ["c0", "c1", "w0", "w1"]
         again = await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c4"), metadata=md, timeout=5)
-        assert again.order.client_order_id == "c4" and slow.placed == 3
+        assert again.order.client_order_id == "c4" and slow.placed == 5
+
+
+async def test_order_commands_through_the_bridge_keep_identity_statuses_and_details(tmp_path: Path) -> None:
+    """The order commands reach order_svc through Envoy's gRPC reverse bridge (protobuf over
+    HTTP/1.1, meshkit.bridge): the caller's verified identity arrives, a reply comes back whole,
+    and a failure keeps its code, message and details (field violations, RetryInfo) as on a
+    gRPC server; a crash is INTERNAL. A stand-in servicer behind a real Envoy."""
+    import asyncio
+
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from meshkit.auth import current_account
+    from meshkit.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
+    from meshkit.status import error_info
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class StandIn(order_service_pb2_grpc.OrderServiceServicer):
+        async def PlaceOrder(self, request, context):
+            if request.quantity <= 0:
+                raise InvalidArgument([FieldViolation("quantity", "must be at least 1"),
+                                       FieldViolation("symbol", "unknown symbol 'NOPE'")])
+            if request.client_order_id == "taken":
+                raise AlreadyExists("client_order_id 'taken' was used for another order: 100% sure",
+                                    metadata={"clientOrderId": "taken"})
+            if request.client_order_id == "crash":
+                raise RuntimeError("a bug")
+            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id,
+                                                                account_id=current_account(),
+                                                                quantity=request.quantity))
+
+        async def CancelOrder(self, request, context):
+            raise ResourceExhausted("too many requests for this account; retry in 250 ms",
+                                    retry_after_seconds=0.25, metadata={"limit": "this account"})
+
+    stand_in = StandIn()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
+                             bridged=(stand_in, "stockmesh.order.v1.OrderService")) as (ch, md):
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+        placed = None
+        for _ in range(100):  # until Envoy listens and has seen the bridge healthy
+            try:
+                placed = await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c1", quantity=3), metadata=md,
+                                               timeout=5)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                await asyncio.sleep(0.1)
+        assert placed is not None
+        assert (placed.order.client_order_id, placed.order.account_id, placed.order.quantity) == (
+            "c1", "stand-in-client", 3)
+
+        async def failed(call) -> grpc.aio.AioRpcError:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            return err.value
+
+        bad = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c2", quantity=0), metadata=md,
+                                           timeout=5))
+        info, violations = error_info(bad)
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and info is not None
+        assert [(v.field, v.description) for v in violations.field_violations] == [
+            ("quantity", "must be at least 1"), ("symbol", "unknown symbol 'NOPE'")]
+        taken = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="taken", quantity=1),
+                                             metadata=md, timeout=5))
+        assert taken.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert taken.details() == "client_order_id 'taken' was used for another order: 100% sure"
+        assert error_info(taken)[0].metadata["clientOrderId"] == "taken"
+        limited = await failed(stub.CancelOrder(opb.CancelOrderRequest(order_id="x"), metadata=md, timeout=5))
+        assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = [d for d in rpc_status.from_call(limited).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        delay = error_details_pb2.RetryInfo()
+        retry[0].Unpack(delay)
+        assert delay.retry_delay.ToMilliseconds() == 250
+        crashed = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="crash", quantity=1),
+                                               metadata=md, timeout=5))
+        assert crashed.code() == grpc.StatusCode.INTERNAL and "internal error (request id" in crashed.details()
 
 
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:
