@@ -165,7 +165,9 @@ class BridgeServer:
         start = time.perf_counter()
         out, extra = b"", b""
         try:
-            out = (await handler(parse(body), None)).SerializeToString()
+            reply = await handler(parse(body), None)
+            # A handler may answer with its reply already serialized (as on the gRPC server).
+            out = reply if type(reply) is bytes else reply.SerializeToString()
             RPC_TOTAL.labels(path, "OK").inc()
         except asyncio.CancelledError:
             raise
