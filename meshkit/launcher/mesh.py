@@ -334,7 +334,9 @@ class Mesh:
                 if ok and name not in seen:
                     seen.add(name)
                     self.say(f"  Envoy sees {name} healthy")
-            return all(health.get(c) for c in envoy.CLUSTERS)
+            # Every cluster, the ones for the order commands (their own health checks, on the
+            # bridge port) as much as the services' own: a first order must not find none healthy.
+            return all(health.get(c) for c in envoy.CLUSTERS) and all(health.values())
 
         def crashed() -> str | None:
             if proxy.running():
