@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from decimal import Decimal
@@ -123,3 +124,54 @@ def test_json_quote_stream_through_envoy(mesh):
         return got["order"]["status"] == "ORDER_STATUS_CANCELLED" and cash["held"] == "0.00"
 
     assert asyncio.run(eventually(cancelled, timeout=15, delay=0.1))
+
+
+def grpc_web(mesh, path: str, message, account: str) -> tuple[bytes, dict[str, str]]:
+    """A gRPC-Web unary call (binary, as a browser client sends it): the reply message's bytes
+    and the trailers, read from the response body's frames (or, for a trailers-only reply such
+    as an error, from its headers)."""
+    body = message.SerializeToString()
+    conn = http.client.HTTPConnection(*mesh.endpoint.rsplit(":", 1), timeout=15)
+    try:
+        conn.request("POST", path, b"\x00" + len(body).to_bytes(4, "big") + body,
+                     {"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                      "authorization": f"Bearer {mesh.token(account)}"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.status
+        data = resp.read()
+        trailers_only = {k: v for k, v in resp.getheaders() if k.lower() in ("grpc-status", "grpc-message")}
+    finally:
+        conn.close()
+    reply, trailers = b"", trailers_only
+    while data:
+        flag, size = data[0], int.from_bytes(data[1:5], "big")
+        frame, data = data[5:5 + size], data[5 + size:]
+        if flag & 0x80:
+            trailers = dict(line.split(":", 1) for line in frame.decode().split("\r\n") if line)
+        else:
+            reply = frame
+    return reply, {k.strip().lower(): v.strip() for k, v in trailers.items()}
+
+
+def test_grpc_web_order_commands_through_envoy(mesh):
+    """A browser's gRPC-Web PlaceOrder and its error: gRPC-Web commands go to order_svc's gRPC
+    port (gRPC clients' commands take Envoy's reverse bridge), with the same replies and errors."""
+    from stockmesh.common.v1 import common_pb2
+    from stockmesh.order.v1 import order_service_pb2 as pb
+
+    account = f"web-{uuid.uuid4().hex[:6]}"
+    status, _ = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit", {"amount": "500.00", "idempotency_key": "w"},
+                     account)
+    assert status == 200
+    request = pb.PlaceOrderRequest(client_order_id="web-1", symbol="KO", side=common_pb2.SIDE_BUY,
+                                   type=common_pb2.ORDER_TYPE_LIMIT, quantity=2, limit_price="60.00",
+                                   time_in_force=common_pb2.TIME_IN_FORCE_GTC)
+    reply, trailers = grpc_web(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder", request, account)
+    assert trailers["grpc-status"] == "0", trailers
+    order = pb.PlaceOrderResponse.FromString(reply).order
+    assert (order.client_order_id, order.account_id, order.status) == ("web-1", account, common_pb2.ORDER_STATUS_NEW)
+
+    request.quantity = 3  # the same client_order_id for another order
+    reply, trailers = grpc_web(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder", request, account)
+    assert trailers["grpc-status"] == "6" and reply == b"", trailers  # ALREADY_EXISTS
+    assert "web-1" in urllib.parse.unquote(trailers["grpc-message"])
