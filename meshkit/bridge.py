@@ -11,8 +11,9 @@ contract (protos/) is the same.
 
 Envoy's bridge maps only the HTTP status to a gRPC status, so a failed call answers 200 with
 headers `x-grpc-status`, `x-grpc-message` (percent-encoded, as gRPC's grpc-message) and
-`x-grpc-status-details-bin` (the google.rpc.Status, base64): Envoy copies them into the
-trailers (a header_mutation filter, envoy/envoy.yaml.tmpl). The status comes from the same
+`x-grpc-status-details-bin` (the google.rpc.Status, base64): Envoy takes them out of the
+headers and writes them into the trailers (a few lines of Lua and a header_mutation filter,
+envoy/envoy.yaml.tmpl), so the client sees what a gRPC server would have sent. The status comes from the same
 mapping as on the gRPC server (meshkit.interceptors.failure), and so do the caller's identity,
 the request id and the metrics.
 

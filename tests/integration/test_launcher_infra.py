@@ -314,9 +314,12 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
         assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and info is not None
         assert [(v.field, v.description) for v in violations.field_violations] == [
             ("quantity", "must be at least 1"), ("symbol", "unknown symbol 'NOPE'")]
-        taken = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="taken", quantity=1),
-                                             metadata=md, timeout=5))
+        taken_call = stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="taken", quantity=1), metadata=md, timeout=5)
+        taken = await failed(taken_call)
         assert taken.code() == grpc.StatusCode.ALREADY_EXISTS
+        # The status is in the trailers only, as a gRPC server sends it: nothing of it (nor of
+        # the bridge's x-grpc-* headers) in the reply's headers.
+        assert not [k for k, _ in (await taken_call.initial_metadata()) if "grpc-" in k and k != "grpc-accept-encoding"]
         assert taken.details() == "client_order_id 'taken' was used for another order: 100% sure"
         assert error_info(taken)[0].metadata["clientOrderId"] == "taken"
         limited = await failed(stub.CancelOrder(opb.CancelOrderRequest(order_id="x"), metadata=md, timeout=5))
