@@ -31,7 +31,7 @@ import urllib.parse
 from typing import Any, Awaitable, Callable
 
 import httptools
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pool, message_factory
 
 from meshkit.interceptors import RPC_SECONDS, RPC_TOTAL, bind_call, failure
 
@@ -45,8 +45,6 @@ Routes = dict[str, tuple[Callable[[bytes], Any], Handler]]
 def routes(servicers: list[tuple[Any, str]], methods: list[str]) -> Routes:
     """The bridged methods ("/package.Service/Method"), each with its request parser and the
     servicer's handler. `servicers`: (servicer, full service name) pairs."""
-    from google.protobuf import descriptor_pool
-
     out: Routes = {}
     by_service = {name: servicer for servicer, name in servicers}
     for path in methods:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import free_port, wait_for
 from meshkit.launcher.supervisor import ChildSpec, Supervisor
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +116,8 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
     """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
     what `add_servicer(server)` adds) on `cluster`'s port and, given `bridged` (servicer,
     service name), the order commands of that servicer on the bridge port (meshkit.bridge, as
-    order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata)."""
+    order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata,
+    Envoy's admin port)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -137,7 +140,7 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
     proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
-            yield ch, (("authorization", f"Bearer {keys.mint_token(tmp_path, 'stand-in-client')}"),)
+            yield ch, (("authorization", f"Bearer {keys.mint_token(tmp_path, 'stand-in-client')}"),), ports.admin
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
@@ -170,7 +173,7 @@ async def test_envoy_opens_again_a_quote_stream_answered_cancelled(tmp_path: Pat
     flaky = Flaky(refusals=2)
     async with _envoy_before(tmp_path, "quote_svc",
                              lambda server: quote_service_pb2_grpc.add_QuoteServiceServicer_to_server(flaky, server)
-                             ) as (ch, md):
+                             ) as (ch, md, _):
         stub = quote_service_pb2_grpc.QuoteServiceStub(ch)
         first = None
         for _ in range(100):  # until Envoy listens and has seen the stand-in healthy
@@ -218,7 +221,7 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
     slow = Slow()
     async with _envoy_before(tmp_path, "order_svc",
                              lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(slow, server),
-                             bridged=(slow, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md):
+                             bridged=(slow, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md, admin):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         # Until Envoy listens and has seen the stand-in healthy, on both clusters (each is
         # health-checked on its own).
@@ -236,8 +239,13 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
         await asyncio.wait_for(slow.arrived.wait(), 10)  # both in flight at order_svc
         waiting = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"w{i}"),
                                                          metadata=md, timeout=30)) for i in range(2)]
-        await asyncio.sleep(0.5)  # given the time to reach order_svc, they do not: they wait in Envoy
-        assert slow.placed == 2 and not any(t.done() for t in waiting)
+        def pending_in_envoy() -> int:
+            name = "cluster.order_svc_commands.upstream_rq_pending_active"
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{name}$", timeout=2) as resp:
+                return int(resp.read().decode().split(":")[1])
+
+        assert await eventually(lambda: pending_in_envoy() == 2), "the two are not waiting in Envoy"
+        assert slow.placed == 2 and not any(t.done() for t in waiting)  # they wait in Envoy, not at order_svc
         for call in (stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c3"), metadata=md, timeout=5),
                      stub.CancelOrder(opb.CancelOrderRequest(order_id="z"), metadata=md, timeout=5)):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -288,7 +296,7 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
     stand_in = StandIn()
     async with _envoy_before(tmp_path, "order_svc",
                              lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
-                             bridged=(stand_in, "stockmesh.order.v1.OrderService")) as (ch, md):
+                             bridged=(stand_in, "stockmesh.order.v1.OrderService")) as (ch, md, _):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         placed = None
         for _ in range(100):  # until Envoy listens and has seen the bridge healthy
