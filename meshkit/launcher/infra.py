@@ -188,7 +188,8 @@ def start_local_postgres(data_dir: Path, sup: Supervisor, *, say: Callable[[str]
         raise InfraError(
             "no PostgreSQL answers at DATABASE_URL and none can be started here: no initdb/postgres "
             "on PATH or in /usr/lib/postgresql/*/bin, and the `pgserver` package is not installed "
-            "(pip install pgserver==0.1.4, or set DATABASE_URL to a running server)")
+            "(pip install pgserver==0.1.4 on Python 3.11 or 3.12, for which it is built; or install "
+            "PostgreSQL; or set DATABASE_URL to a running server)")
     user = _run_as_user()
     pgdata = data_dir / "postgres"
     logs = data_dir / "logs"
