@@ -37,8 +37,9 @@ What it does, in one run:
    sent, the outbox backlog after the step, how long after its acknowledgement each order was
    working in the book (the engine's ACCEPTED notice, seen on a NATS subscription to the
    mesh's acceptances), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
-   order_svc, of PlaceOrder's handler and of each of its batched steps, read off the
-   histograms Envoy and order_svc export, as differences of two scrapes around the window;
+   order_svc, of PlaceOrder's handler and of each of its batched steps, and of ledger_svc's
+   PlaceHolds handler per call (a batch), read off the histograms Envoy, order_svc and
+   ledger_svc export, as differences of two scrapes around the window;
    approximate within a bucket), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
    PlaceOrder percentile to the floor.
@@ -197,6 +198,9 @@ TIME_PARTS = (
     ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "record_orders", "record"),
     ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "place_holds", "hold"),
     ("order_svc", "stockmesh_batch_wait_seconds", "batcher", "decide_orders", "decide"),
+    # Per call (a batch of holds), not per order: how much of the hold step the ledger's handler is.
+    ("ledger_svc", "stockmesh_rpc_seconds", "method", "/stockmesh.ledger.v1.HoldService/PlaceHolds",
+     "PlaceHolds' handler in ledger_svc, per call"),
 )
 Buckets = dict[tuple[str, str], list[tuple[float, float]]]  # (source, part) -> [(le, cumulative count)]
 
@@ -208,7 +212,7 @@ def scrape_histograms(mesh: BenchMesh) -> Buckets:
     from prometheus_client.parser import text_string_to_metric_families
 
     state = mesh.state()
-    urls = {"order_svc": f"http://127.0.0.1:{state['metrics_ports']['order_svc']}/metrics",
+    urls = {**{svc: f"http://127.0.0.1:{state['metrics_ports'][svc]}/metrics" for svc in ("order_svc", "ledger_svc")},
             "envoy": f"http://127.0.0.1:{state['ports']['admin']}/stats/prometheus"}
     out: Buckets = {}
     for source, url in urls.items():
