@@ -37,8 +37,9 @@ What it does, in one run:
    sent, the outbox backlog after the step, how long after its acknowledgement each order was
    working in the book (the engine's ACCEPTED notice, seen on a NATS subscription to the
    mesh's acceptances), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
-   order_svc, of PlaceOrder's handler and of each of its batched steps, and of ledger_svc's
-   PlaceHolds handler per call (a batch), read off the histograms Envoy, order_svc and
+   order_svc, of PlaceOrder's handler and of each of its batched steps, of ledger_svc's
+   PlaceHolds handler per call (a batch), and of both services' event loop lag, read off the
+   histograms Envoy, order_svc and
    ledger_svc export, as differences of two scrapes around the window;
    approximate within a bucket), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
@@ -201,12 +202,19 @@ TIME_PARTS = (
     # Per call (a batch of holds), not per order: how much of the hold step the ledger's handler is.
     ("ledger_svc", "stockmesh_rpc_seconds", "method", "/stockmesh.ledger.v1.HoldService/PlaceHolds",
      "PlaceHolds' handler in ledger_svc, per call"),
+    # How long a ready callback waits for its turn on each service's event loop (sampled).
+    ("order_svc", "stockmesh_event_loop_lag_seconds", None, "order_svc loop", "order_svc's event loop lag"),
+    ("ledger_svc", "stockmesh_event_loop_lag_seconds", None, "ledger_svc loop", "ledger_svc's event loop lag"),
 )
 Buckets = dict[tuple[str, str], list[tuple[float, float]]]  # (source, part) -> [(le, cumulative count)]
+# order_svc's batchers: how often each flushed and how many items a flush carried.
+BATCHERS = ("rate_limits", "place_holds", "record_orders")
+Flushes = dict[str, tuple[float, float]]  # batcher -> (items so far, flushes so far)
 
 
-def scrape_histograms(mesh: BenchMesh) -> Buckets:
-    """The cumulative buckets of TIME_PARTS now, in seconds (Envoy counts milliseconds)."""
+def scrape_histograms(mesh: BenchMesh) -> tuple[Buckets, Flushes]:
+    """The cumulative buckets of TIME_PARTS now, in seconds (Envoy counts milliseconds), and
+    the items and flushes of BATCHERS so far."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -215,18 +223,34 @@ def scrape_histograms(mesh: BenchMesh) -> Buckets:
     urls = {**{svc: f"http://127.0.0.1:{state['metrics_ports'][svc]}/metrics" for svc in ("order_svc", "ledger_svc")},
             "envoy": f"http://127.0.0.1:{state['ports']['admin']}/stats/prometheus"}
     out: Buckets = {}
+    flushes: Flushes = {}
     for source, url in urls.items():
         text = urllib.request.urlopen(url, timeout=5).read().decode()
         scale = 1000.0 if source == "envoy" else 1.0
         for family in text_string_to_metric_families(text):
+            if source == "order_svc" and family.name == "stockmesh_batch_size":
+                for batcher in BATCHERS:
+                    got = {x.name: x.value for x in family.samples if x.labels.get("batcher") == batcher}
+                    if got:
+                        flushes[batcher] = (got.get(family.name + "_sum", 0.0), got.get(family.name + "_count", 0.0))
             for src, name, label, value, _ in TIME_PARTS:
                 if src != source or family.name != name:
                     continue
                 rows = [(float(x.labels["le"]) / scale, x.value) for x in family.samples
-                        if x.name == name + "_bucket" and x.labels.get(label) == value]
+                        if x.name == name + "_bucket" and (label is None or x.labels.get(label) == value)]
                 if rows:
                     out[(source, value)] = sorted(rows)
-    return out
+    return out, flushes
+
+
+def flush_rates(before: Flushes, after: Flushes, window: float) -> list[tuple[str, float, float]]:
+    """(batcher, flushes a second, mean items per flush) over the window."""
+    rows = []
+    for batcher, (items, n) in after.items():
+        items0, n0 = before.get(batcher, (0.0, 0.0))
+        if n > n0:
+            rows.append((batcher, (n - n0) / window, (items - items0) / (n - n0)))
+    return rows
 
 
 def bucket_pct(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
@@ -277,6 +301,7 @@ class StepResult:
     pg_xacts: int = 0
     stuck: int = 0
     time_parts: list[tuple[str, float, float]] = field(default_factory=list)  # (what, p50, p99) in the mesh
+    flushes: list[tuple[str, float, float]] = field(default_factory=list)  # (batcher, flushes/s, items per flush)
     acked: dict[str, float] = field(default_factory=dict)  # order id -> when its NEW reply came
     in_book: dict[str, float] = field(default_factory=dict)  # order id -> when the engine's ACCEPTED came
 
@@ -562,11 +587,13 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
                          if args.profile_dir and rate == args.profile_rate else [])
             xacts = await pg_transactions(mesh)
             watcher = await watch_the_book(mesh, res)
-            histograms = scrape_histograms(mesh)
+            histograms, flushed = scrape_histograms(mesh)
             before = meter.snapshot()
             await open_loop(stubs, reqs, rate, res)
             res.cpu, res.machine_cores, _ = CpuMeter.diff(before, meter.snapshot())
-            res.time_parts = time_parts(histograms, scrape_histograms(mesh))
+            histograms_after, flushed_after = scrape_histograms(mesh)
+            res.time_parts = time_parts(histograms, histograms_after)
+            res.flushes = flush_rates(flushed, flushed_after, res.window)
             res.pg_xacts = await pg_transactions(mesh) - xacts - 1  # minus our own query
             for p in profilers:
                 p.wait()
@@ -608,6 +635,9 @@ def report_step(r: StepResult) -> None:
         print("   where the time goes (p50 / p99 ms, read off the mesh's histograms; the handler's steps "
               "each include the wait for the batch in flight): "
               + "; ".join(f"{what} {p50 * 1000:.1f} / {p99 * 1000:.1f}" for what, p50, p99 in r.time_parts))
+    if r.flushes:
+        print("   order_svc's batches (flushes a second x items per flush): "
+              + "; ".join(f"{name} {per_s:.0f}/s x {size:.1f}" for name, per_s, size in r.flushes))
     if r.stuck:
         print(f"   !! {r.stuck} service connections idle in transaction for > 5 s after the step "
               f"(leaked pool slots; see docs/benchmarks/place_order.md)")

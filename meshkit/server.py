@@ -31,6 +31,24 @@ GC_PAUSE = Histogram("stockmesh_gc_pause_seconds", "Pauses of Python's cyclic ga
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 
 
+# How long a callback that just became ready waits for its turn: the event loop is the one
+# queue everything a service does passes through, several times per request.
+LOOP_LAG = Histogram("stockmesh_event_loop_lag_seconds",
+                     "From a callback becoming ready to it running (sampled every 50 ms)",
+                     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
+
+
+async def watch_loop_lag(every: float = 0.05) -> None:
+    """Every `every` seconds, make a callback ready and time how long it waits to run (the
+    callbacks ahead of it, and the poll for I/O between two turns of the loop)."""
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG.observe
+    while True:
+        await asyncio.sleep(every)
+        ready = time.perf_counter()
+        loop.call_soon(lambda: observe(time.perf_counter() - ready))
+
+
 def watch_gc(slow: float = 0.02) -> Callable[[str, dict], None]:
     """Time every collection of the cyclic garbage collector (the loop stands still meanwhile):
     a histogram per generation, and a warning for a pause longer than `slow` seconds."""
@@ -196,7 +214,8 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
                               lambda: ready.serving)
         bridge_port = await bridge.start(settings.bridge_listen)
         log.info("bridge listening", extra={"port": bridge_port, "methods": app.bridged})
-    tasks = [asyncio.create_task(watch_health(health_servicer, app, ready))]
+    tasks = [asyncio.create_task(watch_health(health_servicer, app, ready)),
+             asyncio.create_task(watch_loop_lag(), name="loop-lag")]
     tasks += [asyncio.create_task(_supervised(fn)) for fn in app.background]
 
     stop = asyncio.Event()
