@@ -39,8 +39,8 @@ What it does, in one run:
    mesh's acceptances), where the time goes inside the mesh (p50 / p99 of Envoy's upstream time to
    order_svc, of PlaceOrder's handler and of each of its batched steps, of ledger_svc's
    PlaceHolds handler per call (a batch), and of both services' event loop lag, read off the
-   histograms Envoy, order_svc and
-   ledger_svc export, as differences of two scrapes around the window;
+   histograms Envoy, order_svc and ledger_svc export, as differences of two scrapes around the
+   window; with each of order_svc's batchers' flushes a second and items per flush;
    approximate within a bucket), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
    PlaceOrder percentile to the floor.

@@ -42,11 +42,13 @@ async def watch_loop_lag(every: float = 0.05) -> None:
     """Every `every` seconds, make a callback ready and time how long it waits to run (the
     callbacks ahead of it, and the poll for I/O between two turns of the loop)."""
     loop = asyncio.get_running_loop()
-    observe = LOOP_LAG.observe
+
+    def probe(ready: float) -> None:
+        LOOP_LAG.observe(time.perf_counter() - ready)
+
     while True:
         await asyncio.sleep(every)
-        ready = time.perf_counter()
-        loop.call_soon(lambda: observe(time.perf_counter() - ready))
+        loop.call_soon(probe, time.perf_counter())
 
 
 def watch_gc(slow: float = 0.02) -> Callable[[str, dict], None]:

@@ -53,7 +53,9 @@ async def test_loop_lag_counts_the_callbacks_ahead_of_a_ready_one():
             await asyncio.sleep(0)
 
     hogging = asyncio.create_task(hog())
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 5.0
+    while _lag_counts()[1] == slow_before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the hog and the probe run meanwhile
     hogging.cancel()
     watcher.cancel()
     await asyncio.gather(hogging, watcher, return_exceptions=True)
