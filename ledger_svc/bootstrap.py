@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncpg
-import grpc
 from nats.aio.client import Client
 
 from ledger_svc.adapters.orders import GrpcOpenOrders
@@ -11,7 +10,7 @@ from ledger_svc.entrypoints.hold_server import HoldServicer
 from ledger_svc.entrypoints.settlement_server import SettlementServicer
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import bus, config, db, executions
+from meshkit import bus, channels, config, db, executions
 from meshkit.marketdata import JetStreamQuotes
 from meshkit.server import App
 from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, settlement_service_pb2_grpc
@@ -25,7 +24,7 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     background, checks, closers = [], [db.pool_check(pool)], [pool.close]
     orders = None
     if order_addr:
-        channel = grpc.aio.insecure_channel(order_addr)
+        channel = channels.internal_channel(order_addr)
         orders = GrpcOpenOrders(channel)
         closers.append(channel.close)
     servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders)

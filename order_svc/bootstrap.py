@@ -2,9 +2,8 @@
 flow out, market data in), Redis (rate limits, fail open)."""
 from __future__ import annotations
 
-import grpc
 
-from meshkit import bus, cache, config, db, executions
+from meshkit import bus, cache, channels, config, db, executions
 from meshkit.config import env_decimal, env_int
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.server import App
@@ -39,7 +38,7 @@ async def bootstrap(settings: config.Settings) -> App:
     js = nc.jetstream()
     await ensure_orders_stream(js, settings.namespace)
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
-    ledger = grpc.aio.insecure_channel(settings.ledger_addr)
+    ledger = channels.internal_channel(settings.ledger_addr)
     # Relaying here, the saga wakes the relay directly; an external relay wakes on the outbox's
     # PostgreSQL notification (migration 0006).
     relay = OutboxRelay(settings.database_url, js, retention=outbox.retention()) if relays_in_process() else None
