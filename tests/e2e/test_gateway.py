@@ -24,8 +24,11 @@ from stockmesh.ledger.v1 import (
     settlement_service_pb2,
     settlement_service_pb2_grpc,
 )
+from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import engine_control_service_pb2, engine_control_service_pb2_grpc
+from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from meshkit.launcher.harness import MeshProcess as RunningMesh
+from meshkit.symbols import listed
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -196,4 +199,21 @@ async def test_killed_service_is_restarted_and_the_mesh_serves_again(mesh: Runni
             await asyncio.sleep(0.25)
     else:
         pytest.fail(f"the mesh does not serve after the restart: {last}\n{mesh.diagnostics()}")
+    # order_svc calls ledger_svc straight, not through Envoy: its channel finds the restarted
+    # ledger too (a hold asked for and refused: the unfunded account's order is REJECTED).
+    buy = order_service_pb2.PlaceOrderRequest(
+        client_order_id="after-restart", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
+        quantity=1, limit_price=str(listed()["AAPL"].reference_price), time_in_force=common_pb2.TIME_IN_FORCE_DAY)
+    while time.monotonic() < deadline:
+        try:
+            async with mesh.channel() as ch:
+                order = (await order_service_pb2_grpc.OrderServiceStub(ch).PlaceOrder(
+                    buy, metadata=mesh.auth("gw-after-restart"), timeout=10)).order
+            assert order.reject_reason == order_pb2.ORDER_REJECT_REASON_INSUFFICIENT_FUNDS, order
+            break
+        except grpc.aio.AioRpcError as exc:
+            last = exc
+            await asyncio.sleep(0.25)
+    else:
+        pytest.fail(f"order_svc does not reach the restarted ledger_svc: {last}\n{mesh.diagnostics()}")
     assert "ledger_svc restarted" in mesh.output.read_text()
