@@ -188,32 +188,30 @@ async def test_killed_service_is_restarted_and_the_mesh_serves_again(mesh: Runni
         assert time.monotonic() < deadline, f"ledger_svc was not restarted\n{mesh.diagnostics()}"
         await asyncio.sleep(0.2)
 
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            reply = await _portfolio(mesh, mesh.auth("gw-after-restart"))
-            assert reply.portfolio.account_id == "gw-after-restart"
-            break
-        except grpc.aio.AioRpcError as exc:
-            last = exc
-            await asyncio.sleep(0.25)
-    else:
-        pytest.fail(f"the mesh does not serve after the restart: {last}\n{mesh.diagnostics()}")
+    async def until_answered(call, what: str):
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                last = exc
+                await asyncio.sleep(0.25)
+        pytest.fail(f"{what}: {last}\n{mesh.diagnostics()}")
+
+    reply = await until_answered(lambda: _portfolio(mesh, mesh.auth("gw-after-restart")),
+                                 "the mesh does not serve after the restart")
+    assert reply.portfolio.account_id == "gw-after-restart"
     # order_svc calls ledger_svc straight, not through Envoy: its channel finds the restarted
     # ledger too (a hold asked for and refused: the unfunded account's order is REJECTED).
     buy = order_service_pb2.PlaceOrderRequest(
         client_order_id="after-restart", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
         quantity=1, limit_price=str(listed()["AAPL"].reference_price), time_in_force=common_pb2.TIME_IN_FORCE_DAY)
-    while time.monotonic() < deadline:
-        try:
-            async with mesh.channel() as ch:
-                order = (await order_service_pb2_grpc.OrderServiceStub(ch).PlaceOrder(
-                    buy, metadata=mesh.auth("gw-after-restart"), timeout=10)).order
-            assert order.reject_reason == order_pb2.ORDER_REJECT_REASON_INSUFFICIENT_FUNDS, order
-            break
-        except grpc.aio.AioRpcError as exc:
-            last = exc
-            await asyncio.sleep(0.25)
-    else:
-        pytest.fail(f"order_svc does not reach the restarted ledger_svc: {last}\n{mesh.diagnostics()}")
+
+    async def place() -> order_pb2.Order:
+        async with mesh.channel() as ch:
+            return (await order_service_pb2_grpc.OrderServiceStub(ch).PlaceOrder(
+                buy, metadata=mesh.auth("gw-after-restart"), timeout=10)).order
+
+    order = await until_answered(place, "order_svc does not reach the restarted ledger_svc")
+    assert order.reject_reason == order_pb2.ORDER_REJECT_REASON_INSUFFICIENT_FUNDS, order
     assert "ledger_svc restarted" in mesh.output.read_text()
