@@ -74,18 +74,26 @@ async def ensure_stream(js, namespace: str, base: str, *, max_msgs_per_subject: 
 
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
                   batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
-                  max_ack_pending: int = 10_000) -> None:
+                  max_ack_pending: int = 10_000, one_reader: bool = True) -> None:
     """Run a durable pull consumer forever: fetch a batch and hand it over in stream order,
     either message by message to `handle` (an async function of one message) or whole to
     `handle_batch` (an async function of the list), acking only after the handler returned.
     A failing handler is retried in place with backoff (keeping the order of what follows),
-    telling JetStream the messages are still in progress; nothing is skipped or lost."""
+    telling JetStream the messages are still in progress; nothing is skipped or lost.
+
+    With `one_reader` (the durable has one reader at a time, which handles it in order), the
+    consumer is first reset to its ack floor (resume_at_ack_floor): what an earlier reader
+    fetched and never acked, because it was killed, comes again first and in order. Pass False
+    for a durable that several processes read at once (their handling must not depend on the
+    order: a reset by one would hand the others' messages in flight out once more)."""
     import asyncio
 
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     if (handle is None) == (handle_batch is None):
         raise TypeError("pass exactly one of handle and handle_batch")
+    if one_reader:
+        await resume_at_ack_floor(js, stream, durable)
     sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
         durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait, max_ack_pending=max_ack_pending, filter_subject=subject_filter))
@@ -99,6 +107,35 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
             await asyncio.shield(sub.unsubscribe())
         except Exception:  # noqa: BLE001 - closing anyway
             pass
+
+
+class ConsumerResetUnsupported(RuntimeError):
+    """The NATS server cannot reset a consumer ($JS.API.CONSUMER.RESET, server 2.14+)."""
+
+
+async def resume_at_ack_floor(js, stream: str, durable: str) -> None:
+    """Reset the durable consumer to its ack floor (ADR-60, nats-server 2.14+), so its next
+    deliveries start with the first message not acked. A reader killed with messages fetched
+    and not acked leaves them pending; JetStream would hand them out again only when their
+    ack_wait ran out, after what the next reader takes meanwhile: a later message of the
+    stream handled before an earlier one (for the ledger, an order's last fill releasing what
+    is left of its hold before an earlier fill captured its part, which then can never apply).
+    No consumer yet: nothing to do (it is created starting at the stream's first message).
+    A server without the API is refused with ConsumerResetUnsupported rather than consumed out
+    of order after a crash."""
+    from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+    try:
+        await js.consumer_info(stream, durable)
+    except NotFoundError:  # (the reset API does not answer for a consumer that does not exist)
+        return
+    try:
+        await js._api_request(f"{js._prefix}.CONSUMER.RESET.{stream}.{durable}", b"", timeout=5)
+    except (APIError, ServiceUnavailableError, TimeoutError) as exc:  # nats' TimeoutError is asyncio's
+        raise ConsumerResetUnsupported(
+            f"could not reset consumer {durable} on {stream} to its ack floor ({exc!r}); StockMesh needs "
+            "nats-server 2.14 or later (the launcher's own is pinned: unset NATS_URL to use it)") from exc
+    log.info("consumer resumed at its ack floor", extra={"durable": durable, "stream": stream})
 
 
 async def _until_done(work, msgs, durable: str) -> None:

@@ -60,4 +60,5 @@ async def consume_trades(js: JetStreamContext, namespace: str,
         await handle([ev for ev in map(_decode, msgs) if ev is not None])
 
     await bus.consume(js, stream=stream, subject_filter=bus.subject(namespace, "md", ">"), durable=durable,
-                      handle_batch=handle_batch, batch=batch, ack_wait=60, max_ack_pending=20_000)
+                      handle_batch=handle_batch, batch=batch, ack_wait=60, max_ack_pending=20_000,
+                      one_reader=False)  # every replica reads it; folding trades in does not depend on order

@@ -26,19 +26,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshkit.launcher.harness import STOP_BOUND, MeshFailed, MeshProcess
+from meshkit.launcher.harness import STOP_BOUND, MeshProcess
+from tests.support.meshes import start_or_fail
+
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
-    running = MeshProcess(data_dir=tmp_path_factory.mktemp("mesh"), db_prefix="stockmesh_e2e", namespace_prefix="e2e",
-                          # tests trade against each other; the simulator has its own test.
-                          # Two quote_svc replicas, as a real deployment runs (test_quote_replicas).
-                          extra_args=["--no-simulator", "--quote-replicas", "2"])
-    try:
-        running.start()
-    except MeshFailed as exc:
-        running.stop()
-        pytest.fail(str(exc), pytrace=False)
+    running = start_or_fail(MeshProcess(
+        data_dir=tmp_path_factory.mktemp("mesh"), db_prefix="stockmesh_e2e", namespace_prefix="e2e",
+        # tests trade against each other; the simulator has its own test.
+        # Two quote_svc replicas, as a real deployment runs (test_quote_replicas).
+        extra_args=["--no-simulator", "--quote-replicas", "2"]))
     try:
         yield running
         verified = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify",

@@ -52,3 +52,53 @@ async def test_a_failing_message_is_retried_in_place_and_shows_on_metrics(nats_c
     assert metric("stockmesh_consumer_failures_total", durable) == 2
     assert stuck_seen[0] == 0 and stuck_seen[2] > 0  # stuck since the first failure, while retrying
     assert metric("stockmesh_consumer_stuck_seconds", durable) == 0  # and clear once it worked
+
+
+async def test_what_a_killed_reader_fetched_comes_again_first_and_in_order(nats_conn, nats_url):
+    """A reader fetches messages and dies before acking them (SIGKILL: nothing handed back).
+    The next reader of the durable handles them first, in stream order, not after ack_wait
+    behind the messages that follow them (for the ledger: an order's fills out of order)."""
+    import nats
+
+    js = nats_conn.jetstream()
+    ns = f"bus{uuid.uuid4().hex[:8]}"
+    stream = await bus.ensure_stream(js, ns, "WORK")
+    subject = bus.subject(ns, "work", "x")
+    for i in range(1, 7):
+        await js.publish(subject, str(i).encode(), stream=stream)
+    durable = f"d{uuid.uuid4().hex[:6]}"
+    handled: list[str] = []
+    first = asyncio.Event()
+
+    async def handle(msg) -> None:
+        handled.append(msg.data.decode())
+        if handled == ["1"]:
+            first.set()
+            await asyncio.Event().wait()  # killed while handling it: never acked
+
+    killed = await nats.connect(nats_url)
+    reader = asyncio.create_task(bus.consume(killed.jetstream(), stream=stream, subject_filter=bus.subject(ns, "work", ">"),
+                                             durable=durable, handle=handle, batch=3))
+    await asyncio.wait_for(first.wait(), 10)
+    await killed.close()  # as SIGKILL leaves it: the connection drops, the fetched 1-3 stay unacked
+    reader.cancel()  # (its hand-back on a clean stop finds the connection closed)
+    await asyncio.gather(reader, return_exceptions=True)
+    info = await js.consumer_info(stream, durable)
+    assert info.num_ack_pending == 3, info  # ...as a killed reader leaves them (ack_wait 30 s)
+
+    handled.clear()
+    done = asyncio.Event()
+
+    async def handle_all(msg) -> None:
+        handled.append(msg.data.decode())
+        if len(handled) == 6:
+            done.set()
+
+    task = asyncio.create_task(bus.consume(js, stream=stream, subject_filter=bus.subject(ns, "work", ">"),
+                                           durable=durable, handle=handle_all))
+    try:
+        await asyncio.wait_for(done.wait(), 15)  # well inside ack_wait (30 s): no redelivery by timeout
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert handled == ["1", "2", "3", "4", "5", "6"]
