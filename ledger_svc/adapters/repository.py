@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import asyncpg
 
@@ -76,6 +76,13 @@ class LedgerRepository:
         self.conn = conn
         self._book_ids = book_ids if book_ids is not None else {}
         self._created: dict[BookRef, int] = {}  # books this transaction created
+
+    async def lock_accounts(self, accounts: Iterable[str]) -> None:
+        """Lock these customer accounts for the rest of the transaction, in account order (see
+        migration 0007: every ledger transaction takes its accounts first, then their rows)."""
+        wanted = sorted({a for a in accounts if a and BookRef(a, "").is_customer})
+        if wanted:
+            await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
     async def book_id(self, ref: BookRef) -> int:
         cached = self._book_ids.get(ref) or self._created.get(ref)
@@ -240,28 +247,38 @@ class LedgerRepository:
 
     async def mark_checked(self, hold_ids: list[str]) -> None:
         # Pending holds only: a hold that resolved meanwhile (released by the reaper itself, or
-        # captured) needs no mark, and a resolved hold's row refuses every change.
-        await self.conn.execute("UPDATE ledger.holds SET order_checked = true WHERE hold_id = ANY($1) "
-                                "AND NOT order_checked AND status = 'PENDING'", hold_ids)
+        # captured) needs no mark, and a resolved hold's row refuses every change. A hold whose
+        # row another transaction holds (a fill capturing it) is left for the next round
+        # rather than waited for: this statement takes no account first (migration 0007).
+        await self.conn.execute(
+            """
+            UPDATE ledger.holds SET order_checked = true
+             WHERE hold_id IN (SELECT hold_id FROM ledger.holds
+                                WHERE hold_id = ANY($1) AND NOT order_checked AND status = 'PENDING'
+                                  FOR UPDATE SKIP LOCKED)
+            """, hold_ids)
 
     async def place_hold(self, hold: Hold) -> tuple[str, Hold | None, Decimal | None]:
-        """Place a hold in one statement (ledger.place_hold, migration 0005): the idempotent
-        insert, the conditional reservation and the audit event, atomically. Returns
+        """Place a hold in one statement (ledger.place_hold, migration 0005, after its account:
+        0007): the idempotent insert, the conditional reservation and the audit event,
+        atomically. Returns
         ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _) or
         ('INSUFFICIENT', None, what is available); a refusal changes nothing."""
         r = await self.conn.fetchrow(
-            "SELECT * FROM ledger.place_hold($1, $2, $3, $4, $5)",
+            "SELECT * FROM ledger.place_hold_account_first($1, $2, $3, $4, $5)",
             hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount)
         return _placement(r)
 
     async def place_holds(self, holds: list[Hold]) -> list[tuple[str, Hold | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
-        transaction): ledger.place_hold for each, answered as place_hold answers."""
+        transaction): ledger.place_hold for each (its account first), answered as place_hold
+        answers."""
         rows = await self.conn.fetch(
             """
             SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
                    WITH ORDINALITY AS i(hold_id, account_id, order_id, asset, amount, n)
-             CROSS JOIN LATERAL ledger.place_hold(i.hold_id, i.account_id, i.order_id, i.asset, i.amount) AS r
+             CROSS JOIN LATERAL ledger.place_hold_account_first(i.hold_id, i.account_id, i.order_id, i.asset,
+                                                                i.amount) AS r
              ORDER BY i.n
             """,
             [h.hold_id for h in holds], [h.account_id for h in holds], [h.order_id for h in holds],

@@ -31,6 +31,7 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
 
 async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> model.CashBalance:
     async with uow_factory() as uow:
+        await uow.ledger.lock_accounts([entry.account_id])
         if not await _apply(entry, uow):
             return await uow.ledger.cash(entry.account_id)  # a retry: applied once already
         cash = await uow.ledger.cash(entry.account_id)
@@ -70,6 +71,7 @@ async def credit_shares(cmd: commands.CreditShares, uow_factory: UowFactory) -> 
     model.check_amount(cmd.symbol, cmd.quantity, "quantity")
     entry = model.share_deposit_entry(cmd.account_id, cmd.symbol, cmd.quantity, cmd.idempotency_key)
     async with uow_factory() as uow:
+        await uow.ledger.lock_accounts([cmd.account_id])
         applied = await _apply(entry, uow)
         if applied:  # the position keeps the shares' cost basis (the transfer's price, else zero)
             position = await uow.settlement.position(cmd.account_id, cmd.symbol)
@@ -105,10 +107,11 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     """place_hold for each command, one after the other in the order given, in one statement;
     each answered as place_hold would answer it alone (the hold, or the error it would raise).
 
-    The holds lock their books' balance rows in (account, asset) order, whatever the order
-    given (a stable sort keeps the order of holds on one book), so two batches never wait for
-    each other in a cycle. Should the batch fail as a whole all the same (a deadlock with
-    another transaction), its holds are placed one at a time."""
+    The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
+    order of holds on one book), and each takes its account before its book's balance row
+    (migration 0007), so the batch takes accounts in account order like every other ledger
+    transaction and none waits for it in a cycle. Should the batch fail as a whole all the
+    same, its holds are placed one at a time."""
     holds = [_new_hold(c) for c in cmds]
     order = sorted(range(len(holds)), key=lambda i: (holds[i].account_id, holds[i].asset))
     try:
@@ -147,6 +150,13 @@ def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available
     return placed
 
 
+async def _lock_hold_accounts(uow: LedgerUnitOfWork, hold_id: str, *others: str) -> None:
+    """Take the accounts a change of this hold touches (its owner's, and `others`) before any of
+    their rows: the ledger's order of locking (migration 0007)."""
+    hold = await uow.ledger.get_hold(hold_id)
+    await uow.ledger.lock_accounts([hold.account_id if hold else "", *others])
+
+
 async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:
     """Move part or all of what is still held to the counter-account, as one balanced journal
     entry, idempotent on (hold_id, capture_id), inside the caller's transaction."""
@@ -178,6 +188,7 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.
 
 async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
     async with uow_factory() as uow:
+        await _lock_hold_accounts(uow, cmd.hold_id, cmd.counter_account_id)
         hold = await capture_in(uow, cmd)
         await uow.commit()
         return hold
@@ -200,6 +211,7 @@ async def release_in(uow: LedgerUnitOfWork, hold_id: str) -> model.Hold:
 
 async def release_hold(cmd: commands.ReleaseHold, uow_factory: UowFactory) -> model.Hold:
     async with uow_factory() as uow:
+        await _lock_hold_accounts(uow, cmd.hold_id)
         hold = await release_in(uow, cmd.hold_id)
         await uow.commit()
         return hold
@@ -247,6 +259,7 @@ async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> 
     t = model.HoldTransfer.new(cmd.from_hold_id, cmd.to_hold_id, cmd.order_id, cmd.account_id, cmd.asset,
                                cmd.unit_amount, cmd.reserve)
     async with uow_factory() as uow:
+        await _lock_hold_accounts(uow, t.from_hold_id, t.account_id)
         # The old hold's row lock serialises every transfer from it (and its captures).
         old = await uow.ledger.get_hold(t.from_hold_id, for_update=True)
         existing = await uow.ledger.get_transfer(t.to_hold_id)
@@ -346,6 +359,8 @@ async def cancel_transfer_in(uow: LedgerUnitOfWork, t: model.HoldTransfer) -> No
 async def cancel_transfer(to_hold_id: str, uow_factory: UowFactory) -> model.HoldTransfer:
     """Give up a PENDING transfer the engine never saw; a resolved one is returned as it is."""
     async with uow_factory() as uow:
+        found = await uow.ledger.get_transfer(to_hold_id)
+        await uow.ledger.lock_accounts([found.account_id] if found else [])
         t = await uow.ledger.get_transfer(to_hold_id, for_update=True)
         if t is None:
             raise model.HoldNotFound(f"no hold transfer to {to_hold_id!r}", metadata={"holdId": to_hold_id})

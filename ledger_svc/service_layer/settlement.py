@@ -32,6 +32,8 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
     async with uow_factory() as uow:
         if not await uow.settlement.claim_execution(ex):
             return False
+        # Both accounts before any of their rows, in account order (migration 0007).
+        await uow.ledger.lock_accounts([ex.account_id, ex.counter_account_id])
         ended: list[str] = []
         if ex.type == FILL:
             f = legs(ex)
@@ -75,6 +77,7 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
     while True:
         async with uow_factory() as uow:
             rows = await uow.settlement.due(day, batch)
+            await uow.ledger.lock_accounts(r["account_id"] for r in rows)
             for r in rows:
                 entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
                 await _apply(entry, uow)
