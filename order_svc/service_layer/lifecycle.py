@@ -25,7 +25,11 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
         at = now()
         if ex.type == FILL:
             assert ex.price is not None and ex.executed_at is not None
-            for order_id in (ex.order_id, ex.counter_order_id):
+            # The two sides in account order, as a batch of new orders takes its accounts'
+            # sequences and audit heads: in the fill's own order (taker first) the two could
+            # each hold what the other waits for, a deadlock PostgreSQL undoes only after a second.
+            sides = sorted(((ex.account_id, ex.order_id), (ex.counter_account_id, ex.counter_order_id)))
+            for _, order_id in sides:
                 o = await _order(uow, order_id)
                 if o is None:
                     continue

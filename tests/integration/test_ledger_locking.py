@@ -1,7 +1,11 @@
-"""The ledger's transactions never deadlock one another: each takes its accounts first, in
-account order, then their rows (migration 0007). Found under trading load (2026-12-05): a batch
-of holds and a fill between two of its accounts deadlocked, and PostgreSQL undid one of them
-only after deadlock_timeout (a second) — every order of the batch waited that long."""
+"""Transactions on money and orders never deadlock one another. In the ledger each takes its
+accounts first, in account order, then their rows (migration 0007); in order_svc a batch of new
+orders and a fill both take their accounts in account order. Found under trading load
+(2026-12-05, ~20 deadlocks per run of the end-to-end tests): a batch of holds (or of new
+orders) and a fill between two of its accounts deadlocked, and PostgreSQL undid one of them
+only after deadlock_timeout (a second): every order of the batch waited that long. Each test
+fails without its fix (the races are random: 3-4 deadlocks a run in the ledger's, one or
+two in order_svc's)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +29,17 @@ ASSETS = ("USD", "AAPL", "MSFT")
 ROUNDS = 40
 
 
+async def _errors_of(*works) -> list[BaseException]:
+    """Run the works at once; what each raised (a deadlock's victim raises DeadlockDetectedError)."""
+    async def one(work) -> BaseException | None:
+        try:
+            await work()
+        except Exception as exc:  # noqa: BLE001 - collected: every one is a failure of the test
+            return exc
+        return None
+    return [e for e in await asyncio.gather(*(one(w) for w in works)) if e is not None]
+
+
 async def test_holds_fills_deposits_and_releases_racing_on_few_accounts_never_deadlock(checked_pool, caplog):
     uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
     tag = uuid.uuid4().hex[:6]
@@ -35,7 +50,6 @@ async def test_holds_fills_deposits_and_releases_racing_on_few_accounts_never_de
             await ledger.credit_shares(commands.CreditShares(a, s, Decimal(100000), f"seed-{s}"), uow)
     rng = random.Random(11)
     placed: list[str] = []
-    errors: list[BaseException] = []
 
     def hold(account: str, asset: str) -> commands.PlaceHold:
         hid = str(uuid.uuid4())
@@ -73,14 +87,64 @@ async def test_holds_fills_deposits_and_releases_racing_on_few_accounts_never_de
                 await ledger.release_hold(commands.ReleaseHold(rng.choice(placed)), uow)
             await asyncio.sleep(0)
 
-    async def guarded(work) -> None:
-        try:
-            await work()
-        except Exception as exc:  # noqa: BLE001 - collected: every one is a failure of the test
-            errors.append(exc)
-
     with caplog.at_level(logging.WARNING, logger="ledger_svc.holds"):
-        await asyncio.gather(*(guarded(w) for w in (batches, batches, fills, fills, deposits, releases)))
+        errors = await _errors_of(batches, batches, fills, fills, deposits, releases)
     assert errors == []  # a deadlock's victim raises DeadlockDetectedError
     fell_back = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
     assert fell_back == [], fell_back[0].exc_text if fell_back else ""  # a batch undone by a deadlock
+
+
+async def test_new_orders_and_fills_racing_on_few_accounts_never_deadlock(order_deps, checked_pool, caplog):
+    """The same in order_svc: a batch of new orders takes its accounts' sequences and audit heads
+    in account order, and a fill's two orders go in account order too (taker first, before, and
+    a batch and a fill deadlocked)."""
+    from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
+    from order_svc.service_layer import handlers, lifecycle
+
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    tag = uuid.uuid4().hex[:6]
+    accounts = [f"olock-{tag}-{i}" for i in range(5)]
+    for a in accounts:
+        await ledger.deposit(commands.Deposit(a, Decimal("1000000.00"), "fund"), uow)
+        await ledger.credit_shares(commands.CreditShares(a, "AAPL", Decimal(100000), "seed"), uow)
+    rng = random.Random(12)
+    n = 0
+
+    async def place(account: str, side: Side):
+        nonlocal n
+        n += 1
+        return await handlers.place_order(OrderRequest(
+            account_id=account, client_order_id=f"{tag}-{n}", symbol="AAPL", side=side, type=OrderType.LIMIT,
+            quantity=1, limit_price=Decimal("187.00"), stop_price=None, time_in_force=TimeInForce.GTC), order_deps)
+
+    resting = await asyncio.gather(*(place(a, side) for a in accounts for side in (Side.BUY, Side.SELL) for _ in range(24)))
+    assert all(o.status is Status.NEW for o in resting)
+    buys = [o for o in resting if o.request.side is Side.BUY]
+    sells = [o for o in resting if o.request.side is Side.SELL]
+
+    async def placements() -> None:  # concurrent placements share record batches
+        for _ in range(24):
+            await asyncio.gather(*(place(rng.choice(accounts), rng.choice((Side.BUY, Side.SELL))) for _ in range(20)))
+
+    async def fills(k0: int, mine: list) -> None:  # order_svc's execution consumer
+        for k, b in enumerate(mine, k0):
+            s = next((x for x in sells if x.account_id != b.account_id), None)
+            if s is None:
+                return
+            sells.remove(s)
+            taker, maker = (b, s) if k % 2 else (s, b)  # either account first
+            now = datetime.now(timezone.utc)
+            ex = Execution(
+                execution_id=f"AAPL:{tag}-{k}:1", symbol="AAPL", type=FILL, order_id=str(taker.order_id),
+                account_id=taker.account_id, side=taker.request.side.value, counter_order_id=str(maker.order_id),
+                counter_account_id=maker.account_id, price=Decimal("187.00"), quantity=1, leaves=0,
+                counter_leaves=0, executed_at=now, trade_date=calendar.trading_day(now))
+            await lifecycle.apply_execution(ex, order_deps)
+            await settlement.apply_execution(ex, uow)  # the ledger's side, so the books agree afterwards
+
+    with caplog.at_level(logging.WARNING, logger="order_svc.writes"):
+        half = len(buys) // 2
+        errors = await _errors_of(placements, lambda: fills(0, buys[:half]), lambda: fills(half, buys[half:]))
+    assert errors == []
+    fell_back = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
+    assert fell_back == [], fell_back[0].exc_text if fell_back else ""
