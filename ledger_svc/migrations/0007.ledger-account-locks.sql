@@ -16,8 +16,11 @@ DECLARE
     s text;
 BEGIN
     FOR s IN SELECT DISTINCT 'ledger:' || a COLLATE "C" FROM unnest(p_accounts) a ORDER BY 1 LOOP
-        INSERT INTO audit.heads (stream, seq, hash) VALUES (s, 0, '\x'::bytea) ON CONFLICT (stream) DO NOTHING;
         PERFORM 1 FROM audit.heads WHERE stream = s FOR UPDATE;
+        IF NOT FOUND THEN  -- the account's first movement: its head, empty (audit.append's start)
+            INSERT INTO audit.heads (stream, seq, hash) VALUES (s, 0, '\x'::bytea) ON CONFLICT (stream) DO NOTHING;
+            PERFORM 1 FROM audit.heads WHERE stream = s FOR UPDATE;
+        END IF;
     END LOOP;
 END $$;
 
