@@ -18,6 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionP
 from nats.js.errors import NotFoundError
 
 from meshkit import bus
+from meshkit.errors import Unavailable
 from meshkit.symbols import listed
 
 log = logging.getLogger("meshkit.marketdata")
@@ -172,6 +173,8 @@ class JetStreamQuotes:
             msg = await self.js.get_last_msg(self.stream, bus.subject(self.namespace, "md", symbol))
         except NotFoundError:
             return NO_MARKET
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # NATS down or restarting: a retry will do
+            raise Unavailable(f"the market of {symbol} cannot be read now ({type(exc).__name__}); retry") from exc
         return _touch(matching_pb2.MarketDataEvent.FromString(msg.data))
 
 

@@ -5,8 +5,10 @@ import asyncio
 from decimal import Decimal
 from types import SimpleNamespace
 
+import nats.errors
 import pytest
 
+from meshkit.errors import Unavailable
 from meshkit.marketdata import JetStreamQuotes, Touch
 from stockmesh.matching.v1 import matching_pb2
 
@@ -23,7 +25,7 @@ class SlowStream:
         self.reads += 1
         await self.release.wait()
         if self.fail:
-            raise ConnectionError("nats is gone")
+            raise self.fail if isinstance(self.fail, Exception) else ConnectionError("nats is gone")
         ev = matching_pb2.MarketDataEvent(bid_price="10.00", ask_price="10.02", last_price="10.01")
         return SimpleNamespace(data=ev.SerializeToString())
 
@@ -61,6 +63,15 @@ async def test_a_failed_read_reaches_every_waiter_and_the_next_call_reads_again(
     await asyncio.sleep(0.01)
     js.release.set()
     results = await asyncio.gather(*callers, return_exceptions=True)
-    assert all(isinstance(r, ConnectionError) for r in results) and js.reads == 1
+    # UNAVAILABLE to the client (retry), not a crash: INTERNAL before, seen with NATS killed.
+    assert all(isinstance(r, Unavailable) and "IBM" in str(r) for r in results) and js.reads == 1
     js.fail = False
     assert (await quotes.touch("IBM")).bid == Decimal("10.00") and js.reads == 2
+
+
+async def test_a_nats_timeout_is_unavailable():
+    js = SlowStream()
+    js.fail = nats.errors.TimeoutError()  # the request to a restarting server times out
+    js.release.set()
+    with pytest.raises(Unavailable):
+        await JetStreamQuotes(js, "ns", max_age=60).touch("KO")
