@@ -84,6 +84,20 @@ class LedgerRepository:
         if wanted:
             await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
+    async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = ()) -> None:
+        """lock_accounts for the hold's owner, looked up in the same statement, and `others`."""
+        await self._lock_with_owner("SELECT account_id FROM ledger.holds WHERE hold_id = $1", hold_id, others)
+
+    async def lock_transfer_account(self, to_hold_id: str) -> None:
+        """lock_accounts for the account of the hold transfer to `to_hold_id`, in one statement."""
+        await self._lock_with_owner("SELECT account_id FROM ledger.hold_transfers WHERE to_hold_id = $1",
+                                    to_hold_id, ())
+
+    async def _lock_with_owner(self, owner_sql: str, key: str, others: Iterable[str]) -> None:
+        wanted = sorted({a for a in others if a and BookRef(a, "").is_customer})
+        await self.conn.execute(  # no such row: its owner is NULL, and dropped
+            f"SELECT ledger.lock_accounts(array_remove($2::text[] || ({owner_sql}), NULL))", key, wanted)
+
     async def book_id(self, ref: BookRef) -> int:
         cached = self._book_ids.get(ref) or self._created.get(ref)
         if cached is not None:

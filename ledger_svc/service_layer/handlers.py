@@ -150,13 +150,6 @@ def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available
     return placed
 
 
-async def _lock_hold_accounts(uow: LedgerUnitOfWork, hold_id: str, *others: str) -> None:
-    """Take the accounts a change of this hold touches (its owner's, and `others`) before any of
-    their rows: the ledger's order of locking (migration 0007)."""
-    hold = await uow.ledger.get_hold(hold_id)
-    await uow.ledger.lock_accounts([hold.account_id if hold else "", *others])
-
-
 async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:
     """Move part or all of what is still held to the counter-account, as one balanced journal
     entry, idempotent on (hold_id, capture_id), inside the caller's transaction."""
@@ -188,7 +181,7 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.
 
 async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
     async with uow_factory() as uow:
-        await _lock_hold_accounts(uow, cmd.hold_id, cmd.counter_account_id)
+        await uow.ledger.lock_hold_accounts(cmd.hold_id, [cmd.counter_account_id])  # accounts first (0007)
         hold = await capture_in(uow, cmd)
         await uow.commit()
         return hold
@@ -211,7 +204,7 @@ async def release_in(uow: LedgerUnitOfWork, hold_id: str) -> model.Hold:
 
 async def release_hold(cmd: commands.ReleaseHold, uow_factory: UowFactory) -> model.Hold:
     async with uow_factory() as uow:
-        await _lock_hold_accounts(uow, cmd.hold_id)
+        await uow.ledger.lock_hold_accounts(cmd.hold_id)  # accounts first (migration 0007)
         hold = await release_in(uow, cmd.hold_id)
         await uow.commit()
         return hold
@@ -259,7 +252,7 @@ async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> 
     t = model.HoldTransfer.new(cmd.from_hold_id, cmd.to_hold_id, cmd.order_id, cmd.account_id, cmd.asset,
                                cmd.unit_amount, cmd.reserve)
     async with uow_factory() as uow:
-        await _lock_hold_accounts(uow, t.from_hold_id, t.account_id)
+        await uow.ledger.lock_hold_accounts(t.from_hold_id, [t.account_id])  # accounts first (0007)
         # The old hold's row lock serialises every transfer from it (and its captures).
         old = await uow.ledger.get_hold(t.from_hold_id, for_update=True)
         existing = await uow.ledger.get_transfer(t.to_hold_id)
@@ -359,8 +352,7 @@ async def cancel_transfer_in(uow: LedgerUnitOfWork, t: model.HoldTransfer) -> No
 async def cancel_transfer(to_hold_id: str, uow_factory: UowFactory) -> model.HoldTransfer:
     """Give up a PENDING transfer the engine never saw; a resolved one is returned as it is."""
     async with uow_factory() as uow:
-        found = await uow.ledger.get_transfer(to_hold_id)
-        await uow.ledger.lock_accounts([found.account_id] if found else [])
+        await uow.ledger.lock_transfer_account(to_hold_id)  # accounts first (migration 0007)
         t = await uow.ledger.get_transfer(to_hold_id, for_update=True)
         if t is None:
             raise model.HoldNotFound(f"no hold transfer to {to_hold_id!r}", metadata={"holdId": to_hold_id})
