@@ -140,10 +140,14 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 @click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
 @click.option("--nats-url", envvar="NATS_URL", default=None, help="NATS URL (to read the execution journal).")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
-def settle(day: str, database_url: str, nats_url: str | None, namespace: str) -> None:
+@click.option("--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for the ledger to apply every fill in the journal before settling.")
+def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float) -> None:
     """Settle a trading day's fills and reconcile the ledger against the execution journal.
 
-    Prints a report with every discrepancy (exit 1 if any); running it twice changes nothing."""
+    The journal is read first and the ledger given up to --wait seconds to apply all of it
+    (it may be catching up after a restart). Prints a report with every discrepancy (exit 1
+    if any); running it twice changes nothing."""
     import asyncio
     from datetime import date as date_type
 
@@ -153,11 +157,11 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str) ->
         raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
     from ledger_svc.service_layer.runner import run_settlement
 
-    def progress(n: int) -> None:
-        if n:
-            click.echo(f"  settled {n} fills", err=True)
+    def progress(message: str) -> None:
+        click.echo(f"  {message}", err=True)
 
-    report = asyncio.run(run_settlement(trading_day, database_url, nats_url, namespace, progress=progress))
+    report = asyncio.run(run_settlement(trading_day, database_url, nats_url, namespace, catch_up=wait_s,
+                                        progress=progress))
     click.echo(f"Settlement of {report.trading_day}")
     click.echo(f"  fills settled now       {report.fills_settled}")
     click.echo(f"  fills settled before    {report.fills_already_settled}")

@@ -9,6 +9,8 @@ from ledger_svc.service_layer.runner import settle_and_reconcile
 from meshkit.errors import FieldViolation, InvalidArgument
 from stockmesh.ledger.v1 import settlement_service_pb2 as pb, settlement_service_pb2_grpc
 
+CATCH_UP_SECONDS = 30.0
+
 
 def _trading_day(text: str) -> date:
     if not text:
@@ -20,11 +22,15 @@ def _trading_day(text: str) -> date:
 
 
 class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, uow: UowFactory, js, namespace: str) -> None:
-        self.uow, self.js, self.namespace = uow, js, namespace
+    def __init__(self, uow: UowFactory, js, namespace: str, *, catch_up: float = CATCH_UP_SECONDS) -> None:
+        self.uow, self.js, self.namespace, self.catch_up = uow, js, namespace, catch_up
 
     async def RunSettlement(self, request: pb.RunSettlementRequest, context) -> pb.RunSettlementResponse:
-        report = await settle_and_reconcile(_trading_day(request.date), self.uow, self.js, self.namespace)
+        day = _trading_day(request.date)
+        # Wait for the ledger to catch up with the journal for at most half the caller's deadline.
+        left = context.time_remaining() if context is not None else None
+        wait = self.catch_up if left is None else max(0.0, min(self.catch_up, left / 2))
+        report = await settle_and_reconcile(day, self.uow, self.js, self.namespace, catch_up=wait)
         return pb.RunSettlementResponse(
             fills_settled=report.fills_settled, fills_already_settled=report.fills_already_settled,
             discrepancies=[pb.Discrepancy(kind=d.kind, reference=d.reference, detail=d.detail)

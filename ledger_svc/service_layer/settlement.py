@@ -1,7 +1,9 @@
 """Settlement use cases: apply each execution once, settle a trading day, reconcile."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import date
 from decimal import Decimal
 from typing import Callable, Iterable
@@ -69,8 +71,28 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
         return True
 
 
+async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, timeout: float,
+                   progress: Callable[[str], None] | None = None, poll: float = 0.5) -> set[str]:
+    """Wait, at most `timeout` seconds, until the ledger has applied every fill of the day in
+    `journal` (a snapshot of the execution journal); the fills still missing are returned
+    (reconcile reports them). After a crash or under load the ledger's consumer may be behind
+    the engine: settling then would leave the fills it has not applied yet for the next run and
+    call them discrepancies."""
+    deadline = time.monotonic() + timeout
+    said = None
+    while True:
+        async with uow_factory() as uow:
+            missing = journal - await uow.settlement.fill_ids(day)
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        if progress and len(missing) != said:
+            progress(f"waiting for the ledger to apply {len(missing)} fills of the journal")
+            said = len(missing)
+        await asyncio.sleep(poll)
+
+
 async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
-                 progress: Callable[[int], None] | None = None) -> SettlementReport:
+                 progress: Callable[[str], None] | None = None) -> SettlementReport:
     """Settle every fill traded on or before `day` that is still unsettled: its proceeds move
     from clearing to the seller's cash. Running it again settles nothing new."""
     report = SettlementReport(trading_day=day)
@@ -85,8 +107,8 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
                 report.amount_settled += r["amount"]
             await uow.commit()
         report.fills_settled += len(rows)
-        if progress:
-            progress(len(rows))
+        if progress and rows:
+            progress(f"settled {len(rows)} fills")
         if len(rows) < batch:
             break
     async with uow_factory() as uow:
@@ -95,11 +117,17 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
 
 
 async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterable[str] | None,
-                    report: SettlementReport) -> SettlementReport:
+                    report: SettlementReport, *, checked: set[str] | None = None,
+                    settled: set[str] | None = None) -> SettlementReport:
     """Compare the ledger with the execution journal: every fill of the day applied and settled
     exactly once (two captures each), every hold of an ended order resolved, every asset
     summing to zero. `journal_fill_ids` are the day's fill ids read from the execution stream
-    itself (None when the stream is not reachable: then the ledger's own journal is used)."""
+    itself (None when the stream is not reachable: then the ledger's own journal is used).
+
+    Trading may go on while this runs, so two checks are limited to what a snapshot could see:
+    a fill in the ledger and not in the journal is a discrepancy only among `checked` (the
+    ledger's fills read before the journal was), and an unsettled fill only among `settled`
+    (the ledger's fills read before settling began). None: every fill of the day."""
     d = report.discrepancies
     assert d is not None
     async with uow_factory() as uow:
@@ -110,14 +138,13 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
             d += [Discrepancy("FILL_NOT_APPLIED", f, "in the execution journal, not in the ledger")
                   for f in sorted(journal - applied)]
             d += [Discrepancy("FILL_NOT_IN_JOURNAL", f, "in the ledger, not in the execution journal")
-                  for f in sorted(applied - journal)]
+                  for f in sorted((applied if checked is None else checked) - journal)]
         d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected 2")
               for r in await s.fills_without_two_captures(day)]
         d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")
-              for r in await s.fills_not_settled(day)]
+              for r in await s.fills_not_settled(day) if settled is None or r["execution_id"] in settled]
         d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
               for r in await s.pending_holds_of_ended_orders()]
         d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
               for r in await s.unbalanced_assets()]
     return report
-

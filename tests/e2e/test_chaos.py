@@ -28,6 +28,7 @@ import asyncpg
 import grpc
 import pytest
 
+from meshkit import calendar
 from meshkit.launcher.harness import MeshProcess
 from meshkit.symbols import listed
 from stockmesh.common.v1 import common_pb2
@@ -152,9 +153,10 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
     verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],
                               capture_output=True, text=True)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = calendar.trading_day(datetime.now(timezone.utc)).isoformat()  # New York's day, as the engine's
     settled = subprocess.run([*cli, "settle", "--date", today, "--database-url", mesh.database_url,
                               "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace],
                              capture_output=True, text=True)
     assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
         settled.stdout[-3000:] + settled.stderr[-2000:]
+    assert int(re.search(r"fills settled now\s+(\d+)", settled.stdout).group(1)) > 0, settled.stdout

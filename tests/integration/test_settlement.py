@@ -159,6 +159,57 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
                                     order_id=str(uuid.uuid4()), account_id="nobody", price="1.00", quantity=1)
     missed.time.FromDatetime(datetime.now(timezone.utc))
     await js.publish(bus.subject(ns, "executions", "AAPL"), missed.SerializeToString())
-    servicer = SettlementServicer(lambda: LedgerUnitOfWork(checked_pool), js, ns)
+    servicer = SettlementServicer(lambda: LedgerUnitOfWork(checked_pool), js, ns, catch_up=0.5)
     reply = await servicer.RunSettlement(spb.RunSettlementRequest(date=day), None)
     assert ("FILL_NOT_APPLIED", missed.execution_id) in {(d.kind, d.reference) for d in reply.discrepancies}
+
+
+async def test_settlement_waits_for_a_ledger_behind_the_journal(order_deps, checked_pool, nats_conn):
+    """The ledger's consumer may be catching up after a restart when settlement runs: the fills
+    the engine journaled are waited for and settled, not reported unsettled (seen once in the
+    e2e chaos test)."""
+    from ledger_svc.service_layer.runner import settle_and_reconcile
+    from meshkit import executions
+
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    js = nats_conn.jetstream()
+    ns = f"cu{uuid.uuid4().hex[:8]}"  # a journal of its own: only this test's fill in it
+    await bus.ensure_stream(js, ns, "EXECUTIONS")
+    buyer, seller = f"buy-{uuid.uuid4().hex[:6]}", f"sell-{uuid.uuid4().hex[:6]}"
+    await ledger.deposit(commands.Deposit(buyer, Decimal("1000.00"), "fund"), uow)
+    await ledger.credit_shares(commands.CreditShares(seller, "AAPL", Decimal(5), "seed"), uow)
+    buy = await handlers.place_order(order(buyer, Side.BUY, 5, "187.00"), order_deps)
+    sell = await handlers.place_order(order(seller, Side.SELL, 5, "187.00"), order_deps)
+    fill = matching_pb2.Execution(
+        execution_id=f"AAPL:{ns}:1", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL,
+        order_id=str(buy.order_id), account_id=buyer, side=common_pb2.SIDE_BUY, counter_order_id=str(sell.order_id),
+        counter_account_id=seller, price="187.00", quantity=5, leaves_quantity=0, counter_leaves_quantity=0)
+    orders_consumer = asyncio.create_task(executions.consume(
+        js, ns, "orders", lambda ex: lifecycle.apply_execution(ex, order_deps)))  # order_svc keeps up
+    await publish(js, ns, fill)
+
+    said: list[str] = []
+    waiting = asyncio.Event()
+
+    def progress(message: str) -> None:
+        said.append(message)
+        if message.startswith("waiting for the ledger"):
+            waiting.set()
+
+    day = calendar.trading_day(datetime.now(timezone.utc))
+    run = asyncio.create_task(settle_and_reconcile(day, uow, js, ns, catch_up=60, progress=progress))
+    await asyncio.wait_for(waiting.wait(), 30)  # the ledger has not applied the fill: settlement waits
+    assert not run.done()
+    consumer = asyncio.create_task(executions.consume(js, ns, "ledger", lambda ex: settlement.apply_execution(ex, uow)))
+    try:
+        report = await asyncio.wait_for(run, 60)
+        await wait_applied(checked_pool, [fill.execution_id])
+    finally:
+        for task in (consumer, orders_consumer):
+            task.cancel()
+        await asyncio.gather(consumer, orders_consumer, return_exceptions=True)
+    assert said[0] == "waiting for the ledger to apply 1 fills of the journal", said
+    mine = [d for d in report.discrepancies if ns in d.reference or d.reference in (str(buy.order_id), str(sell.order_id))]
+    assert mine == []
+    s = await ledger.cash_balance(seller, uow)
+    assert (s.total, s.settled, s.unsettled) == (Decimal("935.00"), Decimal("935.00"), 0)  # 5 × 187.00, settled
