@@ -158,5 +158,5 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
                               "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace],
                              capture_output=True, text=True)
     assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
-        settled.stdout[-3000:] + settled.stderr[-2000:]
+        settled.stdout[-3000:] + settled.stderr[-2000:] + "\n" + mesh.diagnostics()
     assert int(re.search(r"fills settled now\s+(\d+)", settled.stdout).group(1)) > 0, settled.stdout
