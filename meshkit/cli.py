@@ -1,4 +1,5 @@
-"""The `stockmesh` command line: start the mesh, mint tokens, migrate, regenerate code."""
+"""The `stockmesh` command line: start the mesh, mint tokens, migrate, regenerate code, operate it
+(settle, audit, halts); the customer's commands are in cli_client."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from meshkit.cli_client import register as register_client_commands
 from meshkit.config import default_data_dir
 
 
@@ -331,6 +333,8 @@ def engine_status(address: str | None, data_dir: Path | None) -> None:
     for s in reply.symbols:
         click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}")
 
+
+register_client_commands(main)  # deposit, withdraw, place, cancel, orders, portfolio, watch, chart
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,416 @@
+"""The customer's side of the `stockmesh` command line (MISSION F8): deposit and withdraw, place,
+replace-free cancel and list orders, watch quotes and order updates live, show the portfolio,
+draw a candle chart. Every command is a plain client of the public API through Envoy, with a
+token for --account minted from the mesh's development keys (or --token), so it sees exactly
+what any customer's application sees.
+
+Where the mesh is: --address (Envoy, HOST:PORT), else the `endpoint` of the mesh running in
+--data-dir (its mesh.json)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Iterable
+
+import click
+
+from meshkit.config import default_data_dir
+
+
+class Client:
+    """A channel to Envoy and the metadata of one account's token."""
+
+    def __init__(self, address: str, token: str, timeout: float) -> None:
+        import grpc
+
+        self.address, self.timeout = address, timeout
+        self.channel = grpc.insecure_channel(address)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def call(self, stub_class, method: str, request):
+        """One unary call; a failure is printed (code, reason, field violations) and exits 1."""
+        return self._guard(lambda: getattr(stub_class(self.channel), method)(
+            request, metadata=self.metadata, timeout=self.timeout), method)
+
+    def stream(self, stub_class, method: str, request) -> Iterable:
+        """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly)."""
+        import grpc
+
+        call = getattr(stub_class(self.channel), method)(request, metadata=self.metadata)
+        try:
+            yield from call
+        except KeyboardInterrupt:  # Ctrl-C: the watch ends, quietly
+            return
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.CANCELLED:
+                return
+            _fail(exc, method)
+        finally:
+            call.cancel()
+
+    def _guard(self, run: Callable, method: str):
+        import grpc
+
+        try:
+            return run()
+        except grpc.RpcError as exc:
+            _fail(exc, method)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _fail(exc, method: str):
+    import grpc
+
+    from meshkit.status import error_info
+
+    code = exc.code()
+    if code is grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
+        click.echo(f"{method}: no mesh answers there ({exc.details()}); is `stockmesh up` running?", err=True)
+        sys.exit(1)
+    info, bad = error_info(exc)
+    reason = f" [{info.reason}]" if info is not None and info.reason and info.reason != code.name else ""
+    click.echo(f"{method} failed: {code.name}{reason}: {exc.details()}", err=True)
+    for v in bad.field_violations if bad is not None else ():
+        click.echo(f"  {v.field}: {v.description}", err=True)
+    sys.exit(1)
+
+
+def _endpoint(data_dir: Path) -> str:
+    path = data_dir / "mesh.json"
+    try:
+        state = json.loads(path.read_text())
+        if state.get("endpoint"):
+            return state["endpoint"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise click.UsageError(f"no running mesh in {data_dir} (mesh.json); start one with `stockmesh up` "
+                           "or pass --address HOST:PORT of Envoy")
+
+
+def client_options(f):
+    """--account, --token, --address, --data-dir, --timeout: who calls, and where."""
+    for option in reversed([
+        click.option("--account", envvar="STOCKMESH_ACCOUNT", default=None,
+                     help="Account to act as (a development token is minted for it). [env STOCKMESH_ACCOUNT]"),
+        click.option("--token", envvar="STOCKMESH_TOKEN", default=None,
+                     help="A bearer token to use instead of minting one. [env STOCKMESH_TOKEN]"),
+        click.option("--address", envvar="STOCKMESH_ADDRESS", default=None,
+                     help="Envoy's public address HOST:PORT (default: the mesh in --data-dir)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Data folder of a running `stockmesh up`. Default: $STOCKMESH_DATA_DIR, else ./.stockmesh"),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                     help="Seconds to wait for each call."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _client(account: str | None, token: str | None, address: str | None, data_dir: Path | None,
+            timeout: float, *, need_account: bool = True) -> Client:
+    folder = (data_dir or default_data_dir()).resolve()
+    if token is None:
+        if not account:
+            if need_account:
+                raise click.UsageError("say who you are: --account NAME (or --token, or STOCKMESH_ACCOUNT)")
+            account = "viewer"  # market data needs a token, not a particular account
+        from meshkit.launcher import keys
+
+        if not (folder / "keys").exists() and address is None:
+            _endpoint(folder)  # the clearer message: no mesh here at all
+        token = keys.mint_token(folder, account, ttl=3600)
+    return Client(address or _endpoint(folder), token, timeout)
+
+
+def _decimal(text: str, what: str) -> str:
+    """A decimal string as typed (checked here for a friendlier message; the server checks again)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=what) from None
+    if not value.is_finite():
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=what)
+    return text
+
+
+def _enum_name(enum, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix)
+
+
+def _when(ts) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return ts.ToDatetime(tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def order_line(o) -> str:
+    from stockmesh.common.v1 import common_pb2 as c
+
+    price = o.limit_price or "MKT"
+    if o.stop_price:
+        price = f"{price} stop {o.stop_price}"
+    status = _enum_name(c.OrderStatus, o.status, "ORDER_STATUS_")
+    extra = ""
+    if o.filled_quantity:
+        extra += f"  filled {o.filled_quantity} @ {o.average_fill_price}"
+    if o.reject_message:
+        extra += f"  ({o.reject_message})"
+    if o.replaced_by:
+        extra += f"  replaced by {o.replaced_by}"
+    return (f"{o.order_id}  {status:<16} {_enum_name(c.Side, o.side, 'SIDE_'):<4} {o.quantity:>6} {o.symbol:<6} "
+            f"{_enum_name(c.OrderType, o.type, 'ORDER_TYPE_'):<10} {price:<12} "
+            f"{_enum_name(c.TimeInForce, o.time_in_force, 'TIME_IN_FORCE_'):<4} {o.client_order_id}{extra}")
+
+
+def register(main: click.Group) -> None:
+    """Add the customer commands to the `stockmesh` group."""
+
+    def cash_command(method: str, doc: str) -> None:
+        @main.command(method.lower(), help=doc)
+        @click.argument("amount")
+        @click.option("--key", "idempotency_key", default=None,
+                      help="Idempotency key: the same key again changes nothing (default: a new one).")
+        @client_options
+        def command(amount: str, idempotency_key: str | None, **where) -> None:
+            from stockmesh.ledger.v1 import ledger_service_pb2 as pb, ledger_service_pb2_grpc
+
+            key = idempotency_key or uuid.uuid4().hex
+            request = getattr(pb, f"{method}Request")(amount=_decimal(amount, "AMOUNT"), idempotency_key=key)
+            cash = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, method, request).cash
+            click.echo(f"{method.lower()} {amount} done (key {key})")
+            click.echo(f"cash: total {cash.total}  available {cash.available}  held {cash.held}")
+
+    cash_command("Deposit", "Deposit AMOUNT of cash into the account: stockmesh deposit 1000.00")
+    cash_command("Withdraw", "Withdraw AMOUNT of available cash from the account.")
+
+    @main.command()
+    @click.argument("side", type=click.Choice(["buy", "sell"], case_sensitive=False))
+    @click.argument("quantity", type=click.IntRange(min=1))
+    @click.argument("symbol")
+    @click.option("--limit", "limit_price", default=None, help="Limit price (a LIMIT order; with --stop, STOP_LIMIT).")
+    @click.option("--stop", "stop_price", default=None, help="Stop price (a STOP order; with --limit, STOP_LIMIT).")
+    @click.option("--tif", type=click.Choice(["day", "gtc", "ioc", "fok"], case_sensitive=False), default=None,
+                  help="Time in force.  [default: day; ioc for a market order]")
+    @click.option("--client-order-id", default=None,
+                  help="Your id for the order: sending it again returns the same order (default: a new one).")
+    @client_options
+    def place(side: str, quantity: int, symbol: str, limit_price: str | None, stop_price: str | None,
+              tif: str | None, client_order_id: str | None, **where) -> None:
+        """Place an order: stockmesh place buy 10 AAPL --limit 187.25
+
+        No price: a MARKET order. The reply is the order as recorded: NEW (held and on its way
+        to the book), or REJECTED with the reason (exit status 3)."""
+        from stockmesh.common.v1 import common_pb2 as c
+        from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+        if limit_price is not None:
+            _decimal(limit_price, "--limit")
+        if stop_price is not None:
+            _decimal(stop_price, "--stop")
+        kind = {(False, False): "MARKET", (True, False): "LIMIT", (False, True): "STOP",
+                (True, True): "STOP_LIMIT"}[(limit_price is not None, stop_price is not None)]
+        tif = (tif or ("ioc" if kind == "MARKET" else "day")).upper()
+        request = pb.PlaceOrderRequest(
+            client_order_id=client_order_id or uuid.uuid4().hex, symbol=symbol.upper(),
+            side=c.Side.Value(f"SIDE_{side.upper()}"), type=c.OrderType.Value(f"ORDER_TYPE_{kind}"),
+            quantity=quantity, limit_price=limit_price or "", stop_price=stop_price or "",
+            time_in_force=c.TimeInForce.Value(f"TIME_IN_FORCE_{tif}"))
+        reply = _client(**where).call(order_service_pb2_grpc.OrderServiceStub, "PlaceOrder", request)
+        click.echo(order_line(reply.order))
+        if reply.order.status == c.ORDER_STATUS_REJECTED:
+            sys.exit(3)  # recorded, and refused: distinct from a failed call (1) and bad usage (2)
+
+    @main.command()
+    @click.argument("order_id")
+    @client_options
+    def cancel(order_id: str, **where) -> None:
+        """Ask to cancel ORDER_ID; it turns CANCELLED when the engine confirms (see `watch orders`)."""
+        from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+        reply = _client(**where).call(order_service_pb2_grpc.OrderServiceStub, "CancelOrder",
+                                      pb.CancelOrderRequest(order_id=order_id))
+        click.echo(order_line(reply.order))
+        click.echo("cancel requested")
+
+    @main.command()
+    @click.option("--symbol", default=None, help="Only this symbol's orders.")
+    @click.option("--open", "open_only", is_flag=True, help="Only orders still working (NEW, PARTIALLY_FILLED).")
+    @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+    @client_options
+    def orders(symbol: str | None, open_only: bool, limit: int, **where) -> None:
+        """List the account's orders, newest first."""
+        from stockmesh.common.v1 import common_pb2 as c
+        from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+        client = _client(**where)
+        statuses = [c.ORDER_STATUS_NEW, c.ORDER_STATUS_PARTIALLY_FILLED] if open_only else []
+        shown, token = 0, ""
+        while shown < limit:
+            reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ListOrders", pb.ListOrdersRequest(
+                symbol=(symbol or "").upper(), statuses=statuses, page_size=min(100, limit - shown), page_token=token))
+            for o in reply.orders:
+                click.echo(order_line(o))
+            shown += len(reply.orders)
+            token = reply.next_page_token
+            if not token:
+                break
+        if shown == 0:
+            click.echo("no orders")
+
+    @main.command()
+    @client_options
+    def portfolio(**where) -> None:
+        """Cash, positions at the latest quotes, equity and open orders."""
+        from stockmesh.ledger.v1 import ledger_service_pb2 as pb, ledger_service_pb2_grpc
+
+        p = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, "GetPortfolio",
+                                  pb.GetPortfolioRequest()).portfolio
+        click.echo(f"account {p.account_id}  as of {_when(p.as_of)} UTC")
+        cash = p.cash
+        click.echo(f"cash      total {cash.total}  available {cash.available}  held {cash.held}  "
+                   f"settled {cash.settled}  unsettled {cash.unsettled}")
+        if p.positions:
+            click.echo(f"{'symbol':<7}{'qty':>8}{'avail':>8}{'held':>7}{'avg cost':>14}{'price':>12}"
+                       f"{'value':>16}{'unrealized':>14}")
+            for s in p.positions:
+                click.echo(f"{s.symbol:<7}{s.quantity:>8}{s.available:>8}{s.held:>7}{s.average_cost:>14}"
+                           f"{s.market_price or '-':>12}{s.market_value or '-':>16}{s.unrealized_pnl or '-':>14}")
+        else:
+            click.echo("no positions")
+        click.echo(f"equity    {p.equity}")
+        if p.open_orders:
+            click.echo(f"open orders ({len(p.open_orders)}):")
+            for o in p.open_orders:
+                click.echo("  " + order_line(o))
+
+    @main.group()
+    def watch() -> None:
+        """Follow live streams until Ctrl-C (or --count)."""
+
+    @watch.command("quotes")
+    @click.argument("symbols", nargs=-1, required=True)
+    @click.option("--count", type=click.IntRange(min=1), default=None,
+                  help="Stop after this many quotes (the snapshot of each symbol counts).")
+    @client_options
+    def watch_quotes(symbols: tuple[str, ...], count: int | None, **where) -> None:
+        """Print each symbol's quote, then every change: stockmesh watch quotes AAPL MSFT"""
+        from stockmesh.quote.v1 import quote_service_pb2 as pb, quote_service_pb2_grpc
+
+        client = _client(**where, need_account=False)
+        request = pb.StreamQuotesRequest(symbols=[s.upper() for s in symbols])
+        for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request), 1):
+            flag = "  HALTED" if q.halted else ""
+            click.echo(f"{_when(q.time)}  {q.symbol:<6} bid {q.bid_price or '-':>10} x {q.bid_size:<6} "
+                       f"ask {q.ask_price or '-':>10} x {q.ask_size:<6} last {q.last_price or '-':>10} "
+                       f"vol {q.volume}{flag}")
+            if count is not None and n >= count:
+                break
+
+    @watch.command("orders")
+    @click.option("--after", "after_sequence", type=click.IntRange(min=0), default=None,
+                  help="Replay the updates after this sequence first (0: the whole history). "
+                       "[default: only changes from now on]")
+    @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many updates.")
+    @client_options
+    def watch_orders(after_sequence: int | None, count: int | None, **where) -> None:
+        """Print every change of the account's orders as it happens (fills with their price)."""
+        from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+        client = _client(**where)
+        # From now on: the stream replays from the start and what changed before this moment
+        # (by the update's event time) is passed over.
+        since = datetime.now(timezone.utc) if after_sequence is None else None
+        request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0)
+        n = 0
+        for u in client.stream(order_service_pb2_grpc.OrderServiceStub, "StreamOrderUpdates", request):
+            if since is not None and u.event_time.ToDatetime(tzinfo=timezone.utc) < since:
+                continue
+            fill = f"  FILL {u.fill.quantity} @ {u.fill.price}" if u.fill.fill_id else ""
+            click.echo(f"#{u.sequence}  {_when(u.event_time)}  {order_line(u.order)}{fill}")
+            n += 1
+            if count is not None and n >= count:
+                break
+
+    @main.command()
+    @click.argument("symbol")
+    @click.option("--interval", type=click.Choice(["1s", "1m", "5m", "15m", "1h", "1d"]), default="1m",
+                  show_default=True, help="Candle interval.")
+    @click.option("--last", "count", type=click.IntRange(2, 500), default=None,
+                  help="How many candles, up to now.  [default: as many as fit the terminal]")
+    @click.option("--height", type=click.IntRange(5, 100), default=20, show_default=True, help="Chart rows.")
+    @client_options
+    def chart(symbol: str, interval: str, count: int | None, height: int, **where) -> None:
+        """Draw SYMBOL's candles up to now in the terminal (GetCandles): green up, red down."""
+        from google.protobuf import timestamp_pb2
+
+        from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as pb, quote_service_pb2_grpc
+
+        width = shutil.get_terminal_size((100, 24)).columns - 14
+        count = count or max(2, min(120, width))
+        step = {"1s": 1, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}[interval]
+        end = datetime.now(timezone.utc)
+        start = end - timedelta(seconds=step * count)
+        ts = {}
+        for name, value in (("start", start), ("end", end)):
+            ts[name] = timestamp_pb2.Timestamp()
+            ts[name].FromDatetime(value)
+        client = _client(**where, need_account=False)
+        candles, token = [], ""
+        while True:
+            reply = client.call(quote_service_pb2_grpc.QuoteServiceStub, "GetCandles", pb.GetCandlesRequest(
+                symbol=symbol.upper(), interval=quote_pb2.CandleInterval.Value(f"CANDLE_INTERVAL_{interval.upper()}"),
+                start_time=ts["start"], end_time=ts["end"], page_size=500, page_token=token))
+            candles += reply.candles
+            token = reply.next_page_token
+            if not token:
+                break
+        candles = candles[-count:]
+        if not candles:
+            click.echo(f"no {interval} candles for {symbol.upper()} in the last {count} intervals")
+            return
+        for line in draw(candles, height, color=sys.stdout.isatty()):
+            click.echo(line)
+        first, last = candles[0], candles[-1]
+        click.echo(f"{symbol.upper()} {interval}  {_when(first.start_time)} .. {_when(last.start_time)} UTC  "
+                   f"open {first.open}  close {last.close}  volume {sum(c.volume for c in candles)}"
+                   f"{'' if last.is_final else '  (last candle still building)'}")
+
+
+def draw(candles, height: int, *, color: bool = False) -> list[str]:
+    """Rows of a candle chart, one column per candle, the price scale on the left: a wick `│`
+    from low to high, a body `█` (up) or `▒` (down) from open to close; flat intervals without
+    trades are a `·` at the close. Exact decimals throughout (only the row a price falls in is
+    computed)."""
+    lows = [Decimal(c.low) for c in candles]
+    highs = [Decimal(c.high) for c in candles]
+    lo, hi = min(lows), max(highs)
+    span = hi - lo or Decimal(1)
+
+    def row(price: Decimal) -> int:  # 0 = top row
+        return int(((hi - price) / span * (height - 1)).to_integral_value())
+
+    grid = [[" "] * len(candles) for _ in range(height)]
+    for x, c in enumerate(candles):
+        o, cl = Decimal(c.open), Decimal(c.close)
+        if c.trade_count == 0:
+            grid[row(cl)][x] = "·"
+            continue
+        up = cl >= o
+        body = "█" if up else "▒"
+        if color:
+            body = click.style(body, fg="green" if up else "red")
+        top, bottom = row(max(o, cl)), row(min(o, cl))
+        for y in range(row(Decimal(c.high)), row(Decimal(c.low)) + 1):
+            grid[y][x] = body if top <= y <= bottom else "│"
+    labels = {0: hi, height - 1: lo, (height - 1) // 2: (hi + lo) / 2}
+    out = []
+    for y, cells in enumerate(grid):
+        label = f"{labels[y]:.2f}" if y in labels else ""
+        out.append(f"{label:>12} ┤" + "".join(cells))
+    return out

@@ -1,0 +1,28 @@
+"""The terminal candle chart of `stockmesh chart`: where each candle's wick and body fall."""
+from __future__ import annotations
+
+from stockmesh.quote.v1 import quote_pb2
+
+from meshkit.cli_client import draw
+
+
+def candle(o: str, h: str, lo: str, c: str, trades: int = 1) -> quote_pb2.Candle:
+    return quote_pb2.Candle(open=o, high=h, low=lo, close=c, trade_count=trades)
+
+
+def test_up_down_and_empty_candles_on_an_exact_scale() -> None:
+    rows = draw([candle("10.00", "14.00", "10.00", "13.00"),   # up: body 10..13, wick to 14
+                 candle("13.00", "13.00", "11.00", "11.00"),   # down: body 13..11
+                 candle("11.00", "11.00", "11.00", "11.00", trades=0)],  # no trades: a dot at the close
+                height=5)
+    assert [r.split("┤")[0].strip() for r in rows] == ["14.00", "", "12.00", "", "10.00"]
+    cols = ["".join(r.split("┤")[1][x] for r in rows) for x in range(3)]
+    # rows are 14, 13, 12, 11, 10
+    assert cols[0] == "│████"
+    assert cols[1] == " ▒▒▒ "
+    assert cols[2] == "   · "
+
+
+def test_a_flat_chart_does_not_divide_by_zero() -> None:
+    rows = draw([candle("5.00", "5.00", "5.00", "5.00"), candle("5.00", "5.00", "5.00", "5.00")], height=5)
+    assert rows[0].endswith("┤██") and all(r.endswith("┤  ") for r in rows[1:])
