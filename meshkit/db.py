@@ -31,6 +31,30 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         })
 
 
+# The connection to PostgreSQL failed under the statement (the server restarting, shut down
+# or gone, the connection cut), as opposed to the statement's or the program's own error.
+_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                    asyncpg.CrashShutdownError, ConnectionError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is PostgreSQL's connection failing rather than an error
+    of the statement or the program: the caller may try again once the server is back. Also
+    asyncpg's InterfaceError on a connection that was closed meanwhile, and its
+    InternalClientError about the protocol's state, which a connection the server terminated
+    mid-operation raises on its next use (MagicStack/asyncpg#784, sqlalchemy#13241)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, _CONNECTION_LOST):
+            return True
+        if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+            return True
+        if isinstance(exc, asyncpg.InternalClientError) and "state" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def pool_check(pool: asyncpg.Pool):
     async def postgres() -> None:
         await pool.fetchval("SELECT 1")

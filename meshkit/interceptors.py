@@ -13,8 +13,8 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from meshkit import auth, logs
-from meshkit.errors import DomainError, Unimplemented
+from meshkit import auth, db, logs
+from meshkit.errors import DomainError, Unavailable, Unimplemented
 from meshkit.status import to_rpc_status
 
 log = logging.getLogger("meshkit.rpc")
@@ -43,6 +43,12 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         # A generated base-class method nobody overrode yet: say so, never make data up.
         exc = Unimplemented(f"{method.strip('/')} is not implemented yet in this release",
                             metadata={"method": method.strip("/")})
+    if not isinstance(exc, DomainError) and db.connection_lost(exc):
+        # The database went away under the call (restarting, say): a transient failure the
+        # client retries (placements and deposits are idempotent on their ids), not a crash.
+        log.warning("rpc failed: the database connection was lost", exc_info=exc, extra={"method": method})
+        exc = Unavailable(f"the database is unavailable; try again (request id {logs.request_id.get()})",
+                          reason="DATABASE_UNAVAILABLE")
     if isinstance(exc, DomainError):
         RPC_TOTAL.labels(method, exc.code).inc()
         log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})

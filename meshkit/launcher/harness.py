@@ -151,6 +151,8 @@ class MeshProcess:
                 state = {}
             if state.get("ready") and state.get("launcher_pid") == self.proc.pid:
                 self.endpoint = state["endpoint"]
+                if not created and state.get("local_servers") and "postgres" in state["local_servers"]:
+                    self.database_url = state["database_url"]  # the launcher's own (no password to redact)
                 return self
             if time.monotonic() > deadline:
                 raise MeshFailed(f"the mesh was not ready after {START_TIMEOUT:.0f}s\n{self.diagnostics()}")

@@ -9,7 +9,12 @@ later fills first once restarted (JetStream hands a dead reader's unacked messag
 only after ack_wait, behind the next ones); the last fill released what was left of the hold,
 the earlier fill could then never capture its part, and the ledger's consumer stopped for good
 (meshkit.bus.resume_at_ack_floor). And with nats-server killed, PlaceOrder answered INTERNAL
-where a quote had to be read from JetStream (now UNAVAILABLE, which clients retry).
+where a quote had to be read from JetStream (now UNAVAILABLE, which clients retry). With
+PostgreSQL killed, calls answered INTERNAL ("rpc crashed") where the database connection was
+lost under them (now UNAVAILABLE / DATABASE_UNAVAILABLE, meshkit.db.connection_lost).
+
+The mesh runs its own PostgreSQL (DATABASE_URL points where nothing answers, so the launcher
+starts one in the data folder and restarts it like any child), so that it too can be killed.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import pytest
 
 from meshkit import calendar
 from meshkit.launcher.harness import MeshProcess
+from meshkit.launcher.net import free_port
 from meshkit.symbols import listed
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
@@ -41,12 +47,13 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
-LOAD_SECONDS = 45
+LOAD_SECONDS = 55
 # One after another while the load runs, each a few seconds after the last came back; the
 # ledger and the engine twice (executions in flight to the ledger, orders in flight to the engine),
-# and NATS itself once (every service reconnects; JetStream keeps what it acknowledged).
-VICTIMS = ("ledger_svc", "matching_svc", "order_svc", "order_relay", "nats", "ledger_svc", "envoy", "matching_svc",
-           "order_svc")
+# NATS itself once (every service reconnects; JetStream keeps what it acknowledged), and
+# PostgreSQL twice (crash recovery keeps every commit; what was in flight is retried).
+VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay", "nats", "ledger_svc", "envoy",
+           "postgres", "matching_svc", "order_svc")
 SYMBOLS = ("AAPL", "MSFT")
 # Transient while a process is down or restarting: the client asks again, with the same
 # client_order_id (placement is idempotent on it). Anything else (INTERNAL: a crash) fails the test.
@@ -65,7 +72,8 @@ async def _until_answered(call, patience: float = 60.0):
 
 
 @pytest.fixture
-def chaos_mesh(tmp_path):
+def chaos_mesh(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/stockmesh")  # nobody there
     running = start_or_fail(MeshProcess(data_dir=tmp_path, db_prefix="stockmesh_e2e", namespace_prefix="e2e",
                                         extra_args=["--no-simulator"]))
     try:

@@ -1,0 +1,48 @@
+"""A call that loses its database connection ends UNAVAILABLE (clients retry it), not INTERNAL;
+an error of the statement or of the program stays what it is. Found by killing PostgreSQL
+while customers traded (tests/e2e/test_chaos.py)."""
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from meshkit.db import connection_lost
+from meshkit.interceptors import failure
+
+
+def _chained(outer: Exception, cause: BaseException) -> Exception:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise outer from inner
+    except Exception as exc:  # noqa: BLE001 - returned for the test
+        return exc
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.CannotConnectNowError("the database system is starting up"),
+    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ConnectionRefusedError(111, "Connection refused"),
+    asyncpg.InterfaceError("cannot call Transaction.rollback(): the underlying connection is closed"),
+    asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+    _chained(RuntimeError("a batch failed"), ConnectionResetError(104, "Connection reset by peer")),
+])
+def test_a_lost_connection_is_unavailable(exc: Exception) -> None:
+    assert connection_lost(exc)
+    status = failure("/stockmesh.order.v1.OrderService/CancelOrder", exc)
+    assert status.code == code_pb2.UNAVAILABLE
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "DATABASE_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.UniqueViolationError("duplicate key value violates unique constraint"),
+    asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+    ValueError("a bug"),
+])
+def test_other_errors_stay_internal(exc: Exception) -> None:
+    assert not connection_lost(exc)
+    assert failure("/stockmesh.order.v1.OrderService/CancelOrder", exc).code == code_pb2.INTERNAL
