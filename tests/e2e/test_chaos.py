@@ -13,8 +13,9 @@ where a quote had to be read from JetStream (now UNAVAILABLE, which clients retr
 PostgreSQL killed, calls answered INTERNAL ("rpc crashed") where the database connection was
 lost under them (now UNAVAILABLE / DATABASE_UNAVAILABLE, meshkit.db.connection_lost).
 
-The mesh runs its own PostgreSQL (DATABASE_URL points where nothing answers, so the launcher
-starts one in the data folder and restarts it like any child), so that it too can be killed.
+The mesh runs its own PostgreSQL and Redis (DATABASE_URL and REDIS_URL point where nothing
+answers, so the launcher starts them in the data folder and restarts them like any child), so
+that they too can be killed.
 """
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ pytestmark = pytest.mark.e2e
 LOAD_SECONDS = 55
 # One after another while the load runs, each a few seconds after the last came back; the
 # ledger and the engine twice (executions in flight to the ledger, orders in flight to the engine),
-# NATS itself once (every service reconnects; JetStream keeps what it acknowledged), and
-# PostgreSQL twice (crash recovery keeps every commit; what was in flight is retried).
-VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay", "nats", "ledger_svc", "envoy",
-           "postgres", "matching_svc", "order_svc")
+# NATS itself once (every service reconnects; JetStream keeps what it acknowledged),
+# PostgreSQL twice (crash recovery keeps every commit; what was in flight is retried) and Redis
+# once (it holds no money state: rate limits fail open, the quote cache is rebuilt).
+VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay", "nats", "redis", "ledger_svc",
+           "envoy", "postgres", "matching_svc", "order_svc")
 SYMBOLS = ("AAPL", "MSFT")
 # Transient while a process is down or restarting: the client asks again, with the same
 # client_order_id (placement is idempotent on it). Anything else (INTERNAL: a crash) fails the test.
@@ -74,6 +76,7 @@ async def _until_answered(call, patience: float = 60.0):
 @pytest.fixture
 def chaos_mesh(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/stockmesh")  # nobody there
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nor there
     running = start_or_fail(MeshProcess(data_dir=tmp_path, db_prefix="stockmesh_e2e", namespace_prefix="e2e",
                                         extra_args=["--no-simulator"]))
     try:
