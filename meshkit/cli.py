@@ -334,7 +334,7 @@ def engine_status(address: str | None, data_dir: Path | None) -> None:
         click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}")
 
 
-register_client_commands(main)  # deposit, withdraw, place, cancel, orders, portfolio, watch, chart
+register_client_commands(main)  # deposit, withdraw, place, replace, cancel, orders, portfolio, watch, chart
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """The customer's side of the `stockmesh` command line (MISSION F8): deposit and withdraw, place,
-replace-free cancel and list orders, watch quotes and order updates live, show the portfolio,
+replace, cancel and list orders, watch quotes and order updates live, show the portfolio,
 draw a candle chart. Every command is a plain client of the public API through Envoy, with a
 token for --account minted from the mesh's development keys (or --token), so it sees exactly
 what any customer's application sees.
@@ -237,6 +237,39 @@ def register(main: click.Group) -> None:
                                       pb.CancelOrderRequest(order_id=order_id))
         click.echo(order_line(reply.order))
         click.echo("cancel requested")
+
+    @main.command()
+    @click.argument("order_id")
+    @click.option("--quantity", type=click.IntRange(min=1), default=None,
+                  help="The new total quantity (what is filled included).  [default: unchanged]")
+    @click.option("--limit", "limit_price", default=None, help="The new limit price.  [default: unchanged]")
+    @click.option("--stop", "stop_price", default=None, help="The new stop price.  [default: unchanged]")
+    @click.option("--client-order-id", default=None, help="Your id for the new order (default: a new one).")
+    @client_options
+    def replace(order_id: str, quantity: int | None, limit_price: str | None, stop_price: str | None,
+                client_order_id: str | None, **where) -> None:
+        """Replace a working order's quantity or prices: stockmesh replace ORDER_ID --limit 186.50
+
+        The reply is the new order; the old one ends CANCELLED (replaced by it) when the engine
+        confirms, its hold moved to the new order."""
+        from stockmesh.common.v1 import common_pb2 as c
+        from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+
+        if quantity is None and limit_price is None and stop_price is None:
+            raise click.UsageError("say what changes: --quantity, --limit and/or --stop")
+        for value, hint in ((limit_price, "--limit"), (stop_price, "--stop")):
+            if value is not None:
+                _decimal(value, hint)
+        client = _client(**where)
+        old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",
+                          pb.GetOrderRequest(order_id=order_id)).order
+        reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ReplaceOrder", pb.ReplaceOrderRequest(
+            order_id=order_id, client_order_id=client_order_id or uuid.uuid4().hex,
+            quantity=quantity or old.quantity, limit_price=old.limit_price if limit_price is None else limit_price,
+            stop_price=old.stop_price if stop_price is None else stop_price))
+        click.echo(order_line(reply.order))
+        if reply.order.status == c.ORDER_STATUS_REJECTED:
+            sys.exit(3)
 
     @main.command()
     @click.option("--symbol", default=None, help="Only this symbol's orders.")

@@ -1,5 +1,5 @@
 """The customer's command line (MISSION F8) against the whole mesh, through Envoy: deposit,
-place, watch orders, list, cancel, portfolio, watch quotes, chart; its errors.
+place, watch orders, list, replace, cancel, portfolio, watch quotes, chart; its errors.
 
 Trades V (Visa), which no other end-to-end test trades, so no one else's order meets ours."""
 from __future__ import annotations
@@ -74,9 +74,17 @@ async def test_a_customer_trades_from_the_command_line(mesh: MeshProcess) -> Non
     assert "cash      total 7231.00  available 7231.00  held 0" in portfolio, portfolio
     assert re.search(rf"^{SYMBOL}\s+10\s+10\s+0\s+276\.9", portfolio, re.M), portfolio
 
-    # A resting order, then its cancel: it ends CANCELLED when the engine confirms.
+    # A resting order, replaced, then cancelled: it ends CANCELLED when the engine confirms.
     resting = ok(cli(mesh, "place", "buy", "1", SYMBOL, "--limit", "270.00", "--tif", "gtc", account=buyer))
-    rest_id = order_id_of(resting)
+    first_id = order_id_of(resting)
+    # Replaced (a new price, the rest unchanged): the new order (PENDING_NEW until the engine
+    # confirms) works, the old one ends replaced by it.
+    replaced = ok(cli(mesh, "replace", first_id, "--limit", "271.00", account=buyer))
+    assert re.search(r" (PENDING_NEW|NEW) .* BUY       1 V      LIMIT      271\.00 ", replaced), replaced
+    rest_id = order_id_of(replaced)
+    assert rest_id != first_id
+    assert await eventually(lambda: asyncio.to_thread(
+        lambda: f"replaced by {rest_id}" in ok(cli(mesh, "orders", "--symbol", SYMBOL, account=buyer))), timeout=30)
     assert rest_id in ok(cli(mesh, "orders", "--open", account=buyer))
     assert "cancel requested" in ok(cli(mesh, "cancel", rest_id, account=buyer))
     assert await eventually(lambda: asyncio.to_thread(
