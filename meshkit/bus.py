@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import nats
 from nats.aio.client import Client
 from prometheus_client import Counter, Gauge
 
@@ -20,6 +19,23 @@ CONSUMER_STUCK = Gauge("stockmesh_consumer_stuck_seconds",
                        "How long the consumer's current message has been failing (0: not stuck)", ["durable"])
 
 
+class _Client(Client):
+    """nats-py's client with one fix. A flush that times out (the server stalled: a slow disk,
+    a paused VM) cancels its PONG future but leaves it queued; when the server answers again,
+    nats-py 2.16 sets that cancelled future's result, the InvalidStateError ends the client's
+    read loop, and the connection stays "connected" reading nothing: no acks, no messages, no
+    reconnect, for good (seen with nats-server SIGSTOPped for 8 s: every service wedged).
+    Each PONG answers the oldest PING, so one whose flush gave up is only taken off the queue."""
+
+    async def _process_pong(self) -> None:
+        if self._pongs and self._pongs[0].done():
+            self._pongs.pop(0)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+            return
+        await super()._process_pong()
+
+
 async def connect(url: str, name: str) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
@@ -30,15 +46,19 @@ async def connect(url: str, name: str) -> Client:
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                              error_cb=on_error, disconnected_cb=on_disconnect,
-                              reconnected_cb=on_reconnect)
+    nc = _Client()
+    await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                     error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+    return nc
 
 
 def nats_check(nc: Client):
     async def nats_server() -> None:
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
+        # (With its read loop ended, nats-py's flush returns at once without a round trip.)
+        if nc._reading_task is None or nc._reading_task.done():
+            raise ConnectionError("the NATS connection stopped reading")
         await nc.flush(timeout=1)
     return nats_server
 

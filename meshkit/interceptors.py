@@ -46,7 +46,7 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
     if not isinstance(exc, DomainError) and db.connection_lost(exc):
         # The database went away under the call (restarting, say): a transient failure the
         # client retries (placements and deposits are idempotent on their ids), not a crash.
-        log.warning("rpc failed: the database connection was lost", exc_info=exc, extra={"method": method})
+        log.warning("rpc failed: the database connection was lost", extra={"method": method, "error": repr(exc)})
         exc = Unavailable(f"the database is unavailable; try again (request id {logs.request_id.get()})",
                           reason="DATABASE_UNAVAILABLE")
     if isinstance(exc, DomainError):

@@ -48,14 +48,17 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
-LOAD_SECONDS = 55
+LOAD_SECONDS = 60
 # One after another while the load runs, each a few seconds after the last came back; the
 # ledger and the engine twice (executions in flight to the ledger, orders in flight to the engine),
 # NATS itself once (every service reconnects; JetStream keeps what it acknowledged),
 # PostgreSQL twice (crash recovery keeps every commit; what was in flight is retried) and Redis
-# once (it holds no money state: rate limits fail open, the quote cache is rebuilt).
-VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay", "nats", "redis", "ledger_svc",
-           "envoy", "postgres", "matching_svc", "order_svc")
+# once (it holds no money state: rate limits fail open, the quote cache is rebuilt); and
+# nats-server stalled (SIGSTOP, then SIGCONT), which once left every service's NATS connection
+# reading nothing for good (meshkit.bus._Client).
+VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay", "nats", "redis", "stall:nats",
+           "ledger_svc", "envoy", "postgres", "matching_svc", "order_svc")
+STALL_SECONDS = 6  # longer than the services' health checks' 1 s flush timeout
 SYMBOLS = ("AAPL", "MSFT")
 # Transient while a process is down or restarting: the client asks again, with the same
 # client_order_id (placement is idempotent on it). Anything else (INTERNAL: a crash) fails the test.
@@ -132,6 +135,13 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
             await asyncio.sleep(4)
             for victim in VICTIMS:
                 before = mesh.state()
+                if victim.startswith("stall:"):  # stopped, not killed: a hung server, then back
+                    pid = before["pids"][victim.removeprefix("stall:")]
+                    os.kill(pid, signal.SIGSTOP)
+                    await asyncio.sleep(STALL_SECONDS)
+                    os.kill(pid, signal.SIGCONT)
+                    await asyncio.sleep(rng.uniform(2, 4))
+                    continue
                 os.kill(before["pids"][victim], signal.SIGKILL)
                 restarted = await eventually(
                     lambda: mesh.state()["restarts"][victim] > before["restarts"][victim]

@@ -102,3 +102,57 @@ async def test_what_a_killed_reader_fetched_comes_again_first_and_in_order(nats_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert handled == ["1", "2", "3", "4", "5", "6"]
+
+
+async def test_a_connection_survives_a_stalled_server(tmp_path):
+    """nats-server stalled (SIGSTOP: a slow disk, a paused VM) while a health check's flush
+    times out: once the server answers again the connection works (nats-py 2.16's read loop
+    died on the late PONG of the flush that gave up, and the connection read nothing for good;
+    meshkit.bus._Client)."""
+    import os
+    import signal
+    import subprocess
+
+    from nats.errors import FlushTimeoutError
+
+    from meshkit.launcher.infra import nats_server_binary
+    from meshkit.launcher.net import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        nc = None
+        for _ in range(100):
+            try:
+                nc = await bus.connect(f"nats://127.0.0.1:{port}", "stall-test")
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                await asyncio.sleep(0.05)
+        assert nc is not None
+        heard: list[bytes] = []
+        got = asyncio.Event()
+
+        async def on_msg(msg) -> None:
+            heard.append(msg.data)
+            got.set()
+
+        await nc.subscribe("after.stall", cb=on_msg)
+        check = bus.nats_check(nc)
+        await check()
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(FlushTimeoutError):
+                await check()
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        await nc.flush(timeout=5)  # the late PONG has come and gone
+        await check()
+        assert not nc._reading_task.done()
+        await nc.publish("after.stall", b"still here")
+        await asyncio.wait_for(got.wait(), 5)
+        assert heard == [b"still here"]
+        await nc.close()
+    finally:
+        server.kill()
+        server.wait()
