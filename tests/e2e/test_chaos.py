@@ -1,7 +1,8 @@
 """Customers trade through the mesh while its processes are SIGKILLed one after another; once
 the load stops, nothing is lost and the books agree: every acknowledged order is there under
 its id, the ledger's invariants hold, the audit trail verifies and the day's settlement
-reconciles the ledger with the execution journal without a discrepancy.
+reconciles the ledger with the execution journal without a discrepancy; and two customers'
+order update streams, reopened after whatever ended them, gave every update once and in order.
 
 Its own mesh (the shared one's services would be restarted under the other tests' feet). What
 it found (2026-12-05): ledger_svc killed while executions were in flight applied an order's
@@ -60,6 +61,7 @@ VICTIMS = ("ledger_svc", "matching_svc", "postgres", "order_svc", "order_relay",
            "ledger_svc", "envoy", "postgres", "matching_svc", "order_svc")
 STALL_SECONDS = 6  # longer than the services' health checks' 1 s flush timeout
 SYMBOLS = ("AAPL", "MSFT")
+WATCHED = ("chaos-00", "chaos-01")  # accounts whose order updates a client follows through it all
 # Transient while a process is down or restarting: the client asks again, with the same
 # client_order_id (placement is idempotent on it). Anything else (INTERNAL: a crash) fails the test.
 RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -149,26 +151,61 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
                 assert restarted, f"{victim} was not restarted\n{mesh.diagnostics()}"
                 await asyncio.sleep(rng.uniform(2, 4))
 
+        seen: dict[str, list[int]] = {a: [] for a in WATCHED}
+
+        async def watcher(account: str) -> None:
+            """A customer's app following its order updates: whatever ends the stream (a process
+            killed under it), it opens it again after the last update it saw."""
+            while True:
+                last = seen[account][-1] if seen[account] else 0
+                call = orders.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(after_sequence=last),
+                                                 metadata=mesh.auth(account))
+                try:
+                    async for u in call:
+                        seen[account].append(u.sequence)
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.2)
+
+        watchers = [asyncio.create_task(watcher(a)) for a in WATCHED]
         await asyncio.gather(killer(), *(trader(w) for w in range(6)))
 
-    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
-    try:
-        quiet = await eventually(lambda: pool.fetchval(
-            "SELECT (SELECT count(*) FROM orders.orders WHERE status = 'PENDING_NEW')"
-            " + (SELECT count(*) FROM orders.outbox WHERE published_at IS NULL) = 0"), timeout=60, delay=0.5)
-        assert quiet, f"orders still mid-saga or unrelayed a minute after the load\n{mesh.diagnostics()}"
-        stored = {(r["account_id"], r["client_order_id"]): str(r["order_id"]) for r in await pool.fetch(
-            "SELECT account_id, client_order_id, order_id FROM orders.orders")}
-        assert len(acked) > 500, len(acked)  # the load ran
-        lost = {k: v for k, v in acked.items() if stored.get(k) != v}
-        assert not lost, f"acknowledged orders missing or under another id: {list(lost.items())[:10]}"
-        # The services apply executions on their own: the ledger may still be catching up.
-        deadline = time.monotonic() + 90
-        while (problems := await invariants.check(pool)) and time.monotonic() < deadline:
-            await asyncio.sleep(1)
-        assert not problems, "\n".join(problems[:20]) + "\n" + mesh.diagnostics()
-    finally:
-        await pool.close()
+        pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
+        try:
+            quiet = await eventually(lambda: pool.fetchval(
+                "SELECT (SELECT count(*) FROM orders.orders WHERE status = 'PENDING_NEW')"
+                " + (SELECT count(*) FROM orders.outbox WHERE published_at IS NULL) = 0"), timeout=60, delay=0.5)
+            assert quiet, f"orders still mid-saga or unrelayed a minute after the load\n{mesh.diagnostics()}"
+            stored = {(r["account_id"], r["client_order_id"]): str(r["order_id"]) for r in await pool.fetch(
+                "SELECT account_id, client_order_id, order_id FROM orders.orders")}
+            assert len(acked) > 500, len(acked)  # the load ran
+            lost = {k: v for k, v in acked.items() if stored.get(k) != v}
+            assert not lost, f"acknowledged orders missing or under another id: {list(lost.items())[:10]}"
+            # The services apply executions on their own: the ledger may still be catching up.
+            deadline = time.monotonic() + 90
+            while (problems := await invariants.check(pool)) and time.monotonic() < deadline:
+                await asyncio.sleep(1)
+            assert not problems, "\n".join(problems[:20]) + "\n" + mesh.diagnostics()
+
+            # Each watched account's stream gave every update once, in order, across the crashes.
+            async def newest() -> dict[str, int]:
+                return {r["account_id"]: r["n"] for r in await pool.fetch(
+                    "SELECT account_id, max(sequence) AS n FROM orders.updates WHERE account_id = ANY($1) "
+                    "GROUP BY 1", list(WATCHED))}
+
+            async def caught_up() -> bool:
+                n = await newest()
+                return all(seen[a][-1:] == [n.get(a)] for a in WATCHED)
+
+            assert await eventually(caught_up, timeout=60, delay=0.2), \
+                ({a: seen[a][-3:] for a in WATCHED}, await newest(), [w.done() and w.exception() for w in watchers])
+            last = await newest()
+        finally:
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await pool.close()
+    for a in WATCHED:
+        assert seen[a] == list(range(1, last[a] + 1)), (a, last[a], len(seen[a]), seen[a][-5:])
 
     cli = [sys.executable, "-m", "meshkit.cli"]
     verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],
