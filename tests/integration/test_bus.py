@@ -8,8 +8,16 @@ import uuid
 import pytest
 
 from meshkit import bus
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    from pathlib import Path
+
+    states = [(t / "status").read_text().split("State:")[1].split()[0] for t in Path(f"/proc/{pid}/task").iterdir()]
+    return bool(states) and all(s == "T" for s in states)
 
 
 def metric(name: str, durable: str) -> float:
@@ -142,6 +150,8 @@ async def test_a_connection_survives_a_stalled_server(tmp_path):
         await check()
         os.kill(server.pid, signal.SIGSTOP)
         try:
+            # The stop takes effect when each of the server's threads next enters the kernel.
+            assert await eventually(lambda: _all_threads_stopped(server.pid), timeout=5)
             with pytest.raises(FlushTimeoutError):
                 await check()
         finally:
