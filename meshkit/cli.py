@@ -264,20 +264,17 @@ def engine() -> None:
 def _engine_call(address: str | None, data_dir: Path | None, method: str, request):
     """Call EngineControlService/`method` on matching_svc: at `address`, else the one of the mesh
     running in `data_dir` (its mesh.json)."""
-    import json
-
     import grpc
 
+    from meshkit.cli_client import mesh_state
     from stockmesh.matching.v1 import engine_control_service_pb2_grpc
 
     if not address:
-        state_path = (data_dir or default_data_dir()).resolve() / "mesh.json"
+        folder = (data_dir or default_data_dir()).resolve()
         try:
-            state = json.loads(state_path.read_text())
-            address = f"127.0.0.1:{state['ports']['matching_svc']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            raise click.UsageError(f"no running mesh in {state_path.parent} (mesh.json); "
-                                   "pass --address HOST:PORT of matching_svc") from None
+            address = f"127.0.0.1:{mesh_state(folder, 'matching_svc')['ports']['matching_svc']}"
+        except (KeyError, TypeError):
+            raise click.UsageError(f"the mesh in {folder} is not ready yet (mesh.json has no matching_svc port)") from None
     with grpc.insecure_channel(address) as channel:
         stub = engine_control_service_pb2_grpc.EngineControlServiceStub(channel)
         try:

@@ -28,14 +28,18 @@ class Client:
     def __init__(self, address: str, token: str, timeout: float) -> None:
         import grpc
 
-        self.address, self.timeout = address, timeout
+        self.timeout = timeout
         self.channel = grpc.insecure_channel(address)
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     def call(self, stub_class, method: str, request):
         """One unary call; a failure is printed (code, reason, field violations) and exits 1."""
-        return self._guard(lambda: getattr(stub_class(self.channel), method)(
-            request, metadata=self.metadata, timeout=self.timeout), method)
+        import grpc
+
+        try:
+            return getattr(stub_class(self.channel), method)(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            _fail(exc, method)
 
     def stream(self, stub_class, method: str, request) -> Iterable:
         """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly)."""
@@ -52,17 +56,6 @@ class Client:
             _fail(exc, method)
         finally:
             call.cancel()
-
-    def _guard(self, run: Callable, method: str):
-        import grpc
-
-        try:
-            return run()
-        except grpc.RpcError as exc:
-            _fail(exc, method)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def _fail(exc, method: str):
@@ -82,16 +75,24 @@ def _fail(exc, method: str):
     sys.exit(1)
 
 
-def _endpoint(data_dir: Path) -> str:
-    path = data_dir / "mesh.json"
+def mesh_state(data_dir: Path, address_hint: str) -> dict:
+    """The state (mesh.json) of the mesh `stockmesh up` runs in `data_dir`; none there is a usage
+    error that says to start one or to pass --address (`address_hint`: whose address)."""
     try:
-        state = json.loads(path.read_text())
-        if state.get("endpoint"):
-            return state["endpoint"]
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((data_dir / "mesh.json").read_text())
+        if isinstance(state, dict):
+            return state
+    except (OSError, ValueError):
         pass
     raise click.UsageError(f"no running mesh in {data_dir} (mesh.json); start one with `stockmesh up` "
-                           "or pass --address HOST:PORT of Envoy")
+                           f"or pass --address HOST:PORT of {address_hint}")
+
+
+def _endpoint(data_dir: Path) -> str:
+    state = mesh_state(data_dir, "Envoy")
+    if not state.get("endpoint"):
+        raise click.UsageError(f"the mesh in {data_dir} is not ready yet (mesh.json has no endpoint)")
+    return state["endpoint"]
 
 
 def client_options(f):
@@ -168,6 +169,30 @@ def order_line(o) -> str:
             f"{_enum_name(c.TimeInForce, o.time_in_force, 'TIME_IN_FORCE_'):<4} {o.client_order_id}{extra}")
 
 
+def _check_prices(**prices: str | None) -> None:
+    for option, value in prices.items():
+        if value is not None:
+            _decimal(value, f"--{option}")
+
+
+def _show_order(order) -> None:
+    """Print a new order; REJECTED by the business checks exits 3: recorded, and refused
+    (distinct from a failed call, 1, and bad usage, 2)."""
+    from stockmesh.common.v1 import common_pb2 as c
+
+    click.echo(order_line(order))
+    if order.status == c.ORDER_STATUS_REJECTED:
+        sys.exit(3)
+
+
+def _timestamp(when: datetime):
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
 def register(main: click.Group) -> None:
     """Add the customer commands to the `stockmesh` group."""
 
@@ -209,10 +234,7 @@ def register(main: click.Group) -> None:
         from stockmesh.common.v1 import common_pb2 as c
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
-        if limit_price is not None:
-            _decimal(limit_price, "--limit")
-        if stop_price is not None:
-            _decimal(stop_price, "--stop")
+        _check_prices(limit=limit_price, stop=stop_price)
         kind = {(False, False): "MARKET", (True, False): "LIMIT", (False, True): "STOP",
                 (True, True): "STOP_LIMIT"}[(limit_price is not None, stop_price is not None)]
         tif = (tif or ("ioc" if kind == "MARKET" else "day")).upper()
@@ -221,10 +243,7 @@ def register(main: click.Group) -> None:
             side=c.Side.Value(f"SIDE_{side.upper()}"), type=c.OrderType.Value(f"ORDER_TYPE_{kind}"),
             quantity=quantity, limit_price=limit_price or "", stop_price=stop_price or "",
             time_in_force=c.TimeInForce.Value(f"TIME_IN_FORCE_{tif}"))
-        reply = _client(**where).call(order_service_pb2_grpc.OrderServiceStub, "PlaceOrder", request)
-        click.echo(order_line(reply.order))
-        if reply.order.status == c.ORDER_STATUS_REJECTED:
-            sys.exit(3)  # recorded, and refused: distinct from a failed call (1) and bad usage (2)
+        _show_order(_client(**where).call(order_service_pb2_grpc.OrderServiceStub, "PlaceOrder", request).order)
 
     @main.command()
     @click.argument("order_id")
@@ -252,14 +271,11 @@ def register(main: click.Group) -> None:
 
         The reply is the new order; the old one ends CANCELLED (replaced by it) when the engine
         confirms, its hold moved to the new order."""
-        from stockmesh.common.v1 import common_pb2 as c
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         if quantity is None and limit_price is None and stop_price is None:
             raise click.UsageError("say what changes: --quantity, --limit and/or --stop")
-        for value, hint in ((limit_price, "--limit"), (stop_price, "--stop")):
-            if value is not None:
-                _decimal(value, hint)
+        _check_prices(limit=limit_price, stop=stop_price)
         client = _client(**where)
         old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",
                           pb.GetOrderRequest(order_id=order_id)).order
@@ -267,9 +283,7 @@ def register(main: click.Group) -> None:
             order_id=order_id, client_order_id=client_order_id or uuid.uuid4().hex,
             quantity=quantity or old.quantity, limit_price=old.limit_price if limit_price is None else limit_price,
             stop_price=old.stop_price if stop_price is None else stop_price))
-        click.echo(order_line(reply.order))
-        if reply.order.status == c.ORDER_STATUS_REJECTED:
-            sys.exit(3)
+        _show_order(reply.order)
 
     @main.command()
     @click.option("--symbol", default=None, help="Only this symbol's orders.")
@@ -380,25 +394,19 @@ def register(main: click.Group) -> None:
     @client_options
     def chart(symbol: str, interval: str, count: int | None, height: int, **where) -> None:
         """Draw SYMBOL's candles up to now in the terminal (GetCandles): green up, red down."""
-        from google.protobuf import timestamp_pb2
-
         from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as pb, quote_service_pb2_grpc
 
         width = shutil.get_terminal_size((100, 24)).columns - 14
         count = count or max(2, min(120, width))
         step = {"1s": 1, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}[interval]
         end = datetime.now(timezone.utc)
-        start = end - timedelta(seconds=step * count)
-        ts = {}
-        for name, value in (("start", start), ("end", end)):
-            ts[name] = timestamp_pb2.Timestamp()
-            ts[name].FromDatetime(value)
+        start, stop = _timestamp(end - timedelta(seconds=step * count)), _timestamp(end)
         client = _client(**where, need_account=False)
         candles, token = [], ""
         while True:
             reply = client.call(quote_service_pb2_grpc.QuoteServiceStub, "GetCandles", pb.GetCandlesRequest(
                 symbol=symbol.upper(), interval=quote_pb2.CandleInterval.Value(f"CANDLE_INTERVAL_{interval.upper()}"),
-                start_time=ts["start"], end_time=ts["end"], page_size=500, page_token=token))
+                start_time=start, end_time=stop, page_size=500, page_token=token))
             candles += reply.candles
             token = reply.next_page_token
             if not token:

@@ -23,9 +23,9 @@ async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: 
     be behind the engine, and its missing fills would otherwise be left unsettled."""
     checked = await _ledger_fills(day, uow)
     ids = await journal.fill_ids(js, namespace, day) if js is not None else None
-    if ids:
-        await settlement.catch_up(day, uow, ids, timeout=catch_up, progress=progress)
-    before = await _ledger_fills(day, uow)
+    # What the ledger has once it has caught up (or given up) is what this run settles.
+    before = (await settlement.catch_up(day, uow, ids, timeout=catch_up, progress=progress) if ids
+              else await _ledger_fills(day, uow))
     report = await settlement.settle(day, uow, progress=progress)
     return await settlement.reconcile(day, uow, ids, report, checked=checked, settled=before)
 

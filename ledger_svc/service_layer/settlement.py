@@ -74,17 +74,18 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
 async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, timeout: float,
                    progress: Callable[[str], None] | None = None, poll: float = 0.5) -> set[str]:
     """Wait, at most `timeout` seconds, until the ledger has applied every fill of the day in
-    `journal` (a snapshot of the execution journal); the fills still missing are returned
-    (reconcile reports them). After a crash or under load the ledger's consumer may be behind
-    the engine: settling then would leave the fills it has not applied yet for the next run and
-    call them discrepancies."""
+    `journal` (a snapshot of the execution journal); returns the day's fills the ledger has
+    then (those of the journal still missing are reconcile's to report). After a crash or
+    under load the ledger's consumer may be behind the engine: settling then would leave the
+    fills it has not applied yet for the next run and call them discrepancies."""
     deadline = time.monotonic() + timeout
     said = None
     while True:
         async with uow_factory() as uow:
-            missing = journal - await uow.settlement.fill_ids(day)
+            applied = await uow.settlement.fill_ids(day)
+        missing = journal - applied
         if not missing or time.monotonic() >= deadline:
-            return missing
+            return applied
         if progress and len(missing) != said:
             progress(f"waiting for the ledger to apply {len(missing)} fills of the journal")
             said = len(missing)
