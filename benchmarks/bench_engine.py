@@ -124,7 +124,7 @@ async def main() -> None:
         from meshkit.launcher.supervisor import Supervisor
 
         project_config = infra.nats_config
-        infra.nats_config = lambda *a: project_config(*a).replace(
+        infra.nats_config = lambda *a, **k: project_config(*a, **k).replace(
             "sync_interval: always", f"sync_interval: {args.nats_sync}")
 
         sup = Supervisor(say=lambda _: None)

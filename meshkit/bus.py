@@ -36,6 +36,16 @@ class _Client(Client):
         await super()._process_pong()
 
 
+def servers(url: str) -> list[str]:
+    """NATS_URL may name several servers of a cluster, comma-separated
+    ("nats://nats-1:4222,nats://nats-2:4222"): the client connects to one and fails over to
+    the others (and to those the cluster announces)."""
+    found = [part.strip() for part in url.split(",") if part.strip()]
+    if not found:
+        raise ValueError(f"no NATS server in {url!r}")
+    return found
+
+
 async def connect(url: str, name: str) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
@@ -44,10 +54,10 @@ async def connect(url: str, name: str) -> Client:
         log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
-        log.info("nats reconnected")
+        log.info("nats reconnected", extra={"server": str(nc.connected_url.netloc if nc.connected_url else "")})
 
     nc = _Client()
-    await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+    await nc.connect(servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                      error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
     return nc
 
@@ -73,23 +83,70 @@ def subject(namespace: str, *parts: str) -> str:
     return ".".join((namespace, *parts))
 
 
-async def ensure_stream(js, namespace: str, base: str, *, max_msgs_per_subject: int = -1) -> str:
-    """Create the file-backed stream `<ns>_<BASE>` on subjects `<ns>.<base>.>` unless it
-    exists (whoever creates it first sets its configuration)."""
-    from nats.js.api import StorageType, StreamConfig
-    from nats.js.errors import NotFoundError
+# The mesh's streams, each defined once: whichever process starts first creates it. Every
+# stream is file-backed, keeps messages until its limits (retention LIMITS, discard OLD), and
+# has JETSTREAM_REPLICAS copies. The duplicate window is a transport convenience only: the
+# consumers drop repeats by id forever (PostgreSQL, the engine's dedupe set).
+STREAMS: dict[str, dict] = {
+    # order commands, one subject per symbol (order_svc's outbox relay -> the engine)
+    "ORDERS": {"duplicate_window": 120.0},
+    # the engine's execution journal (fills, cancels, expiries) -> order_svc, ledger_svc, settlement
+    "EXECUTIONS": {"duplicate_window": 300.0},
+    # market data: the latest 10,000 events of each symbol (quote_svc, the market price of orders)
+    "MD": {"duplicate_window": 300.0, "max_msgs_per_subject": 10_000},
+}
+DEFAULT_DUPLICATE_WINDOW = 120.0
 
-    name = stream_name(namespace, base.upper())
+
+def replicas() -> int:
+    """JETSTREAM_REPLICAS: copies of every stream, bucket and consumer (1 by default, one
+    server; 3 on a clustered JetStream, deploy/), so a server lost loses nothing acknowledged."""
+    from meshkit.config import env_int
+
+    count = env_int("JETSTREAM_REPLICAS", 1, minimum=1)
+    if count > 5:
+        from meshkit.config import ConfigError
+
+        raise ConfigError(f"setting JETSTREAM_REPLICAS must be at most 5 (JetStream's limit), got {count}")
+    return count
+
+
+def stream_config(namespace: str, base: str):
+    """The StreamConfig of `<ns>_<BASE>` on subjects `<ns>.<base>.>` (STREAMS; other bases,
+    e.g. tests' own, get the defaults)."""
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+    settings = {"duplicate_window": DEFAULT_DUPLICATE_WINDOW, **STREAMS.get(base.upper(), {})}
+    return StreamConfig(
+        name=stream_name(namespace, base.upper()), subjects=[subject(namespace, base.lower(), ">")],
+        storage=StorageType.FILE, retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD,
+        num_replicas=replicas(), **settings)
+
+
+async def ensure_stream(js, namespace: str, base: str) -> str:
+    """Create the stream `<ns>_<BASE>` (stream_config) unless it exists. An existing one keeps
+    its configuration, but for its copies: a deployment that raises JETSTREAM_REPLICAS
+    (one server grown into a cluster) has its streams replicated at the next start."""
+    import nats.js.errors
+
+    config = stream_config(namespace, base)
     try:
-        await js.stream_info(name)
-    except NotFoundError:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
         try:
-            await js.add_stream(StreamConfig(
-                name=name, subjects=[subject(namespace, base.lower(), ">")], storage=StorageType.FILE,
-                duplicate_window=120.0, max_msgs_per_subject=max_msgs_per_subject))
-        except Exception:  # noqa: BLE001 - created concurrently by another process
-            await js.stream_info(name)
-    return name
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # created concurrently by another process
+            await js.stream_info(config.name)
+        return config.name
+    if (info.config.num_replicas or 1) != config.num_replicas:
+        info.config.num_replicas = config.num_replicas
+        try:
+            await js.update_stream(info.config)
+            log.info("stream replicas changed", extra={"stream": config.name, "replicas": config.num_replicas})
+        except nats.js.errors.Error as exc:  # e.g. more copies than servers: keep serving with what is there
+            log.warning("could not change the stream's replicas",
+                        extra={"stream": config.name, "replicas": config.num_replicas, "error": repr(exc)})
+    return config.name
 
 
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,

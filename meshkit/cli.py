@@ -50,7 +50,11 @@ def migrate(database_url: str) -> None:
               help="Redis to use when it answers (default redis://127.0.0.1:6379/0); "
                    "otherwise a local one is started.")
 @click.option("--nats-url", envvar="NATS_URL", default=None,
-              help="An existing NATS server; by default the pinned nats-server is started.")
+              help="An existing NATS server (or a cluster's, comma-separated); by default the pinned "
+                   "nats-server is started.")
+@click.option("--nats-cluster", type=click.Choice(["1", "3", "5"]), envvar="STOCKMESH_NATS_CLUSTER", default="1",
+              show_default=True, help="Start a JetStream cluster of this many pinned nats-servers instead of one; "
+                                      "every stream, bucket and consumer then has that many copies.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True,
               help="Prefix of stream, subject and key names (isolates meshes sharing servers).")
 @click.option("--log-level", envvar="LOG_LEVEL", default="INFO", show_default=True,
@@ -67,7 +71,7 @@ def migrate(database_url: str) -> None:
 @click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
-       redis_url: str | None, nats_url: str | None, namespace: str, log_level: str,
+       redis_url: str | None, nats_url: str | None, nats_cluster: str, namespace: str, log_level: str,
        start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int,
        envoy_workers: int | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
@@ -79,7 +83,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
-        envoy_workers=envoy_workers,
+        envoy_workers=envoy_workers, nats_cluster=int(nats_cluster),
     )
     sys.exit(run_up(opts))
 

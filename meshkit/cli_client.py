@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import click
 

@@ -14,7 +14,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from meshkit import bus
@@ -34,25 +34,12 @@ class Touch:
 
 NO_MARKET = Touch(None, None, None)
 
-# The engine's settings for the MD stream: whoever starts first creates it, with these.
-MD_PER_SUBJECT = 10_000
-MD_DUPLICATE_WINDOW = 300.0
-
-
 def _d(text: str) -> Decimal | None:
     return Decimal(text) if text else None
 
 
 async def ensure_md_stream(js: JetStreamContext, namespace: str) -> str:
-    name = bus.stream_name(namespace, "MD")
-    try:
-        await js.add_stream(StreamConfig(
-            name=name, subjects=[bus.subject(namespace, "md", ">")], storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_msgs_per_subject=MD_PER_SUBJECT,
-            duplicate_window=MD_DUPLICATE_WINDOW, num_replicas=1))
-    except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # exists already (perhaps with the engine's own settings)
-    return name
+    return await bus.ensure_stream(js, namespace, "md")
 
 
 async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[str],

@@ -25,22 +25,14 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
-    RetentionPolicy,
     StorageType,
-    StreamConfig,
 )
 
 from meshkit import bus
-from meshkit.marketdata import MD_PER_SUBJECT
 
 log = logging.getLogger("matching_svc.jetstream")
-
-# JetStream drops a re-published execution with the same Nats-Msg-Id within this window;
-# beyond it, downstream consumers drop repeats by execution_id.
-OUTPUT_DUPLICATE_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -84,29 +76,10 @@ class Names:
         return "engine_" + symbol.replace(".", "_").replace("-", "_")
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream; if it exists (perhaps made by another service with its own
-    settings), keep it as it is."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.stream_info(config.name)  # raises if it really is not there
-
-
 async def ensure_streams(js: JetStreamContext, names: Names) -> None:
-    ns = names.namespace
-    # Same configuration as order_svc's, so whichever service starts first makes it.
-    await _ensure_stream(js, StreamConfig(
-        name=names.orders, subjects=[bus.subject(ns, "orders", ">")], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, duplicate_window=120.0, num_replicas=1))
-    await _ensure_stream(js, StreamConfig(
-        name=names.executions, subjects=[bus.subject(ns, "executions", ">")], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, duplicate_window=OUTPUT_DUPLICATE_WINDOW,
-        num_replicas=1))
-    await _ensure_stream(js, StreamConfig(
-        name=names.md, subjects=[bus.subject(ns, "md", ">")], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_msgs_per_subject=MD_PER_SUBJECT,
-        duplicate_window=OUTPUT_DUPLICATE_WINDOW, num_replicas=1))
+    """The engine's input (ORDERS) and outputs (EXECUTIONS, MD), as meshkit.bus defines them."""
+    for base in ("orders", "executions", "md"):
+        await bus.ensure_stream(js, names.namespace, base)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -140,6 +113,7 @@ class Puller:
         self.inbox = nc.new_inbox()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.credit = 0
+        self.requested_at = 0.0  # monotonic time of the latest pull request
         self.sub = None
 
     async def start(self) -> None:
@@ -151,6 +125,7 @@ class Puller:
         body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
         await self.nc.publish(self.api, body, reply=self.inbox)
         self.credit += self.batch
+        self.requested_at = time.monotonic()
 
     def _take(self, msg: Msg, out: list) -> None:
         status = msg.headers.get("Status") if msg.headers and not msg.data else None
@@ -162,9 +137,15 @@ class Puller:
             if status == "409" and ("Deleted" in desc or "Leadership" in desc):
                 raise ConsumerGone(desc)
             self.credit -= int(msg.headers.get("Nats-Pending-Messages", "0") or 0)
+        elif status == "503":  # no responders: the request reached no consumer (a clustered
+            self.credit -= self.batch  # consumer between leaders, or just made) and is gone whole
         # 100 (heartbeat / flow control) and 404 carry nothing for us
 
     async def next_batch(self, timeout: float) -> list[Msg]:
+        if self.credit > 0 and time.monotonic() - self.requested_at > self.expires + 1.0:
+            # Every request outstanding has expired on the server by now, whether or not its
+            # 408 came (a request lost with a server or a consumer leader never answers).
+            self.credit = 0
         if self.credit < self.batch:
             await self._request()
         out: list[Msg] = []
@@ -222,7 +203,7 @@ class SnapshotStore:
                 self._obs = await self.js.object_store(self.bucket)
             except nats.js.errors.BucketNotFoundError:
                 self._obs = await self.js.create_object_store(
-                    self.bucket, ObjectStoreConfig(storage=StorageType.FILE,
+                    self.bucket, ObjectStoreConfig(storage=StorageType.FILE, replicas=bus.replicas(),
                                                    description="matching engine snapshots"))
         return self._obs
 
@@ -327,7 +308,7 @@ async def lease_bucket(js: JetStreamContext, names: Names, ttl: float):
     except nats.js.errors.BucketNotFoundError:
         try:
             kv = await js.create_key_value(KeyValueConfig(bucket=names.leases, history=1, ttl=ttl,
-                                                          storage=StorageType.FILE))
+                                                          storage=StorageType.FILE, replicas=bus.replicas()))
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(names.leases)
     status = await kv.status()

@@ -123,6 +123,7 @@ class MeshProcess:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> "MeshProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         created = create_database(self.server_url, self.db_prefix)
         if created:
             self.db_name, self.database_url = created

@@ -83,6 +83,9 @@ class UpOptions:
     quote_replicas: int = 1
     # Envoy's worker threads (None: one per two cores, envoy.default_workers).
     envoy_workers: int | None = None
+    # nats-servers started: 1, or a JetStream cluster of 3 or 5 whose streams, buckets and
+    # consumers have that many copies (JETSTREAM_REPLICAS). Not with nats_url.
+    nats_cluster: int = 1
 
 
 def _print(line: str) -> None:
@@ -153,10 +156,16 @@ class Mesh:
         reserve(admin)
 
         self._step("2/7 infrastructure")
+        if self.opts.nats_cluster not in (1, 3, 5):
+            raise LaunchError(f"a NATS cluster has 1, 3 or 5 servers (a quorum needs an odd number), "
+                              f"got {self.opts.nats_cluster}")
+        if self.opts.nats_cluster > 1 and self.opts.nats_url:
+            raise LaunchError("--nats-cluster starts its own servers: leave NATS_URL / --nats-url unset "
+                              "(for an existing cluster, set JETSTREAM_REPLICAS instead)")
         self.infra = infra.prepare(
             self.data_dir, self.sup, database_url=self.opts.database_url,
             redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
-            say=self.say, stop=self.stop_event,
+            say=self.say, stop=self.stop_event, nats_cluster=self.opts.nats_cluster,
         )
 
         self._step("3/7 database migrations")
@@ -213,7 +222,8 @@ class Mesh:
         self._ready = False
         if self.sup.children:
             self.sup.stop_all(stages=[["simulator"], ["envoy"], list(self.instances or SERVICES),
-                                      ["nats"], ["redis"], ["postgres"]])
+                                      [c.spec.name for c in self.sup.children if infra.is_nats(c.spec.name)],
+                                      ["redis"], ["postgres"]])
         # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
         # busy folder must not mark the running mesh as not ready).
         if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
@@ -270,6 +280,8 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             "STOCKMESH_MARKET_ALWAYS_OPEN": "1" if self.opts.market_hours == "always" else "0",
         }
+        if self.opts.nats_cluster > 1:
+            env["JETSTREAM_REPLICAS"] = str(self.opts.nats_cluster)
         if name in self.bridge_ports:
             env["BRIDGE_LISTEN"] = f"127.0.0.1:{self.bridge_ports[name]}"
         if self.instances[name] == "order_svc" and RELAY in self.instances:

@@ -29,7 +29,6 @@ from datetime import timedelta
 
 import asyncpg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -54,15 +53,7 @@ def retention() -> timedelta | None:
 
 
 async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
-    name = bus.stream_name(namespace, "ORDERS")
-    config = StreamConfig(
-        name=name, subjects=[bus.subject(namespace, "orders", ">")], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, duplicate_window=120.0, num_replicas=1)
-    try:
-        await js.add_stream(config)
-    except Exception:  # noqa: BLE001 - exists with another config: bring it to ours
-        await js.update_stream(config)
-    return name
+    return await bus.ensure_stream(js, namespace, "orders")
 
 
 class OutboxRelay:

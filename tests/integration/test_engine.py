@@ -141,3 +141,39 @@ def test_symbol_sharding():
         owned_symbols(listed, "XXX", "")
     with pytest.raises(SystemExit):
         owned_symbols(listed, "", "2/2")
+
+
+async def test_the_pull_comes_back_after_a_request_that_reached_no_consumer(nats_conn, namespace):
+    """The engine's continuous pull asks again when its request went nowhere: a 503 (no
+    responders: a consumer just made, or between leaders in a cluster) or no answer at all (a
+    request lost with its server). Before, the request's credit stayed counted and the engine
+    waited for messages forever."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from matching_svc.adapters.jetstream import Names, Puller, ensure_streams
+
+    ns = f"{namespace}_pull"
+    names = Names(ns)
+    js = nats_conn.jetstream()
+    await ensure_streams(js, names)
+    puller = Puller(nats_conn, names.orders, "late", batch=10, expires=1.0)
+    await puller.start()
+    try:
+        # No consumer "late" yet: the request is answered 503 and its credit is gone.
+        assert await puller.next_batch(timeout=0.5) == []
+        assert puller.credit == 0
+        await js.add_consumer(names.orders, ConsumerConfig(
+            durable_name="late", filter_subject=names.orders_subject("AAPL"), ack_policy=AckPolicy.EXPLICIT))
+        await js.publish(names.orders_subject("AAPL"), b"order", headers={"Nats-Msg-Id": f"{ns}-1"})
+        got = await puller.next_batch(timeout=2.0)
+        assert [m.data for m in got] == [b"order"]
+
+        # A request nobody ever answers (lost with its server): credit counted, no 408 coming.
+        puller.credit, puller.requested_at = puller.batch, puller.requested_at - 10.0
+        await js.publish(names.orders_subject("AAPL"), b"next", headers={"Nats-Msg-Id": f"{ns}-2"})
+        got = []
+        for _ in range(4):
+            got += await puller.next_batch(timeout=0.5)
+        assert [m.data for m in got] == [b"next"]
+    finally:
+        await puller.stop()

@@ -28,16 +28,24 @@ async def place_crossing_pair(mesh, ch, symbol: str, price: str, tag: str) -> di
     return placed
 
 
-async def filled_and_settled(mesh, ch, placed: dict[str, str]) -> bool:
-    """Every order FILLED in order_svc and nothing left held in the ledger for its account: both
-    services have applied the fill (each applies executions on its own)."""
+async def unsettled(mesh, ch, placed: dict[str, str]) -> list[str]:
+    """What is not yet FILLED in order_svc, or still held in the ledger, among `placed`
+    (account -> order id): one line each; empty once both services have applied every fill
+    (each applies executions on its own)."""
     orders = order_service_pb2_grpc.OrderServiceStub(ch)
     ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+    left = []
     for account, order_id in placed.items():
         md = mesh.auth(account)
         got = await orders.GetOrder(opb.GetOrderRequest(order_id=order_id), metadata=md)
         p = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md)).portfolio
-        if got.order.status != common_pb2.ORDER_STATUS_FILLED or p.cash.held != "0.00" or any(
-                x.held for x in p.positions):
-            return False
-    return True
+        held = [f"{x.symbol} {x.held}" for x in p.positions if x.held]
+        if got.order.status != common_pb2.ORDER_STATUS_FILLED or p.cash.held != "0.00" or held:
+            left.append(f"{account} {order_id}: {common_pb2.OrderStatus.Name(got.order.status)}, "
+                        f"cash held {p.cash.held}, shares held {held}")
+    return left
+
+
+async def filled_and_settled(mesh, ch, placed: dict[str, str]) -> bool:
+    """Every order FILLED in order_svc and nothing left held in the ledger for its account."""
+    return not await unsettled(mesh, ch, placed)
