@@ -17,9 +17,10 @@ from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, 
 
 
 def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh",
-          order_addr: str | None = None) -> App:
+          order_addr: str | None = None, database_url: str | None = None) -> App:
     """With a NATS connection, the ledger also settles the engine's executions as they come and
-    values positions at the latest quote; with order_svc's address, portfolios list open orders."""
+    values positions at the latest quote; with order_svc's address, portfolios list open orders;
+    with the database's URL, only the replica elected for it applies the executions."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
     background, checks, closers = [], [db.pool_check(pool)], [pool.close]
     orders = None
@@ -31,7 +32,7 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     if nc is not None:
         js = nc.jetstream()
         background.append(lambda: executions.consume(
-            js, namespace, "ledger", lambda ex: settlement.apply_execution(ex, uow)))
+            js, namespace, "ledger", lambda ex: settlement.apply_execution(ex, uow), elect_on=database_url))
         checks.append(bus.nats_check(nc))
         closers.insert(0, nc.drain)
     return App(
@@ -55,4 +56,4 @@ async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
     pool = await db.create_pool(settings.database_url, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "ledger_svc")
-    return build(pool, nc, settings.namespace, settings.order_addr)
+    return build(pool, nc, settings.namespace, settings.order_addr, database_url=settings.database_url)

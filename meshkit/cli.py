@@ -89,6 +89,29 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
 
 
 @main.command()
+@click.argument("address", default="127.0.0.1:50051")
+@click.option("--service", default="", show_default=True,
+              help="The service to ask about ('' = the whole process, as Envoy's health checks ask).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True, help="Seconds.")
+def health(address: str, service: str, timeout: float) -> None:
+    """Ask a process at ADDRESS for its gRPC health (grpc.health.v1): print its status; exit 0
+    when SERVING, 1 otherwise (for containers' health checks, deploy/)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            click.echo(f"{address}: {exc.code().name}: {exc.details()}", err=True)
+            sys.exit(1)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    click.echo(f"{address}: {status}")
+    sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+@main.command()
 @click.option("--account", required=True, help="Account id: the token's subject.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder holding the keys (created if missing). "

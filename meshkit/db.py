@@ -1,9 +1,18 @@
 """PostgreSQL connection pools (asyncpg). NUMERIC columns come back as exact Decimals."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+from prometheus_client import Gauge
+
+log = logging.getLogger("meshkit.db")
+
+ELECTION = Gauge("stockmesh_elected", "1 while this process holds the role's election (meshkit.db.elected)", ["role"])
 
 
 async def _rollback_only(conn: asyncpg.Connection) -> None:
@@ -59,3 +68,43 @@ def pool_check(pool: asyncpg.Pool):
     async def postgres() -> None:
         await pool.fetchval("SELECT 1")
     return postgres
+
+
+def lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit number) for a role's name."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+async def elected(database_url: str, role: str, work: Callable[[], Awaitable[None]], *,
+                  poll: float = 1.0) -> None:
+    """Run `work` only while this process holds the advisory lock of `role`, so that of all the
+    replicas of a service exactly one does it (e.g. applies the execution journal in order) and
+    another takes over within `poll` seconds when it dies: the lock is held by a connection of
+    its own, and dies with it. While working, the connection is checked every `poll` seconds;
+    if it is lost, `work` is cancelled and ConnectionError raised (the caller's supervisor
+    restarts the election), so a replica that can no longer prove it holds the lock stops."""
+    key = lock_key(role)
+    conn = await asyncpg.connect(database_url, server_settings={"application_name": f"stockmesh {role}"})
+    try:
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            ELECTION.labels(role).set(0)
+            await asyncio.sleep(poll)  # another replica holds it
+        ELECTION.labels(role).set(1)
+        log.info("elected", extra={"role": role})
+        task = asyncio.create_task(work(), name=f"elected {role}")
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=poll)
+                if not task.done():
+                    try:
+                        await conn.fetchval("SELECT 1", timeout=poll)
+                    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        raise ConnectionError(f"lost the connection holding the {role} election: {exc!r}") from exc
+            await task  # its result or its exception
+        finally:
+            ELECTION.labels(role).set(0)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        conn.terminate()  # the lock goes with the session

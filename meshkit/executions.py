@@ -57,9 +57,19 @@ def from_proto(m) -> Execution:
         kept_priority=m.kept_priority)
 
 
-async def consume(js, namespace: str, durable: str, apply) -> None:
-    """Apply every execution of every symbol, in stream order, through a durable consumer."""
+async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | None = None) -> None:
+    """Apply every execution of every symbol, in stream order, through a durable consumer.
+    With `elect_on` (the service's PostgreSQL URL), only the replica elected for the durable
+    consumes (meshkit.db.elected): one reader applies the journal in order, however many
+    replicas of the service run, and another takes over when it dies."""
     from meshkit import bus
+
+    if elect_on:
+        from meshkit import db
+
+        await db.elected(elect_on, f"{namespace}.executions.{durable}",
+                         lambda: consume(js, namespace, durable, apply))
+        return
     from stockmesh.matching.v1 import matching_pb2
 
     stream = await bus.ensure_stream(js, namespace, "executions")

@@ -64,7 +64,8 @@ async def bootstrap(settings: config.Settings) -> App:
             lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
             lambda: handlers.reaper_loop(deps, older_than=orphan_age),
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
-            lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps))],
+            lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps),
+                                       elect_on=settings.database_url)],
         on_close=closers,
         # The commands (the admission-limited cluster in Envoy) go through Envoy's gRPC reverse
         # bridge: protobuf over HTTP/1.1, no gRPC framing in Python (meshkit.bridge).

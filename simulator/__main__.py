@@ -1,4 +1,6 @@
-"""`python -m simulator`: started by `stockmesh up` (STOCKMESH_ENDPOINT, STOCKMESH_DATA_DIR)."""
+"""`python -m simulator`: started by `stockmesh up` (STOCKMESH_ENDPOINT, STOCKMESH_DATA_DIR), or by
+deploy/compose.yaml, which also sets SIM_FUND_DATABASE_URL: the simulator's accounts are funded
+there first (idempotent; `stockmesh up` funds them itself)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +9,7 @@ import signal
 from pathlib import Path
 
 from meshkit import logs
-from simulator.runner import Simulator
+from simulator.runner import Simulator, fund
 
 
 async def main() -> None:
@@ -15,6 +17,8 @@ async def main() -> None:
     data_dir = os.environ.get("STOCKMESH_DATA_DIR")
     if not endpoint or not data_dir:
         raise SystemExit("simulator: set STOCKMESH_ENDPOINT (Envoy host:port) and STOCKMESH_DATA_DIR (dev keys)")
+    if os.environ.get("SIM_FUND_DATABASE_URL"):
+        await fund(os.environ["SIM_FUND_DATABASE_URL"])
     sim = Simulator(endpoint, Path(data_dir), seed=int(os.environ["SIM_SEED"]) if os.environ.get("SIM_SEED") else None,
                     tick_seconds=float(os.environ.get("SIM_TICK_SECONDS", "1.0")))
     task = asyncio.create_task(sim.run())

@@ -62,14 +62,19 @@ class EnvoyPorts:
     replicas: dict[str, list[int]] = field(default_factory=dict)
     # cluster name -> the 127.0.0.1 bridge ports of its replicas (BRIDGED clusters)
     bridges: dict[str, list[int]] = field(default_factory=dict)
+    # cluster name -> the host its ports are on (a DNS name in deploy/); default 127.0.0.1
+    hosts: dict[str, str] = field(default_factory=dict)
 
     def endpoints(self, cluster: str) -> list[int]:
         return [self.upstreams[cluster], *self.replicas.get(cluster, [])]
 
+    def host(self, cluster: str) -> str:
+        return self.hosts.get(cluster, "127.0.0.1")
 
-def _lb_endpoints(ports: list[int]) -> str:
+
+def _lb_endpoints(host: str, ports: list[int]) -> str:
     return "\n".join(f"        - endpoint:\n            address:\n"
-                     f"              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"
+                     f"              socket_address: {{ address: {host}, port_value: {port} }}"
                      for port in ports)
 
 
@@ -87,7 +92,8 @@ def envoy_binary() -> Path:
 
 
 def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0",
-           template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT) -> str:
+           template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
+           descriptor: Path = DESCRIPTOR) -> str:
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
     values = {
@@ -96,7 +102,9 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
         "PUBLIC_PORT": str(ports.public),
         "ADMIN_PORT": str(ports.admin),
         "JWKS_PATH": json.dumps(str(jwks_path)),  # a JSON string is a valid YAML scalar
-        "PROTO_DESCRIPTOR": json.dumps(str(DESCRIPTOR)),
+        "PROTO_DESCRIPTOR": json.dumps(str(descriptor)),
+        # Addresses as given (STATIC), or DNS names resolved to every replica's address.
+        "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }
     missing = [c for c in CLUSTERS if c not in ports.upstreams]
     if missing:
@@ -104,16 +112,34 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
     unknown = sorted(set(ports.replicas) - set(CLUSTERS))
     if unknown:
         raise EnvoyError(f"replicas for unknown cluster(s) {', '.join(unknown)}")
-    values.update({f"{c.upper()}_ENDPOINTS": _lb_endpoints(ports.endpoints(c)) for c in CLUSTERS})
+    values.update({f"{c.upper()}_ENDPOINTS": _lb_endpoints(ports.host(c), ports.endpoints(c)) for c in CLUSTERS})
     if missing := [c for c in BRIDGED if not ports.bridges.get(c)]:
         raise EnvoyError(f"no bridge port for {', '.join(missing)}")
-    values.update({f"{c.upper()}_BRIDGE_ENDPOINTS": _lb_endpoints(ports.bridges[c]) for c in BRIDGED})
+    values.update({f"{c.upper()}_BRIDGE_ENDPOINTS": _lb_endpoints(ports.host(c), ports.bridges[c])
+                   for c in BRIDGED})
     text = Template(template.read_text()).safe_substitute(values)
     leftover = [line for line in text.splitlines()
                 if "${" in line and not line.lstrip().startswith("#")]
     if leftover:
         raise EnvoyError(f"unfilled placeholders in {template}: {leftover}")
     return text
+
+
+# The deployments' Envoy (deploy/compose.yaml, deploy/k8s/): each service by its DNS name (a
+# compose service, a headless Kubernetes Service: every replica's address), on the ports the
+# image's services listen on; the JWKS and the descriptor at their paths in the image.
+DEPLOY_CONFIG = REPO / "deploy" / "envoy.yaml"
+DEPLOY_PORTS = EnvoyPorts(
+    public=8080, admin=9901, upstreams={c: 50051 for c in CLUSTERS}, bridges={c: [50052] for c in BRIDGED},
+    hosts={c: c.replace("_", "-") for c in CLUSTERS})
+DEPLOY_JWKS = Path("/var/lib/stockmesh/keys/jwks.json")
+DEPLOY_DESCRIPTOR = Path("/app/gen/stockmesh/descriptor.binpb")
+
+
+def render_deployment(*, jwks_path: Path = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR) -> str:
+    header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
+              "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
+    return header + render(DEPLOY_PORTS, jwks_path, descriptor=descriptor)
 
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks_path: Path, *,
@@ -158,3 +184,25 @@ def cluster_health(admin_port: int, timeout: float = 2.0) -> dict[str, bool]:
 def ready(admin_port: int, timeout: float = 2.0) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=timeout) as resp:
         return resp.read().decode().strip() == "LIVE"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m meshkit.launcher.envoy [--check]`: write deploy/envoy.yaml (or say whether it
+    is current)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m meshkit.launcher.envoy", description=main.__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if deploy/envoy.yaml is not current")
+    args = parser.parse_args(argv)
+    text = render_deployment()
+    if args.check:
+        current = DEPLOY_CONFIG.exists() and DEPLOY_CONFIG.read_text() == text
+        print(f"{DEPLOY_CONFIG} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")
+        return 0 if current else 1
+    DEPLOY_CONFIG.write_text(text)
+    print(f"wrote {DEPLOY_CONFIG}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""`stockmesh health ADDRESS`: a container's health check (deploy/), asking a process for its
+gRPC health."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from meshkit.launcher.net import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _health(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshkit.cli", "health", *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_health_says_serving_or_why_not(mesh) -> None:
+    ports = mesh.state()["ports"]
+    for service in ("ledger_svc", "order_svc", "quote_svc", "matching_svc"):
+        ok = _health(f"127.0.0.1:{ports[service]}")
+        assert ok.returncode == 0 and ok.stdout.strip().endswith(": SERVING"), (service, ok.stdout, ok.stderr)
+    unknown = _health(f"127.0.0.1:{ports['ledger_svc']}", "--service", "no.such.Service")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
+    nobody = _health(f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr, nobody.stderr

@@ -1,0 +1,216 @@
+"""The deployment files (deploy/): every one is checked by the tool that will read it, where
+one runs here, and against the code it configures.
+
+* deploy/envoy.yaml is the template rendered for the deployments (current, and accepted by
+  `envoy --mode validate`);
+* both NATS configurations are accepted by the pinned `nats-server -t`, as a JetStream cluster
+  with fsync on every write;
+* the Kubernetes manifests, assembled as kustomization.yaml says, pass the Kubernetes 1.37
+  schemas strictly (kubernetes-validate; no cluster needed);
+* compose.yaml and the manifests run every process `stockmesh up` runs, give them only
+  settings the code reads, and agree with Envoy's upstream names and with the JetStream
+  cluster's size.
+(No Docker engine runs here; `docker-compose config` accepted compose.yaml by hand:
+docs/deployment.md.)"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from meshkit.launcher import envoy, infra, keys
+from meshkit.launcher.mesh import RELAY, RELAY_MODULE, SERVICES
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S_VERSION = "1.37"
+# The processes `stockmesh up` runs, by the module each container must run.
+MODULES = {*SERVICES, RELAY_MODULE}
+
+
+def known_settings() -> set[str]:
+    """Every environment variable the code reads (a setting in deploy/ that no code reads is a
+    typo or a leftover)."""
+    pattern = re.compile(r'(?:_get|_int|env_int|env_flag|env_choice|env_decimal|environ\.get|_env|getenv|environ\[|'
+                         r'envvar=)\(?\s*"([A-Z][A-Z0-9_]+)"')
+    found: set[str] = set()
+    for folder in ("meshkit", "ledger_svc", "order_svc", "quote_svc", "matching_svc", "simulator"):
+        for path in (REPO / folder).rglob("*.py"):
+            found.update(pattern.findall(path.read_text()))
+    return found
+
+
+def test_known_settings_are_found() -> None:
+    found = known_settings()
+    assert {"DATABASE_URL", "NATS_URL", "JETSTREAM_REPLICAS", "GRPC_LISTEN", "BRIDGE_LISTEN"} <= found
+    assert "QUOTE_ADDR" not in found  # the launcher sets it; nothing reads it
+
+
+# ------------------------------------------------------------------------------- Envoy
+
+def test_deploy_envoy_config_is_the_template_rendered() -> None:
+    assert envoy.DEPLOY_CONFIG.read_text() == envoy.render_deployment(), \
+        "deploy/envoy.yaml is stale: run python -m meshkit.launcher.envoy"
+
+
+def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
+    # The same rendering with this machine's paths for the JWKS and the descriptor (inside the
+    # image they are /var/lib/stockmesh/keys/jwks.json and /app/gen/...).
+    dev = keys.ensure_keys(tmp_path)
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy.render_deployment(jwks_path=dev.jwks_path, descriptor=envoy.DESCRIPTOR))
+    envoy.validate(config)
+    assert "type: STRICT_DNS" in config.read_text() and "127.0.0.1, port_value: 5005" not in config.read_text()
+
+
+# -------------------------------------------------------------------------------- NATS
+
+NATS_CONFIGS = {DEPLOY / "nats" / "nats.conf": {"SERVER_NAME": "nats-1"},
+                DEPLOY / "k8s" / "nats.conf": {"POD_NAME": "nats-0"}}
+
+
+def _nats_test(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(infra.nats_server_binary()), "-t", "-c", str(path)], capture_output=True,
+                          text=True, env=env, timeout=30)
+
+
+@pytest.mark.parametrize("path", list(NATS_CONFIGS), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_nats_config_is_a_jetstream_cluster_that_fsyncs(path: Path, tmp_path: Path) -> None:
+    checked = _nats_test(path, NATS_CONFIGS[path])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = path.read_text()
+    assert re.search(r"^\s*sync_interval: always$", text, re.M)
+    routes = re.findall(r"nats-route://([\w.-]+):6222", text)
+    assert len(routes) == 3, routes
+    # nats-server -t does check: a broken setting is refused.
+    broken = tmp_path / "broken.conf"
+    broken.write_text(text.replace("sync_interval: always", "sync_interval: sometimes"))
+    assert _nats_test(broken, NATS_CONFIGS[path]).returncode != 0
+
+
+# ----------------------------------------------------------------------------- compose
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # merge keys (<<) resolved
+
+
+def _module(command: list[str]) -> str | None:
+    return command[2] if command[:2] == ["python", "-m"] else None
+
+
+def test_compose_runs_every_process_with_settings_the_code_reads() -> None:
+    services = _compose()["services"]
+    modules = {_module(s.get("command", [])) for s in services.values()}
+    assert MODULES <= modules, MODULES - modules
+    known = known_settings()
+    for name, spec in services.items():
+        if spec.get("image", "").startswith("stockmesh:") and not name.startswith("nats-"):  # nats-server's own
+            unknown = set(spec.get("environment") or {}) - known
+            assert not unknown, f"{name}: settings no code reads: {sorted(unknown)}"
+        for needed in spec.get("depends_on") or {}:
+            assert needed in services, f"{name} depends on a service that does not exist: {needed}"
+    # Only Envoy is published.
+    assert [n for n, s in services.items() if s.get("ports")] == ["envoy"]
+    assert services["envoy"]["command"][:3] == ["envoy", "-c", "/app/deploy/envoy.yaml"]
+
+
+def test_compose_services_answer_to_envoy_s_names_on_a_three_server_jetstream() -> None:
+    services = _compose()["services"]
+    for host in envoy.DEPLOY_PORTS.hosts.values():
+        assert host in services, f"Envoy sends to {host}, which compose.yaml does not run"
+    nats = sorted(n for n, s in services.items() if s.get("command", [None])[0] == "nats-server")
+    env = services["ledger-svc"]["environment"]
+    assert env["NATS_URL"].split(",") == [f"nats://{n}:4222" for n in nats] and len(nats) == 3
+    assert env["JETSTREAM_REPLICAS"] == "3"
+    routes = re.findall(r"nats-route://([\w.-]+):6222", (DEPLOY / "nats" / "nats.conf").read_text())
+    assert routes == nats
+    for name in nats:
+        assert services[name]["environment"]["SERVER_NAME"] == name
+    order = services["order-svc"]["environment"]
+    assert order["BRIDGE_LISTEN"].endswith(":50052") and order["ORDER_OUTBOX_RELAY"] == "external"
+
+
+# -------------------------------------------------------------------------- Kubernetes
+
+def _kustomized() -> list[dict]:
+    """The resources kustomization.yaml lists, in its namespace (what `kubectl kustomize` makes,
+    but for the generated ConfigMaps' name suffixes)."""
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((DEPLOY / resource).read_text()):
+            if doc:
+                if doc["kind"] != "Namespace":
+                    doc["metadata"]["namespace"] = kustomization["namespace"]
+                docs.append(doc)
+    for generated in kustomization["configMapGenerator"]:
+        data = {}
+        for entry in generated["files"]:
+            key, _, source = entry.partition("=")
+            data[key] = (DEPLOY / (source or key)).read_text()
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": generated["name"], "namespace": kustomization["namespace"]}, "data": data})
+    return docs
+
+
+def _of(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_kubernetes_manifests_pass_the_schemas_strictly() -> None:
+    docs = _kustomized()
+    assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "Secret", "Job", "PodDisruptionBudget"} <= \
+        {d["kind"] for d in docs}
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # ... and the validation does refuse a mistake.
+    broken = dict(_of(docs, "Deployment")["ledger-svc"])
+    broken["spec"] = {**broken["spec"], "replica": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_runs_every_process_with_settings_the_code_reads() -> None:
+    docs = _kustomized()
+    config = _of(docs, "ConfigMap")["stockmesh-env"]["data"]
+    known = known_settings()
+    assert not set(config) - known, sorted(set(config) - known)
+    pods = {name: d["spec"]["template"]["spec"] for name, d in {**_of(docs, "Deployment"),
+                                                                **_of(docs, "StatefulSet")}.items()}
+    modules = set()
+    for name, pod in pods.items():
+        for container in pod["containers"]:
+            if container["image"] != "stockmesh" or container["command"][0] != "python":
+                continue
+            modules.add(_module(container["command"]))
+            env = {e["name"] for e in container.get("env", [])}
+            assert not env - known, f"{name}: settings no code reads: {sorted(env - known)}"
+            assert {"configMapRef": {"name": "stockmesh-env"}} in container["envFrom"]
+            assert "DATABASE_URL" in env
+            assert container["readinessProbe"] == {"grpc": {"port": 50051}, "periodSeconds": 5}
+    assert MODULES <= modules, MODULES - modules
+
+
+def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream() -> None:
+    docs = _kustomized()
+    services = _of(docs, "Service")
+    for host in envoy.DEPLOY_PORTS.hosts.values():
+        assert host in services, f"Envoy sends to {host}, which has no Service"
+        assert services[host]["spec"]["clusterIP"] == "None"  # every replica's address for STRICT_DNS
+    assert [n for n, s in services.items() if s["spec"].get("type") == "LoadBalancer"] == ["envoy"]
+    nats = _of(docs, "StatefulSet")["nats"]
+    size = nats["spec"]["replicas"]
+    config = _of(docs, "ConfigMap")["stockmesh-env"]["data"]
+    assert config["NATS_URL"].split(",") == [f"nats://nats-{i}.nats:4222" for i in range(size)]
+    assert config["JETSTREAM_REPLICAS"] == str(size) == "3"
+    routes = re.findall(r"nats-route://([\w.-]+):6222", _of(docs, "ConfigMap")["nats-config"]["data"]["nats.conf"])
+    assert routes == [f"nats-{i}.nats" for i in range(size)]
+    mounted = {v["configMap"]["name"] for v in nats["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
+    assert mounted == {"nats-config"}
+    envoy_pod = _of(docs, "Deployment")["envoy"]["spec"]["template"]["spec"]
+    assert {v["configMap"]["name"] for v in envoy_pod["volumes"] if "configMap" in v} == {"envoy-config"}
+    assert envoy_pod["containers"][0]["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
