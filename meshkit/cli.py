@@ -68,22 +68,31 @@ def migrate(database_url: str) -> None:
 @click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", default=1,
               show_default=True, help="quote_svc processes behind Envoy; each follows the whole feed and "
                                       "serves its share of the quote streams.")
+@click.option("--replicas", "replicas", multiple=True, metavar="SERVICE=N",
+              help="Run N processes of SERVICE behind Envoy, as a deployment does (e.g. ledger_svc=2; "
+                   "repeatable). Each applies executions only while elected.")
 @click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, nats_cluster: str, namespace: str, log_level: str,
        start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int,
-       envoy_workers: int | None) -> None:
+       replicas: tuple[str, ...], envoy_workers: int | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher.mesh import UpOptions, up as run_up
 
+    counts: dict[str, int] = {}
+    for entry in replicas:
+        service, _, count = entry.partition("=")
+        if not count.strip().isdigit() or int(count) < 1:
+            raise click.BadParameter(f"{entry!r}: expected SERVICE=N with N at least 1", param_hint="--replicas")
+        counts[service.strip()] = int(count)
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
-        envoy_workers=envoy_workers, nats_cluster=int(nats_cluster),
+        envoy_workers=envoy_workers, nats_cluster=int(nats_cluster), replicas=counts,
     )
     sys.exit(run_up(opts))
 

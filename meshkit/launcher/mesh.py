@@ -5,9 +5,9 @@ Steps, each shown as it runs:
   2. infra       PostgreSQL, Redis (used or started), the pinned nats-server (started)
   3. migrations  every service's schema (meshkit.migrate.apply_all)
   4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
-                 each waited for until its own gRPC health check says SERVING; quote_svc as
-                 --quote-replicas processes (quote_svc, quote_svc-2, ...), each following the
-                 feed itself, all behind its Envoy clusters; and order_relay, order_svc's
+                 each waited for until its own gRPC health check says SERVING; a service with
+                 --replicas SERVICE=N (--quote-replicas N) as N processes (quote_svc,
+                 quote_svc-2, ...), all behind its Envoy clusters; and order_relay, order_svc's
                  outbox relay in a process of its own (ORDER_OUTBOX_RELAY=in-process keeps
                  it inside order_svc instead)
   5. envoy       rendered config, started, waited for until all four clusters are healthy
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshkit.config import env_choice
@@ -81,6 +81,9 @@ class UpOptions:
     market_hours: str = "always"
     # quote_svc processes behind Envoy (each takes the whole feed and serves its own streams).
     quote_replicas: int = 1
+    # Processes of other services (and quote_svc's, overriding quote_replicas) behind Envoy, as a
+    # deployment runs them (docs/deployment.md): e.g. {"ledger_svc": 2, "order_svc": 2}.
+    replicas: dict[str, int] = field(default_factory=dict)
     # Envoy's worker threads (None: one per two cores, envoy.default_workers).
     envoy_workers: int | None = None
     # nats-servers started: 1, or a JetStream cluster of 3 or 5 whose streams, buckets and
@@ -172,10 +175,15 @@ class Mesh:
         self._migrate(self.infra.database_url)
 
         self._step("4/7 services")
-        if self.opts.quote_replicas < 1:
-            raise LaunchError(f"quote_svc needs at least 1 replica, got {self.opts.quote_replicas}")
+        counts = {**{name: 1 for name in SERVICES}, "quote_svc": self.opts.quote_replicas, **self.opts.replicas}
+        for service, count in counts.items():
+            if service not in SERVICES:
+                raise LaunchError(f"no service {service!r} to run replicas of (one of {', '.join(SERVICES)})")
+            if count < 1:
+                raise LaunchError(f"{service} needs at least 1 replica, got {count}")
         self.instances = {name: name for name in SERVICES}
-        self.instances.update({f"quote_svc-{i}": "quote_svc" for i in range(2, self.opts.quote_replicas + 1)})
+        for service, count in counts.items():
+            self.instances.update({f"{service}-{i}": service for i in range(2, count + 1)})
         if relay_apart():
             self.instances[RELAY] = RELAY_MODULE
         listen = {name: free_port() for name in self.instances}
@@ -187,8 +195,8 @@ class Mesh:
         children = [self.sup.start(self._service_spec(name, listen[name], upstreams))
                     for name in self.instances]
         self._wait_services_serving(children, listen)
-        replicas = {"quote_svc": [listen[name] for name, service in self.instances.items()
-                                  if service == "quote_svc" and name != "quote_svc"]}
+        replicas = {service: [listen[name] for name, s in self.instances.items() if s == service and name != service]
+                    for service in SERVICES}
 
         self._step("5/7 Envoy")
         if tcp_answers("127.0.0.1", public, timeout=0.5):
@@ -378,7 +386,8 @@ class Mesh:
             "namespace": self.opts.namespace,
             "ports": None if self.ports is None else {
                 "public": self.ports.public, "admin": self.ports.admin, **self.ports.upstreams,
-                **{f"quote_svc-{i}": port for i, port in enumerate(self.ports.replicas.get("quote_svc", []), 2)},
+                **{f"{service}-{i}": port for service in SERVICES
+                   for i, port in enumerate(self.ports.replicas.get(service, []), 2)},
             },
             "metrics_ports": self.metrics_ports,
             "bridge_ports": self.bridge_ports,

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import subprocess
-import sys
-from datetime import datetime, timezone
 
-import asyncpg
-import grpc
 import nats.errors
 import nats.js.errors
 import pytest
 
-from meshkit import bus, calendar
+from meshkit import bus
 from meshkit.launcher.harness import MeshProcess
-from tests.support import invariants
-from tests.support.meshes import start_or_fail
-from tests.support.trades import filled_and_settled, place_crossing_pair, unsettled
+from tests.support.meshes import assert_consistent_and_settled, start_or_fail
+from tests.support.trades import filled_and_settled, place_crossing_pair, trading, unsettled
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -81,21 +74,7 @@ async def test_a_cluster_server_killed_under_trading_loses_nothing(clustered: Me
             assert await eventually(lambda: filled_and_settled(mesh, ch, first), timeout=30), mesh.diagnostics()
             placed.update(first)
 
-            # Customers keep trading while a server dies: one pair after the other.
-            stop = asyncio.Event()
-
-            async def trade() -> None:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    try:
-                        placed.update(await place_crossing_pair(mesh, ch, SYMBOL, PRICE, f"during-{n}"))
-                    except grpc.aio.AioRpcError as exc:  # acknowledged or refused, never lost: see below
-                        failures.append(f"{exc.code().name}: {exc.details()}")
-                    await asyncio.sleep(0.05)
-
-            trader = asyncio.create_task(trade())
-            try:
+            async with trading(mesh, ch, SYMBOL, PRICE, placed, failures):
                 for target in ("ORDERS", "EXECUTIONS"):
                     await asyncio.sleep(1.5)
                     infos = await eventually(lambda: _infos(js, ns), timeout=30)
@@ -108,9 +87,6 @@ async def test_a_cluster_server_killed_under_trading_loses_nothing(clustered: Me
                     assert await eventually(lambda: _current(js, ns), timeout=60, delay=0.5), \
                         {n: i.cluster for n, i in ((await _infos(js, ns)) or {}).items()}
                 await asyncio.sleep(1.5)
-            finally:
-                stop.set()
-                await trader
             assert len(placed) >= 8, (len(placed), failures)  # trading went on through both kills
 
             # Every acknowledged order traded and both services applied its fill.
@@ -120,21 +96,4 @@ async def test_a_cluster_server_killed_under_trading_loses_nothing(clustered: Me
         await nc.close()
     # A refused placement is a clean error the client may retry (idempotent on its id), never INTERNAL.
     assert all(f.split(":")[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for f in failures), failures
-
-    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
-    try:
-        problems = await invariants.check(pool)
-    finally:
-        await pool.close()
-    assert not problems, "\n".join(problems)
-    cli = [sys.executable, "-m", "meshkit.cli"]
-    verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],
-                              capture_output=True, text=True)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    today = calendar.trading_day(datetime.now(timezone.utc)).isoformat()
-    settled = subprocess.run([*cli, "settle", "--date", today, "--database-url", mesh.database_url,
-                              "--nats-url", mesh.state()["nats_url"], "--namespace", ns],
-                             capture_output=True, text=True)
-    assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
-        settled.stdout[-3000:] + settled.stderr[-2000:]
-    assert int(re.search(r"fills settled now\s+(\d+)", settled.stdout).group(1)) > 0, settled.stdout
+    await assert_consistent_and_settled(mesh)

@@ -1,6 +1,12 @@
 """Starting a whole mesh (the launcher, as `stockmesh up`) for end-to-end tests."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import asyncpg
 import pytest
 
 from meshkit.launcher.harness import MeshFailed, MeshProcess
@@ -14,3 +20,28 @@ def start_or_fail(running: MeshProcess) -> MeshProcess:
         running.stop()
         pytest.fail(str(exc), pytrace=False)
     return running
+
+
+async def assert_consistent_and_settled(mesh: MeshProcess) -> None:
+    """The ledger's invariants hold, the audit trail verifies, and the day's settlement (New
+    York's trading day, as the engine stamps fills) settles fills and finds no discrepancy."""
+    from meshkit import calendar
+    from tests.support import invariants
+
+    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
+    try:
+        problems = await invariants.check(pool)
+    finally:
+        await pool.close()
+    assert not problems, "\n".join(problems)
+    cli = [sys.executable, "-m", "meshkit.cli"]
+    verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    today = calendar.trading_day(datetime.now(timezone.utc)).isoformat()
+    settled = subprocess.run([*cli, "settle", "--date", today, "--database-url", mesh.database_url,
+                              "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace],
+                             capture_output=True, text=True)
+    assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
+        settled.stdout[-3000:] + settled.stderr[-2000:]
+    assert int(re.search(r"fills settled now\s+(\d+)", settled.stdout).group(1)) > 0, settled.stdout
