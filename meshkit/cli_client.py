@@ -370,14 +370,9 @@ def register(main: click.Group) -> None:
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         client = _client(**where)
-        # From now on: the stream replays from the start and what changed before this moment
-        # (by the update's event time) is passed over.
-        since = datetime.now(timezone.utc) if after_sequence is None else None
-        request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0)
+        request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0, from_now=after_sequence is None)
         n = 0
         for u in client.stream(order_service_pb2_grpc.OrderServiceStub, "StreamOrderUpdates", request):
-            if since is not None and u.event_time.ToDatetime(tzinfo=timezone.utc) < since:
-                continue
             fill = f"  FILL {u.fill.quantity} @ {u.fill.price}" if u.fill.fill_id else ""
             click.echo(f"#{u.sequence}  {_when(u.event_time)}  {order_line(u.order)}{fill}")
             n += 1

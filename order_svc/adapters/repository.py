@@ -277,6 +277,11 @@ class OrderRepository:
             "INSERT INTO orders.executions_applied (execution_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
             execution_id))
 
+    async def latest_update(self, account_id: str) -> int:
+        """The sequence of the account's latest order update (0: none yet)."""
+        return await self.conn.fetchval(
+            "SELECT coalesce(max(sequence), 0) FROM orders.updates WHERE account_id = $1", account_id)
+
     async def updates_after(self, account_id: str, after: int, limit: int) -> list[tuple[int, Order, Fill | None]]:
         rows = await self.conn.fetch(
             f"""

@@ -71,6 +71,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[order_pb2.OrderUpdate]:
         if request.after_sequence < 0:
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
-        async for seq, order, fill in lifecycle.stream_updates(current_account(), request.after_sequence,
-                                                               self.deps, self.wakeups):
+        if request.from_now and request.after_sequence:
+            raise InvalidArgument([FieldViolation("from_now", "cannot be combined with after_sequence")])
+        after = None if request.from_now else request.after_sequence
+        async for seq, order, fill in lifecycle.stream_updates(current_account(), after, self.deps, self.wakeups):
             yield mapping.update_to_proto(seq, order, fill)

@@ -115,15 +115,19 @@ class Wakeups(Protocol):
     def unsubscribe(self, account_id: str, event: asyncio.Event) -> None: ...
 
 
-async def stream_updates(account_id: str, after: int, deps: Deps, wakeups: Wakeups, *,
+async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups: Wakeups, *,
                          page: int = 500, poll: float = 5.0) -> AsyncIterator[tuple[int, Order, Fill | None]]:
-    """Every update of the account with a sequence above `after`, then live ones, forever.
+    """Every update of the account with a sequence above `after` (None: above its latest one
+    now), then live ones, forever.
 
     The listener is registered before the first read, and each read asks for what follows the
     last sequence sent, so nothing is missed and nothing is sent twice at the switch from
     replay to live."""
     event = wakeups.subscribe(account_id)
     try:
+        if after is None:
+            async with deps.uow() as uow:
+                after = await uow.orders.latest_update(account_id)
         last = after
         while True:
             event.clear()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import grpc
 import pytest
 
 from tests.support.funding import transfer_in_shares
@@ -147,3 +148,35 @@ async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_
         await eventually(buy_cancel_applied)
         p, status = await portfolio(), await buy_status()
         assert p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED and not p.open_orders
+
+
+async def test_a_stream_from_now_skips_the_history(mesh):
+    """StreamOrderUpdates with from_now: nothing of the account's past, then every update from
+    the call on, numbered on from the latest sequence; combined with after_sequence it is
+    INVALID_ARGUMENT."""
+    dave = f"dave-{uuid.uuid4().hex[:6]}"
+    async with mesh.channel() as ch:
+        orders = order_service_pb2_grpc.OrderServiceStub(ch)
+        md = mesh.auth(dave)
+        await ledger_service_pb2_grpc.LedgerServiceStub(ch).Deposit(
+            lpb.DepositRequest(amount="1000.00", idempotency_key="fn"), metadata=md)
+        old = (await orders.PlaceOrder(limit("fn-1", common_pb2.SIDE_BUY, 1, "55.00"), metadata=md)).order
+        await orders.CancelOrder(opb.CancelOrderRequest(order_id=old.order_id), metadata=md)
+        history = await collect(orders, md, 0, lambda ups: ups[-1].order.status == common_pb2.ORDER_STATUS_CANCELLED)
+        assert [u.sequence for u in history] == [1, 2]
+
+        call = orders.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(from_now=True), metadata=md)
+        try:
+            await asyncio.sleep(0.5)  # the stream is open and positioned before the next change
+            new = (await orders.PlaceOrder(limit("fn-2", common_pb2.SIDE_BUY, 1, "55.00"), metadata=md)).order
+            async with asyncio.timeout(15):
+                first = await call.read()
+        finally:
+            call.cancel()
+        assert (first.sequence, first.order.order_id, first.order.status) == (3, new.order_id, common_pb2.ORDER_STATUS_NEW)
+        await orders.CancelOrder(opb.CancelOrderRequest(order_id=new.order_id), metadata=md)
+
+        both = orders.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(after_sequence=1, from_now=True), metadata=md)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await both.read()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

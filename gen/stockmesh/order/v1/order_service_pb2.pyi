@@ -99,7 +99,9 @@ class ListOrdersResponse(_message.Message):
     def __init__(self, orders: _Optional[_Iterable[_Union[_order_pb2.Order, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamOrderUpdatesRequest(_message.Message):
-    __slots__ = ("after_sequence",)
+    __slots__ = ("after_sequence", "from_now")
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_NOW_FIELD_NUMBER: _ClassVar[int]
     after_sequence: int
-    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+    from_now: bool
+    def __init__(self, after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ...) -> None: ...
