@@ -5,6 +5,7 @@ one runs here, and against the code it configures.
   `envoy --mode validate`);
 * both NATS configurations are accepted by the pinned `nats-server -t`, as a JetStream cluster
   with fsync on every write;
+* deploy/Dockerfile passes hadolint and copies every package the processes import;
 * the Kubernetes manifests, assembled as kustomization.yaml says, pass the Kubernetes 1.37
   schemas strictly (kubernetes-validate; no cluster needed);
 * compose.yaml and the manifests run every process `stockmesh up` runs, give them only
@@ -65,6 +66,20 @@ def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     config.write_text(envoy.render_deployment(jwks_path=dev.jwks_path, descriptor=envoy.DESCRIPTOR))
     envoy.validate(config)
     assert "type: STRICT_DNS" in config.read_text() and "127.0.0.1, port_value: 5005" not in config.read_text()
+
+
+# ---------------------------------------------------------------------------- the image
+
+def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
+    hadolint = infra.scripts_dir() / "hadolint"
+    checked = subprocess.run([str(hadolint), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = (DEPLOY / "Dockerfile").read_text()
+    for folder in ("gen", "envoy", "deploy", "meshkit", *MODULES - {RELAY_MODULE}, "simulator"):
+        assert f"COPY {folder} {folder}" in text, f"the image lacks {folder}/"
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(text.replace("FROM python", "FROMM python"))
+    assert subprocess.run([str(hadolint), str(broken)], capture_output=True, timeout=60).returncode != 0
 
 
 # -------------------------------------------------------------------------------- NATS
