@@ -65,7 +65,12 @@ def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
     config.write_text(envoy.render_deployment(jwks_path=dev.jwks_path, descriptor=envoy.DESCRIPTOR))
     envoy.validate(config)
-    assert "type: STRICT_DNS" in config.read_text() and "127.0.0.1, port_value: 5005" not in config.read_text()
+    text = config.read_text()
+    assert "type: STRICT_DNS" in text and "type: STATIC" not in text
+    # Upstreams by service name; only the admin interface stays on the loopback.
+    assert re.findall(r"address: 127\.0\.0\.1, port_value: (\d+)", text) == ["9901"]
+    for host in envoy.DEPLOY_PORTS.hosts.values():
+        assert f"address: {host}, port_value: 50051" in text
 
 
 # ---------------------------------------------------------------------------- the image
