@@ -15,6 +15,7 @@ from pathlib import Path
 from string import Template
 
 from meshkit.launcher.infra import scripts_dir
+from meshkit.launcher.keys import AUDIENCE, ISSUER
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
@@ -93,7 +94,7 @@ def envoy_binary() -> Path:
 
 def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0",
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
-           descriptor: Path = DESCRIPTOR) -> str:
+           descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
     values = {
@@ -103,6 +104,10 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
         "ADMIN_PORT": str(ports.admin),
         "JWKS_PATH": json.dumps(str(jwks_path)),  # a JSON string is a valid YAML scalar
         "PROTO_DESCRIPTOR": json.dumps(str(descriptor)),
+        # The tokens accepted: the development key's (keys.py) unless a deployment names its
+        # identity provider's issuer and audience.
+        "JWT_ISSUER": json.dumps(issuer),
+        "JWT_AUDIENCE": json.dumps(audience),
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }
@@ -136,10 +141,11 @@ DEPLOY_JWKS = Path("/var/lib/stockmesh/keys/jwks.json")
 DEPLOY_DESCRIPTOR = Path("/app/gen/stockmesh/descriptor.binpb")
 
 
-def render_deployment(*, jwks_path: Path = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR) -> str:
+def render_deployment(*, jwks_path: Path = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR,
+                      issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
     header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
               "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
-    return header + render(DEPLOY_PORTS, jwks_path, descriptor=descriptor)
+    return header + render(DEPLOY_PORTS, jwks_path, descriptor=descriptor, issuer=issuer, audience=audience)
 
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks_path: Path, *,
@@ -193,14 +199,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m meshkit.launcher.envoy", description=main.__doc__)
     parser.add_argument("--check", action="store_true", help="fail if deploy/envoy.yaml is not current")
+    parser.add_argument("--issuer", default=ISSUER, help="accept tokens of this issuer (your identity provider's; "
+                        f"default: the development key's, {ISSUER})")
+    parser.add_argument("--audience", default=AUDIENCE, help=f"... for this audience (default {AUDIENCE})")
+    parser.add_argument("--output", type=Path, default=DEPLOY_CONFIG, help=f"where to write (default {DEPLOY_CONFIG})")
     args = parser.parse_args(argv)
-    text = render_deployment()
+    text = render_deployment(issuer=args.issuer, audience=args.audience)
     if args.check:
         current = DEPLOY_CONFIG.exists() and DEPLOY_CONFIG.read_text() == text
         print(f"{DEPLOY_CONFIG} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")
         return 0 if current else 1
-    DEPLOY_CONFIG.write_text(text)
-    print(f"wrote {DEPLOY_CONFIG}")
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -87,6 +87,19 @@ def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
     assert subprocess.run([str(hadolint), str(broken)], capture_output=True, timeout=60).returncode != 0
 
 
+def test_deploy_envoy_config_for_another_identity_provider(tmp_path: Path) -> None:
+    dev = keys.ensure_keys(tmp_path)
+    config = tmp_path / "envoy.yaml"
+    assert envoy.main(["--issuer", "https://id.example.com/", "--audience", "brokerage",
+                       "--output", str(config)]) == 0
+    text = config.read_text()
+    assert 'issuer: "https://id.example.com/"' in text and 'audiences: ["brokerage"]' in text
+    config.write_text(text.replace(f'"{envoy.DEPLOY_JWKS}"', f'"{dev.jwks_path}"')
+                      .replace(f'"{envoy.DEPLOY_DESCRIPTOR}"', f'"{envoy.DESCRIPTOR}"'))
+    envoy.validate(config)
+    assert envoy.DEPLOY_CONFIG.read_text() == envoy.render_deployment()  # the committed one untouched
+
+
 # -------------------------------------------------------------------------------- NATS
 
 NATS_CONFIGS = {DEPLOY / "nats" / "nats.conf": {"SERVER_NAME": "nats-1"},
