@@ -19,6 +19,9 @@ def start_or_fail(running: MeshProcess) -> MeshProcess:
     except MeshFailed as exc:
         running.stop()
         pytest.fail(str(exc), pytrace=False)
+    except BaseException:  # anything else (a bug, Ctrl-C): still drop its database and folder
+        running.stop()
+        raise
     return running
 
 
