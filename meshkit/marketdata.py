@@ -38,10 +38,6 @@ def _d(text: str) -> Decimal | None:
     return Decimal(text) if text else None
 
 
-async def ensure_md_stream(js: JetStreamContext, namespace: str) -> str:
-    return await bus.ensure_stream(js, namespace, "md")
-
-
 async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[str],
                       on_msg: Callable[[Msg], None], ready: asyncio.Event) -> None:
     """Hand every market-data message to `on_msg` (a plain function, called in stream order
@@ -50,7 +46,7 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
 
     An *ordered consumer* (ephemeral, in memory, no acks, re-created by the client on a gap):
     each process follows the whole feed on its own, sharing nothing with others."""
-    stream = await ensure_md_stream(js, namespace)
+    stream = await bus.ensure_stream(js, namespace, "md")
     info = await js.stream_info(stream)
     start = info.state.last_seq + 1
     for symbol in symbols:

@@ -11,7 +11,7 @@ from order_svc.adapters.holds import GrpcHolds
 from meshkit.marketdata import JetStreamQuotes
 from order_svc.adapters.market import Halts
 from order_svc.adapters import outbox
-from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+from order_svc.adapters.outbox import OutboxRelay
 from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.adapters.notifications import UpdateNotifier
 from order_svc.service_layer import handlers, lifecycle, session
@@ -36,7 +36,7 @@ async def bootstrap(settings: config.Settings) -> App:
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "order_svc")
     js = nc.jetstream()
-    await ensure_orders_stream(js, settings.namespace)
+    await bus.ensure_stream(js, settings.namespace, "orders")
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
     ledger = channels.internal_channel(settings.ledger_addr)
     # Relaying here, the saga wakes the relay directly; an external relay wakes on the outbox's

@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from meshkit import aio, bus, config, failpoints
+from meshkit import aio, config, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
@@ -50,10 +50,6 @@ def retention() -> timedelta | None:
     default; 0 keeps them forever)."""
     hours = config.env_int("ORDER_OUTBOX_RETENTION_HOURS", 168)
     return timedelta(hours=hours) if hours else None
-
-
-async def ensure_orders_stream(js: JetStreamContext, namespace: str) -> str:
-    return await bus.ensure_stream(js, namespace, "orders")
 
 
 class OutboxRelay:

@@ -17,6 +17,10 @@ from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service_pb2_grpc
 
 
+# StreamOrderUpdates' response header: the sequence the stream starts after.
+POSITION_HEADER = "x-stockmesh-after-sequence"
+
+
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     def __init__(self, deps: Deps, wakeups: lifecycle.Wakeups) -> None:
         self.deps = deps
@@ -74,5 +78,12 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         if request.from_now and request.after_sequence:
             raise InvalidArgument([FieldViolation("from_now", "cannot be combined with after_sequence")])
         after = None if request.from_now else request.after_sequence
-        async for seq, order, fill in lifecycle.stream_updates(current_account(), after, self.deps, self.wakeups):
+
+        async def positioned(last: int) -> None:
+            # The stream's headers say where it starts, once it is listening: a client that waits
+            # for them (from_now) knows that every later change will reach it.
+            await context.send_initial_metadata(((POSITION_HEADER, str(last)),))
+
+        async for seq, order, fill in lifecycle.stream_updates(current_account(), after, self.deps, self.wakeups,
+                                                               positioned=positioned):
             yield mapping.update_to_proto(seq, order, fill)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from meshkit import bus, config, db
 from meshkit.server import App, run
-from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream, retention
+from order_svc.adapters.outbox import OutboxRelay, retention
 
 
 async def bootstrap(settings: config.Settings) -> App:
@@ -20,7 +20,7 @@ async def bootstrap(settings: config.Settings) -> App:
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)  # readiness checks only
     nc = await bus.connect(settings.nats_url, "order_relay")
     js = nc.jetstream()
-    await ensure_orders_stream(js, settings.namespace)
+    await bus.ensure_stream(js, settings.namespace, "orders")
     relay = OutboxRelay(settings.database_url, js, retention=retention())
     return App(name="order_relay", servicers=[], checks=[db.pool_check(pool), bus.nats_check(nc)],
                background=[relay.run], on_close=[nc.drain, pool.close])

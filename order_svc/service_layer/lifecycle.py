@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from meshkit import aio
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
@@ -116,9 +116,11 @@ class Wakeups(Protocol):
 
 
 async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups: Wakeups, *,
-                         page: int = 500, poll: float = 5.0) -> AsyncIterator[tuple[int, Order, Fill | None]]:
+                         page: int = 500, poll: float = 5.0,
+                         positioned: Callable[[int], Awaitable[None]] | None = None,
+                         ) -> AsyncIterator[tuple[int, Order, Fill | None]]:
     """Every update of the account with a sequence above `after` (None: above its latest one
-    now), then live ones, forever.
+    now), then live ones, forever; `positioned` is told that sequence once the stream listens.
 
     The listener is registered before the first read, and each read asks for what follows the
     last sequence sent, so nothing is missed and nothing is sent twice at the switch from
@@ -128,6 +130,8 @@ async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups
         if after is None:
             async with deps.uow() as uow:
                 after = await uow.orders.latest_update(account_id)
+        if positioned is not None:
+            await positioned(after)
         last = after
         while True:
             event.clear()

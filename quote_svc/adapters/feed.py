@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Iterable
 from nats.js import JetStreamContext
 
 from meshkit import bus
-from meshkit.marketdata import ensure_md_stream, follow_feed
+from meshkit.marketdata import follow_feed
 from quote_svc.adapters.codec import md_from_bytes
 from quote_svc.domain.quotes import MarketData
 
@@ -54,7 +54,7 @@ async def consume_trades(js: JetStreamContext, namespace: str,
                          batch: int = 500, durable: str = CANDLES_DURABLE) -> None:
     """Fetch batches from the shared durable consumer; `handle` each batch (retried in place
     until it succeeds), then ack it."""
-    stream = await ensure_md_stream(js, namespace)
+    stream = await bus.ensure_stream(js, namespace, "md")
 
     async def handle_batch(msgs) -> None:
         await handle([ev for ev in map(_decode, msgs) if ev is not None])

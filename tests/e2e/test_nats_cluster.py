@@ -16,7 +16,7 @@ import pytest
 
 from meshkit import bus
 from meshkit.launcher.harness import MeshProcess
-from tests.support.meshes import assert_consistent_and_settled, start_or_fail
+from tests.support.meshes import assert_consistent_and_settled, own_mesh
 from tests.support.trades import filled_and_settled, place_crossing_pair, trading, unsettled
 from tests.support.wait import eventually
 
@@ -27,13 +27,7 @@ REPLICATED = ("ORDERS", "EXECUTIONS", "MD")
 
 @pytest.fixture
 def clustered(tmp_path):
-    mesh = start_or_fail(MeshProcess(data_dir=tmp_path / "mesh", db_prefix="stockmesh_e2e_cluster",
-                                     namespace_prefix="e2ecl", extra_args=["--no-simulator", "--nats-cluster", "3"]))
-    try:
-        yield mesh
-    finally:
-        code = mesh.stop()
-    assert code == 0, f"stockmesh up exited with {code}\n{mesh.diagnostics()}"
+    yield from own_mesh(tmp_path / "mesh", "stockmesh_e2e_cluster", "e2ecl", "--nats-cluster", "3")
 
 
 async def _infos(js, namespace: str) -> dict[str, object] | None:
@@ -94,6 +88,6 @@ async def test_a_cluster_server_killed_under_trading_loses_nothing(clustered: Me
                 pytest.fail("\n".join(await unsettled(mesh, ch, placed)) + "\n" + mesh.diagnostics())
     finally:
         await nc.close()
-    # A refused placement is a clean error the client may retry (idempotent on its id), never INTERNAL.
-    assert all(f.split(":")[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for f in failures), failures
+    # (A refusal other than UNAVAILABLE or DEADLINE_EXCEEDED, which clients retry with the same
+    # ids, would have ended `trading` with its error.)
     await assert_consistent_and_settled(mesh)

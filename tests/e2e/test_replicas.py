@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from meshkit.launcher.harness import MeshProcess
-from tests.support.meshes import assert_consistent_and_settled, start_or_fail
+from tests.support.meshes import assert_consistent_and_settled, own_mesh
 from tests.support.trades import filled_and_settled, place_crossing_pair, trading, unsettled
 from tests.support.wait import eventually
 
@@ -26,14 +26,8 @@ REPLICAS = {"ledger_svc": "ledger", "order_svc": "orders"}  # service -> its exe
 
 @pytest.fixture
 def replicated(tmp_path):
-    mesh = start_or_fail(MeshProcess(
-        data_dir=tmp_path / "mesh", db_prefix="stockmesh_e2e_replicas", namespace_prefix="e2erp",
-        extra_args=["--no-simulator", *[a for s in REPLICAS for a in ("--replicas", f"{s}=2")]]))
-    try:
-        yield mesh
-    finally:
-        code = mesh.stop()
-    assert code == 0, f"stockmesh up exited with {code}\n{mesh.diagnostics()}"
+    yield from own_mesh(tmp_path / "mesh", "stockmesh_e2e_replicas", "e2erp",
+                        *[a for s in REPLICAS for a in ("--replicas", f"{s}=2")])
 
 
 def _metric(port: int, name: str) -> dict[str, float]:
@@ -102,7 +96,6 @@ async def test_the_elected_replica_killed_under_trading_loses_nothing(replicated
 
         if not await eventually(lambda: filled_and_settled(mesh, ch, placed), timeout=90, delay=0.5):
             pytest.fail("\n".join(await unsettled(mesh, ch, placed)) + "\n" + mesh.diagnostics())
-    # A placement on a replica killed mid-call is a clean error the client may retry
-    # (idempotent on its id), never INTERNAL.
-    assert all(f.split(":")[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for f in failures), failures
+    # (A placement on a replica killed mid-call must be a refusal clients retry with the same ids,
+    # UNAVAILABLE or DEADLINE_EXCEEDED: any other error would have ended `trading` with it.)
     await assert_consistent_and_settled(mesh)

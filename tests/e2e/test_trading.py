@@ -167,7 +167,8 @@ async def test_a_stream_from_now_skips_the_history(mesh):
 
         call = orders.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(from_now=True), metadata=md)
         try:
-            await asyncio.sleep(0.5)  # the stream is open and positioned before the next change
+            # Its headers come once it listens, saying where it starts: after the history.
+            assert dict(await call.initial_metadata())["x-stockmesh-after-sequence"] == "2"
             new = (await orders.PlaceOrder(limit("fn-2", common_pb2.SIDE_BUY, 1, "55.00"), metadata=md)).order
             async with asyncio.timeout(15):
                 first = await call.read()

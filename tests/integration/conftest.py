@@ -79,10 +79,10 @@ def make_order_deps(pool, database_url, js, namespace, ledger_channel, *, limite
 
 @pytest.fixture
 async def order_deps(checked_pool, database_url, nats_conn, namespace, ledger_addr):
-    from order_svc.adapters.outbox import ensure_orders_stream
+    from meshkit import bus
 
     js = nats_conn.jetstream()
-    await ensure_orders_stream(js, namespace)
+    await bus.ensure_stream(js, namespace, "orders")
     channel = grpc.aio.insecure_channel(ledger_addr)
     deps, relay = make_order_deps(checked_pool, database_url, js, namespace, channel)
     task = asyncio.create_task(relay.run())

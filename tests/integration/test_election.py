@@ -63,7 +63,10 @@ async def test_one_replica_works_and_another_takes_over_when_its_election_is_los
     # Every election's connection is gone with it: the lock is free again.
     check = await asyncpg.connect(database_url)
     try:
-        assert await eventually(lambda: _holder_pid(check, role), timeout=1) is None
+        async def free() -> bool:
+            return await _holder_pid(check, role) is None
+
+        assert await eventually(free, timeout=5)
     finally:
         await check.close()
 

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from meshkit.marketdata import NO_MARKET, JetStreamQuotes, Touch, ensure_md_stream
+from meshkit import bus
+from meshkit.marketdata import NO_MARKET, JetStreamQuotes, Touch
 from tests.support.quotes import md_event, publish_md
 from tests.support.wait import eventually
 
@@ -31,7 +32,7 @@ class CountingStream:
 
 async def test_following_the_feed_answers_from_memory_and_stays_fresh(nats_conn, namespace):
     js = CountingStream(nats_conn.jetstream())
-    await ensure_md_stream(js, namespace)
+    await bus.ensure_stream(js, namespace, "md")
     await publish_md(js, namespace, md_event("AAPL", 1, bid="189.10", ask="189.20", price="189.15"))
     quotes = JetStreamQuotes(js, namespace, max_age=0)
     follower = asyncio.create_task(quotes.follow(nats_conn))

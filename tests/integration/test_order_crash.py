@@ -15,7 +15,6 @@ import pytest
 from ledger_svc.service_layer import commands, handlers as ledger
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus
-from meshkit.marketdata import ensure_md_stream
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb
 from tests.support.crash import identity, killed_at, order_svc_env, running_order_svc
@@ -132,7 +131,7 @@ async def test_a_market_buy_retried_after_the_quote_moved_keeps_its_first_attemp
     # (185.00 + 5 % collar), then died before recording the order; the retry, priced at
     # 199.50, asks the ledger for another amount under the same hold id, and adopts the hold.
     js = nats_conn.jetstream()
-    await ensure_md_stream(js, namespace)
+    await bus.ensure_stream(js, namespace, "md")
     await publish_md(js, namespace, md_event("AMZN", 1, bid="184.90", ask="185.00"))
     account = await _funded_account(checked_pool)
     env = order_svc_env(database_url, nats_url, ledger_addr, namespace)

@@ -337,11 +337,11 @@ async def test_a_relay_elsewhere_wakes_on_the_outbox_notification_and_measures_t
     import grpc
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+    from order_svc.adapters.outbox import OutboxRelay
     from tests.integration.conftest import make_order_deps
 
     js = nats_conn.jetstream()
-    await ensure_orders_stream(js, namespace)
+    await bus.ensure_stream(js, namespace, "orders")
     channel = grpc.aio.insecure_channel(ledger_addr)
     deps, _ = make_order_deps(checked_pool, database_url, js, namespace, channel)
     deps.wake_relay = lambda: None
@@ -387,11 +387,11 @@ async def test_the_elected_relay_prunes_beside_relaying(pg_server_url, nats_conn
     # A database of its own: there the old row is the oldest, where the relay's scans start.
     import asyncpg
 
-    from order_svc.adapters.outbox import OutboxRelay, ensure_orders_stream
+    from order_svc.adapters.outbox import OutboxRelay
     from tests.conftest import fresh_database
 
     js = nats_conn.jetstream()
-    await ensure_orders_stream(js, namespace)
+    await bus.ensure_stream(js, namespace, "orders")
     async with fresh_database(pg_server_url) as url:
         conn = await asyncpg.connect(url)
         relay = asyncio.create_task(OutboxRelay(url, js, retention=timedelta(hours=1), prune_every=0.1).run())

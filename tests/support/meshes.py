@@ -4,12 +4,25 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import asyncpg
 import pytest
 
 from meshkit.launcher.harness import MeshFailed, MeshProcess
+
+
+def own_mesh(data_dir, db_prefix: str, namespace_prefix: str, *args: str) -> Iterator[MeshProcess]:
+    """A test's own mesh (`stockmesh up --no-simulator *args`), for a fixture to yield: stopped
+    afterwards, and it must have stopped cleanly."""
+    mesh = start_or_fail(MeshProcess(data_dir=data_dir, db_prefix=db_prefix, namespace_prefix=namespace_prefix,
+                                     extra_args=["--no-simulator", *args]))
+    try:
+        yield mesh
+    finally:
+        code = mesh.stop()
+    assert code == 0, f"stockmesh up exited with {code}\n{mesh.diagnostics()}"
 
 
 def start_or_fail(running: MeshProcess) -> MeshProcess:

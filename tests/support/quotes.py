@@ -12,7 +12,6 @@ import grpc
 
 from meshkit import bus
 from meshkit.server import create_server
-from quote_svc.adapters import feed
 from quote_svc.bootstrap import Parts, build, run_background
 from stockmesh.matching.v1 import matching_pb2 as mpb
 from stockmesh.quote.v1 import quote_service_pb2_grpc
@@ -52,7 +51,7 @@ class RunningQuotes:
 async def quote_service(pool, nats_url: str, namespace: str, redis=None, **kw):
     """quote_svc's server on a free port, with its background tasks, caught up with the feed."""
     nc = await bus.connect(nats_url, "test-quote-svc")
-    await feed.ensure_md_stream(nc.jetstream(), namespace)
+    await bus.ensure_stream(nc.jetstream(), namespace, "md")
     app, parts = build(pool, nc, redis, namespace, **kw)
     server, port, _ = await create_server("127.0.0.1:0", app)
     await server.start()

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from meshkit.launcher import envoy, infra, keys
-from meshkit.launcher.mesh import RELAY, RELAY_MODULE, SERVICES
+from meshkit.launcher.mesh import RELAY_MODULE, SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
