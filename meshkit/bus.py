@@ -149,6 +149,19 @@ async def ensure_stream(js, namespace: str, base: str) -> str:
     return config.name
 
 
+def consumer_config(subject_filter: str, durable: str, *, ack_wait: float = 30, max_ack_pending: int = 10_000,
+                    start_seq: int | None = None):
+    """The ConsumerConfig of `consume`'s durables: explicit acks, from the stream's first
+    message (or from `start_seq`)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(
+        durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_ack_pending=max_ack_pending,
+        filter_subject=subject_filter,
+        deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq)
+
+
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
                   batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
                   max_ack_pending: int = 10_000, one_reader: bool = True) -> None:
@@ -165,15 +178,12 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
     order: a reset by one would hand the others' messages in flight out once more)."""
     import asyncio
 
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
     if (handle is None) == (handle_batch is None):
         raise TypeError("pass exactly one of handle and handle_batch")
     if one_reader:
         await resume_at_ack_floor(js, stream, durable)
-    sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=ConsumerConfig(
-        durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ack_wait, max_ack_pending=max_ack_pending, filter_subject=subject_filter))
+    sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=consumer_config(
+        subject_filter, durable, ack_wait=ack_wait, max_ack_pending=max_ack_pending))
     try:
         await _consume_loop(sub, handle, handle_batch, batch, idle_wait, durable)
     finally:

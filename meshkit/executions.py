@@ -2,9 +2,12 @@
 (ledger_svc settles fills, order_svc moves orders through their lifecycle)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
+
+log = logging.getLogger("meshkit.executions")
 
 FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECTED = (
     "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED", "CANCEL_REJECTED")
@@ -57,25 +60,74 @@ def from_proto(m) -> Execution:
         kept_priority=m.kept_priority)
 
 
-async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | None = None) -> None:
-    """Apply every execution of every symbol, in stream order, through a durable consumer.
+def consumer_name(durable: str, symbol: str) -> str:
+    """The durable consumer of one symbol's executions: ('ledger', 'AAPL') -> 'ledger_AAPL'."""
+    return f"{durable}_{symbol}"
+
+
+async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | None = None,
+                  symbols: list[str] | None = None) -> None:
+    """Apply every execution, in stream order for each symbol, through one durable consumer per
+    listed symbol (`<durable>_<SYM>` on `<ns>.executions.<SYM>`, as the engine reads
+    `engine_<SYM>`): an execution that cannot be applied (retried in place, never skipped) stops
+    its own symbol only, and the symbols are applied side by side. An order's executions are all
+    on its symbol, so nothing a fill's effect depends on is in another consumer; accounts and
+    order rows are taken in account order, so consumers of two symbols never wait for each
+    other in a cycle.
+
     With `elect_on` (the service's PostgreSQL URL), only the replica elected for the durable
-    consumes (meshkit.db.elected): one reader applies the journal in order, however many
-    replicas of the service run, and another takes over when it dies."""
+    consumes (meshkit.db.elected), all symbols: one reader per symbol, however many replicas of
+    the service run, and another takes over when it dies. `symbols` defaults to the listing."""
+    import asyncio
+
     from meshkit import bus
+    from meshkit.symbols import listed
 
     if elect_on:
         from meshkit import db
 
         await db.elected(elect_on, f"{namespace}.executions.{durable}",
-                         lambda: consume(js, namespace, durable, apply))
+                         lambda: consume(js, namespace, durable, apply, symbols=symbols))
         return
     from stockmesh.matching.v1 import matching_pb2
 
     stream = await bus.ensure_stream(js, namespace, "executions")
+    names = sorted(listed() if symbols is None else symbols)
+    await split_shared_consumer(js, namespace, durable, names)
 
     async def handle(msg) -> None:
         await apply(from_proto(matching_pb2.Execution.FromString(msg.data)))
 
-    await bus.consume(js, stream=stream, subject_filter=bus.subject(namespace, "executions", ">"),
-                      durable=durable, handle=handle)
+    async with asyncio.TaskGroup() as group:
+        for symbol in names:
+            group.create_task(bus.consume(
+                js, stream=stream, subject_filter=bus.subject(namespace, "executions", symbol),
+                durable=consumer_name(durable, symbol), handle=handle), name=f"{durable} {symbol}")
+
+
+async def split_shared_consumer(js, namespace: str, durable: str, symbols: list[str]) -> None:
+    """Before one consumer per symbol, each service read every symbol's executions through one
+    durable (`<durable>` on `<ns>.executions.>`). If it is still there, each symbol's consumer
+    not yet made starts right after its ack floor (what it had acked individually beyond comes
+    again and is dropped as a repeat by id), and then it is removed. Idempotent: run again after
+    a crash half-way, it makes only the consumers still missing."""
+    import nats.js.errors
+
+    from meshkit import bus
+
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    try:
+        shared = await js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return
+    start = shared.ack_floor.stream_seq + 1
+    for symbol in symbols:
+        name = consumer_name(durable, symbol)
+        try:
+            await js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(stream, config=bus.consumer_config(
+                bus.subject(namespace, "executions", symbol), name, start_seq=start))
+    await js.delete_consumer(stream, durable)
+    log.info("the shared execution consumer was split by symbol",
+             extra={"durable": durable, "startSequence": start, "symbols": len(symbols)})

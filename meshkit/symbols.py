@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -34,12 +35,20 @@ class Symbol:
         return tick_size(self.reference_price)
 
 
+# A symbol is one token of a NATS subject (`<ns>.orders.<SYMBOL>`) and part of consumer names
+# (`engine_<SYMBOL>`): letters, digits, '_' and '-' only (a class share is e.g. BRK-B).
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_-]{0,15}")
+
+
 @lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, Symbol]:
     out: dict[str, Symbol] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), start=2):
             s = Symbol(row["symbol"].strip().upper(), row["name"].strip(), Decimal(row["reference_price"]))
+            if not _SYMBOL.fullmatch(s.symbol):
+                raise ValueError(f"{path}, line {line}: symbol {s.symbol!r} must be 1-16 letters, digits, "
+                                 "'_' or '-' (it names NATS subjects and consumers)")
             out[s.symbol] = s
     return out
 

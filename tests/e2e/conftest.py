@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import pytest
 
 from meshkit.launcher.harness import STOP_BOUND, MeshProcess
-from tests.support.meshes import start_or_fail
+from tests.support.meshes import invariant_problems, start_or_fail
 
 
 @pytest.fixture(scope="session")
@@ -55,14 +55,5 @@ async def ledger_invariants(request):
     yield
     if "mesh" not in request.fixturenames:
         return
-    import asyncpg
-
-    from tests.support import invariants
-
-    running = request.getfixturevalue("mesh")
-    pool = await asyncpg.create_pool(running.database_url, min_size=1, max_size=2)
-    try:
-        problems = await invariants.check(pool)
-    finally:
-        await pool.close()
+    problems = await invariant_problems(request.getfixturevalue("mesh"))
     assert not problems, "invariants broken after the test:\n" + "\n".join(problems)

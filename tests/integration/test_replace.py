@@ -24,7 +24,7 @@ from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.matching.v1 import matching_pb2
 from tests.support.engine import engine_in_process
-from tests.support.wait import drained
+from tests.support.wait import executions_drained
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -98,7 +98,7 @@ async def holds(pool, *hold_ids) -> dict[str, tuple[str, Decimal]]:
 async def ledger_caught_up(js, namespace: str) -> None:
     """The ledger's consumer has applied every execution so far: it runs beside order_svc's at
     its own pace, so an order's new status can be seen before the ledger's side of it."""
-    assert await drained(js, bus.stream_name(namespace, "EXECUTIONS"), "ledger"), "the ledger lags behind"
+    assert await executions_drained(js, namespace, "ledger"), "the ledger lags behind"
 
 
 async def updates_of(pool, order_id) -> list[str]:

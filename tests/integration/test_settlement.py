@@ -16,7 +16,7 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar
 from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
-from tests.support.wait import drained
+from tests.support.wait import executions_drained
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 
@@ -72,7 +72,7 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     await publish(js, namespace, fill(1, 4, 6), msg_id=f"again-{tag}")  # a repeat past the duplicate window
     await wait_applied(checked_pool, [f"AAPL:{tag}:1", f"AAPL:{tag}:2"])
     for durable in ("ledger", "orders"):  # both consumers have taken the repeat too
-        assert await drained(js, bus.stream_name(namespace, "EXECUTIONS"), durable)
+        assert await executions_drained(js, namespace, durable, ["AAPL"])
 
     b = await ledger.cash_balance(buyer, uow)
     assert (b.total, b.held, b.available) == (Decimal("8130.00"), 0, Decimal("8130.00"))  # 10 × 187.00 paid

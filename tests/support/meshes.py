@@ -38,17 +38,35 @@ def start_or_fail(running: MeshProcess) -> MeshProcess:
     return running
 
 
+async def invariant_problems(mesh: MeshProcess) -> list[str]:
+    """tests.support.invariants.check on the mesh's database, once both services have applied
+    every execution so far: the invariants hold at every point of the execution journal both
+    have applied, and in between an order can be seen ended before the ledger gave back its hold
+    (each service applies each symbol's executions at its own pace)."""
+    from meshkit import bus
+    from tests.support import invariants
+    from tests.support.wait import executions_drained
+
+    nc = await bus.connect(mesh.state()["nats_url"], "invariants")
+    try:
+        for durable in ("ledger", "orders"):
+            assert await executions_drained(nc.jetstream(), mesh.namespace, durable), \
+                f"the {durable} execution consumers did not catch up"
+    finally:
+        await nc.close()
+    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
+    try:
+        return await invariants.check(pool)
+    finally:
+        await pool.close()
+
+
 async def assert_consistent_and_settled(mesh: MeshProcess) -> None:
     """The ledger's invariants hold, the audit trail verifies, and the day's settlement (New
     York's trading day, as the engine stamps fills) settles fills and finds no discrepancy."""
     from meshkit import calendar
-    from tests.support import invariants
 
-    pool = await asyncpg.create_pool(mesh.database_url, min_size=1, max_size=2)
-    try:
-        problems = await invariants.check(pool)
-    finally:
-        await pool.close()
+    problems = await invariant_problems(mesh)
     assert not problems, "\n".join(problems)
     cli = [sys.executable, "-m", "meshkit.cli"]
     verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],

@@ -26,3 +26,17 @@ async def drained(js, stream: str, durable: str, timeout: float = 15.0) -> bool:
         info = await js.consumer_info(stream, durable)
         return info.num_pending == 0 and info.num_ack_pending == 0
     return await eventually(check, timeout)
+
+
+async def executions_drained(js, namespace: str, durable: str, symbols: list[str] | None = None,
+                             timeout: float = 15.0) -> bool:
+    """drained() for every symbol's consumer of a service's executions (meshkit.executions:
+    `<durable>_<SYM>`), the listed symbols unless told."""
+    from meshkit import bus, executions
+    from meshkit.symbols import listed
+
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    for symbol in sorted(listed() if symbols is None else symbols):
+        if not await drained(js, stream, executions.consumer_name(durable, symbol), timeout):
+            return False
+    return True
