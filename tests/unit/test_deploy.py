@@ -63,7 +63,7 @@ def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     # image they are /var/lib/stockmesh/keys/jwks.json and /app/gen/...).
     dev = keys.ensure_keys(tmp_path)
     config = tmp_path / "envoy.yaml"
-    config.write_text(envoy.render_deployment(jwks_path=dev.jwks_path, descriptor=envoy.DESCRIPTOR))
+    config.write_text(envoy.render_deployment(jwks=dev.jwks_path, descriptor=envoy.DESCRIPTOR))
     envoy.validate(config)
     text = config.read_text()
     assert "type: STRICT_DNS" in text and "type: STATIC" not in text
@@ -247,3 +247,23 @@ def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream
     envoy_pod = _of(docs, "Deployment")["envoy"]["spec"]["template"]["spec"]
     assert {v["configMap"]["name"] for v in envoy_pod["volumes"] if "configMap" in v} == {"envoy-config"}
     assert envoy_pod["containers"][0]["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+
+
+def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path) -> None:
+    """--jwks-uri: the keys fetched from the provider over TLS (verified for its name), no JWKS
+    file; the rendering passes `envoy --mode validate`. A URL Envoy could not use is refused."""
+    config = tmp_path / "envoy.yaml"
+    assert envoy.main(["--issuer", "https://id.example.com/", "--jwks-uri",
+                       "https://id.example.com/.well-known/jwks.json", "--jwks-cache", "600",
+                       "--output", str(config)]) == 0
+    text = config.read_text()
+    assert "local_jwks:" not in text and str(envoy.DEPLOY_JWKS) not in text
+    assert 'uri: "https://id.example.com/.well-known/jwks.json"' in text and "cache_duration: 600s" in text
+    assert 'socket_address: { address: "id.example.com", port_value: 443 }' in text
+    assert 'sni: "id.example.com"' in text and '{ san_type: DNS, matcher: { exact: "id.example.com" } }' in text
+    config.write_text(text.replace(f'"{envoy.DEPLOY_DESCRIPTOR}"', f'"{envoy.DESCRIPTOR}"'))
+    envoy.validate(config)
+    for bad in ("ftp://id.example.com/jwks", "https:///jwks.json"):
+        with pytest.raises(SystemExit):
+            envoy.main(["--jwks-uri", bad, "--output", str(tmp_path / "bad.yaml")])
+    assert not (tmp_path / "bad.yaml").exists()
