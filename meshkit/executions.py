@@ -92,8 +92,10 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
     from stockmesh.matching.v1 import matching_pb2
 
     stream = await bus.ensure_stream(js, namespace, "executions")
-    names = sorted(listed() if symbols is None else symbols)
+    names = sorted(set(listed() if symbols is None else symbols))
     await split_shared_consumer(js, namespace, durable, names)
+    # A symbol taken off the listing keeps its consumer: executions of it may still be waiting.
+    names = sorted(set(names) | await consumed_symbols(js, namespace, durable))
 
     async def handle(msg) -> None:
         await apply(from_proto(matching_pb2.Execution.FromString(msg.data)))
@@ -103,6 +105,23 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
             group.create_task(bus.consume(
                 js, stream=stream, subject_filter=bus.subject(namespace, "executions", symbol),
                 durable=consumer_name(durable, symbol), handle=handle), name=f"{durable} {symbol}")
+
+
+async def consumed_symbols(js, namespace: str, durable: str) -> set[str]:
+    """The symbols whose executions have a consumer of `durable` on the stream."""
+    from meshkit import bus
+
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    prefix = bus.subject(namespace, "executions", "")
+    found: set[str] = set()
+    offset = 0
+    while page := await js.consumers_info(stream, offset=offset):
+        offset += len(page)
+        for info in page:
+            symbol = (info.config.filter_subject or "").removeprefix(prefix)
+            if info.name == consumer_name(durable, symbol) and symbol and "." not in symbol:
+                found.add(symbol)
+    return found
 
 
 async def split_shared_consumer(js, namespace: str, durable: str, symbols: list[str]) -> None:

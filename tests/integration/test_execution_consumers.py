@@ -106,3 +106,28 @@ async def test_the_shared_consumer_of_earlier_versions_is_split_where_it_stood(n
 
 async def _acked_up_to(js, stream: str, durable: str, seq: int) -> bool:
     return (await js.consumer_info(stream, durable)).ack_floor.stream_seq == seq
+
+
+async def test_a_symbol_taken_off_the_listing_keeps_its_consumer(nats_conn):
+    """Executions of a symbol delisted while some were still waiting are applied all the same:
+    a consumer found on the stream is read whether or not its symbol is listed."""
+    js = nats_conn.jetstream()
+    ns = f"ex{uuid.uuid4().hex[:8]}"
+    await bus.ensure_stream(js, ns, "EXECUTIONS")
+    applied: list[str] = []
+
+    async def apply(ex: executions.Execution) -> None:
+        applied.append(ex.execution_id)
+
+    task = asyncio.create_task(executions.consume(js, ns, "svc", apply, symbols=["AAA", "OLD"]))
+    try:
+        await _publish(js, ns, "OLD", "O1")
+        assert await eventually(lambda: applied == ["O1"]), applied
+    finally:
+        await _stop(task)
+    await _publish(js, ns, "OLD", "O2")  # while no service runs; OLD is delisted meanwhile
+    task = asyncio.create_task(executions.consume(js, ns, "svc", apply, symbols=["AAA"]))
+    try:
+        assert await eventually(lambda: applied == ["O1", "O2"]), applied
+    finally:
+        await _stop(task)
