@@ -212,6 +212,58 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     click.echo("  discrepancies           none")
 
 
+@main.command()
+@click.option("--nats-url", envvar="NATS_URL", required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+@click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked.")
+def consumers(nats_url: str, namespace: str, behind: bool) -> None:
+    """Where each durable consumer of the mesh's streams stands: the engine's (engine_<SYM> on
+    ORDERS), the services' execution consumers (ledger_<SYM>, orders_<SYM> on EXECUTIONS), the
+    candle writer's (on MD). `pending` is what it has not taken yet, `unacked` what it took and
+    has not acknowledged: a symbol whose count stays up while its neighbours' fall is stuck on
+    a message (stockmesh_consumer_stuck_seconds says since when, the service's log why).
+    Exit 1 if the mesh's streams are not there."""
+    import asyncio
+    import logging
+
+    from meshkit.bus import STREAMS, connect, stream_name
+
+    logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
+
+    async def run() -> list[tuple[str, str, int, int, int, int]]:
+        import nats.js.errors
+
+        nc = await connect(nats_url, "stockmesh consumers")
+        rows, found = [], 0
+        try:
+            js = nc.jetstream()
+            for base in STREAMS:
+                stream = stream_name(namespace, base)
+                try:
+                    last = (await js.stream_info(stream)).state.last_seq
+                except nats.js.errors.NotFoundError:
+                    continue
+                found += 1
+                offset = 0
+                while page := await js.consumers_info(stream, offset=offset):
+                    offset += len(page)
+                    rows += [(base, c.name, c.num_pending or 0, c.num_ack_pending or 0,
+                              c.ack_floor.stream_seq if c.ack_floor else 0, last)
+                             for c in page if c.config.durable_name]
+        finally:
+            await nc.close()
+        if not found:
+            raise click.ClickException(f"no stream of namespace {namespace!r} on {nats_url}")
+        return rows
+
+    rows = sorted(asyncio.run(run()))
+    shown = [r for r in rows if not behind or r[2] or r[3]]
+    click.echo(f"{'stream':<11} {'consumer':<24} {'pending':>9} {'unacked':>9} {'acked up to':>12} {'stream at':>10}")
+    for base, name, pending, unacked, floor, last in shown:
+        click.echo(f"{base:<11} {name:<24} {pending:>9} {unacked:>9} {floor:>12} {last:>10}")
+    click.echo(f"{len(shown)} of {len(rows)} durable consumers" + (" behind" if behind else ""))
+
+
 @main.group()
 def candles() -> None:
     """Price history (OHLCV candles)."""

@@ -24,12 +24,22 @@ async def _publish(js, ns: str, symbol: str, execution_id: str) -> int:
     return ack.seq
 
 
+async def _cli(*args: str) -> str:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "meshkit.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def _stop(task: asyncio.Task) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_an_execution_that_cannot_apply_stops_only_its_own_symbol(nats_conn):
+async def test_an_execution_that_cannot_apply_stops_only_its_own_symbol(nats_conn, nats_url):
     js = nats_conn.jetstream()
     ns = f"ex{uuid.uuid4().hex[:8]}"
     await bus.ensure_stream(js, ns, "EXECUTIONS")
@@ -49,6 +59,11 @@ async def test_an_execution_that_cannot_apply_stops_only_its_own_symbol(nats_con
         await _publish(js, ns, "BBB", "B3")
         assert await eventually(lambda: "B3" in applied), applied
         assert "A2" not in applied  # AAA's later execution waits behind the one failing
+        # Operators see which symbol is behind: `stockmesh consumers --behind`.
+        shown = await _cli("consumers", "--nats-url", nats_url, "--namespace", ns, "--behind")
+        behind = {line.split()[1]: line.split()[2:4] for line in shown.splitlines()[1:-1]}
+        assert list(behind) == ["svc_AAA"] and behind["svc_AAA"] == ["0", "2"], shown  # A1, A2 taken, not acked
+        assert shown.splitlines()[-1] == "1 of 2 durable consumers behind", shown
         broken.clear()
         assert await eventually(lambda: "A2" in applied), applied
     finally:
