@@ -162,6 +162,14 @@ def consumer_config(subject_filter: str, durable: str, *, ack_wait: float = 30, 
         opt_start_seq=start_seq)
 
 
+async def consumers(js, stream: str) -> list:
+    """Every consumer of the stream (ConsumerInfo), all pages of JetStream's list."""
+    found: list = []
+    while page := await js.consumers_info(stream, offset=len(found)):
+        found += page
+    return found
+
+
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
                   batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
                   max_ack_pending: int = 10_000, one_reader: bool = True) -> None:

@@ -226,7 +226,7 @@ def consumers(nats_url: str, namespace: str, behind: bool) -> None:
     import asyncio
     import logging
 
-    from meshkit.bus import STREAMS, connect, stream_name
+    from meshkit.bus import STREAMS, connect, consumers as consumers_of, stream_name
 
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
 
@@ -244,12 +244,9 @@ def consumers(nats_url: str, namespace: str, behind: bool) -> None:
                 except nats.js.errors.NotFoundError:
                     continue
                 found += 1
-                offset = 0
-                while page := await js.consumers_info(stream, offset=offset):
-                    offset += len(page)
-                    rows += [(base, c.name, c.num_pending or 0, c.num_ack_pending or 0,
-                              c.ack_floor.stream_seq if c.ack_floor else 0, last)
-                             for c in page if c.config.durable_name]
+                rows += [(base, c.name, c.num_pending or 0, c.num_ack_pending or 0,
+                          c.ack_floor.stream_seq if c.ack_floor else 0, last)
+                         for c in await consumers_of(js, stream) if c.config.durable_name]
         finally:
             await nc.close()
         if not found:

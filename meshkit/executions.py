@@ -92,10 +92,10 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
     from stockmesh.matching.v1 import matching_pb2
 
     stream = await bus.ensure_stream(js, namespace, "executions")
-    names = sorted(set(listed() if symbols is None else symbols))
-    await split_shared_consumer(js, namespace, durable, names)
+    wanted = set(listed() if symbols is None else symbols)
+    await split_shared_consumer(js, namespace, durable, sorted(wanted))
     # A symbol taken off the listing keeps its consumer: executions of it may still be waiting.
-    names = sorted(set(names) | await consumed_symbols(js, namespace, durable))
+    names = sorted(wanted | await consumed_symbols(js, namespace, durable))
 
     async def handle(msg) -> None:
         await apply(from_proto(matching_pb2.Execution.FromString(msg.data)))
@@ -111,16 +111,12 @@ async def consumed_symbols(js, namespace: str, durable: str) -> set[str]:
     """The symbols whose executions have a consumer of `durable` on the stream."""
     from meshkit import bus
 
-    stream = bus.stream_name(namespace, "EXECUTIONS")
     prefix = bus.subject(namespace, "executions", "")
     found: set[str] = set()
-    offset = 0
-    while page := await js.consumers_info(stream, offset=offset):
-        offset += len(page)
-        for info in page:
-            symbol = (info.config.filter_subject or "").removeprefix(prefix)
-            if info.name == consumer_name(durable, symbol) and symbol and "." not in symbol:
-                found.add(symbol)
+    for info in await bus.consumers(js, bus.stream_name(namespace, "EXECUTIONS")):
+        symbol = (info.config.filter_subject or "").removeprefix(prefix)
+        if symbol and "." not in symbol and info.name == consumer_name(durable, symbol):
+            found.add(symbol)
     return found
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from meshkit import bus, executions
 from stockmesh.matching.v1 import matching_pb2
-from tests.support.wait import eventually
+from tests.support.wait import eventually, executions_drained
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,9 @@ async def test_the_shared_consumer_of_earlier_versions_is_split_where_it_stood(n
     task = asyncio.create_task(executions.consume(js, ns, "svc", apply, symbols=["AAA", "BBB", "CCC"]))
     try:
         assert await eventually(lambda: len(applied) >= 3), applied
-        await asyncio.sleep(0.5)  # nothing more comes: what the shared consumer had acked is not read again
+        # Once every symbol's consumer has acked all it was given, nothing more comes: what the
+        # shared consumer had acked is not read again.
+        assert await executions_drained(js, ns, "svc", ["AAA", "BBB", "CCC"]), applied
     finally:
         await _stop(task)
     assert sorted(applied) == ["A3", "B2", "C1"]
@@ -113,7 +115,7 @@ async def test_the_shared_consumer_of_earlier_versions_is_split_where_it_stood(n
     task = asyncio.create_task(executions.consume(js, ns, "svc", apply, symbols=["AAA", "BBB", "CCC"]))
     try:
         assert await eventually(lambda: "A4" in applied), applied
-        await asyncio.sleep(0.5)
+        assert await executions_drained(js, ns, "svc", ["AAA", "BBB", "CCC"]), applied
     finally:
         await _stop(task)
     assert sorted(applied) == ["A3", "A4", "B2", "C1"]
