@@ -204,12 +204,59 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     click.echo(f"  fills settled now       {report.fills_settled}")
     click.echo(f"  fills settled before    {report.fills_already_settled}")
     click.echo(f"  proceeds settled now    {report.amount_settled}")
+    click.echo(f"  reconciled against      {report.reconciled_against}")
     if report.discrepancies:
         click.echo(f"  discrepancies           {len(report.discrepancies)}")
         for d in report.discrepancies:
             click.echo(f"    {d.kind:<20} {d.reference}  {d.detail}")
         sys.exit(1)
     click.echo("  discrepancies           none")
+
+
+@main.group()
+def journal() -> None:
+    """The execution journal (the EXECUTIONS stream on JetStream)."""
+
+
+@journal.command("trim")
+@click.option("--before", "day", required=True, help="Purge the executions published before this trading day "
+              "(YYYY-MM-DD) began.")
+@click.option("--dry-run", is_flag=True, help="Say what would be purged, purge nothing.")
+@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL (the ledger's).")
+@click.option("--nats-url", envvar="NATS_URL", required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, namespace: str) -> None:
+    """Purge the settled days' executions from the execution journal, which otherwise keeps
+    every execution ever. The ledger and order_svc keep what they applied in PostgreSQL.
+
+    Refused (exit 1) while a fill traded before the day is not settled, or while a symbol on
+    the journal lacks the consumer of a service that applies its executions. Never purges an
+    execution a consumer has not acknowledged: the trim stops short there and says which
+    consumer held it back. A later `stockmesh settle` of a trimmed day reconciles against the
+    ledger's own records and says so."""
+    import asyncio
+    import logging
+    from datetime import date as date_type
+
+    from ledger_svc.service_layer.runner import run_trim
+    from meshkit.errors import FailedPrecondition
+
+    try:
+        before = date_type.fromisoformat(day)
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--before") from None
+    logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
+    try:
+        t = asyncio.run(run_trim(before, database_url, nats_url, namespace, dry_run=dry_run,
+                                 progress=lambda message: click.echo(f"  {message}", err=True)))
+    except FailedPrecondition as exc:
+        click.echo(f"journal not trimmed: {exc.message}", err=True)
+        sys.exit(1)
+    verb = "would purge" if dry_run else "purged"
+    click.echo(f"Execution journal {t.stream}: sequences {t.first_seq}..{t.last_seq} before the trim")
+    click.echo(f"  {verb} {t.purged} executions published before {t.before} (below sequence {t.cut})")
+    if t.held_back_by:
+        click.echo(f"  stopped short by {t.held_back_by}, which has not acknowledged sequence {t.cut} yet")
 
 
 @main.command()

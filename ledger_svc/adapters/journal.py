@@ -1,8 +1,10 @@
-"""Reading the execution journal (the EXECUTIONS stream) back, for reconciliation."""
+"""The execution journal (the EXECUTIONS stream) read back, for reconciliation, and trimmed."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
+from typing import Callable
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -45,3 +47,67 @@ async def fill_ids(js, namespace: str, day: date) -> set[str] | None:
     finally:
         await sub.unsubscribe()
     return ids
+
+
+@dataclass
+class Extent:
+    """What the stream holds: messages first_seq..last_seq (none when first_seq > last_seq),
+    per subject how many, and each durable consumer's state."""
+    stream: str
+    first_seq: int
+    last_seq: int
+    messages: int
+    bytes: int
+    subjects: dict[str, int] = field(default_factory=dict)
+    consumers: list = field(default_factory=list)  # ConsumerInfo
+
+
+async def extent(js, namespace: str) -> Extent | None:
+    """The EXECUTIONS stream's extent (None when it does not exist)."""
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    try:
+        info = await js.stream_info(stream, subjects_filter=">")
+    except NotFoundError:
+        return None
+    st = info.state
+    return Extent(stream, st.first_seq, st.last_seq, st.messages, st.bytes, dict(st.subjects or {}),
+                  await bus.consumers(js, stream))
+
+
+async def first_seq_of(js, namespace: str, day: date, first_seq: int, stop: int,
+                       progress: Callable[[int], None] | None = None) -> int:
+    """Reading the stream in order from `first_seq`: the sequence of the first execution
+    traded on `day` or later, or `stop` if none is below it. Everything below the answer is an
+    execution of an earlier trading day (a later one read first ends the search there, so one
+    published out of order is kept). `progress` is told how many were read, every 10,000."""
+    if first_seq >= stop:
+        return stop
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    sub = await js.pull_subscribe(bus.subject(namespace, "executions", ">"), stream=stream, config=ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq))
+    read = 0
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2.0)
+            except asyncio.TimeoutError:
+                return stop  # nothing more: the stream ends below `stop`
+            for m in msgs:
+                seq = m.metadata.sequence.stream
+                if seq >= stop:
+                    return stop
+                when = matching_pb2.Execution.FromString(m.data).time.ToDatetime(tzinfo=timezone.utc)
+                if calendar.trading_day(when) >= day:
+                    return seq
+                if seq + 1 >= stop:
+                    return stop
+                read += 1
+                if progress and read % 10_000 == 0:
+                    progress(read)
+    finally:
+        await sub.unsubscribe()
+
+
+async def purge_below(js, namespace: str, seq: int) -> None:
+    """Delete the stream's messages with a sequence below `seq`."""
+    await js.purge_stream(bus.stream_name(namespace, "EXECUTIONS"), seq=seq)

@@ -83,6 +83,24 @@ class SettlementRepository:
         return await self.conn.fetchval(
             "SELECT count(*) FROM ledger.unsettled WHERE settled_at IS NOT NULL AND trade_date <= $1", through)
 
+    async def unsettled_before(self, day: date) -> tuple[int, date | None]:
+        """How many applied fills traded before `day` are not settled yet, and the earliest
+        trading day among them."""
+        row = await self.conn.fetchrow(
+            "SELECT count(*) AS n, min(trade_date) AS first FROM ledger.unsettled"
+            " WHERE settled_at IS NULL AND trade_date < $1", day)
+        return row["n"], row["first"]
+
+    # --- the execution journal's trims ----------------------------------------------------
+
+    async def record_trim(self, before_day: date, before_seq: int) -> None:
+        await self.conn.execute(
+            "INSERT INTO ledger.journal_trims (before_day, before_seq) VALUES ($1, $2)", before_day, before_seq)
+
+    async def trimmed_before(self) -> date | None:
+        """The latest trading day before which the journal has been (or is being) trimmed."""
+        return await self.conn.fetchval("SELECT max(before_day) FROM ledger.journal_trims")
+
     # --- reconciliation -------------------------------------------------------------------
 
     async def fills_without_two_captures(self, day: date) -> list[asyncpg.Record]:

@@ -84,6 +84,23 @@ class SettlementReport:
     fills_already_settled: int = 0
     amount_settled: Decimal = Decimal(0)
     discrepancies: list[Discrepancy] | None = None
+    # What the ledger was reconciled against: the execution journal, or why only its own records.
+    reconciled_against: str = ""
 
     def __post_init__(self) -> None:
         self.discrepancies = self.discrepancies or []
+
+
+@dataclass(frozen=True)
+class JournalTrim:
+    """A trim of the execution journal: the executions published before `before` began, below
+    sequence `cut` (`held_back_by`: the consumer whose unacknowledged executions stopped it
+    short), `purged` of them (or that would be, in a dry run)."""
+    before: date
+    stream: str
+    first_seq: int
+    last_seq: int
+    cut: int
+    purged: int
+    held_back_by: str | None
+    dry_run: bool

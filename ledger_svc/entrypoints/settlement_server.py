@@ -1,24 +1,25 @@
 """SettlementService over gRPC (internal: operators and schedulers call it on ledger_svc's own
-port; Envoy's public listener does not route it). The same work as `stockmesh settle`."""
+port; Envoy's public listener does not route it). The same work as `stockmesh settle` and
+`stockmesh journal trim`."""
 from __future__ import annotations
 
 from datetime import date
 
 from ledger_svc.service_layer.handlers import UowFactory
-from ledger_svc.service_layer.runner import settle_and_reconcile
-from meshkit.errors import FieldViolation, InvalidArgument
+from ledger_svc.service_layer.runner import settle_and_reconcile, trim_journal
+from meshkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from stockmesh.ledger.v1 import settlement_service_pb2 as pb, settlement_service_pb2_grpc
 
 CATCH_UP_SECONDS = 30.0
 
 
-def _trading_day(text: str) -> date:
+def _trading_day(text: str, name: str = "date") -> date:
     if not text:
-        raise InvalidArgument([FieldViolation("date", "is required (YYYY-MM-DD)")])
+        raise InvalidArgument([FieldViolation(name, "is required (YYYY-MM-DD)")])
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise InvalidArgument([FieldViolation("date", f"{text[:32]!r} is not a date like 2026-11-23")]) from None
+        raise InvalidArgument([FieldViolation(name, f"{text[:32]!r} is not a date like 2026-11-23")]) from None
 
 
 class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
@@ -34,4 +35,14 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
         return pb.RunSettlementResponse(
             fills_settled=report.fills_settled, fills_already_settled=report.fills_already_settled,
             discrepancies=[pb.Discrepancy(kind=d.kind, reference=d.reference, detail=d.detail)
-                           for d in report.discrepancies or []])
+                           for d in report.discrepancies or []],
+            reconciled_against=report.reconciled_against)
+
+    async def TrimJournal(self, request: pb.TrimJournalRequest, context) -> pb.TrimJournalResponse:
+        before = _trading_day(request.before, "before")
+        if self.js is None:
+            raise FailedPrecondition("this ledger_svc runs without NATS: there is no journal to trim",
+                                     reason="JOURNAL_NOT_FOUND")
+        t = await trim_journal(before, self.uow, self.js, self.namespace, dry_run=request.dry_run)
+        return pb.TrimJournalResponse(first_sequence=t.first_seq, last_sequence=t.last_seq, cut_sequence=t.cut,
+                                      purged=t.purged, held_back_by=t.held_back_by or "")

@@ -1,15 +1,20 @@
-"""Settle a day, then reconcile against the execution journal: `stockmesh settle` and
-SettlementService.RunSettlement."""
+"""Settle a day, then reconcile against the execution journal (`stockmesh settle` and
+SettlementService.RunSettlement); trim the journal of settled days (`stockmesh journal trim`
+and SettlementService.TrimJournal)."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Callable
 
 from ledger_svc.adapters import journal
-from ledger_svc.domain.settlement import SettlementReport
+from ledger_svc.domain.settlement import JournalTrim, SettlementReport
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import bus, db
+from meshkit import bus, db, executions
+from meshkit.errors import FailedPrecondition
+
+# The services that apply every execution, each through one durable consumer per symbol.
+APPLIERS = ("ledger", "orders")
 
 
 async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float = 60.0,
@@ -22,17 +27,86 @@ async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: 
     ledger has applied every fill in it: after a crash or under load the ledger's consumer can
     be behind the engine, and its missing fills would otherwise be left unsettled."""
     checked = await _ledger_fills(day, uow)
-    ids = await journal.fill_ids(js, namespace, day) if js is not None else None
+    async with uow() as u:
+        trimmed = await u.settlement.trimmed_before()
+    ids = None
+    if js is None:
+        against = "the ledger's own records (the execution journal was not read)"
+    elif trimmed is not None and day < trimmed:
+        against = f"the ledger's own records (the execution journal was trimmed before {trimmed})"
+    elif (ids := await journal.fill_ids(js, namespace, day)) is None:
+        against = "the ledger's own records (there is no execution journal)"
+    else:
+        against = "the execution journal"
     # What the ledger has once it has caught up (or given up) is what this run settles.
     before = (await settlement.catch_up(day, uow, ids, timeout=catch_up, progress=progress) if ids
               else await _ledger_fills(day, uow))
     report = await settlement.settle(day, uow, progress=progress)
+    report.reconciled_against = against
     return await settlement.reconcile(day, uow, ids, report, checked=checked, settled=before)
 
 
 async def _ledger_fills(day: date, uow) -> set[str]:
     async with uow() as u:
         return await u.settlement.fill_ids(day)
+
+
+async def trim_journal(before: date, uow, js, namespace: str, *, dry_run: bool = False,
+                       progress: Callable[[str], None] | None = None) -> JournalTrim:
+    """Purge the executions published before the trading day `before` began from the execution
+    journal (the EXECUTIONS stream), which otherwise grows forever; the ledger and order_svc
+    keep what they applied. Refused (FailedPrecondition) while a fill traded before `before`
+    is unsettled (settling and reconciling a day reads its journal) or while a symbol on the
+    stream has no consumer of one of the services that apply it (it would never see the
+    purged executions). Never purges what a durable consumer has not acknowledged: the cut
+    stops there (`held_back_by`). The trim is recorded in the ledger before the purge, so a
+    later settlement of a trimmed day reconciles against the ledger's own records instead."""
+    def say(message: str) -> None:
+        if progress:
+            progress(message)
+
+    ext = await journal.extent(js, namespace)
+    if ext is None:
+        raise FailedPrecondition(f"there is no execution journal (stream {bus.stream_name(namespace, 'EXECUTIONS')})",
+                                 reason="JOURNAL_NOT_FOUND")
+    async with uow() as u:
+        unsettled, first = await u.settlement.unsettled_before(before)
+    if unsettled:
+        raise FailedPrecondition(
+            f"{unsettled} fills traded before {before} are not settled yet (the first on {first}); settle them "
+            f"first: stockmesh settle --date {before - timedelta(days=1)}", reason="FILLS_NOT_SETTLED",
+            metadata={"unsettledFills": str(unsettled), "firstTradingDay": str(first)})
+    durables = {c.name: c for c in ext.consumers if c.config.durable_name}
+    prefix = bus.subject(namespace, "executions", "")
+    for subject in sorted(ext.subjects):
+        symbol = subject.removeprefix(prefix)
+        for applier in APPLIERS:
+            name = executions.consumer_name(applier, symbol)
+            if name not in durables and applier not in durables:  # nor the shared one of earlier versions
+                raise FailedPrecondition(
+                    f"no consumer {name} on {ext.stream}: the service that applies {symbol}'s executions with it "
+                    "has not started reading them; start it, then trim", reason="CONSUMER_MISSING",
+                    metadata={"consumer": name})
+    # No further than any durable consumer has acknowledged, then no further than the day.
+    bound, held_back_by = ext.last_seq + 1, None
+    for name, c in sorted(durables.items()):
+        if (c.num_pending or c.num_ack_pending) and c.ack_floor.stream_seq + 1 < bound:
+            bound, held_back_by = c.ack_floor.stream_seq + 1, name
+    cut = await journal.first_seq_of(js, namespace, before, ext.first_seq, bound,
+                                     progress=lambda n: say(f"read {n} executions"))
+    if cut < bound:
+        held_back_by = None  # the day, not the consumer, ended it
+    elif held_back_by:
+        say(f"{held_back_by} has not acknowledged beyond sequence {cut - 1}: the trim stops there")
+    purged = max(0, cut - ext.first_seq)
+    if purged and not dry_run:
+        async with uow() as u:  # first: a reconciliation from now on knows these days are gone
+            await u.settlement.record_trim(before, cut)
+            await u.commit()
+        say(f"purging {purged} executions (sequences {ext.first_seq}..{cut - 1}) from {ext.stream}")
+        await journal.purge_below(js, namespace, cut)
+    return JournalTrim(before=before, stream=ext.stream, first_seq=ext.first_seq, last_seq=ext.last_seq, cut=cut,
+                       purged=purged, held_back_by=held_back_by, dry_run=dry_run)
 
 
 async def run_settlement(day: date, database_url: str, nats_url: str | None, namespace: str, *,
@@ -45,4 +119,16 @@ async def run_settlement(day: date, database_url: str, nats_url: str | None, nam
     finally:
         if nc is not None:
             await nc.close()
+        await pool.close()
+
+
+async def run_trim(before: date, database_url: str, nats_url: str, namespace: str, *, dry_run: bool = False,
+                   progress: Callable[[str], None] | None = None) -> JournalTrim:
+    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    nc = await bus.connect(nats_url, "stockmesh-journal")
+    try:
+        return await trim_journal(before, lambda: LedgerUnitOfWork(pool), nc.jetstream(), namespace,
+                                  dry_run=dry_run, progress=progress)
+    finally:
+        await nc.close()
         await pool.close()

@@ -23,11 +23,35 @@ class Discrepancy(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., reference: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RunSettlementResponse(_message.Message):
-    __slots__ = ("fills_settled", "fills_already_settled", "discrepancies")
+    __slots__ = ("fills_settled", "fills_already_settled", "discrepancies", "reconciled_against")
     FILLS_SETTLED_FIELD_NUMBER: _ClassVar[int]
     FILLS_ALREADY_SETTLED_FIELD_NUMBER: _ClassVar[int]
     DISCREPANCIES_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_AGAINST_FIELD_NUMBER: _ClassVar[int]
     fills_settled: int
     fills_already_settled: int
     discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
-    def __init__(self, fills_settled: _Optional[int] = ..., fills_already_settled: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ...) -> None: ...
+    reconciled_against: str
+    def __init__(self, fills_settled: _Optional[int] = ..., fills_already_settled: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., reconciled_against: _Optional[str] = ...) -> None: ...
+
+class TrimJournalRequest(_message.Message):
+    __slots__ = ("before", "dry_run")
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    before: str
+    dry_run: bool
+    def __init__(self, before: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class TrimJournalResponse(_message.Message):
+    __slots__ = ("first_sequence", "last_sequence", "cut_sequence", "purged", "held_back_by")
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    HELD_BACK_BY_FIELD_NUMBER: _ClassVar[int]
+    first_sequence: int
+    last_sequence: int
+    cut_sequence: int
+    purged: int
+    held_back_by: str
+    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., purged: _Optional[int] = ..., held_back_by: _Optional[str] = ...) -> None: ...

@@ -40,6 +40,11 @@ class SettlementServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementResponse.FromString,
                 _registered_method=True)
+        self.TrimJournal = channel.unary_unary(
+                '/stockmesh.ledger.v1.SettlementService/TrimJournal',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -52,6 +57,16 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrimJournal(self, request, context):
+        """Purge the executions published before a trading day from the execution journal (the
+        EXECUTIONS stream). FAILED_PRECONDITION (FILLS_NOT_SETTLED, CONSUMER_MISSING,
+        JOURNAL_NOT_FOUND) when it would lose something: never an execution a consumer has not
+        acknowledged (the trim stops short there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     servicer.RunSettlement,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementResponse.SerializeToString,
+            ),
+            'TrimJournal': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrimJournal,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +109,33 @@ class SettlementService:
             '/stockmesh.ledger.v1.SettlementService/RunSettlement',
             stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.RunSettlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrimJournal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.SettlementService/TrimJournal',
+            stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_settlement__service__pb2.TrimJournalResponse.FromString,
             options,
             channel_credentials,
             insecure,
