@@ -160,8 +160,8 @@ def order_line(o) -> str:
     extra = ""
     if o.filled_quantity:
         extra += f"  filled {o.filled_quantity} @ {o.average_fill_price}"
-    if o.reject_message:
-        extra += f"  ({o.reject_message})"
+    if o.reject_message or (o.end_message and not o.replaced_by):
+        extra += f"  ({o.reject_message or o.end_message})"
     if o.replaced_by:
         extra += f"  replaced by {o.replaced_by}"
     return (f"{o.order_id}  {status:<16} {_enum_name(c.Side, o.side, 'SIDE_'):<4} {o.quantity:>6} {o.symbol:<6} "

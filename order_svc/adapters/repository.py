@@ -9,8 +9,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from meshkit import audit
-from order_svc.domain.model import (TERMINAL, Fill, Order, OrderRequest, OrderType, RejectReason, Side, Status,
-                                    TimeInForce)
+from order_svc.domain.model import (TERMINAL, EndReason, Fill, Order, OrderRequest, OrderType, RejectReason, Side,
+                                    Status, TimeInForce)
 
 UPDATES_CHANNEL = "stockmesh_order_updates"
 OUTBOX_CHANNEL = "stockmesh_order_outbox"  # notified by migration 0006's trigger on every outbox insert
@@ -18,7 +18,7 @@ OUTBOX_CHANNEL = "stockmesh_order_outbox"  # notified by migration 0006's trigge
 _COLUMNS = """order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
     quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, filled_quantity,
     fill_notional, reject_reason, reject_message, replaced_by, replaces, cancel_requested,
-    created_at, updated_at"""
+    created_at, updated_at, end_reason"""
 
 
 def _order(r: asyncpg.Record) -> Order:
@@ -33,7 +33,7 @@ def _order(r: asyncpg.Record) -> Order:
         fill_notional=r["fill_notional"],
         reject_reason=RejectReason(r["reject_reason"]) if r["reject_reason"] else None,
         reject_message=r["reject_message"], replaced_by=r["replaced_by"], replaces=r["replaces"],
-        cancel_requested=r["cancel_requested"])
+        cancel_requested=r["cancel_requested"], end_reason=EndReason(r["end_reason"]) if r["end_reason"] else None)
 
 
 def _event(o: Order) -> dict:
@@ -42,7 +42,7 @@ def _event(o: Order) -> dict:
             "limitPrice": o.request.limit_price, "stopPrice": o.request.stop_price, "status": o.status.value,
             "holdAsset": o.hold_asset, "holdAmount": o.hold_amount,
             "rejectReason": o.reject_reason.value if o.reject_reason else None,
-            "filledQuantity": o.filled_quantity}
+            "filledQuantity": o.filled_quantity, **({"endReason": o.end_reason.value} if o.end_reason else {})}
 
 
 _Q4 = Decimal("0.0001")
@@ -130,7 +130,7 @@ class OrderRepository:
                 INSERT INTO orders.orders ({_COLUMNS})
                 SELECT order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
                        quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, 0, 0,
-                       reject_reason, reject_message, NULL, replaces, false, created_at, created_at
+                       reject_reason, reject_message, NULL, replaces, false, created_at, created_at, NULL
                   FROM v JOIN claim USING (order_id) ORDER BY n
                 ON CONFLICT (account_id, client_order_id) DO NOTHING
                 RETURNING {_COLUMNS}
@@ -277,11 +277,11 @@ class OrderRepository:
         await self.conn.execute(
             """
             UPDATE orders.orders SET status = $2, filled_quantity = $3, fill_notional = $4, reject_reason = $5,
-                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9
+                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9, end_reason = $10
              WHERE order_id = $1
             """, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
             o.reject_reason.value if o.reject_reason else None, o.reject_message, now, o.replaced_by,
-            o.cancel_requested)
+            o.cancel_requested, o.end_reason.value if o.end_reason else None)
         o.updated_at = now
 
     async def claim_execution(self, execution_id: str) -> bool:
@@ -312,6 +312,8 @@ class OrderRepository:
             o.status, o.filled_quantity, o.fill_notional = Status(r["u_status"]), r["u_filled"], r["u_notional"]
             o.reject_reason = RejectReason(r["u_reason"]) if r["u_reason"] else None
             o.reject_message, o.replaced_by, o.updated_at = r["u_message"], r["u_replaced_by"], r["u_updated_at"]
+            if o.status not in (Status.CANCELLED, Status.EXPIRED):  # an end is the order's last change
+                o.end_reason = None
             fill = (Fill(r["fill_id"], r["fill_price"], r["fill_quantity"], r["executed_at"])
                     if r["fill_id"] else None)
             out.append((r["sequence"], o, fill))

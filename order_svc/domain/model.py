@@ -71,6 +71,35 @@ class RejectReason(enum.Enum):
     ORDER_NOT_ACTIVE = "ORDER_NOT_ACTIVE"  # a replacement whose old order ended before the engine replaced it
 
 
+class EndReason(enum.Enum):
+    """Why a CANCELLED or EXPIRED order ended (the engine's reason, or order_svc's own)."""
+    CUSTOMER_CANCEL = "CUSTOMER_CANCEL"
+    IOC_REMAINDER = "IOC_REMAINDER"
+    MARKET_REMAINDER = "MARKET_REMAINDER"
+    NO_LIQUIDITY = "NO_LIQUIDITY"
+    SELF_TRADE = "SELF_TRADE"
+    FOK_NOT_FILLABLE = "FOK_NOT_FILLABLE"
+    REPLACED = "REPLACED"
+    SESSION_CLOSE = "SESSION_CLOSE"
+
+
+END_MESSAGES = {
+    EndReason.CUSTOMER_CANCEL: "cancelled at the customer's request",
+    EndReason.IOC_REMAINDER: "the part of the immediate-or-cancel order that could not fill at once was cancelled",
+    EndReason.MARKET_REMAINDER: "the rest of the market order found no liquidity within its price collar "
+                                "and was cancelled",
+    EndReason.NO_LIQUIDITY: "the market order found no liquidity within its price collar",
+    EndReason.SELF_TRADE: "cancelled to prevent a trade with another order of the same account",
+    EndReason.FOK_NOT_FILLABLE: "the fill-or-kill order could not fill entirely when its stop triggered",
+    EndReason.REPLACED: "replaced by a new order",
+    EndReason.SESSION_CLOSE: "the day order expired at the close of the trading session",
+}
+
+# The engine's reasons (matching_svc.domain.events.CancelReason, and its expiry's) as ours.
+ENGINE_END_REASONS = {"USER": EndReason.CUSTOMER_CANCEL, "SESSION_CLOSE": EndReason.SESSION_CLOSE,
+                      **{r.value: r for r in EndReason}}
+
+
 class IllegalTransition(Exception):
     pass
 
@@ -157,6 +186,7 @@ class Order:
     fill_notional: Decimal = Decimal(0)  # Σ price × quantity of the fills, exact
     reject_reason: RejectReason | None = None
     reject_message: str = ""
+    end_reason: EndReason | None = None  # CANCELLED or EXPIRED: why
     replaced_by: uuid.UUID | None = None
     replaces: uuid.UUID | None = None
     cancel_requested: bool = False
@@ -197,9 +227,16 @@ class Order:
         self.transition(Status.REJECTED)
         self.reject_reason, self.reject_message = reason, message
 
+    def end(self, to: Status, reason: EndReason | None) -> None:
+        """CANCELLED or EXPIRED, for `reason`."""
+        if to not in (Status.CANCELLED, Status.EXPIRED):
+            raise IllegalTransition(f"order {self.order_id}: {to.value} is not an end with a reason")
+        self.transition(to)
+        self.end_reason = reason
+
     def replaced(self, new_order_id: uuid.UUID) -> None:
         """The engine replaced this order by `new_order_id`: it ends CANCELLED, pointing at it."""
-        self.transition(Status.CANCELLED)
+        self.end(Status.CANCELLED, EndReason.REPLACED)
         self.replaced_by = new_order_id
 
     def confirm_replacement(self, old: "Order") -> None:

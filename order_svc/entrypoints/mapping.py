@@ -25,6 +25,7 @@ SIDE_TO_PB = {v: k for k, v in SIDES.items()}
 TYPE_TO_PB = {v: k for k, v in TYPES.items()}
 TIF_TO_PB = {v: k for k, v in TIFS.items()}
 REASON_TO_PB = {r: getattr(order_pb2, f"ORDER_REJECT_REASON_{r.value}") for r in model.RejectReason}
+END_TO_PB = {r: getattr(order_pb2, f"ORDER_END_REASON_{r.value}") for r in model.EndReason}
 MAX_QUANTITY = 1_000_000_000
 
 
@@ -114,6 +115,9 @@ def order_to_proto(o: Order) -> order_pb2.Order:
         reject_reason=REASON_TO_PB[o.reject_reason] if o.reject_reason else order_pb2.ORDER_REJECT_REASON_UNSPECIFIED,
         reject_message=o.reject_message, replaced_by=str(o.replaced_by) if o.replaced_by else "",
         replaces=str(o.replaces) if o.replaces else "")
+    if o.end_reason is not None:
+        msg.end_reason = END_TO_PB[o.end_reason]
+        msg.end_message = model.END_MESSAGES[o.end_reason]
     set_time(msg.created_at, o.created_at)
     set_time(msg.updated_at, o.updated_at)
     return msg

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from meshkit import aio
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
-from order_svc.domain.model import Fill, Order, RejectReason, Status
+from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import Deps, now
 
 _ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE, "SYMBOL_HALTED": RejectReason.SYMBOL_HALTED}
@@ -43,7 +43,8 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
                     reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.FOK_NOT_FILLABLE)
                     o.reject(reason, f"the engine rejected the order: {ex.reason or reason.value}")
                 else:
-                    o.transition(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED)
+                    o.end(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED,
+                          ENGINE_END_REASONS.get(ex.reason or ("SESSION_CLOSE" if ex.type == EXPIRED else "")))
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.record_change(o)
             if o is not None and ex.type == CANCELLED and ex.reason == "REPLACED":

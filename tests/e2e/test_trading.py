@@ -15,7 +15,7 @@ from tests.support.wait import eventually
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 from stockmesh.matching.v1 import market_data_service_pb2 as mpb, market_data_service_pb2_grpc
-from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
+from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 SYMBOL = "KO"
@@ -148,6 +148,9 @@ async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_
         await eventually(buy_cancel_applied)
         p, status = await portfolio(), await buy_status()
         assert p.cash.held == "0.00" and status == common_pb2.ORDER_STATUS_CANCELLED and not p.open_orders
+        ended = (await orders.GetOrder(opb.GetOrderRequest(order_id=buy.order_id), metadata=md)).order
+        assert (ended.end_reason, ended.end_message) == (order_pb2.ORDER_END_REASON_CUSTOMER_CANCEL,
+                                                         "cancelled at the customer's request")
 
 
 async def test_a_stream_from_now_skips_the_history(mesh):

@@ -19,7 +19,9 @@ from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, executions
 from order_svc.domain import model
-from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
+from order_svc.adapters.repository import OrderRepository
+from order_svc.domain.model import EndReason, OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
+from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.matching.v1 import matching_pb2
@@ -127,7 +129,7 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
                      on_sample=sample)
     await eventually(lambda: order_is(order_deps, a, old.order_id, Status.CANCELLED), "the old order to end")
     done = await handlers.get_order(a, old.order_id, order_deps)
-    assert done.replaced_by == new.order_id
+    assert (done.replaced_by, done.end_reason) == (new.order_id, EndReason.REPLACED)
     # The 10.00 difference was taken when asked; available never came back up in between.
     assert set(samples) == {D("0.00")}
     await ledger_caught_up(execution_consumers, namespace)
@@ -382,7 +384,9 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "symbols queued" in out.stdout
-    await eventually(lambda: order_is(order_deps, a, day.order_id, Status.EXPIRED), "the DAY order to expire")
+    expired = await eventually(lambda: order_is(order_deps, a, day.order_id, Status.EXPIRED), "the DAY order to expire")
+    assert expired.end_reason is EndReason.SESSION_CLOSE  # and so it reads on the wire:
+    assert mapping.order_to_proto(expired).end_message == "the day order expired at the close of the trading session"
     await eventually(lambda: _cash_is(checked_pool, a, held=D("450.00")), "its hold to be released")
     assert (await handlers.get_order(a, gtc.order_id, order_deps)).status is Status.NEW
     assert await holds(checked_pool, day.order_id, gtc.order_id) == {
@@ -393,7 +397,14 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
         n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:2024-01-02:{SYM}")
     assert n == 1
     await handlers.cancel_order(a, gtc.order_id, order_deps)
-    await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")
+    cancelled = await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")
+    assert cancelled.end_reason is EndReason.CUSTOMER_CANCEL
+    # The account's update stream carries each end's reason with the change that ended the order.
+    async with checked_pool.acquire() as conn:
+        ends = [(o.order_id, o.status, o.end_reason) for _, o, _ in await OrderRepository(conn).updates_after(a, 0, 100)]
+    assert [e for e in ends if e[1] in (Status.EXPIRED, Status.CANCELLED)] == [
+        (day.order_id, Status.EXPIRED, EndReason.SESSION_CLOSE), (gtc.order_id, Status.CANCELLED, EndReason.CUSTOMER_CANCEL)]
+    assert {e[2] for e in ends if e[1] is Status.NEW} == {None}
 
 
 class _FeedNotYetHalted:

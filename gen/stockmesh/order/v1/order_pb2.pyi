@@ -23,6 +23,18 @@ class OrderRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_REJECT_REASON_SELF_TRADE: _ClassVar[OrderRejectReason]
     ORDER_REJECT_REASON_ORDER_NOT_ACTIVE: _ClassVar[OrderRejectReason]
     ORDER_REJECT_REASON_INTERNAL: _ClassVar[OrderRejectReason]
+
+class OrderEndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_END_REASON_UNSPECIFIED: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_CUSTOMER_CANCEL: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_IOC_REMAINDER: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_MARKET_REMAINDER: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_NO_LIQUIDITY: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_SELF_TRADE: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_FOK_NOT_FILLABLE: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_REPLACED: _ClassVar[OrderEndReason]
+    ORDER_END_REASON_SESSION_CLOSE: _ClassVar[OrderEndReason]
 ORDER_REJECT_REASON_UNSPECIFIED: OrderRejectReason
 ORDER_REJECT_REASON_INSUFFICIENT_FUNDS: OrderRejectReason
 ORDER_REJECT_REASON_INSUFFICIENT_SHARES: OrderRejectReason
@@ -34,9 +46,18 @@ ORDER_REJECT_REASON_FOK_NOT_FILLABLE: OrderRejectReason
 ORDER_REJECT_REASON_SELF_TRADE: OrderRejectReason
 ORDER_REJECT_REASON_ORDER_NOT_ACTIVE: OrderRejectReason
 ORDER_REJECT_REASON_INTERNAL: OrderRejectReason
+ORDER_END_REASON_UNSPECIFIED: OrderEndReason
+ORDER_END_REASON_CUSTOMER_CANCEL: OrderEndReason
+ORDER_END_REASON_IOC_REMAINDER: OrderEndReason
+ORDER_END_REASON_MARKET_REMAINDER: OrderEndReason
+ORDER_END_REASON_NO_LIQUIDITY: OrderEndReason
+ORDER_END_REASON_SELF_TRADE: OrderEndReason
+ORDER_END_REASON_FOK_NOT_FILLABLE: OrderEndReason
+ORDER_END_REASON_REPLACED: OrderEndReason
+ORDER_END_REASON_SESSION_CLOSE: OrderEndReason
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "client_order_id", "account_id", "symbol", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "status", "filled_quantity", "average_fill_price", "reject_reason", "reject_message", "replaced_by", "created_at", "updated_at", "replaces")
+    __slots__ = ("order_id", "client_order_id", "account_id", "symbol", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "status", "filled_quantity", "average_fill_price", "reject_reason", "reject_message", "replaced_by", "created_at", "updated_at", "replaces", "end_reason", "end_message")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +77,8 @@ class Order(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     REPLACES_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    END_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     client_order_id: str
     account_id: str
@@ -75,7 +98,9 @@ class Order(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     replaces: str
-    def __init__(self, order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.OrderStatus, str]] = ..., filled_quantity: _Optional[int] = ..., average_fill_price: _Optional[str] = ..., reject_reason: _Optional[_Union[OrderRejectReason, str]] = ..., reject_message: _Optional[str] = ..., replaced_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaces: _Optional[str] = ...) -> None: ...
+    end_reason: OrderEndReason
+    end_message: str
+    def __init__(self, order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.OrderStatus, str]] = ..., filled_quantity: _Optional[int] = ..., average_fill_price: _Optional[str] = ..., reject_reason: _Optional[_Union[OrderRejectReason, str]] = ..., reject_message: _Optional[str] = ..., replaced_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaces: _Optional[str] = ..., end_reason: _Optional[_Union[OrderEndReason, str]] = ..., end_message: _Optional[str] = ...) -> None: ...
 
 class Fill(_message.Message):
     __slots__ = ("fill_id", "price", "quantity", "executed_at")
