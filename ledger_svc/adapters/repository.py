@@ -56,6 +56,7 @@ def _transfer(row: asyncpg.Record) -> HoldTransfer:
 class HoldRow(NamedTuple):
     hold_seq: int
     hold: Hold
+    transferred_to: str | None = None  # the hold a completed replace moved what it released to
 
 
 class CaptureRow(NamedTuple):
@@ -372,12 +373,21 @@ class LedgerRepository:
     async def list_holds(self, account_id: str, before: int | None, limit: int) -> list[HoldRow]:
         rows = await self.conn.fetch(
             f"""
-            SELECT hold_seq, {_HOLD_COLUMNS} FROM ledger.holds
-             WHERE account_id = $1 AND ($2::bigint IS NULL OR hold_seq < $2)
-             ORDER BY hold_seq DESC
+            SELECT h.hold_seq, {", ".join("h." + c for c in _HOLD_COLUMNS.split(", "))}, t.to_hold_id AS transferred_to
+              FROM ledger.holds h
+              LEFT JOIN LATERAL (
+                    SELECT to_hold_id FROM ledger.hold_transfers
+                     WHERE status = 'COMPLETED' AND from_hold_id = h.hold_id
+                    UNION ALL
+                    SELECT to_hold_id FROM ledger.hold_transfers
+                     WHERE status = 'COMPLETED' AND reserve_hold_id = h.hold_id
+                       AND to_hold_id = left(h.hold_id, -length(':reserve'))
+                    LIMIT 1) t ON true
+             WHERE h.account_id = $1 AND ($2::bigint IS NULL OR h.hold_seq < $2)
+             ORDER BY h.hold_seq DESC
              LIMIT $3
             """, account_id, before, limit)
-        return [HoldRow(r["hold_seq"], _hold(r)) for r in rows]
+        return [HoldRow(r["hold_seq"], _hold(r), r["transferred_to"]) for r in rows]
 
     async def release_held(self, book_id: int, amount: Decimal) -> None:
         """held -= amount on a book (what a completed hold transfer no longer needs)."""

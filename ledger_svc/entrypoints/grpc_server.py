@@ -77,5 +77,5 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         more = len(rows) > size
         rows = rows[:size]
         return pb.ListHoldsResponse(
-            holds=[mapping.hold_to_proto(r.hold) for r in rows],
+            holds=[mapping.hold_to_proto(r.hold, r.transferred_to) for r in rows],
             next_page_token=paging.encode_token({"before": rows[-1].hold_seq}) if more else "")

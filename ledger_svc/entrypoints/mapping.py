@@ -46,11 +46,14 @@ def amount_text(asset: str, value: Decimal) -> str:
     return fmt(value) if asset == model.CASH else str(int(value))
 
 
-def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
+def hold_to_proto(h: model.Hold, transferred_to: str | None = None) -> ledger_pb2.Hold:
+    """`transferred_to`: the hold a completed replace moved this one's remainder to, shown as
+    TRANSFERRED (what it released went there, not back to the account)."""
     return ledger_pb2.Hold(
         hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
         captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
-        status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)
+        status=ledger_pb2.HOLD_STATUS_TRANSFERRED if transferred_to else HOLD_STATUSES[h.status],
+        created_at=timestamp(h.created_at) if h.created_at else None, transferred_to=transferred_to or "")
 
 
 def _money(d) -> str:

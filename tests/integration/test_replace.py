@@ -15,6 +15,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from ledger_svc.entrypoints import mapping as ledger_mapping
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, executions
@@ -24,6 +25,7 @@ from order_svc.domain.model import EndReason, OrderRequest, OrderType, RejectRea
 from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
+from stockmesh.ledger.v1 import ledger_pb2 as lpb
 from stockmesh.matching.v1 import matching_pb2
 from tests.support.engine import engine_in_process
 from tests.support.wait import executions_drained
@@ -138,6 +140,13 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     h = await holds(checked_pool, old.order_id, new.order_id, f"{new.order_id}:reserve")
     assert h == {str(old.order_id): ("RELEASED", D("1700.00")), str(new.order_id): ("PENDING", D("1710.00")),
                  f"{new.order_id}:reserve": ("RELEASED", D("10.00"))}
+    # ListHolds shows the old hold and the reserve as moved into the new one, not given back.
+    listed = {r.hold.hold_id: ledger_mapping.hold_to_proto(r.hold, r.transferred_to)
+              for r in await ledger.list_holds(a, None, 10, luow(checked_pool))}
+    assert {k: (v.status, v.released, v.transferred_to) for k, v in listed.items()} == {
+        str(old.order_id): (lpb.HOLD_STATUS_TRANSFERRED, "1700.00", str(new.order_id)),
+        f"{new.order_id}:reserve": (lpb.HOLD_STATUS_TRANSFERRED, "10.00", str(new.order_id)),
+        str(new.order_id): (lpb.HOLD_STATUS_PENDING, "0.00", "")}
 
     # Up again with nothing available: refused cleanly, as a REJECTED order; the working one stays.
     refused = await handlers.replace_order(replace(a, new.order_id, 10, "172.00"), order_deps)

@@ -27,6 +27,7 @@ class HoldStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOLD_STATUS_PENDING: _ClassVar[HoldStatus]
     HOLD_STATUS_CAPTURED: _ClassVar[HoldStatus]
     HOLD_STATUS_RELEASED: _ClassVar[HoldStatus]
+    HOLD_STATUS_TRANSFERRED: _ClassVar[HoldStatus]
 ACTIVITY_TYPE_UNSPECIFIED: ActivityType
 ACTIVITY_TYPE_DEPOSIT: ActivityType
 ACTIVITY_TYPE_WITHDRAWAL: ActivityType
@@ -38,6 +39,7 @@ HOLD_STATUS_UNSPECIFIED: HoldStatus
 HOLD_STATUS_PENDING: HoldStatus
 HOLD_STATUS_CAPTURED: HoldStatus
 HOLD_STATUS_RELEASED: HoldStatus
+HOLD_STATUS_TRANSFERRED: HoldStatus
 
 class CashBalance(_message.Message):
     __slots__ = ("total", "available", "held", "settled", "unsettled")
@@ -108,7 +110,7 @@ class Activity(_message.Message):
     def __init__(self, activity_id: _Optional[str] = ..., type: _Optional[_Union[ActivityType, str]] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class Hold(_message.Message):
-    __slots__ = ("hold_id", "order_id", "asset", "amount", "captured", "released", "status", "created_at")
+    __slots__ = ("hold_id", "order_id", "asset", "amount", "captured", "released", "status", "created_at", "transferred_to")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ASSET_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class Hold(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_TO_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     order_id: str
     asset: str
@@ -125,4 +128,5 @@ class Hold(_message.Message):
     released: str
     status: HoldStatus
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., captured: _Optional[str] = ..., released: _Optional[str] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    transferred_to: str
+    def __init__(self, hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., captured: _Optional[str] = ..., released: _Optional[str] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transferred_to: _Optional[str] = ...) -> None: ...
