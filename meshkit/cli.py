@@ -73,13 +73,23 @@ def migrate(database_url: str) -> None:
                    "repeatable). Each applies executions only while elected.")
 @click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
+@click.option("--cors-origins", envvar="STOCKMESH_CORS_ORIGINS", default=None, metavar="ORIGINS",
+              help="Browser apps on these origins may call through Envoy with gRPC-Web and JSON (CORS): "
+                   "comma-separated scheme://host[:port] (port * = any), or none.  "
+                   "[default: localhost and 127.0.0.1, any port]")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, nats_cluster: str, namespace: str, log_level: str,
        start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int,
-       replicas: tuple[str, ...], envoy_workers: int | None) -> None:
+       replicas: tuple[str, ...], envoy_workers: int | None, cors_origins: str | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
+    from meshkit.launcher import envoy
     from meshkit.launcher.mesh import UpOptions, up as run_up
+
+    try:
+        origins = envoy.DEV_CORS_ORIGINS if cors_origins is None else envoy.cors_origins(cors_origins)
+    except envoy.EnvoyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cors-origins / STOCKMESH_CORS_ORIGINS") from None
 
     counts: dict[str, int] = {}
     for entry in replicas:
@@ -92,7 +102,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         database_url=database_url, redis_url=redis_url, nats_url=nats_url,
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
-        envoy_workers=envoy_workers, nats_cluster=int(nats_cluster), replicas=counts,
+        envoy_workers=envoy_workers, nats_cluster=int(nats_cluster), replicas=counts, cors_origins=origins,
     )
     sys.exit(run_up(opts))
 

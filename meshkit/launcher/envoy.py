@@ -42,6 +42,13 @@ BRIDGED = ("order_svc",)
 # ~1,024 ÷ the mesh's rate (~1–2 s on 2 cores), inside a 10 s deadline; measured against 24 and
 # 64 in docs/benchmarks/place_order.md.
 ORDER_COMMANDS_IN_FLIGHT = 512
+# The origins (scheme://host[:port]) whose browser apps may call through Envoy (CORS) in
+# development: pages served from this machine, on any port (`:*`, a web app's dev server).
+# STOCKMESH_CORS_ORIGINS / `stockmesh up --cors-origins` replaces them; deploy/ allows none
+# unless rendered with --cors-origins (docs/deployment.md).
+DEV_CORS_ORIGINS = ("http://localhost:*", "https://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)"
+                     r"(?::(?P<port>\*|[0-9]{1,5}))?")
 
 
 def default_workers() -> int:
@@ -123,6 +130,39 @@ class RemoteJwks:
         return self.uri.startswith("https:")
 
 
+def cors_origins(text: str) -> tuple[str, ...]:
+    """The allowed origins from a setting: comma-separated `scheme://host[:port]` (what a
+    browser sends as Origin; `:*` any port of that host), or `none`. Never `*`: each web app's
+    origin is listed."""
+    if text.strip().lower() == "none":
+        return ()
+    origins = tuple(o.strip().lower() for o in text.split(",") if o.strip())
+    if not origins:
+        raise EnvoyError("no CORS origin given: list them (scheme://host[:port]), or say none")
+    for origin in origins:
+        if origin == "*":
+            raise EnvoyError("CORS origin '*' is refused: list the web apps' origins (scheme://host[:port])")
+        match = _ORIGIN.fullmatch(origin)
+        if match is None or (match["port"] not in (None, "*") and not 0 < int(match["port"]) < 65536):
+            raise EnvoyError(f"a CORS origin is scheme://host[:port] (http or https, no path; port * = any), "
+                             f"got {origin!r}")
+    return origins
+
+
+def _cors_allow_origins(origins: tuple[str, ...]) -> str:
+    pad = " " * 18  # the CorsPolicy's fields in the template
+    if not origins:
+        return f"{pad}allow_origin_string_match: []  # none: no browser app on another origin"
+    lines = [f"{pad}allow_origin_string_match:"]
+    for origin in origins:
+        if origin.endswith(":*"):  # the host on any port, or on its scheme's default one
+            regex = "^" + re.escape(origin.removesuffix(":*")) + "(:[0-9]+)?$"
+            lines.append(f"{pad}- safe_regex: {{ regex: {json.dumps(regex)} }}")
+        else:
+            lines.append(f"{pad}- exact: {json.dumps(origin)}")
+    return "\n".join(lines)
+
+
 def _jwks_source(jwks: Path | RemoteJwks) -> str:
     pad = " " * 18  # the provider's fields in the template
     if isinstance(jwks, Path):  # a JSON string is a valid YAML scalar
@@ -177,11 +217,14 @@ def _jwks_cluster(jwks: Path | RemoteJwks) -> str:
 
 def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = "0.0.0.0",
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
-           descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
-    """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL."""
+           descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE,
+           cors: tuple[str, ...] = DEV_CORS_ORIGINS) -> str:
+    """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL;
+    `cors` the origins whose browser apps may call (cors_origins())."""
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
     values = {
+        "CORS_ALLOW_ORIGINS": _cors_allow_origins(cors_origins(",".join(cors)) if cors else ()),
         "ORDER_COMMANDS_IN_FLIGHT": str(order_commands_in_flight),
         "LISTEN_ADDRESS": listen_address,
         "PUBLIC_PORT": str(ports.public),
@@ -227,18 +270,20 @@ DEPLOY_DESCRIPTOR = Path("/app/gen/stockmesh/descriptor.binpb")
 
 
 def render_deployment(*, jwks: Path | RemoteJwks = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR,
-                      issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
+                      issuer: str = ISSUER, audience: str = AUDIENCE, cors: tuple[str, ...] = ()) -> str:
+    """deploy/envoy.yaml: no browser app on another origin unless `cors` names them."""
     header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
               "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
-    return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience)
+    return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience, cors=cors)
 
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks: Path | RemoteJwks, *,
-                 order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT) -> Path:
+                 order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
+                 cors: tuple[str, ...] = DEV_CORS_ORIGINS) -> Path:
     folder = data_dir / "envoy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "envoy.yaml"
-    path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight))
+    path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight, cors=cors))
     return path
 
 
@@ -293,13 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jwks-cache", type=int, default=300, metavar="SECONDS",
                         help="refresh the JWKS from --jwks-uri this often (default 300): a rotated key is "
                              "accepted within this time of its publication")
+    parser.add_argument("--cors-origins", default="none", metavar="ORIGINS",
+                        help="let browser apps on these origins call with gRPC-Web and JSON: comma-separated "
+                             "scheme://host[:port], e.g. https://app.example.com (default none)")
     parser.add_argument("--output", type=Path, default=DEPLOY_CONFIG, help=f"where to write (default {DEPLOY_CONFIG})")
     args = parser.parse_args(argv)
     try:
         jwks = RemoteJwks(args.jwks_uri, args.jwks_cache) if args.jwks_uri else DEPLOY_JWKS
+        cors = cors_origins(args.cors_origins)
     except EnvoyError as exc:
         parser.error(str(exc))
-    text = render_deployment(jwks=jwks, issuer=args.issuer, audience=args.audience)
+    text = render_deployment(jwks=jwks, issuer=args.issuer, audience=args.audience, cors=cors)
     if args.check:
         current = DEPLOY_CONFIG.exists() and DEPLOY_CONFIG.read_text() == text
         print(f"{DEPLOY_CONFIG} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")

@@ -89,6 +89,8 @@ class UpOptions:
     # nats-servers started: 1, or a JetStream cluster of 3 or 5 whose streams, buckets and
     # consumers have that many copies (JETSTREAM_REPLICAS). Not with nats_url.
     nats_cluster: int = 1
+    # Origins whose browser apps may call through Envoy (CORS; envoy.cors_origins): this machine's.
+    cors_origins: tuple[str, ...] = envoy.DEV_CORS_ORIGINS
 
 
 def _print(line: str) -> None:
@@ -207,7 +209,8 @@ class Mesh:
         self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams, replicas=replicas,
                                       bridges=bridges)
         config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
-                                    order_commands_in_flight=_order_commands_in_flight())
+                                    order_commands_in_flight=_order_commands_in_flight(),
+                                    cors=self.opts.cors_origins)
         self.say(f"  config {config}")
         proxy = self.sup.start(ChildSpec(
             name="envoy", argv=envoy.argv(config, "info", self.opts.envoy_workers),

@@ -175,3 +175,42 @@ def test_grpc_web_order_commands_through_envoy(mesh):
     reply, trailers = grpc_web(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder", request, account)
     assert trailers["grpc-status"] == "6" and reply == b"", trailers  # ALREADY_EXISTS
     assert "web-1" in urllib.parse.unquote(trailers["grpc-message"])
+
+
+def test_a_browser_app_on_another_origin_calls_through_envoy(mesh):
+    """CORS as `stockmesh up` sets it (development: this machine's pages, any port): a web app
+    on http://localhost:5173 has its preflight answered without a token, then calls with JSON
+    and gRPC-Web and may read the replies' status and x-stockmesh-* headers (StreamOrderUpdates
+    says where it starts); another origin's page gets no CORS approval."""
+    from stockmesh.order.v1 import order_service_pb2 as pb
+
+    app = "http://localhost:5173"
+    account = f"cors-{uuid.uuid4().hex[:6]}"
+    path = "/stockmesh.order.v1.OrderService/StreamOrderUpdates"
+
+    def request(method: str, headers: dict[str, str], body: bytes = b"") -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(*mesh.endpoint.rsplit(":", 1), timeout=15)
+        conn.request(method, path, body=body or None, headers=headers)
+        return conn.getresponse()
+
+    for origin, allowed in ((app, True), ("https://elsewhere.example", False)):
+        resp = request("OPTIONS", {"origin": origin, "access-control-request-method": "POST",
+                                   "access-control-request-headers": "authorization,content-type,x-grpc-web"})
+        resp.read()
+        assert resp.status == 200 and (resp.getheader("access-control-allow-origin") == origin) is allowed, \
+            resp.getheaders()
+
+    body = pb.StreamOrderUpdatesRequest(from_now=True).SerializeToString()
+    resp = request("POST", {"origin": app, "content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                            "authorization": f"Bearer {mesh.token(account)}"},
+                   b"\x00" + len(body).to_bytes(4, "big") + body)
+    try:  # the stream's headers come once it listens; it stays open
+        assert resp.status == 200 and resp.getheader("access-control-allow-origin") == app, resp.getheaders()
+        assert resp.getheader("x-stockmesh-after-sequence") == "0", resp.getheaders()
+        exposed = {h.strip() for h in resp.getheader("access-control-expose-headers", "").split(",")}
+        assert {"x-stockmesh-after-sequence", "grpc-status", "grpc-message"} <= exposed, exposed
+    finally:
+        resp.close()
+
+    status, _ = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})
+    assert status == 401

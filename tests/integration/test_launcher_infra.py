@@ -112,19 +112,21 @@ ORDER_COMMANDS = [f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder"
 
 
 @asynccontextmanager
-async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, jwks=None, **render_options):
+async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, jwks=None, ports=None,
+                        **render_options):
     """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
     what `add_servicer(server)` adds) on `cluster`'s port and, given `bridged` (servicer,
     service name), the order commands of that servicer on the bridge port (meshkit.bridge, as
     order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata,
-    Envoy's admin port). `jwks`: where Envoy takes the keys (the development keys' file by default)."""
+    Envoy's admin port). `jwks`: where Envoy takes the keys (the development keys' file by default);
+    `ports`: Envoy's and the upstreams' (free ones by default)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from meshkit.bridge import BridgeServer, routes
 
     dev = keys.ensure_keys(tmp_path)
-    ports = _ports()
+    ports = ports or _ports()
     config = envoy.write_config(tmp_path, ports, jwks or dev.jwks_path, **render_options)
     server = grpc.aio.server()
     add_servicer(server)
@@ -339,6 +341,143 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
         crashed = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="crash", quantity=1),
                                                metadata=md, timeout=5))
         assert crashed.code() == grpc.StatusCode.INTERNAL and "internal error (request id" in crashed.details()
+
+
+def _http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[
+        int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to Envoy, as a browser sends it: (status, headers by lower-case name, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _rpc_paths() -> dict[str, list[str]]:
+    """Every RPC of the contract, by its service's full name: /package.Service/Method."""
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(envoy.DESCRIPTOR.read_bytes()).file
+    return {f"{f.package}.{s.name}": [f"/{f.package}.{s.name}/{m.name}" for m in s.method]
+            for f in files for s in f.service}
+
+
+def _names(header: str | None) -> set[str]:
+    return {name.strip().lower() for name in (header or "").split(",") if name.strip()}
+
+
+async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_path: Path) -> None:
+    """CORS on the public listener, with a real Envoy (development rendering: localhost origins)
+    before a stand-in ledger_svc: a browser's preflight is answered by Envoy without a token,
+    for every public RPC, with the methods and headers gRPC-Web and JSON need; a call from an
+    allowed origin gets access-control-allow-origin and may read the gRPC status and the
+    project's x-stockmesh-* headers; another origin gets no CORS header at all; a call without
+    a (valid) token is still UNAUTHENTICATED (and readable by the page); internal services stay
+    unreachable, preflight or not."""
+    import asyncio
+
+    from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+
+    class Ledger(ledger_service_pb2_grpc.LedgerServiceServicer):
+        async def GetPortfolio(self, request, context):
+            return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="browser"))
+
+    app, other = "http://localhost:5173", "https://evil.example"
+    ports = _ports()
+    request = lpb.GetPortfolioRequest().SerializeToString()
+    grpc_web_body = b"\x00" + len(request).to_bytes(4, "big") + request
+    portfolio = "/stockmesh.ledger.v1.LedgerService/GetPortfolio"
+
+    async def call(method: str, path: str, headers: dict[str, str], body: bytes = b""):
+        return await asyncio.to_thread(_http, ports.public, method, path, headers, body)
+
+    def preflight(origin: str, headers: str = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout"):
+        return {"origin": origin, "access-control-request-method": "POST", "access-control-request-headers": headers}
+
+    def grpc_web(origin: str, token: str | None) -> dict[str, str]:
+        headers = {"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                   "x-user-agent": "grpc-web-javascript/0.1"}
+        return headers | ({"authorization": f"Bearer {token}"} if token else {})
+
+    async with _envoy_before(tmp_path, "ledger_svc",
+                             lambda server: ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
+                                 Ledger(), server), ports=ports) as (_, md, _):
+        token = dict(md)["authorization"].removeprefix("Bearer ")
+
+        async def answered() -> bool:  # until Envoy listens and has seen the stand-in healthy
+            try:
+                status, headers, _ = await call("POST", portfolio, grpc_web(app, token), grpc_web_body)
+            except OSError:
+                return False
+            return status == 200 and headers.get("grpc-status") in (None, "0")
+        assert await eventually(answered, timeout=30)
+
+        # Preflights: every public RPC, from the app's origin, without a token.
+        paths = _rpc_paths()
+        for service in envoy.PUBLIC_ROUTES:
+            for path in paths[service]:
+                status, headers, _ = await call("OPTIONS", path, preflight(app))
+                assert status == 200 and headers.get("access-control-allow-origin") == app, (path, status, headers)
+                assert "POST" in _names(headers.get("access-control-allow-methods")).union(
+                    m.upper() for m in _names(headers.get("access-control-allow-methods"))), headers
+                assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= _names(
+                    headers.get("access-control-allow-headers")), headers
+                assert int(headers.get("access-control-max-age", "0")) > 0
+        # ... any port of this machine's pages; not another origin (answered here, never forwarded).
+        for origin in ("http://127.0.0.1:8000", "http://localhost"):
+            status, headers, _ = await call("OPTIONS", portfolio, preflight(origin))
+            assert status == 200 and headers.get("access-control-allow-origin") == origin, headers
+        for origin in (other, "http://localhost.evil.example", "http://evil.example:5173"):
+            status, headers, _ = await call("OPTIONS", portfolio, preflight(origin))
+            # (Envoy still lists the methods and headers; without allow-origin the browser refuses.)
+            assert status == 200 and "access-control-allow-origin" not in headers, (origin, headers)
+
+        # A call from the app's origin: gRPC-Web and JSON, with the token.
+        exposed = {"grpc-status", "grpc-message", "grpc-status-details-bin", "x-stockmesh-after-sequence"}
+        status, headers, body = await call("POST", portfolio, grpc_web(app, token), grpc_web_body)
+        assert status == 200 and headers.get("access-control-allow-origin") == app, headers
+        assert exposed <= _names(headers.get("access-control-expose-headers")), headers
+        assert lpb.GetPortfolioResponse.FromString(body[5:5 + int.from_bytes(body[1:5], "big")]).portfolio.account_id \
+            == "browser"
+        assert b"grpc-status:0" in body  # the trailers frame
+        json_call = {"origin": app, "content-type": "application/json", "authorization": f"Bearer {token}"}
+        status, headers, body = await call("POST", portfolio, json_call, b"{}")
+        assert status == 200 and json.loads(body)["portfolio"]["account_id"] == "browser", body
+        assert headers.get("access-control-allow-origin") == app, headers
+        assert exposed <= _names(headers.get("access-control-expose-headers")), headers
+        # ... from another origin: it is answered, but without CORS headers the browser keeps it.
+        status, headers, _ = await call("POST", portfolio, grpc_web(other, token), grpc_web_body)
+        assert status == 200 and not [h for h in headers if h.startswith("access-control-")], headers
+
+        # No token, or a bad one, on anything but a preflight: UNAUTHENTICATED, readable by the app.
+        for bad in (None, token[:-4] + "AAAA"):
+            status, headers, _ = await call("POST", portfolio, grpc_web(app, bad), grpc_web_body)
+            assert headers.get("grpc-status") == "16", (status, headers)  # (HTTP 401: jwt_authn's reply)
+            assert headers.get("access-control-allow-origin") == app, headers
+            json_call = {"origin": app, "content-type": "application/json"} | (
+                {"authorization": f"Bearer {bad}"} if bad else {})
+            status, headers, _ = await call("POST", portfolio, json_call, b"{}")
+            assert status == 401 and headers.get("access-control-allow-origin") == app, (status, headers)
+        status, _, _ = await call("OPTIONS", portfolio, {"origin": app})  # an OPTIONS that is no preflight
+        assert status == 401
+
+        # Internal services: no CORS approval for a preflight, and no route for the call.
+        internal = [s for s in paths if s not in envoy.PUBLIC_ROUTES]
+        assert {"stockmesh.ledger.v1.HoldService", "stockmesh.ledger.v1.SettlementService",
+                "stockmesh.matching.v1.EngineControlService"} <= set(internal)
+        for service in internal:
+            for path in paths[service]:
+                status, headers, _ = await call("OPTIONS", path, preflight(app))
+                assert status == 404 and "access-control-allow-origin" not in headers, (path, status, headers)
+                status, headers, _ = await call("POST", path, grpc_web(app, token), grpc_web_body)
+                assert status == 404, (path, status, headers)  # no route (a gRPC-Web client: UNIMPLEMENTED)
+                assert "access-control-allow-origin" not in headers, headers
+                status, headers, _ = await call("POST", path, json_call | {"authorization": f"Bearer {token}"}, b"{}")
+                assert status == 404 and "access-control-allow-origin" not in headers, (path, status, headers)
 
 
 def test_a_broken_envoy_config_is_rejected(tmp_path: Path) -> None:

@@ -73,6 +73,44 @@ def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
         assert f"address: {host}, port_value: 50051" in text
 
 
+def test_cors_origins_setting(tmp_path: Path) -> None:
+    """STOCKMESH_CORS_ORIGINS / --cors-origins: exact origins, a host on any port, or none; never
+    '*' nor something that is not an origin. deploy/ allows none unless rendered with origins."""
+    assert envoy.cors_origins(" https://App.example.com , http://localhost:* ") == (
+        "https://app.example.com", "http://localhost:*")
+    assert envoy.cors_origins("none") == ()
+    for bad in ("*", "", "app.example.com", "https://app.example.com/", "ftp://x.example", "https://*.example.com",
+                "http://localhost:99999", "https://app.example.com/path"):
+        with pytest.raises(envoy.EnvoyError):
+            envoy.cors_origins(bad)
+    assert "allow_origin_string_match: []" in envoy.DEPLOY_CONFIG.read_text()
+    text = envoy.render_deployment(cors=("https://app.example.com", "http://localhost:*"))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy.render_deployment(jwks=keys.ensure_keys(tmp_path).jwks_path, descriptor=envoy.DESCRIPTOR,
+                                              cors=("https://app.example.com", "http://localhost:*")))
+    envoy.validate(config)
+    assert '- exact: "https://app.example.com"' in text
+    assert '- safe_regex: { regex: "^http://localhost(:[0-9]+)?$" }' in text
+    assert "allow_credentials:" not in text
+    # Every x-stockmesh-* header a service sends is one a page may read.
+    sent = {m for folder in ("order_svc", "ledger_svc", "quote_svc", "matching_svc", "meshkit")
+            for path in (REPO / folder).rglob("*.py")
+            for m in re.findall(r'"(x-stockmesh-[a-z0-9-]+)"', path.read_text())}
+    exposed = {h.strip() for h in re.search(r'expose_headers: "([^"]*)"', text)[1].split(",")}
+    assert sent and sent <= exposed, sent - exposed
+
+
+def test_stockmesh_up_refuses_a_wrong_cors_setting_before_starting_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from meshkit.cli import main
+
+    result = CliRunner().invoke(main, ["up", "--data-dir", str(tmp_path / "mesh")],
+                                env={"STOCKMESH_CORS_ORIGINS": "*"})
+    assert result.exit_code == 2 and "'*' is refused" in result.output, result.output
+    assert not (tmp_path / "mesh").exists()
+
+
 # ---------------------------------------------------------------------------- the image
 
 def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
