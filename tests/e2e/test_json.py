@@ -60,6 +60,20 @@ def test_json_calls_through_envoy(mesh):
     fields = {v["field"] for v in details["google.rpc.BadRequest"]["field_violations"]}
     assert {"quantity", "limit_price"} <= fields, fields
     assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_ARGUMENT"
+    # JSON the transcoder cannot read (an unknown enum name, a fraction of a share, a number for
+    # a decimal string): Envoy's own 400, in the same shape as the services' errors.
+    for bad, field in (({"type": "ORDER_TYPE_BOGUS"}, "type"), ({"quantity": "1.5"}, "quantity")):
+        status, error = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
+                             {"client_order_id": "j", "symbol": "AAPL", "side": "SIDE_BUY", "quantity": "1",
+                              "type": "ORDER_TYPE_MARKET", "time_in_force": "TIME_IN_FORCE_DAY", **bad}, account)
+        assert status == 400 and isinstance(error, dict) and error["code"] == 3, error
+        assert field in error["message"], error
+        details = {d["@type"].rsplit("/", 1)[1]: d for d in error["details"]}
+        assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_ARGUMENT"
+        assert details["google.rpc.BadRequest"]["field_violations"][0]["description"] == error["message"]
+    status, error = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit", {"amount": 5, "idempotency_key": "n"},
+                         account)
+    assert status == 400 and error["code"] == 3 and "amount" in error["message"], error
     status, listed = post(mesh, "/stockmesh.order.v1.OrderService/ListOrders", {}, account)
     assert status == 200 and not listed.get("orders"), listed
 
