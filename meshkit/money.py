@@ -1,7 +1,8 @@
 """Exact decimals from the wire. Money and prices are never floats.
 
-Only plain decimal notation is accepted ("187.25", "1000"): no exponents, no NaN or
-infinity, no signs other than the ones a field allows, no absurd lengths.
+Only plain decimal notation is accepted ("187.25", "1000"): ASCII digits 0-9 only (Python's
+Decimal would also take "٣" or "３" as 3), no exponents, no NaN or infinity, no whitespace,
+no signs other than the ones a field allows, no absurd lengths.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from decimal import Decimal
 from meshkit.errors import Violations
 
 MAX_TEXT = 32
-_PLAIN = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
+# [0-9], not \d: \d matches any Unicode decimal digit. Used with fullmatch (a `$` would let a
+# trailing newline through, which Decimal() then strips).
+_PLAIN = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")
 # Largest cash amount a single request may carry (a 15-digit integer part).
 MAX_CASH = Decimal("999999999999999.99")
 MAX_PRICE = Decimal("99999999.9999")
@@ -30,7 +33,7 @@ def parse_decimal(text: str, field: str, v: Violations, *, places: int,
     if len(text) > MAX_TEXT:
         v.add(field, f"must be a decimal of at most {MAX_TEXT} characters")
         return None
-    m = _PLAIN.match(text)
+    m = _PLAIN.fullmatch(text)
     if not m:
         v.add(field, f"must be a plain decimal number such as \"100.25\", got {text[:MAX_TEXT]!r}")
         return None
