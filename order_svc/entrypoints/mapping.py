@@ -5,10 +5,10 @@ import uuid
 from decimal import Decimal
 
 from meshkit import validate
-from meshkit.errors import FieldViolation, InvalidArgument, Violations
+from meshkit.errors import Violations
 from meshkit.money import MAX_PRICE, fmt, parse_decimal
 from meshkit.prototime import set_time
-from meshkit.symbols import listed, on_tick, tick_size
+from meshkit.symbols import known, on_tick, tick_size
 from order_svc.domain import model
 from order_svc.domain.model import Fill, Order, OrderRequest, OrderType, Side, Status, TimeInForce
 from stockmesh.common.v1 import common_pb2
@@ -61,9 +61,7 @@ def place_request(req: pb.PlaceOrderRequest, account_id: str) -> OrderRequest:
         stop = _price(req.stop_price, "stop_price", order_type in (OrderType.STOP, OrderType.STOP_LIMIT),
                       order_type, v)
     v.raise_if_any()
-    if symbol not in listed():
-        raise InvalidArgument([FieldViolation("symbol", f"unknown symbol {symbol[:16]!r}")],
-                              reason="UNKNOWN_SYMBOL")
+    known(symbol)
     assert order_type is not None
     return OrderRequest(account_id=account_id, client_order_id=req.client_order_id, symbol=symbol,
                         side=SIDES[req.side], type=order_type, quantity=req.quantity, limit_price=limit,

@@ -24,8 +24,8 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
     v = Violations()
     if not request.symbol:
         v.add("symbol", "is required")
-    elif request.symbol not in listing.listed():
-        quotes.known_symbol(request.symbol)  # raises UNKNOWN_SYMBOL
+    else:
+        listing.known(request.symbol)  # raises UNKNOWN_SYMBOL
     interval = mapping.INTERVALS.get(request.interval)
     if interval is None:
         v.add("interval", "is required" if request.interval == 0 else f"unknown value {request.interval}")
