@@ -10,6 +10,7 @@ import re
 from decimal import Decimal
 
 from meshkit.errors import Violations
+from meshkit.symbols import tick_places
 
 MAX_TEXT = 32
 # [0-9], not \d: \d matches any Unicode decimal digit. Used with fullmatch (a `$` would let a
@@ -58,9 +59,17 @@ def parse_cash(text: str, field: str, v: Violations) -> Decimal | None:
     return parse_decimal(text, field, v, places=2, maximum=MAX_CASH)
 
 
-def fmt(value: Decimal | int) -> str:
-    """Decimal to its wire string: no exponent, at least two fractional digits ("100.00",
-    "187.25", "0.1234")."""
+def fmt(value: Decimal | int, places: int = 2) -> str:
+    """Decimal to its wire string: no exponent, at least `places` fractional digits (two for
+    money: "100.00", "187.25", "0.1234"), more only where the value has them; never rounded."""
     text = f"{Decimal(value).normalize():f}"
     whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+    return f"{whole}.{frac.ljust(places, '0')}"
+
+
+def fmt_price(value: Decimal | int) -> str:
+    """A price to its wire string, the one rule of every service: at the precision of its tick
+    (meshkit.symbols.tick_size): two decimals at 1.00 and above, four below ("187.25", "0.8000",
+    "0.8936"). An average (a fill price, a VWAP) keeps the further digits it has."""
+    value = Decimal(value)
+    return fmt(value, tick_places(abs(value)))

@@ -22,6 +22,11 @@ def tick_size(price: Decimal) -> Decimal:
     return CENT if price >= 1 else SUB_PENNY
 
 
+def tick_places(price: Decimal) -> int:
+    """Decimal places of the tick at `price` (2 or 4): the precision prices are written in."""
+    return -int(tick_size(price).as_tuple().exponent)
+
+
 def on_tick(price: Decimal) -> bool:
     return price % tick_size(price) == 0
 

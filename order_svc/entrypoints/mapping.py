@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from meshkit import validate
 from meshkit.errors import Violations
-from meshkit.money import MAX_PRICE, fmt, parse_decimal
+from meshkit.money import MAX_PRICE, fmt_price, parse_decimal
 from meshkit.prototime import set_time
 from meshkit.symbols import known, on_tick, tick_size
 from order_svc.domain import model
@@ -105,10 +105,10 @@ def order_to_proto(o: Order) -> order_pb2.Order:
     msg = order_pb2.Order(
         order_id=str(o.order_id), client_order_id=q.client_order_id, account_id=q.account_id, symbol=q.symbol,
         side=SIDE_TO_PB[q.side], type=TYPE_TO_PB[q.type], time_in_force=TIF_TO_PB[q.time_in_force],
-        quantity=q.quantity, limit_price=fmt(q.limit_price) if q.limit_price is not None else "",
-        stop_price=fmt(q.stop_price) if q.stop_price is not None else "", status=STATUS_TO_PB[o.status],
+        quantity=q.quantity, limit_price=fmt_price(q.limit_price) if q.limit_price is not None else "",
+        stop_price=fmt_price(q.stop_price) if q.stop_price is not None else "", status=STATUS_TO_PB[o.status],
         filled_quantity=o.filled_quantity,
-        average_fill_price=fmt(o.average_fill_price) if o.average_fill_price is not None else "",
+        average_fill_price=fmt_price(o.average_fill_price) if o.average_fill_price is not None else "",
         reject_reason=REASON_TO_PB[o.reject_reason] if o.reject_reason else order_pb2.ORDER_REJECT_REASON_UNSPECIFIED,
         reject_message=o.reject_message, replaced_by=str(o.replaced_by) if o.replaced_by else "",
         replaces=str(o.replaces) if o.replaces else "")
@@ -121,6 +121,6 @@ def update_to_proto(sequence: int, o: Order, fill: Fill | None) -> order_pb2.Ord
     u = order_pb2.OrderUpdate(sequence=sequence, order=order_to_proto(o))
     set_time(u.event_time, o.updated_at)
     if fill is not None:
-        u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt(fill.price), fill.quantity
+        u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt_price(fill.price), fill.quantity
         set_time(u.fill.executed_at, fill.executed_at)
     return u
