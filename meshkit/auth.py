@@ -16,6 +16,7 @@ from meshkit import logs
 from meshkit.errors import Unauthenticated
 
 PAYLOAD_HEADER = "x-jwt-payload"
+MAX_ACCOUNT = 128  # characters of an account id (a token's subject)
 # The verified payload of the call being served, forwarded as is when a service calls
 # another on the caller's behalf (e.g. the ledger asking order_svc for open orders).
 caller_payload: contextvars.ContextVar[str] = contextvars.ContextVar("caller_payload", default="")
@@ -31,7 +32,17 @@ def account_from_payload(raw: str | None) -> str | None:
     except (ValueError, TypeError):
         return None
     sub = claims.get("sub") if isinstance(claims, dict) else None
-    return sub if isinstance(sub, str) and 0 < len(sub) <= 128 else None
+    return sub if isinstance(sub, str) and account_problem(sub) is None else None
+
+
+def account_problem(account: str) -> str | None:
+    """Why `account` cannot be an account id (a token's subject), or None when it can: the one
+    rule of the services and of the tools that mint tokens."""
+    if not account:
+        return "must not be empty"
+    if len(account) > MAX_ACCOUNT:
+        return f"must be at most {MAX_ACCOUNT} characters"
+    return None
 
 
 def current_account() -> str:

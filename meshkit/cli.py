@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from meshkit.cli_client import register as register_client_commands
+from meshkit.cli_client import account_id, register as register_client_commands
 from meshkit.config import default_data_dir
 
 
@@ -131,7 +131,7 @@ def health(address: str, service: str, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--account", required=True, help="Account id: the token's subject.")
+@click.option("--account", required=True, callback=account_id, help="Account id: the token's subject.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder holding the keys (created if missing). "
                    "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")

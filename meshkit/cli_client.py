@@ -95,10 +95,21 @@ def _endpoint(data_dir: Path) -> str:
     return state["endpoint"]
 
 
+def account_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An --account option's check (every command that mints a token for one): a usage error
+    (exit 2), not a traceback, for an id no service would take."""
+    from meshkit.auth import account_problem
+
+    problem = None if value is None else account_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
+
+
 def client_options(f):
     """--account, --token, --address, --data-dir, --timeout: who calls, and where."""
     for option in reversed([
-        click.option("--account", envvar="STOCKMESH_ACCOUNT", default=None,
+        click.option("--account", envvar="STOCKMESH_ACCOUNT", default=None, callback=account_id,
                      help="Account to act as (a development token is minted for it). [env STOCKMESH_ACCOUNT]"),
         click.option("--token", envvar="STOCKMESH_TOKEN", default=None,
                      help="A bearer token to use instead of minting one. [env STOCKMESH_TOKEN]"),

@@ -1,7 +1,8 @@
 """Exact decimals from the wire. Money and prices are never floats.
 
-Only plain decimal notation is accepted ("187.25", "1000"): no exponents, no NaN or
-infinity, no signs other than the ones a field allows, no absurd lengths.
+Only plain decimal notation is accepted ("187.25", "1000"): ASCII digits 0-9 only (Python's
+Decimal would also take "٣" or "３" as 3), no exponents, no NaN or infinity, no whitespace,
+no signs other than the ones a field allows, no absurd lengths.
 """
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import re
 from decimal import Decimal
 
 from meshkit.errors import Violations
+from meshkit.symbols import tick_places
 
 MAX_TEXT = 32
-_PLAIN = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
+# [0-9], not \d: \d matches any Unicode decimal digit. Used with fullmatch (a `$` would let a
+# trailing newline through, which Decimal() then strips).
+_PLAIN = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")
 # Largest cash amount a single request may carry (a 15-digit integer part).
 MAX_CASH = Decimal("999999999999999.99")
 MAX_PRICE = Decimal("99999999.9999")
@@ -30,7 +34,7 @@ def parse_decimal(text: str, field: str, v: Violations, *, places: int,
     if len(text) > MAX_TEXT:
         v.add(field, f"must be a decimal of at most {MAX_TEXT} characters")
         return None
-    m = _PLAIN.match(text)
+    m = _PLAIN.fullmatch(text)
     if not m:
         v.add(field, f"must be a plain decimal number such as \"100.25\", got {text[:MAX_TEXT]!r}")
         return None
@@ -55,9 +59,17 @@ def parse_cash(text: str, field: str, v: Violations) -> Decimal | None:
     return parse_decimal(text, field, v, places=2, maximum=MAX_CASH)
 
 
-def fmt(value: Decimal | int) -> str:
-    """Decimal to its wire string: no exponent, at least two fractional digits ("100.00",
-    "187.25", "0.1234")."""
+def fmt(value: Decimal | int, places: int = 2) -> str:
+    """Decimal to its wire string: no exponent, at least `places` fractional digits (two for
+    money: "100.00", "187.25", "0.1234"), more only where the value has them; never rounded."""
     text = f"{Decimal(value).normalize():f}"
     whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+    return f"{whole}.{frac.ljust(places, '0')}"
+
+
+def fmt_price(value: Decimal | int) -> str:
+    """A price to its wire string, the one rule of every service: at the precision of its tick
+    (meshkit.symbols.tick_size): two decimals at 1.00 and above, four below ("187.25", "0.8000",
+    "0.8936"). An average (a fill price, a VWAP) keeps the further digits it has."""
+    value = Decimal(value)
+    return fmt(value, tick_places(abs(value)))

@@ -11,6 +11,8 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
+from meshkit.errors import FieldViolation, InvalidArgument
+
 DEFAULT_FILE = Path(__file__).with_name("symbols.csv")
 CENT = Decimal("0.01")
 SUB_PENNY = Decimal("0.0001")
@@ -18,6 +20,11 @@ SUB_PENNY = Decimal("0.0001")
 
 def tick_size(price: Decimal) -> Decimal:
     return CENT if price >= 1 else SUB_PENNY
+
+
+def tick_places(price: Decimal) -> int:
+    """Decimal places of the tick at `price` (2 or 4): the precision prices are written in."""
+    return -int(tick_size(price).as_tuple().exponent)
 
 
 def on_tick(price: Decimal) -> bool:
@@ -55,3 +62,13 @@ def _load(path: str) -> dict[str, Symbol]:
 
 def listed() -> dict[str, Symbol]:
     return _load(os.environ.get("STOCKMESH_SYMBOLS_FILE") or str(DEFAULT_FILE))
+
+
+def known(text: str, field: str = "symbol") -> str:
+    """A request's symbol, the one check of every service: missing is INVALID_ARGUMENT
+    (`symbol: is required`), not listed is INVALID_ARGUMENT with reason UNKNOWN_SYMBOL."""
+    if not text:
+        raise InvalidArgument([FieldViolation(field, "is required")])
+    if text not in listed():
+        raise InvalidArgument([FieldViolation(field, f"unknown symbol {text[:16]!r}")], reason="UNKNOWN_SYMBOL")
+    return text

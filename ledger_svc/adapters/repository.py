@@ -8,8 +8,9 @@ from typing import Iterable, NamedTuple
 import asyncpg
 
 from meshkit import audit
-from ledger_svc.domain.model import (CASH, Balance, BookRef, CashBalance, Hold, HoldStatus, HoldTransfer,
-                                     JournalEntry, TransferStatus, insufficient)
+from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, Hold, HoldStatus,
+                                     HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
+                                     key_kinds)
 
 
 
@@ -137,27 +138,48 @@ class LedgerRepository:
             self._book_ids[ref] = book_id
         return book_id
 
-    async def claim_key(self, entry: JournalEntry) -> tuple[Decimal, str] | None:
-        """Record the entry header. None when it is new; else the amount and asset of the entry
-        that already holds this idempotency key (waiting for an in-flight one to commit)."""
+    async def claim_key(self, entry: JournalEntry) -> KeyHolder | None:
+        """Record the entry header. None when it is new; else the entry that already holds this
+        idempotency key (waiting for an in-flight one to commit).
+
+        A customer's request (model.REQUEST_KINDS) shares its key with the account's requests
+        of every kind. Call it under the account's lock (lock_accounts): the look-up then sees
+        every request of the account committed before, including those recorded before
+        migration 0009 without a request_key; entries_request_key is the database's own
+        guarantee for those after it."""
+        kinds = list(key_kinds(entry.kind))
+        if len(kinds) > 1:
+            holder = await self._key_holder(entry, kinds)
+            if holder is not None:
+                return holder
         inserted = await self.conn.fetchval(
             """
             INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
-                                        reference)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT (account_id, kind, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                                        reference, request_key)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT DO NOTHING
             RETURNING entry_id
             """,
             entry.entry_id, entry.kind, entry.account_id, entry.idempotency_key, entry.amount,
             entry.asset, entry.description, entry.reference,
+            entry.idempotency_key if entry.kind in REQUEST_KINDS else None,
         )
         if inserted is not None:
             return None
+        holder = await self._key_holder(entry, kinds)
+        assert holder is not None, "an entry conflicted on its idempotency key, yet none holds it"
+        return holder
+
+    async def _key_holder(self, entry: JournalEntry, kinds: list[str]) -> KeyHolder | None:
+        # An account may hold two requests under one key from before migration 0009: the one of
+        # the entry's own kind answers first, so a retry of either is still a retry.
         row = await self.conn.fetchrow(
-            "SELECT amount, asset FROM ledger.entries WHERE account_id = $1 AND kind = $2 AND idempotency_key = $3",
-            entry.account_id, entry.kind, entry.idempotency_key,
-        )
-        return row["amount"], row["asset"]
+            """
+            SELECT kind, amount, asset FROM ledger.entries
+             WHERE account_id = $1 AND kind = ANY($2::text[]) AND idempotency_key = $3
+             ORDER BY kind <> $4, created_at LIMIT 1
+            """, entry.account_id, kinds, entry.idempotency_key, entry.kind)
+        return None if row is None else KeyHolder(row["kind"], row["amount"], row["asset"])
 
     async def post(self, entry: JournalEntry, *, from_held: BookRef | None = None,
                    audit_type: str | None = None, audit_extra: dict | None = None) -> None:

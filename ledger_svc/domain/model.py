@@ -226,10 +226,31 @@ class CashBalance:
                    settled=posted, unsettled=unsettled)
 
 
-def same_request(existing: tuple[Decimal, str], entry: JournalEntry) -> bool:
-    """A retried key must carry the same amount (compared exactly: 10 == 10.00) of the same
-    asset."""
-    return existing == (entry.amount, entry.asset)
+# The kinds of entry a customer's request makes (Deposit, Withdraw). Their idempotency keys
+# share one space per account: a key names one request, whatever its kind, so a Withdraw
+# reusing a Deposit's key is that deposit's key reused, not a new request. The ledger's own
+# keyed entries (SHARE_DEPOSIT, SETTLEMENT 'settle:<fill>') keep a space per kind, out of a
+# customer's reach.
+REQUEST_KINDS = ("DEPOSIT", "WITHDRAWAL")
+
+
+def key_kinds(kind: str) -> tuple[str, ...]:
+    """The kinds of entry whose idempotency keys an entry of `kind` shares."""
+    return REQUEST_KINDS if kind in REQUEST_KINDS else (kind,)
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """The entry that already holds an idempotency key."""
+    kind: str
+    amount: Decimal
+    asset: str
+
+
+def same_request(existing: KeyHolder, entry: JournalEntry) -> bool:
+    """A retried key must be the same request: the same kind, the same amount (compared
+    exactly: 10 == 10.00) of the same asset."""
+    return (existing.kind, existing.amount, existing.asset) == (entry.kind, entry.amount, entry.asset)
 
 
 class HoldStatus(str, Enum):

@@ -16,13 +16,14 @@ log = logging.getLogger("ledger_svc.holds")
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
-    """Post a keyed entry once; False when its key was applied before (a retry)."""
+    """Post a keyed entry once; False when its key was applied before (a retry). The caller
+    holds the lock of the entry's account (lock_accounts), which claim_key relies on."""
     existing = await uow.ledger.claim_key(entry)
     if existing is not None:
         if not model.same_request(existing, entry):
             raise model.DuplicateIdempotencyKey(
-                f"idempotency key {entry.idempotency_key!r} was used for a "
-                f"{entry.kind.lower()} of {existing[0]} {existing[1]}, not {entry.amount} {entry.asset}",
+                f"idempotency key {entry.idempotency_key!r} was used for a {existing.kind.lower()} of "
+                f"{existing.amount} {existing.asset}, not a {entry.kind.lower()} of {entry.amount} {entry.asset}",
                 metadata={"idempotencyKey": entry.idempotency_key or ""})
         return False
     await uow.ledger.post(entry)

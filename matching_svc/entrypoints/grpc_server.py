@@ -40,11 +40,8 @@ def parse_depth(depth: int) -> int:
 
 
 def parse_symbol(text: str) -> str:
-    symbol = text.strip().upper()
-    if symbol not in symbols.listed():
-        raise InvalidArgument([FieldViolation("symbol", f"{text!r} is not a listed symbol")],
-                              reason="UNKNOWN_SYMBOL")
-    return symbol
+    """The symbol, in any case ("msft" is MSFT); missing is `symbol: is required`."""
+    return symbols.known(text.strip().upper())
 
 
 class MarketDataServicer(market_data_service_pb2_grpc.MarketDataServiceServicer):

@@ -42,7 +42,7 @@ from matching_svc.domain import (
     from_ticks,
     to_ticks,
 )
-from meshkit.money import fmt
+from meshkit.money import fmt_price
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2 as pb
 
@@ -96,7 +96,7 @@ def price_text(ticks: int | None) -> str:
     if text is None:
         if len(_PRICE_TEXT) > 100_000:
             _PRICE_TEXT.clear()
-        text = _PRICE_TEXT[ticks] = fmt(from_ticks(ticks))
+        text = _PRICE_TEXT[ticks] = fmt_price(from_ticks(ticks))
     return text
 
 

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from meshkit import auth
+
 ISSUER = "stockmesh-dev"
 AUDIENCE = "stockmesh"
 ALGORITHM = "ES256"
@@ -114,8 +116,9 @@ def sign(claims: dict[str, object], private_key: ec.EllipticCurvePrivateKey, kid
 
 
 def claims_for(account: str, *, ttl: int = DEFAULT_TTL_SECONDS, now: int | None = None) -> dict[str, object]:
-    if not account:
-        raise ValueError("account must not be empty")
+    problem = auth.account_problem(account)
+    if problem:
+        raise ValueError(f"account {problem}")
     issued = int(time.time()) if now is None else now
     return {
         "iss": ISSUER,

@@ -5,10 +5,10 @@ import uuid
 from decimal import Decimal
 
 from meshkit import validate
-from meshkit.errors import FieldViolation, InvalidArgument, Violations
-from meshkit.money import MAX_PRICE, fmt, parse_decimal
+from meshkit.errors import Violations
+from meshkit.money import MAX_PRICE, fmt_price, parse_decimal
 from meshkit.prototime import set_time
-from meshkit.symbols import listed, on_tick, tick_size
+from meshkit.symbols import known, on_tick, tick_size
 from order_svc.domain import model
 from order_svc.domain.model import Fill, Order, OrderRequest, OrderType, Side, Status, TimeInForce
 from stockmesh.common.v1 import common_pb2
@@ -62,9 +62,7 @@ def place_request(req: pb.PlaceOrderRequest, account_id: str) -> OrderRequest:
         stop = _price(req.stop_price, "stop_price", order_type in (OrderType.STOP, OrderType.STOP_LIMIT),
                       order_type, v)
     v.raise_if_any()
-    if symbol not in listed():
-        raise InvalidArgument([FieldViolation("symbol", f"unknown symbol {symbol[:16]!r}")],
-                              reason="UNKNOWN_SYMBOL")
+    known(symbol)
     assert order_type is not None
     return OrderRequest(account_id=account_id, client_order_id=req.client_order_id, symbol=symbol,
                         side=SIDES[req.side], type=order_type, quantity=req.quantity, limit_price=limit,
@@ -108,10 +106,10 @@ def order_to_proto(o: Order) -> order_pb2.Order:
     msg = order_pb2.Order(
         order_id=str(o.order_id), client_order_id=q.client_order_id, account_id=q.account_id, symbol=q.symbol,
         side=SIDE_TO_PB[q.side], type=TYPE_TO_PB[q.type], time_in_force=TIF_TO_PB[q.time_in_force],
-        quantity=q.quantity, limit_price=fmt(q.limit_price) if q.limit_price is not None else "",
-        stop_price=fmt(q.stop_price) if q.stop_price is not None else "", status=STATUS_TO_PB[o.status],
+        quantity=q.quantity, limit_price=fmt_price(q.limit_price) if q.limit_price is not None else "",
+        stop_price=fmt_price(q.stop_price) if q.stop_price is not None else "", status=STATUS_TO_PB[o.status],
         filled_quantity=o.filled_quantity,
-        average_fill_price=fmt(o.average_fill_price) if o.average_fill_price is not None else "",
+        average_fill_price=fmt_price(o.average_fill_price) if o.average_fill_price is not None else "",
         reject_reason=REASON_TO_PB[o.reject_reason] if o.reject_reason else order_pb2.ORDER_REJECT_REASON_UNSPECIFIED,
         reject_message=o.reject_message, replaced_by=str(o.replaced_by) if o.replaced_by else "",
         replaces=str(o.replaces) if o.replaces else "")
@@ -127,6 +125,6 @@ def update_to_proto(sequence: int, o: Order, fill: Fill | None) -> order_pb2.Ord
     u = order_pb2.OrderUpdate(sequence=sequence, order=order_to_proto(o))
     set_time(u.event_time, o.updated_at)
     if fill is not None:
-        u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt(fill.price), fill.quantity
+        u.fill.fill_id, u.fill.price, u.fill.quantity = fill.fill_id, fmt_price(fill.price), fill.quantity
         set_time(u.fill.executed_at, fill.executed_at)
     return u

@@ -6,7 +6,7 @@ from datetime import timezone
 from decimal import Decimal
 
 
-from meshkit.money import fmt
+from meshkit.money import fmt_price
 from meshkit.prototime import timestamp
 from quote_svc.domain.quotes import MarketData, Quote
 from stockmesh.matching.v1 import matching_pb2
@@ -31,9 +31,9 @@ def md_from_bytes(data: bytes) -> MarketData:
 
 def quote_to_proto(q: Quote) -> quote_pb2.Quote:
     return quote_pb2.Quote(
-        symbol=q.symbol, bid_price=fmt(q.bid) if q.bid is not None else "", bid_size=q.bid_size,
-        ask_price=fmt(q.ask) if q.ask is not None else "", ask_size=q.ask_size,
-        last_price=fmt(q.last) if q.last is not None else "", last_size=q.last_size, volume=q.volume,
+        symbol=q.symbol, bid_price=fmt_price(q.bid) if q.bid is not None else "", bid_size=q.bid_size,
+        ask_price=fmt_price(q.ask) if q.ask is not None else "", ask_size=q.ask_size,
+        last_price=fmt_price(q.last) if q.last is not None else "", last_size=q.last_size, volume=q.volume,
         sequence=q.sequence, time=timestamp(q.time), halted=q.halted)
 
 

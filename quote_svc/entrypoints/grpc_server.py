@@ -8,7 +8,7 @@ from prometheus_client import Gauge
 
 from meshkit import paging, symbols as listing
 from meshkit.errors import Violations
-from meshkit.money import fmt
+from meshkit.money import fmt, fmt_price
 from quote_svc.entrypoints import mapping
 from quote_svc.service_layer import candles, quotes
 from quote_svc.service_layer.candles import UowFactory
@@ -24,8 +24,8 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
     v = Violations()
     if not request.symbol:
         v.add("symbol", "is required")
-    elif request.symbol not in listing.listed():
-        quotes.known_symbol(request.symbol)  # raises UNKNOWN_SYMBOL
+    else:
+        listing.known(request.symbol)  # raises UNKNOWN_SYMBOL
     interval = mapping.INTERVALS.get(request.interval)
     if interval is None:
         v.add("interval", "is required" if request.interval == 0 else f"unknown value {request.interval}")
@@ -62,7 +62,7 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
                           context: grpc.aio.ServicerContext) -> pb.ListSymbolsResponse:
         return pb.ListSymbolsResponse(symbols=[
             quote_pb2.Symbol(symbol=s.symbol, name=s.name, tick_size=fmt(s.tick_size),
-                             reference_price=fmt(s.reference_price))
+                             reference_price=fmt_price(s.reference_price))
             for s in sorted(listing.listed().values(), key=lambda s: s.symbol)])
 
     async def GetQuote(self, request: pb.GetQuoteRequest, context: grpc.aio.ServicerContext) -> pb.GetQuoteResponse:

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from meshkit.money import fmt
+from meshkit.money import fmt_price
 from meshkit.prototime import timestamp
 from quote_svc.adapters.codec import quote_to_proto
 from quote_svc.domain.candles import Candle, Interval
@@ -49,8 +49,9 @@ def to_datetime(ts: Timestamp) -> datetime:
 def candle_to_proto(c: Candle) -> quote_pb2.Candle:
     vwap = c.vwap
     return quote_pb2.Candle(
-        start_time=timestamp(c.start), open=fmt(c.open), high=fmt(c.high), low=fmt(c.low), close=fmt(c.close),
-        volume=c.volume, trade_count=c.trade_count or 0, vwap=fmt(vwap) if vwap is not None else "",
+        start_time=timestamp(c.start), open=fmt_price(c.open), high=fmt_price(c.high), low=fmt_price(c.low),
+        close=fmt_price(c.close), volume=c.volume, trade_count=c.trade_count or 0,
+        vwap=fmt_price(vwap) if vwap is not None else "",
         is_final=c.is_final)
 
 

@@ -121,14 +121,6 @@ class QuoteBook:
                 sub.close()
 
 
-def known_symbol(symbol: str, field: str = "symbol") -> str:
-    if not symbol:
-        raise InvalidArgument([FieldViolation(field, "is required")])
-    if symbol not in listing.listed():
-        raise InvalidArgument([FieldViolation(field, f"unknown symbol {symbol[:16]!r}")], reason="UNKNOWN_SYMBOL")
-    return symbol
-
-
 def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
     wanted = list(symbols)
     if not wanted:
@@ -143,7 +135,7 @@ def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
 
 
 def get_quote(book: QuoteBook, symbol: str) -> Quote:
-    known_symbol(symbol)
+    listing.known(symbol)
     q = book.quotes.get(symbol)
     if q is None:
         raise NotFound(f"no quote for {symbol} yet", reason="QUOTE_NOT_FOUND", metadata={"symbol": symbol})

@@ -32,6 +32,13 @@ async def test_deposit_then_portfolio_shows_it_only_to_its_account(mesh):
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         w = await ledger.Withdraw(pb.WithdrawRequest(amount="0.50", idempotency_key="w1"), metadata=mesh.auth(alice))
         assert w.cash.total == "1000.00"
+        # A key names one request of the account, whatever its kind.
+        for call, req in ((ledger.Withdraw, pb.WithdrawRequest(amount="10", idempotency_key="d1")),
+                          (ledger.Deposit, pb.DepositRequest(amount="0.50", idempotency_key="w1"))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(req, metadata=mesh.auth(alice))
+            info, _ = error_info(err.value)
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and info.reason == "DUPLICATE_IDEMPOTENCY_KEY"
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await ledger.Withdraw(pb.WithdrawRequest(amount="1000.01", idempotency_key="w2"), metadata=mesh.auth(alice))
         info, _ = error_info(err.value)
@@ -61,7 +68,7 @@ async def test_a_forged_identity_header_is_ignored(mesh):
     assert (p.account_id, p.cash.total) == (attacker, "0.00")
 
 
-BAD_AMOUNTS = ["-5", "abc", "1e400", "NaN", "0", "1.001", "x" * 1_000_000]
+BAD_AMOUNTS = ["-5", "abc", "1e400", "NaN", "0", "1.001", "x" * 1_000_000, "٣", "１００"]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS, ids=lambda a: a[:10])

@@ -122,13 +122,17 @@ async def test_get_order_book_over_grpc(engine_app):
         from_md = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="MSFT", depth=500))
         assert from_md.bids == reply.bids and from_md.asks == reply.asks and from_md.sequence == 5
 
-        for request, reason in [(md.GetOrderBookRequest(symbol="NOPE"), "UNKNOWN_SYMBOL"),
-                                (md.GetOrderBookRequest(symbol="MSFT", depth=-1), "INVALID_ARGUMENT")]:
+        for request, reason, violation in [
+                (md.GetOrderBookRequest(symbol="NOPE"), "UNKNOWN_SYMBOL", ("symbol", "unknown symbol 'NOPE'")),
+                (md.GetOrderBookRequest(depth=1), "INVALID_ARGUMENT", ("symbol", "is required")),  # as GetQuote
+                (md.GetOrderBookRequest(symbol=" "), "INVALID_ARGUMENT", ("symbol", "is required")),
+                (md.GetOrderBookRequest(symbol="MSFT", depth=-1), "INVALID_ARGUMENT", ("depth", "must not be negative"))]:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetOrderBook(request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            info, _ = error_info(err.value)
+            info, bad = error_info(err.value)
             assert info is not None and info.reason == reason
+            assert [(f.field, f.description) for f in bad.field_violations] == [violation]
 
 
 def test_symbol_sharding():

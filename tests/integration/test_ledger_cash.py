@@ -71,9 +71,110 @@ async def test_key_reused_with_another_amount_is_already_exists(uow):
     with pytest.raises(DuplicateIdempotencyKey) as err:
         await handlers.deposit(commands.Deposit(acct, Decimal("11"), "k"), uow)
     assert err.value.code == "ALREADY_EXISTS"
-    # A withdrawal key lives in its own space: the same text is a new withdrawal.
-    await handlers.withdraw(commands.Withdraw(acct, Decimal("3"), "k"), uow)
-    assert (await handlers.cash_balance(acct, uow)).total == Decimal("7")
+    # A key names one request of the account, whatever its kind: not a new withdrawal.
+    with pytest.raises(DuplicateIdempotencyKey):
+        await handlers.withdraw(commands.Withdraw(acct, Decimal("3"), "k"), uow)
+    assert (await handlers.cash_balance(acct, uow)).total == Decimal("10")
+
+
+async def test_a_key_is_one_request_whatever_its_kind(uow, checked_pool):
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("1000.00"), "d1"), uow)
+    for again in (commands.Withdraw(acct, Decimal("10"), "d1"), commands.Withdraw(acct, Decimal("1000"), "d1")):
+        with pytest.raises(DuplicateIdempotencyKey) as err:
+            await handlers.withdraw(again, uow)
+        assert err.value.code == "ALREADY_EXISTS" and err.value.reason == "DUPLICATE_IDEMPOTENCY_KEY"
+        assert "was used for a deposit of 1000" in str(err.value) and "not a withdrawal" in str(err.value)
+    await handlers.withdraw(commands.Withdraw(acct, Decimal("10"), "w1"), uow)
+    with pytest.raises(DuplicateIdempotencyKey):
+        await handlers.deposit(commands.Deposit(acct, Decimal("10"), "w1"), uow)
+    # Retries of each are still retries, and the key of one account is free for another.
+    assert (await handlers.deposit(commands.Deposit(acct, Decimal("1000"), "d1"), uow)).total == Decimal("990")
+    assert (await handlers.withdraw(commands.Withdraw(acct, Decimal("10.00"), "w1"), uow)).total == Decimal("990")
+    other = account()
+    await handlers.deposit(commands.Deposit(other, Decimal("5"), "w1"), uow)
+    assert (await handlers.cash_balance(other, uow)).total == Decimal("5")
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.entries WHERE account_id = $1", acct) == 2
+        with pytest.raises(asyncpg.UniqueViolationError, match="entries_request_key"):  # the database's own rule
+            await conn.execute("INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, "
+                               "asset, request_key) VALUES ($1, 'WITHDRAWAL', $2, 'd1', 1, 'USD', 'd1')",
+                               uuid.uuid4(), acct)
+
+
+async def test_concurrent_deposits_and_withdrawals_with_one_key_apply_one(uow, checked_pool):
+    """Deposits and withdrawals racing with one key: one request wins; the others get its
+    answer (the same request) or ALREADY_EXISTS (another one)."""
+    acct = account()
+    await handlers.deposit(commands.Deposit(acct, Decimal("100.00"), "seed"), uow)
+
+    async def one(i: int):
+        cmd = (commands.Deposit if i % 2 else commands.Withdraw)(acct, Decimal("20"), "race")
+        try:
+            return type(cmd).__name__, await (handlers.deposit if i % 2 else handlers.withdraw)(cmd, uow)
+        except DuplicateIdempotencyKey:
+            return type(cmd).__name__, None
+
+    results = await asyncio.gather(*(one(i) for i in range(40)))
+    winners = {kind for kind, cash in results if cash is not None}
+    assert len(winners) == 1  # only the winner's kind got an answer; the other kind all refused
+    expected = Decimal("120") if winners == {"Deposit"} else Decimal("80")
+    assert {cash.total for _, cash in results if cash is not None} == {expected}
+    assert (await handlers.cash_balance(acct, uow)).total == expected
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE account_id = $1 AND idempotency_key = 'race'", acct) == 1
+
+
+async def test_migration_0009_keeps_pairs_recorded_before_it(pg_server_url):
+    """A ledger that already holds a deposit and a withdrawal under one key (the old rule
+    allowed it): the migration applies (and rolls back) without touching them, retries of both
+    are still answered as retries, and any other request with the key is ALREADY_EXISTS."""
+    from yoyo import get_backend, read_migrations
+
+    from meshkit.migrate import apply_all, migration_dirs, yoyo_url
+    from tests.conftest import fresh_database
+
+    async with fresh_database(pg_server_url) as url:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        try:
+            make = lambda: LedgerUnitOfWork(pool)  # noqa: E731
+            acct = account()
+            await handlers.deposit(commands.Deposit(acct, Decimal("100"), "k"), make)
+            backend = get_backend(yoyo_url(url))
+            try:
+                with backend.lock():
+                    backend.rollback_migrations(backend.to_rollback(read_migrations(*migration_dirs()).filter(
+                        lambda m: m.id == "0009.ledger-request-keys")))
+            finally:
+                backend.connection.close()
+            async with pool.acquire() as conn, conn.transaction():  # a withdrawal by the old rule
+                entry = uuid.uuid4()
+                await conn.execute("INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount,"
+                                   " asset) VALUES ($1, 'WITHDRAWAL', $2, 'k', 10, 'USD')", entry, acct)
+                await conn.execute(
+                    "INSERT INTO ledger.postings (entry_id, book_id, asset, amount) SELECT $1, book_id, asset, "
+                    "CASE WHEN owner = $2 THEN -10 ELSE 10 END FROM ledger.books "
+                    "WHERE owner IN ($2, '$external') AND asset = 'USD'", entry, acct)
+                await conn.execute("UPDATE ledger.balances SET posted = posted - 10 WHERE book_id = "
+                                   "(SELECT book_id FROM ledger.books WHERE owner = $1)", acct)
+            await pool.expire_connections()
+            assert apply_all(url) == 1
+            assert (await handlers.deposit(commands.Deposit(acct, Decimal("100"), "k"), make)).total == Decimal("90")
+            assert (await handlers.withdraw(commands.Withdraw(acct, Decimal("10"), "k"), make)).total == Decimal("90")
+            for again in (commands.Withdraw(acct, Decimal("5"), "k"), commands.Deposit(acct, Decimal("5"), "k")):
+                with pytest.raises(DuplicateIdempotencyKey):
+                    await (handlers.withdraw if isinstance(again, commands.Withdraw) else handlers.deposit)(
+                        again, make)
+            await handlers.withdraw(commands.Withdraw(acct, Decimal("5"), "new"), make)
+            with pytest.raises(DuplicateIdempotencyKey):
+                await handlers.deposit(commands.Deposit(acct, Decimal("5"), "new"), make)
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM ledger.entries WHERE account_id = $1", acct) == 3
+                assert await conn.fetchval("SELECT request_key FROM ledger.entries WHERE account_id = $1 "
+                                           "AND idempotency_key = 'new'", acct) == "new"
+        finally:
+            await pool.close()
 
 
 async def test_withdrawal_beyond_available_changes_nothing(uow, checked_pool):

@@ -96,7 +96,7 @@ async def test_bad_requests(pool, nats_url, ns):
         listed = (await svc.stub.ListSymbols(qpb.ListSymbolsRequest())).symbols
         by = {s.symbol: s for s in listed}
         assert (by["AAPL"].tick_size, by["AAPL"].reference_price) == ("0.01", "187.25")
-        assert (by["SIRI"].tick_size, by["SIRI"].reference_price) == ("0.0001", "0.875")
+        assert (by["SIRI"].tick_size, by["SIRI"].reference_price) == ("0.0001", "0.8750")
 
 
 async def test_a_stalled_subscriber_delays_nobody_and_gets_the_newest_quotes(pool, nats_url, js, ns):

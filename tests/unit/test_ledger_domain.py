@@ -75,7 +75,17 @@ def test_cash_balance_view():
 
 def test_a_retried_key_must_carry_the_same_amount():
     entry = model.deposit_entry("a", Decimal("10.00"), "k")
-    assert model.same_request((Decimal("10"), "USD"), entry)
-    assert not model.same_request((Decimal("10.01"), "USD"), entry)
+    assert model.same_request(model.KeyHolder("DEPOSIT", Decimal("10"), "USD"), entry)
+    assert not model.same_request(model.KeyHolder("DEPOSIT", Decimal("10.01"), "USD"), entry)
     shares = model.share_deposit_entry("a", "MSFT", Decimal(10), "k")
-    assert not model.same_request((Decimal("10"), "AAPL"), shares)  # the same key for another symbol
+    # the same key for another symbol
+    assert not model.same_request(model.KeyHolder("SHARE_DEPOSIT", Decimal("10"), "AAPL"), shares)
+
+
+def test_a_request_key_names_one_request_whatever_its_kind():
+    withdrawal = model.withdrawal_entry("a", Decimal("10"), "k")
+    assert not model.same_request(model.KeyHolder("DEPOSIT", Decimal("10"), "USD"), withdrawal)
+    assert model.key_kinds("DEPOSIT") == model.key_kinds("WITHDRAWAL") == ("DEPOSIT", "WITHDRAWAL")
+    # The ledger's own keys (settlement's 'settle:<fill>') stay out of a customer's reach.
+    assert model.key_kinds("SETTLEMENT") == ("SETTLEMENT",)
+    assert model.key_kinds("SHARE_DEPOSIT") == ("SHARE_DEPOSIT",)

@@ -25,6 +25,42 @@ def test_bad_cash_amounts_are_field_violations(text):
     assert [i.field for i in v.items] == ["amount"]
 
 
+# Python's Decimal reads any Unicode decimal digit ("٣" is 3); the wire takes ASCII 0-9 only.
+UNICODE_NUMBERS = ["٣", "١٠٠٠.٠٠", "٦٠", "۳", "３", "１００.２５", "१००", "৫", "๕", "𝟓", "߃",
+                   "1٠٠", "10.٥", "٣.00", "5\n", "5 ", "\u00a05", "-٥"]
+
+
+@pytest.mark.parametrize("text", UNICODE_NUMBERS)
+def test_non_ascii_digits_and_whitespace_are_not_plain_decimals(text):
+    v = Violations()
+    assert parse_cash(text, "amount", v) is None
+    assert [i.field for i in v.items] == ["amount"]
+    assert "plain decimal" in v.items[0].description
+    v = Violations()
+    assert parse_decimal(text, "limit_price", v, places=4, maximum=Decimal(10**8), positive=False) is None
+    assert [i.field for i in v.items] == ["limit_price"]
+
+
+@pytest.mark.parametrize("field", ["limit_price", "stop_price"])
+@pytest.mark.parametrize("text", ["٦٠", "６０", "٦٠.٥٠", "0.٨٩٣٦"])
+def test_order_prices_in_unicode_digits_are_refused(field, text):
+    from order_svc.entrypoints.mapping import place_request, replace_request
+    from stockmesh.common.v1 import common_pb2
+    from stockmesh.order.v1 import order_service_pb2 as pb
+
+    prices = {"limit_price": "60.00", "stop_price": "59.00", field: text}
+    req = pb.PlaceOrderRequest(client_order_id="c1", symbol="AAPL", side=common_pb2.SIDE_BUY,
+                               type=common_pb2.ORDER_TYPE_STOP_LIMIT, quantity=1,
+                               time_in_force=common_pb2.TIME_IN_FORCE_DAY, **prices)
+    with pytest.raises(InvalidArgument) as err:
+        place_request(req, "alice")
+    assert [f.field for f in err.value.violations] == [field]
+    with pytest.raises(InvalidArgument) as err:
+        replace_request(pb.ReplaceOrderRequest(order_id="00000000-0000-0000-0000-000000000001",
+                                               client_order_id="c2", quantity=1, **{field: text}), "alice")
+    assert [f.field for f in err.value.violations] == [field]
+
+
 def test_prices_allow_four_places_and_negative_when_asked():
     v = Violations()
     assert parse_decimal("0.1234", "p", v, places=4, maximum=Decimal(10)) == Decimal("0.1234")

@@ -23,3 +23,15 @@ def test_a_class_share_with_a_dash_is_listed(tmp_path):
     f = tmp_path / "symbols.csv"
     f.write_text("symbol,name,reference_price\nBRK-B,Berkshire Hathaway Inc. Class B,412.00\n")
     assert list(symbols._load(str(f))) == ["BRK-B"]
+
+
+def test_a_requests_symbol_is_checked_one_way_everywhere():
+    from meshkit.errors import InvalidArgument
+
+    assert symbols.known("AAPL") == "AAPL"
+    for text, reason, description in [("", "INVALID_ARGUMENT", "is required"),
+                                      ("NOPE", "UNKNOWN_SYMBOL", "unknown symbol 'NOPE'")]:
+        with pytest.raises(InvalidArgument) as err:
+            symbols.known(text)
+        assert err.value.reason == reason
+        assert [(v.field, v.description) for v in err.value.violations] == [("symbol", description)]

@@ -1,0 +1,33 @@
+"""`stockmesh token --account ""` and the customer commands' --account: a bad account id is a
+usage error (exit 2, click's message), never a traceback, and no key or token is made for it."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from meshkit.cli import main
+
+BAD = [("", "must not be empty"), ("x" * 129, "must be at most 128 characters")]
+COMMANDS = [["token"], ["deposit", "10"], ["withdraw", "10"], ["portfolio"], ["orders"], ["cancel", "x"],
+            ["place", "buy", "1", "AAPL", "--limit", "1.00"], ["replace", "x", "--quantity", "2"], ["chart", "AAPL"],
+            ["watch", "quotes", "AAPL"],
+            ["watch", "orders"]]
+
+
+@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long"])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_bad_account_is_a_usage_error(tmp_path, command, account, problem):
+    done = CliRunner().invoke(main, [*command, "--account", account, "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for '--account'" in done.output and problem in done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+    assert "Traceback" not in done.output
+    assert not (tmp_path / "keys").exists()  # nothing minted
+
+
+def test_a_good_account_gets_its_token(tmp_path):
+    import jwt
+
+    done = CliRunner().invoke(main, ["token", "--account", "x" * 128, "--data-dir", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert jwt.decode(done.output.strip(), options={"verify_signature": False})["sub"] == "x" * 128
