@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from enum import Enum
 
 from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -357,9 +357,11 @@ class HoldTransfer:
             other.from_hold_id, other.order_id, other.account_id, other.asset, other.unit_amount, other.reserve)
 
     def need(self, open_quantity: int) -> Decimal:
-        """What the new hold reserves for `open_quantity` shares still to fill."""
+        """What the new hold reserves for `open_quantity` shares still to fill: for cash, the
+        unit price × quantity rounded up to the cent (like order_svc's holds)."""
         assert open_quantity > 0
-        return self.unit_amount * open_quantity
+        need = self.unit_amount * open_quantity
+        return need.quantize(CENT, rounding=ROUND_CEILING) if self.asset == CASH else need
 
     def complete(self, old_left: Decimal, reserve_left: Decimal, open_quantity: int) -> Decimal:
         """The engine replaced the order, leaving `open_quantity` open: the old hold's and the

@@ -79,3 +79,48 @@ def test_a_retried_key_must_carry_the_same_amount():
     assert not model.same_request((Decimal("10.01"), "USD"), entry)
     shares = model.share_deposit_entry("a", "MSFT", Decimal(10), "k")
     assert not model.same_request((Decimal("10"), "AAPL"), shares)  # the same key for another symbol
+
+
+# --- cents: a fill's cash and a position's cost (docs/architecture.md § Cents) -------------
+
+def test_a_fills_cash_is_rounded_down_to_the_cent_and_is_the_same_on_both_legs():
+    from ledger_svc.domain.settlement import fill_cash, legs
+    from meshkit.executions import FILL, Execution
+    assert fill_cash(Decimal("0.8936"), 3) == Decimal("2.68")  # 2.6808
+    assert fill_cash(Decimal("0.8950"), 1) == Decimal("0.89")  # half a cent: down, never up
+    assert fill_cash(Decimal("187.25"), 3) == Decimal("561.75")  # tick 0.01: exact
+    assert fill_cash(Decimal("0.0040"), 2) == 0  # worth less than a cent: no cash moves
+    f = legs(Execution("x", "SIRI", FILL, "ob", "buyer", side="BUY", counter_order_id="os",
+                       counter_account_id="seller", price=Decimal("0.8936"), quantity=3))
+    assert f.cash == Decimal("2.68") and f.cash == f.cash.quantize(model.CENT)
+
+
+def test_captures_rounded_per_fill_never_exceed_a_hold_rounded_up_to_the_cent():
+    """A limit buy of 2 at 0.8950 holds 1.79; filled 1 + 1 at its limit, half-up rounding would
+    capture 0.90 + 0.90 = 1.80 and the second capture would be refused."""
+    from ledger_svc.domain.settlement import fill_cash
+    hold = model.Hold.new("h", "a", "o", model.CASH, (Decimal("0.8950") * 2).quantize(model.CENT, "ROUND_CEILING"))
+    for _ in range(2):
+        hold.capture(fill_cash(Decimal("0.8950"), 1))
+    assert (hold.captured, hold.remaining) == (Decimal("1.78"), Decimal("0.01"))
+
+
+def test_a_positions_cost_is_cents_and_its_average_is_at_price_precision():
+    from ledger_svc.domain.settlement import Position
+    p = Position()
+    p.buy(3, Decimal("0.8936"))
+    p.buy(4, Decimal("188.59"))
+    assert (p.quantity, p.cost) == (7, Decimal("2.68") + Decimal("754.36"))
+    assert p.average_cost == Decimal("108.1486")  # 757.04 / 7, four places
+    p.sell(3)  # 757.04 × 3/7 = 324.445714… leaves, rounded half-up to the cent
+    assert (p.quantity, p.cost) == (4, Decimal("432.59"))
+    assert p.cost == p.cost.quantize(model.CENT) and p.average_cost == Decimal("108.1475")
+    p.sell(4)
+    assert (p.quantity, p.cost) == (0, 0)
+
+
+def test_a_transferred_cash_hold_is_rounded_up_to_the_cent():
+    t = model.HoldTransfer.new("old", "new", "new", "acct", model.CASH, Decimal("0.8936"), Decimal(0))
+    assert t.need(3) == Decimal("2.69")  # 2.6808 up
+    shares = model.HoldTransfer.new("old", "new", "new", "acct", "SIRI", Decimal(1), Decimal(0))
+    assert shares.need(3) == 3

@@ -1,0 +1,99 @@
+"""The ledger's money figures in whole cents: fills of sub-penny prices, the positions they build,
+and the account's statement (ListActivities) against its cash."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from ledger_svc.service_layer import commands, handlers as ledger, settlement
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import calendar
+from meshkit.executions import FILL, Execution
+
+pytestmark = pytest.mark.integration
+D = Decimal
+
+
+class Trade:
+    """A buyer with cash and a seller with shares, each with an order's hold in the ledger, and
+    the engine's fills between the two orders applied as the ledger's consumer applies them."""
+
+    def __init__(self, pool, symbol: str, *, cash: str, shares: int, buy_hold: str, sell_hold: int) -> None:
+        self.uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
+        self.symbol, self.tag = symbol, uuid.uuid4().hex[:8]
+        self.buyer, self.seller = f"cb-{self.tag}", f"cs-{self.tag}"
+        self.buy_order, self.sell_order = f"ob-{self.tag}", f"os-{self.tag}"
+        self.cash, self.shares, self.buy_hold, self.sell_hold = D(cash), shares, D(buy_hold), sell_hold
+        self.n = 0
+
+    async def open(self) -> "Trade":
+        await ledger.deposit(commands.Deposit(self.buyer, self.cash, "fund"), self.uow)
+        await ledger.credit_shares(commands.CreditShares(self.seller, self.symbol, D(self.shares), "seed"), self.uow)
+        await ledger.place_hold(commands.PlaceHold(self.buy_order, self.buyer, self.buy_order, "USD", self.buy_hold),
+                                self.uow)
+        await ledger.place_hold(commands.PlaceHold(self.sell_order, self.seller, self.sell_order, self.symbol,
+                                                   D(self.sell_hold)), self.uow)
+        return self
+
+    async def fill(self, quantity: int, price: str, buyer_leaves: int, seller_leaves: int) -> str:
+        self.n += 1
+        now = datetime.now(timezone.utc)
+        fill_id = f"{self.symbol}:{self.tag}:{self.n}"
+        assert await settlement.apply_execution(Execution(
+            execution_id=fill_id, symbol=self.symbol, type=FILL, order_id=self.buy_order, account_id=self.buyer,
+            side="BUY", counter_order_id=self.sell_order, counter_account_id=self.seller, price=D(price),
+            quantity=quantity, leaves=buyer_leaves, counter_leaves=seller_leaves, executed_at=now,
+            trade_date=calendar.trading_day(now)), self.uow)
+        return fill_id
+
+    async def settle(self) -> None:
+        await settlement.settle(calendar.trading_day(datetime.now(timezone.utc)), self.uow)
+
+    async def position(self, account: str) -> tuple[int, Decimal]:
+        async with self.uow() as uow:
+            p = await uow.settlement.position(account, self.symbol)
+        return p.quantity, p.cost
+
+
+async def test_a_sub_penny_fill_moves_whole_cents_on_every_leg(checked_pool):
+    """3 SIRI at 0.8936 is 2.6808: the buyer pays 2.68, the seller is owed 2.68 and settles
+    2.68, and the buyer's cost basis is 2.68; every balance stays in whole cents."""
+    t = await Trade(checked_pool, "SIRI", cash="10.00", shares=3, buy_hold="2.82", sell_hold=3).open()
+    await t.fill(3, "0.8936", 0, 0)
+    buyer = await ledger.cash_balance(t.buyer, t.uow)
+    assert (buyer.total, buyer.available, buyer.held) == (D("7.32"), D("7.32"), 0)
+    seller = await ledger.cash_balance(t.seller, t.uow)
+    assert (seller.total, seller.unsettled) == (D("2.68"), D("2.68"))
+    assert await t.position(t.buyer) == (3, D("2.68"))
+    await t.settle()
+    seller = await ledger.cash_balance(t.seller, t.uow)
+    assert (seller.total, seller.settled, seller.unsettled, seller.available) == (D("2.68"), D("2.68"), 0, D("2.68"))
+    await ledger.withdraw(commands.Withdraw(t.seller, seller.available, "all"), t.uow)  # the account can be emptied
+    await ledger.withdraw(commands.Withdraw(t.buyer, buyer.available, "all"), t.uow)
+    assert (await ledger.cash_balance(t.seller, t.uow)).total == (await ledger.cash_balance(t.buyer, t.uow)).total == 0
+
+
+async def test_partial_fills_at_the_limit_never_capture_more_than_the_hold(checked_pool):
+    """A limit buy of 2 at 0.8950 holds 1.79 (rounded up to the cent). Filled 1 + 1 at its
+    limit, each fill's 0.895 is rounded down: 0.89 twice, and the last cent is released."""
+    t = await Trade(checked_pool, "SIRI", cash="5.00", shares=2, buy_hold="1.79", sell_hold=2).open()
+    await t.fill(1, "0.8950", 1, 1)
+    await t.fill(1, "0.8950", 0, 0)
+    buyer = await ledger.cash_balance(t.buyer, t.uow)
+    assert (buyer.total, buyer.available, buyer.held) == (D("3.22"), D("3.22"), 0)
+    assert (await ledger.cash_balance(t.seller, t.uow)).unsettled == D("1.78")
+    assert await t.position(t.buyer) == (2, D("1.78"))
+
+
+async def test_a_fill_worth_less_than_a_cent_moves_shares_only_and_reconciles(checked_pool):
+    t = await Trade(checked_pool, "PENNY", cash="1.00", shares=2, buy_hold="0.01", sell_hold=2).open()
+    fill_id = await t.fill(2, "0.0040", 0, 0)
+    assert (await ledger.book_balance(t.buyer, "PENNY", t.uow)).posted == 2
+    assert (await ledger.cash_balance(t.buyer, t.uow)).total == D("1.00")
+    assert (await ledger.cash_balance(t.seller, t.uow)).total == 0
+    day = calendar.trading_day(datetime.now(timezone.utc))
+    report = await settlement.reconcile(day, t.uow, None, settlement.SettlementReport(day))
+    assert [d for d in report.discrepancies if d.reference == fill_id] == []
