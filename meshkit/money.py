@@ -6,7 +6,7 @@ infinity, no signs other than the ones a field allows, no absurd lengths.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from meshkit.errors import Violations
 
@@ -15,6 +15,7 @@ _PLAIN = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
 # Largest cash amount a single request may carry (a 15-digit integer part).
 MAX_CASH = Decimal("999999999999999.99")
 MAX_PRICE = Decimal("99999999.9999")
+CENT = Decimal("0.01")
 
 
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
@@ -61,3 +62,18 @@ def fmt(value: Decimal | int) -> str:
     text = f"{Decimal(value).normalize():f}"
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def cents(value: Decimal | int) -> Decimal:
+    """Money rounded half-up to the cent (a valuation: price × quantity, a P&L)."""
+    return Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP) + 0  # + 0: never "-0.00"
+
+
+def fmt_cents(value: Decimal | int) -> str:
+    """Money to its wire string with exactly two fractional digits ("2.68", "-10.90")."""
+    return f"{cents(value):f}"
+
+
+def fmt_price(value: Decimal, tick: Decimal) -> str:
+    """A per-share price to its wire string at the precision of `tick` ("188.14", "0.8936")."""
+    return f"{value.quantize(tick, rounding=ROUND_HALF_UP) + 0:f}"

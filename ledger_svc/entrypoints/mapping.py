@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer.portfolio import PortfolioView
-from meshkit.money import fmt
+from meshkit.money import fmt, fmt_cents, fmt_price
+from meshkit.symbols import price_tick
 from meshkit.prototime import timestamp
 from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
 
@@ -53,16 +53,23 @@ def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
         status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)
 
 
-def _money(d) -> str:
-    return fmt(d) if d is not None else ""
+def _money(d: Decimal | None) -> str:
+    return fmt_cents(d) if d is not None else ""
+
+
+def _price(symbol: str, d: Decimal | None) -> str:
+    return fmt_price(d, price_tick(symbol, d)) if d is not None else ""
 
 
 def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime) -> ledger_pb2.Portfolio:
+    """Money (values, P&L, equity) in cents; per-share prices (average cost, market price) at
+    the symbol's price precision (docs/architecture.md § Portfolio)."""
     return ledger_pb2.Portfolio(
-        account_id=account, cash=cash_to_proto(view.cash), equity=fmt(view.equity), open_orders=open_orders,
+        account_id=account, cash=cash_to_proto(view.cash), equity=fmt_cents(view.equity), open_orders=open_orders,
         as_of=timestamp(as_of), positions=[
             ledger_pb2.Position(symbol=p.symbol, quantity=p.quantity, available=p.available, held=p.held,
-                                average_cost=fmt(p.average_cost), market_price=_money(p.market_price),
+                                average_cost=_price(p.symbol, p.average_cost),
+                                market_price=_price(p.symbol, p.market_price),
                                 market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
             for p in view.positions])
 

@@ -8,10 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from ledger_svc.service_layer import commands, handlers as ledger, settlement
+from ledger_svc.service_layer import commands, handlers as ledger, portfolio, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
 from meshkit.executions import FILL, Execution
+from meshkit.marketdata import Touch
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -21,17 +22,20 @@ class Trade:
     """A buyer with cash and a seller with shares, each with an order's hold in the ledger, and
     the engine's fills between the two orders applied as the ledger's consumer applies them."""
 
-    def __init__(self, pool, symbol: str, *, cash: str, shares: int, buy_hold: str, sell_hold: int) -> None:
+    def __init__(self, pool, symbol: str, *, cash: str, shares: int, buy_hold: str, sell_hold: int,
+                 seed_cost: str = "0") -> None:
         self.uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
         self.symbol, self.tag = symbol, uuid.uuid4().hex[:8]
         self.buyer, self.seller = f"cb-{self.tag}", f"cs-{self.tag}"
         self.buy_order, self.sell_order = f"ob-{self.tag}", f"os-{self.tag}"
         self.cash, self.shares, self.buy_hold, self.sell_hold = D(cash), shares, D(buy_hold), sell_hold
+        self.seed_cost = D(seed_cost)
         self.n = 0
 
     async def open(self) -> "Trade":
         await ledger.deposit(commands.Deposit(self.buyer, self.cash, "fund"), self.uow)
-        await ledger.credit_shares(commands.CreditShares(self.seller, self.symbol, D(self.shares), "seed"), self.uow)
+        await ledger.credit_shares(commands.CreditShares(self.seller, self.symbol, D(self.shares), "seed",
+                                                                self.seed_cost), self.uow)
         await ledger.place_hold(commands.PlaceHold(self.buy_order, self.buyer, self.buy_order, "USD", self.buy_hold),
                                 self.uow)
         await ledger.place_hold(commands.PlaceHold(self.sell_order, self.seller, self.sell_order, self.symbol,
@@ -97,3 +101,24 @@ async def test_a_fill_worth_less_than_a_cent_moves_shares_only_and_reconciles(ch
     day = calendar.trading_day(datetime.now(timezone.utc))
     report = await settlement.reconcile(day, t.uow, None, settlement.SettlementReport(day))
     assert [d for d in report.discrepancies if d.reference == fill_id] == []
+
+
+class Quotes:
+    def __init__(self, **last: str) -> None:
+        self.last = {k: D(v) for k, v in last.items()}
+
+    async def touch(self, symbol: str) -> Touch:
+        return Touch(bid=None, ask=None, last=self.last.get(symbol))
+
+
+async def test_a_position_after_a_sale_shows_money_in_cents(checked_pool):
+    """7 AAPL at an average of 188.1404 (cost 1316.98), 3 sold: the 4 left keep the average,
+    their cost is cents (1316.98 × 4/7 = 752.56), and value, P&L and equity are cents."""
+    t = await Trade(checked_pool, "AAPL", cash="1000.00", shares=7, buy_hold="600.00", sell_hold=3,
+                    seed_cost="188.1404").open()
+    await t.fill(3, "186.58", 0, 0)
+    assert await t.position(t.seller) == (4, D("752.56"))
+    view = await portfolio.portfolio(t.seller, t.uow, Quotes(AAPL="186.5833"))
+    (p,) = view.positions
+    assert (p.quantity, p.average_cost, p.market_value, p.unrealized_pnl) == (4, D("188.1400"), D("746.33"), D("-6.23"))
+    assert view.equity == D("559.74") + D("746.33")  # 3 × 186.58 unsettled, and the shares
