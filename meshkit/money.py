@@ -64,6 +64,12 @@ def fmt(value: Decimal | int) -> str:
     return f"{whole}.{frac.ljust(2, '0')}"
 
 
+def amount_text(asset: str, value: Decimal | int) -> str:
+    """An amount of an asset as the API shows it (in replies, messages and metadata alike):
+    cash ("USD") as a money string ("1000.00", "187.25"), shares as a whole number ("100")."""
+    return fmt(value) if asset == "USD" else str(int(value))
+
+
 def cents(value: Decimal | int) -> Decimal:
     """Money rounded half-up to the cent (a valuation: price × quantity, a P&L)."""
     return Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP) + 0  # + 0: never "-0.00"

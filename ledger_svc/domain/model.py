@@ -16,8 +16,9 @@ from decimal import ROUND_CEILING, Decimal
 from enum import Enum
 
 from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from meshkit.money import amount_text
 
-CASH = "USD"
+CASH = "USD"  # meshkit.money.amount_text knows it too
 EXTERNAL = "$external"  # counter-account of money or shares entering or leaving the brokerage
 CLEARING = "$clearing"  # default counter-account of hold captures (the street side of a trade)
 CENT = Decimal("0.01")
@@ -68,8 +69,9 @@ def insufficient(asset: str, available: Decimal, requested: Decimal) -> FailedPr
     """The refusal for a book short of `requested`: funds for cash, shares for a symbol."""
     cls = InsufficientFunds if asset == CASH else InsufficientShares
     what = "cash" if asset == CASH else f"{asset} shares"
-    return cls(f"available {what} {available} is less than {requested}",
-               metadata={"asset": asset, "available": str(available), "requested": str(requested)})
+    have, want = amount_text(asset, available), amount_text(asset, requested)
+    return cls(f"available {what} {have} is less than {want}",
+               metadata={"asset": asset, "available": have, "requested": want})
 
 
 def is_symbol(asset: str) -> bool:
@@ -188,9 +190,7 @@ class Balance:
     def apply(self, amount: Decimal) -> None:
         """Post `amount`; a debit beyond what is available is refused and changes nothing."""
         if self.posted + amount - self.held < 0:
-            raise InsufficientFunds(
-                f"available {self.available} is less than {-amount}",
-                metadata={"available": str(self.available), "requested": str(-amount)})
+            raise insufficient(CASH, self.available, -amount)
         self.posted += amount
 
     def hold(self, asset: str, amount: Decimal) -> None:
@@ -283,9 +283,9 @@ class Hold:
             raise HoldResolved(f"hold {self.hold_id} is already {self.status.value.lower()}",
                                metadata={"holdId": self.hold_id, "status": self.status.value})
         if amount > self.remaining:
-            raise HoldExceeded(
-                f"capture of {amount} exceeds the {self.remaining} still held by hold {self.hold_id}",
-                metadata={"holdId": self.hold_id, "remaining": str(self.remaining), "requested": str(amount)})
+            left, want = amount_text(self.asset, self.remaining), amount_text(self.asset, amount)
+            raise HoldExceeded(f"capture of {want} exceeds the {left} still held by hold {self.hold_id}",
+                               metadata={"holdId": self.hold_id, "remaining": left, "requested": want})
         self.captured += amount
         if self.remaining == 0:
             self.status = HoldStatus.CAPTURED

@@ -41,15 +41,10 @@ def activity_to_proto(a: ActivityRow) -> ledger_pb2.Activity:
         created_at=timestamp(a.created_at), reference=a.reference)
 
 
-def amount_text(asset: str, value: Decimal) -> str:
-    """Cash as a money string ("187.25"); shares as a whole number ("100")."""
-    return fmt(value) if asset == model.CASH else str(int(value))
-
-
 def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:
     return ledger_pb2.Hold(
-        hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
-        captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
+        hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=model.amount_text(h.asset, h.amount),
+        captured=model.amount_text(h.asset, h.captured), released=model.amount_text(h.asset, h.released),
         status=HOLD_STATUSES[h.status], created_at=timestamp(h.created_at) if h.created_at else None)
 
 
@@ -83,7 +78,7 @@ TRANSFER_STATUSES = {
 
 def transfer_to_proto(t: model.HoldTransfer) -> hold_service_pb2.HoldTransfer:
     def amount(v: Decimal | None) -> str:
-        return "" if v is None else amount_text(t.asset, v)
+        return "" if v is None else model.amount_text(t.asset, v)
     return hold_service_pb2.HoldTransfer(
         from_hold_id=t.from_hold_id, to_hold_id=t.to_hold_id, order_id=t.order_id, asset=t.asset,
         unit_amount=fmt(t.unit_amount), reserve_amount=amount(t.reserve), reserve_hold_id=t.reserve_hold_id or "",

@@ -22,7 +22,8 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
         if not model.same_request(existing, entry):
             raise model.DuplicateIdempotencyKey(
                 f"idempotency key {entry.idempotency_key!r} was used for a "
-                f"{entry.kind.lower()} of {existing[0]} {existing[1]}, not {entry.amount} {entry.asset}",
+                f"{entry.kind.lower()} of {model.amount_text(existing[1], existing[0])} {existing[1]}, "
+                f"not {model.amount_text(entry.asset, entry.amount)} {entry.asset}",
                 metadata={"idempotencyKey": entry.idempotency_key or ""})
         return False
     await uow.ledger.post(entry)
@@ -88,7 +89,8 @@ async def credit_shares(cmd: commands.CreditShares, uow_factory: UowFactory) -> 
 def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
     if not existing.same_request(asked):
         raise model.DuplicateHoldId(
-            f"hold id {asked.hold_id!r} was used for a hold of {existing.amount} {existing.asset} "
+            f"hold id {asked.hold_id!r} was used for a hold of {model.amount_text(existing.asset, existing.amount)} "
+            f"{existing.asset} "
             f"on {existing.account_id} for order {existing.order_id}",
             metadata={"holdId": asked.hold_id})
     return existing  # a retry: placed once already
@@ -164,7 +166,8 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.
     if prior is not None:
         if (prior.amount, prior.counter_account_id) != (cmd.amount, counter):
             raise model.DuplicateCaptureId(
-                f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured {prior.amount} "
+                f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured "
+                f"{model.amount_text(hold.asset, prior.amount)} "
                 f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
         return hold  # a retry: applied once already
     hold.capture(cmd.amount)
@@ -241,7 +244,8 @@ def _same_transfer(existing: model.HoldTransfer, asked: model.HoldTransfer) -> m
     if not existing.same_request(asked):
         raise model.DuplicateHoldId(
             f"hold id {asked.to_hold_id!r} was used for a transfer from {existing.from_hold_id} reserving "
-            f"{existing.reserve} {existing.asset}", metadata={"holdId": asked.to_hold_id})
+            f"{model.amount_text(existing.asset, existing.reserve)} {existing.asset}",
+            metadata={"holdId": asked.to_hold_id})
     return existing  # a retry: recorded once already (it may have completed or been cancelled since)
 
 

@@ -62,6 +62,7 @@ def test_a_debit_beyond_available_is_refused_and_changes_nothing():
     with pytest.raises(model.InsufficientFunds) as err:
         b.apply(Decimal("-70.01"))
     assert err.value.reason == "INSUFFICIENT_FUNDS" and err.value.code == "FAILED_PRECONDITION"
+    assert err.value.message == "available cash 70.00 is less than 70.01"
     assert (b.posted, b.held, b.available) == (Decimal("100"), Decimal("30"), Decimal("70"))
     b.apply(Decimal("-70"))
     assert b.available == 0
@@ -124,3 +125,15 @@ def test_a_transferred_cash_hold_is_rounded_up_to_the_cent():
     assert t.need(3) == Decimal("2.69")  # 2.6808 up
     shares = model.HoldTransfer.new("old", "new", "new", "acct", "SIRI", Decimal(1), Decimal(0))
     assert shares.need(3) == 3
+
+
+def test_refusals_show_cash_as_money_and_shares_whole():
+    cash = model.insufficient(model.CASH, Decimal("1000.0000"), Decimal("5000"))
+    assert cash.message == "available cash 1000.00 is less than 5000.00"
+    assert cash.metadata == {"asset": "USD", "available": "1000.00", "requested": "5000.00"}
+    shares = model.insufficient("AAPL", Decimal("3.0000"), Decimal(5))
+    assert shares.message == "available AAPL shares 3 is less than 5" and shares.metadata["available"] == "3"
+    h = model.Hold.new("h", "a", "o", model.CASH, Decimal("10.00"))
+    with pytest.raises(model.HoldExceeded) as err:
+        h.capture(Decimal("10.5"))
+    assert err.value.metadata["remaining"] == "10.00" and err.value.metadata["requested"] == "10.50"
