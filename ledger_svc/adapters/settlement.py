@@ -67,10 +67,13 @@ class SettlementRepository:
              ORDER BY p.symbol
             """, account_id, cash_asset)
 
-    async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date) -> None:
+    async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date,
+                            description: str) -> None:
+        """The seller's proceeds, owed until settlement; also a line of the seller's statement
+        (its activity id from the postings' sequence: migration 0009)."""
         await self.conn.execute(
-            "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date) VALUES ($1, $2, $3, $4)",
-            fill_id, account_id, amount, trade_date)
+            "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date, description)"
+            " VALUES ($1, $2, $3, $4, $5)", fill_id, account_id, amount, trade_date, description)
 
     async def due(self, through: date, limit: int) -> list[asyncpg.Record]:
         return await self.conn.fetch(

@@ -166,14 +166,47 @@ def share_deposit_entry(account_id: str, symbol: str, quantity: Decimal, key: st
     )
 
 
-def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str) -> JournalEntry:
-    """What a capture posts: the held asset leaves the hold's book for the counter-account."""
+@dataclass(frozen=True)
+class FillMemo:
+    """What a trade's captures say on both accounts' statements: the fill's id (which both
+    sides know: it is their OrderUpdate's fill_id) and "3 AAPL at 187.25"."""
+    fill_id: str
+    trade: str
+
+
+def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str, fill: FillMemo | None = None) -> JournalEntry:
+    """What a capture posts: the held asset leaves the hold's book for the counter-account.
+
+    A trade's capture (`fill`) is a FILL entry that names the fill, never the order whose hold
+    it captures: its postings are on both sides' statements (the seller's shares arrive in the
+    buyer's book), and one side's order id is no business of the other's."""
+    if fill is not None:
+        kind, reference, description = "FILL", fill.fill_id, fill.trade
+    else:
+        kind, reference = "HOLD_CAPTURE", hold.order_id
+        description = f"Capture of {amount_text(hold.asset, amount)} {hold.asset} held for order {hold.order_id}"
     return JournalEntry(
-        entry_id=uuid.uuid4(), kind="HOLD_CAPTURE", account_id=hold.account_id, asset=hold.asset, amount=amount,
-        reference=hold.order_id, description=f"Capture of {amount} {hold.asset} held for order {hold.order_id}",
+        entry_id=uuid.uuid4(), kind=kind, account_id=hold.account_id, asset=hold.asset, amount=amount,
+        reference=reference, description=description,
         postings=(Posting(BookRef(hold.account_id, hold.asset), -amount),
                   Posting(BookRef(counter_account_id, hold.asset), amount)),
     )
+
+
+def statement_line(kind: str, asset: str, amount: Decimal, description: str, own: bool,
+                   settled: bool | None) -> str:
+    """How a line of the account's statement reads. A trade's lines (FILL, and PROCEEDS: a
+    sale's proceeds, owed until settlement) say which way it went from the account's side: it
+    bought when shares came in or cash went out. A capture of another account's hold (trade
+    lines from before FILL entries) says only what moved: its text names the other order."""
+    if kind in ("FILL", "PROCEEDS"):
+        line = f"{'Bought' if (amount > 0) != (asset == CASH) else 'Sold'} {description}"
+        if kind == "PROCEEDS":
+            line += ": proceeds, settled" if settled else ": proceeds, unsettled until settlement"
+        return line
+    if not own:
+        return f"{'Received' if amount > 0 else 'Delivered'} {amount_text(asset, abs(amount))} {asset} in a trade"
+    return description
 
 
 @dataclass

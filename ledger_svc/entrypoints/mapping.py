@@ -18,6 +18,7 @@ ACTIVITY_TYPES = {
     "WITHDRAWAL": ledger_pb2.ACTIVITY_TYPE_WITHDRAWAL,
     "HOLD_CAPTURE": ledger_pb2.ACTIVITY_TYPE_FILL,
     "FILL": ledger_pb2.ACTIVITY_TYPE_FILL,
+    "PROCEEDS": ledger_pb2.ACTIVITY_TYPE_FILL,  # a sale's proceeds, owed until settlement
     "SETTLEMENT": ledger_pb2.ACTIVITY_TYPE_SETTLEMENT,
 }
 
@@ -35,10 +36,13 @@ def cash_to_proto(c: model.CashBalance) -> ledger_pb2.CashBalance:
 
 
 def activity_to_proto(a: ActivityRow) -> ledger_pb2.Activity:
+    """A statement line: cash as money, shares whole; a trade's lines read from the account's
+    side and reference the fill; nothing names another account's order."""
     return ledger_pb2.Activity(
-        activity_id=str(a.posting_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
-        asset=a.asset, amount=fmt(a.amount), description=a.description,
-        created_at=timestamp(a.created_at), reference=a.reference)
+        activity_id=str(a.activity_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
+        asset=a.asset, amount=model.amount_text(a.asset, a.amount),
+        description=model.statement_line(a.kind, a.asset, a.amount, a.description, a.own, a.settled),
+        created_at=timestamp(a.created_at), reference=a.reference if a.own or a.kind == "FILL" else "")
 
 
 def hold_to_proto(h: model.Hold) -> ledger_pb2.Hold:

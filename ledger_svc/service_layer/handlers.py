@@ -152,9 +152,10 @@ def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available
     return placed
 
 
-async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:
+async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold, fill: model.FillMemo | None = None) -> model.Hold:
     """Move part or all of what is still held to the counter-account, as one balanced journal
-    entry, idempotent on (hold_id, capture_id), inside the caller's transaction."""
+    entry (a FILL entry naming `fill` for a trade's), idempotent on (hold_id, capture_id),
+    inside the caller's transaction."""
     counter = cmd.counter_account_id or model.CLEARING
     hold = await uow.ledger.get_hold(cmd.hold_id, for_update=True)
     if hold is None:
@@ -171,7 +172,7 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.
                 f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
         return hold  # a retry: applied once already
     hold.capture(cmd.amount)
-    entry = model.capture_entry(hold, cmd.amount, counter)
+    entry = model.capture_entry(hold, cmd.amount, counter, fill)
     await uow.ledger.add_entry(entry)
     await uow.ledger.post(entry, from_held=model.BookRef(hold.account_id, hold.asset),
                           audit_type="HOLD_CAPTURED", audit_extra={

@@ -14,6 +14,8 @@ from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
+from meshkit.money import fmt_price
+from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
 
@@ -40,11 +42,13 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
         ended: list[str] = []
         if ex.type == FILL:
             f = legs(ex)
+            price = fmt_price(f.price, price_tick(ex.symbol, f.price))
+            memo = model.FillMemo(ex.execution_id, f"{f.quantity} {ex.symbol} at {price}")
             if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
                 await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
-                                                           model.CLEARING))
+                                                           model.CLEARING), memo)
             await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
-                                                       Decimal(f.quantity), f.buyer_account))
+                                                       Decimal(f.quantity), f.buyer_account), memo)
             bought = await uow.settlement.position(f.buyer_account, ex.symbol)
             bought.buy(f.quantity, f.price)
             await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
@@ -53,7 +57,8 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
             await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
             assert ex.trade_date is not None
             if f.cash:
-                await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date)
+                await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date,
+                                                   memo.trade)
             ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
         elif ex.type == REPLACED:
             await complete_transfer_in(uow, ex.order_id, ex.new_order_id, ex.leaves)

@@ -8,11 +8,13 @@ from decimal import Decimal
 
 import pytest
 
+from ledger_svc.entrypoints import mapping
 from ledger_svc.service_layer import commands, handlers as ledger, portfolio, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
 from meshkit.executions import FILL, Execution
 from meshkit.marketdata import Touch
+from stockmesh.ledger.v1 import ledger_pb2
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -122,3 +124,63 @@ async def test_a_position_after_a_sale_shows_money_in_cents(checked_pool):
     (p,) = view.positions
     assert (p.quantity, p.average_cost, p.market_value, p.unrealized_pnl) == (4, D("188.1400"), D("746.33"), D("-6.23"))
     assert view.equity == D("559.74") + D("746.33")  # 3 × 186.58 unsettled, and the shares
+
+
+async def statement(t: Trade, account: str) -> list[ledger_pb2.Activity]:
+    """The account's whole ListActivities, as the servicer maps it, oldest first."""
+    lines: list[ledger_pb2.Activity] = []
+    before = None
+    while True:
+        rows = await ledger.activities(account, before, 3, t.uow)  # small pages: the paging is exercised too
+        lines += [mapping.activity_to_proto(r) for r in rows]
+        if len(rows) < 3:
+            return lines[::-1]
+        before = rows[-1].activity_id
+
+
+async def usd_sum(t: Trade, account: str) -> Decimal:
+    return sum((D(a.amount) for a in await statement(t, account) if a.asset == "USD"), D(0))
+
+
+async def test_the_statement_sums_to_the_cash_total_before_and_after_settlement(checked_pool):
+    """The seller's proceeds are on the statement from the sale (owed until settlement, as
+    GetPortfolio's unsettled cash), and their settlement is not counted again."""
+    t = await Trade(checked_pool, "SIRI", cash="10.00", shares=6, buy_hold="5.40", sell_hold=6).open()
+    await ledger.deposit(commands.Deposit(t.seller, D("1.00"), "own-cash"), t.uow)
+    first = await t.fill(3, "0.8936", 3, 3)
+    second = await t.fill(3, "0.8940", 0, 0)
+    for account in (t.buyer, t.seller):
+        cash = await ledger.cash_balance(account, t.uow)
+        assert await usd_sum(t, account) == cash.total, account
+    seller = await statement(t, t.seller)
+    proceeds = [(a.amount, a.reference, a.description, a.type) for a in seller
+                if a.asset == "USD" and a.reference in (first, second)]
+    assert proceeds == [
+        ("2.68", first, "Sold 3 SIRI at 0.8936: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL),
+        ("2.68", second, "Sold 3 SIRI at 0.8940: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL)]
+    assert (await ledger.cash_balance(t.seller, t.uow)).total == D("6.36")
+
+    await t.settle()
+    for account in (t.buyer, t.seller):
+        cash = await ledger.cash_balance(account, t.uow)
+        assert await usd_sum(t, account) == cash.total, account
+    assert (await ledger.cash_balance(t.seller, t.uow)).settled == D("6.36")
+    seller = await statement(t, t.seller)
+    assert [a.description for a in seller if a.asset == "USD" and a.reference in (first, second)] == [
+        "Sold 3 SIRI at 0.8936: proceeds, settled", "Sold 3 SIRI at 0.8940: proceeds, settled"]
+    assert not [a for a in seller if a.type == ledger_pb2.ACTIVITY_TYPE_SETTLEMENT]  # counted at the sale
+
+
+async def test_each_side_sees_its_trade_as_its_own_never_the_other_sides_order(checked_pool):
+    t = await Trade(checked_pool, "AAPL", cash="1000.00", shares=3, buy_hold="561.75", sell_hold=3).open()
+    fill_id = await t.fill(3, "187.25", 0, 0)
+    buyer = [(a.asset, a.amount, a.description, a.reference) for a in await statement(t, t.buyer)]
+    assert buyer == [("USD", "1000.00", "Deposit", "fund"),
+                     ("USD", "-561.75", "Bought 3 AAPL at 187.25", fill_id),
+                     ("AAPL", "3", "Bought 3 AAPL at 187.25", fill_id)]
+    seller = [(a.asset, a.amount, a.description, a.reference) for a in await statement(t, t.seller)]
+    assert seller == [("AAPL", "3", "Deposit of 3 AAPL", "seed"),
+                      ("AAPL", "-3", "Sold 3 AAPL at 187.25", fill_id),
+                      ("USD", "561.75", "Sold 3 AAPL at 187.25: proceeds, unsettled until settlement", fill_id)]
+    for lines, other in ((buyer, t.sell_order), (seller, t.buy_order)):
+        assert not [line for line in lines if other in line[2] or other in line[3]]

@@ -137,3 +137,24 @@ def test_refusals_show_cash_as_money_and_shares_whole():
     with pytest.raises(model.HoldExceeded) as err:
         h.capture(Decimal("10.5"))
     assert err.value.metadata["remaining"] == "10.00" and err.value.metadata["requested"] == "10.50"
+
+
+def test_statement_lines_read_from_the_accounts_side():
+    line = model.statement_line
+    assert line("FILL", "AAPL", Decimal(3), "3 AAPL at 187.25", False, None) == "Bought 3 AAPL at 187.25"
+    assert line("FILL", "USD", Decimal("-561.75"), "3 AAPL at 187.25", True, None) == "Bought 3 AAPL at 187.25"
+    assert line("FILL", "AAPL", Decimal(-3), "3 AAPL at 187.25", True, None) == "Sold 3 AAPL at 187.25"
+    assert line("PROCEEDS", "USD", Decimal("561.75"), "3 AAPL at 187.25", True, False) == \
+        "Sold 3 AAPL at 187.25: proceeds, unsettled until settlement"
+    # A capture of another account's hold, recorded before trades had FILL entries: its text
+    # named the other side's order, so only what moved is said.
+    assert line("HOLD_CAPTURE", "AAPL", Decimal("3.0000"), "Capture of 3 AAPL held for order ace5d252", False,
+                None) == "Received 3 AAPL in a trade"
+    assert line("DEPOSIT", "USD", Decimal("10"), "Deposit", True, None) == "Deposit"
+
+
+def test_a_trades_capture_names_the_fill_not_the_order():
+    hold = model.Hold.new("os", "seller", "os", "AAPL", Decimal(3))
+    e = model.capture_entry(hold, Decimal(3), "buyer", model.FillMemo("AAPL:1", "3 AAPL at 187.25"))
+    assert (e.kind, e.reference, e.description) == ("FILL", "AAPL:1", "3 AAPL at 187.25")
+    assert "os" not in e.description
