@@ -7,7 +7,7 @@ no signs other than the ones a field allows, no absurd lengths.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from meshkit.errors import Violations
 from meshkit.symbols import tick_places
@@ -19,6 +19,7 @@ _PLAIN = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")
 # Largest cash amount a single request may carry (a 15-digit integer part).
 MAX_CASH = Decimal("999999999999999.99")
 MAX_PRICE = Decimal("99999999.9999")
+CENT = Decimal("0.01")
 
 
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
@@ -73,3 +74,25 @@ def fmt_price(value: Decimal | int) -> str:
     "0.8936"). An average (a fill price, a VWAP) keeps the further digits it has."""
     value = Decimal(value)
     return fmt(value, tick_places(abs(value)))
+
+
+def amount_text(asset: str, value: Decimal | int) -> str:
+    """An amount of an asset as the API shows it (in replies, messages and metadata alike):
+    cash ("USD") as a money string ("1000.00", "187.25"), shares as a whole number ("100")."""
+    return fmt(value) if asset == "USD" else str(int(value))
+
+
+def cents(value: Decimal | int) -> Decimal:
+    """Money rounded half-up to the cent (a valuation: price × quantity, a P&L)."""
+    return Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP) + 0  # + 0: never "-0.00"
+
+
+def fmt_cents(value: Decimal | int) -> str:
+    """Money to its wire string with exactly two fractional digits ("2.68", "-10.90")."""
+    return f"{cents(value):f}"
+
+
+def fmt_at_tick(value: Decimal, tick: Decimal) -> str:
+    """A per-share figure (an average cost, a valuation's price) rounded half-up to `tick` and
+    written at its precision ("188.14", "0.8936")."""
+    return f"{value.quantize(tick, rounding=ROUND_HALF_UP) + 0:f}"

@@ -27,6 +27,15 @@ def tick_places(price: Decimal) -> int:
     return -int(tick_size(price).as_tuple().exponent)
 
 
+def price_tick(symbol: str, price: Decimal) -> Decimal:
+    """The precision a per-share price of `symbol` (a quote, an average cost) is shown at: the
+    symbol's tick (from its reference price; 0.01 for an unlisted one), or 0.0001 when the price
+    itself is below a dollar."""
+    s = listed().get(symbol)
+    tick = s.tick_size if s is not None else CENT
+    return min(tick, tick_size(price)) if price > 0 else tick
+
+
 def on_tick(price: Decimal) -> bool:
     return price % tick_size(price) == 0
 

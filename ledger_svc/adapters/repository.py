@@ -25,13 +25,18 @@ def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
         resolved_at=r["r_resolved_at"]), r["r_available"]
 
 class ActivityRow(NamedTuple):
-    posting_id: int
+    """A line of the account's statement: one of its postings, or a sale's proceeds owed until
+    settlement (kind PROCEEDS). `own`: the entry is the account's own (a trade's capture of the
+    other side's hold is not); `settled`: for proceeds, whether they have settled."""
+    activity_id: int
     kind: str
     asset: str
     amount: Decimal
     description: str
     reference: str
     created_at: datetime
+    own: bool = True
+    settled: bool | None = None
 
 
 _HOLD_COLUMNS = "hold_id, account_id, order_id, asset, amount, captured, released, status, created_at, resolved_at"
@@ -254,17 +259,30 @@ class LedgerRepository:
         return CashBalance.of(row["posted"], row["held"], row["unsettled"])
 
     async def activities(self, account_id: str, after: int | None, limit: int) -> list[ActivityRow]:
+        """The account's statement, newest first, below `after`: its postings, and each sale's
+        proceeds from the moment of the sale (ledger.unsettled, migration 0011) — whose
+        settlement is then left out, so the USD lines always sum to the cash total."""
         rows = await self.conn.fetch(
             """
-            SELECT p.posting_id, e.kind, p.asset, p.amount, e.description,
-                   coalesce(e.reference, e.idempotency_key, '') AS reference, p.created_at
-              FROM ledger.postings p
-              JOIN ledger.books k USING (book_id)
-              JOIN ledger.entries e USING (entry_id)
-             WHERE k.owner = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)
-             ORDER BY p.posting_id DESC
+            SELECT * FROM (
+                SELECT p.posting_id AS activity_id, e.kind, p.asset, p.amount, e.description,
+                       coalesce(e.reference, e.idempotency_key, '') AS reference, p.created_at,
+                       e.account_id = $1 AS own, NULL::boolean AS settled
+                  FROM ledger.postings p
+                  JOIN ledger.books k USING (book_id)
+                  JOIN ledger.entries e USING (entry_id)
+                 WHERE k.owner = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)
+                   AND NOT (e.kind = 'SETTLEMENT' AND EXISTS (
+                            SELECT 1 FROM ledger.unsettled u WHERE u.fill_id = e.reference AND u.activity_id IS NOT NULL))
+                UNION ALL
+                SELECT u.activity_id, 'PROCEEDS', $4, u.amount, coalesce(u.description, ''), u.fill_id, u.created_at,
+                       true, u.settled_at IS NOT NULL
+                  FROM ledger.unsettled u
+                 WHERE u.account_id = $1 AND u.activity_id IS NOT NULL AND ($2::bigint IS NULL OR u.activity_id < $2)
+            ) a
+             ORDER BY activity_id DESC
              LIMIT $3
-            """, account_id, after, limit)
+            """, account_id, after, limit, CASH)
         return [ActivityRow(**dict(r)) for r in rows]
 
 

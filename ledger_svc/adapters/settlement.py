@@ -10,6 +10,11 @@ import asyncpg
 from ledger_svc.domain.settlement import Execution, Position
 
 
+# A fill moves cash unless price × quantity is less than a cent (domain.settlement.fill_cash:
+# rounded down to the cent). Fills applied before the rounding always moved some.
+_MOVES_CASH = "trunc(price * quantity, 2) > 0"
+
+
 class SettlementRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -62,10 +67,13 @@ class SettlementRepository:
              ORDER BY p.symbol
             """, account_id, cash_asset)
 
-    async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date) -> None:
+    async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date,
+                            description: str) -> None:
+        """The seller's proceeds, owed until settlement; also a line of the seller's statement
+        (its activity id from the postings' sequence: migration 0011)."""
         await self.conn.execute(
-            "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date) VALUES ($1, $2, $3, $4)",
-            fill_id, account_id, amount, trade_date)
+            "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date, description)"
+            " VALUES ($1, $2, $3, $4, $5)", fill_id, account_id, amount, trade_date, description)
 
     async def due(self, through: date, limit: int) -> list[asyncpg.Record]:
         return await self.conn.fetch(
@@ -106,20 +114,20 @@ class SettlementRepository:
     async def fills_without_two_captures(self, day: date) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             """
-            SELECT e.execution_id, count(c.capture_id) AS captures
-              FROM ledger.executions e
+            SELECT e.execution_id, count(c.capture_id) AS captures, max(e.expected) AS expected
+              FROM (SELECT execution_id, CASE WHEN {MOVES_CASH} THEN 2 ELSE 1 END AS expected
+                      FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
               LEFT JOIN ledger.hold_captures c ON c.capture_id IN (e.execution_id || ':cash', e.execution_id || ':shares')
-             WHERE e.type = 'FILL' AND e.trade_date = $1
-             GROUP BY e.execution_id HAVING count(c.capture_id) <> 2
-            """, day)
+             GROUP BY e.execution_id HAVING count(c.capture_id) <> max(e.expected)
+            """.format(MOVES_CASH=_MOVES_CASH), day)
 
     async def fills_not_settled(self, day: date) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             """
             SELECT e.execution_id, u.settled_at FROM ledger.executions e
               LEFT JOIN ledger.unsettled u ON u.fill_id = e.execution_id
-             WHERE e.type = 'FILL' AND e.trade_date = $1 AND u.settled_at IS NULL
-            """, day)
+             WHERE e.type = 'FILL' AND e.trade_date = $1 AND u.settled_at IS NULL AND {MOVES_CASH}
+            """.format(MOVES_CASH=_MOVES_CASH), day)
 
     async def pending_holds_of_ended_orders(self) -> list[asyncpg.Record]:
         return await self.conn.fetch(

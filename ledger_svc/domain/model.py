@@ -12,12 +12,13 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from enum import Enum
 
 from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from meshkit.money import amount_text
 
-CASH = "USD"
+CASH = "USD"  # meshkit.money.amount_text knows it too
 EXTERNAL = "$external"  # counter-account of money or shares entering or leaving the brokerage
 CLEARING = "$clearing"  # default counter-account of hold captures (the street side of a trade)
 CENT = Decimal("0.01")
@@ -68,8 +69,9 @@ def insufficient(asset: str, available: Decimal, requested: Decimal) -> FailedPr
     """The refusal for a book short of `requested`: funds for cash, shares for a symbol."""
     cls = InsufficientFunds if asset == CASH else InsufficientShares
     what = "cash" if asset == CASH else f"{asset} shares"
-    return cls(f"available {what} {available} is less than {requested}",
-               metadata={"asset": asset, "available": str(available), "requested": str(requested)})
+    have, want = amount_text(asset, available), amount_text(asset, requested)
+    return cls(f"available {what} {have} is less than {want}",
+               metadata={"asset": asset, "available": have, "requested": want})
 
 
 def is_symbol(asset: str) -> bool:
@@ -164,14 +166,47 @@ def share_deposit_entry(account_id: str, symbol: str, quantity: Decimal, key: st
     )
 
 
-def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str) -> JournalEntry:
-    """What a capture posts: the held asset leaves the hold's book for the counter-account."""
+@dataclass(frozen=True)
+class FillMemo:
+    """What a trade's captures say on both accounts' statements: the fill's id (which both
+    sides know: it is their OrderUpdate's fill_id) and "3 AAPL at 187.25"."""
+    fill_id: str
+    trade: str
+
+
+def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str, fill: FillMemo | None = None) -> JournalEntry:
+    """What a capture posts: the held asset leaves the hold's book for the counter-account.
+
+    A trade's capture (`fill`) is a FILL entry that names the fill, never the order whose hold
+    it captures: its postings are on both sides' statements (the seller's shares arrive in the
+    buyer's book), and one side's order id is no business of the other's."""
+    if fill is not None:
+        kind, reference, description = "FILL", fill.fill_id, fill.trade
+    else:
+        kind, reference = "HOLD_CAPTURE", hold.order_id
+        description = f"Capture of {amount_text(hold.asset, amount)} {hold.asset} held for order {hold.order_id}"
     return JournalEntry(
-        entry_id=uuid.uuid4(), kind="HOLD_CAPTURE", account_id=hold.account_id, asset=hold.asset, amount=amount,
-        reference=hold.order_id, description=f"Capture of {amount} {hold.asset} held for order {hold.order_id}",
+        entry_id=uuid.uuid4(), kind=kind, account_id=hold.account_id, asset=hold.asset, amount=amount,
+        reference=reference, description=description,
         postings=(Posting(BookRef(hold.account_id, hold.asset), -amount),
                   Posting(BookRef(counter_account_id, hold.asset), amount)),
     )
+
+
+def statement_line(kind: str, asset: str, amount: Decimal, description: str, own: bool,
+                   settled: bool | None) -> str:
+    """How a line of the account's statement reads. A trade's lines (FILL, and PROCEEDS: a
+    sale's proceeds, owed until settlement) say which way it went from the account's side: it
+    bought when shares came in or cash went out. A capture of another account's hold (trade
+    lines from before FILL entries) says only what moved: its text names the other order."""
+    if kind in ("FILL", "PROCEEDS"):
+        line = f"{'Bought' if (amount > 0) != (asset == CASH) else 'Sold'} {description}"
+        if kind == "PROCEEDS":
+            line += ": proceeds, settled" if settled else ": proceeds, unsettled until settlement"
+        return line
+    if not own:
+        return f"{'Received' if amount > 0 else 'Delivered'} {amount_text(asset, abs(amount))} {asset} in a trade"
+    return description
 
 
 @dataclass
@@ -188,9 +223,7 @@ class Balance:
     def apply(self, amount: Decimal) -> None:
         """Post `amount`; a debit beyond what is available is refused and changes nothing."""
         if self.posted + amount - self.held < 0:
-            raise InsufficientFunds(
-                f"available {self.available} is less than {-amount}",
-                metadata={"available": str(self.available), "requested": str(-amount)})
+            raise insufficient(CASH, self.available, -amount)
         self.posted += amount
 
     def hold(self, asset: str, amount: Decimal) -> None:
@@ -304,9 +337,9 @@ class Hold:
             raise HoldResolved(f"hold {self.hold_id} is already {self.status.value.lower()}",
                                metadata={"holdId": self.hold_id, "status": self.status.value})
         if amount > self.remaining:
-            raise HoldExceeded(
-                f"capture of {amount} exceeds the {self.remaining} still held by hold {self.hold_id}",
-                metadata={"holdId": self.hold_id, "remaining": str(self.remaining), "requested": str(amount)})
+            left, want = amount_text(self.asset, self.remaining), amount_text(self.asset, amount)
+            raise HoldExceeded(f"capture of {want} exceeds the {left} still held by hold {self.hold_id}",
+                               metadata={"holdId": self.hold_id, "remaining": left, "requested": want})
         self.captured += amount
         if self.remaining == 0:
             self.status = HoldStatus.CAPTURED
@@ -378,9 +411,11 @@ class HoldTransfer:
             other.from_hold_id, other.order_id, other.account_id, other.asset, other.unit_amount, other.reserve)
 
     def need(self, open_quantity: int) -> Decimal:
-        """What the new hold reserves for `open_quantity` shares still to fill."""
+        """What the new hold reserves for `open_quantity` shares still to fill: for cash, the
+        unit price × quantity rounded up to the cent (like order_svc's holds)."""
         assert open_quantity > 0
-        return self.unit_amount * open_quantity
+        need = self.unit_amount * open_quantity
+        return need.quantize(CENT, rounding=ROUND_CEILING) if self.asset == CASH else need
 
     def complete(self, old_left: Decimal, reserve_left: Decimal, open_quantity: int) -> Decimal:
         """The engine replaced the order, leaving `open_quantity` open: the old hold's and the

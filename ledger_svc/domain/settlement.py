@@ -5,14 +5,26 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
-from ledger_svc.domain.model import CASH, CLEARING, BookRef, JournalEntry, Posting
+from ledger_svc.domain.model import CASH, CENT, CLEARING, BookRef, JournalEntry, Posting
 from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
 
 # Executions that end the order they name. Not CANCEL_REJECTED: a refused cancel or replace
 # leaves its order as it was. Not REPLACED: the old hold moves to the new order instead.
 ENDS_ORDER = frozenset({CANCELLED, EXPIRED, REJECTED})
+
+
+def fill_cash(price: Decimal, quantity: int) -> Decimal:
+    """A fill's cash amount (its principal): price × quantity rounded DOWN to the cent. The
+    same amount on every leg (the buyer pays it, clearing owes it, the seller is credited it),
+    so every asset still sums to zero. Exact for prices of a dollar and above (tick 0.01);
+    only sub-penny prices round. Down, not half-up: the buyer's cash hold is the order's
+    limit (or collar) × quantity rounded up to the cent, and rounding each of several partial
+    fills half-up can take more than that (a limit buy of 2 at 0.8950 filled 1 + 1 would
+    capture 0.90 + 0.90 from a hold of 1.79); rounded down, the captures never exceed
+    Σ price × quantity <= the hold. A fill worth less than a cent moves no cash (0)."""
+    return (price * quantity).quantize(CENT, rounding=ROUND_DOWN)
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,7 @@ class FillLegs:
 
     @property
     def cash(self) -> Decimal:
-        return self.price * self.quantity
+        return fill_cash(self.price, self.quantity)
 
 
 def legs(ex: Execution) -> FillLegs:
@@ -39,26 +51,35 @@ def legs(ex: Execution) -> FillLegs:
     return FillLegs(*buyer, *seller, quantity=ex.quantity, price=ex.price)
 
 
+PRICE_PLACES = Decimal("0.0001")  # the scale of prices, and of average costs per share
+
+
 @dataclass
 class Position:
+    """Quantity and cost basis. The cost is money, in cents: what the shares were paid (each
+    fill's cash, `fill_cash`); the average cost per share is kept at price precision."""
     quantity: int = 0
     cost: Decimal = Decimal(0)
 
     @property
     def average_cost(self) -> Decimal:
-        return self.cost / self.quantity if self.quantity else Decimal(0)
+        return (self.cost / self.quantity).quantize(PRICE_PLACES, rounding=ROUND_HALF_UP) if self.quantity \
+            else Decimal(0)
 
     def buy(self, quantity: int, price: Decimal) -> None:
         self.quantity += quantity
-        self.cost += price * quantity
+        self.cost += fill_cash(price, quantity)
 
     def sell(self, quantity: int) -> None:
-        """Selling keeps the average cost of what is left (the cost leaves pro rata)."""
+        """Selling keeps the average cost of what is left: the cost leaves pro rata, rounded
+        half-up to the cent, so what is left stays in cents (all of it leaves with the last
+        share)."""
         assert 0 < quantity <= self.quantity
         if quantity == self.quantity:
             self.quantity, self.cost = 0, Decimal(0)
         else:
-            self.cost -= self.cost * quantity / self.quantity
+            leaving = (self.cost * quantity / self.quantity).quantize(CENT, rounding=ROUND_HALF_UP)
+            self.cost -= min(leaving, self.cost)
             self.quantity -= quantity
 
 

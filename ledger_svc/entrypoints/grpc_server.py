@@ -62,7 +62,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         rows = rows[:size]
         return pb.ListActivitiesResponse(
             activities=[mapping.activity_to_proto(r) for r in rows],
-            next_page_token=paging.encode_token({"before": rows[-1].posting_id}) if more else "")
+            next_page_token=paging.encode_token({"before": rows[-1].activity_id}) if more else "")
 
     async def ListHolds(self, request: pb.ListHoldsRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListHoldsResponse:

@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer.portfolio import PortfolioView
-from meshkit.money import fmt
+from meshkit.money import fmt, fmt_at_tick, fmt_cents
+from meshkit.symbols import price_tick
 from meshkit.prototime import timestamp
 from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
 
@@ -18,6 +18,7 @@ ACTIVITY_TYPES = {
     "WITHDRAWAL": ledger_pb2.ACTIVITY_TYPE_WITHDRAWAL,
     "HOLD_CAPTURE": ledger_pb2.ACTIVITY_TYPE_FILL,
     "FILL": ledger_pb2.ACTIVITY_TYPE_FILL,
+    "PROCEEDS": ledger_pb2.ACTIVITY_TYPE_FILL,  # a sale's proceeds, owed until settlement
     "SETTLEMENT": ledger_pb2.ACTIVITY_TYPE_SETTLEMENT,
 }
 
@@ -35,37 +36,42 @@ def cash_to_proto(c: model.CashBalance) -> ledger_pb2.CashBalance:
 
 
 def activity_to_proto(a: ActivityRow) -> ledger_pb2.Activity:
+    """A statement line: cash as money, shares whole; a trade's lines read from the account's
+    side and reference the fill; nothing names another account's order."""
     return ledger_pb2.Activity(
-        activity_id=str(a.posting_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
-        asset=a.asset, amount=fmt(a.amount), description=a.description,
-        created_at=timestamp(a.created_at), reference=a.reference)
-
-
-def amount_text(asset: str, value: Decimal) -> str:
-    """Cash as a money string ("187.25"); shares as a whole number ("100")."""
-    return fmt(value) if asset == model.CASH else str(int(value))
+        activity_id=str(a.activity_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
+        asset=a.asset, amount=model.amount_text(a.asset, a.amount),
+        description=model.statement_line(a.kind, a.asset, a.amount, a.description, a.own, a.settled),
+        created_at=timestamp(a.created_at), reference=a.reference if a.own or a.kind == "FILL" else "")
 
 
 def hold_to_proto(h: model.Hold, transferred_to: str | None = None) -> ledger_pb2.Hold:
     """`transferred_to`: the hold a completed replace moved this one's remainder to, shown as
     TRANSFERRED (what it released went there, not back to the account)."""
     return ledger_pb2.Hold(
-        hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=amount_text(h.asset, h.amount),
-        captured=amount_text(h.asset, h.captured), released=amount_text(h.asset, h.released),
+        hold_id=h.hold_id, order_id=h.order_id, asset=h.asset, amount=model.amount_text(h.asset, h.amount),
+        captured=model.amount_text(h.asset, h.captured), released=model.amount_text(h.asset, h.released),
         status=ledger_pb2.HOLD_STATUS_TRANSFERRED if transferred_to else HOLD_STATUSES[h.status],
         created_at=timestamp(h.created_at) if h.created_at else None, transferred_to=transferred_to or "")
 
 
-def _money(d) -> str:
-    return fmt(d) if d is not None else ""
+def _money(d: Decimal | None) -> str:
+    return fmt_cents(d) if d is not None else ""
+
+
+def _price(symbol: str, d: Decimal | None) -> str:
+    return fmt_at_tick(d, price_tick(symbol, d)) if d is not None else ""
 
 
 def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime) -> ledger_pb2.Portfolio:
+    """Money (values, P&L, equity) in cents; per-share prices (average cost, market price) at
+    the symbol's price precision (docs/architecture.md § Portfolio)."""
     return ledger_pb2.Portfolio(
-        account_id=account, cash=cash_to_proto(view.cash), equity=fmt(view.equity), open_orders=open_orders,
+        account_id=account, cash=cash_to_proto(view.cash), equity=fmt_cents(view.equity), open_orders=open_orders,
         as_of=timestamp(as_of), positions=[
             ledger_pb2.Position(symbol=p.symbol, quantity=p.quantity, available=p.available, held=p.held,
-                                average_cost=fmt(p.average_cost), market_price=_money(p.market_price),
+                                average_cost=_price(p.symbol, p.average_cost),
+                                market_price=_price(p.symbol, p.market_price),
                                 market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
             for p in view.positions])
 
@@ -79,7 +85,7 @@ TRANSFER_STATUSES = {
 
 def transfer_to_proto(t: model.HoldTransfer) -> hold_service_pb2.HoldTransfer:
     def amount(v: Decimal | None) -> str:
-        return "" if v is None else amount_text(t.asset, v)
+        return "" if v is None else model.amount_text(t.asset, v)
     return hold_service_pb2.HoldTransfer(
         from_hold_id=t.from_hold_id, to_hold_id=t.to_hold_id, order_id=t.order_id, asset=t.asset,
         unit_amount=fmt(t.unit_amount), reserve_amount=amount(t.reserve), reserve_hold_id=t.reserve_hold_id or "",

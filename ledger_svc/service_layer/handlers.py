@@ -23,7 +23,8 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
         if not model.same_request(existing, entry):
             raise model.DuplicateIdempotencyKey(
                 f"idempotency key {entry.idempotency_key!r} was used for a {existing.kind.lower()} of "
-                f"{existing.amount} {existing.asset}, not a {entry.kind.lower()} of {entry.amount} {entry.asset}",
+                f"{model.amount_text(existing.asset, existing.amount)} {existing.asset}, not a {entry.kind.lower()} of "
+                f"{model.amount_text(entry.asset, entry.amount)} {entry.asset}",
                 metadata={"idempotencyKey": entry.idempotency_key or ""})
         return False
     await uow.ledger.post(entry)
@@ -89,7 +90,8 @@ async def credit_shares(cmd: commands.CreditShares, uow_factory: UowFactory) -> 
 def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
     if not existing.same_request(asked):
         raise model.DuplicateHoldId(
-            f"hold id {asked.hold_id!r} was used for a hold of {existing.amount} {existing.asset} "
+            f"hold id {asked.hold_id!r} was used for a hold of {model.amount_text(existing.asset, existing.amount)} "
+            f"{existing.asset} "
             f"on {existing.account_id} for order {existing.order_id}",
             metadata={"holdId": asked.hold_id})
     return existing  # a retry: placed once already
@@ -151,9 +153,10 @@ def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available
     return placed
 
 
-async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.Hold:
+async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold, fill: model.FillMemo | None = None) -> model.Hold:
     """Move part or all of what is still held to the counter-account, as one balanced journal
-    entry, idempotent on (hold_id, capture_id), inside the caller's transaction."""
+    entry (a FILL entry naming `fill` for a trade's), idempotent on (hold_id, capture_id),
+    inside the caller's transaction."""
     counter = cmd.counter_account_id or model.CLEARING
     hold = await uow.ledger.get_hold(cmd.hold_id, for_update=True)
     if hold is None:
@@ -165,11 +168,12 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold) -> model.
     if prior is not None:
         if (prior.amount, prior.counter_account_id) != (cmd.amount, counter):
             raise model.DuplicateCaptureId(
-                f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured {prior.amount} "
+                f"capture id {cmd.capture_id!r} of hold {cmd.hold_id!r} captured "
+                f"{model.amount_text(hold.asset, prior.amount)} "
                 f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
         return hold  # a retry: applied once already
     hold.capture(cmd.amount)
-    entry = model.capture_entry(hold, cmd.amount, counter)
+    entry = model.capture_entry(hold, cmd.amount, counter, fill)
     await uow.ledger.add_entry(entry)
     await uow.ledger.post(entry, from_held=model.BookRef(hold.account_id, hold.asset),
                           audit_type="HOLD_CAPTURED", audit_extra={
@@ -242,7 +246,8 @@ def _same_transfer(existing: model.HoldTransfer, asked: model.HoldTransfer) -> m
     if not existing.same_request(asked):
         raise model.DuplicateHoldId(
             f"hold id {asked.to_hold_id!r} was used for a transfer from {existing.from_hold_id} reserving "
-            f"{existing.reserve} {existing.asset}", metadata={"holdId": asked.to_hold_id})
+            f"{model.amount_text(existing.asset, existing.reserve)} {existing.asset}",
+            metadata={"holdId": asked.to_hold_id})
     return existing  # a retry: recorded once already (it may have completed or been cancelled since)
 
 

@@ -7,8 +7,10 @@ from decimal import Decimal
 from typing import Protocol
 
 from ledger_svc.domain.model import CASH, CashBalance
+from ledger_svc.domain.settlement import Position
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit.marketdata import Touch
+from meshkit.money import cents
 
 
 class Quotes(Protocol):
@@ -53,14 +55,15 @@ async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | N
     positions, equity = [], cash.total
     for r, t in zip(rows, touches):
         qty = int(r["shares"])
-        avg = (r["cost"] / r["qty"]).quantize(Decimal("0.0001")) if r["qty"] else Decimal(0)
+        avg = Position(r["qty"], r["cost"]).average_cost
         price = None
         if t is not None:
             price = t.last or (t.bid + t.ask) / 2 if (t.last or (t.bid and t.ask)) else None
-        value = price * qty if price is not None else None
-        pnl = value - r["cost"] if value is not None else None
+        # Money in cents (the cost basis is; the value rounded half-up), per-share prices exact.
+        value = cents(price * qty) if price is not None else None
+        pnl = cents(value - r["cost"]) if value is not None else None
         if value is not None:
             equity += value
         positions.append(PositionView(r["symbol"], qty, qty - int(r["shares_held"]), int(r["shares_held"]), avg, price,
                                       value, pnl))
-    return PortfolioView(cash, positions, equity)
+    return PortfolioView(cash, positions, cents(equity))

@@ -14,6 +14,8 @@ from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
+from meshkit.money import fmt_at_tick
+from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
 
@@ -21,7 +23,8 @@ log = logging.getLogger("ledger_svc.settlement")
 async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id).
 
-    A fill captures the buyer's cash (price × quantity) into clearing and the seller's shares
+    A fill captures the buyer's cash (price × quantity rounded down to the cent, `fill_cash`)
+    into clearing and the seller's shares
     into the buyer's book, moves both positions' cost basis, and records the seller's proceeds
     as unsettled; an order that ended (no leaves, or cancelled / expired / rejected) has what is
     left of its hold released. A replace confirmed by the engine (REPLACED) moves the old
@@ -39,9 +42,13 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
         ended: list[str] = []
         if ex.type == FILL:
             f = legs(ex)
-            await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash, model.CLEARING))
+            price = fmt_at_tick(f.price, price_tick(ex.symbol, f.price))
+            memo = model.FillMemo(ex.execution_id, f"{f.quantity} {ex.symbol} at {price}")
+            if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
+                await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
+                                                           model.CLEARING), memo)
             await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
-                                                       Decimal(f.quantity), f.buyer_account))
+                                                       Decimal(f.quantity), f.buyer_account), memo)
             bought = await uow.settlement.position(f.buyer_account, ex.symbol)
             bought.buy(f.quantity, f.price)
             await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
@@ -49,7 +56,9 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
             sold.sell(f.quantity)
             await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
             assert ex.trade_date is not None
-            await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date)
+            if f.cash:
+                await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date,
+                                                   memo.trade)
             ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
         elif ex.type == REPLACED:
             await complete_transfer_in(uow, ex.order_id, ex.new_order_id, ex.leaves)
@@ -140,7 +149,7 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
                   for f in sorted(journal - applied)]
             d += [Discrepancy("FILL_NOT_IN_JOURNAL", f, "in the ledger, not in the execution journal")
                   for f in sorted((applied if checked is None else checked) - journal)]
-        d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected 2")
+        d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected {r['expected']}")
               for r in await s.fills_without_two_captures(day)]
         d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")
               for r in await s.fills_not_settled(day) if settled is None or r["execution_id"] in settled]

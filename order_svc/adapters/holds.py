@@ -7,7 +7,7 @@ import grpc
 
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
-from meshkit.money import fmt
+from meshkit.money import amount_text, fmt
 from meshkit.status import error_info
 from order_svc.domain.model import HoldResolved, HoldTaken, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
@@ -16,10 +16,6 @@ _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
 # A transfer from a hold that already resolved: the old order ended in the ledger's view.
 _TRANSFER_REFUSALS = {**_REFUSALS, "HOLD_RESOLVED": RejectReason.ORDER_NOT_ACTIVE}
-
-
-def _amount(asset: str, amount: Decimal) -> str:
-    return fmt(amount) if asset == "USD" else str(int(amount))
 
 
 class GrpcHolds:
@@ -51,7 +47,7 @@ class GrpcHolds:
         ledger's, raises Unavailable: nothing is recorded, and asking again with the same id is
         safe. A caller that gives up (its deadline) leaves the hold to its batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
-            hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=_amount(asset, amount)))
+            hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount_text(asset, amount)))
         if result.HasField("hold"):
             if result.hold.status != ledger_pb2.HOLD_STATUS_PENDING:
                 raise HoldResolved(hold_id)
@@ -111,7 +107,7 @@ class GrpcHolds:
         try:
             await self.stub.TransferHold(pb.TransferHoldRequest(
                 from_hold_id=from_hold_id, to_hold_id=to_hold_id, order_id=order_id, account_id=account_id,
-                asset=asset, unit_amount=fmt(unit), reserve_amount=_amount(asset, reserve) if reserve else "0"),
+                asset=asset, unit_amount=fmt(unit), reserve_amount=amount_text(asset, reserve) if reserve else "0"),
                 timeout=self.timeout)
             return None
         except grpc.aio.AioRpcError as exc:

@@ -391,4 +391,7 @@ def replacement_reserve(old_unit: Decimal, old_quantity: int, filled: int, new_u
     assert old_quantity > filled and new_quantity > filled
     def shortfall(f: int) -> Decimal:
         return new_unit * (new_quantity - f) - old_unit * (old_quantity - f)
-    return max(Decimal(0), shortfall(filled), shortfall(min(old_quantity, new_quantity) - 1))
+    reserve = max(Decimal(0), shortfall(filled), shortfall(min(old_quantity, new_quantity) - 1))
+    # Cash is held in whole cents (the ledger rounds the new hold up to the cent, and the old
+    # hold's remainder is in cents): rounded up, the reserve still covers it. Shares are whole.
+    return reserve if reserve == reserve.to_integral_value() else cents_up(reserve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -97,6 +98,20 @@ async def test_two_accounts_trade_and_see_every_update(mesh):
         assert [(p.symbol, p.quantity, p.average_cost, p.market_value, p.unrealized_pnl) for p in b.positions] == [
             (SYMBOL, 90, "60.00", "5580.00", "180.00")]  # 90 × 62.00 − 90 × 60.00
         assert a.equity == "10000.00" and not a.open_orders
+
+        # Each statement reconciles with the cash total (bob's proceeds listed at the sale) and
+        # names fills, never the other side's order; shares are whole.
+        fill_ids = {u.fill.fill_id for u in fills}
+        for account, p, other in ((alice, a, sell.order_id), (bob, b, buy1.order_id)):
+            lines = (await cash.ListActivities(lpb.ListActivitiesRequest(page_size=100),
+                                               metadata=mesh.auth(account))).activities
+            assert sum(Decimal(x.amount) for x in lines if x.asset == "USD") == Decimal(p.cash.total)
+            trades = [x for x in lines if x.reference in fill_ids]
+            assert trades and all(other not in x.reference + x.description for x in lines)
+        assert {(x.asset, x.amount, x.description) for x in lines if x.reference in fill_ids} == {
+            (SYMBOL, "-4", "Sold 4 KO at 62.00"), (SYMBOL, "-6", "Sold 6 KO at 62.00"),
+            ("USD", "248.00", "Sold 4 KO at 62.00: proceeds, unsettled until settlement"),
+            ("USD", "372.00", "Sold 6 KO at 62.00: proceeds, unsettled until settlement")}
 
 
 async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_shares(mesh):

@@ -396,7 +396,7 @@ async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_gi
         ("error", "ALREADY_EXISTS", "DUPLICATE_HOLD_ID"),
         ("hold", h5, "40.00"),
     ]
-    assert reply.results[2].error.metadata["available"] == "40.0000"
+    assert reply.results[2].error.metadata["available"] == "40.00"  # money as the API shows it
     assert await balance(uow, a, "USD") == (D(100), D(100), D(0))
     assert await balance(uow, a, "AAPL") == (D(5), D(5), D(0))
     assert not (await holds.PlaceHolds(hpb.PlaceHoldsRequest())).results

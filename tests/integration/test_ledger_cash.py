@@ -71,6 +71,8 @@ async def test_key_reused_with_another_amount_is_already_exists(uow):
     with pytest.raises(DuplicateIdempotencyKey) as err:
         await handlers.deposit(commands.Deposit(acct, Decimal("11"), "k"), uow)
     assert err.value.code == "ALREADY_EXISTS"
+    # Money as the API shows it.
+    assert "used for a deposit of 10.00 USD, not a deposit of 11.00 USD" in err.value.message
     # A key names one request of the account, whatever its kind: not a new withdrawal.
     with pytest.raises(DuplicateIdempotencyKey):
         await handlers.withdraw(commands.Withdraw(acct, Decimal("3"), "k"), uow)
@@ -181,8 +183,11 @@ async def test_withdrawal_beyond_available_changes_nothing(uow, checked_pool):
     acct = account()
     await handlers.deposit(commands.Deposit(acct, Decimal("5.00"), "d"), uow)
     with pytest.raises(InsufficientFunds) as err:
-        await handlers.withdraw(commands.Withdraw(acct, Decimal("5.01"), "w"), uow)
+        await handlers.withdraw(commands.Withdraw(acct, Decimal("5000"), "w"), uow)
     assert err.value.reason == "INSUFFICIENT_FUNDS" and err.value.code == "FAILED_PRECONDITION"
+    # Money in the message and the metadata reads as everywhere else in the API: two places.
+    assert err.value.message == "available cash 5.00 is less than 5000.00"
+    assert (err.value.metadata["available"], err.value.metadata["requested"]) == ("5.00", "5000.00")
     assert (await handlers.cash_balance(acct, uow)).total == Decimal("5.00")
     async with checked_pool.acquire() as conn:
         assert await conn.fetchval(

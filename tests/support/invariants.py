@@ -57,13 +57,14 @@ async def check_holds(conn: asyncpg.Connection) -> list[str]:
              GROUP BY h.hold_id, h.captured HAVING h.captured <> coalesce(sum(c.amount), 0)
             """):
         problems.append(f"hold {r['hold_id']}: captured {r['captured']} but its captures sum to {r['captures']}")
-    # Each capture is one HOLD_CAPTURE entry of its amount, debiting the hold's book.
+    # Each capture is one HOLD_CAPTURE entry (a FILL entry for a trade's) of its amount,
+    # debiting the hold's book.
     for r in await conn.fetch(
             """
             SELECT c.hold_id, c.capture_id FROM ledger.hold_captures c
               JOIN ledger.holds h USING (hold_id)
               JOIN ledger.entries e USING (entry_id)
-             WHERE e.kind <> 'HOLD_CAPTURE' OR e.amount <> c.amount OR e.asset <> h.asset
+             WHERE e.kind NOT IN ('HOLD_CAPTURE', 'FILL') OR e.amount <> c.amount OR e.asset <> h.asset
                 OR NOT EXISTS (SELECT 1 FROM ledger.postings p
                                 WHERE p.entry_id = c.entry_id AND p.book_id = h.book_id AND p.amount = -c.amount)
             """):

@@ -30,7 +30,7 @@ def test_capturing_more_than_remains_is_refused_and_changes_nothing():
     with pytest.raises(model.HoldExceeded) as err:
         h.capture(D("6.0001"))
     assert err.value.reason == "HOLD_EXCEEDED" and err.value.code == "FAILED_PRECONDITION"
-    assert err.value.metadata["remaining"] == "6"
+    assert (err.value.metadata["remaining"], err.value.metadata["requested"]) == ("6.00", "6.0001")
     assert (h.captured, h.status) == (D("4"), HoldStatus.PENDING)
 
 

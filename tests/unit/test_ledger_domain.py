@@ -62,6 +62,7 @@ def test_a_debit_beyond_available_is_refused_and_changes_nothing():
     with pytest.raises(model.InsufficientFunds) as err:
         b.apply(Decimal("-70.01"))
     assert err.value.reason == "INSUFFICIENT_FUNDS" and err.value.code == "FAILED_PRECONDITION"
+    assert err.value.message == "available cash 70.00 is less than 70.01"
     assert (b.posted, b.held, b.available) == (Decimal("100"), Decimal("30"), Decimal("70"))
     b.apply(Decimal("-70"))
     assert b.available == 0
@@ -89,3 +90,81 @@ def test_a_request_key_names_one_request_whatever_its_kind():
     # The ledger's own keys (settlement's 'settle:<fill>') stay out of a customer's reach.
     assert model.key_kinds("SETTLEMENT") == ("SETTLEMENT",)
     assert model.key_kinds("SHARE_DEPOSIT") == ("SHARE_DEPOSIT",)
+
+
+# --- cents: a fill's cash and a position's cost (docs/architecture.md § Cents) -------------
+
+def test_a_fills_cash_is_rounded_down_to_the_cent_and_is_the_same_on_both_legs():
+    from ledger_svc.domain.settlement import fill_cash, legs
+    from meshkit.executions import FILL, Execution
+    assert fill_cash(Decimal("0.8936"), 3) == Decimal("2.68")  # 2.6808
+    assert fill_cash(Decimal("0.8950"), 1) == Decimal("0.89")  # half a cent: down, never up
+    assert fill_cash(Decimal("187.25"), 3) == Decimal("561.75")  # tick 0.01: exact
+    assert fill_cash(Decimal("0.0040"), 2) == 0  # worth less than a cent: no cash moves
+    f = legs(Execution("x", "SIRI", FILL, "ob", "buyer", side="BUY", counter_order_id="os",
+                       counter_account_id="seller", price=Decimal("0.8936"), quantity=3))
+    assert f.cash == Decimal("2.68") and f.cash == f.cash.quantize(model.CENT)
+
+
+def test_captures_rounded_per_fill_never_exceed_a_hold_rounded_up_to_the_cent():
+    """A limit buy of 2 at 0.8950 holds 1.79; filled 1 + 1 at its limit, half-up rounding would
+    capture 0.90 + 0.90 = 1.80 and the second capture would be refused."""
+    from ledger_svc.domain.settlement import fill_cash
+    hold = model.Hold.new("h", "a", "o", model.CASH, (Decimal("0.8950") * 2).quantize(model.CENT, "ROUND_CEILING"))
+    for _ in range(2):
+        hold.capture(fill_cash(Decimal("0.8950"), 1))
+    assert (hold.captured, hold.remaining) == (Decimal("1.78"), Decimal("0.01"))
+
+
+def test_a_positions_cost_is_cents_and_its_average_is_at_price_precision():
+    from ledger_svc.domain.settlement import Position
+    p = Position()
+    p.buy(3, Decimal("0.8936"))
+    p.buy(4, Decimal("188.59"))
+    assert (p.quantity, p.cost) == (7, Decimal("2.68") + Decimal("754.36"))
+    assert p.average_cost == Decimal("108.1486")  # 757.04 / 7, four places
+    p.sell(3)  # 757.04 × 3/7 = 324.445714… leaves, rounded half-up to the cent
+    assert (p.quantity, p.cost) == (4, Decimal("432.59"))
+    assert p.cost == p.cost.quantize(model.CENT) and p.average_cost == Decimal("108.1475")
+    p.sell(4)
+    assert (p.quantity, p.cost) == (0, 0)
+
+
+def test_a_transferred_cash_hold_is_rounded_up_to_the_cent():
+    t = model.HoldTransfer.new("old", "new", "new", "acct", model.CASH, Decimal("0.8936"), Decimal(0))
+    assert t.need(3) == Decimal("2.69")  # 2.6808 up
+    shares = model.HoldTransfer.new("old", "new", "new", "acct", "SIRI", Decimal(1), Decimal(0))
+    assert shares.need(3) == 3
+
+
+def test_refusals_show_cash_as_money_and_shares_whole():
+    cash = model.insufficient(model.CASH, Decimal("1000.0000"), Decimal("5000"))
+    assert cash.message == "available cash 1000.00 is less than 5000.00"
+    assert cash.metadata == {"asset": "USD", "available": "1000.00", "requested": "5000.00"}
+    shares = model.insufficient("AAPL", Decimal("3.0000"), Decimal(5))
+    assert shares.message == "available AAPL shares 3 is less than 5" and shares.metadata["available"] == "3"
+    h = model.Hold.new("h", "a", "o", model.CASH, Decimal("10.00"))
+    with pytest.raises(model.HoldExceeded) as err:
+        h.capture(Decimal("10.5"))
+    assert err.value.metadata["remaining"] == "10.00" and err.value.metadata["requested"] == "10.50"
+
+
+def test_statement_lines_read_from_the_accounts_side():
+    line = model.statement_line
+    assert line("FILL", "AAPL", Decimal(3), "3 AAPL at 187.25", False, None) == "Bought 3 AAPL at 187.25"
+    assert line("FILL", "USD", Decimal("-561.75"), "3 AAPL at 187.25", True, None) == "Bought 3 AAPL at 187.25"
+    assert line("FILL", "AAPL", Decimal(-3), "3 AAPL at 187.25", True, None) == "Sold 3 AAPL at 187.25"
+    assert line("PROCEEDS", "USD", Decimal("561.75"), "3 AAPL at 187.25", True, False) == \
+        "Sold 3 AAPL at 187.25: proceeds, unsettled until settlement"
+    # A capture of another account's hold, recorded before trades had FILL entries: its text
+    # named the other side's order, so only what moved is said.
+    assert line("HOLD_CAPTURE", "AAPL", Decimal("3.0000"), "Capture of 3 AAPL held for order ace5d252", False,
+                None) == "Received 3 AAPL in a trade"
+    assert line("DEPOSIT", "USD", Decimal("10"), "Deposit", True, None) == "Deposit"
+
+
+def test_a_trades_capture_names_the_fill_not_the_order():
+    hold = model.Hold.new("os", "seller", "os", "AAPL", Decimal(3))
+    e = model.capture_entry(hold, Decimal(3), "buyer", model.FillMemo("AAPL:1", "3 AAPL at 187.25"))
+    assert (e.kind, e.reference, e.description) == ("FILL", "AAPL:1", "3 AAPL at 187.25")
+    assert "os" not in e.description

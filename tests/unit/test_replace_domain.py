@@ -158,3 +158,29 @@ def test_confirm_replacement_carries_the_fills():
     stranger.replaces = uuid.uuid4()
     with pytest.raises(model.IllegalTransition):
         stranger.confirm_replacement(old)
+
+
+def test_a_cash_reserve_is_rounded_up_to_the_cent():
+    # 3 × 0.8937 − 3 × 0.8936 = 0.0003: held as a whole cent; shares stay whole.
+    assert replacement_reserve(D("0.8936"), 3, 0, D("0.8937"), 3) == D("0.01")
+    assert replacement_reserve(D(1), 100, 0, D(1), 150) == 50
+
+
+@given(old_unit=st.integers(1, 9999), old_qty=st.integers(1, 50), new_unit=st.integers(1, 9999),
+       new_qty=st.integers(1, 60), data=st.data())
+def test_sub_penny_holds_in_cents_cover_any_fills_before_the_replace(old_unit, old_qty, new_unit, new_qty, data):
+    """Sub-penny limit prices, holds in whole cents (rounded up), fills captured in cents
+    (rounded down): the old hold's remainder plus the reserve still covers the new hold."""
+    from ledger_svc.domain.settlement import fill_cash
+    filled = data.draw(st.integers(0, min(old_qty, new_qty) - 1))
+    u_old, u_new = D(old_unit) / 10000, D(new_unit) / 10000
+    reserve = replacement_reserve(u_old, old_qty, filled, u_new, new_qty)
+    assert reserve >= 0 and reserve == reserve.quantize(D("0.01"))
+    old_left = model.cents_up(u_old * (old_qty - filled))  # the old hold as placed for what is open
+    for _ in range(data.draw(st.integers(0, min(old_qty, new_qty) - 1 - filled))):
+        old_left -= fill_cash(D(data.draw(st.integers(1, old_unit))) / 10000, 1)
+        filled += 1
+    assert old_left >= 0
+    t = HoldTransfer.new("a", "b", "b", "acct", "USD", u_new, reserve)
+    assert t.complete(old_left, reserve, new_qty - filled) <= 0
+    assert t.new_amount == model.cents_up(u_new * (new_qty - filled))

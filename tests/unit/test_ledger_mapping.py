@@ -1,0 +1,39 @@
+"""The ledger's domain -> proto mapping: how money, prices and quantities read on the wire."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from ledger_svc.domain.model import CashBalance
+from ledger_svc.entrypoints import mapping
+from ledger_svc.service_layer.portfolio import PortfolioView, PositionView
+
+D = Decimal
+NOW = datetime(2024, 1, 2, 15, tzinfo=timezone.utc)
+
+
+def test_portfolio_money_is_in_cents_and_per_share_prices_at_the_symbols_precision():
+    view = PortfolioView(
+        cash=CashBalance.of(D("1000.00"), D("0"), D("2.68")),
+        positions=[
+            # after a sale: the average keeps four places, the value and P&L are cents
+            PositionView("AAPL", 7, 7, 0, D("188.1404"), D("186.58"), D("1306.06"), D("-10.90")),
+            PositionView("KO", 4, 4, 0, D("62.0000"), D("62.155"), D("248.62"), D("0.62")),  # a mid
+            PositionView("SIRI", 3, 3, 0, D("0.8936"), D("0.89"), D("2.67"), D("-0.01")),
+            PositionView("MSFT", 1, 1, 0, D("0"), None, None, None),  # transferred in at no cost, no quote
+        ],
+        equity=D("2559.35"))
+    p = mapping.portfolio_to_proto("acct", view, [], NOW)
+    assert (p.cash.total, p.cash.unsettled, p.equity) == ("1002.68", "2.68", "2559.35")
+    assert [(x.symbol, x.average_cost, x.market_price, x.market_value, x.unrealized_pnl) for x in p.positions] == [
+        ("AAPL", "188.14", "186.58", "1306.06", "-10.90"),
+        ("KO", "62.00", "62.16", "248.62", "0.62"),
+        ("SIRI", "0.8936", "0.8900", "2.67", "-0.01"),
+        ("MSFT", "0.00", "", "", ""),
+    ]
+
+
+def test_money_is_formatted_with_exactly_two_places():
+    from meshkit.money import fmt_cents
+    assert [fmt_cents(v) for v in (D("7.80"), D(7), D("-10.90357144"), D("35.6367857"), D("-0.001"))] == [
+        "7.80", "7.00", "-10.90", "35.64", "0.00"]
