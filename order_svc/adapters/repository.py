@@ -156,19 +156,6 @@ class OrderRepository:
             account_id, client_order_id)
         return (_order(row), row["fingerprint"]) if row else None
 
-    async def by_client_order_ids(self, keys: list[tuple[str, str]]) -> list[tuple[Order, str] | None]:
-        """by_client_order_id for many (account_id, client_order_id) pairs in one statement, the
-        answers in the order given."""
-        accounts, ids = zip(*keys) if keys else ((), ())
-        rows = await self.conn.fetch(
-            """
-            SELECT k.n, o.*
-              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(account_id, client_order_id, n)
-              JOIN orders.orders o ON o.account_id = k.account_id AND o.client_order_id = k.client_order_id
-            """, list(accounts), list(ids))
-        found = {r["n"]: (_order(r), r["fingerprint"]) for r in rows}
-        return [found.get(n) for n in range(1, len(keys) + 1)]
-
     async def claim_orphans(self, order_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         """Claim every id not claimed yet, then return those whose hold no order needs: no
         order can be recorded under them any more (a claim waits for an in-flight insert of its

@@ -130,26 +130,13 @@ async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple
 
 
 async def place_order(req: OrderRequest, deps: Deps) -> Order:
-    # Whether the account used this client_order_id before is looked up while the rate limits
-    # are checked: a retry is answered from its order, and a reuse with other parameters is
-    # refused, before any hold is asked for (a hold placed and given back again would move the
-    # account's available cash for a moment and leave a hold of no order in ListHolds). Two
-    # requests racing with one id can both miss it: the record's unique id still decides.
-    lookup = asyncio.ensure_future(deps.writes.find(req.account_id, req.client_order_id))
-    try:
-        await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
-                                  (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
-    except BaseException:
-        lookup.cancel()
-        raise
-    found = await lookup
+    await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
+                              (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
     at = now()
+    plan, reason, message = await _business_checks(req, deps, at)
     mine = req.fingerprint()
     order = Order(order_id=model.order_id_for(req.account_id, req.client_order_id, mine), request=req,
                   status=Status.PENDING_NEW, created_at=at, updated_at=at)
-    if found is not None:
-        return await _placed_before(order, mine, found, False, deps)
-    plan, reason, message = await _business_checks(req, deps, at)
     outbox = None
     if plan is None:
         assert reason is not None

@@ -36,17 +36,6 @@ class SagaWrites:
             self._record_batch, in_flight=in_flight, max_batch=max_batch, name="record_orders")
         self._decisions: Batcher[Transition, bool] = Batcher(
             self._decide_batch, in_flight=in_flight, max_batch=max_batch, name="decide_orders")
-        self._lookups: Batcher[tuple[str, str], tuple[Order, str] | None] = Batcher(
-            self._lookup_batch, in_flight=in_flight, max_batch=max_batch, name="find_orders")
-
-    async def find(self, account_id: str, client_order_id: str) -> tuple[Order, str] | None:
-        """The account's order with this client_order_id and its fingerprint, if recorded yet
-        (the lookups of orders placed at the same moment share one statement)."""
-        return await self._lookups.submit((account_id, client_order_id))
-
-    async def _lookup_batch(self, keys: list[tuple[str, str]]) -> Sequence[tuple[Order, str] | None]:
-        async with self.uow().reads() as uow:
-            return await uow.orders.by_client_order_ids(keys)
 
     @property
     def statements(self) -> int:
