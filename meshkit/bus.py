@@ -127,6 +127,8 @@ async def ensure_stream(js, namespace: str, base: str) -> str:
     """Create the stream `<ns>_<BASE>` (stream_config) unless it exists. An existing one keeps
     its configuration, but for its copies: a deployment that raises JETSTREAM_REPLICAS
     (one server grown into a cluster) has its streams replicated at the next start."""
+    import asyncio
+
     import nats.js.errors
 
     config = stream_config(namespace, base)
@@ -136,7 +138,16 @@ async def ensure_stream(js, namespace: str, base: str) -> str:
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:  # created concurrently by another process
-            await js.stream_info(config.name)
+            # On a cluster the other process's stream can be known by name before its group
+            # answers (STREAM.INFO 404 for a moment): wait for it, a bounded while.
+            for attempt in range(50):
+                try:
+                    await js.stream_info(config.name)
+                    break
+                except nats.js.errors.NotFoundError:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)
         return config.name
     if (info.config.num_replicas or 1) != config.num_replicas:
         info.config.num_replicas = config.num_replicas

@@ -27,3 +27,27 @@ def test_streams_have_jetstream_replicas_copies(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv("JETSTREAM_REPLICAS", bad)
         with pytest.raises(ConfigError, match="JETSTREAM_REPLICAS"):
             bus.replicas()
+
+
+async def test_a_stream_created_meanwhile_on_a_cluster_is_waited_for() -> None:
+    """Two processes start at once on a JetStream cluster: the second's create is refused (the
+    name is taken) while the first's stream does not answer STREAM.INFO yet (404 for a moment;
+    seen once in the cluster e2e test, where order_relay then died at start). It waits."""
+    import nats.js.errors
+
+    class ClusterJustCreating:
+        def __init__(self) -> None:
+            self.infos = 0
+
+        async def stream_info(self, name: str):
+            self.infos += 1
+            if self.infos <= 3:  # the first look, then two while the other's stream settles
+                raise nats.js.errors.NotFoundError(code=404, err_code=10059, description="stream not found")
+            return object()
+
+        async def add_stream(self, config) -> None:
+            raise nats.js.errors.BadRequestError(code=400, err_code=10058, description="stream name already in use")
+
+    js = ClusterJustCreating()
+    assert await bus.ensure_stream(js, "ns", "orders") == "ns_ORDERS"
+    assert js.infos == 4
