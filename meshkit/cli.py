@@ -16,6 +16,16 @@ def main() -> None:
     """StockMesh: a stock-trading backend of gRPC services behind Envoy."""
 
 
+def _day(text: str, hint: str):
+    """A YYYY-MM-DD option's date, or click's usage error naming the option."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date like 2026-11-23", param_hint=hint) from None
+
+
 @main.command()
 @click.option("--check", is_flag=True, help="Fail if gen/ differs from what protos/ produce.")
 def gen(check: bool) -> None:
@@ -197,12 +207,8 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     (it may be catching up after a restart). Prints a report with every discrepancy (exit 1
     if any); running it twice changes nothing."""
     import asyncio
-    from datetime import date as date_type
 
-    try:
-        trading_day = date_type.fromisoformat(day)
-    except ValueError:
-        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
+    trading_day = _day(day, "--date")
     from ledger_svc.service_layer.runner import run_settlement
 
     def progress(message: str) -> None:
@@ -246,15 +252,11 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
     ledger's own records and says so."""
     import asyncio
     import logging
-    from datetime import date as date_type
 
     from ledger_svc.service_layer.runner import run_trim
     from meshkit.errors import FailedPrecondition
 
-    try:
-        before = date_type.fromisoformat(day)
-    except ValueError:
-        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--before") from None
+    before = _day(day, "--before")
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
         t = asyncio.run(run_trim(before, database_url, nats_url, namespace, dry_run=dry_run,
@@ -375,16 +377,13 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
     twice for one day queues nothing new."""
     import asyncio
-    from datetime import date as date_type, datetime, timezone
+    from datetime import datetime, timezone
 
     from meshkit import calendar, db
     from order_svc.service_layer.session import close_session
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
-    try:
-        trading_day = date_type.fromisoformat(day) if day else calendar.trading_day(datetime.now(timezone.utc))
-    except ValueError:
-        raise click.BadParameter(f"{day!r} is not a date like 2026-11-23", param_hint="--date") from None
+    trading_day = _day(day, "--date") if day else calendar.trading_day(datetime.now(timezone.utc))
 
     async def run() -> int:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)

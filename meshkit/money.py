@@ -10,7 +10,7 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 
 from meshkit.errors import Violations
-from meshkit.symbols import tick_places
+from meshkit.symbols import CENT, tick_places
 
 MAX_TEXT = 32
 # [0-9], not \d: \d matches any Unicode decimal digit. Used with fullmatch (a `$` would let a
@@ -19,7 +19,7 @@ _PLAIN = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")
 # Largest cash amount a single request may carry (a 15-digit integer part).
 MAX_CASH = Decimal("999999999999999.99")
 MAX_PRICE = Decimal("99999999.9999")
-CENT = Decimal("0.01")
+CASH = "USD"  # the currency every cash amount is in
 
 
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
@@ -78,8 +78,8 @@ def fmt_price(value: Decimal | int) -> str:
 
 def amount_text(asset: str, value: Decimal | int) -> str:
     """An amount of an asset as the API shows it (in replies, messages and metadata alike):
-    cash ("USD") as a money string ("1000.00", "187.25"), shares as a whole number ("100")."""
-    return fmt(value) if asset == "USD" else str(int(value))
+    cash (CASH) as a money string ("1000.00", "187.25"), shares as a whole number ("100")."""
+    return fmt(value) if asset == CASH else str(int(value))
 
 
 def cents(value: Decimal | int) -> Decimal:

@@ -16,12 +16,11 @@ from decimal import ROUND_CEILING, Decimal
 from enum import Enum
 
 from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from meshkit.money import amount_text
+from meshkit.money import CASH, amount_text
+from meshkit.symbols import CENT
 
-CASH = "USD"  # meshkit.money.amount_text knows it too
 EXTERNAL = "$external"  # counter-account of money or shares entering or leaving the brokerage
 CLEARING = "$clearing"  # default counter-account of hold captures (the street side of a trade)
-CENT = Decimal("0.01")
 # Cash holds carry up to four decimal places: a limit price has up to four (sub-penny prices
 # below $1) and a quantity is whole, so limit price x quantity is exact at four places, the
 # scale of every ledger column. Deposits and withdrawals stay at cents.

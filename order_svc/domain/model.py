@@ -12,9 +12,8 @@ from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
+from meshkit.money import CASH
 from meshkit.symbols import tick_size
-
-CASH = "USD"
 
 
 class Side(enum.Enum):
