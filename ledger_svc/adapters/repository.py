@@ -15,7 +15,8 @@ from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, Cash
 
 
 def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
-    """ledger.place_hold's answer: (outcome, the hold unless INSUFFICIENT, what is available)."""
+    """ledger.place_hold_keyed's answer: (outcome, the hold unless INSUFFICIENT, what is
+    available); for KEY_TAKEN the hold is the one that carries the key."""
     if r["r_outcome"] == "INSUFFICIENT":
         return "INSUFFICIENT", None, r["r_available"]
     return r["r_outcome"], Hold(
@@ -313,31 +314,30 @@ class LedgerRepository:
                                   FOR UPDATE SKIP LOCKED)
             """, hold_ids)
 
-    async def place_hold(self, hold: Hold) -> tuple[str, Hold | None, Decimal | None]:
-        """Place a hold in one statement (ledger.place_hold, migration 0005, after its account:
-        0007): the idempotent insert, the conditional reservation and the audit event,
-        atomically. Returns
-        ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _) or
+    async def place_hold(self, hold: Hold, client_key: str | None = None) -> tuple[str, Hold | None, Decimal | None]:
+        """Place a hold in one statement (ledger.place_hold_keyed, migration 0012: its account
+        first, then the idempotent insert, the conditional reservation and the audit event,
+        atomically). Returns ('PLACED', the hold, _), ('EXISTS', the hold placed before under
+        this id, _), ('KEY_TAKEN', the account's other hold that carries `client_key`, _) or
         ('INSUFFICIENT', None, what is available); a refusal changes nothing."""
-        r = await self.conn.fetchrow(
-            "SELECT * FROM ledger.place_hold_account_first($1, $2, $3, $4, $5)",
-            hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount)
+        r = await self.conn.fetchrow("SELECT * FROM ledger.place_hold_keyed($1, $2, $3, $4, $5, $6)",
+                                     hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount, client_key)
         return _placement(r)
 
-    async def place_holds(self, holds: list[Hold]) -> list[tuple[str, Hold | None, Decimal | None]]:
+    async def place_holds(self, holds: list[Hold],
+                          client_keys: list[str | None]) -> list[tuple[str, Hold | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
-        transaction): ledger.place_hold for each (its account first), answered as place_hold
-        answers."""
+        transaction), each answered as place_hold answers."""
         rows = await self.conn.fetch(
             """
-            SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
-                   WITH ORDINALITY AS i(hold_id, account_id, order_id, asset, amount, n)
-             CROSS JOIN LATERAL ledger.place_hold_account_first(i.hold_id, i.account_id, i.order_id, i.asset,
-                                                                i.amount) AS r
+            SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::text[])
+                   WITH ORDINALITY AS i(hold_id, account_id, order_id, asset, amount, client_key, n)
+             CROSS JOIN LATERAL ledger.place_hold_keyed(i.hold_id, i.account_id, i.order_id, i.asset, i.amount,
+                                                        i.client_key) AS r
              ORDER BY i.n
             """,
             [h.hold_id for h in holds], [h.account_id for h in holds], [h.order_id for h in holds],
-            [h.asset for h in holds], [h.amount for h in holds])
+            [h.asset for h in holds], [h.amount for h in holds], client_keys)
         return [_placement(r) for r in rows]
 
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:

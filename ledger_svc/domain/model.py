@@ -48,6 +48,12 @@ class DuplicateHoldId(AlreadyExists):
     default_reason = "DUPLICATE_HOLD_ID"
 
 
+class DuplicateClientKey(AlreadyExists):
+    """Another hold of the account carries the client key asked for (its order's
+    client_order_id, used for another order)."""
+    default_reason = "DUPLICATE_CLIENT_KEY"
+
+
 class DuplicateCaptureId(AlreadyExists):
     default_reason = "DUPLICATE_CAPTURE_ID"
 

@@ -55,9 +55,10 @@ def _place_command(request: pb.PlaceHoldRequest) -> commands.PlaceHold:
     order_id = validate.key(request.order_id, "order_id", v)
     asset = _asset(request.asset, v)
     amount = _amount(request.amount, asset, v)
+    client_key = validate.key(request.client_key, "client_key", v) if request.client_key else None
     v.raise_if_any()
     assert asset is not None and amount is not None
-    return commands.PlaceHold(hold_id, account, order_id, asset, amount)
+    return commands.PlaceHold(hold_id, account, order_id, asset, amount, client_key)
 
 
 def _hold_result(answer: model.Hold | DomainError) -> pb.PlaceHoldResult:

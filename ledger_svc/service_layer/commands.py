@@ -35,6 +35,7 @@ class PlaceHold:
     order_id: str
     asset: str  # "USD" or a symbol
     amount: Decimal
+    client_key: str | None = None  # at most one hold of the account carries it (migration 0012)
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.
     hold = _new_hold(cmd)
     # One statement (see ledger.place_hold): insert, reservation and audit event, atomically.
     async with uow_factory().single_statement() as uow:
-        placement = await uow.ledger.place_hold(hold)
-    return _placed(hold, *placement)
+        placement = await uow.ledger.place_hold(hold, cmd.client_key)
+    return _placed(hold, cmd.client_key, *placement)
 
 
 async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
@@ -119,7 +119,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     order = sorted(range(len(holds)), key=lambda i: (holds[i].account_id, holds[i].asset))
     try:
         async with uow_factory().single_statement() as uow:
-            placements = await uow.ledger.place_holds([holds[i] for i in order])
+            placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order])
     except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
         log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
                     extra={"count": len(holds)})
@@ -133,7 +133,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     answers: list[model.Hold | DomainError] = list(holds)  # each replaced by its answer below
     for i, placement in zip(order, placements):
         try:
-            answers[i] = _placed(holds[i], *placement)
+            answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
         except DomainError as exc:
             answers[i] = exc
     return answers
@@ -143,11 +143,17 @@ def _new_hold(cmd: commands.PlaceHold) -> model.Hold:
     return model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
 
 
-def _placed(hold: model.Hold, outcome: str, placed: model.Hold | None, available: Decimal | None) -> model.Hold:
+def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
+            available: Decimal | None) -> model.Hold:
     """ledger.place_hold's answer as place_hold gives it: the hold, or the refusal raised."""
     if outcome == "INSUFFICIENT":
         raise model.insufficient(hold.asset, available or Decimal(0), hold.amount)
     assert placed is not None
+    if outcome == "KEY_TAKEN":  # `placed` is the hold that carries the key
+        raise model.DuplicateClientKey(
+            f"client key {client_key!r} of {hold.account_id} is carried by hold {placed.hold_id} "
+            f"(order {placed.order_id})",
+            metadata={"clientKey": client_key or "", "holdId": placed.hold_id, "orderId": placed.order_id})
     if outcome == "EXISTS":
         return _same_hold(placed, hold)
     return placed

@@ -9,7 +9,7 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
 from meshkit.status import error_info
-from order_svc.domain.model import HoldResolved, HoldTaken, RejectReason
+from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
@@ -39,15 +39,18 @@ class GrpcHolds:
         return self._batcher.batches
 
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal) -> RejectReason | None:
+                    amount: Decimal, client_key: str = "") -> RejectReason | None:
         """None when the hold is in place (now or by an earlier call with this id); the
         reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
         has been captured or released since; HoldTaken when an earlier call placed another
-        amount under this id. Transport trouble, or any other error of the
-        ledger's, raises Unavailable: nothing is recorded, and asking again with the same id is
-        safe. A caller that gives up (its deadline) leaves the hold to its batch."""
+        amount under this id; ClientKeyTaken when another hold of the account carries
+        `client_key` (the order's client_order_id; empty: none). Transport trouble, or any
+        other error of the ledger's, raises Unavailable: nothing is recorded, and asking again
+        with the same id is safe. A caller that gives up (its deadline) leaves the hold to its
+        batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
-            hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount_text(asset, amount)))
+            hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount_text(asset, amount),
+            client_key=client_key))
         if result.HasField("hold"):
             if result.hold.status != ledger_pb2.HOLD_STATUS_PENDING:
                 raise HoldResolved(hold_id)
@@ -57,6 +60,8 @@ class GrpcHolds:
             return _REFUSALS[error.reason]
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_HOLD_ID":
             raise HoldTaken(hold_id)
+        if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
+            raise ClientKeyTaken(error.metadata.get("orderId", ""))
         raise Unavailable(f"ledger could not place hold {hold_id}: {error.code} {error.message}")
 
     async def _place_holds(self, batch: list[pb.PlaceHoldRequest]) -> list[pb.PlaceHoldResult]:

@@ -139,6 +139,15 @@ class HoldTaken(Exception):
     priced it otherwise (a market buy's hold follows the ask at the time)."""
 
 
+class ClientKeyTaken(Exception):
+    """Another hold of the account carries this client_order_id: the id was used for another
+    order (`order_id`, recorded or still being placed), and no hold was placed."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(order_id)
+        self.order_id = order_id
+
+
 _ORDER_IDS = uuid.UUID("5b0e1c52-3f7e-4c4e-9d55-7f1d2b8c9a60")  # the namespace of order ids
 
 

@@ -46,7 +46,7 @@ log = logging.getLogger("order_svc.saga")
 
 class Holds(Protocol):
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal) -> RejectReason | None: ...
+                    amount: Decimal, client_key: str = "") -> RejectReason | None: ...
 
     async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None: ...
 
@@ -147,6 +147,8 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
             refused = await _place_hold(order, deps)
         except model.HoldResolved:  # placed by an earlier attempt, and resolved since
             return await _placed_before(order, mine, None, False, deps)
+        except model.ClientKeyTaken as taken:  # the id was used for another order: no hold placed
+            return await _placed_before(order, mine, None, False, deps, key_holder=taken.order_id)
         failpoints.hit("place.after_hold")
         if refused is not None:
             order.reject(refused, REJECT_MESSAGES[refused])
@@ -174,7 +176,7 @@ async def _place_hold(order: Order, deps: Deps) -> RejectReason | None:
     reaper to undo it."""
     try:
         return await deps.holds.place(order.hold_id, order.account_id, str(order.order_id),
-                                      order.hold_asset, order.hold_amount)
+                                      order.hold_asset, order.hold_amount, order.request.client_order_id)
     except model.HoldTaken:
         req = order.request
         found = await deps.holds.get(order.hold_id)
@@ -189,14 +191,20 @@ async def _place_hold(order: Order, deps: Deps) -> RejectReason | None:
 
 
 async def _placed_before(order: Order, mine: str, found: tuple[Order, str] | None, placed: bool,
-                         deps: Deps, *, looked_up: bool = False) -> Order:
+                         deps: Deps, *, looked_up: bool = False, key_holder: str = "") -> Order:
     """The answer to a placement whose order was not ours to insert (`placed`: whether we put
-    a hold in place under its id): the account's order with this client_order_id, `found` or
-    (unless already `looked_up`) read now, if any."""
+    a hold in place under its id; `key_holder`: the other order whose hold carries the
+    client_order_id): the account's order with this client_order_id, `found` or (unless
+    already `looked_up`) read now, if any."""
     req = order.request
     if found is None and not looked_up:
         async with deps.uow().reads() as uow:
             found = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+    if found is None and key_holder:  # that order's placement is in flight, or died after its hold
+        raise model.DuplicateClientOrderId(
+            f"client_order_id {req.client_order_id!r} was used for another order ({key_holder}) whose placement "
+            "has not completed: retry that request, or use a new client_order_id",
+            metadata={"clientOrderId": req.client_order_id, "orderId": key_holder})
     if found is None:  # the reaper claimed the id: the first attempt died after its hold
         if placed:
             await deps.holds.release(order.hold_id)

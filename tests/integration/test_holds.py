@@ -367,6 +367,41 @@ def _answer(result: hpb.PlaceHoldResult) -> tuple:
     return ("error", result.error.code, result.error.reason)
 
 
+async def test_a_client_key_is_carried_by_one_hold_of_the_account_ever(channel, uow, checked_pool):
+    a, b = account(), account()
+    await fund(uow, a, cash="100")
+    await fund(uow, b, cash="100")
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    h1, h2, h3 = hid(), hid(), hid()
+
+    def req(hold_id: str, acct: str, amount: str, key: str) -> hpb.PlaceHoldRequest:
+        return hpb.PlaceHoldRequest(hold_id=hold_id, account_id=acct, order_id=f"o-{hold_id}", asset="USD",
+                                    amount=amount, client_key=key)
+
+    reply = await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[
+        req(h1, a, "30", "coid-1"),     # placed, carries coid-1
+        req(h1, a, "30", "coid-1"),     # a retry: the same hold
+        req(h2, a, "10", "coid-1"),     # another hold under a's coid-1: refused, nothing held
+        req(h3, b, "10", "coid-1"),     # b's own coid-1: placed
+        req(hid(), a, "5", "x y"),      # not a key: INVALID_ARGUMENT
+    ]))
+    assert [_answer(r) for r in reply.results] == [
+        ("hold", h1, "30.00"), ("hold", h1, "30.00"), ("error", "ALREADY_EXISTS", "DUPLICATE_CLIENT_KEY"),
+        ("hold", h3, "10.00"), ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT")]
+    assert dict(reply.results[2].error.metadata) == {"clientKey": "coid-1", "holdId": h1, "orderId": f"o-{h1}"}
+    assert await balance(uow, a, "USD") == (D(100), D(30), D(70))
+    # Resolved, the hold still carries its key: the key is never free again.
+    await handlers.release_hold(commands.ReleaseHold(h1), uow)
+    with pytest.raises(model.DuplicateClientKey):
+        await handlers.place_hold(commands.PlaceHold(h2, a, "o-2", "USD", D(10), "coid-1"), uow)
+    # Holds without a key are as before, and the database refuses a second carrier of a key.
+    await handlers.place_hold(commands.PlaceHold(h2, a, "o-2", "USD", D(10)), uow)
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.holds WHERE account_id = $1", a) == 2
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE ledger.holds SET client_key = 'coid-1' WHERE hold_id = $1", h2)
+
+
 async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_given(channel, uow):
     a, b = account(), account()
     await fund(uow, a, cash="100", AAPL=5)

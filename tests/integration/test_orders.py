@@ -95,11 +95,31 @@ async def test_one_client_order_id_100_times_concurrently(order_deps, checked_po
     with pytest.raises(DuplicateClientOrderId) as err:
         await handlers.place_order(limit_buy(a, "same-id", qty=4), order_deps)
     assert err.value.code == "ALREADY_EXISTS" and err.value.reason == "DUPLICATE_CLIENT_ORDER_ID"
+    assert err.value.metadata["orderId"] == str(orders[0].order_id)
+    # Refused by the hold itself: no second hold was placed and given back.
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.holds WHERE account_id = $1", a) == 1
     # A business rejection is an order too: its retry returns the same rejected order.
     b = acct()
     first = await handlers.place_order(limit_buy(b, "poor"), order_deps)
     again = await handlers.place_order(limit_buy(b, "poor"), order_deps)
     assert first.status is Status.REJECTED and again.order_id == first.order_id
+
+
+async def test_a_client_order_id_whose_first_placement_has_a_hold_but_no_order_yet(order_deps, checked_pool):
+    """The first placement under the id is in flight (or died) after its hold: a placement of
+    other parameters under the same id is refused at its hold and names the first order."""
+    a, first = acct(), str(uuid.uuid4())
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    await deposit(checked_pool, a, "10000")
+    await ledger.place_hold(commands.PlaceHold(first, a, first, "USD", Decimal("100.00"), "busy-id"), uow)
+    with pytest.raises(DuplicateClientOrderId) as err:
+        await handlers.place_order(limit_buy(a, "busy-id", qty=2), order_deps)
+    assert err.value.metadata == {"clientOrderId": "busy-id", "orderId": first}
+    assert "has not completed" in err.value.message
+    c = await cash(checked_pool, a)
+    assert (c.held, c.available) == (Decimal("100.00"), Decimal("9900.00"))
+    await ledger.release_hold(commands.ReleaseHold(first), uow)  # what the reaper would do
 
 
 async def test_accepted_orders_reach_jetstream_once_with_their_id(order_deps, checked_pool, nats_conn, namespace):
