@@ -193,9 +193,10 @@ def test_grpc_web_order_commands_through_envoy(mesh):
 
 def test_a_browser_app_on_another_origin_calls_through_envoy(mesh):
     """CORS as `stockmesh up` sets it (development: this machine's pages, any port): a web app
-    on http://localhost:5173 has its preflight answered without a token, then calls with JSON
-    and gRPC-Web and may read the replies' status and x-stockmesh-* headers (StreamOrderUpdates
-    says where it starts); another origin's page gets no CORS approval."""
+    on http://localhost:5173 has its preflight answered without a token (its own x-request-id
+    allowed), then calls with JSON and gRPC-Web and may read the replies' status and
+    x-stockmesh-* headers (StreamOrderUpdates says where it starts); another origin's page gets
+    no CORS approval. Every reply says `vary: Origin`, for the caches between."""
     from stockmesh.order.v1 import order_service_pb2 as pb
 
     app = "http://localhost:5173"
@@ -207,15 +208,22 @@ def test_a_browser_app_on_another_origin_calls_through_envoy(mesh):
         conn.request(method, path, body=body or None, headers=headers)
         return conn.getresponse()
 
+    def names(header: str | None) -> set[str]:
+        return {name.strip().lower() for name in (header or "").split(",") if name.strip()}
+
+    sent = "authorization,content-type,x-grpc-web,x-request-id"
     for origin, allowed in ((app, True), ("https://elsewhere.example", False)):
         resp = request("OPTIONS", {"origin": origin, "access-control-request-method": "POST",
-                                   "access-control-request-headers": "authorization,content-type,x-grpc-web"})
+                                   "access-control-request-headers": sent})
         resp.read()
         assert resp.status == 200 and (resp.getheader("access-control-allow-origin") == origin) is allowed, \
             resp.getheaders()
+        assert names(sent) <= names(resp.getheader("access-control-allow-headers")), resp.getheaders()
+        assert "origin" in names(resp.getheader("vary")), resp.getheaders()
 
     body = pb.StreamOrderUpdatesRequest(from_now=True).SerializeToString()
     resp = request("POST", {"origin": app, "content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                            "x-request-id": f"page-{uuid.uuid4().hex[:8]}",
                             "authorization": f"Bearer {mesh.token(account)}"},
                    b"\x00" + len(body).to_bytes(4, "big") + body)
     try:  # the stream's headers come once it listens; it stays open
@@ -223,6 +231,7 @@ def test_a_browser_app_on_another_origin_calls_through_envoy(mesh):
         assert resp.getheader("x-stockmesh-after-sequence") == "0", resp.getheaders()
         exposed = {h.strip() for h in resp.getheader("access-control-expose-headers", "").split(",")}
         assert {"x-stockmesh-after-sequence", "grpc-status", "grpc-message"} <= exposed, exposed
+        assert "origin" in names(resp.getheader("vary")), resp.getheaders()
     finally:
         resp.close()
 

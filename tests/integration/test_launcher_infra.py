@@ -345,14 +345,18 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
 
 def _http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[
         int, dict[str, str], bytes]:
-    """One HTTP/1.1 request to Envoy, as a browser sends it: (status, headers by lower-case name, body)."""
+    """One HTTP/1.1 request to Envoy, as a browser sends it: (status, headers by lower-case name,
+    body); a header sent more than once is its values joined with ", ", as HTTP reads it."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(method, path, body=body or None, headers=headers)
         resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        joined: dict[str, str] = {}
+        for name, value in resp.getheaders():
+            joined[name.lower()] = f"{joined[name.lower()]}, {value}" if name.lower() in joined else value
+        return resp.status, joined, resp.read()
     finally:
         conn.close()
 
@@ -375,15 +379,22 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
     before a stand-in ledger_svc: a browser's preflight is answered by Envoy without a token,
     for every public RPC, with the methods and headers gRPC-Web and JSON need; a call from an
     allowed origin gets access-control-allow-origin and may read the gRPC status and the
-    project's x-stockmesh-* headers; another origin gets no CORS header at all; a call without
-    a (valid) token is still UNAUTHENTICATED (and readable by the page); internal services stay
-    unreachable, preflight or not."""
+    project's x-stockmesh-* headers, and may send its own x-request-id; another origin gets no
+    CORS header at all; every reply on a public route says `vary: Origin` (added to the
+    service's own Vary), so a shared cache keeps one origin's reply from another; a call
+    without a (valid) token is still UNAUTHENTICATED (and readable by the page); internal
+    services stay unreachable, preflight or not."""
     import asyncio
 
     from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 
+    request_ids: list[str] = []
+
     class Ledger(ledger_service_pb2_grpc.LedgerServiceServicer):
         async def GetPortfolio(self, request, context):
+            request_ids.append(dict(context.invocation_metadata()).get("x-request-id", ""))
+            # A Vary of the service's own, which Envoy's `vary: Origin` must not replace.
+            await context.send_initial_metadata((("vary", "x-stand-in"),))
             return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="browser"))
 
     app, other = "http://localhost:5173", "https://evil.example"
@@ -395,8 +406,14 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
     async def call(method: str, path: str, headers: dict[str, str], body: bytes = b""):
         return await asyncio.to_thread(_http, ports.public, method, path, headers, body)
 
-    def preflight(origin: str, headers: str = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout"):
+    # What gRPC-Web and JSON clients send beyond the safelisted headers, a request id included.
+    sent = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-request-id"
+
+    def preflight(origin: str, headers: str = sent):
         return {"origin": origin, "access-control-request-method": "POST", "access-control-request-headers": headers}
+
+    def varies_by_origin(headers: dict[str, str]) -> bool:
+        return "origin" in _names(headers.get("vary"))
 
     def grpc_web(origin: str, token: str | None) -> dict[str, str]:
         headers = {"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1",
@@ -424,9 +441,9 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
                 assert status == 200 and headers.get("access-control-allow-origin") == app, (path, status, headers)
                 assert "POST" in _names(headers.get("access-control-allow-methods")).union(
                     m.upper() for m in _names(headers.get("access-control-allow-methods"))), headers
-                assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= _names(
-                    headers.get("access-control-allow-headers")), headers
+                assert _names(sent) <= _names(headers.get("access-control-allow-headers")), headers
                 assert int(headers.get("access-control-max-age", "0")) > 0
+                assert varies_by_origin(headers), headers
         # ... any port of this machine's pages; not another origin (answered here, never forwarded).
         for origin in ("http://127.0.0.1:8000", "http://localhost"):
             status, headers, _ = await call("OPTIONS", portfolio, preflight(origin))
@@ -435,12 +452,16 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
             status, headers, _ = await call("OPTIONS", portfolio, preflight(origin))
             # (Envoy still lists the methods and headers; without allow-origin the browser refuses.)
             assert status == 200 and "access-control-allow-origin" not in headers, (origin, headers)
+            assert varies_by_origin(headers), headers  # a cache must not give this one to the app
 
         # A call from the app's origin: gRPC-Web and JSON, with the token.
         exposed = {"grpc-status", "grpc-message", "grpc-status-details-bin", "x-stockmesh-after-sequence"}
-        status, headers, body = await call("POST", portfolio, grpc_web(app, token), grpc_web_body)
+        status, headers, body = await call("POST", portfolio, grpc_web(app, token) | {"x-request-id": "page-42"},
+                                           grpc_web_body)
         assert status == 200 and headers.get("access-control-allow-origin") == app, headers
         assert exposed <= _names(headers.get("access-control-expose-headers")), headers
+        assert {"x-stand-in", "origin"} <= _names(headers.get("vary")), headers  # appended, not replaced
+        assert request_ids[-1] == "page-42"  # the page's own request id reaches the service
         assert lpb.GetPortfolioResponse.FromString(body[5:5 + int.from_bytes(body[1:5], "big")]).portfolio.account_id \
             == "browser"
         assert b"grpc-status:0" in body  # the trailers frame
@@ -449,15 +470,18 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
         assert status == 200 and json.loads(body)["portfolio"]["account_id"] == "browser", body
         assert headers.get("access-control-allow-origin") == app, headers
         assert exposed <= _names(headers.get("access-control-expose-headers")), headers
+        assert varies_by_origin(headers), headers
         # ... from another origin: it is answered, but without CORS headers the browser keeps it.
         status, headers, _ = await call("POST", portfolio, grpc_web(other, token), grpc_web_body)
         assert status == 200 and not [h for h in headers if h.startswith("access-control-")], headers
+        assert varies_by_origin(headers), headers
 
         # No token, or a bad one, on anything but a preflight: UNAUTHENTICATED, readable by the app.
         for bad in (None, token[:-4] + "AAAA"):
             status, headers, _ = await call("POST", portfolio, grpc_web(app, bad), grpc_web_body)
             assert headers.get("grpc-status") == "16", (status, headers)  # (HTTP 401: jwt_authn's reply)
             assert headers.get("access-control-allow-origin") == app, headers
+            assert varies_by_origin(headers), headers
             json_call = {"origin": app, "content-type": "application/json"} | (
                 {"authorization": f"Bearer {bad}"} if bad else {})
             status, headers, _ = await call("POST", portfolio, json_call, b"{}")
@@ -473,6 +497,7 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
             for path in paths[service]:
                 status, headers, _ = await call("OPTIONS", path, preflight(app))
                 assert status == 404 and "access-control-allow-origin" not in headers, (path, status, headers)
+                assert "vary" not in headers, headers  # no route: no CORS, nothing that varies by Origin
                 status, headers, _ = await call("POST", path, grpc_web(app, token), grpc_web_body)
                 assert status == 404, (path, status, headers)  # no route (a gRPC-Web client: UNIMPLEMENTED)
                 assert "access-control-allow-origin" not in headers, headers
