@@ -28,7 +28,8 @@ def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
 class ActivityRow(NamedTuple):
     """A line of the account's statement: one of its postings, or a sale's proceeds owed until
     settlement (kind PROCEEDS). `own`: the entry is the account's own (a trade's capture of the
-    other side's hold is not); `settled`: for proceeds, whether they have settled."""
+    other side's hold is not); `settled_at`: when the amount settled (a posting when it was
+    made, proceeds when settlement paid them), None while it has not."""
     activity_id: int
     kind: str
     asset: str
@@ -37,7 +38,11 @@ class ActivityRow(NamedTuple):
     reference: str
     created_at: datetime
     own: bool = True
-    settled: bool | None = None
+    settled_at: datetime | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.settled_at is not None
 
 
 _HOLD_COLUMNS = "hold_id, account_id, order_id, asset, amount, captured, released, status, created_at, resolved_at"
@@ -262,13 +267,14 @@ class LedgerRepository:
     async def activities(self, account_id: str, after: int | None, limit: int) -> list[ActivityRow]:
         """The account's statement, newest first, below `after`: its postings, and each sale's
         proceeds from the moment of the sale (ledger.unsettled, migration 0011) — whose
-        settlement is then left out, so the USD lines always sum to the cash total."""
+        settlement is then left out, so the USD lines always sum to the cash total. A posting
+        is settled when it is made; proceeds when settlement marked their row."""
         rows = await self.conn.fetch(
             """
             SELECT * FROM (
                 SELECT p.posting_id AS activity_id, e.kind, p.asset, p.amount, e.description,
                        coalesce(e.reference, e.idempotency_key, '') AS reference, p.created_at,
-                       e.account_id = $1 AS own, NULL::boolean AS settled
+                       e.account_id = $1 AS own, p.created_at AS settled_at
                   FROM ledger.postings p
                   JOIN ledger.books k USING (book_id)
                   JOIN ledger.entries e USING (entry_id)
@@ -277,7 +283,7 @@ class LedgerRepository:
                             SELECT 1 FROM ledger.unsettled u WHERE u.fill_id = e.reference AND u.activity_id IS NOT NULL))
                 UNION ALL
                 SELECT u.activity_id, 'PROCEEDS', $4, u.amount, coalesce(u.description, ''), u.fill_id, u.created_at,
-                       true, u.settled_at IS NOT NULL
+                       true, u.settled_at
                   FROM ledger.unsettled u
                  WHERE u.account_id = $1 AND u.activity_id IS NOT NULL AND ($2::bigint IS NULL OR u.activity_id < $2)
             ) a

@@ -37,12 +37,14 @@ def cash_to_proto(c: model.CashBalance) -> ledger_pb2.CashBalance:
 
 def activity_to_proto(a: ActivityRow) -> ledger_pb2.Activity:
     """A statement line: cash as money, shares whole; a trade's lines read from the account's
-    side and reference the fill; nothing names another account's order."""
+    side and reference the fill; nothing names another account's order. Settled, with when,
+    unless it is a sale's proceeds not paid yet (the proto's comment says so per kind)."""
     return ledger_pb2.Activity(
         activity_id=str(a.activity_id), type=ACTIVITY_TYPES.get(a.kind, ledger_pb2.ACTIVITY_TYPE_UNSPECIFIED),
         asset=a.asset, amount=model.amount_text(a.asset, a.amount),
         description=model.statement_line(a.kind, a.asset, a.amount, a.description, a.own, a.settled),
-        created_at=timestamp(a.created_at), reference=a.reference if a.own or a.kind == "FILL" else "")
+        created_at=timestamp(a.created_at), reference=a.reference if a.own or a.kind == "FILL" else "",
+        settled=a.settled, settled_at=timestamp(a.settled_at) if a.settled_at else None)
 
 
 def hold_to_proto(h: model.Hold, transferred_to: str | None = None) -> ledger_pb2.Hold:

@@ -106,12 +106,13 @@ async def test_two_accounts_trade_and_see_every_update(mesh):
             lines = (await cash.ListActivities(lpb.ListActivitiesRequest(page_size=100),
                                                metadata=mesh.auth(account))).activities
             assert sum(Decimal(x.amount) for x in lines if x.asset == "USD") == Decimal(p.cash.total)
+            assert sum(Decimal(x.amount) for x in lines if x.asset == "USD" and x.settled) == Decimal(p.cash.settled)
             trades = [x for x in lines if x.reference in fill_ids]
             assert trades and all(other not in x.reference + x.description for x in lines)
-        assert {(x.asset, x.amount, x.description) for x in lines if x.reference in fill_ids} == {
-            (SYMBOL, "-4", "Sold 4 KO at 62.00"), (SYMBOL, "-6", "Sold 6 KO at 62.00"),
-            ("USD", "248.00", "Sold 4 KO at 62.00: proceeds, unsettled until settlement"),
-            ("USD", "372.00", "Sold 6 KO at 62.00: proceeds, unsettled until settlement")}
+        assert {(x.asset, x.amount, x.description, x.settled) for x in lines if x.reference in fill_ids} == {
+            (SYMBOL, "-4", "Sold 4 KO at 62.00", True), (SYMBOL, "-6", "Sold 6 KO at 62.00", True),
+            ("USD", "248.00", "Sold 4 KO at 62.00: proceeds, unsettled until settlement", False),
+            ("USD", "372.00", "Sold 6 KO at 62.00: proceeds, unsettled until settlement", False)}
 
 
 async def test_portfolio_lists_the_open_orders_of_an_account_that_holds_cash_or_shares(mesh):

@@ -160,8 +160,19 @@ async def statement(t: Trade, account: str) -> list[ledger_pb2.Activity]:
         before = rows[-1].activity_id
 
 
-async def usd_sum(t: Trade, account: str) -> Decimal:
-    return sum((D(a.amount) for a in await statement(t, account) if a.asset == "USD"), D(0))
+async def usd_sum(t: Trade, account: str, settled: bool | None = None) -> Decimal:
+    """The statement's USD lines added up: all of them, or only those settled (or not)."""
+    return sum((D(a.amount) for a in await statement(t, account)
+                if a.asset == "USD" and settled in (None, a.settled)), D(0))
+
+
+async def assert_statement_reconciles(t: Trade) -> None:
+    """Each side's USD lines add up to its cash total, the settled ones to its settled cash
+    and the others to its unsettled proceeds."""
+    for account in (t.buyer, t.seller):
+        cash = await ledger.cash_balance(account, t.uow)
+        assert (await usd_sum(t, account), await usd_sum(t, account, True), await usd_sum(t, account, False)) == (
+            cash.total, cash.settled, cash.unsettled), account
 
 
 async def test_the_statement_sums_to_the_cash_total_before_and_after_settlement(checked_pool):
@@ -171,25 +182,35 @@ async def test_the_statement_sums_to_the_cash_total_before_and_after_settlement(
     await ledger.deposit(commands.Deposit(t.seller, D("1.00"), "own-cash"), t.uow)
     first = await t.fill(3, "0.8936", 3, 3)
     second = await t.fill(3, "0.8940", 0, 0)
-    for account in (t.buyer, t.seller):
-        cash = await ledger.cash_balance(account, t.uow)
-        assert await usd_sum(t, account) == cash.total, account
+    await assert_statement_reconciles(t)
     seller = await statement(t, t.seller)
-    proceeds = [(a.amount, a.reference, a.description, a.type) for a in seller
+    proceeds = [(a.amount, a.reference, a.description, a.type, a.settled, a.HasField("settled_at")) for a in seller
                 if a.asset == "USD" and a.reference in (first, second)]
     assert proceeds == [
-        ("2.68", first, "Sold 3 SIRI at 0.8936: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL),
-        ("2.68", second, "Sold 3 SIRI at 0.8940: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL)]
+        ("2.68", first, "Sold 3 SIRI at 0.8936: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL,
+         False, False),
+        ("2.68", second, "Sold 3 SIRI at 0.8940: proceeds, unsettled until settlement", ledger_pb2.ACTIVITY_TYPE_FILL,
+         False, False)]
+    # Everything else is settled when it is made: the deposit, the shares sold, the cash paid.
+    deposit = next(a for a in seller if a.reference == "own-cash")
+    assert (deposit.type, deposit.settled, deposit.settled_at) == (ledger_pb2.ACTIVITY_TYPE_DEPOSIT, True,
+                                                                    deposit.created_at)
+    others = [a for a in seller + await statement(t, t.buyer)
+              if not (a.asset == "USD" and a.reference in (first, second) and D(a.amount) > 0)]
+    # The seller's two deposits and two sales of shares; the buyer's deposit, and the cash
+    # and shares of its two buys.
+    assert len(others) == 9 and all(a.settled and a.settled_at == a.created_at for a in others)
     assert (await ledger.cash_balance(t.seller, t.uow)).total == D("6.36")
 
     await t.settle()
-    for account in (t.buyer, t.seller):
-        cash = await ledger.cash_balance(account, t.uow)
-        assert await usd_sum(t, account) == cash.total, account
+    await assert_statement_reconciles(t)
     assert (await ledger.cash_balance(t.seller, t.uow)).settled == D("6.36")
     seller = await statement(t, t.seller)
-    assert [a.description for a in seller if a.asset == "USD" and a.reference in (first, second)] == [
-        "Sold 3 SIRI at 0.8936: proceeds, settled", "Sold 3 SIRI at 0.8940: proceeds, settled"]
+    paid = [a for a in seller if a.asset == "USD" and a.reference in (first, second)]
+    assert [(a.description, a.settled) for a in paid] == [
+        ("Sold 3 SIRI at 0.8936: proceeds, settled", True), ("Sold 3 SIRI at 0.8940: proceeds, settled", True)]
+    # Settled when the settlement ran, after the sale.
+    assert all(a.HasField("settled_at") and a.settled_at.ToDatetime() > a.created_at.ToDatetime() for a in paid)
     assert not [a for a in seller if a.type == ledger_pb2.ACTIVITY_TYPE_SETTLEMENT]  # counted at the sale
 
 

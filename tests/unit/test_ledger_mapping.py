@@ -37,3 +37,22 @@ def test_money_is_formatted_with_exactly_two_places():
     from meshkit.money import fmt_cents
     assert [fmt_cents(v) for v in (D("7.80"), D(7), D("-10.90357144"), D("35.6367857"), D("-0.001"))] == [
         "7.80", "7.00", "-10.90", "35.64", "0.00"]
+
+
+def test_a_statement_line_says_whether_it_is_settled_and_since_when():
+    """A sale's proceeds are unsettled (no settled_at) until settlement pays them; every other
+    line (a posting) is settled when it is made."""
+    from datetime import timedelta
+
+    from ledger_svc.adapters.repository import ActivityRow
+
+    paid = NOW + timedelta(days=1)
+    owed = ActivityRow(7, "PROCEEDS", "USD", D("2.68"), "3 SIRI at 0.8936", "SIRI:1", NOW)
+    lines = [mapping.activity_to_proto(r) for r in (
+        owed, owed._replace(settled_at=paid),
+        ActivityRow(3, "DEPOSIT", "USD", D("10.00"), "Deposit", "fund", NOW, settled_at=NOW))]
+    assert [(a.description, a.settled, a.HasField("settled_at") and a.settled_at.ToDatetime(timezone.utc))
+            for a in lines] == [
+        ("Sold 3 SIRI at 0.8936: proceeds, unsettled until settlement", False, False),
+        ("Sold 3 SIRI at 0.8936: proceeds, settled", True, paid),
+        ("Deposit", True, NOW)]

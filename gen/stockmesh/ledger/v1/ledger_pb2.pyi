@@ -92,7 +92,7 @@ class Portfolio(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., cash: _Optional[_Union[CashBalance, _Mapping]] = ..., positions: _Optional[_Iterable[_Union[Position, _Mapping]]] = ..., equity: _Optional[str] = ..., open_orders: _Optional[_Iterable[_Union[_order_pb2.Order, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Activity(_message.Message):
-    __slots__ = ("activity_id", "type", "asset", "amount", "description", "created_at", "reference")
+    __slots__ = ("activity_id", "type", "asset", "amount", "description", "created_at", "reference", "settled", "settled_at")
     ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ASSET_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class Activity(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_AT_FIELD_NUMBER: _ClassVar[int]
     activity_id: str
     type: ActivityType
     asset: str
@@ -107,7 +109,9 @@ class Activity(_message.Message):
     description: str
     created_at: _timestamp_pb2.Timestamp
     reference: str
-    def __init__(self, activity_id: _Optional[str] = ..., type: _Optional[_Union[ActivityType, str]] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ...) -> None: ...
+    settled: bool
+    settled_at: _timestamp_pb2.Timestamp
+    def __init__(self, activity_id: _Optional[str] = ..., type: _Optional[_Union[ActivityType, str]] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ..., settled: _Optional[bool] = ..., settled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Hold(_message.Message):
     __slots__ = ("hold_id", "order_id", "asset", "amount", "captured", "released", "status", "created_at", "transferred_to")
