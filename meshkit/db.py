@@ -5,7 +5,8 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 from prometheus_client import Gauge
@@ -17,7 +18,8 @@ ELECTION = Gauge("stockmesh_elected", "1 while this process holds the role's ele
 
 async def _rollback_only(conn: asyncpg.Connection) -> None:
     """Our services keep no session state on pooled connections (no SET, no LISTEN, no
-    advisory locks: those use dedicated connections), so releasing one needs no reset query;
+    advisory locks: those use dedicated connections, or advisory_lock below, which unlocks
+    before it hands its connection back), so releasing one needs no reset query;
     the pool still rolls back an open transaction before calling this. One round trip less
     per transaction."""
 
@@ -73,6 +75,36 @@ def pool_check(pool: asyncpg.Pool):
 def lock_key(name: str) -> int:
     """A PostgreSQL advisory lock key (a signed 64-bit number) for a role's name."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@asynccontextmanager
+async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
+                        wait: bool = True) -> AsyncIterator[bool]:
+    """Hold the session advisory lock of `name` for the block, shared or exclusive, on one of
+    the pool's connections kept for it. With `wait` False the block runs at once and gets
+    False when a conflicting holder has it (and nothing is held), else True. Unlocked before
+    the connection goes back to the pool; if unlocking fails, the connection is closed (the
+    lock goes with its session)."""
+    key = lock_key(name)
+    mode = "_shared" if shared else ""
+    conn = await pool.acquire()
+    held = False
+    try:
+        if wait:
+            await conn.execute(f"SELECT pg_advisory_lock{mode}($1)", key)
+            held = True
+        else:
+            held = await conn.fetchval(f"SELECT pg_try_advisory_lock{mode}($1)", key)
+        yield held
+    finally:
+        try:
+            if held:
+                await conn.execute(f"SELECT pg_advisory_unlock{mode}($1)", key)
+        except BaseException:
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
 
 
 async def elected(database_url: str, role: str, work: Callable[[], Awaitable[None]], *,

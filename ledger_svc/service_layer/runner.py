@@ -15,6 +15,8 @@ from meshkit.errors import FailedPrecondition
 
 # The services that apply every execution, each through one durable consumer per symbol.
 APPLIERS = ("ledger", "orders")
+# Settlements read the execution journal under this lock, shared; a trim purges it exclusive.
+JOURNAL_LOCK = "ledger.execution-journal"
 
 
 async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float = 60.0,
@@ -25,7 +27,14 @@ async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: 
 
     The journal is read first, and settling waits (at most `catch_up` seconds) until the
     ledger has applied every fill in it: after a crash or under load the ledger's consumer can
-    be behind the engine, and its missing fills would otherwise be left unsettled."""
+    be behind the engine, and its missing fills would otherwise be left unsettled. A trim of
+    the journal waits for the settlements running (JOURNAL_LOCK), and they wait for it."""
+    async with db.advisory_lock(uow().pool, JOURNAL_LOCK, shared=True):
+        return await _settle_and_reconcile(day, uow, js, namespace, catch_up=catch_up, progress=progress)
+
+
+async def _settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float,
+                                progress: Callable[[str], None] | None) -> SettlementReport:
     checked = await _ledger_fills(day, uow)
     async with uow() as u:
         trimmed = await u.settlement.trimmed_before()
@@ -60,7 +69,17 @@ async def trim_journal(before: date, uow, js, namespace: str, *, dry_run: bool =
     stream has no consumer of one of the services that apply it (it would never see the
     purged executions). Never purges what a durable consumer has not acknowledged: the cut
     stops there (`held_back_by`). The trim is recorded in the ledger before the purge, so a
-    later settlement of a trimmed day reconciles against the ledger's own records instead."""
+    later settlement of a trimmed day reconciles against the ledger's own records instead.
+    Refused too while a settlement is reading the journal (SETTLEMENT_RUNNING)."""
+    async with db.advisory_lock(uow().pool, JOURNAL_LOCK, wait=False) as alone:
+        if not alone:
+            raise FailedPrecondition("a settlement is reading the execution journal; trim when it has finished",
+                                     reason="SETTLEMENT_RUNNING")
+        return await _trim_journal(before, uow, js, namespace, dry_run=dry_run, progress=progress)
+
+
+async def _trim_journal(before: date, uow, js, namespace: str, *, dry_run: bool,
+                        progress: Callable[[str], None] | None) -> JournalTrim:
     def say(message: str) -> None:
         if progress:
             progress(message)
@@ -111,7 +130,7 @@ async def trim_journal(before: date, uow, js, namespace: str, *, dry_run: bool =
 
 async def run_settlement(day: date, database_url: str, nats_url: str | None, namespace: str, *,
                          catch_up: float = 60.0, progress: Callable[[str], None] | None = None) -> SettlementReport:
-    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    pool = await db.create_pool(database_url, min_size=1, max_size=3)  # the journal's lock, and work
     nc = await bus.connect(nats_url, "stockmesh-settle") if nats_url else None
     try:
         return await settle_and_reconcile(day, lambda: LedgerUnitOfWork(pool), nc.jetstream() if nc else None,
@@ -124,7 +143,7 @@ async def run_settlement(day: date, database_url: str, nats_url: str | None, nam
 
 async def run_trim(before: date, database_url: str, nats_url: str, namespace: str, *, dry_run: bool = False,
                    progress: Callable[[str], None] | None = None) -> JournalTrim:
-    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    pool = await db.create_pool(database_url, min_size=1, max_size=3)  # the journal's lock, and work
     nc = await bus.connect(nats_url, "stockmesh-journal")
     try:
         return await trim_journal(before, lambda: LedgerUnitOfWork(pool), nc.jetstream(), namespace,

@@ -15,9 +15,9 @@ import pytest
 
 from ledger_svc.entrypoints.settlement_server import SettlementServicer
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
-from ledger_svc.service_layer.runner import settle_and_reconcile, trim_journal
+from ledger_svc.service_layer.runner import JOURNAL_LOCK, settle_and_reconcile, trim_journal
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import bus, calendar, executions
+from meshkit import bus, calendar, db, executions
 from meshkit.errors import FailedPrecondition, InvalidArgument
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import settlement_service_pb2 as spb
@@ -144,6 +144,29 @@ async def test_trim_refused_without_a_journal(pool, nats_conn):
     with pytest.raises(FailedPrecondition) as refused:
         await trim_journal(D3, lambda: LedgerUnitOfWork(pool), nats_conn.jetstream(), f"none{uuid.uuid4().hex[:6]}")
     assert refused.value.reason == "JOURNAL_NOT_FOUND"
+
+
+async def test_a_trim_and_a_settlement_never_read_and_purge_the_journal_at_once(pool, nats_conn):
+    uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
+    js, ns, long_ago = nats_conn.jetstream(), f"none{uuid.uuid4().hex[:6]}", date(2000, 1, 3)
+    async with db.advisory_lock(pool, JOURNAL_LOCK, shared=True):  # as a settlement running holds it
+        with pytest.raises(FailedPrecondition) as refused:
+            await trim_journal(D3, uow, js, ns)
+        assert refused.value.reason == "SETTLEMENT_RUNNING"
+    with pytest.raises(FailedPrecondition) as refused:  # the settlement over: the trim's own checks
+        await trim_journal(D3, uow, js, ns)
+    assert refused.value.reason == "JOURNAL_NOT_FOUND"
+
+    async def waiting_for_the_lock() -> int:
+        return await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                                   "AND objid = ($1::bigint & 4294967295)", db.lock_key(JOURNAL_LOCK))
+
+    async with db.advisory_lock(pool, JOURNAL_LOCK):  # as a trim running holds it
+        settling = asyncio.create_task(settle_and_reconcile(long_ago, uow, None, ns, catch_up=0))
+        assert await eventually(waiting_for_the_lock) == 1 and not settling.done()
+    report = await asyncio.wait_for(settling, 30)  # the trim over: the settlement goes on
+    assert report.fills_settled == 0 and report.reconciled_against.startswith("the ledger's own records")
+    assert await waiting_for_the_lock() == 0
 
 
 async def _acked(js, stream: str, durable: str, seq: int) -> bool:

@@ -61,7 +61,8 @@ class SettlementServiceServicer:
         """Purge the executions published before a trading day from the execution journal (the
         EXECUTIONS stream). FAILED_PRECONDITION (FILLS_NOT_SETTLED, CONSUMER_MISSING,
         JOURNAL_NOT_FOUND) when it would lose something: never an execution a consumer has not
-        acknowledged (the trim stops short there).
+        acknowledged (the trim stops short there). FAILED_PRECONDITION / SETTLEMENT_RUNNING while
+        a settlement reads the journal (a RunSettlement that starts during a trim waits for it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
