@@ -78,6 +78,22 @@ async def test_no_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, ())) == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.parametrize("method", ["PlaceOrder", "ReplaceOrder", "CancelOrder", "GetOrder"])
+@pytest.mark.parametrize("token", [None, "not-a-jwt"])
+async def test_order_commands_without_a_valid_token_are_unauthenticated(mesh: RunningMesh, method: str,
+                                                                        token: str | None) -> None:
+    """The commands take another route (Envoy's gRPC-to-HTTP/1.1 bridge) than GetOrder: a
+    refusal before it must still reach the client as UNAUTHENTICATED, never UNKNOWN (which,
+    for a PlaceOrder, would leave the client unsure whether the order was placed)."""
+    request = getattr(order_service_pb2, f"{method}Request")()
+    async with mesh.channel() as ch:
+        call = getattr(order_service_pb2_grpc.OrderServiceStub(ch), method)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(request, metadata=bearer(token) if token else (), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+    assert "Jwt" in (err.value.details() or ""), err.value
+
+
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, bearer("not-a-jwt"))) == grpc.StatusCode.UNAUTHENTICATED
 
