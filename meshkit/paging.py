@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 from meshkit.errors import Violations
 
@@ -24,15 +25,43 @@ def encode_token(cursor: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
 
 
-def decode_token(token: str, v: Violations, *, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """The cursor in `token`, or None for the first page; a token not made by us is a violation."""
+def integer(value: Any) -> int:
+    """A cursor's integer: a JSON integer within PostgreSQL's bigint."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"not a bigint: {value!r}")
+    return value
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a string: {value!r}")
+    return value
+
+
+def instant(value: Any) -> datetime:
+    """A cursor's time written with isoformat(), with its offset."""
+    at = datetime.fromisoformat(text(value))
+    if at.tzinfo is None:
+        raise ValueError(f"no offset: {value!r}")
+    return at
+
+
+def epoch_seconds(value: Any) -> datetime:
+    """A cursor's time as whole seconds since the epoch (UTC)."""
+    return datetime.fromtimestamp(integer(value), tz=timezone.utc)
+
+
+def decode_token(token: str, v: Violations, *, fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any] | None:
+    """The cursor in `token`, each field read by its parser (integer, text, instant,
+    epoch_seconds, uuid.UUID, ...), or None for the first page. A token not made by us (not
+    our encoding, other fields, or a value its parser refuses) is a violation."""
     if not token:
         return None
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if isinstance(cursor, dict) and set(cursor) == set(keys):
-            return cursor
-    except (ValueError, TypeError, UnicodeError):
+        if isinstance(cursor, dict) and set(cursor) == set(fields):
+            return {key: parse(cursor[key]) for key, parse in fields.items()}
+    except (ValueError, TypeError, UnicodeError, OverflowError, OSError):
         pass
     v.add("page_token", "is not a token returned by a previous call")
     return None

@@ -54,7 +54,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        cursor = paging.decode_token(request.page_token, v, keys=("before",))
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer})
         v.raise_if_any()
         rows = await handlers.activities(current_account(), cursor["before"] if cursor else None,
                                          size + 1, self.uow)
@@ -68,9 +68,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                         context: grpc.aio.ServicerContext) -> pb.ListHoldsResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        cursor = paging.decode_token(request.page_token, v, keys=("before",))
-        if cursor is not None and not isinstance(cursor["before"], int):
-            v.add("page_token", "is not a token returned by a previous call")
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer})
         v.raise_if_any()
         rows = await handlers.list_holds(current_account(), cursor["before"] if cursor else None,
                                          size + 1, self.uow)

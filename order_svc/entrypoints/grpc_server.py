@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import AsyncIterator
 
 import grpc
@@ -54,7 +53,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     async def ListOrders(self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext) -> pb.ListOrdersResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        cursor = paging.decode_token(request.page_token, v, keys=("createdAt", "orderId"))
+        cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": uuid.UUID})
         statuses = []
         for s in request.statuses:
             if s == common_pb2.ORDER_STATUS_UNSPECIFIED or s not in mapping.STATUSES:
@@ -62,7 +61,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             else:
                 statuses.append(mapping.STATUSES[s].value)
         v.raise_if_any()
-        before = (datetime.fromisoformat(cursor["createdAt"]), uuid.UUID(cursor["orderId"])) if cursor else None
+        before = (cursor["createdAt"], cursor["orderId"]) if cursor else None
         orders = await handlers.list_orders(current_account(), request.symbol or None, statuses, size + 1, before,
                                             self.deps)
         more = len(orders) > size

@@ -39,16 +39,13 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
         v.add("end_time", "must be after start_time")
     size = paging.page_size(request.page_size, v, default=CANDLE_PAGE_DEFAULT, maximum=CANDLE_PAGE_MAX)
     key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
-    cursor = paging.decode_token(request.page_token, v, keys=("at", "q"))
-    if cursor is not None and (cursor["q"] != key or not isinstance(cursor["at"], int)):
+    cursor = paging.decode_token(request.page_token, v, fields={"at": paging.epoch_seconds, "q": paging.text})
+    if cursor is not None and cursor["q"] != key:
         v.add("page_token", "does not belong to this query (symbol, interval and range must not change)")
         cursor = None
     v.raise_if_any()
-    at = None
-    if cursor is not None:
-        at = datetime.fromtimestamp(cursor["at"], tz=timezone.utc)
     assert interval is not None
-    return candles.CandleQuery(request.symbol, interval, start, end, size, at)
+    return candles.CandleQuery(request.symbol, interval, start, end, size, cursor["at"] if cursor else None)
 
 
 class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):

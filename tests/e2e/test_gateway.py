@@ -94,6 +94,29 @@ async def test_order_commands_without_a_valid_token_are_unauthenticated(mesh: Ru
     assert "Jwt" in (err.value.details() or ""), err.value
 
 
+@pytest.mark.parametrize("method, cursor", [
+    ("ListOrders", {"createdAt": "garbage", "orderId": "x"}),
+    ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid"}),
+    ("ListActivities", {"before": 1e30}),
+    ("ListActivities", {"before": 99999999999999999999999}),
+    ("ListHolds", {"before": 99999999999999999999999}),
+])
+async def test_a_page_token_with_values_no_call_wrote_is_invalid_argument(mesh: RunningMesh, method: str,
+                                                                         cursor: dict) -> None:
+    token = base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()  # our encoding, foreign values
+    async with mesh.channel() as ch:
+        if method == "ListOrders":
+            call = order_service_pb2_grpc.OrderServiceStub(ch).ListOrders(
+                order_service_pb2.ListOrdersRequest(page_token=token), metadata=mesh.auth("gw-pager"), timeout=10)
+        else:
+            call = getattr(ledger_service_pb2_grpc.LedgerServiceStub(ch), method)(
+                getattr(ledger_service_pb2, f"{method}Request")(page_token=token), metadata=mesh.auth("gw-pager"),
+                timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+
+
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, bearer("not-a-jwt"))) == grpc.StatusCode.UNAUTHENTICATED
 

@@ -16,10 +16,11 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from meshkit import bus
+from meshkit import bus, paging
 from meshkit.money import fmt
 from meshkit.status import error_info
 from quote_svc.adapters.feed import CANDLES_DURABLE
+from quote_svc.entrypoints import mapping
 from quote_svc.service_layer.candles import last_close
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
 from tests.support.quotes import md_event, publish_md, quote_service
@@ -245,6 +246,9 @@ async def test_get_candles_validation(pool, nats_url, ns):
             (dict(good, symbol="NOPE"), "symbol", "UNKNOWN_SYMBOL"),
             (dict(good, page_size=-1), "page_size", "INVALID_ARGUMENT"),
             (dict(good, page_token="garbage"), "page_token", "INVALID_ARGUMENT"),
+            # Our encoding and this query's key, a time no page ever ended at: refused, not a crash.
+            (dict(good, page_token=paging.encode_token({"at": 99999999999999, "q": mapping.query_key(
+                "AAPL", I.CANDLE_INTERVAL_1M, ts(t0), ts(t0 + timedelta(hours=1)))})), "page_token", "INVALID_ARGUMENT"),
         ]
         for req, field, reason in cases:
             with pytest.raises(grpc.aio.AioRpcError) as err:

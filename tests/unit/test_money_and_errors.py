@@ -1,3 +1,5 @@
+import uuid
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -105,8 +107,43 @@ def test_paging():
     assert paging.page_size(0, v) == paging.DEFAULT_PAGE_SIZE
     assert paging.page_size(10_000, v) == paging.MAX_PAGE_SIZE
     token = paging.encode_token({"before": 42})
-    assert paging.decode_token(token, v, keys=("before",)) == {"before": 42} and not v.items
+    assert paging.decode_token(token, v, fields={"before": paging.integer}) == {"before": 42} and not v.items
     paging.page_size(-1, v)
-    paging.decode_token("garbage!", v, keys=("before",))
+    paging.decode_token("garbage!", v, fields={"before": paging.integer})
     assert [i.field for i in v.items] == ["page_size", "page_token"]
+
+
+ORDER_CURSOR = {"createdAt": paging.instant, "orderId": uuid.UUID}
+
+
+@pytest.mark.parametrize("cursor, fields", [
+    # Our encoding, the right fields, values no call of ours ever wrote: a violation, never a crash.
+    ({"before": "x"}, {"before": paging.integer}),
+    ({"before": 1e30}, {"before": paging.integer}),
+    ({"before": 99999999999999999999999}, {"before": paging.integer}),
+    ({"before": True}, {"before": paging.integer}),
+    ({"before": None}, {"before": paging.integer}),
+    ({"createdAt": "garbage", "orderId": "x"}, ORDER_CURSOR),
+    ({"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid"}, ORDER_CURSOR),
+    ({"createdAt": "2026-12-05T19:09:10", "orderId": str(uuid.uuid4())}, ORDER_CURSOR),  # no offset
+    ({"createdAt": 12, "orderId": None}, ORDER_CURSOR),
+    ({"at": 99999999999999, "q": "k"}, {"at": paging.epoch_seconds, "q": paging.text}),
+    ({"at": -99999999999999, "q": "k"}, {"at": paging.epoch_seconds, "q": paging.text}),
+    ({"at": 0, "q": 5}, {"at": paging.epoch_seconds, "q": paging.text}),
+])
+def test_a_page_token_with_values_we_never_wrote_is_a_violation(cursor, fields):
+    v = Violations()
+    assert paging.decode_token(paging.encode_token(cursor), v, fields=fields) is None
+    assert [(i.field, i.description) for i in v.items] == [("page_token", "is not a token returned by a previous call")]
+
+
+def test_a_page_token_reads_back_what_was_written():
+    v, oid = Violations(), uuid.uuid4()
+    at = datetime(2026, 12, 5, 19, 9, 10, 764434, tzinfo=timezone.utc)
+    token = paging.encode_token({"createdAt": at.isoformat(), "orderId": str(oid)})
+    assert paging.decode_token(token, v, fields=ORDER_CURSOR) == {"createdAt": at, "orderId": oid}
+    token = paging.encode_token({"at": 1764961750, "q": "k"})
+    assert paging.decode_token(token, v, fields={"at": paging.epoch_seconds, "q": paging.text}) == {
+        "at": datetime(2025, 12, 5, 19, 9, 10, tzinfo=timezone.utc), "q": "k"}
+    assert not v.items
 
