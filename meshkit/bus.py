@@ -46,7 +46,10 @@ def servers(url: str) -> list[str]:
     return found
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(url: str, name: str, *, attempts: int = -1) -> Client:
+    """A connection that reconnects by itself. A service keeps trying for ever (-1); a
+    command gives up after `attempts` tries per server and raises, so an operator hears that
+    NATS does not answer instead of waiting."""
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
 
@@ -57,7 +60,7 @@ async def connect(url: str, name: str) -> Client:
         log.info("nats reconnected", extra={"server": str(nc.connected_url.netloc if nc.connected_url else "")})
 
     nc = _Client()
-    await nc.connect(servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+    await nc.connect(servers(url), name=name, max_reconnect_attempts=attempts, reconnect_time_wait=0.5,
                      error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
     return nc
 

@@ -11,7 +11,41 @@ from meshkit.cli_client import account_id, register as register_client_commands
 from meshkit.config import default_data_dir
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def unreachable(exc: BaseException) -> str | None:
+    """What an operator needs to hear when a command could not reach PostgreSQL or NATS (a
+    refused connection, a bad URL, a database that does not exist, a refused login), found in
+    `exc` or what caused it; None for anything else (a bug keeps its traceback)."""
+    import asyncpg
+    import nats.errors
+    import psycopg
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InvalidCatalogNameError,
+                            asyncpg.InvalidAuthorizationSpecificationError, asyncpg.CannotConnectNowError,
+                            asyncpg.exceptions.ClientConfigurationError, psycopg.OperationalError)):
+            return f"PostgreSQL: {str(exc).strip() or type(exc).__name__}"
+        if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError)):
+            return f"NATS: {str(exc).strip() or type(exc).__name__}"
+        if isinstance(exc, (ConnectionError, TimeoutError)) or (
+                isinstance(exc, OSError) and exc.errno is None and "connect" in str(exc).lower()):
+            return f"cannot connect: {exc}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is an unreachable server
+            problem = unreachable(exc)
+            if problem is None:
+                raise
+            raise click.ClickException(f"stockmesh {ctx.invoked_subcommand or ''}: {problem}") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """StockMesh: a stock-trading backend of gRPC services behind Envoy."""
 
@@ -207,10 +241,12 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     (it may be catching up after a restart). Prints a report with every discrepancy (exit 1
     if any); running it twice changes nothing."""
     import asyncio
+    import logging
 
     trading_day = _day(day, "--date")
     from ledger_svc.service_layer.runner import run_settlement
 
+    logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 
@@ -292,7 +328,7 @@ def consumers(nats_url: str, namespace: str, behind: bool) -> None:
     async def run() -> list[tuple[str, str, int, int, int, int]]:
         import nats.js.errors
 
-        nc = await connect(nats_url, "stockmesh consumers")
+        nc = await connect(nats_url, "stockmesh consumers", attempts=3)
         rows, found = [], 0
         try:
             js = nc.jetstream()

@@ -9,9 +9,13 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 from meshkit import aio
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
-from order_svc.service_layer.handlers import Deps, now
+from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
 
 _ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE, "SYMBOL_HALTED": RejectReason.SYMBOL_HALTED}
+_ENGINE_REJECT_MESSAGES = {
+    RejectReason.FOK_NOT_FILLABLE: "the fill-or-kill order could not fill entirely at once at its price",
+    RejectReason.SYMBOL_HALTED: REJECT_MESSAGES[RejectReason.SYMBOL_HALTED],
+}
 
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
@@ -41,7 +45,8 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             if o is not None and not o.status.is_terminal:
                 if ex.type == REJECTED:
                     reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.FOK_NOT_FILLABLE)
-                    o.reject(reason, f"the engine rejected the order: {ex.reason or reason.value}")
+                    o.reject(reason, _ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
+                             else f"the engine rejected the order: {ex.reason or reason.value}")
                 else:
                     o.end(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED,
                           ENGINE_END_REASONS.get(ex.reason or ("SESSION_CLOSE" if ex.type == EXPIRED else "")))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -120,6 +121,22 @@ async def test_a_client_order_id_whose_first_placement_has_a_hold_but_no_order_y
     c = await cash(checked_pool, a)
     assert (c.held, c.available) == (Decimal("100.00"), Decimal("9900.00"))
     await ledger.release_hold(commands.ReleaseHold(first), uow)  # what the reaper would do
+
+
+async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked_pool):
+    from meshkit.executions import REJECTED, Execution
+    from order_svc.service_layer import lifecycle
+
+    a = acct()
+    await deposit(checked_pool, a, "10000")
+    fok = await handlers.place_order(replace(limit_buy(a, "fok", qty=2), time_in_force=TimeInForce.FOK), order_deps)
+    assert fok.status is Status.NEW
+    await lifecycle.apply_execution(Execution(f"x-{fok.order_id}", "AAPL", REJECTED, str(fok.order_id), a,
+                                              reason="FOK_NOT_FILLABLE"), order_deps)
+    got = await handlers.get_order(a, fok.order_id, order_deps)
+    assert (got.status, got.reject_reason) == (Status.REJECTED, RejectReason.FOK_NOT_FILLABLE)
+    assert got.reject_message == "the fill-or-kill order could not fill entirely at once at its price"
+    await ledger.release_hold(commands.ReleaseHold(str(fok.order_id)), lambda: LedgerUnitOfWork(checked_pool))
 
 
 async def test_accepted_orders_reach_jetstream_once_with_their_id(order_deps, checked_pool, nats_conn, namespace):

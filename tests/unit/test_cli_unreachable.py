@@ -1,0 +1,39 @@
+"""The operator's commands that talk to PostgreSQL or NATS directly: a server that does not
+answer, a bad URL or a missing database is one line naming it (exit 1), never a traceback;
+anything else (a bug) keeps its traceback."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from meshkit.cli import main, unreachable
+
+NOWHERE_PG = "postgresql://postgres@127.0.0.1:1/x"
+NOWHERE_NATS = "nats://127.0.0.1:1"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["settle", "--date", "2026-12-04", "--database-url", NOWHERE_PG], "stockmesh settle: cannot connect"),
+    (["settle", "--date", "2026-12-04", "--database-url", "notaurl"], "stockmesh settle: PostgreSQL: invalid DSN"),
+    (["session", "close", "--database-url", NOWHERE_PG], "stockmesh session: cannot connect"),
+    (["audit", "verify", "--database-url", NOWHERE_PG], "stockmesh audit: cannot connect"),
+    (["migrate", "--database-url", NOWHERE_PG], "stockmesh migrate: PostgreSQL: connection failed"),
+    (["consumers", "--nats-url", NOWHERE_NATS], "stockmesh consumers: NATS: nats: no servers available"),
+], ids=lambda a: a if isinstance(a, str) else " ".join(a[:2]))
+def test_a_server_that_does_not_answer_is_one_line(args, says):
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 1, done.output
+    assert done.output.startswith(f"Error: {says}"), done.output
+    assert "Traceback" not in done.output and len(done.output.strip().splitlines()) <= 2, done.output
+
+
+def test_other_errors_are_not_taken_for_an_unreachable_server():
+    assert unreachable(ValueError("a bug")) is None
+    assert unreachable(KeyError("x")) is None
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except OSError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as outer:
+        assert unreachable(outer) == "cannot connect: [Errno 111] Connect call failed"

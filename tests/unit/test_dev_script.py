@@ -1,0 +1,19 @@
+"""`./dev --help`: the entry point's own lines, then every stockmesh command (README: "Run
+`./dev --help` for the list")."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dev_help_lists_the_commands():
+    env = {**os.environ, "STOCKMESH_VENV": sys.prefix}  # this interpreter's venv: nothing installed
+    done = subprocess.run(["bash", str(REPO / "dev"), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("StockMesh developer entry point.")
+    assert "set -euo" not in done.stdout
+    assert "Commands:" in done.stdout and "  token " in done.stdout and "  settle " in done.stdout
