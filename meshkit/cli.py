@@ -157,8 +157,10 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
               help="The service to ask about ('' = the whole process, as Envoy's health checks ask).")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True, help="Seconds.")
 def health(address: str, service: str, timeout: float) -> None:
-    """Ask a process at ADDRESS for its gRPC health (grpc.health.v1): print its status; exit 0
-    when SERVING, 1 otherwise (for containers' health checks, deploy/)."""
+    """Ask a process at ADDRESS (host:port of a service's own gRPC port, not Envoy's; default
+    127.0.0.1:50051) for its gRPC health (grpc.health.v1): print its status; exit 0 when
+    SERVING, 1 otherwise (for containers' health checks, deploy/). Under `stockmesh up`, each
+    service's port is in the data folder's mesh.json ("ports")."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -260,13 +260,18 @@ def register(main: click.Group) -> None:
     @click.argument("order_id")
     @client_options
     def cancel(order_id: str, **where) -> None:
-        """Ask to cancel ORDER_ID; it turns CANCELLED when the engine confirms (see `watch orders`)."""
+        """Ask to cancel ORDER_ID; it turns CANCELLED when the engine confirms (see `watch orders`).
+        An order that has already ended is left as it is (and said so)."""
+        from stockmesh.common.v1 import common_pb2 as c
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         reply = _client(**where).call(order_service_pb2_grpc.OrderServiceStub, "CancelOrder",
                                       pb.CancelOrderRequest(order_id=order_id))
         click.echo(order_line(reply.order))
-        click.echo("cancel requested")
+        if reply.order.status == c.ORDER_STATUS_CANCELLED:
+            click.echo("already cancelled: nothing to do")
+        else:
+            click.echo("cancel requested")
 
     @main.command()
     @click.argument("order_id")

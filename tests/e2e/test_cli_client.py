@@ -89,6 +89,7 @@ async def test_a_customer_trades_from_the_command_line(mesh: MeshProcess) -> Non
     assert "cancel requested" in ok(cli(mesh, "cancel", rest_id, account=buyer))
     assert await eventually(lambda: asyncio.to_thread(
         lambda: rest_id not in ok(cli(mesh, "orders", "--open", account=buyer))), timeout=30)
+    assert "already cancelled: nothing to do" in ok(cli(mesh, "cancel", rest_id, account=buyer))
 
     # A business rejection is an order, and the command says so with its own exit code.
     broke = cli(mesh, "place", "buy", "1000", SYMBOL, "--limit", PRICE, account=buyer)
