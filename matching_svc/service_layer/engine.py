@@ -119,6 +119,8 @@ class SymbolEngine:
         self.last_seq = 0  # stream sequence of the last input applied
         self.md_seq = 0  # sequence of the last MarketDataEvent emitted
         self.volume = 0  # shares traded this session
+        # Time of the last input's events (ns): no event is stamped earlier than an event before it.
+        self.last_time_ns = 0
         self.dedupe_capacity = dedupe_capacity
         # command id -> None; a dict keeps insertion order, so it is a bounded FIFO set.
         self._seen: dict[str, None] = {}
@@ -168,6 +170,7 @@ class SymbolEngine:
             ctx.changed = self.halted is not None
             self.halted = None
         ctx.market_data()
+        self.last_time_ns = ctx.time_ns
         if kind == "session_close":
             self.volume = 0  # the next session starts from zero
         return out
@@ -181,6 +184,7 @@ class SymbolEngine:
             "last_seq": self.last_seq,
             "md_seq": self.md_seq,
             "volume": self.volume,
+            "last_time_ns": self.last_time_ns,
             "dedupe_capacity": self.dedupe_capacity,
             "seen": list(self._seen),
             "book": self.book.snapshot(),
@@ -195,6 +199,7 @@ class SymbolEngine:
         eng.last_seq, eng.md_seq, eng.volume = data["last_seq"], data["md_seq"], data["volume"]
         eng._seen = dict.fromkeys(data["seen"])
         eng.halted = data.get("halted")  # absent from snapshots taken before halts existed
+        eng.last_time_ns = data.get("last_time_ns", 0)  # absent from snapshots taken before it was kept
         eng.shown = eng._view()
         return eng
 
@@ -226,16 +231,23 @@ class _Ctx:
 
     def __init__(self, engine: SymbolEngine, seq: int, time_ns: int, out: Output) -> None:
         self.engine, self.seq, self.out = engine, seq, out
-        self.secs, self.nanos = divmod(time_ns, 1_000_000_000)
+        self.stamp(time_ns)
         self.changed = False
         self.always = False  # publish market data even if what the feed shows is unchanged
         self.trades: list[tuple[int, int]] = []
+
+    def stamp(self, time_ns: int) -> None:
+        """The time of this input's events: `time_ns`, or the last input's if that is later
+        (order_svc's replicas stamp accepted_at on their own clocks, and the stream's order is
+        not theirs), so the events of one symbol never go back in time as their sequence rises."""
+        self.time_ns = max(time_ns, self.engine.last_time_ns)
+        self.secs, self.nanos = divmod(self.time_ns, 1_000_000_000)
 
     # -- commands
 
     def new_order(self, no: pb.NewOrder) -> None:
         if no.accepted_at.seconds or no.accepted_at.nanos:
-            self.secs, self.nanos = no.accepted_at.seconds, no.accepted_at.nanos
+            self.stamp(no.accepted_at.seconds * 1_000_000_000 + no.accepted_at.nanos)
         side, otype, tif = _SIDE.get(no.side), _TYPE.get(no.type), _TIF.get(no.time_in_force)
         sides = {no.order_id: side}
         try:

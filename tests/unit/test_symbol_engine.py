@@ -28,6 +28,22 @@ def test_ids_and_both_sides_of_a_fill():
         eng.apply(9, 0, cancel("s", "alice"))  # inputs only move forward
 
 
+def test_event_times_never_go_back_as_the_sequence_rises():
+    """accepted_at comes from order_svc's clocks, in an order that is not the stream's: an
+    input stamped earlier than the one before it gets the earlier input's time, kept across a
+    snapshot."""
+    eng = SymbolEngine("AAPL")
+    first = eng.apply(1, 9_000, new_order("s", "alice", SELL, 10, limit="10", at_ns=5_000_000_900))
+    late = eng.apply(2, 9_500, new_order("b", "bob", BUY, 4, limit="11", at_ns=5_000_000_100))  # stamped before
+    times = [(m.time.seconds, m.time.nanos) for out in (first, late) for m in [*out.executions, *out.market_data]]
+    assert times and times == sorted(times) and set(times[-3:]) == {(5, 900)}
+    again = SymbolEngine.from_bytes(eng.to_bytes())
+    [ex, *_] = again.apply(3, 1_000, cancel("s", "alice")).executions  # the stream's own time, earlier still
+    assert (ex.time.seconds, ex.time.nanos) == (5, 900)
+    later = again.apply(4, 0, new_order("c", "carol", BUY, 1, limit="9", at_ns=6_000_000_000))
+    assert {(m.time.seconds, m.time.nanos) for m in [*later.executions, *later.market_data]} == {(6, 0)}
+
+
 def test_cancel_of_another_accounts_order_is_refused():
     eng = SymbolEngine("AAPL")
     eng.apply(1, 0, new_order("s", "alice", SELL, 10, limit="10"))
