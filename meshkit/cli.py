@@ -283,8 +283,9 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
     """Purge the settled days' executions from the execution journal, which otherwise keeps
     every execution ever. The ledger and order_svc keep what they applied in PostgreSQL.
 
-    Refused (exit 1) while a fill traded before the day is not settled, or while a symbol on
-    the journal lacks the consumer of a service that applies its executions. Never purges an
+    Refused (exit 1) while a fill traded before the day is not settled, while a symbol on the
+    journal lacks the consumer of a service that applies its executions, or while a
+    settlement is running (it reads the journal). Never purges an
     execution a consumer has not acknowledged: the trim stops short there and says which
     consumer held it back. A later `stockmesh settle` of a trimmed day reconciles against the
     ledger's own records and says so."""
