@@ -6,10 +6,10 @@
 -- client_order_id reused with other parameters is refused by the hold statement itself,
 -- instead of a hold being placed and given back once the order's insert finds the id taken.
 -- Holds placed before this migration, transfers' holds and holds placed without a key carry
--- none (NULL: not unique). The partial unique index is the backstop; the check below, after
--- the account's lock (0007) that every placement on the account takes first, is what answers.
+-- none (NULL: not unique). A partial unique index (account, key) is the backstop (0013, built
+-- without blocking writes); the check below, after the account's lock (0007) that every
+-- placement on the account takes first, is what answers.
 ALTER TABLE ledger.holds ADD COLUMN client_key text;
-CREATE UNIQUE INDEX holds_client_key ON ledger.holds (account_id, client_key) WHERE client_key IS NOT NULL;
 
 -- ledger.place_hold (0005) after its account (0007), with the key: the same outcomes (PLACED,
 -- EXISTS, INSUFFICIENT) and KEY_TAKEN, whose r_hold_id / r_order_id are the holder's. A retry
