@@ -27,7 +27,8 @@ def unreachable(exc: BaseException) -> str | None:
             return f"PostgreSQL: {str(exc).strip() or type(exc).__name__}"
         if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError)):
             return f"NATS: {str(exc).strip() or type(exc).__name__}"
-        if isinstance(exc, (ConnectionError, TimeoutError)) or (
+        # (Not TimeoutError: a statement that runs out of time is not an unreachable server.)
+        if isinstance(exc, ConnectionError) or (
                 isinstance(exc, OSError) and exc.errno is None and "connect" in str(exc).lower()):
             return f"cannot connect: {exc}"
         exc, seen = exc.__cause__ or exc.__context__, seen + 1

@@ -112,13 +112,23 @@ class SettlementRepository:
     # --- reconciliation -------------------------------------------------------------------
 
     async def fills_without_two_captures(self, day: date) -> list[asyncpg.Record]:
+        """The day's fills whose captures are not all there: the buyer's cash (unless the fill
+        is worth less than a cent) and the seller's shares, each found by its key (hold id =
+        the side's order id, capture id = the fill's id and leg), one index lookup per leg."""
         return await self.conn.fetch(
             """
-            SELECT e.execution_id, count(c.capture_id) AS captures, max(e.expected) AS expected
-              FROM (SELECT execution_id, CASE WHEN {MOVES_CASH} THEN 2 ELSE 1 END AS expected
+            SELECT e.execution_id, (cash.capture_id IS NOT NULL)::int + (shares.capture_id IS NOT NULL)::int AS captures,
+                   e.expected
+              FROM (SELECT execution_id,
+                           CASE WHEN side = 'BUY' THEN order_id ELSE counter_order_id END AS buyer_order,
+                           CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order,
+                           CASE WHEN {MOVES_CASH} THEN 2 ELSE 1 END AS expected
                       FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
-              LEFT JOIN ledger.hold_captures c ON c.capture_id IN (e.execution_id || ':cash', e.execution_id || ':shares')
-             GROUP BY e.execution_id HAVING count(c.capture_id) <> max(e.expected)
+              LEFT JOIN ledger.hold_captures cash
+                     ON cash.hold_id = e.buyer_order AND cash.capture_id = e.execution_id || ':cash'
+              LEFT JOIN ledger.hold_captures shares
+                     ON shares.hold_id = e.seller_order AND shares.capture_id = e.execution_id || ':shares'
+             WHERE (cash.capture_id IS NOT NULL)::int + (shares.capture_id IS NOT NULL)::int <> e.expected
             """.format(MOVES_CASH=_MOVES_CASH), day)
 
     async def fills_not_settled(self, day: date) -> list[asyncpg.Record]:

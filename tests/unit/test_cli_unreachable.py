@@ -30,6 +30,7 @@ def test_a_server_that_does_not_answer_is_one_line(args, says):
 def test_other_errors_are_not_taken_for_an_unreachable_server():
     assert unreachable(ValueError("a bug")) is None
     assert unreachable(KeyError("x")) is None
+    assert unreachable(TimeoutError()) is None  # a statement out of time (asyncpg's command_timeout)
     try:
         try:
             raise ConnectionRefusedError(111, "Connect call failed")
