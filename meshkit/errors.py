@@ -67,8 +67,15 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
+    """Transient: the same request, sent again (after `retry_after_seconds` when given, which
+    the client reads as google.rpc.RetryInfo), may succeed."""
     code = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None,
+                 retry_after_seconds: float | None = None) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Unimplemented(DomainError):

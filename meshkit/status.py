@@ -25,9 +25,10 @@ def to_rpc_status(err: DomainError) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in err.violations
         ])))
-    if isinstance(err, ResourceExhausted):
+    retry_after = getattr(err, "retry_after_seconds", None)  # ResourceExhausted, some Unavailable
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(max(1, int(err.retry_after_seconds * 1000)))
+        delay.FromMilliseconds(max(1, int(retry_after * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
 

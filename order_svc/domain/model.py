@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from meshkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
+from meshkit.errors import (AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable,
+                            Violations)
 from meshkit.money import CASH
 from meshkit.symbols import tick_size
 
@@ -113,6 +114,17 @@ class DuplicateClientOrderId(AlreadyExists):
 
 class OrderNotActive(FailedPrecondition):
     default_reason = "ORDER_NOT_ACTIVE"
+
+
+class OrderStillPending(Unavailable):
+    """A cancel or replace of an order still being placed (a replacement waiting for its hold
+    transfer, PENDING_NEW): not refused for good, as for an order that ended, but to be sent
+    again shortly (UNAVAILABLE with RetryInfo), when the order is working."""
+    default_reason = "ORDER_PENDING_NEW"
+
+    def __init__(self, what: str, order_id: str) -> None:
+        super().__init__(f"the order is still being placed; retry the {what} shortly",
+                         metadata={"orderId": order_id, "status": "PENDING_NEW"}, retry_after_seconds=0.05)
 
 
 class OrderNotReplaceable(FailedPrecondition):
@@ -355,13 +367,14 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
 
 
 def check_replaceable(old: Order, quantity: int) -> None:
-    """The old order is working (FAILED_PRECONDITION ORDER_NOT_ACTIVE when it ended or is still
-    being placed) and the new total quantity exceeds what it filled (INVALID_ARGUMENT)."""
+    """The old order is working (FAILED_PRECONDITION ORDER_NOT_ACTIVE when it ended; UNAVAILABLE
+    ORDER_PENDING_NEW with RetryInfo while it is still being placed) and the new total quantity
+    exceeds what it filled (INVALID_ARGUMENT)."""
     meta = {"orderId": str(old.order_id), "status": old.status.value}
     if old.status.is_terminal:
         raise OrderNotActive(f"the order is already {old.status.value}", metadata=meta)
     if old.status is Status.PENDING_NEW:
-        raise OrderNotActive("the order is still being placed; retry the replace shortly", metadata=meta)
+        raise OrderStillPending("replace", str(old.order_id))
     if quantity <= old.filled_quantity:
         raise InvalidArgument([FieldViolation(
             "quantity", f"must exceed the {old.filled_quantity} shares already filled (it is the new total)")])

@@ -339,8 +339,7 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         if o.status is Status.CANCELLED or o.cancel_requested:
             return o
         if o.status is Status.PENDING_NEW:
-            raise model.OrderNotActive("the order is still being placed; retry the cancel shortly",
-                                       metadata={"orderId": str(order_id), "status": o.status.value})
+            raise model.OrderStillPending("cancel", str(order_id))
         if o.status.is_terminal:
             raise model.OrderNotActive(f"the order is already {o.status.value}",
                                        metadata={"orderId": str(order_id), "status": o.status.value})

@@ -303,6 +303,12 @@ async def test_engine_refusing_the_replace_rejects_the_new_order(engine, order_d
         await handlers.replace_order(replace(buyer, old.order_id, 10, "170.00"), order_deps)
     with pytest.raises(model.OrderChangePending):
         await handlers.cancel_order(buyer, old.order_id, order_deps)
+    # The replacing order, still being placed: to be asked again shortly, not refused for good.
+    for change in (handlers.cancel_order(buyer, new.order_id, order_deps),
+                   handlers.replace_order(replace(buyer, new.order_id, 10, "170.00"), order_deps)):
+        with pytest.raises(model.OrderStillPending) as pending:
+            await change
+        assert (pending.value.code, pending.value.retry_after_seconds) == ("UNAVAILABLE", 0.05)
 
     tasks = await _start_consumers(nats_conn.jetstream(), namespace, checked_pool, order_deps)
     try:

@@ -35,12 +35,24 @@ def test_replacement_keeps_side_symbol_type_and_tif():
     assert new.client_order_id == "c2"
 
 
-@pytest.mark.parametrize("status", [Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED, Status.PENDING_NEW])
+@pytest.mark.parametrize("status", [Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED])
 def test_only_working_orders(status):
     old = order(status=status)
     replacement_request(old, "c2", 10, D("100.00"), None)  # a retry's reply does not depend on it
     with pytest.raises(model.OrderNotActive):
         check_replaceable(old, 10)
+
+
+def test_an_order_still_being_placed_is_replaced_once_it_works_not_refused_for_good():
+    from google.rpc import error_details_pb2
+
+    from meshkit.status import to_rpc_status
+
+    with pytest.raises(model.OrderStillPending) as err:
+        check_replaceable(order(status=Status.PENDING_NEW), 10)
+    assert (err.value.code, err.value.reason) == ("UNAVAILABLE", "ORDER_PENDING_NEW")
+    retry = [d for d in to_rpc_status(err.value).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(retry) == 1
 
 
 @pytest.mark.parametrize("otype,tif", [(OrderType.MARKET, TimeInForce.GTC), (OrderType.LIMIT, TimeInForce.IOC),
