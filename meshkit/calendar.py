@@ -72,3 +72,10 @@ def why_closed(at: datetime | None = None) -> str | None:
 def trading_day(at: datetime) -> date:
     """The trading day a moment belongs to (its New York calendar date)."""
     return at.astimezone(NEW_YORK).date()
+
+
+def after_today(day: date) -> str | None:
+    """Why an operator may not act on `day` yet (settle it, close its session): it has not
+    come in New York. None for today and earlier days."""
+    today = trading_day(datetime.now(timezone.utc))
+    return f"{day} has not come yet (today is {today} in New York)" if day > today else None

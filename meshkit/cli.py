@@ -51,14 +51,21 @@ def main() -> None:
     """StockMesh: a stock-trading backend of gRPC services behind Envoy."""
 
 
-def _day(text: str, hint: str):
-    """A YYYY-MM-DD option's date, or click's usage error naming the option."""
+def _day(text: str, hint: str, *, come: bool = False):
+    """A YYYY-MM-DD option's date, or click's usage error naming the option; with `come`, a day
+    that has not come yet in New York is one too (settling it would pay today's proceeds early,
+    closing it would leave its own close with nothing to do)."""
     from datetime import date
 
+    from meshkit import calendar
+
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a date like 2026-11-23", param_hint=hint) from None
+    if come and (why := calendar.after_today(day)):
+        raise click.BadParameter(why, param_hint=hint)
+    return day
 
 
 @main.command()
@@ -246,8 +253,9 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     import asyncio
     import logging
 
-    trading_day = _day(day, "--date")
+    trading_day = _day(day, "--date", come=True)
     from ledger_svc.service_layer.runner import run_settlement
+    from meshkit.money import fmt_cents
 
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     def progress(message: str) -> None:
@@ -258,7 +266,7 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     click.echo(f"Settlement of {report.trading_day}")
     click.echo(f"  fills settled now       {report.fills_settled}")
     click.echo(f"  fills settled before    {report.fills_already_settled}")
-    click.echo(f"  proceeds settled now    {report.amount_settled}")
+    click.echo(f"  proceeds settled now    {fmt_cents(report.amount_settled)}")
     click.echo(f"  reconciled against      {report.reconciled_against}")
     if report.discrepancies:
         click.echo(f"  discrepancies           {len(report.discrepancies)}")
@@ -423,7 +431,7 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     from order_svc.service_layer.session import close_session
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
-    trading_day = _day(day, "--date") if day else calendar.trading_day(datetime.now(timezone.utc))
+    trading_day = _day(day, "--date", come=True) if day else calendar.trading_day(datetime.now(timezone.utc))
 
     async def run() -> int:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)

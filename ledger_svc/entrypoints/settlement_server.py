@@ -7,6 +7,7 @@ from datetime import date
 
 from ledger_svc.service_layer.handlers import UowFactory
 from ledger_svc.service_layer.runner import settle_and_reconcile, trim_journal
+from meshkit import calendar
 from meshkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from stockmesh.ledger.v1 import settlement_service_pb2 as pb, settlement_service_pb2_grpc
 
@@ -28,6 +29,8 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
 
     async def RunSettlement(self, request: pb.RunSettlementRequest, context) -> pb.RunSettlementResponse:
         day = _trading_day(request.date)
+        if why := calendar.after_today(day):  # it would settle today's fills before T+1
+            raise InvalidArgument([FieldViolation("date", why)])
         # Wait for the ledger to catch up with the journal for at most half the caller's deadline.
         left = context.time_remaining() if context is not None else None
         wait = self.catch_up if left is None else max(0.0, min(self.catch_up, left / 2))

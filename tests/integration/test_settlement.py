@@ -3,10 +3,11 @@ exactly once, positions' average cost, unsettled proceeds until `stockmesh settl
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -108,6 +109,7 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     assert "fills settled now       2" in first.stdout, first.stdout + first.stderr
     s = await ledger.cash_balance(seller, uow)
     assert (s.total, s.settled, s.unsettled, s.available) == (Decimal("1870.00"), Decimal("1870.00"), 0, Decimal("1870.00"))
+    assert re.search(r"proceeds settled now +\d+\.\d\d\n", first.stdout), first.stdout  # money in cents
     second = subprocess.run(cmd, capture_output=True, text=True)
     before = int(first.stdout.split("fills settled before")[1].split()[0])  # other tests' fills of the day
     assert "fills settled now       0" in second.stdout and f"fills settled before    {before + 2}" in second.stdout
@@ -179,10 +181,11 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
     from ledger_svc.entrypoints.settlement_server import SettlementServicer
     from stockmesh.ledger.v1 import settlement_service_pb2 as spb, settlement_service_pb2_grpc
 
-    day = calendar.trading_day(datetime.now(timezone.utc)).isoformat()
+    today = calendar.trading_day(datetime.now(timezone.utc))
+    day, tomorrow = today.isoformat(), (today + timedelta(days=1)).isoformat()
     async with grpc.aio.insecure_channel(ledger_addr) as ch:
         stub = settlement_service_pb2_grpc.SettlementServiceStub(ch)
-        for bad in ("", "2026-13-45", "yesterday"):
+        for bad in ("", "2026-13-45", "yesterday", tomorrow):  # tomorrow: today's proceeds paid before T+1
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.RunSettlement(spb.RunSettlementRequest(date=bad))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -38,3 +38,18 @@ def test_other_errors_are_not_taken_for_an_unreachable_server():
             raise RuntimeError("wrapped") from exc
     except RuntimeError as outer:
         assert unreachable(outer) == "cannot connect: [Errno 111] Connect call failed"
+
+
+@pytest.mark.parametrize("args", [["settle", "--database-url", NOWHERE_PG, "--date"],
+                                  ["session", "close", "--database-url", NOWHERE_PG, "--date"]],
+                         ids=["settle", "session close"])
+def test_a_day_that_has_not_come_is_a_usage_error(args):
+    """Settling tomorrow would pay today's proceeds before T+1; closing it early would leave its
+    own close with nothing to do (its DAY orders would not expire). Refused before any server
+    is asked."""
+    from datetime import date, timedelta
+
+    tomorrow = (date.today() + timedelta(days=2)).isoformat()  # after today in New York, whatever the zone
+    done = CliRunner().invoke(main, [*args, tomorrow])
+    assert done.exit_code == 2, done.output
+    assert "has not come yet" in done.output and "Traceback" not in done.output
