@@ -12,7 +12,7 @@ import asyncio
 from typing import Callable, Iterable
 
 from meshkit import symbols as listing
-from meshkit.errors import FieldViolation, InvalidArgument, NotFound
+from meshkit.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from quote_svc.domain.quotes import MarketData, Quote, next_quote
 
 MAX_STREAM_SYMBOLS = 100
@@ -135,8 +135,16 @@ def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
 
 
 def get_quote(book: QuoteBook, symbol: str) -> Quote:
+    """The symbol's latest quote. None yet: NOT_FOUND / QUOTE_NOT_FOUND once this replica has
+    read the feed up to its present (the symbol has not traded or quoted since its listing),
+    UNAVAILABLE with RetryInfo while it is still catching up (just started or restarted: the
+    symbol may well be trading)."""
     listing.known(symbol)
     q = book.quotes.get(symbol)
     if q is None:
+        if not book.ready.is_set():
+            raise Unavailable(f"no quote for {symbol} here yet: this replica is catching up with the market-data "
+                              "feed; retry shortly", reason="QUOTES_CATCHING_UP", metadata={"symbol": symbol},
+                              retry_after_seconds=0.2)
         raise NotFound(f"no quote for {symbol} yet", reason="QUOTE_NOT_FOUND", metadata={"symbol": symbol})
     return q

@@ -113,3 +113,21 @@ def test_csv_rows_are_checked_with_their_line():
     with pytest.raises(MalformedRow) as err:
         list(parse(header, [(2, good), (3, good)], {"AAPL"}))
     assert "same candle as line 2" in str(err.value)
+
+
+async def test_no_quote_yet_is_unavailable_while_catching_up_and_not_found_once_caught_up():
+    """A replica just (re)started has not read the feed up to its present: a symbol without a
+    quote may well be trading, so the answer is to retry, not that there is none."""
+    from meshkit.errors import NotFound, Unavailable
+    from quote_svc.service_layer.quotes import get_quote
+
+    book = QuoteBook()
+    with pytest.raises(Unavailable) as catching_up:
+        get_quote(book, "KO")
+    assert (catching_up.value.reason, catching_up.value.retry_after_seconds) == ("QUOTES_CATCHING_UP", 0.2)
+    book.ready.set()
+    with pytest.raises(NotFound) as none:
+        get_quote(book, "KO")
+    assert none.value.reason == "QUOTE_NOT_FOUND"
+    book.apply(md(1, "10.00", 1))
+    assert get_quote(book, "AAPL").sequence == 1
