@@ -62,7 +62,16 @@ class UnitOfWork:
     async def __aexit__(self, *exc: object) -> None:
         try:
             if self._tx is not None:
-                await self._tx.rollback()
+                try:
+                    await self._tx.rollback()
+                except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    if exc[0] is None:
+                        raise
+                    # The block already failed, typically cancelled (a client's deadline) while
+                    # its COMMIT or a statement was in flight: the transaction's state is unknown
+                    # and asyncpg will not roll it back. Close the connection (the server ends
+                    # the transaction with it) and let the block's own exception go on, not this one.
+                    self.conn.terminate()
         finally:
             self._tx = None
             await self.pool.release(self.conn)
