@@ -77,9 +77,15 @@ def test_json_calls_through_envoy(mesh):
     status, listed = post(mesh, "/stockmesh.order.v1.OrderService/ListOrders", {}, account)
     assert status == 200 and not listed.get("orders"), listed
 
-    # No token: 401 before anything is transcoded; an internal service: no route.
-    assert post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})[0] == 401
-    assert post(mesh, "/stockmesh.ledger.v1.HoldService/GetHold", {}, account)[0] == 404
+    # No token: 401 before anything is transcoded, as the services' errors read (UNAUTHENTICATED).
+    status, error = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})
+    assert status == 401 and isinstance(error, dict) and error["code"] == 16 and "Jwt" in error["message"], error
+    # A method no public service has (misspelt, or an internal service's): 404 UNIMPLEMENTED, not
+    # a 503 that looks like an outage a client would retry.
+    for path in ("/stockmesh.order.v1.OrderService/GetOrderX", "/stockmesh.quote.v1.QuoteService/Nope",
+                 "/stockmesh.ledger.v1.HoldService/GetHold"):
+        status, error = post(mesh, path, {}, account)
+        assert status == 404 and isinstance(error, dict) and error["code"] == 12, (path, status, error)
 
 
 
