@@ -46,6 +46,11 @@ def servers(url: str) -> list[str]:
     return found
 
 
+# Tries per NATS server before an operator's command (settle, journal trim, consumers) says
+# NATS does not answer; services keep trying for ever.
+COMMAND_ATTEMPTS = 3
+
+
 async def connect(url: str, name: str, *, attempts: int = -1) -> Client:
     """A connection that reconnects by itself. A service keeps trying for ever (-1); a
     command gives up after `attempts` tries per server and raises, so an operator hears that

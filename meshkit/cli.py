@@ -333,14 +333,14 @@ def consumers(nats_url: str, namespace: str, behind: bool) -> None:
     import asyncio
     import logging
 
-    from meshkit.bus import STREAMS, connect, consumers as consumers_of, stream_name
+    from meshkit.bus import COMMAND_ATTEMPTS, STREAMS, connect, consumers as consumers_of, stream_name
 
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
 
     async def run() -> list[tuple[str, str, int, int, int, int]]:
         import nats.js.errors
 
-        nc = await connect(nats_url, "stockmesh consumers", attempts=3)
+        nc = await connect(nats_url, "stockmesh consumers", attempts=COMMAND_ATTEMPTS)
         rows, found = [], 0
         try:
             js = nc.jetstream()

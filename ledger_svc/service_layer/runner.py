@@ -17,7 +17,6 @@ from meshkit.errors import FailedPrecondition
 APPLIERS = ("ledger", "orders")
 # Settlements read the execution journal under this lock, shared; a trim purges it exclusive.
 JOURNAL_LOCK = "ledger.execution-journal"
-COMMAND_ATTEMPTS = 3  # tries per NATS server before an operator's command says it does not answer
 
 
 async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float = 60.0,
@@ -132,7 +131,7 @@ async def _trim_journal(before: date, uow, js, namespace: str, *, dry_run: bool,
 async def run_settlement(day: date, database_url: str, nats_url: str | None, namespace: str, *,
                          catch_up: float = 60.0, progress: Callable[[str], None] | None = None) -> SettlementReport:
     pool = await db.create_pool(database_url, min_size=1, max_size=3)  # the journal's lock, and work
-    nc = await bus.connect(nats_url, "stockmesh-settle", attempts=COMMAND_ATTEMPTS) if nats_url else None
+    nc = await bus.connect(nats_url, "stockmesh-settle", attempts=bus.COMMAND_ATTEMPTS) if nats_url else None
     try:
         return await settle_and_reconcile(day, lambda: LedgerUnitOfWork(pool), nc.jetstream() if nc else None,
                                           namespace, catch_up=catch_up, progress=progress)
@@ -145,7 +144,7 @@ async def run_settlement(day: date, database_url: str, nats_url: str | None, nam
 async def run_trim(before: date, database_url: str, nats_url: str, namespace: str, *, dry_run: bool = False,
                    progress: Callable[[str], None] | None = None) -> JournalTrim:
     pool = await db.create_pool(database_url, min_size=1, max_size=3)  # the journal's lock, and work
-    nc = await bus.connect(nats_url, "stockmesh-journal", attempts=COMMAND_ATTEMPTS)
+    nc = await bus.connect(nats_url, "stockmesh-journal", attempts=bus.COMMAND_ATTEMPTS)
     try:
         return await trim_journal(before, lambda: LedgerUnitOfWork(pool), nc.jetstream(), namespace,
                                   dry_run=dry_run, progress=progress)
