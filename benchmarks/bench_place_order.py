@@ -30,8 +30,13 @@ What it does, in one run:
    *intended* send time to the reply, so a stalled client or server cannot hide queueing
    (no coordinated omission). Requests are LIMIT DAY buys of 1-10 shares, 0.5-5 % below the
    reference price of a listed symbol (so they rest and never trade), unique client order
-   ids, accounts round-robin, spread over several grpc.aio channels (one HTTP/2 connection
-   each).
+   ids, accounts round-robin, spread over several channels (one HTTP/2 connection each).
+   The sender is, by default, the compiled generator in benchmarks/loadgen (Go, built on
+   first use with Debian's golang-go and golang-google-grpc-dev into ~/.cache/stockmesh): the
+   same open loop at a fraction of grpc.aio's CPU, and late by less (its own lateness is part
+   of the latency it measures). This script builds the requests and reads the replies; the
+   generator sends bytes and never parses a message. Without Go it falls back to this
+   script's own grpc.aio loop (`--generator python` asks for it).
 5. Prints, per rate: p50 / p90 / p99 / p99.9 / max acknowledgement latency, the achieved
    rate, errors by status code, the split of order statuses, how late the generator itself
    sent, the outbox backlog after the step, how long after its acknowledgement each order was
@@ -41,7 +46,8 @@ What it does, in one run:
    PlaceHolds handler per call (a batch), and of both services' event loop lag, read off the
    histograms Envoy, order_svc and ledger_svc export, as differences of two scrapes around the
    window; with each of order_svc's batchers' flushes a second and items per flush;
-   approximate within a bucket), and the CPU used by each process of the mesh
+   approximate within a bucket), the NATS server's messages in and out per order (its
+   /varz), and the CPU used by each process of the mesh
    (and by everything else on the machine) during the window; then the ratio of each
    PlaceOrder percentile to the floor.
 
@@ -55,6 +61,7 @@ import gc
 import os
 import platform
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -70,6 +77,7 @@ import grpc  # noqa: E402
 import psutil  # noqa: E402
 
 from meshkit.launcher.harness import MeshProcess as BenchMesh  # noqa: E402
+from meshkit.launcher.infra import varz  # noqa: E402
 from meshkit.symbols import listed  # noqa: E402
 from stockmesh.common.v1 import common_pb2  # noqa: E402
 from stockmesh.ledger.v1 import ledger_service_pb2 as ledger_pb, ledger_service_pb2_grpc  # noqa: E402
@@ -139,6 +147,9 @@ def build_requests(n: int, tag: str, accounts: list[str], metadata: dict[str, tu
 
 # ------------------------------------------------------------------------------ CPU use
 
+CHILD_GENERATOR = "load generator (Go, child of this script)"
+
+
 class CpuMeter:
     """CPU seconds of the mesh's processes (and of everything else) between two snapshots."""
 
@@ -170,6 +181,10 @@ class CpuMeter:
                     snap.setdefault(name, {})[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
+        # The compiled generator runs as a child for one window and is gone before the next
+        # snapshot: its CPU is in the children's rusage once it has been waited for.
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        snap[CHILD_GENERATOR] = {0: r.ru_utime + r.ru_stime}
         return time.perf_counter(), snap, psutil.cpu_times()
 
     @staticmethod
@@ -299,6 +314,7 @@ class StepResult:
     backlog: int | None = None
     drain_s: float = 0.0
     pg_xacts: int = 0
+    nats_msgs: tuple[int, int, int] = (0, 0, 0)  # in, out, in bytes over the window (the server's /varz)
     stuck: int = 0
     time_parts: list[tuple[str, float, float]] = field(default_factory=list)  # (what, p50, p99) in the mesh
     flushes: list[tuple[str, float, float]] = field(default_factory=list)  # (batcher, flushes/s, items per flush)
@@ -359,6 +375,83 @@ async def open_loop(stubs: list, requests: list, rate: float, result: StepResult
     gc.enable()
     result.window = time.perf_counter() - t0
     result.sent = n
+
+
+LOADGEN_SRC = Path(__file__).with_name("loadgen") / "main.go"
+CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def build_go_generator() -> tuple[Path | None, str]:
+    """The compiled generator (benchmarks/loadgen), built once per version of its source into
+    ~/.cache/stockmesh with Debian's Go and grpc-go (GOPATH mode: no module download); (None,
+    why) when it cannot be built."""
+    import hashlib
+    import shutil
+
+    go = shutil.which("go")
+    gopath = Path("/usr/share/gocode")
+    if go is None or not (gopath / "src/google.golang.org/grpc").is_dir():
+        return None, "no Go toolchain with grpc-go (apt-get install golang-go golang-google-grpc-dev)"
+    digest = hashlib.sha256(LOADGEN_SRC.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stockmesh"
+    binary = cache / f"loadgen-{digest}"
+    if binary.exists():
+        return binary, "cached"
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(gopath), "GOCACHE": str(cache / "go-build"),
+           "GOFLAGS": ""}
+    done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=LOADGEN_SRC.parent, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None, f"go build failed: {done.stderr.strip()[-500:]}"
+    return binary, "built"
+
+
+async def open_loop_go(binary: Path, endpoint: str, conns: int, requests: list, rate: float,
+                       result: StepResult) -> None:
+    """The same open loop as `open_loop`, sent by the compiled generator: request i at t0 + i / rate
+    on connection i % conns, latency from the intended send time; the replies are read here."""
+    import struct
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="stockmesh-loadgen-") as tmp:
+        src, dst = Path(tmp) / "requests", Path(tmp) / "results"
+        with src.open("wb") as f:
+            for req, md in requests:
+                auth = dict(md)["authorization"].encode()
+                body = req.SerializeToString()
+                f.write(struct.pack("<I", len(auth)) + auth + struct.pack("<I", len(body)) + body)
+        gc.collect()
+        proc = await asyncio.create_subprocess_exec(
+            str(binary), "-target", endpoint, "-rate", repr(rate), "-conns", str(conns),
+            "-timeout", f"{REQUEST_TIMEOUT}s", "-in", str(src), "-out", str(dst), stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Go load generator failed ({proc.returncode}): {err.decode().strip()}")
+        result.window = float(err.decode().split()[-1])
+        wall_minus_perf = time.time() - time.perf_counter()  # its completion times are Unix ns
+        data, at = dst.read_bytes(), 0
+    record, lag = result.latencies.append, result.send_lag.append
+    codes, statuses, acked = result.codes, result.statuses, result.acked
+    head = struct.Struct("<IqqqI")
+    for _ in requests:
+        code, lag_ns, latency_ns, done_ns, n = head.unpack_from(data, at)
+        at += head.size
+        reply, at = data[at:at + n], at + n
+        lag(lag_ns / 1e9)
+        if code != 0:
+            codes[CODE_NAMES.get(code, str(code))] += 1
+            continue
+        codes["OK"] += 1
+        record(latency_ns / 1e9)
+        o = order_pb.PlaceOrderResponse.FromString(reply).order
+        if o.status == common_pb2.ORDER_STATUS_NEW:
+            acked[o.order_id] = done_ns / 1e9 - wall_minus_perf
+        name = STATUS_NAMES.get(o.status, str(o.status))
+        if o.reject_reason:
+            name += f" {REJECT_NAMES.get(o.reject_reason, o.reject_reason)}"
+        statuses[name] += 1
+    result.sent = len(requests)
 
 
 async def fund(stub, mesh: BenchMesh, accounts: list[str], concurrency: int = 16) -> None:
@@ -503,6 +596,16 @@ async def pg_transactions(mesh: BenchMesh) -> int:
         await conn.close()
 
 
+def nats_counters(mesh: BenchMesh) -> tuple[int, int, int]:
+    """The NATS server's message counters so far (in, out, bytes in), from its /varz; zeros if
+    the mesh reports no monitoring URL (a NATS_URL given from outside)."""
+    url = mesh.state().get("nats_monitor_url")
+    if not url:
+        return 0, 0, 0
+    v = varz(url)
+    return v["in_msgs"], v["out_msgs"], v["in_bytes"]
+
+
 async def stuck_transactions(mesh: BenchMesh, older_than: float = 5.0) -> int:
     """Connections of the services to our database left idle inside a transaction for more
     than `older_than` seconds: nobody will ever finish them (evidence of a leaked pool slot)."""
@@ -551,6 +654,12 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
         stubs = [order_service_pb2_grpc.OrderServiceStub(ch) for ch in channels]
 
+        async def send(reqs: list, rate: float, res: StepResult) -> None:
+            if args.go_binary:
+                await open_loop_go(args.go_binary, mesh.endpoint, args.channels, reqs, rate, res)
+            else:
+                await open_loop(stubs, reqs, rate, res)
+
         t = time.perf_counter()
         await fund(ledger_service_pb2_grpc.LedgerServiceStub(channels[0]), mesh, accounts)
         print(f"funded {len(accounts)} accounts with {DEPOSIT} USD each in {time.perf_counter() - t:.1f}s")
@@ -579,22 +688,24 @@ async def run(args: argparse.Namespace, mesh: BenchMesh, rates: list[float], res
             if args.warmup > 0:
                 warm = build_requests(int(rate * args.warmup), f"{run_id}-w{step}", accounts, metadata, rng, start)
                 start += len(warm)
-                await open_loop(stubs, warm, rate, StepResult(rate, 0))
+                await send(warm, rate, StepResult(rate, 0))
             reqs = build_requests(int(rate * args.duration), f"{run_id}-s{step}", accounts, metadata, rng, start)
             start += len(reqs)
             res = StepResult(rate, 0)
             profilers = (start_profile(mesh, args.duration, Path(args.profile_dir) / f"{rate:g}")
                          if args.profile_dir and rate == args.profile_rate else [])
             xacts = await pg_transactions(mesh)
+            nats_before = nats_counters(mesh)
             watcher = await watch_the_book(mesh, res)
             histograms, flushed = scrape_histograms(mesh)
             before = meter.snapshot()
-            await open_loop(stubs, reqs, rate, res)
+            await send(reqs, rate, res)
             res.cpu, res.machine_cores, _ = CpuMeter.diff(before, meter.snapshot())
             histograms_after, flushed_after = scrape_histograms(mesh)
             res.time_parts = time_parts(histograms, histograms_after)
             res.flushes = flush_rates(flushed, flushed_after, res.window)
             res.pg_xacts = await pg_transactions(mesh) - xacts - 1  # minus our own query
+            res.nats_msgs = tuple(b - a for a, b in zip(nats_before, nats_counters(mesh)))
             for p in profilers:
                 p.wait()
             res.backlog = await outbox_backlog(mesh)
@@ -625,6 +736,10 @@ def report_step(r: StepResult) -> None:
     print(f"   outbox rows not yet relayed to JetStream when the window ended: {r.backlog} "
           f"(relayed within {r.drain_s:.1f}s after)   PostgreSQL transactions per order sent: "
           f"{r.pg_xacts / r.sent:.1f}")
+    if any(r.nats_msgs):
+        m_in, m_out, b_in = r.nats_msgs
+        print(f"   NATS messages per order sent (the server's counters, every client and JetStream's own): "
+              f"in {m_in / r.sent:.1f}, out {m_out / r.sent:.1f}, bytes in {b_in / r.sent:.0f}")
     to_book = sorted(r.in_book[o] - t for o, t in r.acked.items() if o in r.in_book)
     missing = sum(1 for o in r.acked if o not in r.in_book)
     if to_book:
@@ -704,7 +819,10 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=3.0, help="idle seconds between rates (default 3)")
     ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle-mesh CPU measured first")
     ap.add_argument("--accounts", type=int, default=200)
-    ap.add_argument("--channels", type=int, default=6, help="grpc.aio channels (TCP connections) to Envoy")
+    ap.add_argument("--channels", type=int, default=6, help="channels (TCP connections) to Envoy")
+    ap.add_argument("--generator", choices=("auto", "go", "python"), default="auto",
+                    help="who sends the orders: the compiled generator (benchmarks/loadgen, Debian's Go), "
+                         "this script on grpc.aio, or (auto, the default) Go when it can be built")
     ap.add_argument("--floor-n", type=int, default=None, help="calls per floor measurement (default 1000)")
     ap.add_argument("--mesh-per-rate", action="store_true",
                     help="a fresh mesh (and database) for each rate, so an overloaded rate cannot spoil the next")
@@ -733,11 +851,20 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
 
+    args.go_binary = None
+    if args.generator != "python":
+        args.go_binary, how = build_go_generator()
+        if args.go_binary is None and args.generator == "go":
+            ap.error(f"--generator go: {how}")
+    generator = (f"the compiled generator ({args.go_binary.name}, {how})" if args.go_binary
+                 else "this script (grpc.aio)" + (f"; Go: {how}" if args.generator == "auto" else ""))
+
     load = os.getloadavg()
     print(f"bench_place_order: {platform.python_implementation()} {platform.python_version()}, "
           f"{psutil.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"rates {', '.join(f'{r:g}' for r in args.rates)} orders/s; {args.duration:g}s each after "
-          f"{args.warmup:g}s warm-up; {args.accounts} accounts; {args.channels} channels")
+          f"{args.warmup:g}s warm-up; {args.accounts} accounts; {args.channels} channels; "
+          f"orders sent by {generator}")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     # Repetitions one after the other, each over every rate, so a drift of the machine touches all rates alike.
