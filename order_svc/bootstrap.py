@@ -66,6 +66,8 @@ async def bootstrap(settings: config.Settings) -> App:
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
             lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps),
                                        elect_on=settings.database_url)],
+        # Open StreamOrderUpdates calls end at once with UNAVAILABLE when shutdown begins.
+        on_shutdown=[notifier.close],
         on_close=closers,
         # The commands (the admission-limited cluster in Envoy) go through Envoy's gRPC reverse
         # bridge: protobuf over HTTP/1.1, no gRPC framing in Python (meshkit.bridge).

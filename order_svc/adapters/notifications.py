@@ -1,5 +1,6 @@
 """Wake-ups for live order-update streams: one PostgreSQL LISTEN connection per process,
-fanned out to every stream of the notified account."""
+fanned out to every stream of the notified account; at shutdown, one last wake-up of every
+stream, which then ends (order_svc.service_layer.lifecycle.stream_updates)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,19 @@ class UpdateNotifier:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.closing = False
+
+    def close(self) -> None:
+        """Shutdown has begun: wake every stream, so each ends at once with UNAVAILABLE and its
+        client reopens it (on another replica, or on this one restarted) instead of waiting out
+        the grace period; streams opened from now on end as soon as they start."""
+        self.closing = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for events in list(self._waiting.values()):
+            for e in events:
+                e.set()
 
     def subscribe(self, account_id: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -42,8 +56,6 @@ class UpdateNotifier:
             while not conn.is_closed():
                 await asyncio.sleep(1)
         finally:
-            for events in list(self._waiting.values()):
-                for e in events:
-                    e.set()
+            self._wake_all()
             if not conn.is_closed():
                 await conn.close()

@@ -7,6 +7,7 @@ import uuid
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from meshkit import aio
+from meshkit.errors import Unavailable
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
@@ -116,6 +117,8 @@ async def _order(uow, order_id: str) -> Order | None:
 
 
 class Wakeups(Protocol):
+    closing: bool  # the process is shutting down: streams end
+
     def subscribe(self, account_id: str) -> asyncio.Event: ...
 
     def unsubscribe(self, account_id: str, event: asyncio.Event) -> None: ...
@@ -140,6 +143,12 @@ async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups
             await positioned(after)
         last = after
         while True:
+            if wakeups.closing:
+                # UNAVAILABLE: the status every gRPC client retries; through Envoy the stream
+                # opens again on a running order_svc, from the last update the client saw.
+                raise Unavailable(f"order_svc is shutting down: open the stream again with after_sequence = "
+                                  f"{last}, the last update sent on this one", reason="SHUTTING_DOWN",
+                                  metadata={"after_sequence": str(last)})
             event.clear()
             async with deps.uow() as uow:
                 batch = await uow.orders.updates_after(account_id, last, page)

@@ -167,6 +167,8 @@ async def test_reconciliation_names_a_fill_whose_captures_are_missing(pg_server_
 
 
 class NoWakeups:
+    closing = False
+
     def subscribe(self, account_id):
         return asyncio.Event()
 
