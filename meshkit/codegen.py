@@ -95,4 +95,9 @@ def main(check: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(check="--check" in sys.argv))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m meshkit.codegen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="regenerate into a scratch folder and fail when the committed gen/ differs")
+    raise SystemExit(main(check=parser.parse_args().check))
