@@ -2,10 +2,13 @@
 deployment's namespace, so test runs never see a developer's mesh."""
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("meshkit.bus")
@@ -135,8 +138,6 @@ async def ensure_stream(js, namespace: str, base: str) -> str:
     """Create the stream `<ns>_<BASE>` (stream_config) unless it exists. An existing one keeps
     its configuration, but for its copies: a deployment that raises JETSTREAM_REPLICAS
     (one server grown into a cluster) has its streams replicated at the next start."""
-    import asyncio
-
     import nats.js.errors
 
     config = stream_config(namespace, base)
@@ -189,6 +190,89 @@ async def consumers(js, stream: str) -> list:
     return found
 
 
+class ConsumerGone(Exception):
+    """The consumer was deleted (another engine took the symbol over) or the pull failed."""
+
+
+class Puller:
+    """Continuous pull from a durable consumer: keeps pull requests outstanding (credit
+    between batch/2 and 2×batch) so messages flow without a round trip each, and hands them
+    out as soon as they arrive, in delivery order, up to ``batch`` at a time.
+
+    (nats-py's ``fetch(n)`` waits for the whole batch or its timeout once one message has
+    arrived, which costs up to the timeout in latency when the flow is light.)
+    """
+
+    def __init__(self, nc, stream: str, durable: str, batch: int, expires: float = 5.0) -> None:
+        self.nc, self.batch, self.expires = nc, batch, expires
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.inbox = nc.new_inbox()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.credit = 0
+        self.requested_at = 0.0  # monotonic time of the latest pull request
+        self.sub = None
+
+    async def start(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            self.queue.put_nowait(msg)
+        self.sub = await self.nc.subscribe(self.inbox, cb=on_msg)
+
+    async def _request(self) -> None:
+        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
+        await self.nc.publish(self.api, body, reply=self.inbox)
+        self.credit += self.batch
+        self.requested_at = time.monotonic()
+
+    def _take(self, msg: Msg, out: list) -> None:
+        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        if status is None:
+            self.credit -= 1
+            out.append(msg)
+        elif status in ("408", "409"):  # a request expired or ended: its unused credit is gone
+            desc = msg.headers.get("Description", "")
+            if status == "409" and ("Deleted" in desc or "Leadership" in desc):
+                raise ConsumerGone(desc)
+            self.credit -= int(msg.headers.get("Nats-Pending-Messages", "0") or 0)
+        elif status == "503":  # no responders: the request reached no consumer (a clustered
+            self.credit -= self.batch  # consumer between leaders, or just made) and is gone whole
+        # 100 (heartbeat / flow control) and 404 carry nothing for us
+
+    async def next_batch(self, timeout: float) -> list[Msg]:
+        if self.credit > 0 and time.monotonic() - self.requested_at > self.expires + 1.0:
+            # Every request outstanding has expired on the server by now, whether or not its
+            # 408 came (a request lost with a server or a consumer leader never answers).
+            self.credit = 0
+        if self.credit < self.batch:
+            await self._request()
+        out: list[Msg] = []
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: see meshkit/aio.py
+                self._take(await self.queue.get(), out)
+        except TimeoutError:
+            return out
+        q = self.queue
+        while not q.empty() and len(out) < self.batch:
+            self._take(q.get_nowait(), out)
+        if self.credit <= 0:
+            self.credit = 0
+        return out
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+    async def hand_back(self) -> None:
+        """Stop, and give back at once (nak) every message delivered and not yet taken by
+        next_batch, so it comes again first rather than after its ack_wait."""
+        await self.stop()
+        pending = []
+        while not self.queue.empty():
+            msg = self.queue.get_nowait()
+            if not (msg.headers and not msg.data and msg.headers.get("Status")):
+                pending.append(msg)
+        await _nak_all(pending)
+
+
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
                   batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
                   max_ack_pending: int = 10_000, one_reader: bool = True) -> None:
@@ -203,22 +287,31 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
     fetched and never acked, because it was killed, comes again first and in order. Pass False
     for a durable that several processes read at once (their handling must not depend on the
     order: a reset by one would hand the others' messages in flight out once more)."""
-    import asyncio
-
     if (handle is None) == (handle_batch is None):
         raise TypeError("pass exactly one of handle and handle_batch")
+    from nats.js.errors import NotFoundError
+
     if one_reader:
         await resume_at_ack_floor(js, stream, durable)
-    sub = await js.pull_subscribe(subject_filter, durable=durable, stream=stream, config=consumer_config(
-        subject_filter, durable, ack_wait=ack_wait, max_ack_pending=max_ack_pending))
     try:
-        await _consume_loop(sub, handle, handle_batch, batch, idle_wait, durable)
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        await js.add_consumer(stream, consumer_config(subject_filter, durable, ack_wait=ack_wait,
+                                                      max_ack_pending=max_ack_pending))
+    # Not nats-py's fetch(): once one message has come it waits for the whole batch or the
+    # timeout, so a second message close behind the first could wait up to `idle_wait` (a fill
+    # reached the ledger ~1 s after order_svc had applied it). The Puller hands out what has
+    # come as soon as it comes. (js._nc: JetStreamContext keeps its connection private.)
+    puller = Puller(js._nc, stream, durable, batch)
+    await puller.start()
+    try:
+        await _consume_loop(puller, handle, handle_batch, idle_wait, durable)
     finally:
-        # Withdraw the inbox of the pull request still outstanding: without interest the
-        # server drops it, instead of delivering the next messages to a reader that is gone
-        # (they would come back only after ack_wait, behind what a new consumer took meanwhile).
+        # Withdraw the inbox of the pull requests still outstanding: without interest the
+        # server drops them, instead of delivering the next messages to a reader that is gone;
+        # what was delivered and not handled goes back at once, in order.
         try:
-            await asyncio.shield(sub.unsubscribe())
+            await asyncio.shield(puller.hand_back())
         except Exception:  # noqa: BLE001 - closing anyway
             pass
 
@@ -254,8 +347,6 @@ async def resume_at_ack_floor(js, stream: str, durable: str) -> None:
 
 async def _until_done(work, msgs, durable: str) -> None:
     """Await `work()` until it succeeds, backing off and keeping `msgs` in progress."""
-    import asyncio
-
     delay = 0.2
     failing_since = None
     attempts = 0
@@ -281,16 +372,10 @@ async def _until_done(work, msgs, durable: str) -> None:
             delay = min(delay * 2, 5.0)
 
 
-async def _consume_loop(sub, handle, handle_batch, batch: int, idle_wait: float, durable: str) -> None:
-    import asyncio
-
+async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, durable: str) -> None:
     while True:
-        try:
-            msgs = await sub.fetch(batch, timeout=idle_wait)
-        except asyncio.TimeoutError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # nats-py turns a cancel into a timeout
-                raise asyncio.CancelledError from None
+        msgs = await puller.next_batch(timeout=idle_wait)
+        if not msgs:
             continue
         done = 0
         try:

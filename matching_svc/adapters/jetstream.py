@@ -12,7 +12,6 @@ Names (``<ns>`` = the deployment's namespace):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from nats.js.api import (
 )
 
 from meshkit import bus
+from meshkit.bus import Puller
 
 log = logging.getLogger("matching_svc.jetstream")
 
@@ -92,78 +92,6 @@ def input_position(msg: Msg) -> tuple[int, int]:
         return int(tokens[5]), int(tokens[7])
     # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>[.<token>]
     return int(tokens[7]), int(tokens[9])
-
-
-class ConsumerGone(Exception):
-    """The consumer was deleted (another engine took the symbol over) or the pull failed."""
-
-
-class Puller:
-    """Continuous pull from a durable consumer: keeps pull requests outstanding (credit
-    between batch/2 and 2×batch) so messages flow without a round trip each, and hands them
-    out as soon as they arrive, in delivery order, up to ``batch`` at a time.
-
-    (nats-py's ``fetch(n)`` waits for the whole batch or its timeout once one message has
-    arrived, which costs up to the timeout in latency when the flow is light.)
-    """
-
-    def __init__(self, nc, stream: str, durable: str, batch: int, expires: float = 5.0) -> None:
-        self.nc, self.batch, self.expires = nc, batch, expires
-        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self.inbox = nc.new_inbox()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.credit = 0
-        self.requested_at = 0.0  # monotonic time of the latest pull request
-        self.sub = None
-
-    async def start(self) -> None:
-        async def on_msg(msg: Msg) -> None:
-            self.queue.put_nowait(msg)
-        self.sub = await self.nc.subscribe(self.inbox, cb=on_msg)
-
-    async def _request(self) -> None:
-        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
-        await self.nc.publish(self.api, body, reply=self.inbox)
-        self.credit += self.batch
-        self.requested_at = time.monotonic()
-
-    def _take(self, msg: Msg, out: list) -> None:
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
-        if status is None:
-            self.credit -= 1
-            out.append(msg)
-        elif status in ("408", "409"):  # a request expired or ended: its unused credit is gone
-            desc = msg.headers.get("Description", "")
-            if status == "409" and ("Deleted" in desc or "Leadership" in desc):
-                raise ConsumerGone(desc)
-            self.credit -= int(msg.headers.get("Nats-Pending-Messages", "0") or 0)
-        elif status == "503":  # no responders: the request reached no consumer (a clustered
-            self.credit -= self.batch  # consumer between leaders, or just made) and is gone whole
-        # 100 (heartbeat / flow control) and 404 carry nothing for us
-
-    async def next_batch(self, timeout: float) -> list[Msg]:
-        if self.credit > 0 and time.monotonic() - self.requested_at > self.expires + 1.0:
-            # Every request outstanding has expired on the server by now, whether or not its
-            # 408 came (a request lost with a server or a consumer leader never answers).
-            self.credit = 0
-        if self.credit < self.batch:
-            await self._request()
-        out: list[Msg] = []
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: see meshkit/aio.py
-                self._take(await self.queue.get(), out)
-        except TimeoutError:
-            return out
-        q = self.queue
-        while not q.empty() and len(out) < self.batch:
-            self._take(q.get_nowait(), out)
-        if self.credit <= 0:
-            self.credit = 0
-        return out
-
-    async def stop(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
 
 
 async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, start_seq: int, *,

@@ -154,7 +154,8 @@ async def test_the_pull_comes_back_after_a_request_that_reached_no_consumer(nats
     waited for messages forever."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    from matching_svc.adapters.jetstream import Names, Puller, ensure_streams
+    from matching_svc.adapters.jetstream import Names, ensure_streams
+    from meshkit.bus import Puller
 
     ns = f"{namespace}_pull"
     names = Names(ns)
