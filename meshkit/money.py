@@ -7,7 +7,7 @@ no signs other than the ones a field allows, no absurd lengths.
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 
 from meshkit.errors import Violations
 from meshkit.symbols import CENT, tick_places
@@ -74,6 +74,15 @@ def fmt_price(value: Decimal | int) -> str:
     "0.8936"). An average (a fill price, a VWAP) keeps the further digits it has."""
     value = Decimal(value)
     return fmt(value, tick_places(abs(value)))
+
+
+AVERAGE_PLACES = Decimal("0.000001")
+
+
+def average_price(notional: Decimal, quantity: int | Decimal) -> Decimal:
+    """An average price, Σ(price × quantity) / Σ quantity (an order's average fill price, a
+    candle's VWAP), rounded half-even to 6 decimal places; fmt_price shows the digits it has."""
+    return (Decimal(notional) / Decimal(quantity)).quantize(AVERAGE_PLACES, rounding=ROUND_HALF_EVEN)
 
 
 def amount_text(asset: str, value: Decimal | int) -> str:

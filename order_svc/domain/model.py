@@ -13,7 +13,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from meshkit.errors import (AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable,
                             Violations)
-from meshkit.money import CASH
+from meshkit.money import CASH, average_price
 from meshkit.symbols import tick_size
 
 
@@ -224,7 +224,7 @@ class Order:
     def average_fill_price(self) -> Decimal | None:
         if not self.filled_quantity:
             return None
-        return (self.fill_notional / self.filled_quantity).quantize(Decimal("0.0001"))
+        return average_price(self.fill_notional, self.filled_quantity)
 
     @property
     def leaves(self) -> int:

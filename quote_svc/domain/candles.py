@@ -11,14 +11,14 @@ import enum
 import math
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Iterable, Iterator
 
 from meshkit.calendar import NEW_YORK, trading_day
+from meshkit.money import average_price
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-VWAP_PLACES = Decimal("0.000001")
 
 
 class Interval(enum.Enum):
@@ -102,7 +102,7 @@ class Candle:
     def vwap(self) -> Decimal | None:
         if self.pv is None or self.volume <= 0:
             return None
-        return (self.pv / self.volume).quantize(VWAP_PLACES, rounding=ROUND_HALF_EVEN)
+        return average_price(self.pv, self.volume)
 
 
 @dataclass(frozen=True)

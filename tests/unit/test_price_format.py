@@ -72,3 +72,24 @@ def test_order_prices():
     assert (m.limit_price, m.stop_price, m.average_fill_price) == ("0.9000", "0.8500", "0.9000")
     u = update_to_proto(1, o, Fill("f1", D("0.9"), 3, NOW))
     assert u.fill.price == "0.9000"
+
+
+def test_an_average_fill_price_keeps_six_places_like_a_vwap():
+    """docs/market-data.md: an average keeps the further digits it has, rounded half-even to 6
+    places as a candle's VWAP is. (It was rounded to 4: 3 @ 0.8936 and 4 @ 0.8937 showed
+    "0.8937", the higher of the two prices.)"""
+    from order_svc.domain.model import Order, OrderRequest, OrderType, Side, Status, TimeInForce
+    from order_svc.entrypoints.mapping import order_to_proto
+
+    def average(symbol: str, filled: int, notional: str) -> str:
+        req = OrderRequest(account_id="a", client_order_id="c", symbol=symbol, side=Side.BUY, type=OrderType.MARKET,
+                           quantity=filled, limit_price=None, stop_price=None, time_in_force=TimeInForce.DAY)
+        return order_to_proto(Order(order_id=uuid.uuid4(), request=req, status=Status.FILLED, created_at=NOW,
+                                    updated_at=NOW, filled_quantity=filled, fill_notional=D(notional))).average_fill_price
+
+    assert average("SIRI", 7, "6.2556") == "0.893657"  # 3 × 0.8936 + 4 × 0.8937
+    assert average("AAPL", 3, "561.95") == "187.316667"  # 187.25 + 2 × 187.35
+    assert average("AAPL", 2, "374.50") == "187.25"  # an exact average shows the tick's places
+    assert average("SIRI", 2, "1.6001") == "0.80005"
+    assert average("SIRI", 8, "7.1489") == "0.893612"  # 7 × 0.8936 + 0.8937 = 8 × 0.8936125: half-even
+
