@@ -298,6 +298,10 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
     except NotFoundError:
         await js.add_consumer(stream, consumer_config(subject_filter, durable, ack_wait=ack_wait,
                                                       max_ack_pending=max_ack_pending))
+    # The consumer's series exist from its start (0: not stuck, no failures), so an alert on
+    # them sees a healthy consumer, not a missing series.
+    CONSUMER_STUCK.labels(durable).set(0)
+    CONSUMER_FAILURES.labels(durable)
     # Not nats-py's fetch(): once one message has come it waits for the whole batch or the
     # timeout, so a second message close behind the first could wait up to `idle_wait` (a fill
     # reached the ledger ~1 s after order_svc had applied it). The Puller hands out what has

@@ -70,13 +70,21 @@ class HoldResolved(FailedPrecondition):
     default_reason = "HOLD_RESOLVED"
 
 
-def insufficient(asset: str, available: Decimal, requested: Decimal) -> FailedPrecondition:
-    """The refusal for a book short of `requested`: funds for cash, shares for a symbol."""
+def insufficient(asset: str, available: Decimal, requested: Decimal, *,
+                 unsettled: Decimal = Decimal(0)) -> FailedPrecondition:
+    """The refusal for a book short of `requested`: funds for cash, shares for a symbol. Cash
+    owed to the account by sales not yet settled (`unsettled`) is named, since the account's
+    total shows it and it cannot be used yet."""
     cls = InsufficientFunds if asset == CASH else InsufficientShares
     what = "cash" if asset == CASH else f"{asset} shares"
     have, want = amount_text(asset, available), amount_text(asset, requested)
-    return cls(f"available {what} {have} is less than {want}",
-               metadata={"asset": asset, "available": have, "requested": want})
+    message, metadata = f"available {what} {have} is less than {want}", {"asset": asset, "available": have,
+                                                                        "requested": want}
+    if unsettled > 0:
+        owed = amount_text(CASH, unsettled)
+        message += f" (sale proceeds of {owed} are not available until they settle)"
+        metadata["unsettled"] = owed
+    return cls(message, metadata=metadata)
 
 
 def is_symbol(asset: str) -> bool:

@@ -34,7 +34,15 @@ async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
 async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> model.CashBalance:
     async with uow_factory() as uow:
         await uow.ledger.lock_accounts([entry.account_id])
-        if not await _apply(entry, uow):
+        try:
+            applied = await _apply(entry, uow)
+        except model.InsufficientFunds as exc:  # a withdrawal beyond what is available
+            cash = await uow.ledger.cash(entry.account_id)
+            if not cash.unsettled:
+                raise
+            raise model.insufficient(model.CASH, cash.available, Decimal(exc.metadata["requested"]),
+                                     unsettled=cash.unsettled) from None
+        if not applied:
             return await uow.ledger.cash(entry.account_id)  # a retry: applied once already
         cash = await uow.ledger.cash(entry.account_id)
         await uow.commit()

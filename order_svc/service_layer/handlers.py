@@ -305,6 +305,8 @@ async def reaper_loop(deps: Deps, *, older_than: float = 30.0, interval: float =
     while True:
         try:
             await reap_orphaned_holds(deps, older_than=older_than)
+        except Unavailable as exc:  # the ledger not answering (yet: at start-up): no bug to trace
+            log.warning("checking holds against their orders failed; retrying later", extra={"error": exc.message})
         except Exception:  # noqa: BLE001 - the next round retries
             log.exception("checking holds against their orders failed; retrying later")
         await asyncio.sleep(interval)

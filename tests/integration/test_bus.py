@@ -187,8 +187,9 @@ async def test_pairs_of_messages_are_each_handed_over_as_soon_as_they_come(nats_
     async def handle(msg) -> None:
         handled.append(msg.data.decode())
 
+    durable = f"d{uuid.uuid4().hex[:6]}"
     task = asyncio.create_task(bus.consume(js, stream=stream, subject_filter=bus.subject(ns, "work", ">"),
-                                           durable=f"d{uuid.uuid4().hex[:6]}", handle=handle, idle_wait=30))
+                                           durable=durable, handle=handle, idle_wait=30))
     sent: list[str] = []
     rng = random.Random(7)
     try:
@@ -202,3 +203,9 @@ async def test_pairs_of_messages_are_each_handed_over_as_soon_as_they_come(nats_
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    # A healthy consumer's series exist at 0 (operations.md: alert on stuck > 0), not only
+    # after a first failure.
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("stockmesh_consumer_stuck_seconds", {"durable": durable}) == 0
+    assert REGISTRY.get_sample_value("stockmesh_consumer_failures_total", {"durable": durable}) == 0

@@ -91,6 +91,14 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
         assert updates == [(1, Status.NEW, 0, None), (2, Status.PARTIALLY_FILLED, 4, 4), (3, Status.FILLED, 10, 6)]
     s = await ledger.cash_balance(seller, uow)
     assert (s.total, s.settled, s.unsettled, s.available) == (Decimal("1870.00"), 0, Decimal("1870.00"), 0)
+    # The proceeds count in the total and cannot be withdrawn yet: the refusal says why.
+    from ledger_svc.domain.model import InsufficientFunds
+
+    with pytest.raises(InsufficientFunds) as refused:
+        await ledger.withdraw(commands.Withdraw(seller, Decimal("1.00"), "too-soon"), uow)
+    assert refused.value.message == ("available cash 0.00 is less than 1.00 "
+                                     "(sale proceeds of 1870.00 are not available until they settle)")
+    assert refused.value.metadata["unsettled"] == "1870.00"
     async with checked_pool.acquire() as conn:
         holds = {r["hold_id"]: r["status"] for r in await conn.fetch(
             "SELECT hold_id, status FROM ledger.holds WHERE hold_id = ANY($1)", [str(buy.order_id), str(sell.order_id)])}

@@ -35,3 +35,30 @@ def test_below_a_dollar_the_collar_of_a_hold_is_covered_by_it_and_no_lower_than_
     assert collar >= plan.collar_price
     assert model.cents_up(collar * qty) <= plan.amount
     assert collar == model.round_price(collar, up=False)  # on the tick grid
+
+
+async def test_the_hold_reaper_logs_a_ledger_not_answering_without_a_traceback(monkeypatch, caplog):
+    """At every start order_svc asks the ledger for unchecked holds before ledger_svc answers:
+    a warning, not an ERROR with a traceback (it read like a crash in every clean start's log).
+    A bug still logs its traceback."""
+    import asyncio
+    import logging
+
+    from meshkit.errors import Unavailable
+    from order_svc.service_layer import handlers
+
+    failures = iter([Unavailable("ledger could not list unchecked holds: UNAVAILABLE"), RuntimeError("a bug")])
+
+    async def reap(_deps, *, older_than):
+        raise next(failures)
+
+    monkeypatch.setattr(handlers, "reap_orphaned_holds", reap)
+    with caplog.at_level(logging.INFO, logger="order_svc"):
+        task = asyncio.create_task(handlers.reaper_loop(None, interval=0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    first, second = [r for r in caplog.records if "checking holds" in r.getMessage()][:2]
+    assert (first.levelname, first.exc_info) == ("WARNING", None)
+    assert "UNAVAILABLE" in first.error
+    assert second.levelname == "ERROR" and second.exc_info is not None
