@@ -254,6 +254,18 @@ class Order:
         self.transition(to)
         self.end_reason = reason
 
+    @property
+    def end_message(self) -> str:
+        """Why it ended, in words. A replace asking for no more than the order had filled by
+        the time the engine reached it ends the order with no replacement (that is REJECTED
+        ORDER_NOT_ACTIVE): said so, rather than "replaced by a new order" with none to show."""
+        if self.end_reason is None:
+            return ""
+        if self.end_reason is EndReason.REPLACED and self.replaced_by is None:
+            return (f"cancelled by a replace whose new quantity was not above the {self.filled_quantity} "
+                    "shares filled by then; no replacement order was made")
+        return END_MESSAGES[self.end_reason]
+
     def replaced(self, new_order_id: uuid.UUID) -> None:
         """The engine replaced this order by `new_order_id`: it ends CANCELLED, pointing at it."""
         self.end(Status.CANCELLED, EndReason.REPLACED)

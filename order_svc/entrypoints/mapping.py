@@ -115,7 +115,7 @@ def order_to_proto(o: Order) -> order_pb2.Order:
         replaces=str(o.replaces) if o.replaces else "")
     if o.end_reason is not None:
         msg.end_reason = END_TO_PB[o.end_reason]
-        msg.end_message = model.END_MESSAGES[o.end_reason]
+        msg.end_message = o.end_message
     set_time(msg.created_at, o.created_at)
     set_time(msg.updated_at, o.updated_at)
     return msg

@@ -196,3 +196,20 @@ def test_sub_penny_holds_in_cents_cover_any_fills_before_the_replace(old_unit, o
     t = HoldTransfer.new("a", "b", "b", "acct", "USD", u_new, reserve)
     assert t.complete(old_left, reserve, new_qty - filled) <= 0
     assert t.new_amount == model.cents_up(u_new * (new_qty - filled))
+
+
+def test_an_order_ended_by_a_replace_says_whether_a_replacement_exists():
+    """Replaced: it names its replacement. Cancelled because the replace asked for no more than
+    it had filled (the replacement is REJECTED ORDER_NOT_ACTIVE): it says that no replacement
+    was made (it said "replaced by a new order", with none to show)."""
+    from order_svc.entrypoints.mapping import order_to_proto
+
+    replaced = order(qty=100, filled=20, status=Status.PARTIALLY_FILLED)
+    replaced.replaced(uuid.uuid4())
+    assert order_to_proto(replaced).end_message == "replaced by a new order"
+    overtaken = order(qty=100, filled=65, status=Status.PARTIALLY_FILLED)
+    overtaken.end(Status.CANCELLED, model.EndReason.REPLACED)
+    pb = order_to_proto(overtaken)
+    assert pb.replaced_by == ""
+    assert pb.end_message == ("cancelled by a replace whose new quantity was not above the 65 shares filled by "
+                              "then; no replacement order was made")
