@@ -8,7 +8,7 @@ from ledger_svc.adapters.orders import GrpcOpenOrders
 from ledger_svc.entrypoints.grpc_server import LedgerServicer
 from ledger_svc.entrypoints.hold_server import HoldServicer
 from ledger_svc.entrypoints.settlement_server import SettlementServicer
-from ledger_svc.service_layer import settlement
+from ledger_svc.service_layer import runner, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, channels, config, db, executions
 from meshkit.marketdata import JetStreamQuotes
@@ -33,6 +33,9 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
         js = nc.jetstream()
         background.append(lambda: executions.consume(
             js, namespace, "ledger", lambda ex: settlement.apply_execution(ex, uow), elect_on=database_url))
+        if database_url:  # the end-of-day batch, by the one replica elected for it
+            background.append(lambda: db.elected(database_url, f"{namespace}.settlement",
+                                                 lambda: runner.settlement_loop(uow, js, namespace)))
         checks.append(bus.nats_check(nc))
         closers.insert(0, nc.drain)
     return App(

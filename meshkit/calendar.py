@@ -74,6 +74,19 @@ def trading_day(at: datetime) -> date:
     return at.astimezone(NEW_YORK).date()
 
 
+def closes_due(at: datetime) -> date | None:
+    """The trading day whose close is due at `at` (at or after its session's close, New York
+    time: 16:00, or 13:00 on an early-close day), or None (before the close, a day without a
+    session, or a market kept always open)."""
+    if always_open():
+        return None
+    local = at.astimezone(NEW_YORK)
+    hours = session(local.date())
+    if hours is None or local.time() < hours[1]:
+        return None
+    return local.date()
+
+
 def after_today(day: date) -> str | None:
     """Why an operator may not act on `day` yet (settle it, close its session): it has not
     come in New York. None for today and earlier days."""

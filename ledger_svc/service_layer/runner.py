@@ -1,22 +1,29 @@
-"""Settle a day, then reconcile against the execution journal (`stockmesh settle` and
-SettlementService.RunSettlement); trim the journal of settled days (`stockmesh journal trim`
-and SettlementService.TrimJournal)."""
+"""Settle a day, then reconcile against the execution journal (`stockmesh settle`,
+SettlementService.RunSettlement, and by itself after each session's close: settlement_loop);
+trim the journal of settled days (`stockmesh journal trim` and SettlementService.TrimJournal)."""
 from __future__ import annotations
 
-from datetime import date, timedelta
+import asyncio
+import logging
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from ledger_svc.adapters import journal
 from ledger_svc.domain.settlement import JournalTrim, SettlementReport
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import bus, db, executions
+from meshkit import bus, calendar, db, executions
 from meshkit.errors import FailedPrecondition
 
 # The services that apply every execution, each through one durable consumer per symbol.
 APPLIERS = ("ledger", "orders")
 # Settlements read the execution journal under this lock, shared; a trim purges it exclusive.
 JOURNAL_LOCK = "ledger.execution-journal"
+# After a session's close the batch waits this long (the engines expire the day's orders, the
+# ledger applies what they sent), then settles the day.
+SETTLE_AFTER_CLOSE = timedelta(minutes=5)
+
+log = logging.getLogger("ledger_svc.settlement")
 
 
 async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float = 60.0,
@@ -151,3 +158,33 @@ async def run_trim(before: date, database_url: str, nats_url: str, namespace: st
     finally:
         await nc.close()
         await pool.close()
+
+
+async def settlement_loop(uow, js, namespace: str, *, interval: float = 60.0,
+                          now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    """MISSION F7's batch: after each trading day's close (meshkit.calendar.closes_due, plus
+    SETTLE_AFTER_CLOSE), settle and reconcile the day once, when it has fills to settle; the
+    report is logged (a discrepancy at WARNING). A market kept always open has no close: its
+    days are settled on demand (`stockmesh settle`). Run by one replica (meshkit.db.elected); a
+    run repeated after a restart settles nothing twice."""
+    done: date | None = None
+    while True:
+        day = calendar.closes_due(now() - SETTLE_AFTER_CLOSE)
+        if day is not None and day != done:
+            try:
+                async with uow() as u:
+                    due = await u.settlement.due(day, 1)
+                if due:
+                    report = await settle_and_reconcile(day, uow, js, namespace)
+                    extra = {"tradingDay": day.isoformat(), "fillsSettled": report.fills_settled,
+                             "amountSettled": str(report.amount_settled), "discrepancies": len(report.discrepancies),
+                             "reconciledAgainst": report.reconciled_against}
+                    if report.discrepancies:
+                        log.warning("day settled with discrepancies: run `stockmesh settle --date %s` for the report",
+                                    day.isoformat(), extra=extra)
+                    else:
+                        log.info("day settled", extra=extra)
+                done = day
+            except Exception:  # noqa: BLE001 - the next round retries
+                log.exception("settling the day failed; retrying", extra={"tradingDay": day.isoformat()})
+        await asyncio.sleep(interval)

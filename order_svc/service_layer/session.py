@@ -31,19 +31,6 @@ def close_msg_id(day: date, symbol: str) -> str:
     return f"close:{day.isoformat()}:{symbol}"
 
 
-def closes_due(at: datetime) -> date | None:
-    """The trading day whose close is due at `at` (at or after its session's close, New York
-    time: 16:00, or 13:00 on an early-close day), or None (before the close, a day without a
-    session, or a market kept always open)."""
-    if calendar.always_open():
-        return None
-    local = at.astimezone(calendar.NEW_YORK)
-    hours = calendar.session(local.date())
-    if hours is None or local.time() < hours[1]:
-        return None
-    return local.date()
-
-
 async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,
                         symbols: list[str] | None = None) -> int:
     """Queue the session close of `day` for every listed symbol; returns how many were new
@@ -63,7 +50,7 @@ async def session_close_loop(uow: Callable[[], OrderUnitOfWork], namespace: str,
                              interval: float = 30.0) -> None:
     """Every `interval` seconds: once the day's close is due, queue it (a no-op once done)."""
     while True:
-        day = closes_due(datetime.now(timezone.utc))
+        day = calendar.closes_due(datetime.now(timezone.utc))
         if day is not None:
             try:
                 n = await close_session(day, uow, namespace)

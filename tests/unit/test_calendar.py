@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from meshkit import calendar
-from order_svc.service_layer.session import closes_due
 
 NY = ZoneInfo("America/New_York")
 
@@ -59,15 +58,15 @@ def test_weekends_and_ordinary_days():
 
 
 def test_the_session_close_is_due_at_the_days_close_and_never_on_a_day_without_a_session(monkeypatch):
-    assert closes_due(at(2026, 11, 24, 15, 59)) is None
-    assert closes_due(at(2026, 11, 24, 16, 0)) == date(2026, 11, 24)
-    assert closes_due(at(2026, 11, 27, 12, 59)) is None
-    assert closes_due(at(2026, 11, 27, 13, 0)) == date(2026, 11, 27)  # early close: DAY orders end at 13:00
-    assert closes_due(at(2026, 11, 26, 17, 0)) is None  # Thanksgiving
-    assert closes_due(at(2026, 11, 28, 17, 0)) is None  # a Saturday
+    assert calendar.closes_due(at(2026, 11, 24, 15, 59)) is None
+    assert calendar.closes_due(at(2026, 11, 24, 16, 0)) == date(2026, 11, 24)
+    assert calendar.closes_due(at(2026, 11, 27, 12, 59)) is None
+    assert calendar.closes_due(at(2026, 11, 27, 13, 0)) == date(2026, 11, 27)  # early close: DAY orders end at 13:00
+    assert calendar.closes_due(at(2026, 11, 26, 17, 0)) is None  # Thanksgiving
+    assert calendar.closes_due(at(2026, 11, 28, 17, 0)) is None  # a Saturday
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
     assert calendar.is_open(at(2026, 11, 26, 3, 0))
-    assert closes_due(at(2026, 11, 24, 17, 0)) is None
+    assert calendar.closes_due(at(2026, 11, 24, 17, 0)) is None
 
 
 def test_a_closed_market_says_why():

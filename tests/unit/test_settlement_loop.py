@@ -1,0 +1,95 @@
+"""ledger_svc's end-of-day batch (runner.settlement_loop, MISSION F7): after a session's close
+(plus SETTLE_AFTER_CLOSE) it settles and reconciles the day once when it has fills to settle,
+retries a failed run, and does nothing on a market kept always open (settled on demand)."""
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ledger_svc.domain.settlement import SettlementReport
+from ledger_svc.service_layer import runner
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+class FakeSettlement:
+    def __init__(self, due: bool) -> None:
+        self._due = due
+        self.asked: list[date] = []
+
+    async def due(self, through: date, limit: int):
+        self.asked.append(through)
+        return [{"fill_id": "f1"}] if self._due else []
+
+
+class FakeUow:
+    def __init__(self, settlement: FakeSettlement) -> None:
+        self.settlement = settlement
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int = 0, rounds: float = 0.2):
+    """Run the loop for a moment at the frozen time `at`; returns (days settled, days asked)."""
+    settled: list[date] = []
+    fails = [failures]
+
+    async def settle(day, uow, js, namespace, **kw):
+        if fails[0]:
+            fails[0] -= 1
+            raise ConnectionError("NATS went away")
+        settled.append(day)
+        return SettlementReport(trading_day=day, fills_settled=1)
+
+    monkeypatch.setattr(runner, "settle_and_reconcile", settle)
+    fake = FakeSettlement(due)
+    task = asyncio.create_task(runner.settlement_loop(lambda: FakeUow(fake), None, "ns", interval=0.01,
+                                                      now=lambda: at))
+    await asyncio.sleep(rounds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return settled, fake.asked
+
+
+def ny(*args) -> datetime:
+    return datetime(*args, tzinfo=NEW_YORK).astimezone(timezone.utc)
+
+
+async def test_the_day_is_settled_once_after_its_close(monkeypatch):
+    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 24, 16, 6))  # a Tuesday, after 16:00 + 5 min
+    assert settled == [date(2026, 11, 24)]
+
+
+@pytest.mark.parametrize("at", [ny(2026, 11, 24, 16, 3),  # closed, but within SETTLE_AFTER_CLOSE
+                                ny(2026, 11, 24, 11, 0),  # the session is on
+                                ny(2026, 11, 28, 17, 0)])  # a Saturday: no session that day
+async def test_nothing_is_settled_before_the_close_is_due(monkeypatch, at):
+    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    settled, asked = await run_loop(monkeypatch, at)
+    assert settled == [] and asked == []
+
+
+async def test_a_day_without_fills_to_settle_is_not_run_and_asked_once(monkeypatch):
+    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    settled, asked = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0), due=False)
+    assert settled == [] and asked == [date(2026, 11, 24)]
+
+
+async def test_a_failed_run_is_retried(monkeypatch):
+    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0), failures=2)
+    assert settled == [date(2026, 11, 24)]
+
+
+async def test_an_always_open_market_is_settled_on_demand_only(monkeypatch):
+    monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
+    settled, asked = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0))
+    assert settled == [] and asked == []
