@@ -46,6 +46,7 @@ async def test_the_hold_reaper_logs_a_ledger_not_answering_without_a_traceback(m
 
     from meshkit.errors import Unavailable
     from order_svc.service_layer import handlers
+    from tests.support.wait import eventually
 
     failures = iter([Unavailable("ledger could not list unchecked holds: UNAVAILABLE"), RuntimeError("a bug")])
 
@@ -54,11 +55,15 @@ async def test_the_hold_reaper_logs_a_ledger_not_answering_without_a_traceback(m
 
     monkeypatch.setattr(handlers, "reap_orphaned_holds", reap)
     with caplog.at_level(logging.INFO, logger="order_svc"):
-        task = asyncio.create_task(handlers.reaper_loop(None, interval=0.01))
-        await asyncio.sleep(0.1)
+        task = asyncio.create_task(handlers.reaper_loop(None, interval=0.001))
+
+        def logged():
+            return [r for r in caplog.records if "checking holds" in r.getMessage()]
+
+        assert await eventually(lambda: len(logged()) >= 2, timeout=10)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    first, second = [r for r in caplog.records if "checking holds" in r.getMessage()][:2]
+    first, second = logged()[:2]
     assert (first.levelname, first.exc_info) == ("WARNING", None)
     assert "UNAVAILABLE" in first.error
     assert second.levelname == "ERROR" and second.exc_info is not None

@@ -11,6 +11,7 @@ import pytest
 
 from ledger_svc.domain.settlement import SettlementReport
 from ledger_svc.service_layer import runner
+from tests.support.wait import eventually
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -36,8 +37,8 @@ class FakeUow:
         return False
 
 
-async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int = 0, rounds: float = 0.2):
-    """Run the loop for a moment at the frozen time `at`; returns (days settled, days asked)."""
+async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int = 0, rounds: int = 6):
+    """Run `rounds` rounds of the loop at the frozen time `at`; returns (days settled, days asked)."""
     settled: list[date] = []
     fails = [failures]
 
@@ -50,9 +51,14 @@ async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int
 
     monkeypatch.setattr(runner, "settle_and_reconcile", settle)
     fake = FakeSettlement(due)
-    task = asyncio.create_task(runner.settlement_loop(lambda: FakeUow(fake), None, "ns", interval=0.01,
-                                                      now=lambda: at))
-    await asyncio.sleep(rounds)
+    ticks = [0]
+
+    def now() -> datetime:  # read once per round
+        ticks[0] += 1
+        return at
+
+    task = asyncio.create_task(runner.settlement_loop(lambda: FakeUow(fake), None, "ns", interval=0.001, now=now))
+    assert await eventually(lambda: ticks[0] > rounds or task.done(), timeout=10)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return settled, fake.asked
