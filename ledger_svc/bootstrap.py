@@ -1,6 +1,8 @@
 """Wires ledger_svc's dependencies; tests pass their own pool through it."""
 from __future__ import annotations
 
+import functools
+
 import asyncpg
 from nats.aio.client import Client
 
@@ -15,6 +17,11 @@ from meshkit.marketdata import JetStreamQuotes
 from meshkit.server import App
 from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, settlement_service_pb2_grpc
 
+# How long a refusal for want of cash or shares waits for the ledger's execution consumers to
+# apply what the engine published before it (they trail order_svc's by milliseconds; longer
+# only when the ledger is behind or its elected consumer is being replaced).
+EXECUTIONS_IN_FLIGHT_WAIT = 2.0
+
 
 def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh",
           order_addr: str | None = None, database_url: str | None = None) -> App:
@@ -28,7 +35,11 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
         channel = channels.internal_channel(order_addr)
         orders = GrpcOpenOrders(channel)
         closers.append(channel.close)
-    servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders)
+    applied = None
+    if nc is not None:  # a refusal for want of cash or shares first waits for executions in flight
+        applied = functools.partial(executions.wait_applied, nc.jetstream(), namespace, "ledger",
+                                    timeout=EXECUTIONS_IN_FLIGHT_WAIT)
+    servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders, applied)
     if nc is not None:
         js = nc.jetstream()
         background.append(lambda: executions.consume(
@@ -44,7 +55,7 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
             (ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, servicer,
              "stockmesh.ledger.v1.LedgerService"),
             (hold_service_pb2_grpc.add_HoldServiceServicer_to_server,
-             HoldServicer(uow), "stockmesh.ledger.v1.HoldService"),
+             HoldServicer(uow, applied), "stockmesh.ledger.v1.HoldService"),
             (settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server,
              SettlementServicer(uow, nc.jetstream() if nc is not None else None, namespace),
              "stockmesh.ledger.v1.SettlementService"),

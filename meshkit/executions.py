@@ -146,3 +146,55 @@ async def split_shared_consumer(js, namespace: str, durable: str, symbols: list[
     await js.delete_consumer(stream, durable)
     log.info("the shared execution consumer was split by symbol",
              extra={"durable": durable, "startSequence": start, "symbols": len(symbols)})
+
+
+async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0) -> bool:
+    """Wait until every symbol's consumer of `durable` (`<durable>_<SYM>`) has applied the
+    executions published on its symbol up to now: a read-your-writes barrier for a service
+    about to refuse something that an execution already shown elsewhere may change (order_svc
+    and the ledger apply the same executions through consumers of their own, so a customer can
+    see an order FILLED a few ms before the ledger has its shares).
+
+    Returns False at once when no consumer had anything outstanding (one JetStream request: the
+    list of the stream's consumers), so the caller's answer stands; True once those that had
+    have acknowledged the last execution published on their symbol at the call (a consumer
+    acknowledges after it applied), or when `timeout` passed first (logged), so the caller asks
+    once more whatever the consumers did meanwhile."""
+    import asyncio
+
+    import nats.js.errors
+
+    from meshkit import bus
+
+    stream = bus.stream_name(namespace, "EXECUTIONS")
+    prefix = consumer_name(durable, "")
+    try:
+        infos = [c for c in await bus.consumers(js, stream) if c.name.startswith(prefix)]
+    except nats.js.errors.NotFoundError:
+        return False
+    targets: dict[str, int] = {}
+    for c in infos:
+        if c.num_pending:  # not all delivered yet: the subject's last message is the target
+            try:
+                targets[c.name] = (await js.get_last_msg(stream, c.config.filter_subject)).seq
+            except nats.js.errors.NotFoundError:
+                continue
+        elif c.num_ack_pending and c.delivered is not None:
+            targets[c.name] = c.delivered.stream_seq
+    if not targets:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + timeout, 0.002
+    while True:
+        await asyncio.sleep(pause)  # polling JetStream's view of the consumers, backing off
+        pause = min(pause * 2, 0.05)
+        for name, target in list(targets.items()):
+            floor = (await js.consumer_info(stream, name)).ack_floor
+            if floor is not None and (floor.stream_seq or 0) >= target:
+                del targets[name]
+        if not targets:
+            return True
+        if loop.time() >= deadline:
+            log.warning("consumers still behind the executions published before a refusal",
+                        extra={"consumers": sorted(targets), "timeoutSeconds": timeout})
+            return True

@@ -252,6 +252,15 @@ class LedgerRepository:
             """, owner, asset)
         return Balance() if row is None else Balance(posted=row["posted"], held=row["held"])
 
+    async def accounts_holding(self, accounts: Iterable[str]) -> set[str]:
+        """Those of `accounts` with something held (a pending hold) in any of their books."""
+        rows = await self.conn.fetch(
+            """
+            SELECT DISTINCT k.owner FROM ledger.books k JOIN ledger.balances b USING (book_id)
+             WHERE k.owner = ANY($1::text[]) AND b.held > 0
+            """, list(accounts))
+        return {r["owner"] for r in rows}
+
     async def cash(self, account_id: str) -> CashBalance:
         row = await self.conn.fetchrow(
             """

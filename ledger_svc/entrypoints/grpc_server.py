@@ -26,10 +26,11 @@ def _cash_request(request: pb.DepositRequest | pb.WithdrawRequest):
 
 class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     def __init__(self, uow_factory: UowFactory, quotes: portfolio.Quotes | None = None,
-                 orders: GrpcOpenOrders | None = None) -> None:
+                 orders: GrpcOpenOrders | None = None, applied: handlers.ExecutionsApplied | None = None) -> None:
         self.uow = uow_factory
         self.quotes = quotes
         self.orders = orders
+        self.applied = applied  # a withdrawal refused waits for executions in flight (handlers.withdraw)
 
     async def Deposit(self, request: pb.DepositRequest, context: grpc.aio.ServicerContext) -> pb.DepositResponse:
         account, amount, key = _cash_request(request)
@@ -38,7 +39,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
 
     async def Withdraw(self, request: pb.WithdrawRequest, context: grpc.aio.ServicerContext) -> pb.WithdrawResponse:
         account, amount, key = _cash_request(request)
-        cash = await handlers.withdraw(commands.Withdraw(account, amount, key), self.uow)
+        cash = await handlers.withdraw(commands.Withdraw(account, amount, key), self.uow, self.applied)
         return pb.WithdrawResponse(cash=mapping.cash_to_proto(cash))
 
     async def GetPortfolio(self, request: pb.GetPortfolioRequest,

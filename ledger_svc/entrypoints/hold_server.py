@@ -69,11 +69,12 @@ def _hold_result(answer: model.Hold | DomainError) -> pb.PlaceHoldResult:
 
 
 class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
-    def __init__(self, uow_factory: UowFactory) -> None:
+    def __init__(self, uow_factory: UowFactory, applied: handlers.ExecutionsApplied | None = None) -> None:
         self.uow = uow_factory
+        self.applied = applied  # refusals for want of cash or shares wait for executions in flight
 
     async def PlaceHold(self, request: pb.PlaceHoldRequest, context: grpc.aio.ServicerContext) -> pb.PlaceHoldResponse:
-        hold = await handlers.place_hold(_place_command(request), self.uow)
+        hold = await handlers.place_hold(_place_command(request), self.uow, self.applied)
         return pb.PlaceHoldResponse(hold=mapping.hold_to_proto(hold))
 
     async def PlaceHolds(self, request: pb.PlaceHoldsRequest,
@@ -88,7 +89,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
                 answers.append(None)  # placed below, in the order given
             except InvalidArgument as exc:
                 answers.append(exc)
-        placed = iter(await handlers.place_holds(valid, self.uow) if valid else [])
+        placed = iter(await handlers.place_holds(valid, self.uow, self.applied) if valid else [])
         return pb.PlaceHoldsResponse(results=[_hold_result(a if a is not None else next(placed)) for a in answers])
 
     async def CaptureHold(self, request: pb.CaptureHoldRequest,
@@ -133,7 +134,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         v.raise_if_any()
         assert asset is not None and unit is not None and reserve is not None
         t = await handlers.transfer_hold(
-            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow)
+            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow, self.applied)
         return pb.TransferHoldResponse(transfer=mapping.transfer_to_proto(t))
 
     async def CancelHoldTransfer(self, request: pb.CancelHoldTransferRequest,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
-from typing import Callable
+from typing import Awaitable, Callable, Iterable, TypeVar
 
 from ledger_svc.adapters.repository import ActivityRow, HoldRow
 from ledger_svc.domain import model
@@ -12,7 +12,11 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit.errors import DomainError, FieldViolation, InvalidArgument
 
 UowFactory = Callable[[], LedgerUnitOfWork]
+# Waits until the ledger's execution consumers have applied what the engine published so far;
+# True when they had something outstanding (meshkit.executions.wait_applied, bound by bootstrap).
+ExecutionsApplied = Callable[[], Awaitable[bool]]
 log = logging.getLogger("ledger_svc.holds")
+T = TypeVar("T")
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
@@ -53,8 +57,42 @@ async def deposit(cmd: commands.Deposit, uow_factory: UowFactory) -> model.CashB
     return await _move_cash(model.deposit_entry(cmd.account_id, cmd.amount, cmd.idempotency_key), uow_factory)
 
 
-async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory) -> model.CashBalance:
-    return await _move_cash(model.withdrawal_entry(cmd.account_id, cmd.amount, cmd.idempotency_key), uow_factory)
+async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory,
+                   applied: ExecutionsApplied | None = None) -> model.CashBalance:
+    entry = model.withdrawal_entry(cmd.account_id, cmd.amount, cmd.idempotency_key)
+    return await _refused_once_applied(lambda: _move_cash(entry, uow_factory), cmd.account_id, uow_factory, applied)
+
+
+async def _refused_once_applied(attempt: Callable[[], Awaitable[T]], account_id: str, uow_factory: UowFactory,
+                                applied: ExecutionsApplied | None) -> T:
+    """`attempt()`, made once more when it is refused for want of cash or shares while
+    executions for the account were in flight (_executions_in_flight)."""
+    try:
+        return await attempt()
+    except (model.InsufficientFunds, model.InsufficientShares):
+        if not await _executions_in_flight([account_id], uow_factory, applied):
+            raise
+    return await attempt()
+
+
+async def _executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory,
+                                applied: ExecutionsApplied | None) -> bool:
+    """Before refusing an account for want of cash or shares: whether to ask once more because
+    executions that may change its books were still in flight, and are applied now.
+
+    order_svc and the ledger apply the engine's executions through consumers of their own, so a
+    customer can see an order FILLED or CANCELLED (order_svc) a few ms before the ledger has
+    its shares or has released its cash, and sell or withdraw at once. Only an account with
+    something held can be changed by an execution (its live orders hold; a fill of a resting
+    order reaches its account through that order's hold), so for the others the refusal stands
+    without asking JetStream; for these the ledger waits (bounded) for its consumers to reach
+    every execution published so far."""
+    if applied is None:
+        return False
+    async with uow_factory() as uow:
+        if not await uow.ledger.accounts_holding(accounts):
+            return False
+    return await applied()
 
 
 async def cash_balance(account_id: str, uow_factory: UowFactory) -> model.CashBalance:
@@ -105,8 +143,14 @@ def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
     return existing  # a retry: placed once already
 
 
-async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.Hold:
-    """Reserve `amount` of the account's book, idempotent on hold_id."""
+async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory,
+                     applied: ExecutionsApplied | None = None) -> model.Hold:
+    """Reserve `amount` of the account's book, idempotent on hold_id. Refused for want of cash
+    or shares only once the executions in flight for the account are applied (`applied`)."""
+    return await _refused_once_applied(lambda: _place_hold(cmd, uow_factory), cmd.account_id, uow_factory, applied)
+
+
+async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.Hold:
     hold = _new_hold(cmd)
     # One statement (see ledger.place_hold): insert, reservation and audit event, atomically.
     async with uow_factory().single_statement() as uow:
@@ -114,11 +158,22 @@ async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.
     return _placed(hold, cmd.client_key, *placement)
 
 
-async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
+async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory,
+                      applied: ExecutionsApplied | None = None) -> list[model.Hold | DomainError]:
     """place_hold for each command, one after the other in the order given, in one statement;
     each answered as place_hold would answer it alone (the hold, or the error it would raise).
+    The holds refused for want of cash or shares are asked for once more, in one statement,
+    when executions for their accounts were in flight (`applied`, as place_hold)."""
+    answers = await _place_holds(cmds, uow_factory)
+    refused = [i for i, a in enumerate(answers) if isinstance(a, (model.InsufficientFunds, model.InsufficientShares))]
+    if refused and await _executions_in_flight({cmds[i].account_id for i in refused}, uow_factory, applied):
+        for i, again in zip(refused, await _place_holds([cmds[i] for i in refused], uow_factory)):
+            answers[i] = again
+    return answers
 
-    The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
+
+async def _place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
+    """The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
     order of holds on one book), and each takes its account before its book's balance row
     (migration 0007), so the batch takes accounts in account order like every other ledger
     transaction and none waits for it in a cycle. Should the batch fail as a whole all the
@@ -134,7 +189,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
         one_by_one: list[model.Hold | DomainError] = []
         for c in cmds:
             try:
-                one_by_one.append(await place_hold(c, uow_factory))
+                one_by_one.append(await _place_hold(c, uow_factory))
             except DomainError as exc:
                 one_by_one.append(exc)
         return one_by_one
@@ -265,10 +320,17 @@ def _same_transfer(existing: model.HoldTransfer, asked: model.HoldTransfer) -> m
     return existing  # a retry: recorded once already (it may have completed or been cancelled since)
 
 
-async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> model.HoldTransfer:
+async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory,
+                        applied: ExecutionsApplied | None = None) -> model.HoldTransfer:
     """Phase 1 of a hold transfer: reserve `cmd.reserve` more (refused, changing nothing, when
-    less is available) and record the transfer, idempotent on to_hold_id. Phase 2 is
+    less is available once the executions in flight for the account are applied: `applied`, as
+    place_hold) and record the transfer, idempotent on to_hold_id. Phase 2 is
     `complete_transfer_in` (the engine replaced the order) or `cancel_transfer_in` (it refused)."""
+    return await _refused_once_applied(lambda: _transfer_hold(cmd, uow_factory), cmd.account_id, uow_factory,
+                                       applied)
+
+
+async def _transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> model.HoldTransfer:
     t = model.HoldTransfer.new(cmd.from_hold_id, cmd.to_hold_id, cmd.order_id, cmd.account_id, cmd.asset,
                                cmd.unit_amount, cmd.reserve)
     async with uow_factory() as uow:
