@@ -89,8 +89,18 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
                 answers.append(None)  # placed below, in the order given
             except InvalidArgument as exc:
                 answers.append(exc)
-        placed = iter(await handlers.place_holds(valid, self.uow, self.applied) if valid else [])
+        placed = iter(await handlers.place_holds(valid, self.uow) if valid else [])
         return pb.PlaceHoldsResponse(results=[_hold_result(a if a is not None else next(placed)) for a in answers])
+
+    async def AwaitExecutions(self, request: pb.AwaitExecutionsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.AwaitExecutionsResponse:
+        v = Violations()
+        if len(request.account_ids) > MAX_HOLDS_PER_BATCH:
+            v.add("account_ids", f"at most {MAX_HOLDS_PER_BATCH} accounts per call")
+        accounts = [_account(a, f"account_ids[{i}]", v) for i, a in enumerate(request.account_ids)]
+        v.raise_if_any()
+        retry = await handlers.executions_in_flight(set(accounts), self.uow, self.applied)
+        return pb.AwaitExecutionsResponse(retry_account_ids=sorted(retry))
 
     async def CaptureHold(self, request: pb.CaptureHoldRequest,
                           context: grpc.aio.ServicerContext) -> pb.CaptureHoldResponse:

@@ -66,19 +66,19 @@ async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory,
 async def _refused_once_applied(attempt: Callable[[], Awaitable[T]], account_id: str, uow_factory: UowFactory,
                                 applied: ExecutionsApplied | None) -> T:
     """`attempt()`, made once more when it is refused for want of cash or shares while
-    executions for the account were in flight (_executions_in_flight)."""
+    executions for the account were in flight (executions_in_flight)."""
     try:
         return await attempt()
     except (model.InsufficientFunds, model.InsufficientShares):
-        if not await _executions_in_flight([account_id], uow_factory, applied):
+        if not await executions_in_flight([account_id], uow_factory, applied):
             raise
     return await attempt()
 
 
-async def _executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory,
-                                applied: ExecutionsApplied | None) -> bool:
-    """Before refusing an account for want of cash or shares: whether to ask once more because
-    executions that may change its books were still in flight, and are applied now.
+async def executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory,
+                               applied: ExecutionsApplied | None) -> set[str]:
+    """Before refusing accounts for want of cash or shares: those to ask once more because
+    executions that may change their books were still in flight, and are applied now.
 
     order_svc and the ledger apply the engine's executions through consumers of their own, so a
     customer can see an order FILLED or CANCELLED (order_svc) a few ms before the ledger has
@@ -88,11 +88,10 @@ async def _executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory
     without asking JetStream; for these the ledger waits (bounded) for its consumers to reach
     every execution published so far."""
     if applied is None:
-        return False
+        return set()
     async with uow_factory() as uow:
-        if not await uow.ledger.accounts_holding(accounts):
-            return False
-    return await applied()
+        holding = await uow.ledger.accounts_holding(accounts)
+    return holding if holding and await applied() else set()
 
 
 async def cash_balance(account_id: str, uow_factory: UowFactory) -> model.CashBalance:
@@ -158,22 +157,13 @@ async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model
     return _placed(hold, cmd.client_key, *placement)
 
 
-async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory,
-                      applied: ExecutionsApplied | None = None) -> list[model.Hold | DomainError]:
+async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
     """place_hold for each command, one after the other in the order given, in one statement;
-    each answered as place_hold would answer it alone (the hold, or the error it would raise).
-    The holds refused for want of cash or shares are asked for once more, in one statement,
-    when executions for their accounts were in flight (`applied`, as place_hold)."""
-    answers = await _place_holds(cmds, uow_factory)
-    refused = [i for i, a in enumerate(answers) if isinstance(a, (model.InsufficientFunds, model.InsufficientShares))]
-    if refused and await _executions_in_flight({cmds[i].account_id for i in refused}, uow_factory, applied):
-        for i, again in zip(refused, await _place_holds([cmds[i] for i in refused], uow_factory)):
-            answers[i] = again
-    return answers
+    each answered as place_hold would answer it alone (the hold, or the error it would raise),
+    except that a refusal for want of cash or shares is answered at once: the caller asks
+    executions_in_flight for its account (a wait here would hold back the whole batch).
 
-
-async def _place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
-    """The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
+    The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
     order of holds on one book), and each takes its account before its book's balance row
     (migration 0007), so the batch takes accounts in account order like every other ledger
     transaction and none waits for it in a cycle. Should the batch fail as a whole all the
@@ -189,7 +179,7 @@ async def _place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) 
         one_by_one: list[model.Hold | DomainError] = []
         for c in cmds:
             try:
-                one_by_one.append(await _place_hold(c, uow_factory))
+                one_by_one.append(await _place_hold(c, uow_factory))  # no wait: see above
             except DomainError as exc:
                 one_by_one.append(exc)
         return one_by_one

@@ -32,6 +32,8 @@ class GrpcHolds:
         self.timeout = timeout
         self._batcher: Batcher[pb.PlaceHoldRequest, pb.PlaceHoldResult] = Batcher(
             self._place_holds, in_flight=batches_in_flight, max_batch=max_batch, name="place_holds")
+        self._awaits: Batcher[str, bool] = Batcher(self._await_executions, in_flight=batches_in_flight,
+                                                   max_batch=max_batch, name="await_executions")
 
     @property
     def calls(self) -> int:
@@ -63,6 +65,22 @@ class GrpcHolds:
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""))
         raise Unavailable(f"ledger could not place hold {hold_id}: {error.code} {error.message}")
+
+    async def await_executions(self, account_id: str) -> bool:
+        """Whether a hold of the account refused for want of cash or shares should be asked for
+        again: the ledger had executions in flight for it, and has applied them now
+        (HoldService.AwaitExecutions). The refusals of concurrent placements go together, in a
+        call made after each was refused. Transport trouble raises Unavailable."""
+        return await self._awaits.submit(account_id)
+
+    async def _await_executions(self, accounts: list[str]) -> list[bool]:
+        try:
+            reply = await self.stub.AwaitExecutions(pb.AwaitExecutionsRequest(account_ids=sorted(set(accounts))),
+                                                    timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"ledger could not wait for executions in flight: {exc.code().name}") from exc
+        retry = set(reply.retry_account_ids)
+        return [a in retry for a in accounts]
 
     async def _place_holds(self, batch: list[pb.PlaceHoldRequest]) -> list[pb.PlaceHoldResult]:
         try:

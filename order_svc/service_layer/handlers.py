@@ -52,6 +52,8 @@ class Holds(Protocol):
 
     async def release(self, hold_id: str) -> None: ...
 
+    async def await_executions(self, account_id: str) -> bool: ...
+
     async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]: ...
 
     async def mark_checked(self, hold_ids: list[str]) -> None: ...
@@ -103,6 +105,9 @@ REJECT_MESSAGES = {
 }
 
 
+_SHORT = (RejectReason.INSUFFICIENT_FUNDS, RejectReason.INSUFFICIENT_SHARES)
+
+
 async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[Touch | None, RejectReason | None, str]:
     """Session, halt and price band: the checks every new order (placed or replacing) passes."""
     if (closed := calendar.why_closed(at)) is not None:
@@ -145,6 +150,10 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
         order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
         try:
             refused = await _place_hold(order, deps)
+            # The customer may be ahead of the ledger (an order just shown FILLED or CANCELLED,
+            # its shares or cash not applied there yet): the refusal stands once they are.
+            if refused in _SHORT and await deps.holds.await_executions(order.account_id):
+                refused = await _place_hold(order, deps)
         except model.HoldResolved:  # placed by an earlier attempt, and resolved since
             return await _placed_before(order, mine, None, False, deps)
         except model.ClientKeyTaken as taken:  # the id was used for another order: no hold placed

@@ -319,6 +319,12 @@ async def test_hold_service_validates_and_maps_errors(channel, uow):
                                                    amount="1.0001"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(err.value)[0].reason == "INSUFFICIENT_FUNDS"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.AwaitExecutions(hpb.AwaitExecutionsRequest(account_ids=[acct, "$external", ""]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error_info(err.value)[1].field_violations] == ["account_ids[1]", "account_ids[2]"]
+    # A ledger without NATS (this one) has no consumers to wait for: every refusal stands.
+    assert list((await holds.AwaitExecutions(hpb.AwaitExecutionsRequest(account_ids=[acct]))).retry_account_ids) == []
 
 
 async def test_hold_lifecycle_and_list_holds_over_grpc(channel, uow):

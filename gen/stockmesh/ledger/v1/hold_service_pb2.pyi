@@ -41,6 +41,18 @@ class PlaceHoldResponse(_message.Message):
     hold: _ledger_pb2.Hold
     def __init__(self, hold: _Optional[_Union[_ledger_pb2.Hold, _Mapping]] = ...) -> None: ...
 
+class AwaitExecutionsRequest(_message.Message):
+    __slots__ = ("account_ids",)
+    ACCOUNT_IDS_FIELD_NUMBER: _ClassVar[int]
+    account_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, account_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AwaitExecutionsResponse(_message.Message):
+    __slots__ = ("retry_account_ids",)
+    RETRY_ACCOUNT_IDS_FIELD_NUMBER: _ClassVar[int]
+    retry_account_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, retry_account_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PlaceHoldsRequest(_message.Message):
     __slots__ = ("holds",)
     HOLDS_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class HoldServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.FromString,
                 _registered_method=True)
+        self.AwaitExecutions = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/AwaitExecutions',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsResponse.FromString,
+                _registered_method=True)
         self.CaptureHold = channel.unary_unary(
                 '/stockmesh.ledger.v1.HoldService/CaptureHold',
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CaptureHoldRequest.SerializeToString,
@@ -89,7 +94,10 @@ class HoldServiceServicer:
     """
 
     def PlaceHold(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Refused for want of cash or shares only once the executions in flight for the account are
+        applied (see AwaitExecutions): when the account has something held and the ledger's
+        execution consumers were behind, the ledger waits for them (at most 2 s) and asks again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,7 +106,23 @@ class HoldServiceServicer:
         """Many PlaceHolds in one call (order_svc gathers the holds of concurrent placements): placed
         one after the other in the order given, in one transaction, each answered at its index
         exactly as PlaceHold would answer it alone (the hold, or the error PlaceHold would return).
-        At most 500 holds per call.
+        At most 500 holds per call. Unlike PlaceHold, a refusal is answered at once (a wait for one
+        account's executions would hold back every hold of the call): the caller asks
+        AwaitExecutions for that account, and places the hold again when it is named in the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AwaitExecutions(self, request, context):
+        """Read-your-writes before a refusal stands: order_svc and the ledger apply the engine's
+        executions through consumers of their own, so a customer can see an order FILLED or
+        CANCELLED before the ledger has its shares or has released its cash. For the accounts
+        given that have something held (only such an account can be changed by an execution),
+        when the ledger's execution consumers have executions outstanding: waits (at most 2 s)
+        until they have applied every execution published before the call, and names those
+        accounts in `retry_account_ids` (ask again). Otherwise answers at once with none: the
+        refusals stand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +199,11 @@ def add_HoldServiceServicer_to_server(servicer, server):
                     servicer.PlaceHolds,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.SerializeToString,
+            ),
+            'AwaitExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.AwaitExecutions,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsResponse.SerializeToString,
             ),
             'CaptureHold': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureHold,
@@ -268,6 +297,33 @@ class HoldService:
             '/stockmesh.ledger.v1.HoldService/PlaceHolds',
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.PlaceHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/AwaitExecutions',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.AwaitExecutionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
