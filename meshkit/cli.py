@@ -428,19 +428,25 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     from datetime import datetime, timezone
 
     from meshkit import calendar, db
-    from order_svc.service_layer.session import close_session
+    from order_svc.service_layer.session import close_session, other_namespace
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
     trading_day = _day(day, "--date", come=True) if day else calendar.trading_day(datetime.now(timezone.utc))
 
-    async def run() -> int:
+    async def run() -> int | str:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)
         try:
-            return await close_session(trading_day, lambda: OrderUnitOfWork(pool), namespace)
+            uow = lambda: OrderUnitOfWork(pool)  # noqa: E731
+            if (found := await other_namespace(uow, namespace)) is not None:
+                return found
+            return await close_session(trading_day, uow, namespace)
         finally:
             await pool.close()
 
     n = asyncio.run(run())
+    if isinstance(n, str):  # nothing queued: it would never reach an engine
+        raise click.BadParameter(f"this database's order flow goes to namespace {n!r}, not {namespace!r}: "
+                                 f"pass --namespace {n} (or set STOCKMESH_NAMESPACE)", param_hint="--namespace")
     click.echo(f"session {trading_day} closed: {n} symbols queued" if n
                else f"session {trading_day} was closed before: nothing queued")
 

@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from meshkit import aio, config, failpoints
+from meshkit import aio, bus, config, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
@@ -53,10 +53,16 @@ def retention() -> timedelta | None:
 
 
 class OutboxRelay:
+    """With `namespace`, relays only the rows of that namespace's order flow
+    (`<namespace>.orders.<SYMBOL>`): a row queued for another (a session close run by hand
+    with the wrong --namespace) has no stream here, and would stop every row behind it."""
+
     def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
                  ack_timeout: float = 5.0, idle_poll: float = 1.0, retention: timedelta | None = None,
-                 prune_every: float = 60.0, full_prune_every: float = 3600.0, prune_batch: int = 1000) -> None:
+                 prune_every: float = 60.0, full_prune_every: float = 3600.0, prune_batch: int = 1000,
+                 namespace: str | None = None) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
+        self.prefix = "" if namespace is None else bus.subject(namespace, "orders", "")
         self.ack_timeout, self.idle_poll = ack_timeout, idle_poll
         self.retention, self.prune_batch = retention, prune_batch
         self.prune_every, self.full_prune_every = prune_every, full_prune_every
@@ -97,7 +103,7 @@ class OutboxRelay:
         subscription); a row is marked once JetStream acknowledged it, and an acknowledgement
         that does not come within `ack_timeout` fails the round like a refused publish."""
         repo = OutboxRepository(conn)
-        rows = await repo.unpublished(self.batch)
+        rows = await repo.unpublished(self.batch, self.prefix)
         PENDING.set(len(rows))
         done: list[int] = []
         try:

@@ -306,6 +306,20 @@ class OrderRepository:
             out.append((r["sequence"], o, fill))
         return out
 
+    async def take_over_outbox(self, subject: str, msg_id: str) -> bool:
+        """Delete the unpublished row of `msg_id` if it is queued on another subject than
+        `subject` (e.g. a session close queued by hand for another namespace, which the relay
+        never publishes), so that the message can be queued again, last, on the right one."""
+        return await self.conn.fetchval(
+            "DELETE FROM orders.outbox WHERE msg_id = $1 AND published_at IS NULL AND subject <> $2 RETURNING true",
+            msg_id, subject) is not None
+
+    async def outbox_namespace(self) -> str | None:
+        """The namespace of the latest outbox row's subject (`<namespace>.orders.<SYMBOL>`), or
+        None for an empty outbox: where this database's order flow goes."""
+        subject = await self.conn.fetchval("SELECT subject FROM orders.outbox ORDER BY id DESC LIMIT 1")
+        return None if subject is None else subject.rsplit(".orders.", 1)[0]
+
     async def add_outbox(self, subject: str, msg_id: str, payload: bytes) -> bool:
         """Queue a message for the engine; False when this msg_id was queued before."""
         return bool(await self.conn.fetchval(
@@ -361,10 +375,11 @@ class OutboxRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def unpublished(self, limit: int) -> list[asyncpg.Record]:
+    async def unpublished(self, limit: int, prefix: str = "") -> list[asyncpg.Record]:
+        """The first `limit` unpublished rows in id order, of the subjects starting with `prefix`."""
         return await self.conn.fetch(
-            "SELECT id, subject, msg_id, payload FROM orders.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
-            limit)
+            "SELECT id, subject, msg_id, payload FROM orders.outbox WHERE published_at IS NULL "
+            "AND starts_with(subject, $2) ORDER BY id LIMIT $1", limit, prefix)
 
     async def mark_published(self, ids: list[int]) -> list[float]:
         """Mark the rows published; for each, the seconds from the transaction that wrote it to

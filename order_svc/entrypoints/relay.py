@@ -21,7 +21,7 @@ async def bootstrap(settings: config.Settings) -> App:
     nc = await bus.connect(settings.nats_url, "order_relay")
     js = nc.jetstream()
     await bus.ensure_stream(js, settings.namespace, "orders")
-    relay = OutboxRelay(settings.database_url, js, retention=retention())
+    relay = OutboxRelay(settings.database_url, js, retention=retention(), namespace=settings.namespace)
     return App(name="order_relay", servicers=[], checks=[db.pool_check(pool), bus.nats_check(nc)],
                background=[relay.run], on_close=[nc.drain, pool.close])
 

@@ -27,6 +27,14 @@ from stockmesh.matching.v1 import matching_pb2
 log = logging.getLogger("order_svc.session")
 
 
+async def other_namespace(uow: Callable[[], OrderUnitOfWork], namespace: str) -> str | None:
+    """The namespace this database's order flow goes to (its latest outbox row's), when it is
+    not `namespace`: a session close queued for `namespace` would never reach an engine."""
+    async with uow() as u:
+        found = await u.orders.outbox_namespace()
+    return found if found not in (None, namespace) else None
+
+
 def close_msg_id(day: date, symbol: str) -> str:
     return f"close:{day.isoformat()}:{symbol}"
 
@@ -34,14 +42,16 @@ def close_msg_id(day: date, symbol: str) -> str:
 async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,
                         symbols: list[str] | None = None) -> int:
     """Queue the session close of `day` for every listed symbol; returns how many were new
-    (0 when this day was closed before)."""
+    (0 when this day was closed before). A close of `day` queued for another namespace and not
+    published (the relay publishes only its own namespace's rows) is moved to this one."""
     new = 0
     async with uow() as u:
         for symbol in symbols or sorted(listed()):
             cmd = matching_pb2.EngineCommand(command_id=close_msg_id(day, symbol), symbol=symbol,
                                              session_close=matching_pb2.SessionClose(trading_day=day.isoformat()))
-            new += await u.orders.add_outbox(bus.subject(namespace, "orders", symbol), cmd.command_id,
-                                             cmd.SerializeToString())
+            subject = bus.subject(namespace, "orders", symbol)
+            await u.orders.take_over_outbox(subject, cmd.command_id)  # queued by hand for another namespace
+            new += await u.orders.add_outbox(subject, cmd.command_id, cmd.SerializeToString())
         await u.commit()
     return new
 

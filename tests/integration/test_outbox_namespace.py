@@ -1,0 +1,97 @@
+"""A session close queued by hand for the wrong namespace (`stockmesh session close --namespace
+nope`) once stopped the whole order flow: the relay could not publish its rows (no stream
+takes `nope.orders.*`), gave up its round at the first, and every accepted order, cancel and
+replace behind them waited; and the day's right close queued nothing (its ids were taken), so
+DAY orders would never expire. The relay now publishes only its own namespace's rows, the right
+close takes the ids over, and the command refuses a namespace the database's flow does not go
+to. Each test has a database of its own."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import date
+
+import asyncpg
+import pytest
+
+from meshkit import bus
+from meshkit.symbols import listed
+from order_svc.adapters.outbox import OutboxRelay
+from order_svc.service_layer.session import close_msg_id, close_session
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+from tests.conftest import fresh_database
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2024, 3, 5)
+
+
+async def _rows(conn, like: str) -> list[tuple[str, str, bool]]:
+    return [(r["subject"], r["msg_id"], r["published_at"] is not None) for r in await conn.fetch(
+        "SELECT subject, msg_id, published_at FROM orders.outbox WHERE msg_id LIKE $1 ORDER BY id", like)]
+
+
+async def test_rows_of_another_namespace_do_not_stop_the_relay(pg_server_url, nats_conn):
+    js = nats_conn.jetstream()
+    ns = f"ob{uuid.uuid4().hex[:8]}"
+    await bus.ensure_stream(js, ns, "orders")
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES "
+                               "('nope.orders.AAPL', 'close:2024-03-05:AAPL', ''), ($1, 'mine-1', '')",
+                               bus.subject(ns, "orders", "AAPL"))
+            relay = OutboxRelay(url, js, namespace=ns)
+
+            assert await relay.relay_once(conn) == 1  # its own row only
+
+            assert await _rows(conn, "%") == [("nope.orders.AAPL", "close:2024-03-05:AAPL", False),
+                                              (bus.subject(ns, "orders", "AAPL"), "mine-1", True)]
+            msg = await js.get_last_msg(bus.stream_name(ns, "ORDERS"), bus.subject(ns, "orders", "AAPL"))
+            assert msg.headers["Nats-Msg-Id"] == "mine-1"
+        finally:
+            await conn.close()
+
+
+async def test_the_right_close_takes_over_a_close_queued_for_another_namespace(pg_server_url):
+    async with fresh_database(pg_server_url) as url:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        uow = lambda: OrderUnitOfWork(pool)  # noqa: E731
+        try:
+            symbols = sorted(listed())
+            assert await close_session(DAY, uow, "nope") == len(symbols)
+            async with pool.acquire() as conn:  # one of them was published (before relays kept to their own)
+                await conn.execute("UPDATE orders.outbox SET published_at = now() WHERE msg_id = $1",
+                                   close_msg_id(DAY, symbols[0]))
+
+            assert await close_session(DAY, uow, "mesh") == len(symbols) - 1
+            assert await close_session(DAY, uow, "mesh") == 0  # and once only
+
+            async with pool.acquire() as conn:
+                rows = await _rows(conn, "close:%")
+            assert rows == [(f"nope.orders.{symbols[0]}", close_msg_id(DAY, symbols[0]), True)] + [
+                (f"mesh.orders.{s}", close_msg_id(DAY, s), False) for s in symbols[1:]]
+        finally:
+            await pool.close()
+
+
+async def test_session_close_refuses_a_namespace_the_order_flow_does_not_go_to(pg_server_url):
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", str(DAY), "--database-url", url]
+            # An empty outbox says nothing about where the flow goes: the close is queued.
+            first = subprocess.run([*cmd, "--namespace", "mesh"], capture_output=True, text=True, timeout=60)
+            assert first.returncode == 0 and "symbols queued" in first.stdout, first.stderr
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES "
+                               "('mesh.orders.AAPL', 'an-order', '')")
+
+            wrong = subprocess.run([*cmd, "--namespace", "nope"], capture_output=True, text=True, timeout=60)
+
+            assert wrong.returncode == 2, wrong.stdout
+            assert "this database's order flow goes to namespace 'mesh', not 'nope'" in wrong.stderr, wrong.stderr
+            assert "Traceback" not in wrong.stderr
+            assert not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE subject LIKE 'nope.%'")
+        finally:
+            await conn.close()
