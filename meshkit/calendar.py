@@ -75,16 +75,30 @@ def trading_day(at: datetime) -> date:
 
 
 def closes_due(at: datetime) -> date | None:
-    """The trading day whose close is due at `at` (at or after its session's close, New York
-    time: 16:00, or 13:00 on an early-close day), or None (before the close, a day without a
-    session, or a market kept always open)."""
+    """The trading day whose close is due at `at`: between two sessions, the last one (its
+    close, New York time 16:00 or 13:00 on an early-close day, has passed, and the next
+    session has not opened), so that a close missed while nothing ran (a process down over the
+    close, over a night or a weekend) is still made before the next session opens. None while a
+    session is open (the engines' close expires every resting DAY order: one made during a
+    session would expire that session's orders too) and on a market kept always open."""
     if always_open():
         return None
     local = at.astimezone(NEW_YORK)
-    hours = session(local.date())
-    if hours is None or local.time() < hours[1]:
-        return None
-    return local.date()
+    for back in range(_LOOK_BACK_DAYS):
+        day = local.date() - timedelta(days=back)
+        if (hours := session(day)) is None:
+            continue
+        if back == 0 and local.time() < hours[1]:
+            if local.time() >= hours[0]:
+                return None  # in session
+            continue  # before today's open: the last close was on an earlier day
+        return day
+    return None
+
+
+# Longer than any run of days without a session (weekends and holidays; the exchange's longest
+# closures, e.g. after September 11, 2001, were four trading days).
+_LOOK_BACK_DAYS = 15
 
 
 def after_today(day: date) -> str | None:

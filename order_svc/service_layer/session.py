@@ -57,15 +57,23 @@ async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace
 
 
 async def session_close_loop(uow: Callable[[], OrderUnitOfWork], namespace: str, wake_relay: Callable[[], None],
-                             interval: float = 30.0) -> None:
-    """Every `interval` seconds: once the day's close is due, queue it (a no-op once done)."""
+                             interval: float = 30.0,
+                             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    """Every `interval` seconds: once the day's close is due, queue it (a no-op once done). A
+    close missed while no replica ran is made when one starts, up to the next session's open
+    (meshkit.calendar.closes_due); missed beyond it, the next session's close ends the DAY
+    orders of both."""
     while True:
-        day = calendar.closes_due(datetime.now(timezone.utc))
+        at = now()
+        day = calendar.closes_due(at)
         if day is not None:
             try:
                 n = await close_session(day, uow, namespace)
                 if n:
-                    log.info("session closed", extra={"tradingDay": day.isoformat(), "symbols": n})
+                    late = day < calendar.trading_day(at)
+                    (log.warning if late else log.info)(
+                        "missed session close made now" if late else "session closed",
+                        extra={"tradingDay": day.isoformat(), "symbols": n})
                     wake_relay()
             except Exception:  # noqa: BLE001 - the next round retries
                 log.exception("session close failed; retrying")

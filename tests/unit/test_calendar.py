@@ -62,11 +62,22 @@ def test_the_session_close_is_due_at_the_days_close_and_never_on_a_day_without_a
     assert calendar.closes_due(at(2026, 11, 24, 16, 0)) == date(2026, 11, 24)
     assert calendar.closes_due(at(2026, 11, 27, 12, 59)) is None
     assert calendar.closes_due(at(2026, 11, 27, 13, 0)) == date(2026, 11, 27)  # early close: DAY orders end at 13:00
-    assert calendar.closes_due(at(2026, 11, 26, 17, 0)) is None  # Thanksgiving
-    assert calendar.closes_due(at(2026, 11, 28, 17, 0)) is None  # a Saturday
+    assert calendar.closes_due(at(2026, 11, 24, 23, 59)) == date(2026, 11, 24)
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
     assert calendar.is_open(at(2026, 11, 26, 3, 0))
     assert calendar.closes_due(at(2026, 11, 24, 17, 0)) is None
+
+
+def test_a_missed_close_is_due_until_the_next_session_opens_and_never_during_one():
+    # Nothing ran over the close: the last session's close is still due, over the night, a
+    # holiday and a weekend, until the next session opens.
+    assert calendar.closes_due(at(2026, 11, 25, 0, 1)) == date(2026, 11, 24)
+    assert calendar.closes_due(at(2026, 11, 25, 9, 29)) == date(2026, 11, 24)
+    assert calendar.closes_due(at(2026, 11, 25, 9, 30)) is None  # the next session is open
+    assert calendar.closes_due(at(2026, 11, 26, 17, 0)) == date(2026, 11, 25)  # Thanksgiving: Wednesday's
+    assert calendar.closes_due(at(2026, 11, 28, 17, 0)) == date(2026, 11, 27)  # a Saturday: Friday's
+    assert calendar.closes_due(at(2026, 11, 30, 9, 0)) == date(2026, 11, 27)  # Monday before the open
+    assert calendar.closes_due(at(2026, 11, 30, 12, 0)) is None
 
 
 def test_a_closed_market_says_why():

@@ -74,9 +74,14 @@ async def test_the_day_is_settled_once_after_its_close(monkeypatch):
     assert settled == [date(2026, 11, 24)]
 
 
+async def test_a_day_missed_is_settled_before_the_next_session(monkeypatch):
+    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 28, 17, 0))  # a Saturday: Friday's (an early close)
+    assert settled == [date(2026, 11, 27)]
+
+
 @pytest.mark.parametrize("at", [ny(2026, 11, 24, 16, 3),  # closed, but within SETTLE_AFTER_CLOSE
-                                ny(2026, 11, 24, 11, 0),  # the session is on
-                                ny(2026, 11, 28, 17, 0)])  # a Saturday: no session that day
+                                ny(2026, 11, 24, 11, 0)])  # the session is on
 async def test_nothing_is_settled_before_the_close_is_due(monkeypatch, at):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
     settled, asked = await run_loop(monkeypatch, at)
