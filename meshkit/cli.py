@@ -304,7 +304,7 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
     from ledger_svc.service_layer.runner import run_trim
     from meshkit.errors import FailedPrecondition
 
-    before = _day(day, "--before")
+    before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
         t = asyncio.run(run_trim(before, database_url, nats_url, namespace, dry_run=dry_run,

@@ -43,6 +43,8 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
 
     async def TrimJournal(self, request: pb.TrimJournalRequest, context) -> pb.TrimJournalResponse:
         before = _trading_day(request.before, "before")
+        if why := calendar.after_today(before):  # it would purge the executions of the day still trading
+            raise InvalidArgument([FieldViolation("before", why)])
         if self.js is None:
             raise FailedPrecondition("this ledger_svc runs without NATS: there is no journal to trim",
                                      reason="JOURNAL_NOT_FOUND")

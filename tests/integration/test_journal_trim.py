@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import asyncpg
@@ -132,6 +132,11 @@ async def test_trim_purges_settled_days_up_to_what_every_consumer_acknowledged(p
             assert (reply.first_sequence, reply.cut_sequence, reply.purged, reply.held_back_by) == (3, 4, 1, "")
             with pytest.raises(InvalidArgument):
                 await servicer.TrimJournal(spb.TrimJournalRequest(before="Thursday"), None)
+            tomorrow = calendar.trading_day(datetime.now(timezone.utc)) + timedelta(days=1)
+            with pytest.raises(InvalidArgument) as refused:  # it would purge the day still trading
+                await servicer.TrimJournal(spb.TrimJournalRequest(before=tomorrow.isoformat(), dry_run=True), None)
+            assert [v.field for v in refused.value.violations] == ["before"]
+            assert "has not come yet" in refused.value.violations[0].description
             assert not await invariants.check(pool)
         finally:
             applier.cancel()

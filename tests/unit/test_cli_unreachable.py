@@ -41,12 +41,14 @@ def test_other_errors_are_not_taken_for_an_unreachable_server():
 
 
 @pytest.mark.parametrize("args", [["settle", "--database-url", NOWHERE_PG, "--date"],
-                                  ["session", "close", "--database-url", NOWHERE_PG, "--date"]],
-                         ids=["settle", "session close"])
+                                  ["session", "close", "--database-url", NOWHERE_PG, "--date"],
+                                  ["journal", "trim", "--database-url", NOWHERE_PG, "--nats-url", "nats://127.0.0.1:1",
+                                   "--before"]],
+                         ids=["settle", "session close", "journal trim"])
 def test_a_day_that_has_not_come_is_a_usage_error(args):
     """Settling tomorrow would pay today's proceeds before T+1; closing it early would leave its
-    own close with nothing to do (its DAY orders would not expire). Refused before any server
-    is asked."""
+    own close with nothing to do (its DAY orders would not expire); trimming before it would
+    purge the executions of the day still trading. Refused before any server is asked."""
     from datetime import date, timedelta
 
     tomorrow = (date.today() + timedelta(days=2)).isoformat()  # after today in New York, whatever the zone
