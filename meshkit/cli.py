@@ -255,14 +255,19 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
 
     trading_day = _day(day, "--date", come=True)
     from ledger_svc.service_layer.runner import run_settlement
+    from meshkit.errors import FailedPrecondition
     from meshkit.money import fmt_cents
 
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 
-    report = asyncio.run(run_settlement(trading_day, database_url, nats_url, namespace, catch_up=wait_s,
-                                        progress=progress))
+    try:
+        report = asyncio.run(run_settlement(trading_day, database_url, nats_url, namespace, catch_up=wait_s,
+                                            progress=progress))
+    except FailedPrecondition as exc:  # nothing settled
+        click.echo(f"day not settled: {exc.message}", err=True)
+        sys.exit(1)
     click.echo(f"Settlement of {report.trading_day}")
     click.echo(f"  fills settled now       {report.fills_settled}")
     click.echo(f"  fills settled before    {report.fills_already_settled}")

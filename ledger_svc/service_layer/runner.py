@@ -50,8 +50,11 @@ async def _settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up:
         against = "the ledger's own records (the execution journal was not read)"
     elif trimmed is not None and day < trimmed:
         against = f"the ledger's own records (the execution journal was trimmed before {trimmed})"
-    elif (ids := await journal.fill_ids(js, namespace, day)) is None:
-        against = "the ledger's own records (there is no execution journal)"
+    elif (ids := await journal.fill_ids(js, namespace, day)) is None:  # nothing settled yet
+        raise FailedPrecondition(
+            f"there is no execution journal (stream {bus.stream_name(namespace, 'EXECUTIONS')}) on this NATS "
+            f"server: is the namespace {namespace!r} the mesh's? (without NATS the day is reconciled against the "
+            "ledger's own records only)", reason="JOURNAL_NOT_FOUND")
     else:
         against = "the execution journal"
     # What the ledger has once it has caught up (or given up) is what this run settles.

@@ -113,6 +113,11 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     day = calendar.trading_day(datetime.now(timezone.utc))
     cmd = [sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(), "--database-url", database_url,
            "--nats-url", nats_url, "--namespace", namespace]
+    # A namespace mistyped: no journal to reconcile against, which is not "no discrepancies".
+    wrong = subprocess.run([*cmd[:-1], f"nope{uuid.uuid4().hex[:6]}"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "day not settled: there is no execution journal" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    assert (await ledger.cash_balance(seller, uow)).unsettled == Decimal("1870.00")  # nothing settled
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert "fills settled now       2" in first.stdout, first.stdout + first.stderr
     s = await ledger.cash_balance(seller, uow)
