@@ -18,3 +18,31 @@ async def wait_set(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return event.is_set()
+
+
+async def cancel_and_wait(tasks, timeout: float) -> set[asyncio.Task]:
+    """Cancel `tasks` and wait for them to end, at most `timeout` seconds; returns those still
+    running. A task that goes on after its cancellation (lost inside a library's own
+    `asyncio.wait_for`, gh-86296 above: nats-py's requests use it) is cancelled again every
+    half second, instead of being waited for until the timeout or for ever."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
+    return pending
+
+
+def honour_cancellation() -> None:
+    """Raise CancelledError when this task has been asked to stop and the request was lost on
+    the way (swallowed inside a library's `asyncio.wait_for`, gh-86296 above): call it at the
+    top of a loop that runs until cancelled, so the loop ends at its next turn instead of never
+    (and a TaskGroup waiting for it with it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -11,6 +11,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
+from meshkit import aio
+
 log = logging.getLogger("meshkit.bus")
 
 # A consumer retries a failing message in place, forever (nothing is skipped: an execution
@@ -378,6 +380,7 @@ async def _until_done(work, msgs, durable: str) -> None:
 
 async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, durable: str) -> None:
     while True:
+        aio.honour_cancellation()  # one lost in nats-py's requests (start-up) ends the loop here
         msgs = await puller.next_batch(timeout=idle_wait)
         if not msgs:
             continue

@@ -155,11 +155,11 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
     and the ledger apply the same executions through consumers of their own, so a customer can
     see an order FILLED a few ms before the ledger has its shares).
 
-    Returns False at once when no consumer had anything outstanding (one JetStream request: the
-    list of the stream's consumers), so the caller's answer stands; True once those that had
-    have acknowledged the last execution published on their symbol at the call (a consumer
-    acknowledges after it applied), or when `timeout` passed first (logged), so the caller asks
-    once more whatever the consumers did meanwhile."""
+    True at once when no consumer has anything outstanding (one JetStream request: the list of
+    the stream's consumers), or once those that had have acknowledged the last execution
+    published on their symbol at the call (a consumer acknowledges after it applied); False
+    when `timeout` passed first (logged). Either way what was applied may have changed the
+    caller's answer since it was given: the caller asks again."""
     import asyncio
 
     import nats.js.errors
@@ -171,7 +171,7 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
     try:
         infos = [c for c in await bus.consumers(js, stream) if c.name.startswith(prefix)]
     except nats.js.errors.NotFoundError:
-        return False
+        return True
     targets: dict[str, int] = {}
     for c in infos:
         if c.num_pending:  # not all delivered yet: the subject's last message is the target
@@ -182,7 +182,7 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
         elif c.num_ack_pending and c.delivered is not None:
             targets[c.name] = c.delivered.stream_seq
     if not targets:
-        return False
+        return True
     loop = asyncio.get_running_loop()
     deadline, pause = loop.time() + timeout, 0.002
     while True:
@@ -197,4 +197,4 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
         if loop.time() >= deadline:
             log.warning("consumers still behind the executions published before a refusal",
                         extra={"consumers": sorted(targets), "timeoutSeconds": timeout})
-            return True
+            return False

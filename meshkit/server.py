@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram, start_http_server
 
-from meshkit import config, logs
+from meshkit import aio, config, logs
 from meshkit.bridge import BridgeServer, routes as bridge_routes
 from meshkit.interceptors import ServiceInterceptor
 
@@ -230,9 +230,7 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     ready.serving = False
     for hook in app.on_shutdown:
         hook()
-    for t in tasks:
-        t.cancel()
-    _, stuck = await asyncio.wait(tasks, timeout=settings.grace_seconds)
+    stuck = await aio.cancel_and_wait(tasks, settings.grace_seconds)
     if stuck:
         log.warning("background tasks did not stop in time", extra={"tasks": [t.get_coro().__qualname__ for t in stuck]})
     if bridge is not None:

@@ -12,8 +12,8 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit.errors import DomainError, FieldViolation, InvalidArgument
 
 UowFactory = Callable[[], LedgerUnitOfWork]
-# Waits until the ledger's execution consumers have applied what the engine published so far;
-# True when they had something outstanding (meshkit.executions.wait_applied, bound by bootstrap).
+# Waits (bounded) until the ledger's execution consumers have applied what the engine published
+# so far (meshkit.executions.wait_applied, bound by bootstrap).
 ExecutionsApplied = Callable[[], Awaitable[bool]]
 log = logging.getLogger("ledger_svc.holds")
 T = TypeVar("T")
@@ -77,21 +77,24 @@ async def _refused_once_applied(attempt: Callable[[], Awaitable[T]], account_id:
 
 async def executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory,
                                applied: ExecutionsApplied | None) -> set[str]:
-    """Before refusing accounts for want of cash or shares: those to ask once more because
-    executions that may change their books were still in flight, and are applied now.
+    """Before refusing accounts for want of cash or shares: those to ask once more, once the
+    executions that may have changed their books since are applied.
 
     order_svc and the ledger apply the engine's executions through consumers of their own, so a
     customer can see an order FILLED or CANCELLED (order_svc) a few ms before the ledger has
     its shares or has released its cash, and sell or withdraw at once. Only an account with
     something held can be changed by an execution (its live orders hold; a fill of a resting
-    order reaches its account through that order's hold), so for the others the refusal stands
+    order reaches its account through that order's hold), so the others' refusals stand
     without asking JetStream; for these the ledger waits (bounded) for its consumers to reach
-    every execution published so far."""
+    every execution published so far, and they are asked again (what the consumers applied
+    between the refusal and the wait counts too)."""
     if applied is None:
         return set()
     async with uow_factory() as uow:
         holding = await uow.ledger.accounts_holding(accounts)
-    return holding if holding and await applied() else set()
+    if holding:
+        await applied()
+    return holding
 
 
 async def cash_balance(account_id: str, uow_factory: UowFactory) -> model.CashBalance:

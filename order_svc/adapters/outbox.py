@@ -86,6 +86,7 @@ class OutboxRelay:
             if self.retention is not None:
                 pruner = asyncio.create_task(self._prune_forever(self.retention), name="outbox-pruner")
             while True:
+                aio.honour_cancellation()
                 self._wake.clear()  # what is committed from here on wakes the next round
                 published = await self.relay_once(conn)
                 if published < self.batch:

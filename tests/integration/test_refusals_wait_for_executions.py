@@ -21,7 +21,7 @@ import pytest
 from ledger_svc.domain import model as ledger_model
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit import bus, executions
+from meshkit import aio, bus, executions
 from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
 from stockmesh.common.v1 import common_pb2
@@ -91,15 +91,20 @@ async def held_back(checked_pool, database_url, nats_conn, monkeypatch):
         held.gate.set()  # what is left to apply is applied before the invariants are checked
         assert await eventually(lambda: _drained(js, ns), timeout=30)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await channel.close()
-        await server.stop(0)
+        try:
+            assert not await aio.cancel_and_wait(tasks, 30)
+        finally:
+            await channel.close()
+            await server.stop(None)
 
 
 async def _drained(js, ns: str) -> bool:
-    info = await js.consumer_info(bus.stream_name(ns, "EXECUTIONS"), executions.consumer_name("ledger", "AAPL"))
+    import nats.js.errors
+
+    try:
+        info = await js.consumer_info(bus.stream_name(ns, "EXECUTIONS"), executions.consumer_name("ledger", "AAPL"))
+    except nats.js.errors.NotFoundError:  # not made yet
+        return False
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
@@ -170,7 +175,7 @@ async def test_an_account_with_nothing_held_is_refused_without_waiting(held_back
 async def test_wait_applied_answers_at_once_when_nothing_is_outstanding_and_gives_up_when_told(nats_conn, caplog):
     js = nats_conn.jetstream()
     ns = f"ryw{uuid.uuid4().hex[:8]}"
-    assert await executions.wait_applied(js, ns, "ledger") is False  # no stream at all
+    assert await executions.wait_applied(js, ns, "ledger") is True  # no stream at all: nothing to wait for
     await bus.ensure_stream(js, ns, "EXECUTIONS")
     gate, applied = asyncio.Event(), []
 
@@ -181,11 +186,12 @@ async def test_wait_applied_answers_at_once_when_nothing_is_outstanding_and_give
     consumer = asyncio.create_task(executions.consume(js, ns, "ledger", apply, symbols=["AAPL", "MSFT"]))
     try:
         assert await eventually(lambda: _consumers(js, ns), timeout=30)
-        assert await executions.wait_applied(js, ns, "ledger") is False  # consumers with nothing to apply
+        assert await executions.wait_applied(js, ns, "ledger") is True  # consumers with nothing to apply
         await _publish(js, ns, matching_pb2.Execution(execution_id="x1", symbol="MSFT", order_id="o1",
                                                       account_id="a1", type=matching_pb2.EXECUTION_TYPE_CANCELLED))
+        assert await eventually(lambda: _outstanding(js, ns, "ledger_MSFT"), timeout=30)  # as JetStream counts it
         with caplog.at_level(logging.WARNING, logger="meshkit.executions"):
-            assert await executions.wait_applied(js, ns, "ledger", timeout=0.2) is True  # gave up
+            assert await executions.wait_applied(js, ns, "ledger", timeout=0.2) is False  # gave up
         assert applied == [] and [r.consumers for r in caplog.records] == [["ledger_MSFT"]]
 
         # The consumer is let go only once the wait has seen it behind (its first poll).
@@ -195,6 +201,11 @@ async def test_wait_applied_answers_at_once_when_nothing_is_outstanding_and_give
     finally:
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def _outstanding(js, ns: str, name: str) -> bool:
+    info = await js.consumer_info(bus.stream_name(ns, "EXECUTIONS"), name)
+    return bool(info.num_pending or info.num_ack_pending)
 
 
 class _OpensGate:

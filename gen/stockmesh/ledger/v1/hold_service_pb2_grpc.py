@@ -95,8 +95,8 @@ class HoldServiceServicer:
 
     def PlaceHold(self, request, context):
         """Refused for want of cash or shares only once the executions in flight for the account are
-        applied (see AwaitExecutions): when the account has something held and the ledger's
-        execution consumers were behind, the ledger waits for them (at most 2 s) and asks again.
+        applied (see AwaitExecutions): when the account has something held, the ledger waits for
+        its execution consumers (at most 2 s) and asks again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,11 +118,11 @@ class HoldServiceServicer:
         """Read-your-writes before a refusal stands: order_svc and the ledger apply the engine's
         executions through consumers of their own, so a customer can see an order FILLED or
         CANCELLED before the ledger has its shares or has released its cash. For the accounts
-        given that have something held (only such an account can be changed by an execution),
-        when the ledger's execution consumers have executions outstanding: waits (at most 2 s)
-        until they have applied every execution published before the call, and names those
-        accounts in `retry_account_ids` (ask again). Otherwise answers at once with none: the
-        refusals stand.
+        given that have something held (only such an account can be changed by an execution):
+        waits (at most 2 s; at once when none is behind) until the ledger's execution consumers
+        have applied every execution published before the call, and names those accounts in
+        `retry_account_ids` (ask again: what was applied since the refusal counts too). The other
+        accounts' refusals stand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
