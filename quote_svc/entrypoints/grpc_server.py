@@ -96,12 +96,8 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         OPEN_STREAMS.inc()
         try:
             while True:
-                try:
-                    quote = await sub.get()
-                except quotes.Closing:
-                    # UNAVAILABLE: the one status every gRPC client retries; through Envoy it
-                    # lands on another replica, which starts with a fresh snapshot.
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "quote_svc is shutting down; open the stream again")
+                # Raises quotes.Closing (UNAVAILABLE, SHUTTING_DOWN) once the service stops.
+                quote = await sub.get()
                 yield self.to_proto.encoded(quote)  # serialized once for every stream
         finally:
             OPEN_STREAMS.dec()
