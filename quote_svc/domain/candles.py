@@ -74,6 +74,25 @@ def advance(start: datetime, interval: Interval, n: int) -> datetime:
     return start + timedelta(seconds=interval.seconds * n)
 
 
+# The instants a query may name as its start and end. 1s-1h: all a datetime holds (which is
+# google.protobuf.Timestamp's range, 0001-01-01 to 9999-12-31 UTC; the last buckets' ends are
+# beyond it, but a bucket after the one running now is never computed). A 1d bucket is a New
+# York day, so 1d queries stay a day inside: an instant before 0001-01-01 ~05:00Z is on a New
+# York day of year 0, and the day of one after 9999-12-31 05:00Z ends in year 10000.
+FIRST, LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+FIRST_DAILY, LAST_DAILY = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def time_range(interval: Interval) -> tuple[datetime, datetime]:
+    """The first and last instant a query of `interval` may name (both included)."""
+    return (FIRST_DAILY, LAST_DAILY) if interval is Interval.D1 else (FIRST, LAST)
+
+
+def iso(at: datetime) -> str:
+    """An instant as people read it in messages: 2024-03-04T14:30:00Z."""
+    return at.isoformat().replace("+00:00", "Z")
+
+
 def is_aligned(t: datetime, interval: Interval) -> bool:
     return bucket_start(t, interval) == t
 

@@ -12,7 +12,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Iterator
 
-from quote_svc.domain.candles import Interval, day_start, is_aligned
+from quote_svc.domain.candles import Interval, day_start, is_aligned, iso, time_range
 
 REQUIRED = ("symbol", "start_time", "interval", "open", "high", "low", "close", "volume")
 OPTIONAL = ("trade_count", "vwap")
@@ -62,19 +62,32 @@ def _count(text: str, name: str) -> int:
     return int(text)
 
 
+def _within(t: datetime, interval: Interval, text: str) -> datetime:
+    """`t`, if GetCandles may name it for `interval` (beyond, a 1d bucket is not computable)."""
+    first, last = time_range(interval)
+    if not first <= t <= last:
+        raise ValueError(f"start_time must be from {iso(first)} to {iso(last)} for "
+                         f"{interval.label} candles, got {text!r}")
+    return t
+
+
 def _start(text: str, interval: Interval) -> datetime:
     if interval is Interval.D1 and len(text) == 10:
         try:
-            return day_start(date.fromisoformat(text))
-        except ValueError:
-            raise ValueError(f"start_time must be a date like 2024-03-04, got {text!r}") from None
+            return _within(day_start(date.fromisoformat(text)), interval, text)
+        except (ValueError, OverflowError):
+            raise ValueError(f"start_time must be a date like 2024-03-04 from 0001-01-02 to 9999-12-30, "
+                             f"got {text!r}") from None
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"start_time must be an ISO 8601 time like 2024-03-04T14:30:00Z, got {text!r}") from None
     if t.tzinfo is None:
         raise ValueError(f"start_time needs a UTC offset (e.g. a trailing Z), got {text!r}")
-    t = t.astimezone(timezone.utc)
+    try:
+        t = _within(t.astimezone(timezone.utc), interval, text)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+        raise ValueError(f"start_time {text!r} is before 0001-01-01 UTC") from None
     if not is_aligned(t, interval):
         where = "midnight New York of a trading day (or write the date)" if interval is Interval.D1 \
             else f"a multiple of {interval.label} since the Unix epoch"

@@ -7,8 +7,9 @@ import grpc
 from prometheus_client import Gauge
 
 from meshkit import paging, symbols as listing
-from meshkit.errors import Violations
+from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.money import fmt, fmt_price
+from quote_svc.domain.candles import Interval, bucket_start, is_aligned, iso, time_range
 from quote_svc.entrypoints import mapping
 from quote_svc.service_layer import candles, quotes
 from quote_svc.service_layer.candles import UowFactory
@@ -20,6 +21,30 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 OPEN_STREAMS = Gauge("stockmesh_quote_streams", "StreamQuotes calls this replica is serving")
 
 
+def _time(request: pb.GetCandlesRequest, name: str, interval: Interval | None, v: Violations) -> datetime | None:
+    """The request's Timestamp `name` as a datetime, or None after adding its violation:
+    required, a valid Timestamp, and within what the interval's candles can be built for."""
+    if not request.HasField(name):
+        v.add(name, "is required")
+        return None
+    ts = getattr(request, name)
+    if not 0 <= ts.nanos <= 999_999_999:
+        v.add(name, f"nanos must be from 0 to 999,999,999, got {ts.nanos}")
+        return None
+    if not mapping.TIMESTAMP_SECONDS[0] <= ts.seconds <= mapping.TIMESTAMP_SECONDS[1]:
+        v.add(name, "must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z "
+                    f"(google.protobuf.Timestamp's range), got seconds {ts.seconds}")
+        return None
+    at = mapping.to_datetime(ts)
+    if interval is not None:
+        first, last = time_range(interval)
+        if not first <= at <= last:
+            v.add(name, f"must be from {iso(first)} to {iso(last)} for {interval.label} candles "
+                        f"(a 1d candle is a New York trading day), got {iso(at)}")
+            return None
+    return at
+
+
 def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
     v = Violations()
     if not request.symbol:
@@ -29,13 +54,9 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
     interval = mapping.INTERVALS.get(request.interval)
     if interval is None:
         v.add("interval", "is required" if request.interval == 0 else f"unknown value {request.interval}")
-    if not request.HasField("start_time"):
-        v.add("start_time", "is required")
-    if not request.HasField("end_time"):
-        v.add("end_time", "is required")
-    start = mapping.to_datetime(request.start_time)
-    end = mapping.to_datetime(request.end_time)
-    if request.HasField("start_time") and request.HasField("end_time") and end <= start:
+    start = _time(request, "start_time", interval, v)
+    end = _time(request, "end_time", interval, v)
+    if start is not None and end is not None and end <= start:
         v.add("end_time", "must be after start_time")
     size = paging.page_size(request.page_size, v, default=CANDLE_PAGE_DEFAULT, maximum=CANDLE_PAGE_MAX)
     key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
@@ -44,8 +65,12 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
         v.add("page_token", "does not belong to this query (symbol, interval and range must not change)")
         cursor = None
     v.raise_if_any()
-    assert interval is not None
-    return candles.CandleQuery(request.symbol, interval, start, end, size, cursor["at"] if cursor else None)
+    assert interval is not None and start is not None and end is not None
+    at = cursor["at"] if cursor else None
+    # Ours are bucket starts within the range; the key alone does not prove a token ours.
+    if at is not None and not (bucket_start(start, interval) <= at < end and is_aligned(at, interval)):
+        raise InvalidArgument([FieldViolation("page_token", "is not a token returned by a previous call")])
+    return candles.CandleQuery(request.symbol, interval, start, end, size, at)
 
 
 class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
@@ -71,12 +96,8 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         OPEN_STREAMS.inc()
         try:
             while True:
-                try:
-                    quote = await sub.get()
-                except quotes.Closing:
-                    # UNAVAILABLE: the one status every gRPC client retries; through Envoy it
-                    # lands on another replica, which starts with a fresh snapshot.
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "quote_svc is shutting down; open the stream again")
+                # Raises quotes.Closing (UNAVAILABLE, SHUTTING_DOWN) once the service stops.
+                quote = await sub.get()
                 yield self.to_proto.encoded(quote)  # serialized once for every stream
         finally:
             OPEN_STREAMS.dec()

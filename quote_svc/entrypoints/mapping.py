@@ -42,6 +42,10 @@ class QuoteProtos:
         return self._entry(q)[2]
 
 
+# google.protobuf.Timestamp's valid seconds: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+
+
 def to_datetime(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=timezone.utc)
 

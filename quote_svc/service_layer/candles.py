@@ -143,6 +143,10 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
     # Buckets starting before `end`, up to and including the one being built now.
     stop = min(q.end, next_bucket(bucket_start(now, q.interval), q.interval))
     cur = q.cursor or bucket_start(q.start, q.interval)
+    if cur >= stop:
+        # Nothing yet: not a bucket is computed past now (at the end of the calendar, past
+        # where a datetime reaches).
+        return CandlePage([], None)
     size = q.page_size
     async with uow_factory().reads() as uow:
         repo = uow.candles

@@ -18,8 +18,13 @@ from quote_svc.domain.quotes import MarketData, Quote, next_quote
 MAX_STREAM_SYMBOLS = 100
 
 
-class Closing(Exception):
-    """The service is shutting down: the stream ends, and its client opens it again elsewhere."""
+class Closing(Unavailable):
+    """The service is shutting down: the stream ends with UNAVAILABLE, the one status every
+    gRPC client retries (through Envoy it lands on another replica, which starts with a fresh
+    snapshot), and ErrorInfo reason SHUTTING_DOWN, as order_svc's streams end."""
+
+    def __init__(self) -> None:
+        super().__init__("quote_svc is shutting down; open the stream again", reason="SHUTTING_DOWN")
 
 
 class Subscription:

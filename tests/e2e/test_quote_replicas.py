@@ -2,7 +2,7 @@
 spread over both, each replica takes the whole feed itself, so every stream sees a new trade;
 when one replica is killed its streams end, new streams and GetQuote go to the other at once
 (Envoy retries elsewhere), and the replica the launcher restarts serves the latest quote from
-the feed; a replica asked to stop ends its streams with UNAVAILABLE at once."""
+the feed; a replica asked to stop ends its streams with UNAVAILABLE / SHUTTING_DOWN at once."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +13,7 @@ import urllib.request
 import grpc
 import pytest
 
+from meshkit.status import error_info
 from tests.support.trades import filled_and_settled, place_crossing_pair
 from tests.support.wait import eventually
 from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
@@ -55,6 +56,7 @@ class Watcher:
         self.last = None
         self.ended: grpc.StatusCode | None = None
         self.details = ""
+        self.reason = ""  # its ErrorInfo's
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -63,6 +65,8 @@ class Watcher:
                 self.last = q
         except grpc.aio.AioRpcError as exc:
             self.ended, self.details = exc.code(), exc.details() or ""
+            info, _ = error_info(exc)
+            self.reason = info.reason if info is not None else ""
 
     def cancel(self) -> None:
         self.call.cancel()
@@ -143,6 +147,7 @@ async def test_streams_spread_over_replicas_and_survive_one_dying(mesh):
             stopped = [w for w in live if w.ended is not None]
             assert {w.ended for w in stopped} == {grpc.StatusCode.UNAVAILABLE}, [(w.ended, w.details) for w in stopped]
             assert all("shutting down" in w.details for w in stopped), [w.details for w in stopped]
+            assert {w.reason for w in stopped} == {"SHUTTING_DOWN"}, [w.reason for w in stopped]  # through Envoy
         finally:
             for w in watchers:
                 w.cancel()

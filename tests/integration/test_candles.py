@@ -261,6 +261,83 @@ async def test_get_candles_validation(pool, nats_url, ns):
         assert not empty.candles and not empty.next_page_token
 
 
+def raw_ts(seconds: int, nanos: int = 0):
+    """A Timestamp as a client may send it, valid or not."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+TS_FIRST, TS_LAST = -62_135_596_800, 253_402_300_799  # 0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z
+# What a 1d query may name: a 1d candle is a New York day, and the Timestamp range's first and
+# last UTC hours fall on New York days whose start or end Python's datetime cannot hold.
+DAY_FIRST, DAY_LAST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+
+
+async def test_get_candles_times_out_of_range_are_invalid_and_the_edges_answer(pool, nats_conn, nats_url, ns, caplog):
+    """Timestamps outside what the service can bucket are INVALID_ARGUMENT naming the field and
+    the bound (they crashed the RPC: INTERNAL); the bounds themselves, ranges wholly in the
+    future and a forged page token at the edges answer without a crash."""
+    symbol = "JPM"  # no other candle test uses it
+    t0 = datetime(2024, 1, 2, 15, tzinfo=UTC)
+    trades = [Trade(t0 + timedelta(minutes=k), k + 1, Decimal("170.00") + k, 5) for k in range(3)]
+    async with quote_service(pool, nats_url, ns) as svc:
+        await publish_trades(nats_conn.jetstream(), ns, symbol, trades)
+        await wait_recorded(pool, symbol, len(trades))
+
+        good = dict(symbol=symbol, interval=I.CANDLE_INTERVAL_1M, start_time=ts(t0),
+                    end_time=ts(t0 + timedelta(hours=1)))
+        d1 = I.CANDLE_INTERVAL_1D
+        cases = [
+            (dict(good, start_time=raw_ts(good["start_time"].seconds, -5)), "start_time", "999,999,999"),
+            (dict(good, end_time=raw_ts(good["end_time"].seconds, 1_000_000_000)), "end_time", "999,999,999"),
+            (dict(good, start_time=raw_ts(TS_FIRST - 100)), "start_time", "0001-01-01T00:00:00Z"),
+            (dict(good, end_time=raw_ts(TS_LAST + 1)), "end_time", "9999-12-31T23:59:59.999999999Z"),
+            (dict(good, start_time=raw_ts(TS_FIRST - 100), end_time=raw_ts(TS_LAST + 1)), "end_time", "9999-12-31"),
+            (dict(good, interval=d1, start_time=raw_ts(TS_FIRST)), "start_time", "0001-01-02T00:00:00Z"),
+            (dict(good, interval=d1, start_time=ts(datetime(1, 1, 1, 23, tzinfo=UTC))), "start_time", "0001-01-02"),
+            (dict(good, interval=d1, end_time=ts(datetime(9999, 12, 31, 12, tzinfo=UTC))), "end_time",
+             "9999-12-31T00:00:00Z"),
+            (dict(good, interval=d1, end_time=raw_ts(TS_LAST, 999_999_999)), "end_time", "9999-12-31T00:00:00Z"),
+        ]
+        for req, field, bound in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await svc.stub.GetCandles(qpb.GetCandlesRequest(**req))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (req, err.value.details())
+            info, bad = error_info(err.value)
+            named = {v.field: v.description for v in bad.field_violations}
+            assert info.reason == "INVALID_ARGUMENT" and field in named, (req, named)
+            assert bound in named[field], (req, named)
+
+        # The edges answer: from the first instant to the last each interval allows, a page
+        # that starts with the symbol's first candle, and the page after it.
+        for interval in WIDTH:
+            first, last = (DAY_FIRST, DAY_LAST) if interval == d1 else (None, None)
+            start = ts(first) if first else raw_ts(TS_FIRST)
+            end = ts(last) if last else raw_ts(TS_LAST, 999_999_999)
+            req = qpb.GetCandlesRequest(symbol=symbol, interval=interval, start_time=start, end_time=end, page_size=1)
+            page = await svc.stub.GetCandles(req)
+            assert [c.start_time.ToDatetime(tzinfo=UTC) for c in page.candles] == [ref_bucket(t0, interval)]
+            req.page_token = page.next_page_token
+            assert (await svc.stub.GetCandles(req)).candles
+            # A range wholly in the future, up to the last instant: no candles yet.
+            late = qpb.GetCandlesRequest(symbol=symbol, interval=interval, end_time=end,
+                                         start_time=ts((last or datetime.max.replace(tzinfo=UTC)) - timedelta(hours=2)))
+            assert not (await svc.stub.GetCandles(late)).candles
+            # A page token naming a bucket outside the query's range (our encoding and the
+            # query's key, as anyone can make them) is refused, not followed off the calendar.
+            before = int((late.start_time.ToDatetime(tzinfo=UTC) - timedelta(days=3)).timestamp())
+            for at in (TS_FIRST, before, TS_LAST + 1) + ((TS_LAST,) if interval == d1 else ()):
+                forged = paging.encode_token({"at": at, "q": mapping.query_key(
+                    symbol, interval, late.start_time, late.end_time)})
+                late.page_token = forged
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await svc.stub.GetCandles(late)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "page_token" in [v.field for v in error_info(err.value)[1].field_violations]
+    assert not [r for r in caplog.records if r.getMessage() == "rpc crashed"]
+
+
 # ------------------------------------------------------------------ CSV import
 
 HEADER = "symbol,start_time,interval,open,high,low,close,volume,trade_count,vwap\n"

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from meshkit import cache
-from meshkit.status import error_info
+from meshkit.status import DOMAIN, error_info
 from quote_svc.adapters.cache import quote_key
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
 from tests.support.quotes import md_event, publish_md, quote_service
@@ -158,6 +158,30 @@ async def test_a_stalled_subscriber_delays_nobody_and_gets_the_newest_quotes(poo
         slow.cancel()
         fast.cancel()
         await slow_channel.close()
+
+
+async def test_shutdown_ends_streams_with_unavailable_shutting_down(pool, nats_url, js, ns):
+    """SIGTERM runs the App's on_shutdown hooks (meshkit.server.serve): every open stream, and
+    any opened after, ends at once with UNAVAILABLE carrying an ErrorInfo (reason SHUTTING_DOWN),
+    as every error does, so a client knows to open it again elsewhere."""
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        await publish_md(js, ns, md_event("AAPL", 1, price="187.25", qty=10, volume=10))
+        assert await eventually(lambda: quote_seq(svc.stub, "AAPL"))
+        streams = [svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL", "MSFT"])) for _ in range(3)]
+        assert [(await s.read()).sequence for s in streams] == [1, 1, 1]  # open, past the snapshot
+
+        for hook in svc.app.on_shutdown:
+            hook()
+        late = svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]))
+        for s in streams + [late]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(s.read(), 15)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (err.value.code(), err.value.details())
+            assert "shutting down" in err.value.details()
+            info, _ = error_info(err.value)
+            assert info is not None, err.value.details()
+            assert (info.reason, info.domain) == ("SHUTTING_DOWN", DOMAIN)
+        assert await eventually(lambda: asyncio.sleep(0, svc.parts.book.subscribers() == 0))
 
 
 def quote_service_stub(channel):

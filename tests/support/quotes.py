@@ -11,7 +11,7 @@ from datetime import datetime
 import grpc
 
 from meshkit import bus
-from meshkit.server import create_server
+from meshkit.server import App, create_server
 from quote_svc.bootstrap import Parts, build, run_background
 from stockmesh.matching.v1 import matching_pb2 as mpb
 from stockmesh.quote.v1 import quote_service_pb2_grpc
@@ -41,6 +41,7 @@ class RunningQuotes:
     port: int
     parts: Parts
     channel: grpc.aio.Channel
+    app: App
 
     @property
     def stub(self) -> quote_service_pb2_grpc.QuoteServiceStub:
@@ -59,7 +60,7 @@ async def quote_service(pool, nats_url: str, namespace: str, redis=None, **kw):
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         await asyncio.wait_for(parts.book.ready.wait(), 10)
-        yield RunningQuotes(port, parts, channel)
+        yield RunningQuotes(port, parts, channel, app)
     finally:
         await channel.close()
         for t in tasks:

@@ -106,7 +106,11 @@ def test_csv_rows_are_checked_with_their_line():
     for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
                        ({"start_time": "2024-03-04T14:30:00"}, "UTC offset"),
                        ({"symbol": "NOPE"}, "unknown symbol"), ({"high": "0.5"}, "low ≤ open"),
-                       ({"volume": "-1"}, "whole number"), ({"interval": "2m"}, "interval")]:
+                       ({"volume": "-1"}, "whole number"), ({"interval": "2m"}, "interval"),
+                       # Beyond the days GetCandles can bucket (an OverflowError, not a line, before).
+                       ({"start_time": "0001-01-01T00:00:00Z", "interval": "1d"}, "0001-01-02T00:00:00Z"),
+                       ({"start_time": "9999-12-31", "interval": "1d"}, "9999-12-30"),
+                       ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01")]:
         with pytest.raises(MalformedRow) as err:
             list(parse(header, [(2, good), (3, dict(good, **bad))], {"AAPL"}))
         assert err.value.line == 3 and words in str(err.value), str(err.value)
