@@ -7,7 +7,7 @@ import uuid
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from meshkit import aio
-from meshkit.errors import Unavailable
+from meshkit.errors import DomainError, Unavailable
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
@@ -116,6 +116,23 @@ async def _order(uow, order_id: str) -> Order | None:
     return await uow.orders.get(oid, for_update=True)
 
 
+class AfterSequenceAhead(DomainError):
+    """A stream asked to start after a sequence the account has not reached: a sequence kept
+    from another account, or from before a database restore. Such a stream would stay silent
+    until the account caught up, live updates included, so it is refused at once with the
+    account's latest sequence, where the client can start again (gRPC's OUT_OF_RANGE: past the
+    end). Sequences are taken in the transaction of the change and sent only once committed,
+    so any sequence a client was sent is at most the latest one a later read sees: a correct
+    after_sequence is never refused."""
+    code = "OUT_OF_RANGE"
+    default_reason = "AFTER_SEQUENCE_AHEAD"
+
+    def __init__(self, after: int, latest: int) -> None:
+        super().__init__(f"after_sequence {after} is past the account's latest order update, {latest}: "
+                         f"open the stream again with after_sequence = {latest} (or lower, to replay more)",
+                         metadata={"afterSequence": str(after), "latestSequence": str(latest)})
+
+
 class Wakeups(Protocol):
     closing: bool  # the process is shutting down: streams end
 
@@ -130,15 +147,19 @@ async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups
                          ) -> AsyncIterator[tuple[int, Order, Fill | None]]:
     """Every update of the account with a sequence above `after` (None: above its latest one
     now), then live ones, forever; `positioned` is told that sequence once the stream listens.
+    An `after` above the account's latest sequence is refused (AfterSequenceAhead) before that.
 
     The listener is registered before the first read, and each read asks for what follows the
     last sequence sent, so nothing is missed and nothing is sent twice at the switch from
     replay to live."""
     event = wakeups.subscribe(account_id)
     try:
+        async with deps.uow().reads() as uow:
+            latest = await uow.orders.latest_update(account_id)
         if after is None:
-            async with deps.uow() as uow:
-                after = await uow.orders.latest_update(account_id)
+            after = latest
+        elif after > latest:
+            raise AfterSequenceAhead(after, latest)
         if positioned is not None:
             await positioned(after)
         last = after

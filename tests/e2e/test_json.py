@@ -146,6 +146,32 @@ def test_json_quote_stream_through_envoy(mesh):
     assert asyncio.run(eventually(cancelled, timeout=15, delay=0.1))
 
 
+def test_json_order_stream_refuses_a_sequence_past_the_accounts_latest(mesh):
+    """StreamOrderUpdates as JSON from a sequence the account has not reached (kept from another
+    account, or from before a restore): a 400 at once with OUT_OF_RANGE and the latest sequence
+    in its ErrorInfo, not a stream that stays open and silent; from that latest it opens."""
+    account = f"json-o-{uuid.uuid4().hex[:6]}"
+    status, placed = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
+                          {"client_order_id": "unfunded", "symbol": "KO", "side": "SIDE_BUY",
+                           "type": "ORDER_TYPE_LIMIT", "quantity": "1", "limit_price": "60.00",
+                           "time_in_force": "TIME_IN_FORCE_DAY"}, account)
+    assert status == 200 and placed["order"]["status"] == "ORDER_STATUS_REJECTED", placed  # sequence 1
+    path = "/stockmesh.order.v1.OrderService/StreamOrderUpdates"
+    status, error = post(mesh, path, {"after_sequence": "100000"}, account)
+    assert status == 400 and isinstance(error, dict) and error["code"] == 11, error  # OUT_OF_RANGE
+    info = next(d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+    assert info["reason"] == "AFTER_SEQUENCE_AHEAD" and info["metadata"]["latestSequence"] == "1", info
+
+    conn = http.client.HTTPConnection(*mesh.endpoint.rsplit(":", 1), timeout=15)
+    try:
+        conn.request("POST", path, json.dumps({"after_sequence": info["metadata"]["latestSequence"]}),
+                     {"content-type": "application/json", "authorization": f"Bearer {mesh.token(account)}"})
+        resp = conn.getresponse()  # the stream's headers come once it listens; it stays open
+        assert resp.status == 200 and resp.getheader("x-stockmesh-after-sequence") == "1", resp.getheaders()
+    finally:
+        conn.close()
+
+
 def grpc_web(mesh, path: str, message, account: str) -> tuple[bytes, dict[str, str]]:
     """A gRPC-Web unary call (binary, as a browser client sends it): the reply message's bytes
     and the trailers, read from the response body's frames (or, for a trailers-only reply such

@@ -1,0 +1,120 @@
+"""StreamOrderUpdates over gRPC against real PostgreSQL: where a stream may start. An
+after_sequence the account has not reached is refused at once (OUT_OF_RANGE, with the latest
+sequence to start from) instead of a stream that stays silent; the latest itself, or one a
+client was just sent while the account goes on changing, is never refused."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from meshkit.server import App, create_server
+from meshkit.status import error_info
+from order_svc.adapters.notifications import UpdateNotifier
+from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
+from order_svc.entrypoints.grpc_server import POSITION_HEADER, OrderServicer
+from order_svc.service_layer import handlers
+from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
+from tests.support.crash import identity
+
+pytestmark = pytest.mark.integration
+
+READ = 15  # seconds: only so that a stream that never answers fails the test instead of hanging it
+
+
+@pytest.fixture
+async def orders(order_deps, database_url):
+    """order_svc's OrderService on a real gRPC server (port 0), with its live-update listener."""
+    notifier = UpdateNotifier(database_url)
+    app = App(name="order_svc", servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server,
+                                            OrderServicer(order_deps, notifier), "stockmesh.order.v1.OrderService")])
+    server, port, _ = await create_server("127.0.0.1:0", app)
+    await server.start()
+    listening = asyncio.create_task(notifier.run())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield order_service_pb2_grpc.OrderServiceStub(ch)
+    notifier.close()
+    await server.stop(None)
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
+
+
+def acct() -> str:
+    return f"stream-{uuid.uuid4().hex[:10]}"
+
+
+async def unfunded_buy(account: str, deps) -> None:
+    """One order update: a buy the account has no cash for is recorded REJECTED."""
+    order = await handlers.place_order(OrderRequest(
+        account_id=account, client_order_id=uuid.uuid4().hex, symbol="AAPL", side=Side.BUY, type=OrderType.LIMIT,
+        quantity=1, limit_price=Decimal("187.25"), stop_price=None, time_in_force=TimeInForce.DAY), deps)
+    assert order.status is Status.REJECTED
+
+
+async def refusal(orders, account: str, after: int) -> grpc.aio.AioRpcError:
+    call = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=after), metadata=identity(account))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), READ)
+        # Refused before it listened: no header saying where it starts.
+        assert POSITION_HEADER not in dict(await call.initial_metadata())
+        return err.value
+    finally:
+        call.cancel()
+
+
+async def test_an_after_sequence_past_the_accounts_latest_is_refused_with_the_latest(orders, order_deps):
+    a = acct()
+    for _ in range(2):
+        await unfunded_buy(a, order_deps)  # sequences 1 and 2
+
+    for after in (100_000, 3):  # far ahead, and just past the latest
+        err = await refusal(orders, a, after)
+        assert err.code() == grpc.StatusCode.OUT_OF_RANGE, err
+        info, _ = error_info(err)
+        assert info is not None and info.reason == "AFTER_SEQUENCE_AHEAD" and info.domain == "stockmesh.dev"
+        assert dict(info.metadata) == {"afterSequence": str(after), "latestSequence": "2"}
+        assert "2" in err.details()
+
+    # An account with no update yet: only 0 is a place to start.
+    fresh = acct()
+    info, _ = error_info(await refusal(orders, fresh, 1))
+    assert info.reason == "AFTER_SEQUENCE_AHEAD" and info.metadata["latestSequence"] == "0"
+
+    # The latest itself (what the refusal named) is where a resumed stream starts: it opens,
+    # and the next change comes.
+    call = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=2), metadata=identity(a))
+    try:
+        assert dict(await asyncio.wait_for(call.initial_metadata(), READ))[POSITION_HEADER] == "2"
+        await unfunded_buy(a, order_deps)
+        update = await asyncio.wait_for(call.read(), READ)
+        assert update.sequence == 3 and update.order.account_id == a
+    finally:
+        call.cancel()
+
+
+async def test_a_sequence_just_sent_is_never_ahead_while_the_account_changes(orders, order_deps):
+    """Every sequence a stream delivers, while more changes of the account commit meanwhile,
+    opens a new stream from there: a check racing the writes never calls a sequence the client
+    was sent ahead of the account."""
+    a, changes = acct(), 30
+    follower = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=0), metadata=identity(a))
+    writes = asyncio.gather(*(unfunded_buy(a, order_deps) for _ in range(changes)))
+    try:
+        for expected in range(1, changes + 1):
+            seen = (await asyncio.wait_for(follower.read(), READ)).sequence
+            assert seen == expected
+            resumed = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=seen),
+                                                metadata=identity(a))
+            try:
+                header = dict(await asyncio.wait_for(resumed.initial_metadata(), READ))
+                assert header.get(POSITION_HEADER) == str(seen), header
+            finally:
+                resumed.cancel()
+        await writes
+    finally:
+        follower.cancel()
+        await asyncio.gather(writes, return_exceptions=True)
