@@ -177,7 +177,11 @@ def health(address: str, service: str, timeout: float) -> None:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as exc:
-            click.echo(f"{address}: {exc.code().name}: {exc.details()}", err=True)
+            details = exc.details() or ""
+            if exc.code() == grpc.StatusCode.NOT_FOUND and not details:  # the health service says no more
+                details = (f"this process reports no health for service {service!r} (its services' full names, "
+                           "e.g. stockmesh.order.v1.OrderService, or '' for the whole process)")
+            click.echo(f"{address}: {exc.code().name}: {details}", err=True)
             sys.exit(1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     click.echo(f"{address}: {status}")

@@ -24,5 +24,6 @@ def test_health_says_serving_or_why_not(mesh) -> None:
         assert ok.returncode == 0 and ok.stdout.strip().endswith(": SERVING"), (service, ok.stdout, ok.stderr)
     unknown = _health(f"127.0.0.1:{ports['ledger_svc']}", "--service", "no.such.Service")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
+    assert "reports no health for service 'no.such.Service'" in unknown.stderr, unknown.stderr  # not an empty message
     nobody = _health(f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr, nobody.stderr
