@@ -442,20 +442,19 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
 
     trading_day = _day(day, "--date", come=True) if day else calendar.trading_day(datetime.now(timezone.utc))
 
-    async def run() -> int | str:
+    async def run() -> int:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)
         try:
             uow = lambda: OrderUnitOfWork(pool)  # noqa: E731
-            if (found := await other_namespace(uow, namespace)) is not None:
-                return found
+            if (found := await other_namespace(uow, namespace)) is not None:  # it would never reach an engine
+                raise click.BadParameter(f"this database's order flow goes to namespace {found!r}, not {namespace!r}: "
+                                         f"pass --namespace {found} (or set STOCKMESH_NAMESPACE)",
+                                         param_hint="--namespace")
             return await close_session(trading_day, uow, namespace)
         finally:
             await pool.close()
 
     n = asyncio.run(run())
-    if isinstance(n, str):  # nothing queued: it would never reach an engine
-        raise click.BadParameter(f"this database's order flow goes to namespace {n!r}, not {namespace!r}: "
-                                 f"pass --namespace {n} (or set STOCKMESH_NAMESPACE)", param_hint="--namespace")
     click.echo(f"session {trading_day} closed: {n} symbols queued" if n
                else f"session {trading_day} was closed before: nothing queued")
 

@@ -41,8 +41,8 @@ async def bootstrap(settings: config.Settings) -> App:
     ledger = channels.internal_channel(settings.ledger_addr)
     # Relaying here, the saga wakes the relay directly; an external relay wakes on the outbox's
     # PostgreSQL notification (migration 0006).
-    relay = OutboxRelay(settings.database_url, js, retention=outbox.retention(),
-                                                namespace=settings.namespace) if relays_in_process() else None
+    relay = (OutboxRelay(settings.database_url, js, retention=outbox.retention(), namespace=settings.namespace)
+             if relays_in_process() else None)
     account_limit, symbol_limit = limits()
     quotes = JetStreamQuotes(js, settings.namespace)
     deps = handlers.Deps(

@@ -99,7 +99,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
             v.add("account_ids", f"at most {MAX_HOLDS_PER_BATCH} accounts per call")
         accounts = [_account(a, f"account_ids[{i}]", v) for i, a in enumerate(request.account_ids)]
         v.raise_if_any()
-        retry = await handlers.executions_in_flight(set(accounts), self.uow, self.applied)
+        retry = await handlers.await_executions(set(accounts), self.uow, self.applied)
         return pb.AwaitExecutionsResponse(retry_account_ids=sorted(retry))
 
     async def CaptureHold(self, request: pb.CaptureHoldRequest,

@@ -66,16 +66,16 @@ async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory,
 async def _refused_once_applied(attempt: Callable[[], Awaitable[T]], account_id: str, uow_factory: UowFactory,
                                 applied: ExecutionsApplied | None) -> T:
     """`attempt()`, made once more when it is refused for want of cash or shares while
-    executions for the account were in flight (executions_in_flight)."""
+    executions for the account were in flight (await_executions)."""
     try:
         return await attempt()
     except (model.InsufficientFunds, model.InsufficientShares):
-        if not await executions_in_flight([account_id], uow_factory, applied):
+        if not await await_executions([account_id], uow_factory, applied):
             raise
     return await attempt()
 
 
-async def executions_in_flight(accounts: Iterable[str], uow_factory: UowFactory,
+async def await_executions(accounts: Iterable[str], uow_factory: UowFactory,
                                applied: ExecutionsApplied | None) -> set[str]:
     """Before refusing accounts for want of cash or shares: those to ask once more, once the
     executions that may have changed their books since are applied.
@@ -164,7 +164,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     """place_hold for each command, one after the other in the order given, in one statement;
     each answered as place_hold would answer it alone (the hold, or the error it would raise),
     except that a refusal for want of cash or shares is answered at once: the caller asks
-    executions_in_flight for its account (a wait here would hold back the whole batch).
+    await_executions for its account (a wait here would hold back the whole batch).
 
     The holds go in (account, asset) order, whatever the order given (a stable sort keeps the
     order of holds on one book), and each takes its account before its book's balance row

@@ -27,7 +27,7 @@ from order_svc.service_layer import handlers, lifecycle
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 from tests.integration.conftest import make_order_deps
-from tests.support.wait import eventually
+from tests.support.wait import drained, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -89,23 +89,13 @@ async def held_back(checked_pool, database_url, nats_conn, monkeypatch):
     try:
         yield deps, held
         held.gate.set()  # what is left to apply is applied before the invariants are checked
-        assert await eventually(lambda: _drained(js, ns), timeout=30)
+        assert await drained(js, bus.stream_name(ns, "EXECUTIONS"), executions.consumer_name("ledger", "AAPL"), 30)
     finally:
         try:
             assert not await aio.cancel_and_wait(tasks, 30)
         finally:
             await channel.close()
             await server.stop(None)
-
-
-async def _drained(js, ns: str) -> bool:
-    import nats.js.errors
-
-    try:
-        info = await js.consumer_info(bus.stream_name(ns, "EXECUTIONS"), executions.consumer_name("ledger", "AAPL"))
-    except nats.js.errors.NotFoundError:  # not made yet
-        return False
-    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 async def _reached(deps, order, status: Status) -> bool:

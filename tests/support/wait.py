@@ -22,8 +22,13 @@ async def eventually(check, timeout: float = 15.0, delay: float = 0.05):
 async def drained(js, stream: str, durable: str, timeout: float = 15.0) -> bool:
     """True once the durable consumer has taken and acknowledged everything in its stream: what
     it does with a message (or a repeat) has been done by then."""
+    import nats.js.errors
+
     async def check() -> bool:
-        info = await js.consumer_info(stream, durable)
+        try:
+            info = await js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:  # not made yet
+            return False
         return info.num_pending == 0 and info.num_ack_pending == 0
     return await eventually(check, timeout)
 
