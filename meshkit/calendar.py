@@ -75,12 +75,11 @@ def trading_day(at: datetime) -> date:
 
 
 def closes_due(at: datetime) -> date | None:
-    """The trading day whose close is due at `at`: between two sessions, the last one (its
-    close, New York time 16:00 or 13:00 on an early-close day, has passed, and the next
-    session has not opened), so that a close missed while nothing ran (a process down over the
-    close, over a night or a weekend) is still made before the next session opens. None while a
-    session is open (the engines' close expires every resting DAY order: one made during a
-    session would expire that session's orders too) and on a market kept always open."""
+    """The trading day whose close is due at `at`: the last session whose close (New York
+    time 16:00, or 13:00 on an early-close day) has passed. So a close missed while nothing
+    ran (a process down over the close, over a night, a weekend or into the next session) is
+    still made: the engines' close of a day expires the DAY orders of that day and earlier ones
+    only, never those of a session opened since. None on a market kept always open."""
     if always_open():
         return None
     local = at.astimezone(NEW_YORK)
@@ -89,9 +88,7 @@ def closes_due(at: datetime) -> date | None:
         if (hours := session(day)) is None:
             continue
         if back == 0 and local.time() < hours[1]:
-            if local.time() >= hours[0]:
-                return None  # in session
-            continue  # before today's open: the last close was on an earlier day
+            continue  # today's session has not closed: the last close was on an earlier day
         return day
     return None
 

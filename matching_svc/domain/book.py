@@ -255,7 +255,7 @@ class OrderBook:
         self._seq += 1
         new = Order(
             new_order_id, account, old.side, t, old.tif, quantity, limit, stop, old.collar,
-            filled=old.filled, leaves=new_leaves, seq=self._seq,
+            filled=old.filled, leaves=new_leaves, seq=self._seq, trading_day=old.trading_day,
         )
         events: list[Event] = [
             Replaced(order_id, new_order_id, account, False, old_leaves, quantity, new_leaves, limit, stop)
@@ -268,10 +268,12 @@ class OrderBook:
             self._run_stops(events)
         return events
 
-    def expire_day_orders(self) -> list[Event]:
-        """Session close: every resting DAY order and pending DAY stop gets ``Expired``,
-        in arrival order."""
-        day = sorted((o for o in self._orders.values() if o.tif is DAY), key=_by_seq)
+    def expire_day_orders(self, through: str | None = None) -> list[Event]:
+        """Session close: every resting DAY order and pending DAY stop of the trading day
+        ``through`` or an earlier one (every one when None) gets ``Expired``, in arrival
+        order. A replaced order keeps the day of the order it replaced."""
+        day = sorted((o for o in self._orders.values()
+                      if o.tif is DAY and (through is None or o.trading_day <= through)), key=_by_seq)
         events: list[Event] = []
         for order in day:
             del self._orders[order.order_id]

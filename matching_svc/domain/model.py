@@ -76,8 +76,8 @@ class StpMode(StrEnum):
 class Order:
     """An order as submitted to the book, and its live state while in it.
 
-    The caller fills in the first nine fields; ``filled``, ``leaves`` and
-    ``seq`` belong to the book, which sets them on ``submit`` and updates them
+    The caller fills in the first nine fields and ``trading_day``; ``filled``, ``leaves``
+    and ``seq`` belong to the book, which sets them on ``submit`` and updates them
     in place afterwards (so do not reuse an ``Order`` object for two
     submissions).
 
@@ -108,6 +108,9 @@ class Order:
     filled: int = 0
     leaves: int = 0
     seq: int = 0
+    # The trading day (YYYY-MM-DD) a DAY order belongs to: a session close expires the DAY
+    # orders of its day and earlier ones. "" (unknown) sorts first: every close expires it.
+    trading_day: str = ""
 
     def to_dict(self) -> dict:
         """Plain JSON-able form, as used in snapshots."""
@@ -124,6 +127,7 @@ class Order:
             "filled": self.filled,
             "leaves": self.leaves,
             "seq": self.seq,
+            "trading_day": self.trading_day,
         }
 
     @classmethod
@@ -141,4 +145,5 @@ class Order:
             filled=data["filled"],
             leaves=data["leaves"],
             seq=data["seq"],
+            trading_day=data.get("trading_day", ""),  # absent from snapshots taken before it was kept
         )

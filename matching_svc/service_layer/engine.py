@@ -18,10 +18,12 @@ so it is a notice rather than a record (``journaled``); the runner sends it with
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 
 from matching_svc.domain import (
@@ -42,6 +44,7 @@ from matching_svc.domain import (
     from_ticks,
     to_ticks,
 )
+from meshkit import calendar
 from meshkit.money import fmt_price
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2 as pb
@@ -121,6 +124,10 @@ class SymbolEngine:
         self.volume = 0  # shares traded this session
         # Time of the last input's events (ns): no event is stamped earlier than an event before it.
         self.last_time_ns = 0
+        self.last_trade_ns = 0  # time of the last trade's events (ns)
+        # The latest trading day (YYYY-MM-DD) closed by a SessionClose: a close of it or of an
+        # earlier day (a repeat, or a missed close made late) expires nothing more.
+        self.closed_day = ""
         self.dedupe_capacity = dedupe_capacity
         # command id -> None; a dict keeps insertion order, so it is a bounded FIFO set.
         self._seen: dict[str, None] = {}
@@ -161,8 +168,7 @@ class SymbolEngine:
         elif kind == "replace_order":
             ctx.replace(cmd.replace_order)
         elif kind == "session_close":
-            ctx.emit(self.book.expire_day_orders(), {})
-            ctx.changed = ctx.always = True  # the feed marks the session's end, changed book or not
+            ctx.close_session(cmd.session_close.trading_day)
         elif kind == "halt":
             self.halted = cmd.halt.reason or "halted"
             ctx.changed = True  # the feed tells everyone at once
@@ -171,7 +177,7 @@ class SymbolEngine:
             self.halted = None
         ctx.market_data()
         self.last_time_ns = ctx.time_ns
-        if kind == "session_close":
+        if ctx.session_ended:
             self.volume = 0  # the next session starts from zero
         return out
 
@@ -185,6 +191,8 @@ class SymbolEngine:
             "md_seq": self.md_seq,
             "volume": self.volume,
             "last_time_ns": self.last_time_ns,
+            "last_trade_ns": self.last_trade_ns,
+            "closed_day": self.closed_day,
             "dedupe_capacity": self.dedupe_capacity,
             "seen": list(self._seen),
             "book": self.book.snapshot(),
@@ -200,6 +208,8 @@ class SymbolEngine:
         eng._seen = dict.fromkeys(data["seen"])
         eng.halted = data.get("halted")  # absent from snapshots taken before halts existed
         eng.last_time_ns = data.get("last_time_ns", 0)  # absent from snapshots taken before it was kept
+        eng.last_trade_ns = data.get("last_trade_ns", 0)  # ditto
+        eng.closed_day = data.get("closed_day", "")  # ditto
         eng.shown = eng._view()
         return eng
 
@@ -222,6 +232,23 @@ class SymbolEngine:
         return _levels(bids), _levels(asks)
 
 
+def _trading_day(time_ns: int) -> str:
+    """The trading day (YYYY-MM-DD, New York) of a moment in ns since the epoch."""
+    return _trading_day_of_second(time_ns // 1_000_000_000)
+
+
+@functools.lru_cache(maxsize=256)  # the orders of one second share it
+def _trading_day_of_second(second: int) -> str:
+    return calendar.trading_day(datetime.fromtimestamp(second, timezone.utc)).isoformat()
+
+
+def _is_day(text: str) -> bool:
+    try:
+        return len(text) == 10 and date.fromisoformat(text) is not None
+    except ValueError:
+        return False
+
+
 def _levels(rows: list[tuple[int, int, int]]) -> list[pb.PriceLevel]:
     return [pb.PriceLevel(price=price_text(p), quantity=q, order_count=n) for p, q, n in rows]
 
@@ -234,6 +261,7 @@ class _Ctx:
         self.stamp(time_ns)
         self.changed = False
         self.always = False  # publish market data even if what the feed shows is unchanged
+        self.session_ended = False  # the session's volume starts again from zero after this input
         self.trades: list[tuple[int, int]] = []
 
     def stamp(self, time_ns: int) -> None:
@@ -246,8 +274,10 @@ class _Ctx:
     # -- commands
 
     def new_order(self, no: pb.NewOrder) -> None:
+        accepted_ns = self.time_ns
         if no.accepted_at.seconds or no.accepted_at.nanos:
-            self.stamp(no.accepted_at.seconds * 1_000_000_000 + no.accepted_at.nanos)
+            accepted_ns = no.accepted_at.seconds * 1_000_000_000 + no.accepted_at.nanos
+            self.stamp(accepted_ns)
         side, otype, tif = _SIDE.get(no.side), _TYPE.get(no.type), _TIF.get(no.time_in_force)
         sides = {no.order_id: side}
         try:
@@ -264,8 +294,25 @@ class _Ctx:
             self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
                             quantity=no.quantity, reason=RejectReason.SYMBOL_HALTED.value)
             return
-        order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar)
+        order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar,
+                      trading_day=_trading_day(accepted_ns) if tif is TimeInForce.DAY else "")
         self.emit(self.engine.book.submit(order), sides, order=order)
+
+    def close_session(self, day: str) -> None:
+        """Expire the DAY orders of trading day `day` and earlier ones (all of them when `day`
+        is empty or no date). A close of a day closed before, or of an earlier one, expires
+        nothing: so a close missed and made late, during the next session, leaves that
+        session's DAY orders alone. The session's volume starts again from zero unless the
+        book has traded on a later day than `day` (a close made late)."""
+        eng = self.engine
+        day = day if _is_day(day) else ""
+        if day and day <= eng.closed_day:
+            return
+        self.emit(eng.book.expire_day_orders(day or None), {})
+        self.changed = self.always = True  # the feed marks the session's end, changed book or not
+        if day:
+            eng.closed_day = day
+        self.session_ended = not day or not eng.last_trade_ns or _trading_day(eng.last_trade_ns) <= day
 
     def cancel(self, c: pb.CancelOrder) -> None:
         live = self.engine.book.get_order(c.order_id)
@@ -382,6 +429,7 @@ class _Ctx:
             eng.md_seq += 1
             if price is not None:
                 eng.volume += qty
+                eng.last_trade_ns = self.time_ns
                 last = price
             ev = pb.MarketDataEvent(sequence=eng.md_seq, trade_price=price_text(price), trade_quantity=qty,
                                     last_price=price_text(last), volume=eng.volume, **common)

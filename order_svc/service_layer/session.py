@@ -7,7 +7,9 @@ msg_id = command_id = `close:<day>:<SYMBOL>`. orders.outbox.msg_id is UNIQUE and
 ON CONFLICT DO NOTHING, so every replica and every retry writes each close once; the relay
 hands it to the symbol's engine in order with the symbol's other commands, and the engine drops
 a repeat by its command id. The engine expires resting DAY orders (EXPIRED executions):
-order_svc marks them EXPIRED and the ledger releases their holds.
+order_svc marks them EXPIRED and the ledger releases their holds. The engine expires only the
+DAY orders of the closed day and earlier days (each DAY order's trading day is the New York date
+of its acceptance), so a close made late, during the next session, ends the day it closes.
 
 With STOCKMESH_MARKET_ALWAYS_OPEN set the market never closes by itself: `stockmesh session
 close [--date D]` does the same on demand.
@@ -60,9 +62,9 @@ async def session_close_loop(uow: Callable[[], OrderUnitOfWork], namespace: str,
                              interval: float = 30.0,
                              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
     """Every `interval` seconds: once the day's close is due, queue it (a no-op once done). A
-    close missed while no replica ran is made when one starts, up to the next session's open
-    (meshkit.calendar.closes_due); missed beyond it, the next session's close ends the DAY
-    orders of both."""
+    close missed while no replica ran is made when one starts (meshkit.calendar.closes_due),
+    also during the next session: the engine expires the DAY orders of the closed day and
+    earlier ones, not those of the session open since."""
     while True:
         at = now()
         day = calendar.closes_due(at)

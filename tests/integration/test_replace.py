@@ -395,7 +395,8 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     gtc = await handlers.place_order(limit(a, Side.BUY, 3, "150.00"), order_deps)
     await eventually(lambda: acceptances.seen(gtc.order_id), "both orders to rest")
     env = {**os.environ, "DATABASE_URL": database_url, "STOCKMESH_NAMESPACE": namespace}
-    cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", "2024-01-02"]
+    today = calendar.trading_day(datetime.now(timezone.utc))  # the orders' day: a close of an earlier one leaves them
+    cmd = [sys.executable, "-m", "meshkit.cli", "session", "close", "--date", today.isoformat()]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "symbols queued" in out.stdout
@@ -409,7 +410,7 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "nothing queued" in again.stdout
     async with checked_pool.acquire() as conn:
-        n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:2024-01-02:{SYM}")
+        n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:{today}:{SYM}")
     assert n == 1
     await handlers.cancel_order(a, gtc.order_id, order_deps)
     cancelled = await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")

@@ -9,6 +9,7 @@ import sys
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from nats.js import JetStreamContext
@@ -18,7 +19,7 @@ from matching_svc.adapters.jetstream import Names, input_position
 from matching_svc.bootstrap import build
 from matching_svc.service_layer.engine import SymbolEngine, journaled
 from matching_svc.service_layer.runner import Engine, EngineConfig
-from meshkit import bus
+from meshkit import bus, calendar
 from meshkit.launcher.net import free_port
 from stockmesh.common.v1 import common_pb2 as c
 from stockmesh.matching.v1 import matching_pb2 as pb
@@ -110,6 +111,7 @@ class Flow:
     live: list[tuple[str, str]] = field(default_factory=list)  # (order id, account)
     sent: list[pb.EngineCommand] = field(default_factory=list)
     n: int = 0
+    days: int = 0  # sessions closed so far
     mid: int = 10_000  # cents
 
     def __post_init__(self) -> None:
@@ -127,7 +129,7 @@ class Flow:
         acct = f"acct{rng.randrange(self.accounts)}"
         side = rng.choice((BUY, SELL))
         qty = rng.randint(1, 20) * 10
-        at = 1_700_000_000_000_000_000 + self.n * 1_000_000
+        at = 1_700_000_000_000_000_000 + self.days * 86_400_000_000_000 + self.n * 1_000_000
         near = self.mid + (rng.randint(-8, 2) if side == BUY else rng.randint(-2, 8))
         if r < 0.01 and self.sent:  # a repeat of an earlier command, outside JetStream's dedupe window
             cmd = rng.choice(self.sent[-200:])
@@ -160,8 +162,10 @@ class Flow:
                                 limit=self._price(stop), symbol=self.symbol, at_ns=at)
             self.live.append((oid, acct))
         elif r < 0.401:
+            day = calendar.trading_day(datetime.fromtimestamp(at // 1_000_000_000, timezone.utc)).isoformat()
             cmd = pb.EngineCommand(command_id=f"close-{self.n}", symbol=self.symbol,
-                                   session_close=pb.SessionClose(trading_day="2024-01-02"))
+                                   session_close=pb.SessionClose(trading_day=day))
+            self.days += 1  # the next session's orders come a day later
         else:
             tif = c.TIME_IN_FORCE_DAY if rng.random() < 0.3 else c.TIME_IN_FORCE_GTC
             cmd = new_order(oid, acct, side, qty, limit=self._price(near), tif=tif, symbol=self.symbol, at_ns=at)

@@ -58,9 +58,9 @@ def test_weekends_and_ordinary_days():
 
 
 def test_the_session_close_is_due_at_the_days_close_and_never_on_a_day_without_a_session(monkeypatch):
-    assert calendar.closes_due(at(2026, 11, 24, 15, 59)) is None
+    assert calendar.closes_due(at(2026, 11, 24, 15, 59)) == date(2026, 11, 23)  # Monday's, made before
     assert calendar.closes_due(at(2026, 11, 24, 16, 0)) == date(2026, 11, 24)
-    assert calendar.closes_due(at(2026, 11, 27, 12, 59)) is None
+    assert calendar.closes_due(at(2026, 11, 27, 12, 59)) == date(2026, 11, 25)  # Wednesday's: Thursday is a holiday
     assert calendar.closes_due(at(2026, 11, 27, 13, 0)) == date(2026, 11, 27)  # early close: DAY orders end at 13:00
     assert calendar.closes_due(at(2026, 11, 24, 23, 59)) == date(2026, 11, 24)
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
@@ -68,16 +68,17 @@ def test_the_session_close_is_due_at_the_days_close_and_never_on_a_day_without_a
     assert calendar.closes_due(at(2026, 11, 24, 17, 0)) is None
 
 
-def test_a_missed_close_is_due_until_the_next_session_opens_and_never_during_one():
+def test_a_missed_close_is_due_until_the_next_close():
     # Nothing ran over the close: the last session's close is still due, over the night, a
-    # holiday and a weekend, until the next session opens.
+    # holiday, a weekend and the next session, until that session's own close.
     assert calendar.closes_due(at(2026, 11, 25, 0, 1)) == date(2026, 11, 24)
     assert calendar.closes_due(at(2026, 11, 25, 9, 29)) == date(2026, 11, 24)
-    assert calendar.closes_due(at(2026, 11, 25, 9, 30)) is None  # the next session is open
+    assert calendar.closes_due(at(2026, 11, 25, 9, 30)) == date(2026, 11, 24)  # the next session is open
+    assert calendar.closes_due(at(2026, 11, 25, 15, 59)) == date(2026, 11, 24)
     assert calendar.closes_due(at(2026, 11, 26, 17, 0)) == date(2026, 11, 25)  # Thanksgiving: Wednesday's
     assert calendar.closes_due(at(2026, 11, 28, 17, 0)) == date(2026, 11, 27)  # a Saturday: Friday's
     assert calendar.closes_due(at(2026, 11, 30, 9, 0)) == date(2026, 11, 27)  # Monday before the open
-    assert calendar.closes_due(at(2026, 11, 30, 12, 0)) is None
+    assert calendar.closes_due(at(2026, 11, 30, 12, 0)) == date(2026, 11, 27)  # and during Monday's session
 
 
 def test_a_closed_market_says_why():

@@ -1,6 +1,6 @@
-"""order_svc's session loop: the close of the last session is queued between sessions, also
-when it was missed (order_svc down over the close: started the next morning or the weekend
-after, it closes that day, logged at WARNING), and never while a session is open."""
+"""order_svc's session loop: the close of the last session is queued once it is due, also
+when it was missed (order_svc down over the close: started the next morning, the weekend after
+or during the next session, it closes that day, logged at WARNING)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from meshkit import calendar
 from order_svc.service_layer import session
 from tests.support.wait import eventually
 
@@ -52,14 +53,16 @@ async def test_the_close_is_queued_after_the_close_of_the_day(monkeypatch, caplo
 
 @pytest.mark.parametrize("at, missed", [(ny(2026, 11, 25, 8, 0), date(2026, 11, 24)),  # the next morning
                                         (ny(2026, 11, 28, 12, 0), date(2026, 11, 27)),  # a Saturday
-                                        (ny(2026, 11, 30, 9, 29), date(2026, 11, 27))])  # Monday before the open
-async def test_a_missed_close_is_made_before_the_next_session_opens(monkeypatch, caplog, at, missed):
+                                        (ny(2026, 11, 30, 9, 29), date(2026, 11, 27)),  # Monday before the open
+                                        (ny(2026, 11, 30, 9, 30), date(2026, 11, 27))])  # and once it is open
+async def test_a_missed_close_is_made_when_order_svc_starts(monkeypatch, caplog, at, missed):
     with caplog.at_level(logging.INFO, logger="order_svc.session"):
         asked, wakes = await run_loop(monkeypatch, at)
     assert set(asked) == {missed} and wakes == 1
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", "missed session close made now")]
 
 
-async def test_no_close_is_made_while_a_session_is_open(monkeypatch):
-    asked, wakes = await run_loop(monkeypatch, ny(2026, 11, 25, 9, 30))
+async def test_before_the_first_close_in_reach_nothing_is_made(monkeypatch):
+    monkeypatch.setattr(calendar, "_LOOK_BACK_DAYS", 1)  # today only: its session has not closed
+    asked, wakes = await run_loop(monkeypatch, ny(2026, 11, 25, 12, 0))
     assert asked == [] and wakes == 0

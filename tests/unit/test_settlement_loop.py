@@ -74,18 +74,21 @@ async def test_the_day_is_settled_once_after_its_close(monkeypatch):
     assert settled == [date(2026, 11, 24)]
 
 
-async def test_a_day_missed_is_settled_before_the_next_session(monkeypatch):
+@pytest.mark.parametrize("at, missed", [(ny(2026, 11, 28, 17, 0), date(2026, 11, 27)),  # a Saturday: Friday's (early close)
+                                        (ny(2026, 11, 30, 11, 0), date(2026, 11, 27))])  # during Monday's session
+async def test_a_day_missed_is_settled_when_ledger_svc_runs_again(monkeypatch, at, missed):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 28, 17, 0))  # a Saturday: Friday's (an early close)
-    assert settled == [date(2026, 11, 27)]
+    settled, _ = await run_loop(monkeypatch, at)
+    assert settled == [missed]
 
 
 @pytest.mark.parametrize("at", [ny(2026, 11, 24, 16, 3),  # closed, but within SETTLE_AFTER_CLOSE
                                 ny(2026, 11, 24, 11, 0)])  # the session is on
-async def test_nothing_is_settled_before_the_close_is_due(monkeypatch, at):
+async def test_a_day_is_not_settled_before_its_close_is_due(monkeypatch, at):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
     settled, asked = await run_loop(monkeypatch, at)
-    assert settled == [] and asked == []
+    assert date(2026, 11, 24) not in settled + asked
+    assert settled == asked == [date(2026, 11, 23)]  # the day before's is due (in a real run, settled before: nothing due)
 
 
 async def test_a_day_without_fills_to_settle_is_not_run_and_asked_once(monkeypatch):

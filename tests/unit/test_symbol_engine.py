@@ -145,3 +145,69 @@ def test_a_halt_refuses_new_orders_and_replaces_keeps_cancels_and_survives_a_sna
     assert out.market_data[-1].halted is False
     # Resuming what trades already changes nothing and says nothing.
     assert not eng.apply(9, 0, pb.EngineCommand(command_id="go2", symbol="AAPL", resume=pb.Resume())).market_data
+
+
+def ny_ns(day: str, hh: int, mm: int = 0) -> int:
+    """ns since the epoch of `day` hh:mm New York time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    at = datetime.fromisoformat(f"{day}T{hh:02d}:{mm:02d}").replace(tzinfo=ZoneInfo("America/New_York"))
+    return int(at.timestamp()) * 1_000_000_000
+
+
+def close(day: str, cid: str | None = None) -> pb.EngineCommand:
+    return pb.EngineCommand(command_id=cid or f"close:{day}", symbol="AAPL", session_close=pb.SessionClose(trading_day=day))
+
+
+def test_a_session_close_expires_the_day_orders_of_its_day_and_earlier_ones_only():
+    """A close missed on Tuesday and made late, during Wednesday's session, ends Tuesday's
+    DAY orders (and a replace of one keeps its day) but not Wednesday's; a repeat of it, or a
+    close of an earlier day, expires nothing; Wednesday's close ends the rest."""
+    DAY = c.TIME_IN_FORCE_DAY
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("mon", "a", BUY, 1, limit="10", tif=DAY, at_ns=ny_ns("2026-11-23", 10)))
+    eng.apply(2, 0, new_order("tue", "a", BUY, 2, limit="11", tif=DAY, at_ns=ny_ns("2026-11-24", 23, 30)))  # 04:30 UTC on the 25th
+    eng.apply(3, 0, new_order("gtc", "a", BUY, 3, limit="9", at_ns=ny_ns("2026-11-24", 11)))
+    eng.apply(4, 0, new_order("wed", "a", BUY, 4, limit="12", tif=DAY, at_ns=ny_ns("2026-11-25", 9, 31)))
+    replace = pb.EngineCommand(command_id="tue:replace", symbol="AAPL", replace_order=pb.ReplaceOrder(
+        order_id="tue", new_order_id="tue2", account_id="a", quantity=5, limit_price="11.5"))
+    eng.apply(5, ny_ns("2026-11-25", 9, 40), replace)  # on Wednesday: still Tuesday's order
+    eng.apply(6, 0, new_order("s", "b", SELL, 1, limit="12", at_ns=ny_ns("2026-11-25", 9, 45)))  # trades with wed
+    assert eng.volume == 1
+
+    out = eng.apply(7, ny_ns("2026-11-25", 10), close("2026-11-24"))
+    assert {(e.type, e.order_id) for e in out.executions} == {
+        (E.EXECUTION_TYPE_EXPIRED, "mon"), (E.EXECUTION_TYPE_EXPIRED, "tue2")}
+    assert len(out.market_data) == 1  # the feed shows the book without them
+    assert eng.volume == 1  # Wednesday has traded: its volume stands
+    survived = SymbolEngine.from_bytes(eng.to_bytes())  # the closed day and each order's day kept
+    for e in (eng, survived):
+        for seq, again in ((8, close("2026-11-24", "again")), (9, close("2026-11-23"))):
+            out = e.apply(seq, ny_ns("2026-11-25", 11), again)
+            assert (out.executions, out.market_data, out.duplicate) == ([], [], False)
+        assert [o for o in ("mon", "tue", "tue2", "gtc", "wed") if e.book.get_order(o)] == ["gtc", "wed"]
+
+    out = survived.apply(10, ny_ns("2026-11-25", 16), close("2026-11-25"))
+    assert [(e.type, e.order_id, e.quantity) for e in out.executions] == [(E.EXECUTION_TYPE_EXPIRED, "wed", 3)]
+    [md] = out.market_data
+    assert md.volume == 1 and survived.volume == 0  # the session's end shows its volume; the next starts at 0
+    assert survived.state_hash() != eng.state_hash()
+
+
+def test_a_close_without_a_day_and_orders_without_one_keep_the_old_behaviour():
+    """A SessionClose without a (valid) day expires every DAY order, as before days were
+    kept; so does any close for an order restored from a snapshot taken before (no day)."""
+    DAY = c.TIME_IN_FORCE_DAY
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("today", "a", BUY, 1, limit="10", tif=DAY, at_ns=ny_ns("2026-11-25", 10)))
+    [ex] = eng.apply(2, 0, close("not-a-day")).executions
+    assert (ex.type, ex.order_id) == (E.EXECUTION_TYPE_EXPIRED, "today")
+    eng.apply(3, 0, new_order("old", "a", BUY, 1, limit="10", tif=DAY, at_ns=ny_ns("2026-11-25", 10)))
+    data = eng.snapshot()
+    for level in data["book"]["bids"]:
+        for order in level[1]:
+            del order["trading_day"]  # as a snapshot of an earlier version has it
+    del data["closed_day"], data["last_trade_ns"]
+    old = SymbolEngine.restore(data)
+    [ex] = old.apply(4, 0, close("2026-01-02")).executions  # a close of any day ends it
+    assert (ex.type, ex.order_id) == (E.EXECUTION_TYPE_EXPIRED, "old")
