@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from meshkit import paging
+from meshkit import paging, symbols
 from meshkit.auth import current_account
 from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from order_svc.entrypoints import mapping
@@ -64,6 +64,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         before = (cursor["createdAt"], cursor["orderId"]) if cursor else None
         orders = await handlers.list_orders(current_account(), request.symbol or None, statuses, size + 1, before,
                                             self.deps)
+        if not orders and request.symbol and request.symbol not in symbols.listed():
+            symbols.known(request.symbol)  # a mistyped filter says so; a delisted symbol's orders still list
         more = len(orders) > size
         orders = orders[:size]
         token = paging.encode_token({"createdAt": orders[-1].created_at.isoformat(),

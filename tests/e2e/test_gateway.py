@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from meshkit.launcher import keys
+from meshkit.status import error_info
 from stockmesh.ledger.v1 import (
     hold_service_pb2,
     hold_service_pb2_grpc,
@@ -115,6 +116,21 @@ async def test_a_page_token_with_values_no_call_wrote_is_invalid_argument(mesh: 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+
+
+async def test_list_orders_filtered_by_an_unknown_symbol_says_so(mesh: RunningMesh) -> None:
+    async with mesh.channel() as ch:
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+        listed = await stub.ListOrders(order_service_pb2.ListOrdersRequest(symbol="MSFT"),
+                                       metadata=mesh.auth("gw-filter"), timeout=10)
+        assert list(listed.orders) == []  # listed, no orders: an empty page
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListOrders(order_service_pb2.ListOrdersRequest(symbol="APPL"),
+                                  metadata=mesh.auth("gw-filter"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, bad = error_info(err.value)
+    assert info.reason == "UNKNOWN_SYMBOL"
+    assert [(f.field, f.description) for f in bad.field_violations] == [("symbol", "unknown symbol 'APPL'")]
 
 
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
