@@ -2,6 +2,8 @@
 (settle, audit, halts); the customer's commands are in cli_client."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,11 +37,28 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
+def _stdout_gone() -> bool:
+    """Whether whoever read our stdout has gone (`stockmesh consumers | head`)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class _Main(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is an unreachable server
+            if isinstance(exc, BrokenPipeError) and _stdout_gone():
+                # The reader of our output stopped reading (| head): end quietly as a Unix tool
+                # does, with the status of a death by SIGPIPE, flushing nothing more at exit.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(128 + signal.SIGPIPE)
             problem = unreachable(exc)
             if problem is None:
                 raise
