@@ -71,7 +71,10 @@ class UnitOfWork:
                     # its COMMIT or a statement was in flight: the transaction's state is unknown
                     # and asyncpg will not roll it back. Close the connection (the server ends
                     # the transaction with it) and let the block's own exception go on, not this one.
-                    self.conn.terminate()
+                    try:
+                        self.conn.terminate()
+                    except asyncpg.InterfaceError:
+                        pass  # lost already (a server gone): asyncpg has let go of it
         finally:
             self._tx = None
             await self.pool.release(self.conn)
