@@ -169,7 +169,9 @@ async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups
                 # opens again on a running order_svc, from the last update the client saw.
                 raise Unavailable(f"order_svc is shutting down: open the stream again with after_sequence = "
                                   f"{last}, the last update sent on this one", reason="SHUTTING_DOWN",
-                                  metadata={"after_sequence": str(last)})
+                                  # lowerCamelCase like every ErrorInfo key; the snake_case one for
+                                  # clients written against its first form
+                                  metadata={"afterSequence": str(last), "after_sequence": str(last)})
             event.clear()
             async with deps.uow() as uow:
                 batch = await uow.orders.updates_after(account_id, last, page)

@@ -63,7 +63,7 @@ async def test_a_stopping_order_svc_ends_streams_with_unavailable_and_they_resum
         assert "shutting down" in ended.value.details(), ended.value.details()
         info = error_info(ended.value)
         assert info.reason == "SHUTTING_DOWN"
-        assert int(info.metadata["after_sequence"]) == seen[-1]
+        assert int(info.metadata["afterSequence"]) == int(info.metadata["after_sequence"]) == seen[-1]
 
         # The launcher restarts it; the client opens the stream again where it stopped.
         assert await eventually(lambda: mesh.state()["restarts"]["order_svc"] > before["restarts"]["order_svc"]
