@@ -77,6 +77,16 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def terminate(conn: asyncpg.Connection) -> None:
+    """Close a pool's connection at once (its session, and with it any transaction or lock it
+    holds, ends on the server). One asyncpg saw lost is already back in the pool, and its
+    proxy refuses every call: nothing is left to close."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass
+
+
 @asynccontextmanager
 async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
                         wait: bool = True) -> AsyncIterator[bool]:
@@ -101,7 +111,7 @@ async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
             if held:
                 await conn.execute(f"SELECT pg_advisory_unlock{mode}($1)", key)
         except BaseException:
-            conn.terminate()
+            terminate(conn)
             raise
         finally:
             await pool.release(conn)

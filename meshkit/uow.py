@@ -5,6 +5,8 @@ from typing import Any
 
 import asyncpg
 
+from meshkit import db
+
 
 class UnitOfWork:
     """`async with uow:` opens a transaction; `await uow.commit()` commits it; leaving the
@@ -71,10 +73,7 @@ class UnitOfWork:
                     # its COMMIT or a statement was in flight: the transaction's state is unknown
                     # and asyncpg will not roll it back. Close the connection (the server ends
                     # the transaction with it) and let the block's own exception go on, not this one.
-                    try:
-                        self.conn.terminate()
-                    except asyncpg.InterfaceError:
-                        pass  # lost already (a server gone): asyncpg has let go of it
+                    db.terminate(self.conn)
         finally:
             self._tx = None
             await self.pool.release(self.conn)
