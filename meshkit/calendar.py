@@ -83,7 +83,7 @@ def closes_due(at: datetime) -> date | None:
     if always_open():
         return None
     local = at.astimezone(NEW_YORK)
-    for back in range(_LOOK_BACK_DAYS):
+    for back in range(LOOK_BACK_DAYS):
         day = local.date() - timedelta(days=back)
         if (hours := session(day)) is None:
             continue
@@ -95,7 +95,7 @@ def closes_due(at: datetime) -> date | None:
 
 # Longer than any run of days without a session (weekends and holidays; the exchange's longest
 # closures, e.g. after September 11, 2001, were four trading days).
-_LOOK_BACK_DAYS = 15
+LOOK_BACK_DAYS = 15
 
 
 def after_today(day: date) -> str | None:

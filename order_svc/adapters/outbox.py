@@ -15,7 +15,7 @@ drops it by Nats-Msg-Id, and the engine drops repeats by id anyway.
 Published rows are kept for a while (ORDER_OUTBOX_RETENTION_HOURS, a week by default), then
 the elected relay deletes those nothing will ask about again (OutboxRepository.prune: session
 closes and the commands of orders that have ended), on a connection of its own so that pruning
-never holds up relaying: every minute a scan of the rows that have come of age since the last
+never holds up relaying (a session close at least 16 days: see repository.CLOSE_KEPT): every minute a scan of the rows that have come of age since the last
 one, every hour a scan from the oldest row (the rows of orders that were live when a scan
 passed them and have ended since). The table holds about a week of order flow and the live
 orders' commands instead of all history.

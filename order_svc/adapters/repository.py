@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 
-from meshkit import audit
+from meshkit import audit, calendar
 from order_svc.domain.model import (TERMINAL, EndReason, Fill, Order, OrderRequest, OrderType, RejectReason, Side,
                                     Status, TimeInForce)
 
@@ -352,13 +352,18 @@ class OrderRepository:
 
 # OutboxRepository.prune: one batch of the scan in id order, and what it deleted. A msg_id is
 # `close:<day>:<SYMBOL>` or starts with the order id (`<id>`, `<id>:cancel...`, `<id>:replace`).
+# A session close stays as long as order_svc's session loop may ask for it again
+# (calendar.closes_due looks back at most LOOK_BACK_DAYS), whatever the retention: pruned
+# sooner, it would be queued again.
+CLOSE_KEPT = timedelta(days=calendar.LOOK_BACK_DAYS + 1)
 _PRUNE = f"""
     WITH batch AS (
-        SELECT id, msg_id, published_at IS NOT NULL AND published_at < now() - $2::interval AS old
+        SELECT id, msg_id, published_at IS NOT NULL AND published_at < now() - $2::interval AS old,
+               published_at < now() - interval '{CLOSE_KEPT.days} days' AS past_closes
           FROM orders.outbox WHERE id > $1 ORDER BY id LIMIT $3
     ), doomed AS (
         SELECT b.id FROM batch b
-         WHERE b.old AND (b.msg_id LIKE 'close:%'
+         WHERE b.old AND ((b.msg_id LIKE 'close:%' AND b.past_closes)
                OR EXISTS (SELECT 1 FROM orders.orders o
                            WHERE o.order_id = CASE WHEN b.msg_id ~ '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}'
                                                    THEN left(b.msg_id, 36)::uuid END

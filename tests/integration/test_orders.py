@@ -434,7 +434,7 @@ async def test_the_elected_relay_prunes_beside_relaying(pg_server_url, nats_conn
         relay = asyncio.create_task(OutboxRelay(url, js, retention=timedelta(hours=1), prune_every=0.1).run())
         try:
             await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
-                               "VALUES ('nowhere', 'close:2020-01-06:XOM', '', now() - interval '2 hours')")
+                               "VALUES ('nowhere', 'close:2020-01-06:XOM', '', now() - interval '20 days')")
 
             async def pruned() -> bool:
                 return not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id LIKE 'close:%'")

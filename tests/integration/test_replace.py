@@ -498,6 +498,7 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     from prometheus_client import REGISTRY
 
     from order_svc.adapters.outbox import OutboxRelay
+    from order_svc.adapters.repository import CLOSE_KEPT
 
     a = acct()
     await fund(checked_pool, a, cash="1000.00")
@@ -508,14 +509,15 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     await eventually(lambda: acceptances.seen(cancelled.order_id), "it to rest")
     mystery = f"mystery-{uuid.uuid4().hex}"  # names no order: kept, whatever its age
     close = f"close:2020-01-06:{uuid.uuid4().hex[:8]}"
+    recent_close = f"close:2020-01-07:{uuid.uuid4().hex[:8]}"  # within the session loop's reach
     async with checked_pool.acquire() as conn:
-        for msg_id in (close, mystery):
+        for msg_id in (close, recent_close, mystery):
             await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
                                "VALUES ('nowhere', $1, '', now())", msg_id)
     await handlers.cancel_order(a, cancelled.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, cancelled.order_id, Status.CANCELLED), "the cancel")
 
-    ids = [str(replaced.order_id), f"{new.order_id}:replace", str(cancelled.order_id), close, mystery,
+    ids = [str(replaced.order_id), f"{new.order_id}:replace", str(cancelled.order_id), close, recent_close, mystery,
            f"{cancelled.order_id}:cancel"]
     old = ids[:-1]  # the cancel stays recent: the scan ends there
 
@@ -527,6 +529,8 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     async with checked_pool.acquire() as conn:
         await conn.execute("UPDATE orders.outbox SET published_at = now() - interval '2 hours' "
                            "WHERE msg_id = ANY($1)", old)
+        await conn.execute("UPDATE orders.outbox SET published_at = now() - $2::interval WHERE msg_id = $1",
+                           close, CLOSE_KEPT + timedelta(hours=1))
         first = await conn.fetchval("SELECT min(id) FROM orders.outbox WHERE msg_id = ANY($1)", ids)
 
     pruned = lambda: REGISTRY.get_sample_value("stockmesh_outbox_pruned_total") or 0  # noqa: E731
@@ -547,8 +551,9 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     finally:
         await conn.close()
     # Kept: the live replacement's replace (a pending replace is told by it), a row naming no
-    # order, and a row published within the retention. Gone: the ended orders' and the close.
-    assert left == {f"{new.order_id}:replace", mystery, f"{cancelled.order_id}:cancel"}
+    # order, a row published within the retention, and a close the session loop may still ask
+    # for (CLOSE_KEPT, whatever the retention). Gone: the ended orders' and the close older than that.
+    assert left == {f"{new.order_id}:replace", recent_close, mystery, f"{cancelled.order_id}:cancel"}
     assert deleted == 3 and pruned() - before == 3
     await handlers.cancel_order(a, new.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the last cancel")

@@ -63,6 +63,6 @@ async def test_a_missed_close_is_made_when_order_svc_starts(monkeypatch, caplog,
 
 
 async def test_before_the_first_close_in_reach_nothing_is_made(monkeypatch):
-    monkeypatch.setattr(calendar, "_LOOK_BACK_DAYS", 1)  # today only: its session has not closed
+    monkeypatch.setattr(calendar, "LOOK_BACK_DAYS", 1)  # today only: its session has not closed
     asked, wakes = await run_loop(monkeypatch, ny(2026, 11, 25, 12, 0))
     assert asked == [] and wakes == 0
