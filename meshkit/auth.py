@@ -42,6 +42,10 @@ def account_problem(account: str) -> str | None:
         return "must not be empty"
     if len(account) > MAX_ACCOUNT:
         return f"must be at most {MAX_ACCOUNT} characters"
+    if account != account.strip():
+        return "must not begin or end with white space" if account.strip() else "must not be blank"
+    if not account.isprintable():
+        return "must not contain control characters"
     return None
 
 

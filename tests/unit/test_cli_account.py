@@ -1,4 +1,4 @@
-"""`stockmesh token --account ""` and the customer commands' --account: a bad account id is a
+"""`stockmesh token --account ""` (or "   ") and the customer commands' --account: a bad account id is a
 usage error (exit 2, click's message), never a traceback, and no key or token is made for it."""
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from click.testing import CliRunner
 
 from meshkit.cli import main
 
-BAD = [("", "must not be empty"), ("x" * 129, "must be at most 128 characters")]
+BAD = [("", "must not be empty"), ("x" * 129, "must be at most 128 characters"), ("   ", "must not be blank"),
+       (" alice", "must not begin or end with white space"), ("al\x07ice", "must not contain control characters")]
 COMMANDS = [["token"], ["deposit", "10"], ["withdraw", "10"], ["portfolio"], ["orders"], ["cancel", "x"],
             ["place", "buy", "1", "AAPL", "--limit", "1.00"], ["replace", "x", "--quantity", "2"], ["chart", "AAPL"],
             ["watch", "quotes", "AAPL"],
             ["watch", "orders"]]
 
 
-@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long"])
+@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long", "blank", "padded", "control"])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_bad_account_is_a_usage_error(tmp_path, command, account, problem):
     done = CliRunner().invoke(main, [*command, "--account", account, "--data-dir", str(tmp_path)])
@@ -31,3 +32,15 @@ def test_a_good_account_gets_its_token(tmp_path):
     done = CliRunner().invoke(main, ["token", "--account", "x" * 128, "--data-dir", str(tmp_path)])
     assert done.exit_code == 0, done.output
     assert jwt.decode(done.output.strip(), options={"verify_signature": False})["sub"] == "x" * 128
+
+
+def test_a_token_whose_subject_is_blank_names_no_account():
+    import base64
+    import json
+
+    from meshkit.auth import account_from_payload
+
+    def payload(sub: str) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"sub": sub}).encode()).decode().rstrip("=")
+    assert account_from_payload(payload("alice")) == "alice"
+    assert account_from_payload(payload("   ")) is None  # the services answer UNAUTHENTICATED
