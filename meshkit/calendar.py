@@ -96,6 +96,9 @@ def closes_due(at: datetime) -> date | None:
 # Longer than any run of days without a session (weekends and holidays; the exchange's longest
 # closures, e.g. after September 11, 2001, were four trading days).
 LOOK_BACK_DAYS = 15
+# How long the record that a session was closed must be kept: closes_due may ask for a close
+# that old again.
+CLOSES_KEPT = timedelta(days=LOOK_BACK_DAYS + 1)
 
 
 def after_today(day: date) -> str | None:

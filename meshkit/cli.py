@@ -74,11 +74,14 @@ def _day(text: str, hint: str, *, come: bool = False):
     """A YYYY-MM-DD option's date, or click's usage error naming the option; with `come`, a day
     that has not come yet in New York is one too (settling it would pay today's proceeds early,
     closing it would leave its own close with nothing to do)."""
+    import re
     from datetime import date
 
     from meshkit import calendar
 
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
         day = date.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a date like 2026-11-23", param_hint=hint) from None
@@ -97,7 +100,7 @@ def gen(check: bool) -> None:
 
 
 @main.command()
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
 def migrate(database_url: str) -> None:
     """Apply every service's database migrations (one schema per service)."""
     from meshkit import migrate as m
@@ -114,21 +117,21 @@ def migrate(database_url: str) -> None:
               help="Envoy's public port (0 = pick a free one).")
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=0,
               help="Envoy's admin port on 127.0.0.1 (default: a free one).")
-@click.option("--database-url", envvar="DATABASE_URL", default=None,
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
               help="PostgreSQL to use when it answers (default postgresql://postgres@127.0.0.1:5432/stockmesh); "
                    "otherwise a local one is started in the data folder.")
-@click.option("--redis-url", envvar="REDIS_URL", default=None,
+@click.option("--redis-url", envvar="REDIS_URL", show_envvar=True, default=None,
               help="Redis to use when it answers (default redis://127.0.0.1:6379/0); "
                    "otherwise a local one is started.")
-@click.option("--nats-url", envvar="NATS_URL", default=None,
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
               help="An existing NATS server (or a cluster's, comma-separated); by default the pinned "
                    "nats-server is started.")
-@click.option("--nats-cluster", type=click.Choice(["1", "3", "5"]), envvar="STOCKMESH_NATS_CLUSTER", default="1",
+@click.option("--nats-cluster", type=click.Choice(["1", "3", "5"]), envvar="STOCKMESH_NATS_CLUSTER", show_envvar=True, default="1",
               show_default=True, help="Start a JetStream cluster of this many pinned nats-servers instead of one; "
                                       "every stream, bucket and consumer then has that many copies.")
-@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True,
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True,
               help="Prefix of stream, subject and key names (isolates meshes sharing servers).")
-@click.option("--log-level", envvar="LOG_LEVEL", default="INFO", show_default=True,
+@click.option("--log-level", envvar="LOG_LEVEL", show_envvar=True, default="INFO", show_default=True,
               help="Log level of the services.")
 @click.option("--start-timeout", type=float, default=90.0, show_default=True,
               help="Seconds to wait for each start-up step (services, Envoy).")
@@ -136,15 +139,15 @@ def migrate(database_url: str) -> None:
               help="Run the market simulator (liquidity providers and takers on every symbol).")
 @click.option("--market-hours", type=click.Choice(["always", "regular"]), default="always", show_default=True,
               help="'always': the simulated market never closes; 'regular': US hours, Monday to Friday.")
-@click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", default=1,
+@click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", show_envvar=True, default=1,
               show_default=True, help="quote_svc processes behind Envoy; each follows the whole feed and "
                                       "serves its share of the quote streams.")
 @click.option("--replicas", "replicas", multiple=True, metavar="SERVICE=N",
               help="Run N processes of SERVICE behind Envoy, as a deployment does (e.g. ledger_svc=2; "
                    "repeatable). Each applies executions only while elected.")
-@click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", default=None,
+@click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", show_envvar=True, default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
-@click.option("--cors-origins", envvar="STOCKMESH_CORS_ORIGINS", default=None, metavar="ORIGINS",
+@click.option("--cors-origins", envvar="STOCKMESH_CORS_ORIGINS", show_envvar=True, default=None, metavar="ORIGINS",
               help="Browser apps on these origins may call through Envoy with gRPC-Web and JSON (CORS): "
                    "comma-separated scheme://host[:port] (port * = any), or none.  "
                    "[default: localhost and 127.0.0.1, any port]")
@@ -227,7 +230,7 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
 @click.option("--progress-every", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Report progress on stderr every this many events.")
 def audit_verify(database_url: str, progress_every: int) -> None:
@@ -262,9 +265,9 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 
 @main.command()
 @click.option("--date", "day", required=True, help="Trading day to settle, YYYY-MM-DD.")
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
-@click.option("--nats-url", envvar="NATS_URL", default=None, help="NATS URL (to read the execution journal).")
-@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None, help="NATS URL (to read the execution journal).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 @click.option("--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for the ledger to apply every fill in the journal before settling.")
 def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float) -> None:
@@ -313,9 +316,9 @@ def journal() -> None:
 @click.option("--before", "day", required=True, help="Purge the executions published before this trading day "
               "(YYYY-MM-DD) began.")
 @click.option("--dry-run", is_flag=True, help="Say what would be purged, purge nothing.")
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL (the ledger's).")
-@click.option("--nats-url", envvar="NATS_URL", required=True, help="NATS URL (a cluster: comma-separated).")
-@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL (the ledger's).")
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, namespace: str) -> None:
     """Purge the settled days' executions from the execution journal, which otherwise keeps
     every execution ever. The ledger and order_svc keep what they applied in PostgreSQL.
@@ -348,8 +351,8 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
 
 
 @main.command()
-@click.option("--nats-url", envvar="NATS_URL", required=True, help="NATS URL (a cluster: comma-separated).")
-@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 @click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked.")
 def consumers(nats_url: str, namespace: str, behind: bool) -> None:
     """Where each durable consumer of the mesh's streams stands: the engine's (engine_<SYM> on
@@ -403,7 +406,7 @@ def candles() -> None:
 
 @candles.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
 def candles_import(file: Path, database_url: str) -> None:
     """Import historical candles from FILE (CSV).
 
@@ -445,8 +448,8 @@ def session() -> None:
 
 @session.command("close")
 @click.option("--date", "day", default=None, help="Trading day to close, YYYY-MM-DD (default: today in New York).")
-@click.option("--database-url", envvar="DATABASE_URL", required=True, help="PostgreSQL URL.")
-@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", default="stockmesh", show_default=True)
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
+@click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 def session_close(day: str | None, database_url: str, namespace: str) -> None:
     """Close a trading session now: DAY orders expire (what order_svc does by itself after 16:00
     New York unless STOCKMESH_MARKET_ALWAYS_OPEN is set). Queues one SessionClose per listed
@@ -456,12 +459,13 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     from datetime import datetime, timezone
 
     from meshkit import calendar, db
-    from order_svc.service_layer.session import close_session, other_namespace
+    from order_svc.service_layer.session import close_session, closed_after, other_namespace
     from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
-    trading_day = _day(day, "--date", come=True) if day else calendar.trading_day(datetime.now(timezone.utc))
+    today = calendar.trading_day(datetime.now(timezone.utc))
+    trading_day = _day(day, "--date", come=True) if day is not None else today
 
-    async def run() -> int:
+    async def run() -> str:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)
         try:
             uow = lambda: OrderUnitOfWork(pool)  # noqa: E731
@@ -469,13 +473,16 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
                 raise click.BadParameter(f"this database's order flow goes to namespace {found!r}, not {namespace!r}: "
                                          f"pass --namespace {found} (or set STOCKMESH_NAMESPACE)",
                                          param_hint="--namespace")
-            return await close_session(trading_day, uow, namespace)
+            if (later := await closed_after(trading_day, uow, today)) is not None:
+                return (f"session {trading_day}: nothing queued: the session of {later} was closed since, "
+                        "which ended the DAY orders of earlier days too")
+            n = await close_session(trading_day, uow, namespace)
+            return (f"session {trading_day} closed: {n} symbols queued" if n
+                    else f"session {trading_day} was closed before: nothing queued")
         finally:
             await pool.close()
 
-    n = asyncio.run(run())
-    click.echo(f"session {trading_day} closed: {n} symbols queued" if n
-               else f"session {trading_day} was closed before: nothing queued")
+    click.echo(asyncio.run(run()))
 
 
 @main.group()
@@ -506,7 +513,7 @@ def _engine_call(address: str | None, data_dir: Path | None, method: str, reques
             sys.exit(1)
 
 
-_engine_address = click.option("--address", envvar="MATCHING_ADDR", default=None,
+_engine_address = click.option("--address", envvar="MATCHING_ADDR", show_envvar=True, default=None,
                                help="matching_svc's gRPC address (default: the mesh in --data-dir).")
 _engine_data_dir = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                                 help="Data folder of a running `stockmesh up`. Default: $STOCKMESH_DATA_DIR, "

@@ -320,6 +320,11 @@ class OrderRepository:
         subject = await self.conn.fetchval("SELECT subject FROM orders.outbox ORDER BY id DESC LIMIT 1")
         return None if subject is None else subject.rsplit(".orders.", 1)[0]
 
+    async def queued(self, msg_ids: list[str]) -> list[str]:
+        """Those of `msg_ids` that are in the outbox."""
+        return [r["msg_id"] for r in await self.conn.fetch(
+            "SELECT msg_id FROM orders.outbox WHERE msg_id = ANY($1::text[])", msg_ids)]
+
     async def add_outbox(self, subject: str, msg_id: str, payload: bytes) -> bool:
         """Queue a message for the engine; False when this msg_id was queued before."""
         return bool(await self.conn.fetchval(
@@ -355,7 +360,7 @@ class OrderRepository:
 # A session close stays as long as order_svc's session loop may ask for it again
 # (calendar.closes_due looks back at most LOOK_BACK_DAYS), whatever the retention: pruned
 # sooner, it would be queued again.
-CLOSE_KEPT = timedelta(days=calendar.LOOK_BACK_DAYS + 1)
+CLOSE_KEPT = calendar.CLOSES_KEPT
 _PRUNE = f"""
     WITH batch AS (
         SELECT id, msg_id, published_at IS NOT NULL AND published_at < now() - $2::interval AS old,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from meshkit import bus, calendar
@@ -39,6 +39,19 @@ async def other_namespace(uow: Callable[[], OrderUnitOfWork], namespace: str) ->
 
 def close_msg_id(day: date, symbol: str) -> str:
     return f"close:{day.isoformat()}:{symbol}"
+
+
+async def closed_after(day: date, uow: Callable[[], OrderUnitOfWork], today: date) -> date | None:
+    """The latest day after `day`, up to `today`, whose session close was queued (within the
+    days the outbox keeps closes, calendar.CLOSES_KEPT), or None. A close of `day` then ends
+    nothing more: the engine's close of that later day ended the DAY orders of `day` too."""
+    days = [today - timedelta(days=back) for back in range(calendar.CLOSES_KEPT.days)]
+    ids = [close_msg_id(d, symbol) for d in days if d > day for symbol in sorted(listed())]
+    if not ids:
+        return None
+    async with uow() as u:
+        found = await u.orders.queued(ids)
+    return max((date.fromisoformat(m.split(":")[1]) for m in found), default=None)
 
 
 async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,

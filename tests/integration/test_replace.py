@@ -409,8 +409,14 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
         str(day.order_id): ("RELEASED", D("300.00")), str(gtc.order_id): ("PENDING", D("450.00"))}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "nothing queued" in again.stdout
+    earlier = subprocess.run([*cmd[:-1], str(today - timedelta(days=3))], env=env, capture_output=True, text=True,
+                             timeout=60)  # a close of an earlier day would end nothing more
+    assert earlier.returncode == 0, earlier.stderr
+    assert f"nothing queued: the session of {today} was closed since" in earlier.stdout
     async with checked_pool.acquire() as conn:
         n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:{today}:{SYM}")
+        assert not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1",
+                                       f"close:{today - timedelta(days=3)}:{SYM}")
     assert n == 1
     await handlers.cancel_order(a, gtc.order_id, order_deps)
     cancelled = await eventually(lambda: order_is(order_deps, a, gtc.order_id, Status.CANCELLED), "the cancel")

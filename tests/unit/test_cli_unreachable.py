@@ -55,3 +55,14 @@ def test_a_day_that_has_not_come_is_a_usage_error(args):
     done = CliRunner().invoke(main, [*args, tomorrow])
     assert done.exit_code == 2, done.output
     assert "has not come yet" in done.output and "Traceback" not in done.output
+
+
+@pytest.mark.parametrize("text", ["", "20261204", "2026-12-4", "2026-W49-5", "tomorrow"])
+@pytest.mark.parametrize("args", [["settle", "--database-url", NOWHERE_PG, "--date"],
+                                  ["session", "close", "--database-url", NOWHERE_PG, "--date"]],
+                         ids=["settle", "session close"])
+def test_a_date_not_written_yyyy_mm_dd_is_a_usage_error(args, text):
+    """Not today by default when empty, nor another ISO form read some other way."""
+    done = CliRunner().invoke(main, [*args, text])
+    assert done.exit_code == 2, done.output
+    assert "is not a date like 2026-11-23" in done.output and "Traceback" not in done.output
