@@ -18,6 +18,14 @@ _ENGINE_REJECT_MESSAGES = {
     RejectReason.SYMBOL_HALTED: REJECT_MESSAGES[RejectReason.SYMBOL_HALTED],
 }
 
+# Why the engine refused a replace (CANCEL_REJECTED reasons), as the rejected replacement says.
+_REPLACE_REFUSALS = {
+    "UNKNOWN_ORDER": f"{REJECT_MESSAGES[RejectReason.ORDER_NOT_ACTIVE]} (it filled, expired or was cancelled before "
+                     "the engine came to the replace)",
+    "DUPLICATE_ORDER_ID": "the engine already knows the replacement's order id",
+    "INVALID": "the engine found the replacement invalid",
+}
+
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id) and for
@@ -90,9 +98,11 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
     if ex.new_order_id:
         new = await _order(uow, ex.new_order_id)
         if new is not None and new.status is Status.PENDING_NEW:
-            await _reject_replacement(uow, new, f"the engine refused to replace order {ex.order_id}: "
-                                                f"{ex.reason or 'UNKNOWN_ORDER'}", at,
-                                      reason=_ENGINE_REJECTS.get(ex.reason, RejectReason.ORDER_NOT_ACTIVE))
+            reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.ORDER_NOT_ACTIVE)
+            message = (_ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
+                       else _REPLACE_REFUSALS.get(ex.reason or "UNKNOWN_ORDER",
+                                                  f"the engine refused to replace the order ({ex.reason})"))
+            await _reject_replacement(uow, new, message, at, reason=reason)
         return
     o = await _order(uow, ex.order_id)
     if o is not None and o.cancel_requested:

@@ -315,7 +315,8 @@ async def test_engine_refusing_the_replace_rejects_the_new_order(engine, order_d
         rejected = await eventually(lambda: order_is(order_deps, buyer, new.order_id, Status.REJECTED),
                                     "the refused replacement")
         assert rejected.reject_reason is RejectReason.ORDER_NOT_ACTIVE
-        assert "UNKNOWN_ORDER" in rejected.reject_message
+        assert rejected.reject_message == ("the order being replaced has ended (it filled, expired or was cancelled "
+                                           "before the engine came to the replace)")  # no engine code in it
         filled = await eventually(lambda: order_is(order_deps, buyer, old.order_id, Status.FILLED), "the fill")
         assert filled.replaced_by is None
         await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the holds to resolve")
