@@ -53,13 +53,17 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     async def ListOrders(self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext) -> pb.ListOrdersResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": uuid.UUID})
         statuses = []
         for s in request.statuses:
             if s == common_pb2.ORDER_STATUS_UNSPECIFIED or s not in mapping.STATUSES:
                 v.add("statuses", f"unknown or unspecified status {s}")
             else:
                 statuses.append(mapping.STATUSES[s].value)
+        query = f"{request.symbol}|{','.join(sorted(set(statuses)))}"  # a token pages the query that made it
+        cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": uuid.UUID,
+                                                                     "q": paging.text})
+        if cursor is not None and cursor["q"] != query:
+            v.add("page_token", "does not belong to this query (symbol and statuses must not change)")
         v.raise_if_any()
         before = (cursor["createdAt"], cursor["orderId"]) if cursor else None
         orders = await handlers.list_orders(current_account(), request.symbol or None, statuses, size + 1, before,
@@ -69,7 +73,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         more = len(orders) > size
         orders = orders[:size]
         token = paging.encode_token({"createdAt": orders[-1].created_at.isoformat(),
-                                     "orderId": str(orders[-1].order_id)}) if more else ""
+                                     "orderId": str(orders[-1].order_id), "q": query}) if more else ""
         return pb.ListOrdersResponse(orders=[mapping.order_to_proto(o) for o in orders], next_page_token=token)
 
     async def StreamOrderUpdates(self, request: pb.StreamOrderUpdatesRequest,

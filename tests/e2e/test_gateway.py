@@ -96,8 +96,8 @@ async def test_order_commands_without_a_valid_token_are_unauthenticated(mesh: Ru
 
 
 @pytest.mark.parametrize("method, cursor", [
-    ("ListOrders", {"createdAt": "garbage", "orderId": "x"}),
-    ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid"}),
+    ("ListOrders", {"createdAt": "garbage", "orderId": "x", "q": "|"}),
+    ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid", "q": "|"}),
     ("ListActivities", {"before": 1e30}),
     ("ListActivities", {"before": 99999999999999999999999}),
     ("ListHolds", {"before": 99999999999999999999999}),
@@ -131,6 +131,32 @@ async def test_list_orders_filtered_by_an_unknown_symbol_says_so(mesh: RunningMe
     info, bad = error_info(err.value)
     assert info.reason == "UNKNOWN_SYMBOL"
     assert [(f.field, f.description) for f in bad.field_violations] == [("symbol", "unknown symbol 'APPL'")]
+
+
+async def test_a_list_orders_page_token_pages_only_the_query_that_made_it(mesh: RunningMesh) -> None:
+    md = mesh.auth("gw-pages")
+    rejected = [common_pb2.ORDER_STATUS_REJECTED]
+    async with mesh.channel() as ch:
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+        for i in range(3):  # unfunded: REJECTED, and listed like any order
+            await stub.PlaceOrder(order_service_pb2.PlaceOrderRequest(
+                client_order_id=f"page-{i}", symbol="AAPL", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_LIMIT,
+                quantity=1, limit_price="150.00", time_in_force=common_pb2.TIME_IN_FORCE_GTC), metadata=md, timeout=10)
+        first = await stub.ListOrders(order_service_pb2.ListOrdersRequest(page_size=2, statuses=rejected),
+                                      metadata=md, timeout=10)
+        assert len(first.orders) == 2 and first.next_page_token
+        rest = await stub.ListOrders(order_service_pb2.ListOrdersRequest(
+            page_size=2, statuses=rejected, page_token=first.next_page_token), metadata=md, timeout=10)
+        assert len(rest.orders) == 1 and not rest.next_page_token
+        for other in (order_service_pb2.ListOrdersRequest(page_size=2, page_token=first.next_page_token),
+                      order_service_pb2.ListOrdersRequest(page_size=2, statuses=rejected, symbol="MSFT",
+                                                          page_token=first.next_page_token)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListOrders(other, metadata=md, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            _, bad = error_info(err.value)
+            assert [f.field for f in bad.field_violations] == ["page_token"]
+            assert "does not belong to this query" in bad.field_violations[0].description
 
 
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
