@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from meshkit.symbols import tick_size
+from stockmesh.common.v1 import common_pb2
 
 HOT = frozenset({"AAPL", "TSLA"})
 
@@ -52,3 +53,16 @@ def quote_around(mid: Decimal, rng: random.Random) -> Quote:
     if bid <= 0:
         bid = tick
     return Quote(bid=bid, ask=bid + 2 * half, bid_size=rng.randint(1, 3) * 100, ask_size=rng.randint(1, 3) * 100)
+
+
+BUY, SELL = common_pb2.SIDE_BUY, common_pb2.SIDE_SELL
+OUTER_TICKS, OUTER_SIZE = 3, 5  # the outer level: this many ticks further out, this many times deeper
+
+
+def levels(q: Quote, tick: Decimal) -> list[tuple[int, Decimal, int]]:
+    """The (side, price, size) orders a liquidity provider rests for quote `q`: the quote
+    itself and, further out, a deeper level on each side (a bid never at or below zero)."""
+    out = [(BUY, q.bid, q.bid_size), (SELL, q.ask, q.ask_size), (SELL, q.ask + OUTER_TICKS * tick, q.ask_size * OUTER_SIZE)]
+    if q.bid - OUTER_TICKS * tick > 0:
+        out.append((BUY, q.bid - OUTER_TICKS * tick, q.bid_size * OUTER_SIZE))
+    return out

@@ -14,7 +14,8 @@ import grpc
 from meshkit.launcher import keys
 from meshkit.money import fmt
 from meshkit.symbols import listed
-from simulator.market import HOT, Walk, quote_around
+from meshkit.symbols import tick_size
+from simulator.market import BUY, HOT, SELL, Walk, levels, quote_around
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
@@ -73,21 +74,39 @@ class Simulator:
         walk = Walk.at(reference)
         interval = self.tick / 5 if symbol in HOT else self.tick
         taker_chance = 0.6 if symbol in HOT else 0.25
-        resting: list[str] = []
+        resting: dict[int, list[str]] = {BUY: [], SELL: []}  # the maker's live quotes, by side
+        mid = reference
         n = 0
         while True:
             n += 1
             try:
-                for order_id in resting:
-                    await self._call(stub.CancelOrder(pb.CancelOrderRequest(order_id=order_id), metadata=self.md(maker(symbol))))
+                # Make before break: a side's new quotes rest before its old ones go, so it is
+                # never empty between them. The side the price moves towards goes first: its
+                # new quotes cannot cross the other side's old ones, and those old ones are gone
+                # (cancelled ahead in the symbol's ordered flow) before the other side's new
+                # quotes could meet them (the maker's own orders: self-trade prevention would
+                # cancel the newcomer). Two levels a side, the outer one deeper, so a taker
+                # never takes a side out.
                 q = quote_around(walk.step(rng), rng)
-                resting = []
-                for side, price, size in ((common_pb2.SIDE_BUY, q.bid, q.bid_size), (common_pb2.SIDE_SELL, q.ask, q.ask_size)):
-                    reply = await self._call(stub.PlaceOrder(self._limit(f"{symbol}-{n}-{side}", symbol, side, size, price,
-                                                                         common_pb2.TIME_IN_FORCE_GTC),
-                                                             metadata=self.md(maker(symbol))))
-                    if reply is not None and reply.order.status == common_pb2.ORDER_STATUS_NEW:
-                        resting.append(reply.order.order_id)
+                up = q.bid + q.ask >= 2 * mid
+                mid = (q.bid + q.ask) / 2
+                wanted = levels(q, tick_size(q.bid))
+                for side in ((SELL, BUY) if up else (BUY, SELL)):
+                    mine = [(price, size) for s, price, size in wanted if s == side]
+                    placed = []
+                    for level, (price, size) in enumerate(mine):
+                        reply = await self._call(stub.PlaceOrder(self._limit(
+                            f"{symbol}-{n}-{side}-{level}", symbol, side, size, price, common_pb2.TIME_IN_FORCE_GTC),
+                            metadata=self.md(maker(symbol))))
+                        if reply is not None and reply.order.status == common_pb2.ORDER_STATUS_NEW:
+                            placed.append(reply.order.order_id)
+                    if len(placed) < len(mine):  # one did not rest (a refusal): the old quotes stay too,
+                        resting[side] += placed  # and the other side waits for the next round
+                        break
+                    for order_id in resting[side]:
+                        await self._call(stub.CancelOrder(pb.CancelOrderRequest(order_id=order_id),
+                                                          metadata=self.md(maker(symbol))))
+                    resting[side] = placed
                 if rng.random() < taker_chance:
                     buy = rng.random() < 0.5
                     taker = rng.choice(TAKERS)
