@@ -56,6 +56,25 @@ def servers(url: str) -> list[str]:
 COMMAND_ATTEMPTS = 3
 
 
+def unreachable(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) is NATS not answering (a request or publish timed
+    out, no server, the connection closed or reconnecting, no stream answering) rather than an
+    error of the call itself: the caller may try again once it is back."""
+    import nats.errors
+    import nats.js.errors
+
+    gone = (nats.errors.TimeoutError, nats.errors.NoServersError, nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
+            nats.errors.OutboundBufferLimitError, nats.errors.FlushTimeoutError,
+            nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, gone):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 async def connect(url: str, name: str, *, attempts: int = -1) -> Client:
     """A connection that reconnects by itself. A service keeps trying for ever (-1); a
     command gives up after `attempts` tries per server and raises, so an operator hears that

@@ -13,7 +13,7 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from meshkit import auth, db, logs
+from meshkit import auth, bus, db, logs
 from meshkit.errors import DomainError, Unavailable, Unimplemented
 from meshkit.status import to_rpc_status
 
@@ -49,6 +49,14 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         log.warning("rpc failed: the database connection was lost", extra={"method": method, "error": repr(exc)})
         exc = Unavailable(f"the database is unavailable; try again (request id {logs.request_id.get()})",
                           reason="DATABASE_UNAVAILABLE")
+    elif not isinstance(exc, DomainError) and bus.unreachable(exc):
+        # NATS did not answer (down, restarting, partitioned): transient too. A publish whose
+        # acknowledgement was lost may still have been stored, so the client is told to look
+        # before it acts again (a halt, say); the idempotent calls it may simply retry.
+        log.warning("rpc failed: NATS did not answer", extra={"method": method, "error": repr(exc)})
+        exc = Unavailable("NATS (the message bus) did not answer; what was asked may still take effect: check "
+                          f"before acting on it, or retry (request id {logs.request_id.get()})",
+                          reason="BUS_UNAVAILABLE")
     if isinstance(exc, DomainError):
         RPC_TOTAL.labels(method, exc.code).inc()
         log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})

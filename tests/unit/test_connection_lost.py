@@ -4,6 +4,7 @@ while customers traded (tests/e2e/test_chaos.py)."""
 from __future__ import annotations
 
 import asyncpg
+import nats.errors
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
@@ -46,3 +47,18 @@ def test_a_lost_connection_is_unavailable(exc: Exception) -> None:
 def test_other_errors_stay_internal(exc: Exception) -> None:
     assert not connection_lost(exc)
     assert failure("/stockmesh.order.v1.OrderService/CancelOrder", exc).code == code_pb2.INTERNAL
+
+
+@pytest.mark.parametrize("exc", [
+    nats.errors.TimeoutError(),
+    nats.errors.NoServersError(),
+    _chained(RuntimeError("publishing the halt failed"), nats.errors.ConnectionClosedError()),
+])
+def test_nats_not_answering_is_unavailable_and_says_the_call_may_still_take_effect(exc: Exception) -> None:
+    """A halt published while NATS was stopped (acceptance round 7): its acknowledgement never
+    came, the halt landed when NATS resumed, and the operator had been told INTERNAL."""
+    status = failure("/stockmesh.matching.v1.EngineControlService/HaltSymbol", exc)
+    assert status.code == code_pb2.UNAVAILABLE
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "BUS_UNAVAILABLE"
+    assert "may still take effect" in status.message
