@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Iterable, Iterator
 
-from meshkit.calendar import NEW_YORK, trading_day
+from meshkit.calendar import NEW_YORK, session, trading_day
 from meshkit.money import average_price
 
 UTC = timezone.utc
@@ -98,9 +98,10 @@ def is_aligned(t: datetime, interval: Interval) -> bool:
 
 
 def is_session_day(day: date) -> bool:
-    """Days on which the session calendar has a session (Monday to Friday). A day without a
-    session gets no flat 1d candle; a day with trades (an always-open simulated market) does."""
-    return day.weekday() < 5
+    """Days on which the session calendar has a session (weekdays that are not exchange
+    holidays). A day without a session gets no flat 1d candle; a day with trades (an
+    always-open simulated market) does."""
+    return session(day) is not None
 
 
 @dataclass(slots=True)

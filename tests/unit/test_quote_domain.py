@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from meshkit.calendar import NEW_YORK
 from quote_svc.domain.candles import Candle, Interval, Part, bucket_start, fill, next_bucket, rollup
 from quote_svc.domain.history import MalformedRow, parse
 from quote_svc.domain.quotes import MarketData, next_quote
@@ -96,6 +97,17 @@ def test_rollup_uses_the_coarsest_width_and_fill_is_flat():
     assert (one.open, one.close, one.volume, one.trade_count, one.vwap) == (D("10"), D("12"), 10, 2, D("10.5"))
     filled = fill({T: one}, T, T.replace(minute=15), Interval.M5, None, T.replace(hour=20))
     assert [(x.close, x.trade_count) for x in filled] == [(D("12"), 2), (D("12"), 0), (D("12"), 0)]
+
+
+def test_daily_candles_skip_weekends_and_exchange_holidays_without_trades():
+    # Wednesday 2026-11-25 to Monday 2026-11-30: Thanksgiving (Thursday) and the weekend have no
+    # session, so no flat candle; Friday (an early close) and Monday have one.
+    wed = bucket_start(datetime(2026, 11, 25, 17, tzinfo=UTC), Interval.D1)
+    traded = Candle(wed, D("10"), D("10"), D("10"), D("10"), 1, 1, D("10"))
+    days = fill({wed: traded}, wed, bucket_start(datetime(2026, 12, 1, 17, tzinfo=UTC), Interval.D1), Interval.D1,
+                None, datetime(2026, 12, 2, tzinfo=UTC))
+    assert [(c.start.astimezone(NEW_YORK).date().isoformat(), c.trade_count) for c in days] == [
+        ("2026-11-25", 1), ("2026-11-27", 0), ("2026-11-30", 0)]
 
 
 def test_csv_rows_are_checked_with_their_line():
