@@ -20,6 +20,7 @@ from typing import Iterable
 import click
 
 from meshkit.config import default_data_dir
+from meshkit.symbols import tick_size
 
 
 class Client:
@@ -463,6 +464,6 @@ def draw(candles, height: int, *, color: bool = False) -> list[str]:
     labels = {0: hi, height - 1: lo, (height - 1) // 2: (hi + lo) / 2}
     out = []
     for y, cells in enumerate(grid):
-        label = f"{labels[y]:.2f}" if y in labels else ""
+        label = str(labels[y].quantize(tick_size(labels[y]))) if y in labels else ""  # the symbol's tick: 0.8703
         out.append(f"{label:>12} ┤" + "".join(cells))
     return out

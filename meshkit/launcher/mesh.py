@@ -112,6 +112,7 @@ class Mesh:
         self._ready = False
         self._lock_file = None
         self.metrics_ports: dict[str, int] = {}
+        self.relay_port: int | None = None  # order_relay's own gRPC port (health), when it runs apart
         self.instances: dict[str, str] = {}  # process name -> its service (quote_svc-2 -> quote_svc)
 
     # ----------------------------------------------------------------- public
@@ -189,6 +190,7 @@ class Mesh:
         if relay_apart():
             self.instances[RELAY] = RELAY_MODULE
         listen = {name: free_port() for name in self.instances}
+        self.relay_port = listen.get(RELAY)
         # The order commands' port of each bridged service (Envoy's gRPC reverse bridge).
         self.bridge_ports = {name: free_port() for name, service in self.instances.items()
                              if service in envoy.BRIDGED}
@@ -391,6 +393,7 @@ class Mesh:
                 "public": self.ports.public, "admin": self.ports.admin, **self.ports.upstreams,
                 **{f"{service}-{i}": port for service in SERVICES
                    for i, port in enumerate(self.ports.replicas.get(service, []), 2)},
+                **({RELAY: self.relay_port} if self.relay_port else {}),
             },
             "metrics_ports": self.metrics_ports,
             "bridge_ports": self.bridge_ports,

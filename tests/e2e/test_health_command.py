@@ -19,7 +19,7 @@ def _health(*args: str) -> subprocess.CompletedProcess:
 
 def test_health_says_serving_or_why_not(mesh) -> None:
     ports = mesh.state()["ports"]
-    for service in ("ledger_svc", "order_svc", "quote_svc", "matching_svc"):
+    for service in ("ledger_svc", "order_svc", "quote_svc", "matching_svc", "order_relay"):  # the relay: its own port
         ok = _health(f"127.0.0.1:{ports[service]}")
         assert ok.returncode == 0 and ok.stdout.strip().endswith(": SERVING"), (service, ok.stdout, ok.stderr)
     unknown = _health(f"127.0.0.1:{ports['ledger_svc']}", "--service", "no.such.Service")

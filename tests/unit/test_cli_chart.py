@@ -26,3 +26,8 @@ def test_up_down_and_empty_candles_on_an_exact_scale() -> None:
 def test_a_flat_chart_does_not_divide_by_zero() -> None:
     rows = draw([candle("5.00", "5.00", "5.00", "5.00"), candle("5.00", "5.00", "5.00", "5.00")], height=5)
     assert rows[0].endswith("┤██") and all(r.endswith("┤  ") for r in rows[1:])
+
+
+def test_a_sub_dollar_symbol_is_labelled_to_its_tick() -> None:
+    rows = draw([candle("0.8701", "0.8710", "0.8690", "0.8703")], height=3)
+    assert [r.split("┤")[0].strip() for r in rows] == ["0.8710", "0.8700", "0.8690"]  # not 0.87 three times
