@@ -522,7 +522,8 @@ _engine_data_dir = click.option("--data-dir", type=click.Path(file_okay=False, p
 
 @engine.command("halt")
 @click.argument("symbol")
-@click.option("--reason", default="", help="Why (at most 200 characters; shown in the engine's status).")
+@click.option("--reason", default="", help="Why (at most 200 characters; shown by `engine status`; default: "
+                                          "halted by an operator).")
 @_engine_address
 @_engine_data_dir
 def engine_halt(symbol: str, reason: str, address: str | None, data_dir: Path | None) -> None:
@@ -557,7 +558,8 @@ def engine_status(address: str | None, data_dir: Path | None) -> None:
     reply = _engine_call(address, data_dir, "GetEngineStatus", ec.GetEngineStatusRequest())
     click.echo(f"engine instance {reply.instance_id}")
     for s in reply.symbols:
-        click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}")
+        click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}"
+                   + (f"  ({s.halt_reason})" if s.halted and s.halt_reason else ""))
 
 
 register_client_commands(main)  # deposit, withdraw, place, replace, cancel, orders, portfolio, watch, chart

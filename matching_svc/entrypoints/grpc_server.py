@@ -98,5 +98,5 @@ class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlService
             if live is not None:
                 reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=self.engine.published_seq(symbol),
                                                      book_hash=live.book.state_hash(),
-                                                     halted=live.halted is not None))
+                                                     halted=live.halted is not None, halt_reason=live.halted or ""))
         return reply

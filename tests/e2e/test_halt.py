@@ -66,6 +66,7 @@ async def test_operator_halts_and_resumes_a_symbol(mesh):
         assert await eventually(refused)
         status = engine_cli(mesh, "status")
         assert status.returncode == 0 and f"{SYMBOL:<6} HALTED" in status.stdout, status.stdout
+        assert "(volatility)" in status.stdout, status.stdout  # and why
 
         assert engine_cli(mesh, "resume", SYMBOL).returncode == 0
         async def trading() -> bool:
