@@ -84,7 +84,8 @@ class JetStreamQuotes:
     portfolios) does not follow.
 
     Without it (or for a symbol the feed has not brought yet, or while NATS is disconnected)
-    `touch` reads the last event: reads are cached for `max_age` seconds per symbol (a hot
+    `touch` reads the last event (when NATS does not answer: the last market known here, if
+    any, else UNAVAILABLE): reads are cached for `max_age` seconds per symbol (a hot
     symbol's orders share one read instead of each asking JetStream), and a symbol has at
     most one read in flight: callers arriving while it runs wait for it instead of each
     asking again (no stampede of reads every time the cached value expires)."""
@@ -141,7 +142,16 @@ class JetStreamQuotes:
             reading = self._reading[symbol] = asyncio.ensure_future(self._refresh(symbol))
             reading.add_done_callback(lambda _: self._reading.pop(symbol, None))
         # Shielded: a caller that gives up (a cancelled RPC) does not cancel the others' read.
-        return await asyncio.shield(reading)
+        try:
+            return await asyncio.shield(reading)
+        except Unavailable:
+            # NATS does not answer. Nothing trades meanwhile (the engines take their orders and
+            # publish their trades through it), so the last market known here is still the
+            # latest: a portfolio is valued, a market order priced, at it.
+            known = self._live.get(symbol) or (hit[1] if hit is not None else None)
+            if known is None:
+                raise
+            return known
 
     async def _refresh(self, symbol: str) -> Touch:
         at = time.monotonic()

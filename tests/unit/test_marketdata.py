@@ -75,3 +75,16 @@ async def test_a_nats_timeout_is_unavailable():
     js.release.set()
     with pytest.raises(Unavailable):
         await JetStreamQuotes(js, "ns", max_age=60).touch("KO")
+
+
+async def test_while_nats_does_not_answer_the_last_market_known_stands():
+    """Acceptance round 7: with NATS stopped, every portfolio holding a position answered
+    UNAVAILABLE. Nothing trades while NATS is down, so the last market read is still the latest."""
+    js = SlowStream()
+    js.release.set()
+    quotes = JetStreamQuotes(js, "ns", max_age=0)  # every call reads
+    known = await quotes.touch("KO")
+    js.fail = nats.errors.TimeoutError()
+    assert await quotes.touch("KO") == known and js.reads == 2  # it asked, then fell back
+    with pytest.raises(Unavailable):
+        await quotes.touch("IBM")  # never read here: nothing to fall back on
