@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from meshkit import aio
+from meshkit.errors import causes
 
 log = logging.getLogger("meshkit.bus")
 
@@ -67,12 +68,7 @@ def unreachable(exc: BaseException | None) -> bool:
             nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
             nats.errors.OutboundBufferLimitError, nats.errors.FlushTimeoutError,
             nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, gone):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    return any(isinstance(e, gone) for e in causes(exc))
 
 
 async def connect(url: str, name: str, *, attempts: int = -1) -> Client:

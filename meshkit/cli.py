@@ -21,8 +21,9 @@ def unreachable(exc: BaseException) -> str | None:
     import nats.errors
     import psycopg
 
-    seen = 0
-    while exc is not None and seen < 8:
+    from meshkit.errors import causes
+
+    for exc in causes(exc, limit=8):
         if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InvalidCatalogNameError,
                             asyncpg.InvalidAuthorizationSpecificationError, asyncpg.CannotConnectNowError,
                             asyncpg.exceptions.ClientConfigurationError, psycopg.OperationalError)):
@@ -33,7 +34,6 @@ def unreachable(exc: BaseException) -> str | None:
         if isinstance(exc, ConnectionError) or (
                 isinstance(exc, OSError) and exc.errno is None and "connect" in str(exc).lower()):
             return f"cannot connect: {exc}"
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
 

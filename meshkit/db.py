@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 from prometheus_client import Gauge
 
+from meshkit.errors import causes
+
 log = logging.getLogger("meshkit.db")
 
 ELECTION = Gauge("stockmesh_elected", "1 while this process holds the role's election (meshkit.db.elected)", ["role"])
@@ -54,16 +56,9 @@ def connection_lost(exc: BaseException) -> bool:
     asyncpg's InterfaceError on a connection that was closed meanwhile, and its
     InternalClientError about the protocol's state, which a connection the server terminated
     mid-operation raises on its next use (MagicStack/asyncpg#784, sqlalchemy#13241)."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, _CONNECTION_LOST):
-            return True
-        if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
-            return True
-        if isinstance(exc, asyncpg.InternalClientError) and "state" in str(exc):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    return any(isinstance(e, _CONNECTION_LOST)
+               or (isinstance(e, asyncpg.InterfaceError) and "connection is closed" in str(e))
+               or (isinstance(e, asyncpg.InternalClientError) and "state" in str(e)) for e in causes(exc))
 
 
 def pool_check(pool: asyncpg.Pool):

@@ -5,6 +5,15 @@ Every error carries one ErrorInfo reason (UPPER_SNAKE) and optional lowerCamel m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
+
+
+def causes(exc: BaseException | None, limit: int = 5) -> Iterator[BaseException]:
+    """`exc`, then what caused it (its __cause__, else its __context__), and so on: at most
+    `limit` exceptions, so that a cycle in the chain ends."""
+    while exc is not None and limit > 0:
+        yield exc
+        exc, limit = exc.__cause__ or exc.__context__, limit - 1
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,9 @@ BUY, SELL = common_pb2.SIDE_BUY, common_pb2.SIDE_SELL
 OUTER_TICKS, OUTER_SIZE = 3, 5  # the outer level: this many ticks further out, this many times deeper
 
 
-def levels(q: Quote, tick: Decimal) -> list[tuple[int, Decimal, int]]:
-    """The (side, price, size) orders a liquidity provider rests for quote `q`: the quote
-    itself and, further out, a deeper level on each side (a bid never at or below zero)."""
-    out = [(BUY, q.bid, q.bid_size), (SELL, q.ask, q.ask_size), (SELL, q.ask + OUTER_TICKS * tick, q.ask_size * OUTER_SIZE)]
-    if q.bid - OUTER_TICKS * tick > 0:
-        out.append((BUY, q.bid - OUTER_TICKS * tick, q.bid_size * OUTER_SIZE))
-    return out
+def levels(q: Quote, tick: Decimal) -> dict[int, list[tuple[Decimal, int]]]:
+    """Per side, the (price, size) orders a liquidity provider rests for quote `q`: the quote
+    itself and, further out, a deeper level (a bid never at or below zero)."""
+    outer_bid = q.bid - OUTER_TICKS * tick
+    return {BUY: [(q.bid, q.bid_size)] + ([(outer_bid, q.bid_size * OUTER_SIZE)] if outer_bid > 0 else []),
+            SELL: [(q.ask, q.ask_size), (q.ask + OUTER_TICKS * tick, q.ask_size * OUTER_SIZE)]}

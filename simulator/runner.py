@@ -13,8 +13,7 @@ import grpc
 
 from meshkit.launcher import keys
 from meshkit.money import fmt
-from meshkit.symbols import listed
-from meshkit.symbols import tick_size
+from meshkit.symbols import listed, tick_size
 from simulator.market import BUY, HOT, SELL, Walk, levels, quote_around
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
@@ -92,7 +91,7 @@ class Simulator:
                 mid = (q.bid + q.ask) / 2
                 wanted = levels(q, tick_size(q.bid))
                 for side in ((SELL, BUY) if up else (BUY, SELL)):
-                    mine = [(price, size) for s, price, size in wanted if s == side]
+                    mine = wanted[side]
                     placed = []
                     for level, (price, size) in enumerate(mine):
                         reply = await self._call(stub.PlaceOrder(self._limit(
