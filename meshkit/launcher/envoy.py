@@ -42,6 +42,12 @@ BRIDGED = ("order_svc",)
 # ~1,024 ÷ the mesh's rate (~1–2 s on 2 cores), inside a 10 s deadline; measured against 24 and
 # 64 in docs/benchmarks/place_order.md.
 ORDER_COMMANDS_IN_FLIGHT = 512
+# How long Envoy lets a unary call run when the client sent no deadline (grpc-timeout; JSON and
+# most browser callers send none): then it answers DEADLINE_EXCEEDED, so a hung upstream never
+# holds a call for good. A client's own deadline replaces it, longer or shorter. The two
+# streams (StreamQuotes, StreamOrderUpdates) have no limit. STOCKMESH_CALL_TIMEOUT in the
+# launcher's environment overrides it (seconds).
+CALL_TIMEOUT_SECONDS = 30.0
 # The origins (scheme://host[:port]) whose browser apps may call through Envoy (CORS) in
 # development: pages served from this machine, on any port (`:*`, a web app's dev server).
 # STOCKMESH_CORS_ORIGINS / `stockmesh up --cors-origins` replaces them; deploy/ allows none
@@ -218,14 +224,18 @@ def _jwks_cluster(jwks: Path | RemoteJwks) -> str:
 def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = "0.0.0.0",
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
            descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE,
-           cors: tuple[str, ...] = DEV_CORS_ORIGINS) -> str:
+           cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS) -> str:
     """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL;
-    `cors` the origins whose browser apps may call (cors_origins())."""
+    `cors` the origins whose browser apps may call (cors_origins()); `call_timeout` the seconds
+    a unary call without a client deadline may take."""
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
+    if not 0.001 <= call_timeout <= 86_400:
+        raise EnvoyError(f"the call timeout must be between 0.001 and 86400 seconds, got {call_timeout}")
     values = {
         "CORS_ALLOW_ORIGINS": _cors_allow_origins(cors_origins(",".join(cors)) if cors else ()),
         "ORDER_COMMANDS_IN_FLIGHT": str(order_commands_in_flight),
+        "CALL_TIMEOUT": f"{round(call_timeout, 3):g}s",
         "LISTEN_ADDRESS": listen_address,
         "PUBLIC_PORT": str(ports.public),
         "ADMIN_PORT": str(ports.admin),
@@ -279,11 +289,12 @@ def render_deployment(*, jwks: Path | RemoteJwks = DEPLOY_JWKS, descriptor: Path
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks: Path | RemoteJwks, *,
                  order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
-                 cors: tuple[str, ...] = DEV_CORS_ORIGINS) -> Path:
+                 cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS) -> Path:
     folder = data_dir / "envoy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "envoy.yaml"
-    path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight, cors=cors))
+    path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight, cors=cors,
+                           call_timeout=call_timeout))
     return path
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshkit.config import env_choice
+from meshkit.config import env_choice, env_decimal
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wait_for
 from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
@@ -212,7 +212,9 @@ class Mesh:
                                       bridges=bridges)
         config = envoy.write_config(self.data_dir, self.ports, dev_keys.jwks_path,
                                     order_commands_in_flight=_order_commands_in_flight(),
-                                    cors=self.opts.cors_origins)
+                                    cors=self.opts.cors_origins,
+                                    call_timeout=float(env_decimal("STOCKMESH_CALL_TIMEOUT",
+                                                                   str(envoy.CALL_TIMEOUT_SECONDS))))
         self.say(f"  config {config}")
         proxy = self.sup.start(ChildSpec(
             name="envoy", argv=envoy.argv(config, "info", self.opts.envoy_workers),

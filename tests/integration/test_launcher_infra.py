@@ -261,6 +261,90 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
         assert again.order.client_order_id == "c4" and slow.placed == 5
 
 
+async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_client_deadlines_are_not(
+        tmp_path: Path) -> None:
+    """A unary call whose client sent no deadline (grpc-timeout) is ended by Envoy with
+    DEADLINE_EXCEEDED after the call timeout, so a hung upstream never holds it for good:
+    a gRPC call, a JSON one and an order command through the bridge. A client's own deadline
+    replaces it, also a longer one; and the order-update stream stays open past it. A real
+    Envoy (call timeout 1 s) before a stand-in order_svc that answers only when told to."""
+    import asyncio
+
+    import grpc
+
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class Hung(order_service_pb2_grpc.OrderServiceServicer):
+        def __init__(self) -> None:
+            self.hang = False
+            self.released = asyncio.Event()
+
+        async def _maybe_hang(self) -> None:
+            if self.hang:
+                await self.released.wait()
+
+        async def GetOrder(self, request, context):
+            if request.order_id == "slow":  # answers after 2 s: inside a client's 5 s deadline
+                await asyncio.sleep(2)
+            else:
+                await self._maybe_hang()
+            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+        async def PlaceOrder(self, request, context):
+            await self._maybe_hang()
+            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+
+        async def StreamOrderUpdates(self, request, context):
+            for sequence in (1, 2):
+                yield order_pb2.OrderUpdate(sequence=sequence)
+                await asyncio.sleep(1.5)  # the second comes after the call timeout has passed
+            await self.released.wait()
+
+    hung = Hung()
+    ports = _ports()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(hung, server),
+                             bridged=(hung, "stockmesh.order.v1.OrderService"), ports=ports,
+                             call_timeout=1.0) as (ch, md, _):
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+
+        async def answered() -> bool:  # until Envoy listens and has seen the stand-in healthy
+            try:
+                await stub.GetOrder(opb.GetOrderRequest(order_id="x"), metadata=md, timeout=5)
+                await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="x"), metadata=md, timeout=5)
+                return True
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                return False
+        assert await eventually(answered, timeout=30)
+
+        # The client's deadline, longer than the call timeout: the call is answered.
+        assert (await stub.GetOrder(opb.GetOrderRequest(order_id="slow"), metadata=md, timeout=5)).order.order_id \
+            == "slow"
+        # The order-update stream, with no deadline, outlives the call timeout.
+        stream = stub.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(), metadata=md)
+        assert [(await stream.read()).sequence for _ in range(2)] == [1, 2]
+
+        hung.hang = True
+        for call in (stub.GetOrder(opb.GetOrderRequest(order_id="y"), metadata=md),
+                     stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="y"), metadata=md)):
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(call, 20)  # the test's own bound; Envoy's is 1 s
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
+        status, headers, body = await asyncio.to_thread(
+            _http, ports.public, "POST", "/stockmesh.order.v1.OrderService/GetOrder",
+            {"content-type": "application/json", "authorization": dict(md)["authorization"]},
+            b'{"order_id": "z"}')
+        assert (status, headers.get("content-type")) == (504, "application/json"), (status, headers, body)
+        assert json.loads(body)["code"] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], body
+        # A client deadline shorter than the call timeout still ends the call first.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await stub.GetOrder(opb.GetOrderRequest(order_id="w"), metadata=md, timeout=0.3)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        stream.cancel()
+        hung.released.set()
+
+
 async def test_order_commands_through_the_bridge_keep_identity_statuses_and_details(tmp_path: Path) -> None:
     """The order commands reach order_svc through Envoy's gRPC reverse bridge (protobuf over
     HTTP/1.1, meshkit.bridge): the caller's verified identity arrives, a reply comes back whole,
