@@ -43,6 +43,11 @@ class Quote:
     halted: bool = False
 
 
+def visible(q: Quote) -> tuple:
+    """What a client sees of a quote: everything but its sequence and time."""
+    return q.bid, q.bid_size, q.ask, q.ask_size, q.last, q.last_size, q.volume, q.halted
+
+
 def next_quote(current: Quote | None, ev: MarketData) -> Quote | None:
     """The quote after `ev`, or None when `ev` is not newer than `current` (a repeat or a
     replay of an older event: the md sequence of a symbol only grows).

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from meshkit import symbols as listing
 from meshkit.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
-from quote_svc.domain.quotes import MarketData, Quote, next_quote
+from quote_svc.domain.quotes import MarketData, Quote, next_quote, visible
 
 MAX_STREAM_SYMBOLS = 100
 
@@ -76,9 +76,14 @@ class QuoteBook:
         self.closing = False
 
     def _set(self, q: Quote) -> None:
+        before = self.quotes.get(q.symbol)
         self.quotes[q.symbol] = q
-        for sub in self._subs.get(q.symbol, ()):
-            sub.offer(q)
+        # A change the quote does not show (the engine's feed also tells depth below the top)
+        # is not sent to streams: they already hold a quote that looks the same. GetQuote and
+        # the cache still take its sequence.
+        if before is None or visible(before) != visible(q):
+            for sub in self._subs.get(q.symbol, ()):
+                sub.offer(q)
         for listener in self.listeners:
             listener(q)
 

@@ -18,9 +18,10 @@ T = datetime(2024, 3, 4, 14, 0, tzinfo=UTC)
 D = Decimal
 
 
-def md(seq: int, trade: str | None = None, qty: int = 0, last: str | None = None, symbol: str = "AAPL") -> MarketData:
-    return MarketData(symbol, seq, T, D("1"), 1, D("2"), 1, D(last) if last else (D(trade) if trade else None), 0,
-                      D(trade) if trade else None, qty)
+def md(seq: int, trade: str | None = None, qty: int = 0, last: str | None = None, symbol: str = "AAPL",
+       volume: int = 0, bid: str = "1") -> MarketData:
+    return MarketData(symbol, seq, T, D(bid), 1, D("2"), 1, D(last) if last else (D(trade) if trade else None),
+                      volume, D(trade) if trade else None, qty)
 
 
 def test_quotes_move_forward_only_and_keep_the_last_size():
@@ -52,9 +53,9 @@ async def test_a_subscription_keeps_one_quote_per_symbol():
     book.apply(md(1, "10.00", 1))
     sub = book.subscribe(frozenset({"AAPL", "MSFT"}))
     assert (await sub.get()).sequence == 1  # the snapshot first
-    for seq in range(2, 1000):
-        book.apply(md(seq, "10.00", 1))
-        book.apply(md(seq, "20.00", 1, symbol="MSFT"))
+    for seq in range(2, 1000):  # trades: each moves the session volume
+        book.apply(md(seq, "10.00", 1, volume=seq))
+        book.apply(md(seq, "20.00", 1, symbol="MSFT", volume=seq))
     assert sub.pending == 2
     got = {q.symbol: q.sequence for q in [await sub.get(), await sub.get()]}
     assert got == {"AAPL": 999, "MSFT": 999}
@@ -62,6 +63,24 @@ async def test_a_subscription_keeps_one_quote_per_symbol():
         await asyncio.wait_for(sub.get(), 0.05)
     book.unsubscribe(sub)
     assert book.subscribers() == 0
+
+
+async def test_a_change_the_quote_does_not_show_is_not_streamed_but_is_the_latest_quote():
+    """The engine's feed also tells changes of depth below the top, which leave a quote as it
+    was but for its sequence: streams are not sent those, GetQuote has the newest sequence, and
+    the next change a client can see is streamed as usual."""
+    book = QuoteBook()
+    book.apply(md(1, "10.00", 1, volume=1))
+    sub = book.subscribe(frozenset({"AAPL"}))
+    assert (await sub.get()).sequence == 1  # the snapshot
+    for seq in (2, 3):  # deeper levels moved: the same bid, ask, last and volume
+        assert book.apply(md(seq, last="10.00", volume=1)).sequence == seq
+    assert sub.pending == 0 and book.quotes["AAPL"].sequence == 3
+    book.apply(md(4, last="10.00", volume=1, bid="1.5"))  # the bid moved
+    got = await sub.get()
+    assert (got.sequence, got.bid) == (4, D("1.5"))
+    book.apply(md(5, "10.00", 2, volume=3))  # a trade at the same price: the volume moves
+    assert (await sub.get()).sequence == 5
 
 
 async def test_closing_the_book_ends_every_subscription_even_later_ones():
