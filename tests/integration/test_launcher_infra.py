@@ -265,7 +265,8 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
         tmp_path: Path) -> None:
     """A unary call whose client sent no deadline (grpc-timeout) is ended by Envoy with
     DEADLINE_EXCEEDED after the call timeout, so a hung upstream never holds it for good:
-    a gRPC call, a JSON one and an order command through the bridge. A client's own deadline
+    a gRPC call, a JSON one, an order command through the bridge, and reflection (which
+    grpcurl asks before every call). A client's own deadline
     replaces it, also a longer one; and the order-update stream stays open past it. A real
     Envoy (call timeout 1 s) before a stand-in order_svc that answers only when told to."""
     import asyncio
@@ -300,12 +301,20 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
                 await asyncio.sleep(1.5)  # the second comes after the call timeout has passed
             await self.released.wait()
 
+    async def reflection(requests, context):  # a hung reflection service (grpcurl asks it first)
+        await hung.released.wait()
+        yield b""
+
+    def add(server) -> None:
+        order_service_pb2_grpc.add_OrderServiceServicer_to_server(hung, server)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "grpc.reflection.v1.ServerReflection",
+            {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(reflection)})])
+
     hung = Hung()
     ports = _ports()
-    async with _envoy_before(tmp_path, "order_svc",
-                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(hung, server),
-                             bridged=(hung, "stockmesh.order.v1.OrderService"), ports=ports,
-                             call_timeout=1.0) as (ch, md, _):
+    async with _envoy_before(tmp_path, "order_svc", add, bridged=(hung, "stockmesh.order.v1.OrderService"),
+                             ports=ports, call_timeout=1.0) as (ch, md, _):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
 
         async def answered() -> bool:  # until Envoy listens and has seen the stand-in healthy
@@ -331,6 +340,12 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await asyncio.wait_for(call, 20)  # the test's own bound; Envoy's is 1 s
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
+        # Reflection too: a hung order_svc must not hold every grpcurl call.
+        asked = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
+            iter([b""]), metadata=md)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(asked.read(), 20)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
         status, headers, body = await asyncio.to_thread(
             _http, ports.public, "POST", "/stockmesh.order.v1.OrderService/GetOrder",
             {"content-type": "application/json", "authorization": dict(md)["authorization"]},
