@@ -193,6 +193,7 @@ class OrderBook:
         quantity: int,
         limit: int | None = None,
         stop: int | None = None,
+        collar: int | None = None,
     ) -> list[Event]:
         """Cancel/replace a live order under a new id.
 
@@ -200,8 +201,9 @@ class OrderBook:
         order's open quantity is ``quantity`` minus what the old order has
         already filled, so a replace racing with fills never over-executes.
         ``limit`` / ``stop`` follow the field rules of the order's type (side,
-        type, time in force, account and collar are kept). A triggered
-        STOP_LIMIT is a LIMIT order.
+        type, time in force and account are kept; so is the collar, unless a
+        STOP's replacement brings its own: that of its new stop price). A
+        triggered STOP_LIMIT is a LIMIT order.
 
         * Same limit and stop, open quantity not increased: ``Replaced``
           with ``kept_priority=True``; the new id takes the old one's place.
@@ -225,7 +227,7 @@ class OrderBook:
         if t is LIMIT:
             valid = valid and _is_price(limit) and stop is None
         elif t is STOP:
-            valid = valid and limit is None and _is_price(stop)
+            valid = valid and limit is None and _is_price(stop) and (collar is None or _is_price(collar))
         else:  # STOP_LIMIT
             valid = valid and _is_price(limit) and _is_price(stop)
         if not valid:
@@ -254,7 +256,8 @@ class OrderBook:
         self._remove(old)
         self._seq += 1
         new = Order(
-            new_order_id, account, old.side, t, old.tif, quantity, limit, stop, old.collar,
+            new_order_id, account, old.side, t, old.tif, quantity, limit, stop,
+            collar if t is STOP and collar is not None else old.collar,
             filled=old.filled, leaves=new_leaves, seq=self._seq, trading_day=old.trading_day,
         )
         events: list[Event] = [

@@ -331,11 +331,16 @@ class _Ctx:
             return
         try:
             limit, stop = price_ticks(r.limit_price), price_ticks(r.stop_price)
+            collar = price_ticks(r.collar_price)
         except BadPrice:
             self.cancel_reject(r.order_id, r.new_order_id, r.account_id, "INVALID")
             return
+        if live.type is OrderType.LIMIT:
+            # A STOP_LIMIT that triggered is a LIMIT order in the book, which order_svc (it
+            # replaces a STOP_LIMIT) still sends a stop price for: that stop has done its work.
+            stop = None
         sides = {r.order_id: live.side, r.new_order_id: live.side}
-        events = self.engine.book.replace(r.order_id, r.new_order_id, r.quantity, limit, stop)
+        events = self.engine.book.replace(r.order_id, r.new_order_id, r.quantity, limit, stop, collar)
         self.emit(events, sides)
 
     # -- events

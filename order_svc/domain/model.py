@@ -324,13 +324,27 @@ def plan_hold(req: OrderRequest, *, best_bid: Decimal | None, best_ask: Decimal 
         else:
             ref = req.stop_price
         assert ref is not None
-        collar_price = (round_price(ref * (1 + collar), up=True) if req.side is Side.BUY
-                        else round_price(ref * (1 - collar), up=False))
+        collar_price = collar_from(ref, req.side, collar)
     if req.side is Side.SELL:
         return HoldPlan(req.symbol, Decimal(req.quantity), collar_price)
     unit = req.limit_price if req.type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else collar_price
     assert unit is not None
     return HoldPlan(CASH, cents_up(unit * req.quantity), collar_price)
+
+
+def collar_from(ref: Decimal, side: Side, collar: Decimal) -> Decimal:
+    """The worst price a market order (or a triggered STOP) may trade at: `collar` above the
+    reference price for a buy (rounded up to the tick), below it for a sell (rounded down)."""
+    return round_price(ref * (1 + collar), up=True) if side is Side.BUY else round_price(ref * (1 - collar), up=False)
+
+
+def replacement_collar(old: Order, req: OrderRequest, collar: Decimal) -> Decimal | None:
+    """A replacement's collar: a STOP whose stop price moves gets the collar of its new stop
+    (as a STOP placed at that price would; the engine trades the triggered order within it and
+    the buy's hold covers it); otherwise the old order's, which the engine keeps."""
+    if req.type is OrderType.STOP and req.stop_price is not None and req.stop_price != old.request.stop_price:
+        return collar_from(req.stop_price, req.side, collar)
+    return old.collar_price
 
 
 def collar_of_hold(req: OrderRequest, amount: Decimal) -> Decimal:

@@ -433,7 +433,9 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
                     "a cancel or replace of this order is still waiting for the engine; retry when it is done",
                     metadata={"orderId": str(current.order_id)})
             new = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at,
-                        hold_asset=current.hold_asset, collar_price=current.collar_price, replaces=current.order_id)
+                        hold_asset=current.hold_asset,
+                        collar_price=model.replacement_collar(current, req, deps.market_collar),
+                        replaces=current.order_id)
             if reason is not None:
                 new.reject(reason, message)
             else:
@@ -491,7 +493,7 @@ def replace_command(o: Order) -> matching_pb2.EngineCommand:
     assert o.replaces is not None
     return matching_pb2.EngineCommand(command_id=replace_msg_id(o), symbol=q.symbol, replace_order=matching_pb2.ReplaceOrder(
         order_id=str(o.replaces), new_order_id=str(o.order_id), account_id=q.account_id, quantity=q.quantity,
-        limit_price=_p(q.limit_price), stop_price=_p(q.stop_price)))
+        limit_price=_p(q.limit_price), stop_price=_p(q.stop_price), collar_price=_p(o.collar_price)))
 
 
 async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:

@@ -162,6 +162,31 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
 
 
+async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new_stop(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """A buy STOP's collar (the worst price its market order may pay once triggered) follows
+    its stop price when a replace moves it: the replacement holds quantity × the new collar,
+    as a STOP placed there would, and the engine's order has that collar, not the old one,
+    which would lie below the new stop (acceptance round 8: such a stop ended NO_LIQUIDITY)."""
+    a = acct()
+    await fund(checked_pool, a, cash="2000.00")
+    old = await handlers.place_order(OrderRequest(
+        account_id=a, client_order_id=uuid.uuid4().hex, symbol=SYM, side=Side.BUY, type=OrderType.STOP, quantity=10,
+        limit_price=None, stop_price=D("180.00"), time_in_force=TimeInForce.GTC), order_deps)
+    assert (old.status, old.collar_price, old.hold_amount) == (Status.NEW, D("189.00"), D("1890.00"))
+    new = await handlers.replace_order(ReplaceRequest(account_id=a, order_id=old.order_id,
+                                                      client_order_id=uuid.uuid4().hex, quantity=10,
+                                                      limit_price=None, stop_price=D("190.00")), order_deps)
+    assert new.collar_price == D("199.50")
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
+    await ledger_caught_up(execution_consumers, namespace)
+    h = await holds(checked_pool, new.order_id)
+    assert h == {str(new.order_id): ("PENDING", D("1995.00"))}
+    assert engine.owned_engine(SYM).book.get_order(str(new.order_id)).collar == 1_995_000  # 199.50 in ticks
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
+
+
 async def _cash_is(pool, account, *, held: Decimal):
     return (await ledger.cash_balance(account, luow(pool))).held == held
 

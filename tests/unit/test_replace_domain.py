@@ -213,3 +213,17 @@ def test_an_order_ended_by_a_replace_says_whether_a_replacement_exists():
     assert pb.replaced_by == ""
     assert pb.end_message == ("cancelled by a replace whose new quantity was not above the 65 shares filled by "
                               "then; no replacement order was made")
+
+
+def test_a_stop_replacement_takes_the_collar_of_its_new_stop_and_keeps_the_old_one_otherwise():
+    collar = D("0.05")
+    buy = order(OrderType.STOP, limit=None, stop="100.00", collar="105.00")
+    moved = replacement_request(buy, "c2", 10, None, D("120.00"))
+    assert model.replacement_collar(buy, moved, collar) == D("126.00")
+    same_stop = replacement_request(buy, "c3", 5, None, D("100.00"))  # the collar setting may have changed since
+    assert model.replacement_collar(buy, same_stop, collar) == D("105.00")
+    sell = order(OrderType.STOP, side=Side.SELL, limit=None, stop="100.00", collar="95.00")
+    assert model.replacement_collar(sell, replacement_request(sell, "c4", 10, None, D("80.01")), collar) == D("76.00")
+    stop_limit = order(OrderType.STOP_LIMIT, limit="99.00", stop="100.00")
+    assert model.replacement_collar(stop_limit, replacement_request(stop_limit, "c5", 10, D("98.00"), D("99.00")),
+                                    collar) is None

@@ -110,6 +110,45 @@ def test_market_data_only_when_the_shown_depth_halt_or_trades_change():
     assert (md.sequence, md.bid_price, md.volume) == (15, "100.00", 1)
 
 
+def replace(oid: str, new_oid: str, account: str, qty: int, *, limit: str = "", stop: str = "",
+            collar: str = "") -> pb.EngineCommand:
+    return pb.EngineCommand(command_id=f"{new_oid}:replace", symbol="AAPL", replace_order=pb.ReplaceOrder(
+        order_id=oid, new_order_id=new_oid, account_id=account, quantity=qty, limit_price=limit, stop_price=stop,
+        collar_price=collar))
+
+
+def test_a_stop_replaced_at_another_stop_price_trades_within_the_collar_of_its_new_stop():
+    """A buy STOP's replacement at a higher stop brings the collar of its new stop price
+    (order_svc holds cash for it): once triggered it buys within that collar, not the old one,
+    which lay below the new stop. A replacement without a collar keeps the old order's."""
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("st", "alice", BUY, 10, otype=c.ORDER_TYPE_STOP, stop="100", collar="105"))
+    [ex] = eng.apply(2, 0, replace("st", "st2", "alice", 10, stop="120", collar="126")).executions
+    assert (ex.type, ex.new_order_id) == (E.EXECUTION_TYPE_REPLACED, "st2")
+    eng.apply(3, 0, new_order("s1", "bob", SELL, 10, limit="125"))  # above the old collar, inside the new
+    eng.apply(4, 0, new_order("p4", "carol", SELL, 1, limit="120"))
+    out = eng.apply(5, 0, new_order("p5", "dave", BUY, 1, limit="120"))  # the print at 120 triggers st2
+    fills = [(e.price, e.quantity) for e in out.executions
+             if e.type == E.EXECUTION_TYPE_FILL and "st2" in (e.order_id, e.counter_order_id)]
+    assert fills == [("125.00", 10)]
+    eng.apply(6, 0, new_order("st3", "alice", BUY, 5, otype=c.ORDER_TYPE_STOP, stop="200", collar="210"))
+    eng.apply(7, 0, replace("st3", "st4", "alice", 5, stop="190"))
+    assert eng.book.get_order("st4").collar == 2_100_000  # 210.0000 in ticks: the old order's
+
+
+def test_a_triggered_stop_limit_can_be_replaced():
+    """A STOP_LIMIT that triggered rests as a limit order; its replace (which still names a
+    stop, as for any STOP_LIMIT) moves the limit instead of being refused as invalid."""
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("sl", "alice", BUY, 7, otype=c.ORDER_TYPE_STOP_LIMIT, stop="101", limit="100"))
+    eng.apply(2, 0, new_order("p2", "carol", SELL, 1, limit="101"))
+    eng.apply(3, 0, new_order("p3", "dave", BUY, 1, limit="101"))  # the print at 101 triggers it
+    assert eng.book.depth(5) == ([(1_000_000, 7, 1)], [])  # resting at its limit
+    [ex] = eng.apply(4, 0, replace("sl", "sl2", "alice", 7, limit="99.5", stop="101")).executions
+    assert (ex.type, ex.new_order_id) == (E.EXECUTION_TYPE_REPLACED, "sl2")
+    assert eng.book.depth(5) == ([(995_000, 7, 1)], [])
+
+
 def halt(reason: str = "news pending", symbol: str = "AAPL", cid: str = "h1") -> pb.EngineCommand:
     return pb.EngineCommand(command_id=cid, symbol=symbol, halt=pb.Halt(reason=reason))
 

@@ -111,20 +111,22 @@ class CancelOrder(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., account_id: _Optional[str] = ...) -> None: ...
 
 class ReplaceOrder(_message.Message):
-    __slots__ = ("order_id", "new_order_id", "account_id", "quantity", "limit_price", "stop_price")
+    __slots__ = ("order_id", "new_order_id", "account_id", "quantity", "limit_price", "stop_price", "collar_price")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
+    COLLAR_PRICE_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     new_order_id: str
     account_id: str
     quantity: int
     limit_price: str
     stop_price: str
-    def __init__(self, order_id: _Optional[str] = ..., new_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ...) -> None: ...
+    collar_price: str
+    def __init__(self, order_id: _Optional[str] = ..., new_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., collar_price: _Optional[str] = ...) -> None: ...
 
 class Execution(_message.Message):
     __slots__ = ("execution_id", "symbol", "type", "order_id", "account_id", "counter_order_id", "counter_account_id", "side", "price", "quantity", "leaves_quantity", "reason", "input_sequence", "time", "counter_leaves_quantity", "new_order_id", "kept_priority")
