@@ -28,11 +28,12 @@ class Closing(Unavailable):
 
 
 class Subscription:
-    __slots__ = ("symbols", "_pending", "_wake", "conflated", "closed")
+    __slots__ = ("symbols", "_pending", "_sent", "_wake", "conflated", "closed")
 
     def __init__(self, symbols: frozenset[str]) -> None:
         self.symbols = symbols
         self._pending: dict[str, Quote] = {}
+        self._sent: dict[str, tuple] = {}  # what the client last got of each symbol (visible())
         self._wake = asyncio.Event()
         self.conflated = 0  # quotes replaced before the client got them
         self.closed = False
@@ -53,16 +54,23 @@ class Subscription:
 
     async def get(self) -> Quote:
         """The next pending quote (the newest of its symbol), waiting for one if need be;
-        raises Closing once the subscription is closed."""
-        while not self._pending:
+        raises Closing once the subscription is closed. A quote that looks like the last one
+        the client got of its symbol is skipped: conflation can drop the change in between
+        (a bid size up, then down again)."""
+        while True:
+            while not self._pending:
+                if self.closed:
+                    raise Closing
+                self._wake.clear()
+                await self._wake.wait()
             if self.closed:
                 raise Closing
-            self._wake.clear()
-            await self._wake.wait()
-        if self.closed:
-            raise Closing
-        symbol = next(iter(self._pending))
-        return self._pending.pop(symbol)
+            symbol = next(iter(self._pending))
+            quote = self._pending.pop(symbol)
+            seen = visible(quote)
+            if self._sent.get(symbol) != seen:
+                self._sent[symbol] = seen
+                return quote
 
 
 class QuoteBook:

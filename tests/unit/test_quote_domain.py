@@ -83,6 +83,24 @@ async def test_a_change_the_quote_does_not_show_is_not_streamed_but_is_the_lates
     assert (await sub.get()).sequence == 5
 
 
+async def test_a_conflated_change_back_to_what_the_client_has_is_not_streamed():
+    """A change and its undoing, both while the client was not reading (the bid size up,
+    then down again): conflation keeps only the last, which looks like what the client last
+    got, so the client gets nothing for it (acceptance round 8 saw it once); the next real
+    change comes as usual."""
+    book = QuoteBook()
+    book.apply(md(1, "10.00", 1, volume=1))
+    sub = book.subscribe(frozenset({"AAPL"}))
+    assert (await sub.get()).sequence == 1
+    book.apply(md(2, last="10.00", volume=1, bid="1.5"))
+    book.apply(md(3, last="10.00", volume=1, bid="1"))  # back: the client still has this
+    assert sub.pending == 1  # the book offered it; the subscription drops it when read
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(sub.get(), 0.05)
+    book.apply(md(4, last="10.00", volume=1, bid="2"))
+    assert ((got := await sub.get()).sequence, got.bid) == (4, D("2"))
+
+
 async def test_closing_the_book_ends_every_subscription_even_later_ones():
     from quote_svc.service_layer.quotes import Closing
 
