@@ -167,7 +167,7 @@ def order_line(o) -> str:
 
     price = o.limit_price or "MKT"
     if o.stop_price:
-        price = f"{price} stop {o.stop_price}"
+        price = f"{price} stop {o.stop_price}" + (" (triggered)" if o.HasField("triggered_at") else "")
     status = _enum_name(c.OrderStatus, o.status, "ORDER_STATUS_")
     extra = ""
     if o.filled_quantity:

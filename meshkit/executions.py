@@ -11,11 +11,11 @@ log = logging.getLogger("meshkit.executions")
 
 FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECTED = (
     "FILL", "ACCEPTED", "CANCELLED", "EXPIRED", "REJECTED", "REPLACED", "TRIGGERED", "CANCEL_REJECTED")
-# What the engine reports that changes nothing for the ledger or the order lifecycle: the order
-# was already NEW with its hold in place when the engine rested (or triggered) it. Consumers
-# pass these by without a transaction. The engine no longer journals ACCEPTED (a core NATS
-# notice instead, matching_svc.service_layer.engine.journaled); a journal written before may
-# still hold some.
+# What the engine reports that changes nothing for the ledger: the order was already NEW with
+# its hold in place when the engine rested (or triggered) it. The ledger passes these by without
+# a transaction; order_svc does so for ACCEPTED only (a trigger is shown to the customer: the
+# order's triggered_at). The engine no longer journals ACCEPTED (a core NATS notice instead,
+# matching_svc.service_layer.engine.journaled); a journal written before may still hold some.
 NO_EFFECT = frozenset({ACCEPTED, TRIGGERED})
 
 

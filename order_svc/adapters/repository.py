@@ -18,7 +18,7 @@ OUTBOX_CHANNEL = "stockmesh_order_outbox"  # notified by migration 0006's trigge
 _COLUMNS = """order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
     quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, filled_quantity,
     fill_notional, reject_reason, reject_message, replaced_by, replaces, cancel_requested,
-    created_at, updated_at, end_reason"""
+    created_at, updated_at, end_reason, triggered_at"""
 
 
 def _order(r: asyncpg.Record) -> Order:
@@ -33,7 +33,8 @@ def _order(r: asyncpg.Record) -> Order:
         fill_notional=r["fill_notional"],
         reject_reason=RejectReason(r["reject_reason"]) if r["reject_reason"] else None,
         reject_message=r["reject_message"], replaced_by=r["replaced_by"], replaces=r["replaces"],
-        cancel_requested=r["cancel_requested"], end_reason=EndReason(r["end_reason"]) if r["end_reason"] else None)
+        cancel_requested=r["cancel_requested"], end_reason=EndReason(r["end_reason"]) if r["end_reason"] else None,
+        triggered_at=r["triggered_at"])
 
 
 def _event(o: Order) -> dict:
@@ -42,7 +43,8 @@ def _event(o: Order) -> dict:
             "limitPrice": o.request.limit_price, "stopPrice": o.request.stop_price, "status": o.status.value,
             "holdAsset": o.hold_asset, "holdAmount": o.hold_amount,
             "rejectReason": o.reject_reason.value if o.reject_reason else None,
-            "filledQuantity": o.filled_quantity, **({"endReason": o.end_reason.value} if o.end_reason else {})}
+            "filledQuantity": o.filled_quantity, **({"endReason": o.end_reason.value} if o.end_reason else {}),
+            **({"triggeredAt": o.triggered_at.isoformat()} if o.triggered_at else {})}
 
 
 _Q4 = Decimal("0.0001")
@@ -66,13 +68,13 @@ def _record_change(ids: str, first: int) -> str:
     return f"orders.record_change({ids}, {params})"
 
 
-def _change_args(o: Order, fill: Fill | None = None) -> tuple:
-    """The values of one change (see record_change): the OrderUpdate row, the audit event and
-    the notification channel."""
+def _change_args(o: Order, fill: Fill | None = None, event: str | None = None) -> tuple:
+    """The values of one change (see record_change): the OrderUpdate row, the audit event (of
+    type `event`, else the fill's or the status's) and the notification channel."""
     return (o.status.value, o.filled_quantity, o.fill_notional, o.reject_reason.value if o.reject_reason else None,
             o.reject_message, o.replaced_by, o.updated_at, fill.fill_id if fill else None,
             fill.price if fill else None, fill.quantity if fill else None, fill.executed_at if fill else None,
-            "ORDER_FILL" if fill else f"ORDER_{o.status.value}", audit.canonical(_event(o)), UPDATES_CHANNEL)
+            event or ("ORDER_FILL" if fill else f"ORDER_{o.status.value}"), audit.canonical(_event(o)), UPDATES_CHANNEL)
 
 
 class OrderRepository:
@@ -130,7 +132,7 @@ class OrderRepository:
                 INSERT INTO orders.orders ({_COLUMNS})
                 SELECT order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
                        quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, 0, 0,
-                       reject_reason, reject_message, NULL, replaces, false, created_at, created_at, NULL
+                       reject_reason, reject_message, NULL, replaces, false, created_at, created_at, NULL, NULL
                   FROM v JOIN claim USING (order_id) ORDER BY n
                 ON CONFLICT (account_id, client_order_id) DO NOTHING
                 RETURNING {_COLUMNS}
@@ -252,23 +254,24 @@ class OrderRepository:
     async def audit(self, o: Order, event: str | None = None) -> None:
         await audit.append(self.conn, f"order:{o.account_id}", event or f"ORDER_{o.status.value}", _event(o))
 
-    async def record_change(self, o: Order, fill: Fill | None = None) -> int:
+    async def record_change(self, o: Order, fill: Fill | None = None, event: str | None = None) -> int:
         """One change of an order: its audit event and its OrderUpdate, with the account's next
         sequence (gapless: taken in this transaction), and a notification to live streams
         (orders.record_change, one round trip)."""
         return await self.conn.fetchval(
-            "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill))
+            "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill, event))
 
     async def save_execution_result(self, o: Order, now: datetime) -> None:
         """Write what an execution did to an order (fill progress, status, reason)."""
         await self.conn.execute(
             """
             UPDATE orders.orders SET status = $2, filled_quantity = $3, fill_notional = $4, reject_reason = $5,
-                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9, end_reason = $10
+                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9, end_reason = $10,
+                   triggered_at = $11
              WHERE order_id = $1
             """, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
             o.reject_reason.value if o.reject_reason else None, o.reject_message, now, o.replaced_by,
-            o.cancel_requested, o.end_reason.value if o.end_reason else None)
+            o.cancel_requested, o.end_reason.value if o.end_reason else None, o.triggered_at)
         o.updated_at = now
 
     async def claim_execution(self, execution_id: str) -> bool:
@@ -301,6 +304,8 @@ class OrderRepository:
             o.reject_message, o.replaced_by, o.updated_at = r["u_message"], r["u_replaced_by"], r["u_updated_at"]
             if o.status not in (Status.CANCELLED, Status.EXPIRED):  # an end is the order's last change
                 o.end_reason = None
+            if o.triggered_at is not None and o.updated_at < o.triggered_at:  # a change before the trigger
+                o.triggered_at = None
             fill = (Fill(r["fill_id"], r["fill_price"], r["fill_quantity"], r["executed_at"])
                     if r["fill_id"] else None)
             out.append((r["sequence"], o, fill))

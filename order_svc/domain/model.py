@@ -210,6 +210,8 @@ class Order:
     replaced_by: uuid.UUID | None = None
     replaces: uuid.UUID | None = None
     cancel_requested: bool = False
+    # STOP / STOP_LIMIT: when its stop was reached; it then works as a market / limit order.
+    triggered_at: datetime | None = None
 
     @property
     def account_id(self) -> str:
@@ -266,6 +268,16 @@ class Order:
                     "shares filled by then; no replacement order was made")
         return END_MESSAGES[self.end_reason]
 
+    def triggered(self, at: datetime) -> bool:
+        """The engine reached the stop of this working STOP / STOP_LIMIT order; False when it
+        changes nothing (already triggered, or ended in the meantime)."""
+        if self.request.type not in (OrderType.STOP, OrderType.STOP_LIMIT):
+            raise IllegalTransition(f"order {self.order_id}: a {self.request.type.value} order has no stop")
+        if self.triggered_at is not None or self.status.is_terminal:
+            return False
+        self.triggered_at = at
+        return True
+
     def replaced(self, new_order_id: uuid.UUID) -> None:
         """The engine replaced this order by `new_order_id`: it ends CANCELLED, pointing at it."""
         self.end(Status.CANCELLED, EndReason.REPLACED)
@@ -283,6 +295,7 @@ class Order:
                                     f"quantity {self.request.quantity}")
         self.filled_quantity, self.fill_notional = old.filled_quantity, old.fill_notional
         self.status = Status.PARTIALLY_FILLED if self.filled_quantity else Status.NEW
+        self.triggered_at = old.triggered_at  # a triggered STOP_LIMIT's replacement works as a limit order
 
 
 def round_price(price: Decimal, *, up: bool) -> Decimal:

@@ -118,6 +118,8 @@ def order_to_proto(o: Order) -> order_pb2.Order:
         msg.end_message = o.end_message
     set_time(msg.created_at, o.created_at)
     set_time(msg.updated_at, o.updated_at)
+    if o.triggered_at is not None:
+        set_time(msg.triggered_at, o.triggered_at)
     return msg
 
 

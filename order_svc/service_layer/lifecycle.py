@@ -8,7 +8,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from meshkit import aio
 from meshkit.errors import DomainError, Unavailable
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, NO_EFFECT, REJECTED, REPLACED, Execution
+from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
+                                Execution)
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
 
@@ -29,8 +30,8 @@ _REPLACE_REFUSALS = {
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id) and for
-    an execution that changes nothing (an acceptance or a trigger: no transaction at all)."""
-    if ex.type in NO_EFFECT:
+    an acceptance, which changes nothing (no transaction at all)."""
+    if ex.type == ACCEPTED:
         return False
     async with deps.uow() as uow:
         if not await uow.orders.claim_execution(ex.execution_id):
@@ -67,6 +68,13 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
                 if new is not None:
                     await _reject_replacement(uow, new, f"order {o.order_id} had already filled "
                                                         f"{o.filled_quantity} shares; it was cancelled instead", at)
+        elif ex.type == TRIGGERED:
+            # The stop was reached: still NEW (or PARTIALLY_FILLED), now working as a market or
+            # limit order; the customer sees it (an OrderUpdate with triggered_at).
+            o = await _order(uow, ex.order_id)
+            if o is not None and o.triggered(at):
+                await uow.orders.save_execution_result(o, at)
+                await uow.orders.record_change(o, event="ORDER_TRIGGERED")
         elif ex.type == REPLACED:
             await _replaced(uow, ex, at)
         elif ex.type == CANCEL_REJECTED:

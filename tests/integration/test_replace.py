@@ -187,6 +187,55 @@ async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
 
 
+async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_deps, execution_consumers,
+                                                                   checked_pool, namespace):
+    """When a STOP_LIMIT's stop is reached the customer sees it: the order gets triggered_at
+    (still NEW, now working as a limit order) in an OrderUpdate of its own, while the updates
+    before it still show it untriggered; and the triggered order can be replaced like a limit
+    order, its replacement triggered too (acceptance round 8: no sign of the trigger anywhere,
+    and its replace was REJECTED as invalid)."""
+    from matching_svc.domain import OrderType as BookType
+
+    a, bidder, hitter = acct(), acct(), acct()
+    await fund(checked_pool, a, shares=(SYM, 10))
+    await fund(checked_pool, bidder, cash="200.00")
+    await fund(checked_pool, hitter, shares=(SYM, 1))
+
+    def order_of(account, side, otype, price, stop=None, tif=TimeInForce.GTC, qty=1) -> OrderRequest:
+        return OrderRequest(account_id=account, client_order_id=uuid.uuid4().hex, symbol=SYM, side=side, type=otype,
+                            quantity=qty, limit_price=D(price), stop_price=D(stop) if stop else None,
+                            time_in_force=tif)
+
+    stop = await handlers.place_order(order_of(a, Side.SELL, OrderType.STOP_LIMIT, "200.00", "199.00", qty=5),
+                                      order_deps)
+    assert (stop.status, stop.triggered_at) == (Status.NEW, None)
+    # A print at 199.00 or below (no test bids that high on this book), near the reference
+    # price (the replace below must stay inside the price band). The stop may also have
+    # triggered on being placed already, if the last trade was at or below it.
+    bid = await handlers.place_order(order_of(bidder, Side.BUY, OrderType.LIMIT, "170.00"), order_deps)
+    await handlers.place_order(order_of(hitter, Side.SELL, OrderType.LIMIT, "170.00", tif=TimeInForce.IOC), order_deps)
+
+    async def triggered():
+        o = await handlers.get_order(a, stop.order_id, order_deps)
+        return o if o.triggered_at is not None else None
+    seen = await eventually(triggered, "the stop to trigger")
+    assert seen.status is Status.NEW and mapping.order_to_proto(seen).HasField("triggered_at")
+    async with order_deps.uow() as uow:
+        changes = [(o.status, o.triggered_at is not None) for _, o, _ in await uow.orders.updates_after(a, 0, 10)]
+    assert changes == [(Status.NEW, False), (Status.NEW, True)]
+
+    new = await handlers.replace_order(ReplaceRequest(account_id=a, order_id=stop.order_id,
+                                                      client_order_id=uuid.uuid4().hex, quantity=5,
+                                                      limit_price=D("201.00"), stop_price=D("199.00")), order_deps)
+    working = await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
+    assert working.triggered_at == seen.triggered_at
+    assert engine.owned_engine(SYM).book.get_order(str(new.order_id)).type is BookType.LIMIT
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    if not (await handlers.get_order(bidder, bid.order_id, order_deps)).status.is_terminal:
+        await handlers.cancel_order(bidder, bid.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
+
+
 async def _cash_is(pool, account, *, held: Decimal):
     return (await ledger.cash_balance(account, luow(pool))).held == held
 

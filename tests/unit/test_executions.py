@@ -1,5 +1,6 @@
-"""Executions that change nothing (the engine accepted or triggered an order) are passed by
-without a transaction in either consumer; every other kind opens one."""
+"""Executions that change nothing for the ledger (the engine accepted or triggered an order)
+are passed by without a transaction there; order_svc's consumer passes acceptances by and opens
+one for a trigger (the customer sees it); every other kind opens one in both."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -28,9 +29,14 @@ def test_acceptances_and_triggers_are_the_executions_with_no_effect():
 
 
 @pytest.mark.parametrize("kind", sorted(NO_EFFECT))
-async def test_no_effect_executions_open_no_unit_of_work(kind):
+async def test_no_effect_executions_open_no_unit_of_work_in_the_ledger(kind):
     assert await settlement.apply_execution(execution(kind), no_uow) is False
-    assert await lifecycle.apply_execution(execution(kind), SimpleNamespace(uow=no_uow)) is False
+
+
+async def test_order_svc_passes_acceptances_by_and_applies_triggers():
+    assert await lifecycle.apply_execution(execution(ACCEPTED), SimpleNamespace(uow=no_uow)) is False
+    with pytest.raises(Opened):
+        await lifecycle.apply_execution(execution(TRIGGERED), SimpleNamespace(uow=no_uow))
 
 
 async def test_an_execution_with_an_effect_opens_one():

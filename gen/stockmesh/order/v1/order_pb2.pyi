@@ -57,7 +57,7 @@ ORDER_END_REASON_REPLACED: OrderEndReason
 ORDER_END_REASON_SESSION_CLOSE: OrderEndReason
 
 class Order(_message.Message):
-    __slots__ = ("order_id", "client_order_id", "account_id", "symbol", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "status", "filled_quantity", "average_fill_price", "reject_reason", "reject_message", "replaced_by", "created_at", "updated_at", "replaces", "end_reason", "end_message")
+    __slots__ = ("order_id", "client_order_id", "account_id", "symbol", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "status", "filled_quantity", "average_fill_price", "reject_reason", "reject_message", "replaced_by", "created_at", "updated_at", "replaces", "end_reason", "end_message", "triggered_at")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Order(_message.Message):
     REPLACES_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     END_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGERED_AT_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     client_order_id: str
     account_id: str
@@ -100,7 +101,8 @@ class Order(_message.Message):
     replaces: str
     end_reason: OrderEndReason
     end_message: str
-    def __init__(self, order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.OrderStatus, str]] = ..., filled_quantity: _Optional[int] = ..., average_fill_price: _Optional[str] = ..., reject_reason: _Optional[_Union[OrderRejectReason, str]] = ..., reject_message: _Optional[str] = ..., replaced_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaces: _Optional[str] = ..., end_reason: _Optional[_Union[OrderEndReason, str]] = ..., end_message: _Optional[str] = ...) -> None: ...
+    triggered_at: _timestamp_pb2.Timestamp
+    def __init__(self, order_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., symbol: _Optional[str] = ..., side: _Optional[_Union[_common_pb2.Side, str]] = ..., type: _Optional[_Union[_common_pb2.OrderType, str]] = ..., time_in_force: _Optional[_Union[_common_pb2.TimeInForce, str]] = ..., quantity: _Optional[int] = ..., limit_price: _Optional[str] = ..., stop_price: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.OrderStatus, str]] = ..., filled_quantity: _Optional[int] = ..., average_fill_price: _Optional[str] = ..., reject_reason: _Optional[_Union[OrderRejectReason, str]] = ..., reject_message: _Optional[str] = ..., replaced_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaces: _Optional[str] = ..., end_reason: _Optional[_Union[OrderEndReason, str]] = ..., end_message: _Optional[str] = ..., triggered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Fill(_message.Message):
     __slots__ = ("fill_id", "price", "quantity", "executed_at")
