@@ -42,21 +42,49 @@ class Client:
         except grpc.RpcError as exc:
             _fail(exc, method)
 
-    def stream(self, stub_class, method: str, request) -> Iterable:
-        """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly)."""
+    # How long a watch keeps opening its stream again while it is UNAVAILABLE (a service
+    # restarting, a rolling deploy) before it gives up.
+    RECONNECT_PATIENCE = 120.0
+
+    def stream(self, stub_class, method: str, request, resume=None) -> Iterable:
+        """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly).
+        With `resume` (the UNAVAILABLE error -> the request to open the stream again with), a
+        stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
+        asks its clients to do) is opened again, said on stderr, for up to RECONNECT_PATIENCE
+        seconds of failing in a row. A first open that finds no mesh fails at once."""
+        import time
+
         import grpc
 
-        call = getattr(stub_class(self.channel), method)(request, metadata=self.metadata)
-        try:
-            yield from call
-        except KeyboardInterrupt:  # Ctrl-C: the watch ends, quietly
-            return
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.CANCELLED:
+        from meshkit.status import error_info
+
+        failing_since: float | None = None
+        streamed = False  # a stream has been open: an UNAVAILABLE now is a restart, not a wrong address
+        while True:
+            call = getattr(stub_class(self.channel), method)(request, metadata=self.metadata)
+            try:
+                for message in call:
+                    failing_since, streamed = None, True
+                    yield message
                 return
-            _fail(exc, method)
-        finally:
-            call.cancel()
+            except KeyboardInterrupt:  # Ctrl-C: the watch ends, quietly
+                return
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.CANCELLED:
+                    return
+                now = time.monotonic()
+                info, _ = error_info(exc)
+                streamed = streamed or (info is not None and info.reason == "SHUTTING_DOWN")
+                if resume is None or exc.code() is not grpc.StatusCode.UNAVAILABLE or not streamed or (
+                        failing_since is not None and now - failing_since > self.RECONNECT_PATIENCE):
+                    _fail(exc, method)
+                if failing_since is None:
+                    failing_since = now
+                    click.echo(f"({method} ended: {exc.details()}; opening it again)", err=True)
+                request = resume(exc)
+                time.sleep(min(2.0, 0.2 + (now - failing_since) / 10))
+            finally:
+                call.cancel()
 
 
 def _fail(exc, method: str):
@@ -368,7 +396,9 @@ def register(main: click.Group) -> None:
 
         client = _client(**where, need_account=False)
         request = pb.StreamQuotesRequest(symbols=[s.upper() for s in symbols])
-        for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request), 1):
+        # Opened again (a fresh snapshot) when quote_svc restarts.
+        for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request,
+                                            resume=lambda _: request), 1):
             flag = "  HALTED" if q.halted else ""
             click.echo(f"{_when(q.time)}  {q.symbol:<6} bid {q.bid_price or '-':>10} x {q.bid_size:<6} "
                        f"ask {q.ask_price or '-':>10} x {q.ask_size:<6} last {q.last_price or '-':>10} "
@@ -388,8 +418,20 @@ def register(main: click.Group) -> None:
 
         client = _client(**where)
         request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0, from_now=after_sequence is None)
-        n = 0
-        for u in client.stream(order_service_pb2_grpc.OrderServiceStub, "StreamOrderUpdates", request):
+        n, last = 0, None
+
+        def resume(exc) -> pb.StreamOrderUpdatesRequest:
+            """Open it again after the last update printed; with none yet, after the sequence
+            the ending stream named (ErrorInfo afterSequence), else as first asked."""
+            from meshkit.status import error_info
+
+            info, _ = error_info(exc)
+            named = (info.metadata.get("afterSequence") if info is not None else None) or ""
+            after = last if last is not None else (int(named) if named.isdigit() else None)
+            return request if after is None else pb.StreamOrderUpdatesRequest(after_sequence=after)
+
+        for u in client.stream(order_service_pb2_grpc.OrderServiceStub, "StreamOrderUpdates", request, resume=resume):
+            last = u.sequence
             fill = f"  FILL {u.fill.quantity} @ {u.fill.price}" if u.fill.fill_id else ""
             click.echo(f"#{u.sequence}  {_when(u.event_time)}  {order_line(u.order)}{fill}")
             n += 1

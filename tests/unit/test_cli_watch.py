@@ -1,0 +1,66 @@
+"""`stockmesh watch orders` follows the server's "open the stream again" when its stream ends
+UNAVAILABLE (a rolling restart of order_svc): it resumes after the last update it printed, or
+after the sequence the ending stream named, instead of exiting (acceptance round 8). A stand-in
+OrderService on a local gRPC server."""
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+from click.testing import CliRunner
+from grpc_status import rpc_status
+
+from meshkit.cli import main
+from meshkit.errors import Unavailable
+from meshkit.status import to_rpc_status
+from stockmesh.order.v1 import order_pb2, order_service_pb2_grpc
+
+
+def _shutting_down(after: int):
+    return rpc_status.to_status(to_rpc_status(Unavailable(
+        "order_svc is shutting down; open the stream again", reason="SHUTTING_DOWN",
+        metadata={"afterSequence": str(after)})))
+
+
+class StandIn(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        self.requests.append(request)
+        if len(self.requests) == 1:  # from now on: nothing yet, then a restart
+            context.abort_with_status(_shutting_down(4))
+        first = request.after_sequence + 1
+        for sequence in range(first, first + 2):
+            yield order_pb2.OrderUpdate(sequence=sequence, order=order_pb2.Order(order_id=f"o{sequence}"))
+        if len(self.requests) == 2:
+            context.abort_with_status(_shutting_down(first + 1))
+        self.done.wait(10)
+
+
+def test_watch_orders_opens_its_stream_again_where_it_left_off():
+    stand_in = StandIn()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        done = CliRunner().invoke(main, ["watch", "orders", "--count", "4", "--address", f"127.0.0.1:{port}",
+                                         "--token", "t"])
+    finally:
+        stand_in.done.set()
+        server.stop(None)
+    assert done.exit_code == 0, done.output
+    printed = [line.split()[0] for line in done.output.splitlines() if line.startswith("#")]
+    assert printed == ["#5", "#6", "#7", "#8"]  # after the sequence the first ending named, then after #6
+    assert [(r.from_now, r.after_sequence) for r in stand_in.requests] == [(True, 0), (False, 4), (False, 6)]
+    assert "opening it again" in done.output
+
+
+def test_watch_with_no_mesh_there_fails_at_once():
+    from meshkit.launcher.net import free_port
+
+    done = CliRunner().invoke(main, ["watch", "orders", "--address", f"127.0.0.1:{free_port()}", "--token", "t"])
+    assert done.exit_code == 1 and "no mesh answers there" in done.output, done.output
