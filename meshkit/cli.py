@@ -221,7 +221,12 @@ def token(account: str, data_dir: Path | None, ttl: int) -> None:
     """Print a development token for ACCOUNT (and nothing else) on stdout."""
     from meshkit.launcher import keys
 
-    click.echo(keys.mint_token((data_dir or default_data_dir()).resolve(), account, ttl=ttl))
+    folder = (data_dir or default_data_dir()).resolve()
+    fresh = not (keys.keys_dir(folder) / "private.pem").exists()
+    click.echo(keys.mint_token(folder, account, ttl=ttl))
+    if fresh:  # on stderr: stdout stays the token alone
+        click.echo(f"note: {folder} had no keys, so a new key pair was made there; only a mesh started with "
+                   "this data folder accepts the token (`stockmesh up --data-dir`)", err=True)
 
 
 @main.group()

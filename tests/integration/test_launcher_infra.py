@@ -751,6 +751,11 @@ def test_token_command_prints_only_a_verifiable_token(tmp_path: Path) -> None:
     # The same folder keeps its key: a second token verifies against the same JWKS.
     again = keys.mint_token(tmp_path, "bob")
     assert jwt.decode(again, public, algorithms=["ES256"], audience="stockmesh")["sub"] == "bob"
+    # A folder without keys (a mesh run elsewhere?) is said so on stderr, once; stdout is the token alone.
+    assert "had no keys" in out.stderr and str(tmp_path) in out.stderr
+    second = subprocess.run([sys.executable, "-m", "meshkit.cli", "token", "--account", "carol",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert second.stderr == "" and second.stdout.strip().count(".") == 2
 
 
 def test_up_fails_clearly_when_nats_url_does_not_answer(tmp_path: Path) -> None:
