@@ -48,7 +48,7 @@ class Client:
 
     def stream(self, stub_class, method: str, request, resume=None) -> Iterable:
         """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly).
-        With `resume` (the UNAVAILABLE error -> the request to open the stream again with), a
+        With `resume` (the ending stream's ErrorInfo, or None -> the request to open it again with), a
         stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
         asks its clients to do) is opened again, said on stderr, for up to RECONNECT_PATIENCE
         seconds of failing in a row. A first open that finds no mesh fails at once."""
@@ -81,7 +81,7 @@ class Client:
                 if failing_since is None:
                     failing_since = now
                     click.echo(f"({method} ended: {exc.details()}; opening it again)", err=True)
-                request = resume(exc)
+                request = resume(info)
                 time.sleep(min(2.0, 0.2 + (now - failing_since) / 10))
             finally:
                 call.cancel()
@@ -398,7 +398,7 @@ def register(main: click.Group) -> None:
         request = pb.StreamQuotesRequest(symbols=[s.upper() for s in symbols])
         # Opened again (a fresh snapshot) when quote_svc restarts.
         for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request,
-                                            resume=lambda _: request), 1):
+                                            resume=lambda _info: request), 1):
             flag = "  HALTED" if q.halted else ""
             click.echo(f"{_when(q.time)}  {q.symbol:<6} bid {q.bid_price or '-':>10} x {q.bid_size:<6} "
                        f"ask {q.ask_price or '-':>10} x {q.ask_size:<6} last {q.last_price or '-':>10} "
@@ -420,12 +420,9 @@ def register(main: click.Group) -> None:
         request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0, from_now=after_sequence is None)
         n, last = 0, None
 
-        def resume(exc) -> pb.StreamOrderUpdatesRequest:
+        def resume(info) -> pb.StreamOrderUpdatesRequest:
             """Open it again after the last update printed; with none yet, after the sequence
             the ending stream named (ErrorInfo afterSequence), else as first asked."""
-            from meshkit.status import error_info
-
-            info, _ = error_info(exc)
             named = (info.metadata.get("afterSequence") if info is not None else None) or ""
             after = last if last is not None else (int(named) if named.isdigit() else None)
             return request if after is None else pb.StreamOrderUpdatesRequest(after_sequence=after)
