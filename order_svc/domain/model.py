@@ -266,7 +266,12 @@ class Order:
         if self.end_reason is EndReason.REPLACED and self.replaced_by is None:
             return (f"cancelled by a replace whose new quantity was not above the {self.filled_quantity} "
                     "shares filled by then; no replacement order was made")
-        return END_MESSAGES[self.end_reason]
+        message = END_MESSAGES[self.end_reason]
+        if self.request.type is OrderType.STOP and self.end_reason in (EndReason.NO_LIQUIDITY,
+                                                                       EndReason.MARKET_REMAINDER):
+            # A triggered STOP works as a market order: said so, not as if it had been one.
+            message = message.replace("the market order", "the stop order, triggered as a market order,", 1)
+        return message
 
     def triggered(self, at: datetime) -> bool:
         """The engine reached the stop of this working STOP / STOP_LIMIT order; False when it

@@ -67,3 +67,20 @@ async def test_the_hold_reaper_logs_a_ledger_not_answering_without_a_traceback(m
     assert (first.levelname, first.exc_info) == ("WARNING", None)
     assert "UNAVAILABLE" in first.error
     assert second.levelname == "ERROR" and second.exc_info is not None
+
+
+def test_a_triggered_stop_that_found_no_liquidity_says_it_was_a_stop():
+    """A STOP works as a market order once triggered; its end message said "the market order
+    found no liquidity", as if the customer had placed one (acceptance round 8)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    at = datetime(2024, 1, 2, 15, tzinfo=timezone.utc)
+    for otype, stop, expected in ((OrderType.STOP, Decimal("100.00"), "the stop order, triggered as a market order,"),
+                                  (OrderType.MARKET, None, "the market order")):
+        for reason in (model.EndReason.NO_LIQUIDITY, model.EndReason.MARKET_REMAINDER):
+            req = OrderRequest("acct", "c1", "AAPL", Side.BUY, otype, 5, None, stop, TimeInForce.DAY)
+            o = model.Order(uuid.uuid4(), req, model.Status.NEW, at, at)
+            o.end(model.Status.CANCELLED, reason)
+            assert expected in o.end_message
+            assert "found no liquidity within its price collar" in o.end_message
