@@ -1,8 +1,10 @@
 """List pagination (AIP-158): page_size 0 = default, above the maximum = the maximum,
-negative = INVALID_ARGUMENT; page tokens are opaque and checked."""
+negative = INVALID_ARGUMENT; page tokens are opaque and checked, and a token is bound to the
+scope that made it (the account and the query's filters): another's is refused."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -21,7 +23,15 @@ def page_size(value: int, v: Violations, *, default: int = DEFAULT_PAGE_SIZE,
     return default if value == 0 else min(value, maximum)
 
 
-def encode_token(cursor: dict[str, Any]) -> str:
+def _scope_digest(scope: str) -> str:
+    return hashlib.blake2b(scope.encode(), digest_size=9).hexdigest()
+
+
+def encode_token(cursor: dict[str, Any], *, scope: str | None = None) -> str:
+    """`cursor` as a token; with `scope` (e.g. the account and the filters), only a call of the
+    same scope may use it. The scope is carried as a digest, so it says nothing of the account."""
+    if scope is not None:
+        cursor = {**cursor, "scope": _scope_digest(scope)}
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
 
 
@@ -51,15 +61,23 @@ def epoch_seconds(value: Any) -> datetime:
     return datetime.fromtimestamp(integer(value), tz=timezone.utc)
 
 
-def decode_token(token: str, v: Violations, *, fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any] | None:
+def decode_token(token: str, v: Violations, *, fields: dict[str, Callable[[Any], Any]],
+                 scope: str | None = None, scope_hint: str = "") -> dict[str, Any] | None:
     """The cursor in `token`, each field read by its parser (integer, text, instant,
     epoch_seconds, uuid.UUID, ...), or None for the first page. A token not made by us (not
-    our encoding, other fields, or a value its parser refuses) is a violation."""
+    our encoding, other fields, or a value its parser refuses) is a violation, and so is one
+    made for another `scope` than this call's (encode_token's; `scope_hint` says what must
+    not change)."""
     if not token:
         return None
+    expected = set(fields) | ({"scope"} if scope is not None else set())
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if isinstance(cursor, dict) and set(cursor) == set(fields):
+        if isinstance(cursor, dict) and set(cursor) == expected:
+            if scope is not None and cursor["scope"] != _scope_digest(scope):
+                v.add("page_token", "was returned for another account or query" + (f" ({scope_hint})" if scope_hint
+                                                                                    else ""))
+                return None
             return {key: parse(cursor[key]) for key, parse in fields.items()}
     except (ValueError, TypeError, UnicodeError, OverflowError, OSError):
         pass

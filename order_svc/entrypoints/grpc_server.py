@@ -59,21 +59,19 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 v.add("statuses", f"unknown or unspecified status {s}")
             else:
                 statuses.append(mapping.STATUSES[s].value)
-        query = f"{request.symbol}|{','.join(sorted(set(statuses)))}"  # a token pages the query that made it
-        cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": uuid.UUID,
-                                                                     "q": paging.text})
-        if cursor is not None and cursor["q"] != query:
-            v.add("page_token", "does not belong to this query (symbol and statuses must not change)")
+        account = current_account()
+        scope = f"{account}|{request.symbol}|{','.join(sorted(set(statuses)))}"  # a token pages what made it
+        cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": uuid.UUID},
+                                     scope=scope, scope_hint="symbol and statuses must not change")
         v.raise_if_any()
         before = (cursor["createdAt"], cursor["orderId"]) if cursor else None
-        orders = await handlers.list_orders(current_account(), request.symbol or None, statuses, size + 1, before,
-                                            self.deps)
+        orders = await handlers.list_orders(account, request.symbol or None, statuses, size + 1, before, self.deps)
         if not orders and request.symbol:
             symbols.known(request.symbol)  # a mistyped filter says so; a delisted symbol's orders still list
         more = len(orders) > size
         orders = orders[:size]
         token = paging.encode_token({"createdAt": orders[-1].created_at.isoformat(),
-                                     "orderId": str(orders[-1].order_id), "q": query}) if more else ""
+                                     "orderId": str(orders[-1].order_id)}, scope=scope) if more else ""
         return pb.ListOrdersResponse(orders=[mapping.order_to_proto(o) for o in orders], next_page_token=token)
 
     async def StreamOrderUpdates(self, request: pb.StreamOrderUpdatesRequest,

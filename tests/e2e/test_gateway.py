@@ -96,8 +96,8 @@ async def test_order_commands_without_a_valid_token_are_unauthenticated(mesh: Ru
 
 
 @pytest.mark.parametrize("method, cursor", [
-    ("ListOrders", {"createdAt": "garbage", "orderId": "x", "q": "|"}),
-    ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid", "q": "|"}),
+    ("ListOrders", {"createdAt": "garbage", "orderId": "x", "scope": "0"}),
+    ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid", "scope": "0"}),
     ("ListActivities", {"before": 1e30}),
     ("ListActivities", {"before": 99999999999999999999999}),
     ("ListHolds", {"before": 99999999999999999999999}),
@@ -133,7 +133,7 @@ async def test_list_orders_filtered_by_an_unknown_symbol_says_so(mesh: RunningMe
     assert [(f.field, f.description) for f in bad.field_violations] == [("symbol", "unknown symbol 'APPL'")]
 
 
-async def test_a_list_orders_page_token_pages_only_the_query_that_made_it(mesh: RunningMesh) -> None:
+async def test_a_list_orders_page_token_pages_only_the_query_and_account_that_made_it(mesh: RunningMesh) -> None:
     md = mesh.auth("gw-pages")
     rejected = [common_pb2.ORDER_STATUS_REJECTED]
     async with mesh.channel() as ch:
@@ -148,15 +148,42 @@ async def test_a_list_orders_page_token_pages_only_the_query_that_made_it(mesh: 
         rest = await stub.ListOrders(order_service_pb2.ListOrdersRequest(
             page_size=2, statuses=rejected, page_token=first.next_page_token), metadata=md, timeout=10)
         assert len(rest.orders) == 1 and not rest.next_page_token
-        for other in (order_service_pb2.ListOrdersRequest(page_size=2, page_token=first.next_page_token),
-                      order_service_pb2.ListOrdersRequest(page_size=2, statuses=rejected, symbol="MSFT",
-                                                          page_token=first.next_page_token)):
+        same = order_service_pb2.ListOrdersRequest(page_size=2, statuses=rejected, page_token=first.next_page_token)
+        for other, caller in ((order_service_pb2.ListOrdersRequest(page_size=2, page_token=first.next_page_token), md),
+                              (order_service_pb2.ListOrdersRequest(page_size=2, statuses=rejected, symbol="MSFT",
+                                                                   page_token=first.next_page_token), md),
+                              (same, mesh.auth("gw-pages-other"))):  # the same query, another account
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.ListOrders(other, metadata=md, timeout=10)
+                await stub.ListOrders(other, metadata=caller, timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             _, bad = error_info(err.value)
             assert [f.field for f in bad.field_violations] == ["page_token"]
-            assert "does not belong to this query" in bad.field_violations[0].description
+            assert bad.field_violations[0].description == (
+                "was returned for another account or query (symbol and statuses must not change)")
+
+
+async def test_a_ledger_page_token_pages_only_the_account_that_made_it(mesh: RunningMesh) -> None:
+    """ListActivities' and ListHolds' tokens were not bound to the account: another account's
+    token positioned the cursor (no data leaked, but nothing refused it either)."""
+    md, other = mesh.auth("gw-ledger-pages"), mesh.auth("gw-ledger-pages-other")
+    async with mesh.channel() as ch:
+        ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        for i in range(2):
+            await ledger.Deposit(ledger_service_pb2.DepositRequest(amount="1.00", idempotency_key=f"lp-{i}"),
+                                 metadata=md, timeout=10)
+        first = await ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(page_size=1), metadata=md,
+                                            timeout=10)
+        assert first.next_page_token
+        rest = await ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(
+            page_size=1, page_token=first.next_page_token), metadata=md, timeout=10)
+        assert len(rest.activities) == 1 and rest.activities[0] != first.activities[0]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(
+                page_size=1, page_token=first.next_page_token), metadata=other, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, bad = error_info(err.value)
+    assert [(f.field, f.description) for f in bad.field_violations] == [
+        ("page_token", "was returned for another account or query")]
 
 
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:

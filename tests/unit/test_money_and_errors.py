@@ -1,3 +1,4 @@
+import base64
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -135,6 +136,26 @@ def test_a_page_token_with_values_we_never_wrote_is_a_violation(cursor, fields):
     v = Violations()
     assert paging.decode_token(paging.encode_token(cursor), v, fields=fields) is None
     assert [(i.field, i.description) for i in v.items] == [("page_token", "is not a token returned by a previous call")]
+
+
+def test_a_page_token_is_bound_to_its_scope():
+    """A token made for one scope (an account and its filters) pages only that scope; the scope
+    travels as a digest, so the token does not show the account."""
+    token = paging.encode_token({"before": 7}, scope="alice|AAPL")
+    assert "alice" not in base64.urlsafe_b64decode(token).decode()
+    v = Violations()
+    assert paging.decode_token(token, v, fields={"before": paging.integer}, scope="alice|AAPL") == {"before": 7}
+    assert not v.items
+    for scope, hint in (("bob|AAPL", ""), ("alice|MSFT", "symbol must not change")):
+        v = Violations()
+        assert paging.decode_token(token, v, fields={"before": paging.integer}, scope=scope, scope_hint=hint) is None
+        assert [(i.field, i.description) for i in v.items] == [
+            ("page_token", "was returned for another account or query" + (f" ({hint})" if hint else ""))]
+    # A scoped token where none is expected, and an unscoped one where one is: not ours.
+    for made, expected in ((token, None), (paging.encode_token({"before": 7}), "alice|AAPL")):
+        v = Violations()
+        assert paging.decode_token(made, v, fields={"before": paging.integer}, scope=expected) is None
+        assert [i.description for i in v.items] == ["is not a token returned by a previous call"]
 
 
 def test_a_page_token_reads_back_what_was_written():
