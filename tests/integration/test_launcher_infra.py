@@ -360,6 +360,60 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
         hung.released.set()
 
 
+async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_customer_can_act_on(tmp_path: Path) -> None:
+    """A stopped or restarting service: UNAVAILABLE, as before, but with a message that names the
+    call and says to retry, instead of Envoy's "upstream connect error or disconnect/reset before
+    headers. reset reason: remote connection failure" (acceptance round 8): for a gRPC call, an
+    order command through the bridge, and a JSON call (a JSON status). A real Envoy before a
+    stand-in order_svc; nothing listens for ledger_svc nor for order_svc's bridge."""
+    import asyncio
+
+    import grpc
+
+    from stockmesh.common.v1 import common_pb2 as c
+    from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class StandIn(order_service_pb2_grpc.OrderServiceServicer):
+        async def GetOrder(self, request, context):
+            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+    ports = _ports()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(StandIn(), server),
+                             ports=ports) as (ch, md, _):
+        async def listening() -> bool:
+            try:
+                await order_service_pb2_grpc.OrderServiceStub(ch).GetOrder(opb.GetOrderRequest(order_id="x"),
+                                                                            metadata=md, timeout=5)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+        assert await eventually(listening, timeout=30)
+
+        expected = ("the service of {} is not answering (restarting, or down); retry shortly (retrying with the same "
+                    "client_order_id or idempotency_key is safe)")
+        for method, call in (
+                ("/stockmesh.ledger.v1.LedgerService/GetPortfolio",
+                 ledger_service_pb2_grpc.LedgerServiceStub(ch).GetPortfolio(lpb.GetPortfolioRequest(), metadata=md,
+                                                                            timeout=10)),
+                ("/stockmesh.order.v1.OrderService/PlaceOrder",
+                 order_service_pb2_grpc.OrderServiceStub(ch).PlaceOrder(opb.PlaceOrderRequest(
+                     client_order_id="c1", symbol="AAPL", side=c.SIDE_BUY, type=c.ORDER_TYPE_MARKET, quantity=1,
+                     time_in_force=c.TIME_IN_FORCE_IOC), metadata=md, timeout=10))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, expected.format(method))
+        status, headers, body = await asyncio.to_thread(
+            _http, ports.public, "POST", "/stockmesh.ledger.v1.LedgerService/GetPortfolio",
+            {"content-type": "application/json", "authorization": dict(md)["authorization"]}, b"{}")
+        assert (status, headers.get("content-type")) == (503, "application/json"), (status, headers, body)
+        reply = json.loads(body)
+        assert (reply["code"], reply["message"]) == (
+            grpc.StatusCode.UNAVAILABLE.value[0], expected.format("/stockmesh.ledger.v1.LedgerService/GetPortfolio"))
+        assert reply["details"][0]["reason"] == "UNAVAILABLE"
+
+
 async def test_order_commands_through_the_bridge_keep_identity_statuses_and_details(tmp_path: Path) -> None:
     """The order commands reach order_svc through Envoy's gRPC reverse bridge (protobuf over
     HTTP/1.1, meshkit.bridge): the caller's verified identity arrives, a reply comes back whole,
