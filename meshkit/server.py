@@ -88,6 +88,30 @@ def _load_public_descriptors() -> None:
     from stockmesh.quote.v1 import quote_service_pb2  # noqa: F401
 
 
+def _reflection_pool(names: list[str]) -> Any:
+    """The descriptors reflection describes: the files of `names` (what this process serves and
+    the public contract) and their imports. Not the whole default pool, which also holds the
+    internal services this process calls (order_svc imports HoldService's stubs), so that
+    `grpcurl describe stockmesh.ledger.v1.HoldService` through Envoy found its schema."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    default, pool, added = descriptor_pool.Default(), descriptor_pool.DescriptorPool(), set()
+
+    def add(file: Any) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for name in names:
+        add(default.FindServiceByName(name).file)
+    return pool
+
+
 Check = Callable[[], Awaitable[Any]]
 
 
@@ -134,7 +158,7 @@ async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, heal
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, server, pool=_reflection_pool(names))
     port = server.add_insecure_port(addr)
     if port == 0:
         raise OSError(f"could not listen on {addr}")
