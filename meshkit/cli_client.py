@@ -50,8 +50,9 @@ class Client:
         """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly).
         With `resume` (the ending stream's ErrorInfo, or None -> the request to open it again with), a
         stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
-        asks its clients to do) is opened again, said on stderr, for up to RECONNECT_PATIENCE
-        seconds of failing in a row. A first open that finds no mesh fails at once."""
+        asks its clients to do) or is reset (its service killed) is opened again, said on stderr,
+        for up to RECONNECT_PATIENCE seconds of failing in a row. A first open that finds no mesh
+        fails at once."""
         import time
 
         import grpc
@@ -75,7 +76,12 @@ class Client:
                 now = time.monotonic()
                 info, _ = error_info(exc)
                 streamed = streamed or (info is not None and info.reason == "SHUTTING_DOWN")
-                if resume is None or exc.code() is not grpc.StatusCode.UNAVAILABLE or not streamed or (
+                # A service killed outright (kill -9, a crash) resets its streams, and Envoy
+                # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
+                # an answer. The launcher (or the orchestrator) brings the service back.
+                broken = exc.code() is grpc.StatusCode.UNAVAILABLE or (
+                    exc.code() is grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
+                if resume is None or not broken or not streamed or (
                         failing_since is not None and now - failing_since > self.RECONNECT_PATIENCE):
                     _fail(exc, method)
                 if failing_since is None:

@@ -64,3 +64,57 @@ def test_watch_with_no_mesh_there_fails_at_once():
 
     done = CliRunner().invoke(main, ["watch", "orders", "--address", f"127.0.0.1:{free_port()}", "--token", "t"])
     assert done.exit_code == 1 and "no mesh answers there" in done.output, done.output
+
+
+class Killed(order_service_pb2_grpc.OrderServiceServicer):
+    """The first stream ends as a client sees it when order_svc is killed outright behind Envoy
+    (seen with kill -9 on a running mesh): INTERNAL, "Received RST_STREAM"; the second as a bug
+    on the server would end it."""
+
+    def __init__(self, then: str) -> None:
+        self.requests: list = []
+        self.then = then
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        self.requests.append(request)
+        first = request.after_sequence + 1
+        yield order_pb2.OrderUpdate(sequence=first, order=order_pb2.Order(order_id=f"o{first}"))
+        if len(self.requests) == 1:
+            context.abort(grpc.StatusCode.INTERNAL, "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))")
+        if self.then == "bug":
+            context.abort(grpc.StatusCode.INTERNAL, "Unexpected <class 'RuntimeError'>: a bug")
+        yield order_pb2.OrderUpdate(sequence=first + 1, order=order_pb2.Order(order_id=f"o{first + 1}"))
+        self.done.wait(10)
+
+
+def _watch(stand_in, *args):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        return CliRunner().invoke(main, ["watch", "orders", *args, "--address", f"127.0.0.1:{port}", "--token", "t"])
+    finally:
+        stand_in.done.set()
+        server.stop(None)
+
+
+def test_watch_orders_opens_its_stream_again_after_its_service_was_killed():
+    """A watch exited on a kill -9 of order_svc ("StreamOrderUpdates failed: INTERNAL: Stream
+    removed"), although the launcher had it back within a second."""
+    stand_in = Killed(then="resume")
+    done = _watch(stand_in, "--count", "3")
+    assert done.exit_code == 0, done.output
+    printed = [line.split()[0] for line in done.output.splitlines() if line.startswith("#")]
+    assert printed == ["#1", "#2", "#3"]
+    assert [(r.from_now, r.after_sequence) for r in stand_in.requests] == [(True, 0), (False, 1)]
+    assert "opening it again" in done.output
+
+
+def test_watch_orders_still_fails_on_a_servers_own_internal_error():
+    stand_in = Killed(then="bug")
+    done = _watch(stand_in, "--count", "5")
+    assert done.exit_code == 1, done.output
+    assert "StreamOrderUpdates failed: INTERNAL: Unexpected" in done.output
+    assert len(stand_in.requests) == 2
