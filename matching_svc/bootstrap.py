@@ -68,6 +68,7 @@ def engine_config(namespace: str) -> EngineConfig:
         instance_id=_env("ENGINE_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         lease_ttl=_number("ENGINE_LEASE_TTL_SECONDS", 10.0, float),
         snapshot_every=_number("ENGINE_SNAPSHOT_EVERY", 10_000),
+        snapshot_seconds=_number("ENGINE_SNAPSHOT_SECONDS", 60.0, float),
         batch=_number("ENGINE_BATCH", 500),
         dedupe_capacity=_number("ENGINE_DEDUPE_IDS", 100_000),
         trim_inputs=config.env_flag("ENGINE_TRIM_INPUTS", True),

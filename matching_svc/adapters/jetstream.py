@@ -159,15 +159,23 @@ class Lease:
     """Exclusive right to write one symbol, held in a KV bucket whose entries expire after
     ``ttl`` seconds unless renewed.
 
-    * acquire: ``create`` (succeeds only if the key is absent, deleted or expired);
+    * acquire: ``create`` (succeeds only if the key is absent, deleted or expired); or, if
+      the key still holds this instance's own id (a holder of ours that stopped writing at its
+      deadline, its entry not yet expired), ``update`` with that entry's revision;
     * renew: ``update`` with the revision we last wrote, every ttl/4; a revision mismatch
-      means someone else holds it now: lost at once;
+      means someone else holds it now: lost at once, unless the key holds our own id, which
+      means an update of ours whose reply was lost (timed out) had landed: its revision is
+      adopted and the renewal goes on (after a kill -9 a replaying engine's renewals time out
+      this way, and the mismatch that followed dropped a lease nobody else held);
     * the holder may write only until ``deadline`` = (send time of the last successful
       renew) + ttl × 3/4: the server keeps the entry at least ttl after it stored it, which
       is after we sent it, so we stop writing a quarter of a TTL before anyone else can
       acquire it. A holder that cannot reach NATS stops at the deadline on its own.
-    * release (clean shutdown): delete with the expected revision, so a standby can take
-      over at once.
+    * release (clean shutdown): stop the renewer, then delete with the expected revision, so a
+      standby can take over at once. The renewer stops on a flag as well as on its
+      cancellation: a cancel that lands as a KV reply arrives can be lost (asyncio.wait_for on
+      Python 3.11 swallowed it), and a renewer renewing on for good held the symbol with no
+      engine writing it.
     """
 
     def __init__(self, kv, key: str, owner: str, ttl: float) -> None:
@@ -175,6 +183,7 @@ class Lease:
         self.revision = 0
         self.deadline = 0.0
         self._renewer: asyncio.Task | None = None
+        self._stopped = False
 
     def valid(self) -> bool:
         return time.monotonic() < self.deadline
@@ -183,30 +192,70 @@ class Lease:
         if not self.valid():
             raise LeaseLost(f"lease on {self.key} expired or lost")
 
+    async def _ours(self) -> int | None:
+        """The key's revision if it holds this instance's id, else None (someone else's, gone,
+        or not readable now)."""
+        try:
+            async with asyncio.timeout(self.ttl / 4):
+                entry = await self.kv.get(self.key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - absent, deleted, or NATS not answering: not ours
+            return None
+        return entry.revision if entry is not None and entry.value == self.owner.encode() else None
+
     async def try_acquire(self) -> bool:
         sent = time.monotonic()
         try:
-            self.revision = await asyncio.wait_for(self.kv.create(self.key, self.owner.encode()),
-                                                   timeout=self.ttl / 4)
-        except (nats.js.errors.KeyWrongLastSequenceError, asyncio.TimeoutError, nats.errors.TimeoutError):
-            return False
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in (10071, 10164):
+            async with asyncio.timeout(self.ttl / 4):
+                self.revision = await self.kv.create(self.key, self.owner.encode())
+        except (nats.js.errors.KeyWrongLastSequenceError, TimeoutError, nats.errors.TimeoutError):
+            if not await self._take_back(sent):
                 return False
-            raise
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in (10071, 10164) or not await self._take_back(sent):
+                return False
         self.deadline = sent + self.ttl * 0.75
+        self._stopped = False
         self._renewer = asyncio.create_task(self._renew_forever())
         return True
 
+    async def _take_back(self, sent: float) -> bool:
+        """The key exists: ours again if it holds our own id and an update with its revision
+        succeeds (nobody changed it in between)."""
+        revision = await self._ours()
+        if revision is None:
+            return False
+        try:
+            async with asyncio.timeout(self.ttl / 4):
+                self.revision = await self.kv.update(self.key, self.owner.encode(), last=revision)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - someone else got it, or no answer: try again later
+            return False
+        log.info("lease taken back", extra={"key": self.key})
+        return True
+
     async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 4)
+        delay = self.ttl / 4
+        while not self._stopped:
+            await asyncio.sleep(delay)
+            delay = self.ttl / 4
+            if self._stopped:
+                return
             sent = time.monotonic()
             try:
-                self.revision = await asyncio.wait_for(
-                    self.kv.update(self.key, self.owner.encode(), last=self.revision), timeout=self.ttl / 4)
+                async with asyncio.timeout(self.ttl / 4):
+                    self.revision = await self.kv.update(self.key, self.owner.encode(), last=self.revision)
                 self.deadline = sent + self.ttl * 0.75
             except nats.js.errors.KeyWrongLastSequenceError:
+                revision = await self._ours()
+                if revision is not None:
+                    # Our own update whose reply timed out had landed.
+                    log.info("lease renewal whose reply was lost had landed; renewing on", extra={"key": self.key})
+                    self.revision = revision
+                    delay = 0.0  # renew at once with it: the deadline has not moved since
+                    continue
                 log.warning("lease taken by another engine", extra={"key": self.key})
                 self.deadline = 0.0
                 return
@@ -216,6 +265,7 @@ class Lease:
                 log.warning("lease renewal failed", extra={"key": self.key, "error": repr(exc)})
 
     async def release(self) -> None:
+        self._stopped = True
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -223,7 +273,8 @@ class Lease:
         if self.valid():
             self.deadline = 0.0
             try:
-                await self.kv.delete(self.key, last=self.revision)
+                async with asyncio.timeout(self.ttl / 4):
+                    await self.kv.delete(self.key, last=self.revision)
             except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
                 log.warning("lease release failed", extra={"key": self.key, "error": repr(exc)})
         self.deadline = 0.0

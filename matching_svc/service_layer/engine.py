@@ -214,7 +214,9 @@ class SymbolEngine:
         return eng
 
     def to_bytes(self) -> bytes:
-        return zlib.compress(json.dumps(self.snapshot(), separators=(",", ":")).encode(), 6)
+        # Level 1: a full id FIFO (100,000 ids) compresses in ~50 ms instead of ~190 at level 6,
+        # for 4 % more bytes (the ids barely compress); snapshots are taken every minute.
+        return zlib.compress(json.dumps(self.snapshot(), separators=(",", ":")).encode(), 1)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SymbolEngine:

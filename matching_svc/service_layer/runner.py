@@ -4,7 +4,8 @@ A runner loops: acquire the symbol's lease → restore the snapshot → (re)posi
 pull consumer after the snapshot's last input → process batches (fetch many, apply in stream
 order, publish every result and await JetStream's acks, send the acceptances' core NATS
 notices, then ack the inputs) → snapshot every
-``snapshot_every`` inputs and at clean shutdown. Any error drops the in-memory state and
+``snapshot_every`` inputs, or ``snapshot_seconds`` after the last one once inputs were applied,
+and at clean shutdown. Any error drops the in-memory state and
 starts again from the durable state (snapshot + replay); a lost lease does the same after
 waiting to win the lease again. See docs/matching.md.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -39,6 +41,13 @@ class EngineConfig:
     instance_id: str
     lease_ttl: float = 10.0
     snapshot_every: int = 10_000
+    # Also snapshot once this many seconds have passed with inputs applied since the last one:
+    # a restart after a kill -9 then replays at most this much, and the outputs it publishes
+    # again fall inside the EXECUTIONS and MD streams' duplicate windows (300 s), where
+    # JetStream drops them before any consumer sees them. With only the count, a quiet symbol
+    # was replayed from its first input after each crash (a whole day: minutes, every output
+    # delivered again to order_svc and the ledger to drop by id).
+    snapshot_seconds: float = 60.0
     batch: int = 500
     dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY
     # After each snapshot, purge the symbol's inputs from <ns>_ORDERS up to the previous
@@ -150,18 +159,20 @@ class SymbolRunner:
         self.engine = engine
         clean = True  # every applied input's results are published and acked
         since_snapshot = 0
+        snapshot_at = time.monotonic()
         try:
             while True:
                 lease.check()
                 msgs = await sub.next_batch(timeout=min(1.0, self.ttl / 4))
-                if not msgs:
-                    continue
-                clean = False
-                since_snapshot += await self._process(engine, msgs, lease)
-                clean = True
-                if since_snapshot >= self.cfg.snapshot_every:
+                if msgs:
+                    clean = False
+                    since_snapshot += await self._process(engine, msgs, lease)
+                    clean = True
+                if since_snapshot >= self.cfg.snapshot_every or (
+                        since_snapshot and time.monotonic() - snapshot_at >= self.cfg.snapshot_seconds):
                     await self._save(engine, lease)
                     since_snapshot = 0
+                    snapshot_at = time.monotonic()
         finally:
             self.engine = None
             if clean and since_snapshot and lease.valid():

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 
@@ -188,3 +189,40 @@ async def test_two_engines_one_writer(nats_url, js, tmp_path):
     writers = [(ex.input_sequence <= first_last, headers.get("Engine-Instance")) for ex, headers in stored]
     assert {w for before, w in writers if before} == {"A"}
     assert {w for before, w in writers if not before} == {"B"}
+
+
+async def test_a_quiet_symbol_is_snapshotted_by_time_so_a_kill_replays_little(nats_url, js, tmp_path):
+    """Snapshots came only every 10,000 inputs: a symbol with fewer (most, with the simulator)
+    had none, so a kill -9 made the restarted engine replay it from its first input, and the
+    outputs of hours of trading were published again (acceptance round 9: 60-100 s to recover,
+    leases lost on the way). Now one also comes ENGINE_SNAPSHOT_SECONDS after inputs arrived;
+    the restart starts after it."""
+    from matching_svc.adapters.jetstream import SnapshotStore
+    from matching_svc.service_layer.engine import SymbolEngine
+    from tests.support.wait import eventually
+
+    ns, symbol = f"ts{uuid.uuid4().hex[:8]}", "KO"
+    names = Names(ns)
+    await ensure_streams(js, names)
+    last_seq = await publish_flow(js, ns, Flow(SEED + 2, symbol), 300)
+    store = SnapshotStore(js, names)
+    settings = {"ENGINE_SYMBOLS": symbol, "ENGINE_LEASE_TTL_SECONDS": TTL, "ENGINE_SNAPSHOT_EVERY": "10000",
+                "ENGINE_SNAPSHOT_SECONDS": "1"}
+    proc, port = await start_engine(nats_url, ns, log_path=tmp_path / "a.log", **settings)
+    try:
+        await wait_caught_up(proc, port, symbol, last_seq)
+
+        async def snapshotted() -> bool:
+            blob = await store.load(symbol)
+            return blob is not None and SymbolEngine.from_bytes(blob).last_seq == last_seq
+        assert await eventually(snapshotted, timeout=30)
+    finally:
+        await kill(proc)  # SIGKILL: no snapshot at shutdown
+    proc, port = await start_engine(nats_url, ns, log_path=tmp_path / "b.log", LOG_LEVEL="INFO", **settings)
+    try:
+        await wait_caught_up(proc, port, symbol, last_seq)
+    finally:
+        await kill(proc)
+    started = [json.loads(line) for line in (tmp_path / "b.log").read_text().splitlines()
+               if '"engine started"' in line]
+    assert [r["from_sequence"] for r in started] == [last_seq + 1], started
