@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import uuid
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -51,11 +52,56 @@ async def fund(database_url: str) -> None:
         await pool.close()
 
 
+OPEN = (common_pb2.ORDER_STATUS_PENDING_NEW, common_pb2.ORDER_STATUS_NEW, common_pb2.ORDER_STATUS_PARTIALLY_FILLED)
+CALL_TIMEOUT = 10.0  # seconds a call may take; then it counts as unanswered (Envoy's own limit is 30 s)
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between the sendings of an unanswered call: doubling, at most
+PAGE = 500  # ListOrders' largest page
+# Answers that settle a call: the request was refused and changed nothing (a cancel: the order is
+# not working, or a rate limit). Anything else that is not a reply leaves the outcome unknown.
+REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNIMPLEMENTED})
+
+
+def unanswered(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call says nothing of its outcome and may be sent again as it was (API.md:
+    UNAVAILABLE is safe to retry with the same ids): the service down or restarting, a broken
+    connection (UNAVAILABLE), no answer in time (DEADLINE_EXCEEDED), or the service killed under
+    the call (kill -9 behind Envoy: INTERNAL "Received RST_STREAM"). Its request may have been
+    carried out all the same: the order placed, its acknowledgement lost."""
+    code = exc.code()
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+        code is grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
+
+
+class OutcomeUnknown(Exception):
+    """A call that got no answer the simulator could act on (unanswered for the whole patience,
+    or a server's own INTERNAL error): whatever it asked for may or may not have been done."""
+
+
+@dataclass
+class Maker:
+    """A symbol's liquidity provider as the simulator knows it: the ids of its working orders by
+    side, and when it next checks them against the account's open orders in order_svc."""
+
+    symbol: str
+    account: str
+    resting: dict[int, list[str]] = field(default_factory=lambda: {BUY: [], SELL: []})
+    reconcile_at: float = 0.0  # the event loop's time; 0: before the next round (as at start)
+
+
 class Simulator:
-    def __init__(self, endpoint: str, data_dir: Path, *, seed: int | None = None, tick_seconds: float = 1.0) -> None:
+    """`retry_patience`: seconds a call is sent again (the same client_order_id, the same order
+    id) while its outcome is unknown, before the simulator gives up on it and finds out from the
+    maker's open orders instead; `reconcile_every`: seconds (±25 %) between those checks anyway."""
+
+    def __init__(self, endpoint: str, data_dir: Path, *, seed: int | None = None, tick_seconds: float = 1.0,
+                 retry_patience: float = 120.0, reconcile_every: float = 60.0) -> None:
         self.endpoint, self.data_dir = endpoint, data_dir
         self.rng = random.Random(seed)
         self.tick = tick_seconds
+        self.retry_patience, self.reconcile_every = retry_patience, reconcile_every
         self.run_id = uuid.uuid4().hex[:8]
         self.tokens = {a: keys.mint_token(data_dir, a, ttl=7 * 86_400) for a in accounts()}
         self.trades_sent = 0
@@ -73,66 +119,132 @@ class Simulator:
         walk = Walk.at(reference)
         interval = self.tick / 5 if symbol in HOT else self.tick
         taker_chance = 0.6 if symbol in HOT else 0.25
-        resting: dict[int, list[str]] = {BUY: [], SELL: []}  # the maker's live quotes, by side
+        book = Maker(symbol, maker(symbol))
+        loop = asyncio.get_running_loop()
         mid = reference
         n = 0
         while True:
             n += 1
             try:
+                if loop.time() >= book.reconcile_at:  # at start (an earlier run's orders), then now and then
+                    await self._reconcile(stub, book)
+                    book.reconcile_at = loop.time() + self.reconcile_every * (0.75 + random.random() / 2)
                 # Make before break: a side's new quotes rest before its old ones go, so it is
                 # never empty between them. The side the price moves towards goes first: its
                 # new quotes cannot cross the other side's old ones, and those old ones are gone
                 # (cancelled ahead in the symbol's ordered flow) before the other side's new
                 # quotes could meet them (the maker's own orders: self-trade prevention would
                 # cancel the newcomer). Two levels a side, the outer one deeper, so a taker
-                # never takes a side out.
+                # never takes a side out. Every order is tracked from its acknowledgement on,
+                # and one whose acknowledgement is lost is asked for again (_send): an order
+                # the maker forgot would stay in the book, and cross its next quotes.
                 q = quote_around(walk.step(rng), rng)
                 up = q.bid + q.ask >= 2 * mid
                 mid = (q.bid + q.ask) / 2
                 wanted = levels(q, tick_size(q.bid))
                 for side in ((SELL, BUY) if up else (BUY, SELL)):
-                    mine = wanted[side]
-                    placed = []
-                    for level, (price, size) in enumerate(mine):
-                        reply = await self._call(stub.PlaceOrder(self._limit(
-                            f"{symbol}-{n}-{side}-{level}", symbol, side, size, price, common_pb2.TIME_IN_FORCE_GTC),
-                            metadata=self.md(maker(symbol))))
-                        if reply is not None and reply.order.status == common_pb2.ORDER_STATUS_NEW:
-                            placed.append(reply.order.order_id)
-                    if len(placed) < len(mine):  # one did not rest (a refusal): the old quotes stay too,
-                        resting[side] += placed  # and the other side waits for the next round
-                        break
-                    for order_id in resting[side]:
-                        await self._call(stub.CancelOrder(pb.CancelOrderRequest(order_id=order_id),
-                                                          metadata=self.md(maker(symbol))))
-                    resting[side] = placed
+                    old = list(book.resting[side])
+                    complete = True
+                    for level, (price, size) in enumerate(wanted[side]):
+                        order = await self._place(stub, book.account, self._limit(
+                            f"{symbol}-{n}-{side}-{level}", symbol, side, size, price, common_pb2.TIME_IN_FORCE_GTC))
+                        if order is not None and order.status in OPEN:
+                            book.resting[side].append(order.order_id)
+                        else:
+                            complete = False
+                    if not complete:  # one did not rest (a refusal): the old quotes stay too,
+                        break         # and the other side waits for the next round
+                    for order_id in old:
+                        if await self._cancel(stub, book.account, order_id):
+                            book.resting[side].remove(order_id)
                 if rng.random() < taker_chance:
                     buy = rng.random() < 0.5
-                    taker = rng.choice(TAKERS)
-                    await self._call(stub.PlaceOrder(self._limit(
+                    await self._place(stub, rng.choice(TAKERS), self._limit(
                         f"{symbol}-{n}-t", symbol, common_pb2.SIDE_BUY if buy else common_pb2.SIDE_SELL,
-                        rng.randint(1, 50), q.ask if buy else q.bid, common_pb2.TIME_IN_FORCE_IOC),
-                        metadata=self.md(taker)))
+                        rng.randint(1, 50), q.ask if buy else q.bid, common_pb2.TIME_IN_FORCE_IOC))
                     self.trades_sent += 1
             except asyncio.CancelledError:
                 raise
+            except OutcomeUnknown as exc:
+                log.warning("%s; checking the maker's open orders next", exc, extra={"symbol": symbol})
+                book.reconcile_at = 0.0
             except Exception:  # noqa: BLE001 - the simulator keeps the market going whatever happens
                 log.exception("simulator step failed", extra={"symbol": symbol})
+                book.reconcile_at = 0.0
             await asyncio.sleep(interval * (0.5 + rng.random()))
+
+    async def _reconcile(self, stub, book: Maker) -> None:
+        """Cancel the maker's working orders it does not track (one whose placement got no
+        answer for the whole patience, one of an earlier run of the simulator), and forget the
+        tracked ones that are not working any more (filled). One ListOrders page, as a rule."""
+        working, token = [], ""
+        while True:
+            reply = await self._send(stub.ListOrders, pb.ListOrdersRequest(
+                statuses=OPEN, page_size=PAGE, page_token=token), book.account)
+            working += reply.orders
+            if not (token := reply.next_page_token):
+                break
+        ids = {o.order_id for o in working}
+        for side, tracked in book.resting.items():
+            book.resting[side] = [order_id for order_id in tracked if order_id in ids]
+        known = {order_id for tracked in book.resting.values() for order_id in tracked}
+        for o in working:
+            if o.order_id not in known:
+                log.warning("cancelling an order the simulator had lost track of", extra={
+                    "symbol": book.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id})
+                await self._cancel(stub, book.account, o.order_id)
 
     def _limit(self, tag: str, symbol: str, side: int, qty: int, price: Decimal, tif: int) -> pb.PlaceOrderRequest:
         return pb.PlaceOrderRequest(client_order_id=f"sim-{self.run_id}-{tag}", symbol=symbol, side=side,
                                     type=common_pb2.ORDER_TYPE_LIMIT, quantity=qty, limit_price=fmt(price),
                                     time_in_force=tif)
 
-    async def _call(self, call):
-        """One RPC; refusals (a cancel of an order that already filled, a rate limit) are
-        part of a live market and only logged."""
+    async def _place(self, stub, account: str, request: pb.PlaceOrderRequest):
+        """The order placed, or None when it was refused (a rate limit, a reused id): refusals
+        are part of a live market and only logged."""
         try:
-            return await call
+            return (await self._send(stub.PlaceOrder, request, account)).order
         except grpc.aio.AioRpcError as exc:
-            level = logging.WARNING if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL) else logging.DEBUG
-            log.log(level, "call refused", extra={"code": exc.code().name, "details": exc.details()})
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                await asyncio.sleep(1)
+            log.debug("order refused", extra={"code": exc.code().name, "details": exc.details()})
             return None
+
+    async def _cancel(self, stub, account: str, order_id: str) -> bool:
+        """Whether the order is cancelled or not working any more (filled); False when the
+        cancel was refused for now (a rate limit), the order still working."""
+        try:
+            await self._send(stub.CancelOrder, pb.CancelOrderRequest(order_id=order_id), account)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("cancel refused", extra={"code": exc.code().name, "details": exc.details()})
+            return exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED
+        return True
+
+    async def _send(self, rpc, request, account: str):
+        """The reply to one call, sent again as it was (the same client_order_id, the same order
+        id: order_svc answers a repeat with the order it made the first time) while its outcome
+        is unknown, after a pause that doubles from RETRY_FIRST to RETRY_MAX, for up to
+        `retry_patience` seconds. A refusal raises its AioRpcError; no usable answer at all,
+        OutcomeUnknown."""
+        what = type(request).__name__.removesuffix("Request")
+        loop = asyncio.get_running_loop()
+        started, pause, sent = loop.time(), RETRY_FIRST, 0
+        while True:
+            sent += 1
+            try:
+                reply = await rpc(request, metadata=self.md(account), timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in REFUSALS:
+                    raise
+                failure = f"{what} failed: {exc.code().name}: {exc.details()}"
+                if not unanswered(exc):
+                    raise OutcomeUnknown(failure) from exc
+                if loop.time() - started >= self.retry_patience:
+                    raise OutcomeUnknown(f"{failure} (unanswered {sent} times, giving up)") from exc
+                if sent == 1:
+                    log.warning("call unanswered; sending it again until it is", extra={
+                        "call": what, "code": exc.code().name, "details": exc.details()})
+                await asyncio.sleep(pause * (0.5 + random.random()))
+                pause = min(2 * pause, RETRY_MAX)
+            else:
+                if sent > 1:
+                    log.info("call answered", extra={"call": what, "sent": sent})
+                return reply
