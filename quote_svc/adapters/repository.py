@@ -89,7 +89,9 @@ SELECT ta.old || '/' || ia.old AS old, ta.new || '/' || ia.new AS new FROM ta, i
 """
 
 # The close before a bucket ($2 of CandleRepository.close_before): the last candle ending at or
-# before it (None: the latest of all), traded or imported. (`coalesce`, not `$2 IS NULL OR`:
+# before it (None: the latest of all), traded or imported at a width up to $3 (a query's
+# interval: coarser imported candles are not data of a finer interval, see
+# service_layer.candles). (`coalesce`, not `$2 IS NULL OR`:
 # PostgreSQL's generic plan of a prepared statement can then still range-scan the index.)
 _CLOSE_BEFORE = (
     "SELECT close FROM ("
@@ -98,7 +100,8 @@ _CLOSE_BEFORE = (
     "  ORDER BY start_time DESC LIMIT 1)"
     " UNION ALL"
     " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
-    "  WHERE symbol = $1 AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
+    "  WHERE symbol = $1 AND width_s <= $3"
+    "  AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
     "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
     "ORDER BY ends DESC LIMIT 1")
 
@@ -175,10 +178,10 @@ class CandleRepository:
             "  AND start_time >= $3 AND start_time < $4 ORDER BY start_time LIMIT 1)) x",
             symbol, max_width, start, stop)
 
-    async def close_before(self, symbol: str, before: datetime | None) -> Decimal | None:
+    async def close_before(self, symbol: str, before: datetime | None, max_width: int) -> Decimal | None:
         """The close of the last candle ending at or before `before` (None: the latest of all),
-        traded or imported."""
-        row = await self.conn.fetchrow(_CLOSE_BEFORE, symbol, before)
+        traded or imported at a width ≤ max_width."""
+        row = await self.conn.fetchrow(_CLOSE_BEFORE, symbol, before, max_width)
         return row["close"] if row else None
 
     async def upsert_imported(self, rows: Sequence[ImportedCandle]) -> tuple[int, int]:

@@ -17,6 +17,9 @@ from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 UowFactory = Callable[[], QuoteUnitOfWork]
 
 # Which maintained width each interval is read from (rolled up at query time when coarser).
+# Imported candles are read up to the interval's own width: a coarser imported candle is no
+# data of a finer interval, neither a candle nor a close to fill its gaps from (else the first
+# known close, and so which buckets a query gets, would depend on where the range starts).
 SOURCE_WIDTH = {Interval.S1: 1, Interval.M1: 60, Interval.M5: 60, Interval.M15: 60,
                 Interval.H1: 3600, Interval.D1: 3600}
 
@@ -152,7 +155,7 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
         repo = uow.candles
         run = None
         if cache is None:
-            prev = await repo.close_before(q.symbol, cur)
+            prev = await repo.close_before(q.symbol, cur, q.interval.seconds)
         else:
             run, cur, prev = await _cached_run(repo, cache, q, cur, stop, now)
             if run is None and cur >= stop:
@@ -196,7 +199,7 @@ async def _cached_run(repo: CandleRepository, cache: CandleCache, q: CandleQuery
         elif run.fp_until < target:
             run = replace(run, fingerprint=new, fp_until=target, rendered=list(run.rendered))
     if run is None:
-        prev = await repo.close_before(q.symbol, cur)
+        prev = await repo.close_before(q.symbol, cur, max_width)
         base = cur
         if prev is None:
             # Before the symbol's history: the candles start at its first stored one (the same
@@ -226,5 +229,5 @@ async def last_close(pool: asyncpg.Pool | asyncpg.Connection, symbol: str) -> De
     (For the market simulator: where a symbol's random walk starts.)"""
     if isinstance(pool, asyncpg.Pool):
         async with pool.acquire() as conn:
-            return await CandleRepository(conn).close_before(symbol.upper(), None)
-    return await CandleRepository(pool).close_before(symbol.upper(), None)
+            return await last_close(conn, symbol)
+    return await CandleRepository(pool).close_before(symbol.upper(), None, Interval.D1.seconds)

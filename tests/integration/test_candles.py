@@ -491,3 +491,70 @@ async def test_cached_candles_see_a_late_trade_and_an_import(pool, nats_conn, na
         # Paged, through the cache: the same candles once each.
         paged, pages = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=7)
         assert as_tuples(paged) == as_tuples(got) and pages == -(-len(got) // 7)
+
+
+# ------------------------------------------------------------------ imported history and ranges
+
+@pytest.fixture
+def fresh_symbol(monkeypatch, tmp_path) -> str:
+    """A listed symbol no other test has candles of (tick 0.01): the listing plus one, for this
+    test's server and the `stockmesh candles import` it runs."""
+    from meshkit import symbols
+
+    name = f"T{uuid.uuid4().hex[:6].upper()}"
+    listing = tmp_path / "symbols.csv"
+    listing.write_text(Path(symbols.DEFAULT_FILE).read_text() + f"{name},Test {name},62.15\n")
+    monkeypatch.setenv("STOCKMESH_SYMBOLS_FILE", str(listing))
+    return name
+
+
+async def import_lines(tmp_path: Path, database_url: str, *lines: str) -> None:
+    path = tmp_path / f"{uuid.uuid4().hex[:6]}.csv"
+    path.write_text(HEADER + "".join(line + "\n" for line in lines))
+    code, out, err = await stockmesh("candles", "import", str(path), database_url=database_url)
+    assert code == 0, err
+
+
+def overlapping(candles, interval: int, start: datetime, end: datetime) -> list[tuple]:
+    """The candles of buckets overlapping [start, end)."""
+    return [c for c in as_tuples(candles) if c[0] < end and ref_next(c[0], interval) > start]
+
+
+async def test_a_bucket_is_the_same_whatever_range_is_asked(pool, database_url, nats_url, ns, tmp_path,
+                                                            fresh_symbol):
+    """Imported daily candles are not data of 1s-1h candles, neither candles nor a close to fill
+    their gaps from: the 1m candles from the beginning of time started at the first 1m row, but a
+    range starting between the daily rows and it got flat candles at the daily close."""
+    sym = fresh_symbol
+    await import_lines(
+        tmp_path, database_url,
+        f"{sym},2026-11-02,1d,60.00,60.50,59.50,60.00,1000,,",
+        *(f"{sym},2026-{day},1d,60.00,61.50,59.50,61.00,1000,," for day in ("11-30", "12-01", "12-02", "12-03")),
+        *(f"{sym},2026-12-04T14:3{m}:00Z,1m,61.{m}0,61.{m}0,61.{m}0,61.{m}0,10,2," for m in range(4)))
+    the_start = raw_ts(TS_FIRST)
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        for interval, end in ((I.CANDLE_INTERVAL_1M, datetime(2026, 12, 4, 16, tzinfo=UTC)),
+                              (I.CANDLE_INTERVAL_1H, datetime(2026, 12, 4, 18, tzinfo=UTC)),
+                              (I.CANDLE_INTERVAL_1S, datetime(2026, 12, 4, 14, 32, tzinfo=UTC))):
+            req = qpb.GetCandlesRequest(symbol=sym, interval=interval, start_time=the_start, end_time=ts(end),
+                                        page_size=5000)
+            everything = (await svc.stub.GetCandles(req)).candles
+            for start, stop in ((datetime(2026, 12, 4, tzinfo=UTC), datetime(2026, 12, 4, 0, 3, tzinfo=UTC)),
+                                (datetime(2026, 11, 2, 6, tzinfo=UTC), end),
+                                (datetime(2026, 12, 1, 12, tzinfo=UTC), end),
+                                (datetime(2026, 12, 4, 14, 31, 30, tzinfo=UTC), end)):
+                got, _ = await all_pages(svc.stub, sym, interval, start, stop, page_size=50)
+                assert as_tuples(got) == overlapping(everything, interval, start, stop), (interval, start)
+            first = as_tuples(everything[:1])
+            if interval == I.CANDLE_INTERVAL_1S:  # 1m rows are not 1s data either
+                assert first == []
+            else:
+                assert first[0][:7] == (ref_bucket(datetime(2026, 12, 4, 14, 30, tzinfo=UTC), interval), "61.00",
+                                        "61.30" if interval == I.CANDLE_INTERVAL_1H else "61.00", "61.00",
+                                        "61.30" if interval == I.CANDLE_INTERVAL_1H else "61.00",
+                                        40 if interval == I.CANDLE_INTERVAL_1H else 10,
+                                        8 if interval == I.CANDLE_INTERVAL_1H else 2)
+        # The daily candles still come from the daily rows.
+        days, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1D, datetime(2026, 11, 30, 12, tzinfo=UTC),
+                                  datetime(2026, 12, 4, 12, tzinfo=UTC))
+        assert [(c.close, c.volume) for c in days] == [("61.00", 1000)] * 4 + [("61.30", 40)]
