@@ -142,10 +142,10 @@ class CandleRepository:
 
     async def traded(self, symbol: str, width: int, start: datetime, stop: datetime) -> list[Part]:
         rows = await self.conn.fetch(
-            "SELECT start_time, open, high, low, close, volume, trade_count, pv FROM quotes.candles "
+            "SELECT start_time, open, high, low, close, volume, trade_count, pv, first_at, last_at FROM quotes.candles "
             "WHERE symbol = $1 AND width_s = $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
             symbol, width, start, stop)
-        return [Part(width, _candle(r)) for r in rows]
+        return [Part(width, _candle(r), first_at=r["first_at"], last_at=r["last_at"]) for r in rows]
 
     async def imported(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> list[Part]:
         rows = await self.conn.fetch(
@@ -153,7 +153,7 @@ class CandleRepository:
             "FROM quotes.imported_candles "
             "WHERE symbol = $1 AND width_s <= $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
             symbol, max_width, start, stop)
-        return [Part(r["width_s"], _candle(r)) for r in rows]
+        return [Part(r["width_s"], _candle(r), imported=True) for r in rows]
 
     async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
                            stop: datetime, with_close: bool = False) -> tuple[Decimal | None, str, str]:

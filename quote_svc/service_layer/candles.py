@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import asyncpg
 
 from quote_svc.adapters.repository import CandleRepository
-from quote_svc.domain.candles import Candle, Interval, advance, bucket_start, combine, fill, next_bucket, rollup
+from quote_svc.domain.candles import Candle, Interval, advance, bucket_start, fill, next_bucket, rollup
 from quote_svc.domain.quotes import MarketData
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
@@ -56,9 +56,8 @@ async def record_trades(events: Sequence[MarketData], uow_factory: UowFactory) -
 
 
 async def _load(repo: CandleRepository, q: CandleQuery, start: datetime, stop: datetime) -> dict[datetime, Candle]:
-    traded = rollup(await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop), q.interval)
-    imported = rollup(await repo.imported(q.symbol, q.interval.seconds, start, stop), q.interval)
-    return combine(imported, traded)
+    traded = await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop)
+    return rollup(traded + await repo.imported(q.symbol, q.interval.seconds, start, stop), q.interval)
 
 
 @dataclass(frozen=True)

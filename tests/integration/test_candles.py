@@ -558,3 +558,24 @@ async def test_a_bucket_is_the_same_whatever_range_is_asked(pool, database_url, 
         days, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1D, datetime(2026, 11, 30, 12, tzinfo=UTC),
                                   datetime(2026, 12, 4, 12, tzinfo=UTC))
         assert [(c.close, c.volume) for c in days] == [("61.00", 1000)] * 4 + [("61.30", 40)]
+
+
+async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_times(
+        pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
+    """A 1m row imported at 04:52 into a 5m bucket traded from 04:50 on is not its open (it
+    was: imported candles were taken as earlier than the whole bucket's trades)."""
+    sym = fresh_symbol
+    t0 = datetime(2026, 12, 3, 4, 50, 7, tzinfo=UTC)
+    trades = [Trade(t0 + timedelta(minutes=k), k + 1, Decimal("117.55") + Decimal(k) / 10, 2) for k in range(4)]
+    async with quote_service(pool, nats_url, ns) as svc:
+        await publish_trades(nats_conn.jetstream(), ns, sym, trades)
+        await wait_recorded(pool, sym, len(trades))
+        await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:52:00Z,1m,117.00,117.90,117.00,117.20,100,10,")
+        start, end = datetime(2026, 12, 3, 4, 50, tzinfo=UTC), datetime(2026, 12, 3, 4, 55, tzinfo=UTC)
+        five, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_5M, start, end)
+        assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in five] == [
+            ("117.55", "117.90", "117.00", "117.85", 108, 14)]
+        ones, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, start, end)
+        assert [(c.open, c.close) for c in ones] == [
+            ("117.55", "117.55"), ("117.65", "117.65"), ("117.00", "117.75"), ("117.85", "117.85"),
+            ("117.85", "117.85")]

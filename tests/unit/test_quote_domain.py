@@ -127,13 +127,45 @@ def test_buckets():
 def test_rollup_uses_the_coarsest_width_and_fill_is_flat():
     def c(minute: int, o: str, cl: str, v: int) -> Candle:
         return Candle(T.replace(minute=minute), D(o), max(D(o), D(cl)), min(D(o), D(cl)), D(cl), v, 1, D(o) * v)
-    parts = [Part(60, c(0, "10", "11", 5)), Part(60, c(1, "11", "12", 5)), Part(300, c(0, "9", "8", 50))]
+    # Imported history at two widths: the coarsest present in a bucket is used.
+    parts = [Part(60, c(0, "10", "11", 5), imported=True), Part(60, c(1, "11", "12", 5), imported=True),
+             Part(300, c(0, "9", "8", 50), imported=True)]
     five = rollup(parts, Interval.M5)
     assert five[T].volume == 50 and five[T].open == D("9")
     one = rollup(parts[:2], Interval.M5)[T]
     assert (one.open, one.close, one.volume, one.trade_count, one.vwap) == (D("10"), D("12"), 10, 2, D("10.5"))
     filled = fill({T: one}, T, T.replace(minute=15), Interval.M5, None, T.replace(hour=20))
     assert [(x.close, x.trade_count) for x in filled] == [(D("12"), 2), (D("12"), 0), (D("12"), 0)]
+
+
+def test_a_rollup_orders_traded_and_imported_parts_by_their_own_times():
+    """The open is the part whose trades came first and the close the one whose trades came
+    last, whichever source: an imported 1m candle at 04:52 is not the open of a 5m candle
+    traded from 04:50 (acceptance: it was, imported being taken as earlier bucket-wide)."""
+    def c(minute: int, o: str, cl: str, v: int, n: int | None = 1) -> Candle:
+        return Candle(T.replace(minute=minute), D(o), max(D(o), D(cl)), min(D(o), D(cl)), D(cl), v, n, D(o) * v)
+
+    def traded(minute: int, o: str, cl: str, first_s: int = 10, last_s: int = 50) -> Part:
+        return Part(60, c(minute, o, cl, 3), first_at=T.replace(minute=minute, second=first_s),
+                    last_at=T.replace(minute=minute, second=last_s))
+
+    trades = [traded(0, "117.55", "117.60"), traded(1, "117.60", "117.70"), traded(2, "117.70", "117.65"),
+              traded(3, "117.65", "117.80")]
+    at_two = Part(60, c(2, "117.00", "117.20", 100, 10), imported=True)
+    five = rollup([*trades, at_two], Interval.M5)[T]
+    assert (five.open, five.close, five.low, five.volume, five.trade_count) == (
+        D("117.55"), D("117.80"), D("117.00"), 112, 14)
+    # In its own minute, the imported candle is taken as before the traded trades.
+    two = rollup([trades[2], at_two], Interval.M1)[T.replace(minute=2)]
+    assert (two.open, two.close) == (D("117.00"), D("117.65"))
+    # Traded only before it: the imported candle closes the bucket; traded at its very start
+    # (the same instant): the traded trade is the later.
+    assert rollup([trades[0], at_two], Interval.M5)[T].close == D("117.20")
+    early = traded(2, "117.50", "117.50", first_s=0, last_s=0)
+    assert rollup([trades[0], at_two, early], Interval.M5)[T].close == D("117.50")
+    # An imported candle without a trade count makes the total unknown.
+    unknown = Part(60, c(4, "117.00", "117.00", 5, None), imported=True)
+    assert rollup([*trades, unknown], Interval.M5)[T].trade_count is None
 
 
 def test_daily_candles_skip_weekends_and_exchange_holidays_without_trades():
