@@ -12,6 +12,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Iterator
 
+from meshkit.symbols import on_tick, tick_size
 from quote_svc.domain.candles import Interval, day_start, is_aligned, iso, time_range
 
 REQUIRED = ("symbol", "start_time", "interval", "open", "high", "low", "close", "volume")
@@ -53,6 +54,13 @@ def _price(text: str, name: str, *, places: int = 4) -> Decimal:
         raise ValueError(f"{name} must be a positive decimal up to {MAX_PRICE}, got {text!r}")
     if -value.as_tuple().exponent > places:  # type: ignore[operator]
         raise ValueError(f"{name} must have at most {places} decimal places, got {text!r}")
+    return value
+
+
+def _on_tick(value: Decimal, name: str, text: str) -> Decimal:
+    """A traded price is on the tick, as every order's price is (0.01 at 1.00 and above)."""
+    if not on_tick(value):
+        raise ValueError(f"{name} must be a multiple of the tick size {tick_size(value)}, got {text!r}")
     return value
 
 
@@ -109,7 +117,7 @@ def parse_row(row: dict[str, str], listed: set[str]) -> ImportedCandle:
         raise ValueError(f"interval must be one of {', '.join(i.label for i in Interval)}, "
                          f"got {values['interval']!r}") from None
     start = _start(values["start_time"], interval)
-    o, h, lo, c = (_price(values[k], k) for k in ("open", "high", "low", "close"))
+    o, h, lo, c = (_on_tick(_price(values[k], k), k, values[k]) for k in ("open", "high", "low", "close"))
     if not (lo <= o <= h and lo <= c <= h):
         raise ValueError(f"prices must satisfy low ≤ open, close ≤ high (open {o}, high {h}, low {lo}, close {c})")
     volume = _count(values["volume"], "volume")

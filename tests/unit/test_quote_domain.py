@@ -191,10 +191,17 @@ def test_csv_rows_are_checked_with_their_line():
                        # Beyond the days GetCandles can bucket (an OverflowError, not a line, before).
                        ({"start_time": "0001-01-01T00:00:00Z", "interval": "1d"}, "0001-01-02T00:00:00Z"),
                        ({"start_time": "9999-12-31", "interval": "1d"}, "9999-12-30"),
-                       ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01")]:
+                       ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01"),
+                       # Off the tick (0.01 at 1.00 and above), as no order's price can be.
+                       ({"open": "1.005"}, "multiple of the tick size 0.01"),
+                       ({"close": "1.999"}, "multiple of the tick size 0.01"),
+                       ({"low": "0.50005", "open": "0.6"}, "at most 4 decimal places")]:
         with pytest.raises(MalformedRow) as err:
             list(parse(header, [(2, good), (3, dict(good, **bad))], {"AAPL"}))
         assert err.value.line == 3 and words in str(err.value), str(err.value)
+    # Below a dollar the tick is 0.0001; a vwap is an average and keeps up to 6 places.
+    penny = dict(good, open="0.8755", low="0.8755", high="1", close="1", vwap="0.912345")
+    assert list(parse(header + ["vwap"], [(2, penny)], {"AAPL"}))[0].open == Decimal("0.8755")
     with pytest.raises(MalformedRow) as err:
         list(parse(header, [(2, good), (3, good)], {"AAPL"}))
     assert "same candle as line 2" in str(err.value)
