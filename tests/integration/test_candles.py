@@ -579,3 +579,28 @@ async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_tim
         assert [(c.open, c.close) for c in ones] == [
             ("117.55", "117.55"), ("117.65", "117.65"), ("117.00", "117.75"), ("117.85", "117.85"),
             ("117.85", "117.85")]
+
+
+async def test_csv_rows_the_database_or_the_calendar_would_refuse_are_named_by_line(pool, database_url, tmp_path,
+                                                                                    fresh_symbol):
+    """Refused by the row checks with the usual message, nothing imported; a volume beyond a
+    bigint crashed the import with asyncpg's DataError (exit 1, a traceback), a binary file was
+    'line 0'."""
+    sym = fresh_symbol
+    good = f"{sym},2026-11-02,1d,60.00,61.00,59.00,60.00,1"
+    for bad, words in [(f"{sym},2026-11-03,1d,60.00,61.00,59.00,60.00,99999999999999999999999",
+                        "line 3: volume must be at most 1,000,000,000,000"),
+                       (f"{sym},2026-11-03,1d,60.005,61,59,60,1", "line 3: open must be a multiple of the tick size"),
+                       (f"{sym},2026-11-01,1d,60.00,61.00,59.00,60.00,1", "line 3: 2026-11-01 is a Sunday"),
+                       (f"{sym},2030-01-02,1d,60.00,61.00,59.00,60.00,1", "line 3: the 1d candle from 2030-01-02"),
+                       (f"{sym},2026-11-03,1d,6E1,61.00,59.00,60.00,1", "line 3: open must be a plain decimal"),
+                       (f"{sym},2026-11-03,1d,60.00,61.00,59.00,60.00,0,5,60.00", "line 3: trade_count is 5")]:
+        path = tmp_path / "bad.csv"
+        path.write_text(HEADER + good + "\n" + bad + "\n")
+        code, out, err = await stockmesh("candles", "import", str(path), database_url=database_url)
+        assert code == 1 and words in err and "nothing imported" in err and "Traceback" not in err, err
+    binary = tmp_path / "bad.csv"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    code, out, err = await stockmesh("candles", "import", str(binary), database_url=database_url)
+    assert code == 1 and "line 1: not UTF-8 text" in err, err
+    assert await imported(pool, sym) == []

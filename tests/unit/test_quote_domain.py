@@ -195,16 +195,53 @@ def test_csv_rows_are_checked_with_their_line():
                        # Off the tick (0.01 at 1.00 and above), as no order's price can be.
                        ({"open": "1.005"}, "multiple of the tick size 0.01"),
                        ({"close": "1.999"}, "multiple of the tick size 0.01"),
-                       ({"low": "0.50005", "open": "0.6"}, "at most 4 decimal places")]:
+                       ({"low": "0.50005", "open": "0.6"}, "at most 4 decimal places"),
+                       # Plain decimals only, as money and prices everywhere else.
+                       ({"high": "2E0"}, "plain decimal number"), ({"open": "1."}, "plain decimal number"),
+                       # Beyond the database's bigint (an asyncpg DataError after the checks, before).
+                       ({"volume": "99999999999999999999999"}, "at most 1,000,000,000,000"),
+                       ({"trade_count": "1000000000001"}, "at most 1,000,000,000,000"),
+                       ({"volume": "²"}, "whole number"), ({"volume": "١٢"}, "whole number"),
+                       # Trades without volume: nothing to weight a vwap with either.
+                       ({"volume": "0", "trade_count": "5"}, "trade_count is 5 but volume is 0"),
+                       ({"volume": "0", "vwap": "1.5"}, "no volume to weight"),
+                       # A daily candle of a day without a session.
+                       ({"interval": "1d", "start_time": "2026-11-01"}, "2026-11-01 is a Sunday, a day without"),
+                       ({"interval": "1d", "start_time": "2026-11-26T05:00:00Z"}, "is Thanksgiving Day"),
+                       # Not history yet.
+                       ({"start_time": "2030-01-02T14:30:00Z"}, "not over yet")]:
         with pytest.raises(MalformedRow) as err:
             list(parse(header, [(2, good), (3, dict(good, **bad))], {"AAPL"}))
         assert err.value.line == 3 and words in str(err.value), str(err.value)
+    # A candle must be over: today's 1d candle is not, yesterday's is; no trades, no volume: fine.
+    now = datetime(2026, 12, 4, 20, tzinfo=UTC)
+    day = dict(good, interval="1d", start_time="2026-12-04")
+    with pytest.raises(MalformedRow, match="1d candle from 2026-12-04T05:00:00Z is not over yet"):
+        list(parse(header, [(2, day)], {"AAPL"}, now=now))
+    quiet = dict(day, start_time="2026-12-03", volume="0", trade_count="0", open="1", high="1", low="1", close="1")
+    assert list(parse(header, [(2, quiet)], {"AAPL"}, now=now))[0].volume == 0
     # Below a dollar the tick is 0.0001; a vwap is an average and keeps up to 6 places.
     penny = dict(good, open="0.8755", low="0.8755", high="1", close="1", vwap="0.912345")
     assert list(parse(header + ["vwap"], [(2, penny)], {"AAPL"}))[0].open == Decimal("0.8755")
     with pytest.raises(MalformedRow) as err:
         list(parse(header, [(2, good), (3, good)], {"AAPL"}))
     assert "same candle as line 2" in str(err.value)
+
+
+def test_a_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
+    from quote_svc.service_layer.history import read_file
+
+    png = tmp_path / "chart.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(MalformedRow) as err:
+        read_file(png)
+    assert err.value.line == 1 and "byte 0x89 at column 1" in str(err.value)
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"\xef\xbb\xbfsymbol,start_time,interval,open,high,low,close,volume\n"
+                      b"AAPL,2024-03-04T14:30:00Z,1m,1,2,1,2,10\nAAPL,2024-03-04T14:31:00Z,1m,1,2,1,2,10 caf\xe9\n")
+    with pytest.raises(MalformedRow) as err:
+        read_file(latin)
+    assert err.value.line == 3 and "byte 0xe9 at column 44" in str(err.value)
 
 
 async def test_no_quote_yet_is_unavailable_while_catching_up_and_not_found_once_caught_up():
