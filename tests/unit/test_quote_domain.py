@@ -184,6 +184,8 @@ def test_csv_rows_are_checked_with_their_line():
     good = {"symbol": "AAPL", "start_time": "2024-03-04T14:30:00Z", "interval": "1m", "open": "1", "high": "2",
             "low": "1", "close": "2", "volume": "10"}
     assert len(list(parse(header, [(2, good)], {"AAPL"}))) == 1
+    # A file is typed by people: a symbol in any case (the RPCs take it only as listed).
+    assert [c.symbol for c in parse(header, [(2, dict(good, symbol="aapl"))], {"AAPL"})] == ["AAPL"]
     for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
                        ({"start_time": "2024-03-04T14:30:00"}, "UTC offset"),
                        ({"symbol": "NOPE"}, "unknown symbol"), ({"high": "0.5"}, "low ≤ open"),
