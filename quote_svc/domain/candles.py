@@ -7,6 +7,7 @@ New York time. A candle covers [start, start + width).
 """
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from dataclasses import dataclass
@@ -195,12 +196,33 @@ def bucket_starts(first: datetime, stop: datetime, interval: Interval) -> Iterat
         t = next_bucket(t, interval)
 
 
+class Coverage:
+    """The spans of coarser imported candles (start, end) around a query's buckets: what the
+    history says happened at a resolution coarser than the one asked."""
+
+    def __init__(self, spans: Iterable[tuple[datetime, datetime]] = ()) -> None:
+        merged: list[list[datetime]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._starts = [s for s, _ in merged]
+        self._ends = [e for _, e in merged]
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        i = bisect.bisect_left(self._starts, end) - 1  # the last span starting before `end`
+        return i >= 0 and self._ends[i] > start
+
+
 def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, interval: Interval,
-         prev_close: Decimal | None, now: datetime) -> list[Candle]:
+         prev_close: Decimal | None, now: datetime, covered: Coverage | None = None) -> list[Candle]:
     """Every candle of the buckets [first, stop): the stored ones, and a flat one (no trades,
     open = high = low = close = the previous close) for each bucket without any. Buckets
     before any known close are left out; so are 1d buckets of days without a session and
-    without trades. `is_final` is false for the bucket still running at `now`."""
+    without trades, and buckets without candles of their own inside a coarser imported candle
+    (`covered`): that history says there were trades, only not when (no data, not no trades).
+    `is_final` is false for the bucket still running at `now`."""
     out: list[Candle] = []
     for start in bucket_starts(first, stop, interval):
         c = candles.get(start)
@@ -208,6 +230,8 @@ def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, inter
             if prev_close is None:
                 continue
             if interval is Interval.D1 and not is_session_day(trading_day(start)):
+                continue
+            if covered is not None and covered.overlaps(start, next_bucket(start, interval)):
                 continue
             c = flat(start, prev_close)
         c.is_final = next_bucket(start, interval) <= now

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import asyncpg
 
 from quote_svc.adapters.repository import CandleRepository
-from quote_svc.domain.candles import Candle, Interval, advance, bucket_start, fill, next_bucket, rollup
+from quote_svc.domain.candles import Candle, Coverage, Interval, advance, bucket_start, fill, next_bucket, rollup
 from quote_svc.domain.quotes import MarketData
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
@@ -55,9 +55,12 @@ async def record_trades(events: Sequence[MarketData], uow_factory: UowFactory) -
     return len(trades)
 
 
-async def _load(repo: CandleRepository, q: CandleQuery, start: datetime, stop: datetime) -> dict[datetime, Candle]:
+async def _load(repo: CandleRepository, q: CandleQuery, start: datetime,
+                stop: datetime) -> tuple[dict[datetime, Candle], Coverage]:
+    """The candles of the buckets [start, stop), and where coarser imported candles lie."""
     traded = await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop)
-    return rollup(traded + await repo.imported(q.symbol, q.interval.seconds, start, stop), q.interval)
+    imported, coarser = await repo.imported(q.symbol, q.interval.seconds, start, stop)
+    return rollup(traded + imported, q.interval), Coverage(coarser)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: d
         # Whole buckets are loaded, also where `end` falls inside the last one.
         load_end = window_end if bucket_start(window_end, q.interval) == window_end \
             else next_bucket(bucket_start(window_end, q.interval), q.interval)
-        out += fill(await _load(repo, q, cur, load_end), cur, window_end, q.interval, prev, now)
+        candles, covered = await _load(repo, q, cur, load_end)
+        out += fill(candles, cur, window_end, q.interval, prev, now, covered)
         if out:
             prev = out[-1].close
         cur = window_end

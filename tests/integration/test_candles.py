@@ -560,17 +560,23 @@ async def test_a_bucket_is_the_same_whatever_range_is_asked(pool, database_url, 
         assert [(c.close, c.volume) for c in days] == [("61.00", 1000)] * 4 + [("61.30", 40)]
 
 
+async def traded_then_imported(nats_conn, pool, ns: str, sym: str, tmp_path: Path, database_url: str) -> None:
+    """Trades at 04:50:07, 04:51:07, 04:52:07 and 04:53:07 on 2026-12-03 (117.55, 117.65,
+    117.75, 117.85; 2 shares each), then a 1m candle of 10 trades imported at 04:52."""
+    t0 = datetime(2026, 12, 3, 4, 50, 7, tzinfo=UTC)
+    trades = [Trade(t0 + timedelta(minutes=k), k + 1, Decimal("117.55") + Decimal(k) / 10, 2) for k in range(4)]
+    await publish_trades(nats_conn.jetstream(), ns, sym, trades)
+    await wait_recorded(pool, sym, len(trades))
+    await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:52:00Z,1m,117.00,117.90,117.00,117.20,100,10,")
+
+
 async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_times(
         pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
     """A 1m row imported at 04:52 into a 5m bucket traded from 04:50 on is not its open (it
     was: imported candles were taken as earlier than the whole bucket's trades)."""
     sym = fresh_symbol
-    t0 = datetime(2026, 12, 3, 4, 50, 7, tzinfo=UTC)
-    trades = [Trade(t0 + timedelta(minutes=k), k + 1, Decimal("117.55") + Decimal(k) / 10, 2) for k in range(4)]
     async with quote_service(pool, nats_url, ns) as svc:
-        await publish_trades(nats_conn.jetstream(), ns, sym, trades)
-        await wait_recorded(pool, sym, len(trades))
-        await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:52:00Z,1m,117.00,117.90,117.00,117.20,100,10,")
+        await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
         start, end = datetime(2026, 12, 3, 4, 50, tzinfo=UTC), datetime(2026, 12, 3, 4, 55, tzinfo=UTC)
         five, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_5M, start, end)
         assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in five] == [
@@ -604,3 +610,31 @@ async def test_csv_rows_the_database_or_the_calendar_would_refuse_are_named_by_l
     code, out, err = await stockmesh("candles", "import", str(binary), database_url=database_url)
     assert code == 1 and "line 1: not UTF-8 text" in err, err
     assert await imported(pool, sym) == []
+
+
+async def test_finer_buckets_inside_an_imported_candle_have_no_data_not_no_trades(
+        pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
+    """1s candles inside an imported 1m candle of 10 trades were flat with trade_count 0: the
+    history says there were trades in that minute, only not in which seconds. Such buckets
+    are left out (a traded second among them is shown); an import is seen by a cached page."""
+    sym = fresh_symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
+        s = lambda mm, ss: datetime(2026, 12, 3, 4, mm, ss, tzinfo=UTC)  # noqa: E731
+        got, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, s(51, 58), s(53, 2), page_size=5000)
+        assert [(c[0], c[1], c[6]) for c in as_tuples(got)] == [
+            (s(51, 58), "117.65", 0), (s(51, 59), "117.65", 0),
+            (s(52, 7), "117.75", 1),  # traded: shown; the other seconds of 04:52 are left out
+            (s(53, 0), "117.75", 0), (s(53, 1), "117.75", 0)]
+        # The same page again (cached), after a 15m row is imported around it: its flat
+        # seconds are left out too.
+        later = (s(54, 0), s(54, 3))
+        assert len((await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, *later))[0]) == 3
+        await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:45:00Z,15m,117.00,118.00,117.00,117.50,500,,")
+        assert (await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, *later))[0] == []
+        # 1m and 5m candles are within the 15m one too: only those with data of their own.
+        ones, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, s(49, 0), s(56, 0))
+        assert [c[0] for c in as_tuples(ones)] == [s(50, 0), s(51, 0), s(52, 0), s(53, 0)]
+        # At its own width and above, the imported candle is data like any other.
+        fifteen, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_15M, s(45, 0), s(59, 0))
+        assert [(c.open, c.volume) for c in fifteen] == [("117.00", 500 + 8)]  # the 15m row, not the 1m row in it

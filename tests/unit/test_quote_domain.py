@@ -168,6 +168,23 @@ def test_a_rollup_orders_traded_and_imported_parts_by_their_own_times():
     assert rollup([*trades, unknown], Interval.M5)[T].trade_count is None
 
 
+def test_fill_leaves_out_buckets_inside_coarser_imported_candles_without_data_of_their_own():
+    from datetime import timedelta
+
+    from quote_svc.domain.candles import Coverage
+
+    def at(minute: int) -> datetime:
+        return T.replace(minute=minute)
+
+    traded = Candle(at(3), D("10"), D("10"), D("10"), D("10"), 1, 1, D("10"))
+    # A 5m import 14:00-14:05 and, overlapping, a 1m one at 14:04; another at 14:07.
+    covered = Coverage([(at(0), at(5)), (at(4), at(5)), (at(7), at(8))])
+    got = fill({at(3): traded}, at(0), at(10), Interval.M1, D("9"), T.replace(hour=20), covered)
+    assert [(c.start.minute, c.trade_count) for c in got] == [(3, 1), (5, 0), (6, 0), (8, 0), (9, 0)]
+    assert [covered.overlaps(at(m), at(m) + timedelta(seconds=1)) for m in (0, 4, 5, 6, 7, 8)] == [
+        True, True, False, False, True, False]
+
+
 def test_daily_candles_skip_weekends_and_exchange_holidays_without_trades():
     # Wednesday 2026-11-25 to Monday 2026-11-30: Thanksgiving (Thursday) and the weekend have no
     # session, so no flat candle; Friday (an early close) and Monday have one.
