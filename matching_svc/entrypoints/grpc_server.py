@@ -40,7 +40,9 @@ def parse_depth(depth: int) -> int:
 
 
 def parse_symbol(text: str) -> str:
-    """The symbol, in any case ("msft" is MSFT); missing is `symbol: is required`."""
+    """An operator's symbol (HaltSymbol, ResumeSymbol: internal, typed at `stockmesh engine
+    halt`), in any case ("msft" is MSFT); missing is `symbol: is required`. The public
+    GetOrderBook takes the symbol exactly as listed, as every public RPC (meshkit.symbols.known)."""
     return symbols.known(text.strip().upper())
 
 
@@ -49,7 +51,7 @@ class MarketDataServicer(market_data_service_pb2_grpc.MarketDataServiceServicer)
         self.engine, self.js = engine, js
 
     async def GetOrderBook(self, request: md.GetOrderBookRequest, context) -> md.GetOrderBookResponse:
-        symbol = parse_symbol(request.symbol)
+        symbol = symbols.known(request.symbol)  # as GetQuote, GetCandles, PlaceOrder: "msft" is UNKNOWN_SYMBOL
         depth = parse_depth(request.depth)
         live = self.engine.owned_engine(symbol)
         if live is not None:

@@ -9,12 +9,15 @@ from typing import Sequence
 
 import asyncpg
 
-from quote_svc.domain.candles import Candle, Part
+from quote_svc.domain.candles import Candle, Interval, Part, next_bucket
 from quote_svc.domain.history import ImportedCandle
 from quote_svc.domain.quotes import MarketData
 
 # The widths maintained for traded candles (see the migration).
 MAINTAINED = (1, 60, 3600)
+# How long before a bucket an imported candle may start and still overlap it: the longest
+# candle, a New York day, is 25 hours on the day daylight saving time ends.
+COVER_BEFORE = "25 hours"
 
 _RECORD_TRADES = """
 WITH new AS (
@@ -75,7 +78,10 @@ WITH t AS (
     SELECT start_time,
            hashtextextended((width_s, start_time, open, high, low, close, volume, trade_count, vwap)::text, 0) AS h
     FROM quotes.imported_candles
-    WHERE symbol = $1 AND width_s <= $3 AND start_time >= $4 AND start_time < $7
+    WHERE symbol = $1 AND start_time < $7
+      AND (width_s <= $3 AND start_time >= $4
+           -- coarser ones around the range: their buckets get no flat candles (see fill)
+           OR width_s > $3 AND start_time > $4::timestamptz - interval '%s')
 ), ta AS (
     SELECT concat_ws(',', sum(volume) FILTER (WHERE start_time < $5), sum(trade_count) FILTER (WHERE start_time < $5)) AS old,
            concat_ws(',', sum(volume) FILTER (WHERE start_time < $6), sum(trade_count) FILTER (WHERE start_time < $6)) AS new
@@ -86,10 +92,12 @@ WITH t AS (
     FROM i
 )
 SELECT ta.old || '/' || ia.old AS old, ta.new || '/' || ia.new AS new FROM ta, ia
-"""
+""" % COVER_BEFORE
 
 # The close before a bucket ($2 of CandleRepository.close_before): the last candle ending at or
-# before it (None: the latest of all), traded or imported. (`coalesce`, not `$2 IS NULL OR`:
+# before it (None: the latest of all), traded or imported at a width up to $3 (a query's
+# interval: coarser imported candles are not data of a finer interval, see
+# service_layer.candles). (`coalesce`, not `$2 IS NULL OR`:
 # PostgreSQL's generic plan of a prepared statement can then still range-scan the index.)
 _CLOSE_BEFORE = (
     "SELECT close FROM ("
@@ -98,7 +106,8 @@ _CLOSE_BEFORE = (
     "  ORDER BY start_time DESC LIMIT 1)"
     " UNION ALL"
     " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
-    "  WHERE symbol = $1 AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
+    "  WHERE symbol = $1 AND width_s <= $3"
+    "  AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
     "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
     "ORDER BY ends DESC LIMIT 1")
 
@@ -139,18 +148,26 @@ class CandleRepository:
 
     async def traded(self, symbol: str, width: int, start: datetime, stop: datetime) -> list[Part]:
         rows = await self.conn.fetch(
-            "SELECT start_time, open, high, low, close, volume, trade_count, pv FROM quotes.candles "
+            "SELECT start_time, open, high, low, close, volume, trade_count, pv, first_at, last_at FROM quotes.candles "
             "WHERE symbol = $1 AND width_s = $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
             symbol, width, start, stop)
-        return [Part(width, _candle(r)) for r in rows]
+        return [Part(width, _candle(r), first_at=r["first_at"], last_at=r["last_at"]) for r in rows]
 
-    async def imported(self, symbol: str, max_width: int, start: datetime, stop: datetime) -> list[Part]:
+    async def imported(self, symbol: str, max_width: int, start: datetime,
+                       stop: datetime) -> tuple[list[Part], list[tuple[datetime, datetime]]]:
+        """The imported candles of width ≤ max_width starting in [start, stop), and the spans
+        (start, end) of the wider ones that overlap it (one round trip)."""
         rows = await self.conn.fetch(
             "SELECT width_s, start_time, open, high, low, close, volume, trade_count, vwap * volume AS pv "
-            "FROM quotes.imported_candles "
-            "WHERE symbol = $1 AND width_s <= $2 AND start_time >= $3 AND start_time < $4 ORDER BY start_time",
+            "FROM quotes.imported_candles WHERE symbol = $1 AND start_time < $4"
+            " AND (width_s <= $2 AND start_time >= $3"
+            f"      OR width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}') "
+            "ORDER BY start_time",
             symbol, max_width, start, stop)
-        return [Part(r["width_s"], _candle(r)) for r in rows]
+        parts = [Part(r["width_s"], _candle(r), imported=True) for r in rows if r["width_s"] <= max_width]
+        spans = [(r["start_time"], next_bucket(r["start_time"], Interval(r["width_s"])))
+                 for r in rows if r["width_s"] > max_width]
+        return parts, [(s, e) for s, e in spans if e > start]
 
     async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
                            stop: datetime, with_close: bool = False) -> tuple[Decimal | None, str, str]:
@@ -175,10 +192,10 @@ class CandleRepository:
             "  AND start_time >= $3 AND start_time < $4 ORDER BY start_time LIMIT 1)) x",
             symbol, max_width, start, stop)
 
-    async def close_before(self, symbol: str, before: datetime | None) -> Decimal | None:
+    async def close_before(self, symbol: str, before: datetime | None, max_width: int) -> Decimal | None:
         """The close of the last candle ending at or before `before` (None: the latest of all),
-        traded or imported."""
-        row = await self.conn.fetchrow(_CLOSE_BEFORE, symbol, before)
+        traded or imported at a width ≤ max_width."""
+        row = await self.conn.fetchrow(_CLOSE_BEFORE, symbol, before, max_width)
         return row["close"] if row else None
 
     async def upsert_imported(self, rows: Sequence[ImportedCandle]) -> tuple[int, int]:

@@ -7,12 +7,13 @@ New York time. A candle covers [start, start + width).
 """
 from __future__ import annotations
 
+import bisect
 import enum
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from meshkit.calendar import NEW_YORK, session, trading_day
 from meshkit.money import average_price
@@ -127,30 +128,53 @@ class Candle:
 
 @dataclass(frozen=True)
 class Part:
-    """A stored candle of some width, the input of a rollup."""
+    """A stored candle of some width, the input of a rollup. `first_at` and `last_at`: when its
+    first and last trades were, where known (traded rows keep them); otherwise (an imported
+    candle) both are taken as its start, and before a traded row's trade at that same instant."""
 
     width: int
     candle: Candle
+    imported: bool = False
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    @property
+    def opens_at(self) -> tuple[datetime, bool]:
+        return self.first_at or self.candle.start, not self.imported
+
+    @property
+    def closes_at(self) -> tuple[datetime, bool]:
+        return self.last_at or self.candle.start, not self.imported
 
 
 def flat(start: datetime, price: Decimal) -> Candle:
     return Candle(start, price, price, price, price, 0, 0, Decimal(0))
 
 
-def merge(a: Candle, b: Candle) -> Candle:
-    """One candle of `a` followed by `b` (a's trades before b's)."""
+def _total(values: list[Any]) -> Any:
+    """The sum, or None (unknown) when any of them is."""
+    return None if any(v is None for v in values) else sum(values)
+
+
+def merge(parts: list[Part], start: datetime) -> Candle:
+    """One candle of bucket `start` from parts inside it: the open of the part whose trades
+    came first, the close of the one whose trades came last (each part by its own time, not
+    by its source), sums added (unknown if unknown in any part)."""
+    candles = [p.candle for p in parts]
     return Candle(
-        start=min(a.start, b.start), open=a.open, high=max(a.high, b.high), low=min(a.low, b.low),
-        close=b.close, volume=a.volume + b.volume,
-        trade_count=None if a.trade_count is None or b.trade_count is None else a.trade_count + b.trade_count,
-        pv=None if a.pv is None or b.pv is None else a.pv + b.pv)
+        start=start, open=min(parts, key=lambda p: p.opens_at).candle.open,
+        high=max(c.high for c in candles), low=min(c.low for c in candles),
+        close=max(parts, key=lambda p: p.closes_at).candle.close, volume=sum(c.volume for c in candles),
+        trade_count=_total([c.trade_count for c in candles]), pv=_total([c.pv for c in candles]))
 
 
 def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
-    """Candles of `interval` from finer (or equal) stored candles, keyed by bucket start.
+    """Candles of `interval` from finer (or equal) stored candles, traded and imported alike,
+    keyed by bucket start.
 
-    Inside one bucket only the parts of the coarsest width present are used, so that history
-    imported at two widths (say 1m and 1h for the same hour) is not counted twice."""
+    Inside one bucket only the imported parts of the coarsest imported width present are used,
+    so that history imported at two widths (say 1m and 1h for the same hour) is not counted
+    twice; traded parts (all of one width) are all used beside them."""
     groups: dict[datetime, list[Part]] = {}
     for p in parts:
         groups.setdefault(bucket_start(p.candle.start, interval), []).append(p)
@@ -159,20 +183,8 @@ def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
         if len(ps) == 1 and ps[0].candle.start == start:  # nothing to roll up
             out[start] = ps[0].candle
             continue
-        widest = max(p.width for p in ps)
-        chosen = sorted((p.candle for p in ps if p.width == widest), key=lambda c: c.start)
-        acc = chosen[0]
-        for c in chosen[1:]:
-            acc = merge(acc, c)
-        out[start] = replace(acc, start=start)
-    return out
-
-
-def combine(first: dict[datetime, Candle], then: dict[datetime, Candle]) -> dict[datetime, Candle]:
-    """Merge two sources bucket by bucket (`first`'s candle taken as the earlier part)."""
-    out = dict(first)
-    for start, c in then.items():
-        out[start] = merge(out[start], c) if start in out else c
+        widest = max((p.width for p in ps if p.imported), default=None)
+        out[start] = merge([p for p in ps if not p.imported or p.width == widest], start)
     return out
 
 
@@ -184,12 +196,33 @@ def bucket_starts(first: datetime, stop: datetime, interval: Interval) -> Iterat
         t = next_bucket(t, interval)
 
 
+class Coverage:
+    """The spans of coarser imported candles (start, end) around a query's buckets: what the
+    history says happened at a resolution coarser than the one asked."""
+
+    def __init__(self, spans: Iterable[tuple[datetime, datetime]] = ()) -> None:
+        merged: list[list[datetime]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._starts = [s for s, _ in merged]
+        self._ends = [e for _, e in merged]
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        i = bisect.bisect_left(self._starts, end) - 1  # the last span starting before `end`
+        return i >= 0 and self._ends[i] > start
+
+
 def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, interval: Interval,
-         prev_close: Decimal | None, now: datetime) -> list[Candle]:
+         prev_close: Decimal | None, now: datetime, covered: Coverage | None = None) -> list[Candle]:
     """Every candle of the buckets [first, stop): the stored ones, and a flat one (no trades,
     open = high = low = close = the previous close) for each bucket without any. Buckets
     before any known close are left out; so are 1d buckets of days without a session and
-    without trades. `is_final` is false for the bucket still running at `now`."""
+    without trades, and buckets without candles of their own inside a coarser imported candle
+    (`covered`): that history says there were trades, only not when (no data, not no trades).
+    `is_final` is false for the bucket still running at `now`."""
     out: list[Candle] = []
     for start in bucket_starts(first, stop, interval):
         c = candles.get(start)
@@ -197,6 +230,8 @@ def fill(candles: dict[datetime, Candle], first: datetime, stop: datetime, inter
             if prev_close is None:
                 continue
             if interval is Interval.D1 and not is_session_day(trading_day(start)):
+                continue
+            if covered is not None and covered.overlaps(start, next_bucket(start, interval)):
                 continue
             c = flat(start, prev_close)
         c.is_final = next_bucket(start, interval) <= now

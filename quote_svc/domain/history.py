@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Iterable, Iterator
 
-from quote_svc.domain.candles import Interval, day_start, is_aligned, iso, time_range
+from meshkit.calendar import holiday, trading_day
+from meshkit.errors import Violations
+from meshkit.money import MAX_PRICE, parse_decimal
+from meshkit.symbols import on_tick, tick_size
+from quote_svc.domain.candles import Interval, day_start, is_aligned, is_session_day, iso, next_bucket, time_range
 
 REQUIRED = ("symbol", "start_time", "interval", "open", "high", "low", "close", "volume")
 OPTIONAL = ("trade_count", "vwap")
-MAX_PRICE = Decimal("99999999.9999")
+# Per row. A candle rolls up at most 86,400 rows of one width (1s rows into a day) beside its
+# traded volume, so its volume and trade count stay far inside the int64 of the wire and the
+# database's bigint (a volume of 10^23 crashed the import in PostgreSQL).
+MAX_COUNT = 10**12
 
 
 class MalformedRow(ValueError):
@@ -45,21 +52,31 @@ class ImportedCandle:
 
 
 def _price(text: str, name: str, *, places: int = 4) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"{name} must be a decimal number, got {text!r}") from None
-    if not value.is_finite() or value <= 0 or value > MAX_PRICE:
-        raise ValueError(f"{name} must be a positive decimal up to {MAX_PRICE}, got {text!r}")
-    if -value.as_tuple().exponent > places:  # type: ignore[operator]
-        raise ValueError(f"{name} must have at most {places} decimal places, got {text!r}")
+    """A positive price in plain decimal notation, as money and prices everywhere else (no
+    exponent: `6E1` is refused; ASCII digits only)."""
+    v = Violations()
+    value = parse_decimal(text, name, v, places=places, maximum=MAX_PRICE)
+    if value is None:
+        problem = v.items[0].description
+        raise ValueError(f"{name} {problem}" + ("" if "got" in problem else f", got {text!r}"))
+    return value
+
+
+def _on_tick(value: Decimal, name: str, text: str) -> Decimal:
+    """A traded price is on the tick, as every order's price is (0.01 at 1.00 and above)."""
+    if not on_tick(value):
+        raise ValueError(f"{name} must be a multiple of the tick size {tick_size(value)}, got {text!r}")
     return value
 
 
 def _count(text: str, name: str) -> int:
-    if not text.isdigit():
+    """A whole number of shares or trades, at most MAX_COUNT."""
+    if not (text.isascii() and text.isdigit()):  # not "²" or "٣", which str.isdigit() also takes
         raise ValueError(f"{name} must be a whole number ≥ 0, got {text!r}")
-    return int(text)
+    value = int(text)
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {text!r}")
+    return value
 
 
 def _within(t: datetime, interval: Interval, text: str) -> datetime:
@@ -95,7 +112,18 @@ def _start(text: str, interval: Interval) -> datetime:
     return t
 
 
-def parse_row(row: dict[str, str], listed: set[str]) -> ImportedCandle:
+def _history(start: datetime, interval: Interval, now: datetime) -> None:
+    """A daily candle is of a day with a session; every candle is over by `now`."""
+    if interval is Interval.D1 and not is_session_day(day := trading_day(start)):
+        raise ValueError(f"{day} is {holiday(day) or f'a {day:%A}'}, a day without a session: a 1d row must be "
+                         "of a trading day (a weekday that is not an exchange holiday)")
+    if start > now or next_bucket(start, interval) > now:
+        raise ValueError(f"the {interval.label} candle from {iso(start)} is not over yet (now is {iso(now)}): "
+                         "only finished candles can be imported")
+
+
+def parse_row(row: dict[str, str], listed: set[str], now: datetime | None = None) -> ImportedCandle:
+    """One row, checked; `now` (default: the clock) is what it must have ended by."""
     values = {k: (row.get(k) or "").strip() for k in (*REQUIRED, *OPTIONAL)}
     for k in REQUIRED:
         if not values[k]:
@@ -109,7 +137,8 @@ def parse_row(row: dict[str, str], listed: set[str]) -> ImportedCandle:
         raise ValueError(f"interval must be one of {', '.join(i.label for i in Interval)}, "
                          f"got {values['interval']!r}") from None
     start = _start(values["start_time"], interval)
-    o, h, lo, c = (_price(values[k], k) for k in ("open", "high", "low", "close"))
+    _history(start, interval, now or datetime.now(timezone.utc))
+    o, h, lo, c = (_on_tick(_price(values[k], k), k, values[k]) for k in ("open", "high", "low", "close"))
     if not (lo <= o <= h and lo <= c <= h):
         raise ValueError(f"prices must satisfy low ≤ open, close ≤ high (open {o}, high {h}, low {lo}, close {c})")
     volume = _count(values["volume"], "volume")
@@ -119,12 +148,18 @@ def parse_row(row: dict[str, str], listed: set[str]) -> ImportedCandle:
         raise ValueError(f"vwap {vwap} is outside [low, high] = [{lo}, {h}]")
     if trade_count == 0 and volume > 0:
         raise ValueError("trade_count is 0 but volume is not")
+    if volume == 0 and trade_count:
+        raise ValueError(f"trade_count is {trade_count} but volume is 0: every trade has a quantity")
+    if volume == 0 and vwap is not None:
+        raise ValueError("vwap is given but volume is 0: there is no volume to weight")
     return ImportedCandle(symbol, interval.seconds, start, o, h, lo, c, volume, trade_count, vwap)
 
 
 def parse(header: list[str] | None, rows: Iterable[tuple[int, dict[str, str]]],
-          listed: set[str]) -> Iterator[ImportedCandle]:
-    """Check the header, then each (line number, row); raises MalformedRow naming the line."""
+          listed: set[str], now: datetime | None = None) -> Iterator[ImportedCandle]:
+    """Check the header, then each (line number, row); raises MalformedRow naming the line.
+    Every candle must have ended by `now` (default: the clock when the check starts)."""
+    now = now or datetime.now(timezone.utc)
     names = [h.strip() for h in header or []]
     missing = [k for k in REQUIRED if k not in names]
     if missing:
@@ -138,7 +173,7 @@ def parse(header: list[str] | None, rows: Iterable[tuple[int, dict[str, str]]],
         if None in row:  # more fields than the header names
             raise MalformedRow(line, f"{len(names) + len(row[None])} fields, the header names {len(names)}")  # type: ignore[index]
         try:
-            candle = parse_row(row, listed)
+            candle = parse_row(row, listed, now)
         except ValueError as exc:
             raise MalformedRow(line, str(exc)) from None
         if candle.key in seen:

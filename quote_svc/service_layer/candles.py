@@ -10,13 +10,16 @@ from typing import Any, Callable, Sequence
 import asyncpg
 
 from quote_svc.adapters.repository import CandleRepository
-from quote_svc.domain.candles import Candle, Interval, advance, bucket_start, combine, fill, next_bucket, rollup
+from quote_svc.domain.candles import Candle, Coverage, Interval, advance, bucket_start, fill, next_bucket, rollup
 from quote_svc.domain.quotes import MarketData
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
 UowFactory = Callable[[], QuoteUnitOfWork]
 
 # Which maintained width each interval is read from (rolled up at query time when coarser).
+# Imported candles are read up to the interval's own width: a coarser imported candle is no
+# data of a finer interval, neither a candle nor a close to fill its gaps from (else the first
+# known close, and so which buckets a query gets, would depend on where the range starts).
 SOURCE_WIDTH = {Interval.S1: 1, Interval.M1: 60, Interval.M5: 60, Interval.M15: 60,
                 Interval.H1: 3600, Interval.D1: 3600}
 
@@ -52,10 +55,12 @@ async def record_trades(events: Sequence[MarketData], uow_factory: UowFactory) -
     return len(trades)
 
 
-async def _load(repo: CandleRepository, q: CandleQuery, start: datetime, stop: datetime) -> dict[datetime, Candle]:
-    traded = rollup(await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop), q.interval)
-    imported = rollup(await repo.imported(q.symbol, q.interval.seconds, start, stop), q.interval)
-    return combine(imported, traded)
+async def _load(repo: CandleRepository, q: CandleQuery, start: datetime,
+                stop: datetime) -> tuple[dict[datetime, Candle], Coverage]:
+    """The candles of the buckets [start, stop), and where coarser imported candles lie."""
+    traded = await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop)
+    imported, coarser = await repo.imported(q.symbol, q.interval.seconds, start, stop)
+    return rollup(traded + imported, q.interval), Coverage(coarser)
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,8 @@ async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: d
         # Whole buckets are loaded, also where `end` falls inside the last one.
         load_end = window_end if bucket_start(window_end, q.interval) == window_end \
             else next_bucket(bucket_start(window_end, q.interval), q.interval)
-        out += fill(await _load(repo, q, cur, load_end), cur, window_end, q.interval, prev, now)
+        candles, covered = await _load(repo, q, cur, load_end)
+        out += fill(candles, cur, window_end, q.interval, prev, now, covered)
         if out:
             prev = out[-1].close
         cur = window_end
@@ -152,7 +158,7 @@ async def get_candles(q: CandleQuery, uow_factory: UowFactory, now: datetime | N
         repo = uow.candles
         run = None
         if cache is None:
-            prev = await repo.close_before(q.symbol, cur)
+            prev = await repo.close_before(q.symbol, cur, q.interval.seconds)
         else:
             run, cur, prev = await _cached_run(repo, cache, q, cur, stop, now)
             if run is None and cur >= stop:
@@ -196,7 +202,7 @@ async def _cached_run(repo: CandleRepository, cache: CandleCache, q: CandleQuery
         elif run.fp_until < target:
             run = replace(run, fingerprint=new, fp_until=target, rendered=list(run.rendered))
     if run is None:
-        prev = await repo.close_before(q.symbol, cur)
+        prev = await repo.close_before(q.symbol, cur, max_width)
         base = cur
         if prev is None:
             # Before the symbol's history: the candles start at its first stored one (the same
@@ -226,5 +232,5 @@ async def last_close(pool: asyncpg.Pool | asyncpg.Connection, symbol: str) -> De
     (For the market simulator: where a symbol's random walk starts.)"""
     if isinstance(pool, asyncpg.Pool):
         async with pool.acquire() as conn:
-            return await CandleRepository(conn).close_before(symbol.upper(), None)
-    return await CandleRepository(pool).close_before(symbol.upper(), None)
+            return await last_close(conn, symbol)
+    return await CandleRepository(pool).close_before(symbol.upper(), None, Interval.D1.seconds)

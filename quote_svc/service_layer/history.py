@@ -4,7 +4,9 @@ Importing the same file again changes nothing (rows are keyed by symbol, width a
 and identical rows are not rewritten)."""
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,17 +31,23 @@ class ImportReport:
 
 def read_file(path: Path) -> list[ImportedCandle]:
     """Every row of the file, checked; raises MalformedRow naming the first bad line."""
+    data = path.read_bytes()
+    data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            try:
-                header = reader.fieldnames
-                rows = ((reader.line_num, row) for row in reader)
-                return list(parse(list(header or []), rows, set(symbols.listed())))
-            except csv.Error as exc:
-                raise MalformedRow(reader.line_num, f"not valid CSV: {exc}") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedRow(0, f"not UTF-8 text: {exc}") from None
+        # The line of the first byte that is not UTF-8 (a binary file: usually line 1).
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise MalformedRow(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                                 "is it a CSV file?") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames
+        rows = ((reader.line_num, row) for row in reader)
+        return list(parse(list(header or []), rows, set(symbols.listed())))
+    except csv.Error as exc:
+        raise MalformedRow(reader.line_num, f"not valid CSV: {exc}") from None
 
 
 async def import_candles(candles: list[ImportedCandle], uow_factory: Callable[[], QuoteUnitOfWork],

@@ -491,3 +491,150 @@ async def test_cached_candles_see_a_late_trade_and_an_import(pool, nats_conn, na
         # Paged, through the cache: the same candles once each.
         paged, pages = await all_pages(svc.stub, symbol, I.CANDLE_INTERVAL_1M, start, end, page_size=7)
         assert as_tuples(paged) == as_tuples(got) and pages == -(-len(got) // 7)
+
+
+# ------------------------------------------------------------------ imported history and ranges
+
+@pytest.fixture
+def fresh_symbol(monkeypatch, tmp_path) -> str:
+    """A listed symbol no other test has candles of (tick 0.01): the listing plus one, for this
+    test's server and the `stockmesh candles import` it runs."""
+    from meshkit import symbols
+
+    name = f"T{uuid.uuid4().hex[:6].upper()}"
+    listing = tmp_path / "symbols.csv"
+    listing.write_text(Path(symbols.DEFAULT_FILE).read_text() + f"{name},Test {name},62.15\n")
+    monkeypatch.setenv("STOCKMESH_SYMBOLS_FILE", str(listing))
+    return name
+
+
+async def import_lines(tmp_path: Path, database_url: str, *lines: str) -> None:
+    path = tmp_path / f"{uuid.uuid4().hex[:6]}.csv"
+    path.write_text(HEADER + "".join(line + "\n" for line in lines))
+    code, out, err = await stockmesh("candles", "import", str(path), database_url=database_url)
+    assert code == 0, err
+
+
+def overlapping(candles, interval: int, start: datetime, end: datetime) -> list[tuple]:
+    """The candles of buckets overlapping [start, end)."""
+    return [c for c in as_tuples(candles) if c[0] < end and ref_next(c[0], interval) > start]
+
+
+async def test_a_bucket_is_the_same_whatever_range_is_asked(pool, database_url, nats_url, ns, tmp_path,
+                                                            fresh_symbol):
+    """Imported daily candles are not data of 1s-1h candles, neither candles nor a close to fill
+    their gaps from: the 1m candles from the beginning of time started at the first 1m row, but a
+    range starting between the daily rows and it got flat candles at the daily close."""
+    sym = fresh_symbol
+    await import_lines(
+        tmp_path, database_url,
+        f"{sym},2026-11-02,1d,60.00,60.50,59.50,60.00,1000,,",
+        *(f"{sym},2026-{day},1d,60.00,61.50,59.50,61.00,1000,," for day in ("11-30", "12-01", "12-02", "12-03")),
+        *(f"{sym},2026-12-04T14:3{m}:00Z,1m,61.{m}0,61.{m}0,61.{m}0,61.{m}0,10,2," for m in range(4)))
+    the_start = raw_ts(TS_FIRST)
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        for interval, end in ((I.CANDLE_INTERVAL_1M, datetime(2026, 12, 4, 16, tzinfo=UTC)),
+                              (I.CANDLE_INTERVAL_1H, datetime(2026, 12, 4, 18, tzinfo=UTC)),
+                              (I.CANDLE_INTERVAL_1S, datetime(2026, 12, 4, 14, 32, tzinfo=UTC))):
+            req = qpb.GetCandlesRequest(symbol=sym, interval=interval, start_time=the_start, end_time=ts(end),
+                                        page_size=5000)
+            everything = (await svc.stub.GetCandles(req)).candles
+            for start, stop in ((datetime(2026, 12, 4, tzinfo=UTC), datetime(2026, 12, 4, 0, 3, tzinfo=UTC)),
+                                (datetime(2026, 11, 2, 6, tzinfo=UTC), end),
+                                (datetime(2026, 12, 1, 12, tzinfo=UTC), end),
+                                (datetime(2026, 12, 4, 14, 31, 30, tzinfo=UTC), end)):
+                got, _ = await all_pages(svc.stub, sym, interval, start, stop, page_size=50)
+                assert as_tuples(got) == overlapping(everything, interval, start, stop), (interval, start)
+            first = as_tuples(everything[:1])
+            if interval == I.CANDLE_INTERVAL_1S:  # 1m rows are not 1s data either
+                assert first == []
+            else:
+                assert first[0][:7] == (ref_bucket(datetime(2026, 12, 4, 14, 30, tzinfo=UTC), interval), "61.00",
+                                        "61.30" if interval == I.CANDLE_INTERVAL_1H else "61.00", "61.00",
+                                        "61.30" if interval == I.CANDLE_INTERVAL_1H else "61.00",
+                                        40 if interval == I.CANDLE_INTERVAL_1H else 10,
+                                        8 if interval == I.CANDLE_INTERVAL_1H else 2)
+        # The daily candles still come from the daily rows.
+        days, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1D, datetime(2026, 11, 30, 12, tzinfo=UTC),
+                                  datetime(2026, 12, 4, 12, tzinfo=UTC))
+        assert [(c.close, c.volume) for c in days] == [("61.00", 1000)] * 4 + [("61.30", 40)]
+
+
+async def traded_then_imported(nats_conn, pool, ns: str, sym: str, tmp_path: Path, database_url: str) -> None:
+    """Trades at 04:50:07, 04:51:07, 04:52:07 and 04:53:07 on 2026-12-03 (117.55, 117.65,
+    117.75, 117.85; 2 shares each), then a 1m candle of 10 trades imported at 04:52."""
+    t0 = datetime(2026, 12, 3, 4, 50, 7, tzinfo=UTC)
+    trades = [Trade(t0 + timedelta(minutes=k), k + 1, Decimal("117.55") + Decimal(k) / 10, 2) for k in range(4)]
+    await publish_trades(nats_conn.jetstream(), ns, sym, trades)
+    await wait_recorded(pool, sym, len(trades))
+    await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:52:00Z,1m,117.00,117.90,117.00,117.20,100,10,")
+
+
+async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_times(
+        pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
+    """A 1m row imported at 04:52 into a 5m bucket traded from 04:50 on is not its open (it
+    was: imported candles were taken as earlier than the whole bucket's trades)."""
+    sym = fresh_symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
+        start, end = datetime(2026, 12, 3, 4, 50, tzinfo=UTC), datetime(2026, 12, 3, 4, 55, tzinfo=UTC)
+        five, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_5M, start, end)
+        assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in five] == [
+            ("117.55", "117.90", "117.00", "117.85", 108, 14)]
+        ones, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, start, end)
+        assert [(c.open, c.close) for c in ones] == [
+            ("117.55", "117.55"), ("117.65", "117.65"), ("117.00", "117.75"), ("117.85", "117.85"),
+            ("117.85", "117.85")]
+
+
+async def test_csv_rows_the_database_or_the_calendar_would_refuse_are_named_by_line(pool, database_url, tmp_path,
+                                                                                    fresh_symbol):
+    """Refused by the row checks with the usual message, nothing imported; a volume beyond a
+    bigint crashed the import with asyncpg's DataError (exit 1, a traceback), a binary file was
+    'line 0'."""
+    sym = fresh_symbol
+    good = f"{sym},2026-11-02,1d,60.00,61.00,59.00,60.00,1"
+    for bad, words in [(f"{sym},2026-11-03,1d,60.00,61.00,59.00,60.00,99999999999999999999999",
+                        "line 3: volume must be at most 1,000,000,000,000"),
+                       (f"{sym},2026-11-03,1d,60.005,61,59,60,1", "line 3: open must be a multiple of the tick size"),
+                       (f"{sym},2026-11-01,1d,60.00,61.00,59.00,60.00,1", "line 3: 2026-11-01 is a Sunday"),
+                       (f"{sym},2030-01-02,1d,60.00,61.00,59.00,60.00,1", "line 3: the 1d candle from 2030-01-02"),
+                       (f"{sym},2026-11-03,1d,6E1,61.00,59.00,60.00,1", "line 3: open must be a plain decimal"),
+                       (f"{sym},2026-11-03,1d,60.00,61.00,59.00,60.00,0,5,60.00", "line 3: trade_count is 5")]:
+        path = tmp_path / "bad.csv"
+        path.write_text(HEADER + good + "\n" + bad + "\n")
+        code, out, err = await stockmesh("candles", "import", str(path), database_url=database_url)
+        assert code == 1 and words in err and "nothing imported" in err and "Traceback" not in err, err
+    binary = tmp_path / "bad.csv"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    code, out, err = await stockmesh("candles", "import", str(binary), database_url=database_url)
+    assert code == 1 and "line 1: not UTF-8 text" in err, err
+    assert await imported(pool, sym) == []
+
+
+async def test_finer_buckets_inside_an_imported_candle_have_no_data_not_no_trades(
+        pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
+    """1s candles inside an imported 1m candle of 10 trades were flat with trade_count 0: the
+    history says there were trades in that minute, only not in which seconds. Such buckets
+    are left out (a traded second among them is shown); an import is seen by a cached page."""
+    sym = fresh_symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
+        s = lambda mm, ss: datetime(2026, 12, 3, 4, mm, ss, tzinfo=UTC)  # noqa: E731
+        got, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, s(51, 58), s(53, 2), page_size=5000)
+        assert [(c[0], c[1], c[6]) for c in as_tuples(got)] == [
+            (s(51, 58), "117.65", 0), (s(51, 59), "117.65", 0),
+            (s(52, 7), "117.75", 1),  # traded: shown; the other seconds of 04:52 are left out
+            (s(53, 0), "117.75", 0), (s(53, 1), "117.75", 0)]
+        # The same page again (cached), after a 15m row is imported around it: its flat
+        # seconds are left out too.
+        later = (s(54, 0), s(54, 3))
+        assert len((await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, *later))[0]) == 3
+        await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:45:00Z,15m,117.00,118.00,117.00,117.50,500,,")
+        assert (await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1S, *later))[0] == []
+        # 1m and 5m candles are within the 15m one too: only those with data of their own.
+        ones, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, s(49, 0), s(56, 0))
+        assert [c[0] for c in as_tuples(ones)] == [s(50, 0), s(51, 0), s(52, 0), s(53, 0)]
+        # At its own width and above, the imported candle is data like any other.
+        fifteen, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_15M, s(45, 0), s(59, 0))
+        assert [(c.open, c.volume) for c in fifteen] == [("117.00", 500 + 8)]  # the 15m row, not the 1m row in it

@@ -108,7 +108,7 @@ async def test_get_order_book_over_grpc(engine_app):
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = market_data_service_pb2_grpc.MarketDataServiceStub(ch)
-        reply = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="msft"))
+        reply = await stub.GetOrderBook(md.GetOrderBookRequest(symbol="MSFT"))
         assert [(lv.price, lv.quantity, lv.order_count) for lv in reply.bids] == [("415.10", 15, 2),
                                                                                   ("415.00", 7, 1)]
         assert [(lv.price, lv.quantity, lv.order_count) for lv in reply.asks] == [("415.50", 3, 1),
@@ -125,7 +125,9 @@ async def test_get_order_book_over_grpc(engine_app):
         for request, reason, violation in [
                 (md.GetOrderBookRequest(symbol="NOPE"), "UNKNOWN_SYMBOL", ("symbol", "unknown symbol 'NOPE'")),
                 (md.GetOrderBookRequest(depth=1), "INVALID_ARGUMENT", ("symbol", "is required")),  # as GetQuote
-                (md.GetOrderBookRequest(symbol=" "), "INVALID_ARGUMENT", ("symbol", "is required")),
+                # As GetQuote, GetCandles and PlaceOrder: the symbol as listed (it was upper-cased).
+                (md.GetOrderBookRequest(symbol="msft"), "UNKNOWN_SYMBOL", ("symbol", "unknown symbol 'msft'")),
+                (md.GetOrderBookRequest(symbol=" "), "UNKNOWN_SYMBOL", ("symbol", "unknown symbol ' '")),
                 (md.GetOrderBookRequest(symbol="MSFT", depth=-1), "INVALID_ARGUMENT", ("depth", "must not be negative"))]:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetOrderBook(request)

@@ -127,13 +127,62 @@ def test_buckets():
 def test_rollup_uses_the_coarsest_width_and_fill_is_flat():
     def c(minute: int, o: str, cl: str, v: int) -> Candle:
         return Candle(T.replace(minute=minute), D(o), max(D(o), D(cl)), min(D(o), D(cl)), D(cl), v, 1, D(o) * v)
-    parts = [Part(60, c(0, "10", "11", 5)), Part(60, c(1, "11", "12", 5)), Part(300, c(0, "9", "8", 50))]
+    # Imported history at two widths: the coarsest present in a bucket is used.
+    parts = [Part(60, c(0, "10", "11", 5), imported=True), Part(60, c(1, "11", "12", 5), imported=True),
+             Part(300, c(0, "9", "8", 50), imported=True)]
     five = rollup(parts, Interval.M5)
     assert five[T].volume == 50 and five[T].open == D("9")
     one = rollup(parts[:2], Interval.M5)[T]
     assert (one.open, one.close, one.volume, one.trade_count, one.vwap) == (D("10"), D("12"), 10, 2, D("10.5"))
     filled = fill({T: one}, T, T.replace(minute=15), Interval.M5, None, T.replace(hour=20))
     assert [(x.close, x.trade_count) for x in filled] == [(D("12"), 2), (D("12"), 0), (D("12"), 0)]
+
+
+def test_a_rollup_orders_traded_and_imported_parts_by_their_own_times():
+    """The open is the part whose trades came first and the close the one whose trades came
+    last, whichever source: an imported 1m candle at 04:52 is not the open of a 5m candle
+    traded from 04:50 (acceptance: it was, imported being taken as earlier bucket-wide)."""
+    def c(minute: int, o: str, cl: str, v: int, n: int | None = 1) -> Candle:
+        return Candle(T.replace(minute=minute), D(o), max(D(o), D(cl)), min(D(o), D(cl)), D(cl), v, n, D(o) * v)
+
+    def traded(minute: int, o: str, cl: str, first_s: int = 10, last_s: int = 50) -> Part:
+        return Part(60, c(minute, o, cl, 3), first_at=T.replace(minute=minute, second=first_s),
+                    last_at=T.replace(minute=minute, second=last_s))
+
+    trades = [traded(0, "117.55", "117.60"), traded(1, "117.60", "117.70"), traded(2, "117.70", "117.65"),
+              traded(3, "117.65", "117.80")]
+    at_two = Part(60, c(2, "117.00", "117.20", 100, 10), imported=True)
+    five = rollup([*trades, at_two], Interval.M5)[T]
+    assert (five.open, five.close, five.low, five.volume, five.trade_count) == (
+        D("117.55"), D("117.80"), D("117.00"), 112, 14)
+    # In its own minute, the imported candle is taken as before the traded trades.
+    two = rollup([trades[2], at_two], Interval.M1)[T.replace(minute=2)]
+    assert (two.open, two.close) == (D("117.00"), D("117.65"))
+    # Traded only before it: the imported candle closes the bucket; traded at its very start
+    # (the same instant): the traded trade is the later.
+    assert rollup([trades[0], at_two], Interval.M5)[T].close == D("117.20")
+    early = traded(2, "117.50", "117.50", first_s=0, last_s=0)
+    assert rollup([trades[0], at_two, early], Interval.M5)[T].close == D("117.50")
+    # An imported candle without a trade count makes the total unknown.
+    unknown = Part(60, c(4, "117.00", "117.00", 5, None), imported=True)
+    assert rollup([*trades, unknown], Interval.M5)[T].trade_count is None
+
+
+def test_fill_leaves_out_buckets_inside_coarser_imported_candles_without_data_of_their_own():
+    from datetime import timedelta
+
+    from quote_svc.domain.candles import Coverage
+
+    def at(minute: int) -> datetime:
+        return T.replace(minute=minute)
+
+    traded = Candle(at(3), D("10"), D("10"), D("10"), D("10"), 1, 1, D("10"))
+    # A 5m import 14:00-14:05 and, overlapping, a 1m one at 14:04; another at 14:07.
+    covered = Coverage([(at(0), at(5)), (at(4), at(5)), (at(7), at(8))])
+    got = fill({at(3): traded}, at(0), at(10), Interval.M1, D("9"), T.replace(hour=20), covered)
+    assert [(c.start.minute, c.trade_count) for c in got] == [(3, 1), (5, 0), (6, 0), (8, 0), (9, 0)]
+    assert [covered.overlaps(at(m), at(m) + timedelta(seconds=1)) for m in (0, 4, 5, 6, 7, 8)] == [
+        True, True, False, False, True, False]
 
 
 def test_daily_candles_skip_weekends_and_exchange_holidays_without_trades():
@@ -152,6 +201,8 @@ def test_csv_rows_are_checked_with_their_line():
     good = {"symbol": "AAPL", "start_time": "2024-03-04T14:30:00Z", "interval": "1m", "open": "1", "high": "2",
             "low": "1", "close": "2", "volume": "10"}
     assert len(list(parse(header, [(2, good)], {"AAPL"}))) == 1
+    # A file is typed by people: a symbol in any case (the RPCs take it only as listed).
+    assert [c.symbol for c in parse(header, [(2, dict(good, symbol="aapl"))], {"AAPL"})] == ["AAPL"]
     for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
                        ({"start_time": "2024-03-04T14:30:00"}, "UTC offset"),
                        ({"symbol": "NOPE"}, "unknown symbol"), ({"high": "0.5"}, "low ≤ open"),
@@ -159,13 +210,57 @@ def test_csv_rows_are_checked_with_their_line():
                        # Beyond the days GetCandles can bucket (an OverflowError, not a line, before).
                        ({"start_time": "0001-01-01T00:00:00Z", "interval": "1d"}, "0001-01-02T00:00:00Z"),
                        ({"start_time": "9999-12-31", "interval": "1d"}, "9999-12-30"),
-                       ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01")]:
+                       ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01"),
+                       # Off the tick (0.01 at 1.00 and above), as no order's price can be.
+                       ({"open": "1.005"}, "multiple of the tick size 0.01"),
+                       ({"close": "1.999"}, "multiple of the tick size 0.01"),
+                       ({"low": "0.50005", "open": "0.6"}, "at most 4 decimal places"),
+                       # Plain decimals only, as money and prices everywhere else.
+                       ({"high": "2E0"}, "plain decimal number"), ({"open": "1."}, "plain decimal number"),
+                       # Beyond the database's bigint (an asyncpg DataError after the checks, before).
+                       ({"volume": "99999999999999999999999"}, "at most 1,000,000,000,000"),
+                       ({"trade_count": "1000000000001"}, "at most 1,000,000,000,000"),
+                       ({"volume": "²"}, "whole number"), ({"volume": "١٢"}, "whole number"),
+                       # Trades without volume: nothing to weight a vwap with either.
+                       ({"volume": "0", "trade_count": "5"}, "trade_count is 5 but volume is 0"),
+                       ({"volume": "0", "vwap": "1.5"}, "no volume to weight"),
+                       # A daily candle of a day without a session.
+                       ({"interval": "1d", "start_time": "2026-11-01"}, "2026-11-01 is a Sunday, a day without"),
+                       ({"interval": "1d", "start_time": "2026-11-26T05:00:00Z"}, "is Thanksgiving Day"),
+                       # Not history yet.
+                       ({"start_time": "2030-01-02T14:30:00Z"}, "not over yet")]:
         with pytest.raises(MalformedRow) as err:
             list(parse(header, [(2, good), (3, dict(good, **bad))], {"AAPL"}))
         assert err.value.line == 3 and words in str(err.value), str(err.value)
+    # A candle must be over: today's 1d candle is not, yesterday's is; no trades, no volume: fine.
+    now = datetime(2026, 12, 4, 20, tzinfo=UTC)
+    day = dict(good, interval="1d", start_time="2026-12-04")
+    with pytest.raises(MalformedRow, match="1d candle from 2026-12-04T05:00:00Z is not over yet"):
+        list(parse(header, [(2, day)], {"AAPL"}, now=now))
+    quiet = dict(day, start_time="2026-12-03", volume="0", trade_count="0", open="1", high="1", low="1", close="1")
+    assert list(parse(header, [(2, quiet)], {"AAPL"}, now=now))[0].volume == 0
+    # Below a dollar the tick is 0.0001; a vwap is an average and keeps up to 6 places.
+    penny = dict(good, open="0.8755", low="0.8755", high="1", close="1", vwap="0.912345")
+    assert list(parse(header + ["vwap"], [(2, penny)], {"AAPL"}))[0].open == Decimal("0.8755")
     with pytest.raises(MalformedRow) as err:
         list(parse(header, [(2, good), (3, good)], {"AAPL"}))
     assert "same candle as line 2" in str(err.value)
+
+
+def test_a_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
+    from quote_svc.service_layer.history import read_file
+
+    png = tmp_path / "chart.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(MalformedRow) as err:
+        read_file(png)
+    assert err.value.line == 1 and "byte 0x89 at column 1" in str(err.value)
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"\xef\xbb\xbfsymbol,start_time,interval,open,high,low,close,volume\n"
+                      b"AAPL,2024-03-04T14:30:00Z,1m,1,2,1,2,10\nAAPL,2024-03-04T14:31:00Z,1m,1,2,1,2,10 caf\xe9\n")
+    with pytest.raises(MalformedRow) as err:
+        read_file(latin)
+    assert err.value.line == 3 and "byte 0xe9 at column 44" in str(err.value)
 
 
 async def test_no_quote_yet_is_unavailable_while_catching_up_and_not_found_once_caught_up():
