@@ -250,3 +250,27 @@ def test_a_close_without_a_day_and_orders_without_one_keep_the_old_behaviour():
     old = SymbolEngine.restore(data)
     [ex] = old.apply(4, 0, close("2026-01-02")).executions  # a close of any day ends it
     assert (ex.type, ex.order_id) == (E.EXECUTION_TYPE_EXPIRED, "old")
+
+
+def test_the_volume_starts_from_zero_on_a_later_trading_day_without_a_session_close():
+    """An always-open market has no session close: the quote's volume (the feed's) went on from
+    the day before (acceptance round 9). A trade of a later New York day restarts it, and so
+    does the first change the feed shows that day; replays and snapshots agree."""
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, ny_ns("2026-12-04", 23, 50), new_order("s", "a", SELL, 10, limit="10"))
+    out = eng.apply(2, ny_ns("2026-12-04", 23, 55), new_order("b1", "b", BUY, 3, limit="10"))
+    assert [md.volume for md in out.market_data] == [3]
+    survived = SymbolEngine.from_bytes(eng.to_bytes())
+    for e in (eng, survived):
+        out = e.apply(3, ny_ns("2026-12-05", 0, 5), new_order("b2", "b", BUY, 2, limit="10"))  # after midnight
+        assert [md.volume for md in out.market_data] == [2]
+        assert e.volume == 2
+    assert survived.state_hash() == eng.state_hash()
+
+    quiet = SymbolEngine("AAPL")
+    quiet.apply(1, ny_ns("2026-12-04", 15), new_order("s", "a", SELL, 10, limit="10"))
+    quiet.apply(2, ny_ns("2026-12-04", 15, 1), new_order("b1", "b", BUY, 4, limit="10"))
+    out = quiet.apply(3, ny_ns("2026-12-05", 9, 30), new_order("bid", "c", BUY, 1, limit="9"))  # no trade
+    assert [md.volume for md in out.market_data] == [0]
+    out = quiet.apply(4, ny_ns("2026-12-05", 9, 31), new_order("b2", "b", BUY, 1, limit="10"))
+    assert [md.volume for md in out.market_data] == [1]
