@@ -55,26 +55,26 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        account = current_account()
-        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=account)
+        scope = f"activities|{current_account()}"  # a token pages only this list of this account
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
         v.raise_if_any()
-        rows = await handlers.activities(account, cursor["before"] if cursor else None, size + 1, self.uow)
+        rows = await handlers.activities(current_account(), cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size
         rows = rows[:size]
         return pb.ListActivitiesResponse(
             activities=[mapping.activity_to_proto(r) for r in rows],
-            next_page_token=paging.encode_token({"before": rows[-1].activity_id}, scope=account) if more else "")
+            next_page_token=paging.encode_token({"before": rows[-1].activity_id}, scope=scope) if more else "")
 
     async def ListHolds(self, request: pb.ListHoldsRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListHoldsResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        account = current_account()
-        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=account)
+        scope = f"holds|{current_account()}"  # a token pages only this list of this account
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
         v.raise_if_any()
-        rows = await handlers.list_holds(account, cursor["before"] if cursor else None, size + 1, self.uow)
+        rows = await handlers.list_holds(current_account(), cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size
         rows = rows[:size]
         return pb.ListHoldsResponse(
             holds=[mapping.hold_to_proto(r.hold, r.transferred_to) for r in rows],
-            next_page_token=paging.encode_token({"before": rows[-1].hold_seq}, scope=account) if more else "")
+            next_page_token=paging.encode_token({"before": rows[-1].hold_seq}, scope=scope) if more else "")

@@ -164,8 +164,9 @@ async def test_a_list_orders_page_token_pages_only_the_query_and_account_that_ma
 
 
 async def test_a_ledger_page_token_pages_only_the_account_that_made_it(mesh: RunningMesh) -> None:
-    """ListActivities' and ListHolds' tokens were not bound to the account: another account's
-    token positioned the cursor (no data leaked, but nothing refused it either)."""
+    """ListActivities' and ListHolds' tokens were not bound to the account (acceptance round 8)
+    nor to their list (round 9: a ListHolds token paged ListActivities from the wrong place):
+    another account's or another list's token positioned the cursor."""
     md, other = mesh.auth("gw-ledger-pages"), mesh.auth("gw-ledger-pages-other")
     async with mesh.channel() as ch:
         ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
@@ -178,13 +179,20 @@ async def test_a_ledger_page_token_pages_only_the_account_that_made_it(mesh: Run
         rest = await ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(
             page_size=1, page_token=first.next_page_token), metadata=md, timeout=10)
         assert len(rest.activities) == 1 and rest.activities[0] != first.activities[0]
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(
-                page_size=1, page_token=first.next_page_token), metadata=other, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    _, bad = error_info(err.value)
-    assert [(f.field, f.description) for f in bad.field_violations] == [
-        ("page_token", "was returned for another account or query")]
+        refused = []
+        for call in (  # another account's token; and the same account's token of another list
+                ledger.ListActivities(ledger_service_pb2.ListActivitiesRequest(
+                    page_size=1, page_token=first.next_page_token), metadata=other, timeout=10),
+                ledger.ListHolds(ledger_service_pb2.ListHoldsRequest(
+                    page_size=1, page_token=first.next_page_token), metadata=md, timeout=10)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            refused.append(err.value)
+    for err in refused:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        _, bad = error_info(err)
+        assert [(f.field, f.description) for f in bad.field_violations] == [
+            ("page_token", "was returned for another account or query")]
 
 
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
