@@ -2,6 +2,7 @@
 metrics, and the mapping of domain errors to statuses."""
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -70,6 +71,13 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) 
     await context.abort_with_status(rpc_status.to_status(failure(method, exc)))
 
 
+def _count_abort(method: str, context: grpc.aio.ServicerContext) -> None:
+    """A handler's own context.abort counted under its code (an abort made by _fail, inside an
+    except clause, never reaches the AbortError clause beside it: counted there)."""
+    code = context.code()
+    RPC_TOTAL.labels(method, code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN").inc()
+
+
 def _pass_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """A handler may answer with its reply already serialized (`bytes`, e.g. cached parts of
     a message joined: protobuf's wire format concatenates), which is sent as it is."""
@@ -111,6 +119,10 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             try:
                 reply = await inner_uu(request, context)
             except grpc.aio.AbortError:
+                _count_abort(method, context)
+                raise
+            except asyncio.CancelledError:  # the client went away (cancel, deadline)
+                RPC_TOTAL.labels(method, "CANCELLED").inc()
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
                 await _fail(context, method, exc)
@@ -136,6 +148,10 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                     async for item in result:
                         yield item
             except grpc.aio.AbortError:
+                _count_abort(method, context)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away: most streams end so
+                RPC_TOTAL.labels(method, "CANCELLED").inc()
                 raise
             except Exception as exc:  # noqa: BLE001
                 await _fail(context, method, exc)
