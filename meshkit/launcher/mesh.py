@@ -236,7 +236,11 @@ class Mesh:
     def stop(self) -> None:
         self._ready = False
         if self.sup.children:
-            self.sup.stop_all(stages=[["simulator"], ["envoy"], list(self.instances or SERVICES),
+            # The services before Envoy: while they stop, Envoy still carries what they say to
+            # their clients (streams end UNAVAILABLE / SHUTTING_DOWN, with where to resume) and
+            # answers new calls UNAVAILABLE; Envoy first cut every stream ("Socket closed",
+            # nothing to resume from: acceptance round 9).
+            self.sup.stop_all(stages=[["simulator"], list(self.instances or SERVICES), ["envoy"],
                                       [c.spec.name for c in self.sup.children if infra.is_nats(c.spec.name)],
                                       ["redis"], ["postgres"]])
         # Only the launcher holding the lock may touch mesh.json (a second `up` refused on a
