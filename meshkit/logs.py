@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from datetime import datetime, timezone
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -27,11 +28,24 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _Formatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's
+        """ISO 8601 in UTC with its offset, to the millisecond ("2026-12-06T04:34:21.826+00:00"):
+        logging's default ("2026-12-06 04:34:21,826") says neither the zone nor the format."""
+        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def outside_any_call(log_call, *args, **kwargs) -> None:
+    """Log from code that runs in whatever call happens to be current (a garbage collector's
+    callback), without that call's request and account ids."""
+    contextvars.Context().run(log_call, *args, **kwargs)
+
+
 def setup(service: str, level: str = "INFO") -> None:
     """Send every log record to stderr as JSON (timestamp, level, logger, service, request id)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter(
+        _Formatter(
             "{asctime}{levelname}{name}{message}",
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},

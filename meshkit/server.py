@@ -63,10 +63,9 @@ def watch_gc(slow: float = 0.02) -> Callable[[str, dict], None]:
             return
         pause = time.perf_counter() - started
         GC_PAUSE.labels(str(info["generation"])).observe(pause)
-        if pause > slow:
-            log.warning("slow garbage collection", extra={"generation": info["generation"],
-                                                          "pauseMs": round(pause * 1000, 1),
-                                                          "collected": info["collected"]})
+        if pause > slow:  # not the request's: the collector runs in whichever call is current
+            logs.outside_any_call(log.warning, "slow garbage collection", extra={
+                "generation": info["generation"], "pauseMs": round(pause * 1000, 1), "collected": info["collected"]})
     gc.callbacks.append(on_gc)
     return on_gc
 

@@ -62,3 +62,40 @@ async def test_loop_lag_counts_the_callbacks_ahead_of_a_ready_one():
     total, slow = _lag_counts()
     assert total > before
     assert slow > slow_before  # a probe that waited behind the hog's turn was counted as such
+
+
+def test_a_slow_collection_is_logged_as_the_services_not_the_current_requests():
+    """The collector runs in whichever call is current: its warning carried that request's
+    request_id and account_id (acceptance round 9: quote_svc's warnings named "alice"). And the
+    time is ISO 8601 with its zone (it was "2026-12-06 04:34:21,826")."""
+    import io
+    import json
+    from datetime import datetime
+
+    from meshkit import logs
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs._Formatter("{asctime}{levelname}{name}{message}", style="{",
+                                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    handler.addFilter(logs._ContextFilter("quote_svc"))
+    logger = logging.getLogger("meshkit.server")
+    logger.addHandler(handler)
+    hook = watch_gc(slow=0.0)
+    rid, acct = logs.request_id.set("req-1"), logs.account_id.set("alice")
+    try:
+        logger.warning("in the request")
+        gc.collect()
+    finally:
+        logs.request_id.reset(rid)
+        logs.account_id.reset(acct)
+        gc.callbacks.remove(hook)
+        logger.removeHandler(handler)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    request = next(r for r in records if r["message"] == "in the request")
+    assert (request["request_id"], request["account_id"], request["service"]) == ("req-1", "alice", "quote_svc")
+    slow = [r for r in records if r["message"] == "slow garbage collection"]
+    assert slow and all("request_id" not in r and "account_id" not in r for r in slow), slow
+    assert slow[0]["service"] == "quote_svc"
+    at = datetime.fromisoformat(request["time"])
+    assert at.utcoffset() is not None and "T" in request["time"]
