@@ -360,6 +360,8 @@ def register(main: click.Group) -> None:
                 break
         if shown == 0:
             click.echo("no orders")
+        elif token:  # stopped at --limit with more to show (said on stderr: stdout stays the orders)
+            click.echo(f"(the newest {shown} shown; there are more: --limit N shows more)", err=True)
 
     @main.command()
     @client_options

@@ -118,3 +118,39 @@ def test_watch_orders_still_fails_on_a_servers_own_internal_error():
     assert done.exit_code == 1, done.output
     assert "StreamOrderUpdates failed: INTERNAL: Unexpected" in done.output
     assert len(stand_in.requests) == 2
+
+
+class Pages(order_service_pb2_grpc.OrderServiceServicer):
+    """Five orders, newest first, in pages of what was asked."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def ListOrders(self, request, context):
+        from stockmesh.order.v1 import order_service_pb2 as opb
+
+        start = int(request.page_token or 0)
+        end = min(5, start + (request.page_size or 50))
+        return opb.ListOrdersResponse(orders=[order_pb2.Order(order_id=f"o{i}") for i in range(start, end)],
+                                      next_page_token=str(end) if end < 5 else "")
+
+
+def test_orders_says_when_there_are_more_than_it_showed():
+    """`stockmesh orders` stopped at its --limit (50 by default) without a word (acceptance
+    round 9: 50 lines of 120 orders, no hint); the hint goes to stderr."""
+    stand_in = Pages()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        runner = CliRunner()
+        some = runner.invoke(main, ["orders", "--limit", "3", "--address", f"127.0.0.1:{port}", "--token", "t"])
+        every = runner.invoke(main, ["orders", "--limit", "5", "--address", f"127.0.0.1:{port}", "--token", "t"])
+    finally:
+        server.stop(None)
+    assert some.exit_code == 0 and every.exit_code == 0, (some.output, every.output)
+    shown = some.stdout.splitlines()
+    assert len(shown) == 3 and all(f"o{i}" in line for i, line in enumerate(shown)), some.stdout
+    assert "there are more: --limit N shows more" in some.stderr
+    assert "there are more" not in every.output
