@@ -40,18 +40,23 @@ class StandIn(order_service_pb2_grpc.OrderServiceServicer):
         self.done.wait(10)
 
 
-def test_watch_orders_opens_its_stream_again_where_it_left_off():
-    stand_in = StandIn()
+def _invoke(stand_in, *args):
+    """`stockmesh ARGS` against `stand_in` (an OrderService with a `done` event, set when the
+    command has ended) on a local gRPC server."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        done = CliRunner().invoke(main, ["watch", "orders", "--count", "4", "--address", f"127.0.0.1:{port}",
-                                         "--token", "t"])
+        return CliRunner().invoke(main, [*args, "--address", f"127.0.0.1:{port}", "--token", "t"])
     finally:
         stand_in.done.set()
         server.stop(None)
+
+
+def test_watch_orders_opens_its_stream_again_where_it_left_off():
+    stand_in = StandIn()
+    done = _invoke(stand_in, "watch", "orders", "--count", "4")
     assert done.exit_code == 0, done.output
     printed = [line.split()[0] for line in done.output.splitlines() if line.startswith("#")]
     assert printed == ["#5", "#6", "#7", "#8"]  # after the sequence the first ending named, then after #6
@@ -88,23 +93,11 @@ class Killed(order_service_pb2_grpc.OrderServiceServicer):
         self.done.wait(10)
 
 
-def _watch(stand_in, *args):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        return CliRunner().invoke(main, ["watch", "orders", *args, "--address", f"127.0.0.1:{port}", "--token", "t"])
-    finally:
-        stand_in.done.set()
-        server.stop(None)
-
-
 def test_watch_orders_opens_its_stream_again_after_its_service_was_killed():
     """A watch exited on a kill -9 of order_svc ("StreamOrderUpdates failed: INTERNAL: Stream
     removed"), although the launcher had it back within a second."""
     stand_in = Killed(then="resume")
-    done = _watch(stand_in, "--count", "3")
+    done = _invoke(stand_in, "watch", "orders", "--count", "3")
     assert done.exit_code == 0, done.output
     printed = [line.split()[0] for line in done.output.splitlines() if line.startswith("#")]
     assert printed == ["#1", "#2", "#3"]
@@ -114,7 +107,7 @@ def test_watch_orders_opens_its_stream_again_after_its_service_was_killed():
 
 def test_watch_orders_still_fails_on_a_servers_own_internal_error():
     stand_in = Killed(then="bug")
-    done = _watch(stand_in, "--count", "5")
+    done = _invoke(stand_in, "watch", "orders", "--count", "5")
     assert done.exit_code == 1, done.output
     assert "StreamOrderUpdates failed: INTERNAL: Unexpected" in done.output
     assert len(stand_in.requests) == 2
@@ -138,17 +131,8 @@ class Pages(order_service_pb2_grpc.OrderServiceServicer):
 def test_orders_says_when_there_are_more_than_it_showed():
     """`stockmesh orders` stopped at its --limit (50 by default) without a word (acceptance
     round 9: 50 lines of 120 orders, no hint); the hint goes to stderr."""
-    stand_in = Pages()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        runner = CliRunner()
-        some = runner.invoke(main, ["orders", "--limit", "3", "--address", f"127.0.0.1:{port}", "--token", "t"])
-        every = runner.invoke(main, ["orders", "--limit", "5", "--address", f"127.0.0.1:{port}", "--token", "t"])
-    finally:
-        server.stop(None)
+    some = _invoke(Pages(), "orders", "--limit", "3")
+    every = _invoke(Pages(), "orders", "--limit", "5")
     assert some.exit_code == 0 and every.exit_code == 0, (some.output, every.output)
     shown = some.stdout.splitlines()
     assert len(shown) == 3 and all(f"o{i}" in line for i, line in enumerate(shown)), some.stdout
