@@ -461,6 +461,50 @@ async def test_a_stream_ended_by_its_clients_deadline_is_deadline_exceeded_not_a
     assert ended == [grpc.StatusCode.DEADLINE_EXCEEDED] * 20
 
 
+async def test_a_load_balancer_probes_the_public_listener_at_healthz(tmp_path: Path) -> None:
+    """GET /healthz on the public listener, without a token: 200 while every service has a
+    healthy host in Envoy's health checks, 503 once one has none (acceptance round 9: nothing on
+    the public listener said whether the mesh could serve). A real Envoy before stand-ins that
+    only answer health (order_svc's commands: the bridge's /healthz)."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from stockmesh.order.v1 import order_service_pb2_grpc
+
+    ports = _ports()
+    others = {}
+    for name in ("ledger_svc", "quote_svc", "matching_svc"):
+        server = grpc.aio.server()
+        checks = health.aio.HealthServicer()
+        await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+        server.add_insecure_port(f"127.0.0.1:{ports.upstreams[name]}")
+        await server.start()
+        others[name] = server
+    stand_in = order_service_pb2_grpc.OrderServiceServicer()
+    try:
+        async with _envoy_before(tmp_path, "order_svc",
+                                 lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in,
+                                                                                                          server),
+                                 bridged=(stand_in, "stockmesh.order.v1.OrderService"), ports=ports):
+            async def probe() -> int:
+                try:
+                    status, _, _ = await asyncio.to_thread(_http, ports.public, "GET", "/healthz", {})
+                except OSError:  # Envoy not listening yet
+                    return 0
+                return status
+            async def probe_is(expected: int) -> bool:
+                return await probe() == expected
+            assert await eventually(lambda: probe_is(200), timeout=30), await probe()
+            await others.pop("ledger_svc").stop(None)  # ledger_svc has no host left
+            assert await eventually(lambda: probe_is(503), timeout=30), await probe()
+    finally:
+        for server in others.values():
+            await server.stop(None)
+
+
 async def test_order_commands_through_the_bridge_keep_identity_statuses_and_details(tmp_path: Path) -> None:
     """The order commands reach order_svc through Envoy's gRPC reverse bridge (protobuf over
     HTTP/1.1, meshkit.bridge): the caller's verified identity arrives, a reply comes back whole,
