@@ -145,6 +145,11 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
                     await asyncio.sleep(rng.uniform(2, 4))
                     continue
                 together = victim.split("+")  # killed at the same moment
+                # Each running first (one may still be coming back from an earlier kill: a
+                # PostgreSQL restarted with NATS, on a loaded machine).
+                assert await eventually(lambda: all(name in mesh.state()["pids"] for name in together), timeout=60), \
+                    f"{victim} not running\n{mesh.diagnostics()}"
+                before = mesh.state()
                 for name in together:
                     os.kill(before["pids"][name], signal.SIGKILL)
                 restarted = await eventually(
