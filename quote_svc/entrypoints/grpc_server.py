@@ -95,6 +95,11 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         sub = self.book.subscribe(wanted)
         OPEN_STREAMS.inc()
         try:
+            # The headers come at once and say which of the symbols have a quote, whose snapshot
+            # follows: a symbol never quoted yet has none (as GetQuote's NOT_FOUND), and a client
+            # asking only for such symbols could not tell that its stream was open.
+            await context.send_initial_metadata(
+                (("x-stockmesh-snapshot", ",".join(sorted(s for s in wanted if s in self.book.quotes))),))
             while True:
                 # Raises quotes.Closing (UNAVAILABLE, SHUTTING_DOWN) once the service stops.
                 quote = await sub.get()

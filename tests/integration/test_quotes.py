@@ -63,7 +63,13 @@ async def test_snapshot_then_updates_to_fifty_subscribers(pool, nats_url, js, ns
         q = (await stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote
         assert (q.last_price, q.last_size, q.bid_price, q.ask_price, q.volume) == ("187.25", 10, "187.20", "187.30", 10)
 
+        # A stream of a symbol never quoted is open at once, its headers say so (no snapshot
+        # follows); a stream's headers name the symbols whose snapshot follows.
+        quiet = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["MSFT"]))
+        assert dict(await asyncio.wait_for(quiet.initial_metadata(), 15))["x-stockmesh-snapshot"] == ""
+        quiet.cancel()
         streams = [stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL", "MSFT"])) for _ in range(50)]
+        assert {dict(await s.initial_metadata())["x-stockmesh-snapshot"] for s in streams} == {"AAPL"}
         firsts = await asyncio.gather(*(s.read() for s in streams))
         assert all(f.symbol == "AAPL" and f.sequence == 1 and f.last_price == "187.25" for f in firsts)
 
