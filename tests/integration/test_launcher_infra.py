@@ -699,7 +699,8 @@ async def test_browser_apps_on_allowed_origins_call_through_envoy_with_cors(tmp_
             assert varies_by_origin(headers), headers  # a cache must not give this one to the app
 
         # A call from the app's origin: gRPC-Web and JSON, with the token.
-        exposed = {"grpc-status", "grpc-message", "grpc-status-details-bin", "x-stockmesh-after-sequence"}
+        exposed = {"grpc-status", "grpc-message", "grpc-status-details-bin", "x-stockmesh-after-sequence",
+                   "x-stockmesh-snapshot"}
         status, headers, body = await call("POST", portfolio, grpc_web(app, token) | {"x-request-id": "page-42"},
                                            grpc_web_body)
         assert status == 200 and headers.get("access-control-allow-origin") == app, headers
