@@ -60,10 +60,8 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
         v.add("end_time", "must be after start_time")
     size = paging.page_size(request.page_size, v, default=CANDLE_PAGE_DEFAULT, maximum=CANDLE_PAGE_MAX)
     key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
-    cursor = paging.decode_token(request.page_token, v, fields={"at": paging.epoch_seconds, "q": paging.text})
-    if cursor is not None and cursor["q"] != key:
-        v.add("page_token", "does not belong to this query (symbol, interval and range must not change)")
-        cursor = None
+    cursor = paging.decode_token(request.page_token, v, fields={"at": paging.epoch_seconds}, scope=key,
+                                 scope_hint="symbol, interval and range must not change")
     v.raise_if_any()
     assert interval is not None and start is not None and end is not None
     at = cursor["at"] if cursor else None
@@ -114,9 +112,8 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         page = await candles.get_candles(q, self.uow, cache=self.candle_cache)
         token = ""
         if page.next_cursor is not None:
-            token = paging.encode_token({
-                "at": int((page.next_cursor - EPOCH).total_seconds()),
-                "q": mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)})
+            key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
+            token = paging.encode_token({"at": int((page.next_cursor - EPOCH).total_seconds())}, scope=key)
         if page.run is None or not page.cached:
             return pb.GetCandlesResponse(candles=[mapping.candle_to_proto(c) for c in page.candles],
                                          next_page_token=token)

@@ -247,8 +247,8 @@ async def test_get_candles_validation(pool, nats_url, ns):
             (dict(good, page_size=-1), "page_size", "INVALID_ARGUMENT"),
             (dict(good, page_token="garbage"), "page_token", "INVALID_ARGUMENT"),
             # Our encoding and this query's key, a time no page ever ended at: refused, not a crash.
-            (dict(good, page_token=paging.encode_token({"at": 99999999999999, "q": mapping.query_key(
-                "AAPL", I.CANDLE_INTERVAL_1M, ts(t0), ts(t0 + timedelta(hours=1)))})), "page_token", "INVALID_ARGUMENT"),
+            (dict(good, page_token=paging.encode_token({"at": 99999999999999}, scope=mapping.query_key(
+                "AAPL", I.CANDLE_INTERVAL_1M, ts(t0), ts(t0 + timedelta(hours=1))))), "page_token", "INVALID_ARGUMENT"),
         ]
         for req, field, reason in cases:
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -328,8 +328,8 @@ async def test_get_candles_times_out_of_range_are_invalid_and_the_edges_answer(p
             # query's key, as anyone can make them) is refused, not followed off the calendar.
             before = int((late.start_time.ToDatetime(tzinfo=UTC) - timedelta(days=3)).timestamp())
             for at in (TS_FIRST, before, TS_LAST + 1) + ((TS_LAST,) if interval == d1 else ()):
-                forged = paging.encode_token({"at": at, "q": mapping.query_key(
-                    symbol, interval, late.start_time, late.end_time)})
+                forged = paging.encode_token({"at": at}, scope=mapping.query_key(
+                    symbol, interval, late.start_time, late.end_time))
                 late.page_token = forged
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await svc.stub.GetCandles(late)
