@@ -15,6 +15,12 @@ from order_svc.domain.model import (TERMINAL, EndReason, Fill, Order, OrderReque
 UPDATES_CHANNEL = "stockmesh_order_updates"
 OUTBOX_CHANNEL = "stockmesh_order_outbox"  # notified by migration 0006's trigger on every outbox insert
 
+# Orders not over yet: the predicate of the partial index orders_open (migration 0010), word for
+# word, so that the planner can prove a query that names it may use that index.
+_WORKING = frozenset(s.value for s in Status if s not in TERMINAL)
+_WORKING_PREDICATE = "AND status IN ('PENDING_NEW', 'NEW', 'PARTIALLY_FILLED')"
+assert _WORKING == {"PENDING_NEW", "NEW", "PARTIALLY_FILLED"}
+
 _COLUMNS = """order_id, account_id, client_order_id, fingerprint, symbol, side, type, time_in_force,
     quantity, limit_price, stop_price, status, hold_asset, hold_amount, collar_price, filled_quantity,
     fill_notional, reject_reason, reject_message, replaced_by, replaces, cancel_requested,
@@ -75,6 +81,22 @@ def _change_args(o: Order, fill: Fill | None = None, event: str | None = None) -
             o.reject_message, o.replaced_by, o.updated_at, fill.fill_id if fill else None,
             fill.price if fill else None, fill.quantity if fill else None, fill.executed_at if fill else None,
             event or ("ORDER_FILL" if fill else f"ORDER_{o.status.value}"), audit.canonical(_event(o)), UPDATES_CHANNEL)
+
+
+def list_sql(statuses: list[str]) -> str:
+    """ListOrders' query ($1 account, $2 symbol or NULL, $3 statuses or empty, $4/$5 the cursor,
+    $6 the limit). Asked for orders not over yet only, it names the partial index's predicate, so
+    that the planner may read orders_open instead of the account's whole history."""
+    working = _WORKING_PREDICATE if statuses and set(statuses) <= _WORKING else ""
+    return f"""
+        SELECT {_COLUMNS} FROM orders.orders
+         WHERE account_id = $1 {working}
+           AND ($2::text IS NULL OR symbol = $2)
+           AND (cardinality($3::text[]) = 0 OR status = ANY($3))
+           AND ($4::timestamptz IS NULL OR (created_at, order_id) < ($4, $5))
+         ORDER BY created_at DESC, order_id DESC
+         LIMIT $6
+    """
 
 
 class OrderRepository:
@@ -338,16 +360,8 @@ class OrderRepository:
 
     async def list(self, account_id: str, symbol: str | None, statuses: list[str], limit: int,
                    before: tuple[datetime, uuid.UUID] | None) -> list[Order]:
-        rows = await self.conn.fetch(
-            f"""
-            SELECT {_COLUMNS} FROM orders.orders
-             WHERE account_id = $1
-               AND ($2::text IS NULL OR symbol = $2)
-               AND (cardinality($3::text[]) = 0 OR status = ANY($3))
-               AND ($4::timestamptz IS NULL OR (created_at, order_id) < ($4, $5))
-             ORDER BY created_at DESC, order_id DESC
-             LIMIT $6
-            """, account_id, symbol, statuses, before[0] if before else None, before[1] if before else None, limit)
+        rows = await self.conn.fetch(list_sql(statuses), account_id, symbol, statuses,
+                                     before[0] if before else None, before[1] if before else None, limit)
         return [_order(r) for r in rows]
 
     async def stalled(self, older_than: datetime, limit: int = 100) -> list[uuid.UUID]:

@@ -207,6 +207,56 @@ async def test_business_rejections_are_recorded_orders(order_deps, checked_pool,
     assert (await cash(checked_pool, a)).held == 0
 
 
+async def test_working_orders_are_read_from_their_index_not_the_whole_history(order_deps, checked_pool):
+    """ListOrders' filter for orders not over yet (and so GetPortfolio's open orders) must not
+    walk an account's whole history: an active trader's thousands of finished orders."""
+    from order_svc.adapters.repository import list_sql
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    a = acct()
+    rejected = await handlers.place_order(limit_buy(a, "poor"), order_deps)  # no cash: REJECTED
+    assert rejected.status is Status.REJECTED
+    await deposit(checked_pool, a, "100000")
+    working = await handlers.place_order(limit_buy(a, "rich"), order_deps)
+    assert working.status in (Status.PENDING_NEW, Status.NEW)
+    async with checked_pool.acquire() as conn, conn.transaction():
+        # 3,000 finished orders of the past month, copies of the rejected one
+        await conn.execute("CREATE TEMP TABLE history ON COMMIT DROP AS SELECT o.* FROM orders.orders o, "
+                           "generate_series(1, 3000) WHERE o.order_id = $1", rejected.order_id)
+        await conn.execute("UPDATE history SET order_id = gen_random_uuid()")
+        await conn.execute("UPDATE history SET client_order_id = order_id::text, "
+                           "created_at = created_at - random() * interval '30 days'")
+        await conn.execute("INSERT INTO orders.orders SELECT * FROM history")
+    open_statuses = ["PENDING_NEW", "NEW", "PARTIALLY_FILLED"]
+
+    async def plan(statuses: list[str]) -> str:
+        """The plan of the query as a prepared statement's generic plan (what PostgreSQL may
+        settle on for a statement asyncpg keeps prepared), for this account and statuses."""
+        async with checked_pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute("PREPARE listed (text, text, text[], timestamptz, uuid, bigint) AS "
+                               + list_sql(statuses))
+            try:
+                given = ", ".join(f"'{s}'" for s in statuses)  # EXECUTE takes no parameters
+                return await conn.fetchval(
+                    f"EXPLAIN (FORMAT JSON) EXECUTE listed ('{a}', NULL, ARRAY[{given}]::text[], NULL, NULL, 501)")
+            finally:
+                await conn.execute("DEALLOCATE listed")
+
+    async with checked_pool.acquire() as conn:
+        await conn.execute("ANALYZE orders.orders")
+    assert '"orders_open"' in await plan(open_statuses)
+    assert '"orders_open"' in await plan(["NEW"])
+    assert '"orders_open"' not in await plan([])  # every order of the account: not from that index
+    async with OrderUnitOfWork(checked_pool) as uow:
+        listed = await uow.orders.list(a, None, open_statuses, 501, None)
+        listed_new = await uow.orders.list(a, "AAPL", ["NEW"], 501, None)
+        everything = await uow.orders.list(a, None, [], 5000, None)
+    assert [o.order_id for o in listed] == [working.order_id]
+    assert [o.order_id for o in listed_new] == ([working.order_id] if working.status is Status.NEW else [])
+    assert len(everything) == 3002
+
+
 async def test_malformed_requests_record_nothing(order_deps, checked_pool):
     a = acct()
     bad = [
