@@ -55,10 +55,11 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        scope = f"activities|{current_account()}"  # a token pages only this list of this account
+        account = current_account()
+        scope = f"activities|{account}"  # a token pages only this list of this account
         cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
         v.raise_if_any()
-        rows = await handlers.activities(current_account(), cursor["before"] if cursor else None, size + 1, self.uow)
+        rows = await handlers.activities(account, cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size
         rows = rows[:size]
         return pb.ListActivitiesResponse(
@@ -69,10 +70,11 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                         context: grpc.aio.ServicerContext) -> pb.ListHoldsResponse:
         v = Violations()
         size = paging.page_size(request.page_size, v)
-        scope = f"holds|{current_account()}"  # a token pages only this list of this account
+        account = current_account()
+        scope = f"holds|{account}"  # a token pages only this list of this account
         cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
         v.raise_if_any()
-        rows = await handlers.list_holds(current_account(), cursor["before"] if cursor else None, size + 1, self.uow)
+        rows = await handlers.list_holds(account, cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size
         rows = rows[:size]
         return pb.ListHoldsResponse(
