@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,6 +57,7 @@ OPEN = (common_pb2.ORDER_STATUS_PENDING_NEW, common_pb2.ORDER_STATUS_NEW, common
 CALL_TIMEOUT = 10.0  # seconds a call may take; then it counts as unanswered (Envoy's own limit is 30 s)
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between the sendings of an unanswered call: doubling, at most
 PAGE = 500  # ListOrders' largest page
+TOKEN_TTL = 86_400  # seconds a maker's token is valid; renewed after half of it
 # Answers that settle a call: the request was refused and changed nothing (a cancel: the order is
 # not working, or a rate limit). Anything else that is not a reply leaves the outcome unknown.
 REFUSALS = frozenset({
@@ -103,11 +105,18 @@ class Simulator:
         self.tick = tick_seconds
         self.retry_patience, self.reconcile_every = retry_patience, reconcile_every
         self.run_id = uuid.uuid4().hex[:8]
-        self.tokens = {a: keys.mint_token(data_dir, a, ttl=7 * 86_400) for a in accounts()}
+        self.clock = time.monotonic
+        self.tokens: dict[str, tuple[str, float]] = {}  # account -> (token, when it was minted)
         self.trades_sent = 0
 
     def md(self, account: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.tokens[account]}"),)
+        """The maker's call metadata. Its token is minted anew half-way through its life, so a
+        market left running for days never trades with an expired one."""
+        token, minted = self.tokens.get(account, ("", -TOKEN_TTL))
+        if self.clock() - minted >= TOKEN_TTL / 2:
+            token, minted = keys.mint_token(self.data_dir, account, ttl=TOKEN_TTL), self.clock()
+            self.tokens[account] = (token, minted)
+        return (("authorization", f"Bearer {token}"),)
 
     async def run(self) -> None:
         async with grpc.aio.insecure_channel(self.endpoint) as channel:
