@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from meshkit import auth, bus, db, logs
 from meshkit.errors import DomainError, Unavailable, Unimplemented
-from meshkit.status import to_rpc_status
+from meshkit.status import retry_after, to_rpc_status
 
 log = logging.getLogger("meshkit.rpc")
 
@@ -68,7 +68,10 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
 
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
-    await context.abort_with_status(rpc_status.to_status(failure(method, exc)))
+    status = failure(method, exc)
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details,
+                        tuple(grpc_status.trailing_metadata) + retry_after(status))
 
 
 def _count_abort(method: str, context: grpc.aio.ServicerContext) -> None:

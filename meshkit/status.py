@@ -1,6 +1,8 @@
 """The one place where domain errors become gRPC statuses (google.rpc.Status + ErrorInfo)."""
 from __future__ import annotations
 
+import math
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -31,6 +33,18 @@ def to_rpc_status(err: DomainError) -> status_pb2.Status:
         delay.FromMilliseconds(max(1, int(retry_after * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
+
+
+def retry_after(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:
+    """A `retry-after` (whole seconds, at least 1) beside a status with RetryInfo: gRPC clients
+    read the RetryInfo; through Envoy's JSON transcoding it is the HTTP reply's Retry-After
+    header (RFC 9110), which HTTP clients and proxies honour without parsing the body."""
+    for d in status.details:
+        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            d.Unpack(info)
+            return (("retry-after", str(max(1, math.ceil(info.retry_delay.ToMilliseconds() / 1000)))),)
+    return ()
 
 
 def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,

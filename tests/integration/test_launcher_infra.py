@@ -124,11 +124,12 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from meshkit.bridge import BridgeServer, routes
+    from meshkit.interceptors import ServiceInterceptor
 
     dev = keys.ensure_keys(tmp_path)
     ports = ports or _ports()
     config = envoy.write_config(tmp_path, ports, jwks or dev.jwks_path, **render_options)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()])  # as meshkit.server serves
     add_servicer(server)
     checks = health.aio.HealthServicer()
     await checks.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -540,9 +541,10 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
                                     retry_after_seconds=0.25, metadata={"limit": "this account"})
 
     stand_in = StandIn()
+    ports = _ports()
     async with _envoy_before(tmp_path, "order_svc",
                              lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
-                             bridged=(stand_in, "stockmesh.order.v1.OrderService")) as (ch, md, _):
+                             bridged=(stand_in, "stockmesh.order.v1.OrderService"), ports=ports) as (ch, md, _):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         placed = None
         for _ in range(100):  # until Envoy listens and has seen the bridge healthy
@@ -582,6 +584,13 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
         delay = error_details_pb2.RetryInfo()
         retry[0].Unpack(delay)
         assert delay.retry_delay.ToMilliseconds() == 250
+        # As JSON (no "te: trailers": order_svc's gRPC port, not the bridge): HTTP 429 with
+        # Retry-After in whole seconds, rounded up, beside the RetryInfo in the body.
+        status, headers, body = await asyncio.to_thread(
+            _http, ports.public, "POST", "/stockmesh.order.v1.OrderService/CancelOrder",
+            {"content-type": "application/json", "authorization": dict(md)["authorization"]}, b'{"orderId": "x"}')
+        assert (status, headers.get("retry-after")) == (429, "1"), (status, headers, body)
+        assert json.loads(body)["details"][1]["retry_delay"] == "0.250s", body
         crashed = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="crash", quantity=1),
                                                metadata=md, timeout=5))
         assert crashed.code() == grpc.StatusCode.INTERNAL and "internal error (request id" in crashed.details()
