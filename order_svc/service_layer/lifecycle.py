@@ -72,7 +72,7 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             # The stop was reached: still NEW (or PARTIALLY_FILLED), now working as a market or
             # limit order; the customer sees it (an OrderUpdate with triggered_at).
             o = await _order(uow, ex.order_id)
-            if o is not None and o.triggered(at):
+            if o is not None and o.triggered(ex.executed_at or at):  # the engine's time, as a fill's
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.record_change(o, event="ORDER_TRIGGERED")
         elif ex.type == REPLACED:

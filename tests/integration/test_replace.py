@@ -187,6 +187,25 @@ async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
 
 
+async def test_a_stop_is_triggered_at_the_engines_time_not_when_order_svc_applies_it(order_deps, checked_pool):
+    """triggered_at is the time of the engine's TRIGGERED, as a fill's executed_at is the
+    engine's: applied late (order_svc behind, or restarted), the trigger must not look later
+    than the fills it led to (acceptance round 10: a stop's fill 105 ms before its trigger)."""
+    a = acct()
+    await fund(checked_pool, a, shares=(SYM, 5))
+    stop = await handlers.place_order(OrderRequest(
+        account_id=a, client_order_id=uuid.uuid4().hex, symbol=SYM, side=Side.SELL, type=OrderType.STOP_LIMIT,
+        quantity=5, limit_price=D("156.00"), stop_price=D("156.50"), time_in_force=TimeInForce.GTC), order_deps)
+    # The engine of a later test sees it, cancelled at once (no test of this file prints that low).
+    await handlers.cancel_order(a, stop.order_id, order_deps)
+    engine_time = datetime.now(timezone.utc).replace(microsecond=123456) - timedelta(minutes=3)
+    assert await lifecycle.apply_execution(executions.Execution(
+        execution_id=f"test-trigger-{uuid.uuid4().hex}", symbol=SYM, type="TRIGGERED", order_id=str(stop.order_id),
+        account_id=a, executed_at=engine_time), order_deps)
+    triggered = await handlers.get_order(a, stop.order_id, order_deps)
+    assert (triggered.status, triggered.triggered_at) == (Status.NEW, engine_time)
+
+
 async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_deps, execution_consumers,
                                                                    checked_pool, namespace):
     """When a STOP_LIMIT's stop is reached the customer sees it: the order gets triggered_at
