@@ -51,20 +51,18 @@ def legs(ex: Execution) -> FillLegs:
     return FillLegs(*buyer, *seller, quantity=ex.quantity, price=ex.price)
 
 
-PRICE_PLACES = Decimal("0.0001")  # the scale of prices, and of average costs per share
-
-
 @dataclass
 class Position:
     """Quantity and cost basis. The cost is money, in cents: what the shares were paid (each
-    fill's cash, `fill_cash`); the average cost per share is kept at price precision."""
+    fill's cash, `fill_cash`); the average cost per share is their quotient, unrounded (to
+    Decimal's 28 digits): whoever shows it rounds it once, to the symbol's tick. Rounded to four
+    places first, 6567.22 / 105 = 62.544952… would show as 62.55 (62.5450, then half-up)."""
     quantity: int = 0
     cost: Decimal = Decimal(0)
 
     @property
     def average_cost(self) -> Decimal:
-        return (self.cost / self.quantity).quantize(PRICE_PLACES, rounding=ROUND_HALF_UP) if self.quantity \
-            else Decimal(0)
+        return self.cost / self.quantity if self.quantity else Decimal(0)
 
     def buy(self, quantity: int, price: Decimal) -> None:
         self.quantity += quantity

@@ -116,16 +116,16 @@ def test_captures_rounded_per_fill_never_exceed_a_hold_rounded_up_to_the_cent():
     assert (hold.captured, hold.remaining) == (Decimal("1.78"), Decimal("0.01"))
 
 
-def test_a_positions_cost_is_cents_and_its_average_is_at_price_precision():
+def test_a_positions_cost_is_cents_and_its_average_is_their_exact_quotient():
     from ledger_svc.domain.settlement import Position
     p = Position()
     p.buy(3, Decimal("0.8936"))
     p.buy(4, Decimal("188.59"))
     assert (p.quantity, p.cost) == (7, Decimal("2.68") + Decimal("754.36"))
-    assert p.average_cost == Decimal("108.1486")  # 757.04 / 7, four places
+    assert p.average_cost == Decimal("757.04") / 7 == Decimal("108.1485714285714285714285714")
     p.sell(3)  # 757.04 × 3/7 = 324.445714… leaves, rounded half-up to the cent
     assert (p.quantity, p.cost) == (4, Decimal("432.59"))
-    assert p.cost == p.cost.quantize(model.CENT) and p.average_cost == Decimal("108.1475")
+    assert p.cost == p.cost.quantize(model.CENT) and p.average_cost == Decimal("108.1475")  # 432.59 / 4
     p.sell(4)
     assert (p.quantity, p.cost) == (0, 0)
 

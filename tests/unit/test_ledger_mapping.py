@@ -16,7 +16,7 @@ def test_portfolio_money_is_in_cents_and_per_share_prices_at_the_symbols_precisi
     view = PortfolioView(
         cash=CashBalance.of(D("1000.00"), D("0"), D("2.68")),
         positions=[
-            # after a sale: the average keeps four places, the value and P&L are cents
+            # the average as shown is rounded once, to the tick; the value and P&L are cents
             PositionView("AAPL", 7, 7, 0, D("188.1404"), D("186.58"), D("1306.06"), D("-10.90")),
             PositionView("KO", 4, 4, 0, D("62.0000"), D("62.155"), D("248.62"), D("0.62")),  # a mid
             PositionView("SIRI", 3, 3, 0, D("0.8936"), D("0.89"), D("2.67"), D("-0.01")),
@@ -56,3 +56,16 @@ def test_a_statement_line_says_whether_it_is_settled_and_since_when():
         ("Sold 3 SIRI at 0.8936: proceeds, unsettled until settlement", False, False),
         ("Sold 3 SIRI at 0.8936: proceeds, settled", True, paid),
         ("Deposit", True, NOW)]
+
+
+def test_an_average_cost_is_rounded_once_to_the_tick():
+    """6567.22 paid for 105 shares is 62.544952… a share: 62.54. Rounded to four places first
+    (62.5450) and then to the cent, it read 62.55 (acceptance round 10)."""
+    from ledger_svc.domain.settlement import Position
+
+    avg = Position(105, D("6567.22")).average_cost
+    view = PortfolioView(cash=CashBalance.of(D("0"), D("0"), D("0")),
+                         positions=[PositionView("KO", 105, 105, 0, avg, None, None, None),
+                                    PositionView("SIRI", 3, 3, 0, Position(3, D("2.68")).average_cost, None, None, None)],
+                         equity=D("0"))
+    assert [x.average_cost for x in mapping.portfolio_to_proto("acct", view, [], NOW).positions] == ["62.54", "0.8933"]
