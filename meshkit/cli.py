@@ -271,11 +271,17 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 @main.command()
 @click.option("--date", "day", required=True, help="Trading day to settle, YYYY-MM-DD.")
 @click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
-@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None, help="NATS URL (to read the execution journal).")
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
+              help="NATS URL (to read the execution journal). Default: the NATS of the mesh running in --data-dir "
+                   "with this namespace; without any, the day is reconciled against the ledger's own records only.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 @click.option("--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for the ledger to apply every fill in the journal before settling.")
-def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float) -> None:
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder of a running `stockmesh up`, whose NATS to read when no --nats-url is given. "
+                   "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float,
+           data_dir: Path | None) -> None:
     """Settle a trading day's fills and reconcile the ledger against the execution journal.
 
     The journal is read first and the ledger given up to --wait seconds to apply all of it
@@ -285,6 +291,13 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     import logging
 
     trading_day = _day(day, "--date", come=True)
+    source = ""  # where the NATS URL came from, when not given
+    if not nats_url:
+        folder = (data_dir or default_data_dir()).resolve()
+        nats_url = _mesh_nats_url(folder, namespace)
+        source = (f"read the execution journal on {nats_url} (the NATS of the mesh in {folder})" if nats_url else
+                  f"no NATS given (--nats-url, $NATS_URL, or a mesh of namespace {namespace!r} running in {folder}): "
+                  "the day was reconciled against the ledger's own records only")
     from ledger_svc.service_layer.runner import run_settlement
     from meshkit.errors import FailedPrecondition
     from meshkit.money import fmt_cents
@@ -299,6 +312,8 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     except FailedPrecondition as exc:  # nothing settled
         click.echo(f"day not settled: {exc.message}", err=True)
         sys.exit(1)
+    if source:
+        click.echo(f"  {source}", err=True)
     click.echo(f"Settlement of {report.trading_day}")
     click.echo(f"  fills settled now       {report.fills_settled}")
     click.echo(f"  fills settled before    {report.fills_already_settled}")
@@ -488,6 +503,18 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
             await pool.close()
 
     click.echo(asyncio.run(run()))
+
+
+def _mesh_nats_url(folder: Path, namespace: str) -> str | None:
+    """The NATS URL of the mesh `stockmesh up` runs in `folder` under `namespace` (mesh.json), if
+    there is one."""
+    from meshkit.cli_client import mesh_state
+
+    try:
+        state = mesh_state(folder, "NATS")
+    except click.UsageError:  # no mesh there
+        return None
+    return (state.get("nats_url") or None) if state.get("namespace") == namespace else None
 
 
 @main.group()

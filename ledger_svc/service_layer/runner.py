@@ -47,7 +47,7 @@ async def _settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up:
         trimmed = await u.settlement.trimmed_before()
     ids = None
     if js is None:
-        against = "the ledger's own records (the execution journal was not read)"
+        against = "the ledger's own records (no NATS was given: the execution journal was not read)"
     elif trimmed is not None and day < trimmed:
         against = f"the ledger's own records (the execution journal was trimmed before {trimmed})"
     elif (ids := await journal.fill_ids(js, namespace, day)) is None:  # nothing settled yet

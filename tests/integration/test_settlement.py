@@ -3,6 +3,8 @@ exactly once, positions' average cost, unsettled proceeds until `stockmesh settl
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import subprocess
 import sys
@@ -49,7 +51,7 @@ async def wait_applied(pool, ids: list[str]) -> None:
 
 
 async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution_consumers, checked_pool, namespace,
-                                                           database_url, nats_url):
+                                                           database_url, nats_url, tmp_path):
     js = execution_consumers
     uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
     buyer, seller = f"buy-{uuid.uuid4().hex[:6]}", f"sell-{uuid.uuid4().hex[:6]}"
@@ -128,6 +130,23 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     assert "fills settled now       0" in second.stdout and f"fills settled before    {before + 2}" in second.stdout
     assert (await ledger.cash_balance(seller, uow)) == s
     assert second.returncode == first.returncode  # other tests' fills may be in the same day's report
+    assert "reconciled against      the execution journal\n" in second.stdout
+    # Without --nats-url: the NATS of the mesh in --data-dir, if it runs this namespace; else
+    # the ledger's own records, and the report and stderr say why.
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
+    without = [*cmd[:cmd.index("--nats-url")], *cmd[cmd.index("--namespace"):], "--data-dir"]
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"namespace": namespace, "nats_url": nats_url}))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mesh.json").write_text(json.dumps({"namespace": "another", "nats_url": nats_url}))
+    mesh = subprocess.run([*without, str(tmp_path / "mesh")], capture_output=True, text=True, env=env)
+    assert f"read the execution journal on {nats_url}" in mesh.stderr, mesh.stderr
+    assert "reconciled against      the execution journal\n" in mesh.stdout, mesh.stdout
+    for folder in ("other", "none"):
+        alone = subprocess.run([*without, str(tmp_path / folder)], capture_output=True, text=True, env=env)
+        assert "no NATS given" in alone.stderr, alone.stderr
+        assert ("reconciled against      the ledger's own records (no NATS was given: the execution journal was not "
+                "read)") in alone.stdout, alone.stdout
 
 
 async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
