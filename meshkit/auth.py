@@ -22,17 +22,29 @@ MAX_ACCOUNT = 128  # characters of an account id (a token's subject)
 caller_payload: contextvars.ContextVar[str] = contextvars.ContextVar("caller_payload", default="")
 
 
+# Why the verified token of the call being served names no usable account (its subject's
+# problem), for the words of current_account's UNAUTHENTICATED; empty when there is none.
+subject_refused: contextvars.ContextVar[str] = contextvars.ContextVar("subject_refused", default="")
+# The ledger's own books (ledger_svc.domain.model.BookRef: `$clearing`, `$external`, ...) are
+# named so; no caller may act as one.
+SYSTEM_PREFIX = "$"
+
+
 @functools.lru_cache(maxsize=65_536)  # a client sends the same token with every call
-def account_from_payload(raw: str | None) -> str | None:
+def account_from_payload(raw: str | None) -> tuple[str | None, str]:
+    """(the account of a verified payload, or None; why its subject is none, or "")."""
     if not raw:
-        return None
+        return None, ""
     try:
         padded = raw + "=" * (-len(raw) % 4)
         claims = json.loads(base64.urlsafe_b64decode(padded))
     except (ValueError, TypeError):
-        return None
+        return None, "the verified token could not be read"
     sub = claims.get("sub") if isinstance(claims, dict) else None
-    return sub if isinstance(sub, str) and account_problem(sub) is None else None
+    if not isinstance(sub, str):
+        return None, "the token has no subject (sub) naming the account"
+    problem = account_problem(sub)
+    return (sub, "") if problem is None else (None, f"the token's subject is not an account id: it {problem}")
 
 
 def account_problem(account: str) -> str | None:
@@ -40,6 +52,8 @@ def account_problem(account: str) -> str | None:
     rule of the services and of the tools that mint tokens."""
     if not account:
         return "must not be empty"
+    if account.startswith(SYSTEM_PREFIX):
+        return f"must not begin with {SYSTEM_PREFIX!r} (the brokerage's own books are named so)"
     if len(account) > MAX_ACCOUNT:
         return f"must be at most {MAX_ACCOUNT} characters"
     if account != account.strip():
@@ -53,7 +67,7 @@ def current_account() -> str:
     """The account of the call being served; UNAUTHENTICATED when there is none."""
     acct = logs.account_id.get()
     if not acct:
-        raise Unauthenticated("this call needs a verified bearer token (call through Envoy)")
+        raise Unauthenticated(subject_refused.get() or "this call needs a verified bearer token (call through Envoy)")
     return acct
 
 

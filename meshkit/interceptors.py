@@ -31,8 +31,10 @@ def bind_call(metadata) -> None:
     md = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
     logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
     payload = md.get(auth.PAYLOAD_HEADER) or ""
-    account = auth.account_from_payload(payload) or ""
+    account, refused = auth.account_from_payload(payload)
+    account = account or ""
     logs.account_id.set(account)
+    auth.subject_refused.set(refused)
     auth.caller_payload.set(payload if account else "")
 
 

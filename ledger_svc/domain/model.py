@@ -153,8 +153,19 @@ class JournalEntry:
             raise UnbalancedEntry(f"postings do not balance: {off}")
 
 
+def _customer(account_id: str) -> str:
+    """A deposit or withdrawal moves a customer's cash or shares, never one of the brokerage's
+    own books, which skip the balance check (no caller may act as one: meshkit.auth refuses
+    such a token's subject; this is the ledger's own guard)."""
+    if not BookRef(account_id, CASH).is_customer:
+        raise FailedPrecondition(f"{account_id!r} is one of the brokerage's own books, not a customer account",
+                                 reason="SYSTEM_BOOK")
+    return account_id
+
+
 def deposit_entry(account_id: str, amount: Decimal, key: str) -> JournalEntry:
     """Cash comes in: the customer's USD book is credited, the external counter-account debited."""
+    account_id = _customer(account_id)
     return JournalEntry(
         entry_id=uuid.uuid4(), kind="DEPOSIT", account_id=account_id, asset=CASH, amount=amount,
         idempotency_key=key, description="Deposit",
@@ -163,6 +174,7 @@ def deposit_entry(account_id: str, amount: Decimal, key: str) -> JournalEntry:
 
 
 def withdrawal_entry(account_id: str, amount: Decimal, key: str) -> JournalEntry:
+    account_id = _customer(account_id)
     return JournalEntry(
         entry_id=uuid.uuid4(), kind="WITHDRAWAL", account_id=account_id, asset=CASH, amount=amount,
         idempotency_key=key, description="Withdrawal",
@@ -172,6 +184,7 @@ def withdrawal_entry(account_id: str, amount: Decimal, key: str) -> JournalEntry
 
 def share_deposit_entry(account_id: str, symbol: str, quantity: Decimal, key: str) -> JournalEntry:
     """Shares come in (a transfer in, or simulator funding), against the symbol's external book."""
+    account_id = _customer(account_id)
     return JournalEntry(
         entry_id=uuid.uuid4(), kind="SHARE_DEPOSIT", account_id=account_id, asset=symbol, amount=quantity,
         idempotency_key=key, description=f"Deposit of {quantity} {symbol}",

@@ -195,6 +195,33 @@ async def test_a_ledger_page_token_pages_only_the_account_that_made_it(mesh: Run
             ("page_token", "was returned for another account or query")]
 
 
+@pytest.mark.parametrize("subject", ["$clearing", "$external", "   "])
+async def test_a_verified_token_whose_subject_is_no_customer_account_is_refused_with_why(mesh: RunningMesh,
+                                                                                          subject: str) -> None:
+    """A token signed by the trusted key whose subject names one of the ledger's own books (or
+    nothing usable) acts for no one: acceptance round 10 withdrew 1,000,000.00 from
+    `$clearing` with such a token. Refused UNAUTHENTICATED, saying what is wrong with the subject,
+    on the ledger's gRPC route and on the order commands' bridge alike; nothing moved."""
+    dev = keys.ensure_keys(mesh.data_dir)
+    claims = {**keys.claims_for("gw-placeholder"), "sub": subject}
+    md = bearer(keys.sign(claims, dev.private_key(), dev.kid))
+    async with mesh.channel() as ch:
+        ledger = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        orders = order_service_pb2_grpc.OrderServiceStub(ch)
+        for call in (ledger.Withdraw(ledger_service_pb2.WithdrawRequest(amount="5.00", idempotency_key="w"),
+                                     metadata=md, timeout=10),
+                     ledger.Deposit(ledger_service_pb2.DepositRequest(amount="5.00", idempotency_key="d"),
+                                    metadata=md, timeout=10),
+                     orders.PlaceOrder(order_service_pb2.PlaceOrderRequest(
+                         client_order_id="c", symbol="AAPL", side=common_pb2.SIDE_BUY,
+                         type=common_pb2.ORDER_TYPE_LIMIT, quantity=1, limit_price="1.00",
+                         time_in_force=common_pb2.TIME_IN_FORCE_DAY), metadata=md, timeout=10)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
+            assert "the token's subject is not an account id" in refused.value.details(), refused.value.details()
+
+
 async def test_malformed_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, bearer("not-a-jwt"))) == grpc.StatusCode.UNAUTHENTICATED
 

@@ -8,14 +8,15 @@ from click.testing import CliRunner
 from meshkit.cli import main
 
 BAD = [("", "must not be empty"), ("x" * 129, "must be at most 128 characters"), ("   ", "must not be blank"),
-       (" alice", "must not begin or end with white space"), ("al\x07ice", "must not contain control characters")]
+       (" alice", "must not begin or end with white space"), ("al\x07ice", "must not contain control characters"),
+       ("$clearing", "must not begin with '$' (the brokerage's own books are named so)")]
 COMMANDS = [["token"], ["deposit", "10"], ["withdraw", "10"], ["portfolio"], ["orders"], ["cancel", "x"],
             ["place", "buy", "1", "AAPL", "--limit", "1.00"], ["replace", "x", "--quantity", "2"], ["chart", "AAPL"],
             ["watch", "quotes", "AAPL"],
             ["watch", "orders"]]
 
 
-@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long", "blank", "padded", "control"])
+@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long", "blank", "padded", "control", "system-book"])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_bad_account_is_a_usage_error(tmp_path, command, account, problem):
     done = CliRunner().invoke(main, [*command, "--account", account, "--data-dir", str(tmp_path)])
@@ -35,13 +36,31 @@ def test_a_good_account_gets_its_token(tmp_path):
     assert jwt.decode(done.stdout.strip(), options={"verify_signature": False})["sub"] == "x" * 128
 
 
-def test_a_token_whose_subject_is_blank_names_no_account():
+def test_a_token_whose_subject_is_no_account_id_names_no_account_and_says_why():
+    """A token Envoy verified whose subject cannot be an account (blank, or one of the ledger's
+    own books, `$clearing`, `$external`: acceptance round 10 withdrew the brokerage's money with
+    such a subject) names no account; the services' UNAUTHENTICATED says what is wrong with it."""
     import base64
     import json
 
-    from meshkit.auth import account_from_payload
+    from meshkit.auth import account_from_payload, current_account
+    from meshkit.errors import Unauthenticated
+    from meshkit.interceptors import bind_call
 
-    def payload(sub: str) -> str:
-        return base64.urlsafe_b64encode(json.dumps({"sub": sub}).encode()).decode().rstrip("=")
-    assert account_from_payload(payload("alice")) == "alice"
-    assert account_from_payload(payload("   ")) is None  # the services answer UNAUTHENTICATED
+    def payload(claims: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    assert account_from_payload(payload({"sub": "alice"})) == ("alice", "")
+    assert account_from_payload(payload({"sub": "   "})) == (
+        None, "the token's subject is not an account id: it must not be blank")
+    assert account_from_payload(payload({"sub": "$clearing"})) == (
+        None, "the token's subject is not an account id: it must not begin with '$' (the brokerage's own books are "
+              "named so)")
+    assert account_from_payload(payload({"iss": "x"})) == (None, "the token has no subject (sub) naming the account")
+    for claims, words in (({"sub": "$external"}, "must not begin with '$'"), ({"sub": 7}, "has no subject"),
+                          (None, "this call needs a verified bearer token (call through Envoy)")):
+        bind_call([("x-jwt-payload", payload(claims))] if claims else [])
+        with pytest.raises(Unauthenticated) as refused:
+            current_account()
+        assert words in refused.value.message
+    bind_call([("x-jwt-payload", payload({"sub": "alice"}))])
+    assert current_account() == "alice"

@@ -17,6 +17,17 @@ def test_withdrawal_entry_mirrors_a_deposit():
     assert {p.book.owner: p.amount for p in e.postings} == {"alice": Decimal("-40"), model.EXTERNAL: Decimal("40")}
 
 
+@pytest.mark.parametrize("entry", [model.deposit_entry, model.withdrawal_entry,
+                                   lambda a, q, k: model.share_deposit_entry(a, "AAPL", q, k)])
+@pytest.mark.parametrize("book", [model.EXTERNAL, "$clearing"])
+def test_the_brokerages_own_books_take_no_deposit_or_withdrawal(entry, book):
+    """They skip the balance check, so a withdrawal from one would take money from nowhere
+    (acceptance round 10: $clearing went to -999,900.00 with no discrepancy reported)."""
+    with pytest.raises(model.FailedPrecondition) as refused:
+        entry(book, Decimal("5"), "k")
+    assert refused.value.reason == "SYSTEM_BOOK"
+
+
 def test_an_unbalanced_entry_cannot_be_built():
     with pytest.raises(model.UnbalancedEntry):
         model.JournalEntry(
