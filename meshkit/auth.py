@@ -17,6 +17,9 @@ from meshkit.errors import Unauthenticated
 
 PAYLOAD_HEADER = "x-jwt-payload"
 MAX_ACCOUNT = 128  # characters of an account id (a token's subject)
+# The longest a token may live (exp - iat): Envoy refuses longer ones (max_lifetime), and
+# `stockmesh token --ttl` mints none.
+MAX_TOKEN_SECONDS = 30 * 86_400
 # The verified payload of the call being served, forwarded as is when a service calls
 # another on the caller's behalf (e.g. the ledger asking order_svc for open orders).
 caller_payload: contextvars.ContextVar[str] = contextvars.ContextVar("caller_payload", default="")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from meshkit.cli_client import account_id, register as register_client_commands
+from meshkit.auth import MAX_TOKEN_SECONDS
 from meshkit.config import default_data_dir
 
 
@@ -215,8 +216,8 @@ def health(address: str, service: str, timeout: float) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder holding the keys (created if missing). "
                    "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
-@click.option("--ttl", type=click.IntRange(1, None), default=86_400, show_default=True,
-              help="Lifetime in seconds.")
+@click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_SECONDS), default=86_400, show_default=True,
+              help="Lifetime in seconds (at most 30 days: Envoy refuses longer-lived tokens).")
 def token(account: str, data_dir: Path | None, ttl: int) -> None:
     """Print a development token for ACCOUNT (and nothing else) on stdout."""
     from meshkit.launcher import keys

@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 
 from meshkit.launcher.infra import scripts_dir
-from meshkit.launcher.keys import AUDIENCE, ISSUER
+from meshkit.launcher.keys import AUDIENCE, ISSUER, MAX_TTL_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
@@ -246,6 +246,7 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         # identity provider's issuer and audience.
         "JWT_ISSUER": json.dumps(issuer),
         "JWT_AUDIENCE": json.dumps(audience),
+        "JWT_MAX_LIFETIME": f"{MAX_TTL_SECONDS}s",
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }

@@ -240,6 +240,21 @@ async def test_expired_token_is_unauthenticated(mesh: RunningMesh) -> None:
     assert await _code(_portfolio(mesh, bearer(expired))) == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_token_must_expire_and_live_at_most_30_days(mesh: RunningMesh) -> None:
+    """A correctly signed token without exp, or living longer than keys.MAX_TTL_SECONDS, is
+    refused (acceptance round 10: both were accepted, the first for good)."""
+    dev = keys.ensure_keys(mesh.data_dir)
+
+    def signed(claims: dict) -> tuple[tuple[str, str], ...]:
+        return bearer(keys.sign(claims, dev.private_key(), dev.kid))
+    longest = keys.claims_for("gw-alice", ttl=keys.MAX_TTL_SECONDS)
+    never = {k: v for k, v in longest.items() if k != "exp"}
+    ten_years = {**longest, "exp": longest["iat"] + 10 * 365 * 86_400}
+    assert (await _portfolio(mesh, signed(longest))).portfolio.account_id == "gw-alice"
+    for claims in (never, ten_years):
+        assert await _code(_portfolio(mesh, signed(claims))) == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_a_token_that_expires_while_envoy_has_it_cached_is_refused(mesh: RunningMesh) -> None:
     """Envoy keeps verified tokens (jwt_cache_config); expiry must still be checked per call."""
     dev = keys.ensure_keys(mesh.data_dir)

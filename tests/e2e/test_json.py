@@ -269,3 +269,26 @@ def test_a_browser_app_on_another_origin_calls_through_envoy(mesh):
 
     status, _ = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})
     assert status == 401
+
+
+def test_a_query_string_is_ignored_as_browsers_cache_busters_send_it(mesh):
+    """`?_=<timestamp>` (jQuery's and others' cache-buster) or any other query parameter: the
+    call is the same call (acceptance round 10: 503 "not answering ... retry shortly", forever)."""
+    account = f"json-{uuid.uuid4().hex[:6]}"
+    for query in ("?_=1733470000000", "?anything=x&_=2"):
+        status, reply = post(mesh, f"/stockmesh.ledger.v1.LedgerService/GetPortfolio{query}", {}, account)
+        assert status == 200, (query, status, reply)
+        assert reply["portfolio"]["account_id"] == account
+    # Nor does a query parameter named like a field set it: every field comes from the body.
+    status, reply = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit?amount=999.00&idempotency_key=q",
+                         {"amount": "1.00", "idempotency_key": "b"}, account)
+    assert status == 200 and reply["cash"]["total"] == "1.00", reply
+
+
+def test_the_token_is_read_from_the_authorization_header_only(mesh):
+    """Not from an access_token query parameter (Envoy's other default location), which would
+    leave it in browser histories, Referer headers and proxies' logs."""
+    account = f"json-{uuid.uuid4().hex[:6]}"
+    status, reply = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio?access_token="
+                         + mesh.token(account), {})
+    assert status == 401, (status, reply)
