@@ -1,6 +1,7 @@
 """The ledger's HoldService, as order_svc sees it."""
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 import grpc
@@ -12,6 +13,9 @@ from meshkit.status import error_info
 from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
+log = logging.getLogger("order_svc.holds")
+# A hold result's errors that go away by themselves: the client asks again.
+_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "CANCELLED"})
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
 # A transfer from a hold that already resolved: the old order ended in the ledger's view.
@@ -46,10 +50,10 @@ class GrpcHolds:
         reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
         has been captured or released since; HoldTaken when an earlier call placed another
         amount under this id; ClientKeyTaken when another hold of the account carries
-        `client_key` (the order's client_order_id; empty: none). Transport trouble, or any
-        other error of the ledger's, raises Unavailable: nothing is recorded, and asking again
-        with the same id is safe. A caller that gives up (its deadline) leaves the hold to its
-        batch."""
+        `client_key` (the order's client_order_id; empty: none). Transport trouble, or a
+        transient error of the ledger's, raises Unavailable: nothing is recorded, and asking
+        again with the same id is safe; any other error of the ledger's is a bug (INTERNAL). A
+        caller that gives up (its deadline) leaves the hold to its batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
             hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount_text(asset, amount),
             client_key=client_key))
@@ -64,7 +68,11 @@ class GrpcHolds:
             raise HoldTaken(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""))
-        raise Unavailable(f"ledger could not place hold {hold_id}: {error.code} {error.message}")
+        if error.code in _TRANSIENT:
+            raise Unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
+                              "the same client_order_id")
+        # The ledger found the request itself wrong: a bug here, not a state to wait out.
+        raise RuntimeError(f"ledger refused hold {hold_id}: {error.code} {error.reason} {error.message}")
 
     async def await_executions(self, account_id: str) -> bool:
         """Whether a hold of the account refused for want of cash or shares should be asked for
@@ -86,7 +94,10 @@ class GrpcHolds:
         try:
             reply = await self.stub.PlaceHolds(pb.PlaceHoldsRequest(holds=batch), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"ledger could not place holds: {exc.code().name} {exc.details()}") from exc
+            # The details name addresses and connections, for the log; the client hears the code.
+            log.warning("PlaceHolds failed", extra={"code": exc.code().name, "error": exc.details()})
+            raise Unavailable(f"ledger could not place holds: {exc.code().name}; retry shortly with the same "
+                              "client_order_id") from exc
         return list(reply.results)
 
     async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]:
