@@ -247,6 +247,10 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         "JWT_ISSUER": json.dumps(issuer),
         "JWT_AUDIENCE": json.dumps(audience),
         "JWT_MAX_LIFETIME": f"{MAX_TTL_SECONDS}s",
+        # Paths under /<public service>/ (a regex of them all is beyond RE2's program size limit).
+        "PUBLIC_PATH_FILTERS": "\n".join(
+            f'                      - header_filter: {{ header: {{ name: ":path", string_match: {{ prefix: '
+            f'{json.dumps(f"/{service}/")} }} }} }}' for service in PUBLIC_ROUTES),
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }

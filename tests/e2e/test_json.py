@@ -292,3 +292,25 @@ def test_the_token_is_read_from_the_authorization_header_only(mesh):
     status, reply = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio?access_token="
                          + mesh.token(account), {})
     assert status == 401, (status, reply)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_a_public_method_asked_without_post_says_to_post(mesh, method):
+    """405 with `allow: POST` and a JSON status saying how to call it (acceptance round 10: a
+    404 that called GetPortfolio "not a public method")."""
+    account = f"json-{uuid.uuid4().hex[:6]}"
+    req = urllib.request.Request(f"http://{mesh.endpoint}/stockmesh.ledger.v1.LedgerService/GetPortfolio?_=1",
+                                 headers={"authorization": f"Bearer {mesh.token(account)}"}, method=method)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=15)
+    assert (err.value.code, err.value.headers["allow"]) == (405, "POST")
+    reply = json.loads(err.value.read())
+    assert reply["message"] == (f"/stockmesh.ledger.v1.LedgerService/GetPortfolio?_=1 is called with POST (a JSON "
+                                f"body, gRPC or gRPC-Web), not {method}")
+    assert reply["details"][0]["reason"] == "METHOD_NOT_ALLOWED"
+    # An internal service's path is still no public method, whatever the HTTP method.
+    req = urllib.request.Request(f"http://{mesh.endpoint}/stockmesh.ledger.v1.HoldService/GetHold",
+                                 headers={"authorization": f"Bearer {mesh.token(account)}"}, method=method)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=15)
+    assert err.value.code == 404
