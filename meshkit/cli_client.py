@@ -243,7 +243,8 @@ def register(main: click.Group) -> None:
     """Add the customer commands to the `stockmesh` group."""
 
     def cash_command(method: str, doc: str) -> None:
-        @main.command(method.lower(), help=doc)
+        # "-5" is an amount to refuse for its sign, not an unknown option.
+        @main.command(method.lower(), help=doc, context_settings={"ignore_unknown_options": True})
         @click.argument("amount")
         @click.option("--key", "idempotency_key", default=None,
                       help="Idempotency key: the same key again changes nothing (default: a new one).")
@@ -251,10 +252,14 @@ def register(main: click.Group) -> None:
         def command(amount: str, idempotency_key: str | None, **where) -> None:
             from stockmesh.ledger.v1 import ledger_service_pb2 as pb, ledger_service_pb2_grpc
 
+            from meshkit.money import fmt_cents
+
             key = idempotency_key or uuid.uuid4().hex
-            request = getattr(pb, f"{method}Request")(amount=_decimal(amount, "AMOUNT"), idempotency_key=key)
+            if Decimal(_decimal(amount, "AMOUNT")) <= 0:
+                raise click.BadParameter(f"{amount!r} must be positive", param_hint="AMOUNT")
+            request = getattr(pb, f"{method}Request")(amount=amount, idempotency_key=key)
             cash = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, method, request).cash
-            click.echo(f"{method.lower()} {amount} done (key {key})")
+            click.echo(f"{method.lower()} of {fmt_cents(Decimal(amount))} done (key {key})")
             click.echo(f"cash: total {cash.total}  available {cash.available}  held {cash.held}")
 
     cash_command("Deposit", "Deposit AMOUNT of cash into the account: stockmesh deposit 1000.00")
@@ -296,7 +301,8 @@ def register(main: click.Group) -> None:
     @client_options
     def cancel(order_id: str, **where) -> None:
         """Ask to cancel ORDER_ID; it turns CANCELLED when the engine confirms (see `watch orders`).
-        An order that has already ended is left as it is (and said so)."""
+        An order already cancelled is left as it is (said so; exit 0); one that ended otherwise
+        (filled, expired, rejected) cannot be cancelled (FAILED_PRECONDITION; exit 1)."""
         from stockmesh.common.v1 import common_pb2 as c
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 

@@ -42,8 +42,8 @@ async def test_a_customer_trades_from_the_command_line(mesh: MeshProcess) -> Non
     tag = uuid.uuid4().hex[:6]
     buyer, seller = f"cli-buy-{tag}", f"cli-sell-{tag}"
 
-    first = ok(cli(mesh, "deposit", "10000.00", "--key", "k1", account=buyer))
-    assert "cash: total 10000.00  available 10000.00  held 0" in first, first
+    first = ok(cli(mesh, "deposit", "10000", "--key", "k1", account=buyer))
+    assert "deposit of 10000.00 done (key k1)\ncash: total 10000.00  available 10000.00  held 0" in first, first
     again = ok(cli(mesh, "deposit", "10000.00", "--key", "k1", account=buyer))  # the same key: nothing new
     assert "total 10000.00" in again, again
     await transfer_in_shares(mesh.database_url, seller, SYMBOL, 20, PRICE)

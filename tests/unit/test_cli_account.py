@@ -64,3 +64,12 @@ def test_a_token_whose_subject_is_no_account_id_names_no_account_and_says_why():
         assert words in refused.value.message
     bind_call([("x-jwt-payload", payload({"sub": "alice"}))])
     assert current_account() == "alice"
+
+
+@pytest.mark.parametrize("command", ["deposit", "withdraw"])
+@pytest.mark.parametrize("amount", ["-5", "-0.01", "0", "0.00"])
+def test_an_amount_not_above_zero_is_a_usage_error_that_says_so(tmp_path, command, amount):
+    """Not click's "No such option '-5'" (acceptance round 10), and nothing is sent."""
+    done = CliRunner().invoke(main, [command, amount, "--account", "alice", "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert f"Invalid value for AMOUNT: '{amount}' must be positive" in done.output
