@@ -10,7 +10,7 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
 from meshkit.status import error_info
-from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, RejectReason
+from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
@@ -45,7 +45,7 @@ class GrpcHolds:
         return self._batcher.batches
 
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal, client_key: str = "") -> RejectReason | None:
+                    amount: Decimal, client_key: str = "") -> Refusal | None:
         """None when the hold is in place (now or by an earlier call with this id); the
         reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
         has been captured or released since; HoldTaken when an earlier call placed another
@@ -63,7 +63,7 @@ class GrpcHolds:
             return None
         error = result.error
         if error.code == "FAILED_PRECONDITION" and error.reason in _REFUSALS:
-            return _REFUSALS[error.reason]
+            return Refusal(_REFUSALS[error.reason], error.message)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_HOLD_ID":
             raise HoldTaken(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
@@ -134,7 +134,7 @@ class GrpcHolds:
                 raise Unavailable(f"ledger could not release hold {hold_id}: {exc.code().name}") from exc
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
-                       unit: Decimal, reserve: Decimal) -> RejectReason | None:
+                       unit: Decimal, reserve: Decimal) -> Refusal | None:
         """Prepare moving `from_hold_id` to `to_hold_id` (reserving `reserve` more now). None
         when the transfer is recorded (now or by an earlier call with this id); the reason when
         the ledger refuses it. Transport trouble raises Unavailable."""
@@ -147,9 +147,11 @@ class GrpcHolds:
         except grpc.aio.AioRpcError as exc:
             info, _ = error_info(exc)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason in _TRANSFER_REFUSALS:
-                return _TRANSFER_REFUSALS[info.reason]
+                # A resolved hold's words are the ledger's own business; a shortfall's are the customer's.
+                return Refusal(_TRANSFER_REFUSALS[info.reason], exc.details() if info.reason in _REFUSALS else "")
+            log.warning("TransferHold failed", extra={"code": exc.code().name, "error": exc.details()})
             raise Unavailable(f"ledger could not transfer hold {from_hold_id} to {to_hold_id}: "
-                              f"{exc.code().name} {exc.details()}") from exc
+                              f"{exc.code().name}; retry shortly") from exc
 
     async def cancel_transfer(self, to_hold_id: str) -> None:
         try:

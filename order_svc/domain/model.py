@@ -142,6 +142,15 @@ class PlacementUndone(FailedPrecondition):
     default_reason = "PLACEMENT_UNDONE"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The ledger refused a hold (or its transfer): why, and in the ledger's words when it gave
+    any ("available cash 100.00 is less than 187.2500", and the proceeds not yet settled),
+    which the order's reject_message carries; empty: the reason's own words."""
+    reason: RejectReason
+    message: str = ""
+
+
 class HoldResolved(Exception):
     """The ledger resolved (captured or released) the hold asked for under this id before."""
 

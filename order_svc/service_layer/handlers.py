@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 
 from meshkit import bus, calendar, failpoints
 from meshkit.errors import Unavailable
+from meshkit.money import fmt_price
 from meshkit.prototime import set_time
 from meshkit.ratelimit import Limit, RateLimiter
 from meshkit.symbols import listed
@@ -46,7 +47,7 @@ log = logging.getLogger("order_svc.saga")
 
 class Holds(Protocol):
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal, client_key: str = "") -> RejectReason | None: ...
+                    amount: Decimal, client_key: str = "") -> model.Refusal | None: ...
 
     async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None: ...
 
@@ -59,7 +60,7 @@ class Holds(Protocol):
     async def mark_checked(self, hold_ids: list[str]) -> None: ...
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
-                       unit: Decimal, reserve: Decimal) -> RejectReason | None: ...
+                       unit: Decimal, reserve: Decimal) -> model.Refusal | None: ...
 
     async def cancel_transfer(self, to_hold_id: str) -> None: ...
 
@@ -108,6 +109,11 @@ REJECT_MESSAGES = {
 _SHORT = (RejectReason.INSUFFICIENT_FUNDS, RejectReason.INSUFFICIENT_SHARES)
 
 
+def _reject(o: Order, refused: model.Refusal) -> None:
+    """The ledger refused the order's hold: REJECTED, in the ledger's words when it gave any."""
+    o.reject(refused.reason, refused.message or REJECT_MESSAGES[refused.reason])
+
+
 async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[Touch | None, RejectReason | None, str]:
     """Session, halt and price band: the checks every new order (placed or replacing) passes."""
     if (closed := calendar.why_closed(at)) is not None:
@@ -120,7 +126,8 @@ async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[T
     for name, price in (("limit", req.limit_price), ("stop", req.stop_price)):
         if price is not None and model.outside_band(price, reference, deps.price_band):
             return None, RejectReason.PRICE_OUT_OF_COLLAR, (
-                f"{name} price {price} is more than {deps.price_band * 100:.0f}% from the reference price {reference}")
+                f"{name} price {fmt_price(price)} is more than {deps.price_band * 100:.0f}% from the reference price "
+                f"{fmt_price(reference)}")  # written as the order's prices are
     return touch, None, ""
 
 
@@ -152,7 +159,8 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
             refused = await _place_hold(order, deps)
             # The customer may be ahead of the ledger (an order just shown FILLED or CANCELLED,
             # its shares or cash not applied there yet): the refusal stands once they are.
-            if refused in _SHORT and await deps.holds.await_executions(order.account_id):
+            if refused is not None and refused.reason in _SHORT and await deps.holds.await_executions(
+                    order.account_id):
                 refused = await _place_hold(order, deps)
         except model.HoldResolved:  # placed by an earlier attempt, and resolved since
             return await _placed_before(order, mine, None, False, deps)
@@ -160,7 +168,7 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
             return await _placed_before(order, mine, None, False, deps, key_holder=taken.order_id)
         failpoints.hit("place.after_hold")
         if refused is not None:
-            order.reject(refused, REJECT_MESSAGES[refused])
+            _reject(order, refused)
         else:
             order.transition(Status.NEW)
             outbox = (order_subject(deps.namespace, order), str(order.order_id),
@@ -177,7 +185,7 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
     return stored
 
 
-async def _place_hold(order: Order, deps: Deps) -> RejectReason | None:
+async def _place_hold(order: Order, deps: Deps) -> model.Refusal | None:
     """Place a new order's hold. An earlier attempt of this placement (the same id, so the same
     request) that died before recording its order may have placed it with another amount: a
     market buy's hold follows the ask of its moment. That hold is then the order's, adopted
@@ -261,7 +269,7 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     decided = replace(o)
     outbox = None
     if refused is not None:
-        decided.reject(refused, REJECT_MESSAGES[refused])
+        _reject(decided, refused)
     else:
         decided.transition(Status.NEW)
         outbox = (order_subject(deps.namespace, decided), str(order_id), new_order_command(decided).SerializeToString())
@@ -471,7 +479,7 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
         sent = await uow.orders.has_outbox(replace_msg_id(o))
         if o.status is Status.PENDING_NEW and not sent:
             if refused is not None:
-                o.reject(refused, REJECT_MESSAGES[refused])
+                _reject(o, refused)
                 await uow.orders.save_transition(o, Status.PENDING_NEW, now())
             else:
                 await uow.orders.add_outbox(order_subject(deps.namespace, o), replace_msg_id(o),

@@ -472,7 +472,9 @@ async def test_concurrent_placements_share_place_holds_calls_and_never_overspend
     answers = await asyncio.gather(*(holds.place(f"{acct}-{i}", acct, f"o-{i}", "USD", D("12.345"))
                                      for i in range(200)))
     assert answers.count(None) == 10
-    assert answers.count(RejectReason.INSUFFICIENT_FUNDS) == 190
+    assert [a.reason for a in answers if a is not None] == [RejectReason.INSUFFICIENT_FUNDS] * 190
+    # In the ledger's words, which the order's reject_message carries.
+    assert {a.message for a in answers if a is not None} == {"available cash 0.00 is less than 12.345"}
     assert holds.calls < 200  # the holds of concurrent placements went together
     assert await balance(uow, acct, "USD") == (D("123.45"), D("123.45"), D(0))
     again = await asyncio.gather(*(holds.place(f"{acct}-{i}", acct, f"o-{i}", "USD", D("12.345"))

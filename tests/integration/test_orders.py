@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -65,6 +66,9 @@ async def test_1000_concurrent_buys_funded_for_10(order_deps, checked_pool):
     rejected = [o for o in orders if o.status is Status.REJECTED]
     assert len(accepted) == 10 and len(rejected) == 990
     assert {o.reject_reason for o in rejected} == {RejectReason.INSUFFICIENT_FUNDS}
+    # What was short, in the ledger's words (acceptance round 10: "available cash does not cover
+    # the order" said neither what was needed nor what was available).
+    assert {o.reject_message for o in rejected} == {"available cash 0.00 is less than 1872.50"}
     c = await cash(checked_pool, a)
     assert c.held == Decimal("18725.00") and c.available == 0 and c.total == Decimal("18725.00")
 
@@ -185,8 +189,11 @@ async def test_market_orders_need_a_quote_and_hold_with_the_collar(order_deps, c
 async def test_business_rejections_are_recorded_orders(order_deps, checked_pool, monkeypatch):
     a = acct()
     await deposit(checked_pool, a, "100000")
-    far = await handlers.place_order(limit_buy(a, "far", price="300.00"), order_deps)
+    far = await handlers.place_order(limit_buy(a, "far", price="300"), order_deps)
     assert (far.status, far.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
+    # Prices written as the order's are (acceptance round 10: "limit price 300" beside "300.00").
+    assert re.fullmatch(r"limit price 300\.00 is more than 20% from the reference price \d+\.\d\d",
+                        far.reject_message), far.reject_message
     async with checked_pool.acquire() as conn:
         await conn.execute("INSERT INTO orders.halts (symbol, reason) VALUES ('XOM', 'test') ON CONFLICT DO NOTHING")
     try:
