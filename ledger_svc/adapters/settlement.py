@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
 
 
@@ -148,6 +149,16 @@ class SettlementRepository:
                    SELECT 1 FROM ledger.executions e
                     WHERE e.order_id = h.order_id AND e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED', 'REPLACED'))
             """)
+
+    async def clearing_and_owed(self) -> tuple[Decimal, Decimal]:
+        """Clearing's cash and the sale proceeds not yet settled, in one snapshot: every cent in
+        clearing came from a buyer's fill and is owed to its seller until settled, so the two
+        are equal."""
+        row = await self.conn.fetchrow(
+            f"""SELECT coalesce((SELECT sum(p.amount) FROM ledger.postings p JOIN ledger.books k USING (book_id)
+                                  WHERE k.owner = '{CLEARING}' AND k.asset = '{CASH}'), 0) AS clearing,
+                       coalesce((SELECT sum(amount) FROM ledger.unsettled WHERE settled_at IS NULL), 0) AS owed""")
+        return row["clearing"], row["owed"]
 
     async def unbalanced_assets(self) -> list[asyncpg.Record]:
         return await self.conn.fetch(

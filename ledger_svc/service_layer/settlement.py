@@ -14,7 +14,7 @@ from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
-from meshkit.money import fmt_at_tick
+from meshkit.money import fmt_at_tick, fmt_cents
 from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
@@ -157,4 +157,9 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
               for r in await s.pending_holds_of_ended_orders()]
         d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
               for r in await s.unbalanced_assets()]
+        clearing, owed = await s.clearing_and_owed()
+        if clearing != owed:
+            d.append(Discrepancy("CLEARING_UNBALANCED", model.CLEARING,
+                                 f"holds {fmt_cents(clearing)} of cash and owes {fmt_cents(owed)} of unsettled "
+                                 "proceeds: they should be equal"))
     return report

@@ -23,6 +23,7 @@ from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import settlement_service_pb2 as spb
 from stockmesh.matching.v1 import matching_pb2
 from tests.support import invariants
+from tests.support.funding import funded_ledger
 from tests.support.wait import eventually, executions_drained
 
 pytestmark = pytest.mark.integration
@@ -178,3 +179,33 @@ async def _acked(js, stream: str, durable: str, seq: int) -> bool:
     info = await js.consumer_info(stream, durable)
     return info.ack_floor.stream_seq >= seq and not info.num_ack_pending
 
+
+
+async def test_clearing_holds_exactly_the_unsettled_proceeds_and_the_report_says_when_not(pg_server_url):
+    """Every cent in $clearing came from a buyer's fill and is owed to its seller until it
+    settles: the reconciliation compares the two (acceptance round 10: $clearing was drawn to
+    -999,900.00 and settlement still reported no discrepancy)."""
+
+    async with funded_ledger(pg_server_url) as uow:
+        buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+        await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("100.00")), uow)
+        await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(10)), uow)
+        ex = matching_pb2.Execution(
+            execution_id="AAPL:clearing:1", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL, order_id=buy,
+            account_id="buyer", side=common_pb2.SIDE_BUY, counter_order_id=sell, counter_account_id="seller",
+            price="9.99", quantity=10, leaves_quantity=0, counter_leaves_quantity=0)
+        ex.time.FromDatetime(datetime.combine(D1, time(11, 30), tzinfo=calendar.NEW_YORK))
+        assert await settlement.apply_execution(executions.from_proto(ex), uow)
+
+        def clearing(report) -> list[str]:
+            return [d.detail for d in report.discrepancies if d.kind == "CLEARING_UNBALANCED"]
+        # Before and after the day settles: 99.90 in clearing, owed to the seller; then none.
+        assert clearing(await settlement.reconcile(D1, uow, None, settlement.SettlementReport(D1))) == []
+        settled = await settle_and_reconcile(D1, uow, None, "x", catch_up=0)
+        assert (settled.fills_settled, settled.discrepancies) == (1, [])
+        # A cent into clearing from anywhere else than a fill (here a capture without one).
+        stray = str(uuid.uuid4())
+        await ledger.place_hold(commands.PlaceHold(stray, "buyer", stray, "USD", Decimal("5.00")), uow)
+        await ledger.capture_hold(commands.CaptureHold(stray, f"{stray}:c", Decimal("5.00")), uow)
+        again = await settlement.reconcile(D1, uow, None, settlement.SettlementReport(D1))
+        assert clearing(again) == ["holds 5.00 of cash and owes 0.00 of unsettled proceeds: they should be equal"]

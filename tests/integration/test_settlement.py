@@ -19,6 +19,7 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar
 from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
+from tests.support.funding import funded_ledger
 from tests.support.wait import executions_drained
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
@@ -160,42 +161,32 @@ async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
 async def test_reconciliation_names_a_fill_whose_captures_are_missing(pg_server_url):
     """FILL_CAPTURES: each fill's two captures are looked up by their key (the side's hold and
     the fill's id), so a day of many fills reconciles in time; a fill with none is named."""
-    import asyncpg
-
     from meshkit.executions import FILL, Execution
-    from tests.conftest import fresh_database
 
     day = datetime(2026, 11, 4).date()
-    async with fresh_database(pg_server_url) as url:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
-        uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
-        try:
-            await ledger.deposit(commands.Deposit("buyer", Decimal("1000.00"), "fund"), uow)
-            await ledger.credit_shares(commands.CreditShares("seller", "AAPL", Decimal(10), "seed"), uow)
-            fills = []
-            for n, taker in enumerate(("BUY", "SELL")):  # the buyer is the taker, then the maker
-                buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
-                await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("50.00")), uow)
-                await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(5)), uow)
-                (order, account), (counter, counter_account) = (((buy, "buyer"), (sell, "seller")) if taker == "BUY"
-                                                                else ((sell, "seller"), (buy, "buyer")))
-                fill = Execution(f"AAPL:1:{n}", "AAPL", FILL, order, account, side=taker, counter_order_id=counter,
-                                 counter_account_id=counter_account, price=Decimal("10.00"), quantity=5,
-                                 executed_at=datetime(2026, 11, 4, 16, tzinfo=timezone.utc), trade_date=day)
-                assert await settlement.apply_execution(fill, uow)
-                fills.append(fill)
-            # A fill recorded as applied whose captures never happened (a ledger put wrong by hand).
-            ghost = Execution("AAPL:2:0", "AAPL", FILL, "no-buy", "buyer", side="BUY", counter_order_id="no-sell",
-                              counter_account_id="seller", price=Decimal("10.00"), quantity=1,
-                              executed_at=fills[0].executed_at, trade_date=day)
-            async with uow() as u:
-                assert await u.settlement.claim_execution(ghost)
-                await u.commit()
-            report = await settlement.reconcile(day, uow, None, settlement.SettlementReport(day))
-            captures = [(d.reference, d.detail) for d in report.discrepancies if d.kind == "FILL_CAPTURES"]
-            assert captures == [("AAPL:2:0", "0 captures, expected 2")]
-        finally:
-            await pool.close()
+    async with funded_ledger(pg_server_url) as uow:
+        fills = []
+        for n, taker in enumerate(("BUY", "SELL")):  # the buyer is the taker, then the maker
+            buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+            await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("50.00")), uow)
+            await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(5)), uow)
+            (order, account), (counter, counter_account) = (((buy, "buyer"), (sell, "seller")) if taker == "BUY"
+                                                            else ((sell, "seller"), (buy, "buyer")))
+            fill = Execution(f"AAPL:1:{n}", "AAPL", FILL, order, account, side=taker, counter_order_id=counter,
+                             counter_account_id=counter_account, price=Decimal("10.00"), quantity=5,
+                             executed_at=datetime(2026, 11, 4, 16, tzinfo=timezone.utc), trade_date=day)
+            assert await settlement.apply_execution(fill, uow)
+            fills.append(fill)
+        # A fill recorded as applied whose captures never happened (a ledger put wrong by hand).
+        ghost = Execution("AAPL:2:0", "AAPL", FILL, "no-buy", "buyer", side="BUY", counter_order_id="no-sell",
+                          counter_account_id="seller", price=Decimal("10.00"), quantity=1,
+                          executed_at=fills[0].executed_at, trade_date=day)
+        async with uow() as u:
+            assert await u.settlement.claim_execution(ghost)
+            await u.commit()
+        report = await settlement.reconcile(day, uow, None, settlement.SettlementReport(day))
+        captures = [(d.reference, d.detail) for d in report.discrepancies if d.kind == "FILL_CAPTURES"]
+        assert captures == [("AAPL:2:0", "0 captures, expected 2")]
 
 
 class NoWakeups:
