@@ -12,7 +12,7 @@ import contextvars
 import functools
 import json
 
-from meshkit import logs
+from meshkit import logs, validate
 from meshkit.errors import Unauthenticated
 
 PAYLOAD_HEADER = "x-jwt-payload"
@@ -53,17 +53,9 @@ def account_from_payload(raw: str | None) -> tuple[str | None, str]:
 def account_problem(account: str) -> str | None:
     """Why `account` cannot be an account id (a token's subject), or None when it can: the one
     rule of the services and of the tools that mint tokens."""
-    if not account:
-        return "must not be empty"
     if account.startswith(SYSTEM_PREFIX):
         return f"must not begin with {SYSTEM_PREFIX!r} (the brokerage's own books are named so)"
-    if len(account) > MAX_ACCOUNT:
-        return f"must be at most {MAX_ACCOUNT} characters"
-    if account != account.strip():
-        return "must not begin or end with white space" if account.strip() else "must not be blank"
-    if not account.isprintable():
-        return "must not contain control characters"
-    return None
+    return validate.text_problem(account, MAX_ACCOUNT)
 
 
 def current_account() -> str:

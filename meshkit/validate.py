@@ -1,19 +1,32 @@
 """Field checks shared by every service's request parsing."""
 from __future__ import annotations
 
-import re
-
 from meshkit.errors import Violations
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
+KEY_LENGTH = 64  # characters of an idempotency key or a client order id
+
+
+def text_problem(text: str, maximum: int) -> str | None:
+    """Why `text` cannot be an id a client chose (a client order id, an idempotency key, an
+    account), or None when it can: 1 to `maximum` characters of any script, spaces inside
+    allowed, no control characters and no white space around it."""
+    if not text:
+        return "must not be empty"
+    if len(text) > maximum:
+        return f"must be at most {maximum} characters"
+    if text != text.strip():
+        return "must not begin or end with white space" if text.strip() else "must not be blank"
+    if not text.isprintable():
+        return "must not contain control characters"
+    return None
 
 
 def key(text: str, field: str, v: Violations) -> str:
-    """An idempotency key / client order id: 1-64 printable ASCII characters."""
+    """An idempotency key / client order id (the contract: "1-64 chars"): text_problem's rule."""
     if not text:
-        v.add(field, "is required (1-64 printable ASCII characters)")
-    elif not _KEY.match(text):
-        v.add(field, "must be 1-64 printable ASCII characters without spaces")
+        v.add(field, f"is required (1-{KEY_LENGTH} characters)")
+    elif (problem := text_problem(text, KEY_LENGTH)) is not None:
+        v.add(field, problem)
     return text
 
 

@@ -123,10 +123,12 @@ async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[T
     if touch.halted or await deps.halts.is_halted(req.symbol):
         return None, RejectReason.SYMBOL_HALTED, REJECT_MESSAGES[RejectReason.SYMBOL_HALTED]
     reference = touch.last or listed()[req.symbol].reference_price
+    # The band is around the last trade; before any, around the symbol's listed reference price.
+    around = "the last trade" if touch.last else "the reference price (no trade yet)"
     for name, price in (("limit", req.limit_price), ("stop", req.stop_price)):
         if price is not None and model.outside_band(price, reference, deps.price_band):
             return None, RejectReason.PRICE_OUT_OF_COLLAR, (
-                f"{name} price {fmt_price(price)} is more than {deps.price_band * 100:.0f}% from the reference price "
+                f"{name} price {fmt_price(price)} is more than {deps.price_band * 100:.0f}% from {around} "
                 f"{fmt_price(reference)}")  # written as the order's prices are
     return touch, None, ""
 

@@ -77,14 +77,19 @@ def test_wire_format_never_uses_exponents():
     assert fmt(Decimal("0.0001")) == "0.0001"
 
 
-def test_keys():
-    v = Violations()
-    validate.key("order-1", "client_order_id", v)
-    assert not v.items
-    for bad in ["", "a b", "x" * 65, "é"]:
+def test_keys_are_1_to_64_characters_of_any_script_without_control_characters():
+    """The contract says "1-64 chars": spaces inside and other scripts than ASCII are ids too
+    (acceptance round 11 found "order 1" and "ordre-é" refused)."""
+    for good in ["order-1", "order 1", "ordre-é", "注文-7", "x" * 64]:
+        v = Violations()
+        validate.key(good, "client_order_id", v)
+        assert not v.items, good
+    for bad, problem in [("", "is required (1-64 characters)"), ("x" * 65, "must be at most 64 characters"),
+                         (" a", "must not begin or end with white space"), ("   ", "must not be blank"),
+                         ("a\tb", "must not contain control characters"), ("a\x00", "must not contain control characters")]:
         v = Violations()
         validate.key(bad, "client_order_id", v)
-        assert v.items
+        assert [(x.field, x.description) for x in v.items] == [("client_order_id", problem)], bad
 
 
 def test_invalid_argument_maps_to_status_with_error_info_and_field_violations():
