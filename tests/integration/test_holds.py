@@ -389,7 +389,7 @@ async def test_a_client_key_is_carried_by_one_hold_of_the_account_ever(channel, 
         req(h1, a, "30", "coid-1"),     # a retry: the same hold
         req(h2, a, "10", "coid-1"),     # another hold under a's coid-1: refused, nothing held
         req(h3, b, "10", "coid-1"),     # b's own coid-1: placed
-        req(hid(), a, "5", "x y"),      # not a key: INVALID_ARGUMENT
+        req(hid(), a, "5", "x\ty"),     # not a key (a control character): INVALID_ARGUMENT
     ]))
     assert [_answer(r) for r in reply.results] == [
         ("hold", h1, "30.00"), ("hold", h1, "30.00"), ("error", "ALREADY_EXISTS", "DUPLICATE_CLIENT_KEY"),
