@@ -1,6 +1,7 @@
 """The one place where domain errors become gRPC statuses (google.rpc.Status + ErrorInfo)."""
 from __future__ import annotations
 
+import logging
 import math
 
 import grpc
@@ -8,7 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from meshkit.errors import DomainError, InvalidArgument
+from meshkit.errors import DomainError, InvalidArgument, Unavailable
 
 DOMAIN = "stockmesh.dev"
 
@@ -33,6 +34,14 @@ def to_rpc_status(err: DomainError) -> status_pb2.Status:
         delay.FromMilliseconds(max(1, int(retry_after * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
+
+
+def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:
+    """A call to another service that failed in transport (down, restarting, slow) as the
+    caller's UNAVAILABLE, "retry shortly": `what` failed, with its code. The details (they name
+    internal addresses and connections) go to the log at WARNING, not to the client."""
+    log.warning(f"{what}: the call failed", extra={"code": exc.code().name, "error": exc.details()})
+    return Unavailable(f"{what}: {exc.code().name}; retry shortly")
 
 
 def retry_after(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:

@@ -9,7 +9,7 @@ import grpc
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
-from meshkit.status import error_info
+from meshkit.status import error_info, upstream_unavailable
 from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
@@ -94,10 +94,8 @@ class GrpcHolds:
         try:
             reply = await self.stub.PlaceHolds(pb.PlaceHoldsRequest(holds=batch), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            # The details name addresses and connections, for the log; the client hears the code.
-            log.warning("PlaceHolds failed", extra={"code": exc.code().name, "error": exc.details()})
-            raise Unavailable(f"ledger could not place holds: {exc.code().name}; retry shortly with the same "
-                              "client_order_id") from exc
+            raise upstream_unavailable(exc, "the ledger could not place the order's hold (retrying with the same "
+                                            "client_order_id is safe)", log) from exc
         return list(reply.results)
 
     async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]:
@@ -149,9 +147,8 @@ class GrpcHolds:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason in _TRANSFER_REFUSALS:
                 # A resolved hold's words are the ledger's own business; a shortfall's are the customer's.
                 return Refusal(_TRANSFER_REFUSALS[info.reason], exc.details() if info.reason in _REFUSALS else "")
-            log.warning("TransferHold failed", extra={"code": exc.code().name, "error": exc.details()})
-            raise Unavailable(f"ledger could not transfer hold {from_hold_id} to {to_hold_id}: "
-                              f"{exc.code().name}; retry shortly") from exc
+            raise upstream_unavailable(exc, f"the ledger could not transfer hold {from_hold_id} to {to_hold_id}",
+                                       log) from exc
 
     async def cancel_transfer(self, to_hold_id: str) -> None:
         try:

@@ -1,0 +1,39 @@
+"""The ledger's call to order_svc for a portfolio's open orders, when order_svc fails."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ledger_svc.adapters.orders import GrpcOpenOrders
+from meshkit.errors import Unavailable
+from stockmesh.order.v1 import order_service_pb2_grpc
+
+
+async def test_order_svc_not_answering_is_unavailable_not_internal() -> None:
+    """Killed or restarting, order_svc made GetPortfolio INTERNAL for everyone holding anything
+    (acceptance round 11: 27 calls in a row, until it was back); UNAVAILABLE is what a client
+    retries, and the transport's details (an internal address) stay in the log."""
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
+        with pytest.raises(Unavailable) as err:
+            await GrpcOpenOrders(channel, timeout=2).open_orders()
+    assert err.value.message == ("the portfolio's open orders could not be read from order_svc: UNAVAILABLE; "
+                                 "retry shortly")
+
+
+class Broken(order_service_pb2_grpc.OrderServiceServicer):
+    async def ListOrders(self, request, context):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a bug in the request")
+
+
+async def test_order_svc_refusing_the_request_stays_an_error_of_ours() -> None:
+    server = grpc.aio.server()
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(Broken(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await GrpcOpenOrders(channel, timeout=5).open_orders()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # INTERNAL to the client: not retried
+    finally:
+        await server.stop(None)
