@@ -66,3 +66,60 @@ async def test_stopping_the_mesh_ends_streams_with_shutting_down():
         assert info is not None and info.reason == "SHUTTING_DOWN", (name, exc)
     updates_info, _ = error_info(ended["updates"])
     assert "afterSequence" in updates_info.metadata
+
+
+async def test_calls_racing_a_stopping_service_are_answered_or_unavailable_never_cancelled():
+    """A service stopping (SIGTERM: a restart, a rolling deploy) while calls arrive: gRPC itself
+    answered CANCELLED to the calls that reached it as it began to stop (acceptance round 11:
+    a Deposit; ~3 per SIGTERM here), which clients do not retry. Envoy sends those again; the
+    client sees its answer or UNAVAILABLE, and a deposit retried with its key until answered
+    is applied once (the balance is the number of keys)."""
+    import os
+    import uuid
+
+    mesh = start_or_fail(MeshProcess(db_prefix="stockmesh_e2e_race", namespace_prefix="e2erace",
+                                     extra_args=["--no-simulator"]))
+    codes: dict[str, int] = {}
+    try:
+        stop = asyncio.Event()
+        keys: list[str] = []
+
+        async def depositor(n: int) -> None:
+            async with mesh.channel() as ch:
+                stub, md = ledger_service_pb2_grpc.LedgerServiceStub(ch), mesh.auth(f"racer-{n}")
+                while not stop.is_set():
+                    key = uuid.uuid4().hex
+                    while True:  # as a client does: the same key until it is answered
+                        try:
+                            await stub.Deposit(lpb.DepositRequest(amount="1.00", idempotency_key=key), metadata=md,
+                                               timeout=10)
+                            codes["OK"] = codes.get("OK", 0) + 1
+                            keys.append(f"{n}")
+                            break
+                        except grpc.aio.AioRpcError as exc:
+                            codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+                            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                                break
+                            await asyncio.sleep(0.05)
+
+        workers = [asyncio.create_task(depositor(n)) for n in range(10)]
+        for _ in range(3):
+            await asyncio.sleep(4)
+            served = codes.get("OK", 0)
+            for _ in range(50):  # the restarted one, once mesh.json names it
+                try:
+                    os.kill(mesh.state()["pids"]["ledger_svc"], signal.SIGTERM)
+                    break
+                except (KeyError, ProcessLookupError):
+                    await asyncio.sleep(0.2)
+            assert await eventually(lambda: codes.get("OK", 0) > served + 20, timeout=60), (codes, mesh.diagnostics())
+        stop.set()
+        await asyncio.gather(*workers)
+        assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+        async with mesh.channel() as ch:
+            for n in range(10):
+                cash = (await ledger_service_pb2_grpc.LedgerServiceStub(ch).GetPortfolio(
+                    lpb.GetPortfolioRequest(), metadata=mesh.auth(f"racer-{n}"), timeout=30)).portfolio.cash
+                assert cash.total == f"{keys.count(str(n))}.00", (n, cash)
+    finally:
+        mesh.stop()
