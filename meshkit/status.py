@@ -36,6 +36,12 @@ def to_rpc_status(err: DomainError) -> status_pb2.Status:
     return status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message, details=details)
 
 
+# The codes of a call to another service that go away by themselves: the caller asks again.
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+TRANSIENT_NAMES = frozenset(c.name for c in TRANSIENT)
+
+
 def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:
     """A call to another service that failed in transport (down, restarting, slow) as the
     caller's UNAVAILABLE, "retry shortly": `what` failed, with its code. The details (they name

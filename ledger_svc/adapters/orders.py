@@ -6,7 +6,7 @@ import logging
 import grpc
 
 from meshkit.auth import on_behalf_of_caller
-from meshkit.status import upstream_unavailable
+from meshkit.status import TRANSIENT, upstream_unavailable
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
@@ -26,8 +26,7 @@ class GrpcOpenOrders:
             reply = await self.stub.ListOrders(order_service_pb2.ListOrdersRequest(statuses=OPEN, page_size=500),
                                                metadata=on_behalf_of_caller(), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
+            if exc.code() not in TRANSIENT:
                 raise  # order_svc answered something else: a bug, INTERNAL
             raise upstream_unavailable(exc, "the portfolio's open orders could not be read from order_svc", log) \
                 from exc

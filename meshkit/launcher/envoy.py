@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from meshkit.auth import MAX_TOKEN_SECONDS
 from meshkit.launcher.infra import scripts_dir
-from meshkit.launcher.keys import AUDIENCE, ISSUER, MAX_TTL_SECONDS
+from meshkit.launcher.keys import AUDIENCE, ISSUER
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
@@ -246,7 +247,7 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         # identity provider's issuer and audience.
         "JWT_ISSUER": json.dumps(issuer),
         "JWT_AUDIENCE": json.dumps(audience),
-        "JWT_MAX_LIFETIME": f"{MAX_TTL_SECONDS}s",
+        "JWT_MAX_LIFETIME": f"{MAX_TOKEN_SECONDS}s",
         # Paths under /<public service>/ (a regex of them all is beyond RE2's program size limit).
         "PUBLIC_PATH_FILTERS": "\n".join(
             f'                      - header_filter: {{ header: {{ name: ":path", string_match: {{ prefix: '

@@ -32,7 +32,6 @@ ISSUER = "stockmesh-dev"
 AUDIENCE = "stockmesh"
 ALGORITHM = "ES256"
 DEFAULT_TTL_SECONDS = 86_400
-MAX_TTL_SECONDS = auth.MAX_TOKEN_SECONDS
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ import grpc
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
-from meshkit.status import error_info, upstream_unavailable
+from meshkit.status import TRANSIENT_NAMES, error_info, upstream_unavailable
 from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
-# A hold result's errors that go away by themselves: the client asks again.
-_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "CANCELLED"})
 _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
 # A transfer from a hold that already resolved: the old order ended in the ledger's view.
@@ -68,7 +66,7 @@ class GrpcHolds:
             raise HoldTaken(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""))
-        if error.code in _TRANSIENT:
+        if error.code in TRANSIENT_NAMES:
             raise Unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
                               "the same client_order_id")
         # The ledger found the request itself wrong: a bug here, not a state to wait out.
