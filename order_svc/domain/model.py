@@ -408,15 +408,27 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
     v = Violations()
     needs_limit = q.type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
     needs_stop = q.type in (OrderType.STOP, OrderType.STOP_LIMIT)
+    if stop_no_longer_applies(old):
+        # A triggered STOP_LIMIT is a limit order in the book: a stop price given with its
+        # replace (the client may not have seen the trigger yet) is ignored, as the engine
+        # ignores it; the replacement keeps the stop that triggered it.
+        needs_stop, stop_price = False, None
     for name, price, needed in (("limit_price", limit_price, needs_limit), ("stop_price", stop_price, needs_stop)):
         if needed and price is None:
             v.add(name, f"is required to replace a {q.type.value} order")
         elif not needed and price is not None:
             v.add(name, f"must be empty for a {q.type.value} order")
     v.raise_if_any()
+    if stop_no_longer_applies(old):
+        stop_price = q.stop_price
     return OrderRequest(account_id=q.account_id, client_order_id=client_order_id, symbol=q.symbol, side=q.side,
                         type=q.type, quantity=quantity, limit_price=limit_price, stop_price=stop_price,
                         time_in_force=q.time_in_force)
+
+
+def stop_no_longer_applies(o: Order) -> bool:
+    """A STOP_LIMIT the engine triggered works as a limit order: its stop price is history."""
+    return o.request.type is OrderType.STOP_LIMIT and o.triggered_at is not None
 
 
 def check_replaceable(old: Order, quantity: int) -> None:

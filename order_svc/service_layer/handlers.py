@@ -114,8 +114,10 @@ def _reject(o: Order, refused: model.Refusal) -> None:
     o.reject(refused.reason, refused.message or REJECT_MESSAGES[refused.reason])
 
 
-async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[Touch | None, RejectReason | None, str]:
-    """Session, halt and price band: the checks every new order (placed or replacing) passes."""
+async def _market_checks(req: OrderRequest, deps: Deps, at: datetime, *,
+                         stop_applies: bool = True) -> tuple[Touch | None, RejectReason | None, str]:
+    """Session, halt and price band: the checks every new order (placed or replacing) passes.
+    The band leaves out the stop of a replaced order that has triggered (`stop_applies`)."""
     if (closed := calendar.why_closed(at)) is not None:
         return None, RejectReason.MARKET_CLOSED, closed
     touch = await deps.quotes.touch(req.symbol)
@@ -125,7 +127,7 @@ async def _market_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple[T
     reference = touch.last or listed()[req.symbol].reference_price
     # The band is around the last trade; before any, around the symbol's listed reference price.
     around = "the last trade" if touch.last else "the reference price (no trade yet)"
-    for name, price in (("limit", req.limit_price), ("stop", req.stop_price)):
+    for name, price in (("limit", req.limit_price), ("stop", req.stop_price if stop_applies else None)):
         if price is not None and model.outside_band(price, reference, deps.price_band):
             return None, RejectReason.PRICE_OUT_OF_COLLAR, (
                 f"{name} price {fmt_price(price)} is more than {deps.price_band * 100:.0f}% from {around} "
@@ -411,7 +413,9 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
     if old is None or old.account_id != r.account_id:
         raise model.OrderNotFound(f"no order {r.order_id}", metadata={"orderId": str(r.order_id)})
     req = model.replacement_request(old, r.client_order_id, r.quantity, r.limit_price, r.stop_price)
-    fingerprint = model.replacement_fingerprint(req, old.order_id)
+    # Of the request as sent: a stop price a triggered STOP_LIMIT ignores still tells two
+    # requests apart, and a retry's reply does not depend on when the trigger was seen.
+    fingerprint = model.replacement_fingerprint(replace(req, stop_price=r.stop_price), old.order_id)
     await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
                               (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
 
@@ -429,7 +433,7 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
         return await advance(stored, deps) if stored.status is Status.PENDING_NEW else stored
 
     at = now()
-    _, reason, message = await _market_checks(req, deps, at)
+    _, reason, message = await _market_checks(req, deps, at, stop_applies=not model.stop_no_longer_applies(old))
     async with deps.uow() as uow:
         current = await uow.orders.get(old.order_id, for_update=True)  # one change of an order at a time
         assert current is not None

@@ -243,11 +243,19 @@ async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_
         changes = [(o.status, o.triggered_at is not None) for _, o, _ in await uow.orders.updates_after(a, 0, 10)]
     assert changes == [(Status.NEW, False), (Status.NEW, True)]
 
-    new = await handlers.replace_order(ReplaceRequest(account_id=a, order_id=stop.order_id,
+    # Its stop is history: a replace may leave it out (round 12: "is required"), and one that
+    # names another, even outside the price band, neither is refused for it nor records it.
+    first = await handlers.replace_order(ReplaceRequest(account_id=a, order_id=stop.order_id,
+                                                        client_order_id=uuid.uuid4().hex, quantity=5,
+                                                        limit_price=D("201.00"), stop_price=None), order_deps)
+    working = await eventually(lambda: order_is(order_deps, a, first.order_id, Status.NEW), "the replacement to work")
+    assert working.triggered_at == seen.triggered_at and working.request.stop_price == D("199.00")
+    new = await handlers.replace_order(ReplaceRequest(account_id=a, order_id=first.order_id,
                                                       client_order_id=uuid.uuid4().hex, quantity=5,
-                                                      limit_price=D("201.00"), stop_price=D("199.00")), order_deps)
+                                                      limit_price=D("202.00"), stop_price=D("100.00")), order_deps)
+    assert new.status is not Status.REJECTED, new.reject_message
     working = await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
-    assert working.triggered_at == seen.triggered_at
+    assert working.triggered_at == seen.triggered_at and working.request.stop_price == D("199.00")
     assert engine.owned_engine(SYM).book.get_order(str(new.order_id)).type is BookType.LIMIT
     await handlers.cancel_order(a, new.order_id, order_deps)
     if not (await handlers.get_order(bidder, bid.order_id, order_deps)).status.is_terminal:
