@@ -160,6 +160,32 @@ class SettlementRepository:
                        coalesce((SELECT sum(amount) FROM ledger.unsettled WHERE settled_at IS NULL), 0) AS owed""")
         return row["clearing"], row["owed"]
 
+    async def balances_off_the_books(self) -> list[asyncpg.Record]:
+        """Customer books whose materialised balance (what GetPortfolio shows and a withdrawal
+        checks) is not what the ledger's own records say: posted is the sum of the book's
+        postings, held what its PENDING holds still reserve. One statement, one snapshot: a
+        movement changes the balance and its postings or hold in one transaction."""
+        return await self.conn.fetch(
+            """
+            SELECT k.owner, k.asset, b.posted, coalesce(p.total, 0) AS postings, b.held, coalesce(h.pending, 0) AS pending
+              FROM ledger.balances b JOIN ledger.books k USING (book_id)
+              LEFT JOIN (SELECT book_id, sum(amount) AS total FROM ledger.postings GROUP BY book_id) p USING (book_id)
+              LEFT JOIN (SELECT book_id, sum(amount - captured - released) AS pending
+                           FROM ledger.holds WHERE status = 'PENDING' GROUP BY book_id) h USING (book_id)
+             WHERE b.posted <> coalesce(p.total, 0) OR b.held <> coalesce(h.pending, 0)
+             ORDER BY k.owner, k.asset
+            """)
+
+    async def proceeds_off_their_settlement(self) -> list[asyncpg.Record]:
+        """Settled proceeds whose amount is not what their settlement entry moved (those not
+        settled yet are clearing's: clearing_and_owed)."""
+        return await self.conn.fetch(
+            """
+            SELECT u.fill_id, u.amount, e.amount AS settled
+              FROM ledger.unsettled u JOIN ledger.entries e ON e.entry_id = u.settle_entry
+             WHERE u.amount <> e.amount ORDER BY u.fill_id
+            """)
+
     async def unbalanced_assets(self) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             "SELECT asset, sum(amount) AS total FROM ledger.postings GROUP BY asset HAVING sum(amount) <> 0")

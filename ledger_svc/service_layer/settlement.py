@@ -14,7 +14,7 @@ from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
-from meshkit.money import fmt_at_tick, fmt_cents
+from meshkit.money import amount_text, fmt_at_tick, fmt_cents
 from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
@@ -126,12 +126,18 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
     return report
 
 
+def _amount(asset: str, value: Decimal) -> str:
+    """An amount in a discrepancy: as the API writes it, or exactly when a share count is not whole."""
+    return amount_text(asset, value) if value == value.to_integral_value() or asset == model.CASH else str(value)
+
+
 async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterable[str] | None,
                     report: SettlementReport, *, checked: set[str] | None = None,
                     settled: set[str] | None = None) -> SettlementReport:
     """Compare the ledger with the execution journal: every fill of the day applied and settled
     exactly once (two captures each), every hold of an ended order resolved, every asset
-    summing to zero. `journal_fill_ids` are the day's fill ids read from the execution stream
+    summing to zero, clearing holding what it owes; and the ledger's materialised figures with
+    its records (balances with postings and holds, settled proceeds with their entries). `journal_fill_ids` are the day's fill ids read from the execution stream
     itself (None when the stream is not reachable: then the ledger's own journal is used).
 
     Trading may go on while this runs, so two checks are limited to what a snapshot could see:
@@ -157,6 +163,17 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
               for r in await s.pending_holds_of_ended_orders()]
         d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
               for r in await s.unbalanced_assets()]
+        for r in await s.balances_off_the_books():
+            book = f"{r['owner']} {r['asset']}"
+            if r["posted"] != r["postings"]:
+                d.append(Discrepancy("BALANCE_OFF_POSTINGS", book, f"balance {_amount(r['asset'], r['posted'])}, "
+                                     f"postings sum to {_amount(r['asset'], r['postings'])}"))
+            if r["held"] != r["pending"]:
+                d.append(Discrepancy("HELD_OFF_HOLDS", book, f"held {_amount(r['asset'], r['held'])}, pending "
+                                     f"holds reserve {_amount(r['asset'], r['pending'])}"))
+        d += [Discrepancy("PROCEEDS_OFF_SETTLEMENT", r["fill_id"],
+                          f"proceeds {fmt_cents(r['amount'])}, settled {fmt_cents(r['settled'])}")
+              for r in await s.proceeds_off_their_settlement()]
         clearing, owed = await s.clearing_and_owed()
         if clearing != owed:
             d.append(Discrepancy("CLEARING_UNBALANCED", model.CLEARING,

@@ -181,21 +181,53 @@ async def _acked(js, stream: str, durable: str, seq: int) -> bool:
 
 
 
+async def sell_all_at_9_99(uow) -> None:
+    """The seller's 10 AAPL to the buyer at 9.99 on D1, the buyer's hold 100.00: proceeds 99.90."""
+    buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+    await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("100.00")), uow)
+    await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(10)), uow)
+    ex = matching_pb2.Execution(
+        execution_id="AAPL:clearing:1", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL, order_id=buy,
+        account_id="buyer", side=common_pb2.SIDE_BUY, counter_order_id=sell, counter_account_id="seller",
+        price="9.99", quantity=10, leaves_quantity=0, counter_leaves_quantity=0)
+    ex.time.FromDatetime(datetime.combine(D1, time(11, 30), tzinfo=calendar.NEW_YORK))
+    assert await settlement.apply_execution(executions.from_proto(ex), uow)
+
+
+async def test_balances_and_settled_proceeds_changed_by_hand_are_reported(pg_server_url):
+    """The figures a customer's withdrawal is checked against are materialised in
+    ledger.balances, which the database cannot make append-only (every movement updates
+    them): the reconciliation compares them with the postings and holds they come from, and
+    settled proceeds with their settlement entries (acceptance round 12: a balance raised by
+    0.01 by hand was withdrawn, and settlement said "discrepancies none")."""
+    async with funded_ledger(pg_server_url) as uow:
+        await sell_all_at_9_99(uow)
+        settled = await settle_and_reconcile(D1, uow, None, "x", catch_up=0)
+        assert (settled.fills_settled, settled.discrepancies) == (1, [])
+        async with uow() as u:
+            await u.conn.execute("""
+                UPDATE ledger.balances b SET posted = posted + 0.01 FROM ledger.books k
+                 WHERE k.book_id = b.book_id AND (k.owner, k.asset) = ('seller', 'USD')""")
+            await u.conn.execute("""
+                UPDATE ledger.balances b SET held = held + 2 FROM ledger.books k
+                 WHERE k.book_id = b.book_id AND (k.owner, k.asset) = ('buyer', 'AAPL')""")
+            await u.conn.execute("UPDATE ledger.unsettled SET amount = 99.95 WHERE fill_id = 'AAPL:clearing:1'")
+            await u.commit()
+        report = await settlement.reconcile(D1, uow, None, settlement.SettlementReport(D1))
+        assert [(d.kind, d.reference, d.detail) for d in report.discrepancies] == [
+            ("HELD_OFF_HOLDS", "buyer AAPL", "held 2, pending holds reserve 0"),
+            ("BALANCE_OFF_POSTINGS", "seller USD", "balance 99.91, postings sum to 99.90"),
+            ("PROCEEDS_OFF_SETTLEMENT", "AAPL:clearing:1", "proceeds 99.95, settled 99.90"),
+        ]
+
+
 async def test_clearing_holds_exactly_the_unsettled_proceeds_and_the_report_says_when_not(pg_server_url):
     """Every cent in $clearing came from a buyer's fill and is owed to its seller until it
     settles: the reconciliation compares the two (acceptance round 10: $clearing was drawn to
     -999,900.00 and settlement still reported no discrepancy)."""
 
     async with funded_ledger(pg_server_url) as uow:
-        buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
-        await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("100.00")), uow)
-        await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(10)), uow)
-        ex = matching_pb2.Execution(
-            execution_id="AAPL:clearing:1", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL, order_id=buy,
-            account_id="buyer", side=common_pb2.SIDE_BUY, counter_order_id=sell, counter_account_id="seller",
-            price="9.99", quantity=10, leaves_quantity=0, counter_leaves_quantity=0)
-        ex.time.FromDatetime(datetime.combine(D1, time(11, 30), tzinfo=calendar.NEW_YORK))
-        assert await settlement.apply_execution(executions.from_proto(ex), uow)
+        await sell_all_at_9_99(uow)
 
         def clearing(report) -> list[str]:
             return [d.detail for d in report.discrepancies if d.kind == "CLEARING_UNBALANCED"]

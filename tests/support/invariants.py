@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from ledger_svc.adapters.settlement import SettlementRepository
+
 
 async def check(pool: asyncpg.Pool) -> list[str]:
     problems: list[str] = []
@@ -13,13 +15,14 @@ async def check(pool: asyncpg.Pool) -> list[str]:
         for r in await conn.fetch(
                 "SELECT entry_id, asset FROM ledger.postings GROUP BY entry_id, asset HAVING sum(amount) <> 0"):
             problems.append(f"entry {r['entry_id']} does not balance in {r['asset']}")
-        for r in await conn.fetch(
-                """
-                SELECT b.book_id, b.posted, coalesce(sum(p.amount), 0) AS postings
-                  FROM ledger.balances b LEFT JOIN ledger.postings p USING (book_id)
-                 GROUP BY b.book_id, b.posted HAVING b.posted <> coalesce(sum(p.amount), 0)
-                """):
-            problems.append(f"book {r['book_id']}: balance {r['posted']} but postings sum to {r['postings']}")
+        # Each book's balance is the sum of its postings, and its held what its PENDING holds
+        # still reserve (the reconciliation's own check).
+        for r in await SettlementRepository(conn).balances_off_the_books():
+            if r["posted"] != r["postings"]:
+                problems.append(f"{r['owner']} {r['asset']}: balance {r['posted']} but postings sum to {r['postings']}")
+            if r["held"] != r["pending"]:
+                problems.append(f"{r['owner']} {r['asset']}: held {r['held']} but its pending holds reserve "
+                                f"{r['pending']}")
         for r in await conn.fetch("SELECT book_id, posted, held FROM ledger.balances WHERE held < 0 OR posted - held < 0"):
             problems.append(f"book {r['book_id']}: posted {r['posted']} held {r['held']}")
         problems += await check_holds(conn)
@@ -28,18 +31,8 @@ async def check(pool: asyncpg.Pool) -> list[str]:
 
 
 async def check_holds(conn: asyncpg.Connection) -> list[str]:
-    """Holds agree with the balances they reserve and with their captures."""
+    """Holds agree with their captures (and with the balances they reserve: check)."""
     problems: list[str] = []
-    # Each book's held is exactly what its PENDING holds still reserve.
-    for r in await conn.fetch(
-            """
-            SELECT b.book_id, b.held, coalesce(h.pending, 0) AS pending
-              FROM ledger.balances b
-              LEFT JOIN (SELECT book_id, sum(amount - captured - released) AS pending
-                           FROM ledger.holds WHERE status = 'PENDING' GROUP BY book_id) h USING (book_id)
-             WHERE b.held <> coalesce(h.pending, 0)
-            """):
-        problems.append(f"book {r['book_id']}: held {r['held']} but its pending holds reserve {r['pending']}")
     for r in await conn.fetch(
             """
             SELECT h.hold_id FROM ledger.holds h JOIN ledger.books k USING (book_id)
