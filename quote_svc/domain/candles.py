@@ -172,9 +172,10 @@ def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
     """Candles of `interval` from finer (or equal) stored candles, traded and imported alike,
     keyed by bucket start.
 
-    Inside one bucket only the imported parts of the coarsest imported width present are used,
-    so that history imported at two widths (say 1m and 1h for the same hour) is not counted
-    twice; traded parts (all of one width) are all used beside them."""
+    An imported part inside a coarser imported part is left out, so that history imported at
+    two widths (say 1m and 1h for the same hour) is not counted twice; imported parts of
+    periods no coarser one covers (1m rows of 14:30-14:33 beside a 5m row at 14:35) are all
+    used, and so are traded parts (all of one width) beside them."""
     groups: dict[datetime, list[Part]] = {}
     for p in parts:
         groups.setdefault(bucket_start(p.candle.start, interval), []).append(p)
@@ -183,9 +184,21 @@ def rollup(parts: Iterable[Part], interval: Interval) -> dict[datetime, Candle]:
         if len(ps) == 1 and ps[0].candle.start == start:  # nothing to roll up
             out[start] = ps[0].candle
             continue
-        widest = max((p.width for p in ps if p.imported), default=None)
-        out[start] = merge([p for p in ps if not p.imported or p.width == widest], start)
+        out[start] = merge([p for p in ps if not p.imported] + _uncovered([p for p in ps if p.imported]), start)
     return out
+
+
+def _uncovered(imported: list[Part]) -> list[Part]:
+    """The imported parts no coarser imported part covers. Widths nest (a 1d bucket is whole
+    hours, an hour whole 15m, 5m, 1m, 1s buckets), so a part is inside a coarser one exactly
+    when its start falls in that one's bucket."""
+    kept: list[Part] = []
+    starts: dict[int, set[datetime]] = {}  # width -> starts of the kept parts of that width
+    for p in sorted(imported, key=lambda p: -p.width):
+        if not any(bucket_start(p.candle.start, Interval(w)) in spans for w, spans in starts.items() if w > p.width):
+            kept.append(p)
+            starts.setdefault(p.width, set()).add(p.candle.start)
+    return kept
 
 
 def bucket_starts(first: datetime, stop: datetime, interval: Interval) -> Iterator[datetime]:

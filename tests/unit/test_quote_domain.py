@@ -138,6 +138,29 @@ def test_rollup_uses_the_coarsest_width_and_fill_is_flat():
     assert [(x.close, x.trade_count) for x in filled] == [(D("12"), 2), (D("12"), 0), (D("12"), 0)]
 
 
+def test_a_rollup_leaves_out_only_imported_parts_that_a_coarser_one_covers():
+    """Imported 1m rows of 14:30-14:32 and a 5m row of 14:35 cover different periods: a 15m,
+    1h or 1d candle of them adds them all up (acceptance round 12: only the 5m row was kept,
+    2,000 shares of 5,000). A 1m row inside an imported 5m or 1d row is still left out."""
+    at = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
+
+    def c(minute: int, o: str, h: str, lo: str, cl: str, v: int) -> Candle:
+        return Candle(at.replace(minute=minute), D(o), D(h), D(lo), D(cl), v, v // 100, D(o) * v)
+    minutes = [Part(60, c(30, "60.00", "60.50", "59.90", "60.10", 1000), imported=True),
+               Part(60, c(31, "60.10", "60.20", "60.00", "60.05", 500), imported=True),
+               Part(60, c(32, "60.05", "61.00", "60.05", "60.90", 1500), imported=True)]
+    five = Part(300, c(35, "60.90", "61.10", "60.80", "61.00", 2000), imported=True)
+    for interval in (Interval.M15, Interval.H1, Interval.D1):
+        (got,) = rollup(minutes + [five], interval).values()
+        assert (got.open, got.high, got.low, got.close, got.volume, got.trade_count) == (
+            D("60.00"), D("61.10"), D("59.90"), D("61.00"), 5000, 50), interval
+    inside = Part(60, c(36, "61.00", "61.00", "61.00", "61.00", 700), imported=True)  # within the 5m row
+    day = Part(86400, Candle(datetime(2026, 12, 1, 5, tzinfo=UTC), D("59"), D("62"), D("58"), D("61"), 9000, 90,
+                             D("59") * 9000), imported=True)
+    assert rollup(minutes + [five, inside], Interval.M15)[at.replace(minute=30)].volume == 5000
+    assert rollup(minutes + [five, inside, day], Interval.D1)[day.candle.start].volume == 9000
+
+
 def test_a_rollup_orders_traded_and_imported_parts_by_their_own_times():
     """The open is the part whose trades came first and the close the one whose trades came
     last, whichever source: an imported 1m candle at 04:52 is not the open of a 5m candle
