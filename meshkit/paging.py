@@ -62,12 +62,13 @@ def epoch_seconds(value: Any) -> datetime:
 
 
 def decode_token(token: str, v: Violations, *, fields: dict[str, Callable[[Any], Any]],
-                 scope: str | None = None, scope_hint: str = "") -> dict[str, Any] | None:
+                 scope: str | None = None, scope_hint: str = "",
+                 scope_name: str = "account or query") -> dict[str, Any] | None:
     """The cursor in `token`, each field read by its parser (integer, text, instant,
     epoch_seconds, uuid.UUID, ...), or None for the first page. A token not made by us (not
     our encoding, other fields, or a value its parser refuses) is a violation, and so is one
-    made for another `scope` than this call's (encode_token's; `scope_hint` says what must
-    not change)."""
+    made for another `scope` than this call's (encode_token's; the message names it as
+    another `scope_name`, and `scope_hint` says what must not change)."""
     if not token:
         return None
     expected = set(fields) | ({"scope"} if scope is not None else set())
@@ -75,8 +76,8 @@ def decode_token(token: str, v: Violations, *, fields: dict[str, Callable[[Any],
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
         if isinstance(cursor, dict) and set(cursor) == expected:
             if scope is not None and cursor["scope"] != _scope_digest(scope):
-                v.add("page_token", "was returned for another account or query" + (f" ({scope_hint})" if scope_hint
-                                                                                    else ""))
+                v.add("page_token", f"was returned for another {scope_name}" + (f" ({scope_hint})" if scope_hint
+                                                                                 else ""))
                 return None
             return {key: parse(cursor[key]) for key, parse in fields.items()}
     except (ValueError, TypeError, UnicodeError, OverflowError, OSError):

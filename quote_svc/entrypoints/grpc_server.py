@@ -1,7 +1,7 @@
 """QuoteService over gRPC: proto -> query, call the service layer, domain -> proto."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import grpc
 from prometheus_client import Gauge
@@ -21,9 +21,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 OPEN_STREAMS = Gauge("stockmesh_quote_streams", "StreamQuotes calls this replica is serving")
 
 
-def _time(request: pb.GetCandlesRequest, name: str, interval: Interval | None, v: Violations) -> datetime | None:
+def _time(request: pb.GetCandlesRequest, name: str, interval: Interval | None, v: Violations, *,
+          round_up: bool = False) -> datetime | None:
     """The request's Timestamp `name` as a datetime, or None after adding its violation:
-    required, a valid Timestamp, and within what the interval's candles can be built for."""
+    required, a valid Timestamp, and within what the interval's candles can be built for.
+    Nanoseconds are cut off (datetimes hold microseconds), or rounded up with `round_up`."""
     if not request.HasField(name):
         v.add(name, "is required")
         return None
@@ -36,6 +38,8 @@ def _time(request: pb.GetCandlesRequest, name: str, interval: Interval | None, v
                     f"(google.protobuf.Timestamp's range), got seconds {ts.seconds}")
         return None
     at = mapping.to_datetime(ts)
+    if round_up and ts.nanos % 1000 and at < datetime.max.replace(tzinfo=timezone.utc):
+        at += timedelta(microseconds=1)
     if interval is not None:
         first, last = time_range(interval)
         if not first <= at <= last:
@@ -55,13 +59,16 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
     if interval is None:
         v.add("interval", "is required" if request.interval == 0 else f"unknown value {request.interval}")
     start = _time(request, "start_time", interval, v)
-    end = _time(request, "end_time", interval, v)
-    if start is not None and end is not None and end <= start:
+    # Buckets start on whole seconds: one starting in the end's cut-off nanoseconds would still
+    # overlap the range [start_time, end_time) (round 12: it was left out).
+    end = _time(request, "end_time", interval, v, round_up=True)
+    raw_start, raw_end = request.start_time, request.end_time
+    if start is not None and end is not None and (raw_end.seconds, raw_end.nanos) <= (raw_start.seconds, raw_start.nanos):
         v.add("end_time", "must be after start_time")
     size = paging.page_size(request.page_size, v, default=CANDLE_PAGE_DEFAULT, maximum=CANDLE_PAGE_MAX)
     key = mapping.query_key(request.symbol, request.interval, request.start_time, request.end_time)
     cursor = paging.decode_token(request.page_token, v, fields={"at": paging.epoch_seconds}, scope=key,
-                                 scope_hint="symbol, interval and range must not change")
+                                 scope_name="query", scope_hint="symbol, interval and range must not change")
     v.raise_if_any()
     assert interval is not None and start is not None and end is not None
     at = cursor["at"] if cursor else None

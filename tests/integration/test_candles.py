@@ -335,6 +335,19 @@ async def test_get_candles_times_out_of_range_are_invalid_and_the_edges_answer(p
                     await svc.stub.GetCandles(late)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "page_token" in [v.field for v in error_info(err.value)[1].field_violations]
+
+        # Nanoseconds count: a bucket overlapping the range by one is in it (round 12: the end
+        # was cut to the microsecond and t0+2m's bucket left out), and an empty range is refused.
+        def at_ns(t: datetime, nanos: int):
+            return raw_ts(int(t.timestamp()) + nanos // 1_000_000_000, nanos % 1_000_000_000)
+        edges = qpb.GetCandlesRequest(symbol=symbol, interval=I.CANDLE_INTERVAL_1M,
+                                      start_time=at_ns(t0, 60 * 10**9 - 1), end_time=at_ns(t0, 120 * 10**9 + 1))
+        got = [c.start_time.ToDatetime(tzinfo=UTC) for c in (await svc.stub.GetCandles(edges)).candles]
+        assert got == [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)]
+        edges.end_time.CopyFrom(edges.start_time)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await svc.stub.GetCandles(edges)
+        assert "end_time" in [v.field for v in error_info(err.value)[1].field_violations]
     assert not [r for r in caplog.records if r.getMessage() == "rpc crashed"]
 
 

@@ -156,6 +156,10 @@ def test_a_page_token_is_bound_to_its_scope():
         assert paging.decode_token(token, v, fields={"before": paging.integer}, scope=scope, scope_hint=hint) is None
         assert [(i.field, i.description) for i in v.items] == [
             ("page_token", "was returned for another account or query" + (f" ({hint})" if hint else ""))]
+    # A scope without an account (GetCandles': market data is public) is named as what it is.
+    v = Violations()
+    assert paging.decode_token(token, v, fields={"before": paging.integer}, scope="MSFT", scope_name="query") is None
+    assert [i.description for i in v.items] == ["was returned for another query"]
     # A scoped token where none is expected, and an unscoped one where one is: not ours.
     for made, expected in ((token, None), (paging.encode_token({"before": 7}), "alice|AAPL")):
         v = Violations()
