@@ -139,6 +139,9 @@ class App:
         return [name for _, _, name in self.servicers]
 
 
+LIVENESS = "liveness"  # the health service name a liveness probe asks (deploy/k8s)
+
+
 async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor()],
@@ -162,6 +165,10 @@ async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, heal
     if port == 0:
         raise OSError(f"could not listen on {addr}")
     await _set_all(health_servicer, app, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # Liveness: SERVING while the process answers at all, whatever its dependencies. The
+    # others ("" and each service) say whether to send it calls (readiness); a probe that
+    # restarts processes must not restart every one of them while NATS or PostgreSQL is out.
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     return server, port, health_servicer
 
 

@@ -38,6 +38,7 @@ from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wai
 from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
+INTERNALLY_CALLED = ("ledger_svc", "order_svc")  # the services another calls (LEDGER_ADDR, ORDER_ADDR)
 DEFAULT_PORT = 8080
 # order_svc's outbox relay as a process of its own (not behind Envoy): its name and module.
 RELAY = "order_relay"
@@ -284,10 +285,11 @@ class Mesh:
     def _service_spec(self, name: str, port: int, upstreams: dict[str, int]) -> ChildSpec:
         assert self.infra is not None
         env = {
-            # Where the others are, for internal calls (e.g. order_svc -> ledger_svc holds):
-            # LEDGER_ADDR, ORDER_ADDR, QUOTE_ADDR, MATCHING_ADDR.
-            **{f"{other.removesuffix('_svc').upper()}_ADDR": f"127.0.0.1:{p}"
-               for other, p in upstreams.items()},
+            # Where the services called by others are, for internal calls (order_svc ->
+            # ledger_svc holds, ledger_svc -> order_svc open orders): LEDGER_ADDR, ORDER_ADDR
+            # (meshkit.config; no service calls quote_svc or matching_svc).
+            **{f"{other.removesuffix('_svc').upper()}_ADDR": f"127.0.0.1:{upstreams[other]}"
+               for other in INTERNALLY_CALLED},
             "METRICS_PORT": str(self.metrics_ports[name]),
             "GRPC_LISTEN": f"127.0.0.1:{port}",
             "DATABASE_URL": self.infra.database_url,

@@ -17,6 +17,7 @@ parent-death signal when the *thread* that forked the child exits, not only the 
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 # Runs between fork and the real program: drop to another user if asked (PostgreSQL when we
@@ -111,8 +113,12 @@ class Child:
         if spec.log_path is not None:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(spec.log_path, "ab")
-            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {spec.name}: "
-                      f"{' '.join(spec.argv)}\n".encode())
+            # One line in the services' own JSON log shape (meshkit.logs), so a log shipper
+            # reading a service's log as JSON lines parses it too (round 12: a plain banner).
+            banner = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "level": "INFO",
+                      "logger": "meshkit.launcher", "message": "starting", "service": spec.name,
+                      "argv": spec.argv}
+            out.write((json.dumps(banner) + "\n").encode())
             out.flush()
         else:
             out = open(os.devnull, "ab")

@@ -25,6 +25,7 @@ import yaml
 
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.mesh import RELAY_MODULE, SERVICES
+from meshkit.server import LIVENESS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -263,6 +264,9 @@ def test_kubernetes_runs_every_process_with_settings_the_code_reads() -> None:
             assert {"configMapRef": {"name": "stockmesh-env"}} in container["envFrom"]
             assert "DATABASE_URL" in env
             assert container["readinessProbe"] == {"grpc": {"port": 50051}, "periodSeconds": 5}
+            # Liveness asks the health service that says only that the process answers: one that
+            # followed the dependencies would restart every pod while NATS is out (round 12).
+            assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": LIVENESS}
     assert MODULES <= modules, MODULES - modules
 
 
@@ -285,6 +289,8 @@ def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream
     envoy_pod = _of(docs, "Deployment")["envoy"]["spec"]["template"]["spec"]
     assert {v["configMap"]["name"] for v in envoy_pod["volumes"] if "configMap" in v} == {"envoy-config"}
     assert envoy_pod["containers"][0]["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+    # Ready as the load balancer's probe says (docs/operations.md), not merely listening.
+    assert envoy_pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "public"}
 
 
 def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path) -> None:
