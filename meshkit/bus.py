@@ -71,6 +71,25 @@ def unreachable(exc: BaseException | None) -> bool:
     return any(isinstance(e, gone) for e in causes(exc))
 
 
+# How long a read in a call's path (a symbol's last market) waits for JetStream: less than a
+# client's usual deadline, so a NATS that stalls is UNAVAILABLE (BUS_UNAVAILABLE), which
+# clients retry, not DEADLINE_EXCEEDED after the client gave up (round 12: 10 s).
+READ_TIMEOUT = 2.0
+
+
+async def last_msg(js, stream: str, subject: str, *, timeout: float = READ_TIMEOUT):
+    """The last message of `subject` in `stream` (NotFoundError when none), or
+    nats.errors.TimeoutError after `timeout` seconds."""
+    import nats.errors
+
+    try:
+        return await asyncio.wait_for(js.get_last_msg(stream, subject), timeout)
+    except nats.errors.TimeoutError:
+        raise
+    except TimeoutError as exc:  # wait_for's own
+        raise nats.errors.TimeoutError from exc
+
+
 async def connect(url: str, name: str, *, attempts: int = -1) -> Client:
     """A connection that reconnects by itself. A service keeps trying for ever (-1); a
     command gives up after `attempts` tries per server and raises, so an operator hears that

@@ -85,7 +85,8 @@ class JetStreamQuotes:
 
     Without it (or for a symbol the feed has not brought yet, or while NATS is disconnected)
     `touch` reads the last event (when NATS does not answer: the last market known here, if
-    any, else UNAVAILABLE): reads are cached for `max_age` seconds per symbol (a hot
+    any, else UNAVAILABLE; once a read found NATS not answering, the last market known is
+    answered at once while the next read tries, until one succeeds): reads are cached for `max_age` seconds per symbol (a hot
     symbol's orders share one read instead of each asking JetStream), and a symbol has at
     most one read in flight: callers arriving while it runs wait for it instead of each
     asking again (no stampede of reads every time the cached value expires)."""
@@ -98,6 +99,7 @@ class JetStreamQuotes:
         self._cache: dict[str, tuple[float, Touch]] = {}
         self._reading: dict[str, asyncio.Future[Touch]] = {}
         self._live: dict[str, Touch] = {}
+        self._unanswered = False  # the latest read found NATS not answering
         self._nc: Client | None = None
         self.ready = asyncio.Event()
 
@@ -140,18 +142,25 @@ class JetStreamQuotes:
         reading = self._reading.get(symbol)
         if reading is None:
             reading = self._reading[symbol] = asyncio.ensure_future(self._refresh(symbol))
-            reading.add_done_callback(lambda _: self._reading.pop(symbol, None))
+            reading.add_done_callback(lambda done: self._read_done(symbol, done))
+        # NATS does not answer. Nothing trades meanwhile (the engines take their orders and
+        # publish their trades through it), so the last market known here is still the
+        # latest: a portfolio is valued, a market order priced, at it.
+        known = self._live.get(symbol) or (hit[1] if hit is not None else None)
+        if self._unanswered and known is not None:
+            return known  # at once, while the read above tries again (round 12: each waited for it)
         # Shielded: a caller that gives up (a cancelled RPC) does not cancel the others' read.
         try:
             return await asyncio.shield(reading)
         except Unavailable:
-            # NATS does not answer. Nothing trades meanwhile (the engines take their orders and
-            # publish their trades through it), so the last market known here is still the
-            # latest: a portfolio is valued, a market order priced, at it.
-            known = self._live.get(symbol) or (hit[1] if hit is not None else None)
             if known is None:
                 raise
             return known
+
+    def _read_done(self, symbol: str, done: asyncio.Future[Touch]) -> None:
+        self._reading.pop(symbol, None)
+        if not done.cancelled():
+            self._unanswered = isinstance(done.exception(), Unavailable)  # (retrieved: none is left unread)
 
     async def _refresh(self, symbol: str) -> Touch:
         at = time.monotonic()
@@ -163,7 +172,7 @@ class JetStreamQuotes:
         from stockmesh.matching.v1 import matching_pb2
 
         try:
-            msg = await self.js.get_last_msg(self.stream, bus.subject(self.namespace, "md", symbol))
+            msg = await bus.last_msg(self.js, self.stream, bus.subject(self.namespace, "md", symbol))
         except NotFoundError:
             return NO_MARKET
         except (nats.errors.Error, OSError, TimeoutError) as exc:  # NATS down or restarting: a retry will do

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 
 from matching_svc.service_layer.engine import MD_DEPTH
 from matching_svc.service_layer.runner import Engine
-from meshkit import symbols
+from meshkit import bus, symbols
 from meshkit.errors import FieldViolation, InvalidArgument
 from stockmesh.matching.v1 import (
     engine_control_service_pb2 as ec,
@@ -59,7 +59,7 @@ class MarketDataServicer(market_data_service_pb2_grpc.MarketDataServiceServicer)
             return md.GetOrderBookResponse(bids=bids, asks=asks, sequence=live.md_seq)
         names = self.engine.names
         try:
-            msg = await self.js.get_last_msg(names.md, names.md_subject(symbol))
+            msg = await bus.last_msg(self.js, names.md, names.md_subject(symbol))
         except nats.js.errors.NotFoundError:
             return md.GetOrderBookResponse()
         ev = matching_pb2.MarketDataEvent.FromString(msg.data)

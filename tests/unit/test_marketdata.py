@@ -88,3 +88,38 @@ async def test_while_nats_does_not_answer_the_last_market_known_stands():
     assert await quotes.touch("KO") == known and js.reads == 2  # it asked, then fell back
     with pytest.raises(Unavailable):
         await quotes.touch("IBM")  # never read here: nothing to fall back on
+
+
+async def test_once_nats_did_not_answer_the_last_market_known_is_answered_at_once():
+    """Acceptance round 12: with NATS stalled (not closed), every portfolio waited for a read
+    of its own to time out, past a client's 5 s deadline. Once a read found NATS not answering,
+    a symbol known here is answered at once while the next read tries; a read that succeeds
+    ends that."""
+    js = SlowStream()
+    js.release.set()
+    quotes = JetStreamQuotes(js, "ns", max_age=0)
+    known = await quotes.touch("KO")
+    js.fail = nats.errors.TimeoutError()
+    assert await quotes.touch("KO") == known and js.reads == 2  # waited for that read: it failed
+    js.release.clear()  # NATS stalls: a read now hangs
+    assert await asyncio.wait_for(quotes.touch("KO"), timeout=1) == known and js.reads == 3
+    assert await asyncio.wait_for(quotes.touch("KO"), timeout=1) == known and js.reads == 3  # one read at a time
+    js.fail = False
+    js.release.set()  # NATS answers again: the hanging read succeeds
+    await asyncio.sleep(0.01)
+    js.release.clear()
+    waiting = asyncio.create_task(quotes.touch("KO"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # a fresh read is waited for again, as before the stall
+    js.release.set()
+    assert await waiting == known
+
+
+async def test_a_read_in_a_calls_path_gives_up_before_a_clients_deadline():
+    from meshkit import bus
+
+    js = SlowStream()  # never released: NATS stalls
+    with pytest.raises(nats.errors.TimeoutError):
+        await bus.last_msg(js, "S", "s.md.KO", timeout=0.05)
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(JetStreamQuotes(js, "ns", max_age=60).touch("KO"), timeout=bus.READ_TIMEOUT + 3)
