@@ -281,10 +281,15 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder of a running `stockmesh up`, whose NATS to read when no --nats-url is given. "
                    "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+@click.option("--before-close", is_flag=True,
+              help="Settle a day whose session has not closed yet: what has traded so far (a later run settles "
+                   "the fills made since).")
 def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float,
-           data_dir: Path | None) -> None:
+           data_dir: Path | None, before_close: bool) -> None:
     """Settle a trading day's fills and reconcile the ledger against the execution journal.
 
+    The day's session must have closed (order_svc closes it at the close in regular hours; a
+    market kept always open is closed with `stockmesh session close`), unless --before-close.
     The journal is read first and the ledger given up to --wait seconds to apply all of it
     (it may be catching up after a restart). Prints a report with every discrepancy (exit 1
     if any); running it twice changes nothing."""
@@ -292,6 +297,12 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     import logging
 
     trading_day = _day(day, "--date", come=True)
+    if not before_close and not asyncio.run(_session_closed(trading_day, database_url)):
+        click.echo(f"day not settled: the session of {trading_day} has not closed (no close of it or of a later day "
+                   "was made), so its fills are not final and a later run would settle more. In regular hours "
+                   "order_svc closes it at the close; a market kept always open is closed with `stockmesh session "
+                   f"close --date {trading_day}`. --before-close settles what has traded so far.", err=True)
+        sys.exit(1)
     source = ""  # where the NATS URL came from, when not given
     if not nats_url:
         folder = (data_dir or default_data_dir()).resolve()
@@ -326,6 +337,20 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
             click.echo(f"    {d.kind:<20} {d.reference}  {d.detail}")
         sys.exit(1)
     click.echo("  discrepancies           none")
+
+
+async def _session_closed(day, database_url: str) -> bool:
+    from datetime import datetime, timezone
+
+    from meshkit import calendar, db
+    from order_svc.service_layer.session import close_made
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        return await close_made(day, lambda: OrderUnitOfWork(pool), calendar.trading_day(datetime.now(timezone.utc)))
+    finally:
+        await pool.close()
 
 
 @main.group()

@@ -54,6 +54,18 @@ async def closed_after(day: date, uow: Callable[[], OrderUnitOfWork], today: dat
     return max((date.fromisoformat(m.split(":")[1]) for m in found), default=None)
 
 
+async def close_made(day: date, uow: Callable[[], OrderUnitOfWork], today: date) -> bool:
+    """Whether the session of `day` has closed: its close, or a later day's up to `today`
+    (which ended the DAY orders of `day` too, and came after its trading), was queued; a day
+    older than the closes the outbox keeps (calendar.CLOSES_KEPT) closed long ago."""
+    if (today - day).days >= calendar.CLOSES_KEPT.days:
+        return True
+    ids = [close_msg_id(day + timedelta(days=n), symbol) for n in range((today - day).days + 1)
+           for symbol in sorted(listed())]
+    async with uow() as u:
+        return bool(await u.orders.queued(ids))
+
+
 async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,
                         symbols: list[str] | None = None) -> int:
     """Queue the session close of `day` for every listed symbol; returns how many were new

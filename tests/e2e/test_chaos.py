@@ -220,7 +220,8 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
     assert verified.returncode == 0, verified.stdout + verified.stderr
     today = calendar.trading_day(datetime.now(timezone.utc)).isoformat()  # New York's day, as the engine's
     settled = subprocess.run([*cli, "settle", "--date", today, "--database-url", mesh.database_url,
-                              "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace],
+                              "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace,
+                              "--before-close"],  # the simulated market is always open
                              capture_output=True, text=True)
     assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
         settled.stdout[-3000:] + settled.stderr[-2000:] + "\n" + mesh.diagnostics()

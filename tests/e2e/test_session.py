@@ -103,7 +103,8 @@ async def test_5000_order_session_settles_with_zero_discrepancies(mesh):
     day = calendar.trading_day(datetime.now(timezone.utc))
     env = {**os.environ, "STOCKMESH_NAMESPACE": mesh.namespace}
     cmd = [sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(),
-           "--database-url", mesh.database_url, "--nats-url", mesh.state()["nats_url"]]
+           "--database-url", mesh.database_url, "--nats-url", mesh.state()["nats_url"],
+           "--before-close"]  # the shared mesh's market is always open, and other tests trade today
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0 and "discrepancies           none" in first.stdout, first.stdout + first.stderr
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -115,7 +115,7 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
 
     day = calendar.trading_day(datetime.now(timezone.utc))
     cmd = [sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(), "--database-url", database_url,
-           "--nats-url", nats_url, "--namespace", namespace]
+           "--before-close", "--nats-url", nats_url, "--namespace", namespace]  # other tests trade today
     # A namespace mistyped: no journal to reconcile against, which is not "no discrepancies".
     wrong = subprocess.run([*cmd[:-1], f"nope{uuid.uuid4().hex[:6]}"], capture_output=True, text=True)
     assert wrong.returncode == 1 and "day not settled: there is no execution journal" in wrong.stderr, wrong.stderr
@@ -148,6 +148,42 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
         assert "no NATS given" in alone.stderr, alone.stderr
         assert ("reconciled against      the ledger's own records (no NATS was given: the execution journal was not "
                 "read)") in alone.stdout, alone.stdout
+
+
+async def test_settle_refuses_a_day_whose_session_has_not_closed(pg_server_url, tmp_path):
+    """A day still trading is not final: settled now, a second run would settle the fills made
+    since (acceptance round 12: 624 fills, then 14 more seconds later, both "discrepancies
+    none"). `stockmesh settle` waits for the day's close (or a later day's), unless told
+    --before-close; a day older than the closes kept closed long ago."""
+    import asyncpg
+
+    from order_svc.service_layer.session import close_session
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+    from tests.conftest import fresh_database
+
+    today = calendar.trading_day(datetime.now(timezone.utc))
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
+    async with fresh_database(pg_server_url) as url:
+        def settle(day, *more: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(),
+                                   "--database-url", url, "--namespace", "closing", "--data-dir", str(tmp_path),
+                                   *more], capture_output=True, text=True, env=env)
+        yesterday = today - timedelta(days=1)
+        for day in (today, yesterday):
+            refused = settle(day)
+            assert refused.returncode == 1 and f"day not settled: the session of {day} has not closed" in \
+                refused.stderr and f"stockmesh session close --date {day}" in refused.stderr, refused.stderr
+            assert "Settlement of" not in refused.stdout
+        assert settle(today, "--before-close").returncode == 0
+        assert settle(today - calendar.CLOSES_KEPT).returncode == 0  # long closed
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            assert await close_session(today, lambda: OrderUnitOfWork(pool), "closing")
+        finally:
+            await pool.close()
+        for day in (today, yesterday):  # today's close came after yesterday's trading too
+            done = settle(day)
+            assert done.returncode == 0 and "fills settled now       0" in done.stdout, done.stdout + done.stderr
 
 
 async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
