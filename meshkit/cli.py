@@ -502,7 +502,7 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
     twice for one day queues nothing new."""
     import asyncio
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     from meshkit import calendar, db
     from order_svc.service_layer.session import close_session, closed_after, other_namespace
@@ -523,8 +523,13 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
                 return (f"session {trading_day}: nothing queued: the session of {later} was closed since, "
                         "which ended the DAY orders of earlier days too")
             n = await close_session(trading_day, uow, namespace)
-            return (f"session {trading_day} closed: {n} symbols queued" if n
-                    else f"session {trading_day} was closed before: nothing queued")
+            if n:
+                return f"session {trading_day} closed: {n} symbols queued"
+            # A day closes once. The DAY orders placed since (a market kept always open takes
+            # orders after a close) are of the next session, and end at its close.
+            return (f"session {trading_day} was closed before: nothing queued (DAY orders placed since its close "
+                    f"belong to the next session: `stockmesh session close --date {trading_day + timedelta(days=1)}` "
+                    "ends them once that day has come)")
         finally:
             await pool.close()
 

@@ -511,6 +511,9 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
         str(day.order_id): ("RELEASED", D("300.00")), str(gtc.order_id): ("PENDING", D("450.00"))}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "nothing queued" in again.stdout
+    # A DAY order placed since (an always-open market takes them) is of the next session, and
+    # the message says how to end it (acceptance round 12: it looked as if it outlived its day).
+    assert f"`stockmesh session close --date {today + timedelta(days=1)}` ends them" in again.stdout, again.stdout
     earlier = subprocess.run([*cmd[:-1], str(today - timedelta(days=3))], env=env, capture_output=True, text=True,
                              timeout=60)  # a close of an earlier day would end nothing more
     assert earlier.returncode == 0, earlier.stderr
