@@ -32,11 +32,12 @@ from nats.js import JetStreamContext
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from meshkit import aio, bus, config, failpoints
+from meshkit import aio, bus, config, db, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
 RELAY_LOCK = 0x5F0C_0B0E  # advisory lock key of the outbox relay
+RELAY_ROLE = "orders.outbox-relay"  # its label in stockmesh_elected{role}
 # How long accepted orders (and cancels, replaces) wait before the engine can have them.
 HANDOFF = Histogram("stockmesh_outbox_handoff_seconds",
                     "From the transaction that wrote an outbox row to its JetStream acknowledgement",
@@ -79,8 +80,10 @@ class OutboxRelay:
         conn = await asyncpg.connect(self.database_url)
         pruner: asyncio.Task | None = None
         try:
+            db.ELECTION.labels(RELAY_ROLE).set(0)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
+            db.ELECTION.labels(RELAY_ROLE).set(1)  # which replica relays, as meshkit.db.elected says
             log.info("outbox relay elected")
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
             if self.retention is not None:
@@ -92,6 +95,7 @@ class OutboxRelay:
                 if published < self.batch:
                     await aio.wait_set(self._wake, self.idle_poll)
         finally:
+            db.ELECTION.labels(RELAY_ROLE).set(0)
             if pruner is not None:
                 pruner.cancel()
                 await asyncio.gather(pruner, return_exceptions=True)

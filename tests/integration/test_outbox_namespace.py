@@ -95,3 +95,24 @@ async def test_session_close_refuses_a_namespace_the_order_flow_does_not_go_to(p
             assert not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE subject LIKE 'nope.%'")
         finally:
             await conn.close()
+
+
+async def test_the_elected_relay_says_so_in_stockmesh_elected(pg_server_url, nats_conn):
+    """Which of the relay's replicas relays is in stockmesh_elected{role}, as for the other
+    elections (acceptance round 12: the relay's own lock showed nowhere)."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from order_svc.adapters.outbox import RELAY_ROLE
+    from tests.support.wait import eventually
+
+    elected = lambda: REGISTRY.get_sample_value("stockmesh_elected", {"role": RELAY_ROLE})  # noqa: E731
+    async with fresh_database(pg_server_url) as url:
+        relay = asyncio.create_task(OutboxRelay(url, nats_conn.jetstream(), idle_poll=3600).run())
+        try:
+            assert await eventually(lambda: elected() == 1.0, timeout=30)
+        finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+        assert elected() == 0.0
