@@ -222,13 +222,41 @@ def _jwks_cluster(jwks: Path | RemoteJwks) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The public listener's certificate chain and private key (PEM files), read by Envoy at start."""
+    certificate_chain: Path
+    private_key: Path
+
+
+def _public_tls(tls: TlsFiles | None) -> str:
+    """The public filter chain's transport socket (TLS 1.2 or later; ALPN h2 for gRPC, http/1.1
+    for JSON), or nothing: plaintext."""
+    if tls is None:
+        return ""
+    return (
+        "transport_socket:\n"
+        "        name: envoy.transport_sockets.tls\n"
+        "        typed_config:\n"
+        '          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n'
+        "          common_tls_context:\n"
+        '            alpn_protocols: ["h2", "http/1.1"]\n'
+        "            tls_params: { tls_minimum_protocol_version: TLSv1_2 }\n"
+        "            tls_certificates:\n"
+        f"            - certificate_chain: {{ filename: {json.dumps(str(tls.certificate_chain))} }}\n"
+        f"              private_key: {{ filename: {json.dumps(str(tls.private_key))} }}\n"
+        "      ")
+
+
 def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = "0.0.0.0",
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
            descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE,
-           cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS) -> str:
+           cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS,
+           tls: TlsFiles | None = None) -> str:
     """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL;
     `cors` the origins whose browser apps may call (cors_origins()); `call_timeout` the seconds
-    a unary call without a client deadline may take."""
+    a unary call without a client deadline may take; `tls` the public listener's certificate
+    (None: plaintext)."""
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
     if not 0.001 <= call_timeout <= 86_400:
@@ -238,6 +266,7 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         "ORDER_COMMANDS_IN_FLIGHT": str(order_commands_in_flight),
         "CALL_TIMEOUT": f"{round(call_timeout, 3):g}s",
         "LISTEN_ADDRESS": listen_address,
+        "PUBLIC_TLS": _public_tls(tls),
         "PUBLIC_PORT": str(ports.public),
         "ADMIN_PORT": str(ports.admin),
         "JWKS_SOURCE": _jwks_source(jwks),
@@ -283,24 +312,33 @@ DEPLOY_PORTS = EnvoyPorts(
     hosts={c: c.replace("_", "-") for c in CLUSTERS})
 DEPLOY_JWKS = Path("/var/lib/stockmesh/keys/jwks.json")
 DEPLOY_DESCRIPTOR = Path("/app/gen/stockmesh/descriptor.binpb")
+# Kubernetes' Envoy terminates TLS with the certificate of the secret envoy-tls (a
+# kubernetes.io/tls secret: tls.crt, tls.key) mounted here; compose's, a trial on one machine,
+# is plaintext (deploy/envoy.yaml).
+DEPLOY_TLS_CONFIG = REPO / "deploy" / "envoy-tls.yaml"
+DEPLOY_TLS = TlsFiles(Path("/etc/envoy/tls/tls.crt"), Path("/etc/envoy/tls/tls.key"))
 
 
 def render_deployment(*, jwks: Path | RemoteJwks = DEPLOY_JWKS, descriptor: Path = DEPLOY_DESCRIPTOR,
-                      issuer: str = ISSUER, audience: str = AUDIENCE, cors: tuple[str, ...] = ()) -> str:
-    """deploy/envoy.yaml: no browser app on another origin unless `cors` names them."""
+                      issuer: str = ISSUER, audience: str = AUDIENCE, cors: tuple[str, ...] = (),
+                      tls: TlsFiles | None = None) -> str:
+    """deploy/envoy.yaml (deploy/envoy-tls.yaml with `tls`): no browser app on another origin
+    unless `cors` names them."""
     header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
               "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
-    return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience, cors=cors)
+    return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience, cors=cors,
+                           tls=tls)
 
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks: Path | RemoteJwks, *,
                  order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
-                 cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS) -> Path:
+                 cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS,
+                 tls: TlsFiles | None = None) -> Path:
     folder = data_dir / "envoy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "envoy.yaml"
     path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight, cors=cors,
-                           call_timeout=call_timeout))
+                           call_timeout=call_timeout, tls=tls))
     return path
 
 
@@ -340,12 +378,13 @@ def ready(admin_port: int, timeout: float = 2.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m meshkit.launcher.envoy [--check]`: write deploy/envoy.yaml (or say whether it
-    is current)."""
+    """`python -m meshkit.launcher.envoy [--check]`: write deploy/envoy.yaml (compose's,
+    plaintext) and deploy/envoy-tls.yaml (Kubernetes', TLS), or say whether they are current."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m meshkit.launcher.envoy", description=main.__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if deploy/envoy.yaml is not current")
+    parser.add_argument("--check", action="store_true", help="fail if deploy/envoy.yaml or deploy/envoy-tls.yaml "
+                        "is not current")
     parser.add_argument("--issuer", default=ISSUER, help="accept tokens of this issuer (your identity provider's; "
                         f"default: the development key's, {ISSUER})")
     parser.add_argument("--audience", default=AUDIENCE, help=f"... for this audience (default {AUDIENCE})")
@@ -359,19 +398,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="let browser apps on these origins call with gRPC-Web and JSON: comma-separated "
                              "scheme://host[:port], e.g. https://app.example.com (default none)")
     parser.add_argument("--output", type=Path, default=DEPLOY_CONFIG, help=f"where to write (default {DEPLOY_CONFIG})")
+    parser.add_argument("--tls-output", type=Path, default=DEPLOY_TLS_CONFIG,
+                        help=f"where to write the TLS one (default {DEPLOY_TLS_CONFIG})")
     args = parser.parse_args(argv)
     try:
         jwks = RemoteJwks(args.jwks_uri, args.jwks_cache) if args.jwks_uri else DEPLOY_JWKS
         cors = cors_origins(args.cors_origins)
     except EnvoyError as exc:
         parser.error(str(exc))
-    text = render_deployment(jwks=jwks, issuer=args.issuer, audience=args.audience, cors=cors)
+    texts = {(DEPLOY_CONFIG, args.output): render_deployment(jwks=jwks, issuer=args.issuer, audience=args.audience,
+                                                             cors=cors),
+             (DEPLOY_TLS_CONFIG, args.tls_output): render_deployment(jwks=jwks, issuer=args.issuer,
+                                                                     audience=args.audience, cors=cors,
+                                                                     tls=DEPLOY_TLS)}
     if args.check:
-        current = DEPLOY_CONFIG.exists() and DEPLOY_CONFIG.read_text() == text
-        print(f"{DEPLOY_CONFIG} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")
-        return 0 if current else 1
-    args.output.write_text(text)
-    print(f"wrote {args.output}")
+        stale = 0
+        for (committed, _), text in texts.items():
+            current = committed.exists() and committed.read_text() == text
+            stale += not current
+            print(f"{committed} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")
+        return 1 if stale else 0
+    for (_, output), text in texts.items():
+        output.write_text(text)
+        print(f"wrote {output}")
     return 0
 
 

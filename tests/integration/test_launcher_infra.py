@@ -3,6 +3,7 @@ local Redis and PostgreSQL when nothing answers, children that die with the laun
 Each test stops everything it starts."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -141,8 +142,11 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
         bridge = BridgeServer(routes([bridged], ORDER_COMMANDS), lambda: True)
         await bridge.start(f"127.0.0.1:{ports.bridges[cluster][0]}")
     proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls = render_options.get("tls")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as ch:
+        async with (grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") if tls is None else grpc.aio.secure_channel(
+                f"localhost:{ports.public}",
+                grpc.ssl_channel_credentials(root_certificates=tls.certificate_chain.read_bytes()))) as ch:
             yield ch, (("authorization", f"Bearer {keys.mint_token(tmp_path, 'stand-in-client')}"),), ports.admin
     finally:
         proxy.terminate()
@@ -467,6 +471,52 @@ async def test_a_replica_that_stops_fails_no_call_the_other_can_answer(tmp_path:
             assert codes == ["OK"] * 30, codes
     finally:
         await other.stop(None)
+
+
+async def test_the_public_listener_terminates_tls_where_rendered_with_a_certificate(tmp_path: Path) -> None:
+    """deploy/envoy-tls.yaml (Kubernetes) is the template rendered with a certificate: gRPC
+    (h2) and JSON (http/1.1) over TLS reach the service, and plaintext does not (acceptance
+    round 12: the public LoadBalancer served plaintext on port 443). A real Envoy before a
+    stand-in ledger_svc."""
+    import asyncio
+    import ssl
+    import urllib.error
+
+    import grpc
+
+    from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+    from tests.support.tls import self_signed
+
+    class StandIn(ledger_service_pb2_grpc.LedgerServiceServicer):
+        async def GetPortfolio(self, request, context):
+            return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="stand-in-client"))
+
+    tls = self_signed(tmp_path / "tls")
+    ports = _ports()
+    async with _envoy_before(tmp_path, "ledger_svc",
+                             lambda server: ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(StandIn(), server),
+                             ports=ports, tls=tls) as (ch, md, _):
+        stub = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+
+        async def answered() -> bool:
+            try:
+                return (await stub.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=5)
+                        ).portfolio.account_id == "stand-in-client"
+            except grpc.aio.AioRpcError:
+                return False
+        assert await eventually(answered, timeout=30)
+
+        def json_call(context: ssl.SSLContext | None, scheme: str) -> tuple[int, bytes]:
+            request = urllib.request.Request(
+                f"{scheme}://localhost:{ports.public}/stockmesh.ledger.v1.LedgerService/GetPortfolio", data=b"{}",
+                headers={"content-type": "application/json", **dict(md)}, method="POST")
+            with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+                return resp.status, resp.read()
+        status, body = await asyncio.to_thread(
+            json_call, ssl.create_default_context(cafile=str(tls.certificate_chain)), "https")
+        assert status == 200 and json.loads(body)["portfolio"]["account_id"] == "stand-in-client"
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            await asyncio.to_thread(json_call, None, "http")  # no plaintext on the TLS port
 
 
 async def test_a_stream_ended_by_its_clients_deadline_is_deadline_exceeded_not_a_reset(tmp_path: Path) -> None:

@@ -57,6 +57,20 @@ def test_known_settings_are_found() -> None:
 def test_deploy_envoy_config_is_the_template_rendered() -> None:
     assert envoy.DEPLOY_CONFIG.read_text() == envoy.render_deployment(), \
         "deploy/envoy.yaml is stale: run python -m meshkit.launcher.envoy"
+    assert envoy.DEPLOY_TLS_CONFIG.read_text() == envoy.render_deployment(tls=envoy.DEPLOY_TLS), \
+        "deploy/envoy-tls.yaml is stale: run python -m meshkit.launcher.envoy"
+    assert "DownstreamTlsContext" in envoy.DEPLOY_TLS_CONFIG.read_text()
+    assert "DownstreamTlsContext" not in envoy.DEPLOY_CONFIG.read_text()  # compose's: one machine
+
+
+def test_deploy_envoy_tls_config_is_accepted_by_envoy(tmp_path: Path) -> None:
+    from tests.support.tls import self_signed
+
+    dev = keys.ensure_keys(tmp_path)
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy.render_deployment(jwks=dev.jwks_path, descriptor=envoy.DESCRIPTOR,
+                                              tls=self_signed(tmp_path / "tls")))
+    envoy.validate(config)
 
 
 def test_deploy_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
@@ -130,13 +144,15 @@ def test_deploy_envoy_config_for_another_identity_provider(tmp_path: Path) -> No
     dev = keys.ensure_keys(tmp_path)
     config = tmp_path / "envoy.yaml"
     assert envoy.main(["--issuer", "https://id.example.com/", "--audience", "brokerage",
-                       "--output", str(config)]) == 0
+                       "--output", str(config), "--tls-output", str(tmp_path / "tls.yaml")]) == 0
     text = config.read_text()
     assert 'issuer: "https://id.example.com/"' in text and 'audiences: ["brokerage"]' in text
     config.write_text(text.replace(f'"{envoy.DEPLOY_JWKS}"', f'"{dev.jwks_path}"')
                       .replace(f'"{envoy.DEPLOY_DESCRIPTOR}"', f'"{envoy.DESCRIPTOR}"'))
     envoy.validate(config)
-    assert envoy.DEPLOY_CONFIG.read_text() == envoy.render_deployment()  # the committed one untouched
+    assert envoy.DEPLOY_CONFIG.read_text() == envoy.render_deployment()  # the committed ones untouched
+    assert envoy.DEPLOY_TLS_CONFIG.read_text() == envoy.render_deployment(tls=envoy.DEPLOY_TLS)
+    assert 'issuer: "https://id.example.com/"' in (tmp_path / "tls.yaml").read_text()
 
 
 # -------------------------------------------------------------------------------- NATS
@@ -290,7 +306,13 @@ def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream
     assert {v["configMap"]["name"] for v in envoy_pod["volumes"] if "configMap" in v} == {"envoy-config"}
     assert envoy_pod["containers"][0]["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
     # Ready as the load balancer's probe says (docs/operations.md), not merely listening.
-    assert envoy_pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "public"}
+    assert envoy_pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "public",
+                                                                       "scheme": "HTTPS"}
+    # TLS on the public LoadBalancer (round 12: plaintext on port 443), from the secret envoy-tls.
+    assert "DownstreamTlsContext" in _of(docs, "ConfigMap")["envoy-config"]["data"]["envoy.yaml"]
+    assert {"name": "tls", "secret": {"secretName": "envoy-tls"}} in envoy_pod["volumes"]
+    assert {"name": "tls", "mountPath": str(envoy.DEPLOY_TLS.certificate_chain.parent), "readOnly": True} in \
+        envoy_pod["containers"][0]["volumeMounts"]
 
 
 def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path) -> None:
@@ -299,7 +321,7 @@ def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path
     config = tmp_path / "envoy.yaml"
     assert envoy.main(["--issuer", "https://id.example.com/", "--jwks-uri",
                        "https://id.example.com/.well-known/jwks.json", "--jwks-cache", "600",
-                       "--output", str(config)]) == 0
+                       "--output", str(config), "--tls-output", str(tmp_path / "tls.yaml")]) == 0
     text = config.read_text()
     assert "local_jwks:" not in text and str(envoy.DEPLOY_JWKS) not in text
     assert 'uri: "https://id.example.com/.well-known/jwks.json"' in text and "cache_duration: 600s" in text
@@ -309,5 +331,6 @@ def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path
     envoy.validate(config)
     for bad in ("ftp://id.example.com/jwks", "https:///jwks.json"):
         with pytest.raises(SystemExit):
-            envoy.main(["--jwks-uri", bad, "--output", str(tmp_path / "bad.yaml")])
+            envoy.main(["--jwks-uri", bad, "--output", str(tmp_path / "bad.yaml"),
+                        "--tls-output", str(tmp_path / "bad-tls.yaml")])
     assert not (tmp_path / "bad.yaml").exists()
