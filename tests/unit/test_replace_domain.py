@@ -83,8 +83,8 @@ def test_price_fields_follow_the_type_and_quantity_exceeds_the_fills():
 def test_a_triggered_stop_limit_keeps_its_stop_whatever_the_replace_names():
     sl = order(OrderType.STOP_LIMIT, limit="106.00", stop="105.00")
     sl.triggered_at = NOW
-    for given in (None, D("105.00"), D("90.00")):
-        req = replacement_request(sl, "c2", 10, D("107.00"), given)
+    for named in (None, D("105.00"), D("90.00")):
+        req = replacement_request(sl, "c2", 10, D("107.00"), named)
         assert (req.limit_price, req.stop_price) == (D("107.00"), D("105.00"))
     with pytest.raises(InvalidArgument) as e:
         replacement_request(sl, "c2", 10, None, D("105.00"))
