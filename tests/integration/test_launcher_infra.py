@@ -519,6 +519,80 @@ async def test_the_public_listener_terminates_tls_where_rendered_with_a_certific
             await asyncio.to_thread(json_call, None, "http")  # no plaintext on the TLS port
 
 
+async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refused_at_once(tmp_path: Path) -> None:
+    """Acceptance round 13: JSON PlaceOrders whose body came slowly, and gRPC-Web ones with an
+    empty body, each held one of the order commands' slots for the call's 30 s (the upstream
+    request began with the headers; gRPC's server waits for ever for a message that never
+    comes), so a few hundred of them stopped everyone's order entry. A request is now read
+    whole before it takes a slot, and one that is not one whole gRPC message is
+    INVALID_ARGUMENT at once, for gRPC-Web and native gRPC alike. A real Envoy (2 command
+    slots) before a stand-in order_svc."""
+    import asyncio
+    import socket
+    import time
+
+    import grpc
+
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class StandIn(order_service_pb2_grpc.OrderServiceServicer):
+        async def PlaceOrder(self, request, context):
+            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+
+        async def GetOrder(self, request, context):
+            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+    stand_in = StandIn()
+    ports = _ports()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
+                             bridged=(stand_in, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2,
+                             ports=ports) as (ch, md, _):
+        token = dict(md)["authorization"]
+        place = "/stockmesh.order.v1.OrderService/PlaceOrder"
+
+        def json_place(coid: str) -> tuple[int, bytes]:
+            return _http(ports.public, "POST", place, {"content-type": "application/json", "authorization": token},
+                         json.dumps({"client_order_id": coid}).encode())[::2]
+        def warm() -> bool:
+            try:
+                return json_place("warm")[0] == 200
+            except OSError:  # Envoy not listening yet
+                return False
+        assert await eventually(lambda: asyncio.to_thread(warm), timeout=30)
+
+        # Six JSON PlaceOrders whose bodies never finish: three times the slots.
+        slow = []
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", ports.public), timeout=5)
+            sock.sendall(f"POST {place} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         f"authorization: {token}\r\ncontent-length: 500\r\n\r\n{{\"client".encode())
+            slow.append(sock)
+        try:
+            await asyncio.sleep(0.5)
+            status, body = await asyncio.to_thread(json_place, "meanwhile")
+            assert status == 200 and json.loads(body)["order"]["client_order_id"] == "meanwhile", (status, body)
+            # Empty and cut gRPC-Web bodies, and an empty native gRPC one: refused at once.
+            for path in (place, "/stockmesh.order.v1.OrderService/GetOrder"):
+                for body in (b"", b"\x00\x00\x00\x00\x64abc"):
+                    started = time.monotonic()
+                    status, got, _ = await asyncio.to_thread(_http, ports.public, "POST", path, {
+                        "content-type": "application/grpc-web+proto", "x-grpc-web": "1", "authorization": token}, body)
+                    assert time.monotonic() - started < 5 and status == 200, (path, body, status, got)
+                    assert got.get("grpc-status") == "3" and "not one whole message" in got.get("grpc-message", ""), got
+            started = time.monotonic()
+            native = await asyncio.create_subprocess_exec(
+                "curl", "-s", "-m", "20", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-X", "POST",
+                "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", f"authorization: {token}",
+                f"http://127.0.0.1:{ports.public}/stockmesh.order.v1.OrderService/GetOrder",
+                stdout=asyncio.subprocess.PIPE)
+            out = (await native.communicate())[0].decode().lower()
+            assert time.monotonic() - started < 5 and "grpc-status: 3" in out, out
+        finally:
+            for sock in slow:
+                sock.close()
+
+
 async def test_a_stream_ended_by_its_clients_deadline_is_deadline_exceeded_not_a_reset(tmp_path: Path) -> None:
     """Envoy honoured the client's grpc-timeout on the streams too, and its timer fired a hair
     before the client's: it reset a stream already answering, and the client saw INTERNAL
