@@ -47,7 +47,10 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
 # The connection to PostgreSQL failed under the statement (the server restarting, shut down
 # or gone, the connection cut), as opposed to the statement's or the program's own error.
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
-                    asyncpg.CrashShutdownError, ConnectionError)
+                    asyncpg.CrashShutdownError, ConnectionError,
+                    # A connection refused because the server is full (max_connections): it
+                    # answers again once others close (acceptance round 13: INTERNAL).
+                    asyncpg.TooManyConnectionsError)
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -114,13 +114,14 @@ ORDER_COMMANDS = [f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder"
 
 @asynccontextmanager
 async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None, jwks=None, ports=None,
-                        **render_options):
+                        log: Path | None = None, **render_options):
     """A real Envoy with the rendered config in front of a stand-in gRPC server (health plus
     what `add_servicer(server)` adds) on `cluster`'s port and, given `bridged` (servicer,
     service name), the order commands of that servicer on the bridge port (meshkit.bridge, as
     order_svc serves them); yields (a channel to Envoy's public port, a bearer token's metadata,
     Envoy's admin port). `jwks`: where Envoy takes the keys (the development keys' file by default);
-    `ports`: Envoy's and the upstreams' (free ones by default)."""
+    `ports`: Envoy's and the upstreams' (free ones by default); `log`: where Envoy's output
+    (its access log) goes."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -141,7 +142,8 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
     if bridged is not None:
         bridge = BridgeServer(routes([bridged], ORDER_COMMANDS), lambda: True)
         await bridge.start(f"127.0.0.1:{ports.bridges[cluster][0]}")
-    proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    proxy = subprocess.Popen(envoy.argv(config, "error"), stdout=out, stderr=subprocess.STDOUT)
     tls = render_options.get("tls")
     try:
         async with (grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") if tls is None else grpc.aio.secure_channel(
@@ -151,6 +153,8 @@ async def _envoy_before(tmp_path: Path, cluster: str, add_servicer, bridged=None
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
+        if log is not None:
+            out.close()
         if bridge is not None:
             await bridge.stop(0)
         await server.stop(None)
@@ -580,6 +584,14 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
                         "content-type": "application/grpc-web+proto", "x-grpc-web": "1", "authorization": token}, body)
                     assert time.monotonic() - started < 5 and status == 200, (path, body, status, got)
                     assert got.get("grpc-status") == "3" and "not one whole message" in got.get("grpc-message", ""), got
+            # A body over Envoy's buffer: refused, in a JSON caller's shape (round 13: plain text,
+            # or a gRPC 4 MiB limit answered as a rate limit).
+            status, got, body = await asyncio.to_thread(
+                _http, ports.public, "POST", "/stockmesh.order.v1.OrderService/GetOrder",
+                {"content-type": "application/json", "authorization": token},
+                json.dumps({"order_id": "x" * (2 << 20)}).encode())
+            assert (status, got.get("content-type")) == (413, "application/json"), (status, got, body[:200])
+            assert json.loads(body)["code"] == 3 and json.loads(body)["details"][0]["reason"] == "REQUEST_TOO_LARGE"
             started = time.monotonic()
             native = await asyncio.create_subprocess_exec(
                 "curl", "-s", "-m", "20", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-X", "POST",
@@ -591,6 +603,39 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
         finally:
             for sock in slow:
                 sock.close()
+
+
+async def test_a_token_in_the_query_string_is_refused_and_written_nowhere(tmp_path: Path) -> None:
+    """Tokens are read from the authorization header only; one sent as ?access_token= (a
+    front-end developer's first mistake) is refused, and neither Envoy's access log nor the
+    401's WWW-Authenticate (whose realm was the whole URL) keeps it (acceptance round 13)."""
+    import asyncio
+
+    from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+
+    class StandIn(ledger_service_pb2_grpc.LedgerServiceServicer):
+        async def GetPortfolio(self, request, context):
+            return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="stand-in-client"))
+
+    ports, log = _ports(), tmp_path / "envoy.log"
+    async with _envoy_before(tmp_path, "ledger_svc",
+                             lambda server: ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(StandIn(), server),
+                             ports=ports, log=log) as (ch, md, _):
+        token = dict(md)["authorization"].removeprefix("Bearer ")
+        path = "/stockmesh.ledger.v1.LedgerService/GetPortfolio"
+
+        def call(query: str, headers: dict[str, str]):
+            try:
+                return _http(ports.public, "POST", path + query, {"content-type": "application/json", **headers}, b"{}")
+            except OSError:
+                return None
+        assert await eventually(lambda: asyncio.to_thread(
+            lambda: (call("", {"authorization": f"Bearer {token}"}) or (0,))[0] == 200), timeout=30)
+        status, headers, _ = await asyncio.to_thread(call, f"?access_token={token}", {})
+        assert status == 401 and token not in headers.get("www-authenticate", ""), headers
+        assert headers.get("www-authenticate") == 'Bearer realm="stockmesh"', headers
+    text = log.read_text()
+    assert f"{path} http=401" in text and token not in text and "access_token" not in text, text[-2000:]
 
 
 async def test_a_stream_ended_by_its_clients_deadline_is_deadline_exceeded_not_a_reset(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
     asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     asyncpg.CannotConnectNowError("the database system is starting up"),
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.TooManyConnectionsError("sorry, too many clients already"),
     ConnectionRefusedError(111, "Connection refused"),
     asyncpg.InterfaceError("cannot call Transaction.rollback(): the underlying connection is closed"),
     asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
