@@ -606,7 +606,7 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
 
 
 async def test_a_token_in_the_query_string_is_refused_and_written_nowhere(tmp_path: Path) -> None:
-    """Tokens are read from the authorization header only; one sent as ?access_token= (a
+    """Tokens are read from the authorization header only (its scheme in any case); one sent as ?access_token= (a
     front-end developer's first mistake) is refused, and neither Envoy's access log nor the
     401's WWW-Authenticate (whose realm was the whole URL) keeps it (acceptance round 13)."""
     import asyncio
@@ -634,6 +634,9 @@ async def test_a_token_in_the_query_string_is_refused_and_written_nowhere(tmp_pa
         status, headers, _ = await asyncio.to_thread(call, f"?access_token={token}", {})
         assert status == 401 and token not in headers.get("www-authenticate", ""), headers
         assert headers.get("www-authenticate") == 'Bearer realm="stockmesh"', headers
+        # The scheme is case-insensitive (RFC 7235): "bearer" was refused as "Jwt is missing".
+        for scheme in ("bearer", "BEARER"):
+            assert (await asyncio.to_thread(call, "", {"authorization": f"{scheme} {token}"}))[0] == 200, scheme
     text = log.read_text()
     assert f"{path} http=401" in text and token not in text and "access_token" not in text, text[-2000:]
 
