@@ -533,9 +533,6 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
     slots) before a stand-in order_svc."""
     import asyncio
     import socket
-    import time
-
-    import grpc
 
     from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
@@ -576,13 +573,19 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
             await asyncio.sleep(0.5)
             status, body = await asyncio.to_thread(json_place, "meanwhile")
             assert status == 200 and json.loads(body)["order"]["client_order_id"] == "meanwhile", (status, body)
+            # A JSON call that sends te: trailers (not a browser's) is transcoded all the same,
+            # not bridged as if it were protobuf (round 13: its errors came back as `{}`).
+            status, _, body = await asyncio.to_thread(
+                _http, ports.public, "POST", place,
+                {"content-type": "application/json", "authorization": token, "te": "trailers"},
+                json.dumps({"client_order_id": "with-te"}).encode())
+            assert status == 200 and json.loads(body)["order"]["client_order_id"] == "with-te", (status, body)
             # Empty and cut gRPC-Web bodies, and an empty native gRPC one: refused at once.
             for path in (place, "/stockmesh.order.v1.OrderService/GetOrder"):
                 for body in (b"", b"\x00\x00\x00\x00\x64abc"):
-                    started = time.monotonic()
                     status, got, _ = await asyncio.to_thread(_http, ports.public, "POST", path, {
                         "content-type": "application/grpc-web+proto", "x-grpc-web": "1", "authorization": token}, body)
-                    assert time.monotonic() - started < 5 and status == 200, (path, body, status, got)
+                    assert status == 200, (path, body, status, got)  # (the call's timeout would be a 504)
                     assert got.get("grpc-status") == "3" and "not one whole message" in got.get("grpc-message", ""), got
             # A body over Envoy's buffer: refused, in a JSON caller's shape (round 13: plain text,
             # or a gRPC 4 MiB limit answered as a rate limit).
@@ -592,14 +595,23 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
                 json.dumps({"order_id": "x" * (2 << 20)}).encode())
             assert (status, got.get("content-type")) == (413, "application/json"), (status, got, body[:200])
             assert json.loads(body)["code"] == 3 and json.loads(body)["details"][0]["reason"] == "REQUEST_TOO_LARGE"
-            started = time.monotonic()
             native = await asyncio.create_subprocess_exec(
                 "curl", "-s", "-m", "20", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-X", "POST",
                 "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", f"authorization: {token}",
                 f"http://127.0.0.1:{ports.public}/stockmesh.order.v1.OrderService/GetOrder",
                 stdout=asyncio.subprocess.PIPE)
             out = (await native.communicate())[0].decode().lower()
-            assert time.monotonic() - started < 5 and "grpc-status: 3" in out, out
+            assert "grpc-status: 3" in out, out  # (a hang would end at curl's -m 20 with nothing)
+            # Headers that never end: the connection is closed after 10 s (round 13: ~20,000
+            # such connections held every file Envoy may open, no token needed).
+            # (Held for good, the read below times out: socket.timeout fails the test.)
+            loris = socket.create_connection(("127.0.0.1", ports.public), timeout=40)
+            loris.sendall(b"POST /stockmesh.ledger.v1.LedgerService/GetPortfolio HTTP/1.1\r\nhost: x\r\n")
+            answer = b""
+            while chunk := await asyncio.to_thread(loris.recv, 4096):  # Envoy's reply, then its close
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            loris.close()
         finally:
             for sock in slow:
                 sock.close()
