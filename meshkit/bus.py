@@ -77,17 +77,23 @@ def unreachable(exc: BaseException | None) -> bool:
 READ_TIMEOUT = 2.0
 
 
-async def last_msg(js, stream: str, subject: str, *, timeout: float = READ_TIMEOUT):
-    """The last message of `subject` in `stream` (NotFoundError when none), or
-    nats.errors.TimeoutError after `timeout` seconds."""
+async def answered(request, *, timeout: float = READ_TIMEOUT):
+    """The answer of a JetStream request in a call's path (a coroutine), or
+    nats.errors.TimeoutError after `timeout` seconds (nats-py's own default is 5)."""
     import nats.errors
 
     try:
-        return await asyncio.wait_for(js.get_last_msg(stream, subject), timeout)
+        return await asyncio.wait_for(request, timeout)
     except nats.errors.TimeoutError:
         raise
     except TimeoutError as exc:  # wait_for's own
         raise nats.errors.TimeoutError from exc
+
+
+async def last_msg(js, stream: str, subject: str, *, timeout: float = READ_TIMEOUT):
+    """The last message of `subject` in `stream` (NotFoundError when none), or
+    nats.errors.TimeoutError after `timeout` seconds."""
+    return await answered(js.get_last_msg(stream, subject), timeout=timeout)
 
 
 async def connect(url: str, name: str, *, attempts: int = -1) -> Client:

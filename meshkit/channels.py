@@ -14,6 +14,10 @@ RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # A target of several replicas (the launcher's "ipv4:127.0.0.1:A,127.0.0.1:B", a headless
+    # Kubernetes Service's DNS name): calls go round the ready ones, so a replica that died
+    # or stopped takes no new call while it comes back. One address: the same as pick_first.
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 

@@ -27,6 +27,7 @@ def unreachable(exc: BaseException) -> str | None:
     for exc in causes(exc, limit=8):
         if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InvalidCatalogNameError,
                             asyncpg.InvalidAuthorizationSpecificationError, asyncpg.CannotConnectNowError,
+                            asyncpg.TooManyConnectionsError,  # the server is full: try again later
                             asyncpg.exceptions.ClientConfigurationError, psycopg.OperationalError)):
             return f"PostgreSQL: {str(exc).strip() or type(exc).__name__}"
         if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError)):

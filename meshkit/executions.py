@@ -169,14 +169,16 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
     stream = bus.stream_name(namespace, "EXECUTIONS")
     prefix = consumer_name(durable, "")
     try:
-        infos = [c for c in await bus.consumers(js, stream) if c.name.startswith(prefix)]
+        # Each request to JetStream gives up after bus.READ_TIMEOUT: a caller waiting on a NATS
+        # that stalls is UNAVAILABLE within it (round 13: nats-py's 5 s).
+        infos = [c for c in await bus.answered(bus.consumers(js, stream)) if c.name.startswith(prefix)]
     except nats.js.errors.NotFoundError:
         return True
     targets: dict[str, int] = {}
     for c in infos:
         if c.num_pending:  # not all delivered yet: the subject's last message is the target
             try:
-                targets[c.name] = (await js.get_last_msg(stream, c.config.filter_subject)).seq
+                targets[c.name] = (await bus.last_msg(js, stream, c.config.filter_subject)).seq
             except nats.js.errors.NotFoundError:
                 continue
         elif c.num_ack_pending and c.delivered is not None:
@@ -189,7 +191,7 @@ async def wait_applied(js, namespace: str, durable: str, *, timeout: float = 2.0
         await asyncio.sleep(pause)  # polling JetStream's view of the consumers, backing off
         pause = min(pause * 2, 0.05)
         for name, target in list(targets.items()):
-            floor = (await js.consumer_info(stream, name)).ack_floor
+            floor = (await bus.answered(js.consumer_info(stream, name))).ack_floor
             if floor is not None and (floor.stream_seq or 0) >= target:
                 del targets[name]
         if not targets:

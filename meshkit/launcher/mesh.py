@@ -39,6 +39,11 @@ from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Superviso
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
 INTERNALLY_CALLED = ("ledger_svc", "order_svc")  # the services another calls (LEDGER_ADDR, ORDER_ADDR)
+
+
+def internal_target(ports: list[int]) -> str:
+    """A gRPC target for the replicas of a service on 127.0.0.1 (meshkit.channels balances over it)."""
+    return f"127.0.0.1:{ports[0]}" if len(ports) == 1 else "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
 DEFAULT_PORT = 8080
 # order_svc's outbox relay as a process of its own (not behind Envoy): its name and module.
 RELAY = "order_relay"
@@ -197,7 +202,12 @@ class Mesh:
                              if service in envoy.BRIDGED}
         self.metrics_ports = {name: free_port() for name in self.instances}
         upstreams = {name: listen[name] for name in SERVICES}  # the first replica of each
-        children = [self.sup.start(self._service_spec(name, listen[name], upstreams))
+        # A service calling another reaches every replica of it (gRPC's round robin over the
+        # ready ones): one replica lost fails no internal call another can take (acceptance
+        # round 13: the holds went to the first ledger_svc only, and failed while it restarted).
+        targets = {service: internal_target([listen[name] for name, s in self.instances.items() if s == service])
+                   for service in INTERNALLY_CALLED}
+        children = [self.sup.start(self._service_spec(name, listen[name], targets))
                     for name in self.instances]
         self._wait_services_serving(children, listen)
         replicas = {service: [listen[name] for name, s in self.instances.items() if s == service and name != service]
@@ -282,14 +292,13 @@ class Mesh:
             log_path=self.data_dir / "logs" / "simulator.log", cwd=self.data_dir, stop_timeout=10.0))
         self.say("  liquidity providers quoting every symbol (log: logs/simulator.log)")
 
-    def _service_spec(self, name: str, port: int, upstreams: dict[str, int]) -> ChildSpec:
+    def _service_spec(self, name: str, port: int, targets: dict[str, str]) -> ChildSpec:
         assert self.infra is not None
         env = {
             # Where the services called by others are, for internal calls (order_svc ->
             # ledger_svc holds, ledger_svc -> order_svc open orders): LEDGER_ADDR, ORDER_ADDR
             # (meshkit.config; no service calls quote_svc or matching_svc).
-            **{f"{other.removesuffix('_svc').upper()}_ADDR": f"127.0.0.1:{upstreams[other]}"
-               for other in INTERNALLY_CALLED},
+            **{f"{other.removesuffix('_svc').upper()}_ADDR": targets[other] for other in INTERNALLY_CALLED},
             "METRICS_PORT": str(self.metrics_ports[name]),
             "GRPC_LISTEN": f"127.0.0.1:{port}",
             "DATABASE_URL": self.infra.database_url,

@@ -51,3 +51,45 @@ async def test_a_restarted_service_is_found_again_within_the_backoff_bound():
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def test_a_target_of_replicas_takes_every_call_while_one_of_them_is_gone():
+    """The launcher's LEDGER_ADDR / ORDER_ADDR name every replica ("ipv4:A,B"); the channel goes
+    round the ready ones, so the holds and open-order reads need only one replica (acceptance
+    round 13: pinned to the first, they failed while it restarted). Both replicas answer while
+    both run; with one stopped, the other takes the calls."""
+    from meshkit.launcher.mesh import internal_target
+
+    class Counted(health.aio.HealthServicer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        async def Check(self, request, context):
+            self.calls += 1
+            return await super().Check(request, context)
+
+    servers, counted = [], []
+    for _ in range(2):
+        server, servicer = grpc.aio.server(), Counted()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append((server, port))
+        counted.append(servicer)
+    assert internal_target([servers[0][1]]) == f"127.0.0.1:{servers[0][1]}"
+    target = internal_target([p for _, p in servers])
+    assert target == f"ipv4:127.0.0.1:{servers[0][1]},127.0.0.1:{servers[1][1]}"
+    channel = internal_channel(target)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        for _ in range(20):
+            assert await _check(stub)
+        assert counted[0].calls and counted[1].calls  # round the two
+        await servers[0][0].stop(None)  # a graceful stop: the channel hears its GOAWAY
+        results = [await _check(stub) for _ in range(20)]
+        assert all(results), results
+    finally:
+        await channel.close()
+        for server, _ in servers:
+            await server.stop(None)

@@ -31,6 +31,10 @@ def test_other_errors_are_not_taken_for_an_unreachable_server():
     assert unreachable(ValueError("a bug")) is None
     assert unreachable(KeyError("x")) is None
     assert unreachable(TimeoutError()) is None  # a statement out of time (asyncpg's command_timeout)
+    import asyncpg
+    # A server at max_connections is one that does not answer now (round 13: a traceback).
+    assert unreachable(asyncpg.TooManyConnectionsError("sorry, too many clients already")) == (
+        "PostgreSQL: sorry, too many clients already")
     try:
         try:
             raise ConnectionRefusedError(111, "Connect call failed")

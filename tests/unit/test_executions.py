@@ -44,3 +44,22 @@ async def test_an_execution_with_an_effect_opens_one():
         await settlement.apply_execution(execution(CANCELLED), no_uow)
     with pytest.raises(Opened):
         await lifecycle.apply_execution(execution(CANCELLED), SimpleNamespace(uow=no_uow))
+
+
+async def test_the_refusal_barrier_gives_up_on_a_stalled_nats_as_a_read_in_a_call_does():
+    """wait_applied's JetStream requests took nats-py's 5 s each while NATS stalled (acceptance
+    round 13: a Withdraw answered UNAVAILABLE after 5.1 s); each gives up after
+    bus.READ_TIMEOUT now, with the error that is UNAVAILABLE / BUS_UNAVAILABLE to the client."""
+    import asyncio
+
+    import nats.errors
+
+    from meshkit import bus, executions
+
+    class Stalled:
+        async def consumers_info(self, stream, offset=0):
+            await asyncio.Event().wait()  # never answers
+
+    with pytest.raises(nats.errors.TimeoutError) as err:
+        await asyncio.wait_for(executions.wait_applied(Stalled(), "ns", "ledger"), timeout=bus.READ_TIMEOUT + 20)
+    assert bus.unreachable(err.value)
