@@ -592,7 +592,7 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
             status, got, body = await asyncio.to_thread(
                 _http, ports.public, "POST", "/stockmesh.order.v1.OrderService/GetOrder",
                 {"content-type": "application/json", "authorization": token},
-                json.dumps({"order_id": "x" * (2 << 20)}).encode())
+                json.dumps({"order_id": "x" * (5 << 20)}).encode())
             assert (status, got.get("content-type")) == (413, "application/json"), (status, got, body[:200])
             assert json.loads(body)["code"] == 3 and json.loads(body)["details"][0]["reason"] == "REQUEST_TOO_LARGE"
             native = await asyncio.create_subprocess_exec(
