@@ -69,9 +69,9 @@ class ResourceExhausted(DomainError):
     code = "RESOURCE_EXHAUSTED"
     default_reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after_seconds: float,
+    def __init__(self, message: str, *, retry_after_seconds: float, reason: str | None = None,
                  metadata: dict[str, str] | None = None) -> None:
-        super().__init__(message, metadata=metadata)
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_seconds = retry_after_seconds
 
 

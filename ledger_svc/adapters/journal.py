@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from typing import Callable
@@ -12,10 +13,27 @@ from nats.js.errors import NotFoundError
 from meshkit import bus, calendar
 from stockmesh.matching.v1 import matching_pb2
 
+log = logging.getLogger("ledger_svc.journal")
 
-async def fill_ids(js, namespace: str, day: date) -> set[str] | None:
+
+async def fill_ids(js, namespace: str, day: date, *, attempts: int = 3) -> set[str] | None:
     """The ids of every FILL traded on `day`, as the engine published them (None when the
-    stream does not exist)."""
+    stream does not exist). Read again from the start when JetStream does not answer for a
+    moment (a clustered stream electing a new leader after a server died: the fresh-clone run
+    saw `settle` end in ServiceUnavailableError there), up to `attempts` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _fill_ids(js, namespace, day)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless JetStream did not answer
+            if attempt == attempts or not bus.unreachable(exc):
+                raise
+            log.warning("reading the execution journal failed; reading it again",
+                        extra={"error": repr(exc), "attempt": attempt})
+            await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+async def _fill_ids(js, namespace: str, day: date) -> set[str] | None:
     stream = bus.stream_name(namespace, "EXECUTIONS")
     try:
         info = await js.stream_info(stream)

@@ -1,6 +1,7 @@
 """OrderService over gRPC: proto -> command, call the handler, domain -> proto."""
 from __future__ import annotations
 
+import collections
 import uuid
 from typing import AsyncIterator
 
@@ -8,7 +9,7 @@ import grpc
 
 from meshkit import paging, symbols
 from meshkit.auth import current_account
-from meshkit.errors import FieldViolation, InvalidArgument, Violations
+from meshkit.errors import FieldViolation, InvalidArgument, ResourceExhausted, Violations
 from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import Deps
@@ -18,12 +19,19 @@ from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service
 
 # StreamOrderUpdates' response header: the sequence the stream starts after.
 POSITION_HEADER = "x-stockmesh-after-sequence"
+# Order-update streams one account may have open at once on one order_svc process: an app has
+# one or two; each stream reads the database when the account changes and every few seconds,
+# so one account's thousands would slow everyone's (acceptance round 13: 2,000 were taken).
+STREAMS_PER_ACCOUNT = 20
 
 
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
-    def __init__(self, deps: Deps, wakeups: lifecycle.Wakeups) -> None:
+    def __init__(self, deps: Deps, wakeups: lifecycle.Wakeups, *,
+                 streams_per_account: int = STREAMS_PER_ACCOUNT) -> None:
         self.deps = deps
         self.wakeups = wakeups
+        self.streams_per_account = streams_per_account
+        self._streams: collections.Counter[str] = collections.Counter()  # account -> its open streams
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext) -> pb.PlaceOrderResponse:
         req = mapping.place_request(request, current_account())
@@ -81,12 +89,24 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         if request.from_now and request.after_sequence:
             raise InvalidArgument([FieldViolation("from_now", "cannot be combined with after_sequence")])
         after = None if request.from_now else request.after_sequence
+        account = current_account()
+        if self._streams[account] >= self.streams_per_account:
+            raise ResourceExhausted(
+                f"this account has {self.streams_per_account} order-update streams open already; close one "
+                "(one stream carries every change of every order)", retry_after_seconds=5,
+                reason="TOO_MANY_STREAMS", metadata={"limit": str(self.streams_per_account)})
 
         async def positioned(last: int) -> None:
             # The stream's headers say where it starts, once it is listening: a client that waits
             # for them (from_now) knows that every later change will reach it.
             await context.send_initial_metadata(((POSITION_HEADER, str(last)),))
 
-        async for seq, order, fill in lifecycle.stream_updates(current_account(), after, self.deps, self.wakeups,
-                                                               positioned=positioned):
-            yield mapping.update_to_proto(seq, order, fill)
+        self._streams[account] += 1
+        try:
+            async for seq, order, fill in lifecycle.stream_updates(account, after, self.deps, self.wakeups,
+                                                                   positioned=positioned):
+                yield mapping.update_to_proto(seq, order, fill)
+        finally:
+            self._streams[account] -= 1
+            if not self._streams[account]:
+                del self._streams[account]

@@ -5,6 +5,7 @@ client was just sent while the account goes on changing, is never refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from decimal import Decimal
 
@@ -25,21 +26,31 @@ pytestmark = pytest.mark.integration
 READ = 15  # seconds: only so that a stream that never answers fails the test instead of hanging it
 
 
-@pytest.fixture
-async def orders(order_deps, database_url):
-    """order_svc's OrderService on a real gRPC server (port 0), with its live-update listener."""
+@contextlib.asynccontextmanager
+async def order_service(order_deps, database_url, **servicer_options):
+    """order_svc's OrderService on a real gRPC server (port 0), with its live-update listener:
+    a stub of it."""
     notifier = UpdateNotifier(database_url)
     app = App(name="order_svc", servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server,
-                                            OrderServicer(order_deps, notifier), "stockmesh.order.v1.OrderService")])
+                                            OrderServicer(order_deps, notifier, **servicer_options),
+                                            "stockmesh.order.v1.OrderService")])
     server, port, _ = await create_server("127.0.0.1:0", app)
     await server.start()
     listening = asyncio.create_task(notifier.run())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield order_service_pb2_grpc.OrderServiceStub(ch)
-    notifier.close()
-    await server.stop(None)
-    listening.cancel()
-    await asyncio.gather(listening, return_exceptions=True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield order_service_pb2_grpc.OrderServiceStub(ch)
+    finally:
+        notifier.close()
+        await server.stop(None)
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+@pytest.fixture
+async def orders(order_deps, database_url):
+    async with order_service(order_deps, database_url) as stub:
+        yield stub
 
 
 def acct() -> str:
@@ -118,3 +129,39 @@ async def test_a_sequence_just_sent_is_never_ahead_while_the_account_changes(ord
     finally:
         follower.cancel()
         await asyncio.gather(writes, return_exceptions=True)
+
+
+async def test_an_account_has_a_bounded_number_of_streams_open_at_once(order_deps, database_url):
+    """Acceptance round 13: one account opened 2,000 order-update streams, each reading the
+    database, and slowed everyone's calls. Past the limit a stream is refused at once
+    (RESOURCE_EXHAUSTED / TOO_MANY_STREAMS), another account's is not, and closing one frees
+    its place."""
+    a, b = acct(), acct()
+    async with order_service(order_deps, database_url, streams_per_account=2) as stub:
+        async def opened(account: str):
+            call = stub.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(from_now=True), metadata=identity(account))
+            await asyncio.wait_for(call.initial_metadata(), READ)  # listening (or refused)
+            return call
+        first, second = await opened(a), await opened(a)
+        third = await opened(a)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(third.read(), READ)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(err.value)[0].reason == "TOO_MANY_STREAMS"
+        other = await opened(b)  # another account's
+        assert POSITION_HEADER in dict(await other.initial_metadata())
+        first.cancel()
+
+        async def a_place_again() -> bool:
+            call = await opened(a)
+            ok = POSITION_HEADER in dict(await call.initial_metadata())
+            call.cancel()
+            return ok
+        for _ in range(100):  # once the server has seen the cancel
+            if await a_place_again():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("closing a stream did not free its place")
+        for call in (second, other):
+            call.cancel()
