@@ -34,7 +34,7 @@ import httptools
 from google.protobuf import descriptor_pool, message_factory
 
 from meshkit.errors import InvalidArgument
-from meshkit.interceptors import RPC_SECONDS, RPC_TOTAL, bind_call, failure
+from meshkit.interceptors import RPC_SECONDS, RPC_TOTAL, bind_call, failure, undecodable
 
 log = logging.getLogger("meshkit.bridge")
 
@@ -180,7 +180,11 @@ class BridgeServer:
             if body is None:
                 raise InvalidArgument([], reason="REQUEST_TOO_LARGE",
                                       message=f"the request is larger than {MAX_BODY // (1024 * 1024)} MiB")
-            reply = await handler(parse(body), None)
+            try:
+                request = parse(body)
+            except Exception as exc:  # noqa: BLE001 - not the method's message: the caller's error
+                raise undecodable(path) from exc
+            reply = await handler(request, None)
             # A handler may answer with its reply already serialized (as on the gRPC server).
             out = reply if type(reply) is bytes else reply.SerializeToString()
             RPC_TOTAL.labels(path, "OK").inc()

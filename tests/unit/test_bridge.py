@@ -120,3 +120,40 @@ async def test_a_request_over_the_grpc_limit_is_refused_without_being_kept():
     assert status == 200 and opb.PlaceOrderResponse.FromString(body).order.client_order_id == "after"
     writer.close()
     await server.stop(1)
+
+
+async def test_bytes_that_are_not_the_message_are_invalid_argument_on_the_bridge_and_a_grpc_port():
+    """A body that does not decode as the method's request is the caller's error: INVALID_ARGUMENT
+    / UNDECODABLE_REQUEST (acceptance round 13: gRPC answered UNKNOWN with a Python class name in
+    its message; the bridge, INTERNAL)."""
+    import grpc
+
+    from meshkit.interceptors import ServiceInterceptor
+    from meshkit.status import error_info
+
+    server, _, port = await started([True])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    garbage = b"\xff\xff\xff"
+    writer.write((f"POST {PLACE} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
+                  f"content-length: {len(garbage)}\r\n\r\n").encode() + garbage)
+    status, headers, _ = await read_reply(reader)
+    assert status == 200 and headers["x-grpc-status"] == "3", headers
+    assert "not a PlaceOrder request message" in headers["x-grpc-message"]
+    writer.close()
+    await server.stop(1)
+
+    grpc_server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(StandIn(), grpc_server)
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            raw = ch.unary_unary(PLACE, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            try:
+                await raw(garbage, timeout=10)
+                raise AssertionError("accepted")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+                assert "class" not in err.details() and error_info(err)[0].reason == "UNDECODABLE_REQUEST"
+    finally:
+        await grpc_server.stop(None)
