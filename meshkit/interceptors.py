@@ -112,13 +112,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-class _Undecodable:
-    """A request whose bytes are not its message: answered INVALID_ARGUMENT by the handler's
-    wrapper (gRPC itself answered UNKNOWN naming a Python class, acceptance round 13)."""
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+# What a request whose bytes are not its message deserializes to: answered INVALID_ARGUMENT by
+# the handler's wrapper (gRPC itself answered UNKNOWN naming a Python class, acceptance round 13).
+_UNDECODABLE = object()
 
 
 def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -128,8 +124,8 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     def decode(data: bytes) -> Any:
         try:
             return deserialize(data)
-        except Exception as exc:  # noqa: BLE001 - the handler's wrapper says what it was
-            return _Undecodable(exc)
+        except Exception:  # noqa: BLE001 - the handler's wrapper says what it was
+            return _UNDECODABLE
     return decode
 
 
@@ -149,7 +145,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             bind_call(context.invocation_metadata())
             start = time.perf_counter()
             try:
-                if type(request) is _Undecodable:
+                if request is _UNDECODABLE:
                     raise undecodable(method)
                 reply = await inner_uu(request, context)
             except grpc.aio.AbortError:
@@ -175,7 +171,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def stream(request: Any, context: grpc.aio.ServicerContext):
             bind_call(context.invocation_metadata())
             try:
-                if type(request) is _Undecodable:
+                if request is _UNDECODABLE:
                     raise undecodable(method)
                 result = inner_us(request, context)
                 if inspect.isawaitable(result):  # a handler that writes with context.write

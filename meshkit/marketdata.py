@@ -86,8 +86,9 @@ class JetStreamQuotes:
     Without it (or for a symbol the feed has not brought yet, or while NATS is disconnected)
     `touch` reads the last event (when NATS does not answer: the last market known here, if
     any, else UNAVAILABLE; once a read found NATS not answering, the last market known is
-    answered at once while the next read tries, until one succeeds): reads are cached for `max_age` seconds per symbol (a hot
-    symbol's orders share one read instead of each asking JetStream), and a symbol has at
+    answered at once while the next read tries, until one succeeds): reads are cached for
+    `max_age` seconds per symbol (a hot symbol's orders share one read instead of each asking
+    JetStream), and a symbol has at
     most one read in flight: callers arriving while it runs wait for it instead of each
     asking again (no stampede of reads every time the cached value expires)."""
 

@@ -408,7 +408,8 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
     v = Violations()
     needs_limit = q.type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
     needs_stop = q.type in (OrderType.STOP, OrderType.STOP_LIMIT)
-    if stop_no_longer_applies(old):
+    triggered = stop_no_longer_applies(old)
+    if triggered:
         # A triggered STOP_LIMIT is a limit order in the book: a stop price given with its
         # replace (the client may not have seen the trigger yet) is ignored, as the engine
         # ignores it; the replacement keeps the stop that triggered it.
@@ -419,7 +420,7 @@ def replacement_request(old: Order, client_order_id: str, quantity: int, limit_p
         elif not needed and price is not None:
             v.add(name, f"must be empty for a {q.type.value} order")
     v.raise_if_any()
-    if stop_no_longer_applies(old):
+    if triggered:
         stop_price = q.stop_price
     return OrderRequest(account_id=q.account_id, client_order_id=client_order_id, symbol=q.symbol, side=q.side,
                         type=q.type, quantity=quantity, limit_price=limit_price, stop_price=stop_price,

@@ -60,10 +60,7 @@ async def close_made(day: date, uow: Callable[[], OrderUnitOfWork], today: date)
     older than the closes the outbox keeps (calendar.CLOSES_KEPT) closed long ago."""
     if (today - day).days >= calendar.CLOSES_KEPT.days:
         return True
-    ids = [close_msg_id(day + timedelta(days=n), symbol) for n in range((today - day).days + 1)
-           for symbol in sorted(listed())]
-    async with uow() as u:
-        return bool(await u.orders.queued(ids))
+    return await closed_after(day - timedelta(days=1), uow, today) is not None
 
 
 async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace: str,

@@ -20,6 +20,7 @@ from order_svc.entrypoints.grpc_server import POSITION_HEADER, OrderServicer
 from order_svc.service_layer import handlers
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 from tests.support.crash import identity
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -157,11 +158,7 @@ async def test_an_account_has_a_bounded_number_of_streams_open_at_once(order_dep
             ok = POSITION_HEADER in dict(await call.initial_metadata())
             call.cancel()
             return ok
-        for _ in range(100):  # once the server has seen the cancel
-            if await a_place_again():
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("closing a stream did not free its place")
+        # (once the server has seen the cancel)
+        assert await eventually(a_place_again, timeout=30), "closing a stream did not free its place"
         for call in (second, other):
             call.cancel()

@@ -10,23 +10,31 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshkit.server import LIVENESS, App, create_server, watch_health
+from tests.support.wait import eventually
 
 
 async def test_liveness_is_serving_while_a_dependency_is_down():
-    async def nats_down() -> None:
-        raise ConnectionError("NATS does not answer")
+    nats = {"up": True}
 
-    app = App(name="probe_svc", servicers=[], checks=[nats_down])
+    async def nats_check() -> None:
+        if not nats["up"]:
+            raise ConnectionError("NATS does not answer")
+
+    app = App(name="probe_svc", servicers=[], checks=[nats_check])
     server, port, health = await create_server("127.0.0.1:0", app)
     await server.start()
     watcher = asyncio.create_task(watch_health(health, app))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = health_pb2_grpc.HealthStub(ch)
-            await asyncio.sleep(0.3)  # a round of the checks
-            ready = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+
+            async def ready_is(status) -> bool:
+                return (await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status == status
+            # Ready once the checks pass; then NATS goes, and readiness follows it.
+            assert await eventually(lambda: ready_is(health_pb2.HealthCheckResponse.SERVING), timeout=30)
+            nats["up"] = False
+            assert await eventually(lambda: ready_is(health_pb2.HealthCheckResponse.NOT_SERVING), timeout=30)
             alive = await stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5)
-        assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert alive.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         watcher.cancel()
