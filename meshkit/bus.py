@@ -7,6 +7,7 @@ import json
 import logging
 import time
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
@@ -69,6 +70,14 @@ def unreachable(exc: BaseException | None) -> bool:
             nats.errors.OutboundBufferLimitError, nats.errors.FlushTimeoutError,
             nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
     return any(isinstance(e, gone) for e in causes(exc))
+
+
+class Stalled(nats.errors.TimeoutError):
+    """JetStream answers but does not deliver what a consumer has pending (a read that gave
+    up): NATS not answering, for `unreachable` and the CLI, with what was seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "nats: timeout"
 
 
 # How long a read in a call's path (a symbol's last market) waits for JetStream: less than a

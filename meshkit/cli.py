@@ -22,6 +22,7 @@ def unreachable(exc: BaseException) -> str | None:
     import nats.errors
     import psycopg
 
+    from meshkit import bus
     from meshkit.errors import causes
 
     for exc in causes(exc, limit=8):
@@ -30,7 +31,7 @@ def unreachable(exc: BaseException) -> str | None:
                             asyncpg.TooManyConnectionsError,  # the server is full: try again later
                             asyncpg.exceptions.ClientConfigurationError, psycopg.OperationalError)):
             return f"PostgreSQL: {str(exc).strip() or type(exc).__name__}"
-        if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError)):
+        if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError, bus.Stalled)):
             return f"NATS: {str(exc).strip() or type(exc).__name__}"
         # (Not TimeoutError: a statement that runs out of time is not an unreachable server.)
         if isinstance(exc, ConnectionError) or (

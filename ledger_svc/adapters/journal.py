@@ -48,11 +48,7 @@ async def _fill_ids(js, namespace: str, day: date) -> set[str] | None:
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_TIME,
         opt_start_time=start.isoformat().replace("+00:00", "Z")))
     try:
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=1.0)
-            except asyncio.TimeoutError:
-                break
+        async for msgs in _batches(sub):
             done = False
             for m in msgs:
                 ex = matching_pb2.Execution.FromString(m.data)
@@ -65,6 +61,38 @@ async def _fill_ids(js, namespace: str, day: date) -> set[str] | None:
     finally:
         await sub.unsubscribe()
     return ids
+
+
+# A fetch that brings nothing within FETCH_TIMEOUT ends a read only when the consumer has
+# nothing left to deliver; otherwise JetStream is slow (a busy disk, a leader election) and
+# the read goes on, up to PATIENCE such fetches in a row, then fails (bus.Stalled:
+# NATS not answering). Taking a slow answer for the end had two costs: reconciliation called
+# the fills not read yet FILL_NOT_IN_JOURNAL, and a trim took the rest of the stream for
+# earlier days and purged executions of days not settled yet.
+FETCH_TIMEOUT = 1.0
+PATIENCE = 10
+
+
+async def _batches(sub):
+    """The batches a pull subscription delivers, until its consumer has nothing pending."""
+    waited = 0
+    while True:
+        try:
+            msgs = await sub.fetch(1000, timeout=FETCH_TIMEOUT)
+        except asyncio.TimeoutError:  # nats.errors.TimeoutError is one too
+            info = await bus.answered(sub.consumer_info())
+            if not info.num_pending:
+                return
+            waited += 1
+            if waited >= PATIENCE:
+                raise bus.Stalled(
+                    f"the execution journal delivered nothing for {waited} fetches of {FETCH_TIMEOUT:g} s "
+                    f"with {info.num_pending} executions still pending: try again when JetStream answers")
+            log.warning("the execution journal is slow to deliver; still reading",
+                        extra={"pending": info.num_pending, "waited": waited})
+            continue
+        waited = 0
+        yield msgs
 
 
 @dataclass
@@ -105,11 +133,7 @@ async def first_seq_of(js, namespace: str, day: date, first_seq: int, stop: int,
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq))
     read = 0
     try:
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=2.0)
-            except asyncio.TimeoutError:
-                return stop  # nothing more: the stream ends below `stop`
+        async for msgs in _batches(sub):
             for m in msgs:
                 seq = m.metadata.sequence.stream
                 if seq >= stop:
@@ -122,6 +146,7 @@ async def first_seq_of(js, namespace: str, day: date, first_seq: int, stop: int,
                 read += 1
                 if progress and read % 10_000 == 0:
                     progress(read)
+        return stop  # nothing more: the stream ends below `stop`
     finally:
         await sub.unsubscribe()
 

@@ -58,6 +58,25 @@ _ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9]([a
                      r"(?::(?P<port>\*|[0-9]{1,5}))?")
 
 
+# File descriptors the launcher's Envoy keeps for itself (its connections to the services, the
+# admin port, its logs) out of its open-file limit; the rest may be client connections.
+RESERVED_FILES = 2048
+# The deployments' cap on client connections per Envoy (a container's open-file limit is
+# usually far above it).
+DEPLOY_MAX_CONNECTIONS = 50_000
+
+
+def default_max_connections() -> int:
+    """Client connections Envoy may hold at once when the launcher runs it: its open-file limit
+    (this process's, which Envoy inherits) less RESERVED_FILES, and at least 1,024."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(1024, soft - RESERVED_FILES)
+
+
 def default_workers() -> int:
     """Envoy's worker threads: one per two cores. Envoy shares the machine with the services;
     with a worker per core (Envoy's own default) on 2 cores, quote fan-out's p99 lag at 2,000
@@ -252,18 +271,24 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
            template: Path = TEMPLATE, order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
            descriptor: Path = DESCRIPTOR, issuer: str = ISSUER, audience: str = AUDIENCE,
            cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS,
-           tls: TlsFiles | None = None) -> str:
+           tls: TlsFiles | None = None, max_connections: int | None = None) -> str:
     """The template filled in; `jwks` is the JWKS file's path, or an identity provider's URL;
     `cors` the origins whose browser apps may call (cors_origins()); `call_timeout` the seconds
     a unary call without a client deadline may take; `tls` the public listener's certificate
-    (None: plaintext)."""
+    (None: plaintext); `max_connections` the client connections Envoy may hold at once (None:
+    default_max_connections())."""
     if order_commands_in_flight < 1:
         raise EnvoyError(f"order commands in flight must be at least 1, got {order_commands_in_flight}")
+    if max_connections is None:
+        max_connections = default_max_connections()
+    if max_connections < 1:
+        raise EnvoyError(f"the client connections Envoy may hold must be at least 1, got {max_connections}")
     if not 0.001 <= call_timeout <= 86_400:
         raise EnvoyError(f"the call timeout must be between 0.001 and 86400 seconds, got {call_timeout}")
     values = {
         "CORS_ALLOW_ORIGINS": _cors_allow_origins(cors_origins(",".join(cors)) if cors else ()),
         "ORDER_COMMANDS_IN_FLIGHT": str(order_commands_in_flight),
+        "MAX_DOWNSTREAM_CONNECTIONS": str(max_connections),
         "CALL_TIMEOUT": f"{round(call_timeout, 3):g}s",
         "LISTEN_ADDRESS": listen_address,
         "PUBLIC_TLS": _public_tls(tls),
@@ -327,18 +352,18 @@ def render_deployment(*, jwks: Path | RemoteJwks = DEPLOY_JWKS, descriptor: Path
     header = ("# GENERATED from envoy/envoy.yaml.tmpl by `python -m meshkit.launcher.envoy`: edit the template,\n"
               "# then regenerate (tests/unit/test_deploy.py fails while this file differs).\n")
     return header + render(DEPLOY_PORTS, jwks, descriptor=descriptor, issuer=issuer, audience=audience, cors=cors,
-                           tls=tls)
+                           tls=tls, max_connections=DEPLOY_MAX_CONNECTIONS)
 
 
 def write_config(data_dir: Path, ports: EnvoyPorts, jwks: Path | RemoteJwks, *,
                  order_commands_in_flight: int = ORDER_COMMANDS_IN_FLIGHT,
                  cors: tuple[str, ...] = DEV_CORS_ORIGINS, call_timeout: float = CALL_TIMEOUT_SECONDS,
-                 tls: TlsFiles | None = None) -> Path:
+                 tls: TlsFiles | None = None, max_connections: int | None = None) -> Path:
     folder = data_dir / "envoy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "envoy.yaml"
     path.write_text(render(ports, jwks, order_commands_in_flight=order_commands_in_flight, cors=cors,
-                           call_timeout=call_timeout, tls=tls))
+                           call_timeout=call_timeout, tls=tls, max_connections=max_connections))
     return path
 
 

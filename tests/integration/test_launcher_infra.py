@@ -653,6 +653,69 @@ async def test_a_token_in_the_query_string_is_refused_and_written_nowhere(tmp_pa
     assert f"{path} http=401" in text and token not in text and "access_token" not in text, text[-2000:]
 
 
+async def test_client_connections_beyond_envoys_cap_are_closed_and_those_open_are_served(tmp_path: Path) -> None:
+    """Envoy holds at most `max_connections` client connections at once (its overload
+    manager); the next is closed as soon as it is accepted, while the connections already open
+    are served, and a place freed is taken again. Without a cap, clients opening connections
+    without end took every file Envoy may open (acceptance round 13: ~20,000) and Envoy then
+    could reach no service. A real Envoy rendered with a cap of 3."""
+    import asyncio
+    import socket
+
+    from stockmesh.ledger.v1 import ledger_pb2, ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+
+    class StandIn(ledger_service_pb2_grpc.LedgerServiceServicer):
+        async def GetPortfolio(self, request, context):
+            return lpb.GetPortfolioResponse(portfolio=ledger_pb2.Portfolio(account_id="stand-in-client"))
+
+    ports = _ports()
+
+    def portfolio_over_json() -> int:
+        try:
+            return _http(ports.public, "POST", "/stockmesh.ledger.v1.LedgerService/GetPortfolio",
+                         {"content-type": "application/json", "authorization": token}, b"{}")[0]
+        except OSError:  # not listening yet, or the connection closed at once
+            return 0
+
+    def closed_at_once(sock: socket.socket) -> bool:
+        """Whether Envoy closed this connection without a word (a read ends, not times out)."""
+        sock.settimeout(20)  # a connection held open for good would fail the test here
+        try:
+            return sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    async with _envoy_before(tmp_path, "ledger_svc",
+                             lambda server: ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(StandIn(), server),
+                             ports=ports, max_connections=3) as (ch, md, admin):
+        token = dict(md)["authorization"]
+        assert await eventually(lambda: asyncio.to_thread(lambda: portfolio_over_json() == 200), timeout=30)
+        stub = ledger_service_pb2_grpc.LedgerServiceStub(ch)
+        assert (await stub.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=10)).portfolio.account_id
+        held = [socket.create_connection(("127.0.0.1", ports.public), timeout=10) for _ in range(2)]
+        try:
+            # The gRPC channel and the two idle connections are the 3 Envoy may hold.
+            async def overflowed() -> bool:
+                extra = socket.create_connection(("127.0.0.1", ports.public), timeout=10)
+                with extra:
+                    return await asyncio.to_thread(closed_at_once, extra)
+            assert await eventually(overflowed, timeout=30)
+            assert await asyncio.to_thread(portfolio_over_json) == 0  # refused too: no place for it
+            # The channel already open is still served.
+            assert (await stub.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=10)).portfolio.account_id
+            stats = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=global_cx_overflow",
+                                               timeout=10).read().decode())
+            assert re.search(r"downstream_global_cx_overflow: [1-9]", stats), stats
+        finally:
+            for sock in held:
+                sock.close()
+        # A place freed is taken again.
+        assert await eventually(lambda: asyncio.to_thread(lambda: portfolio_over_json() == 200), timeout=30)
+
+
 async def test_a_stream_ended_by_its_clients_deadline_is_deadline_exceeded_not_a_reset(tmp_path: Path) -> None:
     """Envoy honoured the client's grpc-timeout on the streams too, and its timer fired a hair
     before the client's: it reset a stream already answering, and the client saw INTERNAL
