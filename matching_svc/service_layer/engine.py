@@ -128,6 +128,9 @@ class SymbolEngine:
         # The latest trading day (YYYY-MM-DD) closed by a SessionClose: a close of it or of an
         # earlier day (a repeat, or a missed close made late) expires nothing more.
         self.closed_day = ""
+        # The time of that close's input (ns): a DAY order of the closed day accepted before it
+        # and handed to the engine after it expires on arrival (new_order).
+        self.closed_at_ns = 0
         self.dedupe_capacity = dedupe_capacity
         # command id -> None; a dict keeps insertion order, so it is a bounded FIFO set.
         self._seen: dict[str, None] = {}
@@ -193,6 +196,7 @@ class SymbolEngine:
             "last_time_ns": self.last_time_ns,
             "last_trade_ns": self.last_trade_ns,
             "closed_day": self.closed_day,
+            "closed_at_ns": self.closed_at_ns,
             "dedupe_capacity": self.dedupe_capacity,
             "seen": list(self._seen),
             "book": self.book.snapshot(),
@@ -210,6 +214,7 @@ class SymbolEngine:
         eng.last_time_ns = data.get("last_time_ns", 0)  # absent from snapshots taken before it was kept
         eng.last_trade_ns = data.get("last_trade_ns", 0)  # ditto
         eng.closed_day = data.get("closed_day", "")  # ditto
+        eng.closed_at_ns = data.get("closed_at_ns", 0)  # ditto
         eng.shown = eng._view()
         return eng
 
@@ -298,7 +303,16 @@ class _Ctx:
             return
         order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar,
                       trading_day=_trading_day(accepted_ns) if tif is TimeInForce.DAY else "")
-        self.emit(self.engine.book.submit(order), sides, order=order)
+        eng = self.engine
+        if order.trading_day and order.trading_day <= eng.closed_day and accepted_ns < eng.closed_at_ns:
+            # A DAY order accepted before its session's close but handed over after it (the
+            # outbox relays in commit order: a placement checked at 15:59:59.9 can commit after
+            # the close was queued). Its session is over: it ends as the close ended the others,
+            # unmatched; it never rests into the next session (round 14 review).
+            self.emit([Accepted(order.order_id, order.account_id),
+                       Expired(order.order_id, order.account_id, order.quantity)], sides, order=order)
+            return
+        self.emit(eng.book.submit(order), sides, order=order)
 
     def close_session(self, day: str) -> None:
         """Expire the DAY orders of trading day `day` and earlier ones (all of them when `day`
@@ -313,7 +327,7 @@ class _Ctx:
         self.emit(eng.book.expire_day_orders(day or None), {})
         self.changed = self.always = True  # the feed marks the session's end, changed book or not
         if day:
-            eng.closed_day = day
+            eng.closed_day, eng.closed_at_ns = day, self.time_ns
         self.session_ended = not day or not eng.last_trade_ns or _trading_day(eng.last_trade_ns) <= day
 
     def cancel(self, c: pb.CancelOrder) -> None:

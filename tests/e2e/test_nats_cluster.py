@@ -39,6 +39,16 @@ async def _infos(js, namespace: str) -> dict[str, object] | None:
         return None
 
 
+async def _all_created(js, namespace: str) -> dict[str, object] | None:
+    """The mesh's streams once the three streams and the engine's two buckets are listed."""
+    infos = await _infos(js, namespace)
+    if not infos or not all(bus.stream_name(namespace, base) in infos for base in REPLICATED):
+        return None
+    if not (any(n.startswith("KV_") for n in infos) and any(n.startswith("OBJ_") for n in infos)):
+        return None
+    return infos
+
+
 async def _leader(js, namespace: str, base: str) -> str | None:
     """The server leading the stream, once the cluster lists it with one (just after another
     stream's leader was killed, the listing can leave out a stream whose group is still
@@ -62,7 +72,9 @@ async def test_a_cluster_server_killed_under_trading_loses_nothing(clustered: Me
     placed: dict[str, str] = {}
     failures: list[str] = []
     try:
-        infos = await eventually(lambda: _infos(js, ns), timeout=30)
+        # The engine creates its lease and snapshot buckets as its symbols' runners start,
+        # which may be after the mesh answers (a slow VM listed the streams alone once).
+        infos = await eventually(lambda: _all_created(js, ns), timeout=60) or await _infos(js, ns) or {}
         for base in REPLICATED:
             assert bus.stream_name(ns, base) in infos, sorted(infos)
         assert any(name.startswith("KV_") for name in infos) and any(name.startswith("OBJ_") for name in infos), \

@@ -233,6 +233,34 @@ def test_a_session_close_expires_the_day_orders_of_its_day_and_earlier_ones_only
     assert survived.state_hash() != eng.state_hash()
 
 
+def test_a_day_order_accepted_before_the_close_and_handed_over_after_it_expires_on_arrival():
+    """The outbox relays in commit order: a DAY buy checked open at 15:59:59 can reach the
+    engine after the close, queued at 16:00 (round 14 review: it rested, and filled against
+    the next morning's first seller). It ends as the close ended the others, unmatched, also
+    on an engine restored from a snapshot; a DAY order accepted after the close (a close made
+    by hand on an always-open market: the next session's) and a GTC one still rest."""
+    DAY = c.TIME_IN_FORCE_DAY
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 0, new_order("s", "b", SELL, 5, limit="10", tif=DAY, at_ns=ny_ns("2026-11-24", 15, 30)))
+    [ex] = eng.apply(2, ny_ns("2026-11-24", 16) + 5_000_000_000, close("2026-11-24")).executions
+    assert (ex.type, ex.order_id) == (E.EXECUTION_TYPE_EXPIRED, "s")
+    restored = SymbolEngine.from_bytes(eng.to_bytes())
+    for e in (eng, restored):
+        late = ny_ns("2026-11-24", 15, 59) + 59_000_000_000  # 15:59:59, accepted before the close
+        out = e.apply(3, 0, new_order("late", "a", BUY, 5, limit="10", tif=DAY, at_ns=late))
+        assert [(x.type, x.order_id, x.quantity) for x in out.executions] == [
+            (E.EXECUTION_TYPE_ACCEPTED, "late", 5), (E.EXECUTION_TYPE_EXPIRED, "late", 5)]
+        assert out.executions[1].reason == "SESSION_CLOSE" and e.book.get_order("late") is None
+        after = ny_ns("2026-11-24", 16, 1)  # accepted after the close: it rests
+        e.apply(4, 0, new_order("after", "a", BUY, 1, limit="9", tif=DAY, at_ns=after))
+        e.apply(5, 0, new_order("gtc", "a", BUY, 1, limit="8", at_ns=late))
+        assert [o for o in ("late", "after", "gtc") if e.book.get_order(o)] == ["after", "gtc"]
+        # The next morning's seller finds no order of the closed day.
+        out = e.apply(6, 0, new_order("s2", "b", SELL, 5, limit="10", at_ns=ny_ns("2026-11-25", 9, 30)))
+        assert [x.type for x in out.executions] == [E.EXECUTION_TYPE_ACCEPTED]
+    assert eng.state_hash() == restored.state_hash()
+
+
 def test_a_close_without_a_day_and_orders_without_one_keep_the_old_behaviour():
     """A SessionClose without a (valid) day expires every DAY order, as before days were
     kept; so does any close for an order restored from a snapshot taken before (no day)."""
