@@ -10,7 +10,7 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
 from meshkit.status import TRANSIENT_NAMES, error_info, upstream_unavailable
-from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason
+from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason, TransferPending
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
@@ -145,6 +145,9 @@ class GrpcHolds:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason in _TRANSFER_REFUSALS:
                 # A resolved hold's words are the ledger's own business; a shortfall's are the customer's.
                 return Refusal(_TRANSFER_REFUSALS[info.reason], exc.details() if info.reason in _REFUSALS else "")
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason == "HOLD_TRANSFER_PENDING":
+                raise TransferPending(f"hold {from_hold_id} is still being transferred to an earlier replacement; "
+                                      "retry shortly")
             raise upstream_unavailable(exc, f"the ledger could not transfer hold {from_hold_id} to {to_hold_id}",
                                        log) from exc
 

@@ -194,6 +194,16 @@ class OrderRepository:
             " AND NOT (status = 'REJECTED' AND replaces IS NULL)", order_ids)}
         return [i for i in order_ids if i not in found]
 
+    async def rejected_replacements(self, order_ids: list[uuid.UUID], replacing: uuid.UUID | None = None
+                                    ) -> list[uuid.UUID]:
+        """The replacements recorded REJECTED among `order_ids`, and those of the order
+        `replacing`. REJECTED is final: such a replace never reaches the engine, so a hold
+        transfer the ledger prepared for one is to be cancelled."""
+        rows = await self.conn.fetch(
+            "SELECT order_id FROM orders.orders WHERE status = 'REJECTED' AND replaces IS NOT NULL"
+            " AND (order_id = ANY($1) OR replaces = $2) ORDER BY order_id", order_ids, replacing)
+        return [r[0] for r in rows]
+
     async def pending_replacement(self, replaces: uuid.UUID, *, for_update: bool = False) -> Order | None:
         """The replacement of `replaces` still waiting for the engine (at most one)."""
         row = await self.conn.fetchrow(

@@ -160,6 +160,11 @@ class HoldTaken(Exception):
     priced it otherwise (a market buy's hold follows the ask at the time)."""
 
 
+class TransferPending(Unavailable):
+    """The ledger is still transferring the old order's hold to an earlier replacement (one
+    transfer from a hold at a time): that replace has not been decided yet. Transient: retry."""
+
+
 class ClientKeyTaken(Exception):
     """Another hold of the account carries this client_order_id: the id was used for another
     order (`order_id`, recorded or still being placed), and no hold was placed."""

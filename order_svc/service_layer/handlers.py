@@ -21,6 +21,7 @@ by earlier versions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
@@ -316,10 +317,28 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int
                 log.warning("releasing a hold that no order needs", extra={"holdId": hold_id})
                 await deps.holds.release(hold_id)
                 released += 1
+            # A reserve of a replacement recorded REJECTED: the driver that should have
+            # cancelled its transfer failed or died (two drivers of one replace: the refused one
+            # rejected it, the other's transfer had gone through).
+            released += await cancel_abandoned_transfers(sorted(set(ids.values()) - missing), None, deps)
         if holds:
             await deps.holds.mark_checked([h for h, _ in holds])
         if len(holds) < page:
             return released
+
+
+async def cancel_abandoned_transfers(order_ids: list[uuid.UUID], replacing: uuid.UUID | None, deps: Deps) -> int:
+    """Cancel the hold transfers the ledger prepared for replacements recorded REJECTED (among
+    `order_ids`, and those of the order `replacing`), releasing their reserves; returns how
+    many were asked. Safe to repeat: a transfer already resolved, or never made, stays as it is."""
+    async with deps.uow() as uow:
+        rejected = await uow.orders.rejected_replacements(order_ids, replacing)
+    for order_id in rejected:
+        await deps.holds.cancel_transfer(str(order_id))
+    if rejected:
+        log.warning("cancelled the hold transfers of rejected replacements",
+                    extra={"orderIds": [str(i) for i in rejected]})
+    return len(rejected)
 
 
 async def reaper_loop(deps: Deps, *, older_than: float = 30.0, interval: float = 5.0) -> None:
@@ -473,9 +492,17 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
     async with deps.uow() as uow:
         if await uow.orders.has_outbox(replace_msg_id(o)):
             return o  # handed to the engine already
-    refused = await deps.holds.transfer(
-        str(o.replaces), str(o.order_id), str(o.order_id), o.account_id, o.hold_asset,
-        model.hold_unit(o.request, o.collar_price), o.hold_amount)
+    transfer = functools.partial(deps.holds.transfer, str(o.replaces), str(o.order_id), str(o.order_id),
+                                 o.account_id, o.hold_asset, model.hold_unit(o.request, o.collar_price), o.hold_amount)
+    try:
+        refused = await transfer()
+    except model.TransferPending:
+        # The ledger still holds a transfer of the old hold to an earlier replacement. One
+        # recorded REJECTED is abandoned (its cancel failed or its driver died): cancel it and
+        # try again; otherwise the earlier replace is in flight and this one waits for it.
+        if not await cancel_abandoned_transfers([], o.replaces, deps):
+            raise
+        refused = await transfer()
     failpoints.hit("replace.after_hold")
     handed: bool | None = False
     async with deps.uow() as uow:

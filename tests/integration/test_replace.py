@@ -19,6 +19,7 @@ from ledger_svc.entrypoints import mapping as ledger_mapping
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, executions
+from meshkit.errors import Unavailable
 from order_svc.domain import model
 from order_svc.adapters.repository import OrderRepository
 from order_svc.domain.model import EndReason, OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
@@ -432,6 +433,82 @@ async def test_engine_refusing_the_replace_rejects_the_new_order(engine, order_d
         assert await updates_of(checked_pool, new.order_id) == ["PENDING_NEW", "REJECTED"]
     finally:
         await _stop(tasks)
+
+
+class _RejectedByTheOtherDriver:
+    """HoldService as driver B of a replace sees it: its transfer goes through, but meanwhile
+    driver A, whose own transfer the ledger refused, records the replacement REJECTED; then
+    B's cancel of its transfer fails (the ledger restarting, or B killed before it)."""
+
+    def __init__(self, holds, uow) -> None:
+        self.holds, self.uow = holds, uow
+
+    def __getattr__(self, name):
+        return getattr(self.holds, name)
+
+    async def transfer(self, from_hold_id, to_hold_id, order_id, *args):
+        result = await self.holds.transfer(from_hold_id, to_hold_id, order_id, *args)
+        async with self.uow() as u:  # driver A, meanwhile
+            o = await u.orders.get(uuid.UUID(order_id), for_update=True)
+            o.reject(RejectReason.INSUFFICIENT_FUNDS, "insufficient funds")
+            await u.orders.save_transition(o, Status.PENDING_NEW, datetime.now(timezone.utc))
+            await u.commit()
+        return result
+
+    async def cancel_transfer(self, to_hold_id):
+        raise Unavailable("the ledger could not cancel the transfer: UNAVAILABLE")
+
+
+async def test_a_transfer_left_to_a_rejected_replacement_is_cancelled_not_left_to_wedge_the_order(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """Round 14 review: two drivers of one replace (a client's retry and the recovery loop); the
+    refused one records the replacement REJECTED, the other's transfer had gone through and its
+    cancel failed. Nothing retried that cancel: the reserve stayed held, and the next replace
+    of the order failed for ever (HOLD_TRANSFER_PENDING: one transfer from a hold at a time),
+    leaving it neither replaceable nor cancellable. Now the reaper cancels the transfer of a
+    rejected replacement's reserve, and the next replace cancels one without a reserve."""
+    from dataclasses import replace as with_
+
+    broken = with_(order_deps, holds=_RejectedByTheOtherDriver(order_deps.holds, order_deps.uow))
+    up, down = acct("up"), acct("down")
+    await fund(checked_pool, up, cash="1720.00")
+    await fund(checked_pool, down, cash="1700.00")
+    old_up = await handlers.place_order(limit(up, Side.BUY, 10, "170.00"), order_deps)
+    old_down = await handlers.place_order(limit(down, Side.BUY, 10, "170.00"), order_deps)
+    # Up in price: a reserve of 10.00 is held for the replacement; down in quantity: none.
+    with pytest.raises(Unavailable):
+        await handlers.replace_order(replace(up, old_up.order_id, 10, "171.00", coid="up-1"), broken)
+    with pytest.raises(Unavailable):
+        await handlers.replace_order(replace(down, old_down.order_id, 5, "170.00", coid="down-1"), broken)
+    rejected_up = await handlers.replace_order(replace(up, old_up.order_id, 10, "171.00", coid="up-1"), order_deps)
+    assert rejected_up.status is Status.REJECTED
+    assert (await ledger.cash_balance(up, luow(checked_pool))).available == D("10.00")  # 10.00 of it reserved, stranded
+
+    # The reaper checks the reserve (placed more than older_than ago) against its order.
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0) >= 1
+    assert await holds(checked_pool, f"{rejected_up.order_id}:reserve") == {
+        f"{rejected_up.order_id}:reserve": ("RELEASED", D("10.00"))}
+    assert (await ledger.cash_balance(up, luow(checked_pool))).available == D("20.00")
+
+    # The next replaces go through, the one without a reserve cancelling the transfer first.
+    working = []
+    for account, old, qty, price in ((up, old_up, 10, "172.00"), (down, old_down, 5, "170.00")):
+        new = await handlers.replace_order(replace(account, old.order_id, qty, price), order_deps)
+        assert new.status is Status.PENDING_NEW and new.reject_reason is None
+        await eventually(lambda: order_is(order_deps, account, new.order_id, Status.NEW), "the replacement to work")
+        await eventually(lambda: order_is(order_deps, account, old.order_id, Status.CANCELLED), "the old order to end")
+        working.append((account, new))
+    await ledger_caught_up(execution_consumers, namespace)
+    async with checked_pool.acquire() as conn:
+        left = await conn.fetch("SELECT to_hold_id, status FROM ledger.hold_transfers WHERE account_id = ANY($1) "
+                                "AND status = 'PENDING'", [up, down])
+    assert left == []
+    assert (await ledger.cash_balance(up, luow(checked_pool))).held == D("1720.00")
+    assert (await ledger.cash_balance(down, luow(checked_pool))).held == D("850.00")
+    for account, new in working:  # out of the book, which the next tests trade in
+        await handlers.cancel_order(account, new.order_id, order_deps)
+        await eventually(lambda: order_is(order_deps, account, new.order_id, Status.CANCELLED), "the cancel")
+        await eventually(lambda: _cash_is(checked_pool, account, held=D(0)), "the hold release")
 
 
 async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, checked_pool, nats_conn, namespace):
