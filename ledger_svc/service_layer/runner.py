@@ -166,27 +166,27 @@ async def run_trim(before: date, database_url: str, nats_url: str, namespace: st
 async def settlement_loop(uow, js, namespace: str, *, interval: float = 60.0,
                           now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
     """MISSION F7's batch: after each trading day's close (meshkit.calendar.closes_due, plus
-    SETTLE_AFTER_CLOSE), settle and reconcile the day once, when it has fills to settle; the
-    report is logged (a discrepancy at WARNING). A market kept always open has no close: its
-    days are settled on demand (`stockmesh settle`). Run by one replica (meshkit.db.elected); a
-    run repeated after a restart settles nothing twice."""
+    SETTLE_AFTER_CLOSE), settle and reconcile the day once per process; the report is logged
+    (a discrepancy at WARNING). Also a day the ledger has nothing to settle for: its execution
+    consumer may have applied nothing (a poison message, a wedged task), which only the
+    journal shows (FILL_NOT_APPLIED); the day was marked done unreconciled (round 14 review).
+    A market kept always open has no close: its days are settled on demand (`stockmesh
+    settle`). Run by one replica (meshkit.db.elected); a run repeated after a restart settles
+    nothing twice."""
     done: date | None = None
     while True:
         day = calendar.closes_due(now() - SETTLE_AFTER_CLOSE)
         if day is not None and day != done:
             try:
-                async with uow() as u:
-                    due = await u.settlement.due(day, 1)
-                if due:
-                    report = await settle_and_reconcile(day, uow, js, namespace)
-                    extra = {"tradingDay": day.isoformat(), "fillsSettled": report.fills_settled,
-                             "amountSettled": str(report.amount_settled), "discrepancies": len(report.discrepancies),
-                             "reconciledAgainst": report.reconciled_against}
-                    if report.discrepancies:
-                        log.warning("day settled with discrepancies: run `stockmesh settle --date %s` for the report",
-                                    day.isoformat(), extra=extra)
-                    else:
-                        log.info("day settled", extra=extra)
+                report = await settle_and_reconcile(day, uow, js, namespace)
+                extra = {"tradingDay": day.isoformat(), "fillsSettled": report.fills_settled,
+                         "amountSettled": str(report.amount_settled), "discrepancies": len(report.discrepancies),
+                         "reconciledAgainst": report.reconciled_against}
+                if report.discrepancies:
+                    log.warning("day settled with discrepancies: run `stockmesh settle --date %s` for the report",
+                                day.isoformat(), extra=extra)
+                else:
+                    log.info("day settled", extra=extra)
                 done = day
             except Exception:  # noqa: BLE001 - the next round retries
                 log.exception("settling the day failed; retrying", extra={"tradingDay": day.isoformat()})

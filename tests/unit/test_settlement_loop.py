@@ -1,6 +1,7 @@
 """ledger_svc's end-of-day batch (runner.settlement_loop, MISSION F7): after a session's close
-(plus SETTLE_AFTER_CLOSE) it settles and reconciles the day once when it has fills to settle,
-retries a failed run, and does nothing on a market kept always open (settled on demand)."""
+(plus SETTLE_AFTER_CLOSE) it settles and reconciles the day once, also when the ledger has no
+fill of it to settle, retries a failed run, and does nothing on a market kept always open
+(settled on demand)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,19 +17,13 @@ from tests.support.wait import eventually
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-class FakeSettlement:
-    def __init__(self, due: bool) -> None:
-        self._due = due
-        self.asked: list[date] = []
+class NothingDue:
+    """A ledger with no unsettled fill (a unit of work whose settlement has nothing due)."""
 
-    async def due(self, through: date, limit: int):
-        self.asked.append(through)
-        return [{"fill_id": "f1"}] if self._due else []
-
-
-class FakeUow:
-    def __init__(self, settlement: FakeSettlement) -> None:
-        self.settlement = settlement
+    class settlement:
+        @staticmethod
+        async def due(through: date, limit: int) -> list:
+            return []
 
     async def __aenter__(self):
         return self
@@ -37,8 +32,8 @@ class FakeUow:
         return False
 
 
-async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int = 0, rounds: int = 6):
-    """Run `rounds` rounds of the loop at the frozen time `at`; returns (days settled, days asked)."""
+async def run_loop(monkeypatch, at: datetime, *, failures: int = 0, rounds: int = 6) -> list[date]:
+    """Run `rounds` rounds of the loop at the frozen time `at`; returns the days settled."""
     settled: list[date] = []
     fails = [failures]
 
@@ -50,18 +45,17 @@ async def run_loop(monkeypatch, at: datetime, *, due: bool = True, failures: int
         return SettlementReport(trading_day=day, fills_settled=1)
 
     monkeypatch.setattr(runner, "settle_and_reconcile", settle)
-    fake = FakeSettlement(due)
     ticks = [0]
 
     def now() -> datetime:  # read once per round
         ticks[0] += 1
         return at
 
-    task = asyncio.create_task(runner.settlement_loop(lambda: FakeUow(fake), None, "ns", interval=0.001, now=now))
+    task = asyncio.create_task(runner.settlement_loop(NothingDue, None, "ns", interval=0.001, now=now))
     assert await eventually(lambda: ticks[0] > rounds or task.done(), timeout=10)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    return settled, fake.asked
+    return settled
 
 
 def ny(*args) -> datetime:
@@ -70,7 +64,7 @@ def ny(*args) -> datetime:
 
 async def test_the_day_is_settled_once_after_its_close(monkeypatch):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 24, 16, 6))  # a Tuesday, after 16:00 + 5 min
+    settled = await run_loop(monkeypatch, ny(2026, 11, 24, 16, 6))  # a Tuesday, after 16:00 + 5 min
     assert settled == [date(2026, 11, 24)]
 
 
@@ -78,7 +72,7 @@ async def test_the_day_is_settled_once_after_its_close(monkeypatch):
                                         (ny(2026, 11, 30, 11, 0), date(2026, 11, 27))])  # during Monday's session
 async def test_a_day_missed_is_settled_when_ledger_svc_runs_again(monkeypatch, at, missed):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, _ = await run_loop(monkeypatch, at)
+    settled = await run_loop(monkeypatch, at)
     assert settled == [missed]
 
 
@@ -86,24 +80,27 @@ async def test_a_day_missed_is_settled_when_ledger_svc_runs_again(monkeypatch, a
                                 ny(2026, 11, 24, 11, 0)])  # the session is on
 async def test_a_day_is_not_settled_before_its_close_is_due(monkeypatch, at):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, asked = await run_loop(monkeypatch, at)
-    assert date(2026, 11, 24) not in settled + asked
-    assert settled == asked == [date(2026, 11, 23)]  # the day before's is due (in a real run, settled before: nothing due)
+    settled = await run_loop(monkeypatch, at)
+    assert settled == [date(2026, 11, 23)]  # the day before's is due (in a real run, settled before: nothing new)
 
 
-async def test_a_day_without_fills_to_settle_is_not_run_and_asked_once(monkeypatch):
+async def test_a_day_the_ledger_has_nothing_to_settle_for_is_reconciled_too(monkeypatch):
+    """The ledger's execution consumer may have applied nothing all day: only reconciling
+    against the journal says so (FILL_NOT_APPLIED). The loop asked the ledger first and marked
+    a day without unsettled fills done, unreconciled (round 14 review); here the ledger has
+    nothing due (NothingDue)."""
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, asked = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0), due=False)
-    assert settled == [] and asked == [date(2026, 11, 24)]
+    settled = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0))
+    assert settled == [date(2026, 11, 24)]
 
 
 async def test_a_failed_run_is_retried(monkeypatch):
     monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    settled, _ = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0), failures=2)
+    settled = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0), failures=2)
     assert settled == [date(2026, 11, 24)]
 
 
 async def test_an_always_open_market_is_settled_on_demand_only(monkeypatch):
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
-    settled, asked = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0))
-    assert settled == [] and asked == []
+    settled = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0))
+    assert settled == []
