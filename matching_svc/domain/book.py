@@ -45,6 +45,7 @@ SNAPSHOT_FORMAT = 1
 
 # Module-level aliases: the hot path compares enum members by identity.
 BUY = Side.BUY
+SELL = Side.SELL
 MARKET = OrderType.MARKET
 LIMIT = OrderType.LIMIT
 STOP = OrderType.STOP
@@ -499,7 +500,7 @@ class OrderBook:
         """A new pending stop: trigger it now if the last trade already reached it."""
         last = self.last_trade_price
         if last is not None and (last >= order.stop if order.side is BUY else last <= order.stop):
-            self._trigger(order, events)
+            self._trigger(order, events, last)
         else:
             self._park_stop(order)
 
@@ -535,11 +536,21 @@ class OrderBook:
             for order in elected:
                 del self._orders[order.order_id]
                 self._pending_stops -= 1
-                self._trigger(order, events)
+                self._trigger(order, events, hi if order.side is BUY else lo)
 
-    def _trigger(self, order: Order, events: list[Event]) -> None:
-        """A stop becomes a MARKET (STOP) or LIMIT (STOP_LIMIT) order and is executed."""
+    def _trigger(self, order: Order, events: list[Event], at: int) -> None:
+        """A stop becomes a MARKET (STOP) or LIMIT (STOP_LIMIT) order and is executed; `at` is
+        the trade price that elected it (at or through its stop).
+
+        A sell STOP elected by a trade below its stop (the market gapped through it) keeps its
+        collar's distance below that trade, not below the stop: a stop-loss is for a falling
+        market, and the collar below a stop of 405 (384.75) found no bid after a trade at 370
+        while 370 was bid (round 14 B). A sell holds shares, so its collar is price protection
+        only. A buy STOP keeps its collar: its hold (stop × (1 + collar) × quantity) pays for
+        no more."""
         events.append(Triggered(order.order_id, order.account_id, order.stop))
+        if order.type is STOP and order.side is SELL and at < order.stop:
+            order.collar = max(1, order.collar * at // order.stop)
         order.type = MARKET if order.type is STOP else LIMIT
         order.stop = None
         if order.tif is FOK and not self._fok_fillable(order):

@@ -293,6 +293,11 @@ class OrderRepository:
         return await self.conn.fetchval(
             "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill, event))
 
+    async def mark_triggered_in(self, order_id: uuid.UUID, sequence: int) -> None:
+        """`sequence` is the OrderUpdate that told the order's trigger (migration 0011)."""
+        await self.conn.execute("UPDATE orders.orders SET triggered_sequence = $2 WHERE order_id = $1",
+                                order_id, sequence)
+
     async def save_execution_result(self, o: Order, now: datetime) -> None:
         """Write what an execution did to an order (fill progress, status, reason)."""
         await self.conn.execute(
@@ -323,7 +328,7 @@ class OrderRepository:
             SELECT u.sequence, u.status AS u_status, u.filled_quantity AS u_filled, u.fill_notional AS u_notional,
                    u.reject_reason AS u_reason, u.reject_message AS u_message, u.replaced_by AS u_replaced_by,
                    u.updated_at AS u_updated_at, u.fill_id, u.fill_price, u.fill_quantity, u.executed_at,
-                   {", ".join("o." + c.strip() for c in _COLUMNS.split(","))}
+                   o.triggered_sequence, {", ".join("o." + c.strip() for c in _COLUMNS.split(","))}
               FROM orders.updates u JOIN orders.orders o USING (order_id)
              WHERE u.account_id = $1 AND u.sequence > $2
              ORDER BY u.sequence LIMIT $3
@@ -336,7 +341,11 @@ class OrderRepository:
             o.reject_message, o.replaced_by, o.updated_at = r["u_message"], r["u_replaced_by"], r["u_updated_at"]
             if o.status not in (Status.CANCELLED, Status.EXPIRED):  # an end is the order's last change
                 o.end_reason = None
-            if o.triggered_at is not None and o.updated_at < o.triggered_at:  # a change before the trigger
+            # A change before the trigger's own update shows the order untriggered (orders
+            # triggered before migration 0011 have no such sequence: their times decide).
+            trigger = r["triggered_sequence"]
+            if o.triggered_at is not None and (r["sequence"] < trigger if trigger is not None
+                                               else o.updated_at < o.triggered_at):
                 o.triggered_at = None
             fill = (Fill(r["fill_id"], r["fill_price"], r["fill_quantity"], r["executed_at"])
                     if r["fill_id"] else None)

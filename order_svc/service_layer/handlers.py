@@ -378,6 +378,13 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         o = await uow.orders.get(order_id, for_update=True)
         if o is None or o.account_id != account_id:
             raise model.OrderNotFound(f"no order {order_id}", metadata={"orderId": str(order_id)})
+        if o.status is Status.CANCELLED and o.replaced_by is not None:
+            # Not the idempotent answer of a cancelled order: the order goes on as its
+            # replacement, and a client told "cancelled" here believed itself flat while that
+            # one could still fill (round 14 B; FIX rejects such a cancel too).
+            raise model.OrderNotActive(
+                f"the order was replaced by order {o.replaced_by}, which is working in its place: cancel that one",
+                metadata={"orderId": str(order_id), "status": o.status.value, "replacedBy": str(o.replaced_by)})
         if o.status is Status.CANCELLED or o.cancel_requested:
             return o
         if o.status is Status.PENDING_NEW:

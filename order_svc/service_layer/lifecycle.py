@@ -74,7 +74,7 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             o = await _order(uow, ex.order_id)
             if o is not None and o.triggered(ex.executed_at or at):  # the engine's time, as a fill's
                 await uow.orders.save_execution_result(o, at)
-                await uow.orders.record_change(o, event="ORDER_TRIGGERED")
+                await uow.orders.mark_triggered_in(o.order_id, await uow.orders.record_change(o, event="ORDER_TRIGGERED"))
         elif ex.type == REPLACED:
             await _replaced(uow, ex, at)
         elif ex.type == CANCEL_REJECTED:

@@ -133,6 +133,12 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     await eventually(lambda: order_is(order_deps, a, old.order_id, Status.CANCELLED), "the old order to end")
     done = await handlers.get_order(a, old.order_id, order_deps)
     assert (done.replaced_by, done.end_reason) == (new.order_id, EndReason.REPLACED)
+    # A cancel of the replaced order is refused, naming the order working in its place (round 14:
+    # it answered CANCELLED, and the client believed itself flat while the replacement worked).
+    with pytest.raises(model.OrderNotActive, match=f"replaced by order {new.order_id}") as refused_cancel:
+        await handlers.cancel_order(a, old.order_id, order_deps)
+    assert refused_cancel.value.metadata["replacedBy"] == str(new.order_id)
+    assert (await handlers.get_order(a, new.order_id, order_deps)).status is Status.NEW
     # The 10.00 difference was taken when asked; available never came back up in between.
     assert set(samples) == {D("0.00")}
     await ledger_caught_up(execution_consumers, namespace)
@@ -266,6 +272,34 @@ async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_
 
 async def _cash_is(pool, account, *, held: Decimal):
     return (await ledger.cash_balance(account, luow(pool))).held == held
+
+
+async def test_a_stop_triggered_on_arrival_replays_as_it_streamed_live(engine, order_deps, execution_consumers,
+                                                                        checked_pool):
+    """A stop that the last trade has already reached triggers on arrival, at its acceptance
+    time: before its NEW update was recorded. The live stream sent NEW untriggered, then the
+    trigger; a replay compared times and showed NEW triggered already (round 14 B). The
+    trigger's own update now decides."""
+    a, bidder, hitter = acct(), acct(), acct()
+    await fund(checked_pool, a, shares=(SYM, 1))
+    await fund(checked_pool, bidder, cash="200.00")
+    await fund(checked_pool, hitter, shares=(SYM, 1))
+    bid = await handlers.place_order(limit(bidder, Side.BUY, 1, "170.00"), order_deps)
+    await handlers.place_order(limit(hitter, Side.SELL, 1, "170.00", tif=TimeInForce.IOC), order_deps)
+    await eventually(lambda: order_is(order_deps, bidder, bid.order_id, Status.FILLED), "a print at 170.00")
+    stop = await handlers.place_order(OrderRequest(
+        account_id=a, client_order_id=uuid.uuid4().hex, symbol=SYM, side=Side.SELL, type=OrderType.STOP_LIMIT,
+        quantity=1, limit_price=D("200.00"), stop_price=D("175.00"), time_in_force=TimeInForce.GTC), order_deps)
+
+    async def triggered():
+        o = await handlers.get_order(a, stop.order_id, order_deps)
+        return o if o.triggered_at is not None else None
+    await eventually(triggered, "the stop to trigger on arrival")
+    async with order_deps.uow() as uow:
+        changes = [(o.status, o.triggered_at is not None) for _, o, _ in await uow.orders.updates_after(a, 0, 10)]
+    assert changes == [(Status.NEW, False), (Status.NEW, True)]
+    await handlers.cancel_order(a, stop.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, stop.order_id, Status.CANCELLED), "the cancel")
 
 
 async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_deps, execution_consumers,

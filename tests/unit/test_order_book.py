@@ -278,6 +278,31 @@ SCENARIOS = [
         ([], [(102, 10, 1)]),
         id="stops elected together trigger in arrival order",
     ),
+    # Round 14 B: a sell stop-loss at 405 (collar 384.75, 5 % below) was cancelled NO_LIQUIDITY
+    # after the market gapped to 370, with 370 bid. Its collar keeps its distance below the
+    # trade that elected it instead (405 -> 370: 351.50); a buy stop keeps its own (its hold).
+    scenario(
+        [limit("b1", BUY, 5, 370), limit("b2", BUY, 10, 370), limit("b3", BUY, 10, 340),
+         stop("sl", SELL, 10, stop_px=405, collar=384)],
+        limit("s1", SELL, 5, 370),
+        [("acc", "s1"), ("fill", "b1", "s1", 370, 5), ("trig", "sl"), ("fill", "b2", "sl", 370, 10)],
+        ([(340, 10, 1)], []),
+        id="a sell stop gapped through trades within its collar below the electing trade",
+    ),
+    scenario(
+        [limit("s1", SELL, 5, 370), limit("b1", BUY, 5, 370), limit("b2", BUY, 10, 360), limit("b3", BUY, 10, 300)],
+        stop("sl", SELL, 20, stop_px=405, collar=384),
+        [("acc", "sl"), ("trig", "sl"), ("fill", "b2", "sl", 360, 10), ("cxl", "sl", "MARKET_REMAINDER", 10)],
+        ([(300, 10, 1)], []),
+        id="a sell stop through the market on arrival: its collar below the last trade, not the stop",
+    ),
+    scenario(
+        [limit("b1", BUY, 5, 100), limit("s1", SELL, 5, 100), limit("s2", SELL, 10, 120)],
+        stop("st", BUY, 5, stop_px=90, collar=94),
+        [("acc", "st"), ("trig", "st"), ("cxl", "st", "NO_LIQUIDITY", 5)],
+        ([], [(120, 10, 1)]),
+        id="a buy stop keeps its collar, which its hold pays for",
+    ),
     scenario(
         [limit("s1", SELL, 5, 100), limit("b1", BUY, 5, 100), limit("s2", SELL, 5, 101)],
         stop("st", BUY, 5, stop_px=99, collar=110),

@@ -1,0 +1,1 @@
+ALTER TABLE orders.orders DROP COLUMN IF EXISTS triggered_sequence;
