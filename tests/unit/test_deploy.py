@@ -315,6 +315,71 @@ def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream
         envoy_pod["containers"][0]["volumeMounts"]
 
 
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector (matchLabels, matchExpressions In) selects a pod."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In", e  # the only operator the manifests use
+        if labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def _allowed(policies: list[dict], source: dict[str, str], target: dict[str, str], port: int) -> bool:
+    """Whether the namespace's ingress policies let a pod labelled `source` connect to one
+    labelled `target` on `port` (no policy selecting the target: allowed, as Kubernetes has it)."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            sources = rule.get("from")
+            if (not ports or port in ports) and (sources is None or any(
+                    _selects(s["podSelector"], source) for s in sources)):
+                return True
+    return False
+
+
+def test_kubernetes_network_policies_let_only_the_mesh_s_own_calls_through() -> None:
+    """Round 14 review: the services listen on 0.0.0.0 and trust the identity Envoy forwards;
+    HoldService checks no caller. With no NetworkPolicy any pod in the cluster could withdraw as
+    any account, capture a hold into its own account, or publish a fill on NATS. Every call the
+    mesh makes is allowed (Envoy's upstreams as deploy/envoy.yaml names them, the internal
+    addresses, the stores), and a stranger pod reaches nothing but Envoy and the metrics."""
+    docs = _kustomized()
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {name: d["spec"]["template"]["metadata"]["labels"]
+            for name, d in {**_of(docs, "Deployment"), **_of(docs, "StatefulSet"), **_of(docs, "Job")}.items()}
+    stranger = {"app.kubernetes.io/name": "someone-elses-app"}
+    config = _of(docs, "ConfigMap")["stockmesh-env"]["data"]
+    # Envoy -> each upstream it names (host and port from the rendered deploy config).
+    upstreams = re.findall(r"address: ([a-z-]+), port_value: (\d+)", envoy.DEPLOY_CONFIG.read_text())
+    assert {host for host, _ in upstreams} >= set(envoy.DEPLOY_PORTS.hosts.values())
+    calls = {("envoy", host, int(port)) for host, port in upstreams}
+    # The internal addresses: order-svc asks ledger-svc (holds), ledger-svc asks order-svc.
+    calls |= {("order-svc", *config["LEDGER_ADDR"].split(":")), ("ledger-svc", *config["ORDER_ADDR"].split(":"))}
+    mesh = [n for n in pods if pods[n]["app.kubernetes.io/name"] not in ("envoy", "nats", "postgres", "redis",
+                                                                           "migrate")]
+    assert set(mesh) == {"ledger-svc", "order-svc", "order-relay", "matching-svc", "quote-svc"}
+    calls |= {(n, store, port) for n in mesh for store, port in (("nats", 4222), ("postgres", 5432), ("redis", 6379))}
+    calls |= {("migrate", "postgres", 5432), ("nats", "nats", 6222)}
+    for source, target, port in sorted(calls):
+        assert _allowed(policies, pods[source], pods[target], int(port)), f"{source} -> {target}:{port} is refused"
+    # A stranger: Envoy's public port and the metrics only.
+    assert _allowed(policies, stranger, pods["envoy"], 8080)
+    for target in pods:
+        assert _allowed(policies, stranger, pods[target], 9100) or target in ("nats", "postgres", "redis",
+                                                                               "migrate", "envoy")
+        for port in (50051, 50052, 4222, 6222, 5432, 6379):
+            assert not _allowed(policies, stranger, pods[target], port), f"a stranger reaches {target}:{port}"
+    # Nor may one service reach another's port that it does not call.
+    assert not _allowed(policies, pods["quote-svc"], pods["ledger-svc"], 50051)
+    assert not _allowed(policies, pods["order-relay"], pods["ledger-svc"], 50051)
+    assert not _allowed(policies, pods["matching-svc"], pods["order-svc"], 50052)
+
+
 def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path) -> None:
     """--jwks-uri: the keys fetched from the provider over TLS (verified for its name), no JWKS
     file; the rendering passes `envoy --mode validate`. A URL Envoy could not use is refused."""
