@@ -245,6 +245,13 @@ class ConsumerGone(Exception):
     """The consumer was deleted (another engine took the symbol over) or the pull failed."""
 
 
+class DeliveryGap(ConsumerGone):
+    """A delivery of the consumer never reached this reader (lost in flight when its NATS
+    server went, or taken by a stale pull request): JetStream gives it again only after
+    ack_wait, behind the messages delivered since. Read again from the first message not
+    acknowledged, or an order's last fill is applied before an earlier one (round 14 review)."""
+
+
 class Puller:
     """Continuous pull from a durable consumer: keeps pull requests outstanding (credit
     between batch/2 and 2×batch) so messages flow without a round trip each, and hands them
@@ -254,8 +261,14 @@ class Puller:
     arrived, which costs up to the timeout in latency when the flow is light.)
     """
 
-    def __init__(self, nc, stream: str, durable: str, batch: int, expires: float = 5.0) -> None:
+    def __init__(self, nc, stream: str, durable: str, batch: int, expires: float = 5.0, *,
+                 delivered: int | None = None) -> None:
         self.nc, self.batch, self.expires = nc, batch, expires
+        # Given `delivered` (the durable's only reader: the consumer's delivered sequence as it
+        # starts), every delivery must come: the consumer numbers its deliveries (redeliveries
+        # too), and a number skipped raises DeliveryGap.
+        self.gapless = delivered is not None
+        self.delivered = delivered  # the consumer sequence of the last delivery taken
         self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inbox = nc.new_inbox()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -278,6 +291,12 @@ class Puller:
         status = msg.headers.get("Status") if msg.headers and not msg.data else None
         if status is None:
             self.credit -= 1
+            if self.gapless:
+                delivered = msg.metadata.sequence.consumer
+                if delivered != self.delivered + 1:
+                    raise DeliveryGap(f"delivery {delivered} came after {self.delivered}: "
+                                      f"{delivered - self.delivered - 1} never reached this reader")
+                self.delivered = delivered
             out.append(msg)
         elif status in ("408", "409"):  # a request expired or ended: its unused credit is gone
             desc = msg.headers.get("Description", "")
@@ -342,40 +361,47 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
         raise TypeError("pass exactly one of handle and handle_batch")
     from nats.js.errors import NotFoundError
 
-    if one_reader:
-        await resume_at_ack_floor(js, stream, durable)
-    try:
-        await js.consumer_info(stream, durable)
-    except NotFoundError:
-        await js.add_consumer(stream, consumer_config(subject_filter, durable, ack_wait=ack_wait,
-                                                      max_ack_pending=max_ack_pending))
     # The consumer's series exist from its start (0: not stuck, no failures), so an alert on
     # them sees a healthy consumer, not a missing series.
     CONSUMER_STUCK.labels(durable).set(0)
     CONSUMER_FAILURES.labels(durable)
-    # Not nats-py's fetch(): once one message has come it waits for the whole batch or the
-    # timeout, so a second message close behind the first could wait up to `idle_wait` (a fill
-    # reached the ledger ~1 s after order_svc had applied it). The Puller hands out what has
-    # come as soon as it comes. (js._nc: JetStreamContext keeps its connection private.)
-    puller = Puller(js._nc, stream, durable, batch)
-    await puller.start()
-    try:
-        await _consume_loop(puller, handle, handle_batch, idle_wait, durable)
-    finally:
-        # Withdraw the inbox of the pull requests still outstanding: without interest the
-        # server drops them, instead of delivering the next messages to a reader that is gone;
-        # what was delivered and not handled goes back at once, in order.
+    while True:
+        delivered = await resume_at_ack_floor(js, stream, durable) if one_reader else None
         try:
-            await asyncio.shield(puller.hand_back())
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            info = await js.add_consumer(stream, consumer_config(subject_filter, durable, ack_wait=ack_wait,
+                                                                 max_ack_pending=max_ack_pending))
+        if one_reader and delivered is None:  # made just now
+            delivered = info.delivered.consumer_seq
+        # Not nats-py's fetch(): once one message has come it waits for the whole batch or the
+        # timeout, so a second message close behind the first could wait up to `idle_wait` (a
+        # fill reached the ledger ~1 s after order_svc had applied it). The Puller hands out
+        # what has come as soon as it comes. (js._nc: JetStreamContext keeps its connection
+        # private.) The only reader of a durable checks that no delivery skips it.
+        puller = Puller(js._nc, stream, durable, batch, delivered=delivered)
+        await puller.start()
+        try:
+            await _consume_loop(puller, handle, handle_batch, idle_wait, durable)
+        except DeliveryGap as gap:
+            # Again from the first message not acknowledged (the reset above), in order.
+            log.warning("a delivery never reached this reader; reading again from the first message not "
+                        "acknowledged", extra={"durable": durable, "error": str(gap)})
+        finally:
+            # Withdraw the inbox of the pull requests still outstanding: without interest the
+            # server drops them, instead of delivering the next messages to a reader that is
+            # gone; what was delivered and not handled goes back at once, in order.
+            try:
+                await asyncio.shield(puller.hand_back())
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
 
 
 class ConsumerResetUnsupported(RuntimeError):
     """The NATS server cannot reset a consumer ($JS.API.CONSUMER.RESET, server 2.14+)."""
 
 
-async def resume_at_ack_floor(js, stream: str, durable: str) -> None:
+async def resume_at_ack_floor(js, stream: str, durable: str) -> int | None:
     """Reset the durable consumer to its ack floor (ADR-60, nats-server 2.14+), so its next
     deliveries start with the first message not acked. A reader killed with messages fetched
     and not acked leaves them pending; JetStream would hand them out again only when their
@@ -384,20 +410,23 @@ async def resume_at_ack_floor(js, stream: str, durable: str) -> None:
     is left of its hold before an earlier fill captured its part, which then can never apply).
     No consumer yet: nothing to do (it is created starting at the stream's first message).
     A server without the API is refused with ConsumerResetUnsupported rather than consumed out
-    of order after a crash."""
+    of order after a crash. Returns the consumer's delivered sequence as the reset left it (the
+    next delivery is the one after it), or None when there is no consumer: read from the reset's
+    own answer, since a stale pull request may take a delivery right after it."""
     from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
     try:
         await js.consumer_info(stream, durable)
     except NotFoundError:  # (the reset API does not answer for a consumer that does not exist)
-        return
+        return None
     try:
-        await js._api_request(f"{js._prefix}.CONSUMER.RESET.{stream}.{durable}", b"", timeout=5)
+        reset = await js._api_request(f"{js._prefix}.CONSUMER.RESET.{stream}.{durable}", b"", timeout=5)
     except (APIError, ServiceUnavailableError, TimeoutError) as exc:  # nats' TimeoutError is asyncio's
         raise ConsumerResetUnsupported(
             f"could not reset consumer {durable} on {stream} to its ack floor ({exc!r}); StockMesh needs "
             "nats-server 2.14 or later (the launcher's own is pinned: unset NATS_URL to use it)") from exc
     log.info("consumer resumed at its ack floor", extra={"durable": durable, "stream": stream})
+    return int(reset.get("delivered", {}).get("consumer_seq", 0))
 
 
 async def _until_done(work, msgs, durable: str) -> None:

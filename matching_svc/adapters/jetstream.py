@@ -109,8 +109,12 @@ async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, st
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
         opt_start_seq=start_seq if start_seq > 1 else None,
         ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=max_ack_pending, max_deliver=-1)
-    await js.add_consumer(names.orders, config)
-    puller = Puller(nc, names.orders, durable, batch)
+    info = await js.add_consumer(names.orders, config)
+    # The engine is the durable's only reader (its lease): a delivery that never reaches it
+    # (lost in flight, taken by a stale pull) raises DeliveryGap, and the runner starts again
+    # from its snapshot; the engine would otherwise skip it when it comes back behind later
+    # inputs (round 14 review).
+    puller = Puller(nc, names.orders, durable, batch, delivered=info.delivered.consumer_seq)
     await puller.start()
     return puller
 

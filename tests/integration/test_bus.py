@@ -113,6 +113,56 @@ async def test_what_a_killed_reader_fetched_comes_again_first_and_in_order(nats_
     assert handled == ["1", "2", "3", "4", "5", "6"]
 
 
+async def test_a_delivery_that_never_reaches_the_reader_is_handled_in_its_place(nats_conn):
+    """A delivery of the durable lost on its way (its NATS server died with it in flight, or a
+    stale pull request took it) comes again only after ack_wait, behind later messages: an
+    order's last fill applied before an earlier one (round 14 review). The reader sees the
+    consumer's delivery numbers skip one, and reads again from the first message not
+    acknowledged: everything is handled once, in stream order, well inside ack_wait. Here a
+    rogue pull request of the same durable takes some deliveries and never acknowledges them."""
+    import json
+
+    js = nats_conn.jetstream()
+    ns = f"bus{uuid.uuid4().hex[:8]}"
+    stream = await bus.ensure_stream(js, ns, "WORK")
+    subject = bus.subject(ns, "work", "x")
+    durable = f"d{uuid.uuid4().hex[:6]}"
+    handled: list[int] = []
+
+    async def handle(msg) -> None:
+        handled.append(int(msg.data))
+
+    async def publish(numbers) -> None:
+        for i in numbers:
+            await js.publish(subject, str(i).encode(), stream=stream)
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(bus.consume(js, stream=stream, subject_filter=bus.subject(ns, "work", ">"),
+                                           durable=durable, handle=handle, batch=1))
+    try:
+        await publish(range(1, 4))
+        assert await eventually(lambda: len(handled) == 3, timeout=15), handled
+        stolen: list[int] = []
+        inbox = nats_conn.new_inbox()
+
+        async def steal(msg) -> None:  # taken, never acknowledged
+            stolen.append(int(msg.data))
+        rogue = await nats_conn.subscribe(inbox, cb=steal)
+        for _ in range(3):  # pull requests of the same durable, queued beside the reader's
+            await nats_conn.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+                                    json.dumps({"batch": 2, "expires": 1_000_000_000}).encode(), reply=inbox)
+        await publish(range(4, 16))
+        await asyncio.sleep(1.5)  # the rogue requests have expired
+        await rogue.unsubscribe()
+        await publish(range(16, 19))
+        assert stolen, "the rogue pull requests took nothing: the test exercises nothing"
+        assert await eventually(lambda: len(handled) >= 18, timeout=20), (handled, stolen)  # ack_wait is 30 s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert handled == list(range(1, 19)), (handled, stolen)
+
+
 async def test_a_connection_survives_a_stalled_server(tmp_path):
     """nats-server stalled (SIGSTOP: a slow disk, a paused VM) while a health check's flush
     times out: once the server answers again the connection works (nats-py 2.16's read loop

@@ -94,6 +94,49 @@ async def test_cross_cancel_and_duplicate(engine_app, nats_url):
     assert [t.sequence for t in trades] == list(range(1, len(trades) + 1))
 
 
+async def test_an_input_that_never_reaches_the_engine_is_applied_in_its_place(engine_app, nats_url):
+    """An input delivered to the engine's consumer that never reaches the engine (lost in flight
+    with its NATS server, or taken by a stale engine's pull request) came again only after
+    ack_wait, behind later inputs, and the engine skipped it as already applied: the order never
+    reached the book (round 14 review). The engine sees its consumer's delivery numbers skip,
+    and starts again from its snapshot: every order is in the book. Here a rogue pull request
+    of `engine_AAPL` takes some inputs and never acknowledges them."""
+    import json
+
+    ns, js, engine, _ = engine_app
+    names = Names(ns)
+    rogue_nc = await bus.connect(nats_url, "test-rogue")
+    stolen: list[str] = []
+
+    async def steal(msg) -> None:  # taken, never acknowledged
+        stolen.append(pb.EngineCommand.FromString(msg.data).new_order.order_id)
+    try:
+        await publish(js, ns, new_order("r0", "alice", BUY, 1, limit="100.00"))
+        assert await eventually(lambda: engine.owned_engine("AAPL") is not None
+                                and engine.owned_engine("AAPL").book.get_order("r0") is not None)
+        inbox = rogue_nc.new_inbox()
+        rogue = await rogue_nc.subscribe(inbox, cb=steal)
+        for _ in range(3):
+            await rogue_nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{names.orders}.{names.consumer('AAPL')}",
+                                   json.dumps({"batch": 2, "expires": 1_000_000_000}).encode(), reply=inbox)
+        await rogue_nc.flush()
+        ids = [f"r{i}" for i in range(1, 13)]
+        for oid in ids:
+            await publish(js, ns, new_order(oid, "alice", BUY, 1, limit="100.00"))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.5)  # the rogue requests have expired
+        await rogue.unsubscribe()
+        await publish(js, ns, new_order("last", "alice", BUY, 1, limit="100.00"))
+        assert stolen, "the rogue pull requests took nothing: the test exercises nothing"
+
+        def in_book() -> list[str]:
+            eng = engine.owned_engine("AAPL")
+            return [] if eng is None else [o for o in ["r0", *ids, "last"] if eng.book.get_order(o) is not None]
+        assert await eventually(lambda: len(in_book()) == len(ids) + 2, timeout=20), (in_book(), stolen)
+    finally:
+        await rogue_nc.close()
+
+
 async def _md(js, names):
     from tests.support.engine import read_stream
     return await read_stream(js, names.md, names.md_subject("AAPL"))
