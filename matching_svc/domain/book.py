@@ -548,9 +548,9 @@ class OrderBook:
         while 370 was bid (round 14 B). A sell holds shares, so its collar is price protection
         only. A buy STOP keeps its collar: its hold (stop × (1 + collar) × quantity) pays for
         no more."""
-        events.append(Triggered(order.order_id, order.account_id, order.stop))
         if order.type is STOP and order.side is SELL and at < order.stop:
             order.collar = max(1, order.collar * at // order.stop)
+        events.append(Triggered(order.order_id, order.account_id, order.stop, order.collar))
         order.type = MARKET if order.type is STOP else LIMIT
         order.stop = None
         if order.tif is FOK and not self._fok_fillable(order):

@@ -137,6 +137,10 @@ class Triggered:
     order_id: str
     account_id: str
     stop: int
+    collar: int | None = None
+    """The price a triggered STOP trades within (None: a STOP_LIMIT, which has its limit): its
+    own collar, or for a sell stop the market gapped through, that collar's distance below the
+    electing trade."""
 
 
 Event = Accepted | Fill | Cancelled | Expired | Rejected | Replaced | Triggered

@@ -297,6 +297,13 @@ class _Ctx:
             self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
                             quantity=no.quantity, reason=RejectReason.INVALID.value)
             return
+        if self.engine.book.get_order(no.order_id) is not None:
+            # The same order again, past the dedupe window (order_svc picks every order id, a
+            # uuid, once): a repeat, not an order to refuse. The book's DUPLICATE_ORDER_ID named
+            # the live order itself, and order_svc and the ledger ended it (its hold released)
+            # while it went on working here (round 14 review).
+            self.out.duplicate = True
+            return
         if self.engine.halted is not None:
             self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
                             quantity=no.quantity, reason=RejectReason.SYMBOL_HALTED.value)

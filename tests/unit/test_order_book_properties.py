@@ -162,9 +162,15 @@ class OrderBookMachine(RuleBasedStateMachine):
                     new.entered = event.leaves
                     new.inherited = old.inherited + old.filled
                     assert event.leaves == event.quantity - new.inherited
-                case Triggered(order_id=oid):
+                case Triggered(order_id=oid, collar=collar):
                     t = self.tracked[oid]
                     assert not t.ended and t.filled == 0
+                    # A triggered STOP trades within its collar; a sell stop the market gapped
+                    # through, within a lower one (below the electing trade), never a higher one.
+                    if t.collar is not None:
+                        assert collar is not None and (collar == t.collar if t.side is Side.BUY
+                                                       else 1 <= collar <= t.collar)
+                        t.collar = collar
                 case Accepted() | Rejected():
                     pass
 
