@@ -96,7 +96,7 @@ async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
     key = lock_key(name)
     mode = "_shared" if shared else ""
     conn = await pool.acquire()
-    held = False
+    held = failed = False
     try:
         if wait:
             await conn.execute(f"SELECT pg_advisory_lock{mode}($1)", key)
@@ -104,15 +104,26 @@ async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
         else:
             held = await conn.fetchval(f"SELECT pg_try_advisory_lock{mode}($1)", key)
         yield held
+    except BaseException:
+        failed = True
+        raise
     finally:
+        # When the block failed (the database went away under it, say), its error is what the
+        # caller must hear, not the unlock's on the same dead connection (round 14: `stockmesh
+        # settle` ended in a traceback about a connection released to the pool).
         try:
             if held:
                 await conn.execute(f"SELECT pg_advisory_unlock{mode}($1)", key)
         except BaseException:
             terminate(conn)
-            raise
+            if not failed:
+                raise
         finally:
-            await pool.release(conn)
+            try:
+                await pool.release(conn)
+            except BaseException:
+                if not failed:
+                    raise
 
 
 async def elected(database_url: str, role: str, work: Callable[[], Awaitable[None]], *,

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from meshkit.launcher.mesh import engine_instance_id
 from tests.support.wait import eventually
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
@@ -67,6 +68,9 @@ async def test_operator_halts_and_resumes_a_symbol(mesh):
         status = engine_cli(mesh, "status")
         assert status.returncode == 0 and f"{SYMBOL:<6} HALTED" in status.stdout, status.stdout
         assert "(volatility)" in status.stdout, status.stdout  # and why
+        # The launcher names the engine the same at every start, so one started again after a
+        # crash takes its leases back at once (meshkit.launcher.mesh.engine_instance_id).
+        assert f"engine instance {engine_instance_id(mesh.data_dir, 'matching_svc')}" in status.stdout, status.stdout
 
         assert engine_cli(mesh, "resume", SYMBOL).returncode == 0
         async def trading() -> bool:
