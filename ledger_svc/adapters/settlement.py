@@ -77,12 +77,29 @@ class SettlementRepository:
             " VALUES ($1, $2, $3, $4, $5)", fill_id, account_id, amount, trade_date, description)
 
     async def due(self, through: date, limit: int) -> list[asyncpg.Record]:
+        """Proceeds to settle: only those whose amount is what the fill's buyer paid into
+        clearing (its `<fill>:cash` capture); the others stay unpaid, and reconciliation names
+        them (proceeds_off_their_fill)."""
         return await self.conn.fetch(
             """
-            SELECT fill_id, account_id, amount FROM ledger.unsettled
-             WHERE settled_at IS NULL AND trade_date <= $1
-             ORDER BY trade_date, fill_id LIMIT $2 FOR UPDATE SKIP LOCKED
+            SELECT u.fill_id, u.account_id, u.amount FROM ledger.unsettled u
+             WHERE u.settled_at IS NULL AND u.trade_date <= $1
+               AND EXISTS (SELECT 1 FROM ledger.hold_captures c
+                            WHERE c.capture_id = u.fill_id || ':cash' AND c.amount = u.amount)
+             ORDER BY u.trade_date, u.fill_id LIMIT $2 FOR UPDATE OF u SKIP LOCKED
             """, through, limit)
+
+    async def proceeds_off_their_fill(self) -> list[asyncpg.Record]:
+        """Proceeds not settled yet whose amount is not what the fill's buyer paid into
+        clearing (or that no capture paid at all): never paid out (due)."""
+        return await self.conn.fetch(
+            """
+            SELECT u.fill_id, u.account_id, u.amount, c.amount AS paid
+              FROM ledger.unsettled u
+              LEFT JOIN ledger.hold_captures c ON c.capture_id = u.fill_id || ':cash'
+             WHERE u.settled_at IS NULL AND c.amount IS DISTINCT FROM u.amount
+             ORDER BY u.fill_id
+            """)
 
     async def mark_settled(self, fill_id: str, entry_id: uuid.UUID) -> None:
         await self.conn.execute(

@@ -171,6 +171,10 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
             if r["held"] != r["pending"]:
                 d.append(Discrepancy("HELD_OFF_HOLDS", book, f"held {_amount(r['asset'], r['held'])}, pending "
                                      f"holds reserve {_amount(r['asset'], r['pending'])}"))
+        d += [Discrepancy("PROCEEDS_OFF_FILL", r["fill_id"],
+                          f"proceeds of {r['account_id']} {fmt_cents(r['amount'])}, the buyer paid "
+                          f"{fmt_cents(r['paid']) if r['paid'] is not None else 'nothing'} into clearing: not paid out")
+              for r in await s.proceeds_off_their_fill()]
         d += [Discrepancy("PROCEEDS_OFF_SETTLEMENT", r["fill_id"],
                           f"proceeds {fmt_cents(r['amount'])}, settled {fmt_cents(r['settled'])}")
               for r in await s.proceeds_off_their_settlement()]

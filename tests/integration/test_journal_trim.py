@@ -211,6 +211,9 @@ async def test_balances_and_settled_proceeds_changed_by_hand_are_reported(pg_ser
             await u.conn.execute("""
                 UPDATE ledger.balances b SET held = held + 2 FROM ledger.books k
                  WHERE k.book_id = b.book_id AND (k.owner, k.asset) = ('buyer', 'AAPL')""")
+            # Proceeds are history (migration 0014): changed only with the triggers off, as a
+            # superuser can; the reconciliation still says so.
+            await u.conn.execute("SET LOCAL session_replication_role = replica")
             await u.conn.execute("UPDATE ledger.unsettled SET amount = 99.95 WHERE fill_id = 'AAPL:clearing:1'")
             await u.commit()
         report = await settlement.reconcile(D1, uow, None, settlement.SettlementReport(D1))
@@ -219,6 +222,33 @@ async def test_balances_and_settled_proceeds_changed_by_hand_are_reported(pg_ser
             ("BALANCE_OFF_POSTINGS", "seller USD", "balance 99.91, postings sum to 99.90"),
             ("PROCEEDS_OFF_SETTLEMENT", "AAPL:clearing:1", "proceeds 99.95, settled 99.90"),
         ]
+
+
+async def test_proceeds_owed_cannot_be_changed_and_forged_ones_are_not_paid(pg_server_url):
+    """Acceptance round 14 A: an UPDATE adding 1,000.00 to a sale's proceeds owed showed in the
+    customer's portfolio at once, and settlement paid it out into cash they could withdraw. Now
+    the row refuses the change; and one changed with the triggers off (as a superuser can) is
+    left unpaid, and the report names the fill, the seller and both amounts."""
+    async with funded_ledger(pg_server_url) as uow:
+        await sell_all_at_9_99(uow)
+        async with uow() as u:
+            for change in ("UPDATE ledger.unsettled SET amount = amount + 1000 WHERE fill_id = 'AAPL:clearing:1'",
+                           "DELETE FROM ledger.unsettled WHERE fill_id = 'AAPL:clearing:1'"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="proceeds owed are history"):
+                    async with u.conn.transaction():
+                        await u.conn.execute(change)
+            await u.conn.execute("SET LOCAL session_replication_role = replica")
+            await u.conn.execute("UPDATE ledger.unsettled SET amount = amount + 1000 WHERE fill_id = 'AAPL:clearing:1'")
+            await u.commit()
+        report = await settle_and_reconcile(D1, uow, None, "x", catch_up=0)
+        assert report.fills_settled == 0 and report.amount_settled == 0
+        kinds = {(d.kind, d.reference): d.detail for d in report.discrepancies}
+        assert kinds[("PROCEEDS_OFF_FILL", "AAPL:clearing:1")] == (
+            "proceeds of seller 1099.90, the buyer paid 99.90 into clearing: not paid out")
+        assert ("FILL_UNSETTLED", "AAPL:clearing:1") in kinds
+        async with uow() as u:
+            assert await u.conn.fetchval("SELECT settled_at FROM ledger.unsettled WHERE fill_id = 'AAPL:clearing:1'") \
+                is None
 
 
 async def test_clearing_holds_exactly_the_unsettled_proceeds_and_the_report_says_when_not(pg_server_url):
