@@ -86,6 +86,33 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
         await admin.close()
 
 
+async def test_a_chains_head_only_moves_forward_by_an_append(pg_server_url):
+    """Acceptance round 14 A: a chain's last event deleted (triggers off) and its head, which no
+    trigger guarded, moved back onto the event before by a plain UPDATE: `audit verify` said
+    intact, the fill's audit record gone. The head now takes no change but an append's."""
+    name, url = await _scratch_db(pg_server_url)
+    conn = await asyncpg.connect(url)
+    try:
+        for i in range(3):
+            await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+            await conn.execute("DELETE FROM audit.events WHERE stream = 'order:x' AND seq = 3")
+            await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        for change in ("""UPDATE audit.heads h SET seq = e.seq, hash = e.hash, prev_hash = e.prev_hash
+                            FROM audit.events e WHERE h.stream = 'order:x' AND e.stream = h.stream AND e.seq = 2""",
+                       "DELETE FROM audit.heads WHERE stream = 'order:x'"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="only moves forward by an append"):
+                await conn.execute(change)
+        _, broken = await audit.verify(conn)
+        assert broken is not None and broken.stream == "order:x"  # the missing tail still shows
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(pg_server_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upsert_with_racing_appends(pg_server_url):
     """Migration 0002 (audit.append as one upsert of the head and one insert): its rollback
     brings back the old function, a chain begun by it is carried on by the new one, and
@@ -97,10 +124,12 @@ async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upse
     conn = await asyncpg.connect(url)
     pool = await asyncpg.create_pool(url, min_size=8, max_size=8)
     try:
+        await conn.execute((migrations / "0003.audit-heads-forward-only.rollback.sql").read_text())
         await conn.execute((migrations / "0002.audit-append-upsert.rollback.sql").read_text())
         for i in range(3):
             await audit.append(conn, "order:z", "ORDER_NEW", {"i": i})
         await conn.execute((migrations / "0002.audit-append-upsert.sql").read_text())
+        await conn.execute((migrations / "0003.audit-heads-forward-only.sql").read_text())
 
         async def one(i: int) -> int:
             async with pool.acquire() as c, c.transaction():
