@@ -238,10 +238,14 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL. Default: the database of the mesh running in --data-dir.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder of a running `stockmesh up`, whose database to verify when no --database-url is "
+                   "given. Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
 @click.option("--progress-every", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Report progress on stderr every this many events.")
-def audit_verify(database_url: str, progress_every: int) -> None:
+def audit_verify(database_url: str | None, data_dir: Path | None, progress_every: int) -> None:
     """Recompute every hash chain; name the first broken link (exit 1) or confirm it is intact."""
     import asyncio
     import time
@@ -249,6 +253,8 @@ def audit_verify(database_url: str, progress_every: int) -> None:
     import asyncpg
 
     from meshkit import audit as trail
+
+    database_url = database_url or _mesh_database_url(data_dir, None)
 
     started = time.monotonic()
 
@@ -273,7 +279,8 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 
 @main.command()
 @click.option("--date", "day", required=True, help="Trading day to settle, YYYY-MM-DD.")
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL. Default: the database of the mesh running in --data-dir with this namespace.")
 @click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
               help="NATS URL (to read the execution journal). Default: the NATS of the mesh running in --data-dir "
                    "with this namespace; without any, the day is reconciled against the ledger's own records only.")
@@ -281,12 +288,12 @@ def audit_verify(database_url: str, progress_every: int) -> None:
 @click.option("--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for the ledger to apply every fill in the journal before settling.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Data folder of a running `stockmesh up`, whose NATS to read when no --nats-url is given. "
-                   "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+              help="Data folder of a running `stockmesh up`, whose database and NATS to use when no --database-url "
+                   "or --nats-url is given. Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
 @click.option("--before-close", is_flag=True,
               help="Settle a day whose session has not closed yet: what has traded so far (a later run settles "
                    "the fills made since).")
-def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wait_s: float,
+def settle(day: str, database_url: str | None, nats_url: str | None, namespace: str, wait_s: float,
            data_dir: Path | None, before_close: bool) -> None:
     """Settle a trading day's fills and reconcile the ledger against the execution journal.
 
@@ -299,6 +306,7 @@ def settle(day: str, database_url: str, nats_url: str | None, namespace: str, wa
     import logging
 
     trading_day = _day(day, "--date", come=True)
+    database_url = database_url or _mesh_database_url(data_dir, namespace)
     if not before_close and not asyncio.run(_session_closed(trading_day, database_url)):
         click.echo(f"day not settled: the session of {trading_day} has not closed (no close of it or of a later day "
                    "was made), so its fills are not final and a later run would settle more. In regular hours "
@@ -536,6 +544,27 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
             await pool.close()
 
     click.echo(asyncio.run(run()))
+
+
+def _mesh_database_url(data_dir: Path | None, namespace: str | None) -> str:
+    """The database of the mesh `stockmesh up` runs in `data_dir` (mesh.json; of `namespace`,
+    when given), for a command given no --database-url (acceptance round 14: an operator looked
+    up the local PostgreSQL's port, which changes at every start, for each command). The URL
+    there has no password: a database that needs one is named with --database-url."""
+    from meshkit.cli_client import mesh_state
+
+    folder = (data_dir or default_data_dir()).resolve()
+    try:
+        state = mesh_state(folder, "PostgreSQL")
+    except click.UsageError:
+        raise click.UsageError(f"no --database-url (or $DATABASE_URL) given, and no mesh runs in {folder} to take "
+                               "its database from") from None
+    if namespace is not None and state.get("namespace") != namespace:
+        raise click.UsageError(f"no --database-url given, and the mesh in {folder} runs namespace "
+                               f"{state.get('namespace')!r}, not {namespace!r}")
+    if not state.get("database_url"):
+        raise click.UsageError(f"no --database-url given, and the mesh in {folder} has not said its database yet")
+    return state["database_url"]
 
 
 def _mesh_nats_url(folder: Path, namespace: str) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -84,6 +85,13 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
         admin = await asyncpg.connect(pg_server_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def test_verify_without_a_database_url_or_a_mesh_says_what_to_give(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    result = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "no --database-url (or $DATABASE_URL) given, and no mesh runs in" in result.stderr
 
 
 async def test_a_chains_head_only_moves_forward_by_an_append(pg_server_url):

@@ -1,6 +1,7 @@
 """Starting a whole mesh (the launcher, as `stockmesh up`) for end-to-end tests."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -69,14 +70,17 @@ async def assert_consistent_and_settled(mesh: MeshProcess) -> None:
     problems = await invariant_problems(mesh)
     assert not problems, "\n".join(problems)
     cli = [sys.executable, "-m", "meshkit.cli"]
-    verified = subprocess.run([*cli, "audit", "verify", "--database-url", mesh.database_url],
-                              capture_output=True, text=True)
+    # Both find the mesh's database (and settle its NATS) from the data folder alone, as an
+    # operator's runbook does (acceptance round 14: the database had to be looked up each time).
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    verified = subprocess.run([*cli, "audit", "verify", "--data-dir", str(mesh.data_dir)],
+                              capture_output=True, text=True, env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     today = calendar.trading_day(datetime.now(timezone.utc)).isoformat()
-    settled = subprocess.run([*cli, "settle", "--date", today, "--database-url", mesh.database_url,
-                              "--nats-url", mesh.state()["nats_url"], "--namespace", mesh.namespace,
+    settled = subprocess.run([*cli, "settle", "--date", today, "--data-dir", str(mesh.data_dir),
+                              "--namespace", mesh.namespace,
                               "--before-close"],  # the simulated market is always open
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=env)
     assert settled.returncode == 0 and re.search(r"discrepancies\s+none", settled.stdout), \
         settled.stdout[-3000:] + settled.stderr[-2000:]
     assert int(re.search(r"fills settled now\s+(\d+)", settled.stdout).group(1)) > 0, settled.stdout
