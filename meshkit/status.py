@@ -42,12 +42,25 @@ TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 TRANSIENT_NAMES = frozenset(c.name for c in TRANSIENT)
 
 
+# The reasons of an outage of what a service depends on, passed on as they are by the service
+# that called it (the docs tell clients and operators what each means; round 14: order_svc
+# answered a ledger's BUS_UNAVAILABLE with a bare UNAVAILABLE).
+PASSED_ON = frozenset({"BUS_UNAVAILABLE", "DATABASE_UNAVAILABLE"})
+
+
+def passed_on(reason: str | None) -> str | None:
+    """`reason` (an upstream's ErrorInfo reason) when a caller passes it on, else None."""
+    return reason if reason in PASSED_ON else None
+
+
 def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:
     """A call to another service that failed in transport (down, restarting, slow) as the
-    caller's UNAVAILABLE, "retry shortly": `what` failed, with its code. The details (they name
-    internal addresses and connections) go to the log at WARNING, not to the client."""
+    caller's UNAVAILABLE, "retry shortly": `what` failed, with its code, and with the upstream's
+    reason when it is an outage of a dependency (PASSED_ON). The details (they name internal
+    addresses and connections) go to the log at WARNING, not to the client."""
     log.warning(f"{what}: the call failed", extra={"code": exc.code().name, "error": exc.details()})
-    return Unavailable(f"{what}: {exc.code().name}; retry shortly")
+    info, _ = error_info(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else (None, None)
+    return Unavailable(f"{what}: {exc.code().name}; retry shortly", reason=passed_on(info.reason if info else None))
 
 
 def retry_after(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:

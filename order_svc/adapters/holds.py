@@ -9,7 +9,7 @@ import grpc
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
-from meshkit.status import TRANSIENT_NAMES, error_info, upstream_unavailable
+from meshkit.status import TRANSIENT_NAMES, error_info, passed_on, upstream_unavailable
 from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason, TransferPending
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
@@ -68,7 +68,7 @@ class GrpcHolds:
             raise ClientKeyTaken(error.metadata.get("orderId", ""))
         if error.code in TRANSIENT_NAMES:
             raise Unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
-                              "the same client_order_id")
+                              "the same client_order_id", reason=passed_on(error.reason))
         # The ledger found the request itself wrong: a bug here, not a state to wait out.
         raise RuntimeError(f"ledger refused hold {hold_id}: {error.code} {error.reason} {error.message}")
 
@@ -84,7 +84,7 @@ class GrpcHolds:
             reply = await self.stub.AwaitExecutions(pb.AwaitExecutionsRequest(account_ids=sorted(set(accounts))),
                                                     timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"ledger could not wait for executions in flight: {exc.code().name}") from exc
+            raise upstream_unavailable(exc, "the ledger could not wait for executions in flight", log) from exc
         retry = set(reply.retry_account_ids)
         return [a in retry for a in accounts]
 

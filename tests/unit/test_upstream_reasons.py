@@ -1,0 +1,38 @@
+"""A service that called another answers that one's dependency outage with its reason
+(meshkit.status.upstream_unavailable): acceptance round 14 A saw PlaceOrder during a NATS stall
+answer UNAVAILABLE with reason UNAVAILABLE, where the ledger had said BUS_UNAVAILABLE, the
+reason the docs tell clients and operators about. Other reasons (an upstream's own words) stay
+the caller's UNAVAILABLE."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from meshkit.errors import Unavailable
+from meshkit.status import to_rpc_status, upstream_unavailable
+
+
+def failed_call(code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
+    status = to_rpc_status(Unavailable("NATS did not answer", reason=reason))
+    status.code = code.value[0]
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*rpc_status.to_status(status).trailing_metadata),
+                                details=status.message)
+
+
+@pytest.mark.parametrize("reason", ["BUS_UNAVAILABLE", "DATABASE_UNAVAILABLE"])
+def test_a_dependency_outage_is_passed_on_with_its_reason(reason):
+    err = upstream_unavailable(failed_call(grpc.StatusCode.UNAVAILABLE, reason), "the ledger could not wait",
+                               logging.getLogger("test"))
+    assert (err.code, err.reason) == ("UNAVAILABLE", reason)
+    assert err.message == "the ledger could not wait: UNAVAILABLE; retry shortly"
+
+
+def test_other_reasons_and_no_details_stay_the_callers_own():
+    log = logging.getLogger("test")
+    assert upstream_unavailable(failed_call(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), "x", log).reason == \
+        "UNAVAILABLE"
+    bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
+    assert upstream_unavailable(bare, "x", log).reason == "UNAVAILABLE"
