@@ -100,6 +100,7 @@ class JetStreamQuotes:
         self._cache: dict[str, tuple[float, Touch]] = {}
         self._reading: dict[str, asyncio.Future[Touch]] = {}
         self._live: dict[str, Touch] = {}
+        self._live_seq: dict[str, int] = {}  # the feed's sequence of each symbol's _live touch
         self._unanswered = False  # the latest read found NATS not answering
         self._nc: Client | None = None
         self.ready = asyncio.Event()
@@ -114,7 +115,12 @@ class JetStreamQuotes:
             except Exception:  # noqa: BLE001 - a message we cannot read is logged and passed over
                 log.warning("undecodable market-data message", extra={"subject": msg.subject})
                 return
+            if ev.sequence and ev.sequence <= self._live_seq.get(ev.symbol, 0):
+                # An older event stored again late (a stale engine's buffered publish, a replay
+                # past the duplicate window): the market never goes back (round 14 review 2).
+                return
             self._live[ev.symbol] = _touch(ev)
+            self._live_seq[ev.symbol] = ev.sequence
 
         self._nc = nc
         try:
@@ -122,6 +128,7 @@ class JetStreamQuotes:
         finally:
             self._nc = None
             self._live.clear()
+            self._live_seq.clear()
 
     def _live_touch(self, symbol: str) -> Touch | None:
         """From the feed, when it is followed, caught up and connected (a listed symbol it

@@ -123,3 +123,32 @@ async def test_a_read_in_a_calls_path_gives_up_before_a_clients_deadline():
         await bus.last_msg(js, "S", "s.md.KO", timeout=0.05)
     with pytest.raises(Unavailable):
         await asyncio.wait_for(JetStreamQuotes(js, "ns", max_age=60).touch("KO"), timeout=bus.READ_TIMEOUT + 3)
+
+
+async def test_the_feeds_market_never_goes_back_to_an_older_event(monkeypatch):
+    """An older market-data event stored again late (a stale engine's buffered publish, or a
+    replay past the duplicate window) set order_svc's price and halt back until the symbol's
+    next event (round 14 review 2). The followed market keeps the newest sequence's."""
+    from meshkit import marketdata
+
+    def event(seq: int, last: str) -> SimpleNamespace:
+        ev = matching_pb2.MarketDataEvent(symbol="AAPL", sequence=seq, bid_price=last, ask_price=last,
+                                          last_price=last)
+        return SimpleNamespace(data=ev.SerializeToString(), subject="ns.md.AAPL")
+
+    async def feed(js, namespace, symbols, on_msg, ready):
+        for seq, last in ((1, "10.00"), (3, "12.00"), (2, "11.00")):
+            on_msg(event(seq, last))
+        ready.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(marketdata, "follow_feed", feed)
+    quotes = JetStreamQuotes(SlowStream(), "ns", max_age=60)
+    connected = SimpleNamespace(is_connected=True)
+    task = asyncio.create_task(quotes.follow(connected))
+    await asyncio.wait_for(quotes.ready.wait(), 5)
+    try:
+        assert (await quotes.touch("AAPL")).last == Decimal("12.00")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
