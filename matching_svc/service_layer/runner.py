@@ -29,6 +29,7 @@ from matching_svc.adapters.jetstream import (
     lease_bucket,
 )
 from matching_svc.service_layer.engine import DEFAULT_DEDUPE_CAPACITY, SymbolEngine, journaled
+from meshkit.bus import DeliveryGap
 from stockmesh.matching.v1 import matching_pb2 as pb
 
 log = logging.getLogger("matching_svc.engine")
@@ -89,6 +90,9 @@ class SymbolRunner:
                         break
                     except (asyncio.CancelledError, KeyboardInterrupt):
                         raise
+                    except DeliveryGap as gap:  # expected after a NATS server went: not a bug
+                        log.warning("an input never reached the engine; starting again from the snapshot",
+                                    extra={"symbol": self.symbol, "error": str(gap)})
                     except Exception:  # noqa: BLE001 - start again from the durable state
                         log.exception("engine error; restarting from the snapshot", extra={"symbol": self.symbol})
                         await asyncio.sleep(0.5)
