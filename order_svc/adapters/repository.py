@@ -180,28 +180,28 @@ class OrderRepository:
             account_id, client_order_id)
         return (_order(row), row["fingerprint"]) if row else None
 
-    async def claim_orphans(self, order_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        """Claim every id not claimed yet, then return those whose hold no order needs: no
-        order can be recorded under them any more (a claim waits for an in-flight insert of its
-        id to end, and an order's insert claims its id too), and either none was, or a new
-        order (not a replacement) was recorded REJECTED: a retry that the checks of its moment
-        rejected after an earlier attempt had placed the hold. Their holds can be released.
-        Run as a transaction of two statements: the second sees what the first waited for."""
+    async def claim_orphans(self, order_ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """Claim every id not claimed yet, then return (those whose hold no order needs, the
+        replacements among them recorded REJECTED). The first: no order can be recorded under
+        them any more (a claim waits for an in-flight insert of its id to end, and an order's
+        insert claims its id too), and either none was, or a new order (not a replacement) was
+        recorded REJECTED: a retry that the checks of its moment rejected after an earlier
+        attempt had placed the hold. Their holds can be released. The second: REJECTED is
+        final, such a replace never reaches the engine, so a hold transfer the ledger prepared
+        for one is to be cancelled. Run as a transaction of two statements: the second sees
+        what the first waited for."""
         await self.conn.execute("INSERT INTO orders.claims (order_id, claimed_by) "
                                 "SELECT unnest($1::uuid[]), 'reaper' ON CONFLICT DO NOTHING", order_ids)
-        found = {r[0] for r in await self.conn.fetch(
-            "SELECT order_id FROM orders.orders WHERE order_id = ANY($1)"
-            " AND NOT (status = 'REJECTED' AND replaces IS NULL)", order_ids)}
-        return [i for i in order_ids if i not in found]
+        rows = await self.conn.fetch("SELECT order_id, status, replaces IS NOT NULL AS replacement FROM orders.orders"
+                                     " WHERE order_id = ANY($1)", order_ids)
+        found = {r[0] for r in rows if not (r["status"] == "REJECTED" and not r["replacement"])}
+        rejected = sorted(r[0] for r in rows if r["status"] == "REJECTED" and r["replacement"])
+        return [i for i in order_ids if i not in found], rejected
 
-    async def rejected_replacements(self, order_ids: list[uuid.UUID], replacing: uuid.UUID | None = None
-                                    ) -> list[uuid.UUID]:
-        """The replacements recorded REJECTED among `order_ids`, and those of the order
-        `replacing`. REJECTED is final: such a replace never reaches the engine, so a hold
-        transfer the ledger prepared for one is to be cancelled."""
-        rows = await self.conn.fetch(
-            "SELECT order_id FROM orders.orders WHERE status = 'REJECTED' AND replaces IS NOT NULL"
-            " AND (order_id = ANY($1) OR replaces = $2) ORDER BY order_id", order_ids, replacing)
+    async def rejected_replacements(self, replacing: uuid.UUID) -> list[uuid.UUID]:
+        """The replacements of the order `replacing` recorded REJECTED (see claim_orphans)."""
+        rows = await self.conn.fetch("SELECT order_id FROM orders.orders WHERE replaces = $1 AND status = 'REJECTED'"
+                                     " ORDER BY order_id", replacing)
         return [r[0] for r in rows]
 
     async def pending_replacement(self, replaces: uuid.UUID, *, for_update: bool = False) -> Order | None:

@@ -311,8 +311,9 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int
                 pass  # not a hold of one of our orders
         if ids:
             async with deps.uow() as uow:
-                missing = set(await uow.orders.claim_orphans(sorted(set(ids.values()))))
+                orphans, rejected = await uow.orders.claim_orphans(sorted(set(ids.values())))
                 await uow.commit()
+            missing = set(orphans)
             for hold_id in sorted(h for h, o in ids.items() if o in missing):
                 log.warning("releasing a hold that no order needs", extra={"holdId": hold_id})
                 await deps.holds.release(hold_id)
@@ -320,19 +321,17 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int
             # A reserve of a replacement recorded REJECTED: the driver that should have
             # cancelled its transfer failed or died (two drivers of one replace: the refused one
             # rejected it, the other's transfer had gone through).
-            released += await cancel_abandoned_transfers(sorted(set(ids.values()) - missing), None, deps)
+            released += await cancel_abandoned_transfers(rejected, deps)
         if holds:
             await deps.holds.mark_checked([h for h, _ in holds])
         if len(holds) < page:
             return released
 
 
-async def cancel_abandoned_transfers(order_ids: list[uuid.UUID], replacing: uuid.UUID | None, deps: Deps) -> int:
-    """Cancel the hold transfers the ledger prepared for replacements recorded REJECTED (among
-    `order_ids`, and those of the order `replacing`), releasing their reserves; returns how
-    many were asked. Safe to repeat: a transfer already resolved, or never made, stays as it is."""
-    async with deps.uow() as uow:
-        rejected = await uow.orders.rejected_replacements(order_ids, replacing)
+async def cancel_abandoned_transfers(rejected: list[uuid.UUID], deps: Deps) -> int:
+    """Cancel the hold transfers the ledger prepared for the replacements `rejected` (recorded
+    REJECTED), releasing their reserves; returns how many were asked. Safe to repeat: a
+    transfer already resolved, or never made, stays as it is."""
     for order_id in rejected:
         await deps.holds.cancel_transfer(str(order_id))
     if rejected:
@@ -507,7 +506,9 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
         # The ledger still holds a transfer of the old hold to an earlier replacement. One
         # recorded REJECTED is abandoned (its cancel failed or its driver died): cancel it and
         # try again; otherwise the earlier replace is in flight and this one waits for it.
-        if not await cancel_abandoned_transfers([], o.replaces, deps):
+        async with deps.uow() as uow:
+            rejected = await uow.orders.rejected_replacements(o.replaces)
+        if not await cancel_abandoned_transfers(rejected, deps):
             raise
         refused = await transfer()
     failpoints.hit("replace.after_hold")
