@@ -74,25 +74,10 @@ def orders_named(payload: bytes) -> frozenset[str]:
 
 
 def pipelined(rows: list, size: int) -> list[list]:
-    """`rows` in order, cut into chunks of at most `size` to publish at once, never two rows of
-    one order (or a session close with anything) in one chunk. A chunk whose first publishes are
-    refused while the later ones are stored (a stream leader elected in the middle) is published
-    again from the first refused row: within one chunk that put a cancel or replace on the
-    stream before its order, which the engine then refused (round 14 review 2, F3); across
-    chunks, a row is sent only once every row before it is stored."""
-    chunks: list[list] = []
-    chunk: list = []
-    named: set[str] = set()
-    for r in rows:
-        orders = orders_named(bytes(r["payload"]))
-        if chunk and (len(chunk) >= size or "*" in orders or "*" in named or not named.isdisjoint(orders)):
-            chunks.append(chunk)
-            chunk, named = [], set()
-        chunk.append(r)
-        named |= orders
-    if chunk:
-        chunks.append(chunk)
-    return chunks
+    """`rows` in order, in chunks to publish at once (bus.pipelined): never two rows of one
+    order, or a session close or halt with anything, in one chunk; otherwise a cancel or
+    replace could be stored before its order, which the engine then refuses."""
+    return bus.pipelined(rows, size, lambda r: orders_named(bytes(r["payload"])))
 
 
 class OutboxRelay:
