@@ -6,12 +6,15 @@ Names (``<ns>`` = the deployment's namespace):
 * input     stream ``<ns>_ORDERS``      subjects ``<ns>.orders.<SYMBOL>``   (order_svc writes)
 * output    stream ``<ns>_EXECUTIONS``  subjects ``<ns>.executions.<SYMBOL>``
 * output    stream ``<ns>_MD``          subjects ``<ns>.md.<SYMBOL>`` (bounded per subject)
-* snapshots object store ``<ns>_SNAPSHOTS``, one object per symbol
+* snapshots object store ``<ns>_SNAPSHOTS``, objects ``<SYMBOL>@<last input>``
+* heads     key-value bucket ``<ns>_SNAPSHOT_HEADS``, one key per symbol: which two snapshots
+            are the symbol's (the newest and the one before it), moved by compare-and-set
 * leases    key-value bucket ``<ns>_ENGINE_LEASES``, one key per symbol, with a TTL
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -54,6 +57,10 @@ class Names:
     @property
     def snapshots(self) -> str:
         return bus.stream_name(self.namespace, "SNAPSHOTS")
+
+    @property
+    def snapshot_heads(self) -> str:
+        return bus.stream_name(self.namespace, "SNAPSHOT_HEADS")
 
     @property
     def leases(self) -> str:
@@ -121,13 +128,69 @@ async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, st
 
 # ---------------------------------------------------------------------- snapshots
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A stored snapshot: its object's name and the last input it holds."""
+    name: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Head:
+    """The symbol's snapshots: the newest, and the one before it (kept in case the newest
+    cannot be read; the inputs since it are kept in the stream). `revision` is the head's KV
+    revision, 0 when none is stored (nothing saved yet, or a store of the older layout)."""
+    current: Snapshot
+    previous: Snapshot | None
+    revision: int = 0
+
+    def named(self) -> tuple[Snapshot, ...]:
+        return (self.current,) if self.previous is None else (self.current, self.previous)
+
+    def value(self) -> bytes:
+        def one(s: Snapshot | None):
+            return None if s is None else {"name": s.name, "seq": s.seq}
+        return json.dumps({"current": one(self.current), "previous": one(self.previous)}).encode()
+
+    @classmethod
+    def parse(cls, raw: bytes, revision: int) -> Head:
+        d = json.loads(raw)
+        prev = d.get("previous")
+        return cls(Snapshot(d["current"]["name"], int(d["current"]["seq"])),
+                   None if prev is None else Snapshot(prev["name"], int(prev["seq"])), revision)
+
+
+class SnapshotMoved(Exception):
+    """The symbol's snapshot head was moved by another writer since this one read or wrote it:
+    a stale owner (paused past its lease) must not put an older snapshot back."""
+
+
+def snapshot_name(symbol: str, seq: int) -> str:
+    return f"{symbol}@{seq}"
+
+
+def legacy_snapshots(symbol: str) -> tuple[Snapshot, ...]:
+    """The older layout: the newest snapshot under the symbol's name, the one before under
+    `<SYMBOL>-previous` (their sequences are read from the snapshots themselves)."""
+    return Snapshot(symbol, -1), Snapshot(f"{symbol}-previous", -1)
+
+
 class SnapshotStore:
-    """One object per symbol in the ``<ns>_SNAPSHOTS`` object store (chunked, so a big book
-    and its seen-id set are not limited by the NATS message size)."""
+    """Snapshots in the ``<ns>_SNAPSHOTS`` object store (chunked, so a big book and its seen-id
+    set are not limited by the NATS message size), each written once under a name of its own;
+    the symbol's head in the ``<ns>_SNAPSHOT_HEADS`` bucket names the two that count.
+
+    Saving is: write the object, then move the head with the revision this writer last saw
+    (`advance`). Only then does it trim the inputs before the snapshot the head keeps as the
+    previous one. A writer whose head moved in between (another engine took the symbol over
+    while it was paused past its lease) gets SnapshotMoved, and what it wrote is deleted: it
+    can no longer put an old snapshot back over inputs the new owner has trimmed (round 14
+    review 2, F4)."""
 
     def __init__(self, js: JetStreamContext, names: Names) -> None:
-        self.js, self.bucket = js, names.snapshots
+        self.js, self.bucket, self.heads_bucket = js, names.snapshots, names.snapshot_heads
         self._obs = None
+        self._kv = None
 
     async def _store(self):
         if self._obs is None:
@@ -139,18 +202,90 @@ class SnapshotStore:
                                                    description="matching engine snapshots"))
         return self._obs
 
-    async def load(self, symbol: str) -> bytes | None:
+    async def _heads(self):
+        if self._kv is None:
+            try:
+                self._kv = await self.js.key_value(self.heads_bucket)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    self._kv = await self.js.create_key_value(KeyValueConfig(
+                        bucket=self.heads_bucket, history=1, storage=StorageType.FILE, replicas=bus.replicas(),
+                        description="matching engine snapshot heads"))
+                except nats.js.errors.BadRequestError:  # made at once by another engine
+                    self._kv = await self.js.key_value(self.heads_bucket)
+        return self._kv
+
+    async def head(self, symbol: str) -> Head | None:
+        kv = await self._heads()
+        try:
+            entry = await kv.get(symbol)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return Head.parse(entry.value, entry.revision)
+
+    async def advance(self, symbol: str, old: Head | None, new: Head) -> Head:
+        """Move the head from `old` (None: none stored) to `new`, only if nobody moved it since;
+        returns `new` with its revision. An update of ours whose reply was lost but which
+        landed is recognised by its value."""
+        kv, value = await self._heads(), new.value()
+        try:
+            if old is None or old.revision == 0:
+                revision = await kv.create(symbol, value)
+            else:
+                revision = await kv.update(symbol, value, last=old.revision)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError) as exc:
+            if isinstance(exc, nats.js.errors.APIError) and not isinstance(
+                    exc, nats.js.errors.KeyWrongLastSequenceError) and exc.err_code not in (10071, 10164):
+                raise
+            stored = await self.head(symbol)
+            if stored is None or stored.value() != value:
+                raise SnapshotMoved(f"{symbol}: the snapshot head moved (now {stored}), not {old}") from exc
+            revision = stored.revision
+        return Head(new.current, new.previous, revision)
+
+    async def load(self, name: str) -> bytes | None:
         obs = await self._store()
         try:
-            return (await obs.get(symbol)).data
+            return (await obs.get(name)).data
         except nats.js.errors.ObjectNotFoundError:
             return None
         except nats.js.errors.ObjectDeletedError:
             return None
 
-    async def save(self, symbol: str, blob: bytes) -> None:
+    async def save(self, name: str, blob: bytes) -> None:
         obs = await self._store()
-        await obs.put(symbol, blob)
+        await obs.put(name, blob)
+
+    async def delete(self, name: str) -> None:
+        obs = await self._store()
+        try:
+            await obs.delete(name)
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
+            pass
+
+    async def sweep(self, symbol: str, head: Head) -> list[str]:
+        """Delete the symbol's snapshots its head does not name and never will: older than
+        both it names (what a writer killed between writing a snapshot and moving the head
+        left), and the older layout's two once the head names neither. A newer one may be a
+        writer's just before it moves the head: it stays. Returns the names deleted."""
+        obs = await self._store()
+        try:
+            infos = await obs.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:
+            return []
+        named = {s.name for s in head.named()}
+        floor = min(s.seq for s in head.named())
+        legacy = {s.name for s in legacy_snapshots(symbol)}
+        gone = []
+        for info in infos:
+            name = info.name
+            if name in named:
+                continue
+            prefix, _, seq = name.rpartition("@")
+            if name in legacy or (prefix == symbol and seq.isdigit() and int(seq) < floor):
+                await self.delete(name)
+                gone.append(name)
+        return gone
 
 
 # ---------------------------------------------------------------------- leases

@@ -19,14 +19,19 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 
 from matching_svc.adapters.jetstream import (
+    Head,
     Lease,
     LeaseLost,
     Names,
+    Snapshot,
+    SnapshotMoved,
     SnapshotStore,
     ensure_streams,
     input_consumer,
     input_position,
     lease_bucket,
+    legacy_snapshots,
+    snapshot_name,
 )
 from matching_svc.service_layer.engine import DEFAULT_DEDUPE_CAPACITY, SymbolEngine, journaled
 from meshkit import bus
@@ -76,8 +81,8 @@ class SymbolRunner:
         self.lease: Lease | None = None
         # The last input whose results JetStream has stored (<= engine.last_seq mid-batch).
         self.published_seq = 0
-        self._snapshot_seq = 0  # last input of the newest stored snapshot
-        self._snapshot_blob: bytes | None = None  # the newest stored snapshot
+        self._head: Head | None = None  # the symbol's snapshot head as this runner last saw or moved it
+        self._base: Snapshot | None = None  # the snapshot this runner started from or saved last
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -103,6 +108,9 @@ class SymbolRunner:
                     except DeliveryGap as gap:  # expected after a NATS server went: not a bug
                         log.warning("an input never reached the engine; starting again from the snapshot",
                                     extra={"symbol": self.symbol, "error": str(gap)})
+                    except SnapshotMoved as moved:  # another engine wrote while this one was paused
+                        log.warning("the snapshot head moved under this engine; starting again from it",
+                                    extra={"symbol": self.symbol, "error": str(moved)})
                     except Exception:  # noqa: BLE001 - start again from the durable state
                         log.exception("engine error; restarting from the snapshot", extra={"symbol": self.symbol})
                         await asyncio.sleep(0.5)
@@ -111,46 +119,67 @@ class SymbolRunner:
                 await asyncio.shield(lease.release())
                 self.lease = None
 
-    @property
-    def _previous_key(self) -> str:
-        return f"{self.symbol}-previous"
-
     async def _load(self) -> SymbolEngine:
-        """The newest snapshot; if it cannot be read, the one before it (the inputs since that
-        one are still in the stream: `_trim` keeps them); with none stored, an empty engine.
-        Snapshots stored but none readable is an error, never an empty engine: the inputs
-        before them may have been trimmed, so a replay from the start would build a wrong book."""
-        self._snapshot_blob = None
-        stored = False
-        for key in (self.symbol, self._previous_key):
-            blob = await self.store.load(key)
+        """The newest snapshot the symbol's head names; if it cannot be read, the one before it
+        (the inputs since that one are still in the stream: `_trim` keeps them); with none
+        stored, an empty engine. Snapshots named but none readable is an error, never an empty
+        engine: the inputs before them may have been trimmed, so a replay from the start would
+        build a wrong book. A store of the older layout (no head) is read the same way."""
+        self._head = head = await self.store.head(self.symbol)
+        self._base = None
+        stored = head is not None
+        for snap in head.named() if head is not None else legacy_snapshots(self.symbol):
+            blob = await self.store.load(snap.name)
             if blob is None:
                 continue
             stored = True
             try:
                 engine = SymbolEngine.from_bytes(blob)
             except Exception:  # noqa: BLE001 - a damaged snapshot: fall back to the previous one
-                log.error("snapshot cannot be read; trying the previous one", extra={"symbol": self.symbol, "key": key})
+                log.error("snapshot cannot be read; trying the previous one",
+                          extra={"symbol": self.symbol, "key": snap.name})
                 continue
             engine.dedupe_capacity = self.cfg.dedupe_capacity
-            self._snapshot_blob = blob if key == self.symbol else None
+            self._base = Snapshot(snap.name, engine.last_seq)
+            if head is not None:
+                try:
+                    await self.store.sweep(self.symbol, head)
+                except Exception:  # noqa: BLE001 - storage only; the next start sweeps again
+                    log.exception("deleting old snapshots failed", extra={"symbol": self.symbol})
             return engine
         if stored:
             raise RuntimeError(f"{self.symbol}: no stored snapshot can be read; not starting from an empty book")
         return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
 
     async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
-        """Store a snapshot; the one it replaces is kept as the previous one, and the inputs
-        before *that* are trimmed. So a damaged newest snapshot still leaves a way back."""
+        """Store a snapshot under a name of its own, then move the head to it, keeping the one
+        this runner started from or saved last as the previous one; then trim the inputs before
+        *that* one. So a damaged newest snapshot still leaves a way back. The head moves only
+        if nobody else moved it since this runner read or moved it (SnapshotMoved otherwise)."""
         lease.check()
-        blob = engine.to_bytes()
-        if self._snapshot_blob is not None:
-            await self.store.save(self._previous_key, self._snapshot_blob)
-        await self.store.save(self.symbol, blob)
-        self._snapshot_blob = blob
-        if self.cfg.trim_inputs:
-            await self._trim(self._snapshot_seq)
-        self._snapshot_seq = engine.last_seq
+        base = self._base
+        if base is not None and engine.last_seq == base.seq:
+            return
+        snap = Snapshot(snapshot_name(self.symbol, engine.last_seq), engine.last_seq)
+        await self.store.save(snap.name, engine.to_bytes())
+        try:
+            head = await self.store.advance(self.symbol, self._head, Head(snap, base))
+        except SnapshotMoved:
+            await self._forget(snap.name)
+            raise
+        dropped = {s.name for s in (self._head.named() if self._head is not None else ())} - {
+            s.name for s in head.named()}
+        self._head, self._base = head, snap
+        for name in sorted(dropped):
+            await self._forget(name)
+        if self.cfg.trim_inputs and base is not None:
+            await self._trim(base.seq)
+
+    async def _forget(self, name: str) -> None:
+        try:
+            await self.store.delete(name)
+        except Exception:  # noqa: BLE001 - storage only: the next start sweeps what is left
+            log.exception("deleting a snapshot failed", extra={"symbol": self.symbol, "key": name})
 
     async def _trim(self, upto: int) -> None:
         """Purge the symbol's inputs up to and including `upto` (the previous snapshot's last
@@ -166,7 +195,6 @@ class SymbolRunner:
 
     async def _own(self, lease: Lease) -> None:
         engine = await self._load()
-        self._snapshot_seq = engine.last_seq  # the stored snapshot's position
         sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1, batch=self.cfg.batch)
         log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1})
         self.published_seq = engine.last_seq

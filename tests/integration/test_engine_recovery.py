@@ -144,9 +144,10 @@ async def test_a_damaged_snapshot_falls_back_to_the_previous_one(nats_url, js, t
     log = tmp_path / "engine.log"
     await caught_up_then_killed(nats_url, ns, symbol, last_seq, log, settings)  # its snapshots stay as they are
     store = SnapshotStore(js, names)
-    assert await store.load(f"{symbol}-previous") is not None
+    head = await store.head(symbol)
+    assert head.previous is not None and await store.load(head.previous.name) is not None
     assert await stored_inputs(js, names, symbol) < 3000  # trimmed
-    await store.save(symbol, b"not a snapshot")
+    await store.save(head.current.name, b"not a snapshot")
 
     final = await caught_up_then_killed(nats_url, ns, symbol, last_seq, log, settings)
     assert final.book_hash == expected_engine.book.state_hash()
@@ -213,7 +214,8 @@ async def test_a_quiet_symbol_is_snapshotted_by_time_so_a_kill_replays_little(na
         await wait_caught_up(proc, port, symbol, last_seq)
 
         async def snapshotted() -> bool:
-            blob = await store.load(symbol)
+            head = await store.head(symbol)
+            blob = None if head is None else await store.load(head.current.name)
             return blob is not None and SymbolEngine.from_bytes(blob).last_seq == last_seq
         assert await eventually(snapshotted, timeout=30)
     finally:
