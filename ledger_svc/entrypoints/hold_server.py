@@ -10,7 +10,7 @@ from ledger_svc.domain import model
 from ledger_svc.entrypoints import mapping
 from ledger_svc.service_layer import commands, handlers
 from ledger_svc.service_layer.handlers import UowFactory
-from meshkit import validate
+from meshkit import auth, validate
 from meshkit.errors import DomainError, FieldViolation, InvalidArgument, Violations
 from meshkit.money import MAX_CASH, parse_decimal
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
@@ -21,12 +21,17 @@ DEFAULT_UNCHECKED, MAX_UNCHECKED = 500, 1000
 
 
 def _account(text: str, field: str, v: Violations, *, required: bool = True) -> str:
-    """A customer account id: a key that does not name a system book ('$...')."""
-    if not text and not required:
+    """A customer account id, by the rule a token's subject follows (auth.account_problem: up
+    to 128 characters, never a system book '$...'); an optional one (a fill's counter account)
+    may be a system book. Before, this took a key's 64 characters: an account of 65-128 could
+    deposit, but its every order held failed with INTERNAL (round 15)."""
+    if not text:
+        if required:
+            v.add(field, f"is required (1-{auth.MAX_ACCOUNT} characters)")
         return text
-    validate.key(text, field, v)
-    if text.startswith("$") and required:
-        v.add(field, "must be a customer account, not a system book")
+    problem = auth.account_problem(text) if required else validate.text_problem(text, auth.MAX_ACCOUNT)
+    if problem is not None:
+        v.add(field, problem)
     return text
 
 

@@ -279,6 +279,23 @@ async def test_a_client_order_id_may_hold_spaces_and_any_script(order_deps, chec
         assert (await place(req, order_deps)).order_id == placed.order_id  # the same id: the same order
 
 
+async def test_an_account_id_as_long_as_a_token_allows_places_orders(order_deps, checked_pool):
+    """A token's subject may be 128 characters (auth.MAX_ACCOUNT); the ledger's hold service
+    took 64, so such an account could deposit but every order it held failed with INTERNAL
+    (round 15)."""
+    from meshkit import auth
+
+    a = ("acct-" + uuid.uuid4().hex * 4)[:auth.MAX_ACCOUNT]
+    assert auth.account_problem(a) is None and len(a) == 128
+    await deposit(checked_pool, a, "1000")
+    for side in (Side.BUY, Side.SELL):
+        if side is Side.SELL:
+            await ledger.credit_shares(commands.CreditShares(a, "AAPL", Decimal(1), "seed"),
+                                       lambda: LedgerUnitOfWork(checked_pool))
+        placed = await place(limit_buy(a, f"long-{side.name}", qty=1, side=side), order_deps)
+        assert placed.status is Status.NEW, placed
+
+
 async def test_malformed_requests_record_nothing(order_deps, checked_pool):
     a = acct()
     bad = [
