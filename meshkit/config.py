@@ -58,6 +58,9 @@ class Settings:
     data_dir: Path
     metrics_port: int
     grace_seconds: float
+    # The address /metrics listens on: loopback by default (stockmesh up); a deployment whose
+    # Prometheus scrapes the pod sets 0.0.0.0 (deploy/).
+    metrics_host: str = "127.0.0.1"
     # Internal addresses of other services (host:port), where a service calls another.
     ledger_addr: str | None = None
     order_addr: str | None = None
@@ -80,6 +83,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         data_dir=default_data_dir(),
         metrics_port=_int("METRICS_PORT", 0),
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
+        metrics_host=_get("METRICS_LISTEN") or "127.0.0.1",
         ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
         order_addr=_get("ORDER_ADDR", required="ORDER_ADDR" in needs),
         bridge_listen=_get("BRIDGE_LISTEN") or None,

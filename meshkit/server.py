@@ -229,7 +229,7 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
     app = await bootstrap(settings)
     server, port, health_servicer = await create_server(settings.listen, app)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     await server.start()
     # Everything built so far (modules, descriptors, pools) lives as long as the process:
     # moved out of the collector's reach, a full collection scans only what came after it.

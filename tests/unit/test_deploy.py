@@ -286,6 +286,26 @@ def test_kubernetes_runs_every_process_with_settings_the_code_reads() -> None:
     assert MODULES <= modules, MODULES - modules
 
 
+def test_scraped_pods_serve_their_metrics_beyond_loopback(monkeypatch) -> None:
+    """Every pod Prometheus is told to scrape (prometheus.io/scrape) and every compose service
+    listen for /metrics on all addresses: it was always 127.0.0.1, so a scrape from another pod
+    was refused and the consumer-stuck alert could never fire (round 15)."""
+    from meshkit import config as settings
+
+    docs = _kustomized()
+    env = _of(docs, "ConfigMap")["stockmesh-env"]["data"]
+    scraped = [name for name, d in _of(docs, "Deployment").items()
+               if d["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"]
+    assert scraped and env["METRICS_LISTEN"] == "0.0.0.0" and env["METRICS_PORT"] == "9100"
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["x-env"]["METRICS_LISTEN"] == "0.0.0.0"
+    monkeypatch.setenv("GRPC_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("METRICS_LISTEN", "0.0.0.0")
+    assert settings.load("test").metrics_host == "0.0.0.0"
+    monkeypatch.delenv("METRICS_LISTEN")
+    assert settings.load("test").metrics_host == "127.0.0.1"  # stockmesh up: loopback
+
+
 def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream() -> None:
     docs = _kustomized()
     services = _of(docs, "Service")
