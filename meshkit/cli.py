@@ -363,6 +363,12 @@ async def _session_closed(day, database_url: str) -> bool:
         await pool.close()
 
 
+def _mesh_data_dir(uses: str):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help=f"Data folder of a running `stockmesh up`, whose {uses} to use when none is given. "
+                             "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+
+
 @main.group()
 def journal() -> None:
     """The execution journal (the EXECUTIONS stream on JetStream)."""
@@ -372,10 +378,14 @@ def journal() -> None:
 @click.option("--before", "day", required=True, help="Purge the executions published before this trading day "
               "(YYYY-MM-DD) began.")
 @click.option("--dry-run", is_flag=True, help="Say what would be purged, purge nothing.")
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL (the ledger's).")
-@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL (the ledger's). Default: the mesh's in --data-dir.")
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
+              help="NATS URL (a cluster: comma-separated). Default: the mesh's in --data-dir.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
-def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, namespace: str) -> None:
+@_mesh_data_dir("database and NATS")
+def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: str | None, namespace: str,
+                 data_dir: Path | None) -> None:
     """Purge the settled days' executions from the execution journal, which otherwise keeps
     every execution ever. The ledger and order_svc keep what they applied in PostgreSQL.
 
@@ -392,6 +402,8 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
     from meshkit.errors import FailedPrecondition
 
     before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
+    database_url = database_url or _mesh_database_url(data_dir, namespace)
+    nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
         t = asyncio.run(run_trim(before, database_url, nats_url, namespace, dry_run=dry_run,
@@ -407,10 +419,12 @@ def journal_trim(day: str, dry_run: bool, database_url: str, nats_url: str, name
 
 
 @main.command()
-@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, required=True, help="NATS URL (a cluster: comma-separated).")
+@click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
+              help="NATS URL (a cluster: comma-separated). Default: the mesh's in --data-dir.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 @click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked.")
-def consumers(nats_url: str, namespace: str, behind: bool) -> None:
+@_mesh_data_dir("NATS")
+def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path | None) -> None:
     """Where each durable consumer of the mesh's streams stands: the engine's (engine_<SYM> on
     ORDERS), the services' execution consumers (ledger_<SYM>, orders_<SYM> on EXECUTIONS), the
     candle writer's (on MD). `pending` is what it has not taken yet, `unacked` what it took and
@@ -422,6 +436,7 @@ def consumers(nats_url: str, namespace: str, behind: bool) -> None:
 
     from meshkit.bus import COMMAND_ATTEMPTS, STREAMS, connect, consumers as consumers_of, stream_name
 
+    nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
 
     async def run() -> list[tuple[str, str, int, int, int, int]]:
@@ -462,8 +477,10 @@ def candles() -> None:
 
 @candles.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
-def candles_import(file: Path, database_url: str) -> None:
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL. Default: the mesh's in --data-dir.")
+@_mesh_data_dir("database")
+def candles_import(file: Path, database_url: str | None, data_dir: Path | None) -> None:
     """Import historical candles from FILE (CSV).
 
     Columns: symbol,start_time,interval,open,high,low,close,volume[,trade_count,vwap];
@@ -477,6 +494,7 @@ def candles_import(file: Path, database_url: str) -> None:
     from quote_svc.service_layer.history import import_candles, read_file
     from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
+    database_url = database_url or _mesh_database_url(data_dir, None)
     try:
         rows = read_file(file)
     except MalformedRow as exc:
@@ -504,9 +522,11 @@ def session() -> None:
 
 @session.command("close")
 @click.option("--date", "day", default=None, help="Trading day to close, YYYY-MM-DD (default: today in New York).")
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL. Default: the mesh's in --data-dir with this namespace.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
-def session_close(day: str | None, database_url: str, namespace: str) -> None:
+@_mesh_data_dir("database")
+def session_close(day: str | None, database_url: str | None, namespace: str, data_dir: Path | None) -> None:
     """Close a trading session now: DAY orders expire (what order_svc does by itself after 16:00
     New York unless STOCKMESH_MARKET_ALWAYS_OPEN is set). Queues one SessionClose per listed
     symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
@@ -520,6 +540,7 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
 
     today = calendar.trading_day(datetime.now(timezone.utc))
     trading_day = _day(day, "--date", come=True) if day is not None else today
+    database_url = database_url or _mesh_database_url(data_dir, namespace)
 
     async def run() -> str:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)
@@ -546,25 +567,32 @@ def session_close(day: str | None, database_url: str, namespace: str) -> None:
     click.echo(asyncio.run(run()))
 
 
-def _mesh_database_url(data_dir: Path | None, namespace: str | None) -> str:
-    """The database of the mesh `stockmesh up` runs in `data_dir` (mesh.json; of `namespace`,
-    when given), for a command given no --database-url (acceptance round 14: an operator looked
-    up the local PostgreSQL's port, which changes at every start, for each command). The URL
-    there has no password: a database that needs one is named with --database-url."""
+def _mesh_url(data_dir: Path | None, namespace: str | None, key: str, option: str, what: str) -> str:
+    """mesh.json's `key` (the database or NATS URL) of the mesh `stockmesh up` runs in `data_dir`
+    (of `namespace`, when given), for a command given no `option` (acceptance round 14: an
+    operator looked up the local PostgreSQL's port, which changes at every start, for each
+    command). The URLs there have no password: a server that needs one is named with `option`."""
     from meshkit.cli_client import mesh_state
 
     folder = (data_dir or default_data_dir()).resolve()
     try:
-        state = mesh_state(folder, "PostgreSQL")
+        state = mesh_state(folder, what)
     except click.UsageError:
-        raise click.UsageError(f"no --database-url (or $DATABASE_URL) given, and no mesh runs in {folder} to take "
-                               "its database from") from None
+        raise click.UsageError(f"no {option} given, and no mesh runs in {folder} to take its {what} from") from None
     if namespace is not None and state.get("namespace") != namespace:
-        raise click.UsageError(f"no --database-url given, and the mesh in {folder} runs namespace "
+        raise click.UsageError(f"no {option} given, and the mesh in {folder} runs namespace "
                                f"{state.get('namespace')!r}, not {namespace!r}")
-    if not state.get("database_url"):
-        raise click.UsageError(f"no --database-url given, and the mesh in {folder} has not said its database yet")
-    return state["database_url"]
+    if not state.get(key):
+        raise click.UsageError(f"no {option} given, and the mesh in {folder} has not said its {what} yet")
+    return state[key]
+
+
+def _mesh_database_url(data_dir: Path | None, namespace: str | None) -> str:
+    return _mesh_url(data_dir, namespace, "database_url", "--database-url (or $DATABASE_URL)", "database")
+
+
+def _mesh_nats_url_required(data_dir: Path | None, namespace: str | None) -> str:
+    return _mesh_url(data_dir, namespace, "nats_url", "--nats-url (or $NATS_URL)", "NATS")
 
 
 def _mesh_nats_url(folder: Path, namespace: str) -> str | None:

@@ -186,6 +186,49 @@ async def test_settle_refuses_a_day_whose_session_has_not_closed(pg_server_url, 
             assert done.returncode == 0 and "fills settled now       0" in done.stdout, done.stdout + done.stderr
 
 
+async def test_the_end_of_day_runbook_needs_only_the_mesh_s_data_folder(pg_server_url, nats_url, nats_conn, tmp_path):
+    """On `stockmesh up`'s always-open market, `settle` waits for `session close`, which took
+    only --database-url: the launcher's PostgreSQL gets a new port at every start, so the
+    operator copied it out of mesh.json by hand (round 15). Now `session close`, `settle`,
+    `journal trim`, `consumers` and `candles import` all take the mesh's database and NATS from
+    --data-dir, and say so when there is no mesh of that namespace there."""
+    from tests.conftest import fresh_database
+
+    namespace = f"runbook{uuid.uuid4().hex[:8]}"
+    day = calendar.trading_day(datetime.now(timezone.utc))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL", "STOCKMESH_DATA_DIR")}
+    for base in bus.STREAMS:
+        await bus.ensure_stream(nats_conn.jetstream(), namespace, base)
+    async with fresh_database(pg_server_url) as url:
+        (tmp_path / "mesh.json").write_text(json.dumps({"namespace": namespace, "database_url": url,
+                                                        "nats_url": nats_url}))
+        csv = tmp_path / "candles.csv"
+        csv.write_text("symbol,start_time,interval,open,high,low,close,volume\n"
+                       "AAPL,2026-01-05T14:30:00Z,1m,180.00,181.00,179.50,180.50,1000\n")
+
+        def cli(*args: str, folder=tmp_path) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "meshkit.cli", *args, "--data-dir", str(folder)],
+                                  capture_output=True, text=True, env=env, timeout=120)
+
+        closed = cli("session", "close", "--date", day.isoformat(), "--namespace", namespace)
+        assert closed.returncode == 0 and f"session {day} closed" in closed.stdout, closed.stdout + closed.stderr
+        settled = cli("settle", "--date", day.isoformat(), "--namespace", namespace)
+        assert settled.returncode == 0 and "fills settled now       0" in settled.stdout, settled.stdout + settled.stderr
+        trimmed = cli("journal", "trim", "--before", day.isoformat(), "--dry-run", "--namespace", namespace)
+        assert "Missing option" not in trimmed.stderr and "no --" not in trimmed.stderr, trimmed.stderr
+        listed = cli("consumers", "--namespace", namespace)
+        assert listed.returncode == 0 and "0 of 0 durable consumers" in listed.stdout, listed.stdout + listed.stderr
+        imported = cli("candles", "import", str(csv))
+        assert imported.returncode == 0 and "1 candles: 1 new" in imported.stdout, imported.stdout + imported.stderr
+
+        other = cli("session", "close", "--namespace", "another")
+        assert other.returncode == 2 and "runs namespace" in other.stderr, other.stderr
+        (tmp_path / "none").mkdir()
+        nowhere = cli("consumers", "--namespace", namespace, folder=tmp_path / "none")
+        assert nowhere.returncode == 2 and "no --nats-url (or $NATS_URL) given, and no mesh runs in" in nowhere.stderr, \
+            nowhere.stderr
+
+
 async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
     uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
     day = calendar.trading_day(datetime.now(timezone.utc))
