@@ -7,7 +7,8 @@ Engine settings, read once from the environment:
 * ``ENGINE_SHARD``    ``i/n``: the i-th of n slices of the listed symbols (sorted), else all;
 * ``ENGINE_INSTANCE_ID`` the lease owner name (default host-pid-random);
 * ``ENGINE_LEASE_TTL_SECONDS`` (10), ``ENGINE_SNAPSHOT_EVERY`` inputs (10000),
-  ``ENGINE_BATCH`` (500), ``ENGINE_DEDUPE_IDS`` (100000);
+  ``ENGINE_SNAPSHOT_SECONDS`` (60: a symbol with any input since its last snapshot is
+  snapshotted after that long), ``ENGINE_BATCH`` (500), ``ENGINE_DEDUPE_IDS`` (100000);
 * ``ENGINE_TRIM_INPUTS`` (1): after each snapshot, purge the symbol's inputs older than the
   previous snapshot from the ORDERS stream (0 keeps them all).
 """

@@ -2,7 +2,8 @@
 
 Steps, each shown as it runs:
   1. keys        development key pair and JWKS in <data-dir>/keys
-  2. infra       PostgreSQL, Redis (used or started), the pinned nats-server (started)
+  2. infra       PostgreSQL, Redis (used or started), NATS (the pinned nats-server, or
+                 --nats-cluster N of them, started unless NATS_URL is set)
   3. migrations  every service's schema (meshkit.migrate.apply_all)
   4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
                  each waited for until its own gRPC health check says SERVING; a service with
@@ -10,12 +11,16 @@ Steps, each shown as it runs:
                  quote_svc-2, ...), all behind its Envoy clusters; and order_relay, order_svc's
                  outbox relay in a process of its own (ORDER_OUTBOX_RELAY=in-process keeps
                  it inside order_svc instead)
-  5. envoy       rendered config, started, waited for until all four clusters are healthy
-  6. ready       <data-dir>/mesh.json written with "ready": true; endpoint, token and a first
+  5. envoy       rendered config, started, waited for until every cluster is healthy (the
+                 order commands' included)
+  6. simulator   the market simulator's accounts funded, then `python -m simulator` started
+                 (unless --no-simulator)
+  7. ready       <data-dir>/mesh.json written with "ready": true; endpoint, token and a first
                  grpcurl call printed
 
 Then it supervises (restarts a crashed child with backoff) until Ctrl-C / SIGTERM, and
-stops everything in order: Envoy, the services, then NATS, Redis and PostgreSQL.
+stops everything in order: the simulator, the services (and order_relay), then Envoy, then
+NATS, Redis and PostgreSQL.
 """
 from __future__ import annotations
 
