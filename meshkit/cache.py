@@ -1,4 +1,4 @@
-"""Redis for hot reads and rate limits. Redis never holds money state."""
+"""Redis for rate limits and quote_svc's copy of the latest quotes. Redis never holds money state."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis

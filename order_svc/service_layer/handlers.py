@@ -5,7 +5,8 @@
      client_order_id and the request: every retry and duplicate asks for the same hold);
   3. record the order, accepted (NEW) with its engine command in the outbox, or REJECTED when
      the ledger refused the hold, in one statement that also claims the order's id;
-  4. the relay publishes the outbox to JetStream (`orders.<SYMBOL>`, Nats-Msg-Id = order id).
+  4. the relay publishes the outbox to JetStream (`orders.<SYMBOL>`, Nats-Msg-Id = the command
+     id: a new order's is its order id).
 
 A process killed between 2 and 3 leaves a hold without an order: the reaper
 (reap_orphaned_holds) finds it among the holds not yet checked against their order, claims the

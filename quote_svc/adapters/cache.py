@@ -1,5 +1,5 @@
-"""The latest quotes in Redis, for other services (ledger_svc's portfolio prices) and for a
-replica that starts: key `<ns>:quote:<SYMBOL>`, value the serialized
+"""The latest quotes in Redis, for a replica that starts (ledger_svc values positions from
+JetStream, not from here): key `<ns>:quote:<SYMBOL>`, value the serialized
 `stockmesh.quote.v1.Quote` message (protobuf binary), no expiry.
 
 Redis is only a cache. Writes are behind the feed (a task writes the symbols that changed,
