@@ -209,7 +209,8 @@ def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: mode
         raise model.DuplicateClientKey(
             f"client key {client_key!r} of {hold.account_id} is carried by hold {placed.hold_id} "
             f"(order {placed.order_id})",
-            metadata={"clientKey": client_key or "", "holdId": placed.hold_id, "orderId": placed.order_id})
+            metadata={"clientKey": client_key or "", "holdId": placed.hold_id, "orderId": placed.order_id,
+                      "holdStatus": placed.status.value})
     if outcome == "EXISTS":
         return _same_hold(placed, hold)
     return placed

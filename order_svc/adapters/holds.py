@@ -65,7 +65,7 @@ class GrpcHolds:
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_HOLD_ID":
             raise HoldTaken(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
-            raise ClientKeyTaken(error.metadata.get("orderId", ""))
+            raise ClientKeyTaken(error.metadata.get("orderId", ""), error.metadata.get("holdStatus") == "RELEASED")
         if error.code in TRANSIENT_NAMES:
             raise Unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
                               "the same client_order_id", reason=passed_on(error.reason))

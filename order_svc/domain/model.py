@@ -167,11 +167,12 @@ class TransferPending(Unavailable):
 
 class ClientKeyTaken(Exception):
     """Another hold of the account carries this client_order_id: the id was used for another
-    order (`order_id`, recorded or still being placed), and no hold was placed."""
+    order (`order_id`, recorded or still being placed), and no hold was placed. `released`:
+    that hold was given back (an order recorded and ended, or a placement undone)."""
 
-    def __init__(self, order_id: str) -> None:
+    def __init__(self, order_id: str, released: bool = False) -> None:
         super().__init__(order_id)
-        self.order_id = order_id
+        self.order_id, self.released = order_id, released
 
 
 _ORDER_IDS = uuid.UUID("5b0e1c52-3f7e-4c4e-9d55-7f1d2b8c9a60")  # the namespace of order ids

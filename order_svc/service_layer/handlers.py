@@ -171,7 +171,8 @@ async def place_order(req: OrderRequest, deps: Deps) -> Order:
         except model.HoldResolved:  # placed by an earlier attempt, and resolved since
             return await _placed_before(order, mine, None, False, deps)
         except model.ClientKeyTaken as taken:  # the id was used for another order: no hold placed
-            return await _placed_before(order, mine, None, False, deps, key_holder=taken.order_id)
+            return await _placed_before(order, mine, None, False, deps, key_holder=taken.order_id,
+                                        key_holder_undone=taken.released)
         failpoints.hit("place.after_hold")
         if refused is not None:
             _reject(order, refused)
@@ -214,15 +215,21 @@ async def _place_hold(order: Order, deps: Deps) -> model.Refusal | None:
 
 
 async def _placed_before(order: Order, mine: str, found: tuple[Order, str] | None, placed: bool,
-                         deps: Deps, *, looked_up: bool = False, key_holder: str = "") -> Order:
+                         deps: Deps, *, looked_up: bool = False, key_holder: str = "",
+                         key_holder_undone: bool = False) -> Order:
     """The answer to a placement whose order was not ours to insert (`placed`: whether we put
     a hold in place under its id; `key_holder`: the other order whose hold carries the
-    client_order_id): the account's order with this client_order_id, `found` or (unless
-    already `looked_up`) read now, if any."""
+    client_order_id, `key_holder_undone`: that hold was given back): the account's order with
+    this client_order_id, `found` or (unless already `looked_up`) read now, if any."""
     req = order.request
     if found is None and not looked_up:
         async with deps.uow().reads() as uow:
             found = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+    if found is None and key_holder and key_holder_undone:  # that placement died after its hold, and was undone
+        raise model.DuplicateClientOrderId(
+            f"client_order_id {req.client_order_id!r} was used for another order ({key_holder}) whose placement "
+            "was interrupted and undone (its hold given back): use a new client_order_id",
+            metadata={"clientOrderId": req.client_order_id, "orderId": key_holder})
     if found is None and key_holder:  # that order's placement is in flight, or died after its hold
         raise model.DuplicateClientOrderId(
             f"client_order_id {req.client_order_id!r} was used for another order ({key_holder}) whose placement "

@@ -394,7 +394,8 @@ async def test_a_client_key_is_carried_by_one_hold_of_the_account_ever(channel, 
     assert [_answer(r) for r in reply.results] == [
         ("hold", h1, "30.00"), ("hold", h1, "30.00"), ("error", "ALREADY_EXISTS", "DUPLICATE_CLIENT_KEY"),
         ("hold", h3, "10.00"), ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT")]
-    assert dict(reply.results[2].error.metadata) == {"clientKey": "coid-1", "holdId": h1, "orderId": f"o-{h1}"}
+    assert dict(reply.results[2].error.metadata) == {"clientKey": "coid-1", "holdId": h1, "orderId": f"o-{h1}",
+                                                          "holdStatus": "PENDING"}
     assert await balance(uow, a, "USD") == (D(100), D(30), D(70))
     # Resolved, the hold still carries its key: the key is never free again.
     await handlers.release_hold(commands.ReleaseHold(h1), uow)

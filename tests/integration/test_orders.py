@@ -125,6 +125,12 @@ async def test_a_client_order_id_whose_first_placement_has_a_hold_but_no_order_y
     c = await cash(checked_pool, a)
     assert (c.held, c.available) == (Decimal("100.00"), Decimal("9900.00"))
     await ledger.release_hold(commands.ReleaseHold(first), uow)  # what the reaper would do
+    # Once undone, the refusal says so, not that the first placement may still complete
+    # (round 15: "retry that request" of a request that can never complete).
+    with pytest.raises(DuplicateClientOrderId) as err:
+        await handlers.place_order(limit_buy(a, "busy-id", qty=2), order_deps)
+    assert err.value.metadata == {"clientOrderId": "busy-id", "orderId": first}
+    assert "was interrupted and undone" in err.value.message and "new client_order_id" in err.value.message
 
 
 async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked_pool):
