@@ -69,6 +69,7 @@ class RejectReason(enum.Enum):
     NO_LIQUIDITY = "NO_LIQUIDITY"
     FOK_NOT_FILLABLE = "FOK_NOT_FILLABLE"
     ORDER_NOT_ACTIVE = "ORDER_NOT_ACTIVE"  # a replacement whose old order ended before the engine replaced it
+    INTERNAL = "INTERNAL"  # the engine refused what order_svc had validated (a bug, not the client's doing)
 
 
 class EndReason(enum.Enum):

@@ -54,7 +54,9 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             o = await _order(uow, ex.order_id)
             if o is not None and not o.status.is_terminal:
                 if ex.type == REJECTED:
-                    reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.FOK_NOT_FILLABLE)
+                    # Any other reason (INVALID, DUPLICATE_ORDER_ID) is the engine refusing what
+                    # order_svc validated: INTERNAL, not the FOK's reason (round 15).
+                    reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.INTERNAL)
                     o.reject(reason, _ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
                              else f"the engine rejected the order: {ex.reason or reason.value}")
                 else:

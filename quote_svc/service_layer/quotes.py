@@ -145,6 +145,9 @@ def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
         raise InvalidArgument([FieldViolation("symbols", "name at least one symbol")])
     if len(wanted) > MAX_STREAM_SYMBOLS:
         raise InvalidArgument([FieldViolation("symbols", f"at most {MAX_STREAM_SYMBOLS} symbols per stream")])
+    missing = [i for i, s in enumerate(wanted) if not s]
+    if missing:  # as every other empty symbol is, not UNKNOWN_SYMBOL (round 15)
+        raise InvalidArgument([FieldViolation(f"symbols[{i}]", "is required") for i in missing[:10]])
     unknown = [s for s in wanted if s not in listing.listed()]
     if unknown:
         raise InvalidArgument([FieldViolation(f"symbols[{wanted.index(s)}]", f"unknown symbol {s[:16]!r}")

@@ -22,6 +22,7 @@ from order_svc.service_layer import handlers
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb
+from stockmesh.order.v1 import order_pb2
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -147,6 +148,16 @@ async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked
     assert (got.status, got.reject_reason) == (Status.REJECTED, RejectReason.FOK_NOT_FILLABLE)
     assert got.reject_message == "the fill-or-kill order could not fill entirely at once at its price"
     await ledger.release_hold(commands.ReleaseHold(str(fok.order_id)), lambda: LedgerUnitOfWork(checked_pool))
+    # A reason order_svc has no name for is the engine refusing what order_svc validated: INTERNAL
+    # with the engine's word, not the FOK's reason (round 15).
+    odd = await handlers.place_order(limit_buy(a, "odd"), order_deps)
+    await lifecycle.apply_execution(Execution(f"x-{odd.order_id}", "AAPL", REJECTED, str(odd.order_id), a,
+                                              reason="INVALID"), order_deps)
+    got = await handlers.get_order(a, odd.order_id, order_deps)
+    assert (got.status, got.reject_reason, got.reject_message) == (
+        Status.REJECTED, RejectReason.INTERNAL, "the engine rejected the order: INVALID")
+    assert mapping.order_to_proto(got).reject_reason == order_pb2.ORDER_REJECT_REASON_INTERNAL
+    await ledger.release_hold(commands.ReleaseHold(str(odd.order_id)), lambda: LedgerUnitOfWork(checked_pool))
 
 
 async def test_accepted_orders_reach_jetstream_once_with_their_id(order_deps, checked_pool, nats_conn, namespace):
