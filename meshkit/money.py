@@ -24,7 +24,8 @@ CASH = "USD"  # the currency every cash amount is in
 
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
                   maximum: Decimal, positive: bool = True, required: bool = True) -> Decimal | None:
-    """Parse `text` into a Decimal with at most `places` fractional digits.
+    """Parse `text` into a Decimal with at most `places` fractional digits; zeros past them
+    are taken ("187.25000" is 187.2500: the same number; round 15) and dropped.
 
     Records a field violation in `v` and returns None when the text is not acceptable.
     """
@@ -42,10 +43,12 @@ def parse_decimal(text: str, field: str, v: Violations, *, places: int,
     if m.group(1) and positive:
         v.add(field, "must be positive")
         return None
-    if m.group(3) and len(m.group(3)) > places:
+    if m.group(3) and len(m.group(3).rstrip("0")) > places:
         v.add(field, f"must have at most {places} decimal places")
         return None
     value = Decimal(text)
+    if m.group(3) and len(m.group(3)) > places:
+        value = value.quantize(Decimal(1).scaleb(-places))
     if positive and value <= 0:
         v.add(field, "must be positive")
         return None

@@ -13,6 +13,7 @@ from meshkit.status import to_rpc_status
 
 
 @pytest.mark.parametrize("text,expected", [("100", Decimal("100")), ("100.25", Decimal("100.25")),
+                                           ("100.250", Decimal("100.25")), ("7.0000000", Decimal("7.00")),
                                            ("0.01", Decimal("0.01")), ("999999999999999.99", Decimal("999999999999999.99"))])
 def test_good_cash_amounts(text, expected):
     v = Violations()
@@ -67,6 +68,8 @@ def test_order_prices_in_unicode_digits_are_refused(field, text):
 def test_prices_allow_four_places_and_negative_when_asked():
     v = Violations()
     assert parse_decimal("0.1234", "p", v, places=4, maximum=Decimal(10)) == Decimal("0.1234")
+    # Zeros past the places are the same number (round 15: "187.25000" was refused).
+    assert str(parse_decimal("187.25000", "p", v, places=4, maximum=Decimal(1000))) == "187.2500"
     assert parse_decimal("-1.5", "p", v, places=4, maximum=Decimal(10), positive=False) == Decimal("-1.5")
     assert not v.items
 
