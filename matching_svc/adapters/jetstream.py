@@ -102,10 +102,11 @@ def input_position(msg: Msg) -> tuple[int, int]:
 
 
 async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, start_seq: int, *,
-                         batch: int = 500, max_ack_pending: int = 20_000) -> Puller:
+                         batch: int = 500, max_ack_pending: int = 20_000, token: str = "") -> Puller:
     """The symbol's durable pull consumer, (re)positioned at ``start_seq``: a durable
     consumer cannot be moved, so it is deleted and made again each time an engine takes the
-    symbol over (the snapshot, not the consumer, says where processing stands)."""
+    symbol over (the snapshot, not the consumer, says where processing stands). `token`, the
+    consumer's description, names this making of it (input_consumer_token)."""
     durable = names.consumer(symbol)
     try:
         await js.delete_consumer(names.orders, durable)
@@ -115,7 +116,8 @@ async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, st
         durable_name=durable, filter_subject=names.orders_subject(symbol),
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
         opt_start_seq=start_seq if start_seq > 1 else None,
-        ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=max_ack_pending, max_deliver=-1)
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=max_ack_pending, max_deliver=-1,
+        description=token or None)
     info = await js.add_consumer(names.orders, config)
     # The engine is the durable's only reader (its lease): a delivery that never reaches it
     # (lost in flight, taken by a stale pull) raises DeliveryGap, and the runner starts again
@@ -124,6 +126,16 @@ async def input_consumer(nc, js: JetStreamContext, names: Names, symbol: str, st
     puller = Puller(nc, names.orders, durable, batch, delivered=info.delivered.consumer_seq)
     await puller.start()
     return puller
+
+
+async def input_consumer_token(js: JetStreamContext, names: Names, symbol: str) -> str | None:
+    """The token (description) the symbol's input consumer was last made with; None if there
+    is none. Every engine that takes a symbol over makes it again, with a token of its own."""
+    try:
+        info = await js.consumer_info(names.orders, names.consumer(symbol))
+    except nats.js.errors.NotFoundError:
+        return None
+    return info.config.description or ""
 
 
 # ---------------------------------------------------------------------- snapshots
