@@ -140,6 +140,11 @@ def migrate(database_url: str) -> None:
               help="Seconds to wait for each start-up step (services, Envoy).")
 @click.option("--simulator/--no-simulator", default=True, show_default=True,
               help="Run the market simulator (liquidity providers and takers on every symbol).")
+@click.option("--replay", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.csv", help="Historical candles (the CSV of `candles import`) whose prices the simulator's "
+                                       "quotes follow, symbol by symbol, before its random walk takes over.")
+@click.option("--replay-steps", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Quotes the simulator makes of each replayed candle (open, the two extremes, close).")
 @click.option("--market-hours", type=click.Choice(["always", "regular"]), default="always", show_default=True,
               help="'always': the simulated market never closes; 'regular': US hours, Monday to Friday.")
 @click.option("--quote-replicas", type=click.IntRange(1, 16), envvar="STOCKMESH_QUOTE_REPLICAS", show_envvar=True, default=1,
@@ -156,12 +161,25 @@ def migrate(database_url: str) -> None:
                    "[default: localhost and 127.0.0.1, any port]")
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, nats_cluster: str, namespace: str, log_level: str,
-       start_timeout: float, simulator: bool, market_hours: str, quote_replicas: int,
-       replicas: tuple[str, ...], envoy_workers: int | None, cors_origins: str | None) -> None:
+       start_timeout: float, simulator: bool, replay: Path | None, replay_steps: int, market_hours: str,
+       quote_replicas: int, replicas: tuple[str, ...], envoy_workers: int | None, cors_origins: str | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher import envoy
     from meshkit.launcher.mesh import UpOptions, up as run_up
+
+    if replay is not None:  # checked before anything starts
+        from quote_svc.domain.history import MalformedRow
+        from simulator.runner import replay_file
+
+        if not simulator:
+            raise click.BadParameter("there is no simulator to replay it (--no-simulator)", param_hint="--replay")
+        try:
+            candles = replay_file(replay)
+        except MalformedRow as exc:
+            raise click.BadParameter(f"{replay}: {exc}", param_hint="--replay") from None
+        if not candles:
+            raise click.BadParameter(f"{replay} holds no candles", param_hint="--replay")
 
     try:
         origins = envoy.DEV_CORS_ORIGINS if cors_origins is None else envoy.cors_origins(cors_origins)
@@ -180,6 +198,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
         envoy_workers=envoy_workers, nats_cluster=int(nats_cluster), replicas=counts, cors_origins=origins,
+        replay=replay, replay_steps=replay_steps,
     )
     sys.exit(run_up(opts))
 

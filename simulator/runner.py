@@ -1,5 +1,6 @@
 """The simulator process: one task per symbol (its liquidity provider re-quotes around the
-random walk and takers trade against it), through Envoy like any customer."""
+random walk, or around a replay of historical candles, and takers trade against it), through
+Envoy like any customer."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ import grpc
 from meshkit.launcher import keys
 from meshkit.money import fmt
 from meshkit.symbols import listed, tick_size
-from simulator.market import BUY, HOT, SELL, Walk, levels, quote_around
+from simulator.market import BUY, HOT, SELL, PricePath, Replay, Walk, levels, quote_around
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
@@ -33,6 +34,17 @@ def maker(symbol: str) -> str:
 
 def accounts() -> list[str]:
     return [maker(s) for s in listed()] + TAKERS
+
+
+def replay_file(path: Path) -> dict[str, list]:
+    """The candles of a CSV file (the format of `stockmesh candles import`, every row checked;
+    MalformedRow names the first bad line), per symbol, oldest first."""
+    from quote_svc.service_layer.history import read_file
+
+    by_symbol: dict[str, list] = {}
+    for c in sorted(read_file(path), key=lambda c: (c.symbol, c.start)):
+        by_symbol.setdefault(c.symbol, []).append(c)
+    return by_symbol
 
 
 async def fund(database_url: str) -> None:
@@ -96,11 +108,15 @@ class Maker:
 class Simulator:
     """`retry_patience`: seconds a call is sent again (the same client_order_id, the same order
     id) while its outcome is unknown, before the simulator gives up on it and finds out from the
-    maker's open orders instead; `reconcile_every`: seconds (±25 %) between those checks anyway."""
+    maker's open orders instead; `reconcile_every`: seconds (±25 %) between those checks anyway.
+    `replay`: historical candles per symbol (replay_file), whose prices a symbol's quotes follow,
+    `replay_steps` quotes a candle, before its random walk takes over."""
 
     def __init__(self, endpoint: str, data_dir: Path, *, seed: int | None = None, tick_seconds: float = 1.0,
-                 retry_patience: float = 120.0, reconcile_every: float = 60.0) -> None:
+                 retry_patience: float = 120.0, reconcile_every: float = 60.0,
+                 replay: dict[str, list] | None = None, replay_steps: int = 4) -> None:
         self.endpoint, self.data_dir = endpoint, data_dir
+        self.replay, self.replay_steps = replay or {}, replay_steps
         self.rng = random.Random(seed)
         self.tick = tick_seconds
         self.retry_patience, self.reconcile_every = retry_patience, reconcile_every
@@ -125,7 +141,11 @@ class Simulator:
 
     async def _symbol(self, stub, symbol: str, reference: Decimal) -> None:
         rng = random.Random(self.rng.random())
-        walk = Walk.at(reference)
+        candles = self.replay.get(symbol)
+        walk: PricePath = Replay.of(candles, reference, self.replay_steps) if candles else Walk.at(reference)
+        if candles:
+            log.info("replaying historical candles", extra={"symbol": symbol, "candles": len(candles),
+                                                             "from": candles[0].start.isoformat()})
         interval = self.tick / 5 if symbol in HOT else self.tick
         taker_chance = 0.6 if symbol in HOT else 0.25
         book = Maker(symbol, maker(symbol))
@@ -147,7 +167,11 @@ class Simulator:
                 # never takes a side out. Every order is tracked from its acknowledgement on,
                 # and one whose acknowledgement is lost is asked for again (_send): an order
                 # the maker forgot would stay in the book, and cross its next quotes.
+                replaying = isinstance(walk, Replay) and walk.replaying
                 q = quote_around(walk.step(rng), rng)
+                if replaying and not walk.replaying:
+                    log.info("replay ended; the random walk goes on from its last price",
+                             extra={"symbol": symbol, "price": str(walk.price)})
                 up = q.bid + q.ask >= 2 * mid
                 mid = (q.bid + q.ask) / 2
                 wanted = levels(q, tick_size(q.bid))
@@ -166,7 +190,8 @@ class Simulator:
                     for order_id in old:
                         if await self._cancel(stub, book.account, order_id):
                             book.resting[side].remove(order_id)
-                if rng.random() < taker_chance:
+                # A replay's jump trades at each of its quotes: the price band follows the last trade.
+                if rng.random() < taker_chance or getattr(walk, "jumping", False):
                     buy = rng.random() < 0.5
                     await self._place(stub, rng.choice(TAKERS), self._limit(
                         f"{symbol}-{n}-t", symbol, common_pb2.SIDE_BUY if buy else common_pb2.SIDE_SELL,

@@ -102,6 +102,10 @@ class UpOptions:
     nats_cluster: int = 1
     # Origins whose browser apps may call through Envoy (CORS; envoy.cors_origins): this machine's.
     cors_origins: tuple[str, ...] = envoy.DEV_CORS_ORIGINS
+    # A CSV of historical candles the simulator's quotes follow (SIM_REPLAY_FILE), this many
+    # quotes a candle (SIM_REPLAY_STEPS).
+    replay: Path | None = None
+    replay_steps: int = 4
 
 
 def _print(line: str) -> None:
@@ -307,9 +311,12 @@ class Mesh:
         self.sup.start(ChildSpec(
             name="simulator", argv=[sys.executable, "-m", "simulator"],
             env={"STOCKMESH_ENDPOINT": f"127.0.0.1:{self.ports.public}", "STOCKMESH_DATA_DIR": str(self.data_dir),
-                 "LOG_LEVEL": self.opts.log_level, "PYTHONUNBUFFERED": "1"},
+                 "LOG_LEVEL": self.opts.log_level, "PYTHONUNBUFFERED": "1",
+                 **({"SIM_REPLAY_FILE": str(self.opts.replay.resolve()), "SIM_REPLAY_STEPS": str(self.opts.replay_steps)}
+                    if self.opts.replay is not None else {})},
             log_path=self.data_dir / "logs" / "simulator.log", cwd=self.data_dir, stop_timeout=10.0))
-        self.say("  liquidity providers quoting every symbol (log: logs/simulator.log)")
+        self.say("  liquidity providers quoting every symbol (log: logs/simulator.log)"
+                 + (f"; replaying {self.opts.replay}" if self.opts.replay is not None else ""))
 
     def _service_spec(self, name: str, port: int, targets: dict[str, str]) -> ChildSpec:
         assert self.infra is not None

@@ -1,11 +1,13 @@
 """The simulated market of `stockmesh up` (MISSION: it keeps every configured symbol trading so
 that market orders find liquidity): once it has quoted, every symbol's book shows both sides
 at every moment sampled (its liquidity provider rests new quotes before it cancels the old
-ones), and a market buy of every symbol fills."""
+ones), and a market buy of every symbol fills. One symbol replays historical candles from a
+CSV file (`--replay`, MISSION's "optional replay"), and its quotes follow them."""
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -21,10 +23,23 @@ from tests.support.wait import eventually
 pytestmark = pytest.mark.e2e
 
 
+REPLAYED = "KO"  # reference 62.15; its candles swing it between 60.00 and 66.00
+
+
+def replay_csv(folder) -> str:
+    rows = ["symbol,start_time,interval,open,high,low,close,volume"]
+    for i in range(60):  # four quotes each: the replay lasts minutes, longer than the tests
+        rows.append(f"{REPLAYED},2024-03-04T{14 + i // 60:02d}:{i % 60:02d}:00Z,1m,62.00,66.00,60.00,63.00,1000")
+    path = folder / "ko-history.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
-    mesh = start_or_fail(MeshProcess(data_dir=tmp_path_factory.mktemp("simulated"), db_prefix="stockmesh_e2e",
-                                     namespace_prefix="e2esim", extra_args=[]))  # the simulator on, as by default
+    folder = tmp_path_factory.mktemp("simulated")
+    mesh = start_or_fail(MeshProcess(data_dir=folder / "mesh", db_prefix="stockmesh_e2e", namespace_prefix="e2esim",
+                                     extra_args=["--replay", replay_csv(folder)]))  # the simulator on, as by default
     try:
         yield mesh
     finally:
@@ -77,3 +92,29 @@ async def test_every_symbol_keeps_a_two_sided_book_and_market_orders_fill(simula
 
 async def _empty(one_sided) -> bool:
     return not await one_sided()
+
+
+async def test_a_replayed_symbol_s_quotes_follow_its_candles(simulated: MeshProcess) -> None:
+    """Its candles go from 60.00 to 66.00 and back, again and again; a random walk from 62.15
+    moves a few tenths of a percent in the time this watches."""
+    from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
+
+    seen: list[tuple[str, str]] = []
+    async with simulated.channel() as ch:
+        stream = quote_service_pb2_grpc.QuoteServiceStub(ch).StreamQuotes(
+            qpb.StreamQuotesRequest(symbols=[REPLAYED]), metadata=simulated.auth("replay-watcher"), timeout=90)
+
+        async def swung() -> bool:
+            async for q in stream:
+                seen.append((q.bid_price, q.ask_price))
+                bids = [Decimal(b) for b, _ in seen if b]
+                asks = [Decimal(a) for _, a in seen if a]
+                if bids and asks and min(bids) <= Decimal("60.10") and max(asks) >= Decimal("65.90"):
+                    return True
+            return False
+        try:
+            assert await asyncio.wait_for(swung(), 80), seen[-10:]
+        finally:
+            stream.cancel()
+    assert "replaying historical candles" in simulated.log("simulator", 400)
+
