@@ -217,16 +217,13 @@ class SymbolRunner:
         publishes anything). Then a lease lost to a NATS stall, or a publish that failed,
         costs no reload and no replay (acceptance round 14: a 10 s stall cost ~11 s more,
         replaying some 4,700 inputs)."""
-        kept, self._kept = self._kept, None
+        kept = self._kept
         if kept is None:
             return None
-        try:
-            head = await self.store.head(self.symbol)
-            token = await input_consumer_token(self.js, self.names, self.symbol)
-        except Exception as exc:  # noqa: BLE001 - cannot tell: start from the snapshot
-            log.warning("could not check the kept book; starting from the snapshot",
-                        extra={"symbol": self.symbol, "error": repr(exc)})
-            return None
+        # NATS not answering (still stalled): the book stays kept and the runner tries again.
+        head = await self.store.head(self.symbol)
+        token = await input_consumer_token(self.js, self.names, self.symbol)
+        self._kept = None
         revision = lambda h: 0 if h is None else h.revision  # noqa: E731
         if revision(head) != revision(self._head) or token != kept.consumer:
             log.info("another engine wrote the symbol meanwhile; starting from the snapshot",
@@ -238,8 +235,14 @@ class SymbolRunner:
         kept = await self._resume()
         engine = kept.engine if kept is not None else await self._load()
         token = f"{self.cfg.instance_id}:{uuid.uuid4().hex}"
-        sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1,
-                                   batch=self.cfg.batch, token=token)
+        try:
+            sub = await input_consumer(self.nc, self.js, self.names, self.symbol, engine.last_seq + 1,
+                                       batch=self.cfg.batch, token=token)
+        except BaseException:
+            # Kept still; the next start checks it again (and drops it if this removed the
+            # consumer it knew without making the new one: who else did, it cannot tell).
+            self._kept = kept
+            raise
         log.info("engine started", extra={"symbol": self.symbol, "from_sequence": engine.last_seq + 1,
                                           "kept_book": kept is not None})
         self.engine = engine
