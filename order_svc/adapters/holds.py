@@ -10,7 +10,8 @@ from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
 from meshkit.status import TRANSIENT_NAMES, error_info, passed_on, upstream_unavailable
-from order_svc.domain.model import ClientKeyTaken, HoldResolved, HoldTaken, Refusal, RejectReason, TransferPending
+from order_svc.domain.model import (ClientKeyTaken, HoldNotYet, HoldResolved, HoldTaken, Refusal, RejectReason,
+                                    TransferPending)
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
@@ -148,6 +149,8 @@ class GrpcHolds:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info and info.reason == "HOLD_TRANSFER_PENDING":
                 raise TransferPending(f"hold {from_hold_id} is still being transferred to an earlier replacement; "
                                       "retry shortly")
+            if exc.code() == grpc.StatusCode.NOT_FOUND and info and info.reason == "HOLD_NOT_FOUND":
+                raise HoldNotYet(order_id=from_hold_id) from exc  # the old order's hold id is its order id
             raise upstream_unavailable(exc, f"the ledger could not transfer hold {from_hold_id} to {to_hold_id}",
                                        log) from exc
 

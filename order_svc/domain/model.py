@@ -161,6 +161,19 @@ class HoldTaken(Exception):
     priced it otherwise (a market buy's hold follows the ask at the time)."""
 
 
+class HoldNotYet(Unavailable):
+    """The ledger has no hold of the order being replaced yet: that order is itself a
+    replacement, which order_svc has seen confirmed before the ledger applied the same execution
+    (their consumers are apart). Transient: the replacement is recorded, and retrying with the
+    same ids (or the recovery loop) completes it (round 15)."""
+    default_reason = "ORDER_CHANGE_PENDING"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} has just changed, and the ledger is still applying that change; "
+                         "retry the replace shortly with the same client_order_id",
+                         metadata={"orderId": order_id}, retry_after_seconds=0.2)
+
+
 class TransferPending(Unavailable):
     """The ledger is still transferring the old order's hold to an earlier replacement (one
     transfer from a hold at a time): that replace has not been decided yet. Transient: retry."""

@@ -506,8 +506,20 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
     async with deps.uow() as uow:
         if await uow.orders.has_outbox(replace_msg_id(o)):
             return o  # handed to the engine already
-    transfer = functools.partial(deps.holds.transfer, str(o.replaces), str(o.order_id), str(o.order_id),
-                                 o.account_id, o.hold_asset, model.hold_unit(o.request, o.collar_price), o.hold_amount)
+    prepare = functools.partial(deps.holds.transfer, str(o.replaces), str(o.order_id), str(o.order_id),
+                                o.account_id, o.hold_asset, model.hold_unit(o.request, o.collar_price), o.hold_amount)
+
+    async def transfer() -> model.Refusal | None:
+        try:
+            return await prepare()
+        except model.HoldNotYet:
+            # The old order is a replacement the ledger has not completed yet (order_svc saw it
+            # confirmed first): once the ledger has caught up with the executions in flight,
+            # its hold is there (round 15: the client got UNAVAILABLE, and the replace went
+            # through 2 s later by the recovery loop).
+            if not await deps.holds.await_executions(o.account_id):
+                raise
+            return await prepare()
     try:
         refused = await transfer()
     except model.TransferPending:

@@ -545,6 +545,53 @@ async def test_a_transfer_left_to_a_rejected_replacement_is_cancelled_not_left_t
         await eventually(lambda: _cash_is(checked_pool, account, held=D(0)), "the hold release")
 
 
+class _LedgerBehind:
+    """HoldService while the ledger has not applied the execution that made the old order's hold
+    (the old order a replacement order_svc saw confirmed first): the first transfer finds no
+    hold; the ledger, asked to catch up with the executions in flight, then has it."""
+
+    def __init__(self, holds) -> None:
+        self.holds, self.waited = holds, []
+
+    def __getattr__(self, name):
+        return getattr(self.holds, name)
+
+    async def transfer(self, from_hold_id, *args):
+        if not self.waited:
+            raise model.HoldNotYet(from_hold_id)
+        return await self.holds.transfer(from_hold_id, *args)
+
+    async def await_executions(self, account_id):
+        self.waited.append(account_id)
+        return True
+
+
+async def test_a_replace_of_an_order_whose_hold_the_ledger_has_not_made_yet_waits_for_it(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """Acceptance round 15: a replace of a replacement order_svc had just seen confirmed, before
+    the ledger had applied the same execution, answered UNAVAILABLE ("the ledger could not
+    transfer hold ...: NOT_FOUND"), and then went through 2 s later by the recovery loop: the
+    client believed the old order still stood. Now order_svc asks the ledger to catch up first."""
+    from dataclasses import replace as with_
+
+    buyer = acct("behind")
+    await fund(checked_pool, buyer, cash="2000.00")
+    # The ledger's own answer for a hold it does not have is HoldNotYet (retry), not UNAVAILABLE.
+    with pytest.raises(model.HoldNotYet) as not_yet:
+        await order_deps.holds.transfer(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), buyer, "USD",
+                                        D("1"), D("0"))
+    assert (not_yet.value.reason, not_yet.value.retry_after_seconds) == ("ORDER_CHANGE_PENDING", 0.2)
+
+    old = await handlers.place_order(limit(buyer, Side.BUY, 10, "168.00"), order_deps)
+    behind = _LedgerBehind(order_deps.holds)
+    new = await handlers.replace_order(replace(buyer, old.order_id, 10, "167.00"), with_(order_deps, holds=behind))
+    assert behind.waited == [buyer] and new.status is Status.PENDING_NEW
+    await eventually(lambda: order_is(order_deps, buyer, new.order_id, Status.NEW), "the replacement to work")
+    await handlers.cancel_order(buyer, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, buyer, new.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the hold release")
+
+
 async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, checked_pool, nats_conn, namespace):
     """A cancel the engine refuses is not the order's rejection: the order keeps its state, the
     request is cleared (no OrderUpdate: customers do not see it), and it can be asked again."""
