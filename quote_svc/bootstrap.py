@@ -45,7 +45,7 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
     uow = lambda: QuoteUnitOfWork(pool)  # noqa: E731
 
     async def follow() -> None:
-        for q in await quote_cache.load(sorted(symbols.listed())):
+        for q in await feed.of_this_feed(js, namespace, await quote_cache.load(sorted(symbols.listed()))):
             book.seed(q)
         await feed.follow_quotes(js, namespace, sorted(symbols.listed()), book.apply, book.ready)
 

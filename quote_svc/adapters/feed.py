@@ -49,6 +49,30 @@ async def follow_quotes(js: JetStreamContext, namespace: str, symbols: Iterable[
     await follow_feed(js, namespace, symbols, on_msg, ready)
 
 
+async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -> list:
+    """The cached quotes (Redis) this feed can have made: a symbol's cached sequence is at most
+    that of the last event the stream holds of it. A cache of the same namespace left by
+    another history (a data folder started afresh, JetStream restored to an earlier point) holds
+    higher sequences, and a quote seeded from it would stay frozen until the feed overtook it,
+    hours on a quiet symbol (round 15). The others are dropped, with a warning."""
+    from nats.js.errors import NotFoundError
+
+    stream = await bus.ensure_stream(js, namespace, "md")
+    kept = []
+    for q in cached:
+        try:
+            last = _decode(await bus.last_msg(js, stream, bus.subject(namespace, "md", q.symbol)))
+        except NotFoundError:
+            last = None
+        if last is not None and q.sequence <= last.sequence:
+            kept.append(q)
+        else:
+            log.warning("cached quote from another market-data history dropped",
+                        extra={"symbol": q.symbol, "cached_sequence": q.sequence,
+                               "feed_sequence": None if last is None else last.sequence})
+    return kept
+
+
 async def consume_trades(js: JetStreamContext, namespace: str,
                          handle: Callable[[list[MarketData]], Awaitable[object]], *,
                          batch: int = 500, durable: str = CANDLES_DURABLE) -> None:

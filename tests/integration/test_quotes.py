@@ -9,7 +9,7 @@ import uuid
 import grpc
 import pytest
 
-from meshkit import cache
+from meshkit import bus, cache
 from meshkit.status import DOMAIN, error_info
 from quote_svc.adapters.cache import quote_key
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
@@ -250,3 +250,33 @@ async def test_redis_flushed_or_dead_the_feed_rebuilds_everything(pool, nats_url
     finally:
         await redis.aclose()
         await reader.aclose()
+
+
+async def test_a_cached_quote_of_another_market_data_history_is_not_seeded(pool, nats_url, js, ns, private_redis):
+    """Round 15: a mesh started afresh (a new data folder: JetStream empty) with the same
+    namespace and Redis served the old mesh's quotes, frozen, since the feed's sequences were
+    all below the cached ones. A cached quote is seeded only if the feed could have made it."""
+    from quote_svc.adapters.codec import md_from_bytes, quote_to_proto
+    from quote_svc.domain.quotes import next_quote
+
+    url, _ = private_redis
+    writer = cache.connect(url)
+    try:
+        old = next_quote(None, md_from_bytes(md_event("AAPL", 2357, price="190.37", qty=1, volume=99).SerializeToString()))
+        ok = next_quote(None, md_from_bytes(md_event("KO", 1, price="62.15", qty=3, volume=3).SerializeToString()))
+        await writer.set(quote_key(ns, "AAPL"), quote_to_proto(old).SerializeToString())  # another history's
+        await writer.set(quote_key(ns, "KO"), quote_to_proto(ok).SerializeToString())  # this feed's own
+        await bus.ensure_stream(js, ns, "md")
+        await publish_md(js, ns, md_event("AAPL", 5, price="185.25", qty=1, volume=1))
+        await publish_md(js, ns, md_event("KO", 1, price="62.15", qty=3, volume=3))
+        async with quote_service(pool, nats_url, ns, redis=cache.connect(url), candles_writer=False) as svc:
+            q = (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote
+            assert (q.sequence, q.last_price) == (5, "185.25")
+            await publish_md(js, ns, md_event("AAPL", 6, price="185.30", qty=1, volume=2))
+
+            async def live() -> bool:
+                return (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote.sequence == 6
+            assert await eventually(live)
+            assert (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="KO"))).quote.sequence == 1
+    finally:
+        await writer.aclose()
