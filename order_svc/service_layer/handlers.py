@@ -388,10 +388,24 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         if o.status is Status.CANCELLED and o.replaced_by is not None:
             # Not the idempotent answer of a cancelled order: the order goes on as its
             # replacement, and a client told "cancelled" here believed itself flat while that
-            # one could still fill (round 14 B; FIX rejects such a cancel too).
+            # one could still fill (round 14 B; FIX rejects such a cancel too). Named: the
+            # last of its replacements, working or ended (round 15: "working in its place" of
+            # one that had ended).
+            last = o
+            while last.replaced_by is not None and (nxt := await uow.orders.get(last.replaced_by)) is not None:
+                last = nxt
+            metadata = {"orderId": str(order_id), "status": o.status.value, "replacedBy": str(o.replaced_by)}
+            if last.status.is_terminal:
+                raise model.OrderNotActive(
+                    f"the order was replaced by order {o.replaced_by}; the last of its replacements, order "
+                    f"{last.order_id}, has ended too ({last.status.value})",
+                    metadata={**metadata, "lastReplacement": str(last.order_id), "lastStatus": last.status.value})
             raise model.OrderNotActive(
-                f"the order was replaced by order {o.replaced_by}, which is working in its place: cancel that one",
-                metadata={"orderId": str(order_id), "status": o.status.value, "replacedBy": str(o.replaced_by)})
+                f"the order was replaced by order {last.order_id}, which is working in its place: cancel that one"
+                if last.replaces == o.order_id else
+                f"the order was replaced (by order {o.replaced_by}, then again): order {last.order_id} is working in "
+                "its place: cancel that one",
+                metadata={**metadata, "lastReplacement": str(last.order_id), "lastStatus": last.status.value})
         if o.status is Status.CANCELLED or o.cancel_requested:
             return o
         if o.status is Status.PENDING_NEW:

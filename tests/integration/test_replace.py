@@ -167,6 +167,11 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     await handlers.cancel_order(a, new.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
+    # Then the replaced order's refusal says its replacement has ended too, not that it works
+    # in its place (round 15).
+    with pytest.raises(model.OrderNotActive, match=f"order {new.order_id}, has ended too \\(CANCELLED\\)") as ended:
+        await handlers.cancel_order(a, old.order_id, order_deps)
+    assert (ended.value.metadata["replacedBy"], ended.value.metadata["lastStatus"]) == (str(new.order_id), "CANCELLED")
 
 
 async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new_stop(
