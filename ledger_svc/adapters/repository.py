@@ -273,6 +273,21 @@ class LedgerRepository:
             """, account_id, CASH)
         return CashBalance.of(row["posted"], row["held"], row["unsettled"])
 
+    async def save_reply(self, entry: JournalEntry, cash: CashBalance) -> None:
+        """What a cash request answered (migration 0016), for its retries to answer too."""
+        await self.conn.execute(
+            "INSERT INTO ledger.request_replies (account_id, request_key, kind, total, available, held, settled, "
+            "unsettled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            entry.account_id, entry.idempotency_key, entry.kind, cash.total, cash.available, cash.held, cash.settled,
+            cash.unsettled)
+
+    async def reply(self, entry: JournalEntry) -> CashBalance | None:
+        row = await self.conn.fetchrow(
+            "SELECT total, available, held, settled, unsettled FROM ledger.request_replies "
+            "WHERE account_id = $1 AND request_key = $2 AND kind = $3", entry.account_id, entry.idempotency_key,
+            entry.kind)
+        return None if row is None else CashBalance(**row)
+
     async def activities(self, account_id: str, after: int | None, limit: int) -> list[ActivityRow]:
         """The account's statement, newest first, below `after`: its postings, and each sale's
         proceeds from the moment of the sale (ledger.unsettled, migration 0011) — whose

@@ -46,9 +46,11 @@ async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> mode
                 raise
             raise model.insufficient(model.CASH, cash.available, Decimal(exc.metadata["requested"]),
                                      unsettled=cash.unsettled) from None
-        if not applied:
-            return await uow.ledger.cash(entry.account_id)  # a retry: applied once already
+        if not applied:  # a retry: applied once already; answered as the request was
+            return await uow.ledger.reply(entry) or await uow.ledger.cash(entry.account_id)
         cash = await uow.ledger.cash(entry.account_id)
+        if entry.idempotency_key:
+            await uow.ledger.save_reply(entry, cash)
         await uow.commit()
         return cash
 
