@@ -3,8 +3,11 @@ change reaches the account's stream of order updates."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+from prometheus_client import Counter
 
 from meshkit import aio
 from meshkit.errors import DomainError, Unavailable
@@ -12,6 +15,10 @@ from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, F
                                 Execution)
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
+
+log = logging.getLogger("order_svc.lifecycle")
+UNKNOWN_ORDERS = Counter("stockmesh_executions_unknown_order_total",
+                         "Executions naming an order this database does not have (passed over)")
 
 _ENGINE_REJECTS = {"FOK_NOT_FILLABLE": RejectReason.FOK_NOT_FILLABLE, "SYMBOL_HALTED": RejectReason.SYMBOL_HALTED}
 _ENGINE_REJECT_MESSAGES = {
@@ -44,14 +51,14 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             # each hold what the other waits for, a deadlock PostgreSQL undoes only after a second.
             sides = sorted(((ex.account_id, ex.order_id), (ex.counter_account_id, ex.counter_order_id)))
             for _, order_id in sides:
-                o = await _order(uow, order_id)
+                o = await _order(uow, order_id, ex)
                 if o is None:
                     continue
                 o.fill(ex.quantity, ex.price)
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.record_change(o, Fill(ex.execution_id, ex.price, ex.quantity, ex.executed_at))
         elif ex.type in (CANCELLED, EXPIRED, REJECTED):
-            o = await _order(uow, ex.order_id)
+            o = await _order(uow, ex.order_id, ex)
             if o is not None and not o.status.is_terminal:
                 if ex.type == REJECTED:
                     # Any other reason (INVALID, DUPLICATE_ORDER_ID) is the engine refusing what
@@ -73,7 +80,7 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
         elif ex.type == TRIGGERED:
             # The stop was reached: still NEW (or PARTIALLY_FILLED), now working as a market or
             # limit order; the customer sees it (an OrderUpdate with triggered_at).
-            o = await _order(uow, ex.order_id)
+            o = await _order(uow, ex.order_id, ex)
             if o is not None and o.triggered(ex.executed_at or at):  # the engine's time, as a fill's
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.mark_triggered_in(o.order_id, await uow.orders.record_change(o, event="ORDER_TRIGGERED"))
@@ -88,8 +95,8 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
 async def _replaced(uow, ex: Execution, at) -> None:
     """The engine replaced the old order by the new one: the new order carries the old one's
     fills and becomes NEW (or PARTIALLY_FILLED); the old one ends CANCELLED with replaced_by."""
-    old = await _order(uow, ex.order_id)
-    new = await _order(uow, ex.new_order_id)
+    old = await _order(uow, ex.order_id, ex)
+    new = await _order(uow, ex.new_order_id, ex)
     if new is not None and new.status is Status.PENDING_NEW and old is not None:
         new.confirm_replacement(old)
         await uow.orders.save_execution_result(new, at)
@@ -106,7 +113,7 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
     replace rejects the new order; a refused cancel clears the cancel request (so it can be
     asked again), which customers do not see: no OrderUpdate, an audit event only."""
     if ex.new_order_id:
-        new = await _order(uow, ex.new_order_id)
+        new = await _order(uow, ex.new_order_id, ex)
         if new is not None and new.status is Status.PENDING_NEW:
             reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.ORDER_NOT_ACTIVE)
             message = (_ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
@@ -114,7 +121,7 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
                                                   f"the engine refused to replace the order ({ex.reason})"))
             await _reject_replacement(uow, new, message, at, reason=reason)
         return
-    o = await _order(uow, ex.order_id)
+    o = await _order(uow, ex.order_id, ex)
     if o is not None and o.cancel_requested:
         o.cancel_requested = False
         await uow.orders.save_execution_result(o, at)
@@ -128,12 +135,20 @@ async def _reject_replacement(uow, new: Order, message: str, at,
     await uow.orders.record_change(new)
 
 
-async def _order(uow, order_id: str) -> Order | None:
+async def _order(uow, order_id: str, ex: Execution) -> Order | None:
+    """The order an execution names, locked; None (logged and counted) for one order_svc does
+    not have. Every order the engine knows came from order_svc's outbox, so that happens only
+    when the database was restored alone to an earlier point (docs/operations.md: not
+    supported): the execution is passed over, but no longer in silence (round 15)."""
     try:
-        oid = uuid.UUID(order_id)
+        o = await uow.orders.get(uuid.UUID(order_id), for_update=True)
     except ValueError:
-        return None  # not one of ours
-    return await uow.orders.get(oid, for_update=True)
+        o = None  # not an id of ours
+    if o is None:
+        UNKNOWN_ORDERS.inc()
+        log.error("execution for an order this database does not have passed over",
+                  extra={"executionId": ex.execution_id, "orderId": order_id, "symbol": ex.symbol})
+    return o
 
 
 class AfterSequenceAhead(DomainError):

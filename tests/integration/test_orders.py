@@ -160,6 +160,25 @@ async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked
     await ledger.release_hold(commands.ReleaseHold(str(odd.order_id)), lambda: LedgerUnitOfWork(checked_pool))
 
 
+async def test_an_execution_for_an_order_the_database_does_not_have_is_logged_and_counted(order_deps, caplog):
+    """Only a database restored alone to an earlier point (not supported) has executions for
+    orders it does not know: they were passed over in silence, so that restore showed nowhere
+    on order_svc's side (round 15). Now each is an error in the log and a counter."""
+    import logging
+
+    from meshkit.executions import CANCELLED, Execution
+    from order_svc.service_layer import lifecycle
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("stockmesh_executions_unknown_order_total") or 0.0
+
+    before, ghost = counted(), str(uuid.uuid4())
+    with caplog.at_level(logging.ERROR, logger="order_svc.lifecycle"):
+        assert await lifecycle.apply_execution(Execution(f"x-{ghost}", "AAPL", CANCELLED, ghost, "nobody"), order_deps)
+    assert counted() == before + 1
+    assert [r.orderId for r in caplog.records if r.getMessage().startswith("execution for an order")] == [ghost]
+
+
 async def test_accepted_orders_reach_jetstream_once_with_their_id(order_deps, checked_pool, nats_conn, namespace):
     a = acct()
     await deposit(checked_pool, a, "10000")
