@@ -103,11 +103,16 @@ def gen(check: bool) -> None:
 
 
 @main.command()
-@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, required=True, help="PostgreSQL URL.")
-def migrate(database_url: str) -> None:
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL. Default: the database of the mesh running in --data-dir.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder of a running `stockmesh up`, whose database to migrate when no --database-url is "
+                   "given. Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+def migrate(database_url: str | None, data_dir: Path | None) -> None:
     """Apply every service's database migrations (one schema per service)."""
     from meshkit import migrate as m
 
+    database_url = database_url or _mesh_database_url(data_dir, None)
     applied = m.apply_all(database_url)
     click.echo(f"migrations applied: {applied}" if applied else "database is up to date")
 
@@ -204,32 +209,55 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
 
 
 @main.command()
-@click.argument("address", default="127.0.0.1:50051")
+@click.argument("address", required=False)
 @click.option("--service", default="", show_default=True,
               help="The service to ask about ('' = the whole process, as Envoy's health checks ask).")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True, help="Seconds.")
-def health(address: str, service: str, timeout: float) -> None:
-    """Ask a process at ADDRESS (host:port of a service's own gRPC port, not Envoy's; default
-    127.0.0.1:50051) for its gRPC health (grpc.health.v1): print its status; exit 0 when
-    SERVING, 1 otherwise (for containers' health checks, deploy/). Under `stockmesh up`, each
-    service's port is in the data folder's mesh.json ("ports")."""
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder of a running `stockmesh up`: without ADDRESS, every process of that mesh is asked. "
+                   "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
+def health(address: str | None, service: str, timeout: float, data_dir: Path | None) -> None:
+    """Ask a process at ADDRESS (host:port of a service's own gRPC port, not Envoy's) for its
+    gRPC health (grpc.health.v1): print its status; exit 0 when SERVING, 1 otherwise (for
+    containers' health checks, deploy/). Without ADDRESS: every process of the mesh running in
+    --data-dir (its mesh.json "ports"), one line each, exit 0 when all are SERVING; with no mesh
+    there, 127.0.0.1:50051 (a container's own process)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    from meshkit.cli_client import mesh_state
+
+    targets = {"": address} if address else {}
+    if not targets:
+        folder = (data_dir or default_data_dir()).resolve()
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            details = exc.details() or ""
-            if exc.code() == grpc.StatusCode.NOT_FOUND and not details:  # the health service says no more
-                details = (f"this process reports no health for service {service!r} (its services' full names, "
-                           "e.g. stockmesh.order.v1.OrderService, or '' for the whole process)")
-            click.echo(f"{address}: {exc.code().name}: {details}", err=True)
-            sys.exit(1)
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    click.echo(f"{address}: {status}")
-    sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+            state = mesh_state(folder, "a service")
+        except click.UsageError:
+            targets = {"": "127.0.0.1:50051"}
+        else:
+            if not _running(state):
+                raise click.UsageError(f"the mesh in {folder} is not running (its mesh.json is of a mesh that stopped, "
+                                       "or is still starting); give ADDRESS to ask one process")
+            targets = {name: f"127.0.0.1:{port}" for name, port in sorted((state.get("ports") or {}).items())
+                       if name not in ("public", "admin") and port}
+    failed = 0
+    for name, target in targets.items():
+        label = f"{name} {target}" if name else target
+        with grpc.insecure_channel(target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            except grpc.RpcError as exc:
+                details = exc.details() or ""
+                if exc.code() == grpc.StatusCode.NOT_FOUND and not details:  # the health service says no more
+                    details = (f"this process reports no health for service {service!r} (its services' full names, "
+                               "e.g. stockmesh.order.v1.OrderService, or '' for the whole process)")
+                click.echo(f"{label}: {exc.code().name}: {details}", err=True)
+                failed += 1
+                continue
+        click.echo(f"{label}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        failed += reply.status != health_pb2.HealthCheckResponse.SERVING
+    sys.exit(1 if failed else 0)
 
 
 @main.command()
@@ -325,6 +353,7 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
     import logging
 
     trading_day = _day(day, "--date", come=True)
+    namespace = _namespace(namespace, data_dir, database_url is not None)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
     if not before_close and not asyncio.run(_session_closed(trading_day, database_url)):
         click.echo(f"day not settled: the session of {trading_day} has not closed (no close of it or of a later day "
@@ -421,7 +450,9 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
     from meshkit.errors import FailedPrecondition
 
     before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
+    namespace = _namespace(namespace, data_dir, database_url is not None or nats_url is not None)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
+    namespace = _namespace(namespace, data_dir, nats_url is not None)
     nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
@@ -559,6 +590,7 @@ def session_close(day: str | None, database_url: str | None, namespace: str, dat
 
     today = calendar.trading_day(datetime.now(timezone.utc))
     trading_day = _day(day, "--date", come=True) if day is not None else today
+    namespace = _namespace(namespace, data_dir, database_url is not None)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
 
     async def run() -> str:
@@ -598,12 +630,47 @@ def _mesh_url(data_dir: Path | None, namespace: str | None, key: str, option: st
         state = mesh_state(folder, what)
     except click.UsageError:
         raise click.UsageError(f"no {option} given, and no mesh runs in {folder} to take its {what} from") from None
+    if not _running(state):  # its mesh.json outlives it (round 15: a stopped mesh's URLs were used)
+        raise click.UsageError(f"no {option} given, and the mesh in {folder} is not running (its mesh.json is of a "
+                               f"mesh that stopped, or is still starting): start it with `stockmesh up`, or pass "
+                               f"{option}")
     if namespace is not None and state.get("namespace") != namespace:
         raise click.UsageError(f"no {option} given, and the mesh in {folder} runs namespace "
                                f"{state.get('namespace')!r}, not {namespace!r}")
     if not state.get(key):
         raise click.UsageError(f"no {option} given, and the mesh in {folder} has not said its {what} yet")
     return state[key]
+
+
+def _running(state: dict) -> bool:
+    """Whether the mesh a mesh.json describes is up: ready, and its launcher alive."""
+    pid = state.get("launcher_pid")
+    if not state.get("ready") or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
+
+def _namespace(namespace: str, data_dir: Path | None, given_urls: bool) -> str:
+    """--namespace (or $STOCKMESH_NAMESPACE) when given; else, for a command that takes its
+    servers from the mesh in `data_dir` (no URL given), that mesh's namespace (round 15: a mesh
+    of another namespace needed --namespace on every command of the runbook)."""
+    from click.core import ParameterSource
+
+    from meshkit.cli_client import mesh_state
+
+    if given_urls or click.get_current_context().get_parameter_source("namespace") is not ParameterSource.DEFAULT:
+        return namespace
+    try:
+        state = mesh_state((data_dir or default_data_dir()).resolve(), "the mesh")
+    except click.UsageError:
+        return namespace
+    return state.get("namespace") or namespace
 
 
 def _mesh_database_url(data_dir: Path | None, namespace: str | None) -> str:
@@ -623,7 +690,7 @@ def _mesh_nats_url(folder: Path, namespace: str) -> str | None:
         state = mesh_state(folder, "NATS")
     except click.UsageError:  # no mesh there
         return None
-    return (state.get("nats_url") or None) if state.get("namespace") == namespace else None
+    return (state.get("nats_url") or None) if state.get("namespace") == namespace and _running(state) else None
 
 
 @main.group()

@@ -137,9 +137,10 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
     without = [*cmd[:cmd.index("--nats-url")], *cmd[cmd.index("--namespace"):], "--data-dir"]
     (tmp_path / "mesh").mkdir()
-    (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"namespace": namespace, "nats_url": nats_url}))
+    running = {"ready": True, "launcher_pid": os.getpid()}  # a mesh up: its launcher alive
+    (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"namespace": namespace, "nats_url": nats_url, **running}))
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "mesh.json").write_text(json.dumps({"namespace": "another", "nats_url": nats_url}))
+    (tmp_path / "other" / "mesh.json").write_text(json.dumps({"namespace": "another", "nats_url": nats_url, **running}))
     mesh = subprocess.run([*without, str(tmp_path / "mesh")], capture_output=True, text=True, env=env)
     assert f"read the execution journal on {nats_url}" in mesh.stderr, mesh.stderr
     assert "reconciled against      the execution journal\n" in mesh.stdout, mesh.stdout
@@ -200,8 +201,9 @@ async def test_the_end_of_day_runbook_needs_only_the_mesh_s_data_folder(pg_serve
     for base in bus.STREAMS:
         await bus.ensure_stream(nats_conn.jetstream(), namespace, base)
     async with fresh_database(pg_server_url) as url:
-        (tmp_path / "mesh.json").write_text(json.dumps({"namespace": namespace, "database_url": url,
-                                                        "nats_url": nats_url}))
+        state = {"namespace": namespace, "database_url": url, "nats_url": nats_url, "ready": True,
+                 "launcher_pid": os.getpid()}  # a mesh up: its launcher alive
+        (tmp_path / "mesh.json").write_text(json.dumps(state))
         csv = tmp_path / "candles.csv"
         csv.write_text("symbol,start_time,interval,open,high,low,close,volume\n"
                        "AAPL,2026-01-05T14:30:00Z,1m,180.00,181.00,179.50,180.50,1000\n")
@@ -218,11 +220,20 @@ async def test_the_end_of_day_runbook_needs_only_the_mesh_s_data_folder(pg_serve
         assert "Missing option" not in trimmed.stderr and "no --" not in trimmed.stderr, trimmed.stderr
         listed = cli("consumers", "--namespace", namespace)
         assert listed.returncode == 0 and "0 of 0 durable consumers" in listed.stdout, listed.stdout + listed.stderr
+        migrated = cli("migrate")
+        assert migrated.returncode == 0 and "up to date" in migrated.stdout, migrated.stdout + migrated.stderr
         imported = cli("candles", "import", str(csv))
         assert imported.returncode == 0 and "1 candles: 1 new" in imported.stdout, imported.stdout + imported.stderr
 
         other = cli("session", "close", "--namespace", "another")
         assert other.returncode == 2 and "runs namespace" in other.stderr, other.stderr
+        # No --namespace: the mesh's own (round 15: every command of the runbook needed it).
+        again = cli("settle", "--date", day.isoformat())
+        assert again.returncode == 0 and "fills settled now       0" in again.stdout, again.stdout + again.stderr
+        # A mesh that has stopped: its mesh.json stays, its servers do not (round 15).
+        (tmp_path / "mesh.json").write_text(json.dumps({**state, "ready": False}))
+        stopped = cli("session", "close", "--namespace", namespace)
+        assert stopped.returncode == 2 and "is not running" in stopped.stderr, stopped.stderr
         (tmp_path / "none").mkdir()
         nowhere = cli("consumers", "--namespace", namespace, folder=tmp_path / "none")
         assert nowhere.returncode == 2 and "no --nats-url (or $NATS_URL) given, and no mesh runs in" in nowhere.stderr, \
