@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
+from prometheus_client import Counter, Gauge
 
 from matching_svc.adapters.jetstream import (
     Head,
@@ -42,6 +43,15 @@ from meshkit.bus import DeliveryGap
 from stockmesh.matching.v1 import matching_pb2 as pb
 
 log = logging.getLogger("matching_svc.engine")
+
+# What an operator watches of each symbol's engine (round 15: matching_svc had no metrics, so a
+# stalled engine showed only in `stockmesh consumers --behind`).
+OWNED = Gauge("stockmesh_engine_owned", "1 while this instance owns the symbol and applies its inputs", ["symbol"])
+INPUT_SEQUENCE = Gauge("stockmesh_engine_input_sequence",
+                       "The last input of the symbol this instance applied and published the results of", ["symbol"])
+RESTARTS = Counter("stockmesh_engine_restarts_total",
+                   "The symbol's runner started again, by why: lease_lost, delivery_gap, snapshot_moved, error",
+                   ["symbol", "reason"])
 
 # Outputs whose publishes are awaited together (bus.pipelined).
 PIPELINE = 1024
@@ -118,17 +128,21 @@ class SymbolRunner:
                     try:
                         await self._own(lease)
                     except LeaseLost:
+                        RESTARTS.labels(self.symbol, "lease_lost").inc()
                         log.warning("lease lost; stopped writing", extra={"symbol": self.symbol})
                         break
                     except (asyncio.CancelledError, KeyboardInterrupt):
                         raise
                     except DeliveryGap as gap:  # expected after a NATS server went: not a bug
+                        RESTARTS.labels(self.symbol, "delivery_gap").inc()
                         log.warning("an input never reached the engine; starting again from the snapshot",
                                     extra={"symbol": self.symbol, "error": str(gap)})
                     except SnapshotMoved as moved:  # another engine wrote while this one was paused
+                        RESTARTS.labels(self.symbol, "snapshot_moved").inc()
                         log.warning("the snapshot head moved under this engine; starting again from it",
                                     extra={"symbol": self.symbol, "error": str(moved)})
                     except Exception:  # noqa: BLE001 - start again from the durable state
+                        RESTARTS.labels(self.symbol, "error").inc()
                         log.exception("engine error; restarting from the snapshot", extra={"symbol": self.symbol})
                         await asyncio.sleep(0.5)
             finally:
@@ -259,6 +273,8 @@ class SymbolRunner:
                 self._unsent = None
                 clean = True
             self.published_seq = engine.last_seq
+            OWNED.labels(self.symbol).set(1)
+            INPUT_SEQUENCE.labels(self.symbol).set(engine.last_seq)
             while True:
                 lease.check()
                 msgs = await sub.next_batch(timeout=min(1.0, self.ttl / 4))
@@ -281,6 +297,7 @@ class SymbolRunner:
                 self._kept = Kept(engine, token, outputs, notices)
             raise
         finally:
+            OWNED.labels(self.symbol).set(0)
             self._unsent = None
             self.engine = None
             if clean and since_snapshot and lease.valid():
@@ -324,6 +341,7 @@ class SymbolRunner:
             lease.check()
         await self._publish(outputs, notices)
         self.published_seq = engine.last_seq
+        INPUT_SEQUENCE.labels(symbol).set(engine.last_seq)
         for msg in msgs:
             await msg.ack()
         self._unsent = None

@@ -32,6 +32,12 @@ async def publish_flow(js, ns: str, flow: Flow, count: int) -> int:
     return last
 
 
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 class Running:
     """A SymbolRunner driven in this process (its `run` as a task), counting its snapshot loads."""
 
@@ -88,11 +94,16 @@ async def test_a_lease_lost_for_a_moment_keeps_the_book(nats_conn):
                 raise nats.errors.TimeoutError
             return await head(symbol)
         r.runner.store.head = stalled
+        lost = metric("stockmesh_engine_restarts_total", symbol=symbol, reason="lease_lost")
         r.runner.lease.deadline = 0.0  # its renewals failed for a TTL: it must stop writing
         last = await publish_flow(js, ns, flow, 300)
         await r.caught_up(last)
         assert len(failed) == 2
         assert r.loads == 1  # the lease taken back, the book kept: nothing reloaded or replayed
+        # What an operator sees of it (round 15: matching_svc had no metrics at all).
+        assert metric("stockmesh_engine_restarts_total", symbol=symbol, reason="lease_lost") == lost + 1
+        assert metric("stockmesh_engine_owned", symbol=symbol) == 1
+        assert metric("stockmesh_engine_input_sequence", symbol=symbol) == last
         await same_as_an_uninterrupted_run(js, ns, symbol, r.runner)
 
 
