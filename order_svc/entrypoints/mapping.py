@@ -5,7 +5,7 @@ import uuid
 from decimal import Decimal
 
 from meshkit import validate
-from meshkit.errors import Violations
+from meshkit.errors import InvalidArgument, Violations
 from meshkit.money import MAX_PRICE, fmt_price, parse_decimal
 from meshkit.prototime import set_time
 from meshkit.symbols import known, on_tick, tick_size
@@ -61,8 +61,13 @@ def place_request(req: pb.PlaceOrderRequest, account_id: str) -> OrderRequest:
                        order_type, v)
         stop = _price(req.stop_price, "stop_price", order_type in (OrderType.STOP, OrderType.STOP_LIMIT),
                       order_type, v)
+    if v.items and symbol:  # named with the others (round 15: a form needed two round trips)
+        try:
+            known(symbol)
+        except InvalidArgument as exc:
+            v.items.extend(exc.violations)
     v.raise_if_any()
-    known(symbol)
+    known(symbol)  # alone: reason UNKNOWN_SYMBOL
     assert order_type is not None
     return OrderRequest(account_id=account_id, client_order_id=req.client_order_id, symbol=symbol,
                         side=SIDES[req.side], type=order_type, quantity=req.quantity, limit_price=limit,

@@ -353,6 +353,14 @@ async def test_malformed_requests_record_nothing(order_deps, checked_pool):
             client_order_id="x", symbol="NOPE", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_MARKET,
             quantity=1, time_in_force=common_pb2.TIME_IN_FORCE_DAY), a)
     assert err.value.reason == "UNKNOWN_SYMBOL"
+    # With other mistakes, the unknown symbol is named among them (round 15: only once the rest
+    # was right, so a form showing every error needed a second round trip).
+    with pytest.raises(InvalidArgument) as err:
+        mapping.place_request(pb.PlaceOrderRequest(
+            client_order_id="x", symbol="ZZZZ", side=common_pb2.SIDE_BUY, type=common_pb2.ORDER_TYPE_MARKET,
+            quantity=0, time_in_force=common_pb2.TIME_IN_FORCE_DAY), a)
+    assert err.value.reason == "INVALID_ARGUMENT"
+    assert sorted(v.field for v in err.value.violations) == ["quantity", "symbol"]
 
 
 async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, namespace):
