@@ -169,8 +169,13 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
             account = "viewer"  # market data needs a token, not a particular account
         from meshkit.launcher import keys
 
-        if not (folder / "keys").exists() and address is None:
-            _endpoint(folder)  # the clearer message: no mesh here at all
+        if not (keys.keys_dir(folder) / "private.pem").exists():
+            if address is None:
+                _endpoint(folder)  # the clearer message: no mesh here at all
+            # A key pair made here would sign tokens no mesh accepts (round 15: Envoy's raw
+            # "Jwks doesn't have key to match kid", and a stray key pair left behind).
+            raise click.UsageError(f"no keys in {folder} to sign a token for the mesh at {address}: pass --data-dir "
+                                   "of that mesh (where `stockmesh up` keeps its keys), or --token")
         token = keys.mint_token(folder, account, ttl=3600)
     return Client(address or _endpoint(folder), token, timeout)
 

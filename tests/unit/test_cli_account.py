@@ -27,6 +27,16 @@ def test_a_bad_account_is_a_usage_error(tmp_path, command, account, problem):
     assert not (tmp_path / "keys").exists()  # nothing minted
 
 
+@pytest.mark.parametrize("command", COMMANDS[1:], ids=lambda c: " ".join(c[:2]))
+def test_a_customer_command_with_an_address_and_no_keys_says_so_and_makes_none(tmp_path, command):
+    """Round 15: it made a key pair in a folder without one and signed with it, and Envoy answered
+    "Jwks doesn't have key to match kid"."""
+    done = CliRunner().invoke(main, [*command, "--account", "alice", "--data-dir", str(tmp_path),
+                                     "--address", "127.0.0.1:1"])
+    assert done.exit_code == 2 and "no keys in" in done.output and "--token" in done.output, done.output
+    assert not (tmp_path / "keys").exists()
+
+
 def test_a_good_account_gets_its_token(tmp_path):
     import jwt
 
