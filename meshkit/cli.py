@@ -728,32 +728,42 @@ _engine_data_dir = click.option("--data-dir", type=click.Path(file_okay=False, p
                                      "else ./.stockmesh")
 
 
+def _symbols(given: tuple[str, ...]) -> list[str]:
+    """The symbols named, or every listed one for `all` (round 15: a final settlement on an
+    always-open market took twelve halts)."""
+    from meshkit.symbols import listed
+
+    return sorted(listed()) if [s.lower() for s in given] == ["all"] else list(given)
+
+
 @engine.command("halt")
-@click.argument("symbol")
+@click.argument("symbols", nargs=-1, required=True)
 @click.option("--reason", default="", help="Why (at most 200 characters; shown by `engine status`; default: "
                                           "halted by an operator).")
 @_engine_address
 @_engine_data_dir
-def engine_halt(symbol: str, reason: str, address: str | None, data_dir: Path | None) -> None:
-    """Halt trading in SYMBOL: new orders and replaces are REJECTED / SYMBOL_HALTED (by order_svc
-    at once, and by the engine for any order sequenced after the halt); cancels still work and
-    resting orders stay in the book."""
+def engine_halt(symbols: tuple[str, ...], reason: str, address: str | None, data_dir: Path | None) -> None:
+    """Halt trading in SYMBOLS (or `all`): new orders and replaces are REJECTED / SYMBOL_HALTED
+    (by order_svc at once, and by the engine for any order sequenced after the halt); cancels
+    still work and resting orders stay in the book."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    _engine_call(address, data_dir, "HaltSymbol", ec.HaltSymbolRequest(symbol=symbol, reason=reason))
-    click.echo(f"{symbol.upper()} halted")
+    for symbol in _symbols(symbols):
+        _engine_call(address, data_dir, "HaltSymbol", ec.HaltSymbolRequest(symbol=symbol, reason=reason))
+        click.echo(f"{symbol.upper()} halted")
 
 
 @engine.command("resume")
-@click.argument("symbol")
+@click.argument("symbols", nargs=-1, required=True)
 @_engine_address
 @_engine_data_dir
-def engine_resume(symbol: str, address: str | None, data_dir: Path | None) -> None:
-    """Resume trading in SYMBOL."""
+def engine_resume(symbols: tuple[str, ...], address: str | None, data_dir: Path | None) -> None:
+    """Resume trading in SYMBOLS (or `all`)."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    _engine_call(address, data_dir, "ResumeSymbol", ec.ResumeSymbolRequest(symbol=symbol))
-    click.echo(f"{symbol.upper()} trading")
+    for symbol in _symbols(symbols):
+        _engine_call(address, data_dir, "ResumeSymbol", ec.ResumeSymbolRequest(symbol=symbol))
+        click.echo(f"{symbol.upper()} trading")
 
 
 @engine.command("status")

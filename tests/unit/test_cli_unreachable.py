@@ -70,3 +70,19 @@ def test_a_date_not_written_yyyy_mm_dd_is_a_usage_error(args, text):
     done = CliRunner().invoke(main, [*args, text])
     assert done.exit_code == 2, done.output
     assert "is not a date like 2026-11-23" in done.output and "Traceback" not in done.output
+
+
+def test_engine_halt_and_resume_take_several_symbols_or_all(monkeypatch):
+    """Round 15: a final settlement on an always-open market took twelve `engine halt`s."""
+    from meshkit import cli
+    from meshkit.symbols import listed
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(cli, "_engine_call", lambda address, data_dir, method, request: calls.append(
+        (method, request.symbol)))
+    done = CliRunner().invoke(main, ["engine", "halt", "all", "--reason", "end of day", "--address", "x:1"])
+    assert done.exit_code == 0, done.output
+    assert calls == [("HaltSymbol", s) for s in sorted(listed())]
+    calls.clear()
+    done = CliRunner().invoke(main, ["engine", "resume", "AAPL", "KO", "--address", "x:1"])
+    assert done.exit_code == 0 and calls == [("ResumeSymbol", "AAPL"), ("ResumeSymbol", "KO")], done.output
