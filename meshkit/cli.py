@@ -452,7 +452,6 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
     before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
     namespace = _namespace(namespace, data_dir, database_url is not None or nats_url is not None)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
-    namespace = _namespace(namespace, data_dir, nats_url is not None)
     nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
@@ -486,6 +485,7 @@ def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path
 
     from meshkit.bus import COMMAND_ATTEMPTS, STREAMS, connect, consumers as consumers_of, stream_name
 
+    namespace = _namespace(namespace, data_dir, nats_url is not None)
     nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
 

@@ -46,9 +46,9 @@ def parse_decimal(text: str, field: str, v: Violations, *, places: int,
     if m.group(3) and len(m.group(3).rstrip("0")) > places:
         v.add(field, f"must have at most {places} decimal places")
         return None
+    if m.group(3) and len(m.group(3)) > places:  # only zeros past the places: dropped from the text
+        text = text[:len(text) - (len(m.group(3)) - places)]
     value = Decimal(text)
-    if m.group(3) and len(m.group(3)) > places:
-        value = value.quantize(Decimal(1).scaleb(-places))
     if positive and value <= 0:
         v.add(field, "must be positive")
         return None

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import nats.errors
@@ -178,7 +179,18 @@ class SnapshotMoved(Exception):
 
 
 def snapshot_name(symbol: str, seq: int) -> str:
-    return f"{symbol}@{seq}"
+    """A new snapshot's object name, `<SYMBOL>@<last input>.<token>`: unique to this write. Two
+    writers saving at one input (a quiet symbol: a stale owner and the new one) must not share
+    an object, which the loser of the head's compare-and-set deletes (round 15 review)."""
+    return f"{symbol}@{seq}.{uuid.uuid4().hex[:12]}"
+
+
+def snapshot_seq(symbol: str, name: str) -> int | None:
+    """The last input in a snapshot object's name, None for a name not of the symbol's
+    snapshots (the older layout's, another symbol's)."""
+    prefix, _, rest = name.rpartition("@")
+    seq = rest.split(".", 1)[0]
+    return int(seq) if prefix == symbol and seq.isdigit() else None
 
 
 def legacy_snapshots(symbol: str) -> tuple[Snapshot, ...]:
@@ -293,8 +305,8 @@ class SnapshotStore:
             name = info.name
             if name in named:
                 continue
-            prefix, _, seq = name.rpartition("@")
-            if name in legacy or (prefix == symbol and seq.isdigit() and int(seq) < floor):
+            seq = snapshot_seq(symbol, name)
+            if name in legacy or (seq is not None and seq < floor):
                 await self.delete(name)
                 gone.append(name)
         return gone

@@ -93,6 +93,11 @@ class Kept:
     consumer: str  # the token of the input consumer it was reading
     outputs: list = field(default_factory=list)
     notices: list = field(default_factory=list)
+    # Inputs applied since the last snapshot, and when the first of them was: the next snapshot
+    # comes as if the runner had not stopped (round 15 review: lease losses less than a minute
+    # apart put it off for as long as they went on).
+    since_snapshot: int = 0
+    snapshot_at: float = 0.0
 
 
 class SymbolRunner:
@@ -108,8 +113,10 @@ class SymbolRunner:
         self._head: Head | None = None  # the symbol's snapshot head as this runner last saw or moved it
         self._base: Snapshot | None = None  # the snapshot this runner started from or saved last
         self._kept: Kept | None = None
-        # The outputs and notices of the batch being published: its inputs are applied.
+        # The outputs and notices of the batch being published: its inputs (how many: below)
+        # are applied.
         self._unsent: tuple[list, list] | None = None
+        self._unsent_inputs = 0
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -135,7 +142,8 @@ class SymbolRunner:
                         raise
                     except DeliveryGap as gap:  # expected after a NATS server went: not a bug
                         RESTARTS.labels(self.symbol, "delivery_gap").inc()
-                        log.warning("an input never reached the engine; starting again from the snapshot",
+                        log.warning("an input never reached the engine; starting again (from the book kept, "
+                                    "or the snapshot)",
                                     extra={"symbol": self.symbol, "error": str(gap)})
                     except SnapshotMoved as moved:  # another engine wrote while this one was paused
                         RESTARTS.labels(self.symbol, "snapshot_moved").inc()
@@ -143,7 +151,8 @@ class SymbolRunner:
                                     extra={"symbol": self.symbol, "error": str(moved)})
                     except Exception:  # noqa: BLE001 - start again from the durable state
                         RESTARTS.labels(self.symbol, "error").inc()
-                        log.exception("engine error; restarting from the snapshot", extra={"symbol": self.symbol})
+                        log.exception("engine error; restarting (from the book kept, or the snapshot)",
+                                      extra={"symbol": self.symbol})
                         await asyncio.sleep(0.5)
             finally:
                 self.engine = None
@@ -158,6 +167,8 @@ class SymbolRunner:
         build a wrong book. A store of the older layout (no head) is read the same way."""
         self._head = head = await self.store.head(self.symbol)
         self._base = None
+        if head is not None:
+            await self._no_older_writer(head)
         stored = head is not None
         for snap in head.named() if head is not None else legacy_snapshots(self.symbol):
             blob = await self.store.load(snap.name)
@@ -181,6 +192,26 @@ class SymbolRunner:
         if stored:
             raise RuntimeError(f"{self.symbol}: no stored snapshot can be read; not starting from an empty book")
         return SymbolEngine(self.symbol, dedupe_capacity=self.cfg.dedupe_capacity)
+
+    async def _no_older_writer(self, head: Head) -> None:
+        """Refuse the symbol when an engine of the previous version (the older layout: one
+        object under the symbol's name) saved after the head was made: it trimmed by its own
+        snapshots, so the head's may lack inputs, and no book built here would be right. This
+        version must not run beside the previous one (docs/matching.md, upgrading)."""
+        legacy = legacy_snapshots(self.symbol)[0]
+        if legacy.name in {s.name for s in head.named()}:
+            return
+        blob = await self.store.load(legacy.name)
+        if blob is None:
+            return
+        try:
+            seq = SymbolEngine.from_bytes(blob).last_seq
+        except Exception:  # noqa: BLE001 - unreadable: it says nothing
+            return
+        if seq > head.current.seq:
+            raise RuntimeError(f"{self.symbol}: an engine of the previous version saved a snapshot at input {seq}, "
+                               f"after this version's (input {head.current.seq}); not starting the symbol (see "
+                               "docs/matching.md, upgrading)")
 
     async def _save(self, engine: SymbolEngine, lease: Lease) -> None:
         """Store a snapshot under a name of its own, then move the head to it, keeping the one
@@ -261,14 +292,14 @@ class SymbolRunner:
                                           "kept_book": kept is not None})
         self.engine = engine
         clean = True  # every applied input's results are published and acked
-        since_snapshot = 0
-        snapshot_at = time.monotonic()
+        since_snapshot = kept.since_snapshot if kept is not None else 0
+        snapshot_at = kept.snapshot_at if kept is not None else time.monotonic()
         try:
             if kept is not None and (kept.outputs or kept.notices):
                 # The batch whose publishing failed: published again, as a replay would, in
                 # the same chunks (what was stored of it is dropped by id).
                 clean = False
-                self._unsent = (kept.outputs, kept.notices)
+                self._unsent, self._unsent_inputs = (kept.outputs, kept.notices), 0  # counted already
                 await self._publish(kept.outputs, kept.notices)
                 self._unsent = None
                 clean = True
@@ -294,7 +325,8 @@ class SymbolRunner:
             # cut short): kept, for _resume to check at the next start.
             if clean or self._unsent is not None:
                 outputs, notices = self._unsent or ([], [])
-                self._kept = Kept(engine, token, outputs, notices)
+                applied = since_snapshot + (self._unsent_inputs if self._unsent is not None else 0)
+                self._kept = Kept(engine, token, outputs, notices, applied, snapshot_at)
             raise
         finally:
             OWNED.labels(self.symbol).set(0)
@@ -317,6 +349,7 @@ class SymbolRunner:
         outputs: list[tuple[str, bytes, str, frozenset[str]]] = []  # subject, payload, id, orders named
         notices: list[bytes] = []
         applied = 0
+        last_md: int | None = None  # where the batch's last market-data event is in `outputs`
         for msg in msgs:
             seq, time_ns = input_position(msg)
             if seq <= engine.last_seq:
@@ -334,9 +367,16 @@ class SymbolRunner:
                 else:
                     notices.append(ex.SerializeToString())
             for md in out.market_data:
-                # Market data needs no order among itself: its readers keep the newest sequence.
+                last_md = len(outputs)
                 outputs.append((md_subject, md.SerializeToString(), f"{symbol}:md:{md.sequence}", frozenset()))
-        self._unsent = (outputs, notices)
+        if last_md is not None:
+            # Market data needs no order among itself (its followers keep the newest sequence),
+            # but a reader that starts from the symbol's last stored event (quote_svc, order_svc's
+            # prices) must find the newest: the batch's last one goes in a chunk of its own,
+            # after everything before it is stored, a republish included (round 15 review).
+            subject, payload, msg_id, _ = outputs[last_md]
+            outputs[last_md] = (subject, payload, msg_id, frozenset({"*"}))
+        self._unsent, self._unsent_inputs = (outputs, notices), applied
         if outputs or notices:
             lease.check()
         await self._publish(outputs, notices)

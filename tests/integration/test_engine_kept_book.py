@@ -95,7 +95,10 @@ async def test_a_lease_lost_for_a_moment_keeps_the_book(nats_conn):
             return await head(symbol)
         r.runner.store.head = stalled
         lost = metric("stockmesh_engine_restarts_total", symbol=symbol, reason="lease_lost")
-        r.runner.lease.deadline = 0.0  # its renewals failed for a TTL: it must stop writing
+        lease = r.runner.lease  # its renewals failed for a TTL: it must stop writing
+        lease._stopped = True  # (no renewal of its own may land meanwhile and put the deadline back)
+        lease._renewer.cancel()
+        lease.deadline = 0.0
         last = await publish_flow(js, ns, flow, 300)
         await r.caught_up(last)
         assert len(failed) == 2

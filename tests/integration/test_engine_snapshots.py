@@ -142,3 +142,50 @@ async def test_a_head_move_whose_reply_was_lost_is_recognised(nats_conn):
     assert await store.advance(symbol, first, new) == moved  # sent again: it had landed
     with pytest.raises(SnapshotMoved):
         await store.advance(symbol, first, Head(Snapshot(f"{symbol}@8", 8), first.current))
+
+
+async def test_two_writers_saving_at_one_input_do_not_share_a_snapshot(nats_conn):
+    """A quiet symbol: the stale owner and the new one both save at input K. With one name per
+    input, the stale owner's clean-up after SnapshotMoved deleted the snapshot the new head
+    names (round 15 review)."""
+    ns, symbol = f"sk{uuid.uuid4().hex[:8]}", "JPM"
+    names, js = Names(ns), nats_conn.jetstream()
+    await ensure_streams(js, names)
+    flow = Flow(js, ns, symbol)
+    await flow.publish(20)
+    cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
+
+    def runner() -> SymbolRunner:
+        return SymbolRunner(symbol, nats_conn, cfg, SnapshotStore(js, names), kv=None, ttl=10.0)
+
+    stale = runner()
+    old = flow.apply(await stale._load(), 10)
+    await stale._save(old, Lease())
+    owner = runner()
+    new = flow.apply(await owner._load(), 20)
+    await owner._save(new, Lease())
+    head = await SnapshotStore(js, names).head(symbol)
+    flow.apply(old, 20)  # the stale owner, woken up, at the same input
+    with pytest.raises(SnapshotMoved):
+        await stale._save(old, Lease())
+    assert await SnapshotStore(js, names).head(symbol) == head
+    assert head.current.name in await objects(js, names)
+    assert (await runner()._load()).last_seq == new.last_seq
+
+
+async def test_a_previous_version_saving_after_the_head_stops_the_symbol(nats_conn):
+    """Beside this version (a rolling update, a rollback), an engine of the previous one saves
+    `<SYMBOL>` and trims by its own snapshots: the head's may lack inputs then, and a book built
+    from it would be wrong. The symbol is refused, not started wrong (round 15 review)."""
+    ns, symbol = f"sv{uuid.uuid4().hex[:8]}", "XOM"
+    names, js = Names(ns), nats_conn.jetstream()
+    await ensure_streams(js, names)
+    flow = Flow(js, ns, symbol)
+    await flow.publish(30)
+    store = SnapshotStore(js, names)
+    cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
+    first = SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)
+    await first._save(flow.apply(await first._load(), 10), Lease())
+    await store.save(symbol, flow.apply(SymbolEngine(symbol), 30).to_bytes())  # the previous version, later
+    with pytest.raises(RuntimeError, match="an engine of the previous version saved a snapshot"):
+        await SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)._load()

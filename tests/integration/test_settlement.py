@@ -218,7 +218,7 @@ async def test_the_end_of_day_runbook_needs_only_the_mesh_s_data_folder(pg_serve
         assert settled.returncode == 0 and "fills settled now       0" in settled.stdout, settled.stdout + settled.stderr
         trimmed = cli("journal", "trim", "--before", day.isoformat(), "--dry-run", "--namespace", namespace)
         assert "Missing option" not in trimmed.stderr and "no --" not in trimmed.stderr, trimmed.stderr
-        listed = cli("consumers", "--namespace", namespace)
+        listed = cli("consumers")  # the mesh's namespace, from mesh.json
         assert listed.returncode == 0 and "0 of 0 durable consumers" in listed.stdout, listed.stdout + listed.stderr
         migrated = cli("migrate")
         assert migrated.returncode == 0 and "up to date" in migrated.stdout, migrated.stdout + migrated.stderr

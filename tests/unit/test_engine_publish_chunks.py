@@ -28,11 +28,12 @@ class Stream:
         self.stored: list[tuple[str, bytes]] = []
         self.ids: set[str] = set()
         self.refuse_next_execution = False
+        self.refuse_next_md = False
 
     async def publish_async(self, subject, payload, headers):
         fut = asyncio.get_running_loop().create_future()
-        if self.refuse_next_execution and ".executions." in subject:
-            self.refuse_next_execution = False
+        if (self.refuse_next_execution and ".executions." in subject) or (self.refuse_next_md and ".md." in subject):
+            self.refuse_next_execution = self.refuse_next_md = False
             fut.set_exception(nats.js.errors.NoStreamResponseError())
         else:
             if headers["Nats-Msg-Id"] not in self.ids:
@@ -95,6 +96,22 @@ async def test_an_orders_fills_are_stored_in_order_when_a_publish_in_their_batch
     # The runner starts again from its snapshot (none here) and replays every input.
     await run._process(SymbolEngine("AAPL"), makers + taker, Lease())
     assert fills_of(js.stored, "t") == [10, 5, 0]
+
+
+async def test_the_symbols_last_stored_market_data_is_its_newest_when_a_publish_is_refused():
+    """Followers keep the newest sequence, but a reader that starts from the symbol's last stored
+    event (quote_svc, order_svc's prices) took an older one after a refused publish and a
+    republish (round 15 review)."""
+    js = Stream()
+    cfg = runner.EngineConfig(namespace="ns", symbols=("AAPL",), instance_id="i1")
+    run = runner.SymbolRunner("AAPL", Conn(js), cfg, store=None, kv=None, ttl=10.0)
+    inputs = [Input(i, new_order(f"m{i}", "alice", SELL, 5, limit=f"{10 + i}")) for i in range(1, 5)]
+    js.refuse_next_md = True
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await run._process(SymbolEngine("AAPL"), inputs, Lease())
+    await run._process(SymbolEngine("AAPL"), inputs, Lease())  # the replay
+    md = [pb.MarketDataEvent.FromString(p).sequence for s, p in js.stored if ".md." in s]
+    assert md and md[-1] == max(md), md
 
 
 def test_chunks_never_hold_two_items_with_a_key_in_common():

@@ -70,6 +70,13 @@ def test_prices_allow_four_places_and_negative_when_asked():
     assert parse_decimal("0.1234", "p", v, places=4, maximum=Decimal(10)) == Decimal("0.1234")
     # Zeros past the places are the same number (round 15: "187.25000" was refused).
     assert str(parse_decimal("187.25000", "p", v, places=4, maximum=Decimal(1000))) == "187.2500"
+    assert not v.items
+    # ... and too large is still a violation, never an error of ours (round 15 review: the zeros
+    # were dropped by quantize, which raised for 28 digits and more before the maximum was checked).
+    for text, places in (("1234567890123456789012345678.000", 2), ("12345678901234567890123456.00000", 4)):
+        big = Violations()
+        assert parse_decimal(text, "p", big, places=places, maximum=Decimal(10) ** 8) is None
+        assert [i.description for i in big.items] == [f"must not exceed {Decimal(10) ** 8}"]
     assert parse_decimal("-1.5", "p", v, places=4, maximum=Decimal(10), positive=False) == Decimal("-1.5")
     assert not v.items
 
