@@ -225,11 +225,16 @@ async def _supervised(task_fn: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1)
 
 
+def start_metrics(settings: config.Settings) -> None:
+    """Prometheus /metrics on METRICS_LISTEN:METRICS_PORT (none without a port)."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+
+
 async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings], Awaitable[App]]) -> None:
     app = await bootstrap(settings)
     server, port, health_servicer = await create_server(settings.listen, app)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    start_metrics(settings)
     await server.start()
     # Everything built so far (modules, descriptors, pools) lives as long as the process:
     # moved out of the collector's reach, a full collection scans only what came after it.

@@ -166,7 +166,7 @@ class HoldNotYet(Unavailable):
     replacement, which order_svc has seen confirmed before the ledger applied the same execution
     (their consumers are apart). Transient: the replacement is recorded, and retrying with the
     same ids (or the recovery loop) completes it (round 15)."""
-    default_reason = "ORDER_CHANGE_PENDING"
+    default_reason = "LEDGER_CATCHING_UP"  # not FAILED_PRECONDITION ORDER_CHANGE_PENDING: retry, do not wait
 
     def __init__(self, order_id: str) -> None:
         super().__init__(f"order {order_id} has just changed, and the ledger is still applying that change; "

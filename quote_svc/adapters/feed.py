@@ -50,11 +50,14 @@ async def follow_quotes(js: JetStreamContext, namespace: str, symbols: Iterable[
 
 
 async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -> list:
-    """The cached quotes (Redis) this feed can have made: a symbol's cached sequence is at most
-    that of the last event the stream holds of it. A cache of the same namespace left by
+    """The cached quotes (Redis) to seed the book with: those older than the last event the
+    stream holds of their symbol, which the feed then applies over them at once (one of the
+    same sequence adds nothing the feed does not rebuild). A cache of the same namespace left by
     another history (a data folder started afresh, JetStream restored to an earlier point) holds
-    higher sequences, and a quote seeded from it would stay frozen until the feed overtook it,
-    hours on a quiet symbol (round 15). The others are dropped, with a warning."""
+    the same or higher sequences, and a quote seeded from it stayed frozen until the feed
+    overtook it, hours on a quiet symbol (round 15). The others are dropped, with a warning;
+    with NATS not answering, all of them (the feed rebuilds every quote)."""
+    import nats.errors
     from nats.js.errors import NotFoundError
 
     stream = await bus.ensure_stream(js, namespace, "md")
@@ -64,7 +67,10 @@ async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -
             last = _decode(await bus.last_msg(js, stream, bus.subject(namespace, "md", q.symbol)))
         except NotFoundError:
             last = None
-        if last is not None and q.sequence <= last.sequence:
+        except nats.errors.TimeoutError:
+            log.warning("could not check the cached quotes against the feed; none taken")
+            return []
+        if last is not None and q.sequence < last.sequence:
             kept.append(q)
         else:
             log.warning("cached quote from another market-data history dropped",

@@ -304,6 +304,15 @@ def test_scraped_pods_serve_their_metrics_beyond_loopback(monkeypatch) -> None:
     assert settings.load("test").metrics_host == "0.0.0.0"
     monkeypatch.delenv("METRICS_LISTEN")
     assert settings.load("test").metrics_host == "127.0.0.1"  # stockmesh up: loopback
+    # ... and the address is the one /metrics listens on (it was 127.0.0.1 whatever was set).
+    from meshkit import server
+
+    listened: list[tuple[int, str]] = []
+    monkeypatch.setattr(server, "start_http_server", lambda port, addr: listened.append((port, addr)))
+    monkeypatch.setenv("METRICS_LISTEN", "0.0.0.0")
+    monkeypatch.setenv("METRICS_PORT", "9100")
+    server.start_metrics(settings.load("test"))
+    assert listened == [(9100, "0.0.0.0")]
 
 
 def test_kubernetes_services_answer_to_envoy_s_names_on_a_three_server_jetstream() -> None:

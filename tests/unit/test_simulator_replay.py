@@ -133,13 +133,16 @@ async def test_a_jump_trades_at_each_of_its_quotes(tmp_path: Path, monkeypatch):
     assert len(jump) >= 5 and set(jump) <= stub.takers, (jump, sorted(stub.takers))
 
 
-@pytest.mark.parametrize("steps", [0, -1])
-def test_replay_steps_must_be_positive(monkeypatch, steps):
-    from meshkit.config import ConfigError, env_int
+@pytest.mark.parametrize("steps", ["0", "-1", "many"])
+def test_the_simulator_refuses_replay_steps_below_one(tmp_path: Path, steps: str):
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("SIM_REPLAY_STEPS", str(steps))
-    with pytest.raises(ConfigError):
-        env_int("SIM_REPLAY_STEPS", 4, minimum=1)
+    env = {**os.environ, "STOCKMESH_ENDPOINT": "127.0.0.1:1", "STOCKMESH_DATA_DIR": str(tmp_path),
+           "SIM_REPLAY_STEPS": steps}
+    done = subprocess.run([sys.executable, "-m", "simulator"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "SIM_REPLAY_STEPS" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_up_checks_the_replay_file_before_it_starts_anything(tmp_path: Path, monkeypatch):
