@@ -150,7 +150,7 @@ class Simulator:
         taker_chance = 0.6 if symbol in HOT else 0.25
         book = Maker(symbol, maker(symbol))
         loop = asyncio.get_running_loop()
-        mid = reference
+        mid = traded = reference  # `traded`: where a taker of ours last took the quote
         n = 0
         while True:
             n += 1
@@ -190,12 +190,16 @@ class Simulator:
                     for order_id in old:
                         if await self._cancel(stub, book.account, order_id):
                             book.resting[side].remove(order_id)
-                # A replay's jump trades at each of its quotes: the price band follows the last trade.
-                if rng.random() < taker_chance or getattr(walk, "jumping", False):
+                # order_svc's price band is around the last trade: a replay's jump trades at each
+                # of its quotes, and so does any quote 10 % off our last trade (steps under the
+                # jump's 5 %, one after the other with no trade, add up; round 15 review).
+                drifted = abs(mid - traded) > traded / 10
+                if rng.random() < taker_chance or getattr(walk, "jumping", False) or drifted:
                     buy = rng.random() < 0.5
                     await self._place(stub, rng.choice(TAKERS), self._limit(
                         f"{symbol}-{n}-t", symbol, common_pb2.SIDE_BUY if buy else common_pb2.SIDE_SELL,
                         rng.randint(1, 50), q.ask if buy else q.bid, common_pb2.TIME_IN_FORCE_IOC))
+                    traded = q.ask if buy else q.bid
                     self.trades_sent += 1
             except asyncio.CancelledError:
                 raise

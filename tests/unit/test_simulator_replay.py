@@ -133,6 +133,26 @@ async def test_a_jump_trades_at_each_of_its_quotes(tmp_path: Path, monkeypatch):
     assert len(jump) >= 5 and set(jump) <= stub.takers, (jump, sorted(stub.takers))
 
 
+async def test_quotes_never_drift_a_tenth_from_the_last_trade(tmp_path: Path, monkeypatch):
+    """Steps under the jump's 5 %, one after the other, add up: without a trade among them the
+    quotes would leave order_svc's band around the last trade (20 %) and nothing could trade."""
+    climb = [candle(f"{62 + 2 * i}.00", f"{62 + 2 * i}.00", f"{62 + 2 * i}.00", f"{62 + 2 * i}.00", minute=i)
+             for i in range(12)]  # +3 % a step, 40 % in all
+
+    class NoChance(random.Random):  # no taker comes by chance: only the ones the band needs
+        def random(self) -> float:
+            return 0.9
+    monkeypatch.setattr(runner.random, "Random", NoChance)
+    stub = await simulated(tmp_path, monkeypatch, 5, climb, 44)
+    traded = D("62.15")
+    for n, r in sorted(stub.rounds.items()):
+        if len(r) == 2:
+            mid = (r[common_pb2.SIDE_BUY] + r[common_pb2.SIDE_SELL]) / 2
+            assert abs(mid - traded) <= traded * D("0.15"), (n, mid, traded)
+        if n in stub.takers:
+            traded = mid
+
+
 @pytest.mark.parametrize("steps", ["0", "-1", "many"])
 def test_the_simulator_refuses_replay_steps_below_one(tmp_path: Path, steps: str):
     import os
