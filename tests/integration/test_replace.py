@@ -174,6 +174,25 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     assert (ended.value.metadata["replacedBy"], ended.value.metadata["lastStatus"]) == (str(new.order_id), "CANCELLED")
 
 
+async def test_a_cancel_of_an_order_replaced_twice_names_the_one_working(engine, order_deps, execution_consumers,
+                                                                         checked_pool, namespace):
+    a = acct("chain")
+    await fund(checked_pool, a, cash="1700.00")
+    first = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    second = await handlers.replace_order(replace(a, first.order_id, 10, "164.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, a, second.order_id, Status.NEW), "the first replacement")
+    third = await handlers.replace_order(replace(a, second.order_id, 10, "163.00"), order_deps)
+    await eventually(lambda: order_is(order_deps, a, third.order_id, Status.NEW), "the second replacement")
+    with pytest.raises(model.OrderNotActive, match=f"by order {second.order_id}, then again\\): order "
+                                                   f"{third.order_id} is working in its place") as refused:
+        await handlers.cancel_order(a, first.order_id, order_deps)
+    assert (refused.value.metadata["replacedBy"], refused.value.metadata["lastReplacement"]) == (
+        str(second.order_id), str(third.order_id))
+    await handlers.cancel_order(a, third.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, third.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
+
+
 async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new_stop(
         engine, order_deps, execution_consumers, checked_pool, namespace):
     """A buy STOP's collar (the worst price its market order may pay once triggered) follows
