@@ -326,6 +326,7 @@ class Mesh:
             # (meshkit.config; no service calls quote_svc or matching_svc).
             **{f"{other.removesuffix('_svc').upper()}_ADDR": targets[other] for other in INTERNALLY_CALLED},
             "METRICS_PORT": str(self.metrics_ports[name]),
+            "METRICS_LISTEN": "127.0.0.1",  # a development machine's: whatever the shell says
             "GRPC_LISTEN": f"127.0.0.1:{port}",
             "DATABASE_URL": self.infra.database_url,
             "NATS_URL": self.infra.nats_url,
