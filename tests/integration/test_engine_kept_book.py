@@ -95,6 +95,7 @@ async def test_a_lease_lost_for_a_moment_keeps_the_book(nats_conn):
             return await head(symbol)
         r.runner.store.head = stalled
         lost = metric("stockmesh_engine_restarts_total", symbol=symbol, reason="lease_lost")
+        stalls = metric("stockmesh_engine_restarts_total", symbol=symbol, reason="nats_unavailable")
         lease = r.runner.lease  # its renewals failed for a TTL: it must stop writing
         lease._stopped = True  # (no renewal of its own may land meanwhile and put the deadline back)
         lease._renewer.cancel()
@@ -105,6 +106,8 @@ async def test_a_lease_lost_for_a_moment_keeps_the_book(nats_conn):
         assert r.loads == 1  # the lease taken back, the book kept: nothing reloaded or replayed
         # What an operator sees of it (round 15: matching_svc had no metrics at all).
         assert metric("stockmesh_engine_restarts_total", symbol=symbol, reason="lease_lost") == lost + 1
+        # NATS's two failed answers are said as such, not as engine errors with tracebacks.
+        assert metric("stockmesh_engine_restarts_total", symbol=symbol, reason="nats_unavailable") == stalls + 2
         assert metric("stockmesh_engine_owned", symbol=symbol) == 1
         assert metric("stockmesh_engine_input_sequence", symbol=symbol) == last
         await same_as_an_uninterrupted_run(js, ns, symbol, r.runner)
