@@ -54,16 +54,24 @@ class Flow:
         return engine
 
 
-async def test_a_stale_owner_cannot_put_an_older_snapshot_back(nats_conn):
-    ns, symbol = f"sf{uuid.uuid4().hex[:8]}", "AAPL"
+async def symbol_under_test(nats_conn, prefix: str, symbol: str, inputs: int):
+    """A namespace of its own with `inputs` inputs of `symbol` published: its names, JetStream,
+    the flow, and a maker of runners for it."""
+    ns = f"{prefix}{uuid.uuid4().hex[:8]}"
     names, js = Names(ns), nats_conn.jetstream()
     await ensure_streams(js, names)
     flow = Flow(js, ns, symbol)
-    await flow.publish(60)
+    await flow.publish(inputs)
     cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
 
     def runner() -> SymbolRunner:
         return SymbolRunner(symbol, nats_conn, cfg, SnapshotStore(js, names), kv=None, ttl=10.0)
+    return names, js, flow, runner
+
+
+async def test_a_stale_owner_cannot_put_an_older_snapshot_back(nats_conn):
+    symbol = "AAPL"
+    names, js, flow, runner = await symbol_under_test(nats_conn, "sf", symbol, 60)
 
     stale = runner()
     old = flow.apply(await stale._load(), 10)
@@ -96,25 +104,21 @@ async def test_the_older_layout_is_read_and_replaced(nats_conn):
     """A store written before heads existed (`<SYMBOL>`, `<SYMBOL>-previous`) is read as before;
     the first save starts a head whose previous snapshot is the older layout's newest, and the
     older objects go once nothing names them."""
-    ns, symbol = f"sl{uuid.uuid4().hex[:8]}", "MSFT"
-    names, js = Names(ns), nats_conn.jetstream()
-    await ensure_streams(js, names)
-    flow = Flow(js, ns, symbol)
-    await flow.publish(30)
+    symbol = "MSFT"
+    names, js, flow, runner = await symbol_under_test(nats_conn, "sl", symbol, 30)
     store = SnapshotStore(js, names)
     await store.save(f"{symbol}-previous", flow.apply(SymbolEngine(symbol), 5).to_bytes())
     legacy = flow.apply(SymbolEngine(symbol), 10)
     await store.save(symbol, legacy.to_bytes())
-    cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
 
-    first = SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)
+    first = runner()
     engine = await first._load()
     assert engine.last_seq == legacy.last_seq
     await first._save(flow.apply(engine, 20), Lease())
     head = await store.head(symbol)
     assert head.previous == Snapshot(symbol, legacy.last_seq)
 
-    second = SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)
+    second = runner()
     assert (await second._load()).last_seq == flow.inputs[19][0]
     assert await objects(js, names) == {head.current.name, symbol}  # `-previous` swept
     await second._save(flow.apply(engine, 30), Lease())
@@ -148,15 +152,8 @@ async def test_two_writers_saving_at_one_input_do_not_share_a_snapshot(nats_conn
     """A quiet symbol: the stale owner and the new one both save at input K. With one name per
     input, the stale owner's clean-up after SnapshotMoved deleted the snapshot the new head
     names (round 15 review)."""
-    ns, symbol = f"sk{uuid.uuid4().hex[:8]}", "JPM"
-    names, js = Names(ns), nats_conn.jetstream()
-    await ensure_streams(js, names)
-    flow = Flow(js, ns, symbol)
-    await flow.publish(20)
-    cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
-
-    def runner() -> SymbolRunner:
-        return SymbolRunner(symbol, nats_conn, cfg, SnapshotStore(js, names), kv=None, ttl=10.0)
+    symbol = "JPM"
+    names, js, flow, runner = await symbol_under_test(nats_conn, "sk", symbol, 20)
 
     stale = runner()
     old = flow.apply(await stale._load(), 10)
@@ -177,15 +174,10 @@ async def test_a_previous_version_saving_after_the_head_stops_the_symbol(nats_co
     """Beside this version (a rolling update, a rollback), an engine of the previous one saves
     `<SYMBOL>` and trims by its own snapshots: the head's may lack inputs then, and a book built
     from it would be wrong. The symbol is refused, not started wrong (round 15 review)."""
-    ns, symbol = f"sv{uuid.uuid4().hex[:8]}", "XOM"
-    names, js = Names(ns), nats_conn.jetstream()
-    await ensure_streams(js, names)
-    flow = Flow(js, ns, symbol)
-    await flow.publish(30)
-    store = SnapshotStore(js, names)
-    cfg = EngineConfig(namespace=ns, symbols=(symbol,), instance_id="x")
-    first = SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)
+    symbol = "XOM"
+    names, js, flow, runner = await symbol_under_test(nats_conn, "sv", symbol, 30)
+    first = runner()
     await first._save(flow.apply(await first._load(), 10), Lease())
-    await store.save(symbol, flow.apply(SymbolEngine(symbol), 30).to_bytes())  # the previous version, later
+    await SnapshotStore(js, names).save(symbol, flow.apply(SymbolEngine(symbol), 30).to_bytes())  # the previous version
     with pytest.raises(RuntimeError, match="an engine of the previous version saved a snapshot"):
-        await SymbolRunner(symbol, nats_conn, cfg, store, kv=None, ttl=10.0)._load()
+        await runner()._load()
