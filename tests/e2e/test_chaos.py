@@ -151,7 +151,10 @@ async def test_processes_killed_while_customers_trade_lose_nothing(chaos_mesh: M
                     f"{victim} not running\n{mesh.diagnostics()}"
                 before = mesh.state()
                 for name in together:
-                    os.kill(before["pids"][name], signal.SIGKILL)
+                    try:
+                        os.kill(before["pids"][name], signal.SIGKILL)
+                    except ProcessLookupError:  # it exited by itself after mesh.json named it (seen once
+                        pass                    # in CI, cause unknown): the launcher restarts it, as waited for below
                 restarted = await eventually(
                     lambda: all(mesh.state()["restarts"][name] > before["restarts"][name]
                                 and name in mesh.state()["pids"] for name in together), timeout=60)
