@@ -683,14 +683,11 @@ def _mesh_nats_url_required(data_dir: Path | None, namespace: str | None) -> str
 
 def _mesh_nats_url(folder: Path, namespace: str) -> str | None:
     """The NATS URL of the mesh `stockmesh up` runs in `folder` under `namespace` (mesh.json), if
-    there is one."""
-    from meshkit.cli_client import mesh_state
-
+    there is one running (_mesh_url's lookup, for a command that can go without)."""
     try:
-        state = mesh_state(folder, "NATS")
-    except click.UsageError:  # no mesh there
+        return _mesh_nats_url_required(folder, namespace)
+    except click.UsageError:
         return None
-    return (state.get("nats_url") or None) if state.get("namespace") == namespace and _running(state) else None
 
 
 @main.group()

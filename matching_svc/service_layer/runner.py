@@ -114,10 +114,9 @@ class SymbolRunner:
         self._head: Head | None = None  # the symbol's snapshot head as this runner last saw or moved it
         self._base: Snapshot | None = None  # the snapshot this runner started from or saved last
         self._kept: Kept | None = None
-        # The outputs and notices of the batch being published: its inputs (how many: below)
-        # are applied.
-        self._unsent: tuple[list, list] | None = None
-        self._unsent_inputs = 0
+        # The batch being published: its outputs, its notices and how many inputs it applied
+        # (applied: they are in the engine).
+        self._unsent: tuple[list, list, int] | None = None
         self._headers = {"Engine-Instance": cfg.instance_id}
 
     @property
@@ -309,7 +308,7 @@ class SymbolRunner:
                 # The batch whose publishing failed: published again, as a replay would, in
                 # the same chunks (what was stored of it is dropped by id).
                 clean = False
-                self._unsent, self._unsent_inputs = (kept.outputs, kept.notices), 0  # counted already
+                self._unsent = (kept.outputs, kept.notices, 0)  # its inputs are counted already
                 await self._publish(kept.outputs, kept.notices)
                 self._unsent = None
                 clean = True
@@ -334,9 +333,8 @@ class SymbolRunner:
             # Whole (no batch in flight, or every input of it applied and only its publishing
             # cut short): kept, for _resume to check at the next start.
             if clean or self._unsent is not None:
-                outputs, notices = self._unsent or ([], [])
-                applied = since_snapshot + (self._unsent_inputs if self._unsent is not None else 0)
-                self._kept = Kept(engine, token, outputs, notices, applied, snapshot_at)
+                outputs, notices, inputs = self._unsent or ([], [], 0)
+                self._kept = Kept(engine, token, outputs, notices, since_snapshot + inputs, snapshot_at)
             raise
         finally:
             OWNED.labels(self.symbol).set(0)
@@ -386,7 +384,7 @@ class SymbolRunner:
             # after everything before it is stored, a republish included (round 15 review).
             subject, payload, msg_id, _ = outputs[last_md]
             outputs[last_md] = (subject, payload, msg_id, frozenset({"*"}))
-        self._unsent, self._unsent_inputs = (outputs, notices), applied
+        self._unsent = (outputs, notices, applied)
         if outputs or notices:
             lease.check()
         await self._publish(outputs, notices)
