@@ -4,7 +4,9 @@ A missing required setting stops start-up with a message naming it.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -31,6 +33,23 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"setting {name} must be a whole number, got {raw!r}") from None
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _host(name: str, default: str) -> str:
+    """An address to listen on: an IP address (v4 or v6, without brackets) or a host name."""
+    raw = _get(name)
+    if raw is None:
+        return default
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        pass
+    if _HOSTNAME.fullmatch(raw) and not raw.replace(".", "").isdigit():
+        return raw
+    raise ConfigError(f"setting {name} must be an IP address or a host name (no port), got {raw!r}")
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
@@ -83,7 +102,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         data_dir=default_data_dir(),
         metrics_port=_int("METRICS_PORT", 0),
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
-        metrics_host=_get("METRICS_LISTEN") or "127.0.0.1",
+        metrics_host=_host("METRICS_LISTEN", "127.0.0.1"),
         ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
         order_addr=_get("ORDER_ADDR", required="ORDER_ADDR" in needs),
         bridge_listen=_get("BRIDGE_LISTEN") or None,

@@ -228,7 +228,12 @@ async def _supervised(task_fn: Callable[[], Awaitable[None]]) -> None:
 def start_metrics(settings: config.Settings) -> None:
     """Prometheus /metrics on METRICS_LISTEN:METRICS_PORT (none without a port)."""
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        try:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        except OSError as exc:  # a name that does not resolve, an address not ours, a port taken
+            raise config.ConfigError(
+                f"{settings.service}: cannot serve /metrics on METRICS_LISTEN={settings.metrics_host} "
+                f"METRICS_PORT={settings.metrics_port}: {exc}") from None
 
 
 async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings], Awaitable[App]]) -> None:

@@ -5,7 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from meshkit.config import ConfigError, env_choice
+from meshkit.config import ConfigError, env_choice, load
+from meshkit.server import start_metrics
 from order_svc.adapters.outbox import retention
 from order_svc.bootstrap import relays_in_process
 
@@ -41,3 +42,23 @@ def test_published_outbox_rows_are_kept_a_week_unless_told_otherwise_and_zero_ke
         monkeypatch.setenv("ORDER_OUTBOX_RETENTION_HOURS", bad)
         with pytest.raises(ConfigError, match="ORDER_OUTBOX_RETENTION_HOURS"):
             retention()
+
+
+def test_metrics_listen_is_an_address_or_a_host_name_and_anything_else_is_named(monkeypatch):
+    monkeypatch.setenv("GRPC_LISTEN", "127.0.0.1:0")
+    for good, taken in (("0.0.0.0", "0.0.0.0"), ("::", "::"), ("pod-3.metrics.svc", "pod-3.metrics.svc"),
+                        ("", "127.0.0.1")):
+        monkeypatch.setenv("METRICS_LISTEN", good)
+        assert load("x").metrics_host == taken
+    for bad in ("0.0.0.0:9100", "http://0.0.0.0", "[::]", "1.2.3", "a b", "-x"):
+        monkeypatch.setenv("METRICS_LISTEN", bad)
+        with pytest.raises(ConfigError, match="METRICS_LISTEN must be an IP address or a host name"):
+            load("x")
+
+
+def test_metrics_that_cannot_listen_stop_start_up_with_a_message_not_a_traceback(monkeypatch):
+    monkeypatch.setenv("GRPC_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("METRICS_PORT", "9")
+    monkeypatch.setenv("METRICS_LISTEN", "192.0.2.1")  # TEST-NET-1: never this machine's
+    with pytest.raises(ConfigError, match="x: cannot serve /metrics on METRICS_LISTEN=192.0.2.1 METRICS_PORT=9"):
+        start_metrics(load("x"))
