@@ -513,6 +513,11 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
     return stored
 
 
+# How long a replacement waits for the ledger to show the replaced order's hold before it is
+# rejected (HoldNotYet with no executions in flight: normally gone within a second).
+HOLD_MISSING_GIVE_UP = timedelta(minutes=2)
+
+
 async def advance_replace(o: Order, deps: Deps) -> Order:
     """Drive a PENDING_NEW replacement until its replace is in the outbox (then the engine
     decides), or to REJECTED when the ledger refuses the hold transfer."""
@@ -532,7 +537,16 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
             # its hold is there (round 15: the client got UNAVAILABLE, and the replace went
             # through 2 s later by the recovery loop).
             if not await deps.holds.await_executions(o.account_id):
-                raise
+                if now() - o.created_at < HOLD_MISSING_GIVE_UP:
+                    raise
+                # Nothing in flight, and still no hold long after: the ledger lacks the old
+                # order's hold for good (a ledger database restored alone). The transfer never
+                # happened, so rejecting the replacement leaves the old order as it stands;
+                # retrying for ever left it PENDING_NEW for ever.
+                log.error("the ledger has no hold of the order being replaced; replacement rejected",
+                          extra={"orderId": str(o.order_id), "replaces": str(o.replaces)})
+                return model.Refusal(RejectReason.INTERNAL,
+                                     f"the ledger has no hold of order {o.replaces}; the order stands unchanged")
             return await prepare()
     try:
         refused = await transfer()

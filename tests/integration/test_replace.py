@@ -618,6 +618,47 @@ async def test_a_replace_of_an_order_whose_hold_the_ledger_has_not_made_yet_wait
     await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the hold release")
 
 
+class _LedgerWithoutTheHold(_LedgerBehind):
+    """A ledger that lacks the replaced order's hold for good, with nothing in flight: one
+    restored alone from a backup older than that order."""
+
+    async def transfer(self, from_hold_id, *args):
+        raise model.HoldNotYet(from_hold_id)
+
+    async def await_executions(self, account_id):
+        self.waited.append(account_id)
+        return False
+
+
+async def test_a_replace_whose_old_hold_the_ledger_lacks_for_good_is_rejected_not_retried_for_ever(
+        engine, order_deps, execution_consumers, checked_pool, namespace, monkeypatch):
+    """Round 15's review: HoldNotYet with no executions in flight was retried by the recovery
+    loop for ever, leaving the replacement PENDING_NEW for ever. Past HOLD_MISSING_GIVE_UP it
+    is REJECTED INTERNAL; the transfer never happened, so the old order stands with its hold."""
+    from dataclasses import replace as with_
+
+    buyer = acct("lost")
+    await fund(checked_pool, buyer, cash="2000.00")
+    old = await handlers.place_order(limit(buyer, Side.BUY, 10, "168.00"), order_deps)
+    lost = with_(order_deps, holds=_LedgerWithoutTheHold(order_deps.holds))
+    with pytest.raises(model.HoldNotYet):  # at first: UNAVAILABLE, retry
+        await handlers.replace_order(replace(buyer, old.order_id, 10, "167.00"), lost)
+    pending = await handlers.list_orders(buyer, SYM, [], 10, None, order_deps)
+    new = next(o for o in pending if o.replaces == old.order_id)
+    assert new.status is Status.PENDING_NEW
+    with pytest.raises(model.HoldNotYet):  # still young: the recovery loop tries again
+        await handlers.advance(new.order_id, lost)
+    monkeypatch.setattr(handlers, "HOLD_MISSING_GIVE_UP", timedelta(0))
+    ended = await handlers.advance(new.order_id, lost)
+    assert (ended.status, ended.reject_reason) == (Status.REJECTED, RejectReason.INTERNAL)
+    assert f"the ledger has no hold of order {old.order_id}" in ended.reject_message
+    assert (await handlers.get_order(buyer, old.order_id, order_deps)).status is Status.NEW
+    assert await _cash_is(checked_pool, buyer, held=D("1680.00"))
+    await handlers.cancel_order(buyer, old.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, buyer, old.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: _cash_is(checked_pool, buyer, held=D(0)), "the hold release")
+
+
 async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, checked_pool, nats_conn, namespace):
     """A cancel the engine refuses is not the order's rejection: the order keeps its state, the
     request is cleared (no OrderUpdate: customers do not see it), and it can be asked again."""
