@@ -643,7 +643,10 @@ def _mesh_url(data_dir: Path | None, namespace: str | None, key: str, option: st
 
 
 def _running(state: dict) -> bool:
-    """Whether the mesh a mesh.json describes is up: ready, and its launcher alive."""
+    """Whether the mesh a mesh.json describes is up: ready, and its launcher alive (the same
+    process, not another that was given its pid since, where /proc can tell)."""
+    from meshkit.launcher.supervisor import process_started
+
     pid = state.get("launcher_pid")
     if not state.get("ready") or not isinstance(pid, int):
         return False
@@ -653,7 +656,8 @@ def _running(state: dict) -> bool:
         return False
     except PermissionError:  # another user's process: alive
         pass
-    return True
+    started = state.get("launcher_started")
+    return not started or process_started(pid) in (started, None)
 
 
 def _namespace(namespace: str, data_dir: Path | None, given_urls: bool) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 from meshkit.config import env_choice, env_decimal
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import Cancelled, free_port, reserve, tcp_answers, wait_for
-from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor
+from meshkit.launcher.supervisor import Child, ChildFailed, ChildSpec, Supervisor, process_started
 
 SERVICES = ("order_svc", "ledger_svc", "quote_svc", "matching_svc")
 INTERNALLY_CALLED = ("ledger_svc", "order_svc")  # the services another calls (LEDGER_ADDR, ORDER_ADDR)
@@ -432,6 +432,7 @@ class Mesh:
         state = {
             "ready": ready,
             "launcher_pid": os.getpid(),
+            "launcher_started": process_started(os.getpid()),
             "endpoint": self.endpoint or None,
             "data_dir": str(self.data_dir),
             "namespace": self.opts.namespace,

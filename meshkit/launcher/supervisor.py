@@ -54,6 +54,20 @@ class ChildFailed(RuntimeError):
         super().__init__(message)
 
 
+
+def process_started(pid: int) -> str | None:
+    """Who `pid` is, beyond its number: the boot and the moment the process started
+    ("<boot id>:<start time in clock ticks>"), so that a pid reused by another process, or
+    by one after a reboot, is not taken for it. None where /proc cannot say (not Linux, or
+    no such process)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        # Field 22 of stat, counted after the command name, which may hold spaces and parentheses.
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{started}"
+
 @dataclass
 class ChildSpec:
     name: str
