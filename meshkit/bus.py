@@ -220,10 +220,14 @@ async def ensure_stream(js, namespace: str, base: str) -> str:
     return config.name
 
 
+# A key of `pipelined` that every other key shares: its item goes in a chunk of its own.
+ALONE = "*"
+
+
 def pipelined(items: list, size: int, keys) -> list[list]:
     """`items` in order, cut into chunks of at most `size` whose publishes are pipelined (all
     sent, then all their acknowledgements awaited; the next chunk is sent only once every
-    publish of this one is stored). Two items that share a key (`keys(item)`, a set; ``"*"``
+    publish of this one is stored). Two items that share a key (`keys(item)`, a set; `ALONE`
     shares with everything) never go in one chunk: a chunk whose first publishes are refused
     while the later ones are stored (a stream leader elected in its middle) is sent again from
     its first refused item, which would then be stored after a later item of the same key
@@ -234,7 +238,7 @@ def pipelined(items: list, size: int, keys) -> list[list]:
     named: set = set()
     for item in items:
         mine = keys(item)
-        if chunk and (len(chunk) >= size or "*" in mine or "*" in named or not named.isdisjoint(mine)):
+        if chunk and (len(chunk) >= size or ALONE in mine or ALONE in named or not named.isdisjoint(mine)):
             chunks.append(chunk)
             chunk, named = [], set()
         chunk.append(item)

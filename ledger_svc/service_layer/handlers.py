@@ -49,8 +49,7 @@ async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> mode
         if not applied:  # a retry: applied once already; answered as the request was
             return await uow.ledger.reply(entry) or await uow.ledger.cash(entry.account_id)
         cash = await uow.ledger.cash(entry.account_id)
-        if entry.idempotency_key:
-            await uow.ledger.save_reply(entry, cash)
+        await uow.ledger.save_reply(entry, cash)  # a deposit's or withdrawal's key is required (API.md)
         await uow.commit()
         return cash
 

@@ -58,7 +58,7 @@ RESTARTS = Counter("stockmesh_engine_restarts_total",
 PIPELINE = 1024
 
 
-def orders_named(ex: pb.Execution) -> frozenset[str]:
+def orders_of_execution(ex: pb.Execution) -> frozenset[str]:
     """The orders an execution is about (its order, a fill's counter order, a replace's new
     order): two of them go in one pipelined chunk only if they share none."""
     return frozenset(i for i in (ex.order_id, ex.counter_order_id, ex.new_order_id) if i)
@@ -371,7 +371,7 @@ class SymbolRunner:
             applied += 1
             for ex in out.executions:
                 if journaled(ex):
-                    outputs.append((ex_subject, ex.SerializeToString(), ex.execution_id, orders_named(ex)))
+                    outputs.append((ex_subject, ex.SerializeToString(), ex.execution_id, orders_of_execution(ex)))
                 else:
                     notices.append(ex.SerializeToString())
             for md in out.market_data:
@@ -383,7 +383,7 @@ class SymbolRunner:
             # prices) must find the newest: the batch's last one goes in a chunk of its own,
             # after everything before it is stored, a republish included (round 15 review).
             subject, payload, msg_id, _ = outputs[last_md]
-            outputs[last_md] = (subject, payload, msg_id, frozenset({"*"}))
+            outputs[last_md] = (subject, payload, msg_id, frozenset({bus.ALONE}))
         self._unsent = (outputs, notices, applied)
         if outputs or notices:
             lease.check()

@@ -53,10 +53,10 @@ def retention() -> timedelta | None:
     return timedelta(hours=hours) if hours else None
 
 
-def orders_named(payload: bytes) -> frozenset[str]:
+def orders_of_command(payload: bytes) -> frozenset[str]:
     """The orders an outbox row's EngineCommand names (a new order; the order cancelled; the
     order replaced and its replacement), or, for a session close or a halt, its symbol's whole
-    flow ("*"); empty when it cannot be read."""
+    flow (`bus.ALONE`); empty when it cannot be read."""
     from stockmesh.matching.v1 import matching_pb2
 
     try:
@@ -70,14 +70,14 @@ def orders_named(payload: bytes) -> frozenset[str]:
         return frozenset({cmd.cancel_order.order_id})
     if kind == "replace_order":
         return frozenset({cmd.replace_order.order_id, cmd.replace_order.new_order_id})
-    return frozenset({"*"})
+    return frozenset({bus.ALONE})
 
 
 def pipelined(rows: list, size: int) -> list[list]:
     """`rows` in order, in chunks to publish at once (bus.pipelined): never two rows of one
     order, or a session close or halt with anything, in one chunk; otherwise a cancel or
     replace could be stored before its order, which the engine then refuses."""
-    return bus.pipelined(rows, size, lambda r: orders_named(bytes(r["payload"])))
+    return bus.pipelined(rows, size, lambda r: orders_of_command(bytes(r["payload"])))
 
 
 class OutboxRelay:

@@ -115,7 +115,7 @@ async def test_the_symbols_last_stored_market_data_is_its_newest_when_a_publish_
 
 
 def test_chunks_never_hold_two_items_with_a_key_in_common():
-    items = [("a", {"x"}), ("b", {"y"}), ("c", {"x", "z"}), ("d", set()), ("e", {"*"}), ("f", set()), ("g", {"w"})]
+    items = [("a", {"x"}), ("b", {"y"}), ("c", {"x", "z"}), ("d", set()), ("e", {bus.ALONE}), ("f", set()), ("g", {"w"})]
     chunks = [[name for name, _ in chunk] for chunk in bus.pipelined(items, 64, lambda item: item[1])]
     assert chunks == [["a", "b"], ["c", "d"], ["e"], ["f", "g"]]
     assert [[n for n, _ in c] for c in bus.pipelined(items[5:], 1, lambda item: item[1])] == [["f"], ["g"]]
@@ -123,5 +123,5 @@ def test_chunks_never_hold_two_items_with_a_key_in_common():
 
 def test_an_execution_names_its_order_its_counter_order_and_a_replaces_new_order():
     ex = pb.Execution(order_id="t", counter_order_id="m1")
-    assert runner.orders_named(ex) == {"t", "m1"}
-    assert runner.orders_named(pb.Execution(order_id="o", new_order_id="o2")) == {"o", "o2"}
+    assert runner.orders_of_execution(ex) == {"t", "m1"}
+    assert runner.orders_of_execution(pb.Execution(order_id="o", new_order_id="o2")) == {"o", "o2"}
