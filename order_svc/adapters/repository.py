@@ -293,6 +293,10 @@ class OrderRepository:
         return await self.conn.fetchval(
             "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill, event))
 
+    async def clear_cancel_request(self, order_id: uuid.UUID) -> None:
+        """The cancel request of an order that has ended is over; nothing else of it changes."""
+        await self.conn.execute("UPDATE orders.orders SET cancel_requested = false WHERE order_id = $1", order_id)
+
     async def mark_triggered_in(self, order_id: uuid.UUID, sequence: int) -> None:
         """`sequence` is the OrderUpdate that told the order's trigger (migration 0011)."""
         await self.conn.execute("UPDATE orders.orders SET triggered_sequence = $2 WHERE order_id = $1",

@@ -406,13 +406,17 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
                 f"the order was replaced (by order {o.replaced_by}, then again): order {last.order_id} is working in "
                 "its place: cancel that one",
                 metadata={**metadata, "lastReplacement": str(last.order_id), "lastStatus": last.status.value})
+        if o.status.is_terminal and o.status is not Status.CANCELLED:
+            # Before the pending cancel's answer below: an order that filled or expired while
+            # its cancel was on the way is ended, whether or not the engine's refusal of that
+            # cancel has come back yet (round 16: OK with the FILLED order, then
+            # FAILED_PRECONDITION for the same order once it had).
+            raise model.OrderNotActive(f"the order is already {o.status.value}",
+                                       metadata={"orderId": str(order_id), "status": o.status.value})
         if o.status is Status.CANCELLED or o.cancel_requested:
             return o
         if o.status is Status.PENDING_NEW:
             raise model.OrderStillPending("cancel", str(order_id))
-        if o.status.is_terminal:
-            raise model.OrderNotActive(f"the order is already {o.status.value}",
-                                       metadata={"orderId": str(order_id), "status": o.status.value})
         if await uow.orders.pending_replacement(o.order_id) is not None:
             raise model.OrderChangePending("a replace of this order is waiting for the engine; cancel the "
                                            "replacing order once it is working", metadata={"orderId": str(order_id)})

@@ -124,7 +124,10 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
     o = await _order(uow, ex.order_id, ex)
     if o is not None and o.cancel_requested:
         o.cancel_requested = False
-        await uow.orders.save_execution_result(o, at)
+        if o.status.is_terminal:  # it ended before the cancel reached the engine: the flag only,
+            await uow.orders.clear_cancel_request(o.order_id)  # not its updated_at (round 16)
+        else:
+            await uow.orders.save_execution_result(o, at)
         await uow.orders.audit(o, "CANCEL_REJECTED")
 
 

@@ -679,6 +679,20 @@ async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, che
         done = await eventually(cleared, "the fill and the refused cancel")
         assert done.reject_reason is None
         assert await updates_of(checked_pool, o.order_id) == ["NEW", "FILLED"]
+        async with checked_pool.acquire() as conn:  # the refusal left the ended order as it was
+            filled_at = await conn.fetchval("SELECT updated_at FROM orders.updates WHERE order_id = $1 AND "
+                                            "status = 'FILLED'", o.order_id)
+        assert done.updated_at == filled_at
+        # Asked again: ended, as it would have been between the fill and the refusal (round 16:
+        # that window answered OK with the FILLED order). The window, held open by hand:
+        with pytest.raises(model.OrderNotActive, match="already FILLED"):
+            await handlers.cancel_order(buyer, o.order_id, order_deps)
+        async with checked_pool.acquire() as conn:
+            await conn.execute("UPDATE orders.orders SET cancel_requested = true WHERE order_id = $1", o.order_id)
+        with pytest.raises(model.OrderNotActive, match="already FILLED"):
+            await handlers.cancel_order(buyer, o.order_id, order_deps)
+        async with checked_pool.acquire() as conn:
+            await conn.execute("UPDATE orders.orders SET cancel_requested = false WHERE order_id = $1", o.order_id)
 
         async def ledger_applied():  # the ledger consumer runs at its own pace
             async with checked_pool.acquire() as conn:
