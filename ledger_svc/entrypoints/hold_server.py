@@ -16,6 +16,11 @@ from meshkit.money import MAX_CASH, parse_decimal
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc
 
 MAX_SHARES = Decimal(10) ** 12
+# A cash hold (and a capture of one) may be as large as its column holds (numeric(24, 4)), not
+# only as large as one deposit (MAX_CASH, 1e15): an order's largest cost, MAX_PRICE x order_svc's
+# MAX_QUANTITY with the collar, is ~1.05e17, and an account funded by several deposits can pay
+# it (round 16: such a buy was INTERNAL, the ledger refusing its hold as malformed).
+MAX_HOLD_CASH = Decimal("99999999999999999999.9999")
 MAX_HOLDS_PER_BATCH = 500
 DEFAULT_UNCHECKED, MAX_UNCHECKED = 500, 1000
 
@@ -49,7 +54,7 @@ def _amount(text: str, asset: str | None, v: Violations) -> Decimal | None:
     """Cash with up to four places (limit price x quantity); shares whole. An amount of an
     unknown asset is parsed at four places so its own mistakes are reported too."""
     places = model.amount_places(asset) if asset else model.CASH_HOLD_PLACES
-    maximum = MAX_CASH if asset in (None, model.CASH) else MAX_SHARES
+    maximum = MAX_HOLD_CASH if asset in (None, model.CASH) else MAX_SHARES
     return parse_decimal(text, "amount", v, places=places, maximum=maximum)
 
 
@@ -113,7 +118,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         hold_id = validate.key(request.hold_id, "hold_id", v)
         capture_id = validate.key(request.capture_id, "capture_id", v)
         # The hold's asset decides the scale; whole shares are checked against the hold itself.
-        amount = parse_decimal(request.amount, "amount", v, places=model.CASH_HOLD_PLACES, maximum=MAX_CASH)
+        amount = parse_decimal(request.amount, "amount", v, places=model.CASH_HOLD_PLACES, maximum=MAX_HOLD_CASH)
         counter = _account(request.counter_account_id, "counter_account_id", v, required=False)
         v.raise_if_any()
         assert amount is not None

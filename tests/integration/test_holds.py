@@ -365,6 +365,30 @@ async def test_hold_lifecycle_and_list_holds_over_grpc(channel, uow):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_cash_hold_larger_than_one_deposit_is_placed_for_an_account_that_has_the_cash(channel, uow):
+    """Round 16: an order's largest cost (~1.05e17: the largest price times the largest
+    quantity, with the collar) is above the most one deposit carries (1e15); the ledger refused
+    such a hold as malformed, which PlaceOrder answered INTERNAL."""
+    acct = account()
+    for _ in range(3):
+        await fund(uow, acct, cash="999999999999999.99")
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    big = (await holds.PlaceHold(hpb.PlaceHoldRequest(
+        hold_id=hid(), account_id=acct, order_id="o-big", asset="USD", amount="2500000000000000.0001"))).hold
+    assert (big.amount, big.status) == ("2500000000000000.0001", ledger_pb2.HOLD_STATUS_PENDING)
+    big = (await holds.CaptureHold(hpb.CaptureHoldRequest(
+        hold_id=big.hold_id, capture_id="c", amount="1500000000000000.00", counter_account_id=account()))).hold
+    assert big.captured == "1500000000000000.00"
+    big = (await holds.ReleaseHold(hpb.ReleaseHoldRequest(hold_id=big.hold_id))).hold
+    assert (big.released, big.status) == ("1000000000000000.0001", ledger_pb2.HOLD_STATUS_RELEASED)
+    # Beyond what the account has: the business refusal, as for any hold.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.PlaceHold(hpb.PlaceHoldRequest(hold_id=hid(), account_id=acct, order_id="o-more", asset="USD",
+                                                   amount="105000000000000000.00"))
+    assert (err.value.code(), error_info(err.value)[0].reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                   "INSUFFICIENT_FUNDS")
+
+
 # --- many holds in one call (PlaceHolds; order_svc's GrpcHolds batches into it) -----------------
 
 def _answer(result: hpb.PlaceHoldResult) -> tuple:
