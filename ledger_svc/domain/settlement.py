@@ -65,20 +65,33 @@ class Position:
         return self.cost / self.quantity if self.quantity else Decimal(0)
 
     def buy(self, quantity: int, price: Decimal) -> None:
-        self.quantity += quantity
-        self.cost += fill_cash(price, quantity)
+        self.receive(quantity, fill_cash(price, quantity))
 
-    def sell(self, quantity: int) -> None:
+    def receive(self, quantity: int, cost: Decimal) -> None:
+        """`quantity` shares come in, with `cost` their cost basis in cents."""
+        self.quantity += quantity
+        self.cost += cost
+
+    def sell(self, quantity: int) -> Decimal:
         """Selling keeps the average cost of what is left: the cost leaves pro rata, rounded
         half-up to the cent, so what is left stays in cents (all of it leaves with the last
-        share)."""
-        assert 0 < quantity <= self.quantity
+        share). Returns the cost that left. More than the position knows of (shares the book
+        holds that came without a cost: ShortPosition's case) is refused."""
+        if not 0 < quantity <= self.quantity:
+            raise ShortPosition(f"{quantity} shares leave a position of {self.quantity}")
         if quantity == self.quantity:
+            leaving = self.cost
             self.quantity, self.cost = 0, Decimal(0)
         else:
-            leaving = (self.cost * quantity / self.quantity).quantize(CENT, rounding=ROUND_HALF_UP)
-            self.cost -= min(leaving, self.cost)
+            leaving = min((self.cost * quantity / self.quantity).quantize(CENT, rounding=ROUND_HALF_UP), self.cost)
+            self.cost -= leaving
             self.quantity -= quantity
+        return leaving
+
+
+class ShortPosition(ValueError):
+    """More shares leave a position than it holds: the account's book had shares its position
+    was never told of (a bug; a fill applies it as shares of zero cost, logged)."""
 
 
 def settlement_entry(fill_id: str, account_id: str, amount: Decimal) -> JournalEntry:

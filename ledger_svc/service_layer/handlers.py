@@ -249,9 +249,23 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold, fill: mod
 
 
 async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
+    """HoldService.CaptureHold: a capture outside a trade. Shares keep their positions in step
+    with the books, as a fill does: the cost basis of the shares captured leaves the holder's
+    position and, to a customer, goes with them (round 16 code review 2: the books moved
+    alone, and the receiver's later sale stopped the symbol's execution consumer)."""
     async with uow_factory() as uow:
         await uow.ledger.lock_hold_accounts(cmd.hold_id, [cmd.counter_account_id])  # accounts first (0007)
+        retry = await uow.ledger.get_capture(cmd.hold_id, cmd.capture_id) is not None
         hold = await capture_in(uow, cmd)
+        if not retry and model.is_symbol(hold.asset):
+            quantity = int(cmd.amount)
+            held = await uow.settlement.position(hold.account_id, hold.asset)
+            cost = held.sell(min(quantity, held.quantity)) if held.quantity else Decimal(0)
+            await uow.settlement.save_position(hold.account_id, hold.asset, held)
+            if cmd.counter_account_id and cmd.counter_account_id != model.CLEARING:
+                got = await uow.settlement.position(cmd.counter_account_id, hold.asset)
+                got.receive(quantity, cost)
+                await uow.settlement.save_position(cmd.counter_account_id, hold.asset, got)
         await uow.commit()
         return hold
 

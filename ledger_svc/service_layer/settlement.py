@@ -53,6 +53,14 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
             bought.buy(f.quantity, f.price)
             await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
             sold = await uow.settlement.position(f.seller_account, ex.symbol)
+            if sold.quantity < f.quantity:
+                # The book had the shares (the sell's hold was placed against it) but the
+                # position was never told of some: take them at zero cost rather than stop
+                # every later execution of the symbol on this one (round 16 code review 2).
+                log.error("a fill sells more shares than the seller's position knows of; the rest taken at zero "
+                          "cost", extra={"executionId": ex.execution_id, "account": f.seller_account,
+                                         "symbol": ex.symbol, "position": sold.quantity, "sold": f.quantity})
+                sold.receive(f.quantity - sold.quantity, Decimal(0))
             sold.sell(f.quantity)
             await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
             assert ex.trade_date is not None

@@ -389,6 +389,53 @@ async def test_a_cash_hold_larger_than_one_deposit_is_placed_for_an_account_that
                                                                    "INSUFFICIENT_FUNDS")
 
 
+async def test_a_share_capture_outside_a_trade_moves_the_positions_with_the_books(channel, uow):
+    """Round 16 code review 2: CaptureHold of shares to another account moved the books only;
+    the receiver's later sale of them found no position (an assert), and the symbol's execution
+    consumer retried it for ever, stopping every later execution of the symbol. Now the cost
+    basis goes with the shares, once per capture; and a fill selling more than a position
+    knows of takes the rest at zero cost (logged) instead of stopping."""
+    from datetime import datetime, timezone
+
+    from ledger_svc.service_layer import settlement
+    from meshkit import calendar
+    from meshkit.executions import FILL, Execution
+
+    a, b, c = account(), account(), account()
+    await handlers.credit_shares(commands.CreditShares(a, "XOM", D(5), f"in-{a}", D("100.00")), uow)
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    h = (await holds.PlaceHold(hpb.PlaceHoldRequest(hold_id=hid(), account_id=a, order_id="o-x", asset="XOM",
+                                                    amount="3"))).hold
+    for _ in range(2):  # a retry moves nothing more
+        await holds.CaptureHold(hpb.CaptureHoldRequest(hold_id=h.hold_id, capture_id="gift", amount="3",
+                                                       counter_account_id=b))
+
+    async def position(acct):
+        async with uow() as u:
+            p = await u.settlement.position(acct, "XOM")
+        return p.quantity, p.cost
+    assert await position(a) == (2, D("200.00")) and await position(b) == (3, D("300.00"))
+
+    async def sell(seller, quantity, tag):
+        await handlers.deposit(commands.Deposit(c, D("1000"), f"cash-{tag}-{c}"), uow)
+        await handlers.place_hold(commands.PlaceHold(f"buy-{tag}", c, f"buy-{tag}", "USD", D("110") * quantity), uow)
+        await handlers.place_hold(commands.PlaceHold(f"sell-{tag}", seller, f"sell-{tag}", "XOM", D(quantity)), uow)
+        now = datetime.now(timezone.utc)
+        return await settlement.apply_execution(Execution(
+            execution_id=f"XOM:{tag}:{uuid.uuid4().hex[:6]}", symbol="XOM", type=FILL, order_id=f"buy-{tag}",
+            account_id=c, side="BUY", counter_order_id=f"sell-{tag}", counter_account_id=seller, price=D("110.00"),
+            quantity=quantity, leaves=0, counter_leaves=0, executed_at=now, trade_date=calendar.trading_day(now)), uow)
+    assert await sell(b, 3, "b")  # the receiver sells what it was given
+    assert await position(b) == (0, D(0)) and await position(c) == (3, D("330.00"))
+    # A position that knows of fewer shares than its book holds (by hand here: no path left
+    # makes one) sells them all the same.
+    async with uow() as u:
+        await u.conn.execute("UPDATE ledger.positions SET quantity = 1, cost = 100 WHERE account_id = $1", a)
+        await u.commit()
+    assert await sell(a, 2, "a")
+    assert await position(a) == (0, D(0))
+
+
 # --- many holds in one call (PlaceHolds; order_svc's GrpcHolds batches into it) -----------------
 
 def _answer(result: hpb.PlaceHoldResult) -> tuple:
