@@ -38,7 +38,7 @@ def _int(name: str, default: int) -> int:
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
-def _host(name: str, default: str) -> str:
+def env_host(name: str, default: str) -> str:
     """An address to listen on: an IP address (v4 or v6, without brackets) or a host name."""
     raw = _get(name)
     if raw is None:
@@ -102,7 +102,7 @@ def load(service: str, *, needs: tuple[str, ...] = ()) -> Settings:
         data_dir=default_data_dir(),
         metrics_port=_int("METRICS_PORT", 0),
         grace_seconds=float(_int("SHUTDOWN_GRACE_SECONDS", 5)),
-        metrics_host=_host("METRICS_LISTEN", "127.0.0.1"),
+        metrics_host=env_host("METRICS_LISTEN", "127.0.0.1"),
         ledger_addr=_get("LEDGER_ADDR", required="LEDGER_ADDR" in needs),
         order_addr=_get("ORDER_ADDR", required="ORDER_ADDR" in needs),
         bridge_listen=_get("BRIDGE_LISTEN") or None,

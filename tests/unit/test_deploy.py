@@ -37,7 +37,7 @@ MODULES = {*SERVICES, RELAY_MODULE}
 def known_settings() -> set[str]:
     """Every environment variable the code reads (a setting in deploy/ that no code reads is a
     typo or a leftover)."""
-    pattern = re.compile(r'(?:_get|_int|env_int|env_flag|env_choice|env_decimal|environ\.get|_env|getenv|environ\[|'
+    pattern = re.compile(r'(?:_get|_int|env_int|env_host|env_flag|env_choice|env_decimal|environ\.get|_env|getenv|environ\[|'
                          r'envvar=)\(?\s*"([A-Z][A-Z0-9_]+)"')
     found: set[str] = set()
     for folder in ("meshkit", "ledger_svc", "order_svc", "quote_svc", "matching_svc", "simulator"):
