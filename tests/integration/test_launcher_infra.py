@@ -270,6 +270,64 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
         assert again.order.client_order_id == "c4" and slow.placed == 5
 
 
+async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_path: Path) -> None:
+    """Acceptance round 16: native-gRPC PlaceOrders that send their headers and never their
+    message each held one of the bridge's connections for the call's whole deadline, and
+    1,100 of them, from one customer, held every one: nobody could place, replace or cancel.
+    Envoy now reads a command whole before it takes a connection. Here, with 2 in flight and 2
+    waiting allowed, 6 such calls are held at Envoy, and a whole command still goes through."""
+    import asyncio
+
+    import grpc
+
+    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+    class Quick(order_service_pb2_grpc.OrderServiceServicer):
+        async def PlaceOrder(self, request, context):
+            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+
+        async def GetOrder(self, request, context):
+            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+    quick = Quick()
+    async with _envoy_before(tmp_path, "order_svc",
+                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(quick, server),
+                             bridged=(quick, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md, admin):
+        stub = order_service_pb2_grpc.OrderServiceStub(ch)
+        for _ in range(100):  # until Envoy has seen the stand-in healthy
+            try:
+                await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="first"), metadata=md, timeout=5)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                await asyncio.sleep(0.1)
+        never = asyncio.Event()
+
+        async def nothing():  # headers sent, then no message and no end of stream
+            await never.wait()
+            yield opb.PlaceOrderRequest()
+        place_raw = ch.stream_stream("/stockmesh.order.v1.OrderService/PlaceOrder",
+                                     request_serializer=opb.PlaceOrderRequest.SerializeToString,
+                                     response_deserializer=opb.PlaceOrderResponse.FromString)
+        stalled = [place_raw(nothing(), metadata=md, timeout=60) for _ in range(6)]
+
+        def active(stat: str) -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{stat}$", timeout=2) as resp:
+                return int(resp.read().decode().split(":")[1])
+        await asyncio.sleep(2); print("DBG", active("http.public.downstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_pending_active"), [c.done() for c in stalled])
+        assert await eventually(lambda: active("http.public.downstream_rq_active") >= 3), "the calls are not in"
+        await asyncio.sleep(0.5)  # what they would take, they would have taken by now
+        assert active("cluster.order_svc_commands.upstream_rq_active") == 0
+        assert active("cluster.order_svc_commands.upstream_rq_pending_active") == 0
+        assert await eventually(lambda: active("http.public.downstream_rq_active") >= 6), "the six are not in"
+        assert not any(call.done() for call in stalled)  # none refused: none asked for a slot
+        for i in range(3):
+            done = await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"whole{i}"), metadata=md, timeout=5)
+            assert done.order.client_order_id == f"whole{i}"
+        for call in stalled:
+            call.cancel()
+
+
 async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_client_deadlines_are_not(
         tmp_path: Path) -> None:
     """A unary call whose client sent no deadline (grpc-timeout) is ended by Envoy with
