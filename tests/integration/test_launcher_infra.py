@@ -230,32 +230,20 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
             return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
 
     slow = Slow()
-    async with _envoy_before(tmp_path, "order_svc",
-                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(slow, server),
-                             bridged=(slow, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md, admin):
+    async with _before_order_stand_in(tmp_path, slow, order_commands_in_flight=2) as (ch, md, admin):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         # Until Envoy listens and has seen the stand-in healthy, on both clusters (each is
         # health-checked on its own).
         for call in (lambda: stub.GetOrder(opb.GetOrderRequest(order_id="x"), metadata=md, timeout=5),
                      lambda: stub.CancelOrder(opb.CancelOrderRequest(order_id="y"), metadata=md, timeout=5)):
-            for _ in range(100):
-                try:
-                    await call()
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                    await asyncio.sleep(0.1)
+            await _until_envoy_answers(call)
         held = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"c{i}"), metadata=md,
                                                       timeout=30)) for i in range(2)]
         await asyncio.wait_for(slow.arrived.wait(), 10)  # both in flight at order_svc
         waiting = [asyncio.ensure_future(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id=f"w{i}"),
                                                          metadata=md, timeout=30)) for i in range(2)]
-        def pending_in_envoy() -> int:
-            name = "cluster.order_svc_commands.upstream_rq_pending_active"
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{name}$", timeout=2) as resp:
-                return int(resp.read().decode().split(":")[1])
-
-        assert await eventually(lambda: pending_in_envoy() == 2), "the two are not waiting in Envoy"
+        assert await eventually(lambda: _envoy_stat(admin, "cluster.order_svc_commands.upstream_rq_pending_active")
+                                == 2), "the two are not waiting in Envoy"
         assert slow.placed == 2 and not any(t.done() for t in waiting)  # they wait in Envoy, not at order_svc
         for call in (stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c3"), metadata=md, timeout=5),
                      stub.CancelOrder(opb.CancelOrderRequest(order_id="z"), metadata=md, timeout=5)):
@@ -278,8 +266,6 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
     waiting allowed, 6 such calls are held at Envoy, and a whole command still goes through."""
     import asyncio
 
-    import grpc
-
     from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
     class Quick(order_service_pb2_grpc.OrderServiceServicer):
@@ -290,17 +276,10 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
             return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
 
     quick = Quick()
-    async with _envoy_before(tmp_path, "order_svc",
-                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(quick, server),
-                             bridged=(quick, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2) as (ch, md, admin):
+    async with _before_order_stand_in(tmp_path, quick, order_commands_in_flight=2) as (ch, md, admin):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
-        for _ in range(100):  # until Envoy has seen the stand-in healthy
-            try:
-                await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="first"), metadata=md, timeout=5)
-                break
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                await asyncio.sleep(0.1)
+        await _until_envoy_answers(lambda: stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="first"),
+                                                           metadata=md, timeout=5))
         never = asyncio.Event()
 
         async def nothing():  # headers sent, then no message and no end of stream
@@ -312,8 +291,7 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
         stalled = [place_raw(nothing(), metadata=md, timeout=60) for _ in range(6)]
 
         def active(stat: str) -> int:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{stat}$", timeout=2) as resp:
-                return int(resp.read().decode().split(":")[1])
+            return _envoy_stat(admin, stat)
         await asyncio.sleep(2); print("DBG", active("http.public.downstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_pending_active"), [c.done() for c in stalled])
         assert await eventually(lambda: active("http.public.downstream_rq_active") >= 3), "the calls are not in"
         await asyncio.sleep(0.5)  # what they would take, they would have taken by now
@@ -603,10 +581,7 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
 
     stand_in = StandIn()
     ports = _ports()
-    async with _envoy_before(tmp_path, "order_svc",
-                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
-                             bridged=(stand_in, "stockmesh.order.v1.OrderService"), order_commands_in_flight=2,
-                             ports=ports) as (ch, md, _):
+    async with _before_order_stand_in(tmp_path, stand_in, order_commands_in_flight=2, ports=ports) as (ch, md, _):
         token = dict(md)["authorization"]
         place = "/stockmesh.order.v1.OrderService/PlaceOrder"
 
@@ -845,10 +820,7 @@ async def test_a_load_balancer_probes_the_public_listener_at_healthz(tmp_path: P
         others[name] = server
     stand_in = order_service_pb2_grpc.OrderServiceServicer()
     try:
-        async with _envoy_before(tmp_path, "order_svc",
-                                 lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in,
-                                                                                                          server),
-                                 bridged=(stand_in, "stockmesh.order.v1.OrderService"), ports=ports):
+        async with _before_order_stand_in(tmp_path, stand_in, ports=ports):
             async def probe() -> int:
                 try:
                     status, _, _ = await asyncio.to_thread(_http, ports.public, "GET", "/healthz", {})
@@ -901,20 +873,10 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
 
     stand_in = StandIn()
     ports = _ports()
-    async with _envoy_before(tmp_path, "order_svc",
-                             lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
-                             bridged=(stand_in, "stockmesh.order.v1.OrderService"), ports=ports) as (ch, md, _):
+    async with _before_order_stand_in(tmp_path, stand_in, ports=ports) as (ch, md, _):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
-        placed = None
-        for _ in range(100):  # until Envoy listens and has seen the bridge healthy
-            try:
-                placed = await stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="c1", quantity=3), metadata=md,
-                                               timeout=5)
-                break
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                await asyncio.sleep(0.1)
-        assert placed is not None
+        placed = await _until_envoy_answers(lambda: stub.PlaceOrder(
+            opb.PlaceOrderRequest(client_order_id="c1", quantity=3), metadata=md, timeout=5))
         assert (placed.order.client_order_id, placed.order.account_id, placed.order.quantity) == (
             "c1", "stand-in-client", 3)
 
@@ -953,6 +915,36 @@ async def test_order_commands_through_the_bridge_keep_identity_statuses_and_deta
         crashed = await failed(stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="crash", quantity=1),
                                                metadata=md, timeout=5))
         assert crashed.code() == grpc.StatusCode.INTERNAL and "internal error (request id" in crashed.details()
+
+
+def _before_order_stand_in(tmp_path: Path, stand_in, **options):
+    """_envoy_before a stand-in order_svc: its gRPC port, and its order commands on the bridge."""
+    from stockmesh.order.v1 import order_service_pb2_grpc
+
+    return _envoy_before(tmp_path, "order_svc",
+                         lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server),
+                         bridged=(stand_in, "stockmesh.order.v1.OrderService"), **options)
+
+
+async def _until_envoy_answers(call):
+    """`await call()` until it answers: UNAVAILABLE meanwhile (Envoy not listening yet, or not
+    yet seeing the stand-in healthy), any other error at once. Its answer."""
+    import asyncio
+
+    import grpc
+
+    for _ in range(100):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            await asyncio.sleep(0.1)
+    raise AssertionError("Envoy did not answer in 10 s")
+
+
+def _envoy_stat(admin: int, name: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{name}$", timeout=2) as resp:
+        return int(resp.read().decode().split(":")[1])
 
 
 def _http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[
