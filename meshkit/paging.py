@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -42,10 +43,22 @@ def integer(value: Any) -> int:
     return value
 
 
+def positive(value: Any) -> int:
+    """A cursor's row id: an integer above zero (what a sequence gives)."""
+    if integer(value) < 1:
+        raise ValueError(f"not a row id: {value!r}")
+    return value
+
+
 def text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"not a string: {value!r}")
     return value
+
+
+def identifier(value: Any) -> uuid.UUID:
+    """A cursor's UUID, written as text (round 16: a number there was INTERNAL)."""
+    return uuid.UUID(text(value))
 
 
 def instant(value: Any) -> datetime:

@@ -73,6 +73,11 @@ def listed() -> dict[str, Symbol]:
     return _load(os.environ.get("STOCKMESH_SYMBOLS_FILE") or str(DEFAULT_FILE))
 
 
+def well_formed(text: str) -> bool:
+    """Whether `text` could be a symbol at all (a listed one, or one delisted since)."""
+    return _SYMBOL.fullmatch(text) is not None
+
+
 def known(text: str, field: str = "symbol") -> str:
     """A request's symbol, the one check of every service: missing is INVALID_ARGUMENT
     (`symbol: is required`), not listed is INVALID_ARGUMENT with reason UNKNOWN_SYMBOL."""

@@ -57,7 +57,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         size = paging.page_size(request.page_size, v)
         account = current_account()
         scope = f"activities|{account}"  # a token pages only this list of this account
-        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.positive}, scope=scope)
         v.raise_if_any()
         rows = await handlers.activities(account, cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size
@@ -72,7 +72,7 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         size = paging.page_size(request.page_size, v)
         account = current_account()
         scope = f"holds|{account}"  # a token pages only this list of this account
-        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.integer}, scope=scope)
+        cursor = paging.decode_token(request.page_token, v, fields={"before": paging.positive}, scope=scope)
         v.raise_if_any()
         rows = await handlers.list_holds(account, cursor["before"] if cursor else None, size + 1, self.uow)
         more = len(rows) > size

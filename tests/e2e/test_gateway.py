@@ -175,6 +175,12 @@ async def test_list_orders_filtered_by_an_unknown_symbol_says_so(mesh: RunningMe
     info, bad = error_info(err.value)
     assert info.reason == "UNKNOWN_SYMBOL"
     assert [(f.field, f.description) for f in bad.field_violations] == [("symbol", "unknown symbol 'APPL'")]
+    # Never a symbol: said before it reaches a query (round 16: a NUL there was INTERNAL).
+    async with mesh.channel() as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await order_service_pb2_grpc.OrderServiceStub(ch).ListOrders(
+                order_service_pb2.ListOrdersRequest(symbol="AA\x00PL"), metadata=mesh.auth("gw-filter"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_info(err.value)[0].reason == "UNKNOWN_SYMBOL"
 
 
 async def test_a_list_orders_page_token_pages_only_the_query_and_account_that_made_it(mesh: RunningMesh) -> None:

@@ -129,7 +129,8 @@ def test_paging():
     assert [i.field for i in v.items] == ["page_size", "page_token"]
 
 
-ORDER_CURSOR = {"createdAt": paging.instant, "orderId": uuid.UUID}
+ORDER_CURSOR = {"createdAt": paging.instant, "orderId": paging.identifier}
+AT = "2026-12-05T19:09:10.764434+00:00"
 
 
 @pytest.mark.parametrize("cursor, fields", [
@@ -140,9 +141,19 @@ ORDER_CURSOR = {"createdAt": paging.instant, "orderId": uuid.UUID}
     ({"before": True}, {"before": paging.integer}),
     ({"before": None}, {"before": paging.integer}),
     ({"createdAt": "garbage", "orderId": "x"}, ORDER_CURSOR),
-    ({"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid"}, ORDER_CURSOR),
+    ({"createdAt": AT, "orderId": "not-a-uuid"}, ORDER_CURSOR),
     ({"createdAt": "2026-12-05T19:09:10", "orderId": str(uuid.uuid4())}, ORDER_CURSOR),  # no offset
     ({"createdAt": 12, "orderId": None}, ORDER_CURSOR),
+    # Round 16: an order id that is not text was INTERNAL (uuid.UUID's AttributeError).
+    ({"createdAt": AT, "orderId": 1}, ORDER_CURSOR),
+    ({"createdAt": AT, "orderId": True}, ORDER_CURSOR),
+    ({"createdAt": AT, "orderId": []}, ORDER_CURSOR),
+    ({"createdAt": AT, "orderId": {}}, ORDER_CURSOR),
+    ({"createdAt": AT, "orderId": None}, ORDER_CURSOR),
+    # A ledger row id no sequence gives (round 16: an empty page, OK).
+    ({"before": 0}, {"before": paging.positive}),
+    ({"before": -5}, {"before": paging.positive}),
+    ({"before": True}, {"before": paging.positive}),
     ({"at": 99999999999999, "q": "k"}, {"at": paging.epoch_seconds, "q": paging.text}),
     ({"at": -99999999999999, "q": "k"}, {"at": paging.epoch_seconds, "q": paging.text}),
     ({"at": 0, "q": 5}, {"at": paging.epoch_seconds, "q": paging.text}),
