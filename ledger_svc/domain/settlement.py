@@ -95,7 +95,8 @@ class ShortPosition(ValueError):
 
 
 def settlement_entry(fill_id: str, account_id: str, amount: Decimal) -> JournalEntry:
-    """T+1: the sale's proceeds move from clearing to the seller's cash."""
+    """The end-of-day settlement of a sale (after its day's close, MISSION F7; not a street
+    T+1): its proceeds move from clearing to the seller's cash."""
     return JournalEntry(
         entry_id=uuid.uuid4(), kind="SETTLEMENT", account_id=account_id, asset=CASH, amount=amount,
         idempotency_key=f"settle:{fill_id}", reference=fill_id, description=f"Settlement of fill {fill_id}",

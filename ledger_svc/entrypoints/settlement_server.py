@@ -29,7 +29,7 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
 
     async def RunSettlement(self, request: pb.RunSettlementRequest, context) -> pb.RunSettlementResponse:
         day = _trading_day(request.date)
-        if why := calendar.after_today(day):  # it would settle today's fills before T+1
+        if why := calendar.after_today(day):  # it would settle fills of a day not traded yet
             raise InvalidArgument([FieldViolation("date", why)])
         # Wait for the ledger to catch up with the journal for at most half the caller's deadline.
         left = context.time_remaining() if context is not None else None

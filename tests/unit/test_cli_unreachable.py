@@ -50,7 +50,7 @@ def test_other_errors_are_not_taken_for_an_unreachable_server():
                                    "--before"]],
                          ids=["settle", "session close", "journal trim"])
 def test_a_day_that_has_not_come_is_a_usage_error(args):
-    """Settling tomorrow would pay today's proceeds before T+1; closing it early would leave its
+    """Settling tomorrow would pay today's proceeds before their day's close; closing it early would leave its
     own close with nothing to do (its DAY orders would not expire); trimming before it would
     purge the executions of the day still trading. Refused before any server is asked."""
     from datetime import date, timedelta
