@@ -5,6 +5,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
+from decimal import Decimal
 from typing import Callable
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -16,14 +17,18 @@ from stockmesh.matching.v1 import matching_pb2
 log = logging.getLogger("ledger_svc.journal")
 
 
-async def fill_ids(js, namespace: str, day: date, *, attempts: int = 3) -> set[str] | None:
-    """The ids of every FILL traded on `day`, as the engine published them (None when the
-    stream does not exist). Read again from the start when JetStream does not answer for a
+# A fill as the journal has it: its price and quantity.
+Terms = tuple[Decimal | None, int]
+
+
+async def fills(js, namespace: str, day: date, *, attempts: int = 3) -> dict[str, Terms] | None:
+    """Every FILL traded on `day` as the engine published it, by id: its price and quantity
+    (None when the stream does not exist). Read again from the start when JetStream does not answer for a
     moment (a clustered stream electing a new leader after a server died: the fresh-clone run
     saw `settle` end in ServiceUnavailableError there), up to `attempts` times."""
     for attempt in range(1, attempts + 1):
         try:
-            return await _fill_ids(js, namespace, day)
+            return await _fills(js, namespace, day)
         except Exception as exc:  # noqa: BLE001 - re-raised unless JetStream did not answer
             if attempt == attempts or not bus.unreachable(exc):
                 raise
@@ -33,16 +38,16 @@ async def fill_ids(js, namespace: str, day: date, *, attempts: int = 3) -> set[s
     raise AssertionError("unreachable")
 
 
-async def _fill_ids(js, namespace: str, day: date) -> set[str] | None:
+async def _fills(js, namespace: str, day: date) -> dict[str, Terms] | None:
     stream = bus.stream_name(namespace, "EXECUTIONS")
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
         return None
     last = info.state.last_seq
-    ids: set[str] = set()
+    found: dict[str, Terms] = {}
     if last == 0:
-        return ids
+        return found
     start = datetime.combine(day, time(0), tzinfo=calendar.NEW_YORK).astimezone(timezone.utc)
     sub = await js.pull_subscribe(bus.subject(namespace, "executions", ">"), stream=stream, config=ConsumerConfig(
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_TIME,
@@ -54,13 +59,13 @@ async def _fill_ids(js, namespace: str, day: date) -> set[str] | None:
                 ex = matching_pb2.Execution.FromString(m.data)
                 when = ex.time.ToDatetime(tzinfo=timezone.utc)
                 if ex.type == matching_pb2.EXECUTION_TYPE_FILL and calendar.trading_day(when) == day:
-                    ids.add(ex.execution_id)
+                    found[ex.execution_id] = (Decimal(ex.price) if ex.price else None, ex.quantity)
                 done = m.metadata.sequence.stream >= last
             if done:
                 break
     finally:
         await sub.unsubscribe()
-    return ids
+    return found
 
 
 # A fetch that brings nothing within FETCH_TIMEOUT ends a read only when the consumer has

@@ -207,6 +207,39 @@ class SettlementRepository:
         return await self.conn.fetch(
             "SELECT asset, sum(amount) AS total FROM ledger.postings GROUP BY asset HAVING sum(amount) <> 0")
 
+    async def fill_terms(self, day: date) -> dict[str, tuple[Decimal | None, int]]:
+        """The day's fills the ledger has applied, by id: the price and quantity it recorded."""
+        rows = await self.conn.fetch(
+            "SELECT execution_id, price, quantity FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1", day)
+        return {r["execution_id"]: (r["price"], r["quantity"]) for r in rows}
+
+    async def fills_off_their_terms(self, day: date) -> list[asyncpg.Record]:
+        """The day's fills whose captures move another amount than the fill's own: the buyer's
+        cash (price x quantity rounded down to the cent, fill_cash) and the seller's shares,
+        each as its capture says and as its entry's postings moved it into the counter book."""
+        return await self.conn.fetch(
+            """
+            SELECT * FROM (
+            SELECT e.execution_id, e.price, e.quantity, e.cash,
+                   cash.amount AS paid,
+                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = cash.entry_id AND p.amount > 0)
+                       AS paid_posted,
+                   shares.amount AS moved,
+                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = shares.entry_id AND p.amount > 0)
+                       AS moved_posted
+              FROM (SELECT execution_id, price, quantity, trunc(price * quantity, 2) AS cash,
+                           CASE WHEN side = 'BUY' THEN order_id ELSE counter_order_id END AS buyer_order,
+                           CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order
+                      FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
+              LEFT JOIN ledger.hold_captures cash
+                     ON cash.hold_id = e.buyer_order AND cash.capture_id = e.execution_id || ':cash'
+              LEFT JOIN ledger.hold_captures shares
+                     ON shares.hold_id = e.seller_order AND shares.capture_id = e.execution_id || ':shares'
+            ) f
+             WHERE (paid IS NOT NULL AND (paid <> cash OR paid_posted IS DISTINCT FROM paid))
+                OR (moved IS NOT NULL AND (moved <> quantity OR moved_posted IS DISTINCT FROM moved))
+            """, day)
+
     async def fill_ids(self, day: date) -> set[str]:
         rows = await self.conn.fetch(
             "SELECT execution_id FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1", day)

@@ -45,12 +45,12 @@ async def _settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up:
     checked = await _ledger_fills(day, uow)
     async with uow() as u:
         trimmed = await u.settlement.trimmed_before()
-    ids = None
+    fills = None
     if js is None:
         against = "the ledger's own records (no NATS was given: the execution journal was not read)"
     elif trimmed is not None and day < trimmed:
         against = f"the ledger's own records (the execution journal was trimmed before {trimmed})"
-    elif (ids := await journal.fill_ids(js, namespace, day)) is None:  # nothing settled yet
+    elif (fills := await journal.fills(js, namespace, day)) is None:  # nothing settled yet
         raise FailedPrecondition(
             f"there is no execution journal (stream {bus.stream_name(namespace, 'EXECUTIONS')}) on this NATS "
             f"server: is the namespace {namespace!r} the mesh's? (without NATS the day is reconciled against the "
@@ -58,11 +58,11 @@ async def _settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up:
     else:
         against = "the execution journal"
     # What the ledger has once it has caught up (or given up) is what this run settles.
-    before = (await settlement.catch_up(day, uow, ids, timeout=catch_up, progress=progress) if ids
+    before = (await settlement.catch_up(day, uow, set(fills), timeout=catch_up, progress=progress) if fills
               else await _ledger_fills(day, uow))
     report = await settlement.settle(day, uow, progress=progress)
     report.reconciled_against = against
-    return await settlement.reconcile(day, uow, ids, report, checked=checked, settled=before)
+    return await settlement.reconcile(day, uow, fills, report, checked=checked, settled=before)
 
 
 async def _ledger_fills(day: date, uow) -> set[str]:

@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import date
 from decimal import Decimal
-from typing import Callable, Iterable
+from typing import Callable, Mapping
 
 from ledger_svc.domain import model
 from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, SettlementReport, legs, settlement_entry
@@ -14,7 +14,7 @@ from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
-from meshkit.money import amount_text, fmt_at_tick, fmt_cents
+from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
@@ -134,19 +134,44 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
     return report
 
 
+def _terms(price: Decimal | None, quantity: int) -> str:
+    return f"{quantity} at {fmt_price(price) if price is not None else 'no price'}"
+
+
+def _same_terms(a: tuple[Decimal | None, int], b: tuple[Decimal | None, int]) -> bool:
+    return a[1] == b[1] and a[0] == b[0]  # Decimal equality: 182.66 == 182.6600
+
+
+def _moved_off(r) -> list[str]:
+    """What a fill's captures moved that is not its price x quantity and its quantity."""
+    said = []
+    for what, asset, expected, moved, posted in (
+            ("the buyer paid", model.CASH, r["cash"], r["paid"], r["paid_posted"]),
+            ("the seller delivered", "shares", Decimal(r["quantity"]), r["moved"], r["moved_posted"])):
+        if moved is None or (moved == expected and posted == expected):
+            continue
+        told = "nothing" if posted is None else _amount(asset, posted)
+        said.append(f"{what} {_amount(asset, moved)}" + (f" (posted {told})" if posted != moved else "")
+                    + f", not {_amount(asset, expected)}")
+    return said
+
+
 def _amount(asset: str, value: Decimal) -> str:
     """An amount in a discrepancy: as the API writes it, or exactly when a share count is not whole."""
     return amount_text(asset, value) if value == value.to_integral_value() or asset == model.CASH else str(value)
 
 
-async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterable[str] | None,
+async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[str, tuple[Decimal | None, int]] | None,
                     report: SettlementReport, *, checked: set[str] | None = None,
                     settled: set[str] | None = None) -> SettlementReport:
     """Compare the ledger with the execution journal: every fill of the day applied and settled
     exactly once (two captures each), every hold of an ended order resolved, every asset
-    summing to zero, clearing holding what it owes; and the ledger's materialised figures with
-    its records (balances with postings and holds, settled proceeds with their entries). `journal_fill_ids` are the day's fill ids read from the execution stream
-    itself (None when the stream is not reachable: then the ledger's own journal is used).
+    summing to zero, clearing holding what it owes, every fill moving its own price x quantity
+    and quantity (as the journal and the ledger's record of it say); and the ledger's
+    materialised figures with its records (balances with postings and holds, settled proceeds
+    with their entries). `journal_fills` are the day's fills (id: price, quantity) read from
+    the execution stream itself (None when the stream is not reachable: then the ledger's own
+    journal is used).
 
     Trading may go on while this runs, so two checks are limited to what a snapshot could see:
     a fill in the ledger and not in the journal is a discrepancy only among `checked` (the
@@ -156,13 +181,23 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fill_ids: Iterab
     assert d is not None
     async with uow_factory() as uow:
         s = uow.settlement
-        applied = await s.fill_ids(day)
-        if journal_fill_ids is not None:
-            journal = set(journal_fill_ids)
+        recorded = await s.fill_terms(day)
+        applied = set(recorded)
+        if journal_fills is not None:
+            journal = set(journal_fills)
             d += [Discrepancy("FILL_NOT_APPLIED", f, "in the execution journal, not in the ledger")
                   for f in sorted(journal - applied)]
             d += [Discrepancy("FILL_NOT_IN_JOURNAL", f, "in the ledger, not in the execution journal")
                   for f in sorted((applied if checked is None else checked) - journal)]
+            # Round 16: only each fill's presence was compared, not what it traded.
+            d += [Discrepancy("FILL_OFF_JOURNAL", f, f"the journal says {_terms(*journal_fills[f])}, the ledger's "
+                              f"record {_terms(*recorded[f])}")
+                  for f in sorted(journal & applied) if not _same_terms(journal_fills[f], recorded[f])]
+        # ... nor whether what the ledger moved for it is what it traded (its entries and their
+        # postings, which balances and proceeds then agree with).
+        d += [Discrepancy("FILL_AMOUNTS", r["execution_id"],
+                          f"{_terms(r['price'], r['quantity'])}: " + "; ".join(_moved_off(r)))
+              for r in await s.fills_off_their_terms(day)]
         d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected {r['expected']}")
               for r in await s.fills_without_two_captures(day)]
         d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")

@@ -243,7 +243,8 @@ async def test_the_end_of_day_runbook_needs_only_the_mesh_s_data_folder(pg_serve
 async def test_reconciliation_names_what_the_ledger_missed(checked_pool):
     uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
     day = calendar.trading_day(datetime.now(timezone.utc))
-    report = await settlement.reconcile(day, uow, {"AAPL:never-applied:1"}, settlement.SettlementReport(day))
+    report = await settlement.reconcile(day, uow, {"AAPL:never-applied:1": (Decimal("1.00"), 1)},
+                                        settlement.SettlementReport(day))
     kinds = {(d.kind, d.reference) for d in report.discrepancies}
     assert ("FILL_NOT_APPLIED", "AAPL:never-applied:1") in kinds
 
@@ -279,6 +280,52 @@ async def test_reconciliation_names_a_fill_whose_captures_are_missing(pg_server_
         assert captures == [("AAPL:2:0", "0 captures, expected 2")]
 
 
+async def test_reconciliation_names_a_fill_that_moved_other_amounts_than_it_traded(pg_server_url):
+    """Acceptance round 16: reconciliation compared only each fill's presence. A fill applied
+    (and settled) 100.00 short of its price x quantity, every ledger figure agreeing with the
+    others (a restored copy edited by hand standing in for a bug in applying fills), was
+    "discrepancies none". Now each fill's captures and their postings are compared with what
+    it traded (FILL_AMOUNTS), and the ledger's record of it with the journal's (FILL_OFF_JOURNAL)."""
+    from meshkit.executions import FILL, Execution
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url, cash="1000.00", shares=10) as uow:
+        fills = {}
+        for n in range(3):
+            buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+            await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("200.00")), uow)
+            await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(2)), uow)
+            fill = Execution(f"AAPL:7:{n}", "AAPL", FILL, buy, "buyer", side="BUY", counter_order_id=sell,
+                             counter_account_id="seller", price=Decimal("91.33"), quantity=2,
+                             executed_at=datetime(2026, 11, 4, 16, tzinfo=timezone.utc), trade_date=day)
+            assert await settlement.apply_execution(fill, uow)
+            fills[fill.execution_id] = (Decimal("91.33"), 2)
+        journal = {**fills, "AAPL:7:2": (Decimal("91.34"), 2)}  # the engine traded it otherwise
+        await settlement.settle(day, uow)
+        clean = await settlement.reconcile(day, uow, fills, settlement.SettlementReport(day))
+        assert not clean.discrepancies, clean.discrepancies
+        async with uow() as u:  # 100.00 short on every leg of the first fill's cash, consistently
+            await u.conn.execute("SET session_replication_role = replica")  # past the append-only triggers
+            entry = await u.conn.fetchval("SELECT entry_id FROM ledger.hold_captures WHERE capture_id = $1",
+                                          "AAPL:7:0:cash")
+            await u.conn.execute("UPDATE ledger.hold_captures SET amount = amount - 100 WHERE entry_id = $1", entry)
+            await u.conn.execute("UPDATE ledger.entries SET amount = amount - 100 WHERE entry_id = $1", entry)
+            await u.conn.execute("UPDATE ledger.postings SET amount = amount - 100 * sign(amount) "
+                                 "WHERE entry_id = $1", entry)
+            # ... and the second fill's shares posted as 1 while its capture says 2.
+            shares = await u.conn.fetchval("SELECT entry_id FROM ledger.hold_captures WHERE capture_id = $1",
+                                           "AAPL:7:1:shares")
+            await u.conn.execute("UPDATE ledger.postings SET amount = sign(amount) WHERE entry_id = $1", shares)
+            await u.commit()
+        report = await settlement.reconcile(day, uow, journal, settlement.SettlementReport(day))
+        found = sorted((d.kind, d.reference, d.detail) for d in report.discrepancies if d.kind.startswith("FILL"))
+        assert found == [
+            ("FILL_AMOUNTS", "AAPL:7:0", "2 at 91.33: the buyer paid 82.66, not 182.66"),
+            ("FILL_AMOUNTS", "AAPL:7:1", "2 at 91.33: the seller delivered 2 (posted 1), not 2"),
+            ("FILL_OFF_JOURNAL", "AAPL:7:2", "the journal says 2 at 91.34, the ledger's record 2 at 91.33"),
+        ], found
+
+
 class NoWakeups:
     closing = False
 
@@ -300,7 +347,7 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
     day, tomorrow = today.isoformat(), (today + timedelta(days=1)).isoformat()
     async with grpc.aio.insecure_channel(ledger_addr) as ch:
         stub = settlement_service_pb2_grpc.SettlementServiceStub(ch)
-        for bad in ("", "2026-13-45", "yesterday", tomorrow):  # tomorrow: today's proceeds paid before T+1
+        for bad in ("", "2026-13-45", "yesterday", tomorrow):  # tomorrow: a day not traded yet
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.RunSettlement(spb.RunSettlementRequest(date=bad))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,4 +1,4 @@
-"""The execution journal read back for reconciliation (ledger_svc.adapters.journal.fill_ids)
+"""The execution journal read back for reconciliation (ledger_svc.adapters.journal.fills)
 is read again when JetStream does not answer for a moment: a clustered stream electing a new
 leader after one of its servers died answered a fetch with ServiceUnavailableError, and
 `stockmesh settle` ended in a traceback (a fresh-clone run of tests/e2e/test_nats_cluster.py).
@@ -10,6 +10,7 @@ FILL_NOT_IN_JOURNAL, and a trim purged the executions of days not settled yet.""
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from types import SimpleNamespace
 
 import nats.errors
@@ -23,7 +24,8 @@ DAY = date(2026, 12, 4)
 
 
 def fill(n: int, day: date = DAY) -> SimpleNamespace:
-    ex = matching_pb2.Execution(execution_id=f"AAPL:{n}:0", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL)
+    ex = matching_pb2.Execution(execution_id=f"AAPL:{n}:0", symbol="AAPL", type=matching_pb2.EXECUTION_TYPE_FILL,
+                                price=f"187.{n}5", quantity=n)
     ex.time.FromDatetime(datetime(day.year, day.month, day.day, 15, tzinfo=timezone.utc))
     return SimpleNamespace(data=ex.SerializeToString(), metadata=SimpleNamespace(sequence=SimpleNamespace(stream=n)))
 
@@ -90,9 +92,10 @@ class SlowJournal:
 async def test_a_moment_without_an_answer_is_read_again(monkeypatch):
     monkeypatch.setattr(journal.asyncio, "sleep", lambda _s: _no_wait())
     js = Journal(failures=2)
-    assert await journal.fill_ids(js, "ns", DAY) == {"AAPL:1:0", "AAPL:2:0"} and js.reads == 3
+    assert await journal.fills(js, "ns", DAY) == {"AAPL:1:0": (Decimal("187.15"), 1),
+                                                  "AAPL:2:0": (Decimal("187.25"), 2)} and js.reads == 3
     with pytest.raises(nats.js.errors.ServiceUnavailableError):
-        await journal.fill_ids(Journal(failures=3), "ns", DAY)  # still none after three: said so
+        await journal.fills(Journal(failures=3), "ns", DAY)  # still none after three: said so
 
 
 async def _no_wait() -> None:
@@ -101,7 +104,7 @@ async def _no_wait() -> None:
 
 async def test_a_slow_fetch_is_not_the_end_of_the_days_fills():
     js = SlowJournal([fill(1), fill(2), fill(3)], slow=2)
-    assert await journal.fill_ids(js, "ns", DAY) == {"AAPL:1:0", "AAPL:2:0", "AAPL:3:0"}
+    assert set(await journal.fills(js, "ns", DAY)) == {"AAPL:1:0", "AAPL:2:0", "AAPL:3:0"}
 
 
 async def test_a_slow_fetch_is_not_the_end_of_the_days_before_a_trim():
@@ -120,4 +123,4 @@ async def test_a_journal_that_never_delivers_what_is_pending_is_unreachable(monk
         await journal.first_seq_of(SlowJournal([fill(1)], slow=5), "ns", DAY, 1, 2)
     monkeypatch.setattr(journal.asyncio, "sleep", lambda _s: _no_wait())
     with pytest.raises(nats.errors.TimeoutError):  # the day's fills: read again, then said so
-        await journal.fill_ids(SlowJournal([fill(1)], slow=5), "ns", DAY)
+        await journal.fills(SlowJournal([fill(1)], slow=5), "ns", DAY)
