@@ -277,10 +277,11 @@ class OrderRepository:
                 o.updated_at = now
         return [o.order_id in done for o, *_ in items]
 
-    async def mark_cancel_requested(self, o: Order, now: datetime) -> None:
-        await self.conn.execute(
-            "UPDATE orders.orders SET cancel_requested = true, updated_at = $2 WHERE order_id = $1", o.order_id, now)
-        o.cancel_requested, o.updated_at = True, now
+    async def mark_cancel_requested(self, o: Order) -> None:
+        """A cancel asked for: in the audit trail, not a change of the order a customer sees
+        (no OrderUpdate), so its updated_at stays that of its last update (round 16)."""
+        await self.conn.execute("UPDATE orders.orders SET cancel_requested = true WHERE order_id = $1", o.order_id)
+        o.cancel_requested = True
         await self.audit(o, "CANCEL_REQUESTED")
 
     async def audit(self, o: Order, event: str | None = None) -> None:
@@ -294,7 +295,7 @@ class OrderRepository:
             "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill, event))
 
     async def clear_cancel_request(self, order_id: uuid.UUID) -> None:
-        """The cancel request of an order that has ended is over; nothing else of it changes."""
+        """A cancel request is over (refused by the engine); nothing else of the order changes."""
         await self.conn.execute("UPDATE orders.orders SET cancel_requested = false WHERE order_id = $1", order_id)
 
     async def mark_triggered_in(self, order_id: uuid.UUID, sequence: int) -> None:

@@ -420,7 +420,7 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         if await uow.orders.pending_replacement(o.order_id) is not None:
             raise model.OrderChangePending("a replace of this order is waiting for the engine; cancel the "
                                            "replacing order once it is working", metadata={"orderId": str(order_id)})
-        await uow.orders.mark_cancel_requested(o, now())
+        await uow.orders.mark_cancel_requested(o)
         cmd = matching_pb2.EngineCommand(
             command_id=f"{o.order_id}:cancel", symbol=o.request.symbol,
             cancel_order=matching_pb2.CancelOrder(order_id=str(o.order_id), account_id=o.account_id))

@@ -124,10 +124,9 @@ async def _cancel_rejected(uow, ex: Execution, at) -> None:
     o = await _order(uow, ex.order_id, ex)
     if o is not None and o.cancel_requested:
         o.cancel_requested = False
-        if o.status.is_terminal:  # it ended before the cancel reached the engine: the flag only,
-            await uow.orders.clear_cancel_request(o.order_id)  # not its updated_at (round 16)
-        else:
-            await uow.orders.save_execution_result(o, at)
+        # The flag only: not the order's updated_at, which is its last OrderUpdate's (round 16:
+        # it moved with no update sent, also on an order that had ended meanwhile).
+        await uow.orders.clear_cancel_request(o.order_id)
         await uow.orders.audit(o, "CANCEL_REJECTED")
 
 

@@ -718,6 +718,9 @@ async def test_cancel_rejected_clears_the_cancel_request(engine, order_deps, che
             return x if not x.cancel_requested else None
         still = await eventually(not_requested, "the cancel request to clear")
         assert still.status is Status.NEW
+        # Neither the request nor its refusal is a change a customer is sent: updated_at stays
+        # the last update's (round 16: it moved twice with no OrderUpdate).
+        assert still.updated_at == live.updated_at
         assert await updates_of(checked_pool, live.order_id) == ["NEW"]
         await handlers.cancel_order(buyer, live.order_id, order_deps)
         async with checked_pool.acquire() as conn:
