@@ -39,9 +39,12 @@ Progress = Callable[[int, int], None]  # (events checked so far, events in the s
 
 
 async def verify(conn: asyncpg.Connection, progress: Progress | None = None,
-                 every: int = 10_000) -> tuple[int, Broken | None]:
-    """Walk every chain in order, in one snapshot; returns (events checked, the first broken
-    link or None). `progress`, if given, hears every `every` events how far the walk is."""
+                 every: int = 10_000) -> tuple[int, list[Broken]]:
+    """Walk every chain in order, in one snapshot; returns (events found intact, the first
+    broken link of each broken chain: empty when all are intact). A broken chain does not stop
+    the walk: the others are checked still (round 16: a trail broken once hid any later
+    tampering of every other chain). `progress`, if given, hears every `every` events how far
+    the walk is."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if progress is None:
             return await _verify(conn, lambda _: None, every)
@@ -49,37 +52,44 @@ async def verify(conn: asyncpg.Connection, progress: Progress | None = None,
         return await _verify(conn, lambda checked: progress(checked, total), every)
 
 
-async def _verify(conn: asyncpg.Connection, progress: Callable[[int], None], every: int) -> tuple[int, Broken | None]:
-    checked = 0
+async def _verify(conn: asyncpg.Connection, progress: Callable[[int], None],
+                  every: int) -> tuple[int, list[Broken]]:
+    checked, walked = 0, 0
     heads = {r["stream"]: (r["seq"], bytes(r["hash"])) for r in await conn.fetch("SELECT * FROM audit.heads")}
     seen: set[str] = set()
-    stream, expected_seq, prev = None, 0, b""
+    broken: list[Broken] = []
+    stream, expected_seq, prev, intact = None, 0, b"", True
     async for r in conn.cursor(
             "SELECT stream, seq, event_type, payload, prev_hash, hash FROM audit.events ORDER BY stream, seq",
             prefetch=2000):
+        walked += 1
+        if walked % every == 0:
+            progress(walked)
         if r["stream"] != stream:
-            if stream is not None and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
-                return checked, bad
-            stream, expected_seq, prev = r["stream"], 0, b""
+            if stream is not None and intact and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
+                broken.append(bad)
+            stream, expected_seq, prev, intact = r["stream"], 0, b"", True
             seen.add(stream)
+        if not intact:
+            continue  # this chain's first broken link is named; the rest of it cannot be trusted
         expected_seq += 1
+        bad = None
         if r["seq"] != expected_seq:
-            return checked, Broken(stream, expected_seq, f"missing; the chain jumps to event {r['seq']}")
-        if bytes(r["prev_hash"]) != prev:
-            return checked, Broken(stream, r["seq"], "prev_hash does not match the previous event's hash")
-        want = link_hash(prev, stream, r["seq"], r["event_type"], r["payload"])
-        if bytes(r["hash"]) != want:
-            return checked, Broken(stream, r["seq"], "content does not match its hash (altered)")
+            bad = Broken(stream, expected_seq, f"missing; the chain jumps to event {r['seq']}")
+        elif bytes(r["prev_hash"]) != prev:
+            bad = Broken(stream, r["seq"], "prev_hash does not match the previous event's hash")
+        elif bytes(r["hash"]) != (want := link_hash(prev, stream, r["seq"], r["event_type"], r["payload"])):
+            bad = Broken(stream, r["seq"], "content does not match its hash (altered)")
+        if bad is not None:
+            broken.append(bad)
+            intact = False
+            continue
         prev = want
         checked += 1
-        if checked % every == 0:
-            progress(checked)
-    if stream is not None and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
-        return checked, bad
-    for s in sorted(set(heads) - seen):
-        if heads[s][0] > 0:
-            return checked, Broken(s, 1, "the chain's events are gone")
-    return checked, None
+    if stream is not None and intact and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
+        broken.append(bad)
+    broken += [Broken(s, 1, "the chain's events are gone") for s in sorted(set(heads) - seen) if heads[s][0] > 0]
+    return checked, broken
 
 
 def _head_mismatch(heads: dict[str, tuple[int, bytes]], stream: str, seq: int, last: bytes) -> Broken | None:

@@ -1,4 +1,4 @@
-"""The audit trail: append-only in the database, and verification names the first broken link."""
+"""The audit trail: append-only in the database, and verification names each broken chain's first broken link."""
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +41,7 @@ async def test_ledger_movements_are_chained_and_verify(checked_pool):
                                 f"ledger:{acct}")
         assert [(r["seq"], r["event_type"]) for r in rows] == [(1, "DEPOSIT"), (2, "WITHDRAWAL")]
         checked, broken = await audit.verify(conn)
-        assert broken is None and checked >= 2
+        assert broken == [] and checked >= 2
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await conn.execute("UPDATE audit.events SET payload = '{}' WHERE stream = $1", f"ledger:{acct}")
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
@@ -55,7 +55,7 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
         for i in range(5):
             await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
         await audit.append(conn, "order:y", "ORDER_NEW", {"i": 0})
-        assert (await audit.verify(conn))[1] is None
+        assert (await audit.verify(conn))[1] == []
         ok = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url,
                              "--progress-every", "2"], capture_output=True, text=True)
         assert ok.returncode == 0 and "6 events verified" in ok.stdout
@@ -68,7 +68,7 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
             await conn.execute("""UPDATE audit.events SET payload = '{"i":99}' WHERE stream = 'order:x' AND seq = 3""")
             await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
         _, broken = await audit.verify(conn)
-        assert broken is not None and (broken.stream, broken.seq) == ("order:x", 3)
+        assert [(b.stream, b.seq) for b in broken] == [("order:x", 3)]
         bad = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
                              capture_output=True, text=True)
         assert bad.returncode == 1 and "'order:x', event 3" in bad.stderr
@@ -79,7 +79,37 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
             await conn.execute("UPDATE audit.events SET payload = '{\"i\":2}' WHERE stream = 'order:x' AND seq = 3")
             await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
         _, broken = await audit.verify(conn)
-        assert broken is not None and broken.stream == "order:y"
+        assert [b.stream for b in broken] == ["order:y"]
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(pg_server_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_verify_names_every_broken_chain_not_only_the_first(pg_server_url):
+    """Acceptance round 16: the walk stopped at the first broken link, so once one chain was
+    broken (and a trail cannot be repaired), tampering with any chain after it in the walk's
+    order was never reported. Each broken chain is now named at its first broken link, and the
+    other chains are still checked."""
+    name, url = await _scratch_db(pg_server_url)
+    conn = await asyncpg.connect(url)
+    try:
+        for stream in ("order:a", "order:b", "order:c"):
+            for i in range(4):
+                await audit.append(conn, stream, "ORDER_NEW", {"i": i})
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+            await conn.execute("""UPDATE audit.events SET payload = '{"i":9}' WHERE stream = 'order:a' AND seq = 2""")
+            await conn.execute("""UPDATE audit.events SET payload = '{"i":9}' WHERE stream = 'order:c' AND seq = 4""")
+            await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        checked, broken = await audit.verify(conn)
+        assert [(b.stream, b.seq) for b in broken] == [("order:a", 2), ("order:c", 4)]
+        assert checked == 1 + 4 + 3  # a's first event, all of b, c's first three
+        bad = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and "2 chains broken" in bad.stderr and "8 events intact" in bad.stderr
+        assert "'order:a', event 2" in bad.stderr and "'order:c', event 4" in bad.stderr
     finally:
         await conn.close()
         admin = await asyncpg.connect(pg_server_url)
@@ -113,7 +143,7 @@ async def test_a_chains_head_only_moves_forward_by_an_append(pg_server_url):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="only moves forward by an append"):
                 await conn.execute(change)
         _, broken = await audit.verify(conn)
-        assert broken is not None and broken.stream == "order:x"  # the missing tail still shows
+        assert [b.stream for b in broken] == ["order:x"]  # the missing tail still shows
     finally:
         await conn.close()
         admin = await asyncpg.connect(pg_server_url)
@@ -147,7 +177,7 @@ async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upse
         assert sorted(seqs) == list(range(4, 44))
         assert await audit.append(conn, "order:new", "ORDER_NEW", {}) == 1  # a stream's first event
         checked, broken = await audit.verify(conn)
-        assert broken is None and checked == 44
+        assert broken == [] and checked == 44
     finally:
         await pool.close()
         await conn.close()
