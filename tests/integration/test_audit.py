@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import asyncpg
@@ -18,17 +19,18 @@ from meshkit import audit
 pytestmark = pytest.mark.integration
 
 
-async def _scratch_db(pg_server_url: str):
-    from meshkit.migrate import apply_all
-    from tests.conftest import _with_db
+@asynccontextmanager
+async def _scratch(pg_server_url: str):
+    """A database of its own with every schema (the trail alone in it): its URL and a
+    connection; dropped afterwards."""
+    from tests.conftest import fresh_database
 
-    name = f"stockmesh_audit_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = _with_db(pg_server_url, name)
-    apply_all(url)
-    return name, url
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            yield url, conn
+        finally:
+            await conn.close()
 
 
 async def test_ledger_movements_are_chained_and_verify(checked_pool):
@@ -49,9 +51,7 @@ async def test_ledger_movements_are_chained_and_verify(checked_pool):
 
 
 async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
-    name, url = await _scratch_db(pg_server_url)
-    conn = await asyncpg.connect(url)
-    try:
+    async with _scratch(pg_server_url) as (url, conn):
         for i in range(5):
             await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
         await audit.append(conn, "order:y", "ORDER_NEW", {"i": 0})
@@ -80,11 +80,6 @@ async def test_verify_names_the_first_link_tampered_with_by_hand(pg_server_url):
             await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
         _, broken = await audit.verify(conn)
         assert [b.stream for b in broken] == ["order:y"]
-    finally:
-        await conn.close()
-        admin = await asyncpg.connect(pg_server_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_verify_names_every_broken_chain_not_only_the_first(pg_server_url):
@@ -92,9 +87,7 @@ async def test_verify_names_every_broken_chain_not_only_the_first(pg_server_url)
     broken (and a trail cannot be repaired), tampering with any chain after it in the walk's
     order was never reported. Each broken chain is now named at its first broken link, and the
     other chains are still checked."""
-    name, url = await _scratch_db(pg_server_url)
-    conn = await asyncpg.connect(url)
-    try:
+    async with _scratch(pg_server_url) as (url, conn):
         for stream in ("order:a", "order:b", "order:c"):
             for i in range(4):
                 await audit.append(conn, stream, "ORDER_NEW", {"i": i})
@@ -110,11 +103,6 @@ async def test_verify_names_every_broken_chain_not_only_the_first(pg_server_url)
                              capture_output=True, text=True)
         assert bad.returncode == 1 and "2 chains broken" in bad.stderr and "8 events intact" in bad.stderr
         assert "'order:a', event 2" in bad.stderr and "'order:c', event 4" in bad.stderr
-    finally:
-        await conn.close()
-        admin = await asyncpg.connect(pg_server_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def test_verify_without_a_database_url_or_a_mesh_says_what_to_give(tmp_path):
@@ -128,9 +116,7 @@ async def test_a_chains_head_only_moves_forward_by_an_append(pg_server_url):
     """Acceptance round 14 A: a chain's last event deleted (triggers off) and its head, which no
     trigger guarded, moved back onto the event before by a plain UPDATE: `audit verify` said
     intact, the fill's audit record gone. The head now takes no change but an append's."""
-    name, url = await _scratch_db(pg_server_url)
-    conn = await asyncpg.connect(url)
-    try:
+    async with _scratch(pg_server_url) as (url, conn):
         for i in range(3):
             await audit.append(conn, "order:x", "ORDER_NEW", {"i": i})
         async with conn.transaction():
@@ -144,11 +130,6 @@ async def test_a_chains_head_only_moves_forward_by_an_append(pg_server_url):
                 await conn.execute(change)
         _, broken = await audit.verify(conn)
         assert [b.stream for b in broken] == ["order:x"]  # the missing tail still shows
-    finally:
-        await conn.close()
-        admin = await asyncpg.connect(pg_server_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upsert_with_racing_appends(pg_server_url):
@@ -158,29 +139,24 @@ async def test_a_chain_begun_by_the_four_statement_append_goes_on_under_the_upse
     from pathlib import Path
 
     migrations = Path(__file__).resolve().parents[2] / "meshkit" / "migrations"
-    name, url = await _scratch_db(pg_server_url)
-    conn = await asyncpg.connect(url)
-    pool = await asyncpg.create_pool(url, min_size=8, max_size=8)
-    try:
-        await conn.execute((migrations / "0003.audit-heads-forward-only.rollback.sql").read_text())
-        await conn.execute((migrations / "0002.audit-append-upsert.rollback.sql").read_text())
-        for i in range(3):
-            await audit.append(conn, "order:z", "ORDER_NEW", {"i": i})
-        await conn.execute((migrations / "0002.audit-append-upsert.sql").read_text())
-        await conn.execute((migrations / "0003.audit-heads-forward-only.sql").read_text())
+    async with _scratch(pg_server_url) as (url, conn):
+        pool = await asyncpg.create_pool(url, min_size=8, max_size=8)
+        try:
+            await conn.execute((migrations / "0003.audit-heads-forward-only.rollback.sql").read_text())
+            await conn.execute((migrations / "0002.audit-append-upsert.rollback.sql").read_text())
+            for i in range(3):
+                await audit.append(conn, "order:z", "ORDER_NEW", {"i": i})
+            await conn.execute((migrations / "0002.audit-append-upsert.sql").read_text())
+            await conn.execute((migrations / "0003.audit-heads-forward-only.sql").read_text())
 
-        async def one(i: int) -> int:
-            async with pool.acquire() as c, c.transaction():
-                return await audit.append(c, "order:z", "ORDER_FILL", {"i": i})
+            async def one(i: int) -> int:
+                async with pool.acquire() as c, c.transaction():
+                    return await audit.append(c, "order:z", "ORDER_FILL", {"i": i})
 
-        seqs = await asyncio.gather(*(one(i) for i in range(3, 43)))
-        assert sorted(seqs) == list(range(4, 44))
-        assert await audit.append(conn, "order:new", "ORDER_NEW", {}) == 1  # a stream's first event
-        checked, broken = await audit.verify(conn)
-        assert broken == [] and checked == 44
-    finally:
-        await pool.close()
-        await conn.close()
-        admin = await asyncpg.connect(pg_server_url)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+            seqs = await asyncio.gather(*(one(i) for i in range(3, 43)))
+            assert sorted(seqs) == list(range(4, 44))
+            assert await audit.append(conn, "order:new", "ORDER_NEW", {}) == 1  # a stream's first event
+            checked, broken = await audit.verify(conn)
+            assert broken == [] and checked == 44
+        finally:
+            await pool.close()
