@@ -69,8 +69,10 @@ class ResourceExhausted(DomainError):
     code = "RESOURCE_EXHAUSTED"
     default_reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after_seconds: float, reason: str | None = None,
+    def __init__(self, message: str, *, retry_after_seconds: float | None, reason: str | None = None,
                  metadata: dict[str, str] | None = None) -> None:
+        """`retry_after_seconds`: when the same call may succeed (RetryInfo); None where waiting
+        alone does not help (a limit the caller must act on)."""
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_seconds = retry_after_seconds
 

@@ -94,7 +94,7 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         if self._streams[account] >= self.streams_per_account:
             raise ResourceExhausted(
                 f"this account has {self.streams_per_account} order-update streams open already; close one "
-                "(one stream carries every change of every order)", retry_after_seconds=5,
+                "(one stream carries every change of every order)", retry_after_seconds=None,  # waiting does not help
                 reason="TOO_MANY_STREAMS", metadata={"limit": str(self.streams_per_account)})
 
         async def positioned(last: int) -> None:
