@@ -1,6 +1,7 @@
 """proto <-> domain for order_svc, beside the servicer."""
 from __future__ import annotations
 
+import re
 import uuid
 from decimal import Decimal
 
@@ -98,12 +99,16 @@ def replace_request(req: pb.ReplaceOrderRequest, account_id: str):
                           quantity=req.quantity, limit_price=prices[0], stop_price=prices[1])
 
 
+# An order id as PlaceOrder writes it (any case): not the other spellings uuid.UUID takes
+# ("{...}", "urn:uuid:...", no dashes), which named the same order by another text (round 16).
+_ORDER_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | None:
-    try:
+    if _ORDER_ID.fullmatch(text):
         return uuid.UUID(text)
-    except ValueError:
-        v.add(field, "must be an order id returned by PlaceOrder" if text else "is required")
-        return None
+    v.add(field, "must be an order id returned by PlaceOrder" if text else "is required")
+    return None
 
 
 def order_to_proto(o: Order) -> order_pb2.Order:

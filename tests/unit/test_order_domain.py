@@ -84,3 +84,17 @@ def test_a_triggered_stop_that_found_no_liquidity_says_it_was_a_stop():
             o.end(model.Status.CANCELLED, reason)
             assert expected in o.end_message
             assert "found no liquidity within its price collar" in o.end_message
+
+
+def test_an_order_id_is_taken_as_placeorder_writes_it_and_not_in_uuids_other_spellings():
+    import uuid
+
+    from meshkit.errors import Violations
+    from order_svc.entrypoints import mapping
+
+    oid = uuid.uuid4()
+    v = Violations()
+    assert mapping.order_id(str(oid), v) == oid and mapping.order_id(str(oid).upper(), v) == oid and not v.items
+    for other in (f"{{{oid}}}", f"urn:uuid:{oid}", oid.hex, f" {oid}", f"{oid}\n", ""):
+        v = Violations()
+        assert mapping.order_id(other, v) is None and [i.field for i in v.items] == ["order_id"], other
