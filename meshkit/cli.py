@@ -40,6 +40,27 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
+def timed_out(exc: BaseException) -> str | None:
+    """What an operator needs to hear when a command's statement or request ran out of time
+    (round 16: `settle` beside a ledger_svc frozen mid-transaction ended in a 60-line
+    traceback); None for anything else."""
+    import asyncio
+
+    import asyncpg
+    import nats.errors
+
+    from meshkit.errors import causes
+
+    for exc in causes(exc, limit=8):
+        if isinstance(exc, nats.errors.TimeoutError):
+            return "NATS did not answer in time; nothing was left half-done: run the command again"
+        if isinstance(exc, (asyncio.TimeoutError, asyncpg.QueryCanceledError)):
+            return ("PostgreSQL did not finish a statement in time: another transaction may hold the rows it needs "
+                    "(a service stopped or frozen in the middle of one: see pg_stat_activity), or the server is "
+                    "overloaded. Nothing was left half-done: run the command again")
+    return None
+
+
 def _stdout_gone() -> bool:
     """Whether whoever read our stdout has gone (`stockmesh consumers | head`)."""
     import select
@@ -62,7 +83,7 @@ class _Main(click.Group):
                 # does, with the status of a death by SIGPIPE, flushing nothing more at exit.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(128 + signal.SIGPIPE)
-            problem = unreachable(exc)
+            problem = unreachable(exc) or timed_out(exc)
             if problem is None:
                 raise
             raise click.ClickException(f"stockmesh {ctx.invoked_subcommand or ''}: {problem}") from None

@@ -101,7 +101,13 @@ async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, tim
         async with uow_factory() as uow:
             applied = await uow.settlement.fill_ids(day)
         missing = journal - applied
-        if not missing or time.monotonic() >= deadline:
+        if not missing:
+            return applied
+        if time.monotonic() >= deadline:
+            if progress:  # round 16: a ledger only behind read as fills lost, with no word of the wait ending
+                progress(f"stopped waiting after {timeout:g} s with {len(missing)} fills of the journal not applied by "
+                         "the ledger yet (its execution consumer is behind or stopped): they are reported as "
+                         "FILL_NOT_APPLIED; run settle again once it has caught up")
             return applied
         if progress and len(missing) != said:
             progress(f"waiting for the ledger to apply {len(missing)} fills of the journal")

@@ -419,3 +419,17 @@ async def test_settlement_waits_for_a_ledger_behind_the_journal(order_deps, chec
     assert mine == []
     s = await ledger.cash_balance(seller, uow)
     assert (s.total, s.settled, s.unsettled) == (Decimal("935.00"), Decimal("935.00"), 0)  # 5 × 187.00, settled
+
+
+async def test_settle_says_when_it_stops_waiting_for_a_ledger_behind_the_journal(pg_server_url):
+    """Acceptance round 16: a ledger only behind was reported FILL_NOT_APPLIED ("in the
+    execution journal, not in the ledger", which reads as lost) with no word that the wait for
+    it had ended."""
+    said: list[str] = []
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url) as uow:
+        applied = await settlement.catch_up(day, uow, {"AAPL:9:0", "AAPL:9:1"}, timeout=0.3, progress=said.append,
+                                            poll=0.05)
+    assert applied == set()
+    assert said[0] == "waiting for the ledger to apply 2 fills of the journal"
+    assert said[-1].startswith("stopped waiting after 0.3 s with 2 fills of the journal not applied by the ledger yet")

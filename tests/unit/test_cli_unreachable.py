@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from meshkit.cli import main, unreachable
+from meshkit.cli import main, timed_out, unreachable
 
 NOWHERE_PG = "postgresql://postgres@127.0.0.1:1/x"
 NOWHERE_NATS = "nats://127.0.0.1:1"
@@ -86,3 +86,25 @@ def test_engine_halt_and_resume_take_several_symbols_or_all(monkeypatch):
     calls.clear()
     done = CliRunner().invoke(main, ["engine", "resume", "AAPL", "KO", "--address", "x:1"])
     assert done.exit_code == 0 and calls == [("ResumeSymbol", "AAPL"), ("ResumeSymbol", "KO")], done.output
+
+
+def test_a_statement_out_of_time_is_one_line_saying_what_may_hold_it(monkeypatch):
+    """Acceptance round 16: `settle` beside a ledger_svc frozen mid-transaction waited out
+    asyncpg's command timeout on an account lock, then printed a 60-line TimeoutError."""
+    import asyncpg
+    import nats.errors
+
+    from ledger_svc.service_layer import runner
+
+    async def frozen(*args, **kwargs):
+        raise TimeoutError
+
+    monkeypatch.setattr(runner, "run_settlement", frozen)
+    done = CliRunner().invoke(main, ["settle", "--date", "2026-12-04", "--before-close", "--database-url",
+                                     "postgresql://postgres@127.0.0.1:1/x", "--nats-url", "nats://127.0.0.1:1"])
+    assert done.exit_code == 1, done.output
+    assert done.output.startswith("Error: stockmesh settle: PostgreSQL did not finish a statement in time"), done.output
+    assert "pg_stat_activity" in done.output and "Traceback" not in done.output
+    assert timed_out(asyncpg.QueryCanceledError("canceling statement due to statement timeout")) is not None
+    assert timed_out(nats.errors.TimeoutError()).startswith("NATS did not answer in time")
+    assert timed_out(ValueError("a bug")) is None
