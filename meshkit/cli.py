@@ -373,7 +373,8 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
     """Settle a trading day's fills and reconcile the ledger against the execution journal.
 
     The day's session must have closed (order_svc closes it at the close in regular hours; a
-    market kept always open is closed with `stockmesh session close`), unless --before-close.
+    market kept always open is closed with `stockmesh session close`, and goes on trading: halt
+    it first, `stockmesh engine halt all`, for a final settlement), unless --before-close.
     The journal is read first and the ledger given up to --wait seconds to apply all of it
     (it may be catching up after a restart). Prints a report with every discrepancy (exit 1
     if any); running it twice changes nothing."""
