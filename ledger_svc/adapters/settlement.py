@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -25,11 +25,13 @@ class SettlementRepository:
         return bool(await self.conn.fetchval(
             """
             INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
-                                           counter_account_id, side, price, quantity, trade_date, executed_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                           counter_account_id, side, price, quantity, trade_date, executed_at,
+                                           leaves, counter_leaves)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (execution_id) DO NOTHING RETURNING true
             """, ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
-            ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at))
+            ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
+            ex.counter_leaves if ex.counter_order_id else None))
 
     async def position(self, account_id: str, symbol: str) -> Position:
         row = await self.conn.fetchrow(
@@ -158,14 +160,31 @@ class SettlementRepository:
             """.format(MOVES_CASH=_MOVES_CASH), day)
 
     async def pending_holds_of_ended_orders(self) -> list[asyncpg.Record]:
+        """Holds still pending whose order has ended: the engine ended it (cancelled, expired,
+        rejected, replaced), or a fill did (nothing left of it, on either side of the fill:
+        migration 0017); and the reserve of a replace whose transfer was decided (completed or
+        cancelled, the reserve released with it)."""
         return await self.conn.fetch(
             """
             SELECT h.hold_id, h.order_id, h.amount - h.captured AS left
               FROM ledger.holds h
-             WHERE h.status = 'PENDING' AND EXISTS (
-                   SELECT 1 FROM ledger.executions e
-                    WHERE e.order_id = h.order_id AND e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED', 'REPLACED'))
+             WHERE h.status = 'PENDING' AND (
+                   EXISTS (SELECT 1 FROM ledger.executions e
+                            WHERE e.order_id = h.order_id
+                              AND (e.type IN ('CANCELLED', 'EXPIRED', 'REJECTED', 'REPLACED')
+                                   OR (e.type = 'FILL' AND e.leaves = 0)))
+                OR EXISTS (SELECT 1 FROM ledger.executions e
+                            WHERE e.counter_order_id = h.order_id AND e.type = 'FILL' AND e.counter_leaves = 0)
+                OR EXISTS (SELECT 1 FROM ledger.hold_transfers t
+                            WHERE t.reserve_hold_id = h.hold_id AND t.status <> 'PENDING'))
             """)
+
+    async def stale_transfers(self, older_than: timedelta) -> list[asyncpg.Record]:
+        """Hold transfers (replaces) still undecided after `older_than`: the engine answers a
+        replace in moments, so one pending for long holds its reserve for nothing."""
+        return await self.conn.fetch(
+            "SELECT to_hold_id, from_hold_id, created_at FROM ledger.hold_transfers "
+            "WHERE status = 'PENDING' AND created_at < now() - $1::interval ORDER BY created_at", older_than)
 
     async def clearing_and_owed(self) -> tuple[Decimal, Decimal]:
         """Clearing's cash and the sale proceeds not yet settled, in one snapshot: every cent in

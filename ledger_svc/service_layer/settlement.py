@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Callable, Mapping
 
@@ -167,6 +167,10 @@ def _amount(asset: str, value: Decimal) -> str:
     return amount_text(asset, value) if value == value.to_integral_value() or asset == model.CASH else str(value)
 
 
+# A replace the engine has not answered for this long is a discrepancy (it answers in moments).
+STALE_TRANSFER = timedelta(days=1)
+
+
 async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[str, tuple[Decimal | None, int]] | None,
                     report: SettlementReport, *, checked: set[str] | None = None,
                     settled: set[str] | None = None) -> SettlementReport:
@@ -210,6 +214,10 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[s
               for r in await s.fills_not_settled(day) if settled is None or r["execution_id"] in settled]
         d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
               for r in await s.pending_holds_of_ended_orders()]
+        d += [Discrepancy("TRANSFER_PENDING", r["to_hold_id"],
+                          f"the replace of {r['from_hold_id']} asked at {r['created_at']:%Y-%m-%d %H:%M:%S} UTC was never "
+                          "decided by the engine (its reserve, if any, is still held)")
+              for r in await s.stale_transfers(STALE_TRANSFER)]
         d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
               for r in await s.unbalanced_assets()]
         for r in await s.balances_off_the_books():

@@ -433,3 +433,50 @@ async def test_settle_says_when_it_stops_waiting_for_a_ledger_behind_the_journal
     assert applied == set()
     assert said[0] == "waiting for the ledger to apply 2 fills of the journal"
     assert said[-1].startswith("stopped waiting after 0.3 s with 2 fills of the journal not applied by the ledger yet")
+
+
+async def test_reconciliation_names_a_hold_left_open_by_a_filled_order_or_a_decided_replace(pg_server_url):
+    """Round 16 code review 4: HOLD_OPEN looked only at orders the engine ended, not at one a
+    fill ended (the ledger kept no fill's leaves), nor at a replace's reserve once its transfer
+    was decided; a replace never decided was not looked at either. The code releases all of
+    them: these checks are there for the day it does not (here, rows put wrong by hand)."""
+    from meshkit.executions import FILL, Execution
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url, cash="1000.00", shares=10) as uow:
+        buy, sell, other = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("100.00")), uow)
+        await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(5)), uow)
+        await ledger.place_hold(commands.PlaceHold(other, "buyer", other, "USD", Decimal("10.00")), uow)
+        # A fill that ended both orders, recorded without its effects (a ledger put wrong).
+        ghost = Execution("AAPL:8:0", "AAPL", FILL, buy, "buyer", side="BUY", counter_order_id=sell,
+                          counter_account_id="seller", price=Decimal("10.00"), quantity=5, leaves=0, counter_leaves=0,
+                          executed_at=datetime(2026, 11, 4, 16, tzinfo=timezone.utc), trade_date=day)
+        async with uow() as u:
+            assert await u.settlement.claim_execution(ghost)
+            await u.commit()
+        # A replace of `other` with a reserve; then a second transfer decided by hand with its
+        # reserve left held, and the first left undecided for two days.
+        new = str(uuid.uuid4())
+        await ledger.transfer_hold(commands.TransferHold(other, new, new, "buyer", "USD", Decimal("1.00"),
+                                                         Decimal("5.00")), uow)
+        async with uow() as u:
+            await u.conn.execute("SET session_replication_role = replica")  # past the forward-only triggers
+            await u.conn.execute("UPDATE ledger.hold_transfers SET created_at = now() - interval '2 days' "
+                                 "WHERE to_hold_id = $1", new)
+            await u.commit()
+        report = await settlement.reconcile(day, uow, None, settlement.SettlementReport(day))
+        found = sorted((d.kind, d.reference) for d in report.discrepancies if d.kind in ("HOLD_OPEN",
+                                                                                       "TRANSFER_PENDING"))
+        assert found == sorted([("HOLD_OPEN", buy), ("HOLD_OPEN", sell), ("TRANSFER_PENDING", new)]), found
+        async with uow() as u:
+            await u.conn.execute("SET session_replication_role = replica")
+            await u.conn.execute("UPDATE ledger.hold_transfers SET status = 'CANCELLED', resolved_at = now() "
+                                 "WHERE to_hold_id = $1", new)
+            reserve = await u.conn.fetchval("SELECT reserve_hold_id FROM ledger.hold_transfers WHERE to_hold_id = $1",
+                                            new)
+            await u.commit()
+        report = await settlement.reconcile(day, uow, None, settlement.SettlementReport(day))
+        found = sorted((d.kind, d.reference) for d in report.discrepancies if d.kind in ("HOLD_OPEN",
+                                                                                       "TRANSFER_PENDING"))
+        assert found == sorted([("HOLD_OPEN", buy), ("HOLD_OPEN", sell), ("HOLD_OPEN", reserve)]), found
