@@ -140,6 +140,7 @@ class App:
 
 
 LIVENESS = "liveness"  # the health service name a liveness probe asks (deploy/k8s)
+MAX_METADATA = 64 * 1024  # bytes of request metadata a service takes (Envoy's own limit is 60 KiB)
 
 
 async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -147,6 +148,12 @@ async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, heal
         interceptors=[ServiceInterceptor()],
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            # Request metadata up to what Envoy takes (60 KiB, its default): gRPC's own limit,
+            # 8 KiB soft and 16 KiB hard, refused a request between them at random, and a big
+            # token's x-jwt-payload counts twice where a service passes it on (GetPortfolio
+            # asking order_svc), whose refusal came back as UNAVAILABLE "retry shortly" (round 16).
+            ("grpc.max_metadata_size", MAX_METADATA),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
         ],
