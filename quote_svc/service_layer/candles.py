@@ -114,6 +114,14 @@ class CandleCache:
         return len(self._entries)
 
 
+def _whole(end: datetime, interval) -> datetime:
+    """`end`, moved on to the end of the bucket it falls in: whole buckets are read, also where
+    a range ends inside its last one. The symbol's first trade or imported close is looked for
+    up to there too (round 16: a range ending before the first trade, inside its bucket, left
+    that bucket out, and a request answered from the cache had it)."""
+    return end if bucket_start(end, interval) == end else next_bucket(bucket_start(end, interval), interval)
+
+
 async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: datetime, want: int,
                   prev: Decimal | None, now: datetime) -> tuple[list[Candle], datetime]:
     """Up to `want` candles of the buckets [cur, stop), `prev` being the close before `cur`;
@@ -121,15 +129,13 @@ async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: d
     out: list[Candle] = []
     if prev is None:
         # Nothing before: skip straight to the first stored candle, if any.
-        first = await repo.first_start(q.symbol, q.interval.seconds, cur, stop)
+        first = await repo.first_start(q.symbol, q.interval.seconds, cur, _whole(stop, q.interval))
         if first is None:
             return out, max(cur, stop)
         cur = max(cur, bucket_start(first, q.interval))
     while cur < stop and len(out) < want:
         window_end = min(stop, advance(cur, q.interval, want - len(out)))
-        # Whole buckets are loaded, also where `end` falls inside the last one.
-        load_end = window_end if bucket_start(window_end, q.interval) == window_end \
-            else next_bucket(bucket_start(window_end, q.interval), q.interval)
+        load_end = _whole(window_end, q.interval)
         candles, covered = await _load(repo, q, cur, load_end)
         out += fill(candles, cur, window_end, q.interval, prev, now, covered)
         if out:
@@ -207,7 +213,7 @@ async def _cached_run(repo: CandleRepository, cache: CandleCache, q: CandleQuery
         if prev is None:
             # Before the symbol's history: the candles start at its first stored one (the same
             # candles `_series` would produce, skipping the empty buckets).
-            first = await repo.first_start(q.symbol, max_width, cur, stop)
+            first = await repo.first_start(q.symbol, max_width, cur, _whole(stop, q.interval))
             if first is None:
                 return None, stop, None
             base = max(cur, bucket_start(first, q.interval))

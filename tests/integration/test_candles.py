@@ -583,6 +583,27 @@ async def traded_then_imported(nats_conn, pool, ns: str, sym: str, tmp_path: Pat
     await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:52:00Z,1m,117.00,117.90,117.00,117.20,100,10,")
 
 
+async def test_the_bucket_of_a_symbols_first_trade_is_in_a_range_that_ends_before_that_trade(
+        pool, nats_conn, nats_url, ns, fresh_symbol):
+    """Acceptance round 16: a range ending inside the bucket of the symbol's first trade, before
+    the trade itself ([04:50:00, 04:50:01) for a trade at 04:50:07), came back empty, although
+    the bucket overlaps it (market-data.md: every bucket that overlaps the range) and the same
+    request answered from the cache had it."""
+    sym = fresh_symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        t0 = datetime(2026, 12, 3, 4, 50, 7, tzinfo=UTC)
+        await publish_trades(nats_conn.jetstream(), ns, sym, [Trade(t0, 1, Decimal("117.55"), 2)])
+        await wait_recorded(pool, sym, 1)
+        minute = datetime(2026, 12, 3, 4, 50, tzinfo=UTC)
+        for interval, start in ((I.CANDLE_INTERVAL_1M, minute), (I.CANDLE_INTERVAL_5M, minute),
+                                (I.CANDLE_INTERVAL_1H, minute.replace(minute=0)),
+                                (I.CANDLE_INTERVAL_1D, datetime(2026, 12, 3, 5, tzinfo=UTC) - timedelta(days=1))):
+            for _ in range(2):  # answered from the database, then from the cache: the same
+                got, _ = await all_pages(svc.stub, sym, interval, start, start + timedelta(seconds=1))
+                assert [(c.start_time.ToDatetime(tzinfo=UTC), c.open, c.volume) for c in got] == [
+                    (start, "117.55", 2)], (interval, got)
+
+
 async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_times(
         pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
     """A 1m row imported at 04:52 into a 5m bucket traded from 04:50 on is not its open (it
