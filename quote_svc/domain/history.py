@@ -80,11 +80,14 @@ def _count(text: str, name: str) -> int:
 
 
 def _within(t: datetime, interval: Interval, text: str) -> datetime:
-    """`t`, if GetCandles may name it for `interval` (beyond, a 1d bucket is not computable)."""
-    first, last = time_range(interval)
+    """`t`, if GetCandles may name it for a 1d candle, whatever `interval`: every row is also
+    part of its day's 1d candle, which is not computable beyond (round 16: a 1m row at
+    0001-01-01T00:00:00Z, on a New York day of year 0, was taken, and every GetCandles over it
+    was INTERNAL)."""
+    first, last = time_range(Interval.D1)
     if not first <= t <= last:
-        raise ValueError(f"start_time must be from {iso(first)} to {iso(last)} for "
-                         f"{interval.label} candles, got {text!r}")
+        raise ValueError(f"start_time must be from {iso(first)} to {iso(last)} (a row is part of its New York "
+                         f"day's 1d candle too), got {text!r}")
     return t
 
 
@@ -168,6 +171,9 @@ def parse(header: list[str] | None, rows: Iterable[tuple[int, dict[str, str]]],
     unknown = [k for k in names if k not in REQUIRED + OPTIONAL]
     if unknown:
         raise MalformedRow(1, f"unknown column(s) {', '.join(unknown)}")
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:  # round 16: the last of them was taken, silently, and changed a stored candle
+        raise MalformedRow(1, f"column(s) named more than once: {', '.join(twice)}")
     seen: dict[tuple[str, int, datetime], int] = {}
     for line, row in rows:
         if None in row:  # more fields than the header names

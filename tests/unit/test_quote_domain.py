@@ -224,6 +224,8 @@ def test_csv_rows_are_checked_with_their_line():
     good = {"symbol": "AAPL", "start_time": "2024-03-04T14:30:00Z", "interval": "1m", "open": "1", "high": "2",
             "low": "1", "close": "2", "volume": "10"}
     assert len(list(parse(header, [(2, good)], {"AAPL"}))) == 1
+    with pytest.raises(MalformedRow, match="line 1: column\\(s\\) named more than once: volume"):
+        list(parse(header + ["volume"], [(2, good)], {"AAPL"}))
     # A file is typed by people: a symbol in any case (the RPCs take it only as listed).
     assert [c.symbol for c in parse(header, [(2, dict(good, symbol="aapl"))], {"AAPL"})] == ["AAPL"]
     for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
@@ -234,6 +236,9 @@ def test_csv_rows_are_checked_with_their_line():
                        ({"start_time": "0001-01-01T00:00:00Z", "interval": "1d"}, "0001-01-02T00:00:00Z"),
                        ({"start_time": "9999-12-31", "interval": "1d"}, "9999-12-30"),
                        ({"start_time": "0001-01-01T00:00:00+01:00"}, "before 0001-01-01"),
+                       # A 1m row is part of its New York day's 1d candle too, which one before
+                       # 0001-01-02 is not (round 16: taken, then every GetCandles over it INTERNAL).
+                       ({"start_time": "0001-01-01T00:00:00Z"}, "a row is part of its New York day's 1d candle"),
                        # Off the tick (0.01 at 1.00 and above), as no order's price can be.
                        ({"open": "1.005"}, "multiple of the tick size 0.01"),
                        ({"close": "1.999"}, "multiple of the tick size 0.01"),
