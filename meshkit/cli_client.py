@@ -415,6 +415,8 @@ def register(main: click.Group) -> None:
 
         client = _client(**where, need_account=False)
         request = pb.StreamQuotesRequest(symbols=[s.upper() for s in symbols])
+        click.echo(f"watching {', '.join(request.symbols)}: each one's quote, then every change (a symbol never "
+                   "traded shows from its first trade or order on); Ctrl-C stops", err=True)
         # Opened again (a fresh snapshot) when quote_svc restarts.
         for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request,
                                             resume=lambda _info: request), 1):

@@ -96,8 +96,10 @@ async def test_a_customer_trades_from_the_command_line(mesh: MeshProcess) -> Non
     assert broke.returncode == 3 and " REJECTED " in broke.stdout and "available cash" in broke.stdout, broke
 
     # Market data: the quote after the trade, and a chart of the last five minutes of 1 s candles.
-    quote = ok(cli(mesh, "watch", "quotes", SYMBOL, "--count", "1"))
+    watched = cli(mesh, "watch", "quotes", SYMBOL, "--count", "1")
+    quote = ok(watched)
     assert re.search(rf"\b{SYMBOL}\s+bid .* last\s+{re.escape(PRICE)}\b", quote), quote
+    assert watched.stderr.startswith(f"watching {SYMBOL}: "), watched.stderr  # said at once (round 16)
     drawn = ok(cli(mesh, "chart", SYMBOL, "--interval", "1s", "--last", "300", "--height", "8"))
     rows = drawn.splitlines()
     assert len(rows) == 9 and all("┤" in r for r in rows[:8]), drawn

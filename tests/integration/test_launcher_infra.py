@@ -436,8 +436,8 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
                 return False
         assert await eventually(listening, timeout=30)
 
-        expected = ("the service of {} is not answering (restarting, or down); retry shortly (retrying with the same "
-                    "client_order_id or idempotency_key is safe)")
+        expected = ("the service of {} is not answering (restarting, or down); retry shortly (every public call is "
+                    "safe to retry: a read, or a write with the same client_order_id or idempotency_key)")
         for method, call in (
                 ("/stockmesh.ledger.v1.LedgerService/GetPortfolio",
                  ledger_service_pb2_grpc.LedgerServiceStub(ch).GetPortfolio(lpb.GetPortfolioRequest(), metadata=md,
