@@ -48,6 +48,7 @@ from meshkit import calendar
 from meshkit.money import fmt_price
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2 as pb
+from stockmesh.matching.v1.price_level_pb2 import PriceLevel
 
 SNAPSHOT_FORMAT = 1
 MD_DEPTH = 10
@@ -234,7 +235,7 @@ class SymbolEngine:
 
     # ------------------------------------------------------------------ queries
 
-    def depth(self, levels: int) -> tuple[list[pb.PriceLevel], list[pb.PriceLevel]]:
+    def depth(self, levels: int) -> tuple[list[PriceLevel], list[PriceLevel]]:
         bids, asks = self.book.depth(levels)
         return _levels(bids), _levels(asks)
 
@@ -256,8 +257,8 @@ def _is_day(text: str) -> bool:
         return False
 
 
-def _levels(rows: list[tuple[int, int, int]]) -> list[pb.PriceLevel]:
-    return [pb.PriceLevel(price=price_text(p), quantity=q, order_count=n) for p, q, n in rows]
+def _levels(rows: list[tuple[int, int, int]]) -> list[PriceLevel]:
+    return [PriceLevel(price=price_text(p), quantity=q, order_count=n) for p, q, n in rows]
 
 
 class _Ctx:

@@ -362,6 +362,27 @@ async def test_reflection_describes_the_public_services_and_not_the_internal_one
         assert replies[name].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0], replies[name]
 
 
+async def test_reflection_shows_the_public_order_book_but_not_the_engines_messages(mesh: RunningMesh) -> None:
+    """Acceptance round 16: GetOrderBook's PriceLevel lived in matching.proto, so reflection
+    through Envoy served that file, and with it the engine's internal messages (commands,
+    executions with both accounts). PriceLevel now has a file of its own."""
+    async with mesh.channel() as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo(metadata=mesh.auth("gw-ops"), timeout=10)
+        for name in ("stockmesh.matching.v1.PriceLevel", "stockmesh.matching.v1.EngineCommand",
+                     "stockmesh.matching.v1.Execution", "stockmesh.matching.v1.MarketDataEvent"):
+            await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=name))
+        await call.done_writing()
+        replies = {r.original_request.file_containing_symbol: r async for r in call}
+    files = [descriptor_pb2.FileDescriptorProto.FromString(f)
+             for f in replies["stockmesh.matching.v1.PriceLevel"].file_descriptor_response.file_descriptor_proto]
+    assert "PriceLevel" in {m.name for f in files for m in f.message_type}
+    assert not {m.name for f in files for m in f.message_type} & {"EngineCommand", "Execution", "MarketDataEvent"}
+    for name in ("stockmesh.matching.v1.EngineCommand", "stockmesh.matching.v1.Execution",
+                 "stockmesh.matching.v1.MarketDataEvent"):
+        assert replies[name].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0], replies[name]
+
+
 async def test_reflection_without_token_is_unauthenticated(mesh: RunningMesh) -> None:
     # Through grpcurl, as an operator would: a streaming call refused by Envoy before its
     # request is written surfaces in grpcio's own client as a local write error instead.

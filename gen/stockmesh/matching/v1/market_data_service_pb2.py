@@ -22,20 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from stockmesh.matching.v1 import matching_pb2 as stockmesh_dot_matching_dot_v1_dot_matching__pb2
+from stockmesh.matching.v1 import price_level_pb2 as stockmesh_dot_matching_dot_v1_dot_price__level__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/stockmesh/matching/v1/market_data_service.proto\x12\x15stockmesh.matching.v1\x1a$stockmesh/matching/v1/matching.proto\"4\n\x13GetOrderBookRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\"\x8a\x01\n\x14GetOrderBookResponse\x12/\n\x04\x62ids\x18\x01 \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12/\n\x04\x61sks\x18\x02 \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x32|\n\x11MarketDataService\x12g\n\x0cGetOrderBook\x12*.stockmesh.matching.v1.GetOrderBookRequest\x1a+.stockmesh.matching.v1.GetOrderBookResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/stockmesh/matching/v1/market_data_service.proto\x12\x15stockmesh.matching.v1\x1a\'stockmesh/matching/v1/price_level.proto\"4\n\x13GetOrderBookRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\"\x8a\x01\n\x14GetOrderBookResponse\x12/\n\x04\x62ids\x18\x01 \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12/\n\x04\x61sks\x18\x02 \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x32|\n\x11MarketDataService\x12g\n\x0cGetOrderBook\x12*.stockmesh.matching.v1.GetOrderBookRequest\x1a+.stockmesh.matching.v1.GetOrderBookResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stockmesh.matching.v1.market_data_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETORDERBOOKREQUEST']._serialized_start=112
-  _globals['_GETORDERBOOKREQUEST']._serialized_end=164
-  _globals['_GETORDERBOOKRESPONSE']._serialized_start=167
-  _globals['_GETORDERBOOKRESPONSE']._serialized_end=305
-  _globals['_MARKETDATASERVICE']._serialized_start=307
-  _globals['_MARKETDATASERVICE']._serialized_end=431
+  _globals['_GETORDERBOOKREQUEST']._serialized_start=115
+  _globals['_GETORDERBOOKREQUEST']._serialized_end=167
+  _globals['_GETORDERBOOKRESPONSE']._serialized_start=170
+  _globals['_GETORDERBOOKRESPONSE']._serialized_end=308
+  _globals['_MARKETDATASERVICE']._serialized_start=310
+  _globals['_MARKETDATASERVICE']._serialized_end=434
 # @@protoc_insertion_point(module_scope)

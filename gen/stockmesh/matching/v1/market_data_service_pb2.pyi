@@ -1,4 +1,4 @@
-from stockmesh.matching.v1 import matching_pb2 as _matching_pb2
+from stockmesh.matching.v1 import price_level_pb2 as _price_level_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -20,7 +20,7 @@ class GetOrderBookResponse(_message.Message):
     BIDS_FIELD_NUMBER: _ClassVar[int]
     ASKS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    bids: _containers.RepeatedCompositeFieldContainer[_matching_pb2.PriceLevel]
-    asks: _containers.RepeatedCompositeFieldContainer[_matching_pb2.PriceLevel]
+    bids: _containers.RepeatedCompositeFieldContainer[_price_level_pb2.PriceLevel]
+    asks: _containers.RepeatedCompositeFieldContainer[_price_level_pb2.PriceLevel]
     sequence: int
-    def __init__(self, bids: _Optional[_Iterable[_Union[_matching_pb2.PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_matching_pb2.PriceLevel, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, bids: _Optional[_Iterable[_Union[_price_level_pb2.PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_price_level_pb2.PriceLevel, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...

@@ -24,35 +24,34 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from stockmesh.common.v1 import common_pb2 as stockmesh_dot_common_dot_v1_dot_common__pb2
+from stockmesh.matching.v1 import price_level_pb2 as stockmesh_dot_matching_dot_v1_dot_price__level__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$stockmesh/matching/v1/matching.proto\x12\x15stockmesh.matching.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a stockmesh/common/v1/common.proto\"B\n\nPriceLevel\x12\r\n\x05price\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x13\n\x0border_count\x18\x03 \x01(\x03\"\x8a\x03\n\rEngineCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x34\n\tnew_order\x18\x03 \x01(\x0b\x32\x1f.stockmesh.matching.v1.NewOrderH\x00\x12:\n\x0c\x63\x61ncel_order\x18\x04 \x01(\x0b\x32\".stockmesh.matching.v1.CancelOrderH\x00\x12<\n\rreplace_order\x18\x05 \x01(\x0b\x32#.stockmesh.matching.v1.ReplaceOrderH\x00\x12<\n\rsession_close\x18\x06 \x01(\x0b\x32#.stockmesh.matching.v1.SessionCloseH\x00\x12+\n\x04halt\x18\x07 \x01(\x0b\x32\x1b.stockmesh.matching.v1.HaltH\x00\x12/\n\x06resume\x18\x08 \x01(\x0b\x32\x1d.stockmesh.matching.v1.ResumeH\x00\x42\t\n\x07\x63ommand\"\x16\n\x04Halt\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x08\n\x06Resume\"#\n\x0cSessionClose\x12\x13\n\x0btrading_day\x18\x01 \x01(\t\"\xc2\x02\n\x08NewOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\'\n\x04side\x18\x03 \x01(\x0e\x32\x19.stockmesh.common.v1.Side\x12,\n\x04type\x18\x04 \x01(\x0e\x32\x1e.stockmesh.common.v1.OrderType\x12\x37\n\rtime_in_force\x18\x05 \x01(\x0e\x32 .stockmesh.common.v1.TimeInForce\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x13\n\x0blimit_price\x18\x07 \x01(\t\x12\x12\n\nstop_price\x18\x08 \x01(\t\x12\x14\n\x0c\x63ollar_price\x18\t \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0b\x43\x61ncelOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\x9b\x01\n\x0cReplaceOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0cnew_order_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12\x13\n\x0blimit_price\x18\x05 \x01(\t\x12\x12\n\nstop_price\x18\x06 \x01(\t\x12\x14\n\x0c\x63ollar_price\x18\x07 \x01(\t\"\xc4\x03\n\tExecution\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x32\n\x04type\x18\x03 \x01(\x0e\x32$.stockmesh.matching.v1.ExecutionType\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x18\n\x10\x63ounter_order_id\x18\x06 \x01(\t\x12\x1a\n\x12\x63ounter_account_id\x18\x07 \x01(\t\x12\'\n\x04side\x18\x08 \x01(\x0e\x32\x19.stockmesh.common.v1.Side\x12\r\n\x05price\x18\t \x01(\t\x12\x10\n\x08quantity\x18\n \x01(\x03\x12\x17\n\x0fleaves_quantity\x18\x0b \x01(\x03\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x16\n\x0einput_sequence\x18\r \x01(\x04\x12(\n\x04time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17\x63ounter_leaves_quantity\x18\x0f \x01(\x03\x12\x14\n\x0cnew_order_id\x18\x10 \x01(\t\x12\x15\n\rkept_priority\x18\x11 \x01(\x08\"\xea\x02\n\x0fMarketDataEvent\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btrade_price\x18\x04 \x01(\t\x12\x16\n\x0etrade_quantity\x18\x05 \x01(\x03\x12\x11\n\tbid_price\x18\x06 \x01(\t\x12\x10\n\x08\x62id_size\x18\x07 \x01(\x03\x12\x11\n\task_price\x18\x08 \x01(\t\x12\x10\n\x08\x61sk_size\x18\t \x01(\x03\x12/\n\x04\x62ids\x18\n \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12/\n\x04\x61sks\x18\x0b \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12\x12\n\nlast_price\x18\x0c \x01(\t\x12\x0e\n\x06volume\x18\r \x01(\x03\x12\x0e\n\x06halted\x18\x0e \x01(\x08*\x9b\x02\n\rExecutionType\x12\x1e\n\x1a\x45XECUTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_TYPE_ACCEPTED\x10\x01\x12\x17\n\x13\x45XECUTION_TYPE_FILL\x10\x02\x12\x1c\n\x18\x45XECUTION_TYPE_CANCELLED\x10\x03\x12\x1a\n\x16\x45XECUTION_TYPE_EXPIRED\x10\x04\x12\x1b\n\x17\x45XECUTION_TYPE_REJECTED\x10\x05\x12\x1b\n\x17\x45XECUTION_TYPE_REPLACED\x10\x06\x12\x1c\n\x18\x45XECUTION_TYPE_TRIGGERED\x10\x07\x12\"\n\x1e\x45XECUTION_TYPE_CANCEL_REJECTED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$stockmesh/matching/v1/matching.proto\x12\x15stockmesh.matching.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a stockmesh/common/v1/common.proto\x1a\'stockmesh/matching/v1/price_level.proto\"\x8a\x03\n\rEngineCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x34\n\tnew_order\x18\x03 \x01(\x0b\x32\x1f.stockmesh.matching.v1.NewOrderH\x00\x12:\n\x0c\x63\x61ncel_order\x18\x04 \x01(\x0b\x32\".stockmesh.matching.v1.CancelOrderH\x00\x12<\n\rreplace_order\x18\x05 \x01(\x0b\x32#.stockmesh.matching.v1.ReplaceOrderH\x00\x12<\n\rsession_close\x18\x06 \x01(\x0b\x32#.stockmesh.matching.v1.SessionCloseH\x00\x12+\n\x04halt\x18\x07 \x01(\x0b\x32\x1b.stockmesh.matching.v1.HaltH\x00\x12/\n\x06resume\x18\x08 \x01(\x0b\x32\x1d.stockmesh.matching.v1.ResumeH\x00\x42\t\n\x07\x63ommand\"\x16\n\x04Halt\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x08\n\x06Resume\"#\n\x0cSessionClose\x12\x13\n\x0btrading_day\x18\x01 \x01(\t\"\xc2\x02\n\x08NewOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\'\n\x04side\x18\x03 \x01(\x0e\x32\x19.stockmesh.common.v1.Side\x12,\n\x04type\x18\x04 \x01(\x0e\x32\x1e.stockmesh.common.v1.OrderType\x12\x37\n\rtime_in_force\x18\x05 \x01(\x0e\x32 .stockmesh.common.v1.TimeInForce\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x13\n\x0blimit_price\x18\x07 \x01(\t\x12\x12\n\nstop_price\x18\x08 \x01(\t\x12\x14\n\x0c\x63ollar_price\x18\t \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0b\x43\x61ncelOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\x9b\x01\n\x0cReplaceOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0cnew_order_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12\x13\n\x0blimit_price\x18\x05 \x01(\t\x12\x12\n\nstop_price\x18\x06 \x01(\t\x12\x14\n\x0c\x63ollar_price\x18\x07 \x01(\t\"\xc4\x03\n\tExecution\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x32\n\x04type\x18\x03 \x01(\x0e\x32$.stockmesh.matching.v1.ExecutionType\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x18\n\x10\x63ounter_order_id\x18\x06 \x01(\t\x12\x1a\n\x12\x63ounter_account_id\x18\x07 \x01(\t\x12\'\n\x04side\x18\x08 \x01(\x0e\x32\x19.stockmesh.common.v1.Side\x12\r\n\x05price\x18\t \x01(\t\x12\x10\n\x08quantity\x18\n \x01(\x03\x12\x17\n\x0fleaves_quantity\x18\x0b \x01(\x03\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x16\n\x0einput_sequence\x18\r \x01(\x04\x12(\n\x04time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17\x63ounter_leaves_quantity\x18\x0f \x01(\x03\x12\x14\n\x0cnew_order_id\x18\x10 \x01(\t\x12\x15\n\rkept_priority\x18\x11 \x01(\x08\"\xea\x02\n\x0fMarketDataEvent\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btrade_price\x18\x04 \x01(\t\x12\x16\n\x0etrade_quantity\x18\x05 \x01(\x03\x12\x11\n\tbid_price\x18\x06 \x01(\t\x12\x10\n\x08\x62id_size\x18\x07 \x01(\x03\x12\x11\n\task_price\x18\x08 \x01(\t\x12\x10\n\x08\x61sk_size\x18\t \x01(\x03\x12/\n\x04\x62ids\x18\n \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12/\n\x04\x61sks\x18\x0b \x03(\x0b\x32!.stockmesh.matching.v1.PriceLevel\x12\x12\n\nlast_price\x18\x0c \x01(\t\x12\x0e\n\x06volume\x18\r \x01(\x03\x12\x0e\n\x06halted\x18\x0e \x01(\x08*\x9b\x02\n\rExecutionType\x12\x1e\n\x1a\x45XECUTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_TYPE_ACCEPTED\x10\x01\x12\x17\n\x13\x45XECUTION_TYPE_FILL\x10\x02\x12\x1c\n\x18\x45XECUTION_TYPE_CANCELLED\x10\x03\x12\x1a\n\x16\x45XECUTION_TYPE_EXPIRED\x10\x04\x12\x1b\n\x17\x45XECUTION_TYPE_REJECTED\x10\x05\x12\x1b\n\x17\x45XECUTION_TYPE_REPLACED\x10\x06\x12\x1c\n\x18\x45XECUTION_TYPE_TRIGGERED\x10\x07\x12\"\n\x1e\x45XECUTION_TYPE_CANCEL_REJECTED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stockmesh.matching.v1.matching_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTIONTYPE']._serialized_start=2023
-  _globals['_EXECUTIONTYPE']._serialized_end=2306
-  _globals['_PRICELEVEL']._serialized_start=130
-  _globals['_PRICELEVEL']._serialized_end=196
-  _globals['_ENGINECOMMAND']._serialized_start=199
-  _globals['_ENGINECOMMAND']._serialized_end=593
-  _globals['_HALT']._serialized_start=595
-  _globals['_HALT']._serialized_end=617
-  _globals['_RESUME']._serialized_start=619
-  _globals['_RESUME']._serialized_end=627
-  _globals['_SESSIONCLOSE']._serialized_start=629
-  _globals['_SESSIONCLOSE']._serialized_end=664
-  _globals['_NEWORDER']._serialized_start=667
-  _globals['_NEWORDER']._serialized_end=989
-  _globals['_CANCELORDER']._serialized_start=991
-  _globals['_CANCELORDER']._serialized_end=1042
-  _globals['_REPLACEORDER']._serialized_start=1045
-  _globals['_REPLACEORDER']._serialized_end=1200
-  _globals['_EXECUTION']._serialized_start=1203
-  _globals['_EXECUTION']._serialized_end=1655
-  _globals['_MARKETDATAEVENT']._serialized_start=1658
-  _globals['_MARKETDATAEVENT']._serialized_end=2020
+  _globals['_EXECUTIONTYPE']._serialized_start=1996
+  _globals['_EXECUTIONTYPE']._serialized_end=2279
+  _globals['_ENGINECOMMAND']._serialized_start=172
+  _globals['_ENGINECOMMAND']._serialized_end=566
+  _globals['_HALT']._serialized_start=568
+  _globals['_HALT']._serialized_end=590
+  _globals['_RESUME']._serialized_start=592
+  _globals['_RESUME']._serialized_end=600
+  _globals['_SESSIONCLOSE']._serialized_start=602
+  _globals['_SESSIONCLOSE']._serialized_end=637
+  _globals['_NEWORDER']._serialized_start=640
+  _globals['_NEWORDER']._serialized_end=962
+  _globals['_CANCELORDER']._serialized_start=964
+  _globals['_CANCELORDER']._serialized_end=1015
+  _globals['_REPLACEORDER']._serialized_start=1018
+  _globals['_REPLACEORDER']._serialized_end=1173
+  _globals['_EXECUTION']._serialized_start=1176
+  _globals['_EXECUTION']._serialized_end=1628
+  _globals['_MARKETDATAEVENT']._serialized_start=1631
+  _globals['_MARKETDATAEVENT']._serialized_end=1993
 # @@protoc_insertion_point(module_scope)

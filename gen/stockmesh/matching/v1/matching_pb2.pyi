@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from stockmesh.common.v1 import common_pb2 as _common_pb2
+from stockmesh.matching.v1 import price_level_pb2 as _price_level_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,16 +32,6 @@ EXECUTION_TYPE_REJECTED: ExecutionType
 EXECUTION_TYPE_REPLACED: ExecutionType
 EXECUTION_TYPE_TRIGGERED: ExecutionType
 EXECUTION_TYPE_CANCEL_REJECTED: ExecutionType
-
-class PriceLevel(_message.Message):
-    __slots__ = ("price", "quantity", "order_count")
-    PRICE_FIELD_NUMBER: _ClassVar[int]
-    QUANTITY_FIELD_NUMBER: _ClassVar[int]
-    ORDER_COUNT_FIELD_NUMBER: _ClassVar[int]
-    price: str
-    quantity: int
-    order_count: int
-    def __init__(self, price: _Optional[str] = ..., quantity: _Optional[int] = ..., order_count: _Optional[int] = ...) -> None: ...
 
 class EngineCommand(_message.Message):
     __slots__ = ("command_id", "symbol", "new_order", "cancel_order", "replace_order", "session_close", "halt", "resume")
@@ -191,9 +182,9 @@ class MarketDataEvent(_message.Message):
     bid_size: int
     ask_price: str
     ask_size: int
-    bids: _containers.RepeatedCompositeFieldContainer[PriceLevel]
-    asks: _containers.RepeatedCompositeFieldContainer[PriceLevel]
+    bids: _containers.RepeatedCompositeFieldContainer[_price_level_pb2.PriceLevel]
+    asks: _containers.RepeatedCompositeFieldContainer[_price_level_pb2.PriceLevel]
     last_price: str
     volume: int
     halted: bool
-    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., last_price: _Optional[str] = ..., volume: _Optional[int] = ..., halted: _Optional[bool] = ...) -> None: ...
+    def __init__(self, symbol: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trade_price: _Optional[str] = ..., trade_quantity: _Optional[int] = ..., bid_price: _Optional[str] = ..., bid_size: _Optional[int] = ..., ask_price: _Optional[str] = ..., ask_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[_price_level_pb2.PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_price_level_pb2.PriceLevel, _Mapping]]] = ..., last_price: _Optional[str] = ..., volume: _Optional[int] = ..., halted: _Optional[bool] = ...) -> None: ...
