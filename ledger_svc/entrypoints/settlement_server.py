@@ -9,6 +9,7 @@ from ledger_svc.service_layer.handlers import UowFactory
 from ledger_svc.service_layer.runner import settle_and_reconcile, trim_journal
 from meshkit import calendar
 from meshkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from meshkit.money import fmt_cents
 from stockmesh.ledger.v1 import settlement_service_pb2 as pb, settlement_service_pb2_grpc
 
 CATCH_UP_SECONDS = 30.0
@@ -39,7 +40,7 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
             fills_settled=report.fills_settled, fills_already_settled=report.fills_already_settled,
             discrepancies=[pb.Discrepancy(kind=d.kind, reference=d.reference, detail=d.detail)
                            for d in report.discrepancies or []],
-            reconciled_against=report.reconciled_against)
+            reconciled_against=report.reconciled_against, amount_settled=fmt_cents(report.amount_settled))
 
     async def TrimJournal(self, request: pb.TrimJournalRequest, context) -> pb.TrimJournalResponse:
         before = _trading_day(request.before, "before")

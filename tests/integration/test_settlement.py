@@ -353,7 +353,8 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         first = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
         second = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
-    assert second.fills_settled == 0  # running it twice changes nothing
+    assert second.fills_settled == 0 and second.amount_settled == "0.00"  # running it twice changes nothing
+    assert (first.amount_settled == "0.00") == (first.fills_settled == 0)  # what it paid out (round 16)
     assert second.fills_already_settled == first.fills_settled + first.fills_already_settled
 
     # With the journal (a namespace of its own): a fill the engine published and the ledger

@@ -23,16 +23,18 @@ class Discrepancy(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., reference: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RunSettlementResponse(_message.Message):
-    __slots__ = ("fills_settled", "fills_already_settled", "discrepancies", "reconciled_against")
+    __slots__ = ("fills_settled", "fills_already_settled", "discrepancies", "reconciled_against", "amount_settled")
     FILLS_SETTLED_FIELD_NUMBER: _ClassVar[int]
     FILLS_ALREADY_SETTLED_FIELD_NUMBER: _ClassVar[int]
     DISCREPANCIES_FIELD_NUMBER: _ClassVar[int]
     RECONCILED_AGAINST_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_SETTLED_FIELD_NUMBER: _ClassVar[int]
     fills_settled: int
     fills_already_settled: int
     discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
     reconciled_against: str
-    def __init__(self, fills_settled: _Optional[int] = ..., fills_already_settled: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., reconciled_against: _Optional[str] = ...) -> None: ...
+    amount_settled: str
+    def __init__(self, fills_settled: _Optional[int] = ..., fills_already_settled: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., reconciled_against: _Optional[str] = ..., amount_settled: _Optional[str] = ...) -> None: ...
 
 class TrimJournalRequest(_message.Message):
     __slots__ = ("before", "dry_run")
