@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from meshkit.cli import _running
@@ -36,6 +37,10 @@ def test_process_started_reads_a_command_name_with_spaces_and_parentheses(tmp_pa
     odd.chmod(0o755)
     child = subprocess.Popen([str(odd), "30"])
     try:
+        for _ in range(500):  # until the child has exec'd (its name was the forking python's before)
+            if ")" in Path(f"/proc/{child.pid}/comm").read_text():
+                break
+            time.sleep(0.01)
         assert ")" in Path(f"/proc/{child.pid}/comm").read_text()
         boot, ticks = process_started(child.pid).rsplit(":", 1)
         mine = int(process_started(os.getpid()).rsplit(":", 1)[1])
