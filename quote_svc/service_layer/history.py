@@ -41,13 +41,40 @@ def read_file(path: Path) -> list[ImportedCandle]:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise MalformedRow(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
                                  "is it a CSV file?") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    lines = _Lines(text)
+    reader = csv.DictReader(lines)
     try:
         header = reader.fieldnames
-        rows = ((reader.line_num, row) for row in reader)
-        return list(parse(list(header or []), rows, set(symbols.listed())))
+        return list(parse(list(header or []), lines.records(reader), set(symbols.listed())))
     except csv.Error as exc:
         raise MalformedRow(reader.line_num, f"not valid CSV: {exc}") from None
+
+
+class _Lines:
+    """A file's lines as the CSV reader takes them, remembering where each record began: a
+    record with a quoted line break spans lines, and its mistakes are named by its first
+    (round 16: by its last, the reader's line_num)."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = io.StringIO(text, newline="")
+        self.count, self.first = 0, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        if not self.first and line.strip("\r\n"):
+            self.first = self.count
+        return line
+
+    def records(self, reader: csv.DictReader):
+        """(first line, row) of each record `reader` reads from these lines."""
+        self.first = 0  # the header's
+        for row in reader:
+            yield self.first, row
+            self.first = 0
 
 
 async def import_candles(candles: list[ImportedCandle], uow_factory: Callable[[], QuoteUnitOfWork],

@@ -307,3 +307,24 @@ async def test_no_quote_yet_is_unavailable_while_catching_up_and_not_found_once_
     assert none.value.reason == "QUOTE_NOT_FOUND"
     book.apply(md(1, "10.00", 1))
     assert get_quote(book, "AAPL").sequence == 1
+
+
+def test_a_record_over_several_lines_is_named_by_its_first(tmp_path):
+    """Round 16: a record with a quoted line break was named by its last line."""
+    from quote_svc.service_layer.history import read_file
+
+    f = tmp_path / "candles.csv"
+    f.write_text('symbol,start_time,interval,open,high,low,close,volume\n'
+                 'AAPL,2024-03-04T14:30:00Z,1m,1,2,1,2,10\n'
+                 '\n'
+                 'AAPL,2024-03-04T14:31:00Z,1m,1,2,1,2,"1\n0"\n'
+                 'AAPL,2024-03-04T14:32:00Z,1m,1,2,1,2,10\n')
+    with pytest.raises(MalformedRow) as err:
+        read_file(f)
+    assert err.value.line == 4 and "volume" in str(err.value), err.value
+    f.write_text('symbol,start_time,interval,open,high,low,close,volume\n'
+                 'AAPL,2024-03-04T14:30:00Z,1m,1,2,1,2,10\n'
+                 'AAPL,2024-03-04T14:31:00Z,1m,1,2,1,2,x\n')
+    with pytest.raises(MalformedRow) as err:
+        read_file(f)
+    assert err.value.line == 3
