@@ -619,22 +619,25 @@ async def test_a_replace_of_an_order_whose_hold_the_ledger_has_not_made_yet_wait
 
 
 class _LedgerWithoutTheHold(_LedgerBehind):
-    """A ledger that lacks the replaced order's hold for good, with nothing in flight: one
-    restored alone from a backup older than that order."""
+    """A ledger that lacks the replaced order's hold for good: one restored alone from a backup
+    older than that order. It says "retry" to AwaitExecutions, as the real one does for an
+    account that holds anything (this one does)."""
 
     async def transfer(self, from_hold_id, *args):
         raise model.HoldNotYet(from_hold_id)
 
     async def await_executions(self, account_id):
         self.waited.append(account_id)
-        return False
+        return True
 
 
 async def test_a_replace_whose_old_hold_the_ledger_lacks_for_good_is_rejected_not_retried_for_ever(
         engine, order_deps, execution_consumers, checked_pool, namespace, monkeypatch):
-    """Round 15's review: HoldNotYet with no executions in flight was retried by the recovery
-    loop for ever, leaving the replacement PENDING_NEW for ever. Past HOLD_MISSING_GIVE_UP it
-    is REJECTED INTERNAL; the transfer never happened, so the old order stands with its hold."""
+    """Round 15's review: HoldNotYet was retried by the recovery loop for ever, leaving the
+    replacement PENDING_NEW for ever. Past HOLD_MISSING_GIVE_UP it is REJECTED INTERNAL,
+    whatever AwaitExecutions says (round 16 review: the give-up first asked it, and it says
+    "retry" for any account holding anything); the transfer never happened, so the old order
+    stands with its hold."""
     from dataclasses import replace as with_
 
     buyer = acct("lost")
