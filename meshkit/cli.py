@@ -53,11 +53,11 @@ def timed_out(exc: BaseException) -> str | None:
 
     for exc in causes(exc, limit=8):
         if isinstance(exc, nats.errors.TimeoutError):
-            return "NATS did not answer in time; nothing was left half-done: run the command again"
+            return "NATS did not answer in time. What the command finished is kept: run it again"
         if isinstance(exc, (asyncio.TimeoutError, asyncpg.QueryCanceledError)):
-            return ("PostgreSQL did not finish a statement in time: another transaction may hold the rows it needs "
-                    "(a service stopped or frozen in the middle of one: see pg_stat_activity), or the server is "
-                    "overloaded. Nothing was left half-done: run the command again")
+            return ("a statement or request did not finish in time: in PostgreSQL, another transaction may hold "
+                    "the rows it needs (a service stopped or frozen in the middle of one: see pg_stat_activity), or "
+                    "the server is overloaded. What the command finished is kept: run it again")
     return None
 
 

@@ -180,11 +180,15 @@ class SettlementRepository:
             """)
 
     async def stale_transfers(self, older_than: timedelta) -> list[asyncpg.Record]:
-        """Hold transfers (replaces) still undecided after `older_than`: the engine answers a
-        replace in moments, so one pending for long holds its reserve for nothing."""
+        """Hold transfers (replaces) still undecided after `older_than` whose reserve is still
+        held: a replace is decided in moments, so such a reserve holds the customer's cash or
+        shares for nothing. (One without a reserve holds nothing: a replace abandoned before
+        the engine heard of it is cancelled by order_svc's next replace of the order.)"""
         return await self.conn.fetch(
-            "SELECT to_hold_id, from_hold_id, created_at FROM ledger.hold_transfers "
-            "WHERE status = 'PENDING' AND created_at < now() - $1::interval ORDER BY created_at", older_than)
+            "SELECT t.to_hold_id, t.from_hold_id, t.created_at, h.amount - h.captured AS held "
+            "FROM ledger.hold_transfers t JOIN ledger.holds h ON h.hold_id = t.reserve_hold_id "
+            "WHERE t.status = 'PENDING' AND h.status = 'PENDING' AND t.created_at < now() - $1::interval "
+            "ORDER BY t.created_at", older_than)
 
     async def clearing_and_owed(self) -> tuple[Decimal, Decimal]:
         """Clearing's cash and the sale proceeds not yet settled, in one snapshot: every cent in
@@ -239,7 +243,7 @@ class SettlementRepository:
         return await self.conn.fetch(
             """
             SELECT * FROM (
-            SELECT e.execution_id, e.price, e.quantity, e.cash,
+            SELECT e.execution_id, e.price, e.quantity, e.cash, e.price * e.quantity AS exact,
                    cash.amount AS paid,
                    (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = cash.entry_id AND p.amount > 0)
                        AS paid_posted,
@@ -255,7 +259,8 @@ class SettlementRepository:
               LEFT JOIN ledger.hold_captures shares
                      ON shares.hold_id = e.seller_order AND shares.capture_id = e.execution_id || ':shares'
             ) f
-             WHERE (paid IS NOT NULL AND (paid <> cash OR paid_posted IS DISTINCT FROM paid))
+             -- (or price x quantity unrounded: a fill applied before fills were rounded down to the cent)
+             WHERE (paid IS NOT NULL AND ((paid <> cash AND paid <> exact) OR paid_posted IS DISTINCT FROM paid))
                 OR (moved IS NOT NULL AND (moved <> quantity OR moved_posted IS DISTINCT FROM moved))
             """, day)
 

@@ -262,7 +262,7 @@ async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> mo
             held = await uow.settlement.position(hold.account_id, hold.asset)
             cost = held.sell(min(quantity, held.quantity)) if held.quantity else Decimal(0)
             await uow.settlement.save_position(hold.account_id, hold.asset, held)
-            if cmd.counter_account_id and cmd.counter_account_id != model.CLEARING:
+            if cmd.counter_account_id and model.BookRef(cmd.counter_account_id, hold.asset).is_customer:
                 got = await uow.settlement.position(cmd.counter_account_id, hold.asset)
                 got.receive(quantity, cost)
                 await uow.settlement.save_position(cmd.counter_account_id, hold.asset, got)

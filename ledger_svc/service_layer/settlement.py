@@ -151,10 +151,10 @@ def _same_terms(a: tuple[Decimal | None, int], b: tuple[Decimal | None, int]) ->
 def _moved_off(r) -> list[str]:
     """What a fill's captures moved that is not its price x quantity and its quantity."""
     said = []
-    for what, asset, expected, moved, posted in (
-            ("the buyer paid", model.CASH, r["cash"], r["paid"], r["paid_posted"]),
-            ("the seller delivered", "shares", Decimal(r["quantity"]), r["moved"], r["moved_posted"])):
-        if moved is None or (moved == expected and posted == expected):
+    for what, asset, expected, moved, posted, also in (
+            ("the buyer paid", model.CASH, r["cash"], r["paid"], r["paid_posted"], r["exact"]),
+            ("the seller delivered", "shares", Decimal(r["quantity"]), r["moved"], r["moved_posted"], None)):
+        if moved is None or (moved in (expected, also) and posted == moved):
             continue
         told = "nothing" if posted is None else _amount(asset, posted)
         said.append(f"{what} {_amount(asset, moved)}" + (f" (posted {told})" if posted != moved else "")
@@ -215,8 +215,8 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[s
         d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
               for r in await s.pending_holds_of_ended_orders()]
         d += [Discrepancy("TRANSFER_PENDING", r["to_hold_id"],
-                          f"the replace of {r['from_hold_id']} asked at {r['created_at']:%Y-%m-%d %H:%M:%S} UTC was never "
-                          "decided by the engine (its reserve, if any, is still held)")
+                          f"the replace of {r['from_hold_id']} asked at {r['created_at']:%Y-%m-%d %H:%M:%S} UTC is still "
+                          f"undecided, and its reserve still holds {r['held']}")
               for r in await s.stale_transfers(STALE_TRANSFER)]
         d += [Discrepancy("ASSET_UNBALANCED", r["asset"], f"postings sum to {r['total']}")
               for r in await s.unbalanced_assets()]

@@ -292,7 +292,6 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
 
         def active(stat: str) -> int:
             return _envoy_stat(admin, stat)
-        await asyncio.sleep(2); print("DBG", active("http.public.downstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_active"), active("cluster.order_svc_commands.upstream_rq_pending_active"), [c.done() for c in stalled])
         assert await eventually(lambda: active("http.public.downstream_rq_active") >= 3), "the calls are not in"
         await asyncio.sleep(0.5)  # what they would take, they would have taken by now
         assert active("cluster.order_svc_commands.upstream_rq_active") == 0
@@ -437,7 +436,7 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
         assert await eventually(listening, timeout=30)
 
         expected = ("the service of {} is not answering (restarting, or down); retry shortly (every public call is "
-                    "safe to retry: a read, or a write with the same client_order_id or idempotency_key)")
+                    "safe to retry: a read, a cancel, or a write with the same client_order_id or idempotency_key)")
         for method, call in (
                 ("/stockmesh.ledger.v1.LedgerService/GetPortfolio",
                  ledger_service_pb2_grpc.LedgerServiceStub(ch).GetPortfolio(lpb.GetPortfolioRequest(), metadata=md,

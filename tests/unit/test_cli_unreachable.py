@@ -103,7 +103,8 @@ def test_a_statement_out_of_time_is_one_line_saying_what_may_hold_it(monkeypatch
     done = CliRunner().invoke(main, ["settle", "--date", "2026-12-04", "--before-close", "--database-url",
                                      "postgresql://postgres@127.0.0.1:1/x", "--nats-url", "nats://127.0.0.1:1"])
     assert done.exit_code == 1, done.output
-    assert done.output.startswith("Error: stockmesh settle: PostgreSQL did not finish a statement in time"), done.output
+    assert done.output.startswith("Error: stockmesh settle: a statement or request did not finish in time"), \
+        done.output
     assert "pg_stat_activity" in done.output and "Traceback" not in done.output
     assert timed_out(asyncpg.QueryCanceledError("canceling statement due to statement timeout")) is not None
     assert timed_out(nats.errors.TimeoutError()).startswith("NATS did not answer in time")

@@ -58,7 +58,10 @@ def test_metrics_listen_is_an_address_or_a_host_name_and_anything_else_is_named(
 
 def test_metrics_that_cannot_listen_stop_start_up_with_a_message_not_a_traceback(monkeypatch):
     monkeypatch.setenv("GRPC_LISTEN", "127.0.0.1:0")
-    monkeypatch.setenv("METRICS_PORT", "9")
+    from meshkit.launcher.net import free_port
+
+    port = free_port()  # free, and above 1023: only the address can be what fails
+    monkeypatch.setenv("METRICS_PORT", str(port))
     monkeypatch.setenv("METRICS_LISTEN", "192.0.2.1")  # TEST-NET-1: never this machine's
-    with pytest.raises(ConfigError, match="x: cannot serve /metrics on METRICS_LISTEN=192.0.2.1 METRICS_PORT=9"):
+    with pytest.raises(ConfigError, match=f"x: cannot serve /metrics on METRICS_LISTEN=192.0.2.1 METRICS_PORT={port}"):
         start_metrics(load("x"))
