@@ -244,20 +244,20 @@ class SettlementRepository:
             """
             SELECT * FROM (
             SELECT e.execution_id, e.price, e.quantity, e.cash, e.price * e.quantity AS exact,
-                   cash.amount AS paid,
-                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = cash.entry_id AND p.amount > 0)
+                   pc.amount AS paid,
+                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = pc.entry_id AND p.amount > 0)
                        AS paid_posted,
-                   shares.amount AS moved,
-                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = shares.entry_id AND p.amount > 0)
+                   sc.amount AS moved,
+                   (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = sc.entry_id AND p.amount > 0)
                        AS moved_posted
               FROM (SELECT execution_id, price, quantity, trunc(price * quantity, 2) AS cash,
                            CASE WHEN side = 'BUY' THEN order_id ELSE counter_order_id END AS buyer_order,
                            CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order
                       FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
-              LEFT JOIN ledger.hold_captures cash
-                     ON cash.hold_id = e.buyer_order AND cash.capture_id = e.execution_id || ':cash'
-              LEFT JOIN ledger.hold_captures shares
-                     ON shares.hold_id = e.seller_order AND shares.capture_id = e.execution_id || ':shares'
+              LEFT JOIN ledger.hold_captures pc  -- the buyer's cash capture
+                     ON pc.hold_id = e.buyer_order AND pc.capture_id = e.execution_id || ':cash'
+              LEFT JOIN ledger.hold_captures sc  -- the seller's shares capture
+                     ON sc.hold_id = e.seller_order AND sc.capture_id = e.execution_id || ':shares'
             ) f
              -- (or price x quantity unrounded: a fill applied before fills were rounded down to the cent)
              WHERE (paid IS NOT NULL AND ((paid <> cash AND paid <> exact) OR paid_posted IS DISTINCT FROM paid))

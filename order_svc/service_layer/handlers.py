@@ -537,23 +537,26 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
         try:
             return await prepare()
         except model.HoldNotYet:
-            if now() - o.created_at >= HOLD_MISSING_GIVE_UP:
-                # Still no hold long after: the ledger lacks the old order's hold for good (a
-                # ledger database restored alone). The transfer never happened, so rejecting
-                # the replacement leaves the old order as it stands; retrying for ever left it
-                # PENDING_NEW for ever. (Not asked of AwaitExecutions: it says "retry" for any
-                # account that holds anything, which such an account always does.)
-                log.error("the ledger has no hold of the order being replaced; replacement rejected",
-                          extra={"orderId": str(o.order_id), "replaces": str(o.replaces)})
-                return model.Refusal(RejectReason.INTERNAL,
-                                     f"the ledger has no hold of order {o.replaces}; the order stands unchanged")
             # The old order is a replacement the ledger has not completed yet (order_svc saw it
             # confirmed first): once the ledger has caught up with the executions in flight,
             # its hold is there (round 15: the client got UNAVAILABLE, and the replace went
             # through 2 s later by the recovery loop).
-            if not await deps.holds.await_executions(o.account_id):
+            if await deps.holds.await_executions(o.account_id):
+                try:
+                    return await prepare()
+                except model.HoldNotYet:
+                    pass
+            if now() - o.created_at < HOLD_MISSING_GIVE_UP:
                 raise
-            return await prepare()
+            # Caught up, and still no hold long after: the ledger lacks the old order's hold for
+            # good (a ledger database restored alone). The transfer never happened, so
+            # rejecting the replacement leaves the old order as it stands; retrying for ever
+            # left it PENDING_NEW for ever. (Whatever AwaitExecutions answered: it says "retry"
+            # for any account that holds anything, which such an account always does.)
+            log.error("the ledger has no hold of the order being replaced; replacement rejected",
+                      extra={"orderId": str(o.order_id), "replaces": str(o.replaces)})
+            return model.Refusal(RejectReason.INTERNAL,
+                                 f"the ledger has no hold of order {o.replaces}; the order stands unchanged")
     try:
         refused = await transfer()
     except model.TransferPending:

@@ -3,6 +3,7 @@ local Redis and PostgreSQL when nothing answers, children that die with the laun
 Each test stops everything it starts."""
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -290,8 +291,7 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
                                      response_deserializer=opb.PlaceOrderResponse.FromString)
         stalled = [place_raw(nothing(), metadata=md, timeout=60) for _ in range(6)]
 
-        def active(stat: str) -> int:
-            return _envoy_stat(admin, stat)
+        active = functools.partial(_envoy_stat, admin)
         assert await eventually(lambda: active("http.public.downstream_rq_active") >= 3), "the calls are not in"
         await asyncio.sleep(0.5)  # what they would take, they would have taken by now
         assert active("cluster.order_svc_commands.upstream_rq_active") == 0
