@@ -131,26 +131,6 @@ class SettlementRepository:
 
     # --- reconciliation -------------------------------------------------------------------
 
-    async def fills_without_two_captures(self, day: date) -> list[asyncpg.Record]:
-        """The day's fills whose captures are not all there: the buyer's cash (unless the fill
-        is worth less than a cent) and the seller's shares, each found by its key (hold id =
-        the side's order id, capture id = the fill's id and leg), one index lookup per leg."""
-        return await self.conn.fetch(
-            """
-            SELECT e.execution_id, (cash.capture_id IS NOT NULL)::int + (shares.capture_id IS NOT NULL)::int AS captures,
-                   e.expected
-              FROM (SELECT execution_id,
-                           CASE WHEN side = 'BUY' THEN order_id ELSE counter_order_id END AS buyer_order,
-                           CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order,
-                           CASE WHEN {MOVES_CASH} THEN 2 ELSE 1 END AS expected
-                      FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
-              LEFT JOIN ledger.hold_captures cash
-                     ON cash.hold_id = e.buyer_order AND cash.capture_id = e.execution_id || ':cash'
-              LEFT JOIN ledger.hold_captures shares
-                     ON shares.hold_id = e.seller_order AND shares.capture_id = e.execution_id || ':shares'
-             WHERE (cash.capture_id IS NOT NULL)::int + (shares.capture_id IS NOT NULL)::int <> e.expected
-            """.format(MOVES_CASH=_MOVES_CASH), day)
-
     async def fills_not_settled(self, day: date) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             """
@@ -236,14 +216,20 @@ class SettlementRepository:
             "SELECT execution_id, price, quantity FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1", day)
         return {r["execution_id"]: (r["price"], r["quantity"]) for r in rows}
 
-    async def fills_off_their_terms(self, day: date) -> list[asyncpg.Record]:
-        """The day's fills whose captures move another amount than the fill's own: the buyer's
-        cash (price x quantity rounded down to the cent, fill_cash) and the seller's shares,
-        each as its capture says and as its entry's postings moved it into the counter book."""
+    async def fills_off_their_captures(self, day: date) -> list[asyncpg.Record]:
+        """The day's fills whose captures are not all there (`captures` against `expected`: the
+        buyer's cash, unless the fill is worth less than a cent, and the seller's shares), or
+        move another amount than the fill's own: the buyer's cash (price x quantity rounded
+        down to the cent, fill_cash; or unrounded, a fill applied before fills were rounded) and
+        the seller's shares, each as its capture says (`paid`, `moved`) and as its entry's
+        postings moved it into the counter book (`paid_posted`, `moved_posted`). One pass over
+        the day's fills, each capture found by its key (hold id = the side's order id, capture
+        id = the fill's id and leg), one index lookup per leg."""
         return await self.conn.fetch(
             """
             SELECT * FROM (
-            SELECT e.execution_id, e.price, e.quantity, e.cash, e.price * e.quantity AS exact,
+            SELECT e.execution_id, e.price, e.quantity, e.cash, e.price * e.quantity AS exact, e.expected,
+                   (pc.capture_id IS NOT NULL)::int + (sc.capture_id IS NOT NULL)::int AS captures,
                    pc.amount AS paid,
                    (SELECT sum(p.amount) FROM ledger.postings p WHERE p.entry_id = pc.entry_id AND p.amount > 0)
                        AS paid_posted,
@@ -252,17 +238,18 @@ class SettlementRepository:
                        AS moved_posted
               FROM (SELECT execution_id, price, quantity, trunc(price * quantity, 2) AS cash,
                            CASE WHEN side = 'BUY' THEN order_id ELSE counter_order_id END AS buyer_order,
-                           CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order
+                           CASE WHEN side = 'BUY' THEN counter_order_id ELSE order_id END AS seller_order,
+                           CASE WHEN {MOVES_CASH} THEN 2 ELSE 1 END AS expected
                       FROM ledger.executions WHERE type = 'FILL' AND trade_date = $1) e
               LEFT JOIN ledger.hold_captures pc  -- the buyer's cash capture
                      ON pc.hold_id = e.buyer_order AND pc.capture_id = e.execution_id || ':cash'
               LEFT JOIN ledger.hold_captures sc  -- the seller's shares capture
                      ON sc.hold_id = e.seller_order AND sc.capture_id = e.execution_id || ':shares'
             ) f
-             -- (or price x quantity unrounded: a fill applied before fills were rounded down to the cent)
-             WHERE (paid IS NOT NULL AND ((paid <> cash AND paid <> exact) OR paid_posted IS DISTINCT FROM paid))
+             WHERE captures <> expected
+                OR (paid IS NOT NULL AND ((paid <> cash AND paid <> exact) OR paid_posted IS DISTINCT FROM paid))
                 OR (moved IS NOT NULL AND (moved <> quantity OR moved_posted IS DISTINCT FROM moved))
-            """, day)
+            """.format(MOVES_CASH=_MOVES_CASH), day)
 
     async def fill_ids(self, day: date) -> set[str]:
         rows = await self.conn.fetch(

@@ -144,10 +144,6 @@ def _terms(price: Decimal | None, quantity: int) -> str:
     return f"{quantity} at {fmt_price(price) if price is not None else 'no price'}"
 
 
-def _same_terms(a: tuple[Decimal | None, int], b: tuple[Decimal | None, int]) -> bool:
-    return a[1] == b[1] and a[0] == b[0]  # Decimal equality: 182.66 == 182.6600
-
-
 def _moved_off(r) -> list[str]:
     """What a fill's captures moved that is not its price x quantity and its quantity."""
     said = []
@@ -202,14 +198,14 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[s
             # Round 16: only each fill's presence was compared, not what it traded.
             d += [Discrepancy("FILL_OFF_JOURNAL", f, f"the journal says {_terms(*journal_fills[f])}, the ledger's "
                               f"record {_terms(*recorded[f])}")
-                  for f in sorted(journal & applied) if not _same_terms(journal_fills[f], recorded[f])]
+                  for f in sorted(journal & applied) if journal_fills[f] != recorded[f]]  # 182.66 == 182.6600
         # ... nor whether what the ledger moved for it is what it traded (its entries and their
         # postings, which balances and proceeds then agree with).
-        d += [Discrepancy("FILL_AMOUNTS", r["execution_id"],
-                          f"{_terms(r['price'], r['quantity'])}: " + "; ".join(_moved_off(r)))
-              for r in await s.fills_off_their_terms(day)]
+        off = await s.fills_off_their_captures(day)
+        d += [Discrepancy("FILL_AMOUNTS", r["execution_id"], f"{_terms(r['price'], r['quantity'])}: " + "; ".join(moved))
+              for r in off if (moved := _moved_off(r))]
         d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected {r['expected']}")
-              for r in await s.fills_without_two_captures(day)]
+              for r in off if r["captures"] != r["expected"]]
         d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")
               for r in await s.fills_not_settled(day) if settled is None or r["execution_id"] in settled]
         d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
