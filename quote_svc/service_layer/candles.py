@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 import asyncpg
 
 from quote_svc.adapters.repository import CandleRepository
-from quote_svc.domain.candles import Candle, Coverage, Interval, advance, bucket_start, fill, next_bucket, rollup
+from quote_svc.domain.candles import (Candle, Coverage, Interval, advance, bucket_start, fill, is_aligned, next_bucket,
+                                      rollup)
 from quote_svc.domain.quotes import MarketData
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
@@ -119,7 +120,7 @@ def _whole(end: datetime, interval) -> datetime:
     a range ends inside its last one. The symbol's first trade or imported close is looked for
     up to there too (round 16: a range ending before the first trade, inside its bucket, left
     that bucket out, and a request answered from the cache had it)."""
-    return end if bucket_start(end, interval) == end else next_bucket(bucket_start(end, interval), interval)
+    return end if is_aligned(end, interval) else next_bucket(bucket_start(end, interval), interval)
 
 
 async def _series(repo: CandleRepository, q: CandleQuery, cur: datetime, stop: datetime, want: int,
