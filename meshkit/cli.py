@@ -800,13 +800,15 @@ def engine_resume(symbols: tuple[str, ...], address: str | None, data_dir: Path 
 @_engine_address
 @_engine_data_dir
 def engine_status(address: str | None, data_dir: Path | None) -> None:
-    """What the engine instance owns: per symbol, halted or trading, the last input applied."""
+    """What the engine instance owns: per symbol, halted or trading, the last input applied, and
+    the last trading day whose session close it has applied ("-": none yet)."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
     reply = _engine_call(address, data_dir, "GetEngineStatus", ec.GetEngineStatusRequest())
     click.echo(f"engine instance {reply.instance_id}")
     for s in reply.symbols:
         click.echo(f"  {s.symbol:<6} {'HALTED ' if s.halted else 'trading'}  last input {s.last_input_sequence}"
+                   f"  closed through {s.last_closed_day or '-'}"
                    + (f"  ({s.halt_reason})" if s.halted and s.halt_reason else ""))
 
 

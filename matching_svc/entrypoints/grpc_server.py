@@ -93,12 +93,14 @@ class EngineControlServicer(engine_control_service_pb2_grpc.EngineControlService
         return ec.ResumeSymbolResponse()
 
     async def GetEngineStatus(self, request: ec.GetEngineStatusRequest, context) -> ec.GetEngineStatusResponse:
-        """Per owned symbol: the last input whose results are published, and the book's hash."""
+        """Per owned symbol: the last input whose results are published, the book's hash, whether
+        it is halted, and the last trading day it has closed."""
         reply = ec.GetEngineStatusResponse(instance_id=self.engine.cfg.instance_id)
         for symbol in sorted(self.engine.runners):
             live = self.engine.owned_engine(symbol)
             if live is not None:
                 reply.symbols.append(ec.SymbolStatus(symbol=symbol, last_input_sequence=self.engine.published_seq(symbol),
                                                      book_hash=live.book.state_hash(),
-                                                     halted=live.halted is not None, halt_reason=live.halted or ""))
+                                                     halted=live.halted is not None, halt_reason=live.halted or "",
+                                                     last_closed_day=live.closed_day))
         return reply

@@ -68,6 +68,7 @@ async def test_operator_halts_and_resumes_a_symbol(mesh):
         status = engine_cli(mesh, "status")
         assert status.returncode == 0 and f"{SYMBOL:<6} HALTED" in status.stdout, status.stdout
         assert "(volatility)" in status.stdout, status.stdout  # and why
+        assert f"{SYMBOL:<6} HALTED   last input " in status.stdout and "closed through " in status.stdout, status.stdout
         # The launcher names the engine the same at every start, so one started again after a
         # crash takes its leases back at once (meshkit.launcher.mesh.engine_instance_id).
         assert f"engine instance {engine_instance_id(mesh.data_dir, 'matching_svc')}" in status.stdout, status.stdout

@@ -749,6 +749,11 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     assert "symbols queued" in out.stdout
     expired = await eventually(lambda: order_is(order_deps, a, day.order_id, Status.EXPIRED), "the DAY order to expire")
     assert expired.end_reason is EndReason.SESSION_CLOSE  # and so it reads on the wire:
+    from matching_svc.entrypoints.grpc_server import EngineControlServicer
+    from stockmesh.matching.v1 import engine_control_service_pb2 as ec
+
+    status = await EngineControlServicer(engine).GetEngineStatus(ec.GetEngineStatusRequest(), None)
+    assert {x.symbol: x.last_closed_day for x in status.symbols}[SYM] == today.isoformat()  # `engine status` shows it
     assert mapping.order_to_proto(expired).end_message == "the day order expired at the close of the trading session"
     await eventually(lambda: _cash_is(checked_pool, a, held=D("450.00")), "its hold to be released")
     assert (await handlers.get_order(a, gtc.order_id, order_deps)).status is Status.NEW

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2stockmesh/matching/v1/engine_control_service.proto\x12\x15stockmesh.matching.v1\"3\n\x11HaltSymbolRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x14\n\x12HaltSymbolResponse\"%\n\x13ResumeSymbolRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"\x16\n\x14ResumeSymbolResponse\"\x18\n\x16GetEngineStatusRequest\"s\n\x0cSymbolStatus\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06halted\x18\x02 \x01(\x08\x12\x1b\n\x13last_input_sequence\x18\x03 \x01(\x04\x12\x11\n\tbook_hash\x18\x04 \x01(\t\x12\x13\n\x0bhalt_reason\x18\x05 \x01(\t\"d\n\x17GetEngineStatusResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x07symbols\x18\x02 \x03(\x0b\x32#.stockmesh.matching.v1.SymbolStatus2\xd4\x02\n\x14\x45ngineControlService\x12\x61\n\nHaltSymbol\x12(.stockmesh.matching.v1.HaltSymbolRequest\x1a).stockmesh.matching.v1.HaltSymbolResponse\x12g\n\x0cResumeSymbol\x12*.stockmesh.matching.v1.ResumeSymbolRequest\x1a+.stockmesh.matching.v1.ResumeSymbolResponse\x12p\n\x0fGetEngineStatus\x12-.stockmesh.matching.v1.GetEngineStatusRequest\x1a..stockmesh.matching.v1.GetEngineStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2stockmesh/matching/v1/engine_control_service.proto\x12\x15stockmesh.matching.v1\"3\n\x11HaltSymbolRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x14\n\x12HaltSymbolResponse\"%\n\x13ResumeSymbolRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"\x16\n\x14ResumeSymbolResponse\"\x18\n\x16GetEngineStatusRequest\"\x8c\x01\n\x0cSymbolStatus\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06halted\x18\x02 \x01(\x08\x12\x1b\n\x13last_input_sequence\x18\x03 \x01(\x04\x12\x11\n\tbook_hash\x18\x04 \x01(\t\x12\x13\n\x0bhalt_reason\x18\x05 \x01(\t\x12\x17\n\x0flast_closed_day\x18\x06 \x01(\t\"d\n\x17GetEngineStatusResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x07symbols\x18\x02 \x03(\x0b\x32#.stockmesh.matching.v1.SymbolStatus2\xd4\x02\n\x14\x45ngineControlService\x12\x61\n\nHaltSymbol\x12(.stockmesh.matching.v1.HaltSymbolRequest\x1a).stockmesh.matching.v1.HaltSymbolResponse\x12g\n\x0cResumeSymbol\x12*.stockmesh.matching.v1.ResumeSymbolRequest\x1a+.stockmesh.matching.v1.ResumeSymbolResponse\x12p\n\x0fGetEngineStatus\x12-.stockmesh.matching.v1.GetEngineStatusRequest\x1a..stockmesh.matching.v1.GetEngineStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMESYMBOLRESPONSE']._serialized_end=213
   _globals['_GETENGINESTATUSREQUEST']._serialized_start=215
   _globals['_GETENGINESTATUSREQUEST']._serialized_end=239
-  _globals['_SYMBOLSTATUS']._serialized_start=241
-  _globals['_SYMBOLSTATUS']._serialized_end=356
-  _globals['_GETENGINESTATUSRESPONSE']._serialized_start=358
-  _globals['_GETENGINESTATUSRESPONSE']._serialized_end=458
-  _globals['_ENGINECONTROLSERVICE']._serialized_start=461
-  _globals['_ENGINECONTROLSERVICE']._serialized_end=801
+  _globals['_SYMBOLSTATUS']._serialized_start=242
+  _globals['_SYMBOLSTATUS']._serialized_end=382
+  _globals['_GETENGINESTATUSRESPONSE']._serialized_start=384
+  _globals['_GETENGINESTATUSRESPONSE']._serialized_end=484
+  _globals['_ENGINECONTROLSERVICE']._serialized_start=487
+  _globals['_ENGINECONTROLSERVICE']._serialized_end=827
 # @@protoc_insertion_point(module_scope)

@@ -33,18 +33,20 @@ class GetEngineStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SymbolStatus(_message.Message):
-    __slots__ = ("symbol", "halted", "last_input_sequence", "book_hash", "halt_reason")
+    __slots__ = ("symbol", "halted", "last_input_sequence", "book_hash", "halt_reason", "last_closed_day")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     HALTED_FIELD_NUMBER: _ClassVar[int]
     LAST_INPUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BOOK_HASH_FIELD_NUMBER: _ClassVar[int]
     HALT_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_CLOSED_DAY_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     halted: bool
     last_input_sequence: int
     book_hash: str
     halt_reason: str
-    def __init__(self, symbol: _Optional[str] = ..., halted: _Optional[bool] = ..., last_input_sequence: _Optional[int] = ..., book_hash: _Optional[str] = ..., halt_reason: _Optional[str] = ...) -> None: ...
+    last_closed_day: str
+    def __init__(self, symbol: _Optional[str] = ..., halted: _Optional[bool] = ..., last_input_sequence: _Optional[int] = ..., book_hash: _Optional[str] = ..., halt_reason: _Optional[str] = ..., last_closed_day: _Optional[str] = ...) -> None: ...
 
 class GetEngineStatusResponse(_message.Message):
     __slots__ = ("instance_id", "symbols")
