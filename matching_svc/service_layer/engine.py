@@ -172,7 +172,7 @@ class SymbolEngine:
         elif kind == "replace_order":
             ctx.replace(cmd.replace_order)
         elif kind == "session_close":
-            ctx.close_session(cmd.session_close.trading_day)
+            ctx.close_session(cmd.session_close)
         elif kind == "halt":
             self.halted = cmd.halt.reason or "halted"
             ctx.changed = True  # the feed tells everyone at once
@@ -266,6 +266,7 @@ class _Ctx:
 
     def __init__(self, engine: SymbolEngine, seq: int, time_ns: int, out: Output) -> None:
         self.engine, self.seq, self.out = engine, seq, out
+        self.stream_ns = time_ns  # when JetStream stored the input (NATS's clock)
         self.stamp(time_ns)
         self.changed = False
         self.always = False  # publish market data even if what the feed shows is unchanged
@@ -275,7 +276,8 @@ class _Ctx:
     def stamp(self, time_ns: int) -> None:
         """The time of this input's events: `time_ns`, or the last input's if that is later
         (order_svc's replicas stamp accepted_at on their own clocks, and the stream's order is
-        not theirs), so the events of one symbol never go back in time as their sequence rises."""
+        not theirs), so the events of one symbol never go back in time as their sequence rises.
+        A caller with a time from another clock than the stream's caps it at the stream's."""
         self.time_ns = max(time_ns, self.engine.last_time_ns)
         self.secs, self.nanos = divmod(self.time_ns, 1_000_000_000)
 
@@ -285,7 +287,9 @@ class _Ctx:
         accepted_ns = self.time_ns
         if no.accepted_at.seconds or no.accepted_at.nanos:
             accepted_ns = no.accepted_at.seconds * 1_000_000_000 + no.accepted_at.nanos
-            self.stamp(accepted_ns)
+            # Never later than the input was stored: a replica whose clock runs ahead would
+            # otherwise carry every later event of the symbol into its future (round 17).
+            self.stamp(min(accepted_ns, self.stream_ns))
         side, otype, tif = _SIDE.get(no.side), _TYPE.get(no.type), _TIF.get(no.time_in_force)
         sides = {no.order_id: side}
         try:
@@ -322,20 +326,25 @@ class _Ctx:
             return
         self.emit(eng.book.submit(order), sides, order=order)
 
-    def close_session(self, day: str) -> None:
+    def close_session(self, close: pb.SessionClose) -> None:
         """Expire the DAY orders of trading day `day` and earlier ones (all of them when `day`
         is empty or no date). A close of a day closed before, or of an earlier one, expires
         nothing: so a close missed and made late, during the next session, leaves that
         session's DAY orders alone. The session's volume starts again from zero unless the
-        book has traded on a later day than `day` (a close made late)."""
+        book has traded on a later day than `day` (a close made late). The close's time, which
+        a DAY order's accepted_at is compared with when it arrives after the close (new_order),
+        is when the close was queued (queued_at, on the clock accepted_at is stamped on; round
+        17: NATS's clock a second behind order_svc's let such an order rest a whole session),
+        else the input's."""
         eng = self.engine
-        day = day if _is_day(day) else ""
+        day = close.trading_day if _is_day(close.trading_day) else ""
         if day and day <= eng.closed_day:
             return
         self.emit(eng.book.expire_day_orders(day or None), {})
         self.changed = self.always = True  # the feed marks the session's end, changed book or not
         if day:
-            eng.closed_day, eng.closed_at_ns = day, self.time_ns
+            queued = close.queued_at.seconds * 1_000_000_000 + close.queued_at.nanos
+            eng.closed_day, eng.closed_at_ns = day, queued if close.HasField("queued_at") else self.time_ns
         self.session_ended = not day or not eng.last_trade_ns or _trading_day(eng.last_trade_ns) <= day
 
     def cancel(self, c: pb.CancelOrder) -> None:

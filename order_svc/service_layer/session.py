@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from meshkit import bus, calendar
+from meshkit.prototime import set_time
 from meshkit.symbols import listed
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.matching.v1 import matching_pb2
@@ -69,10 +70,13 @@ async def close_session(day: date, uow: Callable[[], OrderUnitOfWork], namespace
     (0 when this day was closed before). A close of `day` queued for another namespace and not
     published (the relay publishes only its own namespace's rows) is moved to this one."""
     new = 0
+    close = matching_pb2.SessionClose(trading_day=day.isoformat())
+    # On the clock that stamps the orders' accepted_at (not NATS's): which DAY orders of the day
+    # were accepted before the close is decided on one clock (round 17).
+    set_time(close.queued_at, datetime.now(timezone.utc))
     async with uow() as u:
         for symbol in symbols or sorted(listed()):
-            cmd = matching_pb2.EngineCommand(command_id=close_msg_id(day, symbol), symbol=symbol,
-                                             session_close=matching_pb2.SessionClose(trading_day=day.isoformat()))
+            cmd = matching_pb2.EngineCommand(command_id=close_msg_id(day, symbol), symbol=symbol, session_close=close)
             subject = bus.subject(namespace, "orders", symbol)
             await u.orders.take_over_outbox(subject, cmd.command_id)  # queued by hand for another namespace
             new += await u.orders.add_outbox(subject, cmd.command_id, cmd.SerializeToString())

@@ -770,6 +770,9 @@ async def test_session_close_expires_day_orders_not_gtc(engine, order_deps, exec
     assert f"nothing queued: the session of {today} was closed since" in earlier.stdout
     async with checked_pool.acquire() as conn:
         n = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1", f"close:{today}:{SYM}")
+        payload = await conn.fetchval("SELECT payload FROM orders.outbox WHERE msg_id = $1", f"close:{today}:{SYM}")
+        queued = matching_pb2.EngineCommand.FromString(payload).session_close.queued_at  # on order_svc's clock
+        assert abs(queued.ToDatetime(timezone.utc) - datetime.now(timezone.utc)) < timedelta(minutes=5), queued
         assert not await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id = $1",
                                        f"close:{today - timedelta(days=3)}:{SYM}")
     assert n == 1

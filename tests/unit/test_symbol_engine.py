@@ -15,7 +15,7 @@ E = pb.ExecutionType
 def test_ids_and_both_sides_of_a_fill():
     eng = SymbolEngine("AAPL")
     eng.apply(7, 1_000, new_order("s", "alice", SELL, 10, limit="10.5"))
-    out = eng.apply(9, 2_000, new_order("b", "bob", BUY, 4, limit="11", at_ns=5_000_000_123))
+    out = eng.apply(9, 6_000_000_000, new_order("b", "bob", BUY, 4, limit="11", at_ns=5_000_000_123))
     assert [e.execution_id for e in out.executions] == ["AAPL:9:0", "AAPL:9:1"]
     fill = out.executions[1]
     assert (fill.type, fill.price, fill.counter_order_id, fill.counter_leaves_quantity) == (
@@ -33,15 +33,27 @@ def test_event_times_never_go_back_as_the_sequence_rises():
     input stamped earlier than the one before it gets the earlier input's time, kept across a
     snapshot."""
     eng = SymbolEngine("AAPL")
-    first = eng.apply(1, 9_000, new_order("s", "alice", SELL, 10, limit="10", at_ns=5_000_000_900))
-    late = eng.apply(2, 9_500, new_order("b", "bob", BUY, 4, limit="11", at_ns=5_000_000_100))  # stamped before
+    first = eng.apply(1, 5_100_000_000, new_order("s", "alice", SELL, 10, limit="10", at_ns=5_000_000_900))
+    late = eng.apply(2, 5_200_000_000, new_order("b", "bob", BUY, 4, limit="11", at_ns=5_000_000_100))  # stamped before
     times = [(m.time.seconds, m.time.nanos) for out in (first, late) for m in [*out.executions, *out.market_data]]
     assert times and times == sorted(times) and set(times[-3:]) == {(5, 900)}
     again = SymbolEngine.from_bytes(eng.to_bytes())
     [ex, *_] = again.apply(3, 1_000, cancel("s", "alice")).executions  # the stream's own time, earlier still
     assert (ex.time.seconds, ex.time.nanos) == (5, 900)
-    later = again.apply(4, 0, new_order("c", "carol", BUY, 1, limit="9", at_ns=6_000_000_000))
+    later = again.apply(4, 6_500_000_000, new_order("c", "carol", BUY, 1, limit="9", at_ns=6_000_000_000))
     assert {(m.time.seconds, m.time.nanos) for m in [*later.executions, *later.market_data]} == {(6, 0)}
+
+
+def test_an_order_stamped_by_a_clock_ahead_does_not_carry_the_symbol_into_the_future():
+    """accepted_at later than the stream stored the input (a replica whose clock runs an hour
+    ahead) is capped at the stream's time: the symbol's later events keep their own times
+    (round 17: every later fill and quote of the symbol came out an hour ahead)."""
+    eng = SymbolEngine("AAPL")
+    eng.apply(1, 10_000_000_000, new_order("s", "alice", SELL, 10, limit="10", at_ns=9_000_000_000))
+    ahead = eng.apply(2, 11_000_000_000, new_order("b", "bob", BUY, 4, limit="11", at_ns=3_611_000_000_000))
+    assert {(m.time.seconds, m.time.nanos) for m in [*ahead.executions, *ahead.market_data]} == {(11, 0)}
+    after = eng.apply(3, 12_000_000_000, new_order("c", "carol", BUY, 1, limit="10", at_ns=11_900_000_000))
+    assert {(m.time.seconds, m.time.nanos) for m in [*after.executions, *after.market_data]} == {(11, 900_000_000)}
 
 
 def test_cancel_of_another_accounts_order_is_refused():
@@ -261,6 +273,26 @@ def test_a_day_order_accepted_before_the_close_and_handed_over_after_it_expires_
         out = e.apply(6, 0, new_order("s2", "b", SELL, 5, limit="10", at_ns=ny_ns("2026-11-25", 9, 30)))
         assert [x.type for x in out.executions] == [E.EXECUTION_TYPE_ACCEPTED]
     assert eng.state_hash() == restored.state_hash()
+
+
+def test_a_day_order_accepted_before_the_close_is_judged_on_the_clock_of_its_acceptance():
+    """The close carries when order_svc queued it (queued_at), and a DAY order arriving after
+    it is compared with that, not with the close's stream time: with NATS's clock a second
+    behind order_svc's, a buy accepted at 15:59:59.7 reached the engine after a close queued at
+    16:00:00.2 but stored at 15:59:59.2, and rested through the next session (round 17)."""
+    DAY = c.TIME_IN_FORCE_DAY
+    eng = SymbolEngine("AAPL")
+    queued = close("2026-11-24")
+    queued.session_close.queued_at.seconds, queued.session_close.queued_at.nanos = divmod(
+        ny_ns("2026-11-24", 16) + 200_000_000, 1_000_000_000)
+    eng.apply(1, ny_ns("2026-11-24", 15, 59) + 59_200_000_000, queued)  # NATS's clock: 15:59:59.2
+    out = eng.apply(2, ny_ns("2026-11-24", 16), new_order(
+        "late", "a", BUY, 5, limit="10", tif=DAY, at_ns=ny_ns("2026-11-24", 15, 59) + 59_700_000_000))
+    assert [(x.type, x.order_id) for x in out.executions] == [
+        (E.EXECUTION_TYPE_ACCEPTED, "late"), (E.EXECUTION_TYPE_EXPIRED, "late")]
+    eng.apply(3, ny_ns("2026-11-24", 16, 1), new_order(
+        "after", "a", BUY, 1, limit="9", tif=DAY, at_ns=ny_ns("2026-11-24", 16) + 300_000_000))
+    assert eng.book.get_order("after") is not None  # accepted after the close was queued: the next session's
 
 
 def test_a_close_without_a_day_and_orders_without_one_keep_the_old_behaviour():

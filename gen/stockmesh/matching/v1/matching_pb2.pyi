@@ -64,10 +64,12 @@ class Resume(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionClose(_message.Message):
-    __slots__ = ("trading_day",)
+    __slots__ = ("trading_day", "queued_at")
     TRADING_DAY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
     trading_day: str
-    def __init__(self, trading_day: _Optional[str] = ...) -> None: ...
+    queued_at: _timestamp_pb2.Timestamp
+    def __init__(self, trading_day: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class NewOrder(_message.Message):
     __slots__ = ("order_id", "account_id", "side", "type", "time_in_force", "quantity", "limit_price", "stop_price", "collar_price", "accepted_at")
