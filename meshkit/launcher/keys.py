@@ -42,9 +42,7 @@ class DevKeys:
     kid: str
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key(self.private_key_path.read_bytes(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return key
+        return _read_private(self.private_key_path)
 
 
 def keys_dir(data_dir: Path) -> Path:
@@ -86,12 +84,17 @@ def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
 
 
 def ensure_keys(data_dir: Path) -> DevKeys:
-    """Create the key pair and JWKS if missing (idempotent, safe across processes)."""
+    """Create the key pair and JWKS if missing (idempotent, safe across processes). Keys that
+    exist are only read, so a folder mounted read-only works (compose's simulator mints its
+    tokens from such a mount; round 17: the folder's chmod and lock failed there, and it never
+    traded). Both files are written whole (renamed into place), so existing means complete."""
     folder = keys_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
     private_path = folder / "private.pem"
     jwks_path = folder / "jwks.json"
+    if private_path.exists() and jwks_path.exists():
+        return _read_keys(folder, private_path, jwks_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
     with _locked(folder):
         if not private_path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
@@ -102,12 +105,21 @@ def ensure_keys(data_dir: Path) -> DevKeys:
             )
             _write_atomic(private_path, pem, 0o600)
             jwks_path.unlink(missing_ok=True)
-        key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        jwk = public_jwk(key.public_key())
         if not jwks_path.exists():
+            jwk = public_jwk(_read_private(private_path).public_key())
             _write_atomic(jwks_path, json.dumps({"keys": [jwk]}, indent=2).encode() + b"\n", 0o644)
-    return DevKeys(folder=folder, private_key_path=private_path, jwks_path=jwks_path, kid=jwk["kid"])
+    return _read_keys(folder, private_path, jwks_path)
+
+
+def _read_private(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+def _read_keys(folder: Path, private_path: Path, jwks_path: Path) -> DevKeys:
+    kid = public_jwk(_read_private(private_path).public_key())["kid"]
+    return DevKeys(folder=folder, private_key_path=private_path, jwks_path=jwks_path, kid=kid)
 
 
 def sign(claims: dict[str, object], private_key: ec.EllipticCurvePrivateKey, kid: str | None) -> str:
