@@ -149,7 +149,7 @@ def client_options(f):
         click.option("--token", envvar="STOCKMESH_TOKEN", default=None,
                      help="A bearer token to use instead of minting one. [env STOCKMESH_TOKEN]"),
         click.option("--address", envvar="STOCKMESH_ADDRESS", default=None,
-                     help="Envoy's public address HOST:PORT (default: the mesh in --data-dir)."),
+                     help="Envoy's public address HOST:PORT (default: the mesh in --data-dir). [env STOCKMESH_ADDRESS]"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Data folder of a running `stockmesh up`. Default: $STOCKMESH_DATA_DIR, else ./.stockmesh"),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,

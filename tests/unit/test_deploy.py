@@ -278,7 +278,8 @@ def test_kubernetes_runs_every_process_with_settings_the_code_reads() -> None:
             env = {e["name"] for e in container.get("env", [])}
             assert not env - known, f"{name}: settings no code reads: {sorted(env - known)}"
             assert {"configMapRef": {"name": "stockmesh-env"}} in container["envFrom"]
-            assert "DATABASE_URL" in env
+            # Each process has the database's secret iff it uses PostgreSQL (the engine does not).
+            assert ("DATABASE_URL" in env) == (name != "matching-svc"), name
             assert container["readinessProbe"] == {"grpc": {"port": 50051}, "periodSeconds": 5}
             # Liveness asks the health service that says only that the process answers: one that
             # followed the dependencies would restart every pod while NATS is out (round 12).
@@ -392,7 +393,20 @@ def test_kubernetes_network_policies_let_only_the_mesh_s_own_calls_through() -> 
     mesh = [n for n in pods if pods[n]["app.kubernetes.io/name"] not in ("envoy", "nats", "postgres", "redis",
                                                                            "migrate")]
     assert set(mesh) == {"ledger-svc", "order-svc", "order-relay", "matching-svc", "quote-svc"}
-    calls |= {(n, store, port) for n in mesh for store, port in (("nats", 4222), ("postgres", 5432), ("redis", 6379))}
+    # The stores each process uses (round 17: matching-svc had the database's secret and every
+    # process a path to PostgreSQL and Redis); a process is given DATABASE_URL iff it uses it.
+    stores = {"ledger-svc": {"nats", "postgres"}, "order-svc": {"nats", "postgres", "redis"},
+              "order-relay": {"nats", "postgres"}, "matching-svc": {"nats"}, "quote-svc": {"nats", "postgres", "redis"}}
+    ports = {"nats": 4222, "postgres": 5432, "redis": 6379}
+    deployments = _of(docs, "Deployment")
+    for n in mesh:
+        [container] = deployments[n]["spec"]["template"]["spec"]["containers"]
+        given = {e["name"] for e in container.get("env", [])}
+        assert ("DATABASE_URL" in given) == ("postgres" in stores[n]), f"{n}: DATABASE_URL given {given}"
+        for store, port in ports.items():
+            if store not in stores[n]:
+                assert not _allowed(policies, pods[n], pods[store], port), f"{n} reaches {store}, which it never uses"
+    calls |= {(n, store, ports[store]) for n in mesh for store in stores[n]}
     calls |= {("migrate", "postgres", 5432), ("nats", "nats", 6222)}
     for source, target, port in sorted(calls):
         assert _allowed(policies, pods[source], pods[target], int(port)), f"{source} -> {target}:{port} is refused"
