@@ -18,14 +18,17 @@ from meshkit.errors import ResourceExhausted
 log = logging.getLogger("meshkit.ratelimit")
 
 # The checks of many concurrent callers in one call. KEYS: the buckets of every check, in order;
-# ARGV: now, the number of checks, then per check its number of buckets n and (rate, burst) for
+# ARGV: the number of checks, then per check its number of buckets n and (rate, burst) for
 # each. The checks are applied one after the other; each takes a token from every one of its
 # buckets or from none. Returns per check {allowed, retry_ms, index of its first empty bucket}.
+# The time is Redis's own, one clock for every replica (round 17: each replica's wall clock
+# refilled a bucket by its skew, so a replica running ahead gave out more than the limit).
 _BUCKETS = """
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {}
-local a, k = 3, 1
-for r = 1, tonumber(ARGV[2]) do
+local a, k = 2, 1
+for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   local state, refused = {}, nil
   for i = 1, n do
@@ -97,7 +100,7 @@ class RateLimiter:
     async def _check_all(self, checks: list[Buckets]) -> list[list | None]:
         assert self._script is not None
         keys: list[str] = []
-        args: list[float] = [time.time(), len(checks)]
+        args: list[float] = [len(checks)]
         for buckets in checks:
             args.append(len(buckets))
             for key, limit, _ in buckets:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -363,7 +365,7 @@ async def test_malformed_requests_record_nothing(order_deps, checked_pool):
     assert sorted(v.field for v in err.value.violations) == ["quantity", "symbol"]
 
 
-async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, namespace):
+async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, namespace, monkeypatch):
     from meshkit import cache
     from meshkit.launcher.infra import start_local_redis
     from meshkit.launcher.supervisor import Supervisor
@@ -396,6 +398,15 @@ async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, 
             assert sum(isinstance(o, ResourceExhausted) for o in mine) == 15
             assert [o.status for o in mine if not isinstance(o, Exception)] == [Status.NEW] * 5
         assert order_deps.limiter.script_calls - calls < 40
+        # Buckets run on Redis's clock: a replica whose clock is an hour ahead refills nothing
+        # (round 17: each replica's wall clock was the bucket's, so its skew was tokens).
+        import meshkit.ratelimit as ratelimit
+
+        ahead = RateLimiter(redis, namespace)
+        monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: time.time() + 3600,
+                                                               monotonic=time.monotonic))
+        with pytest.raises(ResourceExhausted):
+            await ahead.check([(f"acct:{b}", order_deps.account_limit, "the account")])
         before = await cash(checked_pool, a)
         sup.stop_all()  # Redis dies mid-test
         after_kill = [await handlers.place_order(limit_buy(a, f"d{i}", qty=1), order_deps) for i in range(5)]
