@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
 
 from ledger_svc.domain.model import CASH, CashBalance
@@ -11,6 +11,7 @@ from ledger_svc.domain.settlement import Position
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit.marketdata import Touch
 from meshkit.money import cents
+from meshkit.symbols import price_tick
 
 
 class Quotes(Protocol):
@@ -57,8 +58,14 @@ async def portfolio(account_id: str, uow_factory: UowFactory, quotes: Quotes | N
         qty = int(r["shares"])
         avg = Position(r["qty"], r["cost"]).average_cost
         price = None
-        if t is not None:
-            price = t.last or (t.bid + t.ask) / 2 if (t.last or (t.bid and t.ask)) else None
+        if t is not None and t.last:
+            price = t.last
+        elif t is not None and t.bid and t.ask:
+            # The mid at the symbol's price precision, as the position shows it, so that the
+            # value is the price shown × the quantity (round 17: a mid of 62.125 read "62.13"
+            # and valued 1,000 shares at 62,125.00).
+            mid = (t.bid + t.ask) / 2
+            price = mid.quantize(price_tick(r["symbol"], mid), rounding=ROUND_HALF_UP)
         # Money in cents (the cost basis is; the value rounded half-up), per-share prices exact.
         value = cents(price * qty) if price is not None else None
         pnl = cents(value - r["cost"]) if value is not None else None
