@@ -181,6 +181,9 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
                    "repeatable). Each applies executions only while elected.")
 @click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", show_envvar=True, default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
+@click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="A service that stops answering its liveness check for this long (stopped, deadlocked) is "
+                   "killed and restarted; 0: never.")
 @click.option("--cors-origins", envvar="STOCKMESH_CORS_ORIGINS", show_envvar=True, default=None, metavar="ORIGINS",
               help="Browser apps on these origins may call through Envoy with gRPC-Web and JSON (CORS): "
                    "comma-separated scheme://host[:port] (port * = any), or none.  "
@@ -188,7 +191,8 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
 def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | None,
        redis_url: str | None, nats_url: str | None, nats_cluster: str, namespace: str, log_level: str,
        start_timeout: float, simulator: bool, replay: Path | None, replay_steps: int, market_hours: str,
-       quote_replicas: int, replicas: tuple[str, ...], envoy_workers: int | None, cors_origins: str | None) -> None:
+       quote_replicas: int, replicas: tuple[str, ...], envoy_workers: int | None, hang_seconds: float,
+       cors_origins: str | None) -> None:
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher import envoy
@@ -224,7 +228,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         namespace=namespace, log_level=log_level.upper(), start_timeout=start_timeout,
         simulator=simulator, market_hours=market_hours, quote_replicas=quote_replicas,
         envoy_workers=envoy_workers, nats_cluster=int(nats_cluster), replicas=counts, cors_origins=origins,
-        replay=replay, replay_steps=replay_steps,
+        replay=replay, replay_steps=replay_steps, hang_seconds=hang_seconds,
     )
     sys.exit(run_up(opts))
 

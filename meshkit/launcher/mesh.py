@@ -55,6 +55,25 @@ RELAY = "order_relay"
 RELAY_MODULE = "order_svc.entrypoints.relay"
 
 
+def answers(port: int) -> Callable[[], bool]:
+    """A liveness probe of the service on `port`: whether its health service answers SERVING
+    for `liveness` (meshkit.server.LIVENESS: the process answers at all, whatever its
+    dependencies) within 2 s. Its channel retries a restarted service's port every 0.5-2 s."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from meshkit.server import LIVENESS
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.initial_reconnect_backoff_ms", 500),
+                                                                   ("grpc.max_reconnect_backoff_ms", 2000)])
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    def alive() -> bool:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=2)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return alive
+
+
 def relay_apart() -> bool:
     """order_svc's outbox relay in a process of its own (the default), unless
     ORDER_OUTBOX_RELAY=in-process asks for it inside order_svc."""
@@ -106,6 +125,9 @@ class UpOptions:
     # quotes a candle (SIM_REPLAY_STEPS).
     replay: Path | None = None
     replay_steps: int = 4
+    # A service that has answered its liveness health check and then answers nothing for this
+    # many seconds (stopped, deadlocked) is killed and restarted (0: never).
+    hang_seconds: float = 30.0
 
 
 def _print(line: str) -> None:
@@ -133,7 +155,7 @@ class Mesh:
         self.data_dir = opts.data_dir.resolve()
         self.say = say
         self.stop_event = threading.Event()
-        self.sup = Supervisor(say=say)
+        self.sup = Supervisor(say=say, hang_after=opts.hang_seconds)
         self.sup.on_restart = lambda _child: self._write_state(ready=self._ready)
         self.infra: infra.Infra | None = None
         self.ports: envoy.EnvoyPorts | None = None
@@ -347,7 +369,7 @@ class Mesh:
             env["ENGINE_INSTANCE_ID"] = engine_instance_id(self.data_dir, name)
         return ChildSpec(name=name, argv=[sys.executable, "-m", self.instances[name]], env=env,
                          log_path=self.data_dir / "logs" / f"{name}.log", cwd=self.data_dir,
-                         stop_timeout=15.0)
+                         stop_timeout=15.0, alive=answers(port))
 
     def _wait_services_serving(self, children: list[Child], ports: dict[str, int]) -> None:
         import grpc

@@ -8,7 +8,12 @@ Every child:
 - dies with the launcher even when the launcher is SIGKILLed: a tiny `python -I -S` shim sets
   PR_SET_PDEATHSIG and then execs the real program (same pid). The shim is used instead of
   `preexec_fn`, which is unsafe in a process that has threads (gRPC's);
-- is restarted with exponential backoff when it exits on its own, each restart logged.
+- is restarted with exponential backoff when it exits on its own, each restart logged;
+- with a liveness probe (`ChildSpec.alive`), is asked every few seconds, by a thread of the
+  supervisor, whether it still answers; once it has answered, a child that then answers
+  nothing for `hang_after` seconds (stopped, deadlocked, its event loop blocked) is SIGKILLed
+  and so restarted like one that exited (acceptance round 17: a ledger_svc stopped with
+  SIGSTOP stayed down for as long as it stayed stopped).
 
 `stop_all()` stops children in the reverse order of their start: signal, wait, SIGKILL.
 
@@ -23,6 +28,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +87,9 @@ class ChildSpec:
     stop_timeout: float = 10.0
     user: str | None = None
     restart: bool = True
+    # Whether the child answers now (a health check with a short timeout of its own); None:
+    # never asked. Called from the supervisor's probe thread.
+    alive: Callable[[], bool] | None = None
 
 
 def tail(path: Path | None, lines: int = 40) -> str:
@@ -103,6 +112,7 @@ class Child:
         self.restart_at: float | None = None
         self.backoff = 0.5
         self.stopping = False
+        self.answered_at: float | None = None  # when `alive` last said yes (monotonic), since its spawn
 
     @property
     def pid(self) -> int | None:
@@ -153,6 +163,7 @@ class Child:
             out.close()
         self.started_at = time.monotonic()
         self.restart_at = None
+        self.answered_at = None
 
     def signal(self, sig: int) -> None:
         if self.running():
@@ -170,16 +181,37 @@ class Supervisor:
 
     MAX_BACKOFF = 15.0
 
-    def __init__(self, say: Callable[[str], None] = print) -> None:
+    def __init__(self, say: Callable[[str], None] = print, *, hang_after: float = 30.0,
+                 probe_every: float = 2.0) -> None:
         self.children: list[Child] = []
         self.say = say
         self.on_restart: Callable[[Child], None] | None = None
+        self.hang_after = hang_after  # 0: children with a probe are never judged hung
+        self.probe_every = probe_every
+        self._probing: threading.Thread | None = None
+        self._quit = threading.Event()
 
     def start(self, spec: ChildSpec) -> Child:
         child = Child(spec)
         child.spawn()
         self.children.append(child)
+        if spec.alive is not None and self.hang_after and self._probing is None:
+            self._probing = threading.Thread(target=self._probe, name="liveness", daemon=True)
+            self._probing.start()
         return child
+
+    def _probe(self) -> None:
+        """Ask each running child with a probe whether it answers, every `probe_every` s."""
+        while not self._quit.wait(self.probe_every):
+            for child in list(self.children):
+                probe = child.spec.alive
+                if probe is None or child.stopping or not child.running():
+                    continue
+                try:
+                    if probe():
+                        child.answered_at = time.monotonic()
+                except Exception:  # noqa: BLE001 - a probe that fails is a child that did not answer
+                    pass
 
     def get(self, name: str) -> Child:
         for child in self.children:
@@ -195,6 +227,13 @@ class Supervisor:
                 continue
             code = child.proc.poll()
             if code is None:
+                answered = child.answered_at
+                if self.hang_after and answered is not None and now - answered > self.hang_after:
+                    self.say(f"! {child.spec.name} (pid {child.proc.pid}) has not answered its liveness check for "
+                             f"{now - answered:.0f}s (hung); killing it to restart it")
+                    child.answered_at = None
+                    child.signal(signal.SIGKILL)
+                    continue
                 # A child that stayed up for a while earns its quick restart back.
                 if now - child.started_at > 30:
                     child.backoff = 0.5
@@ -241,6 +280,7 @@ class Supervisor:
     def stop_all(self, stages: list[list[str]] | None = None) -> None:
         """Stop everything. `stages` lists names stopped together, first stage first; children
         not named are stopped afterwards one by one in reverse start order."""
+        self._quit.set()
         done: set[int] = set()
         for names in stages or []:
             group = [c for c in self.children if c.spec.name in names and id(c) not in done]

@@ -35,8 +35,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
     running = start_or_fail(MeshProcess(
         data_dir=tmp_path_factory.mktemp("mesh"), db_prefix="stockmesh_e2e", namespace_prefix="e2e",
         # tests trade against each other; the simulator has its own test.
-        # Two quote_svc replicas, as a real deployment runs (test_quote_replicas).
-        extra_args=["--no-simulator", "--quote-replicas", "2"]))
+        # Two quote_svc replicas, as a real deployment runs (test_quote_replicas). A hung
+        # service is restarted after 15 s (test_relay_process) instead of 30.
+        extra_args=["--no-simulator", "--quote-replicas", "2", "--hang-seconds", "15"]))
     try:
         yield running
         verified = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify",

@@ -1,0 +1,61 @@
+"""The launcher's supervisor restarts a child that stops answering its liveness probe (a
+process stopped or deadlocked does not exit, so it was never restarted: round 17)."""
+from __future__ import annotations
+
+import threading
+import time
+
+from meshkit.launcher.supervisor import ChildSpec, Supervisor
+
+
+def _until(condition, sup: Supervisor, patience: float = 30.0) -> bool:
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        sup.poll()
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_child_that_stops_answering_is_killed_and_restarted() -> None:
+    answering = threading.Event()
+    answering.set()
+    said: list[str] = []
+    sup = Supervisor(say=said.append, hang_after=0.3, probe_every=0.02)
+    child = sup.start(ChildSpec(name="svc", argv=["sleep", "300"], alive=answering.is_set))
+    try:
+        first = child.pid
+        assert _until(lambda: child.answered_at is not None, sup), "the probe never asked"
+        answering.clear()  # hung: still running, answering nothing
+        assert _until(lambda: child.restarts == 1 and child.running(), sup), said
+        assert child.pid != first
+        assert any(line.startswith(f"! svc (pid {first}) has not answered its liveness check") for line in said), said
+        assert any(f"(pid {first}) exited with signal 9" in line for line in said), said
+        # Answering again, it is judged afresh: a restarted child must answer before it can hang.
+        assert child.answered_at is None
+        answering.set()
+        assert _until(lambda: child.answered_at is not None, sup)
+        assert child.restarts == 1
+    finally:
+        sup.stop_all()
+
+
+def test_a_probe_that_raises_is_a_child_that_did_not_answer() -> None:
+    calls = []
+
+    def probe() -> bool:
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError("connection refused")
+        return True
+
+    said: list[str] = []
+    sup = Supervisor(say=said.append, hang_after=0.3, probe_every=0.02)
+    child = sup.start(ChildSpec(name="svc", argv=["sleep", "300"], alive=probe))
+    try:
+        first = child.pid
+        assert _until(lambda: child.restarts == 1, sup), said
+        assert child.pid != first
+    finally:
+        sup.stop_all()
