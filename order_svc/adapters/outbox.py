@@ -36,7 +36,7 @@ from meshkit import aio, bus, config, db, failpoints
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
-RELAY_LOCK = 0x5F0C_0B0E  # advisory lock key of the outbox relay
+RELAY_LOCK = 0x5F0C_0B0E  # advisory lock key of the outbox relay of every namespace (namespace None)
 RELAY_ROLE = "orders.outbox-relay"  # its label in stockmesh_elected{role}
 # How long accepted orders (and cancels, replaces) wait before the engine can have them.
 HANDOFF = Histogram("stockmesh_outbox_handoff_seconds",
@@ -91,6 +91,9 @@ class OutboxRelay:
                  namespace: str | None = None) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
         self.prefix = "" if namespace is None else bus.subject(namespace, "orders", "")
+        # One relay per namespace: each publishes its own namespace's rows only, so one lock for
+        # the database left a second namespace's orders unpublished for good (round 17 review).
+        self.lock = RELAY_LOCK if namespace is None else db.lock_key(f"{namespace}.outbox-relay")
         self.ack_timeout, self.idle_poll = ack_timeout, idle_poll
         self.retention, self.prune_batch = retention, prune_batch
         self.prune_every, self.full_prune_every = prune_every, full_prune_every
@@ -108,7 +111,7 @@ class OutboxRelay:
         pruner: asyncio.Task | None = None
         try:
             db.ELECTION.labels(RELAY_ROLE).set(0)
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock):
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             db.ELECTION.labels(RELAY_ROLE).set(1)  # which replica relays, as meshkit.db.elected says
             log.info("outbox relay elected")

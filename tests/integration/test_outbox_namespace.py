@@ -54,6 +54,36 @@ async def test_rows_of_another_namespace_do_not_stop_the_relay(pg_server_url, na
             await conn.close()
 
 
+async def test_two_namespaces_sharing_a_database_each_have_their_relay_elected(pg_server_url, nats_conn):
+    """Each namespace's relay publishes its own rows only, so each needs an election of its own
+    (round 17 review: one lock per database left the second namespace's orders unpublished)."""
+    import asyncio
+
+    from tests.support.wait import eventually
+
+    js = nats_conn.jetstream()
+    spaces = [f"ob{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for ns in spaces:
+        await bus.ensure_stream(js, ns, "orders")
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        relays = [asyncio.create_task(OutboxRelay(url, js, namespace=ns, idle_poll=0.05).run()) for ns in spaces]
+        try:
+            for ns in spaces:
+                await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, $2, '')",
+                                   bus.subject(ns, "orders", "AAPL"), f"{ns}-1")
+
+            async def all_published() -> bool:
+                return all(published for _, _, published in await _rows(conn, "ob%"))
+
+            assert await eventually(all_published, timeout=20), await _rows(conn, "ob%")
+        finally:
+            for task in relays:
+                task.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+            await conn.close()
+
+
 async def test_the_right_close_takes_over_a_close_queued_for_another_namespace(pg_server_url):
     async with fresh_database(pg_server_url) as url:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
