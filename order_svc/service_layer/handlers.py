@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Callable, Protocol
 
 from meshkit import bus, calendar, failpoints
-from meshkit.errors import Unavailable
+from meshkit.errors import ResourceExhausted, Unavailable
 from meshkit.money import fmt_price
 from meshkit.prototime import set_time
 from meshkit.ratelimit import Limit, RateLimiter
@@ -147,12 +147,30 @@ async def _business_checks(req: OrderRequest, deps: Deps, at: datetime) -> tuple
     return plan, None, ""
 
 
-async def place_order(req: OrderRequest, deps: Deps) -> Order:
+async def _within_limits(req: OrderRequest, deps: Deps) -> None:
+    """A token from the account's bucket and the symbol's (RESOURCE_EXHAUSTED when either is empty)."""
     await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
                               (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
+
+
+async def place_order(req: OrderRequest, deps: Deps) -> Order:
+    mine = req.fingerprint()
+    try:
+        await _within_limits(req, deps)
+    except ResourceExhausted:
+        # A retry of a placement recorded before gets its order, limited or not (round 17: a
+        # client retrying an accepted order while over its limit got RESOURCE_EXHAUSTED). Read
+        # only when refused: a lookup before every placement cost the p50 14 ms (benchmarks).
+        async with deps.uow().reads() as uow:
+            found = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
+        if found is None:
+            raise
+        at = now()
+        return await _placed_before(Order(order_id=model.order_id_for(req.account_id, req.client_order_id, mine),
+                                          request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at),
+                                    mine, found, False, deps, looked_up=True)
     at = now()
     plan, reason, message = await _business_checks(req, deps, at)
-    mine = req.fingerprint()
     order = Order(order_id=model.order_id_for(req.account_id, req.client_order_id, mine), request=req,
                   status=Status.PENDING_NEW, created_at=at, updated_at=at)
     outbox = None
@@ -467,8 +485,6 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
     # Of the request as sent: a stop price a triggered STOP_LIMIT ignores still tells two
     # requests apart, and a retry's reply does not depend on when the trigger was seen.
     fingerprint = model.replacement_fingerprint(replace(req, stop_price=r.stop_price), old.order_id)
-    await deps.limiter.check([(f"acct:{req.account_id}", deps.account_limit, "this account"),
-                              (f"sym:{req.symbol}", deps.symbol_limit, req.symbol)])
 
     def same_or_duplicate(found: Order, found_fingerprint: str) -> Order:
         if found_fingerprint != fingerprint:
@@ -479,9 +495,10 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
 
     async with deps.uow() as uow:  # a retry: the old order may have been replaced by this very request
         existing = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
-    if existing is not None:
+    if existing is not None:  # answered whatever the rate limits (round 17), as a placement's retry is
         stored = same_or_duplicate(*existing)
         return await advance(stored, deps) if stored.status is Status.PENDING_NEW else stored
+    await _within_limits(req, deps)
 
     at = now()
     _, reason, message = await _market_checks(req, deps, at, stop_applies=not model.stop_no_longer_applies(old))

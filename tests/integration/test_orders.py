@@ -379,11 +379,21 @@ async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, 
         order_deps.account_limit = Limit(1.0, 3)
         a = acct()
         await deposit(checked_pool, a, "100000")
-        for i in range(3):
-            assert (await handlers.place_order(limit_buy(a, f"r{i}", qty=1), order_deps)).status is Status.NEW
+        placed = [await handlers.place_order(limit_buy(a, f"r{i}", qty=1), order_deps) for i in range(2)]
+        assert [o.status for o in placed] == [Status.NEW] * 2
+        change = handlers.ReplaceRequest(account_id=a, order_id=placed[1].order_id, client_order_id="r1-b", quantity=1,
+                                limit_price=Decimal("187.00"), stop_price=None)
+        replacement = await handlers.replace_order(change, order_deps)  # the burst's third token
         with pytest.raises(ResourceExhausted) as err:
             await handlers.place_order(limit_buy(a, "r3", qty=1), order_deps)
         assert err.value.reason == "RATE_LIMITED" and 0 < err.value.retry_after_seconds <= 1
+        # Over the limit, a retry of a recorded placement still gets its order, and a reuse of
+        # its id with other terms ALREADY_EXISTS (round 17: both were RESOURCE_EXHAUSTED).
+        again = await handlers.place_order(limit_buy(a, "r0", qty=1), order_deps)
+        assert (again.order_id, again.status) == (placed[0].order_id, Status.NEW)
+        with pytest.raises(DuplicateClientOrderId):
+            await handlers.place_order(limit_buy(a, "r0", qty=2), order_deps)
+        assert (await handlers.replace_order(change, order_deps)).order_id == replacement.order_id  # so a replace's
         # Concurrent checks share script calls and still take each token once: of 20 orders at
         # once on a fresh account with a burst of 5, exactly 5 pass; another account's are its own.
         order_deps.account_limit = Limit(0.001, 5)
