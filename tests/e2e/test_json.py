@@ -62,7 +62,8 @@ def test_json_calls_through_envoy(mesh):
     assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_ARGUMENT"
     # JSON the transcoder cannot read (an unknown enum name, a fraction of a share, a number for
     # a decimal string): Envoy's own 400, in the same shape as the services' errors.
-    for bad, field in (({"type": "ORDER_TYPE_BOGUS"}, "type"), ({"quantity": "1.5"}, "quantity")):
+    for bad, field in (({"type": "ORDER_TYPE_BOGUS"}, "type"), ({"quantity": "1.5"}, "quantity"),
+                       ({"limit_price": 160.5, "type": "ORDER_TYPE_LIMIT"}, "limit_price")):
         status, error = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
                              {"client_order_id": "j", "symbol": "AAPL", "side": "SIDE_BUY", "quantity": "1",
                               "type": "ORDER_TYPE_MARKET", "time_in_force": "TIME_IN_FORCE_DAY", **bad}, account)
@@ -70,10 +71,16 @@ def test_json_calls_through_envoy(mesh):
         assert field in error["message"], error
         details = {d["@type"].rsplit("/", 1)[1]: d for d in error["details"]}
         assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_ARGUMENT"
-        assert details["google.rpc.BadRequest"]["field_violations"][0]["description"] == error["message"]
+        # The violation names the field, as the services' do (round 17: it was "request body").
+        assert details["google.rpc.BadRequest"]["field_violations"] == [
+            {"field": field, "description": error["message"]}], error
     status, error = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit", {"amount": 5, "idempotency_key": "n"},
                          account)
     assert status == 400 and error["code"] == 3 and "amount" in error["message"], error
+    status, error = post(mesh, "/stockmesh.quote.v1.QuoteService/GetCandles",
+                         {"symbol": "AAPL", "interval": "CANDLE_INTERVAL_1M", "start_time": "2026-13-01T00:00:00Z"}, account)
+    assert status == 400 and error["code"] == 3, error
+    assert [v["field"] for d in error["details"] for v in d.get("field_violations", [])] == ["start_time"], error
     status, listed = post(mesh, "/stockmesh.order.v1.OrderService/ListOrders", {}, account)
     assert status == 200 and not listed.get("orders"), listed
 
