@@ -737,7 +737,7 @@ def _engine_call(address: str | None, data_dir: Path | None, method: str, reques
     running in `data_dir` (its mesh.json)."""
     import grpc
 
-    from meshkit.cli_client import mesh_state
+    from meshkit.cli_client import _fail, mesh_state
     from stockmesh.matching.v1 import engine_control_service_pb2_grpc
 
     if not address:
@@ -750,9 +750,8 @@ def _engine_call(address: str | None, data_dir: Path | None, method: str, reques
         stub = engine_control_service_pb2_grpc.EngineControlServiceStub(channel)
         try:
             return getattr(stub, method)(request, timeout=10)
-        except grpc.RpcError as exc:
-            click.echo(f"{method} failed: {exc.code().name}: {exc.details()}", err=True)
-            sys.exit(1)
+        except grpc.RpcError as exc:  # its status, reason and field violations, as every command says them
+            _fail(exc, method)
 
 
 _engine_address = click.option("--address", envvar="MATCHING_ADDR", show_envvar=True, default=None,

@@ -29,8 +29,13 @@ class Client:
     def __init__(self, address: str, token: str, timeout: float) -> None:
         import grpc
 
+        from meshkit.channels import RECONNECT_OPTIONS
+
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        # Reconnects within a second of the mesh being back, as the services do: gRPC's own
+        # backoff grows to two minutes, and a watch came back up to 25 s after a restarted mesh
+        # was ready, near its give-up (round 17).
+        self.channel = grpc.insecure_channel(address, options=list(RECONNECT_OPTIONS))
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     def call(self, stub_class, method: str, request):
@@ -48,7 +53,8 @@ class Client:
 
     def stream(self, stub_class, method: str, request, resume=None) -> Iterable:
         """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly).
-        With `resume` (the ending stream's ErrorInfo, or None -> the request to open it again with), a
+        With `resume` ((the ending stream's ErrorInfo or None, its response headers) -> the request
+        to open it again with), a
         stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
         asks its clients to do) or is reset (its service killed) is opened again, said on stderr,
         for up to RECONNECT_PATIENCE seconds of failing in a row. A first open that finds no mesh
@@ -75,7 +81,8 @@ class Client:
                     return
                 now = time.monotonic()
                 info, _ = error_info(exc)
-                streamed = streamed or (info is not None and info.reason == "SHUTTING_DOWN")
+                headers = dict(call.initial_metadata() or ())  # none: it never opened
+                streamed = streamed or bool(headers) or (info is not None and info.reason == "SHUTTING_DOWN")
                 # A service killed outright (kill -9, a crash) resets its streams, and Envoy
                 # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
                 # an answer. The launcher (or the orchestrator) brings the service back.
@@ -87,7 +94,7 @@ class Client:
                 if failing_since is None:
                     failing_since = now
                     click.echo(f"({method} ended: {exc.details()}; opening it again)", err=True)
-                request = resume(info)
+                request = resume(info, headers)
                 time.sleep(min(2.0, 0.2 + (now - failing_since) / 10))
             finally:
                 call.cancel()
@@ -419,7 +426,7 @@ def register(main: click.Group) -> None:
                    "traded shows from its first trade or order on); Ctrl-C stops", err=True)
         # Opened again (a fresh snapshot) when quote_svc restarts.
         for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request,
-                                            resume=lambda _info: request), 1):
+                                            resume=lambda _info, _headers: request), 1):
             flag = "  HALTED" if q.halted else ""
             click.echo(f"{_when(q.time)}  {q.symbol:<6} bid {q.bid_price or '-':>10} x {q.bid_size:<6} "
                        f"ask {q.ask_price or '-':>10} x {q.ask_size:<6} last {q.last_price or '-':>10} "
@@ -435,17 +442,24 @@ def register(main: click.Group) -> None:
     @client_options
     def watch_orders(after_sequence: int | None, count: int | None, **where) -> None:
         """Print every change of the account's orders as it happens (fills with their price)."""
+        from meshkit.status import POSITION_HEADER
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         client = _client(**where)
         request = pb.StreamOrderUpdatesRequest(after_sequence=after_sequence or 0, from_now=after_sequence is None)
-        n, last = 0, None
+        n, last, start = 0, None, None
 
-        def resume(info) -> pb.StreamOrderUpdatesRequest:
-            """Open it again after the last update printed; with none yet, after the sequence
-            the ending stream named (ErrorInfo afterSequence), else as first asked."""
-            named = (info.metadata.get("afterSequence") if info is not None else None) or ""
-            after = last if last is not None else (int(named) if named.isdigit() else None)
+        def resume(info, headers: dict[str, str]) -> pb.StreamOrderUpdatesRequest:
+            """Open it again after the last update printed; with none yet, after where a stream
+            said it started (its x-stockmesh-after-sequence header, or an ending stream's
+            ErrorInfo afterSequence), kept across attempts; else as first asked (round 17: a
+            second failed attempt, with neither, went back to "from now" and lost updates)."""
+            nonlocal start
+            for said in (headers.get(POSITION_HEADER, ""),
+                         (info.metadata.get("afterSequence") if info is not None else None) or ""):
+                if said.isdigit() and start is None:
+                    start = int(said)
+            after = last if last is not None else start
             return request if after is None else pb.StreamOrderUpdatesRequest(after_sequence=after)
 
         for u in client.stream(order_service_pb2_grpc.OrderServiceStub, "StreamOrderUpdates", request, resume=resume):

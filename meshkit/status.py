@@ -12,6 +12,9 @@ from grpc_status import rpc_status
 from meshkit.errors import DomainError, InvalidArgument, Unavailable
 
 DOMAIN = "stockmesh.dev"
+# The response header of StreamOrderUpdates saying, once the stream listens, the sequence after
+# which it sends every update: where a client that saw none resumes.
+POSITION_HEADER = "x-stockmesh-after-sequence"
 
 
 def _pack(msg) -> any_pb2.Any:

@@ -58,14 +58,14 @@ RELAY_MODULE = "order_svc.entrypoints.relay"
 def answers(port: int) -> Callable[[], bool]:
     """A liveness probe of the service on `port`: whether its health service answers SERVING
     for `liveness` (meshkit.server.LIVENESS: the process answers at all, whatever its
-    dependencies) within 2 s. Its channel retries a restarted service's port every 0.5-2 s."""
+    dependencies) within 2 s. Its channel finds a restarted service within a second (meshkit.channels)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from meshkit.channels import RECONNECT_OPTIONS
     from meshkit.server import LIVENESS
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.initial_reconnect_backoff_ms", 500),
-                                                                   ("grpc.max_reconnect_backoff_ms", 2000)])
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(RECONNECT_OPTIONS))
     stub = health_pb2_grpc.HealthStub(channel)
 
     def alive() -> bool:

@@ -9,6 +9,7 @@ import grpc
 from meshkit import paging, symbols
 from meshkit.auth import current_account
 from meshkit.errors import FieldViolation, InvalidArgument, ResourceExhausted, Violations
+from meshkit.status import POSITION_HEADER
 from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import Deps
@@ -17,7 +18,6 @@ from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service
 
 
 # StreamOrderUpdates' response header: the sequence the stream starts after.
-POSITION_HEADER = "x-stockmesh-after-sequence"
 # Order-update streams one account may have open at once on one order_svc process: an app has
 # one or two; each stream reads the database when the account changes and every few seconds,
 # so one account's thousands would slow everyone's (acceptance round 13: 2,000 were taken).

@@ -18,7 +18,8 @@ from meshkit.server import App, create_server
 from meshkit.status import error_info
 from order_svc.adapters.notifications import UpdateNotifier
 from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
-from order_svc.entrypoints.grpc_server import POSITION_HEADER, OrderServicer
+from meshkit.status import POSITION_HEADER
+from order_svc.entrypoints.grpc_server import OrderServicer
 from order_svc.service_layer import handlers
 from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 from tests.support.crash import identity

@@ -138,3 +138,71 @@ def test_orders_says_when_there_are_more_than_it_showed():
     assert len(shown) == 3 and all(f"o{i}" in line for i, line in enumerate(shown)), some.stdout
     assert "there are more: --limit N shows more" in some.stderr
     assert "there are more" not in every.output
+
+
+class Restarting(order_service_pb2_grpc.OrderServiceServicer):
+    """Each attempt ends as `endings` says, before any update: "named" as a service shutting
+    down ends it (afterSequence 4), "headers" after the stream's position header (7) as a
+    killed service's, "plain" UNAVAILABLE with no details as Envoy says while its upstream is
+    down; after those, two updates after what was asked."""
+
+    def __init__(self, *endings: str) -> None:
+        self.endings = list(endings)
+        self.requests: list = []
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        from meshkit.status import POSITION_HEADER
+
+        self.requests.append(request)
+        if self.endings:
+            ending = self.endings.pop(0)
+            if ending == "named":
+                context.abort_with_status(_shutting_down(4))
+            if ending == "headers":
+                context.send_initial_metadata(((POSITION_HEADER, "7"),))
+                context.abort(grpc.StatusCode.INTERNAL, "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "upstream connect error or disconnect/reset before headers")
+        first = request.after_sequence + 1
+        for sequence in range(first, first + 2):
+            yield order_pb2.OrderUpdate(sequence=sequence, order=order_pb2.Order(order_id=f"o{sequence}"))
+        self.done.wait(10)
+
+
+def test_watch_orders_keeps_where_its_stream_started_across_failed_attempts():
+    """Round 17: a watch from now whose stream ended before printing anything opened it again
+    after the sequence the ending named, but a second failed attempt (Envoy: upstream down, no
+    details) took it back to "from now", and the updates made meanwhile were never printed. The
+    position header of a stream that opened counts as much as an ending's afterSequence."""
+    for endings, after in ((("named", "plain", "plain"), 4), (("headers", "plain"), 7)):
+        stand_in = Restarting(*endings)
+        done = _invoke(stand_in, "watch", "orders", "--count", "2")
+        assert done.exit_code == 0, (endings, done.output)
+        printed = [line.split()[0] for line in done.output.splitlines() if line.startswith("#")]
+        assert printed == [f"#{after + 1}", f"#{after + 2}"], (endings, done.output)
+        assert [(r.from_now, r.after_sequence) for r in stand_in.requests] == [
+            (True, 0), *[(False, after)] * len(endings)], endings
+
+
+def test_engine_commands_say_the_reason_and_each_field_violation():
+    """Round 17: `engine halt` printed only the status and its message, where every other
+    command prints the reason and each field violation too."""
+    from meshkit.errors import FieldViolation, InvalidArgument
+    from stockmesh.matching.v1 import engine_control_service_pb2_grpc
+
+    class Engine(engine_control_service_pb2_grpc.EngineControlServiceServicer):
+        def HaltSymbol(self, request, context):
+            context.abort_with_status(rpc_status.to_status(to_rpc_status(InvalidArgument(
+                [FieldViolation("reason", "at most 200 characters")], reason="TOO_LONG"))))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    engine_control_service_pb2_grpc.add_EngineControlServiceServicer_to_server(Engine(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        done = CliRunner().invoke(main, ["engine", "halt", "AAPL", "--reason", "x", "--address", f"127.0.0.1:{port}"])
+    finally:
+        server.stop(None)
+    assert done.exit_code == 1, done.output
+    assert "HaltSymbol failed: INVALID_ARGUMENT [TOO_LONG]" in done.output and "  reason: at most 200" in done.output, \
+        done.output
