@@ -188,13 +188,19 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
 
 
 def _decimal(text: str, what: str) -> str:
-    """A decimal string as typed (checked here for a friendlier message; the server checks again)."""
+    """A decimal string as typed (checked here for a friendlier message; the server checks again),
+    in the plain notation the server takes: "1e3" or " 5" are usage errors here, as "abc" is
+    (round 17: they went to the server and came back INVALID_ARGUMENT, exit 1 instead of 2)."""
+    from meshkit.money import is_plain
+
     try:
         value = Decimal(text)
     except InvalidOperation:
         raise click.BadParameter(f"{text!r} is not a number", param_hint=what) from None
     if not value.is_finite():
         raise click.BadParameter(f"{text!r} is not a number", param_hint=what)
+    if not is_plain(text):
+        raise click.BadParameter(f"{text!r} is not a plain decimal number such as 100.25", param_hint=what)
     return text
 
 

@@ -22,6 +22,11 @@ MAX_PRICE = Decimal("99999999.9999")
 CASH = "USD"  # the currency every cash amount is in
 
 
+def is_plain(text: str) -> bool:
+    """Whether `text` is written as a plain decimal number (the notation every field takes)."""
+    return _PLAIN.fullmatch(text) is not None
+
+
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
                   maximum: Decimal, positive: bool = True, required: bool = True) -> Decimal | None:
     """Parse `text` into a Decimal with at most `places` fractional digits; zeros past them
@@ -37,7 +42,7 @@ def parse_decimal(text: str, field: str, v: Violations, *, places: int,
         v.add(field, f"must be a decimal of at most {MAX_TEXT} characters")
         return None
     m = _PLAIN.fullmatch(text)
-    if not m:
+    if m is None:
         v.add(field, f"must be a plain decimal number such as \"100.25\", got {text[:MAX_TEXT]!r}")
         return None
     if m.group(1) and positive:

@@ -83,3 +83,12 @@ def test_an_amount_not_above_zero_is_a_usage_error_that_says_so(tmp_path, comman
     done = CliRunner().invoke(main, [command, amount, "--account", "alice", "--data-dir", str(tmp_path)])
     assert done.exit_code == 2, done.output
     assert f"Invalid value for AMOUNT: '{amount}' must be positive" in done.output
+
+
+@pytest.mark.parametrize("amount", ["1e3", " 5", "5 ", "１０", "1_000"])
+def test_an_amount_not_in_plain_notation_is_a_usage_error(tmp_path, amount):
+    """Python's Decimal takes them, the server does not: they were sent and came back
+    INVALID_ARGUMENT, exit 1, where "abc" is a usage error, exit 2 (round 17)."""
+    done = CliRunner().invoke(main, ["deposit", amount, "--account", "alice", "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert "is not a plain decimal number such as 100.25" in done.output, done.output
