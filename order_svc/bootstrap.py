@@ -52,7 +52,10 @@ async def bootstrap(settings: config.Settings) -> App:
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"),
         write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1))
     # Holds older than this whose order was never recorded are given back (handlers.reaper_loop).
-    orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 30, minimum=1)
+    # Until then a retry with the same client_order_id completes the placement: two minutes
+    # cover a client's retries across a restart of the whole mesh (round 17: 27 s; with 30 s a
+    # retry after it heard PLACEMENT_UNDONE and had to place the order again).
+    orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 120, minimum=1)
     notifier = UpdateNotifier(settings.database_url)
     closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
