@@ -137,9 +137,27 @@ class Simulator:
     async def run(self) -> None:
         async with grpc.aio.insecure_channel(self.endpoint) as channel:
             stub = order_service_pb2_grpc.OrderServiceStub(channel)
-            await asyncio.gather(*(self._symbol(stub, s.symbol, s.reference_price) for s in listed().values()))
+            starts = await asyncio.gather(*(self.last_price(channel, s.symbol) for s in listed().values()))
+            await asyncio.gather(*(self._symbol(stub, s.symbol, last or s.reference_price)
+                                   for s, last in zip(listed().values(), starts)))
+
+    async def last_price(self, channel, symbol: str) -> Decimal | None:
+        """The symbol's last trade, where a restarted simulator's walk goes on from (round 17:
+        it started again at the listing's reference price, a jump in the charts and the
+        portfolios, and one of more than the price band (20 %) would have every quote of the
+        symbol refused); None when it never traded or the quote is not to be had now."""
+        from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
+
+        try:
+            quote = (await quote_service_pb2_grpc.QuoteServiceStub(channel).GetQuote(
+                qpb.GetQuoteRequest(symbol=symbol), metadata=self.md(maker(symbol)), timeout=CALL_TIMEOUT)).quote
+        except grpc.aio.AioRpcError:
+            return None
+        return Decimal(quote.last_price) if quote.last_price else None
 
     async def _symbol(self, stub, symbol: str, reference: Decimal) -> None:
+        """Quote and trade `symbol` for ever, its walk starting at `reference` (its last trade,
+        else its listing's price)."""
         rng = random.Random(self.rng.random())
         candles = self.replay.get(symbol)
         walk: PricePath = Replay.of(candles, reference, self.replay_steps) if candles else Walk.at(reference)
