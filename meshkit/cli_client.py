@@ -38,14 +38,15 @@ class Client:
         self.channel = grpc.insecure_channel(address, options=list(RECONNECT_OPTIONS))
         self.metadata = (("authorization", f"Bearer {token}"),)
 
-    def call(self, stub_class, method: str, request):
-        """One unary call; a failure is printed (code, reason, field violations) and exits 1."""
+    def call(self, stub_class, method: str, request, *, doing: str | None = None):
+        """One unary call; a failure is printed (code, reason, field violations) as the failure
+        of `doing` (the command's own RPC, when this call only prepares it), and exits 1."""
         import grpc
 
         try:
             return getattr(stub_class(self.channel), method)(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
-            _fail(exc, method)
+            _fail(exc, doing or method)
 
     # How long a watch keeps opening its stream again while it is UNAVAILABLE (a service
     # restarting, a rolling deploy) before it gives up.
@@ -352,8 +353,8 @@ def register(main: click.Group) -> None:
             raise click.UsageError("say what changes: --quantity, --limit and/or --stop")
         _check_prices(limit=limit_price, stop=stop_price)
         client = _client(**where)
-        old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",
-                          pb.GetOrderRequest(order_id=order_id)).order
+        old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",  # what it changes
+                          pb.GetOrderRequest(order_id=order_id), doing="ReplaceOrder").order
         reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ReplaceOrder", pb.ReplaceOrderRequest(
             order_id=order_id, client_order_id=client_order_id or uuid.uuid4().hex,
             quantity=quantity or old.quantity, limit_price=old.limit_price if limit_price is None else limit_price,

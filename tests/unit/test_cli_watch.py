@@ -206,3 +206,19 @@ def test_engine_commands_say_the_reason_and_each_field_violation():
     assert done.exit_code == 1, done.output
     assert "HaltSymbol failed: INVALID_ARGUMENT [TOO_LONG]" in done.output and "  reason: at most 200" in done.output, \
         done.output
+
+
+class NoSuchOrder(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def GetOrder(self, request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no order {request.order_id}")
+
+
+def test_replace_of_an_unknown_order_says_the_replace_failed():
+    """Round 17: it said "GetOrder failed", an RPC the user did not ask for (replace reads the
+    order first)."""
+    done = _invoke(NoSuchOrder(), "replace", "3f1c0f4e-0000-4000-8000-000000000000", "--limit", "10.00")
+    assert done.exit_code == 1, done.output
+    assert "ReplaceOrder failed: NOT_FOUND" in done.output and "GetOrder" not in done.output, done.output
