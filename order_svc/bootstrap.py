@@ -66,7 +66,7 @@ async def bootstrap(settings: config.Settings) -> App:
         checks=[db.pool_check(pool), bus.nats_check(nc)],
         background=([relay.run] if relay else []) + [
             lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
-            lambda: handlers.reaper_loop(deps, older_than=orphan_age),
+            lambda: handlers.reaper_loop(deps, orphan_age=orphan_age),
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
             lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps),
                                        elect_on=settings.database_url)],

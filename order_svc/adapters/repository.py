@@ -180,6 +180,11 @@ class OrderRepository:
             account_id, client_order_id)
         return (_order(row), row["fingerprint"]) if row else None
 
+    async def recorded(self, order_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these order ids have an order."""
+        rows = await self.conn.fetch("SELECT order_id FROM orders.orders WHERE order_id = ANY($1)", order_ids)
+        return {r[0] for r in rows}
+
     async def claim_orphans(self, order_ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
         """Claim every id not claimed yet, then return (those whose hold no order needs, the
         replacements among them recorded REJECTED). The first: no order can be recorded under

@@ -320,37 +320,53 @@ async def advance(order: Order | uuid.UUID, deps: Deps) -> Order:
     return o
 
 
-async def reap_orphaned_holds(deps: Deps, *, older_than: float = 30.0, page: int = 500) -> int:
+REJECTED_HOLD_AGE = 30.0  # seconds: a hold whose order was recorded REJECTED is given back after this
+
+
+async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_AGE, orphan_age: float = 120.0,
+                              page: int = 500) -> int:
     """Check every hold placed more than `older_than` seconds ago against its order, once, and
-    give back those whose order was never recorded (a placement that died between its hold and
-    its insert) or was recorded REJECTED (its retry rejected by the checks of a later moment);
-    returns how many. Each such order id is claimed first, so a late insert of it can no longer
-    record an order whose hold is gone."""
+    give back those whose order was recorded REJECTED (its retry rejected by the checks of a
+    later moment; a replacement's reserve) and, once `orphan_age` old, those whose order was
+    never recorded (a placement that died between its hold and its insert: until then a retry
+    with the same ids completes it, so such a hold is left unchecked until that age); returns
+    how many. An order id is claimed before its hold goes, so a late insert of it can no longer
+    record an order whose hold is gone (round 17: the two ages; one of 120 s kept a rejected
+    retry's hold two minutes, one of 30 s undid placements a client was still retrying)."""
     released = 0
     while True:
         holds = await deps.holds.unchecked(older_than, page)
+        old = ({h for h, _ in await deps.holds.unchecked(orphan_age, page)} if holds and orphan_age > older_than
+               else {h for h, _ in holds})  # oldest first both: the old ones of this page
         ids: dict[str, uuid.UUID] = {}
         for hold_id, order_id in holds:
             try:
                 ids[hold_id] = uuid.UUID(order_id)
             except ValueError:
                 pass  # not a hold of one of our orders
+        waiting: set[str] = set()  # holds of placements that may still be completed by a retry
         if ids:
-            async with deps.uow() as uow:
-                orphans, rejected = await uow.orders.claim_orphans(sorted(set(ids.values())))
-                await uow.commit()
-            missing = set(orphans)
-            for hold_id in sorted(h for h, o in ids.items() if o in missing):
-                log.warning("releasing a hold that no order needs", extra={"holdId": hold_id})
-                await deps.holds.release(hold_id)
-                released += 1
-            # A reserve of a replacement recorded REJECTED: the driver that should have
-            # cancelled its transfer failed or died (two drivers of one replace: the refused one
-            # rejected it, the other's transfer had gone through).
-            released += await cancel_abandoned_transfers(rejected, deps)
-        if holds:
-            await deps.holds.mark_checked([h for h, _ in holds])
-        if len(holds) < page:
+            async with deps.uow().reads() as uow:
+                recorded = await uow.orders.recorded(sorted(set(ids.values())))
+            judged = {o for h, o in ids.items() if o in recorded or h in old}
+            waiting = {h for h, o in ids.items() if o not in judged}
+            if judged:
+                async with deps.uow() as uow:
+                    orphans, rejected = await uow.orders.claim_orphans(sorted(judged))
+                    await uow.commit()
+                missing = set(orphans)
+                for hold_id in sorted(h for h, o in ids.items() if o in missing):
+                    log.warning("releasing a hold that no order needs", extra={"holdId": hold_id})
+                    await deps.holds.release(hold_id)
+                    released += 1
+                # A reserve of a replacement recorded REJECTED: the driver that should have
+                # cancelled its transfer failed or died (two drivers of one replace: the refused
+                # one rejected it, the other's transfer had gone through).
+                released += await cancel_abandoned_transfers(rejected, deps)
+        done = [h for h, _ in holds if h not in waiting]
+        if done:
+            await deps.holds.mark_checked(done)
+        if len(holds) < page or not done:
             return released
 
 
@@ -366,10 +382,10 @@ async def cancel_abandoned_transfers(rejected: list[uuid.UUID], deps: Deps) -> i
     return len(rejected)
 
 
-async def reaper_loop(deps: Deps, *, older_than: float = 30.0, interval: float = 5.0) -> None:
+async def reaper_loop(deps: Deps, *, orphan_age: float = 120.0, interval: float = 5.0) -> None:
     while True:
         try:
-            await reap_orphaned_holds(deps, older_than=older_than)
+            await reap_orphaned_holds(deps, older_than=min(REJECTED_HOLD_AGE, orphan_age), orphan_age=orphan_age)
         except Unavailable as exc:  # the ledger not answering (yet: at start-up): no bug to trace
             log.warning("checking holds against their orders failed; retrying later", extra={"error": exc.message})
         except Exception:  # noqa: BLE001 - the next round retries

@@ -614,9 +614,18 @@ async def test_the_reaper_gives_back_orphaned_holds_and_checks_every_hold_once(o
     orphan = str(uuid.uuid4())  # a hold whose placement died before recording its order
     assert await order_deps.holds.place(orphan, account, orphan, "USD", Decimal("10.00")) is None
 
-    # One round checks both: the orphan is given back and marked with the live order's hold in
-    # one call (a released hold among them must not fail the marking of the others).
-    assert await handlers.reap_orphaned_holds(order_deps, older_than=0) >= 1
+    # Younger than the orphans' age, a hold without its order is left as it is, unchecked and
+    # its id unclaimed (a retry may still complete the placement), while the live order's hold
+    # is checked (round 17: two ages).
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0, orphan_age=3600) == 0
+    async with checked_pool.acquire() as conn:
+        rows = {r["hold_id"]: (r["status"], r["order_checked"]) for r in await conn.fetch(
+            "SELECT hold_id, status, order_checked FROM ledger.holds WHERE account_id = $1", account)}
+        assert not await conn.fetchval("SELECT count(*) FROM orders.claims WHERE order_id = $1::uuid", orphan)
+    assert rows == {live.hold_id: ("PENDING", True), orphan: ("PENDING", False)}
+    # Once old enough, the orphan is given back (a released hold among the marked ones must
+    # not fail the marking of the others).
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0, orphan_age=0) >= 1
     async with checked_pool.acquire() as conn:
         rows = {r["hold_id"]: (r["status"], r["order_checked"]) for r in await conn.fetch(
             "SELECT hold_id, status, order_checked FROM ledger.holds WHERE account_id = $1", account)}
@@ -624,4 +633,4 @@ async def test_the_reaper_gives_back_orphaned_holds_and_checks_every_hold_once(o
     assert rows == {live.hold_id: ("PENDING", True), orphan: ("RELEASED", False)}
     assert claimed == "reaper"
     assert (await cash(checked_pool, account)).held == live.hold_amount
-    assert await handlers.reap_orphaned_holds(order_deps, older_than=0) == 0  # each hold checked once
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0, orphan_age=0) == 0  # each hold checked once

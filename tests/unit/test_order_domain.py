@@ -50,7 +50,7 @@ async def test_the_hold_reaper_logs_a_ledger_not_answering_without_a_traceback(m
 
     failures = iter([Unavailable("ledger could not list unchecked holds: UNAVAILABLE"), RuntimeError("a bug")])
 
-    async def reap(_deps, *, older_than):
+    async def reap(_deps, *, older_than, orphan_age):
         raise next(failures)
 
     monkeypatch.setattr(handlers, "reap_orphaned_holds", reap)
