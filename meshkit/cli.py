@@ -182,8 +182,8 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
 @click.option("--envoy-workers", type=click.IntRange(1, 256), envvar="STOCKMESH_ENVOY_WORKERS", show_envvar=True, default=None,
               help="Envoy's worker threads.  [default: one per two cores]")
 @click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="A service that stops answering its liveness check for this long (stopped, deadlocked) is "
-                   "killed and restarted; 0: never.")
+              help="A service whose liveness checks fail for this long (stopped, deadlocked; three in a row at "
+                   "the least) is killed and restarted; 0: never.")
 @click.option("--cors-origins", envvar="STOCKMESH_CORS_ORIGINS", show_envvar=True, default=None, metavar="ORIGINS",
               help="Browser apps on these origins may call through Envoy with gRPC-Web and JSON (CORS): "
                    "comma-separated scheme://host[:port] (port * = any), or none.  "

@@ -125,7 +125,7 @@ class UpOptions:
     # quotes a candle (SIM_REPLAY_STEPS).
     replay: Path | None = None
     replay_steps: int = 4
-    # A service that has answered its liveness health check and then answers nothing for this
+    # A service that has answered its liveness health check and whose checks then fail for this
     # many seconds (stopped, deadlocked) is killed and restarted (0: never).
     hang_seconds: float = 30.0
 

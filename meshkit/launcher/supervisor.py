@@ -10,10 +10,11 @@ Every child:
   `preexec_fn`, which is unsafe in a process that has threads (gRPC's);
 - is restarted with exponential backoff when it exits on its own, each restart logged;
 - with a liveness probe (`ChildSpec.alive`), is asked every few seconds, by a thread of the
-  supervisor, whether it still answers; once it has answered, a child that then answers
-  nothing for `hang_after` seconds (stopped, deadlocked, its event loop blocked) is SIGKILLed
-  and so restarted like one that exited (acceptance round 17: a ledger_svc stopped with
-  SIGSTOP stayed down for as long as it stayed stopped).
+  supervisor, whether it still answers; once it has answered, a child whose probes then fail
+  for `hang_after` seconds, at least HUNG_PROBES of them in a row (stopped, deadlocked, its
+  event loop blocked), is SIGKILLed and so restarted like one that exited (acceptance round 17:
+  a ledger_svc stopped with SIGSTOP stayed down for as long as it stayed stopped). Only probes
+  made and failed count: a launcher paused itself (Ctrl-Z, a VM pause) judges nobody.
 
 `stop_all()` stops children in the reverse order of their start: signal, wait, SIGKILL.
 
@@ -112,7 +113,12 @@ class Child:
         self.restart_at: float | None = None
         self.backoff = 0.5
         self.stopping = False
-        self.answered_at: float | None = None  # when `alive` last said yes (monotonic), since its spawn
+        # The liveness probe's verdicts since the spawn (written by the probe thread): whether it
+        # answered once, since when its probes fail (monotonic) and how many in a row, hung.
+        self.answered = False
+        self.failing_since: float | None = None
+        self.failures = 0
+        self.hung = False
 
     @property
     def pid(self) -> int | None:
@@ -163,7 +169,7 @@ class Child:
             out.close()
         self.started_at = time.monotonic()
         self.restart_at = None
-        self.answered_at = None
+        self.answered, self.failing_since, self.failures, self.hung = False, None, 0, False
 
     def signal(self, sig: int) -> None:
         if self.running():
@@ -180,6 +186,7 @@ class Supervisor:
     Not thread-safe: call it from one thread (the launcher's main thread)."""
 
     MAX_BACKOFF = 15.0
+    HUNG_PROBES = 3  # failed probes in a row, at the least, before a child is judged hung
 
     def __init__(self, say: Callable[[str], None] = print, *, hang_after: float = 30.0,
                  probe_every: float = 2.0) -> None:
@@ -201,17 +208,26 @@ class Supervisor:
         return child
 
     def _probe(self) -> None:
-        """Ask each running child with a probe whether it answers, every `probe_every` s."""
+        """Ask each running child with a probe whether it answers, every `probe_every` s, and
+        judge it hung once its probes have failed for `hang_after` s, HUNG_PROBES in a row at
+        the least, after it had answered."""
         while not self._quit.wait(self.probe_every):
             for child in list(self.children):
                 probe = child.spec.alive
                 if probe is None or child.stopping or not child.running():
                     continue
                 try:
-                    if probe():
-                        child.answered_at = time.monotonic()
+                    ok = probe()
                 except Exception:  # noqa: BLE001 - a probe that fails is a child that did not answer
-                    pass
+                    ok = False
+                now = time.monotonic()
+                if ok:
+                    child.answered, child.failing_since, child.failures = True, None, 0
+                elif child.answered:
+                    child.failures += 1
+                    if child.failing_since is None:
+                        child.failing_since = now
+                    child.hung = child.failures >= self.HUNG_PROBES and now - child.failing_since >= self.hang_after
 
     def get(self, name: str) -> Child:
         for child in self.children:
@@ -227,11 +243,11 @@ class Supervisor:
                 continue
             code = child.proc.poll()
             if code is None:
-                answered = child.answered_at
-                if self.hang_after and answered is not None and now - answered > self.hang_after:
+                if child.hung:
+                    since = child.failing_since or now
                     self.say(f"! {child.spec.name} (pid {child.proc.pid}) has not answered its liveness check for "
-                             f"{now - answered:.0f}s (hung); killing it to restart it")
-                    child.answered_at = None
+                             f"{now - since:.0f}s ({child.failures} checks in a row; hung); killing it to restart it")
+                    child.hung = False
                     child.signal(signal.SIGKILL)
                     continue
                 # A child that stayed up for a while earns its quick restart back.
