@@ -180,6 +180,13 @@ class OrderRepository:
             account_id, client_order_id)
         return (_order(row), row["fingerprint"]) if row else None
 
+    async def by_client_order_ids(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Order, str]]:
+        """by_client_order_id for many (account, client_order_id) at once, in one statement."""
+        rows = await self.conn.fetch(
+            f"SELECT {_COLUMNS} FROM orders.orders WHERE (account_id, client_order_id) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[]))", [a for a, _ in keys], [c for _, c in keys])
+        return {(r["account_id"], r["client_order_id"]): (_order(r), r["fingerprint"]) for r in rows}
+
     async def recorded(self, order_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these order ids have an order."""
         rows = await self.conn.fetch("SELECT order_id FROM orders.orders WHERE order_id = ANY($1)", order_ids)

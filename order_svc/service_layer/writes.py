@@ -36,6 +36,10 @@ class SagaWrites:
             self._record_batch, in_flight=in_flight, max_batch=max_batch, name="record_orders")
         self._decisions: Batcher[Transition, bool] = Batcher(
             self._decide_batch, in_flight=in_flight, max_batch=max_batch, name="decide_orders")
+        # The lookups of placements the rate limits refused: one statement in flight at once
+        # for any number of them, so a flood past the limits costs the database one connection.
+        self._lookups: Batcher[tuple[str, str], tuple[Order, str] | None] = Batcher(
+            self._lookup_batch, in_flight=1, max_batch=500, name="refused_lookups")
 
     @property
     def statements(self) -> int:
@@ -52,6 +56,21 @@ class SagaWrites:
         async with self.uow().reads() as uow:
             found = await uow.orders.by_client_order_id(o.account_id, o.request.client_order_id)
         return found or (None, None)
+
+    @property
+    def lookups(self) -> int:
+        """Statements made by `recorded` so far (for tests)."""
+        return self._lookups.batches
+
+    async def recorded(self, account_id: str, client_order_id: str) -> tuple[Order, str] | None:
+        """The account's order with this client_order_id and its fingerprint, if any; the
+        lookups of concurrent callers share one statement, one at a time."""
+        return await self._lookups.submit((account_id, client_order_id))
+
+    async def _lookup_batch(self, keys: list[tuple[str, str]]) -> list[tuple[Order, str] | None]:
+        async with self.uow().reads() as uow:
+            found = await uow.orders.by_client_order_ids(keys)
+        return [found.get(k) for k in keys]
 
     async def decide(self, o: Order, expected: Status, now: datetime, outbox: Outbox | None) -> bool:
         """save_transition: o's new state (and its outbox message) written if the order is

@@ -393,7 +393,15 @@ async def test_rate_limits_and_a_dead_redis(order_deps, checked_pool, tmp_path, 
         assert (again.order_id, again.status) == (placed[0].order_id, Status.NEW)
         with pytest.raises(DuplicateClientOrderId):
             await handlers.place_order(limit_buy(a, "r0", qty=2), order_deps)
-        assert (await handlers.replace_order(change, order_deps)).order_id == replacement.order_id  # so a replace's
+        assert (await handlers.replace_order(change, order_deps)).order_id == replacement.order_id  # a replace's too
+        # The lookups of a flood of refused placements share statements (a flood past the limits
+        # must not take the database's connections: round 17 review).
+        lookups = order_deps.writes.lookups
+        flood = await asyncio.gather(*(handlers.place_order(limit_buy(a, f"flood{i}", qty=1), order_deps)
+                                       for i in range(30)), return_exceptions=True)
+        refused = [r for r in flood if isinstance(r, ResourceExhausted)]
+        assert len(refused) >= 25 and 1 <= order_deps.writes.lookups - lookups < len(refused) / 2, (
+            len(refused), order_deps.writes.lookups - lookups)
         # Concurrent checks share script calls and still take each token once: of 20 orders at
         # once on a fresh account with a burst of 5, exactly 5 pass; another account's are its own.
         order_deps.account_limit = Limit(0.001, 5)
