@@ -737,7 +737,7 @@ def _engine_call(address: str | None, data_dir: Path | None, method: str, reques
     running in `data_dir` (its mesh.json)."""
     import grpc
 
-    from meshkit.cli_client import _fail, mesh_state
+    from meshkit.cli_client import fail, mesh_state
     from stockmesh.matching.v1 import engine_control_service_pb2_grpc
 
     if not address:
@@ -751,7 +751,7 @@ def _engine_call(address: str | None, data_dir: Path | None, method: str, reques
         try:
             return getattr(stub, method)(request, timeout=10)
         except grpc.RpcError as exc:  # its status, reason and field violations, as every command says them
-            _fail(exc, method)
+            fail(exc, method)
 
 
 _engine_address = click.option("--address", envvar="MATCHING_ADDR", show_envvar=True, default=None,

@@ -46,7 +46,7 @@ class Client:
         try:
             return getattr(stub_class(self.channel), method)(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
-            _fail(exc, doing or method)
+            fail(exc, doing or method)
 
     # How long a watch keeps opening its stream again while it is UNAVAILABLE (a service
     # restarting, a rolling deploy) before it gives up.
@@ -83,7 +83,10 @@ class Client:
                 now = time.monotonic()
                 info, _ = error_info(exc)
                 headers = dict(call.initial_metadata() or ())  # none: it never opened
-                streamed = streamed or bool(headers) or (info is not None and info.reason == "SHUTTING_DOWN")
+                # A stream of ours opened (its headers name where it starts or what it sends),
+                # not a proxy's answer for a wrong address.
+                opened = any(k.startswith("x-stockmesh-") for k in headers)
+                streamed = streamed or opened or (info is not None and info.reason == "SHUTTING_DOWN")
                 # A service killed outright (kill -9, a crash) resets its streams, and Envoy
                 # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
                 # an answer. The launcher (or the orchestrator) brings the service back.
@@ -91,7 +94,7 @@ class Client:
                     exc.code() is grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
                 if resume is None or not broken or not streamed or (
                         failing_since is not None and now - failing_since > self.RECONNECT_PATIENCE):
-                    _fail(exc, method)
+                    fail(exc, method)
                 if failing_since is None:
                     failing_since = now
                     click.echo(f"({method} ended: {exc.details()}; opening it again)", err=True)
@@ -101,7 +104,9 @@ class Client:
                 call.cancel()
 
 
-def _fail(exc, method: str):
+def fail(exc, method: str):
+    """Print a failed call as every command does (its status, reason and each field violation,
+    or that no mesh answers there) and exit 1."""
     import grpc
 
     from meshkit.status import error_info

@@ -24,6 +24,7 @@ log = logging.getLogger("meshkit.ratelimit")
 # The time is Redis's own, one clock for every replica (round 17: each replica's wall clock
 # refilled a bucket by its skew, so a replica running ahead gave out more than the limit).
 _BUCKETS = """
+redis.replicate_commands()  -- TIME before writes: effects replication (the default from Redis 5; 3.2 and 4 need it)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {}

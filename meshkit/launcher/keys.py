@@ -92,6 +92,10 @@ def ensure_keys(data_dir: Path) -> DevKeys:
     private_path = folder / "private.pem"
     jwks_path = folder / "jwks.json"
     if private_path.exists() and jwks_path.exists():
+        try:
+            os.chmod(folder, 0o700)  # a folder made by hand keeps no lax mode
+        except OSError:
+            pass  # mounted read-only: as it is
         return _read_keys(folder, private_path, jwks_path)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)

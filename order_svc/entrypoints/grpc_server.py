@@ -17,7 +17,6 @@ from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb, order_service_pb2_grpc
 
 
-# StreamOrderUpdates' response header: the sequence the stream starts after.
 # Order-update streams one account may have open at once on one order_svc process: an app has
 # one or two; each stream reads the database when the account changes and every few seconds,
 # so one account's thousands would slow everyone's (acceptance round 13: 2,000 were taken).

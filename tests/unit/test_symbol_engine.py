@@ -218,14 +218,21 @@ def test_a_session_close_expires_the_day_orders_of_its_day_and_earlier_ones_only
     close of an earlier day, expires nothing; Wednesday's close ends the rest."""
     DAY = c.TIME_IN_FORCE_DAY
     eng = SymbolEngine("AAPL")
-    eng.apply(1, 0, new_order("mon", "a", BUY, 1, limit="10", tif=DAY, at_ns=ny_ns("2026-11-23", 10)))
-    eng.apply(2, 0, new_order("tue", "a", BUY, 2, limit="11", tif=DAY, at_ns=ny_ns("2026-11-24", 23, 30)))  # 04:30 UTC on the 25th
-    eng.apply(3, 0, new_order("gtc", "a", BUY, 3, limit="9", at_ns=ny_ns("2026-11-24", 11)))
-    eng.apply(4, 0, new_order("wed", "a", BUY, 4, limit="12", tif=DAY, at_ns=ny_ns("2026-11-25", 9, 31)))
+
+    def stored(cmd: pb.EngineCommand) -> int:  # a stream time just after the order's acceptance
+        return cmd.new_order.accepted_at.seconds * 1_000_000_000 + 100_000_000
+
+    for seq, cmd in enumerate([
+            new_order("mon", "a", BUY, 1, limit="10", tif=DAY, at_ns=ny_ns("2026-11-23", 10)),
+            new_order("tue", "a", BUY, 2, limit="11", tif=DAY, at_ns=ny_ns("2026-11-24", 23, 30)),  # 04:30 UTC, the 25th
+            new_order("gtc", "a", BUY, 3, limit="9", at_ns=ny_ns("2026-11-24", 11)),
+            new_order("wed", "a", BUY, 4, limit="12", tif=DAY, at_ns=ny_ns("2026-11-25", 9, 31))], start=1):
+        eng.apply(seq, max(stored(cmd), eng.last_time_ns), cmd)
     replace = pb.EngineCommand(command_id="tue:replace", symbol="AAPL", replace_order=pb.ReplaceOrder(
         order_id="tue", new_order_id="tue2", account_id="a", quantity=5, limit_price="11.5"))
     eng.apply(5, ny_ns("2026-11-25", 9, 40), replace)  # on Wednesday: still Tuesday's order
-    eng.apply(6, 0, new_order("s", "b", SELL, 1, limit="12", at_ns=ny_ns("2026-11-25", 9, 45)))  # trades with wed
+    trade = new_order("s", "b", SELL, 1, limit="12", at_ns=ny_ns("2026-11-25", 9, 45))
+    eng.apply(6, stored(trade), trade)  # trades with wed, on Wednesday
     assert eng.volume == 1
 
     out = eng.apply(7, ny_ns("2026-11-25", 10), close("2026-11-24"))
