@@ -86,7 +86,11 @@ class Client:
                 # A stream of ours opened (its headers name where it starts or what it sends),
                 # not a proxy's answer for a wrong address.
                 opened = any(k.startswith("x-stockmesh-") for k in headers)
-                streamed = streamed or opened or (info is not None and info.reason == "SHUTTING_DOWN")
+                # Envoy answering that the service is not (yet) there: a mesh, restarting it
+                # (round 17: a watch opened just as order_svc was killed exited at once).
+                restarting = exc.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" not in (
+                    exc.details() or "").lower()
+                streamed = streamed or opened or restarting or (info is not None and info.reason == "SHUTTING_DOWN")
                 # A service killed outright (kill -9, a crash) resets its streams, and Envoy
                 # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
                 # an answer. The launcher (or the orchestrator) brings the service back.

@@ -74,6 +74,12 @@ def test_json_calls_through_envoy(mesh):
         # The violation names the field, as the services' do (round 17: it was "request body").
         assert details["google.rpc.BadRequest"]["field_violations"] == [
             {"field": field, "description": error["message"]}], error
+    # A bad value of megabytes (the 400 repeats it twice): still the JSON 400, not a bare 500
+    # from buffering it to name the field (round 17).
+    status, error = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
+                         {"client_order_id": "j", "symbol": "AAPL", "side": "SIDE_BUY", "type": "ORDER_TYPE_MARKET",
+                          "time_in_force": "TIME_IN_FORCE_DAY", "quantity": "a" * 2_500_000}, account)
+    assert status == 400 and isinstance(error, dict) and error["code"] == 3, (status, str(error)[:200])
     status, error = post(mesh, "/stockmesh.ledger.v1.LedgerService/Deposit", {"amount": 5, "idempotency_key": "n"},
                          account)
     assert status == 400 and error["code"] == 3 and "amount" in error["message"], error

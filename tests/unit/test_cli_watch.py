@@ -222,3 +222,14 @@ def test_replace_of_an_unknown_order_says_the_replace_failed():
     done = _invoke(NoSuchOrder(), "replace", "3f1c0f4e-0000-4000-8000-000000000000", "--limit", "10.00")
     assert done.exit_code == 1, done.output
     assert "ReplaceOrder failed: NOT_FOUND" in done.output and "GetOrder" not in done.output, done.output
+
+
+def test_a_watch_whose_first_open_meets_a_restarting_service_waits_for_it():
+    """Round 17: a watch opened just as order_svc was killed heard Envoy's UNAVAILABLE ("not
+    answering (restarting, or down)") before any header and exited 1, as if no mesh were there;
+    it opens its stream again, as first asked (nothing was missed before it had started)."""
+    stand_in = Restarting("plain", "plain")
+    done = _invoke(stand_in, "watch", "orders", "--count", "2")
+    assert done.exit_code == 0, done.output
+    assert [line.split()[0] for line in done.output.splitlines() if line.startswith("#")] == ["#1", "#2"]
+    assert [(r.from_now, r.after_sequence) for r in stand_in.requests] == [(True, 0)] * 3
