@@ -39,3 +39,26 @@ async def test_liveness_is_serving_while_a_dependency_is_down():
     finally:
         watcher.cancel()
         await server.stop(None)
+
+
+def test_a_connection_rolled_back_by_its_pool_is_a_warning_and_anything_else_goes_to_the_loop(caplog):
+    """Round 17: a call cancelled by its client's deadline mid-transaction made asyncpg's pool
+    roll its connection back, reported through the loop's handler as an ERROR with a traceback
+    (55 of them for a client's 3 ms deadlines)."""
+    import asyncio
+    import logging
+
+    from meshkit.server import loop_exception
+
+    loop = asyncio.new_event_loop()
+    passed: list[dict] = []
+    loop.default_exception_handler = passed.append  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="meshkit"):
+            loop_exception(loop, {"message": "Resetting connection with an active transaction <asyncpg...>"})
+            loop_exception(loop, {"message": "Task exception was never retrieved"})
+    finally:
+        loop.close()
+    [record] = [r for r in caplog.records if "mid-transaction" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert passed == [{"message": "Task exception was never retrieved"}]
