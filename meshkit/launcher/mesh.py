@@ -329,7 +329,9 @@ class Mesh:
 
         assert self.infra is not None and self.ports is not None
         asyncio.run(fund(self.infra.database_url))
-        self.say(f"  funded {len(accounts())} simulator accounts (cash and shares of every symbol)")
+        # Idempotent keys: a restart finds them funded and adds nothing (round 17: "funded" read
+        # as if it had paid them again).
+        self.say(f"  {len(accounts())} simulator accounts funded, once (cash and shares of every symbol)")
         self.sup.start(ChildSpec(
             name="simulator", argv=[sys.executable, "-m", "simulator"],
             env={"STOCKMESH_ENDPOINT": f"127.0.0.1:{self.ports.public}", "STOCKMESH_DATA_DIR": str(self.data_dir),
