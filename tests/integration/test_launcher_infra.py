@@ -24,6 +24,21 @@ from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import free_port, wait_for
 from meshkit.launcher.supervisor import ChildSpec, Supervisor
 from tests.support.wait import eventually
+from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+
+
+class EchoOrders(order_service_pb2_grpc.OrderServiceServicer):
+    """An OrderService stand-in that answers a command or GetOrder at once with an order carrying
+    the id it was asked about; the tests' stand-ins change what they need of it."""
+
+    async def PlaceOrder(self, request, context):
+        return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+
+    async def CancelOrder(self, request, context):
+        return opb.CancelOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+
+    async def GetOrder(self, request, context):
+        return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
 
 pytestmark = pytest.mark.integration
 
@@ -211,9 +226,9 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
 
     import grpc
 
-    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+    from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
 
-    class Slow(order_service_pb2_grpc.OrderServiceServicer):
+    class Slow(EchoOrders):
         def __init__(self) -> None:
             self.release, self.placed, self.arrived = asyncio.Event(), 0, asyncio.Event()
 
@@ -222,13 +237,7 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
             if self.placed >= 2:
                 self.arrived.set()
             await self.release.wait()
-            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
-
-        async def CancelOrder(self, request, context):
-            return opb.CancelOrderResponse(order=order_pb2.Order(order_id=request.order_id))
-
-        async def GetOrder(self, request, context):
-            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+            return await super().PlaceOrder(request, context)
 
     slow = Slow()
     async with _before_order_stand_in(tmp_path, slow, order_commands_in_flight=2) as (ch, md, admin):
@@ -267,16 +276,9 @@ async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_pa
     waiting allowed, 6 such calls are held at Envoy, and a whole command still goes through."""
     import asyncio
 
-    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
+    from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
 
-    class Quick(order_service_pb2_grpc.OrderServiceServicer):
-        async def PlaceOrder(self, request, context):
-            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
-
-        async def GetOrder(self, request, context):
-            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
-
-    quick = Quick()
+    quick = EchoOrders()
     async with _before_order_stand_in(tmp_path, quick, order_commands_in_flight=2) as (ch, md, admin):
         stub = order_service_pb2_grpc.OrderServiceStub(ch)
         await _until_envoy_answers(lambda: stub.PlaceOrder(opb.PlaceOrderRequest(client_order_id="first"),
@@ -319,7 +321,7 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
 
     from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
-    class Hung(order_service_pb2_grpc.OrderServiceServicer):
+    class Hung(EchoOrders):
         def __init__(self) -> None:
             self.hang = False
             self.released = asyncio.Event()
@@ -333,11 +335,11 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
                 await asyncio.sleep(2)
             else:
                 await self._maybe_hang()
-            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
+            return await super().GetOrder(request, context)
 
         async def PlaceOrder(self, request, context):
             await self._maybe_hang()
-            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
+            return await super().PlaceOrder(request, context)
 
         async def StreamOrderUpdates(self, request, context):
             for sequence in (1, 2):
@@ -569,16 +571,8 @@ async def test_slow_or_broken_request_bodies_hold_no_command_slot_and_are_refuse
     import asyncio
     import socket
 
-    from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
-    class StandIn(order_service_pb2_grpc.OrderServiceServicer):
-        async def PlaceOrder(self, request, context):
-            return opb.PlaceOrderResponse(order=order_pb2.Order(client_order_id=request.client_order_id))
-
-        async def GetOrder(self, request, context):
-            return opb.GetOrderResponse(order=order_pb2.Order(order_id=request.order_id))
-
-    stand_in = StandIn()
+    stand_in = EchoOrders()
     ports = _ports()
     async with _before_order_stand_in(tmp_path, stand_in, order_commands_in_flight=2, ports=ports) as (ch, md, _):
         token = dict(md)["authorization"]
