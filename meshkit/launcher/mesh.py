@@ -55,23 +55,37 @@ RELAY = "order_relay"
 RELAY_MODULE = "order_svc.entrypoints.relay"
 
 
-def answers(port: int) -> Callable[[], bool]:
-    """A liveness probe of the service on `port`: whether its health service answers SERVING
-    for `liveness` (meshkit.server.LIVENESS: the process answers at all, whatever its
-    dependencies) within 2 s. Its channel finds a restarted service within a second (meshkit.channels)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+class Health:
+    """Whether the health service of the process on `port` says `service` is SERVING ("": the
+    whole process, as Envoy asks) within `timeout` seconds; grpc.RpcError when it does not
+    answer. Its channel finds a restarted process within a second (meshkit.channels)."""
 
-    from meshkit.channels import RECONNECT_OPTIONS
+    def __init__(self, port: int, service: str = "", timeout: float = 1.0) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2_grpc
+
+        from meshkit.channels import RECONNECT_OPTIONS
+
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(RECONNECT_OPTIONS))
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.service, self.timeout = service, timeout
+
+    def __call__(self) -> bool:
+        from grpc_health.v1 import health_pb2
+
+        reply = self.stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def answers(port: int) -> Health:
+    """The launcher's liveness probe of the service on `port`: SERVING for `liveness`
+    (meshkit.server.LIVENESS: the process answers at all, whatever its dependencies) within 2 s."""
     from meshkit.server import LIVENESS
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(RECONNECT_OPTIONS))
-    stub = health_pb2_grpc.HealthStub(channel)
-
-    def alive() -> bool:
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=2)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-    return alive
+    return Health(port, LIVENESS, timeout=2.0)
 
 
 def relay_apart() -> bool:
@@ -375,19 +389,17 @@ class Mesh:
 
     def _wait_services_serving(self, children: list[Child], ports: dict[str, int]) -> None:
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()}
+        checks = {name: Health(port) for name, port in ports.items()}
         pending = set(ports)
         try:
             def check() -> bool:
                 for name in sorted(pending):
-                    stub = health_pb2_grpc.HealthStub(channels[name])
                     try:
-                        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                        serving = checks[name]()
                     except grpc.RpcError:
                         continue
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if serving:
                         pending.discard(name)
                         self.say(f"  {name} SERVING on 127.0.0.1:{ports[name]} "
                                  f"(pid {self.sup.get(name).pid})")
@@ -413,8 +425,8 @@ class Mesh:
                 raise LaunchError(f"not SERVING after {self.opts.start_timeout:.0f}s: "
                                   f"{', '.join(sorted(pending))}\n{tails}") from exc
         finally:
-            for channel in channels.values():
-                channel.close()
+            for health in checks.values():
+                health.close()
 
     def _wait_envoy(self, proxy: Child) -> None:
         assert self.ports is not None
