@@ -378,6 +378,10 @@ class Lease:
         except nats.js.errors.APIError as exc:
             if exc.err_code not in (10071, 10164) or not await self._take_back(sent):
                 return False
+        except Exception as exc:
+            if bus.unreachable(exc):  # no stream answering, the connection closed or reconnecting:
+                return False  # not taken, try again (round 18: it ended every symbol's runner)
+            raise
         self.deadline = sent + self.ttl * 0.75
         self._stopped = False
         self._renewer = asyncio.create_task(self._renew_forever())

@@ -24,7 +24,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from matching_svc.domain import (
     Accepted,
@@ -81,7 +81,7 @@ def price_ticks(text: str) -> int | None:
         return None
     try:
         ticks = to_ticks(Decimal(text))
-    except (InvalidOperation, ValueError, TypeError) as exc:
+    except (ArithmeticError, ValueError, TypeError) as exc:  # decimal.Overflow too: "1e999999999"
         raise BadPrice(text) from exc
     if ticks <= 0:
         raise BadPrice(text)
@@ -296,7 +296,8 @@ class _Ctx:
             limit = price_ticks(no.limit_price) if otype in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
             stop = price_ticks(no.stop_price) if otype in (OrderType.STOP, OrderType.STOP_LIMIT) else None
             collar = price_ticks(no.collar_price) if otype in (OrderType.MARKET, OrderType.STOP) else None
-        except BadPrice:
+            day = _trading_day(accepted_ns) if tif is TimeInForce.DAY else ""
+        except (BadPrice, OverflowError, ValueError, OSError):  # an accepted_at no calendar has
             side = None
         if side is None or otype is None or tif is None:
             self._execution(E.EXECUTION_TYPE_REJECTED, no.order_id, no.account_id, side=no.side,
@@ -314,7 +315,7 @@ class _Ctx:
                             quantity=no.quantity, reason=RejectReason.SYMBOL_HALTED.value)
             return
         order = Order(no.order_id, no.account_id, side, otype, tif, no.quantity, limit, stop, collar,
-                      trading_day=_trading_day(accepted_ns) if tif is TimeInForce.DAY else "")
+                      trading_day=day)
         eng = self.engine
         if order.trading_day and order.trading_day <= eng.closed_day and accepted_ns < eng.closed_at_ns:
             # A DAY order accepted before its session's close but handed over after it (the

@@ -128,3 +128,40 @@ async def test_an_engine_takes_back_a_key_that_still_holds_its_own_id(kv):
         assert again.valid() and (await kv.get("TSLA")).revision == again.revision
     finally:
         await again.release()
+
+
+class Unanswered:
+    """The bucket, except that the next creates fail as a NATS that does not answer fails."""
+
+    def __init__(self, kv, errors: list[Exception]) -> None:
+        self.kv, self.errors = kv, errors
+
+    async def create(self, key, value):
+        if self.errors:
+            raise self.errors.pop(0)
+        return await self.kv.create(key, value)
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+
+async def test_taking_a_lease_while_nats_does_not_answer_is_not_taken_not_an_error(kv):
+    """Round 18 review: "no responders" (a stream leader being elected) or a closed or
+    reconnecting connection escaped try_acquire, ending the symbol's runner and with it every
+    other symbol's of the engine (all of them reloaded and replayed). Not taken: tried again."""
+    import nats.js.errors
+
+    errors = [nats.js.errors.NoStreamResponseError(), nats.errors.ConnectionClosedError(),
+              nats.errors.ConnectionReconnectingError(), nats.errors.OutboundBufferLimitError()]
+    flaky = Unanswered(kv, list(errors))
+    lease = Lease(flaky, "AAPL", "engine-a", TTL)
+    for _ in errors:
+        assert not await lease.try_acquire()
+    assert await lease.try_acquire()  # answered again: taken
+    try:
+        assert lease.valid()
+    finally:
+        await lease.release()
+    flaky.errors.append(RuntimeError("a bug"))  # anything else is still an error
+    with pytest.raises(RuntimeError):
+        await Lease(flaky, "MSFT", "engine-a", TTL).try_acquire()

@@ -65,11 +65,17 @@ def test_cancel_of_another_accounts_order_is_refused():
 
 
 def test_invalid_prices_and_enums_are_rejected():
+    """Also a price whose exponent overflows and a DAY order's accepted_at no calendar has
+    (round 18: they raised out of apply, and the runner replayed the same input for good)."""
     eng = SymbolEngine("AAPL")
     for i, cmd in enumerate([new_order("x1", "a", BUY, 1, limit="abc"), new_order("x2", "a", BUY, 1, limit="1.00001"),
-                             new_order("x3", "a", c.SIDE_UNSPECIFIED, 1, limit="1")], start=1):
-        [ex] = eng.apply(i, 0, cmd).executions
+                             new_order("x3", "a", c.SIDE_UNSPECIFIED, 1, limit="1"),
+                             new_order("x4", "a", BUY, 1, limit="1e999999999"),
+                             new_order("x5", "a", BUY, 1, limit="10", tif=c.TIME_IN_FORCE_DAY, at_ns=10**22)], start=1):
+        [ex] = eng.apply(i, 10**18, cmd).executions
         assert (ex.type, ex.reason) == (E.EXECUTION_TYPE_REJECTED, "INVALID")
+    [ex] = eng.apply(9, 10**18, new_order("ok", "a", BUY, 1, limit="10", tif=c.TIME_IN_FORCE_DAY)).executions
+    assert ex.type == E.EXECUTION_TYPE_ACCEPTED
 
 
 def test_dedupe_is_bounded_fifo_and_survives_a_snapshot():
