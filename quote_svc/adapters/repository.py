@@ -2,14 +2,13 @@
 history. Prices are NUMERIC and come back as exact Decimals."""
 from __future__ import annotations
 
-import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Sequence
 
 import asyncpg
 
-from quote_svc.domain.candles import Candle, Interval, Part, next_bucket
+from quote_svc.domain.candles import EPOCH, Candle, Interval, Part, bucket_seconds, next_bucket
 from quote_svc.domain.history import ImportedCandle
 from quote_svc.domain.quotes import MarketData
 
@@ -97,19 +96,22 @@ SELECT ta.old || '/' || ia.old AS old, ta.new || '/' || ia.new AS new FROM ta, i
 # The close before a bucket ($2 of CandleRepository.close_before): the last candle ending at or
 # before it (None: the latest of all), traded or imported at a width up to $3 (a query's
 # interval: coarser imported candles are not data of a finer interval, see
-# service_layer.candles). (`coalesce`, not `$2 IS NULL OR`:
-# PostgreSQL's generic plan of a prepared statement can then still range-scan the index.)
+# service_layer.candles). Of candles ending at the same instant the imported one closes last,
+# the coarsest of them (its trades were before its end; a finer imported one inside it is
+# not counted beside it), as domain.candles.Part orders them in a rollup. (`coalesce`, not
+# `$2 IS NULL OR`: PostgreSQL's generic plan of a prepared statement can then still
+# range-scan the index.)
 _CLOSE_BEFORE = (
     "SELECT close FROM ("
-    " (SELECT close, start_time + interval '1 second' AS ends FROM quotes.candles"
+    " (SELECT close, start_time + interval '1 second' AS ends, 0 AS width FROM quotes.candles"
     "  WHERE symbol = $1 AND width_s = 1 AND start_time < coalesce($2::timestamptz, 'infinity')"
     "  ORDER BY start_time DESC LIMIT 1)"
     " UNION ALL"
-    " (SELECT close, start_time + make_interval(secs => width_s) AS ends FROM quotes.imported_candles"
+    " (SELECT close, start_time + make_interval(secs => width_s) AS ends, width_s FROM quotes.imported_candles"
     "  WHERE symbol = $1 AND width_s <= $3"
     "  AND start_time + make_interval(secs => width_s) <= coalesce($2::timestamptz, 'infinity')"
-    "  ORDER BY start_time + make_interval(secs => width_s) DESC LIMIT 1)) x "
-    "ORDER BY ends DESC LIMIT 1")
+    "  ORDER BY start_time + make_interval(secs => width_s) DESC, width_s DESC LIMIT 1)) x "
+    "ORDER BY ends DESC, width DESC LIMIT 1")
 
 # Both in one round trip: the close before `start` ($4) and the fingerprints.
 _FINGERPRINTS_AND_CLOSE = _FINGERPRINTS.replace(
@@ -122,11 +124,10 @@ def _coarse_buckets(width: int, start: datetime, end: datetime) -> tuple[int, da
     coarse = next((w for w in MAINTAINED if w > width), None)
     if coarse is None:
         return width, start, start
-    first = math.ceil(start.timestamp() / coarse) * coarse
-    last = math.floor(end.timestamp() / coarse) * coarse
+    first, last = bucket_seconds(start, coarse, up=True), bucket_seconds(end, coarse)
     if first >= last:
         return coarse, start, start
-    return coarse, datetime.fromtimestamp(first, timezone.utc), datetime.fromtimestamp(last, timezone.utc)
+    return coarse, EPOCH + timedelta(seconds=first), EPOCH + timedelta(seconds=last)
 
 
 def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -58,8 +57,21 @@ _STEP = {i: timedelta(seconds=i.value) for i in Interval}
 def bucket_start(t: datetime, interval: Interval) -> datetime:
     if interval is Interval.D1:
         return day_start(trading_day(t))
-    secs = math.floor(t.timestamp())
-    return datetime.fromtimestamp(secs - secs % _WIDTH[interval], UTC)
+    return EPOCH + timedelta(seconds=bucket_seconds(t, _WIDTH[interval]))
+
+
+_SECOND = timedelta(seconds=1)
+
+
+def bucket_seconds(t: datetime, width: int, *, up: bool = False) -> int:
+    """Seconds since the epoch of the start of `t`'s bucket of `width` seconds (`up`: of the
+    first bucket starting at or after `t`), in whole numbers: a float timestamp loses the
+    microseconds far from 1970 (1000-01-01T00:00:00.999999 fell in the next second's bucket)."""
+    if up:
+        secs = -((EPOCH - t) // _SECOND)
+        return -(-secs // width) * width
+    secs = (t - EPOCH) // _SECOND
+    return secs - secs % width
 
 
 def next_bucket(start: datetime, interval: Interval) -> datetime:
@@ -130,7 +142,11 @@ class Candle:
 class Part:
     """A stored candle of some width, the input of a rollup. `first_at` and `last_at`: when its
     first and last trades were, where known (traded rows keep them); otherwise (an imported
-    candle) both are taken as its start, and before a traded row's trade at that same instant."""
+    candle) it opens at its start, before a traded row's trade at that same instant, and closes
+    at its end (start + width), after a traded row's trade before that instant: the close of
+    an imported minute is the price at the end of the minute. CandleRepository.close_before
+    orders candles the same way, so a flat candle's price does not depend on where a range or
+    page starts (acceptance round 18: it took the imported close, the rollup a trade's)."""
 
     width: int
     candle: Candle
@@ -144,7 +160,9 @@ class Part:
 
     @property
     def closes_at(self) -> tuple[datetime, bool]:
-        return self.last_at or self.candle.start, not self.imported
+        if self.imported:
+            return self.candle.start + timedelta(seconds=self.width), False
+        return self.last_at or self.candle.start, True
 
 
 def flat(start: datetime, price: Decimal) -> Candle:

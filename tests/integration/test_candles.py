@@ -607,7 +607,9 @@ async def test_the_bucket_of_a_symbols_first_trade_is_in_a_range_that_ends_befor
 async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_times(
         pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
     """A 1m row imported at 04:52 into a 5m bucket traded from 04:50 on is not its open (it
-    was: imported candles were taken as earlier than the whole bucket's trades)."""
+    was: imported candles were taken as earlier than the whole bucket's trades). It closes at
+    its end, 04:53, after the trade at 04:52:07 (round 18: it closed at its start, while the
+    close before a later range took it at its end)."""
     sym = fresh_symbol
     async with quote_service(pool, nats_url, ns) as svc:
         await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
@@ -617,8 +619,28 @@ async def test_imported_and_traded_candles_of_a_bucket_in_the_order_of_their_tim
             ("117.55", "117.90", "117.00", "117.85", 108, 14)]
         ones, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, start, end)
         assert [(c.open, c.close) for c in ones] == [
-            ("117.55", "117.55"), ("117.65", "117.65"), ("117.00", "117.75"), ("117.85", "117.85"),
+            ("117.55", "117.55"), ("117.65", "117.65"), ("117.00", "117.20"), ("117.85", "117.85"),
             ("117.85", "117.85")]
+
+
+async def test_a_flat_candle_after_imported_and_traded_ones_is_the_same_wherever_the_range_starts(
+        pool, nats_conn, nats_url, database_url, ns, tmp_path, fresh_symbol):
+    """Round 18 review: a minute imported (closing at 117.30) around a trade (04:53:07 at
+    117.85) closed at the trade, but a range or page starting after it took the imported close
+    as the previous one, so the flat candles after it were at 117.85 or 117.30 by where the
+    range or page began."""
+    sym = fresh_symbol
+    async with quote_service(pool, nats_url, ns) as svc:
+        await traded_then_imported(nats_conn, pool, ns, sym, tmp_path, database_url)
+        await import_lines(tmp_path, database_url, f"{sym},2026-12-03T04:53:00Z,1m,117.10,117.40,117.10,117.30,50,5,")
+        m = lambda mm: datetime(2026, 12, 3, 4, mm, tzinfo=UTC)  # noqa: E731
+        whole, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, m(53), m(57))
+        assert [(c.open, c.close, c.volume) for c in whole] == [
+            ("117.10", "117.30", 52), ("117.30", "117.30", 0), ("117.30", "117.30", 0), ("117.30", "117.30", 0)]
+        later, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, m(54), m(57))
+        assert as_tuples(later) == as_tuples(whole[1:])
+        paged, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_1M, m(53), m(57), page_size=1)
+        assert as_tuples(paged) == as_tuples(whole)
 
 
 async def test_csv_rows_the_database_or_the_calendar_would_refuse_are_named_by_line(pool, database_url, tmp_path,

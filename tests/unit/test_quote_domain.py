@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from meshkit.calendar import NEW_YORK
-from quote_svc.domain.candles import Candle, Interval, Part, bucket_start, fill, next_bucket, rollup
+from quote_svc.domain.candles import Candle, Interval, Part, bucket_seconds, bucket_start, fill, next_bucket, rollup
 from quote_svc.domain.history import MalformedRow, parse
 from quote_svc.domain.quotes import MarketData, next_quote
 from quote_svc.service_layer.quotes import QuoteBook
@@ -119,6 +119,14 @@ def test_buckets():
     t = datetime(2024, 3, 5, 3, 30, 7, 500, tzinfo=UTC)  # 22:30 on 03-04 in New York
     assert bucket_start(t, Interval.M5) == datetime(2024, 3, 5, 3, 30, tzinfo=UTC)
     assert bucket_start(t, Interval.D1) == datetime(2024, 3, 4, 5, tzinfo=UTC)
+    # Far from 1970 too (round 18: a float timestamp put 00:00:00.999999 in the next second).
+    for far in (datetime(1000, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999,
+                                                                              tzinfo=UTC)):
+        assert bucket_start(far, Interval.S1) == far.replace(microsecond=0)
+        assert bucket_start(far, Interval.H1) == far.replace(minute=0, second=0, microsecond=0)
+    assert bucket_seconds(datetime(1970, 1, 1, 0, 1, 0, 1, tzinfo=UTC), 60, up=True) == 120
+    assert bucket_seconds(datetime(1970, 1, 1, 0, 1, tzinfo=UTC), 60, up=True) == 60
+    assert bucket_seconds(datetime(1969, 12, 31, 23, 59, 30, tzinfo=UTC), 60, up=True) == 0
     # Across the DST change (2024-03-10) a New York day is 23 hours long.
     sat = datetime(2024, 3, 10, 5, tzinfo=UTC)
     assert next_bucket(sat, Interval.D1) == datetime(2024, 3, 11, 4, tzinfo=UTC)
@@ -178,14 +186,19 @@ def test_a_rollup_orders_traded_and_imported_parts_by_their_own_times():
     five = rollup([*trades, at_two], Interval.M5)[T]
     assert (five.open, five.close, five.low, five.volume, five.trade_count) == (
         D("117.55"), D("117.80"), D("117.00"), 112, 14)
-    # In its own minute, the imported candle is taken as before the traded trades.
+    # In its own minute, the imported candle opens before the traded trades (at its start)
+    # and closes after them (at its end, as CandleRepository.close_before takes it).
     two = rollup([trades[2], at_two], Interval.M1)[T.replace(minute=2)]
-    assert (two.open, two.close) == (D("117.00"), D("117.65"))
+    assert (two.open, two.close) == (D("117.00"), D("117.20"))
     # Traded only before it: the imported candle closes the bucket; traded at its very start
-    # (the same instant): the traded trade is the later.
+    # (the same instant): the imported candle still opens first and closes last; traded at
+    # its end (the next minute's first instant): the traded trade closes it.
     assert rollup([trades[0], at_two], Interval.M5)[T].close == D("117.20")
     early = traded(2, "117.50", "117.50", first_s=0, last_s=0)
-    assert rollup([trades[0], at_two, early], Interval.M5)[T].close == D("117.50")
+    assert rollup([at_two, early], Interval.M5)[T].open == D("117.00")
+    assert rollup([trades[0], at_two, early], Interval.M5)[T].close == D("117.20")
+    at_end = traded(3, "117.40", "117.40", first_s=0, last_s=0)
+    assert rollup([trades[0], at_two, at_end], Interval.M5)[T].close == D("117.40")
     # An imported candle without a trade count makes the total unknown.
     unknown = Part(60, c(4, "117.00", "117.00", 5, None), imported=True)
     assert rollup([*trades, unknown], Interval.M5)[T].trade_count is None
