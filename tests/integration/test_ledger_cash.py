@@ -265,3 +265,23 @@ async def test_two_databases_in_one_process_never_share_book_ids(pool, pg_server
             assert ids[0] != ids[1]  # so a shared cache would have posted to a wrong or missing book
         finally:
             await other.close()
+
+
+async def test_the_book_ids_a_process_keeps_are_bounded_and_a_book_let_go_is_read_again(uow, checked_pool,
+                                                                                      monkeypatch):
+    """Round 18 review: the cache of book ids grew by every book the process ever touched. At
+    most BOOK_IDS_KEPT are kept; an account whose book was let go gets the same book again."""
+    from ledger_svc.service_layer import unit_of_work
+
+    monkeypatch.setattr(unit_of_work, "_BOOK_IDS", {})
+    monkeypatch.setattr(unit_of_work, "BOOK_IDS_KEPT", 3)
+    accounts = [account() for _ in range(6)]
+    for i, acct in enumerate(accounts):  # created by the first (not kept: it might roll back), read by the second
+        for n in range(2):
+            await handlers.deposit(commands.Deposit(acct, Decimal("10.00"), f"d{i}-{n}"), uow)
+    kept = unit_of_work._BOOK_IDS[checked_pool]
+    assert len(kept) == 3 and accounts[0] not in {ref.owner for ref in kept}
+    await handlers.deposit(commands.Deposit(accounts[0], Decimal("5.00"), "again"), uow)
+    assert (await handlers.cash_balance(accounts[0], uow)).total == Decimal("25.00")
+    books = await checked_pool.fetchval("SELECT count(*) FROM ledger.books WHERE owner = $1", accounts[0])
+    assert books == 1
