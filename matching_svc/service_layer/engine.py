@@ -161,7 +161,7 @@ class SymbolEngine:
                 out.duplicate = True
                 return out
             self._seen[cid] = None
-            if len(self._seen) > self.dedupe_capacity:
+            while len(self._seen) > self.dedupe_capacity:  # a capacity lowered since the snapshot too
                 del self._seen[next(iter(self._seen))]
         ctx = _Ctx(self, seq, time_ns, out)
         kind = cmd.WhichOneof("command")

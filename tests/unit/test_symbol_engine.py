@@ -90,6 +90,11 @@ def test_dedupe_is_bounded_fifo_and_survives_a_snapshot():
     # (its hold released) while it worked on in the book (round 14 review).
     out = again.apply(6, 0, new_order("o1", "a", BUY, 1, limit="1"))
     assert out.duplicate and out.executions == [] and again.book.get_order("o1") is not None
+    # A capacity lowered by configuration (ENGINE_DEDUPE_IDS) applies from the next new id on
+    # (round 18 review: the restored window dropped one id per id added, never shrinking).
+    again.dedupe_capacity = 1
+    again.apply(7, 0, new_order("o7", "a", BUY, 1, limit="1"))
+    assert again.snapshot()["seen"] == ["o7"]
 
 
 def test_snapshot_then_replay_equals_uninterrupted_run():
