@@ -33,6 +33,13 @@ def pool_max(default: int) -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else default
 
 
+# Every session asks the server to probe its client while idle (TCP keepalives): a client gone
+# without a word (a half-open connection: a partition, a dropped NAT mapping, a lost host) ends
+# its session within ~25 s, and the locks it held (an election's, the outbox relay's) with it,
+# not after the kernel's default two hours (round 18). Ignored over a Unix socket.
+KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, command_timeout=30, reset=_rollback_only,
@@ -41,7 +48,16 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
             "application_name": "stockmesh",
             # Backstop: a connection left idle inside a transaction is closed by the server.
             "idle_in_transaction_session_timeout": "60000",
+            **KEEPALIVES,
         })
+
+
+async def connect(url: str, role: str, *, command_timeout: float | None = None) -> asyncpg.Connection:
+    """A connection of its own (an election's, the outbox relay's, a listener's), named
+    `stockmesh <role>` in pg_stat_activity, its client probed by the server (KEEPALIVES), and
+    with `command_timeout` a statement that does not answer in time raises TimeoutError."""
+    return await asyncpg.connect(url, command_timeout=command_timeout,
+                                 server_settings={"application_name": f"stockmesh {role}", **KEEPALIVES})
 
 
 # The connection to PostgreSQL failed under the statement (the server restarting, shut down
@@ -135,7 +151,7 @@ async def elected(database_url: str, role: str, work: Callable[[], Awaitable[Non
     if it is lost, `work` is cancelled and ConnectionError raised (the caller's supervisor
     restarts the election), so a replica that can no longer prove it holds the lock stops."""
     key = lock_key(role)
-    conn = await asyncpg.connect(database_url, server_settings={"application_name": f"stockmesh {role}"})
+    conn = await connect(database_url, role)
     try:
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             ELECTION.labels(role).set(0)

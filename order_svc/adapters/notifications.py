@@ -7,16 +7,15 @@ import asyncio
 import logging
 from collections import defaultdict
 
-import asyncpg
-
+from meshkit import db
 from order_svc.adapters.repository import UPDATES_CHANNEL
 
 log = logging.getLogger("order_svc.notifications")
 
 
 class UpdateNotifier:
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
+    def __init__(self, database_url: str, check: float = 2.0) -> None:
+        self.database_url, self.check = database_url, check
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.closing = False
 
@@ -49,13 +48,19 @@ class UpdateNotifier:
             event.set()
 
     async def run(self) -> None:
-        """Hold the LISTEN connection; if it drops, wake everyone (they re-read) and reconnect."""
-        conn = await asyncpg.connect(self.database_url)
+        """Hold the LISTEN connection, checked every `check` seconds; if it drops or does not
+        answer, wake everyone (they re-read) and raise, so the supervisor connects again (round
+        18: a closed connection ended this loop normally, and it was never started again: after
+        a PostgreSQL restart the streams saw updates only by their own polls; a half-open one
+        never said it was closed)."""
+        conn = await db.connect(self.database_url, "orders.updates-listener")
         try:
             await conn.add_listener(UPDATES_CHANNEL, self._notified)
-            while not conn.is_closed():
-                await asyncio.sleep(1)
+            while True:
+                await asyncio.sleep(self.check)
+                if conn.is_closed():
+                    raise ConnectionError("the LISTEN connection of order updates closed")
+                await conn.fetchval("SELECT 1", timeout=self.check)
         finally:
             self._wake_all()
-            if not conn.is_closed():
-                await conn.close()
+            conn.terminate()  # at once: a connection that does not answer would not close

@@ -46,6 +46,20 @@ PENDING = Gauge("stockmesh_outbox_pending", "Unpublished outbox rows the relay's
 PRUNED = Counter("stockmesh_outbox_pruned", "Published outbox rows deleted after the retention period")
 
 
+# The oldest unpublished row of a namespace's flow if it has waited $3 seconds, and the session
+# holding the relay's advisory lock $2 (a bigint key: classid its high half, objid its low).
+_STUCK = """
+SELECT extract(epoch FROM now() - o.created_at)::float8 AS waited, a.pid, a.application_name, a.state,
+       extract(epoch FROM now() - a.state_change)::int AS state_for, left(a.query, 120) AS query
+FROM (SELECT created_at FROM orders.outbox WHERE published_at IS NULL AND starts_with(subject, $1)
+      ORDER BY id LIMIT 1) o
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+     AND ((l.classid::bigint << 32) | l.objid::bigint) = $2
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE o.created_at < now() - make_interval(secs => $3)
+"""
+
+
 def retention() -> timedelta | None:
     """ORDER_OUTBOX_RETENTION_HOURS: how long published outbox rows are kept (168, a week, by
     default; 0 keeps them forever)."""
@@ -88,8 +102,14 @@ class OutboxRelay:
     def __init__(self, database_url: str, js: JetStreamContext, batch: int = 500, pipeline: int = 64,
                  ack_timeout: float = 5.0, idle_poll: float = 1.0, retention: timedelta | None = None,
                  prune_every: float = 60.0, full_prune_every: float = 3600.0, prune_batch: int = 1000,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, statement_timeout: float = 10.0, stuck_after: float = 15.0) -> None:
         self.database_url, self.js, self.batch, self.pipeline = database_url, js, batch, pipeline
+        # A statement of the relay's that does not answer within `statement_timeout` fails its
+        # round (a hung or half-open connection: the relay starts again on a new one); while
+        # another session holds the relay's lock and rows have waited `stuck_after` seconds,
+        # a warning names that session (round 18: a stopped backend held every order back, said
+        # nothing, and the relay stayed SERVING).
+        self.statement_timeout, self.stuck_after = statement_timeout, stuck_after
         self.prefix = "" if namespace is None else bus.subject(namespace, "orders", "")
         # One relay per namespace: each publishes its own namespace's rows only, so one lock for
         # the database left a second namespace's orders unpublished for good (round 17 review).
@@ -107,11 +127,15 @@ class OutboxRelay:
 
     async def run(self) -> None:
         # A connection of its own: the election is a session lock, which dies with it.
-        conn = await asyncpg.connect(self.database_url)
+        conn = await db.connect(self.database_url, RELAY_ROLE, command_timeout=self.statement_timeout)
         pruner: asyncio.Task | None = None
         try:
             db.ELECTION.labels(RELAY_ROLE).set(0)
+            waiting_since, said = time.monotonic(), 0.0
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock):
+                if time.monotonic() - max(waiting_since, said) >= self.stuck_after:
+                    said = time.monotonic()
+                    await self._say_if_stuck(conn)
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             db.ELECTION.labels(RELAY_ROLE).set(1)  # which replica relays, as meshkit.db.elected says
             log.info("outbox relay elected")
@@ -130,6 +154,17 @@ class OutboxRelay:
                 pruner.cancel()
                 await asyncio.gather(pruner, return_exceptions=True)
             conn.terminate()
+
+    async def _say_if_stuck(self, conn: asyncpg.Connection) -> None:
+        """While another session holds the relay's lock: a warning if the oldest row waiting to
+        be published has waited `stuck_after` seconds, naming that session (a relay whose
+        connection hangs, or a backend stopped: `pg_terminate_backend(pid)` ends it)."""
+        row = await conn.fetchrow(_STUCK, self.prefix, self.lock, self.stuck_after)
+        if row is not None:
+            log.warning("orders wait to be relayed to the engines while another session holds the relay's lock",
+                        extra={"oldestWaitingSeconds": round(row["waited"], 1), "holderPid": row["pid"],
+                               "holderApplication": row["application_name"], "holderState": row["state"],
+                               "holderStateSeconds": row["state_for"], "holderQuery": row["query"]})
 
     async def relay_once(self, conn: asyncpg.Connection) -> int:
         """Publish up to a batch in id order. Publishes are pipelined (up to `pipeline` awaiting
@@ -182,7 +217,7 @@ class OutboxRelay:
             while True:
                 try:
                     if conn is None or conn.is_closed():
-                        conn = await asyncpg.connect(self.database_url)
+                        conn = await db.connect(self.database_url, "orders.outbox-pruner", command_timeout=60)
                     start = 0 if time.monotonic() >= next_full else resume
                     if start == 0:
                         next_full = time.monotonic() + self.full_prune_every
