@@ -379,6 +379,20 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
         # The order-update stream, with no deadline, outlives the call timeout.
         stream = stub.StreamOrderUpdates(opb.StreamOrderUpdatesRequest(), metadata=md)
         assert [(await stream.read()).sequence for _ in range(2)] == [1, 2]
+        # But a stream's request whose body never finishes is ended after the call timeout
+        # (round 18: held for good, past every per-account limit of the services; a read that
+        # never ends times out at 40 s and fails the test).
+        import socket
+
+        held = socket.create_connection(("127.0.0.1", ports.public), timeout=40)
+        held.sendall(b"POST /stockmesh.order.v1.OrderService/StreamOrderUpdates HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\nauthorization: " + dict(md)["authorization"].encode()
+                     + b"\r\ncontent-length: 100\r\n\r\n{\"after")
+        answer = b""
+        while chunk := await asyncio.to_thread(held.recv, 4096):  # Envoy's reply, then its close
+            answer += chunk
+        held.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
 
         hung.hang = True
         for call in (stub.GetOrder(opb.GetOrderRequest(order_id="y"), metadata=md),
