@@ -79,6 +79,11 @@ async def test_replies_keep_their_order_on_one_connection_and_failures_carry_the
     rpc = status_pb2.Status.FromString(base64.b64decode(details + "=" * (-len(details) % 4)))
     assert (rpc.code, rpc.message) == (5, "no order o-1") and len(rpc.details) == 1
 
+    # A query string is no part of the method's name (round 18: not found, UNKNOWN to gRPC clients).
+    writer.write(post(PLACE + "?x=1", opb.PlaceOrderRequest(client_order_id="with-query")))
+    status, _, body = await read_reply(reader)
+    assert status == 200 and opb.PlaceOrderResponse.FromString(body).order.client_order_id == "with-query"
+
     writer.write(b"POST /stockmesh.order.v1.OrderService/GetOrder HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
     assert (await read_reply(reader))[0] == 404  # not bridged
     for ok, code in ((True, 200), (False, 503)):
