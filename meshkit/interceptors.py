@@ -38,6 +38,12 @@ def bind_call(metadata) -> None:
     auth.caller_payload.set(payload if account else "")
 
 
+# When to try again after the database or NATS did not answer (RetryInfo; Retry-After over
+# JSON): a restart takes seconds, and a client told nothing retried in a tight loop or gave up
+# (round 18).
+UNAVAILABLE_RETRY_SECONDS = 1.0
+
+
 def failure(method: str, exc: Exception) -> status_pb2.Status:
     """The status a call that raised `exc` ends with (counted and logged here): a domain
     error's own (with its details), INTERNAL for anything else. Called inside the handler's
@@ -51,7 +57,7 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         # client retries (placements and deposits are idempotent on their ids), not a crash.
         log.warning("rpc failed: the database connection was lost", extra={"method": method, "error": repr(exc)})
         exc = Unavailable(f"the database is unavailable; try again (request id {logs.request_id.get()})",
-                          reason="DATABASE_UNAVAILABLE")
+                          reason="DATABASE_UNAVAILABLE", retry_after_seconds=UNAVAILABLE_RETRY_SECONDS)
     elif not isinstance(exc, DomainError) and bus.unreachable(exc):
         # NATS did not answer (down, restarting, partitioned): transient too. A publish whose
         # acknowledgement was lost may still have been stored, so the client is told to look
@@ -59,7 +65,7 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         log.warning("rpc failed: NATS did not answer", extra={"method": method, "error": repr(exc)})
         exc = Unavailable("NATS (the message bus) did not answer; what was asked may still take effect: check "
                           f"before acting on it, or retry (request id {logs.request_id.get()})",
-                          reason="BUS_UNAVAILABLE")
+                          reason="BUS_UNAVAILABLE", retry_after_seconds=UNAVAILABLE_RETRY_SECONDS)
     if isinstance(exc, DomainError):
         RPC_TOTAL.labels(method, exc.code).inc()
         log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})

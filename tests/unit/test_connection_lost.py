@@ -36,8 +36,9 @@ def test_a_lost_connection_is_unavailable(exc: Exception) -> None:
     assert connection_lost(exc)
     status = failure("/stockmesh.order.v1.OrderService/CancelOrder", exc)
     assert status.code == code_pb2.UNAVAILABLE
-    info = error_details_pb2.ErrorInfo()
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.reason == "DATABASE_UNAVAILABLE"
+    assert status.details[1].Unpack(retry) and retry.retry_delay.ToMilliseconds() == 1000  # round 18: none
 
 
 @pytest.mark.parametrize("exc", [
@@ -60,6 +61,7 @@ def test_nats_not_answering_is_unavailable_and_says_the_call_may_still_take_effe
     came, the halt landed when NATS resumed, and the operator had been told INTERNAL."""
     status = failure("/stockmesh.matching.v1.EngineControlService/HaltSymbol", exc)
     assert status.code == code_pb2.UNAVAILABLE
-    info = error_details_pb2.ErrorInfo()
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.reason == "BUS_UNAVAILABLE"
     assert "may still take effect" in status.message
+    assert status.details[1].Unpack(retry) and retry.retry_delay.ToMilliseconds() == 1000
