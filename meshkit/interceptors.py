@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from meshkit import auth, bus, db, logs
 from meshkit.errors import DomainError, InvalidArgument, Unavailable, Unimplemented
-from meshkit.status import retry_after, to_rpc_status
+from meshkit.status import OUTAGE_RETRY_SECONDS, retry_after, to_rpc_status
 
 log = logging.getLogger("meshkit.rpc")
 
@@ -38,12 +38,6 @@ def bind_call(metadata) -> None:
     auth.caller_payload.set(payload if account else "")
 
 
-# When to try again after the database or NATS did not answer (RetryInfo; Retry-After over
-# JSON): a restart takes seconds, and a client told nothing retried in a tight loop or gave up
-# (round 18).
-UNAVAILABLE_RETRY_SECONDS = 1.0
-
-
 def failure(method: str, exc: Exception) -> status_pb2.Status:
     """The status a call that raised `exc` ends with (counted and logged here): a domain
     error's own (with its details), INTERNAL for anything else. Called inside the handler's
@@ -57,7 +51,7 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         # client retries (placements and deposits are idempotent on their ids), not a crash.
         log.warning("rpc failed: the database connection was lost", extra={"method": method, "error": repr(exc)})
         exc = Unavailable(f"the database is unavailable; try again (request id {logs.request_id.get()})",
-                          reason="DATABASE_UNAVAILABLE", retry_after_seconds=UNAVAILABLE_RETRY_SECONDS)
+                          reason="DATABASE_UNAVAILABLE", retry_after_seconds=OUTAGE_RETRY_SECONDS)
     elif not isinstance(exc, DomainError) and bus.unreachable(exc):
         # NATS did not answer (down, restarting, partitioned): transient too. A publish whose
         # acknowledgement was lost may still have been stored, so the client is told to look
@@ -65,7 +59,7 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
         log.warning("rpc failed: NATS did not answer", extra={"method": method, "error": repr(exc)})
         exc = Unavailable("NATS (the message bus) did not answer; what was asked may still take effect: check "
                           f"before acting on it, or retry (request id {logs.request_id.get()})",
-                          reason="BUS_UNAVAILABLE", retry_after_seconds=UNAVAILABLE_RETRY_SECONDS)
+                          reason="BUS_UNAVAILABLE", retry_after_seconds=OUTAGE_RETRY_SECONDS)
     if isinstance(exc, DomainError):
         RPC_TOTAL.labels(method, exc.code).inc()
         log.info("rpc failed", extra={"method": method, "code": exc.code, "reason": exc.reason})

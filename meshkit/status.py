@@ -49,11 +49,22 @@ TRANSIENT_NAMES = frozenset(c.name for c in TRANSIENT)
 # that called it (the docs tell clients and operators what each means; round 14: order_svc
 # answered a ledger's BUS_UNAVAILABLE with a bare UNAVAILABLE).
 PASSED_ON = frozenset({"BUS_UNAVAILABLE", "DATABASE_UNAVAILABLE"})
+# When to try again after the database or NATS did not answer (RetryInfo; Retry-After over
+# JSON), said by the service that met the outage and by those that pass it on: a restart takes
+# seconds, and a client told nothing retried in a tight loop or gave up (round 18).
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 def passed_on(reason: str | None) -> str | None:
     """`reason` (an upstream's ErrorInfo reason) when a caller passes it on, else None."""
     return reason if reason in PASSED_ON else None
+
+
+def unavailable(message: str, upstream_reason: str | None) -> Unavailable:
+    """The caller's UNAVAILABLE after an upstream's transient failure: with the upstream's
+    reason and OUTAGE_RETRY_SECONDS when it is a dependency's outage (PASSED_ON)."""
+    reason = passed_on(upstream_reason)
+    return Unavailable(message, reason=reason, retry_after_seconds=OUTAGE_RETRY_SECONDS if reason else None)
 
 
 def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:
@@ -63,7 +74,7 @@ def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logg
     addresses and connections) go to the log at WARNING, not to the client."""
     log.warning(f"{what}: the call failed", extra={"code": exc.code().name, "error": exc.details()})
     info, _ = error_info(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else (None, None)
-    return Unavailable(f"{what}: {exc.code().name}; retry shortly", reason=passed_on(info.reason if info else None))
+    return unavailable(f"{what}: {exc.code().name}; retry shortly", info.reason if info else None)
 
 
 def retry_after(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:

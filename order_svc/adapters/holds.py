@@ -9,7 +9,7 @@ import grpc
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
-from meshkit.status import TRANSIENT_NAMES, error_info, passed_on, upstream_unavailable
+from meshkit.status import TRANSIENT_NAMES, error_info, unavailable, upstream_unavailable
 from order_svc.domain.model import (ClientKeyTaken, HoldNotYet, HoldResolved, HoldTaken, Refusal, RejectReason,
                                     TransferPending)
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
@@ -68,8 +68,8 @@ class GrpcHolds:
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""), error.metadata.get("holdStatus") == "RELEASED")
         if error.code in TRANSIENT_NAMES:
-            raise Unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
-                              "the same client_order_id", reason=passed_on(error.reason))
+            raise unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
+                              "the same client_order_id", error.reason)
         # The ledger found the request itself wrong: a bug here, not a state to wait out.
         raise RuntimeError(f"ledger refused hold {hold_id}: {error.code} {error.reason} {error.message}")
 

@@ -28,6 +28,7 @@ def test_a_dependency_outage_is_passed_on_with_its_reason(reason):
                                logging.getLogger("test"))
     assert (err.code, err.reason) == ("UNAVAILABLE", reason)
     assert err.message == "the ledger could not wait: UNAVAILABLE; retry shortly"
+    assert err.retry_after_seconds == 1.0  # with the RetryInfo the service that met the outage gives (round 18)
 
 
 def test_other_reasons_and_no_details_stay_the_callers_own():
@@ -36,3 +37,4 @@ def test_other_reasons_and_no_details_stay_the_callers_own():
         "UNAVAILABLE"
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
     assert upstream_unavailable(bare, "x", log).reason == "UNAVAILABLE"
+    assert upstream_unavailable(bare, "x", log).retry_after_seconds is None
