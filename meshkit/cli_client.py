@@ -541,7 +541,7 @@ def draw(candles, height: int, *, color: bool = False) -> list[str]:
     grid = [[" "] * len(candles) for _ in range(height)]
     for x, c in enumerate(candles):
         o, cl = Decimal(c.open), Decimal(c.close)
-        if c.trade_count == 0:
+        if c.volume == 0:  # not trade_count: an imported candle without a count reports 0 trades
             grid[row(cl)][x] = "·"
             continue
         up = cl >= o

@@ -148,10 +148,10 @@ def stream_symbols(symbols: Iterable[str]) -> frozenset[str]:
     missing = [i for i, s in enumerate(wanted) if not s]
     if missing:  # as every other empty symbol is, not UNKNOWN_SYMBOL (round 15)
         raise InvalidArgument([FieldViolation(f"symbols[{i}]", "is required") for i in missing[:10]])
-    unknown = [s for s in wanted if s not in listing.listed()]
-    if unknown:
-        raise InvalidArgument([FieldViolation(f"symbols[{wanted.index(s)}]", f"unknown symbol {s[:16]!r}")
-                               for s in unknown[:10]], reason="UNKNOWN_SYMBOL")
+    unknown = [(i, s) for i, s in enumerate(wanted) if s not in listing.listed()]
+    if unknown:  # each at its own index, a repeated one too (round 18: all at the first's)
+        raise InvalidArgument([FieldViolation(f"symbols[{i}]", f"unknown symbol {s[:16]!r}")
+                               for i, s in unknown[:10]], reason="UNKNOWN_SYMBOL")
     return frozenset(wanted)
 
 

@@ -6,21 +6,25 @@ from stockmesh.quote.v1 import quote_pb2
 from meshkit.cli_client import draw
 
 
-def candle(o: str, h: str, lo: str, c: str, trades: int = 1) -> quote_pb2.Candle:
-    return quote_pb2.Candle(open=o, high=h, low=lo, close=c, trade_count=trades)
+def candle(o: str, h: str, lo: str, c: str, trades: int = 1, volume: int | None = None) -> quote_pb2.Candle:
+    return quote_pb2.Candle(open=o, high=h, low=lo, close=c, trade_count=trades,
+                            volume=10 * trades if volume is None else volume)
 
 
 def test_up_down_and_empty_candles_on_an_exact_scale() -> None:
     rows = draw([candle("10.00", "14.00", "10.00", "13.00"),   # up: body 10..13, wick to 14
                  candle("13.00", "13.00", "11.00", "11.00"),   # down: body 13..11
-                 candle("11.00", "11.00", "11.00", "11.00", trades=0)],  # no trades: a dot at the close
+                 candle("11.00", "11.00", "11.00", "11.00", trades=0),  # no trades: a dot at the close
+                 # imported without a trade count (0, volume > 0): traded, a body (round 18: a dot)
+                 candle("10.00", "12.00", "10.00", "12.00", trades=0, volume=500)],
                 height=5)
     assert [r.split("┤")[0].strip() for r in rows] == ["14.00", "", "12.00", "", "10.00"]
-    cols = ["".join(r.split("┤")[1][x] for r in rows) for x in range(3)]
+    cols = ["".join(r.split("┤")[1][x] for r in rows) for x in range(4)]
     # rows are 14, 13, 12, 11, 10
     assert cols[0] == "│████"
     assert cols[1] == " ▒▒▒ "
     assert cols[2] == "   · "
+    assert cols[3] == "  ███"
 
 
 def test_a_flat_chart_does_not_divide_by_zero() -> None:

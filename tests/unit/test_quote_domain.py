@@ -341,3 +341,13 @@ def test_a_record_over_several_lines_is_named_by_its_first(tmp_path):
     with pytest.raises(MalformedRow) as err:
         read_file(f)
     assert err.value.line == 3
+
+
+def test_unknown_stream_symbols_are_each_named_at_their_own_index():
+    """Round 18: a repeated unknown symbol was named at the first one's index each time."""
+    from meshkit.errors import InvalidArgument
+    from quote_svc.service_layer.quotes import stream_symbols
+
+    with pytest.raises(InvalidArgument) as refused:
+        stream_symbols(["AAPL", "NOPE", "MSFT", "NOPE", "ZZZ"])
+    assert [v.field for v in refused.value.violations] == ["symbols[1]", "symbols[3]", "symbols[4]"]
