@@ -72,6 +72,8 @@ async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -
             return []
         if last is not None and q.sequence < last.sequence:
             kept.append(q)
+        elif last is not None and q.sequence == last.sequence:
+            pass  # the feed's own last event, which it applies at once: a quiet symbol, not another history
         else:
             log.warning("cached quote from another market-data history dropped",
                         extra={"symbol": q.symbol, "cached_sequence": q.sequence,
