@@ -38,14 +38,25 @@ def _d(text: str) -> Decimal | None:
     return Decimal(text) if text else None
 
 
+class FeedStalled(ConnectionError):
+    """The market-data stream held messages a whole interval ago that the subscription following
+    it has not delivered, and it delivered nothing in that interval."""
+
+
 async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[str],
-                      on_msg: Callable[[Msg], None], ready: asyncio.Event) -> None:
+                      on_msg: Callable[[Msg], None], ready: asyncio.Event, *, check_every: float = 10.0) -> None:
     """Hand every market-data message to `on_msg` (a plain function, called in stream order
     per symbol): first the last stored message of each symbol, then everything after, until
     cancelled. Sets `ready` once the last message of each symbol has been handed over.
 
     An *ordered consumer* (ephemeral, in memory, no acks, re-created by the client on a gap):
-    each process follows the whole feed on its own, sharing nothing with others."""
+    each process follows the whole feed on its own, sharing nothing with others. Every
+    `check_every` seconds the stream's last sequence is read: if messages it held a whole
+    interval ago are not delivered yet and nothing was delivered in that interval, the consumer
+    is gone for good (nats-py re-creates it from a
+    background task that can fail, and says so only to the error callback) and FeedStalled is
+    raised, so the caller's supervisor follows the feed afresh instead of serving frozen quotes
+    while healthy (round 18 review). NATS not answering is waited out: the client recovers."""
     stream = await bus.ensure_stream(js, namespace, "md")
     info = await js.stream_info(stream)
     start = info.state.last_seq + 1
@@ -55,7 +66,11 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
         except NotFoundError:
             continue
 
+    delivered = 0
+
     async def deliver(msg: Msg) -> None:
+        nonlocal delivered
+        delivered += 1
         on_msg(msg)
 
     # Everything stored after the moment we looked: nothing falls between the two reads.
@@ -65,8 +80,26 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
                               inactive_threshold=60.0),
         idle_heartbeat=2.0)
     ready.set()
-    try:
-        await asyncio.Event().wait()  # the subscription's callback does the work
+    try:  # the subscription's callback does the work; this watches it
+        known: int | None = start - 1  # the stream's last sequence a whole interval ago (None: not known)
+        seen = 0  # delivered then
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                now = (await js.stream_info(stream)).state.last_seq
+            except Exception as exc:  # noqa: BLE001
+                if not bus.unreachable(exc):
+                    raise
+                known = None  # the client catches up once NATS answers: judged from the next check on
+                continue
+            # Every message the stream held an interval ago is on our subjects: all of them
+            # should have been delivered by now. Behind and nothing at all for a whole interval:
+            # gone (one merely slow, a busy process, still delivers some).
+            if known is not None and delivered == seen and delivered < known - (start - 1):
+                raise FeedStalled(f"the market-data stream {stream} held {known - (start - 1)} messages after those "
+                                  f"looked up at the start {check_every:g} s ago, of which {delivered} were delivered; "
+                                  "following it afresh")
+            known, seen = now, delivered
     finally:
         ready.clear()
         try:

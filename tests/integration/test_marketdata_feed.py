@@ -54,3 +54,47 @@ async def test_following_the_feed_answers_from_memory_and_stays_fresh(nats_conn,
         await asyncio.gather(follower, return_exceptions=True)
     assert not quotes.ready.is_set()
     assert (await quotes.touch("AAPL")).ask == Decimal("189.40") and js.reads == reads + 1  # read again
+
+
+class DeafStream:
+    """The JetStream context, except that its subscriptions deliver nothing: as a consumer that
+    nats-py failed to re-create after a gap (it says so only to the error callback)."""
+
+    def __init__(self, js) -> None:
+        self.js = js
+
+    def __getattr__(self, name):
+        return getattr(self.js, name)
+
+    async def subscribe(self, *args, cb=None, **kwargs):
+        async def deaf(msg) -> None:
+            pass
+        return await self.js.subscribe(*args, cb=deaf, **kwargs)
+
+
+async def test_a_feed_whose_subscription_delivers_nothing_while_the_stream_grows_is_followed_afresh(
+        nats_conn, namespace):
+    """Round 18 review: the feed waited for ever on a subscription that had stopped, `ready`
+    still set: frozen quotes and market prices behind a SERVING health check. Now it raises,
+    and its supervisor follows the feed again; a quiet feed that delivers all it has does not."""
+    from meshkit.marketdata import FeedStalled, follow_feed
+
+    js = nats_conn.jetstream()
+    await bus.ensure_stream(js, namespace, "md")
+    seen: list = []
+    ready = asyncio.Event()
+    healthy = asyncio.create_task(follow_feed(js, namespace, ["KO"], seen.append, ready, check_every=0.3))
+    deaf = asyncio.create_task(follow_feed(DeafStream(js), namespace, ["KO"], lambda m: None, asyncio.Event(),
+                                           check_every=0.3))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.sleep(0.5)  # both subscribed
+        await publish_md(js, namespace, md_event("KO", 1, bid="62.10", ask="62.20", price="62.15"))
+        with pytest.raises(FeedStalled):
+            await asyncio.wait_for(deaf, 20)
+        await asyncio.sleep(1.5)  # several checks of the quiet, caught-up one
+        assert not healthy.done() and len(seen) == 1
+    finally:
+        for task in (healthy, deaf):
+            task.cancel()
+        await asyncio.gather(healthy, deaf, return_exceptions=True)
