@@ -134,7 +134,7 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
     from meshkit import migrate as m
 
     database_url = database_url or _mesh_database_url(data_dir, None)
-    applied = m.apply_all(database_url)
+    applied = m.apply_all(database_url, progress=lambda line: click.echo(f"  {line}", err=True))
     click.echo(f"migrations applied: {applied}" if applied else "database is up to date")
 
 

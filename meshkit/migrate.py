@@ -7,6 +7,8 @@ in its own tables and takes a lock, so concurrent `stockmesh migrate` runs are s
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
@@ -30,16 +32,24 @@ def yoyo_url(database_url: str) -> str:
     return database_url
 
 
-def apply_all(database_url: str) -> int:
-    """Apply every pending migration of every service; returns how many were applied."""
+def apply_all(database_url: str, progress: Callable[[str], None] | None = None) -> int:
+    """Apply every pending migration of every service, one at a time in order; returns how
+    many were applied. `progress` is told of each as it starts and as it ends, with how long it
+    took (an upgrade's index build can take minutes: an operator sees which, round 18)."""
     backend = get_backend(yoyo_url(database_url))
     try:
         migrations = read_migrations(*migration_dirs())
         with backend.lock():
             pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
-        for m in pending:
-            log.info("migration applied", extra={"migration": m.id})
+            for n, m in enumerate(pending, start=1):
+                if progress is not None:
+                    progress(f"migration {n}/{len(pending)} {m.id} ...")
+                started = time.monotonic()
+                backend.apply_migrations(pending.filter(lambda x, m=m: x is m))
+                took = time.monotonic() - started
+                log.info("migration applied", extra={"migration": m.id, "seconds": round(took, 3)})
+                if progress is not None:
+                    progress(f"migration {n}/{len(pending)} {m.id} applied in {took:.1f} s")
         return len(pending)
     finally:
         backend.connection.close()

@@ -330,7 +330,7 @@ class Mesh:
         from meshkit import migrate
 
         try:
-            applied = migrate.apply_all(database_url)
+            applied = migrate.apply_all(database_url, progress=lambda line: self.say(f"  {line}"))
         except Exception as exc:  # noqa: BLE001 - any failure here stops the launch, with its reason
             raise LaunchError(f"migrations failed on {infra.redact(database_url)}: "
                               f"{type(exc).__name__}: {exc}") from exc
