@@ -781,9 +781,25 @@ def engine_halt(symbols: tuple[str, ...], reason: str, address: str | None, data
     still work and resting orders stay in the book."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    for symbol in _symbols(symbols):
+    def halt(symbol: str) -> None:
         _engine_call(address, data_dir, "HaltSymbol", ec.HaltSymbolRequest(symbol=symbol, reason=reason))
         click.echo(f"{symbol.upper()} halted")
+    _each_symbol(symbols, halt, "halted")
+
+
+def _each_symbol(symbols: tuple[str, ...], act, done: str) -> None:
+    """`act` on each of SYMBOLS (or `all`), the others still acted on when one fails (its
+    failure said), then exit 1 naming those not done (round 18: `engine halt AAPL NOPE MSFT`
+    halted AAPL, stopped at the typo and left MSFT trading in an incident)."""
+    failed = []
+    for symbol in _symbols(symbols):
+        try:
+            act(symbol)
+        except SystemExit:  # said by cli_client.fail
+            failed.append(symbol.upper())
+    if failed:
+        click.echo(f"not {done}: {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 @engine.command("resume")
@@ -794,9 +810,10 @@ def engine_resume(symbols: tuple[str, ...], address: str | None, data_dir: Path 
     """Resume trading in SYMBOLS (or `all`)."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    for symbol in _symbols(symbols):
+    def resume(symbol: str) -> None:
         _engine_call(address, data_dir, "ResumeSymbol", ec.ResumeSymbolRequest(symbol=symbol))
         click.echo(f"{symbol.upper()} trading")
+    _each_symbol(symbols, resume, "resumed")
 
 
 @engine.command("status")

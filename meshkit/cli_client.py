@@ -9,13 +9,14 @@ Where the mesh is: --address (Envoy, HOST:PORT), else the `endpoint` of the mesh
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import click
 
@@ -26,27 +27,29 @@ from meshkit.symbols import tick_size
 class Client:
     """A channel to Envoy and the metadata of one account's token."""
 
-    def __init__(self, address: str, token: str, timeout: float) -> None:
+    def __init__(self, address: str, token: str, timeout: float, mint: Callable[[], str] | None = None) -> None:
         import grpc
 
         from meshkit.channels import RECONNECT_OPTIONS
 
         self.timeout = timeout
+        self.mint = mint  # makes a fresh token, when this client minted its own
         # Reconnects within a second of the mesh being back, as the services do: gRPC's own
         # backoff grows to two minutes, and a watch came back up to 25 s after a restarted mesh
         # was ready, near its give-up (round 17).
         self.channel = grpc.insecure_channel(address, options=list(RECONNECT_OPTIONS))
         self.metadata = (("authorization", f"Bearer {token}"),)
 
-    def call(self, stub_class, method: str, request, *, doing: str | None = None):
+    def call(self, stub_class, method: str, request, *, doing: str | None = None, retry: str | None = None):
         """One unary call; a failure is printed (code, reason, field violations) as the failure
-        of `doing` (the command's own RPC, when this call only prepares it), and exits 1."""
+        of `doing` (the command's own RPC, when this call only prepares it), with `retry` (how to
+        send it again safely: the key it was sent with), and exits 1."""
         import grpc
 
         try:
             return getattr(stub_class(self.channel), method)(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
-            fail(exc, doing or method)
+            fail(exc, doing or method, retry)
 
     # How long a watch keeps opening its stream again while it is UNAVAILABLE (a service
     # restarting, a rolling deploy) before it gives up.
@@ -103,14 +106,16 @@ class Client:
                     failing_since = now
                     click.echo(f"({method} ended: {exc.details()}; opening it again)", err=True)
                 request = resume(info, headers)
+                if self.mint is not None:  # a watch outlives its token (an hour): a fresh one each time
+                    self.metadata = (("authorization", f"Bearer {self.mint()}"),)  # (round 18: "Jwt is expired")
                 time.sleep(min(2.0, 0.2 + (now - failing_since) / 10))
             finally:
                 call.cancel()
 
 
-def fail(exc, method: str):
+def fail(exc, method: str, retry: str | None = None):
     """Print a failed call as every command does (its status, reason and each field violation,
-    or that no mesh answers there) and exit 1."""
+    or that no mesh answers there; with `retry`, how to send it again safely) and exit 1."""
     import grpc
 
     from meshkit.status import error_info
@@ -121,9 +126,15 @@ def fail(exc, method: str):
         sys.exit(1)
     info, bad = error_info(exc)
     reason = f" [{info.reason}]" if info is not None and info.reason and info.reason != code.name else ""
-    click.echo(f"{method} failed: {code.name}{reason}: {exc.details()}", err=True)
-    for v in bad.field_violations if bad is not None else ():
-        click.echo(f"  {v.field}: {v.description}", err=True)
+    violations = [f"{v.field}: {v.description}" for v in (bad.field_violations if bad is not None else ())]
+    details = exc.details() or ""
+    # The message is the violations themselves when there is one (round 18: said twice).
+    click.echo(f"{method} failed: {code.name}{reason}" + ("" if violations == [details] else f": {details}"), err=True)
+    for v in violations:
+        click.echo(f"  {v}", err=True)
+    if retry and code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+        # A key made up here is shown: the safe retry the message speaks of needs it (round 18).
+        click.echo(f"  to send it again safely: {retry}", err=True)
     sys.exit(1)
 
 
@@ -145,6 +156,19 @@ def _endpoint(data_dir: Path) -> str:
     if not state.get("endpoint"):
         raise click.UsageError(f"the mesh in {data_dir} is not ready yet (mesh.json has no endpoint)")
     return state["endpoint"]
+
+
+# The largest numbers the messages' integer fields hold: larger is a usage error, not a
+# protobuf ValueError's traceback (round 18).
+INT64_MAX, INT32_MAX = 2**63 - 1, 2**31 - 1
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A key or id given empty (an unset shell variable) is a mistake, not "make one up": a
+    retry would make up another, and do it again (round 18)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (leave the option out for a new one)")
+    return value
 
 
 def account_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -193,7 +217,9 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
             # "Jwks doesn't have key to match kid", and a stray key pair left behind).
             raise click.UsageError(f"no keys in {folder} to sign a token for the mesh at {address}: pass --data-dir "
                                    "of that mesh (where `stockmesh up` keeps its keys), or --token")
-        token = keys.mint_token(folder, account, ttl=3600)
+        def mint(account: str = account) -> str:
+            return keys.mint_token(folder, account, ttl=3600)
+        return Client(address or _endpoint(folder), mint(), timeout, mint)
     return Client(address or _endpoint(folder), token, timeout)
 
 
@@ -274,7 +300,7 @@ def register(main: click.Group) -> None:
         # "-5" is an amount to refuse for its sign, not an unknown option.
         @main.command(method.lower(), help=doc, context_settings={"ignore_unknown_options": True})
         @click.argument("amount")
-        @click.option("--key", "idempotency_key", default=None,
+        @click.option("--key", "idempotency_key", default=None, callback=_not_empty,
                       help="Idempotency key: the same key again changes nothing (default: a new one).")
         @client_options
         def command(amount: str, idempotency_key: str | None, **where) -> None:
@@ -286,7 +312,8 @@ def register(main: click.Group) -> None:
             if Decimal(_decimal(amount, "AMOUNT")) <= 0:
                 raise click.BadParameter(f"{amount!r} must be positive", param_hint="AMOUNT")
             request = getattr(pb, f"{method}Request")(amount=amount, idempotency_key=key)
-            cash = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, method, request).cash
+            cash = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, method, request,
+                                         retry=f"stockmesh {method.lower()} {amount} --key {key}").cash
             click.echo(f"{method.lower()} of {fmt_cents(Decimal(amount))} done (key {key})")
             click.echo(f"cash: total {cash.total}  available {cash.available}  held {cash.held}")
 
@@ -295,13 +322,13 @@ def register(main: click.Group) -> None:
 
     @main.command()
     @click.argument("side", type=click.Choice(["buy", "sell"], case_sensitive=False))
-    @click.argument("quantity", type=click.IntRange(min=1))
+    @click.argument("quantity", type=click.IntRange(1, INT64_MAX))
     @click.argument("symbol")
     @click.option("--limit", "limit_price", default=None, help="Limit price (a LIMIT order; with --stop, STOP_LIMIT).")
     @click.option("--stop", "stop_price", default=None, help="Stop price (a STOP order; with --limit, STOP_LIMIT).")
     @click.option("--tif", type=click.Choice(["day", "gtc", "ioc", "fok"], case_sensitive=False), default=None,
                   help="Time in force.  [default: day; ioc for a market order]")
-    @click.option("--client-order-id", default=None,
+    @click.option("--client-order-id", default=None, callback=_not_empty,
                   help="Your id for the order: sending it again returns the same order (default: a new one).")
     @client_options
     def place(side: str, quantity: int, symbol: str, limit_price: str | None, stop_price: str | None,
@@ -317,12 +344,14 @@ def register(main: click.Group) -> None:
         kind = {(False, False): "MARKET", (True, False): "LIMIT", (False, True): "STOP",
                 (True, True): "STOP_LIMIT"}[(limit_price is not None, stop_price is not None)]
         tif = (tif or ("ioc" if kind == "MARKET" else "day")).upper()
+        client_order_id = client_order_id or uuid.uuid4().hex
         request = pb.PlaceOrderRequest(
-            client_order_id=client_order_id or uuid.uuid4().hex, symbol=symbol.upper(),
+            client_order_id=client_order_id, symbol=symbol.upper(),
             side=c.Side.Value(f"SIDE_{side.upper()}"), type=c.OrderType.Value(f"ORDER_TYPE_{kind}"),
             quantity=quantity, limit_price=limit_price or "", stop_price=stop_price or "",
             time_in_force=c.TimeInForce.Value(f"TIME_IN_FORCE_{tif}"))
-        _show_order(_client(**where).call(order_service_pb2_grpc.OrderServiceStub, "PlaceOrder", request).order)
+        _show_order(_client(**where).call(order_service_pb2_grpc.OrderServiceStub, "PlaceOrder", request,
+                                          retry=f"the same command with --client-order-id {client_order_id}").order)
 
     @main.command()
     @click.argument("order_id")
@@ -344,11 +373,12 @@ def register(main: click.Group) -> None:
 
     @main.command()
     @click.argument("order_id")
-    @click.option("--quantity", type=click.IntRange(min=1), default=None,
+    @click.option("--quantity", type=click.IntRange(1, INT64_MAX), default=None,
                   help="The new total quantity (what is filled included).  [default: unchanged]")
     @click.option("--limit", "limit_price", default=None, help="The new limit price.  [default: unchanged]")
     @click.option("--stop", "stop_price", default=None, help="The new stop price.  [default: unchanged]")
-    @click.option("--client-order-id", default=None, help="Your id for the new order (default: a new one).")
+    @click.option("--client-order-id", default=None, callback=_not_empty,
+                  help="Your id for the new order (default: a new one).")
     @client_options
     def replace(order_id: str, quantity: int | None, limit_price: str | None, stop_price: str | None,
                 client_order_id: str | None, **where) -> None:
@@ -364,16 +394,18 @@ def register(main: click.Group) -> None:
         client = _client(**where)
         old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",  # what it changes
                           pb.GetOrderRequest(order_id=order_id), doing="ReplaceOrder").order
+        client_order_id = client_order_id or uuid.uuid4().hex
         reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ReplaceOrder", pb.ReplaceOrderRequest(
-            order_id=order_id, client_order_id=client_order_id or uuid.uuid4().hex,
+            order_id=order_id, client_order_id=client_order_id,
             quantity=quantity or old.quantity, limit_price=old.limit_price if limit_price is None else limit_price,
-            stop_price=old.stop_price if stop_price is None else stop_price))
+            stop_price=old.stop_price if stop_price is None else stop_price),
+            retry=f"the same command with --client-order-id {client_order_id}")
         _show_order(reply.order)
 
     @main.command()
     @click.option("--symbol", default=None, help="Only this symbol's orders.")
     @click.option("--open", "open_only", is_flag=True, help="Only orders still working (NEW, PARTIALLY_FILLED).")
-    @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+    @click.option("--limit", type=click.IntRange(1, INT32_MAX), default=50, show_default=True, help="At most this many.")
     @client_options
     def orders(symbol: str | None, open_only: bool, limit: int, **where) -> None:
         """List the account's orders, newest first."""
@@ -451,7 +483,7 @@ def register(main: click.Group) -> None:
                 break
 
     @watch.command("orders")
-    @click.option("--after", "after_sequence", type=click.IntRange(min=0), default=None,
+    @click.option("--after", "after_sequence", type=click.IntRange(0, INT64_MAX), default=None,
                   help="Replay the updates after this sequence first (0: the whole history). "
                        "[default: only changes from now on]")
     @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many updates.")
@@ -517,7 +549,7 @@ def register(main: click.Group) -> None:
         if not candles:
             click.echo(f"no {interval} candles for {symbol.upper()} in the last {count} intervals")
             return
-        for line in draw(candles, height, color=sys.stdout.isatty()):
+        for line in draw(candles, height, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")):
             click.echo(line)
         first, last = candles[0], candles[-1]
         click.echo(f"{symbol.upper()} {interval}  {_when(first.start_time)} .. {_when(last.start_time)} UTC  "
