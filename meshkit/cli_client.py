@@ -121,7 +121,9 @@ def fail(exc, method: str, retry: str | None = None):
     from meshkit.status import error_info
 
     code = exc.code()
-    if code is grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
+    # gRPC's words when no connection could be made (nothing was sent); not a connection reset
+    # mid-call, after which a write may have been applied (the diff review of round 18).
+    if code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
         click.echo(f"{method}: no mesh answers there ({exc.details()}); is `stockmesh up` running?", err=True)
         sys.exit(1)
     info, bad = error_info(exc)

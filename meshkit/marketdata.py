@@ -40,7 +40,8 @@ def _d(text: str) -> Decimal | None:
 
 class FeedStalled(ConnectionError):
     """The market-data stream held messages a whole interval ago that the subscription following
-    it has not delivered, and it delivered nothing in that interval."""
+    it has not reached, and it delivered nothing further in that interval (or the stream was
+    made anew)."""
 
 
 async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[str],
@@ -51,12 +52,12 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
 
     An *ordered consumer* (ephemeral, in memory, no acks, re-created by the client on a gap):
     each process follows the whole feed on its own, sharing nothing with others. Every
-    `check_every` seconds the stream's last sequence is read: if messages it held a whole
-    interval ago are not delivered yet and nothing was delivered in that interval, the consumer
-    is gone for good (nats-py re-creates it from a
-    background task that can fail, and says so only to the error callback) and FeedStalled is
-    raised, so the caller's supervisor follows the feed afresh instead of serving frozen quotes
-    while healthy (round 18 review). NATS not answering is waited out: the client recovers."""
+    `check_every` seconds the stream's last sequence is read: if the last message delivered is
+    still before what the stream held a whole interval ago and nothing further came in that
+    interval, the consumer is not delivering (nats-py re-creates it from a background task that
+    can fail, and says so only to the error callback) and FeedStalled is raised, so the
+    caller's supervisor follows the feed afresh instead of serving frozen quotes while healthy
+    (round 18 review). NATS not answering is waited out: the client recovers."""
     stream = await bus.ensure_stream(js, namespace, "md")
     info = await js.stream_info(stream)
     start = info.state.last_seq + 1
@@ -66,12 +67,16 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
         except NotFoundError:
             continue
 
-    delivered = 0
+    latest: Msg | None = None  # the last message delivered (its stream sequence is read only when checked)
 
     async def deliver(msg: Msg) -> None:
-        nonlocal delivered
-        delivered += 1
+        nonlocal latest
+        latest = msg
         on_msg(msg)
+
+    def reached() -> int:
+        """The stream sequence of the last message delivered (start - 1: none yet)."""
+        return latest.metadata.sequence.stream if latest is not None else start - 1
 
     # Everything stored after the moment we looked: nothing falls between the two reads.
     sub = await js.subscribe(
@@ -82,7 +87,7 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
     ready.set()
     try:  # the subscription's callback does the work; this watches it
         known: int | None = start - 1  # the stream's last sequence a whole interval ago (None: not known)
-        seen = 0  # delivered then
+        was = start - 1  # reached() then
         while True:
             await asyncio.sleep(check_every)
             try:
@@ -92,14 +97,16 @@ async def follow_feed(js: JetStreamContext, namespace: str, symbols: Iterable[st
                     raise
                 known = None  # the client catches up once NATS answers: judged from the next check on
                 continue
-            # Every message the stream held an interval ago is on our subjects: all of them
-            # should have been delivered by now. Behind and nothing at all for a whole interval:
-            # gone (one merely slow, a busy process, still delivers some).
-            if known is not None and delivered == seen and delivered < known - (start - 1):
-                raise FeedStalled(f"the market-data stream {stream} held {known - (start - 1)} messages after those "
-                                  f"looked up at the start {check_every:g} s ago, of which {delivered} were delivered; "
-                                  "following it afresh")
-            known, seen = now, delivered
+            got = reached()
+            # What the stream held an interval ago should have been delivered by now (every
+            # message of it is on our subjects). Short of it, and not a message further for a
+            # whole interval: gone (one merely slow, a busy process, still moves on). A stream
+            # whose sequence went back was made anew under us: followed afresh too.
+            if known is not None and ((got < known and got == was) or now < known):
+                raise FeedStalled(f"the market-data stream {stream} was at sequence {known} {check_every:g} s ago "
+                                  f"and is at {now}; the feed delivered up to {got}, nothing since; following it "
+                                  "afresh")
+            known, was = now, got
     finally:
         ready.clear()
         try:

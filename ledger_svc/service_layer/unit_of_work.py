@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import asyncpg
 
 from ledger_svc.adapters.repository import LedgerRepository
@@ -13,20 +15,28 @@ from meshkit.uow import UnitOfWork
 BOOK_IDS_KEPT = 100_000
 
 
-class BookIds(dict):
-    """(owner, asset) -> book_id, at most `capacity` of them: the oldest kept goes first (round
-    18 review: one entry per book the process ever touched, without end, with millions of
-    customers)."""
+class BookIds(OrderedDict):
+    """(owner, asset) -> book_id, at most `capacity` of them, the least recently used going
+    first (round 18 review: one entry per book the process ever touched, without end, with
+    millions of customers; an OrderedDict, as a dict's oldest key costs a scan past every one
+    deleted before it)."""
 
     def __init__(self, capacity: int | None = None) -> None:
         super().__init__()
         self.capacity = capacity or BOOK_IDS_KEPT
 
+    def get(self, key: BookRef, default: int | None = None) -> int | None:  # type: ignore[override]
+        value = super().get(key)
+        if value is None:
+            return default
+        self.move_to_end(key)
+        return value
+
     def __setitem__(self, key: BookRef, value: int) -> None:
-        if key not in self:
-            while len(self) >= self.capacity:
-                del self[next(iter(self))]
         super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
 
 
 # The committed book ids of each database, by the pool that reaches it (a process may use

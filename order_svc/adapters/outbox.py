@@ -159,7 +159,11 @@ class OutboxRelay:
         """While another session holds the relay's lock: a warning if the oldest row waiting to
         be published has waited `stuck_after` seconds, naming that session (a relay whose
         connection hangs, or a backend stopped: `pg_terminate_backend(pid)` ends it)."""
-        row = await conn.fetchrow(_STUCK, self.prefix, self.lock, self.stuck_after)
+        try:
+            row = await conn.fetchrow(_STUCK, self.prefix, self.lock, self.stuck_after)
+        except (asyncpg.PostgresError, TimeoutError) as exc:  # only a warning's content: waiting goes on
+            log.warning("could not look at who holds the relay's lock", extra={"error": repr(exc)})
+            return
         if row is not None:
             log.warning("orders wait to be relayed to the engines while another session holds the relay's lock",
                         extra={"oldestWaitingSeconds": round(row["waited"], 1), "holderPid": row["pid"],

@@ -134,3 +134,19 @@ def test_engine_halt_acts_on_every_symbol_it_can_and_names_those_it_could_not():
         server.stop(None)
     assert done.exit_code == 1 and engine.halted == ["AAPL", "MSFT"], done.output
     assert "AAPL halted" in done.output and "MSFT halted" in done.output and "not halted: NOPE" in done.output
+
+
+def test_a_connection_reset_mid_call_is_not_taken_for_no_mesh():
+    """The diff review: any message with "connect" in it was "no mesh answers there", also a
+    connection reset mid-call, after which the write may have been applied: its key is shown."""
+    class Reset(ledger_service_pb2_grpc.LedgerServiceServicer):
+        def Deposit(self, request, context):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "recvmsg:Connection reset by peer")
+
+    server, address = _serve(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, Reset())
+    try:
+        done = CliRunner().invoke(main, ["deposit", "5", "--key", "k-7", "--address", address, "--token", "t"])
+    finally:
+        server.stop(None)
+    assert done.exit_code == 1 and "no mesh answers there" not in done.output, done.output
+    assert "Deposit failed: UNAVAILABLE" in done.output and "--key k-7" in done.output, done.output
