@@ -1140,6 +1140,26 @@ def test_launcher_starts_the_pinned_nats_server_with_jetstream(tmp_path: Path, s
 
 # ----------------------------------------------------------------------------- Redis
 
+def test_a_finished_test_mesh_leaves_no_keys_of_its_namespace(tmp_path: Path, sup: Supervisor) -> None:
+    """Round 18: every test and benchmark mesh left its quote cache (12 keys) in the shared
+    Redis for good; MeshProcess.stop deletes `<namespace>:*`, and only that."""
+    import redis
+
+    from meshkit.launcher.harness import forget_keys
+    from meshkit.launcher.net import free_port
+
+    url = infra.start_local_redis(tmp_path, sup)
+    client = redis.Redis.from_url(url)
+    try:
+        for key in ("run_ab:quote:AAPL", "run_ab:rl:acct:x", "run_abc:quote:AAPL", "other:quote:AAPL"):
+            client.set(key, b"1")
+        assert forget_keys(url, "run_ab") == 2
+        assert sorted(client.keys()) == [b"other:quote:AAPL", b"run_abc:quote:AAPL"]
+    finally:
+        client.close()
+    assert forget_keys(f"redis://127.0.0.1:{free_port()}/0", "run_ab") == 0  # none answering: nothing to do
+
+
 def test_local_redis_is_started_when_the_url_does_not_answer(tmp_path: Path, sup: Supervisor) -> None:
     import redis
 
