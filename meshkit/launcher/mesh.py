@@ -225,6 +225,19 @@ class Mesh:
         admin = self.opts.admin_port or free_port()
         reserve(public)
         reserve(admin)
+        # What the caller asked that cannot work is refused before anything is created (round
+        # 18: a taken --port only at step 5, the database made and migrated and every service
+        # started; --replicas foo=2 at step 4). Step 5 looks at the public port again.
+        for port, option in ((self.opts.port, "--port"), (self.opts.admin_port, "--admin-port")):
+            if port and tcp_answers("127.0.0.1", port, timeout=0.5):
+                raise LaunchError(f"port {port} is already in use (another mesh?); choose another with {option}, "
+                                  f"or {option} 0 for a free one")
+        counts = {**{name: 1 for name in SERVICES}, "quote_svc": self.opts.quote_replicas, **self.opts.replicas}
+        for service, count in counts.items():
+            if service not in SERVICES:
+                raise LaunchError(f"no service {service!r} to run replicas of (one of {', '.join(SERVICES)})")
+            if count < 1:
+                raise LaunchError(f"{service} needs at least 1 replica, got {count}")
 
         self._step("2/7 infrastructure")
         if self.opts.nats_cluster not in (1, 3, 5):
@@ -243,12 +256,6 @@ class Mesh:
         self._migrate(self.infra.database_url)
 
         self._step("4/7 services")
-        counts = {**{name: 1 for name in SERVICES}, "quote_svc": self.opts.quote_replicas, **self.opts.replicas}
-        for service, count in counts.items():
-            if service not in SERVICES:
-                raise LaunchError(f"no service {service!r} to run replicas of (one of {', '.join(SERVICES)})")
-            if count < 1:
-                raise LaunchError(f"{service} needs at least 1 replica, got {count}")
         self.instances = {name: name for name in SERVICES}
         for service, count in counts.items():
             self.instances.update({f"{service}-{i}": service for i in range(2, count + 1)})
