@@ -294,11 +294,12 @@ def health(address: str | None, service: str, timeout: float, data_dir: Path | N
               help="Lifetime in seconds (at most 30 days: Envoy refuses longer-lived tokens).")
 def token(account: str, data_dir: Path | None, ttl: int) -> None:
     """Print a development token for ACCOUNT (and nothing else) on stdout."""
+    from meshkit.cli_client import mint_token
     from meshkit.launcher import keys
 
     folder = (data_dir or default_data_dir()).resolve()
     fresh = not (keys.keys_dir(folder) / "private.pem").exists()
-    click.echo(keys.mint_token(folder, account, ttl=ttl))
+    click.echo(mint_token(folder, account, ttl))
     if fresh:  # on stderr: stdout stays the token alone
         click.echo(f"note: {folder} had no keys, so a new key pair was made there; only a mesh started with "
                    "this data folder accepts the token (`stockmesh up --data-dir`)", err=True)

@@ -202,6 +202,19 @@ def client_options(f):
     return f
 
 
+def mint_token(folder: Path, account: str, ttl: int) -> str:
+    """A development token signed with the keys in `folder` (made there if missing); a folder
+    that cannot hold them, or a key that cannot be read, is one line, exit 1, not a traceback
+    (round 18)."""
+    from meshkit.launcher import keys
+
+    try:
+        return keys.mint_token(folder, account, ttl=ttl)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot sign a token with the keys in {keys.keys_dir(folder)}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+
 def _client(account: str | None, token: str | None, address: str | None, data_dir: Path | None,
             timeout: float, *, need_account: bool = True) -> Client:
     folder = (data_dir or default_data_dir()).resolve()
@@ -220,7 +233,7 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
             raise click.UsageError(f"no keys in {folder} to sign a token for the mesh at {address}: pass --data-dir "
                                    "of that mesh (where `stockmesh up` keeps its keys), or --token")
         def mint(account: str = account) -> str:
-            return keys.mint_token(folder, account, ttl=3600)
+            return mint_token(folder, account, 3600)
         return Client(address or _endpoint(folder), mint(), timeout, mint)
     return Client(address or _endpoint(folder), token, timeout)
 

@@ -150,3 +150,17 @@ def test_a_connection_reset_mid_call_is_not_taken_for_no_mesh():
         server.stop(None)
     assert done.exit_code == 1 and "no mesh answers there" not in done.output, done.output
     assert "Deposit failed: UNAVAILABLE" in done.output and "--key k-7" in done.output, done.output
+
+
+def test_keys_that_cannot_be_made_or_read_are_one_line_not_a_traceback(tmp_path):
+    """Round 18: a data folder under a file, or a damaged private key, was a traceback from
+    `token` and from every command that mints one."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "bad" / "keys").mkdir(parents=True)
+    (tmp_path / "bad" / "keys" / "private.pem").write_text("garbage")
+    for args in (["token", "--account", "x", "--data-dir", str(tmp_path / "afile" / "x")],
+                 ["token", "--account", "x", "--data-dir", str(tmp_path / "bad")],
+                 ["portfolio", "--account", "x", "--data-dir", str(tmp_path / "bad"), "--address", "127.0.0.1:1"]):
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 1, done.output
+        assert "cannot sign a token with the keys in" in done.output and "Traceback" not in done.output, done.output
