@@ -91,8 +91,7 @@ class Client:
                 opened = any(k.startswith("x-stockmesh-") for k in headers)
                 # Envoy answering that the service is not (yet) there: a mesh, restarting it
                 # (round 17: a watch opened just as order_svc was killed exited at once).
-                restarting = exc.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" not in (
-                    exc.details() or "").lower()
+                restarting = exc.code() is grpc.StatusCode.UNAVAILABLE and not _no_connection(exc)
                 streamed = streamed or opened or restarting or (info is not None and info.reason == "SHUTTING_DOWN")
                 # A service killed outright (kill -9, a crash) resets its streams, and Envoy
                 # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
@@ -113,6 +112,15 @@ class Client:
                 call.cancel()
 
 
+def _no_connection(exc) -> bool:
+    """Whether a call failed for want of any connection (nothing was sent: gRPC's words for it),
+    not for a connection reset mid-call, after which a write may have been applied (the diff
+    review of round 18)."""
+    import grpc
+
+    return exc.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower()
+
+
 def fail(exc, method: str, retry: str | None = None):
     """Print a failed call as every command does (its status, reason and each field violation,
     or that no mesh answers there; with `retry`, how to send it again safely) and exit 1."""
@@ -121,9 +129,7 @@ def fail(exc, method: str, retry: str | None = None):
     from meshkit.status import error_info
 
     code = exc.code()
-    # gRPC's words when no connection could be made (nothing was sent); not a connection reset
-    # mid-call, after which a write may have been applied (the diff review of round 18).
-    if code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
+    if _no_connection(exc):
         click.echo(f"{method}: no mesh answers there ({exc.details()}); is `stockmesh up` running?", err=True)
         sys.exit(1)
     info, bad = error_info(exc)
@@ -232,7 +238,7 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
             # "Jwks doesn't have key to match kid", and a stray key pair left behind).
             raise click.UsageError(f"no keys in {folder} to sign a token for the mesh at {address}: pass --data-dir "
                                    "of that mesh (where `stockmesh up` keeps its keys), or --token")
-        def mint(account: str = account) -> str:
+        def mint() -> str:
             return mint_token(folder, account, 3600)
         return Client(address or _endpoint(folder), mint(), timeout, mint)
     return Client(address or _endpoint(folder), token, timeout)

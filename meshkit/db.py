@@ -60,6 +60,16 @@ async def connect(url: str, role: str, *, command_timeout: float | None = None) 
                                  server_settings={"application_name": f"stockmesh {role}", **KEEPALIVES})
 
 
+async def answers(conn: asyncpg.Connection, timeout: float, what: str) -> None:
+    """ConnectionError unless `conn` answers a statement within `timeout` seconds (closed,
+    cut, half-open, or its server stopped): for the connections a process holds for good (an
+    election's lock, a LISTEN), which would otherwise never say they are gone."""
+    try:
+        await conn.fetchval("SELECT 1", timeout=timeout)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConnectionError(f"lost {what}: {exc!r}") from exc
+
+
 # The connection to PostgreSQL failed under the statement (the server restarting, shut down
 # or gone, the connection cut), as opposed to the statement's or the program's own error.
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
@@ -163,10 +173,7 @@ async def elected(database_url: str, role: str, work: Callable[[], Awaitable[Non
             while not task.done():
                 await asyncio.wait({task}, timeout=poll)
                 if not task.done():
-                    try:
-                        await conn.fetchval("SELECT 1", timeout=poll)
-                    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                        raise ConnectionError(f"lost the connection holding the {role} election: {exc!r}") from exc
+                    await answers(conn, poll, f"the connection holding the {role} election")
             await task  # its result or its exception
         finally:
             ELECTION.labels(role).set(0)

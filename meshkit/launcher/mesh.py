@@ -88,6 +88,13 @@ def answers(port: int) -> Health:
     return Health(port, LIVENESS, timeout=2.0)
 
 
+def _refuse_taken(port: int, option: str) -> None:
+    """LaunchError if something already answers on `port` (the value of `option`)."""
+    if tcp_answers("127.0.0.1", port, timeout=0.5):
+        raise LaunchError(f"port {port} is already in use (another mesh?); choose another with {option}, "
+                          f"or {option} 0 for a free one")
+
+
 def relay_apart() -> bool:
     """order_svc's outbox relay in a process of its own (the default), unless
     ORDER_OUTBOX_RELAY=in-process asks for it inside order_svc."""
@@ -229,9 +236,8 @@ class Mesh:
         # 18: a taken --port only at step 5, the database made and migrated and every service
         # started; --replicas foo=2 at step 4). Step 5 looks at the public port again.
         for port, option in ((self.opts.port, "--port"), (self.opts.admin_port, "--admin-port")):
-            if port and tcp_answers("127.0.0.1", port, timeout=0.5):
-                raise LaunchError(f"port {port} is already in use (another mesh?); choose another with {option}, "
-                                  f"or {option} 0 for a free one")
+            if port:
+                _refuse_taken(port, option)
         counts = {**{name: 1 for name in SERVICES}, "quote_svc": self.opts.quote_replicas, **self.opts.replicas}
         for service, count in counts.items():
             if service not in SERVICES:
@@ -280,9 +286,7 @@ class Mesh:
                     for service in SERVICES}
 
         self._step("5/7 Envoy")
-        if tcp_answers("127.0.0.1", public, timeout=0.5):
-            raise LaunchError(f"port {public} is already in use (another mesh?); "
-                              "choose another with --port, or --port 0 for a free one")
+        _refuse_taken(public, "--port")
         bridges = {service: [self.bridge_ports[name] for name, s in self.instances.items() if s == service]
                    for service in envoy.BRIDGED}
         self.ports = envoy.EnvoyPorts(public=public, admin=admin, upstreams=upstreams, replicas=replicas,

@@ -58,9 +58,7 @@ class UpdateNotifier:
             await conn.add_listener(UPDATES_CHANNEL, self._notified)
             while True:
                 await asyncio.sleep(self.check)
-                if conn.is_closed():
-                    raise ConnectionError("the LISTEN connection of order updates closed")
-                await conn.fetchval("SELECT 1", timeout=self.check)
+                await db.answers(conn, self.check, "the LISTEN connection of order updates")
         finally:
             self._wake_all()
             conn.terminate()  # at once: a connection that does not answer would not close

@@ -131,10 +131,10 @@ class OutboxRelay:
         pruner: asyncio.Task | None = None
         try:
             db.ELECTION.labels(RELAY_ROLE).set(0)
-            waiting_since, said = time.monotonic(), 0.0
+            look_at = time.monotonic() + self.stuck_after  # who holds the lock, if rows wait
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock):
-                if time.monotonic() - max(waiting_since, said) >= self.stuck_after:
-                    said = time.monotonic()
+                if time.monotonic() >= look_at:
+                    look_at = time.monotonic() + self.stuck_after
                     await self._say_if_stuck(conn)
                 await asyncio.sleep(1)  # another replica relays; take over if it dies
             db.ELECTION.labels(RELAY_ROLE).set(1)  # which replica relays, as meshkit.db.elected says

@@ -72,9 +72,9 @@ async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -
             return []
         if last is not None and q.sequence < last.sequence:
             kept.append(q)
-        elif last is not None and q.sequence == last.sequence:
-            pass  # the feed's own last event, which it applies at once: a quiet symbol, not another history
-        else:
+        # Of the feed's own last event (a symbol quiet since), dropped in silence: the feed
+        # applies that event at once.
+        elif last is None or q.sequence > last.sequence:
             log.warning("cached quote from another market-data history dropped",
                         extra={"symbol": q.symbol, "cached_sequence": q.sequence,
                                "feed_sequence": None if last is None else last.sequence})
