@@ -95,7 +95,8 @@ async def test_a_feed_whose_subscription_delivers_nothing_while_the_stream_grows
     from meshkit.marketdata import FeedStalled, follow_feed
 
     js = nats_conn.jetstream()
-    await bus.ensure_stream(js, namespace, "md")
+    stream = await bus.ensure_stream(js, namespace, "md")
+    before = (await js.stream_info(stream)).state.consumer_count
     seen: list = []
     ready = asyncio.Event()
     healthy = asyncio.create_task(follow_feed(js, namespace, ["KO"], seen.append, ready, check_every=0.3))
@@ -107,7 +108,9 @@ async def test_a_feed_whose_subscription_delivers_nothing_while_the_stream_grows
                                             check_every=0.3))
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        await asyncio.sleep(0.5)  # both subscribed
+        async def all_subscribed() -> bool:  # the three followers' consumers
+            return (await js.stream_info(stream)).state.consumer_count >= before + 3
+        assert await eventually(all_subscribed, timeout=20)
         await publish_md(js, namespace, md_event("KO", 1, bid="62.10", ask="62.20", price="62.15"))
         await publish_md(js, namespace, md_event("KO", 2, bid="62.10", ask="62.30", price="62.15"))
         with pytest.raises(FeedStalled):
