@@ -47,11 +47,13 @@ TRANSIENT_NAMES = frozenset(c.name for c in TRANSIENT)
 
 # The reasons of an outage of what a service depends on, passed on as they are by the service
 # that called it (the docs tell clients and operators what each means; round 14: order_svc
-# answered a ledger's BUS_UNAVAILABLE with a bare UNAVAILABLE).
-PASSED_ON = frozenset({"BUS_UNAVAILABLE", "DATABASE_UNAVAILABLE"})
-# When to try again after the database or NATS did not answer (RetryInfo; Retry-After over
-# JSON), said by the service that met the outage and by those that pass it on: a restart takes
-# seconds, and a client told nothing retried in a tight loop or gave up (round 18).
+# answered a ledger's BUS_UNAVAILABLE with a bare UNAVAILABLE); and the ledger's ACCOUNT_BUSY
+# (an account held by another transaction for over a second: its placements wait it out).
+PASSED_ON = frozenset({"BUS_UNAVAILABLE", "DATABASE_UNAVAILABLE", "ACCOUNT_BUSY"})
+# When to try again after the database or NATS did not answer or an account was busy
+# (RetryInfo; Retry-After over JSON), said by the service that met the outage and by those
+# that pass it on: a restart takes seconds, and a client told nothing retried in a tight loop
+# or gave up (round 18).
 OUTAGE_RETRY_SECONDS = 1.0
 
 

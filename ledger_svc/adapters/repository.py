@@ -354,20 +354,16 @@ class LedgerRepository:
                                      hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount, client_key)
         return _placement(r)
 
-    async def place_holds(self, holds: list[Hold],
-                          client_keys: list[str | None]) -> list[tuple[str, Hold | None, Decimal | None]]:
+    async def place_holds(self, holds: list[Hold], client_keys: list[str | None],
+                          lock_wait: float) -> list[tuple[str, Hold | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
-        transaction), each answered as place_hold answers."""
+        transaction), each answered as place_hold answers; waiting at most `lock_wait` seconds
+        for any lock (migration 0019), else raising asyncpg's LockNotAvailableError with
+        nothing changed."""
         rows = await self.conn.fetch(
-            """
-            SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::text[])
-                   WITH ORDINALITY AS i(hold_id, account_id, order_id, asset, amount, client_key, n)
-             CROSS JOIN LATERAL ledger.place_hold_keyed(i.hold_id, i.account_id, i.order_id, i.asset, i.amount,
-                                                        i.client_key) AS r
-             ORDER BY i.n
-            """,
-            [h.hold_id for h in holds], [h.account_id for h in holds], [h.order_id for h in holds],
-            [h.asset for h in holds], [h.amount for h in holds], client_keys)
+            "SELECT * FROM ledger.place_holds_keyed($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
+            f"{max(1, round(lock_wait * 1000))}ms", [h.hold_id for h in holds], [h.account_id for h in holds],
+            [h.order_id for h in holds], [h.asset for h in holds], [h.amount for h in holds], client_keys)
         return [_placement(r) for r in rows]
 
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:

@@ -82,6 +82,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
     def __init__(self, uow_factory: UowFactory, applied: handlers.ExecutionsApplied | None = None) -> None:
         self.uow = uow_factory
         self.applied = applied  # refusals for want of cash or shares wait for executions in flight
+        self.busy = handlers.BusyAccounts()  # accounts held by another transaction lately (PlaceHolds)
 
     async def PlaceHold(self, request: pb.PlaceHoldRequest, context: grpc.aio.ServicerContext) -> pb.PlaceHoldResponse:
         hold = await handlers.place_hold(_place_command(request), self.uow, self.applied)
@@ -99,7 +100,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
                 answers.append(None)  # placed below, in the order given
             except InvalidArgument as exc:
                 answers.append(exc)
-        placed = iter(await handlers.place_holds(valid, self.uow) if valid else [])
+        placed = iter(await handlers.place_holds(valid, self.uow, self.busy) if valid else [])
         return pb.PlaceHoldsResponse(results=[_hold_result(a if a is not None else next(placed)) for a in answers])
 
     async def AwaitExecutions(self, request: pb.AwaitExecutionsRequest,

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from decimal import Decimal
 from typing import Awaitable, Callable, Iterable, TypeVar
+
+import asyncpg
 
 from ledger_svc.adapters.repository import ActivityRow, HoldRow
 from ledger_svc.domain import model
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
-from meshkit.errors import DomainError, FieldViolation, InvalidArgument
+from meshkit.errors import DomainError, FieldViolation, InvalidArgument, Unavailable
+from meshkit.status import OUTAGE_RETRY_SECONDS
 
 UowFactory = Callable[[], LedgerUnitOfWork]
 # Waits (bounded) until the ledger's execution consumers have applied what the engine published
@@ -17,6 +21,12 @@ UowFactory = Callable[[], LedgerUnitOfWork]
 ExecutionsApplied = Callable[[], Awaitable[bool]]
 log = logging.getLogger("ledger_svc.holds")
 T = TypeVar("T")
+# How long a batch of holds waits for one account's lock (held by another ledger transaction:
+# a fill, a deposit, the other batch in flight take milliseconds) before the batch is placed
+# one hold at a time and that account's holds answered ACCOUNT_BUSY; and for how long after
+# its holds are answered so without being tried (BusyAccounts).
+HOLD_LOCK_WAIT = 1.0
+HOLD_BUSY_SECONDS = 1.0
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
@@ -161,7 +171,35 @@ async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model
     return _placed(hold, cmd.client_key, *placement)
 
 
-async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -> list[model.Hold | DomainError]:
+class BusyAccounts:
+    """Accounts whose lock a batch of holds lately waited for in vain (held by a stuck
+    transaction, say): for `seconds` after, their holds are answered ACCOUNT_BUSY at once
+    instead of going into a batch, so that one account held by something else costs the other
+    accounts' placements one wait of HOLD_LOCK_WAIT now and then, not one per batch."""
+
+    def __init__(self, seconds: float = HOLD_BUSY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._until: dict[str, float] = {}
+
+    def add(self, account_id: str) -> None:
+        now = self.clock()
+        self._until = {a: t for a, t in self._until.items() if t > now}  # a few at most: the busy ones
+        self._until[account_id] = now + self.seconds
+
+    def __contains__(self, account_id: object) -> bool:
+        until = self._until.get(account_id)  # type: ignore[call-overload]
+        return until is not None and until > self.clock()
+
+
+def account_busy(account_id: str) -> Unavailable:
+    return Unavailable(
+        f"account {account_id} is busy with another operation that holds it; nothing was held: try again shortly "
+        "with the same ids", reason="ACCOUNT_BUSY", metadata={"accountId": account_id},
+        retry_after_seconds=OUTAGE_RETRY_SECONDS)
+
+
+async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, busy: BusyAccounts | None = None,
+                      lock_wait: float = HOLD_LOCK_WAIT) -> list[model.Hold | DomainError]:
     """place_hold for each command, one after the other in the order given, in one statement;
     each answered as place_hold would answer it alone (the hold, or the error it would raise),
     except that a refusal for want of cash or shares is answered at once: the caller asks
@@ -171,29 +209,60 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory) -
     order of holds on one book), and each takes its account before its book's balance row
     (migration 0007), so the batch takes accounts in account order like every other ledger
     transaction and none waits for it in a cycle. Should the batch fail as a whole all the
-    same, its holds are placed one at a time."""
-    holds = [_new_hold(c) for c in cmds]
-    order = sorted(range(len(holds)), key=lambda i: (holds[i].account_id, holds[i].asset))
+    same, its holds are placed one at a time.
+
+    No lock is waited for longer than `lock_wait` (migration 0019): a batch that would wait
+    longer for an account held by something else fails as a whole, and placed one at a time,
+    the held account's holds are answered UNAVAILABLE ACCOUNT_BUSY and the others placed. The
+    accounts so found go into `busy` for a while, whose holds are answered so without being
+    tried (round 18: one account's lock held back every placement)."""
+    busy = busy if busy is not None else BusyAccounts()
+    answers: list[model.Hold | DomainError | None] = [account_busy(c.account_id) if c.account_id in busy else None
+                                                      for c in cmds]
+    todo = [i for i, a in enumerate(answers) if a is None]
+    holds = {i: _new_hold(cmds[i]) for i in todo}
+    order = sorted(todo, key=lambda i: (holds[i].account_id, holds[i].asset))
+    placements: list[tuple[str, model.Hold | None, Decimal | None]] = []
+    try:
+        if order:
+            async with uow_factory().single_statement() as uow:
+                placements = await uow.ledger.place_holds(
+                    [holds[i] for i in order], [cmds[i].client_key for i in order], lock_wait)
+    except Exception as exc:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
+        if isinstance(exc, asyncpg.LockNotAvailableError):
+            log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction; "
+                        "placing them one at a time", extra={"count": len(order)})
+        else:
+            log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
+                        extra={"count": len(order)})
+        for i in todo:  # in the order given: no wait for executions, see above
+            answers[i] = await _place_alone(cmds[i], holds[i], uow_factory, busy, lock_wait)
+    else:
+        for i, placement in zip(order, placements):
+            try:
+                answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
+            except DomainError as exc:
+                answers[i] = exc
+    return [a for a in answers if a is not None]
+
+
+async def _place_alone(cmd: commands.PlaceHold, hold: model.Hold, uow_factory: UowFactory, busy: BusyAccounts,
+                       lock_wait: float) -> model.Hold | DomainError:
+    """A hold of a batch that failed as a whole, in a statement of its own; ACCOUNT_BUSY when
+    its account is (or was found, waiting `lock_wait`) held by another transaction."""
+    if cmd.account_id in busy:
+        return account_busy(cmd.account_id)
     try:
         async with uow_factory().single_statement() as uow:
-            placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order])
-    except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
-        log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
-                    extra={"count": len(holds)})
-        one_by_one: list[model.Hold | DomainError] = []
-        for c in cmds:
-            try:
-                one_by_one.append(await _place_hold(c, uow_factory))  # no wait: see above
-            except DomainError as exc:
-                one_by_one.append(exc)
-        return one_by_one
-    answers: list[model.Hold | DomainError] = list(holds)  # each replaced by its answer below
-    for i, placement in zip(order, placements):
-        try:
-            answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
-        except DomainError as exc:
-            answers[i] = exc
-    return answers
+            [placement] = await uow.ledger.place_holds([hold], [cmd.client_key], lock_wait)
+        return _placed(hold, cmd.client_key, *placement)
+    except asyncpg.LockNotAvailableError:
+        busy.add(cmd.account_id)
+        log.warning(f"account {cmd.account_id} is held by another transaction for over {lock_wait} s; its holds "
+                    f"are answered ACCOUNT_BUSY for {busy.seconds} s", extra={"account": cmd.account_id})
+        return account_busy(cmd.account_id)
+    except DomainError as exc:
+        return exc
 
 
 def _new_hold(cmd: commands.PlaceHold) -> model.Hold:

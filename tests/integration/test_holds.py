@@ -522,8 +522,12 @@ async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_gi
 async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, monkeypatch):
     from ledger_svc.adapters.repository import LedgerRepository
 
-    async def deadlocked(self, holds):
-        raise asyncpg.DeadlockDetectedError("deadlock detected")
+    whole = LedgerRepository.place_holds
+
+    async def deadlocked(self, holds, client_keys, lock_wait):  # a batch deadlocks; a hold alone does not
+        if len(holds) > 1:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return await whole(self, holds, client_keys, lock_wait)
 
     monkeypatch.setattr(LedgerRepository, "place_holds", deadlocked)
     acct = account()
@@ -532,6 +536,43 @@ async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, m
         [commands.PlaceHold(f"{acct}-{i}", acct, f"o-{i}", "USD", D(4)) for i in range(3)], uow)
     assert [type(a) for a in answers] == [model.Hold, model.Hold, model.InsufficientFunds]
     assert await balance(uow, acct, "USD") == (D(10), D(8), D(2))
+
+
+async def test_an_account_held_by_another_transaction_holds_back_only_its_own_holds(uow, checked_pool):
+    """Round 18: a batch of holds waited for as long as one account's lock was held by another
+    transaction (a stuck one, a row locked by hand), and every placement with it. Now the batch
+    waits at most its lock wait; the busy account's holds are answered UNAVAILABLE ACCOUNT_BUSY,
+    nothing held, the others placed; then, for a while, the busy account's holds are answered
+    so without being tried. Without the limit this call waits for the lock until wait_for ends it."""
+    from meshkit.errors import Unavailable
+
+    busy_acct, other = account(), account()
+    await fund(uow, busy_acct, cash="100", AAPL=10)
+    await fund(uow, other, cash="100")
+    now = [0.0]
+    busy = handlers.BusyAccounts(seconds=5, clock=lambda: now[0])
+    cmds = [commands.PlaceHold(hid(), a, f"o-{i}", asset, D(amount)) for i, (a, asset, amount) in enumerate(
+        [(other, "USD", "10"), (busy_acct, "USD", "10"), (other, "USD", "20"), (busy_acct, "AAPL", "1")])]
+    async with checked_pool.acquire() as locker:
+        async with locker.transaction():  # the busy account's lock (migration 0007), held meanwhile
+            await locker.execute("SELECT 1 FROM audit.heads WHERE stream = $1 FOR UPDATE", f"ledger:{busy_acct}")
+            answers = await asyncio.wait_for(handlers.place_holds(cmds, uow, busy, lock_wait=0.2), 60)
+            assert [type(a) for a in answers] == [model.Hold, Unavailable, model.Hold, Unavailable]
+            assert {(a.reason, a.metadata["accountId"], a.retry_after_seconds) for a in answers[1::2]} == {
+                ("ACCOUNT_BUSY", busy_acct, 1.0)}
+            assert busy_acct in busy and other not in busy
+            again = await asyncio.wait_for(handlers.place_holds(cmds[1:2], uow, busy, lock_wait=0.2), 60)
+            assert [a.reason for a in again] == ["ACCOUNT_BUSY"]
+    # The lock is free, but the account is still taken for busy: answered so, not tried.
+    assert [a.reason for a in await handlers.place_holds(cmds[1:2], uow, busy)] == ["ACCOUNT_BUSY"]
+    assert await balance(uow, busy_acct, "USD") == (D(100), D(0), D(100))
+    assert await balance(uow, busy_acct, "AAPL") == (D(10), D(0), D(10))
+    assert await balance(uow, other, "USD") == (D(100), D(30), D(70))
+    now[0] = 6.0  # its while is over: tried, and placed
+    answers = await handlers.place_holds(cmds, uow, busy)
+    assert [a.hold_id for a in answers] == [c.hold_id for c in cmds]  # the first and third again, by id
+    assert await balance(uow, busy_acct, "USD") == (D(100), D(10), D(90))
+    assert await balance(uow, other, "USD") == (D(100), D(30), D(70))
 
 
 async def test_concurrent_placements_share_place_holds_calls_and_never_overspend(channel, uow, checked_pool):

@@ -148,3 +148,47 @@ async def test_new_orders_and_fills_racing_on_few_accounts_never_deadlock(order_
     assert errors == []
     fell_back = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
     assert fell_back == [], fell_back[0].exc_text if fell_back else ""
+
+
+async def test_a_placement_on_an_account_held_by_another_transaction_is_unavailable_and_the_others_go_on(
+        order_deps, checked_pool):
+    """Round 18's chaos tester: a transaction holding one account's lock (a session stopped
+    mid-statement, a row locked by hand) held back every account's placements, for as long as
+    it held it, since their holds go to the ledger together. Now the held account's placement
+    is UNAVAILABLE ACCOUNT_BUSY with RetryInfo after the ledger's lock wait (nothing recorded,
+    nothing held), the others' are placed, and a retry with the same ids places it once the
+    account is free. Without the lock wait, wait_for ends the placements."""
+    from meshkit.errors import Unavailable
+    from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
+    from order_svc.service_layer import handlers
+
+    uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
+    tag = uuid.uuid4().hex[:6]
+    busy, free = f"busy-{tag}", [f"free-{tag}-{i}" for i in range(3)]
+    for a in (busy, *free):
+        await ledger.deposit(commands.Deposit(a, Decimal("1000.00"), "fund"), uow)
+
+    def buy(account: str) -> OrderRequest:
+        return OrderRequest(account_id=account, client_order_id=f"{tag}-1", symbol="AAPL", side=Side.BUY,
+                            type=OrderType.LIMIT, quantity=2, limit_price=Decimal("187.00"), stop_price=None,
+                            time_in_force=TimeInForce.GTC)
+
+    async with checked_pool.acquire() as locker:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM audit.heads WHERE stream = $1 FOR UPDATE", f"ledger:{busy}")
+            results = await asyncio.wait_for(asyncio.gather(
+                *(handlers.place_order(buy(a), order_deps) for a in (busy, *free)), return_exceptions=True), 60)
+    refused, *placed = results
+    assert isinstance(refused, Unavailable), refused
+    assert (refused.reason, refused.retry_after_seconds) == ("ACCOUNT_BUSY", 1.0)
+    assert [o.status for o in placed] == [Status.NEW] * 3
+    assert (await ledger.book_balance(busy, "USD", uow)).held == 0
+    for _ in range(100):  # the client's retries, as RetryInfo says, with the same client_order_id
+        try:
+            order = await handlers.place_order(buy(busy), order_deps)
+            break
+        except Unavailable as exc:
+            assert exc.reason == "ACCOUNT_BUSY"
+            await asyncio.sleep(0.2)
+    assert order.status is Status.NEW
+    assert (await ledger.book_balance(busy, "USD", uow)).held == Decimal("374.00")
