@@ -25,11 +25,26 @@ RPC_SECONDS = Histogram("stockmesh_rpc_seconds", "RPC handling time", ["method"]
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
+# The longest x-request-id a client's call is logged under (a UUID is 36 characters); a longer
+# one, or one with characters that are not printable ASCII, is replaced by one of our own
+# (round 18: a client's id of any length, up to Envoy's 60 KiB of headers, went into every log
+# line of the call).
+MAX_REQUEST_ID = 128
+
+
+def request_id(sent: str | None) -> str:
+    """The id a call is logged under: the client's (or Envoy's) x-request-id when it is a sane
+    one, else a new one."""
+    if sent and len(sent) <= MAX_REQUEST_ID and sent.isascii() and sent.isprintable():
+        return sent
+    return uuid.uuid4().hex
+
+
 def bind_call(metadata) -> None:
     """The call's request id and caller (Envoy's verified JWT payload) for logs and handlers;
     `metadata`: (key, value) pairs, gRPC metadata or HTTP headers."""
     md = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
-    logs.request_id.set(md.get("x-request-id") or uuid.uuid4().hex)
+    logs.request_id.set(request_id(md.get("x-request-id")))
     payload = md.get(auth.PAYLOAD_HEADER) or ""
     account, refused = auth.account_from_payload(payload)
     account = account or ""

@@ -22,3 +22,18 @@ async def test_metadata_up_to_envoys_limit_is_taken_every_time():
                     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING, size  # answered: not started
     finally:
         await server.stop(None)
+
+
+def test_a_request_id_is_the_clients_only_when_it_is_short_printable_ascii():
+    """Round 18: a client's x-request-id of any length (up to Envoy's 60 KiB of headers) went
+    into every log line of its call; one with control characters too (escaped)."""
+    from meshkit import logs
+    from meshkit.interceptors import MAX_REQUEST_ID, bind_call
+
+    for kept in ("page-42", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "x" * MAX_REQUEST_ID):
+        bind_call([("x-request-id", kept)])
+        assert logs.request_id.get() == kept
+    for replaced in ("x" * (MAX_REQUEST_ID + 1), "a" * 50_000, "line\nbreak", "tab\there", "caf\u00e9", ""):
+        bind_call([("x-request-id", replaced)])
+        mine = logs.request_id.get()
+        assert mine != replaced and len(mine) == 32 and int(mine, 16) >= 0  # one of our own
