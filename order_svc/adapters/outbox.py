@@ -205,7 +205,7 @@ class OutboxRelay:
         deleted, cursor = 0, after_id
         repo = OutboxRepository(conn)
         while True:
-            n, more, resume = await repo.prune(cursor, retention, self.prune_batch)
+            n, more, resume = await repo.prune(cursor, retention, self.prune_batch, self.prefix)
             deleted += n
             PRUNED.inc(n)
             if more is None:

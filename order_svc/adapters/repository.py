@@ -419,7 +419,8 @@ CLOSE_KEPT = calendar.CLOSES_KEPT
 _PRUNE = f"""
     WITH batch AS (
         SELECT id, msg_id, published_at IS NOT NULL AND published_at < now() - $2::interval AS old,
-               published_at < now() - interval '{CLOSE_KEPT.days} days' AS past_closes
+               published_at < now() - interval '{CLOSE_KEPT.days} days' AS past_closes,
+               starts_with(subject, $4) AS ours
           FROM orders.outbox WHERE id > $1 ORDER BY id LIMIT $3
     ), doomed AS (
         SELECT b.id FROM batch b
@@ -432,7 +433,7 @@ _PRUNE = f"""
         DELETE FROM orders.outbox x USING doomed d WHERE x.id = d.id RETURNING x.id
     )
     SELECT coalesce((SELECT max(id) FROM batch), $1) AS last, (SELECT count(*) FROM gone) AS deleted,
-           (SELECT min(id) FROM batch WHERE NOT old) AS young, (SELECT count(*) FROM batch) < $3 AS at_end
+           (SELECT min(id) FROM batch WHERE NOT old AND ours) AS young, (SELECT count(*) FROM batch) < $3 AS at_end
 """
 
 
@@ -454,15 +455,19 @@ class OutboxRepository:
             "RETURNING extract(epoch FROM now() - created_at)::float8", ids)
         return [r[0] for r in rows]
 
-    async def prune(self, after_id: int, retention: timedelta, limit: int) -> tuple[int, int | None, int]:
+    async def prune(self, after_id: int, retention: timedelta, limit: int,
+                    prefix: str = "") -> tuple[int, int | None, int]:
         """Delete, among the `limit` rows following id `after_id`, those published longer than
         `retention` ago that nothing will ask about again: a session close, or a command of an
         order that has ended (a live order's rows stay: their msg_id uniqueness is what tells
         a repeated cancel and a pending replace apart from new ones; a row whose msg_id names
         no order we know stays too). Returns (rows deleted; the id to go on after, None when
         there is no need to go on; the id a later scan may start after: the last row looked
-        at, or the one before the first row too recent or not yet published)."""
-        row = await self.conn.fetchrow(_PRUNE, after_id, retention, limit)
+        at, or the one before the first row too recent or not yet published among those whose
+        subject starts with `prefix`: the relay's own. Another namespace's row that this relay
+        never publishes stopped every scan for good, each then deleting at most one batch past
+        it, round 19)."""
+        row = await self.conn.fetchrow(_PRUNE, after_id, retention, limit, prefix)
         if row["young"] is not None:
             return row["deleted"], None, row["young"] - 1
         return row["deleted"], None if row["at_end"] else row["last"], row["last"]
