@@ -153,15 +153,18 @@ async def advisory_lock(pool: asyncpg.Pool, name: str, *, shared: bool = False,
 
 
 async def elected(database_url: str, role: str, work: Callable[[], Awaitable[None]], *,
-                  poll: float = 1.0) -> None:
+                  poll: float = 1.0, timeout: float = 10.0) -> None:
     """Run `work` only while this process holds the advisory lock of `role`, so that of all the
     replicas of a service exactly one does it (e.g. applies the execution journal in order) and
     another takes over within `poll` seconds when it dies: the lock is held by a connection of
     its own, and dies with it. While working, the connection is checked every `poll` seconds;
     if it is lost, `work` is cancelled and ConnectionError raised (the caller's supervisor
-    restarts the election), so a replica that can no longer prove it holds the lock stops."""
+    restarts the election), so a replica that can no longer prove it holds the lock stops.
+    A standby's try for the lock that gets no answer in `timeout` seconds raises TimeoutError
+    too (round 19 review: on a half-open connection the standby waited for TCP to give up,
+    ~15 minutes, and took over that late when the working replica died)."""
     key = lock_key(role)
-    conn = await connect(database_url, role)
+    conn = await connect(database_url, role, command_timeout=timeout)
     try:
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             ELECTION.labels(role).set(0)
