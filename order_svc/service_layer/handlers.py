@@ -334,7 +334,7 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
     how many. An order id is claimed before its hold goes, so a late insert of it can no longer
     record an order whose hold is gone (round 17: the two ages; one of 120 s kept a rejected
     retry's hold two minutes, one of 30 s undid placements a client was still retrying)."""
-    released = 0
+    released, last_page = 0, None
     while True:
         holds = await deps.holds.unchecked(older_than, page)
         old = ({h for h, _ in await deps.holds.unchecked(orphan_age, page)} if holds and orphan_age > older_than
@@ -367,8 +367,12 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
         done = [h for h, _ in holds if h not in waiting]
         if done:
             await deps.holds.mark_checked(done)
-        if len(holds) < page or not done:
+        # A page found again whole: none of it could be marked (the ledger skips holds locked by
+        # a fill or a stuck transaction): the next round tries again, rather than this one spin
+        # on it (round 19 review).
+        if len(holds) < page or not done or holds == last_page:
             return released
+        last_page = holds
 
 
 async def cancel_abandoned_transfers(rejected: list[uuid.UUID], deps: Deps) -> int:

@@ -98,3 +98,54 @@ def test_an_order_id_is_taken_as_placeorder_writes_it_and_not_in_uuids_other_spe
     for other in (f"{{{oid}}}", f"urn:uuid:{oid}", oid.hex, f" {oid}", f"{oid}\n", ""):
         v = Violations()
         assert mapping.order_id(other, v) is None and [i.field for i in v.items] == ["order_id"], other
+
+
+async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
+    """Round 19 review: the ledger marks holds checked skipping those locked (by a fill, or a
+    stuck transaction); a full page of such holds came back whole at once, and the reaper asked
+    again and again without pause for as long as they stayed locked. A page found again whole
+    ends the round (the next one, an interval later, tries again). Without that, wait_for ends
+    the reaper."""
+    import asyncio
+    import uuid
+
+    from order_svc.service_layer import handlers
+
+    page = [(f"h{i}", str(uuid.uuid4())) for i in range(2)]
+
+    class Holds:  # every hold of the page locked: none is marked
+        asked = 0
+
+        async def unchecked(self, older_than, limit):
+            self.asked += 1
+            await asyncio.sleep(0)
+            return list(page)
+
+        async def mark_checked(self, hold_ids):
+            pass
+
+    class Orders:
+        async def recorded(self, order_ids):
+            return set(order_ids)  # every order recorded, live: nothing to give back
+
+        async def claim_orphans(self, order_ids):
+            return [], []
+
+    class Uow:
+        orders = Orders()
+
+        def reads(self):
+            return self
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            pass
+
+        async def commit(self):
+            pass
+
+    deps = type("Deps", (), {"holds": Holds(), "uow": Uow})()
+    assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=2), 10) == 0
+    assert deps.holds.asked == 2  # the page, then the same page again: the round ends
