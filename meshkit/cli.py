@@ -196,7 +196,7 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
     """Start the whole mesh: infrastructure, four services, Envoy, the market simulator;
     Ctrl-C stops it."""
     from meshkit.launcher import envoy
-    from meshkit.launcher.mesh import UpOptions, up as run_up
+    from meshkit.launcher.mesh import SERVICES, UpOptions, up as run_up
 
     if replay is not None:  # checked before anything starts
         from quote_svc.domain.history import MalformedRow
@@ -221,6 +221,9 @@ def up(data_dir: Path | None, port: int, admin_port: int, database_url: str | No
         service, _, count = entry.partition("=")
         if not count.strip().isdigit() or int(count) < 1:
             raise click.BadParameter(f"{entry!r}: expected SERVICE=N with N at least 1", param_hint="--replicas")
+        if service.strip() not in SERVICES:  # a usage error, as a bad N is (round 19: the launcher's exit 1)
+            raise click.BadParameter(f"{entry!r}: no service {service.strip()!r} to run replicas of (one of "
+                                     f"{', '.join(SERVICES)})", param_hint="--replicas")
         counts[service.strip()] = int(count)
     opts = UpOptions(
         data_dir=(data_dir or default_data_dir()).resolve(), port=port, admin_port=admin_port,

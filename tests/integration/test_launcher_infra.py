@@ -1312,7 +1312,8 @@ def test_up_fails_clearly_when_nats_url_does_not_answer(tmp_path: Path) -> None:
 def test_a_taken_port_or_an_unknown_service_is_refused_before_anything_is_started(tmp_path: Path,
                                                                                   pg_server_url: str) -> None:
     """Round 18: a taken --port was refused at step 5 (the database created and migrated, NATS
-    and every service started first), and --replicas foo=2 at step 4."""
+    and every service started first), and --replicas foo=2 at step 4. Round 19: the unknown
+    service is a usage error (exit 2, on stderr), as a bad N is."""
     import socket
     import uuid
 
@@ -1324,9 +1325,9 @@ def test_a_taken_port_or_an_unknown_service_is_refused_before_anything_is_starte
     held.bind(("127.0.0.1", 0))
     held.listen()
     try:
-        for option, value, words in (("--port", str(held.getsockname()[1]), "is already in use"),
-                                     ("--admin-port", str(held.getsockname()[1]), "is already in use"),
-                                     ("--replicas", "foo=2", "no service 'foo'")):
+        for option, value, words, code in (("--port", str(held.getsockname()[1]), "is already in use", 1),
+                                           ("--admin-port", str(held.getsockname()[1]), "is already in use", 1),
+                                           ("--replicas", "foo=2", "no service 'foo'", 2)):
             name = f"stockmesh_never_{uuid.uuid4().hex[:10]}"
             folder = tmp_path / name
             result = subprocess.run(
@@ -1338,7 +1339,7 @@ def test_a_taken_port_or_an_unknown_service_is_refused_before_anything_is_starte
                 made = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
                 if made:  # (a regression: not left behind)
                     conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            assert result.returncode == 1 and words in result.stdout, result
+            assert result.returncode == code and words in (result.stderr if code == 2 else result.stdout), result
             assert made == 0 and "2/7" not in result.stdout and not (folder / "nats").exists(), result.stdout
     finally:
         held.close()
