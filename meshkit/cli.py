@@ -5,13 +5,44 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
-import click
 
-from meshkit.cli_client import account_id, register as register_client_commands
-from meshkit.auth import MAX_TOKEN_SECONDS
-from meshkit.config import default_data_dir
+def interrupted(*_handler_args) -> None:
+    """End a command on Ctrl-C, whenever it comes, as a shell's own commands do: one line on
+    stderr and exit status 130 (128 + SIGINT), no traceback (round 19: 0 from a watch, 1 and
+    "Aborted!" from the others, a traceback while this module was still being imported).
+    `stockmesh up` stops its mesh in its own way (meshkit.launcher.mesh) once its handler is in
+    place. A second Ctrl-C while ending ends the process at once."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # not the main thread (handlers are set in the main thread only)
+        pass
+    try:  # in a terminal, on a line below its "^C"
+        sys.stderr.write("\ninterrupted\n" if sys.stderr.isatty() else "interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr gone: the status still says it
+        pass
+    sys.exit(128 + signal.SIGINT)
+
+
+# Importing this module and making its commands takes a second or more on a busy machine: a
+# Ctrl-C meanwhile is the handler's, as one later is _Main.invoke's. Python's own handler is
+# back at the end, for the commands (asyncio.run's handling of Ctrl-C wants it). A Ctrl-C
+# ignored (a background job's) stays ignored.
+_ctrl_c_while_imported = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+try:
+    if _ctrl_c_while_imported:
+        signal.signal(signal.SIGINT, interrupted)
+except ValueError:  # imported in a thread: handlers are the main thread's
+    _ctrl_c_while_imported = False
+
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from meshkit.cli_client import account_id, register as register_client_commands  # noqa: E402
+from meshkit.auth import MAX_TOKEN_SECONDS  # noqa: E402
+from meshkit.config import default_data_dir  # noqa: E402
 
 
 def unreachable(exc: BaseException) -> str | None:
@@ -77,6 +108,8 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # every command's, once (click's own says "Aborted!", exit 1)
+            interrupted()
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is an unreachable server
             if isinstance(exc, BrokenPipeError) and _stdout_gone():
                 # The reader of our output stopped reading (| head): end quietly as a Unix tool
@@ -837,6 +870,8 @@ def engine_status(address: str | None, data_dir: Path | None) -> None:
 
 
 register_client_commands(main)  # deposit, withdraw, place, replace, cancel, orders, portfolio, watch, chart
+if _ctrl_c_while_imported:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
     main()

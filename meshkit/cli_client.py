@@ -56,7 +56,7 @@ class Client:
     RECONNECT_PATIENCE = 120.0
 
     def stream(self, stub_class, method: str, request, resume=None) -> Iterable:
-        """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C ends it quietly).
+        """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C: meshkit.cli.interrupted).
         With `resume` ((the ending stream's ErrorInfo or None, its response headers) -> the request
         to open it again with), a
         stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
@@ -77,8 +77,6 @@ class Client:
                 for message in call:
                     failing_since, streamed = None, True
                     yield message
-                return
-            except KeyboardInterrupt:  # Ctrl-C: the watch ends, quietly
                 return
             except grpc.RpcError as exc:
                 if exc.code() is grpc.StatusCode.CANCELLED:
