@@ -15,6 +15,14 @@ from ledger_svc.domain.settlement import Execution, Position
 # rounded down to the cent). Fills applied before the rounding always moved some.
 _MOVES_CASH = "trunc(price * quantity, 2) > 0"
 
+# The proceeds due through day $1 (SettlementRepository.due and count_due).
+_DUE = """
+      FROM ledger.unsettled u
+     WHERE u.settled_at IS NULL AND u.trade_date <= $1
+       AND EXISTS (SELECT 1 FROM ledger.hold_captures c
+                    WHERE c.capture_id = u.fill_id || ':cash' AND c.amount = u.amount)
+"""
+
 
 class SettlementRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -83,13 +91,12 @@ class SettlementRepository:
         clearing (its `<fill>:cash` capture); the others stay unpaid, and reconciliation names
         them (proceeds_off_their_fill)."""
         return await self.conn.fetch(
-            """
-            SELECT u.fill_id, u.account_id, u.amount FROM ledger.unsettled u
-             WHERE u.settled_at IS NULL AND u.trade_date <= $1
-               AND EXISTS (SELECT 1 FROM ledger.hold_captures c
-                            WHERE c.capture_id = u.fill_id || ':cash' AND c.amount = u.amount)
-             ORDER BY u.trade_date, u.fill_id LIMIT $2 FOR UPDATE OF u SKIP LOCKED
-            """, through, limit)
+            f"SELECT u.fill_id, u.account_id, u.amount {_DUE} ORDER BY u.trade_date, u.fill_id LIMIT $2"
+            " FOR UPDATE OF u SKIP LOCKED", through, limit)
+
+    async def count_due(self, through: date) -> int:
+        """How many proceeds `due` has to give, in all (a settlement's progress: N of this)."""
+        return await self.conn.fetchval(f"SELECT count(*) {_DUE}", through)
 
     async def proceeds_off_their_fill(self) -> list[asyncpg.Record]:
         """Proceeds not settled yet whose amount is not what the fill's buyer paid into

@@ -118,8 +118,13 @@ async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, tim
 async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
                  progress: Callable[[str], None] | None = None) -> SettlementReport:
     """Settle every fill traded on or before `day` that is still unsettled: its proceeds move
-    from clearing to the seller's cash. Running it again settles nothing new."""
+    from clearing to the seller's cash. Running it again settles nothing new. `progress` hears
+    how many of how many after each batch (round 19: the count of a batch alone)."""
     report = SettlementReport(trading_day=day)
+    total = 0
+    if progress:
+        async with uow_factory() as uow:
+            total = await uow.settlement.count_due(day)
     while True:
         async with uow_factory() as uow:
             rows = await uow.settlement.due(day, batch)
@@ -132,7 +137,10 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
             await uow.commit()
         report.fills_settled += len(rows)
         if progress and rows:
-            progress(f"settled {len(rows)} fills")
+            if report.fills_settled > total:  # a day still trading: fills applied since (--before-close)
+                async with uow_factory() as uow:
+                    total = report.fills_settled + await uow.settlement.count_due(day)
+            progress(f"settled {report.fills_settled} of {total} fills")
         if len(rows) < batch:
             break
     async with uow_factory() as uow:

@@ -123,6 +123,7 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     assert (await ledger.cash_balance(seller, uow)).unsettled == Decimal("1870.00")  # nothing settled
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert "fills settled now       2" in first.stdout, first.stdout + first.stderr
+    assert "  settled 2 of 2 fills\n" in first.stderr, first.stderr  # its progress (round 19: no total)
     s = await ledger.cash_balance(seller, uow)
     assert (s.total, s.settled, s.unsettled, s.available) == (Decimal("1870.00"), Decimal("1870.00"), 0, Decimal("1870.00"))
     assert re.search(r"proceeds settled now +\d+\.\d\d\n", first.stdout), first.stdout  # money in cents

@@ -1,0 +1,92 @@
+"""`stockmesh settle`'s progress says how many fills of how many it has settled (round 19: each
+batch's count alone, "settled 500 fills" again and again, with no total). A ledger of fakes:
+its unsettled proceeds, settled in batches."""
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+from ledger_svc.service_layer import settlement
+
+DAY = date(2026, 11, 24)
+
+
+class Ledger:
+    """Unsettled proceeds (fill id, account, amount); `late` more come due after the first batch,
+    as the fills of a day still trading do (--before-close)."""
+
+    def __init__(self, due: int, late: int = 0) -> None:
+        self.due = [{"fill_id": f"AAPL:1:{i}", "account_id": "s", "amount": Decimal("1.00")} for i in range(due)]
+        self.late, self.batches = late, 0
+        ledger = self
+
+        class Settlement:
+            @staticmethod
+            async def count_due(through: date) -> int:
+                return len(ledger.due)
+
+            @staticmethod
+            async def due(through: date, limit: int) -> list:
+                ledger.batches += 1
+                if ledger.batches == 2:
+                    ledger.due += [{"fill_id": f"AAPL:2:{i}", "account_id": "s", "amount": Decimal("1.00")}
+                                   for i in range(ledger.late)]
+                return ledger.due[:limit]
+
+            @staticmethod
+            async def mark_settled(fill_id: str, entry_id) -> None:
+                ledger.due = [r for r in ledger.due if r["fill_id"] != fill_id]
+
+            @staticmethod
+            async def count_settled(through: date) -> int:
+                return 0
+
+        class Books:
+            @staticmethod
+            async def lock_accounts(accounts) -> None:
+                list(accounts)
+
+        self.settlement, self.ledger = Settlement, Books
+
+    def __call__(self) -> Ledger:  # a unit of work on it
+        return self
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc) -> bool:
+        return False
+
+    async def commit(self) -> None:
+        pass
+
+
+async def _posted(entry, uow) -> None:
+    pass
+
+
+async def test_settle_says_how_many_of_how_many(monkeypatch):
+    monkeypatch.setattr(settlement, "_apply", _posted)
+    said: list[str] = []
+    report = await settlement.settle(DAY, Ledger(due=5), batch=2, progress=said.append)
+    assert said == ["settled 2 of 5 fills", "settled 4 of 5 fills", "settled 5 of 5 fills"]
+    assert report.fills_settled == 5 and report.amount_settled == Decimal("5.00")
+
+
+async def test_fills_come_due_while_settling_raise_the_total(monkeypatch):
+    monkeypatch.setattr(settlement, "_apply", _posted)
+    said: list[str] = []
+    await settlement.settle(DAY, Ledger(due=3, late=3), batch=2, progress=said.append)
+    assert said == ["settled 2 of 3 fills", "settled 4 of 6 fills", "settled 6 of 6 fills"]  # counted again
+
+
+async def test_without_progress_nothing_is_counted(monkeypatch):
+    """The service's own batch (settlement_loop) hears no progress: no count to pay for."""
+    monkeypatch.setattr(settlement, "_apply", _posted)
+    ledger = Ledger(due=3)
+
+    async def refused(through: date) -> int:
+        raise AssertionError("counted")
+    ledger.settlement.count_due = staticmethod(refused)
+    report = await settlement.settle(DAY, ledger, batch=2)
+    assert report.fills_settled == 3
