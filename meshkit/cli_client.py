@@ -294,6 +294,13 @@ def _check_prices(**prices: str | None) -> None:
             _decimal(value, f"--{option}")
 
 
+def _same_price(given: str | None, current: str) -> bool:
+    """Whether a price option leaves the order's price as it is: not given, or the same number
+    ("186.5" is "186.50"; compared as Decimals, never floats). A price the order has none of
+    (a --stop for a limit order) is a change."""
+    return given is None or (current != "" and Decimal(given) == Decimal(current))
+
+
 def _show_order(order) -> None:
     """Print a new order; REJECTED by the business checks exits 3: recorded, and refused
     (distinct from a failed call, 1, and bad usage, 2)."""
@@ -404,7 +411,8 @@ def register(main: click.Group) -> None:
         """Replace a working order's quantity or prices: stockmesh replace ORDER_ID --limit 186.50
 
         The reply is the new order; the old one ends CANCELLED (replaced by it) when the engine
-        confirms, its hold moved to the new order."""
+        confirms, its hold moved to the new order. Values that change nothing (the order's own:
+        --limit 186.5 of an order at 186.50) are a usage error, and nothing is sent."""
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         if quantity is None and limit_price is None and stop_price is None:
@@ -413,6 +421,15 @@ def register(main: click.Group) -> None:
         client = _client(**where)
         old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",  # what it changes
                           pb.GetOrderRequest(order_id=order_id), doing="ReplaceOrder").order
+        # Every value given already the order's: a new order id, its hold moved and a trip
+        # through the engine, for nothing (round 19). Refused before ReplaceOrder is sent.
+        if (quantity in (None, old.quantity) and _same_price(limit_price, old.limit_price)
+                and _same_price(stop_price, old.stop_price)):
+            said = [f"quantity {old.quantity}"] * (quantity is not None) + [
+                f"{name} price {price}" for name, given, price in (("limit", limit_price, old.limit_price),
+                                                                  ("stop", stop_price, old.stop_price))
+                if given is not None]
+            raise click.UsageError(f"nothing would change: order {order_id} has {' and '.join(said)} already")
         client_order_id = client_order_id or uuid.uuid4().hex
         reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ReplaceOrder", pb.ReplaceOrderRequest(
             order_id=order_id, client_order_id=client_order_id,

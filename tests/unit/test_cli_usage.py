@@ -2,12 +2,16 @@
 or sends anything (round 19)."""
 from __future__ import annotations
 
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
 from meshkit.cli import main
+from stockmesh.common.v1 import common_pb2
+from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
 
 @pytest.mark.parametrize("entry, words", [("foo=2", "no service 'foo' to run replicas of (one of order_svc, "),
@@ -26,3 +30,57 @@ def test_up_refuses_a_bad_replicas_value_as_a_usage_error(tmp_path: Path, monkey
     assert not started and not (tmp_path / "d").exists()
     done = CliRunner().invoke(main, ["up", "--data-dir", str(tmp_path / "d"), "--replicas", " ledger_svc = 2"])
     assert done.exit_code == 1 and started[0].replicas == {"ledger_svc": 2}, done.output  # a good one goes on
+
+
+class Working(order_service_pb2_grpc.OrderServiceServicer):
+    """A working LIMIT order of 10 at 186.50; the replaces asked for, answered with a new order."""
+
+    def __init__(self) -> None:
+        self.replaces: list = []
+
+    def GetOrder(self, request, context):
+        return order_service_pb2.GetOrderResponse(order=order_pb2.Order(
+            order_id=request.order_id, symbol="AAPL", quantity=10, limit_price="186.50",
+            type=common_pb2.ORDER_TYPE_LIMIT, status=common_pb2.ORDER_STATUS_NEW))
+
+    def ReplaceOrder(self, request, context):
+        self.replaces.append(request)
+        return order_service_pb2.ReplaceOrderResponse(order=order_pb2.Order(
+            order_id="new", symbol="AAPL", quantity=request.quantity, limit_price=request.limit_price,
+            type=common_pb2.ORDER_TYPE_LIMIT, status=common_pb2.ORDER_STATUS_NEW))
+
+
+def _replace(*args: str):
+    stand_in = Working()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        return CliRunner().invoke(main, ["replace", "o1", *args, "--address", f"127.0.0.1:{port}",
+                                         "--token", "t"]), stand_in.replaces
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("given, said", [(["--limit", "186.5"], "limit price 186.50"),
+                                         (["--limit", "186.500", "--quantity", "10"],
+                                          "quantity 10 and limit price 186.50"),
+                                         (["--quantity", "10"], "quantity 10")],
+                         ids=["same-price", "same-both", "same-quantity"])
+def test_replace_that_changes_nothing_is_a_usage_error_and_sends_nothing(given, said):
+    """It made a new order the same as the old (round 19); prices compare as numbers."""
+    done, replaces = _replace(*given)
+    assert done.exit_code == 2, done.output
+    assert f"nothing would change: order o1 has {said} already" in done.stderr, done.stderr
+    assert replaces == []
+
+
+@pytest.mark.parametrize("given, sent", [(["--limit", "186.51"], (10, "186.51", "")),
+                                         (["--limit", "186.5", "--quantity", "12"], (12, "186.5", "")),
+                                         (["--stop", "186.50"], (10, "186.50", "186.50"))],
+                         ids=["price", "quantity", "a-stop-it-has-none-of"])
+def test_replace_that_changes_something_is_sent(given, sent):
+    done, replaces = _replace(*given)
+    assert done.exit_code == 0, done.output
+    assert [(r.quantity, r.limit_price, r.stop_price) for r in replaces] == [sent]
