@@ -43,6 +43,7 @@ import click  # noqa: E402
 from meshkit.cli_client import account_id, register as register_client_commands  # noqa: E402
 from meshkit.auth import MAX_TOKEN_SECONDS  # noqa: E402
 from meshkit.config import default_data_dir  # noqa: E402
+from meshkit.validate import MAX_HALT_REASON  # noqa: E402
 
 
 def unreachable(exc: BaseException) -> str | None:
@@ -806,10 +807,19 @@ def _symbols(given: tuple[str, ...]) -> list[str]:
     return sorted(listed()) if [s.lower() for s in given] == ["all"] else list(given)
 
 
+def _halt_reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A reason the engine would refuse is a usage error before any symbol is tried (round 19:
+    each symbol was refused by the engine, exit 1)."""
+    if len(value.strip()) > MAX_HALT_REASON:
+        raise click.BadParameter(f"at most {MAX_HALT_REASON} characters (got {len(value.strip())})")
+    return value
+
+
 @engine.command("halt")
 @click.argument("symbols", nargs=-1, required=True)
-@click.option("--reason", default="", help="Why (at most 200 characters; shown by `engine status`; default: "
-                                          "halted by an operator).")
+@click.option("--reason", default="", callback=_halt_reason,
+              help=f"Why (at most {MAX_HALT_REASON} characters; shown by `engine status`; default: halted by an "
+                   "operator).")
 @_engine_address
 @_engine_data_dir
 def engine_halt(symbols: tuple[str, ...], reason: str, address: str | None, data_dir: Path | None) -> None:

@@ -440,7 +440,8 @@ def register(main: click.Group) -> None:
 
     @main.command()
     @click.option("--symbol", default=None, help="Only this symbol's orders.")
-    @click.option("--open", "open_only", is_flag=True, help="Only orders still working (NEW, PARTIALLY_FILLED).")
+    @click.option("--open", "open_only", is_flag=True,
+                  help="Only orders still live (PENDING_NEW, NEW, PARTIALLY_FILLED), as the portfolio lists them.")
     @click.option("--limit", type=click.IntRange(1, INT32_MAX), default=50, show_default=True, help="At most this many.")
     @client_options
     def orders(symbol: str | None, open_only: bool, limit: int, **where) -> None:
@@ -449,7 +450,9 @@ def register(main: click.Group) -> None:
         from stockmesh.order.v1 import order_service_pb2 as pb, order_service_pb2_grpc
 
         client = _client(**where)
-        statuses = [c.ORDER_STATUS_NEW, c.ORDER_STATUS_PARTIALLY_FILLED] if open_only else []
+        # A replacement waiting for the engine (PENDING_NEW) is live too: it holds its reserve and
+        # will be worked (round 19: --open left it out, the portfolio's open orders did not).
+        statuses = [c.ORDER_STATUS_PENDING_NEW, c.ORDER_STATUS_NEW, c.ORDER_STATUS_PARTIALLY_FILLED] if open_only else []
         shown, token = 0, ""
         while shown < limit:
             reply = client.call(order_service_pb2_grpc.OrderServiceStub, "ListOrders", pb.ListOrdersRequest(

@@ -4,6 +4,7 @@ from __future__ import annotations
 from meshkit.errors import Violations
 
 KEY_LENGTH = 64  # characters of an idempotency key or a client order id
+MAX_HALT_REASON = 200  # characters of an operator's reason for a halt (EngineControlService.HaltSymbol)
 
 
 def text_problem(text: str, maximum: int) -> str | None:

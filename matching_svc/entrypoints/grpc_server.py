@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from matching_svc.service_layer.engine import MD_DEPTH
 from matching_svc.service_layer.runner import Engine
 from meshkit import bus, symbols
+from meshkit.validate import MAX_HALT_REASON
 from meshkit.errors import FieldViolation, InvalidArgument
 from stockmesh.matching.v1 import (
     engine_control_service_pb2 as ec,
@@ -28,7 +29,6 @@ from stockmesh.matching.v1 import (
 
 DEFAULT_DEPTH = 10
 MAX_DEPTH = 100
-MAX_HALT_REASON = 200
 
 
 def parse_depth(depth: int) -> int:

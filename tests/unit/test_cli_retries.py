@@ -164,3 +164,42 @@ def test_keys_that_cannot_be_made_or_read_are_one_line_not_a_traceback(tmp_path)
         done = CliRunner().invoke(main, args)
         assert done.exit_code == 1, done.output
         assert "cannot sign a token with the keys in" in done.output and "Traceback" not in done.output, done.output
+
+
+def test_a_halt_reason_the_engine_would_refuse_is_a_usage_error_and_nothing_is_sent(tmp_path):
+    """Round 19 docs tester: a --reason over the engine's 200 characters was refused by the
+    engine for each symbol, exit 1, where the CLI could tell at once (a usage error, exit 2,
+    like the other limits it can check); nothing is halted. 200 is taken."""
+    from meshkit.validate import MAX_HALT_REASON
+
+    nowhere = "127.0.0.1:1"  # nothing is called: a call here would fail as unreachable, exit 1
+    done = CliRunner().invoke(main, ["engine", "halt", "AAPL", "--reason", "x" * (MAX_HALT_REASON + 1),
+                                     "--address", nowhere, "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert "at most 200 characters (got 201)" in done.output
+    taken = CliRunner().invoke(main, ["engine", "halt", "AAPL", "--reason", "x" * MAX_HALT_REASON,
+                                      "--address", nowhere, "--data-dir", str(tmp_path)])
+    assert taken.exit_code == 1 and "not halted: AAPL" in taken.output, taken.output  # sent, and unanswered
+
+
+def test_orders_open_lists_a_replacement_waiting_for_the_engine():
+    """Round 19 docs tester: `orders --open` asked for NEW and PARTIALLY_FILLED only, leaving
+    out a replacement still PENDING_NEW (live: it holds its reserve and will be worked; the
+    portfolio's open orders list it)."""
+    from stockmesh.common.v1 import common_pb2 as c
+    from stockmesh.order.v1 import order_service_pb2 as pb
+
+    asked: list[list[int]] = []
+
+    class Orders(order_service_pb2_grpc.OrderServiceServicer):
+        def ListOrders(self, request, context):
+            asked.append(list(request.statuses))
+            return pb.ListOrdersResponse()
+
+    server, address = _serve(order_service_pb2_grpc.add_OrderServiceServicer_to_server, Orders())
+    try:
+        done = CliRunner().invoke(main, ["orders", "--open", "--token", "t", "--address", address])
+    finally:
+        server.stop(None)
+    assert done.exit_code == 0, done.output
+    assert asked == [[c.ORDER_STATUS_PENDING_NEW, c.ORDER_STATUS_NEW, c.ORDER_STATUS_PARTIALLY_FILLED]]
