@@ -100,7 +100,12 @@ async def _replaced(uow, ex: Execution, at) -> None:
     if new is not None and new.status is Status.PENDING_NEW and old is not None:
         new.confirm_replacement(old)
         await uow.orders.save_execution_result(new, at)
-        await uow.orders.record_change(new)
+        sequence = await uow.orders.record_change(new)
+        if new.triggered_at is not None:
+            # A triggered STOP_LIMIT's replacement shows the trigger from this update on, in a
+            # replay as it did live (round 19: without its own trigger sequence, the replay
+            # judged by times and showed it on the PENDING_NEW update before, which live had not).
+            await uow.orders.mark_triggered_in(new.order_id, sequence)
     if old is not None and not old.status.is_terminal:
         old.replaced(uuid.UUID(ex.new_order_id))
         old.cancel_requested = False

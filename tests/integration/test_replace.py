@@ -292,6 +292,15 @@ async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_
     if not (await handlers.get_order(bidder, bid.order_id, order_deps)).status.is_terminal:
         await handlers.cancel_order(bidder, bid.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
+    # A replay shows each replacement as it streamed live: untriggered while PENDING_NEW (its
+    # own first update), triggered from the update that confirmed it on (round 19: the replay
+    # showed the old order's trigger on the PENDING_NEW update too).
+    async with order_deps.uow() as uow:
+        replay = [(o.order_id, o.status, o.triggered_at is not None)
+                  for _, o, _ in await uow.orders.updates_after(a, 0, 50)]
+    for replacement in (first, new):
+        assert [(s, t) for oid, s, t in replay if oid == replacement.order_id][:2] == [
+            (Status.PENDING_NEW, False), (Status.NEW, True)], replay
 
 
 async def _cash_is(pool, account, *, held: Decimal):
