@@ -97,6 +97,17 @@ class LedgerRepository:
         if wanted:
             await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
+    async def held_accounts(self, accounts: Iterable[str]) -> set[str]:
+        """Which of these accounts another transaction holds the lock of right now (migration
+        0007's audit head), found without waiting for any (SKIP LOCKED); the free ones are locked
+        for this statement only. An account that has no head yet is free."""
+        rows = await self.conn.fetch(
+            """
+            WITH free AS (SELECT stream FROM audit.heads WHERE stream = ANY($1) FOR UPDATE SKIP LOCKED)
+            SELECT stream FROM audit.heads WHERE stream = ANY($1) AND stream NOT IN (SELECT stream FROM free)
+            """, [f"ledger:{a}" for a in sorted(set(accounts))])
+        return {r["stream"].removeprefix("ledger:") for r in rows}
+
     async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = ()) -> None:
         """lock_accounts for the hold's owner, looked up in the same statement, and `others`."""
         await self._lock_with_owner("SELECT account_id FROM ledger.holds WHERE hold_id = $1", hold_id, others)

@@ -212,38 +212,65 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     same, its holds are placed one at a time.
 
     No lock is waited for longer than `lock_wait` (migration 0019): a batch that would wait
-    longer for an account held by something else fails as a whole, and placed one at a time,
-    the held account's holds are answered UNAVAILABLE ACCOUNT_BUSY and the others placed. The
+    longer for an account held by something else fails as a whole; then the holds of the
+    accounts held at that moment are placed one at a time, the others together again, and a
+    hold that waits `lock_wait` alone is answered UNAVAILABLE ACCOUNT_BUSY (nothing held). The
     accounts so found go into `busy` for a while, whose holds are answered so without being
-    tried (round 18: one account's lock held back every placement)."""
+    tried (round 18: one account's lock held back every placement; round 19: after each such wait
+    the whole batch went one hold at a time, a statement per hold while every placement waited).
+    """
     busy = busy if busy is not None else BusyAccounts()
     answers: list[model.Hold | DomainError | None] = [account_busy(c.account_id) if c.account_id in busy else None
                                                       for c in cmds]
     todo = [i for i, a in enumerate(answers) if a is None]
     holds = {i: _new_hold(cmds[i]) for i in todo}
-    order = sorted(todo, key=lambda i: (holds[i].account_id, holds[i].asset))
-    placements: list[tuple[str, model.Hold | None, Decimal | None]] = []
+    alone: list[int] = []  # placed one at a time, in the order given (no wait for executions, see above)
     try:
-        if order:
-            async with uow_factory().single_statement() as uow:
-                placements = await uow.ledger.place_holds(
-                    [holds[i] for i in order], [cmds[i].client_key for i in order], lock_wait)
-    except Exception as exc:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
-        if isinstance(exc, asyncpg.LockNotAvailableError):
-            log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction; "
-                        "placing them one at a time", extra={"count": len(order)})
-        else:
-            log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
-                        extra={"count": len(order)})
-        for i in todo:  # in the order given: no wait for executions, see above
-            answers[i] = await _place_alone(cmds[i], holds[i], uow_factory, busy, lock_wait)
-    else:
-        for i, placement in zip(order, placements):
-            try:
-                answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
-            except DomainError as exc:
-                answers[i] = exc
+        placed = await _place_together(todo, cmds, holds, uow_factory, lock_wait)
+    except asyncpg.LockNotAvailableError:
+        # Which accounts are held right now (one statement, waiting for none): the others were
+        # only waiting behind them, and go together again; the held ones' holds go alone.
+        async with uow_factory().single_statement() as uow:
+            held = await uow.ledger.held_accounts(cmds[i].account_id for i in todo)
+        log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction "
+                    f"({', '.join(sorted(held)) or 'no account held now'}); the others placed together again",
+                    extra={"count": len(todo)})
+        alone = [i for i in todo if cmds[i].account_id in held] if held else todo
+        try:
+            placed = await _place_together([i for i in todo if i not in alone], cmds, holds, uow_factory, lock_wait)
+        except Exception:  # noqa: BLE001 - nothing of it was applied: one at a time instead
+            log.warning("a batch of holds failed as a whole again; placing them one at a time", exc_info=True,
+                        extra={"count": len(todo)})
+            placed, alone = {}, todo
+    except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
+        log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
+                    extra={"count": len(todo)})
+        placed, alone = {}, todo
+    for i, answer in placed.items():
+        answers[i] = answer
+    for i in alone:
+        answers[i] = await _place_alone(cmds[i], holds[i], uow_factory, busy, lock_wait)
     return [a for a in answers if a is not None]
+
+
+async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], holds: dict[int, model.Hold],
+                          uow_factory: UowFactory, lock_wait: float) -> dict[int, model.Hold | DomainError]:
+    """The holds `indices` of a batch in one statement, in (account, asset) order (see
+    place_holds), each answered as place_hold answers; raises with nothing applied when the
+    statement fails (asyncpg's LockNotAvailableError after `lock_wait` for a lock)."""
+    order = sorted(indices, key=lambda i: (holds[i].account_id, holds[i].asset))
+    if not order:
+        return {}
+    async with uow_factory().single_statement() as uow:
+        placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order],
+                                                  lock_wait)
+    answers: dict[int, model.Hold | DomainError] = {}
+    for i, placement in zip(order, placements):
+        try:
+            answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
+        except DomainError as exc:
+            answers[i] = exc
+    return answers
 
 
 async def _place_alone(cmd: commands.PlaceHold, hold: model.Hold, uow_factory: UowFactory, busy: BusyAccounts,

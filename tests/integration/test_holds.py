@@ -538,13 +538,25 @@ async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, m
     assert await balance(uow, acct, "USD") == (D(10), D(8), D(2))
 
 
-async def test_an_account_held_by_another_transaction_holds_back_only_its_own_holds(uow, checked_pool):
+async def test_an_account_held_by_another_transaction_holds_back_only_its_own_holds(uow, checked_pool,
+                                                                                     monkeypatch):
     """Round 18: a batch of holds waited for as long as one account's lock was held by another
     transaction (a stuck one, a row locked by hand), and every placement with it. Now the batch
     waits at most its lock wait; the busy account's holds are answered UNAVAILABLE ACCOUNT_BUSY,
     nothing held, the others placed; then, for a while, the busy account's holds are answered
-    so without being tried. Without the limit this call waits for the lock until wait_for ends it."""
+    so without being tried. Without the limit this call waits for the lock until wait_for ends it.
+    Round 19: the others go together again (they were waiting behind the held account), not one
+    statement each."""
+    from ledger_svc.adapters.repository import LedgerRepository
     from meshkit.errors import Unavailable
+
+    statements: list[int] = []  # the holds of each placing statement
+    together = LedgerRepository.place_holds
+
+    async def counted(self, holds, client_keys, lock_wait):
+        statements.append(len(holds))
+        return await together(self, holds, client_keys, lock_wait)
+    monkeypatch.setattr(LedgerRepository, "place_holds", counted)
 
     busy_acct, other = account(), account()
     await fund(uow, busy_acct, cash="100", AAPL=10)
@@ -561,6 +573,9 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
             assert {(a.reason, a.metadata["accountId"], a.retry_after_seconds) for a in answers[1::2]} == {
                 ("ACCOUNT_BUSY", busy_acct, 1.0)}
             assert busy_acct in busy and other not in busy
+            # The four (timed out), the other account's two together, the held account's first
+            # alone (timed out: busy), its second answered without a statement.
+            assert statements == [4, 2, 1]
             again = await asyncio.wait_for(handlers.place_holds(cmds[1:2], uow, busy, lock_wait=0.2), 60)
             assert [a.reason for a in again] == ["ACCOUNT_BUSY"]
     # The lock is free, but the account is still taken for busy: answered so, not tried.
@@ -573,6 +588,28 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
     assert [a.hold_id for a in answers] == [c.hold_id for c in cmds]  # the first and third again, by id
     assert await balance(uow, busy_acct, "USD") == (D(100), D(10), D(90))
     assert await balance(uow, other, "USD") == (D(100), D(30), D(70))
+
+
+async def test_a_balance_row_held_by_another_transaction_holds_back_only_its_accounts_holds(uow, checked_pool):
+    """The same when what is held is a book's balance row, not the account's lock (a row locked
+    by hand): no account is found held, so the batch's holds go one at a time, and only the
+    held book's hold waits, then is answered ACCOUNT_BUSY."""
+    from meshkit.errors import Unavailable
+
+    held_acct, other = account(), account()
+    await fund(uow, held_acct, cash="100")
+    await fund(uow, other, cash="100")
+    cmds = [commands.PlaceHold(hid(), a, f"o-{i}", "USD", D("10")) for i, a in enumerate([other, held_acct, other])]
+    async with checked_pool.acquire() as locker:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM ledger.balances WHERE book_id = (SELECT book_id FROM ledger.books "
+                                 "WHERE owner = $1 AND asset = 'USD') FOR UPDATE", held_acct)
+            answers = await asyncio.wait_for(handlers.place_holds(cmds, uow, handlers.BusyAccounts(),
+                                                                  lock_wait=0.2), 60)
+    assert [type(a) for a in answers] == [model.Hold, Unavailable, model.Hold]
+    assert answers[1].reason == "ACCOUNT_BUSY"
+    assert await balance(uow, held_acct, "USD") == (D(100), D(0), D(100))
+    assert await balance(uow, other, "USD") == (D(100), D(20), D(80))
 
 
 async def test_concurrent_placements_share_place_holds_calls_and_never_overspend(channel, uow, checked_pool):
