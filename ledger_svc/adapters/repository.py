@@ -98,15 +98,26 @@ class LedgerRepository:
             await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
     async def held_accounts(self, accounts: Iterable[str]) -> set[str]:
-        """Which of these accounts another transaction holds the lock of right now (migration
-        0007's audit head), found without waiting for any (SKIP LOCKED); the free ones are locked
-        for this statement only. An account that has no head yet is free."""
+        """Which of these accounts another transaction holds right now, by its lock (migration
+        0007's audit head) or a balance row of one of its books (what placing a hold takes),
+        found without waiting for any (SKIP LOCKED); the free rows are locked for this
+        statement only. An account without a head or books yet is free."""
+        wanted = sorted(set(accounts))
         rows = await self.conn.fetch(
             """
-            WITH free AS (SELECT stream FROM audit.heads WHERE stream = ANY($1) FOR UPDATE SKIP LOCKED)
-            SELECT stream FROM audit.heads WHERE stream = ANY($1) AND stream NOT IN (SELECT stream FROM free)
-            """, [f"ledger:{a}" for a in sorted(set(accounts))])
-        return {r["stream"].removeprefix("ledger:") for r in rows}
+            WITH free_heads AS (
+                SELECT stream FROM audit.heads WHERE stream = ANY($1) FOR UPDATE SKIP LOCKED
+            ), free_books AS (
+                SELECT b.book_id FROM ledger.balances b JOIN ledger.books k USING (book_id)
+                 WHERE k.owner = ANY($2) FOR UPDATE OF b SKIP LOCKED
+            )
+            SELECT substr(h.stream, 8) AS account_id FROM audit.heads h
+             WHERE h.stream = ANY($1) AND h.stream NOT IN (SELECT stream FROM free_heads)
+            UNION
+            SELECT k.owner FROM ledger.books k JOIN ledger.balances b USING (book_id)
+             WHERE k.owner = ANY($2) AND b.book_id NOT IN (SELECT book_id FROM free_books)
+            """, [f"ledger:{a}" for a in wanted], wanted)
+        return {r["account_id"] for r in rows}
 
     async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = ()) -> None:
         """lock_accounts for the hold's owner, looked up in the same statement, and `others`."""

@@ -22,11 +22,11 @@ ExecutionsApplied = Callable[[], Awaitable[bool]]
 log = logging.getLogger("ledger_svc.holds")
 T = TypeVar("T")
 # How long a batch of holds waits for one account's lock (held by another ledger transaction:
-# a fill, a deposit, the other batch in flight take milliseconds) before the batch is placed
-# one hold at a time and that account's holds answered ACCOUNT_BUSY; and for how long after
-# its holds are answered so without being tried (BusyAccounts).
+# a fill, a deposit, the other batch in flight take milliseconds) before that account's holds
+# are answered ACCOUNT_BUSY and the others placed; and for how long such an account is asked
+# after, before each batch it is in, whether it is still held (BusyAccounts).
 HOLD_LOCK_WAIT = 1.0
-HOLD_BUSY_SECONDS = 1.0
+HOLD_BUSY_SECONDS = 60.0
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
@@ -172,10 +172,12 @@ async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model
 
 
 class BusyAccounts:
-    """Accounts whose lock a batch of holds lately waited for in vain (held by a stuck
-    transaction, say): for `seconds` after, their holds are answered ACCOUNT_BUSY at once
-    instead of going into a batch, so that one account held by something else costs the other
-    accounts' placements one wait of HOLD_LOCK_WAIT now and then, not one per batch."""
+    """Accounts lately found held by another transaction (a stuck one, a row locked by hand)
+    while a batch of holds waited for them, remembered for `seconds`. A batch asks first whether
+    those of its accounts are still held (one statement that waits for nothing): the held ones'
+    holds are answered ACCOUNT_BUSY at once and the rest placed, so that a held account costs
+    the other accounts' placements one wait of HOLD_LOCK_WAIT when first met, not one per batch
+    or per retry (round 19's lock tester: every batch paid 3-5 s while one account was held)."""
 
     def __init__(self, seconds: float = HOLD_BUSY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds, self.clock = seconds, clock
@@ -183,8 +185,11 @@ class BusyAccounts:
 
     def add(self, account_id: str) -> None:
         now = self.clock()
-        self._until = {a: t for a, t in self._until.items() if t > now}  # a few at most: the busy ones
+        self._until = {a: t for a, t in self._until.items() if t > now}  # a few at most: the held ones
         self._until[account_id] = now + self.seconds
+
+    def discard(self, account_id: str) -> None:
+        self._until.pop(account_id, None)
 
     def __contains__(self, account_id: object) -> bool:
         until = self._until.get(account_id)  # type: ignore[call-overload]
@@ -211,36 +216,35 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     transaction and none waits for it in a cycle. Should the batch fail as a whole all the
     same, its holds are placed one at a time.
 
-    No lock is waited for longer than `lock_wait` (migration 0019): a batch that would wait
-    longer for an account held by something else fails as a whole; then the holds of the
-    accounts held at that moment are placed one at a time, the others together again, and a
-    hold that waits `lock_wait` alone is answered UNAVAILABLE ACCOUNT_BUSY (nothing held). The
-    accounts so found go into `busy` for a while, whose holds are answered so without being
-    tried (round 18: one account's lock held back every placement; round 19: after each such wait
-    the whole batch went one hold at a time, a statement per hold while every placement waited).
-    """
+    No lock is waited for longer than `lock_wait` (migration 0019). A batch that would wait
+    longer for an account held by another transaction fails as a whole; then the accounts held
+    at that moment are found (ledger.held_accounts, waiting for none), their holds answered
+    UNAVAILABLE ACCOUNT_BUSY (nothing held) and the others placed together again. Those
+    accounts go into `busy`, and later batches ask whether they are still held before placing
+    (round 18: one account's lock held back every placement for as long as it was held)."""
     busy = busy if busy is not None else BusyAccounts()
-    answers: list[model.Hold | DomainError | None] = [account_busy(c.account_id) if c.account_id in busy else None
-                                                      for c in cmds]
-    todo = [i for i, a in enumerate(answers) if a is None]
+    answers: list[model.Hold | DomainError | None] = [None] * len(cmds)
+    suspects = {c.account_id for c in cmds if c.account_id in busy}
+    held = await _held_now(suspects, uow_factory, busy) if suspects else set()
+    todo = _answer_held(cmds, range(len(cmds)), held, answers)
     holds = {i: _new_hold(cmds[i]) for i in todo}
     alone: list[int] = []  # placed one at a time, in the order given (no wait for executions, see above)
     try:
         placed = await _place_together(todo, cmds, holds, uow_factory, lock_wait)
     except asyncpg.LockNotAvailableError:
-        # Which accounts are held right now (one statement, waiting for none): the others were
-        # only waiting behind them, and go together again; the held ones' holds go alone.
-        async with uow_factory().single_statement() as uow:
-            held = await uow.ledger.held_accounts(cmds[i].account_id for i in todo)
+        held = await _held_now({cmds[i].account_id for i in todo}, uow_factory, busy)
         log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction "
-                    f"({', '.join(sorted(held)) or 'no account held now'}); the others placed together again",
-                    extra={"count": len(todo)})
-        alone = [i for i in todo if cmds[i].account_id in held] if held else todo
-        try:
-            placed = await _place_together([i for i in todo if i not in alone], cmds, holds, uow_factory, lock_wait)
-        except Exception:  # noqa: BLE001 - nothing of it was applied: one at a time instead
-            log.warning("a batch of holds failed as a whole again; placing them one at a time", exc_info=True,
-                        extra={"count": len(todo)})
+                    f"({', '.join(sorted(held)) or 'none held now'}); its holds are answered ACCOUNT_BUSY, the "
+                    "others placed together again", extra={"count": len(todo)})
+        if held:
+            todo = _answer_held(cmds, todo, held, answers)
+            try:
+                placed = await _place_together(todo, cmds, holds, uow_factory, lock_wait)
+            except Exception:  # noqa: BLE001 - nothing of it was applied: one at a time instead
+                log.warning("a batch of holds failed as a whole again; placing them one at a time", exc_info=True,
+                            extra={"count": len(todo)})
+                placed, alone = {}, todo
+        else:  # held no longer (or by a row the check does not look at): one at a time
             placed, alone = {}, todo
     except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
         log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
@@ -251,6 +255,30 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     for i in alone:
         answers[i] = await _place_alone(cmds[i], holds[i], uow_factory, busy, lock_wait)
     return [a for a in answers if a is not None]
+
+
+async def _held_now(accounts: set[str], uow_factory: UowFactory, busy: BusyAccounts) -> set[str]:
+    """Which of `accounts` another transaction holds now; `busy` learns the answer."""
+    async with uow_factory().single_statement() as uow:
+        held = await uow.ledger.held_accounts(accounts)
+    for account in accounts:
+        if account in held:
+            busy.add(account)
+        else:
+            busy.discard(account)
+    return held
+
+
+def _answer_held(cmds: list[commands.PlaceHold], indices: Iterable[int], held: set[str],
+                 answers: list[model.Hold | DomainError | None]) -> list[int]:
+    """Answer the holds of held accounts ACCOUNT_BUSY; the others' indices, to be placed."""
+    rest = []
+    for i in indices:
+        if cmds[i].account_id in held:
+            answers[i] = account_busy(cmds[i].account_id)
+        else:
+            rest.append(i)
+    return rest
 
 
 async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], holds: dict[int, model.Hold],
@@ -276,7 +304,7 @@ async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], ho
 async def _place_alone(cmd: commands.PlaceHold, hold: model.Hold, uow_factory: UowFactory, busy: BusyAccounts,
                        lock_wait: float) -> model.Hold | DomainError:
     """A hold of a batch that failed as a whole, in a statement of its own; ACCOUNT_BUSY when
-    its account is (or was found, waiting `lock_wait`) held by another transaction."""
+    its account was found held by another transaction (waiting `lock_wait` for it)."""
     if cmd.account_id in busy:
         return account_busy(cmd.account_id)
     try:
@@ -286,7 +314,7 @@ async def _place_alone(cmd: commands.PlaceHold, hold: model.Hold, uow_factory: U
     except asyncpg.LockNotAvailableError:
         busy.add(cmd.account_id)
         log.warning(f"account {cmd.account_id} is held by another transaction for over {lock_wait} s; its holds "
-                    f"are answered ACCOUNT_BUSY for {busy.seconds} s", extra={"account": cmd.account_id})
+                    "are answered ACCOUNT_BUSY while it is", extra={"account": cmd.account_id})
         return account_busy(cmd.account_id)
     except DomainError as exc:
         return exc

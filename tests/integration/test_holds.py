@@ -542,11 +542,11 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
                                                                                      monkeypatch):
     """Round 18: a batch of holds waited for as long as one account's lock was held by another
     transaction (a stuck one, a row locked by hand), and every placement with it. Now the batch
-    waits at most its lock wait; the busy account's holds are answered UNAVAILABLE ACCOUNT_BUSY,
-    nothing held, the others placed; then, for a while, the busy account's holds are answered
-    so without being tried. Without the limit this call waits for the lock until wait_for ends it.
-    Round 19: the others go together again (they were waiting behind the held account), not one
-    statement each."""
+    waits at most its lock wait; the held account's holds are answered UNAVAILABLE ACCOUNT_BUSY,
+    nothing held, and the others placed together again (round 19: not one statement each); later
+    batches ask first whether it is still held, without waiting: answered at once while it is,
+    placed as soon as it is not. Without the limit this call waits for the lock until wait_for
+    ends it."""
     from ledger_svc.adapters.repository import LedgerRepository
     from meshkit.errors import Unavailable
 
@@ -561,8 +561,7 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
     busy_acct, other = account(), account()
     await fund(uow, busy_acct, cash="100", AAPL=10)
     await fund(uow, other, cash="100")
-    now = [0.0]
-    busy = handlers.BusyAccounts(seconds=5, clock=lambda: now[0])
+    busy = handlers.BusyAccounts()
     cmds = [commands.PlaceHold(hid(), a, f"o-{i}", asset, D(amount)) for i, (a, asset, amount) in enumerate(
         [(other, "USD", "10"), (busy_acct, "USD", "10"), (other, "USD", "20"), (busy_acct, "AAPL", "1")])]
     async with checked_pool.acquire() as locker:
@@ -573,27 +572,23 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
             assert {(a.reason, a.metadata["accountId"], a.retry_after_seconds) for a in answers[1::2]} == {
                 ("ACCOUNT_BUSY", busy_acct, 1.0)}
             assert busy_acct in busy and other not in busy
-            # The four (timed out), the other account's two together, the held account's first
-            # alone (timed out: busy), its second answered without a statement.
-            assert statements == [4, 2, 1]
+            assert statements == [4, 2]  # the four (timed out), then the other account's two together
             again = await asyncio.wait_for(handlers.place_holds(cmds[1:2], uow, busy, lock_wait=0.2), 60)
             assert [a.reason for a in again] == ["ACCOUNT_BUSY"]
-    # The lock is free, but the account is still taken for busy: answered so, not tried.
-    assert [a.reason for a in await handlers.place_holds(cmds[1:2], uow, busy)] == ["ACCOUNT_BUSY"]
+            assert statements == [4, 2]  # found held before any placing statement: no wait
     assert await balance(uow, busy_acct, "USD") == (D(100), D(0), D(100))
     assert await balance(uow, busy_acct, "AAPL") == (D(10), D(0), D(10))
     assert await balance(uow, other, "USD") == (D(100), D(30), D(70))
-    now[0] = 6.0  # its while is over: tried, and placed
-    answers = await handlers.place_holds(cmds, uow, busy)
+    answers = await handlers.place_holds(cmds, uow, busy)  # free again: placed at once
     assert [a.hold_id for a in answers] == [c.hold_id for c in cmds]  # the first and third again, by id
+    assert busy_acct not in busy
     assert await balance(uow, busy_acct, "USD") == (D(100), D(10), D(90))
     assert await balance(uow, other, "USD") == (D(100), D(30), D(70))
 
 
 async def test_a_balance_row_held_by_another_transaction_holds_back_only_its_accounts_holds(uow, checked_pool):
     """The same when what is held is a book's balance row, not the account's lock (a row locked
-    by hand): no account is found held, so the batch's holds go one at a time, and only the
-    held book's hold waits, then is answered ACCOUNT_BUSY."""
+    by hand): the account is found held by it."""
     from meshkit.errors import Unavailable
 
     held_acct, other = account(), account()
@@ -604,8 +599,9 @@ async def test_a_balance_row_held_by_another_transaction_holds_back_only_its_acc
         async with locker.transaction():
             await locker.execute("SELECT 1 FROM ledger.balances WHERE book_id = (SELECT book_id FROM ledger.books "
                                  "WHERE owner = $1 AND asset = 'USD') FOR UPDATE", held_acct)
-            answers = await asyncio.wait_for(handlers.place_holds(cmds, uow, handlers.BusyAccounts(),
-                                                                  lock_wait=0.2), 60)
+            busy = handlers.BusyAccounts()
+            answers = await asyncio.wait_for(handlers.place_holds(cmds, uow, busy, lock_wait=0.2), 60)
+            assert held_acct in busy
     assert [type(a) for a in answers] == [model.Hold, Unavailable, model.Hold]
     assert answers[1].reason == "ACCOUNT_BUSY"
     assert await balance(uow, held_acct, "USD") == (D(100), D(0), D(100))
