@@ -14,6 +14,7 @@ Names (``<ns>`` = the deployment's namespace):
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE  # where a deleted object's marker is
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -281,11 +283,20 @@ class SnapshotStore:
         await obs.put(name, blob)
 
     async def delete(self, name: str) -> None:
+        """Delete a snapshot, and the marker nats-py's delete leaves in its place: a deleted
+        object's meta message stays for good, and every list (each start's sweep) reads them all
+        (round 19 soak: ~12 a minute, their reading growing by 0.15 ms each at every start of
+        every symbol). With the marker purged the name is as if never written."""
         obs = await self._store()
         try:
             await obs.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
             pass
+        await self._purge_marker(name)
+
+    async def _purge_marker(self, name: str) -> None:
+        await self.js.purge_stream(OBJ_STREAM_TEMPLATE.format(bucket=self.bucket), subject=OBJ_META_PRE_TEMPLATE.format(
+            bucket=self.bucket, obj=base64.urlsafe_b64encode(name.encode()).decode()))
 
     async def sweep(self, symbol: str, head: Head) -> list[str]:
         """Delete the symbol's snapshots its head does not name and never will: older than
@@ -294,9 +305,13 @@ class SnapshotStore:
         writer's just before it moves the head: it stays. Returns the names deleted."""
         obs = await self._store()
         try:
-            infos = await obs.list(ignore_deletes=True)
+            infos = await obs.list()
         except nats.js.errors.NotFoundError:
             return []
+        for info in [i for i in infos if i.deleted]:  # markers left by earlier releases' deletes
+            if snapshot_seq(symbol, info.name) is not None or info.name in {s.name for s in legacy_snapshots(symbol)}:
+                await self._purge_marker(info.name)
+        infos = [i for i in infos if not i.deleted]
         named = {s.name for s in head.named()}
         floor = min(s.seq for s in head.named())
         legacy = {s.name for s in legacy_snapshots(symbol)}

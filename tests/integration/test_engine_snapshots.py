@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+import nats.js.errors
 import pytest
 
 from matching_svc.adapters.jetstream import Head, Names, Snapshot, SnapshotMoved, SnapshotStore, ensure_streams
@@ -181,3 +182,35 @@ async def test_a_previous_version_saving_after_the_head_stops_the_symbol(nats_co
     await SnapshotStore(js, names).save(symbol, flow.apply(SymbolEngine(symbol), 30).to_bytes())  # the previous version
     with pytest.raises(RuntimeError, match="an engine of the previous version saved a snapshot"):
         await runner()._load()
+
+
+async def test_a_deleted_snapshot_leaves_no_marker_and_old_markers_are_swept(nats_conn):
+    """Round 19 soak: nats-py's delete of an object leaves a meta message marking it deleted, for
+    good; a snapshot is written under a name of its own and deleted once two newer ones exist,
+    so the markers grew by ~12 a minute and every engine start read them all. The store's
+    delete purges the marker too, and a start's sweep purges those earlier releases left."""
+    symbol = "KO"
+    names, js, flow, runner = await symbol_under_test(nats_conn, "sm", symbol, 30)
+    store = SnapshotStore(js, names)
+    await store.save(f"{symbol}@1.x", b"one")
+    await store.delete(f"{symbol}@1.x")
+    obs = await js.object_store(names.snapshots)
+
+    async def listed() -> set[tuple[str, bool]]:
+        try:
+            return {(i.name, bool(i.deleted)) for i in await obs.list()}
+        except nats.js.errors.NotFoundError:  # nats-py's answer for an empty store
+            return set()
+    assert await listed() == set()  # not even marked deleted: gone
+
+    # A marker an earlier release left (nats-py's own delete), then a start of the symbol.
+    await store.save(f"{symbol}@2.x", b"two")
+    await obs.delete(f"{symbol}@2.x")
+    assert await listed() == {(f"{symbol}@2.x", True)}
+    first = runner()
+    engine = await first._load()
+    await first._save(flow.apply(engine, 10), Lease())
+    await first._save(flow.apply(engine, 20), Lease())
+    head = await store.head(symbol)
+    assert (await runner()._load()).last_seq == flow.inputs[19][0]  # a start: it sweeps
+    assert await listed() == {(s.name, False) for s in head.named()}
