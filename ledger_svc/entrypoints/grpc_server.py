@@ -47,7 +47,8 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         account = current_account()
         view = await portfolio.portfolio(account, self.uow, self.quotes)
         # order_svc is asked only when something is held: no hold, no live order.
-        open_orders = await self.orders.open_orders() if self.orders is not None and view.holds_anything else []
+        open_orders = (await self.orders.open_orders(context.time_remaining())
+                       if self.orders is not None and view.holds_anything else [])
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
             account, view, open_orders, datetime.now(timezone.utc)))
 

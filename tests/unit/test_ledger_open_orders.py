@@ -37,3 +37,31 @@ async def test_order_svc_refusing_the_request_stays_an_error_of_ours() -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # INTERNAL to the client: not retried
     finally:
         await server.stop(None)
+
+
+class Slow(order_service_pb2_grpc.OrderServiceServicer):
+    async def ListOrders(self, request, context):
+        import asyncio
+
+        from stockmesh.order.v1 import order_service_pb2
+        await asyncio.sleep(2.5)  # a loaded order_svc
+        return order_service_pb2.ListOrdersResponse()
+
+
+async def test_a_slow_order_svc_is_waited_for_within_the_callers_deadline() -> None:
+    """Round 19 soak: the ledger gave order_svc a fixed 2 s, so a loaded order_svc made
+    GetPortfolio UNAVAILABLE although the client allowed 10 s. It waits as long as the caller's
+    deadline leaves (10 s when the caller set none), and no longer."""
+    server = grpc.aio.server()
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(Slow(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            orders = GrpcOpenOrders(channel)
+            assert await orders.open_orders() == []  # no deadline of the caller's
+            assert await orders.open_orders(time_left=10.0) == []
+            with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
+                await orders.open_orders(time_left=1.0)
+    finally:
+        await server.stop(None)
