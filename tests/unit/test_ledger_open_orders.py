@@ -1,6 +1,8 @@
 """The ledger's call to order_svc for a portfolio's open orders, when order_svc fails."""
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 
@@ -20,23 +22,30 @@ async def test_order_svc_not_answering_is_unavailable_not_internal() -> None:
                                  "retry shortly")
 
 
+@contextlib.asynccontextmanager
+async def order_svc(servicer):
+    """A channel to a stand-in order_svc serving on a port of its own."""
+    server = grpc.aio.server()
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
 class Broken(order_service_pb2_grpc.OrderServiceServicer):
     async def ListOrders(self, request, context):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a bug in the request")
 
 
 async def test_order_svc_refusing_the_request_stays_an_error_of_ours() -> None:
-    server = grpc.aio.server()
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(Broken(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await GrpcOpenOrders(channel, timeout=5).open_orders()
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # INTERNAL to the client: not retried
-    finally:
-        await server.stop(None)
+    async with order_svc(Broken()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await GrpcOpenOrders(channel, timeout=5).open_orders()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # INTERNAL to the client: not retried
 
 
 class Slow(order_service_pb2_grpc.OrderServiceServicer):
@@ -52,16 +61,9 @@ async def test_a_slow_order_svc_is_waited_for_within_the_callers_deadline() -> N
     """Round 19 soak: the ledger gave order_svc a fixed 2 s, so a loaded order_svc made
     GetPortfolio UNAVAILABLE although the client allowed 10 s. It waits as long as the caller's
     deadline leaves (10 s when the caller set none), and no longer."""
-    server = grpc.aio.server()
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(Slow(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            orders = GrpcOpenOrders(channel)
-            assert await orders.open_orders() == []  # no deadline of the caller's
-            assert await orders.open_orders(time_left=10.0) == []
-            with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
-                await orders.open_orders(time_left=1.0)
-    finally:
-        await server.stop(None)
+    async with order_svc(Slow()) as channel:
+        orders = GrpcOpenOrders(channel)
+        assert await orders.open_orders() == []  # no deadline of the caller's
+        assert await orders.open_orders(time_left=10.0) == []
+        with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
+            await orders.open_orders(time_left=1.0)
