@@ -97,27 +97,35 @@ class LedgerRepository:
         if wanted:
             await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
-    async def held_accounts(self, accounts: Iterable[str]) -> set[str]:
+    async def held_accounts(self, accounts: Iterable[str], timeout: float) -> set[str]:
         """Which of these accounts another transaction holds right now, by its lock (migration
         0007's audit head) or a balance row of one of its books (what placing a hold takes),
-        found without waiting for any (SKIP LOCKED); the free rows are locked for this
-        statement only. An account without a head or books yet is free."""
+        found without waiting for any row (SKIP LOCKED). The probe's own locks are shared ones
+        (FOR SHARE), so two probes never see each other; a probe kept waiting `timeout` seconds
+        (a table locked by a migration, say) raises TimeoutError. An account without a head or
+        books yet is free. A lock held for a moment (a fill's) is held too, at that moment."""
         wanted = sorted(set(accounts))
         rows = await self.conn.fetch(
             """
             WITH free_heads AS (
-                SELECT stream FROM audit.heads WHERE stream = ANY($1) FOR UPDATE SKIP LOCKED
+                SELECT stream FROM audit.heads WHERE stream = ANY($1) FOR SHARE SKIP LOCKED
             ), free_books AS (
                 SELECT b.book_id FROM ledger.balances b JOIN ledger.books k USING (book_id)
-                 WHERE k.owner = ANY($2) FOR UPDATE OF b SKIP LOCKED
+                 WHERE k.owner = ANY($2) FOR SHARE OF b SKIP LOCKED
             )
             SELECT substr(h.stream, 8) AS account_id FROM audit.heads h
              WHERE h.stream = ANY($1) AND h.stream NOT IN (SELECT stream FROM free_heads)
             UNION
             SELECT k.owner FROM ledger.books k JOIN ledger.balances b USING (book_id)
              WHERE k.owner = ANY($2) AND b.book_id NOT IN (SELECT book_id FROM free_books)
-            """, [f"ledger:{a}" for a in wanted], wanted)
+            """, [f"ledger:{a}" for a in wanted], wanted, timeout=timeout)
         return {r["account_id"] for r in rows}
+
+    async def holds_by_id(self, hold_ids: Iterable[str]) -> dict[str, Hold]:
+        """The holds placed under these ids (read without locking them)."""
+        rows = await self.conn.fetch(f"SELECT {_HOLD_COLUMNS} FROM ledger.holds WHERE hold_id = ANY($1)",
+                                     sorted(set(hold_ids)))
+        return {r["hold_id"]: _hold(r) for r in rows}
 
     async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = ()) -> None:
         """lock_accounts for the hold's owner, looked up in the same statement, and `others`."""

@@ -1,6 +1,7 @@
 """The ledger's use cases: plain async functions over a unit of work."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from decimal import Decimal
@@ -173,11 +174,11 @@ async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model
 
 class BusyAccounts:
     """Accounts lately found held by another transaction (a stuck one, a row locked by hand)
-    while a batch of holds waited for them, remembered for `seconds`. A batch asks first whether
-    those of its accounts are still held (one statement that waits for nothing): the held ones'
-    holds are answered ACCOUNT_BUSY at once and the rest placed, so that a held account costs
-    the other accounts' placements one wait of HOLD_LOCK_WAIT when first met, not one per batch
-    or per retry (round 19's lock tester: every batch paid 3-5 s while one account was held)."""
+    for longer than a hold may wait, remembered for `seconds`. A batch asks first whether those
+    of its accounts are still held (one statement that waits for nothing): the held ones' holds
+    are answered ACCOUNT_BUSY at once and the rest placed, so that a held account costs the
+    other accounts' placements one wait of HOLD_LOCK_WAIT when first met, not one per batch or
+    per retry (round 19's lock tester: every batch paid 3-5 s while one account was held)."""
 
     def __init__(self, seconds: float = HOLD_BUSY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds, self.clock = seconds, clock
@@ -217,71 +218,95 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     same, its holds are placed one at a time.
 
     No lock is waited for longer than `lock_wait` (migration 0019). A batch that would wait
-    longer for an account held by another transaction fails as a whole; then the accounts held
-    at that moment are found (ledger.held_accounts, waiting for none), their holds answered
-    UNAVAILABLE ACCOUNT_BUSY (nothing held) and the others placed together again. Those
-    accounts go into `busy`, and later batches ask whether they are still held before placing
-    (round 18: one account's lock held back every placement for as long as it was held)."""
+    longer fails as a whole; then the accounts held by another transaction at that moment are
+    found (ledger.held_accounts, waiting for none), and at once the others' holds go together
+    again while each held account's go alone, each waiting at most `lock_wait`: one held for a
+    moment (a fill) is placed, one still held is answered UNAVAILABLE ACCOUNT_BUSY and goes
+    into `busy`. For a while after, a batch with such an account first asks whether it is
+    still held: answered ACCOUNT_BUSY at once while it is. A hold placed before under its id
+    is answered as placed (EXISTS), never busy. Round 18: one account's lock held back every
+    placement for as long as it was held; round 19: a batch per retry paid the wait."""
     busy = busy if busy is not None else BusyAccounts()
-    answers: list[model.Hold | DomainError | None] = [None] * len(cmds)
+    holds = [_new_hold(c) for c in cmds]
+    answers: dict[int, model.Hold | DomainError] = {}
+    todo = list(range(len(cmds)))
     suspects = {c.account_id for c in cmds if c.account_id in busy}
-    held = await _held_now(suspects, uow_factory, busy) if suspects else set()
-    todo = _answer_held(cmds, range(len(cmds)), held, answers)
-    holds = {i: _new_hold(cmds[i]) for i in todo}
-    alone: list[int] = []  # placed one at a time, in the order given (no wait for executions, see above)
+    if suspects:
+        held = await _held_now(suspects, uow_factory, lock_wait)
+        for account in suspects:
+            if account in held:
+                busy.add(account)
+            else:
+                busy.discard(account)
+        todo = await _answer_held([i for i in todo if cmds[i].account_id in held], cmds, holds, uow_factory,
+                                  answers, todo)
     try:
-        placed = await _place_together(todo, cmds, holds, uow_factory, lock_wait)
+        answers.update(await _place_together(todo, cmds, holds, uow_factory, lock_wait))
     except asyncpg.LockNotAvailableError:
-        held = await _held_now({cmds[i].account_id for i in todo}, uow_factory, busy)
+        held = await _held_now({cmds[i].account_id for i in todo}, uow_factory, lock_wait)
         log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction "
-                    f"({', '.join(sorted(held)) or 'none held now'}); its holds are answered ACCOUNT_BUSY, the "
-                    "others placed together again", extra={"count": len(todo)})
-        if held:
-            todo = _answer_held(cmds, todo, held, answers)
-            try:
-                placed = await _place_together(todo, cmds, holds, uow_factory, lock_wait)
-            except Exception:  # noqa: BLE001 - nothing of it was applied: one at a time instead
-                log.warning("a batch of holds failed as a whole again; placing them one at a time", exc_info=True,
-                            extra={"count": len(todo)})
-                placed, alone = {}, todo
-        else:  # held no longer (or by a row the check does not look at): one at a time
-            placed, alone = {}, todo
+                    f"({', '.join(sorted(held)) or 'none held now'}); the others placed together again",
+                    extra={"count": len(todo)})
+        rest = [i for i in todo if cmds[i].account_id not in held]
+        alone = [[i for i in todo if cmds[i].account_id == a] for a in sorted(held)]
+        for placed in await asyncio.gather(_place_rest(rest, cmds, holds, uow_factory, busy, lock_wait),
+                                           *(_place_one_by_one(one, cmds, holds, uow_factory, busy, lock_wait)
+                                             for one in alone)):
+            answers.update(placed)
     except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead
         log.warning("a batch of holds failed as a whole; placing them one at a time", exc_info=True,
                     extra={"count": len(todo)})
-        placed, alone = {}, todo
-    for i, answer in placed.items():
-        answers[i] = answer
-    for i in alone:
-        answers[i] = await _place_alone(cmds[i], holds[i], uow_factory, busy, lock_wait)
-    return [a for a in answers if a is not None]
+        answers.update(await _place_one_by_one(todo, cmds, holds, uow_factory, busy, lock_wait))
+    assert len(answers) == len(cmds), "every hold answered"
+    return [answers[i] for i in range(len(cmds))]
 
 
-async def _held_now(accounts: set[str], uow_factory: UowFactory, busy: BusyAccounts) -> set[str]:
-    """Which of `accounts` another transaction holds now; `busy` learns the answer."""
-    async with uow_factory().single_statement() as uow:
-        held = await uow.ledger.held_accounts(accounts)
-    for account in accounts:
-        if account in held:
-            busy.add(account)
-        else:
-            busy.discard(account)
-    return held
+async def _held_now(accounts: set[str], uow_factory: UowFactory, lock_wait: float) -> set[str]:
+    """Which of `accounts` another transaction holds now; none when that cannot be told within
+    `lock_wait` (a table locked, say: the placing statement's own limit still applies)."""
+    try:
+        async with uow_factory().single_statement() as uow:
+            return await uow.ledger.held_accounts(accounts, timeout=lock_wait)
+    except asyncio.TimeoutError:
+        return set()
 
 
-def _answer_held(cmds: list[commands.PlaceHold], indices: Iterable[int], held: set[str],
-                 answers: list[model.Hold | DomainError | None]) -> list[int]:
-    """Answer the holds of held accounts ACCOUNT_BUSY; the others' indices, to be placed."""
-    rest = []
+async def _answer_held(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
+                       uow_factory: UowFactory, answers: dict[int, model.Hold | DomainError],
+                       todo: list[int]) -> list[int]:
+    """Answer the holds `indices` (of held accounts) without placing them: as placed when one
+    was placed before under the id (a retry), else ACCOUNT_BUSY; returns `todo` without them."""
+    if not indices:
+        return todo
+    async with uow_factory().reads() as uow:
+        placed = await uow.ledger.holds_by_id(cmds[i].hold_id for i in indices)
     for i in indices:
-        if cmds[i].account_id in held:
+        before = placed.get(cmds[i].hold_id)
+        if before is None:
             answers[i] = account_busy(cmds[i].account_id)
         else:
-            rest.append(i)
-    return rest
+            try:
+                answers[i] = _placed(holds[i], cmds[i].client_key, "EXISTS", before, None)
+            except DomainError as exc:
+                answers[i] = exc
+    answered = set(indices)
+    return [i for i in todo if i not in answered]
 
 
-async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], holds: dict[int, model.Hold],
+async def _place_rest(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
+                      uow_factory: UowFactory, busy: BusyAccounts,
+                      lock_wait: float) -> dict[int, model.Hold | DomainError]:
+    """The holds of a timed-out batch whose accounts were not found held: together again, or
+    one at a time should that fail too."""
+    try:
+        return await _place_together(indices, cmds, holds, uow_factory, lock_wait)
+    except Exception:  # noqa: BLE001 - nothing of it was applied: one at a time instead
+        log.warning("a batch of holds failed as a whole again; placing them one at a time", exc_info=True,
+                    extra={"count": len(indices)})
+        return await _place_one_by_one(indices, cmds, holds, uow_factory, busy, lock_wait)
+
+
+async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
                           uow_factory: UowFactory, lock_wait: float) -> dict[int, model.Hold | DomainError]:
     """The holds `indices` of a batch in one statement, in (account, asset) order (see
     place_holds), each answered as place_hold answers; raises with nothing applied when the
@@ -293,7 +318,7 @@ async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], ho
         placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order],
                                                   lock_wait)
     answers: dict[int, model.Hold | DomainError] = {}
-    for i, placement in zip(order, placements):
+    for i, placement in zip(order, placements, strict=True):
         try:
             answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
         except DomainError as exc:
@@ -301,23 +326,31 @@ async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], ho
     return answers
 
 
-async def _place_alone(cmd: commands.PlaceHold, hold: model.Hold, uow_factory: UowFactory, busy: BusyAccounts,
-                       lock_wait: float) -> model.Hold | DomainError:
-    """A hold of a batch that failed as a whole, in a statement of its own; ACCOUNT_BUSY when
-    its account was found held by another transaction (waiting `lock_wait` for it)."""
-    if cmd.account_id in busy:
-        return account_busy(cmd.account_id)
-    try:
-        async with uow_factory().single_statement() as uow:
-            [placement] = await uow.ledger.place_holds([hold], [cmd.client_key], lock_wait)
-        return _placed(hold, cmd.client_key, *placement)
-    except asyncpg.LockNotAvailableError:
-        busy.add(cmd.account_id)
-        log.warning(f"account {cmd.account_id} is held by another transaction for over {lock_wait} s; its holds "
-                    "are answered ACCOUNT_BUSY while it is", extra={"account": cmd.account_id})
-        return account_busy(cmd.account_id)
-    except DomainError as exc:
-        return exc
+async def _place_one_by_one(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
+                            uow_factory: UowFactory, busy: BusyAccounts,
+                            lock_wait: float) -> dict[int, model.Hold | DomainError]:
+    """The holds `indices`, each in a statement of its own, in the order given (no wait for
+    executions, see place_holds), each waiting at most `lock_wait` for a lock: one that waits
+    in vain puts its account in `busy`, and it and the account's later ones are answered as
+    _answer_held answers."""
+    answers: dict[int, model.Hold | DomainError] = {}
+    for i in indices:
+        cmd = cmds[i]
+        if cmd.account_id not in busy:
+            try:
+                async with uow_factory().single_statement() as uow:
+                    [placement] = await uow.ledger.place_holds([holds[i]], [cmd.client_key], lock_wait)
+                answers[i] = _placed(holds[i], cmd.client_key, *placement)
+                continue
+            except asyncpg.LockNotAvailableError:
+                busy.add(cmd.account_id)
+                log.warning(f"account {cmd.account_id} is held by another transaction for over {lock_wait} s; its "
+                            "holds are answered ACCOUNT_BUSY while it is", extra={"account": cmd.account_id})
+            except DomainError as exc:
+                answers[i] = exc
+                continue
+        await _answer_held([i], cmds, holds, uow_factory, answers, [])
+    return answers
 
 
 def _new_hold(cmd: commands.PlaceHold) -> model.Hold:

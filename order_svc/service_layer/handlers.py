@@ -334,7 +334,7 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
     how many. An order id is claimed before its hold goes, so a late insert of it can no longer
     record an order whose hold is gone (round 17: the two ages; one of 120 s kept a rejected
     retry's hold two minutes, one of 30 s undid placements a client was still retrying)."""
-    released, last_page = 0, None
+    released, last_page = 0, set()
     while True:
         holds = await deps.holds.unchecked(older_than, page)
         old = ({h for h, _ in await deps.holds.unchecked(orphan_age, page)} if holds and orphan_age > older_than
@@ -370,9 +370,9 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
         # A page found again whole: none of it could be marked (the ledger skips holds locked by
         # a fill or a stuck transaction): the next round tries again, rather than this one spin
         # on it (round 19 review).
-        if len(holds) < page or not done or holds == last_page:
+        if len(holds) < page or not done or set(holds) == last_page:  # a set: ties of created_at in any order
             return released
-        last_page = holds
+        last_page = set(holds)
 
 
 async def cancel_abandoned_transfers(rejected: list[uuid.UUID], deps: Deps) -> int:
