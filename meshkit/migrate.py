@@ -32,6 +32,17 @@ def yoyo_url(database_url: str) -> str:
     return database_url
 
 
+def newer_migrations(backend, migrations) -> list[str]:
+    """The ids of migrations the database has applied that are not among `migrations` (this
+    release's): what a newer release applied (round 19: an older release started on such a
+    database without a word)."""
+    known = {m.hash for m in migrations}
+    backend.ensure_internal_schema_updated()  # yoyo's own tables, on a database new to it
+    rows = backend.execute(f"SELECT migration_hash, migration_id FROM {backend.migration_table_quoted} "
+                           "ORDER BY applied_at_utc").fetchall()
+    return [migration_id for migration_hash, migration_id in rows if migration_hash not in known]
+
+
 def apply_all(database_url: str, progress: Callable[[str], None] | None = None) -> int:
     """Apply every pending migration of every service, one at a time in order; returns how
     many were applied. `progress` is told of each as it starts and as it ends, with how long it
@@ -40,6 +51,14 @@ def apply_all(database_url: str, progress: Callable[[str], None] | None = None) 
     try:
         migrations = read_migrations(*migration_dirs())
         with backend.lock():
+            unknown = newer_migrations(backend, migrations)
+            if unknown:  # a downgrade: said, not refused (the older release may still work)
+                said = (f"the database has {len(unknown)} migration(s) this release does not know, applied by a "
+                        f"newer one: {', '.join(unknown)}; there is no downgrade (docs/operations.md): run the "
+                        "release that applied them")
+                log.warning(said, extra={"migrations": unknown})
+                if progress is not None:
+                    progress(f"warning: {said}")
             pending = backend.to_apply(migrations)
             for n, m in enumerate(pending, start=1):
                 if progress is not None:

@@ -36,3 +36,29 @@ async def test_each_migration_is_named_as_it_starts_and_ends(pg_server_url):
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_database_migrated_by_a_newer_release_is_said_so(pg_server_url):
+    """Round 19 upgrade tester: an older release started on a database a newer one had migrated
+    without a word (there is no downgrade). `migrate` (and `up`) names the migrations it does
+    not know, and goes on."""
+    name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_server_url, name)
+    try:
+        cmd = [sys.executable, "-m", "meshkit.cli", "migrate", "--database-url", url]
+        assert subprocess.run(cmd, capture_output=True, text=True, timeout=180).returncode == 0
+        conn = await asyncpg.connect(url)
+        try:  # what a newer release's migration leaves in yoyo's table
+            await conn.execute("INSERT INTO _yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+                               "VALUES ('f' || md5('future'), '9999.ledger-from-the-future', now())")
+        finally:
+            await conn.close()
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert again.returncode == 0 and again.stdout.strip() == "database is up to date", again
+        assert ("warning: the database has 1 migration(s) this release does not know, applied by a newer one: "
+                "9999.ledger-from-the-future; there is no downgrade") in again.stderr, again.stderr
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
