@@ -28,6 +28,10 @@ T = TypeVar("T")
 # after, before each batch it is in, whether it is still held (BusyAccounts).
 HOLD_LOCK_WAIT = 1.0
 HOLD_BUSY_SECONDS = 60.0
+# How long an account found held when a batch timed out is waited for once more, alone: enough
+# for a fill's or a release's transaction (milliseconds) that the timed-out batch itself kept
+# waiting, not another full wait for every placement in the reply (round 19 lock re-test: 2 s).
+HELD_RETRY_WAIT = 0.1
 
 
 async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
@@ -220,8 +224,8 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     No lock is waited for longer than `lock_wait` (migration 0019). A batch that would wait
     longer fails as a whole; then the accounts held by another transaction at that moment are
     found (ledger.held_accounts, waiting for none), and at once the others' holds go together
-    again while each held account's go alone, each waiting at most `lock_wait`: one held for a
-    moment (a fill) is placed, one still held is answered UNAVAILABLE ACCOUNT_BUSY and goes
+    again while each held account's go alone, each waiting at most HELD_RETRY_WAIT: one held for
+    a moment (a fill) is placed, one still held is answered UNAVAILABLE ACCOUNT_BUSY and goes
     into `busy`. For a while after, a batch with such an account first asks whether it is
     still held: answered ACCOUNT_BUSY at once while it is. A hold placed before under its id
     is answered as placed (EXISTS), never busy. Round 18: one account's lock held back every
@@ -250,7 +254,8 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
         rest = [i for i in todo if cmds[i].account_id not in held]
         alone = [[i for i in todo if cmds[i].account_id == a] for a in sorted(held)]
         for placed in await asyncio.gather(_place_rest(rest, cmds, holds, uow_factory, busy, lock_wait),
-                                           *(_place_one_by_one(one, cmds, holds, uow_factory, busy, lock_wait)
+                                           *(_place_one_by_one(one, cmds, holds, uow_factory, busy,
+                                                               min(lock_wait, HELD_RETRY_WAIT))
                                              for one in alone)):
             answers.update(placed)
     except Exception:  # noqa: BLE001 - nothing of the batch was applied: one at a time instead

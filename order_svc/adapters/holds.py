@@ -68,7 +68,9 @@ class GrpcHolds:
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""), error.metadata.get("holdStatus") == "RELEASED")
         if error.code in TRANSIENT_NAMES and error.reason == "ACCOUNT_BUSY":  # the ledger's words name the account
-            raise unavailable(f"{error.message} (the same client_order_id)", error.reason)
+            busy = unavailable(f"{error.message} (the same client_order_id)", error.reason)
+            busy.metadata = {"accountId": error.metadata.get("accountId", account_id)}
+            raise busy
         if error.code in TRANSIENT_NAMES:
             raise unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
                               "the same client_order_id", error.reason)

@@ -551,10 +551,12 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
     from meshkit.errors import Unavailable
 
     statements: list[int] = []  # the holds of each placing statement
+    waits: dict[int, float] = {}  # and how long each may wait for a lock, by its size
     together = LedgerRepository.place_holds
 
     async def counted(self, holds, client_keys, lock_wait):
         statements.append(len(holds))
+        waits[len(holds)] = lock_wait
         return await together(self, holds, client_keys, lock_wait)
     monkeypatch.setattr(LedgerRepository, "place_holds", counted)
 
@@ -575,6 +577,9 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
             # The four (timed out); then at once the other account's two together and the held
             # account's first alone (timed out: busy); its second answered without a statement.
             assert statements[0] == 4 and sorted(statements[1:]) == [1, 2], statements
+            # The held account alone waits a moment more, not another lock wait (round 19 re-test:
+            # the reply, everyone's, waited for it).
+            assert waits == {4: 0.2, 2: 0.2, 1: handlers.HELD_RETRY_WAIT}
             again = await asyncio.wait_for(handlers.place_holds(cmds[1:2], uow, busy, lock_wait=0.2), 60)
             assert [a.reason for a in again] == ["ACCOUNT_BUSY"]
             assert len(statements) == 3  # found held before any placing statement: no wait

@@ -182,6 +182,7 @@ async def test_a_placement_on_an_account_held_by_another_transaction_is_unavaila
     assert isinstance(refused, Unavailable), refused
     assert (refused.reason, refused.retry_after_seconds) == ("ACCOUNT_BUSY", 1.0)
     assert f"account {busy} is busy" in refused.message, refused.message  # the ledger's words, the account named
+    assert refused.metadata == {"accountId": busy}
     assert [o.status for o in placed] == [Status.NEW] * 3
     assert (await ledger.book_balance(busy, "USD", uow)).held == 0
     for _ in range(100):  # the client's retries, as RetryInfo says, with the same client_order_id
