@@ -8,15 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
 from meshkit.cli import main
 from stockmesh.order.v1 import order_pb2, order_service_pb2_grpc
+from tests.support.stand_ins import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,23 +68,19 @@ class Streaming(order_service_pb2_grpc.OrderServiceServicer):
 def test_ctrl_c_in_a_watch_ends_it_with_130_and_one_line():
     """A real SIGINT to a `stockmesh watch orders` waiting on its stream (it ended 0)."""
     stand_in = Streaming()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "watch", "orders", "--address",
-                                 f"127.0.0.1:{port}", "--token", "t"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    with serving(order_service_pb2_grpc.add_OrderServiceServicer_to_server, stand_in, workers=2) as address:
         try:
-            assert proc.stdout.readline().startswith("#1 ")  # waiting for the next update
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=60)
+            proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "watch", "orders", "--address",
+                                     address, "--token", "t"], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout.readline().startswith("#1 ")  # waiting for the next update
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
         finally:
-            proc.kill()
-    finally:
-        stand_in.done.set()
-        server.stop(None)
+            stand_in.done.set()
     assert (proc.returncode, err.splitlines()[-1:]) == (130, ["interrupted"]), err
     assert "Traceback" not in err
 

@@ -22,6 +22,7 @@ from stockmesh.order.v1 import order_pb2, order_service_pb2_grpc
 
 
 def _serve(add, servicer):
+    """A stand-in server started (stopped by the caller) and its address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     add(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -2,16 +2,15 @@
 or sends anything (round 19)."""
 from __future__ import annotations
 
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
 from meshkit.cli import main
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from tests.support.stand_ins import serving
 
 
 @pytest.mark.parametrize("entry, words", [("foo=2", "no service 'foo' to run replicas of (one of order_svc, "),
@@ -52,15 +51,9 @@ class Working(order_service_pb2_grpc.OrderServiceServicer):
 
 def _replace(*args: str):
     stand_in = Working()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        return CliRunner().invoke(main, ["replace", "o1", *args, "--address", f"127.0.0.1:{port}",
-                                         "--token", "t"]), stand_in.replaces
-    finally:
-        server.stop(None)
+    with serving(order_service_pb2_grpc.add_OrderServiceServicer_to_server, stand_in, workers=2) as address:
+        return CliRunner().invoke(main, ["replace", "o1", *args, "--address", address, "--token", "t"]), \
+            stand_in.replaces
 
 
 @pytest.mark.parametrize("given, said", [(["--limit", "186.5"], "limit price 186.50"),
