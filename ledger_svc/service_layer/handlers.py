@@ -242,8 +242,8 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
                 busy.add(account)
             else:
                 busy.discard(account)
-        todo = await _answer_held([i for i in todo if cmds[i].account_id in held], cmds, holds, uow_factory,
-                                  answers, todo)
+        await _answer_held([i for i in todo if cmds[i].account_id in held], cmds, holds, uow_factory, answers)
+        todo = [i for i in todo if i not in answers]
     try:
         answers.update(await _place_together(todo, cmds, holds, uow_factory, lock_wait))
     except asyncpg.LockNotAvailableError:
@@ -277,25 +277,17 @@ async def _held_now(accounts: set[str], uow_factory: UowFactory, lock_wait: floa
 
 
 async def _answer_held(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
-                       uow_factory: UowFactory, answers: dict[int, model.Hold | DomainError],
-                       todo: list[int]) -> list[int]:
-    """Answer the holds `indices` (of held accounts) without placing them: as placed when one
-    was placed before under the id (a retry), else ACCOUNT_BUSY; returns `todo` without them."""
+                       uow_factory: UowFactory, answers: dict[int, model.Hold | DomainError]) -> None:
+    """Answer the holds `indices` (of held accounts) in `answers` without placing them: as
+    placed when one was placed before under the id (a retry), else ACCOUNT_BUSY."""
     if not indices:
-        return todo
+        return
     async with uow_factory().reads() as uow:
         placed = await uow.ledger.holds_by_id(cmds[i].hold_id for i in indices)
     for i in indices:
         before = placed.get(cmds[i].hold_id)
-        if before is None:
-            answers[i] = account_busy(cmds[i].account_id)
-        else:
-            try:
-                answers[i] = _placed(holds[i], cmds[i].client_key, "EXISTS", before, None)
-            except DomainError as exc:
-                answers[i] = exc
-    answered = set(indices)
-    return [i for i in todo if i not in answered]
+        answers[i] = (account_busy(cmds[i].account_id) if before is None
+                      else _answer(holds[i], cmds[i].client_key, "EXISTS", before, None))
 
 
 async def _place_rest(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
@@ -322,13 +314,8 @@ async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], ho
     async with uow_factory().single_statement() as uow:
         placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order],
                                                   lock_wait)
-    answers: dict[int, model.Hold | DomainError] = {}
-    for i, placement in zip(order, placements, strict=True):
-        try:
-            answers[i] = _placed(holds[i], cmds[i].client_key, *placement)
-        except DomainError as exc:
-            answers[i] = exc
-    return answers
+    return {i: _answer(holds[i], cmds[i].client_key, *placement)
+            for i, placement in zip(order, placements, strict=True)}
 
 
 async def _place_one_by_one(indices: list[int], cmds: list[commands.PlaceHold], holds: list[model.Hold],
@@ -345,21 +332,27 @@ async def _place_one_by_one(indices: list[int], cmds: list[commands.PlaceHold], 
             try:
                 async with uow_factory().single_statement() as uow:
                     [placement] = await uow.ledger.place_holds([holds[i]], [cmd.client_key], lock_wait)
-                answers[i] = _placed(holds[i], cmd.client_key, *placement)
+                answers[i] = _answer(holds[i], cmd.client_key, *placement)
                 continue
             except asyncpg.LockNotAvailableError:
                 busy.add(cmd.account_id)
                 log.warning(f"account {cmd.account_id} is held by another transaction for over {lock_wait} s; its "
                             "holds are answered ACCOUNT_BUSY while it is", extra={"account": cmd.account_id})
-            except DomainError as exc:
-                answers[i] = exc
-                continue
-        await _answer_held([i], cmds, holds, uow_factory, answers, [])
+        await _answer_held([i], cmds, holds, uow_factory, answers)
     return answers
 
 
 def _new_hold(cmd: commands.PlaceHold) -> model.Hold:
     return model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
+
+
+def _answer(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
+            available: Decimal | None) -> model.Hold | DomainError:
+    """_placed's answer, its refusal returned instead of raised (a batch's answer for one hold)."""
+    try:
+        return _placed(hold, client_key, outcome, placed, available)
+    except DomainError as exc:
+        return exc
 
 
 def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
