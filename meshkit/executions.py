@@ -17,6 +17,10 @@ FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECT
 # order's triggered_at). The engine no longer journals ACCEPTED (a core NATS notice instead,
 # matching_svc.service_layer.engine.journaled); a journal written before may still hold some.
 NO_EFFECT = frozenset({ACCEPTED, TRIGGERED})
+# Executions handed to a consumer's apply_batch at most at once: enough to apply a backlog in few
+# transactions, few enough that a batch's transaction holds its accounts' rows only briefly (a
+# placement waits for them).
+BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ def consumer_name(durable: str, symbol: str) -> str:
     return f"{durable}_{symbol}"
 
 
-async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | None = None,
-                  symbols: list[str] | None = None) -> None:
+async def consume(js, namespace: str, durable: str, apply=None, *, apply_batch=None, batch: int = BATCH,
+                  elect_on: str | None = None, symbols: list[str] | None = None) -> None:
     """Apply every execution, in stream order for each symbol, through one durable consumer per
     listed symbol (`<durable>_<SYM>` on `<ns>.executions.<SYM>`, as the engine reads
     `engine_<SYM>`): an execution that cannot be applied (retried in place, never skipped) stops
@@ -74,6 +78,11 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
     on its symbol, so nothing a fill's effect depends on is in another consumer; accounts and
     order rows are taken in account order, so consumers of two symbols never wait for each
     other in a cycle.
+
+    `apply` takes one execution at a time; `apply_batch` instead takes the list of those that
+    have come (up to `batch`, in stream order: one when the flow is light, more when the
+    consumer is behind), so that a consumer behind applies many in one transaction; a batch that
+    fails is retried whole, in place.
 
     With `elect_on` (the service's PostgreSQL URL), only the replica elected for the durable
     consumes (meshkit.db.elected), all symbols: one reader per symbol, however many replicas of
@@ -87,8 +96,11 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
         from meshkit import db
 
         await db.elected(elect_on, f"{namespace}.executions.{durable}",
-                         lambda: consume(js, namespace, durable, apply, symbols=symbols))
+                         lambda: consume(js, namespace, durable, apply, apply_batch=apply_batch, batch=batch,
+                                         symbols=symbols))
         return
+    if (apply is None) == (apply_batch is None):
+        raise TypeError("pass exactly one of apply and apply_batch")
     from stockmesh.matching.v1 import matching_pb2
 
     stream = await bus.ensure_stream(js, namespace, "executions")
@@ -97,14 +109,21 @@ async def consume(js, namespace: str, durable: str, apply, *, elect_on: str | No
     # A symbol taken off the listing keeps its consumer: executions of it may still be waiting.
     names = sorted(wanted | await consumed_symbols(js, namespace, durable))
 
-    async def handle(msg) -> None:
-        await apply(from_proto(matching_pb2.Execution.FromString(msg.data)))
+    def parsed(msg) -> Execution:
+        return from_proto(matching_pb2.Execution.FromString(msg.data))
 
+    async def handle(msg) -> None:
+        await apply(parsed(msg))
+
+    async def handle_batch(msgs) -> None:
+        await apply_batch([parsed(m) for m in msgs])
+
+    handler = {"handle": handle} if apply is not None else {"handle_batch": handle_batch}
     async with asyncio.TaskGroup() as group:
         for symbol in names:
             group.create_task(bus.consume(
                 js, stream=stream, subject_filter=bus.subject(namespace, "executions", symbol),
-                durable=consumer_name(durable, symbol), handle=handle), name=f"{durable} {symbol}")
+                durable=consumer_name(durable, symbol), batch=batch, **handler), name=f"{durable} {symbol}")
 
 
 async def consumed_symbols(js, namespace: str, durable: str) -> set[str]:

@@ -68,7 +68,8 @@ async def bootstrap(settings: config.Settings) -> App:
             lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
             lambda: handlers.reaper_loop(deps, orphan_age=orphan_age),
             lambda: session.session_close_loop(deps.uow, settings.namespace, deps.wake_relay),
-            lambda: executions.consume(js, settings.namespace, "orders", lambda ex: lifecycle.apply_execution(ex, deps),
+            lambda: executions.consume(js, settings.namespace, "orders",
+                                       apply_batch=lambda exs: lifecycle.apply_executions(exs, deps),
                                        elect_on=settings.database_url)],
         # Open StreamOrderUpdates calls end at once with UNAVAILABLE when shutdown begins.
         on_shutdown=[notifier.close],

@@ -328,6 +328,74 @@ class OrderRepository:
             o.cancel_requested, o.end_reason.value if o.end_reason else None, o.triggered_at)
         o.updated_at = now
 
+    async def save_execution_results(self, orders: list[Order], now: datetime) -> None:
+        """save_execution_result for many orders (each once) in one statement."""
+        if len({o.order_id for o in orders}) != len(orders):
+            raise ValueError("an order appears twice in one batch of execution results")
+        if not orders:
+            return
+        cols = list(zip(*(
+            (o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
+             o.reject_reason.value if o.reject_reason else None, o.reject_message, o.replaced_by, o.cancel_requested,
+             o.end_reason.value if o.end_reason else None, o.triggered_at) for o in orders)))
+        await self.conn.execute(
+            """
+            UPDATE orders.orders o SET status = v.status, filled_quantity = v.filled_quantity,
+                   fill_notional = v.fill_notional, reject_reason = v.reject_reason,
+                   reject_message = v.reject_message, updated_at = $11, replaced_by = v.replaced_by,
+                   cancel_requested = v.cancel_requested, end_reason = v.end_reason, triggered_at = v.triggered_at
+              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::numeric[], $5::text[], $6::text[], $7::uuid[],
+                          $8::bool[], $9::text[], $10::timestamptz[])
+                   AS v(order_id, status, filled_quantity, fill_notional, reject_reason, reject_message,
+                        replaced_by, cancel_requested, end_reason, triggered_at)
+             WHERE o.order_id = v.order_id
+            """, *cols, now)
+        for o in orders:
+            o.updated_at = now
+
+    @staticmethod
+    def change(o: Order, fill: Fill | None = None, event: str | None = None) -> tuple:
+        """One change of an order as it is now (record_change's values), to record later with
+        record_changes: the order may change again before."""
+        return (o.account_id, o.order_id, *_change_args(o, fill, event))
+
+    async def record_changes(self, changes: list[tuple]) -> None:
+        """record_change of each of `changes` (OrderRepository.change), in the order given, in
+        one statement (the function runs after the sort, as in insert_new): each takes its
+        account's audit head and update sequence, so callers give them sorted by account
+        (keeping each account's own order), as a batch of new orders takes them."""
+        if not changes:
+            return
+        cols = list(zip(*(c[:-1] for c in changes)))  # the channel (the last value) is one parameter
+        await self.conn.execute(
+            f"""
+            SELECT orders.record_change(v.account_id, v.order_id, v.status, v.filled_quantity, v.fill_notional,
+                                        v.reject_reason, v.reject_message, v.replaced_by, v.updated_at, v.fill_id,
+                                        v.fill_price, v.fill_quantity, v.executed_at, v.audit_type, v.audit_payload,
+                                        $16)
+              FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::numeric[], $6::text[], $7::text[],
+                          $8::uuid[], $9::timestamptz[], $10::text[], $11::numeric[], $12::bigint[],
+                          $13::timestamptz[], $14::text[], $15::text[])
+                   WITH ORDINALITY AS v(account_id, order_id, status, filled_quantity, fill_notional, reject_reason,
+                                        reject_message, replaced_by, updated_at, fill_id, fill_price, fill_quantity,
+                                        executed_at, audit_type, audit_payload, n)
+             ORDER BY v.n
+            """, *cols, changes[0][-1])
+
+    async def claim_executions(self, execution_ids: list[str]) -> set[str]:
+        """claim_execution of many in one statement: the ids not applied before."""
+        return {r[0] for r in await self.conn.fetch(
+            "INSERT INTO orders.executions_applied (execution_id) SELECT unnest($1::text[]) "
+            "ON CONFLICT DO NOTHING RETURNING execution_id", execution_ids)}
+
+    async def lock_orders(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
+        """The orders named that exist, locked in account order (as the changes they record
+        take their accounts), in one statement."""
+        rows = await self.conn.fetch(
+            f"SELECT {_COLUMNS} FROM orders.orders WHERE order_id = ANY($1::uuid[]) "
+            "ORDER BY account_id, order_id FOR UPDATE", order_ids)
+        return {r["order_id"]: _order(r) for r in rows}
+
     async def claim_execution(self, execution_id: str) -> bool:
         """False when this execution was applied before (a repeat, dropped by its id)."""
         return bool(await self.conn.fetchval(

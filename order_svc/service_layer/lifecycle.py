@@ -60,15 +60,7 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
         elif ex.type in (CANCELLED, EXPIRED, REJECTED):
             o = await _order(uow, ex.order_id, ex)
             if o is not None and not o.status.is_terminal:
-                if ex.type == REJECTED:
-                    # Any other reason (INVALID, DUPLICATE_ORDER_ID) is the engine refusing what
-                    # order_svc validated: INTERNAL, not the FOK's reason (round 15).
-                    reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.INTERNAL)
-                    o.reject(reason, _ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
-                             else f"the engine rejected the order: {ex.reason or reason.value}")
-                else:
-                    o.end(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED,
-                          ENGINE_END_REASONS.get(ex.reason or ("SESSION_CLOSE" if ex.type == EXPIRED else "")))
+                _end(o, ex)
                 await uow.orders.save_execution_result(o, at)
                 await uow.orders.record_change(o)
             if o is not None and ex.type == CANCELLED and ex.reason == "REPLACED":
@@ -90,6 +82,103 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
             await _cancel_rejected(uow, ex, at)
         await uow.commit()
         return True
+
+
+def _in_runs(ex: Execution) -> bool:
+    """Applied with its neighbours in one transaction of a few statements (_apply_run): a fill,
+    and an order's end that touches no other order."""
+    return ex.type == FILL or (ex.type in (CANCELLED, EXPIRED, REJECTED) and ex.reason != "REPLACED")
+
+
+async def apply_executions(exs: list[Execution], deps: Deps) -> int:
+    """Apply executions in stream order: each run of fills and ends (cancels, expiries,
+    rejections) in one transaction of five statements however long it is, anything else one at
+    a time (apply_execution). Returns how many were applied (repeats and acceptances are not).
+
+    A consumer behind applies its backlog in few transactions (round 20: one transaction of ~8
+    statements per fill, one after the other, applied ~40-80 fills a second per symbol); with
+    one execution at a time it is the same work as before."""
+    applied = 0
+    run: list[Execution] = []
+    for ex in exs:
+        if _in_runs(ex):
+            run.append(ex)
+            continue
+        if run:
+            applied += await _apply_run(run, deps)
+            run = []
+        applied += await apply_execution(ex, deps)
+    if run:
+        applied += await _apply_run(run, deps)
+    return applied
+
+
+async def _apply_run(exs: list[Execution], deps: Deps) -> int:
+    """Fills and ends in one transaction: their ids claimed, their orders locked (in account
+    order), the orders moved in memory in stream order, their rows written, and the changes
+    recorded (by account, each account's in stream order): what apply_execution does for each,
+    in five statements for the run."""
+    async with deps.uow() as uow:
+        fresh = await uow.orders.claim_executions([ex.execution_id for ex in exs])
+        todo: list[Execution] = []
+        for ex in exs:  # a repeat within the run counts once
+            if ex.execution_id in fresh:
+                fresh.discard(ex.execution_id)
+                todo.append(ex)
+        if not todo:
+            return 0
+        named = {ref for ex in todo for ref in ((ex.order_id, ex.counter_order_id) if ex.type == FILL else (ex.order_id,))}
+        orders = await uow.orders.lock_orders([i for i in map(_uuid, named) if i is not None])
+        at = now()
+        changes: list[tuple] = []
+        touched: dict[uuid.UUID, Order] = {}
+        for ex in todo:
+            if ex.type == FILL:
+                assert ex.price is not None and ex.executed_at is not None
+                fill = Fill(ex.execution_id, ex.price, ex.quantity, ex.executed_at)
+                for _, order_id in sorted(((ex.account_id, ex.order_id), (ex.counter_account_id, ex.counter_order_id))):
+                    if (o := _known(orders, order_id, ex)) is not None:
+                        o.fill(ex.quantity, ex.price)
+                        o.updated_at, touched[o.order_id] = at, o
+                        changes.append(uow.orders.change(o, fill))
+            elif (o := _known(orders, ex.order_id, ex)) is not None and not o.status.is_terminal:
+                _end(o, ex)
+                o.updated_at, touched[o.order_id] = at, o
+                changes.append(uow.orders.change(o))
+        await uow.orders.save_execution_results(list(touched.values()), at)
+        changes.sort(key=lambda c: c[0])  # by account; stable: each account's in stream order
+        await uow.orders.record_changes(changes)
+        await uow.commit()
+        return len(todo)
+
+
+def _uuid(order_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(order_id)
+    except ValueError:
+        return None  # not an id of ours: _known reports it
+
+
+def _known(orders: dict[uuid.UUID, Order], order_id: str, ex: Execution) -> Order | None:
+    """The locked order an execution of a run names; None (reported as _order does) for one
+    order_svc does not have."""
+    o = orders.get(_uuid(order_id))  # type: ignore[arg-type]
+    if o is None:
+        _unknown(ex, order_id)
+    return o
+
+
+def _end(o: Order, ex: Execution) -> None:
+    """A CANCELLED, EXPIRED or REJECTED execution's effect on its order (not yet ended)."""
+    if ex.type == REJECTED:
+        # Any other reason (INVALID, DUPLICATE_ORDER_ID) is the engine refusing what
+        # order_svc validated: INTERNAL, not the FOK's reason (round 15).
+        reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.INTERNAL)
+        o.reject(reason, _ENGINE_REJECT_MESSAGES[reason] if ex.reason in _ENGINE_REJECTS
+                 else f"the engine rejected the order: {ex.reason or reason.value}")
+    else:
+        o.end(Status.CANCELLED if ex.type == CANCELLED else Status.EXPIRED,
+              ENGINE_END_REASONS.get(ex.reason or ("SESSION_CLOSE" if ex.type == EXPIRED else "")))
 
 
 async def _replaced(uow, ex: Execution, at) -> None:
@@ -147,15 +236,17 @@ async def _order(uow, order_id: str, ex: Execution) -> Order | None:
     not have. Every order the engine knows came from order_svc's outbox, so that happens only
     when the database was restored alone to an earlier point (docs/operations.md: not
     supported): the execution is passed over, but no longer in silence (round 15)."""
-    try:
-        o = await uow.orders.get(uuid.UUID(order_id), for_update=True)
-    except ValueError:
-        o = None  # not an id of ours
+    oid = _uuid(order_id)
+    o = None if oid is None else await uow.orders.get(oid, for_update=True)
     if o is None:
-        UNKNOWN_ORDERS.inc()
-        log.error("execution for an order this database does not have passed over",
-                  extra={"executionId": ex.execution_id, "orderId": order_id, "symbol": ex.symbol})
+        _unknown(ex, order_id)
     return o
+
+
+def _unknown(ex: Execution, order_id: str) -> None:
+    UNKNOWN_ORDERS.inc()
+    log.error("execution for an order this database does not have passed over",
+              extra={"executionId": ex.execution_id, "orderId": order_id, "symbol": ex.symbol})
 
 
 class AfterSequenceAhead(DomainError):

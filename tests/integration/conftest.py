@@ -114,8 +114,8 @@ async def execution_consumers(ledger_consumer, nats_conn, namespace, order_deps)
     from order_svc.service_layer import lifecycle
 
     js = nats_conn.jetstream()
-    task = asyncio.create_task(executions.consume(js, namespace, "orders",
-                                                  lambda ex: lifecycle.apply_execution(ex, order_deps)))
+    task = asyncio.create_task(executions.consume(
+        js, namespace, "orders", apply_batch=lambda exs: lifecycle.apply_executions(exs, order_deps)))
     yield js
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
