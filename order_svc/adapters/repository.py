@@ -368,7 +368,7 @@ class OrderRepository:
             return
         cols = list(zip(*(c[:-1] for c in changes)))  # the channel (the last value) is one parameter
         await self.conn.execute(
-            f"""
+            """
             SELECT orders.record_change(v.account_id, v.order_id, v.status, v.filled_quantity, v.fill_notional,
                                         v.reject_reason, v.reject_message, v.replaced_by, v.updated_at, v.fill_id,
                                         v.fill_price, v.fill_quantity, v.executed_at, v.audit_type, v.audit_payload,
