@@ -43,7 +43,8 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     if nc is not None:
         js = nc.jetstream()
         background.append(lambda: executions.consume(
-            js, namespace, "ledger", lambda ex: settlement.apply_execution(ex, uow), elect_on=database_url))
+            js, namespace, "ledger", apply_batch=lambda exs: settlement.apply_executions(exs, uow),
+            elect_on=database_url))
         if database_url:  # the end-of-day batch, by the one replica elected for it
             background.append(lambda: db.elected(database_url, f"{namespace}.settlement",
                                                  lambda: runner.settlement_loop(uow, js, namespace)))

@@ -21,6 +21,15 @@ async def append(conn: asyncpg.Connection, stream: str, event_type: str, payload
     return await conn.fetchval("SELECT audit.append($1, $2, $3)", stream, event_type, canonical(payload))
 
 
+async def append_many(conn: asyncpg.Connection, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """append of each (stream, event_type, payload), in the order given, in one statement."""
+    if events:
+        await conn.execute(
+            "SELECT audit.append(v.stream, v.event_type, v.payload) "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS v(stream, event_type, payload, n) "
+            "ORDER BY v.n", [e[0] for e in events], [e[1] for e in events], [canonical(e[2]) for e in events])
+
+
 def link_hash(prev: bytes, stream: str, seq: int, event_type: str, payload: str) -> bytes:
     return hashlib.sha256(prev + f"{stream}|{seq}|{event_type}|{payload}".encode()).digest()
 

@@ -64,6 +64,18 @@ def from_proto(m) -> Execution:
         kept_priority=m.kept_priority)
 
 
+def claimed(exs: list[Execution], fresh: set[str]) -> list[Execution]:
+    """Those of `exs` that a claim of all their ids just took (`fresh`: the ids it inserted),
+    in stream order, each once: a repeat within the list, or of one applied before, drops out."""
+    out: list[Execution] = []
+    left = set(fresh)
+    for ex in exs:
+        if ex.execution_id in left:
+            left.discard(ex.execution_id)
+            out.append(ex)
+    return out
+
+
 def consumer_name(durable: str, symbol: str) -> str:
     """The durable consumer of one symbol's executions: ('ledger', 'AAPL') -> 'ledger_AAPL'."""
     return f"{durable}_{symbol}"

@@ -63,6 +63,18 @@ async def pool(database_url: str):
     assert not broken, f"audit trail broken after the suite ({checked} events intact): {broken}"
 
 
+@pytest.fixture(scope="module")
+async def own_pool(pg_server_url: str):
+    """A database of the test module's own, for tests whose data another module's must not see
+    (fills left unsettled, which a settlement of the day elsewhere would take). A module makes
+    it its `pool`, so that `checked_pool` checks it, with
+    `pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)`."""
+    async with fresh_database(pg_server_url) as url:
+        p = await asyncpg.create_pool(url, min_size=1, max_size=5)
+        yield p
+        await p.close()
+
+
 @pytest.fixture
 async def checked_pool(pool):
     """The pool, with the ledger's invariants checked after the test."""

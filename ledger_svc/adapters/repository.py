@@ -25,6 +25,27 @@ def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
         status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
         resolved_at=r["r_resolved_at"]), r["r_available"]
 
+def entry_event(entry: JournalEntry, audit_type: str | None = None, audit_extra: dict | None = None
+                ) -> tuple[str, str, dict]:
+    """The audit event (stream, type, payload) of a posted entry: `audit_type` (default: the
+    entry's kind) with `audit_extra` added."""
+    payload = {
+        "entryId": str(entry.entry_id), "account": entry.account_id, "asset": entry.asset,
+        "amount": entry.amount, "key": entry.idempotency_key,
+        "postings": [[p.book.owner, p.book.asset, p.amount] for p in entry.postings],
+    }
+    return f"ledger:{entry.account_id}", audit_type or entry.kind, {**payload, **(audit_extra or {})}
+
+
+def hold_event(hold: Hold, event_type: str, extra: dict) -> tuple[str, str, dict]:
+    """The audit event (stream, type, payload) of a change of a hold."""
+    return f"ledger:{hold.account_id}", event_type, {
+        "holdId": hold.hold_id, "account": hold.account_id, "orderId": hold.order_id,
+        "asset": hold.asset, "amount": hold.amount, "captured": hold.captured,
+        "released": hold.released, "status": hold.status.value, **extra,
+    }
+
+
 class ActivityRow(NamedTuple):
     """A line of the account's statement: one of its postings, or a sale's proceeds owed until
     settlement (kind PROCEEDS). `own`: the entry is the account's own (a trade's capture of the
@@ -253,13 +274,7 @@ class LedgerRepository:
                 available = await self.conn.fetchval(
                     "SELECT posted - held FROM ledger.balances WHERE book_id = $1", book_id)
                 raise insufficient(ref.asset, available or Decimal(0), -amount)
-        payload = {
-            "entryId": str(entry.entry_id), "account": entry.account_id, "asset": entry.asset,
-            "amount": entry.amount, "key": entry.idempotency_key,
-            "postings": [[p.book.owner, p.book.asset, p.amount] for p in entry.postings],
-        }
-        await audit.append(self.conn, f"ledger:{entry.account_id}", audit_type or entry.kind,
-                           {**payload, **(audit_extra or {})})
+        await audit.append(self.conn, *entry_event(entry, audit_type, audit_extra))
 
     async def add_entry(self, entry: JournalEntry) -> None:
         """Record an entry header that needs no idempotency key of its own (its caller has one)."""
@@ -460,11 +475,82 @@ class LedgerRepository:
             """, hold_id, capture_id, amount, entry_id, counter_account_id)
 
     async def audit_hold(self, hold: Hold, event_type: str, extra: dict) -> None:
-        await audit.append(self.conn, f"ledger:{hold.account_id}", event_type, {
-            "holdId": hold.hold_id, "account": hold.account_id, "orderId": hold.order_id,
-            "asset": hold.asset, "amount": hold.amount, "captured": hold.captured,
-            "released": hold.released, "status": hold.status.value, **extra,
-        })
+        await audit.append(self.conn, *hold_event(hold, event_type, extra))
+
+    # --- a run of executions, in a few statements (settlement._apply_run) ----------------
+
+    entry_event = staticmethod(entry_event)
+    hold_event = staticmethod(hold_event)
+
+    async def append_events(self, events: list[tuple[str, str, dict]]) -> None:
+        """Audit events (stream, type, payload), in the order given, in one statement."""
+        await audit.append_many(self.conn, events)
+
+    async def lock_holds(self, hold_ids: Iterable[str]) -> dict[str, Hold]:
+        """The holds of these ids that exist, locked (in id order), in one statement."""
+        rows = await self.conn.fetch(
+            f"SELECT {_HOLD_COLUMNS} FROM ledger.holds WHERE hold_id = ANY($1::text[]) ORDER BY hold_id FOR UPDATE",
+            sorted(set(hold_ids)))
+        return {r["hold_id"]: _hold(r) for r in rows}
+
+    async def any_capture(self, keys: list[tuple[str, str]]) -> bool:
+        """Whether any of these (hold_id, capture_id) was captured before."""
+        return bool(await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger.hold_captures c JOIN unnest($1::text[], $2::text[]) AS k(h, c_id) "
+            "ON c.hold_id = k.h AND c.capture_id = k.c_id)", [k[0] for k in keys], [k[1] for k in keys]))
+
+    async def posting_ids(self, n: int) -> list[int]:
+        """`n` ids of the postings' sequence, ascending (postings and proceeds lines share it:
+        a statement lists them in its order)."""
+        return sorted(await self.conn.fetchval(
+            "SELECT array_agg(nextval('ledger.postings_posting_id_seq')) FROM generate_series(1, $1)", n))
+
+    async def add_entries(self, entries: list[JournalEntry]) -> None:
+        """add_entry of many in one statement."""
+        await self.conn.execute(
+            """
+            INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount, asset, description,
+                                        reference)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::text[],
+                                 $7::text[], $8::text[])
+            """, *(list(c) for c in zip(*((e.entry_id, e.kind, e.account_id, e.idempotency_key, e.amount, e.asset,
+                                           e.description, e.reference) for e in entries))))
+
+    async def add_postings(self, rows: list[tuple[int, object, int, str, Decimal]]) -> None:
+        """Postings (posting_id, entry_id, book_id, asset, amount) in one statement."""
+        await self.conn.execute(
+            "INSERT INTO ledger.postings (posting_id, entry_id, book_id, asset, amount) "
+            "SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[], $5::numeric[])",
+            *(list(c) for c in zip(*rows)))
+
+    async def move_balances(self, moves: dict[int, tuple[Decimal, Decimal]]) -> None:
+        """posted += and held += on each customer book (book_id -> the two deltas), in one
+        statement, in book order; the balances' CHECK constraints refuse a negative result."""
+        books = sorted(moves)
+        await self.conn.execute(
+            """
+            UPDATE ledger.balances b SET posted = b.posted + v.posted, held = b.held + v.held
+              FROM unnest($1::bigint[], $2::numeric[], $3::numeric[]) AS v(book_id, posted, held)
+             WHERE b.book_id = v.book_id
+            """, books, [moves[b][0] for b in books], [moves[b][1] for b in books])
+
+    async def add_captures(self, rows: list[tuple[str, str, Decimal, object, str]]) -> None:
+        """add_capture of many (hold_id, capture_id, amount, entry_id, counter_account_id)."""
+        await self.conn.execute(
+            "INSERT INTO ledger.hold_captures (hold_id, capture_id, amount, entry_id, counter_account_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::uuid[], $5::text[])",
+            *(list(c) for c in zip(*rows)))
+
+    async def save_holds(self, holds: list[Hold]) -> None:
+        """save_hold of many (each once) in one statement."""
+        await self.conn.execute(
+            """
+            UPDATE ledger.holds h SET captured = v.captured, released = v.released, status = v.status,
+                   resolved_at = CASE WHEN v.status <> 'PENDING' THEN now() END
+              FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::text[]) AS v(hold_id, captured, released, status)
+             WHERE h.hold_id = v.hold_id
+            """, [h.hold_id for h in holds], [h.captured for h in holds], [h.released for h in holds],
+            [h.status.value for h in holds])
 
     async def list_holds(self, account_id: str, before: int | None, limit: int) -> list[HoldRow]:
         rows = await self.conn.fetch(

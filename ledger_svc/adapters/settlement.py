@@ -41,6 +41,55 @@ class SettlementRepository:
             ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
             ex.counter_leaves if ex.counter_order_id else None))
 
+    async def claim_executions(self, exs: list[Execution]) -> set[str]:
+        """claim_execution of many in one statement: the ids not applied before."""
+        rows = [(ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
+                 ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
+                 ex.counter_leaves if ex.counter_order_id else None) for ex in exs]
+        found = await self.conn.fetch(
+            """
+            INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
+                                           counter_account_id, side, price, quantity, trade_date, executed_at,
+                                           leaves, counter_leaves)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                 $8::text[], $9::numeric[], $10::bigint[], $11::date[], $12::timestamptz[],
+                                 $13::bigint[], $14::bigint[])
+            ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id
+            """, *(list(c) for c in zip(*rows)))
+        return {r[0] for r in found}
+
+    async def lock_positions(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Position]:
+        """The positions of these (account, symbol), locked in that order, in one statement; a
+        position not held yet is an empty one."""
+        ordered = sorted(keys)
+        rows = await self.conn.fetch(
+            """
+            SELECT p.account_id, p.symbol, p.quantity, p.cost FROM ledger.positions p
+              JOIN unnest($1::text[], $2::text[]) AS k(account_id, symbol) USING (account_id, symbol)
+             ORDER BY p.account_id, p.symbol FOR UPDATE OF p
+            """, [k[0] for k in ordered], [k[1] for k in ordered])
+        found = {(r["account_id"], r["symbol"]): Position(r["quantity"], r["cost"]) for r in rows}
+        return {k: found.get(k) or Position() for k in ordered}
+
+    async def save_positions(self, positions: dict[tuple[str, str], Position]) -> None:
+        """save_position of many in one statement."""
+        keys = sorted(positions)
+        await self.conn.execute(
+            """
+            INSERT INTO ledger.positions (account_id, symbol, quantity, cost)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[])
+            ON CONFLICT (account_id, symbol) DO UPDATE SET quantity = excluded.quantity, cost = excluded.cost
+            """, [k[0] for k in keys], [k[1] for k in keys], [positions[k].quantity for k in keys],
+            [positions[k].cost for k in keys])
+
+    async def add_unsettled_many(self, rows: list[tuple[int, str, str, Decimal, date, str]]) -> None:
+        """add_unsettled of many (activity_id, fill_id, account_id, amount, trade_date,
+        description): each with its statement line's id drawn from the postings' sequence."""
+        await self.conn.execute(
+            "INSERT INTO ledger.unsettled (activity_id, fill_id, account_id, amount, trade_date, description) "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::date[], $6::text[])",
+            *(list(c) for c in zip(*rows)))
+
     async def position(self, account_id: str, symbol: str) -> Position:
         row = await self.conn.fetchrow(
             "SELECT quantity, cost FROM ledger.positions WHERE account_id = $1 AND symbol = $2 FOR UPDATE",

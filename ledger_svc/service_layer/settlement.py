@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import Callable, Mapping
 
 from ledger_svc.domain import model
-from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, SettlementReport, legs, settlement_entry
+from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution, claimed
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
@@ -42,8 +42,7 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
         ended: list[str] = []
         if ex.type == FILL:
             f = legs(ex)
-            price = fmt_at_tick(f.price, price_tick(ex.symbol, f.price))
-            memo = model.FillMemo(ex.execution_id, f"{f.quantity} {ex.symbol} at {price}")
+            memo = _memo(ex, f)
             if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
                 await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
                                                            model.CLEARING), memo)
@@ -53,15 +52,7 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
             bought.buy(f.quantity, f.price)
             await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
             sold = await uow.settlement.position(f.seller_account, ex.symbol)
-            if sold.quantity < f.quantity:
-                # The book had the shares (the sell's hold was placed against it) but the
-                # position was never told of some: take them at zero cost rather than stop
-                # every later execution of the symbol on this one (round 16 code review 2).
-                log.error("a fill sells more shares than the seller's position knows of; the rest taken at zero "
-                          "cost", extra={"executionId": ex.execution_id, "account": f.seller_account,
-                                         "symbol": ex.symbol, "position": sold.quantity, "sold": f.quantity})
-                sold.receive(f.quantity - sold.quantity, Decimal(0))
-            sold.sell(f.quantity)
+            _sell(sold, ex, f)
             await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
             assert ex.trade_date is not None
             if f.cash:
@@ -86,6 +77,187 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
                 await release_in(uow, order_id)
         await uow.commit()
         return True
+
+
+def _in_runs(ex: Execution) -> bool:
+    """Applied with its neighbours in one transaction of a few statements (_apply_run): a fill,
+    and an order's end that moves no hold to another order."""
+    return ex.type == FILL or (ex.type in ENDS_ORDER and ex.reason != "REPLACED")
+
+
+async def apply_executions(exs: list[Execution], uow_factory: UowFactory) -> int:
+    """Apply executions in stream order: each run of fills and ends (cancels, expiries,
+    rejections) in one transaction of about fifteen statements however long it is, anything
+    else one at a time (apply_execution). Returns how many were applied (repeats and
+    acceptances are not).
+
+    A consumer behind applies its backlog in few transactions (round 20: ~37 statements and a
+    commit per fill, one fill after the other, applied ~30-80 fills a second per symbol). A run
+    that cannot be applied together (a hold missing or resolved, a capture made before: what
+    apply_execution refuses or tells apart) is applied one execution at a time instead, so each
+    is applied, or refused, exactly as apply_execution does."""
+    applied = 0
+    run: list[Execution] = []
+
+    async def flush() -> int:
+        try:
+            return await _apply_run(run, uow_factory)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - each again on its own, which applies it or raises the same
+            log.warning("a run of executions could not be applied together; applying them one at a time",
+                        exc_info=True, extra={"executions": len(run), "first": run[0].execution_id})
+            return sum([await apply_execution(ex, uow_factory) for ex in run])
+
+    for ex in exs:
+        if ex.type in NO_EFFECT:
+            continue
+        if _in_runs(ex):
+            run.append(ex)
+            continue
+        if run:
+            applied += await flush()
+            run = []
+        applied += await apply_execution(ex, uow_factory)
+    if run:
+        applied += await flush()
+    return applied
+
+
+class _Together(Exception):
+    """Something in a run that apply_execution tells apart: the run goes one at a time."""
+
+
+class _RunWrites:
+    """What a run of executions writes, gathered in stream order and written in one statement
+    per table (LedgerRepository's and SettlementRepository's many-row methods)."""
+
+    def __init__(self) -> None:
+        self.entries: list[model.JournalEntry] = []
+        self.postings: list[tuple[int, object, int, str, Decimal]] = []  # (slot, entry, book, asset, amount)
+        self.moves: dict[int, tuple[Decimal, Decimal]] = {}  # customer book -> (posted, held) deltas
+        self.captures: list[tuple[str, str, Decimal, object, str]] = []
+        self.holds: dict[str, model.Hold] = {}
+        self.unsettled: list[tuple[int, str, str, Decimal, date, str]] = []  # (slot, ...)
+        self.events: list[tuple[str, str, dict]] = []
+        self.slots = 0  # postings and proceeds lines take the postings' sequence in this order
+
+    def slot(self) -> int:
+        self.slots += 1
+        return self.slots - 1
+
+    def move(self, book_id: int, posted: Decimal, held: Decimal) -> None:
+        p, h = self.moves.get(book_id, (Decimal(0), Decimal(0)))
+        self.moves[book_id] = (p + posted, h + held)
+
+    async def capture(self, uow, hold: model.Hold | None, capture_id: str, amount: Decimal, counter: str,
+                      memo: model.FillMemo) -> None:
+        """capture_in's effect for a trade (a FILL entry naming `memo`)."""
+        if hold is None or counter == hold.account_id:
+            raise _Together(f"capture {capture_id}: no such hold, or its own account as counter")
+        hold.capture(amount)
+        entry = model.capture_entry(hold, amount, counter, memo)
+        self.entries.append(entry)
+        payer = model.BookRef(hold.account_id, hold.asset)
+        for p in entry.postings:
+            book_id = await uow.ledger.book_id(p.book)
+            self.postings.append((self.slot(), entry.entry_id, book_id, p.book.asset, p.amount))
+            if p.book.is_customer:
+                self.move(book_id, p.amount, p.amount if p.book == payer else Decimal(0))
+        self.events.append(uow.ledger.entry_event(entry, "HOLD_CAPTURED", {
+            "holdId": hold.hold_id, "captureId": capture_id, "orderId": hold.order_id, "counterAccount": counter,
+            "captured": hold.captured, "status": hold.status.value}))
+        self.captures.append((hold.hold_id, capture_id, amount, entry.entry_id, counter))
+        self.holds[hold.hold_id] = hold
+
+    async def release(self, uow, hold: model.Hold) -> None:
+        """release_in's effect."""
+        left = hold.release()
+        if left == 0:
+            return
+        self.move(await uow.ledger.book_id(model.BookRef(hold.account_id, hold.asset)), Decimal(0), -left)
+        self.holds[hold.hold_id] = hold
+        self.events.append(uow.ledger.hold_event(hold, "HOLD_RELEASED", {"releasedNow": left}))
+
+    async def write(self, uow, positions: dict[tuple[str, str], Position]) -> None:
+        ids = await uow.ledger.posting_ids(self.slots) if self.slots else []
+        if self.entries:
+            await uow.ledger.add_entries(self.entries)
+            await uow.ledger.add_postings([(ids[slot], *rest) for slot, *rest in self.postings])
+            await uow.ledger.add_captures(self.captures)
+        if self.moves:
+            await uow.ledger.move_balances(self.moves)
+        if self.holds:
+            await uow.ledger.save_holds(list(self.holds.values()))
+        if positions:
+            await uow.settlement.save_positions(positions)
+        if self.unsettled:
+            await uow.settlement.add_unsettled_many([(ids[slot], *rest) for slot, *rest in self.unsettled])
+        # By account (their heads are locked already), each account's events in stream order.
+        await uow.ledger.append_events(sorted(self.events, key=lambda e: e[0]))
+
+
+async def _apply_run(exs: list[Execution], uow_factory: UowFactory) -> int:
+    """Fills and ends in one transaction: what apply_execution does for each, in stream order,
+    with the run's ids claimed, accounts, holds and positions locked, and everything written,
+    in one statement each."""
+    async with uow_factory() as uow:
+        todo = claimed(exs, await uow.settlement.claim_executions(exs))
+        if not todo:
+            return 0
+        # Accounts first, in account order (migration 0007), then their rows.
+        await uow.ledger.lock_accounts(a for ex in todo for a in (ex.account_id, ex.counter_account_id))
+        fills = [(ex, legs(ex)) for ex in todo if ex.type == FILL]
+        holds = await uow.ledger.lock_holds(
+            [o for _, f in fills for o in (f.buyer_order, f.seller_order)] + [ex.order_id for ex in todo if ex.type != FILL])
+        if fills and await uow.ledger.any_capture(
+                [(f.buyer_order, f"{ex.execution_id}:cash") for ex, f in fills]
+                + [(f.seller_order, f"{ex.execution_id}:shares") for ex, f in fills]):
+            raise _Together("a capture of the run was made before")
+        positions = await uow.settlement.lock_positions(
+            {(a, ex.symbol) for ex, f in fills for a in (f.buyer_account, f.seller_account)})
+        w = _RunWrites()
+        for ex in todo:
+            ended: list[str] = [ex.order_id]
+            if ex.type == FILL:
+                f = legs(ex)
+                memo = _memo(ex, f)
+                if f.cash:
+                    await w.capture(uow, holds.get(f.buyer_order), f"{ex.execution_id}:cash", f.cash,
+                                    model.CLEARING, memo)
+                await w.capture(uow, holds.get(f.seller_order), f"{ex.execution_id}:shares", Decimal(f.quantity),
+                                f.buyer_account, memo)
+                positions[(f.buyer_account, ex.symbol)].buy(f.quantity, f.price)
+                _sell(positions[(f.seller_account, ex.symbol)], ex, f)
+                if f.cash:
+                    assert ex.trade_date is not None
+                    w.unsettled.append((w.slot(), ex.execution_id, f.seller_account, f.cash, ex.trade_date, memo.trade))
+                ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves))
+                         if leaves == 0]
+            for order_id in ended:
+                if (hold := holds.get(order_id)) is not None:
+                    await w.release(uow, hold)
+        await w.write(uow, positions)
+        await uow.commit()
+        return len(todo)
+
+
+def _memo(ex: Execution, f) -> model.FillMemo:
+    """What a fill's captures say on both statements: "3 AAPL at 187.25"."""
+    return model.FillMemo(ex.execution_id,
+                          f"{f.quantity} {ex.symbol} at {fmt_at_tick(f.price, price_tick(ex.symbol, f.price))}")
+
+
+def _sell(sold: Position, ex: Execution, f) -> None:
+    """The seller's position gives up a fill's shares. The book had them (the sell's hold was
+    placed against it) but a position never told of some takes them at zero cost rather than
+    stop every later execution of the symbol on this one (round 16 code review 2)."""
+    if sold.quantity < f.quantity:
+        log.error("a fill sells more shares than the seller's position knows of; the rest taken at zero "
+                  "cost", extra={"executionId": ex.execution_id, "account": f.seller_account,
+                                 "symbol": ex.symbol, "position": sold.quantity, "sold": f.quantity})
+        sold.receive(f.quantity - sold.quantity, Decimal(0))
+    sold.sell(f.quantity)
 
 
 async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, timeout: float,

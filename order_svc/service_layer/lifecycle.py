@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from meshkit import aio
 from meshkit.errors import DomainError, Unavailable
 from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
-                                Execution)
+                                Execution, claimed)
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
 
@@ -119,12 +119,7 @@ async def _apply_run(exs: list[Execution], deps: Deps) -> int:
     recorded (by account, each account's in stream order): what apply_execution does for each,
     in five statements for the run."""
     async with deps.uow() as uow:
-        fresh = await uow.orders.claim_executions([ex.execution_id for ex in exs])
-        todo: list[Execution] = []
-        for ex in exs:  # a repeat within the run counts once
-            if ex.execution_id in fresh:
-                fresh.discard(ex.execution_id)
-                todo.append(ex)
+        todo = claimed(exs, await uow.orders.claim_executions([ex.execution_id for ex in exs]))
         if not todo:
             return 0
         named = {ref for ex in todo for ref in ((ex.order_id, ex.counter_order_id) if ex.type == FILL else (ex.order_id,))}

@@ -100,8 +100,8 @@ async def ledger_consumer(checked_pool, nats_conn, namespace):
     from meshkit import executions
 
     uow = lambda: LedgerUnitOfWork(checked_pool)  # noqa: E731
-    task = asyncio.create_task(executions.consume(nats_conn.jetstream(), namespace, "ledger",
-                                                  lambda ex: settlement.apply_execution(ex, uow)))
+    task = asyncio.create_task(executions.consume(
+        nats_conn.jetstream(), namespace, "ledger", apply_batch=lambda exs: settlement.apply_executions(exs, uow)))
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

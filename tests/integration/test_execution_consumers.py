@@ -148,3 +148,35 @@ async def test_a_symbol_taken_off_the_listing_keeps_its_consumer(nats_conn):
         assert await eventually(lambda: applied == ["O1", "O2"]), applied
     finally:
         await _stop(task)
+
+
+async def test_apply_batch_takes_a_backlog_in_stream_order_a_batch_at_a_time(nats_conn):
+    """With apply_batch, a consumer behind gets what has come in lists (at most `batch`, in
+    stream order, each execution once); a list that fails comes again whole."""
+    js = nats_conn.jetstream()
+    ns = f"ex{uuid.uuid4().hex[:8]}"
+    await bus.ensure_stream(js, ns, "EXECUTIONS")
+    ids = [f"E{i:03d}" for i in range(100)]
+    for execution_id in ids:
+        await _publish(js, ns, "AAA", execution_id)
+    batches: list[list[str]] = []
+    failed_once: list[list[str]] = []
+
+    async def apply_batch(exs: list[executions.Execution]) -> None:
+        got = [ex.execution_id for ex in exs]
+        if len(batches) == 1 and not failed_once:  # the second list fails once
+            failed_once.append(got)
+            raise RuntimeError("not this time")
+        batches.append(got)
+
+    task = asyncio.create_task(executions.consume(js, ns, "svc", apply_batch=apply_batch, batch=16,
+                                                  symbols=["AAA"]))
+    try:
+        assert await eventually(lambda: sum(map(len, batches)) >= len(ids)), batches
+        assert [i for b in batches for i in b] == ids  # in order, each once
+        assert max(map(len, batches)) <= 16 and len(batches) < len(ids)  # a backlog goes in lists
+        assert failed_once and batches[1][0] == failed_once[0][0]  # the failed list came again from its start
+    finally:
+        await _stop(task)
+    with pytest.raises(TypeError):
+        await executions.consume(js, ns, "svc", lambda ex: None, apply_batch=apply_batch)

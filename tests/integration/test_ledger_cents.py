@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import asyncpg
 import pytest
 
 from ledger_svc.entrypoints import mapping
@@ -16,30 +15,15 @@ from meshkit import calendar
 from meshkit.executions import FILL, Execution
 from meshkit.marketdata import Touch
 from stockmesh.ledger.v1 import ledger_pb2
-from tests.support import invariants
 
 pytestmark = pytest.mark.integration
 D = Decimal
 
 
-@pytest.fixture(scope="module")
-async def own_pool(pg_server_url):
-    """A database of this module's own: its fills are today's and some stay unsettled on
-    purpose, which a settlement of the day in another test (test_settlement.py) would see."""
-    from tests.conftest import fresh_database
-
-    async with fresh_database(pg_server_url) as url:
-        p = await asyncpg.create_pool(url, min_size=1, max_size=5)
-        yield p
-        await p.close()
-
-
-@pytest.fixture
-async def checked_pool(own_pool):
-    """The module's pool, with the ledger's invariants checked after each test."""
-    yield own_pool
-    problems = await invariants.check(own_pool)
-    assert not problems, "ledger invariants broken:\n" + "\n".join(problems)
+# A database of this module's own: its fills are today's and some stay unsettled on purpose,
+# which a settlement of the day in another test (test_settlement.py) would see. checked_pool
+# (tests/conftest.py) checks the ledger's invariants on it after each test.
+pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
 
 
 class Trade:

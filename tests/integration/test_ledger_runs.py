@@ -1,0 +1,213 @@
+"""The ledger applies a consumer's backlog of fills and ends in runs (settlement.apply_executions):
+one transaction of a few statements per run. What a run leaves must be exactly what applying
+its executions one at a time (apply_execution) leaves: balances, holds, positions, proceeds,
+statement lines and audit events, in the same order."""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from ledger_svc.domain.model import HoldNotFound
+from ledger_svc.service_layer import commands, handlers as ledger, settlement
+from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
+from meshkit import calendar
+from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
+
+pytestmark = pytest.mark.integration
+D = Decimal
+ROLES = ("b1", "b2", "b3", "s1", "s2")
+ORDERS = {"b1o": ("b1", "USD", "1000"), "b2o": ("b2", "USD", "500"), "b3o": ("b3", "USD", "300"),
+          "s1o": ("s1", "AAPL", "10"), "s2o": ("s2", "AAPL", "5")}
+TOGETHER_FAILED = "could not be applied together"
+
+
+# A database of this module's own: its fills are today's and some stay unsettled on purpose,
+# which a settlement of the day in another test (test_settlement.py) would see. checked_pool
+# (tests/conftest.py) checks the ledger's invariants on it after each test.
+pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+
+
+class World:
+    """Three buyers and two sellers, each order with its hold placed, under names of its own."""
+
+    def __init__(self, pool) -> None:
+        self.uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
+        self.tag = uuid.uuid4().hex[:8]
+
+    def acct(self, role: str) -> str:
+        return f"{role}-{self.tag}"
+
+    def order(self, name: str) -> str:
+        return f"{name}-{self.tag}"
+
+    async def open(self) -> "World":
+        for role in ("b1", "b2", "b3"):
+            await ledger.deposit(commands.Deposit(self.acct(role), D("2000"), "fund"), self.uow)
+        await ledger.credit_shares(commands.CreditShares(self.acct("s1"), "AAPL", D(20), "seed", D("90")), self.uow)
+        await ledger.credit_shares(commands.CreditShares(self.acct("s2"), "AAPL", D(5), "seed"), self.uow)
+        for name, (role, asset, amount) in ORDERS.items():
+            await ledger.place_hold(commands.PlaceHold(self.order(name), self.acct(role), self.order(name), asset,
+                                                       D(amount)), self.uow)
+        return self
+
+    def fill(self, n: int, taker: str, buy: str, sell: str, qty: int, price: str, b_leaves: int,
+             s_leaves: int) -> Execution:
+        now = datetime.now(timezone.utc)
+        (t_order, t_leaves), (m_order, m_leaves) = (((buy, b_leaves), (sell, s_leaves)) if taker == "BUY"
+                                                    else ((sell, s_leaves), (buy, b_leaves)))
+        return Execution(
+            execution_id=f"x{n}-{self.tag}", symbol="AAPL", type=FILL, order_id=self.order(t_order),
+            account_id=self.acct(ORDERS[t_order][0]), side=taker, counter_order_id=self.order(m_order),
+            counter_account_id=self.acct(ORDERS[m_order][0]), price=D(price), quantity=qty, leaves=t_leaves,
+            counter_leaves=m_leaves, executed_at=now, trade_date=calendar.trading_day(now))
+
+    def end(self, n: int, kind: str, order: str, reason: str = "") -> Execution:
+        now = datetime.now(timezone.utc)
+        return Execution(execution_id=f"x{n}-{self.tag}", symbol="AAPL", type=kind, order_id=self.order(order),
+                         account_id=self.acct(ORDERS[order][0]), reason=reason, executed_at=now,
+                         trade_date=calendar.trading_day(now))
+
+    def flow(self) -> list[Execution]:
+        """Partial fills of both sides, an order filled whole (its hold captured in full), a
+        sub-penny-free cancel, an expiry and a rejection, with one execution given twice."""
+        second = self.fill(2, "SELL", "b2o", "s1o", 2, "98.75", 3, 5)
+        return [
+            self.fill(1, "BUY", "b1o", "s1o", 3, "99.50", 7, 7),
+            second,
+            self.fill(3, "BUY", "b1o", "s2o", 5, "99.01", 2, 0),
+            second,  # a repeat in the same run
+            self.end(4, CANCELLED, "b1o", "CANCELLED_BY_USER"),
+            self.fill(5, "SELL", "b2o", "s1o", 3, "100", 0, 2),
+            self.end(6, EXPIRED, "s1o", "SESSION_CLOSE"),
+            self.end(7, REJECTED, "b3o", "FOK_NOT_FILLABLE"),
+        ]
+
+    async def state(self) -> dict:
+        """Everything the flow moved, with this world's names and ids taken out."""
+        def plain(value) -> str:
+            return str(value).replace(self.tag, "T")
+
+        out: dict = {}
+        async with self.uow() as uow:
+            conn = uow.ledger.conn
+            for role in ROLES:
+                a = self.acct(role)
+                out[role, "cash"] = await uow.ledger.balance(a, "USD")
+                out[role, "shares"] = await uow.ledger.balance(a, "AAPL")
+                p = await uow.settlement.position(a, "AAPL")
+                out[role, "position"] = (p.quantity, p.cost)
+                out[role, "statement"] = [(r.kind, r.asset, r.amount, plain(r.description), plain(r.reference), r.own)
+                                          for r in await uow.ledger.activities(a, None, 100)]
+                out[role, "proceeds"] = [tuple(map(plain, r)) for r in await conn.fetch(
+                    "SELECT fill_id, amount, description FROM ledger.unsettled WHERE account_id = $1 "
+                    "ORDER BY activity_id", a)]
+                events = await conn.fetch("SELECT event_type, payload FROM audit.events WHERE stream = $1 ORDER BY seq",
+                                          f"ledger:{a}")
+                # Entry ids are new uuids in either world: everything else must match.
+                out[role, "audit"] = [(e["event_type"], _without_entry_id(plain(e["payload"]))) for e in events]
+            for name in ORDERS:
+                h = await uow.ledger.get_hold(self.order(name))
+                out[name, "hold"] = (h.captured, h.released, h.status)
+        return out
+
+
+def _without_entry_id(payload: str) -> str:
+    import json
+
+    d = json.loads(payload)
+    d.pop("entryId", None)
+    return json.dumps(d, sort_keys=True)
+
+
+async def test_a_run_leaves_exactly_what_one_at_a_time_leaves(checked_pool, caplog):
+    one, run = await World(checked_pool).open(), await World(checked_pool).open()
+    for ex in one.flow():
+        await settlement.apply_execution(ex, one.uow)
+    with caplog.at_level(logging.WARNING, logger="ledger_svc.settlement"):
+        applied = await settlement.apply_executions(run.flow(), run.uow)
+    assert TOGETHER_FAILED not in caplog.text  # applied as one run, not one at a time after a failure
+    assert applied == 7  # eight given, one of them twice
+    expected, got = await one.state(), await run.state()
+    assert got == expected
+    # The flow moved something on every line compared (a vacuous match would prove nothing).
+    assert got["s1", "proceeds"] and got["b1", "position"][0] == 8 and got["s1o", "hold"][2].value == "RELEASED"
+    assert [t for t, _ in got["b1", "audit"]].count("HOLD_CAPTURED") == 2
+
+
+async def test_a_run_applied_before_applies_nothing_and_a_mixed_one_only_the_new(checked_pool, caplog):
+    w = await World(checked_pool).open()
+    flow = w.flow()
+    assert await settlement.apply_executions(flow[:3], w.uow) == 3
+    before = await w.state()
+    assert await settlement.apply_executions(flow[:3], w.uow) == 0
+    assert await w.state() == before
+    with caplog.at_level(logging.WARNING, logger="ledger_svc.settlement"):
+        assert await settlement.apply_executions(flow, w.uow) == 4  # the five others, one of them twice
+    assert TOGETHER_FAILED not in caplog.text
+
+
+async def test_a_run_that_cannot_go_together_is_applied_one_at_a_time(checked_pool, caplog):
+    """A fill of an order the ledger has no hold for: the run goes one at a time, so what comes
+    before it is applied, and the fill itself is refused as apply_execution refuses it (the
+    consumer retries it in place, as before runs)."""
+    w = await World(checked_pool).open()
+    flow = w.flow()
+    ghost = w.fill(9, "BUY", "b1o", "s1o", 1, "99", 6, 6)
+    ghost = Execution(**{**ghost.__dict__, "order_id": "no-such-order"})
+    with caplog.at_level(logging.WARNING, logger="ledger_svc.settlement"), pytest.raises(HoldNotFound):
+        await settlement.apply_executions(flow[:2] + [ghost], w.uow)
+    assert TOGETHER_FAILED in caplog.text
+    assert await settlement.apply_executions(flow[:2], w.uow) == 0  # applied one at a time before the refusal
+    async with w.uow() as uow:
+        assert await uow.settlement.claim_execution(ghost)  # not recorded as applied: free to claim
+
+
+def _as_proto(ex: Execution):
+    from stockmesh.common.v1 import common_pb2
+    from stockmesh.matching.v1 import matching_pb2
+
+    m = matching_pb2.Execution(
+        execution_id=ex.execution_id, symbol=ex.symbol, type=matching_pb2.ExecutionType.Value(f"EXECUTION_TYPE_{ex.type}"),
+        order_id=ex.order_id, account_id=ex.account_id, counter_order_id=ex.counter_order_id,
+        counter_account_id=ex.counter_account_id, price=str(ex.price) if ex.price is not None else "",
+        quantity=ex.quantity, leaves_quantity=ex.leaves, counter_leaves_quantity=ex.counter_leaves, reason=ex.reason,
+        side={"BUY": common_pb2.SIDE_BUY, "SELL": common_pb2.SIDE_SELL}.get(ex.side, common_pb2.SIDE_UNSPECIFIED))
+    m.time.FromDatetime(ex.executed_at)
+    return m
+
+
+async def test_the_consumer_applies_a_backlog_in_runs(checked_pool, nats_conn, caplog):
+    """Through meshkit.executions.consume: a backlog published before the ledger's consumer
+    starts is applied in runs, and leaves what one at a time leaves."""
+    import asyncio
+
+    from meshkit import bus, executions
+    from tests.support.wait import eventually
+
+    one, run = await World(checked_pool).open(), await World(checked_pool).open()
+    for ex in one.flow():
+        await settlement.apply_execution(ex, one.uow)
+    js, ns = nats_conn.jetstream(), f"lr{uuid.uuid4().hex[:8]}"
+    await bus.ensure_stream(js, ns, "EXECUTIONS")
+    for ex in run.flow():
+        await js.publish(bus.subject(ns, "executions", "AAPL"), _as_proto(ex).SerializeToString())
+    sizes: list[int] = []
+
+    async def apply_batch(exs):
+        sizes.append(len(exs))
+        await settlement.apply_executions(exs, run.uow)
+
+    with caplog.at_level(logging.WARNING, logger="ledger_svc.settlement"):
+        task = asyncio.create_task(executions.consume(js, ns, "ledger", apply_batch=apply_batch, symbols=["AAPL"]))
+        try:
+            assert await eventually(lambda: sum(sizes) >= 8), sizes
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert TOGETHER_FAILED not in caplog.text
+    assert max(sizes) > 1  # a backlog: more than one execution in a call
+    assert await run.state() == await one.state()
