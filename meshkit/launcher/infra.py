@@ -266,6 +266,10 @@ def _start_postgres_from(origin: str, bindir: Path, pgdata: Path, logs: Path, us
         death_signal=signal.SIGINT,
         stop_timeout=30.0,
         user=user,
+        # A restart as `user` needs the data folder's parents still passable: something else may
+        # have taken o+x off one meanwhile (round 20: a second pytest session reset
+        # /tmp/pytest-of-root to 0700, and every restart after a kill failed, "Permission denied").
+        prepare=(lambda: _let_traverse(pgdata.parent)) if user is not None else None,
     )
     try:
         child = sup.start(spec)

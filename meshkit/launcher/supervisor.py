@@ -91,6 +91,8 @@ class ChildSpec:
     # Whether the child answers now (a health check with a short timeout of its own); None:
     # never asked. Called from the supervisor's probe thread.
     alive: Callable[[], bool] | None = None
+    # Run before every start, restarts included (e.g. the folders it needs made reachable again).
+    prepare: Callable[[], None] | None = None
 
 
 def tail(path: Path | None, lines: int = 40) -> str:
@@ -132,6 +134,8 @@ class Child:
 
     def spawn(self) -> None:
         spec = self.spec
+        if spec.prepare is not None:
+            spec.prepare()
         env = {**os.environ, **spec.env}
         uid = gid = -1
         if spec.user is not None:
