@@ -13,7 +13,7 @@ from meshkit import aio
 from meshkit.errors import DomainError, Unavailable
 from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
                                 Execution, claimed)
-from order_svc.domain.model import ENGINE_END_REASONS, Fill, Order, RejectReason, Status
+from order_svc.domain.model import ENGINE_END_REASONS, Fill, IllegalTransition, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
 
 log = logging.getLogger("order_svc.lifecycle")
@@ -105,11 +105,31 @@ async def apply_executions(exs: list[Execution], deps: Deps) -> int:
             run.append(ex)
             continue
         if run:
-            applied += await _apply_run(run, deps)
+            applied += await _apply_run_or_alone(run, deps)
             run = []
         applied += await apply_execution(ex, deps)
     if run:
-        applied += await _apply_run(run, deps)
+        applied += await _apply_run_or_alone(run, deps)
+    return applied
+
+
+async def _apply_run_or_alone(exs: list[Execution], deps: Deps) -> int:
+    """_apply_run; when an execution of the run does not fit its order (IllegalTransition: the
+    engine and order_svc disagree), the run's executions one at a time (apply_execution). That
+    execution stops the consumer, retried in place for ever; one at a time, those before it are
+    applied meanwhile, as they were before runs, rather than wait with it (round 20 review: the
+    whole run, up to 32, did, its fills unseen by customers). Anything else (a lost connection,
+    a deadlock) fails the batch, which is retried whole."""
+    try:
+        return await _apply_run(exs, deps)
+    except IllegalTransition:
+        if len(exs) == 1:
+            raise
+        log.warning("an execution of a run does not fit its order; applying the run one at a time",
+                    extra={"count": len(exs), "symbol": exs[0].symbol, "firstExecutionId": exs[0].execution_id})
+    applied = 0
+    for ex in exs:
+        applied += await apply_execution(ex, deps)
     return applied
 
 

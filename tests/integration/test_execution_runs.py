@@ -375,6 +375,35 @@ async def test_an_order_the_database_does_not_have_is_passed_over_in_a_run_and_t
     assert unknown_orders() == before + 3
 
 
+async def test_a_run_with_an_execution_that_cannot_apply_applies_what_comes_before_it(order_deps, checked_pool):
+    """An execution that does not fit its order (here a fill of an order FILLED already: the
+    engine and order_svc disagree, a bug elsewhere) stops its consumer, retried in place for
+    ever. One at a time, what came before it was applied (customers saw those fills); a run
+    must not hold them back with it: the run is applied one at a time then, and stops at it."""
+    from order_svc.domain.model import IllegalTransition
+
+    shapes = {"x": Shape(0, Side.BUY, 3), "y": Shape(1, Side.SELL, 10)}
+    batched, alone = await twins(order_deps, "RUNI", 2, shapes)
+
+    def stuck(w: World) -> list[Execution]:
+        return [w.fill(1, "x", "y", 2), w.fill(2, "x", "y", 1),  # x FILLED
+                w.fill(3, "x", "y", 1),  # cannot apply: x has nothing left
+                w.event(4, CANCELLED, "y", "USER")]
+
+    with pytest.raises(IllegalTransition):
+        await lifecycle.apply_executions(stuck(batched), order_deps)
+    with pytest.raises(IllegalTransition):
+        await one_by_one(stuck(alone), order_deps)
+    got, want = await batched.snapshot(order_deps, checked_pool), await alone.snapshot(order_deps, checked_pool)
+    assert_alike(got, want)
+    assert {k: (o["status"], o["filled_quantity"]) for k, o in got["orders"].items()} == {
+        "x": ("FILLED", 3), "y": ("PARTIALLY_FILLED", 3)}
+    with pytest.raises(IllegalTransition):  # retried whole (meshkit.bus): stuck at the same one
+        await lifecycle.apply_executions(stuck(batched), order_deps)
+    assert (await batched.snapshot(order_deps, checked_pool))["updates"] == got["updates"]
+    # (the bad fill's y ends by hand afterwards: ended_afterwards)
+
+
 # --- 5. through the consumer: a backlog -------------------------------------------------------
 
 def proto(ex: Execution) -> matching_pb2.Execution:
