@@ -255,6 +255,28 @@ async def test_a_run_leaves_orders_updates_and_audit_as_one_execution_at_a_time(
     assert len(await alone.run_updated_at(checked_pool)) > 1
 
 
+async def test_a_run_wakes_the_live_streams_of_every_account_it_changed(order_deps, checked_pool, database_url):
+    """Live StreamOrderUpdates wake on orders.record_change's notification (the account id on
+    the updates channel), sent when the run commits."""
+    from order_svc.adapters.repository import UPDATES_CHANNEL
+
+    w = World("ntf", "RUNJ", 4, MIXED)
+    await w.create(order_deps)
+    heard: list[str] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.add_listener(UPDATES_CHANNEL, lambda *args: heard.append(args[-1]))
+        exs = mixed(w)
+        assert await lifecycle.apply_executions(exs, order_deps) == len(exs)
+        for _ in range(100):
+            if set(w.accounts) <= set(heard):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    assert set(w.accounts) <= set(heard)
+
+
 # --- 2. repeats ------------------------------------------------------------------------------
 
 PAIR = {"x": Shape(0, Side.BUY, 10), "y": Shape(1, Side.SELL, 10)}
