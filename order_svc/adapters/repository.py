@@ -389,8 +389,9 @@ class OrderRepository:
             "ON CONFLICT DO NOTHING RETURNING execution_id", execution_ids)}
 
     async def lock_orders(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
-        """The orders named that exist, locked in account order (as the changes they record
-        take their accounts), in one statement."""
+        """The orders named that exist, locked, in one statement (in one fixed order: account,
+        then id; what keeps two transactions from waiting for each other in a cycle is that the
+        changes they record take the accounts in account order, see record_changes)."""
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM orders.orders WHERE order_id = ANY($1::uuid[]) "
             "ORDER BY account_id, order_id FOR UPDATE", order_ids)
