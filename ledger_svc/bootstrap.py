@@ -45,6 +45,11 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
         background.append(lambda: executions.consume(
             js, namespace, "ledger", apply_batch=lambda exs: settlement.apply_executions(exs, uow),
             elect_on=database_url))
+        if database_url:  # executions parked behind a held account, by the one replica elected for it
+            background.append(lambda: db.elected(database_url, f"{namespace}.ledger.unpark",
+                                                 lambda: settlement.unpark_loop(uow)))
+        else:
+            background.append(lambda: settlement.unpark_loop(uow))
         if database_url:  # the end-of-day batch, by the one replica elected for it
             background.append(lambda: db.elected(database_url, f"{namespace}.settlement",
                                                  lambda: runner.settlement_loop(uow, js, namespace)))

@@ -46,6 +46,28 @@ class Execution:
     kept_priority: bool = False
 
 
+def to_json(ex: Execution) -> dict:
+    """An Execution as JSON values (exact: the price as a decimal string, times in ISO 8601)."""
+    out = {}
+    for name, value in ex.__dict__.items():
+        out[name] = (str(value) if isinstance(value, Decimal) else
+                     value.isoformat() if isinstance(value, (datetime, date)) else value)
+    return out
+
+
+def from_json(d: dict) -> Execution:
+    """to_json's inverse."""
+    price, at, day = d.get("price"), d.get("executed_at"), d.get("trade_date")
+    return Execution(**{**d, "price": Decimal(price) if price is not None else None,
+                        "executed_at": datetime.fromisoformat(at) if at else None,
+                        "trade_date": date.fromisoformat(day) if day else None})
+
+
+def accounts(ex: Execution) -> frozenset[str]:
+    """The accounts an execution touches."""
+    return frozenset(a for a in (ex.account_id, ex.counter_account_id) if a)
+
+
 def from_proto(m) -> Execution:
     """A `stockmesh.matching.v1.Execution` message as an Execution."""
     from meshkit import calendar

@@ -1,6 +1,7 @@
 """The SQL of settlement: the execution journal, positions and unsettled proceeds."""
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
@@ -9,6 +10,7 @@ import asyncpg
 
 from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
+from meshkit.executions import accounts, from_json, to_json
 
 
 # A fill moves cash unless price × quantity is less than a cent (domain.settlement.fill_cash:
@@ -89,6 +91,30 @@ class SettlementRepository:
             "INSERT INTO ledger.unsettled (activity_id, fill_id, account_id, amount, trade_date, description) "
             "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::date[], $6::text[])",
             *(list(c) for c in zip(*rows)))
+
+    # --- executions parked behind a held account (migration 0020) ---------------------------
+
+    async def park(self, exs: list[Execution]) -> None:
+        """Park these executions, in the order given (after any parked before); one parked
+        already is left where it is."""
+        await self.conn.executemany(
+            "INSERT INTO ledger.parked_executions (symbol, execution_id, accounts, execution) "
+            "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (execution_id) DO NOTHING",
+            [(ex.symbol, ex.execution_id, sorted(accounts(ex)), json.dumps(to_json(ex))) for ex in exs])
+
+    async def parked_accounts(self, symbols: list[str]) -> set[str]:
+        """The accounts some parked execution of these symbols touches."""
+        return {r[0] for r in await self.conn.fetch(
+            "SELECT DISTINCT unnest(accounts) FROM ledger.parked_executions WHERE symbol = ANY($1::text[])",
+            symbols)}
+
+    async def parked(self, limit: int) -> list[tuple[int, Execution]]:
+        """The parked executions (seq, execution), oldest first."""
+        return [(r["seq"], from_json(json.loads(r["execution"]))) for r in await self.conn.fetch(
+            "SELECT seq, execution FROM ledger.parked_executions ORDER BY seq LIMIT $1", limit)]
+
+    async def unpark(self, seq: int) -> None:
+        await self.conn.execute("DELETE FROM ledger.parked_executions WHERE seq = $1", seq)
 
     async def position(self, account_id: str, symbol: str) -> Position:
         row = await self.conn.fetchrow(

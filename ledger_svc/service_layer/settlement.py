@@ -8,19 +8,26 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Callable, Mapping
 
+import asyncpg
+
 from ledger_svc.domain import model
 from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
-from ledger_svc.service_layer.handlers import (UowFactory, _apply, cancel_transfer_in, capture_in,
+from ledger_svc.service_layer.handlers import (UowFactory, _apply, _held_now, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution, claimed
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution, accounts, claimed
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
+# How long a consumer's transaction waits for a lock before its executions are parked (a run of
+# another symbol holds its accounts for milliseconds; a stuck transaction for good), and how
+# long unpark waits for a parked one's.
+EXECUTION_LOCK_WAIT = 2.0
+UNPARK_LOCK_WAIT = 0.1
 
 
-async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
+async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: float | None = None) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id).
 
     A fill captures the buyer's cash (price × quantity rounded down to the cent, `fill_cash`)
@@ -31,52 +38,62 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory) -> bool:
     order's hold to the new order (the transfer prepared when the customer asked); a replace
     the engine refused (CANCEL_REJECTED naming a new order, or the old order cancelled because
     the new quantity was already filled) releases the transfer's reserve. A refused cancel
-    changes nothing, and so do an acceptance and a trigger (passed by without a transaction)."""
+    changes nothing, and so do an acceptance and a trigger (passed by without a transaction).
+
+    With `lock_wait`, no lock is waited for longer (asyncpg's LockNotAvailableError, nothing
+    applied: apply_executions parks it)."""
     if ex.type in NO_EFFECT:
         return False
     async with uow_factory() as uow:
+        if lock_wait is not None:
+            await uow.ledger.wait_for_locks(lock_wait)
         if not await uow.settlement.claim_execution(ex):
             return False
-        # Both accounts before any of their rows, in account order (migration 0007).
-        await uow.ledger.lock_accounts([ex.account_id, ex.counter_account_id])
-        ended: list[str] = []
-        if ex.type == FILL:
-            f = legs(ex)
-            memo = _memo(ex, f)
-            if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
-                await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
-                                                           model.CLEARING), memo)
-            await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
-                                                       Decimal(f.quantity), f.buyer_account), memo)
-            bought = await uow.settlement.position(f.buyer_account, ex.symbol)
-            bought.buy(f.quantity, f.price)
-            await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
-            sold = await uow.settlement.position(f.seller_account, ex.symbol)
-            _sell(sold, ex, f)
-            await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
-            assert ex.trade_date is not None
-            if f.cash:
-                await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date,
-                                                   memo.trade)
-            ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
-        elif ex.type == REPLACED:
-            await complete_transfer_in(uow, ex.order_id, ex.new_order_id, ex.leaves)
-        elif ex.type == CANCEL_REJECTED:
-            if ex.new_order_id:
-                t = await uow.ledger.get_transfer(ex.new_order_id, for_update=True)
-                if t is not None:
-                    await cancel_transfer_in(uow, t)
-        elif ex.type in ENDS_ORDER:
-            ended = [ex.order_id]
-            if ex.type == CANCELLED and ex.reason == "REPLACED":  # the new quantity was already filled
-                t = await uow.ledger.pending_transfer_from(ex.order_id)
-                if t is not None:
-                    await cancel_transfer_in(uow, t)
-        for order_id in ended:
-            if await uow.ledger.get_hold(order_id) is not None:
-                await release_in(uow, order_id)
+        await _apply_in(uow, ex)
         await uow.commit()
         return True
+
+
+async def _apply_in(uow, ex: Execution) -> None:
+    """apply_execution's effect, inside the caller's transaction (the execution claimed)."""
+    # Both accounts before any of their rows, in account order (migration 0007).
+    await uow.ledger.lock_accounts([ex.account_id, ex.counter_account_id])
+    ended: list[str] = []
+    if ex.type == FILL:
+        f = legs(ex)
+        memo = _memo(ex, f)
+        if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
+            await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
+                                                       model.CLEARING), memo)
+        await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
+                                                   Decimal(f.quantity), f.buyer_account), memo)
+        bought = await uow.settlement.position(f.buyer_account, ex.symbol)
+        bought.buy(f.quantity, f.price)
+        await uow.settlement.save_position(f.buyer_account, ex.symbol, bought)
+        sold = await uow.settlement.position(f.seller_account, ex.symbol)
+        _sell(sold, ex, f)
+        await uow.settlement.save_position(f.seller_account, ex.symbol, sold)
+        assert ex.trade_date is not None
+        if f.cash:
+            await uow.settlement.add_unsettled(ex.execution_id, f.seller_account, f.cash, ex.trade_date,
+                                               memo.trade)
+        ended = [o for o, leaves in ((f.buyer_order, f.buyer_leaves), (f.seller_order, f.seller_leaves)) if leaves == 0]
+    elif ex.type == REPLACED:
+        await complete_transfer_in(uow, ex.order_id, ex.new_order_id, ex.leaves)
+    elif ex.type == CANCEL_REJECTED:
+        if ex.new_order_id:
+            t = await uow.ledger.get_transfer(ex.new_order_id, for_update=True)
+            if t is not None:
+                await cancel_transfer_in(uow, t)
+    elif ex.type in ENDS_ORDER:
+        ended = [ex.order_id]
+        if ex.type == CANCELLED and ex.reason == "REPLACED":  # the new quantity was already filled
+            t = await uow.ledger.pending_transfer_from(ex.order_id)
+            if t is not None:
+                await cancel_transfer_in(uow, t)
+    for order_id in ended:
+        if await uow.ledger.get_hold(order_id) is not None:
+            await release_in(uow, order_id)
 
 
 def _in_runs(ex: Execution) -> bool:
@@ -85,43 +102,149 @@ def _in_runs(ex: Execution) -> bool:
     return ex.type == FILL or (ex.type in ENDS_ORDER and ex.reason != "REPLACED")
 
 
-async def apply_executions(exs: list[Execution], uow_factory: UowFactory) -> int:
-    """Apply executions in stream order: each run of fills and ends (cancels, expiries,
-    rejections) in one transaction of about fifteen statements however long it is, anything
-    else one at a time (apply_execution). Returns how many were applied (repeats and
-    acceptances are not).
+async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
+                           lock_wait: float | None = EXECUTION_LOCK_WAIT) -> int:
+    """Apply executions (a consumer's, of one symbol) in stream order: each run of fills and
+    ends (cancels, expiries, rejections) in one transaction of about fifteen statements however
+    long it is, anything else one at a time (apply_execution). Returns how many were applied
+    (repeats, acceptances and parked executions are not).
 
     A consumer behind applies its backlog in few transactions (round 20: ~37 statements and a
     commit per fill, one fill after the other, applied ~30-80 fills a second per symbol). A run
     that cannot be applied together (a hold missing or resolved, a capture made before: what
     apply_execution refuses or tells apart) is applied one execution at a time instead, so each
-    is applied, or refused, exactly as apply_execution does."""
-    applied = 0
-    run: list[Execution] = []
+    is applied, or refused, exactly as apply_execution does.
 
-    async def flush() -> int:
+    No lock is waited for longer than `lock_wait`: an execution whose account another
+    transaction holds that long (a stuck transaction, a session stopped mid-statement, a row
+    locked by hand) is parked (ledger.parked_executions, migration 0020), and so is every later
+    one that touches an account of a parked one, so that each account's executions still apply
+    in stream order; the symbol's others go on. unpark_loop applies the parked ones once their
+    accounts are free (round 19's lock tester: one held account stopped its symbols' executions
+    for every account; an innocent account's sale of shares it had just bought was refused)."""
+    pending = [ex for ex in exs if ex.type not in NO_EFFECT]
+    if not pending:
+        return 0
+    async with uow_factory().reads() as uow:
+        blocked = await uow.settlement.parked_accounts(sorted({ex.symbol for ex in pending}))
+    applied = 0
+    while pending:
+        ready, behind = _behind(pending, blocked)
+        if behind:
+            async with uow_factory() as uow:
+                await uow.settlement.park(behind)
+                await uow.commit()
+            log.warning("executions parked behind an account another transaction holds",
+                        extra={"executions": len(behind), "first": behind[0].execution_id,
+                               "accounts": sorted({a for ex in behind for a in accounts(ex)})[:20]})
         try:
-            return await _apply_run(run, uow_factory)
+            applied += await _apply_in_order(ready, uow_factory, lock_wait)
+            pending = []
+        except _Held as held:
+            applied += held.applied
+            assert lock_wait is not None
+            # The accounts held now are blocked, and the rest of the batch is split again; when
+            # none is found that was not blocked already (a row of the unit locked some other
+            # way, or let go meanwhile), the unit's own accounts are, so that it is parked.
+            blocked |= (await _held_now(held.accounts, uow_factory, lock_wait) - blocked) or held.accounts
+            pending = held.rest
+    return applied
+
+
+def _behind(exs: list[Execution], blocked: set[str]) -> tuple[list[Execution], list[Execution]]:
+    """Split `exs` (stream order) into those to apply and those to park: any that touches a
+    blocked account, whose accounts are then blocked too (`blocked` grows)."""
+    ready, behind = [], []
+    for ex in exs:
+        if accounts(ex) & blocked:
+            blocked |= accounts(ex)
+            behind.append(ex)
+        else:
+            ready.append(ex)
+    return ready, behind
+
+
+class _Held(Exception):
+    """A lock wait ran out: `rest` (from the unit that waited on) is not applied yet."""
+
+    def __init__(self, rest: list[Execution], unit: list[Execution], applied: int) -> None:
+        super().__init__(f"a lock held longer than the wait, applying {unit[0].execution_id}")
+        self.rest, self.applied = rest, applied
+        self.accounts = {a for ex in unit for a in accounts(ex)}
+
+
+async def _apply_in_order(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None) -> int:
+    applied, start = 0, 0
+    while start < len(exs):
+        end = start + 1
+        if _in_runs(exs[start]):
+            while end < len(exs) and _in_runs(exs[end]):
+                end += 1
+        unit = exs[start:end]
+        try:
+            if _in_runs(unit[0]):
+                applied += await _apply_run_or_one_by_one(unit, uow_factory, lock_wait)
+            else:
+                applied += await apply_execution(unit[0], uow_factory, lock_wait)
+        except asyncpg.LockNotAvailableError:
+            raise _Held(exs[start:], unit, applied) from None
+        start = end
+    return applied
+
+
+async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory, lock_wait: float | None) -> int:
+    try:
+        return await _apply_run(run, uow_factory, lock_wait)
+    except (asyncio.CancelledError, asyncpg.LockNotAvailableError):
+        raise
+    except Exception:  # noqa: BLE001 - each again on its own, which applies it or raises the same
+        log.warning("a run of executions could not be applied together; applying them one at a time",
+                    exc_info=True, extra={"executions": len(run), "first": run[0].execution_id})
+        return sum([await apply_execution(ex, uow_factory, lock_wait) for ex in run])
+
+
+async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT, limit: int = 1000) -> int:
+    """Apply the parked executions whose accounts are free now, oldest first, each in a
+    transaction that also deletes its row; one whose account is still held (or that fails) is
+    left, and so is every later one of its symbol that touches its accounts. Returns how many
+    were applied (a repeat, applied before it was parked again, is only deleted)."""
+    async with uow_factory().reads() as uow:
+        rows = await uow.settlement.parked(limit)
+    blocked: dict[str, set[str]] = {}
+    done = 0
+    for seq, ex in rows:
+        held = blocked.setdefault(ex.symbol, set())
+        if accounts(ex) & held:
+            held |= accounts(ex)
+            continue
+        try:
+            async with uow_factory() as uow:
+                await uow.ledger.wait_for_locks(lock_wait)
+                if await uow.settlement.claim_execution(ex):
+                    await _apply_in(uow, ex)
+                    done += 1
+                await uow.settlement.unpark(seq)
+                await uow.commit()
+        except asyncpg.LockNotAvailableError:
+            held |= accounts(ex)
+        except Exception:  # noqa: BLE001 - left parked, tried again on the next round
+            log.exception("a parked execution could not be applied", extra={"executionId": ex.execution_id})
+            held |= accounts(ex)
+    if done:
+        log.info("parked executions applied", extra={"applied": done, "left": len(rows) - done})
+    return done
+
+
+async def unpark_loop(uow_factory: UowFactory, every: float = 1.0) -> None:
+    """unpark, every `every` seconds, for good (the replica elected for it)."""
+    while True:
+        try:
+            await unpark(uow_factory)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - each again on its own, which applies it or raises the same
-            log.warning("a run of executions could not be applied together; applying them one at a time",
-                        exc_info=True, extra={"executions": len(run), "first": run[0].execution_id})
-            return sum([await apply_execution(ex, uow_factory) for ex in run])
-
-    for ex in exs:
-        if ex.type in NO_EFFECT:
-            continue
-        if _in_runs(ex):
-            run.append(ex)
-            continue
-        if run:
-            applied += await flush()
-            run = []
-        applied += await apply_execution(ex, uow_factory)
-    if run:
-        applied += await flush()
-    return applied
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("applying parked executions failed")
+        await asyncio.sleep(every)
 
 
 class _Together(Exception):
@@ -197,11 +320,13 @@ class _RunWrites:
         await uow.ledger.append_events(sorted(self.events, key=lambda e: e[0]))
 
 
-async def _apply_run(exs: list[Execution], uow_factory: UowFactory) -> int:
+async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None = None) -> int:
     """Fills and ends in one transaction: what apply_execution does for each, in stream order,
     with the run's ids claimed, accounts, holds and positions locked, and everything written,
     in one statement each."""
     async with uow_factory() as uow:
+        if lock_wait is not None:
+            await uow.ledger.wait_for_locks(lock_wait)
         todo = claimed(exs, await uow.settlement.claim_executions(exs))
         if not todo:
             return 0

@@ -211,3 +211,54 @@ async def test_the_consumer_applies_a_backlog_in_runs(checked_pool, nats_conn, c
     assert TOGETHER_FAILED not in caplog.text
     assert max(sizes) > 1  # a backlog: more than one execution in a call
     assert await run.state() == await one.state()
+
+
+async def test_a_held_account_parks_its_executions_and_those_behind_it_the_others_apply(checked_pool):
+    """Round 19's lock tester: one account held by another transaction stopped its symbol's
+    executions for every account. Now the executions touching it, and those behind them on the
+    same accounts, are parked, the others apply, and the parked ones apply once it is free, in
+    stream order, as if nothing had happened."""
+    one, w = await World(checked_pool).open(), await World(checked_pool).open()
+    for ex in one.flow():
+        await settlement.apply_execution(ex, one.uow)
+    holder = await checked_pool.acquire()
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("b1")])  # held, as by a stuck transaction
+    try:
+        # b1's fills park, then s1's and s2's behind them (their accounts); only b3's rejection applies.
+        assert await settlement.apply_executions(w.flow(), w.uow, lock_wait=0.3) == 1
+        parked = await checked_pool.fetch("SELECT execution_id FROM ledger.parked_executions WHERE execution_id "
+                                          "LIKE $1 ORDER BY seq", f"%-{w.tag}")
+        assert [r[0] for r in parked] == [f"x{n}-{w.tag}" for n in (1, 2, 3, 4, 5, 6)]
+        assert (await w.state())["b3o", "hold"][2].value == "RELEASED"
+        # The consumer killed before it acknowledged, the batch comes again: nothing twice.
+        assert await settlement.apply_executions(w.flow(), w.uow, lock_wait=0.3) == 0
+        assert await checked_pool.fetchval("SELECT count(*) FROM ledger.parked_executions WHERE execution_id "
+                                           "LIKE $1", f"%-{w.tag}") == 6
+        assert await settlement.unpark(w.uow) == 0  # still held: all stay
+    finally:
+        await tx.rollback()
+        await checked_pool.release(holder)
+    assert await settlement.unpark(w.uow) == 6
+    assert not await checked_pool.fetchval("SELECT count(*) FROM ledger.parked_executions WHERE execution_id "
+                                           "LIKE $1", f"%-{w.tag}")
+    assert await w.state() == await one.state()
+
+
+async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checked_pool):
+    """A later batch touching an account with a parked execution parks behind it even though
+    nothing holds the account any more, until unpark has applied what was parked first."""
+    one, w = await World(checked_pool).open(), await World(checked_pool).open()
+    for ex in one.flow():
+        await settlement.apply_execution(ex, one.uow)
+    flow = w.flow()
+    holder = await checked_pool.acquire()
+    async with holder.transaction():
+        await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
+        assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
+    await checked_pool.release(holder)
+    # s2 is free now, but b1 has x3 parked: b1's cancel (x4) parks behind it; the others apply.
+    assert await settlement.apply_executions(flow[3:], w.uow, lock_wait=0.3) == 3
+    assert await settlement.unpark(w.uow) == 2
+    assert await w.state() == await one.state()
