@@ -405,6 +405,9 @@ async def recover_stalled(deps: Deps, *, older_than: timedelta = timedelta(secon
     for order_id in stalled:
         try:
             await advance(order_id, deps)
+        except Unavailable as exc:  # a dependency down for a while (the ledger stalled): expected, retried
+            log.warning("recovery of order waits for a service; retrying later",
+                        extra={"orderId": str(order_id), "error": exc.message})
         except Exception:  # noqa: BLE001 - the next round retries
             log.exception("recovery of order failed; retrying later", extra={"orderId": str(order_id)})
     return len(stalled)
