@@ -72,7 +72,10 @@ async def own_pool(pg_server_url: str):
     async with fresh_database(pg_server_url) as url:
         p = await asyncpg.create_pool(url, min_size=1, max_size=5)
         yield p
+        async with p.acquire() as conn:  # as the session's pool: the module's audit trail verifies
+            checked, broken = await audit.verify(conn)
         await p.close()
+        assert not broken, f"audit trail broken after the module ({checked} events intact): {broken}"
 
 
 @pytest.fixture

@@ -532,12 +532,14 @@ class LedgerRepository:
         """posted += and held += on each customer book (book_id -> the two deltas), in one
         statement, in book order; the balances' CHECK constraints refuse a negative result."""
         books = sorted(moves)
-        await self.conn.execute(
+        status = await self.conn.execute(
             """
             UPDATE ledger.balances b SET posted = b.posted + v.posted, held = b.held + v.held
               FROM unnest($1::bigint[], $2::numeric[], $3::numeric[]) AS v(book_id, posted, held)
              WHERE b.book_id = v.book_id
             """, books, [moves[b][0] for b in books], [moves[b][1] for b in books])
+        if status != f"UPDATE {len(books)}":  # post() refuses a book without its balance row
+            raise LookupError(f"balances moved: {status}, of {len(books)} books")
 
     async def add_captures(self, rows: list[tuple[str, str, Decimal, object, str]]) -> None:
         """add_capture of many (hold_id, capture_id, amount, entry_id, counter_account_id)."""
@@ -548,7 +550,7 @@ class LedgerRepository:
 
     async def save_holds(self, holds: list[Hold]) -> None:
         """save_hold of many (each once) in one statement."""
-        await self.conn.execute(
+        status = await self.conn.execute(
             """
             UPDATE ledger.holds h SET captured = v.captured, released = v.released, status = v.status,
                    resolved_at = CASE WHEN v.status <> 'PENDING' THEN now() END
@@ -556,6 +558,8 @@ class LedgerRepository:
              WHERE h.hold_id = v.hold_id
             """, [h.hold_id for h in holds], [h.captured for h in holds], [h.released for h in holds],
             [h.status.value for h in holds])
+        if status != f"UPDATE {len(holds)}":  # save_hold fails on a hold that is not there
+            raise LookupError(f"holds saved: {status}, of {len(holds)}")
 
     async def list_holds(self, account_id: str, before: int | None, limit: int) -> list[HoldRow]:
         rows = await self.conn.fetch(

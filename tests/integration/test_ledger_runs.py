@@ -198,8 +198,8 @@ async def test_the_consumer_applies_a_backlog_in_runs(checked_pool, nats_conn, c
     sizes: list[int] = []
 
     async def apply_batch(exs):
-        sizes.append(len(exs))
         await settlement.apply_executions(exs, run.uow)
+        sizes.append(len(exs))  # once applied: the test compares what was applied
 
     with caplog.at_level(logging.WARNING, logger="ledger_svc.settlement"):
         task = asyncio.create_task(executions.consume(js, ns, "ledger", apply_batch=apply_batch, symbols=["AAPL"]))
@@ -262,3 +262,52 @@ async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checke
     assert await settlement.apply_executions(flow[3:], w.uow, lock_wait=0.3) == 3
     assert await settlement.unpark(w.uow) == 2
     assert await w.state() == await one.state()
+
+
+async def test_a_run_meeting_a_held_account_does_not_keep_its_other_accounts_from_their_holds(checked_pool):
+    """A run takes all its accounts, in account order, then waits for the held one (round 20
+    review: while it waited 2 s, the run's other accounts, most not party to the fill that
+    waits, were locked too, and a hold placement of one of them, waiting 1 s, was answered
+    ACCOUNT_BUSY). The run waits less than a placement does, then parks what waits."""
+    import asyncio
+
+    one, w = await World(checked_pool).open(), await World(checked_pool).open()
+    for ex in one.flow():
+        await settlement.apply_execution(ex, one.uow)
+    await ledger.deposit(commands.Deposit(w.acct("b2"), D("1"), "more"), w.uow)
+    holder = await checked_pool.acquire()
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])  # sorts after b2
+    try:
+        applying = asyncio.create_task(settlement.apply_executions(w.flow(), w.uow))
+        await asyncio.sleep(0.2)  # the run holds b1, b2, b3, s1 and waits for s2
+        [answer] = await ledger.place_holds([commands.PlaceHold(w.order("b2x"), w.acct("b2"), w.order("b2x"), "USD",
+                                                                D("1"))], w.uow)
+        assert isinstance(answer, ledger.model.Hold), answer  # placed, not ACCOUNT_BUSY
+        # s2's fill and what is behind it parked (and b2's, if the probe met the placement).
+        applied = await applying
+    finally:
+        await tx.rollback()
+        await checked_pool.release(holder)
+    await ledger.release_hold(commands.ReleaseHold(w.order("b2x")), w.uow)
+    assert applied + await settlement.unpark(w.uow) == 7
+    got, expected = await w.state(), await one.state()
+    b2_moved_more = {("b2", "cash"), ("b2", "statement"), ("b2", "audit")}  # its own deposit and hold
+    assert {k: v for k, v in got.items() if k not in b2_moved_more} == \
+        {k: v for k, v in expected.items() if k not in b2_moved_more}
+
+
+async def test_a_fill_without_the_buyers_account_goes_where_one_at_a_time_sends_it(checked_pool):
+    """A malformed fill naming no account for its maker (the buyer here): one at a time, the
+    seller's shares go to clearing (capture_in: no counter-account is clearing); a run did the
+    same only after the round 20 review (it made a customer book owned by '')."""
+    one, w = await World(checked_pool).open(), await World(checked_pool).open()
+    captures = []
+    for world, apply in ((one, lambda ex: settlement.apply_execution(ex, one.uow)),
+                         (w, lambda ex: settlement.apply_executions([ex], w.uow))):
+        ex = world.flow()[1]  # s1 sells to b2 (the maker)
+        await apply(Execution(**{**ex.__dict__, "counter_account_id": ""}))
+        captures.append([tuple(r) for r in await checked_pool.fetch(
+            "SELECT counter_account_id, amount FROM ledger.hold_captures WHERE hold_id = $1", world.order("s1o"))])
+    assert captures[0] == captures[1] == [("$clearing", D(2))]
