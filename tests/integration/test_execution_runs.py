@@ -223,14 +223,20 @@ def mixed(w: World) -> list[Execution]:
     ]
 
 
-async def test_a_run_leaves_orders_updates_and_audit_as_one_execution_at_a_time(order_deps, checked_pool):
-    batched, alone = await twins(order_deps, "RUNA", 4, MIXED)
-    exs = mixed(batched)
+async def run_and_one_by_one(order_deps, checked_pool, tag: str, accounts: int, shape, flow):
+    """The flow applied as one call of apply_executions on one twin and one execution at a time
+    on the other: what the run left, once checked alike, and the two twins."""
+    batched, alone = await twins(order_deps, tag, accounts, shape)
+    exs = flow(batched)
     assert await lifecycle.apply_executions(exs, order_deps) == len(exs)
-    await one_by_one(mixed(alone), order_deps)
-
+    await one_by_one(flow(alone), order_deps)
     got, want = await batched.snapshot(order_deps, checked_pool), await alone.snapshot(order_deps, checked_pool)
     assert_alike(got, want)
+    return got, batched, alone
+
+
+async def test_a_run_leaves_orders_updates_and_audit_as_one_execution_at_a_time(order_deps, checked_pool):
+    got, batched, alone = await run_and_one_by_one(order_deps, checked_pool, "RUNA", 4, MIXED, mixed)
     # What the twins came to, spelled out (so that both being wrong alike shows too).
     final = {k: (o["status"], o["filled_quantity"], o["fill_notional"], o["reject_reason"], o["end_reason"])
              for k, o in got["orders"].items()}
@@ -339,13 +345,7 @@ def interrupted(w: World) -> list[Execution]:
 
 
 async def test_a_run_broken_by_a_trigger_and_a_replace_keeps_the_streams_order(order_deps, checked_pool):
-    batched, alone = await twins(order_deps, "RUNC", 3, INTERRUPTED)
-    exs = interrupted(batched)
-    assert await lifecycle.apply_executions(exs, order_deps) == len(exs)
-    await one_by_one(interrupted(alone), order_deps)
-
-    got, want = await batched.snapshot(order_deps, checked_pool), await alone.snapshot(order_deps, checked_pool)
-    assert_alike(got, want)
+    got, _, _ = await run_and_one_by_one(order_deps, checked_pool, "RUNC", 3, INTERRUPTED, interrupted)
     final = {k: (o["status"], o["filled_quantity"], o["replaced_by"], o["triggered_at"] is not None)
              for k, o in got["orders"].items()}
     assert final == {"stop": ("FILLED", 5, None, True), "old": ("CANCELLED", 5, "new", False),
