@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from typing import Iterator
 
 log = logging.getLogger("meshkit.executions")
 
@@ -17,6 +18,9 @@ FILL, ACCEPTED, CANCELLED, EXPIRED, REJECTED, REPLACED, TRIGGERED, CANCEL_REJECT
 # order's triggered_at). The engine no longer journals ACCEPTED (a core NATS notice instead,
 # matching_svc.service_layer.engine.journaled); a journal written before may still hold some.
 NO_EFFECT = frozenset({ACCEPTED, TRIGGERED})
+# Executions that end the order they name. Not CANCEL_REJECTED: a refused cancel or replace
+# leaves its order as it was. Not REPLACED: the old order goes on as the new one.
+ENDS_ORDER = frozenset({CANCELLED, EXPIRED, REJECTED})
 # Executions handed to a consumer's apply_batch at most at once: enough to apply a backlog in few
 # transactions, few enough that a batch's transaction holds its accounts' rows only briefly (a
 # placement waits for them).
@@ -84,6 +88,27 @@ def from_proto(m) -> Execution:
         quantity=m.quantity, leaves=m.leaves_quantity, counter_leaves=m.counter_leaves_quantity,
         reason=m.reason, executed_at=at, trade_date=calendar.trading_day(at), new_order_id=m.new_order_id,
         kept_priority=m.kept_priority)
+
+
+def in_runs(ex: Execution) -> bool:
+    """Whether a consumer applies `ex` with its neighbours in one transaction of a few
+    statements (a run): a fill, and an order's end that touches no other order (a CANCELLED of
+    reason REPLACED ends a replace, whose new order it settles too)."""
+    return ex.type == FILL or (ex.type in ENDS_ORDER and ex.reason != "REPLACED")
+
+
+def units(exs: list[Execution]) -> Iterator[tuple[int, list[Execution]]]:
+    """`exs` (stream order) in the units a consumer applies them in: each longest stretch of
+    executions in_runs as one list, every other execution alone; each with its offset in
+    `exs`."""
+    start = 0
+    while start < len(exs):
+        end = start + 1
+        if in_runs(exs[start]):
+            while end < len(exs) and in_runs(exs[end]):
+                end += 1
+        yield start, exs[start:end]
+        start = end
 
 
 def claimed(exs: list[Execution], fresh: set[str]) -> list[Execution]:

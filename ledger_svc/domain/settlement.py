@@ -8,11 +8,7 @@ from datetime import date
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 from ledger_svc.domain.model import CASH, CENT, CLEARING, BookRef, JournalEntry, Posting
-from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
-
-# Executions that end the order they name. Not CANCEL_REJECTED: a refused cancel or replace
-# leaves its order as it was. Not REPLACED: the old hold moves to the new order instead.
-ENDS_ORDER = frozenset({CANCELLED, EXPIRED, REJECTED})
+from meshkit.executions import FILL, Execution
 
 
 def fill_cash(price: Decimal, quantity: int) -> Decimal:

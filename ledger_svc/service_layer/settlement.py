@@ -11,11 +11,12 @@ from typing import Callable, Mapping
 import asyncpg
 
 from ledger_svc.domain import model
-from ledger_svc.domain.settlement import ENDS_ORDER, Discrepancy, Position, SettlementReport, legs, settlement_entry
+from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, _apply, _held_now, cancel_transfer_in, capture_in,
                                                complete_transfer_in, release_in)
-from meshkit.executions import CANCEL_REJECTED, CANCELLED, FILL, NO_EFFECT, REPLACED, Execution, accounts, claimed
+from meshkit.executions import (CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution, accounts,
+                                claimed, in_runs, units)
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
@@ -102,12 +103,6 @@ async def _apply_in(uow, ex: Execution) -> None:
             await release_in(uow, order_id)
 
 
-def _in_runs(ex: Execution) -> bool:
-    """Applied with its neighbours in one transaction of a few statements (_apply_run): a fill,
-    and an order's end that moves no hold to another order."""
-    return ex.type == FILL or (ex.type in ENDS_ORDER and ex.reason != "REPLACED")
-
-
 async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
                            lock_wait: float | None = EXECUTION_LOCK_WAIT) -> int:
     """Apply executions (a consumer's, of one symbol) in stream order: each run of fills and
@@ -180,21 +175,15 @@ class _Held(Exception):
 
 
 async def _apply_in_order(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None) -> int:
-    applied, start = 0, 0
-    while start < len(exs):
-        end = start + 1
-        if _in_runs(exs[start]):
-            while end < len(exs) and _in_runs(exs[end]):
-                end += 1
-        unit = exs[start:end]
+    applied = 0
+    for start, unit in units(exs):
         try:
-            if _in_runs(unit[0]):
+            if in_runs(unit[0]):
                 applied += await _apply_run_or_one_by_one(unit, uow_factory, lock_wait)
             else:
                 applied += await apply_execution(unit[0], uow_factory, lock_wait)
         except asyncpg.LockNotAvailableError:
             raise _Held(exs[start:], unit, applied) from None
-        start = end
     return applied
 
 

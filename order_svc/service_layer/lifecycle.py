@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from meshkit import aio
 from meshkit.errors import DomainError, Unavailable
 from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
-                                Execution, claimed)
+                                Execution, claimed, in_runs, units)
 from order_svc.domain.model import ENGINE_END_REASONS, Fill, IllegalTransition, Order, RejectReason, Status
 from order_svc.service_layer.handlers import REJECT_MESSAGES, Deps, now
 
@@ -84,12 +84,6 @@ async def apply_execution(ex: Execution, deps: Deps) -> bool:
         return True
 
 
-def _in_runs(ex: Execution) -> bool:
-    """Applied with its neighbours in one transaction of a few statements (_apply_run): a fill,
-    and an order's end that touches no other order."""
-    return ex.type == FILL or (ex.type in (CANCELLED, EXPIRED, REJECTED) and ex.reason != "REPLACED")
-
-
 async def apply_executions(exs: list[Execution], deps: Deps) -> int:
     """Apply executions in stream order: each run of fills and ends (cancels, expiries,
     rejections) in one transaction of five statements however long it is, anything else one at
@@ -99,17 +93,8 @@ async def apply_executions(exs: list[Execution], deps: Deps) -> int:
     statements per fill, one after the other, applied ~40-80 fills a second per symbol); with
     one execution at a time it is the same work as before."""
     applied = 0
-    run: list[Execution] = []
-    for ex in exs:
-        if _in_runs(ex):
-            run.append(ex)
-            continue
-        if run:
-            applied += await _apply_run_or_alone(run, deps)
-            run = []
-        applied += await apply_execution(ex, deps)
-    if run:
-        applied += await _apply_run_or_alone(run, deps)
+    for _, unit in units(exs):
+        applied += await (_apply_run_or_alone(unit, deps) if in_runs(unit[0]) else apply_execution(unit[0], deps))
     return applied
 
 

@@ -63,3 +63,20 @@ async def test_the_refusal_barrier_gives_up_on_a_stalled_nats_as_a_read_in_a_cal
     with pytest.raises(nats.errors.TimeoutError) as err:
         await asyncio.wait_for(executions.wait_applied(Stalled(), "ns", "ledger"), timeout=bus.READ_TIMEOUT + 20)
     assert bus.unreachable(err.value)
+
+
+def test_units_are_the_longest_runs_and_everything_else_alone():
+    """Both consumers apply in these units: fills and plain ends together, a replace's cancel, a
+    replace, a trigger or a refused cancel alone, and stream order kept."""
+    from meshkit.executions import CANCEL_REJECTED, EXPIRED, FILL, REJECTED, REPLACED, units
+
+    def ex(i: int, kind: str, reason: str = "") -> Execution:
+        return Execution(execution_id=str(i), symbol="AAPL", type=kind, order_id="o", account_id="a", reason=reason)
+
+    kinds = [(FILL, ""), (CANCELLED, "CLIENT"), (FILL, ""), (CANCELLED, "REPLACED"), (REPLACED, ""), (FILL, ""),
+             (EXPIRED, ""), (REJECTED, "FOK"), (TRIGGERED, ""), (CANCEL_REJECTED, ""), (FILL, "")]
+    exs = [ex(i, k, r) for i, (k, r) in enumerate(kinds)]
+    got = [(start, [e.execution_id for e in unit]) for start, unit in units(exs)]
+    assert got == [(0, ["0", "1", "2"]), (3, ["3"]), (4, ["4"]), (5, ["5", "6", "7"]), (8, ["8"]), (9, ["9"]),
+                   (10, ["10"])]
+    assert list(units([])) == []
