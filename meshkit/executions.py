@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Iterator
+from typing import Callable, Iterator
 
 log = logging.getLogger("meshkit.executions")
 
@@ -91,21 +91,23 @@ def from_proto(m) -> Execution:
 
 
 def in_runs(ex: Execution) -> bool:
-    """Whether a consumer applies `ex` with its neighbours in one transaction of a few
-    statements (a run): a fill, and an order's end that touches no other order (a CANCELLED of
-    reason REPLACED ends a replace, whose new order it settles too)."""
+    """Whether the ledger's consumer applies `ex` with its neighbours in one transaction of a
+    few statements (a run): a fill, and an order's end that touches no other order (a CANCELLED
+    of reason REPLACED ends a replace, whose new order it settles too). order_svc's runs take
+    more (order_svc.service_layer.lifecycle.in_runs)."""
     return ex.type == FILL or (ex.type in ENDS_ORDER and ex.reason != "REPLACED")
 
 
-def units(exs: list[Execution]) -> Iterator[tuple[int, list[Execution]]]:
+def units(exs: list[Execution], together: Callable[[Execution], bool] = in_runs
+          ) -> Iterator[tuple[int, list[Execution]]]:
     """`exs` (stream order) in the units a consumer applies them in: each longest stretch of
-    executions in_runs as one list, every other execution alone; each with its offset in
-    `exs`."""
+    executions that go `together` (by default in_runs, the ledger's) as one list, every other
+    execution alone; each with its offset in `exs`."""
     start = 0
     while start < len(exs):
         end = start + 1
-        if in_runs(exs[start]):
-            while end < len(exs) and in_runs(exs[end]):
+        if together(exs[start]):
+            while end < len(exs) and together(exs[end]):
                 end += 1
         yield start, exs[start:end]
         start = end

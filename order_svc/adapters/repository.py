@@ -328,8 +328,11 @@ class OrderRepository:
             o.cancel_requested, o.end_reason.value if o.end_reason else None, o.triggered_at)
         o.updated_at = now
 
-    async def save_execution_results(self, orders: list[Order], now: datetime) -> None:
-        """save_execution_result for many orders (each once) in one statement."""
+    async def save_execution_results(self, orders: list[Order], triggered_in: dict[uuid.UUID, int]) -> None:
+        """save_execution_result for many orders (each once) in one statement, each with its own
+        updated_at as it stands (that of its last change: an order whose cancel request alone
+        was cleared keeps its last OrderUpdate's), and with `triggered_in` the sequence of the
+        OrderUpdate that told an order's trigger (mark_triggered_in)."""
         if len({o.order_id for o in orders}) != len(orders):
             raise ValueError("an order appears twice in one batch of execution results")
         if not orders:
@@ -337,50 +340,56 @@ class OrderRepository:
         cols = list(zip(*(
             (o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
              o.reject_reason.value if o.reject_reason else None, o.reject_message, o.replaced_by, o.cancel_requested,
-             o.end_reason.value if o.end_reason else None, o.triggered_at) for o in orders)))
+             o.end_reason.value if o.end_reason else None, o.triggered_at, o.updated_at,
+             triggered_in.get(o.order_id)) for o in orders)))
         await self.conn.execute(
             """
             UPDATE orders.orders o SET status = v.status, filled_quantity = v.filled_quantity,
                    fill_notional = v.fill_notional, reject_reason = v.reject_reason,
-                   reject_message = v.reject_message, updated_at = $11, replaced_by = v.replaced_by,
-                   cancel_requested = v.cancel_requested, end_reason = v.end_reason, triggered_at = v.triggered_at
+                   reject_message = v.reject_message, updated_at = v.updated_at, replaced_by = v.replaced_by,
+                   cancel_requested = v.cancel_requested, end_reason = v.end_reason, triggered_at = v.triggered_at,
+                   triggered_sequence = coalesce(v.triggered_sequence, o.triggered_sequence)
               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::numeric[], $5::text[], $6::text[], $7::uuid[],
-                          $8::bool[], $9::text[], $10::timestamptz[])
+                          $8::bool[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::bigint[])
                    AS v(order_id, status, filled_quantity, fill_notional, reject_reason, reject_message,
-                        replaced_by, cancel_requested, end_reason, triggered_at)
+                        replaced_by, cancel_requested, end_reason, triggered_at, updated_at, triggered_sequence)
              WHERE o.order_id = v.order_id
-            """, *cols, now)
-        for o in orders:
-            o.updated_at = now
+            """, *cols)
 
     @staticmethod
-    def change(o: Order, fill: Fill | None = None, event: str | None = None) -> tuple:
+    def change(o: Order, fill: Fill | None = None, event: str | None = None, *, update: bool = True) -> tuple:
         """One change of an order as it is now (record_change's values), to record later with
-        record_changes: the order may change again before."""
-        return (o.account_id, o.order_id, *_change_args(o, fill, event))
+        record_changes: the order may change again before. Without `update`, its audit event
+        only (no OrderUpdate: what audit() records, e.g. a refused cancel)."""
+        *values, channel = _change_args(o, fill, event)
+        return (o.account_id, o.order_id, *values, update, channel)
 
-    async def record_changes(self, changes: list[tuple]) -> None:
-        """record_change of each of `changes` (OrderRepository.change), in the order given, in
-        one statement (the function runs after the sort, as in insert_new): each takes its
-        account's audit head and update sequence, so callers give them sorted by account
-        (keeping each account's own order), as a batch of new orders takes them."""
+    async def record_changes(self, changes: list[tuple]) -> list[int | None]:
+        """record_change (or, for a change without update, audit) of each of `changes`
+        (OrderRepository.change), in the order given, in one statement (the functions run after
+        the sort, as in insert_new); the sequence of each one's OrderUpdate (None: none). Each
+        takes its account's audit head and update sequence, so callers give them sorted by
+        account (keeping each account's own order), as a batch of new orders takes them."""
         if not changes:
-            return
+            return []
         cols = list(zip(*(c[:-1] for c in changes)))  # the channel (the last value) is one parameter
-        await self.conn.execute(
+        rows = await self.conn.fetch(
             """
-            SELECT orders.record_change(v.account_id, v.order_id, v.status, v.filled_quantity, v.fill_notional,
-                                        v.reject_reason, v.reject_message, v.replaced_by, v.updated_at, v.fill_id,
-                                        v.fill_price, v.fill_quantity, v.executed_at, v.audit_type, v.audit_payload,
-                                        $16)
+            SELECT CASE WHEN v.with_update THEN
+                       orders.record_change(v.account_id, v.order_id, v.status, v.filled_quantity, v.fill_notional,
+                                            v.reject_reason, v.reject_message, v.replaced_by, v.updated_at, v.fill_id,
+                                            v.fill_price, v.fill_quantity, v.executed_at, v.audit_type,
+                                            v.audit_payload, $17)
+                   ELSE audit.append('order:' || v.account_id, v.audit_type, v.audit_payload) END
               FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::numeric[], $6::text[], $7::text[],
                           $8::uuid[], $9::timestamptz[], $10::text[], $11::numeric[], $12::bigint[],
-                          $13::timestamptz[], $14::text[], $15::text[])
+                          $13::timestamptz[], $14::text[], $15::text[], $16::bool[])
                    WITH ORDINALITY AS v(account_id, order_id, status, filled_quantity, fill_notional, reject_reason,
                                         reject_message, replaced_by, updated_at, fill_id, fill_price, fill_quantity,
-                                        executed_at, audit_type, audit_payload, n)
+                                        executed_at, audit_type, audit_payload, with_update, n)
              ORDER BY v.n
             """, *cols, changes[0][-1])
+        return [r[0] if c[-2] else None for c, r in zip(changes, rows)]
 
     async def claim_executions(self, execution_ids: list[str]) -> set[str]:
         """claim_execution of many in one statement: the ids not applied before."""
@@ -388,13 +397,15 @@ class OrderRepository:
             "INSERT INTO orders.executions_applied (execution_id) SELECT unnest($1::text[]) "
             "ON CONFLICT DO NOTHING RETURNING execution_id", execution_ids)}
 
-    async def lock_orders(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
-        """The orders named that exist, locked, in one statement (in one fixed order: account,
-        then id; what keeps two transactions from waiting for each other in a cycle is that the
-        changes they record take the accounts in account order, see record_changes)."""
+    async def lock_orders(self, order_ids: list[uuid.UUID], replacing: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
+        """The orders named that exist, and the pending replacements of those `replacing`
+        (pending_replacement), locked, in one statement (in one fixed order: account, then id;
+        what keeps two transactions from waiting for each other in a cycle is that the changes
+        they record take the accounts in account order, see record_changes)."""
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM orders.orders WHERE order_id = ANY($1::uuid[]) "
-            "ORDER BY account_id, order_id FOR UPDATE", order_ids)
+            "OR (replaces = ANY($2::uuid[]) AND status = 'PENDING_NEW') "
+            "ORDER BY account_id, order_id FOR UPDATE", order_ids, replacing)
         return {r["order_id"]: _order(r) for r in rows}
 
     async def claim_execution(self, execution_id: str) -> bool:

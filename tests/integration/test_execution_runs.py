@@ -1,5 +1,6 @@
 """order_svc applies a consumer's backlog of executions in runs (lifecycle.apply_executions,
-round 20): fills and ends in one transaction per run, anything else one at a time. Each test
+round 20; replaces, refused cancels and triggers too since round 21): every execution that
+changes orders in one transaction per run, an acceptance alone. Each test
 holds a run to what the one-at-a-time path (apply_execution) does with the same executions, on
 a twin set of orders (other accounts and ids, the same shapes): the orders, each account's
 OrderUpdates (sequence, status, fills, in order) and its audit stream come out the same.
@@ -26,7 +27,8 @@ from ledger_svc.service_layer import commands, handlers as ledger
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, executions
 from meshkit.errors import Unavailable
-from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED, Execution
+from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
+                                Execution)
 from order_svc.adapters.repository import OrderRepository
 from order_svc.domain.model import Order, OrderRequest, OrderType, Side, Status, TimeInForce
 from order_svc.service_layer import handlers, lifecycle
@@ -47,6 +49,7 @@ class Shape:
     type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.GTC
     replaces: str | None = None  # a replacement, PENDING_NEW, of that order (named earlier)
+    cancel_requested: bool = False  # a cancel asked for (handlers.cancel_order's mark), not yet answered
 
 
 _made: list[World] = []
@@ -98,6 +101,9 @@ class World:
                        key=lambda it: (it[0].account_id, it[0].request.client_order_id))
         async with deps.uow() as uow:
             assert None not in await uow.orders.insert_new(items)
+            for label, s in self.shapes.items():
+                if s.cancel_requested:
+                    await uow.orders.mark_cancel_requested(self.orders[label])
             await uow.commit()
 
     def id(self, label: str) -> str:
@@ -113,10 +119,11 @@ class World:
             account_id=t.account_id, side=t.request.side.value, counter_order_id=str(m.order_id),
             counter_account_id=m.account_id, price=D(price), quantity=qty, executed_at=T0 + timedelta(seconds=n))
 
-    def event(self, n: int, type_: str, label: str, reason: str = "", new: str | None = None) -> Execution:
+    def event(self, n: int, type_: str, label: str, reason: str = "", new: str | None = None,
+              kept: bool = False) -> Execution:
         return Execution(execution_id=f"{self.prefix}{n}", symbol=self.symbol, type=type_, order_id=self.id(label),
                          account_id=self.account(label), reason=reason, new_order_id=self.id(new) if new else "",
-                         executed_at=T0 + timedelta(seconds=n))
+                         kept_priority=kept, executed_at=T0 + timedelta(seconds=n))
 
     def _label(self, order_id) -> str | None:
         return None if order_id is None else self.labels.get(uuid.UUID(str(order_id)), f"? {order_id}")
@@ -129,11 +136,13 @@ class World:
                 """
                 SELECT o.client_order_id, o.status, o.filled_quantity, o.fill_notional, o.reject_reason,
                        o.reject_message, o.end_reason, o.replaced_by, o.cancel_requested, o.triggered_at,
+                       o.triggered_sequence,
                        o.updated_at = (SELECT u.updated_at FROM orders.updates u WHERE u.order_id = o.order_id
                                         ORDER BY u.sequence DESC LIMIT 1) AS updated_as_last_update
                   FROM orders.orders o WHERE o.account_id = ANY($1::text[])
                 """, self.accounts)
-            orders = {r["client_order_id"]: {**dict(r), "replaced_by": self._label(r["replaced_by"])} for r in rows}
+            orders = {r["client_order_id"]: {**dict(r), "replaced_by": self._label(r["replaced_by"]),
+                                             "reject_message": self._labelled(r["reject_message"])} for r in rows}
             audit = {}
             for i, a in enumerate(self.accounts):
                 events = await conn.fetch("SELECT seq, event_type, payload FROM audit.events WHERE stream = $1 "
@@ -147,7 +156,8 @@ class World:
             for i, a in enumerate(self.accounts):
                 got = await uow.orders.updates_after(a, 0, 1000)
                 updates[i] = [(seq, o.request.client_order_id, o.status.value, o.filled_quantity, o.fill_notional,
-                               o.reject_reason, o.reject_message, o.end_reason, self._label(o.replaced_by),
+                               o.reject_reason, self._labelled(o.reject_message), o.end_reason,
+                               self._label(o.replaced_by),
                                o.triggered_at,
                                None if f is None else (f.fill_id.removeprefix(self.prefix), f.price, f.quantity,
                                                        f.executed_at))
@@ -155,6 +165,13 @@ class World:
                 assert [u[0] for u in updates[i]] == list(range(1, len(got) + 1)) == list(range(1, last[a] + 1)), \
                     f"account {a}: sequences not 1..n"
         return {"orders": orders, "updates": updates, "audit": audit}
+
+    def _labelled(self, message: str | None) -> str | None:
+        """A message with the order ids it names as labels (a rejected replacement names the
+        order it was to replace)."""
+        for order_id, label in self.labels.items():
+            message = message and message.replace(str(order_id), f"<{label}>")
+        return message
 
     def _payload(self, text: str) -> dict:
         p = json.loads(text)
@@ -316,7 +333,7 @@ async def test_repeats_in_a_run_and_of_runs_before_are_applied_once(order_deps, 
                                    [f.execution_id for f in (f1, f2, f3, f4)]) == 4
 
 
-# --- 3. a run broken by an execution applied alone -------------------------------------------
+# --- 3. triggers, replaces and refused cancels in a run ---------------------------------------
 
 INTERRUPTED = {
     "stop": Shape(0, Side.BUY, 5, type=OrderType.STOP),
@@ -330,7 +347,8 @@ INTERRUPTED = {
 def interrupted(w: World) -> list[Execution]:
     """Fills on both sides of a trigger and of a replace, in the stream's order: a fill of the
     replacement applied before its REPLACED would find it PENDING_NEW, the replacement would
-    carry the wrong fills, the stop's fill would show it untriggered."""
+    carry the wrong fills, the stop's fill would show it untriggered. (Until round 21 the trigger
+    and the replace were applied alone, between runs.)"""
     return [
         w.fill(1, "maker", "old", 3),
         w.event(2, TRIGGERED, "stop"),
@@ -344,7 +362,7 @@ def interrupted(w: World) -> list[Execution]:
     ]
 
 
-async def test_a_run_broken_by_a_trigger_and_a_replace_keeps_the_streams_order(order_deps, checked_pool):
+async def test_a_run_with_a_trigger_and_a_replace_keeps_the_streams_order(order_deps, checked_pool):
     got, _, _ = await run_and_one_by_one(order_deps, checked_pool, "RUNC", 3, INTERRUPTED, interrupted)
     final = {k: (o["status"], o["filled_quantity"], o["replaced_by"], o["triggered_at"] is not None)
              for k, o in got["orders"].items()}
@@ -354,6 +372,187 @@ async def test_a_run_broken_by_a_trigger_and_a_replace_keeps_the_streams_order(o
     # The stop's fills show it triggered (its trigger's update came first).
     assert [(u[2], u[9] is not None) for u in got["updates"][0]] == [
         ("NEW", False), ("NEW", True), ("PARTIALLY_FILLED", True), ("FILLED", True)]
+
+
+REPLACING = {
+    "a": Shape(0, Side.BUY, 10), "a2": Shape(0, Side.BUY, 8, replaces="a"),  # kept its priority
+    "b": Shape(1, Side.SELL, 10), "b2": Shape(1, Side.SELL, 14, replaces="b"),  # to the back
+    "c": Shape(2, Side.BUY, 6), "c2": Shape(2, Side.BUY, 4, replaces="c"),  # not above c's fills
+    "d": Shape(3, Side.SELL, 8, cancel_requested=True),
+    "e": Shape(0, Side.SELL, 5), "e2": Shape(0, Side.SELL, 7, replaces="e"),  # refused: INVALID
+    "f": Shape(2, Side.SELL, 3, cancel_requested=True),
+    "g": Shape(1, Side.BUY, 4), "g2": Shape(1, Side.BUY, 5, replaces="g"),  # refused: g filled first
+    "s": Shape(3, Side.BUY, 5, type=OrderType.STOP_LIMIT),
+    "s2": Shape(3, Side.BUY, 6, type=OrderType.STOP_LIMIT, replaces="s"),  # a triggered stop's replacement
+}
+
+
+def replacing(w: World) -> list[Execution]:
+    """Replaces (priority kept and not), one not above what the old order had filled (its
+    CANCELLED of reason REPLACED rejects the replacement), refused cancels (one before fills of
+    its order, one after its order filled, one of an order with no cancel asked), refused
+    replaces (invalid; the old order filled in the run before), a triggered stop replaced, and
+    fills of the same orders before and after, in every account; every order ended at last."""
+    return [
+        w.fill(1, "a", "b", 2),
+        w.event(2, CANCEL_REJECTED, "d", "UNKNOWN_ORDER"),  # d's cancel refused: the flag only, an audit event
+        w.fill(3, "c", "d", 5),
+        w.event(4, REPLACED, "a", new="a2", kept=True),  # a2 PARTIALLY_FILLED, 2 of 8
+        w.fill(5, "a2", "b", 3),
+        w.event(6, CANCELLED, "c", "REPLACED"),  # c had filled 5 of 6: ended, c2 rejected
+        w.event(7, CANCEL_REJECTED, "e", "INVALID", new="e2"),
+        w.fill(8, "g", "f", 3),  # f FILLED
+        w.event(9, CANCEL_REJECTED, "f", "UNKNOWN_ORDER"),  # f's cancel refused once it had filled
+        w.event(10, REPLACED, "b", new="b2"),  # b2 PARTIALLY_FILLED, 5 of 14
+        w.fill(11, "b2", "g", 1),  # g FILLED
+        w.event(12, CANCEL_REJECTED, "g", "UNKNOWN_ORDER", new="g2"),
+        w.event(13, TRIGGERED, "s"),
+        w.fill(14, "s", "e", 2),
+        w.event(15, REPLACED, "s", new="s2"),  # s2 PARTIALLY_FILLED 2 of 6, triggered already
+        w.fill(16, "s2", "d", 3),  # d FILLED
+        w.fill(17, "a2", "b2", 3),  # a2 FILLED
+        w.event(18, CANCEL_REJECTED, "d", "UNKNOWN_ORDER"),  # no cancel asked any more: nothing
+        w.event(19, CANCELLED, "b2", "USER"),
+        w.event(20, CANCELLED, "e", "USER"),
+        w.event(21, CANCELLED, "s2", "USER"),
+    ]
+
+
+async def transactions(pool, exs: list[Execution]) -> int:
+    """How many transactions applied `exs`: each claims its executions' ids (a row of
+    orders.executions_applied, whose xmin is the transaction that inserted it)."""
+    async with pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(DISTINCT xmin::text) FROM orders.executions_applied "
+                                   "WHERE execution_id = ANY($1)", [ex.execution_id for ex in exs])
+
+
+async def test_replaces_and_refused_cancels_go_in_the_run_as_one_at_a_time(order_deps, checked_pool):
+    got, batched, alone = await run_and_one_by_one(order_deps, checked_pool, "RUNK", 4, REPLACING, replacing)
+    assert await transactions(checked_pool, replacing(batched)) == 1
+    assert await transactions(checked_pool, replacing(alone)) == len(replacing(alone))
+    o = got["orders"]
+    final = {k: (v["status"], v["filled_quantity"], v["reject_reason"], v["end_reason"], v["replaced_by"],
+                 v["cancel_requested"]) for k, v in o.items()}
+    assert final == {
+        "a": ("CANCELLED", 2, None, "REPLACED", "a2", False), "a2": ("FILLED", 8, None, None, None, False),
+        "b": ("CANCELLED", 5, None, "REPLACED", "b2", False), "b2": ("CANCELLED", 9, None, "CUSTOMER_CANCEL", None,
+                                                                     False),
+        "c": ("CANCELLED", 5, None, "REPLACED", None, False), "c2": ("REJECTED", 0, "ORDER_NOT_ACTIVE", None, None,
+                                                                     False),
+        "d": ("FILLED", 8, None, None, None, False),
+        "e": ("CANCELLED", 2, None, "CUSTOMER_CANCEL", None, False),
+        "e2": ("REJECTED", 0, "ORDER_NOT_ACTIVE", None, None, False),
+        "f": ("FILLED", 3, None, None, None, False),
+        "g": ("FILLED", 4, None, None, None, False), "g2": ("REJECTED", 0, "ORDER_NOT_ACTIVE", None, None, False),
+        "s": ("CANCELLED", 2, None, "REPLACED", "s2", False),
+        "s2": ("CANCELLED", 5, None, "CUSTOMER_CANCEL", None, False),
+    }
+    assert o["c2"]["reject_message"] == "order <c> had already filled 5 shares; it was cancelled instead"
+    assert o["e2"]["reject_message"] == "the engine found the replacement invalid"
+    assert "filled, expired or was cancelled" in o["g2"]["reject_message"]
+    # The stop's replacement shows the trigger from its own first update on (its trigger sequence).
+    assert o["s2"]["triggered_at"] == o["s"]["triggered_at"] == T0 + timedelta(seconds=13)
+    assert [(u[1], u[2], u[9] is not None) for u in got["updates"][3] if u[1] == "s2"] == [
+        ("s2", "PENDING_NEW", False), ("s2", "PARTIALLY_FILLED", True), ("s2", "PARTIALLY_FILLED", True),
+        ("s2", "CANCELLED", True)]
+    assert o["s2"]["triggered_sequence"] == next(u[0] for u in got["updates"][3]
+                                                 if u[1] == "s2" and u[2] == "PARTIALLY_FILLED")
+    # A refused cancel is an audit event only, in its place in the account's stream.
+    assert [e[1] for e in got["audit"][2] if e[2]["orderId"] == "f"] == [
+        "ORDER_NEW", "CANCEL_REQUESTED", "ORDER_FILL", "CANCEL_REJECTED"]
+    assert [e[1] for e in got["audit"][3] if e[2]["orderId"] == "d"] == [
+        "ORDER_NEW", "CANCEL_REQUESTED", "CANCEL_REJECTED", "ORDER_FILL", "ORDER_FILL"]
+    assert [u[2] for u in got["updates"][3] if u[1] == "d"] == ["NEW", "PARTIALLY_FILLED", "FILLED"]
+
+
+async def test_a_refused_cancel_alone_keeps_the_orders_updated_at(order_deps, checked_pool):
+    """A refused cancel is not a change a customer sees: the order's updated_at stays its last
+    OrderUpdate's (round 16), also when a run around it changes other orders."""
+    shapes = {"x": Shape(0, Side.BUY, 10, cancel_requested=True), "y": Shape(1, Side.SELL, 10),
+              "z": Shape(1, Side.BUY, 10)}
+
+    def flow(w: World) -> list[Execution]:
+        return [w.fill(1, "z", "y", 2), w.event(2, CANCEL_REJECTED, "x", "UNKNOWN_ORDER"), w.fill(3, "z", "y", 8)]
+
+    got, batched, alone = await run_and_one_by_one(order_deps, checked_pool, "RUNL", 2, shapes, flow)
+    assert await transactions(checked_pool, flow(batched)) == 1
+    assert (got["orders"]["x"]["status"], got["orders"]["x"]["cancel_requested"]) == ("NEW", False)
+    assert [e[1] for e in got["audit"][0]] == ["ORDER_NEW", "CANCEL_REQUESTED", "CANCEL_REJECTED"]
+    assert [u[2] for u in got["updates"][0]] == ["NEW"]
+    for w in (batched, alone):
+        assert await lifecycle.apply_executions([w.event(4, CANCELLED, "x", "USER")], order_deps) == 1
+
+
+class _Counted:
+    """A connection whose statements are counted (those the repositories send: BEGIN and
+    COMMIT go through the transaction object)."""
+
+    def __init__(self, conn, sent: list[str]) -> None:
+        self._conn, self._sent = conn, sent
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._conn, name)
+        if name not in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+            return attr
+
+        async def counted(query, *args, **kwargs):
+            self._sent.append(query)
+            return await attr(query, *args, **kwargs)
+        return counted
+
+
+def counting(deps, pool) -> tuple[handlers.Deps, list[str]]:
+    """`deps` (on `pool`) whose units of work count their statements."""
+    from dataclasses import replace
+
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+    sent: list[str] = []
+
+    class CountedUnitOfWork(OrderUnitOfWork):
+        def _open(self, conn) -> None:
+            super()._open(_Counted(conn, sent))
+
+    return replace(deps, uow=lambda: CountedUnitOfWork(pool)), sent
+
+
+async def test_a_runs_statements_do_not_grow_with_its_replaces_and_refused_cancels(order_deps, checked_pool):
+    """Four statements (claim, lock, changes, rows) for a run of any length, replaces and
+    refused cancels as many as there are."""
+    counts = []
+    for copies in (1, 3):
+        shapes = {f"{k}{i}": replace_shape(s, i) for i in range(copies) for k, s in REPLACING.items()}
+        w = World("cnt", "RUNM", 4, shapes)
+        await w.create(order_deps)
+        deps, sent = counting(order_deps, checked_pool)
+        exs = [ex for i in range(copies) for ex in replacing(Renamed(w, i, 100 * i))]
+        assert await lifecycle.apply_executions(exs, deps) == len(exs)
+        counts.append(len(sent))
+        assert await transactions(checked_pool, exs) == 1
+    assert counts == [4, 4]
+
+
+def replace_shape(s: Shape, i: int) -> Shape:
+    """`s` in the i-th copy of a set of shapes (its replaced order's label suffixed too)."""
+    from dataclasses import replace
+
+    return replace(s, replaces=f"{s.replaces}{i}" if s.replaces else None)
+
+
+class Renamed:
+    """A World seen through the i-th copy of its shapes' labels, its executions numbered from
+    `offset`: the same flow again on other orders."""
+
+    def __init__(self, w: World, i: int, offset: int) -> None:
+        self.w, self.i, self.offset = w, i, offset
+
+    def fill(self, n: int, taker: str, maker: str, qty: int, price: str = "100.00") -> Execution:
+        return self.w.fill(self.offset + n, f"{taker}{self.i}", f"{maker}{self.i}", qty, price)
+
+    def event(self, n: int, type_: str, label: str, reason: str = "", new: str | None = None,
+              kept: bool = False) -> Execution:
+        return self.w.event(self.offset + n, type_, f"{label}{self.i}", reason, f"{new}{self.i}" if new else None,
+                            kept)
 
 
 # --- 4. orders order_svc does not have -------------------------------------------------------
@@ -429,11 +628,14 @@ async def test_a_run_with_an_execution_that_cannot_apply_applies_what_comes_befo
 # --- 5. through the consumer: a backlog -------------------------------------------------------
 
 def proto(ex: Execution) -> matching_pb2.Execution:
+    kind = matching_pb2.ExecutionType.Value(f"EXECUTION_TYPE_{ex.type}")
     m = matching_pb2.Execution(
-        execution_id=ex.execution_id, symbol=ex.symbol, type=matching_pb2.EXECUTION_TYPE_FILL, order_id=ex.order_id,
-        account_id=ex.account_id, side=common_pb2.SIDE_BUY if ex.side == "BUY" else common_pb2.SIDE_SELL,
-        counter_order_id=ex.counter_order_id, counter_account_id=ex.counter_account_id, price=str(ex.price),
-        quantity=ex.quantity)
+        execution_id=ex.execution_id, symbol=ex.symbol, type=kind,
+        order_id=ex.order_id, account_id=ex.account_id,
+        side={"BUY": common_pb2.SIDE_BUY, "SELL": common_pb2.SIDE_SELL}.get(ex.side, common_pb2.SIDE_UNSPECIFIED),
+        counter_order_id=ex.counter_order_id, counter_account_id=ex.counter_account_id,
+        price="" if ex.price is None else str(ex.price), quantity=ex.quantity, reason=ex.reason,
+        new_order_id=ex.new_order_id, kept_priority=ex.kept_priority)
     assert ex.executed_at is not None
     m.time.FromDatetime(ex.executed_at)
     return m
@@ -489,23 +691,21 @@ def assert_backlog_applied(s: dict, w: World, fills: list[Execution], each: int)
         assert numbers == sorted(numbers), f"account {i}"
 
 
-async def test_a_backlog_through_the_consumer_is_applied_once_in_batches_with_gapless_sequences(
-        order_deps, checked_pool, nats_conn):
-    js = nats_conn.jetstream()
-    ns, symbol, each = f"xr{uuid.uuid4().hex[:8]}", "RUNE", 25
-    w, fills = await backlog(order_deps, symbol, each=each)
+async def consumed_in_batches(js, symbol: str, messages: list[tuple[Execution, str]], deps) -> list[int]:
+    """`messages` (each an execution and its message id) published on a stream of their own and
+    applied by order_svc's consumer of `symbol` until it has drained them: the sizes of the
+    batches it was handed."""
+    ns = f"xr{uuid.uuid4().hex[:8]}"
     await bus.ensure_stream(js, ns, "executions")
     subject = bus.subject(ns, "executions", symbol)
+    sizes: list[int] = []
     try:
-        for ex in fills:
-            await js.publish(subject, proto(ex).SerializeToString(), headers={"Nats-Msg-Id": ex.execution_id})
-        for ex in fills[10:15]:  # the same executions again, under other message ids: repeats to drop
-            await js.publish(subject, proto(ex).SerializeToString(), headers={"Nats-Msg-Id": f"{ex.execution_id}!"})
-        sizes: list[int] = []
+        for ex, msg_id in messages:
+            await js.publish(subject, proto(ex).SerializeToString(), headers={"Nats-Msg-Id": msg_id})
 
         async def apply_batch(exs: list[Execution]) -> int:
             sizes.append(len(exs))
-            return await lifecycle.apply_executions(exs, order_deps)
+            return await lifecycle.apply_executions(exs, deps)
 
         task = await _consumed(js, ns, symbol, apply_batch)
         try:
@@ -513,10 +713,43 @@ async def test_a_backlog_through_the_consumer_is_applied_once_in_batches_with_ga
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        assert sum(sizes) == len(fills) + 5 and max(sizes) > 1 and max(sizes) <= executions.BATCH
-        assert_backlog_applied(await w.snapshot(order_deps, checked_pool), w, fills, each)
     finally:
         await js.delete_stream(bus.stream_name(ns, "EXECUTIONS"))
+    return sizes
+
+
+async def test_a_backlog_through_the_consumer_is_applied_once_in_batches_with_gapless_sequences(
+        order_deps, checked_pool, nats_conn):
+    symbol, each = "RUNE", 25
+    w, fills = await backlog(order_deps, symbol, each=each)
+    # The same executions again, under other message ids: repeats to drop.
+    repeats = [(ex, f"{ex.execution_id}!") for ex in fills[10:15]]
+    sizes = await consumed_in_batches(nats_conn.jetstream(), symbol, [(ex, ex.execution_id) for ex in fills] + repeats,
+                                      order_deps)
+    assert sum(sizes) == len(fills) + 5 and max(sizes) > 1 and max(sizes) <= executions.BATCH
+    assert_backlog_applied(await w.snapshot(order_deps, checked_pool), w, fills, each)
+
+
+async def test_a_burst_of_replaces_and_refused_cancels_through_the_consumer_is_a_transaction_a_batch(
+        order_deps, checked_pool, nats_conn):
+    """Round 21's soak: after bursts order_svc's consumers were the slow ones, their replaces
+    and refused cancels (~9 % of executions) applied one at a time, cutting the runs short.
+    Each batch the consumer is handed is one transaction now, and the orders come out as one at
+    a time would leave them."""
+    symbol, each = "RUNN", 10
+    w, fills = await backlog(order_deps, symbol, accounts=4, each=each)
+    batched, alone = await twins(order_deps, symbol, 4, REPLACING)
+    changes = replacing(batched)
+    burst = [ex for k, f in enumerate(fills) for ex in ([f, changes[k // 2]] if k % 2 and k // 2 < len(changes)
+                                                        else [f])] + changes[len(fills) // 2:]
+    assert len(burst) == len(fills) + len(changes)
+    sizes = await consumed_in_batches(nats_conn.jetstream(), symbol, [(ex, ex.execution_id) for ex in burst],
+                                      order_deps)
+    assert sum(sizes) == len(burst) and max(sizes) > 1
+    assert await transactions(checked_pool, burst) == len(sizes)  # one a batch
+    await one_by_one(replacing(alone), order_deps)
+    assert_alike(await batched.snapshot(order_deps, checked_pool), await alone.snapshot(order_deps, checked_pool))
+    assert_backlog_applied(await w.snapshot(order_deps, checked_pool), w, fills, each)
 
 
 def fail_record_changes(monkeypatch, when, times: int) -> list[int]:
@@ -526,23 +759,26 @@ def fail_record_changes(monkeypatch, when, times: int) -> list[int]:
     real = OrderRepository.record_changes
 
     async def record_changes(self, changes):
-        await real(self, changes)
+        sequences = await real(self, changes)
         if len(failed) < times and when(changes):
             failed.append(len(changes))
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return sequences
 
     monkeypatch.setattr(OrderRepository, "record_changes", record_changes)
     return failed
 
 
 async def with_trigger(deps, symbol: str, accounts: int, each: int
-                       ) -> tuple[World, list[Execution], World, Execution]:
-    """A backlog (backlog()) and a STOP's TRIGGERED to put in its middle, which ends the run
-    before it: the batch is a run, an execution alone and a run."""
+                       ) -> tuple[World, list[Execution], World, list[Execution]]:
+    """A backlog (backlog()) and a STOP's acceptance (of a journal written before the engine
+    stopped journaling them) and TRIGGERED to put in its middle: the acceptance, applied alone,
+    ends the run before it, so the batch is a run, an execution alone and a run (the trigger's
+    and the rest)."""
     w, fills = await backlog(deps, symbol, accounts=accounts, each=each)
     stop = World("bl-stop", symbol, 1, {"stop": Shape(0, Side.BUY, 1, type=OrderType.STOP)})
     await stop.create(deps)
-    return w, fills, stop, stop.event(0, TRIGGERED, "stop")
+    return w, fills, stop, [stop.event(2, ACCEPTED, "stop"), stop.event(0, TRIGGERED, "stop")]
 
 
 async def _stop_triggered_once_then_ended(stop: World, deps) -> None:
@@ -556,20 +792,20 @@ async def test_a_batch_that_fails_after_a_run_committed_is_applied_once_when_ret
         order_deps, checked_pool, monkeypatch):
     """meshkit.bus retries a failed batch whole (_until_done): what a run of it committed
     before the failure comes again and is dropped as repeats, the rest is applied once."""
-    w, fills, stop, trigger = await with_trigger(order_deps, "RUNF", 4, 4)
+    w, fills, stop, middle = await with_trigger(order_deps, "RUNF", 4, 4)
     half = len(fills) // 2
     second = {f.execution_id for f in fills[half:]}
-    batch = fills[:half] + [trigger] + fills[half:]
+    batch = fills[:half] + middle + fills[half:]
     failed = fail_record_changes(monkeypatch, lambda changes: any(c[9] in second for c in changes), 1)
     with pytest.raises(asyncpg.ConnectionDoesNotExistError):
         await lifecycle.apply_executions(batch, order_deps)
     assert failed
-    async with checked_pool.acquire() as conn:  # the first run and the trigger stay; the second run is undone
+    async with checked_pool.acquire() as conn:  # the first run stays; the second (the trigger's) is undone
         applied = {r[0] for r in await conn.fetch(
             "SELECT execution_id FROM orders.executions_applied WHERE execution_id = ANY($1)",
             [ex.execution_id for ex in batch])}
-    assert applied == {ex.execution_id for ex in fills[:half]} | {trigger.execution_id}
-    assert await lifecycle.apply_executions(batch, order_deps) == len(fills) - half  # the retry
+    assert applied == {ex.execution_id for ex in fills[:half]}
+    assert await lifecycle.apply_executions(batch, order_deps) == len(fills) - half + 1  # the retry
     assert await lifecycle.apply_executions(batch, order_deps) == 0
     assert_backlog_applied(await w.snapshot(order_deps, checked_pool), w, fills, 4)
     await _stop_triggered_once_then_ended(stop, order_deps)
@@ -577,29 +813,13 @@ async def test_a_batch_that_fails_after_a_run_committed_is_applied_once_when_ret
 
 async def test_a_failing_batch_through_the_consumer_is_retried_and_applied_once(
         order_deps, checked_pool, nats_conn, monkeypatch):
-    js = nats_conn.jetstream()
-    ns, symbol, each = f"xr{uuid.uuid4().hex[:8]}", "RUNF", 5
-    w, fills, stop, trigger = await with_trigger(order_deps, symbol, 4, each)
+    symbol, each = "RUNF", 5
+    w, fills, stop, middle = await with_trigger(order_deps, symbol, 4, each)
     half = len(fills) // 2
     second = {f.execution_id for f in fills[half:]}
     failed = fail_record_changes(monkeypatch, lambda changes: any(c[9] in second for c in changes), 2)
-    await bus.ensure_stream(js, ns, "executions")
-    subject = bus.subject(ns, "executions", symbol)
-    try:
-        t = matching_pb2.Execution(execution_id=trigger.execution_id, symbol=symbol,
-                                   type=matching_pb2.EXECUTION_TYPE_TRIGGERED, order_id=trigger.order_id,
-                                   account_id=trigger.account_id)
-        t.time.FromDatetime(T0)
-        for m in [proto(ex) for ex in fills[:half]] + [t] + [proto(ex) for ex in fills[half:]]:
-            await js.publish(subject, m.SerializeToString(), headers={"Nats-Msg-Id": m.execution_id})
-        task = await _consumed(js, ns, symbol, lambda exs: lifecycle.apply_executions(exs, order_deps))
-        try:
-            await _drained(js, ns, symbol)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await js.delete_stream(bus.stream_name(ns, "EXECUTIONS"))
+    await consumed_in_batches(nats_conn.jetstream(), symbol,
+                              [(ex, ex.execution_id) for ex in fills[:half] + middle + fills[half:]], order_deps)
     assert len(failed) == 2
     assert_backlog_applied(await w.snapshot(order_deps, checked_pool), w, fills, each)
     await _stop_triggered_once_then_ended(stop, order_deps)

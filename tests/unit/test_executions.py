@@ -80,3 +80,18 @@ def test_units_are_the_longest_runs_and_everything_else_alone():
     assert got == [(0, ["0", "1", "2"]), (3, ["3"]), (4, ["4"]), (5, ["5", "6", "7"]), (8, ["8"]), (9, ["9"]),
                    (10, ["10"])]
     assert list(units([])) == []
+
+
+def test_order_svc_takes_replaces_refused_cancels_and_triggers_into_its_runs():
+    """order_svc's predicate (units' other than the ledger's default): everything that changes
+    orders in one run; an acceptance alone."""
+    from meshkit.executions import CANCEL_REJECTED, EXPIRED, FILL, REJECTED, REPLACED, units
+
+    def ex(i: int, kind: str, reason: str = "") -> Execution:
+        return Execution(execution_id=str(i), symbol="AAPL", type=kind, order_id="o", account_id="a", reason=reason)
+
+    kinds = [(FILL, ""), (CANCELLED, "REPLACED"), (REPLACED, ""), (TRIGGERED, ""), (CANCEL_REJECTED, ""),
+             (EXPIRED, ""), (ACCEPTED, ""), (REJECTED, "FOK"), (FILL, "")]
+    exs = [ex(i, k, r) for i, (k, r) in enumerate(kinds)]
+    got = [(start, [e.execution_id for e in unit]) for start, unit in units(exs, lifecycle.in_runs)]
+    assert got == [(0, ["0", "1", "2", "3", "4", "5"]), (6, ["6"]), (7, ["7", "8"])]
