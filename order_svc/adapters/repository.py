@@ -67,15 +67,8 @@ def _as_stored(o: Order) -> Order:
                    hold_amount=_q4(o.hold_amount), collar_price=_q4(o.collar_price))
 
 
-def _record_change(ids: str, first: int) -> str:
-    """orders.record_change (migration 0005) for the order whose account_id and order_id are
-    `ids` (columns or parameters), with the parameters from ${first} on (_change_args)."""
-    params = ", ".join(f"${i}" for i in range(first, first + 14))
-    return f"orders.record_change({ids}, {params})"
-
-
 def _change_args(o: Order, fill: Fill | None = None, event: str | None = None) -> tuple:
-    """The values of one change (see record_change): the OrderUpdate row, the audit event (of
+    """The values of one change (orders.record_change, migration 0005): the OrderUpdate row, the audit event (of
     type `event`, else the fill's or the status's) and the notification channel."""
     return (o.status.value, o.filled_quantity, o.fill_notional, o.reject_reason.value if o.reject_reason else None,
             o.reject_message, o.replaced_by, o.updated_at, fill.fill_id if fill else None,
@@ -299,40 +292,12 @@ class OrderRepository:
     async def audit(self, o: Order, event: str | None = None) -> None:
         await audit.append(self.conn, f"order:{o.account_id}", event or f"ORDER_{o.status.value}", _event(o))
 
-    async def record_change(self, o: Order, fill: Fill | None = None, event: str | None = None) -> int:
-        """One change of an order: its audit event and its OrderUpdate, with the account's next
-        sequence (gapless: taken in this transaction), and a notification to live streams
-        (orders.record_change, one round trip)."""
-        return await self.conn.fetchval(
-            "SELECT " + _record_change("$1, $2", 3), o.account_id, o.order_id, *_change_args(o, fill, event))
-
-    async def clear_cancel_request(self, order_id: uuid.UUID) -> None:
-        """A cancel request is over (refused by the engine); nothing else of the order changes."""
-        await self.conn.execute("UPDATE orders.orders SET cancel_requested = false WHERE order_id = $1", order_id)
-
-    async def mark_triggered_in(self, order_id: uuid.UUID, sequence: int) -> None:
-        """`sequence` is the OrderUpdate that told the order's trigger (migration 0011)."""
-        await self.conn.execute("UPDATE orders.orders SET triggered_sequence = $2 WHERE order_id = $1",
-                                order_id, sequence)
-
-    async def save_execution_result(self, o: Order, now: datetime) -> None:
-        """Write what an execution did to an order (fill progress, status, reason)."""
-        await self.conn.execute(
-            """
-            UPDATE orders.orders SET status = $2, filled_quantity = $3, fill_notional = $4, reject_reason = $5,
-                   reject_message = $6, updated_at = $7, replaced_by = $8, cancel_requested = $9, end_reason = $10,
-                   triggered_at = $11
-             WHERE order_id = $1
-            """, o.order_id, o.status.value, o.filled_quantity, o.fill_notional,
-            o.reject_reason.value if o.reject_reason else None, o.reject_message, now, o.replaced_by,
-            o.cancel_requested, o.end_reason.value if o.end_reason else None, o.triggered_at)
-        o.updated_at = now
-
     async def save_execution_results(self, orders: list[Order], triggered_in: dict[uuid.UUID, int]) -> None:
-        """save_execution_result for many orders (each once) in one statement, each with its own
-        updated_at as it stands (that of its last change: an order whose cancel request alone
-        was cleared keeps its last OrderUpdate's), and with `triggered_in` the sequence of the
-        OrderUpdate that told an order's trigger (mark_triggered_in)."""
+        """Write what executions did to orders (fill progress, status, reasons), each order once,
+        in one statement: each with its own updated_at as it stands (that of its last change: an
+        order whose cancel request alone was cleared keeps its last OrderUpdate's), and with
+        `triggered_in` the sequence of the OrderUpdate that told an order's trigger (migration
+        0011)."""
         if len({o.order_id for o in orders}) != len(orders):
             raise ValueError("an order appears twice in one batch of execution results")
         if not orders:
@@ -392,7 +357,8 @@ class OrderRepository:
         return [r[0] if c[-2] else None for c, r in zip(changes, rows)]
 
     async def claim_executions(self, execution_ids: list[str]) -> set[str]:
-        """claim_execution of many in one statement: the ids not applied before."""
+        """Record executions as applied, in one statement: the ids not applied before (a repeat
+        is dropped by its id)."""
         return {r[0] for r in await self.conn.fetch(
             "INSERT INTO orders.executions_applied (execution_id) SELECT unnest($1::text[]) "
             "ON CONFLICT DO NOTHING RETURNING execution_id", execution_ids)}
@@ -407,12 +373,6 @@ class OrderRepository:
             "OR (replaces = ANY($2::uuid[]) AND status = 'PENDING_NEW') "
             "ORDER BY account_id, order_id FOR UPDATE", order_ids, replacing)
         return {r["order_id"]: _order(r) for r in rows}
-
-    async def claim_execution(self, execution_id: str) -> bool:
-        """False when this execution was applied before (a repeat, dropped by its id)."""
-        return bool(await self.conn.fetchval(
-            "INSERT INTO orders.executions_applied (execution_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-            execution_id))
 
     async def latest_update(self, account_id: str) -> int:
         """The sequence of the account's latest order update (0: none yet)."""

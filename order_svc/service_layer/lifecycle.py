@@ -47,51 +47,11 @@ def in_runs(ex: Execution) -> bool:
 
 
 async def apply_execution(ex: Execution, deps: Deps) -> bool:
-    """Apply one execution in one transaction; False for a repeat (dropped by its id) and for
-    an acceptance, which changes nothing (no transaction at all)."""
+    """Apply one execution in one transaction (a run of one, _apply_run); False for a repeat
+    (dropped by its id) and for an acceptance, which changes nothing (no transaction at all)."""
     if ex.type == ACCEPTED:
         return False
-    async with deps.uow() as uow:
-        if not await uow.orders.claim_execution(ex.execution_id):
-            return False
-        at = now()
-        if ex.type == FILL:
-            assert ex.price is not None and ex.executed_at is not None
-            # The two sides in account order, as a batch of new orders takes its accounts'
-            # sequences and audit heads: in the fill's own order (taker first) the two could
-            # each hold what the other waits for, a deadlock PostgreSQL undoes only after a second.
-            sides = sorted(((ex.account_id, ex.order_id), (ex.counter_account_id, ex.counter_order_id)))
-            for _, order_id in sides:
-                o = await _order(uow, order_id, ex)
-                if o is None:
-                    continue
-                o.fill(ex.quantity, ex.price)
-                await uow.orders.save_execution_result(o, at)
-                await uow.orders.record_change(o, Fill(ex.execution_id, ex.price, ex.quantity, ex.executed_at))
-        elif ex.type in (CANCELLED, EXPIRED, REJECTED):
-            o = await _order(uow, ex.order_id, ex)
-            if o is not None and not o.status.is_terminal:
-                _end(o, ex)
-                await uow.orders.save_execution_result(o, at)
-                await uow.orders.record_change(o)
-            if o is not None and ex.type == CANCELLED and ex.reason == "REPLACED":
-                # The replace asked for no more than the order had filled: it just ended.
-                new = await uow.orders.pending_replacement(o.order_id, for_update=True)
-                if new is not None:
-                    await _reject_replacement(uow, new, _filled_before_replace(o), at)
-        elif ex.type == TRIGGERED:
-            # The stop was reached: still NEW (or PARTIALLY_FILLED), now working as a market or
-            # limit order; the customer sees it (an OrderUpdate with triggered_at).
-            o = await _order(uow, ex.order_id, ex)
-            if o is not None and o.triggered(ex.executed_at or at):  # the engine's time, as a fill's
-                await uow.orders.save_execution_result(o, at)
-                await uow.orders.mark_triggered_in(o.order_id, await uow.orders.record_change(o, event="ORDER_TRIGGERED"))
-        elif ex.type == REPLACED:
-            await _replaced(uow, ex, at)
-        elif ex.type == CANCEL_REJECTED:
-            await _cancel_rejected(uow, ex, at)
-        await uow.commit()
-        return True
+    return await _apply_run([ex], deps) == 1
 
 
 async def apply_executions(exs: list[Execution], deps: Deps) -> int:
@@ -103,7 +63,8 @@ async def apply_executions(exs: list[Execution], deps: Deps) -> int:
     A consumer behind applies its backlog in few transactions (round 20: one transaction of ~8
     statements per fill, one after the other, applied ~40-80 fills a second per symbol; round
     21: replaces and refused cancels, ~9 % of executions, still one at a time, cut the runs
-    short); with one execution at a time it is the same work as before."""
+    short). One execution alone is a run of one: there is one implementation of what each
+    kind does to its orders (_Run)."""
     applied = 0
     for _, unit in units(exs, in_runs):
         applied += await (_apply_run_or_alone(unit, deps) if in_runs(unit[0]) else apply_execution(unit[0], deps))
@@ -134,8 +95,8 @@ async def _apply_run(exs: list[Execution], deps: Deps) -> int:
     """A run in one transaction: its ids claimed, the orders it touches locked (in account
     order; a replace's cancel locks its pending replacement too), the orders moved in memory in
     stream order (_Run), the changes recorded (by account, each account's in stream order) and
-    then the orders' rows written (with the sequence of the update that told a trigger): what
-    apply_execution does for each, in five statements for the run."""
+    then the orders' rows written (with the sequence of the update that told a trigger): five
+    statements however long the run. Returns how many were applied (not repeats)."""
     async with deps.uow() as uow:
         todo = claimed(exs, await uow.orders.claim_executions([ex.execution_id for ex in exs]))
         if not todo:
@@ -156,7 +117,7 @@ async def _apply_run(exs: list[Execution], deps: Deps) -> int:
 
 
 def _named(ex: Execution) -> tuple[str, ...]:
-    """The orders an execution names, as apply_execution looks them up."""
+    """The orders an execution names (lock_orders), besides a replace's pending replacement."""
     if ex.type == FILL:
         return ex.order_id, ex.counter_order_id
     if ex.type == REPLACED:
@@ -167,9 +128,9 @@ def _named(ex: Execution) -> tuple[str, ...]:
 
 
 class _Run:
-    """A run's executions applied in memory, in stream order, to the orders locked for it, as
-    apply_execution applies each: the changes to record (a refused cancel's: its audit event
-    only), which of them tells an order's trigger, and the orders to write."""
+    """A run's executions applied in memory, in stream order, to the orders locked for it:
+    what each kind of execution does to its orders, the changes to record (a refused cancel's:
+    its audit event only), which of them tells an order's trigger, and the orders to write."""
 
     def __init__(self, orders: dict[uuid.UUID, Order], at: datetime, change: Callable[..., tuple]) -> None:
         self.orders, self.at, self._change = orders, at, change
@@ -188,6 +149,7 @@ class _Run:
         if ex.type == FILL:
             assert ex.price is not None and ex.executed_at is not None
             fill = Fill(ex.execution_id, ex.price, ex.quantity, ex.executed_at)
+            # The two sides in account order, as every change is recorded (by account).
             for _, order_id in sorted(((ex.account_id, ex.order_id), (ex.counter_account_id, ex.counter_order_id))):
                 if (o := _known(orders, order_id, ex)) is not None:
                     o.fill(ex.quantity, ex.price)
@@ -200,17 +162,22 @@ class _Run:
             if o is not None and ex.type == CANCELLED and ex.reason == "REPLACED":
                 new = next((r for r in orders.values() if r.replaces == o.order_id and r.status is Status.PENDING_NEW),
                            None)  # locked with the run (lock_orders' `replacing`)
-                if new is not None:
+                if new is not None:  # the replace asked for no more than the order had filled
                     new.reject(RejectReason.ORDER_NOT_ACTIVE, _filled_before_replace(o))
                     self.changed(new)
         elif ex.type == TRIGGERED:
+            # The stop was reached: still NEW (or PARTIALLY_FILLED), now working as a market or
+            # limit order; the customer sees it (an OrderUpdate with triggered_at).
             o = _known(orders, ex.order_id, ex)
-            if o is not None and o.triggered(ex.executed_at or at):
+            if o is not None and o.triggered(ex.executed_at or at):  # the engine's time, as a fill's
                 self.changed(o, event="ORDER_TRIGGERED", trigger=True)
         elif ex.type == REPLACED:
             old, new = _known(orders, ex.order_id, ex), _known(orders, ex.new_order_id, ex)
             if new is not None and new.status is Status.PENDING_NEW and old is not None:
                 new.confirm_replacement(old)
+                # A triggered STOP_LIMIT's replacement shows the trigger from this update on, in
+                # a replay as it did live (round 19: without its own trigger sequence, the replay
+                # judged by times and showed it on the PENDING_NEW update before).
                 self.changed(new, trigger=new.triggered_at is not None)
             if old is not None and not old.status.is_terminal:
                 old.replaced(uuid.UUID(ex.new_order_id))
@@ -225,7 +192,9 @@ class _Run:
                 return
             o = _known(orders, ex.order_id, ex)
             if o is not None and o.cancel_requested:
-                o.cancel_requested = False  # its updated_at stays (_cancel_rejected)
+                # The flag only: not the order's updated_at, which is its last OrderUpdate's
+                # (round 16: it moved with no update sent); no OrderUpdate, an audit event.
+                o.cancel_requested = False
                 self.written[o.order_id] = o
                 self.changes.append(self._change(o, event="CANCEL_REJECTED", update=False))
 
@@ -238,8 +207,10 @@ def _uuid(order_id: str) -> uuid.UUID | None:
 
 
 def _known(orders: dict[uuid.UUID, Order], order_id: str, ex: Execution) -> Order | None:
-    """The locked order an execution of a run names; None (reported as _order does) for one
-    order_svc does not have."""
+    """The locked order an execution of a run names; None (logged and counted) for one
+    order_svc does not have. Every order the engine knows came from order_svc's outbox, so that
+    happens only when the database was restored alone to an earlier point (docs/operations.md:
+    not supported): the execution is passed over, but no longer in silence (round 15)."""
     o = orders.get(_uuid(order_id))  # type: ignore[arg-type]
     if o is None:
         _unknown(ex, order_id)
@@ -259,46 +230,6 @@ def _end(o: Order, ex: Execution) -> None:
               ENGINE_END_REASONS.get(ex.reason or ("SESSION_CLOSE" if ex.type == EXPIRED else "")))
 
 
-async def _replaced(uow, ex: Execution, at) -> None:
-    """The engine replaced the old order by the new one: the new order carries the old one's
-    fills and becomes NEW (or PARTIALLY_FILLED); the old one ends CANCELLED with replaced_by."""
-    old = await _order(uow, ex.order_id, ex)
-    new = await _order(uow, ex.new_order_id, ex)
-    if new is not None and new.status is Status.PENDING_NEW and old is not None:
-        new.confirm_replacement(old)
-        await uow.orders.save_execution_result(new, at)
-        sequence = await uow.orders.record_change(new)
-        if new.triggered_at is not None:
-            # A triggered STOP_LIMIT's replacement shows the trigger from this update on, in a
-            # replay as it did live (round 19: without its own trigger sequence, the replay
-            # judged by times and showed it on the PENDING_NEW update before, which live had not).
-            await uow.orders.mark_triggered_in(new.order_id, sequence)
-    if old is not None and not old.status.is_terminal:
-        old.replaced(uuid.UUID(ex.new_order_id))
-        old.cancel_requested = False
-        await uow.orders.save_execution_result(old, at)
-        await uow.orders.record_change(old)
-
-
-async def _cancel_rejected(uow, ex: Execution, at) -> None:
-    """The engine refused a cancel or a replace; the order it names is unchanged. A refused
-    replace rejects the new order; a refused cancel clears the cancel request (so it can be
-    asked again), which customers do not see: no OrderUpdate, an audit event only."""
-    if ex.new_order_id:
-        new = await _order(uow, ex.new_order_id, ex)
-        if new is not None and new.status is Status.PENDING_NEW:
-            reason, message = _replace_refusal(ex)
-            await _reject_replacement(uow, new, message, at, reason=reason)
-        return
-    o = await _order(uow, ex.order_id, ex)
-    if o is not None and o.cancel_requested:
-        o.cancel_requested = False
-        # The flag only: not the order's updated_at, which is its last OrderUpdate's (round 16:
-        # it moved with no update sent, also on an order that had ended meanwhile).
-        await uow.orders.clear_cancel_request(o.order_id)
-        await uow.orders.audit(o, "CANCEL_REJECTED")
-
-
 def _replace_refusal(ex: Execution) -> tuple[RejectReason, str]:
     """Why a replace the engine refused (CANCEL_REJECTED) rejects its replacement."""
     reason = _ENGINE_REJECTS.get(ex.reason, RejectReason.ORDER_NOT_ACTIVE)
@@ -311,25 +242,6 @@ def _filled_before_replace(o: Order) -> str:
     """Why the replacement of `o` is rejected when the engine ended `o` instead (CANCELLED of
     reason REPLACED: the replace asked for no more than it had filled)."""
     return f"order {o.order_id} had already filled {o.filled_quantity} shares; it was cancelled instead"
-
-
-async def _reject_replacement(uow, new: Order, message: str, at,
-                              reason: RejectReason = RejectReason.ORDER_NOT_ACTIVE) -> None:
-    new.reject(reason, message)
-    await uow.orders.save_execution_result(new, at)
-    await uow.orders.record_change(new)
-
-
-async def _order(uow, order_id: str, ex: Execution) -> Order | None:
-    """The order an execution names, locked; None (logged and counted) for one order_svc does
-    not have. Every order the engine knows came from order_svc's outbox, so that happens only
-    when the database was restored alone to an earlier point (docs/operations.md: not
-    supported): the execution is passed over, but no longer in silence (round 15)."""
-    oid = _uuid(order_id)
-    o = None if oid is None else await uow.orders.get(oid, for_update=True)
-    if o is None:
-        _unknown(ex, order_id)
-    return o
 
 
 def _unknown(ex: Execution, order_id: str) -> None:
