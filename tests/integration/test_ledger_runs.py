@@ -115,6 +115,12 @@ class World:
         return out
 
 
+async def _blocked_by(pool, holder) -> bool:
+    """Whether a backend of the database waits for a lock `holder`'s transaction has."""
+    return await pool.fetchval("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
+                               " AND $1 = ANY(pg_blocking_pids(pid)))", holder.get_server_pid())
+
+
 def _without_entry_id(payload: str) -> str:
     import json
 
@@ -271,6 +277,8 @@ async def test_a_run_meeting_a_held_account_does_not_keep_its_other_accounts_fro
     ACCOUNT_BUSY). The run waits less than a placement does, then parks what waits."""
     import asyncio
 
+    from tests.support.wait import eventually
+
     one, w = await World(checked_pool).open(), await World(checked_pool).open()
     for ex in one.flow():
         await settlement.apply_execution(ex, one.uow)
@@ -281,7 +289,9 @@ async def test_a_run_meeting_a_held_account_does_not_keep_its_other_accounts_fro
     await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])  # sorts after b2
     try:
         applying = asyncio.create_task(settlement.apply_executions(w.flow(), w.uow))
-        await asyncio.sleep(0.2)  # the run holds b1, b2, b3, s1 and waits for s2
+        # The run holds b1, b2, b3, s1 once its backend waits for s2, which only the holder has.
+        assert await eventually(lambda: _blocked_by(checked_pool, holder), timeout=10, delay=0.01), \
+            "the run never waited for s2's lock"
         [answer] = await ledger.place_holds([commands.PlaceHold(w.order("b2x"), w.acct("b2"), w.order("b2x"), "USD",
                                                                 D("1"))], w.uow)
         assert isinstance(answer, ledger.model.Hold), answer  # placed, not ACCOUNT_BUSY
