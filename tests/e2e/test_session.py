@@ -83,22 +83,50 @@ async def test_5000_order_session_settles_with_zero_discrepancies(mesh):
     assert len(placed) == ORDERS
     assert statuses.get(common_pb2.ORDER_STATUS_NEW, 0) > ORDERS * 0.9
 
-    async def quiet() -> bool:
-        """Every execution the engine published has been applied by the ledger and by order_svc."""
+    async def behind() -> list[str]:
+        """What is still missing for every execution the engine published to have been applied by
+        the ledger and by order_svc: one line per condition not yet met, with its counts and a few
+        ids to look up, so that a timeout says which part of the mesh lagged. Empty once quiet."""
+        lines = []
         async with pool.acquire() as conn:
+            async def some(query: str) -> str:
+                rows = await conn.fetch(query + " LIMIT 3")
+                return ", ".join(" ".join(str(v) for v in r.values()) for r in rows) or "none"
+
             pending = await conn.fetchval("SELECT count(*) FROM orders.orders WHERE status = 'PENDING_NEW'")
+            if pending:
+                lines.append(f"{pending} orders PENDING_NEW, e.g. " + await some(
+                    "SELECT order_id FROM orders.orders WHERE status = 'PENDING_NEW' ORDER BY updated_at"))
             unpublished = await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
-            ledger_n = await conn.fetchval("SELECT count(*) FROM ledger.executions")
-            orders_n = await conn.fetchval("SELECT count(*) FROM orders.executions_applied")
+            if unpublished:
+                lines.append(f"{unpublished} outbox rows not relayed, e.g. " + await some(
+                    "SELECT id, subject FROM orders.outbox WHERE published_at IS NULL ORDER BY id"))
             waiting_cancels = await conn.fetchval(
                 "SELECT count(*) FROM orders.orders WHERE cancel_requested AND status IN ('NEW', 'PARTIALLY_FILLED')")
-        return pending == unpublished == waiting_cancels == 0 and ledger_n == orders_n and ledger_n > 0
+            if waiting_cancels:
+                lines.append(f"{waiting_cancels} cancels still waiting, e.g. " + await some(
+                    "SELECT order_id, status FROM orders.orders"
+                    " WHERE cancel_requested AND status IN ('NEW', 'PARTIALLY_FILLED') ORDER BY updated_at"))
+            ledger_n = await conn.fetchval("SELECT count(*) FROM ledger.executions")
+            orders_n = await conn.fetchval("SELECT count(*) FROM orders.executions_applied")
+            if ledger_n != orders_n:
+                parked = await conn.fetchval("SELECT count(*) FROM ledger.parked_executions")
+                only_ledger = await some("SELECT execution_id FROM ledger.executions"
+                                         " EXCEPT SELECT execution_id FROM orders.executions_applied ORDER BY 1")
+                only_orders = await some("SELECT execution_id FROM orders.executions_applied"
+                                         " EXCEPT SELECT execution_id FROM ledger.executions ORDER BY 1")
+                lines.append(f"executions applied: ledger {ledger_n} ({parked} parked), order_svc {orders_n};"
+                             f" only the ledger's e.g. {only_ledger}; only order_svc's e.g. {only_orders}")
+            elif ledger_n == 0:
+                lines.append("no executions applied by either service")
+        return lines
 
     for _ in range(600):
-        if await quiet():
+        lagging = await behind()
+        if not lagging:
             break
         await asyncio.sleep(0.2)
-    assert await quiet(), "the mesh did not catch up with the session"
+    assert not lagging, "the mesh did not catch up with the session; at the last look:\n" + "\n".join(lagging)
 
     day = calendar.trading_day(datetime.now(timezone.utc))
     env = {**os.environ, "STOCKMESH_NAMESPACE": mesh.namespace}
