@@ -64,18 +64,28 @@ async def pool(database_url: str):
 
 
 @pytest.fixture(scope="module")
-async def own_pool(pg_server_url: str):
+async def own_database_url(pg_server_url: str):
+    """The URL of the module's own database (own_pool's), for what connects by URL (order_svc's
+    outbox relay, a command): a module using own_pool makes it its `database_url`."""
+    async with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def own_pool(own_database_url: str):
     """A database of the test module's own, for tests whose data another module's must not see
     (fills left unsettled, which a settlement of the day elsewhere would take). A module makes
     it its `pool`, so that `checked_pool` checks it, with
-    `pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)`."""
-    async with fresh_database(pg_server_url) as url:
-        p = await asyncpg.create_pool(url, min_size=1, max_size=5)
-        yield p
-        async with p.acquire() as conn:  # as the session's pool: the module's audit trail verifies
-            checked, broken = await audit.verify(conn)
-        await p.close()
-        assert not broken, f"audit trail broken after the module ({checked} events intact): {broken}"
+    `pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)`. A module whose tests
+    place orders (order_deps) makes own_database_url, own_namespace and own_ledger_addr
+    (tests/integration/conftest.py) its `database_url`, `namespace` and `ledger_addr` too (as
+    test_orders.py), so that its orders, holds and their messages all stay with its database."""
+    p = await asyncpg.create_pool(own_database_url, min_size=1, max_size=20)  # the session's size: the same races
+    yield p
+    async with p.acquire() as conn:  # as the session's pool: the module's audit trail verifies
+        checked, broken = await audit.verify(conn)
+    await p.close()
+    assert not broken, f"audit trail broken after the module ({checked} events intact): {broken}"
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -28,6 +29,14 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="module")
+def own_namespace() -> str:
+    """A namespace of the test module's own, beside its own database (tests/conftest.py
+    own_pool): the orders its relay publishes, and the executions of them, must not reach the
+    session's engines and consumers, whose database has no such orders."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
 @pytest.fixture(scope="session")
 async def nats_conn(nats_url):
     from meshkit import bus
@@ -48,15 +57,32 @@ async def acceptances(nats_conn, namespace):
     await sub.unsubscribe()
 
 
-@pytest.fixture(scope="session")
-async def ledger_addr(pool):
+@asynccontextmanager
+async def ledger_server(pool):
+    """The ledger's gRPC services on `pool`'s database, in this process: their address."""
     from ledger_svc.bootstrap import build
     from meshkit.server import create_server
 
     server, port, _ = await create_server("127.0.0.1:0", build(pool))
     await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def ledger_addr(pool):
+    async with ledger_server(pool) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="module")
+async def own_ledger_addr(own_pool):
+    """The ledger on the module's own database, for the module's order_svc (order_deps) to place
+    its holds in the database its orders are in."""
+    async with ledger_server(own_pool) as addr:
+        yield addr
 
 
 def make_order_deps(pool, database_url, js, namespace, ledger_channel, *, limiter=None, account_limit=None):

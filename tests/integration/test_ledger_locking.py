@@ -28,6 +28,15 @@ pytestmark = pytest.mark.integration
 ASSETS = ("USD", "AAPL", "MSFT")
 ROUNDS = 40
 
+# A database of this module's own (and for its order_svc, a namespace and a ledger on it): its
+# fills are applied straight to the ledger, never through the execution journal, which a
+# settlement of the day in another test (test_settlement.py) would report as fills not in the
+# journal. checked_pool (tests/conftest.py) checks the ledger's invariants on it after each test.
+pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+database_url = pytest.fixture(scope="module")(lambda own_database_url: own_database_url)
+namespace = pytest.fixture(scope="module")(lambda own_namespace: own_namespace)
+ledger_addr = pytest.fixture(scope="module")(lambda own_ledger_addr: own_ledger_addr)
+
 
 async def _errors_of(*works) -> list[BaseException]:
     """Run the works at once; what each raised (a deadlock's victim raises DeadlockDetectedError)."""
