@@ -29,6 +29,15 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
+# A database, a namespace and a ledger of this module's own: the reaper's test checks every
+# unchecked hold of the ledger, oldest first, and other modules' holds placed straight in the
+# ledger (test_holds, test_ledger_locking, ...) look to it like placements still being retried:
+# a page of 500 of them ended its round before it reached this test's.
+pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+database_url = pytest.fixture(scope="module")(lambda own_database_url: own_database_url)
+namespace = pytest.fixture(scope="module")(lambda own_namespace: own_namespace)
+ledger_addr = pytest.fixture(scope="module")(lambda own_ledger_addr: own_ledger_addr)
+
 
 def acct() -> str:
     return f"acct-{uuid.uuid4().hex[:10]}"
