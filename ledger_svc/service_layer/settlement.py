@@ -251,12 +251,13 @@ class _Together(Exception):
 
 class _RunWrites:
     """What a run of executions writes, gathered in stream order and written in one statement
-    per table (LedgerRepository's and SettlementRepository's many-row methods)."""
+    per table (LedgerRepository's and SettlementRepository's many-row methods); the books it
+    names are resolved to their ids in one statement too, when it writes."""
 
     def __init__(self) -> None:
         self.entries: list[model.JournalEntry] = []
-        self.postings: list[tuple[int, object, int, str, Decimal]] = []  # (slot, entry, book, asset, amount)
-        self.moves: dict[int, tuple[Decimal, Decimal]] = {}  # customer book -> (posted, held) deltas
+        self.postings: list[tuple[int, object, model.BookRef, Decimal]] = []  # (slot, entry, book, amount)
+        self.moves: dict[model.BookRef, tuple[Decimal, Decimal]] = {}  # customer book -> (posted, held) deltas
         self.captures: list[tuple[str, str, Decimal, object, str]] = []
         self.holds: dict[str, model.Hold] = {}
         self.unsettled: list[tuple[int, str, str, Decimal, date, str]] = []  # (slot, ...)
@@ -267,12 +268,12 @@ class _RunWrites:
         self.slots += 1
         return self.slots - 1
 
-    def move(self, book_id: int, posted: Decimal, held: Decimal) -> None:
-        p, h = self.moves.get(book_id, (Decimal(0), Decimal(0)))
-        self.moves[book_id] = (p + posted, h + held)
+    def move(self, book: model.BookRef, posted: Decimal, held: Decimal) -> None:
+        p, h = self.moves.get(book, (Decimal(0), Decimal(0)))
+        self.moves[book] = (p + posted, h + held)
 
-    async def capture(self, uow, hold: model.Hold | None, capture_id: str, amount: Decimal, counter: str,
-                      memo: model.FillMemo) -> None:
+    def capture(self, uow, hold: model.Hold | None, capture_id: str, amount: Decimal, counter: str,
+                memo: model.FillMemo) -> None:
         """capture_in's effect for a trade (a FILL entry naming `memo`)."""
         counter = counter or model.CLEARING  # as capture_in
         if hold is None or counter == hold.account_id:
@@ -282,33 +283,35 @@ class _RunWrites:
         self.entries.append(entry)
         payer = model.BookRef(hold.account_id, hold.asset)
         for p in entry.postings:
-            book_id = await uow.ledger.book_id(p.book)
-            self.postings.append((self.slot(), entry.entry_id, book_id, p.book.asset, p.amount))
+            self.postings.append((self.slot(), entry.entry_id, p.book, p.amount))
             if p.book.is_customer:
-                self.move(book_id, p.amount, p.amount if p.book == payer else Decimal(0))
+                self.move(p.book, p.amount, p.amount if p.book == payer else Decimal(0))
         self.events.append(uow.ledger.entry_event(entry, "HOLD_CAPTURED", {
             "holdId": hold.hold_id, "captureId": capture_id, "orderId": hold.order_id, "counterAccount": counter,
             "captured": hold.captured, "status": hold.status.value}))
         self.captures.append((hold.hold_id, capture_id, amount, entry.entry_id, counter))
         self.holds[hold.hold_id] = hold
 
-    async def release(self, uow, hold: model.Hold) -> None:
+    def release(self, uow, hold: model.Hold) -> None:
         """release_in's effect."""
         left = hold.release()
         if left == 0:
             return
-        self.move(await uow.ledger.book_id(model.BookRef(hold.account_id, hold.asset)), Decimal(0), -left)
+        self.move(model.BookRef(hold.account_id, hold.asset), Decimal(0), -left)
         self.holds[hold.hold_id] = hold
         self.events.append(uow.ledger.hold_event(hold, "HOLD_RELEASED", {"releasedNow": left}))
 
     async def write(self, uow, positions: dict[tuple[str, str], Position]) -> None:
+        # The holds' books are known (lock_holds): those of the counter-accounts are looked up.
+        books = await uow.ledger.book_ids([book for _, _, book, _ in self.postings] + list(self.moves))
         ids = await uow.ledger.posting_ids(self.slots) if self.slots else []
         if self.entries:
             await uow.ledger.add_entries(self.entries)
-            await uow.ledger.add_postings([(ids[slot], *rest) for slot, *rest in self.postings])
+            await uow.ledger.add_postings([(ids[slot], entry, books[book], book.asset, amount)
+                                           for slot, entry, book, amount in self.postings])
             await uow.ledger.add_captures(self.captures)
         if self.moves:
-            await uow.ledger.move_balances(self.moves)
+            await uow.ledger.move_balances({books[book]: moved for book, moved in self.moves.items()})
         if self.holds:
             await uow.ledger.save_holds(list(self.holds.values()))
         if positions:
@@ -347,10 +350,10 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
                 f = legs(ex)
                 memo = _memo(ex, f)
                 if f.cash:
-                    await w.capture(uow, holds.get(f.buyer_order), f"{ex.execution_id}:cash", f.cash,
-                                    model.CLEARING, memo)
-                await w.capture(uow, holds.get(f.seller_order), f"{ex.execution_id}:shares", Decimal(f.quantity),
-                                f.buyer_account, memo)
+                    w.capture(uow, holds.get(f.buyer_order), f"{ex.execution_id}:cash", f.cash, model.CLEARING,
+                              memo)
+                w.capture(uow, holds.get(f.seller_order), f"{ex.execution_id}:shares", Decimal(f.quantity),
+                          f.buyer_account, memo)
                 positions[(f.buyer_account, ex.symbol)].buy(f.quantity, f.price)
                 _sell(positions[(f.seller_account, ex.symbol)], ex, f)
                 if f.cash:
@@ -360,7 +363,7 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
                          if leaves == 0]
             for order_id in ended:
                 if (hold := holds.get(order_id)) is not None:
-                    await w.release(uow, hold)
+                    w.release(uow, hold)
         await w.write(uow, positions)
         await uow.commit()
         return len(todo)
