@@ -25,6 +25,13 @@ def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
         status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
         resolved_at=r["r_resolved_at"]), r["r_available"]
 
+
+def lock_wait_text(seconds: float) -> str:
+    """A lock wait as lock_timeout takes it: whole milliseconds, at least one (0 would be no
+    limit at all)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 def entry_event(entry: JournalEntry, audit_type: str | None = None, audit_extra: dict | None = None
                 ) -> tuple[str, str, dict]:
     """The audit event (stream, type, payload) of a posted entry: `audit_type` (default: the
@@ -121,7 +128,7 @@ class LedgerRepository:
     async def wait_for_locks(self, seconds: float) -> None:
         """No statement of this transaction waits longer than `seconds` for a lock: it fails
         with asyncpg's LockNotAvailableError instead (lock_timeout, for this transaction)."""
-        await self.conn.execute("SELECT set_config('lock_timeout', $1, true)", f"{max(1, round(seconds * 1000))}ms")
+        await self.conn.execute("SELECT set_config('lock_timeout', $1, true)", lock_wait_text(seconds))
 
     async def held_accounts(self, accounts: Iterable[str], timeout: float) -> set[str]:
         """Which of these accounts another transaction holds right now, by its lock (migration
@@ -458,7 +465,7 @@ class LedgerRepository:
         nothing changed."""
         rows = await self.conn.fetch(
             "SELECT * FROM ledger.place_holds_keyed($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
-            f"{max(1, round(lock_wait * 1000))}ms", [h.hold_id for h in holds], [h.account_id for h in holds],
+            lock_wait_text(lock_wait), [h.hold_id for h in holds], [h.account_id for h in holds],
             [h.order_id for h in holds], [h.asset for h in holds], [h.amount for h in holds], client_keys)
         return [_placement(r) for r in rows]
 
