@@ -125,11 +125,6 @@ class LedgerRepository:
         if wanted:
             await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
 
-    async def wait_for_locks(self, seconds: float) -> None:
-        """No statement of this transaction waits longer than `seconds` for a lock: it fails
-        with asyncpg's LockNotAvailableError instead (lock_timeout, for this transaction)."""
-        await self.conn.execute("SELECT set_config('lock_timeout', $1, true)", lock_wait_text(seconds))
-
     async def held_accounts(self, accounts: Iterable[str], timeout: float) -> set[str]:
         """Which of these accounts another transaction holds right now, by its lock (migration
         0007's audit head) or a balance row of one of its books (what placing a hold takes),

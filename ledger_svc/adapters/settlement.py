@@ -5,9 +5,11 @@ import json
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Collection, NamedTuple
 
 import asyncpg
 
+from ledger_svc.adapters.repository import lock_wait_text
 from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
 from meshkit.executions import accounts, from_json, to_json
@@ -26,39 +28,60 @@ _DUE = """
 """
 
 
+class Claim(NamedTuple):
+    ids: set[str]  # the executions' ids claimed: not applied before
+    parked: set[str]  # the accounts of their symbol's parked executions, when asked (parked_here)
+
+
 class SettlementRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def claim_execution(self, ex: Execution) -> bool:
-        """Record the execution; False when it was applied before (a repeat, dropped by id)."""
-        return bool(await self.conn.fetchval(
-            """
-            INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
-                                           counter_account_id, side, price, quantity, trade_date, executed_at,
-                                           leaves, counter_leaves)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-            ON CONFLICT (execution_id) DO NOTHING RETURNING true
-            """, ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
-            ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
-            ex.counter_leaves if ex.counter_order_id else None))
+    async def claim_execution(self, ex: Execution, lock_wait: float | None = None) -> bool:
+        """Record the execution; False when it was applied before (a repeat, dropped by id).
+        `lock_wait`: as claim_executions."""
+        return bool((await self.claim_executions([ex], lock_wait=lock_wait)).ids)
 
-    async def claim_executions(self, exs: list[Execution]) -> set[str]:
-        """claim_execution of many in one statement: the ids not applied before."""
+    async def claim_executions(self, exs: list[Execution], *, lock_wait: float | None = None,
+                               parked_here: Collection[str] | None = None) -> Claim:
+        """claim_execution of many in one statement: the ids not applied before.
+
+        With `lock_wait`, no statement of the transaction, this one included, waits longer for
+        a lock (lock_timeout, set by this statement before it inserts anything: no round trip
+        of its own). With `parked_here`, none is claimed when one of them touches an account
+        that a parked execution of their symbol touches (Claim.parked: every such account of
+        the symbol), so that the caller parks it behind; the parked executions of these ids
+        (those the caller's batch parked: it keeps them in stream order with its own) are left
+        out. Read in the statement that claims, so no execution parked (by this consumer, or
+        one that had the symbol before) or unparked (by the elected replica's unpark, which
+        deletes its row in the transaction that applies it) before the statement began is
+        missed, and without a round trip of its own."""
         rows = [(ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
                  ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
                  ex.counter_leaves if ex.counter_order_id else None) for ex in exs]
-        found = await self.conn.fetch(
+        row = await self.conn.fetchrow(
             """
-            INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
-                                           counter_account_id, side, price, quantity, trade_date, executed_at,
-                                           leaves, counter_leaves)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                 $8::text[], $9::numeric[], $10::bigint[], $11::date[], $12::timestamptz[],
-                                 $13::bigint[], $14::bigint[])
-            ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id
-            """, *(list(c) for c in zip(*rows)))
-        return {r[0] for r in found}
+            WITH parked AS (
+                SELECT coalesce(array_agg(DISTINCT a), '{}') AS accounts
+                  FROM ledger.parked_executions p CROSS JOIN LATERAL unnest(p.accounts) AS a
+                 WHERE p.symbol = ANY($15::text[]) AND p.execution_id <> ALL($18::text[])
+            ), claimed AS (
+                INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
+                                               counter_account_id, side, price, quantity, trade_date, executed_at,
+                                               leaves, counter_leaves)
+                SELECT e.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                       $7::text[], $8::text[], $9::numeric[], $10::bigint[], $11::date[],
+                                       $12::timestamptz[], $13::bigint[], $14::bigint[]) AS e, parked
+                 WHERE NOT (parked.accounts && $16::text[])
+                   AND CASE WHEN $17::text IS NULL THEN true ELSE set_config('lock_timeout', $17, true) IS NOT NULL END
+                ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id
+            )
+            SELECT array(SELECT execution_id FROM claimed) AS ids, (SELECT accounts FROM parked) AS parked
+            """, *(list(c) for c in zip(*rows)),
+            sorted({ex.symbol for ex in exs}) if parked_here is not None else [],
+            sorted({a for ex in exs for a in accounts(ex)}), None if lock_wait is None else lock_wait_text(lock_wait),
+            sorted(parked_here or ()))
+        return Claim(set(row["ids"]), set(row["parked"]))
 
     async def lock_positions(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Position]:
         """The positions of these (account, symbol), locked in that order, in one statement; a
@@ -101,12 +124,6 @@ class SettlementRepository:
             "INSERT INTO ledger.parked_executions (symbol, execution_id, accounts, execution) "
             "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (execution_id) DO NOTHING",
             [(ex.symbol, ex.execution_id, sorted(accounts(ex)), json.dumps(to_json(ex))) for ex in exs])
-
-    async def parked_accounts(self, symbols: list[str]) -> set[str]:
-        """The accounts some parked execution of these symbols touches."""
-        return {r[0] for r in await self.conn.fetch(
-            "SELECT DISTINCT unnest(accounts) FROM ledger.parked_executions WHERE symbol = ANY($1::text[])",
-            symbols)}
 
     async def parked(self, limit: int) -> list[tuple[int, Execution]]:
         """The parked executions (seq, execution), oldest first."""

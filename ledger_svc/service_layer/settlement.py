@@ -6,10 +6,11 @@ import logging
 import time
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import asyncpg
 
+from ledger_svc.adapters.settlement import Claim
 from ledger_svc.domain import model
 from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
@@ -34,7 +35,8 @@ UNPARK_LOCK_WAIT = 0.1
 RUN_LOCK_WAIT = 0.5
 
 
-async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: float | None = None) -> bool:
+async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: float | None = None, *,
+                          parked_here: Collection[str] | None = None) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id).
 
     A fill captures the buyer's cash (price × quantity rounded down to the cent, `fill_cash`)
@@ -48,13 +50,15 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: flo
     changes nothing, and so do an acceptance and a trigger (passed by without a transaction).
 
     With `lock_wait`, no lock is waited for longer (asyncpg's LockNotAvailableError, nothing
-    applied: apply_executions parks it)."""
+    applied: apply_executions parks it); with `parked_here` (what the batch parked so far),
+    nothing is applied when it touches an account of another parked execution of its symbol
+    (_Parked: apply_executions parks it behind)."""
     if ex.type in NO_EFFECT:
         return False
     async with uow_factory() as uow:
-        if lock_wait is not None:
-            await uow.ledger.wait_for_locks(lock_wait)
-        if not await uow.settlement.claim_execution(ex):
+        claim = await uow.settlement.claim_executions([ex], lock_wait=lock_wait, parked_here=parked_here)
+        _check_parked(claim, [ex])
+        if not claim.ids:
             return False
         await _apply_in(uow, ex)
         await uow.commit()
@@ -122,12 +126,14 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
     one that touches an account of a parked one, so that each account's executions still apply
     in stream order; the symbol's others go on. unpark_loop applies the parked ones once their
     accounts are free (round 19's lock tester: one held account stopped its symbols' executions
-    for every account; an innocent account's sale of shares it had just bought was refused)."""
+    for every account; an innocent account's sale of shares it had just bought was refused).
+    Each transaction's claim finds the parked executions its own touch (claim_executions'
+    parked_here), and sets its lock wait, in the statement that claims: a batch pays no
+    statement of its own for either (round 21 review: a read of the parked accounts, in a
+    round trip before the batch, and a set_config in each transaction)."""
     pending = [ex for ex in exs if ex.type not in NO_EFFECT]
-    if not pending:
-        return 0
-    async with uow_factory().reads() as uow:
-        blocked = await uow.settlement.parked_accounts(sorted({ex.symbol for ex in pending}))
+    blocked: set[str] = set()  # accounts whose executions park behind a parked one
+    parked_here: set[str] = set()  # kept in stream order by `blocked`, not waited behind by a claim
     applied = 0
     while pending:
         ready, behind = _behind(pending, blocked)
@@ -135,12 +141,19 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
             async with uow_factory() as uow:
                 await uow.settlement.park(behind)
                 await uow.commit()
+            parked_here |= {ex.execution_id for ex in behind}
             log.warning("executions parked behind an account another transaction holds",
                         extra={"executions": len(behind), "first": behind[0].execution_id,
                                "accounts": sorted({a for ex in behind for a in accounts(ex)})[:20]})
         try:
-            applied += await _apply_in_order(ready, uow_factory, lock_wait)
+            applied += await _apply_in_order(ready, uow_factory, lock_wait, parked_here)
             pending = []
+        except _Parked as parked:
+            # The accounts of the symbol's parked executions are blocked: the unit's executions
+            # that touch one park behind, and the rest of the batch is split again.
+            applied += parked.applied
+            blocked |= parked.accounts
+            pending = parked.rest
         except _Held as held:
             applied += held.applied
             assert lock_wait is not None
@@ -165,6 +178,24 @@ def _behind(exs: list[Execution], blocked: set[str]) -> tuple[list[Execution], l
     return ready, behind
 
 
+class _Parked(Exception):
+    """A unit touches an account of a parked execution of its symbol (`accounts`: every such
+    account of the symbol, found by the unit's claim, which then claimed nothing): it parks
+    behind, and so does `rest` (from the unit) where it touches those accounts."""
+
+    def __init__(self, accounts: set[str]) -> None:
+        super().__init__("executions parked before touch an account of the unit")
+        self.accounts = accounts
+        self.rest: list[Execution] = []
+        self.applied = 0
+
+
+def _check_parked(claim: Claim, unit: list[Execution]) -> None:
+    """Raise _Parked when the claim of `unit` found it behind a parked execution."""
+    if claim.parked & {a for ex in unit for a in accounts(ex)}:
+        raise _Parked(claim.parked)
+
+
 class _Held(Exception):
     """A lock wait ran out: `rest` (from the unit that waited on) is not applied yet."""
 
@@ -174,23 +205,28 @@ class _Held(Exception):
         self.accounts = {a for ex in unit for a in accounts(ex)}
 
 
-async def _apply_in_order(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None) -> int:
+async def _apply_in_order(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None,
+                          parked_here: set[str]) -> int:
     applied = 0
     for start, unit in units(exs):
         try:
             if in_runs(unit[0]):
-                applied += await _apply_run_or_one_by_one(unit, uow_factory, lock_wait)
+                applied += await _apply_run_or_one_by_one(unit, uow_factory, lock_wait, parked_here)
             else:
-                applied += await apply_execution(unit[0], uow_factory, lock_wait)
+                applied += await apply_execution(unit[0], uow_factory, lock_wait, parked_here=parked_here)
         except asyncpg.LockNotAvailableError:
             raise _Held(exs[start:], unit, applied) from None
+        except _Parked as parked:
+            parked.rest, parked.applied = exs[start:], applied
+            raise
     return applied
 
 
-async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory, lock_wait: float | None) -> int:
+async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory, lock_wait: float | None,
+                                   parked_here: set[str]) -> int:
     try:
-        return await _apply_run(run, uow_factory, lock_wait)
-    except (asyncio.CancelledError, asyncpg.LockNotAvailableError):
+        return await _apply_run(run, uow_factory, lock_wait, parked_here)
+    except (asyncio.CancelledError, asyncpg.LockNotAvailableError, _Parked):
         raise
     except _Together as why:  # foreseen: no traceback
         log.warning("a run of executions could not be applied together; applying them one at a time",
@@ -198,7 +234,7 @@ async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory
     except Exception:  # noqa: BLE001 - each again on its own, which applies it or raises the same
         log.warning("a run of executions could not be applied together; applying them one at a time",
                     exc_info=True, extra={"executions": len(run), "first": run[0].execution_id})
-    return sum([await apply_execution(ex, uow_factory, lock_wait) for ex in run])
+    return sum([await apply_execution(ex, uow_factory, lock_wait, parked_here=parked_here) for ex in run])
 
 
 async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT, limit: int = 1000) -> int:
@@ -217,8 +253,7 @@ async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT
             continue
         try:
             async with uow_factory() as uow:
-                await uow.ledger.wait_for_locks(lock_wait)
-                if await uow.settlement.claim_execution(ex):
+                if await uow.settlement.claim_execution(ex, lock_wait):
                     await _apply_in(uow, ex)
                     done += 1
                 await uow.settlement.unpark(seq)
@@ -322,14 +357,16 @@ class _RunWrites:
         await uow.ledger.append_events(sorted(self.events, key=lambda e: e[0]))
 
 
-async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None = None) -> int:
+async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None,
+                     parked_here: set[str]) -> int:
     """Fills and ends in one transaction: what apply_execution does for each, in stream order,
     with the run's ids claimed, accounts, holds and positions locked, and everything written,
     in one statement each."""
     async with uow_factory() as uow:
-        if lock_wait is not None:
-            await uow.ledger.wait_for_locks(min(lock_wait, RUN_LOCK_WAIT))
-        todo = claimed(exs, await uow.settlement.claim_executions(exs))
+        claim = await uow.settlement.claim_executions(
+            exs, lock_wait=None if lock_wait is None else min(lock_wait, RUN_LOCK_WAIT), parked_here=parked_here)
+        _check_parked(claim, exs)
+        todo = claimed(exs, claim.ids)
         if not todo:
             return 0
         # Accounts first, in account order (migration 0007), then their rows.

@@ -124,3 +124,13 @@ async def test_books_made_by_a_concurrent_transaction_are_found_once_it_commits(
 
 async def _waits_for_a_lock(pool, pid: int) -> bool:
     return bool(await pool.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
+
+
+async def test_a_batch_is_its_runs_transactions_alone(checked_pool):
+    """A batch of one run is one transaction, and its lock wait and its look at the parked
+    executions cost no statement of their own (round 21 review: a read of the parked accounts
+    before the run, in a round trip of its own, and a set_config in the run's transaction).
+    test_ledger_runs' parking tests show both still hold."""
+    units = await counted_run(checked_pool, 2)
+    assert len(units) == 1, units
+    assert not [q for q in units[0] if q.startswith("SELECT set_config")], units

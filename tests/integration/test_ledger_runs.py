@@ -15,7 +15,7 @@ from ledger_svc.domain.model import HoldNotFound
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
-from meshkit.executions import CANCELLED, EXPIRED, FILL, REJECTED, Execution
+from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, Execution
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -321,3 +321,24 @@ async def test_a_fill_without_the_buyers_account_goes_where_one_at_a_time_sends_
         captures.append([tuple(r) for r in await checked_pool.fetch(
             "SELECT counter_account_id, amount FROM ledger.hold_captures WHERE hold_id = $1", world.order("s1o"))])
     assert captures[0] == captures[1] == [("$clearing", D(2))]
+
+
+async def test_an_execution_applied_alone_parks_behind_a_parked_one_of_its_account(checked_pool):
+    """A refused cancel is applied alone, not in a run: its claim, too, finds the parked fill of
+    its account (round 21 review: the parked accounts, read before the batch, are now found by
+    each transaction's claim), and it parks behind it rather than apply before it."""
+    w = await World(checked_pool).open()
+    flow = w.flow()
+    holder = await checked_pool.acquire()
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
+            assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
+    finally:
+        await checked_pool.release(holder)
+    refused = w.end(8, CANCEL_REJECTED, "b1o", "TOO_LATE_TO_CANCEL")
+    assert await settlement.apply_executions([refused], w.uow, lock_wait=0.3) == 0
+    parked = await checked_pool.fetch("SELECT execution_id FROM ledger.parked_executions WHERE execution_id LIKE $1 "
+                                      "ORDER BY seq", f"%-{w.tag}")
+    assert [r[0] for r in parked] == [f"x3-{w.tag}", refused.execution_id]
+    assert await settlement.unpark(w.uow) == 2
