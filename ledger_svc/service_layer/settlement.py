@@ -371,7 +371,8 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
             return 0
         # Accounts first, in account order (migration 0007), then their rows.
         await uow.ledger.lock_accounts(a for ex in todo for a in (ex.account_id, ex.counter_account_id))
-        fills = [(ex, legs(ex)) for ex in todo if ex.type == FILL]
+        steps = [(ex, legs(ex) if ex.type == FILL else None) for ex in todo]  # each fill's legs, once
+        fills = [(ex, f) for ex, f in steps if f is not None]
         holds = await uow.ledger.lock_holds(
             [o for _, f in fills for o in (f.buyer_order, f.seller_order)] + [ex.order_id for ex in todo if ex.type != FILL])
         if fills and await uow.ledger.any_capture(
@@ -381,10 +382,9 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
         positions = await uow.settlement.lock_positions(
             {(a, ex.symbol) for ex, f in fills for a in (f.buyer_account, f.seller_account)})
         w = _RunWrites()
-        for ex in todo:
+        for ex, f in steps:
             ended: list[str] = [ex.order_id]
-            if ex.type == FILL:
-                f = legs(ex)
+            if f is not None:
                 memo = _memo(ex, f)
                 if f.cash:
                     w.capture(uow, holds.get(f.buyer_order), f"{ex.execution_id}:cash", f.cash, model.CLEARING,
