@@ -34,9 +34,10 @@ HOLD_BUSY_SECONDS = 60.0
 HELD_RETRY_WAIT = 0.1
 
 
-async def _apply(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
+async def post_once(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
     """Post a keyed entry once; False when its key was applied before (a retry). The caller
-    holds the lock of the entry's account (lock_accounts), which claim_key relies on."""
+    holds the lock of the entry's account (lock_accounts), which claim_key relies on. Also
+    settlement's, for the proceeds it settles."""
     existing = await uow.ledger.claim_key(entry)
     if existing is not None:
         if not model.same_request(existing, entry):
@@ -54,7 +55,7 @@ async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> mode
     async with uow_factory() as uow:
         await uow.ledger.lock_accounts([entry.account_id])
         try:
-            applied = await _apply(entry, uow)
+            applied = await post_once(entry, uow)
         except model.InsufficientFunds as exc:  # a withdrawal beyond what is available
             cash = await uow.ledger.cash(entry.account_id)
             if not cash.unsettled:
@@ -138,7 +139,7 @@ async def credit_shares(cmd: commands.CreditShares, uow_factory: UowFactory) -> 
     entry = model.share_deposit_entry(cmd.account_id, cmd.symbol, cmd.quantity, cmd.idempotency_key)
     async with uow_factory() as uow:
         await uow.ledger.lock_accounts([cmd.account_id])
-        applied = await _apply(entry, uow)
+        applied = await post_once(entry, uow)
         if applied:  # the position keeps the shares' cost basis (the transfer's price, else zero)
             position = await uow.settlement.position(cmd.account_id, cmd.symbol)
             position.buy(int(cmd.quantity), cmd.cost_price)
@@ -236,7 +237,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     todo = list(range(len(cmds)))
     suspects = {c.account_id for c in cmds if c.account_id in busy}
     if suspects:
-        held = await _held_now(suspects, uow_factory, lock_wait)
+        held = await held_accounts_now(suspects, uow_factory, lock_wait)
         for account in suspects:
             if account in held:
                 busy.add(account)
@@ -247,7 +248,7 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     try:
         answers.update(await _place_together(todo, cmds, holds, uow_factory, lock_wait))
     except asyncpg.LockNotAvailableError:
-        held = await _held_now({cmds[i].account_id for i in todo}, uow_factory, lock_wait)
+        held = await held_accounts_now({cmds[i].account_id for i in todo}, uow_factory, lock_wait)
         log.warning(f"a batch of holds waited {lock_wait} s for an account held by another transaction "
                     f"({', '.join(sorted(held)) or 'none held now'}); the others placed together again",
                     extra={"count": len(todo)})
@@ -266,9 +267,10 @@ async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, b
     return [answers[i] for i in range(len(cmds))]
 
 
-async def _held_now(accounts: set[str], uow_factory: UowFactory, lock_wait: float) -> set[str]:
+async def held_accounts_now(accounts: set[str], uow_factory: UowFactory, lock_wait: float) -> set[str]:
     """Which of `accounts` another transaction holds now; none when that cannot be told within
-    `lock_wait` (a table locked, say: the placing statement's own limit still applies)."""
+    `lock_wait` (a table locked, say: the placing statement's own limit still applies). Also
+    settlement's, for the accounts an execution waited for in vain."""
     try:
         async with uow_factory().single_statement() as uow:
             return await uow.ledger.held_accounts(accounts, timeout=lock_wait)

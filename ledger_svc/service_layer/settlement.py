@@ -14,8 +14,8 @@ from ledger_svc.adapters.settlement import Claim
 from ledger_svc.domain import model
 from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
-from ledger_svc.service_layer.handlers import (UowFactory, _apply, _held_now, cancel_transfer_in, capture_in,
-                                               complete_transfer_in, release_in)
+from ledger_svc.service_layer.handlers import (UowFactory, cancel_transfer_in, capture_in, complete_transfer_in,
+                                               held_accounts_now, post_once, release_in)
 from meshkit.executions import (CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution, accounts,
                                 claimed, in_runs, units)
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
@@ -160,7 +160,7 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
             # The accounts held now are blocked, and the rest of the batch is split again; when
             # none is found that was not blocked already (a row of the unit locked some other
             # way, or let go meanwhile), the unit's own accounts are, so that it is parked.
-            blocked |= (await _held_now(held.accounts, uow_factory, lock_wait) - blocked) or held.accounts
+            blocked |= (await held_accounts_now(held.accounts, uow_factory, lock_wait) - blocked) or held.accounts
             pending = held.rest
     return applied
 
@@ -467,7 +467,7 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
             await uow.ledger.lock_accounts(r["account_id"] for r in rows)
             for r in rows:
                 entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
-                await _apply(entry, uow)
+                await post_once(entry, uow)
                 await uow.settlement.mark_settled(r["fill_id"], entry.entry_id)
                 report.amount_settled += r["amount"]
             await uow.commit()

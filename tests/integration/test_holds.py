@@ -649,7 +649,7 @@ async def test_an_account_held_only_for_a_moment_is_placed_and_a_retry_of_a_plac
             commands.PlaceHold(placed_before.hold_id, stuck, placed_before.order_id, "USD", D(5)),  # a retry
             commands.PlaceHold(hid(), stuck, "o-3", "USD", D(7)),
             commands.PlaceHold(hid(), other, "o-4", "USD", D(20))]
-    real_check = handlers._held_now
+    real_check = handlers.held_accounts_now
     async with checked_pool.acquire() as moment_locker, checked_pool.acquire() as stuck_locker:
         moment_tx, stuck_tx = moment_locker.transaction(), stuck_locker.transaction()
         await moment_tx.start()
@@ -661,7 +661,7 @@ async def test_an_account_held_only_for_a_moment_is_placed_and_a_retry_of_a_plac
             held = await real_check(accounts, uow_factory, lock_wait)
             await moment_tx.commit()  # the fill holding `moment` ends just after the check saw it
             return held
-        monkeypatch.setattr(handlers, "_held_now", check_then_free_the_moment)
+        monkeypatch.setattr(handlers, "held_accounts_now", check_then_free_the_moment)
         busy = handlers.BusyAccounts()
         answers = await asyncio.wait_for(handlers.place_holds(cmds, uow, busy, lock_wait=0.3), 60)
         await stuck_tx.rollback()

@@ -66,7 +66,7 @@ async def _posted(entry, uow) -> None:
 
 
 async def test_settle_says_how_many_of_how_many(monkeypatch):
-    monkeypatch.setattr(settlement, "_apply", _posted)
+    monkeypatch.setattr(settlement, "post_once", _posted)
     said: list[str] = []
     report = await settlement.settle(DAY, Ledger(due=5), batch=2, progress=said.append)
     assert said == ["settled 2 of 5 fills", "settled 4 of 5 fills", "settled 5 of 5 fills"]
@@ -74,7 +74,7 @@ async def test_settle_says_how_many_of_how_many(monkeypatch):
 
 
 async def test_fills_come_due_while_settling_raise_the_total(monkeypatch):
-    monkeypatch.setattr(settlement, "_apply", _posted)
+    monkeypatch.setattr(settlement, "post_once", _posted)
     said: list[str] = []
     await settlement.settle(DAY, Ledger(due=3, late=3), batch=2, progress=said.append)
     assert said == ["settled 2 of 3 fills", "settled 4 of 6 fills", "settled 6 of 6 fills"]  # counted again
@@ -82,7 +82,7 @@ async def test_fills_come_due_while_settling_raise_the_total(monkeypatch):
 
 async def test_without_progress_nothing_is_counted(monkeypatch):
     """The service's own batch (settlement_loop) hears no progress: no count to pay for."""
-    monkeypatch.setattr(settlement, "_apply", _posted)
+    monkeypatch.setattr(settlement, "post_once", _posted)
     ledger = Ledger(due=3)
 
     async def refused(through: date) -> int:
