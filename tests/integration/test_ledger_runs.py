@@ -260,10 +260,12 @@ async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checke
         await settlement.apply_execution(ex, one.uow)
     flow = w.flow()
     holder = await checked_pool.acquire()
-    async with holder.transaction():
-        await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
-        assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
-    await checked_pool.release(holder)
+    try:  # released whatever happens: the pool's close waits for it (a failure here hung the run)
+        async with holder.transaction():
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
+            assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
+    finally:
+        await checked_pool.release(holder)
     # s2 is free now, but b1 has x3 parked: b1's cancel (x4) parks behind it; the others apply.
     assert await settlement.apply_executions(flow[3:], w.uow, lock_wait=0.3) == 3
     assert await settlement.unpark(w.uow) == 2
