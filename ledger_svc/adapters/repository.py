@@ -170,31 +170,8 @@ class LedgerRepository:
             f"SELECT ledger.lock_accounts(array_remove($2::text[] || ({owner_sql}), NULL))", key, wanted)
 
     async def book_id(self, ref: BookRef) -> int:
-        cached = self._book_ids.get(ref) or self._created.get(ref)
-        if cached is not None:
-            return cached
-        row = await self.conn.fetchrow(
-            """
-            WITH new AS (
-                INSERT INTO ledger.books (owner, asset, is_customer) VALUES ($1, $2, $3)
-                ON CONFLICT (owner, asset) DO NOTHING RETURNING book_id
-            ), bal AS (
-                INSERT INTO ledger.balances (book_id) SELECT book_id FROM new WHERE $3
-            )
-            SELECT book_id, true AS created FROM new
-            UNION ALL SELECT book_id, false FROM ledger.books WHERE owner = $1 AND asset = $2
-            """,
-            ref.owner, ref.asset, ref.is_customer,
-        )
-        if row is None:  # created by a concurrent transaction not yet visible: wait for it
-            book_id = await self.conn.fetchval(
-                "SELECT book_id FROM ledger.books WHERE owner = $1 AND asset = $2", ref.owner, ref.asset)
-            self._book_ids[ref] = book_id
-        elif row["created"]:
-            book_id = self._created[ref] = row["book_id"]
-        else:
-            book_id = self._book_ids[ref] = row["book_id"]
-        return book_id
+        """The book's id, made when missing (book_ids of one)."""
+        return (await self.book_ids([ref]))[ref]
 
     async def book_ids(self, refs: Iterable[BookRef]) -> dict[BookRef, int]:
         """book_id of each of `refs`, those not known yet looked up, and made when missing, in
