@@ -29,7 +29,8 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     values positions at the latest quote; with order_svc's address, portfolios list open orders;
     with the database's URL, only the replica elected for it applies the executions."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
-    background, checks, closers = [], [db.pool_check(pool)], [pool.close]
+    postgres = db.pool_check(pool)
+    background, soft_checks, closers = [], [], [pool.close, postgres.close]
     orders = None
     if order_addr:
         channel = channels.internal_channel(order_addr)
@@ -53,7 +54,13 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
         if database_url:  # the end-of-day batch, by the one replica elected for it
             background.append(lambda: db.elected(database_url, f"{namespace}.settlement",
                                                  lambda: runner.settlement_loop(uow, js, namespace)))
-        checks.append(bus.nats_check(nc))
+        # Not readiness: every call of the ledger is answered from PostgreSQL. Without NATS
+        # the executions wait in the stream (the consumer reconnects and goes on where it
+        # stopped), a portfolio is valued at the last market known, and a refusal that must
+        # first wait for executions in flight, or a settlement that reads the journal, is
+        # UNAVAILABLE by itself. While a NATS stall made the ledger NOT_SERVING, Envoy (or a
+        # Kubernetes Service) had no ledger to send a hold to: every PlaceOrder failed (round 22).
+        soft_checks.append(bus.nats_check(nc))
         closers.insert(0, nc.drain)
     return App(
         name="ledger_svc",
@@ -66,7 +73,8 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
              SettlementServicer(uow, nc.jetstream() if nc is not None else None, namespace),
              "stockmesh.ledger.v1.SettlementService"),
         ],
-        checks=checks,
+        checks=[postgres],
+        soft_checks=soft_checks,
         background=background,
         on_close=closers,
     )

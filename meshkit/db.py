@@ -90,10 +90,86 @@ def connection_lost(exc: BaseException) -> bool:
                or (isinstance(e, asyncpg.InternalClientError) and "state" in str(e)) for e in causes(exc))
 
 
-def pool_check(pool: asyncpg.Pool):
-    async def postgres() -> None:
-        await pool.fetchval("SELECT 1")
-    return postgres
+# How long readiness's probe waits for PostgreSQL, connecting included: within the 2 s that
+# meshkit.server.check_ready gives a check, so that a server that does not answer is told
+# apart, in the check's message, from one that refuses.
+PROBE_TIMEOUT = 1.5
+
+
+def _url_of(pool: asyncpg.Pool) -> str:
+    """The URL `pool` connects with. asyncpg keeps what create_pool was given (and what
+    Pool.set_connect_args sets) in Pool._connect_args and offers no reader; every pool of ours,
+    and the tests', is made from one URL."""
+    args = getattr(pool, "_connect_args", None)
+    if not args or not isinstance(args[0], str):
+        raise TypeError(f"cannot tell which URL {pool!r} connects with: make it with create_pool(url, ...)")
+    return args[0]
+
+
+class PostgresProbe:
+    """Readiness's question to PostgreSQL, "is it reachable and answering?", asked on a
+    connection of its own (`stockmesh readiness` in pg_stat_activity) rather than through the
+    service's pool. Through the pool, a check waited for a free connection: with every one busy
+    for longer than the check may take (a burst, a lock storm) the service went NOT_SERVING and
+    Envoy took a busy but healthy host out, which turned load into an outage (round 22).
+
+    One connection per process (PostgreSQL's max_connections is shared by everything), opened
+    on the first check, opened again after any failure (a statement that fails or does not
+    answer in time leaves it unusable), closed with the service (App.on_close). A server that
+    refuses a new connection because it is full (max_connections) still answers: then the
+    pool's own connections are asked, as before."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float = PROBE_TIMEOUT) -> None:
+        self.pool, self.url, self.timeout = pool, _url_of(pool), timeout
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection, however many ask at once
+
+    async def __call__(self) -> None:
+        async with self._lock:
+            try:
+                await asyncio.wait_for(self._select_1(), self.timeout)
+            except asyncpg.TooManyConnectionsError:
+                await self.pool.fetchval("SELECT 1")
+            except Exception as exc:  # noqa: BLE001 - whatever it was, PostgreSQL did not answer
+                self._drop()
+                why = f"no answer within {self.timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
+                raise ConnectionError(f"PostgreSQL does not answer: {why}") from exc
+            except BaseException:  # cancelled mid-statement: the connection is in no state to reuse
+                self._drop()
+                raise
+
+    async def _select_1(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            try:
+                await self._conn.fetchval("SELECT 1")
+                return
+            except Exception as exc:  # noqa: BLE001
+                if not connection_lost(exc):
+                    raise
+                # Lost while it sat idle (its session ended by an administrator, a proxy's idle
+                # limit): a new connection answers for the server, not the old one.
+                self._drop()
+        self._conn = await connect(self.url, "readiness", command_timeout=self.timeout)
+        await self._conn.fetchval("SELECT 1")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close(timeout=self.timeout)
+            except Exception:  # noqa: BLE001 - a server that does not answer: the session ends with the socket
+                conn.terminate()
+
+
+def pool_check(pool: asyncpg.Pool) -> PostgresProbe:
+    """The readiness check of the database `pool` connects to (see PostgresProbe): the
+    service's checks, and its closers (`.close`)."""
+    return PostgresProbe(pool)
 
 
 def lock_key(name: str) -> int:

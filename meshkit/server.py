@@ -121,8 +121,12 @@ class App:
     name: str
     # (add_XServicer_to_server, servicer, full service name)
     servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
-    # Each raises when a dependency does not answer.
+    # Readiness: each raises when a dependency the service needs to serve does not answer.
     checks: list[Check] = field(default_factory=list)
+    # Dependencies only background work needs (the ledger's execution consumer, NATS): a
+    # failure is logged as it starts and as it ends, and the service stays SERVING, since its
+    # calls are answered without them (taking every replica out for it would stop them all).
+    soft_checks: list[Check] = field(default_factory=list)
     # Long-running tasks (consumers, relays) started with the server.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Called once shutdown begins (health already NOT_SERVING), before the server stops: e.g.
@@ -184,14 +188,18 @@ async def _set_all(h: health.aio.HealthServicer, app: App, status: int) -> None:
         await h.set(name, status)
 
 
-async def check_ready(app: App) -> str | None:
-    """None when every dependency answers, else what failed."""
-    for check in app.checks:
+async def _first_failure(checks: list[Check]) -> str | None:
+    for check in checks:
         try:
             await asyncio.wait_for(check(), timeout=2)
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return f"{getattr(check, '__qualname__', check)}: {exc!r}"
+        except Exception as exc:  # noqa: BLE001 - any failure means not answering
+            return f"{getattr(check, '__qualname__', None) or type(check).__name__}: {exc!r}"
     return None
+
+
+async def check_ready(app: App) -> str | None:
+    """None when every dependency the service needs (app.checks) answers, else what failed."""
+    return await _first_failure(app.checks)
 
 
 @dataclass
@@ -201,10 +209,19 @@ class Readiness:
 
 
 async def watch_health(h: health.aio.HealthServicer, app: App, ready: Readiness | None = None) -> None:
-    """SERVING only while the service's own dependencies answer."""
+    """SERVING only while the service's own dependencies answer; app.soft_checks only logged."""
     serving: bool | None = None
+    degraded: str | None = None
     while True:
-        problem = await check_ready(app)
+        # Side by side: a soft check that hangs does not hold back what readiness sees.
+        problem, trouble = await asyncio.gather(check_ready(app), _first_failure(app.soft_checks))
+        if (trouble is None) != (degraded is None):
+            if trouble is not None:
+                log.warning("degraded: a dependency of background work does not answer; still serving",
+                            extra={"problem": trouble})
+            else:
+                log.info("no longer degraded")
+        degraded = trouble
         ok = problem is None
         if ok != serving:
             if ready is not None:

@@ -57,13 +57,14 @@ async def bootstrap(settings: config.Settings) -> App:
     # retry after it heard PLACEMENT_UNDONE and had to place the order again).
     orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 120, minimum=1)
     notifier = UpdateNotifier(settings.database_url)
-    closers = [nc.drain, pool.close, ledger.close] + ([redis.aclose] if redis else [])
+    postgres = db.pool_check(pool)
+    closers = [nc.drain, pool.close, postgres.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
         name="order_svc",
         servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(deps, notifier),
                     "stockmesh.order.v1.OrderService")],
         # Redis is not a readiness dependency: rate limits fail open without it.
-        checks=[db.pool_check(pool), bus.nats_check(nc)],
+        checks=[postgres, bus.nats_check(nc)],
         background=([relay.run] if relay else []) + [
             lambda: quotes.follow(nc), lambda: handlers.recovery_loop(deps), notifier.run,
             lambda: handlers.reaper_loop(deps, orphan_age=orphan_age),

@@ -60,15 +60,16 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
             raise RuntimeError("quote book not caught up with the market-data feed yet")
 
     background = [follow, write_cache] + ([write_candles] if candles_writer else [])
+    postgres = db.pool_check(pool)
     servicer = QuoteServicer(book, uow)
     app = App(
         name="quote_svc",
         servicers=[(quote_service_pb2_grpc.add_QuoteServiceServicer_to_server, servicer,
                     "stockmesh.quote.v1.QuoteService")],
-        checks=[db.pool_check(pool), bus.nats_check(nc), caught_up],
+        checks=[postgres, bus.nats_check(nc), caught_up],
         background=background,
         on_shutdown=[book.close],
-        on_close=[nc.drain, pool.close] + ([redis.aclose] if redis is not None else []),
+        on_close=[nc.drain, pool.close, postgres.close] + ([redis.aclose] if redis is not None else []),
     )
     return app, Parts(book, quote_cache, servicer.candle_cache)
 

@@ -17,13 +17,16 @@ from order_svc.adapters.outbox import OutboxRelay, retention
 
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)  # readiness checks only
+    # Readiness's only: its probe has a connection of its own (db.PostgresProbe), and asks the
+    # pool, which keeps none open, only when PostgreSQL is too full to open that.
+    pool = await db.create_pool(settings.database_url, min_size=0, max_size=1)
+    postgres = db.pool_check(pool)
     nc = await bus.connect(settings.nats_url, "order_relay")
     js = nc.jetstream()
     await bus.ensure_stream(js, settings.namespace, "orders")
     relay = OutboxRelay(settings.database_url, js, retention=retention(), namespace=settings.namespace)
-    return App(name="order_relay", servicers=[], checks=[db.pool_check(pool), bus.nats_check(nc)],
-               background=[relay.run], on_close=[nc.drain, pool.close])
+    return App(name="order_relay", servicers=[], checks=[postgres, bus.nats_check(nc)],
+               background=[relay.run], on_close=[nc.drain, postgres.close, pool.close])
 
 
 if __name__ == "__main__":

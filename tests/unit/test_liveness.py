@@ -62,3 +62,44 @@ def test_a_connection_rolled_back_by_its_pool_is_a_warning_and_anything_else_goe
     [record] = [r for r in caplog.records if "mid-transaction" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert passed == [{"message": "Task exception was never retrieved"}]
+
+
+async def test_a_soft_check_that_fails_is_logged_and_the_service_stays_serving(caplog):
+    """App.soft_checks: dependencies only background work needs (the ledger's execution
+    consumer's NATS). Their failure is a warning as it starts and a note as it ends, never
+    NOT_SERVING: the service's calls are answered without them (round 22)."""
+    import logging
+
+    nats = {"up": False}
+
+    async def nats_check() -> None:
+        if not nats["up"]:
+            raise ConnectionError("NATS does not answer")
+
+    caplog.set_level(logging.INFO, logger="meshkit.server")
+    app = App(name="probe_svc", servicers=[], soft_checks=[nats_check])
+    server, port, health = await create_server("127.0.0.1:0", app)
+    await server.start()
+    watcher = asyncio.create_task(watch_health(health, app))
+
+    def said(words: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith(words)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+
+            async def serving() -> bool:
+                status = (await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status
+                return status == health_pb2.HealthCheckResponse.SERVING
+            assert await eventually(serving, timeout=30)
+            assert await eventually(lambda: said("degraded"), timeout=30)
+            [warned] = said("degraded")
+            assert warned.levelname == "WARNING" and "NATS does not answer" in warned.problem
+            nats["up"] = True
+            assert await eventually(lambda: said("no longer degraded"), timeout=30)
+            assert await serving()
+            assert len(said("degraded")) == 1  # once as it started, not on every check
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await server.stop(None)
