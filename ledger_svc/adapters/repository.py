@@ -400,11 +400,21 @@ class LedgerRepository:
             hold_id)
         return None if row is None else _hold(row)
 
-    async def unchecked_holds(self, older_than: float, limit: int) -> list[Hold]:
+    async def unchecked_holds(self, older_than: float, limit: int, after: tuple[datetime, str] | None = None,
+                              orphan_age: float = 0) -> list[tuple[Hold, bool]]:
+        """Pending unchecked holds placed more than `older_than` seconds ago, by (created_at,
+        hold_id), after the cursor `after` (a hold's created_at and hold_id) if given; each with
+        whether it was placed more than `orphan_age` seconds ago (the database's clock)."""
+        # The cursor's created_at bound on its own as well: the index (migration 0006) is on
+        # created_at alone. A statement without a cursor rather than "$3 IS NULL OR": a
+        # prepared statement's generic plan could not use the index for that.
+        cursor = ("AND created_at >= $4 AND (created_at, hold_id) > ($4, $5) " if after else "")
         rows = await self.conn.fetch(
-            f"SELECT {_HOLD_COLUMNS} FROM ledger.holds WHERE NOT order_checked AND status = 'PENDING' "
-            "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2", older_than, limit)
-        return [_hold(r) for r in rows]
+            f"SELECT {_HOLD_COLUMNS}, created_at < now() - make_interval(secs => $3) AS past_orphan_age "
+            "FROM ledger.holds WHERE NOT order_checked AND status = 'PENDING' "
+            f"AND created_at < now() - make_interval(secs => $1) {cursor}ORDER BY created_at, hold_id LIMIT $2",
+            older_than, limit, orphan_age, *(after or ()))
+        return [(_hold(r), r["past_orphan_age"]) for r in rows]
 
     async def mark_checked(self, hold_ids: list[str]) -> None:
         # Pending holds only: a hold that resolved meanwhile (released by the reaper itself, or

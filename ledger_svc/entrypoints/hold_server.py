@@ -2,6 +2,7 @@
 it). Thin: proto -> command, call the handler, domain -> proto."""
 from __future__ import annotations
 
+from datetime import timezone
 from decimal import Decimal
 
 import grpc
@@ -173,10 +174,17 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
             v.add("older_than_seconds", "must not be negative")
         if not 0 <= request.limit <= MAX_UNCHECKED:
             v.add("limit", f"must be between 1 and {MAX_UNCHECKED} (0: {DEFAULT_UNCHECKED})")
+        if request.orphan_age_seconds < 0:
+            v.add("orphan_age_seconds", "must not be negative")
+        if request.after_hold_id and not request.HasField("after_created_at"):
+            v.add("after_hold_id", "given only with after_created_at")
         v.raise_if_any()
-        holds = await handlers.unchecked_holds(request.older_than_seconds, request.limit or DEFAULT_UNCHECKED,
-                                               self.uow)
-        return pb.ListUncheckedHoldsResponse(holds=[mapping.hold_to_proto(h) for h in holds])
+        after = ((request.after_created_at.ToDatetime(tzinfo=timezone.utc), request.after_hold_id)
+                 if request.HasField("after_created_at") else None)
+        listed = await handlers.unchecked_holds(request.older_than_seconds, request.limit or DEFAULT_UNCHECKED,
+                                                self.uow, after=after, orphan_age=request.orphan_age_seconds)
+        return pb.ListUncheckedHoldsResponse(holds=[mapping.hold_to_proto(h) for h, _ in listed],
+                                             past_orphan_age=[old for _, old in listed])
 
     async def MarkHoldsChecked(self, request: pb.MarkHoldsCheckedRequest,
                                context: grpc.aio.ServicerContext) -> pb.MarkHoldsCheckedResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from decimal import Decimal
 from typing import Awaitable, Callable, Iterable, TypeVar
 
@@ -458,11 +459,15 @@ async def get_hold(hold_id: str, uow_factory: UowFactory) -> model.Hold:
     return hold
 
 
-async def unchecked_holds(older_than: float, limit: int, uow_factory: UowFactory) -> list[model.Hold]:
+async def unchecked_holds(older_than: float, limit: int, uow_factory: UowFactory, *,
+                          after: tuple[datetime, str] | None = None,
+                          orphan_age: float = 0) -> list[tuple[model.Hold, bool]]:
     """Pending holds placed more than `older_than` seconds ago and not yet checked against
-    their order, oldest first (order_svc's reaper)."""
+    their order, oldest first (by created_at, then hold_id), after the hold `after` (its
+    created_at and hold_id: the last of the previous page) if given; each with whether it was
+    placed more than `orphan_age` seconds ago (order_svc's reaper)."""
     async with uow_factory().single_statement() as uow:
-        return await uow.ledger.unchecked_holds(older_than, limit)
+        return await uow.ledger.unchecked_holds(older_than, limit, after, orphan_age)
 
 
 async def mark_holds_checked(hold_ids: list[str], uow_factory: UowFactory) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timezone
 from decimal import Decimal
 
 import grpc
@@ -9,9 +10,10 @@ import grpc
 from meshkit.batching import Batcher
 from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
+from meshkit.prototime import set_time
 from meshkit.status import TRANSIENT_NAMES, error_info, unavailable, upstream_unavailable
 from order_svc.domain.model import (ClientKeyTaken, HoldNotYet, HoldResolved, HoldTaken, Refusal, RejectReason,
-                                    TransferPending)
+                                    TransferPending, UncheckedHold)
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
@@ -101,15 +103,26 @@ class GrpcHolds:
                                             "client_order_id is safe)", log) from exc
         return list(reply.results)
 
-    async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]:
-        """(hold id, order id) of pending holds placed more than `older_than` seconds ago and
-        not yet checked against their order, oldest first."""
+    async def unchecked(self, older_than: float, orphan_age: float, limit: int,
+                        after: UncheckedHold | None = None) -> list[UncheckedHold]:
+        """Pending holds placed more than `older_than` seconds ago and not yet checked against
+        their order, oldest first, after the hold `after` (the last of the previous page) if
+        given; each says whether it is older than `orphan_age` seconds."""
+        request = pb.ListUncheckedHoldsRequest(older_than_seconds=int(older_than), limit=limit,
+                                               orphan_age_seconds=int(orphan_age))
+        if after is not None:
+            set_time(request.after_created_at, after.created_at)
+            request.after_hold_id = after.hold_id
         try:
-            reply = await self.stub.ListUncheckedHolds(
-                pb.ListUncheckedHoldsRequest(older_than_seconds=int(older_than), limit=limit), timeout=self.timeout)
+            reply = await self.stub.ListUncheckedHolds(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"ledger could not list unchecked holds: {exc.code().name}") from exc
-        return [(h.hold_id, h.order_id) for h in reply.holds]
+        if len(reply.past_orphan_age) != len(reply.holds):
+            # A ledger older than the cursor and the ages: its pages would repeat, and nothing
+            # would say which holds are old enough to be orphans.
+            raise Unavailable("ledger could not list unchecked holds: it answers without their ages (an older ledger)")
+        return [UncheckedHold(h.hold_id, h.order_id, h.created_at.ToDatetime(tzinfo=timezone.utc), old)
+                for h, old in zip(reply.holds, reply.past_orphan_age)]
 
     async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None:
         """The hold's order id, asset, amount and whether it is still pending; None if there is none."""

@@ -152,6 +152,17 @@ class Refusal:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class UncheckedHold:
+    """A pending hold the ledger lists as not yet checked against its order (the reaper's
+    input): `created_at` and `hold_id` are where the listing goes on after it; `orphan_age`:
+    placed more than the reaper's orphan age ago, by the ledger's clock."""
+    hold_id: str
+    order_id: str
+    created_at: datetime
+    orphan_age: bool
+
+
 class HoldResolved(Exception):
     """The ledger resolved (captured or released) the hold asked for under this id before."""
 

@@ -57,7 +57,8 @@ class Holds(Protocol):
 
     async def await_executions(self, account_id: str) -> bool: ...
 
-    async def unchecked(self, older_than: float, limit: int) -> list[tuple[str, str]]: ...
+    async def unchecked(self, older_than: float, orphan_age: float, limit: int,
+                        after: model.UncheckedHold | None = None) -> list[model.UncheckedHold]: ...
 
     async def mark_checked(self, hold_ids: list[str]) -> None: ...
 
@@ -334,17 +335,20 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
     how many. An order id is claimed before its hold goes, so a late insert of it can no longer
     record an order whose hold is gone (round 17: the two ages; one of 120 s kept a rejected
     retry's hold two minutes, one of 30 s undid placements a client was still retrying)."""
-    released, last_page = 0, set()
+    released, after = 0, None
     while True:
-        holds = await deps.holds.unchecked(older_than, page)
-        old = ({h for h, _ in await deps.holds.unchecked(orphan_age, page)} if holds and orphan_age > older_than
-               else {h for h, _ in holds})  # oldest first both: the old ones of this page
+        # One call a page: the ledger says which holds are past the orphan age (its clock, as
+        # for older_than). The page goes on after the last hold of the previous one (round 22:
+        # re-read from the start, a page of holds left waiting ended the round, and every hold
+        # behind it, a rejected retry's too, waited until they were orphan_age old).
+        holds = await deps.holds.unchecked(older_than, orphan_age, page, after)
         ids: dict[str, uuid.UUID] = {}
-        for hold_id, order_id in holds:
+        for h in holds:
             try:
-                ids[hold_id] = uuid.UUID(order_id)
+                ids[h.hold_id] = uuid.UUID(h.order_id)
             except ValueError:
                 pass  # not a hold of one of our orders
+        old = {h.hold_id for h in holds if h.orphan_age}
         waiting: set[str] = set()  # holds of placements that may still be completed by a retry
         if ids:
             async with deps.uow().reads() as uow:
@@ -364,15 +368,14 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
                 # cancelled its transfer failed or died (two drivers of one replace: the refused
                 # one rejected it, the other's transfer had gone through).
                 released += await cancel_abandoned_transfers(rejected, deps)
-        done = [h for h, _ in holds if h not in waiting]
+        done = [h.hold_id for h in holds if h.hold_id not in waiting]
         if done:
+            # Holds the ledger skips (a fill holds their row: SKIP LOCKED) stay unchecked for a
+            # later round; this one goes on past them, so it never meets a page twice.
             await deps.holds.mark_checked(done)
-        # A page found again whole: none of it could be marked (the ledger skips holds locked by
-        # a fill or a stuck transaction): the next round tries again, rather than this one spin
-        # on it (round 19 review).
-        if len(holds) < page or not done or set(holds) == last_page:  # a set: ties of created_at in any order
+        if len(holds) < page:
             return released
-        last_page = set(holds)
+        after = holds[-1]
 
 
 async def cancel_abandoned_transfers(rejected: list[uuid.UUID], deps: Deps) -> int:

@@ -519,6 +519,49 @@ async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_gi
     assert [v.field for v in error_info(err.value)[1].field_violations] == ["holds"]
 
 
+async def test_unchecked_holds_page_by_a_cursor_that_neither_skips_nor_repeats_ties_of_created_at(channel, uow):
+    """Round 22: ListUncheckedHolds goes on after a cursor (the last hold's created_at and
+    hold_id), so order_svc's reaper is not held up by a page of holds it leaves unchecked. Holds
+    placed in one transaction share their created_at: hold_id orders them, so a page ending
+    among them is followed by the rest of them, none listed twice. Each hold says whether it is
+    past the orphan age asked, in the same call."""
+    a = account()
+    await fund(uow, a, cash="100")
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+    mine = [f"tie-{uuid.uuid4().hex[:12]}" for _ in range(5)]
+    reply = await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[  # one transaction: one created_at
+        hpb.PlaceHoldRequest(hold_id=h, account_id=a, order_id=h, asset="USD", amount="1") for h in mine]))
+    placed = [r.hold for r in reply.results]
+    assert len({(h.created_at.seconds, h.created_at.nanos) for h in placed}) == 1
+    tie = placed[0].created_at
+
+    seen: list[str] = []
+    after = hpb.ListUncheckedHoldsRequest(after_created_at=tie, after_hold_id="")  # just before the ties
+    while True:
+        page = await holds.ListUncheckedHolds(hpb.ListUncheckedHoldsRequest(
+            limit=2, after_created_at=after.after_created_at, after_hold_id=after.after_hold_id,
+            orphan_age_seconds=3600))
+        assert len(page.past_orphan_age) == len(page.holds)
+        ties = [(h.hold_id, old) for h, old in zip(page.holds, page.past_orphan_age) if h.created_at == tie]
+        seen += [h for h, _ in ties]
+        assert not any(old for _, old in ties)  # placed just now: not an hour ago
+        if len(ties) < len(page.holds) or len(page.holds) < 2:
+            break
+        after = hpb.ListUncheckedHoldsRequest(after_created_at=page.holds[-1].created_at,
+                                              after_hold_id=page.holds[-1].hold_id)
+    assert sorted(seen) == sorted(mine) and len(seen) == len(mine)  # each once, none skipped
+
+    # Without a cursor or an orphan age, as before: oldest first, every hold past an age of 0.
+    first = await holds.ListUncheckedHolds(hpb.ListUncheckedHoldsRequest(limit=1000))
+    listed = [h.hold_id for h in first.holds]
+    assert set(mine) <= set(listed) or len(listed) == 1000
+    assert all(first.past_orphan_age) and len(first.past_orphan_age) == len(first.holds)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await holds.ListUncheckedHolds(hpb.ListUncheckedHoldsRequest(after_hold_id="h", orphan_age_seconds=-1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in error_info(err.value)[1].field_violations} == {"after_hold_id", "orphan_age_seconds"}
+
+
 async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, monkeypatch):
     from ledger_svc.adapters.repository import LedgerRepository
 

@@ -651,3 +651,70 @@ async def test_the_reaper_gives_back_orphaned_holds_and_checks_every_hold_once(o
     assert claimed == "reaper"
     assert (await cash(checked_pool, account)).held == live.hold_amount
     assert await handlers.reap_orphaned_holds(order_deps, older_than=0, orphan_age=0) == 0  # each hold checked once
+
+
+async def _hold_rows(pool, *accounts: str) -> dict[str, tuple[str, bool]]:
+    async with pool.acquire() as conn:
+        return {r["hold_id"]: (r["status"], r["order_checked"]) for r in await conn.fetch(
+            "SELECT hold_id, status, order_checked FROM ledger.holds WHERE account_id = ANY($1)", list(accounts))}
+
+
+async def test_a_page_of_young_holds_without_orders_does_not_hold_back_the_holds_behind_it(order_deps,
+                                                                                          checked_pool):
+    """Round 22: the reaper read every page from the oldest unchecked hold, so a whole page of
+    holds it leaves waiting (no order recorded yet, younger than the orphan age: a retry may
+    still complete them) ended its round, and every hold behind them waited until they were
+    orphan_age old: here, a hold whose order is recorded REJECTED, which goes back at once
+    (older_than). Now the round goes on after each page (the ledger's cursor)."""
+    account = acct()
+    await deposit(checked_pool, account, "100.00")
+    young = [str(uuid.uuid4()) for _ in range(7)]  # more than two pages of 3
+    for h in young:  # holds whose placements have not recorded their orders (yet)
+        assert await order_deps.holds.place(h, account, h, "USD", Decimal("1.00")) is None
+    poor = acct()
+    rejected = await place(limit_buy(poor, "reaped-rejected"), order_deps)  # nothing to hold with
+    assert rejected.status is Status.REJECTED
+    # A hold under the REJECTED order's id, as an earlier attempt of it (that died before
+    # recording) left one: placed after the young ones, so it is listed behind them.
+    await deposit(checked_pool, poor, "10.00")
+    assert await order_deps.holds.place(str(rejected.order_id), poor, str(rejected.order_id), "USD",
+                                        Decimal("10.00")) is None
+
+    assert await handlers.reap_orphaned_holds(order_deps, older_than=0, orphan_age=3600, page=3) >= 1
+    rows = await _hold_rows(checked_pool, account, poor)
+    assert rows[str(rejected.order_id)][0] == "RELEASED"
+    assert (await cash(checked_pool, poor)).held == 0
+    assert {rows[h] for h in young} == {("PENDING", False)}  # still waiting for a retry, unchecked
+    for h in young:
+        await order_deps.holds.release(h)
+
+
+class _CountedHolds:
+    """The ledger's HoldService, each ListUncheckedHolds answer kept."""
+
+    def __init__(self, holds) -> None:
+        self.holds, self.pages = holds, []
+
+    def __getattr__(self, name):
+        return getattr(self.holds, name)
+
+    async def unchecked(self, *args, **kwargs):
+        page = await self.holds.unchecked(*args, **kwargs)
+        self.pages.append([h.hold_id for h in page])
+        return page
+
+
+async def test_a_round_of_the_reaper_asks_the_ledger_once_a_page(order_deps, checked_pool):
+    """Round 22: each page was asked for twice (by older_than, then by orphan_age to learn which
+    of its holds were old enough to be orphans); now once, each hold saying whether it is past
+    the orphan age: a round lists each hold once, in full pages and then a short one."""
+    account = acct()
+    await deposit(checked_pool, account, "1000.00")
+    live = [await place(limit_buy(account, f"counted-{i}", qty=1), order_deps) for i in range(4)]
+    assert {o.status for o in live} == {Status.NEW}
+    counted = _CountedHolds(order_deps.holds)
+    await handlers.reap_orphaned_holds(replace(order_deps, holds=counted), older_than=0, orphan_age=3600, page=3)
+    listed = [h for page in counted.pages for h in page]
+    assert len(listed) == len(set(listed)), "a hold listed twice in one round"
+    assert {o.hold_id for o in live} <= set(listed)  # more than a page: the round went on
+    assert [len(p) for p in counted.pages[:-1]] == [3] * (len(counted.pages) - 1) and len(counted.pages[-1]) < 3

@@ -103,23 +103,27 @@ def test_an_order_id_is_taken_as_placeorder_writes_it_and_not_in_uuids_other_spe
 async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
     """Round 19 review: the ledger marks holds checked skipping those locked (by a fill, or a
     stuck transaction); a full page of such holds came back whole at once, and the reaper asked
-    again and again without pause for as long as they stayed locked. A page found again whole
-    ends the round (the next one, an interval later, tries again). Without that, wait_for ends
-    the reaper."""
+    again and again without pause for as long as they stayed locked. Round 22: the reaper goes
+    on after the last hold of each page (a cursor), so a page it cannot mark is never asked
+    again in its round, and the round ends at the short page behind it. Without that, wait_for
+    ends the reaper."""
     import asyncio
     import uuid
+    from datetime import datetime, timezone
 
+    from order_svc.domain.model import UncheckedHold
     from order_svc.service_layer import handlers
 
-    page = [(f"h{i}", str(uuid.uuid4())) for i in range(2)]
+    at = datetime(2024, 1, 2, 15, tzinfo=timezone.utc)
+    page = [UncheckedHold(f"h{i}", str(uuid.uuid4()), at, True) for i in range(2)]
 
     class Holds:  # every hold of the page locked: none is marked
         asked = 0
 
-        async def unchecked(self, older_than, limit):
+        async def unchecked(self, older_than, orphan_age, limit, after=None):
             self.asked += 1
             await asyncio.sleep(0)
-            return list(page)
+            return [h for h in page if after is None or (h.created_at, h.hold_id) > (after.created_at, after.hold_id)]
 
         async def mark_checked(self, hold_ids):
             pass
@@ -148,4 +152,4 @@ async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
 
     deps = type("Deps", (), {"holds": Holds(), "uow": Uow})()
     assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=2), 10) == 0
-    assert deps.holds.asked == 2  # the page, then the same page again: the round ends
+    assert deps.holds.asked == 2  # the page, then what is after it (nothing): the round ends

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from stockmesh.ledger.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -195,18 +198,26 @@ class CancelHoldTransferResponse(_message.Message):
     def __init__(self, transfer: _Optional[_Union[HoldTransfer, _Mapping]] = ...) -> None: ...
 
 class ListUncheckedHoldsRequest(_message.Message):
-    __slots__ = ("older_than_seconds", "limit")
+    __slots__ = ("older_than_seconds", "limit", "after_created_at", "after_hold_id", "orphan_age_seconds")
     OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    ORPHAN_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     older_than_seconds: int
     limit: int
-    def __init__(self, older_than_seconds: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    after_created_at: _timestamp_pb2.Timestamp
+    after_hold_id: str
+    orphan_age_seconds: int
+    def __init__(self, older_than_seconds: _Optional[int] = ..., limit: _Optional[int] = ..., after_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., after_hold_id: _Optional[str] = ..., orphan_age_seconds: _Optional[int] = ...) -> None: ...
 
 class ListUncheckedHoldsResponse(_message.Message):
-    __slots__ = ("holds",)
+    __slots__ = ("holds", "past_orphan_age")
     HOLDS_FIELD_NUMBER: _ClassVar[int]
+    PAST_ORPHAN_AGE_FIELD_NUMBER: _ClassVar[int]
     holds: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.Hold]
-    def __init__(self, holds: _Optional[_Iterable[_Union[_ledger_pb2.Hold, _Mapping]]] = ...) -> None: ...
+    past_orphan_age: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, holds: _Optional[_Iterable[_Union[_ledger_pb2.Hold, _Mapping]]] = ..., past_orphan_age: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class MarkHoldsCheckedRequest(_message.Message):
     __slots__ = ("hold_ids",)

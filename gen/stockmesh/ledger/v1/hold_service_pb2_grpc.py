@@ -172,8 +172,10 @@ class HoldServiceServicer:
 
     def ListUncheckedHolds(self, request, context):
         """Pending holds not yet checked against their order, placed more than `older_than_seconds`
-        ago, oldest first: what order_svc's reaper looks at to find holds whose order was never
-        recorded (a placement that died between its hold and its order's insert).
+        ago, oldest first (by created_at, then hold_id): what order_svc's reaper looks at to find
+        holds whose order was never recorded (a placement that died between its hold and its
+        order's insert). Paged by a keyset cursor (`after_created_at`, `after_hold_id`: the last
+        hold of the previous page), so holds left unchecked on a page do not hide those behind it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
