@@ -125,7 +125,10 @@ class OrderRepository:
              o.replaces, o.created_at, o.updated_at, audit.canonical(_event(so)), *(ob or (None, None, None)))
             for (o, fp), so, ob in zip(items, stored, outboxes or [None] * len(items)) for q in [o.request])))
         # record_change runs after the sort, so in the order given: callers sort by account to
-        # take the accounts' audit heads in one order.
+        # take the accounts' audit heads in one order. The ids are claimed in id order instead,
+        # as the reaper claims them (claim_orphans, sorted): a batch and the reaper claiming
+        # two ids in opposite orders each waited for the other's until PostgreSQL's deadlock
+        # check (a second) undid one (round 22). The Sort of `ins` takes every claim first.
         rows = await self.conn.fetch(
             f"""
             WITH v AS (
@@ -140,7 +143,7 @@ class OrderRepository:
                                             created_at, updated_at, audit_payload, subject, msg_id, payload, n)
             ), claim AS (
                 INSERT INTO orders.claims (order_id, claimed_by)
-                SELECT order_id, 'order' FROM v ORDER BY n
+                SELECT order_id, 'order' FROM v ORDER BY order_id
                 ON CONFLICT (order_id) DO NOTHING
                 RETURNING order_id
             ), ins AS (
@@ -195,8 +198,10 @@ class OrderRepository:
         final, such a replace never reaches the engine, so a hold transfer the ledger prepared
         for one is to be cancelled. Run as a transaction of two statements: the second sees
         what the first waited for."""
+        # In id order, as insert_new claims them: no two claimers wait for each other.
         await self.conn.execute("INSERT INTO orders.claims (order_id, claimed_by) "
-                                "SELECT unnest($1::uuid[]), 'reaper' ON CONFLICT DO NOTHING", order_ids)
+                                "SELECT id, 'reaper' FROM unnest($1::uuid[]) AS id ORDER BY id ON CONFLICT DO NOTHING",
+                                order_ids)
         rows = await self.conn.fetch("SELECT order_id, status, replaces IS NOT NULL AS replacement FROM orders.orders"
                                      " WHERE order_id = ANY($1)", order_ids)
         found = {r[0] for r in rows if not (r["status"] == "REJECTED" and not r["replacement"])}

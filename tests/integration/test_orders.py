@@ -718,3 +718,44 @@ async def test_a_round_of_the_reaper_asks_the_ledger_once_a_page(order_deps, che
     assert len(listed) == len(set(listed)), "a hold listed twice in one round"
     assert {o.hold_id for o in live} <= set(listed)  # more than a page: the round went on
     assert [len(p) for p in counted.pages[:-1]] == [3] * (len(counted.pages) - 1) and len(counted.pages[-1]) < 3
+
+
+async def test_a_batch_of_new_orders_claims_their_ids_in_the_order_the_reaper_claims_them(order_deps, checked_pool):
+    """Round 22: a batch of new orders (sorted by account) claimed its ids in that order, the
+    reaper in id order; holding one id each and waiting for the other's, they deadlocked until
+    PostgreSQL's deadlock check (a second) undid one. Both claim in id order now: the batch
+    waits for the reaper's first claim without holding its second."""
+    from order_svc.domain.model import Order
+
+    low, high = sorted(uuid.uuid4() for _ in range(2))
+    at = datetime.now(timezone.utc)
+
+    def rejected(order_id: uuid.UUID, account: str) -> tuple[Order, str]:
+        req = limit_buy(account, f"claimed-{order_id}")
+        o = Order(order_id, req, Status.PENDING_NEW, at, at)
+        o.reject(RejectReason.SYMBOL_HALTED, "trading in this symbol is halted")
+        return o, req.fingerprint()
+
+    batch = [rejected(high, acct()), rejected(low, acct())]  # as sorted by account: the higher id first
+
+    async def insert() -> list:
+        async with order_deps.uow().single_statement() as uow:
+            return await uow.orders.insert_new(batch)
+
+    async with checked_pool.acquire() as reaper, checked_pool.acquire() as watcher:
+        tx = reaper.transaction()
+        await tx.start()
+        try:  # the reaper claims the ids in order: the lower first
+            await reaper.execute("INSERT INTO orders.claims (order_id, claimed_by) VALUES ($1, 'reaper')", low)
+            inserting = asyncio.create_task(insert())
+
+            async def batch_waits() -> bool:
+                return await watcher.fetchval("SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+                                              "WHERE $1 = ANY(pg_blocking_pids(pid)))", reaper.get_server_pid())
+            assert await eventually(batch_waits, timeout=10)
+            await reaper.execute("INSERT INTO orders.claims (order_id, claimed_by) VALUES ($1, 'reaper')", high)
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+    assert await inserting == [None, None]  # no deadlock: both ids the reaper's, neither order recorded
