@@ -11,6 +11,7 @@ import base64
 import contextvars
 import functools
 import json
+import unicodedata
 
 from meshkit import logs, validate
 from meshkit.errors import Unauthenticated
@@ -55,7 +56,14 @@ def account_problem(account: str) -> str | None:
     rule of the services and of the tools that mint tokens."""
     if account.startswith(SYSTEM_PREFIX):
         return f"must not begin with {SYSTEM_PREFIX!r} (the brokerage's own books are named so)"
-    return validate.text_problem(account, MAX_ACCOUNT)
+    if (problem := validate.text_problem(account, MAX_ACCOUNT)) is not None:
+        return problem
+    # One spelling per account: "é" as one code point and as "e" plus a combining accent look
+    # alike and would be two accounts, each with its own cash and positions. An issuer that
+    # sends a subject in another form is refused, not silently folded into someone's account.
+    if not unicodedata.is_normalized("NFC", account):
+        return "must be in Unicode normal form NFC (one spelling per account)"
+    return None
 
 
 def current_account() -> str:

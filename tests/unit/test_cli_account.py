@@ -9,14 +9,15 @@ from meshkit.cli import main
 
 BAD = [("", "must not be empty"), ("x" * 129, "must be at most 128 characters"), ("   ", "must not be blank"),
        (" alice", "must not begin or end with white space"), ("al\x07ice", "must not contain control characters"),
-       ("$clearing", "must not begin with '$' (the brokerage's own books are named so)")]
+       ("$clearing", "must not begin with '$' (the brokerage's own books are named so)"),
+       ("e\u0301lise", "must be in Unicode normal form NFC (one spelling per account)")]
 COMMANDS = [["token"], ["deposit", "10"], ["withdraw", "10"], ["portfolio"], ["orders"], ["cancel", "x"],
             ["place", "buy", "1", "AAPL", "--limit", "1.00"], ["replace", "x", "--quantity", "2"], ["chart", "AAPL"],
             ["watch", "quotes", "AAPL"],
             ["watch", "orders"]]
 
 
-@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long", "blank", "padded", "control", "system-book"])
+@pytest.mark.parametrize("account,problem", BAD, ids=["empty", "too-long", "blank", "padded", "control", "system-book", "not-nfc"])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_bad_account_is_a_usage_error(tmp_path, command, account, problem):
     done = CliRunner().invoke(main, [*command, "--account", account, "--data-dir", str(tmp_path)])
@@ -65,6 +66,12 @@ def test_a_token_whose_subject_is_no_account_id_names_no_account_and_says_why():
     assert account_from_payload(payload({"sub": "$clearing"})) == (
         None, "the token's subject is not an account id: it must not begin with '$' (the brokerage's own books are "
               "named so)")
+    # One spelling per account: the NFC "élise" is an account, the same letters with a combining
+    # accent (which look alike) are refused rather than made a second account.
+    assert account_from_payload(payload({"sub": "\u00e9lise"})) == ("\u00e9lise", "")
+    assert account_from_payload(payload({"sub": "e\u0301lise"})) == (
+        None, "the token's subject is not an account id: it must be in Unicode normal form NFC (one spelling per "
+              "account)")
     assert account_from_payload(payload({"iss": "x"})) == (None, "the token has no subject (sub) naming the account")
     for claims, words in (({"sub": "$external"}, "must not begin with '$'"), ({"sub": 7}, "has no subject"),
                           (None, "this call needs a verified bearer token (call through Envoy)")):
