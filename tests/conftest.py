@@ -75,11 +75,11 @@ async def own_database_url(pg_server_url: str):
 async def own_pool(own_database_url: str):
     """A database of the test module's own, for tests whose data another module's must not see
     (fills left unsettled, which a settlement of the day elsewhere would take). A module makes
-    it its `pool`, so that `checked_pool` checks it, with
-    `pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)`. A module whose tests
-    place orders (order_deps) makes own_database_url, own_namespace and own_ledger_addr
-    (tests/integration/conftest.py) its `database_url`, `namespace` and `ledger_addr` too (as
-    test_orders.py), so that its orders, holds and their messages all stay with its database."""
+    it its `pool` (so that `checked_pool` checks it), and own_database_url, own_namespace and
+    own_ledger_addr its `database_url`, `namespace` and `ledger_addr`, so that its orders,
+    holds and their messages all stay with its database, with one line:
+    `pool, database_url, namespace, ledger_addr = own_database_fixtures()`
+    (tests/integration/conftest.py, which says how)."""
     p = await asyncpg.create_pool(own_database_url, min_size=1, max_size=20)  # the session's size: the same races
     yield p
     async with p.acquire() as conn:  # as the session's pool: the module's audit trail verifies

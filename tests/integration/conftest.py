@@ -85,6 +85,37 @@ async def own_ledger_addr(own_pool):
         yield addr
 
 
+def own_database_fixtures():
+    """A test module's own database, namespace and ledger, in place of the session's: a module
+    whose data other modules must not see (fills applied straight to the ledger, with no
+    execution journal, which another module's settlement of the day would report as
+    FILL_NOT_IN_JOURNAL; fills left unsettled; holds that look to order_svc's reaper like
+    placements still being retried) calls it once, at module level:
+
+        pool, database_url, namespace, ledger_addr = own_database_fixtures()
+
+    Fixtures defined in a test module override the conftests' of the same name for that module
+    only, so the session's `pool`, `database_url`, `namespace` and `ledger_addr` become
+    own_pool, own_database_url, own_namespace and own_ledger_addr there; and what is built on
+    them for each test comes from the module's: checked_pool (so the ledger's invariants are
+    checked on the module's database after each test), order_deps, the consumers. All four go
+    together, so that a test asking for any of them (a ledger over gRPC, order_svc's outbox
+    relay, a command given the database's URL) never reaches the shared database from an
+    isolated module; fixtures are made only when asked for, so those a module never uses cost
+    nothing. A session fixture built on one of them (acceptances, on `namespace`) cannot be used
+    in such a module: pytest refuses it (ScopeMismatch) rather than mix the two. Each fixture is
+    named explicitly (the session fixture's name; it asks for own_<that name>), in the order of
+    the line above: the names the module binds them to do not matter to pytest, only that they
+    are module attributes."""
+    def override(name: str):
+        @pytest.fixture(scope="module", name=name)
+        def module_fixture(request):
+            return request.getfixturevalue(f"own_{name}")
+        return module_fixture
+
+    return tuple(override(name) for name in ("pool", "database_url", "namespace", "ledger_addr"))
+
+
 def make_order_deps(pool, database_url, js, namespace, ledger_channel, *, limiter=None, account_limit=None):
     from meshkit.ratelimit import Limit, RateLimiter
     from order_svc.adapters.holds import GrpcHolds

@@ -21,9 +21,17 @@ from meshkit.server import create_server
 from meshkit.status import error_info
 from stockmesh.ledger.v1 import hold_service_pb2 as hpb, hold_service_pb2_grpc, ledger_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
+from tests.integration.conftest import own_database_fixtures
 
 pytestmark = pytest.mark.integration
 D = Decimal
+
+# A database, a namespace and a ledger of this module's own: its fills are applied straight to the
+# ledger, never through the execution journal, and a settlement of the day in another module
+# (test_settlement.py) run after it on a shared database took them and reported each as
+# FILL_NOT_IN_JOURNAL. checked_pool (tests/conftest.py) checks the ledger's invariants on it after
+# each test.
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 def account() -> str:

@@ -15,6 +15,7 @@ from meshkit import calendar
 from meshkit.executions import FILL, Execution
 from meshkit.marketdata import Touch
 from stockmesh.ledger.v1 import ledger_pb2
+from tests.integration.conftest import own_database_fixtures
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -23,7 +24,7 @@ D = Decimal
 # A database of this module's own: its fills are today's and some stay unsettled on purpose,
 # which a settlement of the day in another test (test_settlement.py) would see. checked_pool
 # (tests/conftest.py) checks the ledger's invariants on it after each test.
-pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 class Trade:

@@ -22,6 +22,7 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
 from meshkit.errors import DomainError
 from meshkit.executions import FILL, Execution
+from tests.integration.conftest import own_database_fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,7 @@ ROUNDS = 40
 # fills are applied straight to the ledger, never through the execution journal, which a
 # settlement of the day in another test (test_settlement.py) would report as fills not in the
 # journal. checked_pool (tests/conftest.py) checks the ledger's invariants on it after each test.
-pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
-database_url = pytest.fixture(scope="module")(lambda own_database_url: own_database_url)
-namespace = pytest.fixture(scope="module")(lambda own_namespace: own_namespace)
-ledger_addr = pytest.fixture(scope="module")(lambda own_ledger_addr: own_ledger_addr)
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 async def _errors_of(*works) -> list[BaseException]:

@@ -17,6 +17,7 @@ from ledger_svc.service_layer import unit_of_work
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
 from meshkit.executions import FILL, Execution
+from tests.integration.conftest import own_database_fixtures
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -26,7 +27,7 @@ FRAME = {"COMMIT;"}
 INTROSPECTION = ("current_setting('jit')", "typeinfo_tree", "set_config('jit'")
 
 # A database of this module's own: its fills stay unsettled (see test_ledger_runs.py).
-pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 class Counted(LedgerUnitOfWork):

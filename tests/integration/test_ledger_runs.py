@@ -16,6 +16,7 @@ from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import calendar
 from meshkit.executions import CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, Execution
+from tests.integration.conftest import own_database_fixtures
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -28,7 +29,7 @@ TOGETHER_FAILED = "could not be applied together"
 # A database of this module's own: its fills are today's and some stay unsettled on purpose,
 # which a settlement of the day in another test (test_settlement.py) would see. checked_pool
 # (tests/conftest.py) checks the ledger's invariants on it after each test.
-pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 class World:

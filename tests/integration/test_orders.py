@@ -25,18 +25,16 @@ from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb
 from stockmesh.order.v1 import order_pb2
+from tests.integration.conftest import own_database_fixtures
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
 # A database, a namespace and a ledger of this module's own: the reaper's test checks every
 # unchecked hold of the ledger, oldest first, and other modules' holds placed straight in the
-# ledger (test_holds, test_ledger_locking, ...) look to it like placements still being retried:
+# ledger (test_holds_stateful, test_journal_trim, ...) look to it like placements still being retried:
 # a page of 500 of them ended its round before it reached this test's.
-pool = pytest.fixture(scope="module")(lambda own_pool: own_pool)
-database_url = pytest.fixture(scope="module")(lambda own_database_url: own_database_url)
-namespace = pytest.fixture(scope="module")(lambda own_namespace: own_namespace)
-ledger_addr = pytest.fixture(scope="module")(lambda own_ledger_addr: own_ledger_addr)
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 def acct() -> str:

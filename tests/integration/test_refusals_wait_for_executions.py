@@ -26,10 +26,16 @@ from order_svc.domain.model import OrderRequest, OrderType, RejectReason, Side, 
 from order_svc.service_layer import handlers, lifecycle
 from stockmesh.common.v1 import common_pb2
 from stockmesh.matching.v1 import matching_pb2
-from tests.integration.conftest import make_order_deps
+from tests.integration.conftest import make_order_deps, own_database_fixtures
 from tests.support.wait import drained, eventually
 
 pytestmark = pytest.mark.integration
+
+# A database of this module's own: its fills are published in a namespace of each test's own
+# (held_back), whose execution journal is not the session's, and a settlement of the day in
+# another module (test_settlement.py) run after it on a shared database reported them as
+# FILL_NOT_IN_JOURNAL.
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 
 def _order(account: str, side: Side, qty: int, price: str = "187.00") -> OrderRequest:
