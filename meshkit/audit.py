@@ -49,11 +49,13 @@ Progress = Callable[[int, int], None]  # (events checked so far, events in the s
 
 async def verify(conn: asyncpg.Connection, progress: Progress | None = None,
                  every: int = 10_000) -> tuple[int, list[Broken]]:
-    """Walk every chain in order, in one snapshot; returns (events found intact, the first
-    broken link of each broken chain: empty when all are intact). A broken chain does not stop
-    the walk: the others are checked still (round 16: a trail broken once hid any later
-    tampering of every other chain). `progress`, if given, hears every `every` events how far
-    the walk is."""
+    """Walk every chain in order, in one snapshot; returns (events found intact, every broken
+    link: empty when all are intact). Events are intact up to their chain's first broken link;
+    past it the walk goes on along the links as stored, so that each further alteration,
+    removal or insertion of the chain is named too, not only the first (an investigation needs
+    the whole extent of the tampering), and a broken chain does not stop the walk of the others
+    (round 16: a trail broken once hid any later tampering of every other chain). `progress`,
+    if given, hears every `every` events how far the walk is."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if progress is None:
             return await _verify(conn, lambda _: None, every)
@@ -67,6 +69,9 @@ async def _verify(conn: asyncpg.Connection, progress: Callable[[int], None],
     heads = {r["stream"]: (r["seq"], bytes(r["hash"])) for r in await conn.fetch("SELECT * FROM audit.heads")}
     seen: set[str] = set()
     broken: list[Broken] = []
+    # prev: the stored hash of the chain's previous event. Up to the first broken link it is
+    # also the one computed from the chain's start; past it, the walk checks each link against
+    # its neighbour as stored (a break found once is not found again at every later event).
     stream, expected_seq, prev, intact = None, 0, b"", True
     async for r in conn.cursor(
             "SELECT stream, seq, event_type, payload, prev_hash, hash FROM audit.events ORDER BY stream, seq",
@@ -75,27 +80,28 @@ async def _verify(conn: asyncpg.Connection, progress: Callable[[int], None],
         if walked % every == 0:
             progress(walked)
         if r["stream"] != stream:
-            if stream is not None and intact and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
+            if stream is not None and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
                 broken.append(bad)
             stream, expected_seq, prev, intact = r["stream"], 0, b"", True
             seen.add(stream)
-        if not intact:
-            continue  # this chain's first broken link is named; the rest of it cannot be trusted
         expected_seq += 1
         bad = None
         if r["seq"] != expected_seq:
-            bad = Broken(stream, expected_seq, f"missing; the chain jumps to event {r['seq']}")
+            broken.append(Broken(stream, expected_seq, f"missing; the chain jumps to event {r['seq']}"))
+            intact, expected_seq = False, r["seq"]
+            if bytes(r["hash"]) != link_hash(bytes(r["prev_hash"]), stream, r["seq"], r["event_type"], r["payload"]):
+                bad = Broken(stream, r["seq"], "content does not match its hash (altered)")
         elif bytes(r["prev_hash"]) != prev:
             bad = Broken(stream, r["seq"], "prev_hash does not match the previous event's hash")
-        elif bytes(r["hash"]) != (want := link_hash(prev, stream, r["seq"], r["event_type"], r["payload"])):
+        elif bytes(r["hash"]) != link_hash(prev, stream, r["seq"], r["event_type"], r["payload"]):
             bad = Broken(stream, r["seq"], "content does not match its hash (altered)")
+        prev = bytes(r["hash"])
         if bad is not None:
             broken.append(bad)
             intact = False
-            continue
-        prev = want
-        checked += 1
-    if stream is not None and intact and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
+        elif intact:
+            checked += 1
+    if stream is not None and (bad := _head_mismatch(heads, stream, expected_seq, prev)):
         broken.append(bad)
     broken += [Broken(s, 1, "the chain's events are gone") for s in sorted(set(heads) - seen) if heads[s][0] > 0]
     return checked, broken

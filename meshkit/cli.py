@@ -356,8 +356,8 @@ def audit() -> None:
 @click.option("--progress-every", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Report progress on stderr every this many events.")
 def audit_verify(database_url: str | None, data_dir: Path | None, progress_every: int) -> None:
-    """Recompute every hash chain; name each broken chain's first broken link (exit 1) or confirm
-    the trail is intact."""
+    """Recompute every hash chain; name every broken link (altered, removed or inserted events;
+    exit 1) or confirm the trail is intact."""
     import asyncio
     import time
 
@@ -383,13 +383,14 @@ def audit_verify(database_url: str | None, data_dir: Path | None, progress_every
 
     checked, broken = asyncio.run(run())
     if broken:
-        click.echo(f"audit trail BROKEN: {len(broken)} chain{'s' if len(broken) > 1 else ''} broken, each named at "
-                   f"its first broken link (the rest of a broken chain is not checked); {checked} events intact",
-                   err=True)
+        chains = len({b.stream for b in broken})
+        click.echo(f"audit trail BROKEN: {chains} chain{'s' if chains > 1 else ''} broken, {len(broken)} broken "
+                   f"link{'s' if len(broken) > 1 else ''} in all; {checked} events intact (each chain's events "
+                   "before its first broken link)", err=True)
         for b in broken[:50]:
             click.echo(f"  {b}", err=True)
         if len(broken) > 50:
-            click.echo(f"  ... and {len(broken) - 50} more broken chains", err=True)
+            click.echo(f"  ... and {len(broken) - 50} more broken links", err=True)
         sys.exit(1)
     click.echo(f"audit trail intact: {checked} events verified")
 

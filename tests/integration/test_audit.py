@@ -1,4 +1,4 @@
-"""The audit trail: append-only in the database, and verification names each broken chain's first broken link."""
+"""The audit trail: append-only in the database, and verification names every broken link of every chain."""
 from __future__ import annotations
 
 import asyncio
@@ -103,6 +103,37 @@ async def test_verify_names_every_broken_chain_not_only_the_first(pg_server_url)
                              capture_output=True, text=True)
         assert bad.returncode == 1 and "2 chains broken" in bad.stderr and "8 events intact" in bad.stderr
         assert "'order:a', event 2" in bad.stderr and "'order:c', event 4" in bad.stderr
+
+
+async def test_verify_names_every_broken_link_of_a_chain_not_only_its_first(pg_server_url):
+    """Round 22: past a chain's first broken link the walk stopped for that chain, so an
+    investigation saw one altered event of several, and nothing of the events removed after it.
+    Every broken link is now named; the links between them, consistent as stored, are not."""
+    async with _scratch(pg_server_url) as (url, conn):
+        for i in range(8):
+            await audit.append(conn, "order:a", "ORDER_NEW", {"i": i})
+        for i in range(3):
+            await audit.append(conn, "order:b", "ORDER_NEW", {"i": i})
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+            # event 2 altered; event 4 removed; event 6 altered and its hash recomputed, so that
+            # the break shows at event 7, whose prev_hash no longer matches.
+            await conn.execute("""UPDATE audit.events SET payload = '{"i":9}' WHERE stream = 'order:a' AND seq = 2""")
+            await conn.execute("DELETE FROM audit.events WHERE stream = 'order:a' AND seq = 4")
+            prev6 = bytes(await conn.fetchval("SELECT prev_hash FROM audit.events WHERE stream = 'order:a' AND seq = 6"))
+            await conn.execute("""UPDATE audit.events SET payload = '{"i":9}', hash = $1
+                                   WHERE stream = 'order:a' AND seq = 6""",
+                               audit.link_hash(prev6, "order:a", 6, "ORDER_NEW", '{"i":9}'))
+            await conn.execute("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        checked, broken = await audit.verify(conn)
+        assert [(b.stream, b.seq, b.problem.split(" ")[0]) for b in broken] == [
+            ("order:a", 2, "content"), ("order:a", 4, "missing;"), ("order:a", 7, "prev_hash")]
+        assert checked == 1 + 3  # a's event before its first break, and all of b
+        bad = subprocess.run([sys.executable, "-m", "meshkit.cli", "audit", "verify", "--database-url", url],
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and "1 chain broken, 3 broken links in all; 4 events intact" in bad.stderr
+        for seq in (2, 4, 7):
+            assert f"'order:a', event {seq}:" in bad.stderr, bad.stderr
 
 
 def test_verify_without_a_database_url_or_a_mesh_says_what_to_give(tmp_path):
