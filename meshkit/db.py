@@ -52,6 +52,14 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         })
 
 
+def lock_wait_text(seconds: float) -> str:
+    """A lock wait as PostgreSQL's lock_timeout takes it (`set_config('lock_timeout', ...)`,
+    transaction-local: a statement that would wait longer for a lock fails with
+    lock_not_available, asyncpg's LockNotAvailableError): whole milliseconds, at least one (0
+    would be no limit at all)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 async def connect(url: str, role: str, *, command_timeout: float | None = None) -> asyncpg.Connection:
     """A connection of its own (an election's, the outbox relay's, a listener's), named
     `stockmesh <role>` in pg_stat_activity, its client probed by the server (KEEPALIVES), and

@@ -31,6 +31,14 @@ def limits() -> tuple[Limit, Limit]:
             Limit(float(env_decimal("ORDER_RATE_PER_SYMBOL", "2000")), int(env_decimal("ORDER_BURST_PER_SYMBOL", "4000"))))
 
 
+def lock_wait() -> float:
+    """ORDER_LOCK_WAIT_SECONDS (2): how long a CancelOrder's or ReplaceOrder's transaction waits
+    for a lock (its order's row, held by another transaction) before the call is answered
+    UNAVAILABLE ORDER_BUSY (retry with the same ids) instead of waiting out the pool's 30 s
+    command timeout. Execution runs hold an order's row for milliseconds."""
+    return float(env_decimal("ORDER_LOCK_WAIT_SECONDS", "2"))
+
+
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url and settings.ledger_addr
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=db.pool_max(10))
@@ -50,7 +58,7 @@ async def bootstrap(settings: config.Settings) -> App:
         halts=Halts(pool), limiter=RateLimiter(redis, settings.namespace), account_limit=account_limit,
         symbol_limit=symbol_limit, namespace=settings.namespace, wake_relay=relay.wake if relay else lambda: None,
         market_collar=env_decimal("MARKET_ORDER_COLLAR", "0.05"), price_band=env_decimal("PRICE_BAND", "0.20"),
-        write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1))
+        write_batches_in_flight=env_int("ORDER_WRITE_BATCHES_IN_FLIGHT", 1, minimum=1), lock_wait=lock_wait())
     # Holds older than this whose order was never recorded are given back (handlers.reaper_loop).
     # Until then a retry with the same client_order_id completes the placement: two minutes
     # cover a client's retries across a restart of the whole mesh (round 17: 27 s; with 30 s a

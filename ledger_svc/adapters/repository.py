@@ -8,6 +8,7 @@ from typing import Iterable, NamedTuple
 import asyncpg
 
 from meshkit import audit
+from meshkit.db import lock_wait_text
 from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, Hold, HoldStatus,
                                      HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
                                      key_kinds)
@@ -24,12 +25,6 @@ def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
         amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
         status=HoldStatus(r["r_status"]), created_at=r["r_created_at"],
         resolved_at=r["r_resolved_at"]), r["r_available"]
-
-
-def lock_wait_text(seconds: float) -> str:
-    """A lock wait as lock_timeout takes it: whole milliseconds, at least one (0 would be no
-    limit at all)."""
-    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def entry_event(entry: JournalEntry, audit_type: str | None = None, audit_extra: dict | None = None

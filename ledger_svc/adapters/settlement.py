@@ -9,9 +9,9 @@ from typing import Collection, NamedTuple
 
 import asyncpg
 
-from ledger_svc.adapters.repository import lock_wait_text
 from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
+from meshkit.db import lock_wait_text
 from meshkit.executions import accounts, from_json, to_json
 
 

@@ -9,6 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from meshkit import audit, calendar
+from meshkit.db import lock_wait_text
 from order_svc.domain.model import (TERMINAL, EndReason, Fill, Order, OrderRequest, OrderType, RejectReason, Side,
                                     Status, TimeInForce)
 
@@ -227,10 +228,24 @@ class OrderRepository:
     async def fingerprint_of(self, order_id: uuid.UUID) -> str:
         return await self.conn.fetchval("SELECT fingerprint FROM orders.orders WHERE order_id = $1", order_id)
 
-    async def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
+    async def get(self, order_id: uuid.UUID, *, for_update: bool = False, lock_wait: float | None = None,
+                  account_id: str | None = None) -> Order | None:
+        """The order, if any (with `account_id`: if it is that account's); with `for_update`
+        its row locked for the transaction. With `lock_wait` (seconds), no lock of the rest of
+        the transaction is waited for longer, this row's included: lock_timeout set,
+        transaction-local, by this very statement (no round trip of its own: the filters run on
+        the row before it is locked, so another account's order is never waited for), and a
+        wait beyond it raises asyncpg's LockNotAvailableError with nothing done."""
+        args: list = [order_id]
+        where = "order_id = $1"
+        if account_id is not None:
+            args.append(account_id)
+            where += f" AND account_id = ${len(args)}"
+        if lock_wait is not None:
+            args.append(lock_wait_text(lock_wait))
+            where += f" AND set_config('lock_timeout', ${len(args)}, true) IS NOT NULL"
         row = await self.conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM orders.orders WHERE order_id = $1" + (" FOR UPDATE" if for_update else ""),
-            order_id)
+            f"SELECT {_COLUMNS} FROM orders.orders WHERE {where}" + (" FOR UPDATE" if for_update else ""), *args)
         return _order(row) if row else None
 
     async def save_transition(self, o: Order, expected: Status, now: datetime,

@@ -128,6 +128,22 @@ class OrderStillPending(Unavailable):
                          metadata={"orderId": order_id, "status": "PENDING_NEW"}, retry_after_seconds=0.05)
 
 
+class OrderBusy(Unavailable):
+    """A cancel or replace that waited its limit (Deps.lock_wait) for its order's row, held by
+    another transaction (a stuck session, a row locked by an operator; an execution run or
+    another change holds it for milliseconds): the transaction that waited is rolled back, and
+    the same call sent again (the same order id, the same client_order_id for a replace) takes
+    effect once (a replace whose replacement was recorded before completes that one), so it is
+    UNAVAILABLE with RetryInfo, not the pool's 30 s command timeout ending as INTERNAL. As the
+    ledger's ACCOUNT_BUSY."""
+    default_reason = "ORDER_BUSY"
+
+    def __init__(self, what: str, order_id: str) -> None:
+        super().__init__(f"order {order_id} is being changed by another operation right now; it is safe to retry "
+                         f"the {what} shortly with the same ids (it takes effect once)",
+                         metadata={"orderId": order_id}, retry_after_seconds=1.0)  # the ledger's ACCOUNT_BUSY's
+
+
 class OrderNotReplaceable(FailedPrecondition):
     default_reason = "ORDER_NOT_REPLACEABLE"
 

@@ -22,13 +22,16 @@ by earlier versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol
+
+import asyncpg
 
 from meshkit import bus, calendar, failpoints
 from meshkit.errors import ResourceExhausted, Unavailable
@@ -90,6 +93,10 @@ class Deps:
     market_collar: Decimal = Decimal("0.05")  # market buys hold ask × (1 + collar)
     price_band: Decimal = Decimal("0.20")  # limit / stop prices within ±20 % of the reference
     write_batches_in_flight: int = 1  # saga statements in flight per step; more orders wait and share the next
+    # Seconds a cancel's or a replace's transaction waits for a lock (its order's row, held by
+    # an execution run for milliseconds, or by a stuck session for ever) before it is answered
+    # UNAVAILABLE ORDER_BUSY, rather than the pool's 30 s command timeout (ORDER_LOCK_WAIT_SECONDS).
+    lock_wait: float = 2.0
     writes: SagaWrites = field(init=False)
 
     def __post_init__(self) -> None:
@@ -424,10 +431,25 @@ async def recovery_loop(deps: Deps, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
+@contextlib.asynccontextmanager
+async def _changing(deps: Deps, what: str, order_id: uuid.UUID) -> AsyncIterator[OrderUnitOfWork]:
+    """The unit of work of a change of an order (a cancel, a replace) whose first statement
+    locks the order's row with `lock_wait=deps.lock_wait`: when a lock of it is held longer by
+    another transaction, the transaction is rolled back and the caller hears OrderBusy
+    (UNAVAILABLE ORDER_BUSY, retry with the same ids) naming `order_id`, the order it asked to
+    change."""
+    try:
+        async with deps.uow() as uow:
+            yield uow
+    except asyncpg.LockNotAvailableError as exc:
+        raise model.OrderBusy(what, str(order_id)) from exc
+
+
 async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
     """Ask the engine to cancel; the order turns CANCELLED when the engine confirms."""
-    async with deps.uow() as uow:
-        o = await uow.orders.get(order_id, for_update=True)
+    async with _changing(deps, "cancel", order_id) as uow:
+        # Another account's order is not locked, nor waited for (it does not exist for you).
+        o = await uow.orders.get(order_id, for_update=True, lock_wait=deps.lock_wait, account_id=account_id)
         if o is None or o.account_id != account_id:
             raise model.OrderNotFound(f"no order {order_id}", metadata={"orderId": str(order_id)})
         if o.status is Status.CANCELLED and o.replaced_by is not None:
@@ -529,8 +551,9 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
 
     at = now()
     _, reason, message = await _market_checks(req, deps, at, stop_applies=not model.stop_no_longer_applies(old))
-    async with deps.uow() as uow:
-        current = await uow.orders.get(old.order_id, for_update=True)  # one change of an order at a time
+    async with _changing(deps, "replace", old.order_id) as uow:
+        # One change of an order at a time.
+        current = await uow.orders.get(old.order_id, for_update=True, lock_wait=deps.lock_wait)
         assert current is not None
         existing = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
         if existing is not None:
@@ -614,8 +637,10 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
         refused = await transfer()
     failpoints.hit("replace.after_hold")
     handed: bool | None = False
-    async with deps.uow() as uow:
-        current = await uow.orders.get(o.order_id, for_update=True)
+    # The client named the replaced order: a retry of the replace (same client_order_id) or the
+    # recovery loop completes this one (the transfer above is idempotent).
+    async with _changing(deps, "replace", o.replaces) as uow:
+        current = await uow.orders.get(o.order_id, for_update=True, lock_wait=deps.lock_wait)
         assert current is not None
         o = current
         sent = await uow.orders.has_outbox(replace_msg_id(o))

@@ -5,6 +5,7 @@ checked after each test (checked_pool)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,12 +15,14 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from google.rpc import error_details_pb2
 
 from ledger_svc.entrypoints import mapping as ledger_mapping
 from ledger_svc.service_layer import commands, handlers as ledger, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, executions
 from meshkit.errors import Unavailable
+from meshkit.status import to_rpc_status
 from order_svc.domain import model
 from order_svc.adapters.repository import OrderRepository
 from order_svc.domain.model import EndReason, OrderRequest, OrderType, RejectReason, Side, Status, TimeInForce
@@ -191,6 +194,103 @@ async def test_a_cancel_of_an_order_replaced_twice_names_the_one_working(engine,
     await handlers.cancel_order(a, third.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, third.order_id, Status.CANCELLED), "the cancel")
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
+
+
+@contextlib.asynccontextmanager
+async def _rows_held(pool, *order_ids):
+    """The orders' rows locked by another transaction (a stuck session, an operator's
+    `SELECT ... FOR UPDATE`) for the block; released (rolled back) after it, whatever happens."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("SELECT 1 FROM orders.orders WHERE order_id = ANY($1::uuid[]) FOR UPDATE",
+                               list(order_ids))
+            yield
+        finally:
+            await tx.rollback()
+
+
+def _busy(err: model.OrderBusy, order_id) -> None:
+    """An ORDER_BUSY answer as the client reads it: UNAVAILABLE, the order named, safe to retry
+    with the same ids, RetryInfo."""
+    status = to_rpc_status(err)
+    assert (err.code, err.reason, err.metadata) == ("UNAVAILABLE", "ORDER_BUSY", {"orderId": str(order_id)})
+    assert "being changed" in err.message and "safe to retry" in err.message and "same ids" in err.message
+    assert [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+
+
+async def test_a_cancel_or_replace_of_an_order_another_transaction_holds_is_busy_then_retried(
+        engine, order_deps, execution_consumers, checked_pool, namespace, monkeypatch):
+    """CancelOrder and ReplaceOrder of an order whose row another transaction holds wait at
+    most ORDER_LOCK_WAIT_SECONDS for it (both of the replace's locks: the old order's, then its
+    pending replacement's) and answer UNAVAILABLE ORDER_BUSY with RetryInfo (before: each waited
+    the pool's 30 s command timeout, then failed INTERNAL). Sent again with the same ids once the
+    row is free, each takes effect once."""
+    from order_svc import bootstrap
+
+    monkeypatch.setenv("ORDER_LOCK_WAIT_SECONDS", "0.2")
+    order_deps.lock_wait = bootstrap.lock_wait()
+    a, other = acct("busy"), acct("other")
+    await fund(checked_pool, a, cash="3000.00")
+    o = await handlers.place_order(limit(a, Side.BUY, 10, "150.00"), order_deps)
+    c = await handlers.place_order(limit(a, Side.BUY, 5, "150.00"), order_deps)
+    r = replace(a, o.order_id, 10, "151.00")
+
+    async with _rows_held(checked_pool, o.order_id, c.order_id):
+        with pytest.raises(model.OrderBusy) as cancel_busy:
+            await handlers.cancel_order(a, c.order_id, order_deps)
+        _busy(cancel_busy.value, c.order_id)
+        with pytest.raises(model.OrderBusy) as replace_busy:
+            await handlers.replace_order(r, order_deps)
+        _busy(replace_busy.value, o.order_id)
+        with pytest.raises(model.OrderNotFound):  # another account's order is not waited for, nor busy
+            await handlers.cancel_order(other, c.order_id, order_deps)
+        async with checked_pool.acquire() as conn:  # nothing of either was recorded
+            assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE replaces = $1 OR "
+                                       "(order_id = $2 AND cancel_requested)", o.order_id, c.order_id) == 0
+            assert await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id LIKE $1",
+                                       f"{c.order_id}:cancel%") == 0
+
+    # The replace's second lock: its replacement recorded, the ledger's transfer prepared, and
+    # the replacement's row held (by a retry, the recovery loop, a stuck session) when the
+    # replace is to be handed to the engine.
+    real_transfer = order_deps.holds.transfer
+    holder = await checked_pool.acquire()
+    tx = holder.transaction()
+    await tx.start()
+
+    async def transfer_then_hold(from_hold_id, to_hold_id, *args):
+        refused = await real_transfer(from_hold_id, to_hold_id, *args)
+        await holder.execute("SELECT 1 FROM orders.orders WHERE order_id = $1 FOR UPDATE", uuid.UUID(to_hold_id))
+        return refused
+
+    monkeypatch.setattr(order_deps.holds, "transfer", transfer_then_hold)
+    try:
+        with pytest.raises(model.OrderBusy) as pending_busy:
+            await handlers.replace_order(r, order_deps)
+        _busy(pending_busy.value, o.order_id)
+    finally:
+        await tx.rollback()
+        await checked_pool.release(holder)
+        monkeypatch.setattr(order_deps.holds, "transfer", real_transfer)
+
+    # Free again: the same calls take effect, once however often they are sent.
+    first, again = [await handlers.cancel_order(a, c.order_id, order_deps) for _ in range(2)]
+    assert (first.order_id, first.cancel_requested, again.order_id) == (c.order_id, True, c.order_id)
+    assert again.cancel_requested or again.status is Status.CANCELLED  # the engine may have been quicker
+    new = await handlers.replace_order(r, order_deps)
+    assert (new.replaces, (await handlers.replace_order(r, order_deps)).order_id) == (o.order_id, new.order_id)
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE replaces = $1", o.order_id) == 1
+        assert await conn.fetchval("SELECT count(*) FROM orders.outbox WHERE msg_id LIKE $1",
+                                   f"{c.order_id}:cancel%") == 1
+    await eventually(lambda: order_is(order_deps, a, c.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement")
+    await eventually(lambda: order_is(order_deps, a, o.order_id, Status.CANCELLED), "the replaced order to end")
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the replacement's cancel")
+    await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the holds' release")
 
 
 async def test_a_buy_stop_moved_up_holds_and_trades_within_the_collar_of_its_new_stop(

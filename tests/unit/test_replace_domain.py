@@ -55,6 +55,18 @@ def test_an_order_still_being_placed_is_replaced_once_it_works_not_refused_for_g
     assert len(retry) == 1
 
 
+def test_a_busy_order_is_retried_with_the_same_ids():
+    from google.rpc import error_details_pb2
+
+    from meshkit.status import to_rpc_status
+
+    err = model.OrderBusy("cancel", "o-1")
+    assert (err.code, err.reason, err.metadata) == ("UNAVAILABLE", "ORDER_BUSY", {"orderId": "o-1"})
+    assert "safe to retry the cancel" in err.message and "same ids" in err.message
+    retry = [d for d in to_rpc_status(err).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(retry) == 1
+
+
 @pytest.mark.parametrize("otype,tif", [(OrderType.MARKET, TimeInForce.GTC), (OrderType.LIMIT, TimeInForce.IOC),
                                        (OrderType.LIMIT, TimeInForce.FOK)])
 def test_only_limit_stop_stop_limit_day_or_gtc(otype, tif):
