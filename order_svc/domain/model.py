@@ -300,6 +300,10 @@ class Order:
         if to not in ALLOWED.get(self.status, set()):
             raise IllegalTransition(f"order {self.order_id}: {self.status.value} -> {to.value} is not allowed")
         self.status = to
+        if to.is_terminal:
+            # An ended order has no cancel pending: one on the way when it filled or ended is
+            # answered by that end (or refused by the engine, which changes nothing more).
+            self.cancel_requested = False
 
     def reject(self, reason: RejectReason, message: str) -> None:
         self.transition(Status.REJECTED)

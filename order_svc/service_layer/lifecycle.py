@@ -180,8 +180,7 @@ class _Run:
                 # judged by times and showed it on the PENDING_NEW update before).
                 self.changed(new, trigger=new.triggered_at is not None)
             if old is not None and not old.status.is_terminal:
-                old.replaced(uuid.UUID(ex.new_order_id))
-                old.cancel_requested = False
+                old.replaced(uuid.UUID(ex.new_order_id))  # its cancel request, if any, ends with it
                 self.changed(old)
         elif ex.type == CANCEL_REJECTED:
             if ex.new_order_id:
@@ -191,9 +190,11 @@ class _Run:
                     self.changed(new)
                 return
             o = _known(orders, ex.order_id, ex)
-            if o is not None and o.cancel_requested:
+            if o is not None and (o.cancel_requested or o.status.is_terminal):
                 # The flag only: not the order's updated_at, which is its last OrderUpdate's
-                # (round 16: it moved with no update sent); no OrderUpdate, an audit event.
+                # (round 16: it moved with no update sent); no OrderUpdate, an audit event. An
+                # order that ended while its cancel was on the way had the flag cleared by its
+                # end (Order.transition): the engine's refusal of that cancel is still recorded.
                 o.cancel_requested = False
                 self.written[o.order_id] = o
                 self.changes.append(self._change(o, event="CANCEL_REJECTED", update=False))

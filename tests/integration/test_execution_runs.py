@@ -411,7 +411,7 @@ def replacing(w: World) -> list[Execution]:
         w.event(15, REPLACED, "s", new="s2"),  # s2 PARTIALLY_FILLED 2 of 6, triggered already
         w.fill(16, "s2", "d", 3),  # d FILLED
         w.fill(17, "a2", "b2", 3),  # a2 FILLED
-        w.event(18, CANCEL_REJECTED, "d", "UNKNOWN_ORDER"),  # no cancel asked any more: nothing
+        w.event(18, CANCEL_REJECTED, "d", "UNKNOWN_ORDER"),  # d ended: the refusal is audited, nothing changes
         w.event(19, CANCELLED, "b2", "USER"),
         w.event(20, CANCELLED, "e", "USER"),
         w.event(21, CANCELLED, "s2", "USER"),
@@ -460,8 +460,10 @@ async def test_replaces_and_refused_cancels_go_in_the_run_as_one_at_a_time(order
     # A refused cancel is an audit event only, in its place in the account's stream.
     assert [e[1] for e in got["audit"][2] if e[2]["orderId"] == "f"] == [
         "ORDER_NEW", "CANCEL_REQUESTED", "ORDER_FILL", "CANCEL_REJECTED"]
+    # A refusal of an ended order's cancel is audited whether or not a cancel was still pending
+    # when it ended: the end cleared the request (Order.transition), so the two are one case.
     assert [e[1] for e in got["audit"][3] if e[2]["orderId"] == "d"] == [
-        "ORDER_NEW", "CANCEL_REQUESTED", "CANCEL_REJECTED", "ORDER_FILL", "ORDER_FILL"]
+        "ORDER_NEW", "CANCEL_REQUESTED", "CANCEL_REJECTED", "ORDER_FILL", "ORDER_FILL", "CANCEL_REJECTED"]
     assert [u[2] for u in got["updates"][3] if u[1] == "d"] == ["NEW", "PARTIALLY_FILLED", "FILLED"]
 
 
@@ -481,6 +483,36 @@ async def test_a_refused_cancel_alone_keeps_the_orders_updated_at(order_deps, ch
     assert [u[2] for u in got["updates"][0]] == ["NEW"]
     for w in (batched, alone):
         assert await lifecycle.apply_executions([w.event(4, CANCELLED, "x", "USER")], order_deps) == 1
+
+
+async def test_an_order_that_ends_while_its_cancel_is_pending_has_no_cancel_requested(order_deps, checked_pool):
+    """An order with a cancel on the way that ends (cancelled by it, or filled or expired before
+    the engine came to it) has no cancel pending any more: cancel_requested is cleared in the
+    run that ends it, in the run's statements. The
+    engine's refusal of the cancel, coming after, is still audited; a cancel asked again of the
+    CANCELLED order answers it as it is."""
+    shapes = {"c": Shape(0, Side.BUY, 10, cancel_requested=True), "f": Shape(1, Side.SELL, 4, cancel_requested=True),
+              "m": Shape(2, Side.BUY, 10), "x": Shape(0, Side.SELL, 3, tif=TimeInForce.DAY, cancel_requested=True),
+              "k": Shape(2, Side.SELL, 5)}
+
+    def flow(w: World) -> list[Execution]:
+        return [w.fill(1, "m", "f", 4),  # f FILLED, its cancel on the way
+                w.fill(2, "c", "k", 2),
+                w.event(3, CANCELLED, "c", "USER"),  # the cancel asked: CANCELLED
+                w.event(4, EXPIRED, "x", "SESSION_CLOSE"),
+                w.event(5, CANCELLED, "m", "USER"), w.event(6, CANCELLED, "k", "USER")]
+
+    got, batched, alone = await run_and_one_by_one(order_deps, checked_pool, "RUNP", 3, shapes, flow)
+    assert {k: (o["status"], o["cancel_requested"]) for k, o in got["orders"].items()} == {
+        "c": ("CANCELLED", False), "f": ("FILLED", False), "x": ("EXPIRED", False), "m": ("CANCELLED", False),
+        "k": ("CANCELLED", False)}
+    for w in (batched, alone):  # f's refused cancel, after: an audit event, no change of the order
+        assert await lifecycle.apply_executions([w.event(7, CANCEL_REJECTED, "f", "UNKNOWN_ORDER")], order_deps) == 1
+        assert [e[1] for e in (await w.snapshot(order_deps, checked_pool))["audit"][1]] == [
+            "ORDER_NEW", "CANCEL_REQUESTED", "ORDER_FILL", "CANCEL_REJECTED"]
+    assert_alike(await batched.snapshot(order_deps, checked_pool), await alone.snapshot(order_deps, checked_pool))
+    again = await handlers.cancel_order(batched.account("c"), batched.orders["c"].order_id, order_deps)
+    assert (again.status, again.cancel_requested) == (Status.CANCELLED, False)
 
 
 class _Counted:
@@ -886,6 +918,12 @@ async def test_runs_of_two_symbols_over_the_same_accounts_and_placements_never_d
         await handlers.cancel_order(o.account_id, o.order_id, order_deps)
         cancelled.add(o.order_id)
 
+    async def cancels_requested() -> set[uuid.UUID]:
+        async with checked_pool.acquire() as conn:
+            return {r[0] for r in await conn.fetch(
+                "SELECT order_id FROM orders.orders WHERE account_id = ANY($1::text[]) AND cancel_requested",
+                one.accounts)}
+
     labels, statements = list(shapes), order_deps.writes.statements
     with caplog.at_level(logging.WARNING, logger="order_svc.writes"):
         for r in range(ROUNDS):
@@ -895,6 +933,9 @@ async def test_runs_of_two_symbols_over_the_same_accounts_and_placements_never_d
                 *(caught(placement(a)) for a in one.accounts * 2),
                 *((caught(cancel(one, labels[r % len(labels)])),
                    caught(cancel(two, "h" + labels[-1 - r % len(labels)]))) if r < ROUNDS - 1 else ()))  # still working
+            if r == ROUNDS - 2:  # every cancel asked, every order still working (the last round fills them)
+                # No run wrote back an order as it was before a cancel request made meanwhile.
+                asked = await cancels_requested()
     assert [repr(e) for e in errors] == []  # a deadlock's victim: asyncpg.DeadlockDetectedError
     # A batch of placements a deadlock undid is written again one at a time, in silence but this.
     fell_back = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
@@ -907,9 +948,6 @@ async def test_runs_of_two_symbols_over_the_same_accounts_and_placements_never_d
                                   one.accounts)
         assert [tuple(r) for r in orders] == [("AAPL", "NEW", 0, 2 * n * ROUNDS), ("RUNG", "FILLED", qty, 2 * n),
                                               ("RUNH", "FILLED", qty, 2 * n)]
-        # No run wrote back an order as it was before a cancel request made meanwhile.
-        asked = {r[0] for r in await conn.fetch(
-            "SELECT order_id FROM orders.orders WHERE account_id = ANY($1::text[]) AND cancel_requested", one.accounts)}
         assert asked == cancelled and len(cancelled) == 2 * len(labels)
         for a in one.accounts:  # gapless: 4 NEW, each of its 4 orders filled qty times, 2 placements a round
             seqs = [r[0] for r in await conn.fetch(
@@ -920,3 +958,4 @@ async def test_runs_of_two_symbols_over_the_same_accounts_and_placements_never_d
             events = [r[0] for r in await conn.fetch("SELECT seq FROM audit.events WHERE stream = $1 ORDER BY seq",
                                                      f"order:{a}")]
             assert events == list(range(1, len(seqs) + 4 + 1))  # and its 4 orders' CANCEL_REQUESTED
+    assert await cancels_requested() == set()  # FILLED since: no cancel pending

@@ -55,6 +55,22 @@ def test_an_order_still_being_placed_is_replaced_once_it_works_not_refused_for_g
     assert len(retry) == 1
 
 
+@pytest.mark.parametrize("end", ["fill", "cancel", "expire", "reject", "replace"])
+def test_an_order_that_ends_has_no_cancel_pending(end):
+    """Whatever ends an order with a cancel on the way (the cancel itself, a fill, an expiry,
+    a rejection, a replace), no cancel is pending any more."""
+    o = order(qty=10)
+    o.cancel_requested = True
+    if end != "reject":  # the engine rejects only an order not yet filled (a FOK)
+        o.fill(4, D("100.00"))
+        assert o.cancel_requested  # still working: the cancel is still on the way
+    {"fill": lambda: o.fill(o.leaves, D("100.00")), "cancel": lambda: o.end(Status.CANCELLED, model.EndReason.CUSTOMER_CANCEL),
+     "expire": lambda: o.end(Status.EXPIRED, model.EndReason.SESSION_CLOSE),
+     "reject": lambda: o.reject(model.RejectReason.INTERNAL, "refused"),
+     "replace": lambda: o.replaced(uuid.uuid4())}[end]()
+    assert o.status.is_terminal and not o.cancel_requested
+
+
 def test_a_busy_order_is_retried_with_the_same_ids():
     from google.rpc import error_details_pb2
 
