@@ -649,8 +649,8 @@ def session() -> None:
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True)
 @_mesh_data_dir("database")
 def session_close(day: str | None, database_url: str | None, namespace: str, data_dir: Path | None) -> None:
-    """Close a trading session now: DAY orders expire (what order_svc does by itself after 16:00
-    New York unless STOCKMESH_MARKET_ALWAYS_OPEN is set). Queues one SessionClose per listed
+    """Close a trading session now: DAY orders expire (what order_svc does by itself after the
+    close, 16:00 New York or 13:00 on an early-close day, unless STOCKMESH_MARKET_ALWAYS_OPEN=1). Queues one SessionClose per listed
     symbol in order_svc's outbox (a running order_svc relays it to the engines); running it
     twice for one day queues nothing new."""
     import asyncio
