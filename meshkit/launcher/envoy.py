@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -437,11 +438,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                      audience=args.audience, cors=cors,
                                                                      tls=DEPLOY_TLS)}
     if args.check:
+        # What writes the configuration checked: the same options without --check (run as
+        # "python -m meshkit.launcher.envoy" alone, it would write the defaults instead).
+        import shlex
+        given = sys.argv[1:] if argv is None else argv
+        rewrite = shlex.join(["python", "-m", "meshkit.launcher.envoy", *(a for a in given if a != "--check")])
         stale = 0
         for (committed, _), text in texts.items():
             current = committed.exists() and committed.read_text() == text
             stale += not current
-            print(f"{committed} is {'current' if current else 'NOT current: run python -m meshkit.launcher.envoy'}")
+            print(f"{committed} is {'current' if current else f'NOT current: run {rewrite}'}")
         return 1 if stale else 0
     for (_, output), text in texts.items():
         output.write_text(text)

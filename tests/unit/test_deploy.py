@@ -155,6 +155,17 @@ def test_deploy_envoy_config_for_another_identity_provider(tmp_path: Path) -> No
     assert 'issuer: "https://id.example.com/"' in (tmp_path / "tls.yaml").read_text()
 
 
+def test_a_check_against_other_options_says_the_command_that_writes_them(capsys) -> None:
+    """Round 22: `--check --cors-origins X` of the committed files said "NOT current: run python
+    -m meshkit.launcher.envoy", which, run as printed, writes the defaults, not what was checked."""
+    assert envoy.main(["--check"]) == 0
+    assert "NOT current" not in capsys.readouterr().out
+    assert envoy.main(["--cors-origins", "https://app.example.com", "--check", "--audience", "a b"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("NOT current: run python -m meshkit.launcher.envoy --cors-origins https://app.example.com "
+                     "--audience 'a b'\n") == 2, out
+
+
 # -------------------------------------------------------------------------------- NATS
 
 NATS_CONFIGS = {DEPLOY / "nats" / "nats.conf": {"SERVER_NAME": "nats-1"},
