@@ -10,7 +10,7 @@ from ledger_svc.adapters.orders import GrpcOpenOrders
 from ledger_svc.entrypoints.grpc_server import LedgerServicer
 from ledger_svc.entrypoints.hold_server import HoldServicer
 from ledger_svc.entrypoints.settlement_server import SettlementServicer
-from ledger_svc.service_layer import runner, settlement
+from ledger_svc.service_layer import handlers, runner, settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, channels, config, db, executions
 from meshkit.marketdata import JetStreamQuotes
@@ -23,11 +23,24 @@ from stockmesh.ledger.v1 import hold_service_pb2_grpc, ledger_service_pb2_grpc, 
 EXECUTIONS_IN_FLIGHT_WAIT = 2.0
 
 
+def lock_wait() -> float:
+    """LEDGER_LOCK_WAIT_SECONDS (1): how long a call that takes accounts (placing, capturing,
+    releasing or moving a hold, a deposit, a withdrawal) waits for a lock held by another
+    transaction (a stuck session, a row locked by hand; fills hold one for milliseconds) before
+    it is answered UNAVAILABLE ACCOUNT_BUSY (retry with the same ids) instead of waiting out
+    the pool's 30 s command timeout (handlers.HOLD_LOCK_WAIT, handlers.bounded). Kept above an
+    execution run's wait (settlement.RUN_LOCK_WAIT, 0.5 s), or an account the run holds while it
+    waits is answered busy."""
+    return float(config.env_decimal("LEDGER_LOCK_WAIT_SECONDS", str(handlers.HOLD_LOCK_WAIT)))
+
+
 def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh",
-          order_addr: str | None = None, database_url: str | None = None) -> App:
+          order_addr: str | None = None, database_url: str | None = None,
+          lock_wait: float = handlers.HOLD_LOCK_WAIT) -> App:
     """With a NATS connection, the ledger also settles the engine's executions as they come and
     values positions at the latest quote; with order_svc's address, portfolios list open orders;
-    with the database's URL, only the replica elected for it applies the executions."""
+    with the database's URL, only the replica elected for it applies the executions. `lock_wait`:
+    the calls' (see lock_wait())."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
     postgres = db.pool_check(pool)
     background, soft_checks, closers = [], [], [pool.close, postgres.close]
@@ -40,7 +53,8 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     if nc is not None:  # a refusal for want of cash or shares first waits for executions in flight
         applied = functools.partial(executions.wait_applied, nc.jetstream(), namespace, "ledger",
                                     timeout=EXECUTIONS_IN_FLIGHT_WAIT)
-    servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders, applied)
+    servicer = LedgerServicer(uow, JetStreamQuotes(nc.jetstream(), namespace) if nc else None, orders, applied,
+                              lock_wait)
     if nc is not None:
         js = nc.jetstream()
         background.append(lambda: executions.consume(
@@ -68,7 +82,7 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
             (ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, servicer,
              "stockmesh.ledger.v1.LedgerService"),
             (hold_service_pb2_grpc.add_HoldServiceServicer_to_server,
-             HoldServicer(uow, applied), "stockmesh.ledger.v1.HoldService"),
+             HoldServicer(uow, applied, lock_wait), "stockmesh.ledger.v1.HoldService"),
             (settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server,
              SettlementServicer(uow, nc.jetstream() if nc is not None else None, namespace),
              "stockmesh.ledger.v1.SettlementService"),
@@ -84,4 +98,5 @@ async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
     pool = await db.create_pool(settings.database_url, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "ledger_svc")
-    return build(pool, nc, settings.namespace, settings.order_addr, database_url=settings.database_url)
+    return build(pool, nc, settings.namespace, settings.order_addr, database_url=settings.database_url,
+                 lock_wait=lock_wait())

@@ -113,12 +113,13 @@ class LedgerRepository:
         self._book_ids = book_ids if book_ids is not None else {}
         self._created: dict[BookRef, int] = {}  # books this transaction created
 
-    async def lock_accounts(self, accounts: Iterable[str]) -> None:
+    async def lock_accounts(self, accounts: Iterable[str], lock_wait: float | None = None) -> None:
         """Lock these customer accounts for the rest of the transaction, in account order (see
-        migration 0007: every ledger transaction takes its accounts first, then their rows)."""
+        migration 0007: every ledger transaction takes its accounts first, then their rows).
+        `lock_wait`: as _lock."""
         wanted = sorted({a for a in accounts if a and BookRef(a, "").is_customer})
         if wanted:
-            await self.conn.execute("SELECT ledger.lock_accounts($1::text[])", wanted)
+            await self._lock("$1::text[]", [wanted], lock_wait)
 
     async def held_accounts(self, accounts: Iterable[str], timeout: float) -> set[str]:
         """Which of these accounts another transaction holds right now, by its lock (migration
@@ -150,19 +151,35 @@ class LedgerRepository:
                                      sorted(set(hold_ids)))
         return {r["hold_id"]: _hold(r) for r in rows}
 
-    async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = ()) -> None:
+    async def lock_hold_accounts(self, hold_id: str, others: Iterable[str] = (),
+                                 lock_wait: float | None = None) -> None:
         """lock_accounts for the hold's owner, looked up in the same statement, and `others`."""
-        await self._lock_with_owner("SELECT account_id FROM ledger.holds WHERE hold_id = $1", hold_id, others)
+        await self._lock_with_owner("SELECT account_id FROM ledger.holds WHERE hold_id = $1", hold_id, others,
+                                    lock_wait)
 
-    async def lock_transfer_account(self, to_hold_id: str) -> None:
+    async def lock_transfer_account(self, to_hold_id: str, lock_wait: float | None = None) -> None:
         """lock_accounts for the account of the hold transfer to `to_hold_id`, in one statement."""
         await self._lock_with_owner("SELECT account_id FROM ledger.hold_transfers WHERE to_hold_id = $1",
-                                    to_hold_id, ())
+                                    to_hold_id, (), lock_wait)
 
-    async def _lock_with_owner(self, owner_sql: str, key: str, others: Iterable[str]) -> None:
+    async def _lock_with_owner(self, owner_sql: str, key: str, others: Iterable[str],
+                               lock_wait: float | None) -> None:
         wanted = sorted({a for a in others if a and BookRef(a, "").is_customer})
-        await self.conn.execute(  # no such row: its owner is NULL, and dropped
-            f"SELECT ledger.lock_accounts(array_remove($2::text[] || ({owner_sql}), NULL))", key, wanted)
+        # No such row: its owner is NULL, and dropped.
+        await self._lock(f"array_remove($2::text[] || ({owner_sql}), NULL)", [key, wanted], lock_wait)
+
+    async def _lock(self, accounts_sql: str, args: list, lock_wait: float | None) -> None:
+        """ledger.lock_accounts(`accounts_sql`) in one statement. With `lock_wait` (seconds), no
+        lock of the rest of the transaction is waited for longer, these accounts' included:
+        lock_timeout set, transaction-local, by this very statement before it locks anything
+        (its WHERE is a one-time filter, evaluated before the select list; no round trip of its
+        own), and a wait beyond it raises asyncpg's LockNotAvailableError with nothing done
+        (handlers.bounded answers it UNAVAILABLE ACCOUNT_BUSY)."""
+        sql = f"SELECT ledger.lock_accounts({accounts_sql})"
+        if lock_wait is not None:
+            args = [*args, lock_wait_text(lock_wait)]
+            sql += f" WHERE set_config('lock_timeout', ${len(args)}, true) IS NOT NULL"
+        await self.conn.execute(sql, *args)
 
     async def book_id(self, ref: BookRef) -> int:
         """The book's id, made when missing (book_ids of one)."""
@@ -424,22 +441,16 @@ class LedgerRepository:
                                   FOR UPDATE SKIP LOCKED)
             """, hold_ids)
 
-    async def place_hold(self, hold: Hold, client_key: str | None = None) -> tuple[str, Hold | None, Decimal | None]:
-        """Place a hold in one statement (ledger.place_hold_keyed, migration 0012: its account
-        first, then the idempotent insert, the conditional reservation and the audit event,
-        atomically). Returns ('PLACED', the hold, _), ('EXISTS', the hold placed before under
-        this id, _), ('KEY_TAKEN', the account's other hold that carries `client_key`, _) or
-        ('INSUFFICIENT', None, what is available); a refusal changes nothing."""
-        r = await self.conn.fetchrow("SELECT * FROM ledger.place_hold_keyed($1, $2, $3, $4, $5, $6)",
-                                     hold.hold_id, hold.account_id, hold.order_id, hold.asset, hold.amount, client_key)
-        return _placement(r)
-
     async def place_holds(self, holds: list[Hold], client_keys: list[str | None],
                           lock_wait: float) -> list[tuple[str, Hold | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
-        transaction), each answered as place_hold answers; waiting at most `lock_wait` seconds
-        for any lock (migration 0019), else raising asyncpg's LockNotAvailableError with
-        nothing changed."""
+        transaction): each as ledger.place_hold_keyed places one (migration 0012: its account
+        first, then the idempotent insert, the conditional reservation and the audit event),
+        answered ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _),
+        ('KEY_TAKEN', the account's other hold that carries its client key, _) or
+        ('INSUFFICIENT', None, what is available), a refusal changing nothing; waiting at most
+        `lock_wait` seconds for any lock (migration 0019), else raising asyncpg's
+        LockNotAvailableError with nothing changed. (A hold alone is a batch of one.)"""
         rows = await self.conn.fetch(
             "SELECT * FROM ledger.place_holds_keyed($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
             lock_wait_text(lock_wait), [h.hold_id for h in holds], [h.account_id for h in holds],

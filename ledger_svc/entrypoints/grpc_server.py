@@ -26,20 +26,23 @@ def _cash_request(request: pb.DepositRequest | pb.WithdrawRequest):
 
 class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
     def __init__(self, uow_factory: UowFactory, quotes: portfolio.Quotes | None = None,
-                 orders: GrpcOpenOrders | None = None, applied: handlers.ExecutionsApplied | None = None) -> None:
+                 orders: GrpcOpenOrders | None = None, applied: handlers.ExecutionsApplied | None = None,
+                 lock_wait: float = handlers.HOLD_LOCK_WAIT) -> None:
         self.uow = uow_factory
         self.quotes = quotes
         self.orders = orders
         self.applied = applied  # a withdrawal refused waits for executions in flight (handlers.withdraw)
+        self.lock_wait = lock_wait  # for the account's lock, then ACCOUNT_BUSY (handlers.bounded)
 
     async def Deposit(self, request: pb.DepositRequest, context: grpc.aio.ServicerContext) -> pb.DepositResponse:
         account, amount, key = _cash_request(request)
-        cash = await handlers.deposit(commands.Deposit(account, amount, key), self.uow)
+        cash = await handlers.deposit(commands.Deposit(account, amount, key), self.uow, self.lock_wait)
         return pb.DepositResponse(cash=mapping.cash_to_proto(cash))
 
     async def Withdraw(self, request: pb.WithdrawRequest, context: grpc.aio.ServicerContext) -> pb.WithdrawResponse:
         account, amount, key = _cash_request(request)
-        cash = await handlers.withdraw(commands.Withdraw(account, amount, key), self.uow, self.applied)
+        cash = await handlers.withdraw(commands.Withdraw(account, amount, key), self.uow, self.applied,
+                                       self.lock_wait)
         return pb.WithdrawResponse(cash=mapping.cash_to_proto(cash))
 
     async def GetPortfolio(self, request: pb.GetPortfolioRequest,

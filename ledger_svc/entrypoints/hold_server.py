@@ -80,13 +80,16 @@ def _hold_result(answer: model.Hold | DomainError) -> pb.PlaceHoldResult:
 
 
 class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
-    def __init__(self, uow_factory: UowFactory, applied: handlers.ExecutionsApplied | None = None) -> None:
+    def __init__(self, uow_factory: UowFactory, applied: handlers.ExecutionsApplied | None = None,
+                 lock_wait: float = handlers.HOLD_LOCK_WAIT) -> None:
         self.uow = uow_factory
         self.applied = applied  # refusals for want of cash or shares wait for executions in flight
-        self.busy = handlers.BusyAccounts()  # accounts held by another transaction lately (PlaceHolds)
+        self.busy = handlers.BusyAccounts()  # accounts held by another transaction lately (PlaceHold(s))
+        self.lock_wait = lock_wait  # then ACCOUNT_BUSY (every call here that takes accounts)
 
     async def PlaceHold(self, request: pb.PlaceHoldRequest, context: grpc.aio.ServicerContext) -> pb.PlaceHoldResponse:
-        hold = await handlers.place_hold(_place_command(request), self.uow, self.applied)
+        hold = await handlers.place_hold(_place_command(request), self.uow, self.applied, self.busy,
+                                         self.lock_wait)
         return pb.PlaceHoldResponse(hold=mapping.hold_to_proto(hold))
 
     async def PlaceHolds(self, request: pb.PlaceHoldsRequest,
@@ -101,7 +104,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
                 answers.append(None)  # placed below, in the order given
             except InvalidArgument as exc:
                 answers.append(exc)
-        placed = iter(await handlers.place_holds(valid, self.uow, self.busy) if valid else [])
+        placed = iter(await handlers.place_holds(valid, self.uow, self.busy, self.lock_wait) if valid else [])
         return pb.PlaceHoldsResponse(results=[_hold_result(a if a is not None else next(placed)) for a in answers])
 
     async def AwaitExecutions(self, request: pb.AwaitExecutionsRequest,
@@ -124,7 +127,8 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         counter = _account(request.counter_account_id, "counter_account_id", v, required=False)
         v.raise_if_any()
         assert amount is not None
-        hold = await handlers.capture_hold(commands.CaptureHold(hold_id, capture_id, amount, counter), self.uow)
+        hold = await handlers.capture_hold(commands.CaptureHold(hold_id, capture_id, amount, counter), self.uow,
+                                           self.lock_wait)
         return pb.CaptureHoldResponse(hold=mapping.hold_to_proto(hold))
 
     async def ReleaseHold(self, request: pb.ReleaseHoldRequest,
@@ -132,7 +136,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         v = Violations()
         hold_id = validate.key(request.hold_id, "hold_id", v)
         v.raise_if_any()
-        hold = await handlers.release_hold(commands.ReleaseHold(hold_id), self.uow)
+        hold = await handlers.release_hold(commands.ReleaseHold(hold_id), self.uow, self.lock_wait)
         return pb.ReleaseHoldResponse(hold=mapping.hold_to_proto(hold))
 
     async def GetHold(self, request: pb.GetHoldRequest, context: grpc.aio.ServicerContext) -> pb.GetHoldResponse:
@@ -156,7 +160,8 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         v.raise_if_any()
         assert asset is not None and unit is not None and reserve is not None
         t = await handlers.transfer_hold(
-            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow, self.applied)
+            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow, self.applied,
+            self.lock_wait)
         return pb.TransferHoldResponse(transfer=mapping.transfer_to_proto(t))
 
     async def CancelHoldTransfer(self, request: pb.CancelHoldTransferRequest,
@@ -164,7 +169,7 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         v = Violations()
         to_id = validate.key(request.to_hold_id, "to_hold_id", v)
         v.raise_if_any()
-        t = await handlers.cancel_transfer(to_id, self.uow)
+        t = await handlers.cancel_transfer(to_id, self.uow, self.lock_wait)
         return pb.CancelHoldTransferResponse(transfer=mapping.transfer_to_proto(t))
 
     async def ListUncheckedHolds(self, request: pb.ListUncheckedHoldsRequest,

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime
 from decimal import Decimal
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import asyncpg
 
@@ -26,7 +27,12 @@ T = TypeVar("T")
 # How long a batch of holds waits for one account's lock (held by another ledger transaction:
 # a fill, a deposit, the other batch in flight take milliseconds) before that account's holds
 # are answered ACCOUNT_BUSY and the others placed; and for how long such an account is asked
-# after, before each batch it is in, whether it is still held (BusyAccounts).
+# after, before each batch it is in, whether it is still held (BusyAccounts). Every other call
+# a caller waits on that takes accounts (PlaceHold, CaptureHold, ReleaseHold, TransferHold,
+# CancelHoldTransfer, Deposit, Withdraw) waits as long at most for any lock, then is answered
+# ACCOUNT_BUSY too (`bounded`): before, those waited out the pool's 30 s command timeout, and
+# order_svc's ReplaceOrder its 5 s deadline, ending in a bare UNAVAILABLE. The ledger's
+# LEDGER_LOCK_WAIT_SECONDS (bootstrap.lock_wait) sets it.
 HOLD_LOCK_WAIT = 1.0
 HOLD_BUSY_SECONDS = 60.0
 # How long an account found held when a batch timed out is waited for once more, alone: enough
@@ -52,9 +58,10 @@ async def post_once(entry: model.JournalEntry, uow: LedgerUnitOfWork) -> bool:
     return True
 
 
-async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> model.CashBalance:
-    async with uow_factory() as uow:
-        await uow.ledger.lock_accounts([entry.account_id])
+async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory, lock_wait: float) -> model.CashBalance:
+    async with bounded(uow_factory, lock_wait, [entry.account_id], "no cash was moved",
+                       "the same idempotency key") as uow:
+        await uow.ledger.lock_accounts([entry.account_id], lock_wait)
         try:
             applied = await post_once(entry, uow)
         except model.InsufficientFunds as exc:  # a withdrawal beyond what is available
@@ -71,14 +78,17 @@ async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory) -> mode
         return cash
 
 
-async def deposit(cmd: commands.Deposit, uow_factory: UowFactory) -> model.CashBalance:
-    return await _move_cash(model.deposit_entry(cmd.account_id, cmd.amount, cmd.idempotency_key), uow_factory)
+async def deposit(cmd: commands.Deposit, uow_factory: UowFactory, lock_wait: float = HOLD_LOCK_WAIT
+                  ) -> model.CashBalance:
+    return await _move_cash(model.deposit_entry(cmd.account_id, cmd.amount, cmd.idempotency_key), uow_factory,
+                            lock_wait)
 
 
-async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory,
-                   applied: ExecutionsApplied | None = None) -> model.CashBalance:
+async def withdraw(cmd: commands.Withdraw, uow_factory: UowFactory, applied: ExecutionsApplied | None = None,
+                   lock_wait: float = HOLD_LOCK_WAIT) -> model.CashBalance:
     entry = model.withdrawal_entry(cmd.account_id, cmd.amount, cmd.idempotency_key)
-    return await _refused_once_applied(lambda: _move_cash(entry, uow_factory), cmd.account_id, uow_factory, applied)
+    return await _refused_once_applied(lambda: _move_cash(entry, uow_factory, lock_wait), cmd.account_id,
+                                       uow_factory, applied)
 
 
 async def _refused_once_applied(attempt: Callable[[], Awaitable[T]], account_id: str, uow_factory: UowFactory,
@@ -163,19 +173,22 @@ def _same_hold(existing: model.Hold, asked: model.Hold) -> model.Hold:
     return existing  # a retry: placed once already
 
 
-async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory,
-                     applied: ExecutionsApplied | None = None) -> model.Hold:
+async def place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory, applied: ExecutionsApplied | None = None,
+                     busy: BusyAccounts | None = None, lock_wait: float = HOLD_LOCK_WAIT) -> model.Hold:
     """Reserve `amount` of the account's book, idempotent on hold_id. Refused for want of cash
-    or shares only once the executions in flight for the account are applied (`applied`)."""
-    return await _refused_once_applied(lambda: _place_hold(cmd, uow_factory), cmd.account_id, uow_factory, applied)
+    or shares only once the executions in flight for the account are applied (`applied`).
+    Placed as a batch of one (place_holds, with `busy` and `lock_wait`): an account held by
+    another transaction longer is answered UNAVAILABLE ACCOUNT_BUSY, nothing held."""
+    return await _refused_once_applied(lambda: _place_hold(cmd, uow_factory, busy, lock_wait), cmd.account_id,
+                                       uow_factory, applied)
 
 
-async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory) -> model.Hold:
-    hold = _new_hold(cmd)
-    # One statement (see ledger.place_hold): insert, reservation and audit event, atomically.
-    async with uow_factory().single_statement() as uow:
-        placement = await uow.ledger.place_hold(hold, cmd.client_key)
-    return _placed(hold, cmd.client_key, *placement)
+async def _place_hold(cmd: commands.PlaceHold, uow_factory: UowFactory, busy: BusyAccounts | None,
+                      lock_wait: float) -> model.Hold:
+    [answer] = await place_holds([cmd], uow_factory, busy, lock_wait)
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer
 
 
 class BusyAccounts:
@@ -203,11 +216,41 @@ class BusyAccounts:
         return until is not None and until > self.clock()
 
 
-def account_busy(account_id: str) -> Unavailable:
+def account_busy(account_id: str, outcome: str = "nothing was held", same: str = "the same ids") -> Unavailable:
     return Unavailable(
-        f"account {account_id} is busy with another operation that holds it; nothing was held: try again shortly "
-        "with the same ids", reason="ACCOUNT_BUSY", metadata={"accountId": account_id},
+        f"account {account_id} is busy with another operation that holds it; {outcome}: try again shortly "
+        f"with {same}", reason="ACCOUNT_BUSY", metadata={"accountId": account_id},
         retry_after_seconds=OUTAGE_RETRY_SECONDS)
+
+
+# The accounts a call takes, in the order to name them, as a list or read (without locking)
+# once the call has waited in vain: a hold's or a transfer's owner is known only to its row.
+Accounts = Iterable[str] | Callable[[LedgerUnitOfWork], Awaitable[Iterable[str]]]
+
+
+@contextlib.asynccontextmanager
+async def bounded(uow_factory: UowFactory, lock_wait: float, accounts: Accounts, outcome: str,
+                  same: str) -> AsyncIterator[LedgerUnitOfWork]:
+    """The unit of work of a call a caller waits on, whose first statement takes its accounts
+    with `lock_wait` (ledger.lock_accounts and its kin): when it or a later statement would
+    wait longer for a lock held by another transaction (a stuck session, a row locked by hand),
+    the transaction is rolled back, nothing done, and the call is answered UNAVAILABLE
+    ACCOUNT_BUSY with RetryInfo (account_busy, `outcome` and `same` its words), naming the
+    first of `accounts` found held (held_accounts_now), else the first of them (what was held
+    is then one of its rows: a hold's, say). As place_holds answers a held account's holds."""
+    try:
+        async with uow_factory() as uow:
+            yield uow
+    except asyncpg.LockNotAvailableError as exc:
+        if callable(accounts):
+            async with uow_factory().reads() as uow:
+                accounts = list(await accounts(uow))
+        named = [a for a in accounts if a]
+        held = await held_accounts_now(set(named), uow_factory, lock_wait)
+        account = next((a for a in named if a in held), named[0] if named else "")
+        log.warning(f"a call waited {lock_wait} s for a lock of account {account} held by another transaction; "
+                    "answered ACCOUNT_BUSY", extra={"account": account})
+        raise account_busy(account, outcome, same) from exc
 
 
 async def place_holds(cmds: list[commands.PlaceHold], uow_factory: UowFactory, busy: BusyAccounts | None = None,
@@ -360,7 +403,7 @@ def _answer(hold: model.Hold, client_key: str | None, outcome: str, placed: mode
 
 def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
             available: Decimal | None) -> model.Hold:
-    """ledger.place_hold's answer as place_hold gives it: the hold, or the refusal raised."""
+    """ledger.place_holds' answer for a hold as place_hold gives it: the hold, or the refusal raised."""
     if outcome == "INSUFFICIENT":
         raise model.insufficient(hold.asset, available or Decimal(0), hold.amount)
     assert placed is not None
@@ -406,13 +449,22 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold, fill: mod
     return await uow.ledger.save_hold(hold)
 
 
-async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory) -> model.Hold:
+async def _hold_owner(uow: LedgerUnitOfWork, hold_id: str, *others: str) -> list[str]:
+    """bounded's accounts of a call on a hold: its owner (if there is such a hold), then `others`."""
+    hold = (await uow.ledger.holds_by_id([hold_id])).get(hold_id)
+    return [hold.account_id, *others] if hold is not None else list(others)
+
+
+async def capture_hold(cmd: commands.CaptureHold, uow_factory: UowFactory,
+                       lock_wait: float = HOLD_LOCK_WAIT) -> model.Hold:
     """HoldService.CaptureHold: a capture outside a trade. Shares keep their positions in step
     with the books, as a fill does: the cost basis of the shares captured leaves the holder's
     position and, to a customer, goes with them (round 16 code review 2: the books moved
-    alone, and the receiver's later sale stopped the symbol's execution consumer)."""
-    async with uow_factory() as uow:
-        await uow.ledger.lock_hold_accounts(cmd.hold_id, [cmd.counter_account_id])  # accounts first (0007)
+    alone, and the receiver's later sale stopped the symbol's execution consumer). A lock
+    waited for longer than `lock_wait`: ACCOUNT_BUSY (bounded), nothing captured."""
+    async with bounded(uow_factory, lock_wait, lambda u: _hold_owner(u, cmd.hold_id, cmd.counter_account_id),
+                       "nothing was captured", "the same capture id") as uow:
+        await uow.ledger.lock_hold_accounts(cmd.hold_id, [cmd.counter_account_id], lock_wait)  # accounts first (0007)
         retry = await uow.ledger.get_capture(cmd.hold_id, cmd.capture_id) is not None
         hold = await capture_in(uow, cmd)
         if not retry and model.is_symbol(hold.asset):
@@ -443,9 +495,15 @@ async def release_in(uow: LedgerUnitOfWork, hold_id: str) -> model.Hold:
     return hold
 
 
-async def release_hold(cmd: commands.ReleaseHold, uow_factory: UowFactory) -> model.Hold:
-    async with uow_factory() as uow:
-        await uow.ledger.lock_hold_accounts(cmd.hold_id)  # accounts first (migration 0007)
+async def release_hold(cmd: commands.ReleaseHold, uow_factory: UowFactory,
+                       lock_wait: float = HOLD_LOCK_WAIT) -> model.Hold:
+    """A lock waited for longer than `lock_wait`: ACCOUNT_BUSY (bounded), nothing released. The
+    callers ask again (order_svc's saga answers its client UNAVAILABLE; its reaper's next round
+    finds the hold unchecked still)."""
+    async with bounded(uow_factory, lock_wait, lambda u: _hold_owner(u, cmd.hold_id),
+                       "nothing was released",
+                       "the same hold id") as uow:
+        await uow.ledger.lock_hold_accounts(cmd.hold_id, (), lock_wait)  # accounts first (migration 0007)
         hold = await release_in(uow, cmd.hold_id)
         await uow.commit()
         return hold
@@ -492,20 +550,24 @@ def _same_transfer(existing: model.HoldTransfer, asked: model.HoldTransfer) -> m
 
 
 async def transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory,
-                        applied: ExecutionsApplied | None = None) -> model.HoldTransfer:
+                        applied: ExecutionsApplied | None = None, lock_wait: float = HOLD_LOCK_WAIT
+                        ) -> model.HoldTransfer:
     """Phase 1 of a hold transfer: reserve `cmd.reserve` more (refused, changing nothing, when
     less is available once the executions in flight for the account are applied: `applied`, as
     place_hold) and record the transfer, idempotent on to_hold_id. Phase 2 is
-    `complete_transfer_in` (the engine replaced the order) or `cancel_transfer_in` (it refused)."""
-    return await _refused_once_applied(lambda: _transfer_hold(cmd, uow_factory), cmd.account_id, uow_factory,
-                                       applied)
+    `complete_transfer_in` (the engine replaced the order) or `cancel_transfer_in` (it refused).
+    A lock waited for longer than `lock_wait` (the account's, the old hold's row): ACCOUNT_BUSY
+    (bounded), nothing recorded; order_svc passes it on to ReplaceOrder's client."""
+    return await _refused_once_applied(lambda: _transfer_hold(cmd, uow_factory, lock_wait), cmd.account_id,
+                                       uow_factory, applied)
 
 
-async def _transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory) -> model.HoldTransfer:
+async def _transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory, lock_wait: float
+                         ) -> model.HoldTransfer:
     t = model.HoldTransfer.new(cmd.from_hold_id, cmd.to_hold_id, cmd.order_id, cmd.account_id, cmd.asset,
                                cmd.unit_amount, cmd.reserve)
-    async with uow_factory() as uow:
-        await uow.ledger.lock_hold_accounts(t.from_hold_id, [t.account_id])  # accounts first (0007)
+    async with bounded(uow_factory, lock_wait, [t.account_id], "nothing was transferred", "the same ids") as uow:
+        await uow.ledger.lock_hold_accounts(t.from_hold_id, [t.account_id], lock_wait)  # accounts first (0007)
         # The old hold's row lock serialises every transfer from it (and its captures).
         old = await uow.ledger.get_hold(t.from_hold_id, for_update=True)
         existing = await uow.ledger.get_transfer(t.to_hold_id)
@@ -602,10 +664,20 @@ async def cancel_transfer_in(uow: LedgerUnitOfWork, t: model.HoldTransfer) -> No
     await uow.ledger.audit_transfer(t, "HOLD_TRANSFER_CANCELLED", {})
 
 
-async def cancel_transfer(to_hold_id: str, uow_factory: UowFactory) -> model.HoldTransfer:
-    """Give up a PENDING transfer the engine never saw; a resolved one is returned as it is."""
-    async with uow_factory() as uow:
-        await uow.ledger.lock_transfer_account(to_hold_id)  # accounts first (migration 0007)
+async def _transfer_owner(uow: LedgerUnitOfWork, to_hold_id: str) -> list[str]:
+    """bounded's accounts of a call on a hold transfer: its account (if there is such a transfer)."""
+    t = await uow.ledger.get_transfer(to_hold_id)
+    return [t.account_id] if t is not None else []
+
+
+async def cancel_transfer(to_hold_id: str, uow_factory: UowFactory,
+                          lock_wait: float = HOLD_LOCK_WAIT) -> model.HoldTransfer:
+    """Give up a PENDING transfer the engine never saw; a resolved one is returned as it is. A
+    lock waited for longer than `lock_wait`: ACCOUNT_BUSY (bounded), nothing cancelled."""
+    async with bounded(uow_factory, lock_wait, lambda u: _transfer_owner(u, to_hold_id),
+                       "nothing was cancelled",
+                       "the same hold id") as uow:
+        await uow.ledger.lock_transfer_account(to_hold_id, lock_wait)  # accounts first (migration 0007)
         t = await uow.ledger.get_transfer(to_hold_id, for_update=True)
         if t is None:
             raise model.HoldNotFound(f"no hold transfer to {to_hold_id!r}", metadata={"holdId": to_hold_id})

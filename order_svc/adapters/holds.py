@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import timezone
 from decimal import Decimal
 
@@ -21,6 +22,15 @@ _REFUSALS = {"INSUFFICIENT_FUNDS": RejectReason.INSUFFICIENT_FUNDS,
              "INSUFFICIENT_SHARES": RejectReason.INSUFFICIENT_SHARES}
 # A transfer from a hold that already resolved: the old order ended in the ledger's view.
 _TRANSFER_REFUSALS = {**_REFUSALS, "HOLD_RESOLVED": RejectReason.ORDER_NOT_ACTIVE}
+
+
+def _account_busy(message: str, metadata: Mapping[str, str], account_id: str) -> Unavailable:
+    """The ledger's ACCOUNT_BUSY (an account held by another transaction longer than its lock
+    wait) as order_svc answers it: UNAVAILABLE with the reason, RetryInfo and the account, in
+    the ledger's words (they name the account), for the client to send the same request again."""
+    busy = unavailable(f"{message} (the same client_order_id)", "ACCOUNT_BUSY")
+    busy.metadata = {"accountId": metadata.get("accountId", account_id)}
+    return busy
 
 
 class GrpcHolds:
@@ -69,10 +79,8 @@ class GrpcHolds:
             raise HoldTaken(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""), error.metadata.get("holdStatus") == "RELEASED")
-        if error.code in TRANSIENT_NAMES and error.reason == "ACCOUNT_BUSY":  # the ledger's words name the account
-            busy = unavailable(f"{error.message} (the same client_order_id)", error.reason)
-            busy.metadata = {"accountId": error.metadata.get("accountId", account_id)}
-            raise busy
+        if error.code in TRANSIENT_NAMES and error.reason == "ACCOUNT_BUSY":
+            raise _account_busy(error.message, error.metadata, account_id)
         if error.code in TRANSIENT_NAMES:
             raise unavailable(f"the ledger could not place the order's hold now ({error.code}); retry shortly with "
                               "the same client_order_id", error.reason)
@@ -144,14 +152,15 @@ class GrpcHolds:
         try:
             await self.stub.ReleaseHold(pb.ReleaseHoldRequest(hold_id=hold_id), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise Unavailable(f"ledger could not release hold {hold_id}: {exc.code().name}") from exc
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # the ledger's ACCOUNT_BUSY passed on (a retry releases)
+                raise upstream_unavailable(exc, f"the ledger could not release hold {hold_id}", log) from exc
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
                        unit: Decimal, reserve: Decimal) -> Refusal | None:
         """Prepare moving `from_hold_id` to `to_hold_id` (reserving `reserve` more now). None
         when the transfer is recorded (now or by an earlier call with this id); the reason when
-        the ledger refuses it. Transport trouble raises Unavailable."""
+        the ledger refuses it. Transport trouble raises Unavailable; so does the account held by
+        another transaction (the ledger's ACCOUNT_BUSY, passed on with its RetryInfo)."""
         try:
             await self.stub.TransferHold(pb.TransferHoldRequest(
                 from_hold_id=from_hold_id, to_hold_id=to_hold_id, order_id=order_id, account_id=account_id,
@@ -168,6 +177,8 @@ class GrpcHolds:
                                       "retry shortly")
             if exc.code() == grpc.StatusCode.NOT_FOUND and info and info.reason == "HOLD_NOT_FOUND":
                 raise HoldNotYet(order_id=from_hold_id) from exc  # the old order's hold id is its order id
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and info and info.reason == "ACCOUNT_BUSY":
+                raise _account_busy(exc.details() or "", info.metadata, account_id) from exc
             raise upstream_unavailable(exc, f"the ledger could not transfer hold {from_hold_id} to {to_hold_id}",
                                        log) from exc
 
@@ -176,5 +187,6 @@ class GrpcHolds:
             await self.stub.CancelHoldTransfer(pb.CancelHoldTransferRequest(to_hold_id=to_hold_id),
                                                timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise Unavailable(f"ledger could not cancel the transfer to {to_hold_id}: {exc.code().name}") from exc
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # the ledger's ACCOUNT_BUSY passed on (a retry cancels)
+                raise upstream_unavailable(exc, f"the ledger could not cancel the transfer to {to_hold_id}",
+                                           log) from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from decimal import Decimal
@@ -287,15 +288,22 @@ async def test_the_database_enforces_the_hold_rules(uow, checked_pool):
 
 # --- over gRPC ------------------------------------------------------------------------------
 
-@pytest.fixture
-async def channel(checked_pool):
-    app = bootstrap.build(checked_pool)
+@contextlib.asynccontextmanager
+async def ledger_channel(pool, **build_args):
+    """A channel to the ledger's services on `pool` (bootstrap.build with `build_args`), in this process."""
+    app = bootstrap.build(pool, **build_args)
     app.on_close.clear()  # the session pool outlives this server
     server, port, _ = await create_server("127.0.0.1:0", app)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         yield ch
     await server.stop(None)
+
+
+@pytest.fixture
+async def channel(checked_pool):
+    async with ledger_channel(checked_pool) as ch:
+        yield ch
 
 
 def as_account(acct: str) -> tuple[tuple[str, str]]:
@@ -776,3 +784,200 @@ async def test_every_call_is_counted_and_timed_by_method_and_code(ledger_addr):
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
     assert tuple(a - b for a, b in zip(counts(), before)) == (3, 3, 1, 1)
+
+
+# --- a held account answered busy, over gRPC ------------------------------------------------------
+
+LOCK_WAIT = 0.2  # the ledger's lock wait in these tests (LEDGER_LOCK_WAIT_SECONDS: 1 s)
+GUARD = 60  # seconds: ends a call that waits for the lock (the old code's 30 s), never a measure
+
+
+@pytest.fixture
+async def quick_channel(checked_pool):
+    """The ledger's services with a lock wait of LOCK_WAIT."""
+    async with ledger_channel(checked_pool, lock_wait=LOCK_WAIT) as ch:
+        yield ch
+
+
+@contextlib.asynccontextmanager
+async def row_held(pool, sql: str, *args):
+    """A row locked by another transaction (`sql`: a SELECT ... FOR UPDATE), as by a stuck
+    session or an operator, for the block; rolled back after it, whatever happens."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(sql, *args)
+            yield
+
+
+def account_held(acct: str) -> tuple[str, str]:
+    """row_held's arguments for the account's lock (its audit head, migration 0007)."""
+    return "SELECT 1 FROM audit.heads WHERE stream = $1 FOR UPDATE", f"ledger:{acct}"
+
+
+def hold_held(hold_id: str) -> tuple[str, str]:
+    """row_held's arguments for the hold's row."""
+    return "SELECT 1 FROM ledger.holds WHERE hold_id = $1 FOR UPDATE", hold_id
+
+
+async def busy_then_once(pool, held: tuple[str, str], call, acct: str):
+    """`call()` while `held` is locked by another transaction: UNAVAILABLE ACCOUNT_BUSY, the
+    account named, RetryInfo 1 s, after the ledger's lock wait (before: the pool's 30 s command
+    timeout, which GUARD outlasts); then, once free, the same call twice (a retry): what each
+    answered."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    async with row_held(pool, *held):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call(), GUARD)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    info, _ = error_info(err.value)
+    assert info is not None and (info.reason, dict(info.metadata)) == ("ACCOUNT_BUSY", {"accountId": acct})
+    assert f"account {acct} is busy" in err.value.details(), err.value.details()
+    [retry] = [d for d in rpc_status.from_call(err.value).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    delay = error_details_pb2.RetryInfo()
+    retry.Unpack(delay)
+    assert delay.retry_delay.ToMilliseconds() == 1000
+    return await call(), await call()
+
+
+async def test_a_place_hold_of_a_held_account_is_busy_then_placed_once(quick_channel, uow, checked_pool):
+    """PlaceHold alone waited for a held account as long as the lock was held (up to the pool's
+    30 s); now as PlaceHolds answers it (a batch of one)."""
+    acct = account()
+    await fund(uow, acct, cash="100")
+    stub = hold_service_pb2_grpc.HoldServiceStub(quick_channel)
+    request = hpb.PlaceHoldRequest(hold_id=hid(), account_id=acct, order_id="o-1", asset="USD", amount="30")
+    first, again = await busy_then_once(checked_pool, account_held(acct), lambda: stub.PlaceHold(request), acct)
+    assert first.hold.hold_id == again.hold.hold_id == request.hold_id
+    assert await balance(uow, acct, "USD") == (D(100), D(30), D(70))  # held once
+
+
+async def test_a_deposit_to_a_held_account_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """Deposit (public) waited up to the pool's 30 s for the account's lock, then failed INTERNAL."""
+    acct = account()
+    await fund(uow, acct, cash="100")
+    stub = ledger_service_pb2_grpc.LedgerServiceStub(quick_channel)
+    deposit = lpb.DepositRequest(amount="25.00", idempotency_key=f"d-{uuid.uuid4().hex}")
+    first, again = await busy_then_once(
+        checked_pool, account_held(acct), lambda: stub.Deposit(deposit, metadata=as_account(acct)), acct)
+    assert first.cash.total == again.cash.total == "125.00"
+    assert await balance(uow, acct, "USD") == (D(125), D(0), D(125))  # deposited once
+
+
+async def test_a_withdrawal_from_a_held_cash_book_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """Withdraw (public), with the account's cash balance row held rather than its lock: the
+    wait bounds every statement of the call, not only the first."""
+    acct = account()
+    await fund(uow, acct, cash="100")
+    stub = ledger_service_pb2_grpc.LedgerServiceStub(quick_channel)
+    withdrawal = lpb.WithdrawRequest(amount="40.00", idempotency_key=f"w-{uuid.uuid4().hex}")
+    cash_row = ("SELECT 1 FROM ledger.balances WHERE book_id = (SELECT book_id FROM ledger.books "
+                "WHERE owner = $1 AND asset = 'USD') FOR UPDATE", acct)
+    first, again = await busy_then_once(
+        checked_pool, cash_row, lambda: stub.Withdraw(withdrawal, metadata=as_account(acct)), acct)
+    assert first.cash.total == again.cash.total == "60.00"
+    assert await balance(uow, acct, "USD") == (D(60), D(0), D(60))  # withdrawn once
+
+
+async def test_a_capture_of_a_held_hold_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """CaptureHold with the hold's row held: ACCOUNT_BUSY naming the hold's account (found from
+    the hold), then captured once."""
+    acct, counter = account(), account()
+    await fund(uow, acct, cash="100")
+    h = await place(uow, acct, "USD", "60")
+    stub = hold_service_pb2_grpc.HoldServiceStub(quick_channel)
+    capture = hpb.CaptureHoldRequest(hold_id=h.hold_id, capture_id="c-1", amount="20", counter_account_id=counter)
+    first, again = await busy_then_once(checked_pool, hold_held(h.hold_id), lambda: stub.CaptureHold(capture), acct)
+    assert first.hold.captured == again.hold.captured == "20.00"
+    assert await balance(uow, acct, "USD") == (D(80), D(40), D(40))
+    assert await balance(uow, counter, "USD") == (D(20), D(0), D(20))  # captured once
+
+
+async def test_a_release_of_a_hold_of_a_held_account_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """ReleaseHold with the account's lock held: ACCOUNT_BUSY naming it, then released once.
+    order_svc releases holds from its placement saga and its reaper, which both ask again after
+    UNAVAILABLE (the client's retry; the reaper's next round, the hold still unchecked)."""
+    acct = account()
+    await fund(uow, acct, cash="100")
+    h = await place(uow, acct, "USD", "60")
+    stub = hold_service_pb2_grpc.HoldServiceStub(quick_channel)
+    release = hpb.ReleaseHoldRequest(hold_id=h.hold_id)
+    first, again = await busy_then_once(checked_pool, account_held(acct), lambda: stub.ReleaseHold(release), acct)
+    assert first.hold.released == again.hold.released == "60.00"
+    assert await balance(uow, acct, "USD") == (D(100), D(0), D(100))
+
+
+async def test_a_hold_transfer_from_a_held_hold_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """TransferHold (ReplaceOrder's) with the old hold's row held: ACCOUNT_BUSY, nothing
+    recorded, then recorded once, its reserve held once."""
+    acct = account()
+    await fund(uow, acct, cash="1000")
+    old = await place(uow, acct, "USD", "500")  # 5 at 100.00
+    stub = hold_service_pb2_grpc.HoldServiceStub(quick_channel)
+    transfer = hpb.TransferHoldRequest(from_hold_id=old.hold_id, to_hold_id=hid(), order_id="o-2", account_id=acct,
+                                       asset="USD", unit_amount="120", reserve_amount="100")
+    first, again = await busy_then_once(checked_pool, hold_held(old.hold_id), lambda: stub.TransferHold(transfer), acct)
+    assert first.transfer == again.transfer
+    assert first.transfer.status == hpb.HOLD_TRANSFER_STATUS_PENDING
+    assert await balance(uow, acct, "USD") == (D(1000), D(600), D(400))  # the reserve, once
+
+
+async def test_a_hold_transfer_cancel_on_a_held_account_is_busy_then_made_once(quick_channel, uow, checked_pool):
+    """CancelHoldTransfer with the account's lock held: ACCOUNT_BUSY naming the transfer's
+    account, then cancelled once (its reserve released, the old hold kept)."""
+    acct = account()
+    await fund(uow, acct, cash="1000")
+    old = await place(uow, acct, "USD", "500")
+    to_hold = hid()
+    await handlers.transfer_hold(commands.TransferHold(old.hold_id, to_hold, "o-2", acct, "USD", D(120), D(100)), uow)
+    stub = hold_service_pb2_grpc.HoldServiceStub(quick_channel)
+    cancel = hpb.CancelHoldTransferRequest(to_hold_id=to_hold)
+    first, again = await busy_then_once(checked_pool, account_held(acct), lambda: stub.CancelHoldTransfer(cancel),
+                                        acct)
+    assert first.transfer.status == again.transfer.status == hpb.HOLD_TRANSFER_STATUS_CANCELLED
+    assert await balance(uow, acct, "USD") == (D(1000), D(500), D(500))
+
+
+async def test_a_replace_of_an_order_whose_account_the_ledger_finds_held_is_busy_then_replaced_once(
+        quick_channel, order_deps, uow, checked_pool):
+    """ReplaceOrder's hold transfer waited for the held account until order_svc's 5 s deadline,
+    then answered a bare UNAVAILABLE; now the ledger's ACCOUNT_BUSY reaches the client as
+    UNAVAILABLE ACCOUNT_BUSY with RetryInfo and the account, and the same request sent again
+    replaces the order once."""
+    from google.rpc import error_details_pb2
+
+    from meshkit.errors import Unavailable
+    from meshkit.status import to_rpc_status
+    from order_svc.adapters.holds import GrpcHolds
+    from order_svc.domain.model import OrderRequest, OrderType, Side, Status, TimeInForce
+    from order_svc.service_layer import handlers as orders
+    from order_svc.service_layer.handlers import ReplaceRequest
+
+    order_deps.holds = GrpcHolds(quick_channel)
+    acct = account()
+    await fund(uow, acct, cash="1000.00")
+    o = await orders.place_order(OrderRequest(
+        account_id=acct, client_order_id=uuid.uuid4().hex, symbol="AAPL", side=Side.BUY, type=OrderType.LIMIT,
+        quantity=2, limit_price=D("187.00"), stop_price=None, time_in_force=TimeInForce.GTC), order_deps)
+    assert o.status is Status.NEW
+    r = ReplaceRequest(account_id=acct, order_id=o.order_id, client_order_id=uuid.uuid4().hex, quantity=3,
+                       limit_price=D("187.00"), stop_price=None)
+    async with row_held(checked_pool, *account_held(acct)):
+        with pytest.raises(Unavailable) as err:
+            await asyncio.wait_for(orders.replace_order(r, order_deps), GUARD)
+    busy = err.value
+    assert (busy.code, busy.reason, busy.metadata, busy.retry_after_seconds) == (
+        "UNAVAILABLE", "ACCOUNT_BUSY", {"accountId": acct}, 1.0)
+    assert f"account {acct} is busy" in busy.message, busy.message
+    assert [d for d in to_rpc_status(busy).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    async with checked_pool.acquire() as conn:  # nothing recorded
+        assert await conn.fetchval("SELECT count(*) FROM ledger.hold_transfers WHERE from_hold_id = $1",
+                                   str(o.order_id)) == 0
+    new, again = [await orders.replace_order(r, order_deps) for _ in range(2)]
+    assert new.order_id == again.order_id and new.replaces == o.order_id
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE replaces = $1", o.order_id) == 1
+        assert await conn.fetchval("SELECT count(*) FROM ledger.hold_transfers WHERE from_hold_id = $1",
+                                   str(o.order_id)) == 1
+    assert (await balance(uow, acct, "USD"))[1] == D("561.00")  # 2 x 187.00, and the reserve for one more, once
