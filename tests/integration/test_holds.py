@@ -981,3 +981,28 @@ async def test_a_replace_of_an_order_whose_account_the_ledger_finds_held_is_busy
         assert await conn.fetchval("SELECT count(*) FROM ledger.hold_transfers WHERE from_hold_id = $1",
                                    str(o.order_id)) == 1
     assert (await balance(uow, acct, "USD"))[1] == D("561.00")  # 2 x 187.00, and the reserve for one more, once
+
+
+async def test_the_reapers_release_of_a_held_accounts_hold_is_busy_then_made_by_its_next_round(
+        quick_channel, order_deps, uow, checked_pool):
+    """order_svc's reaper gives back a hold whose order was never recorded (ReleaseHold). With
+    the hold's account held, its round ends UNAVAILABLE ACCOUNT_BUSY (the ledger's reason passed
+    on; reaper_loop logs it and tries again) and leaves the hold unchecked, so the next round
+    releases it, once. Before, the round waited out order_svc's 5 s deadline."""
+    from meshkit.errors import Unavailable
+    from order_svc.adapters.holds import GrpcHolds
+    from order_svc.service_layer import handlers as orders
+
+    order_deps.holds = GrpcHolds(quick_channel)
+    acct = account()
+    await fund(uow, acct, cash="100")
+    orphan = str(uuid.uuid4())  # a placement that died between its hold and its order
+    await place(uow, acct, "USD", "30", hold_id=orphan, order_id=orphan)
+    async with row_held(checked_pool, *account_held(acct)):
+        with pytest.raises(Unavailable) as err:
+            await asyncio.wait_for(orders.reap_orphaned_holds(order_deps, older_than=0, orphan_age=0), GUARD)
+    assert (err.value.reason, err.value.retry_after_seconds) == ("ACCOUNT_BUSY", 1.0)
+    assert await balance(uow, acct, "USD") == (D(100), D(30), D(70))  # not released yet
+    await orders.reap_orphaned_holds(order_deps, older_than=0, orphan_age=0)
+    assert (await handlers.get_hold(orphan, uow)).status is HoldStatus.RELEASED
+    assert await balance(uow, acct, "USD") == (D(100), D(0), D(100))
