@@ -28,6 +28,7 @@ import time
 from datetime import timedelta
 
 import asyncpg
+import nats.errors
 from nats.js import JetStreamContext
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -44,6 +45,10 @@ HANDOFF = Histogram("stockmesh_outbox_handoff_seconds",
                     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
 PENDING = Gauge("stockmesh_outbox_pending", "Unpublished outbox rows the relay's last round found (at most a batch)")
 PRUNED = Counter("stockmesh_outbox_pruned", "Published outbox rows deleted after the retention period")
+# Seconds before a round whose publish failed is tried again: doubled each failed round, up to
+# the last (a NATS outage costs a warning every few seconds, not a busy loop).
+PUBLISH_RETRY_FIRST, PUBLISH_RETRY_MAX = 0.5, 5.0
+PUBLISH_FAILING_ERROR_AFTER = 30.0  # seconds of failed publishes after which each is logged at ERROR
 
 
 # The oldest unpublished row of a namespace's flow if it has waited $3 seconds, and the session
@@ -94,6 +99,12 @@ def pipelined(rows: list, size: int) -> list[list]:
     return bus.pipelined(rows, size, lambda r: orders_of_command(bytes(r["payload"])))
 
 
+class PublishFailed(Exception):
+    """A relay round's publish that JetStream refused or did not acknowledge in time (NATS
+    stalled, unreachable, restarting): the round's rows stay unpublished, and the relay tries
+    again in place (OutboxRelay.run), keeping its election and its PostgreSQL connection."""
+
+
 class OutboxRelay:
     """With `namespace`, relays only the rows of that namespace's order flow
     (`<namespace>.orders.<SYMBOL>`): a row queued for another (a session close run by hand
@@ -142,10 +153,32 @@ class OutboxRelay:
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
             if self.retention is not None:
                 pruner = asyncio.create_task(self._prune_forever(self.retention), name="outbox-pruner")
+            failing, since = 0, 0.0  # rounds in a row whose publish failed, since when
             while True:
                 aio.honour_cancellation()
                 self._wake.clear()  # what is committed from here on wakes the next round
-                published = await self.relay_once(conn)
+                try:
+                    published = await self.relay_once(conn)
+                except PublishFailed as exc:
+                    # An outage of NATS, not a fault of the relay: said as a warning, and tried
+                    # again after a pause that grows to PUBLISH_RETRY_MAX, in place. (Round 22:
+                    # each NATS stall under load ended the relay's task, logged at ERROR with a
+                    # traceback as a crash, and it was restarted by its supervisor.) What is
+                    # wrong with PostgreSQL still ends the round and the task: a new connection.
+                    # A failure that lasts (a stream gone, a relay pointed at the wrong NATS)
+                    # is an ERROR once it has lasted PUBLISH_FAILING_ERROR_AFTER.
+                    failing, since = failing + 1, since if failing else time.monotonic()
+                    pause = min(PUBLISH_RETRY_FIRST * 2 ** (failing - 1), PUBLISH_RETRY_MAX)
+                    lasted = time.monotonic() - since
+                    log.log(logging.ERROR if lasted >= PUBLISH_FAILING_ERROR_AFTER else logging.WARNING,
+                            "JetStream did not take the orders to relay; trying again", extra={
+                                "error": str(exc), "failedRounds": failing, "failingSeconds": round(lasted, 1),
+                                "retryInSeconds": pause})
+                    await asyncio.sleep(pause)
+                    continue
+                if failing:
+                    log.info("relaying again", extra={"failedRounds": failing})
+                    failing = 0
                 if published < self.batch:
                     await aio.wait_set(self._wake, self.idle_poll)
         finally:
@@ -182,12 +215,17 @@ class OutboxRelay:
         done: list[int] = []
         try:
             for chunk in pipelined(rows, self.pipeline):
-                acks = [await self.js.publish_async(r["subject"], bytes(r["payload"]),
-                                                    headers={"Nats-Msg-Id": r["msg_id"]})
-                        for r in chunk]
-                async with asyncio.timeout(self.ack_timeout):  # an ack that never comes is an error
-                    results = await asyncio.gather(*acks, return_exceptions=True)
+                try:
+                    acks = [await self.js.publish_async(r["subject"], bytes(r["payload"]),
+                                                        headers={"Nats-Msg-Id": r["msg_id"]})
+                            for r in chunk]
+                    async with asyncio.timeout(self.ack_timeout):  # an ack that never comes is an error
+                        results = await asyncio.gather(*acks, return_exceptions=True)
+                except (TimeoutError, nats.errors.Error) as exc:
+                    raise PublishFailed(f"{len(chunk)} publishes: {exc!r}") from exc
                 for r, result in zip(chunk, results):
+                    if isinstance(result, Exception):
+                        raise PublishFailed(f"the publish of {r['msg_id']}: {result!r}") from result
                     if isinstance(result, BaseException):
                         raise result
                     done.append(r["id"])

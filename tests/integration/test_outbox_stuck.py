@@ -2,7 +2,8 @@
 backend, a half-open connection) held every accepted order back from the engines, silently: the
 relay's statement waited for good, its lock stayed with the stopped session, the relay said
 nothing and stayed SERVING. And order_svc's LISTEN connection for order updates, once closed
-(a PostgreSQL restart), was never opened again. Each test has a database of its own."""
+(a PostgreSQL restart), was never opened again. Round 22: a NATS stall ended the relay's task as a
+crash. Each test has a database of its own."""
 from __future__ import annotations
 
 import asyncio
@@ -85,6 +86,50 @@ async def test_rows_kept_waiting_by_another_session_holding_the_relay_lock_are_s
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await holder.close()
+
+
+class StalledJetStream:
+    """A JetStream context whose first `stalled` publishes are never acknowledged (a NATS server
+    stopped mid-round), the rest the real one's."""
+
+    def __init__(self, js, stalled: int) -> None:
+        self.js, self.stalled, self.calls = js, stalled, 0
+
+    async def publish_async(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.stalled:
+            return asyncio.get_running_loop().create_future()  # no acknowledgement, ever
+        return await self.js.publish_async(*args, **kwargs)
+
+
+async def test_a_nats_stall_is_retried_in_place_with_a_warning_not_a_crash(pg_server_url, flow, caplog):
+    """Round 22 soak: each NATS stall under load ended the relay's task (its publish
+    acknowledgements timed out), logged at ERROR with a traceback as a crash, and the supervisor
+    started it again. The relay now says it as a warning and tries again in place: the same
+    task, its election and connection kept, publishes the rows once NATS answers."""
+    js, ns = flow
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        stalled = StalledJetStream(js, stalled=2)
+        relay = OutboxRelay(url, stalled, namespace=ns, idle_poll=0.05, ack_timeout=0.2)
+        await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
+                           bus.subject(ns, "orders", "AAPL"))
+        caplog.set_level(logging.INFO, logger="order_svc.outbox")
+        task = asyncio.create_task(relay.run())
+        try:
+            assert await eventually(lambda: _published(conn, "o-1"), timeout=20)
+            assert not task.done(), task.exception() if task.done() else None  # the same task did it
+            said = [r for r in caplog.records if r.name == "order_svc.outbox"]
+            failed = [r for r in said if r.getMessage().startswith("JetStream did not take the orders to relay")]
+            assert [(r.levelno, r.failedRounds) for r in failed] == [(logging.WARNING, 1), (logging.WARNING, 2)]
+            assert "TimeoutError" in failed[0].error
+            assert any(r.getMessage() == "relaying again" and r.failedRounds == 2 for r in said)
+            assert not [r for r in said if r.levelno >= logging.ERROR]
+            assert stalled.calls == 3
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await conn.close()
 
 
 async def test_the_order_updates_listener_whose_connection_ends_says_so_and_wakes_every_stream(pg_server_url):
