@@ -45,6 +45,7 @@ import grpc  # noqa: E402
 import psutil  # noqa: E402
 
 from bench_place_order import MESH_ENV, BenchMesh, CpuMeter, fund, start_profile  # noqa: E402
+from meshkit.launcher.harness import unwind_on_signals  # noqa: E402
 from meshkit.symbols import listed  # noqa: E402
 from stockmesh.common.v1 import common_pb2  # noqa: E402
 from stockmesh.ledger.v1 import ledger_service_pb2_grpc  # noqa: E402
@@ -246,6 +247,7 @@ def main() -> int:
     args = ap.parse_args()
     if any(r <= 0 for r in args.rates) or args.duration <= 0:
         ap.error("rates and duration must be positive")
+    unwind_on_signals()  # SIGTERM / SIGHUP / Ctrl-C (even in a background job) stop the mesh
     load = os.getloadavg()
     print(f"bench_fills: {platform.python_implementation()} {platform.python_version()}, {psutil.cpu_count()} "
           f"CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; one mesh per rate")

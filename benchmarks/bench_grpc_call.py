@@ -4,8 +4,8 @@ every hop of the mesh (docs/benchmarks/place_order.md § "What one gRPC call cos
     .venv/bin/python benchmarks/bench_grpc_call.py [--calls 3000]
 
 Starts its own mesh (`stockmesh up --no-simulator` through meshkit/launcher/harness.py: fresh
-data folder, database and namespace, all removed at the end) and calls ledger_svc straight on
-its internal port (no Envoy), sequentially and 32 at a time:
+data folder, database and namespace, all removed at the end, also on Ctrl-C or SIGTERM) and
+calls ledger_svc straight on its internal port (no Envoy), sequentially and 32 at a time:
 
 - `grpc.health.v1.Health/Check`: nothing but gRPC, the interceptor and the servicer;
 - `HoldService/GetHold` of an unknown hold: one indexed SELECT and a NOT_FOUND with its
@@ -30,7 +30,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench_quotes import cpu_seconds  # noqa: E402  (this folder is on sys.path when run as a script)
-from meshkit.launcher.harness import MeshProcess  # noqa: E402
+from meshkit.launcher.harness import MeshProcess, unwind_on_signals  # noqa: E402
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc  # noqa: E402
 
 
@@ -73,4 +73,6 @@ async def main(calls: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=3000)
-    asyncio.run(main(ap.parse_args().calls))
+    args = ap.parse_args()
+    unwind_on_signals()  # SIGTERM / SIGHUP / Ctrl-C (even in a background job) stop the mesh
+    asyncio.run(main(args.calls))

@@ -62,7 +62,6 @@ import os
 import platform
 import random
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -76,7 +75,7 @@ from pathlib import Path
 import grpc  # noqa: E402
 import psutil  # noqa: E402
 
-from meshkit.launcher.harness import MeshProcess as BenchMesh  # noqa: E402
+from meshkit.launcher.harness import MeshProcess as BenchMesh, unwind_on_signals  # noqa: E402
 from meshkit.launcher.infra import varz  # noqa: E402
 from meshkit.symbols import listed  # noqa: E402
 from stockmesh.common.v1 import common_pb2  # noqa: E402
@@ -843,13 +842,7 @@ def main() -> int:
     if quick:
         args.pause = min(args.pause, 1.0)
 
-    def terminate(signum, _frame):  # SIGTERM / SIGHUP: unwind like Ctrl-C, so the mesh is stopped
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # Ctrl-C must stop the run even when the shell started us with SIGINT ignored (a background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    unwind_on_signals()  # SIGTERM / SIGHUP / Ctrl-C (even in a background job) stop the mesh
 
     args.go_binary = None
     if args.generator != "python":

@@ -8,6 +8,8 @@
   by the launcher (NATS_URL is removed from its environment);
 - extra environment for the services (e.g. rate limits) and extra `up` arguments.
 
+A benchmark calls unwind_on_signals() first, so SIGTERM unwinds to its stop() like Ctrl-C.
+
 The launcher runs in a session of its own, so a terminal's Ctrl-C reaches only the caller, which
 stops the mesh with SIGTERM (the launcher stops its children in order). Use as a context manager
 or with start() / stop():
@@ -75,6 +77,19 @@ def forget_keys(redis_url: str, namespace: str) -> int:
         return 0
     finally:
         client.close()
+
+
+def unwind_on_signals() -> None:
+    """For a script that runs a mesh (a benchmark): SIGTERM and SIGHUP raise KeyboardInterrupt
+    like Ctrl-C, and Ctrl-C works even when the shell started the script with SIGINT ignored (a
+    background job), so its `finally: mesh.stop()` runs however it is stopped and leaves no
+    database, Redis keys, data folder or processes behind (README of docs/benchmarks)."""
+    def terminate(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
 
 
 def drop_database(server_url: str, name: str) -> None:
