@@ -1,7 +1,10 @@
 """Market data through Envoy: quote fan-out to many StreamQuotes clients, GetCandles and GetPortfolio.
 
-1. Starts the whole mesh with `stockmesh up` (its own data folder, a fresh database on the
-   local PostgreSQL, its own namespace), as tests/e2e/conftest.py does.
+1. Starts its own mesh with `stockmesh up` (meshkit/launcher/harness.py, as the other mesh
+   benchmarks and tests/e2e do): a data folder under /tmp, a fresh database on the PostgreSQL at
+   $DATABASE_URL, its own namespace, a free port and its own nats-server; no simulator, the
+   market always open. The mesh is stopped, the database dropped, the namespace's Redis keys
+   deleted and the data folder removed at the end, also on Ctrl-C or SIGTERM.
 2. Fan-out: for each N in --streams, N concurrent StreamQuotes clients on one hot symbol
    (spread over --clients client processes, 100 streams per HTTP/2 connection, each with a
    bearer token, through Envoy's public listener) while this process publishes a
@@ -31,12 +34,9 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
 
+from meshkit.launcher.harness import MeshProcess, unwind_on_signals  # noqa: E402
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb, quote_service_pb2_grpc  # noqa: E402
 
 HOT = "TSLA"
@@ -139,35 +140,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_mesh(data_dir: Path, database_url: str, namespace: str,
-               quote_replicas: int = 1, envoy_workers: int | None = None) -> tuple[subprocess.Popen, dict]:
-    from meshkit.launcher.net import free_port
-
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR")}
-    env.update(PYTHONUNBUFFERED="1", STOCKMESH_NAMESPACE=namespace, STOCKMESH_MARKET_ALWAYS_OPEN="1",
-               LOG_LEVEL="WARNING")
-    out = open(data_dir / "launcher.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(data_dir),
-                             "--port", str(free_port("0.0.0.0")), "--database-url", database_url,
-                             "--namespace", namespace, "--log-level", "WARNING", "--no-simulator",
-                             "--quote-replicas", str(quote_replicas),
-                             *(["--envoy-workers", str(envoy_workers)] if envoy_workers else [])],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"stockmesh up exited: see {data_dir / 'launcher.out'}")
-        try:
-            state = json.loads((data_dir / "mesh.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            state = {}
-        if state.get("ready") and state.get("launcher_pid") == proc.pid:
-            return proc, state
-        time.sleep(0.25)
-    proc.kill()
-    raise SystemExit("the mesh was not ready in time")
-
-
 async def publish(js, ns: str, symbol: str, seq: int, price: str, qty: int, *, at_ns: int | None = None,
                   at: datetime | None = None, bid: str | None = None, ask: str | None = None) -> None:
     from stockmesh.matching.v1 import matching_pb2 as mpb
@@ -203,14 +175,15 @@ def client_argv(runtime: str) -> list[str]:
     return [node, str(NODE_CLIENT / "client.js")]
 
 
-async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: int, seconds: float,
+async def fanout_round(js, mesh: MeshProcess, token: str, n: int, clients: int, seconds: float,
                        warmup: float, rate: int, seq0: int, direct: bool = False,
                        runtime: str = "node") -> tuple[dict, int]:
-    pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
+    state = mesh.state()
+    pids = state["pids"]
     qpids = [pid for name, pid in pids.items() if name.split("-")[0] == "quote_svc"]  # every replica
     epid = pids["envoy"]
     rss0 = sum(map(rss_mb, qpids))
-    endpoint = state["endpoint"] if not direct else f"127.0.0.1:{state['ports']['quote_svc']}"
+    endpoint = mesh.endpoint if not direct else f"127.0.0.1:{state['ports']['quote_svc']}"
     per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     # Clients learn the measuring window from their arguments: it starts once they have all
     # had time to open their streams, plus a warm-up.
@@ -218,57 +191,66 @@ async def fanout_round(js, ns: str, state: dict, token: str, n: int, clients: in
     start_at = open_by + warmup
     end_at = start_at + seconds
     argv = client_argv(runtime)
-    procs = [await asyncio.create_subprocess_exec(
-        *argv, "--endpoint", endpoint, "--token", token,
-        "--client-streams", str(k), "--start-at", repr(start_at), "--end-at", repr(end_at),
-        stdout=asyncio.subprocess.PIPE) for k in per if k]
-    for p in procs:
-        line = await asyncio.wait_for(p.stdout.readline(), 120 + n / 5)
-        assert line.strip() == b"READY", line
-    if time.time() > open_by:
-        print(f"  (opening {n} streams took longer than planned; the window starts late)", flush=True)
-    rss1 = sum(map(rss_mb, qpids))
-    # Publish from now until the end of the window, `rate` a second.
-    seq = seq0
-    t0 = time.monotonic()
-    wall0 = time.time()
-    cpu_marks = None
-    i = 0
-    price = 248.50
-    while True:
-        target = t0 + i / rate
-        now = time.monotonic()
-        if target > now:
-            await asyncio.sleep(target - now)
-        wall = time.time()
-        if cpu_marks is None and wall >= start_at:
-            cpu_marks = (time.monotonic(), sum(map(cpu_seconds, qpids)), cpu_seconds(epid),
-                         sum(cpu_seconds(p.pid) for p in procs))
-        if wall >= end_at:
-            break
-        seq += 1
-        price += 0.01 if i % 2 else -0.01
-        await publish(js, ns, HOT, seq, f"{price:.2f}", 1)
-        i += 1
-    t_end = time.monotonic()
-    cpu = ((sum(map(cpu_seconds, qpids)) - cpu_marks[1]) / (t_end - cpu_marks[0]),
-           (cpu_seconds(epid) - cpu_marks[2]) / (t_end - cpu_marks[0]),
-           (sum(cpu_seconds(p.pid) for p in procs) - cpu_marks[3]) / (t_end - cpu_marks[0]))
-    published_in_window = int(seconds * rate)
-    hist: collections.Counter = collections.Counter()
-    count = 0
-    for p in procs:
-        out, _ = await p.communicate()
-        data = json.loads(out.decode().strip().splitlines()[-1])
-        count += data["count"]
-        hist.update({float(k): v for k, v in data["hist"].items()})
-    return {
-        "streams": n, "offered_per_s": n * rate, "delivered_per_s": count / seconds,
-        "delivered_ratio": count / (n * published_in_window) if published_in_window else 0,
-        "p50_ms": pct_from_hist(hist, 50), "p99_ms": pct_from_hist(hist, 99), "max_ms": max(hist) if hist else 0,
-        "rss_before_mb": rss0, "rss_open_mb": rss1, "kb_per_stream": (rss1 - rss0) * 1024 / n,
-        "cpu_quote": cpu[0], "cpu_envoy": cpu[1], "cpu_clients": cpu[2], "wall_start": wall0,
-    }, seq
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for k in per:
+            if k:
+                procs.append(await asyncio.create_subprocess_exec(
+                    *argv, "--endpoint", endpoint, "--token", token,
+                    "--client-streams", str(k), "--start-at", repr(start_at), "--end-at", repr(end_at),
+                    stdout=asyncio.subprocess.PIPE))
+        for p in procs:
+            line = await asyncio.wait_for(p.stdout.readline(), 120 + n / 5)
+            assert line.strip() == b"READY", line
+        if time.time() > open_by:
+            print(f"  (opening {n} streams took longer than planned; the window starts late)", flush=True)
+        rss1 = sum(map(rss_mb, qpids))
+        # Publish from now until the end of the window, `rate` a second.
+        seq = seq0
+        t0 = time.monotonic()
+        wall0 = time.time()
+        cpu_marks = None
+        i = 0
+        price = 248.50
+        while True:
+            target = t0 + i / rate
+            now = time.monotonic()
+            if target > now:
+                await asyncio.sleep(target - now)
+            wall = time.time()
+            if cpu_marks is None and wall >= start_at:
+                cpu_marks = (time.monotonic(), sum(map(cpu_seconds, qpids)), cpu_seconds(epid),
+                             sum(cpu_seconds(p.pid) for p in procs))
+            if wall >= end_at:
+                break
+            seq += 1
+            price += 0.01 if i % 2 else -0.01
+            await publish(js, mesh.namespace, HOT, seq, f"{price:.2f}", 1)
+            i += 1
+        t_end = time.monotonic()
+        cpu = ((sum(map(cpu_seconds, qpids)) - cpu_marks[1]) / (t_end - cpu_marks[0]),
+               (cpu_seconds(epid) - cpu_marks[2]) / (t_end - cpu_marks[0]),
+               (sum(cpu_seconds(p.pid) for p in procs) - cpu_marks[3]) / (t_end - cpu_marks[0]))
+        published_in_window = int(seconds * rate)
+        hist: collections.Counter = collections.Counter()
+        count = 0
+        for p in procs:
+            out, _ = await p.communicate()
+            data = json.loads(out.decode().strip().splitlines()[-1])
+            count += data["count"]
+            hist.update({float(k): v for k, v in data["hist"].items()})
+        return {
+            "streams": n, "offered_per_s": n * rate, "delivered_per_s": count / seconds,
+            "delivered_ratio": count / (n * published_in_window) if published_in_window else 0,
+            "p50_ms": pct_from_hist(hist, 50), "p99_ms": pct_from_hist(hist, 99), "max_ms": max(hist) if hist else 0,
+            "rss_before_mb": rss0, "rss_open_mb": rss1, "kb_per_stream": (rss1 - rss0) * 1024 / n,
+            "cpu_quote": cpu[0], "cpu_envoy": cpu[1], "cpu_clients": cpu[2], "wall_start": wall0,
+        }, seq
+    finally:  # also when interrupted (Ctrl-C, SIGTERM): the client processes must not outlive the run
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
 
 
 # ---------------------------------------------------------------- candles
@@ -357,8 +339,8 @@ def profile(pids: dict[str, int], seconds: float) -> list[subprocess.Popen]:
             for name, pid in pids.items() if name != "envoy"]
 
 
-def mesh_pids(state: dict, *names: str) -> dict[str, int]:
-    pids = json.loads((Path(state["data_dir"]) / "mesh.json").read_text())["pids"]
+def mesh_pids(mesh: MeshProcess, *names: str) -> dict[str, int]:
+    pids = mesh.state()["pids"]
     return {n: pids[n] for n in names if n in pids}
 
 
@@ -407,22 +389,21 @@ PORTFOLIO_POSITIONS = [("AAPL", 120, "170.00", "189.90", "190.10", "190.00"),
                        ("JPM", 75, "150.00", "198.70", "198.90", "198.80")]
 
 
-async def seed_portfolio(js, ns: str, database_url: str, endpoint: str, data_dir: Path) -> tuple[str, object]:
+async def seed_portfolio(js, mesh: MeshProcess) -> tuple[str, object]:
     """An account with cash and a few positions, each with a live quote; returns its token and
     the portfolio as GetPortfolio shows it (checked to be valued at the quotes)."""
-    from meshkit.launcher import keys
     from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc as lgrpc
     from tests.support.funding import transfer_in_shares
 
-    token = keys.mint_token(data_dir, PORTFOLIO_ACCOUNT, ttl=3600)
-    md = (("authorization", f"Bearer {token}"),)
-    async with grpc.aio.insecure_channel(endpoint) as ch:
+    token = mesh.token(PORTFOLIO_ACCOUNT)
+    md = mesh.auth(PORTFOLIO_ACCOUNT)
+    async with mesh.channel() as ch:
         ledger = lgrpc.LedgerServiceStub(ch)
         await ledger.Deposit(lpb.DepositRequest(amount="250000.00", idempotency_key="bench-portfolio-cash"),
                              metadata=md, timeout=30)
         for i, (sym, qty, cost, bid, ask, last) in enumerate(PORTFOLIO_POSITIONS):
-            await transfer_in_shares(database_url, PORTFOLIO_ACCOUNT, sym, qty, cost)
-            await publish(js, ns, sym, 1_000_000 + i, last, 1, bid=bid, ask=ask)  # after any seeded trades
+            await transfer_in_shares(mesh.database_url, PORTFOLIO_ACCOUNT, sym, qty, cost)
+            await publish(js, mesh.namespace, sym, 1_000_000 + i, last, 1, bid=bid, ask=ask)  # after any seeded trades
         for _ in range(100):  # the quotes reach Redis behind the feed
             pf = (await ledger.GetPortfolio(lpb.GetPortfolioRequest(), metadata=md, timeout=10)).portfolio
             if len(pf.positions) == len(PORTFOLIO_POSITIONS) and all(p.market_price for p in pf.positions):
@@ -470,10 +451,10 @@ async def portfolio_round(endpoint: str, token: str, rate: int, seconds: float, 
     return r
 
 
-async def measured_portfolio_round(state: dict, token: str, args) -> None:
+async def measured_portfolio_round(mesh: MeshProcess, token: str, args) -> None:
     """One GetPortfolio round through Envoy, printed with the CPU of the processes it uses."""
-    r = await portfolio_round(state["endpoint"], token, args.portfolio_rate, args.portfolio_seconds,
-                              pids=mesh_pids(state, "ledger_svc", "order_svc", "envoy"))
+    r = await portfolio_round(mesh.endpoint, token, args.portfolio_rate, args.portfolio_seconds,
+                              pids=mesh_pids(mesh, "ledger_svc", "order_svc", "envoy"))
     print(f"  {r['requests']} requests at {r['achieved_per_s']:.0f}/s, errors {r['errors']}: "
           f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
     print(cpu_line(r), flush=True)
@@ -481,29 +462,15 @@ async def measured_portfolio_round(state: dict, token: str, args) -> None:
 
 # ---------------------------------------------------------------- main
 
-async def main(args) -> None:
-    import psycopg
-    from psycopg import sql
-
+async def run(args, mesh: MeshProcess) -> None:
     from meshkit import bus
-    from meshkit.launcher import envoy, keys
+    from meshkit.launcher import envoy
 
-    server_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    base = server_url.rsplit("/", 1)[0]
-    db = f"stockmesh_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    database_url = f"{base}/{db}"
-    ns = f"bench_{uuid.uuid4().hex[:8]}"
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-quotes-"))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; mesh data {data_dir}", flush=True)
-    proc, state = start_mesh(data_dir, database_url, ns, args.quote_replicas, args.envoy_workers)
+    token = mesh.token("bench")
+    nc = await bus.connect(mesh.state()["nats_url"], "bench")
     try:
-        token = keys.mint_token(data_dir, "bench", ttl=3600)
-        nats_url = json.loads((data_dir / "mesh.json").read_text())["nats_url"]
-        nc = await bus.connect(nats_url, "bench")
         js = nc.jetstream()
+        ns = mesh.namespace
         await publish(js, ns, HOT, 1, "248.50", 1)  # a snapshot to start from
         seq = 1
         if "fanout" in args.parts:
@@ -516,7 +483,7 @@ async def main(args) -> None:
                   f"{'max ms':>8} {'KiB/stream':>10} {'CPU quote':>9} {'envoy':>6} {'clients':>7}", flush=True)
             rows = []
             for n in args.streams:
-                r, seq = await fanout_round(js, ns, state, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
+                r, seq = await fanout_round(js, mesh, token, n, args.clients, args.seconds, args.warmup, args.rate, seq,
                                               args.direct, args.client_runtime)
                 rows.append(r)
                 print(f"{n:>8} {r['offered_per_s']:>10,} {r['delivered_per_s']:>12,.0f} {r['delivered_ratio']:>6.3f} "
@@ -525,10 +492,10 @@ async def main(args) -> None:
                 await asyncio.sleep(3)
         if "candles" in args.parts:
             print(f"\nGetCandles: a day of 1-minute candles ({CANDLE_SYMBOL}), open loop through Envoy", flush=True)
-            n = await seed_candles(js, ns, database_url)
+            n = await seed_candles(js, ns, mesh.database_url)
             print(f"  seeded {n} trades (one every 4 s over 2024-03-04)", flush=True)
-            c = await candles_round(state["endpoint"], token, args.candle_rate, args.candle_seconds,
-                                    pids=mesh_pids(state, "quote_svc", "envoy"))
+            c = await candles_round(mesh.endpoint, token, args.candle_rate, args.candle_seconds,
+                                    pids=mesh_pids(mesh, "quote_svc", "envoy"))
             print(f"  {c['requests']} requests at {c['achieved_per_s']:.0f}/s ({c['candles_per_reply']} candles each), "
                   f"errors {c['errors']}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms",
                   flush=True)
@@ -536,24 +503,36 @@ async def main(args) -> None:
         if "portfolio" in args.parts:
             print(f"\nGetPortfolio: {len(PORTFOLIO_POSITIONS)} positions valued at live quotes, open loop through "
                   f"Envoy", flush=True)
-            ptoken, pf = await seed_portfolio(js, ns, database_url, state["endpoint"], data_dir)
+            ptoken, pf = await seed_portfolio(js, mesh)
             print("  " + ", ".join(f"{p.symbol} {p.quantity} @ {p.market_price} = {p.market_value}"
                                    for p in pf.positions), flush=True)
-            await measured_portfolio_round(state, ptoken, args)
+            await measured_portfolio_round(mesh, ptoken, args)
             # The same account with open orders: GetPortfolio then also asks order_svc for them
             # (it skips that call when the ledger holds nothing for the account).
-            n_open = await place_resting_orders(state["endpoint"], ptoken)
+            n_open = await place_resting_orders(mesh.endpoint, ptoken)
             print(f"\nGetPortfolio: the same account with {n_open} open orders (cash and shares held)", flush=True)
-            await measured_portfolio_round(state, ptoken, args)
-        await nc.close()
+            await measured_portfolio_round(mesh, ptoken, args)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        with psycopg.connect(server_url, autocommit=True) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+        await nc.close()
+
+
+def main(args) -> int:
+    unwind_on_signals()  # Ctrl-C, SIGTERM, SIGHUP: the mesh is stopped and everything of it removed
+    mesh = MeshProcess(env={"STOCKMESH_MARKET_ALWAYS_OPEN": "1", "LOG_LEVEL": "WARNING"},
+                       extra_args=["--log-level", "WARNING", "--no-simulator", "--quote-replicas", str(args.quote_replicas),
+                                   *(["--envoy-workers", str(args.envoy_workers)] if args.envoy_workers else [])],
+                       db_prefix="stockmesh_bench", namespace_prefix="bench")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; mesh data {mesh.data_dir}", flush=True)
+    try:
+        mesh.start()
+        asyncio.run(run(args, mesh))
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the mesh", file=sys.stderr)
+        return 130
+    finally:
+        mesh.stop()
+    return 0
 
 
 def cli() -> None:
@@ -591,7 +570,7 @@ def cli() -> None:
     if args.client:
         asyncio.run(client_main(args.endpoint, args.token, args.client_streams, args.start_at, args.end_at))
     else:
-        asyncio.run(main(args))
+        sys.exit(main(args))
 
 
 if __name__ == "__main__":
