@@ -41,7 +41,6 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def run_rate(nc, ns: str, rate: int, seconds: float, warmup: float) -> dict:
-    js = nc.jetstream()
     names = Names(ns)
     subject = names.orders_subject(SYMBOL)
     rng = random.Random(rate)
