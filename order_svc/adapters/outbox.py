@@ -48,7 +48,9 @@ PRUNED = Counter("stockmesh_outbox_pruned", "Published outbox rows deleted after
 # Seconds before a round whose publish failed is tried again: doubled each failed round, up to
 # the last (a NATS outage costs a warning every few seconds, not a busy loop).
 PUBLISH_RETRY_FIRST, PUBLISH_RETRY_MAX = 0.5, 5.0
-PUBLISH_FAILING_ERROR_AFTER = 30.0  # seconds of failed publishes after which each is logged at ERROR
+# Seconds of failed publishes after which the relay's task ends (an ERROR; its election given
+# up for a replica whose NATS answers, and the supervisor starts it again).
+PUBLISH_GIVE_UP_AFTER = 30.0
 
 
 # The oldest unpublished row of a namespace's flow if it has waited $3 seconds, and the session
@@ -160,20 +162,23 @@ class OutboxRelay:
                 try:
                     published = await self.relay_once(conn)
                 except PublishFailed as exc:
-                    # An outage of NATS, not a fault of the relay: said as a warning, and tried
-                    # again after a pause that grows to PUBLISH_RETRY_MAX, in place. (Round 22:
+                    # A stall of NATS, not a fault of the relay: said as a warning, and tried
+                    # again in place after a pause that grows to PUBLISH_RETRY_MAX. (Round 22:
                     # each NATS stall under load ended the relay's task, logged at ERROR with a
                     # traceback as a crash, and it was restarted by its supervisor.) What is
                     # wrong with PostgreSQL still ends the round and the task: a new connection.
-                    # A failure that lasts (a stream gone, a relay pointed at the wrong NATS)
-                    # is an ERROR once it has lasted PUBLISH_FAILING_ERROR_AFTER.
                     failing, since = failing + 1, since if failing else time.monotonic()
-                    pause = min(PUBLISH_RETRY_FIRST * 2 ** (failing - 1), PUBLISH_RETRY_MAX)
                     lasted = time.monotonic() - since
-                    log.log(logging.ERROR if lasted >= PUBLISH_FAILING_ERROR_AFTER else logging.WARNING,
-                            "JetStream did not take the orders to relay; trying again", extra={
-                                "error": str(exc), "failedRounds": failing, "failingSeconds": round(lasted, 1),
-                                "retryInSeconds": pause})
+                    if lasted >= PUBLISH_GIVE_UP_AFTER:
+                        # A failure that lasts (this process cut off from NATS, a stream gone, a
+                        # relay pointed at the wrong NATS) ends the task after all, an ERROR,
+                        # and with it the election: a replica whose NATS answers takes over
+                        # (review: one that kept retrying kept every order from the engines).
+                        raise
+                    pause = min(PUBLISH_RETRY_FIRST * 2 ** min(failing - 1, 8), PUBLISH_RETRY_MAX)
+                    log.warning("JetStream did not take the orders to relay; trying again", extra={
+                        "error": str(exc), "failedRounds": failing, "failingSeconds": round(lasted, 1),
+                        "retryInSeconds": pause})
                     await asyncio.sleep(pause)
                     continue
                 if failing:

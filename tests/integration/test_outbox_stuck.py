@@ -132,6 +132,33 @@ async def test_a_nats_stall_is_retried_in_place_with_a_warning_not_a_crash(pg_se
             await conn.close()
 
 
+async def test_a_relay_whose_publishes_keep_failing_gives_its_election_up(pg_server_url, flow, monkeypatch):
+    """Review of round 22's retry in place: a relay cut off from NATS (or pointed at the wrong
+    one) that retried for ever kept its election, and with it every order from the engines,
+    though another replica's NATS answered. After PUBLISH_GIVE_UP_AFTER of failures its task
+    ends (its supervisor logs it and starts it again) and the lock is free for another."""
+    from order_svc.adapters import outbox
+
+    js, ns = flow
+    monkeypatch.setattr(outbox, "PUBLISH_GIVE_UP_AFTER", 0.5)
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            relay = OutboxRelay(url, StalledJetStream(js, stalled=10**9), namespace=ns, idle_poll=0.05,
+                                ack_timeout=0.1)
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
+                               bus.subject(ns, "orders", "AAPL"))
+            task = asyncio.create_task(relay.run())
+            done, _ = await asyncio.wait({task}, timeout=30)
+            if not done:
+                task.cancel()
+            assert done and isinstance(task.exception(), outbox.PublishFailed)
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", relay.lock)  # free for another replica
+            assert not await _published(conn, "o-1")
+        finally:
+            await conn.close()
+
+
 async def test_the_order_updates_listener_whose_connection_ends_says_so_and_wakes_every_stream(pg_server_url):
     async with fresh_database(pg_server_url) as url:
         admin = await asyncpg.connect(url)
