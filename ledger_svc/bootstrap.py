@@ -42,7 +42,7 @@ def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockm
     with the database's URL, only the replica elected for it applies the executions. `lock_wait`:
     the calls' (see lock_wait())."""
     uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
-    postgres = db.pool_check(pool)
+    postgres = db.pool_check(pool, database_url)
     background, soft_checks, closers = [], [], [pool.close, postgres.close]
     orders = None
     if order_addr:

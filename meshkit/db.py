@@ -104,16 +104,6 @@ def connection_lost(exc: BaseException) -> bool:
 PROBE_TIMEOUT = 1.5
 
 
-def _url_of(pool: asyncpg.Pool) -> str:
-    """The URL `pool` connects with. asyncpg keeps what create_pool was given (and what
-    Pool.set_connect_args sets) in Pool._connect_args and offers no reader; every pool of ours,
-    and the tests', is made from one URL."""
-    args = getattr(pool, "_connect_args", None)
-    if not args or not isinstance(args[0], str):
-        raise TypeError(f"cannot tell which URL {pool!r} connects with: make it with create_pool(url, ...)")
-    return args[0]
-
-
 class PostgresProbe:
     """Readiness's question to PostgreSQL, "is it reachable and answering?", asked on a
     connection of its own (`stockmesh readiness` in pg_stat_activity) rather than through the
@@ -125,19 +115,27 @@ class PostgresProbe:
     on the first check, opened again after any failure (a statement that fails or does not
     answer in time leaves it unusable), closed with the service (App.on_close). A server that
     refuses a new connection because it is full (max_connections) still answers: then the
-    pool's own connections are asked, as before."""
+    pool's own connections are asked, as before; and so they are always when no `url` is given
+    (a pool built by a test without one)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = PROBE_TIMEOUT) -> None:
-        self.pool, self.url, self.timeout = pool, _url_of(pool), timeout
+    def __init__(self, pool: asyncpg.Pool | None, url: str | None, *, timeout: float = PROBE_TIMEOUT) -> None:
+        if pool is None and url is None:
+            raise TypeError("a readiness probe needs the database's URL or a pool")
+        self.pool, self.url, self.timeout = pool, url, timeout
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one connection, however many ask at once
 
     async def __call__(self) -> None:
+        if self.url is None:
+            await self.pool.fetchval("SELECT 1", timeout=self.timeout)
+            return
         async with self._lock:
             try:
                 await asyncio.wait_for(self._select_1(), self.timeout)
             except asyncpg.TooManyConnectionsError:
-                await self.pool.fetchval("SELECT 1")
+                if self.pool is None:  # nothing else to ask on: it cannot connect, so it cannot work
+                    raise
+                await self.pool.fetchval("SELECT 1", timeout=self.timeout)
             except Exception as exc:  # noqa: BLE001 - whatever it was, PostgreSQL did not answer
                 self._drop()
                 why = f"no answer within {self.timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
@@ -174,10 +172,10 @@ class PostgresProbe:
                 conn.terminate()
 
 
-def pool_check(pool: asyncpg.Pool) -> PostgresProbe:
-    """The readiness check of the database `pool` connects to (see PostgresProbe): the
-    service's checks, and its closers (`.close`)."""
-    return PostgresProbe(pool)
+def pool_check(pool: asyncpg.Pool | None, url: str | None) -> PostgresProbe:
+    """The readiness check of the database at `url`, which `pool` (if any) connects to (see
+    PostgresProbe): the service's checks, and its closers (`.close`)."""
+    return PostgresProbe(pool, url)
 
 
 def lock_key(name: str) -> int:

@@ -65,7 +65,7 @@ async def bootstrap(settings: config.Settings) -> App:
     # retry after it heard PLACEMENT_UNDONE and had to place the order again).
     orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 120, minimum=1)
     notifier = UpdateNotifier(settings.database_url)
-    postgres = db.pool_check(pool)
+    postgres = db.pool_check(pool, settings.database_url)
     closers = [nc.drain, pool.close, postgres.close, ledger.close] + ([redis.aclose] if redis else [])
     return App(
         name="order_svc",

@@ -37,7 +37,8 @@ class Parts:
 
 
 def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespace: str, *,
-          candles_writer: bool = True, cache_refresh: float = 10.0) -> tuple[App, Parts]:
+          candles_writer: bool = True, cache_refresh: float = 10.0,
+          database_url: str | None = None) -> tuple[App, Parts]:
     js = nc.jetstream()
     book = QuoteBook()
     quote_cache = RedisQuoteCache(redis, namespace, refresh=cache_refresh)
@@ -60,7 +61,7 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
             raise RuntimeError("quote book not caught up with the market-data feed yet")
 
     background = [follow, write_cache] + ([write_candles] if candles_writer else [])
-    postgres = db.pool_check(pool)
+    postgres = db.pool_check(pool, database_url)  # readiness on a connection of its own
     servicer = QuoteServicer(book, uow)
     app = App(
         name="quote_svc",
@@ -79,7 +80,7 @@ async def bootstrap(settings: config.Settings) -> App:
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "quote_svc")
     redis = cache.connect(settings.redis_url)
-    app, _ = build(pool, nc, redis, settings.namespace)
+    app, _ = build(pool, nc, redis, settings.namespace, database_url=settings.database_url)
     return app
 
 

@@ -17,16 +17,15 @@ from order_svc.adapters.outbox import OutboxRelay, retention
 
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url
-    # Readiness's only: its probe has a connection of its own (db.PostgresProbe), and asks the
-    # pool, which keeps none open, only when PostgreSQL is too full to open that.
-    pool = await db.create_pool(settings.database_url, min_size=0, max_size=1)
-    postgres = db.pool_check(pool)
+    # Readiness's PostgreSQL check has a connection of its own (db.PostgresProbe); the relay's
+    # work has its own too (OutboxRelay.run): no pool.
+    postgres = db.pool_check(None, settings.database_url)
     nc = await bus.connect(settings.nats_url, "order_relay")
     js = nc.jetstream()
     await bus.ensure_stream(js, settings.namespace, "orders")
     relay = OutboxRelay(settings.database_url, js, retention=retention(), namespace=settings.namespace)
     return App(name="order_relay", servicers=[], checks=[postgres, bus.nats_check(nc)],
-               background=[relay.run], on_close=[nc.drain, postgres.close, pool.close])
+               background=[relay.run], on_close=[nc.drain, postgres.close])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ from nats.aio.client import Client
 from meshkit import db
 from meshkit.launcher.net import free_port
 from meshkit.server import App, check_ready
+from tests.integration.conftest import own_database_fixtures
 from tests.support.wait import eventually
+
+# A database of the module's own: the probes' sessions counted on it are only this module's.
+pool, database_url, namespace, ledger_addr = own_database_fixtures()
 
 PROBE = "stockmesh readiness"  # its application_name in pg_stat_activity
 
@@ -24,7 +28,7 @@ def _app(*checks) -> App:
 
 
 async def _probes(pool: asyncpg.Pool) -> list[int]:
-    """The backends of readiness probes on the pool's database (only this test's: its own)."""
+    """The backends of readiness probes on the pool's database (the module's own)."""
     return [r["pid"] for r in await pool.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1", PROBE)]
 
@@ -38,7 +42,7 @@ async def test_postgres_is_ready_while_every_connection_of_the_pool_is_taken(dat
     """Before: the check waited for a connection of the pool, the only one held (as a burst or
     a lock storm holds them all), timed out after 2 s, and the service went NOT_SERVING."""
     small = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
-    probe = db.pool_check(small)
+    probe = db.pool_check(small, database_url)
     try:
         async with small.acquire():  # the pool's only connection, kept
             assert await check_ready(_app(probe)) is None
@@ -50,8 +54,7 @@ async def test_postgres_is_ready_while_every_connection_of_the_pool_is_taken(dat
 
 
 async def test_the_probe_keeps_one_connection_and_opens_another_once_it_is_lost(database_url, pool):
-    own = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
-    probe = db.pool_check(own)
+    probe = db.pool_check(None, database_url)  # the relay's: no pool at all
     try:
         await asyncio.gather(*(probe() for _ in range(5)))  # however many ask at once
         [pid] = await _probes(pool)
@@ -61,15 +64,14 @@ async def test_the_probe_keeps_one_connection_and_opens_another_once_it_is_lost(
         assert again != pid
     finally:
         await probe.close()
-        await own.close()
     assert await eventually(lambda: _closed(pool), timeout=10)
 
 
 async def test_postgres_that_does_not_answer_is_not_ready():
     port = free_port()  # nothing listens there
-    unreachable = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                                            min_size=0, max_size=1)
-    probe = db.pool_check(unreachable)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    unreachable = await asyncpg.create_pool(url, min_size=0, max_size=1)
+    probe = db.pool_check(unreachable, url)
     try:
         problem = await check_ready(_app(probe))
     finally:
@@ -78,14 +80,14 @@ async def test_postgres_that_does_not_answer_is_not_ready():
     assert problem is not None and "PostgreSQL does not answer" in problem, problem
 
 
-async def test_the_ledger_is_ready_while_nats_is_not_connected(pool):
+async def test_the_ledger_is_ready_while_nats_is_not_connected(pool, database_url):
     """Every call of the ledger is answered from PostgreSQL (bootstrap.build says why): while it
     went NOT_SERVING with NATS, a NATS stall left Envoy no ledger to send PlaceOrder's holds to.
     NATS is still watched, and its failure logged (App.soft_checks)."""
     from ledger_svc.bootstrap import build
 
     nc = Client()  # never connected: NATS does not answer
-    app = build(pool, nc, f"t{uuid.uuid4().hex[:8]}")
+    app = build(pool, nc, f"t{uuid.uuid4().hex[:8]}", database_url=database_url)
     try:
         assert await check_ready(app) is None
         [nats] = app.soft_checks
