@@ -83,7 +83,8 @@ async def test_an_order_is_on_the_stream_before_its_cancel_even_when_its_publish
     monkeypatch.setattr(outbox, "OutboxRepository", Repo)
     js = Stream()
     relay = outbox.OutboxRelay("postgresql://unused", js)
-    with pytest.raises(nats.js.errors.NoStreamResponseError):
+    with pytest.raises(outbox.PublishFailed) as refused:
         await relay.relay_once(None)  # x refused: the round ends before its cancel is sent
+    assert isinstance(refused.value.__cause__, nats.js.errors.NoStreamResponseError)
     assert await relay.relay_once(None) == 2
     assert js.stored == ["x", "x:cancel"]
