@@ -30,8 +30,8 @@ def lock_wait() -> float:
     it is answered UNAVAILABLE ACCOUNT_BUSY (retry with the same ids) instead of waiting out
     the pool's 30 s command timeout (handlers.HOLD_LOCK_WAIT, handlers.bounded). Kept above an
     execution run's wait (settlement.RUN_LOCK_WAIT, 0.5 s), or an account the run holds while it
-    waits is answered busy."""
-    return float(config.env_decimal("LEDGER_LOCK_WAIT_SECONDS", str(handlers.HOLD_LOCK_WAIT)))
+    waits is answered busy; at least 0.1 s, or a fill's moment alone would answer calls busy."""
+    return float(config.env_decimal("LEDGER_LOCK_WAIT_SECONDS", str(handlers.HOLD_LOCK_WAIT), minimum="0.1"))
 
 
 def build(pool: asyncpg.Pool, nc: Client | None = None, namespace: str = "stockmesh",

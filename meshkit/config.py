@@ -131,7 +131,7 @@ def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     return raw
 
 
-def env_decimal(name: str, default: str) -> Decimal:
+def env_decimal(name: str, default: str, *, minimum: str = "0") -> Decimal:
     raw = _get(name, default) or default
     try:
         value = Decimal(raw)
@@ -139,4 +139,6 @@ def env_decimal(name: str, default: str) -> Decimal:
         raise ConfigError(f"setting {name} must be a decimal number, got {raw!r}") from None
     if not value.is_finite() or value < 0:
         raise ConfigError(f"setting {name} must be a finite, non-negative number, got {raw!r}")
+    if value < Decimal(minimum):
+        raise ConfigError(f"setting {name} must be at least {minimum}, got {raw!r}")
     return value

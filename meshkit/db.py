@@ -60,6 +60,14 @@ def lock_wait_text(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def sets_lock_wait(param: str) -> str:
+    """A SQL condition, true, that sets lock_timeout (transaction-local) to the text of the
+    statement's `param` (e.g. "$3", given lock_wait_text) when PostgreSQL evaluates it: put in
+    the WHERE of a transaction's first statement, before it takes any lock, it bounds every lock
+    wait of the rest of the transaction with no round trip of its own."""
+    return f"set_config('lock_timeout', {param}, true) IS NOT NULL"
+
+
 async def connect(url: str, role: str, *, command_timeout: float | None = None) -> asyncpg.Connection:
     """A connection of its own (an election's, the outbox relay's, a listener's), named
     `stockmesh <role>` in pg_stat_activity, its client probed by the server (KEEPALIVES), and

@@ -35,8 +35,9 @@ def lock_wait() -> float:
     """ORDER_LOCK_WAIT_SECONDS (2): how long a CancelOrder's or ReplaceOrder's transaction waits
     for a lock (its order's row, held by another transaction) before the call is answered
     UNAVAILABLE ORDER_BUSY (retry with the same ids) instead of waiting out the pool's 30 s
-    command timeout. Execution runs hold an order's row for milliseconds."""
-    return float(env_decimal("ORDER_LOCK_WAIT_SECONDS", "2"))
+    command timeout. Execution runs hold an order's row for milliseconds; at least 0.1 s, or
+    those moments alone would answer commands busy."""
+    return float(env_decimal("ORDER_LOCK_WAIT_SECONDS", "2", minimum="0.1"))
 
 
 async def bootstrap(settings: config.Settings) -> App:

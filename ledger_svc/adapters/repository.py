@@ -8,7 +8,7 @@ from typing import Iterable, NamedTuple
 import asyncpg
 
 from meshkit import audit
-from meshkit.db import lock_wait_text
+from meshkit.db import lock_wait_text, sets_lock_wait
 from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, Hold, HoldStatus,
                                      HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
                                      key_kinds)
@@ -178,7 +178,7 @@ class LedgerRepository:
         sql = f"SELECT ledger.lock_accounts({accounts_sql})"
         if lock_wait is not None:
             args = [*args, lock_wait_text(lock_wait)]
-            sql += f" WHERE set_config('lock_timeout', ${len(args)}, true) IS NOT NULL"
+            sql += f" WHERE {sets_lock_wait(f'${len(args)}')}"
         await self.conn.execute(sql, *args)
 
     async def book_id(self, ref: BookRef) -> int:

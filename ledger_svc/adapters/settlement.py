@@ -11,7 +11,7 @@ import asyncpg
 
 from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
-from meshkit.db import lock_wait_text
+from meshkit.db import lock_wait_text, sets_lock_wait
 from meshkit.executions import accounts, from_json, to_json
 
 
@@ -60,9 +60,9 @@ class SettlementRepository:
                  ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
                  ex.counter_leaves if ex.counter_order_id else None) for ex in exs]
         row = await self.conn.fetchrow(
-            """
+            f"""
             WITH parked AS (
-                SELECT coalesce(array_agg(DISTINCT a), '{}') AS accounts
+                SELECT coalesce(array_agg(DISTINCT a), '{{}}') AS accounts
                   FROM ledger.parked_executions p CROSS JOIN LATERAL unnest(p.accounts) AS a
                  WHERE p.symbol = ANY($15::text[]) AND p.execution_id <> ALL($18::text[])
             ), claimed AS (
@@ -73,7 +73,7 @@ class SettlementRepository:
                                        $7::text[], $8::text[], $9::numeric[], $10::bigint[], $11::date[],
                                        $12::timestamptz[], $13::bigint[], $14::bigint[]) AS e, parked
                  WHERE NOT (parked.accounts && $16::text[])
-                   AND CASE WHEN $17::text IS NULL THEN true ELSE set_config('lock_timeout', $17, true) IS NOT NULL END
+                   AND CASE WHEN $17::text IS NULL THEN true ELSE {sets_lock_wait("$17")} END
                 ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id
             )
             SELECT array(SELECT execution_id FROM claimed) AS ids, (SELECT accounts FROM parked) AS parked

@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from meshkit import audit, calendar
-from meshkit.db import lock_wait_text
+from meshkit.db import lock_wait_text, sets_lock_wait
 from order_svc.domain.model import (TERMINAL, EndReason, Fill, Order, OrderRequest, OrderType, RejectReason, Side,
                                     Status, TimeInForce)
 
@@ -243,7 +243,7 @@ class OrderRepository:
             where += f" AND account_id = ${len(args)}"
         if lock_wait is not None:
             args.append(lock_wait_text(lock_wait))
-            where += f" AND set_config('lock_timeout', ${len(args)}, true) IS NOT NULL"
+            where += f" AND {sets_lock_wait(f'${len(args)}')}"
         row = await self.conn.fetchrow(
             f"SELECT {_COLUMNS} FROM orders.orders WHERE {where}" + (" FOR UPDATE" if for_update else ""), *args)
         return _order(row) if row else None

@@ -65,3 +65,19 @@ def test_metrics_that_cannot_listen_stop_start_up_with_a_message_not_a_traceback
     monkeypatch.setenv("METRICS_LISTEN", "192.0.2.1")  # TEST-NET-1: never this machine's
     with pytest.raises(ConfigError, match=f"x: cannot serve /metrics on METRICS_LISTEN=192.0.2.1 METRICS_PORT={port}"):
         start_metrics(load("x"))
+
+
+@pytest.mark.parametrize("name, lock_wait", [("ORDER_LOCK_WAIT_SECONDS", "order_svc.bootstrap"),
+                                             ("LEDGER_LOCK_WAIT_SECONDS", "ledger_svc.bootstrap")])
+def test_a_lock_wait_below_a_tenth_of_a_second_is_refused(monkeypatch, name, lock_wait):
+    """Review of round 22: 0 was taken as 1 ms, so every momentary lock (a fill's) would have
+    answered the calls busy."""
+    import importlib
+
+    read = importlib.import_module(lock_wait).lock_wait
+    for bad in ("0", "0.05"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ConfigError, match=f"{name} must be at least 0.1, got '{bad}'"):
+            read()
+    monkeypatch.setenv(name, "0.1")
+    assert read() == 0.1
