@@ -76,7 +76,10 @@ def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logg
     addresses and connections) go to the log at WARNING, not to the client."""
     log.warning(f"{what}: the call failed", extra={"code": exc.code().name, "error": exc.details()})
     info, _ = error_info(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else (None, None)
-    return unavailable(f"{what}: {exc.code().name}; retry shortly", info.reason if info else None)
+    failed = unavailable(f"{what}: {exc.code().name}; retry shortly", info.reason if info else None)
+    if failed.reason == (info.reason if info else None):  # passed on: with what it names (ACCOUNT_BUSY's accountId)
+        failed.metadata = dict(info.metadata)
+    return failed
 
 
 def retry_after(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:

@@ -15,8 +15,8 @@ from meshkit.errors import Unavailable
 from meshkit.status import to_rpc_status, upstream_unavailable
 
 
-def failed_call(code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    status = to_rpc_status(Unavailable("NATS did not answer", reason=reason))
+def failed_call(code: grpc.StatusCode, reason: str, metadata: dict[str, str] | None = None) -> grpc.aio.AioRpcError:
+    status = to_rpc_status(Unavailable("NATS did not answer", reason=reason, metadata=metadata))
     status.code = code.value[0]
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*rpc_status.to_status(status).trailing_metadata),
                                 details=status.message)
@@ -38,3 +38,16 @@ def test_other_reasons_and_no_details_stay_the_callers_own():
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
     assert upstream_unavailable(bare, "x", log).reason == "UNAVAILABLE"
     assert upstream_unavailable(bare, "x", log).retry_after_seconds is None
+
+
+def test_a_busy_account_is_passed_on_with_the_account_it_names():
+    """Review of round 22: order_svc passed the ledger's ACCOUNT_BUSY of a release (a retried
+    PlaceOrder giving its hold back) on without its accountId, which the docs promise. A reason
+    not passed on takes none of the upstream's metadata."""
+    log = logging.getLogger("test")
+    busy = upstream_unavailable(failed_call(grpc.StatusCode.UNAVAILABLE, "ACCOUNT_BUSY", {"accountId": "alice"}),
+                                "the ledger could not release hold h", log)
+    assert (busy.reason, busy.metadata, busy.retry_after_seconds) == ("ACCOUNT_BUSY", {"accountId": "alice"}, 1.0)
+    other = upstream_unavailable(failed_call(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", {"host": "10.0.0.7"}),
+                                 "x", log)
+    assert (other.reason, other.metadata) == ("UNAVAILABLE", {})
