@@ -242,11 +242,15 @@ async def bounded(uow_factory: UowFactory, lock_wait: float, accounts: Accounts,
         async with uow_factory() as uow:
             yield uow
     except asyncpg.LockNotAvailableError as exc:
-        if callable(accounts):
-            async with uow_factory().reads() as uow:
-                accounts = list(await accounts(uow))
-        named = [a for a in accounts if a]
-        held = await held_accounts_now(set(named), uow_factory, lock_wait)
+        try:  # which account: only the answer's words, so a failure here does not change the answer
+            if callable(accounts):
+                async with uow_factory().reads() as uow:
+                    accounts = list(await accounts(uow))
+            named = [a for a in accounts if a]
+            held = await held_accounts_now(set(named), uow_factory, lock_wait)
+        except Exception as lookup:  # noqa: BLE001 - the pool, the connection, the server: none changes the answer
+            log.warning("could not tell which account a busy call waited for", extra={"error": repr(lookup)})
+            named, held = ([] if callable(accounts) else [a for a in accounts if a]), set()
         account = next((a for a in named if a in held), named[0] if named else "")
         log.warning(f"a call waited {lock_wait} s for a lock of account {account} held by another transaction; "
                     "answered ACCOUNT_BUSY", extra={"account": account})
