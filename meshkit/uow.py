@@ -1,11 +1,18 @@
 """A unit of work: one PostgreSQL transaction that commits only when asked to."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
+from prometheus_client import Histogram
 
 from meshkit import db
+
+# How long a unit of work waited for a connection of its service's pool: readiness no longer
+# says that every connection is busy (db.PostgresProbe asks on its own), this does.
+POOL_WAIT = Histogram("stockmesh_db_pool_wait_seconds", "From a unit of work asking its pool for a connection to "
+                      "getting one", buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
 
 
 class UnitOfWork:
@@ -37,7 +44,9 @@ class UnitOfWork:
         pass
 
     async def __aenter__(self) -> "UnitOfWork":
+        asked = time.perf_counter()
         conn = await self.pool.acquire()
+        POOL_WAIT.observe(time.perf_counter() - asked)
         if self._single:
             self.conn = conn
             self._open(conn)
