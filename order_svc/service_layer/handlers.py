@@ -392,17 +392,20 @@ async def reap_orphaned_holds(deps: Deps, *, older_than: float = REJECTED_HOLD_A
 
 
 async def _unless_busy(call: Awaitable[object], what: str) -> bool:
-    """Whether the reaper's `call` to the ledger went through. One it could not make now (an
-    account held by another transaction: ACCOUNT_BUSY; the ledger not answering) is left for the
-    next round, its hold unchecked, and the round goes on with the rest (round 22 review: a
-    busy release ended the round, and every round after it met the same hold first, so nothing
-    behind it was reaped while that account stayed held)."""
+    """Whether the reaper's `call` to the ledger went through. One the ledger answered
+    ACCOUNT_BUSY (an account held by another transaction) is left for the next round, its hold
+    unchecked, and the round goes on with the rest (round 22 review: a busy release ended the
+    round, and every round after it met the same hold first, so nothing behind it was reaped
+    while that account stayed held). The ledger not answering at all still ends the round: the
+    rest would fail alike, each after its deadline."""
     try:
         await call
         return True
     except Unavailable as exc:
-        log.warning("the ledger could not take a hold back now; the next round tries again",
-                    extra={"holdId": what, "error": exc.message, "reason": exc.reason})
+        if exc.reason != "ACCOUNT_BUSY":
+            raise
+        log.warning("the ledger could not take a hold back now (its account is busy); the next round tries again",
+                    extra={"holdId": what, "error": exc.message})
         return False
 
 

@@ -153,3 +153,70 @@ async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
     deps = type("Deps", (), {"holds": Holds(), "uow": Uow})()
     assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=2), 10) == 0
     assert deps.holds.asked == 2  # the page, then what is after it (nothing): the round ends
+
+
+async def test_the_hold_reaper_goes_past_a_busy_account_but_stops_when_the_ledger_does_not_answer():
+    """Round 22 review: a release answered ACCOUNT_BUSY (its account held by another
+    transaction) leaves that hold unchecked for the next round and the round goes on with the
+    others; the ledger not answering at all (no reason) still ends the round, since every
+    release after it would fail alike, each after its deadline."""
+    import asyncio
+    import uuid
+    from datetime import datetime, timezone
+
+    import pytest
+
+    from meshkit.errors import Unavailable
+    from order_svc.domain.model import UncheckedHold
+    from order_svc.service_layer import handlers
+
+    at = datetime(2024, 1, 2, 15, tzinfo=timezone.utc)
+    page = [UncheckedHold(f"h{i}", str(uuid.uuid4()), at, True) for i in range(3)]
+
+    class Holds:
+        def __init__(self, refusal: Unavailable) -> None:
+            self.refusal, self.released, self.marked = refusal, [], []
+
+        async def unchecked(self, older_than, orphan_age, limit, after=None):
+            return [h for h in page if after is None or (h.created_at, h.hold_id) > (after.created_at, after.hold_id)]
+
+        async def release(self, hold_id):
+            if hold_id == "h0":
+                raise self.refusal
+            self.released.append(hold_id)
+
+        async def mark_checked(self, hold_ids):
+            self.marked += hold_ids
+
+    class Orders:
+        async def recorded(self, order_ids):
+            return set()  # no order recorded: every hold an orphan
+
+        async def claim_orphans(self, order_ids):
+            return list(order_ids), []
+
+    class Uow:
+        orders = Orders()
+
+        def reads(self):
+            return self
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            pass
+
+        async def commit(self):
+            pass
+
+    busy = Holds(Unavailable("account a is busy", reason="ACCOUNT_BUSY"))
+    deps = type("Deps", (), {"holds": busy, "uow": Uow})()
+    assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=3), 10) == 2
+    assert (busy.released, busy.marked) == (["h1", "h2"], ["h1", "h2"])  # h0 left for the next round
+
+    down = Holds(Unavailable("the ledger could not release hold h0: UNAVAILABLE; retry shortly"))
+    deps = type("Deps", (), {"holds": down, "uow": Uow})()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=3), 10)
+    assert (down.released, down.marked) == ([], [])
