@@ -100,6 +100,25 @@ def test_an_order_id_is_taken_as_placeorder_writes_it_and_not_in_uuids_other_spe
         assert mapping.order_id(other, v) is None and [i.field for i in v.items] == ["order_id"], other
 
 
+def _uow_of(orders):
+    """The reaper's unit of work, in memory: `orders` its repository."""
+    class Uow:
+        def reads(self):
+            return self
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            pass
+
+        async def commit(self):
+            pass
+
+    Uow.orders = orders
+    return Uow
+
+
 async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
     """Round 19 review: the ledger marks holds checked skipping those locked (by a fill, or a
     stuck transaction); a full page of such holds came back whole at once, and the reaper asked
@@ -135,22 +154,7 @@ async def test_the_hold_reaper_does_not_spin_on_a_full_page_it_cannot_mark():
         async def claim_orphans(self, order_ids):
             return [], []
 
-    class Uow:
-        orders = Orders()
-
-        def reads(self):
-            return self
-
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            pass
-
-        async def commit(self):
-            pass
-
-    deps = type("Deps", (), {"holds": Holds(), "uow": Uow})()
+    deps = type("Deps", (), {"holds": Holds(), "uow": _uow_of(Orders())})()
     assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=2), 10) == 0
     assert deps.holds.asked == 2  # the page, then what is after it (nothing): the round ends
 
@@ -195,28 +199,13 @@ async def test_the_hold_reaper_goes_past_a_busy_account_but_stops_when_the_ledge
         async def claim_orphans(self, order_ids):
             return list(order_ids), []
 
-    class Uow:
-        orders = Orders()
-
-        def reads(self):
-            return self
-
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            pass
-
-        async def commit(self):
-            pass
-
     busy = Holds(Unavailable("account a is busy", reason="ACCOUNT_BUSY"))
-    deps = type("Deps", (), {"holds": busy, "uow": Uow})()
+    deps = type("Deps", (), {"holds": busy, "uow": _uow_of(Orders())})()
     assert await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=3), 10) == 2
     assert (busy.released, busy.marked) == (["h1", "h2"], ["h1", "h2"])  # h0 left for the next round
 
     down = Holds(Unavailable("the ledger could not release hold h0: UNAVAILABLE; retry shortly"))
-    deps = type("Deps", (), {"holds": down, "uow": Uow})()
+    deps = type("Deps", (), {"holds": down, "uow": _uow_of(Orders())})()
     with pytest.raises(Unavailable):
         await asyncio.wait_for(handlers.reap_orphaned_holds(deps, older_than=0, orphan_age=0, page=3), 10)
     assert (down.released, down.marked) == ([], [])
