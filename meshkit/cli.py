@@ -427,12 +427,14 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
     trading_day = _day(day, "--date", come=True)
     namespace = _namespace(namespace, data_dir, database_url is not None)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
-    if not before_close and not asyncio.run(_session_closed(trading_day, database_url)):
-        click.echo(f"day not settled: the session of {trading_day} has not closed (no close of it or of a later day "
-                   "was made), so its fills are not final and a later run would settle more. In regular hours "
-                   "order_svc closes it at the close; a market kept always open is closed with `stockmesh session "
-                   f"close --date {trading_day}`. --before-close settles what has traded so far.", err=True)
-        sys.exit(1)
+    from meshkit.errors import FailedPrecondition
+
+    if not before_close:
+        try:
+            asyncio.run(_require_session_closed(trading_day, database_url))
+        except FailedPrecondition as exc:  # nothing settled
+            click.echo(f"day not settled: {exc.message}", err=True)
+            sys.exit(1)
     source = ""  # where the NATS URL came from, when not given
     if not nats_url:
         folder = (data_dir or default_data_dir()).resolve()
@@ -441,7 +443,6 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
                   f"no NATS given (--nats-url, $NATS_URL, or a mesh of namespace {namespace!r} running in {folder}): "
                   "the day was reconciled against the ledger's own records only")
     from ledger_svc.service_layer.runner import run_settlement
-    from meshkit.errors import FailedPrecondition
     from meshkit.money import fmt_cents
 
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
@@ -469,16 +470,13 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
     click.echo("  discrepancies           none")
 
 
-async def _session_closed(day, database_url: str) -> bool:
-    from datetime import datetime, timezone
-
-    from meshkit import calendar, db
-    from order_svc.service_layer.session import close_made
-    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+async def _require_session_closed(day, database_url: str) -> None:
+    from ledger_svc.service_layer.runner import require_session_closed
+    from meshkit import db
 
     pool = await db.create_pool(database_url, min_size=1, max_size=1)
     try:
-        return await close_made(day, lambda: OrderUnitOfWork(pool), calendar.trading_day(datetime.now(timezone.utc)))
+        await require_session_closed(day, pool, override="--before-close")
     finally:
         await pool.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 from ledger_svc.service_layer.handlers import UowFactory
-from ledger_svc.service_layer.runner import settle_and_reconcile, trim_journal
+from ledger_svc.service_layer.runner import require_session_closed, settle_and_reconcile, trim_journal
 from meshkit import calendar
 from meshkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from meshkit.money import fmt_cents
@@ -32,6 +32,8 @@ class SettlementServicer(settlement_service_pb2_grpc.SettlementServiceServicer):
         day = _trading_day(request.date)
         if why := calendar.after_today(day):  # it would settle fills of a day not traded yet
             raise InvalidArgument([FieldViolation("date", why)])
+        if not request.before_close:  # as `stockmesh settle`: its fills are final only after the close
+            await require_session_closed(day, self.uow().pool, override="before_close")
         # Wait for the ledger to catch up with the journal for at most half the caller's deadline.
         left = context.time_remaining() if context is not None else None
         wait = self.catch_up if left is None else max(0.0, min(self.catch_up, left / 2))

@@ -14,6 +14,8 @@ from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, db, executions
 from meshkit.errors import FailedPrecondition
+from order_svc.service_layer.session import close_made
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 # The services that apply every execution, each through one durable consumer per symbol.
 APPLIERS = ("ledger", "orders")
@@ -24,6 +26,24 @@ JOURNAL_LOCK = "ledger.execution-journal"
 SETTLE_AFTER_CLOSE = timedelta(minutes=5)
 
 log = logging.getLogger("ledger_svc.settlement")
+
+
+async def require_session_closed(day: date, pool, *, override: str) -> None:
+    """Refuse (FailedPrecondition SESSION_NOT_CLOSED, nothing settled) a day whose session has
+    not closed: until a close of it or of a later day was made (order_svc's session closes,
+    `orders.outbox`, in the same database: every deployment gives the services one
+    DATABASE_URL), the day is still trading, its fills are not final and a later run would
+    settle more. What `stockmesh settle` and SettlementService.RunSettlement both check, unless
+    told to settle what has traded so far (`override` names how: `--before-close`,
+    `before_close`); the automatic batch runs after the close by the calendar."""
+    today = calendar.trading_day(datetime.now(timezone.utc))
+    if await close_made(day, lambda: OrderUnitOfWork(pool), today):
+        return
+    raise FailedPrecondition(
+        f"the session of {day} has not closed (no close of it or of a later day was made), so its fills are not "
+        "final and a later run would settle more. In regular hours order_svc closes it at the close; a market "
+        f"kept always open is closed with `stockmesh session close --date {day}`. {override} settles what has "
+        "traded so far.", reason="SESSION_NOT_CLOSED", metadata={"tradingDay": day.isoformat()})
 
 
 async def settle_and_reconcile(day: date, uow, js, namespace: str, *, catch_up: float = 60.0,

@@ -352,8 +352,9 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.RunSettlement(spb.RunSettlementRequest(date=bad))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        first = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
-        second = await stub.RunSettlement(spb.RunSettlementRequest(date=day))
+        # The session's database: the day is still trading (other modules' fills), not closed.
+        first = await stub.RunSettlement(spb.RunSettlementRequest(date=day, before_close=True))
+        second = await stub.RunSettlement(spb.RunSettlementRequest(date=day, before_close=True))
     assert second.fills_settled == 0 and second.amount_settled == "0.00"  # running it twice changes nothing
     assert (first.amount_settled == "0.00") == (first.fills_settled == 0)  # what it paid out (round 16)
     assert second.fills_already_settled == first.fills_settled + first.fills_already_settled
@@ -368,8 +369,70 @@ async def test_run_settlement_over_grpc_settles_once_and_reconciles_against_the_
     missed.time.FromDatetime(datetime.now(timezone.utc))
     await js.publish(bus.subject(ns, "executions", "AAPL"), missed.SerializeToString())
     servicer = SettlementServicer(lambda: LedgerUnitOfWork(checked_pool), js, ns, catch_up=0.5)
-    reply = await servicer.RunSettlement(spb.RunSettlementRequest(date=day), None)
+    reply = await servicer.RunSettlement(spb.RunSettlementRequest(date=day, before_close=True), None)
     assert ("FILL_NOT_APPLIED", missed.execution_id) in {(d.kind, d.reference) for d in reply.discrepancies}
+
+
+async def test_run_settlement_refuses_a_day_whose_session_has_not_closed_as_settle_does(pg_server_url):
+    """`stockmesh settle` waited for the day's close (or a later day's), unless --before-close;
+    RunSettlement, a scheduler's, settled a day still trading, whose fills are not final (a
+    later run settled more). Now it refuses it too, FAILED_PRECONDITION SESSION_NOT_CLOSED
+    with the day, settling nothing, unless before_close; after a close it settles."""
+    import grpc
+    from grpc_status import rpc_status
+    from google.rpc import error_details_pb2
+
+    from meshkit.executions import FILL, Execution
+    from order_svc.service_layer.session import close_session
+    from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+    from stockmesh.ledger.v1 import settlement_service_pb2 as spb, settlement_service_pb2_grpc
+    from tests.integration.conftest import ledger_server
+
+    now = datetime.now(timezone.utc)
+    today = calendar.trading_day(now)
+    yesterday = today - timedelta(days=1)
+    async with funded_ledger(pg_server_url) as uow:
+        pool = uow().pool
+        for n, (at, day) in enumerate(((now - timedelta(days=1), yesterday), (now, today))):  # a fill on each
+            buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+            await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("50.00")), uow)
+            await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(5)), uow)
+            assert await settlement.apply_execution(Execution(
+                f"AAPL:close:{n}", "AAPL", FILL, buy, "buyer", side="BUY", counter_order_id=sell,
+                counter_account_id="seller", price=Decimal("10.00"), quantity=5, executed_at=at, trade_date=day), uow)
+
+        async def ledger_state():
+            async with pool.acquire() as conn:
+                return (await conn.fetch("SELECT fill_id, settled_at, settle_entry FROM ledger.unsettled "
+                                         "ORDER BY fill_id"),
+                        await conn.fetchval("SELECT count(*) FROM ledger.entries"))
+
+        before = await ledger_state()
+        async with ledger_server(pool) as addr, grpc.aio.insecure_channel(addr) as ch:
+            stub = settlement_service_pb2_grpc.SettlementServiceStub(ch)
+            for day in (today, yesterday):  # no close of either, nor of a later day
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.RunSettlement(spb.RunSettlementRequest(date=day.isoformat()))
+                err = refused.value
+                assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+                assert f"the session of {day} has not closed" in err.details(), err.details()
+                assert f"stockmesh session close --date {day}" in err.details() and "before_close" in err.details()
+                [detail] = rpc_status.from_call(err).details
+                info = error_details_pb2.ErrorInfo()
+                assert detail.Unpack(info)
+                assert (info.reason, dict(info.metadata)) == ("SESSION_NOT_CLOSED", {"tradingDay": day.isoformat()})
+            assert await ledger_state() == before  # nothing settled
+
+            # before_close: what has traded so far (yesterday's fill; today's is not due by it).
+            early = await stub.RunSettlement(spb.RunSettlementRequest(date=yesterday.isoformat(), before_close=True))
+            assert (early.fills_settled, early.amount_settled) == (1, "50.00")
+
+            # Today's close, which came after yesterday's trading too: both are settled unasked.
+            assert await close_session(today, lambda: OrderUnitOfWork(pool), "closing")
+            closed = await stub.RunSettlement(spb.RunSettlementRequest(date=today.isoformat()))
+            assert (closed.fills_settled, closed.fills_already_settled, closed.amount_settled) == (1, 1, "50.00")
+            again = await stub.RunSettlement(spb.RunSettlementRequest(date=yesterday.isoformat()))
+            assert (again.fills_settled, again.fills_already_settled) == (0, 1)
 
 
 async def test_settlement_waits_for_a_ledger_behind_the_journal(order_deps, checked_pool, nats_conn):

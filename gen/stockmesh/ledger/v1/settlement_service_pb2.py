@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,stockmesh/ledger/v1/settlement_service.proto\x12\x13stockmesh.ledger.v1\"$\n\x14RunSettlementRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\">\n\x0b\x44iscrepancy\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xba\x01\n\x15RunSettlementResponse\x12\x15\n\rfills_settled\x18\x01 \x01(\x03\x12\x1d\n\x15\x66ills_already_settled\x18\x02 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x03 \x03(\x0b\x32 .stockmesh.ledger.v1.Discrepancy\x12\x1a\n\x12reconciled_against\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_settled\x18\x05 \x01(\t\"5\n\x12TrimJournalRequest\x12\x0e\n\x06\x62\x65\x66ore\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x80\x01\n\x13TrimJournalResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x03\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ut_sequence\x18\x03 \x01(\x03\x12\x0e\n\x06purged\x18\x04 \x01(\x03\x12\x14\n\x0cheld_back_by\x18\x05 \x01(\t2\xdd\x01\n\x11SettlementService\x12\x66\n\rRunSettlement\x12).stockmesh.ledger.v1.RunSettlementRequest\x1a*.stockmesh.ledger.v1.RunSettlementResponse\x12`\n\x0bTrimJournal\x12\'.stockmesh.ledger.v1.TrimJournalRequest\x1a(.stockmesh.ledger.v1.TrimJournalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,stockmesh/ledger/v1/settlement_service.proto\x12\x13stockmesh.ledger.v1\":\n\x14RunSettlementRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x65\x66ore_close\x18\x02 \x01(\x08\">\n\x0b\x44iscrepancy\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xba\x01\n\x15RunSettlementResponse\x12\x15\n\rfills_settled\x18\x01 \x01(\x03\x12\x1d\n\x15\x66ills_already_settled\x18\x02 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x03 \x03(\x0b\x32 .stockmesh.ledger.v1.Discrepancy\x12\x1a\n\x12reconciled_against\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_settled\x18\x05 \x01(\t\"5\n\x12TrimJournalRequest\x12\x0e\n\x06\x62\x65\x66ore\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x80\x01\n\x13TrimJournalResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x03\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ut_sequence\x18\x03 \x01(\x03\x12\x0e\n\x06purged\x18\x04 \x01(\x03\x12\x14\n\x0cheld_back_by\x18\x05 \x01(\t2\xdd\x01\n\x11SettlementService\x12\x66\n\rRunSettlement\x12).stockmesh.ledger.v1.RunSettlementRequest\x1a*.stockmesh.ledger.v1.RunSettlementResponse\x12`\n\x0bTrimJournal\x12\'.stockmesh.ledger.v1.TrimJournalRequest\x1a(.stockmesh.ledger.v1.TrimJournalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stockmesh.ledger.v1.settlem
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNSETTLEMENTREQUEST']._serialized_start=69
-  _globals['_RUNSETTLEMENTREQUEST']._serialized_end=105
-  _globals['_DISCREPANCY']._serialized_start=107
-  _globals['_DISCREPANCY']._serialized_end=169
-  _globals['_RUNSETTLEMENTRESPONSE']._serialized_start=172
-  _globals['_RUNSETTLEMENTRESPONSE']._serialized_end=358
-  _globals['_TRIMJOURNALREQUEST']._serialized_start=360
-  _globals['_TRIMJOURNALREQUEST']._serialized_end=413
-  _globals['_TRIMJOURNALRESPONSE']._serialized_start=416
-  _globals['_TRIMJOURNALRESPONSE']._serialized_end=544
-  _globals['_SETTLEMENTSERVICE']._serialized_start=547
-  _globals['_SETTLEMENTSERVICE']._serialized_end=768
+  _globals['_RUNSETTLEMENTREQUEST']._serialized_end=127
+  _globals['_DISCREPANCY']._serialized_start=129
+  _globals['_DISCREPANCY']._serialized_end=191
+  _globals['_RUNSETTLEMENTRESPONSE']._serialized_start=194
+  _globals['_RUNSETTLEMENTRESPONSE']._serialized_end=380
+  _globals['_TRIMJOURNALREQUEST']._serialized_start=382
+  _globals['_TRIMJOURNALREQUEST']._serialized_end=435
+  _globals['_TRIMJOURNALRESPONSE']._serialized_start=438
+  _globals['_TRIMJOURNALRESPONSE']._serialized_end=566
+  _globals['_SETTLEMENTSERVICE']._serialized_start=569
+  _globals['_SETTLEMENTSERVICE']._serialized_end=790
 # @@protoc_insertion_point(module_scope)

@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunSettlementRequest(_message.Message):
-    __slots__ = ("date",)
+    __slots__ = ("date", "before_close")
     DATE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_CLOSE_FIELD_NUMBER: _ClassVar[int]
     date: str
-    def __init__(self, date: _Optional[str] = ...) -> None: ...
+    before_close: bool
+    def __init__(self, date: _Optional[str] = ..., before_close: _Optional[bool] = ...) -> None: ...
 
 class Discrepancy(_message.Message):
     __slots__ = ("kind", "reference", "detail")

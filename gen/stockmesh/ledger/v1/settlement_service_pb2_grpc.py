@@ -52,7 +52,12 @@ class SettlementServiceServicer:
     """
 
     def RunSettlement(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Settle a trading day's fills and reconcile the ledger against the execution journal;
+        running it twice changes nothing. INVALID_ARGUMENT on `date` for a day not YYYY-MM-DD or
+        not come yet; FAILED_PRECONDITION SESSION_NOT_CLOSED (metadata `tradingDay`), nothing
+        settled, while the day's session has not closed, unless `before_close`;
+        FAILED_PRECONDITION JOURNAL_NOT_FOUND when the namespace has no execution journal.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
