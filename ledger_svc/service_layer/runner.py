@@ -9,13 +9,12 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from ledger_svc.adapters import journal
+from ledger_svc.adapters.sessions import session_closed
 from ledger_svc.domain.settlement import JournalTrim, SettlementReport
 from ledger_svc.service_layer import settlement
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus, calendar, db, executions
 from meshkit.errors import FailedPrecondition
-from order_svc.service_layer.session import close_made
-from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 # The services that apply every execution, each through one durable consumer per symbol.
 APPLIERS = ("ledger", "orders")
@@ -36,8 +35,7 @@ async def require_session_closed(day: date, pool, *, override: str) -> None:
     settle more. What `stockmesh settle` and SettlementService.RunSettlement both check, unless
     told to settle what has traded so far (`override` names how: `--before-close`,
     `before_close`); the automatic batch runs after the close by the calendar."""
-    today = calendar.trading_day(datetime.now(timezone.utc))
-    if await close_made(day, lambda: OrderUnitOfWork(pool), today):
+    if await session_closed(day, pool):  # ledger_svc.adapters.sessions: order_svc's records
         return
     raise FailedPrecondition(
         f"the session of {day} has not closed (no close of it or of a later day was made), so its fills are not "

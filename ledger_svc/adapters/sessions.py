@@ -1,0 +1,16 @@
+"""order_svc's session closes, as the ledger sees them: whether a trading day's session has
+closed, read from order_svc's own records (its outbox's close commands) in the database every
+deployment gives the services (one DATABASE_URL), with order_svc's own query, never a copy of it.
+The one place ledger_svc reads order_svc's tables; settlement asks it before settling a day."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from meshkit import calendar
+from order_svc.service_layer.session import close_made
+from order_svc.service_layer.unit_of_work import OrderUnitOfWork
+
+
+async def session_closed(day: date, pool) -> bool:
+    """Whether a close of `day`, or of a later day up to today in New York, was made."""
+    return await close_made(day, lambda: OrderUnitOfWork(pool), calendar.trading_day(datetime.now(timezone.utc)))
