@@ -1,15 +1,15 @@
 """OrderService over gRPC: proto -> command, call the handler, domain -> proto."""
 from __future__ import annotations
 
-import collections
 from typing import AsyncIterator
 
 import grpc
 
 from meshkit import paging, symbols
 from meshkit.auth import current_account
-from meshkit.errors import FieldViolation, InvalidArgument, ResourceExhausted, Violations
+from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.status import POSITION_HEADER
+from meshkit.streams import StreamLimit
 from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import Deps
@@ -28,8 +28,8 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                  streams_per_account: int = STREAMS_PER_ACCOUNT) -> None:
         self.deps = deps
         self.wakeups = wakeups
-        self.streams_per_account = streams_per_account
-        self._streams: collections.Counter[str] = collections.Counter()  # account -> its open streams
+        self.streams = StreamLimit("order-update", streams_per_account,
+                                   hint="one stream carries every change of every order")
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext) -> pb.PlaceOrderResponse:
         req = mapping.place_request(request, current_account())
@@ -90,23 +90,13 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
             raise InvalidArgument([FieldViolation("from_now", "cannot be combined with after_sequence")])
         after = None if request.from_now else request.after_sequence
         account = current_account()
-        if self._streams[account] >= self.streams_per_account:
-            raise ResourceExhausted(
-                f"this account has {self.streams_per_account} order-update streams open already; close one "
-                "(one stream carries every change of every order)", retry_after_seconds=None,  # waiting does not help
-                reason="TOO_MANY_STREAMS", metadata={"limit": str(self.streams_per_account)})
 
         async def positioned(last: int) -> None:
             # The stream's headers say where it starts, once it is listening: a client that waits
             # for them (from_now) knows that every later change will reach it.
             await context.send_initial_metadata(((POSITION_HEADER, str(last)),))
 
-        self._streams[account] += 1
-        try:
+        with self.streams.open(account):  # RESOURCE_EXHAUSTED / TOO_MANY_STREAMS past the limit
             async for seq, order, fill in lifecycle.stream_updates(account, after, self.deps, self.wakeups,
                                                                    positioned=positioned):
                 yield mapping.update_to_proto(seq, order, fill)
-        finally:
-            self._streams[account] -= 1
-            if not self._streams[account]:
-                del self._streams[account]
