@@ -74,6 +74,16 @@ def current_account() -> str:
     return acct
 
 
+def caller_account() -> str | None:
+    """The account of the call being served, or None for a call without a verified token at all:
+    possible only on a service's own port (tests, tools on the host), never through Envoy, which
+    requires one on every call. A token that names no usable account is UNAUTHENTICATED, as in
+    current_account."""
+    if not logs.account_id.get() and not subject_refused.get():
+        return None
+    return current_account()
+
+
 def on_behalf_of_caller() -> tuple[tuple[str, str], ...]:
     """Metadata that carries the current caller's verified identity to another service."""
     payload = caller_payload.get()

@@ -16,7 +16,7 @@ from meshkit import bus, cache, config, db, symbols
 from meshkit.server import App
 from quote_svc.adapters import feed
 from quote_svc.adapters.cache import RedisQuoteCache
-from quote_svc.entrypoints.grpc_server import QuoteServicer
+from quote_svc.entrypoints.grpc_server import STREAMS_PER_ACCOUNT, QuoteServicer
 from quote_svc.service_layer import candles
 from quote_svc.service_layer.candles import CandleCache
 from quote_svc.service_layer.quotes import QuoteBook
@@ -38,7 +38,7 @@ class Parts:
 
 def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespace: str, *,
           candles_writer: bool = True, cache_refresh: float = 10.0,
-          database_url: str | None = None) -> tuple[App, Parts]:
+          database_url: str | None = None, streams_per_account: int = STREAMS_PER_ACCOUNT) -> tuple[App, Parts]:
     js = nc.jetstream()
     book = QuoteBook()
     quote_cache = RedisQuoteCache(redis, namespace, refresh=cache_refresh)
@@ -62,7 +62,7 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
 
     background = [follow, write_cache] + ([write_candles] if candles_writer else [])
     postgres = db.pool_check(pool, database_url)  # readiness on a connection of its own
-    servicer = QuoteServicer(book, uow)
+    servicer = QuoteServicer(book, uow, streams_per_account=streams_per_account)
     app = App(
         name="quote_svc",
         servicers=[(quote_service_pb2_grpc.add_QuoteServiceServicer_to_server, servicer,
@@ -75,12 +75,20 @@ def build(pool: asyncpg.Pool, nc: Client, redis: aioredis.Redis | None, namespac
     return app, Parts(book, quote_cache, servicer.candle_cache)
 
 
+def streams_per_account() -> int:
+    """QUOTE_STREAMS_PER_ACCOUNT: StreamQuotes calls one account may have open at once on one
+    replica (at least 1)."""
+    return config.env_int("QUOTE_STREAMS_PER_ACCOUNT", STREAMS_PER_ACCOUNT, minimum=1)
+
+
 async def bootstrap(settings: config.Settings) -> App:
     assert settings.database_url and settings.nats_url and settings.redis_url
+    limit = streams_per_account()  # a malformed setting stops start-up before anything connects
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=db.pool_max(10))
     nc = await bus.connect(settings.nats_url, "quote_svc")
     redis = cache.connect(settings.redis_url)
-    app, _ = build(pool, nc, redis, settings.namespace, database_url=settings.database_url)
+    app, _ = build(pool, nc, redis, settings.namespace, database_url=settings.database_url,
+                   streams_per_account=limit)
     return app
 
 

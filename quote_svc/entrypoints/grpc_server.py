@@ -7,8 +7,10 @@ import grpc
 from prometheus_client import Gauge
 
 from meshkit import paging, symbols as listing
+from meshkit.auth import caller_account
 from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.money import fmt, fmt_price
+from meshkit.streams import StreamLimit
 from quote_svc.domain.candles import Interval, bucket_start, is_aligned, iso, time_range
 from quote_svc.entrypoints import mapping
 from quote_svc.service_layer import candles, quotes
@@ -19,6 +21,10 @@ CANDLE_PAGE_DEFAULT = 500
 CANDLE_PAGE_MAX = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 OPEN_STREAMS = Gauge("stockmesh_quote_streams", "StreamQuotes calls this replica is serving")
+# StreamQuotes calls one account may have open at once on one replica (QUOTE_STREAMS_PER_ACCOUNT):
+# an app needs one or a few (a stream carries up to 100 symbols); each holds a subscription, a
+# queue and a task, and one token opening thousands slowed everyone's quotes.
+STREAMS_PER_ACCOUNT = 50
 
 
 def _time(request: pb.GetCandlesRequest, name: str, interval: Interval | None, v: Violations, *,
@@ -79,8 +85,11 @@ def _candle_query(request: pb.GetCandlesRequest) -> candles.CandleQuery:
 
 
 class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
-    def __init__(self, book: quotes.QuoteBook, uow_factory: UowFactory) -> None:
+    def __init__(self, book: quotes.QuoteBook, uow_factory: UowFactory, *,
+                 streams_per_account: int = STREAMS_PER_ACCOUNT) -> None:
         self.book = book
+        self.streams = StreamLimit("quote", streams_per_account,
+                                   hint=f"one stream carries up to {quotes.MAX_STREAM_SYMBOLS} symbols")
         self.uow = uow_factory
         self.to_proto = mapping.QuoteProtos()
         self.candle_cache = candles.CandleCache()
@@ -97,21 +106,25 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
 
     async def StreamQuotes(self, request: pb.StreamQuotesRequest, context: grpc.aio.ServicerContext):
         wanted = quotes.stream_symbols(request.symbols)
-        sub = self.book.subscribe(wanted)
-        OPEN_STREAMS.inc()
-        try:
-            # The headers come at once and say which of the symbols have a quote, whose snapshot
-            # follows: a symbol never quoted yet has none (as GetQuote's NOT_FOUND), and a client
-            # asking only for such symbols could not tell that its stream was open.
-            await context.send_initial_metadata(
-                (("x-stockmesh-snapshot", ",".join(sorted(s for s in wanted if s in self.book.quotes))),))
-            while True:
-                # Raises quotes.Closing (UNAVAILABLE, SHUTTING_DOWN) once the service stops.
-                quote = await sub.get()
-                yield self.to_proto.encoded(quote)  # serialized once for every stream
-        finally:
-            OPEN_STREAMS.dec()
-            self.book.unsubscribe(sub)
+        # RESOURCE_EXHAUSTED / TOO_MANY_STREAMS past the account's limit. Every call through Envoy
+        # has an account; one on the replica's own port without a token (tests, tools on the
+        # host) is not counted.
+        with self.streams.open(caller_account()):
+            sub = self.book.subscribe(wanted)
+            OPEN_STREAMS.inc()
+            try:
+                # The headers come at once and say which of the symbols have a quote, whose snapshot
+                # follows: a symbol never quoted yet has none (as GetQuote's NOT_FOUND), and a client
+                # asking only for such symbols could not tell that its stream was open.
+                await context.send_initial_metadata(
+                    (("x-stockmesh-snapshot", ",".join(sorted(s for s in wanted if s in self.book.quotes))),))
+                while True:
+                    # Raises quotes.Closing (UNAVAILABLE, SHUTTING_DOWN) once the service stops.
+                    quote = await sub.get()
+                    yield self.to_proto.encoded(quote)  # serialized once for every stream
+            finally:
+                OPEN_STREAMS.dec()
+                self.book.unsubscribe(sub)
 
     async def GetCandles(self, request: pb.GetCandlesRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetCandlesResponse | bytes:

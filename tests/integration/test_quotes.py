@@ -8,11 +8,14 @@ import uuid
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from meshkit import bus, cache
 from meshkit.status import DOMAIN, error_info
 from quote_svc.adapters.cache import quote_key
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
+from tests.support.crash import identity
 from tests.support.quotes import md_event, publish_md, quote_service
 from tests.support.wait import eventually
 
@@ -190,6 +193,58 @@ async def test_shutdown_ends_streams_with_unavailable_shutting_down(pool, nats_u
             assert info is not None, err.value.details()
             assert (info.reason, info.domain) == ("SHUTTING_DOWN", DOMAIN)
         assert await eventually(lambda: asyncio.sleep(0, svc.parts.book.subscribers() == 0))
+
+
+async def test_an_account_has_a_bounded_number_of_quote_streams_open_at_once(pool, nats_url, ns):
+    """One token could open thousands of quote streams on a replica, each holding a
+    subscription, a queue and a task. Past the account's limit (QUOTE_STREAMS_PER_ACCOUNT) a
+    stream is refused at once, RESOURCE_EXHAUSTED / TOO_MANY_STREAMS without RetryInfo (as
+    order_svc's order-update streams); another account's is not, and closing one frees its
+    place. A call without a token, possible only on the replica's own port, is not counted."""
+    a, b = f"quotes-{uuid.uuid4().hex[:10]}", f"quotes-{uuid.uuid4().hex[:10]}"
+    async with quote_service(pool, nats_url, ns, candles_writer=False, streams_per_account=2) as svc:
+        async def opened(*metadata):
+            call = svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]), metadata=metadata)
+            await asyncio.wait_for(call.initial_metadata(), 15)  # open (or refused)
+            return call
+
+        def is_open(headers) -> bool:
+            return "x-stockmesh-snapshot" in dict(headers)
+
+        first, second = await opened(*identity(a)), await opened(*identity(a))
+        third = await opened(*identity(a))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(third.read(), 15)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.value.code(), err.value.details())
+        info, _ = error_info(err.value)
+        assert (info.reason, dict(info.metadata)) == ("TOO_MANY_STREAMS", {"limit": "2"})
+        assert "2 quote streams open already" in err.value.details()
+        # No RetryInfo: waiting does not help while the other streams stay open.
+        details = rpc_status.from_call(err.value).details
+        assert not [d for d in details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert not is_open(await third.initial_metadata())
+
+        other = await opened(*identity(b))  # another account's
+        assert is_open(await other.initial_metadata())
+        untokened = [await opened() for _ in range(3)]  # the replica's own port, no token
+        assert [is_open(await s.initial_metadata()) for s in untokened] == [True] * 3
+        # A token naming no account (here a book of the brokerage's own) is refused, as every
+        # account's call is: it could not be counted.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await (await opened(*identity("$clearing"))).read()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        first.cancel()
+
+        async def a_place_again() -> bool:
+            call = await opened(*identity(a))
+            ok = is_open(await call.initial_metadata())
+            call.cancel()
+            return ok
+        # (once the server has seen the cancel)
+        assert await eventually(a_place_again, timeout=30), "closing a stream did not free its place"
+        for call in (second, other, *untokened):
+            call.cancel()
 
 
 def quote_service_stub(channel):

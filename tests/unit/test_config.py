@@ -9,6 +9,7 @@ from meshkit.config import ConfigError, env_choice, load
 from meshkit.server import start_metrics
 from order_svc.adapters.outbox import retention
 from order_svc.bootstrap import relays_in_process
+from quote_svc.bootstrap import streams_per_account
 
 
 def test_a_choice_is_one_of_its_values_in_any_case_and_unset_is_the_default(monkeypatch):
@@ -42,6 +43,17 @@ def test_published_outbox_rows_are_kept_a_week_unless_told_otherwise_and_zero_ke
         monkeypatch.setenv("ORDER_OUTBOX_RETENTION_HOURS", bad)
         with pytest.raises(ConfigError, match="ORDER_OUTBOX_RETENTION_HOURS"):
             retention()
+
+
+def test_quote_streams_per_account_is_fifty_unless_told_otherwise_and_at_least_one(monkeypatch):
+    monkeypatch.delenv("QUOTE_STREAMS_PER_ACCOUNT", raising=False)
+    assert streams_per_account() == 50
+    monkeypatch.setenv("QUOTE_STREAMS_PER_ACCOUNT", "5000")
+    assert streams_per_account() == 5000
+    for bad in ("0", "-1", "many", "2.5"):
+        monkeypatch.setenv("QUOTE_STREAMS_PER_ACCOUNT", bad)
+        with pytest.raises(ConfigError, match="QUOTE_STREAMS_PER_ACCOUNT"):
+            streams_per_account()
 
 
 def test_metrics_listen_is_an_address_or_a_host_name_and_anything_else_is_named(monkeypatch):
