@@ -7,7 +7,8 @@
    deleted and the data folder removed at the end, also on Ctrl-C or SIGTERM.
 2. Fan-out: for each N in --streams, N concurrent StreamQuotes clients on one hot symbol
    (spread over --clients client processes, 100 streams per HTTP/2 connection, each with a
-   bearer token, through Envoy's public listener) while this process publishes a
+   bearer token, through Envoy's public listener; all of one account, so the mesh runs with
+   QUOTE_STREAMS_PER_ACCOUNT at the largest N instead of 50) while this process publishes a
    MarketDataEvent for that symbol --rate times a second straight to the `<ns>_MD` stream (as
    the engine would). Lag = the client's receipt time − the event's time (set when it is
    published; one clock, one machine). Figures: p50/p99/max lag, messages delivered per second
@@ -518,7 +519,9 @@ async def run(args, mesh: MeshProcess) -> None:
 
 def main(args) -> int:
     unwind_on_signals()  # Ctrl-C, SIGTERM, SIGHUP: the mesh is stopped and everything of it removed
-    mesh = MeshProcess(env={"STOCKMESH_MARKET_ALWAYS_OPEN": "1", "LOG_LEVEL": "WARNING"},
+    # Every stream is the token "bench"'s: its account may hold them all (quote_svc's limit is 50).
+    mesh = MeshProcess(env={"STOCKMESH_MARKET_ALWAYS_OPEN": "1", "LOG_LEVEL": "WARNING",
+                            "QUOTE_STREAMS_PER_ACCOUNT": str(max(args.streams))},
                        extra_args=["--log-level", "WARNING", "--no-simulator", "--quote-replicas", str(args.quote_replicas),
                                    *(["--envoy-workers", str(args.envoy_workers)] if args.envoy_workers else [])],
                        db_prefix="stockmesh_bench", namespace_prefix="bench")
