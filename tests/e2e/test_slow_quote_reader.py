@@ -2,7 +2,9 @@
 not a replay of every stale quote. quote_svc conflates per stream once its writes block; Envoy
 must push back early for that to happen, instead of taking in (up to its defaults, hundreds of
 MiB) every quote the stalled client has not read (envoy/envoy.yaml.tmpl: the public listener's
-and the quote_svc_streams cluster's HTTP/2 stream windows, the cluster's buffer limit)."""
+and the quote_svc_streams cluster's HTTP/2 stream windows, the cluster's buffer limit).
+On the same mesh (one quote_svc replica): the per-account limit on quote streams counts the
+account of the token Envoy verified."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +15,8 @@ import pytest
 
 from meshkit import bus
 from meshkit.launcher.harness import MeshProcess
+from meshkit.status import error_info
+from quote_svc.entrypoints.grpc_server import STREAMS_PER_ACCOUNT
 from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
 from tests.support.meshes import own_mesh
 from tests.support.quotes import md_event, publish_md
@@ -80,3 +84,34 @@ async def test_a_stalled_stream_through_envoy_reads_few_stale_quotes_then_the_ne
     # Stale quotes held for it: some hundred KiB of flow-control windows and buffers at most,
     # never the whole backlog (without the windows: nearly all 6,000).
     assert read < 3_600, f"read {read} of {2 * UPDATES} updates before the newest quotes"
+
+
+async def test_an_account_holds_at_most_its_limit_of_quote_streams_through_envoy(mesh: MeshProcess) -> None:
+    """The account counted is the token's, as Envoy verified it: past QUOTE_STREAMS_PER_ACCOUNT
+    (its default here) the next stream is RESOURCE_EXHAUSTED / TOO_MANY_STREAMS, another
+    account's opens, and closing one frees its place."""
+    channel = grpc.aio.insecure_channel(mesh.endpoint)
+    stub = quote_service_pb2_grpc.QuoteServiceStub(channel)
+    calls: list[grpc.aio.Call] = []
+
+    async def opened(account: str) -> bool:
+        call = stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["KO"]), metadata=mesh.auth(account))
+        calls.append(call)
+        return "x-stockmesh-snapshot" in dict(await asyncio.wait_for(call.initial_metadata(), 15))
+
+    try:
+        assert [await opened("stream-limit-a") for _ in range(STREAMS_PER_ACCOUNT)] == [True] * STREAMS_PER_ACCOUNT
+        assert not await opened("stream-limit-a")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(calls[-1].read(), 15)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.value.code(), err.value.details())
+        info, _ = error_info(err.value)
+        assert (info.reason, dict(info.metadata)) == ("TOO_MANY_STREAMS", {"limit": str(STREAMS_PER_ACCOUNT)})
+        assert await opened("stream-limit-b")  # another account's
+        calls[0].cancel()
+        # (once quote_svc has seen the cancel)
+        assert await eventually(lambda: opened("stream-limit-a"), timeout=30), "closing a stream did not free its place"
+    finally:
+        for call in calls:
+            call.cancel()
+        await channel.close()
