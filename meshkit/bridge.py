@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable
 import httptools
 from google.protobuf import descriptor_pool, message_factory
 
-from meshkit.errors import InvalidArgument
+from meshkit.errors import MAX_REQUEST_BYTES, request_too_large
 from meshkit.interceptors import RPC_SECONDS, RPC_TOTAL, bind_call, failure, undecodable
 
 log = logging.getLogger("meshkit.bridge")
@@ -42,7 +42,7 @@ CONTENT_TYPE = b"application/x-protobuf"
 # The largest request taken, as the services' gRPC ports take (grpc.max_receive_message_length):
 # a bigger one is refused without being kept (acceptance round 13: 150 MiB PlaceOrders were
 # read whole, order_svc grew by hundreds of MB).
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = MAX_REQUEST_BYTES
 Handler = Callable[[Any, Any], Awaitable[Any]]
 Routes = dict[str, tuple[Callable[[bytes], Any], Handler]]
 
@@ -181,8 +181,7 @@ class BridgeServer:
         out, extra = b"", b""
         try:
             if body is None:
-                raise InvalidArgument([], reason="REQUEST_TOO_LARGE",
-                                      message=f"the request is larger than {MAX_BODY // (1024 * 1024)} MiB")
+                raise request_too_large()
             try:
                 request = parse(body)
             except Exception as exc:  # noqa: BLE001 - not the method's message: the caller's error

@@ -77,6 +77,21 @@ class ResourceExhausted(DomainError):
         self.retry_after_seconds = retry_after_seconds
 
 
+# The largest request message a public call takes: the services' gRPC ports
+# (grpc.max_receive_message_length), order_svc's bridge, and Envoy's buffers in front of them
+# (envoy/envoy.yaml.tmpl, per_request_buffer_limit_bytes and the buffer filter).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+def request_too_large() -> InvalidArgument:
+    """A request over MAX_REQUEST_BYTES, answered alike wherever it is refused (Envoy, the
+    bridge): INVALID_ARGUMENT, not RESOURCE_EXHAUSTED, the status of this API's rate limits,
+    which a client waits out and retries; the same request never succeeds."""
+    return InvalidArgument([], reason="REQUEST_TOO_LARGE",
+                           message=f"the request is larger than {MAX_REQUEST_BYTES >> 20} MiB, the most a call "
+                                   "takes (a public request is under 1 KiB)")
+
+
 class Unavailable(DomainError):
     """Transient: the same request, sent again (after `retry_after_seconds` when given, which
     the client reads as google.rpc.RetryInfo), may succeed."""

@@ -23,6 +23,7 @@ from prometheus_client import Histogram, start_http_server
 
 from meshkit import aio, config, logs
 from meshkit.bridge import BridgeServer, routes as bridge_routes
+from meshkit.errors import MAX_REQUEST_BYTES
 from meshkit.interceptors import ServiceInterceptor
 
 log = logging.getLogger("meshkit.server")
@@ -151,7 +152,7 @@ async def create_server(addr: str, app: App) -> tuple[grpc.aio.Server, int, heal
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor()],
         options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             # Request metadata up to what Envoy takes (60 KiB, its default): gRPC's own limit,
             # 8 KiB soft and 16 KiB hard, refused a request between them at random, and a big
             # token's x-jwt-payload counts twice where a service passes it on (GetPortfolio

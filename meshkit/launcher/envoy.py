@@ -5,6 +5,7 @@ execs it), so every machine runs the same pinned Envoy.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -17,8 +18,10 @@ from pathlib import Path
 from string import Template
 
 from meshkit.auth import MAX_TOKEN_SECONDS
+from meshkit.errors import request_too_large
 from meshkit.launcher.infra import scripts_dir
 from meshkit.launcher.keys import AUDIENCE, ISSUER
+from meshkit.status import to_rpc_status
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
@@ -307,6 +310,10 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         "PUBLIC_PATH_FILTERS": "\n".join(
             f'                      - header_filter: {{ header: {{ name: ":path", string_match: {{ prefix: '
             f'{json.dumps(f"/{service}/")} }} }} }}' for service in PUBLIC_ROUTES),
+        # A request over the buffers' 4 MiB, answered by Envoy as the bridge answers it: its
+        # message (a JSON string), and the whole status for a gRPC caller's details header.
+        "REQUEST_TOO_LARGE_MESSAGE": json.dumps(request_too_large().message),
+        "REQUEST_TOO_LARGE_DETAILS": base64.b64encode(to_rpc_status(request_too_large()).SerializeToString()).decode(),
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }

@@ -139,6 +139,65 @@ async def test_order_commands_with_compressed_messages_are_placed_replaced_and_c
         assert cancelled.order_id == replaced.order_id
 
 
+@pytest.mark.parametrize("method, field", [("PlaceOrder", "client_order_id"), ("GetOrder", "order_id")])
+async def test_a_request_over_4_mib_is_invalid_argument_request_too_large_on_every_route(
+        mesh: RunningMesh, method: str, field: str) -> None:
+    """Envoy refuses a request over 4 MiB (what the services take) before it reaches a service:
+    PlaceOrder on the bridged commands' route, GetOrder on a plain gRPC route. Its 413 came to a
+    gRPC client as UNKNOWN "Payload Too Large", which told it nothing (round 23); now every kind
+    of caller gets what order_svc's bridge answers: INVALID_ARGUMENT, the reason
+    REQUEST_TOO_LARGE, the limit named (a JSON caller: 413 with that status as JSON)."""
+    import http.client
+
+    from meshkit.errors import MAX_REQUEST_BYTES, request_too_large
+
+    account = "too-large"
+    big = getattr(order_service_pb2, f"{method}Request")(**{field: "x" * (MAX_REQUEST_BYTES + 1)})
+    async with mesh.channel() as ch:
+        call = getattr(order_service_pb2_grpc.OrderServiceStub(ch), method)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(big, metadata=mesh.auth(account), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert err.value.details() == request_too_large().message and "4 MiB" in err.value.details(), err.value
+        info, _ = error_info(err.value)
+        assert info is not None and info.reason == "REQUEST_TOO_LARGE", err.value
+        # A request of a normal size, on the same channel, reaches order_svc as before (which
+        # refuses an order without a symbol, and knows no such order).
+        small = getattr(order_service_pb2, f"{method}Request")(**{field: "00000000-0000-4000-8000-000000000000"})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(small, metadata=mesh.auth(account), timeout=10)
+        expected = (grpc.StatusCode.INVALID_ARGUMENT, "symbol") if method == "PlaceOrder" else (
+            grpc.StatusCode.NOT_FOUND, "00000000-0000-4000-8000-000000000000")
+        assert err.value.code() == expected[0] and expected[1] in err.value.details(), err.value
+
+    def post(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(*mesh.endpoint.rsplit(":", 1), timeout=30)
+        try:
+            conn.request("POST", f"/stockmesh.order.v1.OrderService/{method}", body,
+                         {**headers, "authorization": f"Bearer {mesh.token(account)}"})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    # gRPC-Web (a browser's): the same status, in a reply its clients read (a 200 that ends with
+    # its headers; they read a 413 as UNKNOWN whatever its headers say).
+    message = big.SerializeToString()
+    status, headers, body = await asyncio.to_thread(
+        post, {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        b"\0" + len(message).to_bytes(4, "big") + message)
+    assert (status, headers.get("grpc-status"), body) == (200, "3", b""), (status, headers, body[:200])
+    assert headers.get("grpc-message") == request_too_large().message, headers
+    details = headers["grpc-status-details-bin"]
+    assert b"REQUEST_TOO_LARGE" in base64.b64decode(details + "=" * (-len(details) % 4)), headers
+    # JSON: 413, the same status as JSON.
+    status, headers, body = await asyncio.to_thread(
+        post, {"content-type": "application/json"}, json.dumps({field: "x" * (MAX_REQUEST_BYTES + 1)}).encode())
+    error = json.loads(body)
+    assert (status, error["code"], error["message"]) == (413, 3, request_too_large().message), (status, body[:200])
+    assert error["details"][0]["reason"] == "REQUEST_TOO_LARGE", error
+
+
 @pytest.mark.parametrize("method, cursor", [
     ("ListOrders", {"createdAt": "garbage", "orderId": "x", "scope": "0"}),
     ("ListOrders", {"createdAt": "2026-12-05T19:09:10.764434+00:00", "orderId": "not-a-uuid", "scope": "0"}),
