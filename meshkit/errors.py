@@ -39,10 +39,10 @@ class InvalidArgument(DomainError):
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: list[FieldViolation], *, reason: str | None = None,
-                 message: str | None = None) -> None:
+                 message: str | None = None, metadata: dict[str, str] | None = None) -> None:
         self.violations = list(violations)
         text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(text or "invalid request", reason=reason)
+        super().__init__(text or "invalid request", reason=reason, metadata=metadata)
 
 
 class Unauthenticated(DomainError):
@@ -79,17 +79,20 @@ class ResourceExhausted(DomainError):
 
 # The largest request message a public call takes: the services' gRPC ports
 # (grpc.max_receive_message_length), order_svc's bridge, and Envoy's buffers in front of them
-# (envoy/envoy.yaml.tmpl, per_request_buffer_limit_bytes and the buffer filter).
+# (envoy/envoy.yaml.tmpl, per_request_buffer_limit_bytes and the buffer filter, which hold the
+# message with its gRPC frame's 5-byte header: GRPC_FRAME_HEADER_BYTES more).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+GRPC_FRAME_HEADER_BYTES = 5
 
 
 def request_too_large() -> InvalidArgument:
     """A request over MAX_REQUEST_BYTES, answered alike wherever it is refused (Envoy, the
-    bridge): INVALID_ARGUMENT, not RESOURCE_EXHAUSTED, the status of this API's rate limits,
-    which a client waits out and retries; the same request never succeeds."""
+    bridge): INVALID_ARGUMENT, not RESOURCE_EXHAUSTED, which in this API says that the caller
+    is over a limit of its own (a rate limit, its open streams); the same request never fits."""
     return InvalidArgument([], reason="REQUEST_TOO_LARGE",
                            message=f"the request is larger than {MAX_REQUEST_BYTES >> 20} MiB, the most a call "
-                                   "takes (a public request is under 1 KiB)")
+                                   "takes (a public request is under 1 KiB)",
+                           metadata={"limitBytes": str(MAX_REQUEST_BYTES)})
 
 
 class Unavailable(DomainError):

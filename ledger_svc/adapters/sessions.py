@@ -12,5 +12,11 @@ from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 
 async def session_closed(day: date, pool) -> bool:
-    """Whether a close of `day`, or of a later day up to today in New York, was made."""
+    """Whether a close of `day`, or of a later day up to today in New York, was made; in
+    regular hours a day the exchange does not trade (a weekend, a holiday) has no session to
+    close and nothing traded: closed (review, round 23: a scheduler settling "yesterday" every
+    morning was refused each Sunday and Monday, told to close a session that never was). On a
+    market kept always open every day trades, and closes."""
+    if not calendar.always_open() and calendar.session(day) is None:
+        return True
     return await close_made(day, lambda: OrderUnitOfWork(pool), calendar.trading_day(datetime.now(timezone.utc)))

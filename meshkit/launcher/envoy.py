@@ -18,7 +18,7 @@ from pathlib import Path
 from string import Template
 
 from meshkit.auth import MAX_TOKEN_SECONDS
-from meshkit.errors import request_too_large
+from meshkit.errors import GRPC_FRAME_HEADER_BYTES, MAX_REQUEST_BYTES, request_too_large
 from meshkit.launcher.infra import scripts_dir
 from meshkit.launcher.keys import AUDIENCE, ISSUER
 from meshkit.status import to_rpc_status
@@ -313,6 +313,9 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         # A request over the buffers' 4 MiB, answered by Envoy as the bridge answers it: its
         # message (a JSON string), and the whole status for a gRPC caller's details header.
         "REQUEST_TOO_LARGE_MESSAGE": json.dumps(request_too_large().message),
+        # ... and the buffers' limit: a message of MAX_REQUEST_BYTES in its gRPC frame.
+        "MAX_REQUEST_FRAME_BYTES": str(MAX_REQUEST_BYTES + GRPC_FRAME_HEADER_BYTES),
+        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "REQUEST_TOO_LARGE_DETAILS": base64.b64encode(to_rpc_status(request_too_large()).SerializeToString()).decode(),
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",

@@ -16,7 +16,6 @@ import pytest
 from meshkit import bus
 from meshkit.launcher.harness import MeshProcess
 from meshkit.status import error_info
-from quote_svc.entrypoints.grpc_server import STREAMS_PER_ACCOUNT
 from stockmesh.quote.v1 import quote_service_pb2 as qpb, quote_service_pb2_grpc
 from tests.support.meshes import own_mesh
 from tests.support.quotes import md_event, publish_md
@@ -26,11 +25,14 @@ pytestmark = pytest.mark.e2e
 SYMBOLS = ["AAPL", "MSFT"]
 UPDATES = 3_000  # per symbol, published while the client reads nothing: ~400 KB of quotes
 RATE = 150  # updates a second per symbol: 20 s
+# This mesh's QUOTE_STREAMS_PER_ACCOUNT, set here whatever the environment running the tests says.
+STREAMS_PER_ACCOUNT = 12
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
-    yield from own_mesh(tmp_path_factory.mktemp("slowquotes"), "stockmesh_e2e", "e2eslow")
+    yield from own_mesh(tmp_path_factory.mktemp("slowquotes"), "stockmesh_e2e", "e2eslow",
+                        env={"QUOTE_STREAMS_PER_ACCOUNT": str(STREAMS_PER_ACCOUNT)})
 
 
 async def test_a_stalled_stream_through_envoy_reads_few_stale_quotes_then_the_newest(mesh: MeshProcess) -> None:
@@ -88,7 +90,7 @@ async def test_a_stalled_stream_through_envoy_reads_few_stale_quotes_then_the_ne
 
 async def test_an_account_holds_at_most_its_limit_of_quote_streams_through_envoy(mesh: MeshProcess) -> None:
     """The account counted is the token's, as Envoy verified it: past QUOTE_STREAMS_PER_ACCOUNT
-    (its default here) the next stream is RESOURCE_EXHAUSTED / TOO_MANY_STREAMS, another
+    (as this mesh sets it) the next stream is RESOURCE_EXHAUSTED / TOO_MANY_STREAMS, another
     account's opens, and closing one frees its place."""
     channel = grpc.aio.insecure_channel(mesh.endpoint)
     stub = quote_service_pb2_grpc.QuoteServiceStub(channel)

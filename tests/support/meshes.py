@@ -14,11 +14,12 @@ import pytest
 from meshkit.launcher.harness import MeshFailed, MeshProcess
 
 
-def own_mesh(data_dir, db_prefix: str, namespace_prefix: str, *args: str) -> Iterator[MeshProcess]:
-    """A test's own mesh (`stockmesh up --no-simulator *args`), for a fixture to yield: stopped
-    afterwards, and it must have stopped cleanly."""
+def own_mesh(data_dir, db_prefix: str, namespace_prefix: str, *args: str,
+             env: dict[str, str] | None = None) -> Iterator[MeshProcess]:
+    """A test's own mesh (`stockmesh up --no-simulator *args`, with `env` besides the test run's
+    environment), for a fixture to yield: stopped afterwards, and it must have stopped cleanly."""
     mesh = start_or_fail(MeshProcess(data_dir=data_dir, db_prefix=db_prefix, namespace_prefix=namespace_prefix,
-                                     extra_args=["--no-simulator", *args]))
+                                     extra_args=["--no-simulator", *args], env=env))
     try:
         yield mesh
     finally:
