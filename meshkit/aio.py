@@ -8,6 +8,10 @@ teardown hung on the outbox relay). `asyncio.timeout` does not have that flaw.
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any, Coroutine, TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
@@ -46,3 +50,43 @@ def honour_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class Finishing:
+    """Work that its caller's cancellation does not stop: `run(coro)` awaits `coro` in a task of
+    its own, shielded, so a caller that goes away (a client's deadline, a dropped connection:
+    the server cancels the call) leaves it to finish; `wait(timeout)`, at shutdown, waits for
+    what is still running. A failure nobody awaits any more is logged to `log`, not lost."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log, self.what = log, what
+        self.tasks: set[asyncio.Task] = set()
+        self._abandoned: set[asyncio.Task] = set()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the caller went away; the work goes on
+                self._abandoned.add(task)
+            raise
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        abandoned = task in self._abandoned
+        self._abandoned.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here either way: never "never retrieved"
+        if exc is not None and abandoned:
+            self.log.warning(f"{self.what} whose caller had gone failed", exc_info=exc)
+
+    async def wait(self, timeout: float) -> set[asyncio.Task]:
+        """Wait at most `timeout` seconds for the work still running; returns what is left."""
+        if not self.tasks:
+            return set()
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        return pending

@@ -2,6 +2,7 @@
 flow out, market data in), Redis (rate limits, fail open)."""
 from __future__ import annotations
 
+import logging
 
 from meshkit import bus, cache, channels, config, db, executions
 from meshkit.config import env_decimal, env_int
@@ -17,6 +18,8 @@ from order_svc.adapters.notifications import UpdateNotifier
 from order_svc.service_layer import handlers, lifecycle, session
 from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 from stockmesh.order.v1 import order_service_pb2_grpc
+
+log = logging.getLogger("order_svc")
 
 
 def relays_in_process() -> bool:
@@ -67,7 +70,10 @@ async def bootstrap(settings: config.Settings) -> App:
     orphan_age = env_int("ORDER_ORPHAN_HOLD_AGE_SECONDS", 120, minimum=1)
     notifier = UpdateNotifier(settings.database_url)
     postgres = db.pool_check(pool, settings.database_url)
-    closers = [nc.drain, pool.close, postgres.close, ledger.close] + ([redis.aclose] if redis else [])
+    # First the placements whose callers went away (handlers.place_order), which need the pool,
+    # the ledger and NATS; each closer is given the grace period.
+    closers = [lambda: _finish_placements(deps, 0.9 * settings.grace_seconds), nc.drain, pool.close, postgres.close,
+               ledger.close] + ([redis.aclose] if redis else [])
     return App(
         name="order_svc",
         servicers=[(order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(deps, notifier),
@@ -88,3 +94,9 @@ async def bootstrap(settings: config.Settings) -> App:
         # bridge: protobuf over HTTP/1.1, no gRPC framing in Python (meshkit.bridge).
         bridged=[f"/stockmesh.order.v1.OrderService/{m}" for m in ("PlaceOrder", "ReplaceOrder", "CancelOrder")],
     )
+
+
+async def _finish_placements(deps: handlers.Deps, timeout: float) -> None:
+    left = await deps.placing.wait(timeout)
+    if left:  # their holds are the reaper's, their retries complete them
+        log.warning("placements still running at shutdown", extra={"count": len(left)})

@@ -33,7 +33,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import asyncpg
 
-from meshkit import bus, calendar, failpoints
+from meshkit import aio, bus, calendar, failpoints
 from meshkit.errors import ResourceExhausted, Unavailable
 from meshkit.money import fmt_price
 from meshkit.prototime import set_time
@@ -98,9 +98,13 @@ class Deps:
     # UNAVAILABLE ORDER_BUSY, rather than the pool's 30 s command timeout (ORDER_LOCK_WAIT_SECONDS).
     lock_wait: float = 2.0
     writes: SagaWrites = field(init=False)
+    # Placements in flight, each finished whatever its caller does (place_order); waited for at
+    # shutdown before the pool and the ledger's channel close.
+    placing: aio.Finishing = field(init=False)
 
     def __post_init__(self) -> None:
         self.writes = SagaWrites(self.uow, in_flight=self.write_batches_in_flight)
+        self.placing = aio.Finishing(log, "a placement")
 
 
 def now() -> datetime:
@@ -162,6 +166,17 @@ async def _within_limits(req: OrderRequest, deps: Deps) -> None:
 
 
 async def place_order(req: OrderRequest, deps: Deps) -> Order:
+    """PlaceOrder: the order, NEW or REJECTED, or the error. Once begun, a placement is finished
+    whatever its caller does: a client whose deadline passes or whose connection drops has its
+    call cancelled, and a placement cancelled between its hold and its record (the hold's batch
+    goes on without it) left the hold without an order, cash or shares the customer could neither
+    use nor see as an order's, until the reaper gave it back two minutes later (round 23: 17 of
+    30 PlaceOrders sent with a deadline of a few milliseconds). The client's retry with the same
+    client_order_id then gets the order."""
+    return await deps.placing.run(_place_order(req, deps))
+
+
+async def _place_order(req: OrderRequest, deps: Deps) -> Order:
     mine = req.fingerprint()
     try:
         await _within_limits(req, deps)

@@ -143,6 +143,48 @@ async def test_a_client_order_id_whose_first_placement_has_a_hold_but_no_order_y
     assert "was interrupted and undone" in err.value.message and "new client_order_id" in err.value.message
 
 
+async def test_a_placement_whose_caller_goes_away_after_its_hold_is_finished(order_deps, checked_pool):
+    """A client's deadline or a dropped connection cancels its PlaceOrder call; one cancelled
+    after the hold was placed, before the order was recorded, left the hold without an order
+    for the reaper's two minutes (round 23: 17 of 30 PlaceOrders with a deadline of a few ms).
+    The placement now goes on to its end without its caller: the order is recorded NEW with its
+    hold, with no retry."""
+    a = acct()
+    await deposit(checked_pool, a, "10000")
+    placed, go_on = asyncio.Event(), asyncio.Event()
+
+    class HeldUp:
+        """The ledger's holds, the placement held up right after its hold is placed."""
+
+        def __getattr__(self, name):
+            return getattr(order_deps.holds, name)
+
+        async def place(self, *args, **kwargs):
+            refused = await order_deps.holds.place(*args, **kwargs)
+            placed.set()
+            await go_on.wait()
+            return refused
+
+    deps = replace(order_deps, holds=HeldUp())
+    call = asyncio.create_task(handlers.place_order(limit_buy(a, "gone", qty=4), deps))
+    await asyncio.wait_for(placed.wait(), 15)
+    call.cancel()  # the caller goes away, its hold placed
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    go_on.set()
+
+    async def recorded():
+        async with deps.uow().reads() as uow:
+            return await uow.orders.by_client_order_id(a, "gone")
+    found = await eventually(recorded, timeout=15)
+    assert found is not None, "the placement ended with its caller: a hold without an order"
+    order, _ = found
+    assert order.status is Status.NEW, order
+    c = await cash(checked_pool, a)
+    assert c.held == Decimal("749.00"), c  # 4 x 187.25, the order's own hold
+    assert not await deps.placing.wait(15), "the placement did not finish"
+
+
 async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked_pool):
     from meshkit.executions import REJECTED, Execution
     from order_svc.service_layer import lifecycle

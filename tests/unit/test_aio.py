@@ -1,12 +1,17 @@
-"""meshkit.aio: wait_set (an Event with a time limit, cancellable at any point), and stopping
-tasks whose cancellation was lost inside a library (cancel_and_wait, honour_cancellation)."""
+"""meshkit.aio: wait_set (an Event with a time limit, cancellable at any point), stopping
+tasks whose cancellation was lost inside a library (cancel_and_wait, honour_cancellation), and
+Finishing: work its caller's cancellation does not stop (order_svc's placements), a failure
+nobody awaits any more logged, and shutdown's wait for what is left."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
-from meshkit.aio import cancel_and_wait, honour_cancellation, wait_set
+from meshkit.aio import Finishing, cancel_and_wait, honour_cancellation, wait_set
+
+log = logging.getLogger("test.finishing")
 
 
 async def test_true_when_set_false_when_the_time_is_up():
@@ -60,3 +65,59 @@ async def test_cancel_and_wait_cancels_again_what_lost_its_cancellation():
     assert task.cancelled() and turns == [1]  # one turn of its loop, then the second cancellation
     stuck = asyncio.create_task(asyncio.Event().wait())
     assert await cancel_and_wait([stuck], 5) == set() and stuck.cancelled()
+
+
+async def test_the_work_goes_on_when_its_caller_is_cancelled() -> None:
+    finishing, started, go_on, done = Finishing(log, "a job"), asyncio.Event(), asyncio.Event(), []
+
+    async def job() -> str:
+        started.set()
+        await go_on.wait()
+        done.append("done")
+        return "done"
+
+    caller = asyncio.create_task(finishing.run(job()))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert len(finishing.tasks) == 1  # still running, without its caller
+    assert await finishing.wait(0.01)  # not finished: left
+    go_on.set()
+    assert not await finishing.wait(5)
+    assert done == ["done"] and not finishing.tasks
+
+
+async def test_the_caller_gets_the_result_or_the_error() -> None:
+    finishing = Finishing(log, "a job")
+
+    async def fails() -> None:
+        raise ValueError("no")
+
+    async def answers() -> int:
+        return 42
+
+    assert await finishing.run(answers()) == 42
+    with pytest.raises(ValueError):
+        await finishing.run(fails())
+    assert not finishing.tasks
+
+
+async def test_a_failure_whose_caller_had_gone_is_logged(caplog) -> None:
+    finishing, started, go_on = Finishing(log, "a job"), asyncio.Event(), asyncio.Event()
+
+    async def job() -> None:
+        started.set()
+        await go_on.wait()
+        raise RuntimeError("the ledger did not answer")
+
+    caller = asyncio.create_task(finishing.run(job()))
+    await started.wait()
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    with caplog.at_level(logging.WARNING, logger="test.finishing"):
+        go_on.set()
+        await finishing.wait(5)
+        await asyncio.sleep(0)  # the done callback
+    assert [r.getMessage() for r in caplog.records] == ["a job whose caller had gone failed"]
+    assert "the ledger did not answer" in caplog.text
