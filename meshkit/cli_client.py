@@ -422,7 +422,9 @@ def register(main: click.Group) -> None:
         old = client.call(order_service_pb2_grpc.OrderServiceStub, "GetOrder",  # what it changes
                           pb.GetOrderRequest(order_id=order_id), doing="ReplaceOrder").order
         # Every value given already the order's: a new order id, its hold moved and a trip
-        # through the engine, for nothing (round 19). Refused before ReplaceOrder is sent.
+        # through the engine, for nothing (round 19). The server refuses it too (INVALID_ARGUMENT
+        # REPLACE_CHANGES_NOTHING, model.check_changes_something, round 23), for every client;
+        # refused here, with the order in hand, before ReplaceOrder is sent and in the words typed.
         if (quantity in (None, old.quantity) and _same_price(limit_price, old.limit_price)
                 and _same_price(stop_price, old.stop_price)):
             said = [f"quantity {old.quantity}"] * (quantity is not None) + [

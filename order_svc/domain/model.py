@@ -13,7 +13,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from meshkit.errors import (AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable,
                             Violations)
-from meshkit.money import CASH, average_price
+from meshkit.money import CASH, average_price, fmt_price
 from meshkit.symbols import tick_size
 
 
@@ -150,6 +150,18 @@ class OrderNotReplaceable(FailedPrecondition):
 
 class OrderChangePending(FailedPrecondition):
     default_reason = "ORDER_CHANGE_PENDING"
+
+
+class ReplaceChangesNothing(InvalidArgument):
+    """A replace whose quantity and prices are all the order's own: it would make a new order
+    id, move the hold and use up a client_order_id, for nothing (round 23; most brokerage APIs
+    refuse it too). Nothing is recorded: the same client_order_id can still be used for a
+    replace that changes something."""
+    default_reason = "REPLACE_CHANGES_NOTHING"
+
+    def __init__(self, order_id: str, violations: list[FieldViolation], message: str) -> None:
+        super().__init__(violations, message=message)
+        self.metadata = {"orderId": order_id}
 
 
 class PlacementUndone(FailedPrecondition):
@@ -495,6 +507,29 @@ def check_replaceable(old: Order, quantity: int) -> None:
     if quantity <= old.filled_quantity:
         raise InvalidArgument([FieldViolation(
             "quantity", f"must exceed the {old.filled_quantity} shares already filled (it is the new total)")])
+
+
+def check_changes_something(old: Order, req: OrderRequest) -> None:
+    """The replace `req` of the working order `old` changes its quantity or a price that
+    applies to it (INVALID_ARGUMENT REPLACE_CHANGES_NOTHING, with a field violation for each
+    value that is the order's own, otherwise). Prices compare as numbers (186.5 is 186.50); the
+    stop price of a triggered STOP_LIMIT no longer applies, so a new one changes nothing."""
+    q = old.request
+    triggered = stop_no_longer_applies(old)
+    same = [("quantity", "quantity", req.quantity, q.quantity)]
+    if q.type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
+        same.append(("limit_price", "limit price", req.limit_price, q.limit_price))
+    if q.type in (OrderType.STOP, OrderType.STOP_LIMIT) and not triggered:
+        same.append(("stop_price", "stop price", req.stop_price, q.stop_price))
+    if any(given != own for _, _, given, own in same):
+        return
+    shown = [(field, name, str(own) if field == "quantity" else fmt_price(own)) for field, name, _, own in same]
+    message = f"nothing would change: order {old.order_id} has {' and '.join(f'{n} {v}' for _, n, v in shown)} already"
+    if triggered:
+        message += " (its stop has triggered: a stop price changes nothing)"
+    raise ReplaceChangesNothing(str(old.order_id), [FieldViolation(f, f"is the order's {n} already ({v})")
+                                                    for f, n, v in shown],
+                                message + "; a replace must change the quantity or a price")
 
 
 def replacement_fingerprint(req: OrderRequest, replaces: uuid.UUID) -> str:

@@ -484,6 +484,29 @@ async def _changing(deps: Deps, what: str, order_id: uuid.UUID) -> AsyncIterator
         raise model.OrderBusy(what, str(order_id)) from exc
 
 
+async def _replaced(uow: OrderUnitOfWork, o: Order, change: str) -> model.OrderNotActive:
+    """The refusal of a cancel or a replace (`change`) of `o`, an order a replace ended: it
+    names the order's replacement (`replacedBy`) and the last of its replacements, working or
+    ended (`lastReplacement`, `lastStatus`; round 15: "working in its place" of one that had
+    ended), for the client to `change` that one instead (round 23: a replace said only "already
+    CANCELLED")."""
+    assert o.replaced_by is not None
+    last = o
+    while last.replaced_by is not None and (nxt := await uow.orders.get(last.replaced_by)) is not None:
+        last = nxt
+    metadata = {"orderId": str(o.order_id), "status": o.status.value, "replacedBy": str(o.replaced_by),
+                "lastReplacement": str(last.order_id), "lastStatus": last.status.value}
+    if last.status.is_terminal:
+        return model.OrderNotActive(
+            f"the order was replaced by order {o.replaced_by}; the last of its replacements, order "
+            f"{last.order_id}, has ended too ({last.status.value})", metadata=metadata)
+    return model.OrderNotActive(
+        f"the order was replaced by order {last.order_id}, which is working in its place: {change} that one"
+        if last.replaces == o.order_id else
+        f"the order was replaced (by order {o.replaced_by}, then again): order {last.order_id} is working in "
+        f"its place: {change} that one", metadata=metadata)
+
+
 async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
     """Ask the engine to cancel; the order turns CANCELLED when the engine confirms."""
     async with _changing(deps, "cancel", order_id) as uow:
@@ -494,24 +517,8 @@ async def cancel_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Orde
         if o.status is Status.CANCELLED and o.replaced_by is not None:
             # Not the idempotent answer of a cancelled order: the order goes on as its
             # replacement, and a client told "cancelled" here believed itself flat while that
-            # one could still fill (round 14 B; FIX rejects such a cancel too). Named: the
-            # last of its replacements, working or ended (round 15: "working in its place" of
-            # one that had ended).
-            last = o
-            while last.replaced_by is not None and (nxt := await uow.orders.get(last.replaced_by)) is not None:
-                last = nxt
-            metadata = {"orderId": str(order_id), "status": o.status.value, "replacedBy": str(o.replaced_by)}
-            if last.status.is_terminal:
-                raise model.OrderNotActive(
-                    f"the order was replaced by order {o.replaced_by}; the last of its replacements, order "
-                    f"{last.order_id}, has ended too ({last.status.value})",
-                    metadata={**metadata, "lastReplacement": str(last.order_id), "lastStatus": last.status.value})
-            raise model.OrderNotActive(
-                f"the order was replaced by order {last.order_id}, which is working in its place: cancel that one"
-                if last.replaces == o.order_id else
-                f"the order was replaced (by order {o.replaced_by}, then again): order {last.order_id} is working in "
-                "its place: cancel that one",
-                metadata={**metadata, "lastReplacement": str(last.order_id), "lastStatus": last.status.value})
+            # one could still fill (round 14 B; FIX rejects such a cancel too).
+            raise await _replaced(uow, o, "cancel")
         if o.status.is_terminal and o.status is not Status.CANCELLED:
             # Before the pending cancel's answer below: an order that filled or expired while
             # its cancel was on the way is ended, whether or not the engine's refusal of that
@@ -564,7 +571,9 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
     engine command goes to the outbox. The engine's REPLACED makes the new order NEW and the old
     one CANCELLED with `replaced_by` (and moves the hold); its refusal makes the new order
     REJECTED / ORDER_NOT_ACTIVE. A business rejection (funds, shares, session, halt, band) is
-    the new order in REJECTED, and the old order is untouched."""
+    the new order in REJECTED, and the old order is untouched. Refused with nothing recorded: a
+    replace of an order already replaced (naming its replacement, as a cancel of it does) and
+    one that changes nothing (REPLACE_CHANGES_NOTHING)."""
     async with deps.uow() as uow:
         old = await uow.orders.get(r.order_id)
     if old is None or old.account_id != r.account_id:
@@ -597,12 +606,18 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
         existing = await uow.orders.by_client_order_id(req.account_id, req.client_order_id)
         if existing is not None:
             stored = same_or_duplicate(*existing)
-        else:
+        else:  # a new request (a retry of one refused below is refused again: nothing was recorded)
+            if current.status is Status.CANCELLED and current.replaced_by is not None:
+                raise await _replaced(uow, current, "replace")
             model.check_replaceable(current, req.quantity)
             if current.cancel_requested or await uow.orders.pending_replacement(current.order_id) is not None:
                 raise model.OrderChangePending(
                     "a cancel or replace of this order is still waiting for the engine; retry when it is done",
                     metadata={"orderId": str(current.order_id)})
+            # After the client_order_id's look-up (a retry of a replace accepted before is
+            # answered its order, whatever it changed) and the old order's state (a change of an
+            # order replaced, or about to be, is to be made to its replacement).
+            model.check_changes_something(current, req)
             new = Order(order_id=uuid.uuid4(), request=req, status=Status.PENDING_NEW, created_at=at, updated_at=at,
                         hold_asset=current.hold_asset,
                         collar_price=model.replacement_collar(current, req, deps.market_collar),

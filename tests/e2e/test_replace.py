@@ -75,7 +75,10 @@ async def test_resting_order_replaced_then_traded(mesh):
             await orders.ReplaceOrder(opb.ReplaceOrderRequest(order_id=old.order_id, client_order_id="b1-r2",
                                                               quantity=10, limit_price="121.00"), metadata=mesh.auth(alice))
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_info(e.value)[0].reason == "ORDER_NOT_ACTIVE"
+        info = error_info(e.value)[0]  # naming the order in its place, as a CancelOrder of it does (round 23)
+        assert (info.reason, info.metadata["replacedBy"], info.metadata["lastReplacement"]) == (
+            "ORDER_NOT_ACTIVE", new.order_id, new.order_id)
+        assert f"replaced by order {new.order_id}, which is working in its place: replace that one" in e.value.details()
 
         # bob sells 20 at 120.50: 15 trade with the replacement at its price (it rests: the maker).
         sell = (await orders.PlaceOrder(limit("s1", common_pb2.SIDE_SELL, 20, "120.50"), metadata=mesh.auth(bob))).order

@@ -177,22 +177,51 @@ async def test_buy_to_a_higher_price_holds_exactly_the_difference(engine, order_
     assert (ended.value.metadata["replacedBy"], ended.value.metadata["lastStatus"]) == (str(new.order_id), "CANCELLED")
 
 
-async def test_a_cancel_of_an_order_replaced_twice_names_the_one_working(engine, order_deps, execution_consumers,
-                                                                         checked_pool, namespace):
+async def _refusals(deps, account, order_id, *, coid: str = "") -> tuple[model.OrderNotActive, model.OrderNotActive]:
+    """The refusals of a CancelOrder and of a ReplaceOrder (10 at 165.00, the first order's own
+    values: being replaced comes first) of `order_id`."""
+    with pytest.raises(model.OrderNotActive) as cancel:
+        await handlers.cancel_order(account, order_id, deps)
+    with pytest.raises(model.OrderNotActive) as replaced:
+        await handlers.replace_order(replace(account, order_id, 10, "165.00", coid or None), deps)
+    return cancel.value, replaced.value
+
+
+async def test_a_cancel_or_replace_of_an_order_replaced_twice_names_the_one_working(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """CancelOrder of a replaced order names its replacement and the last of them (round 15);
+    ReplaceOrder of it names them alike, in the same ErrorInfo metadata, for the client to
+    follow the chain (round 23: it said only "the order is already CANCELLED")."""
     a = acct("chain")
     await fund(checked_pool, a, cash="1700.00")
     first = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
     second = await handlers.replace_order(replace(a, first.order_id, 10, "164.00"), order_deps)
     await eventually(lambda: order_is(order_deps, a, second.order_id, Status.NEW), "the first replacement")
+    cancel, replaced = await _refusals(order_deps, a, first.order_id)
+    assert cancel.message == f"the order was replaced by order {second.order_id}, which is working in its place: " \
+                             "cancel that one"
+    assert replaced.message == cancel.message.replace("cancel that one", "replace that one")
     third = await handlers.replace_order(replace(a, second.order_id, 10, "163.00"), order_deps)
     await eventually(lambda: order_is(order_deps, a, third.order_id, Status.NEW), "the second replacement")
-    with pytest.raises(model.OrderNotActive, match=f"by order {second.order_id}, then again\\): order "
-                                                   f"{third.order_id} is working in its place") as refused:
-        await handlers.cancel_order(a, first.order_id, order_deps)
-    assert (refused.value.metadata["replacedBy"], refused.value.metadata["lastReplacement"]) == (
-        str(second.order_id), str(third.order_id))
+    cancel, replaced = await _refusals(order_deps, a, first.order_id, coid="chain-r")
+    assert cancel.message == (f"the order was replaced (by order {second.order_id}, then again): order "
+                              f"{third.order_id} is working in its place: cancel that one")
+    assert replaced.message == cancel.message.replace("cancel that one", "replace that one")
+    for refusal in (cancel, replaced):
+        assert (refusal.code, refusal.reason, refusal.metadata) == ("FAILED_PRECONDITION", "ORDER_NOT_ACTIVE", {
+            "orderId": str(first.order_id), "status": "CANCELLED", "replacedBy": str(second.order_id),
+            "lastReplacement": str(third.order_id), "lastStatus": "NEW"})
+        info = error_details_pb2.ErrorInfo()
+        assert to_rpc_status(refusal).details[0].Unpack(info) and dict(info.metadata) == refusal.metadata
+    async with order_deps.uow() as uow:  # refused, not recorded: the client_order_id is still free
+        assert await uow.orders.by_client_order_id(a, "chain-r") is None
     await handlers.cancel_order(a, third.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, third.order_id, Status.CANCELLED), "the cancel")
+    cancel, replaced = await _refusals(order_deps, a, second.order_id)
+    assert cancel.message == (f"the order was replaced by order {third.order_id}; the last of its replacements, "
+                              f"order {third.order_id}, has ended too (CANCELLED)")
+    assert (replaced.message, replaced.metadata) == (cancel.message, cancel.metadata)
+    assert replaced.metadata["lastStatus"] == "CANCELLED"
     await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
 
 
@@ -388,6 +417,11 @@ async def test_a_triggered_stop_limit_says_so_and_can_be_replaced(engine, order_
     working = await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
     assert working.triggered_at == seen.triggered_at and working.request.stop_price == D("199.00")
     assert engine.owned_engine(SYM).book.get_order(str(new.order_id)).type is BookType.LIMIT
+    # So a replace that changes only its stop price changes nothing (round 23).
+    with pytest.raises(model.ReplaceChangesNothing, match="its stop has triggered: a stop price changes nothing"):
+        await handlers.replace_order(ReplaceRequest(account_id=a, order_id=new.order_id, client_order_id="x",
+                                                    quantity=5, limit_price=D("202.00"), stop_price=D("150.00")),
+                                     order_deps)
     await handlers.cancel_order(a, new.order_id, order_deps)
     if not (await handlers.get_order(bidder, bid.order_id, order_deps)).status.is_terminal:
         await handlers.cancel_order(bidder, bid.order_id, order_deps)
@@ -540,6 +574,57 @@ async def test_not_found_not_active_and_idempotent(engine, order_deps, execution
     await handlers.cancel_order(a, new.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
     await ledger_caught_up(execution_consumers, namespace)  # its hold released before the invariants
+
+
+async def test_a_replace_that_changes_nothing_is_refused_and_recorded_nowhere_but_a_retry_is_answered(
+        engine, order_deps, execution_consumers, checked_pool, namespace, monkeypatch):
+    """A replace whose quantity and prices are the order's own made a new order id and used up
+    its client_order_id for nothing (round 23): INVALID_ARGUMENT REPLACE_CHANGES_NOTHING, and
+    nothing recorded, so the same request is refused again and its client_order_id can still
+    replace. Looked up first, a retry of a replace accepted before is answered its order, also
+    one that changed nothing (accepted by an earlier version) and whose replacement has the
+    very values of the request now."""
+    a = acct("same")
+    await fund(checked_pool, a, cash="2000.00")
+    o = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    for _ in range(2):  # sent again: refused again
+        with pytest.raises(model.ReplaceChangesNothing) as refused:
+            await handlers.replace_order(replace(a, o.order_id, 10, "165.0", coid="same-1"), order_deps)
+        err = refused.value
+        assert (err.code, err.reason, err.metadata) == ("INVALID_ARGUMENT", "REPLACE_CHANGES_NOTHING",
+                                                       {"orderId": str(o.order_id)})
+        assert err.message.startswith(f"nothing would change: order {o.order_id} has quantity 10 and limit price "
+                                      "165.00 already")
+        request = error_details_pb2.BadRequest()
+        assert to_rpc_status(err).details[1].Unpack(request)
+        assert [v.field for v in request.field_violations] == ["quantity", "limit_price"]
+    assert await updates_of(checked_pool, o.order_id) == ["NEW"]
+    assert [x.order_id for x in await handlers.list_orders(a, None, [], 10, None, order_deps)] == [o.order_id]
+
+    # The client_order_id was not used up: it replaces, and its retries get that replacement.
+    req = replace(a, o.order_id, 11, "165.00", coid="same-1")
+    new = await handlers.replace_order(req, order_deps)
+    assert (new.status, new.replaces, new.request.quantity) == (Status.PENDING_NEW, o.order_id, 11)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement")
+    assert (await handlers.replace_order(req, order_deps)).order_id == new.order_id
+
+    # A replace that changed nothing, accepted before this rule: its retry, before and after the
+    # replace completed, is answered that replacement (whose values are the request's), not refused.
+    with monkeypatch.context() as before:
+        before.setattr(model, "check_changes_something", lambda old, req: None)
+        same = await handlers.replace_order(replace(a, new.order_id, 11, "165.00", coid="same-2"), order_deps)
+    assert (same.status, same.replaces) == (Status.PENDING_NEW, new.order_id)
+    retry = replace(a, new.order_id, 11, "165.00", coid="same-2")
+    assert (await handlers.replace_order(retry, order_deps)).order_id == same.order_id
+    await eventually(lambda: order_is(order_deps, a, same.order_id, Status.NEW), "the replacement that changed nothing")
+    assert (await handlers.replace_order(retry, order_deps)).order_id == same.order_id
+    # And the same values once more, as a new request to the working order: refused.
+    with pytest.raises(model.ReplaceChangesNothing):
+        await handlers.replace_order(replace(a, same.order_id, 11, "165.00"), order_deps)
+
+    await handlers.cancel_order(a, same.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, same.order_id, Status.CANCELLED), "the cancel")
+    await eventually(lambda: _cash_is(checked_pool, a, held=D(0)), "the hold release")
 
 
 async def _start_consumers(js, namespace, pool, deps) -> list[asyncio.Task]:

@@ -3,6 +3,7 @@ on top of the old hold, and the ledger's arithmetic when the engine confirms it.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -117,6 +118,50 @@ def test_a_triggered_stop_limit_keeps_its_stop_whatever_the_replace_names():
     with pytest.raises(InvalidArgument) as e:
         replacement_request(sl, "c2", 10, None, D("105.00"))
     assert [v.field for v in e.value.violations] == ["limit_price"]
+
+
+@pytest.mark.parametrize("old, qty, limit, stop, fields, said", [
+    (order(), 10, "100.0", None, ["quantity", "limit_price"], "quantity 10 and limit price 100.00"),
+    (order(OrderType.STOP, limit=None, stop="90.00", side=Side.SELL), 10, None, "90", ["quantity", "stop_price"],
+     "quantity 10 and stop price 90.00"),
+    (order(OrderType.STOP_LIMIT, limit="106.00", stop="105.00"), 10, "106", "105.000",
+     ["quantity", "limit_price", "stop_price"], "quantity 10 and limit price 106.00 and stop price 105.00"),
+    (order(limit="0.8750"), 10, "0.875", None, ["quantity", "limit_price"], "quantity 10 and limit price 0.8750"),
+], ids=["limit", "stop", "stop-limit", "sub-dollar"])
+def test_a_replace_that_changes_nothing_is_invalid_naming_the_fields(old, qty, limit, stop, fields, said):
+    """A new order id and a client_order_id used up for nothing (round 23): prices compare as
+    numbers, and each value that is the order's own is a field violation."""
+    from meshkit.status import to_rpc_status
+
+    req = replacement_request(old, "c2", qty, D(limit) if limit else None, D(stop) if stop else None)
+    with pytest.raises(model.ReplaceChangesNothing) as e:
+        model.check_changes_something(old, req)
+    err = e.value
+    assert (err.code, err.reason, err.metadata) == ("INVALID_ARGUMENT", "REPLACE_CHANGES_NOTHING",
+                                                   {"orderId": str(old.order_id)})
+    assert err.message == (f"nothing would change: order {old.order_id} has {said} already; a replace must change "
+                           "the quantity or a price")
+    assert [v.field for v in err.violations] == fields
+    assert len(to_rpc_status(err).details) == 2  # ErrorInfo and BadRequest
+    for changed in ({"quantity": qty + 1}, {"limit_price": D("100.01")} if limit else {"stop_price": D("90.01")}):
+        model.check_changes_something(old, replace(req, **changed))  # changes something: no error
+
+
+def test_a_new_stop_price_changes_nothing_of_a_triggered_stop_limit():
+    sl = order(OrderType.STOP_LIMIT, limit="106.00", stop="105.00")
+    sl.triggered_at = NOW
+    with pytest.raises(model.ReplaceChangesNothing) as e:
+        model.check_changes_something(sl, replacement_request(sl, "c2", 10, D("106.00"), D("90.00")))
+    assert [v.field for v in e.value.violations] == ["quantity", "limit_price"]
+    assert "(its stop has triggered: a stop price changes nothing)" in e.value.message
+    # Triggered after the request was read, before the old order's row was locked: its new
+    # stop price is ignored too.
+    fresh = order(OrderType.STOP_LIMIT, limit="106.00", stop="105.00")
+    req = replacement_request(fresh, "c2", 10, D("106.00"), D("90.00"))
+    model.check_changes_something(fresh, req)  # not triggered: the stop price changes
+    fresh.triggered_at = NOW
+    with pytest.raises(model.ReplaceChangesNothing):
+        model.check_changes_something(fresh, req)
 
 
 def test_fingerprint_includes_the_replaced_order():
