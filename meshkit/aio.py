@@ -11,7 +11,15 @@ import asyncio
 import logging
 from typing import Any, Coroutine, TypeVar
 
+from prometheus_client import Counter
+
+from meshkit.errors import DomainError
+
 T = TypeVar("T")
+# Finishing's work whose caller went away, by how it ended (ok, a status code, cancelled).
+FINISHED_WITHOUT_CALLER = Counter("stockmesh_finished_without_caller_total",
+                                  "Work finished after its caller had gone (a client's deadline, a dropped connection)",
+                                  ["work", "outcome"])
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
@@ -56,7 +64,9 @@ class Finishing:
     """Work that its caller's cancellation does not stop: `run(coro)` awaits `coro` in a task of
     its own, shielded, so a caller that goes away (a client's deadline, a dropped connection:
     the server cancels the call) leaves it to finish; `wait(timeout)`, at shutdown, waits for
-    what is still running. A failure nobody awaits any more is logged to `log`, not lost."""
+    what is still running. How work whose caller went away ended is counted
+    (stockmesh_finished_without_caller_total{work=what}) and a failure of it logged to `log`
+    (an error answer at INFO, anything else at WARNING with its traceback), not lost."""
 
     def __init__(self, log: logging.Logger, what: str) -> None:
         self.log, self.what = log, what
@@ -78,11 +88,15 @@ class Finishing:
         self.tasks.discard(task)
         abandoned = task in self._abandoned
         self._abandoned.discard(task)
-        if task.cancelled():
+        exc = None if task.cancelled() else task.exception()  # retrieved here: never "never retrieved"
+        if not abandoned:
             return
-        exc = task.exception()  # retrieved here either way: never "never retrieved"
-        if exc is not None and abandoned:
-            self.log.warning(f"{self.what} whose caller had gone failed", exc_info=exc)
+        outcome = "cancelled" if task.cancelled() else "ok" if exc is None else getattr(exc, "code", "INTERNAL")
+        FINISHED_WITHOUT_CALLER.labels(self.what, outcome).inc()
+        if isinstance(exc, DomainError):  # an answer nobody reads (the ledger busy, say): no traceback
+            self.log.info(f"a {self.what} whose caller had gone ended {exc.code} {exc.reason}: {exc.message}")
+        elif exc is not None:
+            self.log.warning(f"a {self.what} whose caller had gone failed", exc_info=exc)
 
     async def wait(self, timeout: float) -> set[asyncio.Task]:
         """Wait at most `timeout` seconds for the work still running; returns what is left."""

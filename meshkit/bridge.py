@@ -190,7 +190,8 @@ class BridgeServer:
             # A handler may answer with its reply already serialized (as on the gRPC server).
             out = reply if type(reply) is bytes else reply.SerializeToString()
             RPC_TOTAL.labels(path, "OK").inc()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the caller went away (its deadline, a reset): counted as on a gRPC port
+            RPC_TOTAL.labels(path, "CANCELLED").inc()
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
             extra = _status_headers(failure(path, exc))

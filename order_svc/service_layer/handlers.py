@@ -104,7 +104,7 @@ class Deps:
 
     def __post_init__(self) -> None:
         self.writes = SagaWrites(self.uow, in_flight=self.write_batches_in_flight)
-        self.placing = aio.Finishing(log, "a placement")
+        self.placing = aio.Finishing(log, "placement")
 
 
 def now() -> datetime:
@@ -166,17 +166,19 @@ async def _within_limits(req: OrderRequest, deps: Deps) -> None:
 
 
 async def place_order(req: OrderRequest, deps: Deps) -> Order:
-    """PlaceOrder: the order, NEW or REJECTED, or the error. Once begun, a placement is finished
-    whatever its caller does: a client whose deadline passes or whose connection drops has its
-    call cancelled, and a placement cancelled between its hold and its record (the hold's batch
-    goes on without it) left the hold without an order, cash or shares the customer could neither
-    use nor see as an order's, until the reaper gave it back two minutes later (round 23: 17 of
-    30 PlaceOrders sent with a deadline of a few milliseconds). The client's retry with the same
-    client_order_id then gets the order."""
-    return await deps.placing.run(_place_order(req, deps))
+    """PlaceOrder: the order, NEW or REJECTED, or the error.
 
-
-async def _place_order(req: OrderRequest, deps: Deps) -> Order:
+    A caller that goes away (its deadline passed, its connection dropped: the server cancels
+    the call) stops the placement while it is checked (rate limits, market, funds' plan), as
+    any call; from its hold on, it is finished without its caller (_hold_and_record in
+    deps.placing). Before, a placement cancelled between its hold and its record (the hold's
+    batch goes on without it: meshkit.batching) left the hold without an order, cash or shares
+    the customer could neither use nor see as an order's, until the reaper gave it back two
+    minutes later (round 23: 17 of 30 PlaceOrders sent with a deadline of a few milliseconds).
+    The client's retry with the same client_order_id then gets the order. Only the hold's and
+    the record's batched statements go on without a caller, and the hold's went on before; the
+    checks do not, so callers that give up add no work past Envoy's limit of commands in flight
+    but their records (review, round 23)."""
     mine = req.fingerprint()
     try:
         await _within_limits(req, deps)
@@ -197,11 +199,17 @@ async def _place_order(req: OrderRequest, deps: Deps) -> Order:
     plan, reason, message = await _business_checks(req, deps, at)
     order = Order(order_id=model.order_id_for(req.account_id, req.client_order_id, mine), request=req,
                   status=Status.PENDING_NEW, created_at=at, updated_at=at)
-    outbox = None
     if plan is None:
         assert reason is not None
         order.reject(reason, message)  # a business rejection is an order, recorded like any other
-    else:
+    return await deps.placing.run(_hold_and_record(order, plan, mine, deps))
+
+
+async def _hold_and_record(order: Order, plan: model.HoldPlan | None, mine: str, deps: Deps) -> Order:
+    """The rest of a placement, from its hold (none for an order rejected already) to its
+    record: finished whatever its caller does (place_order)."""
+    outbox = None
+    if plan is not None:
         order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
         try:
             refused = await _place_hold(order, deps)

@@ -185,6 +185,44 @@ async def test_a_placement_whose_caller_goes_away_after_its_hold_is_finished(ord
     assert not await deps.placing.wait(15), "the placement did not finish"
 
 
+async def test_a_placement_whose_caller_goes_away_while_it_is_checked_stops_there(order_deps, checked_pool):
+    """Before its hold, a placement stops with its caller, as any call (round 23 review: work
+    that nobody waits for must not pile up past Envoy's limit of commands in flight): nothing
+    held, nothing recorded, nothing left running."""
+    a = acct()
+    await deposit(checked_pool, a, "10000")
+    checking, go_on, holds_placed = asyncio.Event(), asyncio.Event(), []
+
+    class HeldUpLimits:
+        def __getattr__(self, name):
+            return getattr(order_deps.limiter, name)
+
+        async def check(self, *args, **kwargs):
+            checking.set()
+            await go_on.wait()
+            return await order_deps.limiter.check(*args, **kwargs)
+
+    class CountedHolds:
+        def __getattr__(self, name):
+            return getattr(order_deps.holds, name)
+
+        async def place(self, *args, **kwargs):
+            holds_placed.append(args)
+            return await order_deps.holds.place(*args, **kwargs)
+
+    deps = replace(order_deps, limiter=HeldUpLimits(), holds=CountedHolds())
+    call = asyncio.create_task(handlers.place_order(limit_buy(a, "gone-early", qty=4), deps))
+    await asyncio.wait_for(checking.wait(), 15)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    go_on.set()
+    assert not deps.placing.tasks and not holds_placed
+    async with deps.uow().reads() as uow:
+        assert await uow.orders.by_client_order_id(a, "gone-early") is None
+    assert (await cash(checked_pool, a)).held == 0
+
+
 async def test_an_order_the_engine_rejects_says_why_in_words(order_deps, checked_pool):
     from meshkit.executions import REJECTED, Execution
     from order_svc.service_layer import lifecycle

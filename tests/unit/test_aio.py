@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from meshkit.aio import Finishing, cancel_and_wait, honour_cancellation, wait_set
+from meshkit.aio import FINISHED_WITHOUT_CALLER, Finishing, cancel_and_wait, honour_cancellation, wait_set
+from meshkit.errors import Unavailable
 
 log = logging.getLogger("test.finishing")
 
@@ -68,7 +69,7 @@ async def test_cancel_and_wait_cancels_again_what_lost_its_cancellation():
 
 
 async def test_the_work_goes_on_when_its_caller_is_cancelled() -> None:
-    finishing, started, go_on, done = Finishing(log, "a job"), asyncio.Event(), asyncio.Event(), []
+    finishing, started, go_on, done = Finishing(log, "job"), asyncio.Event(), asyncio.Event(), []
 
     async def job() -> str:
         started.set()
@@ -89,7 +90,7 @@ async def test_the_work_goes_on_when_its_caller_is_cancelled() -> None:
 
 
 async def test_the_caller_gets_the_result_or_the_error() -> None:
-    finishing = Finishing(log, "a job")
+    finishing = Finishing(log, "job")
 
     async def fails() -> None:
         raise ValueError("no")
@@ -103,21 +104,32 @@ async def test_the_caller_gets_the_result_or_the_error() -> None:
     assert not finishing.tasks
 
 
-async def test_a_failure_whose_caller_had_gone_is_logged(caplog) -> None:
-    finishing, started, go_on = Finishing(log, "a job"), asyncio.Event(), asyncio.Event()
+@pytest.mark.parametrize("failure, logged", [
+    (RuntimeError("the ledger did not answer"), ("WARNING", "a job whose caller had gone failed", True)),
+    (Unavailable("the account is busy", reason="ACCOUNT_BUSY"),  # an error answer: no traceback
+     ("INFO", "a job whose caller had gone ended UNAVAILABLE ACCOUNT_BUSY: the account is busy", False))])
+async def test_a_failure_whose_caller_had_gone_is_logged_and_counted(failure, logged, caplog) -> None:
+    outcome = getattr(failure, "code", "INTERNAL")
+    finishing, started, go_on = Finishing(log, "job"), asyncio.Event(), asyncio.Event()
+    before = {o: FINISHED_WITHOUT_CALLER.labels("job", o)._value.get() for o in (outcome, "ok")}
 
     async def job() -> None:
         started.set()
         await go_on.wait()
-        raise RuntimeError("the ledger did not answer")
+        raise failure
 
+    async def quick() -> int:
+        return 1
+
+    assert await finishing.run(quick()) == 1  # awaited by its caller: not counted
     caller = asyncio.create_task(finishing.run(job()))
     await started.wait()
     caller.cancel()
     await asyncio.gather(caller, return_exceptions=True)
-    with caplog.at_level(logging.WARNING, logger="test.finishing"):
+    with caplog.at_level(logging.INFO, logger="test.finishing"):
         go_on.set()
         await finishing.wait(5)
         await asyncio.sleep(0)  # the done callback
-    assert [r.getMessage() for r in caplog.records] == ["a job whose caller had gone failed"]
-    assert "the ledger did not answer" in caplog.text
+    assert [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [logged]
+    after = {o: FINISHED_WITHOUT_CALLER.labels("job", o)._value.get() for o in (outcome, "ok")}
+    assert after == {outcome: before[outcome] + 1, "ok": before["ok"]}

@@ -1,15 +1,15 @@
 """ledger_svc's view of order_svc's session closes (adapters.sessions.session_closed), which
-`stockmesh settle` and RunSettlement ask before settling a day: in regular hours a day without
-a session (a weekend, a holiday) is closed without asking the database; a trading day, and on
-a market kept always open every day, is asked."""
+`stockmesh settle` and RunSettlement ask before settling a day: a day without a session (a
+weekend, a holiday) that is over is closed without asking the database, in regular hours and
+on a market kept always open alike; a trading day, and a day without a session that is today,
+is asked."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 
 import pytest
 
 from ledger_svc.adapters.sessions import session_closed
-from meshkit import calendar
 
 
 class Asked(Exception):
@@ -23,31 +23,28 @@ class RecordsOnly:
         raise Asked()
 
 
-SATURDAY, SUNDAY, THANKSGIVING = date(2030, 6, 1), date(2030, 6, 2), date(2030, 11, 28)
+FRIDAY, SATURDAY, SUNDAY, MONDAY = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22), date(2026, 11, 23)
+THANKSGIVING = date(2026, 11, 26)
 
 
-def lately(trading: bool) -> date:
-    """A day of the last week (one that can have a close of it or of a later day in the
-    closes kept: calendar.CLOSES_KEPT), a trading day or not."""
-    today = calendar.trading_day(datetime.now(timezone.utc))
-    return next(d for d in (today - timedelta(days=back) for back in range(1, 8))
-                if (calendar.session(d) is not None) == trading)
+@pytest.fixture(params=["regular hours", "always open"])
+def hours(request, monkeypatch) -> str:
+    if request.param == "always open":
+        monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
+    else:
+        monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+    return request.param
 
 
-@pytest.mark.parametrize("day", [SATURDAY, SUNDAY, THANKSGIVING])
-async def test_a_day_without_a_session_is_closed_in_regular_hours(day: date, monkeypatch) -> None:
-    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
-    assert await session_closed(day, RecordsOnly()) is True
+@pytest.mark.parametrize("day, today", [(SATURDAY, SUNDAY), (SUNDAY, MONDAY), (SATURDAY, MONDAY),
+                                        (THANKSGIVING, THANKSGIVING + timedelta(days=1))])
+async def test_a_day_without_a_session_that_is_over_is_closed(day: date, today: date, hours: str) -> None:
+    assert await session_closed(day, RecordsOnly(), today) is True
 
 
-async def test_a_trading_day_is_asked(monkeypatch) -> None:
-    monkeypatch.delenv("STOCKMESH_MARKET_ALWAYS_OPEN", raising=False)
+@pytest.mark.parametrize("day, today", [(FRIDAY, SATURDAY), (FRIDAY, MONDAY), (SATURDAY, SATURDAY),
+                                        (THANKSGIVING, THANKSGIVING)])
+async def test_a_trading_day_and_a_day_without_a_session_still_going_are_asked(day: date, today: date,
+                                                                              hours: str) -> None:
     with pytest.raises(Asked):
-        await session_closed(lately(trading=True), RecordsOnly())
-
-
-@pytest.mark.parametrize("trading", [False, True])
-async def test_every_day_is_asked_on_a_market_kept_always_open(trading: bool, monkeypatch) -> None:
-    monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
-    with pytest.raises(Asked):
-        await session_closed(lately(trading), RecordsOnly())
+        await session_closed(day, RecordsOnly(), today)
