@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -152,6 +152,12 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
                 "read)") in alone.stdout, alone.stdout
 
 
+def trading_day_before(day: date) -> date:
+    """The last day before `day` with a session: one whose close settlement waits for (a day
+    without one counts as closed once it is over, ledger_svc.adapters.sessions)."""
+    return next(d for d in (day - timedelta(days=back) for back in range(1, 11)) if calendar.session(d) is not None)
+
+
 async def test_settle_refuses_a_day_whose_session_has_not_closed(pg_server_url, tmp_path):
     """A day still trading is not final: settled now, a second run would settle the fills made
     since (acceptance round 12: 624 fills, then 14 more seconds later, both "discrepancies
@@ -170,7 +176,7 @@ async def test_settle_refuses_a_day_whose_session_has_not_closed(pg_server_url, 
             return subprocess.run([sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(),
                                    "--database-url", url, "--namespace", "closing", "--data-dir", str(tmp_path),
                                    *more], capture_output=True, text=True, env=env)
-        yesterday = today - timedelta(days=1)
+        yesterday = trading_day_before(today)  # a day without a session that is over is closed
         for day in (today, yesterday):
             refused = settle(day)
             assert refused.returncode == 1 and f"day not settled: the session of {day} has not closed" in \
@@ -390,10 +396,10 @@ async def test_run_settlement_refuses_a_day_whose_session_has_not_closed_as_sett
 
     now = datetime.now(timezone.utc)
     today = calendar.trading_day(now)
-    yesterday = today - timedelta(days=1)
+    yesterday = trading_day_before(today)  # a day without a session that is over is closed
     async with funded_ledger(pg_server_url) as uow:
         pool = uow().pool
-        for n, (at, day) in enumerate(((now - timedelta(days=1), yesterday), (now, today))):  # a fill on each
+        for n, (at, day) in enumerate(((now - (today - yesterday), yesterday), (now, today))):  # a fill on each
             buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
             await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("50.00")), uow)
             await ledger.place_hold(commands.PlaceHold(sell, "seller", sell, "AAPL", Decimal(5)), uow)
