@@ -181,8 +181,10 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=0,
               help="Envoy's admin port on 127.0.0.1 (default: a free one).")
 @click.option("--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
-              help="PostgreSQL to use when it answers (default postgresql://postgres@127.0.0.1:5432/stockmesh); "
-                   "otherwise a local one is started in the data folder.")
+              help="PostgreSQL to use when it answers, its database created if missing (default "
+                   "postgresql://postgres@127.0.0.1:5432/stockmesh, and .../stockmesh_<namespace> for another "
+                   "--namespace); otherwise a local one is started in the data folder. A database holding another "
+                   "namespace's mesh data is refused.")
 @click.option("--redis-url", envvar="REDIS_URL", show_envvar=True, default=None,
               help="Redis to use when it answers (default redis://127.0.0.1:6379/0); "
                    "otherwise a local one is started.")
@@ -193,7 +195,8 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
               show_default=True, help="Start a JetStream cluster of this many pinned nats-servers instead of one; "
                                       "every stream, bucket and consumer then has that many copies.")
 @click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh", show_default=True,
-              help="Prefix of stream, subject and key names (isolates meshes sharing servers).")
+              help="Prefix of NATS stream and subject names and of Redis keys (keeps meshes sharing those servers "
+                   "apart). Rows are kept apart by databases: the default database follows the namespace.")
 @click.option("--log-level", envvar="LOG_LEVEL", show_envvar=True, default="INFO", show_default=True,
               help="Log level of the services.")
 @click.option("--start-timeout", type=float, default=90.0, show_default=True,

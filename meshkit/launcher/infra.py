@@ -35,6 +35,7 @@ from meshkit.launcher.supervisor import ChildFailed, ChildSpec, Supervisor
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/stockmesh"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_NAMESPACE = "stockmesh"  # STOCKMESH_NAMESPACE's default (meshkit.config, `stockmesh up --namespace`)
 LOCAL_DB_NAME = "stockmesh"
 # Unix socket paths are limited to 107 bytes; ".s.PGSQL.NNNNN" needs 15 of them.
 _MAX_SOCKET_DIR = 90
@@ -89,15 +90,30 @@ def postgres_answers(url: str) -> bool:
     return tcp_answers(host, port)
 
 
-def ensure_database(url: str) -> None:
-    """Create the database `url` names when the server has no such database yet."""
+def default_database_url(namespace: str) -> str:
+    """The database `stockmesh up` uses when given none (no --database-url, no DATABASE_URL):
+    DEFAULT_DATABASE_URL's, `stockmesh`, for the default namespace, and `stockmesh_<namespace>`
+    on the same server for another (characters other than letters, digits and `_` made `_`, as
+    stream names are; at most PostgreSQL's 63). A namespace keeps NATS and Redis names apart, not
+    rows: meshes of different namespaces get databases of their own (round 23: every mesh on a
+    machine used `stockmesh`, and two would have shared ledger, orders and audit trail)."""
+    import re
+
+    if namespace == DEFAULT_NAMESPACE:
+        return DEFAULT_DATABASE_URL
+    server, _, default_name = DEFAULT_DATABASE_URL.rpartition("/")
+    return f"{server}/{re.sub(r'[^A-Za-z0-9_]', '_', f'{default_name}_{namespace}')[:63]}"
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database `url` names when the server has no such database yet; whether it did."""
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
     try:
         psycopg.connect(url, connect_timeout=5).close()
-        return
+        return False
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise InfraError(f"PostgreSQL at {redact(url)} answers but refuses us: {exc}") from exc
@@ -107,9 +123,10 @@ def ensure_database(url: str) -> None:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     except psycopg.errors.DuplicateDatabase:
-        pass  # created meanwhile by someone else: fine
+        return False  # created meanwhile by someone else: fine
     except psycopg.Error as exc:
         raise InfraError(f"cannot create database {dbname!r} on {redact(url)}: {exc}") from exc
+    return True
 
 
 def redact(url: str) -> str:
@@ -496,8 +513,8 @@ def prepare_postgres(data_dir: Path, sup: Supervisor, url: str | None, *,
     missing), else a local server started in `<data-dir>/postgres`."""
     url = url or DEFAULT_DATABASE_URL
     if postgres_answers(url):
-        ensure_database(url)
-        say(f"  using {redact(url)}")
+        created = ensure_database(url)
+        say(f"  using {redact(url)}" + (" (created now)" if created else ""))
         return url
     say(f"  nothing answers at {redact(url)}: starting a local PostgreSQL")
     return start_local_postgres(data_dir, sup, say=say, stop=stop)
@@ -518,9 +535,14 @@ def prepare_redis(data_dir: Path, sup: Supervisor, url: str | None, *,
 
 def prepare(data_dir: Path, sup: Supervisor, *, database_url: str | None, redis_url: str | None,
             nats_url: str | None, say: Callable[[str], None] = _say_nothing,
-            stop: threading.Event | None = None, nats_cluster: int = 1) -> Infra:
+            stop: threading.Event | None = None, nats_cluster: int = 1,
+            check_database: Callable[[str], None] | None = None) -> Infra:
+    """PostgreSQL, Redis and NATS, in that order; `check_database` is given the database's URL
+    as soon as PostgreSQL answers (it raises to refuse it, before Redis and NATS are started)."""
     say("- PostgreSQL")
     database_url = prepare_postgres(data_dir, sup, database_url, say=say, stop=stop)
+    if check_database is not None:
+        check_database(database_url)
     say("- Redis")
     redis_url = prepare_redis(data_dir, sup, redis_url, say=say, stop=stop)
     say("- NATS JetStream")

@@ -105,6 +105,10 @@ class LaunchError(RuntimeError):
     """A step failed; the message says which and why (with the failing child's log tail)."""
 
 
+class Refused(LaunchError):
+    """What the caller asked cannot be done as asked (a usage error: `stockmesh up` exits 2)."""
+
+
 def _order_commands_in_flight() -> int:
     """How many PlaceOrder / ReplaceOrder / CancelOrder Envoy lets through at once."""
     text = os.environ.get("STOCKMESH_ORDER_COMMANDS_IN_FLIGHT", "").strip()
@@ -202,7 +206,7 @@ class Mesh:
         except (LaunchError, infra.InfraError, envoy.EnvoyError, ChildFailed) as exc:
             self.say(f"\nstockmesh up FAILED: {exc}")
             self.stop()
-            return 1
+            return 2 if isinstance(exc, Refused) else 1
         except BaseException:
             self.stop()
             raise
@@ -253,13 +257,16 @@ class Mesh:
             raise LaunchError("--nats-cluster starts its own servers: leave NATS_URL / --nats-url unset "
                               "(for an existing cluster, set JETSTREAM_REPLICAS instead)")
         self.infra = infra.prepare(
-            self.data_dir, self.sup, database_url=self.opts.database_url,
+            self.data_dir, self.sup,
+            database_url=self._database_url(),
             redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
             say=self.say, stop=self.stop_event, nats_cluster=self.opts.nats_cluster,
+            check_database=lambda url: self._refuse_another_namespace(url, claim=False),
         )
 
         self._step("3/7 database migrations")
         self._migrate(self.infra.database_url)
+        self._refuse_another_namespace(self.infra.database_url, claim=True)
 
         self._step("4/7 services")
         self.instances = {name: name for name in SERVICES}
@@ -346,6 +353,49 @@ class Mesh:
             raise LaunchError(f"migrations failed on {infra.redact(database_url)}: "
                               f"{type(exc).__name__}: {exc}") from exc
         self.say(f"  {applied} migration(s) applied" if applied else "  schema up to date")
+
+    def _database_url(self) -> str:
+        """--database-url (DATABASE_URL) when given, else the namespace's own database
+        (infra.default_database_url): `stockmesh` for the default namespace, `stockmesh_<namespace>`
+        for another, unless that namespace's mesh data is in `stockmesh` already, where a mesh of any
+        namespace went when given none before (round 23): its mesh goes on with it."""
+        import asyncio
+
+        from meshkit.launcher import owner
+
+        if self.opts.database_url:
+            return self.opts.database_url
+        own, shared = infra.default_database_url(self.opts.namespace), infra.DEFAULT_DATABASE_URL
+        if own != shared and infra.postgres_answers(shared) and \
+                asyncio.run(owner.database_owner(shared)) == self.opts.namespace:
+            self.say(f"  namespace {self.opts.namespace!r}'s mesh data is in {shared}, where a mesh given no "
+                     f"database went before, whatever its namespace: going on with it (a new mesh of the "
+                     f"namespace gets {own})")
+            return shared
+        return own
+
+    def _refuse_another_namespace(self, database_url: str, *, claim: bool) -> None:
+        """Refused if the database holds the mesh data of another namespace (meshkit.launcher.owner):
+        checked before anything is migrated or started, and once migrated, when this mesh claims it."""
+        import asyncio
+
+        from meshkit.launcher import owner
+
+        found = asyncio.run(owner.other_namespace(database_url, self.opts.namespace, claim=claim))
+        if found is None:
+            return
+        own = infra.default_database_url(self.opts.namespace)
+        if any(child.spec.name == "postgres" for child in self.sup.children):  # the data folder's own server
+            instead = "another --data-dir: this one's PostgreSQL holds that data"
+        elif database_url == own:
+            instead = "--database-url"
+        else:
+            instead = f"--database-url; with neither it nor DATABASE_URL, namespace {self.opts.namespace!r} uses {own}"
+        raise Refused(
+            f"the database {infra.redact(database_url)} holds the mesh data of namespace {found!r}, and this mesh's "
+            f"namespace is {self.opts.namespace!r}: two namespaces on one database would share its ledger, orders "
+            "and audit trail (a namespace keeps NATS and Redis names apart, not rows). Give this mesh a database of "
+            f"its own ({instead}), or run the mesh of that data with --namespace {found}")
 
     def _start_simulator(self) -> None:
         import asyncio

@@ -16,3 +16,15 @@ def test_the_engine_is_named_the_same_at_every_start_and_only_there(tmp_path: Pa
     assert engine_instance_id(a, "matching_svc") == engine_instance_id(a / ".." / "a", "matching_svc")
     names = {engine_instance_id(folder, name) for folder in (a, b) for name in ("matching_svc", "matching_svc-2")}
     assert len(names) == 4
+
+
+def test_a_namespace_s_default_database_is_its_own() -> None:
+    """Round 23: every `stockmesh up` given no database used `stockmesh`, whatever its namespace
+    (tests/integration/test_launcher_database.py runs one)."""
+    from meshkit.launcher.infra import DEFAULT_DATABASE_URL, default_database_url
+
+    server = DEFAULT_DATABASE_URL.rpartition("/")[0]
+    assert default_database_url("stockmesh") == DEFAULT_DATABASE_URL  # the default namespace keeps its data
+    assert default_database_url("explore23") == f"{server}/stockmesh_explore23"
+    assert default_database_url("team-a.dev") == f"{server}/stockmesh_team_a_dev"  # as its stream names are made
+    assert default_database_url("x" * 100) == f"{server}/stockmesh_{'x' * 53}"  # PostgreSQL's 63 at most

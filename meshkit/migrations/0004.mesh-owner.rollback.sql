@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS mesh.owner;
+DROP SCHEMA IF EXISTS mesh;

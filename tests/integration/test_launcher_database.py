@@ -1,0 +1,160 @@
+"""A namespace keeps a mesh's NATS and Redis names apart, not its rows (round 23): `stockmesh up
+--namespace explore23` used the default database `stockmesh`, as every other `stockmesh up` on
+the machine, so two meshes of different namespaces would have shared ledger, orders, audit trail
+and candles, silently. Now the database given none follows the namespace
+(infra.default_database_url), and `up` refuses a database holding another namespace's mesh data
+(meshkit.launcher.owner), naming both, before it migrates or starts anything.
+
+The launches here stop at NATS (a NATS_URL nothing answers at) or before: the database step is
+what they are about. Each test drops the databases it made."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from meshkit import bus
+from meshkit.launcher import infra, owner
+from meshkit.launcher.net import free_port
+from tests.conftest import _with_db, fresh_database
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _up(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`stockmesh up` in `folder`, with NATS where nothing answers: it ends at step 2 at the latest."""
+    env = env or {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STOCKMESH_NAMESPACE")}
+    return subprocess.run([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(folder), "--port", "0",
+                           "--nats-url", f"nats://127.0.0.1:{free_port()}", *args],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+
+
+def _databases(server_url: str, name: str) -> int:  # (on the default server, where a mesh given none goes)
+    with psycopg.connect(_with_db(server_url, "postgres"), autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
+
+
+def _drop(server_url: str, name: str) -> None:
+    with psycopg.connect(_with_db(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_default_database_follows_the_namespace(tmp_path: Path) -> None:
+    """Given no --database-url and no DATABASE_URL, a mesh of namespace X uses (and creates)
+    `stockmesh_X` on the default server; the default namespace keeps `stockmesh`."""
+    namespace = f"nsdb{uuid.uuid4().hex[:10]}"
+    url = infra.default_database_url(namespace)
+    name = url.rpartition("/")[2]
+    assert name == f"stockmesh_{namespace}" and url.startswith(infra.DEFAULT_DATABASE_URL + "_")
+    try:
+        result = _up(tmp_path, "--namespace", namespace)
+        assert result.returncode == 1 and "NATS_URL" in result.stdout, result.stdout + result.stderr
+        assert f"using {url} (created now)" in result.stdout, result.stdout
+        assert _databases(infra.DEFAULT_DATABASE_URL, name) == 1
+        assert json.loads((tmp_path / "mesh.json").read_text())["namespace"] == namespace
+    finally:
+        _drop(infra.DEFAULT_DATABASE_URL, name)
+
+
+async def test_up_refuses_a_database_holding_another_namespace_s_order_flow(tmp_path: Path, pg_server_url: str) -> None:
+    """A database a mesh of namespace `theirs` used before the claim existed (its order flow in
+    the outbox, no mesh.owner row) is refused to a mesh of namespace `mine`: exit 2, both named,
+    nothing migrated, claimed or started after PostgreSQL. `theirs` itself may use it."""
+    theirs, mine = f"theirs{uuid.uuid4().hex[:8]}", f"mine{uuid.uuid4().hex[:8]}"
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
+                               bus.subject(theirs, "orders", "AAPL"))
+            await conn.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0004.mesh-owner'")
+            await conn.execute("DROP TABLE mesh.owner")  # as before the claim's migration
+
+            refused = _up(tmp_path / "mine", "--namespace", mine, "--database-url", url)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert (f"the database {url} holds the mesh data of namespace {theirs!r}, and this mesh's namespace is "
+                    f"{mine!r}") in refused.stdout, refused.stdout
+            assert (f"Give this mesh a database of its own (--database-url; with neither it nor DATABASE_URL, "
+                    f"namespace {mine!r} uses {infra.default_database_url(mine)}), or run the mesh of that data "
+                    f"with --namespace {theirs}") in refused.stdout, refused.stdout
+            assert "- Redis" not in refused.stdout and "3/7" not in refused.stdout, refused.stdout
+            assert await conn.fetchval("SELECT to_regclass('mesh.owner')") is None  # not migrated
+
+            theirs_up = _up(tmp_path / "theirs", "--namespace", theirs, "--database-url", url)
+            assert theirs_up.returncode == 1 and "NATS_URL" in theirs_up.stdout, theirs_up.stdout
+        finally:
+            await conn.close()
+
+
+async def test_a_claimed_database_stays_its_namespace_s_with_no_order_flow_at_all(pg_server_url: str) -> None:
+    """An outbox says nothing about a mesh that has only deposits, or whose rows were pruned: once
+    a mesh claimed its database (after migrating it), another namespace is refused all the same;
+    of two meshes claiming one new database at once, the first claim stays and the other is told."""
+    first, second = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+    async with fresh_database(pg_server_url) as url:
+        assert await owner.other_namespace(url, first, claim=False) is None  # no mesh's yet: not claimed by a check
+        assert await owner.other_namespace(url, second, claim=False) is None
+        claims = await asyncio.gather(*(owner.other_namespace(url, ns, claim=True) for ns in (first, second) * 3))
+        winner = (set(claims) - {None}).pop()
+        assert sorted(claims, key=str) == sorted([None] * 3 + [winner] * 3, key=str), claims
+        loser = first if winner == second else second
+        assert await owner.other_namespace(url, loser, claim=False) == winner
+        assert await owner.other_namespace(url, winner, claim=True) is None
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM orders.outbox") == 0
+            assert await conn.fetchval("SELECT namespace FROM mesh.owner") == winner
+        finally:
+            await conn.close()
+
+
+async def test_a_namespace_whose_data_is_in_the_old_default_database_goes_on_with_it(
+        tmp_path: Path, pg_server_url: str, monkeypatch) -> None:
+    """Before, a mesh of any namespace given no database used `stockmesh`: started again after an
+    upgrade, with the same data folder (its engines' books on its NATS), it must not find an empty
+    database of the namespace's own. A namespace whose data is in `stockmesh` goes on with it; a
+    namespace whose data is not gets its own. (The old default here is a fresh database of the
+    test's, in place of the server's `stockmesh`.)"""
+    from meshkit.launcher.mesh import Mesh, UpOptions
+
+    async def launch(namespace: str) -> list[str]:
+        lines: list[str] = []
+        mesh = Mesh(UpOptions(data_dir=tmp_path / namespace, namespace=namespace,
+                              nats_url=f"nats://127.0.0.1:{free_port()}"), say=lines.append)
+        try:
+            with pytest.raises(infra.InfraError, match="NATS_URL"):  # the database step done
+                await asyncio.to_thread(mesh.start)
+        finally:
+            mesh.stop()
+        return lines
+
+    upgraded, other = f"old{uuid.uuid4().hex[:8]}", f"new{uuid.uuid4().hex[:8]}"
+    async with fresh_database(pg_server_url) as old_default:
+        monkeypatch.setattr(infra, "DEFAULT_DATABASE_URL", old_default)
+        conn = await asyncpg.connect(old_default)
+        try:
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
+                               bus.subject(upgraded, "orders", "AAPL"))
+        finally:
+            await conn.close()
+        lines = await launch(upgraded)
+        assert f"  namespace {upgraded!r}'s mesh data is in {old_default}, where a mesh given no database went " \
+               "before, whatever its namespace: going on with it (a new mesh of the namespace gets " \
+               f"{infra.default_database_url(upgraded)})" in lines, lines
+        assert f"  using {old_default}" in lines, lines
+
+        own = infra.default_database_url(other)
+        try:
+            lines = await launch(other)
+            assert f"  using {own} (created now)" in lines, lines
+        finally:
+            _drop(pg_server_url, own.rpartition("/")[2])
