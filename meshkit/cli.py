@@ -331,7 +331,8 @@ def health(address: str | None, service: str, timeout: float, data_dir: Path | N
               help="Data folder holding the keys (created if missing). "
                    "Default: $STOCKMESH_DATA_DIR, else ./.stockmesh")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_SECONDS), default=86_400, show_default=True,
-              help="Lifetime in seconds (at most 30 days: Envoy refuses longer-lived tokens).")
+              help="Lifetime in seconds (at most 30 days: Envoy refuses longer-lived tokens). Envoy accepts a "
+                   "token until 30 s after it expires (clock skew).")
 def token(account: str, data_dir: Path | None, ttl: int) -> None:
     """Print a development token for ACCOUNT (and nothing else) on stdout."""
     from meshkit.cli_client import mint_token
