@@ -12,15 +12,14 @@ from order_svc.service_layer.unit_of_work import OrderUnitOfWork
 
 
 async def session_closed(day: date, pool, today: date | None = None) -> bool:
-    """Whether a close of `day`, or of a later day up to `today` (in New York), was made. A day
-    the exchange does not trade (a weekend, a holiday) that is over counts as closed without
-    one: in regular hours it has no session to close and nothing traded (review, round 23: a
+    """Whether a close of `day`, or of a later day up to `today` (in New York), was made. In
+    regular hours a day the exchange does not trade (a weekend, a holiday) that is over counts
+    as closed without one: it has no session to close and nothing traded (review, round 23: a
     scheduler settling "yesterday" every morning was refused each Sunday and Monday, told to
-    close a session that never was), and on a market kept always open no fill is dated by it
-    any more (a fill is dated by its New York day). Whatever the market's hours, so that a
-    `stockmesh settle` run where STOCKMESH_MARKET_ALWAYS_OPEN is not set, of a mesh that keeps
-    it open, cannot take such a day as closed while it still trades (review, round 23)."""
+    close a session that never was). On a market kept always open every day needs its close:
+    a fill is dated by the day its order command was stored, so an engine behind at midnight
+    still makes fills of a day that is over (review, round 23)."""
     today = today or calendar.trading_day(datetime.now(timezone.utc))
-    if calendar.session(day) is None and day < today:
+    if not calendar.always_open() and calendar.session(day) is None and day < today:
         return True
     return await close_made(day, lambda: OrderUnitOfWork(pool), today)

@@ -381,7 +381,17 @@ class Mesh:
 
         from meshkit.launcher import owner
 
-        found = asyncio.run(owner.other_namespace(database_url, self.opts.namespace, claim=claim))
+        try:
+            found = asyncio.run(owner.other_namespace(database_url, self.opts.namespace, claim=claim))
+        except owner.Mixed as mixed:
+            raise Refused(
+                f"the database {infra.redact(database_url)} holds the mesh data of several namespaces "
+                f"({', '.join(mixed.namespaces)}): meshes of them all used it before `stockmesh up` kept namespaces "
+                "apart, so their ledger, orders and audit trail are mixed in it, and none of them can be told its "
+                "own. Give this mesh a database of its own (--database-url), or, to go on with this one as it is, "
+                f"claim it for one namespace: `stockmesh migrate --database-url {infra.redact(database_url)}`, then "
+                "`psql <that url> -c \"INSERT INTO mesh.owner (namespace) VALUES "
+                f"('{self.opts.namespace}')\"`") from None
         if found is None:
             return
         own = infra.default_database_url(self.opts.namespace)

@@ -8,8 +8,9 @@ accepted would rest in the other's database where its engines never see them (ro
 So `stockmesh up` claims its database for its namespace (mesh.owner, migration
 meshkit/0004: one row, the first claim stays) once it has migrated it, and refuses, before it
 migrates anything, a database claimed by another namespace, or, for a database used before the
-claim existed, one whose order flow goes to another namespace (its latest outbox row's, what
-`stockmesh session close` checks too). Two meshes starting at once on one new database both
+claim existed, one whose order flow went to another namespace (its published outbox rows'), and
+one whose order flow went to several (meshes of several namespaces shared it before: Mixed,
+which only a claim made by hand settles). Two meshes starting at once on one new database both
 claim it after migrating: the second is refused then.
 
 A mesh given no database uses its namespace's (infra.default_database_url); one whose data is
@@ -23,14 +24,28 @@ from meshkit import db
 from order_svc.adapters.repository import OrderRepository
 
 
+class Mixed(Exception):
+    """The database holds the order flow of several namespaces and no claim: meshes of them all
+    shared it before the claim existed (round 23: the default namespace's and an explorer's),
+    so none of them can be told its own."""
+
+    def __init__(self, namespaces: list[str]) -> None:
+        super().__init__(", ".join(namespaces))
+        self.namespaces = namespaces
+
+
 async def owner(conn: asyncpg.Connection) -> str | None:
-    """The namespace whose mesh data the database holds: its claim, else where its order flow
-    goes; None for a database no mesh has used (or whose tables are not there yet)."""
+    """The namespace whose mesh data the database holds: its claim, else the one namespace its
+    order flow went to (Mixed when several); None for a database no mesh has used (or whose
+    tables are not there yet)."""
     if await conn.fetchval("SELECT to_regclass('mesh.owner') IS NOT NULL"):
         if (claimed := await conn.fetchval("SELECT namespace FROM mesh.owner")) is not None:
             return claimed
     if await conn.fetchval("SELECT to_regclass('orders.outbox') IS NOT NULL"):
-        return await OrderRepository(conn).outbox_namespace()
+        found = await OrderRepository(conn).published_namespaces()
+        if len(found) > 1:
+            raise Mixed(found)
+        return found[0] if found else None
     return None
 
 
@@ -43,6 +58,8 @@ async def database_owner(url: str) -> str | None:
         return None
     try:
         return await owner(conn)
+    except Mixed:
+        return None  # nobody's alone: other_namespace refuses it to each
     finally:
         await conn.close()
 

@@ -443,6 +443,14 @@ class OrderRepository:
         subject = await self.conn.fetchval("SELECT subject FROM orders.outbox ORDER BY id DESC LIMIT 1")
         return None if subject is None else subject.rsplit(".orders.", 1)[0]
 
+    async def published_namespaces(self) -> list[str]:
+        """The namespaces of the published outbox rows' subjects (`<namespace>.orders.<SYMBOL>`),
+        sorted: where this database's order flow went (rows queued by hand to another namespace
+        and never published are not counted)."""
+        return [r["ns"] for r in await self.conn.fetch(
+            "SELECT DISTINCT substring(subject FROM '^(.*)\\.orders\\.[^.]*$') AS ns FROM orders.outbox "
+            "WHERE published_at IS NOT NULL ORDER BY 1") if r["ns"] is not None]
+
     async def queued(self, msg_ids: list[str]) -> list[str]:
         """Those of `msg_ids` that are in the outbox."""
         return [r["msg_id"] for r in await self.conn.fetch(

@@ -74,8 +74,11 @@ async def test_up_refuses_a_database_holding_another_namespace_s_order_flow(tmp_
     async with fresh_database(pg_server_url) as url:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
-                               bus.subject(theirs, "orders", "AAPL"))
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
+                               "VALUES ($1, 'o-1', '', now())", bus.subject(theirs, "orders", "AAPL"))
+            # A row queued by hand for a third namespace and never published says nothing.
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-2', '')",
+                               bus.subject(f"typo{theirs}", "orders", "AAPL"))
             await conn.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0004.mesh-owner'")
             await conn.execute("DROP TABLE mesh.owner")  # as before the claim's migration
 
@@ -91,6 +94,40 @@ async def test_up_refuses_a_database_holding_another_namespace_s_order_flow(tmp_
 
             theirs_up = _up(tmp_path / "theirs", "--namespace", theirs, "--database-url", url)
             assert theirs_up.returncode == 1 and "NATS_URL" in theirs_up.stdout, theirs_up.stdout
+        finally:
+            await conn.close()
+
+
+async def test_up_refuses_a_database_that_meshes_of_several_namespaces_shared_until_it_is_claimed(
+        tmp_path: Path, pg_server_url: str) -> None:
+    """Before the claim, meshes of every namespace given no database shared `stockmesh` (round
+    23: the default namespace's and an explorer's). Its outbox then names several namespaces,
+    none of which can be told its own (the latest row's won: review, round 23): each is refused,
+    exit 2, all named, with the way to claim it by hand; once claimed, that namespace's mesh
+    goes on with it."""
+    a, b = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+    async with fresh_database(pg_server_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            for n, ns in enumerate((a, b, a)):
+                await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
+                                   "VALUES ($1, $2, '', now())", bus.subject(ns, "orders", "AAPL"), f"o-{n}")
+            await conn.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0004.mesh-owner'")
+            await conn.execute("DROP TABLE mesh.owner")
+            for ns in (a, b):
+                refused = _up(tmp_path / ns, "--namespace", ns, "--database-url", url)
+                assert refused.returncode == 2, refused.stdout + refused.stderr
+                assert (f"the database {url} holds the mesh data of several namespaces ({', '.join(sorted((a, b)))})"
+                        in refused.stdout), refused.stdout
+                assert f"INSERT INTO mesh.owner (namespace) VALUES ('{ns}')" in refused.stdout, refused.stdout
+            migrated = subprocess.run([sys.executable, "-m", "meshkit.cli", "migrate", "--database-url", url],
+                                      capture_output=True, text=True)
+            assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+            await conn.execute("INSERT INTO mesh.owner (namespace) VALUES ($1)", b)
+            claimed = _up(tmp_path / "b-again", "--namespace", b, "--database-url", url)
+            assert claimed.returncode == 1 and "NATS_URL" in claimed.stdout, claimed.stdout  # past the check
+            other = _up(tmp_path / "a-again", "--namespace", a, "--database-url", url)
+            assert other.returncode == 2 and f"holds the mesh data of namespace {b!r}" in other.stdout, other.stdout
         finally:
             await conn.close()
 
@@ -142,7 +179,8 @@ async def test_a_namespace_whose_data_is_in_the_old_default_database_goes_on_wit
         monkeypatch.setattr(infra, "DEFAULT_DATABASE_URL", old_default)
         conn = await asyncpg.connect(old_default)
         try:
-            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload) VALUES ($1, 'o-1', '')",
+            await conn.execute("INSERT INTO orders.outbox (subject, msg_id, payload, published_at) "
+                               "VALUES ($1, 'o-1', '', now())",
                                bus.subject(upgraded, "orders", "AAPL"))
         finally:
             await conn.close()
