@@ -125,10 +125,14 @@ class SettlementRepository:
             "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (execution_id) DO NOTHING",
             [(ex.symbol, ex.execution_id, sorted(accounts(ex)), json.dumps(to_json(ex))) for ex in exs])
 
-    async def parked(self, limit: int) -> list[tuple[int, Execution]]:
-        """The parked executions (seq, execution), oldest first."""
+    async def parked(self, per_symbol: int) -> list[tuple[int, Execution]]:
+        """The parked executions (seq, execution), oldest first, at most `per_symbol` of each
+        symbol: a symbol whose oldest ones cannot be applied does not hide the others' (round
+        23 chaos: 1,000 rows of one stuck symbol were the whole window, and no symbol's parked
+        executions were applied any more)."""
         return [(r["seq"], from_json(json.loads(r["execution"]))) for r in await self.conn.fetch(
-            "SELECT seq, execution FROM ledger.parked_executions ORDER BY seq LIMIT $1", limit)]
+            "SELECT seq, execution FROM (SELECT seq, execution, row_number() OVER (PARTITION BY symbol ORDER BY seq) "
+            "AS n FROM ledger.parked_executions) p WHERE n <= $1 ORDER BY seq", per_symbol)]
 
     async def unpark(self, seq: int) -> None:
         await self.conn.execute("DELETE FROM ledger.parked_executions WHERE seq = $1", seq)

@@ -273,6 +273,56 @@ async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checke
     assert await w.state() == await one.state()
 
 
+async def _parked_ids(pool, w: "World") -> list[str]:
+    return [r[0] for r in await pool.fetch("SELECT execution_id FROM ledger.parked_executions WHERE execution_id "
+                                           "LIKE $1 ORDER BY seq", f"%-{w.tag}")]
+
+
+async def test_executions_of_one_account_are_parked_in_stream_order_whatever_parks_them(checked_pool):
+    """Round 23 chaos: a batch's later execution parked at once behind a blocked account (the
+    market maker's), while an earlier one of the same customer, applied after it and only then
+    found held, was parked after it. unpark applies them in the order parked: a replace's FILL
+    came before its REPLACED and found no hold, for ever, and every later execution of both
+    accounts stayed parked behind it. A batch now parks what it parks in stream order."""
+    w = await World(checked_pool).open()
+    holder = await checked_pool.acquire()
+    try:
+        async with holder.transaction():  # s2 held: b1-s2 parked, s2 blocked from now on
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
+            assert await settlement.apply_executions([w.fill(1, "BUY", "b1o", "s2o", 1, "99", 9, 4)], w.uow,
+                                                     lock_wait=0.3) == 0
+        # b2 held: its fill with s1 (first in the stream) waits for b2 in vain and parks; its
+        # fill with s2 (second) parks behind s2's parked execution.
+        first, second = w.fill(2, "BUY", "b2o", "s1o", 1, "99", 4, 9), w.fill(3, "BUY", "b2o", "s2o", 1, "99", 3, 3)
+        async with holder.transaction():
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("b2")])
+            assert await settlement.apply_executions([first, second], w.uow, lock_wait=0.3) == 0
+    finally:
+        await checked_pool.release(holder)
+    assert await _parked_ids(checked_pool, w) == [f"x{n}-{w.tag}" for n in (1, 2, 3)]
+    assert await settlement.unpark(w.uow) == 3
+
+
+async def test_a_symbol_whose_parked_executions_cannot_apply_does_not_hide_another_s(checked_pool, caplog):
+    """Round 23 chaos: unpark read the oldest 1,000 parked executions of every symbol together;
+    once one symbol's that could not apply filled them, no symbol's were applied any more. It
+    reads the oldest of each symbol."""
+    w = await World(checked_pool).open()
+    stuck = [Execution(**{**w.fill(n, "BUY", "b1o", "s1o", 1, "99", 9, 9).__dict__,
+                          "order_id": w.order(f"gone{n}")}) for n in (1, 2, 3)]  # no such hold: never applies
+    free = Execution(**{**w.end(4, CANCELLED, "b3o", "CANCELLED_BY_USER").__dict__, "symbol": "MSFT"})
+    async with w.uow() as uow:
+        await uow.settlement.park([*stuck, free])
+        await uow.commit()
+    try:
+        with caplog.at_level(logging.ERROR, logger="ledger_svc.settlement"):
+            await settlement.unpark(w.uow, limit=2)  # MSFT's is read past AAPL's two, and applied
+        assert await _parked_ids(checked_pool, w) == [ex.execution_id for ex in stuck]
+        assert (await w.state())["b3o", "hold"][2].value == "RELEASED"
+    finally:
+        await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
+
+
 async def test_a_run_meeting_a_held_account_does_not_keep_its_other_accounts_from_their_holds(checked_pool):
     """A run takes all its accounts, in account order, then waits for the held one (round 20
     review: while it waited 2 s, the run's other accounts, most not party to the fill that
