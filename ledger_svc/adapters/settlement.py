@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Collection, NamedTuple
 
@@ -125,14 +125,16 @@ class SettlementRepository:
             "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (execution_id) DO NOTHING",
             [(ex.symbol, ex.execution_id, sorted(accounts(ex)), json.dumps(to_json(ex))) for ex in exs])
 
-    async def parked(self, per_symbol: int) -> list[tuple[int, Execution]]:
-        """The parked executions (seq, execution), oldest first, at most `per_symbol` of each
-        symbol: a symbol whose oldest ones cannot be applied does not hide the others' (round
-        23 chaos: 1,000 rows of one stuck symbol were the whole window, and no symbol's parked
-        executions were applied any more)."""
-        return [(r["seq"], from_json(json.loads(r["execution"]))) for r in await self.conn.fetch(
-            "SELECT seq, execution FROM (SELECT seq, execution, row_number() OVER (PARTITION BY symbol ORDER BY seq) "
-            "AS n FROM ledger.parked_executions) p WHERE n <= $1 ORDER BY seq", per_symbol)]
+    async def parked(self) -> list[tuple[int, str, frozenset[str], datetime]]:
+        """Every parked execution as (seq, symbol, its accounts, when parked), oldest first: what
+        unpark needs to choose which to try, without reading (or decoding) the executions."""
+        return [(r["seq"], r["symbol"], frozenset(r["accounts"]), r["parked_at"]) for r in await self.conn.fetch(
+            "SELECT seq, symbol, accounts, parked_at FROM ledger.parked_executions ORDER BY seq")]
+
+    async def parked_execution(self, seq: int) -> Execution | None:
+        """The parked execution `seq`, or None when it is not parked any more."""
+        raw = await self.conn.fetchval("SELECT execution FROM ledger.parked_executions WHERE seq = $1", seq)
+        return None if raw is None else from_json(json.loads(raw))
 
     async def unpark(self, seq: int) -> None:
         await self.conn.execute("DELETE FROM ledger.parked_executions WHERE seq = $1", seq)

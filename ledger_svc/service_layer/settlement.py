@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable, Collection, Mapping
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from ledger_svc.adapters.settlement import Claim
 from ledger_svc.domain import model
@@ -22,6 +23,14 @@ from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
 log = logging.getLogger("ledger_svc.settlement")
+# Exported by unpark each round, on the replica elected to apply the journal (the others' stay
+# 0): an age that only grows is a parked execution that cannot apply, and every later execution
+# of its accounts on its symbol waits behind it (docs/operations.md).
+PARKED = Gauge("stockmesh_parked_executions", "Executions parked behind a held account, by symbol", ["symbol"])
+PARKED_OLDEST = Gauge("stockmesh_parked_oldest_seconds", "Age of the oldest parked execution, by symbol", ["symbol"])
+UNPARK_FAILURES = Counter("stockmesh_unpark_failures_total",
+                          "Parked executions that failed when applied (left parked), by symbol", ["symbol"])
+_exported: set[str] = set()  # the symbols last exported with something parked
 # How long a consumer's transaction waits for a lock before its executions are parked (a run of
 # another symbol holds its accounts for milliseconds; a stuck transaction for good), and how
 # long unpark waits for a parked one's.
@@ -250,35 +259,67 @@ async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory
 
 
 async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT, limit: int = 1000) -> int:
-    """Apply the parked executions whose accounts are free now, oldest first (the oldest `limit`
-    of each symbol a round), each in a transaction that also deletes its row; one whose account
-    is still held (or that fails) is left, and so is every later one of its symbol that touches
-    its accounts. Returns how many were applied (a repeat, applied before it was parked again,
-    is only deleted)."""
+    """Apply the parked executions whose accounts are free now, oldest first, each in a
+    transaction that also deletes its row; one whose account is still held (or that fails) is
+    left, and so is every later one of its symbol that touches its accounts, without being read.
+    At most `limit` of each symbol are tried a round. Returns how many were applied (a repeat,
+    applied before it was parked again, is only deleted).
+
+    Which to try is chosen from every parked row's symbol and accounts (round 23 chaos: the
+    oldest 1,000 rows of all symbols were read, and once one that could never apply had that
+    many behind it, no symbol's, nor its own unrelated accounts', were applied any more); each
+    execution is read, and decoded, alone, so one that cannot be read holds back only its own
+    accounts. What is parked, per symbol, and since when, is exported each round
+    (stockmesh_parked_executions, stockmesh_parked_oldest_seconds), and each failure counted
+    (stockmesh_unpark_failures_total): a row that never applies shows as an age that grows."""
     async with uow_factory().reads() as uow:
-        rows = await uow.settlement.parked(limit)
+        rows = await uow.settlement.parked()
+    _export_parked(rows)
     blocked: dict[str, set[str]] = {}
+    tried: dict[str, int] = {}
     done = 0
-    for seq, ex in rows:
-        held = blocked.setdefault(ex.symbol, set())
-        if accounts(ex) & held:
-            held |= accounts(ex)
+    for seq, symbol, accounts_of, _ in rows:
+        held = blocked.setdefault(symbol, set())
+        if accounts_of & held or tried.get(symbol, 0) >= limit:
+            held |= accounts_of  # kept in order behind it, as the consumer keeps them
             continue
+        tried[symbol] = tried.get(symbol, 0) + 1
         try:
             async with uow_factory() as uow:
-                if await uow.settlement.claim_execution(ex, lock_wait):
-                    await _apply_in(uow, ex)
-                    done += 1
-                await uow.settlement.unpark(seq)
+                ex = await uow.settlement.parked_execution(seq)
+                if ex is not None:
+                    if await uow.settlement.claim_execution(ex, lock_wait):
+                        await _apply_in(uow, ex)
+                        done += 1
+                    await uow.settlement.unpark(seq)
                 await uow.commit()
         except asyncpg.LockNotAvailableError:
-            held |= accounts(ex)
+            held |= accounts_of
         except Exception:  # noqa: BLE001 - left parked, tried again on the next round
-            log.exception("a parked execution could not be applied", extra={"executionId": ex.execution_id})
-            held |= accounts(ex)
+            UNPARK_FAILURES.labels(symbol).inc()
+            log.exception("a parked execution could not be applied; it and every later one of its accounts stay "
+                          "parked", extra={"seq": seq, "symbol": symbol, "accounts": sorted(accounts_of)})
+            held |= accounts_of
     if done:
         log.info("parked executions applied", extra={"applied": done, "left": len(rows) - done})
     return done
+
+
+def _export_parked(rows: list[tuple[int, str, frozenset[str], datetime]]) -> None:
+    now = datetime.now(timezone.utc)
+    count: dict[str, int] = {}
+    oldest: dict[str, datetime] = {}
+    for _, symbol, _, at in rows:
+        count[symbol] = count.get(symbol, 0) + 1
+        oldest.setdefault(symbol, at)
+    for symbol in set(_exported) - set(count):  # none parked any more
+        PARKED.labels(symbol).set(0)
+        PARKED_OLDEST.labels(symbol).set(0)
+    for symbol, n in count.items():
+        PARKED.labels(symbol).set(n)
+        PARKED_OLDEST.labels(symbol).set((now - oldest[symbol]).total_seconds())
+    _exported.clear()
+    _exported.update(count)
 
 
 async def unpark_loop(uow_factory: UowFactory, every: float = 1.0) -> None:

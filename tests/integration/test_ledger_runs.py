@@ -303,22 +303,31 @@ async def test_executions_of_one_account_are_parked_in_stream_order_whatever_par
     assert await settlement.unpark(w.uow) == 3
 
 
-async def test_a_symbol_whose_parked_executions_cannot_apply_does_not_hide_another_s(checked_pool, caplog):
+async def test_a_parked_execution_that_cannot_apply_holds_back_only_its_own_accounts(checked_pool, caplog):
     """Round 23 chaos: unpark read the oldest 1,000 parked executions of every symbol together;
-    once one symbol's that could not apply filled them, no symbol's were applied any more. It
-    reads the oldest of each symbol."""
+    once one that could not apply had that many behind it, no symbol's, nor its own symbol's
+    other accounts', were applied any more. Now the rows behind it on its accounts wait, unread,
+    and every other account's are tried, whatever their symbol; the failure is counted and the
+    age of what is parked exported."""
+    from ledger_svc.service_layer.settlement import PARKED, PARKED_OLDEST, UNPARK_FAILURES
+
     w = await World(checked_pool).open()
     stuck = [Execution(**{**w.fill(n, "BUY", "b1o", "s1o", 1, "99", 9, 9).__dict__,
                           "order_id": w.order(f"gone{n}")}) for n in (1, 2, 3)]  # no such hold: never applies
-    free = Execution(**{**w.end(4, CANCELLED, "b3o", "CANCELLED_BY_USER").__dict__, "symbol": "MSFT"})
+    other_account = w.end(4, CANCELLED, "b3o", "CANCELLED_BY_USER")  # AAPL too, b3 only
+    other_symbol = Execution(**{**w.end(5, CANCELLED, "b2o", "CANCELLED_BY_USER").__dict__, "symbol": "MSFT"})
     async with w.uow() as uow:
-        await uow.settlement.park([*stuck, free])
+        await uow.settlement.park([*stuck, other_account, other_symbol])
         await uow.commit()
+    failures = UNPARK_FAILURES.labels("AAPL")._value.get()
     try:
         with caplog.at_level(logging.ERROR, logger="ledger_svc.settlement"):
-            await settlement.unpark(w.uow, limit=2)  # MSFT's is read past AAPL's two, and applied
+            await settlement.unpark(w.uow, limit=2)  # AAPL: the first stuck one and b3's; MSFT's
         assert await _parked_ids(checked_pool, w) == [ex.execution_id for ex in stuck]
-        assert (await w.state())["b3o", "hold"][2].value == "RELEASED"
+        state = await w.state()
+        assert (state["b3o", "hold"][2].value, state["b2o", "hold"][2].value) == ("RELEASED", "RELEASED")
+        assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1  # the first; those behind it unread
+        assert PARKED.labels("AAPL")._value.get() >= 3 and PARKED_OLDEST.labels("AAPL")._value.get() >= 0
     finally:
         await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
 
