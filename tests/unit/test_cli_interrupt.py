@@ -21,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
+def _ctrl_c_as_from_a_terminal():
+    """The children's Ctrl-C as a terminal gives it: a test run started in the background of a
+    shell without job control has SIGINT ignored, which children inherit across exec, and
+    Python then leaves it ignored (a fresh-clone run started so saw every Ctrl-C here do
+    nothing). A handler of ours becomes the default at exec."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture(autouse=True)
 def _pytests_own_ctrl_c():
     """meshkit.cli.interrupted leaves SIGINT to its default (a second Ctrl-C kills): not pytest's."""
     handler = signal.getsignal(signal.SIGINT)
