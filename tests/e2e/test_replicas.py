@@ -98,7 +98,8 @@ async def test_the_elected_replica_killed_under_trading_loses_nothing(replicated
                 [leader] = _elected(mesh, service)
                 victim = mesh.state()["pids"][leader]
                 opener = asyncio.create_task(open_streams()) if service == "order_svc" else None
-                await asyncio.sleep(0.3 if opener else 0)
+                if opener is not None:  # opening streams before the kill
+                    assert await eventually(lambda: opens, timeout=15), "no stream opened before the kill"
                 os.kill(victim, signal.SIGKILL)
                 # Another process takes the journal over: the other replica, or the one killed
                 # once the launcher has restarted it, whichever asks first after the lock died
