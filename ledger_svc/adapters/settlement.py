@@ -12,7 +12,7 @@ import asyncpg
 from ledger_svc.domain.model import CASH, CLEARING
 from ledger_svc.domain.settlement import Execution, Position
 from meshkit.db import lock_wait_text, sets_lock_wait
-from meshkit.executions import accounts, from_json, to_json
+from meshkit.executions import accounts, to_json
 
 
 # A fill moves cash unless price × quantity is less than a cent (domain.settlement.fill_cash:
@@ -43,7 +43,7 @@ class SettlementRepository:
         return bool((await self.claim_executions([ex], lock_wait=lock_wait)).ids)
 
     async def claim_executions(self, exs: list[Execution], *, lock_wait: float | None = None,
-                               parked_here: Collection[str] | None = None) -> Claim:
+                               parked_here: Collection[str] | None = None, unpark: bool = False) -> Claim:
         """claim_execution of many in one statement: the ids not applied before.
 
         With `lock_wait`, no statement of the transaction, this one included, waits longer for
@@ -55,7 +55,8 @@ class SettlementRepository:
         out. Read in the statement that claims, so no execution parked (by this consumer, or
         one that had the symbol before) or unparked (by the elected replica's unpark, which
         deletes its row in the transaction that applies it) before the statement began is
-        missed, and without a round trip of its own."""
+        missed, and without a round trip of its own. With `unpark`, their parked rows are
+        deleted by the same statement (applied, or applied before: the caller commits either way)."""
         rows = [(ex.execution_id, ex.symbol, ex.type, ex.order_id, ex.account_id, ex.counter_order_id,
                  ex.counter_account_id, ex.side, ex.price, ex.quantity, ex.trade_date, ex.executed_at, ex.leaves,
                  ex.counter_leaves if ex.counter_order_id else None) for ex in exs]
@@ -65,6 +66,8 @@ class SettlementRepository:
                 SELECT coalesce(array_agg(DISTINCT a), '{{}}') AS accounts
                   FROM ledger.parked_executions p CROSS JOIN LATERAL unnest(p.accounts) AS a
                  WHERE p.symbol = ANY($15::text[]) AND p.execution_id <> ALL($18::text[])
+            ), unparked AS (
+                DELETE FROM ledger.parked_executions WHERE $19::bool AND execution_id = ANY($1::text[])
             ), claimed AS (
                 INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
                                                counter_account_id, side, price, quantity, trade_date, executed_at,
@@ -80,7 +83,7 @@ class SettlementRepository:
             """, *(list(c) for c in zip(*rows)),
             sorted({ex.symbol for ex in exs}) if parked_here is not None else [],
             sorted({a for ex in exs for a in accounts(ex)}), None if lock_wait is None else lock_wait_text(lock_wait),
-            sorted(parked_here or ()))
+            sorted(parked_here or ()), unpark)
         return Claim(set(row["ids"]), set(row["parked"]))
 
     async def lock_positions(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Position]:
@@ -131,13 +134,11 @@ class SettlementRepository:
         return [(r["seq"], r["symbol"], frozenset(r["accounts"]), r["parked_at"]) for r in await self.conn.fetch(
             "SELECT seq, symbol, accounts, parked_at FROM ledger.parked_executions ORDER BY seq")]
 
-    async def parked_execution(self, seq: int) -> Execution | None:
-        """The parked execution `seq`, or None when it is not parked any more."""
-        raw = await self.conn.fetchval("SELECT execution FROM ledger.parked_executions WHERE seq = $1", seq)
-        return None if raw is None else from_json(json.loads(raw))
-
-    async def unpark(self, seq: int) -> None:
-        await self.conn.execute("DELETE FROM ledger.parked_executions WHERE seq = $1", seq)
+    async def parked_executions(self, seqs: list[int]) -> dict[int, str]:
+        """The parked executions `seqs` still parked, as stored (JSON text: the caller decodes
+        each alone, so one that cannot be decoded holds back only its own accounts)."""
+        return {r["seq"]: r["execution"] for r in await self.conn.fetch(
+            "SELECT seq, execution::text FROM ledger.parked_executions WHERE seq = ANY($1::bigint[])", seqs)}
 
     async def position(self, account_id: str, symbol: str) -> Position:
         row = await self.conn.fetchrow(

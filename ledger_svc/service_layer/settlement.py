@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -17,8 +18,8 @@ from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, cancel_transfer_in, capture_in, complete_transfer_in,
                                                held_accounts_now, post_once, release_in)
-from meshkit.executions import (CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution, accounts,
-                                claimed, in_runs, units)
+from meshkit.executions import (CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution,
+                                accounts, claimed, from_json, in_runs, units)
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 
@@ -36,16 +37,25 @@ _exported: set[str] = set()  # the symbols last exported with something parked
 # long unpark waits for a parked one's.
 EXECUTION_LOCK_WAIT = 2.0
 UNPARK_LOCK_WAIT = 0.1
+# The parked executions unpark reads at a time, and at most applies in one run (the consumer's
+# batches are 32): 128 applied about 1,000 a second on this machine, 32 about 750
+# (benchmarks/bench_unpark.py). A run holds its accounts for some tens of milliseconds.
+UNPARK_RUN = 128
 # A run holds all its accounts (up to 64) while it waits for one: it waits less than a hold
 # placement waits for its account (handlers.HOLD_LOCK_WAIT), so that an account of the run not
 # party to the wait is never answered ACCOUNT_BUSY meanwhile (round 20 review: with the run
 # waiting 2 s, an uninvolved account's hold was refused). Then the held accounts' executions are
 # parked and the run's others go together again.
 RUN_LOCK_WAIT = 0.5
+# The fills settle settles in one transaction, which holds their sellers' accounts throughout:
+# 500 took 0.9 s on an idle machine, long enough under load for the ledger's consumer to park a
+# market maker's executions behind it and for its hold placements to be refused ACCOUNT_BUSY
+# (round 23 rechaos, `settle --before-close` during trading); 100 take about 0.2 s.
+SETTLE_BATCH = 100
 
 
 async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: float | None = None, *,
-                          parked_here: Collection[str] | None = None) -> bool:
+                          parked_here: Collection[str] | None = None, unpark: bool = False) -> bool:
     """Apply one execution in one transaction; False for a repeat (dropped by its id).
 
     A fill captures the buyer's cash (price × quantity rounded down to the cent, `fill_cash`)
@@ -61,13 +71,17 @@ async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: flo
     With `lock_wait`, no lock is waited for longer (asyncpg's LockNotAvailableError, nothing
     applied: apply_executions parks it); with `parked_here` (what the batch parked so far),
     nothing is applied when it touches an account of another parked execution of its symbol
-    (_Parked: apply_executions parks it behind)."""
+    (_Parked: apply_executions parks it behind). With `unpark` (a parked execution, applied by
+    unpark), its parked row is deleted in the same transaction, also when it was applied before."""
     if ex.type in NO_EFFECT:
         return False
     async with uow_factory() as uow:
-        claim = await uow.settlement.claim_executions([ex], lock_wait=lock_wait, parked_here=parked_here)
+        claim = await uow.settlement.claim_executions([ex], lock_wait=lock_wait, parked_here=parked_here,
+                                                      unpark=unpark)
         _check_parked(claim, [ex])
         if not claim.ids:
+            if unpark:
+                await uow.commit()
             return False
         await _apply_in(uow, ex)
         await uow.commit()
@@ -259,50 +273,119 @@ async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory
 
 
 async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT, limit: int = 1000) -> int:
-    """Apply the parked executions whose accounts are free now, oldest first, each in a
-    transaction that also deletes its row; one whose account is still held (or that fails) is
-    left, and so is every later one of its symbol that touches its accounts, without being read.
-    At most `limit` of each symbol are tried a round. Returns how many were applied (a repeat,
-    applied before it was parked again, is only deleted).
+    """Apply the parked executions whose accounts are free now, in the order parked, each
+    symbol's in runs as the consumer applies its batches (_unpark_in_runs), each run's rows
+    deleted in the transaction that applies them; one whose account is still held (or that
+    fails) is left, and so is every later one of its symbol that touches its accounts. At most
+    `limit` of each symbol are tried a round. Returns how many were applied (a repeat, applied
+    before it was parked again, is only deleted).
+
+    Round 24: applied one transaction each, about 125 a second on an idle machine and 9 under
+    the chaos test's load, parked executions came in faster than they went: every new execution
+    of a market maker parks behind its parked ones, so once parking began (a settlement holding
+    accounts during trading) it went on while the market traded, up to 2,929 rows and 229 s of
+    lag, with replaces answered LEDGER_CATCHING_UP and portfolios minutes behind.
 
     Which to try is chosen from every parked row's symbol and accounts (round 23 chaos: the
     oldest 1,000 rows of all symbols were read, and once one that could never apply had that
     many behind it, no symbol's, nor its own unrelated accounts', were applied any more); each
-    execution is read, and decoded, alone, so one that cannot be read holds back only its own
-    accounts. What is parked, per symbol, and since when, is exported each round
+    execution is decoded alone, so one that cannot be decoded holds back only its own accounts.
+    What is parked, per symbol, and since when, is exported each round
     (stockmesh_parked_executions, stockmesh_parked_oldest_seconds), and each failure counted
     (stockmesh_unpark_failures_total): a row that never applies shows as an age that grows."""
     async with uow_factory().reads() as uow:
         rows = await uow.settlement.parked()
     _export_parked(rows)
-    blocked: dict[str, set[str]] = {}
-    tried: dict[str, int] = {}
-    done = 0
+    by_symbol: dict[str, list[tuple[int, frozenset[str]]]] = {}
     for seq, symbol, accounts_of, _ in rows:
-        held = blocked.setdefault(symbol, set())
-        if accounts_of & held or tried.get(symbol, 0) >= limit:
-            held |= accounts_of  # kept in order behind it, as the consumer keeps them
-            continue
-        tried[symbol] = tried.get(symbol, 0) + 1
-        try:
-            async with uow_factory() as uow:
-                ex = await uow.settlement.parked_execution(seq)
-                if ex is not None:
-                    if await uow.settlement.claim_execution(ex, lock_wait):
-                        await _apply_in(uow, ex)
-                        done += 1
-                    await uow.settlement.unpark(seq)
-                await uow.commit()
-        except asyncpg.LockNotAvailableError:
-            held |= accounts_of
-        except Exception:  # noqa: BLE001 - left parked, tried again on the next round
-            UNPARK_FAILURES.labels(symbol).inc()
-            log.exception("a parked execution could not be applied; it and every later one of its accounts stay "
-                          "parked", extra={"seq": seq, "symbol": symbol, "accounts": sorted(accounts_of)})
-            held |= accounts_of
+        by_symbol.setdefault(symbol, []).append((seq, accounts_of))
+    done = 0
+    for symbol, parked in by_symbol.items():
+        done += await _unpark_symbol(symbol, parked, uow_factory, lock_wait, limit)
     if done:
         log.info("parked executions applied", extra={"applied": done, "left": len(rows) - done})
     return done
+
+
+async def _unpark_symbol(symbol: str, parked: list[tuple[int, frozenset[str]]], uow_factory: UowFactory,
+                         lock_wait: float, limit: int) -> int:
+    """unpark of one symbol's parked rows (seq, accounts; in the order parked): read a batch at
+    a time, those behind a blocked account left unread."""
+    blocked: set[str] = set()  # accounts whose rows stay parked this round, as the consumer's `blocked`
+    tried = done = 0
+    rows = iter(parked)
+    while tried < limit:
+        batch: list[tuple[int, frozenset[str]]] = []
+        for seq, accounts_of in rows:
+            if accounts_of & blocked:
+                blocked |= accounts_of  # kept in order behind it
+                continue
+            batch.append((seq, accounts_of))
+            if len(batch) >= min(UNPARK_RUN, limit - tried):
+                break
+        if not batch:
+            return done
+        async with uow_factory().reads() as uow:
+            stored = await uow.settlement.parked_executions([seq for seq, _ in batch])
+        exs: list[Execution] = []
+        for seq, accounts_of in batch:
+            if seq not in stored:  # applied meanwhile (by a replica elected before this one)
+                continue
+            if accounts_of & blocked:  # behind one of the batch that could not be decoded
+                blocked |= accounts_of
+                continue
+            try:
+                exs.append(from_json(json.loads(stored[seq])))
+            except Exception:  # noqa: BLE001 - left parked: held back with its accounts
+                _unpark_failed(symbol, seq, accounts_of)
+                blocked |= accounts_of
+        applied, attempted = await _unpark_in_runs(symbol, exs, uow_factory, lock_wait, blocked)
+        done, tried = done + applied, tried + attempted
+    return done
+
+
+async def _unpark_in_runs(symbol: str, exs: list[Execution], uow_factory: UowFactory, lock_wait: float,
+                          blocked: set[str]) -> tuple[int, int]:
+    """Apply parked executions (stream order) in the consumer's units, each run in one
+    transaction; a run that cannot go together (or meets a held account) goes one at a time,
+    and one that cannot apply then blocks its accounts (`blocked` grows) for the rest. Returns
+    how many were applied and how many tried (those behind a blocked account are not)."""
+    done = tried = 0
+    for _, unit in units(exs):
+        ready, _ = _behind(unit, blocked)
+        if len(ready) > 1:
+            try:
+                done += await _apply_run(ready, uow_factory, lock_wait, None, unpark=True)
+                tried += len(ready)
+                continue
+            except (asyncio.CancelledError, _Parked):
+                raise
+            except (asyncpg.LockNotAvailableError, _Together):  # foreseen: one at a time finds which
+                pass
+            except Exception:  # noqa: BLE001 - one at a time: each applied, held or failed alone
+                log.warning("a run of parked executions could not be applied together; applying them one at a time",
+                            exc_info=True, extra={"executions": len(ready), "first": ready[0].execution_id})
+        for ex in ready:
+            if accounts(ex) & blocked:
+                blocked |= accounts(ex)
+                continue
+            tried += 1
+            try:
+                done += await apply_execution(ex, uow_factory, lock_wait, unpark=True)
+            except asyncpg.LockNotAvailableError:
+                blocked |= accounts(ex)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - left parked, tried again on the next round
+                _unpark_failed(symbol, ex.execution_id, accounts(ex))
+                blocked |= accounts(ex)
+    return done, tried
+
+
+def _unpark_failed(symbol: str, which: object, accounts_of: Collection[str]) -> None:
+    UNPARK_FAILURES.labels(symbol).inc()
+    log.exception("a parked execution could not be applied; it and every later one of its accounts stay parked",
+                  extra={"execution": which, "symbol": symbol, "accounts": sorted(accounts_of)})
 
 
 def _export_parked(rows: list[tuple[int, str, frozenset[str], datetime]]) -> None:
@@ -322,16 +405,19 @@ def _export_parked(rows: list[tuple[int, str, frozenset[str], datetime]]) -> Non
     _exported.update(count)
 
 
-async def unpark_loop(uow_factory: UowFactory, every: float = 1.0) -> None:
-    """unpark, every `every` seconds, for good (the replica elected for it)."""
+async def unpark_loop(uow_factory: UowFactory, every: float = 1.0, again: float = 0.05) -> None:
+    """unpark, for good (the replica elected for it): every `every` seconds, or after `again`
+    when a round applied something (round 24: what parks behind those it applies is applied in
+    the next round, not a second later)."""
     while True:
+        done = 0
         try:
-            await unpark(uow_factory)
+            done = await unpark(uow_factory)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("applying parked executions failed")
-        await asyncio.sleep(every)
+        await asyncio.sleep(again if done else every)
 
 
 class _Together(Exception):
@@ -412,16 +498,19 @@ class _RunWrites:
 
 
 async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: float | None,
-                     parked_here: set[str]) -> int:
+                     parked_here: set[str] | None, *, unpark: bool = False) -> int:
     """Fills and ends in one transaction: what apply_execution does for each, in stream order,
     with the run's ids claimed, accounts, holds and positions locked, and everything written,
-    in one statement each."""
+    in one statement each. `unpark`: as apply_execution's."""
     async with uow_factory() as uow:
         claim = await uow.settlement.claim_executions(
-            exs, lock_wait=None if lock_wait is None else min(lock_wait, RUN_LOCK_WAIT), parked_here=parked_here)
+            exs, lock_wait=None if lock_wait is None else min(lock_wait, RUN_LOCK_WAIT), parked_here=parked_here,
+            unpark=unpark)
         _check_parked(claim, exs)
         todo = claimed(exs, claim.ids)
         if not todo:
+            if unpark:
+                await uow.commit()
             return 0
         # Accounts first, in account order (migration 0007), then their rows.
         await uow.ledger.lock_accounts(a for ex in todo for a in (ex.account_id, ex.counter_account_id))
@@ -505,7 +594,7 @@ async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, tim
         await asyncio.sleep(poll)
 
 
-async def settle(day: date, uow_factory: UowFactory, *, batch: int = 500,
+async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATCH,
                  progress: Callable[[str], None] | None = None) -> SettlementReport:
     """Settle every fill traded on or before `day` that is still unsettled: its proceeds move
     from clearing to the seller's cash. Running it again settles nothing new. `progress` hears

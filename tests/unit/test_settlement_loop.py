@@ -104,3 +104,26 @@ async def test_an_always_open_market_is_settled_on_demand_only(monkeypatch):
     monkeypatch.setenv("STOCKMESH_MARKET_ALWAYS_OPEN", "1")
     settled = await run_loop(monkeypatch, ny(2026, 11, 24, 17, 0))
     assert settled == []
+
+
+async def test_unpark_goes_again_at_once_while_it_applies_something(monkeypatch):
+    """Round 24: what parks behind the executions a round applies waits for the next round; it
+    comes after `again`, not `every`, while rounds apply something."""
+    from ledger_svc.service_layer import settlement
+
+    rounds = iter([3, 1, 0, 0])
+    slept: list[float] = []
+
+    async def unpark(uow):
+        return next(rounds)
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 4:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(settlement, "unpark", unpark)
+    monkeypatch.setattr(settlement.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await settlement.unpark_loop(None, every=1.0, again=0.05)
+    assert slept == [0.05, 0.05, 1.0, 1.0]
