@@ -429,7 +429,7 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
     import logging
 
     trading_day = _day(day, "--date", come=True)
-    namespace = _namespace(namespace, data_dir, database_url is not None)
+    namespace = _namespace(namespace, data_dir, database_url is not None, database_url)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
     from meshkit.errors import FailedPrecondition
 
@@ -524,7 +524,7 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
     from meshkit.errors import FailedPrecondition
 
     before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
-    namespace = _namespace(namespace, data_dir, database_url is not None or nats_url is not None)
+    namespace = _namespace(namespace, data_dir, database_url is not None or nats_url is not None, database_url)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
     nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
@@ -664,7 +664,7 @@ def session_close(day: str | None, database_url: str | None, namespace: str, dat
 
     today = calendar.trading_day(datetime.now(timezone.utc))
     trading_day = _day(day, "--date", come=True) if day is not None else today
-    namespace = _namespace(namespace, data_dir, database_url is not None)
+    namespace = _namespace(namespace, data_dir, database_url is not None, database_url)
     database_url = database_url or _mesh_database_url(data_dir, namespace)
 
     async def run() -> str:
@@ -734,15 +734,29 @@ def _running(state: dict) -> bool:
     return not started or process_started(pid) in (started, None)
 
 
-def _namespace(namespace: str, data_dir: Path | None, given_urls: bool) -> str:
+def _namespace(namespace: str, data_dir: Path | None, given_urls: bool, database_url: str | None = None) -> str:
     """--namespace (or $STOCKMESH_NAMESPACE) when given; else, for a command that takes its
     servers from the mesh in `data_dir` (no URL given), that mesh's namespace (round 15: a mesh
-    of another namespace needed --namespace on every command of the runbook)."""
+    of another namespace needed --namespace on every command of the runbook).
+
+    With the `database_url` given, the namespace whose mesh data the database holds (its
+    `mesh.owner` claim, else its order flow's) when not given, and a refusal (exit 2) when
+    another is given (round 23: `settle --database-url` of another namespace's database read
+    no journal, and said only "no NATS given")."""
+    import asyncio
+
     from click.core import ParameterSource
 
     from meshkit.cli_client import mesh_state
+    from meshkit.launcher.owner import database_owner
 
-    if given_urls or click.get_current_context().get_parameter_source("namespace") is not ParameterSource.DEFAULT:
+    given = click.get_current_context().get_parameter_source("namespace") is not ParameterSource.DEFAULT
+    if database_url is not None and (owner := asyncio.run(database_owner(database_url))) not in (None, namespace):
+        if given:
+            raise click.BadParameter(f"the database holds the mesh data of namespace {owner!r}, not {namespace!r}: "
+                                     f"pass --namespace {owner} (or set STOCKMESH_NAMESPACE)", param_hint="--namespace")
+        return owner
+    if given_urls or given:
         return namespace
     try:
         state = mesh_state((data_dir or default_data_dir()).resolve(), "the mesh")

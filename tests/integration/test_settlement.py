@@ -116,9 +116,9 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
     day = calendar.trading_day(datetime.now(timezone.utc))
     cmd = [sys.executable, "-m", "meshkit.cli", "settle", "--date", day.isoformat(), "--database-url", database_url,
            "--before-close", "--nats-url", nats_url, "--namespace", namespace]  # other tests trade today
-    # A namespace mistyped: no journal to reconcile against, which is not "no discrepancies".
+    # A namespace mistyped: refused, naming the database's own (its order flow's), nothing settled.
     wrong = subprocess.run([*cmd[:-1], f"nope{uuid.uuid4().hex[:6]}"], capture_output=True, text=True)
-    assert wrong.returncode == 1 and "day not settled: there is no execution journal" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 2 and f"holds the mesh data of namespace {namespace!r}" in wrong.stderr, wrong.stderr
     assert "Traceback" not in wrong.stderr
     assert (await ledger.cash_balance(seller, uow)).unsettled == Decimal("1870.00")  # nothing settled
     first = subprocess.run(cmd, capture_output=True, text=True)
@@ -150,6 +150,39 @@ async def test_two_fills_settle_exactly_once_then_t_plus_1(order_deps, execution
         assert "no NATS given" in alone.stderr, alone.stderr
         assert ("reconciled against      the ledger's own records (no NATS was given: the execution journal was not "
                 "read)") in alone.stdout, alone.stdout
+
+
+async def test_settle_takes_the_namespace_of_the_database_it_is_given(pg_server_url, nats_url, tmp_path):
+    """Round 23: `settle --database-url` of a mesh of another namespace, without --namespace,
+    took the default one: it read no journal and said only "no NATS given". Now it takes the
+    namespace the database belongs to (its `mesh.owner` claim, else its order flow's), and
+    refuses another given by hand; a database no mesh has used keeps the one given."""
+    import asyncpg
+
+    from tests.conftest import fresh_database
+
+    today = calendar.trading_day(datetime.now(timezone.utc))
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "STOCKMESH_DATA_DIR", "STOCKMESH_NAMESPACE")}
+    async with fresh_database(pg_server_url) as url:
+        def settle(*more: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "meshkit.cli", "settle", "--date", today.isoformat(),
+                                   "--before-close", "--database-url", url, "--data-dir", str(tmp_path), *more],
+                                  capture_output=True, text=True, env=env, timeout=120)
+        # No mesh's yet: the namespace given, whose journal is not there, which is not "no discrepancies".
+        missing = settle("--nats-url", nats_url, "--namespace", f"nope{uuid.uuid4().hex[:6]}")
+        assert missing.returncode == 1 and "day not settled: there is no execution journal" in missing.stderr, \
+            missing.stderr
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO mesh.owner (namespace) VALUES ('ownerns')")
+        finally:
+            await conn.close()
+        own = settle()
+        assert own.returncode == 0, own.stdout + own.stderr
+        assert "a mesh of namespace 'ownerns' running in" in own.stderr, own.stderr  # its NATS looked up
+        other = settle("--namespace", "another")
+        assert other.returncode == 2 and "holds the mesh data of namespace 'ownerns', not 'another'" in other.stderr \
+            and "Traceback" not in other.stderr, other.stderr
 
 
 def trading_day_before(day: date) -> date:
