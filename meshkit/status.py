@@ -64,9 +64,11 @@ def passed_on(reason: str | None) -> str | None:
 
 def unavailable(message: str, upstream_reason: str | None) -> Unavailable:
     """The caller's UNAVAILABLE after an upstream's transient failure: with the upstream's
-    reason and OUTAGE_RETRY_SECONDS when it is a dependency's outage (PASSED_ON)."""
-    reason = passed_on(upstream_reason)
-    return Unavailable(message, reason=reason, retry_after_seconds=OUTAGE_RETRY_SECONDS if reason else None)
+    reason when it is a dependency's outage (PASSED_ON), and OUTAGE_RETRY_SECONDS whatever the
+    reason: the message says "retry shortly", and every call that meets one is safe to send
+    again with the same ids (round 23 chaos: a ledger replica stopped made PlaceOrder and
+    ReplaceOrder answer UNAVAILABLE without RetryInfo, which a client reads as "do not wait")."""
+    return Unavailable(message, reason=passed_on(upstream_reason), retry_after_seconds=OUTAGE_RETRY_SECONDS)
 
 
 def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:

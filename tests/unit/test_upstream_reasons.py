@@ -37,7 +37,8 @@ def test_other_reasons_and_no_details_stay_the_callers_own():
         "UNAVAILABLE"
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
     assert upstream_unavailable(bare, "x", log).reason == "UNAVAILABLE"
-    assert upstream_unavailable(bare, "x", log).retry_after_seconds is None
+    # "retry shortly" with a RetryInfo to say when (round 23 chaos: none, on a ledger stopped)
+    assert upstream_unavailable(bare, "x", log).retry_after_seconds == 1.0
 
 
 def test_a_busy_account_is_passed_on_with_the_account_it_names():
