@@ -187,6 +187,7 @@ class Mesh:
         self.endpoint = ""
         self._ready = False
         self._lock_file = None
+        self._database_lock = None  # the connection holding this mesh's advisory lock on its database
         self.metrics_ports: dict[str, int] = {}
         self.relay_port: int | None = None  # order_relay's own gRPC port (health), when it runs apart
         self.instances: dict[str, str] = {}  # process name -> its service (quote_svc-2 -> quote_svc)
@@ -261,7 +262,7 @@ class Mesh:
             database_url=self._database_url(),
             redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
             say=self.say, stop=self.stop_event, nats_cluster=self.opts.nats_cluster,
-            check_database=lambda url: self._refuse_another_namespace(url, claim=False),
+            check_database=self._check_database,
         )
 
         self._step("3/7 database migrations")
@@ -335,6 +336,7 @@ class Mesh:
         # busy folder must not mark the running mesh as not ready).
         if self._lock_file is not None and (self.data_dir / "mesh.json").exists():
             self._write_state(ready=False)
+        self._release_database()
         self._unlock()
 
     # ----------------------------------------------------------------- steps
@@ -373,6 +375,43 @@ class Mesh:
                      f"namespace gets {own})")
             return shared
         return own
+
+    def _check_database(self, database_url: str) -> None:
+        """Before anything is migrated or started: the database is not another namespace's, nor
+        used by another `stockmesh up` of this one (round 23: two meshes of one namespace in two
+        data folders, given the same database, would share its ledger and orders, and each
+        service's election, so one mesh's orders went out on the other's NATS). The second is
+        held off by a session advisory lock the launcher holds on the database while it runs."""
+        self._refuse_another_namespace(database_url, claim=False)
+        import psycopg
+
+        from meshkit.db import lock_key
+
+        conn = psycopg.connect(database_url, autocommit=True, application_name="stockmesh up", connect_timeout=30)
+        key = lock_key(f"{self.opts.namespace}.launcher")
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            holder = conn.execute(
+                "SELECT a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+                (key,)).fetchone()
+            conn.close()
+            where = f" (its connection: backend pid {holder[1]}, from {holder[0] or 'a local socket'})" if holder else ""
+            raise Refused(
+                f"another `stockmesh up` of namespace {self.opts.namespace!r} runs on the database "
+                f"{infra.redact(database_url)}{where}, from another data folder: two meshes on one database would "
+                "share its ledger, orders and audit trail, and each service's election. Stop that mesh, or give "
+                "this one a database of its own (--database-url, or another --namespace)")
+        self._database_lock = conn
+
+    def _release_database(self) -> None:
+        if self._database_lock is not None:
+            try:
+                self._database_lock.close()  # the session ends: its advisory lock with it
+            except Exception:  # noqa: BLE001 - a server gone already took the lock with it
+                pass
+            self._database_lock = None
 
     def _refuse_another_namespace(self, database_url: str, *, claim: bool) -> None:
         """Refused if the database holds the mesh data of another namespace (meshkit.launcher.owner):

@@ -196,3 +196,26 @@ async def test_a_namespace_whose_data_is_in_the_old_default_database_goes_on_wit
             assert f"  using {own} (created now)" in lines, lines
         finally:
             _drop(pg_server_url, own.rpartition("/")[2])
+
+
+async def test_up_refuses_a_database_another_up_of_its_namespace_runs_on(tmp_path: Path, pg_server_url: str) -> None:
+    """Two `stockmesh up` of one namespace in two data folders, given one database, would share
+    its ledger and orders and each service's election (one mesh's orders went out on the other's
+    NATS). The launcher holds a session advisory lock on its database while it runs: the second
+    is refused, exit 2, before anything else starts; once the first is gone, it starts."""
+    from meshkit.db import lock_key
+
+    namespace = f"twice{uuid.uuid4().hex[:8]}"
+    async with fresh_database(pg_server_url) as url:
+        running = await asyncpg.connect(url)  # the first mesh's launcher, as far as the database can tell
+        try:
+            assert await running.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(f"{namespace}.launcher"))
+            refused = _up(tmp_path / "second", "--namespace", namespace, "--database-url", url)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert (f"another `stockmesh up` of namespace {namespace!r} runs on the database {url} (its connection: "
+                    f"backend pid {running.get_server_pid()}") in refused.stdout, refused.stdout
+            assert "- Redis" not in refused.stdout and "3/7" not in refused.stdout, refused.stdout
+        finally:
+            await running.close()
+        after = _up(tmp_path / "second", "--namespace", namespace, "--database-url", url)
+        assert after.returncode == 1 and "NATS_URL" in after.stdout, after.stdout  # past the check
