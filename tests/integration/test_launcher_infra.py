@@ -472,6 +472,9 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
         assert (reply["code"], reply["message"]) == (
             grpc.StatusCode.UNAVAILABLE.value[0], expected.format("/stockmesh.ledger.v1.LedgerService/GetPortfolio"))
         assert reply["details"][0]["reason"] == "UNAVAILABLE"
+        # When to retry, as the services' own UNAVAILABLE replies say it.
+        assert reply["details"][1] == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}, reply
+        assert headers.get("retry-after") == "1", headers
 
 
 async def test_a_replica_that_stops_fails_no_call_the_other_can_answer(tmp_path: Path) -> None:
