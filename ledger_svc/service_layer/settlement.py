@@ -18,7 +18,7 @@ from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, cancel_transfer_in, capture_in, complete_transfer_in,
                                                held_accounts_now, post_once, release_in)
-from meshkit.executions import (CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution,
+from meshkit.executions import (BATCH, CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution,
                                 accounts, claimed, from_json, in_runs, units)
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
@@ -37,10 +37,6 @@ _exported: set[str] = set()  # the symbols last exported with something parked
 # long unpark waits for a parked one's.
 EXECUTION_LOCK_WAIT = 2.0
 UNPARK_LOCK_WAIT = 0.1
-# The parked executions unpark reads at a time, and at most applies in one run (the consumer's
-# batches are 32): 128 applied about 1,000 a second on this machine, 32 about 750
-# (benchmarks/bench_unpark.py). A run holds its accounts for some tens of milliseconds.
-UNPARK_RUN = 128
 # A run holds all its accounts (up to 64) while it waits for one: it waits less than a hold
 # placement waits for its account (handlers.HOLD_LOCK_WAIT), so that an account of the run not
 # party to the wait is never answered ACCOUNT_BUSY meanwhile (round 20 review: with the run
@@ -274,11 +270,11 @@ async def _apply_run_or_one_by_one(run: list[Execution], uow_factory: UowFactory
 
 async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT, limit: int = 1000) -> int:
     """Apply the parked executions whose accounts are free now, in the order parked, each
-    symbol's in runs as the consumer applies its batches (_unpark_in_runs), each run's rows
-    deleted in the transaction that applies them; one whose account is still held (or that
-    fails) is left, and so is every later one of its symbol that touches its accounts. At most
-    `limit` of each symbol are tried a round. Returns how many were applied (a repeat, applied
-    before it was parked again, is only deleted).
+    symbol's in runs of up to a consumer's batch (_unpark_in_runs), each run's rows deleted in
+    the transaction that applies them; one whose account is still held (or that fails) is left,
+    and so is every later one of its symbol that touches its accounts. At most `limit` of each
+    symbol are tried a round. Returns how many were applied (a repeat, applied before it was
+    parked again, is only deleted).
 
     Round 24: applied one transaction each, about 125 a second on an idle machine and 9 under
     the chaos test's load, parked executions came in faster than they went: every new execution
@@ -290,15 +286,19 @@ async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT
     oldest 1,000 rows of all symbols were read, and once one that could never apply had that
     many behind it, no symbol's, nor its own unrelated accounts', were applied any more); each
     execution is decoded alone, so one that cannot be decoded holds back only its own accounts.
-    What is parked, per symbol, and since when, is exported each round
+    One that failed is not tried again for UNPARK_RETRY_FAILED seconds (its accounts' rows wait
+    behind it meanwhile). What is parked, per symbol, and since when, is exported each round
     (stockmesh_parked_executions, stockmesh_parked_oldest_seconds), and each failure counted
     (stockmesh_unpark_failures_total): a row that never applies shows as an age that grows."""
     async with uow_factory().reads() as uow:
         rows = await uow.settlement.parked()
-    _export_parked(rows)
-    by_symbol: dict[str, list[tuple[int, frozenset[str]]]] = {}
-    for seq, symbol, accounts_of, _ in rows:
-        by_symbol.setdefault(symbol, []).append((seq, accounts_of))
+    _export_parked([(symbol, at) for _, symbol, _, _, at in rows])
+    now = time.monotonic()
+    for execution_id in [e for e, until in _failed.items() if until <= now]:
+        del _failed[execution_id]
+    by_symbol: dict[str, list[tuple[int, str, frozenset[str]]]] = {}
+    for seq, symbol, execution_id, accounts_of, _ in rows:
+        by_symbol.setdefault(symbol, []).append((seq, execution_id, accounts_of))
     done = 0
     for symbol, parked in by_symbol.items():
         done += await _unpark_symbol(symbol, parked, uow_factory, lock_wait, limit)
@@ -307,38 +307,49 @@ async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT
     return done
 
 
-async def _unpark_symbol(symbol: str, parked: list[tuple[int, frozenset[str]]], uow_factory: UowFactory,
+# Parked executions that failed when applied, and until when (time.monotonic) they are not
+# tried again (review of round 24: a row that could never apply was tried, and its traceback
+# logged, on every round, twenty a second while the others' rounds applied something).
+_failed: dict[str, float] = {}
+UNPARK_RETRY_FAILED = 10.0
+
+
+async def _unpark_symbol(symbol: str, parked: list[tuple[int, str, frozenset[str]]], uow_factory: UowFactory,
                          lock_wait: float, limit: int) -> int:
-    """unpark of one symbol's parked rows (seq, accounts; in the order parked): read a batch at
-    a time, those behind a blocked account left unread."""
+    """unpark of one symbol's parked rows (seq, execution id, accounts; in the order parked):
+    read a batch at a time, those behind a blocked account left unread."""
     blocked: set[str] = set()  # accounts whose rows stay parked this round, as the consumer's `blocked`
     tried = done = 0
     rows = iter(parked)
     while tried < limit:
-        batch: list[tuple[int, frozenset[str]]] = []
-        for seq, accounts_of in rows:
-            if accounts_of & blocked:
+        batch: list[tuple[int, str, frozenset[str]]] = []
+        for seq, execution_id, accounts_of in rows:
+            if accounts_of & blocked or execution_id in _failed:
                 blocked |= accounts_of  # kept in order behind it
                 continue
-            batch.append((seq, accounts_of))
-            if len(batch) >= min(UNPARK_RUN, limit - tried):
+            batch.append((seq, execution_id, accounts_of))
+            if len(batch) >= min(BATCH, limit - tried):
                 break
         if not batch:
             return done
         async with uow_factory().reads() as uow:
-            stored = await uow.settlement.parked_executions([seq for seq, _ in batch])
+            stored = await uow.settlement.parked_executions([seq for seq, _, _ in batch])
         exs: list[Execution] = []
-        for seq, accounts_of in batch:
+        for seq, execution_id, accounts_of in batch:
             if seq not in stored:  # applied meanwhile (by a replica elected before this one)
                 continue
             if accounts_of & blocked:  # behind one of the batch that could not be decoded
                 blocked |= accounts_of
                 continue
             try:
-                exs.append(from_json(json.loads(stored[seq])))
+                ex = from_json(json.loads(stored[seq]))
+                if ex.execution_id != execution_id:  # its row is deleted by the id it names
+                    raise ValueError(f"the parked execution names {ex.execution_id!r}, its row {execution_id!r}")
             except Exception:  # noqa: BLE001 - left parked: held back with its accounts
-                _unpark_failed(symbol, seq, accounts_of)
+                _unpark_failed(symbol, execution_id, accounts_of)
                 blocked |= accounts_of
+                continue
+            exs.append(ex)
         applied, attempted = await _unpark_in_runs(symbol, exs, uow_factory, lock_wait, blocked)
         done, tried = done + applied, tried + attempted
     return done
@@ -346,53 +357,66 @@ async def _unpark_symbol(symbol: str, parked: list[tuple[int, frozenset[str]]], 
 
 async def _unpark_in_runs(symbol: str, exs: list[Execution], uow_factory: UowFactory, lock_wait: float,
                           blocked: set[str]) -> tuple[int, int]:
-    """Apply parked executions (stream order) in the consumer's units, each run in one
-    transaction; a run that cannot go together (or meets a held account) goes one at a time,
-    and one that cannot apply then blocks its accounts (`blocked` grows) for the rest. Returns
-    how many were applied and how many tried (those behind a blocked account are not)."""
+    """Apply parked executions (stream order) in the consumer's units (_unpark_unit), those
+    behind a blocked account left (`blocked` grows). Returns how many were applied and how many
+    tried (those behind a blocked account are not)."""
     done = tried = 0
     for _, unit in units(exs):
-        ready, _ = _behind(unit, blocked)
-        if len(ready) > 1:
-            try:
-                done += await _apply_run(ready, uow_factory, lock_wait, None, unpark=True)
-                tried += len(ready)
-                continue
-            except (asyncio.CancelledError, _Parked):
-                raise
-            except (asyncpg.LockNotAvailableError, _Together):  # foreseen: one at a time finds which
-                pass
-            except Exception:  # noqa: BLE001 - one at a time: each applied, held or failed alone
-                log.warning("a run of parked executions could not be applied together; applying them one at a time",
-                            exc_info=True, extra={"executions": len(ready), "first": ready[0].execution_id})
-        for ex in ready:
-            if accounts(ex) & blocked:
-                blocked |= accounts(ex)
-                continue
-            tried += 1
-            try:
-                done += await apply_execution(ex, uow_factory, lock_wait, unpark=True)
-            except asyncpg.LockNotAvailableError:
-                blocked |= accounts(ex)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - left parked, tried again on the next round
-                _unpark_failed(symbol, ex.execution_id, accounts(ex))
-                blocked |= accounts(ex)
+        applied, attempted = await _unpark_unit(symbol, unit, uow_factory, lock_wait, blocked)
+        done, tried = done + applied, tried + attempted
     return done, tried
 
 
-def _unpark_failed(symbol: str, which: object, accounts_of: Collection[str]) -> None:
+async def _unpark_unit(symbol: str, unit: list[Execution], uow_factory: UowFactory, lock_wait: float,
+                       blocked: set[str]) -> tuple[int, int]:
+    """A run in one transaction, or one execution alone. A run that cannot be applied together
+    (one of it held, or failing, or what apply_execution tells apart) is split in two, each half
+    tried likewise after the first: an execution that cannot apply costs a few transactions,
+    not one per execution of its batch (review of round 24: 261 parked rows behind one that
+    failed took 129), and, alone, blocks its accounts for the rest."""
+    ready, _ = _behind(unit, blocked)
+    if not ready:
+        return 0, 0
+    if len(ready) == 1:
+        [ex] = ready
+        try:
+            return await apply_execution(ex, uow_factory, lock_wait, unpark=True), 1
+        except asyncpg.LockNotAvailableError:
+            blocked |= accounts(ex)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - left parked, tried again UNPARK_RETRY_FAILED seconds on
+            _unpark_failed(symbol, ex.execution_id, accounts(ex))
+            blocked |= accounts(ex)
+        return 0, 1
+    try:
+        return await _apply_run(ready, uow_factory, lock_wait, None, unpark=True), len(ready)
+    except (asyncio.CancelledError, _Parked):
+        raise
+    except Exception:  # noqa: BLE001 - split: each half applied, held or failed on its own
+        log.debug("a run of parked executions could not be applied together; splitting it", exc_info=True,
+                  extra={"executions": len(ready), "first": ready[0].execution_id})
+    half = len(ready) // 2
+    first = await _unpark_unit(symbol, ready[:half], uow_factory, lock_wait, blocked)
+    second = await _unpark_unit(symbol, ready[half:], uow_factory, lock_wait, blocked)
+    return first[0] + second[0], first[1] + second[1]
+
+
+def _unpark_failed(symbol: str, execution_id: str, accounts_of: Collection[str]) -> None:
     UNPARK_FAILURES.labels(symbol).inc()
+    _failed[execution_id] = time.monotonic() + UNPARK_RETRY_FAILED
     log.exception("a parked execution could not be applied; it and every later one of its accounts stay parked",
-                  extra={"execution": which, "symbol": symbol, "accounts": sorted(accounts_of)})
+                  extra={"execution": execution_id, "symbol": symbol, "accounts": sorted(accounts_of),
+                         "retryInSeconds": UNPARK_RETRY_FAILED})
 
 
-def _export_parked(rows: list[tuple[int, str, frozenset[str], datetime]]) -> None:
+def _export_parked(rows: list[tuple[str, datetime]]) -> None:
+    """stockmesh_parked_executions and stockmesh_parked_oldest_seconds of (symbol, parked at),
+    oldest first."""
     now = datetime.now(timezone.utc)
     count: dict[str, int] = {}
     oldest: dict[str, datetime] = {}
-    for _, symbol, _, at in rows:
+    for symbol, at in rows:
         count[symbol] = count.get(symbol, 0) + 1
         oldest.setdefault(symbol, at)
     for symbol in set(_exported) - set(count):  # none parked any more

@@ -326,7 +326,7 @@ async def test_a_parked_execution_that_cannot_apply_holds_back_only_its_own_acco
         assert await _parked_ids(checked_pool, w) == [ex.execution_id for ex in stuck]
         state = await w.state()
         assert (state["b3o", "hold"][2].value, state["b2o", "hold"][2].value) == ("RELEASED", "RELEASED")
-        assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1  # the first; those behind it unread
+        assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1  # the first; those behind it not tried
         assert PARKED.labels("AAPL")._value.get() >= 3 and PARKED_OLDEST.labels("AAPL")._value.get() >= 0
     finally:
         await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
@@ -479,3 +479,48 @@ async def test_unpark_of_a_run_meeting_a_held_account_applies_the_others(checked
         await checked_pool.release(holder)
     assert await settlement.unpark(w.uow) == 2
     assert await w.state() == await one.state()
+
+
+async def test_a_parked_execution_that_cannot_apply_costs_its_batch_a_few_transactions(checked_pool, caplog):
+    """Review of round 24: a run that could not be applied together went one execution at a
+    time, so one parked row that could never apply sent every other row of its batch (other
+    accounts') through a transaction each, on every round, twenty rounds a second while the
+    others applied, each logging its traceback. Now the run is split in two until the one that
+    fails is alone; that one is not tried again for UNPARK_RETRY_FAILED seconds."""
+    from ledger_svc.service_layer.settlement import UNPARK_FAILURES
+
+    w = await World(checked_pool).open()
+    buyer, seller = w.acct("ib"), w.acct("is")
+    await ledger.deposit(commands.Deposit(buyer, D("100"), "fund"), w.uow)
+    await ledger.credit_shares(commands.CreditShares(seller, "AAPL", D(20), "seed", D("1")), w.uow)
+    for name, account, asset, amount in (("ibo", buyer, "USD", D("20")), ("iso", seller, "AAPL", D(20))):
+        await ledger.place_hold(commands.PlaceHold(w.order(name), account, w.order(name), asset, amount), w.uow)
+    stuck = Execution(**{**w.fill(0, "BUY", "b1o", "s1o", 1, "99", 9, 9).__dict__, "order_id": w.order("gone")})
+    now = datetime.now(timezone.utc)
+    innocent = [Execution(execution_id=f"i{n}-{w.tag}", symbol="AAPL", type=FILL, order_id=w.order("ibo"),
+                          account_id=buyer, side="BUY", counter_order_id=w.order("iso"), counter_account_id=seller,
+                          price=D("1"), quantity=1, leaves=20 - n, counter_leaves=20 - n, executed_at=now,
+                          trade_date=calendar.trading_day(now)) for n in range(1, 21)]
+    async with w.uow() as uow:
+        await uow.settlement.park([stuck, *innocent])
+        await uow.commit()
+    failures = UNPARK_FAILURES.labels("AAPL")._value.get()
+    counting = _Commits(w)
+    try:
+        with caplog.at_level(logging.ERROR, logger="ledger_svc.settlement"):
+            assert await settlement.unpark(counting) == 20
+            assert counting.commits <= 5, counting.commits  # 21 split: 10 (5 (2 (1 + 1) + 3) + 5) + 11
+            assert await _parked_ids(checked_pool, w) == [stuck.execution_id]
+            assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1
+            assert len([r for r in caplog.records if "could not be applied" in r.getMessage()]) == 1
+            assert await settlement.unpark(counting) == 0  # not tried again at once
+            assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1
+            settlement._failed[stuck.execution_id] = 0  # its time is up
+            assert await settlement.unpark(counting) == 0
+            assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 2
+        state = await w.state()
+        assert state["b1o", "hold"][0] == 0  # the stuck one moved nothing
+        async with w.uow() as uow:
+            assert (await uow.settlement.position(buyer, "AAPL")).quantity == 20
+    finally:
+        await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
