@@ -128,13 +128,15 @@ class SettlementRepository:
             "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (execution_id) DO NOTHING",
             [(ex.symbol, ex.execution_id, sorted(accounts(ex)), json.dumps(to_json(ex))) for ex in exs])
 
-    async def parked(self) -> list[tuple[int, str, str, frozenset[str], datetime]]:
-        """Every parked execution as (seq, symbol, execution id, its accounts, when parked),
-        oldest first: what unpark needs to choose which to try, without reading (or decoding)
-        the executions."""
+    async def parked(self, symbol: str | None = None) -> list[tuple[int, str, str, frozenset[str], datetime]]:
+        """Every parked execution (of `symbol`, when given) as (seq, symbol, execution id, its
+        accounts, when parked), oldest first: what unpark needs to choose which to try, without
+        reading (or decoding) the executions."""
         return [(r["seq"], r["symbol"], r["execution_id"], frozenset(r["accounts"]), r["parked_at"])
                 for r in await self.conn.fetch(
-                    "SELECT seq, symbol, execution_id, accounts, parked_at FROM ledger.parked_executions ORDER BY seq")]
+                    "SELECT seq, symbol, execution_id, accounts, parked_at FROM ledger.parked_executions "
+                    + ("ORDER BY seq" if symbol is None else "WHERE symbol = $1 ORDER BY seq"),
+                    *([] if symbol is None else [symbol]))]
 
     async def parked_executions(self, seqs: list[int]) -> dict[int, str]:
         """The parked executions `seqs` still parked, as stored (JSON text: the caller decodes

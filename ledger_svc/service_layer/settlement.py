@@ -143,7 +143,8 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
     transaction holds that long (a stuck transaction, a session stopped mid-statement, a row
     locked by hand) is parked (ledger.parked_executions, migration 0020), and so is every later
     one that touches an account of a parked one, so that each account's executions still apply
-    in stream order; the symbol's others go on. unpark_loop applies the parked ones once their
+    in stream order; the symbol's others go on. A batch that meets a parked execution applies
+    the symbol's parked ones first (unpark_symbol), and unpark_loop applies them once their
     accounts are free (round 19's lock tester: one held account stopped its symbols' executions
     for every account; an innocent account's sale of shares it had just bought was refused).
     Each transaction's claim finds the parked executions its own touch (claim_executions'
@@ -158,6 +159,7 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
     parked_here: set[str] = set()  # kept in stream order by `blocked`, not waited behind by a claim
     to_park: list[Execution] = []
     applied = 0
+    drained = False
     while pending:
         ready, behind = _behind(pending, blocked)
         to_park += behind
@@ -166,11 +168,21 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
             applied += await _apply_in_order(ready, uow_factory, lock_wait, parked_here)
             pending = []
         except _Parked as parked:
-            # The accounts of the symbol's parked executions are blocked: the unit's executions
-            # that touch one park behind, and the rest of the batch is split again.
             applied += parked.applied
-            blocked |= parked.accounts
             pending = parked.rest
+            if not drained:
+                # The symbol's parked executions first, in order, as unpark applies them (all
+                # came before the batch): once their accounts are free, the batch applies behind
+                # them rather than park behind them too (round 24 chaos: every later execution
+                # of a symbol touching its market maker parked, faster than one loop unparked
+                # them, and the backlog grew for as long as the market traded).
+                drained = True
+                applied += await unpark_symbol(pending[0].symbol, uow_factory, lock_wait=(
+                    EXECUTION_LOCK_WAIT if lock_wait is None else lock_wait))
+                continue
+            # Those left parked block their accounts: the unit's executions that touch one
+            # park behind, and the rest of the batch is split again.
+            blocked |= parked.accounts
         except _Held as held:
             applied += held.applied
             assert lock_wait is not None
@@ -293,9 +305,7 @@ async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT
     async with uow_factory().reads() as uow:
         rows = await uow.settlement.parked()
     _export_parked([(symbol, at) for _, symbol, _, _, at in rows])
-    now = time.monotonic()
-    for execution_id in [e for e, until in _failed.items() if until <= now]:
-        del _failed[execution_id]
+    _forget_failures()
     by_symbol: dict[str, list[tuple[int, str, frozenset[str]]]] = {}
     for seq, symbol, execution_id, accounts_of, _ in rows:
         by_symbol.setdefault(symbol, []).append((seq, execution_id, accounts_of))
@@ -312,6 +322,28 @@ async def unpark(uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT
 # logged, on every round, twenty a second while the others' rounds applied something).
 _failed: dict[str, float] = {}
 UNPARK_RETRY_FAILED = 10.0
+
+
+def _forget_failures() -> None:
+    now = time.monotonic()
+    for execution_id in [e for e, until in _failed.items() if until <= now]:
+        del _failed[execution_id]
+
+
+async def unpark_symbol(symbol: str, uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT,
+                        limit: int = 1000) -> int:
+    """unpark of one symbol's parked executions: what its consumer does before a batch that
+    touches an account of one (apply_executions). Returns how many were applied."""
+    async with uow_factory().reads() as uow:
+        rows = await uow.settlement.parked(symbol)
+    if not rows:
+        return 0
+    _forget_failures()
+    done = await _unpark_symbol(symbol, [(seq, e, a) for seq, _, e, a, _ in rows], uow_factory, lock_wait, limit)
+    if done:
+        log.info("parked executions applied by the symbol's consumer",
+                 extra={"symbol": symbol, "applied": done, "left": len(rows) - done})
+    return done
 
 
 async def _unpark_symbol(symbol: str, parked: list[tuple[int, str, frozenset[str]]], uow_factory: UowFactory,
@@ -393,6 +425,12 @@ async def _unpark_unit(symbol: str, unit: list[Execution], uow_factory: UowFacto
         return await _apply_run(ready, uow_factory, lock_wait, None, unpark=True), len(ready)
     except (asyncio.CancelledError, _Parked):
         raise
+    except asyncpg.LockNotAvailableError:
+        # The accounts held now are blocked and the rest goes again as a run (as the consumer
+        # finds them); when none is found, split.
+        if held := await held_accounts_now({a for ex in ready for a in accounts(ex)}, uow_factory, lock_wait):
+            blocked |= held
+            return await _unpark_unit(symbol, ready, uow_factory, lock_wait, blocked)
     except Exception:  # noqa: BLE001 - split: each half applied, held or failed on its own
         log.debug("a run of parked executions could not be applied together; splitting it", exc_info=True,
                   extra={"executions": len(ready), "first": ready[0].execution_id})

@@ -253,9 +253,14 @@ async def test_a_held_account_parks_its_executions_and_those_behind_it_the_other
     assert await w.state() == await one.state()
 
 
-async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checked_pool):
-    """A later batch touching an account with a parked execution parks behind it even though
-    nothing holds the account any more, until unpark has applied what was parked first."""
+async def test_a_batch_behind_parked_executions_applies_them_first_once_their_accounts_are_free(checked_pool):
+    """Round 24 chaos: a later batch touching an account with a parked execution parked behind
+    it even though nothing held the account any more, until the unpark loop had applied what
+    was parked first; a market maker's executions all touch its account, so once some were
+    parked every later one of its symbol was, faster than the loop applied them, and the
+    backlog grew for as long as the market traded. Now the batch's consumer applies its
+    symbol's parked executions first, in order, then the batch: nothing is left parked. (While
+    the account is still held, the batch parks behind them as before: the tests below.)"""
     one, w = await World(checked_pool).open(), await World(checked_pool).open()
     for ex in one.flow():
         await settlement.apply_execution(ex, one.uow)
@@ -267,9 +272,11 @@ async def test_executions_behind_a_parked_one_are_parked_until_it_applies(checke
             assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
     finally:
         await checked_pool.release(holder)
-    # s2 is free now, but b1 has x3 parked: b1's cancel (x4) parks behind it; the others apply.
-    assert await settlement.apply_executions(flow[3:], w.uow, lock_wait=0.3) == 3
-    assert await settlement.unpark(w.uow) == 2
+    # s2 is free now: b1's cancel (x4) meets x3, which its consumer applies first, then the
+    # batch (x4-x7; x2 again, a repeat).
+    assert await settlement.apply_executions(flow[3:], w.uow, lock_wait=0.3) == 5
+    assert await _parked_ids(checked_pool, w) == []
+    assert await settlement.unpark(w.uow) == 0
     assert await w.state() == await one.state()
 
 
@@ -291,11 +298,11 @@ async def test_executions_of_one_account_are_parked_in_stream_order_whatever_par
             await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
             assert await settlement.apply_executions([w.fill(1, "BUY", "b1o", "s2o", 1, "99", 9, 4)], w.uow,
                                                      lock_wait=0.3) == 0
-        # b2 held: its fill with s1 (first in the stream) waits for b2 in vain and parks; its
-        # fill with s2 (second) parks behind s2's parked execution.
+        # b2 held (s2 still): its fill with s1 (first in the stream) waits for b2 in vain and
+        # parks; its fill with s2 (second) parks behind s2's parked execution.
         first, second = w.fill(2, "BUY", "b2o", "s1o", 1, "99", 4, 9), w.fill(3, "BUY", "b2o", "s2o", 1, "99", 3, 3)
         async with holder.transaction():
-            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("b2")])
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("b2"), w.acct("s2")])
             assert await settlement.apply_executions([first, second], w.uow, lock_wait=0.3) == 0
     finally:
         await checked_pool.release(holder)
@@ -396,10 +403,10 @@ async def test_an_execution_applied_alone_parks_behind_a_parked_one_of_its_accou
         async with holder.transaction():
             await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("s2")])
             assert await settlement.apply_executions(flow[:3], w.uow, lock_wait=0.3) == 2  # x3 (b1-s2) parked
+            refused = w.end(8, CANCEL_REJECTED, "b1o", "TOO_LATE_TO_CANCEL")  # s2 held still: x3 cannot go first
+            assert await settlement.apply_executions([refused], w.uow, lock_wait=0.3) == 0
     finally:
         await checked_pool.release(holder)
-    refused = w.end(8, CANCEL_REJECTED, "b1o", "TOO_LATE_TO_CANCEL")
-    assert await settlement.apply_executions([refused], w.uow, lock_wait=0.3) == 0
     parked = await checked_pool.fetch("SELECT execution_id FROM ledger.parked_executions WHERE execution_id LIKE $1 "
                                       "ORDER BY seq", f"%-{w.tag}")
     assert [r[0] for r in parked] == [f"x3-{w.tag}", refused.execution_id]
