@@ -751,7 +751,8 @@ def _namespace(namespace: str, data_dir: Path | None, given_urls: bool, database
     from meshkit.launcher.owner import database_owner
 
     given = click.get_current_context().get_parameter_source("namespace") is not ParameterSource.DEFAULT
-    if database_url is not None and (owner := asyncio.run(database_owner(database_url))) not in (None, namespace):
+    if database_url is not None and (owner := asyncio.run(database_owner(database_url, timeout=10))) not in (
+            None, namespace):
         if given:
             raise click.BadParameter(f"the database holds the mesh data of namespace {owner!r}, not {namespace!r}: "
                                      f"pass --namespace {owner} (or set STOCKMESH_NAMESPACE)", param_hint="--namespace")

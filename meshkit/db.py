@@ -68,11 +68,13 @@ def sets_lock_wait(param: str) -> str:
     return f"set_config('lock_timeout', {param}, true) IS NOT NULL"
 
 
-async def connect(url: str, role: str, *, command_timeout: float | None = None) -> asyncpg.Connection:
+async def connect(url: str, role: str, *, command_timeout: float | None = None,
+                  timeout: float = 60) -> asyncpg.Connection:
     """A connection of its own (an election's, the outbox relay's, a listener's), named
     `stockmesh <role>` in pg_stat_activity, its client probed by the server (KEEPALIVES), and
-    with `command_timeout` a statement that does not answer in time raises TimeoutError."""
-    return await asyncpg.connect(url, command_timeout=command_timeout,
+    with `command_timeout` a statement that does not answer in time raises TimeoutError;
+    `timeout`: for the connection itself."""
+    return await asyncpg.connect(url, command_timeout=command_timeout, timeout=timeout,
                                  server_settings={"application_name": f"stockmesh {role}", **KEEPALIVES})
 
 

@@ -62,13 +62,16 @@ def passed_on(reason: str | None) -> str | None:
     return reason if reason in PASSED_ON else None
 
 
-def unavailable(message: str, upstream_reason: str | None) -> Unavailable:
-    """The caller's UNAVAILABLE after an upstream's transient failure: with the upstream's
-    reason when it is a dependency's outage (PASSED_ON), and OUTAGE_RETRY_SECONDS whatever the
-    reason: the message says "retry shortly", and every call that meets one is safe to send
-    again with the same ids (round 23 chaos: a ledger replica stopped made PlaceOrder and
-    ReplaceOrder answer UNAVAILABLE without RetryInfo, which a client reads as "do not wait")."""
-    return Unavailable(message, reason=passed_on(upstream_reason), retry_after_seconds=OUTAGE_RETRY_SECONDS)
+def unavailable(message: str, upstream_reason: str | None, *, transient: bool = True) -> Unavailable:
+    """The caller's UNAVAILABLE after an upstream's failure: with the upstream's reason when it
+    is a dependency's outage (PASSED_ON), and, when the failure was `transient` (TRANSIENT),
+    OUTAGE_RETRY_SECONDS whatever the reason: every call that meets one is safe to send again
+    with the same ids (round 23 chaos: a ledger replica stopped made PlaceOrder and
+    ReplaceOrder answer UNAVAILABLE without RetryInfo, which a client reads as "do not wait").
+    An upstream's other failures (INTERNAL, a refusal this service did not expect) get none:
+    waiting does not mend them (review of round 24)."""
+    return Unavailable(message, reason=passed_on(upstream_reason),
+                       retry_after_seconds=OUTAGE_RETRY_SECONDS if transient else None)
 
 
 def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logger) -> Unavailable:
@@ -78,7 +81,8 @@ def upstream_unavailable(exc: grpc.aio.AioRpcError, what: str, log: logging.Logg
     addresses and connections) go to the log at WARNING, not to the client."""
     log.warning(f"{what}: the call failed", extra={"code": exc.code().name, "error": exc.details()})
     info, _ = error_info(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else (None, None)
-    failed = unavailable(f"{what}: {exc.code().name}; retry shortly", info.reason if info else None)
+    failed = unavailable(f"{what}: {exc.code().name}; retry shortly", info.reason if info else None,
+                         transient=exc.code() in TRANSIENT)
     if failed.reason == (info.reason if info else None):  # passed on: with what it names (ACCOUNT_BUSY's accountId)
         failed.metadata = dict(info.metadata)
     return failed

@@ -49,7 +49,11 @@ INTERNALLY_CALLED = ("ledger_svc", "order_svc")  # the services another calls (L
 def internal_target(ports: list[int]) -> str:
     """A gRPC target for the replicas of a service on 127.0.0.1 (meshkit.channels balances over it)."""
     return f"127.0.0.1:{ports[0]}" if len(ports) == 1 else "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 DEFAULT_PORT = 8080
+# How often the running launcher checks that it still holds its database's lock (_keep_database).
+DATABASE_LOCK_CHECK = 10.0
 # order_svc's outbox relay as a process of its own (not behind Envoy): its name and module.
 RELAY = "order_relay"
 RELAY_MODULE = "order_svc.entrypoints.relay"
@@ -188,6 +192,8 @@ class Mesh:
         self._ready = False
         self._lock_file = None
         self._database_lock = None  # the connection holding this mesh's advisory lock on its database
+        self._database_url_locked: str | None = None
+        self._database_lock_lost_said = False
         self.metrics_ports: dict[str, int] = {}
         self.relay_port: int | None = None  # order_relay's own gRPC port (health), when it runs apart
         self.instances: dict[str, str] = {}  # process name -> its service (quote_svc-2 -> quote_svc)
@@ -213,8 +219,12 @@ class Mesh:
             raise
         self._banner()
         try:
+            checked = time.monotonic()
             while not self.stop_event.is_set():
                 self.sup.poll()
+                if time.monotonic() - checked >= DATABASE_LOCK_CHECK:
+                    self._keep_database()
+                    checked = time.monotonic()
                 self.stop_event.wait(0.2)
         finally:
             self.say("stopping the mesh ...")
@@ -381,29 +391,68 @@ class Mesh:
         used by another `stockmesh up` of this one (round 23: two meshes of one namespace in two
         data folders, given the same database, would share its ledger and orders, and each
         service's election, so one mesh's orders went out on the other's NATS). The second is
-        held off by a session advisory lock the launcher holds on the database while it runs."""
+        held off by a session advisory lock the launcher holds on the database while it runs
+        (_keep_database: taken again if its connection is lost)."""
         self._refuse_another_namespace(database_url, claim=False)
-        import psycopg
-
-        from meshkit.db import lock_key
-
-        conn = psycopg.connect(database_url, autocommit=True, application_name="stockmesh up", connect_timeout=30)
-        key = lock_key(f"{self.opts.namespace}.launcher")
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-            holder = conn.execute(
-                "SELECT a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
-                (key,)).fetchone()
-            conn.close()
-            where = f" (its connection: backend pid {holder[1]}, from {holder[0] or 'a local socket'})" if holder else ""
+        self._database_url_locked = database_url
+        conn, holder = self._lock_database(database_url)
+        if conn is None:
+            where = (f" (its session: backend pid {holder[1]}" + (f", from {holder[0]}" if holder[0] else "") + ")"
+                     if holder else "")
             raise Refused(
                 f"another `stockmesh up` of namespace {self.opts.namespace!r} runs on the database "
                 f"{infra.redact(database_url)}{where}, from another data folder: two meshes on one database would "
-                "share its ledger, orders and audit trail, and each service's election. Stop that mesh, or give "
-                "this one a database of its own (--database-url, or another --namespace)")
+                "share its ledger, orders and audit trail, and each service's election. Stop that mesh (if its "
+                "launcher's host is gone, end its session: SELECT pg_terminate_backend(<pid>)), or give this one a "
+                "database of its own (--database-url, or another --namespace)")
         self._database_lock = conn
+
+    def _lock_database(self, database_url: str):
+        """(the connection holding this namespace's launcher lock on the database, None) or
+        (None, (client address, backend pid) of the session that holds it, if it can be seen).
+        The server probes the connection as it probes the services' (db.KEEPALIVES), so a
+        launcher whose host is gone lets go within a minute, not the kernel's two hours."""
+        import psycopg
+
+        from meshkit.db import KEEPALIVES, lock_key
+
+        options = " ".join(f"-c {name}={value}" for name, value in KEEPALIVES.items())
+        conn = psycopg.connect(database_url, autocommit=True, application_name="stockmesh up", connect_timeout=30,
+                               options=options)
+        key = lock_key(f"{self.opts.namespace}.launcher")
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            return conn, None
+        holder = conn.execute(
+            "SELECT a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (key,)).fetchone()
+        conn.close()
+        return None, holder
+
+    def _keep_database(self) -> None:
+        """While the mesh runs: the lock's connection still answers, else (the server restarted,
+        the session ended) the lock is taken again; if another `up` took it meanwhile, say so."""
+        if self._database_url_locked is None:
+            return
+        try:
+            if self._database_lock is not None:
+                self._database_lock.execute("SELECT 1")
+                return
+        except Exception:  # noqa: BLE001 - lost: taken again below
+            self._release_database()
+        try:
+            conn, holder = self._lock_database(self._database_url_locked)
+        except Exception:  # noqa: BLE001 - the server not back yet: the next check tries again
+            return
+        if conn is None:
+            if not self._database_lock_lost_said:
+                self.say(f"WARNING: this mesh lost its lock on its database, and another `stockmesh up` of namespace "
+                         f"{self.opts.namespace!r} holds it now (backend pid {holder[1] if holder else '?'}): two meshes "
+                         "share the database; stop one")
+                self._database_lock_lost_said = True
+            return
+        self._database_lock, self._database_lock_lost_said = conn, False
 
     def _release_database(self) -> None:
         if self._database_lock is not None:

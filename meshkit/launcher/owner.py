@@ -18,6 +18,8 @@ in `stockmesh`, where meshes of every namespace went before, goes on with it (Me
 """
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from meshkit import db
@@ -49,17 +51,18 @@ async def owner(conn: asyncpg.Connection) -> str | None:
     return None
 
 
-async def database_owner(url: str) -> str | None:
-    """owner() of the database at `url`; None when the server has no such database (or refuses
-    us: what uses it says so)."""
+async def database_owner(url: str, *, timeout: float = 30) -> str | None:
+    """owner() of the database at `url`; None when the server has no such database, does not
+    answer within `timeout`, or refuses us (a role without access to the schemas: what uses
+    the database says so)."""
     try:
-        conn = await db.connect(url, "launcher", command_timeout=30)
-    except (OSError, asyncpg.PostgresError):
+        conn = await db.connect(url, "launcher", command_timeout=timeout, timeout=timeout)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
         return None
     try:
         return await owner(conn)
-    except Mixed:
-        return None  # nobody's alone: other_namespace refuses it to each
+    except (Mixed, asyncpg.PostgresError, asyncio.TimeoutError):
+        return None  # nobody's alone (other_namespace refuses it to each), or not ours to read
     finally:
         await conn.close()
 

@@ -212,10 +212,47 @@ async def test_up_refuses_a_database_another_up_of_its_namespace_runs_on(tmp_pat
             assert await running.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(f"{namespace}.launcher"))
             refused = _up(tmp_path / "second", "--namespace", namespace, "--database-url", url)
             assert refused.returncode == 2, refused.stdout + refused.stderr
-            assert (f"another `stockmesh up` of namespace {namespace!r} runs on the database {url} (its connection: "
+            assert (f"another `stockmesh up` of namespace {namespace!r} runs on the database {url} (its session: "
                     f"backend pid {running.get_server_pid()}") in refused.stdout, refused.stdout
             assert "- Redis" not in refused.stdout and "3/7" not in refused.stdout, refused.stdout
         finally:
             await running.close()
         after = _up(tmp_path / "second", "--namespace", namespace, "--database-url", url)
         assert after.returncode == 1 and "NATS_URL" in after.stdout, after.stdout  # past the check
+
+
+async def test_a_running_up_takes_its_database_lock_again_when_its_session_is_lost(tmp_path: Path,
+                                                                                   pg_server_url: str) -> None:
+    """Review of round 24: the launcher's lock was never checked once taken; a PostgreSQL
+    restart or a session ended by hand let it go, and a second `up` of the namespace then
+    passed. The running launcher checks its session (every DATABASE_LOCK_CHECK) and takes the
+    lock again, or says that another `up` has it now."""
+    from meshkit.db import lock_key
+    from meshkit.launcher.mesh import Mesh, UpOptions
+
+    namespace = f"keep{uuid.uuid4().hex[:8]}"
+    said: list[str] = []
+    key = lock_key(f"{namespace}.launcher")
+    async with fresh_database(pg_server_url) as url:
+        mesh = Mesh(UpOptions(data_dir=tmp_path, namespace=namespace, database_url=url), say=said.append)
+        await asyncio.to_thread(mesh._check_database, url)
+        first = mesh._database_lock.info.backend_pid
+        conn = await asyncpg.connect(url)
+        try:
+            async def holder() -> int | None:
+                return await conn.fetchval(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                    "AND ((classid::bigint << 32) | objid::bigint) = $1", key)
+
+            assert await holder() == first
+            await conn.execute("SELECT pg_terminate_backend($1)", first)  # an operator, or a restart
+            await asyncio.to_thread(mesh._keep_database)
+            assert await holder() == mesh._database_lock.info.backend_pid != first
+            await conn.execute("SELECT pg_terminate_backend($1)", mesh._database_lock.info.backend_pid)
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)  # a second `up` got in
+            await asyncio.to_thread(mesh._keep_database)
+            assert mesh._database_lock is None
+            assert [m for m in said if "lost its lock on its database" in m and namespace in m], said
+        finally:
+            await conn.close()
+            mesh._release_database()

@@ -63,6 +63,28 @@ def test_deploy_envoy_config_is_the_template_rendered() -> None:
     assert "DownstreamTlsContext" not in envoy.DEPLOY_CONFIG.read_text()  # compose's: one machine
 
 
+def _mappers(node) -> list[dict]:
+    """Every local-reply mapper of an Envoy configuration."""
+    if isinstance(node, dict):
+        found = list(node.get("local_reply_config", {}).get("mappers", []))
+        return found + [m for v in node.values() for m in _mappers(v)]
+    return [m for v in node for m in _mappers(v)] if isinstance(node, list) else []
+
+
+def test_every_unavailable_envoy_answers_over_json_says_when_to_retry() -> None:
+    """Envoy's own UNAVAILABLE replies to JSON calls (an upstream that does not answer, a
+    limit's overflow) carry RetryInfo and Retry-After: 1, as the services' own do (review of
+    round 24: the overflow's had neither)."""
+    config = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
+    unavailable = [m for m in _mappers(config)
+                   if m.get("body_format_override", {}).get("json_format", {}).get("code") == 14]
+    assert len(unavailable) >= 2, unavailable
+    for m in unavailable:
+        assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"} in \
+            m["body_format_override"]["json_format"]["details"], m
+        assert {"key": "retry-after", "value": "1"} in [h["header"] for h in m.get("headers_to_add", [])], m
+
+
 def test_deploy_envoy_tls_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     from tests.support.tls import self_signed
 

@@ -37,8 +37,15 @@ def test_other_reasons_and_no_details_stay_the_callers_own():
         "UNAVAILABLE"
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
     assert upstream_unavailable(bare, "x", log).reason == "UNAVAILABLE"
-    # "retry shortly" with a RetryInfo to say when (round 23 chaos: none, on a ledger stopped)
+    # "retry shortly" with a RetryInfo to say when (round 23 chaos: none, on a ledger stopped),
+    # for a transient failure only: waiting does not mend an upstream's INTERNAL.
     assert upstream_unavailable(bare, "x", log).retry_after_seconds == 1.0
+    for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        cut = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="cut")
+        assert upstream_unavailable(cut, "x", log).retry_after_seconds == 1.0
+    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNIMPLEMENTED):
+        broken = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="bug")
+        assert upstream_unavailable(broken, "x", log).retry_after_seconds is None
 
 
 def test_a_busy_account_is_passed_on_with_the_account_it_names():
