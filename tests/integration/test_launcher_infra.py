@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -1304,7 +1305,7 @@ def test_up_fails_clearly_when_nats_url_does_not_answer(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")}
     result = subprocess.run(
         [sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(tmp_path), "--port", "0",
-         "--nats-url", silent, "--namespace", "launcher_test"],
+         "--nats-url", silent, "--namespace", f"launcher_test_{uuid.uuid4().hex[:8]}"],  # (its database lock: run's own)
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )
     assert result.returncode != 0
@@ -1318,7 +1319,6 @@ def test_a_taken_port_or_an_unknown_service_is_refused_before_anything_is_starte
     and every service started first), and --replicas foo=2 at step 4. Round 19: the unknown
     service is a usage error (exit 2, on stderr), as a bad N is."""
     import socket
-    import uuid
 
     import psycopg
 
