@@ -37,6 +37,9 @@ _exported: set[str] = set()  # the symbols last exported with something parked
 # long unpark waits for a parked one's.
 EXECUTION_LOCK_WAIT = 2.0
 UNPARK_LOCK_WAIT = 0.1
+# How long a consumer's batch that meets a parked execution applies its symbol's parked ones
+# first, at most, before it parks behind those left (well within JetStream's ack wait).
+DRAIN_BUDGET = 5.0
 # A run holds all its accounts (up to 64) while it waits for one: it waits less than a hold
 # placement waits for its account (handlers.HOLD_LOCK_WAIT), so that an account of the run not
 # party to the wait is never answered ACCOUNT_BUSY meanwhile (round 20 review: with the run
@@ -130,8 +133,9 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
                            lock_wait: float | None = EXECUTION_LOCK_WAIT) -> int:
     """Apply executions (a consumer's, of one symbol) in stream order: each run of fills and
     ends (cancels, expiries, rejections) in one transaction of about fifteen statements however
-    long it is, anything else one at a time (apply_execution). Returns how many were applied
-    (repeats, acceptances and parked executions are not).
+    long it is, anything else one at a time (apply_execution). Returns how many were applied,
+    the symbol's parked ones it applied first included (repeats, acceptances and executions it
+    parked are not).
 
     A consumer behind applies its backlog in few transactions (round 20: ~37 statements and a
     commit per fill, one fill after the other, applied ~30-80 fills a second per symbol). A run
@@ -177,8 +181,7 @@ async def apply_executions(exs: list[Execution], uow_factory: UowFactory, *,
                 # of a symbol touching its market maker parked, faster than one loop unparked
                 # them, and the backlog grew for as long as the market traded).
                 drained = True
-                applied += await unpark_symbol(pending[0].symbol, uow_factory, lock_wait=(
-                    EXECUTION_LOCK_WAIT if lock_wait is None else lock_wait))
+                applied += await unpark_symbol(pending[0].symbol, uow_factory, budget=DRAIN_BUDGET)
                 continue
             # Those left parked block their accounts: the unit's executions that touch one
             # park behind, and the rest of the batch is split again.
@@ -331,29 +334,34 @@ def _forget_failures() -> None:
 
 
 async def unpark_symbol(symbol: str, uow_factory: UowFactory, *, lock_wait: float = UNPARK_LOCK_WAIT,
-                        limit: int = 1000) -> int:
+                        limit: int = 1000, budget: float | None = None) -> int:
     """unpark of one symbol's parked executions: what its consumer does before a batch that
-    touches an account of one (apply_executions). Returns how many were applied."""
+    touches an account of one (apply_executions), with unpark's short lock wait (review of
+    round 24: with the consumer's 2 s, every batch of the symbol waited 2 s while an account
+    stayed held, holding the market maker's account meanwhile) and no new batch of them read
+    after `budget` seconds (a backlog of 1,000 took the consumer's batch past JetStream's ack
+    wait). Returns how many were applied."""
     async with uow_factory().reads() as uow:
         rows = await uow.settlement.parked(symbol)
     if not rows:
         return 0
     _forget_failures()
-    done = await _unpark_symbol(symbol, [(seq, e, a) for seq, _, e, a, _ in rows], uow_factory, lock_wait, limit)
+    done = await _unpark_symbol(symbol, [(seq, e, a) for seq, _, e, a, _ in rows], uow_factory, lock_wait, limit,
+                                None if budget is None else time.monotonic() + budget)
     if done:
-        log.info("parked executions applied by the symbol's consumer",
-                 extra={"symbol": symbol, "applied": done, "left": len(rows) - done})
+        log.info("parked executions applied by the symbol's consumer", extra={"symbol": symbol, "applied": done})
     return done
 
 
 async def _unpark_symbol(symbol: str, parked: list[tuple[int, str, frozenset[str]]], uow_factory: UowFactory,
-                         lock_wait: float, limit: int) -> int:
+                         lock_wait: float, limit: int, deadline: float | None = None) -> int:
     """unpark of one symbol's parked rows (seq, execution id, accounts; in the order parked):
-    read a batch at a time, those behind a blocked account left unread."""
+    read a batch at a time, those behind a blocked account left unread; none read after
+    `deadline` (time.monotonic)."""
     blocked: set[str] = set()  # accounts whose rows stay parked this round, as the consumer's `blocked`
     tried = done = 0
     rows = iter(parked)
-    while tried < limit:
+    while tried < limit and (deadline is None or time.monotonic() < deadline):
         batch: list[tuple[int, str, frozenset[str]]] = []
         for seq, execution_id, accounts_of in rows:
             if accounts_of & blocked or execution_id in _failed:

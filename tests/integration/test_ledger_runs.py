@@ -488,6 +488,102 @@ async def test_unpark_of_a_run_meeting_a_held_account_applies_the_others(checked
     assert await w.state() == await one.state()
 
 
+async def _innocents(w: World, n: int, first: int = 1) -> list[Execution]:
+    """`n` one-share fills between a buyer and a seller of their own (ib, is), funded and held."""
+    buyer, seller = w.acct("ib"), w.acct("is")
+    await ledger.deposit(commands.Deposit(buyer, D("100"), "fund"), w.uow)
+    await ledger.credit_shares(commands.CreditShares(seller, "AAPL", D(n), "seed", D("1")), w.uow)
+    for name, account, asset, amount in (("ibo", buyer, "USD", D(n)), ("iso", seller, "AAPL", D(n))):
+        await ledger.place_hold(commands.PlaceHold(w.order(name), account, w.order(name), asset, amount), w.uow)
+    now = datetime.now(timezone.utc)
+    return [Execution(execution_id=f"i{k}-{w.tag}", symbol="AAPL", type=FILL, order_id=w.order("ibo"),
+                      account_id=buyer, side="BUY", counter_order_id=w.order("iso"), counter_account_id=seller,
+                      price=D("1"), quantity=1, leaves=n - k + first - 1, counter_leaves=n - k + first - 1,
+                      executed_at=now, trade_date=calendar.trading_day(now)) for k in range(first, first + n)]
+
+
+async def test_a_parked_run_meeting_a_held_account_leaves_only_that_account_s(checked_pool):
+    """A parked run one of whose accounts is held: the accounts held now are asked for, and the
+    run goes on without their executions, in one transaction (not split down to the held one)."""
+    w = await World(checked_pool).open()
+    innocent = await _innocents(w, 7)
+    first = w.fill(1, "BUY", "b1o", "s1o", 1, "99", 9, 9)
+    async with w.uow() as uow:
+        await uow.settlement.park([first, *innocent])
+        await uow.commit()
+    holder = await checked_pool.acquire()
+    counting = _Commits(w)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [w.acct("b1")])
+            assert await settlement.unpark(counting) == 7
+            assert counting.commits == 1
+            assert await _parked_ids(checked_pool, w) == [first.execution_id]
+    finally:
+        await checked_pool.release(holder)
+    assert await settlement.unpark(w.uow) == 1
+
+
+async def test_a_parked_row_whose_execution_names_another_id_is_a_failure(checked_pool, caplog):
+    """unpark deletes a parked row by the id its execution names: one that names another (a row
+    edited by hand) would be applied, and never deleted, on every round. It is a failure instead,
+    left parked, and holds back only its own accounts."""
+    from ledger_svc.service_layer.settlement import UNPARK_FAILURES
+
+    w = await World(checked_pool).open()
+    odd, other = w.fill(1, "BUY", "b1o", "s1o", 1, "99", 9, 9), w.end(2, CANCELLED, "b3o", "CANCELLED_BY_USER")
+    async with w.uow() as uow:
+        await uow.settlement.park([odd, other])
+        await uow.commit()
+    await checked_pool.execute("UPDATE ledger.parked_executions SET execution = jsonb_set(execution, "
+                               "'{execution_id}', to_jsonb('elsewhere'::text)) WHERE execution_id = $1",
+                               odd.execution_id)
+    failures = UNPARK_FAILURES.labels("AAPL")._value.get()
+    try:
+        with caplog.at_level(logging.ERROR, logger="ledger_svc.settlement"):
+            assert await settlement.unpark(w.uow) == 1  # b3's
+        assert await _parked_ids(checked_pool, w) == [odd.execution_id]
+        assert UNPARK_FAILURES.labels("AAPL")._value.get() == failures + 1
+        assert not await checked_pool.fetchval("SELECT count(*) FROM ledger.executions WHERE execution_id = "
+                                               "'elsewhere'")
+    finally:
+        await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
+
+
+async def test_a_batch_behind_a_still_held_account_waits_briefly_for_its_parked_ones(checked_pool):
+    """Review of round 24: the consumer applied its symbol's parked executions with its own 2 s
+    lock wait, so while an account stayed held every batch of the symbol waited 2 s, holding
+    the parked fill's other account (a market maker's, taken first in account order)
+    meanwhile, and that account's hold placements (which wait 1 s) were refused ACCOUNT_BUSY.
+    It waits as unpark does (UNPARK_LOCK_WAIT), then parks behind them."""
+    import asyncio
+
+    from tests.support.wait import eventually
+
+    w = await World(checked_pool).open()
+    maker, held = w.acct("b2"), w.acct("s2")  # the market maker sorts before the held account
+    async with w.uow() as uow:
+        await uow.settlement.park([w.fill(1, "BUY", "b2o", "s2o", 1, "99", 9, 4)])
+        await uow.commit()
+    holder = await checked_pool.acquire()
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT ledger.lock_accounts($1::text[])", [held])
+            for n in range(3):  # the market maker's batches, one after the other, as its consumer sends them
+                batch = asyncio.create_task(settlement.apply_executions(
+                    [w.fill(10 + n, "BUY", "b2o", "s1o", 1, "99", 8 - n, 9 - n)], w.uow))
+                assert await eventually(lambda: _blocked_by(checked_pool, holder) if not batch.done() else True,
+                                        timeout=10, delay=0.01)
+                [placed] = await ledger.place_holds([commands.PlaceHold(
+                    w.order(f"mm{n}"), maker, w.order(f"mm{n}"), "USD", D(1))], w.uow)
+                assert isinstance(placed, ledger.model.Hold), placed  # not ACCOUNT_BUSY
+                assert await batch == 0  # parked behind the held one
+                await ledger.release_hold(commands.ReleaseHold(w.order(f"mm{n}")), w.uow)
+    finally:
+        await checked_pool.release(holder)
+    assert await settlement.apply_executions([w.end(20, CANCELLED, "b2o", "CANCELLED_BY_USER")], w.uow) == 5
+
+
 async def test_a_parked_execution_that_cannot_apply_costs_its_batch_a_few_transactions(checked_pool, caplog):
     """Review of round 24: a run that could not be applied together went one execution at a
     time, so one parked row that could never apply sent every other row of its batch (other
@@ -497,17 +593,9 @@ async def test_a_parked_execution_that_cannot_apply_costs_its_batch_a_few_transa
     from ledger_svc.service_layer.settlement import UNPARK_FAILURES
 
     w = await World(checked_pool).open()
-    buyer, seller = w.acct("ib"), w.acct("is")
-    await ledger.deposit(commands.Deposit(buyer, D("100"), "fund"), w.uow)
-    await ledger.credit_shares(commands.CreditShares(seller, "AAPL", D(20), "seed", D("1")), w.uow)
-    for name, account, asset, amount in (("ibo", buyer, "USD", D("20")), ("iso", seller, "AAPL", D(20))):
-        await ledger.place_hold(commands.PlaceHold(w.order(name), account, w.order(name), asset, amount), w.uow)
+    buyer = w.acct("ib")
+    innocent = await _innocents(w, 20)
     stuck = Execution(**{**w.fill(0, "BUY", "b1o", "s1o", 1, "99", 9, 9).__dict__, "order_id": w.order("gone")})
-    now = datetime.now(timezone.utc)
-    innocent = [Execution(execution_id=f"i{n}-{w.tag}", symbol="AAPL", type=FILL, order_id=w.order("ibo"),
-                          account_id=buyer, side="BUY", counter_order_id=w.order("iso"), counter_account_id=seller,
-                          price=D("1"), quantity=1, leaves=20 - n, counter_leaves=20 - n, executed_at=now,
-                          trade_date=calendar.trading_day(now)) for n in range(1, 21)]
     async with w.uow() as uow:
         await uow.settlement.park([stuck, *innocent])
         await uow.commit()
