@@ -62,11 +62,13 @@ def identifier(value: Any) -> uuid.UUID:
 
 
 def instant(value: Any) -> datetime:
-    """A cursor's time written with isoformat(), with its offset."""
+    """A cursor's time written with isoformat(), with its offset; in UTC, so one whose offset
+    takes it past the years a datetime holds is refused here (OverflowError), not by the
+    driver's encoding in the query (round 24 explorer: 9999-12-31T23:59:59-00:01 was INTERNAL)."""
     at = datetime.fromisoformat(text(value))
     if at.tzinfo is None:
         raise ValueError(f"no offset: {value!r}")
-    return at
+    return at.astimezone(timezone.utc)
 
 
 def epoch_seconds(value: Any) -> datetime:

@@ -144,6 +144,9 @@ AT = "2026-12-05T19:09:10.764434+00:00"
     ({"createdAt": AT, "orderId": "not-a-uuid"}, ORDER_CURSOR),
     ({"createdAt": "2026-12-05T19:09:10", "orderId": str(uuid.uuid4())}, ORDER_CURSOR),  # no offset
     ({"createdAt": 12, "orderId": None}, ORDER_CURSOR),
+    # Round 24: in UTC past the years a datetime holds (the driver's DataError, INTERNAL).
+    ({"createdAt": "9999-12-31T23:59:59-00:01", "orderId": str(uuid.uuid4())}, ORDER_CURSOR),
+    ({"createdAt": "0001-01-01T00:00:00+00:01", "orderId": str(uuid.uuid4())}, ORDER_CURSOR),
     # Round 16: an order id that is not text was INTERNAL (uuid.UUID's AttributeError).
     ({"createdAt": AT, "orderId": 1}, ORDER_CURSOR),
     ({"createdAt": AT, "orderId": True}, ORDER_CURSOR),
