@@ -84,6 +84,37 @@ def caller_account() -> str | None:
     return current_account()
 
 
+# Envoy accepts a token until this long after its `exp` (clock_skew_seconds in
+# envoy/envoy.yaml.tmpl): a stream opened with it ends then (token_ends_at).
+CLOCK_SKEW_SECONDS = 30
+
+
+@functools.lru_cache(maxsize=65_536)
+def _expiry(raw: str) -> float | None:
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+    except (ValueError, TypeError):
+        return None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+def token_ends_at() -> float | None:
+    """When Envoy stops accepting the verified token of the call being served (its `exp` plus
+    CLOCK_SKEW_SECONDS), in seconds since the epoch; None for a call without one (a service's
+    own port). A token is checked when a call starts: a stream ends itself then (round 24
+    explorer: one opened with a token that expired went on delivering order updates)."""
+    raw = caller_payload.get()
+    exp = _expiry(raw) if raw else None
+    return None if exp is None else exp + CLOCK_SKEW_SECONDS
+
+
+def token_expired(what: str, metadata: dict[str, str] | None = None) -> Unauthenticated:
+    """The status a stream ends with once its token has expired: UNAUTHENTICATED TOKEN_EXPIRED."""
+    return Unauthenticated(f"the token this stream was opened with has expired: open {what} again with a new "
+                           "token", reason="TOKEN_EXPIRED", metadata=metadata)
+
+
 def on_behalf_of_caller() -> tuple[tuple[str, str], ...]:
     """Metadata that carries the current caller's verified identity to another service."""
     payload = caller_payload.get()

@@ -94,7 +94,9 @@ class Client:
                 # A service killed outright (kill -9, a crash) resets its streams, and Envoy
                 # resets the client's: INTERNAL "Received RST_STREAM", a broken connection, not
                 # an answer. The launcher (or the orchestrator) brings the service back.
-                broken = exc.code() is grpc.StatusCode.UNAVAILABLE or (
+                # A stream outlives no token (round 24): one this client minted is minted anew.
+                expired = self.mint is not None and info is not None and info.reason == "TOKEN_EXPIRED"
+                broken = expired or exc.code() is grpc.StatusCode.UNAVAILABLE or (
                     exc.code() is grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or ""))
                 if resume is None or not broken or not streamed or (
                         failing_since is not None and now - failing_since > self.RECONNECT_PATIENCE):

@@ -6,7 +6,7 @@ from typing import AsyncIterator
 import grpc
 
 from meshkit import paging, symbols
-from meshkit.auth import current_account
+from meshkit.auth import current_account, token_ends_at
 from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.status import POSITION_HEADER
 from meshkit.streams import StreamLimit
@@ -98,5 +98,5 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
 
         with self.streams.open(account):  # RESOURCE_EXHAUSTED / TOO_MANY_STREAMS past the limit
             async for seq, order, fill in lifecycle.stream_updates(account, after, self.deps, self.wakeups,
-                                                                   positioned=positioned):
+                                                                   positioned=positioned, ends_at=token_ends_at()):
                 yield mapping.update_to_proto(seq, order, fill)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -11,6 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 from prometheus_client import Counter
 
 from meshkit import aio
+from meshkit.auth import token_expired
 from meshkit.errors import DomainError, Unavailable
 from meshkit.executions import (ACCEPTED, CANCEL_REJECTED, CANCELLED, EXPIRED, FILL, REJECTED, REPLACED, TRIGGERED,
                                 Execution, claimed, units)
@@ -279,9 +281,11 @@ class Wakeups(Protocol):
 async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups: Wakeups, *,
                          page: int = 500, poll: float = 5.0,
                          positioned: Callable[[int], Awaitable[None]] | None = None,
-                         ) -> AsyncIterator[tuple[int, Order, Fill | None]]:
+                         ends_at: float | None = None) -> AsyncIterator[tuple[int, Order, Fill | None]]:
     """Every update of the account with a sequence above `after` (None: above its latest one
-    now), then live ones, forever; `positioned` is told that sequence once the stream listens.
+    now), then live ones, until `ends_at` (seconds since the epoch: its token's end, when it
+    ends UNAUTHENTICATED TOKEN_EXPIRED, within a poll interval); `positioned` is told that
+    sequence once the stream listens.
     An `after` above the account's latest sequence is refused (AfterSequenceAhead) before that.
 
     The listener is registered before the first read, and each read asks for what follows the
@@ -307,6 +311,9 @@ async def stream_updates(account_id: str, after: int | None, deps: Deps, wakeups
                                   # lowerCamelCase like every ErrorInfo key; the snake_case one for
                                   # clients written against its first form
                                   metadata={"afterSequence": str(last), "after_sequence": str(last)})
+            if ends_at is not None and time.time() >= ends_at:
+                raise token_expired(f"the stream with after_sequence = {last}, the last update sent on this one,",
+                                    {"afterSequence": str(last)})
             event.clear()
             async with deps.uow() as uow:
                 batch = await uow.orders.updates_after(account_id, last, page)

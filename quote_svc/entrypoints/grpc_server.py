@@ -1,13 +1,15 @@
 """QuoteService over gRPC: proto -> query, call the service layer, domain -> proto."""
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta, timezone
 
 import grpc
 from prometheus_client import Gauge
 
 from meshkit import paging, symbols as listing
-from meshkit.auth import caller_account
+from meshkit.auth import caller_account, token_ends_at, token_expired
 from meshkit.errors import FieldViolation, InvalidArgument, Violations
 from meshkit.money import fmt, fmt_price
 from meshkit.streams import StreamLimit
@@ -112,6 +114,10 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         with self.streams.open(caller_account()):
             sub = self.book.subscribe(wanted)
             OPEN_STREAMS.inc()
+            # Ends UNAUTHENTICATED TOKEN_EXPIRED when Envoy would no longer accept its token.
+            ends = token_ends_at()
+            expiry = None if ends is None else asyncio.get_running_loop().call_later(
+                max(0.0, ends - time.time()), sub.close, token_expired("the quote stream"))
             try:
                 # The headers come at once and say which of the symbols have a quote, whose snapshot
                 # follows: a symbol never quoted yet has none (as GetQuote's NOT_FOUND), and a client
@@ -123,6 +129,8 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
                     quote = await sub.get()
                     yield self.to_proto.encoded(quote)  # serialized once for every stream
             finally:
+                if expiry is not None:
+                    expiry.cancel()
                 OPEN_STREAMS.dec()
                 self.book.unsubscribe(sub)
 

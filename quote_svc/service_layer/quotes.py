@@ -28,7 +28,7 @@ class Closing(Unavailable):
 
 
 class Subscription:
-    __slots__ = ("symbols", "_pending", "_sent", "_wake", "conflated", "closed")
+    __slots__ = ("symbols", "_pending", "_sent", "_wake", "conflated", "closed", "_why")
 
     def __init__(self, symbols: frozenset[str]) -> None:
         self.symbols = symbols
@@ -37,6 +37,7 @@ class Subscription:
         self._wake = asyncio.Event()
         self.conflated = 0  # quotes replaced before the client got them
         self.closed = False
+        self._why: Exception | None = None  # what get raises once closed (None: Closing)
 
     def offer(self, quote: Quote) -> None:
         if quote.symbol in self._pending:
@@ -48,23 +49,26 @@ class Subscription:
     def pending(self) -> int:
         return len(self._pending)
 
-    def close(self) -> None:
+    def close(self, why: Exception | None = None) -> None:
+        """Closed: get raises `why` (its stream's token expired, say), else Closing."""
+        if not self.closed:
+            self._why = why
         self.closed = True
         self._wake.set()
 
     async def get(self) -> Quote:
         """The next pending quote (the newest of its symbol), waiting for one if need be;
-        raises Closing once the subscription is closed. A quote that looks like the last one
-        the client got of its symbol is skipped: conflation can drop the change in between
-        (a bid size up, then down again)."""
+        raises Closing (or what it was closed with) once the subscription is closed. A quote
+        that looks like the last one the client got of its symbol is skipped: conflation can
+        drop the change in between (a bid size up, then down again)."""
         while True:
             while not self._pending:
                 if self.closed:
-                    raise Closing
+                    raise self._why or Closing()
                 self._wake.clear()
                 await self._wake.wait()
             if self.closed:
-                raise Closing
+                raise self._why or Closing()
             symbol = next(iter(self._pending))
             quote = self._pending.pop(symbol)
             seen = visible(quote)

@@ -170,3 +170,36 @@ async def test_an_account_has_a_bounded_number_of_streams_open_at_once(order_dep
         assert await eventually(a_place_again, timeout=30), "closing a stream did not free its place"
         for call in (second, other):
             call.cancel()
+
+
+async def test_a_stream_ends_when_its_token_does(orders, order_deps):
+    """Round 24 explorer: a token is checked when a call starts, and a stream opened with one
+    that then expired went on delivering order updates. It ends UNAUTHENTICATED TOKEN_EXPIRED
+    once Envoy would no longer accept its token (exp plus the 30 s Envoy allows for clocks),
+    saying where to resume; a stream whose token lives on is not ended."""
+    import time
+
+    from meshkit.auth import CLOCK_SKEW_SECONDS
+
+    a = acct()
+    await unfunded_buy(a, order_deps)
+    short = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=0),
+                                      metadata=identity(a, exp=time.time() - CLOCK_SKEW_SECONDS + 3))
+    lasting = orders.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(after_sequence=0),
+                                        metadata=identity(a, exp=time.time() + 3600))
+    try:
+        first = await asyncio.wait_for(short.read(), READ)  # delivered while the token is good
+        assert first.sequence == 1
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                await asyncio.wait_for(short.read(), READ)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED, ended.value
+        info, _ = error_info(ended.value)
+        assert (info.reason, dict(info.metadata)) == ("TOKEN_EXPIRED", {"afterSequence": str(first.sequence)})
+        assert "open the stream with after_sequence = 1" in ended.value.details()
+        assert (await asyncio.wait_for(lasting.read(), READ)).sequence == 1
+        await unfunded_buy(a, order_deps)
+        assert (await asyncio.wait_for(lasting.read(), READ)).sequence > 1  # still open
+    finally:
+        short.cancel()
+        lasting.cancel()

@@ -339,3 +339,34 @@ async def test_a_cached_quote_of_another_market_data_history_is_not_seeded(pool,
         assert [r.symbol for r in caplog.records if r.getMessage().startswith("cached quote from another")] == ["AAPL"]
     finally:
         await writer.aclose()
+
+
+async def test_a_quote_stream_ends_when_its_token_does(pool, nats_url, ns):
+    """Round 24 explorer: a quote stream opened with a token that then expired went on. It ends
+    UNAUTHENTICATED TOKEN_EXPIRED once Envoy would no longer accept its token, even with no
+    quote to send; one whose token lives on, and one on the replica's own port without a
+    token, go on."""
+    import time
+
+    from meshkit.auth import CLOCK_SKEW_SECONDS
+
+    a = f"quotes-{uuid.uuid4().hex[:10]}"
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        def opened(*metadata):
+            return svc.stub.StreamQuotes(qpb.StreamQuotesRequest(symbols=["AAPL"]), metadata=metadata)
+
+        short = opened(*identity(a, exp=time.time() - CLOCK_SKEW_SECONDS + 2))
+        lasting, untokened = opened(*identity(a, exp=time.time() + 3600)), opened()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while True:
+                    await asyncio.wait_for(short.read(), 15)
+            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED, ended.value
+            assert error_info(ended.value)[0].reason == "TOKEN_EXPIRED"
+            assert "open the quote stream again with a new token" in ended.value.details()
+            for call in (lasting, untokened):
+                assert "x-stockmesh-snapshot" in dict(await asyncio.wait_for(call.initial_metadata(), 15))
+                assert not call.done()
+        finally:
+            for call in (short, lasting, untokened):
+                call.cancel()

@@ -20,9 +20,10 @@ from stockmesh.order.v1 import order_service_pb2_grpc
 OrderStub = order_service_pb2_grpc.OrderServiceStub
 
 
-def identity(account: str) -> tuple[tuple[str, str], ...]:
-    """The metadata Envoy adds for a signed-in account."""
-    payload = base64.urlsafe_b64encode(json.dumps({"sub": account}).encode()).decode().rstrip("=")
+def identity(account: str, exp: float | None = None) -> tuple[tuple[str, str], ...]:
+    """The metadata Envoy adds for a signed-in account (whose token expires at `exp`, when given)."""
+    claims = {"sub": account, **({"exp": int(exp)} if exp is not None else {})}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
     return (("x-jwt-payload", payload),)
 
 

@@ -233,3 +233,50 @@ def test_a_watch_whose_first_open_meets_a_restarting_service_waits_for_it():
     assert done.exit_code == 0, done.output
     assert [line.split()[0] for line in done.output.splitlines() if line.startswith("#")] == ["#1", "#2"]
     assert [(r.from_now, r.after_sequence) for r in stand_in.requests] == [(True, 0)] * 3
+
+
+class Expiring(order_service_pb2_grpc.OrderServiceServicer):
+    """Each stream ends as order_svc ends one whose token expired: UNAUTHENTICATED
+    TOKEN_EXPIRED, with where to resume."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.tokens: list[str] = []
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        from meshkit.auth import token_expired
+
+        self.requests.append(request)
+        self.tokens.append(dict(context.invocation_metadata())["authorization"])
+        first = request.after_sequence + 1
+        yield order_pb2.OrderUpdate(sequence=first, order=order_pb2.Order(order_id=f"o{first}"))
+        context.abort_with_status(rpc_status.to_status(to_rpc_status(token_expired(
+            "the stream", {"afterSequence": str(first)}))))
+
+
+def test_a_watch_outlives_its_tokens_and_a_given_token_s_end_is_said(tmp_path):
+    """Round 24: order_svc ends a stream once its token has expired. A watch that mints its
+    own tokens (from the mesh's data folder; an hour each) opens the stream again with a new
+    one where it left off; one given --token exits, saying so."""
+    from meshkit.launcher import keys
+
+    keys.ensure_keys(tmp_path)
+    stand_in = Expiring()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        minted = CliRunner().invoke(main, ["watch", "orders", "--after", "0", "--count", "3", "--address",
+                                           f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--account", "alice"])
+        assert minted.exit_code == 0, minted.output
+        assert [line.split()[0] for line in minted.output.splitlines() if line.startswith("#")] == ["#1", "#2", "#3"]
+        assert [r.after_sequence for r in stand_in.requests] == [0, 1, 2]
+        assert len(stand_in.tokens) == 3 and stand_in.tokens[0] != stand_in.tokens[1]  # a new token each time
+        given = CliRunner().invoke(main, ["watch", "orders", "--after", "0", "--address", f"127.0.0.1:{port}",
+                                          "--token", "t"])
+        assert given.exit_code == 1 and "TOKEN_EXPIRED" in given.output, given.output
+    finally:
+        stand_in.done.set()
+        server.stop(None)
