@@ -40,6 +40,20 @@ class InsufficientShares(FailedPrecondition):
     default_reason = "INSUFFICIENT_SHARES"
 
 
+# The largest balance a book holds (numeric(24, 4), migration 0001).
+MAX_BALANCE = Decimal("99999999999999999999.9999")
+
+
+class BalanceLimit(FailedPrecondition):
+    """A movement would take a balance past MAX_BALANCE: refused, nothing moved (round 24
+    explorer: a deposit onto a balance near it was INTERNAL, the column's overflow)."""
+    default_reason = "BALANCE_LIMIT"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"this would take the account's balance past {MAX_BALANCE}, the largest the ledger keeps; "
+                         "nothing was moved", metadata={"accountId": account_id, "maxBalance": str(MAX_BALANCE)})
+
+
 class DuplicateIdempotencyKey(AlreadyExists):
     default_reason = "DUPLICATE_IDEMPOTENCY_KEY"
 

@@ -64,6 +64,8 @@ async def _move_cash(entry: model.JournalEntry, uow_factory: UowFactory, lock_wa
         await uow.ledger.lock_accounts([entry.account_id], lock_wait)
         try:
             applied = await post_once(entry, uow)
+        except asyncpg.NumericValueOutOfRangeError:  # a balance past the column's largest
+            raise model.BalanceLimit(entry.account_id) from None
         except model.InsufficientFunds as exc:  # a withdrawal beyond what is available
             cash = await uow.ledger.cash(entry.account_id)
             if not cash.unsettled:

@@ -285,3 +285,31 @@ async def test_the_book_ids_a_process_keeps_are_bounded_and_a_book_let_go_is_rea
     assert (await handlers.cash_balance(accounts[0], uow)).total == Decimal("25.00")
     books = await checked_pool.fetchval("SELECT count(*) FROM ledger.books WHERE owner = $1", accounts[0])
     assert books == 1
+
+
+async def test_a_deposit_past_the_largest_balance_is_refused_with_its_reason(pg_server_url):
+    """Round 24 explorer: a deposit onto a balance near the largest the ledger keeps (numeric(24,
+    4)) answered INTERNAL, the column's overflow. It is FAILED_PRECONDITION BALANCE_LIMIT, and
+    nothing is moved or kept under its key. (A database of its own: the balance is set by hand,
+    as if 10^5 deposits of the most one may make had come before, which the invariants of the
+    session's database would report.)"""
+    from ledger_svc.domain.model import MAX_BALANCE, BalanceLimit
+    from tests.conftest import fresh_database
+
+    async with fresh_database(pg_server_url) as url:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        try:
+            uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
+            a = f"rich-{uuid.uuid4().hex[:8]}"
+            await handlers.deposit(commands.Deposit(a, Decimal("100"), "first"), uow)
+            await pool.execute("UPDATE ledger.balances b SET posted = $1 FROM ledger.books k "
+                               "WHERE k.book_id = b.book_id AND k.owner = $2 AND k.asset = 'USD'", MAX_BALANCE - 50, a)
+            with pytest.raises(BalanceLimit) as refused:
+                await handlers.deposit(commands.Deposit(a, Decimal("100"), "second"), uow)
+            assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "BALANCE_LIMIT")
+            assert refused.value.metadata["accountId"] == a
+            assert (await handlers.cash_balance(a, uow)).total == MAX_BALANCE - 50  # nothing moved
+            assert (await handlers.deposit(commands.Deposit(a, Decimal("10"), "second"), uow)).total == \
+                MAX_BALANCE - 40  # its key kept nothing
+        finally:
+            await pool.close()
