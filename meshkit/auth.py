@@ -11,6 +11,7 @@ import base64
 import contextvars
 import functools
 import json
+import math
 import unicodedata
 
 from meshkit import logs, validate
@@ -91,12 +92,18 @@ CLOCK_SKEW_SECONDS = 30
 
 @functools.lru_cache(maxsize=65_536)
 def _expiry(raw: str) -> float | None:
+    """The `exp` of a verified payload, or None when it has none a clock can reach (Envoy
+    refuses a token without one, or past its max_lifetime; a call on a service's own port may
+    carry anything)."""
     try:
         claims = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         exp = claims.get("exp") if isinstance(claims, dict) else None
-    except (ValueError, TypeError):
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            return None
+        exp = float(exp)
+    except (ValueError, TypeError, OverflowError):
         return None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    return exp if math.isfinite(exp) else None
 
 
 def token_ends_at() -> float | None:
