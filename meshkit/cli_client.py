@@ -74,6 +74,11 @@ class Client:
         while True:
             call = getattr(stub_class(self.channel), method)(request, metadata=self.metadata)
             try:
+                if any(k.startswith("x-stockmesh-") for k, _ in call.initial_metadata() or ()):
+                    # Open again (its headers say where it starts or what it sends): a stream
+                    # quiet for longer than the patience is not failing (review of round 24: a
+                    # watch of a quiet account exited at its second token's end, an hour on).
+                    failing_since = None
                 for message in call:
                     failing_since, streamed = None, True
                     yield message

@@ -114,11 +114,12 @@ class QuoteServicer(quote_service_pb2_grpc.QuoteServiceServicer):
         with self.streams.open(caller_account()):
             sub = self.book.subscribe(wanted)
             OPEN_STREAMS.inc()
-            # Ends UNAUTHENTICATED TOKEN_EXPIRED when Envoy would no longer accept its token.
-            ends = token_ends_at()
-            expiry = None if ends is None else asyncio.get_running_loop().call_later(
-                max(0.0, ends - time.time()), sub.close, token_expired("the quote stream"))
+            expiry = None
             try:
+                # Ends UNAUTHENTICATED TOKEN_EXPIRED when Envoy would no longer accept its token.
+                if (ends := token_ends_at()) is not None:
+                    expiry = asyncio.get_running_loop().call_later(max(0.0, ends - time.time()), sub.close,
+                                                                   token_expired("the quote stream"))
                 # The headers come at once and say which of the symbols have a quote, whose snapshot
                 # follows: a symbol never quoted yet has none (as GetQuote's NOT_FOUND), and a client
                 # asking only for such symbols could not tell that its stream was open.

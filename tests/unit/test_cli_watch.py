@@ -5,6 +5,7 @@ OrderService on a local gRPC server."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -280,3 +281,49 @@ def test_a_watch_outlives_its_tokens_and_a_given_token_s_end_is_said(tmp_path):
     finally:
         stand_in.done.set()
         server.stop(None)
+
+
+class Quiet(order_service_pb2_grpc.OrderServiceServicer):
+    """An account with no update at all: each stream opens, then ends TOKEN_EXPIRED after a
+    token's life with nothing sent (here a second against a patience of half a second); the
+    fourth ends as no watch resumes, to end the test."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        from meshkit.auth import token_expired
+
+        self.requests.append(request)
+        context.send_initial_metadata((("x-stockmesh-after-sequence", "7"),))
+        if len(self.requests) >= 4:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the end of this test")
+        time.sleep(1.0)
+        context.abort_with_status(rpc_status.to_status(to_rpc_status(token_expired(
+            "the stream", {"afterSequence": "7"}))))
+        yield  # pragma: no cover
+
+
+def test_a_quiet_watch_outlives_its_tokens(tmp_path, monkeypatch):
+    """Review of round 24: the patience of a watch was counted from its first ending until a
+    message came, so a watch of an account with no update exited at its second token's end (an
+    hour on, against 120 s of patience). A stream open again is not failing."""
+    from meshkit.cli_client import Client
+    from meshkit.launcher import keys
+
+    monkeypatch.setattr(Client, "RECONNECT_PATIENCE", 0.5)  # stands for 120 s against a 3,600 s token
+    keys.ensure_keys(tmp_path)
+    stand_in = Quiet()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        done = CliRunner().invoke(main, ["watch", "orders", "--address", f"127.0.0.1:{port}", "--data-dir",
+                                         str(tmp_path), "--account", "alice"])
+    finally:
+        server.stop(None)
+    assert len(stand_in.requests) == 4, done.output
+    assert [r.after_sequence for r in stand_in.requests[1:]] == [7, 7, 7]
+    assert done.exit_code == 1 and "the end of this test" in done.output, done.output
