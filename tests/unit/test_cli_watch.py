@@ -41,15 +41,17 @@ class StandIn(order_service_pb2_grpc.OrderServiceServicer):
         self.done.wait(10)
 
 
-def _invoke(stand_in, *args):
+def _invoke(stand_in, *args, minting_in=None):
     """`stockmesh ARGS` against `stand_in` (an OrderService with a `done` event, set when the
-    command has ended) on a local gRPC server."""
+    command has ended) on a local gRPC server: with the token `t`, or, given `minting_in` (a
+    data folder with keys), minting its own for the account `alice`."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    who = ["--token", "t"] if minting_in is None else ["--data-dir", str(minting_in), "--account", "alice"]
     try:
-        return CliRunner().invoke(main, [*args, "--address", f"127.0.0.1:{port}", "--token", "t"])
+        return CliRunner().invoke(main, [*args, "--address", f"127.0.0.1:{port}", *who])
     finally:
         stand_in.done.set()
         server.stop(None)
@@ -264,23 +266,13 @@ def test_a_watch_outlives_its_tokens_and_a_given_token_s_end_is_said(tmp_path):
 
     keys.ensure_keys(tmp_path)
     stand_in = Expiring()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        minted = CliRunner().invoke(main, ["watch", "orders", "--after", "0", "--count", "3", "--address",
-                                           f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--account", "alice"])
-        assert minted.exit_code == 0, minted.output
-        assert [line.split()[0] for line in minted.output.splitlines() if line.startswith("#")] == ["#1", "#2", "#3"]
-        assert [r.after_sequence for r in stand_in.requests] == [0, 1, 2]
-        assert len(stand_in.tokens) == 3 and stand_in.tokens[0] != stand_in.tokens[1]  # a new token each time
-        given = CliRunner().invoke(main, ["watch", "orders", "--after", "0", "--address", f"127.0.0.1:{port}",
-                                          "--token", "t"])
-        assert given.exit_code == 1 and "TOKEN_EXPIRED" in given.output, given.output
-    finally:
-        stand_in.done.set()
-        server.stop(None)
+    minted = _invoke(stand_in, "watch", "orders", "--after", "0", "--count", "3", minting_in=tmp_path)
+    assert minted.exit_code == 0, minted.output
+    assert [line.split()[0] for line in minted.output.splitlines() if line.startswith("#")] == ["#1", "#2", "#3"]
+    assert [r.after_sequence for r in stand_in.requests] == [0, 1, 2]
+    assert len(stand_in.tokens) == 3 and stand_in.tokens[0] != stand_in.tokens[1]  # a new token each time
+    given = _invoke(Expiring(), "watch", "orders", "--after", "0")
+    assert given.exit_code == 1 and "TOKEN_EXPIRED" in given.output, given.output
 
 
 class Quiet(order_service_pb2_grpc.OrderServiceServicer):
@@ -315,15 +307,7 @@ def test_a_quiet_watch_outlives_its_tokens(tmp_path, monkeypatch):
     monkeypatch.setattr(Client, "RECONNECT_PATIENCE", 0.5)  # stands for 120 s against a 3,600 s token
     keys.ensure_keys(tmp_path)
     stand_in = Quiet()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        done = CliRunner().invoke(main, ["watch", "orders", "--address", f"127.0.0.1:{port}", "--data-dir",
-                                         str(tmp_path), "--account", "alice"])
-    finally:
-        server.stop(None)
+    done = _invoke(stand_in, "watch", "orders", minting_in=tmp_path)
     assert len(stand_in.requests) == 4, done.output
     assert [r.after_sequence for r in stand_in.requests[1:]] == [7, 7, 7]
     assert done.exit_code == 1 and "the end of this test" in done.output, done.output
