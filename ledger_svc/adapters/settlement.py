@@ -28,6 +28,13 @@ _DUE = """
 """
 
 
+# claim_executions' deletion of the claimed executions' parked rows, when it unparks them (the
+# consumer's claims, on the fills' path, carry no such statement).
+_UNPARKED = """, unparked AS (
+                DELETE FROM ledger.parked_executions WHERE execution_id = ANY($1::text[])
+            )"""
+
+
 class Claim(NamedTuple):
     ids: set[str]  # the executions' ids claimed: not applied before
     parked: set[str]  # the accounts of their symbol's parked executions, when asked (parked_here)
@@ -66,9 +73,7 @@ class SettlementRepository:
                 SELECT coalesce(array_agg(DISTINCT a), '{{}}') AS accounts
                   FROM ledger.parked_executions p CROSS JOIN LATERAL unnest(p.accounts) AS a
                  WHERE p.symbol = ANY($15::text[]) AND p.execution_id <> ALL($18::text[])
-            ), unparked AS (
-                DELETE FROM ledger.parked_executions WHERE $19::bool AND execution_id = ANY($1::text[])
-            ), claimed AS (
+            ){_UNPARKED if unpark else ""}, claimed AS (
                 INSERT INTO ledger.executions (execution_id, symbol, type, order_id, account_id, counter_order_id,
                                                counter_account_id, side, price, quantity, trade_date, executed_at,
                                                leaves, counter_leaves)
@@ -83,7 +88,7 @@ class SettlementRepository:
             """, *(list(c) for c in zip(*rows)),
             sorted({ex.symbol for ex in exs}) if parked_here is not None else [],
             sorted({a for ex in exs for a in accounts(ex)}), None if lock_wait is None else lock_wait_text(lock_wait),
-            sorted(parked_here or ()), unpark)
+            sorted(parked_here or ()))
         return Claim(set(row["ids"]), set(row["parked"]))
 
     async def lock_positions(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Position]:
