@@ -41,7 +41,7 @@ from ledger_svc.service_layer import commands, handlers as ledger, settlement  #
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork  # noqa: E402
 from meshkit import calendar  # noqa: E402
 from meshkit.executions import CANCELLED, FILL, Execution  # noqa: E402
-from meshkit.migrate import apply_all  # noqa: E402
+from meshkit.migrate import scratch_database  # noqa: E402
 
 BUYERS, ENDS_EVERY = 20, 50
 
@@ -88,12 +88,7 @@ async def unpark_all(uow) -> int:
 
 
 async def run(server_url: str, fills: int, repeat: int) -> None:
-    name = f"stockmesh_bench_unpark_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        await asyncio.to_thread(apply_all, url)
+    async with scratch_database(server_url, "stockmesh_bench_unpark") as url:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
         uow = lambda: LedgerUnitOfWork(pool)  # noqa: E731
         rates: dict[str, list[float]] = {"one at a time": [], "unpark": []}
@@ -114,9 +109,6 @@ async def run(server_url: str, fills: int, repeat: int) -> None:
         for how, r in rates.items():
             m = statistics.median(r)
             print(f"  {how:14} {m:8,.0f}/s  [{min(r):,.0f}-{max(r):,.0f}]  x{m / base:.1f}")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> int:

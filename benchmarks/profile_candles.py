@@ -14,15 +14,15 @@ import pstats
 import statistics
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg  # noqa: E402
 
-from meshkit.migrate import apply_all  # noqa: E402
+from meshkit.migrate import scratch_database  # noqa: E402
 from quote_svc.entrypoints.grpc_server import QuoteServicer  # noqa: E402
 from quote_svc.service_layer.quotes import QuoteBook  # noqa: E402
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork  # noqa: E402
@@ -36,24 +36,19 @@ async def seed(pool: asyncpg.Pool) -> None:
     rows = []
     for m in range(1440):
         start = DAY + timedelta(minutes=m)
-        px = 415 + (m % 40 - 20) / 100
+        px = Decimal(415) + Decimal(m % 40 - 20) / 100
         for width, at in ((60, start), (1, start)):
-            rows.append((SYMBOL, width, at, px, px + 0.05, px - 0.05, px + 0.01, 150, 15, (px * 150), at, 1, at, 2))
+            rows.append((SYMBOL, width, at, px, px + Decimal("0.05"), px - Decimal("0.05"), px + Decimal("0.01"), 150,
+                         15, px * 150, at, 1, at, 2))
     await pool.executemany(
         "INSERT INTO quotes.candles (symbol, width_s, start_time, open, high, low, close, volume, trade_count, pv,"
-        " first_at, first_seq, last_at, last_seq) VALUES ($1, $2, $3, $4::float8::numeric(18,2), $5::float8::numeric(18,2),"
-        " $6::float8::numeric(18,2), $7::float8::numeric(18,2), $8, $9, $10::float8::numeric(24,4), $11, $12, $13, $14)",
+        " first_at, first_seq, last_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         rows)
 
 
 async def run(args) -> None:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"stockmesh_prof_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server.rsplit('/', 1)[0]}/{name}"
-    try:
-        apply_all(url)
+    async with scratch_database(server, "stockmesh_prof") as url:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
         await seed(pool)
         servicer = QuoteServicer(QuoteBook(), lambda: QuoteUnitOfWork(pool))
@@ -65,6 +60,8 @@ async def run(args) -> None:
             servicer.candle_cache = cache
             for _ in range(10):
                 resp = await servicer.GetCandles(req, None)
+                if isinstance(resp, bytes):  # the reply serialized once (what the servicer sends)
+                    resp = qpb.GetCandlesResponse.FromString(resp)
             ref = ref or resp
             assert resp == ref and len(resp.candles) == 1440
             wall, cpu = [], []
@@ -85,9 +82,6 @@ async def run(args) -> None:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(8)
         await pool.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -6,9 +6,12 @@ in its own tables and takes a lock, so concurrent `stockmesh migrate` runs are s
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
@@ -74,3 +77,28 @@ def apply_all(database_url: str, progress: Callable[[str], None] | None = None) 
         return len(pending)
     finally:
         backend.connection.close()
+
+
+def database_url_on(server_url: str, name: str) -> str:
+    """The URL of the database `name` on the server of `server_url`."""
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str = "stockmesh_test") -> AsyncIterator[str]:
+    """A new database `<prefix>_<random>` on the server at `server_url`, every migration
+    applied: its URL; dropped afterwards, with whatever is still connected to it (a test's or
+    a benchmark's own, never a mesh's)."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_on(server_url, name)
+    try:
+        await asyncio.to_thread(apply_all, url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

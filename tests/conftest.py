@@ -3,22 +3,18 @@ namespace and data folder), so runs never see each other's data or a developer's
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
 from meshkit import audit
-from meshkit.migrate import apply_all
+from meshkit.migrate import database_url_on, scratch_database
 from tests.support import invariants
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _with_db(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
+_with_db = database_url_on
 
 
 @pytest.fixture(scope="session")
@@ -30,20 +26,10 @@ def pg_server_url() -> str:
     return postgres_server(os.environ.get("TEST_DATABASE_SERVER_URL", DEFAULT_SERVER_URL))
 
 
-@asynccontextmanager
-async def fresh_database(server_url: str):
+def fresh_database(server_url: str):
     """A new database with every service's schema on the server at `server_url`: its URL;
     dropped afterwards."""
-    name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(server_url, name)
-    try:
-        apply_all(url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    return scratch_database(server_url, "stockmesh_test")
 
 
 @pytest.fixture(scope="session")

@@ -194,13 +194,18 @@ class SettlementRepository:
             "INSERT INTO ledger.unsettled (fill_id, account_id, amount, trade_date, description)"
             " VALUES ($1, $2, $3, $4, $5)", fill_id, account_id, amount, trade_date, description)
 
-    async def due(self, through: date, limit: int) -> list[asyncpg.Record]:
+    async def due(self, through: date, limit: int, *, passed: Collection[str] = (),
+                  only: Collection[str] | None = None, lock: bool = True) -> list[asyncpg.Record]:
         """Proceeds to settle: only those whose amount is what the fill's buyer paid into
         clearing (its `<fill>:cash` capture); the others stay unpaid, and reconciliation names
-        them (proceeds_off_their_fill)."""
+        them (proceeds_off_their_fill). Not the fills `passed` (those that could not settle);
+        with `only`, among those fills alone. Locked (those another settlement has locked
+        skipped), unless `lock` is False."""
         return await self.conn.fetch(
-            f"SELECT u.fill_id, u.account_id, u.amount {_DUE} ORDER BY u.trade_date, u.fill_id LIMIT $2"
-            " FOR UPDATE OF u SKIP LOCKED", through, limit)
+            f"SELECT u.fill_id, u.account_id, u.amount {_DUE}"
+            " AND NOT (u.fill_id = ANY($3::text[])) AND ($4::text[] IS NULL OR u.fill_id = ANY($4::text[]))"
+            " ORDER BY u.trade_date, u.fill_id LIMIT $2" + (" FOR UPDATE OF u SKIP LOCKED" if lock else ""),
+            through, limit, list(passed), None if only is None else list(only))
 
     async def count_due(self, through: date) -> int:
         """How many proceeds `due` has to give, in all (a settlement's progress: N of this)."""
@@ -218,9 +223,12 @@ class SettlementRepository:
              ORDER BY u.fill_id
             """)
 
-    async def mark_settled(self, fill_id: str, entry_id: uuid.UUID) -> None:
+    async def mark_settled(self, settled: list[tuple[str, uuid.UUID]]) -> None:
+        """Each (fill_id, the entry that settled it), in one statement."""
         await self.conn.execute(
-            "UPDATE ledger.unsettled SET settled_at = now(), settle_entry = $2 WHERE fill_id = $1", fill_id, entry_id)
+            "UPDATE ledger.unsettled u SET settled_at = now(), settle_entry = v.entry_id"
+            "  FROM unnest($1::text[], $2::uuid[]) AS v(fill_id, entry_id) WHERE u.fill_id = v.fill_id",
+            [f for f, _ in settled], [e for _, e in settled])
 
     async def count_settled(self, through: date) -> int:
         return await self.conn.fetchval(

@@ -17,7 +17,7 @@ from ledger_svc.domain import model
 from ledger_svc.domain.settlement import Discrepancy, Position, SettlementReport, legs, settlement_entry
 from ledger_svc.service_layer import commands
 from ledger_svc.service_layer.handlers import (UowFactory, cancel_transfer_in, capture_in, complete_transfer_in,
-                                               held_accounts_now, post_once, release_in)
+                                               held_accounts_now, release_in)
 from meshkit.executions import (BATCH, CANCEL_REJECTED, CANCELLED, ENDS_ORDER, FILL, NO_EFFECT, REPLACED, Execution,
                                 accounts, claimed, from_json, in_runs, units)
 from meshkit.money import amount_text, fmt_at_tick, fmt_cents, fmt_price
@@ -46,10 +46,11 @@ DRAIN_BUDGET = 5.0
 # waiting 2 s, an uninvolved account's hold was refused). Then the held accounts' executions are
 # parked and the run's others go together again.
 RUN_LOCK_WAIT = 0.5
-# The fills settle settles in one transaction, which holds their sellers' accounts throughout:
-# 500 took 0.9 s on an idle machine, long enough under load for the ledger's consumer to park a
-# market maker's executions behind it and for its hold placements to be refused ACCOUNT_BUSY
-# (round 23 rechaos, `settle --before-close` during trading); 100 take about 0.2 s.
+# The fills settle settles in one transaction, which holds their sellers' accounts throughout.
+# Written a statement per fill, 500 took 0.9 s on an idle machine, long enough under load for the
+# ledger's consumer to park a market maker's executions behind it and for its hold placements to
+# be refused ACCOUNT_BUSY (round 23 rechaos, `settle --before-close` during trading); in a few
+# statements (_settle_batch) 100 take some milliseconds (benchmarks/bench_settle.py).
 SETTLE_BATCH = 100
 
 
@@ -517,6 +518,17 @@ class _RunWrites:
         p, h = self.moves.get(book, (Decimal(0), Decimal(0)))
         self.moves[book] = (p + posted, h + held)
 
+    def post(self, uow, entry: model.JournalEntry, *, from_held: model.BookRef | None = None,
+             audit_type: str | None = None, audit_extra: dict | None = None) -> None:
+        """LedgerRepository.post's effect (its arguments' meaning too), written with the rest.
+        A debit beyond a balance is refused by the balances' CHECK constraints when written."""
+        self.entries.append(entry)
+        for p in entry.postings:
+            self.postings.append((self.slot(), entry.entry_id, p.book, p.amount))
+            if p.book.is_customer:
+                self.move(p.book, p.amount, p.amount if p.book == from_held else Decimal(0))
+        self.events.append(uow.ledger.entry_event(entry, audit_type, audit_extra))
+
     def capture(self, uow, hold: model.Hold | None, capture_id: str, amount: Decimal, counter: str,
                 memo: model.FillMemo) -> None:
         """capture_in's effect for a trade (a FILL entry naming `memo`)."""
@@ -525,15 +537,9 @@ class _RunWrites:
             raise _Together(f"capture {capture_id}: no such hold, or its own account as counter")
         hold.capture(amount)
         entry = model.capture_entry(hold, amount, counter, memo)
-        self.entries.append(entry)
-        payer = model.BookRef(hold.account_id, hold.asset)
-        for p in entry.postings:
-            self.postings.append((self.slot(), entry.entry_id, p.book, p.amount))
-            if p.book.is_customer:
-                self.move(p.book, p.amount, p.amount if p.book == payer else Decimal(0))
-        self.events.append(uow.ledger.entry_event(entry, "HOLD_CAPTURED", {
-            "holdId": hold.hold_id, "captureId": capture_id, "orderId": hold.order_id, "counterAccount": counter,
-            "captured": hold.captured, "status": hold.status.value}))
+        self.post(uow, entry, from_held=model.BookRef(hold.account_id, hold.asset), audit_type="HOLD_CAPTURED",
+                  audit_extra={"holdId": hold.hold_id, "captureId": capture_id, "orderId": hold.order_id,
+                               "counterAccount": counter, "captured": hold.captured, "status": hold.status.value})
         self.captures.append((hold.hold_id, capture_id, amount, entry.entry_id, counter))
         self.holds[hold.hold_id] = hold
 
@@ -554,6 +560,7 @@ class _RunWrites:
             await uow.ledger.add_entries(self.entries)
             await uow.ledger.add_postings([(ids[slot], entry, books[book], book.asset, amount)
                                            for slot, entry, book, amount in self.postings])
+        if self.captures:
             await uow.ledger.add_captures(self.captures)
         if self.moves:
             await uow.ledger.move_balances({books[book]: moved for book, moved in self.moves.items()})
@@ -664,37 +671,92 @@ async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, tim
         await asyncio.sleep(poll)
 
 
+# What can keep one fill's proceeds from settling whatever the others' (a seller's cash past
+# the largest balance the ledger keeps, numeric(24,4); a settlement entry's key taken by another
+# entry; a book without its balance row): a batch failing so is settled again one fill at a
+# time, and a fill that fails alone is passed by and reported (SETTLE_FAILED), so that one
+# account never stops every other seller's settlement (round 24 explorer). Anything else (the
+# database gone, a lock wait, a deadlock) stops the settlement as before.
+_ONE_FILL_FAILS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, LookupError)
+
+
 async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATCH,
                  progress: Callable[[str], None] | None = None) -> SettlementReport:
     """Settle every fill traded on or before `day` that is still unsettled: its proceeds move
     from clearing to the seller's cash. Running it again settles nothing new. `progress` hears
-    how many of how many after each batch (round 19: the count of a batch alone)."""
+    how many of how many after each batch (round 19: the count of a batch alone), and each fill
+    that could not settle, which the report names too (SETTLE_FAILED) and the rest settle past."""
     report = SettlementReport(trading_day=day)
+    passed: dict[str, tuple[asyncpg.Record, str]] = {}  # fill_id -> (its proceeds, why they did not settle)
     total = 0
     if progress:
         async with uow_factory() as uow:
             total = await uow.settlement.count_due(day)
     while True:
-        async with uow_factory() as uow:
-            rows = await uow.settlement.due(day, batch)
-            await uow.ledger.lock_accounts(r["account_id"] for r in rows)
-            for r in rows:
-                entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
-                await post_once(entry, uow)
-                await uow.settlement.mark_settled(r["fill_id"], entry.entry_id)
-                report.amount_settled += r["amount"]
-            await uow.commit()
+        try:
+            rows = await _settle_batch(day, uow_factory, batch, passed)
+            seen = len(rows)
+        except _ONE_FILL_FAILS:
+            async with uow_factory() as uow:
+                alone = await uow.settlement.due(day, batch, passed=passed, lock=False)
+            seen, rows = len(alone), []
+            for r in alone:
+                try:
+                    rows += await _settle_batch(day, uow_factory, 1, passed, only=[r["fill_id"]])
+                except _ONE_FILL_FAILS as exc:
+                    why = _why_not_settled(exc)
+                    passed[r["fill_id"]] = (r, why)
+                    log.error("proceeds could not settle; passed by", extra={
+                        "fill": r["fill_id"], "account": r["account_id"], "amount": str(r["amount"]), "why": why})
+                    if progress:
+                        progress(f"could not settle fill {r['fill_id']} ({r['account_id']} {fmt_cents(r['amount'])}): "
+                                 f"{why}")
         report.fills_settled += len(rows)
+        report.amount_settled += sum((r["amount"] for r in rows), Decimal(0))
         if progress and rows:
-            if report.fills_settled > total:  # a day still trading: fills applied since (--before-close)
+            if report.fills_settled + len(passed) > total:  # a day still trading: fills applied since (--before-close)
                 async with uow_factory() as uow:
-                    total = report.fills_settled + await uow.settlement.count_due(day)
+                    total = report.fills_settled + len(passed) + await uow.settlement.count_due(day)
             progress(f"settled {report.fills_settled} of {total} fills")
-        if len(rows) < batch:
+        if seen < batch:
             break
+    report.discrepancies += [
+        Discrepancy("SETTLE_FAILED", fill_id, f"proceeds of {r['account_id']} {fmt_cents(r['amount'])} not settled: {why}")
+        for fill_id, (r, why) in sorted(passed.items())]
     async with uow_factory() as uow:
         report.fills_already_settled = await uow.settlement.count_settled(day) - report.fills_settled
     return report
+
+
+async def _settle_batch(day: date, uow_factory: UowFactory, batch: int, passed: Collection[str], *,
+                        only: list[str] | None = None) -> list:
+    """Settle the next `batch` proceeds due (not those `passed`; with `only`, among those
+    fills) in one transaction of a few statements whatever the batch's size (_RunWrites), so
+    that it holds its sellers' accounts for milliseconds, not a statement per fill's entry,
+    postings, balance, audit event and mark (round 24 rechaos: a batch of 100 so held them
+    about 0.2 s, and hold placements of those accounts were refused ACCOUNT_BUSY meanwhile)."""
+    async with uow_factory() as uow:
+        rows = await uow.settlement.due(day, batch, passed=passed, only=only)
+        if rows:
+            await uow.ledger.lock_accounts(r["account_id"] for r in rows)
+            w = _RunWrites()
+            settled = []
+            for r in rows:
+                entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
+                w.post(uow, entry)
+                settled.append((r["fill_id"], entry.entry_id))
+            await w.write(uow, {})
+            await uow.settlement.mark_settled(settled)
+            await uow.commit()
+        return rows
+
+
+def _why_not_settled(exc: Exception) -> str:
+    if isinstance(exc, asyncpg.NumericValueOutOfRangeError):
+        return f"the seller's cash would pass {model.MAX_BALANCE}, the largest balance the ledger keeps"
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return f"its settlement entry's key is another entry's ({exc.detail or exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _terms(price: Decimal | None, quantity: int) -> str:
@@ -763,8 +825,10 @@ async def reconcile(day: date, uow_factory: UowFactory, journal_fills: Mapping[s
               for r in off if (moved := _moved_off(r))]
         d += [Discrepancy("FILL_CAPTURES", r["execution_id"], f"{r['captures']} captures, expected {r['expected']}")
               for r in off if r["captures"] != r["expected"]]
+        failed = {x.reference for x in d if x.kind == "SETTLE_FAILED"}  # said why already
         d += [Discrepancy("FILL_UNSETTLED", r["execution_id"], "no settled proceeds")
-              for r in await s.fills_not_settled(day) if settled is None or r["execution_id"] in settled]
+              for r in await s.fills_not_settled(day)
+              if (settled is None or r["execution_id"] in settled) and r["execution_id"] not in failed]
         d += [Discrepancy("HOLD_OPEN", r["hold_id"], f"order {r['order_id']} ended with {r['left']} still held")
               for r in await s.pending_holds_of_ended_orders()]
         d += [Discrepancy("TRANSFER_PENDING", r["to_hold_id"],

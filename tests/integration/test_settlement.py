@@ -366,6 +366,85 @@ async def test_reconciliation_names_a_fill_that_moved_other_amounts_than_it_trad
         ], found
 
 
+async def _sold(uow, day: date, sellers: list[str], tag: str) -> list[str]:
+    """One fill of one AAPL at 10.00 from each of `sellers` (each seeded with a share first) to
+    the "buyer", applied: their fill ids, in order."""
+    from meshkit.executions import FILL, Execution
+
+    ids = []
+    for n, seller in enumerate(sellers):
+        buy, sell = str(uuid.uuid4()), str(uuid.uuid4())
+        await ledger.credit_shares(commands.CreditShares(seller, "AAPL", Decimal(1), f"seed-{n}"), uow)
+        await ledger.place_hold(commands.PlaceHold(buy, "buyer", buy, "USD", Decimal("10.00")), uow)
+        await ledger.place_hold(commands.PlaceHold(sell, seller, sell, "AAPL", Decimal(1)), uow)
+        fill = Execution(f"AAPL:{tag}:{n}", "AAPL", FILL, buy, "buyer", side="BUY", counter_order_id=sell,
+                         counter_account_id=seller, price=Decimal("10.00"), quantity=1, leaves=0, counter_leaves=0,
+                         executed_at=datetime(2026, 11, 4, 16, tzinfo=timezone.utc), trade_date=day)
+        assert await settlement.apply_execution(fill, uow)
+        ids.append(fill.execution_id)
+    return ids
+
+
+async def test_a_seller_whose_cash_cannot_take_its_proceeds_is_passed_by_and_the_others_settle(pg_server_url):
+    """Round 24 explorer: a seller's cash balance that its proceeds would take past the
+    largest the ledger keeps (numeric(24,4)) failed the whole settlement batch, for every seller
+    in it, run after run. Now the batch is settled one fill at a time, the fill that cannot
+    settle is passed by and named (SETTLE_FAILED, once: not again as FILL_UNSETTLED), and the
+    others settle; once the balance is mended, a run settles it."""
+    from ledger_svc.domain.model import MAX_BALANCE
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url, cash="1000.00") as uow:
+        await ledger.deposit(commands.Deposit("full", Decimal("1.00"), "fund"), uow)
+        ids = await _sold(uow, day, ["seller", "full", "seller", "other"], "9")
+        async with uow() as u:  # a balance a cent short of the largest (a hand edit standing in for years)
+            await u.conn.execute("UPDATE ledger.balances b SET posted = $1 FROM ledger.books k "
+                                 "WHERE k.book_id = b.book_id AND k.owner = 'full' AND k.asset = 'USD'",
+                                 MAX_BALANCE - Decimal("0.01"))
+            await u.commit()
+        said: list[str] = []
+        report = await settlement.settle(day, uow, batch=2, progress=said.append)
+        why = f"the seller's cash would pass {MAX_BALANCE}, the largest balance the ledger keeps"
+        assert [(d.kind, d.reference, d.detail) for d in report.discrepancies] == [
+            ("SETTLE_FAILED", ids[1], f"proceeds of full 10.00 not settled: {why}")]
+        assert (report.fills_settled, report.amount_settled) == (3, Decimal("30.00"))
+        assert f"could not settle fill {ids[1]} (full 10.00): {why}" in said, said
+        assert (await ledger.cash_balance("seller", uow)).settled == Decimal("20.00")
+        assert (await ledger.cash_balance("other", uow)).settled == Decimal("10.00")
+        assert (await ledger.cash_balance("full", uow)).unsettled == Decimal("10.00")
+        reconciled = await settlement.reconcile(day, uow, None, report)
+        named = [(d.kind, d.reference) for d in reconciled.discrepancies if d.reference == ids[1]]
+        assert named == [("SETTLE_FAILED", ids[1])], reconciled.discrepancies
+        async with uow() as u:  # mended
+            await u.conn.execute("UPDATE ledger.balances b SET posted = 1.00 FROM ledger.books k "
+                                 "WHERE k.book_id = b.book_id AND k.owner = 'full' AND k.asset = 'USD'")
+            await u.commit()
+        again = await settlement.settle(day, uow, batch=2)
+        assert (again.fills_settled, again.discrepancies) == (1, [])
+        assert (await ledger.cash_balance("full", uow)).settled == Decimal("11.00")
+        assert not (await settlement.reconcile(day, uow, None, again)).discrepancies
+
+
+async def test_a_settlement_batch_is_a_few_statements_however_many_sellers_it_pays(pg_server_url):
+    """Round 24 rechaos: a settlement batch of 100 took its entries, postings, balances, audit
+    events and marks one statement each per fill, and held its sellers' accounts about 0.2 s
+    (their hold placements refused ACCOUNT_BUSY meanwhile). Now it is one statement of each for
+    the batch: counted on the connection, the same for 3 sellers as for 40."""
+    from tests.integration.test_ledger_run_statements import FRAME, Counted
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url, cash="1000.00") as uow:
+        for n, tag in ((3, "5"), (40, "6")):
+            await _sold(uow, day, [f"s{tag}-{i}" for i in range(n)], tag)
+            units: list[list[str]] = []
+            report = await settlement.settle(day, lambda: Counted(uow().pool, units))
+            assert report.fills_settled == n
+            batch = [q for q in units[0] if q not in FRAME]
+            assert len(batch) <= 9, batch  # due, locks, books, ids, entries, postings, balances, events, marks
+            assert (await ledger.cash_balance(f"s{tag}-{n - 1}", uow)).settled == Decimal("10.00")
+        assert not (await settlement.reconcile(day, uow, None, report)).discrepancies
+
+
 class NoWakeups:
     closing = False
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+import asyncpg
+
 from ledger_svc.service_layer import settlement
 
 DAY = date(2026, 11, 24)
@@ -17,7 +19,7 @@ class Ledger:
 
     def __init__(self, due: int, late: int = 0) -> None:
         self.due = [{"fill_id": f"AAPL:1:{i}", "account_id": "s", "amount": Decimal("1.00")} for i in range(due)]
-        self.late, self.batches = late, 0
+        self.late, self.batches, self.failing = late, 0, set()
         ledger = self
 
         class Settlement:
@@ -26,16 +28,15 @@ class Ledger:
                 return len(ledger.due)
 
             @staticmethod
-            async def due(through: date, limit: int) -> list:
-                ledger.batches += 1
+            async def due(through: date, limit: int, *, passed=(), only=None, lock: bool = True) -> list:
+                if lock:
+                    ledger.batches += 1
                 if ledger.batches == 2:
                     ledger.due += [{"fill_id": f"AAPL:2:{i}", "account_id": "s", "amount": Decimal("1.00")}
                                    for i in range(ledger.late)]
-                return ledger.due[:limit]
-
-            @staticmethod
-            async def mark_settled(fill_id: str, entry_id) -> None:
-                ledger.due = [r for r in ledger.due if r["fill_id"] != fill_id]
+                    ledger.late = 0
+                return [r for r in ledger.due if r["fill_id"] not in passed and (only is None or r["fill_id"] in only)
+                        ][:limit]
 
             @staticmethod
             async def count_settled(through: date) -> int:
@@ -61,12 +62,19 @@ class Ledger:
         pass
 
 
-async def _posted(entry, uow) -> None:
-    pass
+async def _settled(day, uow_factory, batch, passed, *, only=None) -> list:
+    """settlement._settle_batch on the fakes: the rows due, settled, unless one is a fill of
+    `Ledger.failing`, which fails the batch (as a balance past the largest would)."""
+    async with uow_factory() as uow:
+        rows = await uow.settlement.due(day, batch, passed=passed, only=only)
+        if any(r["fill_id"] in uow.failing for r in rows):
+            raise asyncpg.NumericValueOutOfRangeError("numeric field overflow")
+        uow.due = [r for r in uow.due if r not in rows]
+        return rows
 
 
 async def test_settle_says_how_many_of_how_many(monkeypatch):
-    monkeypatch.setattr(settlement, "post_once", _posted)
+    monkeypatch.setattr(settlement, "_settle_batch", _settled)
     said: list[str] = []
     report = await settlement.settle(DAY, Ledger(due=5), batch=2, progress=said.append)
     assert said == ["settled 2 of 5 fills", "settled 4 of 5 fills", "settled 5 of 5 fills"]
@@ -74,7 +82,7 @@ async def test_settle_says_how_many_of_how_many(monkeypatch):
 
 
 async def test_fills_come_due_while_settling_raise_the_total(monkeypatch):
-    monkeypatch.setattr(settlement, "post_once", _posted)
+    monkeypatch.setattr(settlement, "_settle_batch", _settled)
     said: list[str] = []
     await settlement.settle(DAY, Ledger(due=3, late=3), batch=2, progress=said.append)
     assert said == ["settled 2 of 3 fills", "settled 4 of 6 fills", "settled 6 of 6 fills"]  # counted again
@@ -82,7 +90,7 @@ async def test_fills_come_due_while_settling_raise_the_total(monkeypatch):
 
 async def test_without_progress_nothing_is_counted(monkeypatch):
     """The service's own batch (settlement_loop) hears no progress: no count to pay for."""
-    monkeypatch.setattr(settlement, "post_once", _posted)
+    monkeypatch.setattr(settlement, "_settle_batch", _settled)
     ledger = Ledger(due=3)
 
     async def refused(through: date) -> int:
@@ -90,3 +98,17 @@ async def test_without_progress_nothing_is_counted(monkeypatch):
     ledger.settlement.count_due = staticmethod(refused)
     report = await settlement.settle(DAY, ledger, batch=2)
     assert report.fills_settled == 3
+
+
+async def test_a_fill_that_fails_alone_is_passed_by_and_the_rest_settle(monkeypatch):
+    """A batch that fails is settled again one fill at a time: the fill that fails alone is
+    said, reported (SETTLE_FAILED) and passed by in later batches; the others settle."""
+    monkeypatch.setattr(settlement, "_settle_batch", _settled)
+    ledger = Ledger(due=5)
+    ledger.failing = {"AAPL:1:1"}
+    said: list[str] = []
+    report = await settlement.settle(DAY, ledger, batch=2, progress=said.append)
+    assert report.fills_settled == 4 and report.amount_settled == Decimal("4.00")
+    assert [(d.kind, d.reference) for d in report.discrepancies] == [("SETTLE_FAILED", "AAPL:1:1")]
+    assert said[0].startswith("could not settle fill AAPL:1:1 (s 1.00): the seller's cash would pass ")
+    assert said[1:] == ["settled 1 of 5 fills", "settled 3 of 5 fills", "settled 4 of 5 fills"]
