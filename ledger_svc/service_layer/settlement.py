@@ -52,6 +52,13 @@ RUN_LOCK_WAIT = 0.5
 # be refused ACCOUNT_BUSY (round 23 rechaos, `settle --before-close` during trading); in a few
 # statements (_settle_batch) 100 take some milliseconds (benchmarks/bench_settle.py).
 SETTLE_BATCH = 100
+# A batch takes its sellers' accounts in account order, so while it waited for one another
+# transaction holds (a consumer's run, a hold placement) it held every account before it, and
+# their hold placements waited for it. It waits this long at most, then lets them all go and
+# tries again after as long: after SETTLE_LOCK_TRIES tries in a row (a seller's account held for
+# good, a few seconds), it waits as long as it takes, so that a day always settles.
+SETTLE_LOCK_WAIT = 0.1
+SETTLE_LOCK_TRIES = 30
 
 
 async def apply_execution(ex: Execution, uow_factory: UowFactory, lock_wait: float | None = None, *,
@@ -692,10 +699,16 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATC
     if progress:
         async with uow_factory() as uow:
             total = await uow.settlement.count_due(day)
+    tries = 0
     while True:
         try:
-            rows = await _settle_batch(day, uow_factory, batch, passed)
-            seen = len(rows)
+            rows = await _settle_batch(day, uow_factory, batch, passed,
+                                       lock_wait=SETTLE_LOCK_WAIT if tries < SETTLE_LOCK_TRIES else None)
+            seen, tries = len(rows), 0
+        except asyncpg.LockNotAvailableError:
+            tries += 1
+            await asyncio.sleep(SETTLE_LOCK_WAIT)
+            continue
         except _ONE_FILL_FAILS:
             async with uow_factory() as uow:
                 alone = await uow.settlement.due(day, batch, passed=passed, lock=False)
@@ -729,16 +742,17 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATC
 
 
 async def _settle_batch(day: date, uow_factory: UowFactory, batch: int, passed: Collection[str], *,
-                        only: list[str] | None = None) -> list:
+                        only: list[str] | None = None, lock_wait: float | None = None) -> list:
     """Settle the next `batch` proceeds due (not those `passed`; with `only`, among those
     fills) in one transaction of a few statements whatever the batch's size (_RunWrites), so
     that it holds its sellers' accounts for milliseconds, not a statement per fill's entry,
     postings, balance, audit event and mark (round 24 rechaos: a batch of 100 so held them
-    about 0.2 s, and hold placements of those accounts were refused ACCOUNT_BUSY meanwhile)."""
+    about 0.2 s, and hold placements of those accounts were refused ACCOUNT_BUSY meanwhile).
+    `lock_wait`: no lock is waited for longer (LockNotAvailableError, nothing settled)."""
     async with uow_factory() as uow:
         rows = await uow.settlement.due(day, batch, passed=passed, only=only)
         if rows:
-            await uow.ledger.lock_accounts(r["account_id"] for r in rows)
+            await uow.ledger.lock_accounts((r["account_id"] for r in rows), lock_wait)
             w = _RunWrites()
             settled = []
             for r in rows:

@@ -445,6 +445,36 @@ async def test_a_settlement_batch_is_a_few_statements_however_many_sellers_it_pa
         assert not (await settlement.reconcile(day, uow, None, report)).discrepancies
 
 
+async def test_a_settlement_waiting_for_a_held_account_keeps_none_of_the_others(pg_server_url):
+    """Round 24 rechaos: a settlement batch took its sellers' accounts in account order and
+    waited for one another transaction held as long as it was held, keeping every account
+    before it meanwhile: their hold placements waited for it and were refused ACCOUNT_BUSY. Now
+    a batch waits 0.1 s at most, lets them all go and tries again, so a placement of an account
+    of the batch goes through while another seller's account is held; the batch settles once
+    that one is free."""
+    from tests.support.wait import eventually
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url) as uow:
+        ids = await _sold(uow, day, ["a-first", "z-held"], "4")
+        await ledger.credit_shares(commands.CreditShares("a-first", "AAPL", Decimal(1), "more"), uow)
+        async with uow() as holder:
+            await holder.ledger.lock_accounts(["z-held"])  # a transaction holding the later seller's account
+            settling = asyncio.create_task(settlement.settle(day, uow))
+
+            async def settle_waits() -> bool:
+                async with uow() as u:
+                    return bool(await u.conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query LIKE '%lock_accounts%'"))
+            assert await eventually(settle_waits)
+            hold = await ledger.place_hold(commands.PlaceHold("h-a", "a-first", "h-a", "AAPL", Decimal(1)), uow)
+            assert hold.amount == 1 and not settling.done()
+        report = await settling
+        assert (report.fills_settled, report.discrepancies) == (2, [])
+        assert (await ledger.cash_balance("z-held", uow)).settled == Decimal("10.00"), ids
+
+
 class NoWakeups:
     closing = False
 

@@ -62,7 +62,7 @@ class Ledger:
         pass
 
 
-async def _settled(day, uow_factory, batch, passed, *, only=None) -> list:
+async def _settled(day, uow_factory, batch, passed, *, only=None, lock_wait=None) -> list:
     """settlement._settle_batch on the fakes: the rows due, settled, unless one is a fill of
     `Ledger.failing`, which fails the batch (as a balance past the largest would)."""
     async with uow_factory() as uow:
@@ -112,3 +112,24 @@ async def test_a_fill_that_fails_alone_is_passed_by_and_the_rest_settle(monkeypa
     assert [(d.kind, d.reference) for d in report.discrepancies] == [("SETTLE_FAILED", "AAPL:1:1")]
     assert said[0].startswith("could not settle fill AAPL:1:1 (s 1.00): the seller's cash would pass ")
     assert said[1:] == ["settled 1 of 5 fills", "settled 3 of 5 fills", "settled 4 of 5 fills"]
+
+
+async def test_a_batch_meeting_a_held_account_lets_go_and_tries_again_then_waits(monkeypatch):
+    """A batch waits SETTLE_LOCK_WAIT at most for its sellers' accounts, lets every one go and
+    tries again; after SETTLE_LOCK_TRIES refusals in a row it waits as long as it takes."""
+    waits: list[float | None] = []
+
+    async def held(day, uow_factory, batch, passed, *, only=None, lock_wait=None) -> list:
+        waits.append(lock_wait)
+        if lock_wait is not None:
+            raise asyncpg.LockNotAvailableError("canceling statement due to lock timeout")
+        return await _settled(day, uow_factory, batch, passed, only=only)
+
+    async def no_pause(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(settlement, "_settle_batch", held)
+    monkeypatch.setattr(settlement.asyncio, "sleep", no_pause)
+    report = await settlement.settle(DAY, Ledger(due=3), batch=5)
+    assert report.fills_settled == 3
+    assert waits == [settlement.SETTLE_LOCK_WAIT] * settlement.SETTLE_LOCK_TRIES + [None]
