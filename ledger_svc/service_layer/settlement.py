@@ -680,11 +680,20 @@ async def catch_up(day: date, uow_factory: UowFactory, journal: set[str], *, tim
 
 # What can keep one fill's proceeds from settling whatever the others' (a seller's cash past
 # the largest balance the ledger keeps, numeric(24,4); a settlement entry's key taken by another
-# entry; a book without its balance row): a batch failing so is settled again one fill at a
-# time, and a fill that fails alone is passed by and reported (SETTLE_FAILED), so that one
-# account never stops every other seller's settlement (round 24 explorer). Anything else (the
-# database gone, a lock wait, a deadlock) stops the settlement as before.
-_ONE_FILL_FAILS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, LookupError)
+# entry): a batch failing so is settled again one of its fills at a time, and a fill that fails
+# alone is passed by and reported (SETTLE_FAILED), so that one account never stops every other
+# seller's settlement (round 24 explorer). Anything else (the database gone, a deadlock, a bug)
+# stops the settlement as before.
+_ONE_FILL_FAILS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class _BatchFailed(Exception):
+    """A batch's writes failed with one of _ONE_FILL_FAILS (its __cause__): nothing written;
+    `rows`, the proceeds it was settling."""
+
+    def __init__(self, rows: list) -> None:
+        super().__init__(f"a settlement batch of {len(rows)} failed")
+        self.rows = rows
 
 
 async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATCH,
@@ -709,27 +718,27 @@ async def settle(day: date, uow_factory: UowFactory, *, batch: int = SETTLE_BATC
             tries += 1
             await asyncio.sleep(SETTLE_LOCK_WAIT)
             continue
-        except _ONE_FILL_FAILS:
-            async with uow_factory() as uow:
-                alone = await uow.settlement.due(day, batch, passed=passed, lock=False)
-            seen, rows = len(alone), []
-            for r in alone:
+        except _BatchFailed as failed:  # its fills one at a time (review: not whatever is due first)
+            seen, rows, before = len(failed.rows), [], len(passed)
+            for r in failed.rows:
                 try:
                     rows += await _settle_batch(day, uow_factory, 1, passed, only=[r["fill_id"]])
-                except _ONE_FILL_FAILS as exc:
-                    why = _why_not_settled(exc)
+                except _BatchFailed as alone:
+                    why = _why_not_settled(alone.__cause__)
                     passed[r["fill_id"]] = (r, why)
                     log.error("proceeds could not settle; passed by", extra={
                         "fill": r["fill_id"], "account": r["account_id"], "amount": str(r["amount"]), "why": why})
                     if progress:
                         progress(f"could not settle fill {r['fill_id']} ({r['account_id']} {fmt_cents(r['amount'])}): "
                                  f"{why}")
+            if not rows and len(passed) == before:  # another settlement took them meanwhile: let it
+                await asyncio.sleep(SETTLE_LOCK_WAIT)
         report.fills_settled += len(rows)
         report.amount_settled += sum((r["amount"] for r in rows), Decimal(0))
         if progress and rows:
             if report.fills_settled + len(passed) > total:  # a day still trading: fills applied since (--before-close)
                 async with uow_factory() as uow:
-                    total = report.fills_settled + len(passed) + await uow.settlement.count_due(day)
+                    total = report.fills_settled + await uow.settlement.count_due(day)  # the passed among them
             progress(f"settled {report.fills_settled} of {total} fills")
         if seen < batch:
             break
@@ -759,13 +768,16 @@ async def _settle_batch(day: date, uow_factory: UowFactory, batch: int, passed: 
                 entry = settlement_entry(r["fill_id"], r["account_id"], r["amount"])
                 w.post(uow, entry)
                 settled.append((r["fill_id"], entry.entry_id))
-            await w.write(uow, {})
-            await uow.settlement.mark_settled(settled)
+            try:
+                await w.write(uow, {})
+                await uow.settlement.mark_settled(settled)
+            except _ONE_FILL_FAILS as exc:
+                raise _BatchFailed(rows) from exc
             await uow.commit()
         return rows
 
 
-def _why_not_settled(exc: Exception) -> str:
+def _why_not_settled(exc: BaseException | None) -> str:
     if isinstance(exc, asyncpg.NumericValueOutOfRangeError):
         return f"the seller's cash would pass {model.MAX_BALANCE}, the largest balance the ledger keeps"
     if isinstance(exc, asyncpg.UniqueViolationError):

@@ -475,6 +475,46 @@ async def test_a_settlement_waiting_for_a_held_account_keeps_none_of_the_others(
         assert (await ledger.cash_balance("z-held", uow)).settled == Decimal("10.00"), ids
 
 
+async def test_a_failed_batch_retries_its_own_fills_beside_another_settlement(pg_server_url, monkeypatch):
+    """Review of round 25: a failed batch retried whatever was due first, one fill at a time;
+    those another settlement had locked were skipped, the loop went again at once and the
+    batch failed again, for as long as the other held them (735 tries in 2 s). Now a failed
+    batch retries its own fills: this settlement passes its failing fill by and ends while the
+    other still waits for a held account; then that one ends too, every fill settled once."""
+    from ledger_svc.domain.model import MAX_BALANCE
+    from tests.support.wait import eventually
+
+    day = datetime(2026, 11, 4).date()
+    async with funded_ledger(pg_server_url) as uow:
+        await ledger.deposit(commands.Deposit("full", Decimal("1.00"), "fund"), uow)
+        # In fill order: a-first and z-held (the waiting settlement's batch), full (fails), other.
+        ids = await _sold(uow, day, ["a-first", "z-held", "full", "other"], "3")
+        async with uow() as u:
+            await u.conn.execute("UPDATE ledger.balances b SET posted = $1 FROM ledger.books k "
+                                 "WHERE k.book_id = b.book_id AND k.owner = 'full' AND k.asset = 'USD'",
+                                 MAX_BALANCE - Decimal("0.01"))
+            await u.commit()
+
+        async def waiting() -> bool:
+            async with uow() as u:
+                return bool(await u.conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%lock_accounts%'"))
+        async with uow() as holder:
+            await holder.ledger.lock_accounts(["z-held"])
+            monkeypatch.setattr(settlement, "SETTLE_LOCK_TRIES", 0)  # as after 30 tries: it waits
+            other = asyncio.create_task(settlement.settle(day, uow, batch=2))
+            assert await eventually(waiting)  # holding the first two fills' rows
+            monkeypatch.setattr(settlement, "SETTLE_LOCK_TRIES", 30)
+            this = await asyncio.wait_for(settlement.settle(day, uow, batch=2), 60)
+            assert [(d.kind, d.reference) for d in this.discrepancies] == [("SETTLE_FAILED", ids[2])]
+            assert this.fills_settled == 1 and not other.done()  # "other"'s fill
+        that = await other
+        assert this.fills_settled + that.fills_settled == 3
+        for seller in ("a-first", "z-held", "other"):
+            assert (await ledger.cash_balance(seller, uow)).settled == Decimal("10.00")
+
+
 class NoWakeups:
     closing = False
 
