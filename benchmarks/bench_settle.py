@@ -19,12 +19,17 @@ proceeds unsettled. Measured, alternately, --repeat times each, on a fresh day's
   (settlement._settle_batch, _RunWrites).
 
 Printed: fills settled per second, and the time each batch's transaction took, from BEGIN to
-COMMIT (what its sellers' accounts are held for): median and largest. Figures only.
+COMMIT (what its sellers' accounts are held for): median and largest. Meanwhile four customers
+place holds of one share on random sellers' accounts, each one after the other, released at
+once (four market makers' quotes): each placement's time (median, p99, largest) and how many were
+refused ACCOUNT_BUSY (a placement waits 1 s for its account), next to the same placements with
+no settlement running, measured first. Figures only.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -41,6 +46,7 @@ from ledger_svc.domain.settlement import settlement_entry  # noqa: E402
 from ledger_svc.service_layer import commands, handlers as ledger, settlement  # noqa: E402
 from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork  # noqa: E402
 from meshkit import calendar  # noqa: E402
+from meshkit.errors import Unavailable  # noqa: E402
 from meshkit.executions import FILL, Execution  # noqa: E402
 from meshkit.migrate import scratch_database  # noqa: E402
 
@@ -64,15 +70,16 @@ class Timed(LedgerUnitOfWork):
         self.took.append(time.perf_counter() - self.started)
 
 
-async def a_days_sales(uow, fills: int, sellers: int) -> None:
-    """`fills` fills of one share at 100.00, seller i % sellers to buyer i % 20, applied."""
+async def a_days_sales(uow, fills: int, sellers: int) -> list[str]:
+    """`fills` fills of one share at 100.00, seller i % sellers to buyer i % 20, applied; each
+    seller keeps a share more than it sold (for the placements): the sellers' accounts."""
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(timezone.utc)
     day = calendar.trading_day(now)
     each = -(-fills // sellers)
     for s in range(sellers):
-        await ledger.credit_shares(commands.CreditShares(f"s{s}-{tag}", "AAPL", Decimal(each), "seed", Decimal("90")),
-                                   uow)
+        await ledger.credit_shares(commands.CreditShares(f"s{s}-{tag}", "AAPL", Decimal(each + 1), "seed",
+                                                         Decimal("90")), uow)
         await ledger.place_hold(commands.PlaceHold(f"so{s}-{tag}", f"s{s}-{tag}", f"so{s}-{tag}", "AAPL",
                                                    Decimal(each)), uow)
     for b in range(BUYERS):
@@ -90,6 +97,42 @@ async def a_days_sales(uow, fills: int, sellers: int) -> None:
                              counter_leaves=left[s], executed_at=now, trade_date=day))
     for i in range(0, fills, 32):
         await settlement.apply_executions(exs[i:i + 32], uow)
+    return [f"s{s}-{tag}" for s in range(sellers)]
+
+
+class Placements:
+    """Holds of one share placed on random accounts of `sellers` by PLACERS customers, each one
+    after the other, each released at once, until stopped: each placement's time, and those
+    refused ACCOUNT_BUSY."""
+
+    PLACERS = 4
+
+    def __init__(self, uow, sellers: list[str]) -> None:
+        self.uow, self.sellers, self.took, self.busy = uow, sellers, [], 0
+        self.stopping = False
+        self.task = asyncio.gather(*(self.run() for _ in range(self.PLACERS)))
+
+    async def run(self) -> None:
+        while not self.stopping:  # not cancelled: a placement finishes whatever its caller does
+            hold = uuid.uuid4().hex
+            t = time.perf_counter()
+            try:
+                await ledger.place_hold(commands.PlaceHold(hold, random.choice(self.sellers), hold, "AAPL", Decimal(1)),
+                                        self.uow)
+            except Unavailable:
+                self.busy += 1
+                continue
+            self.took.append(time.perf_counter() - t)
+            await ledger.release_hold(commands.ReleaseHold(hold), self.uow)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.task
+
+    def said(self) -> str:
+        took = sorted(self.took)
+        return (f"{len(took)} placements, {statistics.median(took) * 1000:.1f} / "
+                f"{took[int(0.99 * (len(took) - 1))] * 1000:.1f} / {took[-1] * 1000:.1f} ms, {self.busy} ACCOUNT_BUSY")
 
 
 async def per_statement(uow, batch: int = 100) -> int:
@@ -121,19 +164,31 @@ async def run(server_url: str, fills: int, sellers: int, repeat: int) -> None:
         }
         rates: dict[str, list[float]] = {how: [] for how in hows}
         held: dict[str, list[float]] = {how: [] for how in hows}
+        placed: dict[str, Placements] = {}
+        alone = Placements(uow, await a_days_sales(uow, fills, sellers))  # no settlement running
+        await asyncio.sleep(3)
+        await alone.stop()
+        await settlement.settle(day, uow)  # that day's sales, out of the way
+        print(f"  no settlement: {alone.said()}", flush=True)
         for i in range(repeat):
             for how, settle in hows.items():
-                await a_days_sales(uow, fills, sellers)
+                meanwhile = Placements(uow, await a_days_sales(uow, fills, sellers))
                 took: list[float] = []
                 t = time.perf_counter()
                 done = await settle(lambda: Timed(pool, took))
                 seconds = time.perf_counter() - t
+                await meanwhile.stop()
+                if how in placed:
+                    placed[how].took += meanwhile.took
+                    placed[how].busy += meanwhile.busy
+                else:
+                    placed[how] = meanwhile
                 settled = done if isinstance(done, int) else done.fills_settled
                 assert settled == fills, (how, settled, fills)
                 rates[how].append(settled / seconds)
                 held[how] += took
                 print(f"  {how:18} {settled} fills in {seconds:.2f} s: {settled / seconds:,.0f}/s, "
-                      f"batches {statistics.median(took) * 1000:.1f} ms median", flush=True)
+                      f"batches {statistics.median(took) * 1000:.1f} ms median; {meanwhile.said()}", flush=True)
         await pool.close()
         base = statistics.median(rates["per statement"])
         print(f"\n{fills} fills of {sellers} sellers, {repeat} repeats, median:")
@@ -142,6 +197,10 @@ async def run(server_url: str, fills: int, sellers: int, repeat: int) -> None:
             m = statistics.median(r)
             print(f"  {how:18} {m:9,.0f}  [{min(r):,.0f}-{max(r):,.0f}]  x{m / base:5.1f}  "
                   f"{statistics.median(held[how]) * 1000:6.1f} ms, {max(held[how]) * 1000:6.1f} ms")
+        print("\nhold placements of the sellers' accounts meanwhile (median / p99 / largest):")
+        print(f"  {'no settlement':18} {alone.said()}")
+        for how, p in placed.items():
+            print(f"  {how:18} {p.said()}")
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from meshkit import audit
-from meshkit.migrate import database_url_on, scratch_database
+from meshkit.migrate import database_url_on, drop_database, migrated_template, scratch_database
 from tests.support import invariants
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -26,10 +26,24 @@ def pg_server_url() -> str:
     return postgres_server(os.environ.get("TEST_DATABASE_SERVER_URL", DEFAULT_SERVER_URL))
 
 
+# The run's migrated database on each server, that fresh_database copies (a copy takes ~0.2 s,
+# the migrations ~1 s: some sixty databases a run); dropped at the end of the run.
+_templates: dict[str, str] = {}
+
+
 def fresh_database(server_url: str):
     """A new database with every service's schema on the server at `server_url`: its URL;
     dropped afterwards."""
-    return scratch_database(server_url, "stockmesh_test")
+    if server_url not in _templates:
+        _templates[server_url] = migrated_template(server_url, "stockmesh_test_template")
+    return scratch_database(server_url, "stockmesh_test", template=_templates[server_url])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_templates():
+    yield
+    while _templates:
+        drop_database(*_templates.popitem())
 
 
 @pytest.fixture(scope="session")
