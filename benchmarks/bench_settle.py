@@ -72,14 +72,14 @@ class Timed(LedgerUnitOfWork):
 
 async def a_days_sales(uow, fills: int, sellers: int) -> list[str]:
     """`fills` fills of one share at 100.00, seller i % sellers to buyer i % 20, applied; each
-    seller keeps a share more than it sold (for the placements): the sellers' accounts."""
+    seller keeps a share more than it sold for each placer: the sellers' accounts."""
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(timezone.utc)
     day = calendar.trading_day(now)
     each = -(-fills // sellers)
     for s in range(sellers):
-        await ledger.credit_shares(commands.CreditShares(f"s{s}-{tag}", "AAPL", Decimal(each + 1), "seed",
-                                                         Decimal("90")), uow)
+        await ledger.credit_shares(commands.CreditShares(f"s{s}-{tag}", "AAPL", Decimal(each + Placements.PLACERS),
+                                                         "seed", Decimal("90")), uow)
         await ledger.place_hold(commands.PlaceHold(f"so{s}-{tag}", f"s{s}-{tag}", f"so{s}-{tag}", "AAPL",
                                                    Decimal(each)), uow)
     for b in range(BUYERS):

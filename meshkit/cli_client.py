@@ -14,7 +14,7 @@ import shutil
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -126,10 +126,16 @@ def _no_connection(exc) -> bool:
     return exc.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower()
 
 
+def _outcome_unknown_or_passing():
+    import grpc
+
+    S = grpc.StatusCode
+    return {S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.RESOURCE_EXHAUSTED, S.ABORTED, S.INTERNAL, S.UNKNOWN, S.CANCELLED}
+
+
 def fail(exc, method: str, retry: str | None = None):
     """Print a failed call as every command does (its status, reason and each field violation,
     or that no mesh answers there; with `retry`, how to send it again safely) and exit 1."""
-    import grpc
 
     from meshkit.status import error_info
 
@@ -145,8 +151,14 @@ def fail(exc, method: str, retry: str | None = None):
     click.echo(f"{method} failed: {code.name}{reason}" + ("" if violations == [details] else f": {details}"), err=True)
     for v in violations:
         click.echo(f"  {v}", err=True)
-    if retry and code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+    if info is not None and info.reason == "AFTER_SEQUENCE_AHEAD" and info.metadata.get("latestSequence"):
+        # The server speaks of its field (round 25 explorer: "after_sequence = 10" to a user of --after).
+        click.echo(f"  watch again with --after {info.metadata['latestSequence']} (or lower, to replay more)",
+                   err=True)
+    if retry and code in _outcome_unknown_or_passing():  # the write may have been applied, or may pass later
         # A key made up here is shown: the safe retry the message speaks of needs it (round 18).
+        # Not after a refusal that sending it again cannot change (round 25 explorer: after
+        # ORDER_NOT_ACTIVE), nor as a command line missing its --account or --data-dir.
         click.echo(f"  to send it again safely: {retry}", err=True)
     sys.exit(1)
 
@@ -249,20 +261,22 @@ def _client(account: str | None, token: str | None, address: str | None, data_di
     return Client(address or _endpoint(folder), token, timeout)
 
 
-def _decimal(text: str, what: str) -> str:
-    """A decimal string as typed (checked here for a friendlier message; the server checks again),
-    in the plain notation the server takes: "1e3" or " 5" are usage errors here, as "abc" is
-    (round 17: they went to the server and came back INVALID_ARGUMENT, exit 1 instead of 2)."""
-    from meshkit.money import is_plain
+def _decimal(text: str, what: str, *, cash: bool = False) -> str:
+    """A decimal string as typed, checked here as the server checks it (meshkit.money's parsing:
+    a cash amount, or else a price) for a friendlier message, in the plain notation the server
+    takes: "1e3", " 5", "1,000", a negative price, a thousandth of a cent or an amount past the
+    API's largest are usage errors here (exit 2), as "abc" is (round 17: they went to the server
+    and came back INVALID_ARGUMENT, exit 1; round 25 explorer: some still did)."""
+    from meshkit.errors import Violations
+    from meshkit.money import MAX_PRICE, parse_cash, parse_decimal
 
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a number", param_hint=what) from None
-    if not value.is_finite():
-        raise click.BadParameter(f"{text!r} is not a number", param_hint=what)
-    if not is_plain(text):
-        raise click.BadParameter(f"{text!r} is not a plain decimal number such as 100.25", param_hint=what)
+    v = Violations()
+    if cash:
+        parse_cash(text, what, v)
+    else:
+        parse_decimal(text, what, v, places=4, maximum=MAX_PRICE)
+    if v.items:
+        raise click.BadParameter(f"{text!r} {v.items[0].description.split(', got ')[0]}", param_hint=what)
     return text
 
 
@@ -342,11 +356,10 @@ def register(main: click.Group) -> None:
             from meshkit.money import fmt_cents
 
             key = idempotency_key or uuid.uuid4().hex
-            if Decimal(_decimal(amount, "AMOUNT")) <= 0:
-                raise click.BadParameter(f"{amount!r} must be positive", param_hint="AMOUNT")
+            _decimal(amount, "AMOUNT", cash=True)
             request = getattr(pb, f"{method}Request")(amount=amount, idempotency_key=key)
             cash = _client(**where).call(ledger_service_pb2_grpc.LedgerServiceStub, method, request,
-                                         retry=f"stockmesh {method.lower()} {amount} --key {key}").cash
+                                         retry=f"the same command with --key {key}").cash
             click.echo(f"{method.lower()} of {fmt_cents(Decimal(amount))} done (key {key})")
             click.echo(f"cash: total {cash.total}  available {cash.available}  held {cash.held}")
 

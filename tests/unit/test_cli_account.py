@@ -92,10 +92,21 @@ def test_an_amount_not_above_zero_is_a_usage_error_that_says_so(tmp_path, comman
     assert f"Invalid value for AMOUNT: '{amount}' must be positive" in done.output
 
 
-@pytest.mark.parametrize("amount", ["1e3", " 5", "5 ", "１０", "1_000"])
+@pytest.mark.parametrize("amount", ["1e3", " 5", "5 ", "１０", "1_000", "1,000", "abc", "NaN"])
 def test_an_amount_not_in_plain_notation_is_a_usage_error(tmp_path, amount):
     """Python's Decimal takes them, the server does not: they were sent and came back
-    INVALID_ARGUMENT, exit 1, where "abc" is a usage error, exit 2 (round 17)."""
+    INVALID_ARGUMENT, exit 1, where "abc" is a usage error, exit 2 (round 17); "1,000" was "not
+    a number" where "1e3" was "not a plain decimal number" (round 25 explorer)."""
     done = CliRunner().invoke(main, ["deposit", amount, "--account", "alice", "--data-dir", str(tmp_path)])
     assert done.exit_code == 2, done.output
-    assert "is not a plain decimal number such as 100.25" in done.output, done.output
+    assert "must be a plain decimal number such as \"100.25\"" in done.output, done.output
+
+
+@pytest.mark.parametrize("amount, says", [("0.001", "must have at most 2 decimal places"),
+                                          ("1000000000000000", "must not exceed 999999999999999.99")])
+def test_an_amount_the_api_does_not_take_is_a_usage_error(tmp_path, amount, says):
+    """Round 25 explorer: a thousandth of a cent, or more than one deposit's largest, was sent
+    and came back INVALID_ARGUMENT (exit 1); the server's own rules, checked before sending."""
+    done = CliRunner().invoke(main, ["deposit", amount, "--account", "alice", "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert f"Invalid value for AMOUNT: '{amount}' {says}" in done.output, done.output

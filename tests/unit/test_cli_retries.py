@@ -73,6 +73,11 @@ def test_a_watch_opens_its_stream_again_with_a_fresh_token_of_its_own(tmp_path, 
     ["withdraw", "5", "--key", "  "],
     ["place", "buy", "1", "AAPL", "--limit", "1.00", "--client-order-id", ""],
     ["replace", "o-1", "--quantity", "2", "--client-order-id", ""],
+    # Round 25 explorer: prices the API does not take were sent, and came back exit 1.
+    ["replace", "o-1", "--limit=-1"],
+    ["place", "buy", "1", "AAPL", "--limit", "1.00001"],
+    ["place", "buy", "1", "AAPL", "--limit", "100000000"],
+    ["deposit", "0.001"],
 ])
 def test_numbers_too_large_and_empty_keys_are_usage_errors(args):
     done = CliRunner().invoke(main, [*args, "--address", "127.0.0.1:1", "--token", "t"])
@@ -98,10 +103,20 @@ def _deposit(error, *args):
 def test_a_failed_write_shows_how_to_send_it_again_with_its_key():
     done = _deposit(Unavailable("the ledger is restarting; retry shortly", reason="DATABASE_UNAVAILABLE"))
     assert done.exit_code == 1
-    said = re.search(r"to send it again safely: stockmesh deposit 5 --key ([0-9a-f]{32})$", done.output, re.M)
+    said = re.search(r"to send it again safely: the same command with --key ([0-9a-f]{32})$", done.output, re.M)
     assert said, done.output
     given = _deposit(Unavailable("again"), "--key", "mine-1")
-    assert "to send it again safely: stockmesh deposit 5 --key mine-1" in given.output, given.output
+    assert "to send it again safely: the same command with --key mine-1" in given.output, given.output
+
+
+def test_a_refusal_sending_it_again_cannot_change_shows_no_way_to_send_it_again():
+    """Round 25 explorer: "to send it again safely" after ORDER_NOT_ACTIVE, which it cannot change."""
+    from meshkit.errors import FailedPrecondition, NotFound
+
+    for refusal in (FailedPrecondition("the market is closed", reason="MARKET_CLOSED"), NotFound("no such account")):
+        done = _deposit(refusal)
+        assert done.exit_code == 1 and "failed:" in done.output, done.output
+        assert "send it again" not in done.output, done.output
 
 
 def test_a_field_violation_is_said_once():

@@ -311,3 +311,23 @@ def test_a_quiet_watch_outlives_its_tokens(tmp_path, monkeypatch):
     assert len(stand_in.requests) == 4, done.output
     assert [r.after_sequence for r in stand_in.requests[1:]] == [7, 7, 7]
     assert done.exit_code == 1 and "the end of this test" in done.output, done.output
+
+
+class Ahead(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def StreamOrderUpdates(self, request, context):
+        from order_svc.service_layer.lifecycle import AfterSequenceAhead
+
+        context.abort_with_status(rpc_status.to_status(to_rpc_status(AfterSequenceAhead(request.after_sequence, 10))))
+        yield order_pb2.OrderUpdate()
+
+
+def test_a_watch_after_the_latest_update_says_what_to_watch_after_in_its_own_terms():
+    """Round 25 explorer: `watch orders --after 100` past the latest (10) said only to open the
+    stream again with after_sequence = 10, the gRPC field, not the command's --after."""
+    done = _invoke(Ahead(), "watch", "orders", "--after", "100")
+    assert done.exit_code == 1, done.output
+    assert "OUT_OF_RANGE [AFTER_SEQUENCE_AHEAD]" in done.output, done.output
+    assert "watch again with --after 10 (or lower, to replay more)" in done.output, done.output

@@ -1,0 +1,58 @@
+"""The operator's commands given a database that answers but holds no StockMesh data (a
+mistyped --database-url, a restore target still empty): one line saying so, never a
+traceback (round 25 explorer: 67 lines ending in `relation "orders.outbox" does not exist`)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+from meshkit import bus
+from meshkit.cli import main, not_migrated
+from meshkit.migrate import database_url_on
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def empty_database(pg_server_url):
+    name = f"stockmesh_test_empty_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url_on(pg_server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["settle", "--date", "2026-12-04", "--namespace", "empty"],
+    ["session", "close", "--date", "2026-12-04", "--namespace", "empty"],
+    ["audit", "verify"],
+    ["journal", "trim", "--before", "2026-12-04"],
+], ids=lambda a: " ".join(a[:2]))
+async def test_a_database_without_stockmesh_data_is_one_line(empty_database, nats_url, nats_conn, args):
+    stream = None
+    if args[0] == "journal":  # a journal on the NATS given: trim reads the database next
+        ns = f"empty{uuid.uuid4().hex[:8]}"
+        stream = await bus.ensure_stream(nats_conn.jetstream(), ns, "EXECUTIONS")
+        args = [*args, "--nats-url", nats_url, "--namespace", ns]
+    try:
+        done = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--database-url", empty_database])
+    finally:
+        if stream:
+            await nats_conn.jetstream().delete_stream(stream)
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output and len(done.output.strip().splitlines()) <= 3, done.output
+    assert "the database holds no StockMesh data" in done.output, done.output
+
+
+def test_a_table_of_another_schema_missing_is_a_bug_that_keeps_its_traceback():
+    assert not_migrated(asyncpg.UndefinedTableError('relation "public.widgets" does not exist')) is None
+    assert not_migrated(ValueError('relation "orders.outbox" does not exist')) is None
+    said = not_migrated(asyncpg.UndefinedTableError('relation "orders.outbox" does not exist'))
+    assert said is not None and said.startswith('PostgreSQL: relation "orders.outbox" does not exist: ')
