@@ -76,16 +76,30 @@ def unreachable(exc: BaseException) -> str | None:
 _OUR_SCHEMAS = ("audit.", "ledger.", "orders.", "quotes.", "matching.", "mesh.")
 
 
-def not_migrated(exc: BaseException) -> str | None:
+# The database the running command uses (_in_use), for not_migrated to look at.
+_database_in_use: list[str] = []
+
+
+def _in_use(database_url: str) -> str:
+    _database_in_use[:] = [database_url]
+    return database_url
+
+
+def not_migrated(exc: BaseException, database_url: str | None = None) -> str | None:
     """What an operator needs to hear when a command's database lacks a table or function of
-    StockMesh's schemas (round 25 explorer: `settle`, `session close`, `audit verify` and
-    `journal trim` given a database never migrated, a mistyped --database-url or an empty
-    restore target, ended in a 67-line traceback); None for anything else."""
+    StockMesh's schemas because migrations of this release are missing there (round 25
+    explorer: `settle`, `session close`, `audit verify` and `journal trim` given a database
+    never migrated, a mistyped --database-url or an empty restore target, ended in a 67-line
+    traceback); None for anything else, a fully migrated database's included (review: a bug
+    keeps its traceback)."""
     import asyncpg
     import psycopg
 
     from meshkit.errors import causes
+    from meshkit.migrate import migrations_missing
 
+    if database_url is None or not (missing := migrations_missing(database_url)):
+        return None
     for exc in causes(exc, limit=8):
         if isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
                             asyncpg.InvalidSchemaNameError, psycopg.errors.UndefinedTable,
@@ -94,8 +108,8 @@ def not_migrated(exc: BaseException) -> str | None:
             if any(f'"{schema}' in said or f" {schema}" in said or f'schema "{schema[:-1]}"' in said
                    for schema in _OUR_SCHEMAS):
                 return (f"PostgreSQL: {said}: the database holds no StockMesh data, or data of an older release "
-                        "(is --database-url the mesh's? `stockmesh migrate --database-url URL` makes or updates "
-                        "its schemas)")
+                        f"({len(missing)} migration(s) of this release not applied; is --database-url the mesh's? "
+                        "`stockmesh migrate --database-url URL` makes or updates its schemas)")
     return None
 
 
@@ -134,6 +148,7 @@ def _stdout_gone() -> bool:
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context):
+        _database_in_use.clear()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # every command's, once (click's own says "Aborted!", exit 1)
@@ -144,7 +159,9 @@ class _Main(click.Group):
                 # does, with the status of a death by SIGPIPE, flushing nothing more at exit.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(128 + signal.SIGPIPE)
-            problem = unreachable(exc) or not_migrated(exc) or timed_out(exc)
+            problem = unreachable(exc) or timed_out(exc)
+            if problem is None and ctx.invoked_subcommand != "migrate" and _database_in_use:
+                problem = not_migrated(exc, _database_in_use[0])
             if problem is None:
                 raise
             raise click.ClickException(f"stockmesh {ctx.invoked_subcommand or ''}: {problem}") from None
@@ -194,7 +211,7 @@ def migrate(database_url: str | None, data_dir: Path | None) -> None:
     """Apply every service's database migrations (one schema per service)."""
     from meshkit import migrate as m
 
-    database_url = database_url or _mesh_database_url(data_dir, None)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, None))
     applied = m.apply_all(database_url, progress=lambda line: click.echo(f"  {line}", err=True))
     click.echo(f"migrations applied: {applied}" if applied else "database is up to date")
 
@@ -396,7 +413,7 @@ def audit_verify(database_url: str | None, data_dir: Path | None, progress_every
 
     from meshkit import audit as trail
 
-    database_url = database_url or _mesh_database_url(data_dir, None)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, None))
 
     started = time.monotonic()
 
@@ -428,10 +445,13 @@ def audit_verify(database_url: str | None, data_dir: Path | None, progress_every
 
 # --namespace of the operator's commands that find it themselves (_namespace; round 25
 # explorer: their help said "default: stockmesh" of a command that takes the mesh's).
-_MESH_NAMESPACE = click.option(
-    "--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh",
-    show_default="the namespace of the database given, else of the mesh in --data-dir, else stockmesh",
-    help="Prefix of the mesh's NATS stream and subject names.")
+def _mesh_namespace(whose: str):
+    return click.option("--namespace", envvar="STOCKMESH_NAMESPACE", show_envvar=True, default="stockmesh",
+                        show_default=whose, help="Prefix of the mesh's NATS stream and subject names.")
+
+
+_MESH_NAMESPACE = _mesh_namespace("the namespace of the database given, else, with no URL given, of the mesh "
+                                  "in --data-dir; else stockmesh")
 
 
 @main.command()
@@ -465,7 +485,7 @@ def settle(day: str, database_url: str | None, nats_url: str | None, namespace: 
 
     trading_day = _day(day, "--date", come=True)
     namespace = _namespace(namespace, data_dir, database_url is not None, database_url)
-    database_url = database_url or _mesh_database_url(data_dir, namespace)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, namespace))
     from meshkit.errors import FailedPrecondition
 
     if not before_close:
@@ -560,7 +580,7 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
 
     before = _day(day, "--before", come=True)  # after today: it would purge the day still trading
     namespace = _namespace(namespace, data_dir, database_url is not None or nats_url is not None, database_url)
-    database_url = database_url or _mesh_database_url(data_dir, namespace)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, namespace))
     nats_url = nats_url or _mesh_nats_url_required(data_dir, namespace)
     logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
     try:
@@ -579,7 +599,7 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
 @main.command()
 @click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
               help="NATS URL (a cluster: comma-separated). Default: the mesh's in --data-dir.")
-@_MESH_NAMESPACE
+@_mesh_namespace("with no --nats-url, the namespace of the mesh in --data-dir; else stockmesh")
 @click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked.")
 @_mesh_data_dir("NATS")
 def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path | None) -> None:
@@ -653,7 +673,7 @@ def candles_import(file: Path, database_url: str | None, data_dir: Path | None) 
     from quote_svc.service_layer.history import import_candles, read_file
     from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
-    database_url = database_url or _mesh_database_url(data_dir, None)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, None))
     try:
         rows = read_file(file)
     except MalformedRow as exc:
@@ -700,7 +720,7 @@ def session_close(day: str | None, database_url: str | None, namespace: str, dat
     today = calendar.trading_day(datetime.now(timezone.utc))
     trading_day = _day(day, "--date", come=True) if day is not None else today
     namespace = _namespace(namespace, data_dir, database_url is not None, database_url)
-    database_url = database_url or _mesh_database_url(data_dir, namespace)
+    database_url = _in_use(database_url or _mesh_database_url(data_dir, namespace))
 
     async def run() -> str:
         pool = await db.create_pool(database_url, min_size=1, max_size=2)

@@ -269,12 +269,13 @@ def _decimal(text: str, what: str, *, cash: bool = False) -> str:
     and came back INVALID_ARGUMENT, exit 1; round 25 explorer: some still did)."""
     from meshkit.errors import Violations
     from meshkit.money import MAX_PRICE, parse_cash, parse_decimal
+    from meshkit.symbols import on_tick, tick_size
 
     v = Violations()
     if cash:
         parse_cash(text, what, v)
-    else:
-        parse_decimal(text, what, v, places=4, maximum=MAX_PRICE)
+    elif (price := parse_decimal(text, what, v, places=4, maximum=MAX_PRICE)) is not None and not on_tick(price):
+        v.add(what, f"must be a multiple of the tick size {tick_size(price)}")  # review: as order_svc's mapping
     if v.items:
         raise click.BadParameter(f"{text!r} {v.items[0].description.split(', got ')[0]}", param_hint=what)
     return text

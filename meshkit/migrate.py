@@ -79,10 +79,29 @@ def apply_all(database_url: str, progress: Callable[[str], None] | None = None) 
         backend.connection.close()
 
 
+def migrations_missing(database_url: str) -> list[str] | None:
+    """The ids of this release's migrations the database has not applied (every one when yoyo
+    never ran there), read without writing anything; None when the database cannot be read."""
+    import psycopg
+
+    migrations = read_migrations(*migration_dirs())
+    try:
+        with psycopg.connect(database_url, connect_timeout=5) as conn:
+            if conn.execute("SELECT to_regclass('_yoyo_migration')").fetchone()[0] is None:
+                return [m.id for m in migrations]
+            applied = {r[0] for r in conn.execute("SELECT migration_hash FROM _yoyo_migration")}
+    except psycopg.Error:
+        return None
+    return [m.id for m in migrations if m.hash not in applied]
+
+
 def database_url_on(server_url: str, name: str) -> str:
-    """The URL of the database `name` on the server of `server_url`."""
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
+    """The URL of the database `name` on the server of `server_url` (its query, e.g. a socket's
+    `?host=/tmp/...` or `sslmode`, kept: review of round 25)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @asynccontextmanager

@@ -2,7 +2,9 @@
 namespace and data folder), so runs never see each other's data or a developer's mesh."""
 from __future__ import annotations
 
+import asyncio
 import os
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -31,12 +33,16 @@ def pg_server_url() -> str:
 _templates: dict[str, str] = {}
 
 
-def fresh_database(server_url: str):
+@asynccontextmanager
+async def fresh_database(server_url: str):
     """A new database with every service's schema on the server at `server_url`: its URL;
     dropped afterwards."""
-    if server_url not in _templates:
-        _templates[server_url] = migrated_template(server_url, "stockmesh_test_template")
-    return scratch_database(server_url, "stockmesh_test", template=_templates[server_url])
+    if server_url not in _templates:  # migrated in a thread: the event loop's servers go on (review)
+        made = await asyncio.to_thread(migrated_template, server_url, "stockmesh_test_template")
+        if _templates.setdefault(server_url, made) != made:  # another test's came first
+            await asyncio.to_thread(drop_database, server_url, made)
+    async with scratch_database(server_url, "stockmesh_test", template=_templates[server_url]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)

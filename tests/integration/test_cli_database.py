@@ -51,8 +51,20 @@ async def test_a_database_without_stockmesh_data_is_one_line(empty_database, nat
     assert "the database holds no StockMesh data" in done.output, done.output
 
 
-def test_a_table_of_another_schema_missing_is_a_bug_that_keeps_its_traceback():
-    assert not_migrated(asyncpg.UndefinedTableError('relation "public.widgets" does not exist')) is None
-    assert not_migrated(ValueError('relation "orders.outbox" does not exist')) is None
-    said = not_migrated(asyncpg.UndefinedTableError('relation "orders.outbox" does not exist'))
-    assert said is not None and said.startswith('PostgreSQL: relation "orders.outbox" does not exist: ')
+async def test_a_missing_table_of_a_migrated_database_is_a_bug_that_keeps_its_traceback(empty_database,
+                                                                                          pg_server_url):
+    """Review of round 25: a mistyped table, or a function called with wrong arguments, in a
+    database every migration was applied to is a bug, not a database to migrate."""
+    from tests.conftest import fresh_database
+
+    missing = asyncpg.UndefinedTableError('relation "orders.outbox" does not exist')
+    said = await asyncio.to_thread(not_migrated, missing, empty_database)
+    assert said is not None and said.startswith('PostgreSQL: relation "orders.outbox" does not exist: '), said
+    assert await asyncio.to_thread(not_migrated, asyncpg.UndefinedTableError(
+        'relation "public.widgets" does not exist'), empty_database) is None
+    assert await asyncio.to_thread(not_migrated, ValueError('relation "orders.outbox" does not exist'),
+                                   empty_database) is None
+    async with fresh_database(pg_server_url) as migrated:
+        assert await asyncio.to_thread(not_migrated, missing, migrated) is None
+        bug = asyncpg.UndefinedTableError('relation "ledger.bookz" does not exist')
+        assert await asyncio.to_thread(not_migrated, bug, migrated) is None

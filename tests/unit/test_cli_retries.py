@@ -77,6 +77,8 @@ def test_a_watch_opens_its_stream_again_with_a_fresh_token_of_its_own(tmp_path, 
     ["replace", "o-1", "--limit=-1"],
     ["place", "buy", "1", "AAPL", "--limit", "1.00001"],
     ["place", "buy", "1", "AAPL", "--limit", "100000000"],
+    ["place", "buy", "1", "AAPL", "--limit", "187.251"],  # off the tick (review)
+    ["replace", "o-1", "--stop", "0.12345"],
     ["deposit", "0.001"],
 ])
 def test_numbers_too_large_and_empty_keys_are_usage_errors(args):
