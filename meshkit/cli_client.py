@@ -50,6 +50,11 @@ class Client:
             return getattr(stub_class(self.channel), method)(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
             fail(exc, doing or method, retry)
+        except KeyboardInterrupt:
+            if retry:  # sent, perhaps applied: the key made up here is the only safe way again (review)
+                click.echo(f"{doing or method}: interrupted, its outcome unknown; to send it again safely: {retry}",
+                           err=True)
+            raise
 
     # How long a watch keeps opening its stream again while it is UNAVAILABLE (a service
     # restarting, a rolling deploy) before it gives up.

@@ -3,6 +3,7 @@ status 130, no traceback (round 19: 0 from a watch, 1 and "Aborted!" from the ot
 traceback while the command line was still being imported)."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -145,3 +146,22 @@ def test_after_the_import_ctrl_c_is_pythons_own_again():
     done = subprocess.run([sys.executable, "-c", IMPORTED, "none"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+
+
+def test_ctrl_c_while_a_write_is_sent_says_its_key(monkeypatch):
+    """Review of round 25: a deposit (or placement) interrupted while it was sent said only
+    "interrupted": its outcome unknown, and the key made up for it, the only way to send it
+    again safely, never shown."""
+    from stockmesh.ledger.v1 import ledger_service_pb2_grpc
+
+    class Pressed:
+        def __init__(self, channel) -> None:
+            pass
+
+        def Deposit(self, *_args, **_kw):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ledger_service_pb2_grpc, "LedgerServiceStub", Pressed)
+    done = CliRunner().invoke(main, ["deposit", "10", "--token", "t", "--address", "127.0.0.1:1"])
+    assert done.exit_code == 130, done.output
+    assert re.fullmatch(r"Deposit: interrupted, its outcome unknown; to send it again safely: the same command with "
+                        r"--key [0-9a-f]{32}\ninterrupted\n", done.stderr), done.stderr
