@@ -22,11 +22,6 @@ MAX_PRICE = Decimal("99999999.9999")
 CASH = "USD"  # the currency every cash amount is in
 
 
-def is_plain(text: str) -> bool:
-    """Whether `text` is written as a plain decimal number (the notation every field takes)."""
-    return _PLAIN.fullmatch(text) is not None
-
-
 def parse_decimal(text: str, field: str, v: Violations, *, places: int,
                   maximum: Decimal, positive: bool = True, required: bool = True) -> Decimal | None:
     """Parse `text` into a Decimal with at most `places` fractional digits; zeros past them
