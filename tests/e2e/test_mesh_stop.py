@@ -104,7 +104,7 @@ async def test_calls_racing_a_stopping_service_are_answered_or_unavailable_never
 
         workers = [asyncio.create_task(depositor(n)) for n in range(10)]
         for _ in range(3):
-            await asyncio.sleep(4)
+            await asyncio.sleep(2)  # deposits flowing before each kill
             served = codes.get("OK", 0)
             for _ in range(50):  # the restarted one, once mesh.json names it
                 try:
