@@ -245,10 +245,12 @@ async def test_a_running_up_takes_its_database_lock_again_when_its_session_is_lo
                     "AND ((classid::bigint << 32) | objid::bigint) = $1", key)
 
             assert await holder() == first
-            await conn.execute("SELECT pg_terminate_backend($1)", first)  # an operator, or a restart
+            # pg_terminate_backend only signals the backend, which lets its locks go a moment
+            # later (a CI run: the try-lock below came first): its timeout waits for it to end.
+            await conn.execute("SELECT pg_terminate_backend($1, 10000)", first)  # an operator, or a restart
             await asyncio.to_thread(mesh._keep_database)
             assert await holder() == mesh._database_lock.info.backend_pid != first
-            await conn.execute("SELECT pg_terminate_backend($1)", mesh._database_lock.info.backend_pid)
+            await conn.execute("SELECT pg_terminate_backend($1, 10000)", mesh._database_lock.info.backend_pid)
             assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)  # a second `up` got in
             await asyncio.to_thread(mesh._keep_database)
             assert mesh._database_lock is None
