@@ -76,12 +76,10 @@ def unreachable(exc: BaseException) -> str | None:
 _OUR_SCHEMAS = ("audit.", "ledger.", "orders.", "quotes.", "matching.", "mesh.")
 
 
-# The database the running command uses (_in_use), for not_migrated to look at.
-_database_in_use: list[str] = []
-
-
 def _in_use(database_url: str) -> str:
-    _database_in_use[:] = [database_url]
+    """The database the running command uses, kept in click's meta (shared by the command's
+    context and the group's) for not_migrated to look at if the command fails."""
+    click.get_current_context().meta["stockmesh.database_url"] = database_url
     return database_url
 
 
@@ -148,7 +146,6 @@ def _stdout_gone() -> bool:
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context):
-        _database_in_use.clear()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # every command's, once (click's own says "Aborted!", exit 1)
@@ -160,8 +157,8 @@ class _Main(click.Group):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(128 + signal.SIGPIPE)
             problem = unreachable(exc) or timed_out(exc)
-            if problem is None and ctx.invoked_subcommand != "migrate" and _database_in_use:
-                problem = not_migrated(exc, _database_in_use[0])
+            if problem is None and ctx.invoked_subcommand != "migrate":
+                problem = not_migrated(exc, ctx.meta.get("stockmesh.database_url"))
             if problem is None:
                 raise
             raise click.ClickException(f"stockmesh {ctx.invoked_subcommand or ''}: {problem}") from None

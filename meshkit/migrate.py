@@ -104,49 +104,60 @@ def database_url_on(server_url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@asynccontextmanager
-async def scratch_database(server_url: str, prefix: str = "stockmesh_test", *,
-                           template: str | None = None) -> AsyncIterator[str]:
-    """A new database `<prefix>_<random>` on the server at `server_url`, every migration
-    applied: its URL; dropped afterwards, with whatever is still connected to it (a test's or
-    a benchmark's own, never a mesh's). With `template` (a database every migration was applied
-    to, that nothing is connected to: migrated_template), a copy of it, made in a fifth of the
-    time the migrations take."""
-    import asyncpg
+def _admin_conninfo(server_url: str) -> str:
+    from psycopg.conninfo import make_conninfo
 
+    return make_conninfo(server_url, dbname="postgres")
+
+
+def create_database(server_url: str, name: str, *, template: str | None = None) -> None:
+    """CREATE DATABASE `name` on the server at `server_url` (a copy of `template`, if given)."""
+    import psycopg
+    from psycopg import sql
+
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """DROP DATABASE `name`, if it exists, with whatever is still connected to it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str = "stockmesh_test", *, template: str | None = None,
+                           migrated: bool = True) -> AsyncIterator[str]:
+    """A new database `<prefix>_<random>` on the server at `server_url`, every migration
+    applied (none, with `migrated` False): its URL; dropped afterwards, with whatever is still
+    connected to it (a test's or a benchmark's own, never a mesh's). With `template` (a
+    database every migration was applied to, that nothing is connected to: migrated_template),
+    a copy of it, made in a fifth of the time the migrations take."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    await asyncio.to_thread(create_database, server_url, name, template=template)
     url = database_url_on(server_url, name)
     try:
-        if template is None:
+        if template is None and migrated:
             await asyncio.to_thread(apply_all, url)
         yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await asyncio.to_thread(drop_database, server_url, name)
 
 
 def migrated_template(server_url: str, prefix: str) -> str:
     """A new database `<prefix>_<random>` with every migration applied, for scratch_database
     to copy: its name (drop it with drop_database). Nothing stays connected to it."""
-    import psycopg
-    from psycopg import sql
-
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    create_database(server_url, name)
     try:
         apply_all(database_url_on(server_url, name))
     except BaseException:
         drop_database(server_url, name)
         raise
     return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

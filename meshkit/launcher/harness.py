@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from meshkit import migrate
 from meshkit.launcher import infra, keys
 from meshkit.launcher.net import free_port
 from meshkit.launcher.supervisor import tail
@@ -43,22 +44,12 @@ class MeshFailed(RuntimeError):
     pass
 
 
-def _admin_conninfo(server_url: str) -> str:
-    from psycopg.conninfo import make_conninfo
-
-    return make_conninfo(server_url, dbname="postgres")
-
-
 def create_database(server_url: str, prefix: str) -> tuple[str, str] | None:
     """A fresh database on the server at `server_url`: (name, its URL); None when nothing answers."""
-    import psycopg
-    from psycopg import sql
-
     if not infra.postgres_answers(server_url):
         return None
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate.create_database(server_url, name)
     base, _, _ = server_url.partition("?")[0].rpartition("/")
     return name, f"{base}/{name}"
 
@@ -90,14 +81,6 @@ def unwind_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
-
-
-def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 class MeshProcess:
@@ -215,7 +198,7 @@ class MeshProcess:
                 forget_keys(self.redis_url, self.namespace)
             if self.db_name is not None:
                 try:
-                    drop_database(self.server_url, self.db_name)
+                    migrate.drop_database(self.server_url, self.db_name)
                 except Exception as exc:  # noqa: BLE001 - report, keep cleaning
                     self.say(f"could not drop database {self.db_name}: {exc!r}")
                 else:

@@ -12,21 +12,15 @@ from click.testing import CliRunner
 
 from meshkit import bus
 from meshkit.cli import main, not_migrated
-from meshkit.migrate import database_url_on
+from meshkit.migrate import scratch_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def empty_database(pg_server_url):
-    name = f"stockmesh_test_empty_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield database_url_on(pg_server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(pg_server_url, "stockmesh_test_empty", migrated=False) as url:
+        yield url
 
 
 @pytest.mark.parametrize("args", [
