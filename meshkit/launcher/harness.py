@@ -50,8 +50,7 @@ def create_database(server_url: str, prefix: str) -> tuple[str, str] | None:
         return None
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     migrate.create_database(server_url, name)
-    base, _, _ = server_url.partition("?")[0].rpartition("/")
-    return name, f"{base}/{name}"
+    return name, migrate.database_url_on(server_url, name)  # the server URL's query kept (a socket's host)
 
 
 def forget_keys(redis_url: str, namespace: str) -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import asyncpg
 import pytest
 
-from meshkit.migrate import migration_dirs
-from tests.conftest import _with_db
+from meshkit.launcher import harness
+from meshkit.migrate import drop_database, migration_dirs, scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +19,8 @@ async def test_each_migration_is_named_as_it_starts_and_ends(pg_server_url):
     from yoyo import read_migrations
 
     ids = [m.id for m in read_migrations(*migration_dirs())]
-    name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        cmd = [sys.executable, "-m", "meshkit.cli", "migrate", "--database-url", _with_db(pg_server_url, name)]
+    async with scratch_database(pg_server_url, migrated=False) as url:
+        cmd = [sys.executable, "-m", "meshkit.cli", "migrate", "--database-url", url]
         first = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         assert first.returncode == 0 and first.stdout.strip() == f"migrations applied: {len(ids)}", first
         lines = first.stderr.splitlines()
@@ -33,20 +29,13 @@ async def test_each_migration_is_named_as_it_starts_and_ends(pg_server_url):
             assert lines[started + 1].startswith(f"  migration {n}/{len(ids)} {migration} applied in "), lines
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         assert (again.returncode, again.stdout.strip(), again.stderr) == (0, "database is up to date", ""), again
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_a_database_migrated_by_a_newer_release_is_said_so(pg_server_url):
     """Round 19 upgrade tester: an older release started on a database a newer one had migrated
     without a word (there is no downgrade). `migrate` (and `up`) names the migrations it does
     not know, and goes on."""
-    name = f"stockmesh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_server_url, name)
-    try:
+    async with scratch_database(pg_server_url, migrated=False) as url:
         cmd = [sys.executable, "-m", "meshkit.cli", "migrate", "--database-url", url]
         assert subprocess.run(cmd, capture_output=True, text=True, timeout=180).returncode == 0
         conn = await asyncpg.connect(url)
@@ -59,6 +48,21 @@ async def test_a_database_migrated_by_a_newer_release_is_said_so(pg_server_url):
         assert again.returncode == 0 and again.stdout.strip() == "database is up to date", again
         assert ("warning: the database has 1 migration(s) this release does not know, applied by a newer one: "
                 "9999.ledger-from-the-future; there is no downgrade") in again.stderr, again.stderr
+
+
+async def test_a_test_mesh_s_database_keeps_the_server_url_s_query(pg_server_url):
+    """The harness's mesh database is on the same server, reached the same way: a URL's query
+    (a socket's `?host=/run/postgresql`, `sslmode`) was dropped from it (round 25 review)."""
+    server = f"{pg_server_url.partition('?')[0]}?application_name=stockmesh_harness_check"
+    created = harness.create_database(server, "stockmesh_test")
+    assert created is not None
+    name, url = created
+    try:
+        assert url.endswith(f"/{name}?application_name=stockmesh_harness_check"), url
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT current_setting('application_name')") == "stockmesh_harness_check"
+        finally:
+            await conn.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        drop_database(pg_server_url, name)
