@@ -24,6 +24,7 @@ import pytest
 from meshkit import bus
 from meshkit.launcher import infra, owner
 from meshkit.launcher.net import free_port
+from meshkit.migrate import drop_database
 from tests.conftest import _with_db, fresh_database
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,6 @@ def _databases(server_url: str, name: str) -> int:  # (on the default server, wh
         return conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
 
 
-def _drop(server_url: str, name: str) -> None:
-    with psycopg.connect(_with_db(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_the_default_database_follows_the_namespace(tmp_path: Path) -> None:
     """Given no --database-url and no DATABASE_URL, a mesh of namespace X uses (and creates)
     `stockmesh_X` on the default server; the default namespace keeps `stockmesh`."""
@@ -63,7 +59,7 @@ def test_the_default_database_follows_the_namespace(tmp_path: Path) -> None:
         assert _databases(infra.DEFAULT_DATABASE_URL, name) == 1
         assert json.loads((tmp_path / "mesh.json").read_text())["namespace"] == namespace
     finally:
-        _drop(infra.DEFAULT_DATABASE_URL, name)
+        drop_database(infra.DEFAULT_DATABASE_URL, name)
 
 
 async def test_up_refuses_a_database_holding_another_namespace_s_order_flow(tmp_path: Path, pg_server_url: str) -> None:
@@ -195,7 +191,7 @@ async def test_a_namespace_whose_data_is_in_the_old_default_database_goes_on_wit
             lines = await launch(other)
             assert f"  using {own} (created now)" in lines, lines
         finally:
-            _drop(pg_server_url, own.rpartition("/")[2])
+            drop_database(pg_server_url, own.rpartition("/")[2])
 
 
 async def test_up_refuses_a_database_another_up_of_its_namespace_runs_on(tmp_path: Path, pg_server_url: str) -> None:

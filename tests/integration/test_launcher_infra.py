@@ -24,6 +24,7 @@ import pytest
 from meshkit.launcher import envoy, infra, keys
 from meshkit.launcher.net import free_port, wait_for
 from meshkit.launcher.supervisor import ChildSpec, Supervisor
+from meshkit.migrate import drop_database
 from tests.support.wait import eventually
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as opb, order_service_pb2_grpc
 
@@ -1340,8 +1341,8 @@ def test_a_taken_port_or_an_unknown_service_is_refused_before_anything_is_starte
                 capture_output=True, text=True, timeout=120, cwd=ROOT)
             with psycopg.connect(pg_server_url, autocommit=True) as conn:
                 made = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
-                if made:  # (a regression: not left behind)
-                    conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            if made:  # (a regression: not left behind)
+                drop_database(pg_server_url, name)
             assert result.returncode == code and words in (result.stderr if code == 2 else result.stdout), result
             assert made == 0 and "2/7" not in result.stdout and not (folder / "nats").exists(), result.stdout
     finally:
