@@ -49,9 +49,12 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                            context: grpc.aio.ServicerContext) -> pb.GetPortfolioResponse:
         account = current_account()
         view = await portfolio.portfolio(account, self.uow, self.quotes)
-        # order_svc is asked only when something is held: no hold, no live order.
-        open_orders = (await self.orders.open_orders(context.time_remaining())
-                       if self.orders is not None and view.holds_anything else [])
+        # The orders of the snapshot's open holds, with the ledger's fills of them: order_svc
+        # applies executions on its own, ahead or behind (docs/architecture.md § Portfolio).
+        # It is asked only when something is held: no hold, no live order.
+        found = (await self.orders.orders([h.order_id for h in view.held_orders], context.time_remaining())
+                 if self.orders is not None and view.holds_anything else {})
+        open_orders = mapping.open_orders_as_of(view.held_orders, found)
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
             account, view, open_orders, datetime.now(timezone.utc)))
 

@@ -6,11 +6,13 @@ from decimal import Decimal
 
 from ledger_svc.adapters.repository import ActivityRow
 from ledger_svc.domain import model
-from ledger_svc.service_layer.portfolio import PortfolioView
-from meshkit.money import fmt, fmt_at_tick, fmt_cents
+from ledger_svc.service_layer.portfolio import HeldOrder, PortfolioView
+from meshkit.money import fmt, fmt_at_tick, fmt_cents, fmt_price
 from meshkit.symbols import price_tick
 from meshkit.prototime import timestamp
+from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import hold_service_pb2, ledger_pb2
+from stockmesh.order.v1 import order_pb2
 
 ACTIVITY_TYPES = {
     "DEPOSIT": ledger_pb2.ACTIVITY_TYPE_DEPOSIT,
@@ -76,6 +78,36 @@ def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: da
                                 market_price=_price(p.symbol, p.market_price),
                                 market_value=_money(p.market_value), unrealized_pnl=_money(p.unrealized_pnl))
             for p in view.positions])
+
+
+# What order_svc may know of an order's end that the ledger's snapshot does not show yet.
+_ENDED_FIELDS = ("reject_reason", "reject_message", "replaced_by", "end_reason", "end_message")
+
+
+def open_orders_as_of(held: list[HeldOrder], found: dict[str, order_pb2.Order]) -> list[order_pb2.Order]:
+    """The orders of the snapshot's open holds that order_svc has (`found`, by id), as the
+    snapshot has them (docs/architecture.md § Portfolio), newest first as ListOrders lists them."""
+    shown = [open_order_as_of(found[h.order_id], h) for h in held if h.order_id in found]
+    return sorted(shown, key=lambda o: (o.created_at.seconds, o.created_at.nanos, o.order_id), reverse=True)
+
+
+def open_order_as_of(order: order_pb2.Order, held: HeldOrder) -> order_pb2.Order:
+    """order_svc's order (its terms, ids and times) with the ledger's fills of it: open, since
+    its hold is, whatever order_svc has applied since (or not yet)."""
+    shown = order_pb2.Order()
+    shown.CopyFrom(order)
+    for name in _ENDED_FIELDS:
+        shown.ClearField(name)
+    shown.filled_quantity = held.filled
+    avg = held.average_fill_price
+    shown.average_fill_price = fmt_price(avg) if avg is not None else ""
+    if held.filled:
+        shown.status = common_pb2.ORDER_STATUS_PARTIALLY_FILLED
+    elif held.replacing or order.status == common_pb2.ORDER_STATUS_PENDING_NEW:
+        shown.status = common_pb2.ORDER_STATUS_PENDING_NEW  # not yet confirmed by the engine, to the ledger
+    else:
+        shown.status = common_pb2.ORDER_STATUS_NEW
+    return shown
 
 
 TRANSFER_STATUSES = {

@@ -67,3 +67,37 @@ async def test_a_slow_order_svc_is_waited_for_within_the_callers_deadline() -> N
         assert await orders.open_orders(time_left=10.0) == []
         with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
             await orders.open_orders(time_left=1.0)
+
+
+class Known(order_service_pb2_grpc.OrderServiceServicer):
+    """One open order (`open_id`) and one ended (`ended_id`); any other id is NOT_FOUND."""
+
+    def __init__(self, open_id: str, ended_id: str) -> None:
+        self.open_id, self.ended_id = open_id, ended_id
+        self.asked: list[str] = []
+
+    async def ListOrders(self, request, context):
+        from stockmesh.order.v1 import order_pb2, order_service_pb2
+        return order_service_pb2.ListOrdersResponse(orders=[order_pb2.Order(order_id=self.open_id)])
+
+    async def GetOrder(self, request, context):
+        from stockmesh.order.v1 import order_pb2, order_service_pb2
+        self.asked.append(request.order_id)
+        if request.order_id != self.ended_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such order")
+        return order_service_pb2.GetOrderResponse(order=order_pb2.Order(order_id=self.ended_id))
+
+
+async def test_the_orders_of_open_holds_are_the_open_ones_then_each_ended_one_by_id() -> None:
+    """A portfolio lists the orders its holds are open for: those order_svc still shows open
+    come from one ListOrders; one it has ended already (it applied the last fill before the
+    ledger) is asked by id; a hold of no order of order_svc's (an unknown id, or a hold placed
+    through HoldService under another name) is left out, never an error."""
+    import uuid
+
+    open_id, ended_id, unknown = (str(uuid.uuid4()) for _ in range(3))
+    known = Known(open_id, ended_id)
+    async with order_svc(known) as channel:
+        found = await GrpcOpenOrders(channel, timeout=5).orders([open_id, ended_id, unknown, "tool-hold"])
+    assert sorted(found) == sorted([open_id, ended_id])
+    assert sorted(known.asked) == sorted([ended_id, unknown])  # not the open one, nor a name of no order
