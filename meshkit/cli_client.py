@@ -60,14 +60,15 @@ class Client:
     # restarting, a rolling deploy) before it gives up.
     RECONNECT_PATIENCE = 120.0
 
-    def stream(self, stub_class, method: str, request, resume=None) -> Iterable:
+    def stream(self, stub_class, method: str, request, resume=None, on_open=None) -> Iterable:
         """A server stream, iterated; a failure is printed and exits 1 (Ctrl-C: meshkit.cli.interrupted).
         With `resume` ((the ending stream's ErrorInfo or None, its response headers) -> the request
         to open it again with), a
         stream that ends UNAVAILABLE (its service shutting down or restarting: what the server
         asks its clients to do) or is reset (its service killed) is opened again, said on stderr,
         for up to RECONNECT_PATIENCE seconds of failing in a row. A first open that finds no mesh
-        fails at once."""
+        fails at once. `on_open()` is called once, when the service has taken the stream (its
+        headers, or its first message, came): a request it refuses never gets that far."""
         import time
 
         import grpc
@@ -84,8 +85,10 @@ class Client:
                     # quiet for longer than the patience is not failing (review of round 24: a
                     # watch of a quiet account exited at its second token's end, an hour on).
                     failing_since = None
+                    on_open = _called(on_open)
                 for message in call:
                     failing_since, streamed = None, True
+                    on_open = _called(on_open)
                     yield message
                 return
             except grpc.RpcError as exc:
@@ -120,6 +123,12 @@ class Client:
                 time.sleep(min(2.0, 0.2 + (now - failing_since) / 10))
             finally:
                 call.cancel()
+
+
+def _called(callback) -> None:
+    """Calls `callback`, if any, once: returns what is left to call (nothing)."""
+    if callback is not None:
+        callback()
 
 
 def _no_connection(exc) -> bool:
@@ -537,11 +546,15 @@ def register(main: click.Group) -> None:
 
         client = _client(**where, need_account=False)
         request = pb.StreamQuotesRequest(symbols=[s.upper() for s in symbols])
-        click.echo(f"watching {', '.join(request.symbols)}: each one's quote, then every change (a symbol never "
-                   "traded shows from its first trade or order on); Ctrl-C stops", err=True)
+
+        def watching() -> None:
+            # Once quote_svc has taken the stream (its headers come at once, quotes or not): a
+            # refused one (an unknown symbol) was announced as watched before its error (round 26).
+            click.echo(f"watching {', '.join(request.symbols)}: each one's quote, then every change (a symbol "
+                       "never traded shows from its first trade or order on); Ctrl-C stops", err=True)
         # Opened again (a fresh snapshot) when quote_svc restarts.
         for n, q in enumerate(client.stream(quote_service_pb2_grpc.QuoteServiceStub, "StreamQuotes", request,
-                                            resume=lambda _info, _headers: request), 1):
+                                            resume=lambda _info, _headers: request, on_open=watching), 1):
             flag = "  HALTED" if q.halted else ""
             click.echo(f"{_when(q.time)}  {q.symbol:<6} bid {q.bid_price or '-':>10} x {q.bid_size:<6} "
                        f"ask {q.ask_price or '-':>10} x {q.ask_size:<6} last {q.last_price or '-':>10} "

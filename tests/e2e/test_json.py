@@ -20,8 +20,9 @@ from tests.support.wait import eventually
 pytestmark = pytest.mark.e2e
 
 
-def post(mesh, path: str, body: dict, account: str | None = None) -> tuple[int, dict | list | str]:
-    headers = {"content-type": "application/json"}
+def post(mesh, path: str, body: dict, account: str | None = None,
+         extra_headers: dict[str, str] | None = None) -> tuple[int, dict | list | str]:
+    headers = {"content-type": "application/json", **(extra_headers or {})}
     if account is not None:
         headers["authorization"] = f"Bearer {mesh.token(account)}"
     req = urllib.request.Request(f"http://{mesh.endpoint}{path}", data=json.dumps(body).encode(),
@@ -185,7 +186,8 @@ def test_json_order_stream_refuses_a_sequence_past_the_accounts_latest(mesh):
         conn.close()
 
 
-def grpc_web(mesh, path: str, message, account: str) -> tuple[bytes, dict[str, str]]:
+def grpc_web(mesh, path: str, message, account: str,
+             extra_headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
     """A gRPC-Web unary call (binary, as a browser client sends it): the reply message's bytes
     and the trailers, read from the response body's frames (or, for a trailers-only reply such
     as an error, from its headers)."""
@@ -194,7 +196,7 @@ def grpc_web(mesh, path: str, message, account: str) -> tuple[bytes, dict[str, s
     try:
         conn.request("POST", path, b"\x00" + len(body).to_bytes(4, "big") + body,
                      {"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
-                      "authorization": f"Bearer {mesh.token(account)}"})
+                      "authorization": f"Bearer {mesh.token(account)}", **(extra_headers or {})})
         resp = conn.getresponse()
         assert resp.status == 200, resp.status
         data = resp.read()

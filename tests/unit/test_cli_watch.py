@@ -16,6 +16,7 @@ from meshkit.cli import main
 from meshkit.errors import Unavailable
 from meshkit.status import to_rpc_status
 from stockmesh.order.v1 import order_pb2, order_service_pb2_grpc
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2_grpc
 
 
 def _shutting_down(after: int):
@@ -41,12 +42,12 @@ class StandIn(order_service_pb2_grpc.OrderServiceServicer):
         self.done.wait(10)
 
 
-def _invoke(stand_in, *args, minting_in=None):
-    """`stockmesh ARGS` against `stand_in` (an OrderService with a `done` event, set when the
-    command has ended) on a local gRPC server: with the token `t`, or, given `minting_in` (a
-    data folder with keys), minting its own for the account `alice`."""
+def _invoke(stand_in, *args, minting_in=None, add=order_service_pb2_grpc.add_OrderServiceServicer_to_server):
+    """`stockmesh ARGS` against `stand_in` (an OrderService, or what `add` serves, with a `done`
+    event, set when the command has ended) on a local gRPC server: with the token `t`, or, given
+    `minting_in` (a data folder with keys), minting its own for the account `alice`."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    order_service_pb2_grpc.add_OrderServiceServicer_to_server(stand_in, server)
+    add(stand_in, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     who = ["--token", "t"] if minting_in is None else ["--data-dir", str(minting_in), "--account", "alice"]
@@ -331,3 +332,37 @@ def test_a_watch_after_the_latest_update_says_what_to_watch_after_in_its_own_ter
     assert done.exit_code == 1, done.output
     assert "OUT_OF_RANGE [AFTER_SEQUENCE_AHEAD]" in done.output, done.output
     assert "watch again with --after 10 (or lower, to replay more)" in done.output, done.output
+
+
+class Quotes(quote_service_pb2_grpc.QuoteServiceServicer):
+    """StreamQuotes as quote_svc answers it: a symbol it does not list is refused before the
+    stream opens; else its headers say which snapshots follow, then the quotes come."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def StreamQuotes(self, request, context):
+        from meshkit.errors import DomainError
+        from meshkit.symbols import known
+
+        try:
+            for symbol in request.symbols:
+                known(symbol)
+        except DomainError as exc:  # INVALID_ARGUMENT, UNKNOWN_SYMBOL
+            context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
+        context.send_initial_metadata((("x-stockmesh-snapshot", ",".join(request.symbols)),))
+        for symbol in request.symbols:
+            yield quote_pb2.Quote(symbol=symbol, last_price="1.00")
+        self.done.wait(10)
+
+
+def test_watch_quotes_says_it_is_watching_only_once_the_stream_is_taken():
+    """Round 26: `watch quotes ZZZZ` printed "watching ZZZZ" before failing UNKNOWN_SYMBOL."""
+    add = quote_service_pb2_grpc.add_QuoteServiceServicer_to_server
+    refused = _invoke(Quotes(), "watch", "quotes", "ZZZZ", add=add)
+    assert refused.exit_code == 1 and "UNKNOWN_SYMBOL" in refused.output, refused.output
+    assert "watching" not in refused.output, refused.output
+    watched = _invoke(Quotes(), "watch", "quotes", "AAPL", "--count", "1", add=add)
+    assert watched.exit_code == 0, watched.output
+    said, quote = watched.output.splitlines()
+    assert said.startswith("watching AAPL: ") and " AAPL " in quote, watched.output
