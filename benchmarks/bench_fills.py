@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fills.py                     # 100, 200, 400 fills/s, 15 s each
     .venv/bin/python benchmarks/bench_fills.py --rates 300 --duration 20
+    .venv/bin/python benchmarks/bench_fills.py --rates 150 --baseline-tree /tmp/base --repeats 2
 
 Every fill the engine publishes is applied twice, each on its own: order_svc moves the two
 orders (FILLED, an OrderUpdate and an audit event each) and the ledger moves cash and shares
@@ -26,6 +27,13 @@ the buys came, its largest backlog, and how long after the last buy's acknowledg
 applied everything (0: it kept up); the CPU of each process over the window; and at the end a
 check that every order is FILLED and the ledger holds nothing. Figures only: nothing asserts a
 timing.
+
+With `--baseline-tree DIR` (another checkout, e.g. `git archive <commit> | tar -x -C DIR`),
+every rate runs on a mesh of that tree's services too (PYTHONPATH=DIR:DIR/gen: the services,
+started in their data folder, import that tree's code), the two alternated `--repeats` times
+(`--profile-dir` keeps the last run's profiles of each rate), and a last table gives
+each process's CPU milliseconds per fill, baseline against this tree: a figure that holds on a
+machine shared with other work, where fills per second and backlogs do not.
 """
 from __future__ import annotations
 
@@ -59,6 +67,7 @@ CONSUMERS = ("orders", "ledger")
 @dataclass
 class Result:
     rate: float
+    tree: str = "this tree"
     fills: int = 0
     acked: int = 0
     errors: int = 0
@@ -70,6 +79,7 @@ class Result:
     machine: float = 0.0
     states: dict[str, int] = field(default_factory=dict)
     held: Decimal = Decimal(0)
+    wall: float = 0.0
 
 
 def request(side: int, price: str, tag: str) -> order_pb.PlaceOrderRequest:
@@ -193,7 +203,7 @@ async def run_rate(mesh: BenchMesh, rate: float, duration: float, profile_dir: P
         after = meter.snapshot()
         for p in profilers:
             p.wait()
-        used, res.machine, _ = CpuMeter.diff(before, after)
+        used, res.machine, res.wall = CpuMeter.diff(before, after)
         res.cpu = {k: v for k, v in used.items() if v >= 0.005}
         res.fills = samples[-1][1]["orders"][1] - samples[0][1]["orders"][1]
         for durable in CONSUMERS:
@@ -226,7 +236,7 @@ async def outcome(mesh: BenchMesh) -> tuple[dict[str, int], Decimal]:
 
 
 def report(r: Result) -> None:
-    print(f"\n{r.rate:g} fills/s offered: {r.acked} buys acknowledged in {r.send_seconds:.1f}s "
+    print(f"\n{r.rate:g} fills/s offered ({r.tree}): {r.acked} buys acknowledged in {r.send_seconds:.1f}s "
           f"({r.acked / r.send_seconds:.0f}/s), {r.errors} errors, {r.fills} executions applied")
     for durable in CONSUMERS:
         print(f"  {durable + '_' + SYMBOL:12} applied {r.applied_per_s[durable]:6.0f}/s while the buys came; "
@@ -237,6 +247,27 @@ def report(r: Result) -> None:
     print(f"  orders by status: {dict(sorted(r.states.items()))}; ledger still holds {r.held}")
 
 
+def cpu_per_fill(results: list[Result]) -> None:
+    """Per process, CPU ms per fill applied: each tree's median over its runs, and their ratio."""
+    from statistics import median
+
+    def ms(r: Result, name: str) -> float:
+        return r.cpu.get(name, 0.0) * r.wall / max(r.fills, 1) * 1000
+
+    for rate in dict.fromkeys(r.rate for r in results):
+        runs = {t: [r for r in results if r.rate == rate and r.tree == t] for t in ("baseline", "this tree")}
+        names = sorted({n for r in results if r.rate == rate for n in r.cpu},
+                       key=lambda n: -sum(ms(r, n) for r in runs["baseline"]))
+        print(f"\nCPU ms per fill at {rate:g}/s, median of {len(runs['this tree'])} runs each "
+              "(baseline -> this tree):")
+        for name in names + ["all of the mesh"]:
+            pick = (lambda r: sum(ms(r, n) for n in names if not n.startswith("load generator"))) \
+                if name == "all of the mesh" else (lambda r, n=name: ms(r, n))
+            before, after = (median(pick(r) for r in runs[t]) for t in ("baseline", "this tree"))
+            print(f"  {name:34} {before:6.3f} -> {after:6.3f}  {after / before - 1:+6.1%}" if before else
+                  f"  {name:34} {before:6.3f} -> {after:6.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[100.0, 200.0, 400.0],
@@ -244,32 +275,47 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of buys per rate (default 15)")
     ap.add_argument("--profile-dir", type=Path, default=None,
                     help="record order_svc and ledger_svc with py-spy during each rate's buys, into DIR/<rate>/")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="also run every rate on this checkout's services, alternated with this tree's")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each rate (and tree) (default 1)")
+    ap.add_argument("--quote-replicas", type=int, default=1,
+                    help="quote_svc replicas (default 1; the end-to-end tests' mesh runs 2)")
     args = ap.parse_args()
-    if any(r <= 0 for r in args.rates) or args.duration <= 0:
-        ap.error("rates and duration must be positive")
+    if any(r <= 0 for r in args.rates) or args.duration <= 0 or args.repeats <= 0:
+        ap.error("rates, duration and repeats must be positive")
+    if args.baseline_tree and not (args.baseline_tree / "meshkit").is_dir():
+        ap.error(f"{args.baseline_tree} is not a StockMesh checkout")
+    trees = [("this tree", {})]
+    if args.baseline_tree:
+        base = args.baseline_tree.resolve()
+        trees.insert(0, ("baseline", {"PYTHONPATH": f"{base}:{base / 'gen'}"}))
     unwind_on_signals()  # SIGTERM / SIGHUP / Ctrl-C (even in a background job) stop the mesh
     load = os.getloadavg()
     print(f"bench_fills: {platform.python_implementation()} {platform.python_version()}, {psutil.cpu_count()} "
           f"CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; one mesh per rate")
     results = []
-    for rate in args.rates:
-        mesh = BenchMesh(env=MESH_ENV, extra_args=["--no-simulator"], db_prefix="stockmesh_bench",
-                         namespace_prefix="bench")
+    for rate, _, (tree, env) in [(r, i, t) for r in args.rates for i in range(args.repeats) for t in trees]:
+        mesh = BenchMesh(env={**MESH_ENV, **env}, db_prefix="stockmesh_bench", namespace_prefix="bench",
+                         extra_args=["--no-simulator", "--quote-replicas", str(args.quote_replicas)])
         try:
-            print(f"\nstarting a mesh for {rate:g} fills/s ...", flush=True)
+            print(f"\nstarting a mesh for {rate:g} fills/s ({tree}) ...", flush=True)
             mesh.start()
             results.append(asyncio.run(run_rate(mesh, rate, args.duration, args.profile_dir)))
+            results[-1].tree = tree
             report(results[-1])
         except KeyboardInterrupt:
             print("\ninterrupted: stopping the mesh", file=sys.stderr)
             return 130
         finally:
             mesh.stop()
-    print("\noffered/s  acked/s  " + "  ".join(f"{d}: applied/s  backlog  drained s" for d in CONSUMERS))
+    print("\noffered/s  acked/s  " + "  ".join(f"{d}: applied/s  backlog  drained s" for d in CONSUMERS)
+          + "  tree")
     for r in results:
         print(f"{r.rate:9g}  {r.acked / r.send_seconds:7.0f}  " + "  ".join(
             f"{r.applied_per_s[d]:>{len(d) + 12}.0f}  {r.max_backlog[d]:7d}  {r.drain_after[d]:9.1f}"
-            for d in CONSUMERS))
+            for d in CONSUMERS) + f"  {r.tree}")
+    if args.baseline_tree:
+        cpu_per_fill(results)
     return 0
 
 

@@ -348,8 +348,13 @@ class Puller:
                 self._take(await self.queue.get(), out)
         except TimeoutError:
             return out
+        return out + self.ready(self.batch - len(out))
+
+    def ready(self, n: int) -> list[Msg]:
+        """Up to `n` of the messages that have come, without waiting."""
+        out: list[Msg] = []
         q = self.queue
-        while not q.empty() and len(out) < self.batch:
+        while not q.empty() and len(out) < n:
             self._take(q.get_nowait(), out)
         if self.credit <= 0:
             self.credit = 0
@@ -373,7 +378,7 @@ class Puller:
 
 async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=None, handle_batch=None,
                   batch: int = 100, idle_wait: float = 1.0, ack_wait: float = 30,
-                  max_ack_pending: int = 10_000, one_reader: bool = True) -> None:
+                  max_ack_pending: int = 10_000, one_reader: bool = True, linger: float = 0.0) -> None:
     """Run a durable pull consumer forever: fetch a batch and hand it over in stream order,
     either message by message to `handle` (an async function of one message) or whole to
     `handle_batch` (an async function of the list), acking only after the handler returned.
@@ -384,7 +389,11 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
     consumer is first reset to its ack floor (resume_at_ack_floor): what an earlier reader
     fetched and never acked, because it was killed, comes again first and in order. Pass False
     for a durable that several processes read at once (their handling must not depend on the
-    order: a reset by one would hand the others' messages in flight out once more)."""
+    order: a reset by one would hand the others' messages in flight out once more).
+
+    `linger`: once a message has come, wait that long for more before handling what has come
+    (up to `batch`), for a handler whose cost is per batch more than per message and whose
+    readers can wait (the candle writer's transaction)."""
     if (handle is None) == (handle_batch is None):
         raise TypeError("pass exactly one of handle and handle_batch")
     from nats.js.errors import NotFoundError
@@ -410,7 +419,7 @@ async def consume(js, *, stream: str, subject_filter: str, durable: str, handle=
         puller = Puller(js._nc, stream, durable, batch, delivered=delivered)
         await puller.start()
         try:
-            await _consume_loop(puller, handle, handle_batch, idle_wait, durable)
+            await _consume_loop(puller, handle, handle_batch, idle_wait, durable, linger)
         except DeliveryGap as gap:
             # Again from the first message not acknowledged (the reset above), in order.
             log.warning("a delivery never reached this reader; reading again from the first message not "
@@ -484,7 +493,8 @@ async def _until_done(work, msgs, durable: str) -> None:
             delay = min(delay * 2, 5.0)
 
 
-async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, durable: str) -> None:
+async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, durable: str,
+                        linger: float = 0.0) -> None:
     while True:
         aio.honour_cancellation()  # one lost in nats-py's requests (start-up) ends the loop here
         msgs = await puller.next_batch(timeout=idle_wait)
@@ -492,6 +502,9 @@ async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, 
             continue
         done = 0
         try:
+            if linger and len(msgs) < puller.batch:
+                await asyncio.sleep(linger)  # (cancelled here: every message is handed back below)
+                msgs += puller.ready(puller.batch - len(msgs))
             if handle_batch is not None:
                 await _until_done(lambda: handle_batch(msgs), msgs, durable)
                 for m in msgs:

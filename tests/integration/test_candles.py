@@ -694,3 +694,32 @@ async def test_finer_buckets_inside_an_imported_candle_have_no_data_not_no_trade
         # At its own width and above, the imported candle is data like any other.
         fifteen, _ = await all_pages(svc.stub, sym, I.CANDLE_INTERVAL_15M, s(45, 0), s(59, 0))
         assert [(c.open, c.volume) for c in fifteen] == [("117.00", 500 + 8)]  # the 15m row, not the 1m row in it
+
+
+async def test_trades_that_come_close_together_are_written_in_one_batch(nats_conn, ns):
+    """Round 26: in a busy session the candle writer's trades came one or two at a time, a
+    transaction each, in each replica. What comes within the writer's linger of a trade is
+    handed to it with that trade: 20 trades published one after the other (each stored before
+    the next is sent), one batch or two, all of them, each once."""
+    from quote_svc.adapters import feed
+
+    js = nats_conn.jetstream()
+    await bus.ensure_stream(js, ns, "md")
+    batches: list[list[int]] = []
+
+    async def handle(events) -> None:
+        batches.append([e.sequence for e in events])
+
+    writer = asyncio.create_task(feed.consume_trades(js, ns, handle, linger=1.0))  # (0: 20 batches)
+    try:
+        for seq in range(1, 21):
+            await publish_md(js, ns, md_event("KO", seq, price="62.15", qty=1, volume=seq))
+        for _ in range(200):
+            if sum(map(len, batches)) >= 20:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(s for b in batches for s in b) == list(range(1, 21))
+        assert len(batches) <= 3, f"20 trades in {len(batches)} batches: {batches}"
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
