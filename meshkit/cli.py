@@ -898,25 +898,36 @@ def engine_halt(symbols: tuple[str, ...], reason: str, address: str | None, data
     still work and resting orders stay in the book."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    def halt(symbol: str) -> None:
+    def halt(symbol: str) -> str:
         _engine_call(address, data_dir, "HaltSymbol", ec.HaltSymbolRequest(symbol=symbol, reason=reason))
-        click.echo(f"{symbol.upper()} halted")
+        return f"{symbol.upper()} halted"
     _each_symbol(symbols, halt, "halted")
 
 
 def _each_symbol(symbols: tuple[str, ...], act, done: str) -> None:
-    """`act` on each of SYMBOLS (or `all`), the others still acted on when one fails (its
-    failure said), then exit 1 naming those not done (round 18: `engine halt AAPL NOPE MSFT`
-    halted AAPL, stopped at the typo and left MSFT trading in an incident)."""
-    failed = []
+    """`act` on each of SYMBOLS (or `all`), printing the line it returns, the others still acted
+    on when one fails (its failure said), then exit 1 naming those not done (round 18: `engine
+    halt AAPL NOPE MSFT` halted AAPL, stopped at the typo and left MSFT trading in an incident).
+    A reader of the output that stops reading (`| head -1`) stops the printing, not the acting:
+    `halt all | head -1` halted 2 of 12 symbols and ended with the status of a SIGPIPE, nothing
+    said (round 26 explorer); the broken pipe ends the command once every symbol was acted on."""
+    failed, pipe_gone = [], None
     for symbol in _symbols(symbols):
         try:
-            act(symbol)
+            line = act(symbol)
         except SystemExit:  # said by cli_client.fail
             failed.append(symbol.upper())
+            continue
+        if pipe_gone is None:
+            try:
+                click.echo(line)
+            except BrokenPipeError as exc:
+                pipe_gone = exc
     if failed:
         click.echo(f"not {done}: {', '.join(failed)}", err=True)
         sys.exit(1)
+    if pipe_gone is not None:
+        raise pipe_gone  # (_Main: the status of a death by SIGPIPE, quietly)
 
 
 @engine.command("resume")
@@ -927,9 +938,9 @@ def engine_resume(symbols: tuple[str, ...], address: str | None, data_dir: Path 
     """Resume trading in SYMBOLS (or `all`)."""
     from stockmesh.matching.v1 import engine_control_service_pb2 as ec
 
-    def resume(symbol: str) -> None:
+    def resume(symbol: str) -> str:
         _engine_call(address, data_dir, "ResumeSymbol", ec.ResumeSymbolRequest(symbol=symbol))
-        click.echo(f"{symbol.upper()} trading")
+        return f"{symbol.upper()} trading"
     _each_symbol(symbols, resume, "resumed")
 
 

@@ -475,7 +475,7 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
             grpc.StatusCode.UNAVAILABLE.value[0], expected.format("/stockmesh.ledger.v1.LedgerService/GetPortfolio"))
         assert reply["details"][0]["reason"] == "UNAVAILABLE"
         # When to retry, as the services' own UNAVAILABLE replies say it.
-        assert reply["details"][1] == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}, reply
+        assert reply["details"][1] == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"}, reply
         assert headers.get("retry-after") == "1", headers
 
 

@@ -80,7 +80,7 @@ def test_every_unavailable_envoy_answers_over_json_says_when_to_retry() -> None:
                    if m.get("body_format_override", {}).get("json_format", {}).get("code") == 14]
     assert len(unavailable) >= 2, unavailable
     for m in unavailable:
-        assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"} in \
+        assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"} in \
             m["body_format_override"]["json_format"]["details"], m
         assert {"key": "retry-after", "value": "1"} in [h["header"] for h in m.get("headers_to_add", [])], m
 
