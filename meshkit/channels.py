@@ -5,10 +5,36 @@ two minutes by default; a service restarted after a crash is back within seconds
 callers must find it again as soon: the backoff here starts at 0.1 s and stays under 1 s. A
 call made meanwhile fails at once with UNAVAILABLE (never waits for the connection), which
 the caller maps as it does any transport failure.
+
+A call that fails in transport (its replica killed mid-call, or reset) is sent again by the
+channel, to the next ready replica, at most twice (gRPC's own retries, `SERVICE_CONFIG`): every
+internal call is idempotent (holds, captures, releases and transfers by their ids; reads), and
+with two ledger_svc replicas a SIGKILL of one failed the placements in flight on it, which the
+other could have answered (round 26 explorer). A status the service answered itself is never
+sent again (meshkit.interceptors sends it with `grpc-retry-pushback-ms: -1`): the ledger's
+ACCOUNT_BUSY, say, reaches the customer at once, with its RetryInfo, as before.
 """
 from __future__ import annotations
 
+import json
+
 import grpc
+
+SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{}],  # every method of every service on the channel
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "0.2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+    # No retry storm while a service is down for good: each failure spends a token, each
+    # success earns a tenth of one, and below half of the ten no call is sent again.
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+})
 
 RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -18,6 +44,8 @@ RECONNECT_OPTIONS = (
     # Kubernetes Service's DNS name): calls go round the ready ones, so a replica that died
     # or stopped takes no new call while it comes back. One address: the same as pick_first.
     ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
 )
 
 

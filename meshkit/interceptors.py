@@ -84,11 +84,16 @@ def failure(method: str, exc: Exception) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {logs.request_id.get()})")
 
 
+# A status a service answers itself is not to be sent again by a caller's channel (gRPC's
+# retry pushback, negative: no retry): meshkit.channels retries only what failed in transport.
+_NO_CHANNEL_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
+
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     status = failure(method, exc)
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details,
-                        tuple(grpc_status.trailing_metadata) + retry_after(status))
+                        tuple(grpc_status.trailing_metadata) + retry_after(status) + _NO_CHANNEL_RETRY)
 
 
 def _count_abort(method: str, context: grpc.aio.ServicerContext) -> None:

@@ -93,3 +93,108 @@ async def test_a_target_of_replicas_takes_every_call_while_one_of_them_is_gone()
         await channel.close()
         for server, _ in servers:
             await server.stop(None)
+
+
+# A replica that dies mid-call (SIGKILL: its connection reset under the call), in a process of
+# its own: it answers health checks, and one asking for service "die" kills it.
+_DYING_REPLICA = """
+import asyncio, os, signal, sys
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+class Dying(health.aio.HealthServicer):
+    async def Check(self, request, context):
+        print("call", request.service, flush=True)
+        if request.service == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(Dying(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_call_on_a_replica_killed_under_it_is_answered_by_the_other():
+    """Round 26 explorer: with two ledger_svc replicas, a SIGKILL of one failed the placements
+    in flight on it UNAVAILABLE, which the other could have answered (every internal call is
+    idempotent). The channel sends such a call again, to the next ready replica."""
+    import subprocess
+    import sys
+
+    from meshkit.launcher.mesh import internal_target
+
+    class Answering(health.aio.HealthServicer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        async def Check(self, request, context):
+            self.calls.append(request.service)
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    dying = subprocess.Popen([sys.executable, "-c", _DYING_REPLICA], stdout=subprocess.PIPE, text=True)
+    server, answering = grpc.aio.server(), Answering()
+    health_pb2_grpc.add_HealthServicer_to_server(answering, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = None
+    try:
+        dying_port = int(dying.stdout.readline())
+        channel = internal_channel(internal_target([dying_port, port]))
+        stub = health_pb2_grpc.HealthStub(channel)
+        made = 0  # until the channel goes round both (the dying one connected too)
+        while made == len(answering.calls) and made < 200:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            made += 1
+            await asyncio.sleep(0.01)
+        assert made > len(answering.calls), "the calls did not go round both replicas"
+        for _ in range(4):  # one of them reaches the dying replica, which dies under it
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service="die"), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert dying.wait(timeout=10) == -9  # it did die under a call
+        assert answering.calls.count("die") == 4, answering.calls  # each answered by the other
+    finally:
+        if dying.poll() is None:
+            dying.kill()
+        dying.wait()
+        if channel is not None:
+            await channel.close()
+        await server.stop(None)
+
+
+async def test_a_status_the_service_answers_itself_is_not_sent_again():
+    """The ledger's own UNAVAILABLE (ACCOUNT_BUSY: an account held past its lock wait) reaches
+    the customer at once with its RetryInfo: the channel retries transport failures only."""
+    from meshkit.errors import Unavailable
+    from meshkit.interceptors import ServiceInterceptor
+
+    class Busy(health.aio.HealthServicer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        async def Check(self, request, context):
+            self.calls += 1
+            raise Unavailable("account a1 is busy; retry shortly", reason="ACCOUNT_BUSY", retry_after_seconds=1)
+
+    server, busy = grpc.aio.server(interceptors=[ServiceInterceptor()]), Busy()
+    health_pb2_grpc.add_HealthServicer_to_server(busy, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = internal_channel(f"127.0.0.1:{port}")
+    try:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            raise AssertionError("answered")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and "busy" in exc.details(), exc
+        assert busy.calls == 1
+    finally:
+        await channel.close()
+        await server.stop(None)
