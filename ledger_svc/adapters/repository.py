@@ -9,8 +9,8 @@ import asyncpg
 
 from meshkit import audit
 from meshkit.db import lock_wait_text, sets_lock_wait
-from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, Hold, HoldStatus,
-                                     HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
+from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, FillMemo, Hold,
+                                     HoldStatus, HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
                                      key_kinds)
 
 
@@ -68,13 +68,15 @@ class ActivityRow(NamedTuple):
         return self.settled_at is not None
 
 
-_HOLD_COLUMNS = "hold_id, account_id, order_id, asset, amount, captured, released, status, created_at, resolved_at"
+_HOLD_COLUMNS = ("hold_id, account_id, order_id, asset, amount, captured, released, status, created_at, resolved_at, "
+                 "filled, notional")
 
 
 def _hold(row: asyncpg.Record) -> Hold:
     return Hold(hold_id=row["hold_id"], account_id=row["account_id"], order_id=row["order_id"],
                 asset=row["asset"], amount=row["amount"], captured=row["captured"], released=row["released"],
-                status=HoldStatus(row["status"]), created_at=row["created_at"], resolved_at=row["resolved_at"])
+                status=HoldStatus(row["status"]), created_at=row["created_at"], resolved_at=row["resolved_at"],
+                filled=row["filled"], notional=row["notional"])
 
 
 _TRANSFER_COLUMNS = ("from_hold_id, to_hold_id, order_id, account_id, asset, unit_amount, reserve, status, moved, "
@@ -458,15 +460,17 @@ class LedgerRepository:
         return [_placement(r) for r in rows]
 
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:
-        """Record a new PENDING hold; None when the hold id is taken (waiting for an in-flight
-        insert of the same id to commit or roll back first)."""
+        """Record a new PENDING hold (with the fills it carries: a replacement's, those of the
+        order it replaces); None when the hold id is taken (waiting for an in-flight insert of
+        the same id to commit or roll back first)."""
         row = await self.conn.fetchrow(
             f"""
-            INSERT INTO ledger.holds (hold_id, account_id, book_id, order_id, asset, amount)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO ledger.holds (hold_id, account_id, book_id, order_id, asset, amount, filled, notional)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (hold_id) DO NOTHING
             RETURNING {_HOLD_COLUMNS}
-            """, hold.hold_id, hold.account_id, book_id, hold.order_id, hold.asset, hold.amount)
+            """, hold.hold_id, hold.account_id, book_id, hold.order_id, hold.asset, hold.amount, hold.filled,
+            hold.notional)
         return None if row is None else _hold(row)
 
     async def reserve(self, book_id: int, asset: str, amount: Decimal) -> None:
@@ -492,17 +496,25 @@ class LedgerRepository:
             """, hold_id, amount)
 
     async def save_hold(self, hold: Hold) -> Hold:
-        """Write a hold's progress (captured, released, status); resolved_at is set by the
-        database the one time the hold leaves PENDING."""
+        """Write a hold's progress (captured, released, status, and its order's fills counted:
+        filled, notional); resolved_at is set by the database the one time the hold leaves
+        PENDING."""
         row = await self.conn.fetchrow(
             f"""
             UPDATE ledger.holds
                SET captured = $2, released = $3, status = $4,
-                   resolved_at = CASE WHEN $4 <> 'PENDING' THEN now() END
+                   resolved_at = CASE WHEN $4 <> 'PENDING' THEN now() END, filled = $5, notional = $6
              WHERE hold_id = $1
             RETURNING {_HOLD_COLUMNS}
-            """, hold.hold_id, hold.captured, hold.released, hold.status.value)
+            """, hold.hold_id, hold.captured, hold.released, hold.status.value, hold.filled, hold.notional)
         return _hold(row)
+
+    async def count_fill(self, hold_id: str, fill: FillMemo) -> None:
+        """Hold.count_fill of a pending hold that the fill captures nothing of (a buy's fill
+        worth less than a cent: fill_cash); a resolved hold, or none, is left as it is."""
+        await self.conn.execute(
+            "UPDATE ledger.holds SET filled = filled + $2, notional = notional + $3 "
+            "WHERE hold_id = $1 AND status = 'PENDING'", hold_id, fill.quantity, fill.price * fill.quantity)
 
     async def get_capture(self, hold_id: str, capture_id: str) -> CaptureRow | None:
         row = await self.conn.fetchrow(
@@ -599,11 +611,13 @@ class LedgerRepository:
         status = await self.conn.execute(
             """
             UPDATE ledger.holds h SET captured = v.captured, released = v.released, status = v.status,
-                   resolved_at = CASE WHEN v.status <> 'PENDING' THEN now() END
-              FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::text[]) AS v(hold_id, captured, released, status)
+                   resolved_at = CASE WHEN v.status <> 'PENDING' THEN now() END, filled = v.filled,
+                   notional = v.notional
+              FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::text[], $5::bigint[], $6::numeric[])
+                   AS v(hold_id, captured, released, status, filled, notional)
              WHERE h.hold_id = v.hold_id
             """, [h.hold_id for h in holds], [h.captured for h in holds], [h.released for h in holds],
-            [h.status.value for h in holds])
+            [h.status.value for h in holds], [h.filled for h in holds], [h.notional for h in holds])
         if status != f"UPDATE {len(holds)}":  # save_hold fails on a hold that is not there
             raise LookupError(f"holds saved: {status}, of {len(holds)}")
 

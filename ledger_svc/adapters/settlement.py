@@ -38,33 +38,18 @@ _UNPARKED = """, unparked AS (
 # SettlementRepository.holdings: the statement of a portfolio's snapshot ($1 the account, $2 its
 # cash asset).
 HOLDINGS = """
-    WITH RECURSIVE held AS (
-        -- The open holds' orders (a replace's reserve is its new order's), found through
-        -- the account's books and the index of pending holds, not the account's history.
-        SELECT DISTINCT h.order_id FROM ledger.books k JOIN ledger.holds h USING (book_id)
-         WHERE k.owner = $1 AND h.status = 'PENDING'
-    ), chain (order_id, member) AS (
-        -- Each order and those it replaced (an order's hold is named after it): like
-        -- FIX's CumQty, a replacement's fills count its replaced orders'.
-        SELECT order_id, order_id FROM held
-        UNION
-        SELECT c.order_id, f.order_id FROM chain c
-          JOIN ledger.hold_transfers t ON t.to_hold_id = c.member AND t.status = 'COMPLETED'
-          JOIN ledger.holds f ON f.hold_id = t.from_hold_id
-    ), orders AS (
-        SELECT c.order_id, coalesce(sum(e.quantity), 0) AS filled,
-               coalesce(sum(e.price * e.quantity), 0) AS notional,
+    WITH orders AS (
+        -- The open holds' orders (a replace's reserve is its new order's), found through the
+        -- account's books and the index of pending holds, not the account's history; with the
+        -- fills each hold has counted (migration 0021: its own, and by its transfer those of
+        -- the orders it replaced), not summed from the journal: the statement's work does not
+        -- grow with an order's fills or replaces (round 26 review).
+        SELECT h.order_id, sum(h.filled) AS filled, sum(h.notional) AS notional, max(h.hold_seq) AS newest,
                EXISTS (SELECT 1 FROM ledger.hold_transfers t
-                        WHERE t.to_hold_id = c.order_id AND t.status = 'PENDING') AS replacing
-          FROM chain c
-          LEFT JOIN LATERAL (
-                -- Its fills as the incoming order and as the resting one (0021's index).
-                SELECT quantity, price FROM ledger.executions
-                 WHERE order_id = c.member AND account_id = $1 AND type = 'FILL'
-                UNION ALL
-                SELECT quantity, price FROM ledger.executions
-                 WHERE counter_order_id = c.member AND counter_account_id = $1 AND type = 'FILL') e ON true
-         GROUP BY c.order_id
+                        WHERE t.to_hold_id = h.order_id AND t.status = 'PENDING') AS replacing
+          FROM ledger.books k JOIN ledger.holds h USING (book_id)
+         WHERE k.owner = $1 AND h.status = 'PENDING'
+         GROUP BY h.order_id
     )
     SELECT c.posted, c.held, c.unsettled, o.held_orders, o.filled, o.notional, o.replacing,
            p.symbol, p.shares, p.shares_held, p.cost, p.qty
@@ -74,10 +59,10 @@ HOLDINGS = """
               FROM (SELECT 1) one
               LEFT JOIN (ledger.books k JOIN ledger.balances b USING (book_id))
                      ON k.owner = $1 AND k.asset = $2) c
-     CROSS JOIN (SELECT coalesce(array_agg(order_id ORDER BY order_id), '{}') AS held_orders,
-                        coalesce(array_agg(filled ORDER BY order_id), '{}') AS filled,
-                        coalesce(array_agg(notional ORDER BY order_id), '{}') AS notional,
-                        coalesce(array_agg(replacing ORDER BY order_id), '{}') AS replacing
+     CROSS JOIN (SELECT coalesce(array_agg(order_id ORDER BY newest DESC), '{}') AS held_orders,
+                        coalesce(array_agg(filled ORDER BY newest DESC), '{}') AS filled,
+                        coalesce(array_agg(notional ORDER BY newest DESC), '{}') AS notional,
+                        coalesce(array_agg(replacing ORDER BY newest DESC), '{}') AS replacing
                    FROM orders) o
       LEFT JOIN LATERAL (
             SELECT k.asset AS symbol, b.posted AS shares, b.held AS shares_held,
@@ -224,8 +209,9 @@ class SettlementRepository:
         shares, held shares, cost, qty), each carrying the cash columns and the open orders
         (`held_orders`, with `filled` and `notional`, Σ price × quantity, of the fills the ledger
         has applied to each, its replaced orders' included, and `replacing`: a replacement whose
-        replace the ledger has not applied, its hold a reserve); one row with a NULL symbol when
-        there is no position."""
+        replace the ledger has not applied, its hold a reserve), the newest hold's first (a
+        portfolio lists the newest PAGE of them); one row with a NULL symbol when there is no
+        position."""
         return await self.conn.fetch(HOLDINGS, account_id, cash_asset)
 
     async def add_unsettled(self, fill_id: str, account_id: str, amount: Decimal, trade_date: date,

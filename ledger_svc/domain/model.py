@@ -209,9 +209,12 @@ def share_deposit_entry(account_id: str, symbol: str, quantity: Decimal, key: st
 @dataclass(frozen=True)
 class FillMemo:
     """What a trade's captures say on both accounts' statements: the fill's id (which both
-    sides know: it is their OrderUpdate's fill_id) and "3 AAPL at 187.25"."""
+    sides know: it is their OrderUpdate's fill_id) and "3 AAPL at 187.25"; and the fill's
+    quantity and price, which each side's hold counts (Hold.count_fill)."""
     fill_id: str
     trade: str
+    quantity: int = 0
+    price: Decimal = Decimal(0)
 
 
 def capture_entry(hold: "Hold", amount: Decimal, counter_account_id: str, fill: FillMemo | None = None) -> JournalEntry:
@@ -351,11 +354,23 @@ class Hold:
     status: HoldStatus = HoldStatus.PENDING
     created_at: datetime | None = None
     resolved_at: datetime | None = None
+    # The fills of its order the ledger has applied against it (shares, and Σ price × quantity),
+    # those of the orders its order replaced included (carried by each completed transfer, as
+    # order_svc's filled_quantity and FIX's CumQty): what GetPortfolio lists its order with,
+    # read with the hold rather than summed from every fill on every call (round 26 review).
+    filled: int = 0
+    notional: Decimal = Decimal(0)
 
     @classmethod
     def new(cls, hold_id: str, account_id: str, order_id: str, asset: str, amount: Decimal) -> "Hold":
         check_amount(asset, amount)
         return cls(hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount)
+
+    def count_fill(self, fill: FillMemo) -> None:
+        """A fill of its order, applied: counted once, with the fill's capture of it (or alone,
+        for a buy's fill worth less than a cent, which captures no cash)."""
+        self.filled += fill.quantity
+        self.notional += fill.price * fill.quantity
 
     @property
     def remaining(self) -> Decimal:

@@ -444,6 +444,8 @@ async def capture_in(uow: LedgerUnitOfWork, cmd: commands.CaptureHold, fill: mod
                 f"to {prior.counter_account_id}", metadata={"holdId": cmd.hold_id, "captureId": cmd.capture_id})
         return hold  # a retry: applied once already
     hold.capture(cmd.amount)
+    if fill is not None:  # a trade's: its order's fill, counted in the statement that saves the capture
+        hold.count_fill(fill)
     entry = model.capture_entry(hold, cmd.amount, counter, fill)
     await uow.ledger.add_entry(entry)
     await uow.ledger.post(entry, from_held=model.BookRef(hold.account_id, hold.asset),
@@ -640,8 +642,11 @@ async def complete_transfer_in(uow: LedgerUnitOfWork, from_hold_id: str, to_hold
     assert book_id is not None
     new = None
     if amount > 0:
-        new = await uow.ledger.insert_hold(model.Hold.new(to_hold_id, old.account_id, t.order_id if t else to_hold_id,
-                                                          old.asset, amount), book_id)
+        opened = model.Hold.new(to_hold_id, old.account_id, t.order_id if t else to_hold_id, old.asset, amount)
+        # The replaced order's fills (its own and those it carried) are the new order's too,
+        # as order_svc's filled_quantity counts them (FIX's CumQty).
+        opened.filled, opened.notional = old.filled, old.notional
+        new = await uow.ledger.insert_hold(opened, book_id)
         if new is None:
             raise model.DuplicateHoldId(f"hold id {to_hold_id!r} is taken", metadata={"holdId": to_hold_id})
     if change < 0:

@@ -106,6 +106,8 @@ async def _apply_in(uow, ex: Execution) -> None:
         if f.cash:  # a fill worth less than a cent moves shares only (fill_cash)
             await capture_in(uow, commands.CaptureHold(f.buyer_order, f"{ex.execution_id}:cash", f.cash,
                                                        model.CLEARING), memo)
+        else:  # but is a fill of the buy all the same (Hold.count_fill)
+            await uow.ledger.count_fill(f.buyer_order, memo)
         await capture_in(uow, commands.CaptureHold(f.seller_order, f"{ex.execution_id}:shares",
                                                    Decimal(f.quantity), f.buyer_account), memo)
         bought = await uow.settlement.position(f.buyer_account, ex.symbol)
@@ -543,12 +545,19 @@ class _RunWrites:
         if hold is None or counter == hold.account_id:
             raise _Together(f"capture {capture_id}: no such hold, or its own account as counter")
         hold.capture(amount)
+        hold.count_fill(memo)
         entry = model.capture_entry(hold, amount, counter, memo)
         self.post(uow, entry, from_held=model.BookRef(hold.account_id, hold.asset), audit_type="HOLD_CAPTURED",
                   audit_extra={"holdId": hold.hold_id, "captureId": capture_id, "orderId": hold.order_id,
                                "counterAccount": counter, "captured": hold.captured, "status": hold.status.value})
         self.captures.append((hold.hold_id, capture_id, amount, entry.entry_id, counter))
         self.holds[hold.hold_id] = hold
+
+    def count_fill(self, hold: model.Hold | None, memo: model.FillMemo) -> None:
+        """LedgerRepository.count_fill's effect (a buy's fill worth less than a cent)."""
+        if hold is not None and not hold.is_resolved:
+            hold.count_fill(memo)
+            self.holds[hold.hold_id] = hold
 
     def release(self, uow, hold: model.Hold) -> None:
         """release_in's effect."""
@@ -616,6 +625,8 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
                 if f.cash:
                     w.capture(uow, holds.get(f.buyer_order), f"{ex.execution_id}:cash", f.cash, model.CLEARING,
                               memo)
+                else:
+                    w.count_fill(holds.get(f.buyer_order), memo)
                 w.capture(uow, holds.get(f.seller_order), f"{ex.execution_id}:shares", Decimal(f.quantity),
                           f.buyer_account, memo)
                 positions[(f.buyer_account, ex.symbol)].buy(f.quantity, f.price)
@@ -636,7 +647,8 @@ async def _apply_run(exs: list[Execution], uow_factory: UowFactory, lock_wait: f
 def _memo(ex: Execution, f) -> model.FillMemo:
     """What a fill's captures say on both statements: "3 AAPL at 187.25"."""
     return model.FillMemo(ex.execution_id,
-                          f"{f.quantity} {ex.symbol} at {fmt_at_tick(f.price, price_tick(ex.symbol, f.price))}")
+                          f"{f.quantity} {ex.symbol} at {fmt_at_tick(f.price, price_tick(ex.symbol, f.price))}",
+                          f.quantity, f.price)
 
 
 def _sell(sold: Position, ex: Execution, f) -> None:

@@ -77,14 +77,18 @@ def _change_args(o: Order, fill: Fill | None = None, event: str | None = None) -
             event or ("ORDER_FILL" if fill else f"ORDER_{o.status.value}"), audit.canonical(_event(o)), UPDATES_CHANNEL)
 
 
-def list_sql(statuses: list[str]) -> str:
+def list_sql(statuses: list[str], by_ids: bool = False) -> str:
     """ListOrders' query ($1 account, $2 symbol or NULL, $3 statuses or empty, $4/$5 the cursor,
-    $6 the limit). Asked for orders not over yet only, it names the partial index's predicate, so
-    that the planner may read orders_open instead of the account's whole history."""
+    $6 the limit; `by_ids`: $7 the order ids, the only ones listed). Asked for orders not over
+    yet only, it names the partial index's predicate, so that the planner may read orders_open
+    instead of the account's whole history. Asked for some orders by id, a statement of its own
+    (not "$7 IS NULL OR", which a prepared statement's generic plan could not read by the
+    primary key): they are read by their ids, whatever the account's history."""
     working = _WORKING_PREDICATE if statuses and set(statuses) <= _WORKING else ""
+    ids = "AND order_id = ANY($7::uuid[])" if by_ids else ""
     return f"""
         SELECT {_COLUMNS} FROM orders.orders
-         WHERE account_id = $1 {working}
+         WHERE account_id = $1 {working} {ids}
            AND ($2::text IS NULL OR symbol = $2)
            AND (cardinality($3::text[]) = 0 OR status = ANY($3))
            AND ($4::timestamptz IS NULL OR (created_at, order_id) < ($4, $5))
@@ -463,9 +467,11 @@ class OrderRepository:
             "RETURNING true", subject, msg_id, payload))
 
     async def list(self, account_id: str, symbol: str | None, statuses: list[str], limit: int,
-                   before: tuple[datetime, uuid.UUID] | None) -> list[Order]:
-        rows = await self.conn.fetch(list_sql(statuses), account_id, symbol, statuses,
-                                     before[0] if before else None, before[1] if before else None, limit)
+                   before: tuple[datetime, uuid.UUID] | None, order_ids: list[uuid.UUID] | None = None) -> list[Order]:
+        """The account's orders, newest first; with `order_ids`, only those of them."""
+        rows = await self.conn.fetch(list_sql(statuses, order_ids is not None), account_id, symbol, statuses,
+                                     before[0] if before else None, before[1] if before else None, limit,
+                                     *([order_ids] if order_ids is not None else []))
         return [_order(r) for r in rows]
 
     async def stalled(self, older_than: datetime, limit: int = 100) -> list[uuid.UUID]:

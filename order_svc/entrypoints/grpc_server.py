@@ -65,15 +65,19 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 v.add("statuses", f"unknown or unspecified status {s}")
             else:
                 statuses.append(mapping.STATUSES[s].value)
+        ids = mapping.order_ids(request.order_ids, v)
         account = current_account()
         scope = f"{account}|{request.symbol}|{','.join(sorted(set(statuses)))}"  # a token pages what made it
+        if ids is not None:  # (a token made without them keeps its scope)
+            scope += "|" + ",".join(map(str, ids))
         cursor = paging.decode_token(request.page_token, v, fields={"createdAt": paging.instant, "orderId": paging.identifier},
-                                     scope=scope, scope_hint="symbol and statuses must not change")
+                                     scope=scope, scope_hint="symbol, statuses and order_ids must not change")
         if request.symbol and not symbols.well_formed(request.symbol):
             symbols.known(request.symbol)  # never a symbol, said before a query (round 16: a NUL was INTERNAL)
         v.raise_if_any()
         before = (cursor["createdAt"], cursor["orderId"]) if cursor else None
-        orders = await handlers.list_orders(account, request.symbol or None, statuses, size + 1, before, self.deps)
+        orders = await handlers.list_orders(account, request.symbol or None, statuses, size + 1, before, self.deps,
+                                            ids)
         if not orders and request.symbol:
             symbols.known(request.symbol)  # a mistyped filter says so; a delisted symbol's orders still list
         more = len(orders) > size

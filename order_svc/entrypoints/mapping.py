@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 import uuid
 from decimal import Decimal
+from typing import Sequence
 
 from meshkit import validate
 from meshkit.errors import InvalidArgument, Violations
 from meshkit.money import MAX_PRICE, fmt_price, parse_decimal
+from meshkit.paging import MAX_PAGE_SIZE
 from meshkit.prototime import set_time
 from meshkit.symbols import known, on_tick, tick_size
 from order_svc.domain import model
@@ -109,6 +111,28 @@ def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | N
         return uuid.UUID(text)
     v.add(field, "must be an order id returned by PlaceOrder" if text else "is required")
     return None
+
+
+# ListOrders' order_ids: at most a page's worth (meshkit.paging.MAX_PAGE_SIZE).
+MAX_ORDER_IDS = MAX_PAGE_SIZE
+
+
+def order_ids(texts: Sequence[str], v: Violations) -> list[uuid.UUID] | None:
+    """ListOrders' order_ids filter: None when not given; each id read as order_id reads one
+    (its violation at its own index, the first ten said), at most MAX_ORDER_IDS of them."""
+    if not texts:
+        return None
+    if len(texts) > MAX_ORDER_IDS:
+        v.add("order_ids", f"at most {MAX_ORDER_IDS} order ids, not {len(texts)}")
+        return None
+    ids: set[uuid.UUID] = set()
+    wrong = 0
+    for i, text in enumerate(texts):
+        if _ORDER_ID.fullmatch(text):
+            ids.add(uuid.UUID(text))
+        elif (wrong := wrong + 1) <= 10:  # not 500 violations in one reply
+            order_id(text, v, f"order_ids[{i}]")
+    return sorted(ids)
 
 
 def order_to_proto(o: Order) -> order_pb2.Order:

@@ -742,9 +742,10 @@ async def get_order(account_id: str, order_id: uuid.UUID, deps: Deps) -> Order:
 
 
 async def list_orders(account_id: str, symbol: str | None, statuses: list[str], limit: int,
-                      before: tuple[datetime, uuid.UUID] | None, deps: Deps) -> list[Order]:
+                      before: tuple[datetime, uuid.UUID] | None, deps: Deps,
+                      order_ids: list[uuid.UUID] | None = None) -> list[Order]:
     async with deps.uow().single_statement() as uow:
-        return await uow.orders.list(account_id, symbol, statuses, limit, before)
+        return await uow.orders.list(account_id, symbol, statuses, limit, before, order_ids)
 
 
 def order_subject(namespace: str, o: Order) -> str:

@@ -285,7 +285,7 @@ async def test_a_list_orders_page_token_pages_only_the_query_and_account_that_ma
             _, bad = error_info(err.value)
             assert [f.field for f in bad.field_violations] == ["page_token"]
             assert bad.field_violations[0].description == (
-                "was returned for another account or query (symbol and statuses must not change)")
+                "was returned for another account or query (symbol, statuses and order_ids must not change)")
 
 
 async def test_a_ledger_page_token_pages_only_the_account_that_made_it(mesh: RunningMesh) -> None:

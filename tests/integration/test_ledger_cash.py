@@ -146,10 +146,9 @@ async def test_migration_0009_keeps_pairs_recorded_before_it(pg_server_url):
     """A ledger that already holds a deposit and a withdrawal under one key (the old rule
     allowed it): the migration applies (and rolls back) without touching them, retries of both
     are still answered as retries, and any other request with the key is ALREADY_EXISTS."""
-    from yoyo import get_backend, read_migrations
-
-    from meshkit.migrate import apply_all, migration_dirs, yoyo_url
+    from meshkit.migrate import apply_all
     from tests.conftest import fresh_database
+    from tests.support.migrations import roll_back
 
     async with fresh_database(pg_server_url) as url:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
@@ -157,13 +156,7 @@ async def test_migration_0009_keeps_pairs_recorded_before_it(pg_server_url):
             make = lambda: LedgerUnitOfWork(pool)  # noqa: E731
             acct = account()
             await handlers.deposit(commands.Deposit(acct, Decimal("100"), "k"), make)
-            backend = get_backend(yoyo_url(url))
-            try:
-                with backend.lock():
-                    backend.rollback_migrations(backend.to_rollback(read_migrations(*migration_dirs()).filter(
-                        lambda m: m.id == "0009.ledger-request-keys")))
-            finally:
-                backend.connection.close()
+            roll_back(url, "0009.ledger-request-keys")
             async with pool.acquire() as conn, conn.transaction():  # a withdrawal by the old rule
                 entry = uuid.uuid4()
                 await conn.execute("INSERT INTO ledger.entries (entry_id, kind, account_id, idempotency_key, amount,"

@@ -113,6 +113,7 @@ class World:
             for name in ORDERS:
                 h = await uow.ledger.get_hold(self.order(name))
                 out[name, "hold"] = (h.captured, h.released, h.status)
+                out[name, "fills"] = (h.filled, h.notional)  # its order's fills counted (GetPortfolio's)
         return out
 
 
@@ -143,6 +144,28 @@ async def test_a_run_leaves_exactly_what_one_at_a_time_leaves(checked_pool, capl
     # The flow moved something on every line compared (a vacuous match would prove nothing).
     assert got["s1", "proceeds"] and got["b1", "position"][0] == 8 and got["s1o", "hold"][2].value == "RELEASED"
     assert [t for t, _ in got["b1", "audit"]].count("HOLD_CAPTURED") == 2
+    # Each hold counts its order's fills, as the incoming order and as the resting one, the
+    # repeat once (round 26 review: GetPortfolio reads them instead of summing the journal).
+    assert got["b1o", "fills"] == (8, 3 * D("99.50") + 5 * D("99.01"))
+    assert got["s1o", "fills"] == (8, 3 * D("99.50") + 2 * D("98.75") + 3 * D(100))
+    assert got["b2o", "fills"] == (5, 2 * D("98.75") + 3 * D(100)) and got["b3o", "fills"] == (0, 0)
+
+
+async def test_a_fill_worth_less_than_a_cent_is_counted_by_the_buy_s_hold_too(checked_pool):
+    """A buy's fill worth less than a cent captures no cash (fill_cash), yet is a fill of the
+    order: its hold counts it, applied alone and in a run alike, as the sell's does."""
+    one, run = await World(checked_pool).open(), await World(checked_pool).open()
+    for w in (one, run):
+        flow = [w.fill(1, "BUY", "b1o", "s1o", 1, "0.004", 9, 9), w.fill(2, "SELL", "b2o", "s2o", 2, "99", 3, 3)]
+        if w is one:
+            for ex in flow:
+                await settlement.apply_execution(ex, w.uow)
+        else:
+            assert await settlement.apply_executions(flow, w.uow) == 2
+    expected, got = await one.state(), await run.state()
+    assert got == expected
+    assert got["b1o", "fills"] == got["s1o", "fills"] == (1, D("0.004"))
+    assert got["b1o", "hold"][0] == 0  # nothing captured
 
 
 async def test_a_run_applied_before_applies_nothing_and_a_mixed_one_only_the_new(checked_pool, caplog):

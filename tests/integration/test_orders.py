@@ -837,3 +837,84 @@ async def test_a_batch_of_new_orders_claims_their_ids_in_the_order_the_reaper_cl
             await tx.rollback()
             raise
     assert await inserting == [None, None]  # no deadlock: both ids the reaper's, neither order recorded
+
+
+async def test_list_orders_by_id_lists_those_of_the_account_whatever_their_status(order_deps, checked_pool):
+    """ListOrders' order_ids (round 26: the ledger's portfolio asks for the orders its holds are
+    open for in one call, whatever order_svc's status of each, rather than one GetOrder per
+    order order_svc had ended): those of the caller's account, others' and unknown ones left
+    out; ANDed with the other filters; paged like any list, its token bound to the ids; read by
+    the primary key, not the account's history."""
+    import grpc
+
+    from meshkit.server import App, create_server
+    from meshkit.status import error_info
+    from order_svc.adapters.repository import list_sql
+    from order_svc.entrypoints.grpc_server import OrderServicer
+    from stockmesh.order.v1 import order_service_pb2_grpc
+    from tests.support.crash import identity
+
+    a, other = acct(), acct()
+    rejected = await place(limit_buy(a, "poor"), order_deps)  # no cash yet: REJECTED
+    await deposit(checked_pool, a, "10000")
+    await deposit(checked_pool, other, "10000")
+    working = await place(limit_buy(a, "rich", qty=1), order_deps)
+    msft = await place(limit_buy(a, "msft", qty=1, price="400.00", symbol="MSFT"), order_deps)
+    others = await place(limit_buy(other, "theirs", qty=1), order_deps)
+    assert rejected.status is Status.REJECTED and Status.REJECTED not in (working.status, msft.status)
+    server, port, _ = await create_server("127.0.0.1:0", App(name="order_svc", servicers=[
+        (order_service_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(order_deps, None),
+         "stockmesh.order.v1.OrderService")]))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = order_service_pb2_grpc.OrderServiceStub(ch)
+
+            async def listed(**kw) -> pb.ListOrdersResponse:
+                return await stub.ListOrders(pb.ListOrdersRequest(**kw), metadata=identity(a), timeout=10)
+
+            ids = [str(o.order_id) for o in (rejected, working, msft, others)] + [str(uuid.uuid4())]
+            every = await listed(order_ids=ids + [str(working.order_id).upper()])  # the same order, once
+            assert [o.order_id for o in every.orders] == [str(msft.order_id), str(working.order_id),
+                                                          str(rejected.order_id)]  # newest first
+            assert [o.order_id for o in (await listed(order_ids=[str(working.order_id), str(others.order_id)])).orders] \
+                == [str(working.order_id)]  # not the account's others
+            assert [o.order_id for o in (await listed(order_ids=ids, statuses=[common_pb2.ORDER_STATUS_REJECTED])).orders] \
+                == [str(rejected.order_id)]
+            assert [o.order_id for o in (await listed(order_ids=ids, symbol="MSFT")).orders] == [str(msft.order_id)]
+            first = await listed(order_ids=ids, page_size=2)
+            assert len(first.orders) == 2 and first.next_page_token
+            rest = await listed(order_ids=ids, page_size=2, page_token=first.next_page_token)
+            assert [o.order_id for o in rest.orders] == [str(rejected.order_id)] and not rest.next_page_token
+            for bad, violations in (
+                    ({"order_ids": ids[:2], "page_size": 2, "page_token": first.next_page_token},
+                     [("page_token", "was returned for another account or query "
+                                     "(symbol, statuses and order_ids must not change)")]),
+                    ({"order_ids": ["nope", "", ids[0]]}, [("order_ids[0]", "must be an order id returned by PlaceOrder"),
+                                                         ("order_ids[1]", "is required")]),
+                    ({"order_ids": ids[:1] * 501}, [("order_ids", "at most 500 order ids, not 501")])):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await listed(**bad)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert [(f.field, f.description) for f in error_info(err.value)[1].field_violations] == violations
+    finally:
+        await server.stop(None)
+    async with checked_pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:  # an active trader's history of 3,000 orders, gone with the transaction
+            await conn.execute("CREATE TEMP TABLE history ON COMMIT DROP AS SELECT o.* FROM orders.orders o, "
+                               "generate_series(1, 3000) WHERE o.order_id = $1", rejected.order_id)
+            await conn.execute("UPDATE history SET order_id = gen_random_uuid()")
+            await conn.execute("UPDATE history SET client_order_id = order_id::text")
+            await conn.execute("INSERT INTO orders.orders SELECT * FROM history")
+            await conn.execute("ANALYZE orders.orders")
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute("PREPARE by_ids (text, text, text[], timestamptz, uuid, bigint, uuid[]) AS "
+                               + list_sql([], by_ids=True))
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE by_ids ('{a}', NULL, ARRAY[]::text[], NULL, "
+                                       f"NULL, 501, ARRAY['{rejected.order_id}']::uuid[])")
+            await conn.execute("DEALLOCATE by_ids")
+        finally:
+            await tx.rollback()
+    assert '"orders_pkey"' in plan, plan

@@ -62,6 +62,29 @@ async def check_holds(conn: asyncpg.Connection) -> list[str]:
                                 WHERE p.entry_id = c.entry_id AND p.book_id = h.book_id AND p.amount = -c.amount)
             """):
         problems.append(f"capture {r['capture_id']} of hold {r['hold_id']} does not match its journal entry")
+    # The fills each open hold has counted (GetPortfolio lists its order with them, migration
+    # 0021) are its order's in the journal, as the incoming and as the resting order, with those
+    # of the orders it replaced (its completed transfers): what the migration filled in from (by
+    # the order's id alone here: a malformed fill naming no account for its maker is counted too).
+    for r in await conn.fetch(
+            """
+            WITH RECURSIVE chain (hold_id, member) AS (
+                SELECT hold_id, hold_id FROM ledger.holds WHERE status = 'PENDING'
+                UNION
+                SELECT c.hold_id, t.from_hold_id FROM chain c
+                  JOIN ledger.hold_transfers t ON t.to_hold_id = c.member AND t.status = 'COMPLETED'
+            ), fills AS (
+                SELECT c.hold_id, coalesce(sum(e.quantity), 0) AS filled, coalesce(sum(e.price * e.quantity), 0) AS notional
+                  FROM chain c LEFT JOIN ledger.executions e ON e.type = 'FILL'
+                   AND c.member IN (e.order_id, e.counter_order_id)
+                 GROUP BY c.hold_id
+            )
+            SELECT h.hold_id, h.filled, h.notional, f.filled AS journal, f.notional AS journal_notional
+              FROM ledger.holds h JOIN fills f USING (hold_id)
+             WHERE (h.filled, h.notional) <> (f.filled, f.notional)
+            """):
+        problems.append(f"hold {r['hold_id']} counts {r['filled']} filled for {r['notional']}, its order's fills in "
+                        f"the journal {r['journal']} for {r['journal_notional']}")
     return problems
 
 

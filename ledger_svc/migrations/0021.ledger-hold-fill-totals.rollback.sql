@@ -1,0 +1,1 @@
+ALTER TABLE ledger.holds DROP COLUMN IF EXISTS notional, DROP COLUMN IF EXISTS filled;
