@@ -480,17 +480,28 @@ async def _until_done(work, msgs, durable: str) -> None:
             return
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - retried in place, never skipped
+        except Exception as exc:  # noqa: BLE001 - retried in place, never skipped
             attempts += 1
             failing_since = failing_since or time.monotonic()
             CONSUMER_FAILURES.labels(durable).inc()
             CONSUMER_STUCK.labels(durable).set(time.monotonic() - failing_since)
-            log.exception("message handling failed; retrying",
-                          extra={"subject": msgs[0].subject, "durable": durable, "attempts": attempts})
+            _say_failed(exc, {"subject": msgs[0].subject, "durable": durable, "attempts": attempts})
             for m in msgs:
                 await m.in_progress()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _say_failed(exc: Exception, about: dict) -> None:
+    """A handler's failure: at WARNING in one line when a connection failed under it (PostgreSQL's
+    session ended, NATS reconnecting: the retry gets over it), else at ERROR with the traceback
+    (what keeps failing so is what stockmesh_consumer_stuck_seconds shows)."""
+    from meshkit.transient import one_line, transient  # (it imports this module)
+
+    if (reason := transient(exc)) is None:
+        log.exception("message handling failed; retrying", extra=about)
+    else:
+        log.warning("message handling failed; retrying", extra={**about, "reason": reason, "error": one_line(exc)})
 
 
 async def _consume_loop(puller: Puller, handle, handle_batch, idle_wait: float, durable: str,

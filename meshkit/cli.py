@@ -597,7 +597,8 @@ def journal_trim(day: str, dry_run: bool, database_url: str | None, nats_url: st
 @click.option("--nats-url", envvar="NATS_URL", show_envvar=True, default=None,
               help="NATS URL (a cluster: comma-separated). Default: the mesh's in --data-dir.")
 @_mesh_namespace("with no --nats-url, the namespace of the mesh in --data-dir; else stockmesh")
-@click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked.")
+@click.option("--behind", is_flag=True, help="Only the consumers with messages not yet taken or not yet acked; "
+              "exit 1 if any is (0: none behind), e.g. `until stockmesh consumers --behind; do sleep 1; done`.")
 @_mesh_data_dir("NATS")
 def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path | None) -> None:
     """Where each durable consumer of the mesh's streams stands: the engine's (engine_<SYM> on
@@ -605,7 +606,8 @@ def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path
     candle writer's (on MD). `pending` is what it has not taken yet, `unacked` what it took and
     has not acknowledged: a symbol whose count stays up while its neighbours' fall is stuck on
     a message (stockmesh_consumer_stuck_seconds says since when, the service's log why).
-    Exit 1 if the mesh's streams are not there."""
+    Exit 1 if the mesh's streams are not there, and, with --behind, if any consumer is behind
+    (a script waits for none: `until stockmesh consumers --behind; do sleep 1; done`)."""
     import asyncio
     import logging
 
@@ -644,6 +646,8 @@ def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path
     for base, name, pending, unacked, floor, last in shown:
         click.echo(f"{base:<11} {name:<24} {pending:>9} {unacked:>9} {floor:>12} {last:>10}")
     click.echo(f"{len(shown)} of {len(rows)} durable consumers" + (" behind" if behind else ""))
+    if behind and shown:
+        sys.exit(1)
 
 
 @main.group()

@@ -16,6 +16,12 @@ def causes(exc: BaseException | None, limit: int = 5) -> Iterator[BaseException]
         exc, limit = exc.__cause__ or exc.__context__, limit - 1
 
 
+class Lasting(Exception):
+    """A failure that outlasted the retries of what met it, however passing its cause (NATS not
+    answering for 30 s: a relay cut off from it, or pointed at the wrong one): an operator must
+    look, so it is logged at ERROR (meshkit.transient never calls it passing)."""
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     field: str

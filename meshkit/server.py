@@ -25,6 +25,7 @@ from meshkit import aio, config, logs
 from meshkit.bridge import BridgeServer, routes as bridge_routes
 from meshkit.errors import MAX_REQUEST_BYTES
 from meshkit.interceptors import ServiceInterceptor
+from meshkit.transient import one_line, transient
 
 log = logging.getLogger("meshkit.server")
 
@@ -238,15 +239,21 @@ async def watch_health(h: health.aio.HealthServicer, app: App, ready: Readiness 
 
 
 async def _supervised(task_fn: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop; log and restart it if it crashes."""
+    """Run a background loop; log and restart it if it crashes: at WARNING, in one line, when a
+    connection it held failed (transient), else at ERROR with the traceback."""
     while True:
         try:
             await task_fn()
             return
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
-            log.exception("background task crashed; restarting", extra={"task": task_fn.__qualname__})
+        except Exception as exc:  # noqa: BLE001
+            reason = transient(exc)
+            if reason is None:
+                log.exception("background task crashed; restarting", extra={"task": task_fn.__qualname__})
+            else:
+                log.warning("background task lost a connection; restarting",
+                            extra={"task": task_fn.__qualname__, "reason": reason, "error": one_line(exc)})
             await asyncio.sleep(1)
 
 
@@ -318,12 +325,25 @@ async def serve(settings: config.Settings, bootstrap: Callable[[config.Settings]
         await asyncio.gather(server.stop(settings.grace_seconds), bridge.stop(settings.grace_seconds))
     else:
         await server.stop(settings.grace_seconds)
-    for close in app.on_close:
-        try:
-            await asyncio.wait_for(close(), timeout=settings.grace_seconds)
-        except Exception:  # noqa: BLE001 - a dependency that will not close cleanly does not keep us up
-            log.exception("error while closing", extra={"closer": getattr(close, "__qualname__", repr(close))})
+    await close_all(app.on_close, settings.grace_seconds)
     log.info("stopped")
+
+
+async def close_all(closers: list[Callable[[], Awaitable[None]]], timeout: float) -> None:
+    """Close a stopping process's dependencies, each within `timeout` seconds; one that will not
+    close cleanly does not keep the process up: logged at WARNING in one line when its
+    connection was gone already (transient: a NATS stopped before us), else at ERROR with the
+    traceback."""
+    for close in closers:
+        try:
+            await asyncio.wait_for(close(), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - see above
+            closer = getattr(close, "__qualname__", repr(close))
+            if (reason := transient(exc)) is None:
+                log.exception("error while closing", extra={"closer": closer})
+            else:
+                log.warning("not closed cleanly: a connection was gone already",
+                            extra={"closer": closer, "reason": reason, "error": one_line(exc)})
 
 
 def run(service: str, bootstrap: Callable[[config.Settings], Awaitable[App]],

@@ -3,7 +3,9 @@
 Steps, each shown as it runs:
   1. keys        development key pair and JWKS in <data-dir>/keys
   2. infra       PostgreSQL, Redis (used or started), NATS (the pinned nats-server, or
-                 --nats-cluster N of them, started unless NATS_URL is set)
+                 --nats-cluster N of them, started unless NATS_URL is set); a database of
+                 another namespace, or in use by another `up`, or empty beside a JetStream
+                 that holds the namespace's order flow, is refused (exit 2)
   3. migrations  every service's schema (meshkit.migrate.apply_all)
   4. services    order_svc, ledger_svc, quote_svc, matching_svc on free 127.0.0.1 ports,
                  each waited for until its own gRPC health check says SERVING; a service with
@@ -105,6 +107,31 @@ def relay_apart() -> bool:
     return env_choice("ORDER_OUTBOX_RELAY", ("in-process", "external"), "external") == "external"
 
 
+async def _stream_messages(nats_url: str, namespace: str, bases: tuple[str, ...]) -> dict[str, int]:
+    """How many messages each of the namespace's streams `bases` holds ({name: count}; 0 for a
+    stream not there)."""
+    import logging
+
+    import nats.js.errors
+
+    from meshkit.bus import COMMAND_ATTEMPTS, connect, stream_name
+
+    logging.getLogger("meshkit.bus").setLevel(logging.ERROR)  # not "disconnected" when we close
+    nc = await connect(nats_url, "stockmesh up", attempts=COMMAND_ATTEMPTS)
+    held = {}
+    try:
+        js = nc.jetstream()
+        for base in bases:
+            name = stream_name(namespace, base)
+            try:
+                held[name] = (await js.stream_info(name)).state.messages
+            except nats.js.errors.NotFoundError:
+                held[name] = 0
+    finally:
+        await nc.close()
+    return held
+
+
 class LaunchError(RuntimeError):
     """A step failed; the message says which and why (with the failing child's log tail)."""
 
@@ -197,6 +224,7 @@ class Mesh:
         self.metrics_ports: dict[str, int] = {}
         self.relay_port: int | None = None  # order_relay's own gRPC port (health), when it runs apart
         self.instances: dict[str, str] = {}  # process name -> its service (quote_svc-2 -> quote_svc)
+        self._last_database_url: str | None = None  # the database the folder's last mesh used (mesh.json)
 
     # ----------------------------------------------------------------- public
 
@@ -235,6 +263,7 @@ class Mesh:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        self._last_database_url = self._database_url_last_used()
         self._write_state(ready=False)
 
         self._step("1/7 development keys")
@@ -267,13 +296,16 @@ class Mesh:
         if self.opts.nats_cluster > 1 and self.opts.nats_url:
             raise LaunchError("--nats-cluster starts its own servers: leave NATS_URL / --nats-url unset "
                               "(for an existing cluster, set JETSTREAM_REPLICAS instead)")
-        self.infra = infra.prepare(
+        prepared = infra.prepare(
             self.data_dir, self.sup,
             database_url=self._database_url(),
             redis_url=self.opts.redis_url, nats_url=self.opts.nats_url,
             say=self.say, stop=self.stop_event, nats_cluster=self.opts.nats_cluster,
             check_database=self._check_database,
         )
+        # (Checked before it is the mesh's: mesh.json keeps naming the database last used.)
+        self._refuse_a_history_without_its_database(prepared.database_url, prepared.nats_url)
+        self.infra = prepared
 
         self._step("3/7 database migrations")
         self._migrate(self.infra.database_url)
@@ -406,6 +438,51 @@ class Mesh:
                 "launcher's host is gone, end its session: SELECT pg_terminate_backend(<pid>)), or give this one a "
                 "database of its own (--database-url, or another --namespace)")
         self._database_lock = conn
+
+    def _database_url_last_used(self) -> str | None:
+        """The database (redacted) that the last mesh of this data folder used, as its mesh.json
+        says, read before this start rewrites it."""
+        try:
+            return json.loads((self.data_dir / "mesh.json").read_text()).get("database_url")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _refuse_a_history_without_its_database(self, database_url: str, nats_url: str) -> None:
+        """Refused if the namespace's JetStream already holds an order flow (ORDERS, EXECUTIONS)
+        while the database holds no mesh data at all (owner.emptiness): a mistyped --database-url,
+        or a database dropped, given to a data folder with a history. Started so, it came up
+        ready while every ledger consumer retried an execution of an order the database never had
+        (HoldNotFound), forever, and order_svc passed executions over: portfolios stopped
+        updating, silently (explorer, round 26). Only an empty database asks NATS: a restart of a
+        mesh with data costs nothing more. (A database restored alone to an earlier point has
+        data, and is not caught here: operations.md says it is not supported.)"""
+        import asyncio
+
+        from meshkit.launcher import owner
+
+        why = asyncio.run(owner.emptiness(database_url))
+        if why is None:
+            return
+        try:
+            held = asyncio.run(_stream_messages(nats_url, self.opts.namespace, ("ORDERS", "EXECUTIONS")))
+        except Exception as exc:  # noqa: BLE001 - any failure here stops the launch, with its reason
+            raise LaunchError(f"cannot read the streams of namespace {self.opts.namespace!r} on NATS "
+                              f"{infra.redact(nats_url)}: {type(exc).__name__}: {exc}") from exc
+        if not any(held.values()):
+            return
+        last = (f"; this data folder's last mesh used {self._last_database_url}"
+                if self._last_database_url not in (None, infra.redact(database_url)) else "")
+        local = any(infra.is_nats(child.spec.name) for child in self.sup.children)  # the data folder's
+        where, over = (("this data folder", "a new --data-dir") if local else
+                       (infra.redact(nats_url), "another --namespace, or delete the namespace's streams from that NATS"))
+        found = ", ".join(f"{n} message(s) in {stream}" for stream, n in held.items() if n)
+        raise Refused(
+            f"the JetStream of namespace {self.opts.namespace!r} ({where}) already holds an order flow ({found}), "
+            f"but the database {infra.redact(database_url)} holds no StockMesh data ({why}): on it, every ledger "
+            "consumer would stop at the first execution of an order the database does not have, and portfolios "
+            f"would stop updating. Give this mesh the database of that history (--database-url{last}), or restore "
+            "the database and the data folder together (docs/operations.md, \"Backups, restores\"); to start over, "
+            f"{over}")
 
     def _lock_database(self, database_url: str):
         """(the connection holding this namespace's launcher lock on the database, None) or
@@ -641,7 +718,8 @@ class Mesh:
             "bridge_ports": self.bridge_ports,
             "pids": {c.spec.name: c.pid for c in self.sup.children if c.running()},
             "restarts": {c.spec.name: c.restarts for c in self.sup.children},
-            "database_url": infra.redact(self.infra.database_url) if self.infra else None,
+            # Until this start's database passed its checks, the one the folder's last mesh used.
+            "database_url": infra.redact(self.infra.database_url) if self.infra else self._last_database_url,
             "redis_url": infra.redact(self.infra.redis_url) if self.infra else None,
             "nats_url": infra.redact(self.infra.nats_url) if self.infra else None,
             "nats_monitor_url": self.infra.nats_monitor_url if self.infra else None,

@@ -51,6 +51,23 @@ async def owner(conn: asyncpg.Connection) -> str | None:
     return None
 
 
+async def emptiness(url: str) -> str | None:
+    """Why the database at `url` holds no mesh's data ("no StockMesh tables", or "no order and no
+    mesh's claim"), or None when it holds some: a claim, a published order flow (owner), or an
+    order. An order the engines heard of came from a database that kept it (orders are never
+    deleted), so a mesh whose JetStream holds an order flow and whose database has none of this
+    is on the wrong database (Mesh._refuse_a_history_without_its_database)."""
+    conn = await db.connect(url, "launcher", command_timeout=30)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('orders.orders') IS NOT NULL"):
+            return "no StockMesh tables: a new database, or one dropped and created again"
+        if await owner(conn) is not None or await conn.fetchval("SELECT EXISTS (SELECT 1 FROM orders.orders)"):
+            return None
+        return "no order, and no mesh's claim"
+    finally:
+        await conn.close()
+
+
 async def database_owner(url: str, *, timeout: float = 30) -> str | None:
     """owner() of the database at `url`; None when the server has no such database, does not
     answer within `timeout`, or refuses us (a role without access to the schemas: what uses

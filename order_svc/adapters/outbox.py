@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from meshkit import aio, bus, config, db, failpoints
+from meshkit.errors import Lasting
 from order_svc.adapters.repository import OUTBOX_CHANNEL, OutboxRepository
 
 log = logging.getLogger("order_svc.outbox")
@@ -107,6 +108,11 @@ class PublishFailed(Exception):
     again in place (OutboxRelay.run), keeping its election and its PostgreSQL connection."""
 
 
+class PublishesKeepFailing(PublishFailed, Lasting):
+    """Publishes failed for PUBLISH_GIVE_UP_AFTER seconds: the relay gives its election up (an
+    ERROR, though its cause is NATS not answering: meshkit.transient)."""
+
+
 class OutboxRelay:
     """With `namespace`, relays only the rows of that namespace's order flow
     (`<namespace>.orders.<SYMBOL>`): a row queued for another (a session close run by hand
@@ -174,7 +180,7 @@ class OutboxRelay:
                         # relay pointed at the wrong NATS) ends the task after all, an ERROR,
                         # and with it the election: a replica whose NATS answers takes over
                         # (review: one that kept retrying kept every order from the engines).
-                        raise
+                        raise PublishesKeepFailing(f"publishes failed for {lasted:.0f} s: {exc}") from exc
                     pause = min(PUBLISH_RETRY_FIRST * 2 ** min(failing - 1, 8), PUBLISH_RETRY_MAX)
                     log.warning("JetStream did not take the orders to relay; trying again", extra={
                         "error": str(exc), "failedRounds": failing, "failingSeconds": round(lasted, 1),

@@ -24,13 +24,13 @@ async def _publish(js, ns: str, symbol: str, execution_id: str) -> int:
     return ack.seq
 
 
-async def _cli(*args: str) -> str:
+async def _cli(*args: str, code: int = 0) -> str:
     import sys
 
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "meshkit.cli", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    assert proc.returncode == code, out.decode() + err.decode()
     return out.decode()
 
 
@@ -59,13 +59,18 @@ async def test_an_execution_that_cannot_apply_stops_only_its_own_symbol(nats_con
         await _publish(js, ns, "BBB", "B3")
         assert await eventually(lambda: "B3" in applied), applied
         assert "A2" not in applied  # AAA's later execution waits behind the one failing
-        # Operators see which symbol is behind: `stockmesh consumers --behind`.
-        shown = await _cli("consumers", "--nats-url", nats_url, "--namespace", ns, "--behind")
+        # Operators see which symbol is behind: `stockmesh consumers --behind`, exit 1 while any
+        # is (explorer, round 26: exit 0 either way, so a backup script had to parse the output).
+        options = ("consumers", "--nats-url", nats_url, "--namespace", ns, "--behind")
+        shown = await _cli(*options, code=1)
         behind = {line.split()[1]: line.split()[2:4] for line in shown.splitlines()[1:-1]}
         assert list(behind) == ["svc_AAA"] and behind["svc_AAA"] == ["0", "2"], shown  # A1, A2 taken, not acked
         assert shown.splitlines()[-1] == "1 of 2 durable consumers behind", shown
         broken.clear()
         assert await eventually(lambda: "A2" in applied), applied
+        assert await executions_drained(js, ns, "svc", ["AAA", "BBB"]), applied
+        shown = await _cli(*options)  # exit 0: none behind
+        assert shown.splitlines()[1:] == ["0 of 2 durable consumers behind"], shown
     finally:
         await _stop(task)
     assert [e for e in applied if e.startswith("A")] == ["A1", "A2"]  # in its symbol's order, each once

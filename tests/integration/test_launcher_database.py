@@ -6,7 +6,8 @@ and candles, silently. Now the database given none follows the namespace
 (meshkit.launcher.owner), naming both, before it migrates or starts anything.
 
 The launches here stop at NATS (a NATS_URL nothing answers at) or before: the database step is
-what they are about. Each test drops the databases it made."""
+what they are about; those given a NATS that answers are refused at step 2, or run in this
+process and stop where the migrations would start. Each test drops the databases it made."""
 from __future__ import annotations
 
 import asyncio
@@ -32,11 +33,13 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _up(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`stockmesh up` in `folder`, with NATS where nothing answers: it ends at step 2 at the latest."""
+def _up(folder: Path, *args: str, env: dict[str, str] | None = None,
+        nats_url: str | None = None) -> subprocess.CompletedProcess:
+    """`stockmesh up` in `folder`, with NATS where nothing answers: it ends at step 2 at the latest
+    (given `nats_url`, a NATS that answers: only for a launch refused at step 2)."""
     env = env or {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STOCKMESH_NAMESPACE")}
     return subprocess.run([sys.executable, "-m", "meshkit.cli", "up", "--data-dir", str(folder), "--port", "0",
-                           "--nats-url", f"nats://127.0.0.1:{free_port()}", *args],
+                           "--nats-url", nats_url or f"nats://127.0.0.1:{free_port()}", *args],
                           capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
 
 
@@ -254,3 +257,81 @@ async def test_a_running_up_takes_its_database_lock_again_when_its_session_is_lo
         finally:
             await conn.close()
             mesh._release_database()
+
+
+class _PastTheChecks(Exception):
+    """Raised in place of the migrations: the launch got past every check of step 2."""
+
+
+async def _launch_until_migrations(folder: Path, namespace: str, database_url: str, nats_url: str) -> list[str]:
+    """`Mesh.start` in this process up to step 3, where it stops (nothing of the mesh started
+    after NATS): what it said. Fails if a check of step 2 refused it."""
+    from meshkit.launcher.mesh import Mesh, UpOptions
+
+    lines: list[str] = []
+    mesh = Mesh(UpOptions(data_dir=folder, port=0, namespace=namespace, database_url=database_url,
+                          nats_url=nats_url), say=lines.append)
+
+    def migrate(_url: str) -> None:
+        raise _PastTheChecks
+
+    mesh._migrate = migrate  # type: ignore[method-assign]
+    mesh._lock()  # as Mesh.run: its stop writes mesh.json
+    try:
+        with pytest.raises(_PastTheChecks):
+            await asyncio.to_thread(mesh.start)
+    finally:
+        mesh.stop()
+    return lines
+
+
+async def test_up_refuses_an_empty_database_for_a_namespace_whose_jetstream_holds_an_order_flow(
+        tmp_path: Path, pg_server_url: str, nats_conn, nats_url: str) -> None:
+    """Explorer, round 26: a data folder whose JetStream held the namespace's orders and
+    executions, given a new database (a mistyped --database-url, or `dropdb stockmesh` then
+    `./dev up`), came up ready, "created now", while every ledger consumer retried an execution
+    of an order the database never had (HoldNotFound), forever. Refused now, exit 2, before
+    anything is migrated or started, saying what each side holds and what to do; an empty
+    database migrated by hand likewise. A database the namespace's mesh claimed goes on, and a
+    new database with a JetStream that holds nothing (a new mesh) starts."""
+    namespace = f"hist{uuid.uuid4().hex[:8]}"
+    js = nats_conn.jetstream()
+    for base in ("ORDERS", "EXECUTIONS"):
+        await bus.ensure_stream(js, namespace, base)
+    try:
+        new_name = f"stockmesh_test_hist_{uuid.uuid4().hex[:8]}"
+        new = _with_db(pg_server_url, new_name)
+        try:
+            # A new mesh: the streams are there (a first start made them), with nothing in them.
+            lines = await _launch_until_migrations(tmp_path / "first", namespace, new, nats_url)
+            assert f"  using {new} (created now)" in lines, lines
+            for n, base in enumerate(("orders", "orders", "executions")):
+                await js.publish(bus.subject(namespace, base, "AAPL"), b"", headers={"Nats-Msg-Id": f"m-{n}"})
+
+            refused = _up(tmp_path / "first", "--namespace", namespace, "--database-url", new, nats_url=nats_url)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert (f"the JetStream of namespace {namespace!r} ({nats_url}) already holds an order flow (2 message(s) in "
+                    f"{namespace}_ORDERS, 1 message(s) in {namespace}_EXECUTIONS), but the database {new} holds no "
+                    "StockMesh data (no StockMesh tables: a new database, or one dropped and created again): on it, "
+                    "every ledger consumer would stop") in refused.stdout, refused.stdout
+            assert ("Give this mesh the database of that history (--database-url), or restore the database and the "
+                    "data folder together") in refused.stdout, refused.stdout
+            assert "another --namespace, or delete the namespace's streams from that NATS" in refused.stdout
+            assert "3/7" not in refused.stdout, refused.stdout  # nothing migrated, nothing started
+        finally:
+            drop_database(pg_server_url, new_name)
+
+        async with fresh_database(pg_server_url) as migrated:  # every schema, no order, no claim
+            refused = _up(tmp_path / "first", "--namespace", namespace, "--database-url", migrated,
+                          nats_url=nats_url)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert (f"the database {migrated} holds no StockMesh data (no order, and no mesh's claim)"
+                    in refused.stdout), refused.stdout
+            # The database the folder's mesh last used, not the one refused just before it.
+            assert f"(--database-url; this data folder's last mesh used {new})" in refused.stdout, refused.stdout
+            assert await owner.other_namespace(migrated, namespace, claim=True) is None  # a mesh of it ran here
+            lines = await _launch_until_migrations(tmp_path / "second", namespace, migrated, nats_url)
+            assert f"  using {migrated}" in lines, lines
+    finally:
+        for base in ("ORDERS", "EXECUTIONS"):
+            await js.delete_stream(bus.stream_name(namespace, base))

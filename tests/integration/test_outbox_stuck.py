@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 
 from meshkit import bus
+from meshkit.errors import Lasting
+from meshkit.transient import transient
 from order_svc.adapters.notifications import UpdateNotifier
 from order_svc.adapters.outbox import OutboxRelay
 from tests.conftest import fresh_database
@@ -153,6 +155,8 @@ async def test_a_relay_whose_publishes_keep_failing_gives_its_election_up(pg_ser
             if not done:
                 task.cancel()
             assert done and isinstance(task.exception(), outbox.PublishFailed)
+            # Logged at ERROR by its supervisor, whatever NATS error caused it: it lasted.
+            assert isinstance(task.exception(), Lasting) and transient(task.exception()) is None
             assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", relay.lock)  # free for another replica
             assert not await _published(conn, "o-1")
         finally:

@@ -10,16 +10,7 @@ from google.rpc import code_pb2, error_details_pb2
 
 from meshkit.db import connection_lost
 from meshkit.interceptors import failure
-
-
-def _chained(outer: Exception, cause: BaseException) -> Exception:
-    try:
-        try:
-            raise cause
-        except BaseException as inner:
-            raise outer from inner
-    except Exception as exc:  # noqa: BLE001 - returned for the test
-        return exc
+from tests.support.errors import chained
 
 
 @pytest.mark.parametrize("exc", [
@@ -30,7 +21,7 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
     ConnectionRefusedError(111, "Connection refused"),
     asyncpg.InterfaceError("cannot call Transaction.rollback(): the underlying connection is closed"),
     asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
-    _chained(RuntimeError("a batch failed"), ConnectionResetError(104, "Connection reset by peer")),
+    chained(RuntimeError("a batch failed"), ConnectionResetError(104, "Connection reset by peer")),
 ])
 def test_a_lost_connection_is_unavailable(exc: Exception) -> None:
     assert connection_lost(exc)
@@ -54,7 +45,7 @@ def test_other_errors_stay_internal(exc: Exception) -> None:
 @pytest.mark.parametrize("exc", [
     nats.errors.TimeoutError(),
     nats.errors.NoServersError(),
-    _chained(RuntimeError("publishing the halt failed"), nats.errors.ConnectionClosedError()),
+    chained(RuntimeError("publishing the halt failed"), nats.errors.ConnectionClosedError()),
 ])
 def test_nats_not_answering_is_unavailable_and_says_the_call_may_still_take_effect(exc: Exception) -> None:
     """A halt published while NATS was stopped (acceptance round 7): its acknowledgement never
