@@ -18,7 +18,7 @@ from meshkit import bus
 from stockmesh.common.v1 import common_pb2
 from stockmesh.order.v1 import order_pb2, order_service_pb2 as pb
 from tests.support.crash import identity, killed_at, order_svc_env, running_order_svc
-from tests.support.quotes import md_event, publish_md
+from tests.support.quotes import md_event, next_md_sequence, publish_md
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,8 @@ async def test_a_market_buy_retried_after_the_quote_moved_keeps_its_first_attemp
     # 199.50, asks the ledger for another amount under the same hold id, and adopts the hold.
     js = nats_conn.jetstream()
     await bus.ensure_stream(js, namespace, "md")
-    await publish_md(js, namespace, md_event("AMZN", 1, bid="184.90", ask="185.00"))
+    seq = await next_md_sequence(js, namespace, "AMZN")  # (test_replace_crash's engine trades AMZN)
+    await publish_md(js, namespace, md_event("AMZN", seq, bid="184.90", ask="185.00"))
     account = await _funded_account(checked_pool)
     env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
     request = pb.PlaceOrderRequest(client_order_id="market-1", symbol="AMZN", side=common_pb2.SIDE_BUY,
@@ -142,7 +143,7 @@ async def test_a_market_buy_retried_after_the_quote_moved_keeps_its_first_attemp
                                                                            timeout=10))
     hold_id, amount, status = await _hold_of(checked_pool, account)
     assert (amount, status) == (Decimal("388.50"), "PENDING")
-    await publish_md(js, namespace, md_event("AMZN", 2, bid="189.90", ask="190.00"))
+    await publish_md(js, namespace, md_event("AMZN", seq + 1, bid="189.90", ask="190.00"))
 
     async with running_order_svc(env) as stub:
         reply = await stub.PlaceOrder(request, metadata=identity(account), timeout=10)

@@ -31,6 +31,22 @@ def md_event(symbol: str, seq: int, *, price: str = "", qty: int = 0, bid: str =
     return ev
 
 
+async def next_md_sequence(js, namespace: str, symbol: str) -> int:
+    """The market-data sequence after the symbol's last event on the session's stream: a test
+    publishing its own events after another module's engine traded the symbol (the session's
+    namespace is shared) would have sequence 1 dropped as that engine's repeat (its Nats-Msg-Id
+    in JetStream's duplicate window) and read as older than the feed's (round 26: the market
+    buy of test_order_crash, run after test_replace_crash, was never placed)."""
+    import nats.js.errors
+
+    stream = await bus.ensure_stream(js, namespace, "md")
+    try:
+        last = await bus.last_msg(js, stream, bus.subject(namespace, "md", symbol))
+    except nats.js.errors.NotFoundError:
+        return 1
+    return mpb.MarketDataEvent.FromString(last.data).sequence + 1
+
+
 async def publish_md(js, namespace: str, ev: mpb.MarketDataEvent) -> None:
     await js.publish(bus.subject(namespace, "md", ev.symbol), ev.SerializeToString(),
                      headers={"Nats-Msg-Id": f"{ev.symbol}:md:{ev.sequence}"})
