@@ -17,6 +17,11 @@
 -- while written. A fill applied by a ledger of the previous release after this (a rolling
 -- upgrade, until its pods stop) is not counted: that order's listed filled_quantity stays short
 -- by it until the order ends (its cash and shares are exact; only the listing reads these).
+-- One of this release (its pods may start once the columns exist; or this run again, after a
+-- failed index build) is: each hold gets the fills its totals lacked when the journal was read
+-- (the journal's less the totals then), added to its totals as they are when written, never
+-- the journal's sum written over a fill counted meanwhile (review of round 26: a fill applied
+-- while the backfill waited for its hold's row was lost).
 --
 -- (0021 first indexed every resting fill here, and dropped 0018's executions_filling_counter,
 -- HOLD_OPEN's lookup: a database that applied that version gets the index back, and loses the
@@ -38,10 +43,13 @@ WITH RECURSIVE chain (hold_id, account_id, member) AS (
               JOIN ledger.executions e ON e.counter_order_id = c.member AND e.counter_account_id = c.account_id
              WHERE e.type = 'FILL') f
      GROUP BY hold_id
+), missing AS MATERIALIZED (
+    SELECT f.hold_id, f.filled - h.filled AS filled, f.notional - h.notional AS notional
+      FROM fills f JOIN ledger.holds h USING (hold_id)
 )
-UPDATE ledger.holds h SET filled = f.filled, notional = f.notional
-  FROM fills f
- WHERE h.hold_id = f.hold_id AND h.status = 'PENDING';
+UPDATE ledger.holds h SET filled = h.filled + m.filled, notional = h.notional + m.notional
+  FROM missing m
+ WHERE h.hold_id = m.hold_id AND h.status = 'PENDING' AND (m.filled, m.notional) <> (0, 0);
 DROP INDEX CONCURRENTLY IF EXISTS ledger.executions_by_counter_order;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS executions_filling_counter ON ledger.executions (counter_order_id)
     WHERE type = 'FILL' AND counter_leaves = 0;

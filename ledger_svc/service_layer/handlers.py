@@ -643,9 +643,12 @@ async def complete_transfer_in(uow: LedgerUnitOfWork, from_hold_id: str, to_hold
     new = None
     if amount > 0:
         opened = model.Hold.new(to_hold_id, old.account_id, t.order_id if t else to_hold_id, old.asset, amount)
-        # The replaced order's fills (its own and those it carried) are the new order's too,
-        # as order_svc's filled_quantity counts them (FIX's CumQty).
-        opened.filled, opened.notional = old.filled, old.notional
+        if t is not None:
+            # The replaced order's fills (its own and those it carried) are the new order's too,
+            # as order_svc's filled_quantity counts them (FIX's CumQty); only through a recorded
+            # transfer, which the invariant and migration 0021 follow (review of round 26: an
+            # engine-level replace with none carried them, and the two disagreed).
+            opened.filled, opened.notional = old.filled, old.notional
         new = await uow.ledger.insert_hold(opened, book_id)
         if new is None:
             raise model.DuplicateHoldId(f"hold id {to_hold_id!r} is taken", metadata={"holdId": to_hold_id})

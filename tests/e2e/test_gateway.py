@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+import uuid
 import urllib.request
 
 import grpc
@@ -547,3 +548,19 @@ async def test_killed_service_is_restarted_and_the_mesh_serves_again(mesh: Runni
     order = await until_answered(place, "order_svc does not reach the restarted ledger_svc")
     assert order.reject_reason == order_pb2.ORDER_REJECT_REASON_INSUFFICIENT_FUNDS, order
     assert "ledger_svc restarted" in mesh.output.read_text()
+
+
+async def test_the_services_channel_pushback_does_not_reach_a_client(mesh: RunningMesh) -> None:
+    """Review of round 26: every status a service answers carries grpc-retry-pushback-ms -1, so
+    that the services' channels to each other never send it again; through Envoy it told a
+    customer's gRPC channel never to retry, also an UNAVAILABLE its RetryInfo says to retry.
+    Envoy strips it (here a NOT_FOUND, a reply without a message: in its headers)."""
+    async with mesh.channel() as ch:
+        call = order_service_pb2_grpc.OrderServiceStub(ch).GetOrder(
+            order_service_pb2.GetOrderRequest(order_id=str(uuid.uuid4())), metadata=mesh.auth("pushback-1"),
+            timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    said = dict(await call.initial_metadata() or ()) | dict(await call.trailing_metadata() or ())
+    assert "grpc-retry-pushback-ms" not in said and "grpc-status-details-bin" in said, said

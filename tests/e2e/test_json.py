@@ -338,3 +338,16 @@ def test_a_public_method_asked_without_post_says_to_post(mesh, method):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=15)
     assert err.value.code == 404
+
+
+def test_a_json_error_carries_no_channel_pushback(mesh):
+    """Review of round 26: the services' grpc-retry-pushback-ms (for their channels to each
+    other) came out as a header of every JSON error."""
+    req = urllib.request.Request(f"http://{mesh.endpoint}/stockmesh.order.v1.OrderService/GetOrder",
+                                 data=json.dumps({"order_id": str(uuid.uuid4())}).encode(),
+                                 headers={"content-type": "application/json",
+                                          "authorization": f"Bearer {mesh.token('json-pushback')}"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(req, timeout=15)
+    headers = {k.lower() for k in failed.value.headers.keys()}
+    assert failed.value.code == 404 and "grpc-retry-pushback-ms" not in headers, headers

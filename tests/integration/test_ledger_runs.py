@@ -642,3 +642,56 @@ async def test_a_parked_execution_that_cannot_apply_costs_its_batch_a_few_transa
             assert (await uow.settlement.position(buyer, "AAPL")).quantity == 20
     finally:
         await checked_pool.execute("DELETE FROM ledger.parked_executions WHERE execution_id LIKE $1", f"%-{w.tag}")
+
+
+async def test_the_migration_s_backfill_loses_no_fill_applied_while_it_runs(checked_pool):
+    """Review of round 26: migration 0021's backfill may run while a ledger of the new release
+    applies fills (its pods may start once the columns exist; or the migration runs again after a
+    failed index build). It wrote each hold the journal's sum as it read it, over a fill applied
+    meanwhile (one it then waited for the row of): the hold counted 3 of its 5 shares."""
+    import asyncio
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "ledger_svc/migrations/0021.ledger-hold-fill-totals.sql").read_text()
+    backfill = text[text.index("WITH RECURSIVE"):text.index("DROP INDEX CONCURRENTLY")]
+    w = await World(checked_pool).open()
+    await settlement.apply_execution(w.fill(1, "BUY", "b1o", "s1o", 3, "99.50", 7, 7), w.uow)
+    # ... applied by a ledger of the previous release, which counted it nowhere.
+    await checked_pool.execute("UPDATE ledger.holds SET filled = 0, notional = 0 WHERE hold_id = ANY($1::text[])",
+                               [w.order("b1o"), w.order("s1o")])
+    second = w.fill(2, "BUY", "b1o", "s1o", 2, "99.50", 5, 5)  # by one of this release, during the backfill
+    async with w.uow() as uow:
+        assert (await uow.settlement.claim_executions([second])).ids
+        await settlement._apply_in(uow, second)
+        running = asyncio.create_task(checked_pool.execute(backfill))
+        for _ in range(100):  # the backfill has read the journal and waits for the hold's row
+            if await _blocked_by(checked_pool, uow.ledger.conn):
+                break
+            await asyncio.sleep(0.05)
+        await uow.commit()
+    await running
+    async with w.uow() as uow:
+        hold = await uow.ledger.get_hold(w.order("b1o"))
+    assert (hold.filled, hold.notional) == (5, D("497.50"))
+
+
+async def test_a_replace_without_a_recorded_transfer_carries_no_fills_to_the_new_hold(checked_pool):
+    """The engine's REPLACED of an order no transfer was prepared for (a replace that did not
+    come through order_svc) opens the new hold without the old one's fills: the totals follow
+    recorded transfers only, as the invariant and migration 0021 do (review of round 26: the
+    new hold counted 3 shares the journal gave it none of)."""
+    from meshkit.executions import REPLACED
+    from tests.support.invariants import check_holds
+
+    w = await World(checked_pool).open()
+    await settlement.apply_execution(w.fill(1, "BUY", "b1o", "s1o", 3, "99.50", 7, 7), w.uow)
+    now = datetime.now(timezone.utc)
+    new = f"b1n-{w.tag}"
+    await settlement.apply_execution(Execution(
+        execution_id=f"x2-{w.tag}", symbol="AAPL", type=REPLACED, order_id=w.order("b1o"), account_id=w.acct("b1"),
+        side="BUY", leaves=7, new_order_id=new, executed_at=now, trade_date=calendar.trading_day(now)), w.uow)
+    async with w.uow() as uow:
+        h = await uow.ledger.get_hold(new)
+        problems = await check_holds(uow.ledger.conn)
+    assert (h.filled, h.notional) == (0, 0)
+    assert not [p for p in problems if new in p], problems

@@ -198,3 +198,43 @@ async def test_a_status_the_service_answers_itself_is_not_sent_again():
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def test_statuses_the_service_answers_itself_do_not_spend_the_transport_retries():
+    """Review of round 26: gRPC's retry throttle counts every UNAVAILABLE attempt as a failure
+    before it looks at the pushback, so the ledger's own ACCOUNT_BUSY / DATABASE_UNAVAILABLE
+    answers (never sent again) spend the tokens the transport retries need: after a handful of
+    them, a call whose replica died under it is no longer sent again, until ~50 calls succeeded. There is no throttle."""
+    from meshkit.errors import Unavailable
+    from meshkit.interceptors import ServiceInterceptor
+
+    class Servicer(health.aio.HealthServicer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flaky = 0
+
+        async def Check(self, request, context):
+            if request.service == "busy":
+                raise Unavailable("account a1 is busy; retry shortly", reason="ACCOUNT_BUSY", retry_after_seconds=1)
+            self.flaky += 1
+            if self.flaky % 2:  # every other attempt fails as a transport failure would (no pushback)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    server, servicer = grpc.aio.server(interceptors=[ServiceInterceptor()]), Servicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = internal_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        await stub.Check(health_pb2.HealthCheckRequest(service="flaky"), timeout=5)  # sent again: answered
+        for _ in range(6):
+            try:
+                await stub.Check(health_pb2.HealthCheckRequest(service="busy"), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        await stub.Check(health_pb2.HealthCheckRequest(service="flaky"), timeout=5)  # sent again still?
+    finally:
+        await channel.close()
+        await server.stop(None)

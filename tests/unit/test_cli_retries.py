@@ -89,17 +89,32 @@ def test_numbers_too_large_and_empty_keys_are_usage_errors(args):
 class Ledger(ledger_service_pb2_grpc.LedgerServiceServicer):
     def __init__(self, error) -> None:
         self.error = error
+        self.calls = 0
 
     def Deposit(self, request, context):
+        self.calls += 1
         context.abort_with_status(rpc_status.to_status(to_rpc_status(self.error)))
 
 
-def _deposit(error, *args):
-    server, address = _serve(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, Ledger(error))
+def _deposit(error, *args, ledger: Ledger | None = None):
+    ledger = ledger or Ledger(error)
+    server, address = _serve(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, ledger)
     try:
         return CliRunner().invoke(main, ["deposit", "5", *args, "--address", address, "--token", "t"])
     finally:
         server.stop(None)
+
+
+def test_an_unavailable_answer_is_said_at_once_not_sent_again_by_the_channel():
+    """Review of round 26's channel retries: the command line's channel took the internal
+    channels' retry policy with their reconnect options, so an UNAVAILABLE it got without
+    gRPC's pushback (Envoy's own, a bridged command's ACCOUNT_BUSY) was sent twice more at
+    once, whatever its RetryInfo said; the command says it, and how to send it again, itself."""
+    ledger = Ledger(Unavailable("account carol is busy; try again shortly", reason="ACCOUNT_BUSY",
+                                retry_after_seconds=1))
+    done = _deposit(None, "--key", "k-9", ledger=ledger)
+    assert done.exit_code == 1 and "--key k-9" in done.output, done.output
+    assert ledger.calls == 1
 
 
 def test_a_failed_write_shows_how_to_send_it_again_with_its_key():
