@@ -39,17 +39,23 @@ _UNPARKED = """, unparked AS (
 # cash asset).
 HOLDINGS = """
     WITH orders AS (
-        -- The open holds' orders (a replace's reserve is its new order's), found through the
-        -- account's books and the index of pending holds, not the account's history; with the
-        -- fills each hold has counted (migration 0021: its own, and by its transfer those of
-        -- the orders it replaced), not summed from the journal: the statement's work does not
-        -- grow with an order's fills or replaces (round 26 review).
-        SELECT h.order_id, sum(h.filled) AS filled, sum(h.notional) AS notional, max(h.hold_seq) AS newest,
-               EXISTS (SELECT 1 FROM ledger.hold_transfers t
-                        WHERE t.to_hold_id = h.order_id AND t.status = 'PENDING') AS replacing
-          FROM ledger.books k JOIN ledger.holds h USING (book_id)
-         WHERE k.owner = $1 AND h.status = 'PENDING'
-         GROUP BY h.order_id
+        -- The open holds' orders, found through the account's books and the index of pending
+        -- holds, not the account's history; with the fills each hold has counted (migration
+        -- 0021: its own, and by its transfer those of the orders it replaced), not summed from
+        -- the journal: the statement's work does not grow with an order's fills or replaces
+        -- (round 26 review). A replace the ledger has not applied yet (its transfer PENDING) is
+        -- its new order's: the old order's hold and the reserve together, with the old order's
+        -- fills, which the transfer will carry; the old order is not listed beside it (round 26
+        -- explorer: both were, their remaining quantities adding up to more than was held).
+        SELECT order_id, sum(filled) AS filled, sum(notional) AS notional, max(hold_seq) AS newest,
+               bool_or(moving) OR EXISTS (SELECT 1 FROM ledger.hold_transfers r
+                                           WHERE r.to_hold_id = held.order_id AND r.status = 'PENDING') AS replacing
+          FROM (SELECT coalesce(t.to_hold_id, h.order_id) AS order_id, h.filled, h.notional, h.hold_seq,
+                       t.to_hold_id IS NOT NULL AS moving
+                  FROM ledger.books k JOIN ledger.holds h USING (book_id)
+                  LEFT JOIN ledger.hold_transfers t ON t.from_hold_id = h.hold_id AND t.status = 'PENDING'
+                 WHERE k.owner = $1 AND h.status = 'PENDING') held
+         GROUP BY order_id
     )
     SELECT c.posted, c.held, c.unsettled, o.held_orders, o.filled, o.notional, o.replacing,
            p.symbol, p.shares, p.shares_held, p.cost, p.qty

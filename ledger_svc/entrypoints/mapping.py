@@ -101,10 +101,12 @@ def open_order_as_of(order: order_pb2.Order, held: HeldOrder) -> order_pb2.Order
     shown.filled_quantity = held.filled
     avg = held.average_fill_price
     shown.average_fill_price = fmt_price(avg) if avg is not None else ""
-    if held.filled:
+    if held.replacing:  # a replacement the ledger has not applied (its fills, the replaced order's)
+        shown.status = common_pb2.ORDER_STATUS_PENDING_NEW
+    elif held.filled:
         shown.status = common_pb2.ORDER_STATUS_PARTIALLY_FILLED
-    elif held.replacing or order.status == common_pb2.ORDER_STATUS_PENDING_NEW:
-        shown.status = common_pb2.ORDER_STATUS_PENDING_NEW  # not yet confirmed by the engine, to the ledger
+    elif order.status == common_pb2.ORDER_STATUS_PENDING_NEW:
+        shown.status = common_pb2.ORDER_STATUS_PENDING_NEW  # not yet confirmed by the engine
     else:
         shown.status = common_pb2.ORDER_STATUS_NEW
     return shown
