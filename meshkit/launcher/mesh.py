@@ -741,7 +741,7 @@ class Mesh:
             holder = self._lock_file.read().strip() or "?"
             self._lock_file.close()
             self._lock_file = None
-            raise LaunchError(f"another `stockmesh up` (pid {holder}) uses {self.data_dir}; stop it "
+            raise Refused(f"another `stockmesh up` (pid {holder}) uses {self.data_dir}; stop it "
                               "first or pass another --data-dir") from None
         self._lock_file.seek(0)
         self._lock_file.truncate()

@@ -335,3 +335,20 @@ async def test_up_refuses_an_empty_database_for_a_namespace_whose_jetstream_hold
     finally:
         for base in ("ORDERS", "EXECUTIONS"):
             await js.delete_stream(bus.stream_name(namespace, base))
+
+
+def test_a_second_up_on_a_data_folder_in_use_is_refused_as_the_other_refusals_are(tmp_path: Path) -> None:
+    """`<data-dir>/launcher.lock` held by a running `up`: refused with exit 2, as a database of
+    another namespace or a history without its database are (round 26 explorer 2: exit 1)."""
+    import fcntl
+
+    folder = tmp_path / "in-use"
+    folder.mkdir()
+    with open(folder / "launcher.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        done = _up(folder)
+    assert done.returncode == 2, done
+    assert f"another `stockmesh up` (pid 4242) uses {folder}; stop it first or pass another --data-dir" in \
+        done.stdout + done.stderr, done

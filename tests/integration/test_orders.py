@@ -877,6 +877,9 @@ async def test_list_orders_by_id_lists_those_of_the_account_whatever_their_statu
             every = await listed(order_ids=ids + [str(working.order_id).upper()])  # the same order, once
             assert [o.order_id for o in every.orders] == [str(msft.order_id), str(working.order_id),
                                                           str(rejected.order_id)]  # newest first
+            # An id in capitals is the same order, as GetOrder reads it (round 26 explorer 2).
+            assert [o.order_id for o in (await listed(order_ids=[str(working.order_id).upper()])).orders] \
+                == [str(working.order_id)]
             assert [o.order_id for o in (await listed(order_ids=[str(working.order_id), str(others.order_id)])).orders] \
                 == [str(working.order_id)]  # not the account's others
             assert [o.order_id for o in (await listed(order_ids=ids, statuses=[common_pb2.ORDER_STATUS_REJECTED])).orders] \
