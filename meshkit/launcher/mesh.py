@@ -473,8 +473,9 @@ class Mesh:
         last = (f"; this data folder's last mesh used {self._last_database_url}"
                 if self._last_database_url not in (None, infra.redact(database_url)) else "")
         local = any(infra.is_nats(child.spec.name) for child in self.sup.children)  # the data folder's
-        where, over = (("this data folder", "a new --data-dir") if local else
-                       (infra.redact(nats_url), "another --namespace, or delete the namespace's streams from that NATS"))
+        where, over = (("this data folder", "use a new --data-dir") if local else
+                       (infra.redact(nats_url),
+                        "use another --namespace, or delete the namespace's streams from that NATS"))
         found = ", ".join(f"{n} message(s) in {stream}" for stream, n in held.items() if n)
         raise Refused(
             f"the JetStream of namespace {self.opts.namespace!r} ({where}) already holds an order flow ({found}), "
@@ -482,7 +483,7 @@ class Mesh:
             "consumer would stop at the first execution of an order the database does not have, and portfolios "
             f"would stop updating. Give this mesh the database of that history (--database-url{last}), or restore "
             "the database and the data folder together (docs/operations.md, \"Backups, restores\"); to start over, "
-            f"{over}")
+            f"{over}.")
 
     def _lock_database(self, database_url: str):
         """(the connection holding this namespace's launcher lock on the database, None) or
