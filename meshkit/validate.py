@@ -1,10 +1,14 @@
 """Field checks shared by every service's request parsing."""
 from __future__ import annotations
 
+import re
+
 from meshkit.errors import Violations
 
 KEY_LENGTH = 64  # characters of an idempotency key or a client order id
 MAX_HALT_REASON = 200  # characters of an operator's reason for a halt (EngineControlService.HaltSymbol)
+# An order id as order_svc makes them (a UUID, in either case), the hold of an order named after it.
+ORDER_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def text_problem(text: str, maximum: int) -> str | None:

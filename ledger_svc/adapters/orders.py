@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from typing import Iterable, Iterator
 
 import grpc
 
 from meshkit.auth import on_behalf_of_caller
+from meshkit.paging import MAX_PAGE_SIZE
 from meshkit.status import TRANSIENT, upstream_unavailable
+from meshkit.validate import ORDER_ID
 from stockmesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
 log = logging.getLogger("ledger_svc.orders")
 # ListOrders' largest page, and the most order ids it takes: the most orders a portfolio lists.
-PAGE = 500
-# An order id as order_svc makes them; a hold named otherwise (placed through HoldService by
-# a tool) is no order of order_svc's.
-_ORDER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+PAGE = MAX_PAGE_SIZE
 
 
 class GrpcOpenOrders:
@@ -40,7 +38,7 @@ class GrpcOpenOrders:
         know is left out, and so is a hold not named after an order (asked for nothing).
         order_svc not answering (restarting, say) is UNAVAILABLE, which the client retries,
         never INTERNAL."""
-        wanted = list(dict.fromkeys(i for i in order_ids if _ORDER_ID.fullmatch(i)))[:PAGE]
+        wanted = list(dict.fromkeys(i for i in order_ids if ORDER_ID.fullmatch(i)))[:PAGE]  # (a tool's hold: no order)
         if not wanted:
             return {}
         with _asking():

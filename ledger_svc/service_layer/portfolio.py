@@ -35,7 +35,8 @@ class HeldOrder:
     """An order the account's holds are open for, as the ledger's snapshot has it: the shares
     of its fills the ledger has applied (those of the orders it replaced included, as FIX's
     CumQty and order_svc's filled_quantity) and Σ price × quantity of them; `replacing`: a
-    replacement whose replace the ledger has not applied yet (its hold is the reserve)."""
+    replacement whose replace the ledger has not applied yet (its holds, the replaced order's
+    and the replace's reserve, if any; its fills, the replaced order's)."""
     order_id: str
     filled: int
     notional: Decimal

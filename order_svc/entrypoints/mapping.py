@@ -1,7 +1,6 @@
 """proto <-> domain for order_svc, beside the servicer."""
 from __future__ import annotations
 
-import re
 import uuid
 from decimal import Decimal
 from typing import Sequence
@@ -103,11 +102,10 @@ def replace_request(req: pb.ReplaceOrderRequest, account_id: str):
 
 # An order id as PlaceOrder writes it (any case): not the other spellings uuid.UUID takes
 # ("{...}", "urn:uuid:...", no dashes), which named the same order by another text (round 16).
-_ORDER_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | None:
-    if _ORDER_ID.fullmatch(text):
+    if validate.ORDER_ID.fullmatch(text):
         return uuid.UUID(text)
     v.add(field, "must be an order id returned by PlaceOrder" if text else "is required")
     return None
@@ -128,7 +126,7 @@ def order_ids(texts: Sequence[str], v: Violations) -> list[uuid.UUID] | None:
     ids: set[uuid.UUID] = set()
     wrong = 0
     for i, text in enumerate(texts):
-        if _ORDER_ID.fullmatch(text):
+        if validate.ORDER_ID.fullmatch(text):
             ids.add(uuid.UUID(text))
         elif (wrong := wrong + 1) <= 10:  # not 500 violations in one reply
             order_id(text, v, f"order_ids[{i}]")
