@@ -24,7 +24,7 @@ from quote_svc.entrypoints import mapping
 from quote_svc.service_layer.candles import last_close
 from stockmesh.quote.v1 import quote_pb2, quote_service_pb2 as qpb
 from tests.support.quotes import md_event, publish_md, quote_service
-from tests.support.wait import drained
+from tests.support.wait import drained, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -714,10 +714,7 @@ async def test_trades_that_come_close_together_are_written_in_one_batch(nats_con
     try:
         for seq in range(1, 21):
             await publish_md(js, ns, md_event("KO", seq, price="62.15", qty=1, volume=seq))
-        for _ in range(200):
-            if sum(map(len, batches)) >= 20:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: sum(map(len, batches)) >= 20, timeout=10)
         assert sorted(s for b in batches for s in b) == list(range(1, 21))
         assert len(batches) <= 3, f"20 trades in {len(batches)} batches: {batches}"
     finally:
