@@ -642,7 +642,8 @@ def consumers(nats_url: str | None, namespace: str, behind: bool, data_dir: Path
 
     rows = sorted(asyncio.run(run()))
     shown = [r for r in rows if not behind or r[2] or r[3]]
-    click.echo(f"{'stream':<11} {'consumer':<24} {'pending':>9} {'unacked':>9} {'acked up to':>12} {'stream at':>10}")
+    if shown:  # no header over an empty table (`--behind` with none behind)
+        click.echo(f"{'stream':<11} {'consumer':<24} {'pending':>9} {'unacked':>9} {'acked up to':>12} {'stream at':>10}")
     for base, name, pending, unacked, floor, last in shown:
         click.echo(f"{base:<11} {name:<24} {pending:>9} {unacked:>9} {floor:>12} {last:>10}")
     click.echo(f"{len(shown)} of {len(rows)} durable consumers" + (" behind" if behind else ""))

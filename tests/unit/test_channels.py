@@ -3,12 +3,12 @@ second, however long the service was gone (gRPC's own backoff grows to two minut
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshkit.channels import internal_channel
+from tests.support.wait import eventually
 
 DOWN_FOR = 10.0  # long enough for gRPC's default backoff to reach ~6 s between attempts
 
@@ -31,23 +31,35 @@ async def _check(stub: health_pb2_grpc.HealthStub) -> bool:
 
 
 async def test_a_restarted_service_is_found_again_within_the_backoff_bound():
+    """While the service is gone, a stand-in on its port accepts each connection and closes it
+    at once (a failed attempt, as gRPC sees it) and counts them: the channel keeps trying about
+    once a second (its backoff: 0.1 s growing to 1 s, some fourteen attempts in DOWN_FOR),
+    where gRPC's default backoff (1 s growing by 1.6) makes five, the last some 4 s before a
+    restarted service would be found. What is counted is attempts, not time."""
     server, port = await _serve(0)
     channel = internal_channel(f"127.0.0.1:{port}")
     stub = health_pb2_grpc.HealthStub(channel)
+    attempts = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()
+
     try:
         assert await _check(stub)
         await server.stop(None)
-        gone_until = time.monotonic() + DOWN_FOR
-        while time.monotonic() < gone_until:  # calls keep coming while it is gone, as orders do
+        stand_in = await asyncio.start_server(refuse, "127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        gone_until = loop.time() + DOWN_FOR
+        while loop.time() < gone_until:  # calls keep coming while it is gone, as orders do
             assert not await _check(stub)
             await asyncio.sleep(0.2)
+        stand_in.close()
+        await stand_in.wait_closed()
+        assert attempts >= 10, f"{attempts} connection attempts in {DOWN_FOR:.0f} s: the backoff grew past 1 s"
         server, _ = await _serve(port)
-        back = time.monotonic()
-        while not await _check(stub):
-            await asyncio.sleep(0.05)
-            # The bound is the backoff's ceiling (1 s) with room for a slow machine, far below
-            # the ~6 s gRPC's default backoff has reached by now.
-            assert time.monotonic() - back < 4.0, "the channel did not reconnect to the restarted server"
+        assert await eventually(lambda: _check(stub), timeout=30), "the channel did not reconnect to the restarted server"
     finally:
         await channel.close()
         await server.stop(None)
