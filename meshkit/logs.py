@@ -35,6 +35,20 @@ class _Formatter(JsonFormatter):
         return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
 
 
+class _ClientsBytes(logging.Filter):
+    """gRPC logs a header value that is not UTF-8 (an `x-request-id` of `caf\\xe9`, say) at ERROR
+    with a traceback, and serves the call on (the value read as Latin-1): a client could fill
+    a service's log with errors at will (round 27). It is what a client sent, not a fault of
+    the service: one line at WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Invalid encoding on"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "a client sent a header value that is not UTF-8 (read as Latin-1): %s"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def outside_any_call(log_call, *args, **kwargs) -> None:
     """Log from code that runs in whatever call happens to be current (a garbage collector's
     callback), without that call's request and account ids."""
@@ -54,4 +68,7 @@ def setup(service: str, level: str = "INFO") -> None:
     handler.addFilter(_ContextFilter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    cygrpc = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ClientsBytes) for f in cygrpc.filters):
+        cygrpc.addFilter(_ClientsBytes())
     root.setLevel(level)

@@ -18,7 +18,7 @@ from pathlib import Path
 from string import Template
 
 from meshkit.auth import MAX_TOKEN_SECONDS
-from meshkit.errors import GRPC_FRAME_HEADER_BYTES, MAX_REQUEST_BYTES, request_too_large
+from meshkit.errors import GRPC_FRAME_HEADER_BYTES, MAX_REQUEST_BYTES, DomainError, Unavailable, request_too_large
 from meshkit.launcher.infra import scripts_dir
 from meshkit.launcher.keys import AUDIENCE, ISSUER
 from meshkit.status import to_rpc_status
@@ -60,6 +60,33 @@ CALL_TIMEOUT_SECONDS = 30.0
 DEV_CORS_ORIGINS = ("http://localhost:*", "https://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 _ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)"
                      r"(?::(?P<port>\*|[0-9]{1,5}))?")
+
+
+# Envoy's own UNAVAILABLE replies to gRPC and gRPC-Web calls (local_reply_config): when to retry,
+# and why, as the services' own UNAVAILABLE replies say it (RetryInfo, ErrorInfo UNAVAILABLE);
+# a JSON caller is told the same in its JSON body and Retry-After.
+ENVOY_RETRY_SECONDS = 1.0
+_SAFE_TO_RETRY = ("every public call is safe to retry: a read, a cancel, or a write with the same "
+                  "client_order_id or idempotency_key")
+
+
+def service_not_answering() -> Unavailable:
+    """A service that does not answer (stopped, restarting, killed mid-call: Envoy's response
+    flags UF, UH, UC, UR, URX). One fixed status, so the message does not name the call."""
+    return Unavailable(f"the service is not answering (restarting, or down); retry shortly ({_SAFE_TO_RETRY})",
+                       retry_after_seconds=ENVOY_RETRY_SECONDS)
+
+
+def service_at_its_limit() -> Unavailable:
+    """A call refused past a limit of calls in flight (the order commands' admission limit:
+    Envoy's response flag UO)."""
+    return Unavailable(f"the service has as many calls in flight as it takes; retry shortly ({_SAFE_TO_RETRY})",
+                       retry_after_seconds=ENVOY_RETRY_SECONDS)
+
+
+def status_details(err: DomainError) -> str:
+    """`err` as a grpc-status-details-bin header's value (a google.rpc.Status, base64)."""
+    return base64.b64encode(to_rpc_status(err).SerializeToString()).decode()
 
 
 # File descriptors the launcher's Envoy keeps for itself (its connections to the services, the
@@ -316,7 +343,12 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         # ... and the buffers' limit: a message of MAX_REQUEST_BYTES in its gRPC frame.
         "MAX_REQUEST_FRAME_BYTES": str(MAX_REQUEST_BYTES + GRPC_FRAME_HEADER_BYTES),
         "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
-        "REQUEST_TOO_LARGE_DETAILS": base64.b64encode(to_rpc_status(request_too_large()).SerializeToString()).decode(),
+        "REQUEST_TOO_LARGE_DETAILS": status_details(request_too_large()),
+        # Envoy's UNAVAILABLE to a gRPC call: its message (a JSON string) and the whole status.
+        "NOT_ANSWERING_MESSAGE": json.dumps(service_not_answering().message),
+        "NOT_ANSWERING_DETAILS": status_details(service_not_answering()),
+        "AT_LIMIT_MESSAGE": json.dumps(service_at_its_limit().message),
+        "AT_LIMIT_DETAILS": status_details(service_at_its_limit()),
         # Addresses as given (STATIC), or DNS names resolved to every replica's address.
         "UPSTREAM_TYPE": "STRICT_DNS" if ports.hosts else "STATIC",
     }

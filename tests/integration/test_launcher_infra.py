@@ -223,10 +223,12 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
     """With 2 order commands in flight at order_svc (PlaceOrder, ReplaceOrder, CancelOrder,
     through the bridge) and 2 more waiting in Envoy, the next is refused by Envoy with
     UNAVAILABLE without reaching order_svc, while the other OrderService calls still pass; once
-    the two finish, the waiting ones go through and commands are admitted again."""
+    the two finish, the waiting ones go through and commands are admitted again. The refusal
+    says when to retry (RetryInfo 1 s) and why (ErrorInfo UNAVAILABLE), as the services' own do."""
     import asyncio
 
     import grpc
+    from grpc_status import rpc_status
 
     from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
 
@@ -262,6 +264,12 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            # When to retry and why, as the services' own UNAVAILABLE says it (round 27: Envoy's
+            # "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            # without details; only a JSON caller was told when to retry).
+            assert refused.value.details() == envoy.service_at_its_limit().message
+            assert _retry_delay_and_reason(rpc_status.from_call(refused.value)) == (1000, "UNAVAILABLE",
+                                                                                     "stockmesh.dev")
         assert slow.placed == 2  # the refused commands never reached order_svc
         assert (await stub.GetOrder(opb.GetOrderRequest(order_id="q"), metadata=md, timeout=5)).order.order_id == "q"
         slow.release.set()
@@ -423,14 +431,20 @@ async def test_a_call_without_a_deadline_is_ended_by_envoy_but_streams_and_clien
 
 
 async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_customer_can_act_on(tmp_path: Path) -> None:
-    """A stopped or restarting service: UNAVAILABLE, as before, but with a message that names the
-    call and says to retry, instead of Envoy's "upstream connect error or disconnect/reset before
-    headers. reset reason: remote connection failure" (acceptance round 8): for a gRPC call, an
-    order command through the bridge, and a JSON call (a JSON status). A real Envoy before a
-    stand-in order_svc; nothing listens for ledger_svc nor for order_svc's bridge."""
+    """A stopped or restarting service: UNAVAILABLE, as before, but with a message that says to
+    retry, instead of Envoy's "upstream connect error or disconnect/reset before headers. reset
+    reason: remote connection failure" (acceptance round 8), and when (RetryInfo 1 s) and why
+    (ErrorInfo UNAVAILABLE), as the services' own UNAVAILABLE replies say it: for a gRPC call, an
+    order command through the bridge, a gRPC-Web call (round 27: those had no details, only
+    JSON calls had them) and a JSON call (a JSON status, whose message names the call). A real
+    Envoy before a stand-in order_svc; nothing listens for ledger_svc nor for order_svc's bridge."""
     import asyncio
+    import base64
+    import urllib.parse
 
     import grpc
+    from google.rpc import status_pb2
+    from grpc_status import rpc_status
 
     from stockmesh.common.v1 import common_pb2 as c
     from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
@@ -455,6 +469,10 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
 
         expected = ("the service of {} is not answering (restarting, or down); retry shortly (every public call is "
                     "safe to retry: a read, a cancel, or a write with the same client_order_id or idempotency_key)")
+        # To a gRPC client, one fixed status (its details are one header value): the same words
+        # without the call's name, which its client's library checks against the details'.
+        said = ("the service is not answering (restarting, or down); retry shortly (every public call is safe to "
+                "retry: a read, a cancel, or a write with the same client_order_id or idempotency_key)")
         for method, call in (
                 ("/stockmesh.ledger.v1.LedgerService/GetPortfolio",
                  ledger_service_pb2_grpc.LedgerServiceStub(ch).GetPortfolio(lpb.GetPortfolioRequest(), metadata=md,
@@ -465,7 +483,20 @@ async def test_a_service_that_does_not_answer_is_unavailable_with_words_a_custom
                      time_in_force=c.TIME_IN_FORCE_IOC), metadata=md, timeout=10))):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call
-            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, expected.format(method))
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, said), method
+            assert _retry_delay_and_reason(rpc_status.from_call(err.value)) == (1000, "UNAVAILABLE", "stockmesh.dev")
+        # gRPC-Web: a 200 whose headers carry the status and its details, as a browser's client
+        # reads them (a 503 it reads as a bare UNAVAILABLE, whatever its headers say).
+        request = lpb.GetPortfolioRequest().SerializeToString()
+        status, headers, body = await asyncio.to_thread(
+            _http, ports.public, "POST", "/stockmesh.ledger.v1.LedgerService/GetPortfolio",
+            {"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+             "authorization": dict(md)["authorization"]}, b"\x00" + len(request).to_bytes(4, "big") + request)
+        assert (status, headers.get("grpc-status"), urllib.parse.unquote(headers.get("grpc-message", ""))) == (
+            200, "14", said), (status, headers, body)
+        web = status_pb2.Status.FromString(base64.b64decode(headers["grpc-status-details-bin"] + "=="))
+        assert (web.code, web.message) == (14, said)
+        assert _retry_delay_and_reason(web) == (1000, "UNAVAILABLE", "stockmesh.dev")
         status, headers, body = await asyncio.to_thread(
             _http, ports.public, "POST", "/stockmesh.ledger.v1.LedgerService/GetPortfolio",
             {"content-type": "application/json", "authorization": dict(md)["authorization"]}, b"{}")
@@ -695,7 +726,9 @@ async def test_a_token_in_the_query_string_is_refused_and_written_nowhere(tmp_pa
         for scheme in ("bearer", "BEARER"):
             assert (await asyncio.to_thread(call, "", {"authorization": f"{scheme} {token}"}))[0] == 200, scheme
     text = log.read_text()
-    assert f"{path} http=401" in text and token not in text and "access_token" not in text, text[-2000:]
+    assert [line for line in text.splitlines() if f'"path":"{path}"' in line and '"http_status":401' in line], \
+        text[-2000:]
+    assert token not in text and "access_token" not in text, text[-2000:]
 
 
 async def test_client_connections_beyond_envoys_cap_are_closed_and_those_open_are_served(tmp_path: Path) -> None:
@@ -957,6 +990,17 @@ async def _until_envoy_answers(call):
 def _envoy_stat(admin: int, name: str) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{name}$", timeout=2) as resp:
         return int(resp.read().decode().split(":")[1])
+
+
+def _retry_delay_and_reason(status) -> tuple[int, str, str]:
+    """A google.rpc.Status's RetryInfo delay (ms) and ErrorInfo (reason, domain), as a client reads them."""
+    from google.rpc import error_details_pb2
+
+    assert status is not None, "no status details"
+    retry, info = error_details_pb2.RetryInfo(), error_details_pb2.ErrorInfo()
+    for detail in status.details:
+        detail.Unpack(retry) or detail.Unpack(info)  # each takes only its own type
+    return retry.retry_delay.ToMilliseconds(), info.reason, info.domain
 
 
 def _http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[

@@ -85,6 +85,32 @@ def test_every_unavailable_envoy_answers_over_json_says_when_to_retry() -> None:
         assert {"key": "retry-after", "value": "1"} in [h["header"] for h in m.get("headers_to_add", [])], m
 
 
+def test_every_unavailable_envoy_answers_over_grpc_says_when_to_retry() -> None:
+    """Envoy's own UNAVAILABLE replies to gRPC and gRPC-Web calls (a service not answering, a
+    limit's overflow) carry grpc-status-details-bin: a google.rpc.Status of the same code and
+    message, with ErrorInfo UNAVAILABLE and RetryInfo 1 s, as the services' own UNAVAILABLE
+    replies (round 27: only JSON callers were told when to retry)."""
+    import base64
+
+    from google.rpc import error_details_pb2, status_pb2
+
+    config = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
+    unavailable = [m for m in _mappers(config)
+                   if {"key": "grpc-status", "value": "14"} in [h["header"] for h in m.get("headers_to_add", [])]]
+    assert sorted(tuple(f["response_flag_filter"]["flags"]) for m in unavailable
+                  for f in m["filter"]["and_filter"]["filters"] if "response_flag_filter" in f) == [
+        ("UF", "UH", "UC", "UR", "URX"), ("UO",)], unavailable
+    for m in unavailable:
+        headers = {h["header"]["key"]: h["header"]["value"] for h in m["headers_to_add"]}
+        status = status_pb2.Status.FromString(base64.b64decode(headers["grpc-status-details-bin"]))
+        # grpc_status.rpc_status.from_call refuses details whose code or message differ.
+        assert (status.code, status.message) == (14, headers["grpc-message"]), m
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        assert [d.Unpack(info) or d.Unpack(retry) for d in status.details] == [True, True], status
+        assert (info.reason, info.domain, retry.retry_delay.ToMilliseconds()) == (
+            "UNAVAILABLE", "stockmesh.dev", 1000), status
+
+
 def test_deploy_envoy_tls_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     from tests.support.tls import self_signed
 
