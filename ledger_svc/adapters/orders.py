@@ -38,13 +38,24 @@ class GrpcOpenOrders:
         know is left out, and so is a hold not named after an order (asked for nothing).
         order_svc not answering (restarting, say) is UNAVAILABLE, which the client retries,
         never INTERNAL."""
-        wanted = list(dict.fromkeys(i for i in order_ids if ORDER_ID.fullmatch(i)))[:PAGE]  # (a tool's hold: no order)
+        wanted = listable(order_ids)[:PAGE]
         if not wanted:
             return {}
         with _asking():
             reply = await self.stub.ListOrders(order_service_pb2.ListOrdersRequest(order_ids=wanted, page_size=PAGE),
                                                metadata=on_behalf_of_caller(), timeout=self._timeout(time_left))
         return {o.order_id: o for o in reply.orders}
+
+
+def listable(order_ids: Iterable[str]) -> list[str]:
+    """The ids among `order_ids` that may name an order, each once, in their order (a hold a
+    tool placed through HoldService under another name has no order to list)."""
+    return list(dict.fromkeys(i for i in order_ids if ORDER_ID.fullmatch(i)))
+
+
+def more_than_listed(order_ids: Iterable[str]) -> bool:
+    """More orders than `orders` asks for (the first PAGE): a portfolio's open_orders_truncated."""
+    return len(listable(order_ids)) > PAGE
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import grpc
 
 from ledger_svc.entrypoints import mapping
-from ledger_svc.adapters.orders import GrpcOpenOrders
+from ledger_svc.adapters.orders import GrpcOpenOrders, more_than_listed
 from ledger_svc.service_layer import commands, handlers, portfolio
 from ledger_svc.service_layer.handlers import UowFactory
 from meshkit import paging, validate
@@ -52,11 +52,13 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
         # The orders of the snapshot's open holds, with the ledger's fills of them: order_svc
         # applies executions on its own, ahead or behind (docs/architecture.md § Portfolio).
         # It is asked only when something is held: no hold, no live order.
-        found = (await self.orders.orders([h.order_id for h in view.held_orders], context.time_remaining())
+        held = [h.order_id for h in view.held_orders]
+        found = (await self.orders.orders(held, context.time_remaining())
                  if self.orders is not None and view.holds_anything else {})
         open_orders = mapping.open_orders_as_of(view.held_orders, found)
+        # At most a page of them (the newest holds'); the reply says when more are held (round 27).
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
-            account, view, open_orders, datetime.now(timezone.utc)))
+            account, view, open_orders, datetime.now(timezone.utc), truncated=more_than_listed(held)))
 
     async def ListActivities(self, request: pb.ListActivitiesRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:

@@ -67,12 +67,14 @@ def _price(symbol: str, d: Decimal | None) -> str:
     return fmt_at_tick(d, price_tick(symbol, d)) if d is not None else ""
 
 
-def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime) -> ledger_pb2.Portfolio:
+def portfolio_to_proto(account: str, view: PortfolioView, open_orders, as_of: datetime,
+                       truncated: bool = False) -> ledger_pb2.Portfolio:
     """Money (values, P&L, equity) in cents; per-share prices (average cost, market price) at
-    the symbol's price precision (docs/architecture.md § Portfolio)."""
+    the symbol's price precision (docs/architecture.md § Portfolio). `truncated`: more orders
+    are held for than `open_orders` lists (open_orders_truncated)."""
     return ledger_pb2.Portfolio(
         account_id=account, cash=cash_to_proto(view.cash), equity=fmt_cents(view.equity), open_orders=open_orders,
-        as_of=timestamp(as_of), positions=[
+        open_orders_truncated=truncated, as_of=timestamp(as_of), positions=[
             ledger_pb2.Position(symbol=p.symbol, quantity=p.quantity, available=p.available, held=p.held,
                                 average_cost=_price(p.symbol, p.average_cost),
                                 market_price=_price(p.symbol, p.market_price),

@@ -111,17 +111,22 @@ def order_id(text: str, v: Violations, field: str = "order_id") -> uuid.UUID | N
     return None
 
 
-# ListOrders' order_ids: at most a page's worth (meshkit.paging.MAX_PAGE_SIZE).
+# ListOrders' order_ids: at most a page's worth of orders (meshkit.paging.MAX_PAGE_SIZE).
 MAX_ORDER_IDS = MAX_PAGE_SIZE
+MAX_ORDER_ID_TEXTS = 4 * MAX_ORDER_IDS  # ids given, repeats included
 
 
 def order_ids(texts: Sequence[str], v: Violations) -> list[uuid.UUID] | None:
     """ListOrders' order_ids filter: None when not given; each id read as order_id reads one
-    (its violation at its own index, the first ten said), at most MAX_ORDER_IDS of them."""
+    (its violation at its own index, the first ten said), at most MAX_ORDER_IDS distinct
+    orders. An id given twice (in any case) is one order, listed once, and counts once towards
+    the limit (round 27: 500 orders with an id repeated were refused, though they fit one
+    page); the request's own size is bounded by the largest message a service takes."""
     if not texts:
         return None
-    if len(texts) > MAX_ORDER_IDS:
-        v.add("order_ids", f"at most {MAX_ORDER_IDS} order ids, not {len(texts)}")
+    if len(texts) > MAX_ORDER_ID_TEXTS:  # repeats are forgiven, not without bound: each is read
+        v.add("order_ids", f"at most {MAX_ORDER_IDS} distinct order ids in at most {MAX_ORDER_ID_TEXTS}, "
+                           f"not {len(texts)}")
         return None
     ids: set[uuid.UUID] = set()
     wrong = 0
@@ -130,6 +135,9 @@ def order_ids(texts: Sequence[str], v: Violations) -> list[uuid.UUID] | None:
             ids.add(uuid.UUID(text))
         elif (wrong := wrong + 1) <= 10:  # not 500 violations in one reply
             order_id(text, v, f"order_ids[{i}]")
+    if len(ids) > MAX_ORDER_IDS:
+        v.add("order_ids", f"at most {MAX_ORDER_IDS} distinct order ids, not {len(ids)}")
+        return None
     return sorted(ids)
 
 

@@ -51,6 +51,7 @@ def test_json_calls_through_envoy(mesh):
     assert deposit["cash"]["total"] == "250.10" and deposit["cash"]["available"] == "250.10"
     status, portfolio = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {}, account)
     assert status == 200 and portfolio["portfolio"]["cash"]["total"] == "250.10", portfolio
+    assert portfolio["portfolio"]["open_orders_truncated"] is False, portfolio  # (round 27) in the descriptor set
 
     # A malformed order: 400 with the field violations, and nothing recorded.
     status, error = post(mesh, "/stockmesh.order.v1.OrderService/PlaceOrder",
@@ -99,6 +100,10 @@ def test_json_calls_through_envoy(mesh):
     status, error = post(mesh, "/stockmesh.order.v1.OrderService/ListOrders", {"order_ids": ["nope"]}, account)
     assert status == 400 and error["code"] == 3, error
     assert [v["field"] for d in error["details"] for v in d.get("field_violations", [])] == ["order_ids[0]"], error
+    # An id given many times is one order, counted once towards the 500 (round 27).
+    status, listed = post(mesh, "/stockmesh.order.v1.OrderService/ListOrders", {"order_ids": [str(uuid.uuid4())] * 501},
+                          account)
+    assert status == 200 and not listed.get("orders"), listed
 
     # No token: 401 before anything is transcoded, as the services' errors read (UNAUTHENTICATED).
     status, error = post(mesh, "/stockmesh.ledger.v1.LedgerService/GetPortfolio", {})

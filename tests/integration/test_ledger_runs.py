@@ -656,9 +656,12 @@ async def test_the_migration_s_backfill_loses_no_fill_applied_while_it_runs(chec
     backfill = text[text.index("WITH RECURSIVE"):text.index("DROP INDEX CONCURRENTLY")]
     w = await World(checked_pool).open()
     await settlement.apply_execution(w.fill(1, "BUY", "b1o", "s1o", 3, "99.50", 7, 7), w.uow)
-    # ... applied by a ledger of the previous release, which counted it nowhere.
-    await checked_pool.execute("UPDATE ledger.holds SET filled = 0, notional = 0 WHERE hold_id = ANY($1::text[])",
-                               [w.order("b1o"), w.order("s1o")])
+    # ... applied by a ledger of the previous release, which counted it nowhere (made so with the
+    # triggers off, as a superuser can: the totals only grow, migration 0022).
+    async with checked_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute("UPDATE ledger.holds SET filled = 0, notional = 0 WHERE hold_id = ANY($1::text[])",
+                           [w.order("b1o"), w.order("s1o")])
     second = w.fill(2, "BUY", "b1o", "s1o", 2, "99.50", 5, 5)  # by one of this release, during the backfill
     async with w.uow() as uow:
         assert (await uow.settlement.claim_executions([second])).ids
@@ -673,6 +676,30 @@ async def test_the_migration_s_backfill_loses_no_fill_applied_while_it_runs(chec
     async with w.uow() as uow:
         hold = await uow.ledger.get_hold(w.order("b1o"))
     assert (hold.filled, hold.notional) == (5, D("497.50"))
+
+
+async def test_a_holds_fill_totals_are_never_lowered(checked_pool):
+    """A hold's `filled` and `notional` (its order's fills applied, which GetPortfolio lists the
+    order with; migration 0021) only grow (migration 0022): a statement writing less is a lost
+    update or a hand-made correction, refused with the hold and both values. The ledger's own
+    writes add to them or write them back as they are (a later fill, the hold's release)."""
+    import asyncpg
+
+    w = await World(checked_pool).open()
+    await settlement.apply_execution(w.fill(1, "BUY", "b1o", "s1o", 3, "99.50", 7, 7), w.uow)
+    hold = w.order("b1o")
+    for change, said in (("filled = 2", "filled 3 -> 2, notional 298.5000 -> 298.5000"),
+                         ("notional = 298.49", "filled 3 -> 3, notional 298.5000 -> 298.4900"),
+                         ("filled = 0, notional = 0", "filled 3 -> 0, notional 298.5000 -> 0.0000"),
+                         ("filled = 4, notional = 1", "filled 3 -> 4, notional 298.5000 -> 1.0000")):
+        with pytest.raises(asyncpg.CheckViolationError) as err:
+            await checked_pool.execute(f"UPDATE ledger.holds SET {change} WHERE hold_id = $1", hold)
+        assert str(err.value) == f"hold {hold}: filled and notional (its order's fills applied) never decrease: {said}"
+    await checked_pool.execute("UPDATE ledger.holds SET filled = 3, notional = 298.50 WHERE hold_id = $1", hold)
+    await settlement.apply_execution(w.fill(2, "BUY", "b1o", "s1o", 2, "99.00", 5, 5), w.uow)
+    await settlement.apply_execution(w.end(3, CANCELLED, "b1o", "CANCELLED_BY_USER"), w.uow)
+    row = await checked_pool.fetchrow("SELECT filled, notional, status FROM ledger.holds WHERE hold_id = $1", hold)
+    assert tuple(row) == (5, D("496.50"), "RELEASED")
 
 
 async def test_a_replace_without_a_recorded_transfer_carries_no_fills_to_the_new_hold(checked_pool):

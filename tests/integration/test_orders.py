@@ -895,11 +895,25 @@ async def test_list_orders_by_id_lists_those_of_the_account_whatever_their_statu
                                      "(symbol, statuses and order_ids must not change)")]),
                     ({"order_ids": ["nope", "", ids[0]]}, [("order_ids[0]", "must be an order id returned by PlaceOrder"),
                                                          ("order_ids[1]", "is required")]),
-                    ({"order_ids": ids[:1] * 501}, [("order_ids", "at most 500 order ids, not 501")])):
+                    ({"order_ids": [str(uuid.uuid4()) for _ in range(501)]},
+                     [("order_ids", "at most 500 distinct order ids, not 501")]),
+                    # Repeats are forgiven, not without bound: each given id is read.
+                    ({"order_ids": ids[:1] * 2001},
+                     [("order_ids", "at most 500 distinct order ids in at most 2000, not 2001")])):
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await listed(**bad)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert [(f.field, f.description) for f in error_info(err.value)[1].field_violations] == violations
+            # Round 27: ids given twice are one order each, listed once, and count once towards
+            # the 500: 500 distinct orders however often each is named (the account's three
+            # among them, the others of no order), each in any case.
+            distinct = ids[:3] + [str(uuid.uuid4()) for _ in range(497)]
+            repeated = distinct + distinct[:3] + [i.upper() for i in distinct[:100]] + ids[:1] * 100
+            assert len(repeated) == 703 and len({uuid.UUID(i) for i in repeated}) == 500
+            listed_once = await listed(order_ids=repeated)
+            assert [o.order_id for o in listed_once.orders] == [str(msft.order_id), str(working.order_id),
+                                                                str(rejected.order_id)]
+            assert not listed_once.next_page_token
     finally:
         await server.stop(None)
     async with checked_pool.acquire() as conn:

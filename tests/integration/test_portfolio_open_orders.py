@@ -31,7 +31,7 @@ from order_svc.service_layer import handlers, lifecycle
 from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.common.v1 import common_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
-from stockmesh.order.v1 import order_service_pb2_grpc
+from stockmesh.order.v1 import order_service_pb2 as opb, order_service_pb2_grpc
 from tests.integration.conftest import own_database_fixtures
 from tests.support.crash import identity
 
@@ -63,6 +63,7 @@ async def portfolio_of(checked_pool, order_deps):
     async def get(account: str):
         return (await stub.GetPortfolio(lpb.GetPortfolioRequest(), metadata=identity(account), timeout=10)).portfolio
 
+    get.order_svc = order_service_pb2_grpc.OrderServiceStub(to_orders)  # (the same order_svc, asked directly)
     try:
         yield get
     finally:
@@ -118,6 +119,42 @@ def _shares(p, symbol: str = "AAPL") -> tuple[int, int]:
 def _open(p) -> list[tuple[str, int, int, str]]:
     return [(o.order_id, common_pb2.OrderStatus.Name(o.status), o.filled_quantity, o.average_fill_price)
             for o in p.open_orders]
+
+
+async def test_more_open_orders_than_a_reply_lists_are_said_to_be_more(portfolio_of, checked_pool, order_deps,
+                                                                       monkeypatch):
+    """A portfolio lists the orders of its newest 500 holds (ListOrders' page); round 27: an
+    account holding for more could not tell that some were left out. open_orders_truncated says
+    so, and ListOrders filtered to the open statuses, paged, gives every one of them. (With the
+    ledger's page of orders at 3 rather than 500, so that 4 orders are more than it lists; the
+    unit tests of adapters/orders.py check 500 and 501.)"""
+    from ledger_svc.adapters import orders
+
+    monkeypatch.setattr(orders, "PAGE", 3)
+    account = f"pm-{uuid.uuid4().hex[:8]}"
+    await ledger.deposit(commands.Deposit(account, D("1000.00"), "fund"), lambda: LedgerUnitOfWork(checked_pool))
+    placed = [await handlers.place_order(_limit(account, Side.BUY, 1, price), order_deps)
+              for price in ("187.00", "187.01", "187.02")]
+    assert {o.status for o in placed} == {Status.NEW}
+    full = await portfolio_of(account)
+    assert [o.order_id for o in full.open_orders] == [str(o.order_id) for o in reversed(placed)]
+    assert not full.open_orders_truncated
+
+    placed.append(await handlers.place_order(_limit(account, Side.BUY, 1, "187.03"), order_deps))
+    cut = await portfolio_of(account)
+    assert cut.open_orders_truncated and cut.cash.held == "748.06"  # all 4 held for
+    # The newest holds' orders: the oldest hold's order is the one left out.
+    assert [o.order_id for o in cut.open_orders] == [str(o.order_id) for o in reversed(placed[1:])]
+
+    every, token = [], ""
+    while True:  # the rest, as the field's comment says: ListOrders of the open statuses, paged
+        page = await portfolio_of.order_svc.ListOrders(opb.ListOrdersRequest(
+            statuses=[common_pb2.ORDER_STATUS_PENDING_NEW, NEW, PARTIALLY_FILLED], page_size=3, page_token=token),
+            metadata=identity(account), timeout=10)
+        every += [o.order_id for o in page.orders]
+        if not (token := page.next_page_token):
+            break
+    assert every == [str(o.order_id) for o in reversed(placed)]
 
 
 async def test_order_svc_ahead_an_open_order_shows_the_fills_the_ledger_has(portfolio_of, checked_pool, order_deps):
@@ -395,9 +432,10 @@ async def test_the_fill_totals_of_open_holds_are_filled_in_by_the_migration(pg_s
             assert counted[f"m-{tag}"] == (2, 2 * D(187), "PENDING")
             assert counted[f"e-{tag}"][2] == "CAPTURED"  # resolved: not filled in again
 
+            roll_back(url, "0022.ledger-hold-fill-totals-only-grow")  # its trigger names the columns
             roll_back(url, "0021.ledger-hold-fill-totals")
             await pool.expire_connections()
-            assert apply_all(url) == 1
+            assert apply_all(url) == 2
             filled_in = {r["hold_id"]: (r["filled"], r["notional"], r["status"]) for r in await pool.fetch(
                 "SELECT hold_id, filled, notional, status FROM ledger.holds WHERE hold_id LIKE $1", f"%-{tag}")}
             assert {h: v for h, v in filled_in.items() if v[2] == "PENDING"} == \

@@ -112,3 +112,15 @@ async def test_a_portfolio_of_more_held_orders_than_a_page_asks_once_for_the_fir
         found = await GrpcOpenOrders(channel, timeout=5).orders(held)
         assert await GrpcOpenOrders(channel, timeout=5).orders(["tool-hold"]) == {}  # nothing to ask
     assert known.asked == [held[:500]] and sorted(found) == sorted(held[:500])
+
+
+def test_a_portfolio_says_when_more_orders_are_held_for_than_it_lists() -> None:
+    """open_orders_truncated (round 27): more orders held for than the 500 asked; a hold not
+    named after an order (a tool's) is no order left out, nor is an order of two holds (a
+    replacement with its replace's reserve) counted twice."""
+    from ledger_svc.adapters.orders import more_than_listed
+
+    held = [str(uuid.uuid4()) for _ in range(501)]
+    assert more_than_listed(held) and not more_than_listed(held[:500])
+    assert not more_than_listed(held[:500] + ["tool-hold", held[0]])
+    assert not more_than_listed([])

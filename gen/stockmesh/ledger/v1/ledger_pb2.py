@@ -26,25 +26,25 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stockmesh.order.v1 import order_pb2 as stockmesh_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stockmesh/ledger/v1/ledger.proto\x12\x13stockmesh.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estockmesh/order/v1/order.proto\"a\n\x0b\x43\x61shBalance\x12\r\n\x05total\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\t\x12\x0f\n\x07settled\x18\x04 \x01(\t\x12\x11\n\tunsettled\x18\x05 \x01(\t\"\xa7\x01\n\x08Position\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x03\x12\x14\n\x0c\x61verage_cost\x18\x05 \x01(\t\x12\x14\n\x0cmarket_price\x18\x06 \x01(\t\x12\x14\n\x0cmarket_value\x18\x07 \x01(\t\x12\x16\n\x0eunrealized_pnl\x18\x08 \x01(\t\"\xec\x01\n\tPortfolio\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\x04\x63\x61sh\x18\x02 \x01(\x0b\x32 .stockmesh.ledger.v1.CashBalance\x12\x30\n\tpositions\x18\x03 \x03(\x0b\x32\x1d.stockmesh.ledger.v1.Position\x12\x0e\n\x06\x65quity\x18\x04 \x01(\t\x12.\n\x0bopen_orders\x18\x05 \x03(\x0b\x32\x19.stockmesh.order.v1.Order\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x02\n\x08\x41\x63tivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.stockmesh.ledger.v1.ActivityType\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\x12\x0f\n\x07settled\x18\x08 \x01(\x08\x12.\n\nsettled_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61ptured\x18\x05 \x01(\t\x12\x10\n\x08released\x18\x06 \x01(\t\x12/\n\x06status\x18\x07 \x01(\x0e\x32\x1f.stockmesh.ledger.v1.HoldStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransferred_to\x18\t \x01(\t*\xd4\x01\n\x0c\x41\x63tivityType\x12\x1d\n\x19\x41\x43TIVITY_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43TIVITY_TYPE_DEPOSIT\x10\x01\x12\x1c\n\x18\x41\x43TIVITY_TYPE_WITHDRAWAL\x10\x02\x12\x16\n\x12\x41\x43TIVITY_TYPE_HOLD\x10\x03\x12\x1e\n\x1a\x41\x43TIVITY_TYPE_HOLD_RELEASE\x10\x04\x12\x16\n\x12\x41\x43TIVITY_TYPE_FILL\x10\x05\x12\x1c\n\x18\x41\x43TIVITY_TYPE_SETTLEMENT\x10\x06*\x93\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x1b\n\x17HOLD_STATUS_TRANSFERRED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stockmesh/ledger/v1/ledger.proto\x12\x13stockmesh.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estockmesh/order/v1/order.proto\"a\n\x0b\x43\x61shBalance\x12\r\n\x05total\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\t\x12\x0f\n\x07settled\x18\x04 \x01(\t\x12\x11\n\tunsettled\x18\x05 \x01(\t\"\xa7\x01\n\x08Position\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x03\x12\x14\n\x0c\x61verage_cost\x18\x05 \x01(\t\x12\x14\n\x0cmarket_price\x18\x06 \x01(\t\x12\x14\n\x0cmarket_value\x18\x07 \x01(\t\x12\x16\n\x0eunrealized_pnl\x18\x08 \x01(\t\"\x8b\x02\n\tPortfolio\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\x04\x63\x61sh\x18\x02 \x01(\x0b\x32 .stockmesh.ledger.v1.CashBalance\x12\x30\n\tpositions\x18\x03 \x03(\x0b\x32\x1d.stockmesh.ledger.v1.Position\x12\x0e\n\x06\x65quity\x18\x04 \x01(\t\x12.\n\x0bopen_orders\x18\x05 \x03(\x0b\x32\x19.stockmesh.order.v1.Order\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15open_orders_truncated\x18\x07 \x01(\x08\"\x88\x02\n\x08\x41\x63tivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.stockmesh.ledger.v1.ActivityType\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\x12\x0f\n\x07settled\x18\x08 \x01(\x08\x12.\n\nsettled_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61ptured\x18\x05 \x01(\t\x12\x10\n\x08released\x18\x06 \x01(\t\x12/\n\x06status\x18\x07 \x01(\x0e\x32\x1f.stockmesh.ledger.v1.HoldStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransferred_to\x18\t \x01(\t*\xd4\x01\n\x0c\x41\x63tivityType\x12\x1d\n\x19\x41\x43TIVITY_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43TIVITY_TYPE_DEPOSIT\x10\x01\x12\x1c\n\x18\x41\x43TIVITY_TYPE_WITHDRAWAL\x10\x02\x12\x16\n\x12\x41\x43TIVITY_TYPE_HOLD\x10\x03\x12\x1e\n\x1a\x41\x43TIVITY_TYPE_HOLD_RELEASE\x10\x04\x12\x16\n\x12\x41\x43TIVITY_TYPE_FILL\x10\x05\x12\x1c\n\x18\x41\x43TIVITY_TYPE_SETTLEMENT\x10\x06*\x93\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x1b\n\x17HOLD_STATUS_TRANSFERRED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stockmesh.ledger.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTIVITYTYPE']._serialized_start=1130
-  _globals['_ACTIVITYTYPE']._serialized_end=1342
-  _globals['_HOLDSTATUS']._serialized_start=1345
-  _globals['_HOLDSTATUS']._serialized_end=1492
+  _globals['_ACTIVITYTYPE']._serialized_start=1161
+  _globals['_ACTIVITYTYPE']._serialized_end=1373
+  _globals['_HOLDSTATUS']._serialized_start=1376
+  _globals['_HOLDSTATUS']._serialized_end=1523
   _globals['_CASHBALANCE']._serialized_start=122
   _globals['_CASHBALANCE']._serialized_end=219
   _globals['_POSITION']._serialized_start=222
   _globals['_POSITION']._serialized_end=389
   _globals['_PORTFOLIO']._serialized_start=392
-  _globals['_PORTFOLIO']._serialized_end=628
-  _globals['_ACTIVITY']._serialized_start=631
-  _globals['_ACTIVITY']._serialized_end=895
-  _globals['_HOLD']._serialized_start=898
-  _globals['_HOLD']._serialized_end=1127
+  _globals['_PORTFOLIO']._serialized_end=659
+  _globals['_ACTIVITY']._serialized_start=662
+  _globals['_ACTIVITY']._serialized_end=926
+  _globals['_HOLD']._serialized_start=929
+  _globals['_HOLD']._serialized_end=1158
 # @@protoc_insertion_point(module_scope)

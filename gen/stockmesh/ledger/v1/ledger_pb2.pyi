@@ -76,20 +76,22 @@ class Position(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., quantity: _Optional[int] = ..., available: _Optional[int] = ..., held: _Optional[int] = ..., average_cost: _Optional[str] = ..., market_price: _Optional[str] = ..., market_value: _Optional[str] = ..., unrealized_pnl: _Optional[str] = ...) -> None: ...
 
 class Portfolio(_message.Message):
-    __slots__ = ("account_id", "cash", "positions", "equity", "open_orders", "as_of")
+    __slots__ = ("account_id", "cash", "positions", "equity", "open_orders", "as_of", "open_orders_truncated")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CASH_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     EQUITY_FIELD_NUMBER: _ClassVar[int]
     OPEN_ORDERS_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ORDERS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     cash: CashBalance
     positions: _containers.RepeatedCompositeFieldContainer[Position]
     equity: str
     open_orders: _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]
     as_of: _timestamp_pb2.Timestamp
-    def __init__(self, account_id: _Optional[str] = ..., cash: _Optional[_Union[CashBalance, _Mapping]] = ..., positions: _Optional[_Iterable[_Union[Position, _Mapping]]] = ..., equity: _Optional[str] = ..., open_orders: _Optional[_Iterable[_Union[_order_pb2.Order, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    open_orders_truncated: bool
+    def __init__(self, account_id: _Optional[str] = ..., cash: _Optional[_Union[CashBalance, _Mapping]] = ..., positions: _Optional[_Iterable[_Union[Position, _Mapping]]] = ..., equity: _Optional[str] = ..., open_orders: _Optional[_Iterable[_Union[_order_pb2.Order, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., open_orders_truncated: _Optional[bool] = ...) -> None: ...
 
 class Activity(_message.Message):
     __slots__ = ("activity_id", "type", "asset", "amount", "description", "created_at", "reference", "settled", "settled_at")
