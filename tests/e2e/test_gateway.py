@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import uuid
+import urllib.error
 import urllib.request
 
 import grpc
@@ -494,6 +495,31 @@ async def test_internal_services_are_not_reachable_through_envoy(mesh: RunningMe
                        f"/stockmesh.{path} is not a public method (internal services are not served here)")
                       for path in ("ledger.v1.HoldService/GetHold", "ledger.v1.SettlementService/RunSettlement",
                                    "matching.v1.EngineControlService/GetEngineStatus")]
+
+
+async def test_a_path_that_climbs_out_of_a_public_service_is_the_internal_method_it_names(mesh: RunningMesh) -> None:
+    """Round 27 explorer: `/<public service>/../<internal service>/<method>` matched the public
+    service's route and was sent on to its service as it was (whose gRPC server knew no such
+    method). Envoy now routes the path as it normalises it: the internal method, refused as
+    every internal method is; an escaped slash is refused outright."""
+    md = mesh.auth("gw-climb")
+    async with mesh.channel() as ch:
+        for path in ("/stockmesh.ledger.v1.LedgerService/../stockmesh.ledger.v1.HoldService/GetHold",
+                     "/stockmesh.ledger.v1.LedgerService/./../stockmesh.ledger.v1.HoldService//GetHold"):
+            climb = ch.unary_unary(path, request_serializer=hold_service_pb2.GetHoldRequest.SerializeToString,
+                                   response_deserializer=hold_service_pb2.GetHoldResponse.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await climb(hold_service_pb2.GetHoldRequest(hold_id="h"), metadata=md, timeout=10)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.UNIMPLEMENTED,
+                "/stockmesh.ledger.v1.HoldService/GetHold is not a public method (internal services are not served here)"
+            ), path
+    request = urllib.request.Request(
+        f"http://{mesh.endpoint}/stockmesh.ledger.v1.LedgerService%2FGetPortfolio", data=b"{}", method="POST",
+        headers={"content-type": "application/json", **dict(md)})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
 
 
 def test_envoy_routes_no_internal_prefix(mesh: RunningMesh) -> None:
