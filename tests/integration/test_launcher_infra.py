@@ -278,6 +278,52 @@ async def test_envoy_admits_a_bounded_number_of_order_commands_and_refuses_the_n
         assert again.order.client_order_id == "c4" and slow.placed == 5
 
 
+async def test_a_json_order_command_past_the_admission_limit_is_told_why_and_when_to_retry(tmp_path: Path) -> None:
+    """JSON commands have the same admission limit, counted apart (their own cluster, over
+    HTTP/2: nothing waits in Envoy): with 2 in flight, the next is refused with 503, in the words and with the details the
+    gRPC callers get (round 27: its message was Envoy's "upstream connect error or
+    disconnect/reset before headers. reset reason: overflow")."""
+    import asyncio
+
+    class Held(EchoOrders):
+        def __init__(self) -> None:
+            self.release, self.placed = asyncio.Event(), 0
+
+        async def PlaceOrder(self, request, context):
+            self.placed += 1
+            await self.release.wait()
+            return await super().PlaceOrder(request, context)
+
+    held = Held()
+    ports = _ports()
+    async with _before_order_stand_in(tmp_path, held, order_commands_in_flight=2, ports=ports) as (ch, md, admin):
+        token = dict(md)["authorization"]
+
+        def json_place(coid: str) -> tuple[int, dict[str, str], bytes]:
+            return _http(ports.public, "POST", "/stockmesh.order.v1.OrderService/PlaceOrder",
+                         {"content-type": "application/json", "authorization": token},
+                         json.dumps({"client_order_id": coid}).encode())
+
+        def answers() -> bool:
+            try:
+                return json_place("warm")[0] == 200
+            except OSError:  # Envoy not listening yet
+                return False
+        held.release.set()
+        assert await eventually(lambda: asyncio.to_thread(answers), timeout=30)
+        held.release.clear()
+        before = held.placed
+        in_flight = [asyncio.ensure_future(asyncio.to_thread(json_place, f"j{i}")) for i in range(2)]
+        assert await eventually(lambda: held.placed - before == 2), held.placed
+        status, headers, body = await asyncio.to_thread(json_place, "past-the-limit")
+        error = json.loads(body)
+        assert (status, headers.get("retry-after"), error["code"]) == (503, "1", 14), (status, headers, body)
+        assert error["message"] == envoy.service_at_its_limit().message, error
+        assert {d["@type"].rsplit(".", 1)[-1]: d for d in error["details"]}["RetryInfo"]["retry_delay"] == "1s"
+        held.release.set()
+        assert [(await t)[0] for t in in_flight] == [200] * 2
+
+
 async def test_order_commands_whose_body_never_comes_hold_no_command_slot(tmp_path: Path) -> None:
     """Acceptance round 16: native-gRPC PlaceOrders that send their headers and never their
     message each held one of the bridge's connections for the call's whole deadline, and
