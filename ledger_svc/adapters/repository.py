@@ -9,17 +9,20 @@ import asyncpg
 
 from meshkit import audit
 from meshkit.db import lock_wait_text, sets_lock_wait
-from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, FillMemo, Hold,
+from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, CashBalance, ClientKeyHolder, FillMemo,
+                                     Hold,
                                      HoldStatus, HoldTransfer, JournalEntry, KeyHolder, TransferStatus, insufficient,
                                      key_kinds)
 
 
 
-def _placement(r: asyncpg.Record) -> tuple[str, Hold | None, Decimal | None]:
-    """ledger.place_hold_keyed's answer: (outcome, the hold unless INSUFFICIENT, what is
-    available); for KEY_TAKEN the hold is the one that carries the key."""
+def _placement(r: asyncpg.Record) -> tuple[str, Hold | ClientKeyHolder | None, Decimal | None]:
+    """ledger.place_hold_keyed_v2's answer: (outcome, the hold unless INSUFFICIENT, what is
+    available); for KEY_TAKEN what carries the key (a hold, or an order without one: 0023)."""
     if r["r_outcome"] == "INSUFFICIENT":
         return "INSUFFICIENT", None, r["r_available"]
+    if r["r_outcome"] == "KEY_TAKEN":
+        return "KEY_TAKEN", ClientKeyHolder(r["r_order_id"], r["r_hold_id"] or "", r["r_status"] or ""), None
     return r["r_outcome"], Hold(
         hold_id=r["r_hold_id"], account_id=r["r_account_id"], order_id=r["r_order_id"], asset=r["r_asset"],
         amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
@@ -444,20 +447,40 @@ class LedgerRepository:
             """, hold_ids)
 
     async def place_holds(self, holds: list[Hold], client_keys: list[str | None],
-                          lock_wait: float) -> list[tuple[str, Hold | None, Decimal | None]]:
+                          lock_wait: float) -> list[tuple[str, Hold | ClientKeyHolder | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
         transaction): each as ledger.place_hold_keyed places one (migration 0012: its account
         first, then the idempotent insert, the conditional reservation and the audit event),
         answered ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _),
-        ('KEY_TAKEN', the account's other hold that carries its client key, _) or
-        ('INSUFFICIENT', None, what is available), a refusal changing nothing; waiting at most
+        ('KEY_TAKEN', what carries its client key: the account's other hold, or another order
+        without a hold, _) or ('INSUFFICIENT', None, what is available), a refusal changing
+        nothing but keeping the client key for its order (migration 0023); waiting at most
         `lock_wait` seconds for any lock (migration 0019), else raising asyncpg's
         LockNotAvailableError with nothing changed. (A hold alone is a batch of one.)"""
         rows = await self.conn.fetch(
-            "SELECT * FROM ledger.place_holds_keyed($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
+            "SELECT * FROM ledger.place_holds_keyed_v2($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
             lock_wait_text(lock_wait), [h.hold_id for h in holds], [h.account_id for h in holds],
             [h.order_id for h in holds], [h.asset for h in holds], [h.amount for h in holds], client_keys)
         return [_placement(r) for r in rows]
+
+    async def register_client_keys(self, keys: list[tuple[str, str, str]], lock_wait: float
+                                   ) -> list[ClientKeyHolder | None]:
+        """Record each (account, client key, order id) for its order, in the order given, in
+        one statement (migration 0023: the accounts taken first, waiting at most `lock_wait`
+        for any lock, else asyncpg's LockNotAvailableError with nothing changed): None when
+        the key is that order's now (or was before), else what carries it for another order."""
+        rows = await self.conn.fetch(
+            "SELECT * FROM ledger.register_client_keys($1, $2, $3, $4) ORDER BY r_n", lock_wait_text(lock_wait),
+            [a for a, _, _ in keys], [k for _, k, _ in keys], [o for _, _, o in keys])
+        return [None if r["r_order_id"] is None else ClientKeyHolder(r["r_order_id"], r["r_hold_id"] or "",
+                                                                      r["r_status"] or "") for r in rows]
+
+    async def keep_client_key(self, account_id: str, client_key: str, order_id: str) -> None:
+        """The key is `order_id`'s unless the account has it for an order already (migration
+        0023; the account's lock held)."""
+        await self.conn.execute(
+            "INSERT INTO ledger.client_keys (account_id, client_key, order_id) VALUES ($1, $2, $3) "
+            "ON CONFLICT (account_id, client_key) DO NOTHING", account_id, client_key, order_id)
 
     async def insert_hold(self, hold: Hold, book_id: int) -> Hold | None:
         """Record a new PENDING hold (with the fills it carries: a replacement's, those of the

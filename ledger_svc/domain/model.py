@@ -68,6 +68,25 @@ class DuplicateClientKey(AlreadyExists):
     default_reason = "DUPLICATE_CLIENT_KEY"
 
 
+@dataclass(frozen=True)
+class ClientKeyHolder:
+    """What carries a client key of an account: a hold (its id and status), or an order that
+    has no hold of its own (a placement refused, an order rejected before its hold, a
+    replacement: migration 0023), named alone (hold_id and status empty)."""
+    order_id: str
+    hold_id: str = ""
+    status: str = ""
+
+
+def client_key_taken(account_id: str, client_key: str, holder: ClientKeyHolder) -> DuplicateClientKey:
+    """The refusal of a client key that another order of the account has: metadata holdId,
+    orderId and holdStatus of its holder (holdId and holdStatus empty without a hold)."""
+    by = f"hold {holder.hold_id} (order {holder.order_id})" if holder.hold_id else f"order {holder.order_id} (no hold)"
+    return DuplicateClientKey(f"client key {client_key!r} of {account_id} is carried by {by}",
+                              metadata={"clientKey": client_key, "holdId": holder.hold_id,
+                                        "orderId": holder.order_id, "holdStatus": holder.status})
+
+
 class DuplicateCaptureId(AlreadyExists):
     default_reason = "DUPLICATE_CAPTURE_ID"
 

@@ -157,12 +157,29 @@ class HoldServicer(hold_service_pb2_grpc.HoldServiceServicer):
         reserve: Decimal | None = Decimal(0)
         if request.reserve_amount not in ("", "0"):
             reserve = _amount(request.reserve_amount, asset, v)
+        client_key = validate.key(request.client_key, "client_key", v) if request.client_key else None
         v.raise_if_any()
         assert asset is not None and unit is not None and reserve is not None
         t = await handlers.transfer_hold(
-            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve), self.uow, self.applied,
-            self.lock_wait)
+            commands.TransferHold(from_id, to_id, order_id, account, asset, unit, reserve, client_key), self.uow,
+            self.applied, self.lock_wait)
         return pb.TransferHoldResponse(transfer=mapping.transfer_to_proto(t))
+
+    async def RegisterClientKeys(self, request: pb.RegisterClientKeysRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.RegisterClientKeysResponse:
+        v = Violations()
+        if len(request.keys) > MAX_HOLDS_PER_BATCH:
+            v.add("keys", f"at most {MAX_HOLDS_PER_BATCH} keys per call")
+        cmds = [commands.RegisterClientKey(_account(k.account_id, f"keys[{i}].account_id", v),
+                                           validate.key(k.client_key, f"keys[{i}].client_key", v),
+                                           validate.key(k.order_id, f"keys[{i}].order_id", v))
+                for i, k in enumerate(request.keys)]
+        v.raise_if_any()
+        holders = await handlers.register_client_keys(cmds, self.uow, self.lock_wait) if cmds else []
+        return pb.RegisterClientKeysResponse(results=[
+            pb.ClientKeyResult() if h is None else
+            pb.ClientKeyResult(holder_order_id=h.order_id, holder_hold_id=h.hold_id, holder_hold_status=h.status)
+            for h in holders])
 
     async def CancelHoldTransfer(self, request: pb.CancelHoldTransferRequest,
                                  context: grpc.aio.ServicerContext) -> pb.CancelHoldTransferResponse:

@@ -61,3 +61,12 @@ class TransferHold:
     asset: str
     unit_amount: Decimal
     reserve: Decimal
+    client_key: str | None = None  # the replacing order's client_order_id, kept for it (migration 0023)
+
+
+@dataclass(frozen=True)
+class RegisterClientKey:
+    """An order with no hold of its own keeps its client key (migration 0023)."""
+    account_id: str
+    client_key: str
+    order_id: str

@@ -398,8 +398,8 @@ def _new_hold(cmd: commands.PlaceHold) -> model.Hold:
     return model.Hold.new(cmd.hold_id, cmd.account_id, cmd.order_id, cmd.asset, cmd.amount)
 
 
-def _answer(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
-            available: Decimal | None) -> model.Hold | DomainError:
+def _answer(hold: model.Hold, client_key: str | None, outcome: str,
+            placed: model.Hold | model.ClientKeyHolder | None, available: Decimal | None) -> model.Hold | DomainError:
     """_placed's answer, its refusal returned instead of raised (a batch's answer for one hold)."""
     try:
         return _placed(hold, client_key, outcome, placed, available)
@@ -407,18 +407,15 @@ def _answer(hold: model.Hold, client_key: str | None, outcome: str, placed: mode
         return exc
 
 
-def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | None,
+def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: model.Hold | model.ClientKeyHolder | None,
             available: Decimal | None) -> model.Hold:
     """ledger.place_holds' answer for a hold as place_hold gives it: the hold, or the refusal raised."""
     if outcome == "INSUFFICIENT":
         raise model.insufficient(hold.asset, available or Decimal(0), hold.amount)
-    assert placed is not None
-    if outcome == "KEY_TAKEN":  # `placed` is the hold that carries the key
-        raise model.DuplicateClientKey(
-            f"client key {client_key!r} of {hold.account_id} is carried by hold {placed.hold_id} "
-            f"(order {placed.order_id})",
-            metadata={"clientKey": client_key or "", "holdId": placed.hold_id, "orderId": placed.order_id,
-                      "holdStatus": placed.status.value})
+    if outcome == "KEY_TAKEN":  # `placed` is what carries the key: a hold, or an order without one
+        assert isinstance(placed, model.ClientKeyHolder)
+        raise model.client_key_taken(hold.account_id, client_key or "", placed)
+    assert isinstance(placed, model.Hold)
     if outcome == "EXISTS":
         return _same_hold(placed, hold)
     return placed
@@ -606,9 +603,28 @@ async def _transfer_hold(cmd: commands.TransferHold, uow_factory: UowFactory, lo
                 return _same_transfer(existing, t)
             raise model.TransferPending(f"hold {t.from_hold_id} is already being transferred",
                                         metadata={"holdId": t.from_hold_id})
+        if cmd.client_key:
+            # The replacing order's client_order_id is taken from now on: a placement reusing
+            # it with other parameters is refused by its hold's statement, holding nothing
+            # (round 27, F1). Best effort: order_svc's orders hold the id already; a key kept
+            # for another order (a refused placement's, say) stays that order's.
+            await uow.ledger.keep_client_key(t.account_id, cmd.client_key, t.order_id)
         await uow.ledger.audit_transfer(t, "HOLD_TRANSFER_PREPARED", {})
         await uow.commit()
         return t
+
+
+async def register_client_keys(cmds: list[commands.RegisterClientKey], uow_factory: UowFactory,
+                               lock_wait: float = HOLD_LOCK_WAIT) -> list[model.ClientKeyHolder | None]:
+    """HoldService.RegisterClientKeys: each key kept for its order (None), unless the account
+    has it for another order already (what carries it), in one statement. A lock waited for
+    longer than `lock_wait`: ACCOUNT_BUSY (bounded), nothing recorded."""
+    accounts = sorted({c.account_id for c in cmds})
+    async with bounded(uow_factory, lock_wait, accounts, "no key was registered", "the same keys") as uow:
+        holders = await uow.ledger.register_client_keys(
+            [(c.account_id, c.client_key, c.order_id) for c in cmds], lock_wait)
+        await uow.commit()
+    return holders
 
 
 async def _transfer(uow: LedgerUnitOfWork, to_hold_id: str) -> model.HoldTransfer:

@@ -49,6 +49,8 @@ class GrpcHolds:
             self._place_holds, in_flight=batches_in_flight, max_batch=max_batch, name="place_holds")
         self._awaits: Batcher[str, bool] = Batcher(self._await_executions, in_flight=batches_in_flight,
                                                    max_batch=max_batch, name="await_executions")
+        self._keys: Batcher[pb.ClientKey, pb.ClientKeyResult] = Batcher(
+            self._register_keys, in_flight=batches_in_flight, max_batch=max_batch, name="register_client_keys")
 
     @property
     def calls(self) -> int:
@@ -93,6 +95,24 @@ class GrpcHolds:
         (HoldService.AwaitExecutions). The refusals of concurrent placements go together, in a
         call made after each was refused. Transport trouble raises Unavailable."""
         return await self._awaits.submit(account_id)
+
+    async def register_key(self, account_id: str, client_key: str, order_id: str) -> None:
+        """Have the ledger keep `client_key` (an order's client_order_id) for `order_id`, an
+        order with no hold of its own (HoldService.RegisterClientKeys): a hold asked under it
+        for another order is refused then. ClientKeyTaken when another order of the account has
+        it. The keys of concurrent callers go together, in one call. Transport trouble, or the
+        ledger's transient errors, raise Unavailable: nothing is kept, and asking again is safe."""
+        result = await self._keys.submit(pb.ClientKey(account_id=account_id, client_key=client_key,
+                                                      order_id=order_id))
+        if result.holder_order_id:
+            raise ClientKeyTaken(result.holder_order_id, result.holder_hold_status == "RELEASED")
+
+    async def _register_keys(self, batch: list[pb.ClientKey]) -> list[pb.ClientKeyResult]:
+        try:
+            reply = await self.stub.RegisterClientKeys(pb.RegisterClientKeysRequest(keys=batch), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_unavailable(exc, "the ledger could not register the client_order_id", log) from exc
+        return list(reply.results)
 
     async def _await_executions(self, accounts: list[str]) -> list[bool]:
         try:
@@ -156,15 +176,17 @@ class GrpcHolds:
                 raise upstream_unavailable(exc, f"the ledger could not release hold {hold_id}", log) from exc
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
-                       unit: Decimal, reserve: Decimal) -> Refusal | None:
-        """Prepare moving `from_hold_id` to `to_hold_id` (reserving `reserve` more now). None
+                       unit: Decimal, reserve: Decimal, client_key: str = "") -> Refusal | None:
+        """Prepare moving `from_hold_id` to `to_hold_id` (reserving `reserve` more now), the
+        ledger keeping `client_key` (the new order's client_order_id) for `order_id`. None
         when the transfer is recorded (now or by an earlier call with this id); the reason when
         the ledger refuses it. Transport trouble raises Unavailable; so does the account held by
         another transaction (the ledger's ACCOUNT_BUSY, passed on with its RetryInfo)."""
         try:
             await self.stub.TransferHold(pb.TransferHoldRequest(
                 from_hold_id=from_hold_id, to_hold_id=to_hold_id, order_id=order_id, account_id=account_id,
-                asset=asset, unit_amount=fmt(unit), reserve_amount=amount_text(asset, reserve) if reserve else "0"),
+                asset=asset, unit_amount=fmt(unit), reserve_amount=amount_text(asset, reserve) if reserve else "0",
+                client_key=client_key),
                 timeout=self.timeout)
             return None
         except grpc.aio.AioRpcError as exc:

@@ -66,7 +66,9 @@ class Holds(Protocol):
     async def mark_checked(self, hold_ids: list[str]) -> None: ...
 
     async def transfer(self, from_hold_id: str, to_hold_id: str, order_id: str, account_id: str, asset: str,
-                       unit: Decimal, reserve: Decimal) -> model.Refusal | None: ...
+                       unit: Decimal, reserve: Decimal, client_key: str = "") -> model.Refusal | None: ...
+
+    async def register_key(self, account_id: str, client_key: str, order_id: str) -> None: ...
 
     async def cancel_transfer(self, to_hold_id: str) -> None: ...
 
@@ -209,7 +211,14 @@ async def _hold_and_record(order: Order, plan: model.HoldPlan | None, mine: str,
     """The rest of a placement, from its hold (none for an order rejected already) to its
     record: finished whatever its caller does (place_order)."""
     outbox = None
-    if plan is not None:
+    if plan is None:  # rejected before any hold: the ledger keeps its client_order_id all the same
+        try:
+            await _keep_client_key(order, deps)
+        except model.ClientKeyTaken as taken:  # the id was used for another order: nothing recorded
+            return await _placed_before(order, mine, None, False, deps, key_holder=taken.order_id,
+                                        key_holder_undone=taken.released)
+        failpoints.hit("place.after_key")
+    else:
         order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
         try:
             refused = await _place_hold(order, deps)
@@ -240,6 +249,35 @@ async def _hold_and_record(order: Order, plan: model.HoldPlan | None, mine: str,
     if stored.status is Status.NEW:
         deps.wake_relay()
     return stored
+
+
+async def _keep_client_key(order: Order, deps: Deps) -> None:
+    """Have the ledger keep the client_order_id of an order that gets no hold of its own (one
+    rejected before its hold; a replacement rejected), for that order. The ledger's hold
+    statement refuses a hold under a client_order_id that another order of the account has
+    (ClientKeyTaken), so a placement reusing the id with other parameters is refused before
+    it holds anything. Before, it knew only the ids of orders that had a hold: such a
+    placement held the cash or shares until its order's insert found the id taken, and a
+    concurrent order of the account could be rejected for want of them (round 27, F1). Only
+    rejections pay this call; accepted orders' hold statements keep their ids themselves.
+
+    ClientKeyTaken: another order of the account has the id. The ledger unreachable (or the
+    account busy there): logged, and the rejection is recorded and answered all the same; the
+    orders table still refuses the id's reuse, only a first reuse with other parameters may
+    then hold and give back as before."""
+    try:
+        await deps.holds.register_key(order.account_id, order.request.client_order_id, str(order.order_id))
+    except Unavailable as exc:
+        log.warning("the ledger could not keep a rejected order's client_order_id; the rejection is recorded "
+                    "without it", extra={"orderId": str(order.order_id), "error": str(exc)})
+
+
+async def _keep_replacement_key(o: Order, deps: Deps) -> None:
+    """_keep_client_key of a rejected replacement: its client_order_id is its own already in the
+    orders table (claimed with its record), so another order that has the key in the ledger
+    keeps it there, and the replacement stands as recorded."""
+    with contextlib.suppress(model.ClientKeyTaken):
+        await _keep_client_key(o, deps)
 
 
 async def _place_hold(order: Order, deps: Deps) -> model.Refusal | None:
@@ -607,6 +645,7 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
 
     at = now()
     _, reason, message = await _market_checks(req, deps, at, stop_applies=not model.stop_no_longer_applies(old))
+    rejected_now = False
     async with _changing(deps, "replace", old.order_id) as uow:
         # One change of an order at a time.
         current = await uow.orders.get(old.order_id, for_update=True, lock_wait=deps.lock_wait)
@@ -639,8 +678,11 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
             stored, created = await uow.orders.insert_or_get(new, fingerprint)
             if not created:
                 stored = same_or_duplicate(stored, await uow.orders.fingerprint_of(stored.order_id))
+            rejected_now = created and stored.status is Status.REJECTED
         await uow.commit()
     failpoints.hit("replace.after_record")
+    if rejected_now:  # no transfer will keep its client_order_id in the ledger
+        await _keep_replacement_key(stored, deps)
     if stored.status is Status.PENDING_NEW:
         stored = await advance(stored, deps)
     return stored
@@ -660,7 +702,8 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
         if await uow.orders.has_outbox(replace_msg_id(o)):
             return o  # handed to the engine already
     prepare = functools.partial(deps.holds.transfer, str(o.replaces), str(o.order_id), str(o.order_id),
-                                o.account_id, o.hold_asset, model.hold_unit(o.request, o.collar_price), o.hold_amount)
+                                o.account_id, o.hold_asset, model.hold_unit(o.request, o.collar_price), o.hold_amount,
+                                o.request.client_order_id)
 
     async def transfer() -> model.Refusal | None:
         try:
@@ -698,6 +741,8 @@ async def advance_replace(o: Order, deps: Deps) -> Order:
             raise
         refused = await transfer()
     failpoints.hit("replace.after_hold")
+    if refused is not None:  # the refused transfer kept nothing in the ledger
+        await _keep_replacement_key(o, deps)
     handed: bool | None = False
     # The client named the replaced order: a retry of the replace (same client_order_id) or the
     # recovery loop completes this one (the transfer above is idempotent).

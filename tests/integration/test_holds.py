@@ -496,6 +496,72 @@ async def test_a_client_key_is_carried_by_one_hold_of_the_account_ever(channel, 
             await conn.execute("UPDATE ledger.holds SET client_key = 'coid-1' WHERE hold_id = $1", h2)
 
 
+async def test_the_client_key_of_an_order_without_a_hold_is_kept_for_that_order(channel, uow, checked_pool):
+    """Round 27 (F1): a key no hold carries is kept for its order (migration 0023): a hold refused
+    for want of cash keeps its key, RegisterClientKeys keeps an order's (one rejected before any
+    hold), TransferHold's client_key the replacing order's. A hold of another order asked under
+    such a key is refused DUPLICATE_CLIENT_KEY naming that order (no hold: holdId empty), holding
+    nothing; the same order's retry is placed. A kept key is not a hold: ListHolds and the
+    balances do not show it."""
+    a = account()
+    await fund(uow, a, cash="100")
+    holds = hold_service_pb2_grpc.HoldServiceStub(channel)
+
+    def req(order: str, amount: str, key: str) -> hpb.PlaceHoldRequest:
+        return hpb.PlaceHoldRequest(hold_id=order, account_id=a, order_id=order, asset="USD", amount=amount,
+                                    client_key=key)
+
+    poor, other, rejected, third = hid(), hid(), hid(), hid()
+    reply = await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[
+        req(poor, "500", "k-poor"),     # refused: the key stays poor's
+        req(other, "10", "k-poor"),     # another order under it: refused, nothing held
+        req(poor, "500", "k-poor"),     # poor's retry: refused for want of cash again, not for its key
+    ]))
+    assert [_answer(r) for r in reply.results] == [
+        ("error", "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS"), ("error", "ALREADY_EXISTS", "DUPLICATE_CLIENT_KEY"),
+        ("error", "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS")]
+    assert dict(reply.results[1].error.metadata) == {"clientKey": "k-poor", "holdId": "", "orderId": poor,
+                                                      "holdStatus": ""}
+    keys = await holds.RegisterClientKeys(hpb.RegisterClientKeysRequest(keys=[
+        hpb.ClientKey(account_id=a, client_key="k-rej", order_id=rejected),  # kept
+        hpb.ClientKey(account_id=a, client_key="k-rej", order_id=rejected),  # again: still its own
+        hpb.ClientKey(account_id=a, client_key="k-rej", order_id=third),     # another order: named
+        hpb.ClientKey(account_id=a, client_key="k-poor", order_id=third),
+    ]))
+    assert [(r.holder_order_id, r.holder_hold_id, r.holder_hold_status) for r in keys.results] == [
+        ("", "", ""), ("", "", ""), (rejected, "", ""), (poor, "", "")]
+    placed = await handlers.place_hold(commands.PlaceHold(third, a, third, "USD", D(30), "k-third"), uow)
+    taken = await holds.RegisterClientKeys(hpb.RegisterClientKeysRequest(keys=[
+        hpb.ClientKey(account_id=a, client_key="k-third", order_id=other)]))
+    assert [(r.holder_order_id, r.holder_hold_id, r.holder_hold_status) for r in taken.results] == [
+        (third, third, "PENDING")]
+    with pytest.raises(model.DuplicateClientKey) as err:
+        await handlers.place_hold(commands.PlaceHold(other, a, other, "USD", D(10), "k-rej"), uow)
+    assert err.value.metadata["orderId"] == rejected
+    # A replacement's key, kept with its transfer: refused for another order as the engine is
+    # still to replace the order.
+    to_hold = hid()
+    await holds.TransferHold(hpb.TransferHoldRequest(
+        from_hold_id=placed.hold_id, to_hold_id=to_hold, order_id=to_hold, account_id=a, asset="USD",
+        unit_amount="30", reserve_amount="0", client_key="k-new"))
+    with pytest.raises(model.DuplicateClientKey) as err:
+        await handlers.place_hold(commands.PlaceHold(other, a, other, "USD", D(10), "k-new"), uow)
+    assert err.value.metadata["orderId"] == to_hold
+    # The same order's hold under its own kept key is placed (a retry once the cash is there).
+    await fund(uow, a, cash="500")
+    assert (await handlers.place_hold(commands.PlaceHold(poor, a, poor, "USD", D(500), "k-poor"), uow)).hold_id == poor
+    listed = {r.hold.hold_id for r in await handlers.list_holds(a, None, 50, uow)}
+    assert listed == {third, poor}
+    assert await balance(uow, a, "USD") == (D(600), D(530), D(70))
+    async with checked_pool.acquire() as conn:
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM audit.events WHERE stream = $1 AND payload::jsonb ->> 'orderId' IN ($2, $3)",
+            f"ledger:{a}", other, rejected)
+    await handlers.cancel_transfer(to_hold, uow)
+    for h in (third, poor):
+        await handlers.release_hold(commands.ReleaseHold(h), uow)
+
+
 async def test_place_holds_answers_each_hold_as_place_hold_would_in_the_order_given(channel, uow):
     a, b = account(), account()
     await fund(uow, a, cash="100", AAPL=5)

@@ -189,3 +189,39 @@ async def test_a_retry_rejected_by_a_later_market_has_its_first_attempts_hold_gi
     finally:
         async with checked_pool.acquire() as conn:
             await conn.execute("DELETE FROM orders.halts WHERE symbol = 'GOOGL' AND reason = 'crash test'")
+
+
+async def test_killed_after_a_rejected_orders_id_was_kept_its_retry_records_it(
+        checked_pool, database_url, nats_url, namespace, ledger_addr):
+    """Round 27 (F1, case c): an order rejected before any hold has the ledger keep its
+    client_order_id, then is recorded. Killed in between: a request reusing the id with other
+    parameters is refused as a placement that has not completed, holding nothing; the same
+    request's retry records the rejection and answers it, as it always did."""
+    account = await _funded_account(checked_pool)
+    env = order_svc_env(database_url, nats_url, ledger_addr, namespace)
+    request = _request()
+    request.limit_price = "1.00"  # outside the price band: rejected before any hold
+    await killed_at("place.after_key", env, lambda stub: stub.PlaceOrder(request, metadata=identity(account),
+                                                                          timeout=10))
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM orders.orders WHERE account_id = $1", account) == 0
+        [kept] = await conn.fetch("SELECT client_key, order_id FROM ledger.client_keys WHERE account_id = $1", account)
+    assert kept["client_key"] == request.client_order_id
+    other = pb.PlaceOrderRequest()
+    other.CopyFrom(request)
+    other.limit_price = "276.90"
+    async with running_order_svc(env) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PlaceOrder(other, metadata=identity(account), timeout=10)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "has not completed" in err.value.details()
+        reply = await stub.PlaceOrder(request, metadata=identity(account), timeout=10)
+        assert reply.order.status == common_pb2.ORDER_STATUS_REJECTED
+        assert reply.order.reject_reason == order_pb2.ORDER_REJECT_REASON_PRICE_OUT_OF_COLLAR
+        assert reply.order.order_id == kept["order_id"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PlaceOrder(other, metadata=identity(account), timeout=10)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and reply.order.order_id in err.value.details()
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.holds WHERE account_id = $1", account) == 0
+        assert await conn.fetchval("SELECT count(*) FROM audit.events WHERE stream = $1 AND event_type LIKE 'HOLD_%'",
+                                   f"ledger:{account}") == 0

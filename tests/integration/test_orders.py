@@ -18,7 +18,7 @@ from ledger_svc.service_layer.unit_of_work import LedgerUnitOfWork
 from meshkit import bus
 from meshkit.errors import InvalidArgument, ResourceExhausted, Unavailable
 from order_svc.domain.model import (DuplicateClientOrderId, OrderRequest, OrderType, RejectReason, Side, Status,
-                                    TimeInForce)
+                                    TimeInForce, order_id_for)
 from order_svc.entrypoints import mapping
 from order_svc.service_layer import handlers
 from stockmesh.common.v1 import common_pb2
@@ -26,6 +26,7 @@ from stockmesh.matching.v1 import matching_pb2
 from stockmesh.order.v1 import order_service_pb2 as pb
 from stockmesh.order.v1 import order_pb2
 from tests.integration.conftest import own_database_fixtures
+from tests.support.holds import hold_footprint
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -935,3 +936,98 @@ async def test_list_orders_by_id_lists_those_of_the_account_whatever_their_statu
         finally:
             await tx.rollback()
     assert '"orders_pkey"' in plan, plan
+
+
+async def _refused_holding_nothing(pool, deps, first: OrderRequest, reused: OrderRequest) -> None:
+    """`reused` (first's client_order_id, other parameters) is refused ALREADY_EXISTS naming
+    first's order, and holds nothing on the way, not even for a moment: the account's holds
+    (ListHolds), ledger events and balances are as they were; then first's retry still gets its
+    order."""
+    async with deps.uow().reads() as uow:
+        found = await uow.orders.by_client_order_id(first.account_id, first.client_order_id)
+    assert found is not None
+    recorded, _ = found
+    before = await hold_footprint(pool, first.account_id)
+    with pytest.raises(DuplicateClientOrderId) as err:
+        await handlers.place_order(reused, deps)
+    assert (err.value.code, err.value.reason) == ("ALREADY_EXISTS", "DUPLICATE_CLIENT_ORDER_ID")
+    assert err.value.metadata == {"clientOrderId": first.client_order_id, "orderId": str(recorded.order_id)}
+    would_be = str(order_id_for(reused.account_id, reused.client_order_id, reused.fingerprint()))
+    assert await hold_footprint(pool, first.account_id) == before, "the refused placement held something"
+    assert would_be not in {e[2] for e in before[1]}
+    again = await handlers.place_order(first, deps)
+    assert (again.order_id, again.status) == (recorded.order_id, recorded.status)
+    assert await hold_footprint(pool, first.account_id) == before
+
+
+async def test_a_client_order_id_of_an_order_rejected_before_its_hold_reused_holds_nothing(order_deps, checked_pool):
+    """Round 27 (F1, case c): the first order under the id was rejected by order_svc before any
+    hold (price collar, market closed, halted): the ledger never heard of the id, so a
+    placement reusing it with other parameters placed a real hold (a concurrent order of the
+    account could be refused for want of that cash), then gave it back once the order's insert
+    found the id taken; ListHolds showed a hold of an order that never existed. Now the
+    rejection has the ledger keep the id first."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "rejected-first", qty=1, price="1.00")
+    rejected = await handlers.place_order(first, order_deps)
+    assert (rejected.status, rejected.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
+    await _refused_holding_nothing(checked_pool, order_deps, first, limit_buy(a, "rejected-first", qty=1))
+
+
+async def test_a_client_order_id_of_an_order_refused_for_want_of_cash_reused_holds_nothing(order_deps,
+                                                                                          checked_pool):
+    """Round 27 (F1, case b): the first order under the id was refused by the ledger (too little
+    cash): no hold carried the id, so a placement reusing it for an order the account can pay
+    placed a hold and gave it back. Now the ledger keeps the id of a refused hold for its order."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "poor-first", qty=10)  # 1872.50
+    refused = await handlers.place_order(first, order_deps)
+    assert (refused.status, refused.reject_reason) == (Status.REJECTED, RejectReason.INSUFFICIENT_FUNDS)
+    await _refused_holding_nothing(checked_pool, order_deps, first, limit_buy(a, "poor-first", qty=1))
+
+
+async def test_a_rejection_whose_id_the_ledger_could_not_keep_is_recorded_and_answered_all_the_same(
+        order_deps, checked_pool, caplog):
+    """The ledger unreachable when order_svc has it keep a rejected order's client_order_id: the
+    rejection is recorded and answered as before (and logged); the orders table still refuses the
+    id's reuse."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+
+    class LedgerDown:
+        def __getattr__(self, name):
+            return getattr(order_deps.holds, name)
+
+        async def register_key(self, *args):
+            raise Unavailable("the ledger could not register the client_order_id: UNAVAILABLE")
+
+    first = limit_buy(a, "no-ledger", qty=1, price="1.00")
+    rejected = await handlers.place_order(first, replace(order_deps, holds=LedgerDown()))
+    assert (rejected.status, rejected.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
+    assert "could not keep a rejected order's client_order_id" in caplog.text
+    with pytest.raises(DuplicateClientOrderId):
+        await handlers.place_order(limit_buy(a, "no-ledger", qty=2), order_deps)
+    assert (await cash(checked_pool, a)).held == 0
+
+
+async def test_a_rejected_placement_that_died_after_its_id_was_kept_is_completed_by_its_retry(order_deps,
+                                                                                             checked_pool):
+    """The crash window of case c: the ledger kept the id, order_svc died before recording the
+    rejection. The same request's retry records and returns its order; before it, a request with
+    other parameters is refused as the id of a placement that has not completed, holding nothing."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "died-rejecting", qty=1, price="1.00")
+    would_be = order_id_for(a, first.client_order_id, first.fingerprint())
+    await order_deps.holds.register_key(a, first.client_order_id, str(would_be))  # then the process died
+    before = await hold_footprint(checked_pool, a)
+    with pytest.raises(DuplicateClientOrderId) as err:
+        await handlers.place_order(limit_buy(a, "died-rejecting", qty=1), order_deps)
+    assert err.value.metadata == {"clientOrderId": "died-rejecting", "orderId": str(would_be)}
+    assert "has not completed" in err.value.message
+    assert await hold_footprint(checked_pool, a) == before
+    retried = await handlers.place_order(first, order_deps)
+    assert (retried.order_id, retried.status) == (would_be, Status.REJECTED)
+    await _refused_holding_nothing(checked_pool, order_deps, first, limit_buy(a, "died-rejecting", qty=2))

@@ -32,6 +32,7 @@ from order_svc.service_layer.handlers import ReplaceRequest
 from stockmesh.ledger.v1 import ledger_pb2 as lpb
 from stockmesh.matching.v1 import matching_pb2
 from tests.support.engine import engine_in_process
+from tests.support.holds import hold_footprint
 from tests.support.wait import executions_drained
 
 pytestmark = pytest.mark.integration
@@ -1116,3 +1117,70 @@ async def test_published_rows_of_ended_orders_and_closes_are_pruned_after_the_re
     assert deleted == 3 and pruned() - before == 3
     await handlers.cancel_order(a, new.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the last cancel")
+
+
+async def _no_hold_of(pool, order_id) -> bool:
+    """Neither a hold nor a ledger event names the order: nothing was ever held for it."""
+    async with pool.acquire() as conn:
+        return not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger.holds WHERE order_id = $1) "
+            "OR EXISTS (SELECT 1 FROM audit.events WHERE stream LIKE 'ledger:%' AND payload::jsonb ->> 'orderId' = $1)",
+            str(order_id))
+
+
+def _place_as(account: str, coid: str, qty: int, price: str) -> OrderRequest:
+    return OrderRequest(account, coid, SYM, Side.BUY, OrderType.LIMIT, qty, D(price), None, TimeInForce.GTC)
+
+
+async def test_a_replacements_client_order_id_reused_by_a_placement_holds_nothing(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """Round 27 (F1, case a): a replacement's hold is made by a transfer, which carried no client
+    key, so a PlaceOrder reusing the replacement's client_order_id with other parameters placed
+    a real hold (taking cash a concurrent order of the account needed), then gave it back once
+    the order's insert found the id taken. Now TransferHold carries the key and the ledger keeps
+    it for the replacement: the placement is refused by its hold statement, holding nothing,
+    while the replace waits for the engine and after."""
+    a = acct()
+    await fund(checked_pool, a, cash="5000.00")
+    old = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    req = replace(a, old.order_id, 10, "166.00", coid="rep-reused")
+    new = await handlers.replace_order(req, order_deps)
+    reuse = _place_as(a, "rep-reused", 3, "166.00")
+    would_be = model.order_id_for(a, reuse.client_order_id, reuse.fingerprint())
+    with pytest.raises(model.DuplicateClientOrderId) as err:  # the transfer recorded, the engine not yet heard
+        await handlers.place_order(reuse, order_deps)
+    assert err.value.metadata == {"clientOrderId": "rep-reused", "orderId": str(new.order_id)}
+    assert await _no_hold_of(checked_pool, would_be)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement to work")
+    await ledger_caught_up(execution_consumers, namespace)
+    before = await hold_footprint(checked_pool, a)
+    with pytest.raises(model.DuplicateClientOrderId):
+        await handlers.place_order(_place_as(a, "rep-reused", 4, "166.00"), order_deps)
+    assert await hold_footprint(checked_pool, a) == before
+    assert (await handlers.replace_order(req, order_deps)).order_id == new.order_id  # the retry: its order
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
+    await ledger_caught_up(execution_consumers, namespace)
+
+
+async def test_a_rejected_replacements_client_order_id_reused_by_a_placement_holds_nothing(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """Round 27 (F1): a replacement rejected by order_svc's checks (no transfer) or refused by the
+    ledger (too little cash: no transfer recorded) keeps its client_order_id in the ledger too."""
+    a = acct()
+    await fund(checked_pool, a, cash="2000.00")
+    old = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    far = await handlers.replace_order(replace(a, old.order_id, 10, "1.00", coid="rep-far"), order_deps)
+    assert (far.status, far.reject_reason) == (Status.REJECTED, RejectReason.PRICE_OUT_OF_COLLAR)
+    poor = await handlers.replace_order(replace(a, old.order_id, 12, "170.00", coid="rep-poor"), order_deps)
+    assert (poor.status, poor.reject_reason) == (Status.REJECTED, RejectReason.INSUFFICIENT_FUNDS)
+    await ledger_caught_up(execution_consumers, namespace)
+    before = await hold_footprint(checked_pool, a)
+    for coid, rejected in (("rep-far", far), ("rep-poor", poor)):
+        with pytest.raises(model.DuplicateClientOrderId) as err:
+            await handlers.place_order(_place_as(a, coid, 1, "165.00"), order_deps)
+        assert err.value.metadata == {"clientOrderId": coid, "orderId": str(rejected.order_id)}
+    assert await hold_footprint(checked_pool, a) == before
+    await handlers.cancel_order(a, old.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, old.order_id, Status.CANCELLED), "the cancel")
+    await ledger_caught_up(execution_consumers, namespace)

@@ -138,7 +138,7 @@ class GetHoldResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[_ledger_pb2.Hold, _Mapping]] = ...) -> None: ...
 
 class TransferHoldRequest(_message.Message):
-    __slots__ = ("from_hold_id", "to_hold_id", "order_id", "account_id", "asset", "unit_amount", "reserve_amount")
+    __slots__ = ("from_hold_id", "to_hold_id", "order_id", "account_id", "asset", "unit_amount", "reserve_amount", "client_key")
     FROM_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     TO_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class TransferHoldRequest(_message.Message):
     ASSET_FIELD_NUMBER: _ClassVar[int]
     UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     RESERVE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     from_hold_id: str
     to_hold_id: str
     order_id: str
@@ -153,7 +154,40 @@ class TransferHoldRequest(_message.Message):
     asset: str
     unit_amount: str
     reserve_amount: str
-    def __init__(self, from_hold_id: _Optional[str] = ..., to_hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., asset: _Optional[str] = ..., unit_amount: _Optional[str] = ..., reserve_amount: _Optional[str] = ...) -> None: ...
+    client_key: str
+    def __init__(self, from_hold_id: _Optional[str] = ..., to_hold_id: _Optional[str] = ..., order_id: _Optional[str] = ..., account_id: _Optional[str] = ..., asset: _Optional[str] = ..., unit_amount: _Optional[str] = ..., reserve_amount: _Optional[str] = ..., client_key: _Optional[str] = ...) -> None: ...
+
+class RegisterClientKeysRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ClientKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ClientKey, _Mapping]]] = ...) -> None: ...
+
+class ClientKey(_message.Message):
+    __slots__ = ("account_id", "client_key", "order_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    client_key: str
+    order_id: str
+    def __init__(self, account_id: _Optional[str] = ..., client_key: _Optional[str] = ..., order_id: _Optional[str] = ...) -> None: ...
+
+class RegisterClientKeysResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ClientKeyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ClientKeyResult, _Mapping]]] = ...) -> None: ...
+
+class ClientKeyResult(_message.Message):
+    __slots__ = ("holder_order_id", "holder_hold_id", "holder_hold_status")
+    HOLDER_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_HOLD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    holder_order_id: str
+    holder_hold_id: str
+    holder_hold_status: str
+    def __init__(self, holder_order_id: _Optional[str] = ..., holder_hold_id: _Optional[str] = ..., holder_hold_status: _Optional[str] = ...) -> None: ...
 
 class TransferHoldResponse(_message.Message):
     __slots__ = ("transfer",)

@@ -71,6 +71,11 @@ class HoldServiceStub:
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.SerializeToString,
                 response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.FromString,
                 _registered_method=True)
+        self.RegisterClientKeys = channel.unary_unary(
+                '/stockmesh.ledger.v1.HoldService/RegisterClientKeys',
+                request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysRequest.SerializeToString,
+                response_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysResponse.FromString,
+                _registered_method=True)
         self.CancelHoldTransfer = channel.unary_unary(
                 '/stockmesh.ledger.v1.HoldService/CancelHoldTransfer',
                 request_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.CancelHoldTransferRequest.SerializeToString,
@@ -161,6 +166,20 @@ class HoldServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterClientKeys(self, request, context):
+        """The client keys of orders that have no hold of their own (order_svc: an order it rejected
+        before asking for a hold), each kept for its order: a later hold asked under the key for
+        another order (PlaceHold's client_key: the client_order_id reused with other parameters)
+        is then refused with ALREADY_EXISTS / DUPLICATE_CLIENT_KEY, holding nothing. Keys are kept
+        in the order given, in one transaction; each is answered at its index: kept for its order
+        (now or before), or the other order that has it. A key is not a hold: it holds nothing, and
+        no hold listing shows it. At most 500 keys per call. An account held by another transaction
+        longer than the ledger waits for a lock: UNAVAILABLE / ACCOUNT_BUSY, nothing kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelHoldTransfer(self, request, context):
         """Gives up a PENDING transfer the engine never saw (the replacing order was rejected before
         its replace was handed to the engine): the reserve is released. A completed or cancelled
@@ -226,6 +245,11 @@ def add_HoldServiceServicer_to_server(servicer, server):
                     servicer.TransferHold,
                     request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.FromString,
                     response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.SerializeToString,
+            ),
+            'RegisterClientKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterClientKeys,
+                    request_deserializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysRequest.FromString,
+                    response_serializer=stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysResponse.SerializeToString,
             ),
             'CancelHoldTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelHoldTransfer,
@@ -434,6 +458,33 @@ class HoldService:
             '/stockmesh.ledger.v1.HoldService/TransferHold',
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldRequest.SerializeToString,
             stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.TransferHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterClientKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockmesh.ledger.v1.HoldService/RegisterClientKeys',
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysRequest.SerializeToString,
+            stockmesh_dot_ledger_dot_v1_dot_hold__service__pb2.RegisterClientKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
