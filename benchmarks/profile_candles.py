@@ -2,7 +2,13 @@
 per reply) from a scratch database, through QuoteServicer.GetCandles, with and without the
 cache of final candles. Prints per-reply times and, with --profile, the top functions.
 
+With --history N: instead, N imported 1-minute rows of one symbol (round 27's case: 200,000
+rows, 139 days from 2026-06-01), and GetCandles at 1d and at 1h over all of them, uncached:
+per reply the wall time and the longest the event loop was held meanwhile (what every live
+quote stream of the process waits).
+
 Usage:  .venv/bin/python benchmarks/profile_candles.py [--replies 200] [--profile]
+        .venv/bin/python benchmarks/profile_candles.py --history 200000 [--replies 5]
 """
 from __future__ import annotations
 
@@ -46,10 +52,73 @@ async def seed(pool: asyncpg.Pool) -> None:
         rows)
 
 
+HISTORY_FROM = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+async def seed_history(pool: asyncpg.Pool, n: int) -> None:
+    """n imported 1m candles of SYMBOL, one a minute from HISTORY_FROM on."""
+    rows = []
+    for m in range(n):
+        px = Decimal(415) + Decimal(m % 400 - 200) / 100
+        rows.append((SYMBOL, 60, HISTORY_FROM + timedelta(minutes=m), px, px + Decimal("0.05"), px - Decimal("0.05"),
+                     px + Decimal("0.01"), 150 + m % 7, 15, px))
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table(
+            "imported_candles", schema_name="quotes", records=rows,
+            columns=["symbol", "width_s", "start_time", "open", "high", "low", "close", "volume", "trade_count",
+                     "vwap"])
+        await conn.execute("ANALYZE quotes.imported_candles")
+
+
+async def history(pool: asyncpg.Pool, args) -> None:
+    await seed_history(pool, args.history)
+    servicer = QuoteServicer(QuoteBook(), lambda: QuoteUnitOfWork(pool))
+    servicer.candle_cache = None
+    end = HISTORY_FROM + timedelta(minutes=args.history)
+    stalls: list[float] = []
+
+    async def ticker() -> None:
+        # How late a 1 ms sleep wakes up: the event loop held by something else.
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            stalls.append(time.perf_counter() - t - 0.001)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        for label, interval, page in (("1d", quote_pb2.CANDLE_INTERVAL_1D, 1000),
+                                      ("1h", quote_pb2.CANDLE_INTERVAL_1H, 5000)):
+            req = qpb.GetCandlesRequest(symbol=SYMBOL, interval=interval, page_size=page)
+            req.start_time.FromDatetime(HISTORY_FROM)
+            req.end_time.FromDatetime(end)
+            wall, held = [], []
+            for _ in range(args.replies):
+                stalls.clear()
+                await asyncio.sleep(0.01)
+                stalls.clear()
+                w = time.perf_counter()
+                resp = await servicer.GetCandles(req, None)
+                wall.append(time.perf_counter() - w)
+                await asyncio.sleep(0.005)
+                held.append(max(stalls, default=0.0))
+            if isinstance(resp, bytes):
+                resp = qpb.GetCandlesResponse.FromString(resp)
+            print(f"{label}: {args.history:,} imported 1m rows -> {len(resp.candles):,} candles: "
+                  f"{args.replies} replies, wall median {statistics.median(wall) * 1e3:.1f} ms, "
+                  f"max {max(wall) * 1e3:.1f} ms; event loop held at most {max(held) * 1e3:.1f} ms "
+                  f"(median of the replies' longest {statistics.median(held) * 1e3:.1f} ms)", flush=True)
+    finally:
+        tick.cancel()
+
+
 async def run(args) -> None:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     async with scratch_database(server, "stockmesh_prof") as url:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
+        if args.history:
+            await history(pool, args)
+            await pool.close()
+            return
         await seed(pool)
         servicer = QuoteServicer(QuoteBook(), lambda: QuoteUnitOfWork(pool))
         req = qpb.GetCandlesRequest(symbol=SYMBOL, interval=quote_pb2.CANDLE_INTERVAL_1M, page_size=1440)
@@ -88,6 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--replies", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--history", type=int, default=0, metavar="N",
+                    help="N imported 1m rows, GetCandles 1d and 1h over them (see above)")
     asyncio.run(run(ap.parse_args()))
 
 

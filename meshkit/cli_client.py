@@ -632,7 +632,14 @@ def register(main: click.Group) -> None:
         for line in draw(candles, height, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")):
             click.echo(line)
         first, last = candles[0], candles[-1]
-        click.echo(f"{symbol.upper()} {interval}  {_when(first.start_time)} .. {_when(last.start_time)} UTC  "
+        if interval == "1d":  # a session day (round 27: its start, New York midnight, in UTC: "05:00:00")
+            from meshkit.calendar import trading_day
+
+            days = [trading_day(c.start_time.ToDatetime(tzinfo=timezone.utc)).isoformat() for c in (first, last)]
+            span = f"{days[0]} .. {days[1]}"
+        else:
+            span = f"{_when(first.start_time)} .. {_when(last.start_time)} UTC"
+        click.echo(f"{symbol.upper()} {interval}  {span}  "
                    f"open {first.open}  close {last.close}  volume {sum(c.volume for c in candles)}"
                    f"{'' if last.is_final else '  (last candle still building)'}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Awaitable, Callable, Iterable
 
 from nats.js import JetStreamContext
@@ -21,7 +22,7 @@ from nats.js import JetStreamContext
 from meshkit import bus
 from meshkit.marketdata import follow_feed
 from quote_svc.adapters.codec import md_from_bytes
-from quote_svc.domain.quotes import MarketData
+from quote_svc.domain.quotes import MarketData, Quote, next_quote, visible
 
 log = logging.getLogger("quote_svc.feed")
 
@@ -55,12 +56,13 @@ async def follow_quotes(js: JetStreamContext, namespace: str, symbols: Iterable[
 
 
 async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -> list:
-    """The cached quotes (Redis) to seed the book with: those older than the last event the
+    """The cached quotes (Redis) to seed the book with: those no newer than the last event the
     stream holds of their symbol, which the feed then applies over them at once (one of the
-    same sequence adds nothing the feed does not rebuild). A cache of the same namespace left by
-    another history (a data folder started afresh, JetStream restored to an earlier point) holds
-    the same or higher sequences, and a quote seeded from it stayed frozen until the feed
-    overtook it, hours on a quiet symbol (round 15). The others are dropped, with a warning;
+    same sequence is that event's quote, and keeps what the event alone does not carry: the
+    last trade's size, if all else the event says is the same). A cache of the same namespace
+    left by another history (a data folder started afresh, JetStream restored to an earlier
+    point) holds the same or higher sequences, and a quote seeded from it stayed frozen until
+    the feed overtook it, hours on a quiet symbol (round 15). The others are dropped, with a warning;
     with NATS not answering, all of them (the feed rebuilds every quote)."""
     import nats.errors
     from nats.js.errors import NotFoundError
@@ -75,15 +77,24 @@ async def of_this_feed(js: JetStreamContext, namespace: str, cached: Iterable) -
         except nats.errors.TimeoutError:
             log.warning("could not check the cached quotes against the feed; none taken")
             return []
-        if last is not None and q.sequence < last.sequence:
+        if last is not None and (q.sequence < last.sequence or q.sequence == last.sequence and _made_by(q, last)):
+            # One of the feed's own last event (a symbol quiet since) is kept too: it is that
+            # event's quote, and only it still knows the last trade's size when the event was
+            # not a trade (round 27: rebuilt from a book change alone, last_size was 0 after
+            # every restart). The event, applied next, is then no newer and adds nothing.
             kept.append(q)
-        # Of the feed's own last event (a symbol quiet since), dropped in silence: the feed
-        # applies that event at once.
-        elif last is None or q.sequence > last.sequence:
+        else:
             log.warning("cached quote from another market-data history dropped",
                         extra={"symbol": q.symbol, "cached_sequence": q.sequence,
                                "feed_sequence": None if last is None else last.sequence})
     return kept
+
+
+def _made_by(q: Quote, ev: MarketData) -> bool:
+    """Whether `q` (of the same sequence as `ev`) is `ev`'s quote: all a client sees of it the
+    same (the last trade's size aside, which a book change does not carry)."""
+    rebuilt = next_quote(None, ev)
+    return rebuilt is not None and visible(replace(rebuilt, last_size=q.last_size)) == visible(q)
 
 
 async def consume_trades(js: JetStreamContext, namespace: str,

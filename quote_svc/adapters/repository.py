@@ -14,6 +14,8 @@ from quote_svc.domain.quotes import MarketData
 
 # The widths maintained for traded candles (see the migration).
 MAINTAINED = (1, 60, 3600)
+# The widths history may be imported at (see the migration).
+IMPORTED_WIDTHS = tuple(i.seconds for i in Interval)
 # How long before a bucket an imported candle may start and still overlap it: the longest
 # candle, a New York day, is 25 hours on the day daylight saving time ends.
 COVER_BEFORE = "25 hours"
@@ -57,6 +59,71 @@ ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
     pv = c.pv + excluded.pv
 """
 
+
+# Σ price × quantity of an imported candle: unknown without a vwap, except that a candle without
+# volume adds nothing (the importer requires its vwap to be empty; round 27: it made the vwap
+# of every coarser candle around it unknown).
+_PV = "CASE WHEN volume = 0 THEN 0 ELSE vwap * volume END"
+
+# The traded rows ($2 wide) of consecutive buckets starting at $3 (the last one ending at $4),
+# summed up per bucket `k` (the 1-based index into $3): open and close of the rows whose first
+# and last trades come first and last (rows of different buckets never have a trade at the same
+# instant), as domain.candles.merge chooses them.
+_TRADED_BUCKETS = """
+SELECT width_bucket(start_time, $3::timestamptz[]) AS k,
+       (array_agg(open ORDER BY first_at))[1] AS open, max(high) AS high, min(low) AS low,
+       (array_agg(close ORDER BY last_at DESC))[1] AS close,
+       sum(volume) AS volume, sum(trade_count) AS trade_count, sum(pv) AS pv,
+       min(first_at) AS first_at, max(last_at) AS last_at
+FROM quotes.candles
+WHERE symbol = $1 AND width_s = $2 AND start_time >= ($3::timestamptz[])[1] AND start_time < $4
+GROUP BY 1
+"""
+
+# The widths of the imported rows among $2 that start in [$3, $4).
+_WIDTHS_PRESENT = """
+SELECT coalesce(array_agg(w ORDER BY w), '{}') FROM unnest($2::int[]) AS w
+WHERE EXISTS (SELECT 1 FROM quotes.imported_candles
+              WHERE symbol = $1 AND width_s = w AND start_time >= $3 AND start_time < $4)
+"""
+
+
+def _imported_buckets(widths: Sequence[int]) -> str:
+    """The imported rows (of `widths`, those present, up to $2 wide) of the same buckets, summed
+    up per bucket the way domain.candles.rollup does: a row inside a coarser imported row (its
+    start in that row's bucket: epoch-aligned up to 1h; for 1d, the query's own New York day,
+    bucket k) is left out; of the others, sums added (unknown when any row's is), the open of
+    the one starting first, the close of the one ending last (an imported candle opens at its
+    start and closes at its end; of the rows kept, no two start or end at the same instant, as
+    widths nest). Which rows are covered is found per wider width present by a window over its
+    buckets, not by joining the rows with themselves (no plan of that held up on a fresh table)."""
+    wider = sorted(widths)[1:]
+
+    def bucket(w: int) -> str:
+        if w == Interval.D1.seconds:
+            return "k"
+        return f"date_bin(make_interval(secs => {w}), start_time, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+
+    covers = "".join(f", bool_or(width_s = {w}) OVER (PARTITION BY {bucket(w)}) AS covered_{w}" for w in wider)
+    kept = " AND ".join(f"NOT (width_s < {w} AND covered_{w})" for w in wider) or "true"
+    return f"""
+SELECT k, (array_agg(open ORDER BY start_time))[1] AS open, max(high) AS high, min(low) AS low,
+       (array_agg(close ORDER BY end_time DESC))[1] AS close, sum(volume) AS volume,
+       CASE WHEN count(trade_count) = count(*) THEN sum(trade_count) END AS trade_count,
+       CASE WHEN count(pv) = count(*) THEN sum(pv) END AS pv,
+       min(start_time) AS first_at, max(end_time) AS last_at
+FROM (
+    SELECT r.* {covers} FROM (
+        SELECT width_s, start_time, open, high, low, close, volume, trade_count, {_PV} AS pv,
+               start_time + make_interval(secs => width_s) AS end_time,
+               width_bucket(start_time, $2::timestamptz[]) AS k
+        FROM quotes.imported_candles
+        WHERE symbol = $1 AND width_s = ANY($3::int[]) AND start_time >= ($2::timestamptz[])[1] AND start_time < $4
+    ) r
+) r
+WHERE {kept}
+GROUP BY k
+"""
 
 # Summaries of the rows a query reads, before ($5) and before ($6) (see fingerprints()). The
 # traded rows of whole coarser buckets [$9, $10) are summarised by the coarser maintained rows
@@ -130,6 +197,20 @@ def _coarse_buckets(width: int, start: datetime, end: datetime) -> tuple[int, da
     return coarse, EPOCH + timedelta(seconds=first), EPOCH + timedelta(seconds=last)
 
 
+def _spans(rows: Sequence[asyncpg.Record], start: datetime) -> list[tuple[datetime, datetime]]:
+    """The (start, end) of imported candles that end after `start`."""
+    spans = [(r["start_time"], next_bucket(r["start_time"], Interval(r["width_s"]))) for r in rows]
+    return [(s, e) for s, e in spans if e > start]
+
+
+def _summed(r: asyncpg.Record, start: datetime) -> Candle:
+    """A candle of sums from _TRADED_BUCKETS or _IMPORTED_BUCKETS (PostgreSQL sums bigints as
+    numeric)."""
+    count = r["trade_count"]
+    return Candle(start=start, open=r["open"], high=r["high"], low=r["low"], close=r["close"],
+                  volume=int(r["volume"]), trade_count=None if count is None else int(count), pv=r["pv"])
+
+
 def _candle(r: asyncpg.Record, start: datetime | None = None) -> Candle:
     return Candle(start=start or r["start_time"], open=r["open"], high=r["high"], low=r["low"], close=r["close"],
                   volume=r["volume"], trade_count=r["trade_count"], pv=r["pv"])
@@ -156,19 +237,50 @@ class CandleRepository:
 
     async def imported(self, symbol: str, max_width: int, start: datetime,
                        stop: datetime) -> tuple[list[Part], list[tuple[datetime, datetime]]]:
-        """The imported candles of width ≤ max_width starting in [start, stop), and the spans
-        (start, end) of the wider ones that overlap it (one round trip)."""
+        """The imported candles of width ≤ max_width starting in [start, stop), one by one, and
+        the spans (start, end) of the wider ones that overlap it (one round trip). (GetCandles
+        reads them summed up per bucket, see rolled_up; this is the model tests check it by.)"""
         rows = await self.conn.fetch(
-            "SELECT width_s, start_time, open, high, low, close, volume, trade_count, vwap * volume AS pv "
+            f"SELECT width_s, start_time, open, high, low, close, volume, trade_count, {_PV} AS pv "
             "FROM quotes.imported_candles WHERE symbol = $1 AND start_time < $4"
             " AND (width_s <= $2 AND start_time >= $3"
             f"      OR width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}') "
             "ORDER BY start_time",
             symbol, max_width, start, stop)
         parts = [Part(r["width_s"], _candle(r), imported=True) for r in rows if r["width_s"] <= max_width]
-        spans = [(r["start_time"], next_bucket(r["start_time"], Interval(r["width_s"])))
-                 for r in rows if r["width_s"] > max_width]
-        return parts, [(s, e) for s, e in spans if e > start]
+        return parts, _spans([r for r in rows if r["width_s"] > max_width], start)
+
+    async def rolled_up(self, symbol: str, width: int, max_width: int, starts: Sequence[datetime],
+                        stop: datetime) -> tuple[list[Part], list[Part], list[tuple[datetime, datetime]]]:
+        """The stored candles of the buckets `starts` (consecutive bucket starts, the last
+        bucket ending at `stop`), summed up per bucket in PostgreSQL: per bucket one traded
+        part (the traded rows `width` wide) and one imported part (the imported rows up to
+        `max_width` wide that no coarser imported row covers), each starting at its bucket and
+        carrying when its first and last rows open and close, so that domain.candles.rollup of
+        them gives what it gives of the rows one by one (tests compare the two); rows already one
+        per bucket (of the interval's own width) come back as they are. And the spans of the
+        wider imported candles around [starts[0], stop), as `imported` gives them.
+        Rolling 200,000 imported minutes up into days row by row in Python held quote_svc's
+        event loop for seconds (round 27); here what comes back is a row or two per bucket."""
+        starts, first = list(starts), starts[0]
+        if width == max_width:  # the rows are the buckets already (1s, 1m, 1h)
+            traded = await self.traded(symbol, width, first, stop)
+        else:
+            traded = [Part(width, _summed(r, starts[r["k"] - 1]), first_at=r["first_at"], last_at=r["last_at"])
+                      for r in await self.conn.fetch(_TRADED_BUCKETS, symbol, width, starts, stop)]
+        widths = await self.conn.fetchval(_WIDTHS_PRESENT, symbol, [w for w in IMPORTED_WIDTHS if w <= max_width],
+                                          first, stop)
+        if widths in ([], [max_width]):  # none, or the buckets already (one round trip with the spans)
+            imported, spans = await self.imported(symbol, max_width, first, stop)
+            return traded, imported, spans
+        imported = [Part(max_width, _summed(r, starts[r["k"] - 1]), imported=True, first_at=r["first_at"],
+                         last_at=r["last_at"])
+                    for r in await self.conn.fetch(_imported_buckets(widths), symbol, starts, widths, stop)]
+        wider = await self.conn.fetch(
+            "SELECT width_s, start_time FROM quotes.imported_candles WHERE symbol = $1 AND start_time < $4"
+            f" AND width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}' ORDER BY start_time",
+            symbol, max_width, first, stop)
+        return traded, imported, _spans(wider, first)
 
     async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
                            stop: datetime, with_close: bool = False) -> tuple[Decimal | None, str, str]:

@@ -141,7 +141,8 @@ class Candle:
 @dataclass(frozen=True)
 class Part:
     """A stored candle of some width, the input of a rollup. `first_at` and `last_at`: when its
-    first and last trades were, where known (traded rows keep them); otherwise (an imported
+    first and last trades were, where known (traded rows keep them; for imported candles summed
+    up per bucket, where the first of them starts and the last ends); otherwise (an imported
     candle) it opens at its start, before a traded row's trade at that same instant, and closes
     at its end (start + width), after a traded row's trade before that instant: the close of
     an imported minute is the price at the end of the minute. CandleRepository.close_before
@@ -161,7 +162,7 @@ class Part:
     @property
     def closes_at(self) -> tuple[datetime, bool]:
         if self.imported:
-            return self.candle.start + timedelta(seconds=self.width), False
+            return self.last_at or self.candle.start + timedelta(seconds=self.width), False
         return self.last_at or self.candle.start, True
 
 

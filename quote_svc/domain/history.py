@@ -7,6 +7,7 @@ a 1d row names its trading day: a date (`2024-03-04`) or midnight New York of th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -91,6 +92,14 @@ def _within(t: datetime, interval: Interval, text: str) -> datetime:
     return t
 
 
+def _below_microseconds(text: str) -> bool:
+    """Whether an ISO time has a non-zero digit past the sixth of its fraction of a second,
+    which datetime.fromisoformat drops (round 27: 15:00:00.000000001Z was taken as the 15:00
+    candle, and overwrote it)."""
+    fraction = re.search(r"[.,](\d+)", text)
+    return fraction is not None and fraction.group(1)[6:].strip("0") != ""
+
+
 def _start(text: str, interval: Interval) -> datetime:
     if interval is Interval.D1 and len(text) == 10:
         try:
@@ -108,7 +117,7 @@ def _start(text: str, interval: Interval) -> datetime:
         t = _within(t.astimezone(timezone.utc), interval, text)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
         raise ValueError(f"start_time {text!r} is before 0001-01-01 UTC") from None
-    if not is_aligned(t, interval):
+    if not is_aligned(t, interval) or _below_microseconds(text):
         where = "midnight New York of a trading day (or write the date)" if interval is Interval.D1 \
             else f"a multiple of {interval.label} since the Unix epoch"
         raise ValueError(f"start_time {text} is not the start of a {interval.label} candle: it must be {where}")

@@ -10,8 +10,8 @@ from typing import Any, Callable, Sequence
 import asyncpg
 
 from quote_svc.adapters.repository import CandleRepository
-from quote_svc.domain.candles import (Candle, Coverage, Interval, advance, bucket_start, fill, is_aligned, next_bucket,
-                                      rollup)
+from quote_svc.domain.candles import (Candle, Coverage, Interval, advance, bucket_start, bucket_starts, fill,
+                                      is_aligned, next_bucket, rollup)
 from quote_svc.domain.quotes import MarketData
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork
 
@@ -58,9 +58,15 @@ async def record_trades(events: Sequence[MarketData], uow_factory: UowFactory) -
 
 async def _load(repo: CandleRepository, q: CandleQuery, start: datetime,
                 stop: datetime) -> tuple[dict[datetime, Candle], Coverage]:
-    """The candles of the buckets [start, stop), and where coarser imported candles lie."""
-    traded = await repo.traded(q.symbol, SOURCE_WIDTH[q.interval], start, stop)
-    imported, coarser = await repo.imported(q.symbol, q.interval.seconds, start, stop)
+    """The candles of the buckets [start, stop), and where coarser imported candles lie. The
+    stored rows are summed up per bucket in PostgreSQL (a row or two per bucket come back),
+    not here: a year of imported minutes rolled up row by row held the event loop, and every
+    live quote stream with it, for seconds (round 27)."""
+    starts = list(bucket_starts(start, stop, q.interval))
+    if not starts:
+        return {}, Coverage()
+    traded, imported, coarser = await repo.rolled_up(q.symbol, SOURCE_WIDTH[q.interval], q.interval.seconds,
+                                                     starts, stop)
     return rollup(traded + imported, q.interval), Coverage(coarser)
 
 

@@ -720,3 +720,117 @@ async def test_trades_that_come_close_together_are_written_in_one_batch(nats_con
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
+
+
+# ------------------------------------------------------------------ summed up in PostgreSQL
+
+def random_history(rng: random.Random, sym: str) -> tuple[list[tuple], list[tuple]]:
+    """Traded rows (1s, 1m, 1h) and imported rows (all widths) of a symbol around the end of
+    daylight saving time (Sunday 2026-11-01, a 25-hour New York day): imported rows nested in
+    coarser ones, beside them and alone; without volume, trade count or vwap; traded rows
+    beside and inside imported ones."""
+    from quote_svc.domain.candles import Interval, bucket_start
+
+    t0, span = datetime(2026, 10, 30, 12, tzinfo=UTC), 4 * 86400
+    tick = Decimal("0.01")
+
+    def ohlc():
+        lo = Decimal(rng.randint(5000, 6000)) * tick
+        hi = lo + rng.randint(0, 300) * tick
+        return [lo + rng.randint(0, int((hi - lo) / tick)) * tick for _ in range(2)], hi, lo
+
+    traded: dict[tuple, tuple] = {}
+    imported: dict[tuple, tuple] = {}
+    for _ in range(rng.randint(20, 120)):
+        at = t0 + timedelta(seconds=rng.randrange(span), microseconds=rng.randrange(10 ** 6))
+        for width in (1, 60, 3600):
+            start = bucket_start(at, Interval(width))
+            first = start + timedelta(microseconds=rng.randrange(width * 10 ** 6))
+            last = first + timedelta(microseconds=rng.randrange(int((start + timedelta(seconds=width) - first)
+                                                                    / timedelta(microseconds=1))))
+            (o, c), hi, lo = ohlc()
+            vol = rng.randint(1, 500)
+            traded[(width, start)] = (sym, width, start, o, hi, lo, c, vol, rng.randint(1, vol),
+                                      ((hi + lo) / 2) * vol, first, 1, last, 2)
+    for _ in range(rng.randint(20, 120)):
+        # A chain of nested widths around one instant, some left out.
+        at = t0 + timedelta(seconds=rng.randrange(span))
+        for width in (1, 60, 300, 900, 3600, 86400):
+            if rng.random() < 0.5:
+                continue
+            start = bucket_start(at + timedelta(seconds=rng.choice((0, 0, width, -width))), Interval(width))
+            (o, c), hi, lo = ohlc()
+            vol = rng.choice((0, rng.randint(1, 10 ** 6)))
+            vwap = None if vol == 0 or rng.random() < 0.1 else lo + (hi - lo) * rng.randint(0, 100) / 100
+            count = None if rng.random() < 0.1 else (0 if vol == 0 else rng.randint(1, vol))
+            imported[(width, start)] = (sym, width, start, o, hi, lo, c, vol, count, vwap)
+    return list(traded.values()), list(imported.values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_candles_summed_up_in_postgresql_equal_the_rollup_of_the_rows_one_by_one(pool, seed):
+    """Round 27: GetCandles rolled every stored row of a range up in Python on the event loop (a
+    day's candles over 200,000 imported minutes held it, and every live quote stream, for
+    seconds). The rows are now summed up per bucket in PostgreSQL; the candles are the same as
+    domain.candles.rollup of the rows one by one (the model), for every interval, mixed traded
+    and imported history, a 25-hour day, rows covered by coarser imported ones, unknown sums."""
+    from quote_svc.adapters.repository import CandleRepository
+    from quote_svc.domain.candles import Coverage, Interval, advance, bucket_start, rollup
+    from quote_svc.service_layer.candles import SOURCE_WIDTH, CandleQuery, _load
+
+    rng = random.Random(seed)
+    sym = f"R{uuid.uuid4().hex[:7].upper()}"
+    traded, history = random_history(rng, sym)
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO quotes.candles (symbol, width_s, start_time, open, high, low, close, volume, trade_count,"
+            " pv, first_at, first_seq, last_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+            " $12, $13, $14)", traded)
+        await conn.executemany(
+            "INSERT INTO quotes.imported_candles (symbol, width_s, start_time, open, high, low, close, volume,"
+            " trade_count, vwap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", history)
+        repo = CandleRepository(conn)
+        compared = 0
+        for interval in Interval:
+            first = bucket_start(datetime(2026, 10, 30, 11, tzinfo=UTC), interval)
+            ranges = [(first, advance(first, interval, 6))] if interval is Interval.D1 else []
+            for _ in range(4):
+                at = datetime(2026, 10, 30, 12, tzinfo=UTC) + timedelta(seconds=rng.randrange(4 * 86400))
+                start = bucket_start(at - timedelta(seconds=interval.seconds * rng.randrange(200)), interval)
+                ranges.append((start, advance(start, interval, rng.randint(1, 400))))
+            for start, stop in ranges:
+                q = CandleQuery(sym, interval, start, stop, 5000)
+                parts, spans = await repo.imported(sym, interval.seconds, start, stop)
+                model = rollup(await repo.traded(sym, SOURCE_WIDTH[interval], start, stop) + parts, interval)
+                got, covered = await _load(repo, q, start, stop)
+                assert got == model, (interval, start, stop)
+                assert (covered._starts, covered._ends) == (Coverage(spans)._starts, Coverage(spans)._ends)
+                compared += len(model)
+        assert compared > 0
+
+
+async def test_an_imported_candle_without_volume_adds_nothing_to_the_vwap_around_it(
+        pool, database_url, nats_url, ns, tmp_path, fresh_symbol):
+    """Round 27: an imported 1m row of volume 0 (whose vwap the importer requires to be empty)
+    made Σ price × quantity unknown, so the vwap of every coarser candle containing it was
+    empty. It adds nothing (the report's csv/vw1.csv)."""
+    sym = fresh_symbol
+    await import_lines(tmp_path, database_url,
+                       f"{sym},2026-12-01T15:00:00Z,1m,113.00,113.10,112.90,113.05,1000,10,113.01",
+                       f"{sym},2026-12-01T15:01:00Z,1m,113.05,113.20,113.00,113.15,500,5,113.1",
+                       f"{sym},2026-12-01T15:05:00Z,1m,113.15,113.20,113.00,113.15,500,5,113.1",
+                       f"{sym},2026-12-01T15:07:00Z,1m,113.15,113.15,113.15,113.15,0,0,")
+    start, end = datetime(2026, 12, 1, 15, tzinfo=UTC), datetime(2026, 12, 1, 15, 10, tzinfo=UTC)
+    async with quote_service(pool, nats_url, ns, candles_writer=False) as svc:
+        got = {}
+        for interval in (I.CANDLE_INTERVAL_1M, I.CANDLE_INTERVAL_5M, I.CANDLE_INTERVAL_15M, I.CANDLE_INTERVAL_1H,
+                         I.CANDLE_INTERVAL_1D):
+            candles, _ = await all_pages(svc.stub, sym, interval, start, end)
+            got[interval] = [(c.start_time.ToDatetime(tzinfo=UTC).strftime("%H:%M"), c.volume,
+                              c.vwap and Decimal(c.vwap)) for c in candles]
+    assert got[I.CANDLE_INTERVAL_1M][7] == ("15:07", 0, "")  # no volume: no vwap of its own
+    assert got[I.CANDLE_INTERVAL_5M] == [("15:00", 1500, Decimal("113.04")), ("15:05", 500, Decimal("113.1"))]
+    # (1000 × 113.01 + 500 × 113.1 + 500 × 113.1) / 2000
+    assert got[I.CANDLE_INTERVAL_15M] == [("15:00", 2000, Decimal("113.055"))]
+    assert got[I.CANDLE_INTERVAL_1H] == [("15:00", 2000, Decimal("113.055"))]
+    assert got[I.CANDLE_INTERVAL_1D] == [("05:00", 2000, Decimal("113.055"))]

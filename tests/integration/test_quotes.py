@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -336,6 +337,42 @@ async def test_a_cached_quote_of_another_market_data_history_is_not_seeded(pool,
             assert (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="KO"))).quote.sequence == 1
         # Said of AAPL only: KO's cached quote is the feed's own last one, a quiet symbol (round
         # 18: every quiet symbol was called another history on every restart).
+        assert [r.symbol for r in caplog.records if r.getMessage().startswith("cached quote from another")] == ["AAPL"]
+    finally:
+        await writer.aclose()
+
+
+async def test_the_last_trades_size_outlives_a_restart_after_a_book_change(pool, nats_url, js, ns, private_redis,
+                                                                           caplog):
+    """Round 27: after a restart, last_size was 0 for a symbol whose last market-data event was
+    not a trade: the cached quote of that very event was dropped ("the feed applies it at
+    once"), and the event alone does not carry the size. It is kept; one of the same sequence
+    that the event did not make (another history's) is still dropped."""
+    from quote_svc.adapters.codec import md_from_bytes, quote_to_proto
+    from quote_svc.domain.quotes import next_quote
+
+    url, _ = private_redis
+    writer = cache.connect(url)
+    try:
+        trade = md_event("KO", 1, price="62.15", qty=3, volume=3)
+        book_change = md_event("KO", 2, bid="62.10", volume=3)
+        book_change.last_price = "62.15"
+        other = md_event("AAPL", 1, price="185.25", qty=4, volume=4)
+        quote = next_quote(None, md_from_bytes(trade.SerializeToString()))
+        quote = next_quote(quote, md_from_bytes(book_change.SerializeToString()))
+        assert (quote.last, quote.last_size) == (Decimal("62.15"), 3)
+        not_this_one = next_quote(None, md_from_bytes(md_event("AAPL", 1, price="190.00", qty=9,
+                                                               volume=9).SerializeToString()))
+        await writer.set(quote_key(ns, "KO"), quote_to_proto(quote).SerializeToString())
+        await writer.set(quote_key(ns, "AAPL"), quote_to_proto(not_this_one).SerializeToString())
+        await bus.ensure_stream(js, ns, "md")
+        for ev in (trade, book_change, other):
+            await publish_md(js, ns, ev)
+        async with quote_service(pool, nats_url, ns, redis=cache.connect(url), candles_writer=False) as svc:
+            ko = (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="KO"))).quote
+            aapl = (await svc.stub.GetQuote(qpb.GetQuoteRequest(symbol="AAPL"))).quote
+        assert (ko.sequence, ko.last_price, ko.last_size, ko.bid_price) == (2, "62.15", 3, "62.10")
+        assert (aapl.sequence, aapl.last_price, aapl.last_size) == (1, "185.25", 4)
         assert [r.symbol for r in caplog.records if r.getMessage().startswith("cached quote from another")] == ["AAPL"]
     finally:
         await writer.aclose()

@@ -1,8 +1,14 @@
 """The terminal candle chart of `stockmesh chart`: where each candle's wick and body fall."""
 from __future__ import annotations
 
-from stockmesh.quote.v1 import quote_pb2
+from datetime import datetime, timezone
 
+import pytest
+from click.testing import CliRunner
+from stockmesh.quote.v1 import quote_pb2, quote_service_pb2
+
+from meshkit import cli_client
+from meshkit.cli import main
 from meshkit.cli_client import draw
 
 
@@ -35,3 +41,29 @@ def test_a_flat_chart_does_not_divide_by_zero() -> None:
 def test_a_sub_dollar_symbol_is_labelled_to_its_tick() -> None:
     rows = draw([candle("0.8701", "0.8710", "0.8690", "0.8703")], height=3)
     assert [r.split("┤")[0].strip() for r in rows] == ["0.8710", "0.8700", "0.8690"]  # not 0.87 three times
+
+
+@pytest.mark.parametrize("interval,starts,span", [
+    # A 1d candle is a New York session day: its date, not its start (midnight New York) in UTC
+    # (round 27: "2026-12-07 05:00:00 .. 2026-12-08 05:00:00 UTC"); in summer too (04:00Z).
+    ("1d", [datetime(2026, 12, 7, 5), datetime(2026, 12, 8, 5)], "JPM 1d  2026-12-07 .. 2026-12-08  open"),
+    ("1d", [datetime(2026, 6, 1, 4), datetime(2026, 6, 2, 4)], "JPM 1d  2026-06-01 .. 2026-06-02  open"),
+    ("1h", [datetime(2026, 12, 7, 15), datetime(2026, 12, 7, 16)],
+     "JPM 1h  2026-12-07 15:00:00 .. 2026-12-07 16:00:00 UTC  open"),
+])
+def test_the_chart_header_names_the_candles_span(monkeypatch, tmp_path, interval, starts, span) -> None:
+    reply = quote_service_pb2.GetCandlesResponse(candles=[candle("10.00", "11.00", "10.00", "11.00"),
+                                                          candle("11.00", "12.00", "11.00", "12.00")])
+    for c, at in zip(reply.candles, starts):
+        c.start_time.FromDatetime(at.replace(tzinfo=timezone.utc))
+        c.is_final = True
+
+    class Client:
+        def call(self, *args, **kwargs):
+            return reply
+
+    monkeypatch.setattr(cli_client, "_client", lambda **where: Client())
+    done = CliRunner().invoke(main, ["chart", "JPM", "--interval", interval, "--last", "2", "--height", "5",
+                                     "--data-dir", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert done.output.splitlines()[-1].startswith(span), done.output

@@ -241,7 +241,14 @@ def test_csv_rows_are_checked_with_their_line():
         list(parse(header + ["volume"], [(2, good)], {"AAPL"}))
     # A file is typed by people: a symbol in any case (the RPCs take it only as listed).
     assert [c.symbol for c in parse(header, [(2, dict(good, symbol="aapl"))], {"AAPL"})] == ["AAPL"]
+    # Zeros past the microseconds are still the same instant.
+    assert len(list(parse(header, [(2, dict(good, start_time="2024-03-04T14:30:00.000000000Z"))], {"AAPL"}))) == 1
     for bad, words in [({"start_time": "2024-03-04T14:30:30Z"}, "not the start"),
+                       # Round 27: digits past the microseconds, which datetime.fromisoformat
+                       # drops, were taken as the 14:30 candle (and overwrote it).
+                       ({"start_time": "2024-03-04T14:30:00.000000001Z"},
+                        "2024-03-04T14:30:00.000000001Z is not the start"),
+                       ({"start_time": "2024-03-04T14:30:00,0000000001+00:00"}, "not the start of a 1m candle"),
                        ({"start_time": "2024-03-04T14:30:00"}, "UTC offset"),
                        ({"symbol": "NOPE"}, "unknown symbol"), ({"high": "0.5"}, "low ≤ open"),
                        ({"volume": "-1"}, "whole number"), ({"interval": "2m"}, "interval"),
