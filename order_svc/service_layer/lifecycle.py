@@ -175,15 +175,19 @@ class _Run:
                 self.changed(o, event="ORDER_TRIGGERED", trigger=True)
         elif ex.type == REPLACED:
             old, new = _known(orders, ex.order_id, ex), _known(orders, ex.new_order_id, ex)
+            # The old order ends before the new one works, in the account's updates too: a
+            # client that keeps its open orders from them never sees both working (round 27:
+            # the new order's NEW came one sequence before the old one's CANCELLED, and the
+            # quantity counted twice for that update). Both in one transaction, as before.
+            if old is not None and not old.status.is_terminal:
+                old.replaced(uuid.UUID(ex.new_order_id))  # its cancel request, if any, ends with it
+                self.changed(old)
             if new is not None and new.status is Status.PENDING_NEW and old is not None:
                 new.confirm_replacement(old)
                 # A triggered STOP_LIMIT's replacement shows the trigger from this update on, in
                 # a replay as it did live (round 19: without its own trigger sequence, the replay
                 # judged by times and showed it on the PENDING_NEW update before).
                 self.changed(new, trigger=new.triggered_at is not None)
-            if old is not None and not old.status.is_terminal:
-                old.replaced(uuid.UUID(ex.new_order_id))  # its cancel request, if any, ends with it
-                self.changed(old)
         elif ex.type == CANCEL_REJECTED:
             if ex.new_order_id:
                 new = _known(orders, ex.new_order_id, ex)

@@ -482,6 +482,12 @@ async def test_lower_quantity_shrinks_the_hold_and_keeps_priority(engine, order_
 
     new = await handlers.replace_order(replace(first, a.order_id, 4, "160.00"), order_deps)
     await eventually(lambda: order_is(order_deps, first, new.order_id, Status.NEW), "the replacement")
+    # The account's updates end the old order before the new one works (round 27: the other way
+    # round, a client keeping its open orders from them counted the quantity twice).
+    async with order_deps.uow() as uow:
+        updates = [(o.order_id, o.status) for _, o, _ in await uow.orders.updates_after(first, 0, 10)]
+    assert updates == [(a.order_id, Status.NEW), (new.order_id, Status.PENDING_NEW), (a.order_id, Status.CANCELLED),
+                       (new.order_id, Status.NEW)], updates
     await ledger_caught_up(execution_consumers, namespace)
     assert await holds(checked_pool, new.order_id) == {str(new.order_id): ("PENDING", D("640.00"))}
     cash = await ledger.cash_balance(first, luow(checked_pool))
