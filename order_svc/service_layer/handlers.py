@@ -273,9 +273,10 @@ async def _keep_client_key(order: Order, deps: Deps) -> None:
 
 
 async def _keep_replacement_key(o: Order, deps: Deps) -> None:
-    """_keep_client_key of a rejected replacement: its client_order_id is its own already in the
-    orders table (claimed with its record), so another order that has the key in the ledger
-    keeps it there, and the replacement stands as recorded."""
+    """_keep_client_key of a replacement (before its record; again when the ledger refuses its
+    transfer, for one recorded by an earlier version): the orders table decides whose the
+    client_order_id is, so another order that has the key in the ledger keeps it there (the
+    record finds that order, or, if it was never recorded, the replacement takes the id)."""
     with contextlib.suppress(model.ClientKeyTaken):
         await _keep_client_key(o, deps)
 
@@ -645,7 +646,6 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
 
     at = now()
     _, reason, message = await _market_checks(req, deps, at, stop_applies=not model.stop_no_longer_applies(old))
-    rejected_now = False
     async with _changing(deps, "replace", old.order_id) as uow:
         # One change of an order at a time.
         current = await uow.orders.get(old.order_id, for_update=True, lock_wait=deps.lock_wait)
@@ -675,14 +675,19 @@ async def replace_order(r: ReplaceRequest, deps: Deps) -> Order:
                 new.hold_amount = model.replacement_reserve(
                     model.hold_unit(current.request, current.collar_price), current.request.quantity,
                     current.filled_quantity, model.hold_unit(req, new.collar_price), req.quantity)
+            # The ledger keeps the replacement's client_order_id before it is recorded, rejected
+            # or not: a placement reusing it with other parameters is refused by its hold
+            # statement from now on, holding nothing (review of round 27: it was kept only when
+            # the transfer was recorded, so a reuse in between, up to the transfer's two minutes
+            # of waiting for the old hold, held and gave back). After the checks above, so a
+            # refused replace keeps nothing; a kill before the commit leaves a key no order has
+            # (its reuse: "has not completed", as a placement's). The orders table decides the id.
+            await _keep_replacement_key(new, deps)
             stored, created = await uow.orders.insert_or_get(new, fingerprint)
             if not created:
                 stored = same_or_duplicate(stored, await uow.orders.fingerprint_of(stored.order_id))
-            rejected_now = created and stored.status is Status.REJECTED
         await uow.commit()
     failpoints.hit("replace.after_record")
-    if rejected_now:  # no transfer will keep its client_order_id in the ledger
-        await _keep_replacement_key(stored, deps)
     if stored.status is Status.PENDING_NEW:
         stored = await advance(stored, deps)
     return stored

@@ -607,6 +607,9 @@ async def test_a_replace_that_changes_nothing_is_refused_and_recorded_nowhere_bu
         assert [v.field for v in request.field_violations] == ["quantity", "limit_price"]
     assert await updates_of(checked_pool, o.order_id) == ["NEW"]
     assert [x.order_id for x in await handlers.list_orders(a, None, [], 10, None, order_deps)] == [o.order_id]
+    # Nor kept in the ledger (a replace keeps its id there only once its checks pass: round 27).
+    async with checked_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.client_keys WHERE account_id = $1", a) == 0
 
     # The client_order_id was not used up: it replaces, and its retries get that replacement.
     req = replace(a, o.order_id, 11, "165.00", coid="same-1")
@@ -1189,4 +1192,44 @@ async def test_a_rejected_replacements_client_order_id_reused_by_a_placement_hol
     assert await hold_footprint(checked_pool, a) == before
     await handlers.cancel_order(a, old.order_id, order_deps)
     await eventually(lambda: order_is(order_deps, a, old.order_id, Status.CANCELLED), "the cancel")
+    await ledger_caught_up(execution_consumers, namespace)
+
+
+async def test_a_placement_reusing_a_replacements_id_before_its_transfer_holds_nothing(
+        engine, order_deps, execution_consumers, checked_pool, namespace):
+    """F1 for replacements between the replace's record (step 1) and its transfer (step 2): the
+    ledger does not know the replacement's client_order_id yet, so a PlaceOrder reusing it with
+    other parameters places a real hold, and gives it back once its insert finds the id taken.
+    The ledger now keeps the id before the replacement is recorded (review of round 27)."""
+    from dataclasses import replace as dc_replace
+    a = acct()
+    await fund(checked_pool, a, cash="5000.00")
+    old = await handlers.place_order(limit(a, Side.BUY, 10, "165.00"), order_deps)
+    gate, waiting = asyncio.Event(), asyncio.Event()
+
+    class SlowTransfer:  # the ledger slow (or ACCOUNT_BUSY retried) for the transfer only
+        def __getattr__(self, name):
+            return getattr(order_deps.holds, name)
+
+        async def transfer(self, *args, **kwargs):
+            waiting.set()
+            await gate.wait()
+            return await order_deps.holds.transfer(*args, **kwargs)
+
+    req = replace(a, old.order_id, 10, "166.00", coid="rep-window")
+    replacing = asyncio.create_task(handlers.replace_order(req, dc_replace(order_deps, holds=SlowTransfer())))
+    await asyncio.wait_for(waiting.wait(), 10)  # recorded PENDING_NEW, transfer not yet made
+    before = await hold_footprint(checked_pool, a)
+    reuse = _place_as(a, "rep-window", 3, "166.00")
+    would_be = model.order_id_for(a, reuse.client_order_id, reuse.fingerprint())
+    with pytest.raises(model.DuplicateClientOrderId):
+        await handlers.place_order(reuse, order_deps)
+    gate.set()
+    new = await replacing
+    after = await hold_footprint(checked_pool, a)
+    events = [e for e in after[1] if e not in before[1]]
+    assert await _no_hold_of(checked_pool, would_be), ("the reuse held something before being refused", events)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.NEW), "the replacement")
+    await handlers.cancel_order(a, new.order_id, order_deps)
+    await eventually(lambda: order_is(order_deps, a, new.order_id, Status.CANCELLED), "the cancel")
     await ledger_caught_up(execution_consumers, namespace)
