@@ -8,7 +8,10 @@ per reply the wall time and the longest the event loop was held meanwhile (what 
 quote stream of the process waits).
 
 Usage:  .venv/bin/python benchmarks/profile_candles.py [--replies 200] [--profile]
-        .venv/bin/python benchmarks/profile_candles.py --history 200000 [--replies 5]
+        .venv/bin/python benchmarks/profile_candles.py --history 200000 [--nested] [--replies 5]
+
+--nested: the 1h and 1d candles of those minutes are imported too (history imported at several
+widths: which rows a coarser one covers is part of the work).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncpg  # noqa: E402
 
 from meshkit.migrate import scratch_database  # noqa: E402
+from quote_svc.domain.candles import Interval, bucket_start  # noqa: E402
 from quote_svc.entrypoints.grpc_server import QuoteServicer  # noqa: E402
 from quote_svc.service_layer.quotes import QuoteBook  # noqa: E402
 from quote_svc.service_layer.unit_of_work import QuoteUnitOfWork  # noqa: E402
@@ -55,13 +59,19 @@ async def seed(pool: asyncpg.Pool) -> None:
 HISTORY_FROM = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 
-async def seed_history(pool: asyncpg.Pool, n: int) -> None:
-    """n imported 1m candles of SYMBOL, one a minute from HISTORY_FROM on."""
-    rows = []
-    for m in range(n):
+async def seed_history(pool: asyncpg.Pool, n: int, nested: bool = False) -> None:
+    """n imported 1m candles of SYMBOL, one a minute from HISTORY_FROM on; `nested`: also the
+    1h and 1d candles of those minutes, as history imported at several widths is."""
+    def row(width: int, at: datetime, m: int) -> tuple:
         px = Decimal(415) + Decimal(m % 400 - 200) / 100
-        rows.append((SYMBOL, 60, HISTORY_FROM + timedelta(minutes=m), px, px + Decimal("0.05"), px - Decimal("0.05"),
-                     px + Decimal("0.01"), 150 + m % 7, 15, px))
+        return (SYMBOL, width, at, px, px + Decimal("0.05"), px - Decimal("0.05"), px + Decimal("0.01"),
+                150 + m % 7, 15, px)
+    minutes = [HISTORY_FROM + timedelta(minutes=m) for m in range(n)]
+    rows = [row(60, at, m) for m, at in enumerate(minutes)]
+    if nested:
+        for interval in (Interval.H1, Interval.D1):
+            starts = sorted({bucket_start(at, interval) for at in minutes})
+            rows += [row(interval.seconds, at, i) for i, at in enumerate(starts)]
     async with pool.acquire() as conn:
         await conn.copy_records_to_table(
             "imported_candles", schema_name="quotes", records=rows,
@@ -71,7 +81,7 @@ async def seed_history(pool: asyncpg.Pool, n: int) -> None:
 
 
 async def history(pool: asyncpg.Pool, args) -> None:
-    await seed_history(pool, args.history)
+    await seed_history(pool, args.history, args.nested)
     servicer = QuoteServicer(QuoteBook(), lambda: QuoteUnitOfWork(pool))
     servicer.candle_cache = None
     end = HISTORY_FROM + timedelta(minutes=args.history)
@@ -159,6 +169,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--history", type=int, default=0, metavar="N",
                     help="N imported 1m rows, GetCandles 1d and 1h over them (see above)")
+    ap.add_argument("--nested", action="store_true",
+                    help="with --history: the 1h and 1d candles of those minutes imported too")
     asyncio.run(run(ap.parse_args()))
 
 
