@@ -57,8 +57,10 @@ class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
                  if self.orders is not None and view.holds_anything else {})
         open_orders = mapping.open_orders_as_of(view.held_orders, found)
         # At most a page of them (the newest holds'); the reply says when more are held (round 27).
+        # (Not when order_svc is not asked at all: none is listed, none cut.)
+        truncated = self.orders is not None and more_than_listed(held)
         return pb.GetPortfolioResponse(portfolio=mapping.portfolio_to_proto(
-            account, view, open_orders, datetime.now(timezone.utc), truncated=more_than_listed(held)))
+            account, view, open_orders, datetime.now(timezone.utc), truncated=truncated))
 
     async def ListActivities(self, request: pb.ListActivitiesRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:

@@ -60,6 +60,10 @@ ON CONFLICT (symbol, width_s, start_time) DO UPDATE SET
 """
 
 
+# The imported candles wider than $2 that may overlap [$3, $4) (with `start_time < $4`): the
+# spans around a query's rows, which imported() and rolled_up() both read.
+_WIDER_AROUND = f"(width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}')"
+
 # Σ price × quantity of an imported candle: unknown without a vwap, except that a candle without
 # volume adds nothing (the importer requires its vwap to be empty; round 27: it made the vwap
 # of every coarser candle around it unknown).
@@ -246,9 +250,7 @@ class CandleRepository:
         rows = await self.conn.fetch(
             f"SELECT width_s, start_time, open, high, low, close, volume, trade_count, {_PV} AS pv "
             "FROM quotes.imported_candles WHERE symbol = $1 AND start_time < $4"
-            " AND (width_s <= $2 AND start_time >= $3"
-            f"      OR width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}') "
-            "ORDER BY start_time",
+            f" AND (width_s <= $2 AND start_time >= $3 OR {_WIDER_AROUND}) ORDER BY start_time",
             symbol, max_width, start, stop)
         parts = [Part(r["width_s"], _candle(r), imported=True) for r in rows if r["width_s"] <= max_width]
         return parts, _spans([r for r in rows if r["width_s"] > max_width], start)
@@ -281,8 +283,7 @@ class CandleRepository:
                     for r in await self.conn.fetch(_imported_buckets(widths), symbol, starts, widths, stop)]
         wider = await self.conn.fetch(
             "SELECT width_s, start_time FROM quotes.imported_candles WHERE symbol = $1 AND start_time < $4"
-            f" AND width_s > $2 AND start_time > $3::timestamptz - interval '{COVER_BEFORE}' ORDER BY start_time",
-            symbol, max_width, first, stop)
+            f" AND {_WIDER_AROUND} ORDER BY start_time", symbol, max_width, first, stop)
         return traded, imported, _spans(wider, first)
 
     async def fingerprints(self, symbol: str, width: int, max_width: int, start: datetime, mid: datetime,
