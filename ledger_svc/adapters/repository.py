@@ -18,11 +18,12 @@ from ledger_svc.domain.model import (CASH, REQUEST_KINDS, Balance, BookRef, Cash
 
 def _placement(r: asyncpg.Record) -> tuple[str, Hold | ClientKeyHolder | None, Decimal | None]:
     """ledger.place_hold_keyed_v2's answer: (outcome, the hold unless INSUFFICIENT, what is
-    available); for KEY_TAKEN what carries the key (a hold, or an order without one: 0023)."""
+    available); for KEY_TAKEN what carries the key (a hold, or an order without one: 0023); for
+    KEPT the order itself, its key kept without a hold."""
     if r["r_outcome"] == "INSUFFICIENT":
         return "INSUFFICIENT", None, r["r_available"]
-    if r["r_outcome"] == "KEY_TAKEN":
-        return "KEY_TAKEN", ClientKeyHolder(r["r_order_id"], r["r_hold_id"] or "", r["r_status"] or ""), None
+    if r["r_outcome"] in ("KEY_TAKEN", "KEPT"):
+        return r["r_outcome"], ClientKeyHolder(r["r_order_id"], r["r_hold_id"] or "", r["r_status"] or ""), None
     return r["r_outcome"], Hold(
         hold_id=r["r_hold_id"], account_id=r["r_account_id"], order_id=r["r_order_id"], asset=r["r_asset"],
         amount=r["r_amount"], captured=r["r_captured"], released=r["r_released"],
@@ -446,21 +447,25 @@ class LedgerRepository:
                                   FOR UPDATE SKIP LOCKED)
             """, hold_ids)
 
-    async def place_holds(self, holds: list[Hold], client_keys: list[str | None],
-                          lock_wait: float) -> list[tuple[str, Hold | ClientKeyHolder | None, Decimal | None]]:
+    async def place_holds(self, holds: list[Hold], client_keys: list[str | None], lock_wait: float,
+                          answer_kept: list[bool] | None = None
+                          ) -> list[tuple[str, Hold | ClientKeyHolder | None, Decimal | None]]:
         """Place holds one after the other, in the order given, in one statement (so in one
         transaction): each as ledger.place_hold_keyed places one (migration 0012: its account
         first, then the idempotent insert, the conditional reservation and the audit event),
         answered ('PLACED', the hold, _), ('EXISTS', the hold placed before under this id, _),
         ('KEY_TAKEN', what carries its client key: the account's other hold, or another order
-        without a hold, _) or ('INSUFFICIENT', None, what is available), a refusal changing
-        nothing but keeping the client key for its order (migration 0023); waiting at most
+        without a hold, _), ('KEPT', the order itself, _: its key kept without a hold, asked
+        with `answer_kept` true at its index; nothing held) or ('INSUFFICIENT', None, what is
+        available), a refusal changing nothing but keeping the client key for its order
+        (migration 0023); waiting at most
         `lock_wait` seconds for any lock (migration 0019), else raising asyncpg's
         LockNotAvailableError with nothing changed. (A hold alone is a batch of one.)"""
         rows = await self.conn.fetch(
-            "SELECT * FROM ledger.place_holds_keyed_v2($1, $2, $3, $4, $5, $6, $7) ORDER BY r_n",
+            "SELECT * FROM ledger.place_holds_keyed_v2($1, $2, $3, $4, $5, $6, $7, $8) ORDER BY r_n",
             lock_wait_text(lock_wait), [h.hold_id for h in holds], [h.account_id for h in holds],
-            [h.order_id for h in holds], [h.asset for h in holds], [h.amount for h in holds], client_keys)
+            [h.order_id for h in holds], [h.asset for h in holds], [h.amount for h in holds], client_keys,
+            answer_kept if answer_kept is not None else [False] * len(holds))
         return [_placement(r) for r in rows]
 
     async def register_client_keys(self, keys: list[tuple[str, str, str]], lock_wait: float

@@ -87,6 +87,19 @@ def client_key_taken(account_id: str, client_key: str, holder: ClientKeyHolder) 
                                         "orderId": holder.order_id, "holdStatus": holder.status})
 
 
+class ClientKeyKept(AlreadyExists):
+    """The client key asked for was kept for this very order without a hold (a placement of it
+    refused for want of cash or shares, or rejected before any hold): that request was answered
+    before, and nothing is held now (PlaceHold's answer_kept_key)."""
+    default_reason = "CLIENT_KEY_KEPT"
+
+
+def client_key_kept(account_id: str, client_key: str, order_id: str) -> ClientKeyKept:
+    return ClientKeyKept(f"client key {client_key!r} of {account_id} was kept for order {order_id} without a hold: "
+                         "that request was answered before; nothing held",
+                         metadata={"clientKey": client_key, "orderId": order_id})
+
+
 class DuplicateCaptureId(AlreadyExists):
     default_reason = "DUPLICATE_CAPTURE_ID"
 

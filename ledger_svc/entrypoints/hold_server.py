@@ -69,7 +69,8 @@ def _place_command(request: pb.PlaceHoldRequest) -> commands.PlaceHold:
     client_key = validate.key(request.client_key, "client_key", v) if request.client_key else None
     v.raise_if_any()
     assert asset is not None and amount is not None
-    return commands.PlaceHold(hold_id, account, order_id, asset, amount, client_key)
+    return commands.PlaceHold(hold_id, account, order_id, asset, amount, client_key,
+                              request.answer_kept_key and client_key is not None)
 
 
 def _hold_result(answer: model.Hold | DomainError) -> pb.PlaceHoldResult:

@@ -36,6 +36,9 @@ class PlaceHold:
     asset: str  # "USD" or a symbol
     amount: Decimal
     client_key: str | None = None  # at most one hold of the account carries it (migration 0012)
+    # The key kept for this very order without a hold (refused before, rejected before any hold)
+    # answers the hold: ClientKeyKept, nothing held (migration 0023); else balances are checked.
+    answer_kept_key: bool = False
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,7 @@ async def _place_together(indices: list[int], cmds: list[commands.PlaceHold], ho
         return {}
     async with uow_factory().single_statement() as uow:
         placements = await uow.ledger.place_holds([holds[i] for i in order], [cmds[i].client_key for i in order],
-                                                  lock_wait)
+                                                  lock_wait, [cmds[i].answer_kept_key for i in order])
     return {i: _answer(holds[i], cmds[i].client_key, *placement)
             for i, placement in zip(order, placements, strict=True)}
 
@@ -383,7 +383,8 @@ async def _place_one_by_one(indices: list[int], cmds: list[commands.PlaceHold], 
         if cmd.account_id not in busy:
             try:
                 async with uow_factory().single_statement() as uow:
-                    [placement] = await uow.ledger.place_holds([holds[i]], [cmd.client_key], lock_wait)
+                    [placement] = await uow.ledger.place_holds([holds[i]], [cmd.client_key], lock_wait,
+                                                               [cmd.answer_kept_key])
                 answers[i] = _answer(holds[i], cmd.client_key, *placement)
                 continue
             except asyncpg.LockNotAvailableError:
@@ -415,6 +416,9 @@ def _placed(hold: model.Hold, client_key: str | None, outcome: str, placed: mode
     if outcome == "KEY_TAKEN":  # `placed` is what carries the key: a hold, or an order without one
         assert isinstance(placed, model.ClientKeyHolder)
         raise model.client_key_taken(hold.account_id, client_key or "", placed)
+    if outcome == "KEPT":  # the key was kept for this very order, without a hold: answered before
+        assert isinstance(placed, model.ClientKeyHolder)
+        raise model.client_key_kept(hold.account_id, client_key or "", placed.order_id)
     assert isinstance(placed, model.Hold)
     if outcome == "EXISTS":
         return _same_hold(placed, hold)

@@ -13,8 +13,8 @@ from meshkit.errors import Unavailable
 from meshkit.money import amount_text, fmt
 from meshkit.prototime import set_time
 from meshkit.status import TRANSIENT_NAMES, error_info, unavailable, upstream_unavailable
-from order_svc.domain.model import (ClientKeyTaken, HoldNotYet, HoldResolved, HoldTaken, Refusal, RejectReason,
-                                    TransferPending, UncheckedHold)
+from order_svc.domain.model import (ClientKeyKept, ClientKeyTaken, HoldNotYet, HoldResolved, HoldTaken, Refusal,
+                                    RejectReason, TransferPending, UncheckedHold)
 from stockmesh.ledger.v1 import hold_service_pb2 as pb, hold_service_pb2_grpc, ledger_pb2
 
 log = logging.getLogger("order_svc.holds")
@@ -58,18 +58,20 @@ class GrpcHolds:
         return self._batcher.batches
 
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal, client_key: str = "") -> Refusal | None:
+                    amount: Decimal, client_key: str = "", answer_kept_key: bool = False) -> Refusal | None:
         """None when the hold is in place (now or by an earlier call with this id); the
         reason when the ledger refuses it; HoldResolved when an earlier call placed it and it
         has been captured or released since; HoldTaken when an earlier call placed another
         amount under this id; ClientKeyTaken when another hold of the account carries
-        `client_key` (the order's client_order_id; empty: none). Transport trouble, or a
+        `client_key` (the order's client_order_id; empty: none); with `answer_kept_key`,
+        ClientKeyKept when the ledger kept `client_key` for this very order without a hold
+        (nothing held: the request was answered before). Transport trouble, or a
         transient error of the ledger's, raises Unavailable: nothing is recorded, and asking
         again with the same id is safe; any other error of the ledger's is a bug (INTERNAL). A
         caller that gives up (its deadline) leaves the hold to its batch."""
         result = await self._batcher.submit(pb.PlaceHoldRequest(
             hold_id=hold_id, account_id=account_id, order_id=order_id, asset=asset, amount=amount_text(asset, amount),
-            client_key=client_key))
+            client_key=client_key, answer_kept_key=answer_kept_key))
         if result.HasField("hold"):
             if result.hold.status != ledger_pb2.HOLD_STATUS_PENDING:
                 raise HoldResolved(hold_id)
@@ -79,6 +81,8 @@ class GrpcHolds:
             return Refusal(_REFUSALS[error.reason], error.message)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_HOLD_ID":
             raise HoldTaken(hold_id)
+        if error.code == "ALREADY_EXISTS" and error.reason == "CLIENT_KEY_KEPT":
+            raise ClientKeyKept(hold_id)
         if error.code == "ALREADY_EXISTS" and error.reason == "DUPLICATE_CLIENT_KEY":
             raise ClientKeyTaken(error.metadata.get("orderId", ""), error.metadata.get("holdStatus") == "RELEASED")
         if error.code in TRANSIENT_NAMES and error.reason == "ACCOUNT_BUSY":

@@ -218,6 +218,12 @@ class TransferPending(Unavailable):
     transfer from a hold at a time): that replace has not been decided yet. Transient: retry."""
 
 
+class ClientKeyKept(Exception):
+    """The ledger kept this order's client_order_id without a hold (a hold of it refused for want
+    of cash or shares, or the order rejected before any hold): the same request was answered
+    before, and nothing was held now."""
+
+
 class ClientKeyTaken(Exception):
     """Another hold of the account carries this client_order_id: the id was used for another
     order (`order_id`, recorded or still being placed), and no hold was placed. `released`:

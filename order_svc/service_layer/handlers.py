@@ -52,7 +52,7 @@ log = logging.getLogger("order_svc.saga")
 
 class Holds(Protocol):
     async def place(self, hold_id: str, account_id: str, order_id: str, asset: str,
-                    amount: Decimal, client_key: str = "") -> model.Refusal | None: ...
+                    amount: Decimal, client_key: str = "", answer_kept_key: bool = False) -> model.Refusal | None: ...
 
     async def get(self, hold_id: str) -> tuple[str, str, Decimal, bool] | None: ...
 
@@ -221,9 +221,18 @@ async def _hold_and_record(order: Order, plan: model.HoldPlan | None, mine: str,
     else:
         order.hold_asset, order.hold_amount, order.collar_price = plan.asset, plan.amount, plan.collar_price
         try:
-            refused = await _place_hold(order, deps)
+            try:
+                refused = await _place_hold(order, deps, answer_kept_key=True)
+            except model.ClientKeyKept:  # this request was answered before without a hold: nothing held now
+                found = await deps.writes.recorded(order.account_id, order.request.client_order_id)
+                if found is not None:
+                    return await _placed_before(order, mine, found, False, deps, looked_up=True)
+                # None recorded: its first attempt died between the key and its record (or is
+                # still there): this one places the order, past its key.
+                refused = await _place_hold(order, deps)
             # The customer may be ahead of the ledger (an order just shown FILLED or CANCELLED,
-            # its shares or cash not applied there yet): the refusal stands once they are.
+            # its shares or cash not applied there yet): the refusal stands once they are. The
+            # refusal kept the key for this order: asked again past it.
             if refused is not None and refused.reason in _SHORT and await deps.holds.await_executions(
                     order.account_id):
                 refused = await _place_hold(order, deps)
@@ -281,15 +290,17 @@ async def _keep_replacement_key(o: Order, deps: Deps) -> None:
         await _keep_client_key(o, deps)
 
 
-async def _place_hold(order: Order, deps: Deps) -> model.Refusal | None:
+async def _place_hold(order: Order, deps: Deps, *, answer_kept_key: bool = False) -> model.Refusal | None:
     """Place a new order's hold. An earlier attempt of this placement (the same id, so the same
     request) that died before recording its order may have placed it with another amount: a
     market buy's hold follows the ask of its moment. That hold is then the order's, adopted
     with the collar it covers, so the retry completes the placement instead of waiting for the
-    reaper to undo it."""
+    reaper to undo it. `answer_kept_key`: ClientKeyKept, nothing held, when the ledger kept the
+    order's client_order_id for it without a hold (an earlier attempt was refused or rejected)."""
     try:
         return await deps.holds.place(order.hold_id, order.account_id, str(order.order_id),
-                                      order.hold_asset, order.hold_amount, order.request.client_order_id)
+                                      order.hold_asset, order.hold_amount, order.request.client_order_id,
+                                      answer_kept_key)
     except model.HoldTaken:
         req = order.request
         found = await deps.holds.get(order.hold_id)

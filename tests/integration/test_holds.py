@@ -23,6 +23,7 @@ from meshkit.status import error_info
 from stockmesh.ledger.v1 import hold_service_pb2 as hpb, hold_service_pb2_grpc, ledger_pb2
 from stockmesh.ledger.v1 import ledger_service_pb2 as lpb, ledger_service_pb2_grpc
 from tests.integration.conftest import own_database_fixtures
+from tests.support.holds import hold_footprint
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -547,8 +548,26 @@ async def test_the_client_key_of_an_order_without_a_hold_is_kept_for_that_order(
     with pytest.raises(model.DuplicateClientKey) as err:
         await handlers.place_hold(commands.PlaceHold(other, a, other, "USD", D(10), "k-new"), uow)
     assert err.value.metadata["orderId"] == to_hold
-    # The same order's hold under its own kept key is placed (a retry once the cash is there).
+    # The same order's hold under its own kept key, asked with answer_kept_key (order_svc's first
+    # ask): KEPT, nothing held or read, once the cash is there too (explorer 4, F1); without it
+    # (order_svc found no order recorded: the first attempt died before its record) it is placed.
     await fund(uow, a, cash="500")
+    footprint = await hold_footprint(checked_pool, a)
+    kept = await holds.PlaceHolds(hpb.PlaceHoldsRequest(holds=[
+        hpb.PlaceHoldRequest(hold_id=poor, account_id=a, order_id=poor, asset="USD", amount="500",
+                             client_key="k-poor", answer_kept_key=True),
+        hpb.PlaceHoldRequest(hold_id=rejected, account_id=a, order_id=rejected, asset="USD", amount="5",
+                             client_key="k-rej", answer_kept_key=True),
+        hpb.PlaceHoldRequest(hold_id=other, account_id=a, order_id=other, asset="USD", amount="5",
+                             client_key="k-rej", answer_kept_key=True)]))  # another order's key: taken
+    assert [_answer(r) for r in kept.results] == [("error", "ALREADY_EXISTS", "CLIENT_KEY_KEPT")] * 2 + [
+        ("error", "ALREADY_EXISTS", "DUPLICATE_CLIENT_KEY")]
+    assert dict(kept.results[0].error.metadata) == {"clientKey": "k-poor", "orderId": poor}
+    with pytest.raises(grpc.aio.AioRpcError) as rpc_err:
+        await holds.PlaceHold(hpb.PlaceHoldRequest(hold_id=poor, account_id=a, order_id=poor, asset="USD",
+                                                   amount="500", client_key="k-poor", answer_kept_key=True))
+    assert rpc_err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await hold_footprint(checked_pool, a) == footprint
     assert (await handlers.place_hold(commands.PlaceHold(poor, a, poor, "USD", D(500), "k-poor"), uow)).hold_id == poor
     listed = {r.hold.hold_id for r in await handlers.list_holds(a, None, 50, uow)}
     assert listed == {third, poor}
@@ -649,10 +668,11 @@ async def test_a_batch_that_fails_as_a_whole_is_placed_one_hold_at_a_time(uow, m
 
     whole = LedgerRepository.place_holds
 
-    async def deadlocked(self, holds, client_keys, lock_wait):  # a batch deadlocks; a hold alone does not
+    async def deadlocked(self, holds, client_keys, lock_wait, answer_kept=None):
+        # a batch deadlocks; a hold alone does not
         if len(holds) > 1:
             raise asyncpg.DeadlockDetectedError("deadlock detected")
-        return await whole(self, holds, client_keys, lock_wait)
+        return await whole(self, holds, client_keys, lock_wait, answer_kept)
 
     monkeypatch.setattr(LedgerRepository, "place_holds", deadlocked)
     acct = account()
@@ -679,10 +699,10 @@ async def test_an_account_held_by_another_transaction_holds_back_only_its_own_ho
     waits: dict[int, float] = {}  # and how long each may wait for a lock, by its size
     together = LedgerRepository.place_holds
 
-    async def counted(self, holds, client_keys, lock_wait):
+    async def counted(self, holds, client_keys, lock_wait, answer_kept=None):
         statements.append(len(holds))
         waits[len(holds)] = lock_wait
-        return await together(self, holds, client_keys, lock_wait)
+        return await together(self, holds, client_keys, lock_wait, answer_kept)
     monkeypatch.setattr(LedgerRepository, "place_holds", counted)
 
     busy_acct, other = account(), account()

@@ -988,6 +988,88 @@ async def test_a_client_order_id_of_an_order_refused_for_want_of_cash_reused_hol
     await _refused_holding_nothing(checked_pool, order_deps, first, limit_buy(a, "poor-first", qty=1))
 
 
+async def _retried_holding_nothing(pool, deps, first: OrderRequest, rejected) -> None:
+    """first's retry (the same request) returns the REJECTED order `rejected`, and holds nothing
+    on the way, not even for a moment: no HOLD_PLACED or HOLD_RELEASED, `held` never moved."""
+    before = await hold_footprint(pool, first.account_id)
+    for _ in range(2):
+        again = await handlers.place_order(first, deps)
+        assert (again.order_id, again.status, again.reject_reason) == (rejected.order_id, Status.REJECTED,
+                                                                       rejected.reject_reason)
+        assert await hold_footprint(pool, first.account_id) == before, "the retry held something"
+
+
+async def test_a_retry_of_an_order_refused_for_want_of_cash_holds_nothing_once_the_cash_is_there(order_deps,
+                                                                                                checked_pool):
+    """Explorer 4 (round 27, F1): an order REJECTED INSUFFICIENT_FUNDS, then a deposit, then the
+    same request again (a client retrying after a timeout): it got its REJECTED order, but on
+    the way it held the full amount until its record found the order REJECTED, then gave it
+    back (ListHolds kept a RELEASED hold of the REJECTED order; a concurrent order was refused
+    for that cash). Now the ledger answers the hold KEPT (the key it kept for this very order
+    when it refused it) and order_svc returns the order recorded, nothing held."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "poor-retry", qty=10)  # 1872.50
+    refused = await handlers.place_order(first, order_deps)
+    assert (refused.status, refused.reject_reason) == (Status.REJECTED, RejectReason.INSUFFICIENT_FUNDS)
+    await deposit(checked_pool, a, "5000.00")
+    await _retried_holding_nothing(checked_pool, order_deps, first, refused)
+    assert (await cash(checked_pool, a)).available == Decimal("6000.00")
+
+
+async def test_a_retry_of_an_order_rejected_before_its_hold_holds_nothing_once_the_market_allows_it(
+        order_deps, checked_pool):
+    """Explorer 4 (F1, halted): an order REJECTED SYMBOL_HALTED; the symbol resumes; the same
+    request again returns the REJECTED order, holding nothing (before: a hold of 935.00 placed
+    and given back)."""
+    a = acct()
+    await deposit(checked_pool, a, "10000.00")
+
+    class Halted:
+        async def is_halted(self, symbol: str) -> bool:
+            return True
+
+    first = limit_buy(a, "halted-retry", qty=5, price="187.00")
+    halted = await handlers.place_order(first, replace(order_deps, halts=Halted()))
+    assert (halted.status, halted.reject_reason) == (Status.REJECTED, RejectReason.SYMBOL_HALTED)
+    await _retried_holding_nothing(checked_pool, order_deps, first, halted)  # the symbol trades again
+
+
+async def test_a_placement_that_died_after_its_refusal_kept_its_id_is_placed_by_its_retry(order_deps, checked_pool):
+    """The crash window of a refusal: the ledger refused the hold (keeping the key for the
+    order) and order_svc died before recording the rejection. The ledger answers the retry's
+    hold KEPT; no order is recorded, so order_svc asks again past the key: placed once the cash
+    is there (and refused again, recorded REJECTED, while it is not)."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "died-refused", qty=10)  # 1872.50
+    would_be = order_id_for(a, first.client_order_id, first.fingerprint())
+    refused = await order_deps.holds.place(str(would_be), a, str(would_be), "USD", Decimal("1872.50"),
+                                           first.client_order_id)  # then the process died
+    assert refused is not None and refused.reason is RejectReason.INSUFFICIENT_FUNDS
+    await deposit(checked_pool, a, "1000.00")
+    placed = await handlers.place_order(first, order_deps)
+    assert (placed.order_id, placed.status) == (would_be, Status.NEW)
+    assert (await cash(checked_pool, a)).held == Decimal("1872.50")
+    again = await handlers.place_order(first, order_deps)
+    assert (again.order_id, again.status) == (would_be, Status.NEW)
+
+
+async def test_a_placement_that_died_after_its_rejections_id_was_kept_is_placed_by_a_retry_the_market_allows(
+        order_deps, checked_pool):
+    """The crash window of a rejection before any hold (halted), the symbol trading again by the
+    retry: the key kept for the order answers the retry's hold KEPT, no order is recorded, so
+    order_svc asks again past the key and the order is placed."""
+    a = acct()
+    await deposit(checked_pool, a, "1000.00")
+    first = limit_buy(a, "died-halted", qty=1)
+    would_be = order_id_for(a, first.client_order_id, first.fingerprint())
+    await order_deps.holds.register_key(a, first.client_order_id, str(would_be))  # then the process died
+    placed = await handlers.place_order(first, order_deps)
+    assert (placed.order_id, placed.status) == (would_be, Status.NEW)
+    assert (await cash(checked_pool, a)).held == Decimal("187.25")
+
+
 async def test_a_rejection_whose_id_the_ledger_could_not_keep_is_recorded_and_answered_all_the_same(
         order_deps, checked_pool, caplog):
     """The ledger unreachable when order_svc has it keep a rejected order's client_order_id: the

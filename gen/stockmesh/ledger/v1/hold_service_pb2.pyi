@@ -23,20 +23,22 @@ HOLD_TRANSFER_STATUS_COMPLETED: HoldTransferStatus
 HOLD_TRANSFER_STATUS_CANCELLED: HoldTransferStatus
 
 class PlaceHoldRequest(_message.Message):
-    __slots__ = ("hold_id", "account_id", "order_id", "asset", "amount", "client_key")
+    __slots__ = ("hold_id", "account_id", "order_id", "asset", "amount", "client_key", "answer_kept_key")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ASSET_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_KEPT_KEY_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     account_id: str
     order_id: str
     asset: str
     amount: str
     client_key: str
-    def __init__(self, hold_id: _Optional[str] = ..., account_id: _Optional[str] = ..., order_id: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., client_key: _Optional[str] = ...) -> None: ...
+    answer_kept_key: bool
+    def __init__(self, hold_id: _Optional[str] = ..., account_id: _Optional[str] = ..., order_id: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., client_key: _Optional[str] = ..., answer_kept_key: _Optional[bool] = ...) -> None: ...
 
 class PlaceHoldResponse(_message.Message):
     __slots__ = ("hold",)
