@@ -501,3 +501,16 @@ def test_deploy_envoy_config_with_an_identity_provider_s_jwks_url(tmp_path: Path
             envoy.main(["--jwks-uri", bad, "--output", str(tmp_path / "bad.yaml"),
                         "--tls-output", str(tmp_path / "bad-tls.yaml")])
     assert not (tmp_path / "bad.yaml").exists()
+
+
+def test_every_envoy_flushes_its_access_log_as_the_launcher_s_does() -> None:
+    """The launcher's Envoy writes its access log out every ACCESS_LOG_FLUSH_MS (Envoy's default:
+    ten seconds); the deployments' Envoys are started with the same interval."""
+    from meshkit.launcher import envoy
+
+    launched = envoy.argv(Path("envoy.yaml"))
+    flag = launched.index("--file-flush-interval-msec")
+    assert launched[flag + 1] == str(envoy.ACCESS_LOG_FLUSH_MS)
+    for deployed in ("deploy/k8s/envoy.yaml", "deploy/compose.yaml"):
+        text = (REPO / deployed).read_text()
+        assert f'"--file-flush-interval-msec", "{envoy.ACCESS_LOG_FLUSH_MS}"' in text, deployed
