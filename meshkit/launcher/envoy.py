@@ -348,6 +348,8 @@ def render(ports: EnvoyPorts, jwks: Path | RemoteJwks, *, listen_address: str = 
         "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "REQUEST_TOO_LARGE_DETAILS": status_details(request_too_large()),
         # Envoy's UNAVAILABLE to a gRPC call: its message (a JSON string) and the whole status.
+        # Why retrying is safe, in the words of every UNAVAILABLE Envoy answers itself.
+        "SAFE_TO_RETRY": _SAFE_TO_RETRY,
         "NOT_ANSWERING_MESSAGE": json.dumps(service_not_answering().message),
         "NOT_ANSWERING_DETAILS": status_details(service_not_answering()),
         "AT_LIMIT_MESSAGE": json.dumps(service_at_its_limit().message),
